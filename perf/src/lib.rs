@@ -1,0 +1,1 @@
+//! Reproducible evaluation of Distributed Servers (filled by later work).

@@ -1,0 +1,133 @@
+//! A Linux TAP device: the portable fallback that works inside any network namespace.
+
+use super::Device;
+use crate::time::Duration;
+use std::ffi::CString;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const IFF_TAP: libc::c_short = 0x0002;
+const IFF_NO_PI: libc::c_short = 0x1000;
+
+/// A TAP interface created (or attached to) in the calling thread's network namespace.
+pub struct TapDevice {
+    file: File,
+    name: String,
+    mtu: usize,
+}
+
+#[repr(C)]
+struct IfReqFlags {
+    name: [libc::c_char; libc::IFNAMSIZ],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+impl TapDevice {
+    /// Create the TAP interface `name` (or attach to an existing one), set it up, non-blocking.
+    pub fn open(name: &str) -> io::Result<Self> {
+        if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains('\0') {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "bad interface name"));
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open("/dev/net/tun")?;
+        let mut req = IfReqFlags { name: [0; libc::IFNAMSIZ], flags: IFF_TAP | IFF_NO_PI, _pad: [0; 22] };
+        for (dst, src) in req.name.iter_mut().zip(name.bytes()) {
+            *dst = src as libc::c_char;
+        }
+        // SAFETY: TUNSETIFF reads a struct ifreq; `req` has its layout (name, then a short flags
+        // field, padded to the full 40-byte size) and outlives the call.
+        let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut req as *mut IfReqFlags) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        set_up(name)?;
+        Ok(TapDevice { file, name: name.to_string(), mtu: 1500 })
+    }
+
+    /// The interface's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// Bring an interface up (SIOCGIFFLAGS / SIOCSIFFLAGS on a throwaway socket).
+fn set_up(name: &str) -> io::Result<()> {
+    let cname = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: plain socket(2) call; the fd is closed below.
+    let sock = unsafe { libc::socket(libc::AF_INET6, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if sock < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut req = IfReqFlags { name: [0; libc::IFNAMSIZ], flags: 0, _pad: [0; 22] };
+    for (dst, src) in req.name.iter_mut().zip(cname.as_bytes()) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS take a struct ifreq whose union starts with a short;
+    // `req` matches that layout and lives across both calls; `sock` is a valid fd.
+    let res = unsafe {
+        if libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut req as *mut IfReqFlags) < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            req.flags |= libc::IFF_UP as libc::c_short;
+            if libc::ioctl(sock, libc::SIOCSIFFLAGS, &mut req as *mut IfReqFlags) < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
+        }
+    };
+    // SAFETY: `sock` is ours and closed once.
+    unsafe { libc::close(sock) };
+    res
+}
+
+impl Device for TapDevice {
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        match self.file.read(buf) {
+            Ok(n) => Ok(Some(n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn send(&mut self, frame: &[u8]) -> io::Result<()> {
+        match self.file.write(frame) {
+            Ok(_) => Ok(()),
+            // A full queue is a dropped frame on a real wire; TCP recovers.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        let mut pfd = libc::pollfd { fd: self.file.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let ms = match timeout {
+            None => -1,
+            Some(t) => {
+                let us = t.as_micros();
+                // Round up so a 300 us timer does not spin at 0 ms.
+                i32::try_from(us.div_ceil(1000)).unwrap_or(i32::MAX)
+            }
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn mtu(&self) -> usize {
+        self.mtu
+    }
+}

@@ -1,0 +1,30 @@
+//! Extension points for Mobile IPv6 (`mipv6/`): the Home Address destination option, the type 2
+//! routing header and the Mobility Header reach the stack through this trait, so the stack needs
+//! no reshaping when mobility arrives. Without a hook the stack behaves as a node that does not
+//! implement RFC 6275.
+
+use crate::time::Instant;
+use std::net::Ipv6Addr;
+
+/// What to do with a packet carrying a Home Address option (RFC 6275 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HaoVerdict {
+    /// Accept it: upper layers see the home address as the source (RFC 6275 §9.3.1).
+    Accept,
+    /// No valid binding: drop it (the hook may queue a Binding Error).
+    Reject,
+}
+
+/// Mobility processing plugged into an [`crate::Interface`].
+pub trait MobilityHook: Send {
+    /// A Mobility Header (IPv6 next header 135) addressed to us. `mh` starts at the MH itself.
+    /// Return IPv6 packets (without link header) to send in answer.
+    fn on_mobility_header(&mut self, now: Instant, src: Ipv6Addr, dst: Ipv6Addr, mh: &[u8]) -> Vec<Vec<u8>>;
+
+    /// A packet from care-of address `src` carrying Home Address option `home`.
+    fn on_home_address_option(&mut self, now: Instant, src: Ipv6Addr, home: Ipv6Addr) -> HaoVerdict;
+
+    /// A type 2 routing header: the packet came to our care-of address `dst` for home address
+    /// `home`. Return true if `home` is ours to accept (RFC 6275 §9.3.2 / §11.3.3).
+    fn on_type2_routing(&mut self, now: Instant, dst: Ipv6Addr, home: Ipv6Addr) -> bool;
+}

@@ -1,0 +1,305 @@
+//! Neighbour cache (RFC 4861 §7.3): states, timers and the packets queued while an address is
+//! being resolved. The interface drives it; this module decides.
+
+use crate::time::{Duration, Instant};
+use std::collections::{HashMap, VecDeque};
+use std::net::Ipv6Addr;
+
+/// RFC 4861 §10: REACHABLE_TIME.
+pub const REACHABLE_TIME: Duration = Duration::from_secs(30);
+/// RFC 4861 §10: RETRANS_TIMER.
+pub const RETRANS_TIMER: Duration = Duration::from_secs(1);
+/// RFC 4861 §10: DELAY_FIRST_PROBE_TIME.
+pub const DELAY_FIRST_PROBE_TIME: Duration = Duration::from_secs(5);
+/// RFC 4861 §10: MAX_MULTICAST_SOLICIT / MAX_UNICAST_SOLICIT.
+pub const MAX_SOLICIT: u8 = 3;
+/// Frames queued per unresolved neighbour (RFC 4861 §7.2.2 asks for at least one).
+pub const MAX_QUEUED: usize = 256;
+/// Neighbour entries kept at most; the oldest stale ones go first.
+pub const MAX_ENTRIES: usize = 4096;
+
+/// RFC 4861 §7.3.2 reachability states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NeighborState {
+    /// Address resolution in progress.
+    Incomplete,
+    /// Recently confirmed.
+    Reachable,
+    /// Not confirmed recently; used, but will be probed on use.
+    Stale,
+    /// Used while stale: waiting for upper-layer confirmation.
+    Delay,
+    /// Unicast probes in progress.
+    Probe,
+}
+
+/// One neighbour.
+#[derive(Debug)]
+pub struct Neighbor {
+    /// Link-layer address, once known.
+    pub mac: Option<[u8; 6]>,
+    /// Reachability state.
+    pub state: NeighborState,
+    /// When the current state's timer fires.
+    pub timer: Instant,
+    /// Solicitations sent in this state.
+    pub probes: u8,
+    /// Frames waiting for resolution (link header to be filled in).
+    pub queue: VecDeque<Vec<u8>>,
+}
+
+/// What the cache wants the interface to do.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NdAction {
+    /// Send a multicast Neighbour Solicitation for the address.
+    SolicitMulticast(Ipv6Addr),
+    /// Send a unicast Neighbour Solicitation.
+    SolicitUnicast(Ipv6Addr, [u8; 6]),
+}
+
+/// The neighbour cache.
+#[derive(Debug, Default)]
+pub struct NeighborCache {
+    entries: HashMap<Ipv6Addr, Neighbor>,
+}
+
+/// Result of looking up a destination for an outgoing frame.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// Send to this MAC now.
+    Ready([u8; 6]),
+    /// Queue the frame; maybe solicit.
+    Pending(Option<NdAction>),
+}
+
+impl NeighborCache {
+    /// Look `ip` up for sending at `now` (RFC 4861 §7.2.2, §7.3.3).
+    pub fn lookup(&mut self, now: Instant, ip: Ipv6Addr) -> Lookup {
+        if let Some(n) = self.entries.get_mut(&ip) {
+            match (n.state, n.mac) {
+                (NeighborState::Stale, Some(mac)) => {
+                    n.state = NeighborState::Delay;
+                    n.timer = now + DELAY_FIRST_PROBE_TIME;
+                    return Lookup::Ready(mac);
+                }
+                (NeighborState::Reachable, Some(mac)) if now >= n.timer => {
+                    n.state = NeighborState::Delay;
+                    n.timer = now + DELAY_FIRST_PROBE_TIME;
+                    return Lookup::Ready(mac);
+                }
+                (_, Some(mac)) => return Lookup::Ready(mac),
+                (_, None) => return Lookup::Pending(None),
+            }
+        }
+        if self.entries.len() >= MAX_ENTRIES {
+            self.evict();
+        }
+        self.entries.insert(
+            ip,
+            Neighbor { mac: None, state: NeighborState::Incomplete, timer: now + RETRANS_TIMER, probes: 1, queue: VecDeque::new() },
+        );
+        Lookup::Pending(Some(NdAction::SolicitMulticast(ip)))
+    }
+
+    fn evict(&mut self) {
+        let victim = self
+            .entries
+            .iter()
+            .filter(|(_, n)| n.state != NeighborState::Reachable)
+            .min_by_key(|(_, n)| n.timer)
+            .or_else(|| self.entries.iter().min_by_key(|(_, n)| n.timer))
+            .map(|(k, _)| *k);
+        if let Some(k) = victim {
+            self.entries.remove(&k);
+        }
+    }
+
+    /// Queue a frame for an unresolved neighbour. Returns false when the frame was dropped.
+    pub fn enqueue(&mut self, ip: Ipv6Addr, frame: Vec<u8>) -> bool {
+        match self.entries.get_mut(&ip) {
+            Some(n) if n.queue.len() < MAX_QUEUED => {
+                n.queue.push_back(frame);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Learn a link-layer address. `solicited`/`override_` per RFC 4861 §7.2.5; `from_ns`
+    /// for the source link-layer option of a solicitation (§7.2.3). Returns queued frames that
+    /// can now go out, with the MAC to put in them.
+    pub fn learn(
+        &mut self,
+        now: Instant,
+        ip: Ipv6Addr,
+        mac: [u8; 6],
+        solicited: bool,
+        override_: bool,
+        from_ns: bool,
+    ) -> Option<([u8; 6], VecDeque<Vec<u8>>)> {
+        if from_ns {
+            let n = self.entries.entry(ip).or_insert(Neighbor {
+                mac: None,
+                state: NeighborState::Stale,
+                timer: now,
+                probes: 0,
+                queue: VecDeque::new(),
+            });
+            if n.mac != Some(mac) {
+                n.mac = Some(mac);
+                n.state = NeighborState::Stale;
+                n.timer = now;
+            }
+            let q = std::mem::take(&mut n.queue);
+            return Some((mac, q));
+        }
+        let n = self.entries.get_mut(&ip)?;
+        if n.state == NeighborState::Incomplete {
+            n.mac = Some(mac);
+            n.state = if solicited { NeighborState::Reachable } else { NeighborState::Stale };
+            n.timer = now + REACHABLE_TIME;
+            n.probes = 0;
+            let q = std::mem::take(&mut n.queue);
+            return Some((mac, q));
+        }
+        let changed = n.mac != Some(mac);
+        if !override_ && changed {
+            if n.state == NeighborState::Reachable {
+                n.state = NeighborState::Stale;
+            }
+            return None;
+        }
+        if override_ || !changed {
+            n.mac = Some(mac);
+            if solicited {
+                n.state = NeighborState::Reachable;
+                n.timer = now + REACHABLE_TIME;
+            } else if changed {
+                n.state = NeighborState::Stale;
+                n.timer = now;
+            }
+            n.probes = 0;
+        }
+        None
+    }
+
+    /// Upper-layer reachability confirmation (RFC 4861 §7.3.1), e.g. TCP forward progress.
+    pub fn confirm(&mut self, now: Instant, ip: Ipv6Addr) {
+        if let Some(n) = self.entries.get_mut(&ip) {
+            if n.mac.is_some() {
+                n.state = NeighborState::Reachable;
+                n.timer = now + REACHABLE_TIME;
+                n.probes = 0;
+            }
+        }
+    }
+
+    /// Timers. Returns solicitations to send and the number of queued frames dropped.
+    pub fn poll(&mut self, now: Instant) -> (Vec<NdAction>, usize) {
+        let mut actions = Vec::new();
+        let mut dropped = 0;
+        self.entries.retain(|ip, n| {
+            if now < n.timer {
+                return true;
+            }
+            match n.state {
+                NeighborState::Incomplete => {
+                    if n.probes >= MAX_SOLICIT {
+                        dropped += n.queue.len();
+                        return false;
+                    }
+                    n.probes += 1;
+                    n.timer = now + RETRANS_TIMER;
+                    actions.push(NdAction::SolicitMulticast(*ip));
+                }
+                NeighborState::Reachable => {
+                    n.state = NeighborState::Stale;
+                    n.timer = now + REACHABLE_TIME;
+                }
+                NeighborState::Stale => {
+                    // Keep stale entries around a while; drop long-unused ones.
+                    n.timer = now + REACHABLE_TIME * 10;
+                    if n.probes > 0 {
+                        return false;
+                    }
+                    n.probes = 1;
+                }
+                NeighborState::Delay => {
+                    n.state = NeighborState::Probe;
+                    n.probes = 1;
+                    n.timer = now + RETRANS_TIMER;
+                    if let Some(mac) = n.mac {
+                        actions.push(NdAction::SolicitUnicast(*ip, mac));
+                    }
+                }
+                NeighborState::Probe => {
+                    if n.probes >= MAX_SOLICIT {
+                        return false;
+                    }
+                    n.probes += 1;
+                    n.timer = now + RETRANS_TIMER;
+                    if let Some(mac) = n.mac {
+                        actions.push(NdAction::SolicitUnicast(*ip, mac));
+                    }
+                }
+            }
+            true
+        });
+        (actions, dropped)
+    }
+
+    /// The earliest timer.
+    pub fn poll_at(&self) -> Option<Instant> {
+        self.entries.values().filter(|n| n.state != NeighborState::Stale).map(|n| n.timer).min()
+    }
+
+    /// State of an entry (tests, diagnostics).
+    pub fn state(&self, ip: &Ipv6Addr) -> Option<(NeighborState, Option<[u8; 6]>)> {
+        self.entries.get(ip).map(|n| (n.state, n.mac))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolve_then_stale_then_probe() {
+        let mut c = NeighborCache::default();
+        let ip: Ipv6Addr = "fd00::1".parse().unwrap();
+        let t0 = Instant::ZERO;
+        assert_eq!(c.lookup(t0, ip), Lookup::Pending(Some(NdAction::SolicitMulticast(ip))));
+        assert!(c.enqueue(ip, vec![1, 2, 3]));
+        let (mac, q) = c.learn(t0, ip, [2, 0, 0, 0, 0, 1], true, true, false).unwrap();
+        assert_eq!(mac, [2, 0, 0, 0, 0, 1]);
+        assert_eq!(q.len(), 1);
+        assert_eq!(c.state(&ip).unwrap().0, NeighborState::Reachable);
+        let t1 = t0 + REACHABLE_TIME;
+        c.poll(t1);
+        assert_eq!(c.state(&ip).unwrap().0, NeighborState::Stale);
+        assert_eq!(c.lookup(t1, ip), Lookup::Ready([2, 0, 0, 0, 0, 1]));
+        assert_eq!(c.state(&ip).unwrap().0, NeighborState::Delay);
+        let (a, _) = c.poll(t1 + DELAY_FIRST_PROBE_TIME);
+        assert_eq!(a, vec![NdAction::SolicitUnicast(ip, [2, 0, 0, 0, 0, 1])]);
+    }
+
+    #[test]
+    fn unresolved_gives_up_after_three_solicits() {
+        let mut c = NeighborCache::default();
+        let ip: Ipv6Addr = "fd00::9".parse().unwrap();
+        let mut t = Instant::ZERO;
+        let _ = c.lookup(t, ip);
+        c.enqueue(ip, vec![0]);
+        let mut sent = 1;
+        let mut dropped = 0;
+        for _ in 0..5 {
+            t += RETRANS_TIMER;
+            let (a, d) = c.poll(t);
+            sent += a.len();
+            dropped += d;
+        }
+        assert_eq!(sent, 3);
+        assert_eq!(dropped, 1);
+        assert!(c.state(&ip).is_none());
+    }
+}

@@ -1,0 +1,58 @@
+//! Counters: every dropped or malformed input is counted here, never silently lost.
+
+use serde::Serialize;
+
+/// Interface-wide counters.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Stats {
+    /// Frames handed to [`crate::Interface::receive`].
+    pub rx_frames: u64,
+    /// Frames produced by [`crate::Interface::transmit`].
+    pub tx_frames: u64,
+    /// Frames not for us (other MAC, other address, other ethertype).
+    pub rx_not_ours: u64,
+    /// Ethernet/IPv6 headers that failed to parse or had bad lengths.
+    pub rx_malformed: u64,
+    /// Upper-layer checksums that did not verify.
+    pub rx_bad_checksum: u64,
+    /// Extension-header chains we refused (unknown option with discard bits, bad routing header).
+    pub rx_bad_exthdr: u64,
+    /// Fragments received.
+    pub rx_fragments: u64,
+    /// Datagrams completed by reassembly.
+    pub reassembled: u64,
+    /// Reassembly buffers dropped (timeout, overlap, over limit).
+    pub reassembly_failed: u64,
+    /// ICMPv6 messages received.
+    pub rx_icmp: u64,
+    /// Packet Too Big messages that lowered a path MTU.
+    pub pmtu_updates: u64,
+    /// TCP segments received (valid checksum).
+    pub tcp_rx_segments: u64,
+    /// TCP segments sent.
+    pub tcp_tx_segments: u64,
+    /// TCP segments retransmitted (any reason).
+    pub tcp_retransmits: u64,
+    /// Retransmission timeouts.
+    pub tcp_rto: u64,
+    /// Fast retransmits / recovery episodes entered.
+    pub tcp_fast_recovery: u64,
+    /// Segments for no connection (answered with RST).
+    pub tcp_no_socket: u64,
+    /// RFC 5961 challenge ACKs sent.
+    pub tcp_challenge_acks: u64,
+    /// Segments rejected by PAWS (RFC 7323 §5).
+    pub tcp_paws_rejected: u64,
+    /// Zero-window probes sent.
+    pub tcp_zero_window_probes: u64,
+    /// SYNs dropped because a listener's backlog was full.
+    pub tcp_backlog_drops: u64,
+    /// UDP datagrams received for a bound socket.
+    pub udp_rx: u64,
+    /// UDP datagrams dropped (no socket, queue full).
+    pub udp_drops: u64,
+    /// Packets handed to the mobility hook.
+    pub mobility_rx: u64,
+    /// Frames dropped while waiting for neighbour resolution.
+    pub nd_drops: u64,
+}

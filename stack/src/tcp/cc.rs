@@ -1,0 +1,203 @@
+//! Congestion control: NewReno window growth (RFC 5681) and CUBIC (RFC 9438), selectable per
+//! connection. Loss *detection* and recovery live in the TCB; this module only answers "how big
+//! may the window be".
+
+use crate::time::{Duration, Instant};
+use serde::{Deserialize, Serialize};
+
+/// Which congestion-avoidance algorithm a connection uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Congestion {
+    /// RFC 5681 additive increase (with RFC 6582 NewReno recovery when SACK is off).
+    NewReno,
+    /// RFC 9438 CUBIC.
+    #[default]
+    Cubic,
+}
+
+/// RFC 9438 §4.6: multiplicative decrease factor.
+const BETA_CUBIC: f64 = 0.7;
+/// RFC 9438 §4.2: C.
+const C_CUBIC: f64 = 0.4;
+
+/// Congestion-control state, in bytes (CUBIC's internals in segments, as RFC 9438 writes them).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cc {
+    /// The algorithm.
+    pub algo: Congestion,
+    /// Congestion window, bytes.
+    pub cwnd: u32,
+    /// Slow-start threshold, bytes (`u32::MAX` = none yet).
+    pub ssthresh: u32,
+    /// CUBIC W_max, segments (RFC 9438 §4.1).
+    pub w_max: f64,
+    /// CUBIC: time of the current congestion-avoidance epoch start, microseconds after the
+    /// connection's own clock origin; `None` until the first CA ACK after a reduction.
+    #[serde(skip)]
+    pub epoch_start: Option<Instant>,
+    /// CUBIC K (RFC 9438 §4.2), seconds.
+    pub k: f64,
+    /// CUBIC Reno-friendly estimate W_est (RFC 9438 §4.3), segments.
+    pub w_est: f64,
+    /// NewReno: bytes acked since the last congestion-avoidance increase.
+    pub bytes_acked: u32,
+}
+
+impl Cc {
+    /// Initial state: RFC 6928 initial window of `iw` segments.
+    pub fn new(algo: Congestion, mss: u32, iw: u32) -> Self {
+        Cc {
+            algo,
+            cwnd: iw.max(1) * mss,
+            ssthresh: u32::MAX,
+            w_max: 0.0,
+            epoch_start: None,
+            k: 0.0,
+            w_est: 0.0,
+            bytes_acked: 0,
+        }
+    }
+
+    /// Whether the connection is in slow start.
+    pub fn in_slow_start(&self) -> bool {
+        self.cwnd < self.ssthresh
+    }
+
+    /// New data acknowledged outside loss recovery.
+    pub fn on_ack(&mut self, acked: u32, mss: u32, now: Instant, srtt: Duration) {
+        if acked == 0 {
+            return;
+        }
+        if self.in_slow_start() {
+            // RFC 5681 §3.1 with RFC 3465 appropriate byte counting, L = 2.
+            self.cwnd = self.cwnd.saturating_add(acked.min(2 * mss));
+            return;
+        }
+        match self.algo {
+            Congestion::NewReno => self.reno_ca(acked, mss),
+            Congestion::Cubic => self.cubic_ca(acked, mss, now, srtt),
+        }
+    }
+
+    /// RFC 5681 §3.1 eq. (3), byte-counted: +1 MSS per cwnd of data acknowledged.
+    fn reno_ca(&mut self, acked: u32, mss: u32) {
+        self.bytes_acked = self.bytes_acked.saturating_add(acked);
+        if self.bytes_acked >= self.cwnd {
+            self.bytes_acked -= self.cwnd;
+            self.cwnd = self.cwnd.saturating_add(mss);
+        }
+    }
+
+    /// RFC 9438 §4.2–§4.4: cubic growth with the Reno-friendly region.
+    fn cubic_ca(&mut self, acked: u32, mss: u32, now: Instant, srtt: Duration) {
+        let mssf = mss as f64;
+        let cwnd_seg = self.cwnd as f64 / mssf;
+        let start = match self.epoch_start {
+            Some(s) => s,
+            None => {
+                // RFC 9438 §4.8: start of a new CA epoch.
+                self.epoch_start = Some(now);
+                if self.w_max < cwnd_seg {
+                    self.w_max = cwnd_seg;
+                    self.k = 0.0;
+                } else {
+                    self.k = ((self.w_max - cwnd_seg) / C_CUBIC).cbrt();
+                }
+                self.w_est = cwnd_seg;
+                now
+            }
+        };
+        let t = (now - start).as_secs_f64() + srtt.as_secs_f64();
+        let target = {
+            let w = C_CUBIC * (t - self.k).powi(3) + self.w_max;
+            // RFC 9438 §4.2: target clamped to [cwnd, 1.5 cwnd].
+            w.clamp(cwnd_seg, 1.5 * cwnd_seg)
+        };
+        let segs_acked = acked as f64 / mssf;
+        // RFC 9438 §4.3: W_est += alpha * segments_acked / cwnd.
+        let alpha = 3.0 * (1.0 - BETA_CUBIC) / (1.0 + BETA_CUBIC);
+        self.w_est += alpha * segs_acked / cwnd_seg;
+        let next = if self.w_est > target {
+            // Reno-friendly region.
+            self.w_est
+        } else {
+            // RFC 9438 §4.4: cwnd += (target - cwnd) / cwnd per segment acked.
+            cwnd_seg + (target - cwnd_seg) / cwnd_seg * segs_acked
+        };
+        let next_bytes = (next * mssf) as u32;
+        if next_bytes > self.cwnd {
+            self.cwnd = next_bytes;
+        }
+    }
+
+    /// A congestion event (fast retransmit): RFC 5681 §3.2 step 2 / RFC 9438 §4.6. Returns the
+    /// new ssthresh; the caller sets cwnd per its recovery algorithm.
+    pub fn on_congestion(&mut self, flight: u32, mss: u32) -> u32 {
+        let mssf = mss as f64;
+        self.ssthresh = match self.algo {
+            Congestion::NewReno => (flight / 2).max(2 * mss),
+            Congestion::Cubic => {
+                let cwnd_seg = self.cwnd as f64 / mssf;
+                // RFC 9438 §4.7 fast convergence.
+                self.w_max = if cwnd_seg < self.w_max {
+                    cwnd_seg * (1.0 + BETA_CUBIC) / 2.0
+                } else {
+                    cwnd_seg
+                };
+                self.epoch_start = None;
+                ((self.cwnd as f64 * BETA_CUBIC) as u32).max(2 * mss)
+            }
+        };
+        self.bytes_acked = 0;
+        self.ssthresh
+    }
+
+    /// A retransmission timeout: RFC 5681 §3.1 eq. (4) and the loss window of one segment.
+    pub fn on_rto(&mut self, flight: u32, mss: u32) {
+        self.on_congestion(flight.max(self.cwnd.min(flight.max(1))), mss);
+        self.cwnd = mss;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slow_start_then_avoidance_newreno() {
+        let mut cc = Cc::new(Congestion::NewReno, 1000, 10);
+        assert_eq!(cc.cwnd, 10_000);
+        cc.on_ack(1000, 1000, Instant::ZERO, Duration::from_millis(10));
+        assert_eq!(cc.cwnd, 11_000);
+        let ss = cc.on_congestion(20_000, 1000);
+        assert_eq!(ss, 10_000);
+        cc.cwnd = ss;
+        for _ in 0..10 {
+            cc.on_ack(1000, 1000, Instant::ZERO, Duration::from_millis(10));
+        }
+        assert_eq!(cc.cwnd, 11_000);
+    }
+
+    #[test]
+    fn cubic_reduces_by_beta_and_regrows() {
+        let mut cc = Cc::new(Congestion::Cubic, 1000, 10);
+        cc.cwnd = 100_000;
+        let ss = cc.on_congestion(100_000, 1000);
+        assert_eq!(ss, 70_000);
+        cc.cwnd = ss;
+        let mut t = Instant::from_millis(0);
+        for _ in 0..2000 {
+            t += Duration::from_millis(1);
+            cc.on_ack(1000, 1000, t, Duration::from_millis(10));
+        }
+        assert!(cc.cwnd > 70_000, "cwnd {}", cc.cwnd);
+    }
+
+    #[test]
+    fn rto_collapses_to_one_segment() {
+        let mut cc = Cc::new(Congestion::Cubic, 1000, 10);
+        cc.on_rto(40_000, 1000);
+        assert_eq!(cc.cwnd, 1000);
+        assert!(cc.ssthresh >= 2000);
+    }
+}

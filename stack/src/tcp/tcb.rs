@@ -1,0 +1,1535 @@
+//! The transmission control block: one connection's state machine, sans-IO.
+//!
+//! Input: [`Tcb::on_segment`] with a parsed [`SegIn`], [`Tcb::on_timer`], and the application
+//! calls (`send`, `recv`, `close`, `abort`). Output: [`Tcb::next_segment`] yields [`SegOut`]
+//! descriptions until it has nothing more to say; the interface turns them into frames, copying
+//! payload straight out of the send buffer ([`Tcb::payload`]).
+
+use super::cc::Cc;
+use super::seq::{self, dist, ge, gt, le, lt};
+use super::{TcpConfig, TcpState};
+use crate::time::{Duration, Instant};
+use std::collections::VecDeque;
+use std::net::SocketAddrV6;
+
+/// Why a connection ended abnormally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcpError {
+    /// The peer reset the connection.
+    Reset,
+    /// Retransmissions (or keep-alive probes) went unanswered.
+    TimedOut,
+    /// The connection was refused (RST in answer to our SYN).
+    Refused,
+    /// The application aborted it.
+    Aborted,
+}
+
+/// A parsed incoming segment (checksum already verified).
+#[derive(Debug, Clone, Copy)]
+pub struct SegIn<'a> {
+    /// SEG.SEQ
+    pub seq: u32,
+    /// SEG.ACK when the ACK bit is set.
+    pub ack: Option<u32>,
+    /// SYN bit.
+    pub syn: bool,
+    /// FIN bit.
+    pub fin: bool,
+    /// RST bit.
+    pub rst: bool,
+    /// SEG.WND as on the wire (unscaled).
+    pub window: u16,
+    /// MSS option.
+    pub mss: Option<u16>,
+    /// Window-scale option.
+    pub wscale: Option<u8>,
+    /// SACK-permitted option.
+    pub sack_permitted: bool,
+    /// SACK blocks.
+    pub sack: [Option<(u32, u32)>; 3],
+    /// Timestamps option (TSval, TSecr).
+    pub ts: Option<(u32, u32)>,
+    /// Payload.
+    pub payload: &'a [u8],
+}
+
+impl SegIn<'_> {
+    /// SEG.LEN: payload plus SYN and FIN.
+    pub fn seg_len(&self) -> u32 {
+        self.payload.len() as u32 + self.syn as u32 + self.fin as u32
+    }
+}
+
+/// A segment the interface should build and send.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SegOut {
+    /// Sequence number.
+    pub seq: u32,
+    /// Acknowledgment number (ACK bit set when `Some`).
+    pub ack: Option<u32>,
+    /// SYN bit.
+    pub syn: bool,
+    /// FIN bit.
+    pub fin: bool,
+    /// RST bit.
+    pub rst: bool,
+    /// PSH bit.
+    pub psh: bool,
+    /// Window field as it goes on the wire.
+    pub window: u16,
+    /// MSS option (SYNs).
+    pub mss: Option<u16>,
+    /// Window-scale option (SYNs).
+    pub wscale: Option<u8>,
+    /// SACK-permitted option (SYNs).
+    pub sack_permitted: bool,
+    /// SACK blocks.
+    pub sack: [Option<(u32, u32)>; 3],
+    /// Timestamps option.
+    pub ts: Option<(u32, u32)>,
+    /// Payload: offset into the send buffer and length.
+    pub payload_off: usize,
+    /// Payload length.
+    pub payload_len: usize,
+}
+
+/// Counters a TCB bumps; the interface folds them into its [`crate::Stats`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TcbEvents {
+    pub(crate) retransmits: u64,
+    pub(crate) rto: u64,
+    pub(crate) fast_recovery: u64,
+    pub(crate) challenge_acks: u64,
+    pub(crate) paws_rejected: u64,
+    pub(crate) zero_window_probes: u64,
+    pub(crate) segments_out: u64,
+}
+
+/// Out-of-order data held above RCV.NXT: disjoint, non-adjacent blocks sorted by sequence.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct OooQueue {
+    pub(crate) blocks: Vec<(u32, Vec<u8>)>,
+    /// Start of the block that took the most recent segment (first SACK block, RFC 2018 §4).
+    last: Option<u32>,
+}
+
+impl OooQueue {
+    fn end(b: &(u32, Vec<u8>)) -> u32 {
+        b.0.wrapping_add(b.1.len() as u32)
+    }
+
+    /// Insert `data` at `start` (`rcv_nxt` anchors the sequence comparisons).
+    fn insert(&mut self, rcv_nxt: u32, start: u32, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        let rel = |s: u32| dist(rcv_nxt, s);
+        let end = start.wrapping_add(data.len() as u32);
+        // Blocks that overlap or touch [start, end].
+        let first = self.blocks.iter().position(|b| rel(Self::end(b)) >= rel(start));
+        let Some(i) = first else {
+            self.blocks.push((start, data.to_vec()));
+            self.last = Some(start);
+            return;
+        };
+        if rel(self.blocks[i].0) > rel(end) {
+            self.blocks.insert(i, (start, data.to_vec()));
+            self.last = Some(start);
+            return;
+        }
+        let mut j = i;
+        while j + 1 < self.blocks.len() && rel(self.blocks[j + 1].0) <= rel(end) {
+            j += 1;
+        }
+        if i == j && rel(self.blocks[i].0) <= rel(start) {
+            // Common case: extends (or lies inside) one block.
+            let b = &mut self.blocks[i];
+            let b_end = Self::end(b);
+            if rel(end) > rel(b_end) {
+                let skip = dist(start, b_end) as usize;
+                b.1.extend_from_slice(&data[skip..]);
+            }
+            self.last = Some(b.0);
+            return;
+        }
+        let m_start = if rel(self.blocks[i].0) < rel(start) { self.blocks[i].0 } else { start };
+        let m_end = if rel(Self::end(&self.blocks[j])) > rel(end) { Self::end(&self.blocks[j]) } else { end };
+        let mut buf = vec![0u8; dist(m_start, m_end) as usize];
+        for b in &self.blocks[i..=j] {
+            let o = dist(m_start, b.0) as usize;
+            buf[o..o + b.1.len()].copy_from_slice(&b.1);
+        }
+        let o = dist(m_start, start) as usize;
+        buf[o..o + data.len()].copy_from_slice(data);
+        self.blocks.splice(i..=j, std::iter::once((m_start, buf)));
+        self.last = Some(m_start);
+    }
+
+    /// SACK blocks to report, most recent first (RFC 2018 §4).
+    fn sack_blocks(&self) -> [Option<(u32, u32)>; 3] {
+        let mut out = [None; 3];
+        let mut n = 0;
+        if let Some(l) = self.last {
+            if let Some(b) = self.blocks.iter().find(|b| b.0 == l) {
+                out[0] = Some((b.0, Self::end(b)));
+                n = 1;
+            }
+        }
+        for b in &self.blocks {
+            if n == 3 {
+                break;
+            }
+            if Some(b.0) == self.last && n > 0 {
+                continue;
+            }
+            out[n] = Some((b.0, Self::end(b)));
+            n += 1;
+        }
+        out
+    }
+}
+
+/// One TCP connection.
+#[derive(Debug, Clone)]
+pub struct Tcb {
+    pub(crate) local: SocketAddrV6,
+    pub(crate) remote: SocketAddrV6,
+    pub(crate) state: TcpState,
+    pub(crate) cfg: TcpConfig,
+
+    // Send sequence space (RFC 9293 §3.3.1). SND.MAX is the highest sequence sent: after a
+    // timeout SND.NXT goes back to SND.UNA and [SND.NXT, SND.MAX) is resent.
+    pub(crate) iss: u32,
+    pub(crate) snd_una: u32,
+    pub(crate) snd_nxt: u32,
+    pub(crate) snd_max: u32,
+    pub(crate) snd_wnd: u32,
+    pub(crate) snd_wl1: u32,
+    pub(crate) snd_wl2: u32,
+    pub(crate) max_snd_wnd: u32,
+    /// Unacknowledged and unsent data; byte 0 has sequence number `snd_buf_seq`.
+    pub(crate) snd_buf: VecDeque<u8>,
+    pub(crate) snd_buf_seq: u32,
+    /// The application closed its sending side: a FIN follows the buffered data.
+    pub(crate) fin_queued: bool,
+
+    // Receive sequence space.
+    pub(crate) irs: u32,
+    pub(crate) rcv_nxt: u32,
+    /// Right edge of the window we last advertised (never moves left, RFC 9293 §3.8.6.2.2).
+    pub(crate) rcv_adv: u32,
+    pub(crate) rcv_buf: VecDeque<u8>,
+    pub(crate) ooo: OooQueue,
+    /// Sequence number of a FIN that arrived ahead of missing data.
+    pub(crate) ooo_fin: Option<u32>,
+    pub(crate) fin_rcvd: bool,
+    pub(crate) last_ack_sent: u32,
+
+    // Negotiated options.
+    pub(crate) snd_mss: u32,
+    pub(crate) rcv_mss: u16,
+    pub(crate) ws_ok: bool,
+    pub(crate) snd_wscale: u8,
+    pub(crate) rcv_wscale: u8,
+    pub(crate) ts_ok: bool,
+    pub(crate) ts_recent: u32,
+    pub(crate) ts_recent_at: Instant,
+    /// Our TSval = milliseconds on the interface clock + this offset (per connection).
+    pub(crate) ts_offset: u32,
+    pub(crate) sack_ok: bool,
+
+    // RTT estimation, RFC 6298.
+    pub(crate) srtt: Option<Duration>,
+    pub(crate) rttvar: Duration,
+    pub(crate) rto: Duration,
+    pub(crate) backoff: u32,
+    /// The one segment being timed (Karn's algorithm: never a retransmitted one).
+    pub(crate) timed: Option<(u32, Instant)>,
+
+    // Congestion control and loss recovery.
+    pub(crate) cc: Cc,
+    pub(crate) dupacks: u32,
+    /// In fast recovery until SND.UNA passes this point (RFC 6582 "recover", RFC 6675
+    /// RecoveryPoint).
+    pub(crate) recovery: Option<u32>,
+    /// RFC 6582 §3.2: the highest sequence sent when the last recovery or timeout started.
+    pub(crate) recover: u32,
+    /// RFC 6675 HighRxt.
+    pub(crate) high_rxt: u32,
+    /// Retransmit one segment now regardless of the window (entering recovery, partial ACK).
+    pub(crate) rexmit_now: bool,
+    /// Sender's SACK scoreboard: disjoint sorted ranges above SND.UNA.
+    pub(crate) sacked: Vec<(u32, u32)>,
+
+    // Timers (absolute).
+    pub(crate) t_rto: Option<Instant>,
+    pub(crate) t_delack: Option<Instant>,
+    pub(crate) t_persist: Option<Instant>,
+    pub(crate) persist_backoff: u32,
+    pub(crate) t_keepalive: Option<Instant>,
+    pub(crate) ka_probes: u32,
+    pub(crate) ka_probe_due: bool,
+    pub(crate) t_close: Option<Instant>,
+    pub(crate) probe_due: bool,
+
+    // Acknowledgment scheduling.
+    pub(crate) ack_now: bool,
+    pub(crate) delack_segs: u32,
+    pub(crate) rst_due: bool,
+    /// RST to send for an unacceptable ACK (RFC 9293 §3.10.7.3): `<SEQ=SEG.ACK><CTL=RST>`.
+    pub(crate) rst_due_for_ack: Option<u32>,
+
+    pub(crate) error: Option<TcpError>,
+    pub(crate) retries: u32,
+    challenge_window: (Instant, u32),
+    pub(crate) events: TcbEvents,
+    /// Listener this embryonic connection belongs to.
+    pub(crate) listener: Option<usize>,
+}
+
+/// RFC 5961 §7: at most this many challenge ACKs per connection per second.
+const CHALLENGE_ACK_LIMIT: u32 = 10;
+/// RFC 7323 §5.5: a timestamp older than 24 days is invalid for PAWS.
+const PAWS_IDLE: Duration = Duration::from_secs(24 * 24 * 3600);
+
+impl Tcb {
+    fn blank(local: SocketAddrV6, remote: SocketAddrV6, cfg: TcpConfig, iss: u32, mss: u32, now: Instant) -> Tcb {
+        let rcv_wscale = if cfg.window_scale {
+            let mut s = 0u8;
+            while s < 14 && (cfg.recv_buf >> s) > 65535 {
+                s += 1;
+            }
+            s
+        } else {
+            0
+        };
+        let rto = cfg.initial_rto;
+        Tcb {
+            local,
+            remote,
+            state: TcpState::Closed,
+            iss,
+            snd_una: iss,
+            snd_nxt: iss,
+            snd_max: iss,
+            snd_wnd: 0,
+            snd_wl1: 0,
+            snd_wl2: 0,
+            max_snd_wnd: 0,
+            snd_buf: VecDeque::new(),
+            snd_buf_seq: iss.wrapping_add(1),
+            fin_queued: false,
+            irs: 0,
+            rcv_nxt: 0,
+            rcv_adv: 0,
+            rcv_buf: VecDeque::new(),
+            ooo: OooQueue::default(),
+            ooo_fin: None,
+            fin_rcvd: false,
+            last_ack_sent: 0,
+            snd_mss: mss.min(cfg.mss.map(u32::from).unwrap_or(u32::MAX)).min(536),
+            rcv_mss: mss.min(cfg.mss.map(u32::from).unwrap_or(u32::MAX)).min(65535) as u16,
+            ws_ok: false,
+            snd_wscale: 0,
+            rcv_wscale,
+            ts_ok: false,
+            ts_recent: 0,
+            ts_recent_at: now,
+            ts_offset: iss.rotate_left(13),
+            sack_ok: false,
+            srtt: None,
+            rttvar: Duration::ZERO,
+            rto,
+            backoff: 0,
+            timed: None,
+            cc: Cc::new(cfg.congestion, 536, cfg.initial_window),
+            dupacks: 0,
+            recovery: None,
+            recover: iss,
+            high_rxt: iss,
+            rexmit_now: false,
+            sacked: Vec::new(),
+            t_rto: None,
+            t_delack: None,
+            t_persist: None,
+            persist_backoff: 0,
+            t_keepalive: None,
+            ka_probes: 0,
+            ka_probe_due: false,
+            t_close: None,
+            probe_due: false,
+            ack_now: false,
+            delack_segs: 0,
+            rst_due: false,
+            rst_due_for_ack: None,
+            error: None,
+            retries: 0,
+            challenge_window: (now, 0),
+            events: TcbEvents::default(),
+            listener: None,
+            cfg,
+        }
+    }
+
+    /// Active open (RFC 9293 §3.10.1): a TCB in SYN-SENT whose SYN is due.
+    pub fn connect(local: SocketAddrV6, remote: SocketAddrV6, cfg: TcpConfig, iss: u32, mss: u32, now: Instant) -> Tcb {
+        let mut t = Tcb::blank(local, remote, cfg, iss, mss, now);
+        t.state = TcpState::SynSent;
+        t.snd_max = iss;
+        t
+    }
+
+    /// Passive open: a SYN arrived at a listener (RFC 9293 §3.10.7.2). Returns a TCB in
+    /// SYN-RECEIVED whose SYN-ACK is due.
+    #[allow(clippy::too_many_arguments)]
+    pub fn accept_syn(
+        local: SocketAddrV6,
+        remote: SocketAddrV6,
+        cfg: TcpConfig,
+        iss: u32,
+        mss: u32,
+        now: Instant,
+        seg: &SegIn<'_>,
+    ) -> Tcb {
+        let mut t = Tcb::blank(local, remote, cfg, iss, mss, now);
+        t.state = TcpState::SynReceived;
+        t.take_syn_options(seg, now);
+        t.irs = seg.seq;
+        t.rcv_nxt = seg.seq.wrapping_add(1);
+        t.rcv_adv = t.rcv_nxt.wrapping_add(t.rcv_space().min(65535) as u32);
+        // RFC 7323 §2.2: the window in a SYN is never scaled.
+        t.set_snd_wnd(seg.window as u32, seg.seq, 0);
+        t
+    }
+
+    fn take_syn_options(&mut self, seg: &SegIn<'_>, now: Instant) {
+        // RFC 9293 §3.7.1: absent the option, assume 536 (IPv6: 1220 per RFC 8200 §5 is the
+        // minimum link, but the TCP default stays 536).
+        let peer_mss = seg.mss.map(u32::from).unwrap_or(536).max(64);
+        self.snd_mss = peer_mss.min(self.rcv_mss as u32);
+        // RFC 7323 §2.2: both sides must send the option for scaling to take effect.
+        if self.cfg.window_scale {
+            if let Some(ws) = seg.wscale {
+                self.ws_ok = true;
+                self.snd_wscale = ws.min(14);
+            } else {
+                self.rcv_wscale = 0;
+            }
+        } else {
+            self.rcv_wscale = 0;
+        }
+        if self.cfg.timestamps {
+            if let Some((tsval, _)) = seg.ts {
+                self.ts_ok = true;
+                self.ts_recent = tsval;
+                self.ts_recent_at = now;
+            }
+        }
+        self.sack_ok = self.cfg.sack && seg.sack_permitted;
+        self.cc = Cc::new(self.cfg.congestion, self.snd_mss, self.cfg.initial_window);
+    }
+
+    /// The connection's state.
+    pub fn state(&self) -> TcpState {
+        self.state
+    }
+
+    /// Payload bytes per segment: the MSS less the options we put on data segments
+    /// (RFC 6691: the MSS counts no options).
+    pub(crate) fn eff_mss(&self) -> u32 {
+        let mut opt = 0;
+        if self.ts_ok {
+            opt += 12;
+        }
+        if self.sack_ok && !self.ooo.blocks.is_empty() {
+            opt += 28;
+        }
+        self.snd_mss.saturating_sub(opt).max(64)
+    }
+
+    fn tsval(&self, now: Instant) -> u32 {
+        (now.total_millis() as u32).wrapping_add(self.ts_offset)
+    }
+
+    fn rcv_space(&self) -> usize {
+        self.cfg.recv_buf.saturating_sub(self.rcv_buf.len())
+    }
+
+    fn set_snd_wnd(&mut self, wnd: u32, seq: u32, ack: u32) {
+        self.snd_wnd = wnd;
+        self.snd_wl1 = seq;
+        self.snd_wl2 = ack;
+        self.max_snd_wnd = self.max_snd_wnd.max(wnd);
+    }
+
+    fn data_end(&self) -> u32 {
+        self.snd_buf_seq.wrapping_add(self.snd_buf.len() as u32)
+    }
+
+    fn fin_seq(&self) -> Option<u32> {
+        self.fin_queued.then(|| self.data_end())
+    }
+
+    fn fin_acked(&self) -> bool {
+        self.fin_seq().is_some_and(|f| gt(self.snd_una, f))
+    }
+
+    /// Bytes sent and not yet acknowledged.
+    pub fn flight(&self) -> u32 {
+        dist(self.snd_una, self.snd_max)
+    }
+
+    /// Bytes in the send buffer (unacknowledged plus unsent).
+    pub fn send_queued(&self) -> usize {
+        self.snd_buf.len()
+    }
+
+    /// Room left in the send buffer.
+    pub fn send_space(&self) -> usize {
+        if self.fin_queued || !matches!(self.state, TcpState::Established | TcpState::CloseWait | TcpState::SynSent | TcpState::SynReceived) {
+            return 0;
+        }
+        self.cfg.send_buf.saturating_sub(self.snd_buf.len())
+    }
+
+    /// Bytes ready for the application to read.
+    pub fn recv_available(&self) -> usize {
+        self.rcv_buf.len()
+    }
+
+    /// Whether the peer has closed its side and everything before its FIN has been read.
+    pub fn at_eof(&self) -> bool {
+        self.fin_rcvd && self.rcv_buf.is_empty()
+    }
+
+    /// Queue application data (RFC 9293 §3.10.2). Returns the bytes accepted.
+    pub fn send(&mut self, data: &[u8]) -> usize {
+        let n = data.len().min(self.send_space());
+        self.snd_buf.extend(&data[..n]);
+        n
+    }
+
+    /// Read received data in order (RFC 9293 §3.10.3).
+    pub fn recv(&mut self, buf: &mut [u8]) -> usize {
+        let before = self.advertisable_window();
+        let n = buf.len().min(self.rcv_buf.len());
+        let (a, b) = self.rcv_buf.as_slices();
+        let na = n.min(a.len());
+        buf[..na].copy_from_slice(&a[..na]);
+        if n > na {
+            buf[na..n].copy_from_slice(&b[..n - na]);
+        }
+        self.rcv_buf.drain(..n);
+        // RFC 9293 §3.8.6.2.2: announce a window update once it grows by min(BUF/2, MSS)...
+        // we wait for 2 MSS or half the buffer to avoid an update per read.
+        let after = self.advertisable_window();
+        let thresh = (2 * self.snd_mss as usize).min(self.cfg.recv_buf / 2) as u32;
+        if self.state.is_synchronized() && after > before && after - dist(self.rcv_nxt, self.rcv_adv).min(after) >= thresh {
+            self.ack_now = true;
+        }
+        n
+    }
+
+    fn advertisable_window(&self) -> u32 {
+        self.rcv_space().min(u32::MAX as usize / 2) as u32
+    }
+
+    /// Close the sending side (RFC 9293 §3.10.4): a FIN follows the queued data.
+    pub fn close(&mut self) {
+        match self.state {
+            TcpState::SynSent | TcpState::Listen | TcpState::Closed => {
+                self.state = TcpState::Closed;
+            }
+            TcpState::SynReceived | TcpState::Established => {
+                self.fin_queued = true;
+                self.state = TcpState::FinWait1;
+            }
+            TcpState::CloseWait => {
+                self.fin_queued = true;
+                self.state = TcpState::LastAck;
+            }
+            _ => {}
+        }
+    }
+
+    /// Abort (RFC 9293 §3.10.5): send RST if synchronized, drop everything.
+    pub fn abort(&mut self) {
+        if matches!(
+            self.state,
+            TcpState::SynReceived | TcpState::Established | TcpState::FinWait1 | TcpState::FinWait2 | TcpState::CloseWait
+        ) {
+            self.rst_due = true;
+        }
+        self.enter_closed(Some(TcpError::Aborted));
+    }
+
+    fn enter_closed(&mut self, err: Option<TcpError>) {
+        self.state = TcpState::Closed;
+        if self.error.is_none() {
+            self.error = err;
+        }
+        self.t_rto = None;
+        self.t_delack = None;
+        self.t_persist = None;
+        self.t_keepalive = None;
+        self.t_close = None;
+        self.snd_buf.clear();
+        self.ack_now = false;
+    }
+
+    fn enter_time_wait(&mut self, now: Instant) {
+        self.state = TcpState::TimeWait;
+        self.t_rto = None;
+        self.t_persist = None;
+        self.t_keepalive = None;
+        self.t_close = Some(now + self.cfg.time_wait);
+    }
+
+    fn send_challenge_ack(&mut self, now: Instant) {
+        // RFC 5961 §7: rate-limit challenge ACKs.
+        if now - self.challenge_window.0 >= Duration::from_secs(1) {
+            self.challenge_window = (now, 0);
+        }
+        if self.challenge_window.1 < CHALLENGE_ACK_LIMIT {
+            self.challenge_window.1 += 1;
+            self.events.challenge_acks += 1;
+            self.ack_now = true;
+        }
+    }
+
+    /// Process one incoming segment for this connection (RFC 9293 §3.10.7).
+    pub fn on_segment(&mut self, now: Instant, seg: &SegIn<'_>) {
+        match self.state {
+            TcpState::Closed | TcpState::Listen => {}
+            TcpState::SynSent => self.on_segment_syn_sent(now, seg),
+            _ => self.on_segment_sync(now, seg),
+        }
+    }
+
+    /// RFC 9293 §3.10.7.3, SYN-SENT.
+    fn on_segment_syn_sent(&mut self, now: Instant, seg: &SegIn<'_>) {
+        let mut ack_ok = false;
+        if let Some(ack) = seg.ack {
+            // First: the ACK must acknowledge our SYN.
+            if le(ack, self.iss) || gt(ack, self.snd_max) {
+                if !seg.rst {
+                    self.rst_due_for_ack = Some(ack);
+                }
+                return;
+            }
+            ack_ok = true;
+        }
+        if seg.rst {
+            // RFC 5961 §3.2 keeps the SYN-SENT rule: RST acceptable only with an acceptable ACK.
+            if ack_ok {
+                self.enter_closed(Some(TcpError::Refused));
+            }
+            return;
+        }
+        if !seg.syn {
+            return;
+        }
+        self.take_syn_options(seg, now);
+        self.irs = seg.seq;
+        self.rcv_nxt = seg.seq.wrapping_add(1);
+        self.rcv_adv = self.rcv_nxt.wrapping_add(self.rcv_space().min(65535) as u32);
+        if let (true, Some(ack)) = (ack_ok, seg.ack) {
+            self.snd_una = ack;
+            self.snd_buf_seq = ack;
+            self.set_snd_wnd((seg.window as u32) << self.snd_wscale, seg.seq, ack);
+            self.rtt_sample_from_timed(now, ack);
+            self.state = TcpState::Established;
+            self.retries = 0;
+            self.backoff = 0;
+            self.t_rto = None;
+            self.ack_now = true;
+            self.arm_keepalive(now);
+            if self.fin_queued {
+                self.state = TcpState::FinWait1;
+            }
+        } else {
+            // Simultaneous open (RFC 9293 §3.5 figure 7): answer with SYN-ACK.
+            self.state = TcpState::SynReceived;
+            self.snd_nxt = self.iss;
+            self.set_snd_wnd(seg.window as u32, seg.seq, 0);
+        }
+    }
+
+    fn arm_keepalive(&mut self, now: Instant) {
+        self.t_keepalive = self.cfg.keepalive.map(|k| now + k.idle);
+        self.ka_probes = 0;
+    }
+
+    /// Segment arrival in the synchronized states and SYN-RECEIVED (RFC 9293 §3.10.7.4).
+    fn on_segment_sync(&mut self, now: Instant, seg: &SegIn<'_>) {
+        // RFC 7323 §5.3 R1: PAWS.
+        if self.ts_ok && !seg.rst {
+            if let Some((tsval, _)) = seg.ts {
+                if lt(tsval, self.ts_recent) && now - self.ts_recent_at < PAWS_IDLE {
+                    self.events.paws_rejected += 1;
+                    self.ack_now = true;
+                    return;
+                }
+            }
+        }
+
+        // First: sequence number acceptability.
+        let wnd = dist(self.rcv_nxt, self.rcv_adv);
+        let wnd = if gt(self.rcv_nxt, self.rcv_adv) { 0 } else { wnd };
+        let len = seg.seg_len();
+        let acceptable = if len == 0 {
+            if wnd == 0 {
+                seg.seq == self.rcv_nxt
+            } else {
+                le(self.rcv_nxt, seg.seq) && lt(seg.seq, self.rcv_nxt.wrapping_add(wnd))
+            }
+        } else if wnd == 0 {
+            false
+        } else {
+            let last = seg.seq.wrapping_add(len - 1);
+            (le(self.rcv_nxt, seg.seq) && lt(seg.seq, self.rcv_nxt.wrapping_add(wnd)))
+                || (le(self.rcv_nxt, last) && lt(last, self.rcv_nxt.wrapping_add(wnd)))
+        };
+        if !acceptable {
+            if !seg.rst {
+                // A retransmitted FIN in TIME-WAIT restarts the 2 MSL timer.
+                if self.state == TcpState::TimeWait && seg.fin {
+                    self.t_close = Some(now + self.cfg.time_wait);
+                }
+                self.ack_now = true;
+            }
+            return;
+        }
+
+        // Second: RST (RFC 5961 §3.2).
+        if seg.rst {
+            if seg.seq == self.rcv_nxt {
+                // (A passive SYN-RECEIVED connection simply disappears: RFC 9293 returns it
+                // to LISTEN, which for us is the listener that is still there.)
+                self.enter_closed(Some(TcpError::Reset));
+            } else {
+                self.send_challenge_ack(now);
+            }
+            return;
+        }
+
+        // Fourth: SYN in a synchronized state (RFC 5961 §4.2): challenge ACK.
+        if seg.syn {
+            if self.state == TcpState::SynReceived {
+                // Duplicate SYN: answer with our SYN-ACK again.
+                self.snd_nxt = self.iss;
+            } else {
+                self.send_challenge_ack(now);
+            }
+            return;
+        }
+
+        // Fifth: ACK.
+        let Some(ack) = seg.ack else { return };
+        if self.state == TcpState::SynReceived {
+            if lt(self.snd_una, ack) && le(ack, self.snd_max) {
+                self.state = TcpState::Established;
+                self.snd_una = self.snd_una.wrapping_add(1);
+                self.snd_buf_seq = self.snd_una;
+                self.set_snd_wnd((seg.window as u32) << self.snd_wscale, seg.seq, ack);
+                self.rtt_sample_from_timed(now, ack);
+                self.retries = 0;
+                self.backoff = 0;
+                self.t_rto = None;
+                self.arm_keepalive(now);
+                if self.fin_queued {
+                    self.state = TcpState::FinWait1;
+                }
+            } else {
+                self.rst_due_for_ack = Some(ack);
+                return;
+            }
+        }
+        // RFC 5961 §5.2: ACK acceptability.
+        if lt(ack, self.snd_una.wrapping_sub(self.max_snd_wnd)) {
+            self.send_challenge_ack(now);
+            return;
+        }
+        if gt(ack, self.snd_max) {
+            self.ack_now = true;
+            return;
+        }
+        if self.cfg.keepalive.is_some() {
+            self.arm_keepalive(now);
+        }
+
+        // RFC 7323 §4.3: record TS.Recent when the segment covers Last.ACK.sent.
+        if self.ts_ok {
+            if let Some((tsval, _)) = seg.ts {
+                if ge(tsval, self.ts_recent) && le(seg.seq, self.last_ack_sent) {
+                    self.ts_recent = tsval;
+                    self.ts_recent_at = now;
+                }
+            }
+        }
+
+        self.process_ack(now, seg, ack);
+        if self.state == TcpState::Closed {
+            return;
+        }
+
+        // Seventh: segment text.
+        let mut fin_ok = seg.fin;
+        if matches!(self.state, TcpState::Established | TcpState::FinWait1 | TcpState::FinWait2) {
+            fin_ok = self.accept_data(now, seg);
+        } else if !seg.payload.is_empty() {
+            // Data after the peer's FIN: acknowledge what we have, drop it.
+            self.ack_now = true;
+            fin_ok = false;
+        }
+
+        // Eighth: FIN.
+        if seg.fin {
+            let fin_seq = seg.seq.wrapping_add(seg.payload.len() as u32);
+            if fin_ok && fin_seq == self.rcv_nxt {
+                self.take_fin(now);
+            } else if gt(fin_seq, self.rcv_nxt) && self.state != TcpState::TimeWait {
+                self.ooo_fin = Some(fin_seq);
+                self.ack_now = true;
+            } else if self.state == TcpState::TimeWait {
+                self.t_close = Some(now + self.cfg.time_wait);
+                self.ack_now = true;
+            }
+        }
+    }
+
+    fn take_fin(&mut self, now: Instant) {
+        if self.fin_rcvd {
+            self.ack_now = true;
+            return;
+        }
+        self.fin_rcvd = true;
+        self.ooo_fin = None;
+        self.rcv_nxt = self.rcv_nxt.wrapping_add(1);
+        self.ack_now = true;
+        match self.state {
+            TcpState::SynReceived | TcpState::Established => self.state = TcpState::CloseWait,
+            TcpState::FinWait1 => {
+                if self.fin_acked() {
+                    self.enter_time_wait(now);
+                } else {
+                    self.state = TcpState::Closing;
+                }
+            }
+            TcpState::FinWait2 => self.enter_time_wait(now),
+            _ => {}
+        }
+    }
+
+    /// Accept payload into the receive buffer or the out-of-order queue. Returns whether a FIN
+    /// on this segment is in sequence after the data.
+    fn accept_data(&mut self, now: Instant, seg: &SegIn<'_>) -> bool {
+        let mut seq = seg.seq;
+        let mut data = seg.payload;
+        let mut whole = true;
+        if lt(seq, self.rcv_nxt) {
+            let skip = dist(seq, self.rcv_nxt) as usize;
+            if skip >= data.len() {
+                if !data.is_empty() {
+                    // Entirely duplicate: a retransmission we already have (RFC 9293 §3.10.7.4).
+                    self.ack_now = true;
+                }
+                return seg.fin && skip == data.len();
+            }
+            data = &data[skip..];
+            seq = self.rcv_nxt;
+        }
+        // Trim to the buffer space we have.
+        let space_end = self.rcv_nxt.wrapping_add(self.rcv_space() as u32);
+        let end = seq.wrapping_add(data.len() as u32);
+        if gt(end, space_end) {
+            let keep = if gt(space_end, seq) { dist(seq, space_end) as usize } else { 0 };
+            data = &data[..keep];
+            whole = false;
+        }
+        if data.is_empty() {
+            if !seg.payload.is_empty() {
+                self.ack_now = true;
+            }
+            return seg.fin && whole;
+        }
+        if seq == self.rcv_nxt {
+            let had_ooo = !self.ooo.blocks.is_empty();
+            self.rcv_buf.extend(data);
+            self.rcv_nxt = self.rcv_nxt.wrapping_add(data.len() as u32);
+            if had_ooo {
+                self.drain_ooo();
+                // RFC 5681 §4.2: ACK at once when a segment fills a hole.
+                self.ack_now = true;
+            } else {
+                self.schedule_delayed_ack(now, data.len());
+            }
+        } else {
+            self.ooo.insert(self.rcv_nxt, seq, data);
+            // RFC 5681 §4.2: out-of-order data gets an immediate (duplicate) ACK.
+            self.ack_now = true;
+            return false;
+        }
+        if let Some(f) = self.ooo_fin {
+            if f == self.rcv_nxt && !seg.fin {
+                self.take_fin(now);
+            }
+        }
+        whole
+    }
+
+    fn drain_ooo(&mut self) {
+        while let Some(first) = self.ooo.blocks.first() {
+            if gt(first.0, self.rcv_nxt) {
+                break;
+            }
+            let (start, data) = self.ooo.blocks.remove(0);
+            let skip = dist(start, self.rcv_nxt) as usize;
+            if skip < data.len() {
+                self.rcv_buf.extend(&data[skip..]);
+                self.rcv_nxt = self.rcv_nxt.wrapping_add((data.len() - skip) as u32);
+            }
+        }
+        if self.ooo.blocks.is_empty() {
+            self.ooo.last = None;
+        }
+    }
+
+    fn schedule_delayed_ack(&mut self, now: Instant, len: usize) {
+        match self.cfg.delayed_ack {
+            None => self.ack_now = true,
+            Some(d) => {
+                // RFC 9293 §3.8.6.3: ACK at least every second full-sized segment.
+                self.delack_segs += if len >= self.snd_mss as usize { 2 } else { 1 };
+                if self.delack_segs >= 2 {
+                    self.ack_now = true;
+                } else if self.t_delack.is_none() {
+                    self.t_delack = Some(now + d);
+                }
+            }
+        }
+    }
+
+    fn rtt_sample_from_timed(&mut self, now: Instant, ack: u32) {
+        if let Some((s, t)) = self.timed {
+            if gt(ack, s) {
+                self.timed = None;
+                self.rtt_sample(now - t);
+            }
+        }
+    }
+
+    /// RFC 6298 §2.2–§2.3.
+    fn rtt_sample(&mut self, r: Duration) {
+        let r = r.max(Duration::from_micros(1));
+        match self.srtt {
+            None => {
+                self.srtt = Some(r);
+                self.rttvar = r / 2;
+            }
+            Some(srtt) => {
+                let diff = srtt.abs_diff(r);
+                self.rttvar = (self.rttvar * 3 + diff) / 4;
+                self.srtt = Some((srtt * 7 + r) / 8);
+            }
+        }
+        self.backoff = 0;
+        self.update_rto();
+    }
+
+    pub(crate) fn update_rto(&mut self) {
+        let srtt = self.srtt.unwrap_or(Duration::ZERO);
+        // G, the clock granularity: our clock is microseconds, use 1 ms as Linux does.
+        let k_rttvar = (self.rttvar * 4).max(Duration::from_millis(1));
+        let base = if self.srtt.is_some() { srtt + k_rttvar } else { self.cfg.initial_rto };
+        let backed = base.saturating_mul(1u32 << self.backoff.min(16));
+        self.rto = backed.clamp(self.cfg.min_rto, self.cfg.max_rto);
+    }
+
+    /// The ACK processing of RFC 9293 §3.10.7.4 "fifth", with RFC 5681 / 6582 / 6675 loss
+    /// recovery.
+    fn process_ack(&mut self, now: Instant, seg: &SegIn<'_>, ack: u32) {
+        let mss = self.snd_mss;
+        let wnd = (seg.window as u32) << self.snd_wscale;
+        let window_update = lt(self.snd_wl1, seg.seq) || (self.snd_wl1 == seg.seq && le(self.snd_wl2, ack));
+
+        if self.sack_ok {
+            self.update_scoreboard(&seg.sack, ack);
+        }
+
+        if gt(ack, self.snd_una) {
+            let acked = dist(self.snd_una, ack);
+            // Remove acknowledged data from the buffer (SYN/FIN occupy no buffer bytes).
+            let data_acked = if gt(ack, self.snd_buf_seq) {
+                (dist(self.snd_buf_seq, ack) as usize).min(self.snd_buf.len())
+            } else {
+                0
+            };
+            self.snd_buf.drain(..data_acked);
+            self.snd_buf_seq = self.snd_buf_seq.wrapping_add(data_acked as u32);
+            self.snd_una = ack;
+            if lt(self.snd_nxt, ack) {
+                self.snd_nxt = ack;
+            }
+            self.retries = 0;
+            self.rtt_sample_from_timed(now, ack);
+            self.ka_probes = 0;
+
+            match self.recovery {
+                Some(point) if lt(ack, point) => {
+                    // Partial ACK.
+                    if !self.sack_ok {
+                        // RFC 6582 §3.2 step 5: retransmit the next segment, deflate.
+                        self.cc.cwnd = self.cc.cwnd.saturating_sub(acked).saturating_add(mss).max(mss);
+                    }
+                    self.rexmit_now = true;
+                    if lt(self.high_rxt, ack) {
+                        self.high_rxt = ack;
+                    }
+                }
+                Some(_) => {
+                    // Full ACK: leave recovery (RFC 6582 §3.2 step 6, RFC 6675 §5).
+                    self.recovery = None;
+                    self.cc.cwnd = self.cc.ssthresh.min(self.flight().max(mss) + mss).max(mss);
+                    self.dupacks = 0;
+                }
+                None => {
+                    self.dupacks = 0;
+                    let srtt = self.srtt.unwrap_or(Duration::from_millis(100));
+                    self.cc.on_ack(acked, mss, now, srtt);
+                }
+            }
+            // RFC 6298 §5.2/§5.3: stop the timer when all is acked, else restart it.
+            if self.snd_una == self.snd_max {
+                self.t_rto = None;
+            } else {
+                self.t_rto = Some(now + self.rto);
+            }
+            // Our FIN acknowledged?
+            if self.fin_acked() {
+                match self.state {
+                    TcpState::FinWait1 => {
+                        self.state = TcpState::FinWait2;
+                        self.t_close = Some(now + self.cfg.fin_wait2_timeout);
+                    }
+                    TcpState::Closing => self.enter_time_wait(now),
+                    TcpState::LastAck => {
+                        self.enter_closed(None);
+                        return;
+                    }
+                    _ => {}
+                }
+            }
+        } else if ack == self.snd_una
+            && seg.payload.is_empty()
+            && !seg.syn
+            && !seg.fin
+            && self.snd_una != self.snd_max
+            && wnd == self.snd_wnd
+        {
+            // RFC 5681 §2 duplicate ACK.
+            self.dupacks += 1;
+            if self.recovery.is_some() && !self.sack_ok {
+                // RFC 6582 §3.2 step 4: inflate.
+                self.cc.cwnd = self.cc.cwnd.saturating_add(mss);
+            }
+        }
+
+        if window_update {
+            self.set_snd_wnd(wnd, seg.seq, ack);
+            if wnd > 0 {
+                self.t_persist = None;
+                self.persist_backoff = 0;
+                if self.snd_una != self.snd_max && self.t_rto.is_none() {
+                    self.t_rto = Some(now + self.rto);
+                }
+            }
+        }
+
+        // Enter loss recovery: three duplicate ACKs, or (RFC 6675 IsLost) more than
+        // (DupThresh - 1) * SMSS bytes SACKed above SND.UNA.
+        if self.recovery.is_none()
+            && self.snd_una != self.snd_max
+            && (self.dupacks >= 3 || (self.sack_ok && self.sacked_bytes() > 2 * mss))
+            && (gt(self.snd_una, self.recover) || self.recover == self.iss)
+        {
+            // RFC 6582 §3.2 step 2 guard: only when SND.UNA passed the previous recover point.
+            self.events.fast_recovery += 1;
+            let ss = self.cc.on_congestion(self.flight(), mss);
+            self.recover = self.snd_max;
+            self.recovery = Some(self.snd_max);
+            self.high_rxt = self.snd_una;
+            self.rexmit_now = true;
+            self.timed = None;
+            self.cc.cwnd = if self.sack_ok { ss } else { ss + 3 * mss };
+        }
+    }
+
+    fn update_scoreboard(&mut self, blocks: &[Option<(u32, u32)>; 3], ack: u32) {
+        for &(l, r) in blocks.iter().flatten() {
+            if !lt(l, r) || !gt(r, ack) || gt(r, self.snd_max) {
+                continue;
+            }
+            let l = seq::max(l, ack);
+            self.insert_sack(l, r);
+        }
+        // Drop what SND.UNA passed.
+        let una = seq::max(ack, self.snd_una);
+        self.sacked.retain_mut(|(l, r)| {
+            if le(*r, una) {
+                return false;
+            }
+            if lt(*l, una) {
+                *l = una;
+            }
+            true
+        });
+    }
+
+    fn insert_sack(&mut self, l: u32, r: u32) {
+        let mut nl = l;
+        let mut nr = r;
+        let mut out = Vec::with_capacity(self.sacked.len() + 1);
+        let mut placed = false;
+        for &(a, b) in &self.sacked {
+            if lt(b, nl) {
+                out.push((a, b));
+            } else if gt(a, nr) {
+                if !placed {
+                    out.push((nl, nr));
+                    placed = true;
+                }
+                out.push((a, b));
+            } else {
+                if lt(a, nl) {
+                    nl = a;
+                }
+                if gt(b, nr) {
+                    nr = b;
+                }
+            }
+        }
+        if !placed {
+            out.push((nl, nr));
+        }
+        self.sacked = out;
+    }
+
+    fn sacked_bytes(&self) -> u32 {
+        self.sacked.iter().map(|&(l, r)| dist(l, r)).sum()
+    }
+
+    /// First unSACKed range at or after `from`, below the highest SACKed byte.
+    fn next_hole(&self, from: u32) -> Option<(u32, u32)> {
+        let mut cur = seq::max(from, self.snd_una);
+        for &(l, r) in &self.sacked {
+            if lt(cur, l) {
+                return Some((cur, l));
+            }
+            if lt(cur, r) {
+                cur = r;
+            }
+        }
+        None
+    }
+
+    /// RFC 6675 §4 pipe: bytes believed in flight (lost holes not yet retransmitted excluded).
+    fn pipe(&self) -> u32 {
+        let mut lost = 0u32;
+        let mut from = seq::max(self.high_rxt, self.snd_una);
+        while let Some((a, b)) = self.next_hole(from) {
+            lost += dist(a, b);
+            from = b;
+        }
+        self.flight().saturating_sub(self.sacked_bytes()).saturating_sub(lost)
+    }
+
+    /// Timer processing. Call when [`Tcb::poll_at`] has passed.
+    pub fn on_timer(&mut self, now: Instant) {
+        if self.t_close.is_some_and(|t| t <= now) {
+            self.t_close = None;
+            match self.state {
+                TcpState::TimeWait => self.enter_closed(None),
+                TcpState::FinWait2 => self.enter_closed(Some(TcpError::TimedOut)),
+                _ => {}
+            }
+            return;
+        }
+        if self.t_delack.is_some_and(|t| t <= now) {
+            self.t_delack = None;
+            self.ack_now = true;
+        }
+        if self.t_rto.is_some_and(|t| t <= now) {
+            self.t_rto = None;
+            self.on_rto(now);
+        }
+        if self.t_persist.is_some_and(|t| t <= now) {
+            self.t_persist = None;
+            self.probe_due = true;
+            self.persist_backoff = (self.persist_backoff + 1).min(16);
+        }
+        if self.t_keepalive.is_some_and(|t| t <= now) && self.state == TcpState::Established {
+            if let Some(k) = self.cfg.keepalive {
+                if self.ka_probes >= k.count {
+                    self.enter_closed(Some(TcpError::TimedOut));
+                    return;
+                }
+                self.ka_probes += 1;
+                self.ka_probe_due = true;
+                self.t_keepalive = Some(now + k.interval);
+            }
+        }
+    }
+
+    /// RFC 6298 §5.4–§5.7 retransmission timeout.
+    fn on_rto(&mut self, now: Instant) {
+        let syn_phase = matches!(self.state, TcpState::SynSent | TcpState::SynReceived);
+        if !syn_phase && self.snd_una == self.snd_max {
+            return;
+        }
+        self.retries += 1;
+        let limit = if syn_phase { self.cfg.syn_retries } else { self.cfg.max_retries };
+        if self.retries > limit {
+            self.enter_closed(Some(TcpError::TimedOut));
+            return;
+        }
+        self.events.rto += 1;
+        if !syn_phase {
+            let flight = self.flight();
+            if self.backoff == 0 {
+                self.cc.on_rto(flight, self.snd_mss);
+            } else {
+                self.cc.cwnd = self.snd_mss;
+            }
+            // RFC 6582 §4 / RFC 6675 §5.1: forget recovery; RFC 2018 §8: SACK info may be
+            // reneged, so the scoreboard is cleared.
+            self.recovery = None;
+            self.recover = self.snd_max;
+            self.sacked.clear();
+            self.dupacks = 0;
+            self.rexmit_now = false;
+        }
+        // Go back N: resend from SND.UNA.
+        self.snd_nxt = self.snd_una;
+        self.high_rxt = self.snd_una;
+        self.timed = None;
+        self.backoff += 1;
+        self.update_rto();
+        self.t_rto = Some(now + self.rto);
+    }
+
+    /// The earliest instant at which [`Tcb::on_timer`] has work.
+    pub fn poll_at(&self) -> Option<Instant> {
+        [self.t_rto, self.t_delack, self.t_persist, self.t_keepalive, self.t_close].into_iter().flatten().min()
+    }
+
+    /// Whether [`Tcb::next_segment`] may have something to send right now.
+    pub fn wants_output(&self) -> bool {
+        self.ack_now || self.rst_due || self.rst_due_for_ack.is_some() || self.probe_due || self.ka_probe_due || self.rexmit_now || self.has_data_to_send()
+    }
+
+    fn has_data_to_send(&self) -> bool {
+        match self.state {
+            TcpState::SynSent | TcpState::SynReceived => self.snd_nxt == self.iss,
+            TcpState::Established | TcpState::CloseWait | TcpState::FinWait1 | TcpState::Closing | TcpState::LastAck => {
+                lt(self.snd_nxt, self.data_end()) || (self.fin_queued && le(self.snd_nxt, self.data_end()) && !gt(self.snd_max, self.data_end()))
+                    || lt(self.snd_nxt, self.snd_max)
+            }
+            _ => false,
+        }
+    }
+
+    fn window_field(&mut self, syn: bool) -> u16 {
+        let space = self.advertisable_window();
+        if syn {
+            return space.min(65535) as u16;
+        }
+        let new_edge = self.rcv_nxt.wrapping_add(space);
+        let cur = if gt(self.rcv_adv, self.rcv_nxt) { dist(self.rcv_nxt, self.rcv_adv) } else { 0 };
+        // RFC 9293 §3.8.6.2.2 receiver SWS avoidance.
+        let thresh = (self.cfg.recv_buf as u32 / 2).min(self.snd_mss);
+        if gt(new_edge, self.rcv_adv) && (dist(self.rcv_adv, new_edge) >= thresh || space as usize == self.cfg.recv_buf || cur == 0 && space >= thresh) {
+            self.rcv_adv = new_edge;
+        }
+        let wnd = if gt(self.rcv_adv, self.rcv_nxt) { dist(self.rcv_nxt, self.rcv_adv) } else { 0 };
+        let shift = if self.ws_ok { self.rcv_wscale } else { 0 };
+        (wnd >> shift).min(65535) as u16
+    }
+
+    fn base_segment(&mut self, now: Instant, seq: u32) -> SegOut {
+        let window = self.window_field(false);
+        let ts = self.ts_ok.then(|| (self.tsval(now), self.ts_recent));
+        let sack = if self.sack_ok { self.ooo.sack_blocks() } else { [None; 3] };
+        self.last_ack_sent = self.rcv_nxt;
+        self.ack_now = false;
+        self.t_delack = None;
+        self.delack_segs = 0;
+        self.events.segments_out += 1;
+        SegOut { seq, ack: Some(self.rcv_nxt), window, ts, sack, ..SegOut::default() }
+    }
+
+    /// The next segment to send, if any. Call repeatedly until `None`.
+    pub fn next_segment(&mut self, now: Instant) -> Option<SegOut> {
+        if let Some(ack) = self.rst_due_for_ack.take() {
+            // RFC 9293 §3.10.7.3: <SEQ=SEG.ACK><CTL=RST> for an unacceptable ACK.
+            self.events.segments_out += 1;
+            return Some(SegOut { seq: ack, rst: true, ..SegOut::default() });
+        }
+        if self.rst_due {
+            self.rst_due = false;
+            self.events.segments_out += 1;
+            return Some(SegOut { seq: self.snd_nxt, ack: Some(self.rcv_nxt), rst: true, ..SegOut::default() });
+        }
+        match self.state {
+            TcpState::Closed | TcpState::Listen => None,
+            TcpState::SynSent | TcpState::SynReceived => self.next_syn(now),
+            _ => self.next_data(now),
+        }
+    }
+
+    fn next_syn(&mut self, now: Instant) -> Option<SegOut> {
+        let synack = self.state == TcpState::SynReceived;
+        if self.snd_nxt != self.iss && !(synack && self.ack_now) {
+            return None;
+        }
+        let retransmit = self.snd_max != self.iss;
+        let mut s = SegOut {
+            seq: self.iss,
+            syn: true,
+            window: self.window_field(true),
+            mss: Some(self.rcv_mss),
+            ..SegOut::default()
+        };
+        if synack {
+            s.ack = Some(self.rcv_nxt);
+            // RFC 7323 §1.3 / RFC 2018 §2: only echo options the peer offered.
+            s.wscale = self.ws_ok.then_some(self.rcv_wscale);
+            s.sack_permitted = self.sack_ok;
+            s.ts = self.ts_ok.then(|| (self.tsval(now), self.ts_recent));
+            self.last_ack_sent = self.rcv_nxt;
+        } else {
+            s.wscale = self.cfg.window_scale.then_some(self.rcv_wscale);
+            s.sack_permitted = self.cfg.sack;
+            s.ts = self.cfg.timestamps.then(|| (self.tsval(now), 0));
+        }
+        self.ack_now = false;
+        self.snd_nxt = self.iss.wrapping_add(1);
+        self.snd_max = self.snd_nxt;
+        if retransmit {
+            self.events.retransmits += 1;
+        } else {
+            self.timed = Some((self.iss, now));
+        }
+        if self.t_rto.is_none() {
+            self.t_rto = Some(now + self.rto);
+        }
+        self.events.segments_out += 1;
+        Some(s)
+    }
+
+    fn next_data(&mut self, now: Instant) -> Option<SegOut> {
+        let mss = self.eff_mss();
+        let can_send_data = matches!(
+            self.state,
+            TcpState::Established | TcpState::CloseWait | TcpState::FinWait1 | TcpState::Closing | TcpState::LastAck
+        );
+        if can_send_data {
+            // Zero-window probe (RFC 9293 §3.8.6.1): one byte beyond the window.
+            if self.probe_due {
+                self.probe_due = false;
+                if self.snd_wnd == 0 && (self.snd_buf.len() > 0) {
+                    let seq = self.snd_una;
+                    self.events.zero_window_probes += 1;
+                    let mut s = self.base_segment(now, seq);
+                    s.payload_off = dist(self.snd_buf_seq, seq) as usize;
+                    s.payload_len = 1;
+                    if self.snd_una == self.snd_max {
+                        self.snd_nxt = seq.wrapping_add(1);
+                        self.snd_max = self.snd_nxt;
+                    }
+                    self.arm_persist(now);
+                    return Some(s);
+                }
+            }
+            // Loss recovery retransmissions first.
+            if self.recovery.is_some() || self.rexmit_now {
+                if let Some(s) = self.next_recovery_segment(now) {
+                    return Some(s);
+                }
+            }
+            if let Some(s) = self.next_new_data(now, mss) {
+                return Some(s);
+            }
+        }
+        if self.ka_probe_due {
+            self.ka_probe_due = false;
+            // RFC 9293 §3.8.4: a probe carrying SEG.SEQ = SND.NXT - 1 elicits an ACK.
+            let seq = self.snd_una.wrapping_sub(1);
+            return Some(self.base_segment(now, seq));
+        }
+        if self.ack_now {
+            let seq = self.snd_nxt;
+            return Some(self.base_segment(now, seq));
+        }
+        None
+    }
+
+    fn next_recovery_segment(&mut self, now: Instant) -> Option<SegOut> {
+        let mss = self.eff_mss();
+        let force = self.rexmit_now;
+        if self.sack_ok && self.recovery.is_some() {
+            if !force && self.pipe() + mss > self.cc.cwnd {
+                return None;
+            }
+            let hole = self.next_hole(self.high_rxt).or_else(|| {
+                // No SACK information yet: the first unacknowledged segment is the hole.
+                (force && self.high_rxt == self.snd_una && self.snd_una != self.snd_max)
+                    .then(|| (self.snd_una, self.snd_max))
+            });
+            let (a, b) = hole?;
+            let len = dist(a, b).min(mss);
+            self.rexmit_now = false;
+            self.high_rxt = a.wrapping_add(len);
+            return self.retransmit_range(now, a, len);
+        }
+        if force {
+            self.rexmit_now = false;
+            if self.snd_una == self.snd_max {
+                return None;
+            }
+            let len = self.flight().min(mss);
+            self.high_rxt = self.snd_una.wrapping_add(len);
+            return self.retransmit_range(now, self.snd_una, len);
+        }
+        None
+    }
+
+    fn retransmit_range(&mut self, now: Instant, seq: u32, len: u32) -> Option<SegOut> {
+        // The range may include our FIN (one sequence number beyond the data).
+        let data_end = self.data_end();
+        let data_len = if lt(seq, data_end) { dist(seq, data_end).min(len) } else { 0 };
+        let fin = self.fin_seq().is_some_and(|f| seq.wrapping_add(data_len) == f && le(f, self.snd_max) && data_len < len.max(1));
+        if data_len == 0 && !fin {
+            return None;
+        }
+        let mut s = self.base_segment(now, seq);
+        s.payload_off = dist(self.snd_buf_seq, seq) as usize;
+        s.payload_len = data_len as usize;
+        s.fin = fin && gt(self.snd_max, self.data_end());
+        self.events.retransmits += 1;
+        if let Some((t, _)) = self.timed {
+            if le(seq, t) && lt(t, seq.wrapping_add(len)) {
+                self.timed = None;
+            }
+        }
+        if self.t_rto.is_none() {
+            self.t_rto = Some(now + self.rto);
+        }
+        Some(s)
+    }
+
+    fn arm_persist(&mut self, now: Instant) {
+        let base = self.rto.max(self.cfg.min_rto);
+        let d = base.saturating_mul(1u32 << self.persist_backoff.min(10)).min(self.cfg.max_rto);
+        self.t_persist = Some(now + d);
+    }
+
+    fn next_new_data(&mut self, now: Instant, mss: u32) -> Option<SegOut> {
+        let data_end = self.data_end();
+        let unsent = if lt(self.snd_nxt, data_end) { dist(self.snd_nxt, data_end) } else { 0 };
+        let fin_pending = self.fin_queued && !gt(self.snd_nxt, data_end) && (lt(self.snd_nxt, self.snd_max) || !gt(self.snd_max, data_end));
+        if unsent == 0 && !fin_pending {
+            return None;
+        }
+        let win_end = self.snd_una.wrapping_add(self.snd_wnd);
+        let wnd_avail = if gt(win_end, self.snd_nxt) { dist(self.snd_nxt, win_end) } else { 0 };
+        let in_flight = dist(self.snd_una, self.snd_nxt);
+        let cwnd = if self.recovery.is_some() && self.sack_ok {
+            // RFC 6675: new data only while pipe leaves room.
+            self.cc.cwnd.saturating_sub(self.pipe()).saturating_add(in_flight)
+        } else {
+            self.cc.cwnd
+        };
+        let cwnd_avail = cwnd.saturating_sub(in_flight);
+        let retransmitting = lt(self.snd_nxt, self.snd_max);
+        let len = unsent.min(mss).min(wnd_avail).min(cwnd_avail);
+
+        if len == 0 && unsent > 0 {
+            if wnd_avail == 0 && self.snd_una == self.snd_max {
+                // Zero window with nothing in flight: persist timer (RFC 9293 §3.8.6.1).
+                if self.t_persist.is_none() {
+                    self.arm_persist(now);
+                }
+                self.t_rto = None;
+            }
+            return None;
+        }
+        // Nagle (RFC 9293 §3.7.4): hold a small segment while data is unacknowledged, unless
+        // it is the last of the data before a FIN.
+        if len > 0 && len < mss && self.cfg.nagle && self.snd_una != self.snd_nxt && !retransmitting && !(self.fin_queued && len == unsent) {
+            return None;
+        }
+        // Sender SWS avoidance: do not send tiny window-limited segments while data is in flight.
+        if len > 0 && len < mss && len < unsent && self.snd_una != self.snd_nxt && !retransmitting && len < self.max_snd_wnd / 2 {
+            return None;
+        }
+        let fin = self.fin_queued && self.snd_nxt.wrapping_add(len) == data_end && (len == unsent);
+        if len == 0 && !fin {
+            return None;
+        }
+        let seq = self.snd_nxt;
+        let mut s = self.base_segment(now, seq);
+        s.payload_off = dist(self.snd_buf_seq, seq) as usize;
+        s.payload_len = len as usize;
+        s.fin = fin;
+        s.psh = len > 0 && len == unsent;
+        self.snd_nxt = seq.wrapping_add(len + fin as u32);
+        if retransmitting {
+            self.events.retransmits += 1;
+            if let Some((t, _)) = self.timed {
+                if le(seq, t) && lt(t, self.snd_nxt) {
+                    self.timed = None;
+                }
+            }
+        } else if self.timed.is_none() && len > 0 {
+            self.timed = Some((seq, now));
+        }
+        if gt(self.snd_nxt, self.snd_max) {
+            self.snd_max = self.snd_nxt;
+        }
+        if self.t_rto.is_none() {
+            self.t_rto = Some(now + self.rto);
+        }
+        Some(s)
+    }
+
+    /// The payload of `s` as (up to) two slices of the send buffer.
+    pub fn payload(&self, s: &SegOut) -> (&[u8], &[u8]) {
+        let (a, b) = self.snd_buf.as_slices();
+        let start = s.payload_off.min(self.snd_buf.len());
+        let end = (s.payload_off + s.payload_len).min(self.snd_buf.len());
+        if start >= a.len() {
+            (&b[start - a.len()..end - a.len()], &[])
+        } else if end <= a.len() {
+            (&a[start..end], &[])
+        } else {
+            (&a[start..], &b[..end - a.len()])
+        }
+    }
+
+    /// Lower the send MSS after an ICMPv6 Packet Too Big (RFC 8201 §5.4): resend what was lost.
+    pub fn on_path_mtu(&mut self, mss: u32) {
+        if mss < self.snd_mss && mss >= 64 {
+            self.snd_mss = mss;
+            if self.state.is_synchronized() && self.snd_una != self.snd_max {
+                self.snd_nxt = self.snd_una;
+            }
+        }
+    }
+
+    /// Take and reset the event counters.
+    pub fn take_events(&mut self) -> TcbEvents {
+        std::mem::take(&mut self.events)
+    }
+}

@@ -1,0 +1,135 @@
+//! Two interfaces joined by a simulated wire with simulated time: loss, reordering and delay are
+//! deterministic functions of a seed.
+
+use ds_stack::{Config, Instant, Interface, TcpHandle, TcpState};
+use std::collections::VecDeque;
+use std::net::SocketAddrV6;
+use std::time::Duration;
+
+struct Wire {
+    a: Interface,
+    b: Interface,
+    now: Instant,
+    /// (deliver_at, to_b, frame)
+    q: VecDeque<(Instant, bool, Vec<u8>)>,
+    delay: Duration,
+    loss_permille: u32,
+    rng: u64,
+    dropped: u64,
+}
+
+impl Wire {
+    fn new(loss_permille: u32, seed: u64) -> Self {
+        let now = Instant::from_millis(1000);
+        let a = Interface::new(Config::new([2, 0, 0, 0, 0, 1], vec!["fd00::1".parse().unwrap()]), now);
+        let b = Interface::new(Config::new([2, 0, 0, 0, 0, 2], vec!["fd00::2".parse().unwrap()]), now);
+        Wire { a, b, now, q: VecDeque::new(), delay: Duration::from_millis(5), loss_permille, rng: seed | 1, dropped: 0 }
+    }
+
+    fn rand(&mut self) -> u32 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        (self.rng % 1000) as u32
+    }
+
+    fn pump(&mut self) {
+        let now = self.now;
+        let mut out = Vec::new();
+        self.a.transmit(now, &mut |f: &[u8]| out.push((true, f.to_vec())));
+        self.b.transmit(now, &mut |f: &[u8]| out.push((false, f.to_vec())));
+        for (to_b, f) in out {
+            if self.rand() < self.loss_permille {
+                self.dropped += 1;
+                continue;
+            }
+            self.q.push_back((now + self.delay, to_b, f));
+        }
+    }
+
+    /// Advance time to the next event.
+    fn step(&mut self) {
+        self.pump();
+        let next_frame = self.q.front().map(|x| x.0);
+        let next = [next_frame, self.a.poll_at(), self.b.poll_at()].into_iter().flatten().min();
+        let next = next.unwrap_or(self.now + Duration::from_millis(10)).max(self.now);
+        self.now = next;
+        while let Some((t, _, _)) = self.q.front() {
+            if *t > self.now {
+                break;
+            }
+            let (_, to_b, f) = self.q.pop_front().unwrap();
+            if to_b {
+                self.b.receive(self.now, &f);
+            } else {
+                self.a.receive(self.now, &f);
+            }
+        }
+        self.a.poll(self.now);
+        self.b.poll(self.now);
+        self.pump();
+    }
+}
+
+fn addr(s: &str) -> SocketAddrV6 {
+    s.parse().unwrap()
+}
+
+fn connect(w: &mut Wire) -> (TcpHandle, TcpHandle) {
+    let l = w.b.tcp_listen(addr("[::]:80"), 16).unwrap();
+    let c = w.a.tcp_connect(w.now, addr("[fd00::1]:0"), addr("[fd00::2]:80")).unwrap();
+    let mut s = None;
+    for _ in 0..10_000 {
+        w.step();
+        if s.is_none() {
+            s = w.b.tcp_accept(l);
+        }
+        if s.is_some() && w.a.tcp_state(c) == Some(TcpState::Established) {
+            break;
+        }
+    }
+    (c, s.expect("accepted"))
+}
+
+fn transfer(loss: u32, seed: u64, len: usize) -> Wire {
+    let mut w = Wire::new(loss, seed);
+    let (c, s) = connect(&mut w);
+    let data: Vec<u8> = (0..len).map(|i| (i * 7 + i / 251) as u8).collect();
+    let mut sent = 0;
+    let mut got = Vec::with_capacity(len);
+    let mut buf = vec![0u8; 65536];
+    let mut steps = 0;
+    while got.len() < len {
+        steps += 1;
+        assert!(steps < 2_000_000, "stuck at {} of {} (a={:?})", got.len(), len, w.a.stats());
+        if sent < len {
+            sent += w.a.tcp_send(c, &data[sent..]).unwrap();
+        }
+        loop {
+            let n = w.b.tcp_recv(s, &mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        w.step();
+    }
+    assert!(got == data, "data mismatch");
+    eprintln!("len {len} loss {loss} dropped {} now {} a={:?}", w.dropped, w.now, w.a.stats());
+    w
+}
+
+#[test]
+fn handshake_and_clean_transfer() {
+    let w = transfer(0, 1, 1 << 20);
+    assert_eq!(w.a.stats().tcp_retransmits, 0);
+}
+
+#[test]
+fn transfer_with_loss_recovers() {
+    for (loss, seed) in [(10, 3), (50, 7)] {
+        let w = transfer(loss, seed, 2 << 20);
+        assert!(w.dropped > 0);
+        assert!(w.a.stats().tcp_retransmits > 0);
+    }
+}
