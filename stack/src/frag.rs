@@ -107,7 +107,11 @@ impl Reassembler {
             p.data.resize(end, 0);
         }
         p.data[offset..end].copy_from_slice(data);
-        let pos = p.have.iter().position(|&(s, _)| s > offset).unwrap_or(p.have.len());
+        let pos = p
+            .have
+            .iter()
+            .position(|&(s, _)| s > offset)
+            .unwrap_or(p.have.len());
         p.have.insert(pos, (offset, end));
         // Merge adjacent ranges.
         let mut merged: Vec<(usize, usize)> = Vec::with_capacity(p.have.len());
@@ -121,7 +125,10 @@ impl Reassembler {
         let done = matches!((p.total, p.have.as_slice(), p.next_header), (Some(t), [(0, e)], Some(_)) if *e == t);
         if done {
             if let Some(p) = self.parts.remove(&key) {
-                return Ok(Some(Reassembled { next_header: p.next_header.unwrap_or(59), payload: p.data }));
+                return Ok(Some(Reassembled {
+                    next_header: p.next_header.unwrap_or(59),
+                    payload: p.data,
+                }));
             }
         }
         Ok(None)
@@ -153,9 +160,20 @@ mod tests {
         let mut r = Reassembler::default();
         let t = Instant::ZERO;
         let data: Vec<u8> = (0..24u8).collect();
-        assert_eq!(r.add(t, a("::1"), a("::2"), 7, 16, false, 17, &data[16..]).unwrap(), None);
-        assert_eq!(r.add(t, a("::1"), a("::2"), 7, 0, true, 17, &data[..8]).unwrap(), None);
-        let done = r.add(t, a("::1"), a("::2"), 7, 8, true, 17, &data[8..16]).unwrap().unwrap();
+        assert_eq!(
+            r.add(t, a("::1"), a("::2"), 7, 16, false, 17, &data[16..])
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            r.add(t, a("::1"), a("::2"), 7, 0, true, 17, &data[..8])
+                .unwrap(),
+            None
+        );
+        let done = r
+            .add(t, a("::1"), a("::2"), 7, 8, true, 17, &data[8..16])
+            .unwrap()
+            .unwrap();
         assert_eq!(done.payload, data);
         assert_eq!(done.next_header, 17);
     }
@@ -164,14 +182,19 @@ mod tests {
     fn overlap_discards() {
         let mut r = Reassembler::default();
         let t = Instant::ZERO;
-        r.add(t, a("::1"), a("::2"), 1, 0, true, 17, &[0; 16]).unwrap();
-        assert_eq!(r.add(t, a("::1"), a("::2"), 1, 8, false, 17, &[0; 16]), Err(FragError::Overlap));
+        r.add(t, a("::1"), a("::2"), 1, 0, true, 17, &[0; 16])
+            .unwrap();
+        assert_eq!(
+            r.add(t, a("::1"), a("::2"), 1, 8, false, 17, &[0; 16]),
+            Err(FragError::Overlap)
+        );
     }
 
     #[test]
     fn times_out() {
         let mut r = Reassembler::default();
-        r.add(Instant::ZERO, a("::1"), a("::2"), 1, 0, true, 17, &[0; 8]).unwrap();
+        r.add(Instant::ZERO, a("::1"), a("::2"), 1, 0, true, 17, &[0; 8])
+            .unwrap();
         assert_eq!(r.expire(Instant::ZERO + REASSEMBLY_TIMEOUT), 1);
     }
 }

@@ -19,10 +19,17 @@ pub enum HaoVerdict {
 pub trait MobilityHook: Send {
     /// A Mobility Header (IPv6 next header 135) addressed to us. `mh` starts at the MH itself.
     /// Return IPv6 packets (without link header) to send in answer.
-    fn on_mobility_header(&mut self, now: Instant, src: Ipv6Addr, dst: Ipv6Addr, mh: &[u8]) -> Vec<Vec<u8>>;
+    fn on_mobility_header(
+        &mut self,
+        now: Instant,
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        mh: &[u8],
+    ) -> Vec<Vec<u8>>;
 
     /// A packet from care-of address `src` carrying Home Address option `home`.
-    fn on_home_address_option(&mut self, now: Instant, src: Ipv6Addr, home: Ipv6Addr) -> HaoVerdict;
+    fn on_home_address_option(&mut self, now: Instant, src: Ipv6Addr, home: Ipv6Addr)
+        -> HaoVerdict;
 
     /// A type 2 routing header: the packet came to our care-of address `dst` for home address
     /// `home`. Return true if `home` is ours to accept (RFC 6275 §9.3.2 / §11.3.3).

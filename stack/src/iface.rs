@@ -3,20 +3,20 @@
 
 use crate::frag::Reassembler;
 use crate::hooks::{HaoVerdict, MobilityHook};
-use crate::isn::{IsnGenerator, random_secret};
+use crate::isn::{random_secret, IsnGenerator};
 use crate::ndp::{Lookup, NdAction, NeighborCache};
 use crate::state::{ConnState, StateError};
 use crate::stats::Stats;
-use crate::tcp::TcpConfig;
 use crate::tcp::tcb::{SegIn, SegOut, Tcb, TcpError};
+use crate::tcp::TcpConfig;
 use crate::tcp::TcpState;
 use crate::time::{Duration, Instant};
-use crate::udp::{UDP_QUEUE, UdpSocket};
+use crate::udp::{UdpSocket, UDP_QUEUE};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
-    EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, Icmpv6Packet, Icmpv6Repr, IpAddress, IpProtocol,
-    Ipv6Packet, Ipv6Repr, NdiscNeighborFlags, NdiscRepr, RawHardwareAddress, TcpControl, TcpPacket, TcpRepr,
-    TcpSeqNumber, TcpTimestampRepr, UdpPacket, UdpRepr,
+    EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, Icmpv6Packet, Icmpv6Repr,
+    IpAddress, IpProtocol, Ipv6Packet, Ipv6Repr, NdiscNeighborFlags, NdiscRepr, RawHardwareAddress,
+    TcpControl, TcpPacket, TcpRepr, TcpSeqNumber, TcpTimestampRepr, UdpPacket, UdpRepr,
 };
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -53,7 +53,15 @@ pub struct Config {
 impl Config {
     /// Settings for an interface with this MAC owning these addresses.
     pub fn new(mac: [u8; 6], addrs: Vec<Ipv6Addr>) -> Self {
-        Config { mac, addrs, mtu: 1500, tcp: TcpConfig::default(), gateway: None, isn_secret: random_secret(), hop_limit: 64 }
+        Config {
+            mac,
+            addrs,
+            mtu: 1500,
+            tcp: TcpConfig::default(),
+            gateway: None,
+            isn_secret: random_secret(),
+            hop_limit: 64,
+        }
     }
 }
 
@@ -198,7 +206,16 @@ fn eui64_link_local(mac: [u8; 6]) -> Ipv6Addr {
 /// RFC 4291 §2.7.1 solicited-node multicast address.
 pub fn solicited_node(a: Ipv6Addr) -> Ipv6Addr {
     let o = a.octets();
-    Ipv6Addr::new(0xff02, 0, 0, 0, 0, 1, 0xff00 | u16::from(o[13]), u16::from_be_bytes([o[14], o[15]]))
+    Ipv6Addr::new(
+        0xff02,
+        0,
+        0,
+        0,
+        0,
+        1,
+        0xff00 | u16::from(o[13]),
+        u16::from_be_bytes([o[14], o[15]]),
+    )
 }
 
 fn multicast_mac(a: Ipv6Addr) -> [u8; 6] {
@@ -294,7 +311,9 @@ impl Interface {
         if self.is_ours(a) || *a == ALL_NODES {
             return true;
         }
-        a.segments()[0] == 0xff02 && (*a == solicited_node(self.link_local) || self.cfg.addrs.iter().any(|x| solicited_node(*x) == *a))
+        a.segments()[0] == 0xff02
+            && (*a == solicited_node(self.link_local)
+                || self.cfg.addrs.iter().any(|x| solicited_node(*x) == *a))
     }
 
     fn source_for(&self, dst: &Ipv6Addr) -> Ipv6Addr {
@@ -308,8 +327,11 @@ impl Interface {
 
     /// The earliest instant at which [`Interface::poll`] has work (`None`: only input matters).
     pub fn poll_at(&self) -> Option<Instant> {
-        let mut t = self.timers.peek().map(|r| r.0.0);
-        for x in [self.nd.poll_at(), self.frag.poll_at()].into_iter().flatten() {
+        let mut t = self.timers.peek().map(|r| r.0 .0);
+        for x in [self.nd.poll_at(), self.frag.poll_at()]
+            .into_iter()
+            .flatten()
+        {
             t = Some(t.map_or(x, |y| y.min(x)));
         }
         if !self.dirty.is_empty() || !self.ctrl.is_empty() {
@@ -326,7 +348,9 @@ impl Interface {
                 break;
             }
             self.timers.pop();
-            let Some(slot) = self.slots.get_mut(idx as usize) else { continue };
+            let Some(slot) = self.slots.get_mut(idx as usize) else {
+                continue;
+            };
             if slot.gen != gen || slot.armed != Some(t) {
                 continue;
             }
@@ -486,7 +510,15 @@ impl Interface {
     }
 
     /// Walk the extension-header chain (RFC 8200 §4) and hand the upper layer on.
-    fn walk_headers(&mut self, now: Instant, pkt: &[u8], src: Ipv6Addr, dst: Ipv6Addr, hop_limit: u8, src_mac: Option<[u8; 6]>) {
+    fn walk_headers(
+        &mut self,
+        now: Instant,
+        pkt: &[u8],
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        hop_limit: u8,
+        src_mac: Option<[u8; 6]>,
+    ) {
         let mut nh = pkt[6];
         let mut off = IP6_HDR;
         let mut nh_field = 6usize;
@@ -524,7 +556,9 @@ impl Interface {
                     let left = pkt[off + 3];
                     if rtype == 2 && left == 1 && len == 24 {
                         // RFC 6275 §6.4: type 2 routing header carrying our home address.
-                        let home = Ipv6Addr::from(<[u8; 16]>::try_from(&pkt[off + 8..off + 24]).unwrap_or([0; 16]));
+                        let home = Ipv6Addr::from(
+                            <[u8; 16]>::try_from(&pkt[off + 8..off + 24]).unwrap_or([0; 16]),
+                        );
                         let ok = match self.hook.as_mut() {
                             Some(h) => h.on_type2_routing(now, dst, home),
                             None => false,
@@ -557,7 +591,12 @@ impl Interface {
                     let fo = u16::from_be_bytes([pkt[off + 2], pkt[off + 3]]);
                     let offset = (fo & 0xfff8) as usize;
                     let more = fo & 1 == 1;
-                    let ident = u32::from_be_bytes([pkt[off + 4], pkt[off + 5], pkt[off + 6], pkt[off + 7]]);
+                    let ident = u32::from_be_bytes([
+                        pkt[off + 4],
+                        pkt[off + 5],
+                        pkt[off + 6],
+                        pkt[off + 7],
+                    ]);
                     let data = &pkt[off + 8..];
                     if offset == 0 && !more {
                         // RFC 6946 atomic fragment: process in isolation.
@@ -567,10 +606,22 @@ impl Interface {
                         first = false;
                         continue;
                     }
-                    match self.frag.add(now, src, dst, ident, offset, more, next, data) {
+                    match self
+                        .frag
+                        .add(now, src, dst, ident, offset, more, next, data)
+                    {
                         Ok(Some(done)) => {
                             self.stats.reassembled += 1;
-                            self.upper(now, done.next_header, &done.payload, src_eff, dst_eff, hop_limit, src_mac, pkt);
+                            self.upper(
+                                now,
+                                done.next_header,
+                                &done.payload,
+                                src_eff,
+                                dst_eff,
+                                hop_limit,
+                                src_mac,
+                                pkt,
+                            );
                         }
                         Ok(None) => {}
                         Err(_) => self.stats.reassembly_failed += 1,
@@ -580,7 +631,16 @@ impl Interface {
                 59 => return,
                 _ => {
                     let _ = nh_field;
-                    self.upper(now, nh, &pkt[off..], src_eff, dst_eff, hop_limit, src_mac, pkt);
+                    self.upper(
+                        now,
+                        nh,
+                        &pkt[off..],
+                        src_eff,
+                        dst_eff,
+                        hop_limit,
+                        src_mac,
+                        pkt,
+                    );
                     return;
                 }
             }
@@ -594,7 +654,15 @@ impl Interface {
 
     /// TLV options of a hop-by-hop or destination-options header (RFC 8200 §4.2). Returns the
     /// home address when a Home Address option was accepted.
-    fn process_options(&mut self, now: Instant, pkt: &[u8], off: usize, len: usize, src: Ipv6Addr, dst: Ipv6Addr) -> Result<Option<Ipv6Addr>, ()> {
+    fn process_options(
+        &mut self,
+        now: Instant,
+        pkt: &[u8],
+        off: usize,
+        len: usize,
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+    ) -> Result<Option<Ipv6Addr>, ()> {
         let mut i = off + 2;
         let end = off + len;
         let mut home = None;
@@ -617,7 +685,9 @@ impl Interface {
                 1 => {}
                 // RFC 6275 §6.3 Home Address option.
                 201 if olen == 16 && self.hook.is_some() => {
-                    let h = Ipv6Addr::from(<[u8; 16]>::try_from(&pkt[i + 2..i + 18]).unwrap_or([0; 16]));
+                    let h = Ipv6Addr::from(
+                        <[u8; 16]>::try_from(&pkt[i + 2..i + 18]).unwrap_or([0; 16]),
+                    );
                     let verdict = match self.hook.as_mut() {
                         Some(hook) => hook.on_home_address_option(now, src, h),
                         None => HaoVerdict::Reject,
@@ -658,7 +728,17 @@ impl Interface {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn upper(&mut self, now: Instant, nh: u8, payload: &[u8], src: Ipv6Addr, dst: Ipv6Addr, hop_limit: u8, src_mac: Option<[u8; 6]>, whole: &[u8]) {
+    fn upper(
+        &mut self,
+        now: Instant,
+        nh: u8,
+        payload: &[u8],
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        hop_limit: u8,
+        src_mac: Option<[u8; 6]>,
+        whole: &[u8],
+    ) {
         match nh {
             6 => self.receive_tcp(now, payload, src, dst),
             17 => self.receive_udp(now, payload, src, dst, whole),
@@ -690,7 +770,15 @@ impl Interface {
         }
     }
 
-    fn receive_icmp(&mut self, now: Instant, payload: &[u8], src: Ipv6Addr, dst: Ipv6Addr, hop_limit: u8, src_mac: Option<[u8; 6]>) {
+    fn receive_icmp(
+        &mut self,
+        now: Instant,
+        payload: &[u8],
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        hop_limit: u8,
+        src_mac: Option<[u8; 6]>,
+    ) {
         self.stats.rx_icmp += 1;
         let Ok(pkt) = Icmpv6Packet::new_checked(payload) else {
             self.stats.rx_malformed += 1;
@@ -705,11 +793,19 @@ impl Interface {
             return;
         };
         match repr {
-            Icmpv6Repr::EchoRequest { ident, seq_no, data } => {
+            Icmpv6Repr::EchoRequest {
+                ident,
+                seq_no,
+                data,
+            } => {
                 if dst.is_multicast() {
                     return;
                 }
-                let reply = Icmpv6Repr::EchoReply { ident, seq_no, data };
+                let reply = Icmpv6Repr::EchoReply {
+                    ident,
+                    seq_no,
+                    data,
+                };
                 self.send_icmp(now, dst, src, &reply, None);
             }
             Icmpv6Repr::Ndisc(nd) => {
@@ -728,7 +824,12 @@ impl Interface {
                 if mtu < cur {
                     self.pmtu.insert(target, (mtu, now));
                     self.stats.pmtu_updates += 1;
-                    let idxs: Vec<u32> = self.demux.iter().filter(|(k, _)| k.2 == target).map(|(_, v)| *v).collect();
+                    let idxs: Vec<u32> = self
+                        .demux
+                        .iter()
+                        .filter(|(k, _)| k.2 == target)
+                        .map(|(_, v)| *v)
+                        .collect();
                     for idx in idxs {
                         if let Some(t) = self.slots[idx as usize].tcb.as_mut() {
                             let mss = tcp_mss_for(mtu, t.ts_ok);
@@ -742,9 +843,19 @@ impl Interface {
         }
     }
 
-    fn receive_ndisc(&mut self, now: Instant, nd: NdiscRepr<'_>, src: Ipv6Addr, dst: Ipv6Addr, _src_mac: Option<[u8; 6]>) {
+    fn receive_ndisc(
+        &mut self,
+        now: Instant,
+        nd: NdiscRepr<'_>,
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        _src_mac: Option<[u8; 6]>,
+    ) {
         match nd {
-            NdiscRepr::NeighborSolicit { target_addr, lladdr } => {
+            NdiscRepr::NeighborSolicit {
+                target_addr,
+                lladdr,
+            } => {
                 if !self.is_ours(&target_addr) {
                     return;
                 }
@@ -763,7 +874,10 @@ impl Interface {
                 let (to, flags) = if dad {
                     (ALL_NODES, NdiscNeighborFlags::OVERRIDE)
                 } else {
-                    (src, NdiscNeighborFlags::SOLICITED | NdiscNeighborFlags::OVERRIDE)
+                    (
+                        src,
+                        NdiscNeighborFlags::SOLICITED | NdiscNeighborFlags::OVERRIDE,
+                    )
                 };
                 let na = Icmpv6Repr::Ndisc(NdiscRepr::NeighborAdvert {
                     flags,
@@ -772,7 +886,11 @@ impl Interface {
                 });
                 self.send_icmp(now, target_addr, to, &na, Some(255));
             }
-            NdiscRepr::NeighborAdvert { flags, target_addr, lladdr } => {
+            NdiscRepr::NeighborAdvert {
+                flags,
+                target_addr,
+                lladdr,
+            } => {
                 let Some(ll) = lladdr else { return };
                 if ll.len() != 6 {
                     return;
@@ -801,23 +919,39 @@ impl Interface {
         }
     }
 
-    fn receive_udp(&mut self, now: Instant, payload: &[u8], src: Ipv6Addr, dst: Ipv6Addr, whole: &[u8]) {
+    fn receive_udp(
+        &mut self,
+        now: Instant,
+        payload: &[u8],
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        whole: &[u8],
+    ) {
         let Ok(pkt) = UdpPacket::new_checked(payload) else {
             self.stats.rx_malformed += 1;
             return;
         };
-        let Ok(repr) = UdpRepr::parse(&pkt, &IpAddress::Ipv6(src), &IpAddress::Ipv6(dst), &caps()) else {
+        let Ok(repr) = UdpRepr::parse(&pkt, &IpAddress::Ipv6(src), &IpAddress::Ipv6(dst), &caps())
+        else {
             self.stats.rx_bad_checksum += 1;
             return;
         };
-        let sock = self.udp_map.get(&repr.dst_port).copied().and_then(|i| self.udp.get_mut(i as usize)).and_then(|s| s.as_mut());
+        let sock = self
+            .udp_map
+            .get(&repr.dst_port)
+            .copied()
+            .and_then(|i| self.udp.get_mut(i as usize))
+            .and_then(|s| s.as_mut());
         match sock {
             Some(s) if s.local.ip().is_unspecified() || *s.local.ip() == dst => {
                 if s.rx.len() >= UDP_QUEUE {
                     self.stats.udp_drops += 1;
                     return;
                 }
-                s.rx.push_back((SocketAddrV6::new(src, repr.src_port, 0, 0), pkt.payload().to_vec()));
+                s.rx.push_back((
+                    SocketAddrV6::new(src, repr.src_port, 0, 0),
+                    pkt.payload().to_vec(),
+                ));
                 self.stats.udp_rx += 1;
             }
             _ => {
@@ -843,7 +977,12 @@ impl Interface {
             self.stats.rx_bad_checksum += 1;
             return;
         }
-        let Ok(repr) = TcpRepr::parse(&pkt, &IpAddress::Ipv6(src), &IpAddress::Ipv6(dst), &ChecksumCapabilities::ignored()) else {
+        let Ok(repr) = TcpRepr::parse(
+            &pkt,
+            &IpAddress::Ipv6(src),
+            &IpAddress::Ipv6(dst),
+            &ChecksumCapabilities::ignored(),
+        ) else {
             self.stats.rx_malformed += 1;
             return;
         };
@@ -880,7 +1019,11 @@ impl Interface {
             self.stats.tcp_no_socket += 1;
             return;
         }
-        let listener = self.listen_map.get(&(dst, repr.dst_port)).or_else(|| self.listen_map.get(&(Ipv6Addr::UNSPECIFIED, repr.dst_port))).copied();
+        let listener = self
+            .listen_map
+            .get(&(dst, repr.dst_port))
+            .or_else(|| self.listen_map.get(&(Ipv6Addr::UNSPECIFIED, repr.dst_port)))
+            .copied();
         if let Some(l) = listener {
             if seg.syn && seg.ack.is_none() && !seg.rst {
                 self.accept_syn(now, l, &seg, dst, repr.dst_port, src, repr.src_port);
@@ -894,7 +1037,12 @@ impl Interface {
                 Some(a) => (a, None),
                 None => (0, Some(seg.seq.wrapping_add(seg.seg_len()))),
             };
-            let s = SegOut { seq, ack, rst: true, ..SegOut::default() };
+            let s = SegOut {
+                seq,
+                ack,
+                rst: true,
+                ..SegOut::default()
+            };
             let local = SocketAddrV6::new(dst, repr.dst_port, 0, 0);
             let remote = SocketAddrV6::new(src, repr.src_port, 0, 0);
             self.emit_tcp_ctrl(now, &local, &remote, &s);
@@ -902,8 +1050,19 @@ impl Interface {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn accept_syn(&mut self, now: Instant, l: u32, seg: &SegIn<'_>, dst: Ipv6Addr, dport: u16, src: Ipv6Addr, sport: u16) {
-        let Some(Some(lst)) = self.listeners.get(l as usize) else { return };
+    fn accept_syn(
+        &mut self,
+        now: Instant,
+        l: u32,
+        seg: &SegIn<'_>,
+        dst: Ipv6Addr,
+        dport: u16,
+        src: Ipv6Addr,
+        sport: u16,
+    ) {
+        let Some(Some(lst)) = self.listeners.get(l as usize) else {
+            return;
+        };
         if lst.accept.len() + lst.embryonic >= lst.backlog {
             self.stats.tcp_backlog_drops += 1;
             return;
@@ -940,7 +1099,13 @@ impl Interface {
                 i
             }
             None => {
-                self.slots.push(Slot { gen: 0, tcb: Some(tcb), released: false, in_dirty: false, armed: None });
+                self.slots.push(Slot {
+                    gen: 0,
+                    tcb: Some(tcb),
+                    released: false,
+                    in_dirty: false,
+                    armed: None,
+                });
                 (self.slots.len() - 1) as u32
             }
         };
@@ -987,7 +1152,9 @@ impl Interface {
     }
 
     fn buffer(&mut self) -> Vec<u8> {
-        self.pool.pop().unwrap_or_else(|| Vec::with_capacity(ETH_HDR + self.cfg.mtu))
+        self.pool
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(ETH_HDR + self.cfg.mtu))
     }
 
     fn drain_tcb(&mut self, now: Instant, idx: u32, emit: &mut dyn FnMut(&[u8])) {
@@ -995,13 +1162,25 @@ impl Interface {
         for _ in 0..256 {
             let slot = &mut self.slots[idx as usize];
             let Some(tcb) = slot.tcb.as_mut() else { return };
-            let Some(seg) = tcb.next_segment(now) else { return };
+            let Some(seg) = tcb.next_segment(now) else {
+                return;
+            };
             let (local, remote) = (tcb.local, tcb.remote);
             let mut buf = std::mem::take(&mut self.scratch);
             {
-                let Some(tcb) = self.slots[idx as usize].tcb.as_ref() else { return };
+                let Some(tcb) = self.slots[idx as usize].tcb.as_ref() else {
+                    return;
+                };
                 let payload = tcb.payload(&seg);
-                build_tcp_frame(&mut buf, self.cfg.mac, self.cfg.hop_limit, &local, &remote, &seg, payload);
+                build_tcp_frame(
+                    &mut buf,
+                    self.cfg.mac,
+                    self.cfg.hop_limit,
+                    &local,
+                    &remote,
+                    &seg,
+                    payload,
+                );
             }
             self.send_frame(now, buf, *remote.ip(), Some(emit));
         }
@@ -1010,7 +1189,13 @@ impl Interface {
 
     /// Fill in the destination MAC and send (or queue pending resolution). `buf` is returned
     /// to the scratch slot.
-    fn send_frame(&mut self, now: Instant, mut buf: Vec<u8>, dst: Ipv6Addr, emit: Option<&mut dyn FnMut(&[u8])>) {
+    fn send_frame(
+        &mut self,
+        now: Instant,
+        mut buf: Vec<u8>,
+        dst: Ipv6Addr,
+        emit: Option<&mut dyn FnMut(&[u8])>,
+    ) {
         let hop = self.next_hop(&dst);
         let mac = if hop.is_multicast() {
             Some(multicast_mac(hop))
@@ -1085,9 +1270,23 @@ impl Interface {
         }
     }
 
-    fn send_icmp(&mut self, now: Instant, src: Ipv6Addr, dst: Ipv6Addr, repr: &Icmpv6Repr<'_>, hop_limit: Option<u8>) {
+    fn send_icmp(
+        &mut self,
+        now: Instant,
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        repr: &Icmpv6Repr<'_>,
+        hop_limit: Option<u8>,
+    ) {
         let mut buf = self.buffer();
-        build_icmp_frame(&mut buf, self.cfg.mac, hop_limit.unwrap_or(self.cfg.hop_limit), src, dst, repr);
+        build_icmp_frame(
+            &mut buf,
+            self.cfg.mac,
+            hop_limit.unwrap_or(self.cfg.hop_limit),
+            src,
+            dst,
+            repr,
+        );
         self.send_frame(now, buf, dst, None);
     }
 
@@ -1099,8 +1298,12 @@ impl Interface {
         let dst = ip.dst_addr();
         let mut buf = self.buffer();
         buf.resize(ETH_HDR, 0);
-        EthernetRepr { src_addr: EthernetAddress(self.cfg.mac), dst_addr: EthernetAddress([0; 6]), ethertype: EthernetProtocol::Ipv6 }
-            .emit(&mut EthernetFrame::new_unchecked(&mut buf[..]));
+        EthernetRepr {
+            src_addr: EthernetAddress(self.cfg.mac),
+            dst_addr: EthernetAddress([0; 6]),
+            ethertype: EthernetProtocol::Ipv6,
+        }
+        .emit(&mut EthernetFrame::new_unchecked(&mut buf[..]));
         buf.extend_from_slice(pkt);
         self.send_frame(now, buf, dst, None);
     }
@@ -1128,20 +1331,35 @@ impl Interface {
         }
         let src = Ipv6Addr::from(<[u8; 16]>::try_from(&pkt[8..24]).unwrap_or([0; 16]));
         let dst = Ipv6Addr::from(<[u8; 16]>::try_from(&pkt[24..40]).unwrap_or([0; 16]));
-        if src.is_unspecified() || src.is_multicast() || (dst.is_multicast() && !(ty == 4 && code == 2)) {
+        if src.is_unspecified()
+            || src.is_multicast()
+            || (dst.is_multicast() && !(ty == 4 && code == 2))
+        {
             return;
         }
         if !self.icmp_error_allowed(now) {
             return;
         }
         let quote = &pkt[..pkt.len().min(MIN_MTU - IP6_HDR - 8)];
-        let from = if self.is_ours(&dst) { dst } else { self.source_for(&src) };
+        let from = if self.is_ours(&dst) {
+            dst
+        } else {
+            self.source_for(&src)
+        };
         let mut body = Vec::with_capacity(8 + quote.len());
         body.extend_from_slice(&[ty, code, 0, 0]);
         body.extend_from_slice(&pointer.to_be_bytes());
         body.extend_from_slice(quote);
         let mut buf = self.buffer();
-        build_ip_frame(&mut buf, self.cfg.mac, self.cfg.hop_limit, from, src, 58, body.len());
+        build_ip_frame(
+            &mut buf,
+            self.cfg.mac,
+            self.cfg.hop_limit,
+            from,
+            src,
+            58,
+            body.len(),
+        );
         buf.extend_from_slice(&body);
         let mut p = Icmpv6Packet::new_unchecked(&mut buf[ETH_HDR + IP6_HDR..]);
         p.fill_checksum(&from, &src);
@@ -1162,9 +1380,23 @@ impl Interface {
         }
     }
 
-    fn emit_tcp_ctrl(&mut self, now: Instant, local: &SocketAddrV6, remote: &SocketAddrV6, s: &SegOut) {
+    fn emit_tcp_ctrl(
+        &mut self,
+        now: Instant,
+        local: &SocketAddrV6,
+        remote: &SocketAddrV6,
+        s: &SegOut,
+    ) {
         let mut buf = self.buffer();
-        build_tcp_frame(&mut buf, self.cfg.mac, self.cfg.hop_limit, local, remote, s, (&[], &[]));
+        build_tcp_frame(
+            &mut buf,
+            self.cfg.mac,
+            self.cfg.hop_limit,
+            local,
+            remote,
+            s,
+            (&[], &[]),
+        );
         self.stats.tcp_tx_segments += 1;
         self.send_frame(now, buf, *remote.ip(), None);
     }
@@ -1180,7 +1412,10 @@ impl Interface {
     }
 
     fn tcb_mut(&mut self, h: TcpHandle) -> Result<&mut Tcb, Error> {
-        let s = self.slots.get_mut(h.idx as usize).ok_or(Error::InvalidHandle)?;
+        let s = self
+            .slots
+            .get_mut(h.idx as usize)
+            .ok_or(Error::InvalidHandle)?;
         if s.gen != h.gen || s.released {
             return Err(Error::InvalidHandle);
         }
@@ -1188,17 +1423,29 @@ impl Interface {
     }
 
     fn handle(&self, idx: u32) -> TcpHandle {
-        TcpHandle { idx, gen: self.slots[idx as usize].gen }
+        TcpHandle {
+            idx,
+            gen: self.slots[idx as usize].gen,
+        }
     }
 
     /// Listen on `local` (unspecified address: all of ours) with the default TCP settings.
-    pub fn tcp_listen(&mut self, local: SocketAddrV6, backlog: usize) -> Result<ListenHandle, Error> {
+    pub fn tcp_listen(
+        &mut self,
+        local: SocketAddrV6,
+        backlog: usize,
+    ) -> Result<ListenHandle, Error> {
         let cfg = self.cfg.tcp.clone();
         self.tcp_listen_with(local, backlog, cfg)
     }
 
     /// Listen with explicit TCP settings for accepted connections.
-    pub fn tcp_listen_with(&mut self, local: SocketAddrV6, backlog: usize, cfg: TcpConfig) -> Result<ListenHandle, Error> {
+    pub fn tcp_listen_with(
+        &mut self,
+        local: SocketAddrV6,
+        backlog: usize,
+        cfg: TcpConfig,
+    ) -> Result<ListenHandle, Error> {
         if !local.ip().is_unspecified() && !self.is_ours(local.ip()) {
             return Err(Error::AddrNotAvailable);
         }
@@ -1206,7 +1453,13 @@ impl Interface {
         if self.listen_map.contains_key(&key) {
             return Err(Error::AddrInUse);
         }
-        let l = Listener { local, backlog: backlog.max(1), accept: VecDeque::new(), embryonic: 0, cfg };
+        let l = Listener {
+            local,
+            backlog: backlog.max(1),
+            accept: VecDeque::new(),
+            embryonic: 0,
+            cfg,
+        };
         let idx = match self.listeners.iter().position(|x| x.is_none()) {
             Some(i) => {
                 self.listeners[i] = Some(l);
@@ -1239,24 +1492,48 @@ impl Interface {
 
     /// Take the next established connection from a listener's queue.
     pub fn tcp_accept(&mut self, l: ListenHandle) -> Option<TcpHandle> {
-        let idx = self.listeners.get_mut(l.0 as usize)?.as_mut()?.accept.pop_front()?;
+        let idx = self
+            .listeners
+            .get_mut(l.0 as usize)?
+            .as_mut()?
+            .accept
+            .pop_front()?;
         Some(self.handle(idx))
     }
 
     /// Active open from `local` (port 0: ephemeral) to `remote` with the default settings.
-    pub fn tcp_connect(&mut self, now: Instant, local: SocketAddrV6, remote: SocketAddrV6) -> Result<TcpHandle, Error> {
+    pub fn tcp_connect(
+        &mut self,
+        now: Instant,
+        local: SocketAddrV6,
+        remote: SocketAddrV6,
+    ) -> Result<TcpHandle, Error> {
         let cfg = self.cfg.tcp.clone();
         self.tcp_connect_with(now, local, remote, cfg)
     }
 
     /// Active open with explicit settings.
-    pub fn tcp_connect_with(&mut self, now: Instant, local: SocketAddrV6, remote: SocketAddrV6, cfg: TcpConfig) -> Result<TcpHandle, Error> {
+    pub fn tcp_connect_with(
+        &mut self,
+        now: Instant,
+        local: SocketAddrV6,
+        remote: SocketAddrV6,
+        cfg: TcpConfig,
+    ) -> Result<TcpHandle, Error> {
         self.now = self.now.max(now);
-        let ip = if local.ip().is_unspecified() { self.source_for(remote.ip()) } else { *local.ip() };
+        let ip = if local.ip().is_unspecified() {
+            self.source_for(remote.ip())
+        } else {
+            *local.ip()
+        };
         if !self.is_ours(&ip) {
             return Err(Error::AddrNotAvailable);
         }
-        let port = if local.port() == 0 { self.ephemeral_port(&ip, &remote)? } else { local.port() };
+        let port = if local.port() == 0 {
+            self.ephemeral_port(&ip, &remote)?
+        } else {
+            local.port()
+        };
         let local = SocketAddrV6::new(ip, port, 0, 0);
         if self.demux.contains_key(&ConnKey::of(&local, &remote)) {
             return Err(Error::AddrInUse);
@@ -1303,7 +1580,11 @@ impl Interface {
     pub fn tcp_send(&mut self, h: TcpHandle, data: &[u8]) -> Result<usize, Error> {
         let t = self.tcb_mut(h)?;
         Self::check_error(t)?;
-        if !matches!(t.state(), TcpState::Established | TcpState::CloseWait | TcpState::SynSent | TcpState::SynReceived) || t.fin_queued {
+        if !matches!(
+            t.state(),
+            TcpState::Established | TcpState::CloseWait | TcpState::SynSent | TcpState::SynReceived
+        ) || t.fin_queued
+        {
             return Err(Error::InvalidState);
         }
         let n = t.send(data);
@@ -1446,7 +1727,10 @@ impl Interface {
         if self.udp_map.contains_key(&local.port()) {
             return Err(Error::AddrInUse);
         }
-        let s = UdpSocket { local, rx: VecDeque::new() };
+        let s = UdpSocket {
+            local,
+            rx: VecDeque::new(),
+        };
         let idx = match self.udp.iter().position(|x| x.is_none()) {
             Some(i) => {
                 self.udp[i] = Some(s);
@@ -1471,8 +1755,16 @@ impl Interface {
     }
 
     /// Next received datagram: (length copied, source).
-    pub fn udp_recv_from(&mut self, h: UdpHandle, buf: &mut [u8]) -> Result<Option<(usize, SocketAddrV6)>, Error> {
-        let s = self.udp.get_mut(h.0 as usize).and_then(|s| s.as_mut()).ok_or(Error::InvalidHandle)?;
+    pub fn udp_recv_from(
+        &mut self,
+        h: UdpHandle,
+        buf: &mut [u8],
+    ) -> Result<Option<(usize, SocketAddrV6)>, Error> {
+        let s = self
+            .udp
+            .get_mut(h.0 as usize)
+            .and_then(|s| s.as_mut())
+            .ok_or(Error::InvalidHandle)?;
         Ok(s.rx.pop_front().map(|(from, d)| {
             let n = d.len().min(buf.len());
             buf[..n].copy_from_slice(&d[..n]);
@@ -1481,10 +1773,24 @@ impl Interface {
     }
 
     /// Send a datagram, fragmenting it (RFC 8200 §4.5) when it exceeds the path MTU.
-    pub fn udp_send_to(&mut self, now: Instant, h: UdpHandle, data: &[u8], dst: SocketAddrV6) -> Result<(), Error> {
+    pub fn udp_send_to(
+        &mut self,
+        now: Instant,
+        h: UdpHandle,
+        data: &[u8],
+        dst: SocketAddrV6,
+    ) -> Result<(), Error> {
         self.now = self.now.max(now);
-        let s = self.udp.get(h.0 as usize).and_then(|s| s.as_ref()).ok_or(Error::InvalidHandle)?;
-        let src = if s.local.ip().is_unspecified() { self.source_for(dst.ip()) } else { *s.local.ip() };
+        let s = self
+            .udp
+            .get(h.0 as usize)
+            .and_then(|s| s.as_ref())
+            .ok_or(Error::InvalidHandle)?;
+        let src = if s.local.ip().is_unspecified() {
+            self.source_for(dst.ip())
+        } else {
+            *s.local.ip()
+        };
         let sport = s.local.port();
         let udp_len = 8 + data.len();
         if udp_len > 65535 {
@@ -1493,7 +1799,11 @@ impl Interface {
         let mut dgram = vec![0u8; udp_len];
         {
             let mut p = UdpPacket::new_unchecked(&mut dgram[..]);
-            UdpRepr { src_port: sport, dst_port: dst.port() }.emit(
+            UdpRepr {
+                src_port: sport,
+                dst_port: dst.port(),
+            }
+            .emit(
                 &mut p,
                 &IpAddress::Ipv6(src),
                 &IpAddress::Ipv6(*dst.ip()),
@@ -1502,10 +1812,23 @@ impl Interface {
                 &caps(),
             );
         }
-        let mtu = self.pmtu.get(dst.ip()).filter(|p| now - p.1 < PMTU_AGE).map(|p| p.0).unwrap_or(self.cfg.mtu);
+        let mtu = self
+            .pmtu
+            .get(dst.ip())
+            .filter(|p| now - p.1 < PMTU_AGE)
+            .map(|p| p.0)
+            .unwrap_or(self.cfg.mtu);
         if IP6_HDR + udp_len <= mtu {
             let mut buf = self.buffer();
-            build_ip_frame(&mut buf, self.cfg.mac, self.cfg.hop_limit, src, *dst.ip(), 17, udp_len);
+            build_ip_frame(
+                &mut buf,
+                self.cfg.mac,
+                self.cfg.hop_limit,
+                src,
+                *dst.ip(),
+                17,
+                udp_len,
+            );
             buf.extend_from_slice(&dgram);
             self.send_frame(now, buf, *dst.ip(), None);
             return Ok(());
@@ -1519,7 +1842,15 @@ impl Interface {
             let len = per.min(dgram.len() - off);
             let more = off + len < dgram.len();
             let mut buf = self.buffer();
-            build_ip_frame(&mut buf, self.cfg.mac, self.cfg.hop_limit, src, *dst.ip(), 44, 8 + len);
+            build_ip_frame(
+                &mut buf,
+                self.cfg.mac,
+                self.cfg.hop_limit,
+                src,
+                *dst.ip(),
+                44,
+                8 + len,
+            );
             buf.push(17);
             buf.push(0);
             let fo = (off as u16) | u16::from(more);
@@ -1562,16 +1893,41 @@ fn ext_len(pkt: &[u8], off: usize) -> Option<(u8, usize)> {
     Some((pkt[off], len))
 }
 
-fn build_ip_frame(buf: &mut Vec<u8>, mac: [u8; 6], hop_limit: u8, src: Ipv6Addr, dst: Ipv6Addr, nh: u8, payload_len: usize) {
+fn build_ip_frame(
+    buf: &mut Vec<u8>,
+    mac: [u8; 6],
+    hop_limit: u8,
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    nh: u8,
+    payload_len: usize,
+) {
     buf.clear();
     buf.resize(ETH_HDR + IP6_HDR, 0);
-    EthernetRepr { src_addr: EthernetAddress(mac), dst_addr: EthernetAddress([0; 6]), ethertype: EthernetProtocol::Ipv6 }
-        .emit(&mut EthernetFrame::new_unchecked(&mut buf[..ETH_HDR]));
-    Ipv6Repr { src_addr: src, dst_addr: dst, next_header: IpProtocol::from(nh), payload_len, hop_limit }
-        .emit(&mut Ipv6Packet::new_unchecked(&mut buf[ETH_HDR..]));
+    EthernetRepr {
+        src_addr: EthernetAddress(mac),
+        dst_addr: EthernetAddress([0; 6]),
+        ethertype: EthernetProtocol::Ipv6,
+    }
+    .emit(&mut EthernetFrame::new_unchecked(&mut buf[..ETH_HDR]));
+    Ipv6Repr {
+        src_addr: src,
+        dst_addr: dst,
+        next_header: IpProtocol::from(nh),
+        payload_len,
+        hop_limit,
+    }
+    .emit(&mut Ipv6Packet::new_unchecked(&mut buf[ETH_HDR..]));
 }
 
-fn build_icmp_frame(buf: &mut Vec<u8>, mac: [u8; 6], hop_limit: u8, src: Ipv6Addr, dst: Ipv6Addr, repr: &Icmpv6Repr<'_>) {
+fn build_icmp_frame(
+    buf: &mut Vec<u8>,
+    mac: [u8; 6],
+    hop_limit: u8,
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    repr: &Icmpv6Repr<'_>,
+) {
     let len = repr.buffer_len();
     build_ip_frame(buf, mac, hop_limit, src, dst, 58, len);
     buf.resize(ETH_HDR + IP6_HDR + len, 0);
@@ -1580,7 +1936,15 @@ fn build_icmp_frame(buf: &mut Vec<u8>, mac: [u8; 6], hop_limit: u8, src: Ipv6Add
 }
 
 /// Build an Ethernet + IPv6 + TCP frame into `buf` (destination MAC left zero).
-fn build_tcp_frame(buf: &mut Vec<u8>, mac: [u8; 6], hop_limit: u8, local: &SocketAddrV6, remote: &SocketAddrV6, s: &SegOut, payload: (&[u8], &[u8])) {
+fn build_tcp_frame(
+    buf: &mut Vec<u8>,
+    mac: [u8; 6],
+    hop_limit: u8,
+    local: &SocketAddrV6,
+    remote: &SocketAddrV6,
+    s: &SegOut,
+    payload: (&[u8], &[u8]),
+) {
     let plen = payload.0.len() + payload.1.len();
     let control = if s.syn {
         TcpControl::Syn

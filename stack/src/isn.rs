@@ -14,7 +14,9 @@ pub struct IsnGenerator {
 impl IsnGenerator {
     /// A generator keyed with `secret` (RFC 6528 §3: at least 128 bits, kept secret).
     pub fn new(secret: &[u8]) -> Self {
-        IsnGenerator { key: hmac::Key::new(hmac::HMAC_SHA256, secret) }
+        IsnGenerator {
+            key: hmac::Key::new(hmac::HMAC_SHA256, secret),
+        }
     }
 
     /// The ISN for this connection at `now`.
@@ -25,7 +27,12 @@ impl IsnGenerator {
         msg[18..34].copy_from_slice(&remote.ip().octets());
         msg[34..36].copy_from_slice(&remote.port().to_be_bytes());
         let tag = hmac::sign(&self.key, &msg);
-        let f = u32::from_be_bytes([tag.as_ref()[0], tag.as_ref()[1], tag.as_ref()[2], tag.as_ref()[3]]);
+        let f = u32::from_be_bytes([
+            tag.as_ref()[0],
+            tag.as_ref()[1],
+            tag.as_ref()[2],
+            tag.as_ref()[3],
+        ]);
         // RFC 6528 §3: M is a timer incremented every 4 microseconds.
         let m = (now.total_micros() / 4) as u32;
         m.wrapping_add(f)
@@ -60,6 +67,9 @@ mod tests {
         let c: SocketAddrV6 = "[fd00::2]:5001".parse().unwrap();
         let t = Instant::from_micros(1000);
         assert_ne!(g.isn(t, &a, &b), g.isn(t, &a, &c));
-        assert_eq!(g.isn(t + std::time::Duration::from_micros(8), &a, &b), g.isn(t, &a, &b).wrapping_add(2));
+        assert_eq!(
+            g.isn(t + std::time::Duration::from_micros(8), &a, &b),
+            g.isn(t, &a, &b).wrapping_add(2)
+        );
     }
 }

@@ -96,7 +96,13 @@ impl NeighborCache {
         }
         self.entries.insert(
             ip,
-            Neighbor { mac: None, state: NeighborState::Incomplete, timer: now + RETRANS_TIMER, probes: 1, queue: VecDeque::new() },
+            Neighbor {
+                mac: None,
+                state: NeighborState::Incomplete,
+                timer: now + RETRANS_TIMER,
+                probes: 1,
+                queue: VecDeque::new(),
+            },
         );
         Lookup::Pending(Some(NdAction::SolicitMulticast(ip)))
     }
@@ -156,7 +162,11 @@ impl NeighborCache {
         let n = self.entries.get_mut(&ip)?;
         if n.state == NeighborState::Incomplete {
             n.mac = Some(mac);
-            n.state = if solicited { NeighborState::Reachable } else { NeighborState::Stale };
+            n.state = if solicited {
+                NeighborState::Reachable
+            } else {
+                NeighborState::Stale
+            };
             n.timer = now + REACHABLE_TIME;
             n.probes = 0;
             let q = std::mem::take(&mut n.queue);
@@ -250,7 +260,11 @@ impl NeighborCache {
 
     /// The earliest timer.
     pub fn poll_at(&self) -> Option<Instant> {
-        self.entries.values().filter(|n| n.state != NeighborState::Stale).map(|n| n.timer).min()
+        self.entries
+            .values()
+            .filter(|n| n.state != NeighborState::Stale)
+            .map(|n| n.timer)
+            .min()
     }
 
     /// State of an entry (tests, diagnostics).
@@ -268,9 +282,14 @@ mod tests {
         let mut c = NeighborCache::default();
         let ip: Ipv6Addr = "fd00::1".parse().unwrap();
         let t0 = Instant::ZERO;
-        assert_eq!(c.lookup(t0, ip), Lookup::Pending(Some(NdAction::SolicitMulticast(ip))));
+        assert_eq!(
+            c.lookup(t0, ip),
+            Lookup::Pending(Some(NdAction::SolicitMulticast(ip)))
+        );
         assert!(c.enqueue(ip, vec![1, 2, 3]));
-        let (mac, q) = c.learn(t0, ip, [2, 0, 0, 0, 0, 1], true, true, false).unwrap();
+        let (mac, q) = c
+            .learn(t0, ip, [2, 0, 0, 0, 0, 1], true, true, false)
+            .unwrap();
         assert_eq!(mac, [2, 0, 0, 0, 0, 1]);
         assert_eq!(q.len(), 1);
         assert_eq!(c.state(&ip).unwrap().0, NeighborState::Reachable);

@@ -21,7 +21,9 @@ impl Default for Clock {
 impl Clock {
     /// A clock whose epoch is now.
     pub fn new() -> Self {
-        Clock { origin: std::time::Instant::now() }
+        Clock {
+            origin: std::time::Instant::now(),
+        }
     }
 
     /// The current instant.
@@ -53,7 +55,12 @@ impl<D: Device> Runner<D> {
     /// Bind `iface` to `dev`, reading time from `clock` (share one clock per process).
     pub fn with_clock(dev: D, iface: Interface, clock: Clock) -> Self {
         let buf = vec![0u8; dev.mtu() + 64];
-        Runner { iface, dev, clock, buf }
+        Runner {
+            iface,
+            dev,
+            clock,
+            buf,
+        }
     }
 
     /// The current instant on this runner's clock.

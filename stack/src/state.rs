@@ -48,7 +48,10 @@ pub struct Endpoint {
 
 impl From<SocketAddrV6> for Endpoint {
     fn from(s: SocketAddrV6) -> Self {
-        Endpoint { addr: s.ip().octets(), port: s.port() }
+        Endpoint {
+            addr: s.ip().octets(),
+            port: s.port(),
+        }
     }
 }
 
@@ -188,9 +191,13 @@ impl ConnState {
         if v != STATE_VERSION {
             return Err(StateError::Version(v));
         }
-        let (s, tail): (ConnState, &[u8]) = postcard::take_from_bytes(rest).map_err(|e| StateError::Corrupt(e.to_string()))?;
+        let (s, tail): (ConnState, &[u8]) =
+            postcard::take_from_bytes(rest).map_err(|e| StateError::Corrupt(e.to_string()))?;
         if !tail.is_empty() {
-            return Err(StateError::Corrupt(format!("{} trailing bytes", tail.len())));
+            return Err(StateError::Corrupt(format!(
+                "{} trailing bytes",
+                tail.len()
+            )));
         }
         s.validate()?;
         Ok(s)
@@ -202,9 +209,16 @@ impl ConnState {
         let st = self.tcp_state().ok_or(I("unknown TCP state"))?;
         if !matches!(
             st,
-            TcpState::Established | TcpState::CloseWait | TcpState::FinWait1 | TcpState::FinWait2 | TcpState::Closing | TcpState::LastAck
+            TcpState::Established
+                | TcpState::CloseWait
+                | TcpState::FinWait1
+                | TcpState::FinWait2
+                | TcpState::Closing
+                | TcpState::LastAck
         ) {
-            return Err(I("only synchronized, not-yet-closed connections can be thawed"));
+            return Err(I(
+                "only synchronized, not-yet-closed connections can be thawed",
+            ));
         }
         if self.local.port == 0 || self.remote.port == 0 {
             return Err(I("zero port"));
@@ -217,12 +231,16 @@ impl ConnState {
         }
         let send_cap = (self.send_buf_kib as usize) << 10;
         let recv_cap = (self.recv_buf_kib as usize) << 10;
-        if self.send_data.len() > send_cap.max(1 << 30) || self.recv_data.len() > recv_cap.max(1 << 30) {
+        if self.send_data.len() > send_cap.max(1 << 30)
+            || self.recv_data.len() > recv_cap.max(1 << 30)
+        {
             return Err(I("buffer larger than its capacity"));
         }
         let fin_extra = u32::from(self.has(flags::FIN_QUEUED));
         if let Some(f) = &self.in_flight {
-            if f.nxt_off > f.max_off || f.max_off as usize > self.send_data.len() + fin_extra as usize {
+            if f.nxt_off > f.max_off
+                || f.max_off as usize > self.send_data.len() + fin_extra as usize
+            {
                 return Err(I("in-flight offsets beyond the send data"));
             }
             if f.backoff > 16 {
@@ -232,7 +250,10 @@ impl ConnState {
         let mut prev_end = 0u64;
         for (off, data) in &self.ooo {
             let start = *off as u64;
-            if start < prev_end || data.is_empty() || start + data.len() as u64 > recv_cap as u64 + (1 << 20) {
+            if start < prev_end
+                || data.is_empty()
+                || start + data.len() as u64 > recv_cap as u64 + (1 << 20)
+            {
                 return Err(I("out-of-order segments overlap or exceed the window"));
             }
             prev_end = start + data.len() as u64;
@@ -246,7 +267,12 @@ impl Tcb {
     pub(crate) fn to_state(&self, now: Instant) -> Option<ConnState> {
         if !matches!(
             self.state,
-            TcpState::Established | TcpState::CloseWait | TcpState::FinWait1 | TcpState::FinWait2 | TcpState::Closing | TcpState::LastAck
+            TcpState::Established
+                | TcpState::CloseWait
+                | TcpState::FinWait1
+                | TcpState::FinWait2
+                | TcpState::Closing
+                | TcpState::LastAck
         ) {
             return None;
         }
@@ -267,11 +293,17 @@ impl Tcb {
         let in_flight = (self.snd_una != self.snd_max).then(|| InFlight {
             nxt_off: self.snd_nxt.wrapping_sub(self.snd_una),
             max_off: self.snd_max.wrapping_sub(self.snd_una),
-            rto_due_us: self.t_rto.map(|t| (t - now).as_micros().min(u32::MAX as u128) as u32),
+            rto_due_us: self
+                .t_rto
+                .map(|t| (t - now).as_micros().min(u32::MAX as u128) as u32),
             backoff: self.backoff.min(16) as u8,
         });
         // Recovery state is not carried: the thawed side leaves recovery with cwnd = ssthresh.
-        let cwnd = if self.recovery.is_some() { self.cc.ssthresh.min(self.cc.cwnd) } else { self.cc.cwnd };
+        let cwnd = if self.recovery.is_some() {
+            self.cc.ssthresh.min(self.cc.cwnd)
+        } else {
+            self.cc.cwnd
+        };
         let after_loss = (self.cc.ssthresh != u32::MAX).then(|| AfterLoss {
             ssthresh: self.cc.ssthresh,
             w_max: self.cc.w_max.round().clamp(0.0, u32::MAX as f64) as u32,
@@ -280,7 +312,12 @@ impl Tcb {
             .ooo
             .blocks
             .iter()
-            .map(|(s, d)| (s.wrapping_sub(self.rcv_nxt), serde_bytes::ByteBuf::from(d.clone())))
+            .map(|(s, d)| {
+                (
+                    s.wrapping_sub(self.rcv_nxt),
+                    serde_bytes::ByteBuf::from(d.clone()),
+                )
+            })
             .collect();
         let (a, b) = self.snd_buf.as_slices();
         let mut send_data = Vec::with_capacity(self.snd_buf.len());
@@ -303,16 +340,22 @@ impl Tcb {
             wscales: (self.snd_wscale << 4) | (self.rcv_wscale & 0xf),
             ts_recent: self.ts_recent,
             ts_last: (now.total_millis() as u32).wrapping_add(self.ts_offset),
-            srtt_us: self.srtt.map(|d| d.as_micros().min(u32::MAX as u128) as u32).unwrap_or(0),
+            srtt_us: self
+                .srtt
+                .map(|d| d.as_micros().min(u32::MAX as u128) as u32)
+                .unwrap_or(0),
             rttvar_us: self.rttvar.as_micros().min(u32::MAX as u128) as u32,
             cwnd,
             after_loss,
             send_buf_kib: (self.cfg.send_buf >> 10) as u32,
             recv_buf_kib: (self.cfg.recv_buf >> 10) as u32,
-            keepalive: self
-                .cfg
-                .keepalive
-                .map(|k| (k.idle.as_secs() as u32, k.interval.as_secs() as u32, k.count)),
+            keepalive: self.cfg.keepalive.map(|k| {
+                (
+                    k.idle.as_secs() as u32,
+                    k.interval.as_secs() as u32,
+                    k.count,
+                )
+            }),
             send_data,
             recv_data,
             ooo,
@@ -323,10 +366,18 @@ impl Tcb {
     /// `base` supplies the settings the state does not carry (timeouts, limits).
     pub(crate) fn from_state(s: &ConnState, base: &TcpConfig, now: Instant) -> Tcb {
         let mut cfg = base.clone();
-        cfg.send_buf = ((s.send_buf_kib as usize) << 10).max(s.send_data.len()).max(1024);
-        cfg.recv_buf = ((s.recv_buf_kib as usize) << 10).max(s.recv_data.len()).max(1024);
+        cfg.send_buf = ((s.send_buf_kib as usize) << 10)
+            .max(s.send_data.len())
+            .max(1024);
+        cfg.recv_buf = ((s.recv_buf_kib as usize) << 10)
+            .max(s.recv_data.len())
+            .max(1024);
         cfg.nagle = s.has(flags::NAGLE);
-        cfg.congestion = if s.has(flags::CUBIC) { Congestion::Cubic } else { Congestion::NewReno };
+        cfg.congestion = if s.has(flags::CUBIC) {
+            Congestion::Cubic
+        } else {
+            Congestion::NewReno
+        };
         if !s.has(flags::DELACK) {
             cfg.delayed_ack = None;
         } else if cfg.delayed_ack.is_none() {
@@ -339,12 +390,23 @@ impl Tcb {
         });
         let state = s.tcp_state().unwrap_or(TcpState::Established);
         let snd_mss = u32::from(s.snd_mss);
-        let mut t = Tcb::connect(s.local(), s.remote(), cfg, s.snd_una.wrapping_sub(1), snd_mss, now);
+        let mut t = Tcb::connect(
+            s.local(),
+            s.remote(),
+            cfg,
+            s.snd_una.wrapping_sub(1),
+            snd_mss,
+            now,
+        );
         t.state = state;
         t.snd_una = s.snd_una;
         let fin_queued = s.has(flags::FIN_QUEUED);
         let fin_acked = fin_queued && matches!(state, TcpState::FinWait2) && s.send_data.is_empty();
-        t.snd_buf_seq = if fin_acked { s.snd_una.wrapping_sub(1) } else { s.snd_una };
+        t.snd_buf_seq = if fin_acked {
+            s.snd_una.wrapping_sub(1)
+        } else {
+            s.snd_una
+        };
         t.snd_buf = VecDeque::from(s.send_data.clone());
         t.fin_queued = fin_queued;
         let (nxt, max) = match &s.in_flight {
@@ -366,7 +428,9 @@ impl Tcb {
         t.rcv_buf = VecDeque::from(s.recv_data.clone());
         t.ooo = OooQueue::default();
         for (off, d) in &s.ooo {
-            t.ooo.blocks.push((s.rcv_nxt.wrapping_add(*off), d.to_vec()));
+            t.ooo
+                .blocks
+                .push((s.rcv_nxt.wrapping_add(*off), d.to_vec()));
         }
         t.fin_rcvd = s.has(flags::FIN_RCVD);
         t.snd_mss = snd_mss;
@@ -379,13 +443,20 @@ impl Tcb {
         t.ts_recent_at = now;
         // Continue our TSval from where the donor left it (RFC 7323 §5.4: monotonic per
         // connection), plus one tick.
-        t.ts_offset = s.ts_last.wrapping_add(1).wrapping_sub(now.total_millis() as u32);
+        t.ts_offset = s
+            .ts_last
+            .wrapping_add(1)
+            .wrapping_sub(now.total_millis() as u32);
         t.sack_ok = s.has(flags::SACK);
         if s.srtt_us > 0 {
             t.srtt = Some(Duration::from_micros(s.srtt_us.into()));
             t.rttvar = Duration::from_micros(s.rttvar_us.into());
         }
-        t.backoff = s.in_flight.as_ref().map(|f| u32::from(f.backoff)).unwrap_or(0);
+        t.backoff = s
+            .in_flight
+            .as_ref()
+            .map(|f| u32::from(f.backoff))
+            .unwrap_or(0);
         let mut cc = Cc::new(t.cfg.congestion, snd_mss, t.cfg.initial_window);
         cc.cwnd = s.cwnd.max(snd_mss);
         if let Some(l) = &s.after_loss {
@@ -395,7 +466,12 @@ impl Tcb {
         t.cc = cc;
         t.update_rto();
         if let Some(f) = &s.in_flight {
-            t.t_rto = Some(now + f.rto_due_us.map(|us| Duration::from_micros(us.into())).unwrap_or(t.rto));
+            t.t_rto = Some(
+                now + f
+                    .rto_due_us
+                    .map(|us| Duration::from_micros(us.into()))
+                    .unwrap_or(t.rto),
+            );
         }
         if matches!(state, TcpState::FinWait2) {
             t.t_close = Some(now + t.cfg.fin_wait2_timeout);
@@ -415,9 +491,22 @@ mod tests {
 
     fn sample() -> ConnState {
         ConnState {
-            local: Endpoint { addr: [0xfd; 16], port: 80 },
-            remote: Endpoint { addr: [0xfe; 16], port: 54321 },
-            state_flags: u16::from(TcpState::Established.code()) | ((flags::WS | flags::TS | flags::SACK | flags::NAGLE | flags::CUBIC | flags::DELACK) << 4),
+            local: Endpoint {
+                addr: [0xfd; 16],
+                port: 80,
+            },
+            remote: Endpoint {
+                addr: [0xfe; 16],
+                port: 54321,
+            },
+            state_flags: u16::from(TcpState::Established.code())
+                | ((flags::WS
+                    | flags::TS
+                    | flags::SACK
+                    | flags::NAGLE
+                    | flags::CUBIC
+                    | flags::DELACK)
+                    << 4),
             snd_una: 0xdead_beef,
             in_flight: None,
             snd_wnd: 3_000_000,
@@ -452,7 +541,10 @@ mod tests {
     fn corrupt_and_foreign_bytes_are_errors() {
         let b = sample().encode();
         assert_eq!(ConnState::decode(&[]), Err(StateError::Empty));
-        assert!(matches!(ConnState::decode(&[9, 1, 2]), Err(StateError::Version(9))));
+        assert!(matches!(
+            ConnState::decode(&[9, 1, 2]),
+            Err(StateError::Version(9))
+        ));
         for cut in 1..b.len() {
             assert!(ConnState::decode(&b[..cut]).is_err());
         }

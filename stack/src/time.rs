@@ -8,7 +8,9 @@ use std::ops::{Add, AddAssign, Sub};
 pub use std::time::Duration;
 
 /// A point in time, in microseconds since an arbitrary per-process epoch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 pub struct Instant {
     micros: i64,
 }
@@ -24,7 +26,9 @@ impl Instant {
 
     /// An instant `millis` milliseconds after the epoch.
     pub const fn from_millis(millis: i64) -> Self {
-        Instant { micros: millis * 1000 }
+        Instant {
+            micros: millis * 1000,
+        }
     }
 
     /// Microseconds since the epoch.
@@ -54,7 +58,9 @@ fn dur_micros(d: Duration) -> i64 {
 impl Add<Duration> for Instant {
     type Output = Instant;
     fn add(self, rhs: Duration) -> Instant {
-        Instant { micros: self.micros.saturating_add(dur_micros(rhs)) }
+        Instant {
+            micros: self.micros.saturating_add(dur_micros(rhs)),
+        }
     }
 }
 
@@ -67,7 +73,9 @@ impl AddAssign<Duration> for Instant {
 impl Sub<Duration> for Instant {
     type Output = Instant;
     fn sub(self, rhs: Duration) -> Instant {
-        Instant { micros: self.micros.saturating_sub(dur_micros(rhs)) }
+        Instant {
+            micros: self.micros.saturating_sub(dur_micros(rhs)),
+        }
     }
 }
 
@@ -80,6 +88,11 @@ impl Sub<Instant> for Instant {
 
 impl std::fmt::Display for Instant {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}.{:06}s", self.micros / 1_000_000, (self.micros % 1_000_000).abs())
+        write!(
+            f,
+            "{}.{:06}s",
+            self.micros / 1_000_000,
+            (self.micros % 1_000_000).abs()
+        )
     }
 }

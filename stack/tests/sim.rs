@@ -21,9 +21,24 @@ struct Wire {
 impl Wire {
     fn new(loss_permille: u32, seed: u64) -> Self {
         let now = Instant::from_millis(1000);
-        let a = Interface::new(Config::new([2, 0, 0, 0, 0, 1], vec!["fd00::1".parse().unwrap()]), now);
-        let b = Interface::new(Config::new([2, 0, 0, 0, 0, 2], vec!["fd00::2".parse().unwrap()]), now);
-        Wire { a, b, now, q: VecDeque::new(), delay: Duration::from_millis(5), loss_permille, rng: seed | 1, dropped: 0 }
+        let a = Interface::new(
+            Config::new([2, 0, 0, 0, 0, 1], vec!["fd00::1".parse().unwrap()]),
+            now,
+        );
+        let b = Interface::new(
+            Config::new([2, 0, 0, 0, 0, 2], vec!["fd00::2".parse().unwrap()]),
+            now,
+        );
+        Wire {
+            a,
+            b,
+            now,
+            q: VecDeque::new(),
+            delay: Duration::from_millis(5),
+            loss_permille,
+            rng: seed | 1,
+            dropped: 0,
+        }
     }
 
     fn rand(&mut self) -> u32 {
@@ -36,8 +51,10 @@ impl Wire {
     fn pump(&mut self) {
         let now = self.now;
         let mut out = Vec::new();
-        self.a.transmit(now, &mut |f: &[u8]| out.push((true, f.to_vec())));
-        self.b.transmit(now, &mut |f: &[u8]| out.push((false, f.to_vec())));
+        self.a
+            .transmit(now, &mut |f: &[u8]| out.push((true, f.to_vec())));
+        self.b
+            .transmit(now, &mut |f: &[u8]| out.push((false, f.to_vec())));
         for (to_b, f) in out {
             if self.rand() < self.loss_permille {
                 self.dropped += 1;
@@ -51,8 +68,14 @@ impl Wire {
     fn step(&mut self) {
         self.pump();
         let next_frame = self.q.front().map(|x| x.0);
-        let next = [next_frame, self.a.poll_at(), self.b.poll_at()].into_iter().flatten().min();
-        let next = next.unwrap_or(self.now + Duration::from_millis(10)).max(self.now);
+        let next = [next_frame, self.a.poll_at(), self.b.poll_at()]
+            .into_iter()
+            .flatten()
+            .min();
+        let next = next
+            .unwrap_or(self.now + Duration::from_millis(10))
+            .max(self.now)
+            .min(self.now + Duration::from_millis(100));
         self.now = next;
         while let Some((t, _, _)) = self.q.front() {
             if *t > self.now {
@@ -77,7 +100,9 @@ fn addr(s: &str) -> SocketAddrV6 {
 
 fn connect(w: &mut Wire) -> (TcpHandle, TcpHandle) {
     let l = w.b.tcp_listen(addr("[::]:80"), 16).unwrap();
-    let c = w.a.tcp_connect(w.now, addr("[fd00::1]:0"), addr("[fd00::2]:80")).unwrap();
+    let c =
+        w.a.tcp_connect(w.now, addr("[fd00::1]:0"), addr("[fd00::2]:80"))
+            .unwrap();
     let mut s = None;
     for _ in 0..10_000 {
         w.step();
@@ -101,7 +126,13 @@ fn transfer(loss: u32, seed: u64, len: usize) -> Wire {
     let mut steps = 0;
     while got.len() < len {
         steps += 1;
-        assert!(steps < 2_000_000, "stuck at {} of {} (a={:?})", got.len(), len, w.a.stats());
+        assert!(
+            steps < 2_000_000,
+            "stuck at {} of {} (a={:?})",
+            got.len(),
+            len,
+            w.a.stats()
+        );
         if sent < len {
             sent += w.a.tcp_send(c, &data[sent..]).unwrap();
         }
@@ -115,7 +146,12 @@ fn transfer(loss: u32, seed: u64, len: usize) -> Wire {
         w.step();
     }
     assert!(got == data, "data mismatch");
-    eprintln!("len {len} loss {loss} dropped {} now {} a={:?}", w.dropped, w.now, w.a.stats());
+    eprintln!(
+        "len {len} loss {loss} dropped {} now {} a={:?}",
+        w.dropped,
+        w.now,
+        w.a.stats()
+    );
     w
 }
 
@@ -132,4 +168,113 @@ fn transfer_with_loss_recovers() {
         assert!(w.dropped > 0);
         assert!(w.a.stats().tcp_retransmits > 0);
     }
+}
+
+/// Freeze the receiving end mid-transfer (with unread and out-of-order data), encode, decode,
+/// thaw it on a fresh interface with another MAC that takes the address over: the transfer
+/// completes byte-exact.
+#[test]
+fn freeze_thaw_mid_transfer_moves_connection() {
+    for (loss, seed) in [(0, 11), (20, 5)] {
+        let mut w = Wire::new(loss, seed);
+        let (c, mut s) = connect(&mut w);
+        let len = 8 << 20;
+        let data: Vec<u8> = (0..len).map(|i| (i * 13 + i / 4093) as u8).collect();
+        let (mut sent, mut got) = (0, Vec::with_capacity(len));
+        let mut buf = vec![0u8; 65536];
+        let mut moved = false;
+        let mut steps = 0;
+        while got.len() < len {
+            steps += 1;
+            assert!(steps < 3_000_000, "stuck at {}", got.len());
+            if sent < len {
+                sent += w.a.tcp_send(c, &data[sent..]).unwrap();
+            }
+            // Read slowly before the move so unread data piles up in the receive buffer.
+            let budget = if moved || got.len() < len / 4 {
+                usize::MAX
+            } else {
+                0
+            };
+            let mut read = 0;
+            while read < budget {
+                let n = w.b.tcp_recv(s, &mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                read += n;
+                got.extend_from_slice(&buf[..n]);
+            }
+            if !moved && got.len() >= len / 4 && w.b.tcp_recv_available(s) >= 1 << 20 {
+                let state = w.b.tcp_freeze(w.now, s).unwrap();
+                let bytes = state.encode();
+                assert!(bytes.len() > 1 << 20, "state carries the unread data");
+                let state = ds_stack::ConnState::decode(&bytes).unwrap();
+                let mut cfg = Config::new([2, 0, 0, 0, 0, 3], vec!["fd00::2".parse().unwrap()]);
+                cfg.isn_secret = [9; 16];
+                let mut c2 = Interface::new(cfg, w.now);
+                s = c2.tcp_thaw(w.now, &state).unwrap();
+                c2.announce(w.now);
+                w.b = c2;
+                moved = true;
+            }
+            w.step();
+        }
+        assert!(moved);
+        assert!(got == data, "data mismatch after move");
+        assert_eq!(w.a.tcp_state(c), Some(TcpState::Established));
+    }
+}
+
+#[test]
+fn drained_idle_connection_state_is_at_most_96_bytes() {
+    let mut w = Wire::new(0, 1);
+    let (c, s) = connect(&mut w);
+    w.a.tcp_send(c, &[7u8; 100_000]).unwrap();
+    let mut buf = vec![0u8; 65536];
+    let mut got = 0;
+    while got < 100_000 || w.a.tcp_send_queued(c) > 0 {
+        got += w.b.tcp_recv(s, &mut buf).unwrap();
+        w.step();
+    }
+    for _ in 0..50 {
+        w.step();
+    }
+    let full = w.a.tcp_freeze(w.now, c).unwrap().encode();
+    eprintln!("drained established state: {} bytes", full.len());
+    assert!(full.len() <= 96, "{} bytes", full.len());
+}
+
+#[test]
+fn graceful_close_both_sides_reaches_time_wait_and_closed() {
+    let mut w = Wire::new(0, 2);
+    let (c, s) = connect(&mut w);
+    w.a.tcp_send(c, b"hello").unwrap();
+    w.a.tcp_close(c).unwrap();
+    let mut buf = [0u8; 16];
+    let mut eof = false;
+    for _ in 0..1000 {
+        w.step();
+        match w.b.tcp_recv(s, &mut buf) {
+            Err(ds_stack::Error::Eof) => {
+                eof = true;
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert!(eof);
+    assert_eq!(w.b.tcp_state(s), Some(TcpState::CloseWait));
+    w.b.tcp_close(s).unwrap();
+    for _ in 0..100 {
+        w.step();
+    }
+    assert_eq!(w.a.tcp_state(c), Some(TcpState::TimeWait));
+    assert_eq!(w.b.tcp_state(s), Some(TcpState::Closed));
+    // TIME-WAIT ends after 2 MSL.
+    let end = w.now + Duration::from_secs(61);
+    while w.now < end {
+        w.step();
+    }
+    assert_eq!(w.a.tcp_state(c), Some(TcpState::Closed));
 }

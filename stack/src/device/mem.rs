@@ -4,7 +4,7 @@ use super::Device;
 use crate::time::Duration;
 use std::collections::VecDeque;
 use std::io;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError, channel};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender, TryRecvError};
 
 /// One end of an in-memory cable made by [`mem_pair`].
 pub struct MemDevice {
@@ -19,8 +19,18 @@ pub fn mem_pair(mtu: usize) -> (MemDevice, MemDevice) {
     let (tx_a, rx_b) = channel();
     let (tx_b, rx_a) = channel();
     (
-        MemDevice { tx: tx_a, rx: rx_a, pending: VecDeque::new(), mtu },
-        MemDevice { tx: tx_b, rx: rx_b, pending: VecDeque::new(), mtu },
+        MemDevice {
+            tx: tx_a,
+            rx: rx_a,
+            pending: VecDeque::new(),
+            mtu,
+        },
+        MemDevice {
+            tx: tx_b,
+            rx: rx_b,
+            pending: VecDeque::new(),
+            mtu,
+        },
     )
 }
 
@@ -32,7 +42,10 @@ impl Device for MemDevice {
                 Ok(f) => f,
                 Err(TryRecvError::Empty) => return Ok(None),
                 Err(TryRecvError::Disconnected) => {
-                    return Err(io::Error::new(io::ErrorKind::BrokenPipe, "peer device gone"));
+                    return Err(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        "peer device gone",
+                    ));
                 }
             },
         };

@@ -7,7 +7,7 @@ use std::io;
 mod mem;
 mod tap;
 
-pub use mem::{MemDevice, mem_pair};
+pub use mem::{mem_pair, MemDevice};
 pub use tap::TapDevice;
 
 /// A link-layer (Ethernet) device.

@@ -30,14 +30,21 @@ impl TapDevice {
     /// Create the TAP interface `name` (or attach to an existing one), set it up, non-blocking.
     pub fn open(name: &str) -> io::Result<Self> {
         if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains('\0') {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "bad interface name"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "bad interface name",
+            ));
         }
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open("/dev/net/tun")?;
-        let mut req = IfReqFlags { name: [0; libc::IFNAMSIZ], flags: IFF_TAP | IFF_NO_PI, _pad: [0; 22] };
+        let mut req = IfReqFlags {
+            name: [0; libc::IFNAMSIZ],
+            flags: IFF_TAP | IFF_NO_PI,
+            _pad: [0; 22],
+        };
         for (dst, src) in req.name.iter_mut().zip(name.bytes()) {
             *dst = src as libc::c_char;
         }
@@ -48,7 +55,11 @@ impl TapDevice {
             return Err(io::Error::last_os_error());
         }
         set_up(name)?;
-        Ok(TapDevice { file, name: name.to_string(), mtu: 1500 })
+        Ok(TapDevice {
+            file,
+            name: name.to_string(),
+            mtu: 1500,
+        })
     }
 
     /// The interface's name.
@@ -65,7 +76,11 @@ fn set_up(name: &str) -> io::Result<()> {
     if sock < 0 {
         return Err(io::Error::last_os_error());
     }
-    let mut req = IfReqFlags { name: [0; libc::IFNAMSIZ], flags: 0, _pad: [0; 22] };
+    let mut req = IfReqFlags {
+        name: [0; libc::IFNAMSIZ],
+        flags: 0,
+        _pad: [0; 22],
+    };
     for (dst, src) in req.name.iter_mut().zip(cname.as_bytes()) {
         *dst = *src as libc::c_char;
     }
@@ -107,7 +122,11 @@ impl Device for TapDevice {
     }
 
     fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
-        let mut pfd = libc::pollfd { fd: self.file.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let mut pfd = libc::pollfd {
+            fd: self.file.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
         let ms = match timeout {
             None => -1,
             Some(t) => {

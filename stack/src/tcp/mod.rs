@@ -31,7 +31,10 @@ pub enum TcpState {
 impl TcpState {
     /// Whether the three-way handshake has completed (RFC 9293 "synchronized" states).
     pub fn is_synchronized(self) -> bool {
-        !matches!(self, TcpState::Closed | TcpState::Listen | TcpState::SynSent | TcpState::SynReceived)
+        !matches!(
+            self,
+            TcpState::Closed | TcpState::Listen | TcpState::SynSent | TcpState::SynReceived
+        )
     }
 
     pub(crate) fn code(self) -> u8 {
@@ -40,9 +43,21 @@ impl TcpState {
 
     pub(crate) fn from_code(c: u8) -> Option<Self> {
         use TcpState::*;
-        [Closed, Listen, SynSent, SynReceived, Established, FinWait1, FinWait2, CloseWait, Closing, LastAck, TimeWait]
-            .get(c as usize)
-            .copied()
+        [
+            Closed,
+            Listen,
+            SynSent,
+            SynReceived,
+            Established,
+            FinWait1,
+            FinWait2,
+            CloseWait,
+            Closing,
+            LastAck,
+            TimeWait,
+        ]
+        .get(c as usize)
+        .copied()
     }
 }
 
@@ -124,3 +139,6 @@ impl Default for TcpConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

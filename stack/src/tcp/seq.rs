@@ -27,7 +27,11 @@ pub fn ge(a: u32, b: u32) -> bool {
 /// The later of two sequence numbers.
 #[inline]
 pub fn max(a: u32, b: u32) -> u32 {
-    if gt(a, b) { a } else { b }
+    if gt(a, b) {
+        a
+    } else {
+        b
+    }
 }
 
 /// `b - a` as a distance (caller guarantees `a <= b`).

@@ -127,7 +127,10 @@ impl OooQueue {
         let rel = |s: u32| dist(rcv_nxt, s);
         let end = start.wrapping_add(data.len() as u32);
         // Blocks that overlap or touch [start, end].
-        let first = self.blocks.iter().position(|b| rel(Self::end(b)) >= rel(start));
+        let first = self
+            .blocks
+            .iter()
+            .position(|b| rel(Self::end(b)) >= rel(start));
         let Some(i) = first else {
             self.blocks.push((start, data.to_vec()));
             self.last = Some(start);
@@ -153,8 +156,16 @@ impl OooQueue {
             self.last = Some(b.0);
             return;
         }
-        let m_start = if rel(self.blocks[i].0) < rel(start) { self.blocks[i].0 } else { start };
-        let m_end = if rel(Self::end(&self.blocks[j])) > rel(end) { Self::end(&self.blocks[j]) } else { end };
+        let m_start = if rel(self.blocks[i].0) < rel(start) {
+            self.blocks[i].0
+        } else {
+            start
+        };
+        let m_end = if rel(Self::end(&self.blocks[j])) > rel(end) {
+            Self::end(&self.blocks[j])
+        } else {
+            end
+        };
         let mut buf = vec![0u8; dist(m_start, m_end) as usize];
         for b in &self.blocks[i..=j] {
             let o = dist(m_start, b.0) as usize;
@@ -294,7 +305,14 @@ const CHALLENGE_ACK_LIMIT: u32 = 10;
 const PAWS_IDLE: Duration = Duration::from_secs(24 * 24 * 3600);
 
 impl Tcb {
-    fn blank(local: SocketAddrV6, remote: SocketAddrV6, cfg: TcpConfig, iss: u32, mss: u32, now: Instant) -> Tcb {
+    fn blank(
+        local: SocketAddrV6,
+        remote: SocketAddrV6,
+        cfg: TcpConfig,
+        iss: u32,
+        mss: u32,
+        now: Instant,
+    ) -> Tcb {
         let rcv_wscale = if cfg.window_scale {
             let mut s = 0u8;
             while s < 14 && (cfg.recv_buf >> s) > 65535 {
@@ -329,7 +347,9 @@ impl Tcb {
             fin_rcvd: false,
             last_ack_sent: 0,
             snd_mss: mss.min(cfg.mss.map(u32::from).unwrap_or(u32::MAX)).min(536),
-            rcv_mss: mss.min(cfg.mss.map(u32::from).unwrap_or(u32::MAX)).min(65535) as u16,
+            rcv_mss: mss
+                .min(cfg.mss.map(u32::from).unwrap_or(u32::MAX))
+                .min(65535) as u16,
             ws_ok: false,
             snd_wscale: 0,
             rcv_wscale,
@@ -373,7 +393,14 @@ impl Tcb {
     }
 
     /// Active open (RFC 9293 §3.10.1): a TCB in SYN-SENT whose SYN is due.
-    pub fn connect(local: SocketAddrV6, remote: SocketAddrV6, cfg: TcpConfig, iss: u32, mss: u32, now: Instant) -> Tcb {
+    pub fn connect(
+        local: SocketAddrV6,
+        remote: SocketAddrV6,
+        cfg: TcpConfig,
+        iss: u32,
+        mss: u32,
+        now: Instant,
+    ) -> Tcb {
         let mut t = Tcb::blank(local, remote, cfg, iss, mss, now);
         t.state = TcpState::SynSent;
         t.snd_max = iss;
@@ -487,7 +514,15 @@ impl Tcb {
 
     /// Room left in the send buffer.
     pub fn send_space(&self) -> usize {
-        if self.fin_queued || !matches!(self.state, TcpState::Established | TcpState::CloseWait | TcpState::SynSent | TcpState::SynReceived) {
+        if self.fin_queued
+            || !matches!(
+                self.state,
+                TcpState::Established
+                    | TcpState::CloseWait
+                    | TcpState::SynSent
+                    | TcpState::SynReceived
+            )
+        {
             return 0;
         }
         self.cfg.send_buf.saturating_sub(self.snd_buf.len())
@@ -525,7 +560,10 @@ impl Tcb {
         // we wait for 2 MSS or half the buffer to avoid an update per read.
         let after = self.advertisable_window();
         let thresh = (2 * self.snd_mss as usize).min(self.cfg.recv_buf / 2) as u32;
-        if self.state.is_synchronized() && after > before && after - dist(self.rcv_nxt, self.rcv_adv).min(after) >= thresh {
+        if self.state.is_synchronized()
+            && after > before
+            && after - dist(self.rcv_nxt, self.rcv_adv).min(after) >= thresh
+        {
             self.ack_now = true;
         }
         n
@@ -557,7 +595,11 @@ impl Tcb {
     pub fn abort(&mut self) {
         if matches!(
             self.state,
-            TcpState::SynReceived | TcpState::Established | TcpState::FinWait1 | TcpState::FinWait2 | TcpState::CloseWait
+            TcpState::SynReceived
+                | TcpState::Established
+                | TcpState::FinWait1
+                | TcpState::FinWait2
+                | TcpState::CloseWait
         ) {
             self.rst_due = true;
         }
@@ -633,7 +675,9 @@ impl Tcb {
         self.take_syn_options(seg, now);
         self.irs = seg.seq;
         self.rcv_nxt = seg.seq.wrapping_add(1);
-        self.rcv_adv = self.rcv_nxt.wrapping_add(self.rcv_space().min(65535) as u32);
+        self.rcv_adv = self
+            .rcv_nxt
+            .wrapping_add(self.rcv_space().min(65535) as u32);
         if let (true, Some(ack)) = (ack_ok, seg.ack) {
             self.snd_una = ack;
             self.snd_buf_seq = ack;
@@ -676,7 +720,11 @@ impl Tcb {
 
         // First: sequence number acceptability.
         let wnd = dist(self.rcv_nxt, self.rcv_adv);
-        let wnd = if gt(self.rcv_nxt, self.rcv_adv) { 0 } else { wnd };
+        let wnd = if gt(self.rcv_nxt, self.rcv_adv) {
+            0
+        } else {
+            wnd
+        };
         let len = seg.seg_len();
         let acceptable = if len == 0 {
             if wnd == 0 {
@@ -692,6 +740,15 @@ impl Tcb {
                 || (le(self.rcv_nxt, last) && lt(last, self.rcv_nxt.wrapping_add(wnd)))
         };
         if !acceptable {
+            if self.state == TcpState::SynReceived
+                && seg.syn
+                && seg.ack.is_none()
+                && seg.seq == self.irs
+            {
+                // The peer's SYN again: our SYN-ACK was lost, send it again.
+                self.snd_nxt = self.iss;
+                return;
+            }
             if !seg.rst {
                 // A retransmitted FIN in TIME-WAIT restarts the 2 MSL timer.
                 if self.state == TcpState::TimeWait && seg.fin {
@@ -776,7 +833,10 @@ impl Tcb {
 
         // Seventh: segment text.
         let mut fin_ok = seg.fin;
-        if matches!(self.state, TcpState::Established | TcpState::FinWait1 | TcpState::FinWait2) {
+        if matches!(
+            self.state,
+            TcpState::Established | TcpState::FinWait1 | TcpState::FinWait2
+        ) {
             fin_ok = self.accept_data(now, seg);
         } else if !seg.payload.is_empty() {
             // Data after the peer's FIN: acknowledge what we have, drop it.
@@ -844,7 +904,11 @@ impl Tcb {
         let space_end = self.rcv_nxt.wrapping_add(self.rcv_space() as u32);
         let end = seq.wrapping_add(data.len() as u32);
         if gt(end, space_end) {
-            let keep = if gt(space_end, seq) { dist(seq, space_end) as usize } else { 0 };
+            let keep = if gt(space_end, seq) {
+                dist(seq, space_end) as usize
+            } else {
+                0
+            };
             data = &data[..keep];
             whole = false;
         }
@@ -942,9 +1006,16 @@ impl Tcb {
         let srtt = self.srtt.unwrap_or(Duration::ZERO);
         // G, the clock granularity: our clock is microseconds, use 1 ms as Linux does.
         let k_rttvar = (self.rttvar * 4).max(Duration::from_millis(1));
-        let base = if self.srtt.is_some() { srtt + k_rttvar } else { self.cfg.initial_rto };
-        let backed = base.saturating_mul(1u32 << self.backoff.min(16));
-        self.rto = backed.clamp(self.cfg.min_rto, self.cfg.max_rto);
+        let base = if self.srtt.is_some() {
+            srtt + k_rttvar
+        } else {
+            self.cfg.initial_rto
+        };
+        // RFC 6298 §2.4 bounds the estimate; §5.5 then doubles it per timeout.
+        let base = base.clamp(self.cfg.min_rto, self.cfg.max_rto);
+        self.rto = base
+            .saturating_mul(1u32 << self.backoff.min(16))
+            .min(self.cfg.max_rto);
     }
 
     /// The ACK processing of RFC 9293 §3.10.7.4 "fifth", with RFC 5681 / 6582 / 6675 loss
@@ -952,7 +1023,8 @@ impl Tcb {
     fn process_ack(&mut self, now: Instant, seg: &SegIn<'_>, ack: u32) {
         let mss = self.snd_mss;
         let wnd = (seg.window as u32) << self.snd_wscale;
-        let window_update = lt(self.snd_wl1, seg.seq) || (self.snd_wl1 == seg.seq && le(self.snd_wl2, ack));
+        let window_update =
+            lt(self.snd_wl1, seg.seq) || (self.snd_wl1 == seg.seq && le(self.snd_wl2, ack));
 
         if self.sack_ok {
             self.update_scoreboard(&seg.sack, ack);
@@ -981,7 +1053,12 @@ impl Tcb {
                     // Partial ACK.
                     if !self.sack_ok {
                         // RFC 6582 §3.2 step 5: retransmit the next segment, deflate.
-                        self.cc.cwnd = self.cc.cwnd.saturating_sub(acked).saturating_add(mss).max(mss);
+                        self.cc.cwnd = self
+                            .cc
+                            .cwnd
+                            .saturating_sub(acked)
+                            .saturating_add(mss)
+                            .max(mss);
                     }
                     self.rexmit_now = true;
                     if lt(self.high_rxt, ack) {
@@ -1039,6 +1116,15 @@ impl Tcb {
         if window_update {
             self.set_snd_wnd(wnd, seg.seq, ack);
             if wnd > 0 {
+                if self.t_persist.is_some()
+                    && self.snd_una != self.snd_nxt
+                    && lt(self.snd_una, self.snd_nxt)
+                    && self.flight() <= 1
+                {
+                    // The window reopened while a probe byte the peer dropped is "in flight":
+                    // send it again now, at the head of a full segment.
+                    self.snd_nxt = self.snd_una;
+                }
                 self.t_persist = None;
                 self.persist_backoff = 0;
                 if self.snd_una != self.snd_max && self.t_rto.is_none() {
@@ -1142,7 +1228,9 @@ impl Tcb {
             lost += dist(a, b);
             from = b;
         }
-        self.flight().saturating_sub(self.sacked_bytes()).saturating_sub(lost)
+        self.flight()
+            .saturating_sub(self.sacked_bytes())
+            .saturating_sub(lost)
     }
 
     /// Timer processing. Call when [`Tcb::poll_at`] has passed.
@@ -1189,7 +1277,11 @@ impl Tcb {
             return;
         }
         self.retries += 1;
-        let limit = if syn_phase { self.cfg.syn_retries } else { self.cfg.max_retries };
+        let limit = if syn_phase {
+            self.cfg.syn_retries
+        } else {
+            self.cfg.max_retries
+        };
         if self.retries > limit {
             self.enter_closed(Some(TcpError::TimedOut));
             return;
@@ -1221,19 +1313,41 @@ impl Tcb {
 
     /// The earliest instant at which [`Tcb::on_timer`] has work.
     pub fn poll_at(&self) -> Option<Instant> {
-        [self.t_rto, self.t_delack, self.t_persist, self.t_keepalive, self.t_close].into_iter().flatten().min()
+        [
+            self.t_rto,
+            self.t_delack,
+            self.t_persist,
+            self.t_keepalive,
+            self.t_close,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Whether [`Tcb::next_segment`] may have something to send right now.
     pub fn wants_output(&self) -> bool {
-        self.ack_now || self.rst_due || self.rst_due_for_ack.is_some() || self.probe_due || self.ka_probe_due || self.rexmit_now || self.has_data_to_send()
+        self.ack_now
+            || self.rst_due
+            || self.rst_due_for_ack.is_some()
+            || self.probe_due
+            || self.ka_probe_due
+            || self.rexmit_now
+            || self.has_data_to_send()
     }
 
     fn has_data_to_send(&self) -> bool {
         match self.state {
             TcpState::SynSent | TcpState::SynReceived => self.snd_nxt == self.iss,
-            TcpState::Established | TcpState::CloseWait | TcpState::FinWait1 | TcpState::Closing | TcpState::LastAck => {
-                lt(self.snd_nxt, self.data_end()) || (self.fin_queued && le(self.snd_nxt, self.data_end()) && !gt(self.snd_max, self.data_end()))
+            TcpState::Established
+            | TcpState::CloseWait
+            | TcpState::FinWait1
+            | TcpState::Closing
+            | TcpState::LastAck => {
+                lt(self.snd_nxt, self.data_end())
+                    || (self.fin_queued
+                        && le(self.snd_nxt, self.data_end())
+                        && !gt(self.snd_max, self.data_end()))
                     || lt(self.snd_nxt, self.snd_max)
             }
             _ => false,
@@ -1246,13 +1360,25 @@ impl Tcb {
             return space.min(65535) as u16;
         }
         let new_edge = self.rcv_nxt.wrapping_add(space);
-        let cur = if gt(self.rcv_adv, self.rcv_nxt) { dist(self.rcv_nxt, self.rcv_adv) } else { 0 };
+        let cur = if gt(self.rcv_adv, self.rcv_nxt) {
+            dist(self.rcv_nxt, self.rcv_adv)
+        } else {
+            0
+        };
         // RFC 9293 §3.8.6.2.2 receiver SWS avoidance.
         let thresh = (self.cfg.recv_buf as u32 / 2).min(self.snd_mss);
-        if gt(new_edge, self.rcv_adv) && (dist(self.rcv_adv, new_edge) >= thresh || space as usize == self.cfg.recv_buf || cur == 0 && space >= thresh) {
+        if gt(new_edge, self.rcv_adv)
+            && (dist(self.rcv_adv, new_edge) >= thresh
+                || space as usize == self.cfg.recv_buf
+                || cur == 0 && space >= thresh)
+        {
             self.rcv_adv = new_edge;
         }
-        let wnd = if gt(self.rcv_adv, self.rcv_nxt) { dist(self.rcv_nxt, self.rcv_adv) } else { 0 };
+        let wnd = if gt(self.rcv_adv, self.rcv_nxt) {
+            dist(self.rcv_nxt, self.rcv_adv)
+        } else {
+            0
+        };
         let shift = if self.ws_ok { self.rcv_wscale } else { 0 };
         (wnd >> shift).min(65535) as u16
     }
@@ -1260,13 +1386,24 @@ impl Tcb {
     fn base_segment(&mut self, now: Instant, seq: u32) -> SegOut {
         let window = self.window_field(false);
         let ts = self.ts_ok.then(|| (self.tsval(now), self.ts_recent));
-        let sack = if self.sack_ok { self.ooo.sack_blocks() } else { [None; 3] };
+        let sack = if self.sack_ok {
+            self.ooo.sack_blocks()
+        } else {
+            [None; 3]
+        };
         self.last_ack_sent = self.rcv_nxt;
         self.ack_now = false;
         self.t_delack = None;
         self.delack_segs = 0;
         self.events.segments_out += 1;
-        SegOut { seq, ack: Some(self.rcv_nxt), window, ts, sack, ..SegOut::default() }
+        SegOut {
+            seq,
+            ack: Some(self.rcv_nxt),
+            window,
+            ts,
+            sack,
+            ..SegOut::default()
+        }
     }
 
     /// The next segment to send, if any. Call repeatedly until `None`.
@@ -1274,12 +1411,21 @@ impl Tcb {
         if let Some(ack) = self.rst_due_for_ack.take() {
             // RFC 9293 §3.10.7.3: <SEQ=SEG.ACK><CTL=RST> for an unacceptable ACK.
             self.events.segments_out += 1;
-            return Some(SegOut { seq: ack, rst: true, ..SegOut::default() });
+            return Some(SegOut {
+                seq: ack,
+                rst: true,
+                ..SegOut::default()
+            });
         }
         if self.rst_due {
             self.rst_due = false;
             self.events.segments_out += 1;
-            return Some(SegOut { seq: self.snd_nxt, ack: Some(self.rcv_nxt), rst: true, ..SegOut::default() });
+            return Some(SegOut {
+                seq: self.snd_nxt,
+                ack: Some(self.rcv_nxt),
+                rst: true,
+                ..SegOut::default()
+            });
         }
         match self.state {
             TcpState::Closed | TcpState::Listen => None,
@@ -1290,7 +1436,13 @@ impl Tcb {
 
     fn next_syn(&mut self, now: Instant) -> Option<SegOut> {
         let synack = self.state == TcpState::SynReceived;
-        if self.snd_nxt != self.iss && !(synack && self.ack_now) {
+        if self.snd_nxt != self.iss {
+            // An unacceptable segment in SYN-RECEIVED (e.g. the peer's SYN-ACK in a
+            // simultaneous open) is answered with a plain ACK (RFC 9293 §3.10.7.4).
+            if synack && self.ack_now {
+                let seq = self.snd_nxt;
+                return Some(self.base_segment(now, seq));
+            }
             return None;
         }
         let retransmit = self.snd_max != self.iss;
@@ -1332,7 +1484,11 @@ impl Tcb {
         let mss = self.eff_mss();
         let can_send_data = matches!(
             self.state,
-            TcpState::Established | TcpState::CloseWait | TcpState::FinWait1 | TcpState::Closing | TcpState::LastAck
+            TcpState::Established
+                | TcpState::CloseWait
+                | TcpState::FinWait1
+                | TcpState::Closing
+                | TcpState::LastAck
         );
         if can_send_data {
             // Zero-window probe (RFC 9293 §3.8.6.1): one byte beyond the window.
@@ -1408,8 +1564,14 @@ impl Tcb {
     fn retransmit_range(&mut self, now: Instant, seq: u32, len: u32) -> Option<SegOut> {
         // The range may include our FIN (one sequence number beyond the data).
         let data_end = self.data_end();
-        let data_len = if lt(seq, data_end) { dist(seq, data_end).min(len) } else { 0 };
-        let fin = self.fin_seq().is_some_and(|f| seq.wrapping_add(data_len) == f && le(f, self.snd_max) && data_len < len.max(1));
+        let data_len = if lt(seq, data_end) {
+            dist(seq, data_end).min(len)
+        } else {
+            0
+        };
+        let fin = self.fin_seq().is_some_and(|f| {
+            seq.wrapping_add(data_len) == f && le(f, self.snd_max) && data_len < len.max(1)
+        });
         if data_len == 0 && !fin {
             return None;
         }
@@ -1431,23 +1593,38 @@ impl Tcb {
 
     fn arm_persist(&mut self, now: Instant) {
         let base = self.rto.max(self.cfg.min_rto);
-        let d = base.saturating_mul(1u32 << self.persist_backoff.min(10)).min(self.cfg.max_rto);
+        let d = base
+            .saturating_mul(1u32 << self.persist_backoff.min(10))
+            .min(self.cfg.max_rto);
         self.t_persist = Some(now + d);
     }
 
     fn next_new_data(&mut self, now: Instant, mss: u32) -> Option<SegOut> {
         let data_end = self.data_end();
-        let unsent = if lt(self.snd_nxt, data_end) { dist(self.snd_nxt, data_end) } else { 0 };
-        let fin_pending = self.fin_queued && !gt(self.snd_nxt, data_end) && (lt(self.snd_nxt, self.snd_max) || !gt(self.snd_max, data_end));
+        let unsent = if lt(self.snd_nxt, data_end) {
+            dist(self.snd_nxt, data_end)
+        } else {
+            0
+        };
+        let fin_pending = self.fin_queued
+            && !gt(self.snd_nxt, data_end)
+            && (lt(self.snd_nxt, self.snd_max) || !gt(self.snd_max, data_end));
         if unsent == 0 && !fin_pending {
             return None;
         }
         let win_end = self.snd_una.wrapping_add(self.snd_wnd);
-        let wnd_avail = if gt(win_end, self.snd_nxt) { dist(self.snd_nxt, win_end) } else { 0 };
+        let wnd_avail = if gt(win_end, self.snd_nxt) {
+            dist(self.snd_nxt, win_end)
+        } else {
+            0
+        };
         let in_flight = dist(self.snd_una, self.snd_nxt);
         let cwnd = if self.recovery.is_some() && self.sack_ok {
             // RFC 6675: new data only while pipe leaves room.
-            self.cc.cwnd.saturating_sub(self.pipe()).saturating_add(in_flight)
+            self.cc
+                .cwnd
+                .saturating_sub(self.pipe())
+                .saturating_add(in_flight)
         } else {
             self.cc.cwnd
         };
@@ -1467,11 +1644,23 @@ impl Tcb {
         }
         // Nagle (RFC 9293 §3.7.4): hold a small segment while data is unacknowledged, unless
         // it is the last of the data before a FIN.
-        if len > 0 && len < mss && self.cfg.nagle && self.snd_una != self.snd_nxt && !retransmitting && !(self.fin_queued && len == unsent) {
+        if len > 0
+            && len < mss
+            && self.cfg.nagle
+            && self.snd_una != self.snd_nxt
+            && !retransmitting
+            && !(self.fin_queued && len == unsent)
+        {
             return None;
         }
         // Sender SWS avoidance: do not send tiny window-limited segments while data is in flight.
-        if len > 0 && len < mss && len < unsent && self.snd_una != self.snd_nxt && !retransmitting && len < self.max_snd_wnd / 2 {
+        if len > 0
+            && len < mss
+            && len < unsent
+            && self.snd_una != self.snd_nxt
+            && !retransmitting
+            && len < self.max_snd_wnd / 2
+        {
             return None;
         }
         let fin = self.fin_queued && self.snd_nxt.wrapping_add(len) == data_end && (len == unsent);

@@ -1,0 +1,534 @@
+//! State-machine tests driving TCBs with simulated time (RFC 9293 §3.3.2 diagram, RFC 6298,
+//! RFC 5681/6582, RFC 6675, RFC 7323 PAWS, RFC 5961).
+
+use super::tcb::{SegIn, SegOut, Tcb, TcpError};
+use super::{TcpConfig, TcpState};
+use crate::time::{Duration, Instant};
+use std::net::SocketAddrV6;
+
+fn a() -> SocketAddrV6 {
+    "[fd00::1]:40000".parse().unwrap()
+}
+fn b() -> SocketAddrV6 {
+    "[fd00::2]:80".parse().unwrap()
+}
+
+fn cfg() -> TcpConfig {
+    TcpConfig {
+        delayed_ack: None,
+        ..TcpConfig::default()
+    }
+}
+
+/// A segment as the peer receives it, payload copied out.
+struct Wire {
+    seg: SegOut,
+    payload: Vec<u8>,
+}
+
+fn collect(t: &mut Tcb, now: Instant) -> Vec<Wire> {
+    let mut v = Vec::new();
+    while let Some(s) = t.next_segment(now) {
+        let (x, y) = t.payload(&s);
+        let mut p = x.to_vec();
+        p.extend_from_slice(y);
+        v.push(Wire { seg: s, payload: p });
+        assert!(v.len() < 10_000);
+    }
+    v
+}
+
+fn seg_in(w: &Wire) -> SegIn<'_> {
+    SegIn {
+        seq: w.seg.seq,
+        ack: w.seg.ack,
+        syn: w.seg.syn,
+        fin: w.seg.fin,
+        rst: w.seg.rst,
+        window: w.seg.window,
+        mss: w.seg.mss,
+        wscale: w.seg.wscale,
+        sack_permitted: w.seg.sack_permitted,
+        sack: w.seg.sack,
+        ts: w.seg.ts,
+        payload: &w.payload,
+    }
+}
+
+/// Deliver everything each side wants to send until both are quiet.
+fn exchange(x: &mut Tcb, y: &mut Tcb, now: Instant) {
+    for _ in 0..1000 {
+        let xs = collect(x, now);
+        let ys = collect(y, now);
+        if xs.is_empty() && ys.is_empty() {
+            return;
+        }
+        for w in &xs {
+            y.on_segment(now, &seg_in(w));
+        }
+        for w in &ys {
+            x.on_segment(now, &seg_in(w));
+        }
+    }
+    panic!("no quiescence");
+}
+
+fn t0() -> Instant {
+    Instant::from_millis(10_000)
+}
+
+fn handshake() -> (Tcb, Tcb) {
+    let now = t0();
+    let mut c = Tcb::connect(a(), b(), cfg(), 1000, 1440, now);
+    assert_eq!(c.state(), TcpState::SynSent);
+    let syn = collect(&mut c, now);
+    assert_eq!(syn.len(), 1);
+    assert!(syn[0].seg.syn && syn[0].seg.ack.is_none());
+    let mut s = Tcb::accept_syn(b(), a(), cfg(), 5000, 1440, now, &seg_in(&syn[0]));
+    assert_eq!(s.state(), TcpState::SynReceived);
+    let synack = collect(&mut s, now);
+    assert!(synack[0].seg.syn && synack[0].seg.ack == Some(1001));
+    c.on_segment(now, &seg_in(&synack[0]));
+    assert_eq!(c.state(), TcpState::Established);
+    let ack = collect(&mut c, now);
+    s.on_segment(now, &seg_in(&ack[0]));
+    assert_eq!(s.state(), TcpState::Established);
+    assert!(c.ts_ok && c.sack_ok && c.ws_ok);
+    (c, s)
+}
+
+#[test]
+fn three_way_handshake() {
+    handshake();
+}
+
+#[test]
+fn simultaneous_open() {
+    let now = t0();
+    let mut x = Tcb::connect(a(), b(), cfg(), 100, 1440, now);
+    let mut y = Tcb::connect(b(), a(), cfg(), 900, 1440, now);
+    let sx = collect(&mut x, now);
+    let sy = collect(&mut y, now);
+    x.on_segment(now, &seg_in(&sy[0]));
+    y.on_segment(now, &seg_in(&sx[0]));
+    assert_eq!(x.state(), TcpState::SynReceived);
+    assert_eq!(y.state(), TcpState::SynReceived);
+    exchange(&mut x, &mut y, now);
+    assert_eq!(x.state(), TcpState::Established);
+    assert_eq!(y.state(), TcpState::Established);
+}
+
+#[test]
+fn active_close_path_fin_wait_time_wait_closed() {
+    let (mut c, mut s) = handshake();
+    let now = t0();
+    c.close();
+    assert_eq!(c.state(), TcpState::FinWait1);
+    let fin = collect(&mut c, now);
+    assert!(fin[0].seg.fin);
+    s.on_segment(now, &seg_in(&fin[0]));
+    assert_eq!(s.state(), TcpState::CloseWait);
+    let ack = collect(&mut s, now);
+    c.on_segment(now, &seg_in(&ack[0]));
+    assert_eq!(c.state(), TcpState::FinWait2);
+    s.close();
+    assert_eq!(s.state(), TcpState::LastAck);
+    let fin2 = collect(&mut s, now);
+    c.on_segment(now, &seg_in(&fin2[0]));
+    assert_eq!(c.state(), TcpState::TimeWait);
+    let ack2 = collect(&mut c, now);
+    s.on_segment(now, &seg_in(&ack2[0]));
+    assert_eq!(s.state(), TcpState::Closed);
+    assert_eq!(s.error, None);
+    // 2 MSL later.
+    let later = now + c.cfg.time_wait;
+    assert_eq!(c.poll_at(), Some(later));
+    c.on_timer(later);
+    assert_eq!(c.state(), TcpState::Closed);
+}
+
+#[test]
+fn simultaneous_close_goes_through_closing() {
+    let (mut c, mut s) = handshake();
+    let now = t0();
+    c.close();
+    s.close();
+    let fc = collect(&mut c, now);
+    let fs = collect(&mut s, now);
+    c.on_segment(now, &seg_in(&fs[0]));
+    s.on_segment(now, &seg_in(&fc[0]));
+    assert_eq!(c.state(), TcpState::Closing);
+    assert_eq!(s.state(), TcpState::Closing);
+    exchange(&mut c, &mut s, now);
+    assert_eq!(c.state(), TcpState::TimeWait);
+    assert_eq!(s.state(), TcpState::TimeWait);
+}
+
+#[test]
+fn close_in_syn_sent_and_syn_received() {
+    let now = t0();
+    let mut c = Tcb::connect(a(), b(), cfg(), 1, 1440, now);
+    c.close();
+    assert_eq!(c.state(), TcpState::Closed);
+    let mut c = Tcb::connect(a(), b(), cfg(), 1, 1440, now);
+    let syn = collect(&mut c, now);
+    let mut s = Tcb::accept_syn(b(), a(), cfg(), 5000, 1440, now, &seg_in(&syn[0]));
+    s.close();
+    assert_eq!(s.state(), TcpState::FinWait1);
+}
+
+#[test]
+fn rst_in_sequence_resets_and_out_of_window_is_ignored() {
+    let (mut c, mut s) = handshake();
+    let now = t0();
+    let rst = SegIn {
+        seq: c.rcv_nxt,
+        ack: None,
+        rst: true,
+        ..blank_in()
+    };
+    let far = SegIn {
+        seq: c.rcv_nxt.wrapping_add(1 << 30),
+        ..rst
+    };
+    c.on_segment(now, &far);
+    assert_eq!(c.state(), TcpState::Established);
+    c.on_segment(now, &rst);
+    assert_eq!(c.state(), TcpState::Closed);
+    assert_eq!(c.error, Some(TcpError::Reset));
+    let _ = &mut s;
+}
+
+#[test]
+fn rst_answers_syn_sent_only_with_acceptable_ack() {
+    let now = t0();
+    let mut c = Tcb::connect(a(), b(), cfg(), 1000, 1440, now);
+    collect(&mut c, now);
+    c.on_segment(
+        now,
+        &SegIn {
+            seq: 0,
+            ack: Some(5),
+            rst: true,
+            ..blank_in()
+        },
+    );
+    assert_eq!(c.state(), TcpState::SynSent);
+    c.on_segment(
+        now,
+        &SegIn {
+            seq: 0,
+            ack: Some(1001),
+            rst: true,
+            ..blank_in()
+        },
+    );
+    assert_eq!(c.state(), TcpState::Closed);
+    assert_eq!(c.error, Some(TcpError::Refused));
+}
+
+fn blank_in() -> SegIn<'static> {
+    SegIn {
+        seq: 0,
+        ack: None,
+        syn: false,
+        fin: false,
+        rst: false,
+        window: 65535,
+        mss: None,
+        wscale: None,
+        sack_permitted: false,
+        sack: [None; 3],
+        ts: None,
+        payload: &[],
+    }
+}
+
+#[test]
+fn rfc5961_challenge_ack_for_in_window_rst_and_syn() {
+    let (mut c, _s) = handshake();
+    let now = t0();
+    let base = c.events.challenge_acks;
+    // RST in window but not exactly RCV.NXT.
+    c.on_segment(
+        now,
+        &SegIn {
+            seq: c.rcv_nxt.wrapping_add(10),
+            rst: true,
+            ..blank_in()
+        },
+    );
+    assert_eq!(c.state(), TcpState::Established);
+    assert_eq!(c.events.challenge_acks, base + 1);
+    let out = collect(&mut c, now);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].seg.ack, Some(c.rcv_nxt));
+    // SYN in a synchronized state.
+    c.on_segment(
+        now,
+        &SegIn {
+            seq: c.rcv_nxt,
+            syn: true,
+            ts: Some((u32::MAX / 2, 0)),
+            ..blank_in()
+        },
+    );
+    assert_eq!(c.state(), TcpState::Established);
+    assert_eq!(c.events.challenge_acks, base + 2);
+    // ACK far below SND.UNA - MAX.SND.WND.
+    let una = c.snd_una;
+    c.on_segment(
+        now,
+        &SegIn {
+            seq: c.rcv_nxt,
+            ack: Some(una.wrapping_sub(1 << 30)),
+            ts: Some((c.ts_recent, 0)),
+            ..blank_in()
+        },
+    );
+    assert_eq!(c.events.challenge_acks, base + 3);
+}
+
+#[test]
+fn paws_rejects_old_timestamp() {
+    let (mut c, mut s) = handshake();
+    let now = t0() + Duration::from_millis(5);
+    s.send(b"abcdef");
+    let data = collect(&mut s, now);
+    let mut w = Wire {
+        seg: data[0].seg,
+        payload: data[0].payload.clone(),
+    };
+    // Make its TSval older than TS.Recent.
+    let (tsval, tsecr) = w.seg.ts.unwrap();
+    w.seg.ts = Some((tsval.wrapping_sub(1000), tsecr));
+    let before = c.rcv_nxt;
+    c.on_segment(now, &seg_in(&w));
+    assert_eq!(c.rcv_nxt, before, "data behind PAWS rejected");
+    assert_eq!(c.events.paws_rejected, 1);
+    // The genuine segment is accepted.
+    c.on_segment(now, &seg_in(&data[0]));
+    assert_eq!(c.rcv_nxt, before.wrapping_add(6));
+}
+
+/// Send `n` full segments from s; return them.
+fn burst(s: &mut Tcb, now: Instant, n: usize) -> Vec<Wire> {
+    let mss = s.eff_mss() as usize;
+    s.send(&vec![0x5a; mss * n]);
+    let v = collect(s, now);
+    assert_eq!(v.len(), n);
+    v
+}
+
+#[test]
+fn rto_fires_retransmits_and_backs_off() {
+    let (_c, mut s) = handshake();
+    let mut now = t0();
+    s.send(b"hello");
+    let first = collect(&mut s, now);
+    assert_eq!(first.len(), 1);
+    let rto0 = s.rto;
+    let mut last = rto0;
+    for i in 0..4 {
+        let due = s.poll_at().unwrap();
+        assert!(due >= now + last.min(s.cfg.max_rto) - Duration::from_micros(1));
+        now = due;
+        s.on_timer(now);
+        let re = collect(&mut s, now);
+        assert_eq!(re.len(), 1, "retransmission {i}");
+        assert_eq!(re[0].seg.seq, first[0].seg.seq);
+        assert_eq!(re[0].payload, b"hello");
+        assert!(
+            s.rto >= last * 2 || s.rto == s.cfg.max_rto,
+            "back-off doubles"
+        );
+        last = s.rto;
+    }
+    assert_eq!(s.cc.cwnd, s.snd_mss, "loss window after RTO");
+}
+
+#[test]
+fn gives_up_after_max_retries() {
+    let (_c, mut s) = handshake();
+    let mut now = t0();
+    s.cfg.max_retries = 3;
+    s.send(b"x");
+    collect(&mut s, now);
+    for _ in 0..4 {
+        now = s.poll_at().unwrap();
+        s.on_timer(now);
+        collect(&mut s, now);
+    }
+    assert_eq!(s.state(), TcpState::Closed);
+    assert_eq!(s.error, Some(TcpError::TimedOut));
+}
+
+#[test]
+fn fast_retransmit_on_three_dupacks_newreno() {
+    let (mut c, mut s) = handshake();
+    c.sack_ok = false;
+    s.sack_ok = false;
+    let now = t0();
+    let segs = burst(&mut s, now, 6);
+    // Segment 0 is lost; 1..=3 arrive and each triggers a duplicate ACK.
+    let mut dupacks = Vec::new();
+    for w in &segs[1..4] {
+        c.on_segment(now, &seg_in(w));
+        dupacks.extend(collect(&mut c, now));
+    }
+    assert_eq!(dupacks.len(), 3);
+    for d in &dupacks {
+        assert_eq!(d.seg.ack, Some(segs[0].seg.seq));
+        s.on_segment(now, &seg_in(d));
+    }
+    assert!(s.recovery.is_some(), "entered fast recovery");
+    let re = collect(&mut s, now);
+    assert_eq!(re[0].seg.seq, segs[0].seg.seq, "lost segment resent first");
+    assert_eq!(s.events.fast_recovery, 1);
+    // RFC 6582: cwnd = ssthresh + 3 MSS.
+    assert_eq!(s.cc.cwnd, s.cc.ssthresh + 3 * s.snd_mss);
+}
+
+#[test]
+fn sack_recovery_resends_only_the_holes() {
+    let (mut c, mut s) = handshake();
+    let now = t0();
+    let segs = burst(&mut s, now, 8);
+    // Segments 1 and 4 lost.
+    let mut acks = Vec::new();
+    for (i, w) in segs.iter().enumerate() {
+        if i == 1 || i == 4 {
+            continue;
+        }
+        c.on_segment(now, &seg_in(w));
+        acks.extend(collect(&mut c, now));
+    }
+    assert!(
+        acks.iter().any(|a| a.seg.sack[0].is_some()),
+        "receiver reports SACK blocks"
+    );
+    for a in &acks {
+        s.on_segment(now, &seg_in(a));
+    }
+    assert!(s.recovery.is_some());
+    let re = collect(&mut s, now);
+    let seqs: Vec<u32> = re
+        .iter()
+        .filter(|w| !w.payload.is_empty())
+        .map(|w| w.seg.seq)
+        .collect();
+    assert!(
+        seqs.contains(&segs[1].seg.seq) && seqs.contains(&segs[4].seg.seq),
+        "both holes resent: {seqs:?}"
+    );
+    for w in &re {
+        assert!(
+            w.seg.seq != segs[0].seg.seq && w.seg.seq != segs[2].seg.seq,
+            "no SACKed segment resent"
+        );
+    }
+    for w in &re {
+        c.on_segment(now, &seg_in(w));
+    }
+    let fin_acks = collect(&mut c, now);
+    for a in &fin_acks {
+        s.on_segment(now, &seg_in(a));
+    }
+    assert_eq!(s.snd_una, s.snd_max, "all acknowledged");
+    assert!(s.recovery.is_none());
+}
+
+#[test]
+fn zero_window_triggers_persist_probe() {
+    let now = t0();
+    let small = TcpConfig {
+        recv_buf: 2 * 1440,
+        ..cfg()
+    };
+    let mut c = Tcb::connect(a(), b(), small, 1000, 1440, now);
+    let syn = collect(&mut c, now);
+    let mut s = Tcb::accept_syn(b(), a(), cfg(), 5000, 1440, now, &seg_in(&syn[0]));
+    exchange(&mut c, &mut s, now);
+    assert_eq!(s.state(), TcpState::Established);
+    // Fill the client's buffer without reading; the rest waits behind a zero window.
+    s.send(&vec![1u8; 4 * 1440]);
+    exchange(&mut c, &mut s, now);
+    assert_eq!(c.recv_available(), 2 * 1440);
+    assert_eq!(s.snd_wnd, 0, "peer advertised a zero window");
+    assert_eq!(s.snd_una, s.snd_max, "nothing in flight");
+    let due = s.poll_at().expect("persist timer");
+    s.on_timer(due);
+    let probe = collect(&mut s, due);
+    assert_eq!(probe.len(), 1);
+    assert_eq!(probe[0].payload.len(), 1, "one-byte probe");
+    assert_eq!(s.events.zero_window_probes, 1);
+    // The client drops it and re-advertises zero; once the app reads, the window reopens
+    // and the transfer finishes.
+    c.on_segment(due, &seg_in(&probe[0]));
+    let mut buf = vec![0u8; 4 * 1440];
+    let mut got = c.recv(&mut buf);
+    for _ in 0..20 {
+        exchange(&mut c, &mut s, due);
+        got += c.recv(&mut buf);
+        if got == 4 * 1440 {
+            break;
+        }
+    }
+    assert_eq!(got, 4 * 1440);
+}
+
+#[test]
+fn out_of_order_data_is_reassembled() {
+    let (mut c, mut s) = handshake();
+    let now = t0();
+    let segs = burst(&mut s, now, 4);
+    for i in [3, 1, 2, 0] {
+        c.on_segment(now, &seg_in(&segs[i]));
+    }
+    assert_eq!(c.recv_available(), 4 * s.eff_mss() as usize);
+    assert!(c.ooo.blocks.is_empty());
+}
+
+#[test]
+fn window_scale_and_mss_negotiated() {
+    let (c, s) = handshake();
+    assert_eq!(c.snd_mss, 1440);
+    assert_eq!(s.snd_mss, 1440);
+    assert!(c.snd_wscale > 0 && c.snd_wscale == s.rcv_wscale);
+}
+
+#[test]
+fn keepalive_probes_then_gives_up() {
+    let now = t0();
+    let ka = super::Keepalive {
+        idle: Duration::from_secs(10),
+        interval: Duration::from_secs(1),
+        count: 3,
+    };
+    let mut cc = cfg();
+    cc.keepalive = Some(ka);
+    let mut c = Tcb::connect(a(), b(), cc, 1000, 1440, now);
+    let syn = collect(&mut c, now);
+    let mut s = Tcb::accept_syn(b(), a(), cfg(), 5000, 1440, now, &seg_in(&syn[0]));
+    exchange(&mut c, &mut s, now);
+    assert_eq!(c.state(), TcpState::Established);
+    let mut t = now;
+    let mut probes = 0;
+    for _ in 0..10 {
+        t = c.poll_at().unwrap();
+        c.on_timer(t);
+        let out = collect(&mut c, t);
+        probes += out.len();
+        if c.state() == TcpState::Closed {
+            break;
+        }
+        assert_eq!(
+            out[0].seg.seq,
+            c.snd_una.wrapping_sub(1),
+            "probe uses SND.UNA-1"
+        );
+    }
+    assert_eq!(probes, 3);
+    assert_eq!(c.error, Some(TcpError::TimedOut));
+    assert!(t >= now + Duration::from_secs(13));
+}

@@ -1,0 +1,286 @@
+//! Links, addresses, routes and bridges inside [`Netns`] namespaces, plus
+//! readiness waits.
+
+use crate::netns::{describe, Netns};
+use crate::IFNAME_MAX;
+use anyhow::{bail, ensure, Context, Result};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+use tracing::debug;
+
+/// Poll period of the `wait_*` helpers.
+const POLL: Duration = Duration::from_millis(20);
+
+fn check_ifname(name: &str) -> Result<()> {
+    ensure!(
+        !name.is_empty() && name.len() <= IFNAME_MAX,
+        "interface name {name:?} must be 1..={IFNAME_MAX} bytes"
+    );
+    ensure!(
+        !name.contains(['/', ' ', '\t', '\n', ':']) && name != "." && name != "..",
+        "invalid interface name {name:?}"
+    );
+    Ok(())
+}
+
+/// Creates a veth pair with end `ifa` in namespace `a` and end `ifb` in
+/// namespace `b` (which may be the same namespace), and brings both ends up.
+pub fn veth(a: &Netns, ifa: &str, b: &Netns, ifb: &str) -> Result<()> {
+    check_ifname(ifa)?;
+    check_ifname(ifb)?;
+    a.ip(&[
+        "link",
+        "add",
+        ifa,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        ifb,
+        "netns",
+        b.name(),
+    ])
+    .with_context(|| {
+        format!(
+            "cannot create veth {}:{ifa} <-> {}:{ifb}",
+            a.name(),
+            b.name()
+        )
+    })?;
+    set_up(a, ifa)?;
+    set_up(b, ifb)?;
+    Ok(())
+}
+
+/// Adds an address in CIDR form (e.g. `"fd00::1/64"`) to `ifname`. IPv6
+/// addresses are always added with `nodad`, so they are never tentative.
+pub fn add_addr(ns: &Netns, ifname: &str, cidr: &str) -> Result<()> {
+    let mut args = vec!["addr", "add", cidr, "dev", ifname];
+    if cidr.contains(':') {
+        args.push("nodad");
+    }
+    ns.ip(&args)
+        .with_context(|| format!("cannot add {cidr} to {}:{ifname}", ns.name()))?;
+    Ok(())
+}
+
+/// Brings `ifname` up.
+pub fn set_up(ns: &Netns, ifname: &str) -> Result<()> {
+    ns.ip(&["link", "set", "dev", ifname, "up"])
+        .with_context(|| format!("cannot bring up {}:{ifname}", ns.name()))?;
+    Ok(())
+}
+
+/// Takes `ifname` down.
+pub fn set_down(ns: &Netns, ifname: &str) -> Result<()> {
+    ns.ip(&["link", "set", "dev", ifname, "down"])
+        .with_context(|| format!("cannot take down {}:{ifname}", ns.name()))?;
+    Ok(())
+}
+
+/// Adds a route to `dst` (CIDR, or `"default"`), optionally through gateway
+/// `via` and/or out of device `dev` (at least one of them is required).
+///
+/// IPv6 and IPv4 are told apart by the destination, or by `via` for
+/// `"default"`.
+pub fn add_route(ns: &Netns, dst: &str, via: Option<&str>, dev: Option<&str>) -> Result<()> {
+    ensure!(
+        via.is_some() || dev.is_some(),
+        "add_route({dst}) needs a gateway or a device"
+    );
+    let v6 = dst.contains(':') || via.is_some_and(|v| v.contains(':'));
+    let mut args = vec![if v6 { "-6" } else { "-4" }, "route", "add", dst];
+    if let Some(via) = via {
+        args.extend(["via", via]);
+    }
+    if let Some(dev) = dev {
+        args.extend(["dev", dev]);
+    }
+    ns.ip(&args)
+        .with_context(|| format!("cannot add route {dst} in {}", ns.name()))?;
+    Ok(())
+}
+
+/// Creates bridge `name` in `ns`, enslaves `ports` (interfaces already in
+/// `ns`) and brings the bridge and its ports up.
+///
+/// The bridge forwards immediately: STP off, `forward_delay 0`, and
+/// `mcast_snooping 0` so that IPv6 neighbour discovery multicast is flooded
+/// to every port.
+pub fn bridge(ns: &Netns, name: &str, ports: &[&str]) -> Result<()> {
+    check_ifname(name)?;
+    ns.ip(&[
+        "link",
+        "add",
+        "name",
+        name,
+        "type",
+        "bridge",
+        "stp_state",
+        "0",
+        "forward_delay",
+        "0",
+        "mcast_snooping",
+        "0",
+    ])
+    .with_context(|| format!("cannot create bridge {}:{name}", ns.name()))?;
+    for port in ports {
+        ns.ip(&["link", "set", "dev", port, "master", name])
+            .with_context(|| format!("cannot enslave {port} to bridge {}:{name}", ns.name()))?;
+        set_up(ns, port)?;
+    }
+    set_up(ns, name)?;
+    Ok(())
+}
+
+/// Turns off checksum and segmentation/receive offloads on `ifname`
+/// (`ethtool -K IF tx off`, `rx off`, `sg off`, `tso off`, `gso off`,
+/// `gro off`, one feature at a time) and sets `gso_max_segs 1`, so that
+/// packets seen or injected by a userspace stack carry real checksums, and
+/// every packet the kernel sends through the interface is a single MTU-sized
+/// segment (the kernel TCP builds multi-segment GSO packets even with all
+/// offloads off unless `gso_max_segs` is 1).
+///
+/// Settings the device cannot change are ignored (logged at debug level);
+/// an error is returned only when `ethtool` cannot be run at all.
+pub fn disable_offload(ns: &Netns, ifname: &str) -> Result<()> {
+    for feature in ["tx", "rx", "sg", "tso", "gso", "gro"] {
+        let mut cmd = ns.command("ethtool");
+        cmd.args(["-K", ifname, feature, "off"]);
+        let line = describe(&cmd);
+        let out = cmd
+            .stdin(std::process::Stdio::null())
+            .output()
+            .with_context(|| format!("failed to start `{line}`"))?;
+        if !out.status.success() {
+            debug!(
+                "ignored: `{line}` failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+    }
+    if let Err(e) = ns.ip(&["link", "set", "dev", ifname, "gso_max_segs", "1"]) {
+        debug!("ignored: {e:#}");
+    }
+    Ok(())
+}
+
+/// Why an address is not usable yet, or `None` when it is.
+fn addr_state(ns: &Netns, ifname: &str, want: IpAddr) -> Result<Option<String>> {
+    let link = ns.ip(&["-o", "link", "show", "dev", ifname])?;
+    let link = String::from_utf8_lossy(&link.stdout).into_owned();
+    let flags = link
+        .split_once('<')
+        .and_then(|(_, r)| r.split_once('>'))
+        .map(|(f, _)| f.split(',').map(str::to_string).collect::<Vec<_>>())
+        .unwrap_or_default();
+    if !flags.iter().any(|f| f == "UP") {
+        return Ok(Some(format!("{ifname} is down")));
+    }
+    if !flags.iter().any(|f| f == "LOWER_UP") && ifname != "lo" {
+        return Ok(Some(format!("{ifname} has no carrier (LOWER_UP)")));
+    }
+    let addrs = ns.ip(&["-o", "addr", "show", "dev", ifname])?;
+    let addrs = String::from_utf8_lossy(&addrs.stdout).into_owned();
+    for line in addrs.lines() {
+        let mut words = line.split_whitespace();
+        // `any` stops right after the family word; the next word is the CIDR.
+        if !words.any(|w| w == "inet" || w == "inet6") {
+            continue;
+        }
+        let Some(cidr) = words.next() else { continue };
+        let addr = cidr.split_once('/').map_or(cidr, |(a, _)| a);
+        if addr.parse::<IpAddr>().ok() != Some(want) {
+            continue;
+        }
+        for bad in ["tentative", "dadfailed"] {
+            if line.split_whitespace().any(|w| w == bad) {
+                return Ok(Some(format!("{want} on {ifname} is {bad}")));
+            }
+        }
+        return Ok(None);
+    }
+    Ok(Some(format!("{want} not present on {ifname}")))
+}
+
+/// Waits until `addr` (without prefix length, e.g. `"fd00::1"`) is present on
+/// `ifname`, is neither tentative nor DAD-failed, and the link is up with
+/// carrier (`UP,LOWER_UP`). Fails after `timeout` with the last reason.
+pub fn wait_addr_usable(ns: &Netns, ifname: &str, addr: &str, timeout: Duration) -> Result<()> {
+    let want: IpAddr = addr
+        .split_once('/')
+        .map_or(addr, |(a, _)| a)
+        .parse()
+        .with_context(|| format!("bad address {addr:?}"))?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let state = addr_state(ns, ifname, want)?;
+        let Some(reason) = state else {
+            return Ok(());
+        };
+        if Instant::now() >= deadline {
+            bail!(
+                "{addr} on {}:{ifname} not usable after {timeout:?}: {reason}",
+                ns.name()
+            );
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Whether `ss -ltnH` output lists a TCP listener on `port`.
+pub(crate) fn ss_has_listener(ss_output: &str, port: u16) -> bool {
+    ss_output.lines().any(|line| {
+        // State Recv-Q Send-Q Local:Port Peer:Port [Process]
+        line.split_whitespace()
+            .nth(3)
+            .and_then(|local| local.rsplit_once(':'))
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            == Some(port)
+    })
+}
+
+/// Waits until some socket in `ns` listens on TCP `port` (any address),
+/// polling `ss -ltnH` inside the namespace. Fails after `timeout`.
+pub fn wait_tcp_listening(ns: &Netns, port: u16, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let out = ns.exec(&["ss", "-ltnH"])?;
+        if ss_has_listener(&String::from_utf8_lossy(&out.stdout), port) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "nothing listens on TCP port {port} in {} after {timeout:?}",
+                ns.name()
+            );
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_ss_output() {
+        let out = "LISTEN 0      128    [fd00::2]:8080       [::]:*\n\
+                   LISTEN 0      4096   0.0.0.0:22           0.0.0.0:*    \n\
+                   LISTEN 0      5      [::ffff:127.0.0.1]:443 *:*\n";
+        assert!(ss_has_listener(out, 8080));
+        assert!(ss_has_listener(out, 22));
+        assert!(ss_has_listener(out, 443));
+        assert!(!ss_has_listener(out, 80));
+        assert!(!ss_has_listener("", 80));
+    }
+
+    #[test]
+    fn ifname_validation() {
+        assert!(check_ifname("eth0").is_ok());
+        assert!(check_ifname("abcdefghijklmno").is_ok());
+        assert!(check_ifname("abcdefghijklmnop").is_err());
+        assert!(check_ifname("").is_err());
+        assert!(check_ifname("a/b").is_err());
+    }
+}
