@@ -70,7 +70,7 @@ impl Reassembler {
             self.parts.remove(&key);
             return Err(FragError::TooLong);
         }
-        if more && data.len() % 8 != 0 {
+        if more && !data.len().is_multiple_of(8) {
             return Err(FragError::BadLength);
         }
         if !self.parts.contains_key(&key) && self.parts.len() >= MAX_DATAGRAMS {

@@ -22,6 +22,9 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::{Ipv6Addr, SocketAddrV6};
 
+/// Where frames go when the caller can take them at once.
+type Emit<'a> = &'a mut dyn FnMut(&[u8]);
+
 const ETH_HDR: usize = 14;
 const IP6_HDR: usize = 40;
 /// RFC 8200 §5: every IPv6 link carries 1280-byte packets.
@@ -1194,7 +1197,7 @@ impl Interface {
         now: Instant,
         mut buf: Vec<u8>,
         dst: Ipv6Addr,
-        emit: Option<&mut dyn FnMut(&[u8])>,
+        emit: Option<Emit<'_>>,
     ) {
         let hop = self.next_hop(&dst);
         let mac = if hop.is_multicast() {
@@ -1550,7 +1553,7 @@ impl Interface {
     fn ephemeral_port(&mut self, ip: &Ipv6Addr, remote: &SocketAddrV6) -> Result<u16, Error> {
         for _ in 0..16384 {
             let p = self.next_ephemeral;
-            self.next_ephemeral = if p >= 65535 { 49152 } else { p + 1 };
+            self.next_ephemeral = if p == u16::MAX { 49152 } else { p + 1 };
             let key = ConnKey(*ip, p, *remote.ip(), remote.port());
             if !self.demux.contains_key(&key) && !self.frozen.contains_key(&key) {
                 return Ok(p);

@@ -255,12 +255,9 @@ fn graceful_close_both_sides_reaches_time_wait_and_closed() {
     let mut eof = false;
     for _ in 0..1000 {
         w.step();
-        match w.b.tcp_recv(s, &mut buf) {
-            Err(ds_stack::Error::Eof) => {
-                eof = true;
-                break;
-            }
-            _ => {}
+        if let Err(ds_stack::Error::Eof) = w.b.tcp_recv(s, &mut buf) {
+            eof = true;
+            break;
         }
     }
     assert!(eof);

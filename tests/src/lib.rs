@@ -45,6 +45,7 @@ mod impair;
 mod link;
 mod netns;
 mod ping;
+mod stackhost;
 
 pub use counters::{all_counters, counter_delta, parse_pairs, parse_snmp6, tcp_counters};
 pub use impair::{Direction, Loss, LossCounts, Rate, Tbf};
@@ -54,6 +55,7 @@ pub use link::{
 };
 pub use netns::{sweep_stale_namespaces, Child, Netns, NETNS_DIR};
 pub use ping::{ping6, PingOpts, PingStats};
+pub use stackhost::{KernelPeer, PatternStream, StackHost};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

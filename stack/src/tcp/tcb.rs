@@ -272,6 +272,13 @@ pub struct Tcb {
     pub(crate) rexmit_now: bool,
     /// Sender's SACK scoreboard: disjoint sorted ranges above SND.UNA.
     pub(crate) sacked: Vec<(u32, u32)>,
+    /// Recovery after a timeout with SACK: every unSACKed byte below the recovery point is
+    /// presumed lost (RFC 6675 §5.1), not just the holes below the highest SACK.
+    pub(crate) loss_all: bool,
+    /// SND.MAX when the latest retransmission went out. SACKs for data above it while a
+    /// retransmitted hole is still missing mean the retransmission was lost too (the idea of
+    /// RFC 8985 RACK, by send order instead of per-segment times).
+    pub(crate) rxt_fence: u32,
 
     // Timers (absolute).
     pub(crate) t_rto: Option<Instant>,
@@ -282,6 +289,11 @@ pub struct Tcb {
     pub(crate) ka_probes: u32,
     pub(crate) ka_probe_due: bool,
     pub(crate) t_close: Option<Instant>,
+    /// Tail loss probe timer (RFC 8985 §7).
+    pub(crate) t_tlp: Option<Instant>,
+    /// A tail loss probe is outstanding / due.
+    pub(crate) tlp_out: bool,
+    pub(crate) tlp_due: bool,
     pub(crate) probe_due: bool,
 
     // Acknowledgment scheduling.
@@ -370,6 +382,8 @@ impl Tcb {
             high_rxt: iss,
             rexmit_now: false,
             sacked: Vec::new(),
+            loss_all: false,
+            rxt_fence: iss,
             t_rto: None,
             t_delack: None,
             t_persist: None,
@@ -378,6 +392,9 @@ impl Tcb {
             ka_probes: 0,
             ka_probe_due: false,
             t_close: None,
+            t_tlp: None,
+            tlp_out: false,
+            tlp_due: false,
             probe_due: false,
             ack_now: false,
             delack_segs: 0,
@@ -612,6 +629,7 @@ impl Tcb {
             self.error = err;
         }
         self.t_rto = None;
+        self.t_tlp = None;
         self.t_delack = None;
         self.t_persist = None;
         self.t_keepalive = None;
@@ -1028,6 +1046,7 @@ impl Tcb {
 
         if self.sack_ok {
             self.update_scoreboard(&seg.sack, ack);
+            self.detect_lost_retransmissions();
         }
 
         if gt(ack, self.snd_una) {
@@ -1051,7 +1070,11 @@ impl Tcb {
             match self.recovery {
                 Some(point) if lt(ack, point) => {
                     // Partial ACK.
-                    if !self.sack_ok {
+                    if self.loss_all {
+                        // Timeout recovery grows the window by slow start (RFC 5681 §3.1).
+                        let srtt = self.srtt.unwrap_or(Duration::from_millis(100));
+                        self.cc.on_ack(acked, mss, now, srtt);
+                    } else if !self.sack_ok {
                         // RFC 6582 §3.2 step 5: retransmit the next segment, deflate.
                         self.cc.cwnd = self
                             .cc
@@ -1068,7 +1091,10 @@ impl Tcb {
                 Some(_) => {
                     // Full ACK: leave recovery (RFC 6582 §3.2 step 6, RFC 6675 §5).
                     self.recovery = None;
-                    self.cc.cwnd = self.cc.ssthresh.min(self.flight().max(mss) + mss).max(mss);
+                    if !self.loss_all {
+                        self.cc.cwnd = self.cc.ssthresh.min(self.flight().max(mss) + mss).max(mss);
+                    }
+                    self.loss_all = false;
                     self.dupacks = 0;
                 }
                 None => {
@@ -1083,6 +1109,8 @@ impl Tcb {
             } else {
                 self.t_rto = Some(now + self.rto);
             }
+            self.tlp_out = false;
+            self.arm_tlp(now);
             // Our FIN acknowledged?
             if self.fin_acked() {
                 match self.state {
@@ -1137,7 +1165,7 @@ impl Tcb {
         // (DupThresh - 1) * SMSS bytes SACKed above SND.UNA.
         if self.recovery.is_none()
             && self.snd_una != self.snd_max
-            && (self.dupacks >= 3 || (self.sack_ok && self.sacked_bytes() > 2 * mss))
+            && (self.dupacks >= 3 || (self.sack_ok && self.sack_says_lost()))
             && (gt(self.snd_una, self.recover) || self.recover == self.iss)
         {
             // RFC 6582 §3.2 step 2 guard: only when SND.UNA passed the previous recover point.
@@ -1149,6 +1177,66 @@ impl Tcb {
             self.rexmit_now = true;
             self.timed = None;
             self.cc.cwnd = if self.sack_ok { ss } else { ss + 3 * mss };
+        }
+    }
+
+    /// A hole we retransmitted is still open although data sent after that retransmission has
+    /// been SACKed: the retransmission was lost as well; start another pass over the holes.
+    fn detect_lost_retransmissions(&mut self) {
+        if self.recovery.is_none() || self.high_rxt == self.snd_una {
+            return;
+        }
+        let Some(&(_, top)) = self.sacked.last() else {
+            return;
+        };
+        if !gt(top, self.rxt_fence) {
+            return;
+        }
+        if let Some((h, _)) = self.next_hole(self.snd_una) {
+            if lt(h, self.high_rxt) {
+                self.high_rxt = self.snd_una;
+                self.rxt_fence = self.snd_max;
+            }
+        }
+    }
+
+    /// RFC 6675 IsLost(SND.UNA): more than (DupThresh − 1)·SMSS bytes SACKed above it; with
+    /// few segments outstanding (RFC 5827 early retransmit) or after a tail loss probe
+    /// (RFC 8985 §7), any SACKed data above a hole marks it lost.
+    fn sack_says_lost(&self) -> bool {
+        let sacked = self.sacked_bytes();
+        if sacked == 0 {
+            return false;
+        }
+        let mss = self.eff_mss().max(1);
+        let segs_out = self.flight().div_ceil(mss);
+        sacked > 2 * mss || self.tlp_out || (segs_out < 4 && !self.has_unsent())
+    }
+
+    fn has_unsent(&self) -> bool {
+        lt(self.snd_max, self.data_end())
+    }
+
+    /// Arm the tail loss probe: PTO = 2·SRTT (+ the worst-case delayed ACK when one segment
+    /// is in flight), never later than the RTO (RFC 8985 §7.2).
+    fn arm_tlp(&mut self, now: Instant) {
+        self.t_tlp = None;
+        let Some(srtt) = self.srtt else { return };
+        if self.recovery.is_some()
+            || self.tlp_out
+            || self.snd_una == self.snd_max
+            || !self.state.is_synchronized()
+            || self.snd_wnd == 0
+        {
+            return;
+        }
+        let mut pto = (srtt * 2).max(Duration::from_millis(10));
+        if self.flight() <= self.eff_mss() {
+            pto += Duration::from_millis(200);
+        }
+        let at = now + pto;
+        if self.t_rto.is_none_or(|r| at < r) {
+            self.t_tlp = Some(at);
         }
     }
 
@@ -1217,7 +1305,11 @@ impl Tcb {
                 cur = r;
             }
         }
-        None
+        // After a timeout everything up to the recovery point counts as a hole.
+        match self.recovery {
+            Some(point) if self.loss_all && lt(cur, point) => Some((cur, point)),
+            _ => None,
+        }
     }
 
     /// RFC 6675 §4 pipe: bytes believed in flight (lost holes not yet retransmitted excluded).
@@ -1251,6 +1343,13 @@ impl Tcb {
         if self.t_rto.is_some_and(|t| t <= now) {
             self.t_rto = None;
             self.on_rto(now);
+        }
+        if self.t_tlp.is_some_and(|t| t <= now) {
+            self.t_tlp = None;
+            if self.recovery.is_none() && self.snd_una != self.snd_max {
+                self.tlp_out = true;
+                self.tlp_due = true;
+            }
         }
         if self.t_persist.is_some_and(|t| t <= now) {
             self.t_persist = None;
@@ -1294,16 +1393,28 @@ impl Tcb {
             } else {
                 self.cc.cwnd = self.snd_mss;
             }
-            // RFC 6582 §4 / RFC 6675 §5.1: forget recovery; RFC 2018 §8: SACK info may be
-            // reneged, so the scoreboard is cleared.
-            self.recovery = None;
             self.recover = self.snd_max;
-            self.sacked.clear();
             self.dupacks = 0;
-            self.rexmit_now = false;
+            if self.sack_ok {
+                // RFC 6675 §5.1: resend from SND.UNA, skipping what the scoreboard says the
+                // peer holds, paced by a congestion window that restarts at one segment.
+                // (A receiver that reneges is caught by the next timeout, which clears the
+                // scoreboard: RFC 2018 §8.)
+                if self.backoff > 0 {
+                    self.sacked.clear();
+                }
+                self.recovery = Some(self.snd_max);
+                self.loss_all = true;
+                self.rexmit_now = true;
+            } else {
+                // Go back N (RFC 6582 §4: leave fast recovery).
+                self.recovery = None;
+                self.rexmit_now = false;
+                self.snd_nxt = self.snd_una;
+            }
+        } else {
+            self.snd_nxt = self.snd_una;
         }
-        // Go back N: resend from SND.UNA.
-        self.snd_nxt = self.snd_una;
         self.high_rxt = self.snd_una;
         self.timed = None;
         self.backoff += 1;
@@ -1315,6 +1426,7 @@ impl Tcb {
     pub fn poll_at(&self) -> Option<Instant> {
         [
             self.t_rto,
+            self.t_tlp,
             self.t_delack,
             self.t_persist,
             self.t_keepalive,
@@ -1328,6 +1440,7 @@ impl Tcb {
     /// Whether [`Tcb::next_segment`] may have something to send right now.
     pub fn wants_output(&self) -> bool {
         self.ack_now
+            || self.tlp_due
             || self.rst_due
             || self.rst_due_for_ack.is_some()
             || self.probe_due
@@ -1494,7 +1607,7 @@ impl Tcb {
             // Zero-window probe (RFC 9293 §3.8.6.1): one byte beyond the window.
             if self.probe_due {
                 self.probe_due = false;
-                if self.snd_wnd == 0 && (self.snd_buf.len() > 0) {
+                if self.snd_wnd == 0 && !self.snd_buf.is_empty() {
                     let seq = self.snd_una;
                     self.events.zero_window_probes += 1;
                     let mut s = self.base_segment(now, seq);
@@ -1505,6 +1618,12 @@ impl Tcb {
                         self.snd_max = self.snd_nxt;
                     }
                     self.arm_persist(now);
+                    return Some(s);
+                }
+            }
+            if self.tlp_due {
+                self.tlp_due = false;
+                if let Some(s) = self.next_tail_probe(now, mss) {
                     return Some(s);
                 }
             }
@@ -1541,12 +1660,13 @@ impl Tcb {
             let hole = self.next_hole(self.high_rxt).or_else(|| {
                 // No SACK information yet: the first unacknowledged segment is the hole.
                 (force && self.high_rxt == self.snd_una && self.snd_una != self.snd_max)
-                    .then(|| (self.snd_una, self.snd_max))
+                    .then_some((self.snd_una, self.snd_max))
             });
             let (a, b) = hole?;
             let len = dist(a, b).min(mss);
             self.rexmit_now = false;
             self.high_rxt = a.wrapping_add(len);
+            self.rxt_fence = self.snd_max;
             return self.retransmit_range(now, a, len);
         }
         if force {
@@ -1589,6 +1709,34 @@ impl Tcb {
             self.t_rto = Some(now + self.rto);
         }
         Some(s)
+    }
+
+    /// RFC 8985 §7.3: the probe is new data if the window allows, else the last segment sent.
+    fn next_tail_probe(&mut self, now: Instant, mss: u32) -> Option<SegOut> {
+        let win_end = self.snd_una.wrapping_add(self.snd_wnd);
+        if self.has_unsent() && self.snd_nxt == self.snd_max && gt(win_end, self.snd_nxt) {
+            let len = dist(self.snd_nxt, self.data_end())
+                .min(mss)
+                .min(dist(self.snd_nxt, win_end));
+            let seq = self.snd_nxt;
+            let mut s = self.base_segment(now, seq);
+            s.payload_off = dist(self.snd_buf_seq, seq) as usize;
+            s.payload_len = len as usize;
+            s.psh = true;
+            self.snd_nxt = seq.wrapping_add(len);
+            self.snd_max = self.snd_nxt;
+            if self.t_rto.is_none() {
+                self.t_rto = Some(now + self.rto);
+            }
+            return Some(s);
+        }
+        let flight = self.flight();
+        if flight == 0 {
+            return None;
+        }
+        let len = flight.min(mss);
+        let seq = self.snd_max.wrapping_sub(len);
+        self.retransmit_range(now, seq, len)
     }
 
     fn arm_persist(&mut self, now: Instant) {
@@ -1689,6 +1837,9 @@ impl Tcb {
         }
         if self.t_rto.is_none() {
             self.t_rto = Some(now + self.rto);
+        }
+        if self.t_tlp.is_none() && !retransmitting {
+            self.arm_tlp(now);
         }
         Some(s)
     }
