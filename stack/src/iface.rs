@@ -533,6 +533,7 @@ impl Interface {
                 // Hop-by-hop (only first), destination options.
                 0 | 60 => {
                     if nh == 0 && !first {
+                        self.stats.rx_bad_exthdr += 1;
                         self.param_problem(now, pkt, 1, nh_field as u32);
                         return;
                     }
@@ -631,7 +632,11 @@ impl Interface {
                     }
                     return;
                 }
-                59 => return,
+                59 => {
+                    // RFC 8200 §4.7: No Next Header; nothing to deliver.
+                    self.stats.rx_ignored += 1;
+                    return;
+                }
                 _ => {
                     let _ = nh_field;
                     self.upper(
@@ -755,6 +760,7 @@ impl Interface {
                     }
                     None => {
                         // RFC 6275 §6.1.1 / RFC 8200: we do not implement MH here.
+                        self.stats.rx_bad_exthdr += 1;
                         self.param_problem(now, whole, 1, 6);
                         return;
                     }

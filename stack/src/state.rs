@@ -229,6 +229,9 @@ impl ConnState {
         if self.wscales >> 4 > 14 || self.wscales & 0xf > 14 {
             return Err(I("window scale above 14"));
         }
+        if self.send_buf_kib > 1 << 20 || self.recv_buf_kib > 1 << 20 {
+            return Err(I("buffer sizes above 1 GiB"));
+        }
         let send_cap = (self.send_buf_kib as usize) << 10;
         let recv_cap = (self.recv_buf_kib as usize) << 10;
         if self.send_data.len() > send_cap.max(1 << 30)

@@ -17,6 +17,8 @@ pub struct Stats {
     pub rx_bad_checksum: u64,
     /// Extension-header chains we refused (unknown option with discard bits, bad routing header).
     pub rx_bad_exthdr: u64,
+    /// Valid packets with nothing to deliver (No Next Header).
+    pub rx_ignored: u64,
     /// Fragments received.
     pub rx_fragments: u64,
     /// Datagrams completed by reassembly.
@@ -55,4 +57,22 @@ pub struct Stats {
     pub mobility_rx: u64,
     /// Frames dropped while waiting for neighbour resolution.
     pub nd_drops: u64,
+}
+
+impl Stats {
+    /// Sum of the counters that say what became of a received frame; every frame given to
+    /// [`crate::Interface::receive`] raises it by at least one.
+    pub fn rx_dispositions(&self) -> u64 {
+        self.rx_not_ours
+            + self.rx_malformed
+            + self.rx_bad_checksum
+            + self.rx_bad_exthdr
+            + self.rx_ignored
+            + self.rx_fragments
+            + self.rx_icmp
+            + self.tcp_rx_segments
+            + self.udp_rx
+            + self.udp_drops
+            + self.mobility_rx
+    }
 }

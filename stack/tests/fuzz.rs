@@ -1,0 +1,226 @@
+//! Property tests: random and mutated frames never panic the interface, every frame is counted
+//! somewhere, and mutated connection states decode to an error or thaw safely.
+
+use ds_stack::{Config, ConnState, Instant, Interface, TcpHandle};
+use proptest::prelude::*;
+use std::net::{Ipv6Addr, SocketAddrV6};
+use std::time::Duration;
+
+const MAC_A: [u8; 6] = [2, 0, 0, 0, 0, 1];
+const MAC_B: [u8; 6] = [2, 0, 0, 0, 0, 2];
+
+fn a_ip() -> Ipv6Addr {
+    "fd00::1".parse().unwrap()
+}
+fn b_ip() -> Ipv6Addr {
+    "fd00::2".parse().unwrap()
+}
+
+/// Two interfaces with an established connection, and every frame they exchanged to get there
+/// (handshake, data, SACKs, NDP, echo, UDP, a fragmented datagram).
+struct Fixture {
+    a: Interface,
+    b: Interface,
+    now: Instant,
+    frames: Vec<Vec<u8>>,
+    conn_b: TcpHandle,
+}
+
+fn exchange(a: &mut Interface, b: &mut Interface, now: Instant, log: &mut Vec<Vec<u8>>) {
+    for _ in 0..200 {
+        let mut fa = Vec::new();
+        let mut fb = Vec::new();
+        a.transmit(now, &mut |f: &[u8]| fa.push(f.to_vec()));
+        b.transmit(now, &mut |f: &[u8]| fb.push(f.to_vec()));
+        if fa.is_empty() && fb.is_empty() {
+            return;
+        }
+        for f in &fa {
+            b.receive(now, f);
+        }
+        for f in &fb {
+            a.receive(now, f);
+        }
+        log.extend(fa);
+        log.extend(fb);
+    }
+}
+
+fn fixture() -> Fixture {
+    let now = Instant::from_millis(5000);
+    let mut a = Interface::new(Config::new(MAC_A, vec![a_ip()]), now);
+    let mut b = Interface::new(Config::new(MAC_B, vec![b_ip()]), now);
+    let mut frames = Vec::new();
+    let l = b
+        .tcp_listen(SocketAddrV6::new(b_ip(), 80, 0, 0), 4)
+        .unwrap();
+    let c = a
+        .tcp_connect(
+            now,
+            SocketAddrV6::new(a_ip(), 0, 0, 0),
+            SocketAddrV6::new(b_ip(), 80, 0, 0),
+        )
+        .unwrap();
+    exchange(&mut a, &mut b, now, &mut frames);
+    let s = b.tcp_accept(l).unwrap();
+    a.tcp_send(c, &vec![0xab; 20_000]).unwrap();
+    exchange(&mut a, &mut b, now, &mut frames);
+    let ua = a.udp_bind(SocketAddrV6::new(a_ip(), 7000, 0, 0)).unwrap();
+    let _ub = b.udp_bind(SocketAddrV6::new(b_ip(), 7001, 0, 0)).unwrap();
+    a.udp_send_to(now, ua, &[1u8; 3000], SocketAddrV6::new(b_ip(), 7001, 0, 0))
+        .unwrap();
+    a.udp_send_to(now, ua, b"x", SocketAddrV6::new(b_ip(), 9, 0, 0))
+        .unwrap();
+    exchange(&mut a, &mut b, now, &mut frames);
+    frames.extend(handmade());
+    Fixture {
+        a,
+        b,
+        now,
+        frames,
+        conn_b: s,
+    }
+}
+
+/// IPv6 packets with extension headers our own stack never sends.
+fn handmade() -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let eth = |payload: &[u8]| {
+        let mut f = Vec::new();
+        f.extend_from_slice(&MAC_B);
+        f.extend_from_slice(&MAC_A);
+        f.extend_from_slice(&[0x86, 0xdd]);
+        f.extend_from_slice(payload);
+        f
+    };
+    let ip6 = |nh: u8, body: &[u8]| {
+        let mut p = vec![0x60, 0, 0, 0];
+        p.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        p.push(nh);
+        p.push(64);
+        p.extend_from_slice(&a_ip().octets());
+        p.extend_from_slice(&b_ip().octets());
+        p.extend_from_slice(body);
+        p
+    };
+    // Hop-by-hop with an unknown "discard + ICMP" option, then No Next Header.
+    out.push(eth(&ip6(0, &[59, 0, 0x87, 2, 0, 0, 1, 0])));
+    // Destination options with a Home Address option (no hook: discard).
+    let mut hao = vec![59, 2, 201, 16];
+    hao.extend_from_slice(&[0xfd; 16]);
+    hao.extend_from_slice(&[1, 0]);
+    out.push(eth(&ip6(60, &hao)));
+    // Routing header type 0 with segments left (deprecated: Parameter Problem).
+    let mut rh0 = vec![59, 2, 0, 1, 0, 0, 0, 0];
+    rh0.extend_from_slice(&[0xfd; 16]);
+    out.push(eth(&ip6(43, &rh0)));
+    // Type 2 routing header.
+    let mut rh2 = vec![59, 2, 2, 1, 0, 0, 0, 0];
+    rh2.extend_from_slice(&b_ip().octets());
+    out.push(eth(&ip6(43, &rh2)));
+    // Mobility Header (no hook).
+    out.push(eth(&ip6(
+        135,
+        &[59, 1, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+    )));
+    // A lone middle fragment.
+    out.push(eth(&ip6(
+        44,
+        &[17, 0, 0, 9, 0, 0, 0, 1, 1, 2, 3, 4, 5, 6, 7, 8],
+    )));
+    out
+}
+
+fn feed(iface: &mut Interface, now: Instant, f: &[u8]) {
+    let before = iface.stats().clone();
+    iface.receive(now, f);
+    let after = iface.stats();
+    assert_eq!(after.rx_frames, before.rx_frames + 1);
+    assert!(
+        after.rx_dispositions() > before.rx_dispositions(),
+        "frame not counted anywhere: {f:02x?}"
+    );
+    iface.poll(now + Duration::from_millis(1));
+    iface.transmit(now, &mut |_f: &[u8]| {});
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, .. ProptestConfig::default() })]
+
+    #[test]
+    fn mutated_frames_never_panic(pick in any::<prop::sample::Index>(),
+                                  flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..6),
+                                  cut in any::<Option<prop::sample::Index>>(),
+                                  tail in prop::collection::vec(any::<u8>(), 0..16)) {
+        let mut fx = fixture();
+        let mut f = fx.frames[pick.index(fx.frames.len())].clone();
+        for (i, v) in flips {
+            let n = f.len();
+            f[i.index(n)] ^= v;
+        }
+        if let Some(c) = cut {
+            let n = c.index(f.len() + 1);
+            f.truncate(n);
+        }
+        f.extend_from_slice(&tail);
+        let now = fx.now;
+        feed(&mut fx.b, now, &f);
+        feed(&mut fx.a, now, &f);
+        // The connection keeps working after whatever that was.
+        let _ = fx.b.tcp_recv(fx.conn_b, &mut [0u8; 1024]);
+    }
+
+    #[test]
+    fn random_ipv6_frames_never_panic(nh in any::<u8>(), body in prop::collection::vec(any::<u8>(), 0..200), plen in any::<Option<u16>>()) {
+        let mut fx = fixture();
+        let mut f = Vec::new();
+        f.extend_from_slice(&MAC_B);
+        f.extend_from_slice(&MAC_A);
+        f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+        f.extend_from_slice(&plen.unwrap_or(body.len() as u16).to_be_bytes());
+        f.push(nh);
+        f.push(255);
+        f.extend_from_slice(&a_ip().octets());
+        f.extend_from_slice(&b_ip().octets());
+        f.extend_from_slice(&body);
+        let now = fx.now;
+        feed(&mut fx.b, now, &f);
+    }
+
+    #[test]
+    fn random_bytes_never_panic(f in prop::collection::vec(any::<u8>(), 0..300)) {
+        let mut fx = fixture();
+        let now = fx.now;
+        feed(&mut fx.b, now, &f);
+    }
+
+    #[test]
+    fn mutated_states_decode_or_fail_cleanly(flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+                                             cut in any::<Option<prop::sample::Index>>()) {
+        let mut fx = fixture();
+        let now = fx.now;
+        let st = fx.b.tcp_freeze(now, fx.conn_b).unwrap();
+        let mut bytes = st.encode();
+        for (i, v) in flips {
+            let n = bytes.len();
+            bytes[i.index(n)] ^= v;
+        }
+        if let Some(c) = cut {
+            let n = c.index(bytes.len() + 1);
+            bytes.truncate(n);
+        }
+        if let Ok(st) = ConnState::decode(&bytes) {
+            // Whatever decodes must thaw (or be refused) without panicking, and run.
+            let mut other = Interface::new(Config::new([2, 0, 0, 0, 0, 9], vec![b_ip()]), now);
+            if let Ok(h) = other.tcp_thaw(now, &st) {
+                for i in 0..5u64 {
+                    let t = now + Duration::from_millis(300 * i);
+                    other.poll(t);
+                    other.transmit(t, &mut |_f: &[u8]| {});
+                    let _ = other.tcp_send(h, &[1, 2, 3]);
+                    let _ = other.tcp_recv(h, &mut [0u8; 64]);
+                }
+            }
+        }
+    }
+}
