@@ -275,3 +275,58 @@ fn graceful_close_both_sides_reaches_time_wait_and_closed() {
     }
     assert_eq!(w.a.tcp_state(c), Some(TcpState::Closed));
 }
+
+/// RFC 8201: a Packet Too Big lowers the path MTU for that destination; TCP re-segments.
+#[test]
+fn packet_too_big_lowers_segment_size() {
+    use ds_stack::wire::{
+        EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, Icmpv6Packet, Icmpv6Repr,
+        IpProtocol, Ipv6Packet, Ipv6Repr,
+    };
+    let mut w = Wire::new(0, 4);
+    let (c, _s) = connect(&mut w);
+    let a_ip: std::net::Ipv6Addr = "fd00::1".parse().unwrap();
+    let b_ip: std::net::Ipv6Addr = "fd00::2".parse().unwrap();
+    // A router's PTB to a about a's packets to b, quoting a 1500-byte packet header.
+    let quoted = Ipv6Repr {
+        src_addr: a_ip,
+        dst_addr: b_ip,
+        next_header: IpProtocol::Tcp,
+        payload_len: 1460,
+        hop_limit: 64,
+    };
+    let ptb = Icmpv6Repr::PktTooBig {
+        mtu: 1280,
+        header: quoted,
+        data: &[0u8; 8],
+    };
+    let router: std::net::Ipv6Addr = "fd00::fe".parse().unwrap();
+    let mut frame = vec![0u8; 14 + 40 + ptb.buffer_len()];
+    EthernetRepr {
+        src_addr: EthernetAddress([2, 0, 0, 0, 0, 0xfe]),
+        dst_addr: EthernetAddress([2, 0, 0, 0, 0, 1]),
+        ethertype: EthernetProtocol::Ipv6,
+    }
+    .emit(&mut EthernetFrame::new_unchecked(&mut frame[..]));
+    Ipv6Repr {
+        src_addr: router,
+        dst_addr: a_ip,
+        next_header: IpProtocol::Icmpv6,
+        payload_len: ptb.buffer_len(),
+        hop_limit: 64,
+    }
+    .emit(&mut Ipv6Packet::new_unchecked(&mut frame[14..]));
+    ptb.emit(
+        &router,
+        &a_ip,
+        &mut Icmpv6Packet::new_unchecked(&mut frame[54..]),
+        &Default::default(),
+    );
+    let now = w.now;
+    w.a.receive(now, &frame);
+    assert_eq!(w.a.stats().pmtu_updates, 1);
+    w.a.tcp_send(c, &[5u8; 100_000]).unwrap();
+    let mut max = 0;
+    w.a.transmit(now, &mut |f: &[u8]| max = max.max(f.len()));
+    assert!(max > 0 && max <= 14 + 1280, "largest frame {max}");
+}

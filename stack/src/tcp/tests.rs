@@ -532,3 +532,40 @@ fn keepalive_probes_then_gives_up() {
     assert_eq!(c.error, Some(TcpError::TimedOut));
     assert!(t >= now + Duration::from_secs(13));
 }
+
+#[test]
+fn rst_in_syn_received_drops_the_embryonic_connection() {
+    let now = t0();
+    let mut c = Tcb::connect(a(), b(), cfg(), 1000, 1440, now);
+    let syn = collect(&mut c, now);
+    let mut s = Tcb::accept_syn(b(), a(), cfg(), 5000, 1440, now, &seg_in(&syn[0]));
+    collect(&mut s, now);
+    s.on_segment(
+        now,
+        &SegIn {
+            seq: 1001,
+            rst: true,
+            ..blank_in()
+        },
+    );
+    assert_eq!(s.state(), TcpState::Closed);
+}
+
+#[test]
+fn syn_ack_retransmitted_on_duplicate_syn_and_timeout() {
+    let now = t0();
+    let mut c = Tcb::connect(a(), b(), cfg(), 1000, 1440, now);
+    let syn = collect(&mut c, now);
+    let mut s = Tcb::accept_syn(b(), a(), cfg(), 5000, 1440, now, &seg_in(&syn[0]));
+    assert_eq!(collect(&mut s, now).len(), 1);
+    s.on_segment(now, &seg_in(&syn[0]));
+    let again = collect(&mut s, now);
+    assert!(
+        again[0].seg.syn && again[0].seg.ack.is_some(),
+        "duplicate SYN answered with SYN-ACK"
+    );
+    let due = s.poll_at().unwrap();
+    s.on_timer(due);
+    let rto = collect(&mut s, due);
+    assert!(rto[0].seg.syn, "SYN-ACK retransmitted on timeout");
+}
