@@ -415,6 +415,7 @@ impl Interface {
         self.stats.tcp_paws_rejected += ev.paws_rejected;
         self.stats.tcp_zero_window_probes += ev.zero_window_probes;
         self.stats.tcp_tx_segments += ev.segments_out;
+        self.stats.tcp_ooo_segments += ev.ooo_segments;
         // An embryonic passive connection that completed the handshake joins the accept queue.
         if let Some(l) = listener {
             if state != TcpState::SynReceived {

@@ -37,6 +37,8 @@ pub struct Stats {
     pub tcp_retransmits: u64,
     /// Retransmission timeouts.
     pub tcp_rto: u64,
+    /// Segments that arrived above RCV.NXT (queued out of order).
+    pub tcp_ooo_segments: u64,
     /// Fast retransmits / recovery episodes entered.
     pub tcp_fast_recovery: u64,
     /// Segments for no connection (answered with RST).

@@ -200,6 +200,14 @@ fn kernel_to_us(name: &str, loss: f64, recv: Receiver) {
         delta.get("TcpRetransSegs"),
         delta.get("TcpExtTCPWinProbe")
     );
+    if std::env::var_os("DS_DEBUG").is_some() {
+        let mut v: Vec<_> = delta
+            .iter()
+            .filter(|(k, v)| **v > 0 && k.starts_with("Tcp"))
+            .collect();
+        v.sort();
+        eprintln!("{v:?}");
+    }
     assert_eq!(
         delta.get("TcpEstabResets").copied().unwrap_or(0),
         0,

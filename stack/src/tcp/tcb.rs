@@ -104,6 +104,7 @@ pub struct TcbEvents {
     pub(crate) paws_rejected: u64,
     pub(crate) zero_window_probes: u64,
     pub(crate) segments_out: u64,
+    pub(crate) ooo_segments: u64,
 }
 
 /// Out-of-order data held above RCV.NXT: disjoint, non-adjacent blocks sorted by sequence.
@@ -949,6 +950,7 @@ impl Tcb {
             }
         } else {
             self.ooo.insert(self.rcv_nxt, seq, data);
+            self.events.ooo_segments += 1;
             // RFC 5681 §4.2: out-of-order data gets an immediate (duplicate) ACK.
             self.ack_now = true;
             return false;
