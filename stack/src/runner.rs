@@ -44,7 +44,7 @@ pub struct Runner<D: Device> {
 }
 
 /// Frames read from the device per step before timers and output get their turn.
-const RX_BATCH: usize = 64;
+const RX_BATCH: usize = 256;
 
 impl<D: Device> Runner<D> {
     /// Bind `iface` to `dev`, with a fresh clock.

@@ -330,3 +330,10 @@ fn packet_too_big_lowers_segment_size() {
     w.a.transmit(now, &mut |f: &[u8]| max = max.max(f.len()));
     assert!(max > 0 && max <= 14 + 1280, "largest frame {max}");
 }
+
+#[test]
+#[ignore]
+fn debug_loss_5pct() {
+    let w = transfer(50, 99, 16 << 20);
+    eprintln!("{:?} dropped {}", w.a.stats(), w.dropped);
+}

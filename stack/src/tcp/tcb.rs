@@ -262,6 +262,9 @@ pub struct Tcb {
     // Congestion control and loss recovery.
     pub(crate) cc: Cc,
     pub(crate) dupacks: u32,
+    /// RFC 3042 limited transmit: segments we may send beyond cwnd on the first two
+    /// duplicate ACKs, to keep the ACK clock going in small windows.
+    pub(crate) limited_tx: u32,
     /// In fast recovery until SND.UNA passes this point (RFC 6582 "recover", RFC 6675
     /// RecoveryPoint).
     pub(crate) recovery: Option<u32>,
@@ -378,6 +381,7 @@ impl Tcb {
             timed: None,
             cc: Cc::new(cfg.congestion, 536, cfg.initial_window),
             dupacks: 0,
+            limited_tx: 0,
             recovery: None,
             recover: iss,
             high_rxt: iss,
@@ -1068,6 +1072,7 @@ impl Tcb {
             self.retries = 0;
             self.rtt_sample_from_timed(now, ack);
             self.ka_probes = 0;
+            self.limited_tx = 0;
 
             match self.recovery {
                 Some(point) if lt(ack, point) => {
@@ -1137,6 +1142,9 @@ impl Tcb {
         {
             // RFC 5681 §2 duplicate ACK.
             self.dupacks += 1;
+            if self.recovery.is_none() && self.dupacks <= 2 {
+                self.limited_tx = self.dupacks;
+            }
             if self.recovery.is_some() && !self.sack_ok {
                 // RFC 6582 §3.2 step 4: inflate.
                 self.cc.cwnd = self.cc.cwnd.saturating_add(mss);
@@ -1163,14 +1171,21 @@ impl Tcb {
             }
         }
 
-        // Enter loss recovery: three duplicate ACKs, or (RFC 6675 IsLost) more than
-        // (DupThresh - 1) * SMSS bytes SACKed above SND.UNA.
+        self.maybe_enter_recovery();
+    }
+
+    /// Enter loss recovery: three duplicate ACKs, or (RFC 6675 IsLost) more than
+    /// (DupThresh − 1)·SMSS bytes SACKed above SND.UNA.
+    fn maybe_enter_recovery(&mut self) {
+        let mss = self.snd_mss;
         if self.recovery.is_none()
             && self.snd_una != self.snd_max
             && (self.dupacks >= 3 || (self.sack_ok && self.sack_says_lost()))
-            && (gt(self.snd_una, self.recover) || self.recover == self.iss)
+            && (ge(self.snd_una, self.recover) || self.recover == self.iss)
         {
-            // RFC 6582 §3.2 step 2 guard: only when SND.UNA passed the previous recover point.
+            // RFC 6582 §3.2 step 2 guard: not again for losses below the previous recover
+            // point (data sent before the last reduction). A hole at the point itself is data
+            // sent after it: a new loss event.
             self.events.fast_recovery += 1;
             let ss = self.cc.on_congestion(self.flight(), mss);
             self.recover = self.snd_max;
@@ -1350,7 +1365,12 @@ impl Tcb {
             self.t_tlp = None;
             if self.recovery.is_none() && self.snd_una != self.snd_max {
                 self.tlp_out = true;
-                self.tlp_due = true;
+                if self.sack_ok && self.sacked_bytes() > 0 {
+                    // RFC 8985 §6.2: a probe timeout with SACKed data above SND.UNA means the
+                    // hole outlived any plausible reordering: it is lost, recover now.
+                    self.maybe_enter_recovery();
+                }
+                self.tlp_due = self.recovery.is_none();
             }
         }
         if self.t_persist.is_some_and(|t| t <= now) {
@@ -1388,6 +1408,16 @@ impl Tcb {
             return;
         }
         self.events.rto += 1;
+        tracing::debug!(
+            local = %self.local,
+            remote = %self.remote,
+            flight = self.flight(),
+            in_recovery = self.recovery.is_some(),
+            sacked = self.sacked_bytes(),
+            cwnd = self.cc.cwnd,
+            backoff = self.backoff,
+            "retransmission timeout"
+        );
         if !syn_phase {
             let flight = self.flight();
             if self.backoff == 0 {
@@ -1777,6 +1807,12 @@ impl Tcb {
                 .saturating_add(in_flight)
         } else {
             self.cc.cwnd
+        };
+        let cwnd = if self.recovery.is_none() {
+            // RFC 3042: up to two segments past cwnd on the first duplicate ACKs.
+            cwnd.saturating_add(self.limited_tx * mss)
+        } else {
+            cwnd
         };
         let cwnd_avail = cwnd.saturating_sub(in_flight);
         let retransmitting = lt(self.snd_nxt, self.snd_max);

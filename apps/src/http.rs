@@ -1,0 +1,1253 @@
+//! HTTP/1.1 content service: a request parser and a per-connection state machine.
+//!
+//! The state machine ([`HttpConn`]) is sans-IO towards the network: bytes received on the
+//! connection go in through [`HttpConn::feed`], bytes to send come out of
+//! [`HttpConn::poll_transmit`] and are acknowledged with [`HttpConn::advance`]. It only reads
+//! files from the document root, in [`CHUNK`]-sized pieces as the caller asks for more output,
+//! so a large file never has to fit into the TCP send buffer (or memory) at once.
+//!
+//! Supported: `GET` and `HEAD` of regular files (RFC 9110 §9.3.1, §9.3.2), persistent
+//! connections and pipelining (RFC 9112 §9.3), `Content-Length` framing of responses
+//! (RFC 9112 §6.3). Everything else is refused with the proper status: 400, 403, 404, 405, 431,
+//! 501 and 505.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+/// Largest request head (request line plus header fields) we accept.
+pub const MAX_HEAD: usize = 8 * 1024;
+/// Most header fields in one request.
+pub const MAX_HEADERS: usize = 100;
+/// Received bytes we buffer ahead of the request being answered (pipelined requests).
+pub const MAX_BUFFERED: usize = 16 * 1024;
+/// How much of a file is read at a time.
+pub const CHUNK: usize = 64 * 1024;
+
+/// The request method (RFC 9110 §9).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Method {
+    /// `GET`.
+    Get,
+    /// `HEAD`.
+    Head,
+    /// A method defined by RFC 9110 or RFC 5789 that this server does not allow (405).
+    NotAllowed(String),
+    /// Any other method token (501).
+    Unknown(String),
+}
+
+impl Method {
+    fn from_token(tok: &str) -> Method {
+        // Method names are case-sensitive (RFC 9110 §9.1).
+        match tok {
+            "GET" => Method::Get,
+            "HEAD" => Method::Head,
+            "POST" | "PUT" | "DELETE" | "CONNECT" | "OPTIONS" | "TRACE" | "PATCH" => {
+                Method::NotAllowed(tok.to_string())
+            }
+            _ => Method::Unknown(tok.to_string()),
+        }
+    }
+
+    /// The method as it appeared on the request line.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Method::Get => "GET",
+            Method::Head => "HEAD",
+            Method::NotAllowed(s) | Method::Unknown(s) => s,
+        }
+    }
+}
+
+/// A parsed request head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// The method.
+    pub method: Method,
+    /// The request target exactly as sent.
+    pub target: String,
+    /// The minor HTTP version (0 or 1; later 1.x versions are treated as 1.1).
+    pub minor: u8,
+    /// Header fields in order, names lower-cased, values trimmed.
+    pub headers: Vec<(String, String)>,
+    /// Length of the request body that follows the head (0 when absent).
+    pub content_length: u64,
+    /// Whether the connection stays open after the response (RFC 9112 §9.3).
+    pub keep_alive: bool,
+}
+
+impl Request {
+    /// The first value of header `name` (lower-case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Why a request head was refused; each maps to one response status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParseError {
+    /// Malformed syntax: 400.
+    BadRequest(&'static str),
+    /// Head over [`MAX_HEAD`] bytes or over [`MAX_HEADERS`] fields: 431.
+    HeadTooLarge,
+    /// A request feature we do not implement (e.g. `Transfer-Encoding`): 501.
+    NotImplemented(&'static str),
+    /// An HTTP major version other than 1: 505.
+    VersionNotSupported,
+}
+
+impl ParseError {
+    /// The response status for this error.
+    pub fn status(&self) -> u16 {
+        match self {
+            ParseError::BadRequest(_) => 400,
+            ParseError::HeadTooLarge => 431,
+            ParseError::NotImplemented(_) => 501,
+            ParseError::VersionNotSupported => 505,
+        }
+    }
+
+    fn detail(&self) -> &'static str {
+        match self {
+            ParseError::BadRequest(d) | ParseError::NotImplemented(d) => d,
+            ParseError::HeadTooLarge => "request head too large",
+            ParseError::VersionNotSupported => "only HTTP/1.x is supported",
+        }
+    }
+}
+
+/// `tchar` of RFC 9110 §5.6.2.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn is_token(s: &[u8]) -> bool {
+    !s.is_empty() && s.iter().all(|&b| is_tchar(b))
+}
+
+/// Where the head ends: the index just past the empty line, accepting CRLF or bare LF line ends
+/// (RFC 9112 §2.2 lets a recipient accept a bare LF).
+fn head_end(buf: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while let Some(off) = buf[i..].iter().position(|&b| b == b'\n') {
+        let nl = i + off;
+        let next = nl + 1;
+        match buf.get(next) {
+            Some(b'\n') => return Some(next + 1),
+            Some(b'\r') => match buf.get(next + 1) {
+                Some(b'\n') => return Some(next + 2),
+                Some(_) => {}
+                None => return None,
+            },
+            Some(_) => {}
+            None => return None,
+        }
+        i = next;
+    }
+    None
+}
+
+/// Parse one request head from the start of `buf`.
+///
+/// Returns `Ok(None)` when more bytes are needed, or the request and the number of bytes its
+/// head took (any body of `content_length` bytes follows).
+pub fn parse_request(buf: &[u8]) -> Result<Option<(Request, usize)>, ParseError> {
+    // Empty lines before the request line are ignored (RFC 9112 §2.2).
+    let mut start = 0;
+    while start < buf.len() && (buf[start] == b'\r' || buf[start] == b'\n') {
+        if buf[start] == b'\r' && buf.get(start + 1).is_some_and(|&b| b != b'\n') {
+            return Err(ParseError::BadRequest("stray CR"));
+        }
+        start += 1;
+    }
+    let rest = &buf[start..];
+    let end = match head_end(rest) {
+        Some(e) => e,
+        None if buf.len() > MAX_HEAD => return Err(ParseError::HeadTooLarge),
+        None => return Ok(None),
+    };
+    if end > MAX_HEAD {
+        return Err(ParseError::HeadTooLarge);
+    }
+    let head = &rest[..end];
+    let mut lines = head
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+
+    let line = lines.next().unwrap_or_default();
+    let (method, target, minor) = parse_request_line(line)?;
+
+    let mut headers = Vec::new();
+    for line in lines {
+        if line.is_empty() {
+            break;
+        }
+        if headers.len() >= MAX_HEADERS {
+            return Err(ParseError::HeadTooLarge);
+        }
+        headers.push(parse_field(line)?);
+    }
+
+    let mut content_length: Option<u64> = None;
+    let mut hosts = 0;
+    let mut conn_close = false;
+    let mut conn_keep_alive = false;
+    for (name, value) in &headers {
+        match name.as_str() {
+            "content-length" => {
+                // RFC 9112 §6.3: an invalid or conflicting Content-Length is unrecoverable.
+                if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(ParseError::BadRequest("invalid Content-Length"));
+                }
+                let n: u64 = value
+                    .parse()
+                    .map_err(|_| ParseError::BadRequest("invalid Content-Length"))?;
+                if content_length.is_some_and(|c| c != n) {
+                    return Err(ParseError::BadRequest("conflicting Content-Length"));
+                }
+                content_length = Some(n);
+            }
+            "transfer-encoding" => {
+                if minor == 0 {
+                    // RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 means broken framing.
+                    return Err(ParseError::BadRequest("Transfer-Encoding in HTTP/1.0"));
+                }
+                return Err(ParseError::NotImplemented(
+                    "request bodies with Transfer-Encoding",
+                ));
+            }
+            "host" => hosts += 1,
+            "connection" => {
+                for opt in value.split(',').map(str::trim) {
+                    if opt.eq_ignore_ascii_case("close") {
+                        conn_close = true;
+                    } else if opt.eq_ignore_ascii_case("keep-alive") {
+                        conn_keep_alive = true;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    // RFC 9112 §3.2: an HTTP/1.1 request without exactly one Host field gets 400.
+    if minor >= 1 && hosts != 1 {
+        return Err(ParseError::BadRequest(
+            "HTTP/1.1 request needs exactly one Host field",
+        ));
+    }
+    if minor == 0 && hosts > 1 {
+        return Err(ParseError::BadRequest("more than one Host field"));
+    }
+    let keep_alive = if minor >= 1 {
+        !conn_close
+    } else {
+        conn_keep_alive && !conn_close
+    };
+
+    let req = Request {
+        method,
+        target,
+        minor,
+        headers,
+        content_length: content_length.unwrap_or(0),
+        keep_alive,
+    };
+    Ok(Some((req, start + end)))
+}
+
+/// `method SP request-target SP HTTP-version` (RFC 9112 §3).
+fn parse_request_line(line: &[u8]) -> Result<(Method, String, u8), ParseError> {
+    let mut parts = line.split(|&b| b == b' ');
+    let (Some(m), Some(t), Some(v), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(ParseError::BadRequest("malformed request line"));
+    };
+    if !is_token(m) {
+        return Err(ParseError::BadRequest("malformed method"));
+    }
+    // The target is visible ASCII (RFC 3986 characters); anything else is a malformed line.
+    if t.is_empty() || !t.iter().all(|b| b.is_ascii_graphic()) {
+        return Err(ParseError::BadRequest("malformed request target"));
+    }
+    let minor = match v {
+        [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
+            if major.is_ascii_digit() && minor.is_ascii_digit() =>
+        {
+            if *major != b'1' {
+                return Err(ParseError::VersionNotSupported);
+            }
+            // 1.x for x > 1 is answered as 1.1 (RFC 9110 §6.2).
+            (minor - b'0').min(1)
+        }
+        _ => return Err(ParseError::BadRequest("malformed HTTP version")),
+    };
+    // Both are ASCII by the checks above.
+    let method = Method::from_token(&String::from_utf8_lossy(m));
+    Ok((method, String::from_utf8_lossy(t).into_owned(), minor))
+}
+
+/// `field-name ":" OWS field-value OWS` (RFC 9112 §5).
+fn parse_field(line: &[u8]) -> Result<(String, String), ParseError> {
+    if line[0] == b' ' || line[0] == b'\t' {
+        // RFC 9112 §5.2: obsolete line folding may be rejected with 400.
+        return Err(ParseError::BadRequest("obsolete line folding"));
+    }
+    let colon = line
+        .iter()
+        .position(|&b| b == b':')
+        .ok_or(ParseError::BadRequest("field without colon"))?;
+    let name = &line[..colon];
+    // No whitespace is allowed between the name and the colon (RFC 9112 §5.1).
+    if !is_token(name) {
+        return Err(ParseError::BadRequest("malformed field name"));
+    }
+    let value = line[colon + 1..].trim_ascii();
+    if value
+        .iter()
+        .any(|&b| b == b'\r' || b == 0 || (b < 0x20 && b != b'\t') || b == 0x7f)
+    {
+        return Err(ParseError::BadRequest("invalid character in field value"));
+    }
+    Ok((
+        String::from_utf8_lossy(name).to_ascii_lowercase(),
+        String::from_utf8_lossy(value).into_owned(),
+    ))
+}
+
+/// Turn a request target into safe path segments below the document root.
+///
+/// Accepts origin-form (`/a/b?q`) and absolute-form (`http://host/a/b`, RFC 9112 §3.2.2);
+/// drops the query, percent-decodes, skips empty and `.` segments, and refuses `..`, encoded
+/// slashes and NUL bytes, so the result can never name anything outside the root.
+pub fn sanitize_target(target: &str) -> Result<Vec<Vec<u8>>, &'static str> {
+    let path = if target.starts_with('/') {
+        target
+    } else if let Some(rest) = strip_prefix_ignore_case(target, "http://")
+        .or_else(|| strip_prefix_ignore_case(target, "https://"))
+    {
+        match rest.find('/') {
+            Some(i) => &rest[i..],
+            None => "/",
+        }
+    } else {
+        return Err("request target is not a path");
+    };
+    let path = path.split(['?', '#']).next().unwrap_or_default();
+    let mut segments = Vec::new();
+    for raw in path.split('/') {
+        let seg = percent_decode(raw.as_bytes()).ok_or("malformed percent-encoding")?;
+        if seg.is_empty() || seg == b"." {
+            continue;
+        }
+        if seg == b".." {
+            return Err("'..' in path");
+        }
+        if seg.contains(&b'/') || seg.contains(&0) {
+            return Err("encoded '/' or NUL in path");
+        }
+        segments.push(seg);
+    }
+    Ok(segments)
+}
+
+fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = s.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &s[prefix.len()..])
+}
+
+fn percent_decode(s: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        if s[i] == b'%' {
+            let hi = hex_val(*s.get(i + 1)?)?;
+            let lo = hex_val(*s.get(i + 2)?)?;
+            out.push(hi << 4 | lo);
+            i += 3;
+        } else {
+            out.push(s[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+fn hex_val(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// The reason phrase for the statuses this server sends.
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        505 => "HTTP Version Not Supported",
+        _ => "Unknown",
+    }
+}
+
+/// A media type from the file name's extension.
+pub fn content_type(path: &Path) -> &'static str {
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase());
+    match ext.as_deref() {
+        Some("html" | "htm") => "text/html; charset=utf-8",
+        Some("txt" | "md") => "text/plain; charset=utf-8",
+        Some("css") => "text/css",
+        Some("js") => "text/javascript",
+        Some("json") => "application/json",
+        Some("png") => "image/png",
+        Some("jpg" | "jpeg") => "image/jpeg",
+        Some("gif") => "image/gif",
+        Some("svg") => "image/svg+xml",
+        Some("pdf") => "application/pdf",
+        _ => "application/octet-stream",
+    }
+}
+
+/// An IMF-fixdate (RFC 9110 §5.6.7), e.g. `Sun, 06 Nov 1994 08:49:37 GMT`.
+pub fn http_date(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let (h, m, s) = (rem / 3600, rem / 60 % 60, rem % 60);
+    // 1970-01-01 was a Thursday.
+    let wday = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][(days % 7) as usize];
+    // Civil date from days since the epoch (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let mon = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ][(month - 1) as usize];
+    format!("{wday}, {day:02} {mon} {year} {h:02}:{m:02}:{s:02} GMT")
+}
+
+/// Counters of one connection (or, summed, of a server).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct HttpStats {
+    /// Requests answered (any status).
+    pub requests: u64,
+    /// Responses with a 2xx status.
+    pub status_2xx: u64,
+    /// Responses with a 4xx status.
+    pub status_4xx: u64,
+    /// Responses with a 5xx status.
+    pub status_5xx: u64,
+    /// Response bytes handed to TCP (heads and bodies).
+    pub bytes_sent: u64,
+}
+
+impl HttpStats {
+    /// Add another set of counters to this one.
+    pub fn add(&mut self, other: &HttpStats) {
+        self.requests += other.requests;
+        self.status_2xx += other.status_2xx;
+        self.status_4xx += other.status_4xx;
+        self.status_5xx += other.status_5xx;
+        self.bytes_sent += other.bytes_sent;
+    }
+
+    fn count(&mut self, status: u16) {
+        self.requests += 1;
+        match status {
+            200..=299 => self.status_2xx += 1,
+            400..=499 => self.status_4xx += 1,
+            _ => self.status_5xx += 1,
+        }
+    }
+}
+
+/// A file body still to be sent.
+struct FileBody {
+    file: File,
+    remaining: u64,
+}
+
+/// One HTTP/1.1 server connection.
+pub struct HttpConn {
+    root: PathBuf,
+    /// Received bytes not yet parsed.
+    inbuf: Vec<u8>,
+    /// Bytes ready to send, from `out_pos` on.
+    out: Vec<u8>,
+    out_pos: usize,
+    /// The rest of the current response's body.
+    body: Option<FileBody>,
+    /// No further request will be answered (close requested, error, or end of input).
+    done: bool,
+    /// The peer has finished sending.
+    eof: bool,
+    stats: HttpStats,
+    /// A name for logs.
+    label: String,
+}
+
+impl HttpConn {
+    /// A connection serving files below `root` (which should be canonical, see
+    /// [`std::fs::canonicalize`]); `label` names the connection in logs.
+    pub fn new(root: PathBuf, label: String) -> Self {
+        HttpConn {
+            root,
+            inbuf: Vec::new(),
+            out: Vec::new(),
+            out_pos: 0,
+            body: None,
+            done: false,
+            eof: false,
+            stats: HttpStats::default(),
+            label,
+        }
+    }
+
+    /// Whether the connection wants more input now (false while enough is buffered, and after
+    /// the peer's end of input). After the last response input is accepted and discarded.
+    pub fn wants_input(&self) -> bool {
+        !self.eof && (self.done || self.inbuf.len() < MAX_BUFFERED)
+    }
+
+    /// How many more bytes [`HttpConn::feed`] would like at most.
+    pub fn input_room(&self) -> usize {
+        if self.done {
+            MAX_BUFFERED
+        } else {
+            MAX_BUFFERED.saturating_sub(self.inbuf.len())
+        }
+    }
+
+    /// Bytes received from the peer.
+    pub fn feed(&mut self, data: &[u8]) {
+        if self.done {
+            return;
+        }
+        self.inbuf.extend_from_slice(data);
+    }
+
+    /// The peer sent FIN: requests already buffered are still answered.
+    pub fn feed_eof(&mut self) {
+        self.eof = true;
+    }
+
+    /// Stop answering further requests (idle timeout, shutdown); the response in progress, if
+    /// any, is still completed.
+    pub fn finish(&mut self) {
+        self.done = true;
+        self.inbuf.clear();
+    }
+
+    /// This connection's counters.
+    pub fn stats(&self) -> &HttpStats {
+        &self.stats
+    }
+
+    /// Whether a response is partly sent.
+    pub fn is_busy(&self) -> bool {
+        self.out_pos < self.out.len() || self.body.is_some()
+    }
+
+    /// Everything has been sent and no further request will be answered: close the
+    /// connection (send FIN).
+    pub fn is_finished(&self) -> bool {
+        if self.is_busy() {
+            return false;
+        }
+        if self.done {
+            return true;
+        }
+        // At end of input, answer what is complete first; a partial request is dropped.
+        self.eof && matches!(parse_request(&self.inbuf), Ok(None))
+    }
+
+    /// The next bytes to send (empty when there is nothing to send now). Reads the next part
+    /// of a file body or answers the next buffered request when the previous output is gone.
+    ///
+    /// An error means a response could not be completed after its head promised a length:
+    /// the connection must be aborted.
+    pub fn poll_transmit(&mut self) -> io::Result<&[u8]> {
+        while self.out_pos >= self.out.len() {
+            self.out.clear();
+            self.out_pos = 0;
+            if let Some(body) = &mut self.body {
+                if body.remaining == 0 {
+                    self.body = None;
+                    continue;
+                }
+                let want = usize::try_from(body.remaining)
+                    .unwrap_or(usize::MAX)
+                    .min(CHUNK);
+                self.out.resize(want, 0);
+                let n = match body.file.read(&mut self.out[..want]) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
+                    Err(e) => {
+                        self.out.clear();
+                        self.body = None;
+                        self.done = true;
+                        return Err(e);
+                    }
+                };
+                if n == 0 {
+                    self.out.clear();
+                    self.body = None;
+                    self.done = true;
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "file shrank while being sent",
+                    ));
+                }
+                self.out.truncate(n);
+                body.remaining -= n as u64;
+            } else if !self.next_request() {
+                break;
+            }
+        }
+        Ok(&self.out[self.out_pos..])
+    }
+
+    /// `n` bytes of [`HttpConn::poll_transmit`]'s output were sent.
+    pub fn advance(&mut self, n: usize) {
+        self.out_pos = (self.out_pos + n).min(self.out.len());
+        self.stats.bytes_sent += n as u64;
+    }
+
+    /// Parse and answer the next buffered request; false when there is none.
+    fn next_request(&mut self) -> bool {
+        if self.done {
+            return false;
+        }
+        match parse_request(&self.inbuf) {
+            Ok(None) => false,
+            Ok(Some((mut req, used))) => {
+                self.inbuf.drain(..used);
+                // We serve no method that takes a body: discard it when it is all here. When it
+                // is not (it may never come, e.g. after `Expect: 100-continue`), the end of the
+                // body cannot be known without waiting, so answer and close (RFC 9110 §10.1.1,
+                // RFC 9112 §9.3).
+                let len = usize::try_from(req.content_length).unwrap_or(usize::MAX);
+                if len <= self.inbuf.len() {
+                    self.inbuf.drain(..len);
+                } else {
+                    req.keep_alive = false;
+                }
+                self.respond(&req);
+                true
+            }
+            Err(e) => {
+                tracing::debug!(conn = %self.label, status = e.status(), "bad request: {}", e.detail());
+                self.error_response(e.status(), e.detail(), false, false);
+                self.finish();
+                true
+            }
+        }
+    }
+
+    fn respond(&mut self, req: &Request) {
+        let head_only = req.method == Method::Head;
+        let status = match &req.method {
+            Method::Get | Method::Head => self.serve_file(req, head_only),
+            Method::NotAllowed(_) => {
+                self.error_response(
+                    405,
+                    "only GET and HEAD are allowed",
+                    req.keep_alive,
+                    head_only,
+                );
+                405
+            }
+            Method::Unknown(_) => {
+                self.error_response(501, "method not implemented", req.keep_alive, head_only);
+                501
+            }
+        };
+        tracing::debug!(
+            conn = %self.label,
+            method = req.method.as_str(),
+            target = %req.target,
+            status,
+            "request"
+        );
+        if !req.keep_alive {
+            self.finish();
+        }
+    }
+
+    /// Answer GET/HEAD for `req.target`; returns the status sent.
+    fn serve_file(&mut self, req: &Request, head_only: bool) -> u16 {
+        let segments = match sanitize_target(&req.target) {
+            Ok(s) => s,
+            Err(why) => {
+                self.error_response(400, why, req.keep_alive, head_only);
+                return 400;
+            }
+        };
+        let mut path = self.root.clone();
+        for seg in &segments {
+            path.push(std::ffi::OsStr::from_bytes(seg));
+        }
+        match self.open_below_root(&path) {
+            Ok((file, len, real)) => {
+                let headers = [("Content-Type", content_type(&real).to_string())];
+                self.head(200, &headers, len, req.keep_alive);
+                if !head_only && len > 0 {
+                    self.body = Some(FileBody {
+                        file,
+                        remaining: len,
+                    });
+                }
+                self.stats.count(200);
+                200
+            }
+            Err(e) => {
+                let status = if e.kind() == io::ErrorKind::PermissionDenied {
+                    403
+                } else {
+                    404
+                };
+                self.error_response(status, reason(status), req.keep_alive, head_only);
+                status
+            }
+        }
+    }
+
+    /// Open `path` (or its `index.html` when it is a directory) if it is a regular file whose
+    /// real location is inside the root (symbolic links may not lead out of it).
+    fn open_below_root(&self, path: &Path) -> io::Result<(File, u64, PathBuf)> {
+        let mut real = std::fs::canonicalize(path)?;
+        if !real.starts_with(&self.root) {
+            return Err(io::ErrorKind::NotFound.into());
+        }
+        if real.is_dir() {
+            real = std::fs::canonicalize(real.join("index.html"))?;
+            if !real.starts_with(&self.root) {
+                return Err(io::ErrorKind::NotFound.into());
+            }
+        }
+        // Only regular files: opening a FIFO or a device could block or never end.
+        let meta = std::fs::metadata(&real)?;
+        if !meta.is_file() {
+            return Err(io::ErrorKind::NotFound.into());
+        }
+        let file = File::open(&real)?;
+        let len = file.metadata()?.len();
+        Ok((file, len, real))
+    }
+
+    /// Queue a response head.
+    fn head(&mut self, status: u16, extra: &[(&str, String)], len: u64, keep_alive: bool) {
+        use std::fmt::Write as _;
+        let mut h = String::with_capacity(256);
+        let _ = write!(h, "HTTP/1.1 {} {}\r\n", status, reason(status));
+        let _ = write!(
+            h,
+            "Date: {}\r\nServer: dsnode\r\n",
+            http_date(SystemTime::now())
+        );
+        for (name, value) in extra {
+            let _ = write!(h, "{name}: {value}\r\n");
+        }
+        let _ = write!(h, "Content-Length: {len}\r\n");
+        let conn = if keep_alive { "keep-alive" } else { "close" };
+        let _ = write!(h, "Connection: {conn}\r\n\r\n");
+        self.out.extend_from_slice(h.as_bytes());
+    }
+
+    /// Queue a complete error response with a short plain-text body.
+    fn error_response(&mut self, status: u16, detail: &str, keep_alive: bool, head_only: bool) {
+        let body = format!("{} {}: {}\n", status, reason(status), detail);
+        let mut extra = vec![("Content-Type", "text/plain; charset=utf-8".to_string())];
+        if status == 405 {
+            extra.push(("Allow", "GET, HEAD".to_string()));
+        }
+        self.head(status, &extra, body.len() as u64, keep_alive);
+        if !head_only {
+            self.out.extend_from_slice(body.as_bytes());
+        }
+        if status >= 400 {
+            self.stats.count(status);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+
+    fn parse_ok(s: &str) -> (Request, usize) {
+        match parse_request(s.as_bytes()) {
+            Ok(Some(r)) => r,
+            other => panic!("expected a request from {s:?}, got {other:?}"),
+        }
+    }
+
+    fn parse_err(s: &str) -> ParseError {
+        match parse_request(s.as_bytes()) {
+            Err(e) => e,
+            other => panic!("expected an error from {s:?}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn simple_get() {
+        let s = "GET /file HTTP/1.1\r\nHost: x\r\nUser-Agent: t\r\n\r\n";
+        let (r, used) = parse_ok(s);
+        assert_eq!(used, s.len());
+        assert_eq!(r.method, Method::Get);
+        assert_eq!(r.target, "/file");
+        assert_eq!(r.minor, 1);
+        assert!(r.keep_alive);
+        assert_eq!(r.header("user-agent"), Some("t"));
+        assert_eq!(r.content_length, 0);
+    }
+
+    #[test]
+    fn incomplete_heads_need_more() {
+        let full = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        for i in 0..full.len() {
+            assert_eq!(parse_request(&full.as_bytes()[..i]), Ok(None), "prefix {i}");
+        }
+    }
+
+    #[test]
+    fn pipelined_requests_parse_one_at_a_time() {
+        let s = "HEAD /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n";
+        let (r1, used) = parse_ok(s);
+        assert_eq!(r1.method, Method::Head);
+        let (r2, used2) = parse_ok(&s[used..]);
+        assert_eq!(r2.target, "/b");
+        assert_eq!(used + used2, s.len());
+    }
+
+    #[test]
+    fn bare_lf_and_leading_empty_lines() {
+        let (r, used) = parse_ok("\r\n\nGET / HTTP/1.0\nHost: x\n\n");
+        assert_eq!(r.minor, 0);
+        assert_eq!(used, 27);
+    }
+
+    #[test]
+    fn keep_alive_rules() {
+        assert!(
+            !parse_ok("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .0
+                .keep_alive
+        );
+        assert!(!parse_ok("GET / HTTP/1.0\r\n\r\n").0.keep_alive);
+        assert!(
+            parse_ok("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n")
+                .0
+                .keep_alive
+        );
+        assert!(
+            !parse_ok("GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade, CLOSE\r\n\r\n")
+                .0
+                .keep_alive
+        );
+        // HTTP/1.2 is answered as 1.1.
+        assert_eq!(parse_ok("GET / HTTP/1.2\r\nHost: x\r\n\r\n").0.minor, 1);
+    }
+
+    #[test]
+    fn methods() {
+        assert_eq!(
+            parse_ok("POST / HTTP/1.1\r\nHost: x\r\n\r\n").0.method,
+            Method::NotAllowed("POST".into())
+        );
+        assert_eq!(
+            parse_ok("BREW / HTTP/1.1\r\nHost: x\r\n\r\n").0.method,
+            Method::Unknown("BREW".into())
+        );
+        // Methods are case-sensitive.
+        assert_eq!(
+            parse_ok("get / HTTP/1.1\r\nHost: x\r\n\r\n").0.method,
+            Method::Unknown("get".into())
+        );
+    }
+
+    #[test]
+    fn malformed_request_lines() {
+        for s in [
+            "GET /\r\n\r\n",
+            "GET  / HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET / HTTP/1.1 extra\r\nHost: x\r\n\r\n",
+            "GET / HTTP/11\r\nHost: x\r\n\r\n",
+            "GET / http/1.1\r\nHost: x\r\n\r\n",
+            "G(T / HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET /a\x01b HTTP/1.1\r\nHost: x\r\n\r\n",
+            "\r\n",
+        ] {
+            if s == "\r\n" {
+                assert_eq!(parse_request(s.as_bytes()), Ok(None));
+                continue;
+            }
+            assert_eq!(parse_err(s).status(), 400, "{s:?}");
+        }
+        assert_eq!(
+            parse_err("GET / HTTP/2.0\r\nHost: x\r\n\r\n"),
+            ParseError::VersionNotSupported
+        );
+    }
+
+    #[test]
+    fn malformed_fields() {
+        for s in [
+            "GET / HTTP/1.1\r\nHost : x\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost x\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nA: b\x00c\r\n\r\n",
+            "GET / HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+            "GET / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            assert_eq!(parse_err(s).status(), 400, "{s:?}");
+        }
+        assert_eq!(
+            parse_err("GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n").status(),
+            501
+        );
+        let (r, _) =
+            parse_ok("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n");
+        assert_eq!(r.content_length, 5);
+    }
+
+    #[test]
+    fn oversized_heads() {
+        let mut s = String::from("GET / HTTP/1.1\r\nHost: x\r\n");
+        while s.len() <= MAX_HEAD {
+            s.push_str("X-Filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
+        }
+        // Too large before the head is even complete.
+        assert_eq!(parse_err(&s), ParseError::HeadTooLarge);
+        let mut many = String::from("GET / HTTP/1.1\r\nHost: x\r\n");
+        for i in 0..MAX_HEADERS {
+            many.push_str(&format!("X-{i}: y\r\n"));
+        }
+        many.push_str("\r\n");
+        assert_eq!(parse_err(&many), ParseError::HeadTooLarge);
+    }
+
+    #[test]
+    fn target_sanitising() {
+        let segs = |t: &str| {
+            sanitize_target(t).map(|v| {
+                v.into_iter()
+                    .map(|s| String::from_utf8(s).unwrap())
+                    .collect::<Vec<_>>()
+            })
+        };
+        assert_eq!(segs("/"), Ok(vec![]));
+        assert_eq!(
+            segs("/a//b/./c?x=../y#z"),
+            Ok(vec!["a".into(), "b".into(), "c".into()])
+        );
+        assert_eq!(segs("/with%20space"), Ok(vec!["with space".into()]));
+        assert_eq!(
+            segs("http://[fd00::1]/x/y"),
+            Ok(vec!["x".into(), "y".into()])
+        );
+        assert_eq!(segs("HTTP://host"), Ok(vec![]));
+        for bad in [
+            "/../etc/passwd",
+            "/a/../../b",
+            "/%2e%2e/x",
+            "/%2E%2E",
+            "/a%2fb",
+            "/a%00",
+            "/%zz",
+            "/%4",
+            "*",
+            "x/y",
+        ] {
+            assert!(sanitize_target(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn date_format() {
+        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(784_111_777);
+        assert_eq!(http_date(t), "Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(
+            http_date(SystemTime::UNIX_EPOCH),
+            "Thu, 01 Jan 1970 00:00:00 GMT"
+        );
+        let leap = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(951_825_600);
+        assert_eq!(http_date(leap), "Tue, 29 Feb 2000 12:00:00 GMT");
+    }
+
+    /// A scratch document root, removed on drop.
+    struct Root(PathBuf);
+
+    impl Root {
+        fn new(tag: &str) -> Root {
+            let dir =
+                std::env::temp_dir().join(format!("ds-apps-http-{}-{tag}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Root(std::fs::canonicalize(&dir).unwrap())
+        }
+
+        fn write(&self, name: &str, data: &[u8]) {
+            let path = self.0.join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::File::create(path)
+                .unwrap()
+                .write_all(data)
+                .unwrap();
+        }
+    }
+
+    impl Drop for Root {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// Drain all output, taking at most `step` bytes at a time.
+    fn drain(c: &mut HttpConn, step: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        loop {
+            let chunk = c.poll_transmit().unwrap();
+            if chunk.is_empty() {
+                return out;
+            }
+            let n = chunk.len().min(step);
+            out.extend_from_slice(&chunk[..n]);
+            c.advance(n);
+        }
+    }
+
+    /// Split a byte stream of responses into (status, headers, body) triples.
+    fn responses(mut data: &[u8], head_only: &[bool]) -> Vec<(u16, String, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while !data.is_empty() {
+            let end = data.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+            let head = String::from_utf8(data[..end].to_vec()).unwrap();
+            let status: u16 = head[9..12].parse().unwrap();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Content-Length: "))
+                .unwrap()
+                .parse()
+                .unwrap();
+            let blen = if head_only.get(i).copied().unwrap_or(false) {
+                0
+            } else {
+                len
+            };
+            out.push((status, head, data[end..end + blen].to_vec()));
+            data = &data[end + blen..];
+            i += 1;
+        }
+        out
+    }
+
+    #[test]
+    fn serves_files_and_errors_over_one_connection() {
+        let root = Root::new("serve");
+        root.write("index.html", b"<h1>hi</h1>");
+        root.write("sub/data.bin", &[7u8; 1000]);
+        let mut c = HttpConn::new(root.0.clone(), "t".into());
+        c.feed(
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n\
+              HEAD /sub/data.bin HTTP/1.1\r\nHost: x\r\n\r\n\
+              GET /missing HTTP/1.1\r\nHost: x\r\n\r\n\
+              DELETE /sub/data.bin HTTP/1.1\r\nHost: x\r\n\r\n\
+              GET /sub/data.bin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n\
+              GET /never HTTP/1.1\r\nHost: x\r\n\r\n",
+        );
+        let out = drain(&mut c, 100);
+        let rs = responses(&out, &[false, true]);
+        assert_eq!(rs.len(), 5);
+        assert_eq!(rs[0].0, 200);
+        assert!(rs[0].1.contains("Content-Type: text/html"));
+        assert_eq!(rs[0].2, b"<h1>hi</h1>");
+        assert_eq!(rs[1].0, 200);
+        assert!(rs[1].1.contains("Content-Length: 1000\r\n"));
+        assert_eq!(rs[2].0, 404);
+        assert_eq!(rs[3].0, 405);
+        assert!(rs[3].1.contains("Allow: GET, HEAD\r\n"));
+        assert!(rs[3].1.contains("Connection: keep-alive\r\n"));
+        assert_eq!(rs[4].0, 200);
+        assert!(rs[4].1.contains("Connection: close\r\n"));
+        assert_eq!(rs[4].2, vec![7u8; 1000]);
+        assert!(c.is_finished());
+        assert_eq!(c.stats().requests, 5);
+        assert_eq!(c.stats().status_2xx, 3);
+        assert_eq!(c.stats().status_4xx, 2);
+        assert_eq!(c.stats().bytes_sent, out.len() as u64);
+    }
+
+    #[test]
+    fn large_file_streams_in_chunks() {
+        let root = Root::new("large");
+        let data: Vec<u8> = (0..(3 * CHUNK + 123))
+            .map(|i| (i * 31 % 251) as u8)
+            .collect();
+        root.write("big", &data);
+        let mut c = HttpConn::new(root.0.clone(), "t".into());
+        c.feed(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n");
+        // Output never holds more than one chunk (plus a head) at a time.
+        assert!(c.poll_transmit().unwrap().len() < 1024);
+        let out = drain(&mut c, 1460);
+        let rs = responses(&out, &[]);
+        assert_eq!(rs.len(), 1);
+        assert_eq!(rs[0].2, data);
+        assert!(!c.is_finished(), "keep-alive connection stays open");
+        c.feed_eof();
+        assert!(c.is_finished());
+    }
+
+    #[test]
+    fn request_split_across_reads_and_body_skipped() {
+        let root = Root::new("split");
+        root.write("a", b"A");
+        let mut c = HttpConn::new(root.0.clone(), "t".into());
+        let req = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhelloGET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+        // The first response is produced (and not yet sent) while the rest trickles in.
+        for b in req.chunks(3) {
+            c.feed(b);
+            let _ = c.poll_transmit().unwrap();
+        }
+        let out = drain(&mut c, usize::MAX);
+        let rs = responses(&out, &[]);
+        assert_eq!(rs.len(), 3);
+        assert!(rs.iter().all(|r| r.0 == 200 && r.2 == b"A"));
+        assert!(!c.is_finished());
+    }
+
+    #[test]
+    fn incomplete_body_answers_then_closes() {
+        let root = Root::new("body");
+        root.write("a", b"A");
+        let mut c = HttpConn::new(root.0.clone(), "t".into());
+        c.feed(
+            b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nExpect: 100-continue\r\n\r\n",
+        );
+        let rs = responses(&drain(&mut c, usize::MAX), &[]);
+        assert_eq!(rs.len(), 1);
+        assert_eq!(rs[0].0, 405);
+        assert!(rs[0].1.contains("Connection: close\r\n"));
+        assert!(c.is_finished());
+    }
+
+    #[test]
+    fn traversal_and_symlinks_cannot_leave_root() {
+        let root = Root::new("trav");
+        let outside = Root::new("trav-outside");
+        outside.write("secret", b"s");
+        std::os::unix::fs::symlink(outside.0.join("secret"), root.0.join("link")).unwrap();
+        let mut c = HttpConn::new(root.0.clone(), "t".into());
+        c.feed(b"GET /../trav-outside/secret HTTP/1.1\r\nHost: x\r\n\r\nGET /link HTTP/1.1\r\nHost: x\r\n\r\n");
+        let out = drain(&mut c, usize::MAX);
+        let rs = responses(&out, &[]);
+        assert_eq!(rs[0].0, 400);
+        assert_eq!(rs[1].0, 404);
+    }
+
+    #[test]
+    fn bad_request_closes() {
+        let root = Root::new("bad");
+        let mut c = HttpConn::new(root.0.clone(), "t".into());
+        c.feed(b"GET / HTTP/1.1\r\nHost : x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        let out = drain(&mut c, usize::MAX);
+        let rs = responses(&out, &[]);
+        assert_eq!(rs.len(), 1);
+        assert_eq!(rs[0].0, 400);
+        assert!(rs[0].1.contains("Connection: close\r\n"));
+        assert!(c.is_finished());
+    }
+
+    #[test]
+    fn partial_request_at_eof_is_dropped() {
+        let root = Root::new("eof");
+        let mut c = HttpConn::new(root.0.clone(), "t".into());
+        c.feed(b"GET / HTTP/1.1\r\nHo");
+        c.feed_eof();
+        assert!(drain(&mut c, usize::MAX).is_empty());
+        assert!(c.is_finished());
+        assert!(!c.wants_input());
+    }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Arbitrary bytes never panic the parser, and whatever it accepts it consumed.
+            #[test]
+            fn parser_never_panics(data in proptest::collection::vec(any::<u8>(), 0..2048)) {
+                if let Ok(Some((_, used))) = parse_request(&data) {
+                    prop_assert!(used <= data.len());
+                }
+            }
+
+            /// A valid request parses the same wherever the input stops growing.
+            #[test]
+            fn prefixes_need_more_then_parse(
+                path in "/[a-z0-9._-]{0,20}",
+                extra in proptest::collection::vec(("[A-Za-z][A-Za-z0-9-]{0,10}", "[ -~]{0,20}"), 0..5),
+            ) {
+                let mut req = format!("GET {path} HTTP/1.1\r\nHost: h\r\n");
+                for (n, v) in &extra {
+                    if n.eq_ignore_ascii_case("host") || n.eq_ignore_ascii_case("content-length")
+                        || n.eq_ignore_ascii_case("transfer-encoding")
+                    {
+                        continue;
+                    }
+                    req.push_str(&format!("{n}: {v}\r\n"));
+                }
+                req.push_str("\r\n");
+                let bytes = req.as_bytes();
+                for i in 0..bytes.len() {
+                    prop_assert_eq!(parse_request(&bytes[..i]), Ok(None));
+                }
+                let (r, used) = parse_request(bytes).unwrap().unwrap();
+                prop_assert_eq!(used, bytes.len());
+                prop_assert_eq!(r.target, path);
+            }
+
+            /// Sanitised targets never contain a segment that could climb out of the root.
+            #[test]
+            fn sanitised_segments_are_plain(target in "/[a-z./%0-9A-F]{0,40}") {
+                if let Ok(segs) = sanitize_target(&target) {
+                    for s in segs {
+                        prop_assert!(!s.is_empty() && s != b"." && s != b".." && !s.contains(&b'/'));
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! The HTTP content service on top of a `ds-stack` [`Interface`].
+//!
+//! [`HttpServer::poll`] is called between [`ds_stack::runner::Runner::step`]s: it accepts new
+//! connections, moves received bytes into each connection's [`HttpConn`], writes as much of the
+//! responses as the send buffers take, closes connections whose work is done and releases those
+//! that are closed. It never blocks and owns no I/O besides reading files.
+
+use crate::http::{HttpConn, HttpStats};
+use ds_stack::{Duration, Error, Instant, Interface, ListenHandle, TcpHandle, TcpState};
+use std::collections::HashMap;
+use std::net::SocketAddrV6;
+use std::path::{Path, PathBuf};
+
+/// Connection limits of the service.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Listen backlog (connections handshaking or waiting for accept).
+    pub backlog: usize,
+    /// A persistent connection with no request in progress is closed after this long idle.
+    pub idle_timeout: Duration,
+    /// A connection still not closed this long after our FIN is aborted.
+    pub linger: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            backlog: 128,
+            idle_timeout: Duration::from_secs(60),
+            linger: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Server-wide counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ServerStats {
+    /// Connections accepted.
+    pub accepted: u64,
+    /// Connections that ended with our FIN and a clean close.
+    pub closed: u64,
+    /// Connections that ended with a reset or an error (ours or the peer's).
+    pub aborted: u64,
+    /// Connections closed by the idle timeout.
+    pub idle_closed: u64,
+    /// Request and byte counters, summed over all connections.
+    pub http: HttpStats,
+}
+
+struct Conn {
+    http: HttpConn,
+    last_activity: Instant,
+    /// When we sent FIN.
+    fin_at: Option<Instant>,
+}
+
+enum Verdict {
+    Keep,
+    /// Closed cleanly: forget the handle.
+    Closed,
+    /// Broken: forget the handle (resets it if still open).
+    Abort,
+}
+
+/// An HTTP/1.1 server listening on one address of an interface.
+pub struct HttpServer {
+    listener: ListenHandle,
+    root: PathBuf,
+    config: ServerConfig,
+    conns: HashMap<TcpHandle, Conn>,
+    stats: ServerStats,
+    buf: Vec<u8>,
+    next_id: u64,
+}
+
+impl HttpServer {
+    /// Listen on `local` and serve files below `root` (a directory).
+    pub fn listen(
+        iface: &mut Interface,
+        local: SocketAddrV6,
+        root: &Path,
+        config: ServerConfig,
+    ) -> anyhow::Result<Self> {
+        let root = std::fs::canonicalize(root)
+            .map_err(|e| anyhow::anyhow!("document root {}: {e}", root.display()))?;
+        if !root.is_dir() {
+            anyhow::bail!("document root {} is not a directory", root.display());
+        }
+        let listener = iface
+            .tcp_listen(local, config.backlog)
+            .map_err(|e| anyhow::anyhow!("cannot listen on {local}: {e:?}"))?;
+        Ok(HttpServer {
+            listener,
+            root,
+            config,
+            conns: HashMap::new(),
+            stats: ServerStats::default(),
+            buf: vec![0; 16 * 1024],
+            next_id: 0,
+        })
+    }
+
+    /// Counters so far (connections still open are not yet in `http`).
+    pub fn stats(&self) -> ServerStats {
+        let mut s = self.stats;
+        for c in self.conns.values() {
+            s.http.add(c.http.stats());
+        }
+        s
+    }
+
+    /// Connections currently open.
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Accept new connections and make progress on every open one.
+    pub fn poll(&mut self, iface: &mut Interface, now: Instant) {
+        while let Some(h) = iface.tcp_accept(self.listener) {
+            self.next_id += 1;
+            let label = format!("c{}", self.next_id);
+            match iface.tcp_endpoints(h) {
+                Some((_, peer)) => tracing::debug!(conn = %label, %peer, "accepted"),
+                None => tracing::debug!(conn = %label, "accepted"),
+            }
+            self.stats.accepted += 1;
+            let http = HttpConn::new(self.root.clone(), label);
+            self.conns.insert(
+                h,
+                Conn {
+                    http,
+                    last_activity: now,
+                    fin_at: None,
+                },
+            );
+        }
+        let mut gone = Vec::new();
+        for (&h, conn) in self.conns.iter_mut() {
+            match service(
+                iface,
+                h,
+                conn,
+                now,
+                &self.config,
+                &mut self.buf,
+                &mut self.stats,
+            ) {
+                Verdict::Keep => {}
+                Verdict::Closed => {
+                    self.stats.closed += 1;
+                    gone.push(h);
+                }
+                Verdict::Abort => {
+                    self.stats.aborted += 1;
+                    gone.push(h);
+                }
+            }
+        }
+        for h in gone {
+            if let Some(conn) = self.conns.remove(&h) {
+                self.stats.http.add(conn.http.stats());
+            }
+            iface.tcp_release(h);
+        }
+    }
+
+    /// Drop every connection (each open one is reset) and stop accepting.
+    pub fn shutdown(&mut self, iface: &mut Interface) {
+        for (h, conn) in self.conns.drain() {
+            self.stats.http.add(conn.http.stats());
+            match iface.tcp_state(h) {
+                None | Some(TcpState::Closed) | Some(TcpState::TimeWait) => self.stats.closed += 1,
+                Some(_) => self.stats.aborted += 1,
+            }
+            iface.tcp_release(h);
+        }
+    }
+}
+
+/// One round of work on one connection.
+fn service(
+    iface: &mut Interface,
+    h: TcpHandle,
+    conn: &mut Conn,
+    now: Instant,
+    config: &ServerConfig,
+    buf: &mut [u8],
+    stats: &mut ServerStats,
+) -> Verdict {
+    match iface.tcp_state(h) {
+        None | Some(TcpState::Closed) => {
+            // Reset by the peer, or fully closed.
+            return if conn.fin_at.is_some() {
+                Verdict::Closed
+            } else {
+                Verdict::Abort
+            };
+        }
+        Some(TcpState::TimeWait) => return Verdict::Closed,
+        Some(_) => {}
+    }
+
+    // Receive.
+    while conn.http.wants_input() {
+        let room = conn.http.input_room().min(buf.len());
+        match iface.tcp_recv(h, &mut buf[..room]) {
+            Ok(0) => break,
+            Ok(n) => {
+                conn.http.feed(&buf[..n]);
+                conn.last_activity = now;
+            }
+            Err(Error::Eof) => {
+                conn.http.feed_eof();
+                conn.last_activity = now;
+            }
+            Err(e) => {
+                tracing::debug!("receive failed: {e:?}");
+                return Verdict::Abort;
+            }
+        }
+    }
+
+    // Send as much as the send buffer takes.
+    loop {
+        if iface.tcp_send_space(h) == 0 {
+            break;
+        }
+        let chunk = match conn.http.poll_transmit() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("aborting a response: {e}");
+                return Verdict::Abort;
+            }
+        };
+        if chunk.is_empty() {
+            break;
+        }
+        match iface.tcp_send(h, chunk) {
+            Ok(0) => break,
+            Ok(n) => {
+                conn.http.advance(n);
+                conn.last_activity = now;
+            }
+            Err(e) => {
+                tracing::debug!("send failed: {e:?}");
+                return Verdict::Abort;
+            }
+        }
+    }
+
+    // Idle persistent connections are closed (RFC 9112 §9.5 allows it at any time).
+    if conn.fin_at.is_none()
+        && !conn.http.is_busy()
+        && now.saturating_since(conn.last_activity) >= config.idle_timeout
+    {
+        stats.idle_closed += 1;
+        conn.http.finish();
+    }
+
+    // Close our half once the last response is out.
+    if conn.fin_at.is_none() && conn.http.is_finished() {
+        if let Err(e) = iface.tcp_close(h) {
+            tracing::debug!("close failed: {e:?}");
+            return Verdict::Abort;
+        }
+        conn.fin_at = Some(now);
+    }
+    if let Some(t) = conn.fin_at {
+        if now.saturating_since(t) >= config.linger {
+            return Verdict::Abort;
+        }
+    }
+    Verdict::Keep
+}
