@@ -71,7 +71,15 @@ pub struct HttpServer {
     stats: ServerStats,
     buf: Vec<u8>,
     next_id: u64,
+    /// Handles to service this round (ready ones and new ones).
+    todo: Vec<TcpHandle>,
+    /// When every connection was last looked at for idle and linger timeouts.
+    last_sweep: Option<Instant>,
 }
+
+/// How often every connection is checked for timeouts; between sweeps only connections
+/// with network events are serviced.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
 impl HttpServer {
     /// Listen on `local` and serve files below `root` (a directory).
@@ -97,6 +105,8 @@ impl HttpServer {
             stats: ServerStats::default(),
             buf: vec![0; 16 * 1024],
             next_id: 0,
+            todo: Vec::new(),
+            last_sweep: None,
         })
     }
 
@@ -125,6 +135,7 @@ impl HttpServer {
             }
             self.stats.accepted += 1;
             let http = HttpConn::new(self.root.clone(), label);
+            self.todo.push(h);
             self.conns.insert(
                 h,
                 Conn {
@@ -134,8 +145,25 @@ impl HttpServer {
                 },
             );
         }
+        // Only connections with network events (or new ones), plus a periodic sweep of all of
+        // them for timeouts: the per-step cost follows activity, not the connection count.
+        let sweep = self
+            .last_sweep
+            .is_none_or(|t| now.saturating_since(t) >= SWEEP_EVERY);
+        let mut todo = std::mem::take(&mut self.todo);
+        if sweep {
+            self.last_sweep = Some(now);
+            todo.clear();
+            todo.extend(self.conns.keys().copied());
+            iface.tcp_take_ready(&mut Vec::new());
+        } else {
+            iface.tcp_take_ready(&mut todo);
+        }
         let mut gone = Vec::new();
-        for (&h, conn) in self.conns.iter_mut() {
+        for &h in &todo {
+            let Some(conn) = self.conns.get_mut(&h) else {
+                continue;
+            };
             match service(
                 iface,
                 h,
@@ -156,6 +184,8 @@ impl HttpServer {
                 }
             }
         }
+        todo.clear();
+        self.todo = todo;
         for h in gone {
             if let Some(conn) = self.conns.remove(&h) {
                 self.stats.http.add(conn.http.stats());

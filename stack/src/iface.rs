@@ -152,6 +152,7 @@ struct Slot {
     /// The application gave up the handle; free the slot when the connection is closed.
     released: bool,
     in_dirty: bool,
+    in_ready: bool,
     armed: Option<Instant>,
 }
 
@@ -177,6 +178,7 @@ pub struct Interface {
     frozen: HashMap<ConnKey, Instant>,
     timers: BinaryHeap<Reverse<(Instant, u32, u32)>>,
     dirty: Vec<u32>,
+    ready: Vec<u32>,
     ctrl: VecDeque<Vec<u8>>,
     pool: Vec<Vec<u8>>,
     nd: NeighborCache,
@@ -250,6 +252,7 @@ impl Interface {
             frozen: HashMap::new(),
             timers: BinaryHeap::new(),
             dirty: Vec::new(),
+            ready: Vec::new(),
             ctrl: VecDeque::new(),
             pool: Vec::new(),
             nd: NeighborCache::default(),
@@ -361,6 +364,7 @@ impl Interface {
             if let Some(tcb) = slot.tcb.as_mut() {
                 tcb.on_timer(now);
             }
+            self.mark_ready(idx);
             self.after_tcb_event(idx);
         }
         let (actions, dropped) = self.nd.poll(now);
@@ -378,6 +382,27 @@ impl Interface {
             if slot.armed.is_none_or(|a| t < a) {
                 slot.armed = Some(t);
                 self.timers.push(Reverse((t, idx, slot.gen)));
+            }
+        }
+    }
+
+    fn mark_ready(&mut self, idx: u32) {
+        let slot = &mut self.slots[idx as usize];
+        if !slot.in_ready && !slot.released {
+            slot.in_ready = true;
+            self.ready.push(idx);
+        }
+    }
+
+    /// Connections that saw a network event (data, ACKs that freed send space, FIN, RST,
+    /// timeout) since the last call, appended to `out`. Lets an application with many
+    /// connections service only those instead of scanning all of them each step.
+    pub fn tcp_take_ready(&mut self, out: &mut Vec<TcpHandle>) {
+        for idx in self.ready.drain(..) {
+            let slot = &mut self.slots[idx as usize];
+            slot.in_ready = false;
+            if slot.tcb.is_some() && !slot.released {
+                out.push(TcpHandle { idx, gen: slot.gen });
             }
         }
     }
@@ -1020,6 +1045,7 @@ impl Interface {
                     self.nd.confirm(now, src);
                 }
             }
+            self.mark_ready(idx);
             self.after_tcb_event(idx);
             return;
         }
@@ -1114,6 +1140,7 @@ impl Interface {
                     tcb: Some(tcb),
                     released: false,
                     in_dirty: false,
+                    in_ready: false,
                     armed: None,
                 });
                 (self.slots.len() - 1) as u32
