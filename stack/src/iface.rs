@@ -851,6 +851,37 @@ impl Interface {
                 }
                 self.receive_ndisc(now, nd, src, dst, src_mac);
             }
+            Icmpv6Repr::DstUnreachable {
+                reason,
+                header,
+                data,
+            } => {
+                // RFC 1122 §4.2.3.9 / RFC 5927 §4.1: a hard error aborts a connection that is
+                // still opening, if the quoted sequence number is one we sent; otherwise
+                // (established connections) it is a soft error and ignored.
+                use smoltcp::wire::Icmpv6DstUnreachable as U;
+                if header.next_header != IpProtocol::Tcp
+                    || data.len() < 8
+                    || !self.is_ours(&header.src_addr)
+                {
+                    return;
+                }
+                let hard = matches!(
+                    reason,
+                    U::PortUnreachable | U::AdminProhibit | U::RejectRoute | U::FailedPolicy
+                );
+                let sport = u16::from_be_bytes([data[0], data[1]]);
+                let dport = u16::from_be_bytes([data[2], data[3]]);
+                let seq = u32::from_be_bytes([data[4], data[5], data[6], data[7]]);
+                let key = ConnKey(header.src_addr, sport, header.dst_addr, dport);
+                if let (true, Some(&idx)) = (hard, self.demux.get(&key)) {
+                    if let Some(t) = self.slots[idx as usize].tcb.as_mut() {
+                        t.on_hard_icmp_error(seq);
+                    }
+                    self.mark_ready(idx);
+                    self.after_tcb_event(idx);
+                }
+            }
             Icmpv6Repr::PktTooBig { mtu, header, .. } => {
                 // RFC 8201 §4: never below 1280.
                 let mtu = (mtu as usize).max(MIN_MTU).min(self.cfg.mtu);

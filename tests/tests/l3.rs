@@ -82,3 +82,47 @@ fn kernel_pings_and_udp_echo_with_fragments() {
             | NeighborState::Probe
     ));
 }
+
+/// A connection attempt to a closed port ends at once with "refused", whether the peer
+/// answers with RST (kernel default) or with ICMPv6 port unreachable (a firewall's reject).
+#[test]
+fn connect_refused_by_rst_and_by_icmp() {
+    if !require_root("connect_refused_by_rst_and_by_icmp") {
+        return;
+    }
+    let peer_ip = ip("fd00:d4::1");
+    let ours = ip("fd00:d4::2");
+    let mut peer = KernelPeer::new("rp", peer_ip).expect("peer");
+    let host = peer.attach_host("rh").expect("host");
+    peer.ns
+        .exec(&["nft", "add table inet rej; add chain inet rej in { type filter hook input priority 0; }; add rule inet rej in tcp dport 9 reject with icmpv6 type port-unreachable"])
+        .expect("nft reject rule");
+    let mut rt = host
+        .stack([2, 0xd5, 0, 0, 4, 4], ours, |_| {})
+        .expect("stack");
+    for port in [9u16, 10] {
+        let now = rt.now();
+        let c = rt
+            .iface
+            .tcp_connect(
+                now,
+                SocketAddrV6::new(ours, 0, 0, 0),
+                SocketAddrV6::new(peer_ip, port, 0, 0),
+            )
+            .expect("connect");
+        let start = Instant::now();
+        let err = loop {
+            assert!(
+                start.elapsed() < Duration::from_secs(3),
+                "port {port}: no refusal"
+            );
+            rt.step(Duration::from_millis(5)).expect("step");
+            match rt.iface.tcp_send(c, b"x") {
+                Ok(_) => {}
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(err, ds_stack::Error::Refused, "port {port}");
+        rt.iface.tcp_release(c);
+    }
+}

@@ -1896,6 +1896,14 @@ impl Tcb {
         }
     }
 
+    /// A hard ICMPv6 error (port unreachable, prohibited) quoting sequence number `seq`:
+    /// abort an opening connection whose SYN it quotes (RFC 5927 §4.1 checks the number).
+    pub fn on_hard_icmp_error(&mut self, seq: u32) {
+        if self.state == TcpState::SynSent && seq == self.iss {
+            self.enter_closed(Some(TcpError::Refused));
+        }
+    }
+
     /// Lower the send MSS after an ICMPv6 Packet Too Big (RFC 8201 §5.4): resend what was lost.
     pub fn on_path_mtu(&mut self, mss: u32) {
         if mss < self.snd_mss && mss >= 64 {
