@@ -1528,16 +1528,7 @@ impl Interface {
             embryonic: 0,
             cfg,
         };
-        let idx = match self.listeners.iter().position(|x| x.is_none()) {
-            Some(i) => {
-                self.listeners[i] = Some(l);
-                i
-            }
-            None => {
-                self.listeners.push(Some(l));
-                self.listeners.len() - 1
-            }
-        };
+        let idx = put_in_free_slot(&mut self.listeners, l);
         self.listen_map.insert(key, idx as u32);
         Ok(ListenHandle(idx as u32))
     }
@@ -1799,16 +1790,7 @@ impl Interface {
             local,
             rx: VecDeque::new(),
         };
-        let idx = match self.udp.iter().position(|x| x.is_none()) {
-            Some(i) => {
-                self.udp[i] = Some(s);
-                i
-            }
-            None => {
-                self.udp.push(Some(s));
-                self.udp.len() - 1
-            }
-        };
+        let idx = put_in_free_slot(&mut self.udp, s);
         self.udp_map.insert(local.port(), idx as u32);
         Ok(UdpHandle(idx as u32))
     }
@@ -1947,6 +1929,20 @@ impl IsnGenerator {
 fn tcp_mss_for(mtu: usize, ts: bool) -> u32 {
     let _ = ts;
     (mtu - IP6_HDR - 20) as u32
+}
+
+/// Store `item` in the first empty slot (or a new one); returns its index.
+fn put_in_free_slot<T>(v: &mut Vec<Option<T>>, item: T) -> usize {
+    match v.iter().position(|x| x.is_none()) {
+        Some(i) => {
+            v[i] = Some(item);
+            i
+        }
+        None => {
+            v.push(Some(item));
+            v.len() - 1
+        }
+    }
 }
 
 /// Length of the extension header at `off`: (next header, bytes).

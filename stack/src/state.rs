@@ -207,15 +207,7 @@ impl ConnState {
     pub fn validate(&self) -> Result<(), StateError> {
         use StateError::Inconsistent as I;
         let st = self.tcp_state().ok_or(I("unknown TCP state"))?;
-        if !matches!(
-            st,
-            TcpState::Established
-                | TcpState::CloseWait
-                | TcpState::FinWait1
-                | TcpState::FinWait2
-                | TcpState::Closing
-                | TcpState::LastAck
-        ) {
+        if !st.is_movable() {
             return Err(I(
                 "only synchronized, not-yet-closed connections can be thawed",
             ));
@@ -268,15 +260,7 @@ impl ConnState {
 impl Tcb {
     /// Snapshot this connection into a [`ConnState`] (the caller then forgets the TCB).
     pub(crate) fn to_state(&self, now: Instant) -> Option<ConnState> {
-        if !matches!(
-            self.state,
-            TcpState::Established
-                | TcpState::CloseWait
-                | TcpState::FinWait1
-                | TcpState::FinWait2
-                | TcpState::Closing
-                | TcpState::LastAck
-        ) {
+        if !self.state.is_movable() {
             return None;
         }
         let mut f = 0u16;

@@ -37,6 +37,20 @@ impl TcpState {
         )
     }
 
+    /// Whether a connection in this state can be frozen and thawed elsewhere: synchronized
+    /// and not yet finished (TIME-WAIT has nothing left to move).
+    pub fn is_movable(self) -> bool {
+        matches!(
+            self,
+            TcpState::Established
+                | TcpState::CloseWait
+                | TcpState::FinWait1
+                | TcpState::FinWait2
+                | TcpState::Closing
+                | TcpState::LastAck
+        )
+    }
+
     pub(crate) fn code(self) -> u8 {
         self as u8
     }
