@@ -1,0 +1,255 @@
+//! `dsperf`: Distributed Servers benchmarks. See `dsperf --help`.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use ds_perf::stack::{self, report, Options, Server};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "dsperf",
+    version,
+    about = "Distributed Servers benchmarks",
+    long_about = "Distributed Servers benchmarks. Logs and progress go to stderr (RUST_LOG sets the \
+                  log filter, default info); results go to stdout."
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Our TCP vs. the Linux kernel's and smoltcp's: bulk throughput and request/response
+    /// latency against a kernel TCP client, every server behind a TAP device, same run.
+    ///
+    /// Needs root. Builds network namespaces P (kernel TCP client), S (server host: a bridge
+    /// with one TAP per server, linked to P by a veth pair) and K (the kernel TCP server, whose
+    /// only link is a TAP; a relay thread copies its frames to a TAP on S's bridge, one extra
+    /// userspace hop) and V (the same kernel server over a plain veth, as a reference), all on
+    /// fd00:5e:1::/64, and removes them at the end, also on errors and
+    /// after a first Ctrl-C (which stops after the current measurement).
+    ///
+    /// Per repeat and server: upload (client → server) and download (server → client) of
+    /// --bytes, then --rounds request/response round trips of --msg-size bytes on one
+    /// connection with TCP_NODELAY. Reports medians over the repeats and ratios to the kernel.
+    Stack(StackArgs),
+}
+
+#[derive(Args)]
+struct StackArgs {
+    /// Bytes per bulk transfer (suffixes K, M, G, KiB, MiB, GiB: powers of 1024).
+    #[arg(long, default_value = "256MiB", value_parser = parse_size)]
+    bytes: u64,
+    /// Recorded request/response round trips per repeat.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
+    /// Unrecorded round trips before them (same connection).
+    #[arg(long, default_value_t = 200)]
+    warmup: u32,
+    /// Request and response size, bytes.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    msg_size: u32,
+    /// Repeats; the summary reports medians over them.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    repeat: u32,
+    /// Servers to measure (comma-separated): kernel (the baseline, behind TAP + relay),
+    /// kernel-veth (reference: the kernel over a plain veth), ours, smoltcp. Ratios need
+    /// `kernel`.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = Server::ALL)]
+    servers: Vec<Server>,
+    /// Kernel TCP congestion control of the client and the kernel servers, set per socket
+    /// (ours and smoltcp use CUBIC); `default` keeps the namespaces' default.
+    #[arg(long, default_value = "cubic", value_name = "NAME")]
+    kernel_cc: String,
+    /// Pin the client thread to this CPU (default: the scheduler places it).
+    #[arg(long, value_name = "CPU")]
+    client_cpu: Option<usize>,
+    /// Pin every server-side thread (stack runners, kernel servers, relay) to this CPU.
+    #[arg(long, value_name = "CPU")]
+    server_cpu: Option<usize>,
+    /// Before each test, wait up to this many seconds for other processes (and hypervisor
+    /// steal) to use less than 0.05 CPU; 0 disables the wait.
+    #[arg(long, default_value_t = 120, value_name = "SECS")]
+    quiet_wait: u64,
+    /// Measure a test again, up to this many times, when outside load disturbed it (the last
+    /// attempt is kept either way, and flagged).
+    #[arg(long, default_value_t = 2)]
+    retries: u32,
+    /// Hold /dev/cpu_dma_latency at 0 during the run: idle CPUs poll instead of halting, so
+    /// wake-ups (which dominate request/response latency, especially in a VM) are fast and
+    /// steady, at the cost of spinning idle CPUs.
+    #[arg(long)]
+    idle_poll: bool,
+    /// Skip the server → client bulk transfer.
+    #[arg(long)]
+    no_download: bool,
+    /// Print one JSON object per measurement and a final summary object on stdout (the
+    /// human table then goes to stderr).
+    #[arg(long)]
+    json: bool,
+    /// Write an SVG bar chart (DIR/dsperf-stack.svg).
+    #[arg(long, value_name = "DIR")]
+    plot: Option<PathBuf>,
+}
+
+/// `123`, `64K`, `256MiB`, `1G` (binary multiples).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a byte count (e.g. 268435456 or 256MiB)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        u => return Err(format!("unknown unit {u:?} (use K, M, G, KiB, MiB or GiB)")),
+    };
+    let v = n
+        .checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))?;
+    if v == 0 {
+        return Err("the byte count must be positive".into());
+    }
+    Ok(v)
+}
+
+fn run_stack(a: StackArgs) -> Result<()> {
+    if !ds_perf::is_root() {
+        bail!(
+            "`dsperf stack` needs root: it creates network namespaces, veth pairs, bridges and \
+             TAP devices (try: sudo dsperf stack ...)"
+        );
+    }
+    if cfg!(debug_assertions) {
+        tracing::warn!(
+            "dsperf was built without optimisations: build with --release for meaningful numbers"
+        );
+    }
+    let mut servers = Vec::new();
+    for s in a.servers {
+        if !servers.contains(&s) {
+            servers.push(s);
+        }
+    }
+    let opts = Options {
+        bytes: a.bytes,
+        rounds: a.rounds,
+        warmup: a.warmup,
+        msg_size: a.msg_size as usize,
+        repeat: a.repeat,
+        servers,
+        download: !a.no_download,
+        kernel_cc: (a.kernel_cc != "default").then_some(a.kernel_cc),
+        client_cpu: a.client_cpu,
+        server_cpu: a.server_cpu,
+        quiet_wait_secs: a.quiet_wait,
+        retries: a.retries,
+        idle_poll: a.idle_poll,
+    };
+    stack::install_sigint_handler();
+    eprintln!(
+        "dsperf stack: topology (the kernel baseline pays one extra TAP + userspace relay hop):"
+    );
+    for l in report::TOPOLOGY {
+        eprintln!("  - {l}");
+    }
+    let json = a.json;
+    let mut stdout = std::io::stdout().lock();
+    let mut write_err = None;
+    let (records, env) = stack::run(&opts, |r| {
+        if json {
+            let res = report::json_record(r)
+                .map_err(anyhow::Error::from)
+                .and_then(|line| {
+                    writeln!(stdout, "{line}")
+                        .and_then(|_| stdout.flush())
+                        .map_err(Into::into)
+                });
+            if let Err(e) = res {
+                write_err.get_or_insert(e);
+            }
+        }
+    })?;
+    if let Some(e) = write_err {
+        return Err(e.context("writing results"));
+    }
+    let sum = report::summarize(&opts, &env, &records);
+    let table = report::table(&sum);
+    if json {
+        writeln!(stdout, "{}", report::json_summary(&sum)?)?;
+        eprint!("{table}");
+    } else {
+        write!(stdout, "{table}")?;
+    }
+    stdout.flush()?;
+    if let Some(dir) = a.plot {
+        let path = ds_perf::plot::write_stack_svg(&sum, &dir).context("plot")?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let res = match cli.cmd {
+        Cmd::Stack(a) => run_stack(a),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dsperf: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("268435456"), Ok(268_435_456));
+        assert_eq!(parse_size("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_size("64k"), Ok(64 << 10));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert!(parse_size("").is_err());
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("99999999999999999999G").is_err());
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults() {
+        let cli = Cli::try_parse_from(["dsperf", "stack"]).expect("parse");
+        let Cmd::Stack(a) = cli.cmd;
+        assert_eq!(a.bytes, 256 << 20);
+        assert_eq!((a.rounds, a.repeat, a.msg_size), (2000, 5, 64));
+        assert_eq!(a.servers, Server::ALL.to_vec());
+        let cli = Cli::try_parse_from(["dsperf", "stack", "--servers", "ours,kernel", "--json"])
+            .expect("parse");
+        let Cmd::Stack(a) = cli.cmd;
+        assert_eq!(a.servers, vec![Server::Ours, Server::Kernel]);
+        assert!(Cli::try_parse_from(["dsperf", "stack", "--servers", "bsd"]).is_err());
+        assert!(Cli::try_parse_from(["dsperf", "stack", "--rounds", "0"]).is_err());
+    }
+}

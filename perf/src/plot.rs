@@ -1,0 +1,178 @@
+//! SVG bar charts of a `dsperf stack` summary (plotters' SVG backend: text is emitted as SVG
+//! `<text>` elements, so no font files are needed).
+
+use crate::stack::report::{Stat, Summary};
+use anyhow::{anyhow, Context, Result};
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+use std::path::{Path, PathBuf};
+
+const FONT: &str = "sans-serif";
+/// Bar colours of the first and second series of each panel.
+const COLOURS: [RGBColor; 2] = [RGBColor(0x2b, 0x6c, 0xb0), RGBColor(0xe0, 0x8a, 0x1e)];
+
+/// One panel: per server, two bars (median) with min-max whiskers.
+struct Panel<'a> {
+    title: &'a str,
+    unit: &'a str,
+    series: [&'a str; 2],
+    /// Per server: name and the two stats.
+    groups: Vec<(String, [Option<Stat>; 2])>,
+    decimals: usize,
+}
+
+fn draw_panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    p: &Panel<'_>,
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let n = p.groups.len().max(1);
+    let ymax = p
+        .groups
+        .iter()
+        .flat_map(|(_, s)| s.iter().flatten().map(|s| s.max.max(s.median)))
+        .fold(0.0f64, f64::max);
+    let ymax = if ymax > 0.0 { ymax * 1.2 } else { 1.0 };
+    let names: Vec<String> = p.groups.iter().map(|(n, _)| n.clone()).collect();
+    let label = move |x: &f64| -> String {
+        let i = x.round();
+        if (x - i).abs() < 1e-6 && i >= 0.0 {
+            names.get(i as usize).cloned().unwrap_or_default()
+        } else {
+            String::new()
+        }
+    };
+    let mut chart = ChartBuilder::on(area)
+        .caption(p.title, (FONT, 18))
+        .margin(12)
+        .x_label_area_size(32)
+        .y_label_area_size(56)
+        .build_cartesian_2d(-0.5f64..(n as f64 - 0.5), 0f64..ymax)
+        .map_err(|e| anyhow!("chart: {e}"))?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .light_line_style(TRANSPARENT)
+        .bold_line_style(BLACK.mix(0.15))
+        .x_labels(n)
+        .x_label_formatter(&label)
+        .y_desc(p.unit)
+        .label_style((FONT, 14))
+        .draw()
+        .map_err(|e| anyhow!("mesh: {e}"))?;
+    let value_style =
+        TextStyle::from((FONT, 12).into_font()).pos(Pos::new(HPos::Center, VPos::Bottom));
+    for (k, series) in p.series.iter().enumerate() {
+        let colour = COLOURS[k];
+        let (lo, hi) = if k == 0 { (-0.38, -0.02) } else { (0.02, 0.38) };
+        let bars: Vec<(f64, Stat)> = p
+            .groups
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (_, s))| s[k].map(|s| (i as f64, s)))
+            .collect();
+        chart
+            .draw_series(
+                bars.iter().map(|(x, s)| {
+                    Rectangle::new([(x + lo, 0.0), (x + hi, s.median)], colour.filled())
+                }),
+            )
+            .map_err(|e| anyhow!("bars: {e}"))?
+            .label(*series)
+            .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 12, y + 6)], colour.filled()));
+        chart
+            .draw_series(bars.iter().map(|(x, s)| {
+                let xc = x + (lo + hi) / 2.0;
+                PathElement::new(vec![(xc, s.min), (xc, s.max)], BLACK.stroke_width(1))
+            }))
+            .map_err(|e| anyhow!("whiskers: {e}"))?;
+        let d = p.decimals;
+        chart
+            .draw_series(bars.iter().map(|(x, s)| {
+                let xc = x + (lo + hi) / 2.0;
+                Text::new(
+                    format!("{:.d$}", s.median),
+                    (xc, s.max.max(s.median)),
+                    value_style.clone(),
+                )
+            }))
+            .map_err(|e| anyhow!("values: {e}"))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .label_font((FONT, 13))
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| anyhow!("legend: {e}"))?;
+    Ok(())
+}
+
+/// Write `DIR/dsperf-stack.svg`: throughput (upload, download) and latency (p50, p99) medians
+/// per server, with min-max whiskers over the repeats. Returns the file's path.
+pub fn write_stack_svg(sum: &Summary, dir: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let path = dir.join("dsperf-stack.svg");
+    {
+        let root = SVGBackend::new(&path, (1200, 560)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| anyhow!("fill: {e}"))?;
+        let o = &sum.options;
+        let title = format!(
+            "dsperf stack: a kernel TCP client against TCP servers behind TAP ({} MiB bulk, {} x {} B RR, median of {} repeats)",
+            o.bytes >> 20,
+            o.rounds,
+            o.msg_size,
+            o.repeat
+        );
+        let root = root
+            .titled(&title, (FONT, 18))
+            .map_err(|e| anyhow!("title: {e}"))?;
+        let (body, foot) = root.split_vertically(500);
+        let (left, right) = body.split_horizontally(600);
+        let name = |s: crate::stack::Server| match s {
+            crate::stack::Server::Kernel => "kernel (TAP+relay)".to_string(),
+            crate::stack::Server::KernelVeth => "kernel (veth, ref.)".to_string(),
+            x => x.name().to_string(),
+        };
+        draw_panel(
+            &left,
+            &Panel {
+                title: "bulk throughput (higher is better)",
+                unit: "Gbit/s",
+                series: ["upload (client -> server)", "download (server -> client)"],
+                groups: sum
+                    .servers
+                    .iter()
+                    .map(|s| (name(s.server), [s.upload_gbit_per_s, s.download_gbit_per_s]))
+                    .collect(),
+                decimals: 2,
+            },
+        )?;
+        draw_panel(
+            &right,
+            &Panel {
+                title: "request/response round trip (lower is better)",
+                unit: "microseconds",
+                series: ["p50", "p99"],
+                groups: sum
+                    .servers
+                    .iter()
+                    .map(|s| (name(s.server), [s.rr_p50_us, s.rr_p99_us]))
+                    .collect(),
+                decimals: 1,
+            },
+        )?;
+        foot.draw(&Text::new(
+            "kernel (TAP+relay), the baseline: frames cross a second TAP and a userspace relay thread; ours, smoltcp: one TAP; kernel (veth, ref.): no TAP. Whiskers: min-max over repeats.",
+            (12, 20),
+            (FONT, 13),
+        ))
+        .map_err(|e| anyhow!("footnote: {e}"))?;
+        root.present()
+            .map_err(|e| anyhow!("write {}: {e}", path.display()))?;
+    }
+    Ok(path)
+}

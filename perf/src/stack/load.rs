@@ -1,0 +1,111 @@
+//! How busy the rest of the machine was during a measurement: CPU time used by other processes
+//! (from `/proc/stat` minus this process's own time from `/proc/self/stat`) and time stolen by
+//! the hypervisor, both in CPUs (1.0 = one CPU fully busy for the whole measurement).
+//! Interrupt and softirq time is left out: much of it is the benchmark's own packet processing.
+
+use anyhow::{Context, Result};
+use std::time::Instant;
+
+/// Counters at one instant.
+#[derive(Debug, Clone, Copy)]
+pub struct Snap {
+    busy: u64,
+    steal: u64,
+    mine: u64,
+    at: Instant,
+}
+
+/// Load from outside the benchmark between two snapshots.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Foreign {
+    /// CPUs used by other processes (user + nice + system time not ours).
+    pub others: f64,
+    /// CPUs stolen by the hypervisor.
+    pub steal: f64,
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions and touches no memory we own.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz > 0 {
+        hz as f64
+    } else {
+        100.0
+    }
+}
+
+/// Read the counters now.
+pub fn snap() -> Result<Snap> {
+    let stat = std::fs::read_to_string("/proc/stat").context("read /proc/stat")?;
+    let cpu: Vec<u64> = stat
+        .lines()
+        .next()
+        .context("empty /proc/stat")?
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    let field = |i: usize| cpu.get(i).copied().unwrap_or(0);
+    let me = std::fs::read_to_string("/proc/self/stat").context("read /proc/self/stat")?;
+    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+    let rest = me.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    let mine = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    Ok(Snap {
+        busy: field(0) + field(1) + field(2),
+        steal: field(7),
+        mine,
+        at: Instant::now(),
+    })
+}
+
+/// Load from outside the benchmark between `a` and `b`.
+pub fn foreign(a: &Snap, b: &Snap) -> Foreign {
+    let secs = b.at.duration_since(a.at).as_secs_f64();
+    if secs <= 0.0 {
+        return Foreign::default();
+    }
+    let ticks = clock_ticks() * secs;
+    let busy = b.busy.saturating_sub(a.busy);
+    let mine = b.mine.saturating_sub(a.mine);
+    Foreign {
+        others: busy.saturating_sub(mine) as f64 / ticks,
+        steal: b.steal.saturating_sub(a.steal) as f64 / ticks,
+    }
+}
+
+/// While alive, asks the kernel for 0 µs CPU wake-up latency through `/dev/cpu_dma_latency`
+/// (PM QoS): idle CPUs poll instead of halting, so a thread woken on an idle CPU runs at once.
+/// In a VM this keeps idle vCPUs spinning on the host. Closing the file drops the request.
+pub struct IdlePoll {
+    _file: std::fs::File,
+}
+
+impl IdlePoll {
+    /// Make the request.
+    pub fn hold() -> Result<Self> {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/cpu_dma_latency")
+            .context("open /dev/cpu_dma_latency")?;
+        f.write_all(&0i32.to_ne_bytes())
+            .context("write /dev/cpu_dma_latency")?;
+        Ok(IdlePoll { _file: f })
+    }
+}
+
+/// The cpuidle driver and governor in use, for the report.
+pub fn cpuidle() -> String {
+    let read = |p: &str| {
+        std::fs::read_to_string(p).map_or_else(|_| "?".to_string(), |s| s.trim().to_string())
+    };
+    format!(
+        "cpuidle driver {}, governor {}",
+        read("/sys/devices/system/cpu/cpuidle/current_driver"),
+        read("/sys/devices/system/cpu/cpuidle/current_governor")
+    )
+}
