@@ -120,6 +120,14 @@ impl OooQueue {
         b.0.wrapping_add(b.1.len() as u32)
     }
 
+    /// Whether [start, end) is already held entirely.
+    fn covers(&self, rcv_nxt: u32, start: u32, end: u32) -> bool {
+        let rel = |s: u32| dist(rcv_nxt, s);
+        self.blocks
+            .iter()
+            .any(|b| rel(b.0) <= rel(start) && rel(end) <= rel(Self::end(b)))
+    }
+
     /// Insert `data` at `start` (`rcv_nxt` anchors the sequence comparisons).
     fn insert(&mut self, rcv_nxt: u32, start: u32, data: &[u8]) {
         if data.is_empty() {
@@ -233,6 +241,9 @@ pub struct Tcb {
     pub(crate) rcv_adv: u32,
     pub(crate) rcv_buf: VecDeque<u8>,
     pub(crate) ooo: OooQueue,
+    /// A duplicate segment to report in the first SACK block of the next ACK (RFC 2883
+    /// D-SACK), so a sender that retransmitted needlessly (reordering) can undo its reduction.
+    pub(crate) dsack: Option<(u32, u32)>,
     /// Sequence number of a FIN that arrived ahead of missing data.
     pub(crate) ooo_fin: Option<u32>,
     pub(crate) fin_rcvd: bool,
@@ -359,6 +370,7 @@ impl Tcb {
             rcv_adv: 0,
             rcv_buf: VecDeque::new(),
             ooo: OooQueue::default(),
+            dsack: None,
             ooo_fin: None,
             fin_rcvd: false,
             last_ack_sent: 0,
@@ -772,6 +784,12 @@ impl Tcb {
                 self.snd_nxt = self.iss;
                 return;
             }
+            if !seg.payload.is_empty() && self.sack_ok {
+                let end = seg.seq.wrapping_add(seg.payload.len() as u32);
+                if le(end, self.rcv_nxt) {
+                    self.dsack = Some((seg.seq, end));
+                }
+            }
             if !seg.rst {
                 // A retransmitted FIN in TIME-WAIT restarts the 2 MSL timer.
                 if self.state == TcpState::TimeWait && seg.fin {
@@ -913,6 +931,10 @@ impl Tcb {
         let mut whole = true;
         if lt(seq, self.rcv_nxt) {
             let skip = dist(seq, self.rcv_nxt) as usize;
+            if self.sack_ok && !data.is_empty() {
+                // RFC 2883 §4: report the duplicated part.
+                self.dsack = Some((seq, seq.wrapping_add(skip.min(data.len()) as u32)));
+            }
             if skip >= data.len() {
                 if !data.is_empty() {
                     // Entirely duplicate: a retransmission we already have (RFC 9293 §3.10.7.4).
@@ -953,6 +975,14 @@ impl Tcb {
                 self.schedule_delayed_ack(now, data.len());
             }
         } else {
+            if self.sack_ok
+                && self
+                    .ooo
+                    .covers(self.rcv_nxt, seq, seq.wrapping_add(data.len() as u32))
+            {
+                // RFC 2883 §4.2: a duplicate of out-of-order data.
+                self.dsack = Some((seq, seq.wrapping_add(data.len() as u32)));
+            }
             self.ooo.insert(self.rcv_nxt, seq, data);
             self.events.ooo_segments += 1;
             // RFC 5681 §4.2: out-of-order data gets an immediate (duplicate) ACK.
@@ -1532,7 +1562,12 @@ impl Tcb {
         let window = self.window_field(false);
         let ts = self.ts_ok.then(|| (self.tsval(now), self.ts_recent));
         let sack = if self.sack_ok {
-            self.ooo.sack_blocks()
+            let blocks = self.ooo.sack_blocks();
+            match self.dsack.take() {
+                // RFC 2883 §4: the D-SACK block first, then the usual blocks.
+                Some(d) => [Some(d), blocks[0], blocks[1]],
+                None => blocks,
+            }
         } else {
             [None; 3]
         };

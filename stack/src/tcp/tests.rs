@@ -569,3 +569,27 @@ fn syn_ack_retransmitted_on_duplicate_syn_and_timeout() {
     let rto = collect(&mut s, due);
     assert!(rto[0].seg.syn, "SYN-ACK retransmitted on timeout");
 }
+
+#[test]
+fn duplicate_segment_is_reported_as_dsack() {
+    let (mut c, mut s) = handshake();
+    let now = t0();
+    let segs = burst(&mut s, now, 2);
+    c.on_segment(now, &seg_in(&segs[0]));
+    collect(&mut c, now);
+    // The same segment again (a spurious retransmission): RFC 2883 D-SACK in the ACK.
+    c.on_segment(now, &seg_in(&segs[0]));
+    let acks = collect(&mut c, now);
+    let end = segs[0].seg.seq.wrapping_add(segs[0].payload.len() as u32);
+    assert_eq!(acks[0].seg.sack[0], Some((segs[0].seg.seq, end)));
+    assert_eq!(acks[0].seg.ack, Some(end));
+    // A duplicate of out-of-order data: D-SACK first, then the block it belongs to.
+    let more = burst(&mut s, now, 3);
+    c.on_segment(now, &seg_in(&more[2]));
+    collect(&mut c, now);
+    c.on_segment(now, &seg_in(&more[2]));
+    let acks = collect(&mut c, now);
+    let r = more[2].seg.seq.wrapping_add(more[2].payload.len() as u32);
+    assert_eq!(acks[0].seg.sack[0], Some((more[2].seg.seq, r)));
+    assert_eq!(acks[0].seg.sack[1], Some((more[2].seg.seq, r)));
+}
