@@ -4,6 +4,7 @@
 //! implement RFC 6275.
 
 use crate::time::Instant;
+pub use ds_mipv6::MhMeta;
 use std::net::Ipv6Addr;
 
 /// What to do with a packet carrying a Home Address option (RFC 6275 §6.3).
@@ -17,15 +18,11 @@ pub enum HaoVerdict {
 
 /// Mobility processing plugged into an [`crate::Interface`].
 pub trait MobilityHook: Send {
-    /// A Mobility Header (IPv6 next header 135) addressed to us. `mh` starts at the MH itself.
+    /// A Mobility Header (IPv6 next header 135) addressed to us that the interface's own
+    /// correspondent role did not take (HoT, CoT, BA, BE, BRR: the mobile-node side). `meta`
+    /// has the addresses as on the wire and the packet's HAO / RH2; `mh` starts at the MH.
     /// Return IPv6 packets (without link header) to send in answer.
-    fn on_mobility_header(
-        &mut self,
-        now: Instant,
-        src: Ipv6Addr,
-        dst: Ipv6Addr,
-        mh: &[u8],
-    ) -> Vec<Vec<u8>>;
+    fn on_mobility_header(&mut self, now: Instant, meta: MhMeta, mh: &[u8]) -> Vec<Vec<u8>>;
 
     /// A packet from care-of address `src` carrying Home Address option `home`.
     fn on_home_address_option(&mut self, now: Instant, src: Ipv6Addr, home: Ipv6Addr)
@@ -34,4 +31,16 @@ pub trait MobilityHook: Send {
     /// A type 2 routing header: the packet came to our care-of address `dst` for home address
     /// `home`. Return true if `home` is ours to accept (RFC 6275 §9.3.2 / §11.3.3).
     fn on_type2_routing(&mut self, now: Instant, dst: Ipv6Addr, home: Ipv6Addr) -> bool;
+
+    /// Outgoing: a packet from `src` to `dst`. If `src` is a home address this node serves
+    /// away from home towards `dst` (the mobile-node role), return the care-of address to
+    /// send from; the stack adds the Home Address option (RFC 6275 §11.3.1).
+    fn outgoing_from_home(
+        &mut self,
+        _now: Instant,
+        _src: Ipv6Addr,
+        _dst: Ipv6Addr,
+    ) -> Option<Ipv6Addr> {
+        None
+    }
 }

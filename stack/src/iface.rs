@@ -12,6 +12,8 @@ use crate::tcp::TcpConfig;
 use crate::tcp::TcpState;
 use crate::time::{Duration, Instant};
 use crate::udp::{UdpSocket, UDP_QUEUE};
+use ds_mipv6::cn::{CnConfig, CnEvent, Correspondent, FlowKey, HaoCheck};
+use ds_mipv6::MhMeta;
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
     EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, Icmpv6Packet, Icmpv6Repr,
@@ -21,6 +23,24 @@ use smoltcp::wire::{
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::{Ipv6Addr, SocketAddrV6};
+
+/// The mobility view of a received packet: addresses as on the wire and the home address
+/// carried by a Home Address option or a type 2 routing header.
+#[derive(Debug, Clone, Copy)]
+struct Mobility {
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    hao: Option<Ipv6Addr>,
+    rh2: Option<Ipv6Addr>,
+}
+
+/// Our clock in `ds-mipv6`'s type (same representation).
+fn mip_now(now: Instant) -> ds_mipv6::Instant {
+    ds_mipv6::Instant::from_micros(now.total_micros())
+}
+
+/// RFC 6275 §6.4: a type 2 routing header is 24 octets; so is our Home Address option header.
+const MOBILITY_EXT_LEN: usize = 24;
 
 /// Where frames go when the caller can take them at once.
 type Emit<'a> = &'a mut dyn FnMut(&[u8]);
@@ -51,6 +71,10 @@ pub struct Config {
     pub isn_secret: [u8; 16],
     /// Hop limit of packets we originate.
     pub hop_limit: u8,
+    /// Act as a Mobile IPv6 correspondent node (RFC 6275 §9) on all our addresses: answer
+    /// return-routability tests and Binding Updates, and route packets for bound home
+    /// addresses to their care-of addresses.
+    pub correspondent: bool,
 }
 
 impl Config {
@@ -64,6 +88,7 @@ impl Config {
             gateway: None,
             isn_secret: random_secret(),
             hop_limit: 64,
+            correspondent: true,
         }
     }
 }
@@ -189,6 +214,8 @@ pub struct Interface {
     next_ephemeral: u16,
     stats: Stats,
     hook: Option<Box<dyn MobilityHook>>,
+    cn: Option<Correspondent>,
+    home_addrs: Vec<Ipv6Addr>,
     icmp_budget: (Instant, u32),
     frag_ident: u32,
     scratch: Vec<u8>,
@@ -240,6 +267,19 @@ impl Interface {
         let link_local = eui64_link_local(cfg.mac);
         let mtu = cfg.mtu.max(MIN_MTU);
         let isn = IsnGenerator::new(&cfg.isn_secret);
+        let cn = if cfg.correspondent {
+            match Correspondent::with_random_secrets(CnConfig::default()) {
+                Ok(c) => Some(c),
+                Err(_) => {
+                    tracing::warn!(
+                        "no randomness for the correspondent's keys: MIPv6 correspondent role off"
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
         Interface {
             cfg: Config { mtu, ..cfg },
             link_local,
@@ -263,6 +303,8 @@ impl Interface {
             next_ephemeral: 49152 + (now.total_micros() as u16 % 8192),
             stats: Stats::default(),
             hook: None,
+            cn,
+            home_addrs: Vec::new(),
             icmp_budget: (now, 0),
             frag_ident: now.total_micros() as u32,
             scratch: Vec::with_capacity(ETH_HDR + mtu),
@@ -310,7 +352,27 @@ impl Interface {
     }
 
     fn is_ours(&self, a: &Ipv6Addr) -> bool {
+        *a == self.link_local || self.cfg.addrs.contains(a) || self.home_addrs.contains(a)
+    }
+
+    /// Addresses we answer Neighbour Solicitations for (not home addresses served away
+    /// from home: another node owns those on the link).
+    fn owns_on_link(&self, a: &Ipv6Addr) -> bool {
         *a == self.link_local || self.cfg.addrs.contains(a)
+    }
+
+    /// Serve a home address away from home (the mobile-node role, RFC 6275 §11): connections
+    /// may use it as their local address and packets for it are accepted (normally via a type
+    /// 2 routing header), but it is not claimed on the link with Neighbour Advertisements.
+    pub fn add_home_addr(&mut self, a: Ipv6Addr) {
+        if !self.home_addrs.contains(&a) {
+            self.home_addrs.push(a);
+        }
+    }
+
+    /// Stop serving a home address.
+    pub fn remove_home_addr(&mut self, a: Ipv6Addr) {
+        self.home_addrs.retain(|x| *x != a);
     }
 
     fn accepts_dst(&self, a: &Ipv6Addr) -> bool {
@@ -334,7 +396,12 @@ impl Interface {
     /// The earliest instant at which [`Interface::poll`] has work (`None`: only input matters).
     pub fn poll_at(&self) -> Option<Instant> {
         let mut t = self.timers.peek().map(|r| r.0 .0);
-        for x in [self.nd.poll_at(), self.frag.poll_at()]
+        let cn_at = self
+            .cn
+            .as_ref()
+            .and_then(|c| c.poll_at())
+            .map(|t| Instant::from_micros(t.total_micros()));
+        for x in [self.nd.poll_at(), self.frag.poll_at(), cn_at]
             .into_iter()
             .flatten()
         {
@@ -373,6 +440,11 @@ impl Interface {
             self.solicit(a);
         }
         self.stats.reassembly_failed += self.frag.expire(now) as u64;
+        if let Some(cn) = self.cn.as_mut() {
+            for t in cn.poll(mip_now(now)) {
+                self.send_ipv6_packet(now, &t.packet);
+            }
+        }
     }
 
     fn arm(&mut self, idx: u32) {
@@ -551,8 +623,12 @@ impl Interface {
         let mut nh = pkt[6];
         let mut off = IP6_HDR;
         let mut nh_field = 6usize;
-        let mut src_eff = src;
-        let mut dst_eff = dst;
+        let mut mob = Mobility {
+            src,
+            dst,
+            hao: None,
+            rh2: None,
+        };
         let mut first = true;
         loop {
             match nh {
@@ -567,8 +643,8 @@ impl Interface {
                         self.stats.rx_malformed += 1;
                         return;
                     };
-                    match self.process_options(now, pkt, off, len, src, dst) {
-                        Ok(Some(home)) => src_eff = home,
+                    match self.process_options(now, pkt, off, len, dst) {
+                        Ok(Some(home)) => mob.hao = Some(home),
                         Ok(None) => {}
                         Err(()) => return,
                     }
@@ -589,16 +665,18 @@ impl Interface {
                         let home = Ipv6Addr::from(
                             <[u8; 16]>::try_from(&pkt[off + 8..off + 24]).unwrap_or([0; 16]),
                         );
-                        let ok = match self.hook.as_mut() {
-                            Some(h) => h.on_type2_routing(now, dst, home),
-                            None => false,
-                        };
-                        if !ok || !self.is_ours(&home) && self.hook.is_none() {
+                        // RFC 6275 §9.3.2 / §11.3.3: only for a home address served here.
+                        let ok = self.is_ours(&home)
+                            || self
+                                .hook
+                                .as_mut()
+                                .is_some_and(|h| h.on_type2_routing(now, dst, home));
+                        if !ok {
                             self.stats.rx_bad_exthdr += 1;
                             return;
                         }
                         self.stats.mobility_rx += 1;
-                        dst_eff = home;
+                        mob.rh2 = Some(home);
                     } else if left != 0 {
                         // RFC 8200 §4.4: unknown type with segments left → Parameter Problem
                         // pointing at the routing type (we are no router for other types).
@@ -646,8 +724,7 @@ impl Interface {
                                 now,
                                 done.next_header,
                                 &done.payload,
-                                src_eff,
-                                dst_eff,
+                                &mob,
                                 hop_limit,
                                 src_mac,
                                 pkt,
@@ -665,16 +742,7 @@ impl Interface {
                 }
                 _ => {
                     let _ = nh_field;
-                    self.upper(
-                        now,
-                        nh,
-                        &pkt[off..],
-                        src_eff,
-                        dst_eff,
-                        hop_limit,
-                        src_mac,
-                        pkt,
-                    );
+                    self.upper(now, nh, &pkt[off..], &mob, hop_limit, src_mac, pkt);
                     return;
                 }
             }
@@ -687,14 +755,14 @@ impl Interface {
     }
 
     /// TLV options of a hop-by-hop or destination-options header (RFC 8200 §4.2). Returns the
-    /// home address when a Home Address option was accepted.
+    /// home address of a Home Address option; whether it is accepted is decided with the
+    /// upper layer in view (a Binding Update carries one and is checked differently).
     fn process_options(
         &mut self,
         now: Instant,
         pkt: &[u8],
         off: usize,
         len: usize,
-        src: Ipv6Addr,
         dst: Ipv6Addr,
     ) -> Result<Option<Ipv6Addr>, ()> {
         let mut i = off + 2;
@@ -717,21 +785,12 @@ impl Interface {
             }
             match t {
                 1 => {}
-                // RFC 6275 §6.3 Home Address option.
-                201 if olen == 16 && self.hook.is_some() => {
-                    let h = Ipv6Addr::from(
+                // RFC 6275 §6.3 Home Address option (understood when we are a correspondent
+                // or run a mobility hook; otherwise its type's high bits say discard + ICMP).
+                201 if olen == 16 && (self.cn.is_some() || self.hook.is_some()) => {
+                    home = Some(Ipv6Addr::from(
                         <[u8; 16]>::try_from(&pkt[i + 2..i + 18]).unwrap_or([0; 16]),
-                    );
-                    let verdict = match self.hook.as_mut() {
-                        Some(hook) => hook.on_home_address_option(now, src, h),
-                        None => HaoVerdict::Reject,
-                    };
-                    if verdict == HaoVerdict::Reject {
-                        self.stats.rx_bad_exthdr += 1;
-                        return Err(());
-                    }
-                    self.stats.mobility_rx += 1;
-                    home = Some(h);
+                    ));
                 }
                 _ => {
                     // RFC 8200 §4.2: the two high-order bits say what to do with unknown options.
@@ -767,42 +826,104 @@ impl Interface {
         now: Instant,
         nh: u8,
         payload: &[u8],
-        src: Ipv6Addr,
-        dst: Ipv6Addr,
+        mob: &Mobility,
         hop_limit: u8,
         src_mac: Option<[u8; 6]>,
         whole: &[u8],
     ) {
+        if nh == 135 {
+            self.receive_mobility_header(now, payload, mob, whole);
+            return;
+        }
+        // RFC 6275 §9.3.1: a Home Address option is honoured only with a binding for
+        // (home address, source); then upper layers see the home address as the source.
+        let mut src = mob.src;
+        if let Some(home) = mob.hao {
+            if !self.accept_hao(now, mob, home) {
+                self.stats.rx_bad_exthdr += 1;
+                return;
+            }
+            self.stats.mobility_rx += 1;
+            src = home;
+        }
+        let dst = mob.rh2.unwrap_or(mob.dst);
         match nh {
             6 => self.receive_tcp(now, payload, src, dst),
             17 => self.receive_udp(now, payload, src, dst, whole),
             58 => self.receive_icmp(now, payload, src, dst, hop_limit, src_mac),
-            135 => {
-                // RFC 6275 §9.2: Mobility Header.
-                let replies = match self.hook.as_mut() {
-                    Some(h) => {
-                        self.stats.mobility_rx += 1;
-                        h.on_mobility_header(now, src, dst, payload)
-                    }
-                    None => {
-                        // RFC 6275 §6.1.1 / RFC 8200: we do not implement MH here.
-                        self.stats.rx_bad_exthdr += 1;
-                        self.param_problem(now, whole, 1, 6);
-                        return;
-                    }
-                };
-                for r in replies {
-                    self.send_ipv6_packet(now, &r);
-                }
-            }
             _ => {
                 self.stats.rx_bad_exthdr += 1;
                 // RFC 8200 §4: unrecognised Next Header → Parameter Problem code 1.
-                let ptr = whole.len() - payload.len();
-                let _ = ptr;
                 self.param_problem(now, whole, 1, 6);
             }
         }
+    }
+
+    fn accept_hao(&mut self, now: Instant, mob: &Mobility, home: Ipv6Addr) -> bool {
+        let t = mip_now(now);
+        if let Some(cn) = self.cn.as_mut() {
+            match cn.check_hao(t, mob.dst, mob.src, home, false) {
+                HaoCheck::Accept => return true,
+                HaoCheck::Reject(be) => {
+                    // Perhaps a binding of the node's own mobile role (hook) covers it.
+                    if let Some(h) = self.hook.as_mut() {
+                        if h.on_home_address_option(now, mob.src, home) == HaoVerdict::Accept {
+                            return true;
+                        }
+                    }
+                    if let Some(be) = be {
+                        self.send_ipv6_packet(now, &be.packet);
+                    }
+                    return false;
+                }
+            }
+        }
+        self.hook
+            .as_mut()
+            .is_some_and(|h| h.on_home_address_option(now, mob.src, home) == HaoVerdict::Accept)
+    }
+
+    /// RFC 6275 §9.2: a Mobility Header for us. The correspondent role answers what is its
+    /// (HoTI, CoTI, BU); the rest (HoT, CoT, BA, BE, BRR) goes to the node's mobile role.
+    fn receive_mobility_header(&mut self, now: Instant, mh: &[u8], mob: &Mobility, whole: &[u8]) {
+        let meta = MhMeta {
+            src: mob.src,
+            dst: mob.dst,
+            hao: mob.hao,
+            rh2: mob.rh2,
+        };
+        let mut handled = false;
+        if let Some(cn) = self.cn.as_mut() {
+            let out = cn.on_mobility_header(mip_now(now), meta, mh);
+            handled = !matches!(out.event, CnEvent::Ignored);
+            tracing::debug!(event = ?out.event, "mobility header (correspondent)");
+            if let CnEvent::BindingUpdated { home, .. } = &out.event {
+                // Packets to it now carry a routing header: make room for it.
+                let cur = self.pmtu.get(home).map(|p| p.0).unwrap_or(self.cfg.mtu);
+                let home = *home;
+                self.set_path_mtu(now, home, cur.min(self.cfg.mtu - MOBILITY_EXT_LEN));
+            }
+            for t in out.transmit {
+                self.send_ipv6_packet(now, &t.packet);
+            }
+        }
+        if !handled {
+            match self.hook.as_mut() {
+                Some(h) => {
+                    for r in h.on_mobility_header(now, meta, mh) {
+                        self.send_ipv6_packet(now, &r);
+                    }
+                }
+                None if self.cn.is_none() => {
+                    // RFC 6275 §6.1.1 / RFC 8200: Mobility Header not implemented here.
+                    self.stats.rx_bad_exthdr += 1;
+                    self.param_problem(now, whole, 1, 6);
+                    return;
+                }
+                None => {}
+            }
+        }
+        self.stats.mobility_rx += 1;
     }
 
     fn receive_icmp(
@@ -922,7 +1043,7 @@ impl Interface {
                 target_addr,
                 lladdr,
             } => {
-                if !self.is_ours(&target_addr) {
+                if !self.owns_on_link(&target_addr) {
                     return;
                 }
                 let dad = src.is_unspecified();
@@ -1264,6 +1385,11 @@ impl Interface {
         dst: Ipv6Addr,
         emit: Option<Emit<'_>>,
     ) {
+        let dst = if self.cn.is_some() || self.hook.is_some() {
+            self.mobility_out(now, &mut buf).unwrap_or(dst)
+        } else {
+            dst
+        };
         let hop = self.next_hop(&dst);
         let mac = if hop.is_multicast() {
             Some(multicast_mac(hop))
@@ -1299,6 +1425,101 @@ impl Interface {
                 self.scratch = buf;
             }
         }
+    }
+
+    /// Route optimisation on output (RFC 6275 §9.3.2 and §11.3.1): a packet to a home address
+    /// bound at our correspondent goes to the care-of address with a type 2 routing header; a
+    /// packet from a home address our mobile role serves away from home goes out from the
+    /// care-of address with a Home Address option. Upper-layer checksums keep the home
+    /// addresses (RFC 8200 §8.1, RFC 6275 §6.3), so only headers change. Returns the new
+    /// IPv6 destination when it changed.
+    fn mobility_out(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Ipv6Addr> {
+        if buf.len() < ETH_HDR + IP6_HDR {
+            return None;
+        }
+        let ip = &buf[ETH_HDR..];
+        let nh = ip[6];
+        let src = Ipv6Addr::from(<[u8; 16]>::try_from(&ip[8..24]).ok()?);
+        let dst = Ipv6Addr::from(<[u8; 16]>::try_from(&ip[24..40]).ok()?);
+        if dst.is_multicast() || dst.segments()[0] & 0xffc0 == 0xfe80 {
+            return None;
+        }
+        let upper = &ip[IP6_HDR..];
+        // Only upper-layer packets we built (no Mobility Header, §6.1; no Neighbour Discovery).
+        let flow = match nh {
+            6 | 17 if upper.len() >= 4 => Some(FlowKey {
+                next_header: nh,
+                local_port: u16::from_be_bytes([upper[0], upper[1]]),
+                remote_port: u16::from_be_bytes([upper[2], upper[3]]),
+            }),
+            58 if upper.first().is_some_and(|t| !(133..=137).contains(t)) => None,
+            _ => return None,
+        };
+        let t = mip_now(now);
+        let care_of = self
+            .cn
+            .as_mut()
+            .and_then(|cn| cn.route_out(t, dst, flow))
+            .map(|r| r.care_of);
+        let from = self
+            .hook
+            .as_mut()
+            .and_then(|h| h.outgoing_from_home(now, src, dst));
+        if care_of.is_none() && from.is_none() {
+            return None;
+        }
+        let mut ext = Vec::with_capacity(2 * MOBILITY_EXT_LEN);
+        let mut first_nh = nh;
+        if let Some(coa) = from {
+            // RFC 6275 §6.3: Destination Options header with PadN then the Home Address option
+            // (alignment 8n+6).
+            let mut d = vec![first_nh, 2, 1, 2, 0, 0, 201, 16];
+            d.extend_from_slice(&src.octets());
+            first_nh = 60;
+            ext = d;
+            buf[ETH_HDR + 8..ETH_HDR + 24].copy_from_slice(&coa.octets());
+        }
+        if let Some(coa) = care_of {
+            // RFC 6275 §6.4: type 2 routing header, one segment left, carrying the home address;
+            // it precedes the destination options (RFC 8200 §4.1 order).
+            let mut r = vec![first_nh, 2, 2, 1, 0, 0, 0, 0];
+            r.extend_from_slice(&dst.octets());
+            r.extend_from_slice(&ext);
+            ext = r;
+            first_nh = 43;
+            buf[ETH_HDR + 24..ETH_HDR + 40].copy_from_slice(&coa.octets());
+        }
+        let plen = u16::from_be_bytes([buf[ETH_HDR + 4], buf[ETH_HDR + 5]]) as usize + ext.len();
+        buf[ETH_HDR + 4..ETH_HDR + 6].copy_from_slice(&(plen.min(65535) as u16).to_be_bytes());
+        buf[ETH_HDR + 6] = first_nh;
+        let at = ETH_HDR + IP6_HDR;
+        buf.splice(at..at, ext);
+        Some(care_of.unwrap_or(dst))
+    }
+
+    /// Set the path MTU towards `dst` (e.g. lower it by the 24 octets of a routing header when
+    /// packets to it will carry one): later segments of connections to it shrink to fit.
+    pub fn set_path_mtu(&mut self, now: Instant, dst: Ipv6Addr, mtu: usize) {
+        let mtu = mtu.clamp(MIN_MTU, self.cfg.mtu);
+        self.pmtu.insert(dst, (mtu, now));
+        let idxs: Vec<u32> = self
+            .demux
+            .iter()
+            .filter(|(k, _)| k.2 == dst)
+            .map(|(_, v)| *v)
+            .collect();
+        for idx in idxs {
+            if let Some(t) = self.slots[idx as usize].tcb.as_mut() {
+                let mss = tcp_mss_for(mtu, t.ts_ok);
+                t.on_path_mtu(mss);
+            }
+            self.after_tcb_event(idx);
+        }
+    }
+
+    /// The correspondent node's binding cache entry for a home address (diagnostics, tests).
+    pub fn correspondent(&self) -> Option<&Correspondent> {
+        self.cn.as_ref()
     }
 
     fn next_hop(&self, dst: &Ipv6Addr) -> Ipv6Addr {
