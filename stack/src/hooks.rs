@@ -43,4 +43,14 @@ pub trait MobilityHook: Send {
     ) -> Option<Ipv6Addr> {
         None
     }
+
+    /// Timers: packets to send now (retransmissions, queued signalling).
+    fn poll(&mut self, _now: Instant) -> Vec<Vec<u8>> {
+        Vec::new()
+    }
+
+    /// When [`MobilityHook::poll`] next has work.
+    fn poll_at(&self) -> Option<Instant> {
+        None
+    }
 }

@@ -401,7 +401,8 @@ impl Interface {
             .as_ref()
             .and_then(|c| c.poll_at())
             .map(|t| Instant::from_micros(t.total_micros()));
-        for x in [self.nd.poll_at(), self.frag.poll_at(), cn_at]
+        let hook_at = self.hook.as_ref().and_then(|h| h.poll_at());
+        for x in [self.nd.poll_at(), self.frag.poll_at(), cn_at, hook_at]
             .into_iter()
             .flatten()
         {
@@ -443,6 +444,11 @@ impl Interface {
         if let Some(cn) = self.cn.as_mut() {
             for t in cn.poll(mip_now(now)) {
                 self.send_ipv6_packet(now, &t.packet);
+            }
+        }
+        if let Some(h) = self.hook.as_mut() {
+            for p in h.poll(now) {
+                self.send_ipv6_packet(now, &p);
             }
         }
     }

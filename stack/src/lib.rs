@@ -17,6 +17,7 @@ pub mod frag;
 pub mod hooks;
 pub mod iface;
 pub mod isn;
+pub mod mobile;
 pub mod ndp;
 pub mod runner;
 pub mod state;

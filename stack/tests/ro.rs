@@ -5,89 +5,14 @@
 //! after the Binding Acknowledgement the client's packets go straight to the acceptor's care-of
 //! address with a type 2 routing header, and the acceptor answers with a Home Address option.
 
-use ds_mipv6::mn::{HomeTicket, Keygen, MnBinding, MnBindingConfig, MnEvent, TestInit};
-use ds_mipv6::rr::TokenKind;
-use ds_mipv6::MhMeta;
-use ds_stack::hooks::{HaoVerdict, MobilityHook};
+use ds_mipv6::mn::MnEvent;
+use ds_stack::mobile::MobileRole;
 use ds_stack::{Config, Instant, Interface, TcpState};
 use std::net::{Ipv6Addr, SocketAddrV6};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 fn ip(s: &str) -> Ipv6Addr {
     s.parse().unwrap()
-}
-
-fn mip(t: Instant) -> ds_mipv6::Instant {
-    ds_mipv6::Instant::from_micros(t.total_micros())
-}
-
-/// The mobile-node side of a distributed-server node, shared with the test body.
-#[derive(Default)]
-struct MnState {
-    home: Option<Ipv6Addr>,
-    care_of: Option<Ipv6Addr>,
-    home_test: Option<TestInit>,
-    coa_test: Option<TestInit>,
-    home_kg: Option<Keygen>,
-    coa_kg: Option<Keygen>,
-    binding: Option<MnBinding>,
-    events: Vec<MnEvent>,
-}
-
-struct MnHook(Arc<Mutex<MnState>>);
-
-impl MobilityHook for MnHook {
-    fn on_mobility_header(&mut self, now: Instant, meta: MhMeta, mh: &[u8]) -> Vec<Vec<u8>> {
-        let mut st = self.0.lock().unwrap();
-        let t = mip(now);
-        if let Some(k) = st
-            .home_test
-            .as_mut()
-            .and_then(|x| x.on_mobility_header(t, meta, mh))
-        {
-            st.home_kg = Some(k);
-        }
-        if let Some(k) = st
-            .coa_test
-            .as_mut()
-            .and_then(|x| x.on_mobility_header(t, meta, mh))
-        {
-            st.coa_kg = Some(k);
-        }
-        let mut out = Vec::new();
-        if let Some(b) = st.binding.as_mut() {
-            let (ev, tx) = b.on_mobility_header(t, meta, mh);
-            out.extend(tx.map(|x| x.packet));
-            st.events.push(ev);
-        }
-        out
-    }
-
-    fn on_home_address_option(
-        &mut self,
-        _now: Instant,
-        _src: Ipv6Addr,
-        _home: Ipv6Addr,
-    ) -> HaoVerdict {
-        HaoVerdict::Reject
-    }
-
-    fn on_type2_routing(&mut self, _now: Instant, dst: Ipv6Addr, home: Ipv6Addr) -> bool {
-        let st = self.0.lock().unwrap();
-        st.home == Some(home) && st.care_of == Some(dst)
-    }
-
-    fn outgoing_from_home(
-        &mut self,
-        now: Instant,
-        src: Ipv6Addr,
-        _dst: Ipv6Addr,
-    ) -> Option<Ipv6Addr> {
-        let st = self.0.lock().unwrap();
-        let bound = st.binding.as_ref().is_some_and(|b| b.is_bound(mip(now)));
-        (st.home == Some(src) && bound).then_some(st.care_of?)
-    }
 }
 
 /// One broadcast link: every frame reaches every other interface (they filter by MAC).
@@ -95,6 +20,14 @@ struct Lan {
     ifs: Vec<Interface>,
     now: Instant,
     log: Vec<(usize, Vec<u8>)>,
+    /// Lose the next Binding Update on the wire.
+    drop_bu: bool,
+    bus_seen: Vec<Instant>,
+}
+
+/// A Binding Update from a care-of address: IPv6, Destination Options (HAO), MH type 5.
+fn is_bu(f: &[u8]) -> bool {
+    f.len() > 80 && f[14 + 6] == 60 && f[54] == 135 && f[80] == 5
 }
 
 impl Lan {
@@ -107,6 +40,15 @@ impl Lan {
             }
             if frames.is_empty() {
                 break;
+            }
+            let now = self.now;
+            for (_, fr) in frames.iter().filter(|(_, f)| is_bu(f)) {
+                let _ = fr;
+                self.bus_seen.push(now);
+            }
+            if self.drop_bu && frames.iter().any(|(_, f)| is_bu(f)) {
+                frames.retain(|(_, f)| !is_bu(f));
+                self.drop_bu = false;
             }
             for (from, fr) in &frames {
                 for (j, f) in self.ifs.iter_mut().enumerate() {
@@ -121,10 +63,6 @@ impl Lan {
     }
 }
 
-fn send(iface: &mut Interface, now: Instant, pkt: &[u8]) {
-    iface.send_ipv6_packet(now, pkt);
-}
-
 #[test]
 fn route_optimised_handoff_between_nodes() {
     let (a_ip, b_ip, c_ip, h) = (ip("fd00::1"), ip("fd00::2"), ip("fd00::3"), ip("fd00::80"));
@@ -132,22 +70,17 @@ fn route_optimised_handoff_between_nodes() {
     let a = Interface::new(Config::new([2, 0, 0, 0, 0, 1], vec![a_ip]), t0);
     let mut b = Interface::new(Config::new([2, 0, 0, 0, 0, 2], vec![b_ip, h]), t0);
     let mut c = Interface::new(Config::new([2, 0, 0, 0, 0, 3], vec![c_ip]), t0);
-    let b_mn = Arc::new(Mutex::new(MnState {
-        home: Some(h),
-        ..Default::default()
-    }));
-    let c_mn = Arc::new(Mutex::new(MnState {
-        home: Some(h),
-        care_of: Some(c_ip),
-        ..Default::default()
-    }));
-    b.set_mobility_hook(Box::new(MnHook(b_mn.clone())));
-    c.set_mobility_hook(Box::new(MnHook(c_mn.clone())));
+    let b_mn = MobileRole::new(h, None);
+    let c_mn = MobileRole::new(h, Some(c_ip));
+    b.set_mobility_hook(b_mn.hook());
+    c.set_mobility_hook(c_mn.hook());
     let l = b.tcp_listen(SocketAddrV6::new(h, 80, 0, 0), 4).unwrap();
     let mut lan = Lan {
         ifs: vec![a, b, c],
         now: t0,
         log: Vec::new(),
+        drop_bu: true,
+        bus_seen: Vec::new(),
     };
 
     // The client connects to the DS address; the contact node serves the first half.
@@ -185,22 +118,13 @@ fn route_optimised_handoff_between_nodes() {
     // Return routability: the contact node (which holds the home address) runs the home test,
     // the acceptor the care-of test.
     let now = lan.now;
-    let (ht, pkt) = TestInit::start(mip(now), TokenKind::Home, h, a_ip, [1; 8]);
-    b_mn.lock().unwrap().home_test = Some(ht);
-    send(&mut lan.ifs[1], now, &pkt.packet);
-    let (ct, pkt) = TestInit::start(mip(now), TokenKind::CareOf, c_ip, a_ip, [2; 8]);
-    c_mn.lock().unwrap().coa_test = Some(ct);
-    send(&mut lan.ifs[2], now, &pkt.packet);
+    b_mn.start_home_test(now, a_ip, [1; 8]);
+    c_mn.start_care_of_test(now, a_ip, [2; 8]);
     for _ in 0..20 {
         lan.step();
     }
-    let home_kg = b_mn
-        .lock()
-        .unwrap()
-        .home_kg
-        .expect("home keygen token at the contact node");
     assert!(
-        c_mn.lock().unwrap().coa_kg.is_some(),
+        c_mn.has_care_of_token(),
         "care-of keygen token at the acceptor"
     );
 
@@ -209,40 +133,33 @@ fn route_optimised_handoff_between_nodes() {
     let now = lan.now;
     let state = lan.ifs[1].tcp_freeze(now, srv).unwrap().encode();
     assert!(state.len() <= 96, "drained state {} bytes", state.len());
-    let ticket = HomeTicket::export(&home_kg, mip(now), 1);
+    let ticket = b_mn
+        .home_ticket(now, 1)
+        .expect("home keygen token at the contact node");
     let st = ds_stack::ConnState::decode(&state).unwrap();
     lan.ifs[2].add_home_addr(h);
     let srv2 = lan.ifs[2].tcp_thaw(now, &st).unwrap();
-    {
-        let mut m = c_mn.lock().unwrap();
-        let cfg = MnBindingConfig {
-            home: h,
-            care_of: c_ip,
-            cn: a_ip,
-            lifetime: Duration::from_secs(120),
-            bid: None,
-            flows: vec![],
-        };
-        let mut binding = MnBinding::from_ticket(cfg, &ticket, mip(now)).unwrap();
-        let kg = m.coa_kg.unwrap();
-        binding.set_keygen(kg).unwrap();
-        let bu = binding.send_update(mip(now)).unwrap();
-        m.binding = Some(binding);
-        drop(m);
-        send(&mut lan.ifs[2], now, &bu.packet);
-    }
+    c_mn.bind(now, &ticket, a_ip, Duration::from_secs(120))
+        .unwrap();
     let log_mark = lan.log.len();
-    for _ in 0..20 {
+    // The first BU is lost on the wire: it is retransmitted after INITIAL_BINDACK_TIMEOUT.
+    while !c_mn.is_bound(lan.now) {
         lan.step();
+        assert!(
+            lan.now < now + Duration::from_secs(5),
+            "no binding: {:?}",
+            c_mn.take_events()
+        );
     }
+    assert!(c_mn
+        .take_events()
+        .iter()
+        .any(|e| matches!(e, MnEvent::Bound { .. })));
+    assert_eq!(lan.bus_seen.len(), 2, "one lost BU, one retransmission");
+    let gap = lan.bus_seen[1] - lan.bus_seen[0];
     assert!(
-        c_mn.lock()
-            .unwrap()
-            .events
-            .iter()
-            .any(|e| matches!(e, MnEvent::Bound { .. })),
-        "binding acknowledged: {:?}",
-        c_mn.lock().unwrap().events
+        gap >= Duration::from_millis(999) && gap < Duration::from_millis(1100),
+        "retransmitted after {gap:?}"
     );
     assert!(
         lan.ifs[0]

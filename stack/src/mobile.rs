@@ -1,0 +1,238 @@
+//! The mobile-node role of a distributed-server node for its DS (home) address, as a
+//! [`MobilityHook`]: return-routability tests, the Binding Update list entry towards a
+//! correspondent with retransmission, acceptance of packets routed to the home address with a
+//! type 2 routing header, and the Home Address option on what it sends (RFC 6275 §11).
+//!
+//! The seed's inversion: the *server* moves. The contact node (which receives the home
+//! address's packets) runs the home test and exports the home keygen token as a
+//! [`HomeTicket`]; the acceptor imports it, runs the care-of test itself and sends the
+//! Binding Update. State sits behind a shared handle so the node's control logic can drive it
+//! while the interface owns the hook.
+
+use crate::hooks::{HaoVerdict, MhMeta, MobilityHook};
+use crate::time::Instant;
+use ds_mipv6::mn::{HomeTicket, Keygen, MnBinding, MnBindingConfig, MnError, MnEvent, TestInit};
+use ds_mipv6::rr::TokenKind;
+use std::net::Ipv6Addr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+fn mip(t: Instant) -> ds_mipv6::Instant {
+    ds_mipv6::Instant::from_micros(t.total_micros())
+}
+
+#[derive(Debug, Default)]
+struct State {
+    home: Option<Ipv6Addr>,
+    care_of: Option<Ipv6Addr>,
+    home_test: Option<TestInit>,
+    coa_test: Option<TestInit>,
+    home_kg: Option<Keygen>,
+    coa_kg: Option<Keygen>,
+    binding: Option<MnBinding>,
+    events: Vec<MnEvent>,
+    /// Packets produced outside a hook call (start of tests, BU), sent at the next poll.
+    outbox: Vec<Vec<u8>>,
+}
+
+/// A handle on the mobile role; clone it, give one to the interface
+/// ([`crate::Interface::set_mobility_hook`] with [`MobileRole::hook`]) and drive the other.
+#[derive(Debug, Clone, Default)]
+pub struct MobileRole {
+    st: Arc<Mutex<State>>,
+}
+
+impl MobileRole {
+    /// A role serving `home`; `care_of` is this node's own address when it serves the home
+    /// address away from home (`None` on the contact node, which is "at home").
+    pub fn new(home: Ipv6Addr, care_of: Option<Ipv6Addr>) -> Self {
+        let r = MobileRole::default();
+        {
+            let mut s = r.lock();
+            s.home = Some(home);
+            s.care_of = care_of;
+        }
+        r
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves plain data behind; keep going with it.
+        self.st.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The hook to install on the interface.
+    pub fn hook(&self) -> Box<dyn MobilityHook> {
+        Box::new(self.clone())
+    }
+
+    /// Start the home test (HoTI from the home address) towards `cn`; sent at the next poll.
+    /// RR may run before it is needed: tokens live for minutes (§5.2.7).
+    pub fn start_home_test(&self, now: Instant, cn: Ipv6Addr, cookie: [u8; 8]) {
+        let mut s = self.lock();
+        let Some(home) = s.home else { return };
+        let (t, tx) = TestInit::start(mip(now), TokenKind::Home, home, cn, cookie);
+        s.home_test = Some(t);
+        s.outbox.push(tx.packet);
+    }
+
+    /// Start the care-of test (CoTI from our care-of address) towards `cn`.
+    pub fn start_care_of_test(&self, now: Instant, cn: Ipv6Addr, cookie: [u8; 8]) {
+        let mut s = self.lock();
+        let Some(coa) = s.care_of else { return };
+        let (t, tx) = TestInit::start(mip(now), TokenKind::CareOf, coa, cn, cookie);
+        s.coa_test = Some(t);
+        s.outbox.push(tx.packet);
+    }
+
+    /// The home keygen token as a ticket for the acceptor, once the home test completed;
+    /// `next_sequence` continues the Binding Update numbering towards this correspondent.
+    pub fn home_ticket(&self, now: Instant, next_sequence: u16) -> Option<HomeTicket> {
+        let s = self.lock();
+        s.home_kg
+            .as_ref()
+            .map(|k| HomeTicket::export(k, mip(now), next_sequence))
+    }
+
+    /// Whether the care-of test completed.
+    pub fn has_care_of_token(&self) -> bool {
+        self.lock().coa_kg.is_some()
+    }
+
+    /// Create the binding towards `cn` from a home ticket and our care-of token, and send the
+    /// Binding Update (retransmitted with back-off until acknowledged, §11.8).
+    pub fn bind(
+        &self,
+        now: Instant,
+        ticket: &HomeTicket,
+        cn: Ipv6Addr,
+        lifetime: Duration,
+    ) -> Result<(), MnError> {
+        let mut s = self.lock();
+        let (Some(home), Some(care_of)) = (s.home, s.care_of) else {
+            return Err(MnError::WrongToken);
+        };
+        let cfg = MnBindingConfig {
+            home,
+            care_of,
+            cn,
+            lifetime,
+            bid: None,
+            flows: vec![],
+        };
+        let mut b = MnBinding::from_ticket(cfg, ticket, mip(now))?;
+        let kg = s.coa_kg.ok_or(MnError::WrongToken)?;
+        b.set_keygen(kg)?;
+        let bu = b.send_update(mip(now))?;
+        s.outbox.push(bu.packet);
+        s.binding = Some(b);
+        Ok(())
+    }
+
+    /// Whether the correspondent acknowledged our binding and it has not expired.
+    pub fn is_bound(&self, now: Instant) -> bool {
+        self.lock()
+            .binding
+            .as_ref()
+            .is_some_and(|b| b.is_bound(mip(now)))
+    }
+
+    /// Events from Binding Acknowledgements so far (drained).
+    pub fn take_events(&self) -> Vec<MnEvent> {
+        std::mem::take(&mut self.lock().events)
+    }
+}
+
+impl MobilityHook for MobileRole {
+    fn on_mobility_header(&mut self, now: Instant, meta: MhMeta, mh: &[u8]) -> Vec<Vec<u8>> {
+        let mut s = self.lock();
+        let t = mip(now);
+        if let Some(k) = s
+            .home_test
+            .as_mut()
+            .and_then(|x| x.on_mobility_header(t, meta, mh))
+        {
+            s.home_kg = Some(k);
+        }
+        if let Some(k) = s
+            .coa_test
+            .as_mut()
+            .and_then(|x| x.on_mobility_header(t, meta, mh))
+        {
+            s.coa_kg = Some(k);
+        }
+        let mut out = Vec::new();
+        let ev = s
+            .binding
+            .as_mut()
+            .map(|b| b.on_mobility_header(t, meta, mh));
+        if let Some((ev, tx)) = ev {
+            tracing::debug!(event = ?ev, "mobility header (mobile role)");
+            out.extend(tx.map(|x| x.packet));
+            s.events.push(ev);
+        }
+        out
+    }
+
+    fn on_home_address_option(
+        &mut self,
+        _now: Instant,
+        _src: Ipv6Addr,
+        _home: Ipv6Addr,
+    ) -> HaoVerdict {
+        // Accepting HAOs is the correspondent's job (the interface has one).
+        HaoVerdict::Reject
+    }
+
+    fn on_type2_routing(&mut self, _now: Instant, dst: Ipv6Addr, home: Ipv6Addr) -> bool {
+        let s = self.lock();
+        s.home == Some(home) && s.care_of == Some(dst)
+    }
+
+    fn outgoing_from_home(
+        &mut self,
+        now: Instant,
+        src: Ipv6Addr,
+        _dst: Ipv6Addr,
+    ) -> Option<Ipv6Addr> {
+        let s = self.lock();
+        let bound = s.binding.as_ref().is_some_and(|b| b.is_bound(mip(now)));
+        if s.home == Some(src) && bound {
+            s.care_of
+        } else {
+            None
+        }
+    }
+
+    fn poll(&mut self, now: Instant) -> Vec<Vec<u8>> {
+        let mut guard = self.lock();
+        let s = &mut *guard;
+        let t = mip(now);
+        let mut out = std::mem::take(&mut s.outbox);
+        for test in [s.home_test.as_mut(), s.coa_test.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            out.extend(test.poll(t).map(|x| x.packet));
+        }
+        if let Some(b) = s.binding.as_mut() {
+            out.extend(b.poll(t).map(|x| x.packet));
+        }
+        out
+    }
+
+    fn poll_at(&self) -> Option<Instant> {
+        let s = self.lock();
+        if !s.outbox.is_empty() {
+            return Some(Instant::ZERO);
+        }
+        [
+            s.home_test.as_ref().and_then(|t| t.poll_at()),
+            s.coa_test.as_ref().and_then(|t| t.poll_at()),
+            s.binding.as_ref().and_then(|b| b.poll_at()),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|t| Instant::from_micros(t.total_micros()))
+    }
+}
