@@ -34,6 +34,18 @@ struct Mobility {
     rh2: Option<Ipv6Addr>,
 }
 
+/// What output route optimisation did to a frame.
+enum MobilityOut {
+    Unchanged,
+    /// Headers added; the frame now goes to this address.
+    Rewritten(Ipv6Addr),
+    /// With the added headers it would exceed the link MTU.
+    TooBig {
+        peer: Ipv6Addr,
+        mtu: usize,
+    },
+}
+
 /// Our clock in `ds-mipv6`'s type (same representation).
 fn mip_now(now: Instant) -> ds_mipv6::Instant {
     ds_mipv6::Instant::from_micros(now.total_micros())
@@ -742,7 +754,14 @@ impl Interface {
                     return;
                 }
                 59 => {
-                    // RFC 8200 §4.7: No Next Header; nothing to deliver.
+                    // RFC 8200 §4.7: No Next Header; nothing to deliver (but a Home Address
+                    // option on it is still checked, RFC 6275 §9.3.1).
+                    if let Some(home) = mob.hao {
+                        if !self.accept_hao(now, &mob, home) {
+                            self.stats.rx_bad_exthdr += 1;
+                            return;
+                        }
+                    }
                     self.stats.rx_ignored += 1;
                     return;
                 }
@@ -1392,7 +1411,19 @@ impl Interface {
         emit: Option<Emit<'_>>,
     ) {
         let dst = if self.cn.is_some() || self.hook.is_some() {
-            self.mobility_out(now, &mut buf).unwrap_or(dst)
+            match self.mobility_out(now, &mut buf) {
+                MobilityOut::Unchanged => dst,
+                MobilityOut::Rewritten(d) => d,
+                MobilityOut::TooBig { peer, mtu } => {
+                    // The added header would push it past the link MTU: shrink the path MTU
+                    // so TCP re-segments (the dropped segment is resent, RFC 8201 §5.4).
+                    self.stats.pmtu_updates += 1;
+                    self.set_path_mtu(now, peer, mtu);
+                    buf.clear();
+                    self.scratch = buf;
+                    return;
+                }
+            }
         } else {
             dst
         };
@@ -1439,7 +1470,12 @@ impl Interface {
     /// care-of address with a Home Address option. Upper-layer checksums keep the home
     /// addresses (RFC 8200 §8.1, RFC 6275 §6.3), so only headers change. Returns the new
     /// IPv6 destination when it changed.
-    fn mobility_out(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Ipv6Addr> {
+    fn mobility_out(&mut self, now: Instant, buf: &mut Vec<u8>) -> MobilityOut {
+        self.mobility_rewrite(now, buf)
+            .unwrap_or(MobilityOut::Unchanged)
+    }
+
+    fn mobility_rewrite(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<MobilityOut> {
         if buf.len() < ETH_HDR + IP6_HDR {
             return None;
         }
@@ -1495,12 +1531,20 @@ impl Interface {
             first_nh = 43;
             buf[ETH_HDR + 24..ETH_HDR + 40].copy_from_slice(&coa.octets());
         }
+        if buf.len() - ETH_HDR + ext.len() > self.cfg.mtu {
+            // The connection's peer is the IPv6 destination as built (home address or
+            // correspondent): that is the path MTU entry TCP looks up.
+            return Some(MobilityOut::TooBig {
+                peer: dst,
+                mtu: self.cfg.mtu - ext.len(),
+            });
+        }
         let plen = u16::from_be_bytes([buf[ETH_HDR + 4], buf[ETH_HDR + 5]]) as usize + ext.len();
         buf[ETH_HDR + 4..ETH_HDR + 6].copy_from_slice(&(plen.min(65535) as u16).to_be_bytes());
         buf[ETH_HDR + 6] = first_nh;
         let at = ETH_HDR + IP6_HDR;
         buf.splice(at..at, ext);
-        Some(care_of.unwrap_or(dst))
+        Some(MobilityOut::Rewritten(care_of.unwrap_or(dst)))
     }
 
     /// Set the path MTU towards `dst` (e.g. lower it by the 24 octets of a routing header when
