@@ -11,7 +11,9 @@
 
 use crate::hooks::{HaoVerdict, MhMeta, MobilityHook};
 use crate::time::Instant;
-use ds_mipv6::mn::{HomeTicket, Keygen, MnBinding, MnBindingConfig, MnError, MnEvent, TestInit};
+use ds_mipv6::mn::{
+    FlowRequest, HomeTicket, Keygen, MnBinding, MnBindingConfig, MnError, MnEvent, TestInit,
+};
 use ds_mipv6::rr::TokenKind;
 use std::net::Ipv6Addr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -99,13 +101,29 @@ impl MobileRole {
     }
 
     /// Create the binding towards `cn` from a home ticket and our care-of token, and send the
-    /// Binding Update (retransmitted with back-off until acknowledged, §11.8).
+    /// Binding Update (retransmitted with back-off until acknowledged, §11.8). The whole home
+    /// address moves here.
     pub fn bind(
         &self,
         now: Instant,
         ticket: &HomeTicket,
         cn: Ipv6Addr,
         lifetime: Duration,
+    ) -> Result<(), MnError> {
+        self.bind_flows(now, ticket, cn, lifetime, None)
+    }
+
+    /// As [`MobileRole::bind`], but with `flows = Some((bid, flows))` only those connections
+    /// move here (RFC 5648 binding identifier, RFC 6089 flow bindings), so different
+    /// connections of one client can live on different nodes. Whether the correspondent
+    /// honoured that or moved the whole home address is in the `Bound` event's scope.
+    pub fn bind_flows(
+        &self,
+        now: Instant,
+        ticket: &HomeTicket,
+        cn: Ipv6Addr,
+        lifetime: Duration,
+        flows: Option<(u16, Vec<FlowRequest>)>,
     ) -> Result<(), MnError> {
         let mut s = self.lock();
         let (Some(home), Some(care_of)) = (s.home, s.care_of) else {
@@ -116,8 +134,8 @@ impl MobileRole {
             care_of,
             cn,
             lifetime,
-            bid: None,
-            flows: vec![],
+            bid: flows.as_ref().map(|f| f.0),
+            flows: flows.map(|f| f.1).unwrap_or_default(),
         };
         let mut b = MnBinding::from_ticket(cfg, ticket, mip(now))?;
         let kg = s.coa_kg.ok_or(MnError::WrongToken)?;

@@ -221,3 +221,166 @@ fn route_optimised_handoff_between_nodes() {
         "nothing from the client to the home address directly after the BA"
     );
 }
+
+/// RFC 6089 flow bindings: two connections of one client to the DS address are handed to two
+/// different acceptors; the client (our correspondent) routes each connection's packets to its
+/// own node, and both downloads finish byte-exact.
+#[test]
+fn two_connections_bound_to_two_nodes_with_flow_bindings() {
+    use ds_mipv6::mn::{BindingScope, FlowRequest};
+    use ds_mipv6::wire::PortSelector;
+    let (a_ip, b_ip, c1_ip, c2_ip, h) = (
+        ip("fd00::1"),
+        ip("fd00::2"),
+        ip("fd00::3"),
+        ip("fd00::4"),
+        ip("fd00::80"),
+    );
+    let t0 = Instant::from_millis(1000);
+    let mk = |mac: u8, addrs: Vec<Ipv6Addr>| {
+        Interface::new(Config::new([2, 0, 0, 0, 0, mac], addrs), t0)
+    };
+    let (a, mut b, mut c1, mut c2) = (
+        mk(1, vec![a_ip]),
+        mk(2, vec![b_ip, h]),
+        mk(3, vec![c1_ip]),
+        mk(4, vec![c2_ip]),
+    );
+    let b_mn = MobileRole::new(h, None);
+    let roles = [
+        MobileRole::new(h, Some(c1_ip)),
+        MobileRole::new(h, Some(c2_ip)),
+    ];
+    b.set_mobility_hook(b_mn.hook());
+    c1.set_mobility_hook(roles[0].hook());
+    c2.set_mobility_hook(roles[1].hook());
+    let l = b.tcp_listen(SocketAddrV6::new(h, 80, 0, 0), 4).unwrap();
+    let mut lan = Lan {
+        ifs: vec![a, b, c1, c2],
+        now: t0,
+        log: Vec::new(),
+        drop_bu: false,
+        bus_seen: Vec::new(),
+    };
+
+    let now = lan.now;
+    let cls: Vec<_> = (0..2)
+        .map(|_| {
+            lan.ifs[0]
+                .tcp_connect(
+                    now,
+                    SocketAddrV6::new(a_ip, 0, 0, 0),
+                    SocketAddrV6::new(h, 80, 0, 0),
+                )
+                .unwrap()
+        })
+        .collect();
+    let mut srvs = Vec::new();
+    for _ in 0..50 {
+        lan.step();
+        while let Some(s) = lan.ifs[1].tcp_accept(l) {
+            srvs.push(s);
+        }
+    }
+    assert_eq!(srvs.len(), 2);
+    // Match server handles to client handles by port.
+    let port_of = |iface: &Interface, h| iface.tcp_endpoints(h).unwrap();
+    srvs.sort_by_key(|s| port_of(&lan.ifs[1], *s).1.port());
+    let mut cls = cls;
+    cls.sort_by_key(|c| port_of(&lan.ifs[0], *c).0.port());
+
+    let now = lan.now;
+    b_mn.start_home_test(now, a_ip, [1; 8]);
+    roles[0].start_care_of_test(now, a_ip, [2; 8]);
+    roles[1].start_care_of_test(now, a_ip, [3; 8]);
+    for _ in 0..20 {
+        lan.step();
+    }
+    // Connection i moves to acceptor i with BID i+1 and a flow selector for its ports;
+    // BU sequence numbers continue across the nodes (1, then 2).
+    let mut moved = Vec::new();
+    for i in 0..2 {
+        let now = lan.now;
+        let st = lan.ifs[1].tcp_freeze(now, srvs[i]).unwrap();
+        let client_port = st.remote().port();
+        let ticket = b_mn.home_ticket(now, 1 + i as u16).unwrap();
+        let iface = &mut lan.ifs[2 + i];
+        iface.add_home_addr(h);
+        moved.push(iface.tcp_thaw(now, &st).unwrap());
+        let flow = FlowRequest {
+            fid: 10 + i as u16,
+            priority: 1,
+            // Seen from the correspondent: its port as source, ours as destination.
+            selector: PortSelector {
+                src_ports: (client_port, client_port),
+                dst_ports: (80, 80),
+                next_header: Some(6),
+            },
+        };
+        roles[i]
+            .bind_flows(
+                now,
+                &ticket,
+                a_ip,
+                Duration::from_secs(120),
+                Some((1 + i as u16, vec![flow])),
+            )
+            .unwrap();
+        for _ in 0..20 {
+            lan.step();
+        }
+        let ev = roles[i].take_events();
+        assert!(
+            ev.iter().any(|e| matches!(e, MnEvent::Bound { scope: BindingScope::Flows(f), .. } if f == &vec![10 + i as u16])),
+            "acceptor {i} bound its flow only: {ev:?}"
+        );
+    }
+    let mark = lan.log.len();
+    let data: Vec<Vec<u8>> = (0..2)
+        .map(|i| (0..300_000u32).map(|x| ((x + i) % 249) as u8).collect())
+        .collect();
+    let mut sent = [0usize; 2];
+    let mut got = [Vec::new(), Vec::new()];
+    let mut buf = vec![0u8; 65536];
+    while got[0].len() < data[0].len() || got[1].len() < data[1].len() {
+        for i in 0..2 {
+            if sent[i] < data[i].len() {
+                sent[i] += lan.ifs[2 + i]
+                    .tcp_send(moved[i], &data[i][sent[i]..])
+                    .unwrap();
+            }
+        }
+        lan.step();
+        for i in 0..2 {
+            while let Ok(n) = lan.ifs[0].tcp_recv(cls[i], &mut buf) {
+                if n == 0 {
+                    break;
+                }
+                got[i].extend_from_slice(&buf[..n]);
+            }
+        }
+        assert!(lan.now < t0 + Duration::from_secs(60), "stalled");
+    }
+    assert!(got[0] == data[0] && got[1] == data[1], "both byte-exact");
+    // Each connection's packets from the client went to its own acceptor.
+    let dst_of = |f: &[u8]| Ipv6Addr::from(<[u8; 16]>::try_from(&f[38..54]).unwrap());
+    for (i, coa) in [c1_ip, c2_ip].into_iter().enumerate() {
+        let cport = port_of(&lan.ifs[0], cls[i]).0.port();
+        let to_coa = lan.log[mark..]
+            .iter()
+            .filter(|(s, f)| *s == 0 && f.len() > 82 && f[20] == 43 && dst_of(f) == coa)
+            .count();
+        let wrong = lan.log[mark..]
+            .iter()
+            .filter(|(s, f)| {
+                *s == 0
+                    && f.len() > 82
+                    && f[20] == 43
+                    && dst_of(f) != coa
+                    && u16::from_be_bytes([f[78], f[79]]) == cport
+            })
+            .count();
+        assert!(to_coa > 0, "connection {i} reached acceptor {i}");
+        assert_eq!(wrong, 0, "connection {i} never went elsewhere");
+    }
+}
