@@ -10,6 +10,7 @@
 
 #![warn(missing_docs)]
 
+pub mod home_agent;
 pub mod http;
 pub mod mac;
 pub mod server;

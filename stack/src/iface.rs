@@ -34,6 +34,9 @@ struct Mobility {
     rh2: Option<Ipv6Addr>,
 }
 
+/// Intercepted packets held for the application at most.
+const MAX_INTERCEPTED: usize = 4096;
+
 /// What output route optimisation did to a frame.
 enum MobilityOut {
     Unchanged,
@@ -228,6 +231,9 @@ pub struct Interface {
     hook: Option<Box<dyn MobilityHook>>,
     cn: Option<Correspondent>,
     home_addrs: Vec<Ipv6Addr>,
+    proxied: Vec<Ipv6Addr>,
+    intercepted: VecDeque<Vec<u8>>,
+    decap_depth: u8,
     icmp_budget: (Instant, u32),
     frag_ident: u32,
     scratch: Vec<u8>,
@@ -317,6 +323,9 @@ impl Interface {
             hook: None,
             cn,
             home_addrs: Vec::new(),
+            proxied: Vec::new(),
+            intercepted: VecDeque::new(),
+            decap_depth: 0,
             icmp_budget: (now, 0),
             frag_ident: now.total_micros() as u32,
             scratch: Vec::with_capacity(ETH_HDR + mtu),
@@ -370,7 +379,37 @@ impl Interface {
     /// Addresses we answer Neighbour Solicitations for (not home addresses served away
     /// from home: another node owns those on the link).
     fn owns_on_link(&self, a: &Ipv6Addr) -> bool {
-        *a == self.link_local || self.cfg.addrs.contains(a)
+        *a == self.link_local || self.cfg.addrs.contains(a) || self.proxied.contains(a)
+    }
+
+    /// Proxy an address on the link (a home agent for a registered home address, RFC 6275
+    /// §10.4.1): answer Neighbour Solicitations for it and hand packets for it to the
+    /// application ([`Interface::take_intercepted`]) instead of delivering them. Turning it
+    /// on announces the address (unsolicited NA with override) so neighbours switch to us.
+    pub fn set_proxy(&mut self, now: Instant, a: Ipv6Addr, on: bool) {
+        if on {
+            if !self.proxied.contains(&a) {
+                self.proxied.push(a);
+                self.announce_one(now, a);
+            }
+        } else {
+            self.proxied.retain(|x| *x != a);
+        }
+    }
+
+    /// The next intercepted IPv6 packet: one for a proxied address, or an IPv6-in-IPv6 packet
+    /// addressed to us whose inner packet is for someone else (a reverse tunnel).
+    pub fn take_intercepted(&mut self) -> Option<Vec<u8>> {
+        self.intercepted.pop_front()
+    }
+
+    fn intercept(&mut self, pkt: &[u8]) {
+        if self.intercepted.len() >= MAX_INTERCEPTED {
+            self.stats.intercept_drops += 1;
+            return;
+        }
+        self.stats.intercepted += 1;
+        self.intercepted.push_back(pkt.to_vec());
     }
 
     /// Serve a home address away from home (the mobile-node role, RFC 6275 §11): connections
@@ -393,7 +432,8 @@ impl Interface {
         }
         a.segments()[0] == 0xff02
             && (*a == solicited_node(self.link_local)
-                || self.cfg.addrs.iter().any(|x| solicited_node(*x) == *a))
+                || self.cfg.addrs.iter().any(|x| solicited_node(*x) == *a)
+                || self.proxied.iter().any(|x| solicited_node(*x) == *a))
     }
 
     fn source_for(&self, dst: &Ipv6Addr) -> Ipv6Addr {
@@ -614,6 +654,11 @@ impl Interface {
         }
         let src = ip.src_addr();
         let dst = ip.dst_addr();
+        if self.proxied.contains(&dst) {
+            let total = (IP6_HDR + ip.payload_len() as usize).min(pkt.len());
+            self.intercept(&pkt[..total]);
+            return;
+        }
         if !self.accepts_dst(&dst) {
             self.stats.rx_not_ours += 1;
             return;
@@ -876,6 +921,21 @@ impl Interface {
             6 => self.receive_tcp(now, payload, src, dst),
             17 => self.receive_udp(now, payload, src, dst, whole),
             58 => self.receive_icmp(now, payload, src, dst, hop_limit, src_mac),
+            // IPv6-in-IPv6 (RFC 2473): a home agent's tunnel to us (RFC 6275 §10.4.2), or a
+            // reverse tunnel through us when we are a home agent (§10.4.5).
+            41 => {
+                let inner_dst = Ipv6Packet::new_checked(payload).ok().map(|p| p.dst_addr());
+                match inner_dst {
+                    None => self.stats.rx_malformed += 1,
+                    Some(d) if self.accepts_dst(&d) && self.decap_depth == 0 => {
+                        self.stats.decapsulated += 1;
+                        self.decap_depth += 1;
+                        self.receive_ipv6(now, payload, None);
+                        self.decap_depth -= 1;
+                    }
+                    Some(_) => self.intercept(whole),
+                }
+            }
             _ => {
                 self.stats.rx_bad_exthdr += 1;
                 // RFC 8200 §4: unrecognised Next Header → Parameter Problem code 1.
@@ -1710,13 +1770,17 @@ impl Interface {
     pub fn announce(&mut self, now: Instant) {
         self.now = self.now.max(now);
         for a in self.cfg.addrs.clone() {
-            let na = Icmpv6Repr::Ndisc(NdiscRepr::NeighborAdvert {
-                flags: NdiscNeighborFlags::OVERRIDE,
-                target_addr: a,
-                lladdr: Some(RawHardwareAddress::from(EthernetAddress(self.cfg.mac))),
-            });
-            self.send_icmp(now, a, ALL_NODES, &na, Some(255));
+            self.announce_one(now, a);
         }
+    }
+
+    fn announce_one(&mut self, now: Instant, a: Ipv6Addr) {
+        let na = Icmpv6Repr::Ndisc(NdiscRepr::NeighborAdvert {
+            flags: NdiscNeighborFlags::OVERRIDE,
+            target_addr: a,
+            lladdr: Some(RawHardwareAddress::from(EthernetAddress(self.cfg.mac))),
+        });
+        self.send_icmp(now, a, ALL_NODES, &na, Some(255));
     }
 
     fn emit_tcp_ctrl(

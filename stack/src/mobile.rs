@@ -12,7 +12,8 @@
 use crate::hooks::{HaoVerdict, MhMeta, MobilityHook};
 use crate::time::Instant;
 use ds_mipv6::mn::{
-    FlowRequest, HomeTicket, Keygen, MnBinding, MnBindingConfig, MnError, MnEvent, TestInit,
+    FlowRequest, HomeRegConfig, HomeRegEvent, HomeRegistration, HomeTicket, Keygen, MnBinding,
+    MnBindingConfig, MnError, MnEvent, TestInit,
 };
 use ds_mipv6::rr::TokenKind;
 use std::net::Ipv6Addr;
@@ -33,6 +34,11 @@ struct State {
     coa_kg: Option<Keygen>,
     binding: Option<MnBinding>,
     events: Vec<MnEvent>,
+    home_reg: Option<HomeRegistration>,
+    home_reg_events: Vec<HomeRegEvent>,
+    /// NTP wall time (RFC 4285 §6 timestamps) at `wall_at` on the interface clock: the caller
+    /// supplies it once; the role derives later wall times from the interface clock.
+    wall: Option<(u64, Instant)>,
     /// Packets produced outside a hook call (start of tests, BU), sent at the next poll.
     outbox: Vec<Vec<u8>>,
 }
@@ -160,6 +166,45 @@ impl MobileRole {
     }
 }
 
+impl State {
+    fn wall_at(&self, now: Instant) -> u64 {
+        match self.wall {
+            Some((w, at)) => {
+                // Elapsed time in NTP's 32.32 fixed point (RFC 5905 §6), no epoch shift.
+                let d = now - at;
+                let frac = (u64::from(d.subsec_nanos()) << 32) / 1_000_000_000;
+                w.wrapping_add((d.as_secs() << 32) | frac)
+            }
+            None => 0,
+        }
+    }
+}
+
+impl MobileRole {
+    /// Register our care-of address for the home address at the home agent (RFC 6275 §11.7.1),
+    /// authenticated with the RFC 4285 MN-HA option and protected against replay by an NTP
+    /// timestamp; `wall_ntp` is the NTP wall time now. Retransmitted until acknowledged.
+    pub fn register_home(
+        &self,
+        now: Instant,
+        wall_ntp: u64,
+        cfg: HomeRegConfig,
+        next_sequence: u16,
+    ) {
+        let mut s = self.lock();
+        s.wall = Some((wall_ntp, now));
+        let mut reg = HomeRegistration::new(cfg, next_sequence);
+        let bu = reg.send(mip(now), wall_ntp, false);
+        s.outbox.push(bu.packet);
+        s.home_reg = Some(reg);
+    }
+
+    /// Outcomes of home registration so far (drained).
+    pub fn take_home_events(&self) -> Vec<HomeRegEvent> {
+        std::mem::take(&mut self.lock().home_reg_events)
+    }
+}
+
 impl MobilityHook for MobileRole {
     fn on_mobility_header(&mut self, now: Instant, meta: MhMeta, mh: &[u8]) -> Vec<Vec<u8>> {
         let mut s = self.lock();
@@ -179,6 +224,18 @@ impl MobilityHook for MobileRole {
             s.coa_kg = Some(k);
         }
         let mut out = Vec::new();
+        let wall = s.wall_at(now);
+        if let Some((ev, tx)) = s
+            .home_reg
+            .as_mut()
+            .map(|r| r.on_mobility_header(t, wall, meta, mh))
+        {
+            if !matches!(ev, HomeRegEvent::Ignored(_)) {
+                tracing::debug!(event = ?ev, "home registration");
+                s.home_reg_events.push(ev);
+            }
+            out.extend(tx.map(|x| x.packet));
+        }
         let ev = s
             .binding
             .as_mut()
@@ -235,6 +292,10 @@ impl MobilityHook for MobileRole {
         if let Some(b) = s.binding.as_mut() {
             out.extend(b.poll(t).map(|x| x.packet));
         }
+        let wall = s.wall_at(now);
+        if let Some(r) = s.home_reg.as_mut() {
+            out.extend(r.poll(t, wall).map(|x| x.packet));
+        }
         out
     }
 
@@ -247,6 +308,7 @@ impl MobilityHook for MobileRole {
             s.home_test.as_ref().and_then(|t| t.poll_at()),
             s.coa_test.as_ref().and_then(|t| t.poll_at()),
             s.binding.as_ref().and_then(|b| b.poll_at()),
+            s.home_reg.as_ref().and_then(|r| r.poll_at()),
         ]
         .into_iter()
         .flatten()

@@ -57,6 +57,12 @@ pub struct Stats {
     pub udp_drops: u64,
     /// Packets handed to the mobility hook.
     pub mobility_rx: u64,
+    /// Packets handed to the application as intercepted (proxied addresses, reverse tunnels).
+    pub intercepted: u64,
+    /// Intercepted packets dropped because the application did not take them.
+    pub intercept_drops: u64,
+    /// IPv6-in-IPv6 packets decapsulated and delivered here.
+    pub decapsulated: u64,
     /// Frames dropped while waiting for neighbour resolution.
     pub nd_drops: u64,
 }
@@ -76,5 +82,7 @@ impl Stats {
             + self.udp_rx
             + self.udp_drops
             + self.mobility_rx
+            + self.intercepted
+            + self.intercept_drops
     }
 }
