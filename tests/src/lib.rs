@@ -46,6 +46,7 @@ mod link;
 mod netns;
 mod ping;
 mod stackhost;
+mod xdphost;
 
 pub use counters::{all_counters, counter_delta, parse_pairs, parse_snmp6, tcp_counters};
 pub use impair::{Direction, Loss, LossCounts, Rate, Tbf};
@@ -56,6 +57,7 @@ pub use link::{
 pub use netns::{sweep_stale_namespaces, Child, Netns, NETNS_DIR};
 pub use ping::{ping6, PingOpts, PingStats};
 pub use stackhost::{KernelPeer, PatternStream, StackHost};
+pub use xdphost::XdpHost;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -1,5 +1,5 @@
 //! `dsnode`: a Distributed Servers node. Today it runs the HTTP/1.1 content service on the
-//! userspace TCP/IPv6 stack over a TAP device; AF_XDP and handoff are to come.
+//! userspace TCP/IPv6 stack over a TAP device or AF_XDP (`ds-xdp`); handoff is to come.
 
 use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -37,7 +37,8 @@ enum Command {
 enum DeviceKind {
     /// A Linux TAP device (created in the current network namespace if missing).
     Tap,
-    /// An AF_XDP socket on a NIC queue (not yet available).
+    /// AF_XDP sockets on the interface's queues, behind the XDP steering program (packets for
+    /// `--addr` go to the stack, everything else to the kernel).
     Afxdp,
 }
 
@@ -46,7 +47,9 @@ struct ServeArgs {
     /// The link device that carries the stack's Ethernet frames.
     #[arg(long, value_enum)]
     device: DeviceKind,
-    /// Name of the network interface (for `tap`: the TAP device to create or attach to).
+    /// Name of the network interface (for `tap`: the TAP device to create or attach to; for
+    /// `afxdp`: an existing interface. On a physical NIC pass its own address as `--mac`,
+    /// since the NIC filters other unicast MACs).
     #[arg(long, value_name = "IF")]
     iface: String,
     /// The node's IPv6 address.
@@ -107,7 +110,20 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let stop = signal::install().context("installing signal handlers")?;
     match args.device {
         DeviceKind::Afxdp => {
-            bail!("--device afxdp: the AF_XDP device is not yet available; use --device tap")
+            let cfg = ds_xdp::device::AfXdpConfig::new(vec![addr]);
+            let dev = ds_xdp::device::AfXdpDevice::open(&args.iface, &cfg).map_err(|e| {
+                anyhow::Error::new(e).context(format!(
+                    "cannot open AF_XDP on {:?} (needs root, an existing interface, and no \
+                     other XDP program attached)",
+                    args.iface
+                ))
+            })?;
+            tracing::info!(
+                xdp = ?dev.attach_mode(),
+                socket = ?dev.bind_mode(),
+                "AF_XDP device ready"
+            );
+            run(dev, args, stop)
         }
         DeviceKind::Tap => {
             let dev = TapDevice::open(&args.iface).map_err(|e| {

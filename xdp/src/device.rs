@@ -1,0 +1,281 @@
+//! [`AfXdpDevice`]: a `ds_stack::device::Device` over AF_XDP sockets, with the steering
+//! program in front of them.
+//!
+//! Opening the device loads the steering program (or reuses one an operator attached and
+//! pinned with `dsxdp attach`), tells it which addresses are ours, binds one AF_XDP socket per
+//! receive queue and puts each in the XSKMAP. Everything the program does not steer to us
+//! (other addresses, other protocols) still reaches the kernel, so the host keeps working.
+//! Dropping the device empties the XSKMAP slots, removes our addresses and detaches the
+//! program if the device attached it.
+
+use crate::loader::{self, Mode, Program};
+use crate::maps::LocalAddr;
+use crate::xsk::{BindMode, XskConfig, XskSocket, XskStats};
+use crate::{Error, Kind, LoadOptions};
+use ds_stack::device::Device;
+use ds_stack::time::Duration;
+use std::io;
+use std::net::Ipv6Addr;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use tracing::{info, warn};
+
+/// How to open an [`AfXdpDevice`].
+#[derive(Debug, Clone)]
+pub struct AfXdpConfig {
+    /// Addresses whose packets go to the stack (care-of address, DS address...).
+    pub addrs: Vec<Ipv6Addr>,
+    /// What the steering program steers for those addresses.
+    pub local: LocalAddr,
+    /// XDP attachment mode when the device attaches the program itself.
+    pub mode: Mode,
+    /// Receive queues to bind (one socket each): `0..queues`; 0 means every receive queue
+    /// of the interface (ETHTOOL_GCHANNELS).
+    pub queues: u32,
+    /// Use the program pinned here if there is one (attached by an operator); pin ours here
+    /// otherwise. `None`: a private, unpinned program.
+    pub pin_dir: Option<PathBuf>,
+    /// UMEM and ring sizes.
+    pub xsk: XskConfig,
+}
+
+impl AfXdpConfig {
+    /// Steer every protocol for `addrs` to the stack, native mode with generic fallback, one
+    /// socket per receive queue, private program.
+    pub fn new(addrs: Vec<Ipv6Addr>) -> Self {
+        AfXdpConfig {
+            addrs,
+            local: loader::xsk_all(),
+            mode: Mode::Auto,
+            queues: 0,
+            pin_dir: None,
+            xsk: XskConfig::default(),
+        }
+    }
+}
+
+/// The stack's link device over AF_XDP (see the module documentation).
+pub struct AfXdpDevice {
+    socks: Vec<XskSocket>,
+    prog: Program,
+    ifindex: u32,
+    attached: Option<Mode>,
+    addrs: Vec<Ipv6Addr>,
+    next: usize,
+    mtu: usize,
+    /// The network namespace the interface lives in (netlink requests at teardown must be
+    /// made from there, whichever thread drops the device).
+    netns: Option<std::fs::File>,
+}
+
+/// Run `f` in the network namespace `ns` (on a helper thread when it is not the caller's).
+fn in_netns<T: Send>(ns: Option<&std::fs::File>, f: impl FnOnce() -> T + Send) -> Option<T> {
+    use std::os::unix::fs::MetadataExt;
+    let Some(ns) = ns else { return Some(f()) };
+    let same = std::fs::metadata("/proc/thread-self/ns/net")
+        .ok()
+        .zip(ns.metadata().ok())
+        .is_some_and(|(a, b)| a.ino() == b.ino() && a.dev() == b.dev());
+    if same {
+        return Some(f());
+    }
+    std::thread::scope(|sc| {
+        sc.spawn(|| {
+            // SAFETY: setns with a valid namespace fd only changes this helper thread's
+            // network namespace; the thread ends right after `f`.
+            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            if rc != 0 {
+                warn!("setns: {}", io::Error::last_os_error());
+                return None;
+            }
+            Some(f())
+        })
+        .join()
+        .ok()
+        .flatten()
+    })
+}
+
+impl AfXdpDevice {
+    /// Open the device on interface `iface` of the calling thread's network namespace.
+    pub fn open(iface: &str, cfg: &AfXdpConfig) -> Result<AfXdpDevice, Error> {
+        let ifindex = loader::ifindex(iface)?;
+        let pinned = cfg
+            .pin_dir
+            .as_ref()
+            .filter(|d| d.join(Kind::Steer.prog_name()).exists());
+        let (prog, attached) = match pinned {
+            Some(dir) => {
+                let p = Program::open_pinned(Kind::Steer, dir)?;
+                let st = loader::query(ifindex)?;
+                let id = p.id();
+                if st.native_prog_id != Some(id) && st.generic_prog_id != Some(id) {
+                    return Err(Error::Invalid(format!(
+                        "the steering program pinned in {} is not attached to {iface}",
+                        dir.display()
+                    )));
+                }
+                (p, None)
+            }
+            None => {
+                let p = Program::load(
+                    Kind::Steer,
+                    &LoadOptions {
+                        pin_dir: cfg.pin_dir.clone(),
+                        flow_capacity: None,
+                    },
+                )?;
+                let mode = p.attach(ifindex, cfg.mode, false)?;
+                (p, Some(mode))
+            }
+        };
+        let mut dev = AfXdpDevice {
+            socks: Vec::new(),
+            prog,
+            ifindex,
+            attached,
+            addrs: Vec::new(),
+            next: 0,
+            mtu: 1500,
+            netns: std::fs::File::open("/proc/thread-self/ns/net").ok(),
+        };
+        for a in &cfg.addrs {
+            dev.prog.add_local(*a, cfg.local)?;
+            dev.addrs.push(*a);
+        }
+        let mut xcfg = cfg.xsk.clone();
+        if attached == Some(Mode::Generic) {
+            xcfg.zero_copy = false;
+        }
+        let queues = match cfg.queues {
+            0 => loader::rx_queues(iface)?,
+            n => n,
+        };
+        for q in 0..queues {
+            let s = XskSocket::open_ifindex(ifindex, q, &xcfg)?;
+            dev.prog.set_xsk(q, s.fd())?;
+            dev.socks.push(s);
+        }
+        info!(
+            iface,
+            queues = dev.socks.len(),
+            mode = ?dev.socks.first().map(XskSocket::mode),
+            attached = ?attached,
+            "AF_XDP device open"
+        );
+        Ok(dev)
+    }
+
+    /// The bind mode of the first socket.
+    pub fn bind_mode(&self) -> Option<BindMode> {
+        self.socks.first().map(XskSocket::mode)
+    }
+
+    /// The XDP mode the device attached the program in (`None`: an operator's program).
+    pub fn attach_mode(&self) -> Option<Mode> {
+        self.attached
+    }
+
+    /// Number of AF_XDP sockets (one per receive queue).
+    pub fn queues(&self) -> usize {
+        self.socks.len()
+    }
+
+    /// Per-socket counters.
+    pub fn stats(&self) -> Vec<XskStats> {
+        self.socks.iter().map(XskSocket::stats).collect()
+    }
+
+    /// The steering program.
+    pub fn program(&self) -> &Program {
+        &self.prog
+    }
+}
+
+impl Drop for AfXdpDevice {
+    fn drop(&mut self) {
+        for q in 0..self.socks.len() as u32 {
+            if let Err(e) = self.prog.clear_xsk(q) {
+                warn!("clearing XSKMAP slot {q}: {e}");
+            }
+        }
+        if self.attached.is_some() {
+            // Only detach what is still our program, in the interface's namespace.
+            let (ifindex, id) = (self.ifindex, self.prog.id());
+            let r = in_netns(self.netns.as_ref(), move || match loader::query(ifindex) {
+                Ok(st) if st.native_prog_id == Some(id) || st.generic_prog_id == Some(id) => {
+                    loader::detach(ifindex).map(|_| ())
+                }
+                Ok(_) => Ok(()),
+                Err(e) => Err(e),
+            });
+            match r {
+                Some(Ok(())) => {}
+                Some(Err(e)) => warn!("detaching the steering program: {e}"),
+                None => warn!("cannot enter the interface's network namespace to detach"),
+            }
+            if let Err(e) = self.prog.unpin() {
+                warn!("unpinning: {e}");
+            }
+        } else {
+            for a in &self.addrs {
+                let _ = self.prog.remove_local(*a);
+            }
+        }
+    }
+}
+
+impl Device for AfXdpDevice {
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        let n = self.socks.len();
+        for i in 0..n {
+            let k = (self.next + i) % n;
+            if let Some(len) = self.socks[k].recv(buf) {
+                self.next = (k + 1) % n;
+                return Ok(Some(len));
+            }
+        }
+        Ok(None)
+    }
+
+    fn send(&mut self, frame: &[u8]) -> io::Result<()> {
+        // A full TX ring is a dropped frame on a real wire; TCP recovers.
+        self.socks[0].send(frame).map(|_| ())
+    }
+
+    fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        let mut fds: Vec<libc::pollfd> = self
+            .socks
+            .iter()
+            .map(|s| libc::pollfd {
+                fd: s.fd().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        let ms = match timeout {
+            None => -1,
+            Some(t) => i32::try_from(t.as_micros().div_ceil(1000)).unwrap_or(i32::MAX),
+        };
+        // SAFETY: `fds` is a valid array of `fds.len()` pollfds for the duration of the call.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn mtu(&self) -> usize {
+        self.mtu
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        for s in &mut self.socks {
+            s.flush()?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,456 @@
+//! `BPF_PROG_TEST_RUN` unit tests of the steering and tunnel programs on crafted packets.
+//! Loading BPF needs root: without it every test prints `SKIP: <name> needs root`.
+
+use ds_testbed::require_root;
+use ds_xdp::maps::{
+    Action, FlowKey, LocalAddr, SteerCounter, TunnelConfig, TunnelCounter, TunnelMode, PROTO_ALL,
+    PROTO_TCP,
+};
+use ds_xdp::{Kind, LoadOptions, Program};
+use std::net::Ipv6Addr;
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+const XDP_REDIRECT: u32 = 4;
+
+const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xc1];
+const HA_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xa0];
+const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x99];
+
+fn ip(s: &str) -> Ipv6Addr {
+    s.parse().expect("literal address")
+}
+
+fn client() -> Ipv6Addr {
+    ip("fd00:c::1")
+}
+fn ds() -> Ipv6Addr {
+    ip("fd00:d5::80")
+}
+fn ha() -> Ipv6Addr {
+    ip("fd00:a::1")
+}
+fn node1() -> Ipv6Addr {
+    ip("fd00:1::1")
+}
+fn node2() -> Ipv6Addr {
+    ip("fd00:2::1")
+}
+
+fn tcp(sport: u16, dport: u16, payload: usize) -> Vec<u8> {
+    let mut t = vec![0u8; 20 + payload];
+    t[..2].copy_from_slice(&sport.to_be_bytes());
+    t[2..4].copy_from_slice(&dport.to_be_bytes());
+    t[12] = 5 << 4;
+    t[13] = 0x10;
+    t
+}
+
+fn ipv6(src: Ipv6Addr, dst: Ipv6Addr, nh: u8, hop: u8, payload: &[u8]) -> Vec<u8> {
+    let mut p = vec![0u8; 40];
+    p[0] = 0x60 | 0x0b; // version 6, traffic class 0xb8 (EF) split over two bytes
+    p[1] = 0x80;
+    p[4..6].copy_from_slice(&(payload.len() as u16).to_be_bytes());
+    p[6] = nh;
+    p[7] = hop;
+    p[8..24].copy_from_slice(&src.octets());
+    p[24..40].copy_from_slice(&dst.octets());
+    p.extend_from_slice(payload);
+    p
+}
+
+fn eth(dst: [u8; 6], src: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(14 + payload.len());
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+fn client_tcp(sport: u16, hop: u8) -> Vec<u8> {
+    eth(
+        HA_MAC,
+        CLIENT_MAC,
+        0x86dd,
+        &ipv6(client(), ds(), 6, hop, &tcp(sport, 80, 100)),
+    )
+}
+
+fn steer() -> Program {
+    Program::load(Kind::Steer, &LoadOptions::default()).expect("load steer")
+}
+
+fn tunnel(learn: bool) -> Program {
+    let p = Program::load(Kind::Tunnel, &LoadOptions::default()).expect("load tunnel");
+    p.set_config(&TunnelConfig {
+        local: ha(),
+        mode: TunnelMode::Gateway(GW_MAC),
+        hop_limit: 64,
+        mtu: 1500,
+        learn,
+    })
+    .expect("config");
+    p.set_binding(ds(), node1()).expect("binding");
+    p
+}
+
+/// Check the outer header of a tunnelled frame; returns the inner IPv6 packet.
+fn check_outer(out: &[u8], inner_len: usize, owner: Ipv6Addr) -> Vec<u8> {
+    assert_eq!(out.len(), 14 + 40 + inner_len, "frame grew by one header");
+    assert_eq!(&out[..6], &GW_MAC, "to the gateway");
+    assert_eq!(&out[6..12], &HA_MAC, "from the HA's MAC");
+    assert_eq!(&out[12..14], &[0x86, 0xdd]);
+    let o = &out[14..54];
+    assert_eq!(o[0] >> 4, 6, "version");
+    let tc = ((o[0] & 0x0f) << 4) | (o[1] >> 4);
+    assert_eq!(tc, 0xb8, "traffic class copied (RFC 2473 §6.4)");
+    let label = u32::from_be_bytes([0, o[1] & 0x0f, o[2], o[3]]);
+    assert_ne!(label, 0, "flow label set (RFC 6438)");
+    assert_eq!(
+        u16::from_be_bytes([o[4], o[5]]) as usize,
+        inner_len,
+        "payload length"
+    );
+    assert_eq!(o[6], 41, "next header IPv6");
+    assert_eq!(o[7], 64, "tunnel hop limit");
+    assert_eq!(&o[8..24], &ha().octets(), "outer source = HA");
+    assert_eq!(&o[24..40], &owner.octets(), "outer destination = owner");
+    out[54..].to_vec()
+}
+
+/// RFC 1071 ones'-complement sum.
+fn csum(data: &[u8], mut sum: u32) -> u32 {
+    for c in data.chunks(2) {
+        let w = u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]);
+        sum += u32::from(w);
+    }
+    sum
+}
+
+/// Check a Packet Too Big sent back for `orig`.
+fn check_ptb(out: &[u8], orig: &[u8], mtu: u32) {
+    assert_eq!(
+        out.len(),
+        14 + 40 + 8 + 1216,
+        "quote as large as the minimum MTU allows"
+    );
+    assert_eq!(&out[..6], &CLIENT_MAC, "back to the sender");
+    assert_eq!(&out[6..12], &HA_MAC);
+    let ip6 = &out[14..54];
+    assert_eq!(ip6[0] >> 4, 6);
+    assert_eq!(u16::from_be_bytes([ip6[4], ip6[5]]), 8 + 1216);
+    assert_eq!(ip6[6], 58);
+    assert_eq!(&ip6[8..24], &ha().octets(), "from the tunnel entry point");
+    assert_eq!(&ip6[24..40], &client().octets(), "to the source");
+    let icmp = &out[54..];
+    assert_eq!((icmp[0], icmp[1]), (2, 0), "Packet Too Big");
+    assert_eq!(
+        u32::from_be_bytes([icmp[4], icmp[5], icmp[6], icmp[7]]),
+        mtu
+    );
+    assert_eq!(
+        &icmp[8..],
+        &orig[14..14 + 1216],
+        "quotes the offending packet"
+    );
+    let mut sum = csum(&ip6[8..40], 0);
+    sum += (8 + 1216) + 58;
+    sum = csum(icmp, sum);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    assert_eq!(sum, 0xffff, "valid ICMPv6 checksum");
+}
+
+#[test]
+fn tunnel_miss_falls_back_to_binding_and_learns() {
+    if !require_root("tunnel_miss_falls_back_to_binding_and_learns") {
+        return;
+    }
+    let p = tunnel(true);
+    let frame = client_tcp(40000, 64);
+    let (rv, out) = p.test_run(&frame).expect("run");
+    assert_eq!(rv, XDP_TX);
+    let inner = check_outer(&out, frame.len() - 14, node1());
+    assert_eq!(inner[7], 63, "inner hop limit decremented (RFC 2473 §3.1)");
+    assert_eq!(
+        &inner[8..],
+        &frame[14 + 8..],
+        "rest of the inner packet intact"
+    );
+    assert_eq!(p.counter(TunnelCounter::Binding as u32).expect("c"), 1);
+    assert_eq!(p.counter(TunnelCounter::FlowLearned as u32).expect("c"), 1);
+    let key = FlowKey {
+        src: client(),
+        dst: ds(),
+        sport: 40000,
+        dport: 80,
+        proto: 6,
+    };
+    let v = p.flow(&key).expect("lookup").expect("flow learned");
+    assert_eq!(v.owner, node1());
+    assert_eq!(v.packets, 1);
+}
+
+#[test]
+fn tunnel_flow_hit_after_one_map_update() {
+    if !require_root("tunnel_flow_hit_after_one_map_update") {
+        return;
+    }
+    let p = tunnel(true);
+    let frame = client_tcp(40001, 64);
+    assert_eq!(p.test_run(&frame).expect("run").0, XDP_TX);
+    let key = FlowKey {
+        src: client(),
+        dst: ds(),
+        sport: 40001,
+        dport: 80,
+        proto: 6,
+    };
+    p.set_flow(&key, node2()).expect("move flow");
+    let (rv, out) = p.test_run(&frame).expect("run");
+    assert_eq!(rv, XDP_TX);
+    check_outer(&out, frame.len() - 14, node2());
+    assert_eq!(p.counter(TunnelCounter::FlowHit as u32).expect("c"), 1);
+    // Another flow of the same client still follows the binding.
+    let other = client_tcp(40002, 64);
+    let (_, out) = p.test_run(&other).expect("run");
+    check_outer(&out, other.len() - 14, node1());
+    let v = p.flow(&key).expect("lookup").expect("flow");
+    assert_eq!((v.owner, v.packets), (node2(), 2));
+}
+
+#[test]
+fn tunnel_without_learning_keeps_no_state() {
+    if !require_root("tunnel_without_learning_keeps_no_state") {
+        return;
+    }
+    let p = tunnel(false);
+    let frame = client_tcp(40003, 64);
+    let (rv, out) = p.test_run(&frame).expect("run");
+    assert_eq!(rv, XDP_TX);
+    check_outer(&out, frame.len() - 14, node1());
+    assert!(p.flows().expect("flows").is_empty());
+}
+
+#[test]
+fn tunnel_routes_icmp_errors_to_the_flow_owner() {
+    if !require_root("tunnel_routes_icmp_errors_to_the_flow_owner") {
+        return;
+    }
+    let p = tunnel(true);
+    let key = FlowKey {
+        src: client(),
+        dst: ds(),
+        sport: 40004,
+        dport: 80,
+        proto: 6,
+    };
+    p.set_flow(&key, node2()).expect("flow");
+    // A router's Packet Too Big about the node's reply (DS:80 -> client:40004).
+    let quoted = ipv6(ds(), client(), 6, 60, &tcp(80, 40004, 1200));
+    let mut icmp = vec![2u8, 0, 0, 0, 0, 0, 0x05, 0x00];
+    icmp.extend_from_slice(&quoted[..1232 - 8]);
+    let router = ip("fd00:99::1");
+    let frame = eth(HA_MAC, GW_MAC, 0x86dd, &ipv6(router, ds(), 58, 64, &icmp));
+    let (rv, out) = p.test_run(&frame).expect("run");
+    assert_eq!(rv, XDP_TX);
+    check_outer(&out, frame.len() - 14, node2());
+    assert_eq!(p.counter(TunnelCounter::IcmpError as u32).expect("c"), 1);
+    // An error about an unknown flow goes to the binding, and is not learned.
+    let quoted = ipv6(ds(), client(), 6, 60, &tcp(80, 49999, 0));
+    let mut icmp = vec![1u8, 4, 0, 0, 0, 0, 0, 0];
+    icmp.extend_from_slice(&quoted);
+    let frame = eth(HA_MAC, GW_MAC, 0x86dd, &ipv6(router, ds(), 58, 64, &icmp));
+    let (_, out) = p.test_run(&frame).expect("run");
+    check_outer(&out, frame.len() - 14, node1());
+    assert_eq!(p.flows().expect("flows").len(), 1);
+}
+
+#[test]
+fn tunnel_passes_and_drops() {
+    if !require_root("tunnel_passes_and_drops") {
+        return;
+    }
+    let p = tunnel(true);
+    // Not for a home address.
+    let other = eth(
+        HA_MAC,
+        CLIENT_MAC,
+        0x86dd,
+        &ipv6(client(), ha(), 6, 64, &tcp(1, 22, 0)),
+    );
+    assert_eq!(p.test_run(&other).expect("run").0, XDP_PASS);
+    // Not IPv6.
+    let arp = eth([0xff; 6], CLIENT_MAC, 0x0806, &[0u8; 28]);
+    assert_eq!(p.test_run(&arp).expect("run").0, XDP_PASS);
+    // Hop limit would expire: the kernel answers Time Exceeded.
+    assert_eq!(p.test_run(&client_tcp(1, 1)).expect("run").0, XDP_PASS);
+    // Too big once encapsulated: answered with Packet Too Big (RFC 2473 §7.1, RFC 4443 §3.2).
+    let big = eth(
+        HA_MAC,
+        CLIENT_MAC,
+        0x86dd,
+        &ipv6(client(), ds(), 6, 64, &tcp(2, 80, 1440)),
+    );
+    let (rv, out) = p.test_run(&big).expect("run");
+    assert_eq!(rv, XDP_TX);
+    check_ptb(&out, &big, 1460);
+    // A second one within the rate limit is dropped.
+    assert_eq!(p.test_run(&big).expect("run").0, XDP_DROP);
+    // Truncated: no IPv6 header, half an IPv6 header, a cut TCP header, a lying length.
+    let full = client_tcp(3, 64);
+    // (The kernel refuses test frames shorter than an Ethernet header.)
+    for cut in [14usize, 14 + 20, 14 + 40 + 2] {
+        let (rv, _) = p.test_run(&full[..cut]).expect("run");
+        assert_eq!(rv, XDP_DROP, "cut at {cut}");
+    }
+    let mut liar = full.clone();
+    liar[14 + 4..14 + 6].copy_from_slice(&2000u16.to_be_bytes());
+    assert_eq!(p.test_run(&liar).expect("run").0, XDP_DROP);
+    // A truncated extension header chain.
+    let mut ext = ipv6(client(), ds(), 60, 64, &[6u8, 10, 0, 0, 0, 0, 0, 0]);
+    ext.truncate(40 + 8);
+    let f = eth(HA_MAC, CLIENT_MAC, 0x86dd, &ext);
+    assert_eq!(p.test_run(&f).expect("run").0, XDP_DROP);
+    let c = |n: TunnelCounter| p.counter(n as u32).expect("counter");
+    assert_eq!(c(TunnelCounter::PassNoBinding), 1);
+    assert_eq!(c(TunnelCounter::PassNotIpv6), 1);
+    assert_eq!(c(TunnelCounter::PassHopLimit), 1);
+    assert_eq!(c(TunnelCounter::Ptb), 1);
+    assert_eq!(c(TunnelCounter::DropTooBig), 1);
+    assert_eq!(c(TunnelCounter::DropMalformed), 5);
+    assert!(p.flows().expect("flows").is_empty(), "nothing learned");
+}
+
+#[test]
+fn steer_passes_foreign_and_unconfigured_traffic() {
+    if !require_root("steer_passes_foreign_and_unconfigured_traffic") {
+        return;
+    }
+    let p = steer();
+    p.add_local(
+        ds(),
+        LocalAddr {
+            protos: PROTO_TCP,
+            action: Action::Xsk,
+        },
+    )
+    .expect("local");
+    let other = eth(
+        HA_MAC,
+        CLIENT_MAC,
+        0x86dd,
+        &ipv6(client(), ha(), 6, 64, &tcp(1, 22, 0)),
+    );
+    assert_eq!(p.test_run(&other).expect("run").0, XDP_PASS);
+    let udp = eth(
+        HA_MAC,
+        CLIENT_MAC,
+        0x86dd,
+        &ipv6(client(), ds(), 17, 64, &[0u8; 8]),
+    );
+    assert_eq!(p.test_run(&udp).expect("run").0, XDP_PASS);
+    let arp = eth([0xff; 6], CLIENT_MAC, 0x0806, &[0u8; 28]);
+    assert_eq!(p.test_run(&arp).expect("run").0, XDP_PASS);
+    // For us, but no socket is bound on the queue yet.
+    assert_eq!(p.test_run(&client_tcp(5, 64)).expect("run").0, XDP_PASS);
+    let c = |n: SteerCounter| p.counter(n as u32).expect("counter");
+    assert_eq!(c(SteerCounter::PassNotLocal), 1);
+    assert_eq!(c(SteerCounter::PassProto), 1);
+    assert_eq!(c(SteerCounter::PassNotIpv6), 1);
+    assert_eq!(c(SteerCounter::PassNoSocket), 1);
+}
+
+#[test]
+fn steer_decapsulates_tunnelled_packets() {
+    if !require_root("steer_decapsulates_tunnelled_packets") {
+        return;
+    }
+    let p = steer();
+    p.add_local(
+        node1(),
+        LocalAddr {
+            protos: PROTO_ALL,
+            action: Action::Pass,
+        },
+    )
+    .expect("coa");
+    p.add_local(
+        ds(),
+        LocalAddr {
+            protos: PROTO_ALL,
+            action: Action::Pass,
+        },
+    )
+    .expect("ds");
+    let inner = ipv6(client(), ds(), 6, 63, &tcp(40000, 80, 64));
+    let frame = eth(HA_MAC, GW_MAC, 0x86dd, &ipv6(ha(), node1(), 41, 64, &inner));
+    let (rv, out) = p.test_run(&frame).expect("run");
+    assert_eq!(rv, XDP_PASS, "to the kernel, as configured");
+    assert_eq!(&out[..14], &frame[..14], "Ethernet header kept");
+    assert_eq!(&out[14..], &inner[..], "outer header removed");
+    // Tunnelled to us but the inner destination is not ours: dropped.
+    let foreign = ipv6(client(), ip("fd00:d5::99"), 6, 63, &tcp(1, 80, 0));
+    let frame = eth(
+        HA_MAC,
+        GW_MAC,
+        0x86dd,
+        &ipv6(ha(), node1(), 41, 64, &foreign),
+    );
+    assert_eq!(p.test_run(&frame).expect("run").0, XDP_DROP);
+    // Truncated inner header.
+    let frame = eth(
+        HA_MAC,
+        GW_MAC,
+        0x86dd,
+        &ipv6(ha(), node1(), 41, 64, &inner[..20]),
+    );
+    assert_eq!(p.test_run(&frame).expect("run").0, XDP_DROP);
+    let c = |n: SteerCounter| p.counter(n as u32).expect("counter");
+    assert_eq!(c(SteerCounter::Decap), 2);
+    assert_eq!(c(SteerCounter::PassKernel), 1);
+    assert_eq!(c(SteerCounter::DropDecapForeign), 1);
+    assert_eq!(c(SteerCounter::DropMalformed), 1);
+}
+
+#[test]
+fn steer_redirects_to_the_socket() {
+    if !require_root("steer_redirects_to_the_socket") {
+        return;
+    }
+    let p = steer();
+    p.add_local(ds(), ds_xdp::loader::xsk_all()).expect("local");
+    // An AF_XDP socket bound to the loopback device of a private network namespace.
+    let sock = std::thread::spawn(|| {
+        // SAFETY: unshare only affects this (short-lived, dedicated) thread.
+        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "unshare");
+        ds_xdp::xsk::XskSocket::open("lo", 0, &ds_xdp::xsk::XskConfig::default())
+    })
+    .join()
+    .expect("thread")
+    .expect("xsk on lo");
+    p.set_xsk(0, sock.fd()).expect("xsks_map");
+    let (rv, _) = p.test_run(&client_tcp(6, 64)).expect("run");
+    assert_eq!(rv, XDP_REDIRECT);
+    // Neighbour solicitation for our address, to its solicited-node group.
+    let mut ns = vec![135u8, 0, 0, 0, 0, 0, 0, 0];
+    ns.extend_from_slice(&ds().octets());
+    let mcast = ip("ff02::1:ff00:80");
+    let frame = eth(
+        [0x33, 0x33, 0xff, 0, 0, 0x80],
+        CLIENT_MAC,
+        0x86dd,
+        &ipv6(client(), mcast, 58, 255, &ns),
+    );
+    assert_eq!(p.test_run(&frame).expect("run").0, XDP_REDIRECT);
+    // Truncated.
+    let full = client_tcp(7, 64);
+    assert_eq!(p.test_run(&full[..30]).expect("run").0, XDP_DROP);
+    assert_eq!(p.counter(SteerCounter::Xsk as u32).expect("c"), 2);
+    assert_eq!(p.counter(SteerCounter::DropMalformed as u32).expect("c"), 1);
+    p.clear_xsk(0).expect("clear");
+}
