@@ -79,6 +79,9 @@ pub mod flags {
     pub const CUBIC: u16 = 1 << 6;
     /// Delayed ACKs on.
     pub const DELACK: u16 = 1 << 7;
+    /// TS.Recent is not known (a kernel socket exported with TCP_REPAIR does not reveal it):
+    /// the next segment's TSval is taken, and PAWS waits for it.
+    pub const TS_RECENT_UNKNOWN: u16 = 1 << 8;
 }
 
 /// Loss/RTT state that only matters while data is in flight.
@@ -277,6 +280,11 @@ impl Tcb {
         set(&mut f, flags::FIN_RCVD, self.fin_rcvd);
         set(&mut f, flags::CUBIC, self.cc.algo == Congestion::Cubic);
         set(&mut f, flags::DELACK, self.cfg.delayed_ack.is_some());
+        set(
+            &mut f,
+            flags::TS_RECENT_UNKNOWN,
+            self.ts_ok && !self.ts_recent_valid,
+        );
         let in_flight = (self.snd_una != self.snd_max).then(|| InFlight {
             nxt_off: self.snd_nxt.wrapping_sub(self.snd_una),
             max_off: self.snd_max.wrapping_sub(self.snd_una),
@@ -428,6 +436,7 @@ impl Tcb {
         t.ts_ok = s.has(flags::TS);
         t.ts_recent = s.ts_recent;
         t.ts_recent_at = now;
+        t.ts_recent_valid = !s.has(flags::TS_RECENT_UNKNOWN);
         // Continue our TSval from where the donor left it (RFC 7323 §5.4: monotonic per
         // connection), plus one tick.
         t.ts_offset = s

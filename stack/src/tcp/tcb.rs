@@ -258,6 +258,8 @@ pub struct Tcb {
     pub(crate) ts_ok: bool,
     pub(crate) ts_recent: u32,
     pub(crate) ts_recent_at: Instant,
+    /// False until a TSval has been seen (after a thaw from a state that did not carry one).
+    pub(crate) ts_recent_valid: bool,
     /// Our TSval = milliseconds on the interface clock + this offset (per connection).
     pub(crate) ts_offset: u32,
     pub(crate) sack_ok: bool,
@@ -384,6 +386,7 @@ impl Tcb {
             ts_ok: false,
             ts_recent: 0,
             ts_recent_at: now,
+            ts_recent_valid: true,
             ts_offset: iss.rotate_left(13),
             sack_ok: false,
             srtt: None,
@@ -743,7 +746,7 @@ impl Tcb {
     /// Segment arrival in the synchronized states and SYN-RECEIVED (RFC 9293 §3.10.7.4).
     fn on_segment_sync(&mut self, now: Instant, seg: &SegIn<'_>) {
         // RFC 7323 §5.3 R1: PAWS.
-        if self.ts_ok && !seg.rst {
+        if self.ts_ok && self.ts_recent_valid && !seg.rst {
             if let Some((tsval, _)) = seg.ts {
                 if lt(tsval, self.ts_recent) && now - self.ts_recent_at < PAWS_IDLE {
                     self.events.paws_rejected += 1;
@@ -860,9 +863,12 @@ impl Tcb {
         // RFC 7323 §4.3: record TS.Recent when the segment covers Last.ACK.sent.
         if self.ts_ok {
             if let Some((tsval, _)) = seg.ts {
-                if ge(tsval, self.ts_recent) && le(seg.seq, self.last_ack_sent) {
+                if !self.ts_recent_valid
+                    || (ge(tsval, self.ts_recent) && le(seg.seq, self.last_ack_sent))
+                {
                     self.ts_recent = tsval;
                     self.ts_recent_at = now;
+                    self.ts_recent_valid = true;
                 }
             }
         }

@@ -1,0 +1,558 @@
+//! # ds-kernel: standard Linux TCP sockets in and out of [`ConnState`] with `TCP_REPAIR`
+//!
+//! The kernel path of Distributed Servers: a server that uses ordinary sockets can still hand
+//! its connections off. [`freeze`] puts an established socket in repair mode and dumps its
+//! sequence numbers, queues (the unsent part of the send queue kept apart), window,
+//! negotiated options, timestamp clock and RTT into the same [`ConnState`] the userspace
+//! stack produces; [`restore`] rebuilds a socket from one, on this host or another, whichever
+//! stack froze it. This is what TCPCP2 did as a kernel module; mainline Linux has it built in
+//! (`TCP_REPAIR`, `TCP_REPAIR_QUEUE`, `TCP_QUEUE_SEQ`, `TCP_REPAIR_OPTIONS`,
+//! `TCP_REPAIR_WINDOW`, `TCP_TIMESTAMP`; needs `CAP_NET_ADMIN`).
+//!
+//! Not carried by the kernel API: TS.Recent (the state says "unknown" and the next segment
+//! sets it), SACK scoreboards and out-of-order data (dropped on restore: the peer resends it).
+
+use ds_stack::state::{flags, AfterLoss, Endpoint, InFlight};
+use ds_stack::{ConnState, TcpState};
+use std::io;
+use std::mem::size_of;
+use std::net::{SocketAddr, SocketAddrV6, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// Errors of the kernel path.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    /// A system call failed.
+    #[error("{what}: {err}")]
+    Os {
+        /// Which call.
+        what: &'static str,
+        /// The error.
+        #[source]
+        err: io::Error,
+    },
+    /// The socket or state is not something this path handles.
+    #[error("unsupported: {0}")]
+    Unsupported(&'static str),
+    /// The state does not validate.
+    #[error(transparent)]
+    State(#[from] ds_stack::state::StateError),
+}
+
+type Result<T> = std::result::Result<T, KernelError>;
+
+fn os(what: &'static str) -> KernelError {
+    KernelError::Os {
+        what,
+        err: io::Error::last_os_error(),
+    }
+}
+
+/// `struct tcp_repair_window` (include/uapi/linux/tcp.h).
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+struct RepairWindow {
+    snd_wl1: u32,
+    snd_wnd: u32,
+    max_window: u32,
+    rcv_wnd: u32,
+    rcv_wup: u32,
+}
+
+/// `struct tcp_repair_opt`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct RepairOpt {
+    code: u32,
+    val: u32,
+}
+
+const TCP_NO_QUEUE: libc::c_int = 0;
+const TCP_RECV_QUEUE: libc::c_int = 1;
+const TCP_SEND_QUEUE: libc::c_int = 2;
+const TCPOPT_MSS: u32 = 2;
+const TCPOPT_WINDOW: u32 = 3;
+const TCPOPT_SACK_PERM: u32 = 4;
+const TCPOPT_TIMESTAMP: u32 = 8;
+const TCPI_OPT_TIMESTAMPS: u8 = 1;
+const TCPI_OPT_SACK: u8 = 2;
+const TCPI_OPT_WSCALE: u8 = 4;
+const TCP_ESTABLISHED: u8 = 1;
+const SIOCINQ: libc::c_ulong = libc::FIONREAD;
+const SIOCOUTQ: libc::c_ulong = libc::TIOCOUTQ;
+const SIOCOUTQNSD: libc::c_ulong = 0x894b;
+
+fn setsockopt<T>(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    val: &T,
+    what: &'static str,
+) -> Result<()> {
+    // SAFETY: `val` points to a live `T` of `size_of::<T>()` bytes for the duration of the call;
+    // the kernel only reads it.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            val as *const T as *const libc::c_void,
+            size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(os(what));
+    }
+    Ok(())
+}
+
+fn getsockopt<T: Default>(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    what: &'static str,
+) -> Result<T> {
+    let mut v = T::default();
+    let mut len = size_of::<T>() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes into `v`, which is that large and outlives
+    // the call; `len` is updated in place.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            level,
+            name,
+            &mut v as *mut T as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        return Err(os(what));
+    }
+    Ok(v)
+}
+
+fn ioctl_int(fd: RawFd, req: libc::c_ulong, what: &'static str) -> Result<usize> {
+    let mut v: libc::c_int = 0;
+    // SAFETY: SIOCINQ/SIOCOUTQ/SIOCOUTQNSD write one int through the pointer, which is valid.
+    let rc = unsafe { libc::ioctl(fd, req, &mut v as *mut libc::c_int) };
+    if rc < 0 {
+        return Err(os(what));
+    }
+    Ok(v.max(0) as usize)
+}
+
+fn tcp_info(fd: RawFd) -> Result<libc::tcp_info> {
+    let mut v: libc::tcp_info = {
+        // SAFETY: tcp_info is plain integers; all-zero is a valid value.
+        unsafe { std::mem::zeroed() }
+    };
+    let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: as in `getsockopt`: the kernel fills at most `len` bytes of `v`.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            &mut v as *mut _ as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        return Err(os("getsockopt(TCP_INFO)"));
+    }
+    Ok(v)
+}
+
+/// Read a repair queue without consuming it.
+fn peek_queue(fd: RawFd, len: usize, what: &'static str) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; len];
+    let mut got = 0;
+    while got < len {
+        // SAFETY: the kernel writes at most `len - got` bytes at `buf[got..]`, inside `buf`.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                buf[got..].as_mut_ptr() as *mut libc::c_void,
+                len - got,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            return Err(os(what));
+        }
+        if n == 0 {
+            break;
+        }
+        // In repair mode a peek returns the whole queue from its start each time.
+        got = (n as usize).max(got);
+        if (n as usize) < len {
+            break;
+        }
+    }
+    buf.truncate(got);
+    Ok(buf)
+}
+
+fn v6(a: SocketAddr) -> Result<SocketAddrV6> {
+    match a {
+        SocketAddr::V6(v) => Ok(v),
+        SocketAddr::V4(_) => Err(KernelError::Unsupported("IPv4 sockets")),
+    }
+}
+
+/// Freeze an established kernel socket into a [`ConnState`]. The socket is left in repair
+/// mode: dropping it then closes it silently (no FIN, no RST). Hold it (and keep the peer's
+/// packets away from this host) until the connection is restored elsewhere.
+pub fn freeze(sock: &TcpStream) -> Result<ConnState> {
+    let fd = sock.as_raw_fd();
+    let local = v6(sock.local_addr().map_err(|e| KernelError::Os {
+        what: "getsockname",
+        err: e,
+    })?)?;
+    let remote = v6(sock.peer_addr().map_err(|e| KernelError::Os {
+        what: "getpeername",
+        err: e,
+    })?)?;
+    setsockopt(
+        fd,
+        libc::IPPROTO_TCP,
+        libc::TCP_REPAIR,
+        &1i32,
+        "setsockopt(TCP_REPAIR on)",
+    )?;
+    let info = tcp_info(fd)?;
+    if info.tcpi_state != TCP_ESTABLISHED {
+        return Err(KernelError::Unsupported(
+            "only established sockets are frozen",
+        ));
+    }
+    // Send queue: TCP_QUEUE_SEQ is write_seq, the end of the queue.
+    setsockopt(
+        fd,
+        libc::IPPROTO_TCP,
+        libc::TCP_REPAIR_QUEUE,
+        &TCP_SEND_QUEUE,
+        "TCP_REPAIR_QUEUE send",
+    )?;
+    let write_seq: u32 = getsockopt(
+        fd,
+        libc::IPPROTO_TCP,
+        libc::TCP_QUEUE_SEQ,
+        "TCP_QUEUE_SEQ send",
+    )?;
+    let outq = ioctl_int(fd, SIOCOUTQ, "SIOCOUTQ")?;
+    let notsent = ioctl_int(fd, SIOCOUTQNSD, "SIOCOUTQNSD")?.min(outq);
+    let send_data = peek_queue(fd, outq, "peek send queue")?;
+    // Receive queue: TCP_QUEUE_SEQ is rcv_nxt; the unread bytes precede it.
+    setsockopt(
+        fd,
+        libc::IPPROTO_TCP,
+        libc::TCP_REPAIR_QUEUE,
+        &TCP_RECV_QUEUE,
+        "TCP_REPAIR_QUEUE recv",
+    )?;
+    let rcv_nxt: u32 = getsockopt(
+        fd,
+        libc::IPPROTO_TCP,
+        libc::TCP_QUEUE_SEQ,
+        "TCP_QUEUE_SEQ recv",
+    )?;
+    let inq = ioctl_int(fd, SIOCINQ, "SIOCINQ")?;
+    let recv_data = peek_queue(fd, inq, "peek receive queue")?;
+    setsockopt(
+        fd,
+        libc::IPPROTO_TCP,
+        libc::TCP_REPAIR_QUEUE,
+        &TCP_NO_QUEUE,
+        "TCP_REPAIR_QUEUE none",
+    )?;
+    if send_data.len() != outq || recv_data.len() != inq {
+        return Err(KernelError::Unsupported("queue changed while being read"));
+    }
+    let win: RepairWindow = getsockopt(
+        fd,
+        libc::IPPROTO_TCP,
+        libc::TCP_REPAIR_WINDOW,
+        "TCP_REPAIR_WINDOW",
+    )?;
+    let ts_ok = info.tcpi_options & TCPI_OPT_TIMESTAMPS != 0;
+    let tsval: u32 = if ts_ok {
+        getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_TIMESTAMP, "TCP_TIMESTAMP")?
+    } else {
+        0
+    };
+    let nodelay: libc::c_int = getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, "TCP_NODELAY")?;
+
+    let snd_una = write_seq.wrapping_sub(outq as u32);
+    let sent = (outq - notsent) as u32;
+    let mss = info.tcpi_snd_mss.clamp(64, 65535);
+    let mut f = 0u16;
+    if info.tcpi_options & TCPI_OPT_WSCALE != 0 {
+        f |= flags::WS;
+    }
+    if ts_ok {
+        f |= flags::TS | flags::TS_RECENT_UNKNOWN;
+    }
+    if info.tcpi_options & TCPI_OPT_SACK != 0 {
+        f |= flags::SACK;
+    }
+    if nodelay == 0 {
+        f |= flags::NAGLE;
+    }
+    f |= flags::CUBIC | flags::DELACK;
+    let ssthresh = info.tcpi_snd_ssthresh;
+    let after_loss = (ssthresh < 0x7fff_ffff).then(|| AfterLoss {
+        ssthresh: ssthresh.saturating_mul(mss),
+        w_max: info.tcpi_snd_cwnd,
+    });
+    let rcv_edge = win.rcv_wup.wrapping_add(win.rcv_wnd);
+    let state = ConnState {
+        local: Endpoint::from(local),
+        remote: Endpoint::from(remote),
+        state_flags: TcpState::Established as u16 | (f << 4),
+        snd_una,
+        in_flight: (sent > 0).then(|| InFlight {
+            nxt_off: sent,
+            max_off: sent,
+            rto_due_us: Some(info.tcpi_rto),
+            backoff: info.tcpi_backoff.min(16),
+        }),
+        snd_wnd: win.snd_wnd,
+        rcv_nxt,
+        rcv_adv_off: rcv_edge.wrapping_sub(rcv_nxt).min(1 << 30),
+        snd_mss: mss as u16,
+        // tcp_info: snd_wscale in the low nibble, rcv_wscale in the high one.
+        wscales: ((info.tcpi_snd_rcv_wscale & 0xf) << 4) | (info.tcpi_snd_rcv_wscale >> 4),
+        ts_recent: 0,
+        ts_last: tsval,
+        srtt_us: info.tcpi_rtt,
+        rttvar_us: info.tcpi_rttvar,
+        cwnd: info.tcpi_snd_cwnd.saturating_mul(mss).max(mss),
+        after_loss,
+        send_buf_kib: 4096.max((outq >> 10) as u32 + 1),
+        recv_buf_kib: 4096.max((inq >> 10) as u32 + 1),
+        keepalive: None,
+        send_data,
+        recv_data,
+        ooo: Vec::new(),
+    };
+    state.validate()?;
+    Ok(state)
+}
+
+/// Rebuild a kernel socket from a [`ConnState`] (from either stack). The local address must be
+/// configured on this host; the peer's packets should reach this host from now on.
+pub fn restore(st: &ConnState) -> Result<TcpStream> {
+    st.validate()?;
+    if st.tcp_state() != Some(TcpState::Established) {
+        return Err(KernelError::Unsupported(
+            "only established connections are restored",
+        ));
+    }
+    let has = |b: u16| (st.state_flags >> 4) & b != 0;
+    // SAFETY: plain socket(2); ownership of the fd passes to `OwnedFd` at once.
+    let raw = unsafe { libc::socket(libc::AF_INET6, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(os("socket"));
+    }
+    // SAFETY: `raw` is a fresh, valid fd owned by nobody else.
+    let owned = unsafe { OwnedFd::from_raw_fd(raw) };
+    let fd = owned.as_raw_fd();
+    let tcp = libc::IPPROTO_TCP;
+    setsockopt(
+        fd,
+        tcp,
+        libc::TCP_REPAIR,
+        &1i32,
+        "setsockopt(TCP_REPAIR on)",
+    )?;
+    setsockopt(
+        fd,
+        libc::SOL_SOCKET,
+        libc::SO_REUSEADDR,
+        &1i32,
+        "SO_REUSEADDR",
+    )?;
+    let (unacked, unsent) = {
+        let sent = st
+            .in_flight
+            .as_ref()
+            .map(|f| f.max_off as usize)
+            .unwrap_or(0)
+            .min(st.send_data.len());
+        st.send_data.split_at(sent)
+    };
+    setsockopt(
+        fd,
+        tcp,
+        libc::TCP_REPAIR_QUEUE,
+        &TCP_SEND_QUEUE,
+        "TCP_REPAIR_QUEUE send",
+    )?;
+    setsockopt(
+        fd,
+        tcp,
+        libc::TCP_QUEUE_SEQ,
+        &st.snd_una,
+        "TCP_QUEUE_SEQ send",
+    )?;
+    setsockopt(
+        fd,
+        tcp,
+        libc::TCP_REPAIR_QUEUE,
+        &TCP_RECV_QUEUE,
+        "TCP_REPAIR_QUEUE recv",
+    )?;
+    let rcv_start = st.rcv_nxt.wrapping_sub(st.recv_data.len() as u32);
+    setsockopt(
+        fd,
+        tcp,
+        libc::TCP_QUEUE_SEQ,
+        &rcv_start,
+        "TCP_QUEUE_SEQ recv",
+    )?;
+    let local = sockaddr(&st.local());
+    let remote = sockaddr(&st.remote());
+    // SAFETY: `local`/`remote` are valid sockaddr_in6 values of the given size.
+    if unsafe {
+        libc::bind(
+            fd,
+            &local as *const _ as *const libc::sockaddr,
+            size_of::<libc::sockaddr_in6>() as u32,
+        )
+    } < 0
+    {
+        return Err(os("bind (is the local address configured here?)"));
+    }
+    // In repair mode connect() sends nothing and puts the socket in ESTABLISHED.
+    // SAFETY: as above.
+    if unsafe {
+        libc::connect(
+            fd,
+            &remote as *const _ as *const libc::sockaddr,
+            size_of::<libc::sockaddr_in6>() as u32,
+        )
+    } < 0
+    {
+        return Err(os("connect (repair)"));
+    }
+    let mut opts = vec![RepairOpt {
+        code: TCPOPT_MSS,
+        val: u32::from(st.snd_mss),
+    }];
+    if has(flags::WS) {
+        let snd = u32::from(st.wscales >> 4);
+        let rcv = u32::from(st.wscales & 0xf);
+        opts.push(RepairOpt {
+            code: TCPOPT_WINDOW,
+            val: snd | (rcv << 16),
+        });
+    }
+    if has(flags::SACK) {
+        opts.push(RepairOpt {
+            code: TCPOPT_SACK_PERM,
+            val: 0,
+        });
+    }
+    if has(flags::TS) {
+        opts.push(RepairOpt {
+            code: TCPOPT_TIMESTAMP,
+            val: 0,
+        });
+    }
+    // SAFETY: `opts` is a live array of `tcp_repair_opt`; its byte length is passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            tcp,
+            libc::TCP_REPAIR_OPTIONS,
+            opts.as_ptr() as *const libc::c_void,
+            (opts.len() * size_of::<RepairOpt>()) as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(os("TCP_REPAIR_OPTIONS"));
+    }
+    if has(flags::TS) {
+        // The timestamp clock continues from the last TSval sent (monotonic per connection).
+        setsockopt(
+            fd,
+            tcp,
+            libc::TCP_TIMESTAMP,
+            &st.ts_last.wrapping_add(1),
+            "TCP_TIMESTAMP",
+        )?;
+    }
+    setsockopt(
+        fd,
+        tcp,
+        libc::TCP_REPAIR_QUEUE,
+        &TCP_RECV_QUEUE,
+        "TCP_REPAIR_QUEUE recv",
+    )?;
+    send_all(fd, &st.recv_data, "restore receive queue")?;
+    setsockopt(
+        fd,
+        tcp,
+        libc::TCP_REPAIR_QUEUE,
+        &TCP_SEND_QUEUE,
+        "TCP_REPAIR_QUEUE send",
+    )?;
+    // Data written in repair mode counts as sent and unacknowledged.
+    send_all(fd, unacked, "restore send queue")?;
+    setsockopt(
+        fd,
+        tcp,
+        libc::TCP_REPAIR_QUEUE,
+        &TCP_NO_QUEUE,
+        "TCP_REPAIR_QUEUE none",
+    )?;
+    let win = RepairWindow {
+        snd_wl1: st.rcv_nxt,
+        snd_wnd: st.snd_wnd,
+        max_window: st.snd_wnd,
+        rcv_wnd: st.rcv_adv_off,
+        rcv_wup: st.rcv_nxt,
+    };
+    setsockopt(fd, tcp, libc::TCP_REPAIR_WINDOW, &win, "TCP_REPAIR_WINDOW")?;
+    let nodelay: libc::c_int = if has(flags::NAGLE) { 0 } else { 1 };
+    setsockopt(fd, tcp, libc::TCP_NODELAY, &nodelay, "TCP_NODELAY")?;
+    // Leaving repair mode sends a window probe (an ACK): the peer learns where we are.
+    setsockopt(
+        fd,
+        tcp,
+        libc::TCP_REPAIR,
+        &0i32,
+        "setsockopt(TCP_REPAIR off)",
+    )?;
+    let stream = TcpStream::from(owned);
+    // The never-sent part goes out normally.
+    let mut w = &stream;
+    io::Write::write_all(&mut w, unsent).map_err(|e| KernelError::Os {
+        what: "write unsent data",
+        err: e,
+    })?;
+    Ok(stream)
+}
+
+fn send_all(fd: RawFd, mut data: &[u8], what: &'static str) -> Result<()> {
+    while !data.is_empty() {
+        // SAFETY: reads `data.len()` bytes from a live slice.
+        let n = unsafe { libc::send(fd, data.as_ptr() as *const libc::c_void, data.len(), 0) };
+        if n <= 0 {
+            return Err(os(what));
+        }
+        data = &data[n as usize..];
+    }
+    Ok(())
+}
+
+fn sockaddr(a: &SocketAddrV6) -> libc::sockaddr_in6 {
+    // SAFETY: sockaddr_in6 is plain data; all-zero is valid.
+    let mut s: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+    s.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+    s.sin6_port = a.port().to_be();
+    s.sin6_addr.s6_addr = a.ip().octets();
+    s.sin6_scope_id = a.scope_id();
+    s
+}
