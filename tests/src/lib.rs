@@ -42,6 +42,7 @@
 
 mod counters;
 mod impair;
+pub mod interop;
 mod link;
 mod netns;
 mod ping;
