@@ -9,6 +9,7 @@
 //! The `dsnode` binary (`src/bin/dsnode.rs`) wires these to a device and a runner.
 
 #![warn(missing_docs)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod home_agent;
 pub mod http;

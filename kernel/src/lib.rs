@@ -12,6 +12,7 @@
 //! Not carried by the kernel API: TS.Recent (the state says "unknown" and the next segment
 //! sets it), SACK scoreboards and out-of-order data (dropped on restore: the peer resends it).
 
+#![deny(clippy::undocumented_unsafe_blocks)]
 use ds_stack::state::{flags, AfterLoss, Endpoint, InFlight};
 use ds_stack::{ConnState, TcpState};
 use std::io;

@@ -11,6 +11,7 @@
 //! ([`Interface::tcp_thaw`]): that is the handoff primitive of Distributed Servers.
 
 #![warn(missing_docs)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod device;
 pub mod frag;
