@@ -12,7 +12,9 @@
 //! Not carried by the kernel API: TS.Recent (the state says "unknown" and the next segment
 //! sets it), SACK scoreboards and out-of-order data (dropped on restore: the peer resends it).
 
+#![warn(missing_docs)]
 #![deny(clippy::undocumented_unsafe_blocks)]
+
 use ds_stack::state::{flags, AfterLoss, Endpoint, InFlight};
 use ds_stack::{ConnState, TcpState};
 use std::io;
