@@ -1,0 +1,185 @@
+//! Handoff protocol messages: a version byte, then postcard.
+//!
+//! ```text
+//! donor                         acceptor
+//!   Offer{state, ticket} ───────▶  decode + validate, decide
+//!   ◀──────── Refuse{reason}       (donor thaws back: nothing lost)
+//!   ◀──────── Accept               (acceptor now owns the connection)
+//!   ◀──────── Activated{timings}   (thawed, address taken, announced)
+//!   Abort ──────────────────────▶  (donor gave up before an Accept)
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+/// Message encoding version (first byte of every plaintext).
+pub const PROTOCOL_VERSION: u8 = 1;
+
+/// Errors decoding a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MsgError {
+    /// Empty plaintext.
+    #[error("empty message")]
+    Empty,
+    /// Another protocol version.
+    #[error("unsupported handoff protocol version {0} (this build speaks {PROTOCOL_VERSION})")]
+    Version(u8),
+    /// The bytes do not decode.
+    #[error("corrupt handoff message: {0}")]
+    Corrupt(String),
+}
+
+/// Why an acceptor refuses a connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RefuseReason {
+    /// Too loaded to take it.
+    Load,
+    /// No such service here.
+    UnknownService,
+    /// The state did not decode or validate.
+    BadState(String),
+    /// The state decoded but the thaw failed (e.g. the address is not ours, already in use).
+    ThawFailed(String),
+    /// Another reason.
+    Other(String),
+}
+
+/// The donor proposes a connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Offer {
+    /// Donor-chosen identifier, echoed in the replies.
+    pub conn_id: u64,
+    /// [`ds_stack::ConnState::encode`] bytes.
+    #[serde(with = "serde_bytes")]
+    pub state: Vec<u8>,
+    /// Optional mobility ticket (an encoded `HomeTicket`) for route-optimised mode.
+    pub ticket: Option<serde_bytes::ByteBuf>,
+    /// The service the connection belongs to (e.g. "http").
+    pub service: String,
+}
+
+/// Acceptor-side timings sent back with [`Message::Activated`], nanoseconds, measured on the acceptor's
+/// monotonic clock.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcceptorTimes {
+    /// Phase 3: decode, validate, thaw.
+    pub recreate_ns: u64,
+    /// Phases 4–6 (return routability, BU construction, binding management; in transparent
+    /// mode the flow-table update).
+    pub steer_ns: [u64; 3],
+    /// Phase 7: activation (address takeover, announcement).
+    pub activate_ns: u64,
+    /// From the Offer's arrival to sending Activated.
+    pub elapsed_ns: u64,
+}
+
+/// One protocol message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// Donor → acceptor: take this connection.
+    Offer(Offer),
+    /// Acceptor → donor: the state is valid and I take it; the donor must forget it.
+    Accept {
+        /// The offer's id.
+        conn_id: u64,
+    },
+    /// Acceptor → donor: I do not take it; the donor resumes it.
+    Refuse {
+        /// The offer's id.
+        conn_id: u64,
+        /// Why.
+        reason: RefuseReason,
+    },
+    /// Acceptor → donor: the connection runs here now.
+    Activated {
+        /// The offer's id.
+        conn_id: u64,
+        /// How long the acceptor's phases took.
+        times: AcceptorTimes,
+    },
+    /// Either way: give this offer up.
+    Abort {
+        /// The offer's id.
+        conn_id: u64,
+        /// Free text.
+        reason: String,
+    },
+}
+
+impl Message {
+    /// Version byte, then postcard.
+    pub fn encode(&self) -> Vec<u8> {
+        // Serializing plain data into a Vec cannot fail; fall back to the bare version byte.
+        postcard::to_extend(self, vec![PROTOCOL_VERSION]).unwrap_or_else(|_| vec![PROTOCOL_VERSION])
+    }
+
+    /// Decode bytes from [`Message::encode`]; foreign input is an error, never a panic.
+    pub fn decode(bytes: &[u8]) -> Result<Message, MsgError> {
+        let (&v, rest) = bytes.split_first().ok_or(MsgError::Empty)?;
+        if v != PROTOCOL_VERSION {
+            return Err(MsgError::Version(v));
+        }
+        let (m, tail): (Message, &[u8]) =
+            postcard::take_from_bytes(rest).map_err(|e| MsgError::Corrupt(e.to_string()))?;
+        if !tail.is_empty() {
+            return Err(MsgError::Corrupt(format!("{} trailing bytes", tail.len())));
+        }
+        Ok(m)
+    }
+
+    /// The connection id the message is about.
+    pub fn conn_id(&self) -> u64 {
+        match self {
+            Message::Offer(o) => o.conn_id,
+            Message::Accept { conn_id }
+            | Message::Refuse { conn_id, .. }
+            | Message::Activated { conn_id, .. }
+            | Message::Abort { conn_id, .. } => *conn_id,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_garbage() {
+        let ms = [
+            Message::Offer(Offer {
+                conn_id: 7,
+                state: vec![1, 2, 3],
+                ticket: Some(serde_bytes::ByteBuf::from(vec![9; 40])),
+                service: "http".into(),
+            }),
+            Message::Accept { conn_id: 7 },
+            Message::Refuse {
+                conn_id: 7,
+                reason: RefuseReason::UnknownService,
+            },
+            Message::Activated {
+                conn_id: 7,
+                times: AcceptorTimes {
+                    recreate_ns: 5,
+                    ..Default::default()
+                },
+            },
+            Message::Abort {
+                conn_id: 7,
+                reason: "timeout".into(),
+            },
+        ];
+        for m in ms {
+            let b = m.encode();
+            assert_eq!(Message::decode(&b).unwrap(), m);
+            assert_eq!(m.conn_id(), 7);
+            for cut in 0..b.len() {
+                assert!(Message::decode(&b[..cut]).is_err());
+            }
+            let mut extra = b.clone();
+            extra.push(0);
+            assert!(Message::decode(&extra).is_err());
+        }
+        assert_eq!(Message::decode(&[2, 0]), Err(MsgError::Version(2)));
+        assert!(Message::decode(&[1, 200, 200, 200]).is_err());
+    }
+}
