@@ -34,6 +34,9 @@ struct Mobility {
     rh2: Option<Ipv6Addr>,
 }
 
+/// Packets held per frozen connection at most (about a 1.4 MB window of full segments).
+const MAX_HELD: usize = 1024;
+
 /// Intercepted packets held for the application at most.
 const MAX_INTERCEPTED: usize = 4096;
 
@@ -215,7 +218,9 @@ pub struct Interface {
     demux: HashMap<ConnKey, u32>,
     listeners: Vec<Option<Listener>>,
     listen_map: HashMap<(Ipv6Addr, u16), u32>,
-    frozen: HashMap<ConnKey, Instant>,
+    /// Frozen connections: when frozen, and the packets that arrived for them since (held for
+    /// the node that thaws the connection, so none is lost in the handoff gap).
+    frozen: HashMap<ConnKey, (Instant, Vec<Vec<u8>>)>,
     timers: BinaryHeap<Reverse<(Instant, u32, u32)>>,
     dirty: Vec<u32>,
     ready: Vec<u32>,
@@ -1286,10 +1291,22 @@ impl Interface {
             self.after_tcb_event(idx);
             return;
         }
-        if self.frozen.contains_key(&key) {
-            // A frozen connection: its packets are held off (the handoff layer forwards them),
-            // never answered with RST.
-            self.stats.tcp_no_socket += 1;
+        if let Some((_, held)) = self.frozen.get_mut(&key) {
+            // A frozen connection: never answered with RST; its packets are held for the node
+            // that thaws it (`tcp_take_held`), up to a bound.
+            if held.len() < MAX_HELD {
+                let mut pkt = Vec::with_capacity(IP6_HDR + payload.len());
+                pkt.extend_from_slice(&[0x60, 0, 0, 0]);
+                pkt.extend_from_slice(&(payload.len().min(65535) as u16).to_be_bytes());
+                pkt.extend_from_slice(&[6, 64]);
+                pkt.extend_from_slice(&src.octets());
+                pkt.extend_from_slice(&dst.octets());
+                pkt.extend_from_slice(payload);
+                held.push(pkt);
+                self.stats.tcp_held += 1;
+            } else {
+                self.stats.tcp_no_socket += 1;
+            }
             return;
         }
         let listener = self
@@ -2065,7 +2082,7 @@ impl Interface {
         let t = self.tcb(h)?;
         let state = t.to_state(now).ok_or(Error::InvalidState)?;
         let key = ConnKey::of(&t.local, &t.remote);
-        self.frozen.insert(key, now);
+        self.frozen.insert(key, (now, Vec::new()));
         let slot = &mut self.slots[h.idx as usize];
         slot.tcb = None;
         self.demux.remove(&key);
@@ -2073,9 +2090,24 @@ impl Interface {
         Ok(state)
     }
 
-    /// Stop holding off packets of a frozen connection (it now lives elsewhere).
-    pub fn tcp_forget_frozen(&mut self, local: SocketAddrV6, remote: SocketAddrV6) {
-        self.frozen.remove(&ConnKey::of(&local, &remote));
+    /// Stop holding off packets of a frozen connection (it now lives elsewhere). Returns the
+    /// packets still held.
+    pub fn tcp_forget_frozen(&mut self, local: SocketAddrV6, remote: SocketAddrV6) -> Vec<Vec<u8>> {
+        self.frozen
+            .remove(&ConnKey::of(&local, &remote))
+            .map(|f| f.1)
+            .unwrap_or_default()
+    }
+
+    /// Take the packets that reached a frozen connection since its freeze (IPv6 packets, TCP
+    /// inside, checksums valid for their addresses). Forward them to the node that thawed it,
+    /// which feeds them to [`Interface::receive_ipv6`]: the handoff gap then costs the client
+    /// no retransmission.
+    pub fn tcp_take_held(&mut self, local: SocketAddrV6, remote: SocketAddrV6) -> Vec<Vec<u8>> {
+        self.frozen
+            .get_mut(&ConnKey::of(&local, &remote))
+            .map(|f| std::mem::take(&mut f.1))
+            .unwrap_or_default()
     }
 
     /// Resume a frozen connection on this interface. The local address must be ours.

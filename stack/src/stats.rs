@@ -41,6 +41,8 @@ pub struct Stats {
     pub tcp_ooo_segments: u64,
     /// Fast retransmits / recovery episodes entered.
     pub tcp_fast_recovery: u64,
+    /// Segments for a frozen connection, held for the node that thaws it.
+    pub tcp_held: u64,
     /// Segments for no connection (answered with RST).
     pub tcp_no_socket: u64,
     /// RFC 5961 challenge ACKs sent.
