@@ -442,6 +442,45 @@ pub enum AcceptorEvent {
         /// The offer's id.
         conn_id: u64,
     },
+    /// Packets the donor held for a moved connection were processed here.
+    Forwarded {
+        /// The offer's id.
+        conn_id: u64,
+        /// How many.
+        packets: usize,
+    },
+}
+
+/// Donor side, after [`DonorOutcome::Moved`]: send the packets that reached the frozen
+/// connection here to the acceptor. Call it from the donor's loop until steering has moved
+/// the flow, then call [`Interface::tcp_forget_frozen`] and send what it returns with
+/// [`forward_packets`]. Returns how many packets went.
+pub fn forward_held(
+    chan: &mut Channel,
+    iface: &mut Interface,
+    conn_id: u64,
+    state: &ConnState,
+) -> Result<usize, HandoffError> {
+    let held = iface.tcp_take_held(state.local(), state.remote());
+    forward_packets(chan, conn_id, held)
+}
+
+/// Send packets held for `conn_id` to the acceptor (no message when there are none).
+pub fn forward_packets(
+    chan: &mut Channel,
+    conn_id: u64,
+    packets: Vec<Vec<u8>>,
+) -> Result<usize, HandoffError> {
+    if packets.is_empty() {
+        return Ok(0);
+    }
+    let n = packets.len();
+    let packets = packets
+        .into_iter()
+        .map(serde_bytes::ByteBuf::from)
+        .collect();
+    chan.send(&Message::Forward { conn_id, packets })?;
+    Ok(n)
 }
 
 /// The acceptor side: answers offers arriving on a channel.
@@ -469,6 +508,15 @@ impl Acceptor {
         match msg {
             Message::Offer(o) => self.on_offer(chan, iface, now, o).map(Some),
             Message::Abort { conn_id, .. } => Ok(Some(AcceptorEvent::Aborted { conn_id })),
+            Message::Forward { conn_id, packets } => {
+                for p in &packets {
+                    iface.receive_ipv6(now, p, None);
+                }
+                Ok(Some(AcceptorEvent::Forwarded {
+                    conn_id,
+                    packets: packets.len(),
+                }))
+            }
             _ => Err(HandoffError::Protocol("acceptor got a reply message")),
         }
     }

@@ -47,8 +47,8 @@ pub mod report;
 pub use channel::{Channel, ChannelError, ClusterSecret, Codec, Handshake, Role};
 pub use drain::{Drain, DrainEnd, DrainGate};
 pub use driver::{
-    Acceptor, AcceptorConfig, AcceptorEvent, Donor, DonorConfig, DonorOutcome, HandoffError,
-    Takeover,
+    forward_held, forward_packets, Acceptor, AcceptorConfig, AcceptorEvent, Donor, DonorConfig,
+    DonorOutcome, HandoffError, Takeover,
 };
 pub use msg::{Message, Offer, RefuseReason};
 pub use report::{HandoffReport, Mode, Phase, PhaseTimes};

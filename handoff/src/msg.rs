@@ -103,6 +103,15 @@ pub enum Message {
         /// Free text.
         reason: String,
     },
+    /// Donor → acceptor, after Accept: IPv6 packets of the connection that reached the donor
+    /// after the freeze (issue item "nothing dropped in the gap"); the acceptor processes them
+    /// as if received.
+    Forward {
+        /// The offer's id.
+        conn_id: u64,
+        /// Whole IPv6 packets.
+        packets: Vec<serde_bytes::ByteBuf>,
+    },
 }
 
 impl Message {
@@ -133,7 +142,8 @@ impl Message {
             Message::Accept { conn_id }
             | Message::Refuse { conn_id, .. }
             | Message::Activated { conn_id, .. }
-            | Message::Abort { conn_id, .. } => *conn_id,
+            | Message::Abort { conn_id, .. }
+            | Message::Forward { conn_id, .. } => *conn_id,
         }
     }
 }
