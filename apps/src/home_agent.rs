@@ -11,10 +11,6 @@ use std::collections::HashSet;
 use std::net::Ipv6Addr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-fn mip(t: Instant) -> ds_mipv6::Instant {
-    ds_mipv6::Instant::from_micros(t.total_micros())
-}
-
 struct Shared {
     ha: HomeAgent,
     /// NTP wall time at an instant of the interface clock (RFC 4285 §6 timestamps).
@@ -67,7 +63,7 @@ impl MobilityHook for Hook {
     fn on_mobility_header(&mut self, now: Instant, meta: MhMeta, mh: &[u8]) -> Vec<Vec<u8>> {
         let mut s = lock(&self.0);
         let wall = s.wall_at(now);
-        let out = s.ha.on_mobility_header(mip(now), wall, meta, mh);
+        let out = s.ha.on_mobility_header(now, wall, meta, mh);
         tracing::info!(event = ?out.event, "home registration");
         s.events.push(out.event);
         out.transmit.into_iter().map(|t| t.packet).collect()
@@ -129,13 +125,13 @@ impl HomeAgentNode {
 
     /// The care-of address registered for a home address.
     pub fn care_of(&self, now: Instant, home: Ipv6Addr) -> Option<Ipv6Addr> {
-        lock(&self.sh).ha.care_of(mip(now), home)
+        lock(&self.sh).ha.care_of(now, home)
     }
 
     /// Keep proxy ND in step with the binding cache, and forward intercepted packets:
     /// tunnel those for home addresses (§10.4.2), forward reverse-tunnelled ones (§10.4.5).
     pub fn service(&self, iface: &mut Interface, now: Instant) {
-        let t = mip(now);
+        let t = now;
         let mut sh = lock(&self.sh);
         sh.ha.poll(t);
         let events = std::mem::take(&mut sh.events);

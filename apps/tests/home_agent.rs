@@ -101,17 +101,9 @@ fn home_registration_and_kernel_client_through_the_tunnel() {
         key: b"not-the-key-at-all!!".to_vec(),
         ..cfg.clone()
     };
-    let forged = HomeRegistration::new(forged_cfg, 50).send(
-        ds_mipv6::Instant::from_micros(now.total_micros()),
-        ntp_now(),
-        false,
-    );
+    let forged = HomeRegistration::new(forged_cfg, 50).send(now, ntp_now(), false);
     node.iface.send_ipv6_packet(now, &forged.packet);
-    let valid = HomeRegistration::new(cfg, 60).send(
-        ds_mipv6::Instant::from_micros(now.total_micros()),
-        ntp_now(),
-        false,
-    );
+    let valid = HomeRegistration::new(cfg, 60).send(now, ntp_now(), false);
     node.iface.send_ipv6_packet(now, &valid.packet);
     for _ in 0..50 {
         step(&mut ha_rt, &mut node);

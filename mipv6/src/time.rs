@@ -1,10 +1,10 @@
 //! Time as the sans-IO code sees it: a plain value handed in by the caller.
 //!
-//! The representation (signed microseconds since an arbitrary epoch) is the same as
-//! `ds_stack::Instant`, so converting is `Instant::from_micros(t.total_micros())`.
+//! This is the project's one instant type: `ds_stack` re-exports it as `ds_stack::Instant`
+//! (the stack depends on this crate, not the other way round).
 
 use serde::{Deserialize, Serialize};
-use std::ops::{Add, Sub};
+use std::ops::{Add, AddAssign, Sub};
 use std::time::Duration;
 
 /// A point in time, in microseconds since an arbitrary epoch.
@@ -43,6 +43,11 @@ impl Instant {
         self.micros
     }
 
+    /// Milliseconds since the epoch (truncated).
+    pub const fn total_millis(self) -> i64 {
+        self.micros / 1000
+    }
+
     /// `self - earlier`, or zero when `earlier` is later.
     pub fn saturating_since(self, earlier: Instant) -> Duration {
         if self.micros <= earlier.micros {
@@ -72,5 +77,29 @@ impl Sub<Duration> for Instant {
         Instant {
             micros: self.micros.saturating_sub(dur_micros(rhs)),
         }
+    }
+}
+
+impl AddAssign<Duration> for Instant {
+    fn add_assign(&mut self, rhs: Duration) {
+        *self = *self + rhs;
+    }
+}
+
+impl Sub<Instant> for Instant {
+    type Output = Duration;
+    fn sub(self, rhs: Instant) -> Duration {
+        self.saturating_since(rhs)
+    }
+}
+
+impl std::fmt::Display for Instant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}.{:06}s",
+            self.micros / 1_000_000,
+            (self.micros % 1_000_000).abs()
+        )
     }
 }

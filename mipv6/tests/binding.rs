@@ -418,7 +418,7 @@ fn lost_binding_updates_are_retransmitted_with_exponential_backoff() {
     let mut now = t0;
     // Simulated clock: step 100 ms at a time for 150 s, losing every BU.
     while now < t0 + Duration::from_secs(150) {
-        now = now + Duration::from_millis(100);
+        now += Duration::from_millis(100);
         if let Some(t) = b.poll(now) {
             sent.push((now, t));
         }

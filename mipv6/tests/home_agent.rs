@@ -345,7 +345,7 @@ fn home_registration_retransmits_from_1_5_s() {
     let mut times = vec![];
     let mut now = t0;
     while now < Instant::from_secs(40) {
-        now = now + Duration::from_millis(100);
+        now += Duration::from_millis(100);
         if reg.poll(now, wall(0)).is_some() {
             times.push(now.total_micros() / 100_000);
         }

@@ -78,7 +78,7 @@ proptest! {
         let mut next_seq: Option<u16> = None; // shipped between nodes like a HomeTicket
         for s in steps {
             match s {
-                Step::Advance(secs) => now = now + Duration::from_secs(secs.into()),
+                Step::Advance(secs) => now += Duration::from_secs(secs.into()),
                 Step::Bind { node, lifetime, seq_start } => {
                     let cfg = MnBindingConfig {
                         home: HOME, care_of: coa(node), cn: CN,

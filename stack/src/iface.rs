@@ -52,11 +52,6 @@ enum MobilityOut {
     },
 }
 
-/// Our clock in `ds-mipv6`'s type (same representation).
-fn mip_now(now: Instant) -> ds_mipv6::Instant {
-    ds_mipv6::Instant::from_micros(now.total_micros())
-}
-
 /// RFC 6275 §6.4: a type 2 routing header is 24 octets; so is our Home Address option header.
 const MOBILITY_EXT_LEN: usize = 24;
 
@@ -453,11 +448,7 @@ impl Interface {
     /// The earliest instant at which [`Interface::poll`] has work (`None`: only input matters).
     pub fn poll_at(&self) -> Option<Instant> {
         let mut t = self.timers.peek().map(|r| r.0 .0);
-        let cn_at = self
-            .cn
-            .as_ref()
-            .and_then(|c| c.poll_at())
-            .map(|t| Instant::from_micros(t.total_micros()));
+        let cn_at = self.cn.as_ref().and_then(|c| c.poll_at());
         let hook_at = self.hook.as_ref().and_then(|h| h.poll_at());
         for x in [self.nd.poll_at(), self.frag.poll_at(), cn_at, hook_at]
             .into_iter()
@@ -499,7 +490,7 @@ impl Interface {
         }
         self.stats.reassembly_failed += self.frag.expire(now) as u64;
         if let Some(cn) = self.cn.as_mut() {
-            for t in cn.poll(mip_now(now)) {
+            for t in cn.poll(now) {
                 self.send_ipv6_packet(now, &t.packet);
             }
         }
@@ -950,7 +941,7 @@ impl Interface {
     }
 
     fn accept_hao(&mut self, now: Instant, mob: &Mobility, home: Ipv6Addr) -> bool {
-        let t = mip_now(now);
+        let t = now;
         if let Some(cn) = self.cn.as_mut() {
             match cn.check_hao(t, mob.dst, mob.src, home, false) {
                 HaoCheck::Accept => return true,
@@ -984,7 +975,7 @@ impl Interface {
         };
         let mut handled = false;
         if let Some(cn) = self.cn.as_mut() {
-            let out = cn.on_mobility_header(mip_now(now), meta, mh);
+            let out = cn.on_mobility_header(now, meta, mh);
             handled = !matches!(out.event, CnEvent::Ignored);
             tracing::debug!(event = ?out.event, "mobility header (correspondent)");
             if let CnEvent::BindingUpdated { home, .. } = &out.event {
@@ -1574,7 +1565,7 @@ impl Interface {
             58 if upper.first().is_some_and(|t| !(133..=137).contains(t)) => None,
             _ => return None,
         };
-        let t = mip_now(now);
+        let t = now;
         let care_of = self
             .cn
             .as_mut()

@@ -20,10 +20,6 @@ use std::net::Ipv6Addr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-fn mip(t: Instant) -> ds_mipv6::Instant {
-    ds_mipv6::Instant::from_micros(t.total_micros())
-}
-
 #[derive(Debug, Default)]
 struct State {
     home: Option<Ipv6Addr>,
@@ -78,7 +74,7 @@ impl MobileRole {
     pub fn start_home_test(&self, now: Instant, cn: Ipv6Addr, cookie: [u8; 8]) {
         let mut s = self.lock();
         let Some(home) = s.home else { return };
-        let (t, tx) = TestInit::start(mip(now), TokenKind::Home, home, cn, cookie);
+        let (t, tx) = TestInit::start(now, TokenKind::Home, home, cn, cookie);
         s.home_test = Some(t);
         s.outbox.push(tx.packet);
     }
@@ -87,7 +83,7 @@ impl MobileRole {
     pub fn start_care_of_test(&self, now: Instant, cn: Ipv6Addr, cookie: [u8; 8]) {
         let mut s = self.lock();
         let Some(coa) = s.care_of else { return };
-        let (t, tx) = TestInit::start(mip(now), TokenKind::CareOf, coa, cn, cookie);
+        let (t, tx) = TestInit::start(now, TokenKind::CareOf, coa, cn, cookie);
         s.coa_test = Some(t);
         s.outbox.push(tx.packet);
     }
@@ -98,7 +94,7 @@ impl MobileRole {
         let s = self.lock();
         s.home_kg
             .as_ref()
-            .map(|k| HomeTicket::export(k, mip(now), next_sequence))
+            .map(|k| HomeTicket::export(k, now, next_sequence))
     }
 
     /// Whether the care-of test completed.
@@ -143,10 +139,10 @@ impl MobileRole {
             bid: flows.as_ref().map(|f| f.0),
             flows: flows.map(|f| f.1).unwrap_or_default(),
         };
-        let mut b = MnBinding::from_ticket(cfg, ticket, mip(now))?;
+        let mut b = MnBinding::from_ticket(cfg, ticket, now)?;
         let kg = s.coa_kg.ok_or(MnError::WrongToken)?;
         b.set_keygen(kg)?;
-        let bu = b.send_update(mip(now))?;
+        let bu = b.send_update(now)?;
         s.outbox.push(bu.packet);
         s.binding = Some(b);
         Ok(())
@@ -157,7 +153,7 @@ impl MobileRole {
         self.lock()
             .binding
             .as_ref()
-            .is_some_and(|b| b.is_bound(mip(now)))
+            .is_some_and(|b| b.is_bound(now))
     }
 
     /// Events from Binding Acknowledgements so far (drained).
@@ -194,7 +190,7 @@ impl MobileRole {
         let mut s = self.lock();
         s.wall = Some((wall_ntp, now));
         let mut reg = HomeRegistration::new(cfg, next_sequence);
-        let bu = reg.send(mip(now), wall_ntp, false);
+        let bu = reg.send(now, wall_ntp, false);
         s.outbox.push(bu.packet);
         s.home_reg = Some(reg);
     }
@@ -208,7 +204,7 @@ impl MobileRole {
 impl MobilityHook for MobileRole {
     fn on_mobility_header(&mut self, now: Instant, meta: MhMeta, mh: &[u8]) -> Vec<Vec<u8>> {
         let mut s = self.lock();
-        let t = mip(now);
+        let t = now;
         if let Some(k) = s
             .home_test
             .as_mut()
@@ -270,7 +266,7 @@ impl MobilityHook for MobileRole {
         _dst: Ipv6Addr,
     ) -> Option<Ipv6Addr> {
         let s = self.lock();
-        let bound = s.binding.as_ref().is_some_and(|b| b.is_bound(mip(now)));
+        let bound = s.binding.as_ref().is_some_and(|b| b.is_bound(now));
         if s.home == Some(src) && bound {
             s.care_of
         } else {
@@ -281,7 +277,7 @@ impl MobilityHook for MobileRole {
     fn poll(&mut self, now: Instant) -> Vec<Vec<u8>> {
         let mut guard = self.lock();
         let s = &mut *guard;
-        let t = mip(now);
+        let t = now;
         let mut out = std::mem::take(&mut s.outbox);
         for test in [s.home_test.as_mut(), s.coa_test.as_mut()]
             .into_iter()
@@ -313,6 +309,5 @@ impl MobilityHook for MobileRole {
         .into_iter()
         .flatten()
         .min()
-        .map(|t| Instant::from_micros(t.total_micros()))
     }
 }
