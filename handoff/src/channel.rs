@@ -425,6 +425,21 @@ impl Channel {
         Ok(())
     }
 
+    /// Seal a message into a frame without sending it, so that building a message and
+    /// sending it can be timed apart. Frames must be passed to [`Channel::send_sealed`] in
+    /// the order they were sealed (their nonces are sequential).
+    pub fn seal(&mut self, m: &Message) -> Result<Vec<u8>, ChannelError> {
+        self.codec.seal_msg(m)
+    }
+
+    /// Queue a frame from [`Channel::seal`] (it leaves now if the socket takes it).
+    pub fn send_sealed(&mut self, frame: &[u8]) -> Result<(), ChannelError> {
+        self.bytes_sent += frame.len() as u64;
+        self.out.extend_from_slice(frame);
+        self.flush()?;
+        Ok(())
+    }
+
     /// Write what the socket takes now; true when nothing is left queued.
     pub fn flush(&mut self) -> Result<bool, ChannelError> {
         while self.out_pos < self.out.len() {

@@ -64,6 +64,8 @@ pub struct DonorConfig {
     pub service: String,
     /// Optional encoded mobility ticket (route-optimised mode).
     pub ticket: Option<Vec<u8>>,
+    /// The service's state of the connection, handed to the acceptor's service.
+    pub app: Option<Vec<u8>>,
     /// When to freeze.
     pub drain: Drain,
     /// Longest wait for Accept/Refuse after the offer (monotonic clock), and then again for
@@ -82,6 +84,7 @@ impl DonorConfig {
             conn_id,
             service: service.to_string(),
             ticket: None,
+            app: None,
             drain: Drain::Immediate,
             reply_timeout: Duration::from_secs(2),
             mode: Mode::Transparent,
@@ -205,6 +208,7 @@ impl Donor {
             state: bytes,
             ticket: self.cfg.ticket.clone().map(serde_bytes::ByteBuf::from),
             service: self.cfg.service.clone(),
+            app: self.cfg.app.clone().map(serde_bytes::ByteBuf::from),
         });
         let before = chan.bytes_sent();
         let offer_sent = MonoInstant::now();
@@ -427,6 +431,8 @@ pub enum AcceptorEvent {
         service: String,
         /// The mobility ticket, if one came along.
         ticket: Option<Vec<u8>>,
+        /// The service's state of the connection, if one came along.
+        app: Option<Vec<u8>>,
         /// The acceptor's phase timings.
         times: AcceptorTimes,
     },
@@ -609,6 +615,7 @@ impl Acceptor {
             handle,
             service: o.service,
             ticket: o.ticket.map(|b| b.into_vec()),
+            app: o.app.map(|b| b.into_vec()),
             times,
         })
     }

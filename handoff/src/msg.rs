@@ -7,6 +7,11 @@
 //!   ◀──────── Accept               (acceptor now owns the connection)
 //!   ◀──────── Activated{timings}   (thawed, address taken, announced)
 //!   Abort ──────────────────────▶  (donor gave up before an Accept)
+//!   Forward{packets} ───────────▶  (held in the gap, after Accept)
+//!
+//! acceptor                      home agent (transparent mode, phases 4–6)
+//!   MoveFlow{client, server, to} ─▶ one flow-map update
+//!   ◀──────── FlowMoved{ok}
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -55,6 +60,9 @@ pub struct Offer {
     pub ticket: Option<serde_bytes::ByteBuf>,
     /// The service the connection belongs to (e.g. "http").
     pub service: String,
+    /// The service's own state of the connection (e.g. an HTTP response in progress), opaque
+    /// here; the acceptor's service continues from it.
+    pub app: Option<serde_bytes::ByteBuf>,
 }
 
 /// Acceptor-side timings sent back with [`Message::Activated`], nanoseconds, measured on the acceptor's
@@ -112,6 +120,27 @@ pub enum Message {
         /// Whole IPv6 packets.
         packets: Vec<serde_bytes::ByteBuf>,
     },
+    /// Acceptor → home agent (transparent mode): send the flow `client` → `server` to the
+    /// care-of address `to` from now on.
+    MoveFlow {
+        /// The offer's id.
+        conn_id: u64,
+        /// The client's end of the connection (the flow's source).
+        client: std::net::SocketAddrV6,
+        /// The served end (the DS address and port).
+        server: std::net::SocketAddrV6,
+        /// The node that now serves it.
+        to: std::net::Ipv6Addr,
+    },
+    /// Home agent → acceptor: the flow map was updated (`ok`), or why not.
+    FlowMoved {
+        /// The offer's id.
+        conn_id: u64,
+        /// Whether the flow now goes to the requested node.
+        ok: bool,
+        /// Free text when not.
+        detail: String,
+    },
 }
 
 impl Message {
@@ -143,7 +172,9 @@ impl Message {
             | Message::Refuse { conn_id, .. }
             | Message::Activated { conn_id, .. }
             | Message::Abort { conn_id, .. }
-            | Message::Forward { conn_id, .. } => *conn_id,
+            | Message::Forward { conn_id, .. }
+            | Message::MoveFlow { conn_id, .. }
+            | Message::FlowMoved { conn_id, .. } => *conn_id,
         }
     }
 }
@@ -160,7 +191,19 @@ mod tests {
                 state: vec![1, 2, 3],
                 ticket: Some(serde_bytes::ByteBuf::from(vec![9; 40])),
                 service: "http".into(),
+                app: Some(serde_bytes::ByteBuf::from(vec![3; 12])),
             }),
+            Message::MoveFlow {
+                conn_id: 7,
+                client: "[fd00::c]:40000".parse().unwrap(),
+                server: "[fd00::80]:80".parse().unwrap(),
+                to: "fd00::2".parse().unwrap(),
+            },
+            Message::FlowMoved {
+                conn_id: 7,
+                ok: false,
+                detail: "no such flow".into(),
+            },
             Message::Accept { conn_id: 7 },
             Message::Refuse {
                 conn_id: 7,

@@ -393,6 +393,7 @@ fn tampered_frame_is_rejected() {
         state: vec![1; 100],
         ticket: None,
         service: "http".into(),
+        app: None,
     });
     let mut f = d.codec_mut().seal_msg(&offer).unwrap();
     let last = f.len() - 1;
