@@ -89,6 +89,33 @@ impl<D: Device> Runner<D> {
         self.process()
     }
 
+    /// Like [`Runner::step`], but the wait also ends when one of `extra` (the caller's own
+    /// sockets, e.g. control channels) turns readable, with microsecond resolution. Devices
+    /// without [`Device::wait_fds`] wait as in `step`.
+    pub fn step_with(
+        &mut self,
+        max_wait: Duration,
+        extra: &[std::os::fd::RawFd],
+    ) -> io::Result<()> {
+        self.flush()?;
+        let now = self.clock.now();
+        let wait = match self.iface.poll_at() {
+            Some(t) if t <= now => Duration::ZERO,
+            Some(t) => (t - now).min(max_wait),
+            None => max_wait,
+        };
+        if !wait.is_zero() {
+            let mut fds = self.dev.wait_fds();
+            if fds.is_empty() {
+                self.dev.wait(Some(wait))?;
+            } else {
+                fds.extend_from_slice(extra);
+                crate::device::wait_readable(&fds, Some(wait))?;
+            }
+        }
+        self.process()
+    }
+
     /// Process pending input and timers and flush output without waiting.
     pub fn process(&mut self) -> io::Result<()> {
         for _ in 0..RX_BATCH {

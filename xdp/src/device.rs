@@ -268,6 +268,10 @@ impl Device for AfXdpDevice {
         Ok(())
     }
 
+    fn wait_fds(&self) -> Vec<std::os::fd::RawFd> {
+        self.socks.iter().map(|s| s.fd().as_raw_fd()).collect()
+    }
+
     fn mtu(&self) -> usize {
         self.mtu
     }

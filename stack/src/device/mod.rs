@@ -3,6 +3,7 @@
 
 use crate::time::Duration;
 use std::io;
+use std::os::fd::RawFd;
 
 mod mem;
 mod tap;
@@ -27,4 +28,47 @@ pub trait Device {
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
+    /// Descriptors that turn readable when a frame may be pending, so that a caller can wait
+    /// for frames and its own sockets at once ([`crate::runner::Runner::step_with`]). Empty
+    /// when the device cannot be waited on that way (then only [`Device::wait`] is used).
+    fn wait_fds(&self) -> Vec<RawFd> {
+        Vec::new()
+    }
+}
+
+/// Block until one of `fds` is readable or `timeout` passes (`None`: no limit), with
+/// microsecond resolution (`ppoll`; `poll` would round a 100 µs wait up to 1 ms).
+pub fn wait_readable(fds: &[RawFd], timeout: Option<Duration>) -> io::Result<()> {
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let ts = timeout.map(|t| libc::timespec {
+        tv_sec: t.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: t.subsec_nanos() as libc::c_long,
+    });
+    let tsp = ts
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: `pfds` is a valid, exclusively borrowed array of `pfds.len()` pollfds and `tsp`
+    // is null or points to a timespec that outlives the call; no signal mask is passed.
+    let rc = unsafe {
+        libc::ppoll(
+            pfds.as_mut_ptr(),
+            pfds.len() as libc::nfds_t,
+            tsp,
+            std::ptr::null(),
+        )
+    };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    Ok(())
 }

@@ -188,6 +188,10 @@ impl Device for TapDevice {
         Ok(())
     }
 
+    fn wait_fds(&self) -> Vec<std::os::fd::RawFd> {
+        vec![self.file.as_raw_fd()]
+    }
+
     fn mtu(&self) -> usize {
         self.mtu
     }
