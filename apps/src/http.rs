@@ -12,7 +12,7 @@
 //! 501 and 505.
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -453,7 +453,7 @@ pub fn http_date(t: SystemTime) -> String {
 }
 
 /// Counters of one connection (or, summed, of a server).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HttpStats {
     /// Requests answered (any status).
     pub requests: u64,
@@ -490,7 +490,89 @@ impl HttpStats {
 /// A file body still to be sent.
 struct FileBody {
     file: File,
+    /// The file's real path relative to the root, so another node can reopen it.
+    rel: PathBuf,
+    /// The file position: bytes of the file read so far.
+    offset: u64,
     remaining: u64,
+}
+
+/// Version byte in front of an encoded [`HttpConnState`]; bump on any layout change.
+const STATE_VERSION: u8 = 1;
+
+/// The unsent part of a file body, as it travels in an [`HttpConnState`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BodyState {
+    /// The file's path relative to the document root (raw bytes: paths need not be UTF-8).
+    pub path: Vec<u8>,
+    /// Where in the file reading continues.
+    pub offset: u64,
+    /// Bytes of the file still to be read and sent from `offset` on.
+    pub remaining: u64,
+}
+
+/// Everything needed to continue an [`HttpConn`] on another node with the same document root.
+///
+/// Produced by [`HttpConn::export`], consumed by [`HttpConn::import`]. The unsent output
+/// already read from the file travels as bytes; the rest of the body travels as a file
+/// position, so the state stays small (at most [`MAX_BUFFERED`] input plus about one
+/// [`CHUNK`] of output) whatever the file size.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HttpConnState {
+    /// Received bytes not yet parsed (pipelined requests).
+    pub inbuf: Vec<u8>,
+    /// Response bytes produced but not yet handed to TCP.
+    pub out: Vec<u8>,
+    /// The rest of the current response's file body, if any.
+    pub body: Option<BodyState>,
+    /// No further request will be answered.
+    pub done: bool,
+    /// The peer has finished sending.
+    pub eof: bool,
+    /// The connection's counters on the exporting node. Informational only:
+    /// [`HttpConn::import`] starts from zero counters, so that a server summing the stats of
+    /// the connections it exported and of those it imported counts every byte once.
+    pub stats: HttpStats,
+}
+
+/// Why an encoded [`HttpConnState`] could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpStateError {
+    /// No bytes at all.
+    #[error("empty HTTP connection state")]
+    Empty,
+    /// Encoded by an incompatible version.
+    #[error("HTTP connection state version {0}, expected {STATE_VERSION}")]
+    Version(u8),
+    /// Not a valid encoding.
+    #[error("malformed HTTP connection state: {0}")]
+    Malformed(#[from] postcard::Error),
+    /// Valid, but followed by unexpected bytes.
+    #[error("{0} trailing bytes after the HTTP connection state")]
+    Trailing(usize),
+}
+
+impl HttpConnState {
+    /// Serialize: a version byte, then postcard.
+    pub fn encode(&self) -> Vec<u8> {
+        // Serializing into a growable Vec only fails for types postcard cannot represent,
+        // and every field here is a plain integer, bool or byte string.
+        postcard::to_extend(self, vec![STATE_VERSION])
+            .expect("HttpConnState is always serializable")
+    }
+
+    /// Parse what [`HttpConnState::encode`] produced. Never panics on arbitrary input.
+    pub fn decode(b: &[u8]) -> Result<Self, HttpStateError> {
+        let (&version, rest) = b.split_first().ok_or(HttpStateError::Empty)?;
+        if version != STATE_VERSION {
+            return Err(HttpStateError::Version(version));
+        }
+        let (st, tail) = postcard::take_from_bytes::<HttpConnState>(rest)?;
+        if !tail.is_empty() {
+            return Err(HttpStateError::Trailing(tail.len()));
+        }
+        Ok(st)
+    }
 }
 
 /// One HTTP/1.1 server connection.
@@ -501,6 +583,9 @@ pub struct HttpConn {
     /// Bytes ready to send, from `out_pos` on.
     out: Vec<u8>,
     out_pos: usize,
+    /// `out` holds a chunk read from the body's file (not a head): on export its unsent part
+    /// travels as a file offset instead of as bytes, keeping the state small.
+    out_from_body: bool,
     /// The rest of the current response's body.
     body: Option<FileBody>,
     /// No further request will be answered (close requested, error, or end of input).
@@ -521,6 +606,7 @@ impl HttpConn {
             inbuf: Vec::new(),
             out: Vec::new(),
             out_pos: 0,
+            out_from_body: false,
             body: None,
             done: false,
             eof: false,
@@ -569,6 +655,97 @@ impl HttpConn {
         &self.stats
     }
 
+    /// The state needed to continue this connection elsewhere (see [`HttpConn::import`]).
+    ///
+    /// Takes a snapshot; this connection is unchanged and should be dropped once the state
+    /// has been handed over.
+    pub fn export(&self) -> io::Result<HttpConnState> {
+        let unsent = &self.out[self.out_pos.min(self.out.len())..];
+        // Unsent bytes of a body chunk are re-read from the file on the other side.
+        let rewind = if self.out_from_body && self.body.is_some() {
+            unsent.len() as u64
+        } else {
+            0
+        };
+        let body = self.body.as_ref().map(|b| BodyState {
+            path: b.rel.as_os_str().as_bytes().to_vec(),
+            offset: b.offset - rewind,
+            remaining: b.remaining + rewind,
+        });
+        Ok(HttpConnState {
+            inbuf: self.inbuf.clone(),
+            out: if rewind > 0 {
+                Vec::new()
+            } else {
+                unsent.to_vec()
+            },
+            body,
+            done: self.done,
+            eof: self.eof,
+            stats: self.stats,
+        })
+    }
+
+    /// Continue a connection exported by [`HttpConn::export`], serving files below `root`
+    /// (canonical, as for [`HttpConn::new`]) with the same content as the exporting node's.
+    ///
+    /// The file of a body in progress is reopened below `root` (it may not lead out of it),
+    /// positioned at the exported offset and must still hold at least the remaining bytes.
+    /// The counters start from zero (see [`HttpConnState::stats`]).
+    pub fn import(root: PathBuf, label: String, st: HttpConnState) -> io::Result<HttpConn> {
+        let body = match st.body {
+            None => None,
+            Some(b) => Some(Self::reopen_body(&root, b)?),
+        };
+        Ok(HttpConn {
+            root,
+            inbuf: st.inbuf,
+            out: st.out,
+            out_pos: 0,
+            out_from_body: false,
+            body,
+            done: st.done,
+            eof: st.eof,
+            stats: HttpStats::default(),
+            label,
+        })
+    }
+
+    fn reopen_body(root: &Path, b: BodyState) -> io::Result<FileBody> {
+        let invalid = |why: &str| io::Error::new(io::ErrorKind::InvalidData, why.to_string());
+        let rel = PathBuf::from(std::ffi::OsStr::from_bytes(&b.path));
+        // Only plain names: no absolute path, `..` or `.` that could name something else.
+        if rel.as_os_str().is_empty()
+            || !rel
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)))
+        {
+            return Err(invalid("body path is not a plain relative path"));
+        }
+        let mut file = open_file_below_root(root, &root.join(&rel))?.0;
+        let end = b
+            .offset
+            .checked_add(b.remaining)
+            .ok_or_else(|| invalid("body offset overflows"))?;
+        let len = file.metadata()?.len();
+        if len < end {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "{} has {len} bytes, the response needs {end}",
+                    rel.display()
+                ),
+            ));
+        }
+        file.seek(SeekFrom::Start(b.offset))?;
+        Ok(FileBody {
+            file,
+            rel,
+            offset: b.offset,
+            remaining: b.remaining,
+        })
+    }
+
     /// Whether a response is partly sent.
     pub fn is_busy(&self) -> bool {
         self.out_pos < self.out.len() || self.body.is_some()
@@ -596,6 +773,7 @@ impl HttpConn {
         while self.out_pos >= self.out.len() {
             self.out.clear();
             self.out_pos = 0;
+            self.out_from_body = false;
             if let Some(body) = &mut self.body {
                 if body.remaining == 0 {
                     self.body = None;
@@ -625,6 +803,8 @@ impl HttpConn {
                     ));
                 }
                 self.out.truncate(n);
+                self.out_from_body = true;
+                body.offset += n as u64;
                 body.remaining -= n as u64;
             } else if !self.next_request() {
                 break;
@@ -718,8 +898,12 @@ impl HttpConn {
                 let headers = [("Content-Type", content_type(&real).to_string())];
                 self.head(200, &headers, len, req.keep_alive);
                 if !head_only && len > 0 {
+                    // `real` is below the root by open_below_root's check.
+                    let rel = real.strip_prefix(&self.root).unwrap_or(&real).to_path_buf();
                     self.body = Some(FileBody {
                         file,
+                        rel,
+                        offset: 0,
                         remaining: len,
                     });
                 }
@@ -741,24 +925,14 @@ impl HttpConn {
     /// Open `path` (or its `index.html` when it is a directory) if it is a regular file whose
     /// real location is inside the root (symbolic links may not lead out of it).
     fn open_below_root(&self, path: &Path) -> io::Result<(File, u64, PathBuf)> {
-        let mut real = std::fs::canonicalize(path)?;
+        let real = std::fs::canonicalize(path)?;
         if !real.starts_with(&self.root) {
             return Err(io::ErrorKind::NotFound.into());
         }
         if real.is_dir() {
-            real = std::fs::canonicalize(real.join("index.html"))?;
-            if !real.starts_with(&self.root) {
-                return Err(io::ErrorKind::NotFound.into());
-            }
+            return open_file_below_root(&self.root, &real.join("index.html"));
         }
-        // Only regular files: opening a FIFO or a device could block or never end.
-        let meta = std::fs::metadata(&real)?;
-        if !meta.is_file() {
-            return Err(io::ErrorKind::NotFound.into());
-        }
-        let file = File::open(&real)?;
-        let len = file.metadata()?.len();
-        Ok((file, len, real))
+        open_file_below_root(&self.root, &real)
     }
 
     /// Queue a response head.
@@ -795,6 +969,23 @@ impl HttpConn {
             self.stats.count(status);
         }
     }
+}
+
+/// Open `path` if it is a regular file whose real location is inside `root` (symbolic links
+/// may not lead out of it); returns the file, its length and its real path.
+fn open_file_below_root(root: &Path, path: &Path) -> io::Result<(File, u64, PathBuf)> {
+    let real = std::fs::canonicalize(path)?;
+    if !real.starts_with(root) {
+        return Err(io::ErrorKind::NotFound.into());
+    }
+    // Only regular files: opening a FIFO or a device could block or never end.
+    let meta = std::fs::metadata(&real)?;
+    if !meta.is_file() {
+        return Err(io::ErrorKind::NotFound.into());
+    }
+    let file = File::open(&real)?;
+    let len = file.metadata()?.len();
+    Ok((file, len, real))
 }
 
 #[cfg(test)]
@@ -1201,6 +1392,201 @@ mod tests {
         assert!(!c.wants_input());
     }
 
+    /// 1 MiB of pseudo-random bytes (xorshift), so a misplaced offset cannot go unnoticed.
+    fn noise(len: usize) -> Vec<u8> {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    /// Take exactly `n` bytes of output (fewer only if the connection runs dry).
+    fn take(c: &mut HttpConn, n: usize, step: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            let chunk = c.poll_transmit().unwrap();
+            if chunk.is_empty() {
+                break;
+            }
+            let k = chunk.len().min(step).min(n - out.len());
+            out.extend_from_slice(&chunk[..k]);
+            c.advance(k);
+        }
+        out
+    }
+
+    /// Move a connection through export, encode, decode and import onto `root`.
+    fn hand_over(c: &HttpConn, root: &Root) -> HttpConn {
+        let st = c.export().unwrap();
+        let bytes = st.encode();
+        let back = HttpConnState::decode(&bytes).unwrap();
+        assert_eq!(back, st);
+        HttpConn::import(root.0.clone(), "imported".into(), back).unwrap()
+    }
+
+    #[test]
+    fn export_mid_body_continues_on_another_root() {
+        let data = noise(1 << 20);
+        let (a, b) = (Root::new("ho-a"), Root::new("ho-b"));
+        for r in [&a, &b] {
+            r.write("dir/big.bin", &data);
+            r.write("small.txt", b"small");
+        }
+        let mut c = HttpConn::new(a.0.clone(), "t".into());
+        // The second, pipelined request is still unparsed input at the handoff.
+        c.feed(b"GET /dir/big.bin HTTP/1.1\r\nHost: x\r\n\r\nGET /small.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        // Stop inside a chunk, so part of the chunk read from the file is still unsent.
+        let first = take(&mut c, 300_007, 1460);
+        assert_eq!(first.len(), 300_007);
+        let st = c.export().unwrap();
+        // The unsent part of the chunk travels as a file offset, not as bytes.
+        assert!(st.out.is_empty() && !st.inbuf.is_empty());
+        let body = st.body.clone().unwrap();
+        assert_eq!(body.path, b"dir/big.bin");
+        assert_eq!(body.offset + body.remaining, data.len() as u64);
+        assert_eq!(st.stats.bytes_sent, 300_007);
+
+        let mut d = hand_over(&c, &b);
+        drop(c);
+        let second = drain(&mut d, 1000);
+        assert!(d.is_finished());
+        assert_eq!(
+            d.stats().bytes_sent,
+            second.len() as u64,
+            "counts from zero"
+        );
+        let all = [first, second].concat();
+        let rs = responses(&all, &[]);
+        assert_eq!(rs.len(), 2);
+        assert_eq!(rs[0].0, 200);
+        assert!(rs[0].2 == data, "body differs");
+        assert_eq!(rs[1].2, b"small");
+        let total: usize = rs.iter().map(|r| r.1.len() + r.2.len()).sum();
+        assert_eq!(total, all.len(), "no byte lost or duplicated");
+    }
+
+    #[test]
+    fn export_with_unsent_head_bytes() {
+        let data = noise(100_000);
+        let root = Root::new("ho-head");
+        root.write("f", &data);
+        let mut c = HttpConn::new(root.0.clone(), "t".into());
+        c.feed(b"GET /f HTTP/1.1\r\nHost: x\r\n\r\n");
+        let first = take(&mut c, 10, usize::MAX);
+        let st = c.export().unwrap();
+        // Only the rest of the head is queued: the body has not been read yet.
+        assert!(st.out.ends_with(b"\r\n\r\n"));
+        assert_eq!(
+            st.body.as_ref().map(|b| (b.offset, b.remaining)),
+            Some((0, 100_000))
+        );
+        let mut d = hand_over(&c, &root);
+        let all = [first, drain(&mut d, 4096)].concat();
+        let rs = responses(&all, &[]);
+        assert_eq!(rs.len(), 1);
+        assert!(rs[0].1.starts_with("HTTP/1.1 200 OK\r\n"));
+        assert!(rs[0].2 == data);
+        assert!(!d.is_finished(), "still a keep-alive connection");
+    }
+
+    #[test]
+    fn export_between_requests() {
+        let root = Root::new("ho-idle");
+        root.write("a", b"A");
+        let mut c = HttpConn::new(root.0.clone(), "t".into());
+        c.feed(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /a HTT");
+        let first = drain(&mut c, usize::MAX);
+        c.feed_eof();
+        let st = c.export().unwrap();
+        assert_eq!((st.out.len(), st.body.is_none(), st.eof), (0, true, true));
+        let mut d = hand_over(&c, &root);
+        assert!(drain(&mut d, usize::MAX).is_empty());
+        assert!(d.is_finished(), "partial request dropped at EOF");
+        assert_eq!(responses(&first, &[]).len(), 1);
+    }
+
+    #[test]
+    fn garbage_state_is_refused() {
+        let root = Root::new("ho-garbage");
+        root.write("f", &noise(200_000));
+        let mut c = HttpConn::new(root.0.clone(), "t".into());
+        c.feed(b"GET /f HTTP/1.1\r\nHost: x\r\n\r\n");
+        take(&mut c, 1000, usize::MAX);
+        let good = c.export().unwrap().encode();
+        assert!(matches!(
+            HttpConnState::decode(&[]),
+            Err(HttpStateError::Empty)
+        ));
+        let mut wrong = good.clone();
+        wrong[0] = 99;
+        assert!(matches!(
+            HttpConnState::decode(&wrong),
+            Err(HttpStateError::Version(99))
+        ));
+        let mut long = good.clone();
+        long.push(0);
+        assert!(matches!(
+            HttpConnState::decode(&long),
+            Err(HttpStateError::Trailing(1))
+        ));
+        for n in 0..good.len() {
+            assert!(HttpConnState::decode(&good[..n]).is_err(), "prefix {n}");
+        }
+        assert!(HttpConnState::decode(&[1, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]).is_err());
+    }
+
+    #[test]
+    fn import_refuses_paths_leaving_the_root_and_short_files() {
+        let root = Root::new("ho-esc");
+        let outside = Root::new("ho-esc-outside");
+        outside.write("secret", &[1u8; 100]);
+        root.write("f", &[2u8; 100]);
+        std::os::unix::fs::symlink(outside.0.join("secret"), root.0.join("link")).unwrap();
+        let state = |path: &[u8], offset, remaining| HttpConnState {
+            inbuf: Vec::new(),
+            out: Vec::new(),
+            body: Some(BodyState {
+                path: path.to_vec(),
+                offset,
+                remaining,
+            }),
+            done: false,
+            eof: false,
+            stats: HttpStats::default(),
+        };
+        let escape = format!(
+            "../{}/secret",
+            outside.0.file_name().unwrap().to_string_lossy()
+        );
+        let abs = outside.0.join("secret");
+        for p in [
+            escape.as_bytes(),
+            abs.as_os_str().as_bytes(),
+            b"link",
+            b"",
+            b"./f",
+            b"missing",
+            b".",
+        ] {
+            let r = HttpConn::import(root.0.clone(), "t".into(), state(p, 0, 10));
+            assert!(r.is_err(), "{:?}", String::from_utf8_lossy(p));
+        }
+        // The file must still hold offset + remaining bytes.
+        let short = HttpConn::import(root.0.clone(), "t".into(), state(b"f", 50, 51));
+        assert_eq!(
+            short.err().map(|e| e.kind()),
+            Some(io::ErrorKind::UnexpectedEof)
+        );
+        assert!(HttpConn::import(root.0.clone(), "t".into(), state(b"f", 1, u64::MAX)).is_err());
+        let mut ok = HttpConn::import(root.0.clone(), "t".into(), state(b"f", 50, 50)).unwrap();
+        assert_eq!(drain(&mut ok, usize::MAX), vec![2u8; 50]);
+    }
+
     mod props {
         use super::super::*;
         use proptest::prelude::*;
@@ -1237,6 +1623,15 @@ mod tests {
                 let (r, used) = parse_request(bytes).unwrap().unwrap();
                 prop_assert_eq!(used, bytes.len());
                 prop_assert_eq!(r.target, path);
+            }
+
+            /// Decoding arbitrary bytes never panics.
+            #[test]
+            fn state_decode_never_panics(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+                let _ = HttpConnState::decode(&data);
+                let mut v = vec![1u8];
+                v.extend_from_slice(&data);
+                let _ = HttpConnState::decode(&v);
             }
 
             /// Sanitised targets never contain a segment that could climb out of the root.

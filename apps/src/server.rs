@@ -4,8 +4,13 @@
 //! connections, moves received bytes into each connection's [`HttpConn`], writes as much of the
 //! responses as the send buffers take, closes connections whose work is done and releases those
 //! that are closed. It never blocks and owns no I/O besides reading files.
+//!
+//! For a handoff, a connection can be paused (by hand, or automatically once it has sent a
+//! quota of response bytes, see [`HttpServer::set_handoff_quota`]), detached with its HTTP
+//! state ([`HttpServer::detach`]) while its TCP state is frozen by the caller, and continued
+//! on another node, or back here after a failed handoff, with [`HttpServer::adopt`].
 
-use crate::http::{HttpConn, HttpStats};
+use crate::http::{HttpConn, HttpConnState, HttpStats};
 use ds_stack::{Duration, Error, Instant, Interface, ListenHandle, TcpHandle, TcpState};
 use std::collections::HashMap;
 use std::net::SocketAddrV6;
@@ -43,6 +48,10 @@ pub struct ServerStats {
     pub aborted: u64,
     /// Connections closed by the idle timeout.
     pub idle_closed: u64,
+    /// Connections detached for a handoff ([`HttpServer::detach`]).
+    pub handed_off: u64,
+    /// Connections continued here after a handoff ([`HttpServer::adopt`]).
+    pub adopted: u64,
     /// Request and byte counters, summed over all connections.
     pub http: HttpStats,
 }
@@ -52,10 +61,39 @@ struct Conn {
     last_activity: Instant,
     /// When we sent FIN.
     fin_at: Option<Instant>,
+    /// Response bytes handed to TCP on this node since accept, adopt or resume (the quota
+    /// counter).
+    sent_here: u64,
+    /// Not serviced at all until resumed or detached.
+    paused: bool,
+    /// Resumed since last serviced: its idle clock restarts (`resume` has no time).
+    resumed: bool,
+}
+
+impl Conn {
+    fn new(http: HttpConn, now: Instant) -> Self {
+        Conn {
+            http,
+            last_activity: now,
+            fin_at: None,
+            sent_here: 0,
+            paused: false,
+            resumed: false,
+        }
+    }
+}
+
+/// What one round of service needs besides the connection.
+struct Ctx<'a> {
+    now: Instant,
+    config: &'a ServerConfig,
+    quota: Option<u64>,
 }
 
 enum Verdict {
     Keep,
+    /// Reached the handoff quota: now paused.
+    QuotaReached,
     /// Closed cleanly: forget the handle.
     Closed,
     /// Broken: forget the handle (resets it if still open).
@@ -75,6 +113,10 @@ pub struct HttpServer {
     todo: Vec<TcpHandle>,
     /// When every connection was last looked at for idle and linger timeouts.
     last_sweep: Option<Instant>,
+    /// Response bytes a connection may send on this node before it is paused.
+    quota: Option<u64>,
+    /// Connections paused by the quota, not yet reported by `take_handoff_ready`.
+    handoff_ready: Vec<TcpHandle>,
 }
 
 /// How often every connection is checked for timeouts; between sweeps only connections
@@ -107,7 +149,91 @@ impl HttpServer {
             next_id: 0,
             todo: Vec::new(),
             last_sweep: None,
+            quota: None,
+            handoff_ready: Vec::new(),
         })
+    }
+
+    /// Per-connection quota: a connection sends at most this many response bytes on this node
+    /// (counted from accept, adopt or resume), then it is paused and reported by
+    /// [`HttpServer::take_handoff_ready`]. `None` = no quota (the default).
+    ///
+    /// Exact: a connection is never handed more than its remaining quota, so exactly `bytes`
+    /// response bytes (heads and bodies) go out before the pause.
+    pub fn set_handoff_quota(&mut self, bytes: Option<u64>) {
+        self.quota = bytes;
+    }
+
+    /// Connections that reached their quota since the last call (each once). Paused
+    /// connections are not serviced at all (no receive, no send, no timeouts, no close) until
+    /// detached or resumed.
+    pub fn take_handoff_ready(&mut self) -> Vec<TcpHandle> {
+        std::mem::take(&mut self.handoff_ready)
+    }
+
+    /// Stop servicing connection `h` (its TCP connection keeps running in the stack); false
+    /// if `h` is not ours.
+    pub fn pause(&mut self, h: TcpHandle) -> bool {
+        match self.conns.get_mut(&h) {
+            Some(c) => {
+                c.paused = true;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Service connection `h` again and reset its quota counter; false if `h` is not ours.
+    pub fn resume(&mut self, h: TcpHandle) -> bool {
+        let Some(c) = self.conns.get_mut(&h) else {
+            return false;
+        };
+        c.paused = false;
+        c.resumed = true;
+        c.sent_here = 0;
+        self.handoff_ready.retain(|&r| r != h);
+        // Its network events may have been consumed while it was paused.
+        self.todo.push(h);
+        true
+    }
+
+    /// Remove connection `h` from the server without touching its TCP connection (the caller
+    /// freezes it) and return its HTTP state, to continue with [`HttpServer::adopt`] here or
+    /// on another node. `None` if `h` is not ours; on an error the connection stays here.
+    ///
+    /// Its counters so far are added to this server's (its bytes were sent here); the adopting
+    /// side starts from zero, so nothing is counted twice. Meant for connections still sending
+    /// (e.g. paused by the quota): whether our FIN went out already is not part of the state.
+    pub fn detach(&mut self, h: TcpHandle) -> Option<anyhow::Result<HttpConnState>> {
+        let conn = self.conns.get(&h)?;
+        let st = match conn.http.export() {
+            Ok(st) => st,
+            Err(e) => return Some(Err(anyhow::anyhow!("exporting connection state: {e}"))),
+        };
+        if let Some(conn) = self.conns.remove(&h) {
+            self.stats.http.add(conn.http.stats());
+        }
+        self.stats.handed_off += 1;
+        self.handoff_ready.retain(|&r| r != h);
+        self.todo.retain(|&r| r != h);
+        Some(Ok(st))
+    }
+
+    /// Continue a connection that was thawed here as `h` (after a handoff, or back after a
+    /// failed one): its HTTP state continues, its quota counter starts at 0.
+    pub fn adopt(&mut self, h: TcpHandle, st: HttpConnState, now: Instant) -> anyhow::Result<()> {
+        if self.conns.contains_key(&h) {
+            anyhow::bail!("connection {h:?} is already served here");
+        }
+        self.next_id += 1;
+        let label = format!("c{}", self.next_id);
+        let http = HttpConn::import(self.root.clone(), label.clone(), st)
+            .map_err(|e| anyhow::anyhow!("importing connection state: {e}"))?;
+        tracing::debug!(conn = %label, "adopted");
+        self.stats.adopted += 1;
+        self.conns.insert(h, Conn::new(http, now));
+        self.todo.push(h);
+        Ok(())
     }
 
     /// Counters so far (connections still open are not yet in `http`).
@@ -136,14 +262,7 @@ impl HttpServer {
             self.stats.accepted += 1;
             let http = HttpConn::new(self.root.clone(), label);
             self.todo.push(h);
-            self.conns.insert(
-                h,
-                Conn {
-                    http,
-                    last_activity: now,
-                    fin_at: None,
-                },
-            );
+            self.conns.insert(h, Conn::new(http, now));
         }
         // Only connections with network events (or new ones), plus a periodic sweep of all of
         // them for timeouts: the per-step cost follows activity, not the connection count.
@@ -160,20 +279,26 @@ impl HttpServer {
             iface.tcp_take_ready(&mut todo);
         }
         let mut gone = Vec::new();
+        let ctx = Ctx {
+            now,
+            config: &self.config,
+            quota: self.quota,
+        };
         for &h in &todo {
             let Some(conn) = self.conns.get_mut(&h) else {
                 continue;
             };
-            match service(
-                iface,
-                h,
-                conn,
-                now,
-                &self.config,
-                &mut self.buf,
-                &mut self.stats,
-            ) {
+            if conn.paused {
+                continue;
+            }
+            match service(iface, h, conn, &ctx, &mut self.buf, &mut self.stats) {
                 Verdict::Keep => {}
+                Verdict::QuotaReached => {
+                    conn.paused = true;
+                    if !self.handoff_ready.contains(&h) {
+                        self.handoff_ready.push(h);
+                    }
+                }
                 Verdict::Closed => {
                     self.stats.closed += 1;
                     gone.push(h);
@@ -212,11 +337,14 @@ fn service(
     iface: &mut Interface,
     h: TcpHandle,
     conn: &mut Conn,
-    now: Instant,
-    config: &ServerConfig,
+    ctx: &Ctx<'_>,
     buf: &mut [u8],
     stats: &mut ServerStats,
 ) -> Verdict {
+    let (now, config) = (ctx.now, ctx.config);
+    if std::mem::take(&mut conn.resumed) {
+        conn.last_activity = now;
+    }
     match iface.tcp_state(h) {
         None | Some(TcpState::Closed) => {
             // Reset by the peer, or fully closed.
@@ -250,11 +378,12 @@ fn service(
         }
     }
 
-    // Send as much as the send buffer takes.
+    // Send as much as the send buffer (and the handoff quota) takes.
     loop {
         if iface.tcp_send_space(h) == 0 {
             break;
         }
+        let left = ctx.quota.map(|q| q.saturating_sub(conn.sent_here));
         let chunk = match conn.http.poll_transmit() {
             Ok(c) => c,
             Err(e) => {
@@ -265,11 +394,22 @@ fn service(
         if chunk.is_empty() {
             break;
         }
-        match iface.tcp_send(h, chunk) {
+        // Never hand TCP more than the quota allows, so the pause point is byte-exact.
+        let cap = left.map_or(chunk.len(), |l| {
+            usize::try_from(l).unwrap_or(usize::MAX).min(chunk.len())
+        });
+        if cap == 0 {
+            return Verdict::QuotaReached;
+        }
+        match iface.tcp_send(h, &chunk[..cap]) {
             Ok(0) => break,
             Ok(n) => {
                 conn.http.advance(n);
+                conn.sent_here += n as u64;
                 conn.last_activity = now;
+                if ctx.quota.is_some_and(|q| conn.sent_here >= q) {
+                    return Verdict::QuotaReached;
+                }
             }
             Err(e) => {
                 tracing::debug!("send failed: {e:?}");
