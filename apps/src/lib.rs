@@ -4,6 +4,8 @@
 //!   path sanitising, file streaming), independent of any TCP implementation.
 //! - [`server`]: that service on top of a `ds-stack` interface: accept, read, write as send
 //!   space allows, close, release.
+//! - [`node`]: a node that hands live HTTP connections to a peer and takes them from it
+//!   (`ds-handoff`), with [`flow_agent`] the home agent's transparent-mode flow steering.
 //! - [`mac`], [`signal`]: small helpers of the `dsnode` daemon.
 //!
 //! The `dsnode` binary (`src/bin/dsnode.rs`) wires these to a device and a runner.
@@ -11,8 +13,10 @@
 #![warn(missing_docs)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod flow_agent;
 pub mod home_agent;
 pub mod http;
 pub mod mac;
+pub mod node;
 pub mod server;
 pub mod signal;
