@@ -2,11 +2,14 @@
 //!
 //! * [`stack`]: `dsperf stack`, throughput and latency of our TCP against the Linux kernel's
 //!   and smoltcp's, each behind a TAP device in network namespaces, in the same run.
+//! * [`handoff`]: `dsperf handoff`, the seed's handoff experiment in namespaces (client, home
+//!   agent, two nodes), one JSON line per handoff.
 //! * [`plot`]: SVG charts of the results.
 
 #![warn(missing_docs)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod handoff;
 pub mod plot;
 pub mod stack;
 

@@ -37,6 +37,118 @@ enum Cmd {
     /// --bytes, then --rounds request/response round trips of --msg-size bytes on one
     /// connection with TCP_NODELAY. Reports medians over the repeats and ratios to the kernel.
     Stack(StackArgs),
+    /// Live TCP handoff between two nodes (the seed's experiment): a client downloads an
+    /// object over HTTP/1.1 from the DS address while the connection moves between nodes.
+    ///
+    /// Needs root. Builds namespaces (client, home agent, two nodes on one bridge), loads the
+    /// home agent's XDP tunnel program (transparent mode), runs both nodes on our stack over
+    /// AF_XDP, downloads with curl and tears everything down. Each node serves --quota bytes,
+    /// then hands the connection to the other; --count handoffs in all.
+    ///
+    /// stdout: one JSON line per handoff (mode, path, phases_us [the seven phases of seed
+    /// Table 1], total_us, wall_us, drain_us, client_gap_us, state_bytes, offer_frame_bytes,
+    /// bytes_ok, client_retransmits). stderr: logs and a summary.
+    Handoff(HandoffArgs),
+}
+
+#[derive(Args)]
+struct HandoffArgs {
+    /// Steering mode: transparent (home agent flow map) or ro (route optimisation).
+    #[arg(long, default_value = "transparent", value_parser = parse_mode)]
+    mode: ds_handoff::Mode,
+    /// Donor and acceptor implementations.
+    #[arg(long, default_value = "user->user", value_parser = ["user->user"])]
+    path: String,
+    /// Handoffs during the download, alternating between the nodes.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    count: u32,
+    /// Object size (suffixes K, M, G, KiB, MiB, GiB: powers of 1024).
+    #[arg(long, default_value = "1000000", value_parser = parse_size)]
+    size: u64,
+    /// Response bytes a node serves before handing off [default: size / (count + 1)].
+    #[arg(long, value_parser = parse_size)]
+    quota: Option<u64>,
+    /// Drain policy: freeze at once, or once the send buffer is acknowledged.
+    #[arg(long, value_enum, default_value = "acked")]
+    drain: ds_perf::handoff::DrainChoice,
+    /// Longest drain wait, ms (then freeze anyway).
+    #[arg(long, default_value_t = 200)]
+    drain_deadline_ms: u64,
+    /// Inject a failure at node 2's acceptor (refuse, crash, hang): every handoff to it must
+    /// come back to node 1 with nothing lost.
+    #[arg(long, value_parser = parse_fault)]
+    fault: Option<ds_apps::node::AcceptorFault>,
+    /// The donor's wait for each acceptor reply, ms.
+    #[arg(long, default_value_t = 500)]
+    reply_timeout_ms: u64,
+}
+
+fn parse_mode(s: &str) -> Result<ds_handoff::Mode, String> {
+    match s {
+        "transparent" => Ok(ds_handoff::Mode::Transparent),
+        "ro" => Ok(ds_handoff::Mode::Ro),
+        _ => Err(format!("{s:?}: expected transparent or ro")),
+    }
+}
+
+fn parse_fault(s: &str) -> Result<ds_apps::node::AcceptorFault, String> {
+    use ds_apps::node::AcceptorFault;
+    match s {
+        "refuse" => Ok(AcceptorFault::Refuse),
+        "crash" => Ok(AcceptorFault::Crash),
+        "hang" => Ok(AcceptorFault::Hang),
+        _ => Err(format!("{s:?}: expected refuse, crash or hang")),
+    }
+}
+
+fn run_handoff(a: HandoffArgs) -> Result<()> {
+    let opts = ds_perf::handoff::Options {
+        mode: a.mode,
+        count: a.count,
+        size: a.size,
+        quota: a.quota,
+        drain: a.drain,
+        drain_deadline: std::time::Duration::from_millis(a.drain_deadline_ms),
+        fault: a.fault,
+        reply_timeout: std::time::Duration::from_millis(a.reply_timeout_ms),
+        ..Default::default()
+    };
+    eprintln!(
+        "dsperf handoff: {} handoff(s), {} bytes, mode {:?}, path {}",
+        a.count, a.size, a.mode, a.path
+    );
+    let out = ds_perf::handoff::run(&opts)?;
+    let mut stdout = std::io::stdout().lock();
+    for h in &out.handoffs {
+        writeln!(stdout, "{}", serde_json::to_string(h)?)?;
+    }
+    stdout.flush()?;
+    eprintln!(
+        "dsperf handoff: {} bytes in {:.3} s, content {}; {} handoffs completed, {} kept on \
+         the donor; client: {} retransmissions, {} RTOs, {} resets; {} duplicate data \
+         segments seen; {} packets forwarded by donors",
+        out.bytes,
+        out.seconds,
+        if out.bytes_ok {
+            "OK (SHA-256)"
+        } else {
+            "WRONG"
+        },
+        out.handoffs.len(),
+        out.kept.len(),
+        out.client_retransmits,
+        out.client_timeouts,
+        out.client_resets,
+        out.duplicate_segments,
+        out.forwarded_packets
+    );
+    for k in &out.kept {
+        eprintln!("  kept: {k}");
+    }
+    if !out.bytes_ok {
+        bail!("the download does not match the object");
+    }
+    Ok(())
 }
 
 #[derive(Args)]
@@ -206,6 +318,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.cmd {
         Cmd::Stack(a) => run_stack(a),
+        Cmd::Handoff(a) => run_handoff(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
@@ -241,13 +354,17 @@ mod tests {
     #[test]
     fn defaults() {
         let cli = Cli::try_parse_from(["dsperf", "stack"]).expect("parse");
-        let Cmd::Stack(a) = cli.cmd;
+        let Cmd::Stack(a) = cli.cmd else {
+            panic!("stack")
+        };
         assert_eq!(a.bytes, 256 << 20);
         assert_eq!((a.rounds, a.repeat, a.msg_size), (2000, 5, 64));
         assert_eq!(a.servers, Server::ALL.to_vec());
         let cli = Cli::try_parse_from(["dsperf", "stack", "--servers", "ours,kernel", "--json"])
             .expect("parse");
-        let Cmd::Stack(a) = cli.cmd;
+        let Cmd::Stack(a) = cli.cmd else {
+            panic!("stack")
+        };
         assert_eq!(a.servers, vec![Server::Ours, Server::Kernel]);
         assert!(Cli::try_parse_from(["dsperf", "stack", "--servers", "bsd"]).is_err());
         assert!(Cli::try_parse_from(["dsperf", "stack", "--rounds", "0"]).is_err());

@@ -1,0 +1,529 @@
+//! `dsperf handoff`: the seed's handoff experiment in network namespaces.
+//!
+//! ```text
+//!  client (curl, kernel TCP) ─┐            one bridge "br0" in namespace "lan"
+//!  home agent (XDP tunnel) ───┼── br0 ──┬── node 1 (our stack over AF_XDP, HTTP, handoff)
+//!                             │         └── node 2 (same)
+//! ```
+//!
+//! The client downloads one object over HTTP/1.1 from the DS address. It reaches the DS
+//! address through the home agent, whose XDP program tunnels the connection to node 1's
+//! care-of address; node 1 serves `quota` bytes and hands the connection to node 2 over the
+//! encrypted control channel; node 2 asks the home agent to move the flow (one flow-map
+//! update: transparent mode) and serves the next `quota` bytes, hands back, and so on for
+//! `count` handoffs. Replies go straight from the serving node to the client. Each handoff is
+//! one JSON line: the donor's report (seven phases, state size) completed with what the
+//! client saw: the gap at the handoff's sequence boundary (packet log on the client's link),
+//! whether the content matched (SHA-256 of the whole download) and the client's TCP
+//! retransmissions (`TcpRetransSegs`).
+
+pub mod sniff;
+
+use anyhow::{bail, Context, Result};
+use ds_apps::flow_agent::FlowAgent;
+use ds_apps::node::{AcceptorFault, HandoffConfig, HandoffNode, NodeEvent, Steering};
+use ds_apps::server::{HttpServer, ServerConfig};
+use ds_handoff::{ClusterSecret, Drain, HandoffReport, Mode};
+use ds_stack::runner::Runner;
+use ds_stack::{Config, Interface};
+use ds_testbed::{add_addr, add_route, bridge, disable_offload, tcp_counters, veth, Netns};
+use ds_xdp::device::{AfXdpConfig, AfXdpDevice};
+use ds_xdp::maps::{TunnelConfig, TunnelMode};
+use ds_xdp::{Kind, LoadOptions, Program};
+use sha2::{Digest, Sha256};
+use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6, TcpListener};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const CLIENT: &str = "fd00:d5:1::c";
+const HA: &str = "fd00:d5:1::a";
+const COA: [&str; 2] = ["fd00:d5:1::1", "fd00:d5:1::2"];
+/// The nodes' kernel addresses (control channels), on the same links.
+const CTL: [&str; 2] = ["fd00:d5:1::11", "fd00:d5:1::12"];
+const DS: &str = "fd00:d5:80::80";
+const MAC: [[u8; 6]; 2] = [[0x02, 0xd5, 0, 0, 0, 1], [0x02, 0xd5, 0, 0, 0, 2]];
+const CTL_PORT: u16 = 7000;
+const HA_PORT: u16 = 7001;
+const SECRET: &[u8] = b"dsperf handoff demo cluster secret";
+
+fn ip(s: &str) -> Ipv6Addr {
+    s.parse().unwrap_or(Ipv6Addr::UNSPECIFIED)
+}
+
+/// Which process the client is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Client {
+    /// `curl` (kernel TCP).
+    Curl,
+}
+
+/// Drain policy choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DrainChoice {
+    /// Freeze at once: unacknowledged and unsent data travel in the state.
+    Immediate,
+    /// Wait until the send buffer is acknowledged (deadline `--drain-deadline-ms`).
+    Acked,
+}
+
+/// One experiment.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Steering mode.
+    pub mode: Mode,
+    /// Handoffs in the download (back and forth between the nodes).
+    pub count: u32,
+    /// Object size, bytes.
+    pub size: u64,
+    /// Response bytes each node serves before it hands off (default: size / (count + 1)).
+    pub quota: Option<u64>,
+    /// Drain policy.
+    pub drain: DrainChoice,
+    /// Drain deadline.
+    pub drain_deadline: Duration,
+    /// The client.
+    pub client: Client,
+    /// Injected failure at node 2's acceptor.
+    pub fault: Option<AcceptorFault>,
+    /// The donor's reply timeout.
+    pub reply_timeout: Duration,
+    /// Whole-run limit.
+    pub timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            mode: Mode::Transparent,
+            count: 1,
+            size: 1_000_000,
+            quota: None,
+            drain: DrainChoice::Acked,
+            drain_deadline: Duration::from_millis(200),
+            client: Client::Curl,
+            fault: None,
+            reply_timeout: Duration::from_millis(500),
+            timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// One handoff as reported: the donor's report with the client's view filled in.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HandoffLine {
+    /// Sequence number of the handoff in the run (1-based).
+    pub n: u32,
+    /// Donor node (1 or 2).
+    pub from: u8,
+    /// The report (mode, path, phases_us, total_us, wall_us, client_gap_us, state_bytes,
+    /// bytes_ok, client_retransmits, ...).
+    #[serde(flatten)]
+    pub report: HandoffReport,
+}
+
+/// What a run produced.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Outcome {
+    /// One per completed handoff, in order.
+    pub handoffs: Vec<HandoffLine>,
+    /// Handoffs that failed and left the connection on its donor.
+    pub kept: Vec<String>,
+    /// The download's SHA-256 matched the object's.
+    pub bytes_ok: bool,
+    /// Bytes the client received.
+    pub bytes: u64,
+    /// The client's `TcpRetransSegs` over the whole run.
+    pub client_retransmits: u64,
+    /// The client's RTO expiries (`TcpExtTCPTimeouts`) over the whole run.
+    pub client_timeouts: u64,
+    /// Resets the client received (`TcpExtTCPAbortOnData` + `TcpEstabResets`).
+    pub client_resets: u64,
+    /// Data segments that reached the client a second time (server retransmissions).
+    pub duplicate_segments: u64,
+    /// Packets the donors forwarded to acceptors.
+    pub forwarded_packets: u64,
+    /// Download wall time, seconds.
+    pub seconds: f64,
+}
+
+/// The namespaces and links.
+struct Topology {
+    _lan: Netns,
+    client: Netns,
+    ha: Netns,
+    nodes: [Netns; 2],
+    _napi: Program,
+}
+
+fn setup() -> Result<Topology> {
+    let lan = Netns::new("hlan")?;
+    let client = Netns::new("hcli")?;
+    let ha = Netns::new("hha")?;
+    let n1 = Netns::new("hn1")?;
+    let n2 = Netns::new("hn2")?;
+    bridge(&lan, "br0", &[])?;
+    for (ns, port, inner) in [
+        (&client, "lc", "c0"),
+        (&ha, "lh", "h0"),
+        (&n1, "l1", "n0"),
+        (&n2, "l2", "n0"),
+    ] {
+        veth(&lan, port, ns, inner)?;
+        lan.ip(&["link", "set", port, "master", "br0"])?;
+        disable_offload(ns, inner)?;
+        disable_offload(&lan, port)?;
+    }
+    // XDP_TX on the HA's veth needs NAPI on its peer (veth_xdp_xmit checks it): a pass-all
+    // steering program there enables it.
+    let napi = Program::load(Kind::Steer, &LoadOptions::default())?;
+    lan.try_run(|| -> Result<()> {
+        let idx = ds_xdp::loader::ifindex("lh")?;
+        napi.attach(idx, ds_xdp::Mode::Native, false)?;
+        Ok(())
+    })??;
+    add_addr(&client, "c0", &format!("{CLIENT}/64"))?;
+    add_addr(&ha, "h0", &format!("{HA}/64"))?;
+    add_addr(&n1, "n0", &format!("{}/64", CTL[0]))?;
+    add_addr(&n2, "n0", &format!("{}/64", CTL[1]))?;
+    // A home agent is a router (RFC 6275 §10.4.1); bpf_fib_lookup needs forwarding on.
+    ha.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+    add_route(&client, &format!("{DS}/128"), Some(HA), Some("c0"))?;
+    for (coa, mac) in COA.iter().zip(MAC) {
+        let m = mac
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        ha.ip(&[
+            "neigh",
+            "replace",
+            coa,
+            "lladdr",
+            &m,
+            "dev",
+            "h0",
+            "nud",
+            "permanent",
+        ])?;
+    }
+    // Wait for duplicate address detection on the kernel addresses.
+    ds_testbed::wait_addr_usable(&client, "c0", CLIENT, Duration::from_secs(5))?;
+    ds_testbed::wait_addr_usable(&ha, "h0", HA, Duration::from_secs(5))?;
+    ds_testbed::wait_addr_usable(&n1, "n0", CTL[0], Duration::from_secs(5))?;
+    ds_testbed::wait_addr_usable(&n2, "n0", CTL[1], Duration::from_secs(5))?;
+    Ok(Topology {
+        _lan: lan,
+        client,
+        ha,
+        nodes: [n1, n2],
+        _napi: napi,
+    })
+}
+
+/// The object: deterministic bytes, written to a fresh directory.
+fn make_object(dir: &Path, size: u64) -> Result<[u8; 32]> {
+    let mut data = vec![0u8; size as usize];
+    ds_testbed::PatternStream::new(0xd5).fill(&mut data);
+    std::fs::write(dir.join("obj"), &data)?;
+    Ok(Sha256::digest(&data).into())
+}
+
+struct TempDir(PathBuf);
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Run the home agent until `stop`: tunnel program on h0, binding DS → node 1, flow agent.
+fn home_agent(
+    ha: &Netns,
+    tag: &str,
+    stop: &AtomicBool,
+    ready: mpsc::Sender<Result<()>>,
+) -> Result<()> {
+    let pin = PathBuf::from(format!("/sys/fs/bpf/ds/dsperf-ha-{tag}"));
+    let res = ha.try_run(|| -> Result<()> {
+        let tun = Program::load(
+            Kind::Tunnel,
+            &LoadOptions {
+                pin_dir: Some(pin.clone()),
+                flow_capacity: Some(4096),
+            },
+        )?;
+        struct Unpin<'a>(&'a Program);
+        impl Drop for Unpin<'_> {
+            fn drop(&mut self) {
+                let _ = self.0.unpin();
+            }
+        }
+        let unpin = Unpin(&tun);
+        tun.set_config(&TunnelConfig {
+            local: ip(HA),
+            mode: TunnelMode::Fib,
+            hop_limit: 64,
+            mtu: 1500,
+            learn: true,
+        })?;
+        tun.set_binding(ip(DS), ip(COA[0]))?;
+        let idx = ds_xdp::loader::ifindex("h0")?;
+        tun.attach(idx, ds_xdp::Mode::Native, false)?;
+        let l = TcpListener::bind(SocketAddrV6::new(ip(HA), HA_PORT, 0, 0))?;
+        drop(unpin);
+        let mut agent = FlowAgent::new(tun, l, ClusterSecret::new(SECRET)?)?;
+        let _ = ready.send(Ok(()));
+        while !stop.load(Ordering::Relaxed) {
+            agent.wait(Duration::from_millis(20));
+            agent.poll();
+        }
+        tracing::info!(stats = ?agent.stats(), "home agent done");
+        let _ = agent.program().unpin();
+        let _ = ds_xdp::loader::detach(idx);
+        Ok(())
+    });
+    match res {
+        Ok(r) => r,
+        Err(e) => Err(e),
+    }
+}
+
+struct NodeOut {
+    events: Vec<(u8, NodeEvent)>,
+    forwarded: u64,
+}
+
+/// Run node `i` (0 or 1) until `stop`.
+#[allow(clippy::too_many_arguments)]
+fn node(
+    ns: &Netns,
+    i: usize,
+    opts: &Options,
+    root: &Path,
+    quota: u64,
+    max_handoffs: u64,
+    stop: &AtomicBool,
+    ready: mpsc::Sender<Result<()>>,
+) -> Result<NodeOut> {
+    let res = ns.try_run(|| -> Result<NodeOut> {
+        let coa = ip(COA[i]);
+        let dev = AfXdpDevice::open("n0", &AfXdpConfig::new(vec![coa, ip(DS)]))?;
+        let cfg = Config::new(MAC[i], vec![coa, ip(DS)]);
+        let mut rt = Runner::new(dev, Interface::new(cfg, ds_stack::Instant::ZERO));
+        let server = HttpServer::listen(
+            &mut rt.iface,
+            SocketAddrV6::new(ip(DS), 80, 0, 0),
+            root,
+            ServerConfig::default(),
+        )?;
+        let mut hc = HandoffConfig::new(ClusterSecret::new(SECRET)?);
+        hc.listen = Some(TcpListener::bind(SocketAddrV6::new(
+            ip(CTL[i]),
+            CTL_PORT,
+            0,
+            0,
+        ))?);
+        hc.peer = Some(SocketAddr::V6(SocketAddrV6::new(
+            ip(CTL[1 - i]),
+            CTL_PORT,
+            0,
+            0,
+        )));
+        hc.quota = (max_handoffs > 0).then_some(quota);
+        hc.max_handoffs = Some(max_handoffs);
+        hc.drain = match opts.drain {
+            DrainChoice::Immediate => Drain::Immediate,
+            DrainChoice::Acked => Drain::UntilAcked {
+                deadline: opts.drain_deadline,
+            },
+        };
+        hc.reply_timeout = opts.reply_timeout;
+        hc.mode = opts.mode;
+        hc.path = "user->user".into();
+        hc.steering = Steering::HomeAgentFlow {
+            ha: SocketAddr::V6(SocketAddrV6::new(ip(HA), HA_PORT, 0, 0)),
+            coa,
+        };
+        if i == 1 {
+            hc.fault = opts.fault;
+        }
+        let mut node = HandoffNode::new(server, hc)?;
+        let _ = ready.send(Ok(()));
+        let mut events = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            let fds = node.wait_fds();
+            rt.step_with(Duration::from_millis(1), &fds)?;
+            let now = rt.now();
+            node.poll(&mut rt.iface, now);
+            events.extend(node.take_events().into_iter().map(|e| (i as u8 + 1, e)));
+        }
+        tracing::info!(node = i + 1, stats = ?node.stats(), server = ?node.server().stats(), iface = ?rt.iface.stats(), "node done");
+        Ok(NodeOut {
+            events,
+            forwarded: node.stats().forwarded_packets,
+        })
+    });
+    match res {
+        Ok(r) => r,
+        Err(e) => Err(e),
+    }
+}
+
+/// Build the namespaces, run one download with `opts.count` handoffs, tear down.
+pub fn run(opts: &Options) -> Result<Outcome> {
+    if !crate::is_root() {
+        bail!("dsperf handoff needs root (network namespaces, XDP, AF_XDP)");
+    }
+    if opts.mode == Mode::Ro {
+        bail!("route-optimised mode is not wired into dsperf handoff yet");
+    }
+    let quota = opts
+        .quota
+        .unwrap_or(opts.size / (opts.count as u64 + 1))
+        .max(1);
+    static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let tag = format!(
+        "{}-{}",
+        std::process::id(),
+        RUNS.fetch_add(1, Ordering::Relaxed)
+    );
+    let dir = TempDir(std::env::temp_dir().join(format!("dsperf-handoff-{tag}")));
+    std::fs::create_dir_all(&dir.0)?;
+    let root = dir.0.join("root");
+    std::fs::create_dir_all(&root)?;
+    let want = make_object(&root, opts.size)?;
+    let topo = setup().context("building the namespaces")?;
+    let stop = AtomicBool::new(false);
+    let got = dir.0.join("got");
+    // Node 1 starts the odd handoffs, node 2 the even ones.
+    let max = [opts.count.div_ceil(2) as u64, (opts.count / 2) as u64];
+    std::thread::scope(|sc| -> Result<Outcome> {
+        struct StopOnDrop<'a>(&'a AtomicBool);
+        impl Drop for StopOnDrop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
+        let _stop_guard = StopOnDrop(&stop);
+        let (tx, rx) = mpsc::channel();
+        let ha = {
+            let tx = tx.clone();
+            let (ha, stop, tag) = (&topo.ha, &stop, tag.as_str());
+            sc.spawn(move || home_agent(ha, tag, stop, tx))
+        };
+        let mut nodes = Vec::new();
+        for (i, (ns, max)) in topo.nodes.iter().zip(max).enumerate() {
+            let tx = tx.clone();
+            let (stop, root) = (&stop, root.as_path());
+            nodes.push(sc.spawn(move || node(ns, i, opts, root, quota, max, stop, tx)));
+        }
+        for _ in 0..3 {
+            match rx.recv_timeout(Duration::from_secs(20)) {
+                Ok(r) => r?,
+                Err(_) => bail!("a node or the home agent did not start"),
+            }
+        }
+        let before = tcp_counters(&topo.client)?;
+        let sniffer = topo
+            .client
+            .try_run(|| sniff::Sniffer::start("c0", ip(DS), 80))??;
+        let t0 = Instant::now();
+        let url = format!("http://[{DS}]:80/obj");
+        let out = topo
+            .client
+            .command("curl")
+            .args(["-sS", "-g", "--http1.1", "--max-time"])
+            .arg(opts.timeout.as_secs().to_string())
+            .arg("-o")
+            .arg(&got)
+            .arg(&url)
+            .output()
+            .context("running curl (apt-get install curl)")?;
+        let seconds = t0.elapsed().as_secs_f64();
+        // Let the last handoff's reports and forwarding finish.
+        std::thread::sleep(Duration::from_millis(300));
+        let log = sniffer.stop()?;
+        let after = tcp_counters(&topo.client)?;
+        stop.store(true, Ordering::Relaxed);
+        let mut events = Vec::new();
+        let mut forwarded = 0;
+        for n in nodes {
+            let o = n
+                .join()
+                .map_err(|_| anyhow::anyhow!("node thread panicked"))??;
+            events.extend(o.events);
+            forwarded += o.forwarded;
+        }
+        ha.join()
+            .map_err(|_| anyhow::anyhow!("home agent thread panicked"))??;
+        if !out.status.success() {
+            bail!(
+                "curl failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let body = std::fs::read(&got).context("reading the download")?;
+        let bytes_ok = <[u8; 32]>::from(Sha256::digest(&body)) == want;
+        let d = |k: &str| {
+            after
+                .get(k)
+                .unwrap_or(&0)
+                .saturating_sub(*before.get(k).unwrap_or(&0))
+        };
+        let client_retransmits = d("TcpRetransSegs");
+        let mut handoffs = Vec::new();
+        let mut kept = Vec::new();
+        for (from, e) in events {
+            match e {
+                NodeEvent::HandedOff {
+                    mut report,
+                    boundary_seq,
+                    ..
+                } => {
+                    report.client_gap_us = sniff::gap(&log, boundary_seq)
+                        .map(|g| (g.as_nanos() as f64 / 1000.0 * 1000.0).round() / 1000.0);
+                    report.bytes_ok = Some(bytes_ok);
+                    handoffs.push((boundary_seq, from, report));
+                }
+                NodeEvent::KeptHere { cause, .. } | NodeEvent::Failed { cause } => {
+                    kept.push(format!("node {from}: {cause}"))
+                }
+                NodeEvent::Declined { cause } => {
+                    kept.push(format!("node {from} declined: {cause}"))
+                }
+                NodeEvent::Adopted { .. } => {}
+            }
+        }
+        // In sequence order (the boundaries increase along the download).
+        let base = log.first().map(|s| s.seq).unwrap_or(0);
+        handoffs.sort_by_key(|(b, _, _)| b.wrapping_sub(base));
+        // The retransmission counter cannot be split between handoffs; the first line carries
+        // the run's total, the others 0, so the lines sum to it.
+        let handoffs = handoffs
+            .into_iter()
+            .enumerate()
+            .map(|(k, (_, from, mut report))| {
+                report.client_retransmits = Some(if k == 0 { client_retransmits } else { 0 });
+                HandoffLine {
+                    n: k as u32 + 1,
+                    from,
+                    report,
+                }
+            })
+            .collect();
+        Ok(Outcome {
+            handoffs,
+            kept,
+            bytes_ok,
+            bytes: body.len() as u64,
+            client_retransmits,
+            client_timeouts: d("TcpExtTCPTimeouts"),
+            client_resets: d("TcpEstabResets") + d("TcpExtTCPAbortOnData"),
+            duplicate_segments: sniff::duplicates(&log),
+            forwarded_packets: forwarded,
+            seconds,
+        })
+    })
+}
