@@ -9,11 +9,20 @@
 //! (`TCP_REPAIR`, `TCP_REPAIR_QUEUE`, `TCP_QUEUE_SEQ`, `TCP_REPAIR_OPTIONS`,
 //! `TCP_REPAIR_WINDOW`, `TCP_TIMESTAMP`; needs `CAP_NET_ADMIN`).
 //!
+//! While a socket moves, the peer's packets must be HELD, not dropped (a dropped segment costs
+//! the peer a retransmission timeout): [`Hold`] queues them to userspace with an `ip6tables`
+//! `NFQUEUE` rule installed before the freeze, and [`inject`] delivers them to the restored
+//! socket on the acceptor through the kernel's own receive path.
+//!
 //! Not carried by the kernel API: TS.Recent (the state says "unknown" and the next segment
 //! sets it), SACK scoreboards and out-of-order data (dropped on restore: the peer resends it).
 
 #![warn(missing_docs)]
 #![deny(clippy::undocumented_unsafe_blocks)]
+
+mod hold;
+
+pub use hold::{inject, Hold};
 
 use ds_stack::state::{flags, AfterLoss, Endpoint, InFlight};
 use ds_stack::{ConnState, TcpState};
@@ -40,6 +49,9 @@ pub enum KernelError {
     /// The state does not validate.
     #[error(transparent)]
     State(#[from] ds_stack::state::StateError),
+    /// Holding packets failed (the firewall rule or the netfilter queue).
+    #[error("packet hold: {0}")]
+    Hold(String),
 }
 
 type Result<T> = std::result::Result<T, KernelError>;
@@ -204,8 +216,8 @@ fn v6(a: SocketAddr) -> Result<SocketAddrV6> {
 }
 
 /// Freeze an established kernel socket into a [`ConnState`]. The socket is left in repair
-/// mode: dropping it then closes it silently (no FIN, no RST). Hold it (and keep the peer's
-/// packets away from this host) until the connection is restored elsewhere.
+/// mode: dropping it then closes it silently (no FIN, no RST). Start a [`Hold`] on the
+/// connection first, so that the peer's packets wait for the acceptor instead of reaching it.
 pub fn freeze(sock: &TcpStream) -> Result<ConnState> {
     let fd = sock.as_raw_fd();
     let local = v6(sock.local_addr().map_err(|e| KernelError::Os {
