@@ -2060,6 +2060,19 @@ impl Interface {
         self.after_tcb_event(h.idx);
     }
 
+    /// Solicit an immediate ACK from the peer for everything sent (see the probe in RFC 9293
+    /// §3.8.4): a drain before a handoff then ends one round trip after the last segment,
+    /// not after the peer's delayed-ACK timer. `Ok(false)` while data is still unsent (ask
+    /// again later) or nothing is unacknowledged.
+    pub fn tcp_solicit_ack(&mut self, h: TcpHandle) -> Result<bool, Error> {
+        let queued = self.tcb_mut(h)?.solicit_ack();
+        if queued {
+            self.after_tcb_event(h.idx);
+            self.mark_dirty(h.idx);
+        }
+        Ok(queued)
+    }
+
     /// Configure Nagle on a connection.
     pub fn tcp_set_nodelay(&mut self, h: TcpHandle, nodelay: bool) -> Result<(), Error> {
         self.tcb_mut(h)?.cfg.nagle = !nodelay;
@@ -2116,7 +2129,12 @@ impl Interface {
         }
         self.frozen.remove(&key);
         let mut tcb = Tcb::from_state(state, &self.cfg.tcp, now);
-        let mss = self.mss_for(remote.ip(), tcb.ts_ok);
+        let mut mss = self.mss_for(remote.ip(), tcb.ts_ok);
+        if self.home_addrs.contains(local.ip()) {
+            // Served away from home: every segment carries a Home Address option (RFC 6275
+            // §6.3, §11.3.1), so segments shrink by its header or they exceed the link MTU.
+            mss = mss.saturating_sub(MOBILITY_EXT_LEN as u32);
+        }
         if mss < tcb.snd_mss {
             tcb.snd_mss = mss;
         }

@@ -527,6 +527,22 @@ impl Tcb {
         self.max_snd_wnd = self.max_snd_wnd.max(wnd);
     }
 
+    /// Ask the peer for an immediate acknowledgment once everything queued has been sent:
+    /// a keep-alive style probe (SEG.SEQ = SND.UNA − 1, RFC 9293 §3.8.4) is not acceptable to
+    /// the receiver, which must answer it with an ACK at once (§3.10.7.4) instead of waiting
+    /// for its delayed-ACK timer (RFC 9293 §3.8.6.3 allows up to 500 ms). True when the probe
+    /// was queued; false while data is still unsent or nothing is unacknowledged.
+    pub(crate) fn solicit_ack(&mut self) -> bool {
+        if self.state != TcpState::Established
+            || self.snd_una == self.snd_max
+            || lt(self.snd_max, self.data_end())
+        {
+            return false;
+        }
+        self.ka_probe_due = true;
+        true
+    }
+
     fn data_end(&self) -> u32 {
         self.snd_buf_seq.wrapping_add(self.snd_buf.len() as u32)
     }
