@@ -40,6 +40,8 @@ pub struct DrainGate {
     policy: Drain,
     started: Instant,
     until: Option<Instant>,
+    /// The peer has been asked for an immediate ACK.
+    solicited: bool,
 }
 
 impl DrainGate {
@@ -54,6 +56,7 @@ impl DrainGate {
             policy,
             started: now,
             until,
+            solicited: false,
         }
     }
 
@@ -72,8 +75,10 @@ impl DrainGate {
         self.started
     }
 
-    /// `Some(why)` once the connection may be frozen.
-    pub fn ready(&self, iface: &Interface, now: Instant) -> Option<DrainEnd> {
+    /// `Some(why)` once the connection may be frozen. Once everything queued has been sent,
+    /// the peer is asked for an immediate ACK ([`Interface::tcp_solicit_ack`]), so the drain
+    /// does not wait for the peer's delayed-ACK timer.
+    pub fn ready(&mut self, iface: &mut Interface, now: Instant) -> Option<DrainEnd> {
         if self.policy == Drain::Immediate {
             return Some(DrainEnd::Immediate);
         }
@@ -82,6 +87,9 @@ impl DrainGate {
         }
         if iface.tcp_send_queued(self.handle) == 0 {
             return Some(DrainEnd::Drained);
+        }
+        if !self.solicited {
+            self.solicited = iface.tcp_solicit_ack(self.handle).unwrap_or(false);
         }
         match self.until {
             Some(t) if now >= t => Some(DrainEnd::Deadline),

@@ -4,7 +4,8 @@
 //! clock and calls `poll` from its loop (after stepping the interface). The control channel is
 //! a non-blocking [`Channel`], so one thread can drive donor, acceptor and interfaces.
 //!
-//! Commit rule: the acceptor sends [`Message::Accept`] only after the thaw succeeded, and the
+//! Commit rule: the acceptor sends [`Message::Accept`] only after the thaw and the steering
+//! (phases 4–6) succeeded, and the
 //! donor treats Accept as the commit point. Before it (Refuse, channel error, timeout) the donor
 //! thaws the connection back: nothing is lost. After it the connection belongs to the acceptor;
 //! a missing Activated is reported as [`HandoffError::InDoubt`] and the state stays frozen.
@@ -176,7 +177,7 @@ impl Donor {
     ) -> Result<Option<DonorOutcome>, HandoffError> {
         match std::mem::replace(&mut self.phase, DonorPhase::Done) {
             DonorPhase::Done => Ok(None),
-            DonorPhase::Draining { gate, since } => match gate.ready(iface, now) {
+            DonorPhase::Draining { mut gate, since } => match gate.ready(iface, now) {
                 None => {
                     self.phase = DonorPhase::Draining { gate, since };
                     Ok(None)
@@ -511,8 +512,34 @@ impl Acceptor {
         let Some(msg) = chan.poll()? else {
             return Ok(None);
         };
+        self.handle(chan, iface, now, msg)
+    }
+
+    /// Handle a message the caller already read from `chan` (e.g. an offer it held back
+    /// until this node was ready to steer the flow).
+    pub fn handle(
+        &mut self,
+        chan: &mut Channel,
+        iface: &mut Interface,
+        now: Instant,
+        msg: Message,
+    ) -> Result<Option<AcceptorEvent>, HandoffError> {
+        self.handle_since(chan, iface, now, msg, MonoInstant::now())
+    }
+
+    /// [`Acceptor::handle`] for a message that arrived at `arrived` and was held back since:
+    /// the acceptor's elapsed time sent back with Activated starts then, so the donor's
+    /// state-transfer phase does not include the wait.
+    pub fn handle_since(
+        &mut self,
+        chan: &mut Channel,
+        iface: &mut Interface,
+        now: Instant,
+        msg: Message,
+        arrived: MonoInstant,
+    ) -> Result<Option<AcceptorEvent>, HandoffError> {
         match msg {
-            Message::Offer(o) => self.on_offer(chan, iface, now, o).map(Some),
+            Message::Offer(o) => self.on_offer(chan, iface, now, o, arrived).map(Some),
             Message::Abort { conn_id, .. } => Ok(Some(AcceptorEvent::Aborted { conn_id })),
             Message::Forward { conn_id, packets } => {
                 for p in &packets {
@@ -539,12 +566,30 @@ impl Acceptor {
         Ok(AcceptorEvent::Refused { conn_id, reason })
     }
 
+    /// Undo a thaw that will not be committed: freeze and forget (no RST reaches the client)
+    /// and drop the address taken over for it.
+    fn take_back(
+        iface: &mut Interface,
+        now: Instant,
+        handle: TcpHandle,
+        state: &ConnState,
+        added: Option<std::net::Ipv6Addr>,
+    ) {
+        if iface.tcp_freeze(now, handle).is_ok() {
+            iface.tcp_forget_frozen(state.local(), state.remote());
+        }
+        if let Some(ip) = added {
+            iface.remove_addr(ip);
+        }
+    }
+
     fn on_offer(
         &mut self,
         chan: &mut Channel,
         iface: &mut Interface,
         now: Instant,
         o: Offer,
+        arrived: MonoInstant,
     ) -> Result<AcceptorEvent, HandoffError> {
         let t0 = MonoInstant::now();
         let id = o.conn_id;
@@ -585,22 +630,22 @@ impl Acceptor {
             recreate_ns: ns(t0.elapsed()),
             ..Default::default()
         };
+        // Phases 4–6, before the commit: a flow that cannot be steered here is refused and
+        // stays with the donor (nothing was changed by a failed steering step).
+        if let Some(steer) = self.cfg.steer.as_mut() {
+            match steer(iface, now, &state, o.ticket.as_deref().map(|b| &b[..])) {
+                Ok(d) => times.steer_ns = d.map(ns),
+                Err(e) => {
+                    Self::take_back(iface, now, handle, &state, added.then_some(ip));
+                    return Self::refuse(chan, id, RefuseReason::Other(format!("steering: {e}")));
+                }
+            }
+        }
         // Commit. If the Accept cannot be sent the donor will resume the connection: take
         // ours back out silently (freeze and forget: no RST reaches the client).
         if let Err(e) = chan.send(&Message::Accept { conn_id: id }) {
-            if iface.tcp_freeze(now, handle).is_ok() {
-                iface.tcp_forget_frozen(state.local(), state.remote());
-            }
-            if added {
-                iface.remove_addr(ip);
-            }
+            Self::take_back(iface, now, handle, &state, added.then_some(ip));
             return Err(e.into());
-        }
-        // Phases 4–6.
-        if let Some(steer) = self.cfg.steer.as_mut() {
-            let d = steer(iface, now, &state, o.ticket.as_deref().map(|b| &b[..]))
-                .map_err(|_| HandoffError::Protocol("steering failed"))?;
-            times.steer_ns = d.map(ns);
         }
         // Phase 7: activation.
         let t7 = MonoInstant::now();
@@ -608,7 +653,7 @@ impl Acceptor {
             iface.announce(now);
         }
         times.activate_ns = ns(t7.elapsed());
-        times.elapsed_ns = ns(t0.elapsed());
+        times.elapsed_ns = ns(arrived.elapsed());
         chan.send(&Message::Activated { conn_id: id, times })?;
         Ok(AcceptorEvent::Activated {
             conn_id: id,

@@ -537,10 +537,14 @@ fn silent_acceptor_times_out_and_donor_resumes() {
 fn drain_gate_waits_for_acks_or_deadline() {
     use ds_handoff::{DrainEnd, DrainGate};
     let mut lan = Lan::new();
+    // A small receive buffer at the client, so that data stays queued on the server.
+    lan.ifs[0].tcp_config_mut().recv_buf = 1 << 20;
     let (cl, srv) = connect(&mut lan);
-    // The client does not read: its window fills and data stays queued on the server.
-    lan.ifs[1].tcp_send(srv, &vec![1u8; 2 << 20]).unwrap();
-    let gate = DrainGate::start(
+    // The client does not read: its window fills (more is queued than its buffer holds, so
+    // no ACK can cover it all).
+    let queued = lan.ifs[1].tcp_send(srv, &vec![1u8; 2 << 20]).unwrap();
+    assert!(queued > 1 << 20, "{queued}");
+    let mut gate = DrainGate::start(
         srv,
         Drain::UntilAcked {
             deadline: Duration::from_millis(20),
@@ -551,7 +555,7 @@ fn drain_gate_waits_for_acks_or_deadline() {
     let mut end = None;
     for _ in 0..40 {
         lan.step();
-        end = gate.ready(&lan.ifs[1], lan.now);
+        end = gate.ready(&mut lan.ifs[1], lan.now);
         if end.is_some() {
             break;
         }
@@ -559,7 +563,7 @@ fn drain_gate_waits_for_acks_or_deadline() {
     assert_eq!(end, Some(DrainEnd::Deadline));
     assert!(lan.ifs[1].tcp_send_queued(srv) > 0);
     // Now the client reads everything: a fresh gate ends with Drained.
-    let gate = DrainGate::start(
+    let mut gate = DrainGate::start(
         srv,
         Drain::UntilAcked {
             deadline: Duration::from_secs(60),
@@ -571,14 +575,17 @@ fn drain_gate_waits_for_acks_or_deadline() {
     for _ in 0..10_000 {
         while lan.ifs[0].tcp_recv(cl, &mut buf).unwrap() > 0 {}
         lan.step();
-        end = gate.ready(&lan.ifs[1], lan.now);
+        end = gate.ready(&mut lan.ifs[1], lan.now);
         if end.is_some() {
             break;
         }
     }
     assert_eq!(end, Some(DrainEnd::Drained));
-    let imm = DrainGate::start(srv, Drain::Immediate, lan.now);
-    assert_eq!(imm.ready(&lan.ifs[1], lan.now), Some(DrainEnd::Immediate));
+    let mut imm = DrainGate::start(srv, Drain::Immediate, lan.now);
+    assert_eq!(
+        imm.ready(&mut lan.ifs[1], lan.now),
+        Some(DrainEnd::Immediate)
+    );
 }
 
 /// The connection goes back and forth between the two nodes 20 times during the download (one
