@@ -85,6 +85,11 @@ struct RepairOpt {
 const TCP_NO_QUEUE: libc::c_int = 0;
 const TCP_RECV_QUEUE: libc::c_int = 1;
 const TCP_SEND_QUEUE: libc::c_int = 2;
+/// `TCP_REPAIR_OFF` and `TCP_REPAIR_OFF_NO_WP` (leave repair mode without a window probe).
+const TCP_REPAIR_OFF: libc::c_int = 0;
+const TCP_REPAIR_OFF_NO_WP: libc::c_int = -1;
+/// `SO_SNDBUFFORCE` (asm-generic/socket.h): `SO_SNDBUF` past `wmem_max`, with `CAP_NET_ADMIN`.
+const SO_SNDBUFFORCE: libc::c_int = 32;
 const TCPOPT_MSS: u32 = 2;
 const TCPOPT_WINDOW: u32 = 3;
 const TCPOPT_SACK_PERM: u32 = 4;
@@ -356,8 +361,25 @@ pub fn freeze(sock: &TcpStream) -> Result<ConnState> {
 }
 
 /// Rebuild a kernel socket from a [`ConnState`] (from either stack). The local address must be
-/// configured on this host; the peer's packets should reach this host from now on.
+/// configured on this host; the peer's packets should reach this host from now on. If the
+/// peer's packets were held during the move, use [`restore_with_held`] instead, so that they
+/// reach the socket before anything newer does.
 pub fn restore(st: &ConnState) -> Result<TcpStream> {
+    restore_with_held(st, &[]).map(|(s, _)| s)
+}
+
+/// [`restore`], delivering `held` (the peer's packets held during the move, oldest first, as
+/// for [`inject`]) to the socket as soon as it leaves repair mode and before it sends anything.
+/// Returns the socket and how many packets were injected.
+///
+/// The order matters. Held packets carry the peer's state as of the freeze; once the socket
+/// has sent new data and the peer has acknowledged it directly, a held segment's ACK lies more
+/// than `min(max_window, bytes_acked)` below SND.UNA and Linux drops it with a challenge ACK
+/// (RFC 5961 §5.2, RFC 9293 §3.10.7.4), or its TSval is older than TS.Recent and PAWS drops
+/// it (RFC 7323 §5.3); a payload in it is lost and the peer has to retransmit. So: no window
+/// probe when leaving repair mode (its answer would come first), the held packets next, and
+/// only then the never-sent data.
+pub fn restore_with_held(st: &ConnState, held: &[Vec<u8>]) -> Result<(TcpStream, usize)> {
     st.validate()?;
     if st.tcp_state() != Some(TcpState::Established) {
         return Err(KernelError::Unsupported(
@@ -397,6 +419,18 @@ pub fn restore(st: &ConnState) -> Result<TcpStream> {
             .min(st.send_data.len());
         st.send_data.split_at(sent)
     };
+    // The whole send queue fits in the send buffer, so writing it back never blocks: a restore
+    // that waited for the peer to acknowledge data would leave the held packets stale.
+    let sndbuf = ((st.send_buf_kib as usize) << 10)
+        .max(2 * st.send_data.len())
+        .min(i32::MAX as usize) as libc::c_int;
+    setsockopt(
+        fd,
+        libc::SOL_SOCKET,
+        SO_SNDBUFFORCE,
+        &sndbuf,
+        "SO_SNDBUFFORCE",
+    )?;
     setsockopt(
         fd,
         tcp,
@@ -522,32 +556,51 @@ pub fn restore(st: &ConnState) -> Result<TcpStream> {
         &TCP_NO_QUEUE,
         "TCP_REPAIR_QUEUE none",
     )?;
+    // The peer offered at least a window covering what is in flight (a sender stays inside
+    // the offered window, RFC 9293 §3.8.6): a `max_window` below that would make Linux take
+    // the peer's slightly older ACKs for blind injections (RFC 5961 §5.2).
+    let max_window = st
+        .snd_wnd
+        .max(st.in_flight.as_ref().map(|f| f.max_off).unwrap_or(0));
     let win = RepairWindow {
         snd_wl1: st.rcv_nxt,
         snd_wnd: st.snd_wnd,
-        max_window: st.snd_wnd,
+        max_window,
         rcv_wnd: st.rcv_adv_off,
         rcv_wup: st.rcv_nxt,
     };
     setsockopt(fd, tcp, libc::TCP_REPAIR_WINDOW, &win, "TCP_REPAIR_WINDOW")?;
     let nodelay: libc::c_int = if has(flags::NAGLE) { 0 } else { 1 };
     setsockopt(fd, tcp, libc::TCP_NODELAY, &nodelay, "TCP_NODELAY")?;
-    // Leaving repair mode sends a window probe (an ACK): the peer learns where we are.
-    setsockopt(
-        fd,
-        tcp,
-        libc::TCP_REPAIR,
-        &0i32,
-        "setsockopt(TCP_REPAIR off)",
-    )?;
+    if held.is_empty() {
+        // Leaving repair mode sends a window probe (an ACK): the peer learns where we are.
+        setsockopt(
+            fd,
+            tcp,
+            libc::TCP_REPAIR,
+            &TCP_REPAIR_OFF,
+            "setsockopt(TCP_REPAIR off)",
+        )?;
+    } else {
+        // No probe: the peer's answer to it would overtake the held packets (see above). Held
+        // data is acknowledged as it is processed, and the never-sent data follows.
+        setsockopt(
+            fd,
+            tcp,
+            libc::TCP_REPAIR,
+            &TCP_REPAIR_OFF_NO_WP,
+            "setsockopt(TCP_REPAIR off, no window probe)",
+        )?;
+    }
     let stream = TcpStream::from(owned);
+    let injected = inject(held)?;
     // The never-sent part goes out normally.
     let mut w = &stream;
     io::Write::write_all(&mut w, unsent).map_err(|e| KernelError::Os {
         what: "write unsent data",
         err: e,
     })?;
-    Ok(stream)
+    Ok((stream, injected))
 }
 
 fn send_all(fd: RawFd, mut data: &[u8], what: &'static str) -> Result<()> {

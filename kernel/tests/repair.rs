@@ -6,10 +6,10 @@
 //! During the move the donor HOLDS the client's packets (a kernel donor with
 //! [`ds_kernel::Hold`], installed before the freeze; a userspace donor by freezing, which holds
 //! the frozen connection's packets in the stack) and forwards them to the acceptor once it has
-//! restored the connection ([`ds_kernel::inject`] into a kernel acceptor,
-//! `Interface::receive_ipv6` into a userspace one), for as long as the client still sends to
-//! the donor. Nothing the client sent is lost, so it never retransmits: its `TcpRetransSegs`
-//! does not move across the handoff.
+//! restored the connection ([`ds_kernel::restore_with_held`] then [`ds_kernel::inject`] into a
+//! kernel acceptor, `Interface::receive_ipv6` into a userspace one), for as long as the client
+//! still sends to the donor. Nothing the client sent is lost, so it never retransmits: its
+//! `TcpRetransSegs` does not move across the handoff.
 
 use ds_stack::device::TapDevice;
 use ds_stack::runner::Runner;
@@ -302,12 +302,14 @@ fn handoff(name: &str, donor: Side, acceptor: Side) {
                 h2.ns
                     .ip(&["addr", "add", &format!("{ds}/64"), "dev", "br0", "nodad"])
                     .expect("addr");
-                // What the donor holds goes in right after the restore, on the same thread: the
-                // sooner the acceptor has it, the less the client hears of a state without it.
+                // What the donor holds goes in as part of the restore, before the socket sends
+                // anything: once the client has heard from the acceptor and answered it
+                // directly, the held segments are stale and the kernel drops them (challenge
+                // ACK for an old ACK, RFC 5961 §5.2; PAWS, RFC 7323 §5.3), data and all.
                 let (s, first) = h2.ns.run(|| {
-                    let s = ds_kernel::restore(&state).expect("restore kernel socket");
                     let pkts = held.take();
-                    let n = ds_kernel::inject(&pkts).expect("inject");
+                    let (s, n) =
+                        ds_kernel::restore_with_held(&state, &pkts).expect("restore kernel socket");
                     (s, (pkts, n))
                 });
                 let forwarder = sc.spawn({
@@ -432,27 +434,11 @@ fn handoff(name: &str, donor: Side, acceptor: Side) {
         fwd.held > 0,
         "the client sends all the time: some of its packets reached the donor during the move"
     );
-    if donor == Side::User {
-        // Known gap, outside this crate: ds-stack's `tcp_freeze` can export an `in_flight`
-        // shorter than what it really sent (the client then ACKs up to
-        // `snd_una + 75 KB` while the state says `max_off` 54 KB). A restored kernel socket
-        // takes such a held ACK for one of unsent data, answers it with a challenge ACK and
-        // discards the segment with the client's data in it (RFC 5961 §5.2, RFC 9293
-        // §3.10.7.4), so the client fast-retransmits that data once. Reported, not asserted.
-        if counter(&dm, "TcpRetransSegs") > 0 {
-            println!(
-                "{name}: KNOWN ISSUE: client retransmitted {} segment(s) (ds-stack freeze \
-                 under-reports in-flight data)",
-                counter(&dm, "TcpRetransSegs")
-            );
-        }
-    } else {
-        assert_eq!(
-            counter(&dm, "TcpRetransSegs"),
-            0,
-            "the client retransmitted nothing over the handoff"
-        );
-    }
+    assert_eq!(
+        counter(&dm, "TcpRetransSegs"),
+        0,
+        "the client retransmitted nothing over the handoff"
+    );
     drop(peer);
 }
 
