@@ -25,6 +25,7 @@ use ds_handoff::{
     forward_held, forward_packets, Acceptor, AcceptorConfig, AcceptorEvent, Channel, ClusterSecret,
     Donor, DonorConfig, DonorOutcome, Drain, HandoffReport, Mode, Takeover,
 };
+use ds_stack::mobile::MobileRole;
 use ds_stack::{ConnState, Instant, Interface, TcpHandle};
 use std::collections::VecDeque;
 use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6, TcpListener};
@@ -42,6 +43,16 @@ pub enum Steering {
         ha: SocketAddr,
         /// This node's care-of address.
         coa: Ipv6Addr,
+    },
+    /// Route-optimised mode: this node serves the DS address as a home address away from
+    /// home; it sends the client (a correspondent node) a Binding Update built from the home
+    /// keygen ticket that came with the connection and its own care-of keygen token (RFC 6275
+    /// §5.2.5, §11.7.2). The care-of test must have completed before the offer arrives.
+    RouteOptimised {
+        /// This node's mobile role (installed as the interface's mobility hook).
+        role: MobileRole,
+        /// Binding lifetime asked for.
+        lifetime: Duration,
     },
 }
 
@@ -87,6 +98,9 @@ pub struct HandoffConfig {
     pub fault: Option<AcceptorFault>,
     /// How long the donor forwards packets that still reach the frozen connection.
     pub forward_grace: Duration,
+    /// Route-optimised donor: the mobile role whose home keygen token travels with each
+    /// connection (the contact node runs the home test, RFC 6275 §5.2.5).
+    pub home_role: Option<MobileRole>,
 }
 
 impl HandoffConfig {
@@ -111,6 +125,7 @@ impl HandoffConfig {
             steering: Steering::None,
             fault: None,
             forward_grace: Duration::from_millis(200),
+            home_role: None,
         }
     }
 }
@@ -144,6 +159,14 @@ pub enum NodeEvent {
     Adopted {
         /// The connection's client end.
         client: SocketAddrV6,
+    },
+    /// Route-optimised acceptor: the client acknowledged our Binding Update (handoff phase 6
+    /// ends; it is asynchronous to the Activated message).
+    Bound {
+        /// The correspondent.
+        client: Ipv6Addr,
+        /// From the Binding Update (sent at steering) to the acknowledgement.
+        after: Duration,
     },
     /// An offer was refused or aborted here.
     Declined {
@@ -192,7 +215,23 @@ pub struct HandoffNode {
     events: Vec<NodeEvent>,
     stats: NodeStats,
     next_id: u64,
+    /// Route-optimised acceptor: the Binding Update in flight (correspondent, when sent).
+    bu_sent: Option<BuSent>,
+    /// Route-optimised donor: since when the connection at the head of the queue waits for
+    /// its home keygen token.
+    ticket_wait: Option<std::time::Instant>,
+    /// Route-optimised acceptor: an offer held back until the care-of test towards its
+    /// client completes (channel index, offer, when it arrived).
+    deferred: Option<(usize, ds_handoff::Message, std::time::Instant)>,
+    /// How long the last deferred offer waited for return routability (phase 4), taken by
+    /// the steering hook.
+    rr_wait: std::sync::Arc<std::sync::Mutex<Duration>>,
 }
+
+type BuSent = std::sync::Arc<std::sync::Mutex<Option<(Ipv6Addr, std::time::Instant)>>>;
+
+/// How long a route-optimised donor waits for the home test before keeping the connection.
+const TICKET_WAIT: Duration = Duration::from_secs(2);
 
 impl HandoffNode {
     /// Wrap `server` (already listening on the interface) with handoff per `cfg`.
@@ -205,6 +244,36 @@ impl HandoffNode {
         acfg.takeover = cfg.takeover;
         if cfg.fault == Some(AcceptorFault::Refuse) {
             acfg.max_connections = 0;
+        }
+        let mut bu_sent = None;
+        let rr_wait = std::sync::Arc::new(std::sync::Mutex::new(Duration::ZERO));
+        if let Steering::RouteOptimised { role, lifetime } = &cfg.steering {
+            let (role, lifetime) = (role.clone(), *lifetime);
+            let waited = rr_wait.clone();
+            let sent = std::sync::Arc::new(std::sync::Mutex::new(None));
+            bu_sent = Some(sent.clone());
+            acfg.steer = Some(Box::new(move |_iface, now, st: &ConnState, ticket| {
+                let ticket: ds_mipv6::mn::HomeTicket = postcard::from_bytes(
+                    ticket.ok_or("route-optimised offer without a home ticket")?,
+                )
+                .map_err(|e| format!("home ticket: {e}"))?;
+                // Phase 4 (return routability) ran ahead (tokens live for minutes, RFC 6275
+                // §5.2.7) or while the offer was held back (`waited`); phase 5 builds and
+                // queues the Binding Update; phase 6 (until the Binding Acknowledgement)
+                // completes asynchronously: NodeEvent::Bound.
+                let d4 = waited
+                    .lock()
+                    .map(|mut w| std::mem::take(&mut *w))
+                    .unwrap_or_default();
+                let t5 = std::time::Instant::now();
+                role.bind(now, &ticket, *st.remote().ip(), lifetime)
+                    .map_err(|e| format!("binding update: {e:?}"))?;
+                let d5 = t5.elapsed();
+                if let Ok(mut g) = sent.lock() {
+                    *g = Some((*st.remote().ip(), std::time::Instant::now()));
+                }
+                Ok([d4, d5, Duration::ZERO])
+            }));
         }
         if let Steering::HomeAgentFlow { ha, coa } = cfg.steering {
             let mut mover = FlowMover::new(ha, cfg.secret.clone(), Duration::from_secs(1));
@@ -236,6 +305,10 @@ impl HandoffNode {
             events: Vec::new(),
             stats: NodeStats::default(),
             next_id: 1,
+            bu_sent,
+            ticket_wait: None,
+            deferred: None,
+            rr_wait,
         })
     }
 
@@ -282,6 +355,25 @@ impl HandoffNode {
         self.queue.extend(self.server.take_handoff_ready());
         self.drive_donor(iface, now);
         self.forward(iface);
+        self.watch_binding(now);
+    }
+
+    fn watch_binding(&mut self, now: Instant) {
+        let (Some(sent), Steering::RouteOptimised { role, .. }) =
+            (&self.bu_sent, &self.cfg.steering)
+        else {
+            return;
+        };
+        let Ok(mut g) = sent.lock() else { return };
+        if let Some((client, at)) = *g {
+            if role.is_bound(now) {
+                *g = None;
+                self.events.push(NodeEvent::Bound {
+                    client,
+                    after: at.elapsed(),
+                });
+            }
+        }
     }
 
     /// Open the channel to the peer now rather than inside the first handoff's timing.
@@ -332,6 +424,9 @@ impl HandoffNode {
                 i += 1;
             } else {
                 self.incoming.swap_remove(i);
+                // Channel indices moved: a held-back offer's donor has gone anyway (its
+                // channel broke) or will time out and keep the connection.
+                self.deferred = None;
             }
         }
     }
@@ -354,9 +449,74 @@ impl HandoffNode {
         }
     }
 
+    /// Route-optimised acceptor: an offer whose client has not answered our care-of test yet
+    /// is held back (the test is started) until it has, at most [`TICKET_WAIT`]; the
+    /// Binding Update needs the care-of keygen token (RFC 6275 §5.2.5).
+    fn hold_back(
+        &mut self,
+        i: usize,
+        now: Instant,
+        msg: ds_handoff::Message,
+    ) -> Option<ds_handoff::Message> {
+        let Steering::RouteOptimised { role, .. } = &self.cfg.steering else {
+            return Some(msg);
+        };
+        let ds_handoff::Message::Offer(o) = &msg else {
+            return Some(msg);
+        };
+        if role.has_care_of_token() {
+            return Some(msg);
+        }
+        let Ok(st) = ConnState::decode(&o.state) else {
+            return Some(msg);
+        };
+        role.start_care_of_test(now, *st.remote().ip(), o.conn_id.to_be_bytes());
+        tracing::debug!(client = %st.remote(), "offer held back for the care-of test");
+        self.deferred = Some((i, msg, std::time::Instant::now()));
+        None
+    }
+
+    fn next_message(
+        &mut self,
+        i: usize,
+        iface: &mut Interface,
+        now: Instant,
+    ) -> Result<Option<AcceptorEvent>, ds_handoff::HandoffError> {
+        if let Some((j, _, since)) = &self.deferred {
+            if *j == i {
+                let ready = match &self.cfg.steering {
+                    Steering::RouteOptimised { role, .. } => role.has_care_of_token(),
+                    _ => true,
+                };
+                if !ready && since.elapsed() < TICKET_WAIT {
+                    return Ok(None);
+                }
+                if let Some((_, msg, since)) = self.deferred.take() {
+                    if let Ok(mut w) = self.rr_wait.lock() {
+                        *w = since.elapsed();
+                    }
+                    return self.acceptor.handle_since(
+                        &mut self.incoming[i],
+                        iface,
+                        now,
+                        msg,
+                        since,
+                    );
+                }
+            }
+        }
+        let Some(msg) = self.incoming[i].poll()? else {
+            return Ok(None);
+        };
+        match self.hold_back(i, now, msg) {
+            Some(msg) => self.acceptor.handle(&mut self.incoming[i], iface, now, msg),
+            None => Ok(None),
+        }
+    }
+
     fn accept_offers(&mut self, i: usize, iface: &mut Interface, now: Instant) -> bool {
         loop {
-            match self.acceptor.poll(&mut self.incoming[i], iface, now) {
+            match self.next_message(i, iface, now) {
                 Ok(None) => return true,
                 Ok(Some(AcceptorEvent::Activated { handle, app, .. })) => {
                     self.adopt(iface, now, handle, app)
@@ -487,15 +647,42 @@ impl HandoffNode {
                 self.server.resume(h);
                 continue;
             }
+            let ticket = match (&self.cfg.home_role, client) {
+                (Some(role), Some(c)) if self.cfg.mode == Mode::Ro => {
+                    match role.home_ticket(now, 1).filter(|t| t.cn == *c.ip()) {
+                        Some(t) => {
+                            self.ticket_wait = None;
+                            Some(postcard::to_allocvec(&t).unwrap_or_default())
+                        }
+                        None => {
+                            // The home test has not completed yet: wait for it (bounded).
+                            let since =
+                                *self.ticket_wait.get_or_insert_with(std::time::Instant::now);
+                            if since.elapsed() < TICKET_WAIT {
+                                self.queue.push_front(h);
+                                return;
+                            }
+                            self.ticket_wait = None;
+                            tracing::warn!("no home keygen token for {c}: connection kept here");
+                            self.server.resume(h);
+                            continue;
+                        }
+                    }
+                }
+                _ => None,
+            };
             let app = match self.server.detach(h) {
                 Some(Ok(app)) => app,
                 Some(Err(e)) => {
+                    // detach() leaves the connection in the server when the export fails.
                     tracing::warn!("HTTP state not exportable, connection kept here: {e:#}");
+                    self.server.resume(h);
                     continue;
                 }
                 None => continue,
             };
             let mut dcfg = DonorConfig::new(self.next_id, &self.cfg.service);
+            dcfg.ticket = ticket;
             self.next_id += 1;
             dcfg.app = Some(app.encode());
             dcfg.drain = self.cfg.drain;
@@ -514,7 +701,6 @@ impl HandoffNode {
             });
             return;
         }
-        let _ = iface;
     }
 
     fn forward(&mut self, iface: &mut Interface) {
