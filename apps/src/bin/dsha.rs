@@ -1,9 +1,16 @@
-//! `dsha`: a Mobile IPv6 home agent for the DS address, on the userspace stack over a TAP
-//! device: authenticated home registration (RFC 4285), proxy ND and IPv6-in-IPv6 tunnelling
-//! to the registered care-of address (RFC 6275 §10).
+//! `dsha`: the home agent of the DS address, in one of two forms:
+//!
+//! - `dsha serve`: a Mobile IPv6 home agent on the userspace stack over a TAP device:
+//!   authenticated home registration (RFC 4285), proxy ND and IPv6-in-IPv6 tunnelling to the
+//!   registered care-of address (RFC 6275 §10);
+//! - `dsha xdp`: the transparent-mode home agent: the `ds-xdp` tunnel program on a kernel
+//!   interface tunnels packets for the DS address to the care-of address of the node that
+//!   serves each flow, and a flow agent (`ds_apps::flow_agent`) moves flows between nodes
+//!   when they hand a connection off.
 
 use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand};
+use ds_apps::flow_agent::FlowAgent;
 use ds_apps::home_agent::HomeAgentNode;
 use ds_apps::mac::{format_mac, mac_from_addr, parse_mac};
 use ds_apps::signal;
@@ -12,7 +19,8 @@ use ds_stack::device::TapDevice;
 use ds_stack::runner::{Clock, Runner};
 use ds_stack::{Config, Duration, Interface};
 use std::io::IsTerminal as _;
-use std::net::Ipv6Addr;
+use std::net::{Ipv6Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 
@@ -31,6 +39,40 @@ struct Cli {
 enum Command {
     /// Run the home agent on a TAP device until SIGINT or SIGTERM.
     Serve(ServeArgs),
+    /// Run the XDP tunnel home agent (transparent handoff mode) until SIGINT or SIGTERM.
+    Xdp(XdpArgs),
+}
+
+#[derive(Args, Debug)]
+struct XdpArgs {
+    /// Kernel interface on the home link; the tunnel program is attached to it.
+    #[arg(long, value_name = "IF")]
+    iface: String,
+    /// The home agent's own IPv6 address on --iface (outer source of the tunnelled packets).
+    #[arg(long, value_name = "HA_ADDR")]
+    addr: Ipv6Addr,
+    /// The DS address whose packets are tunnelled to the nodes.
+    #[arg(long, value_name = "DS_ADDR")]
+    ds: Ipv6Addr,
+    /// Initial binding: the care-of address of the node that gets new flows.
+    #[arg(long, value_name = "COA")]
+    bind: Ipv6Addr,
+    /// Where the flow agent accepts the nodes' move requests, e.g. `[fd00::a]:7001`.
+    #[arg(long, value_name = "[ADDR]:PORT")]
+    control: SocketAddr,
+    /// File holding the cluster secret (at least 16 bytes) that keys the control channels.
+    #[arg(long, value_name = "FILE")]
+    secret_file: PathBuf,
+    /// Directory (on bpffs) where the program's maps are pinned while it runs
+    /// [default: /sys/fs/bpf/ds/<IF>].
+    #[arg(long, value_name = "DIR")]
+    pin_dir: Option<PathBuf>,
+    /// Capacity of the flow table.
+    #[arg(long, default_value_t = 65536, value_name = "N")]
+    flow_capacity: u32,
+    /// On exit, print the counters as one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -88,8 +130,11 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let Command::Serve(args) = cli.command;
-    match serve(&args) {
+    let res = match cli.command {
+        Command::Serve(args) => serve(&args),
+        Command::Xdp(args) => xdp(&args),
+    };
+    match res {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("dsha: error: {e:#}");
@@ -140,6 +185,129 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             "dsha: {} registrations, {} refused, {} packets tunnelled, {} reverse-tunnelled, {} dropped",
             st.registered, st.refused, st.tunnelled, st.reverse_forwarded, st.dropped
         );
+    }
+    Ok(())
+}
+
+/// Read the cluster secret: the file's bytes, without a trailing newline (so `echo secret >
+/// file` and `printf secret > file` give the same key).
+fn read_secret(path: &Path) -> anyhow::Result<ds_handoff::ClusterSecret> {
+    let mut bytes = std::fs::read(path)
+        .with_context(|| format!("--secret-file {}: cannot read", path.display()))?;
+    while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        bytes.pop();
+    }
+    ds_handoff::ClusterSecret::new(&bytes)
+        .with_context(|| format!("--secret-file {}: need at least 16 bytes", path.display()))
+}
+
+/// Detaches the program and removes its pins when the home agent stops, also on an error
+/// path, so a failed start leaves neither an attached program nor pinned maps behind.
+struct Cleanup {
+    pin_dir: PathBuf,
+    ifindex: Option<u32>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Some(idx) = self.ifindex {
+            if let Err(e) = ds_xdp::loader::detach(idx) {
+                tracing::warn!("detaching the tunnel program: {e}");
+            }
+        }
+        if let Err(e) = ds_xdp::loader::remove_pins(ds_xdp::Kind::Tunnel, &self.pin_dir) {
+            tracing::warn!("removing the pinned maps: {e}");
+        }
+    }
+}
+
+fn xdp(args: &XdpArgs) -> anyhow::Result<()> {
+    use ds_xdp::maps::{TunnelConfig, TunnelMode};
+    use ds_xdp::{Kind, LoadOptions, Program};
+    for (flag, a) in [
+        ("--addr", args.addr),
+        ("--ds", args.ds),
+        ("--bind", args.bind),
+    ] {
+        if a.is_unspecified() || a.is_multicast() || a.is_loopback() {
+            bail!("{flag} {a}: need a unicast address");
+        }
+    }
+    let secret = read_secret(&args.secret_file)?;
+    let stop = signal::install().context("installing signal handlers")?;
+    let ifindex = ds_xdp::loader::ifindex(&args.iface)
+        .with_context(|| format!("--iface {:?}: no such interface", args.iface))?;
+    let pin_dir = args
+        .pin_dir
+        .clone()
+        .unwrap_or_else(|| ds_xdp::loader::default_pin_dir(&args.iface));
+    let prog = Program::load(
+        Kind::Tunnel,
+        &LoadOptions {
+            pin_dir: Some(pin_dir.clone()),
+            flow_capacity: Some(args.flow_capacity),
+        },
+    )
+    .context("loading the tunnel program (needs root and bpffs)")?;
+    let mut cleanup = Cleanup {
+        pin_dir: pin_dir.clone(),
+        ifindex: None,
+    };
+    prog.set_config(&TunnelConfig {
+        local: args.addr,
+        // FIB mode: the kernel's routing and neighbour tables pick the next hop, so the
+        // operator configures care-of reachability with ordinary `ip route`/`ip neigh`.
+        mode: TunnelMode::Fib,
+        hop_limit: 64,
+        mtu: 1500,
+        // Learning pins each new flow to the node bound at its first packet, so that a later
+        // binding change moves only new flows and a handoff moves exactly one flow.
+        learn: true,
+    })?;
+    prog.set_binding(args.ds, args.bind)?;
+    // Bind the control port before attaching, so a port conflict fails without touching the
+    // data path.
+    let listener = TcpListener::bind(args.control)
+        .with_context(|| format!("--control {}: cannot listen", args.control))?;
+    let mode = prog
+        .attach(ifindex, ds_xdp::Mode::Native, false)
+        .with_context(|| format!("attaching the tunnel program to {:?}", args.iface))?;
+    cleanup.ifindex = Some(ifindex);
+    let mut agent = FlowAgent::new(prog, listener, secret)?;
+    tracing::info!(
+        iface = %args.iface,
+        ?mode,
+        ds = %args.ds,
+        coa = %args.bind,
+        control = %args.control,
+        pins = %pin_dir.display(),
+        "XDP home agent up"
+    );
+    while !stop.load(Ordering::Relaxed) {
+        agent.wait(std::time::Duration::from_millis(50));
+        agent.poll();
+    }
+    let fa = agent.stats();
+    let counters = agent.program().counters().unwrap_or_default();
+    let flows = agent.program().flows().map(|f| f.len()).unwrap_or(0);
+    drop(cleanup);
+    if args.json {
+        let tunnel: serde_json::Map<String, serde_json::Value> = counters
+            .iter()
+            .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({ "flow_agent": fa, "tunnel": tunnel, "flows": flows })
+        );
+    } else {
+        println!(
+            "dsha: {} control channels ({} failed), {} flow moves ({} failed), {} flows in the table",
+            fa.channels, fa.channel_errors, fa.moves, fa.move_errors, flows
+        );
+        for (k, v) in &counters {
+            println!("  tunnel {k:<20} {v}");
+        }
     }
     Ok(())
 }

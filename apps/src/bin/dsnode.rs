@@ -1,18 +1,22 @@
-//! `dsnode`: a Distributed Servers node. Today it runs the HTTP/1.1 content service on the
-//! userspace TCP/IPv6 stack over a TAP device or AF_XDP (`ds-xdp`); handoff is to come.
+//! `dsnode`: a Distributed Servers node. It runs the HTTP/1.1 content service on the
+//! userspace TCP/IPv6 stack over a TAP device or AF_XDP (`ds-xdp`), and, with the handoff
+//! options, hands live connections to a peer node and takes them from it
+//! (`ds_apps::node::HandoffNode`). Each handoff it completes as the donor is one JSON line on
+//! stdout; logs go to stderr.
 
 use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ds_apps::http::HttpStats;
 use ds_apps::mac::{format_mac, mac_from_addr, parse_mac};
+use ds_apps::node::{HandoffConfig, HandoffNode, NodeEvent, Steering};
 use ds_apps::server::{HttpServer, ServerConfig, ServerStats};
 use ds_apps::signal;
 use ds_stack::device::{Device, TapDevice};
 use ds_stack::runner::{Clock, Runner};
 use ds_stack::{Config, Duration, Interface, Stats};
 use std::io::IsTerminal as _;
-use std::net::{Ipv6Addr, SocketAddrV6};
-use std::path::PathBuf;
+use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6, TcpListener};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -64,9 +68,62 @@ struct ServeArgs {
     /// The stack's MAC address [default: locally administered, derived from --addr].
     #[arg(long, value_name = "MAC", value_parser = parse_mac)]
     mac: Option<[u8; 6]>,
-    /// On exit, print the interface statistics as one JSON object instead of text.
+    /// On exit, print the statistics as one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    handoff: HandoffArgs,
+}
+
+/// Live handoff to and from a peer node. Any of `--control-listen`, `--peer` or
+/// `--ha-control` turns it on; all of them need `--secret-file`.
+#[derive(Args, Debug)]
+#[command(next_help_heading = "Handoff")]
+struct HandoffArgs {
+    /// More addresses the stack owns besides --addr, e.g. the DS address that clients connect
+    /// to (--addr is then this node's own, care-of, address). With it, the HTTP service listens
+    /// on all the stack's addresses. Repeat for several.
+    #[arg(long, value_name = "DS_ADDR")]
+    also_addr: Vec<Ipv6Addr>,
+    /// Accept connections handed off by the peer on this kernel TCP address.
+    #[arg(long, value_name = "[ADDR]:PORT", requires = "secret_file")]
+    control_listen: Option<SocketAddr>,
+    /// Hand connections off to the peer node listening here.
+    #[arg(long, value_name = "[ADDR]:PORT", requires = "secret_file")]
+    peer: Option<SocketAddr>,
+    /// File holding the cluster secret (at least 16 bytes) keying the control channels.
+    #[arg(long, value_name = "FILE")]
+    secret_file: Option<PathBuf>,
+    /// Hand a connection off once it sent this many response bytes (headers included) here.
+    #[arg(long, value_name = "BYTES", requires = "peer")]
+    handoff_after: Option<u64>,
+    /// Stop starting handoffs after this many.
+    #[arg(long, value_name = "N")]
+    max_handoffs: Option<u64>,
+    /// What the donor does before it freezes the connection.
+    #[arg(long, value_enum, default_value_t = DrainChoice::Acked)]
+    drain: DrainChoice,
+    /// Longest wait of `--drain acked`, milliseconds.
+    #[arg(long, default_value_t = 100, value_name = "MS")]
+    drain_deadline_ms: u64,
+    /// Transparent steering: when a connection arrives here, ask the XDP home agent's flow
+    /// agent at this address to tunnel its flow to --addr (this node's care-of address).
+    #[arg(long, value_name = "[ADDR]:PORT", requires = "secret_file")]
+    ha_control: Option<SocketAddr>,
+}
+
+impl HandoffArgs {
+    fn enabled(&self) -> bool {
+        self.control_listen.is_some() || self.peer.is_some() || self.ha_control.is_some()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum DrainChoice {
+    /// Freeze at once; unacknowledged and unsent data travel in the state.
+    Immediate,
+    /// Wait until everything sent is acknowledged (at most --drain-deadline-ms).
+    Acked,
 }
 
 fn main() -> ExitCode {
@@ -104,13 +161,21 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     if addr.is_unspecified() || addr.is_loopback() || addr.is_multicast() {
         bail!("--addr {addr}: need a unicast address");
     }
+    for a in &args.handoff.also_addr {
+        if a.is_unspecified() || a.is_loopback() || a.is_multicast() || *a == addr {
+            bail!("--also-addr {a}: need a unicast address other than --addr");
+        }
+    }
     if !args.root.is_dir() {
         bail!("--root {}: not a directory", args.root.display());
     }
+    // Parse the handoff settings (secret, sockets) before touching any device, so a bad
+    // option fails without side effects.
+    let handoff = handoff_config(args)?;
     let stop = signal::install().context("installing signal handlers")?;
     match args.device {
         DeviceKind::Afxdp => {
-            let cfg = ds_xdp::device::AfXdpConfig::new(vec![addr]);
+            let cfg = ds_xdp::device::AfXdpConfig::new(addrs(args));
             let dev = ds_xdp::device::AfXdpDevice::open(&args.iface, &cfg).map_err(|e| {
                 anyhow::Error::new(e).context(format!(
                     "cannot open AF_XDP on {:?} (needs root, an existing interface, and no \
@@ -123,7 +188,7 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
                 socket = ?dev.bind_mode(),
                 "AF_XDP device ready"
             );
-            run(dev, args, stop)
+            run(dev, args, handoff, stop)
         }
         DeviceKind::Tap => {
             let dev = TapDevice::open(&args.iface).map_err(|e| {
@@ -135,37 +200,166 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
                 anyhow::Error::new(e)
                     .context(format!("cannot open TAP device {:?}{hint}", args.iface))
             })?;
-            run(dev, args, stop)
+            run(dev, args, handoff, stop)
+        }
+    }
+}
+
+/// All the stack's addresses: --addr first, then --also-addr.
+fn addrs(args: &ServeArgs) -> Vec<Ipv6Addr> {
+    std::iter::once(args.addr)
+        .chain(args.handoff.also_addr.iter().copied())
+        .collect()
+}
+
+/// Read the cluster secret: the file's bytes, without a trailing newline (so `echo secret >
+/// file` and `printf secret > file` give the same key).
+fn read_secret(path: &Path) -> anyhow::Result<ds_handoff::ClusterSecret> {
+    let mut bytes = std::fs::read(path)
+        .with_context(|| format!("--secret-file {}: cannot read", path.display()))?;
+    while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        bytes.pop();
+    }
+    ds_handoff::ClusterSecret::new(&bytes)
+        .with_context(|| format!("--secret-file {}: need at least 16 bytes", path.display()))
+}
+
+/// The handoff settings from the command line, or `None` when handoff is off.
+fn handoff_config(args: &ServeArgs) -> anyhow::Result<Option<HandoffConfig>> {
+    let h = &args.handoff;
+    if !h.enabled() {
+        if let Some(flag) = [
+            (h.secret_file.is_some(), "--secret-file"),
+            (h.max_handoffs.is_some(), "--max-handoffs"),
+        ]
+        .iter()
+        .find_map(|(set, flag)| set.then_some(*flag))
+        {
+            bail!("{flag} needs --control-listen, --peer or --ha-control");
+        }
+        return Ok(None);
+    }
+    let path = h
+        .secret_file
+        .as_deref()
+        .context("handoff needs --secret-file")?;
+    let mut cfg = HandoffConfig::new(read_secret(path)?);
+    if let Some(l) = h.control_listen {
+        cfg.listen = Some(
+            TcpListener::bind(l).with_context(|| format!("--control-listen {l}: cannot listen"))?,
+        );
+    }
+    cfg.peer = h.peer;
+    cfg.quota = h.handoff_after;
+    cfg.max_handoffs = h.max_handoffs;
+    cfg.drain = match h.drain {
+        DrainChoice::Immediate => ds_handoff::Drain::Immediate,
+        DrainChoice::Acked => ds_handoff::Drain::UntilAcked {
+            deadline: Duration::from_millis(h.drain_deadline_ms),
+        },
+    };
+    if let Some(ha) = h.ha_control {
+        cfg.mode = ds_handoff::Mode::Transparent;
+        cfg.steering = Steering::HomeAgentFlow { ha, coa: args.addr };
+    }
+    Ok(Some(cfg))
+}
+
+/// The HTTP service, alone or wrapped in the handoff node.
+enum Service {
+    Plain(Box<HttpServer>),
+    Handoff(Box<HandoffNode>),
+}
+
+/// Print the report of a handoff this node completed as donor (one JSON line on stdout), log
+/// the other handoff events.
+fn report_event(ev: NodeEvent) {
+    match ev {
+        NodeEvent::HandedOff {
+            report,
+            client,
+            boundary_seq,
+        } => {
+            // The report's own fields plus what a caller needs to match it with a packet
+            // capture: the client's address and the sequence number where the acceptor's
+            // first byte starts.
+            let mut v = serde_json::to_value(&report)
+                .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }));
+            if let serde_json::Value::Object(m) = &mut v {
+                m.insert("boundary_seq".into(), boundary_seq.into());
+                m.insert("client".into(), client.to_string().into());
+            }
+            println!("{v}");
+            tracing::info!(%client, boundary_seq, total_us = report.total_us, "handed off");
+        }
+        NodeEvent::KeptHere { client, cause } => {
+            tracing::warn!(%client, "handoff failed, connection continues here: {cause}")
+        }
+        NodeEvent::Failed { cause } => tracing::error!("handoff failed: {cause}"),
+        NodeEvent::Adopted { client } => tracing::info!(%client, "connection adopted from peer"),
+        NodeEvent::Declined { cause } => tracing::warn!("offer declined: {cause}"),
+        NodeEvent::Bound { client, after } => {
+            tracing::info!(%client, ?after, "binding acknowledged")
         }
     }
 }
 
 /// Run the node on `dev` until `stop` is set, then print the statistics.
-fn run<D: Device>(dev: D, args: &ServeArgs, stop: &AtomicBool) -> anyhow::Result<()> {
+fn run<D: Device>(
+    dev: D,
+    args: &ServeArgs,
+    handoff: Option<HandoffConfig>,
+    stop: &AtomicBool,
+) -> anyhow::Result<()> {
     let mac = args.mac.unwrap_or_else(|| mac_from_addr(args.addr));
     let clock = Clock::new();
-    let iface = Interface::new(Config::new(mac, vec![args.addr]), clock.now());
+    let iface = Interface::new(Config::new(mac, addrs(args)), clock.now());
     let mut rt = Runner::with_clock(dev, iface, clock);
-    let local = SocketAddrV6::new(args.addr, args.port, 0, 0);
-    let mut server = HttpServer::listen(&mut rt.iface, local, &args.root, ServerConfig::default())?;
+    // With more than one address (a shared DS address), listen on all of them: clients use
+    // the DS address, and the node may be reached on its own address too.
+    let listen_ip = if args.handoff.also_addr.is_empty() {
+        args.addr
+    } else {
+        Ipv6Addr::UNSPECIFIED
+    };
+    let local = SocketAddrV6::new(listen_ip, args.port, 0, 0);
+    let server = HttpServer::listen(&mut rt.iface, local, &args.root, ServerConfig::default())?;
     tracing::info!(
         iface = %args.iface,
         mac = %format_mac(&mac),
+        also = ?args.handoff.also_addr,
+        handoff = handoff.is_some(),
         "serving http://[{}]:{}/ from {}",
         args.addr,
         args.port,
         args.root.display()
     );
+    let mut service = match handoff {
+        None => Service::Plain(Box::new(server)),
+        Some(cfg) => {
+            let mut node = HandoffNode::new(server, cfg)?;
+            // Open the peer channel now, so the first handoff does not pay for the handshake;
+            // the peer may not be up yet, and the first handoff then connects.
+            if let Err(e) = node.connect_peer() {
+                tracing::info!("peer not reachable yet (will connect at the first handoff): {e:#}");
+            }
+            Service::Handoff(Box::new(node))
+        }
+    };
 
     let started = rt.now();
     // Announce our address at start and again shortly after, since the device may only be
-    // bridged to the network once it exists (RFC 4861 §7.2.6 allows a few repeats).
+    // bridged to the network once it exists (RFC 4861 §7.2.6 allows a few repeats). Not with a
+    // shared address (--also-addr): every node owns it, and their advertisements would fight
+    // over it; the home agent reaches us by the care-of address instead.
+    let shared = !args.handoff.also_addr.is_empty();
     let mut announcements = [
         Duration::ZERO,
         Duration::from_secs(1),
         Duration::from_secs(3),
     ]
     .into_iter()
+    .filter(|_| !shared)
     .peekable();
     let mut result = Ok(());
     while !stop.load(Ordering::SeqCst) {
@@ -176,30 +370,67 @@ fn run<D: Device>(dev: D, args: &ServeArgs, stop: &AtomicBool) -> anyhow::Result
         {
             rt.iface.announce(now);
         }
-        if let Err(e) = rt.step(Duration::from_millis(10)) {
+        let stepped = match &service {
+            Service::Plain(_) => rt.step(Duration::from_millis(10)),
+            // Wake for the control sockets too, so an offer or a reply is handled at once; a
+            // short bound keeps drain deadlines and reply timeouts accurate.
+            Service::Handoff(node) => rt.step_with(Duration::from_millis(1), &node.wait_fds()),
+        };
+        if let Err(e) = stepped {
             result = Err(anyhow::Error::new(e).context("device I/O failed"));
             break;
         }
         let now = rt.now();
-        server.poll(&mut rt.iface, now);
+        match &mut service {
+            Service::Plain(server) => server.poll(&mut rt.iface, now),
+            Service::Handoff(node) => {
+                node.poll(&mut rt.iface, now);
+                node.take_events().into_iter().for_each(report_event);
+            }
+        }
     }
     let uptime = rt.now().saturating_since(started);
-    if result.is_ok() {
-        tracing::info!(open = server.connections(), "stopping");
-    }
-    server.shutdown(&mut rt.iface);
+    let (stats, node_stats) = match &mut service {
+        Service::Plain(server) => {
+            if result.is_ok() {
+                tracing::info!(open = server.connections(), "stopping");
+            }
+            server.shutdown(&mut rt.iface);
+            (server.stats(), None)
+        }
+        // HandoffNode gives no mutable access to its server, so open connections are not
+        // reset here; they end when their peer times out.
+        Service::Handoff(node) => {
+            if result.is_ok() {
+                tracing::info!(open = node.server().connections(), "stopping");
+            }
+            (node.server().stats(), Some(node.stats()))
+        }
+    };
     // Best effort: send the resets for connections still open.
     let _ = rt.flush();
 
-    let stats = server.stats();
     if args.json {
         tracing::info!(
             "http: {}",
             serde_json::to_string(&stats).unwrap_or_else(|e| format!("unprintable: {e}"))
         );
-        println!("{}", serde_json::to_string(rt.iface.stats())?);
+        match node_stats {
+            // Without handoff: the interface counters alone, as before.
+            None => println!("{}", serde_json::to_string(rt.iface.stats())?),
+            Some(n) => println!(
+                "{}",
+                serde_json::json!({ "handoff": n, "http": stats, "interface": rt.iface.stats() })
+            ),
+        }
     } else {
         print_stats(uptime, &stats, rt.iface.stats());
+        if let Some(n) = node_stats {
+            println!(
+                "  handoff: {} started, {} moved, {} kept, {} adopted, {} packets forwarded",
+                n.started, n.moved, n.kept, n.adopted, n.forwarded_packets
+            );
+        }
     }
     result
 }
