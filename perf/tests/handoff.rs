@@ -48,7 +48,11 @@ fn curl_download_moves_once_without_client_retransmission() {
     assert_eq!(v["path"], "user->user");
     assert_eq!(v["phases_us"].as_array().map(Vec::len), Some(7));
     assert!(h.report.phases_us[5] > 0.0, "the flow-map update was timed");
-    assert!(h.report.state_bytes <= 96, "drained state {} B", h.report.state_bytes);
+    assert!(
+        h.report.state_bytes <= 96,
+        "drained state {} B",
+        h.report.state_bytes
+    );
 }
 
 #[test]
@@ -66,8 +70,15 @@ fn immediate_freeze_carries_the_send_buffer() {
     assert_eq!(out.handoffs.len(), 1, "kept: {:?}", out.kept);
     assert_eq!(out.client_resets, 0);
     let h = &out.handoffs[0].report;
-    eprintln!("immediate: state {} B, offer frame {} B", h.state_bytes, h.offer_frame_bytes);
-    assert!(h.state_bytes > 96, "unacknowledged data travels: {} B", h.state_bytes);
+    eprintln!(
+        "immediate: state {} B, offer frame {} B",
+        h.state_bytes, h.offer_frame_bytes
+    );
+    assert!(
+        h.state_bytes > 96,
+        "unacknowledged data travels: {} B",
+        h.state_bytes
+    );
 }
 
 #[test]
@@ -103,7 +114,11 @@ fn failing_acceptors_leave_the_download_intact() {
         return;
     }
     let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    for fault in [AcceptorFault::Refuse, AcceptorFault::Crash, AcceptorFault::Hang] {
+    for fault in [
+        AcceptorFault::Refuse,
+        AcceptorFault::Crash,
+        AcceptorFault::Hang,
+    ] {
         let out = run(&Options {
             fault: Some(fault),
             reply_timeout: std::time::Duration::from_millis(300),
@@ -117,4 +132,38 @@ fn failing_acceptors_leave_the_download_intact() {
         assert!(!out.kept.is_empty(), "{fault:?}: the failure was seen");
         assert_eq!(out.client_resets, 0, "{fault:?}");
     }
+}
+
+#[test]
+fn route_optimised_client_sends_to_the_acceptor_care_of_address() {
+    if !require_root("route_optimised_client_sends_to_the_acceptor_care_of_address") {
+        return;
+    }
+    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    // The client links our stack (a correspondent node); node 2 sends it a Binding Update.
+    let out = run(&Options {
+        mode: ds_handoff::Mode::Ro,
+        ..Options::default()
+    })
+    .expect("run");
+    eprintln!("{out:#?}");
+    assert!(out.bytes_ok, "SHA-256 of the download");
+    assert_eq!(out.bytes, 1_000_000);
+    assert_eq!(out.handoffs.len(), 1, "kept: {:?}", out.kept);
+    assert_eq!(out.client_retransmits, 0, "the client stack retransmitted");
+    assert_eq!(out.client_resets, 0);
+    let h = &out.handoffs[0].report;
+    assert_eq!(h.mode, ds_handoff::Mode::Ro);
+    assert!(h.phases_us[3] > 0.0, "return routability timed");
+    assert!(h.phases_us[4] > 0.0, "BU construction timed");
+    assert!(h.phases_us[5] > 0.0, "BU -> BA timed");
+    assert!(h.state_bytes <= 96);
+    // The capture on the client's link: after the BU, the client's packets go to node 2's
+    // care-of address with a type 2 routing header, node 2 answers with a Home Address
+    // option, and the client stops sending to the DS address.
+    let r = out.route.expect("route check");
+    assert!(r.bound, "binding acknowledged");
+    assert!(r.client_to_coa_rh2 > 10, "{r:?}");
+    assert!(r.coa_to_client_hao > 100, "{r:?}");
+    assert_eq!(r.client_to_ds_after, 0, "{r:?}");
 }

@@ -24,6 +24,7 @@ use ds_apps::flow_agent::FlowAgent;
 use ds_apps::node::{AcceptorFault, HandoffConfig, HandoffNode, NodeEvent, Steering};
 use ds_apps::server::{HttpServer, ServerConfig};
 use ds_handoff::{ClusterSecret, Drain, HandoffReport, Mode};
+use ds_stack::mobile::MobileRole;
 use ds_stack::runner::Runner;
 use ds_stack::{Config, Interface};
 use ds_testbed::{add_addr, add_route, bridge, disable_offload, tcp_counters, veth, Netns};
@@ -146,18 +147,20 @@ pub struct Outcome {
     pub forwarded_packets: u64,
     /// Download wall time, seconds.
     pub seconds: f64,
+    /// Route-optimised mode: where the client's packets went (from the capture).
+    pub route: Option<RouteCheck>,
 }
 
 /// The namespaces and links.
 struct Topology {
-    _lan: Netns,
+    lan: Netns,
     client: Netns,
     ha: Netns,
     nodes: [Netns; 2],
     _napi: Program,
 }
 
-fn setup() -> Result<Topology> {
+fn setup(mode: Mode) -> Result<Topology> {
     let lan = Netns::new("hlan")?;
     let client = Netns::new("hcli")?;
     let ha = Netns::new("hha")?;
@@ -183,13 +186,16 @@ fn setup() -> Result<Topology> {
         napi.attach(idx, ds_xdp::Mode::Native, false)?;
         Ok(())
     })??;
-    add_addr(&client, "c0", &format!("{CLIENT}/64"))?;
+    if mode == Mode::Transparent {
+        // The kernel is the client; in route-optimised mode our stack is, on AF_XDP.
+        add_addr(&client, "c0", &format!("{CLIENT}/64"))?;
+        add_route(&client, &format!("{DS}/128"), Some(HA), Some("c0"))?;
+    }
     add_addr(&ha, "h0", &format!("{HA}/64"))?;
     add_addr(&n1, "n0", &format!("{}/64", CTL[0]))?;
     add_addr(&n2, "n0", &format!("{}/64", CTL[1]))?;
     // A home agent is a router (RFC 6275 §10.4.1); bpf_fib_lookup needs forwarding on.
     ha.sysctl("net.ipv6.conf.all.forwarding", "1")?;
-    add_route(&client, &format!("{DS}/128"), Some(HA), Some("c0"))?;
     for (coa, mac) in COA.iter().zip(MAC) {
         let m = mac
             .iter()
@@ -209,12 +215,14 @@ fn setup() -> Result<Topology> {
         ])?;
     }
     // Wait for duplicate address detection on the kernel addresses.
-    ds_testbed::wait_addr_usable(&client, "c0", CLIENT, Duration::from_secs(5))?;
+    if mode == Mode::Transparent {
+        ds_testbed::wait_addr_usable(&client, "c0", CLIENT, Duration::from_secs(5))?;
+    }
     ds_testbed::wait_addr_usable(&ha, "h0", HA, Duration::from_secs(5))?;
     ds_testbed::wait_addr_usable(&n1, "n0", CTL[0], Duration::from_secs(5))?;
     ds_testbed::wait_addr_usable(&n2, "n0", CTL[1], Duration::from_secs(5))?;
     Ok(Topology {
-        _lan: lan,
+        lan,
         client,
         ha,
         nodes: [n1, n2],
@@ -292,6 +300,9 @@ fn home_agent(
 struct NodeOut {
     events: Vec<(u8, NodeEvent)>,
     forwarded: u64,
+    /// Route-optimised mode: how long this node's return-routability test took (home test
+    /// on node 1, care-of test on node 2).
+    rr: Option<Duration>,
 }
 
 /// Run node `i` (0 or 1) until `stop`.
@@ -308,12 +319,26 @@ fn node(
 ) -> Result<NodeOut> {
     let res = ns.try_run(|| -> Result<NodeOut> {
         let coa = ip(COA[i]);
-        let dev = AfXdpDevice::open("n0", &AfXdpConfig::new(vec![coa, ip(DS)]))?;
-        let cfg = Config::new(MAC[i], vec![coa, ip(DS)]);
-        let mut rt = Runner::new(dev, Interface::new(cfg, ds_stack::Instant::ZERO));
+        let ro = opts.mode == Mode::Ro;
+        // Route-optimised: node 1 is the contact node, at home on the DS address; node 2
+        // serves it only as a home address away from home (after a handoff).
+        let addrs = if ro && i == 1 {
+            vec![coa]
+        } else {
+            vec![coa, ip(DS)]
+        };
+        let dev = AfXdpDevice::open("n0", &AfXdpConfig::new(addrs.clone()))?;
+        let mut rt = Runner::new(
+            dev,
+            Interface::new(Config::new(MAC[i], addrs.clone()), ds_stack::Instant::ZERO),
+        );
+        let role = ro.then(|| MobileRole::new(ip(DS), (i == 1).then_some(coa)));
+        if let Some(r) = &role {
+            rt.iface.set_mobility_hook(r.hook());
+        }
         let server = HttpServer::listen(
             &mut rt.iface,
-            SocketAddrV6::new(ip(DS), 80, 0, 0),
+            SocketAddrV6::new(*addrs.last().unwrap_or(&coa), 80, 0, 0),
             root,
             ServerConfig::default(),
         )?;
@@ -341,27 +366,68 @@ fn node(
         hc.reply_timeout = opts.reply_timeout;
         hc.mode = opts.mode;
         hc.path = "user->user".into();
-        hc.steering = Steering::HomeAgentFlow {
-            ha: SocketAddr::V6(SocketAddrV6::new(ip(HA), HA_PORT, 0, 0)),
-            coa,
-        };
+        match &role {
+            None => {
+                hc.steering = Steering::HomeAgentFlow {
+                    ha: SocketAddr::V6(SocketAddrV6::new(ip(HA), HA_PORT, 0, 0)),
+                    coa,
+                }
+            }
+            Some(r) if i == 1 => {
+                hc.takeover = ds_handoff::Takeover::HomeAddress;
+                hc.steering = Steering::RouteOptimised {
+                    role: r.clone(),
+                    lifetime: Duration::from_secs(120),
+                };
+            }
+            Some(r) => hc.home_role = Some(r.clone()),
+        }
         if i == 1 {
             hc.fault = opts.fault;
         }
         let mut node = HandoffNode::new(server, hc)?;
         let _ = ready.send(Ok(()));
         let mut events = Vec::new();
+        // Return routability: node 1 runs the home test as soon as it has a connection
+        // (ahead of the handoff: tokens live for minutes, RFC 6275 §5.2.7); node 2 runs the
+        // care-of test when the offer arrives (the node holds the offer back until it is
+        // answered; that wait is phase 4).
+        let mut rr: Option<Duration> = None;
+        let mut rr_started: Option<Instant> = None;
+        let mut cookie = 1u8;
         while !stop.load(Ordering::Relaxed) {
             let fds = node.wait_fds();
             rt.step_with(Duration::from_millis(1), &fds)?;
             let now = rt.now();
             node.poll(&mut rt.iface, now);
             events.extend(node.take_events().into_iter().map(|e| (i as u8 + 1, e)));
+            if let (Some(r), None, 0) = (&role, rr, i) {
+                let done = if i == 0 {
+                    r.home_ticket(now, 1).is_some()
+                } else {
+                    r.has_care_of_token()
+                };
+                match rr_started {
+                    Some(t) if done => rr = Some(t.elapsed()),
+                    Some(t) if t.elapsed() < Duration::from_millis(300) => {}
+                    _ if i == 0 && node.server().stats().accepted == 0 => {}
+                    _ => {
+                        cookie = cookie.wrapping_add(1);
+                        if i == 0 {
+                            r.start_home_test(now, ip(CLIENT), [cookie; 8]);
+                        } else {
+                            r.start_care_of_test(now, ip(CLIENT), [cookie; 8]);
+                        }
+                        rr_started = Some(Instant::now());
+                    }
+                }
+            }
         }
         tracing::info!(node = i + 1, stats = ?node.stats(), server = ?node.server().stats(), iface = ?rt.iface.stats(), "node done");
         Ok(NodeOut {
             events,
             forwarded: node.stats().forwarded_packets,
+            rr,
         })
     });
     match res {
@@ -375,8 +441,10 @@ pub fn run(opts: &Options) -> Result<Outcome> {
     if !crate::is_root() {
         bail!("dsperf handoff needs root (network namespaces, XDP, AF_XDP)");
     }
-    if opts.mode == Mode::Ro {
-        bail!("route-optimised mode is not wired into dsperf handoff yet");
+    if opts.mode == Mode::Ro && opts.count != 1 {
+        // Handing back would need the home test again at the acceptor (its home keygen token
+        // came from the contact node); one handoff is the experiment.
+        bail!("route-optimised mode runs exactly one handoff (--count 1)");
     }
     let quota = opts
         .quota
@@ -393,7 +461,7 @@ pub fn run(opts: &Options) -> Result<Outcome> {
     let root = dir.0.join("root");
     std::fs::create_dir_all(&root)?;
     let want = make_object(&root, opts.size)?;
-    let topo = setup().context("building the namespaces")?;
+    let topo = setup(opts.mode).context("building the namespaces")?;
     let stop = AtomicBool::new(false);
     let got = dir.0.join("got");
     // Node 1 starts the odd handoffs, node 2 the even ones.
@@ -407,63 +475,56 @@ pub fn run(opts: &Options) -> Result<Outcome> {
         }
         let _stop_guard = StopOnDrop(&stop);
         let (tx, rx) = mpsc::channel();
-        let ha = {
+        let transparent = opts.mode == Mode::Transparent;
+        let ha = transparent.then(|| {
             let tx = tx.clone();
             let (ha, stop, tag) = (&topo.ha, &stop, tag.as_str());
             sc.spawn(move || home_agent(ha, tag, stop, tx))
-        };
+        });
         let mut nodes = Vec::new();
         for (i, (ns, max)) in topo.nodes.iter().zip(max).enumerate() {
             let tx = tx.clone();
             let (stop, root) = (&stop, root.as_path());
             nodes.push(sc.spawn(move || node(ns, i, opts, root, quota, max, stop, tx)));
         }
-        for _ in 0..3 {
+        for _ in 0..(2 + usize::from(transparent)) {
             match rx.recv_timeout(Duration::from_secs(20)) {
                 Ok(r) => r?,
                 Err(_) => bail!("a node or the home agent did not start"),
             }
         }
         let before = tcp_counters(&topo.client)?;
-        let sniffer = topo
-            .client
-            .try_run(|| sniff::Sniffer::start("c0", ip(DS), 80))??;
+        // Capture on the bridge's port towards the client: both directions of its traffic.
+        let sniffer = topo.lan.try_run(|| sniff::Sniffer::start("lc"))??;
         let t0 = Instant::now();
-        let url = format!("http://[{DS}]:80/obj");
-        let out = topo
-            .client
-            .command("curl")
-            .args(["-sS", "-g", "--http1.1", "--max-time"])
-            .arg(opts.timeout.as_secs().to_string())
-            .arg("-o")
-            .arg(&got)
-            .arg(&url)
-            .output()
-            .context("running curl (apt-get install curl)")?;
+        let client = if transparent {
+            curl(&topo.client, opts, &got)
+        } else {
+            stack_client(&topo.client, opts, &got)
+        };
         let seconds = t0.elapsed().as_secs_f64();
         // Let the last handoff's reports and forwarding finish.
         std::thread::sleep(Duration::from_millis(300));
-        let log = sniffer.stop()?;
+        let frames = sniffer.stop()?;
         let after = tcp_counters(&topo.client)?;
         stop.store(true, Ordering::Relaxed);
         let mut events = Vec::new();
         let mut forwarded = 0;
+        let mut rr = Duration::ZERO;
         for n in nodes {
             let o = n
                 .join()
                 .map_err(|_| anyhow::anyhow!("node thread panicked"))??;
             events.extend(o.events);
             forwarded += o.forwarded;
+            // The home and care-of tests run in parallel: the longer one is the phase.
+            rr = rr.max(o.rr.unwrap_or_default());
         }
-        ha.join()
-            .map_err(|_| anyhow::anyhow!("home agent thread panicked"))??;
-        if !out.status.success() {
-            bail!(
-                "curl failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
+        if let Some(ha) = ha {
+            ha.join()
+                .map_err(|_| anyhow::anyhow!("home agent thread panicked"))??;
         }
+        let client = client?;
         let body = std::fs::read(&got).context("reading the download")?;
         let bytes_ok = <[u8; 32]>::from(Sha256::digest(&body)) == want;
         let d = |k: &str| {
@@ -472,9 +533,22 @@ pub fn run(opts: &Options) -> Result<Outcome> {
                 .unwrap_or(&0)
                 .saturating_sub(*before.get(k).unwrap_or(&0))
         };
-        let client_retransmits = d("TcpRetransSegs");
+        let (client_retransmits, client_timeouts, client_resets) = match client {
+            ClientCounters::Kernel => (
+                d("TcpRetransSegs"),
+                d("TcpExtTCPTimeouts"),
+                d("TcpEstabResets") + d("TcpExtTCPAbortOnData"),
+            ),
+            ClientCounters::Stack {
+                retransmits,
+                rtos,
+                reset,
+            } => (retransmits, rtos, u64::from(reset)),
+        };
+        let log = sniff::data_from(&frames, ip(DS), 80);
         let mut handoffs = Vec::new();
         let mut kept = Vec::new();
+        let mut bound = None;
         for (from, e) in events {
             match e {
                 NodeEvent::HandedOff {
@@ -493,7 +567,23 @@ pub fn run(opts: &Options) -> Result<Outcome> {
                 NodeEvent::Declined { cause } => {
                     kept.push(format!("node {from} declined: {cause}"))
                 }
-                NodeEvent::Adopted { .. } => {}
+                NodeEvent::Bound { after, .. } => bound = Some(after),
+                _ => {}
+            }
+        }
+        let route = (!transparent).then(|| route_check(&frames, bound.is_some()));
+        if !transparent {
+            // Phases the donor cannot see: return routability (ran ahead, overlapped: in the
+            // sum, not in the wall time) and binding management (Binding Update to Binding
+            // Acknowledgement, measured at the acceptor after it activated).
+            for (_, _, r) in &mut handoffs {
+                if r.phases_us[ds_handoff::Phase::ReturnRoutability as usize] == 0.0 {
+                    // Not waited for inline: it ran ahead; its duration still counts in the sum.
+                    r.set_phase(ds_handoff::Phase::ReturnRoutability, rr);
+                }
+                if let Some(b) = bound {
+                    r.set_phase(ds_handoff::Phase::BindingManagement, b);
+                }
             }
         }
         // In sequence order (the boundaries increase along the download).
@@ -519,11 +609,158 @@ pub fn run(opts: &Options) -> Result<Outcome> {
             bytes_ok,
             bytes: body.len() as u64,
             client_retransmits,
-            client_timeouts: d("TcpExtTCPTimeouts"),
-            client_resets: d("TcpEstabResets") + d("TcpExtTCPAbortOnData"),
+            client_timeouts,
+            client_resets,
             duplicate_segments: sniff::duplicates(&log),
             forwarded_packets: forwarded,
             seconds,
+            route,
         })
     })
+}
+
+/// What the client's own counters say (kernel clients are read from the namespace).
+enum ClientCounters {
+    Kernel,
+    Stack {
+        retransmits: u64,
+        rtos: u64,
+        reset: bool,
+    },
+}
+
+/// Download with curl (kernel TCP) into `got`.
+fn curl(ns: &Netns, opts: &Options, got: &Path) -> Result<ClientCounters> {
+    let url = format!("http://[{DS}]:80/obj");
+    let out = ns
+        .command("curl")
+        .args(["-sS", "-g", "--http1.1", "--max-time"])
+        .arg(opts.timeout.as_secs().to_string())
+        .arg("-o")
+        .arg(got)
+        .arg(&url)
+        .output()
+        .context("running curl (apt-get install curl)")?;
+    if !out.status.success() {
+        bail!(
+            "curl failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(ClientCounters::Kernel)
+}
+
+/// Download with an HTTP/1.1 client on our stack (over AF_XDP on c0: a Mobile IPv6
+/// correspondent node) into `got` (the body only).
+fn stack_client(ns: &Netns, opts: &Options, got: &Path) -> Result<ClientCounters> {
+    ns.try_run(|| -> Result<ClientCounters> {
+        let me = ip(CLIENT);
+        let dev = AfXdpDevice::open("c0", &AfXdpConfig::new(vec![me]))?;
+        let cfg = Config::new([0x02, 0xd5, 0, 0, 0, 0x0c], vec![me]);
+        let mut rt = Runner::new(dev, Interface::new(cfg, ds_stack::Instant::ZERO));
+        let now = rt.now();
+        rt.iface.announce(now);
+        let h = rt
+            .iface
+            .tcp_connect(
+                now,
+                SocketAddrV6::new(me, 0, 0, 0),
+                SocketAddrV6::new(ip(DS), 80, 0, 0),
+            )
+            .map_err(|e| anyhow::anyhow!("connect: {e:?}"))?;
+        let req = format!("GET /obj HTTP/1.1\r\nHost: [{DS}]\r\nConnection: close\r\n\r\n");
+        let mut sent = 0;
+        let mut resp = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        let t0 = Instant::now();
+        let reset = loop {
+            if t0.elapsed() > opts.timeout {
+                bail!("stack client: timed out after {} bytes", resp.len());
+            }
+            rt.step(Duration::from_millis(1))?;
+            match rt.iface.tcp_state(h) {
+                Some(ds_stack::TcpState::Established) | Some(ds_stack::TcpState::CloseWait)
+                    if sent < req.len() =>
+                {
+                    sent += rt.iface.tcp_send(h, &req.as_bytes()[sent..]).unwrap_or(0);
+                }
+                None | Some(ds_stack::TcpState::Closed) => break true,
+                _ => {}
+            }
+            loop {
+                match rt.iface.tcp_recv(h, &mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => resp.extend_from_slice(&buf[..n]),
+                    Err(ds_stack::Error::Eof) => break,
+                    Err(_) => break,
+                }
+            }
+            if matches!(rt.iface.tcp_state(h), Some(ds_stack::TcpState::CloseWait)) {
+                let _ = rt.iface.tcp_close(h);
+                break false;
+            }
+        };
+        // Let the close finish (our FIN acknowledged), best effort.
+        let _ = rt.run_until(Duration::from_millis(200), |i| {
+            !matches!(i.tcp_state(h), Some(ds_stack::TcpState::LastAck))
+        });
+        let head_end = resp
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .ok_or_else(|| anyhow::anyhow!("stack client: no HTTP response head"))?;
+        if !resp.starts_with(b"HTTP/1.1 200") {
+            bail!(
+                "stack client: {}",
+                String::from_utf8_lossy(&resp[..head_end])
+            );
+        }
+        std::fs::write(got, &resp[head_end + 4..])?;
+        let st = rt.iface.stats();
+        Ok(ClientCounters::Stack {
+            retransmits: st.tcp_retransmits,
+            rtos: st.tcp_rto,
+            reset,
+        })
+    })?
+}
+
+/// Route optimisation as seen on the client's link.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct RouteCheck {
+    /// The client's Binding Acknowledgement arrived at node 2.
+    pub bound: bool,
+    /// Client → node 2's care-of address with a type 2 routing header (TCP).
+    pub client_to_coa_rh2: u64,
+    /// Node 2 → client with a Home Address option (TCP).
+    pub coa_to_client_hao: u64,
+    /// Client TCP packets to the DS address after its first packet to the care-of address.
+    pub client_to_ds_after: u64,
+}
+
+fn route_check(frames: &[sniff::Frame], bound: bool) -> RouteCheck {
+    let me = ip(CLIENT);
+    let coa2 = ip(COA[1]);
+    let first = frames
+        .iter()
+        .position(|f| f.tcp.is_some() && f.src == me && f.dst == coa2 && f.rh2);
+    let mut r = RouteCheck {
+        bound,
+        ..Default::default()
+    };
+    for (k, f) in frames.iter().enumerate() {
+        if f.tcp.is_none() {
+            continue;
+        }
+        if f.src == me && f.dst == coa2 && f.rh2 {
+            r.client_to_coa_rh2 += 1;
+        }
+        if f.dst == me && f.hao && f.src == ip(DS) {
+            r.coa_to_client_hao += 1;
+        }
+        if f.src == me && f.dst == ip(DS) && first.is_some_and(|i| k > i) {
+            r.client_to_ds_after += 1;
+        }
+    }
+    r
 }

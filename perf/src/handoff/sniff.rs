@@ -9,10 +9,30 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// One IPv6 frame that crossed the capture point.
+#[derive(Debug, Clone, Copy)]
+pub struct Frame {
+    /// Arrival time (monotonic, same clock as the nodes' reports).
+    pub at: Instant,
+    /// Source address; for a packet with a Home Address option (RFC 6275 §6.3) the home
+    /// address, which is the source the transport sees.
+    pub src: Ipv6Addr,
+    /// Destination address in the header (a care-of address when a type 2 routing header
+    /// follows).
+    pub dst: Ipv6Addr,
+    /// Carries a Home Address destination option.
+    pub hao: bool,
+    /// Carries a type 2 routing header (RFC 6275 §6.4).
+    pub rh2: bool,
+    /// TCP fields when the upper layer is TCP: (source port, destination port, sequence
+    /// number, payload length).
+    pub tcp: Option<(u16, u16, u32, u32)>,
+}
+
 /// One TCP segment with payload from the server, as the client's link saw it.
 #[derive(Debug, Clone, Copy)]
 pub struct Seen {
-    /// Arrival time (monotonic, same clock as the nodes' reports).
+    /// Arrival time.
     pub at: Instant,
     /// Sequence number of the first payload byte.
     pub seq: u32,
@@ -20,10 +40,22 @@ pub struct Seen {
     pub len: u32,
 }
 
+/// The server's data segments (from `server` port `port`, payload > 0) in a frame log.
+pub fn data_from(frames: &[Frame], server: Ipv6Addr, port: u16) -> Vec<Seen> {
+    frames
+        .iter()
+        .filter(|f| f.src == server)
+        .filter_map(|f| match f.tcp {
+            Some((sp, _, seq, len)) if sp == port && len > 0 => Some(Seen { at: f.at, seq, len }),
+            _ => None,
+        })
+        .collect()
+}
+
 /// A capture running on a thread; [`Sniffer::stop`] returns the log.
 pub struct Sniffer {
     stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<std::io::Result<Vec<Seen>>>,
+    thread: std::thread::JoinHandle<std::io::Result<Vec<Frame>>>,
 }
 
 fn packet_socket(ifname: &str) -> std::io::Result<OwnedFd> {
@@ -58,6 +90,22 @@ fn packet_socket(ifname: &str) -> std::io::Result<OwnedFd> {
     if r < 0 {
         return Err(std::io::Error::last_os_error());
     }
+    // A burst of a whole send window arrives faster than the thread reads: a large buffer
+    // keeps the log complete (FORCE: we run as root, above net.core.rmem_max).
+    let size: libc::c_int = 32 << 20;
+    // SAFETY: `size` is a valid c_int and the length passed is its size.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            &size as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as u32,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
     let tv = libc::timeval {
         tv_sec: 0,
         tv_usec: 50_000,
@@ -78,31 +126,73 @@ fn packet_socket(ifname: &str) -> std::io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// Parse an Ethernet frame: a TCP segment with payload from `server` port `port`.
-fn parse(f: &[u8], server: Ipv6Addr, port: u16) -> Option<(u32, u32)> {
-    if f.len() < 14 + 40 + 20 || f[12..14] != [0x86, 0xdd] || f[20] != 6 {
+/// Parse an Ethernet frame carrying IPv6 (extension headers walked; malformed → None).
+fn parse(at: Instant, f: &[u8]) -> Option<Frame> {
+    if f.len() < 14 + 40 || f[12..14] != [0x86, 0xdd] {
         return None;
     }
-    if f[22..38] != server.octets() {
-        return None;
+    let ip = &f[14..];
+    let octets = |b: &[u8]| -> Option<Ipv6Addr> {
+        let a: [u8; 16] = b.get(..16)?.try_into().ok()?;
+        Some(Ipv6Addr::from(a))
+    };
+    let mut src = octets(&ip[8..24])?;
+    let dst = octets(&ip[24..40])?;
+    let end = (40 + u16::from_be_bytes([ip[4], ip[5]]) as usize).min(ip.len());
+    let (mut nh, mut off) = (ip[6], 40usize);
+    let (mut hao, mut rh2) = (false, false);
+    // Hop-by-hop, routing, destination options: walk (RFC 8200 §4).
+    while matches!(nh, 0 | 43 | 60) {
+        let h = ip.get(off..off + 8)?;
+        let len = (h[1] as usize + 1) * 8;
+        let body = ip.get(off..off + len)?;
+        if nh == 43 && h[2] == 2 {
+            rh2 = true;
+        }
+        if nh == 60 {
+            let mut o = 2;
+            while o + 2 <= body.len() {
+                match body[o] {
+                    0 => o += 1,
+                    0xc9 => {
+                        src = octets(body.get(o + 2..)?)?;
+                        hao = true;
+                        o += 2 + body[o + 1] as usize;
+                    }
+                    _ => o += 2 + body[o + 1] as usize,
+                }
+            }
+        }
+        nh = h[0];
+        off += len;
     }
-    let plen = u16::from_be_bytes([f[18], f[19]]) as usize;
-    let t = &f[54..];
-    if u16::from_be_bytes([t[0], t[1]]) != port || plen < 20 {
-        return None;
-    }
-    let off = ((t[12] >> 4) as usize) * 4;
-    let len = plen.checked_sub(off)? as u32;
-    if len == 0 {
-        return None;
-    }
-    Some((u32::from_be_bytes([t[4], t[5], t[6], t[7]]), len))
+    let tcp = if nh == 6 {
+        let t = ip.get(off..off + 20)?;
+        let doff = ((t[12] >> 4) as usize) * 4;
+        let len = end.checked_sub(off + doff)? as u32;
+        Some((
+            u16::from_be_bytes([t[0], t[1]]),
+            u16::from_be_bytes([t[2], t[3]]),
+            u32::from_be_bytes([t[4], t[5], t[6], t[7]]),
+            len,
+        ))
+    } else {
+        None
+    };
+    Some(Frame {
+        at,
+        src,
+        dst,
+        hao,
+        rh2,
+        tcp,
+    })
 }
 
 impl Sniffer {
-    /// Start capturing on `ifname` of the calling thread's network namespace (the socket is
-    /// created here, so call it from inside the client's namespace).
-    pub fn start(ifname: &str, server: Ipv6Addr, port: u16) -> std::io::Result<Sniffer> {
+    /// Start capturing every IPv6 frame on `ifname` of the calling thread's network namespace
+    /// (the socket is created here: call it from inside the namespace).
+    pub fn start(ifname: &str) -> std::io::Result<Sniffer> {
         let fd = packet_socket(ifname)?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
@@ -131,8 +221,8 @@ impl Sniffer {
                             _ => return Err(e),
                         }
                     }
-                    if let Some((seq, len)) = parse(&buf[..n as usize], server, port) {
-                        log.push(Seen { at, seq, len });
+                    if let Some(f) = parse(at, &buf[..n as usize]) {
+                        log.push(f);
                     }
                 }
                 Ok(log)
@@ -141,7 +231,7 @@ impl Sniffer {
     }
 
     /// Stop and return the log.
-    pub fn stop(self) -> std::io::Result<Vec<Seen>> {
+    pub fn stop(self) -> std::io::Result<Vec<Frame>> {
         self.stop.store(true, Ordering::Relaxed);
         self.thread
             .join()
