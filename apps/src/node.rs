@@ -545,8 +545,18 @@ impl HandoffNode {
         }
     }
 
+    /// Stop forwarding for a connection (it is live here again, or frozen anew).
+    fn drop_forwarding(&mut self, local: SocketAddrV6, remote: SocketAddrV6) {
+        self.forwarding
+            .retain(|f| f.state.local() != local || f.state.remote() != remote);
+    }
+
     fn adopt(&mut self, iface: &mut Interface, now: Instant, h: TcpHandle, app: Option<Vec<u8>>) {
-        let client = iface.tcp_endpoints(h).map(|(_, r)| r);
+        let ends = iface.tcp_endpoints(h);
+        if let Some((local, remote)) = ends {
+            self.drop_forwarding(local, remote);
+        }
+        let client = ends.map(|(_, r)| r);
         let res = app
             .ok_or_else(|| anyhow::anyhow!("the offer carried no HTTP state"))
             .and_then(|b| HttpConnState::decode(&b).map_err(anyhow::Error::from))
@@ -590,6 +600,9 @@ impl HandoffNode {
                 let boundary_seq = state.snd_una.wrapping_add(state.send_data.len() as u32);
                 self.stats.moved += 1;
                 self.current = None;
+                // An older entry for the same connection (it came back and left again within
+                // the grace period) must not forget the new tombstone when it expires.
+                self.drop_forwarding(state.local(), state.remote());
                 tracing::info!(%client, "handed off: {}", report.to_json_line());
                 self.forwarding.push(Forwarding {
                     state,

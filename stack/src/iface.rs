@@ -1312,6 +1312,11 @@ impl Interface {
             }
         }
         self.stats.tcp_no_socket += 1;
+        tracing::debug!(
+            %src, sport = repr.src_port, %dst, dport = repr.dst_port, seq = seg.seq, ack = ?seg.ack,
+            syn = seg.syn, rst = seg.rst, len = seg.seg_len(),
+            "TCP segment for no connection"
+        );
         if !seg.rst {
             // RFC 9293 §3.10.7.1: answer segments for no connection with RST.
             let (seq, ack) = match seg.ack {
