@@ -139,8 +139,9 @@ pub enum NodeEvent {
         report: HandoffReport,
         /// The connection's client end.
         client: SocketAddrV6,
-        /// Sequence number just after the last byte this node's application wrote: the
-        /// client's first byte from the acceptor starts here.
+        /// Sequence number just after the last byte this node sent (SND.MAX at the freeze;
+        /// after a drain, everything the application wrote): the acceptor's first new segment
+        /// starts here, so the client-perceived gap is measured at this boundary.
         boundary_seq: u32,
     },
     /// A handoff failed before the acceptor committed; the connection continues here.
@@ -597,7 +598,9 @@ impl HandoffNode {
         match res {
             Ok(None) => {}
             Ok(Some(DonorOutcome::Moved { report, state })) => {
-                let boundary_seq = state.snd_una.wrapping_add(state.send_data.len() as u32);
+                // SND.MAX at the freeze: the first new byte the client gets from the acceptor.
+                let sent = state.in_flight.as_ref().map_or(0, |f| f.max_off);
+                let boundary_seq = state.snd_una.wrapping_add(sent);
                 self.stats.moved += 1;
                 self.current = None;
                 // An older entry for the same connection (it came back and left again within
