@@ -224,9 +224,10 @@ pub struct HandoffNode {
     /// Route-optimised acceptor: an offer held back until the care-of test towards its
     /// client completes (channel index, offer, when it arrived).
     deferred: Option<(usize, ds_handoff::Message, std::time::Instant)>,
-    /// How long the last deferred offer waited for return routability (phase 4), taken by
-    /// the steering hook.
+    /// How long the last care-of test took (phase 4), taken by the steering hook.
     rr_wait: std::sync::Arc<std::sync::Mutex<Duration>>,
+    /// Route-optimised acceptor: when the running care-of test started.
+    rr_started: Option<std::time::Instant>,
 }
 
 type BuSent = std::sync::Arc<std::sync::Mutex<Option<(Ipv6Addr, std::time::Instant)>>>;
@@ -310,6 +311,7 @@ impl HandoffNode {
             ticket_wait: None,
             deferred: None,
             rr_wait,
+            rr_started: None,
         })
     }
 
@@ -356,6 +358,7 @@ impl HandoffNode {
         self.queue.extend(self.server.take_handoff_ready());
         self.drive_donor(iface, now);
         self.forward(iface);
+        self.watch_care_of_test();
         self.watch_binding(now);
     }
 
@@ -450,9 +453,38 @@ impl HandoffNode {
         }
     }
 
+    /// Route-optimised acceptor: start the care-of test towards `client` (RFC 6275 §5.2.5)
+    /// unless a token is at hand or a test is running.
+    fn start_care_of_test(&mut self, now: Instant, client: Ipv6Addr, cookie: u64) {
+        let Steering::RouteOptimised { role, .. } = &self.cfg.steering else {
+            return;
+        };
+        if role.has_care_of_token() || self.rr_started.is_some() {
+            return;
+        }
+        role.start_care_of_test(now, client, cookie.to_be_bytes());
+        self.rr_started = Some(std::time::Instant::now());
+    }
+
+    /// Route-optimised acceptor: when the care-of test completes, its duration is phase 4.
+    fn watch_care_of_test(&mut self) {
+        let Steering::RouteOptimised { role, .. } = &self.cfg.steering else {
+            return;
+        };
+        if let Some(t) = self.rr_started {
+            if role.has_care_of_token() {
+                self.rr_started = None;
+                if let Ok(mut w) = self.rr_wait.lock() {
+                    *w = t.elapsed();
+                }
+            }
+        }
+    }
+
     /// Route-optimised acceptor: an offer whose client has not answered our care-of test yet
-    /// is held back (the test is started) until it has, at most [`TICKET_WAIT`]; the
-    /// Binding Update needs the care-of keygen token (RFC 6275 §5.2.5).
+    /// is held back (the test is started if the donor's Prepare did not start it) until it
+    /// has, at most [`TICKET_WAIT`]; the Binding Update needs the care-of keygen token
+    /// (RFC 6275 §5.2.5).
     fn hold_back(
         &mut self,
         i: usize,
@@ -471,8 +503,9 @@ impl HandoffNode {
         let Ok(st) = ConnState::decode(&o.state) else {
             return Some(msg);
         };
-        role.start_care_of_test(now, *st.remote().ip(), o.conn_id.to_be_bytes());
+        let id = o.conn_id;
         tracing::debug!(client = %st.remote(), "offer held back for the care-of test");
+        self.start_care_of_test(now, *st.remote().ip(), id);
         self.deferred = Some((i, msg, std::time::Instant::now()));
         None
     }
@@ -493,9 +526,7 @@ impl HandoffNode {
                     return Ok(None);
                 }
                 if let Some((_, msg, since)) = self.deferred.take() {
-                    if let Ok(mut w) = self.rr_wait.lock() {
-                        *w = since.elapsed();
-                    }
+                    self.watch_care_of_test();
                     return self.acceptor.handle_since(
                         &mut self.incoming[i],
                         iface,
@@ -533,6 +564,10 @@ impl HandoffNode {
                     });
                 }
                 Ok(Some(AcceptorEvent::Forwarded { .. })) => {}
+                Ok(Some(AcceptorEvent::Prepare { conn_id, client })) => {
+                    // Return routability overlaps with the donor's drain and the transfer.
+                    self.start_care_of_test(now, *client.ip(), conn_id);
+                }
                 Err(e) => {
                     if !matches!(
                         e,

@@ -76,6 +76,9 @@ pub struct DonorConfig {
     pub mode: Mode,
     /// Path label for the report, e.g. `"user->user"`.
     pub path: String,
+    /// Announce the coming offer when the drain starts ([`Message::Prepare`]), so the
+    /// acceptor can run return routability meanwhile.
+    pub prepare: bool,
 }
 
 impl DonorConfig {
@@ -90,6 +93,7 @@ impl DonorConfig {
             reply_timeout: Duration::from_secs(2),
             mode: Mode::Transparent,
             path: "user->user".into(),
+            prepare: true,
         }
     }
 }
@@ -138,6 +142,8 @@ enum DonorPhase {
 pub struct Donor {
     cfg: DonorConfig,
     phase: DonorPhase,
+    /// The Prepare message went out (or is not wanted).
+    prepared: bool,
 }
 
 impl Donor {
@@ -145,6 +151,7 @@ impl Donor {
     pub fn start(handle: TcpHandle, cfg: DonorConfig, now: Instant) -> Self {
         let gate = DrainGate::start(handle, cfg.drain, now);
         Donor {
+            prepared: !cfg.prepare,
             cfg,
             phase: DonorPhase::Draining {
                 gate,
@@ -177,15 +184,38 @@ impl Donor {
     ) -> Result<Option<DonorOutcome>, HandoffError> {
         match std::mem::replace(&mut self.phase, DonorPhase::Done) {
             DonorPhase::Done => Ok(None),
-            DonorPhase::Draining { mut gate, since } => match gate.ready(iface, now) {
-                None => {
-                    self.phase = DonorPhase::Draining { gate, since };
-                    Ok(None)
+            DonorPhase::Draining { gate, since } => {
+                if !self.prepared {
+                    // Best effort: a lost Prepare only means return routability runs later.
+                    self.prepared = true;
+                    if let Some((_, client)) = iface.tcp_endpoints(gate.handle()) {
+                        let _ = chan.send(&Message::Prepare {
+                            conn_id: self.cfg.conn_id,
+                            client,
+                        });
+                    }
                 }
-                Some(DrainEnd::Gone) => Err(HandoffError::Gone),
-                Some(_) => self.offer(chan, iface, now, gate.handle(), since.elapsed()),
-            },
+                self.drained(chan, iface, now, gate, since)
+            }
             DonorPhase::Offered(f) => self.await_reply(chan, iface, now, f),
+        }
+    }
+
+    fn drained(
+        &mut self,
+        chan: &mut Channel,
+        iface: &mut Interface,
+        now: Instant,
+        mut gate: DrainGate,
+        since: MonoInstant,
+    ) -> Result<Option<DonorOutcome>, HandoffError> {
+        match gate.ready(iface, now) {
+            None => {
+                self.phase = DonorPhase::Draining { gate, since };
+                Ok(None)
+            }
+            Some(DrainEnd::Gone) => Err(HandoffError::Gone),
+            Some(_) => self.offer(chan, iface, now, gate.handle(), since.elapsed()),
         }
     }
 
@@ -449,6 +479,13 @@ pub enum AcceptorEvent {
         /// The offer's id.
         conn_id: u64,
     },
+    /// The donor announced an offer for a connection with `client` (its drain started).
+    Prepare {
+        /// The coming offer's id.
+        conn_id: u64,
+        /// The connection's client end.
+        client: std::net::SocketAddrV6,
+    },
     /// Packets the donor held for a moved connection were processed here.
     Forwarded {
         /// The offer's id.
@@ -541,6 +578,9 @@ impl Acceptor {
         match msg {
             Message::Offer(o) => self.on_offer(chan, iface, now, o, arrived).map(Some),
             Message::Abort { conn_id, .. } => Ok(Some(AcceptorEvent::Aborted { conn_id })),
+            Message::Prepare { conn_id, client } => {
+                Ok(Some(AcceptorEvent::Prepare { conn_id, client }))
+            }
             Message::Forward { conn_id, packets } => {
                 for p in &packets {
                     iface.receive_ipv6(now, p, None);

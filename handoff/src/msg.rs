@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! donor                         acceptor
+//!   Prepare{client} ────────────▶  (drain starts) run the care-of test ahead
 //!   Offer{state, ticket} ───────▶  decode + validate, decide
 //!   ◀──────── Refuse{reason}       (donor thaws back: nothing lost)
 //!   ◀──────── Accept               (acceptor now owns the connection)
@@ -120,6 +121,15 @@ pub enum Message {
         /// Whole IPv6 packets.
         packets: Vec<serde_bytes::ByteBuf>,
     },
+    /// Donor → acceptor, when the drain starts: an offer for a connection with `client` will
+    /// follow; the acceptor may start what can run ahead of it (the care-of test of return
+    /// routability), so that it overlaps with the drain and the state transfer.
+    Prepare {
+        /// The coming offer's id.
+        conn_id: u64,
+        /// The connection's client end.
+        client: std::net::SocketAddrV6,
+    },
     /// Acceptor → home agent (transparent mode): send the flow `client` → `server` to the
     /// care-of address `to` from now on.
     MoveFlow {
@@ -173,6 +183,7 @@ impl Message {
             | Message::Activated { conn_id, .. }
             | Message::Abort { conn_id, .. }
             | Message::Forward { conn_id, .. }
+            | Message::Prepare { conn_id, .. }
             | Message::MoveFlow { conn_id, .. }
             | Message::FlowMoved { conn_id, .. } => *conn_id,
         }
@@ -193,6 +204,10 @@ mod tests {
                 service: "http".into(),
                 app: Some(serde_bytes::ByteBuf::from(vec![3; 12])),
             }),
+            Message::Prepare {
+                conn_id: 7,
+                client: "[fd00::c]:40000".parse().unwrap(),
+            },
             Message::MoveFlow {
                 conn_id: 7,
                 client: "[fd00::c]:40000".parse().unwrap(),

@@ -522,15 +522,17 @@ fn silent_acceptor_times_out_and_donor_resumes() {
     assert!(matches!(cause, HandoffError::Timeout));
     assert_eq!(lan.ifs[1].tcp_state(handle), Some(TcpState::Established));
     assert_eq!(lan.ifs[1].tcp_send_queued(handle), 10_000, "nothing lost");
-    // The acceptor, waking up late, sees the offer and then the donor's Abort.
+    // The acceptor, waking up late, sees the announcement, the offer and then the donor's
+    // Abort.
     let mut seen = Vec::new();
-    while seen.len() < 2 && t.elapsed() < Duration::from_secs(5) {
+    while seen.len() < 3 && t.elapsed() < Duration::from_secs(5) {
         if let Some(m) = ch_a.poll().unwrap() {
             seen.push(m);
         }
     }
-    assert!(matches!(seen[0], Message::Offer(_)));
-    assert!(matches!(seen[1], Message::Abort { conn_id: 9, .. }));
+    assert!(matches!(seen[0], Message::Prepare { conn_id: 9, .. }));
+    assert!(matches!(seen[1], Message::Offer(_)));
+    assert!(matches!(seen[2], Message::Abort { conn_id: 9, .. }));
 }
 
 #[test]
