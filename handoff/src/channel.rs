@@ -92,6 +92,16 @@ pub enum ChannelError {
 pub struct ClusterSecret(Vec<u8>);
 
 impl ClusterSecret {
+    /// Read a secret from a file: its bytes without trailing line ends (so `echo secret >
+    /// file` and `printf secret > file` give the same key), at least [`MIN_SECRET_LEN`].
+    pub fn from_file(path: &std::path::Path) -> Result<Self, ChannelError> {
+        let mut bytes = std::fs::read(path)?;
+        while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+            bytes.pop();
+        }
+        Self::new(&bytes)
+    }
+
     /// A secret of at least [`MIN_SECRET_LEN`] bytes.
     pub fn new(bytes: &[u8]) -> Result<Self, ChannelError> {
         if bytes.len() < MIN_SECRET_LEN {

@@ -76,22 +76,13 @@ impl<D: Device> Runner<D> {
     /// Flush pending output, wait up to `max_wait` (less if a timer is due sooner) for input,
     /// then process what arrived, run due timers and flush again.
     pub fn step(&mut self, max_wait: Duration) -> io::Result<()> {
-        self.flush()?;
-        let now = self.clock.now();
-        let wait = match self.iface.poll_at() {
-            Some(t) if t <= now => Duration::ZERO,
-            Some(t) => (t - now).min(max_wait),
-            None => max_wait,
-        };
-        if !wait.is_zero() {
-            self.dev.wait(Some(wait))?;
-        }
-        self.process()
+        self.step_with(max_wait, &[])
     }
 
     /// Like [`Runner::step`], but the wait also ends when one of `extra` (the caller's own
-    /// sockets, e.g. control channels) turns readable, with microsecond resolution. Devices
-    /// without [`Device::wait_fds`] wait as in `step`.
+    /// sockets, e.g. control channels) turns readable. Devices that expose
+    /// [`Device::wait_fds`] are waited on with microsecond resolution (`ppoll`); the others
+    /// with [`Device::wait`] (and `extra` is not watched).
     pub fn step_with(
         &mut self,
         max_wait: Duration,

@@ -189,16 +189,14 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Read the cluster secret: the file's bytes, without a trailing newline (so `echo secret >
-/// file` and `printf secret > file` give the same key).
+/// Read the cluster secret (see [`ds_handoff::ClusterSecret::from_file`]).
 fn read_secret(path: &Path) -> anyhow::Result<ds_handoff::ClusterSecret> {
-    let mut bytes = std::fs::read(path)
-        .with_context(|| format!("--secret-file {}: cannot read", path.display()))?;
-    while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-        bytes.pop();
-    }
-    ds_handoff::ClusterSecret::new(&bytes)
-        .with_context(|| format!("--secret-file {}: need at least 16 bytes", path.display()))
+    ds_handoff::ClusterSecret::from_file(path).with_context(|| {
+        format!(
+            "--secret-file {}: cannot use it (need a readable file of at least 16 bytes)",
+            path.display()
+        )
+    })
 }
 
 /// Detaches the program and removes its pins when the home agent stops, also on an error

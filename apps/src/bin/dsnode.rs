@@ -212,16 +212,14 @@ fn addrs(args: &ServeArgs) -> Vec<Ipv6Addr> {
         .collect()
 }
 
-/// Read the cluster secret: the file's bytes, without a trailing newline (so `echo secret >
-/// file` and `printf secret > file` give the same key).
+/// Read the cluster secret (see [`ds_handoff::ClusterSecret::from_file`]).
 fn read_secret(path: &Path) -> anyhow::Result<ds_handoff::ClusterSecret> {
-    let mut bytes = std::fs::read(path)
-        .with_context(|| format!("--secret-file {}: cannot read", path.display()))?;
-    while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-        bytes.pop();
-    }
-    ds_handoff::ClusterSecret::new(&bytes)
-        .with_context(|| format!("--secret-file {}: need at least 16 bytes", path.display()))
+    ds_handoff::ClusterSecret::from_file(path).with_context(|| {
+        format!(
+            "--secret-file {}: cannot use it (need a readable file of at least 16 bytes)",
+            path.display()
+        )
+    })
 }
 
 /// The handoff settings from the command line, or `None` when handoff is off.
