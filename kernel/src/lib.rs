@@ -220,6 +220,13 @@ fn v6(a: SocketAddr) -> Result<SocketAddrV6> {
     }
 }
 
+/// Bytes in `sock`'s send queue not yet acknowledged by the peer (sent or not: `SIOCOUTQ`).
+/// Zero means the send buffer is drained, so a freeze now carries no data (seed §3.2.3: the
+/// drained state is the small one).
+pub fn send_queue_len(sock: &TcpStream) -> Result<usize> {
+    ioctl_int(sock.as_raw_fd(), SIOCOUTQ, "SIOCOUTQ")
+}
+
 /// Freeze an established kernel socket into a [`ConnState`]. The socket is left in repair
 /// mode: dropping it then closes it silently (no FIN, no RST). Start a [`Hold`] on the
 /// connection first, so that the peer's packets wait for the acceptor instead of reaching it.
@@ -396,19 +403,24 @@ pub fn restore_with_held(st: &ConnState, held: &[Vec<u8>]) -> Result<(TcpStream,
     let owned = unsafe { OwnedFd::from_raw_fd(raw) };
     let fd = owned.as_raw_fd();
     let tcp = libc::IPPROTO_TCP;
-    setsockopt(
-        fd,
-        tcp,
-        libc::TCP_REPAIR,
-        &1i32,
-        "setsockopt(TCP_REPAIR on)",
-    )?;
+    // SO_REUSEADDR first: TCP_REPAIR then upgrades the socket to forced reuse
+    // (`SK_FORCE_REUSE`), which binds even next to a listener on the same address and port
+    // (a server that takes a connection back, or serves the DS address itself). The other
+    // order would overwrite the forced reuse with plain SO_REUSEADDR and the bind would fail
+    // with EADDRINUSE.
     setsockopt(
         fd,
         libc::SOL_SOCKET,
         libc::SO_REUSEADDR,
         &1i32,
         "SO_REUSEADDR",
+    )?;
+    setsockopt(
+        fd,
+        tcp,
+        libc::TCP_REPAIR,
+        &1i32,
+        "setsockopt(TCP_REPAIR on)",
     )?;
     let (unacked, unsent) = {
         let sent = st
