@@ -79,6 +79,19 @@ fn immediate_freeze_carries_the_send_buffer() {
         "unacknowledged data travels: {} B",
         h.state_bytes
     );
+    // Back and forth faster than the donors' forwarding grace period: a connection that comes
+    // back and leaves again must keep its new tombstone (regression: the client got a RST).
+    let out = run(&Options {
+        drain: DrainChoice::Immediate,
+        count: 40,
+        size: 16 << 20,
+        ..Options::default()
+    })
+    .expect("run");
+    assert!(out.bytes_ok);
+    assert_eq!(out.handoffs.len(), 40, "kept: {:?}", out.kept);
+    assert_eq!(out.client_resets, 0);
+    assert_eq!(out.client_retransmits, 0);
 }
 
 #[test]
@@ -166,4 +179,141 @@ fn route_optimised_client_sends_to_the_acceptor_care_of_address() {
     assert!(r.client_to_coa_rh2 > 10, "{r:?}");
     assert!(r.coa_to_client_hao > 100, "{r:?}");
     assert_eq!(r.client_to_ds_after, 0, "{r:?}");
+}
+
+/// One download of 1 MB with one handoff between a kernel-path node (standard sockets moved
+/// with TCP_REPAIR) and another node, through the same protocol, state and HTTP state as the
+/// userspace nodes; returns the handoff's line.
+fn kernel_path_once(path: &str) -> ds_perf::handoff::HandoffLine {
+    let out = run(&Options {
+        path: path.parse().expect("path"),
+        ..Options::default()
+    })
+    .expect("run");
+    eprintln!(
+        "{path}: {} | content {}, client retransmits {}, RTOs {}, resets {}, duplicates {}, \
+         forwarded {}",
+        out.handoffs
+            .first()
+            .map(|h| serde_json::to_string(h).unwrap_or_default())
+            .unwrap_or_default(),
+        out.bytes_ok,
+        out.client_retransmits,
+        out.client_timeouts,
+        out.client_resets,
+        out.duplicate_segments,
+        out.forwarded_packets
+    );
+    assert!(out.bytes_ok, "{path}: SHA-256 of the download");
+    assert_eq!(out.bytes, 1_000_000, "{path}");
+    assert_eq!(out.handoffs.len(), 1, "{path}: kept: {:?}", out.kept);
+    assert!(out.kept.is_empty(), "{path}: {:?}", out.kept);
+    assert_eq!(out.client_resets, 0, "{path}: the client saw a reset");
+    assert_eq!(
+        out.client_retransmits, 0,
+        "{path}: client TcpRetransSegs moved"
+    );
+    assert_eq!(out.client_timeouts, 0, "{path}");
+    let h = out.handoffs[0].clone();
+    assert_eq!(h.from, 1, "{path}");
+    assert_eq!(h.report.path, path);
+    assert!(h.report.client_gap_us.is_some(), "{path}: gap measured");
+    assert!(h.report.phases_us[0] > 0.0, "{path}: extraction timed");
+    assert!(h.report.phases_us[2] > 0.0, "{path}: re-creation timed");
+    assert!(
+        h.report.phases_us[5] > 0.0,
+        "{path}: the flow-map update was timed"
+    );
+    assert!(
+        h.report.state_bytes <= 96,
+        "{path}: drained state {} B",
+        h.report.state_bytes
+    );
+    h
+}
+
+/// Each kernel-path direction three times: the acceptance runs of `--path`.
+fn kernel_path(path: &str, name: &str) {
+    if !require_root(name) {
+        return;
+    }
+    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..3 {
+        kernel_path_once(path);
+    }
+}
+
+#[test]
+fn kernel_to_user_handoff_with_curl() {
+    kernel_path("kernel->user", "kernel_to_user_handoff_with_curl");
+}
+
+#[test]
+fn user_to_kernel_handoff_with_curl() {
+    kernel_path("user->kernel", "user_to_kernel_handoff_with_curl");
+}
+
+#[test]
+fn kernel_to_kernel_handoff_with_curl() {
+    kernel_path("kernel->kernel", "kernel_to_kernel_handoff_with_curl");
+}
+
+#[test]
+fn kernel_donor_keeps_the_connection_when_the_acceptor_fails() {
+    if !require_root("kernel_donor_keeps_the_connection_when_the_acceptor_fails") {
+        return;
+    }
+    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    // Refused, crashed and hung acceptors, userspace and kernel: the kernel donor restores
+    // the socket from its frozen state and finishes the download itself.
+    for path in ["kernel->user", "kernel->kernel"] {
+        for fault in [
+            AcceptorFault::Refuse,
+            AcceptorFault::Crash,
+            AcceptorFault::Hang,
+        ] {
+            let out = run(&Options {
+                path: path.parse().expect("path"),
+                fault: Some(fault),
+                reply_timeout: std::time::Duration::from_millis(300),
+                ..Options::default()
+            })
+            .expect("run");
+            eprintln!("{path} {fault:?}: kept {:?}", out.kept);
+            assert!(out.bytes_ok, "{path} {fault:?}: content");
+            assert_eq!(out.bytes, 1_000_000, "{path} {fault:?}");
+            assert!(out.handoffs.is_empty(), "{path} {fault:?}: nothing moved");
+            assert!(
+                !out.kept.is_empty(),
+                "{path} {fault:?}: the failure was seen"
+            );
+            assert_eq!(out.client_resets, 0, "{path} {fault:?}");
+        }
+    }
+}
+
+#[test]
+fn kernel_and_user_nodes_hand_back_and_forth() {
+    if !require_root("kernel_and_user_nodes_hand_back_and_forth") {
+        return;
+    }
+    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let out = run(&Options {
+        path: "kernel->user".parse().expect("path"),
+        count: 20,
+        size: 8 << 20,
+        ..Options::default()
+    })
+    .expect("run");
+    assert!(out.bytes_ok, "byte-exact");
+    assert_eq!(out.handoffs.len(), 20, "kept: {:?}", out.kept);
+    assert_eq!(out.client_resets, 0);
+    for h in &out.handoffs {
+        let want = if h.from == 1 {
+            "kernel->user"
+        } else {
+            "user->kernel"
+        };
+        assert_eq!(h.report.path, want);
+    }
 }

@@ -42,7 +42,8 @@ enum Cmd {
     ///
     /// Needs root. Builds namespaces (client, home agent, two nodes on one bridge), loads the
     /// home agent's XDP tunnel program (transparent mode), runs both nodes on our stack over
-    /// AF_XDP, downloads with curl and tears everything down. Each node serves --quota bytes,
+    /// AF_XDP (or, per --path, on kernel sockets moved with TCP_REPAIR), downloads with curl
+    /// and tears everything down. Each node serves --quota bytes,
     /// then hands the connection to the other; --count handoffs in all.
     ///
     /// stdout: one JSON line per handoff (mode, path, phases_us [the seven phases of seed
@@ -56,9 +57,11 @@ struct HandoffArgs {
     /// Steering mode: transparent (home agent flow map) or ro (route optimisation).
     #[arg(long, default_value = "transparent", value_parser = parse_mode)]
     mode: ds_handoff::Mode,
-    /// Donor and acceptor implementations.
-    #[arg(long, default_value = "user->user", value_parser = ["user->user"])]
-    path: String,
+    /// Node 1's and node 2's implementations: user->user, kernel->user, user->kernel or
+    /// kernel->kernel ("kernel": standard sockets moved with TCP_REPAIR; "user": our stack
+    /// over AF_XDP).
+    #[arg(long, default_value = "user->user", value_parser = parse_path)]
+    path: ds_perf::handoff::HandoffPath,
     /// Handoffs during the download, alternating between the nodes.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     count: u32,
@@ -91,6 +94,10 @@ fn parse_mode(s: &str) -> Result<ds_handoff::Mode, String> {
     }
 }
 
+fn parse_path(s: &str) -> Result<ds_perf::handoff::HandoffPath, String> {
+    s.parse()
+}
+
 fn parse_fault(s: &str) -> Result<ds_apps::node::AcceptorFault, String> {
     use ds_apps::node::AcceptorFault;
     match s {
@@ -111,6 +118,7 @@ fn run_handoff(a: HandoffArgs) -> Result<()> {
         drain_deadline: std::time::Duration::from_millis(a.drain_deadline_ms),
         fault: a.fault,
         reply_timeout: std::time::Duration::from_millis(a.reply_timeout_ms),
+        path: a.path,
         ..Default::default()
     };
     eprintln!(

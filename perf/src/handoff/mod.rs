@@ -16,8 +16,14 @@
 //! client saw: the gap at the handoff's sequence boundary (packet log on the client's link),
 //! whether the content matched (SHA-256 of the whole download) and the client's TCP
 //! retransmissions (`TcpRetransSegs`).
+//!
+//! [`Options::path`] puts either node on the kernel path instead ([`kernel`]: standard
+//! sockets moved with `TCP_REPAIR`, same protocol and state), e.g. `kernel->user`.
 
+pub mod kernel;
 pub mod sniff;
+
+pub use kernel::{HandoffPath, Side};
 
 use anyhow::{bail, Context, Result};
 use ds_apps::flow_agent::FlowAgent;
@@ -92,6 +98,8 @@ pub struct Options {
     pub reply_timeout: Duration,
     /// Whole-run limit.
     pub timeout: Duration,
+    /// Which implementation each node runs (userspace stack or kernel sockets).
+    pub path: HandoffPath,
 }
 
 impl Default for Options {
@@ -107,6 +115,7 @@ impl Default for Options {
             fault: None,
             reply_timeout: Duration::from_millis(500),
             timeout: Duration::from_secs(300),
+            path: HandoffPath::default(),
         }
     }
 }
@@ -365,7 +374,7 @@ fn node(
         };
         hc.reply_timeout = opts.reply_timeout;
         hc.mode = opts.mode;
-        hc.path = "user->user".into();
+        hc.path = opts.path.label_from(i);
         match &role {
             None => {
                 hc.steering = Steering::HomeAgentFlow {
@@ -446,6 +455,9 @@ pub fn run(opts: &Options) -> Result<Outcome> {
         // came from the contact node); one handoff is the experiment.
         bail!("route-optimised mode runs exactly one handoff (--count 1)");
     }
+    if opts.mode == Mode::Ro && opts.path.has_kernel() {
+        bail!("kernel-path nodes run in transparent mode only");
+    }
     let quota = opts
         .quota
         .unwrap_or(opts.size / (opts.count as u64 + 1))
@@ -485,7 +497,10 @@ pub fn run(opts: &Options) -> Result<Outcome> {
         for (i, (ns, max)) in topo.nodes.iter().zip(max).enumerate() {
             let tx = tx.clone();
             let (stop, root) = (&stop, root.as_path());
-            nodes.push(sc.spawn(move || node(ns, i, opts, root, quota, max, stop, tx)));
+            nodes.push(sc.spawn(move || match opts.path.side(i) {
+                Side::User => node(ns, i, opts, root, quota, max, stop, tx),
+                Side::Kernel => kernel::node(ns, i, opts, root, quota, max, stop, tx),
+            }));
         }
         for _ in 0..(2 + usize::from(transparent)) {
             match rx.recv_timeout(Duration::from_secs(20)) {
