@@ -50,6 +50,39 @@ enum Cmd {
     /// Table 1], total_us, wall_us, drain_us, client_gap_us, state_bytes, offer_frame_bytes,
     /// bytes_ok, client_retransmits). stderr: logs and a summary.
     Handoff(HandoffArgs),
+    /// Plot handoff runs: the seven phases (medians) as stacked bars, one bar per input file of
+    /// `dsperf handoff` JSON lines, with the median wall time and client-perceived gap.
+    HandoffPlot(HandoffPlotArgs),
+}
+
+#[derive(Args)]
+struct HandoffPlotArgs {
+    /// Inputs as LABEL=FILE (FILE: JSON lines from `dsperf handoff`); one bar each, in order.
+    #[arg(required = true, value_name = "LABEL=FILE")]
+    inputs: Vec<String>,
+    /// Output SVG file.
+    #[arg(long, short, value_name = "FILE")]
+    out: PathBuf,
+    /// Chart title.
+    #[arg(
+        long,
+        default_value = "dsperf handoff: phases of seed Table 1 (medians)"
+    )]
+    title: String,
+}
+
+fn run_handoff_plot(a: HandoffPlotArgs) -> Result<()> {
+    let mut bars = Vec::new();
+    for input in &a.inputs {
+        let (label, file) = input
+            .split_once('=')
+            .with_context(|| format!("{input:?}: expected LABEL=FILE"))?;
+        let text = std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?;
+        bars.push(ds_perf::handoff::plot::bar_from_lines(label, &text)?);
+    }
+    ds_perf::handoff::plot::write_svg(&bars, &a.title, &a.out)?;
+    eprintln!("wrote {}", a.out.display());
+    Ok(())
 }
 
 #[derive(Args)]
@@ -327,6 +360,7 @@ fn main() -> ExitCode {
     let res = match cli.cmd {
         Cmd::Stack(a) => run_stack(a),
         Cmd::Handoff(a) => run_handoff(a),
+        Cmd::HandoffPlot(a) => run_handoff_plot(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

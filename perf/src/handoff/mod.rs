@@ -21,6 +21,7 @@
 //! sockets moved with `TCP_REPAIR`, same protocol and state), e.g. `kernel->user`.
 
 pub mod kernel;
+pub mod plot;
 pub mod sniff;
 
 pub use kernel::{HandoffPath, Side};
