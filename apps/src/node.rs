@@ -344,6 +344,22 @@ impl HandoffNode {
             .collect()
     }
 
+    /// How long the caller's loop may wait for input: `idle`, or zero while a control channel
+    /// still has output the socket did not take (a large offer being written), since the
+    /// wait only wakes on readable sockets.
+    pub fn max_wait(&self, idle: Duration) -> Duration {
+        let pending = self
+            .to_peer
+            .iter()
+            .chain(self.incoming.iter())
+            .any(|c| c.pending_output() > 0);
+        if pending {
+            Duration::ZERO
+        } else {
+            idle
+        }
+    }
+
     /// True while a handoff is in progress or held packets are still being forwarded.
     pub fn busy(&self) -> bool {
         self.current.is_some() || !self.queue.is_empty() || !self.forwarding.is_empty()

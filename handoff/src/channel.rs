@@ -489,6 +489,12 @@ impl Channel {
         }
     }
 
+    /// Bytes queued but not yet taken by the socket (a large offer leaves in several writes;
+    /// the caller should come back soon, see [`Channel::poll`]).
+    pub fn pending_output(&self) -> usize {
+        self.out.len() - self.out_pos
+    }
+
     /// Total frame bytes queued for sending so far (framing and tags included).
     pub fn bytes_sent(&self) -> u64 {
         self.bytes_sent

@@ -246,6 +246,14 @@ impl Donor {
         if let Err(e) = chan.send(&offer) {
             return self.resume(chan, iface, now, &state, e.into());
         }
+        tracing::debug!(
+            conn_id = self.cfg.conn_id,
+            state_bytes,
+            unsent = chan.pending_output(),
+            since_freeze = ?t0.elapsed(),
+            send = ?offer_sent.elapsed(),
+            "offer sent"
+        );
         let offer_bytes = (chan.bytes_sent() - before) as usize;
         self.phase = DonorPhase::Offered(Box::new(InFlight {
             state,
@@ -633,6 +641,7 @@ impl Acceptor {
     ) -> Result<AcceptorEvent, HandoffError> {
         let t0 = MonoInstant::now();
         let id = o.conn_id;
+        tracing::debug!(conn_id = id, state_bytes = o.state.len(), "offer received");
         if !self.cfg.services.contains(&o.service) {
             return Self::refuse(chan, id, RefuseReason::UnknownService);
         }

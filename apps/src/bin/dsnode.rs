@@ -372,7 +372,9 @@ fn run<D: Device>(
             Service::Plain(_) => rt.step(Duration::from_millis(10)),
             // Wake for the control sockets too, so an offer or a reply is handled at once; a
             // short bound keeps drain deadlines and reply timeouts accurate.
-            Service::Handoff(node) => rt.step_with(Duration::from_millis(1), &node.wait_fds()),
+            Service::Handoff(node) => {
+                rt.step_with(node.max_wait(Duration::from_millis(1)), &node.wait_fds())
+            }
         };
         if let Err(e) = stepped {
             result = Err(anyhow::Error::new(e).context("device I/O failed"));

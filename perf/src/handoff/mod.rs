@@ -407,7 +407,7 @@ fn node(
         let mut cookie = 1u8;
         while !stop.load(Ordering::Relaxed) {
             let fds = node.wait_fds();
-            rt.step_with(Duration::from_millis(1), &fds)?;
+            rt.step_with(node.max_wait(Duration::from_millis(1)), &fds)?;
             let now = rt.now();
             node.poll(&mut rt.iface, now);
             events.extend(node.take_events().into_iter().map(|e| (i as u8 + 1, e)));
