@@ -36,6 +36,7 @@ pub struct FlowAgent {
     secret: ClusterSecret,
     chans: Vec<Channel>,
     stats: FlowAgentStats,
+    poll: ds_stack::device::PollSet,
 }
 
 impl FlowAgent {
@@ -53,6 +54,7 @@ impl FlowAgent {
             secret,
             chans: Vec::new(),
             stats: FlowAgentStats::default(),
+            poll: ds_stack::device::PollSet::default(),
         })
     }
 
@@ -68,20 +70,15 @@ impl FlowAgent {
 
     /// Sleep until a control socket is readable or `timeout` passes (so the agent answers a
     /// request as soon as it arrives without spinning).
-    pub fn wait(&self, timeout: Duration) {
+    pub fn wait(&mut self, timeout: Duration) {
         use std::os::fd::AsRawFd;
-        let mut fds: Vec<libc::pollfd> = std::iter::once(self.listener.as_raw_fd())
-            .chain(self.chans.iter().map(|c| c.stream().as_raw_fd()))
-            .map(|fd| libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            })
-            .collect();
-        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-        // SAFETY: `fds` is a valid, exclusively borrowed array of `fds.len()` pollfd structs
-        // for the duration of the call; the descriptors stay open (owned by self).
-        let _ = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        self.poll.clear();
+        self.poll.add(self.listener.as_raw_fd());
+        for c in &self.chans {
+            self.poll.add(c.stream().as_raw_fd());
+        }
+        // Errors (EINTR aside) would repeat at once; the caller polls the sockets either way.
+        let _ = self.poll.wait(Some(timeout));
     }
 
     /// Accept new control channels and answer every pending request; returns how many flows

@@ -330,18 +330,16 @@ impl HandoffNode {
         std::mem::take(&mut self.events)
     }
 
-    /// The control sockets to wait on together with the device
+    /// The control sockets (into `out`, replacing its contents) to wait on together with the
+    /// device
     /// ([`ds_stack::runner::Runner::step_with`]), so that an offer or a reply is handled as
     /// soon as it arrives.
-    pub fn wait_fds(&self) -> Vec<std::os::fd::RawFd> {
+    pub fn wait_fds(&self, out: &mut Vec<std::os::fd::RawFd>) {
         use std::os::fd::AsRawFd;
-        self.cfg
-            .listen
-            .iter()
-            .map(|l| l.as_raw_fd())
-            .chain(self.incoming.iter().map(|c| c.stream().as_raw_fd()))
-            .chain(self.to_peer.iter().map(|c| c.stream().as_raw_fd()))
-            .collect()
+        out.clear();
+        out.extend(self.cfg.listen.iter().map(|l| l.as_raw_fd()));
+        out.extend(self.incoming.iter().map(|c| c.stream().as_raw_fd()));
+        out.extend(self.to_peer.iter().map(|c| c.stream().as_raw_fd()));
     }
 
     /// How long the caller's loop may wait for input: `idle`, or zero while a control channel

@@ -41,6 +41,8 @@ pub struct Runner<D: Device> {
     pub dev: D,
     clock: Clock,
     buf: Vec<u8>,
+    /// What `step_with` waits on, kept between steps.
+    poll: crate::device::PollSet,
 }
 
 /// Frames read from the device per step before timers and output get their turn.
@@ -60,6 +62,7 @@ impl<D: Device> Runner<D> {
             dev,
             clock,
             buf,
+            poll: crate::device::PollSet::default(),
         }
     }
 
@@ -96,12 +99,15 @@ impl<D: Device> Runner<D> {
             None => max_wait,
         };
         if !wait.is_zero() {
-            let mut fds = self.dev.wait_fds();
-            if fds.is_empty() {
+            self.poll.clear();
+            self.dev.wait_fds(&mut self.poll);
+            if self.poll.is_empty() {
                 self.dev.wait(Some(wait))?;
             } else {
-                fds.extend_from_slice(extra);
-                crate::device::wait_readable(&fds, Some(wait))?;
+                for &fd in extra {
+                    self.poll.add(fd);
+                }
+                self.poll.wait(Some(wait))?;
             }
         }
         self.process()

@@ -268,8 +268,10 @@ impl Device for AfXdpDevice {
         Ok(())
     }
 
-    fn wait_fds(&self) -> Vec<std::os::fd::RawFd> {
-        self.socks.iter().map(|s| s.fd().as_raw_fd()).collect()
+    fn wait_fds(&self, set: &mut ds_stack::device::PollSet) {
+        for s in &self.socks {
+            set.add(s.fd().as_raw_fd());
+        }
     }
 
     fn mtu(&self) -> usize {

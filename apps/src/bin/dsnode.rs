@@ -360,6 +360,7 @@ fn run<D: Device>(
     .filter(|_| !shared)
     .peekable();
     let mut result = Ok(());
+    let mut control_fds = Vec::new();
     while !stop.load(Ordering::SeqCst) {
         let now = rt.now();
         if announcements
@@ -373,7 +374,8 @@ fn run<D: Device>(
             // Wake for the control sockets too, so an offer or a reply is handled at once; a
             // short bound keeps drain deadlines and reply timeouts accurate.
             Service::Handoff(node) => {
-                rt.step_with(node.max_wait(Duration::from_millis(1)), &node.wait_fds())
+                node.wait_fds(&mut control_fds);
+                rt.step_with(node.max_wait(Duration::from_millis(1)), &control_fds)
             }
         };
         if let Err(e) = stepped {

@@ -405,8 +405,9 @@ fn node(
         let mut rr: Option<Duration> = None;
         let mut rr_started: Option<Instant> = None;
         let mut cookie = 1u8;
+        let mut fds = Vec::new();
         while !stop.load(Ordering::Relaxed) {
-            let fds = node.wait_fds();
+            node.wait_fds(&mut fds);
             rt.step_with(node.max_wait(Duration::from_millis(1)), &fds)?;
             let now = rt.now();
             node.poll(&mut rt.iface, now);

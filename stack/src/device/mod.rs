@@ -28,47 +28,85 @@ pub trait Device {
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
-    /// Descriptors that turn readable when a frame may be pending, so that a caller can wait
-    /// for frames and its own sockets at once ([`crate::runner::Runner::step_with`]). Empty
-    /// when the device cannot be waited on that way (then only [`Device::wait`] is used).
-    fn wait_fds(&self) -> Vec<RawFd> {
-        Vec::new()
+    /// Add the descriptors that turn readable when a frame may be pending to `set`, so that a
+    /// caller can wait for frames and its own sockets at once
+    /// ([`crate::runner::Runner::step_with`]). Adds nothing when the device cannot be waited
+    /// on that way (then only [`Device::wait`] is used).
+    fn wait_fds(&self, set: &mut PollSet) {
+        let _ = set;
     }
 }
 
-/// Block until one of `fds` is readable or `timeout` passes (`None`: no limit), with
-/// microsecond resolution (`ppoll`; `poll` would round a 100 µs wait up to 1 ms).
-pub fn wait_readable(fds: &[RawFd], timeout: Option<Duration>) -> io::Result<()> {
-    let mut pfds: Vec<libc::pollfd> = fds
-        .iter()
-        .map(|&fd| libc::pollfd {
+/// A reusable set of descriptors to wait on for readability: the runner's loop waits on it
+/// every step, so it keeps its storage instead of allocating per wait.
+#[derive(Default)]
+pub struct PollSet {
+    fds: Vec<libc::pollfd>,
+}
+
+impl std::fmt::Debug for PollSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.fds.iter().map(|p| p.fd))
+            .finish()
+    }
+}
+
+impl PollSet {
+    /// Forget the descriptors (keeping the storage).
+    pub fn clear(&mut self) {
+        self.fds.clear();
+    }
+
+    /// Watch `fd` for readability.
+    pub fn add(&mut self, fd: RawFd) {
+        self.fds.push(libc::pollfd {
             fd,
             events: libc::POLLIN,
             revents: 0,
-        })
-        .collect();
-    let ts = timeout.map(|t| libc::timespec {
-        tv_sec: t.as_secs().min(i64::MAX as u64) as libc::time_t,
-        tv_nsec: t.subsec_nanos() as libc::c_long,
-    });
-    let tsp = ts
-        .as_ref()
-        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
-    // SAFETY: `pfds` is a valid, exclusively borrowed array of `pfds.len()` pollfds and `tsp`
-    // is null or points to a timespec that outlives the call; no signal mask is passed.
-    let rc = unsafe {
-        libc::ppoll(
-            pfds.as_mut_ptr(),
-            pfds.len() as libc::nfds_t,
-            tsp,
-            std::ptr::null(),
-        )
-    };
-    if rc < 0 {
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
+        });
     }
-    Ok(())
+
+    /// Whether no descriptor is watched.
+    pub fn is_empty(&self) -> bool {
+        self.fds.is_empty()
+    }
+
+    /// Block until one descriptor is readable or `timeout` passes (`None`: no limit), with
+    /// microsecond resolution (`ppoll`; `poll` would round a 100 µs wait up to 1 ms).
+    pub fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        let ts = timeout.map(|t| libc::timespec {
+            tv_sec: t.as_secs().min(i64::MAX as u64) as libc::time_t,
+            tv_nsec: t.subsec_nanos() as libc::c_long,
+        });
+        let tsp = ts
+            .as_ref()
+            .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+        // SAFETY: `fds` is a valid, exclusively borrowed array of `fds.len()` pollfds and
+        // `tsp` is null or points to a timespec that outlives the call; no signal mask.
+        let rc = unsafe {
+            libc::ppoll(
+                self.fds.as_mut_ptr(),
+                self.fds.len() as libc::nfds_t,
+                tsp,
+                std::ptr::null(),
+            )
+        };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Block until one of `fds` is readable or `timeout` passes (one-off [`PollSet`]).
+pub fn wait_readable(fds: &[RawFd], timeout: Option<Duration>) -> io::Result<()> {
+    let mut set = PollSet::default();
+    for &fd in fds {
+        set.add(fd);
+    }
+    set.wait(timeout)
 }

@@ -188,8 +188,8 @@ impl Device for TapDevice {
         Ok(())
     }
 
-    fn wait_fds(&self) -> Vec<std::os::fd::RawFd> {
-        vec![self.file.as_raw_fd()]
+    fn wait_fds(&self, set: &mut super::PollSet) {
+        set.add(self.file.as_raw_fd());
     }
 
     fn mtu(&self) -> usize {
