@@ -1090,21 +1090,8 @@ impl Interface {
                 let target = header.dst_addr;
                 let cur = self.pmtu.get(&target).map(|p| p.0).unwrap_or(self.cfg.mtu);
                 if mtu < cur {
-                    self.pmtu.insert(target, (mtu, now));
                     self.stats.pmtu_updates += 1;
-                    let idxs: Vec<u32> = self
-                        .demux
-                        .iter()
-                        .filter(|(k, _)| k.2 == target)
-                        .map(|(_, v)| *v)
-                        .collect();
-                    for idx in idxs {
-                        if let Some(t) = self.slots[idx as usize].tcb.as_mut() {
-                            let mss = tcp_mss_for(mtu, t.ts_ok);
-                            t.on_path_mtu(mss);
-                        }
-                        self.after_tcb_event(idx);
-                    }
+                    self.set_path_mtu(now, target, mtu);
                 }
             }
             _ => {}
@@ -1357,7 +1344,7 @@ impl Interface {
         let local = SocketAddrV6::new(dst, dport, 0, 0);
         let remote = SocketAddrV6::new(src, sport, 0, 0);
         let iss = self.isn.iss_for(now, &local, &remote);
-        let mss = self.mss_for(&src, cfg.timestamps);
+        let mss = self.mss_for(&dst, &src);
         let mut tcb = Tcb::accept_syn(local, remote, cfg, iss, mss, now, seg);
         tcb.listener = Some(l as usize);
         if let Some(Some(lst)) = self.listeners.get_mut(l as usize) {
@@ -1367,11 +1354,22 @@ impl Interface {
         self.after_tcb_event(idx);
     }
 
-    fn mss_for(&self, dst: &Ipv6Addr, ts: bool) -> u32 {
+    /// The MSS of a connection from `local` to `dst`, from the path MTU towards `dst`.
+    fn mss_for(&self, local: &Ipv6Addr, dst: &Ipv6Addr) -> u32 {
         let mtu = self.pmtu.get(dst).map(|p| p.0).unwrap_or(self.cfg.mtu);
-        let _ = ts;
-        // The MSS excludes TCP options (RFC 9293 §3.7.1); options are subtracted when sending.
-        (mtu - IP6_HDR - 20) as u32
+        self.mss_at(local, mtu)
+    }
+
+    /// The MSS for a path MTU: IPv6 and TCP headers off (options are subtracted when sending,
+    /// RFC 9293 §3.7.1), and, for a home address served away from home, the Home Address
+    /// option every segment carries (RFC 6275 §6.3, §11.3.1).
+    fn mss_at(&self, local: &Ipv6Addr, mtu: usize) -> u32 {
+        let hao = if self.home_addrs.contains(local) {
+            MOBILITY_EXT_LEN
+        } else {
+            0
+        };
+        mtu.saturating_sub(IP6_HDR + 20 + hao) as u32
     }
 
     fn insert_tcb(&mut self, tcb: Tcb) -> u32 {
@@ -1632,8 +1630,9 @@ impl Interface {
             .map(|(_, v)| *v)
             .collect();
         for idx in idxs {
-            if let Some(t) = self.slots[idx as usize].tcb.as_mut() {
-                let mss = tcp_mss_for(mtu, t.ts_ok);
+            let local = self.slots[idx as usize].tcb.as_ref().map(|t| *t.local.ip());
+            let mss = local.map(|l| self.mss_at(&l, mtu));
+            if let (Some(t), Some(mss)) = (self.slots[idx as usize].tcb.as_mut(), mss) {
                 t.on_path_mtu(mss);
             }
             self.after_tcb_event(idx);
@@ -1946,7 +1945,7 @@ impl Interface {
             return Err(Error::AddrInUse);
         }
         let iss = self.isn.iss_for(now, &local, &remote);
-        let mss = self.mss_for(remote.ip(), cfg.timestamps);
+        let mss = self.mss_for(&ip, remote.ip());
         let tcb = Tcb::connect(local, remote, cfg, iss, mss, now);
         let idx = self.insert_tcb(tcb);
         self.after_tcb_event(idx);
@@ -2134,12 +2133,7 @@ impl Interface {
         }
         self.frozen.remove(&key);
         let mut tcb = Tcb::from_state(state, &self.cfg.tcp, now);
-        let mut mss = self.mss_for(remote.ip(), tcb.ts_ok);
-        if self.home_addrs.contains(local.ip()) {
-            // Served away from home: every segment carries a Home Address option (RFC 6275
-            // §6.3, §11.3.1), so segments shrink by its header or they exceed the link MTU.
-            mss = mss.saturating_sub(MOBILITY_EXT_LEN as u32);
-        }
+        let mss = self.mss_for(local.ip(), remote.ip());
         if mss < tcb.snd_mss {
             tcb.snd_mss = mss;
         }
@@ -2304,12 +2298,6 @@ impl IsnGenerator {
     fn iss_for(&self, now: Instant, local: &SocketAddrV6, remote: &SocketAddrV6) -> u32 {
         self.isn(now, local, remote)
     }
-}
-
-/// The MSS for a path MTU: IPv6 and TCP headers off, and the timestamps option when in use.
-fn tcp_mss_for(mtu: usize, ts: bool) -> u32 {
-    let _ = ts;
-    (mtu - IP6_HDR - 20) as u32
 }
 
 /// Store `item` in the first empty slot (or a new one); returns its index.
