@@ -14,6 +14,9 @@ use ds_xdp::Program;
 use std::net::TcpListener;
 use std::time::Duration;
 
+/// How long a control channel may take to complete its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Counters of the flow agent.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct FlowAgentStats {
@@ -34,7 +37,8 @@ pub struct FlowAgent {
     prog: Program,
     listener: TcpListener,
     secret: ClusterSecret,
-    chans: Vec<Channel>,
+    /// Control channels and when each was opened (a handshake must complete in time).
+    chans: Vec<(Channel, std::time::Instant)>,
     stats: FlowAgentStats,
     poll: ds_stack::device::PollSet,
 }
@@ -74,7 +78,7 @@ impl FlowAgent {
         use std::os::fd::AsRawFd;
         self.poll.clear();
         self.poll.add(self.listener.as_raw_fd());
-        for c in &self.chans {
+        for (c, _) in &self.chans {
             self.poll.add(c.stream().as_raw_fd());
         }
         // Errors (EINTR aside) would repeat at once; the caller polls the sockets either way.
@@ -82,20 +86,18 @@ impl FlowAgent {
     }
 
     /// Accept new control channels and answer every pending request; returns how many flows
-    /// moved. Never blocks longer than a handshake (bounded by a 1 s timeout).
+    /// moved. Never blocks: a channel whose handshake has not completed within a second is
+    /// dropped.
     pub fn poll(&mut self) -> usize {
         loop {
             match self.listener.accept() {
                 Ok((stream, peer)) => {
-                    // The listener is non-blocking; the handshake runs blocking with a timeout.
-                    if stream.set_nonblocking(false).is_err() {
-                        continue;
-                    }
-                    match Channel::accept(stream, &self.secret, Duration::from_secs(1)) {
+                    // The handshake completes in `serve` as the peer's hello arrives.
+                    match Channel::accept(stream, &self.secret) {
                         Ok(c) => {
-                            tracing::debug!(%peer, "flow agent: control channel up");
+                            tracing::debug!(%peer, "flow agent: control channel opened");
                             self.stats.channels += 1;
-                            self.chans.push(c);
+                            self.chans.push((c, std::time::Instant::now()));
                         }
                         Err(e) => {
                             tracing::warn!(%peer, "flow agent: handshake failed: {e}");
@@ -113,6 +115,13 @@ impl FlowAgent {
         let mut moved = 0;
         let mut i = 0;
         while i < self.chans.len() {
+            let (c, opened) = &self.chans[i];
+            if !c.is_established() && opened.elapsed() > HANDSHAKE_TIMEOUT {
+                tracing::warn!("flow agent: handshake timed out");
+                self.stats.channel_errors += 1;
+                self.chans.swap_remove(i);
+                continue;
+            }
             match self.serve(i) {
                 Ok(n) => {
                     moved += n;
@@ -132,7 +141,7 @@ impl FlowAgent {
 
     fn serve(&mut self, i: usize) -> Result<usize, ds_handoff::ChannelError> {
         let mut moved = 0;
-        while let Some(m) = self.chans[i].poll()? {
+        while let Some(m) = self.chans[i].0.poll()? {
             let Message::MoveFlow {
                 conn_id,
                 client,
@@ -170,114 +179,8 @@ impl FlowAgent {
                     }
                 }
             };
-            self.chans[i].send(&reply)?;
+            self.chans[i].0.send(&reply)?;
         }
         Ok(moved)
-    }
-}
-
-/// The acceptor's side: ask the home agent at `ha` to move a flow and wait for the answer.
-/// Keeps one channel open across handoffs.
-pub struct FlowMover {
-    ha: std::net::SocketAddr,
-    secret: ClusterSecret,
-    chan: Option<Channel>,
-    timeout: Duration,
-}
-
-impl FlowMover {
-    /// A mover talking to the flow agent at `ha`; each request waits at most `timeout`.
-    pub fn new(ha: std::net::SocketAddr, secret: ClusterSecret, timeout: Duration) -> Self {
-        FlowMover {
-            ha,
-            secret,
-            chan: None,
-            timeout,
-        }
-    }
-
-    /// Open the channel now (otherwise the first move does, inside its timing).
-    pub fn connect(&mut self) -> anyhow::Result<()> {
-        if self.chan.is_none() {
-            self.chan = Some(Channel::connect(self.ha, &self.secret, self.timeout)?);
-        }
-        Ok(())
-    }
-
-    /// Move the flow `client` → `server` to `to`. Returns (time to build and seal the
-    /// request, time from sending it until the agent confirmed).
-    pub fn move_flow(
-        &mut self,
-        conn_id: u64,
-        client: std::net::SocketAddrV6,
-        server: std::net::SocketAddrV6,
-        to: std::net::Ipv6Addr,
-    ) -> anyhow::Result<(Duration, Duration)> {
-        self.connect()?;
-        let t0 = std::time::Instant::now();
-        let res = self.exchange(conn_id, client, server, to, t0);
-        if res.is_err() {
-            // A broken or desynchronised channel is not reused.
-            self.chan = None;
-        }
-        res
-    }
-
-    fn exchange(
-        &mut self,
-        conn_id: u64,
-        client: std::net::SocketAddrV6,
-        server: std::net::SocketAddrV6,
-        to: std::net::Ipv6Addr,
-        t0: std::time::Instant,
-    ) -> anyhow::Result<(Duration, Duration)> {
-        let chan = self
-            .chan
-            .as_mut()
-            .ok_or_else(|| anyhow::anyhow!("no channel to the home agent"))?;
-        let frame = chan.seal(&Message::MoveFlow {
-            conn_id,
-            client,
-            server,
-            to,
-        })?;
-        // Phase 5 is building the request; phase 6 runs from handing it to the socket to the
-        // agent's confirmation.
-        let sent = t0.elapsed();
-        chan.send_sealed(&frame)?;
-        // Wait in the kernel rather than spinning: the nodes share few cores with the client.
-        chan.stream().set_nonblocking(false)?;
-        let res = Self::await_reply(chan, conn_id, t0, sent, self.timeout);
-        chan.stream().set_nonblocking(true)?;
-        res
-    }
-
-    fn await_reply(
-        chan: &mut Channel,
-        conn_id: u64,
-        t0: std::time::Instant,
-        sent: Duration,
-        timeout: Duration,
-    ) -> anyhow::Result<(Duration, Duration)> {
-        loop {
-            let left = timeout.saturating_sub(t0.elapsed());
-            if left.is_zero() {
-                anyhow::bail!("home agent did not answer in {timeout:?}");
-            }
-            chan.stream().set_read_timeout(Some(left))?;
-            match chan.poll()? {
-                Some(Message::FlowMoved {
-                    conn_id: id,
-                    ok,
-                    detail,
-                }) if id == conn_id => {
-                    if !ok {
-                        anyhow::bail!("home agent refused the move: {detail}");
-                    }
-                    return Ok((sent, t0.elapsed() - sent));
-                }
-                Some(_) | None => {}
-            }
-        }
     }
 }

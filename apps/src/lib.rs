@@ -4,8 +4,10 @@
 //!   path sanitising, file streaming), independent of any TCP implementation.
 //! - [`server`]: that service on top of a `ds-stack` interface: accept, read, write as send
 //!   space allows, close, release.
-//! - [`node`]: a node that hands live HTTP connections to a peer and takes them from it
-//!   (`ds-handoff`), with [`flow_agent`] the home agent's transparent-mode flow steering.
+//! - [`node`]: the handoff engine's I/O half ([`node::Coordinator`], the same for every host)
+//!   and the userspace node that hands live HTTP connections to a peer and takes them from
+//!   it; [`kernel_node`]: the same over standard sockets (`TCP_REPAIR`); [`flow_agent`]: the
+//!   home agent's transparent-mode flow steering.
 //! - [`mac`], [`signal`]: small helpers of the `dsnode` daemon.
 //!
 //! The `dsnode` binary (`src/bin/dsnode.rs`) wires these to a device and a runner.
@@ -16,6 +18,7 @@
 pub mod flow_agent;
 pub mod home_agent;
 pub mod http;
+pub mod kernel_node;
 pub mod mac;
 pub mod node;
 pub mod server;

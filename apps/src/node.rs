@@ -1,35 +1,40 @@
-//! A Distributed Servers node that hands live HTTP connections to a peer node and takes them
-//! from it: the HTTP service ([`HttpServer`]) plus the handoff protocol (`ds-handoff`) on one
-//! userspace [`Interface`].
+//! A Distributed Servers node that hands live connections to a peer node and takes them from
+//! it: the handoff engine (`ds-handoff`) wired to control channels, over either host.
+//!
+//! [`Coordinator`] is the I/O half of the engine, the same for every host: it owns the control
+//! channels (to the peer, from donors, to the home agent; all non-blocking), feeds what
+//! arrives to the engine's [`Donor`] and [`Acceptor`], writes what they queue, and turns their
+//! results into [`NodeEvent`]s. It is generic over the connection type of the [`Host`]; the
+//! host and the [`Service`] are passed per call. [`HandoffNode`] is the userspace node (the
+//! HTTP service over a `ds-stack` interface); `crate::kernel_node::KernelNode` is the kernel
+//! one (standard sockets, `TCP_REPAIR`).
 //!
 //! Data flow of one handoff (the donor is the node that served so far):
 //!
-//! 1. the donor's server pauses a connection that reached its per-node quota
-//!    ([`HttpServer::set_handoff_quota`]) and detaches its HTTP state;
-//! 2. a [`Donor`] drains (policy [`Drain`]), freezes the TCP connection and offers TCP state
-//!    plus HTTP state to the peer over the encrypted control channel;
-//! 3. the peer's [`Acceptor`] thaws it, steers the flow (transparent mode: one flow-map update
-//!    at the home agent through [`FlowMover`]), activates it and adopts the HTTP state into its
-//!    own server, which continues the response where the donor stopped;
-//! 4. the donor forwards packets that still reached it during a grace period, then forgets
+//! 1. the donor's service pauses a connection that reached its per-node quota and the
+//!    [`Donor`] exports its application state, drains (policy [`Drain`]), freezes the TCP
+//!    connection and offers TCP state plus application state to the peer;
+//! 2. the peer's [`Acceptor`] thaws it dormant, steers the flow (transparent mode: one
+//!    flow-map update at the home agent; route-optimised: a Binding Update), commits with
+//!    Accept, activates it and its service adopts the application state;
+//! 3. the donor forwards packets that still reached it during a grace period, then forgets
 //!    the connection. If the acceptor refused, crashed or timed out, the donor thaws the
-//!    connection back and its server continues it: nothing is lost.
+//!    connection back and its service continues it: nothing is lost.
 //!
-//! The node never blocks on the data path; the control channels are non-blocking sockets
-//! polled from the same loop ([`HandoffNode::poll`] after each runner step).
+//! Nothing blocks: a slow home agent delays only the offers waiting for it.
 
-use crate::flow_agent::FlowMover;
 use crate::http::HttpConnState;
 use crate::server::HttpServer;
 use ds_handoff::{
-    forward_held, forward_packets, Acceptor, AcceptorConfig, AcceptorEvent, Channel, ClusterSecret,
-    Donor, DonorConfig, DonorOutcome, Drain, HandoffReport, Mode, Takeover,
+    Acceptor, AcceptorConfig, AcceptorEvent, Channel, ClusterSecret, Dest, Donor, DonorConfig,
+    DonorOutcome, Drain, HandoffReport, Host, Message, Mode, Service, Takeover, UserConn, UserHost,
 };
 use ds_stack::mobile::MobileRole;
-use ds_stack::{ConnState, Instant, Interface, TcpHandle};
+use ds_stack::{Instant as StackInstant, Interface, TcpHandle};
 use std::collections::VecDeque;
 use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6, TcpListener};
-use std::time::Duration;
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::{Duration, Instant};
 
 /// How the acceptor steers a moved flow to itself (handoff phases 4–6).
 #[derive(Debug, Clone)]
@@ -47,7 +52,7 @@ pub enum Steering {
     /// Route-optimised mode: this node serves the DS address as a home address away from
     /// home; it sends the client (a correspondent node) a Binding Update built from the home
     /// keygen ticket that came with the connection and its own care-of keygen token (RFC 6275
-    /// §5.2.5, §11.7.2). The care-of test must have completed before the offer arrives.
+    /// §5.2.5, §11.7.2).
     RouteOptimised {
         /// This node's mobile role (installed as the interface's mobility hook).
         role: MobileRole,
@@ -189,129 +194,611 @@ pub struct NodeStats {
     pub adopted: u64,
     /// Packets forwarded to the acceptor after a freeze.
     pub forwarded_packets: u64,
+    /// Control channels dropped before their handshake completed in time.
+    pub handshake_timeouts: u64,
 }
 
-struct Pending {
-    donor: Donor,
-    client: SocketAddrV6,
-    app: HttpConnState,
+/// How long an accepted control channel may take to complete its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A control channel from a donor.
+struct Incoming {
+    key: u64,
+    chan: Channel,
+    opened: Instant,
 }
 
-struct Forwarding {
-    state: Box<ConnState>,
-    conn_id: u64,
-    until: std::time::Instant,
-}
-
-/// The HTTP service plus live handoff to and from a peer.
-pub struct HandoffNode {
-    server: HttpServer,
-    cfg: HandoffConfig,
-    acceptor: Acceptor,
-    incoming: Vec<Channel>,
+/// The engine's I/O half: control channels, the donor of the handoff in progress, donors
+/// still forwarding, the acceptor; generic over the host's connection type `C`.
+pub struct Coordinator<C> {
+    service: String,
+    secret: ClusterSecret,
+    listen: Option<TcpListener>,
+    peer: Option<SocketAddr>,
+    ha: Option<SocketAddr>,
+    fault: Option<AcceptorFault>,
+    donor_cfg: DonorConfig,
+    acceptor: Acceptor<u64, C>,
+    incoming: Vec<Incoming>,
+    next_key: u64,
     to_peer: Option<Channel>,
-    queue: VecDeque<TcpHandle>,
-    current: Option<Pending>,
-    forwarding: Vec<Forwarding>,
+    to_ha: Option<Channel>,
+    current: Option<Donor<C>>,
+    /// Moved connections whose packets are still forwarded.
+    forwarding: Vec<Donor<C>>,
     events: Vec<NodeEvent>,
     stats: NodeStats,
     next_id: u64,
-    /// Route-optimised acceptor: the Binding Update in flight (correspondent, when sent).
-    bu_sent: Option<BuSent>,
-    /// Route-optimised donor: since when the connection at the head of the queue waits for
-    /// its home keygen token.
-    ticket_wait: Option<std::time::Instant>,
-    /// Route-optimised acceptor: an offer held back until the care-of test towards its
-    /// client completes (channel index, offer, when it arrived).
-    deferred: Option<(usize, ds_handoff::Message, std::time::Instant)>,
-    /// How long the last care-of test took (phase 4), taken by the steering hook.
-    rr_wait: std::sync::Arc<std::sync::Mutex<Duration>>,
-    /// Route-optimised acceptor: when the running care-of test started.
-    rr_started: Option<std::time::Instant>,
+    /// Packets forwarded by donors no longer kept.
+    forwarded_done: u64,
+    /// Route-optimised acceptor: the last Binding Update sent (correspondent, when).
+    pub bu_sent: Option<(Ipv6Addr, Instant)>,
 }
 
-type BuSent = std::sync::Arc<std::sync::Mutex<Option<(Ipv6Addr, std::time::Instant)>>>;
-
-/// How long a route-optimised donor waits for the home test before keeping the connection.
-const TICKET_WAIT: Duration = Duration::from_secs(2);
-
-impl HandoffNode {
-    /// Wrap `server` (already listening on the interface) with handoff per `cfg`.
-    pub fn new(mut server: HttpServer, cfg: HandoffConfig) -> anyhow::Result<Self> {
+impl<C: std::fmt::Debug> Coordinator<C> {
+    /// A coordinator per `cfg` (the listener is made non-blocking here). The service, peer,
+    /// drain and report settings come from `cfg`; the acceptor takes `takeover` and the
+    /// engine-level steering derived from `cfg.steering`.
+    pub fn new(cfg: &mut HandoffConfig) -> anyhow::Result<Self> {
         if let Some(l) = &cfg.listen {
             l.set_nonblocking(true)?;
         }
-        server.set_handoff_quota(if cfg.peer.is_some() { cfg.quota } else { None });
-        let mut acfg = AcceptorConfig::new(&[cfg.service.as_str()]);
-        acfg.takeover = cfg.takeover;
+        let (steering, ha) = match &cfg.steering {
+            Steering::None => (ds_handoff::Steering::None, None),
+            Steering::HomeAgentFlow { ha, coa } => {
+                (ds_handoff::Steering::HomeAgentFlow { coa: *coa }, Some(*ha))
+            }
+            Steering::RouteOptimised { lifetime, .. } => (
+                ds_handoff::Steering::RouteOptimised {
+                    lifetime: *lifetime,
+                },
+                None,
+            ),
+        };
+        let mut acfg = AcceptorConfig {
+            takeover: cfg.takeover,
+            steering,
+            ..Default::default()
+        };
         if cfg.fault == Some(AcceptorFault::Refuse) {
             acfg.max_connections = 0;
         }
-        let mut bu_sent = None;
-        let rr_wait = std::sync::Arc::new(std::sync::Mutex::new(Duration::ZERO));
-        if let Steering::RouteOptimised { role, lifetime } = &cfg.steering {
-            let (role, lifetime) = (role.clone(), *lifetime);
-            let waited = rr_wait.clone();
-            let sent = std::sync::Arc::new(std::sync::Mutex::new(None));
-            bu_sent = Some(sent.clone());
-            acfg.steer = Some(Box::new(move |_iface, now, st: &ConnState, ticket| {
-                let ticket: ds_mipv6::mn::HomeTicket = postcard::from_bytes(
-                    ticket.ok_or("route-optimised offer without a home ticket")?,
-                )
-                .map_err(|e| format!("home ticket: {e}"))?;
-                // Phase 4 (return routability) ran ahead (tokens live for minutes, RFC 6275
-                // §5.2.7) or while the offer was held back (`waited`); phase 5 builds and
-                // queues the Binding Update; phase 6 (until the Binding Acknowledgement)
-                // completes asynchronously: NodeEvent::Bound.
-                let d4 = waited
-                    .lock()
-                    .map(|mut w| std::mem::take(&mut *w))
-                    .unwrap_or_default();
-                let t5 = std::time::Instant::now();
-                role.bind(now, &ticket, *st.remote().ip(), lifetime)
-                    .map_err(|e| format!("binding update: {e:?}"))?;
-                let d5 = t5.elapsed();
-                if let Ok(mut g) = sent.lock() {
-                    *g = Some((*st.remote().ip(), std::time::Instant::now()));
-                }
-                Ok([d4, d5, Duration::ZERO])
-            }));
-        }
-        if let Steering::HomeAgentFlow { ha, coa } = cfg.steering {
-            let mut mover = FlowMover::new(ha, cfg.secret.clone(), Duration::from_secs(1));
-            if let Err(e) = mover.connect() {
-                // Not fatal: the first move retries (inside its timing).
-                tracing::warn!("home agent flow agent at {ha} not reachable yet: {e:#}");
-            }
-            let mut id = 0u64;
-            acfg.steer = Some(Box::new(move |_iface, _now, st: &ConnState, _ticket| {
-                id += 1;
-                // Phase 4 (return routability) does not exist in transparent mode; phase 5 is
-                // building and sending the request, phase 6 the home agent's map update and
-                // answer.
-                let (build, bind) = mover
-                    .move_flow(id, st.remote(), st.local(), coa)
-                    .map_err(|e| format!("{e:#}"))?;
-                Ok([Duration::ZERO, build, bind])
-            }));
-        }
-        Ok(HandoffNode {
-            server,
+        let mut donor_cfg = DonorConfig::new(0, &cfg.service);
+        donor_cfg.drain = cfg.drain;
+        donor_cfg.reply_timeout = cfg.reply_timeout;
+        donor_cfg.mode = cfg.mode;
+        donor_cfg.path = cfg.path.clone();
+        donor_cfg.forward_grace = cfg.forward_grace;
+        let mut c = Coordinator {
+            service: cfg.service.clone(),
+            secret: cfg.secret.clone(),
+            listen: cfg.listen.take(),
+            peer: cfg.peer,
+            ha,
+            fault: cfg.fault,
+            donor_cfg,
             acceptor: Acceptor::new(acfg),
-            cfg,
             incoming: Vec::new(),
+            next_key: 1,
             to_peer: None,
-            queue: VecDeque::new(),
+            to_ha: None,
             current: None,
             forwarding: Vec::new(),
             events: Vec::new(),
             stats: NodeStats::default(),
             next_id: 1,
-            bu_sent,
+            forwarded_done: 0,
+            bu_sent: None,
+        };
+        // Open the home agent's channel ahead of the first move (a failure here is retried
+        // at the first move).
+        if c.ha.is_some() {
+            if let Err(e) = c.connect_ha() {
+                tracing::warn!("home agent flow agent not reachable yet: {e}");
+            }
+        }
+        Ok(c)
+    }
+
+    /// The service name.
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> NodeStats {
+        self.stats
+    }
+
+    /// Events since the last call.
+    pub fn take_events(&mut self) -> Vec<NodeEvent> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// Whether a peer is configured.
+    pub fn has_peer(&self) -> bool {
+        self.peer.is_some()
+    }
+
+    /// True while a handoff is in progress or held packets are still being forwarded.
+    pub fn busy(&self) -> bool {
+        self.current.is_some() || !self.forwarding.is_empty() || self.acceptor.pending() > 0
+    }
+
+    /// True while this node's own handoff is in progress (a new one must wait).
+    pub fn handing_off(&self) -> bool {
+        self.current.is_some()
+    }
+
+    /// Open the channel to the peer now rather than inside the first handoff's timing.
+    pub fn connect_peer(&mut self) -> anyhow::Result<()> {
+        if let (None, Some(peer)) = (&self.to_peer, self.peer) {
+            self.to_peer = Some(Channel::connect(peer, &self.secret)?);
+        }
+        Ok(())
+    }
+
+    fn connect_ha(&mut self) -> anyhow::Result<()> {
+        if let (None, Some(ha)) = (&self.to_ha, self.ha) {
+            self.to_ha = Some(Channel::connect(ha, &self.secret)?);
+        }
+        Ok(())
+    }
+
+    /// The control sockets (into `out`, replacing its contents) to wait on together with the
+    /// data path, so that an offer or a reply is handled as soon as it arrives.
+    pub fn wait_fds(&self, out: &mut Vec<RawFd>) {
+        out.clear();
+        out.extend(self.listen.iter().map(|l| l.as_raw_fd()));
+        out.extend(self.incoming.iter().map(|c| c.chan.stream().as_raw_fd()));
+        out.extend(self.to_peer.iter().map(|c| c.stream().as_raw_fd()));
+        out.extend(self.to_ha.iter().map(|c| c.stream().as_raw_fd()));
+    }
+
+    /// How long the caller's loop may wait for input at `now`: `idle` at most, less until the
+    /// engine's next deadline, zero while a channel still has output the socket did not take
+    /// (the wait only wakes on readable sockets).
+    pub fn max_wait(&self, now: Instant, idle: Duration) -> Duration {
+        let pending = self
+            .to_peer
+            .iter()
+            .chain(self.to_ha.iter())
+            .chain(self.incoming.iter().map(|c| &c.chan))
+            .any(|c| c.pending_output() > 0);
+        if pending {
+            return Duration::ZERO;
+        }
+        let deadline = self
+            .current
+            .iter()
+            .chain(self.forwarding.iter())
+            .filter_map(|d| d.poll_timeout())
+            .chain(self.acceptor.poll_timeout())
+            .min();
+        match deadline {
+            Some(t) => idle.min(t.saturating_duration_since(now)),
+            None => idle,
+        }
+    }
+
+    /// Start handing `conn` off to the peer (with a route-optimisation `ticket`). Returns the
+    /// connection when no handoff can start now (one is in progress, no peer, the peer is
+    /// unreachable, the service cannot export it): it stays with the caller.
+    pub fn hand_off<H, S>(
+        &mut self,
+        now: Instant,
+        conn: C,
+        ticket: Option<Vec<u8>>,
+        host: &mut H,
+        svc: &mut S,
+    ) -> Result<(), C>
+    where
+        H: Host<Conn = C>,
+        S: Service<C>,
+    {
+        if self.current.is_some() || self.peer.is_none() {
+            return Err(conn);
+        }
+        if let Err(e) = self.connect_peer() {
+            tracing::warn!("peer unreachable, connection kept here: {e:#}");
+            return Err(conn);
+        }
+        let mut cfg = self.donor_cfg.clone();
+        cfg.conn_id = self.next_id;
+        cfg.ticket = ticket;
+        match Donor::start(now, conn, cfg, host, svc) {
+            Ok(d) => {
+                self.next_id += 1;
+                self.stats.started += 1;
+                // An older forwarding of the same connection (it came back and leaves again
+                // within the grace period) must not release the new freeze's hold.
+                let flow = d.flow();
+                for f in &mut self.forwarding {
+                    if f.flow() == flow {
+                        f.stop_forwarding();
+                    }
+                }
+                self.current = Some(d);
+                Ok(())
+            }
+            Err((conn, e)) => {
+                tracing::warn!("handoff not started, connection kept here: {e}");
+                Err(conn)
+            }
+        }
+    }
+
+    /// One round at `now`: accept control channels, answer offers, drive the handoff in
+    /// progress and the forwarding, write what the engine queued.
+    pub fn poll<H, S>(&mut self, now: Instant, host: &mut H, svc: &mut S)
+    where
+        H: Host<Conn = C>,
+        S: Service<C>,
+    {
+        self.accept_channels(now);
+        self.serve_incoming(now, host, svc);
+        self.serve_home_agent(now, host, svc);
+        // Twice: an Accept written in the first pass is activated in the second.
+        for _ in 0..2 {
+            self.acceptor.poll(now, host, svc);
+            self.transmit_acceptor(host);
+        }
+        self.acceptor_events();
+        self.drive_donors(now, host, svc);
+    }
+
+    fn accept_channels(&mut self, now: Instant) {
+        if let Some(l) = &self.listen {
+            loop {
+                match l.accept() {
+                    Ok((s, peer)) => match Channel::accept(s, &self.secret) {
+                        Ok(chan) => {
+                            tracing::debug!(%peer, "control channel from a donor");
+                            self.incoming.push(Incoming {
+                                key: self.next_key,
+                                chan,
+                                opened: now,
+                            });
+                            self.next_key += 1;
+                        }
+                        Err(e) => tracing::warn!(%peer, "control channel refused: {e}"),
+                    },
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        tracing::warn!("control accept: {e}");
+                        break;
+                    }
+                }
+            }
+        }
+        // A peer that never completes its hello holds nothing for long.
+        let before = self.incoming.len();
+        self.incoming.retain(|c| {
+            c.chan.is_established() || now.saturating_duration_since(c.opened) < HANDSHAKE_TIMEOUT
+        });
+        self.stats.handshake_timeouts += (before - self.incoming.len()) as u64;
+    }
+
+    fn serve_incoming<H, S>(&mut self, now: Instant, host: &mut H, svc: &mut S)
+    where
+        H: Host<Conn = C>,
+        S: Service<C>,
+    {
+        let mut i = 0;
+        while i < self.incoming.len() {
+            let key = self.incoming[i].key;
+            let keep = loop {
+                match self.incoming[i].chan.poll() {
+                    Ok(Some(msg)) => {
+                        if let (Message::Offer(_), Some(f)) = (&msg, self.fault) {
+                            match f {
+                                AcceptorFault::Crash => {
+                                    tracing::info!("injected fault: acceptor crashes on an offer");
+                                    break false;
+                                }
+                                AcceptorFault::Hang => {
+                                    tracing::info!("injected fault: acceptor ignores an offer");
+                                    continue;
+                                }
+                                AcceptorFault::Refuse => {}
+                            }
+                        }
+                        if let Err(e) = self.acceptor.handle(now, key, msg, host, svc) {
+                            tracing::warn!("control channel from a donor: {e}");
+                            break false;
+                        }
+                    }
+                    Ok(None) => break true,
+                    Err(ds_handoff::ChannelError::Closed) => break false,
+                    Err(e) => {
+                        tracing::warn!("control channel from a donor failed: {e}");
+                        break false;
+                    }
+                }
+            };
+            if keep {
+                i += 1;
+            } else {
+                self.incoming.swap_remove(i);
+                self.acceptor.channel_failed(key, host);
+            }
+        }
+    }
+
+    fn serve_home_agent<H, S>(&mut self, now: Instant, host: &mut H, svc: &mut S)
+    where
+        H: Host<Conn = C>,
+        S: Service<C>,
+    {
+        let Some(ch) = self.to_ha.as_mut() else {
+            return;
+        };
+        loop {
+            match ch.poll() {
+                Ok(Some(m)) => self.acceptor.handle_home_agent(now, m, host, svc),
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!("channel to the home agent failed: {e}");
+                    self.to_ha = None;
+                    self.acceptor.home_agent_failed(host);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn transmit_acceptor<H: Host<Conn = C>>(&mut self, host: &mut H) {
+        while let Some((dest, msg)) = self.acceptor.poll_transmit() {
+            match dest {
+                Dest::Donor(key) => {
+                    let Some(k) = self.incoming.iter().position(|c| c.key == key) else {
+                        continue;
+                    };
+                    if let Err(e) = self.incoming[k].chan.send(&msg) {
+                        tracing::warn!("control channel to a donor failed: {e}");
+                        self.incoming.swap_remove(k);
+                        self.acceptor.channel_failed(key, host);
+                    }
+                }
+                Dest::HomeAgent => {
+                    let sent =
+                        self.connect_ha().map_err(|e| e.to_string()).and_then(|()| {
+                            match self.to_ha.as_mut() {
+                                Some(ch) => ch.send(&msg).map_err(|e| e.to_string()),
+                                None => Err("no home agent configured".into()),
+                            }
+                        });
+                    if let Err(e) = sent {
+                        tracing::warn!("home agent unreachable: {e}");
+                        self.to_ha = None;
+                        self.acceptor.home_agent_failed(host);
+                    }
+                }
+            }
+        }
+    }
+
+    fn acceptor_events(&mut self) {
+        while let Some(e) = self.acceptor.poll_event() {
+            match e {
+                AcceptorEvent::Adopted { client, .. } => {
+                    self.stats.adopted += 1;
+                    // It lives here again: a forwarding of it from here is over.
+                    for f in &mut self.forwarding {
+                        if f.flow().1 == client {
+                            f.stop_forwarding();
+                        }
+                    }
+                    self.events.push(NodeEvent::Adopted { client });
+                }
+                AcceptorEvent::AdoptFailed { cause, .. } => {
+                    self.events.push(NodeEvent::Failed { cause })
+                }
+                AcceptorEvent::Refused { reason, .. } => self.events.push(NodeEvent::Declined {
+                    cause: format!("refused: {reason:?}"),
+                }),
+                AcceptorEvent::Aborted { conn_id } => self.events.push(NodeEvent::Declined {
+                    cause: format!("offer {conn_id} aborted by the donor"),
+                }),
+                AcceptorEvent::BindingSent { client, at } => self.bu_sent = Some((client, at)),
+                AcceptorEvent::Prepared { .. } | AcceptorEvent::Forwarded { .. } => {}
+            }
+        }
+    }
+
+    fn drive_donors<H, S>(&mut self, now: Instant, host: &mut H, svc: &mut S)
+    where
+        H: Host<Conn = C>,
+        S: Service<C>,
+    {
+        // Replies from the peer go to the handoff in progress.
+        if let Some(ch) = self.to_peer.as_mut() {
+            loop {
+                match ch.poll() {
+                    Ok(Some(m)) => {
+                        if let Some(d) = self.current.as_mut() {
+                            d.handle(now, m, host, svc);
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        let cause = e.to_string();
+                        self.to_peer = None;
+                        for d in self.current.iter_mut().chain(self.forwarding.iter_mut()) {
+                            d.channel_failed(now, cause.clone(), host, svc);
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(d) = self.current.as_mut() {
+            d.poll(now, host, svc);
+        }
+        for d in &mut self.forwarding {
+            d.poll(now, host, svc);
+        }
+        // Write what the donors queued.
+        for d in self.current.iter_mut().chain(self.forwarding.iter_mut()) {
+            while let Some(m) = d.poll_transmit() {
+                let r = match self.to_peer.as_mut() {
+                    Some(ch) => ch.send(&m).map_err(|e| e.to_string()),
+                    None => Err("no channel to the peer".to_string()),
+                };
+                if let Err(cause) = r {
+                    self.to_peer = None;
+                    d.channel_failed(now, cause, host, svc);
+                }
+            }
+        }
+        // Outcomes.
+        if let Some(mut d) = self.current.take() {
+            let (_, client) = d.flow();
+            match d.poll_outcome() {
+                None => self.current = Some(d),
+                Some(DonorOutcome::Moved {
+                    report,
+                    boundary_seq,
+                }) => {
+                    self.stats.moved += 1;
+                    self.events.push(NodeEvent::HandedOff {
+                        report,
+                        client,
+                        boundary_seq,
+                    });
+                    self.forwarding.push(d);
+                }
+                Some(DonorOutcome::Resumed { cause }) => {
+                    self.stats.kept += 1;
+                    if matches!(
+                        cause,
+                        ds_handoff::HandoffError::ChannelLost(_)
+                            | ds_handoff::HandoffError::Timeout
+                    ) {
+                        // The channel may be broken or out of step: the next handoff reconnects.
+                        self.to_peer = None;
+                    }
+                    self.events.push(NodeEvent::KeptHere {
+                        client,
+                        cause: cause.to_string(),
+                    });
+                }
+                Some(DonorOutcome::Failed { cause }) => {
+                    tracing::error!(%client, "handoff failed: {cause}");
+                    if matches!(cause, ds_handoff::HandoffError::InDoubt(_)) {
+                        self.to_peer = None;
+                    }
+                    self.events.push(NodeEvent::Failed {
+                        cause: cause.to_string(),
+                    });
+                    if !d.is_done() {
+                        // In doubt: what still arrives here goes there, for a while.
+                        self.forwarding.push(d);
+                    }
+                }
+            }
+        }
+        let mut done = 0;
+        self.forwarding.retain(|d| {
+            if d.is_done() {
+                done += d.forwarded();
+            }
+            !d.is_done()
+        });
+        self.forwarded_done += done;
+        self.stats.forwarded_packets = self.forwarded_total();
+    }
+
+    fn forwarded_total(&self) -> u64 {
+        // Counted when a forwarding donor is dropped, plus the live ones.
+        self.forwarded_done
+            + self
+                .forwarding
+                .iter()
+                .chain(self.current.iter())
+                .map(|d| d.forwarded())
+                .sum::<u64>()
+    }
+}
+
+/// The HTTP service of a userspace node as the engine's [`Service`], for one call.
+pub struct HttpService<'a> {
+    /// The server.
+    pub server: &'a mut HttpServer,
+    /// The service name offers must carry.
+    pub name: &'a str,
+    /// The stack's time of the caller's step.
+    pub now: StackInstant,
+}
+
+impl Service<UserConn> for HttpService<'_> {
+    fn accepts(&self, name: &str) -> bool {
+        name == self.name
+    }
+
+    fn export(&mut self, conn: &UserConn) -> Result<Vec<u8>, String> {
+        let h = conn.handle().ok_or("not a live connection")?;
+        match self.server.detach(h) {
+            Some(Ok(st)) => Ok(st.encode()),
+            Some(Err(e)) => Err(format!("{e:#}")),
+            None => Err("not served here".into()),
+        }
+    }
+
+    fn adopt(&mut self, conn: UserConn, state: &[u8]) -> Result<(), (UserConn, String)> {
+        let Some(h) = conn.handle() else {
+            return Err((conn, "not a live connection".into()));
+        };
+        let st = match HttpConnState::decode(state) {
+            Ok(st) => st,
+            Err(e) => return Err((conn, format!("HTTP state: {e}"))),
+        };
+        self.server
+            .adopt(h, st, self.now)
+            .map_err(|e| (conn, format!("{e:#}")))
+    }
+}
+
+/// How long a route-optimised donor waits for the home test before keeping the connection.
+const TICKET_WAIT: Duration = Duration::from_secs(2);
+
+/// The HTTP service over a userspace interface plus live handoff to and from a peer.
+pub struct HandoffNode {
+    server: HttpServer,
+    core: Coordinator<UserConn>,
+    service: String,
+    max_handoffs: Option<u64>,
+    mode: Mode,
+    /// This node's mobile role (route-optimised acceptor or contact node).
+    role: Option<MobileRole>,
+    /// Route-optimised donor: the role whose home keygen token travels with connections.
+    home_role: Option<MobileRole>,
+    /// Connections that reached their quota, waiting for their handoff.
+    queue: VecDeque<TcpHandle>,
+    /// Route-optimised donor: since when the connection at the head of the queue waits for
+    /// its home keygen token.
+    ticket_wait: Option<Instant>,
+}
+
+impl HandoffNode {
+    /// Wrap `server` (already listening on the interface) with handoff per `cfg`.
+    pub fn new(mut server: HttpServer, mut cfg: HandoffConfig) -> anyhow::Result<Self> {
+        let core = Coordinator::new(&mut cfg)?;
+        server.set_handoff_quota(if cfg.peer.is_some() { cfg.quota } else { None });
+        let role = match &cfg.steering {
+            Steering::RouteOptimised { role, .. } => Some(role.clone()),
+            _ => None,
+        };
+        Ok(HandoffNode {
+            server,
+            core,
+            service: cfg.service.clone(),
+            max_handoffs: cfg.max_handoffs,
+            mode: cfg.mode,
+            role,
+            home_role: cfg.home_role,
+            queue: VecDeque::new(),
             ticket_wait: None,
-            deferred: None,
-            rr_wait,
-            rr_started: None,
         })
     }
 
@@ -322,398 +809,84 @@ impl HandoffNode {
 
     /// Handoff counters.
     pub fn stats(&self) -> NodeStats {
-        self.stats
+        self.core.stats()
     }
 
     /// Events since the last call.
     pub fn take_events(&mut self) -> Vec<NodeEvent> {
-        std::mem::take(&mut self.events)
+        self.core.take_events()
     }
 
-    /// The control sockets (into `out`, replacing its contents) to wait on together with the
-    /// device
-    /// ([`ds_stack::runner::Runner::step_with`]), so that an offer or a reply is handled as
-    /// soon as it arrives.
-    pub fn wait_fds(&self, out: &mut Vec<std::os::fd::RawFd>) {
-        use std::os::fd::AsRawFd;
-        out.clear();
-        out.extend(self.cfg.listen.iter().map(|l| l.as_raw_fd()));
-        out.extend(self.incoming.iter().map(|c| c.stream().as_raw_fd()));
-        out.extend(self.to_peer.iter().map(|c| c.stream().as_raw_fd()));
+    /// The control sockets to wait on together with the device
+    /// ([`ds_stack::runner::Runner::step_with`]).
+    pub fn wait_fds(&self, out: &mut Vec<RawFd>) {
+        self.core.wait_fds(out)
     }
 
-    /// How long the caller's loop may wait for input: `idle`, or zero while a control channel
-    /// still has output the socket did not take (a large offer being written), since the
-    /// wait only wakes on readable sockets.
+    /// How long the caller's loop may wait for input (see [`Coordinator::max_wait`]).
     pub fn max_wait(&self, idle: Duration) -> Duration {
-        let pending = self
-            .to_peer
-            .iter()
-            .chain(self.incoming.iter())
-            .any(|c| c.pending_output() > 0);
-        if pending {
-            Duration::ZERO
-        } else {
-            idle
-        }
+        self.core.max_wait(Instant::now(), idle)
     }
 
     /// True while a handoff is in progress or held packets are still being forwarded.
     pub fn busy(&self) -> bool {
-        self.current.is_some() || !self.queue.is_empty() || !self.forwarding.is_empty()
-    }
-
-    /// One round: serve HTTP, accept control channels, answer offers, drive the handoff in
-    /// progress and start the next one. Call after each runner step.
-    pub fn poll(&mut self, iface: &mut Interface, now: Instant) {
-        self.server.poll(iface, now);
-        self.accept_channels();
-        self.serve_offers(iface, now);
-        self.queue.extend(self.server.take_handoff_ready());
-        self.drive_donor(iface, now);
-        self.forward(iface);
-        self.watch_care_of_test();
-        self.watch_binding(now);
-    }
-
-    fn watch_binding(&mut self, now: Instant) {
-        let (Some(sent), Steering::RouteOptimised { role, .. }) =
-            (&self.bu_sent, &self.cfg.steering)
-        else {
-            return;
-        };
-        let Ok(mut g) = sent.lock() else { return };
-        if let Some((client, at)) = *g {
-            if role.is_bound(now) {
-                *g = None;
-                self.events.push(NodeEvent::Bound {
-                    client,
-                    after: at.elapsed(),
-                });
-            }
-        }
+        self.core.busy() || !self.queue.is_empty()
     }
 
     /// Open the channel to the peer now rather than inside the first handoff's timing.
     pub fn connect_peer(&mut self) -> anyhow::Result<()> {
-        if let (None, Some(peer)) = (&self.to_peer, self.cfg.peer) {
-            self.to_peer = Some(Channel::connect(
-                peer,
-                &self.cfg.secret,
-                Duration::from_secs(2),
-            )?);
-        }
-        Ok(())
-    }
-
-    fn accept_channels(&mut self) {
-        let Some(l) = &self.cfg.listen else { return };
-        loop {
-            match l.accept() {
-                Ok((s, peer)) => {
-                    if s.set_nonblocking(false).is_err() {
-                        continue;
-                    }
-                    match Channel::accept(s, &self.cfg.secret, Duration::from_secs(1)) {
-                        Ok(c) => {
-                            tracing::debug!(%peer, "control channel from a donor");
-                            self.incoming.push(c);
-                        }
-                        Err(e) => tracing::warn!(%peer, "control channel refused: {e}"),
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => {
-                    tracing::warn!("control accept: {e}");
-                    break;
-                }
-            }
-        }
-    }
-
-    fn serve_offers(&mut self, iface: &mut Interface, now: Instant) {
-        let mut i = 0;
-        while i < self.incoming.len() {
-            let keep = match self.cfg.fault {
-                Some(AcceptorFault::Crash) | Some(AcceptorFault::Hang) => self.faulty_acceptor(i),
-                _ => self.accept_offers(i, iface, now),
-            };
-            if keep {
-                i += 1;
-            } else {
-                self.incoming.swap_remove(i);
-                // Channel indices moved: a held-back offer's donor has gone anyway (its
-                // channel broke) or will time out and keep the connection.
-                self.deferred = None;
-            }
-        }
-    }
-
-    /// Returns false when the channel is to be dropped.
-    fn faulty_acceptor(&mut self, i: usize) -> bool {
-        loop {
-            match self.incoming[i].poll() {
-                Ok(Some(ds_handoff::Message::Offer(_))) => {
-                    if self.cfg.fault == Some(AcceptorFault::Crash) {
-                        tracing::info!("injected fault: acceptor crashes on an offer");
-                        return false;
-                    }
-                    tracing::info!("injected fault: acceptor ignores an offer");
-                }
-                Ok(Some(_)) => {}
-                Ok(None) => return true,
-                Err(_) => return false,
-            }
-        }
-    }
-
-    /// Route-optimised acceptor: start the care-of test towards `client` (RFC 6275 §5.2.5)
-    /// unless a token is at hand or a test is running.
-    fn start_care_of_test(&mut self, now: Instant, client: Ipv6Addr, cookie: u64) {
-        let Steering::RouteOptimised { role, .. } = &self.cfg.steering else {
-            return;
-        };
-        if role.has_care_of_token() || self.rr_started.is_some() {
-            return;
-        }
-        role.start_care_of_test(now, client, cookie.to_be_bytes());
-        self.rr_started = Some(std::time::Instant::now());
-    }
-
-    /// Route-optimised acceptor: when the care-of test completes, its duration is phase 4.
-    fn watch_care_of_test(&mut self) {
-        let Steering::RouteOptimised { role, .. } = &self.cfg.steering else {
-            return;
-        };
-        if let Some(t) = self.rr_started {
-            if role.has_care_of_token() {
-                self.rr_started = None;
-                if let Ok(mut w) = self.rr_wait.lock() {
-                    *w = t.elapsed();
-                }
-            }
-        }
-    }
-
-    /// Route-optimised acceptor: an offer whose client has not answered our care-of test yet
-    /// is held back (the test is started if the donor's Prepare did not start it) until it
-    /// has, at most [`TICKET_WAIT`]; the Binding Update needs the care-of keygen token
-    /// (RFC 6275 §5.2.5).
-    fn hold_back(
-        &mut self,
-        i: usize,
-        now: Instant,
-        msg: ds_handoff::Message,
-    ) -> Option<ds_handoff::Message> {
-        let Steering::RouteOptimised { role, .. } = &self.cfg.steering else {
-            return Some(msg);
-        };
-        let ds_handoff::Message::Offer(o) = &msg else {
-            return Some(msg);
-        };
-        if role.has_care_of_token() {
-            return Some(msg);
-        }
-        let Ok(st) = ConnState::decode(&o.state) else {
-            return Some(msg);
-        };
-        let id = o.conn_id;
-        tracing::debug!(client = %st.remote(), "offer held back for the care-of test");
-        self.start_care_of_test(now, *st.remote().ip(), id);
-        self.deferred = Some((i, msg, std::time::Instant::now()));
-        None
-    }
-
-    fn next_message(
-        &mut self,
-        i: usize,
-        iface: &mut Interface,
-        now: Instant,
-    ) -> Result<Option<AcceptorEvent>, ds_handoff::HandoffError> {
-        if let Some((j, _, since)) = &self.deferred {
-            if *j == i {
-                let ready = match &self.cfg.steering {
-                    Steering::RouteOptimised { role, .. } => role.has_care_of_token(),
-                    _ => true,
-                };
-                if !ready && since.elapsed() < TICKET_WAIT {
-                    return Ok(None);
-                }
-                if let Some((_, msg, since)) = self.deferred.take() {
-                    self.watch_care_of_test();
-                    return self.acceptor.handle_since(
-                        &mut self.incoming[i],
-                        iface,
-                        now,
-                        msg,
-                        since,
-                    );
-                }
-            }
-        }
-        let Some(msg) = self.incoming[i].poll()? else {
-            return Ok(None);
-        };
-        match self.hold_back(i, now, msg) {
-            Some(msg) => self.acceptor.handle(&mut self.incoming[i], iface, now, msg),
-            None => Ok(None),
-        }
-    }
-
-    fn accept_offers(&mut self, i: usize, iface: &mut Interface, now: Instant) -> bool {
-        loop {
-            match self.next_message(i, iface, now) {
-                Ok(None) => return true,
-                Ok(Some(AcceptorEvent::Activated { handle, app, .. })) => {
-                    self.adopt(iface, now, handle, app)
-                }
-                Ok(Some(AcceptorEvent::Refused { reason, .. })) => {
-                    self.events.push(NodeEvent::Declined {
-                        cause: format!("refused: {reason:?}"),
-                    });
-                }
-                Ok(Some(AcceptorEvent::Aborted { conn_id })) => {
-                    self.events.push(NodeEvent::Declined {
-                        cause: format!("offer {conn_id} aborted by the donor"),
-                    });
-                }
-                Ok(Some(AcceptorEvent::Forwarded { .. })) => {}
-                Ok(Some(AcceptorEvent::Prepare { conn_id, client })) => {
-                    // Return routability overlaps with the donor's drain and the transfer.
-                    self.start_care_of_test(now, *client.ip(), conn_id);
-                }
-                Err(e) => {
-                    if !matches!(
-                        e,
-                        ds_handoff::HandoffError::Channel(ds_handoff::ChannelError::Closed)
-                    ) {
-                        tracing::warn!("control channel from a donor failed: {e}");
-                    }
-                    return false;
-                }
-            }
-        }
-    }
-
-    /// Stop forwarding for a connection (it is live here again, or frozen anew).
-    fn drop_forwarding(&mut self, local: SocketAddrV6, remote: SocketAddrV6) {
-        self.forwarding
-            .retain(|f| f.state.local() != local || f.state.remote() != remote);
-    }
-
-    fn adopt(&mut self, iface: &mut Interface, now: Instant, h: TcpHandle, app: Option<Vec<u8>>) {
-        let ends = iface.tcp_endpoints(h);
-        if let Some((local, remote)) = ends {
-            self.drop_forwarding(local, remote);
-        }
-        let client = ends.map(|(_, r)| r);
-        let res = app
-            .ok_or_else(|| anyhow::anyhow!("the offer carried no HTTP state"))
-            .and_then(|b| HttpConnState::decode(&b).map_err(anyhow::Error::from))
-            .and_then(|st| self.server.adopt(h, st, now));
-        match (res, client) {
-            (Ok(()), Some(client)) => {
-                self.stats.adopted += 1;
-                self.events.push(NodeEvent::Adopted { client });
-            }
-            (res, _) => {
-                // The connection is ours but cannot be continued: end it with a RST rather
-                // than leave the client hanging (issue: never a silent hang).
-                let cause = res.err().map(|e| format!("{e:#}")).unwrap_or_default();
-                tracing::error!("cannot continue an adopted connection: {cause}");
-                let _ = iface.tcp_abort(h);
-                iface.tcp_release(h);
-                self.events.push(NodeEvent::Failed { cause });
-            }
-        }
+        self.core.connect_peer()
     }
 
     fn handoffs_left(&self) -> bool {
-        self.cfg.max_handoffs.is_none_or(|m| self.stats.started < m)
+        self.max_handoffs
+            .is_none_or(|m| self.core.stats().started < m)
     }
 
-    fn drive_donor(&mut self, iface: &mut Interface, now: Instant) {
-        if self.current.is_none() {
-            self.start_next(iface, now);
+    /// One round: serve HTTP, answer offers, drive the handoff in progress and start the next
+    /// one. Call after each runner step, with the stack's time of that step.
+    pub fn poll(&mut self, iface: &mut Interface, now: StackInstant) {
+        self.server.poll(iface, now);
+        self.queue.extend(self.server.take_handoff_ready());
+        let mono = Instant::now();
+        let role = self.role.as_ref();
+        {
+            let mut host = UserHost::new(iface, now, Instant::now).with_role(role);
+            let mut svc = HttpService {
+                server: &mut self.server,
+                name: &self.service,
+                now,
+            };
+            self.core.poll(mono, &mut host, &mut svc);
         }
-        let Some(cur) = self.current.as_mut() else {
+        if !self.core.handing_off() {
+            self.start_next(iface, now, mono);
+        }
+        self.watch_binding(now);
+    }
+
+    fn watch_binding(&mut self, now: StackInstant) {
+        let (Some((client, at)), Some(role)) = (self.core.bu_sent, &self.role) else {
             return;
         };
-        let Some(chan) = self.to_peer.as_mut() else {
-            return;
-        };
-        let res = cur.donor.poll(chan, iface, now);
-        let client = cur.client;
-        match res {
-            Ok(None) => {}
-            Ok(Some(DonorOutcome::Moved { report, state })) => {
-                // SND.MAX at the freeze: the first new byte the client gets from the acceptor.
-                let sent = state.in_flight.as_ref().map_or(0, |f| f.max_off);
-                let boundary_seq = state.snd_una.wrapping_add(sent);
-                self.stats.moved += 1;
-                self.current = None;
-                // An older entry for the same connection (it came back and left again within
-                // the grace period) must not forget the new tombstone when it expires.
-                self.drop_forwarding(state.local(), state.remote());
-                tracing::info!(%client, "handed off: {}", report.to_json_line());
-                self.forwarding.push(Forwarding {
-                    state,
-                    conn_id: self.next_id - 1,
-                    until: std::time::Instant::now() + self.cfg.forward_grace,
-                });
-                self.events.push(NodeEvent::HandedOff {
-                    report,
-                    client,
-                    boundary_seq,
-                });
-            }
-            Ok(Some(DonorOutcome::Resumed { handle, cause })) => {
-                let Some(cur) = self.current.take() else {
-                    return;
-                };
-                self.stats.kept += 1;
-                tracing::warn!(%client, "handoff failed, connection kept here: {cause}");
-                if matches!(cause, ds_handoff::HandoffError::Channel(_))
-                    || matches!(cause, ds_handoff::HandoffError::Timeout)
-                {
-                    // The channel may be broken or out of step: the next handoff reconnects.
-                    self.to_peer = None;
-                }
-                if let Err(e) = self.server.adopt(handle, cur.app, now) {
-                    tracing::error!("cannot continue the connection here: {e:#}");
-                    let _ = iface.tcp_abort(handle);
-                    iface.tcp_release(handle);
-                }
-                self.events.push(NodeEvent::KeptHere {
-                    client,
-                    cause: cause.to_string(),
-                });
-            }
-            Err(e) => {
-                self.current = None;
-                self.to_peer = None;
-                tracing::error!(%client, "handoff failed: {e}");
-                self.events.push(NodeEvent::Failed {
-                    cause: e.to_string(),
-                });
-            }
+        if role.is_bound(now) {
+            self.core.bu_sent = None;
+            self.core.events.push(NodeEvent::Bound {
+                client,
+                after: at.elapsed(),
+            });
         }
     }
 
-    fn start_next(&mut self, iface: &mut Interface, now: Instant) {
+    fn start_next(&mut self, iface: &mut Interface, now: StackInstant, mono: Instant) {
         while let Some(h) = self.queue.pop_front() {
             let client = iface.tcp_endpoints(h).map(|(_, r)| r);
-            if !self.handoffs_left() || self.cfg.peer.is_none() || client.is_none() {
+            if !self.handoffs_left() || !self.core.has_peer() || client.is_none() {
                 self.server.resume(h);
                 continue;
             }
-            if let Err(e) = self.connect_peer() {
-                tracing::warn!("peer unreachable, connection kept here: {e:#}");
-                self.server.resume(h);
-                continue;
-            }
-            let ticket = match (&self.cfg.home_role, client) {
-                (Some(role), Some(c)) if self.cfg.mode == Mode::Ro => {
+            let ticket = match (&self.home_role, client) {
+                (Some(role), Some(c)) if self.mode == Mode::Ro => {
                     match role.home_ticket(now, 1).filter(|t| t.cn == *c.ip()) {
                         Some(t) => {
                             self.ticket_wait = None;
@@ -721,9 +894,8 @@ impl HandoffNode {
                         }
                         None => {
                             // The home test has not completed yet: wait for it (bounded).
-                            let since =
-                                *self.ticket_wait.get_or_insert_with(std::time::Instant::now);
-                            if since.elapsed() < TICKET_WAIT {
+                            let since = *self.ticket_wait.get_or_insert(mono);
+                            if mono.saturating_duration_since(since) < TICKET_WAIT {
                                 self.queue.push_front(h);
                                 return;
                             }
@@ -736,70 +908,28 @@ impl HandoffNode {
                 }
                 _ => None,
             };
-            let app = match self.server.detach(h) {
-                Some(Ok(app)) => app,
-                Some(Err(e)) => {
-                    // detach() leaves the connection in the server when the export fails.
-                    tracing::warn!("HTTP state not exportable, connection kept here: {e:#}");
+            let role = self.role.as_ref();
+            let mut host = UserHost::new(iface, now, Instant::now).with_role(role);
+            let mut svc = HttpService {
+                server: &mut self.server,
+                name: &self.service,
+                now,
+            };
+            match self
+                .core
+                .hand_off(mono, UserConn::Live(h), ticket, &mut host, &mut svc)
+            {
+                Ok(()) => {
+                    if !self.handoffs_left() {
+                        // The last one: no more connections get paused here.
+                        self.server.set_handoff_quota(None);
+                    }
+                    return;
+                }
+                Err(_) => {
                     self.server.resume(h);
-                    continue;
                 }
-                None => continue,
-            };
-            let mut dcfg = DonorConfig::new(self.next_id, &self.cfg.service);
-            dcfg.ticket = ticket;
-            self.next_id += 1;
-            dcfg.app = Some(app.encode());
-            dcfg.drain = self.cfg.drain;
-            dcfg.reply_timeout = self.cfg.reply_timeout;
-            dcfg.mode = self.cfg.mode;
-            dcfg.path = self.cfg.path.clone();
-            self.stats.started += 1;
-            if !self.handoffs_left() {
-                // The last one: no more connections get paused here.
-                self.server.set_handoff_quota(None);
             }
-            self.current = Some(Pending {
-                donor: Donor::start(h, dcfg, now),
-                client: client.unwrap_or_else(|| SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, 0, 0, 0)),
-                app,
-            });
-            return;
         }
-    }
-
-    fn forward(&mut self, iface: &mut Interface) {
-        if self.forwarding.is_empty() {
-            return;
-        }
-        let now = std::time::Instant::now();
-        let Some(chan) = self.to_peer.as_mut() else {
-            // No channel: nothing can be forwarded any more; forget the tombstones.
-            for f in self.forwarding.drain(..) {
-                iface.tcp_forget_frozen(f.state.local(), f.state.remote());
-            }
-            return;
-        };
-        let mut sent = 0;
-        self.forwarding.retain(|f| {
-            let r = if now >= f.until {
-                let rest = iface.tcp_forget_frozen(f.state.local(), f.state.remote());
-                forward_packets(chan, f.conn_id, rest).map(|n| (n, false))
-            } else {
-                forward_held(chan, iface, f.conn_id, &f.state).map(|n| (n, true))
-            };
-            match r {
-                Ok((n, keep)) => {
-                    sent += n as u64;
-                    keep
-                }
-                Err(e) => {
-                    tracing::warn!("forwarding held packets failed: {e}");
-                    iface.tcp_forget_frozen(f.state.local(), f.state.remote());
-                    false
-                }
-            }
-        });
-        self.stats.forwarded_packets += sent;
     }
 }

@@ -30,7 +30,6 @@ use ring::rand::{SecureRandom, SystemRandom};
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
 
 use crate::msg::{Message, MsgError};
 
@@ -85,6 +84,11 @@ pub enum ChannelError {
     /// A frame opened but did not hold a valid message.
     #[error(transparent)]
     Message(#[from] MsgError),
+}
+
+/// Bytes on the wire of a frame carrying `plaintext` bytes (length prefix and tag included).
+pub fn frame_len(plaintext: usize) -> usize {
+    LEN_LEN + plaintext + TAG_LEN
 }
 
 /// The shared cluster secret (input keying material). Its `Debug` output is redacted.
@@ -366,86 +370,92 @@ impl Codec {
     }
 }
 
-/// The codec over a [`TcpStream`]. The handshake blocks (bounded by a timeout); afterwards the
-/// socket is non-blocking: [`Channel::send`] queues, [`Channel::poll`] moves bytes both ways
-/// and returns a received message if there is one.
-#[derive(Debug)]
+/// The channel over a TCP stream, non-blocking from the start: the handshake runs inside
+/// [`Channel::poll`] as the peer's hello arrives, and messages sent before it completed are
+/// sealed and sent then. Nothing here blocks or reads a clock; a caller that wants a bound on
+/// the handshake drops a channel that is not [`Channel::is_established`] in time.
 pub struct Channel {
     stream: TcpStream,
-    codec: Codec,
+    /// Until the peer's hello arrived: our half of the handshake and the peer's hello so far.
+    handshake: Option<(Handshake, Vec<u8>)>,
+    codec: Option<Codec>,
+    /// Messages sent before the handshake completed.
+    queued: Vec<Message>,
     out: Vec<u8>,
     /// Bytes of `out` already written.
     out_pos: usize,
     bytes_sent: u64,
 }
 
+impl fmt::Debug for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Channel")
+            .field("peer", &self.stream.peer_addr().ok())
+            .field("established", &self.codec.is_some())
+            .field("pending_output", &self.pending_output())
+            .finish()
+    }
+}
+
 impl Channel {
-    /// Connect to an acceptor as the initiator and run the handshake.
-    pub fn connect(
-        addr: SocketAddr,
-        secret: &ClusterSecret,
-        timeout: Duration,
-    ) -> Result<Channel, ChannelError> {
-        let stream = TcpStream::connect_timeout(&addr, timeout)?;
-        Self::handshake(stream, Role::Initiator, secret, timeout)
+    /// Open a channel to an acceptor as the initiator: a non-blocking connect, our hello
+    /// queued behind it.
+    pub fn connect(addr: SocketAddr, secret: &ClusterSecret) -> Result<Channel, ChannelError> {
+        let sock = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        sock.set_nonblocking(true)?;
+        match sock.connect(&addr.into()) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(e) => return Err(e.into()),
+        }
+        Self::start(sock.into(), Role::Initiator, secret)
     }
 
-    /// Run the responder's handshake on an accepted stream.
-    pub fn accept(
+    /// Take an accepted stream as the responder (made non-blocking here).
+    pub fn accept(stream: TcpStream, secret: &ClusterSecret) -> Result<Channel, ChannelError> {
+        stream.set_nonblocking(true)?;
+        Self::start(stream, Role::Responder, secret)
+    }
+
+    fn start(
         stream: TcpStream,
-        secret: &ClusterSecret,
-        timeout: Duration,
-    ) -> Result<Channel, ChannelError> {
-        Self::handshake(stream, Role::Responder, secret, timeout)
-    }
-
-    fn handshake(
-        mut stream: TcpStream,
         role: Role,
         secret: &ClusterSecret,
-        timeout: Duration,
     ) -> Result<Channel, ChannelError> {
         stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(timeout))?;
-        stream.set_write_timeout(Some(timeout))?;
         let (hs, hello) = Handshake::new(role, secret)?;
-        stream.write_all(&hello)?;
-        let mut peer = [0u8; HELLO_LEN];
-        stream.read_exact(&mut peer).map_err(|e| match e.kind() {
-            io::ErrorKind::UnexpectedEof => ChannelError::Closed,
-            _ => ChannelError::Io(e),
-        })?;
-        let codec = hs.finish(&peer)?;
-        stream.set_nonblocking(true)?;
-        Ok(Channel {
+        let mut c = Channel {
             stream,
-            codec,
-            out: Vec::new(),
+            handshake: Some((hs, Vec::with_capacity(HELLO_LEN))),
+            codec: None,
+            queued: Vec::new(),
+            out: hello.to_vec(),
             out_pos: 0,
             bytes_sent: 0,
-        })
+        };
+        // A connect still in progress takes nothing yet: the hello waits in `out`.
+        c.flush()?;
+        Ok(c)
     }
 
-    /// Queue a message (it leaves on the next [`Channel::poll`] / [`Channel::flush`]).
+    /// Whether the handshake completed (keys derived from both hellos).
+    pub fn is_established(&self) -> bool {
+        self.codec.is_some()
+    }
+
+    /// Queue a message (it leaves now if the socket takes it, or once the handshake is done).
     pub fn send(&mut self, m: &Message) -> Result<(), ChannelError> {
-        let f = self.codec.seal_msg(m)?;
+        let Some(codec) = self.codec.as_mut() else {
+            self.queued.push(m.clone());
+            return Ok(());
+        };
+        let f = codec.seal_msg(m)?;
         self.bytes_sent += f.len() as u64;
         self.out.extend_from_slice(&f);
-        self.flush()?;
-        Ok(())
-    }
-
-    /// Seal a message into a frame without sending it, so that building a message and
-    /// sending it can be timed apart. Frames must be passed to [`Channel::send_sealed`] in
-    /// the order they were sealed (their nonces are sequential).
-    pub fn seal(&mut self, m: &Message) -> Result<Vec<u8>, ChannelError> {
-        self.codec.seal_msg(m)
-    }
-
-    /// Queue a frame from [`Channel::seal`] (it leaves now if the socket takes it).
-    pub fn send_sealed(&mut self, frame: &[u8]) -> Result<(), ChannelError> {
-        self.bytes_sent += frame.len() as u64;
-        self.out.extend_from_slice(frame);
         self.flush()?;
         Ok(())
     }
@@ -457,50 +467,88 @@ impl Channel {
                 Ok(0) => return Err(ChannelError::Closed),
                 Ok(n) => self.out_pos += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                // A non-blocking connect not finished yet.
+                Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => return Ok(false),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e.into()),
             }
         }
         self.out.clear();
         self.out_pos = 0;
-        Ok(true)
+        Ok(self.queued.is_empty())
     }
 
-    /// Move bytes both ways; the next received message, if any.
+    /// Move bytes both ways (the handshake first); the next received message, if any.
     pub fn poll(&mut self) -> Result<Option<Message>, ChannelError> {
         self.flush()?;
-        if let Some(m) = self.codec.poll_msg()? {
+        if let Some(m) = self
+            .codec
+            .as_mut()
+            .map(|c| c.poll_msg())
+            .transpose()?
+            .flatten()
+        {
             return Ok(Some(m));
         }
         let mut buf = [0u8; 64 * 1024];
         loop {
-            match self.stream.read(&mut buf) {
+            // Before the keys exist, read no further than the hello: what follows it is
+            // ciphertext for the codec.
+            let want = match &self.handshake {
+                Some((_, got)) => HELLO_LEN - got.len(),
+                None => buf.len(),
+            };
+            match self.stream.read(&mut buf[..want]) {
                 Ok(0) => return Err(ChannelError::Closed),
                 Ok(n) => {
-                    self.codec.feed(&buf[..n]);
-                    if let Some(m) = self.codec.poll_msg()? {
-                        return Ok(Some(m));
+                    if let Some((_, got)) = self.handshake.as_mut() {
+                        got.extend_from_slice(&buf[..n]);
+                        if got.len() == HELLO_LEN {
+                            self.establish()?;
+                        }
+                        continue;
+                    }
+                    if let Some(codec) = self.codec.as_mut() {
+                        codec.feed(&buf[..n]);
+                        if let Some(m) = codec.poll_msg()? {
+                            return Ok(Some(m));
+                        }
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => return Ok(None),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e.into()),
             }
         }
     }
 
-    /// Bytes queued but not yet taken by the socket (a large offer leaves in several writes;
-    /// the caller should come back soon, see [`Channel::poll`]).
-    pub fn pending_output(&self) -> usize {
-        self.out.len() - self.out_pos
+    /// The peer's hello is complete: derive the keys and send what was queued.
+    fn establish(&mut self) -> Result<(), ChannelError> {
+        let Some((hs, hello)) = self.handshake.take() else {
+            return Ok(());
+        };
+        self.codec = Some(hs.finish(&hello)?);
+        for m in std::mem::take(&mut self.queued) {
+            self.send(&m)?;
+        }
+        self.flush()?;
+        Ok(())
     }
 
-    /// Total frame bytes queued for sending so far (framing and tags included).
+    /// Bytes queued but not yet taken by the socket (a large offer leaves in several writes;
+    /// the caller should come back soon, see [`Channel::poll`]), or messages waiting for the
+    /// handshake.
+    pub fn pending_output(&self) -> usize {
+        self.out.len() - self.out_pos + self.queued.len()
+    }
+
+    /// Total frame bytes queued for sending so far (framing and tags included, the hello not).
     pub fn bytes_sent(&self) -> u64 {
         self.bytes_sent
     }
 
-    /// The underlying stream (e.g. to read the peer address).
+    /// The underlying stream (e.g. to read the peer address, or its fd to wait on).
     pub fn stream(&self) -> &TcpStream {
         &self.stream
     }
@@ -513,10 +561,10 @@ impl Channel {
         Ok(())
     }
 
-    /// Access the codec (tests seal frames to tamper with them).
+    /// The codec, once established (tests seal frames to tamper with them).
     #[doc(hidden)]
-    pub fn codec_mut(&mut self) -> &mut Codec {
-        &mut self.codec
+    pub fn codec_mut(&mut self) -> Option<&mut Codec> {
+        self.codec.as_mut()
     }
 }
 

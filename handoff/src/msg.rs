@@ -160,6 +160,11 @@ impl Message {
         postcard::to_extend(self, vec![PROTOCOL_VERSION]).unwrap_or_else(|_| vec![PROTOCOL_VERSION])
     }
 
+    /// Length of [`Message::encode`]'s output.
+    pub fn encoded_len(&self) -> usize {
+        self.encode().len()
+    }
+
     /// Decode bytes from [`Message::encode`]; foreign input is an error, never a panic.
     pub fn decode(bytes: &[u8]) -> Result<Message, MsgError> {
         let (&v, rest) = bytes.split_first().ok_or(MsgError::Empty)?;

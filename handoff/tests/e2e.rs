@@ -1,98 +1,29 @@
 //! End to end on the userspace path: a client interface downloads 8 MiB from the DS address
 //! served by a donor node on a simulated LAN; mid-transfer the donor hands the connection to
 //! an acceptor node over a real loopback TCP control channel (authenticated, encrypted). The
-//! download finishes byte-exact on whichever node holds the connection.
+//! download finishes byte-exact on whichever node holds the connection. The engine is fed
+//! real time here; `sim.rs` drives it with simulated time.
 
-use ds_handoff::channel::{Channel, ChannelError, ClusterSecret};
+mod common;
+
+use common::{channels, channels_to, ip, round, Lan, Link, Raw, DS, SECRET};
+use ds_handoff::channel::{Channel, ChannelError};
 use ds_handoff::msg::{Message, Offer};
 use ds_handoff::{
-    forward_held, Acceptor, AcceptorConfig, AcceptorEvent, Donor, DonorConfig, DonorOutcome, Drain,
-    HandoffError, HandoffReport, RefuseReason, Takeover,
+    Acceptor, AcceptorConfig, AcceptorEvent, Donor, DonorConfig, DonorOutcome, Drain, HandoffError,
+    HandoffReport, RefuseReason, Takeover, UserConn,
 };
-use ds_stack::{Config, Instant, Interface, TcpHandle, TcpState};
-use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6, TcpListener};
+use ds_stack::{TcpHandle, TcpState};
+use std::net::{SocketAddr, SocketAddrV6};
 use std::time::{Duration, Instant as Mono};
 
-const DS: &str = "fd00::80";
 const LEN: usize = 8 << 20;
-const SECRET: &[u8] = b"cluster secret for the test, 32B";
-
-fn ip(s: &str) -> Ipv6Addr {
-    s.parse().unwrap()
-}
-
-/// One broadcast link (every interface filters by MAC). 0 = client, 1 = donor, 2 = acceptor.
-struct Lan {
-    ifs: Vec<Interface>,
-    now: Instant,
-    /// Wall time and sender of every TCP frame with the DS address as source.
-    ds_tx: Vec<(Mono, usize)>,
-}
-
-fn is_tcp_from(f: &[u8], src: Ipv6Addr) -> bool {
-    f.len() >= 54 && f[12..14] == [0x86, 0xdd] && f[20] == 6 && f[22..38] == src.octets()
-}
-
-impl Lan {
-    fn new() -> Self {
-        let t0 = Instant::from_millis(1000);
-        let c = Interface::new(Config::new([2, 0, 0, 0, 0, 3], vec![ip("fd00::3")]), t0);
-        let d = Interface::new(
-            Config::new([2, 0, 0, 0, 0, 1], vec![ip("fd00::1"), ip(DS)]),
-            t0,
-        );
-        let a = Interface::new(Config::new([2, 0, 0, 0, 0, 2], vec![ip("fd00::2")]), t0);
-        Lan {
-            ifs: vec![c, d, a],
-            now: t0,
-            ds_tx: Vec::new(),
-        }
-    }
-
-    fn step(&mut self) {
-        for _ in 0..100 {
-            let mut frames = Vec::new();
-            for (i, f) in self.ifs.iter_mut().enumerate() {
-                f.poll(self.now);
-                f.transmit(self.now, &mut |fr: &[u8]| frames.push((i, fr.to_vec())));
-            }
-            if frames.is_empty() {
-                break;
-            }
-            let wall = Mono::now();
-            for (from, fr) in &frames {
-                if is_tcp_from(fr, ip(DS)) {
-                    self.ds_tx.push((wall, *from));
-                }
-                for (j, f) in self.ifs.iter_mut().enumerate() {
-                    if j != *from {
-                        f.receive(self.now, fr);
-                    }
-                }
-            }
-        }
-        self.now += Duration::from_millis(1);
-    }
-
-    /// Wall time between the donor's last DS frame and the acceptor's first one.
-    fn client_gap(&self) -> Option<Duration> {
-        let first_a = self.ds_tx.iter().position(|(_, i)| *i == 2)?;
-        let last_d = self.ds_tx[..first_a].iter().rev().find(|(_, i)| *i == 1)?;
-        Some(self.ds_tx[first_a].0.duration_since(last_d.0))
-    }
-}
-
-fn listen() -> TcpListener {
-    TcpListener::bind("[::1]:0")
-        .or_else(|_| TcpListener::bind("127.0.0.1:0"))
-        .unwrap()
-}
 
 /// A man in the middle on loopback: forwards both ways, flipping one bit of the donor's
 /// stream at byte `flip_at` (counted from the start, hello included). Returns its address.
 fn tampering_proxy(to: SocketAddr, flip_at: usize) -> SocketAddr {
     use std::io::{Read, Write};
-    let l = listen();
+    let l = common::listen();
     let addr = l.local_addr().unwrap();
     std::thread::spawn(move || {
         let (mut from_d, _) = l.accept().unwrap();
@@ -121,36 +52,6 @@ fn tampering_proxy(to: SocketAddr, flip_at: usize) -> SocketAddr {
     addr
 }
 
-/// A connected control channel pair over loopback: (donor side, acceptor side).
-fn channels(donor_secret: &[u8], acceptor_secret: &[u8]) -> (Channel, Channel) {
-    channels_via(donor_secret, acceptor_secret, None)
-}
-
-/// Same, optionally through a proxy flipping the donor's byte at this offset.
-fn channels_via(
-    donor_secret: &[u8],
-    acceptor_secret: &[u8],
-    flip_at: Option<usize>,
-) -> (Channel, Channel) {
-    let l = listen();
-    let mut addr: SocketAddr = l.local_addr().unwrap();
-    if let Some(at) = flip_at {
-        addr = tampering_proxy(addr, at);
-    }
-    let s = ClusterSecret::new(acceptor_secret).unwrap();
-    let t = std::thread::spawn(move || {
-        let (stream, _) = l.accept().unwrap();
-        Channel::accept(stream, &s, Duration::from_secs(5)).unwrap()
-    });
-    let d = Channel::connect(
-        addr,
-        &ClusterSecret::new(donor_secret).unwrap(),
-        Duration::from_secs(5),
-    )
-    .unwrap();
-    (d, t.join().unwrap())
-}
-
 fn content() -> Vec<u8> {
     (0..LEN).map(|i| (i * 31 + i / 7919) as u8).collect()
 }
@@ -159,56 +60,55 @@ fn content() -> Vec<u8> {
 struct Run {
     report: Option<HandoffReport>,
     resumed: Option<HandoffError>,
-    acceptor_error: Option<HandoffError>,
+    acceptor_error: Option<ChannelError>,
     refused: Option<RefuseReason>,
     bytes_ok: bool,
     client_retransmits: u64,
     server_rtos: u64,
 }
 
-/// Download [`LEN`] bytes; after a quarter, hand off with this policy and acceptor.
-fn download(drain: Drain, acfg: AcceptorConfig, secrets: (&[u8], &[u8])) -> Run {
-    download_via(drain, acfg, secrets, None)
+/// The acceptor's policy in these tests: the DS address is taken over on the link.
+fn acfg() -> AcceptorConfig {
+    AcceptorConfig::default()
+}
+
+/// Download [`LEN`] bytes; after a quarter, hand off with this policy and acceptor (serving
+/// the service `name`).
+fn download(
+    drain: Drain,
+    acfg: AcceptorConfig,
+    name: &'static str,
+    secrets: (&[u8], &[u8]),
+) -> Run {
+    download_via(drain, acfg, name, secrets, None)
 }
 
 /// [`download`] with the control channel through a tampering proxy.
 fn download_via(
     drain: Drain,
     acfg: AcceptorConfig,
+    name: &'static str,
     secrets: (&[u8], &[u8]),
     flip_at: Option<usize>,
 ) -> Run {
     let data = content();
-    let (mut ch_d, ch_a) = channels_via(secrets.0, secrets.1, flip_at);
-    let mut ch_a = Some(ch_a);
-    let mut acceptor = Acceptor::new(acfg);
+    let (mut ch_d, ch_a) = match flip_at {
+        Some(at) => channels_to(secrets.0, secrets.1, |a| tampering_proxy(a, at)),
+        None => channels(secrets.0, secrets.1),
+    };
+    let mut ch_a: Option<Box<dyn Link>> = Some(Box::new(ch_a));
+    let mut acceptor: Acceptor<u8, UserConn> = Acceptor::new(acfg);
+    let mut svcs: [Raw; 3] = Default::default();
+    svcs[2].name = Some(name);
     let mut lan = Lan::new();
     let ds = ip(DS);
-    let l = lan.ifs[1]
-        .tcp_listen(SocketAddrV6::new(ds, 80, 0, 0), 8)
-        .unwrap();
-    let now = lan.now;
-    let cl = lan.ifs[0]
-        .tcp_connect(
-            now,
-            SocketAddrV6::new(ip("fd00::3"), 0, 0, 0),
-            SocketAddrV6::new(ds, 80, 0, 0),
-        )
-        .unwrap();
-    let mut srv = None;
-    for _ in 0..100 {
-        lan.step();
-        srv = srv.or_else(|| lan.ifs[1].tcp_accept(l));
-        if srv.is_some() && lan.ifs[0].tcp_state(cl) == Some(TcpState::Established) {
-            break;
-        }
-    }
+    let (cl, srv) = connect(&mut lan);
     // (node index, handle) of the server end.
-    let mut server: (usize, TcpHandle) = (1, srv.expect("accepted"));
+    let mut server: (usize, TcpHandle) = (1, srv);
     let mut sent = 0;
     let mut got = Vec::with_capacity(LEN);
     let mut buf = vec![0u8; 65536];
-    let mut donor: Option<Donor> = None;
+    let mut donor: Option<Donor<UserConn>> = None;
     let mut run = Run {
         report: None,
         resumed: None,
@@ -238,39 +138,61 @@ fn download_via(
             started = true;
             let mut cfg = DonorConfig::new(42, "http");
             cfg.drain = drain;
-            donor = Some(Donor::start(server.1, cfg, lan.now));
+            let d = Donor::start(
+                Mono::now(),
+                UserConn::Live(server.1),
+                cfg,
+                &mut lan.host(1),
+                &mut svcs[1],
+            )
+            .unwrap();
+            donor = Some(d);
         }
         // Drive the handoff; while the control exchange runs, the LAN stands still.
         while let Some(d) = donor.as_mut() {
-            let now = lan.now;
-            if let Some(ca) = ch_a.as_mut() {
-                match acceptor.poll(ca, &mut lan.ifs[2], now) {
-                    Ok(Some(AcceptorEvent::Activated { handle, .. })) => server = (2, handle),
-                    Ok(Some(AcceptorEvent::Refused { reason, .. })) => run.refused = Some(reason),
-                    Ok(_) => {}
-                    Err(e) => {
-                        // Fail closed: drop the channel.
-                        run.acceptor_error = Some(e);
-                        ch_a = None;
+            let seen = round(
+                &mut lan,
+                &mut svcs,
+                Some(d),
+                1,
+                &mut ch_d,
+                &mut acceptor,
+                2,
+                &mut ch_a,
+                None,
+            );
+            if let Some(e) = seen.acceptor_error {
+                // Fail closed: the channel was dropped.
+                run.acceptor_error = Some(e);
+            }
+            for e in seen.events {
+                match e {
+                    AcceptorEvent::Adopted { .. } => {
+                        server = (2, svcs[2].adopted.pop().expect("adopted handle"))
                     }
+                    AcceptorEvent::Refused { reason, .. } => run.refused = Some(reason),
+                    _ => {}
                 }
             }
-            match d.poll(&mut ch_d, &mut lan.ifs[1], now) {
-                Ok(None) if d.is_draining() => break,
-                Ok(None) => continue,
-                Ok(Some(DonorOutcome::Moved { report, state })) => {
+            match seen.outcome {
+                None if d.is_draining() => break,
+                None => continue,
+                Some(DonorOutcome::Moved { report, .. }) => {
                     // Steering: the DS address now lives on the acceptor.
                     lan.ifs[1].remove_addr(ds);
-                    lan.ifs[1].tcp_forget_frozen(state.local(), state.remote());
                     run.report = Some(report);
-                    donor = None;
                 }
-                Ok(Some(DonorOutcome::Resumed { handle, cause })) => {
-                    server = (1, handle);
+                Some(DonorOutcome::Resumed { cause }) => {
+                    server = (1, svcs[1].adopted.pop().expect("resumed handle"));
                     run.resumed = Some(cause);
                     donor = None;
                 }
-                Err(e) => panic!("donor: {e}"),
+                Some(DonorOutcome::Failed { cause }) => panic!("donor: {cause}"),
+            }
+            if run.report.is_some() {
+                // Forwarding runs on with the download (nothing reaches the donor: the
+                // address moved).
+                donor = None;
             }
         }
         lan.step();
@@ -313,7 +235,8 @@ fn drained_handoff_mid_download_is_byte_exact() {
         Drain::UntilAcked {
             deadline: Duration::from_secs(1),
         },
-        AcceptorConfig::new(&["http"]),
+        acfg(),
+        "http",
         (SECRET, SECRET),
     );
     let r = check_moved(&run);
@@ -323,11 +246,7 @@ fn drained_handoff_mid_download_is_byte_exact() {
 
 #[test]
 fn immediate_handoff_mid_download_is_byte_exact() {
-    let run = download(
-        Drain::Immediate,
-        AcceptorConfig::new(&["http"]),
-        (SECRET, SECRET),
-    );
+    let run = download(Drain::Immediate, acfg(), "http", (SECRET, SECRET));
     let r = check_moved(&run);
     assert!(r.state_bytes > 96, "undrained state carries data");
     eprintln!("immediate: {}", r.to_json_line());
@@ -335,11 +254,7 @@ fn immediate_handoff_mid_download_is_byte_exact() {
 
 #[test]
 fn refusing_acceptor_leaves_download_on_donor() {
-    let run = download(
-        Drain::Immediate,
-        AcceptorConfig::new(&["smtp"]),
-        (SECRET, SECRET),
-    );
+    let run = download(Drain::Immediate, acfg(), "smtp", (SECRET, SECRET));
     assert!(run.bytes_ok);
     assert!(run.report.is_none());
     assert_eq!(run.refused, Some(RefuseReason::UnknownService));
@@ -349,9 +264,9 @@ fn refusing_acceptor_leaves_download_on_donor() {
     ));
     assert_eq!(run.server_rtos, 0);
 
-    let mut loaded = AcceptorConfig::new(&["http"]);
+    let mut loaded = acfg();
     loaded.max_connections = 0;
-    let run = download(Drain::Immediate, loaded, (SECRET, SECRET));
+    let run = download(Drain::Immediate, loaded, "http", (SECRET, SECRET));
     assert!(run.bytes_ok);
     assert_eq!(run.refused, Some(RefuseReason::Load));
     assert!(matches!(
@@ -364,22 +279,20 @@ fn refusing_acceptor_leaves_download_on_donor() {
 fn wrong_cluster_secret_is_rejected_and_download_stays() {
     let run = download(
         Drain::Immediate,
-        AcceptorConfig::new(&["http"]),
+        acfg(),
+        "http",
         (SECRET, b"another cluster's secret........"),
     );
     assert!(run.bytes_ok);
     assert!(run.report.is_none());
     assert!(
-        matches!(
-            run.acceptor_error,
-            Some(HandoffError::Channel(ChannelError::Auth))
-        ),
+        matches!(run.acceptor_error, Some(ChannelError::Auth)),
         "{:?}",
         run.acceptor_error
     );
     // The acceptor closed the channel: the donor resumed.
     assert!(
-        matches!(run.resumed, Some(HandoffError::Channel(_))),
+        matches!(run.resumed, Some(HandoffError::ChannelLost(_))),
         "{:?}",
         run.resumed
     );
@@ -395,7 +308,7 @@ fn tampered_frame_is_rejected() {
         service: "http".into(),
         app: None,
     });
-    let mut f = d.codec_mut().seal_msg(&offer).unwrap();
+    let mut f = d.codec_mut().unwrap().seal_msg(&offer).unwrap();
     let last = f.len() - 1;
     f[last] ^= 0x40;
     d.send_raw(&f).unwrap();
@@ -419,39 +332,41 @@ fn crashed_acceptor_leaves_download_on_donor() {
     let (mut ch_d, ch_a) = channels(SECRET, SECRET);
     drop(ch_a);
     let mut lan = Lan::new();
-    let ds = ip(DS);
-    let l = lan.ifs[1]
-        .tcp_listen(SocketAddrV6::new(ds, 80, 0, 0), 8)
-        .unwrap();
-    let now = lan.now;
-    let cl = lan.ifs[0]
-        .tcp_connect(
-            now,
-            SocketAddrV6::new(ip("fd00::3"), 0, 0, 0),
-            SocketAddrV6::new(ds, 80, 0, 0),
-        )
-        .unwrap();
-    let mut srv = None;
-    for _ in 0..100 {
-        lan.step();
-        srv = srv.or_else(|| lan.ifs[1].tcp_accept(l));
-    }
-    let mut srv = srv.unwrap();
+    let (cl, srv) = connect(&mut lan);
+    let mut svcs: [Raw; 3] = Default::default();
     let half = 1 << 20;
     let mut sent = lan.ifs[1].tcp_send(srv, &data[..half]).unwrap();
-    let mut d = Donor::start(srv, DonorConfig::new(7, "http"), lan.now);
+    let mut d = Donor::start(
+        Mono::now(),
+        UserConn::Live(srv),
+        DonorConfig::new(7, "http"),
+        &mut lan.host(1),
+        &mut svcs[1],
+    )
+    .unwrap();
+    let mut acceptor: Acceptor<u8, UserConn> = Acceptor::new(acfg());
     let t = Mono::now();
     let out = loop {
-        let now = lan.now;
-        if let Some(o) = d.poll(&mut ch_d, &mut lan.ifs[1], now).unwrap() {
+        let seen = round(
+            &mut lan,
+            &mut svcs,
+            Some(&mut d),
+            1,
+            &mut ch_d,
+            &mut acceptor,
+            2,
+            &mut None,
+            None,
+        );
+        if let Some(o) = seen.outcome {
             break o;
         }
         assert!(t.elapsed() < Duration::from_secs(5));
     };
-    match out {
-        DonorOutcome::Resumed { handle, .. } => srv = handle,
-        DonorOutcome::Moved { .. } => panic!("moved to a dead acceptor"),
-    }
+    let srv = match out {
+        DonorOutcome::Resumed { .. } => svcs[1].adopted.pop().unwrap(),
+        other => panic!("not resumed: {other:?}"),
+    };
     let mut got = Vec::new();
     let mut buf = vec![0u8; 65536];
     let mut steps = 0;
@@ -498,27 +413,39 @@ fn connect(lan: &mut Lan) -> (TcpHandle, TcpHandle) {
     (cl, srv.expect("accepted"))
 }
 
+/// One round of a donor alone (no acceptor behind its channel, or one the test plays).
+fn donor_round(
+    lan: &mut Lan,
+    svcs: &mut [Raw],
+    d: &mut Donor<UserConn>,
+    ch_d: &mut dyn Link,
+) -> Option<DonorOutcome> {
+    let mut nobody: Acceptor<u8, UserConn> = Acceptor::new(acfg());
+    round(lan, svcs, Some(d), 1, ch_d, &mut nobody, 2, &mut None, None).outcome
+}
+
 #[test]
 fn silent_acceptor_times_out_and_donor_resumes() {
     let (mut ch_d, mut ch_a) = channels(SECRET, SECRET);
     let mut lan = Lan::new();
+    let mut svcs: [Raw; 3] = Default::default();
     let (_cl, srv) = connect(&mut lan);
     lan.ifs[1].tcp_send(srv, &[5u8; 10_000]).unwrap();
     let mut cfg = DonorConfig::new(9, "http");
     cfg.reply_timeout = Duration::from_millis(50);
-    let mut d = Donor::start(srv, cfg, lan.now);
     let t = Mono::now();
+    let mut d = Donor::start(t, UserConn::Live(srv), cfg, &mut lan.host(1), &mut svcs[1]).unwrap();
     let out = loop {
-        let now = lan.now;
-        if let Some(o) = d.poll(&mut ch_d, &mut lan.ifs[1], now).unwrap() {
+        if let Some(o) = donor_round(&mut lan, &mut svcs, &mut d, &mut ch_d) {
             break o;
         }
         assert!(t.elapsed() < Duration::from_secs(5));
     };
     assert!(t.elapsed() >= Duration::from_millis(50));
-    let DonorOutcome::Resumed { handle, cause } = out else {
-        panic!("moved without an acceptor");
+    let DonorOutcome::Resumed { cause } = out else {
+        panic!("not resumed: {out:?}");
     };
+    let handle = svcs[1].adopted.pop().expect("the service continues it");
     assert!(matches!(cause, HandoffError::Timeout));
     assert_eq!(lan.ifs[1].tcp_state(handle), Some(TcpState::Established));
     assert_eq!(lan.ifs[1].tcp_send_queued(handle), 10_000, "nothing lost");
@@ -535,59 +462,107 @@ fn silent_acceptor_times_out_and_donor_resumes() {
     assert!(matches!(seen[2], Message::Abort { conn_id: 9, .. }));
 }
 
+/// The donor's drain (seed §3.2.3): it waits until the client acknowledged the send buffer,
+/// or until the deadline; an immediate policy freezes at once. Simulated time: the LAN's.
 #[test]
-fn drain_gate_waits_for_acks_or_deadline() {
-    use ds_handoff::{DrainEnd, DrainGate};
+fn drain_waits_for_acks_or_deadline() {
+    let base = Mono::now();
+    let mono = |lan: &Lan| base + Duration::from_millis(lan.now.total_millis() as u64);
+    // Until the offer leaves: (steps taken, state bytes in the offer).
+    let offer_after = |lan: &mut Lan,
+                       svcs: &mut [Raw],
+                       d: &mut Donor<UserConn>,
+                       read: Option<ds_stack::TcpHandle>| {
+        let (mut ch_d, _peer) = common::mem_pair();
+        let mut buf = vec![0u8; 65536];
+        for step in 0..10_000 {
+            if let Some(cl) = read {
+                while lan.ifs[0].tcp_recv(cl, &mut buf).unwrap() > 0 {}
+            }
+            common::set_sim(mono(lan));
+            if let Some(o) = donor_round(lan, svcs, d, &mut ch_d) {
+                panic!("ended without an offer: {o:?}");
+            }
+            let log = ch_d.log.borrow();
+            if let Some(Message::Offer(o)) = log.iter().find(|m| matches!(m, Message::Offer(_))) {
+                return (step, o.state.len());
+            }
+            drop(log);
+            lan.step();
+        }
+        panic!("no offer");
+    };
+    let mut svcs: [Raw; 3] = Default::default();
+    let deadline = |ms| Drain::UntilAcked {
+        deadline: Duration::from_millis(ms),
+    };
     let mut lan = Lan::new();
+    lan.clock = common::sim_clock;
     // A small receive buffer at the client, so that data stays queued on the server.
     lan.ifs[0].tcp_config_mut().recv_buf = 1 << 20;
-    let (cl, srv) = connect(&mut lan);
+    let (_cl, srv) = connect(&mut lan);
     // The client does not read: its window fills (more is queued than its buffer holds, so
     // no ACK can cover it all).
     let queued = lan.ifs[1].tcp_send(srv, &vec![1u8; 2 << 20]).unwrap();
     assert!(queued > 1 << 20, "{queued}");
-    let mut gate = DrainGate::start(
-        srv,
-        Drain::UntilAcked {
-            deadline: Duration::from_millis(20),
-        },
-        lan.now,
+    let mut cfg = DonorConfig::new(1, "http");
+    cfg.drain = deadline(20);
+    let now = mono(&lan);
+    common::set_sim(now);
+    let mut d = Donor::start(
+        now,
+        UserConn::Live(srv),
+        cfg,
+        &mut lan.host(1),
+        &mut svcs[1],
+    )
+    .unwrap();
+    assert_eq!(d.poll_timeout(), Some(now + Duration::from_millis(20)));
+    let (steps, bytes) = offer_after(&mut lan, &mut svcs, &mut d, None);
+    assert!(
+        (19..=21).contains(&steps),
+        "the deadline ended the drain: {steps}"
     );
-    assert_eq!(gate.deadline(), Some(lan.now + Duration::from_millis(20)));
-    let mut end = None;
-    for _ in 0..40 {
-        lan.step();
-        end = gate.ready(&mut lan.ifs[1], lan.now);
-        if end.is_some() {
-            break;
-        }
-    }
-    assert_eq!(end, Some(DrainEnd::Deadline));
-    assert!(lan.ifs[1].tcp_send_queued(srv) > 0);
-    // Now the client reads everything: a fresh gate ends with Drained.
-    let mut gate = DrainGate::start(
-        srv,
-        Drain::UntilAcked {
-            deadline: Duration::from_secs(60),
-        },
-        lan.now,
-    );
-    let mut buf = vec![0u8; 65536];
-    let mut end = None;
-    for _ in 0..10_000 {
-        while lan.ifs[0].tcp_recv(cl, &mut buf).unwrap() > 0 {}
-        lan.step();
-        end = gate.ready(&mut lan.ifs[1], lan.now);
-        if end.is_some() {
-            break;
-        }
-    }
-    assert_eq!(end, Some(DrainEnd::Drained));
-    let mut imm = DrainGate::start(srv, Drain::Immediate, lan.now);
-    assert_eq!(
-        imm.ready(&mut lan.ifs[1], lan.now),
-        Some(DrainEnd::Immediate)
-    );
+    assert!(bytes > 100_000, "undrained state: {bytes}");
+
+    // The client reads everything: the drain ends with everything acknowledged.
+    let mut lan = Lan::new();
+    lan.clock = common::sim_clock;
+    let (cl, srv) = connect(&mut lan);
+    lan.ifs[1].tcp_send(srv, &vec![1u8; 2 << 20]).unwrap();
+    let mut cfg = DonorConfig::new(2, "http");
+    cfg.drain = deadline(60_000);
+    let now = mono(&lan);
+    common::set_sim(now);
+    let mut d = Donor::start(
+        now,
+        UserConn::Live(srv),
+        cfg,
+        &mut lan.host(1),
+        &mut svcs[1],
+    )
+    .unwrap();
+    let (steps, bytes) = offer_after(&mut lan, &mut svcs, &mut d, Some(cl));
+    assert!(steps < 60_000, "{steps}");
+    assert!(bytes <= 96, "drained state: {bytes}");
+
+    // Immediate: the offer leaves at the first poll.
+    let mut lan = Lan::new();
+    lan.clock = common::sim_clock;
+    let (_cl, srv) = connect(&mut lan);
+    lan.ifs[1].tcp_send(srv, &[7u8; 5000]).unwrap();
+    let now = mono(&lan);
+    common::set_sim(now);
+    let mut d = Donor::start(
+        now,
+        UserConn::Live(srv),
+        DonorConfig::new(3, "http"),
+        &mut lan.host(1),
+        &mut svcs[1],
+    )
+    .unwrap();
+    let (steps, _) = offer_after(&mut lan, &mut svcs, &mut d, None);
+    assert_eq!(steps, 0);
 }
 
 /// The connection goes back and forth between the two nodes 20 times during the download (one
@@ -597,19 +572,22 @@ fn drain_gate_waits_for_acks_or_deadline() {
 fn twenty_handoffs_back_and_forth_byte_exact() {
     const N: usize = 20;
     let data = content();
-    // chans[k]: (donor side on node 1+k, acceptor side on the other node).
-    let mut chans = [channels(SECRET, SECRET), channels(SECRET, SECRET)];
-    let mut acceptors = [
-        Acceptor::new(AcceptorConfig::new(&["http"])),
-        Acceptor::new(AcceptorConfig::new(&["http"])),
-    ];
+    // links[k]: (donor side on node 1+k, acceptor side on the other node).
+    let mut links: Vec<(Channel, Option<Box<dyn Link>>)> = (0..2)
+        .map(|_| {
+            let (d, a) = channels(SECRET, SECRET);
+            (d, Some(Box::new(a) as Box<dyn Link>))
+        })
+        .collect();
+    let mut acceptors: [Acceptor<u8, UserConn>; 2] = [Acceptor::new(acfg()), Acceptor::new(acfg())];
+    let mut svcs: [Raw; 3] = Default::default();
     let mut lan = Lan::new();
     let ds = ip(DS);
     let (cl, srv) = connect(&mut lan);
     let mut server = (1usize, srv);
     let (mut sent, mut got) = (0, Vec::with_capacity(LEN));
     let mut buf = vec![0u8; 65536];
-    let mut donor: Option<(usize, Donor)> = None;
+    let mut donor: Option<(usize, Donor<UserConn>)> = None;
     let mut reports = Vec::new();
     let mut steps = 0;
     while got.len() < LEN {
@@ -636,28 +614,50 @@ fn twenty_handoffs_back_and_forth_byte_exact() {
                     deadline: Duration::from_millis(200),
                 };
             }
-            donor = Some((server.0, Donor::start(server.1, cfg, lan.now)));
+            let (n, h) = server;
+            let d = Donor::start(
+                Mono::now(),
+                UserConn::Live(h),
+                cfg,
+                &mut lan.host(n),
+                &mut svcs[n],
+            )
+            .unwrap();
+            donor = Some((n, d));
         }
         while let Some((from, d)) = donor.as_mut() {
             let (from, to) = (*from, 3 - *from);
             let k = from - 1;
-            let now = lan.now;
-            let (ch_d, ch_a) = &mut chans[k];
-            if let Some(AcceptorEvent::Activated { handle, .. }) =
-                acceptors[k].poll(ch_a, &mut lan.ifs[to], now).unwrap()
+            let (ch_d, ch_a) = &mut links[k];
+            let seen = round(
+                &mut lan,
+                &mut svcs,
+                Some(d),
+                from,
+                ch_d,
+                &mut acceptors[k],
+                to,
+                ch_a,
+                None,
+            );
+            if seen
+                .events
+                .iter()
+                .any(|e| matches!(e, AcceptorEvent::Adopted { .. }))
             {
-                server = (to, handle);
+                server = (to, svcs[to].adopted.pop().unwrap());
             }
-            match d.poll(ch_d, &mut lan.ifs[from], now).unwrap() {
+            match seen.outcome {
                 None if d.is_draining() => break,
                 None => continue,
-                Some(DonorOutcome::Moved { report, state }) => {
+                Some(DonorOutcome::Moved { report, .. }) => {
+                    // Steering: the address moves with the announcement; the donor's own copy
+                    // goes (it would answer for it too).
                     lan.ifs[from].remove_addr(ds);
-                    lan.ifs[from].tcp_forget_frozen(state.local(), state.remote());
                     reports.push(report);
                     donor = None;
                 }
-                Some(DonorOutcome::Resumed { cause, .. }) => panic!("resumed: {cause}"),
+                Some(other) => panic!("not moved: {other:?}"),
             }
         }
         lan.step();
@@ -684,25 +684,18 @@ fn tampered_offer_on_the_wire_is_rejected_and_download_stays() {
     // a flipped length makes the acceptor wait for bytes that never come: the donor's reply
     // timeout covers that, see `silent_acceptor_times_out_and_donor_resumes`).
     for at in [HELLO_LEN + 4 + 1, HELLO_LEN + 4 + 60] {
-        let run = download_via(
-            Drain::Immediate,
-            AcceptorConfig::new(&["http"]),
-            (SECRET, SECRET),
-            Some(at),
-        );
+        let run = download_via(Drain::Immediate, acfg(), "http", (SECRET, SECRET), Some(at));
         assert!(run.bytes_ok);
         assert!(run.report.is_none());
         assert!(
             matches!(
                 run.acceptor_error,
-                Some(HandoffError::Channel(
-                    ChannelError::Auth | ChannelError::FrameLength(_)
-                ))
+                Some(ChannelError::Auth | ChannelError::FrameLength(_))
             ),
             "{:?}",
             run.acceptor_error
         );
-        assert!(matches!(run.resumed, Some(HandoffError::Channel(_))));
+        assert!(matches!(run.resumed, Some(HandoffError::ChannelLost(_))));
     }
 }
 
@@ -712,27 +705,36 @@ fn tampered_offer_on_the_wire_is_rejected_and_download_stays() {
 fn accept_without_activation_is_in_doubt() {
     let (mut ch_d, mut ch_a) = channels(SECRET, SECRET);
     let mut lan = Lan::new();
+    let mut svcs: [Raw; 3] = Default::default();
     let (_cl, srv) = connect(&mut lan);
     let mut cfg = DonorConfig::new(3, "http");
     cfg.reply_timeout = Duration::from_millis(30);
-    let mut d = Donor::start(srv, cfg, lan.now);
     let t = Mono::now();
+    let mut d = Donor::start(t, UserConn::Live(srv), cfg, &mut lan.host(1), &mut svcs[1]).unwrap();
     let mut accepted = false;
     let r = loop {
-        let now = lan.now;
         if !accepted {
             if let Some(Message::Offer(o)) = ch_a.poll().unwrap() {
                 ch_a.send(&Message::Accept { conn_id: o.conn_id }).unwrap();
                 accepted = true;
             }
         }
-        match d.poll(&mut ch_d, &mut lan.ifs[1], now) {
-            Ok(None) => assert!(t.elapsed() < Duration::from_secs(5)),
-            other => break other,
+        match donor_round(&mut lan, &mut svcs, &mut d, &mut ch_d) {
+            None => assert!(t.elapsed() < Duration::from_secs(5)),
+            Some(o) => break o,
         }
     };
-    assert!(matches!(r, Err(HandoffError::InDoubt(_))), "{r:?}");
+    assert!(
+        matches!(
+            r,
+            DonorOutcome::Failed {
+                cause: HandoffError::InDoubt(_)
+            }
+        ),
+        "{r:?}"
+    );
     assert_eq!(lan.ifs[1].tcp_connection_count(), 0, "not thawed back");
+    assert!(svcs[1].adopted.is_empty());
 }
 
 /// Packets that reach the donor after the freeze are held by its interface and forwarded over
@@ -742,8 +744,10 @@ fn accept_without_activation_is_in_doubt() {
 /// client retransmits nothing.
 #[test]
 fn held_packets_are_forwarded_to_the_acceptor() {
-    let (mut ch_d, mut ch_a) = channels(SECRET, SECRET);
+    let (mut ch_d, ch_a) = channels(SECRET, SECRET);
+    let mut ch_a: Option<Box<dyn Link>> = Some(Box::new(ch_a));
     let mut lan = Lan::new();
+    let mut svcs: [Raw; 3] = Default::default();
     let (cl, srv) = connect(&mut lan);
     let data: Vec<u8> = (0..2_000_000u32).map(|i| (i % 239) as u8).collect();
     let (mut sent, mut got) = (0usize, Vec::new());
@@ -760,36 +764,52 @@ fn held_packets_are_forwarded_to_the_acceptor() {
             got.extend_from_slice(&buf[..n]);
         }
     }
-    let mut acfg = AcceptorConfig::new(&["http"]);
-    acfg.takeover = Takeover::HomeAddress;
-    let mut acceptor = Acceptor::new(acfg);
-    let mut donor = Donor::start(srv, DonorConfig::new(7, "http"), lan.now);
+    let mut a = acfg();
+    a.takeover = Takeover::HomeAddress;
+    let mut acceptor: Acceptor<u8, UserConn> = Acceptor::new(a);
+    let mut cfg = DonorConfig::new(7, "http");
+    // Forward for the whole upload.
+    cfg.forward_grace = Duration::from_secs(60);
+    let mut donor = Donor::start(
+        Mono::now(),
+        UserConn::Live(srv),
+        cfg,
+        &mut lan.host(1),
+        &mut svcs[1],
+    )
+    .unwrap();
     let mut moved_to = None;
-    let state = loop {
-        let now = lan.now;
-        if let Some(AcceptorEvent::Activated { handle, .. }) =
-            acceptor.poll(&mut ch_a, &mut lan.ifs[2], now).unwrap()
+    let t = Mono::now();
+    let mut forwarded = 0;
+    loop {
+        assert!(t.elapsed() < Duration::from_secs(5));
+        let seen = round(
+            &mut lan,
+            &mut svcs,
+            Some(&mut donor),
+            1,
+            &mut ch_d,
+            &mut acceptor,
+            2,
+            &mut ch_a,
+            None,
+        );
+        if seen
+            .events
+            .iter()
+            .any(|e| matches!(e, AcceptorEvent::Adopted { .. }))
         {
-            moved_to = Some(handle);
+            moved_to = svcs[2].adopted.pop();
         }
-        match donor.poll(&mut ch_d, &mut lan.ifs[1], now).unwrap() {
-            Some(DonorOutcome::Moved { state, .. }) => break state,
-            Some(DonorOutcome::Resumed { cause, .. }) => panic!("resumed: {cause}"),
+        match seen.outcome {
+            Some(DonorOutcome::Moved { .. }) => break,
+            Some(other) => panic!("not moved: {other:?}"),
             None => {}
         }
-    };
-    // The Activated may still be in flight to us; drain the acceptor side until we have it.
-    let t = Mono::now();
-    while moved_to.is_none() {
-        assert!(t.elapsed() < Duration::from_secs(5));
-        let now = lan.now;
-        if let Some(AcceptorEvent::Activated { handle, .. }) =
-            acceptor.poll(&mut ch_a, &mut lan.ifs[2], now).unwrap()
-        {
-            moved_to = Some(handle);
-        }
     }
-    let srv2 = moved_to.unwrap();
+    // The Activated and the adoption happened in the same round (the acceptor activates
+    // before the donor reads).
+    let srv2 = moved_to.expect("adopted on the acceptor");
     while got.len() < data.len() {
         assert!(
             t.elapsed() < Duration::from_secs(30),
@@ -802,18 +822,34 @@ fn held_packets_are_forwarded_to_the_acceptor() {
                 .unwrap();
         }
         lan.step();
-        if forward_held(&mut ch_d, &mut lan.ifs[1], 7, &state).unwrap() > 0 {
-            // The frame crosses loopback; feed it in when it arrives.
-            let deadline = Mono::now() + Duration::from_secs(2);
-            loop {
-                assert!(Mono::now() < deadline, "forwarded packets did not arrive");
-                let now = lan.now;
-                if let Some(AcceptorEvent::Forwarded { .. }) =
-                    acceptor.poll(&mut ch_a, &mut lan.ifs[2], now).unwrap()
-                {
-                    break;
-                }
+        // The donor forwards what it held (its forwarding collects every millisecond); the
+        // frame crosses loopback: keep the rounds going until the acceptor got it.
+        let deadline = Mono::now() + Duration::from_secs(2);
+        loop {
+            let seen = round(
+                &mut lan,
+                &mut svcs,
+                Some(&mut donor),
+                1,
+                &mut ch_d,
+                &mut acceptor,
+                2,
+                &mut ch_a,
+                None,
+            );
+            let n: usize = seen
+                .events
+                .iter()
+                .map(|e| match e {
+                    AcceptorEvent::Forwarded { packets, .. } => *packets,
+                    _ => 0,
+                })
+                .sum();
+            forwarded += n;
+            if donor.forwarded() as usize == forwarded {
+                break;
             }
+            assert!(Mono::now() < deadline, "forwarded packets did not arrive");
         }
         while let Ok(n) = lan.ifs[2].tcp_recv(srv2, &mut buf) {
             if n == 0 {

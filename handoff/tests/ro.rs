@@ -5,62 +5,17 @@
 //! with the imported home token). The client (a correspondent: our stack) ends up sending to
 //! the acceptor's care-of address, and the download is byte-exact.
 
+mod common;
+
+use common::{channels, ip, round, Lan, Link, Raw};
 use ds_handoff::{
-    Acceptor, AcceptorConfig, AcceptorEvent, Channel, ClusterSecret, Donor, DonorConfig,
-    DonorOutcome, Drain, Mode, Takeover,
+    Acceptor, AcceptorConfig, AcceptorEvent, Donor, DonorConfig, DonorOutcome, Drain, Mode,
+    Steering, Takeover, UserConn,
 };
-use ds_mipv6::mn::HomeTicket;
 use ds_stack::mobile::MobileRole;
 use ds_stack::{Config, Instant, Interface, TcpState};
-use std::net::{Ipv6Addr, SocketAddrV6, TcpListener};
+use std::net::SocketAddrV6;
 use std::time::{Duration, Instant as Mono};
-
-fn ip(s: &str) -> Ipv6Addr {
-    s.parse().unwrap()
-}
-
-struct Lan {
-    ifs: Vec<Interface>,
-    now: Instant,
-}
-
-impl Lan {
-    fn step(&mut self) {
-        for _ in 0..100 {
-            let mut frames = Vec::new();
-            for (i, f) in self.ifs.iter_mut().enumerate() {
-                f.poll(self.now);
-                f.transmit(self.now, &mut |fr: &[u8]| frames.push((i, fr.to_vec())));
-            }
-            if frames.is_empty() {
-                break;
-            }
-            for (from, fr) in &frames {
-                for (j, f) in self.ifs.iter_mut().enumerate() {
-                    if j != *from {
-                        f.receive(self.now, fr);
-                    }
-                }
-            }
-        }
-        self.now += Duration::from_millis(1);
-    }
-}
-
-fn channels(secret: &[u8]) -> (Channel, Channel) {
-    let l = TcpListener::bind("[::1]:0")
-        .or_else(|_| TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let addr = l.local_addr().unwrap();
-    let s = ClusterSecret::new(secret).unwrap();
-    let s2 = s.clone();
-    let t = std::thread::spawn(move || {
-        let (stream, _) = l.accept().unwrap();
-        Channel::accept(stream, &s2, Duration::from_secs(5)).unwrap()
-    });
-    let d = Channel::connect(addr, &s, Duration::from_secs(5)).unwrap();
-    (d, t.join().unwrap())
-}
 
 #[test]
 fn route_optimised_handoff_carries_the_home_ticket() {
@@ -74,10 +29,8 @@ fn route_optimised_handoff_carries_the_home_ticket() {
     b.set_mobility_hook(b_mn.hook());
     c.set_mobility_hook(c_mn.hook());
     let l = b.tcp_listen(SocketAddrV6::new(h, 80, 0, 0), 4).unwrap();
-    let mut lan = Lan {
-        ifs: vec![client, b, c],
-        now: t0,
-    };
+    let mut lan = Lan::with(vec![client, b, c], t0);
+    lan.roles = vec![None, Some(b_mn.clone()), Some(c_mn.clone())];
     let now = lan.now;
     let cl = lan.ifs[0]
         .tcp_connect(
@@ -121,39 +74,59 @@ fn route_optimised_handoff_carries_the_home_ticket() {
     let ticket_bytes = postcard::to_allocvec(&ticket).unwrap();
 
     // The acceptor's steering: import the ticket and send the BU (phase 5); RR already ran
-    // (phase 4 overlapped, 0 here); BU→BA (phase 6) completes asynchronously on the LAN.
-    let mn = c_mn.clone();
-    let mut acfg = AcceptorConfig::new(&["http"]);
-    acfg.takeover = Takeover::HomeAddress;
-    acfg.steer = Some(Box::new(move |_iface, now, state, ticket| {
-        let t: HomeTicket =
-            postcard::from_bytes(ticket.ok_or("no ticket")?).map_err(|e| e.to_string())?;
-        let t5 = Mono::now();
-        mn.bind(now, &t, *state.remote().ip(), Duration::from_secs(120))
-            .map_err(|e| e.to_string())?;
-        Ok([Duration::ZERO, t5.elapsed(), Duration::ZERO])
-    }));
-    let mut acceptor = Acceptor::new(acfg);
-    let (mut ch_d, mut ch_a) = channels(b"route optimisation test secret!!");
+    // (phase 4 overlapped); BU→BA (phase 6) completes asynchronously on the LAN.
+    let acfg = AcceptorConfig {
+        takeover: Takeover::HomeAddress,
+        steering: Steering::RouteOptimised {
+            lifetime: Duration::from_secs(120),
+        },
+        ..Default::default()
+    };
+    let mut acceptor: Acceptor<u8, UserConn> = Acceptor::new(acfg);
+    let (mut ch_d, ch_a) = channels(
+        b"route optimisation test secret!!",
+        b"route optimisation test secret!!",
+    );
+    let mut ch_a: Option<Box<dyn Link>> = Some(Box::new(ch_a));
+    let mut svcs: [Raw; 3] = Default::default();
     let mut dcfg = DonorConfig::new(1, "http");
     dcfg.drain = Drain::UntilAcked {
         deadline: Duration::from_secs(2),
     };
     dcfg.mode = Mode::Ro;
     dcfg.ticket = Some(ticket_bytes);
-    let mut donor = Donor::start(srv, dcfg, lan.now);
+    let mut donor = Donor::start(
+        Mono::now(),
+        UserConn::Live(srv),
+        dcfg,
+        &mut lan.host(1),
+        &mut svcs[1],
+    )
+    .unwrap();
     let mut srv2 = None;
+    let mut bu_sent = false;
     let report = loop {
-        let now = lan.now;
-        if let Some(AcceptorEvent::Activated { handle, ticket, .. }) =
-            acceptor.poll(&mut ch_a, &mut lan.ifs[2], now).unwrap()
-        {
-            assert!(ticket.is_some());
-            srv2 = Some(handle);
+        let seen = round(
+            &mut lan,
+            &mut svcs,
+            Some(&mut donor),
+            1,
+            &mut ch_d,
+            &mut acceptor,
+            2,
+            &mut ch_a,
+            None,
+        );
+        for e in &seen.events {
+            match e {
+                AcceptorEvent::Adopted { .. } => srv2 = svcs[2].adopted.pop(),
+                AcceptorEvent::BindingSent { .. } => bu_sent = true,
+                _ => {}
+            }
         }
-        match donor.poll(&mut ch_d, &mut lan.ifs[1], now).unwrap() {
+        match seen.outcome {
             Some(DonorOutcome::Moved { report, .. }) => break report,
-            Some(DonorOutcome::Resumed { cause, .. }) => panic!("resumed: {cause}"),
+            Some(other) => panic!("not moved: {other:?}"),
             None if donor.is_draining() => {
                 lan.step();
                 read(&mut lan, &mut got, &mut buf);
@@ -161,6 +134,7 @@ fn route_optimised_handoff_carries_the_home_ticket() {
             None => {}
         }
     };
+    assert!(bu_sent, "the acceptor sent the Binding Update");
     let srv2 = srv2.expect("activated on the acceptor");
     assert!(report.state_bytes <= 96, "drained: {}", report.state_bytes);
     assert!(report.phases_us[4] > 0.0, "BU construction measured");

@@ -21,8 +21,10 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 mod hold;
+pub mod host;
 
 pub use hold::{inject, Hold};
+pub use host::{KernelConn, KernelHost};
 
 use ds_stack::state::{flags, AfterLoss, Endpoint, InFlight};
 use ds_stack::{ConnState, TcpState};
@@ -387,6 +389,22 @@ pub fn restore(st: &ConnState) -> Result<TcpStream> {
 /// probe when leaving repair mode (its answer would come first), the held packets next, and
 /// only then the never-sent data.
 pub fn restore_with_held(st: &ConnState, held: &[Vec<u8>]) -> Result<(TcpStream, usize)> {
+    restore_repaired(st)?.activate(held)
+}
+
+/// A socket rebuilt from a [`ConnState`] and still in repair mode: it sends nothing (no
+/// window probe, no retransmission) until [`Repaired::activate`]. Dropping it closes it
+/// silently (no FIN, no RST), so a restore that is not committed leaves no trace.
+#[derive(Debug)]
+pub struct Repaired {
+    fd: OwnedFd,
+    /// The never-sent part of the send queue, written after the repair.
+    unsent: Vec<u8>,
+}
+
+/// The first half of [`restore_with_held`]: everything but leaving repair mode (the handoff's
+/// socket re-creation, before the commit; [`Repaired::activate`] is its activation).
+pub fn restore_repaired(st: &ConnState) -> Result<Repaired> {
     st.validate()?;
     if st.tcp_state() != Some(TcpState::Established) {
         return Err(KernelError::Unsupported(
@@ -584,35 +602,50 @@ pub fn restore_with_held(st: &ConnState, held: &[Vec<u8>]) -> Result<(TcpStream,
     setsockopt(fd, tcp, libc::TCP_REPAIR_WINDOW, &win, "TCP_REPAIR_WINDOW")?;
     let nodelay: libc::c_int = if has(flags::NAGLE) { 0 } else { 1 };
     setsockopt(fd, tcp, libc::TCP_NODELAY, &nodelay, "TCP_NODELAY")?;
-    if held.is_empty() {
-        // Leaving repair mode sends a window probe (an ACK): the peer learns where we are.
-        setsockopt(
-            fd,
-            tcp,
-            libc::TCP_REPAIR,
-            &TCP_REPAIR_OFF,
-            "setsockopt(TCP_REPAIR off)",
-        )?;
-    } else {
-        // No probe: the peer's answer to it would overtake the held packets (see above). Held
-        // data is acknowledged as it is processed, and the never-sent data follows.
-        setsockopt(
-            fd,
-            tcp,
-            libc::TCP_REPAIR,
-            &TCP_REPAIR_OFF_NO_WP,
-            "setsockopt(TCP_REPAIR off, no window probe)",
-        )?;
+    Ok(Repaired {
+        fd: owned,
+        unsent: unsent.to_vec(),
+    })
+}
+
+impl Repaired {
+    /// Leave repair mode, deliver `held` (the peer's packets held during the move, oldest
+    /// first, as for [`inject`]) before anything else, then send the never-sent data.
+    /// Returns the socket and how many packets were injected.
+    pub fn activate(self, held: &[Vec<u8>]) -> Result<(TcpStream, usize)> {
+        let fd = self.fd.as_raw_fd();
+        let tcp = libc::IPPROTO_TCP;
+        if held.is_empty() {
+            // Leaving repair mode sends a window probe (an ACK): the peer learns where we are.
+            setsockopt(
+                fd,
+                tcp,
+                libc::TCP_REPAIR,
+                &TCP_REPAIR_OFF,
+                "setsockopt(TCP_REPAIR off)",
+            )?;
+        } else {
+            // No probe: the peer's answer to it would overtake the held packets (see
+            // `restore_with_held`). Held data is acknowledged as it is processed, and the
+            // never-sent data follows.
+            setsockopt(
+                fd,
+                tcp,
+                libc::TCP_REPAIR,
+                &TCP_REPAIR_OFF_NO_WP,
+                "setsockopt(TCP_REPAIR off, no window probe)",
+            )?;
+        }
+        let stream = TcpStream::from(self.fd);
+        let injected = inject(held)?;
+        // The never-sent part goes out normally.
+        let mut w = &stream;
+        io::Write::write_all(&mut w, &self.unsent).map_err(|e| KernelError::Os {
+            what: "write unsent data",
+            err: e,
+        })?;
+        Ok((stream, injected))
     }
-    let stream = TcpStream::from(owned);
-    let injected = inject(held)?;
-    // The never-sent part goes out normally.
-    let mut w = &stream;
-    io::Write::write_all(&mut w, unsent).map_err(|e| KernelError::Os {
-        what: "write unsent data",
-        err: e,
-    })?;
-    Ok((stream, injected))
 }
 
 fn send_all(fd: RawFd, mut data: &[u8], what: &'static str) -> Result<()> {

@@ -2118,6 +2118,27 @@ impl Interface {
             .unwrap_or_default()
     }
 
+    /// Reserve the connection `local` ↔ `remote` for a thaw to come: its packets are held
+    /// from now on (as a frozen connection's, [`Self::tcp_take_held`]) until
+    /// [`Self::tcp_thaw`] or [`Self::tcp_forget_frozen`]. Fails when the local address is not
+    /// ours or a live connection has these ends; a connection frozen here stays held.
+    pub fn tcp_hold(
+        &mut self,
+        now: Instant,
+        local: SocketAddrV6,
+        remote: SocketAddrV6,
+    ) -> Result<(), Error> {
+        if !self.is_ours(local.ip()) {
+            return Err(Error::AddrNotAvailable);
+        }
+        let key = ConnKey::of(&local, &remote);
+        if self.demux.contains_key(&key) {
+            return Err(Error::AddrInUse);
+        }
+        self.frozen.entry(key).or_insert_with(|| (now, Vec::new()));
+        Ok(())
+    }
+
     /// Resume a frozen connection on this interface. The local address must be ours.
     pub fn tcp_thaw(&mut self, now: Instant, state: &ConnState) -> Result<TcpHandle, Error> {
         self.now = self.now.max(now);

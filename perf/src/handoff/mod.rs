@@ -315,6 +315,43 @@ struct NodeOut {
     rr: Option<Duration>,
 }
 
+/// The handoff settings of node `i` (0 or 1) common to both kinds of node: control listener,
+/// peer, quota, drain, timeouts, mode, injected fault; steering and path are the caller's.
+fn handoff_config(
+    i: usize,
+    opts: &Options,
+    quota: u64,
+    max_handoffs: u64,
+) -> Result<HandoffConfig> {
+    let mut hc = HandoffConfig::new(ClusterSecret::new(SECRET)?);
+    hc.listen = Some(TcpListener::bind(SocketAddrV6::new(
+        ip(CTL[i]),
+        CTL_PORT,
+        0,
+        0,
+    ))?);
+    hc.peer = Some(SocketAddr::V6(SocketAddrV6::new(
+        ip(CTL[1 - i]),
+        CTL_PORT,
+        0,
+        0,
+    )));
+    hc.quota = (max_handoffs > 0).then_some(quota);
+    hc.max_handoffs = Some(max_handoffs);
+    hc.drain = match opts.drain {
+        DrainChoice::Immediate => Drain::Immediate,
+        DrainChoice::Acked => Drain::UntilAcked {
+            deadline: opts.drain_deadline,
+        },
+    };
+    hc.reply_timeout = opts.reply_timeout;
+    hc.mode = opts.mode;
+    if i == 1 {
+        hc.fault = opts.fault;
+    }
+    Ok(hc)
+}
+
 /// Run node `i` (0 or 1) until `stop`.
 #[allow(clippy::too_many_arguments)]
 fn node(
@@ -352,29 +389,7 @@ fn node(
             root,
             ServerConfig::default(),
         )?;
-        let mut hc = HandoffConfig::new(ClusterSecret::new(SECRET)?);
-        hc.listen = Some(TcpListener::bind(SocketAddrV6::new(
-            ip(CTL[i]),
-            CTL_PORT,
-            0,
-            0,
-        ))?);
-        hc.peer = Some(SocketAddr::V6(SocketAddrV6::new(
-            ip(CTL[1 - i]),
-            CTL_PORT,
-            0,
-            0,
-        )));
-        hc.quota = (max_handoffs > 0).then_some(quota);
-        hc.max_handoffs = Some(max_handoffs);
-        hc.drain = match opts.drain {
-            DrainChoice::Immediate => Drain::Immediate,
-            DrainChoice::Acked => Drain::UntilAcked {
-                deadline: opts.drain_deadline,
-            },
-        };
-        hc.reply_timeout = opts.reply_timeout;
-        hc.mode = opts.mode;
+        let mut hc = handoff_config(i, opts, quota, max_handoffs)?;
         hc.path = opts.path.label_from(i);
         match &role {
             None => {
@@ -391,9 +406,6 @@ fn node(
                 };
             }
             Some(r) => hc.home_role = Some(r.clone()),
-        }
-        if i == 1 {
-            hc.fault = opts.fault;
         }
         let mut node = HandoffNode::new(server, hc)?;
         let _ = ready.send(Ok(()));

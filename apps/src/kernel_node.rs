@@ -1,0 +1,441 @@
+//! A kernel-path node: the HTTP content service over standard Linux sockets, handing its
+//! connections off and taking them over through the same engine and protocol as the
+//! userspace [`crate::node::HandoffNode`] (the kernel host, `ds_kernel::KernelHost`, moves them
+//! with `TCP_REPAIR`), so kernel and userspace nodes interoperate.
+//!
+//! The HTTP side is [`HttpConn`] over a non-blocking [`TcpStream`]: the response bytes and the
+//! exported [`HttpConnState`] are exactly the userspace server's, so either kind of node
+//! continues the other's response.
+
+use crate::http::{HttpConn, HttpConnState};
+use crate::node::{Coordinator, HandoffConfig, NodeEvent, NodeStats};
+use ds_handoff::Service;
+use ds_kernel::{KernelConn, KernelHost};
+use std::collections::HashMap;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddrV6, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// A client connection served here.
+struct Conn {
+    sock: TcpStream,
+    http: HttpConn,
+    /// Response bytes written to the socket here since accept, adoption or a failed handoff
+    /// (the quota counter, as the userspace server's).
+    sent_here: u64,
+    local: SocketAddrV6,
+    client: SocketAddrV6,
+    /// Our FIN is out.
+    fin: bool,
+    /// The client's FIN arrived.
+    eof: bool,
+}
+
+enum Verdict {
+    Continue,
+    Quota,
+    Close,
+}
+
+/// Counters of the kernel node's HTTP side.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct KernelServerStats {
+    /// Connections accepted from clients.
+    pub accepted: u64,
+    /// Connections adopted from a peer or taken back.
+    pub adopted: u64,
+    /// Response bytes written to sockets here.
+    pub response_bytes: u64,
+    /// Connections open now.
+    pub open: usize,
+}
+
+/// The HTTP service of a kernel node as the engine's [`Service`], for one call.
+struct KernelService<'a> {
+    conns: &'a mut Vec<Conn>,
+    detached: &'a mut HashMap<(SocketAddrV6, SocketAddrV6), HttpConn>,
+    root: &'a Path,
+    name: &'a str,
+    stats: &'a mut KernelServerStats,
+}
+
+impl Service<KernelConn> for KernelService<'_> {
+    fn accepts(&self, name: &str) -> bool {
+        name == self.name
+    }
+
+    fn export(&mut self, conn: &KernelConn) -> Result<Vec<u8>, String> {
+        let flow = conn.flow();
+        let http = self.detached.get(&flow).ok_or("not served here")?;
+        let st = http.export().map_err(|e| e.to_string())?;
+        self.detached.remove(&flow);
+        Ok(st.encode())
+    }
+
+    fn adopt(&mut self, conn: KernelConn, state: &[u8]) -> Result<(), (KernelConn, String)> {
+        let (local, client) = conn.flow();
+        let sock = conn
+            .into_socket()
+            .map_err(|c| (c, "not a live socket".to_string()))?;
+        let http = HttpConnState::decode(state)
+            .map_err(|e| e.to_string())
+            .and_then(|st| {
+                HttpConn::import(self.root.to_path_buf(), client.to_string(), st)
+                    .map_err(|e| e.to_string())
+            })
+            .and_then(|h| {
+                sock.set_nonblocking(true)
+                    .map(|()| h)
+                    .map_err(|e| e.to_string())
+            });
+        let http = match http {
+            Ok(h) => h,
+            Err(e) => {
+                return Err((
+                    KernelConn::Live {
+                        sock,
+                        local,
+                        remote: client,
+                    },
+                    e,
+                ))
+            }
+        };
+        self.stats.adopted += 1;
+        self.conns.push(Conn {
+            sock,
+            http,
+            sent_here: 0,
+            local,
+            client,
+            fin: false,
+            eof: false,
+        });
+        Ok(())
+    }
+}
+
+/// The HTTP service over kernel sockets plus live handoff to and from a peer.
+pub struct KernelNode {
+    listener: TcpListener,
+    root: PathBuf,
+    service: String,
+    core: Coordinator<KernelConn>,
+    host: KernelHost,
+    conns: Vec<Conn>,
+    /// HTTP state of connections being handed off (exported by the engine at the start).
+    detached: HashMap<(SocketAddrV6, SocketAddrV6), HttpConn>,
+    quota: Option<u64>,
+    max_handoffs: Option<u64>,
+    stats: KernelServerStats,
+    fds: Vec<libc::pollfd>,
+    control: Vec<std::os::fd::RawFd>,
+}
+
+impl KernelNode {
+    /// Serve files below `root` to the clients of `listener` (made non-blocking here), with
+    /// handoff per `cfg`.
+    pub fn new(listener: TcpListener, root: &Path, mut cfg: HandoffConfig) -> anyhow::Result<Self> {
+        listener.set_nonblocking(true)?;
+        let core = Coordinator::new(&mut cfg)?;
+        Ok(KernelNode {
+            listener,
+            root: std::fs::canonicalize(root)?,
+            service: cfg.service.clone(),
+            core,
+            host: KernelHost::new(),
+            conns: Vec::new(),
+            detached: HashMap::new(),
+            quota: cfg.peer.and(cfg.quota),
+            max_handoffs: cfg.max_handoffs,
+            stats: KernelServerStats::default(),
+            fds: Vec::new(),
+            control: Vec::new(),
+        })
+    }
+
+    /// Handoff counters.
+    pub fn stats(&self) -> NodeStats {
+        self.core.stats()
+    }
+
+    /// HTTP counters.
+    pub fn server_stats(&self) -> KernelServerStats {
+        KernelServerStats {
+            open: self.conns.len(),
+            ..self.stats
+        }
+    }
+
+    /// Events since the last call.
+    pub fn take_events(&mut self) -> Vec<NodeEvent> {
+        self.core.take_events()
+    }
+
+    /// True while a handoff is in progress or held packets are still being forwarded.
+    pub fn busy(&self) -> bool {
+        self.core.busy()
+    }
+
+    /// Open the channel to the peer now rather than inside the first handoff's timing.
+    pub fn connect_peer(&mut self) -> anyhow::Result<()> {
+        self.core.connect_peer()
+    }
+
+    /// The quota in force: none once this node started all its handoffs.
+    fn quota_now(&self) -> Option<u64> {
+        let left = self
+            .max_handoffs
+            .is_none_or(|m| self.core.stats().started < m);
+        self.quota.filter(|_| left)
+    }
+
+    /// One round: wait for work (at most `idle`, less while a handoff runs), then serve
+    /// everything that is ready.
+    pub fn step(&mut self, idle: Duration) {
+        self.wait(idle);
+        self.accept_clients();
+        let now = Instant::now();
+        self.host.connections = self.conns.len();
+        {
+            let mut svc = KernelService {
+                conns: &mut self.conns,
+                detached: &mut self.detached,
+                root: &self.root,
+                name: &self.service,
+                stats: &mut self.stats,
+            };
+            self.core.poll(now, &mut self.host, &mut svc);
+        }
+        self.serve_conns();
+    }
+
+    /// Stop: release every packet hold (their packets are dropped).
+    pub fn shutdown(&mut self) {
+        self.host.release_all();
+    }
+
+    /// Block in poll(2) until a socket we serve is ready or the wait is over.
+    fn wait(&mut self, idle: Duration) {
+        // While a drain runs, the ACKs it waits for wake nothing here: look often.
+        let idle = if self.core.handing_off() {
+            idle.min(Duration::from_micros(50))
+        } else {
+            idle
+        };
+        let timeout = self.core.max_wait(Instant::now(), idle);
+        self.fds.clear();
+        self.core.wait_fds(&mut self.control);
+        let mut add = |fd: i32, events: i16| {
+            self.fds.push(libc::pollfd {
+                fd,
+                events,
+                revents: 0,
+            })
+        };
+        add(self.listener.as_raw_fd(), libc::POLLIN);
+        for fd in &self.control {
+            add(*fd, libc::POLLIN);
+        }
+        for c in &self.conns {
+            let mut ev = 0;
+            if c.http.wants_input() || !c.eof {
+                ev |= libc::POLLIN;
+            }
+            if c.http.is_busy() {
+                ev |= libc::POLLOUT;
+            }
+            add(c.sock.as_raw_fd(), ev);
+        }
+        let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+        // SAFETY: `fds` is a live, initialised array of `fds.len()` pollfd structs; poll(2)
+        // only writes their `revents` fields. The result is not needed: every socket is
+        // non-blocking and is tried after the wait anyway.
+        unsafe {
+            libc::poll(self.fds.as_mut_ptr(), self.fds.len() as libc::nfds_t, ms);
+        }
+    }
+
+    fn accept_clients(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((sock, _)) => match KernelConn::live(sock) {
+                    Ok(KernelConn::Live {
+                        sock,
+                        local,
+                        remote,
+                    }) => {
+                        if let Err(e) = sock.set_nonblocking(true) {
+                            tracing::warn!("client connection dropped: {e}");
+                            continue;
+                        }
+                        self.stats.accepted += 1;
+                        self.conns.push(Conn {
+                            http: HttpConn::new(self.root.clone(), remote.to_string()),
+                            sock,
+                            sent_here: 0,
+                            local,
+                            client: remote,
+                            fin: false,
+                            eof: false,
+                        });
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!("client connection dropped: {e}"),
+                },
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing::warn!("accept: {e}");
+                    break;
+                }
+            }
+        }
+    }
+
+    fn serve_conns(&mut self) {
+        let mut k = 0;
+        while k < self.conns.len() {
+            let quota = self.quota_now();
+            let (verdict, wrote) = serve(&mut self.conns[k], quota);
+            self.stats.response_bytes += wrote;
+            match verdict {
+                Verdict::Continue => k += 1,
+                Verdict::Close => {
+                    self.conns.swap_remove(k);
+                }
+                Verdict::Quota if self.core.handing_off() => {
+                    // One handoff at a time: it stays paused by the quota until the running
+                    // one ends.
+                    k += 1;
+                }
+                Verdict::Quota => {
+                    let c = self.conns.swap_remove(k);
+                    if let Some(mut c) = self.hand_off(c) {
+                        // Kept here: served again (at the end of the list) this round.
+                        c.sent_here = 0;
+                        self.conns.push(c);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Start handing `c` to the peer. Returns it when it stays here.
+    fn hand_off(&mut self, c: Conn) -> Option<Conn> {
+        let Conn {
+            sock,
+            http,
+            local,
+            client,
+            ..
+        } = c;
+        self.detached.insert((local, client), http);
+        let conn = KernelConn::Live {
+            sock,
+            local,
+            remote: client,
+        };
+        let now = Instant::now();
+        self.host.connections = self.conns.len();
+        let mut svc = KernelService {
+            conns: &mut self.conns,
+            detached: &mut self.detached,
+            root: &self.root,
+            name: &self.service,
+            stats: &mut self.stats,
+        };
+        match self
+            .core
+            .hand_off(now, conn, None, &mut self.host, &mut svc)
+        {
+            Ok(()) => None,
+            Err(conn) => {
+                let http = self.detached.remove(&(local, client))?;
+                let sock = conn.into_socket().ok()?;
+                Some(Conn {
+                    sock,
+                    http,
+                    sent_here: 0,
+                    local,
+                    client,
+                    fin: false,
+                    eof: false,
+                })
+            }
+        }
+    }
+}
+
+/// Read what the client sent and write the response, at most up to the quota. Returns the
+/// verdict and the response bytes written.
+fn serve(c: &mut Conn, quota: Option<u64>) -> (Verdict, u64) {
+    let mut buf = [0u8; 16 * 1024];
+    let mut wrote = 0u64;
+    while c.http.wants_input() {
+        let room = c.http.input_room().clamp(1, buf.len());
+        match c.sock.read(&mut buf[..room]) {
+            Ok(0) => {
+                c.http.feed_eof();
+                c.eof = true;
+                break;
+            }
+            Ok(n) => c.http.feed(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => {
+                tracing::debug!(client = %c.client, "receive: {e}");
+                return (Verdict::Close, wrote);
+            }
+        }
+    }
+    loop {
+        let left = quota.map(|q| q.saturating_sub(c.sent_here));
+        let chunk = match c.http.poll_transmit() {
+            Ok(ch) => ch,
+            Err(e) => {
+                tracing::warn!("aborting a response: {e}");
+                return (Verdict::Close, wrote);
+            }
+        };
+        if chunk.is_empty() {
+            break;
+        }
+        // Never write more than the quota allows, so the handoff point is byte-exact.
+        let cap = left.map_or(chunk.len(), |l| {
+            usize::try_from(l).unwrap_or(usize::MAX).min(chunk.len())
+        });
+        if cap == 0 {
+            return (Verdict::Quota, wrote);
+        }
+        match c.sock.write(&chunk[..cap]) {
+            Ok(0) => break,
+            Ok(n) => {
+                c.http.advance(n);
+                c.sent_here += n as u64;
+                wrote += n as u64;
+                if quota.is_some_and(|q| c.sent_here >= q) {
+                    return (Verdict::Quota, wrote);
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => {
+                tracing::debug!(client = %c.client, "send: {e}");
+                return (Verdict::Close, wrote);
+            }
+        }
+    }
+    if !c.fin && c.http.is_finished() {
+        if let Err(e) = c.sock.shutdown(std::net::Shutdown::Write) {
+            tracing::debug!(client = %c.client, "shutdown: {e}");
+            return (Verdict::Close, wrote);
+        }
+        c.fin = true;
+    }
+    if c.fin && c.eof {
+        return (Verdict::Close, wrote);
+    }
+    (Verdict::Continue, wrote)
+}

@@ -1,0 +1,724 @@
+//! The acceptor's side: a sans-IO state machine answering offers from any number of donors.
+//!
+//! Fed `(now, input)` — [`Acceptor::handle`] for a message from a donor's channel (named by
+//! the caller's key `K`), [`Acceptor::handle_home_agent`] for the home agent's answers,
+//! [`Acceptor::poll`] after the caller's loop ran, [`Acceptor::channel_failed`] /
+//! [`Acceptor::home_agent_failed`] when a channel broke — it drives the [`Host`] and the
+//! [`Service`] (passed per call), queues messages ([`Acceptor::poll_transmit`]) and reports
+//! what happened ([`Acceptor::poll_event`]). Nothing blocks: a slow home agent delays only the
+//! offers waiting for it, never the caller's loop.
+//!
+//! ```text
+//! Offer ─▶ checks (service, load, state) ─▶ [RO: wait for the care-of token] ─▶ thaw, dormant
+//!   (phase 3) ─▶ steering (phases 4–6: MoveFlow→FlowMoved at the home agent, or the Binding
+//!   Update) ─▶ Accept (commit) ─▶ next poll: activate (phase 7), Activated, service adopts
+//! any failure before Accept ─▶ discard the thaw, Refuse: the donor keeps the connection
+//! ```
+//!
+//! The commit is the Accept leaving: the connection is activated only at the next
+//! [`Acceptor::poll`], after the caller wrote the Accept; a channel that fails in between
+//! ([`Acceptor::channel_failed`]) discards it instead, and the donor resumes it.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{Ipv6Addr, SocketAddrV6};
+use std::time::{Duration, Instant};
+
+use ds_stack::ConnState;
+
+use crate::host::{ns, Host, Service, Takeover};
+use crate::msg::{AcceptorTimes, Message, Offer, RefuseReason};
+
+/// How the acceptor steers a moved flow to itself (handoff phases 4–6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Steering {
+    /// Nothing to do (the address takeover's announcement is the steering).
+    None,
+    /// Transparent mode: ask the home agent to tunnel the flow to `coa`, this node's care-of
+    /// address ([`Message::MoveFlow`], answered by [`Message::FlowMoved`]).
+    HomeAgentFlow {
+        /// This node's care-of address.
+        coa: Ipv6Addr,
+    },
+    /// Route-optimised mode: send the client (a correspondent node) a Binding Update built
+    /// from the home keygen ticket that came with the connection and this node's care-of
+    /// keygen token (RFC 6275 §5.2.5, §11.7.2). An offer waits for the care-of test.
+    RouteOptimised {
+        /// Binding lifetime asked for.
+        lifetime: Duration,
+    },
+}
+
+/// Acceptor policy.
+#[derive(Debug, Clone)]
+pub struct AcceptorConfig {
+    /// Refuse with [`RefuseReason::Load`] when the host already has this many connections.
+    pub max_connections: usize,
+    /// Offers in progress at once (waiting for steering or a care-of token); more are refused
+    /// with [`RefuseReason::Load`].
+    pub max_pending: usize,
+    /// Address takeover.
+    pub takeover: Takeover,
+    /// Steering.
+    pub steering: Steering,
+    /// Longest wait for the home agent's answer before the offer is refused.
+    pub steer_timeout: Duration,
+    /// Route-optimised: longest wait for the care-of test before the offer is refused.
+    pub care_of_wait: Duration,
+}
+
+impl Default for AcceptorConfig {
+    /// Up to 10 000 connections, 64 offers in progress, the address taken over, no steering,
+    /// 1 s steering timeout, 2 s care-of wait.
+    fn default() -> Self {
+        AcceptorConfig {
+            max_connections: 10_000,
+            max_pending: 64,
+            takeover: Takeover::Address,
+            steering: Steering::None,
+            steer_timeout: Duration::from_secs(1),
+            care_of_wait: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Where an acceptor's message goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dest<K> {
+    /// The donor on the caller's channel `K`.
+    Donor(K),
+    /// The home agent's flow agent (transparent mode).
+    HomeAgent,
+}
+
+/// What the acceptor did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AcceptorEvent {
+    /// A connection now runs here and the service continues it.
+    Adopted {
+        /// The offer's id.
+        conn_id: u64,
+        /// The connection's client end.
+        client: SocketAddrV6,
+        /// The acceptor's phase timings.
+        times: AcceptorTimes,
+    },
+    /// A connection arrived but the service could not continue it: it was reset.
+    AdoptFailed {
+        /// The offer's id.
+        conn_id: u64,
+        /// Why.
+        cause: String,
+    },
+    /// An offer was refused.
+    Refused {
+        /// The offer's id.
+        conn_id: u64,
+        /// Why.
+        reason: RefuseReason,
+    },
+    /// The donor gave an offer up (or its channel failed) before the commit.
+    Aborted {
+        /// The offer's id.
+        conn_id: u64,
+    },
+    /// The donor announced an offer for a connection with `client` (its drain started).
+    Prepared {
+        /// The coming offer's id.
+        conn_id: u64,
+        /// The connection's client end.
+        client: SocketAddrV6,
+    },
+    /// Packets the donor held for a moved connection were delivered here.
+    Forwarded {
+        /// The offer's id.
+        conn_id: u64,
+        /// How many.
+        packets: usize,
+    },
+    /// Route-optimised: the Binding Update went to `client` at `at` (phase 6 ends with its
+    /// acknowledgement, which the caller sees from the mobile role).
+    BindingSent {
+        /// The correspondent.
+        client: Ipv6Addr,
+        /// When.
+        at: Instant,
+    },
+}
+
+/// A donor broke the protocol on its channel; drop the channel.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("protocol violation: {0}")]
+pub struct Violation(pub &'static str);
+
+#[derive(Debug)]
+enum Stage<C> {
+    /// Route-optimised: waiting for the care-of keygen token.
+    CareOf {
+        offer: Offer,
+        state: Box<ConnState>,
+        since: Instant,
+    },
+    /// Thawed (dormant); the home agent's answer to MoveFlow `move_id` is awaited.
+    Steering {
+        conn: C,
+        state: Box<ConnState>,
+        app: Option<Vec<u8>>,
+        times: AcceptorTimes,
+        move_id: u64,
+        sent: Instant,
+    },
+    /// Accept queued; activated at the next poll.
+    Committing {
+        conn: C,
+        app: Option<Vec<u8>>,
+        client: SocketAddrV6,
+        times: AcceptorTimes,
+    },
+}
+
+#[derive(Debug)]
+struct Pending<K, C> {
+    from: K,
+    conn_id: u64,
+    arrived: Instant,
+    until: Instant,
+    stage: Stage<C>,
+}
+
+/// Care-of tests this acceptor started, per correspondent (bounded).
+const MAX_CARE_OF: usize = 1024;
+
+/// The acceptor side of a node.
+#[derive(Debug)]
+pub struct Acceptor<K, C> {
+    cfg: AcceptorConfig,
+    pending: Vec<Pending<K, C>>,
+    out: VecDeque<(Dest<K>, Message)>,
+    events: VecDeque<AcceptorEvent>,
+    next_move: u64,
+    /// Route-optimised: when the care-of test towards a correspondent started, and how long
+    /// it took once its token is at hand (phase 4, run ahead of the offer).
+    care_of: HashMap<Ipv6Addr, (Instant, Option<Duration>)>,
+}
+
+impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
+    /// An acceptor with this policy.
+    pub fn new(cfg: AcceptorConfig) -> Self {
+        Acceptor {
+            cfg,
+            pending: Vec::new(),
+            out: VecDeque::new(),
+            events: VecDeque::new(),
+            next_move: 1,
+            care_of: HashMap::new(),
+        }
+    }
+
+    /// The policy.
+    pub fn config(&self) -> &AcceptorConfig {
+        &self.cfg
+    }
+
+    /// The next message to send, and where.
+    pub fn poll_transmit(&mut self) -> Option<(Dest<K>, Message)> {
+        self.out.pop_front()
+    }
+
+    /// The next thing that happened.
+    pub fn poll_event(&mut self) -> Option<AcceptorEvent> {
+        self.events.pop_front()
+    }
+
+    /// Offers in progress.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// When to call [`Acceptor::poll`] at the latest (at once while an Accept waits for its
+    /// activation).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.pending
+            .iter()
+            .map(|p| match p.stage {
+                Stage::Committing { .. } => p.arrived,
+                _ => p.until,
+            })
+            .min()
+    }
+
+    /// A message from the donor on channel `from`. `Err` when the donor broke the protocol:
+    /// drop its channel (and call [`Acceptor::channel_failed`]).
+    pub fn handle<H, S>(
+        &mut self,
+        now: Instant,
+        from: K,
+        msg: Message,
+        host: &mut H,
+        svc: &mut S,
+    ) -> Result<(), Violation>
+    where
+        H: Host<Conn = C>,
+        S: Service<C>,
+    {
+        match msg {
+            Message::Offer(o) => self.on_offer(now, from, o, host, svc),
+            Message::Abort { conn_id, .. } => {
+                let mut k = 0;
+                while k < self.pending.len() {
+                    let p = &self.pending[k];
+                    // Committing: the Accept is out, the donor's Abort crossed it; the donor
+                    // will see the Accept as a reply it no longer waits for and report it in
+                    // doubt. Keep it: activating is the side that keeps the connection alive.
+                    if p.from == from
+                        && p.conn_id == conn_id
+                        && !matches!(p.stage, Stage::Committing { .. })
+                    {
+                        let p = self.pending.swap_remove(k);
+                        Self::drop_pending(p, host);
+                        self.events.push_back(AcceptorEvent::Aborted { conn_id });
+                    } else {
+                        k += 1;
+                    }
+                }
+            }
+            Message::Prepare { conn_id, client } => {
+                if matches!(self.cfg.steering, Steering::RouteOptimised { .. }) {
+                    // Return routability overlaps with the donor's drain and the transfer.
+                    self.start_care_of_test(now, *client.ip(), conn_id, host);
+                }
+                self.events
+                    .push_back(AcceptorEvent::Prepared { conn_id, client });
+            }
+            Message::Forward { conn_id, packets } => {
+                let n = packets.len();
+                host.inject(packets.into_iter().map(|b| b.into_vec()).collect());
+                self.events.push_back(AcceptorEvent::Forwarded {
+                    conn_id,
+                    packets: n,
+                });
+            }
+            Message::Accept { .. }
+            | Message::Refuse { .. }
+            | Message::Activated { .. }
+            | Message::MoveFlow { .. }
+            | Message::FlowMoved { .. } => {
+                return Err(Violation("an acceptor got a reply or home-agent message"))
+            }
+        }
+        Ok(())
+    }
+
+    /// The home agent's answer to a flow move.
+    pub fn handle_home_agent<H, S>(&mut self, now: Instant, msg: Message, host: &mut H, svc: &mut S)
+    where
+        H: Host<Conn = C>,
+        S: Service<C>,
+    {
+        let Message::FlowMoved {
+            conn_id,
+            ok,
+            detail,
+        } = msg
+        else {
+            tracing::warn!("home agent sent {msg:?}: ignored");
+            return;
+        };
+        let Some(k) = self
+            .pending
+            .iter()
+            .position(|p| matches!(p.stage, Stage::Steering { move_id, .. } if move_id == conn_id))
+        else {
+            // A late answer to a move given up on.
+            tracing::debug!(conn_id, "flow-move answer for no pending offer");
+            return;
+        };
+        let p = self.pending.swap_remove(k);
+        let Stage::Steering {
+            conn,
+            state,
+            app,
+            mut times,
+            sent,
+            ..
+        } = p.stage
+        else {
+            return;
+        };
+        if !ok {
+            host.discard(conn);
+            self.refuse(
+                p.from,
+                p.conn_id,
+                RefuseReason::Other(format!("steering: {detail}")),
+            );
+            return;
+        }
+        times.steer_ns[2] = ns(now.saturating_duration_since(sent));
+        self.commit(now, p.from, p.conn_id, p.arrived, conn, &state, app, times);
+        let _ = svc;
+    }
+
+    /// The channel to the home agent failed: offers waiting for it are refused.
+    pub fn home_agent_failed<H: Host<Conn = C>>(&mut self, host: &mut H) {
+        let mut k = 0;
+        while k < self.pending.len() {
+            if matches!(self.pending[k].stage, Stage::Steering { .. }) {
+                let p = self.pending.swap_remove(k);
+                let (from, id) = (p.from, p.conn_id);
+                Self::drop_pending(p, host);
+                self.refuse(
+                    from,
+                    id,
+                    RefuseReason::Other("steering: home agent unreachable".into()),
+                );
+            } else {
+                k += 1;
+            }
+        }
+    }
+
+    /// The channel `from` failed: its offers in progress are dropped (its donor resumes them,
+    /// or already gave up), including one whose Accept may not have left.
+    pub fn channel_failed<H: Host<Conn = C>>(&mut self, from: K, host: &mut H) {
+        self.out.retain(|(d, _)| *d != Dest::Donor(from));
+        let mut k = 0;
+        while k < self.pending.len() {
+            if self.pending[k].from == from {
+                let p = self.pending.swap_remove(k);
+                let id = p.conn_id;
+                Self::drop_pending(p, host);
+                self.events
+                    .push_back(AcceptorEvent::Aborted { conn_id: id });
+            } else {
+                k += 1;
+            }
+        }
+    }
+
+    /// Advance: activate committed connections, give up on slow steering, take up offers
+    /// whose care-of token arrived.
+    pub fn poll<H, S>(&mut self, now: Instant, host: &mut H, svc: &mut S)
+    where
+        H: Host<Conn = C>,
+        S: Service<C>,
+    {
+        // Care-of tests that completed (phase 4 ran ahead).
+        for (cn, (started, took)) in self.care_of.iter_mut() {
+            if took.is_none() && host.has_care_of_token(*cn) {
+                *took = Some(now.saturating_duration_since(*started));
+            }
+        }
+        let mut k = 0;
+        while k < self.pending.len() {
+            let p = &self.pending[k];
+            let ready = match &p.stage {
+                Stage::Committing { .. } => true,
+                Stage::CareOf { state, .. } => {
+                    host.has_care_of_token(*state.remote().ip()) || now >= p.until
+                }
+                Stage::Steering { .. } => now >= p.until,
+            };
+            if !ready {
+                k += 1;
+                continue;
+            }
+            let p = self.pending.swap_remove(k);
+            match p.stage {
+                Stage::Committing {
+                    conn,
+                    app,
+                    client,
+                    times,
+                } => self.activate(
+                    p.from, p.conn_id, p.arrived, conn, app, client, times, host, svc,
+                ),
+                Stage::CareOf {
+                    offer,
+                    state,
+                    since,
+                } => {
+                    let rr = now.saturating_duration_since(since);
+                    self.care_of.remove(state.remote().ip());
+                    self.take_offer(now, p.from, offer, *state, p.arrived, rr, host);
+                }
+                Stage::Steering { conn, .. } => {
+                    host.discard(conn);
+                    self.refuse(
+                        p.from,
+                        p.conn_id,
+                        RefuseReason::Other(
+                            "steering: no answer from the home agent in time".into(),
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    fn on_offer<H, S>(&mut self, now: Instant, from: K, o: Offer, host: &mut H, svc: &mut S)
+    where
+        H: Host<Conn = C>,
+        S: Service<C>,
+    {
+        let id = o.conn_id;
+        tracing::debug!(conn_id = id, state_bytes = o.state.len(), "offer received");
+        if !svc.accepts(&o.service) {
+            return self.refuse(from, id, RefuseReason::UnknownService);
+        }
+        if host.connection_count() >= self.cfg.max_connections
+            || self.pending.len() >= self.cfg.max_pending
+        {
+            return self.refuse(from, id, RefuseReason::Load);
+        }
+        let state = match ConnState::decode(&o.state) {
+            Ok(s) => s,
+            Err(e) => return self.refuse(from, id, RefuseReason::BadState(e.to_string())),
+        };
+        if let Steering::RouteOptimised { .. } = self.cfg.steering {
+            let cn = *state.remote().ip();
+            if !host.has_care_of_token(cn) {
+                // The Binding Update needs the care-of keygen token (RFC 6275 §5.2.5): hold
+                // the offer back until the test (started now if no Prepare started it)
+                // answers; that wait is phase 4.
+                tracing::debug!(client = %state.remote(), "offer held back for the care-of test");
+                self.start_care_of_test(now, cn, id, host);
+                let since = self.care_of.get(&cn).map_or(now, |c| c.0);
+                self.pending.push(Pending {
+                    from,
+                    conn_id: id,
+                    arrived: now,
+                    until: now + self.cfg.care_of_wait,
+                    stage: Stage::CareOf {
+                        offer: o,
+                        state: Box::new(state),
+                        since,
+                    },
+                });
+                return;
+            }
+            let rr = self
+                .care_of
+                .remove(&cn)
+                .and_then(|c| c.1)
+                .unwrap_or_default();
+            return self.take_offer(now, from, o, state, now, rr, host);
+        }
+        self.take_offer(now, from, o, state, now, Duration::ZERO, host)
+    }
+
+    /// Phases 3–6 for an offer that passed the checks; `rr` is phase 4 when it ran ahead or
+    /// while the offer waited.
+    #[allow(clippy::too_many_arguments)]
+    fn take_offer<H: Host<Conn = C>>(
+        &mut self,
+        now: Instant,
+        from: K,
+        o: Offer,
+        state: ConnState,
+        arrived: Instant,
+        rr: Duration,
+        host: &mut H,
+    ) {
+        let id = o.conn_id;
+        // Phase 3: socket re-creation (dormant until the commit).
+        let t3 = host.now();
+        let conn = match host.thaw(&state, self.cfg.takeover) {
+            Ok(c) => c,
+            Err(e) => return self.refuse(from, id, RefuseReason::ThawFailed(e.to_string())),
+        };
+        let mut times = AcceptorTimes {
+            recreate_ns: ns(host.now().saturating_duration_since(t3)),
+            ..Default::default()
+        };
+        let app = o.app.map(|b| b.into_vec());
+        // Phases 4–6, before the commit: a flow that cannot be steered here is refused and
+        // stays with the donor (a failed steering step changed nothing).
+        match self.cfg.steering {
+            Steering::None => self.commit(now, from, id, arrived, conn, &state, app, times),
+            Steering::HomeAgentFlow { coa } => {
+                // Phase 5 builds the request; phase 6 is the home agent's map update and
+                // answer (phase 4, return routability, does not exist in transparent mode).
+                let t5 = host.now();
+                let move_id = self.next_move;
+                self.next_move += 1;
+                self.out.push_back((
+                    Dest::HomeAgent,
+                    Message::MoveFlow {
+                        conn_id: move_id,
+                        client: state.remote(),
+                        server: state.local(),
+                        to: coa,
+                    },
+                ));
+                let sent = host.now();
+                times.steer_ns[1] = ns(sent.saturating_duration_since(t5));
+                self.pending.push(Pending {
+                    from,
+                    conn_id: id,
+                    arrived,
+                    until: now + self.cfg.steer_timeout,
+                    stage: Stage::Steering {
+                        conn,
+                        state: Box::new(state),
+                        app,
+                        times,
+                        move_id,
+                        sent: now.max(sent),
+                    },
+                });
+            }
+            Steering::RouteOptimised { lifetime } => {
+                let cn = *state.remote().ip();
+                let Some(ticket) = o.ticket else {
+                    host.discard(conn);
+                    return self.refuse(
+                        from,
+                        id,
+                        RefuseReason::Other(
+                            "steering: route-optimised offer without a home ticket".into(),
+                        ),
+                    );
+                };
+                // Phase 5 builds and queues the Binding Update; phase 6 (until the Binding
+                // Acknowledgement) completes after the activation: AcceptorEvent::BindingSent.
+                let t5 = host.now();
+                if let Err(e) = host.bind(cn, &ticket, lifetime) {
+                    host.discard(conn);
+                    return self.refuse(from, id, RefuseReason::Other(format!("steering: {e}")));
+                }
+                let at = host.now();
+                times.steer_ns = [ns(rr), ns(at.saturating_duration_since(t5)), 0];
+                self.events
+                    .push_back(AcceptorEvent::BindingSent { client: cn, at });
+                self.commit(now, from, id, arrived, conn, &state, app, times);
+            }
+        }
+    }
+
+    /// Queue the Accept; the activation follows at the next poll, after the caller sent it.
+    #[allow(clippy::too_many_arguments)]
+    fn commit(
+        &mut self,
+        now: Instant,
+        from: K,
+        conn_id: u64,
+        arrived: Instant,
+        conn: C,
+        state: &ConnState,
+        app: Option<Vec<u8>>,
+        times: AcceptorTimes,
+    ) {
+        self.out
+            .push_back((Dest::Donor(from), Message::Accept { conn_id }));
+        self.pending.push(Pending {
+            from,
+            conn_id,
+            arrived,
+            until: now,
+            stage: Stage::Committing {
+                conn,
+                app,
+                client: state.remote(),
+                times,
+            },
+        });
+    }
+
+    /// Phase 7 and the service's adoption.
+    #[allow(clippy::too_many_arguments)]
+    fn activate<H, S>(
+        &mut self,
+        from: K,
+        conn_id: u64,
+        arrived: Instant,
+        mut conn: C,
+        app: Option<Vec<u8>>,
+        client: SocketAddrV6,
+        mut times: AcceptorTimes,
+        host: &mut H,
+        svc: &mut S,
+    ) where
+        H: Host<Conn = C>,
+        S: Service<C>,
+    {
+        let t7 = host.now();
+        if let Err(e) = host.activate(&mut conn, self.cfg.takeover == Takeover::Address) {
+            // After the commit: the connection is lost on both sides. Reset it rather than
+            // leave the client hanging; the donor hears nothing more and reports it in doubt.
+            tracing::error!(conn_id, "activation failed after the commit: {e}");
+            host.abort(conn);
+            self.events.push_back(AcceptorEvent::AdoptFailed {
+                conn_id,
+                cause: format!("activation: {e}"),
+            });
+            return;
+        }
+        let t7e = host.now();
+        times.activate_ns = ns(t7e.saturating_duration_since(t7));
+        times.elapsed_ns = ns(t7e.saturating_duration_since(arrived));
+        self.out
+            .push_back((Dest::Donor(from), Message::Activated { conn_id, times }));
+        let res = match app {
+            Some(a) => svc.adopt(conn, &a),
+            None => Err((conn, "the offer carried no service state".to_string())),
+        };
+        match res {
+            Ok(()) => self.events.push_back(AcceptorEvent::Adopted {
+                conn_id,
+                client,
+                times,
+            }),
+            Err((conn, cause)) => {
+                // The connection is ours but cannot be continued: a RST rather than a hang.
+                tracing::error!(conn_id, "cannot continue an adopted connection: {cause}");
+                host.abort(conn);
+                self.events
+                    .push_back(AcceptorEvent::AdoptFailed { conn_id, cause });
+            }
+        }
+    }
+
+    fn refuse(&mut self, from: K, conn_id: u64, reason: RefuseReason) {
+        tracing::warn!(conn_id, "offer refused: {reason:?}");
+        self.out.push_back((
+            Dest::Donor(from),
+            Message::Refuse {
+                conn_id,
+                reason: reason.clone(),
+            },
+        ));
+        self.events
+            .push_back(AcceptorEvent::Refused { conn_id, reason });
+    }
+
+    fn drop_pending<H: Host<Conn = C>>(p: Pending<K, C>, host: &mut H) {
+        match p.stage {
+            Stage::CareOf { .. } => {}
+            Stage::Steering { conn, .. } | Stage::Committing { conn, .. } => host.discard(conn),
+        }
+    }
+
+    fn start_care_of_test<H: Host<Conn = C>>(
+        &mut self,
+        now: Instant,
+        cn: Ipv6Addr,
+        cookie: u64,
+        host: &mut H,
+    ) {
+        if host.has_care_of_token(cn) || self.care_of.contains_key(&cn) {
+            return;
+        }
+        if self.care_of.len() >= MAX_CARE_OF {
+            // Bounded: forget the oldest test.
+            if let Some(old) = self.care_of.iter().min_by_key(|c| c.1 .0).map(|c| *c.0) {
+                self.care_of.remove(&old);
+            }
+        }
+        match host.start_care_of_test(cn, cookie) {
+            Ok(()) => {
+                self.care_of.insert(cn, (now, None));
+            }
+            Err(e) => tracing::warn!(%cn, "care-of test not started: {e}"),
+        }
+    }
+}

@@ -1,0 +1,579 @@
+//! The donor's side of one handoff: a sans-IO state machine (quinn-proto's shape).
+//!
+//! Fed `(now, input)` — [`Donor::poll`] after the caller's loop ran, [`Donor::handle`] for a
+//! message from the acceptor, [`Donor::channel_failed`] when the control channel broke — it
+//! drives the connection's [`Host`] and [`Service`] (passed per call) and queues messages for
+//! the acceptor ([`Donor::poll_transmit`]); [`Donor::poll_timeout`] says when to call again.
+//! No clock, socket or sleep inside: `now` is the caller's, the host times its own operations.
+//!
+//! ```text
+//! start ─▶ Draining ─(acked | deadline | Immediate)─▶ freeze, Offer ─▶ Offered
+//! Offered ─Refuse/Abort/timeout/channel error─▶ thaw back, service adopts ─▶ Resumed
+//! Offered ─Accept─▶ (commit) ─Activated─▶ Moved ─▶ Forwarding (held packets) ─▶ done
+//! Offered ─Accept, then nothing─▶ Failed (in doubt: the connection may run there)
+//! ```
+//!
+//! Commit rule: the acceptor sends [`Message::Accept`] only after its thaw and steering
+//! succeeded, and the donor treats Accept as the commit point. Before it nothing is lost: the
+//! donor thaws the connection back. After it the connection belongs to the acceptor. The one
+//! window two parties cannot close — an Accept in flight when the reply timeout fires — is
+//! kept small by a reply timeout well above the control path's delay.
+
+use std::collections::VecDeque;
+use std::net::SocketAddrV6;
+use std::time::{Duration, Instant};
+
+use ds_stack::ConnState;
+
+use crate::channel::frame_len;
+use crate::drain::Drain;
+use crate::host::{Host, Service, Takeover};
+use crate::msg::{AcceptorTimes, Message, Offer};
+use crate::report::{HandoffReport, Mode, Phase, PhaseTimes};
+use crate::HandoffError;
+
+/// What a handoff is and how the donor runs it.
+#[derive(Debug, Clone)]
+pub struct DonorConfig {
+    /// Identifier echoed by the acceptor.
+    pub conn_id: u64,
+    /// Service name the acceptor checks.
+    pub service: String,
+    /// Optional encoded mobility ticket (route-optimised mode).
+    pub ticket: Option<Vec<u8>>,
+    /// When to freeze.
+    pub drain: Drain,
+    /// Longest wait for Accept/Refuse after the offer, and then again for Activated.
+    pub reply_timeout: Duration,
+    /// Steering mode, for the report.
+    pub mode: Mode,
+    /// Path label for the report, e.g. `"user->user"`.
+    pub path: String,
+    /// Announce the coming offer when the drain starts ([`Message::Prepare`]), so the
+    /// acceptor can run return routability meanwhile.
+    pub prepare: bool,
+    /// After the move, how long packets that still reach this host are forwarded to the
+    /// acceptor (until steering has surely taken effect).
+    pub forward_grace: Duration,
+}
+
+impl DonorConfig {
+    /// Defaults: immediate freeze, 2 s reply timeout, transparent, `"user->user"`, Prepare
+    /// sent, 200 ms forwarding.
+    pub fn new(conn_id: u64, service: &str) -> Self {
+        DonorConfig {
+            conn_id,
+            service: service.to_string(),
+            ticket: None,
+            drain: Drain::Immediate,
+            reply_timeout: Duration::from_secs(2),
+            mode: Mode::Transparent,
+            path: "user->user".into(),
+            prepare: true,
+            forward_grace: Duration::from_millis(200),
+        }
+    }
+}
+
+/// How a donor's handoff ended.
+#[derive(Debug)]
+pub enum DonorOutcome {
+    /// The connection runs on the acceptor. The donor goes on forwarding the packets that
+    /// still reach it for [`DonorConfig::forward_grace`] (keep polling it until
+    /// [`Donor::is_done`]).
+    Moved {
+        /// The measured handoff (client-side fields unset).
+        report: HandoffReport,
+        /// Sequence number just after the last byte this node sent (SND.MAX at the freeze):
+        /// the acceptor's first new segment starts here, so the client-perceived gap is
+        /// measured at this boundary.
+        boundary_seq: u32,
+    },
+    /// The handoff failed before the acceptor committed; the connection runs here again and
+    /// the service continues it.
+    Resumed {
+        /// Why it came back.
+        cause: HandoffError,
+    },
+    /// The handoff ended in a state this side cannot repair (the connection is not here):
+    /// in doubt after Accept, the connection gone before the freeze, a failed thaw back.
+    Failed {
+        /// Why.
+        cause: HandoffError,
+    },
+}
+
+#[derive(Debug)]
+struct InFlight {
+    state: ConnState,
+    t0: Instant,
+    offer_sent: Instant,
+    phases: PhaseTimes,
+    drain: Duration,
+    state_bytes: usize,
+    offer_bytes: usize,
+    accepted: Option<Instant>,
+}
+
+#[derive(Debug)]
+enum Stage<C> {
+    Draining {
+        conn: C,
+        since: Instant,
+        until: Option<Instant>,
+        solicited: bool,
+    },
+    Offered(Box<InFlight>),
+    Forwarding {
+        until: Instant,
+        /// Next look at the held packets.
+        next: Instant,
+    },
+    Done,
+}
+
+/// How often held packets are collected while forwarding (the host holds them meanwhile).
+const FORWARD_EVERY: Duration = Duration::from_millis(1);
+
+/// The donor side of one handoff.
+#[derive(Debug)]
+pub struct Donor<C> {
+    cfg: DonorConfig,
+    stage: Stage<C>,
+    /// The service's state of the connection (exported at the start).
+    app: Vec<u8>,
+    local: SocketAddrV6,
+    remote: SocketAddrV6,
+    out: VecDeque<Message>,
+    outcome: Option<DonorOutcome>,
+    forwarded: u64,
+}
+
+impl<C: std::fmt::Debug> Donor<C> {
+    /// Begin handing `conn` off at `now`: the service stops using it and exports its state,
+    /// the drain starts. On error the connection stays with the service, as it was, and
+    /// comes back with the cause.
+    pub fn start<H, S>(
+        now: Instant,
+        conn: C,
+        cfg: DonorConfig,
+        host: &mut H,
+        svc: &mut S,
+    ) -> Result<Self, (C, HandoffError)>
+    where
+        H: Host<Conn = C>,
+        S: Service<C>,
+    {
+        let Some((local, remote)) = host.endpoints(&conn) else {
+            return Err((conn, HandoffError::Gone));
+        };
+        let app = match svc.export(&conn) {
+            Ok(a) => a,
+            Err(e) => return Err((conn, HandoffError::Service(e))),
+        };
+        let mut out = VecDeque::new();
+        if cfg.prepare {
+            out.push_back(Message::Prepare {
+                conn_id: cfg.conn_id,
+                client: remote,
+            });
+        }
+        let until = match cfg.drain {
+            Drain::Immediate => None,
+            Drain::UntilAcked { deadline } => Some(now + deadline),
+        };
+        Ok(Donor {
+            cfg,
+            stage: Stage::Draining {
+                conn,
+                since: now,
+                until,
+                solicited: false,
+            },
+            app,
+            local,
+            remote,
+            out,
+            outcome: None,
+            forwarded: 0,
+        })
+    }
+
+    /// The offer's id.
+    pub fn conn_id(&self) -> u64 {
+        self.cfg.conn_id
+    }
+
+    /// The connection's ends `(local, remote)`.
+    pub fn flow(&self) -> (SocketAddrV6, SocketAddrV6) {
+        (self.local, self.remote)
+    }
+
+    /// True while waiting for the drain.
+    pub fn is_draining(&self) -> bool {
+        matches!(self.stage, Stage::Draining { .. })
+    }
+
+    /// True once the connection moved and forwarding is over, or the handoff ended otherwise,
+    /// with nothing left to transmit or report.
+    pub fn is_done(&self) -> bool {
+        matches!(self.stage, Stage::Done) && self.out.is_empty() && self.outcome.is_none()
+    }
+
+    /// Packets forwarded to the acceptor so far.
+    pub fn forwarded(&self) -> u64 {
+        self.forwarded
+    }
+
+    /// The next message for the acceptor.
+    pub fn poll_transmit(&mut self) -> Option<Message> {
+        self.out.pop_front()
+    }
+
+    /// How the handoff ended, once (then `None`).
+    pub fn poll_outcome(&mut self) -> Option<DonorOutcome> {
+        self.outcome.take()
+    }
+
+    /// When to call [`Donor::poll`] at the latest: the drain or reply deadline, the end of
+    /// forwarding. `None` while nothing is timed (the host's events will wake the caller).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match &self.stage {
+            Stage::Draining { until, .. } => *until,
+            Stage::Offered(f) => Some(f.accepted.unwrap_or(f.offer_sent) + self.cfg.reply_timeout),
+            Stage::Forwarding { until, next } => Some((*until).min(*next)),
+            Stage::Done => None,
+        }
+    }
+
+    /// Stop forwarding without releasing the host's hold: the connection came back to this
+    /// host (a newer thaw owns its packets now), or a newer freeze holds them again.
+    pub fn stop_forwarding(&mut self) {
+        if matches!(self.stage, Stage::Forwarding { .. }) {
+            self.stage = Stage::Done;
+        }
+    }
+
+    /// Advance: end the drain, give up waiting for a reply, forward held packets.
+    pub fn poll<H, S>(&mut self, now: Instant, host: &mut H, svc: &mut S)
+    where
+        H: Host<Conn = C>,
+        S: Service<C>,
+    {
+        match std::mem::replace(&mut self.stage, Stage::Done) {
+            Stage::Done => {}
+            Stage::Draining {
+                conn,
+                since,
+                until,
+                mut solicited,
+            } => {
+                let ready = match self.cfg.drain {
+                    Drain::Immediate => true,
+                    Drain::UntilAcked { .. } => match host.unacknowledged(&conn) {
+                        None => {
+                            self.outcome = Some(DonorOutcome::Failed {
+                                cause: HandoffError::Gone,
+                            });
+                            return;
+                        }
+                        Some(0) => true,
+                        Some(_) => {
+                            // Everything sent: ask for the ACK now rather than after the
+                            // peer's delayed-ACK timer.
+                            if !solicited {
+                                solicited = host.solicit_ack(&conn);
+                            }
+                            until.is_some_and(|t| now >= t)
+                        }
+                    },
+                };
+                if ready {
+                    self.offer(now, conn, now.saturating_duration_since(since), host, svc);
+                } else {
+                    self.stage = Stage::Draining {
+                        conn,
+                        since,
+                        until,
+                        solicited,
+                    };
+                }
+            }
+            Stage::Offered(f) => {
+                let waited = now.saturating_duration_since(f.accepted.unwrap_or(f.offer_sent));
+                if waited < self.cfg.reply_timeout {
+                    self.stage = Stage::Offered(f);
+                } else if f.accepted.is_none() {
+                    self.resume(&f.state, HandoffError::Timeout, host, svc);
+                } else {
+                    self.in_doubt(f, "no Activated in time".into());
+                }
+            }
+            Stage::Forwarding { until, .. } => {
+                let (local, remote) = (self.local, self.remote);
+                if now >= until {
+                    let rest = host.release(local, remote);
+                    self.forward(rest);
+                } else {
+                    let held = host.take_held(local, remote);
+                    self.forward(held);
+                    self.stage = Stage::Forwarding {
+                        until,
+                        next: now + FORWARD_EVERY,
+                    };
+                }
+            }
+        }
+    }
+
+    /// A message from the acceptor about this handoff (others are ignored: a late reply
+    /// about an earlier offer is not ours to act on).
+    pub fn handle<H, S>(&mut self, now: Instant, msg: Message, host: &mut H, svc: &mut S)
+    where
+        H: Host<Conn = C>,
+        S: Service<C>,
+    {
+        if msg.conn_id() != self.cfg.conn_id {
+            return;
+        }
+        if !matches!(self.stage, Stage::Offered(_)) {
+            // Not waiting for a reply (a peer breaking the protocol, or a reply after this
+            // side gave up): nothing to act on.
+            tracing::debug!(
+                conn_id = self.cfg.conn_id,
+                ?msg,
+                "reply outside an offer ignored"
+            );
+            return;
+        }
+        let Stage::Offered(mut f) = std::mem::replace(&mut self.stage, Stage::Done) else {
+            return;
+        };
+        match (msg, f.accepted) {
+            (Message::Refuse { reason, .. }, None) => {
+                self.resume(&f.state, HandoffError::Refused(reason), host, svc)
+            }
+            (Message::Abort { .. }, None) => self.resume(
+                &f.state,
+                HandoffError::Protocol("acceptor aborted"),
+                host,
+                svc,
+            ),
+            (Message::Accept { .. }, None) => {
+                f.accepted = Some(now);
+                self.stage = Stage::Offered(f);
+            }
+            (Message::Activated { times, .. }, Some(_)) => self.finish(now, *f, times),
+            (_, None) => self.resume(
+                &f.state,
+                HandoffError::Protocol("unexpected reply to an offer"),
+                host,
+                svc,
+            ),
+            (_, Some(_)) => self.in_doubt(f, "unexpected message after Accept".into()),
+        }
+    }
+
+    /// The control channel to the acceptor failed.
+    pub fn channel_failed<H, S>(&mut self, _now: Instant, cause: String, host: &mut H, svc: &mut S)
+    where
+        H: Host<Conn = C>,
+        S: Service<C>,
+    {
+        self.out.clear();
+        match std::mem::replace(&mut self.stage, Stage::Done) {
+            Stage::Done => {}
+            Stage::Draining { conn, .. } => {
+                // Not frozen yet: the service simply continues it.
+                let cause = HandoffError::ChannelLost(cause);
+                match svc.adopt(conn, &self.app) {
+                    Ok(()) => self.outcome = Some(DonorOutcome::Resumed { cause }),
+                    Err((conn, e)) => {
+                        host.abort(conn);
+                        self.outcome = Some(DonorOutcome::Failed {
+                            cause: HandoffError::Service(e),
+                        });
+                    }
+                }
+            }
+            Stage::Offered(f) if f.accepted.is_none() => {
+                self.resume(&f.state, HandoffError::ChannelLost(cause), host, svc)
+            }
+            Stage::Offered(f) => self.in_doubt(f, cause),
+            Stage::Forwarding { .. } => {
+                // Nothing can be forwarded any more.
+                let _ = host.release(self.local, self.remote);
+            }
+        }
+    }
+
+    fn offer<H, S>(&mut self, now: Instant, conn: C, drain: Duration, host: &mut H, svc: &mut S)
+    where
+        H: Host<Conn = C>,
+        S: Service<C>,
+    {
+        // Phase 1: socket extraction.
+        let t0 = host.now();
+        let state = match host.freeze(&conn) {
+            Ok(s) => s,
+            Err(e) => {
+                // The connection still runs here.
+                let cause = HandoffError::Host(e);
+                match svc.adopt(conn, &self.app) {
+                    Ok(()) => self.outcome = Some(DonorOutcome::Resumed { cause }),
+                    Err((conn, e)) => {
+                        host.abort(conn);
+                        self.outcome = Some(DonorOutcome::Failed {
+                            cause: HandoffError::Service(e),
+                        });
+                    }
+                }
+                return;
+            }
+        };
+        drop(conn);
+        let bytes = state.encode();
+        let mut phases = PhaseTimes::default();
+        let t1 = host.now();
+        phases.set(Phase::SocketExtraction, t1.saturating_duration_since(t0));
+        let state_bytes = bytes.len();
+        let offer = Message::Offer(Offer {
+            conn_id: self.cfg.conn_id,
+            state: bytes,
+            ticket: self.cfg.ticket.clone().map(serde_bytes::ByteBuf::from),
+            service: self.cfg.service.clone(),
+            app: Some(serde_bytes::ByteBuf::from(self.app.clone())),
+        });
+        let offer_bytes = frame_len(offer.encoded_len());
+        tracing::debug!(conn_id = self.cfg.conn_id, state_bytes, "offer queued");
+        self.out.push_back(offer);
+        self.stage = Stage::Offered(Box::new(InFlight {
+            state,
+            t0,
+            offer_sent: now.max(t1),
+            phases,
+            drain,
+            state_bytes,
+            offer_bytes,
+            accepted: None,
+        }));
+    }
+
+    /// Thaw the connection back here (before the commit) and give it back to the service.
+    fn resume<H, S>(&mut self, state: &ConnState, cause: HandoffError, host: &mut H, svc: &mut S)
+    where
+        H: Host<Conn = C>,
+        S: Service<C>,
+    {
+        // Tell the acceptor to drop the offer (unless it refused it already); best effort:
+        // the channel may be what failed.
+        if !matches!(
+            cause,
+            HandoffError::Refused(_) | HandoffError::ChannelLost(_)
+        ) {
+            self.out.push_back(Message::Abort {
+                conn_id: self.cfg.conn_id,
+                reason: cause.to_string(),
+            });
+        }
+        tracing::warn!(conn_id = self.cfg.conn_id, client = %self.remote, "handoff failed, connection kept here: {cause}");
+        let back = host.thaw(state, Takeover::None).and_then(|mut c| {
+            host.activate(&mut c, false)?;
+            Ok(c)
+        });
+        self.stage = Stage::Done;
+        self.outcome = Some(match back {
+            Ok(c) => match svc.adopt(c, &self.app) {
+                Ok(()) => DonorOutcome::Resumed { cause },
+                Err((c, e)) => {
+                    host.abort(c);
+                    DonorOutcome::Failed {
+                        cause: HandoffError::Service(e),
+                    }
+                }
+            },
+            Err(e) => DonorOutcome::Failed {
+                cause: HandoffError::Host(e),
+            },
+        });
+    }
+
+    /// After Accept without Activated: the connection may run there. What still reaches this
+    /// host goes there too, for the grace period.
+    fn in_doubt(&mut self, f: Box<InFlight>, why: String) {
+        tracing::error!(conn_id = self.cfg.conn_id, "handoff in doubt: {why}");
+        self.outcome = Some(DonorOutcome::Failed {
+            cause: HandoffError::InDoubt(why),
+        });
+        let since = f.accepted.unwrap_or(f.offer_sent);
+        self.stage = Stage::Forwarding {
+            until: since + self.cfg.reply_timeout + self.cfg.forward_grace,
+            next: since,
+        };
+    }
+
+    fn finish(&mut self, now: Instant, f: InFlight, times: AcceptorTimes) {
+        let mut phases = f.phases;
+        // Phase 2: the exchange's network time as the donor sees it, minus the acceptor's own
+        // processing (so the two clocks are never compared).
+        let rtt = now.saturating_duration_since(f.offer_sent);
+        phases.set(
+            Phase::StateTransfer,
+            rtt.saturating_sub(Duration::from_nanos(times.elapsed_ns)),
+        );
+        phases.set(
+            Phase::SocketRecreation,
+            Duration::from_nanos(times.recreate_ns),
+        );
+        for (i, p) in [
+            Phase::ReturnRoutability,
+            Phase::BuConstruction,
+            Phase::BindingManagement,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            phases.set(p, Duration::from_nanos(times.steer_ns[i]));
+        }
+        phases.set(
+            Phase::SocketActivation,
+            Duration::from_nanos(times.activate_ns),
+        );
+        let report = HandoffReport::new(
+            self.cfg.mode,
+            &self.cfg.path,
+            &phases,
+            now.saturating_duration_since(f.t0),
+            f.drain,
+            f.state_bytes,
+            f.offer_bytes,
+        );
+        // SND.MAX at the freeze: the first new byte the client gets from the acceptor.
+        let sent = f.state.in_flight.as_ref().map_or(0, |x| x.max_off);
+        let boundary_seq = f.state.snd_una.wrapping_add(sent);
+        tracing::info!(conn_id = self.cfg.conn_id, client = %self.remote, "handed off: {}", report.to_json_line());
+        self.outcome = Some(DonorOutcome::Moved {
+            report,
+            boundary_seq,
+        });
+        // What was held during the handoff goes at the next poll.
+        self.stage = Stage::Forwarding {
+            until: now + self.cfg.forward_grace,
+            next: now,
+        };
+    }
+
+    fn forward(&mut self, packets: Vec<Vec<u8>>) {
+        if packets.is_empty() {
+            return;
+        }
+        self.forwarded += packets.len() as u64;
+        self.out.push_back(Message::Forward {
+            conn_id: self.cfg.conn_id,
+            packets: packets
+                .into_iter()
+                .map(serde_bytes::ByteBuf::from)
+                .collect(),
+        });
+    }
+}

@@ -1,0 +1,354 @@
+//! What the handoff engine's tests share: a simulated LAN of userspace interfaces, a raw-TCP
+//! service that records what it adopted, message links (a real control channel over loopback
+//! or an in-memory queue) and one exchange round between a donor and an acceptor.
+#![allow(dead_code)]
+
+use ds_handoff::{
+    Acceptor, AcceptorEvent, Channel, ChannelError, ClusterSecret, Dest, Donor, DonorOutcome,
+    Message, Service, UserConn, UserHost,
+};
+use ds_stack::mobile::MobileRole;
+use ds_stack::{Config, Instant, Interface, TcpHandle};
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::net::{Ipv6Addr, SocketAddr, TcpListener};
+use std::rc::Rc;
+use std::time::{Duration, Instant as Mono};
+
+pub const DS: &str = "fd00::80";
+pub const SECRET: &[u8] = b"cluster secret for the test, 32B";
+
+pub fn ip(s: &str) -> Ipv6Addr {
+    s.parse().unwrap()
+}
+
+thread_local! {
+    /// Simulated monotonic time of this test thread (see [`sim_clock`]).
+    static SIM: Cell<Option<Mono>> = const { Cell::new(None) };
+}
+
+/// The host clock in simulated-time tests: the simulated instant, set with [`set_sim`].
+pub fn sim_clock() -> Mono {
+    SIM.with(|s| s.get()).expect("simulated time set")
+}
+
+/// Set the simulated instant read by [`sim_clock`].
+pub fn set_sim(t: Mono) {
+    SIM.with(|s| s.set(Some(t)));
+}
+
+/// One broadcast link (every interface filters by MAC). 0 = client, 1 = donor, 2 = acceptor.
+pub struct Lan {
+    pub ifs: Vec<Interface>,
+    pub now: Instant,
+    /// Wall time and sender of every TCP frame with the DS address as source.
+    pub ds_tx: Vec<(Mono, usize)>,
+    /// The host clock the nodes' hosts use.
+    pub clock: ds_handoff::Clock,
+    /// Mobile roles of the interfaces (route-optimised steering).
+    pub roles: Vec<Option<MobileRole>>,
+}
+
+fn is_tcp_from(f: &[u8], src: Ipv6Addr) -> bool {
+    f.len() >= 54 && f[12..14] == [0x86, 0xdd] && f[20] == 6 && f[22..38] == src.octets()
+}
+
+impl Lan {
+    /// Client fd00::3, node 1 fd00::1 with the DS address, node 2 fd00::2.
+    pub fn new() -> Self {
+        let t0 = Instant::from_millis(1000);
+        let c = Interface::new(Config::new([2, 0, 0, 0, 0, 3], vec![ip("fd00::3")]), t0);
+        let d = Interface::new(
+            Config::new([2, 0, 0, 0, 0, 1], vec![ip("fd00::1"), ip(DS)]),
+            t0,
+        );
+        let a = Interface::new(Config::new([2, 0, 0, 0, 0, 2], vec![ip("fd00::2")]), t0);
+        Self::with(vec![c, d, a], t0)
+    }
+
+    /// A LAN of these interfaces at `now`.
+    pub fn with(ifs: Vec<Interface>, now: Instant) -> Self {
+        Lan {
+            ifs,
+            now,
+            ds_tx: Vec::new(),
+            clock: Mono::now,
+            roles: Vec::new(),
+        }
+    }
+
+    /// Exchange frames until quiet, then advance 1 ms.
+    pub fn step(&mut self) {
+        for _ in 0..100 {
+            let mut frames = Vec::new();
+            for (i, f) in self.ifs.iter_mut().enumerate() {
+                f.poll(self.now);
+                f.transmit(self.now, &mut |fr: &[u8]| frames.push((i, fr.to_vec())));
+            }
+            if frames.is_empty() {
+                break;
+            }
+            let wall = Mono::now();
+            for (from, fr) in &frames {
+                if is_tcp_from(fr, ip(DS)) {
+                    self.ds_tx.push((wall, *from));
+                }
+                for (j, f) in self.ifs.iter_mut().enumerate() {
+                    if j != *from {
+                        f.receive(self.now, fr);
+                    }
+                }
+            }
+        }
+        self.now += Duration::from_millis(1);
+    }
+
+    /// Wall time between the donor's last DS frame and the acceptor's first one.
+    pub fn client_gap(&self) -> Option<Duration> {
+        let first_a = self.ds_tx.iter().position(|(_, i)| *i == 2)?;
+        let last_d = self.ds_tx[..first_a].iter().rev().find(|(_, i)| *i == 1)?;
+        Some(self.ds_tx[first_a].0.duration_since(last_d.0))
+    }
+
+    /// The host of node `i` for one call into the engine.
+    pub fn host(&mut self, i: usize) -> UserHost<'_> {
+        let role = self.roles.get(i).and_then(|r| r.as_ref());
+        UserHost::new(&mut self.ifs[i], self.now, self.clock).with_role(role)
+    }
+}
+
+/// A service of raw TCP: exports a fixed marker, records the handles it adopted.
+#[derive(Debug, Default)]
+pub struct Raw {
+    /// Refuse every service name but this one (`None`: "http").
+    pub name: Option<&'static str>,
+    pub adopted: Vec<TcpHandle>,
+    pub exported: u32,
+    /// Adoption fails (the engine must reset the connection).
+    pub fail_adopt: bool,
+}
+
+impl Service<UserConn> for Raw {
+    fn accepts(&self, name: &str) -> bool {
+        name == self.name.unwrap_or("http")
+    }
+
+    fn export(&mut self, _conn: &UserConn) -> Result<Vec<u8>, String> {
+        self.exported += 1;
+        Ok(b"raw".to_vec())
+    }
+
+    fn adopt(&mut self, conn: UserConn, state: &[u8]) -> Result<(), (UserConn, String)> {
+        if self.fail_adopt || state != b"raw" {
+            return Err((conn, "cannot continue".into()));
+        }
+        match conn.handle() {
+            Some(h) => {
+                self.adopted.push(h);
+                Ok(())
+            }
+            None => Err((conn, "adopted a dormant connection".into())),
+        }
+    }
+}
+
+/// Where an engine's messages go: a control channel or an in-memory queue.
+pub trait Link {
+    fn send(&mut self, m: &Message) -> Result<(), ChannelError>;
+    fn recv(&mut self) -> Result<Option<Message>, ChannelError>;
+}
+
+impl Link for Channel {
+    fn send(&mut self, m: &Message) -> Result<(), ChannelError> {
+        Channel::send(self, m)
+    }
+    fn recv(&mut self) -> Result<Option<Message>, ChannelError> {
+        self.poll()
+    }
+}
+
+/// One end of an in-memory message pipe; `broken` makes both directions fail (a crash).
+pub struct Mem {
+    rx: Rc<RefCell<VecDeque<Message>>>,
+    tx: Rc<RefCell<VecDeque<Message>>>,
+    pub broken: Rc<Cell<bool>>,
+    /// Every message sent this way, for the test to look at.
+    pub log: Rc<RefCell<Vec<Message>>>,
+}
+
+/// A connected in-memory pair.
+pub fn mem_pair() -> (Mem, Mem) {
+    let (a, b) = (Rc::default(), Rc::default());
+    let broken = Rc::new(Cell::new(false));
+    let (la, lb) = (Rc::default(), Rc::default());
+    (
+        Mem {
+            rx: Rc::clone(&a),
+            tx: Rc::clone(&b),
+            broken: Rc::clone(&broken),
+            log: la,
+        },
+        Mem {
+            rx: b,
+            tx: a,
+            broken,
+            log: lb,
+        },
+    )
+}
+
+impl Link for Mem {
+    fn send(&mut self, m: &Message) -> Result<(), ChannelError> {
+        if self.broken.get() {
+            return Err(ChannelError::Closed);
+        }
+        self.log.borrow_mut().push(m.clone());
+        self.tx.borrow_mut().push_back(m.clone());
+        Ok(())
+    }
+    fn recv(&mut self) -> Result<Option<Message>, ChannelError> {
+        if self.broken.get() {
+            return Err(ChannelError::Closed);
+        }
+        Ok(self.rx.borrow_mut().pop_front())
+    }
+}
+
+pub fn listen() -> TcpListener {
+    TcpListener::bind("[::1]:0")
+        .or_else(|_| TcpListener::bind("127.0.0.1:0"))
+        .unwrap()
+}
+
+/// Poll both ends until their handshakes completed (or one failed: returned as is).
+pub fn establish(d: Channel, a: Channel) -> (Channel, Channel) {
+    let (mut d, mut a) = (d, a);
+    let t = Mono::now();
+    while !(d.is_established() && a.is_established()) && t.elapsed() < Duration::from_secs(5) {
+        if d.poll().is_err() || a.poll().is_err() {
+            break;
+        }
+    }
+    (d, a)
+}
+
+/// A control channel pair over loopback: (donor side, acceptor side), optionally to `addr`
+/// instead of the listener (a proxy in front of it).
+pub fn channels_to(
+    donor_secret: &[u8],
+    acceptor_secret: &[u8],
+    via: impl FnOnce(SocketAddr) -> SocketAddr,
+) -> (Channel, Channel) {
+    let l = listen();
+    let addr = via(l.local_addr().unwrap());
+    let d = Channel::connect(addr, &ClusterSecret::new(donor_secret).unwrap()).unwrap();
+    let (stream, _) = l.accept().unwrap();
+    let a = Channel::accept(stream, &ClusterSecret::new(acceptor_secret).unwrap()).unwrap();
+    establish(d, a)
+}
+
+/// A control channel pair over loopback.
+pub fn channels(donor_secret: &[u8], acceptor_secret: &[u8]) -> (Channel, Channel) {
+    channels_to(donor_secret, acceptor_secret, |a| a)
+}
+
+/// What one round saw.
+#[derive(Debug, Default)]
+pub struct Seen {
+    pub outcome: Option<DonorOutcome>,
+    pub events: Vec<AcceptorEvent>,
+    /// The acceptor's channel failed (and was dropped).
+    pub acceptor_error: Option<ChannelError>,
+}
+
+/// One round of the handoff protocol: the acceptor (node `to`) reads its link and
+/// answers, the donor (node `from`) reads its link and advances; both transmit. `ha` is the
+/// home agent's end for the acceptor's flow moves, if any.
+#[allow(clippy::too_many_arguments)]
+pub fn round(
+    lan: &mut Lan,
+    svcs: &mut [Raw],
+    donor: Option<&mut Donor<UserConn>>,
+    from: usize,
+    ch_d: &mut dyn Link,
+    acc: &mut Acceptor<u8, UserConn>,
+    to: usize,
+    ch_a: &mut Option<Box<dyn Link>>,
+    mut ha: Option<&mut dyn Link>,
+) -> Seen {
+    let mut seen = Seen::default();
+    // The acceptor, at the time it runs (each side reads the clock as its own loop would).
+    let now = (lan.clock)();
+    if let Some(ca) = ch_a.as_mut() {
+        loop {
+            match ca.recv() {
+                Ok(Some(m)) => {
+                    let mut h = lan.host(to);
+                    if acc.handle(now, 0, m, &mut h, &mut svcs[to]).is_err() {
+                        acc.channel_failed(0, &mut h);
+                        *ch_a = None;
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    acc.channel_failed(0, &mut lan.host(to));
+                    seen.acceptor_error = Some(e);
+                    *ch_a = None;
+                    break;
+                }
+            }
+        }
+    }
+    if let Some(ha) = ha.as_mut() {
+        while let Ok(Some(m)) = ha.recv() {
+            acc.handle_home_agent(now, m, &mut lan.host(to), &mut svcs[to]);
+        }
+    }
+    // Twice: an Accept sent in the first pass is activated in the second.
+    for _ in 0..2 {
+        acc.poll(now, &mut lan.host(to), &mut svcs[to]);
+        while let Some((dest, m)) = acc.poll_transmit() {
+            let r = match (dest, ch_a.as_mut(), ha.as_mut()) {
+                (Dest::Donor(_), Some(ca), _) => ca.send(&m),
+                (Dest::HomeAgent, _, Some(h)) => h.send(&m),
+                _ => Err(ChannelError::Closed),
+            };
+            if let Err(e) = r {
+                match dest {
+                    Dest::Donor(k) => {
+                        acc.channel_failed(k, &mut lan.host(to));
+                        *ch_a = None;
+                        seen.acceptor_error = Some(e);
+                    }
+                    Dest::HomeAgent => acc.home_agent_failed(&mut lan.host(to)),
+                }
+            }
+        }
+    }
+    while let Some(e) = acc.poll_event() {
+        seen.events.push(e);
+    }
+    // The donor.
+    let now = (lan.clock)();
+    if let Some(d) = donor {
+        loop {
+            match ch_d.recv() {
+                Ok(Some(m)) => d.handle(now, m, &mut lan.host(from), &mut svcs[from]),
+                Ok(None) => break,
+                Err(e) => {
+                    d.channel_failed(now, e.to_string(), &mut lan.host(from), &mut svcs[from]);
+                    break;
+                }
+            }
+        }
+        d.poll(now, &mut lan.host(from), &mut svcs[from]);
+        while let Some(m) = d.poll_transmit() {
+            if let Err(e) = ch_d.send(&m) {
+                d.channel_failed(now, e.to_string(), &mut lan.host(from), &mut svcs[from]);
+            }
+        }
+        seen.outcome = d.poll_outcome();
+    }
+    seen
+}

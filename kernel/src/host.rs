@@ -1,0 +1,261 @@
+//! The kernel host of the handoff engine: standard sockets frozen and restored with
+//! `TCP_REPAIR`, the peer's packets held while a connection moves.
+
+use crate::{freeze, inject, restore_repaired, send_queue_len, Hold, Repaired};
+use ds_handoff::{Host, HostError, Takeover};
+use ds_stack::ConnState;
+use std::collections::HashMap;
+use std::net::{SocketAddrV6, TcpStream};
+use std::os::fd::AsRawFd;
+use std::time::Instant;
+
+/// A connection of the kernel host.
+#[derive(Debug)]
+pub enum KernelConn {
+    /// A live socket.
+    Live {
+        /// The socket.
+        sock: TcpStream,
+        /// Its local end.
+        local: SocketAddrV6,
+        /// Its peer.
+        remote: SocketAddrV6,
+    },
+    /// Its activation failed: the socket is gone.
+    Gone {
+        /// Its local end.
+        local: SocketAddrV6,
+        /// Its peer.
+        remote: SocketAddrV6,
+    },
+    /// Restored in repair mode, not yet activated (sends nothing).
+    Dormant {
+        /// The repaired socket.
+        sock: Repaired,
+        /// Its local end.
+        local: SocketAddrV6,
+        /// Its peer.
+        remote: SocketAddrV6,
+    },
+}
+
+impl KernelConn {
+    /// A live socket's connection (its ends read from the socket).
+    pub fn live(sock: TcpStream) -> std::io::Result<Self> {
+        let v6 = |a: std::net::SocketAddr| match a {
+            std::net::SocketAddr::V6(v) => Ok(v),
+            std::net::SocketAddr::V4(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "IPv4 socket on an IPv6 node",
+            )),
+        };
+        let local = v6(sock.local_addr()?)?;
+        let remote = v6(sock.peer_addr()?)?;
+        Ok(KernelConn::Live {
+            sock,
+            local,
+            remote,
+        })
+    }
+
+    /// The connection's ends.
+    pub fn flow(&self) -> (SocketAddrV6, SocketAddrV6) {
+        match self {
+            KernelConn::Live { local, remote, .. }
+            | KernelConn::Dormant { local, remote, .. }
+            | KernelConn::Gone { local, remote } => (*local, *remote),
+        }
+    }
+
+    /// The live socket, `Err(self)` when dormant.
+    pub fn into_socket(self) -> Result<TcpStream, Self> {
+        match self {
+            KernelConn::Live { sock, .. } => Ok(sock),
+            other => Err(other),
+        }
+    }
+}
+
+/// [`Host`] over the kernel's sockets of this network namespace.
+#[derive(Debug, Default)]
+pub struct KernelHost {
+    holds: HashMap<(SocketAddrV6, SocketAddrV6), Hold>,
+    /// Connections the node serves (for the acceptor's load limit); the node keeps it current.
+    pub connections: usize,
+}
+
+impl KernelHost {
+    /// A host with no connection held.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Flows whose packets are held here.
+    pub fn held_flows(&self) -> usize {
+        self.holds.len()
+    }
+
+    /// Stop every hold (their packets are dropped).
+    pub fn release_all(&mut self) {
+        for (_, h) in self.holds.drain() {
+            let _ = h.stop();
+        }
+    }
+
+    fn err(e: crate::KernelError) -> HostError {
+        HostError::new(e.to_string())
+    }
+}
+
+impl Host for KernelHost {
+    type Conn = KernelConn;
+
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+
+    fn endpoints(&self, conn: &KernelConn) -> Option<(SocketAddrV6, SocketAddrV6)> {
+        Some(conn.flow())
+    }
+
+    fn unacknowledged(&mut self, conn: &KernelConn) -> Option<usize> {
+        match conn {
+            KernelConn::Live { sock, .. } => send_queue_len(sock).ok(),
+            KernelConn::Dormant { .. } | KernelConn::Gone { .. } => None,
+        }
+    }
+
+    fn freeze(&mut self, conn: &KernelConn) -> Result<ConnState, HostError> {
+        let KernelConn::Live {
+            sock,
+            local,
+            remote,
+        } = conn
+        else {
+            return Err(HostError::new("freeze of a dormant connection"));
+        };
+        // The hold goes in before the freeze: from then on the socket sees none of the
+        // peer's packets, so the state and the held packets are everything the peer sent.
+        let hold = Hold::start(*local, *remote).map_err(Self::err)?;
+        match freeze(sock) {
+            Ok(st) => {
+                // An older hold of the same flow (it came back within a grace period) goes.
+                if let Some(old) = self.holds.insert((*local, *remote), hold) {
+                    let _ = old.stop();
+                }
+                // In repair mode the socket's close (when the engine drops it) is silent.
+                Ok(st)
+            }
+            Err(e) => {
+                // Nothing left the node: release what was held to the live socket (rule
+                // first, or the injected packets would be held again).
+                if let Err(e) = hold.stop().and_then(|p| inject(&p)) {
+                    tracing::error!("releasing held packets: {e}");
+                }
+                Err(Self::err(e))
+            }
+        }
+    }
+
+    fn thaw(&mut self, state: &ConnState, takeover: Takeover) -> Result<KernelConn, HostError> {
+        if takeover == Takeover::HomeAddress {
+            return Err(HostError::new(
+                "the kernel host serves no home address away from home",
+            ));
+        }
+        // Takeover::Address: the kernel node has the DS address configured already.
+        let sock = restore_repaired(state).map_err(Self::err)?;
+        Ok(KernelConn::Dormant {
+            sock,
+            local: state.local(),
+            remote: state.remote(),
+        })
+    }
+
+    fn activate(&mut self, conn: &mut KernelConn, _announce: bool) -> Result<(), HostError> {
+        let (local, remote) = conn.flow();
+        let taken = std::mem::replace(conn, KernelConn::Gone { local, remote });
+        let KernelConn::Dormant { sock, .. } = taken else {
+            *conn = taken;
+            return Ok(());
+        };
+        // Leave repair mode; the window probe tells the peer where we are.
+        let (sock, _) = sock.activate(&[]).map_err(Self::err)?;
+        *conn = KernelConn::Live {
+            sock,
+            local,
+            remote,
+        };
+        // Packets this host held for the flow (the connection came back here, or its handoff
+        // failed) go to the new socket once the hold is gone (or they would be held again).
+        if let Some(h) = self.holds.remove(&(local, remote)) {
+            let held = h.stop().map_err(Self::err)?;
+            inject(&held).map_err(Self::err)?;
+        }
+        Ok(())
+    }
+
+    fn abort(&mut self, conn: KernelConn) {
+        if let KernelConn::Live { sock, .. } = conn {
+            // SO_LINGER with a zero timeout: the close sends a RST (RFC 9293 §3.10.7.1 ABORT).
+            let linger = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            if let Err(e) = crate::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                &linger,
+                "SO_LINGER",
+            ) {
+                tracing::warn!("abort: {e}");
+            }
+        }
+    }
+
+    fn discard(&mut self, conn: KernelConn) {
+        match conn {
+            // Still in repair mode: dropping it closes it silently.
+            KernelConn::Dormant { .. } | KernelConn::Gone { .. } => {}
+            KernelConn::Live { sock, .. } => {
+                // Into repair mode first, so the close is silent.
+                if let Err(e) = freeze(&sock) {
+                    tracing::warn!("taking a restored socket back: {e}");
+                }
+            }
+        }
+    }
+
+    fn take_held(&mut self, local: SocketAddrV6, remote: SocketAddrV6) -> Vec<Vec<u8>> {
+        match self.holds.get(&(local, remote)).map(|h| h.take()) {
+            Some(Ok(p)) => p,
+            Some(Err(e)) => {
+                tracing::warn!("held packets lost: {e}");
+                Vec::new()
+            }
+            None => Vec::new(),
+        }
+    }
+
+    fn release(&mut self, local: SocketAddrV6, remote: SocketAddrV6) -> Vec<Vec<u8>> {
+        match self.holds.remove(&(local, remote)).map(|h| h.stop()) {
+            Some(Ok(p)) => p,
+            Some(Err(e)) => {
+                tracing::warn!("held packets lost: {e}");
+                Vec::new()
+            }
+            None => Vec::new(),
+        }
+    }
+
+    fn inject(&mut self, packets: Vec<Vec<u8>>) {
+        if let Err(e) = inject(&packets) {
+            tracing::warn!("injecting forwarded packets: {e}");
+        }
+    }
+
+    fn connection_count(&self) -> usize {
+        self.connections
+    }
+}
