@@ -46,7 +46,14 @@ impl Kind {
     /// Names of its maps.
     pub fn map_names(self) -> &'static [&'static str] {
         match self {
-            Kind::Steer => &["xsks_map", "local_addrs", "steer_stats"],
+            Kind::Steer => &[
+                "xsks_map",
+                "local_addrs",
+                "steer_stats",
+                "held_flows",
+                "hold_ring",
+                "hold_scratch",
+            ],
             Kind::Tunnel => &["flows", "bindings", "config", "tunnel_stats", "ptb_last"],
         }
     }
@@ -235,6 +242,9 @@ impl Program {
                     &mut open.maps.xsks_map,
                     &mut open.maps.local_addrs,
                     &mut open.maps.steer_stats,
+                    &mut open.maps.held_flows,
+                    &mut open.maps.hold_ring,
+                    &mut open.maps.hold_scratch,
                 ] {
                     if let Some(p) = m.name().to_str().and_then(pin) {
                         m.set_pin_path(p).map_err(Error::bpf("set pin path"))?;
@@ -247,6 +257,9 @@ impl Program {
                     ("xsks_map", handle_of(&skel.maps.xsks_map)?),
                     ("local_addrs", handle_of(&skel.maps.local_addrs)?),
                     ("steer_stats", handle_of(&skel.maps.steer_stats)?),
+                    ("held_flows", handle_of(&skel.maps.held_flows)?),
+                    ("hold_ring", handle_of(&skel.maps.hold_ring)?),
+                    ("hold_scratch", handle_of(&skel.maps.hold_scratch)?),
                 ];
                 (prog, maps)
             }
@@ -572,6 +585,17 @@ impl Program {
             Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(Error::Bpf("delete from xsks_map", e)),
         }
+    }
+
+    /// The steering program's table of held flows (a handle of its own on the map).
+    pub fn held_flows(&self) -> Result<crate::hold::HeldFlows, Error> {
+        crate::hold::HeldFlows::new(self.map("held_flows")?)
+    }
+
+    /// A reader of the steering program's ring buffer of held packets. One per program: two
+    /// readers would share (and race on) the ring's consumer position.
+    pub fn hold_ring(&self) -> Result<crate::hold::HoldRing, Error> {
+        crate::hold::HoldRing::new(self.map("hold_ring")?)
     }
 
     // ---- tunnel program maps ----
