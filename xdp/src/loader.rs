@@ -399,6 +399,59 @@ impl Program {
         Ok(used)
     }
 
+    /// Attach to interface `ifindex` through a BPF link (`BPF_LINK_CREATE`, attach type
+    /// `BPF_XDP`): the program stays attached while the returned descriptor is open and goes
+    /// when it closes, whatever namespace the closing thread is in. Fails if a program is
+    /// attached already. Returns the mode actually used.
+    pub fn attach_link(
+        &self,
+        ifindex: u32,
+        mode: Mode,
+    ) -> Result<(std::os::fd::OwnedFd, Mode), Error> {
+        use std::os::fd::FromRawFd;
+        let idx = i32::try_from(ifindex).map_err(|_| Error::Invalid("ifindex".into()))?;
+        let try_mode = |flags: u32| -> Result<std::os::fd::OwnedFd, Error> {
+            let opts = libbpf_rs::libbpf_sys::bpf_link_create_opts {
+                sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_link_create_opts>() as _,
+                flags,
+                ..Default::default()
+            };
+            // SAFETY: plain bpf(2) request with a valid program fd borrowed for the call and
+            // a correctly sized options struct alive across it.
+            let rc = unsafe {
+                libbpf_rs::libbpf_sys::bpf_link_create(
+                    self.prog.as_fd().as_raw_fd(),
+                    idx,
+                    libbpf_rs::libbpf_sys::BPF_XDP,
+                    &opts,
+                )
+            };
+            if rc < 0 {
+                return Err(Error::Os(
+                    "attach XDP program (link)",
+                    std::io::Error::from_raw_os_error(-rc),
+                ));
+            }
+            // SAFETY: `rc` is a fresh link fd that nothing else owns.
+            Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(rc) })
+        };
+        let drv = libbpf_rs::libbpf_sys::XDP_FLAGS_DRV_MODE;
+        let skb = libbpf_rs::libbpf_sys::XDP_FLAGS_SKB_MODE;
+        let (fd, used) = match mode {
+            Mode::Native => (try_mode(drv)?, Mode::Native),
+            Mode::Generic => (try_mode(skb)?, Mode::Generic),
+            Mode::Auto => match try_mode(drv) {
+                Ok(fd) => (fd, Mode::Native),
+                Err(e) => {
+                    info!("native XDP refused ({e}); falling back to generic mode");
+                    (try_mode(skb)?, Mode::Generic)
+                }
+            },
+        };
+        info!(kind = ?self.kind, ifindex, mode = ?used, "attached (link)");
+        Ok((fd, used))
+    }
+
     /// Per-counter totals over all CPUs, in [`Kind::counter_names`] order.
     pub fn counters(&self) -> Result<Vec<(&'static str, u64)>, Error> {
         let map = self.map(self.kind.stats_map())?;
