@@ -180,9 +180,7 @@ impl HoldTable {
 
     /// Whether the connection is held.
     pub fn is_held(&self, local: SocketAddrV6, remote: SocketAddrV6) -> bool {
-        self.flows
-            .get(&key(local, remote))
-            .is_some_and(|f| f.held)
+        self.flows.get(&key(local, remote)).is_some_and(|f| f.held)
     }
 
     /// Number of flows held or with packets waiting.
@@ -222,8 +220,7 @@ impl HoldTable {
                     flows.entry(k).or_default()
                 }
             };
-            if flow.packets.len() >= limits.max_packets
-                || flow.bytes + pkt.len() > limits.max_bytes
+            if flow.packets.len() >= limits.max_packets || flow.bytes + pkt.len() > limits.max_bytes
             {
                 stats.over_limit += 1;
                 return;

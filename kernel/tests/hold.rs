@@ -44,7 +44,11 @@ fn wait_held(
     let start = Instant::now();
     let mut got = Vec::new();
     while got.len() < want {
-        assert!(start.elapsed() < Duration::from_secs(2), "held {}", got.len());
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "held {}",
+            got.len()
+        );
         let mut pfd = libc::pollfd {
             fd: t.fd().as_raw_fd(),
             events: libc::POLLIN,
@@ -194,7 +198,9 @@ fn hold_bounds_and_drop() {
         let mut got = Vec::new();
         let mut buf = [0u8; 16];
         while got.len() < 4 {
-            let n = sock.read(&mut buf).expect("server read after the table went");
+            let n = sock
+                .read(&mut buf)
+                .expect("server read after the table went");
             assert!(n > 0, "eof");
             got.extend_from_slice(&buf[..n]);
         }

@@ -31,7 +31,11 @@ impl HeldFlows {
     /// Start holding the flow (its counters start from zero). Fails when the map is full.
     pub fn hold(&self, key: &HoldKey) -> Result<(), Error> {
         self.map
-            .update(&key.to_bytes(), &[0u8; crate::maps::HOLD_VAL_LEN], MapFlags::ANY)
+            .update(
+                &key.to_bytes(),
+                &[0u8; crate::maps::HOLD_VAL_LEN],
+                MapFlags::ANY,
+            )
             .map_err(Error::bpf("update held_flows"))
     }
 

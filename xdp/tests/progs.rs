@@ -3,8 +3,8 @@
 
 use ds_testbed::require_root;
 use ds_xdp::maps::{
-    Action, FlowKey, HoldKey, LocalAddr, SteerCounter, TunnelConfig, TunnelCounter, TunnelMode, PROTO_ALL,
-    PROTO_TCP,
+    Action, FlowKey, HoldKey, LocalAddr, SteerCounter, TunnelConfig, TunnelCounter, TunnelMode,
+    PROTO_ALL, PROTO_TCP,
 };
 use ds_xdp::{Kind, LoadOptions, Program};
 use std::net::Ipv6Addr;
@@ -527,7 +527,10 @@ fn steer_holds_tunnelled_and_native_packets() {
     assert_eq!(held.get(&key).expect("get").expect("held").lost, 1);
 
     // Released: one map update, and the flow passes again.
-    assert_eq!(held.release(&key).expect("release").map(|v| v.packets), Some(2));
+    assert_eq!(
+        held.release(&key).expect("release").map(|v| v.packets),
+        Some(2)
+    );
     assert_eq!(held.release(&key).expect("release"), None, "not held twice");
     let frame = eth(HA_MAC, GW_MAC, 0x86dd, &ipv6(ha(), node1(), 41, 64, &inner));
     assert_eq!(p.test_run(&frame).expect("run").0, XDP_PASS);

@@ -15,7 +15,8 @@
 //! other's response.
 //!
 //! Donor: after `quota` response bytes it drains (SIOCOUTQ reaches 0, bounded by the drain
-//! deadline), holds the client's packets ([`ds_kernel::Hold`]), freezes the socket
+//! deadline), holds the client's packets (the node's [`HoldTable`]: one map update in the
+//! steering program, which then copies them to userspace and drops them), freezes the socket
 //! ([`ds_kernel::freeze`]) and offers TCP and HTTP state; on Refuse, an error or a timeout before
 //! Accept it restores the socket here, nothing lost; after Activated it forwards what it held
 //! for a grace period. Acceptor: restores the socket ([`ds_kernel::restore_with_held`]), moves
@@ -32,7 +33,7 @@ use ds_handoff::{
     Channel, ChannelError, ClusterSecret, HandoffReport, Message, Mode, Offer, Phase, PhaseTimes,
     RefuseReason,
 };
-use ds_kernel::Hold;
+use ds_kernel::{HoldLimits, HoldTable};
 use ds_stack::ConnState;
 use ds_testbed::Netns;
 use ds_xdp::maps::{Action, LocalAddr, PROTO_ALL};
@@ -257,7 +258,6 @@ enum Verdict {
 
 /// A moved connection whose client packets still reach this node.
 struct Forwarding {
-    hold: Hold,
     conn_id: u64,
     local: SocketAddrV6,
     client: SocketAddrV6,
@@ -299,6 +299,8 @@ struct KernelNode {
     next_id: u64,
     moves: u64,
     prog: Option<(Program, u32)>,
+    /// The flows held here (in the steering program) and their packets.
+    holds: HoldTable,
     /// The report's `path` of this node's handoffs, e.g. `"kernel->user"`.
     path: String,
 }
@@ -313,6 +315,8 @@ impl KernelNode {
         max_handoffs: u64,
     ) -> Result<Self> {
         let prog = configure(ns, i).context("configuring the kernel node")?;
+        let holds =
+            HoldTable::new(&prog.0, HoldLimits::default()).context("the node's packet hold")?;
         let listener = TcpListener::bind(SocketAddrV6::new(ip(DS), 80, 0, 0))
             .context("listening on the DS address")?;
         listener.set_nonblocking(true)?;
@@ -352,6 +356,7 @@ impl KernelNode {
             next_id: 1,
             moves: 0,
             prog: Some(prog),
+            holds,
             path: opts.path.label_from(i),
         })
     }
@@ -368,6 +373,9 @@ impl KernelNode {
     /// One round: wait for work (at most a few ms), then serve everything that is ready.
     fn step(&mut self) {
         self.wait();
+        // Held packets wait in the ring until read: read them every round (the ring's fd is
+        // in the wait set and stays readable until then).
+        self.holds.poll();
         self.accept_clients();
         self.accept_channels();
         self.serve_offers();
@@ -376,8 +384,8 @@ impl KernelNode {
     }
 
     fn finish(mut self) -> NodeOut {
-        for f in self.forwarding.drain(..) {
-            let _ = f.hold.stop();
+        for f in std::mem::take(&mut self.forwarding) {
+            let _ = self.holds.release(f.local, f.client);
         }
         if let Some((_, idx)) = self.prog.take() {
             let _ = ds_xdp::loader::detach(idx);
@@ -402,6 +410,7 @@ impl KernelNode {
         };
         add(self.listener.as_raw_fd(), libc::POLLIN);
         add(self.ctl.as_raw_fd(), libc::POLLIN);
+        add(self.holds.fd().as_raw_fd(), libc::POLLIN);
         for c in &self.incoming {
             add(c.stream().as_raw_fd(), libc::POLLIN);
         }
@@ -547,11 +556,11 @@ impl KernelNode {
         let drain = since.elapsed();
 
         // Phase 1: socket extraction. On the kernel path it includes holding the client's
-        // packets (the firewall rule must be in before the freeze; the userspace stack holds
+        // packets (the flow must be held before the freeze; the userspace stack holds
         // them as part of its freeze).
         let t0 = Instant::now();
-        let hold = match Hold::start(c.local, client) {
-            Ok(h) => h,
+        match self.holds.hold(c.local, client) {
+            Ok(()) => {}
             Err(e) => {
                 tracing::warn!("cannot hold the client's packets, connection kept here: {e}");
                 self.event(NodeEvent::KeptHere {
@@ -569,7 +578,11 @@ impl KernelNode {
                 // Nothing left the node: release what was held to the socket (rule first, or
                 // the injected packets would be held again).
                 tracing::error!("freeze failed, connection kept here: {e}");
-                if let Err(e) = hold.stop().and_then(|p| ds_kernel::inject(&p)) {
+                if let Err(e) = self
+                    .holds
+                    .release(c.local, client)
+                    .and_then(|p| ds_kernel::inject(&p))
+                {
                     tracing::error!("releasing held packets: {e}");
                 }
                 self.event(NodeEvent::KeptHere {
@@ -660,7 +673,7 @@ impl KernelNode {
                     client,
                     boundary_seq,
                 });
-                self.start_forwarding(hold, id, &state);
+                self.start_forwarding(id, &state);
                 None
             }
             Reply::InDoubt(cause) => {
@@ -670,7 +683,7 @@ impl KernelNode {
                     cause: format!("acceptor accepted but did not confirm activation: {cause}"),
                 });
                 // It may run there: what arrives here still goes there, for the grace period.
-                self.start_forwarding(hold, id, &state);
+                self.start_forwarding(id, &state);
                 None
             }
             Reply::Back(cause, broken) => {
@@ -685,7 +698,7 @@ impl KernelNode {
                 if broken {
                     self.to_peer = None;
                 }
-                match restore_here(hold, &state, http) {
+                match restore_here(&mut self.holds, &state, http) {
                     Ok(c) => {
                         self.event(NodeEvent::KeptHere { client, cause });
                         Some(c)
@@ -702,9 +715,8 @@ impl KernelNode {
         }
     }
 
-    fn start_forwarding(&mut self, hold: Hold, conn_id: u64, state: &ConnState) {
+    fn start_forwarding(&mut self, conn_id: u64, state: &ConnState) {
         let f = Forwarding {
-            hold,
             conn_id,
             local: state.local(),
             client: state.remote(),
@@ -723,11 +735,11 @@ impl KernelNode {
             let expired = now >= self.forwarding[k].until;
             let (conn_id, packets) = if expired {
                 let f = self.forwarding.swap_remove(k);
-                (f.conn_id, f.hold.stop())
+                (f.conn_id, self.holds.release(f.local, f.client))
             } else {
                 k += 1;
                 let f = &self.forwarding[k - 1];
-                (f.conn_id, f.hold.take())
+                (f.conn_id, Ok(self.holds.take(f.local, f.client)))
             };
             let packets = match packets {
                 Ok(p) => p,
@@ -764,7 +776,7 @@ impl KernelNode {
         while k < self.forwarding.len() {
             if self.forwarding[k].local == local && self.forwarding[k].client == client {
                 let f = self.forwarding.swap_remove(k);
-                match f.hold.stop() {
+                match self.holds.release(f.local, f.client) {
                     Ok(p) if !p.is_empty() => {
                         let n = p.len() as u64;
                         if let Some(chan) = self.to_peer.as_mut() {
@@ -973,12 +985,12 @@ fn take_back(sock: TcpStream) {
 }
 
 /// The handoff failed before the commit: rebuild the socket here from its frozen state.
-fn restore_here(hold: Hold, state: &ConnState, http: HttpConn) -> Result<Conn> {
+fn restore_here(holds: &mut HoldTable, state: &ConnState, http: HttpConn) -> Result<Conn> {
     // Restored while the hold is still in place (injected packets would be held again): the
     // restore's window probe and its answer order things, and the packets held since the
     // freeze, all older than anything the new socket sends, go in right after.
     let sock = ds_kernel::restore(state)?;
-    let held = hold.stop()?;
+    let held = holds.release(state.local(), state.remote())?;
     ds_kernel::inject(&held)?;
     sock.set_nonblocking(true)?;
     Ok(Conn {
