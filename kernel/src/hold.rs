@@ -369,59 +369,6 @@ pub fn complete_tcp_checksum(pkt: &mut [u8]) -> Checksum {
     Checksum::Completed
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn packet(payload: &[u8]) -> Vec<u8> {
-        let mut p = vec![0u8; 60];
-        p[0] = 0x60;
-        p[4..6].copy_from_slice(&((20 + payload.len()) as u16).to_be_bytes());
-        p[6] = 6;
-        p[7] = 64;
-        p[8..24].copy_from_slice(&"fd00::1".parse::<Ipv6Addr>().expect("a").octets());
-        p[24..40].copy_from_slice(&"fd00::80".parse::<Ipv6Addr>().expect("a").octets());
-        p[40..42].copy_from_slice(&40000u16.to_be_bytes());
-        p[42..44].copy_from_slice(&80u16.to_be_bytes());
-        p[52] = 5 << 4;
-        p[53] = 0x18;
-        p.extend_from_slice(payload);
-        p
-    }
-
-    #[test]
-    fn checksums_are_verified_and_completed() {
-        let mut p = packet(b"odd length!");
-        // Start from the partial form, as the sender's stack leaves it for the offload.
-        let tcp_len = (p.len() - 40) as u32;
-        let mut pseudo = sum16(&p[8..40], 0);
-        pseudo = sum16(&tcp_len.to_be_bytes(), pseudo) + 6;
-        p[56..58].copy_from_slice(&fold(pseudo).to_be_bytes());
-        assert_eq!(complete_tcp_checksum(&mut p), Checksum::Completed);
-        assert_eq!(complete_tcp_checksum(&mut p), Checksum::Valid);
-        // Independent check: the whole sum, pseudo-header included, folds to 0xffff.
-        assert_eq!(fold(sum16(&p[40..], pseudo)), 0xffff);
-        let good = p.clone();
-        p[70] ^= 1;
-        assert_eq!(complete_tcp_checksum(&mut p), Checksum::Bad);
-        assert_eq!(p[..70], good[..70], "a bad checksum is left alone");
-        let mut short = good[..50].to_vec();
-        assert_eq!(complete_tcp_checksum(&mut short), Checksum::NotTcp);
-        let mut udp = good.clone();
-        udp[6] = 17;
-        assert_eq!(complete_tcp_checksum(&mut udp), Checksum::NotTcp);
-    }
-
-    #[test]
-    fn keys_are_the_sockets_view() {
-        let local: SocketAddrV6 = "[fd00::80]:80".parse().expect("a");
-        let remote: SocketAddrV6 = "[fd00::1]:40000".parse().expect("a");
-        let k = key(local, remote);
-        assert_eq!((k.local, k.lport), (*local.ip(), 80));
-        assert_eq!((k.remote, k.rport), (*remote.ip(), 40000));
-    }
-}
-
 /// Deliver held IPv6 packets to this host's kernel stack as if they had just arrived, in the
 /// network namespace of the calling thread: each goes out a raw socket with `IPV6_HDRINCL`
 /// (RFC 3542 §3: `IPPROTO_RAW` sockets take the whole IPv6 header from the application) to its
@@ -483,3 +430,56 @@ pub fn inject(packets: &[Vec<u8>]) -> Result<usize> {
 
 /// `IPV6_HDRINCL` (include/uapi/linux/in6.h); not in every `libc` release.
 const IPV6_HDRINCL: libc::c_int = 36;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn packet(payload: &[u8]) -> Vec<u8> {
+        let mut p = vec![0u8; 60];
+        p[0] = 0x60;
+        p[4..6].copy_from_slice(&((20 + payload.len()) as u16).to_be_bytes());
+        p[6] = 6;
+        p[7] = 64;
+        p[8..24].copy_from_slice(&"fd00::1".parse::<Ipv6Addr>().expect("a").octets());
+        p[24..40].copy_from_slice(&"fd00::80".parse::<Ipv6Addr>().expect("a").octets());
+        p[40..42].copy_from_slice(&40000u16.to_be_bytes());
+        p[42..44].copy_from_slice(&80u16.to_be_bytes());
+        p[52] = 5 << 4;
+        p[53] = 0x18;
+        p.extend_from_slice(payload);
+        p
+    }
+
+    #[test]
+    fn checksums_are_verified_and_completed() {
+        let mut p = packet(b"odd length!");
+        // Start from the partial form, as the sender's stack leaves it for the offload.
+        let tcp_len = (p.len() - 40) as u32;
+        let mut pseudo = sum16(&p[8..40], 0);
+        pseudo = sum16(&tcp_len.to_be_bytes(), pseudo) + 6;
+        p[56..58].copy_from_slice(&fold(pseudo).to_be_bytes());
+        assert_eq!(complete_tcp_checksum(&mut p), Checksum::Completed);
+        assert_eq!(complete_tcp_checksum(&mut p), Checksum::Valid);
+        // Independent check: the whole sum, pseudo-header included, folds to 0xffff.
+        assert_eq!(fold(sum16(&p[40..], pseudo)), 0xffff);
+        let good = p.clone();
+        p[70] ^= 1;
+        assert_eq!(complete_tcp_checksum(&mut p), Checksum::Bad);
+        assert_eq!(p[..70], good[..70], "a bad checksum is left alone");
+        let mut short = good[..50].to_vec();
+        assert_eq!(complete_tcp_checksum(&mut short), Checksum::NotTcp);
+        let mut udp = good.clone();
+        udp[6] = 17;
+        assert_eq!(complete_tcp_checksum(&mut udp), Checksum::NotTcp);
+    }
+
+    #[test]
+    fn keys_are_the_sockets_view() {
+        let local: SocketAddrV6 = "[fd00::80]:80".parse().expect("a");
+        let remote: SocketAddrV6 = "[fd00::1]:40000".parse().expect("a");
+        let k = key(local, remote);
+        assert_eq!((k.local, k.lport), (*local.ip(), 80));
+        assert_eq!((k.remote, k.rport), (*remote.ip(), 40000));
+    }
+}

@@ -75,7 +75,7 @@ impl Upstream {
 /// The donor after the freeze: where the client's held packets come from.
 enum Donor {
     Kernel {
-        table: ds_kernel::HoldTable,
+        table: Box<ds_kernel::HoldTable>,
         local: SocketAddrV6,
         remote: SocketAddrV6,
     },
@@ -268,7 +268,7 @@ fn handoff(name: &str, donor: Side, acceptor: Side) {
                     st,
                     sent,
                     Donor::Kernel {
-                        table,
+                        table: Box::new(table),
                         local,
                         remote,
                     },
