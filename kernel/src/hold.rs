@@ -52,10 +52,12 @@ pub struct HoldStats {
     pub queued: u64,
     /// Packets dropped because their flow's queue was full ([`HoldLimits`]).
     pub over_limit: u64,
-    /// Packets read for a flow no longer held (copied by the program just before the release
-    /// took effect): queued for [`HoldTable::take`] while the flow limit allows.
+    /// Packets read for a flow no longer held (copied by the program on another CPU just as
+    /// the release took effect): queued for [`HoldTable::take`] while the flow limit allows,
+    /// until a new hold needs the place.
     pub strays: u64,
-    /// Strays dropped because the table was at its flow limit.
+    /// Strays dropped: the table was at its flow limit when they came, or they were still
+    /// there, untaken, when a new hold needed their place.
     pub strays_dropped: u64,
     /// TCP checksums completed (a packet sent with checksum offload, `CHECKSUM_PARTIAL`, on a
     /// link that leaves the sum to the receiver: its field held the pseudo-header sum).
@@ -167,6 +169,16 @@ impl HoldTable {
     /// Packets still queued for the flow from an earlier hold stay, in order.
     pub fn hold(&mut self, local: SocketAddrV6, remote: SocketAddrV6) -> Result<()> {
         let k = key(local, remote);
+        if !self.flows.contains_key(&k) && self.flows.len() >= self.limits.max_flows {
+            // Strays nobody took give their places up first.
+            let stats = &mut self.stats;
+            self.flows.retain(|_, f| {
+                if !f.held {
+                    stats.strays_dropped += f.packets.len() as u64;
+                }
+                f.held
+            });
+        }
         if !self.flows.contains_key(&k) && self.flows.len() >= self.limits.max_flows {
             return Err(KernelError::Hold(format!(
                 "{} flows held already (the limit)",

@@ -176,6 +176,11 @@ fn hold_bounds_and_drop() {
             t.hold(local, other).is_err(),
             "beyond the flow limit: an error, not a panic"
         );
+        // A flow with packets waiting but no longer held (a stray) gives its place up.
+        t.release(local, remote).expect("release");
+        t.hold(local, other).expect("the place is free again");
+        t.release(local, other).expect("release");
+        t.hold(local, remote).expect("hold");
         t.hold(local, remote).expect("holding again is harmless");
         for m in [b"1", b"2", b"3", b"4"] {
             client.write_all(m).expect("client write");
