@@ -136,8 +136,14 @@ pub struct KernelNode {
 
 impl KernelNode {
     /// Serve files below `root` to the clients of `listener` (made non-blocking here), with
-    /// handoff per `cfg`.
-    pub fn new(listener: TcpListener, root: &Path, mut cfg: HandoffConfig) -> anyhow::Result<Self> {
+    /// handoff per `cfg`, holding moving connections' packets with `holds` (on the link the
+    /// clients' packets arrive on).
+    pub fn new(
+        listener: TcpListener,
+        root: &Path,
+        mut cfg: HandoffConfig,
+        holds: ds_kernel::HoldTable,
+    ) -> anyhow::Result<Self> {
         listener.set_nonblocking(true)?;
         let core = Coordinator::new(&mut cfg)?;
         Ok(KernelNode {
@@ -145,7 +151,7 @@ impl KernelNode {
             root: std::fs::canonicalize(root)?,
             service: cfg.service.clone(),
             core,
-            host: KernelHost::new(),
+            host: KernelHost::new(holds),
             conns: Vec::new(),
             detached: HashMap::new(),
             quota: cfg.peer.and(cfg.quota),
@@ -197,6 +203,8 @@ impl KernelNode {
     pub fn step(&mut self, idle: Duration) {
         self.wait(idle);
         self.accept_clients();
+        // Held packets wait in the ring: into their flows' queues.
+        self.host.holds().poll();
         let now = Instant::now();
         self.host.connections = self.conns.len();
         {
@@ -212,10 +220,8 @@ impl KernelNode {
         self.serve_conns();
     }
 
-    /// Stop: release every packet hold (their packets are dropped).
-    pub fn shutdown(&mut self) {
-        self.host.release_all();
-    }
+    /// Stop: every packet hold goes with the node (their packets are dropped).
+    pub fn shutdown(self) {}
 
     /// Block in poll(2) until a socket we serve is ready or the wait is over.
     fn wait(&mut self, idle: Duration) {
@@ -228,6 +234,7 @@ impl KernelNode {
         let timeout = self.core.max_wait(Instant::now(), idle);
         self.fds.clear();
         self.core.wait_fds(&mut self.control);
+        let hold_fd = self.host.holds().fd().as_raw_fd();
         let mut add = |fd: i32, events: i16| {
             self.fds.push(libc::pollfd {
                 fd,
@@ -236,6 +243,7 @@ impl KernelNode {
             })
         };
         add(self.listener.as_raw_fd(), libc::POLLIN);
+        add(hold_fd, libc::POLLIN);
         for fd in &self.control {
             add(*fd, libc::POLLIN);
         }

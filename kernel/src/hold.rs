@@ -1,319 +1,384 @@
-//! Holding a flow's packets on a kernel host while its socket moves, and handing them to the
-//! kernel stack of the host that took the socket over.
+//! Holding flows' packets on a kernel host while their sockets move, and handing them to the
+//! kernel stack of the host that took a socket over.
 //!
-//! [`Hold`] diverts the peer's packets of one connection to userspace with an `ip6tables` rule
-//! `-t raw -A PREROUTING … -j NFQUEUE` (this platform's kernel has no `nft` queue expression,
-//! `CONFIG_NFT_QUEUE` is off, but the xtables `NFQUEUE` target runs through `nft_compat`), and
-//! reads them from the netfilter queue over netlink (`NFQNL`, with the `nfq` crate). Each
-//! packet is copied out and the kernel's copy is dropped at once: the donor's socket never sees
-//! it, and the copy waits in [`Hold`] (no kernel queue length or netlink buffer limit applies)
-//! until [`Hold::take`] hands it to the acceptor. [`inject`] delivers such packets to the local
-//! kernel stack (a raw IPv6 socket with `IPV6_HDRINCL` sends them to the local destination,
-//! through `lo`), where the restored socket accepts them as if they had come from the wire.
+//! [`HoldTable`] is one per node (per interface the peers' packets arrive on). It drives the
+//! XDP steering program (`ds_xdp`, `bpf/steer.bpf.c`): holding a connection puts its 4-tuple
+//! in the program's `held_flows` map, and from then on the program copies each of the peer's
+//! packets for it — the whole IPv6 packet, after decapsulating the home agent's tunnel (RFC
+//! 2473 §4), exactly what the socket would have received — into a BPF ring buffer and drops
+//! it, so the frozen socket never sees it. Holding and releasing are one `bpf(2)` map update
+//! each: no process, no thread, no sleep. The table reads the ring without blocking
+//! ([`HoldTable::poll`]; [`HoldTable::fd`] polls readable when packets wait) into bounded
+//! per-flow queues, oldest first, and hands them out with [`HoldTable::take`] and
+//! [`HoldTable::release`]. [`inject`] delivers such packets to the local kernel stack (a raw
+//! IPv6 socket with `IPV6_HDRINCL` sends them to the local destination, through `lo`), where
+//! the restored socket accepts them as if they had come from the wire.
 
 use crate::{KernelError, Result};
-use std::io;
+use ds_xdp::hold::{HeldFlows, HoldRing};
+use ds_xdp::maps::{HoldKey, HoldVal};
+use ds_xdp::{Kind, LoadOptions, Program};
+use std::collections::{HashMap, VecDeque};
 use std::mem::size_of;
 use std::net::{Ipv6Addr, SocketAddrV6};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::JoinHandle;
-use std::time::Duration;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
-/// Netlink queue numbers are per network namespace (each namespace has its own
-/// `nfnl_queue_net`, checked by `tests/hold.rs`); holds in one process still take distinct
-/// numbers, and a number another socket already bound in this namespace (`EPERM`, or `EBUSY`
-/// for our own) is skipped.
-static NEXT_QUEUE: AtomicU16 = AtomicU16::new(0);
-
-/// Tries at finding a free queue number.
-const QUEUE_TRIES: usize = 64;
-
-/// How long the reader sleeps when the queue is empty.
-const IDLE: Duration = Duration::from_micros(200);
-
-/// What the reader thread and the [`Hold`] share.
-#[derive(Default)]
-struct Shared {
-    stop: AtomicBool,
-    held: Mutex<Vec<Vec<u8>>>,
-    total: AtomicU64,
-    error: Mutex<Option<String>>,
+/// Bounds of a [`HoldTable`]: packets beyond them are counted and dropped (the peer resends
+/// them), never queued without limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HoldLimits {
+    /// Flows held (or with packets waiting) at once; at most the program map's capacity.
+    pub max_flows: usize,
+    /// Packets queued per flow.
+    pub max_packets: usize,
+    /// Bytes queued per flow.
+    pub max_bytes: usize,
 }
 
-/// The peer's packets of one TCP connection, held on this host instead of reaching its socket.
+impl Default for HoldLimits {
+    fn default() -> Self {
+        HoldLimits {
+            max_flows: 256,
+            max_packets: 4096,
+            max_bytes: 8 << 20,
+        }
+    }
+}
+
+/// What a [`HoldTable`] did since it was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HoldStats {
+    /// Packets read from the ring into a flow's queue.
+    pub queued: u64,
+    /// Packets dropped because their flow's queue was full ([`HoldLimits`]).
+    pub over_limit: u64,
+    /// Packets read for a flow no longer held (copied by the program on another CPU just as
+    /// the release took effect): queued for [`HoldTable::take`] while the flow limit allows,
+    /// until a new hold needs the place.
+    pub strays: u64,
+    /// Strays dropped: the table was at its flow limit when they came, or they were still
+    /// there, untaken, when a new hold needed their place.
+    pub strays_dropped: u64,
+    /// TCP checksums completed (a packet sent with checksum offload, `CHECKSUM_PARTIAL`, on a
+    /// link that leaves the sum to the receiver: its field held the pseudo-header sum).
+    pub checksums_completed: u64,
+}
+
+/// One flow's queue.
+#[derive(Debug, Default)]
+struct Flow {
+    held: bool,
+    packets: VecDeque<Vec<u8>>,
+    bytes: usize,
+}
+
+/// Most records read from the ring in one [`HoldTable::poll`].
+const POLL_BATCH: usize = 1 << 16;
+
+/// The held flows of one node and the packets held for them.
 ///
-/// Start it BEFORE freezing the socket ([`crate::freeze`]): from then on the socket sees none
-/// of the peer's packets, so the frozen state and the held packets together are everything the
-/// peer sent. Hand the packets to the acceptor after it restored the connection
-/// ([`Hold::take`], then [`inject`] on a kernel acceptor or `Interface::receive_ipv6` on a
-/// userspace one), and keep taking until the peer's packets reach the acceptor directly.
-/// Dropping the hold (or [`Hold::stop`]) removes the rule; packets still in the kernel queue
-/// then are dropped, never delivered to a socket that would reset them.
-pub struct Hold {
-    shared: Arc<Shared>,
-    reader: Option<JoinHandle<()>>,
-    /// The namespace the rule lives in (the one current at [`Hold::start`]).
-    netns: OwnedFd,
-    rule: Vec<String>,
-    queue: u16,
-    installed: bool,
+/// ```no_run
+/// # fn demo(prog: &ds_xdp::Program, local: std::net::SocketAddrV6,
+/// #         remote: std::net::SocketAddrV6) -> Result<(), ds_kernel::KernelError> {
+/// let mut holds = ds_kernel::HoldTable::new(prog, Default::default())?;
+/// holds.hold(local, remote)?; // before ds_kernel::freeze
+/// // ... event loop: poll(2) on holds.fd(), then
+/// let packets = holds.take(local, remote); // to the acceptor
+/// let rest = holds.release(local, remote)?; // grace period over
+/// # Ok(()) }
+/// ```
+pub struct HoldTable {
+    map: HeldFlows,
+    ring: HoldRing,
+    flows: HashMap<HoldKey, Flow>,
+    limits: HoldLimits,
+    stats: HoldStats,
+    /// The program this table loaded and attached itself ([`HoldTable::attach`]), and the
+    /// BPF link that keeps it attached (detached when the link closes).
+    own: Option<(Program, OwnedFd)>,
 }
 
-impl std::fmt::Debug for Hold {
+impl std::fmt::Debug for HoldTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Hold")
-            .field("queue", &self.queue)
-            .field("rule", &self.rule)
-            .field("total", &self.total())
+        f.debug_struct("HoldTable")
+            .field("flows", &self.flows.len())
+            .field("limits", &self.limits)
+            .field("stats", &self.stats)
+            .field("own_program", &self.own.is_some())
             .finish()
     }
 }
 
-impl Hold {
-    /// Hold the packets of the connection `local` ↔ `remote` that come from `remote`, in the
-    /// network namespace of the calling thread. Needs `CAP_NET_ADMIN` and the `ip6tables`
-    /// command (Debian package `iptables`).
-    pub fn start(local: SocketAddrV6, remote: SocketAddrV6) -> Result<Hold> {
-        // SAFETY: plain open(2) of a NUL-terminated path; the fd is owned at once below.
-        let raw = unsafe {
-            libc::open(
-                c"/proc/thread-self/ns/net".as_ptr(),
-                libc::O_RDONLY | libc::O_CLOEXEC,
-            )
-        };
-        if raw < 0 {
-            return Err(crate::os("open /proc/thread-self/ns/net"));
+fn xdp(what: &'static str) -> impl FnOnce(ds_xdp::Error) -> KernelError {
+    move |e| KernelError::Hold(format!("{what}: {e}"))
+}
+
+fn key(local: SocketAddrV6, remote: SocketAddrV6) -> HoldKey {
+    HoldKey {
+        local: *local.ip(),
+        remote: *remote.ip(),
+        lport: local.port(),
+        rport: remote.port(),
+    }
+}
+
+impl HoldTable {
+    /// A table over the maps of `prog`, a steering program (`Kind::Steer`) the node loaded
+    /// and attached to the interface its peers' packets arrive on. Only one table per program:
+    /// tables would share the ring.
+    pub fn new(prog: &Program, limits: HoldLimits) -> Result<HoldTable> {
+        if prog.kind() != Kind::Steer {
+            return Err(KernelError::Hold("not the steering program".into()));
         }
-        // SAFETY: `raw` is a fresh fd that nothing else owns.
-        let netns = unsafe { OwnedFd::from_raw_fd(raw) };
-        let (mut queue, num) = bind_queue()?;
-        queue.set_nonblocking(true);
-        let rule = vec![
-            "PREROUTING".to_string(),
-            "-p".into(),
-            "tcp".into(),
-            "-s".into(),
-            format!("{}/128", remote.ip()),
-            "--sport".into(),
-            remote.port().to_string(),
-            "-d".into(),
-            format!("{}/128", local.ip()),
-            "--dport".into(),
-            local.port().to_string(),
-            "-j".into(),
-            "NFQUEUE".into(),
-            "--queue-num".into(),
-            num.to_string(),
-        ];
-        let shared = Arc::new(Shared::default());
-        let reader = {
-            let shared = shared.clone();
-            std::thread::Builder::new()
-                .name(format!("ds-hold-{num}"))
-                .spawn(move || read_queue(queue, &shared))
-                .map_err(|err| KernelError::Os {
-                    what: "spawn hold reader",
-                    err,
-                })?
+        let map = prog.held_flows().map_err(xdp("held_flows map"))?;
+        let ring = prog.hold_ring().map_err(xdp("hold_ring map"))?;
+        let limits = HoldLimits {
+            max_flows: limits.max_flows.min(map.capacity() as usize),
+            ..limits
         };
-        let mut hold = Hold {
-            shared,
-            reader: Some(reader),
-            netns,
-            rule,
-            queue: num,
-            installed: false,
-        };
-        // The calling thread is in the right namespace: a child inherits it.
-        ip6tables("-A", &hold.rule)?;
-        hold.installed = true;
-        Ok(hold)
+        Ok(HoldTable {
+            map,
+            ring,
+            flows: HashMap::new(),
+            limits,
+            stats: HoldStats::default(),
+            own: None,
+        })
     }
 
-    /// The packets held since the start or the last `take`, oldest first: whole IPv6 packets
-    /// (header, TCP header and payload) as they arrived, checksums intact.
-    pub fn take(&self) -> Result<Vec<Vec<u8>>> {
-        let held = std::mem::take(
-            &mut *self
-                .shared
-                .held
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        );
-        if held.is_empty() {
-            if let Some(e) = self
-                .shared
-                .error
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone()
+    /// Load the steering program with nothing configured (every packet passes, except held
+    /// flows') and attach it to interface `ifname` of the calling thread's namespace through a
+    /// BPF link, native mode if the driver has it (veth does), generic otherwise. It stays
+    /// attached while the table lives. For hosts that run no steering program of their own;
+    /// fails if the interface has an XDP program already.
+    pub fn attach(ifname: &str, limits: HoldLimits) -> Result<HoldTable> {
+        let prog =
+            Program::load(Kind::Steer, &LoadOptions::default()).map_err(xdp("load steer"))?;
+        let idx = ds_xdp::loader::ifindex(ifname).map_err(xdp("interface"))?;
+        let (link, _) = prog
+            .attach_link(idx, ds_xdp::Mode::Auto)
+            .map_err(xdp("attach steer"))?;
+        let mut t = HoldTable::new(&prog, limits)?;
+        t.own = Some((prog, link));
+        Ok(t)
+    }
+
+    /// Start holding the packets of the connection `local` ↔ `remote` that come from
+    /// `remote` (call it BEFORE [`crate::freeze`]: from then on the socket sees none of them,
+    /// so the frozen state and the held packets together are everything the peer sent).
+    /// Packets still queued for the flow from an earlier hold stay, in order.
+    pub fn hold(&mut self, local: SocketAddrV6, remote: SocketAddrV6) -> Result<()> {
+        let k = key(local, remote);
+        if !self.flows.contains_key(&k) && self.flows.len() >= self.limits.max_flows {
+            // Strays nobody took give their places up first.
+            let stats = &mut self.stats;
+            self.flows.retain(|_, f| {
+                if !f.held {
+                    stats.strays_dropped += f.packets.len() as u64;
+                }
+                f.held
+            });
+        }
+        if !self.flows.contains_key(&k) && self.flows.len() >= self.limits.max_flows {
+            return Err(KernelError::Hold(format!(
+                "{} flows held already (the limit)",
+                self.flows.len()
+            )));
+        }
+        self.map.hold(&k).map_err(xdp("hold"))?;
+        self.flows.entry(k).or_default().held = true;
+        Ok(())
+    }
+
+    /// Whether the connection is held.
+    pub fn is_held(&self, local: SocketAddrV6, remote: SocketAddrV6) -> bool {
+        self.flows.get(&key(local, remote)).is_some_and(|f| f.held)
+    }
+
+    /// Number of flows held or with packets waiting.
+    pub fn len(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// Whether no flow is held and no packet waits.
+    pub fn is_empty(&self) -> bool {
+        self.flows.is_empty()
+    }
+
+    /// Read what the program copied into the ring into the flows' queues; returns how many
+    /// packets were read. Never blocks.
+    pub fn poll(&mut self) -> usize {
+        let HoldTable {
+            ring,
+            flows,
+            limits,
+            stats,
+            ..
+        } = self;
+        ring.read(POLL_BATCH, |k, pkt| {
+            let flow = match flows.get_mut(&k) {
+                Some(f) => {
+                    if !f.held {
+                        stats.strays += 1;
+                    }
+                    f
+                }
+                None => {
+                    stats.strays += 1;
+                    if flows.len() >= limits.max_flows {
+                        stats.strays_dropped += 1;
+                        return;
+                    }
+                    flows.entry(k).or_default()
+                }
+            };
+            if flow.packets.len() >= limits.max_packets || flow.bytes + pkt.len() > limits.max_bytes
             {
-                return Err(KernelError::Hold(e));
-            }
-        }
-        Ok(held)
-    }
-
-    /// How many packets were held since the start (taken or not).
-    pub fn total(&self) -> u64 {
-        self.shared.total.load(Ordering::Relaxed)
-    }
-
-    /// The netfilter queue number this hold reads.
-    pub fn queue_num(&self) -> u16 {
-        self.queue
-    }
-
-    /// Remove the rule and stop reading; returns the packets still held (take them to the
-    /// acceptor too). Dropping the hold does the same and discards them.
-    pub fn stop(mut self) -> Result<Vec<Vec<u8>>> {
-        let r = self.teardown();
-        let rest = std::mem::take(
-            &mut *self
-                .shared
-                .held
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        );
-        r.map(|()| rest)
-    }
-
-    fn teardown(&mut self) -> Result<()> {
-        let mut r = Ok(());
-        if self.installed {
-            self.installed = false;
-            r = in_netns(&self.netns, || ip6tables("-D", &self.rule));
-        }
-        // Read what was queued before the rule went away, then let the queue go (unbinding
-        // drops anything the kernel still has queued).
-        std::thread::sleep(IDLE * 5);
-        self.shared.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.reader.take() {
-            let _ = t.join();
-        }
-        r
-    }
-}
-
-impl Drop for Hold {
-    fn drop(&mut self) {
-        if let Err(e) = self.teardown() {
-            tracing::warn!("hold on queue {}: {e}", self.queue);
-        }
-    }
-}
-
-/// Open a netfilter queue socket and bind it to a number free in this namespace.
-fn bind_queue() -> Result<(nfq::Queue, u16)> {
-    let base = (std::process::id() as u16).wrapping_mul(97);
-    let mut last = None;
-    for _ in 0..QUEUE_TRIES {
-        let num = base.wrapping_add(NEXT_QUEUE.fetch_add(1, Ordering::Relaxed));
-        let mut q = nfq::Queue::open().map_err(|err| KernelError::Os {
-            what: "netfilter queue socket",
-            err,
-        })?;
-        match q.bind(num) {
-            Ok(()) => {
-                // Ask for whole packets (bind sets a 64 KiB copy range), and keep the kernel
-                // from letting packets through when we fall behind.
-                q.set_fail_open(num, false)
-                    .and_then(|()| q.set_queue_max_len(num, 1 << 14))
-                    .map_err(|err| KernelError::Os {
-                        what: "configure netfilter queue",
-                        err,
-                    })?;
-                return Ok((q, num));
-            }
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EBUSY)) => last = Some(e),
-            Err(err) => {
-                return Err(KernelError::Os {
-                    what: "bind netfilter queue",
-                    err,
-                })
-            }
-        }
-    }
-    Err(KernelError::Os {
-        what: "no free netfilter queue number",
-        err: last.unwrap_or_else(|| io::Error::from_raw_os_error(libc::EBUSY)),
-    })
-}
-
-/// The reader: copy each queued packet into `shared.held` and drop the kernel's copy.
-fn read_queue(mut queue: nfq::Queue, shared: &Shared) {
-    loop {
-        match queue.recv() {
-            Ok(mut msg) => {
-                let pkt = msg.get_payload().to_vec();
-                msg.set_verdict(nfq::Verdict::Drop);
-                if let Err(e) = queue.verdict(msg) {
-                    *shared.error.lock().unwrap_or_else(PoisonError::into_inner) =
-                        Some(format!("verdict: {e}"));
-                    return;
-                }
-                shared
-                    .held
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push(pkt);
-                shared.total.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if shared.stop.load(Ordering::Relaxed) {
-                    return;
-                }
-                std::thread::sleep(IDLE);
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                *shared.error.lock().unwrap_or_else(PoisonError::into_inner) =
-                    Some(format!("receive: {e}"));
+                stats.over_limit += 1;
                 return;
             }
+            let mut p = pkt.to_vec();
+            if complete_tcp_checksum(&mut p) == Checksum::Completed {
+                stats.checksums_completed += 1;
+            }
+            flow.bytes += p.len();
+            flow.packets.push_back(p);
+            stats.queued += 1;
+        })
+    }
+
+    /// The packets held for the connection since the hold or the last `take`, oldest first:
+    /// whole IPv6 packets (header, TCP header and payload) as the socket would have received
+    /// them, checksums valid. Reads the ring first. The flow stays held.
+    pub fn take(&mut self, local: SocketAddrV6, remote: SocketAddrV6) -> Vec<Vec<u8>> {
+        self.poll();
+        let k = key(local, remote);
+        let Some(f) = self.flows.get_mut(&k) else {
+            return Vec::new();
+        };
+        f.bytes = 0;
+        let out: Vec<Vec<u8>> = f.packets.drain(..).collect();
+        if !f.held {
+            self.flows.remove(&k);
+        }
+        out
+    }
+
+    /// Stop holding the connection (its packets reach its socket again, if this host has
+    /// one) and return the packets still held, oldest first. On an error the flow stays held.
+    pub fn release(&mut self, local: SocketAddrV6, remote: SocketAddrV6) -> Result<Vec<Vec<u8>>> {
+        let k = key(local, remote);
+        self.map.release(&k).map_err(xdp("release"))?;
+        // Whatever the program copied before the release took effect is in the ring now
+        // (a packet being copied on another CPU at this very moment comes later, as a stray).
+        self.poll();
+        Ok(self
+            .flows
+            .remove(&k)
+            .map(|f| f.packets.into())
+            .unwrap_or_default())
+    }
+
+    /// The program's own count for a held flow (packets copied, bytes, packets lost because
+    /// the ring was full), or `None` if the flow is not held.
+    pub fn kernel_counts(
+        &self,
+        local: SocketAddrV6,
+        remote: SocketAddrV6,
+    ) -> Result<Option<HoldVal>> {
+        self.map.get(&key(local, remote)).map_err(xdp("lookup"))
+    }
+
+    /// The ring buffer's descriptor: poll(2)/epoll it for `POLLIN`, then call
+    /// [`HoldTable::poll`] (or `take`).
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.ring.fd()
+    }
+
+    /// What the table did so far.
+    pub fn stats(&self) -> HoldStats {
+        self.stats
+    }
+
+    /// The bounds in force.
+    pub fn limits(&self) -> HoldLimits {
+        self.limits
+    }
+}
+
+impl Drop for HoldTable {
+    fn drop(&mut self) {
+        // Flows still held would stay held for as long as the program lives.
+        let keys: Vec<HoldKey> = self.flows.keys().copied().collect();
+        for k in keys {
+            if let Err(e) = self.map.release(&k) {
+                tracing::warn!("releasing a held flow: {e}");
+            }
         }
     }
 }
 
-/// Run `ip6tables -w -t raw <op> <rule…>` in the calling thread's namespace.
-fn ip6tables(op: &str, rule: &[String]) -> Result<()> {
-    let out = Command::new("ip6tables")
-        .args(["-w", "-t", "raw", op])
-        .args(rule)
-        .output()
-        .map_err(|err| KernelError::Os {
-            what: "run ip6tables (Debian package iptables)",
-            err,
-        })?;
-    if !out.status.success() {
-        return Err(KernelError::Hold(format!(
-            "ip6tables {op} {}: {}",
-            rule.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(())
+/// What [`complete_tcp_checksum`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checksum {
+    /// The TCP checksum verifies.
+    Valid,
+    /// The field held the pseudo-header sum only (checksum offload left to the receiver) and
+    /// now holds the full checksum.
+    Completed,
+    /// It does not verify: left as it is (the socket will drop the segment, as it would have).
+    Bad,
+    /// Not an IPv6 packet with TCP right after the fixed header: left as it is.
+    NotTcp,
 }
 
-/// Run `f` on a short-lived thread that joined the namespace `netns` (the caller's thread may
-/// be elsewhere by now, e.g. a hold dropped on another thread).
-fn in_netns<T: Send>(netns: &OwnedFd, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
-    let fd = netns.as_raw_fd();
-    std::thread::scope(|s| {
-        s.spawn(move || {
-            // SAFETY: `fd` is an open namespace fd (borrowed from `netns`, alive for the
-            // scope); setns only changes this short-lived thread's namespace.
-            if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } < 0 {
-                return Err(crate::os("setns"));
-            }
-            f()
-        })
-        .join()
-        .unwrap_or_else(|_| Err(KernelError::Hold("namespace thread panicked".into())))
-    })
+/// One's complement sum of `data` as big-endian 16-bit words, added to `sum` (RFC 1071).
+fn sum16(data: &[u8], mut sum: u64) -> u64 {
+    let mut it = data.chunks_exact(2);
+    for w in &mut it {
+        sum += u64::from(u16::from_be_bytes([w[0], w[1]]));
+    }
+    if let [last] = it.remainder() {
+        sum += u64::from(*last) << 8;
+    }
+    sum
+}
+
+fn fold(mut sum: u64) -> u16 {
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+/// Make the TCP checksum of an IPv6 packet valid if it only lacks its completion: a segment
+/// sent with checksum offload (`CHECKSUM_PARTIAL`, e.g. over `lo` or a veth whose sender keeps
+/// `tx` checksumming on) carries the folded sum of the pseudo-header (RFC 8200 §8.1) in its
+/// checksum field, which the kernel would accept (the skb says so) but a packet re-injected or
+/// handed to another stack must not. A checksum that is wrong otherwise is left alone.
+pub fn complete_tcp_checksum(pkt: &mut [u8]) -> Checksum {
+    if pkt.len() < 60 || pkt[0] >> 4 != 6 || pkt[6] != 6 {
+        return Checksum::NotTcp;
+    }
+    let tcp_len = pkt.len() - 40;
+    let Ok(len32) = u32::try_from(tcp_len) else {
+        return Checksum::NotTcp;
+    };
+    let mut pseudo = sum16(&pkt[8..40], 0);
+    pseudo = sum16(&len32.to_be_bytes(), pseudo);
+    pseudo += 6;
+    if fold(sum16(&pkt[40..], pseudo)) == 0xffff {
+        return Checksum::Valid;
+    }
+    let field = u16::from_be_bytes([pkt[56], pkt[57]]);
+    if field != fold(pseudo) {
+        return Checksum::Bad;
+    }
+    pkt[56] = 0;
+    pkt[57] = 0;
+    let c = !fold(sum16(&pkt[40..], pseudo));
+    pkt[56..58].copy_from_slice(&c.to_be_bytes());
+    Checksum::Completed
 }
 
 /// Deliver held IPv6 packets to this host's kernel stack as if they had just arrived, in the
@@ -377,3 +442,56 @@ pub fn inject(packets: &[Vec<u8>]) -> Result<usize> {
 
 /// `IPV6_HDRINCL` (include/uapi/linux/in6.h); not in every `libc` release.
 const IPV6_HDRINCL: libc::c_int = 36;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn packet(payload: &[u8]) -> Vec<u8> {
+        let mut p = vec![0u8; 60];
+        p[0] = 0x60;
+        p[4..6].copy_from_slice(&((20 + payload.len()) as u16).to_be_bytes());
+        p[6] = 6;
+        p[7] = 64;
+        p[8..24].copy_from_slice(&"fd00::1".parse::<Ipv6Addr>().expect("a").octets());
+        p[24..40].copy_from_slice(&"fd00::80".parse::<Ipv6Addr>().expect("a").octets());
+        p[40..42].copy_from_slice(&40000u16.to_be_bytes());
+        p[42..44].copy_from_slice(&80u16.to_be_bytes());
+        p[52] = 5 << 4;
+        p[53] = 0x18;
+        p.extend_from_slice(payload);
+        p
+    }
+
+    #[test]
+    fn checksums_are_verified_and_completed() {
+        let mut p = packet(b"odd length!");
+        // Start from the partial form, as the sender's stack leaves it for the offload.
+        let tcp_len = (p.len() - 40) as u32;
+        let mut pseudo = sum16(&p[8..40], 0);
+        pseudo = sum16(&tcp_len.to_be_bytes(), pseudo) + 6;
+        p[56..58].copy_from_slice(&fold(pseudo).to_be_bytes());
+        assert_eq!(complete_tcp_checksum(&mut p), Checksum::Completed);
+        assert_eq!(complete_tcp_checksum(&mut p), Checksum::Valid);
+        // Independent check: the whole sum, pseudo-header included, folds to 0xffff.
+        assert_eq!(fold(sum16(&p[40..], pseudo)), 0xffff);
+        let good = p.clone();
+        p[70] ^= 1;
+        assert_eq!(complete_tcp_checksum(&mut p), Checksum::Bad);
+        assert_eq!(p[..70], good[..70], "a bad checksum is left alone");
+        let mut short = good[..50].to_vec();
+        assert_eq!(complete_tcp_checksum(&mut short), Checksum::NotTcp);
+        let mut udp = good.clone();
+        udp[6] = 17;
+        assert_eq!(complete_tcp_checksum(&mut udp), Checksum::NotTcp);
+    }
+
+    #[test]
+    fn keys_are_the_sockets_view() {
+        let local: SocketAddrV6 = "[fd00::80]:80".parse().expect("a");
+        let remote: SocketAddrV6 = "[fd00::1]:40000".parse().expect("a");
+        let k = key(local, remote);
+        assert_eq!((k.local, k.lport), (*local.ip(), 80));
+        assert_eq!((k.remote, k.rport), (*remote.ip(), 40000));
+    }
+}

@@ -1,10 +1,9 @@
 //! The kernel host of the handoff engine: standard sockets frozen and restored with
 //! `TCP_REPAIR`, the peer's packets held while a connection moves.
 
-use crate::{freeze, inject, restore_repaired, send_queue_len, Hold, Repaired};
+use crate::{freeze, inject, restore_repaired, send_queue_len, HoldTable, Repaired};
 use ds_handoff::{Host, HostError, Takeover};
 use ds_stack::ConnState;
-use std::collections::HashMap;
 use std::net::{SocketAddrV6, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::Instant;
@@ -76,29 +75,48 @@ impl KernelConn {
     }
 }
 
-/// [`Host`] over the kernel's sockets of this network namespace.
-#[derive(Debug, Default)]
+/// [`Host`] over the kernel's sockets of this network namespace; the peer's packets of moving
+/// connections are held by the node's [`HoldTable`].
 pub struct KernelHost {
-    holds: HashMap<(SocketAddrV6, SocketAddrV6), Hold>,
+    holds: HoldTable,
     /// Connections the node serves (for the acceptor's load limit); the node keeps it current.
     pub connections: usize,
 }
 
+impl std::fmt::Debug for KernelHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KernelHost")
+            .field("held_flows", &self.holds.len())
+            .field("connections", &self.connections)
+            .finish()
+    }
+}
+
 impl KernelHost {
-    /// A host with no connection held.
-    pub fn new() -> Self {
-        Self::default()
+    /// A host holding packets with `holds`.
+    pub fn new(holds: HoldTable) -> Self {
+        KernelHost {
+            holds,
+            connections: 0,
+        }
     }
 
-    /// Flows whose packets are held here.
-    pub fn held_flows(&self) -> usize {
-        self.holds.len()
+    /// The packet hold (its fd belongs in the node's wait set; poll it each round).
+    pub fn holds(&mut self) -> &mut HoldTable {
+        &mut self.holds
     }
 
-    /// Stop every hold (their packets are dropped).
-    pub fn release_all(&mut self) {
-        for (_, h) in self.holds.drain() {
-            let _ = h.stop();
+    fn release_flow(&mut self, local: SocketAddrV6, remote: SocketAddrV6) -> Vec<Vec<u8>> {
+        if !self.holds.is_held(local, remote) {
+            // Strays of an earlier hold, if any.
+            return self.holds.take(local, remote);
+        }
+        match self.holds.release(local, remote) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("releasing a hold: {e}");
+                Vec::new()
+            }
         }
     }
 
@@ -136,20 +154,14 @@ impl Host for KernelHost {
         };
         // The hold goes in before the freeze: from then on the socket sees none of the
         // peer's packets, so the state and the held packets are everything the peer sent.
-        let hold = Hold::start(*local, *remote).map_err(Self::err)?;
+        self.holds.hold(*local, *remote).map_err(Self::err)?;
         match freeze(sock) {
-            Ok(st) => {
-                // An older hold of the same flow (it came back within a grace period) goes.
-                if let Some(old) = self.holds.insert((*local, *remote), hold) {
-                    let _ = old.stop();
-                }
-                // In repair mode the socket's close (when the engine drops it) is silent.
-                Ok(st)
-            }
+            // In repair mode the socket's close (when the engine drops it) is silent.
+            Ok(st) => Ok(st),
             Err(e) => {
-                // Nothing left the node: release what was held to the live socket (rule
-                // first, or the injected packets would be held again).
-                if let Err(e) = hold.stop().and_then(|p| inject(&p)) {
+                // Nothing left the node: what was held goes to the live socket.
+                let held = self.release_flow(*local, *remote);
+                if let Err(e) = inject(&held) {
                     tracing::error!("releasing held packets: {e}");
                 }
                 Err(Self::err(e))
@@ -179,19 +191,19 @@ impl Host for KernelHost {
             *conn = taken;
             return Ok(());
         };
-        // Leave repair mode; the window probe tells the peer where we are.
-        let (sock, _) = sock.activate(&[]).map_err(Self::err)?;
+        // Packets this host held for the flow (the connection came back here, or its handoff
+        // failed) reach the socket first, before it sends (no window probe then: its answer
+        // would overtake them); the hold sits on the link, so injected packets (through `lo`)
+        // are not held again. Then the hold goes and what it caught meanwhile follows.
+        let held = self.holds.take(local, remote);
+        let (sock, _) = sock.activate(&held).map_err(Self::err)?;
         *conn = KernelConn::Live {
             sock,
             local,
             remote,
         };
-        // Packets this host held for the flow (the connection came back here, or its handoff
-        // failed) go to the new socket once the hold is gone (or they would be held again).
-        if let Some(h) = self.holds.remove(&(local, remote)) {
-            let held = h.stop().map_err(Self::err)?;
-            inject(&held).map_err(Self::err)?;
-        }
+        let rest = self.release_flow(local, remote);
+        inject(&rest).map_err(Self::err)?;
         Ok(())
     }
 
@@ -228,25 +240,11 @@ impl Host for KernelHost {
     }
 
     fn take_held(&mut self, local: SocketAddrV6, remote: SocketAddrV6) -> Vec<Vec<u8>> {
-        match self.holds.get(&(local, remote)).map(|h| h.take()) {
-            Some(Ok(p)) => p,
-            Some(Err(e)) => {
-                tracing::warn!("held packets lost: {e}");
-                Vec::new()
-            }
-            None => Vec::new(),
-        }
+        self.holds.take(local, remote)
     }
 
     fn release(&mut self, local: SocketAddrV6, remote: SocketAddrV6) -> Vec<Vec<u8>> {
-        match self.holds.remove(&(local, remote)).map(|h| h.stop()) {
-            Some(Ok(p)) => p,
-            Some(Err(e)) => {
-                tracing::warn!("held packets lost: {e}");
-                Vec::new()
-            }
-            None => Vec::new(),
-        }
+        self.release_flow(local, remote)
     }
 
     fn inject(&mut self, packets: Vec<Vec<u8>>) {

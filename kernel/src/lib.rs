@@ -10,9 +10,10 @@
 //! `TCP_REPAIR_WINDOW`, `TCP_TIMESTAMP`; needs `CAP_NET_ADMIN`).
 //!
 //! While a socket moves, the peer's packets must be HELD, not dropped (a dropped segment costs
-//! the peer a retransmission timeout): [`Hold`] queues them to userspace with an `ip6tables`
-//! `NFQUEUE` rule installed before the freeze, and [`inject`] delivers them to the restored
-//! socket on the acceptor through the kernel's own receive path.
+//! the peer a retransmission timeout): a node's [`HoldTable`] has the XDP steering program copy
+//! them to userspace (one BPF map update to hold a flow, one to release it) from before the
+//! freeze, and [`inject`] delivers them to the restored socket on the acceptor through the
+//! kernel's own receive path.
 //!
 //! Not carried by the kernel API: TS.Recent (the state says "unknown" and the next segment
 //! sets it), SACK scoreboards and out-of-order data (dropped on restore: the peer resends it).
@@ -23,7 +24,7 @@
 mod hold;
 pub mod host;
 
-pub use hold::{inject, Hold};
+pub use hold::{complete_tcp_checksum, inject, Checksum, HoldLimits, HoldStats, HoldTable};
 pub use host::{KernelConn, KernelHost};
 
 use ds_stack::state::{flags, AfterLoss, Endpoint, InFlight};
@@ -51,7 +52,7 @@ pub enum KernelError {
     /// The state does not validate.
     #[error(transparent)]
     State(#[from] ds_stack::state::StateError),
-    /// Holding packets failed (the firewall rule or the netfilter queue).
+    /// Holding packets failed (the XDP program, its maps or the table's limits).
     #[error("packet hold: {0}")]
     Hold(String),
 }
@@ -230,8 +231,8 @@ pub fn send_queue_len(sock: &TcpStream) -> Result<usize> {
 }
 
 /// Freeze an established kernel socket into a [`ConnState`]. The socket is left in repair
-/// mode: dropping it then closes it silently (no FIN, no RST). Start a [`Hold`] on the
-/// connection first, so that the peer's packets wait for the acceptor instead of reaching it.
+/// mode: dropping it then closes it silently (no FIN, no RST). Hold the connection first
+/// ([`HoldTable::hold`]), so that the peer's packets wait for the acceptor instead of reaching it.
 pub fn freeze(sock: &TcpStream) -> Result<ConnState> {
     let fd = sock.as_raw_fd();
     let local = v6(sock.local_addr().map_err(|e| KernelError::Os {

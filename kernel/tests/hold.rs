@@ -1,12 +1,17 @@
-//! The packet hold and injection on their own, inside a namespace: a connection over `lo`
-//! whose client data is held (not delivered, not dropped for good), then injected and read by
-//! the server; and netfilter queue numbers being per namespace.
+//! The packet hold and injection on their own, in namespaces: a client and a server joined by
+//! a veth pair, the steering program attached to the server's end by [`HoldTable::attach`].
+//! The client's data is held (not delivered, not lost), then injected and read by the server;
+//! holding and releasing cost one map update each; the table's bounds hold.
 
-use ds_kernel::{inject, Hold};
-use ds_testbed::{require_root, Netns};
+use ds_kernel::{complete_tcp_checksum, inject, Checksum, HoldLimits, HoldTable};
+use ds_testbed::{add_addr, require_root, veth, wait_addr_usable, Netns};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
+
+const CLIENT: &str = "fd00:40::1";
+const SERVER: &str = "fd00:40::2";
 
 fn v6(a: SocketAddr) -> SocketAddrV6 {
     match a {
@@ -15,99 +20,195 @@ fn v6(a: SocketAddr) -> SocketAddrV6 {
     }
 }
 
-#[test]
-fn queues_are_per_namespace() {
-    if !require_root("queues_are_per_namespace") {
-        return;
+/// Client and server namespaces on one veth pair (offloads left on: the client's kernel
+/// leaves TCP checksums to the receiver, which the hold must complete).
+fn pair(tag: &str) -> (Netns, Netns) {
+    let c = Netns::new(&format!("{tag}c")).expect("client ns");
+    let s = Netns::new(&format!("{tag}s")).expect("server ns");
+    veth(&c, "eth0", &s, "eth0").expect("veth");
+    add_addr(&c, "eth0", &format!("{CLIENT}/64")).expect("addr");
+    add_addr(&s, "eth0", &format!("{SERVER}/64")).expect("addr");
+    for (ns, a) in [(&c, CLIENT), (&s, SERVER)] {
+        wait_addr_usable(ns, "eth0", a, Duration::from_secs(5)).expect("address usable");
     }
-    let a = Netns::new("qa").expect("ns");
-    let b = Netns::new("qb").expect("ns");
-    let bind = |ns: &Netns| {
-        ns.run(|| {
-            let mut q = nfq::Queue::open().expect("open queue");
-            q.bind(4242).map(|()| q)
-        })
-    };
-    let qa = bind(&a).expect("queue 4242 in the first namespace");
-    let qb = bind(&b).expect("the same number in a second namespace");
-    let again = bind(&a);
-    assert_eq!(
-        again.err().and_then(|e| e.raw_os_error()),
-        Some(libc::EPERM),
-        "a number is taken once per namespace (nfqnl_recv_config: another portid → EPERM)"
-    );
-    drop((qa, qb));
+    (c, s)
+}
+
+/// Wait on the table's descriptor and take the flow's packets until `want` came (or 2 s).
+fn wait_held(
+    t: &mut HoldTable,
+    local: SocketAddrV6,
+    remote: SocketAddrV6,
+    want: usize,
+) -> Vec<Vec<u8>> {
+    let start = Instant::now();
+    let mut got = Vec::new();
+    while got.len() < want {
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "held {}",
+            got.len()
+        );
+        let mut pfd = libc::pollfd {
+            fd: t.fd().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, alive across the call.
+        unsafe { libc::poll(&mut pfd, 1, 100) };
+        got.extend(t.take(local, remote));
+    }
+    got
 }
 
 #[test]
-fn hold_then_inject_over_loopback() {
-    if !require_root("hold_then_inject_over_loopback") {
+fn hold_then_inject_over_veth() {
+    if !require_root("hold_then_inject_over_veth") {
         return;
     }
-    let ns = Netns::new("hold").expect("ns");
-    ns.run(|| {
-        let l = TcpListener::bind((Ipv6Addr::LOCALHOST, 0)).expect("listen");
-        let mut c = TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
-        let (mut s, _) = l.accept().expect("accept");
-        let local = v6(s.local_addr().expect("local"));
-        let remote = v6(s.peer_addr().expect("peer"));
-        let hold = Hold::start(local, remote).expect("hold");
-        let rules = ns.exec(&["ip6tables", "-t", "raw", "-S"]).expect("list");
-        assert!(String::from_utf8_lossy(&rules.stdout).contains("NFQUEUE"));
+    let (c, s) = pair("hold");
+    let l = s
+        .run(|| TcpListener::bind((SERVER.parse::<Ipv6Addr>().expect("a"), 80)))
+        .expect("listen");
+    let mut client = c
+        .run(|| TcpStream::connect((SERVER.parse::<Ipv6Addr>().expect("a"), 80)))
+        .expect("connect");
+    client.set_nodelay(true).expect("nodelay");
+    let (mut sock, _) = l.accept().expect("accept");
+    let local = v6(sock.local_addr().expect("local"));
+    let remote = v6(sock.peer_addr().expect("peer"));
+    s.run(|| {
+        let mut t = HoldTable::attach("eth0", HoldLimits::default()).expect("attach");
+        let t0 = Instant::now();
+        t.hold(local, remote).expect("hold");
+        let hold_took = t0.elapsed();
+        assert!(t.is_held(local, remote));
 
-        c.write_all(b"held, not lost").expect("client write");
-        let t = Instant::now();
-        while hold.total() == 0 {
-            assert!(t.elapsed() < Duration::from_secs(2), "nothing held");
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        s.set_nonblocking(true).expect("nonblocking");
+        client.write_all(b"held, ").expect("client write");
+        std::thread::sleep(Duration::from_millis(5));
+        client.write_all(b"not lost").expect("client write");
+        let mut pkts = wait_held(&mut t, local, remote, 2);
+        sock.set_nonblocking(true).expect("nonblocking");
         let mut buf = [0u8; 64];
         assert_eq!(
-            s.read(&mut buf).map_err(|e| e.kind()).err(),
+            sock.read(&mut buf).map_err(|e| e.kind()).err(),
             Some(ErrorKind::WouldBlock),
             "the server socket must not see held data"
         );
-        let pkts = hold.take().expect("take");
-        assert!(!pkts.is_empty());
-        assert!(pkts.iter().all(|p| p[0] >> 4 == 6 && p[6] == 6), "IPv6/TCP");
-        let rest = hold.stop().expect("stop");
-        let rules = ns.exec(&["ip6tables", "-t", "raw", "-S"]).expect("list");
+        let counts = t
+            .kernel_counts(local, remote)
+            .expect("counts")
+            .expect("held");
+        assert_eq!(counts.packets as usize, pkts.len(), "the program's count");
+        assert_eq!(counts.lost, 0);
+        for p in &mut pkts {
+            assert_eq!(p[0] >> 4, 6, "IPv6");
+            assert_eq!(p[6], 6, "TCP");
+            assert_eq!(
+                p.len(),
+                40 + usize::from(u16::from_be_bytes([p[4], p[5]])),
+                "whole packet, no link padding"
+            );
+            assert_eq!(&p[8..24], &remote.ip().octets(), "from the client");
+            assert_eq!(&p[24..40], &local.ip().octets(), "to the server");
+            assert_eq!(
+                complete_tcp_checksum(p),
+                Checksum::Valid,
+                "checksums valid as handed out"
+            );
+        }
+        let t1 = Instant::now();
+        let rest = t.release(local, remote).expect("release");
+        let release_took = t1.elapsed();
+        assert!(!t.is_held(local, remote));
+        println!(
+            "hold {hold_took:?}, release {release_took:?}, {} packet(s) held; stats {:?}",
+            pkts.len() + rest.len(),
+            t.stats()
+        );
         assert!(
-            !String::from_utf8_lossy(&rules.stdout).contains("NFQUEUE"),
-            "rule removed"
+            hold_took < Duration::from_millis(2) && release_took < Duration::from_millis(2),
+            "a map update each: hold {hold_took:?}, release {release_took:?}"
         );
         let all: Vec<Vec<u8>> = pkts.into_iter().chain(rest).collect();
         assert_eq!(inject(&all).expect("inject"), all.len());
-        s.set_nonblocking(false).expect("blocking");
-        s.set_read_timeout(Some(Duration::from_secs(2)))
+        sock.set_nonblocking(false).expect("blocking");
+        sock.set_read_timeout(Some(Duration::from_secs(2)))
             .expect("timeout");
-        let n = s.read(&mut buf).expect("server read after inject");
-        assert_eq!(&buf[..n], b"held, not lost");
-        println!(
-            "held and injected {} packet(s) in {:?}",
-            all.len(),
-            t.elapsed()
-        );
+        let mut got = Vec::new();
+        while got.len() < 14 {
+            let n = sock.read(&mut buf).expect("server read after inject");
+            assert!(n > 0, "eof");
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(&got, b"held, not lost");
+        // Released: the next data goes straight to the socket.
+        client.write_all(b"direct").expect("client write");
+        let n = sock.read(&mut buf).expect("server read after release");
+        assert_eq!(&buf[..n], b"direct");
+        assert_eq!(t.stats().over_limit, 0);
     });
 }
 
 #[test]
-fn hold_dropped_removes_rule() {
-    if !require_root("hold_dropped_removes_rule") {
+fn hold_bounds_and_drop() {
+    if !require_root("hold_bounds_and_drop") {
         return;
     }
-    let ns = Netns::new("holdd").expect("ns");
-    let hold = ns
-        .run(|| {
-            Hold::start(
-                "[fd00::1]:80".parse().expect("addr"),
-                "[fd00::2]:1234".parse().expect("addr"),
-            )
-        })
-        .expect("hold");
-    // Dropped on another thread than the one in the namespace: the rule still goes.
-    drop(hold);
-    let rules = ns.exec(&["ip6tables", "-t", "raw", "-S"]).expect("list");
-    assert!(!String::from_utf8_lossy(&rules.stdout).contains("NFQUEUE"));
+    let (c, s) = pair("holdb");
+    let server: Ipv6Addr = SERVER.parse().expect("a");
+    let l = s.run(|| TcpListener::bind((server, 80))).expect("listen");
+    let mut client = c.run(|| TcpStream::connect((server, 80))).expect("connect");
+    client.set_nodelay(true).expect("nodelay");
+    let (mut sock, _) = l.accept().expect("accept");
+    let local = v6(sock.local_addr().expect("local"));
+    let remote = v6(sock.peer_addr().expect("peer"));
+    s.run(|| {
+        let limits = HoldLimits {
+            max_flows: 1,
+            max_packets: 2,
+            max_bytes: 1 << 20,
+        };
+        let mut t = HoldTable::attach("eth0", limits).expect("attach");
+        t.hold(local, remote).expect("hold");
+        let other: SocketAddrV6 = format!("[{CLIENT}]:1").parse().expect("a");
+        assert!(
+            t.hold(local, other).is_err(),
+            "beyond the flow limit: an error, not a panic"
+        );
+        // A flow with packets waiting but no longer held (a stray) gives its place up.
+        t.release(local, remote).expect("release");
+        t.hold(local, other).expect("the place is free again");
+        t.release(local, other).expect("release");
+        t.hold(local, remote).expect("hold");
+        t.hold(local, remote).expect("holding again is harmless");
+        for m in [b"1", b"2", b"3", b"4"] {
+            client.write_all(m).expect("client write");
+            std::thread::sleep(Duration::from_millis(3));
+        }
+        let start = Instant::now();
+        while t.stats().over_limit < 2 {
+            assert!(start.elapsed() < Duration::from_secs(2), "{:?}", t.stats());
+            t.poll();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let kept = t.take(local, remote);
+        assert_eq!(kept.len(), 2, "bounded per flow");
+        // Dropping the table releases its flows and detaches the program it attached: the
+        // client's retransmissions then reach the socket.
+        drop(t);
+        let _ = kept;
+        sock.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 16];
+        while got.len() < 4 {
+            let n = sock
+                .read(&mut buf)
+                .expect("server read after the table went");
+            assert!(n > 0, "eof");
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(&got, b"1234");
+    });
 }

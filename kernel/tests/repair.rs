@@ -4,7 +4,8 @@
 //! upstream. Byte-exact both ways, and the client never sees a reset.
 //!
 //! During the move the donor HOLDS the client's packets (a kernel donor with
-//! [`ds_kernel::Hold`], installed before the freeze; a userspace donor by freezing, which holds
+//! a [`ds_kernel::HoldTable`] — the XDP steering program on its link — holding the flow from
+//! before the freeze; a userspace donor by freezing, which holds
 //! the frozen connection's packets in the stack) and forwards them to the acceptor once it has
 //! restored the connection ([`ds_kernel::restore_with_held`] then [`ds_kernel::inject`] into a
 //! kernel acceptor, `Interface::receive_ipv6` into a userspace one), for as long as the client
@@ -73,7 +74,11 @@ impl Upstream {
 
 /// The donor after the freeze: where the client's held packets come from.
 enum Donor {
-    Kernel(ds_kernel::Hold),
+    Kernel {
+        table: Box<ds_kernel::HoldTable>,
+        local: SocketAddrV6,
+        remote: SocketAddrV6,
+    },
     User {
         rt: Box<Runner<TapDevice>>,
         local: SocketAddrV6,
@@ -85,7 +90,11 @@ impl Donor {
     /// The packets held since the last call.
     fn take(&mut self) -> Vec<Vec<u8>> {
         match self {
-            Donor::Kernel(h) => h.take().expect("take held packets"),
+            Donor::Kernel {
+                table,
+                local,
+                remote,
+            } => table.take(*local, *remote),
             Donor::User { rt, local, remote } => {
                 rt.step(Duration::ZERO).expect("donor step");
                 rt.iface.tcp_take_held(*local, *remote)
@@ -96,7 +105,11 @@ impl Donor {
     /// Stop holding; the packets still held.
     fn finish(self) -> Vec<Vec<u8>> {
         match self {
-            Donor::Kernel(h) => h.stop().expect("stop hold"),
+            Donor::Kernel {
+                mut table,
+                local,
+                remote,
+            } => table.release(local, remote).expect("release the hold"),
             Donor::User {
                 mut rt,
                 local,
@@ -224,6 +237,12 @@ fn handoff(name: &str, donor: Side, acceptor: Side) {
                 h1.ns
                     .ip(&["addr", "add", &format!("{ds}/64"), "dev", "br0", "nodad"])
                     .expect("addr");
+                // The host's hold: the steering program on its link, from the start (as a
+                // kernel node loads it when it starts serving).
+                let mut table = h1
+                    .ns
+                    .run(|| ds_kernel::HoldTable::attach(&h1.uplink, Default::default()))
+                    .expect("attach the hold program");
                 let l = h1.ns.run(|| TcpListener::bind((ds, 80))).expect("listen");
                 let (mut s, _) = l.accept().expect("accept");
                 let mut sent = 0;
@@ -237,16 +256,23 @@ fn handoff(name: &str, donor: Side, acceptor: Side) {
                     std::net::SocketAddr::V4(_) => panic!("IPv6 client expected"),
                 };
                 before_move = all_counters(&peer.ns).expect("counters");
-                let hold = h1
-                    .ns
-                    .run(|| ds_kernel::Hold::start(local, remote))
+                table
+                    .hold(local, remote)
                     .expect("hold the client's packets");
                 let st = ds_kernel::freeze(&s).expect("freeze kernel socket");
                 drop(s); // silent close: repair mode
                 h1.ns
                     .ip(&["addr", "del", &format!("{ds}/64"), "dev", "br0"])
                     .expect("addr del");
-                (st, sent, Donor::Kernel(hold))
+                (
+                    st,
+                    sent,
+                    Donor::Kernel {
+                        table: Box::new(table),
+                        local,
+                        remote,
+                    },
+                )
             }
             Side::User => {
                 let mut rt = h1.stack([2, 0xd8, 0, 0, 0, 1], ds, |_| {}).expect("stack");

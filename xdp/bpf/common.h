@@ -78,6 +78,34 @@ struct tunnel_cfg {
 	__u8 pad[5];
 };
 
+/* Key of the steering program's `held_flows` map: one TCP connection as the local socket sees
+ * it (the inner packet's destination is `local`, its source `remote`). */
+struct hold_key {
+	struct in6_addr local;
+	struct in6_addr remote;
+	__be16 lport;
+	__be16 rport;
+};
+
+/* Value of `held_flows`: what the program held for the flow (updated atomically). */
+struct hold_val {
+	__u64 packets;
+	__u64 bytes;
+	__u64 lost; /* dropped: ring buffer full or packet above HOLD_MAX_PKT */
+};
+
+/* Largest packet (IPv6 header included) a hold copies out. */
+#define HOLD_MAX_PKT 9216
+
+/* Header of each `hold_ring` record, followed by `len` bytes of IPv6 packet. */
+struct hold_rec {
+	struct hold_key key;
+	__u32 len;
+};
+
+_Static_assert(sizeof(struct hold_key) == 36, "mirrored in xdp/src/maps.rs");
+_Static_assert(sizeof(struct hold_val) == 24, "mirrored in xdp/src/maps.rs");
+_Static_assert(sizeof(struct hold_rec) == 40, "mirrored in xdp/src/maps.rs");
 _Static_assert(sizeof(struct local_addr) == 8, "mirrored in xdp/src/maps.rs");
 _Static_assert(sizeof(struct flow_key) == 40, "mirrored in xdp/src/maps.rs");
 _Static_assert(sizeof(struct flow_val) == 32, "mirrored in xdp/src/maps.rs");
@@ -95,6 +123,8 @@ enum steer_counter {
 	STEER_DROP_MALFORMED,   /* truncated or malformed: dropped */
 	STEER_DROP_DECAP_FOREIGN, /* tunnelled to us, inner not for a configured address: dropped */
 	STEER_DROP_ERROR,       /* a helper failed: dropped */
+	STEER_HELD,             /* a held flow's packet: copied to hold_ring, dropped */
+	STEER_DROP_HOLD_LOST,   /* a held flow's packet that could not be copied: dropped */
 	/* informational */
 	STEER_DECAP,            /* IPv6-in-IPv6 decapsulated (then counted again by its verdict) */
 	STEER_NR,

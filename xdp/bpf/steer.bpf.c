@@ -7,6 +7,12 @@
  * traffic keeps working. IPv6-in-IPv6 packets (RFC 2473) addressed to the node are
  * decapsulated first and the inner packet is steered by the same rules: that is how the home
  * agent's tunnel program delivers a flow to its owner in transparent mode.
+ *
+ * Held flows (kernel-path nodes moving a connection with TCP_REPAIR): a TCP packet whose
+ * 4-tuple is in `held_flows` is copied whole (IPv6 header on, after decapsulation: exactly what
+ * the socket would have received) into the `hold_ring` ring buffer and dropped, so the frozen
+ * socket never sees it; userspace hands it to the acceptor. Holding or releasing a flow is one
+ * map update from userspace.
  */
 #include "common.h"
 
@@ -32,6 +38,78 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } steer_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct hold_key);
+	__type(value, struct hold_val);
+} held_flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4 << 20);
+} hold_ring SEC(".maps");
+
+/* A record is assembled here (bpf_xdp_load_bytes needs memory, not the packet) and copied
+ * into the ring with bpf_ringbuf_output, whose size may vary (bpf_ringbuf_reserve's may not). */
+struct hold_scratch {
+	struct hold_rec rec;
+	__u8 data[HOLD_MAX_PKT];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct hold_scratch);
+} hold_scratch SEC(".maps");
+
+/* If the TCP packet at `ip6` (its TCP header at `l4`) belongs to a held flow, copy it to
+ * `hold_ring` and return XDP_DROP; -1 if the flow is not held. `ip6` must follow the Ethernet
+ * header at the start of the frame. */
+static __always_inline int hold_tcp(struct xdp_md *ctx, struct ipv6hdr *ip6, void *l4,
+				    void *data_end)
+{
+	struct hold_scratch *s;
+	struct hold_key key;
+	struct hold_val *v;
+	__be16 *ports = l4;
+	__u32 zero = 0, len, avail;
+
+	if ((void *)(ports + 2) > data_end)
+		return -1;
+	__builtin_memcpy(&key.local, &ip6->daddr, sizeof(key.local));
+	__builtin_memcpy(&key.remote, &ip6->saddr, sizeof(key.remote));
+	key.rport = ports[0];
+	key.lport = ports[1];
+	v = bpf_map_lookup_elem(&held_flows, &key);
+	if (!v)
+		return -1;
+	/* The packet as the IPv6 header delimits it (RFC 8200 §3: Payload Length), without any
+	 * link-layer padding; the whole frame, fragments of a multi-buffer one included. */
+	len = sizeof(struct ipv6hdr) + bpf_ntohs(ip6->payload_len);
+	avail = bpf_xdp_get_buff_len(ctx) - sizeof(struct ethhdr);
+	if (len > avail || len > HOLD_MAX_PKT)
+		goto lost;
+	s = bpf_map_lookup_elem(&hold_scratch, &zero);
+	if (!s)
+		goto lost;
+	s->rec.key = key;
+	s->rec.len = len;
+	if (bpf_xdp_load_bytes(ctx, sizeof(struct ethhdr), s->data, len))
+		goto lost;
+	if (bpf_ringbuf_output(&hold_ring, s, sizeof(s->rec) + len, 0))
+		goto lost;
+	__sync_fetch_and_add(&v->packets, 1);
+	__sync_fetch_and_add(&v->bytes, len);
+	count(&steer_stats, STEER_HELD);
+	return XDP_DROP;
+lost:
+	__sync_fetch_and_add(&v->lost, 1);
+	count(&steer_stats, STEER_DROP_HOLD_LOST);
+	return XDP_DROP;
+}
 
 static __always_inline __u32 proto_bit(__u8 nh)
 {
@@ -127,6 +205,14 @@ static __always_inline int steer_ipv6(struct xdp_md *ctx)
 		return XDP_DROP;
 	}
 
+	/* Held flows arriving natively (no tunnel), to a kernel-path address or to one the
+	 * program was not told about (a host that loaded it only to hold). */
+	if (r == 0 && nh == NEXTHDR_TCP && (!la || la->action == ACTION_PASS)) {
+		int v = hold_tcp(ctx, ip6, pos, data_end);
+		if (v >= 0)
+			return v;
+	}
+
 	if (!la) {
 		/* Neighbour solicitations for our addresses go to the solicited-node multicast
 		 * address (RFC 4861 §7.2.2): steer them by their target. */
@@ -202,6 +288,12 @@ static __always_inline int steer_inner(struct xdp_md *ctx)
 	if (r < 0) {
 		count(&steer_stats, STEER_DROP_MALFORMED);
 		return XDP_DROP;
+	}
+	/* Held flows delivered through the home agent's tunnel, as the socket sees them. */
+	if (r == 0 && nh == NEXTHDR_TCP && la->action == ACTION_PASS) {
+		int v = hold_tcp(ctx, ip6, pos, data_end);
+		if (v >= 0)
+			return v;
 	}
 	if (r == 0 && !(la->protos & proto_bit(nh))) {
 		count(&steer_stats, STEER_PASS_PROTO);

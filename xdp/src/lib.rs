@@ -3,6 +3,7 @@
 //! - [`loader`]: the BPF programs (`bpf/steer.bpf.c`, `bpf/tunnel.bpf.c`, compiled by clang
 //!   through libbpf-cargo skeletons at build time), pinned maps under `/sys/fs/bpf/ds/<iface>/`,
 //!   native/generic attachment, `BPF_PROG_TEST_RUN`.
+//! - [`hold`]: the steering program's held flows and the reader of its ring of held packets.
 //! - [`maps`]: byte-exact mirrors of the map keys and values.
 //! - [`xsk`]: AF_XDP sockets (UMEM, fill/completion/RX/TX rings) over the kernel ABI.
 //! - [`device`]: [`device::AfXdpDevice`], a `ds_stack::device::Device` over AF_XDP.
@@ -10,6 +11,7 @@
 #![warn(missing_docs)]
 
 pub mod device;
+pub mod hold;
 pub mod loader;
 pub mod maps;
 pub mod xsk;

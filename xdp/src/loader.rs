@@ -46,7 +46,14 @@ impl Kind {
     /// Names of its maps.
     pub fn map_names(self) -> &'static [&'static str] {
         match self {
-            Kind::Steer => &["xsks_map", "local_addrs", "steer_stats"],
+            Kind::Steer => &[
+                "xsks_map",
+                "local_addrs",
+                "steer_stats",
+                "held_flows",
+                "hold_ring",
+                "hold_scratch",
+            ],
             Kind::Tunnel => &["flows", "bindings", "config", "tunnel_stats", "ptb_last"],
         }
     }
@@ -235,6 +242,9 @@ impl Program {
                     &mut open.maps.xsks_map,
                     &mut open.maps.local_addrs,
                     &mut open.maps.steer_stats,
+                    &mut open.maps.held_flows,
+                    &mut open.maps.hold_ring,
+                    &mut open.maps.hold_scratch,
                 ] {
                     if let Some(p) = m.name().to_str().and_then(pin) {
                         m.set_pin_path(p).map_err(Error::bpf("set pin path"))?;
@@ -247,6 +257,9 @@ impl Program {
                     ("xsks_map", handle_of(&skel.maps.xsks_map)?),
                     ("local_addrs", handle_of(&skel.maps.local_addrs)?),
                     ("steer_stats", handle_of(&skel.maps.steer_stats)?),
+                    ("held_flows", handle_of(&skel.maps.held_flows)?),
+                    ("hold_ring", handle_of(&skel.maps.hold_ring)?),
+                    ("hold_scratch", handle_of(&skel.maps.hold_scratch)?),
                 ];
                 (prog, maps)
             }
@@ -384,6 +397,59 @@ impl Program {
         };
         info!(kind = ?self.kind, ifindex, mode = ?used, "attached");
         Ok(used)
+    }
+
+    /// Attach to interface `ifindex` through a BPF link (`BPF_LINK_CREATE`, attach type
+    /// `BPF_XDP`): the program stays attached while the returned descriptor is open and goes
+    /// when it closes, whatever namespace the closing thread is in. Fails if a program is
+    /// attached already. Returns the mode actually used.
+    pub fn attach_link(
+        &self,
+        ifindex: u32,
+        mode: Mode,
+    ) -> Result<(std::os::fd::OwnedFd, Mode), Error> {
+        use std::os::fd::FromRawFd;
+        let idx = i32::try_from(ifindex).map_err(|_| Error::Invalid("ifindex".into()))?;
+        let try_mode = |flags: u32| -> Result<std::os::fd::OwnedFd, Error> {
+            let opts = libbpf_rs::libbpf_sys::bpf_link_create_opts {
+                sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_link_create_opts>() as _,
+                flags,
+                ..Default::default()
+            };
+            // SAFETY: plain bpf(2) request with a valid program fd borrowed for the call and
+            // a correctly sized options struct alive across it.
+            let rc = unsafe {
+                libbpf_rs::libbpf_sys::bpf_link_create(
+                    self.prog.as_fd().as_raw_fd(),
+                    idx,
+                    libbpf_rs::libbpf_sys::BPF_XDP,
+                    &opts,
+                )
+            };
+            if rc < 0 {
+                return Err(Error::Os(
+                    "attach XDP program (link)",
+                    std::io::Error::from_raw_os_error(-rc),
+                ));
+            }
+            // SAFETY: `rc` is a fresh link fd that nothing else owns.
+            Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(rc) })
+        };
+        let drv = libbpf_rs::libbpf_sys::XDP_FLAGS_DRV_MODE;
+        let skb = libbpf_rs::libbpf_sys::XDP_FLAGS_SKB_MODE;
+        let (fd, used) = match mode {
+            Mode::Native => (try_mode(drv)?, Mode::Native),
+            Mode::Generic => (try_mode(skb)?, Mode::Generic),
+            Mode::Auto => match try_mode(drv) {
+                Ok(fd) => (fd, Mode::Native),
+                Err(e) => {
+                    info!("native XDP refused ({e}); falling back to generic mode");
+                    (try_mode(skb)?, Mode::Generic)
+                }
+            },
+        };
+        info!(kind = ?self.kind, ifindex, mode = ?used, "attached (link)");
+        Ok((fd, used))
     }
 
     /// Per-counter totals over all CPUs, in [`Kind::counter_names`] order.
@@ -572,6 +638,17 @@ impl Program {
             Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(Error::Bpf("delete from xsks_map", e)),
         }
+    }
+
+    /// The steering program's table of held flows (a handle of its own on the map).
+    pub fn held_flows(&self) -> Result<crate::hold::HeldFlows, Error> {
+        crate::hold::HeldFlows::new(self.map("held_flows")?)
+    }
+
+    /// A reader of the steering program's ring buffer of held packets. One per program: two
+    /// readers would share (and race on) the ring's consumer position.
+    pub fn hold_ring(&self) -> Result<crate::hold::HoldRing, Error> {
+        crate::hold::HoldRing::new(self.map("hold_ring")?)
     }
 
     // ---- tunnel program maps ----

@@ -144,6 +144,82 @@ impl FlowVal {
     }
 }
 
+/// Key of the steering program's `held_flows` map (`struct hold_key`): one TCP connection as
+/// the local socket sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct HoldKey {
+    /// The local (socket's own) address: the held packets' destination.
+    pub local: Ipv6Addr,
+    /// The peer's address: the held packets' source.
+    pub remote: Ipv6Addr,
+    /// Local port.
+    pub lport: u16,
+    /// Peer port.
+    pub rport: u16,
+}
+
+/// Size of `struct hold_key`.
+pub const HOLD_KEY_LEN: usize = 36;
+
+impl HoldKey {
+    /// The 36-byte map key.
+    pub fn to_bytes(&self) -> [u8; HOLD_KEY_LEN] {
+        let mut b = [0u8; HOLD_KEY_LEN];
+        b[..16].copy_from_slice(&self.local.octets());
+        b[16..32].copy_from_slice(&self.remote.octets());
+        b[32..34].copy_from_slice(&self.lport.to_be_bytes());
+        b[34..36].copy_from_slice(&self.rport.to_be_bytes());
+        b
+    }
+
+    /// Parse a map key (or the start of a `hold_ring` record); `None` if shorter than 36 bytes.
+    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+        let b = b.get(..HOLD_KEY_LEN)?;
+        Some(HoldKey {
+            local: addr_at(b, 0)?,
+            remote: addr_at(b, 16)?,
+            lport: u16::from_be_bytes([b[32], b[33]]),
+            rport: u16::from_be_bytes([b[34], b[35]]),
+        })
+    }
+}
+
+/// Value of `held_flows` (`struct hold_val`): what the program did with a held flow's packets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct HoldVal {
+    /// Packets copied to the ring buffer (and dropped).
+    pub packets: u64,
+    /// Their bytes (IPv6 packets).
+    pub bytes: u64,
+    /// Packets dropped without a copy (ring buffer full, or above [`HOLD_MAX_PKT`]).
+    pub lost: u64,
+}
+
+/// Size of `struct hold_val`.
+pub const HOLD_VAL_LEN: usize = 24;
+
+impl HoldVal {
+    /// Parse a map value; `None` if it is not 24 bytes.
+    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+        if b.len() != HOLD_VAL_LEN {
+            return None;
+        }
+        let at = |o: usize| b[o..o + 8].try_into().ok().map(u64::from_ne_bytes);
+        Some(HoldVal {
+            packets: at(0)?,
+            bytes: at(8)?,
+            lost: at(16)?,
+        })
+    }
+}
+
+/// Size of `struct hold_rec`, the header of a `hold_ring` record (key, then the packet length
+/// as a native-endian u32); the packet follows.
+pub const HOLD_REC_LEN: usize = 40;
+
+/// Largest packet a hold copies (`HOLD_MAX_PKT`); longer ones are dropped and counted lost.
+pub const HOLD_MAX_PKT: usize = 9216;
+
 /// How the tunnel program sends encapsulated packets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -241,6 +317,8 @@ pub const STEER_COUNTERS: &[&str] = &[
     "drop_malformed",
     "drop_decap_foreign",
     "drop_error",
+    "held",
+    "drop_hold_lost",
     "decap",
 ];
 
@@ -258,6 +336,8 @@ pub enum SteerCounter {
     DropMalformed,
     DropDecapForeign,
     DropError,
+    Held,
+    DropHoldLost,
     Decap,
 }
 
@@ -345,7 +425,32 @@ mod tests {
     }
 
     #[test]
+    fn hold_key_roundtrip() {
+        let k = HoldKey {
+            local: "fd00::80".parse().expect("addr"),
+            remote: "fd00::1".parse().expect("addr"),
+            lport: 80,
+            rport: 40000,
+        };
+        let b = k.to_bytes();
+        assert_eq!(&b[32..34], &80u16.to_be_bytes());
+        assert_eq!(HoldKey::from_bytes(&b), Some(k));
+        assert_eq!(HoldKey::from_bytes(&b[..35]), None);
+        let mut v = [0u8; HOLD_VAL_LEN];
+        v[8..16].copy_from_slice(&1500u64.to_ne_bytes());
+        assert_eq!(
+            HoldVal::from_bytes(&v),
+            Some(HoldVal {
+                packets: 0,
+                bytes: 1500,
+                lost: 0
+            })
+        );
+    }
+
+    #[test]
     fn counter_names_match_enums() {
+        assert_eq!(STEER_COUNTERS[SteerCounter::Held as usize], "held");
         assert_eq!(STEER_COUNTERS[SteerCounter::Decap as usize], "decap");
         assert_eq!(STEER_COUNTERS.len(), SteerCounter::Decap as usize + 1);
         assert_eq!(

@@ -3,8 +3,8 @@
 
 use ds_testbed::require_root;
 use ds_xdp::maps::{
-    Action, FlowKey, LocalAddr, SteerCounter, TunnelConfig, TunnelCounter, TunnelMode, PROTO_ALL,
-    PROTO_TCP,
+    Action, FlowKey, HoldKey, LocalAddr, SteerCounter, TunnelConfig, TunnelCounter, TunnelMode,
+    PROTO_ALL, PROTO_TCP,
 };
 use ds_xdp::{Kind, LoadOptions, Program};
 use std::net::Ipv6Addr;
@@ -453,4 +453,124 @@ fn steer_redirects_to_the_socket() {
     assert_eq!(p.counter(SteerCounter::Xsk as u32).expect("c"), 2);
     assert_eq!(p.counter(SteerCounter::DropMalformed as u32).expect("c"), 1);
     p.clear_xsk(0).expect("clear");
+}
+
+/// Read every record waiting in the hold ring.
+fn drain_ring(ring: &mut ds_xdp::hold::HoldRing) -> Vec<(HoldKey, Vec<u8>)> {
+    let mut out = Vec::new();
+    ring.read(usize::MAX, |k, p| out.push((k, p.to_vec())));
+    out
+}
+
+#[test]
+fn steer_holds_tunnelled_and_native_packets() {
+    if !require_root("steer_holds_tunnelled_and_native_packets") {
+        return;
+    }
+    let p = steer();
+    for a in [node1(), ds()] {
+        p.add_local(
+            a,
+            LocalAddr {
+                protos: PROTO_ALL,
+                action: Action::Pass,
+            },
+        )
+        .expect("local");
+    }
+    let held = p.held_flows().expect("held_flows");
+    let mut ring = p.hold_ring().expect("hold_ring");
+    // The socket's view: local = DS:80, remote = client:40000.
+    let key = HoldKey {
+        local: ds(),
+        remote: client(),
+        lport: 80,
+        rport: 40000,
+    };
+    held.hold(&key).expect("hold");
+
+    // Tunnelled by the home agent: decapsulated, then held whole (inner header on).
+    let inner = ipv6(client(), ds(), 6, 63, &tcp(40000, 80, 64));
+    let frame = eth(HA_MAC, GW_MAC, 0x86dd, &ipv6(ha(), node1(), 41, 64, &inner));
+    assert_eq!(p.test_run(&frame).expect("run").0, XDP_DROP, "held");
+    // Natively addressed (no tunnel), with Ethernet padding after it: held without it.
+    let second = ipv6(client(), ds(), 6, 63, &tcp(40000, 80, 5));
+    let mut frame = eth(HA_MAC, CLIENT_MAC, 0x86dd, &second);
+    frame.extend_from_slice(&[0xee; 6]);
+    assert_eq!(p.test_run(&frame).expect("run").0, XDP_DROP, "held");
+    // Other flows pass: another client port, and the reverse direction's 4-tuple.
+    let other = client_tcp(40001, 64);
+    assert_eq!(p.test_run(&other).expect("run").0, XDP_PASS);
+    let reverse = eth(
+        HA_MAC,
+        CLIENT_MAC,
+        0x86dd,
+        &ipv6(client(), ds(), 6, 63, &tcp(80, 40000, 0)),
+    );
+    assert_eq!(p.test_run(&reverse).expect("run").0, XDP_PASS);
+
+    let got = drain_ring(&mut ring);
+    assert_eq!(got.len(), 2, "two held, oldest first");
+    assert_eq!(got[0], (key, inner.clone()));
+    assert_eq!(got[1], (key, second.clone()));
+    let v = held.get(&key).expect("get").expect("still held");
+    assert_eq!(v.packets, 2);
+    assert_eq!(v.bytes as usize, inner.len() + second.len());
+    assert_eq!(v.lost, 0);
+
+    // A packet longer than its IPv6 payload length says is malformed: not copied, counted.
+    let mut bad = ipv6(client(), ds(), 6, 63, &tcp(40000, 80, 10));
+    bad[4..6].copy_from_slice(&500u16.to_be_bytes());
+    let frame = eth(HA_MAC, CLIENT_MAC, 0x86dd, &bad);
+    assert_eq!(p.test_run(&frame).expect("run").0, XDP_DROP);
+    assert!(drain_ring(&mut ring).is_empty());
+    assert_eq!(held.get(&key).expect("get").expect("held").lost, 1);
+
+    // Released: one map update, and the flow passes again.
+    assert_eq!(
+        held.release(&key).expect("release").map(|v| v.packets),
+        Some(2)
+    );
+    assert_eq!(held.release(&key).expect("release"), None, "not held twice");
+    let frame = eth(HA_MAC, GW_MAC, 0x86dd, &ipv6(ha(), node1(), 41, 64, &inner));
+    assert_eq!(p.test_run(&frame).expect("run").0, XDP_PASS);
+    assert!(drain_ring(&mut ring).is_empty());
+
+    let c = |n: SteerCounter| p.counter(n as u32).expect("counter");
+    assert_eq!(c(SteerCounter::Held), 2);
+    assert_eq!(c(SteerCounter::DropHoldLost), 1);
+    assert_eq!(c(SteerCounter::Decap), 2);
+}
+
+#[test]
+fn steer_holds_without_configured_addresses() {
+    if !require_root("steer_holds_without_configured_addresses") {
+        return;
+    }
+    // A host that loads the program only to hold (ds_kernel::HoldTable::attach): nothing in
+    // local_addrs, every other packet passes.
+    let p = steer();
+    let held = p.held_flows().expect("held_flows");
+    let mut ring = p.hold_ring().expect("hold_ring");
+    let key = HoldKey {
+        local: ds(),
+        remote: client(),
+        lport: 80,
+        rport: 7,
+    };
+    held.hold(&key).expect("hold");
+    let frame = client_tcp(7, 64);
+    assert_eq!(p.test_run(&frame).expect("run").0, XDP_DROP);
+    assert_eq!(p.test_run(&client_tcp(8, 64)).expect("run").0, XDP_PASS);
+    let got = drain_ring(&mut ring);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].1, frame[14..].to_vec());
+    // A userspace (AF_XDP) address is not held by the program: its stack holds by itself.
+    p.add_local(ds(), ds_xdp::loader::xsk_all()).expect("local");
+    assert_eq!(
+        p.test_run(&frame).expect("run").0,
+        XDP_PASS,
+        "no socket on the queue: passed"
+    );
+    assert!(drain_ring(&mut ring).is_empty());
 }

@@ -17,6 +17,7 @@ use super::{ip, NodeOut, Options, COA, DS, HA, HA_PORT, MAC};
 use anyhow::{anyhow, Context, Result};
 use ds_apps::kernel_node::KernelNode;
 use ds_apps::node::Steering;
+use ds_kernel::{HoldLimits, HoldTable};
 use ds_testbed::Netns;
 use ds_xdp::maps::{Action, LocalAddr, PROTO_ALL};
 use ds_xdp::{Kind, LoadOptions, Program};
@@ -137,7 +138,10 @@ pub(super) fn node(
                 ha: SocketAddr::V6(SocketAddrV6::new(ip(HA), HA_PORT, 0, 0)),
                 coa: ip(COA[i]),
             };
-            Ok((KernelNode::new(listener, root, hc)?, prog))
+            // The node holds moving flows' packets in the steering program it just attached.
+            let holds =
+                HoldTable::new(&prog.0, HoldLimits::default()).context("the node's packet hold")?;
+            Ok((KernelNode::new(listener, root, hc, holds)?, prog))
         })();
         let (mut node, prog) = match started {
             Ok(n) => n,
@@ -153,6 +157,7 @@ pub(super) fn node(
             node.step(Duration::from_millis(5));
             events.extend(node.take_events().into_iter().map(|e| (i as u8 + 1, e)));
         }
+        let (stats, server) = (node.stats(), node.server_stats());
         node.shutdown();
         let _ = ds_xdp::loader::detach(prog.1);
         if let Ok(c) = ds_testbed::tcp_counters(ns) {
@@ -165,14 +170,14 @@ pub(super) fn node(
                 loss_probes = get("TcpExtTCPLossProbes"),
                 timeouts = get("TcpExtTCPTimeouts"),
                 dsack_recv = get("TcpExtTCPDSACKRecv"),
-                stats = ?node.stats(),
-                server = ?node.server_stats(),
+                ?stats,
+                ?server,
                 "kernel node done"
             );
         }
         Ok(NodeOut {
             events,
-            forwarded: node.stats().forwarded_packets,
+            forwarded: stats.forwarded_packets,
             rr: None,
         })
     })?
