@@ -265,7 +265,7 @@ pub struct Seen {
 /// answers, the donor (node `from`) reads its link and advances; both transmit. `ha` is the
 /// home agent's end for the acceptor's flow moves, if any.
 #[allow(clippy::too_many_arguments)]
-pub fn round(
+pub fn round<'h>(
     lan: &mut Lan,
     svcs: &mut [Raw],
     donor: Option<&mut Donor<UserConn>>,
@@ -274,7 +274,7 @@ pub fn round(
     acc: &mut Acceptor<u8, UserConn>,
     to: usize,
     ch_a: &mut Option<Box<dyn Link>>,
-    mut ha: Option<&mut dyn Link>,
+    mut ha: Option<&mut (dyn Link + 'h)>,
 ) -> Seen {
     let mut seen = Seen::default();
     // The acceptor, at the time it runs (each side reads the clock as its own loop would).

@@ -1,0 +1,559 @@
+//! The handoff engine over the userspace host, in simulated time: the LAN's clock is the
+//! engine's and the host's (`common::sim_clock`), messages go through in-memory links, so every
+//! timeout fires at a known step and each failure case is deterministic.
+//!
+//! Cases (issue 9's acceptance list): offer timeout, refusal, acceptor crash, Accept without
+//! Activated, steering failure (the home agent says no, or says nothing), a late packet
+//! forwarded after the freeze; and a home agent that withholds its answer for a second while
+//! another connection of the accepting node keeps transferring.
+
+mod common;
+
+use common::{ip, mem_pair, round, set_sim, sim_clock, Lan, Link, Mem, Raw, DS};
+use ds_handoff::{
+    Acceptor, AcceptorConfig, AcceptorEvent, Donor, DonorConfig, DonorOutcome, HandoffError,
+    Message, RefuseReason, Steering, Takeover, UserConn,
+};
+use ds_stack::{TcpHandle, TcpState};
+use std::net::SocketAddrV6;
+use std::time::{Duration, Instant as Mono};
+
+/// The LAN with the engine on simulated time.
+struct Sim {
+    lan: Lan,
+    svcs: [Raw; 3],
+    base: Mono,
+}
+
+impl Sim {
+    fn new() -> Self {
+        let mut lan = Lan::new();
+        lan.clock = sim_clock;
+        let s = Sim {
+            lan,
+            svcs: Default::default(),
+            base: Mono::now(),
+        };
+        s.sync();
+        s
+    }
+
+    /// Simulated monotonic time: the LAN's.
+    fn now(&self) -> Mono {
+        self.base + Duration::from_millis(self.lan.now.total_millis() as u64)
+    }
+
+    fn sync(&self) {
+        set_sim(self.now());
+    }
+
+    /// One millisecond on the LAN.
+    fn tick(&mut self) {
+        self.lan.step();
+        self.sync();
+    }
+
+    /// A connection from the client to the DS address on node 1: (client, server).
+    fn connect(&mut self, port: u16) -> (TcpHandle, TcpHandle) {
+        let ds = ip(DS);
+        let l = self.lan.ifs[1]
+            .tcp_listen(SocketAddrV6::new(ds, port, 0, 0), 8)
+            .unwrap();
+        let now = self.lan.now;
+        let cl = self.lan.ifs[0]
+            .tcp_connect(
+                now,
+                SocketAddrV6::new(ip("fd00::3"), 0, 0, 0),
+                SocketAddrV6::new(ds, port, 0, 0),
+            )
+            .unwrap();
+        let mut srv = None;
+        for _ in 0..100 {
+            self.tick();
+            srv = srv.or_else(|| self.lan.ifs[1].tcp_accept(l));
+            if srv.is_some() && self.lan.ifs[0].tcp_state(cl) == Some(TcpState::Established) {
+                break;
+            }
+        }
+        (cl, srv.expect("accepted"))
+    }
+
+    fn donor(&mut self, srv: TcpHandle, cfg: DonorConfig) -> Donor<UserConn> {
+        let now = self.now();
+        Donor::start(
+            now,
+            UserConn::Live(srv),
+            cfg,
+            &mut self.lan.host(1),
+            &mut self.svcs[1],
+        )
+        .unwrap()
+    }
+
+    /// Rounds (one per simulated millisecond) until the donor reports an outcome; returns it
+    /// and the simulated time it took.
+    #[allow(clippy::too_many_arguments)]
+    fn run<'h>(
+        &mut self,
+        d: &mut Donor<UserConn>,
+        ch_d: &mut dyn Link,
+        acc: &mut Acceptor<u8, UserConn>,
+        ch_a: &mut Option<Box<dyn Link>>,
+        mut ha: Option<&mut (dyn Link + 'h)>,
+        mut each: impl FnMut(&mut Sim, &[AcceptorEvent]),
+    ) -> (DonorOutcome, Duration) {
+        let t0 = self.now();
+        for _ in 0..10_000 {
+            let seen = round(
+                &mut self.lan,
+                &mut self.svcs,
+                Some(d),
+                1,
+                ch_d,
+                acc,
+                2,
+                ch_a,
+                ha.as_mut().map(|h| &mut **h),
+            );
+            each(self, &seen.events);
+            if let Some(o) = seen.outcome {
+                return (o, self.now() - t0);
+            }
+            self.tick();
+        }
+        panic!("no outcome in 10 s of simulated time");
+    }
+
+    /// The connection's client reads what arrives; the server end `srv` on node `n` is live
+    /// and everything it had queued reaches the client.
+    fn assert_alive(&mut self, cl: TcpHandle, n: usize, srv: TcpHandle, expect: &[u8]) {
+        assert_eq!(self.lan.ifs[n].tcp_state(srv), Some(TcpState::Established));
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        for _ in 0..2000 {
+            while let Ok(k) = self.lan.ifs[0].tcp_recv(cl, &mut buf) {
+                if k == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..k]);
+            }
+            if got.len() >= expect.len() {
+                break;
+            }
+            self.tick();
+        }
+        assert!(
+            got == expect,
+            "the client got {} of {} bytes intact",
+            got.len(),
+            expect.len()
+        );
+    }
+}
+
+fn acfg() -> AcceptorConfig {
+    AcceptorConfig::default()
+}
+
+fn data(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i % 251) as u8).collect()
+}
+
+#[test]
+fn offer_timeout_resumes_the_connection_at_the_deadline() {
+    let mut s = Sim::new();
+    let (cl, srv) = s.connect(80);
+    let bytes = data(20_000);
+    s.lan.ifs[1].tcp_send(srv, &bytes).unwrap();
+    let mut cfg = DonorConfig::new(1, "http");
+    cfg.reply_timeout = Duration::from_millis(40);
+    let mut d = s.donor(srv, cfg);
+    let (mut ch_d, _silent) = mem_pair();
+    let mut acc = Acceptor::new(acfg());
+    let (out, took) = s.run(&mut d, &mut ch_d, &mut acc, &mut None, None, |_, _| {});
+    assert!(
+        matches!(
+            out,
+            DonorOutcome::Resumed {
+                cause: HandoffError::Timeout
+            }
+        ),
+        "{out:?}"
+    );
+    assert_eq!(took, Duration::from_millis(40), "the timeout fires on time");
+    // The acceptor got the offer and then the donor's Abort.
+    let log = ch_d.log.borrow().clone();
+    assert!(matches!(log[1], Message::Offer(_)));
+    assert!(matches!(
+        log.last(),
+        Some(Message::Abort { conn_id: 1, .. })
+    ));
+    let srv = s.svcs[1].adopted.pop().expect("the service continues it");
+    s.assert_alive(cl, 1, srv, &bytes);
+}
+
+#[test]
+fn refusal_resumes_the_connection_with_the_reason() {
+    for (name, max, reason) in [
+        ("smtp", 10, RefuseReason::UnknownService),
+        ("http", 0, RefuseReason::Load),
+    ] {
+        let mut s = Sim::new();
+        s.svcs[2].name = Some(name);
+        let (cl, srv) = s.connect(80);
+        let bytes = data(5000);
+        s.lan.ifs[1].tcp_send(srv, &bytes).unwrap();
+        let mut d = s.donor(srv, DonorConfig::new(2, "http"));
+        let (mut ch_d, ch_a) = mem_pair();
+        let mut ch_a: Option<Box<dyn Link>> = Some(Box::new(ch_a));
+        let mut acc = Acceptor::new(AcceptorConfig {
+            max_connections: max,
+            ..acfg()
+        });
+        let mut refused = None;
+        let (out, _) = s.run(&mut d, &mut ch_d, &mut acc, &mut ch_a, None, |_, ev| {
+            for e in ev {
+                if let AcceptorEvent::Refused { reason, .. } = e {
+                    refused = Some(reason.clone());
+                }
+            }
+        });
+        assert_eq!(refused.as_ref(), Some(&reason));
+        assert!(
+            matches!(&out, DonorOutcome::Resumed { cause: HandoffError::Refused(r) } if *r == reason),
+            "{out:?}"
+        );
+        assert_eq!(s.lan.ifs[2].tcp_connection_count(), 0);
+        let srv = s.svcs[1].adopted.pop().unwrap();
+        s.assert_alive(cl, 1, srv, &bytes);
+    }
+}
+
+#[test]
+fn acceptor_crash_resumes_the_connection() {
+    let mut s = Sim::new();
+    let (cl, srv) = s.connect(80);
+    let bytes = data(8000);
+    s.lan.ifs[1].tcp_send(srv, &bytes).unwrap();
+    let mut d = s.donor(srv, DonorConfig::new(3, "http"));
+    let (mut ch_d, ch_a) = mem_pair();
+    let broken = ch_a.broken.clone();
+    let mut ch_a: Option<Box<dyn Link>> = Some(Box::new(Crashing(ch_a)));
+    let mut acc = Acceptor::new(acfg());
+    let (out, took) = s.run(&mut d, &mut ch_d, &mut acc, &mut ch_a, None, |_, _| {});
+    assert!(broken.get(), "the acceptor crashed on the offer");
+    assert!(
+        matches!(
+            out,
+            DonorOutcome::Resumed {
+                cause: HandoffError::ChannelLost(_)
+            }
+        ),
+        "{out:?}"
+    );
+    assert!(
+        took < Duration::from_millis(5),
+        "no timeout waited: {took:?}"
+    );
+    let srv = s.svcs[1].adopted.pop().unwrap();
+    s.assert_alive(cl, 1, srv, &bytes);
+}
+
+/// An acceptor process that dies as an offer arrives: its channel breaks both ways.
+struct Crashing(Mem);
+
+impl Link for Crashing {
+    fn send(&mut self, m: &Message) -> Result<(), ds_handoff::ChannelError> {
+        self.0.send(m)
+    }
+    fn recv(&mut self) -> Result<Option<Message>, ds_handoff::ChannelError> {
+        let m = self.0.recv()?;
+        if matches!(m, Some(Message::Offer(_))) {
+            self.0.broken.set(true);
+            return Err(ds_handoff::ChannelError::Closed);
+        }
+        Ok(m)
+    }
+}
+
+#[test]
+fn accept_without_activated_is_in_doubt_and_not_thawed_back() {
+    let mut s = Sim::new();
+    let (_cl, srv) = s.connect(80);
+    let mut cfg = DonorConfig::new(4, "http");
+    cfg.reply_timeout = Duration::from_millis(30);
+    let mut d = s.donor(srv, cfg);
+    let (mut ch_d, ch_a) = mem_pair();
+    // The acceptor answers Accept and then nothing.
+    let mut ch_a: Option<Box<dyn Link>> = Some(Box::new(AcceptOnly(ch_a)));
+    let mut nobody = Acceptor::new(acfg());
+    let (out, took) = s.run(&mut d, &mut ch_d, &mut nobody, &mut None, None, |s2, _| {
+        if let Some(l) = ch_a.as_mut() {
+            while let Ok(Some(_)) = l.recv() {}
+        }
+        let _ = s2;
+    });
+    assert!(
+        matches!(
+            out,
+            DonorOutcome::Failed {
+                cause: HandoffError::InDoubt(_)
+            }
+        ),
+        "{out:?}"
+    );
+    // The Accept arrives one round (1 ms) after the offer; the reply timeout runs from it.
+    assert_eq!(
+        took,
+        Duration::from_millis(31),
+        "after the reply timeout from Accept"
+    );
+    assert_eq!(s.lan.ifs[1].tcp_connection_count(), 0, "not thawed back");
+    assert!(s.svcs[1].adopted.is_empty());
+}
+
+/// A peer that answers every offer with Accept, and never with Activated.
+struct AcceptOnly(Mem);
+
+impl Link for AcceptOnly {
+    fn send(&mut self, m: &Message) -> Result<(), ds_handoff::ChannelError> {
+        self.0.send(m)
+    }
+    fn recv(&mut self) -> Result<Option<Message>, ds_handoff::ChannelError> {
+        let m = self.0.recv()?;
+        if let Some(Message::Offer(o)) = &m {
+            self.0.send(&Message::Accept { conn_id: o.conn_id })?;
+        }
+        Ok(m)
+    }
+}
+
+/// The home agent refuses the flow move, or does not answer: the acceptor refuses the offer
+/// (its dormant thaw discarded, nothing sent to the client) and the donor keeps the
+/// connection.
+#[test]
+fn steering_failure_refuses_and_the_donor_keeps_the_connection() {
+    for answer in [Some(false), None] {
+        let mut s = Sim::new();
+        let (cl, srv) = s.connect(80);
+        let bytes = data(7000);
+        s.lan.ifs[1].tcp_send(srv, &bytes).unwrap();
+        let mut d = s.donor(srv, DonorConfig::new(5, "http"));
+        let (mut ch_d, ch_a) = mem_pair();
+        let mut ch_a: Option<Box<dyn Link>> = Some(Box::new(ch_a));
+        let (mut ha_acc, mut ha) = mem_pair();
+        let mut acc = Acceptor::new(AcceptorConfig {
+            steering: Steering::HomeAgentFlow { coa: ip("fd00::2") },
+            steer_timeout: Duration::from_millis(25),
+            takeover: Takeover::HomeAddress,
+            ..acfg()
+        });
+        let mut moves = 0;
+        let (out, took) = s.run(
+            &mut d,
+            &mut ch_d,
+            &mut acc,
+            &mut ch_a,
+            Some(&mut ha_acc),
+            |s2, _| {
+                // The home agent.
+                while let Ok(Some(m)) = ha.recv() {
+                    let Message::MoveFlow { conn_id, .. } = m else {
+                        panic!("{m:?}")
+                    };
+                    moves += 1;
+                    if let Some(ok) = answer {
+                        ha.send(&Message::FlowMoved {
+                            conn_id,
+                            ok,
+                            detail: "no such binding".into(),
+                        })
+                        .unwrap();
+                    }
+                }
+                // While the offer waits for steering, the thawed connection is dormant.
+                assert!(s2.lan.ifs[2].tcp_connection_count() == 0);
+            },
+        );
+        assert_eq!(moves, 1);
+        assert!(
+            matches!(&out, DonorOutcome::Resumed { cause: HandoffError::Refused(RefuseReason::Other(r)) } if r.starts_with("steering")),
+            "{out:?}"
+        );
+        if answer.is_none() {
+            assert!(
+                took >= Duration::from_millis(25),
+                "the steering timeout: {took:?}"
+            );
+        }
+        let client = s.lan.ifs[0].tcp_endpoints(cl).map(|e| e.0).unwrap();
+        let ds = SocketAddrV6::new(ip(DS), 80, 0, 0);
+        assert!(
+            s.lan.ifs[2].tcp_hold(s.lan.now, ds, client).is_ok()
+                && s.lan.ifs[2].tcp_forget_frozen(ds, client).is_empty(),
+            "nothing left reserved on the acceptor"
+        );
+        let srv = s.svcs[1].adopted.pop().unwrap();
+        s.assert_alive(cl, 1, srv, &bytes);
+    }
+}
+
+/// The client keeps sending after the freeze; its packets still reach the donor (the
+/// acceptor serves the DS address as a home address, so nothing steers them away): the donor
+/// holds them and forwards them; the acceptor's connection receives every byte, and the
+/// client retransmits nothing.
+#[test]
+fn late_packets_after_the_freeze_are_forwarded() {
+    let mut s = Sim::new();
+    let (cl, srv) = s.connect(80);
+    let mut cfg = DonorConfig::new(6, "http");
+    cfg.forward_grace = Duration::from_secs(5);
+    let mut d = s.donor(srv, cfg);
+    let (mut ch_d, ch_a) = mem_pair();
+    let mut ch_a: Option<Box<dyn Link>> = Some(Box::new(ch_a));
+    let mut acc = Acceptor::new(AcceptorConfig {
+        takeover: Takeover::HomeAddress,
+        ..acfg()
+    });
+    let (out, _) = s.run(&mut d, &mut ch_d, &mut acc, &mut ch_a, None, |_, _| {});
+    assert!(matches!(out, DonorOutcome::Moved { .. }), "{out:?}");
+    let srv2 = s.svcs[2].adopted.pop().expect("adopted");
+    // Now the client uploads.
+    let up = data(300_000);
+    let (mut sent, mut got) = (0, Vec::new());
+    let mut buf = vec![0u8; 65536];
+    let mut forwarded = 0;
+    for _ in 0..5000 {
+        if sent < up.len() {
+            sent += s.lan.ifs[0].tcp_send(cl, &up[sent..]).unwrap();
+        }
+        let seen = round(
+            &mut s.lan,
+            &mut s.svcs,
+            Some(&mut d),
+            1,
+            &mut ch_d,
+            &mut acc,
+            2,
+            &mut ch_a,
+            None,
+        );
+        for e in seen.events {
+            if let AcceptorEvent::Forwarded { packets, .. } = e {
+                forwarded += packets;
+            }
+        }
+        while let Ok(k) = s.lan.ifs[2].tcp_recv(srv2, &mut buf) {
+            if k == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..k]);
+        }
+        if got.len() == up.len() {
+            break;
+        }
+        s.tick();
+    }
+    assert!(
+        got == up,
+        "{} of {} bytes, through the donor",
+        got.len(),
+        up.len()
+    );
+    assert!(forwarded > 100, "forwarded {forwarded}");
+    assert_eq!(s.lan.ifs[0].stats().tcp_retransmits, 0);
+}
+
+/// The home agent withholds its answer to a flow move for a second. The acceptor's loop
+/// never waits for it: another connection on the accepting node keeps transferring all that
+/// second, and the handoff completes when the answer comes.
+#[test]
+fn a_slow_home_agent_stalls_no_other_connection() {
+    let mut s = Sim::new();
+    // Another client connection served by node 2 (its own address).
+    let l2 = s.lan.ifs[2]
+        .tcp_listen(SocketAddrV6::new(ip("fd00::2"), 8080, 0, 0), 4)
+        .unwrap();
+    let now = s.lan.now;
+    let other_cl = s.lan.ifs[0]
+        .tcp_connect(
+            now,
+            SocketAddrV6::new(ip("fd00::3"), 0, 0, 0),
+            SocketAddrV6::new(ip("fd00::2"), 8080, 0, 0),
+        )
+        .unwrap();
+    let mut other_srv = None;
+    for _ in 0..50 {
+        s.tick();
+        other_srv = other_srv.or_else(|| s.lan.ifs[2].tcp_accept(l2));
+    }
+    let other_srv = other_srv.expect("the other connection");
+    let (_cl, srv) = s.connect(80);
+    let mut d = s.donor(srv, DonorConfig::new(7, "http"));
+    let (mut ch_d, ch_a) = mem_pair();
+    let mut ch_a: Option<Box<dyn Link>> = Some(Box::new(ch_a));
+    let (mut ha_acc, mut ha) = mem_pair();
+    let mut acc = Acceptor::new(AcceptorConfig {
+        steering: Steering::HomeAgentFlow { coa: ip("fd00::2") },
+        steer_timeout: Duration::from_secs(2),
+        takeover: Takeover::HomeAddress,
+        ..acfg()
+    });
+    // A paced stream: 16 KiB per millisecond.
+    let chunk = data(16 << 10);
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 65536];
+    let mut asked: Option<(Mono, u64)> = None;
+    let mut during = Vec::new();
+    let (out, took) = s.run(
+        &mut d,
+        &mut ch_d,
+        &mut acc,
+        &mut ch_a,
+        Some(&mut ha_acc),
+        |s2, _| {
+            // The other connection: node 2 streams, the client reads.
+            s2.lan.ifs[2].tcp_send(other_srv, &chunk).unwrap();
+            while let Ok(k) = s2.lan.ifs[0].tcp_recv(other_cl, &mut buf) {
+                if k == 0 {
+                    break;
+                }
+                got += k;
+            }
+            // The home agent answers a second after the request.
+            while let Ok(Some(Message::MoveFlow { conn_id, .. })) = ha.recv() {
+                asked = Some((s2.now(), conn_id));
+            }
+            if let Some((at, id)) = asked {
+                if s2.now() < at + Duration::from_secs(1) {
+                    during.push(got);
+                } else {
+                    ha.send(&Message::FlowMoved {
+                        conn_id: id,
+                        ok: true,
+                        detail: String::new(),
+                    })
+                    .unwrap();
+                    asked = None;
+                }
+            }
+        },
+    );
+    assert!(matches!(out, DonorOutcome::Moved { .. }), "{out:?}");
+    assert!(
+        took >= Duration::from_secs(1),
+        "waited for the home agent: {took:?}"
+    );
+    assert!(
+        during.len() >= 990,
+        "the loop ran every millisecond: {}",
+        during.len()
+    );
+    let (first, last) = (during[0], during[during.len() - 1]);
+    assert!(
+        last - first > 10_000_000,
+        "the other connection transferred {} bytes while the home agent was silent",
+        last - first
+    );
+    assert!(s.svcs[2].adopted.pop().is_some());
+}
