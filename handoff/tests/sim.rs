@@ -113,7 +113,7 @@ impl Sim {
                 acc,
                 2,
                 ch_a,
-                ha.as_mut().map(|h| &mut **h),
+                ha.as_deref_mut(),
             );
             each(self, &seen.events);
             if let Some(o) = seen.outcome {
