@@ -176,11 +176,15 @@ enum Stage<C> {
     },
 }
 
+/// Deadlines run on the caller's `now`; measured instants are the host's clock.
 #[derive(Debug)]
 struct Pending<K, C> {
     from: K,
     conn_id: u64,
+    /// Caller's clock: when the offer arrived.
     arrived: Instant,
+    /// Host clock: when the offer arrived (the acceptor's elapsed time starts here).
+    arrived_host: Instant,
     until: Instant,
     stage: Stage<C>,
 }
@@ -353,8 +357,17 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
             );
             return;
         }
-        times.steer_ns[2] = ns(now.saturating_duration_since(sent));
-        self.commit(now, p.from, p.conn_id, p.arrived, conn, &state, app, times);
+        times.steer_ns[2] = ns(host.now().saturating_duration_since(sent));
+        self.commit(
+            now,
+            p.from,
+            p.conn_id,
+            (p.arrived, p.arrived_host),
+            conn,
+            &state,
+            app,
+            times,
+        );
         let _ = svc;
     }
 
@@ -439,7 +452,8 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
                 } => {
                     let rr = now.saturating_duration_since(since);
                     self.care_of.remove(state.remote().ip());
-                    self.take_offer(now, p.from, offer, *state, p.arrived, rr, host);
+                    let arrived = (p.arrived, p.arrived_host);
+                    self.take_offer(now, p.from, offer, *state, arrived, rr, host);
                 }
                 Stage::Steering { conn, .. } => {
                     host.discard(conn);
@@ -487,6 +501,7 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
                     from,
                     conn_id: id,
                     arrived: now,
+                    arrived_host: host.now(),
                     until: now + self.cfg.care_of_wait,
                     stage: Stage::CareOf {
                         offer: o,
@@ -501,9 +516,11 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
                 .remove(&cn)
                 .and_then(|c| c.1)
                 .unwrap_or_default();
-            return self.take_offer(now, from, o, state, now, rr, host);
+            let arrived = (now, host.now());
+            return self.take_offer(now, from, o, state, arrived, rr, host);
         }
-        self.take_offer(now, from, o, state, now, Duration::ZERO, host)
+        let arrived = (now, host.now());
+        self.take_offer(now, from, o, state, arrived, Duration::ZERO, host)
     }
 
     /// Phases 3–6 for an offer that passed the checks; `rr` is phase 4 when it ran ahead or
@@ -515,7 +532,7 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
         from: K,
         o: Offer,
         state: ConnState,
-        arrived: Instant,
+        arrived: (Instant, Instant),
         rr: Duration,
         host: &mut H,
     ) {
@@ -555,7 +572,8 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
                 self.pending.push(Pending {
                     from,
                     conn_id: id,
-                    arrived,
+                    arrived: arrived.0,
+                    arrived_host: arrived.1,
                     until: now + self.cfg.steer_timeout,
                     stage: Stage::Steering {
                         conn,
@@ -563,7 +581,7 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
                         app,
                         times,
                         move_id,
-                        sent: now.max(sent),
+                        sent,
                     },
                 });
             }
@@ -602,7 +620,7 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
         now: Instant,
         from: K,
         conn_id: u64,
-        arrived: Instant,
+        arrived: (Instant, Instant),
         conn: C,
         state: &ConnState,
         app: Option<Vec<u8>>,
@@ -613,7 +631,8 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
         self.pending.push(Pending {
             from,
             conn_id,
-            arrived,
+            arrived: arrived.0,
+            arrived_host: arrived.1,
             until: now,
             stage: Stage::Committing {
                 conn,
@@ -630,7 +649,7 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
         &mut self,
         from: K,
         conn_id: u64,
-        arrived: Instant,
+        arrived_host: Instant,
         mut conn: C,
         app: Option<Vec<u8>>,
         client: SocketAddrV6,
@@ -655,7 +674,7 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
         }
         let t7e = host.now();
         times.activate_ns = ns(t7e.saturating_duration_since(t7));
-        times.elapsed_ns = ns(t7e.saturating_duration_since(arrived));
+        times.elapsed_ns = ns(t7e.saturating_duration_since(arrived_host));
         self.out
             .push_back((Dest::Donor(from), Message::Activated { conn_id, times }));
         let res = match app {

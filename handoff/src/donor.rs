@@ -103,11 +103,16 @@ pub enum DonorOutcome {
     },
 }
 
+/// Measured instants are the host's clock ([`Host::now`]); deadlines run on the caller's
+/// `now` (the two are the same clock in a real node; a test may simulate the latter).
 #[derive(Debug)]
 struct InFlight {
     state: ConnState,
+    /// Host clock: extraction started, the offer was queued.
     t0: Instant,
     offer_sent: Instant,
+    /// Caller's clock: when the offer was queued, and when Accept arrived (reply deadlines).
+    offered_at: Instant,
     phases: PhaseTimes,
     drain: Duration,
     state_bytes: usize,
@@ -240,7 +245,7 @@ impl<C: std::fmt::Debug> Donor<C> {
     pub fn poll_timeout(&self) -> Option<Instant> {
         match &self.stage {
             Stage::Draining { until, .. } => *until,
-            Stage::Offered(f) => Some(f.accepted.unwrap_or(f.offer_sent) + self.cfg.reply_timeout),
+            Stage::Offered(f) => Some(f.accepted.unwrap_or(f.offered_at) + self.cfg.reply_timeout),
             Stage::Forwarding { until, next } => Some((*until).min(*next)),
             Stage::Done => None,
         }
@@ -300,7 +305,7 @@ impl<C: std::fmt::Debug> Donor<C> {
                 }
             }
             Stage::Offered(f) => {
-                let waited = now.saturating_duration_since(f.accepted.unwrap_or(f.offer_sent));
+                let waited = now.saturating_duration_since(f.accepted.unwrap_or(f.offered_at));
                 if waited < self.cfg.reply_timeout {
                     self.stage = Stage::Offered(f);
                 } else if f.accepted.is_none() {
@@ -363,7 +368,10 @@ impl<C: std::fmt::Debug> Donor<C> {
                 f.accepted = Some(now);
                 self.stage = Stage::Offered(f);
             }
-            (Message::Activated { times, .. }, Some(_)) => self.finish(now, *f, times),
+            (Message::Activated { times, .. }, Some(_)) => {
+                let done = host.now();
+                self.finish(now, done, *f, times)
+            }
             (_, None) => self.resume(
                 &f.state,
                 HandoffError::Protocol("unexpected reply to an offer"),
@@ -450,7 +458,8 @@ impl<C: std::fmt::Debug> Donor<C> {
         self.stage = Stage::Offered(Box::new(InFlight {
             state,
             t0,
-            offer_sent: now.max(t1),
+            offer_sent: t1,
+            offered_at: now,
             phases,
             drain,
             state_bytes,
@@ -505,18 +514,19 @@ impl<C: std::fmt::Debug> Donor<C> {
         self.outcome = Some(DonorOutcome::Failed {
             cause: HandoffError::InDoubt(why),
         });
-        let since = f.accepted.unwrap_or(f.offer_sent);
+        let since = f.accepted.unwrap_or(f.offered_at);
         self.stage = Stage::Forwarding {
             until: since + self.cfg.reply_timeout + self.cfg.forward_grace,
             next: since,
         };
     }
 
-    fn finish(&mut self, now: Instant, f: InFlight, times: AcceptorTimes) {
+    /// Activated arrived at `now` (caller's clock), `done` (host clock).
+    fn finish(&mut self, now: Instant, done: Instant, f: InFlight, times: AcceptorTimes) {
         let mut phases = f.phases;
         // Phase 2: the exchange's network time as the donor sees it, minus the acceptor's own
-        // processing (so the two clocks are never compared).
-        let rtt = now.saturating_duration_since(f.offer_sent);
+        // processing (so the two hosts' clocks are never compared).
+        let rtt = done.saturating_duration_since(f.offer_sent);
         phases.set(
             Phase::StateTransfer,
             rtt.saturating_sub(Duration::from_nanos(times.elapsed_ns)),
@@ -543,7 +553,7 @@ impl<C: std::fmt::Debug> Donor<C> {
             self.cfg.mode,
             &self.cfg.path,
             &phases,
-            now.saturating_duration_since(f.t0),
+            done.saturating_duration_since(f.t0),
             f.drain,
             f.state_bytes,
             f.offer_bytes,
