@@ -93,8 +93,6 @@ pub struct HandoffConfig {
     pub reply_timeout: Duration,
     /// Steering mode (for the report).
     pub mode: Mode,
-    /// Path label for the report, e.g. `"user->user"`.
-    pub path: String,
     /// Address takeover at the acceptor.
     pub takeover: Takeover,
     /// Steering at the acceptor.
@@ -110,8 +108,8 @@ pub struct HandoffConfig {
 
 impl HandoffConfig {
     /// Defaults: service "http", no listener, no peer, no quota, drain until acknowledged
-    /// (deadline 100 ms), reply timeout 1 s, transparent, "user->user", no takeover, no
-    /// steering, 200 ms forwarding grace.
+    /// (deadline 100 ms), reply timeout 1 s, transparent, no takeover, no steering, 200 ms
+    /// forwarding grace.
     pub fn new(secret: ClusterSecret) -> Self {
         HandoffConfig {
             service: "http".into(),
@@ -125,7 +123,6 @@ impl HandoffConfig {
             },
             reply_timeout: Duration::from_secs(1),
             mode: Mode::Transparent,
-            path: "user->user".into(),
             takeover: Takeover::None,
             steering: Steering::None,
             fault: None,
@@ -267,7 +264,6 @@ impl<C: std::fmt::Debug> Coordinator<C> {
         donor_cfg.drain = cfg.drain;
         donor_cfg.reply_timeout = cfg.reply_timeout;
         donor_cfg.mode = cfg.mode;
-        donor_cfg.path = cfg.path.clone();
         donor_cfg.forward_grace = cfg.forward_grace;
         let mut c = Coordinator {
             service: cfg.service.clone(),
@@ -778,6 +774,8 @@ pub struct HandoffNode {
     /// Route-optimised donor: since when the connection at the head of the queue waits for
     /// its home keygen token.
     ticket_wait: Option<Instant>,
+    /// Cookie of the last home test (RFC 6275 §6.1.3).
+    cookie: u64,
 }
 
 impl HandoffNode {
@@ -799,6 +797,7 @@ impl HandoffNode {
             home_role: cfg.home_role,
             queue: VecDeque::new(),
             ticket_wait: None,
+            cookie: 0,
         })
     }
 
@@ -893,7 +892,13 @@ impl HandoffNode {
                             Some(postcard::to_allocvec(&t).unwrap_or_default())
                         }
                         None => {
-                            // The home test has not completed yet: wait for it (bounded).
+                            // No home keygen token for this correspondent yet: run the home test
+                            // (RFC 6275 §5.2.5; the token lives for minutes, §5.2.7, so later
+                            // handoffs of its connections need none) and wait for it, bounded.
+                            if self.ticket_wait.is_none() {
+                                self.cookie = self.cookie.wrapping_add(1);
+                                role.start_home_test(now, *c.ip(), self.cookie.to_be_bytes());
+                            }
                             let since = *self.ticket_wait.get_or_insert(mono);
                             if mono.saturating_duration_since(since) < TICKET_WAIT {
                                 self.queue.push_front(h);

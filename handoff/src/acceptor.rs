@@ -545,6 +545,7 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
         };
         let mut times = AcceptorTimes {
             recreate_ns: ns(host.now().saturating_duration_since(t3)),
+            host: host.kind(),
             ..Default::default()
         };
         let app = o.app.map(|b| b.into_vec());

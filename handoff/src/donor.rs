@@ -47,8 +47,6 @@ pub struct DonorConfig {
     pub reply_timeout: Duration,
     /// Steering mode, for the report.
     pub mode: Mode,
-    /// Path label for the report, e.g. `"user->user"`.
-    pub path: String,
     /// Announce the coming offer when the drain starts ([`Message::Prepare`]), so the
     /// acceptor can run return routability meanwhile.
     pub prepare: bool,
@@ -58,8 +56,8 @@ pub struct DonorConfig {
 }
 
 impl DonorConfig {
-    /// Defaults: immediate freeze, 2 s reply timeout, transparent, `"user->user"`, Prepare
-    /// sent, 200 ms forwarding.
+    /// Defaults: immediate freeze, 2 s reply timeout, transparent, Prepare sent, 200 ms
+    /// forwarding.
     pub fn new(conn_id: u64, service: &str) -> Self {
         DonorConfig {
             conn_id,
@@ -68,7 +66,6 @@ impl DonorConfig {
             drain: Drain::Immediate,
             reply_timeout: Duration::from_secs(2),
             mode: Mode::Transparent,
-            path: "user->user".into(),
             prepare: true,
             forward_grace: Duration::from_millis(200),
         }
@@ -370,7 +367,8 @@ impl<C: std::fmt::Debug> Donor<C> {
             }
             (Message::Activated { times, .. }, Some(_)) => {
                 let done = host.now();
-                self.finish(now, done, *f, times)
+                let path = format!("{}->{}", host.kind().label(), times.host.label());
+                self.finish(now, done, &path, *f, times)
             }
             (_, None) => self.resume(
                 &f.state,
@@ -522,7 +520,14 @@ impl<C: std::fmt::Debug> Donor<C> {
     }
 
     /// Activated arrived at `now` (caller's clock), `done` (host clock).
-    fn finish(&mut self, now: Instant, done: Instant, f: InFlight, times: AcceptorTimes) {
+    fn finish(
+        &mut self,
+        now: Instant,
+        done: Instant,
+        path: &str,
+        f: InFlight,
+        times: AcceptorTimes,
+    ) {
         let mut phases = f.phases;
         // Phase 2: the exchange's network time as the donor sees it, minus the acceptor's own
         // processing (so the two hosts' clocks are never compared).
@@ -551,7 +556,7 @@ impl<C: std::fmt::Debug> Donor<C> {
         );
         let report = HandoffReport::new(
             self.cfg.mode,
-            &self.cfg.path,
+            path,
             &phases,
             done.saturating_duration_since(f.t0),
             f.drain,

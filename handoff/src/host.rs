@@ -46,6 +46,9 @@ pub trait Host {
     /// The host's monotonic clock.
     fn now(&self) -> Instant;
 
+    /// Which kind of host this is (reported with each handoff).
+    fn kind(&self) -> crate::msg::HostKind;
+
     /// The connection's ends `(local, remote)`, `None` once it is gone.
     fn endpoints(&self, conn: &Self::Conn) -> Option<(SocketAddrV6, SocketAddrV6)>;
 

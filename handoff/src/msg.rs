@@ -17,8 +17,29 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Message encoding version (first byte of every plaintext).
-pub const PROTOCOL_VERSION: u8 = 1;
+/// Message encoding version (first byte of every plaintext). 2: Activated names the
+/// acceptor's host kind.
+pub const PROTOCOL_VERSION: u8 = 2;
+
+/// Which host a connection lives on (for the report's path, e.g. `"kernel->user"`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HostKind {
+    /// The userspace stack.
+    #[default]
+    User,
+    /// The kernel's sockets (`TCP_REPAIR`).
+    Kernel,
+}
+
+impl HostKind {
+    /// `"user"` or `"kernel"`.
+    pub fn label(self) -> &'static str {
+        match self {
+            HostKind::User => "user",
+            HostKind::Kernel => "kernel",
+        }
+    }
+}
 
 /// Errors decoding a message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -79,6 +100,8 @@ pub struct AcceptorTimes {
     pub activate_ns: u64,
     /// From the Offer's arrival to sending Activated.
     pub elapsed_ns: u64,
+    /// The acceptor's host.
+    pub host: HostKind,
 }
 
 /// One protocol message.

@@ -82,6 +82,10 @@ impl Host for UserHost<'_> {
         (self.clock)()
     }
 
+    fn kind(&self) -> crate::msg::HostKind {
+        crate::msg::HostKind::User
+    }
+
     fn endpoints(&self, conn: &UserConn) -> Option<(SocketAddrV6, SocketAddrV6)> {
         match conn {
             UserConn::Live(h) => self.iface.tcp_endpoints(*h),

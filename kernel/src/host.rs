@@ -132,6 +132,10 @@ impl Host for KernelHost {
         Instant::now()
     }
 
+    fn kind(&self) -> ds_handoff::msg::HostKind {
+        ds_handoff::msg::HostKind::Kernel
+    }
+
     fn endpoints(&self, conn: &KernelConn) -> Option<(SocketAddrV6, SocketAddrV6)> {
         Some(conn.flow())
     }

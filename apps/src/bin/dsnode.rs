@@ -1,17 +1,20 @@
 //! `dsnode`: a Distributed Servers node. It runs the HTTP/1.1 content service on the
-//! userspace TCP/IPv6 stack over a TAP device or AF_XDP (`ds-xdp`), and, with the handoff
-//! options, hands live connections to a peer node and takes them from it
-//! (`ds_apps::node::HandoffNode`). Each handoff it completes as the donor is one JSON line on
-//! stdout; logs go to stderr.
+//! userspace TCP/IPv6 stack over a TAP device or AF_XDP (`ds-xdp`), or on the kernel's own
+//! sockets (`--device kernel`), and, with the handoff options, hands live connections to a
+//! peer node and takes them from it (`ds_apps::node::HandoffNode`,
+//! `ds_apps::kernel_node::KernelNode`: one engine, either host). Each handoff it completes as
+//! the donor is one JSON line on stdout; logs go to stderr.
 
 use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ds_apps::http::HttpStats;
+use ds_apps::kernel_node::KernelNode;
 use ds_apps::mac::{format_mac, mac_from_addr, parse_mac};
-use ds_apps::node::{HandoffConfig, HandoffNode, NodeEvent, Steering};
+use ds_apps::node::{AcceptorFault, HandoffConfig, HandoffNode, NodeEvent, Steering};
 use ds_apps::server::{HttpServer, ServerConfig, ServerStats};
 use ds_apps::signal;
 use ds_stack::device::{Device, TapDevice};
+use ds_stack::mobile::MobileRole;
 use ds_stack::runner::{Clock, Runner};
 use ds_stack::{Config, Duration, Interface, Stats};
 use std::io::IsTerminal as _;
@@ -44,6 +47,23 @@ enum DeviceKind {
     /// AF_XDP sockets on the interface's queues, behind the XDP steering program (packets for
     /// `--addr` go to the stack, everything else to the kernel).
     Afxdp,
+    /// The kernel's TCP: standard sockets, moved with `TCP_REPAIR`. The addresses must be
+    /// configured on the host already (e.g. the care-of address on the interface, the DS
+    /// address on `lo`); the XDP steering program on `--iface` decapsulates the home agent's
+    /// tunnel and holds the packets of connections being moved.
+    Kernel,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum SteeringChoice {
+    /// No steering of moved flows (the address announcement is all).
+    None,
+    /// The XDP home agent tunnels each flow to its node (`--ha-control`); clients need no
+    /// Mobile IPv6.
+    Transparent,
+    /// Mobile IPv6 route optimisation (RFC 6275): the client is a correspondent node; the
+    /// node serving `--home-addr` at home runs the home test, the others send Binding Updates.
+    Ro,
 }
 
 #[derive(Args, Debug)]
@@ -110,11 +130,38 @@ struct HandoffArgs {
     /// agent at this address to tunnel its flow to --addr (this node's care-of address).
     #[arg(long, value_name = "[ADDR]:PORT", requires = "secret_file")]
     ha_control: Option<SocketAddr>,
+    /// How moved flows are steered to their new node [default: transparent with
+    /// --ha-control, none otherwise].
+    #[arg(long, value_enum)]
+    steering: Option<SteeringChoice>,
+    /// Route-optimised steering: the DS address as a Mobile IPv6 home address. With it among
+    /// this node's addresses (--also-addr) the node is at home (the contact node); otherwise it
+    /// serves it away from home, --addr being its care-of address.
+    #[arg(long, value_name = "ADDR")]
+    home_addr: Option<Ipv6Addr>,
+    /// Injected fault at the acceptor, for failure tests: refuse, crash or hang on offers.
+    #[arg(long, value_enum, hide = true)]
+    fault: Option<FaultChoice>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum FaultChoice {
+    Refuse,
+    Crash,
+    Hang,
 }
 
 impl HandoffArgs {
     fn enabled(&self) -> bool {
         self.control_listen.is_some() || self.peer.is_some() || self.ha_control.is_some()
+    }
+
+    fn steering(&self) -> SteeringChoice {
+        self.steering.unwrap_or(if self.ha_control.is_some() {
+            SteeringChoice::Transparent
+        } else {
+            SteeringChoice::None
+        })
     }
 }
 
@@ -190,6 +237,7 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             );
             run(dev, args, handoff, stop)
         }
+        DeviceKind::Kernel => run_kernel(args, handoff, stop),
         DeviceKind::Tap => {
             let dev = TapDevice::open(&args.iface).map_err(|e| {
                 let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
@@ -256,9 +304,37 @@ fn handoff_config(args: &ServeArgs) -> anyhow::Result<Option<HandoffConfig>> {
             deadline: Duration::from_millis(h.drain_deadline_ms),
         },
     };
-    if let Some(ha) = h.ha_control {
-        cfg.mode = ds_handoff::Mode::Transparent;
-        cfg.steering = Steering::HomeAgentFlow { ha, coa: args.addr };
+    cfg.fault = h.fault.map(|f| match f {
+        FaultChoice::Refuse => AcceptorFault::Refuse,
+        FaultChoice::Crash => AcceptorFault::Crash,
+        FaultChoice::Hang => AcceptorFault::Hang,
+    });
+    match h.steering() {
+        SteeringChoice::None => {}
+        SteeringChoice::Transparent => {
+            let ha = h
+                .ha_control
+                .context("--steering transparent needs --ha-control")?;
+            cfg.mode = ds_handoff::Mode::Transparent;
+            cfg.steering = Steering::HomeAgentFlow { ha, coa: args.addr };
+        }
+        SteeringChoice::Ro => {
+            let home = h.home_addr.context("--steering ro needs --home-addr")?;
+            if args.device == DeviceKind::Kernel {
+                bail!("--steering ro needs the userspace stack (--device afxdp or tap)");
+            }
+            cfg.mode = ds_handoff::Mode::Ro;
+            if h.also_addr.contains(&home) {
+                // At home: the contact node; its home keygen tokens travel with connections.
+                cfg.home_role = Some(MobileRole::new(home, None));
+            } else {
+                cfg.takeover = ds_handoff::Takeover::HomeAddress;
+                cfg.steering = Steering::RouteOptimised {
+                    role: MobileRole::new(home, Some(args.addr)),
+                    lifetime: std::time::Duration::from_secs(120),
+                };
+            }
+        }
     }
     Ok(Some(cfg))
 }
@@ -300,6 +376,83 @@ fn report_event(ev: NodeEvent) {
             tracing::info!(%client, ?after, "binding acknowledged")
         }
     }
+}
+
+/// Run a kernel-socket node until `stop` is set, then print the statistics.
+fn run_kernel(
+    args: &ServeArgs,
+    handoff: Option<HandoffConfig>,
+    stop: &AtomicBool,
+) -> anyhow::Result<()> {
+    use ds_xdp::maps::{Action, LocalAddr, PROTO_ALL};
+    // The steering program on the link: it decapsulates the home agent's tunnel to our
+    // addresses for the kernel (XDP_PASS), and holds the packets of connections being moved.
+    let prog = ds_xdp::Program::load(ds_xdp::Kind::Steer, &ds_xdp::LoadOptions::default())
+        .context("loading the XDP steering program (needs root)")?;
+    let idx = ds_xdp::loader::ifindex(&args.iface)
+        .with_context(|| format!("--iface {}: no such interface", args.iface))?;
+    let (link, mode) = prog
+        .attach_link(idx, ds_xdp::Mode::Auto)
+        .with_context(|| format!("attaching the steering program to {}", args.iface))?;
+    for a in addrs(args) {
+        prog.add_local(
+            a,
+            LocalAddr {
+                protos: PROTO_ALL,
+                action: Action::Pass,
+            },
+        )?;
+    }
+    let holds = ds_kernel::HoldTable::new(&prog, ds_kernel::HoldLimits::default())
+        .context("the packet hold")?;
+    let listener = TcpListener::bind(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, args.port, 0, 0))
+        .with_context(|| format!("cannot listen on port {}", args.port))?;
+    let cfg = match handoff {
+        Some(c) => c,
+        // No handoff: a plain kernel server. No listener and no peer, so the key is never used.
+        None => HandoffConfig::new(ds_handoff::ClusterSecret::new(&[0u8; 32])?),
+    };
+    let mut node = KernelNode::new(listener, &args.root, cfg, holds)?;
+    if let Err(e) = node.connect_peer() {
+        tracing::info!("peer not reachable yet (will connect at the first handoff): {e:#}");
+    }
+    tracing::info!(
+        iface = %args.iface,
+        xdp = ?mode,
+        also = ?args.handoff.also_addr,
+        "serving http://[{}]:{}/ from {} on kernel sockets",
+        args.addr,
+        args.port,
+        args.root.display()
+    );
+    let started = std::time::Instant::now();
+    while !stop.load(Ordering::SeqCst) {
+        node.step(std::time::Duration::from_millis(5));
+        node.take_events().into_iter().for_each(report_event);
+    }
+    let (stats, server) = (node.stats(), node.server_stats());
+    node.shutdown();
+    drop(link);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({ "handoff": stats, "http": server })
+        );
+    } else {
+        println!(
+            "dsnode stats after {:.3} s (kernel sockets)",
+            started.elapsed().as_secs_f64()
+        );
+        println!(
+            "  connections: {} accepted, {} adopted, {} open; {} response bytes sent",
+            server.accepted, server.adopted, server.open, server.response_bytes
+        );
+        println!(
+            "  handoff: {} started, {} moved, {} kept, {} adopted, {} packets forwarded",
+            stats.started, stats.moved, stats.kept, stats.adopted, stats.forwarded_packets
+        );
+    }
+    Ok(())
 }
 
 /// Run the node on `dev` until `stop` is set, then print the statistics.

@@ -75,15 +75,6 @@ impl HandoffPath {
         }
     }
 
-    /// The report's `path` of a handoff started by node `i` (0 or 1).
-    pub fn label_from(self, i: usize) -> String {
-        format!(
-            "{}->{}",
-            self.side(i).label(),
-            self.side(1 - i.min(1)).label()
-        )
-    }
-
     /// Whether any node is on the kernel path.
     pub fn has_kernel(self) -> bool {
         self.node1 == Side::Kernel || self.node2 == Side::Kernel
@@ -133,7 +124,6 @@ pub(super) fn node(
             let listener = TcpListener::bind(SocketAddrV6::new(ip(DS), 80, 0, 0))
                 .context("listening on the DS address")?;
             let mut hc = super::handoff_config(i, opts, quota, max_handoffs)?;
-            hc.path = opts.path.label_from(i);
             hc.steering = Steering::HomeAgentFlow {
                 ha: SocketAddr::V6(SocketAddrV6::new(ip(HA), HA_PORT, 0, 0)),
                 coa: ip(COA[i]),
@@ -178,7 +168,6 @@ pub(super) fn node(
         Ok(NodeOut {
             events,
             forwarded: stats.forwarded_packets,
-            rr: None,
         })
     })?
 }

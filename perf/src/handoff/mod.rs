@@ -310,9 +310,6 @@ fn home_agent(
 struct NodeOut {
     events: Vec<(u8, NodeEvent)>,
     forwarded: u64,
-    /// Route-optimised mode: how long this node's return-routability test took (home test
-    /// on node 1, care-of test on node 2).
-    rr: Option<Duration>,
 }
 
 /// The handoff settings of node `i` (0 or 1) common to both kinds of node: control listener,
@@ -390,7 +387,6 @@ fn node(
             ServerConfig::default(),
         )?;
         let mut hc = handoff_config(i, opts, quota, max_handoffs)?;
-        hc.path = opts.path.label_from(i);
         match &role {
             None => {
                 hc.steering = Steering::HomeAgentFlow {
@@ -410,13 +406,9 @@ fn node(
         let mut node = HandoffNode::new(server, hc)?;
         let _ = ready.send(Ok(()));
         let mut events = Vec::new();
-        // Return routability: node 1 runs the home test as soon as it has a connection
-        // (ahead of the handoff: tokens live for minutes, RFC 6275 §5.2.7); node 2 runs the
-        // care-of test when the offer arrives (the node holds the offer back until it is
-        // answered; that wait is phase 4).
-        let mut rr: Option<Duration> = None;
-        let mut rr_started: Option<Instant> = None;
-        let mut cookie = 1u8;
+        // Return routability is the nodes' own business: the contact node runs the home test
+        // when a connection is to move, the acceptor the care-of test when the donor announces
+        // the offer (its duration is phase 4).
         let mut fds = Vec::new();
         while !stop.load(Ordering::Relaxed) {
             node.wait_fds(&mut fds);
@@ -424,33 +416,11 @@ fn node(
             let now = rt.now();
             node.poll(&mut rt.iface, now);
             events.extend(node.take_events().into_iter().map(|e| (i as u8 + 1, e)));
-            if let (Some(r), None, 0) = (&role, rr, i) {
-                let done = if i == 0 {
-                    r.home_ticket(now, 1).is_some()
-                } else {
-                    r.has_care_of_token()
-                };
-                match rr_started {
-                    Some(t) if done => rr = Some(t.elapsed()),
-                    Some(t) if t.elapsed() < Duration::from_millis(300) => {}
-                    _ if i == 0 && node.server().stats().accepted == 0 => {}
-                    _ => {
-                        cookie = cookie.wrapping_add(1);
-                        if i == 0 {
-                            r.start_home_test(now, ip(CLIENT), [cookie; 8]);
-                        } else {
-                            r.start_care_of_test(now, ip(CLIENT), [cookie; 8]);
-                        }
-                        rr_started = Some(Instant::now());
-                    }
-                }
-            }
         }
         tracing::info!(node = i + 1, stats = ?node.stats(), server = ?node.server().stats(), iface = ?rt.iface.stats(), "node done");
         Ok(NodeOut {
             events,
             forwarded: node.stats().forwarded_packets,
-            rr,
         })
     });
     match res {
@@ -539,15 +509,12 @@ pub fn run(opts: &Options) -> Result<Outcome> {
         stop.store(true, Ordering::Relaxed);
         let mut events = Vec::new();
         let mut forwarded = 0;
-        let mut rr = Duration::ZERO;
         for n in nodes {
             let o = n
                 .join()
                 .map_err(|_| anyhow::anyhow!("node thread panicked"))??;
             events.extend(o.events);
             forwarded += o.forwarded;
-            // The home and care-of tests run in parallel: the longer one is the phase.
-            rr = rr.max(o.rr.unwrap_or_default());
         }
         if let Some(ha) = ha {
             ha.join()
@@ -602,14 +569,9 @@ pub fn run(opts: &Options) -> Result<Outcome> {
         }
         let route = (!transparent).then(|| route_check(&frames, bound.is_some()));
         if !transparent {
-            // Phases the donor cannot see: return routability (ran ahead, overlapped: in the
-            // sum, not in the wall time) and binding management (Binding Update to Binding
+            // The phase the donor cannot see: binding management (Binding Update to Binding
             // Acknowledgement, measured at the acceptor after it activated).
             for (_, _, r) in &mut handoffs {
-                if r.phases_us[ds_handoff::Phase::ReturnRoutability as usize] == 0.0 {
-                    // Not waited for inline: it ran ahead; its duration still counts in the sum.
-                    r.set_phase(ds_handoff::Phase::ReturnRoutability, rr);
-                }
                 if let Some(b) = bound {
                     r.set_phase(ds_handoff::Phase::BindingManagement, b);
                 }
