@@ -806,6 +806,14 @@ impl HandoffNode {
         &self.server
     }
 
+    /// Install this node's mobile role (route-optimised steering, at home or away) as the
+    /// interface's mobility hook; nothing without one.
+    pub fn install_mobility(&self, iface: &mut Interface) {
+        if let Some(r) = self.role.as_ref().or(self.home_role.as_ref()) {
+            iface.set_mobility_hook(r.hook());
+        }
+    }
+
     /// Handoff counters.
     pub fn stats(&self) -> NodeStats {
         self.core.stats()

@@ -1,6 +1,6 @@
 //! The seven handoff phases (seed Table 1) and the per-handoff JSON report.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// The phases of a handoff, in the seed's order.
@@ -67,7 +67,7 @@ pub fn micros(d: Duration) -> f64 {
 }
 
 /// How the client's packets are steered to the acceptor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// The home agent moves the flow (phases 4–6 are the flow-table update).
@@ -77,7 +77,7 @@ pub enum Mode {
 }
 
 /// One handoff, reported as one JSON line (see [`HandoffReport::to_json_line`]).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HandoffReport {
     /// Steering mode.
     pub mode: Mode,

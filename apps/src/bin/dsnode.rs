@@ -126,6 +126,10 @@ struct HandoffArgs {
     /// Longest wait of `--drain acked`, milliseconds.
     #[arg(long, default_value_t = 100, value_name = "MS")]
     drain_deadline_ms: u64,
+    /// The donor's wait for each reply of the acceptor before it keeps the connection,
+    /// milliseconds.
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    reply_timeout_ms: u64,
     /// Transparent steering: when a connection arrives here, ask the XDP home agent's flow
     /// agent at this address to tunnel its flow to --addr (this node's care-of address).
     #[arg(long, value_name = "[ADDR]:PORT", requires = "secret_file")]
@@ -304,6 +308,7 @@ fn handoff_config(args: &ServeArgs) -> anyhow::Result<Option<HandoffConfig>> {
             deadline: Duration::from_millis(h.drain_deadline_ms),
         },
     };
+    cfg.reply_timeout = std::time::Duration::from_millis(h.reply_timeout_ms);
     cfg.fault = h.fault.map(|f| match f {
         FaultChoice::Refuse => AcceptorFault::Refuse,
         FaultChoice::Crash => AcceptorFault::Crash,
@@ -373,6 +378,12 @@ fn report_event(ev: NodeEvent) {
         NodeEvent::Adopted { client } => tracing::info!(%client, "connection adopted from peer"),
         NodeEvent::Declined { cause } => tracing::warn!("offer declined: {cause}"),
         NodeEvent::Bound { client, after } => {
+            // Binding management (handoff phase 6) ends here, after the donor's report: a line
+            // of its own.
+            println!(
+                "{}",
+                serde_json::json!({ "bound": { "client": client.to_string(), "after_ns": after.as_nanos() as u64 } })
+            );
             tracing::info!(%client, ?after, "binding acknowledged")
         }
     }
@@ -489,6 +500,7 @@ fn run<D: Device>(
         None => Service::Plain(Box::new(server)),
         Some(cfg) => {
             let mut node = HandoffNode::new(server, cfg)?;
+            node.install_mobility(&mut rt.iface);
             // Open the peer channel now, so the first handoff does not pay for the handshake;
             // the peer may not be up yet, and the first handoff then connects.
             if let Err(e) = node.connect_peer() {

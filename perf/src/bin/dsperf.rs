@@ -117,6 +117,10 @@ struct HandoffArgs {
     /// The donor's wait for each acceptor reply, ms.
     #[arg(long, default_value_t = 500)]
     reply_timeout_ms: u64,
+    /// Run the nodes and the home agent as separate `dsnode` and `dsha` processes (found next
+    /// to dsperf, or in $DS_BIN_DIR) instead of threads of dsperf.
+    #[arg(long)]
+    processes: bool,
 }
 
 fn parse_mode(s: &str) -> Result<ds_handoff::Mode, String> {
@@ -152,6 +156,7 @@ fn run_handoff(a: HandoffArgs) -> Result<()> {
         fault: a.fault,
         reply_timeout: std::time::Duration::from_millis(a.reply_timeout_ms),
         path: a.path,
+        processes: a.processes,
         ..Default::default()
     };
     eprintln!(

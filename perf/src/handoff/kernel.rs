@@ -172,16 +172,9 @@ pub(super) fn node(
     })?
 }
 
-/// Give the kernel of node `i` its addresses and the steering program (returned: it must stay
-/// loaded while the node runs).
-///
-/// The DS address goes on `lo`, not on `n0`: Linux sources a neighbour solicitation from the
-/// address of the packet that needs it when that address is on the outgoing device
-/// (`ndisc_solicit`), and the client's answer to the DS address would go to the home agent and
-/// on to whichever node the binding names, never to an acceptor resolving the client. On `lo`
-/// the solicitation comes from the node's own address on `n0` and the answer comes straight
-/// back; the DS address is local all the same (no DAD runs on `lo`).
-fn configure(ns: &Netns, i: usize) -> Result<(Program, u32)> {
+/// Give the kernel of node `i` its MAC (the home agent's neighbour entry names it), its
+/// care-of address on `n0` and the DS address on `lo` (see [`configure`] for why).
+pub(super) fn configure_addrs(ns: &Netns, i: usize) -> Result<()> {
     let mac = MAC[i]
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -200,6 +193,20 @@ fn configure(ns: &Netns, i: usize) -> Result<(Program, u32)> {
         "nodad",
     ])?;
     ns.ip(&["-6", "addr", "add", &format!("{DS}/128"), "dev", "lo"])?;
+    Ok(())
+}
+
+/// Give the kernel of node `i` its addresses and the steering program (returned: it must stay
+/// loaded while the node runs).
+///
+/// The DS address goes on `lo`, not on `n0`: Linux sources a neighbour solicitation from the
+/// address of the packet that needs it when that address is on the outgoing device
+/// (`ndisc_solicit`), and the client's answer to the DS address would go to the home agent and
+/// on to whichever node the binding names, never to an acceptor resolving the client. On `lo`
+/// the solicitation comes from the node's own address on `n0` and the answer comes straight
+/// back; the DS address is local all the same (no DAD runs on `lo`).
+fn configure(ns: &Netns, i: usize) -> Result<(Program, u32)> {
+    configure_addrs(ns, i)?;
     let prog = Program::load(Kind::Steer, &LoadOptions::default())?;
     let idx = ds_xdp::loader::ifindex("n0")?;
     prog.attach(idx, ds_xdp::Mode::Native, false)?;

@@ -22,6 +22,7 @@
 
 pub mod kernel;
 pub mod plot;
+mod processes;
 pub mod sniff;
 
 pub use kernel::{HandoffPath, Side};
@@ -101,6 +102,9 @@ pub struct Options {
     pub timeout: Duration,
     /// Which implementation each node runs (userspace stack or kernel sockets).
     pub path: HandoffPath,
+    /// Run the nodes and the home agent as `dsnode` and `dsha` processes (found next to this
+    /// program, or in `$DS_BIN_DIR`) instead of threads of this process.
+    pub processes: bool,
 }
 
 impl Default for Options {
@@ -117,6 +121,7 @@ impl Default for Options {
             reply_timeout: Duration::from_millis(500),
             timeout: Duration::from_secs(300),
             path: HandoffPath::default(),
+            processes: false,
         }
     }
 }
@@ -377,9 +382,6 @@ fn node(
             Interface::new(Config::new(MAC[i], addrs.clone()), ds_stack::Instant::ZERO),
         );
         let role = ro.then(|| MobileRole::new(ip(DS), (i == 1).then_some(coa)));
-        if let Some(r) = &role {
-            rt.iface.set_mobility_hook(r.hook());
-        }
         let server = HttpServer::listen(
             &mut rt.iface,
             SocketAddrV6::new(*addrs.last().unwrap_or(&coa), 80, 0, 0),
@@ -404,6 +406,7 @@ fn node(
             Some(r) => hc.home_role = Some(r.clone()),
         }
         let mut node = HandoffNode::new(server, hc)?;
+        node.install_mobility(&mut rt.iface);
         let _ = ready.send(Ok(()));
         let mut events = Vec::new();
         // Return routability is the nodes' own business: the contact node runs the home test
@@ -458,11 +461,167 @@ pub fn run(opts: &Options) -> Result<Outcome> {
     std::fs::create_dir_all(&root)?;
     let want = make_object(&root, opts.size)?;
     let topo = setup(opts.mode).context("building the namespaces")?;
-    let stop = AtomicBool::new(false);
     let got = dir.0.join("got");
     // Node 1 starts the odd handoffs, node 2 the even ones.
     let max = [opts.count.div_ceil(2) as u64, (opts.count / 2) as u64];
-    std::thread::scope(|sc| -> Result<Outcome> {
+    let transparent = opts.mode == Mode::Transparent;
+    let (m, outs) = if opts.processes {
+        let procs = processes::start(&topo, opts, &root, quota, max, &tag, &dir.0)?;
+        let m = measure(&topo, opts, &got);
+        let outs = procs.stop()?;
+        (m?, outs)
+    } else {
+        in_threads(&topo, opts, &root, quota, max, &tag, &got)?
+    };
+    let Measured {
+        client,
+        before,
+        after,
+        frames,
+        seconds,
+    } = m;
+    let mut events = Vec::new();
+    let mut forwarded = 0;
+    for o in outs {
+        events.extend(o.events);
+        forwarded += o.forwarded;
+    }
+    let client = client?;
+    let body = std::fs::read(&got).context("reading the download")?;
+    let bytes_ok = <[u8; 32]>::from(Sha256::digest(&body)) == want;
+    let d = |k: &str| {
+        after
+            .get(k)
+            .unwrap_or(&0)
+            .saturating_sub(*before.get(k).unwrap_or(&0))
+    };
+    let (client_retransmits, client_timeouts, client_resets) = match client {
+        ClientCounters::Kernel => (
+            d("TcpRetransSegs"),
+            d("TcpExtTCPTimeouts"),
+            d("TcpEstabResets") + d("TcpExtTCPAbortOnData"),
+        ),
+        ClientCounters::Stack {
+            retransmits,
+            rtos,
+            reset,
+        } => (retransmits, rtos, u64::from(reset)),
+    };
+    let log = sniff::data_from(&frames, ip(DS), 80);
+    let mut handoffs = Vec::new();
+    let mut kept = Vec::new();
+    let mut bound = None;
+    for (from, e) in events {
+        match e {
+            NodeEvent::HandedOff {
+                mut report,
+                boundary_seq,
+                ..
+            } => {
+                report.client_gap_us = sniff::gap(&log, boundary_seq)
+                    .map(|g| (g.as_nanos() as f64 / 1000.0 * 1000.0).round() / 1000.0);
+                report.bytes_ok = Some(bytes_ok);
+                handoffs.push((boundary_seq, from, report));
+            }
+            NodeEvent::KeptHere { cause, .. } | NodeEvent::Failed { cause } => {
+                kept.push(format!("node {from}: {cause}"))
+            }
+            NodeEvent::Declined { cause } => kept.push(format!("node {from} declined: {cause}")),
+            NodeEvent::Bound { after, .. } => bound = Some(after),
+            _ => {}
+        }
+    }
+    let route = (!transparent).then(|| route_check(&frames, bound.is_some()));
+    if !transparent {
+        // The phase the donor cannot see: binding management (Binding Update to Binding
+        // Acknowledgement, measured at the acceptor after it activated).
+        for (_, _, r) in &mut handoffs {
+            if let Some(b) = bound {
+                r.set_phase(ds_handoff::Phase::BindingManagement, b);
+            }
+        }
+    }
+    // In sequence order (the boundaries increase along the download).
+    let base = log.first().map(|s| s.seq).unwrap_or(0);
+    handoffs.sort_by_key(|(b, _, _)| b.wrapping_sub(base));
+    // The retransmission counter cannot be split between handoffs; the first line carries
+    // the run's total, the others 0, so the lines sum to it.
+    let handoffs = handoffs
+        .into_iter()
+        .enumerate()
+        .map(|(k, (_, from, mut report))| {
+            report.client_retransmits = Some(if k == 0 { client_retransmits } else { 0 });
+            HandoffLine {
+                n: k as u32 + 1,
+                from,
+                report,
+            }
+        })
+        .collect();
+    Ok(Outcome {
+        handoffs,
+        kept,
+        bytes_ok,
+        bytes: body.len() as u64,
+        client_retransmits,
+        client_timeouts,
+        client_resets,
+        duplicate_segments: sniff::duplicates(&log),
+        forwarded_packets: forwarded,
+        seconds,
+        route,
+    })
+}
+
+/// What the client saw of one download.
+struct Measured {
+    client: Result<ClientCounters>,
+    before: std::collections::HashMap<String, u64>,
+    after: std::collections::HashMap<String, u64>,
+    frames: Vec<sniff::Frame>,
+    seconds: f64,
+}
+
+/// Run the client's download with the nodes up: its counters before and after, the capture on
+/// its link.
+fn measure(topo: &Topology, opts: &Options, got: &Path) -> Result<Measured> {
+    let before = tcp_counters(&topo.client)?;
+    // Capture on the bridge's port towards the client: both directions of its traffic.
+    let sniffer = topo.lan.try_run(|| sniff::Sniffer::start("lc"))??;
+    let t0 = Instant::now();
+    let client = if opts.mode == Mode::Transparent {
+        curl(&topo.client, opts, got)
+    } else {
+        stack_client(&topo.client, opts, got)
+    };
+    let seconds = t0.elapsed().as_secs_f64();
+    // Let the last handoff's reports and forwarding finish.
+    std::thread::sleep(Duration::from_millis(300));
+    let frames = sniffer.stop()?;
+    let after = tcp_counters(&topo.client)?;
+    Ok(Measured {
+        client,
+        before,
+        after,
+        frames,
+        seconds,
+    })
+}
+
+/// The nodes and the home agent as threads of this process (library calls, as a user's
+/// program makes them), around one measured download.
+#[allow(clippy::too_many_arguments)]
+fn in_threads(
+    topo: &Topology,
+    opts: &Options,
+    root: &Path,
+    quota: u64,
+    max: [u64; 2],
+    tag: &str,
+    got: &Path,
+) -> Result<(Measured, Vec<NodeOut>)> {
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|sc| -> Result<(Measured, Vec<NodeOut>)> {
         struct StopOnDrop<'a>(&'a AtomicBool);
         impl Drop for StopOnDrop<'_> {
             fn drop(&mut self) {
@@ -474,13 +633,13 @@ pub fn run(opts: &Options) -> Result<Outcome> {
         let transparent = opts.mode == Mode::Transparent;
         let ha = transparent.then(|| {
             let tx = tx.clone();
-            let (ha, stop, tag) = (&topo.ha, &stop, tag.as_str());
+            let (ha, stop) = (&topo.ha, &stop);
             sc.spawn(move || home_agent(ha, tag, stop, tx))
         });
         let mut nodes = Vec::new();
         for (i, (ns, max)) in topo.nodes.iter().zip(max).enumerate() {
             let tx = tx.clone();
-            let (stop, root) = (&stop, root.as_path());
+            let stop = &stop;
             nodes.push(sc.spawn(move || match opts.path.side(i) {
                 Side::User => node(ns, i, opts, root, quota, max, stop, tx),
                 Side::Kernel => kernel::node(ns, i, opts, root, quota, max, stop, tx),
@@ -492,121 +651,20 @@ pub fn run(opts: &Options) -> Result<Outcome> {
                 Err(_) => bail!("a node or the home agent did not start"),
             }
         }
-        let before = tcp_counters(&topo.client)?;
-        // Capture on the bridge's port towards the client: both directions of its traffic.
-        let sniffer = topo.lan.try_run(|| sniff::Sniffer::start("lc"))??;
-        let t0 = Instant::now();
-        let client = if transparent {
-            curl(&topo.client, opts, &got)
-        } else {
-            stack_client(&topo.client, opts, &got)
-        };
-        let seconds = t0.elapsed().as_secs_f64();
-        // Let the last handoff's reports and forwarding finish.
-        std::thread::sleep(Duration::from_millis(300));
-        let frames = sniffer.stop()?;
-        let after = tcp_counters(&topo.client)?;
+        let m = measure(topo, opts, got);
         stop.store(true, Ordering::Relaxed);
-        let mut events = Vec::new();
-        let mut forwarded = 0;
+        let mut outs = Vec::new();
         for n in nodes {
-            let o = n
-                .join()
-                .map_err(|_| anyhow::anyhow!("node thread panicked"))??;
-            events.extend(o.events);
-            forwarded += o.forwarded;
+            outs.push(
+                n.join()
+                    .map_err(|_| anyhow::anyhow!("node thread panicked"))??,
+            );
         }
         if let Some(ha) = ha {
             ha.join()
                 .map_err(|_| anyhow::anyhow!("home agent thread panicked"))??;
         }
-        let client = client?;
-        let body = std::fs::read(&got).context("reading the download")?;
-        let bytes_ok = <[u8; 32]>::from(Sha256::digest(&body)) == want;
-        let d = |k: &str| {
-            after
-                .get(k)
-                .unwrap_or(&0)
-                .saturating_sub(*before.get(k).unwrap_or(&0))
-        };
-        let (client_retransmits, client_timeouts, client_resets) = match client {
-            ClientCounters::Kernel => (
-                d("TcpRetransSegs"),
-                d("TcpExtTCPTimeouts"),
-                d("TcpEstabResets") + d("TcpExtTCPAbortOnData"),
-            ),
-            ClientCounters::Stack {
-                retransmits,
-                rtos,
-                reset,
-            } => (retransmits, rtos, u64::from(reset)),
-        };
-        let log = sniff::data_from(&frames, ip(DS), 80);
-        let mut handoffs = Vec::new();
-        let mut kept = Vec::new();
-        let mut bound = None;
-        for (from, e) in events {
-            match e {
-                NodeEvent::HandedOff {
-                    mut report,
-                    boundary_seq,
-                    ..
-                } => {
-                    report.client_gap_us = sniff::gap(&log, boundary_seq)
-                        .map(|g| (g.as_nanos() as f64 / 1000.0 * 1000.0).round() / 1000.0);
-                    report.bytes_ok = Some(bytes_ok);
-                    handoffs.push((boundary_seq, from, report));
-                }
-                NodeEvent::KeptHere { cause, .. } | NodeEvent::Failed { cause } => {
-                    kept.push(format!("node {from}: {cause}"))
-                }
-                NodeEvent::Declined { cause } => {
-                    kept.push(format!("node {from} declined: {cause}"))
-                }
-                NodeEvent::Bound { after, .. } => bound = Some(after),
-                _ => {}
-            }
-        }
-        let route = (!transparent).then(|| route_check(&frames, bound.is_some()));
-        if !transparent {
-            // The phase the donor cannot see: binding management (Binding Update to Binding
-            // Acknowledgement, measured at the acceptor after it activated).
-            for (_, _, r) in &mut handoffs {
-                if let Some(b) = bound {
-                    r.set_phase(ds_handoff::Phase::BindingManagement, b);
-                }
-            }
-        }
-        // In sequence order (the boundaries increase along the download).
-        let base = log.first().map(|s| s.seq).unwrap_or(0);
-        handoffs.sort_by_key(|(b, _, _)| b.wrapping_sub(base));
-        // The retransmission counter cannot be split between handoffs; the first line carries
-        // the run's total, the others 0, so the lines sum to it.
-        let handoffs = handoffs
-            .into_iter()
-            .enumerate()
-            .map(|(k, (_, from, mut report))| {
-                report.client_retransmits = Some(if k == 0 { client_retransmits } else { 0 });
-                HandoffLine {
-                    n: k as u32 + 1,
-                    from,
-                    report,
-                }
-            })
-            .collect();
-        Ok(Outcome {
-            handoffs,
-            kept,
-            bytes_ok,
-            bytes: body.len() as u64,
-            client_retransmits,
-            client_timeouts,
-            client_resets,
-            duplicate_segments: sniff::duplicates(&log),
-            forwarded_packets: forwarded,
-            seconds,
-            route,
-        })
+        Ok((m?, outs))
     })
 }
 

@@ -1,0 +1,333 @@
+//! `dsperf handoff --processes`: the same experiment with the nodes and the home agent as
+//! separate `dsnode` and `dsha` processes, started with the options an operator would give
+//! them (see `scripts/demo.sh`), their handoff reports read from their standard output.
+
+use super::{
+    ip, kernel, DrainChoice, NodeOut, Options, Side, Topology, COA, CTL, CTL_PORT, DS, HA, HA_PORT,
+    MAC, SECRET,
+};
+use anyhow::{anyhow, bail, Context, Result};
+use ds_apps::node::NodeEvent;
+use ds_handoff::{HandoffReport, Mode};
+use std::io::Write as _;
+use std::net::SocketAddrV6;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+/// Where the binaries are: `$DS_BIN_DIR`, or next to this program (or its parent directory,
+/// for a test binary in `target/<profile>/deps`).
+fn bin(name: &str) -> Result<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(d) = std::env::var_os("DS_BIN_DIR") {
+        dirs.push(PathBuf::from(d));
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(d) = exe.parent() {
+            dirs.push(d.to_path_buf());
+            if let Some(p) = d.parent() {
+                dirs.push(p.to_path_buf());
+            }
+        }
+    }
+    dirs.iter()
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            anyhow!(
+                "{name} not found in {dirs:?}: build it (cargo build -p ds-apps) or set DS_BIN_DIR"
+            )
+        })
+}
+
+/// One process, its output in files.
+struct Proc {
+    name: String,
+    child: Child,
+    out: PathBuf,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(
+        ns: &ds_testbed::Netns,
+        name: &str,
+        prog: &Path,
+        args: &[String],
+        dir: &Path,
+    ) -> Result<Proc> {
+        let out = dir.join(format!("{name}.out"));
+        let log = dir.join(format!("{name}.log"));
+        let child = ns
+            .command(&prog.to_string_lossy())
+            .args(args)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out)?)
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        Ok(Proc {
+            name: name.into(),
+            child,
+            out,
+            log,
+        })
+    }
+
+    fn tail(&self) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+
+    /// Wait until its log says `pattern` (it is up), at most 20 s.
+    fn ready(&mut self, pattern: &str) -> Result<()> {
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(20) {
+            if std::fs::read_to_string(&self.log).is_ok_and(|l| l.contains(pattern)) {
+                return Ok(());
+            }
+            if let Some(st) = self.child.try_wait()? {
+                bail!("{} exited early ({st}):\n{}", self.name, self.tail());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("{} not ready after 20 s:\n{}", self.name, self.tail())
+    }
+
+    /// SIGINT, then wait (SIGKILL after 5 s); its standard output. With `DSPERF_SHOW_LOGS`
+    /// set, its log goes to our standard error.
+    fn stop(mut self) -> Result<String> {
+        if std::env::var_os("DSPERF_SHOW_LOGS").is_some() {
+            eprintln!(
+                "== {} log\n{}",
+                self.name,
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+        let pid = libc::pid_t::try_from(self.child.id()).unwrap_or(0);
+        if pid > 0 {
+            // SAFETY: kill(2) on the pid of our own child, not yet reaped.
+            unsafe {
+                libc::kill(pid, libc::SIGINT);
+            }
+        }
+        let t = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait()? {
+                if !st.success() {
+                    tracing::warn!("{} exited with {st}:\n{}", self.name, self.tail());
+                }
+                break;
+            }
+            if t.elapsed() > Duration::from_secs(5) {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                bail!("{} did not stop on SIGINT:\n{}", self.name, self.tail());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(std::fs::read_to_string(&self.out)?)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The running processes: the home agent (transparent mode) and the two nodes.
+pub(super) struct Procs {
+    ha: Option<Proc>,
+    nodes: Vec<Proc>,
+}
+
+/// Start `dsha` (transparent mode) and the two `dsnode`s, each in its namespace, and wait
+/// until they serve.
+pub(super) fn start(
+    topo: &Topology,
+    opts: &Options,
+    root: &Path,
+    quota: u64,
+    max: [u64; 2],
+    tag: &str,
+    dir: &Path,
+) -> Result<Procs> {
+    let dsnode = bin("dsnode")?;
+    let dsha = bin("dsha")?;
+    let secret = dir.join("secret");
+    {
+        let mut f = std::fs::File::create(&secret)?;
+        f.write_all(SECRET)?;
+    }
+    // Kernel nodes' addresses and MACs first, before any process resolves its peer's (a
+    // MAC changed later would leave a stale neighbour entry behind).
+    for (i, ns) in topo.nodes.iter().enumerate() {
+        if opts.path.side(i) == Side::Kernel {
+            kernel::configure_addrs(ns, i).context("the kernel node's addresses")?;
+        }
+    }
+    let s = |x: &dyn std::fmt::Display| x.to_string();
+    let transparent = opts.mode == Mode::Transparent;
+    let ha = if transparent {
+        let args = vec![
+            s(&"xdp"),
+            s(&"--iface"),
+            s(&"h0"),
+            s(&"--addr"),
+            s(&HA),
+            s(&"--ds"),
+            s(&DS),
+            s(&"--bind"),
+            s(&COA[0]),
+            s(&"--control"),
+            s(&SocketAddrV6::new(ip(HA), HA_PORT, 0, 0)),
+            s(&"--secret-file"),
+            secret.display().to_string(),
+            s(&"--pin-dir"),
+            format!("/sys/fs/bpf/ds/dsperf-ha-{tag}"),
+            s(&"--json"),
+        ];
+        let mut p = Proc::spawn(&topo.ha, "dsha", &dsha, &args, dir)?;
+        p.ready("XDP home agent up")?;
+        Some(p)
+    } else {
+        None
+    };
+    let mut nodes = Vec::new();
+    for (i, ns) in topo.nodes.iter().enumerate() {
+        let side = opts.path.side(i);
+        let ro_away = opts.mode == Mode::Ro && i == 1;
+        let mut args = vec![
+            s(&"serve"),
+            s(&"--device"),
+            s(&match side {
+                Side::User => "afxdp",
+                Side::Kernel => "kernel",
+            }),
+            s(&"--iface"),
+            s(&"n0"),
+            s(&"--addr"),
+            s(&COA[i]),
+            s(&"--mac"),
+            MAC[i]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":"),
+            s(&"--port"),
+            s(&80),
+            s(&"--root"),
+            root.display().to_string(),
+            s(&"--control-listen"),
+            s(&SocketAddrV6::new(ip(CTL[i]), CTL_PORT, 0, 0)),
+            s(&"--peer"),
+            s(&SocketAddrV6::new(ip(CTL[1 - i]), CTL_PORT, 0, 0)),
+            s(&"--secret-file"),
+            secret.display().to_string(),
+            s(&"--max-handoffs"),
+            s(&max[i]),
+            s(&"--drain"),
+            s(&match opts.drain {
+                DrainChoice::Immediate => "immediate",
+                DrainChoice::Acked => "acked",
+            }),
+            s(&"--drain-deadline-ms"),
+            s(&opts.drain_deadline.as_millis()),
+            s(&"--reply-timeout-ms"),
+            s(&opts.reply_timeout.as_millis()),
+            s(&"--json"),
+        ];
+        if max[i] > 0 {
+            args.extend([s(&"--handoff-after"), s(&quota)]);
+        }
+        if !ro_away {
+            args.extend([s(&"--also-addr"), s(&DS)]);
+        }
+        if transparent {
+            args.extend([
+                s(&"--steering"),
+                s(&"transparent"),
+                s(&"--ha-control"),
+                s(&SocketAddrV6::new(ip(HA), HA_PORT, 0, 0)),
+            ]);
+        } else {
+            args.extend([s(&"--steering"), s(&"ro"), s(&"--home-addr"), s(&DS)]);
+        }
+        if let (1, Some(f)) = (i, opts.fault) {
+            args.extend([
+                s(&"--fault"),
+                s(&match f {
+                    ds_apps::node::AcceptorFault::Refuse => "refuse",
+                    ds_apps::node::AcceptorFault::Crash => "crash",
+                    ds_apps::node::AcceptorFault::Hang => "hang",
+                }),
+            ]);
+        }
+        let mut p = Proc::spawn(ns, &format!("dsnode{}", i + 1), &dsnode, &args, dir)?;
+        p.ready("serving http")?;
+        nodes.push(p);
+    }
+    Ok(Procs { ha, nodes })
+}
+
+impl Procs {
+    /// Stop everything; each node's handoff events and forwarded packets, from its output.
+    pub(super) fn stop(self) -> Result<Vec<NodeOut>> {
+        let mut outs = Vec::new();
+        for (i, p) in self.nodes.into_iter().enumerate() {
+            let out = p.stop()?;
+            outs.push(parse(i, &out)?);
+        }
+        if let Some(ha) = self.ha {
+            ha.stop()?;
+        }
+        Ok(outs)
+    }
+}
+
+/// A node's standard output: one JSON line per handoff it completed as the donor, one per
+/// binding acknowledged, and its statistics as the last line.
+fn parse(i: usize, out: &str) -> Result<NodeOut> {
+    let mut events = Vec::new();
+    let mut forwarded = 0;
+    for line in out.lines().filter(|l| l.starts_with('{')) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("node {}: {line}", i + 1))?;
+        let from = i as u8 + 1;
+        if v.get("phases_us").is_some() {
+            let report: HandoffReport = serde_json::from_value(v.clone())?;
+            let boundary_seq = v["boundary_seq"].as_u64().unwrap_or(0) as u32;
+            let client = v["client"]
+                .as_str()
+                .and_then(|c| c.parse().ok())
+                .ok_or_else(|| anyhow!("node {}: report without a client: {line}", i + 1))?;
+            events.push((
+                from,
+                NodeEvent::HandedOff {
+                    report,
+                    client,
+                    boundary_seq,
+                },
+            ));
+        } else if let Some(b) = v.get("bound") {
+            let client = b["client"].as_str().and_then(|c| c.parse().ok());
+            let after = Duration::from_nanos(b["after_ns"].as_u64().unwrap_or(0));
+            if let Some(client) = client {
+                events.push((from, NodeEvent::Bound { client, after }));
+            }
+        } else if let Some(h) = v.get("handoff") {
+            forwarded = h["forwarded_packets"].as_u64().unwrap_or(0);
+        }
+    }
+    Ok(NodeOut { events, forwarded })
+}
