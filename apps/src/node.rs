@@ -765,10 +765,10 @@ pub struct HandoffNode {
     service: String,
     max_handoffs: Option<u64>,
     mode: Mode,
-    /// This node's mobile role (route-optimised acceptor or contact node).
+    /// This node's mobile role (route-optimised mode, at home or away): it steers connections
+    /// that arrive (Binding Update, or deregistration at home) and gives the tickets that go
+    /// with connections that leave.
     role: Option<MobileRole>,
-    /// Route-optimised donor: the role whose home keygen token travels with connections.
-    home_role: Option<MobileRole>,
     /// Connections that reached their quota, waiting for their handoff.
     queue: VecDeque<TcpHandle>,
     /// Route-optimised donor: since when the connection at the head of the queue waits for
@@ -776,6 +776,8 @@ pub struct HandoffNode {
     ticket_wait: Option<Instant>,
     /// Cookie of the last home test (RFC 6275 §6.1.3).
     cookie: u64,
+    /// Route-optimised: connections leaving, by client, with the binding they had here.
+    leaving: std::collections::HashMap<Ipv6Addr, u16>,
 }
 
 impl HandoffNode {
@@ -785,7 +787,7 @@ impl HandoffNode {
         server.set_handoff_quota(if cfg.peer.is_some() { cfg.quota } else { None });
         let role = match &cfg.steering {
             Steering::RouteOptimised { role, .. } => Some(role.clone()),
-            _ => None,
+            _ => cfg.home_role.clone(),
         };
         Ok(HandoffNode {
             server,
@@ -794,10 +796,10 @@ impl HandoffNode {
             max_handoffs: cfg.max_handoffs,
             mode: cfg.mode,
             role,
-            home_role: cfg.home_role,
             queue: VecDeque::new(),
             ticket_wait: None,
             cookie: 0,
+            leaving: std::collections::HashMap::new(),
         })
     }
 
@@ -809,7 +811,7 @@ impl HandoffNode {
     /// Install this node's mobile role (route-optimised steering, at home or away) as the
     /// interface's mobility hook; nothing without one.
     pub fn install_mobility(&self, iface: &mut Interface) {
-        if let Some(r) = self.role.as_ref().or(self.home_role.as_ref()) {
+        if let Some(r) = &self.role {
             iface.set_mobility_hook(r.hook());
         }
     }
@@ -866,6 +868,20 @@ impl HandoffNode {
             };
             self.core.poll(mono, &mut host, &mut svc);
         }
+        if let Some(role) = &self.role {
+            // A connection that left: its new node speaks for the home address towards the
+            // client now; no refreshes of the binding it had here (RFC 6275 §11.7.2).
+            for e in &self.core.events {
+                if let NodeEvent::HandedOff { client, .. } | NodeEvent::KeptHere { client, .. } = e
+                {
+                    if let Some(seq) = self.leaving.remove(client.ip()) {
+                        if matches!(e, NodeEvent::HandedOff { .. }) {
+                            role.release(*client.ip(), seq);
+                        }
+                    }
+                }
+            }
+        }
         if !self.core.handing_off() {
             self.start_next(iface, now, mono);
         }
@@ -876,7 +892,7 @@ impl HandoffNode {
         let (Some((client, at)), Some(role)) = (self.core.bu_sent, &self.role) else {
             return;
         };
-        if role.is_bound(now) {
+        if role.acknowledged_for(now, client) {
             self.core.bu_sent = None;
             self.core.events.push(NodeEvent::Bound {
                 client,
@@ -892,14 +908,17 @@ impl HandoffNode {
                 self.server.resume(h);
                 continue;
             }
-            let ticket = match (&self.home_role, client) {
+            let ticket = match (&self.role, client) {
                 (Some(role), Some(c)) if self.mode == Mode::Ro => {
-                    match role.home_ticket(now, 1).filter(|t| t.cn == *c.ip()) {
+                    match role.ticket_for(now, *c.ip()) {
                         Some(t) => {
                             self.ticket_wait = None;
+                            if let Some(seq) = role.binding_sequence(*c.ip()) {
+                                self.leaving.insert(*c.ip(), seq);
+                            }
                             Some(postcard::to_allocvec(&t).unwrap_or_default())
                         }
-                        None => {
+                        None if role.is_at_home() => {
                             // No home keygen token for this correspondent yet: run the home test
                             // (RFC 6275 §5.2.5; the token lives for minutes, §5.2.7, so later
                             // handoffs of its connections need none) and wait for it, bounded.
@@ -914,6 +933,21 @@ impl HandoffNode {
                             }
                             self.ticket_wait = None;
                             tracing::warn!("no home keygen token for {c}: connection kept here");
+                            self.core.events.push(NodeEvent::KeptHere {
+                                client: c,
+                                cause: "no home keygen token (the home test did not answer)".into(),
+                            });
+                            self.server.resume(h);
+                            continue;
+                        }
+                        None => {
+                            // Away from home a node only has the token that came with the
+                            // connection; without it (expired) the connection stays.
+                            tracing::warn!("no home keygen ticket for {c}: connection kept here");
+                            self.core.events.push(NodeEvent::KeptHere {
+                                client: c,
+                                cause: "no home keygen ticket for the correspondent".into(),
+                            });
                             self.server.resume(h);
                             continue;
                         }

@@ -275,7 +275,10 @@ mod tests {
             extra.push(0);
             assert!(Message::decode(&extra).is_err());
         }
-        assert_eq!(Message::decode(&[2, 0]), Err(MsgError::Version(2)));
-        assert!(Message::decode(&[1, 200, 200, 200]).is_err());
+        // Another version (the next, or the previous one) is refused.
+        let next = PROTOCOL_VERSION + 1;
+        assert_eq!(Message::decode(&[next, 0]), Err(MsgError::Version(next)));
+        assert_eq!(Message::decode(&[1, 0]), Err(MsgError::Version(1)));
+        assert!(Message::decode(&[PROTOCOL_VERSION, 200, 200, 200]).is_err());
     }
 }

@@ -222,8 +222,9 @@ impl Host for UserHost<'_> {
         Ok(())
     }
 
-    fn has_care_of_token(&self, _client: Ipv6Addr) -> bool {
-        self.role.is_some_and(|r| r.has_care_of_token())
+    fn has_care_of_token(&self, client: Ipv6Addr) -> bool {
+        self.role
+            .is_some_and(|r| r.has_care_of_token_for(self.now, client))
     }
 
     fn bind(

@@ -485,8 +485,14 @@ impl MnBinding {
             options,
         );
         rr::sign_rr(&mut repr, &kbm, self.cfg.care_of, self.cfg.cn);
-        // §11.7.2: from the care-of address with a Home Address option.
-        let b = PacketBuilder::new(self.cfg.care_of, self.cfg.cn).with_hao(self.cfg.home);
+        // §11.7.2: from the care-of address with a Home Address option; a mobile node at home
+        // (care-of = home address, deregistering) sends from the home address without one
+        // (§11.5.4).
+        let b = if self.cfg.care_of == self.cfg.home {
+            PacketBuilder::new(self.cfg.home, self.cfg.cn)
+        } else {
+            PacketBuilder::new(self.cfg.care_of, self.cfg.cn).with_hao(self.cfg.home)
+        };
         Ok((
             Transmit {
                 src: self.cfg.care_of,

@@ -317,3 +317,84 @@ fn kernel_and_user_nodes_hand_back_and_forth() {
         assert_eq!(h.report.path, want);
     }
 }
+
+/// Twenty handoffs during one 1 MB download, checked as the issue asks: byte-exact, no client
+/// retransmission, one report per handoff with the seven phases and the right path.
+fn twenty(opts: Options, path: &str) {
+    let out = run(&Options {
+        count: 20,
+        path: path.parse().expect("path"),
+        ..opts
+    })
+    .expect("run");
+    let label = format!(
+        "{:?} {path} processes={}",
+        out.handoffs.first().map(|h| h.report.mode),
+        opts.processes
+    );
+    assert!(out.bytes_ok, "{label}: SHA-256 of the download");
+    assert_eq!(out.handoffs.len(), 20, "{label}: kept: {:?}", out.kept);
+    assert_eq!(out.client_retransmits, 0, "{label}: client retransmissions");
+    assert_eq!(out.client_resets, 0, "{label}");
+    for (k, h) in out.handoffs.iter().enumerate() {
+        let want = if k % 2 == 0 {
+            path.to_string()
+        } else {
+            let (a, b) = path.split_once("->").expect("path");
+            format!("{b}->{a}")
+        };
+        assert_eq!(h.report.path, want, "{label}: handoff {}", k + 1);
+        assert_eq!(h.report.phases_us.len(), 7);
+        assert!(h.report.phases_us[1] > 0.0, "{label}: state transfer timed");
+        assert!(h.report.state_bytes <= 96, "{label}: drained");
+    }
+    let walls: Vec<f64> = out.handoffs.iter().map(|h| h.report.wall_us).collect();
+    eprintln!("{label}: wall µs {walls:?}");
+}
+
+/// Every path as separate `dsnode`/`dsha` processes (the binaries of this workspace, built by
+/// `cargo test --workspace`), transparent mode, and route-optimised user->user.
+#[test]
+fn twenty_handoffs_as_processes_on_every_path() {
+    if !require_root("twenty_handoffs_as_processes_on_every_path") {
+        return;
+    }
+    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let procs = Options {
+        processes: true,
+        ..Options::default()
+    };
+    for path in [
+        "user->user",
+        "kernel->user",
+        "user->kernel",
+        "kernel->kernel",
+    ] {
+        twenty(procs.clone(), path);
+    }
+    twenty(
+        Options {
+            mode: ds_handoff::Mode::Ro,
+            ..procs
+        },
+        "user->user",
+    );
+}
+
+/// Route optimisation back and forth: node 1 (at home) hands to node 2 (Binding Update), node
+/// 2 hands back (node 1 deregisters the binding, RFC 6275 §11.5.4), and so on, 20 times; the
+/// sequence numbers travel in the tickets.
+#[test]
+fn route_optimised_twenty_handoffs_back_and_forth() {
+    if !require_root("route_optimised_twenty_handoffs_back_and_forth") {
+        return;
+    }
+    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    twenty(
+        Options {
+            mode: ds_handoff::Mode::Ro,
+            ..Options::default()
+        },
+        "user->user",
+    );
+}

@@ -16,19 +16,34 @@ use ds_mipv6::mn::{
     MnBindingConfig, MnError, MnEvent, TestInit,
 };
 use ds_mipv6::rr::TokenKind;
+use std::collections::BTreeMap;
 use std::net::Ipv6Addr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+/// What the role knows of one correspondent (RFC 6275 §11.1: one Binding Update List entry,
+/// and the return-routability state behind it).
 #[derive(Debug, Default)]
-struct State {
-    home: Option<Ipv6Addr>,
-    care_of: Option<Ipv6Addr>,
+struct Peer {
     home_test: Option<TestInit>,
     coa_test: Option<TestInit>,
     home_kg: Option<Keygen>,
     coa_kg: Option<Keygen>,
     binding: Option<MnBinding>,
+    /// The sequence number the next Binding Update towards it carries (§9.5.1: it must grow
+    /// across every node that speaks for the home address, so it travels in the tickets).
+    next_sequence: u16,
+}
+
+/// Correspondents served at once, at most (a bound on state kept per remote host).
+const MAX_PEERS: usize = 4096;
+
+#[derive(Debug, Default)]
+struct State {
+    home: Option<Ipv6Addr>,
+    care_of: Option<Ipv6Addr>,
+    /// Per correspondent, in address order (deterministic iteration).
+    peers: BTreeMap<Ipv6Addr, Peer>,
     events: Vec<MnEvent>,
     home_reg: Option<HomeRegistration>,
     home_reg_events: Vec<HomeRegEvent>,
@@ -37,6 +52,19 @@ struct State {
     wall: Option<(u64, Instant)>,
     /// Packets produced outside a hook call (start of tests, BU), sent at the next poll.
     outbox: Vec<Vec<u8>>,
+}
+
+impl State {
+    /// The entry of `cn`, created if there is room.
+    fn peer(&mut self, cn: Ipv6Addr) -> Option<&mut Peer> {
+        if !self.peers.contains_key(&cn) && self.peers.len() >= MAX_PEERS {
+            return None;
+        }
+        Some(self.peers.entry(cn).or_insert_with(|| Peer {
+            next_sequence: 1,
+            ..Default::default()
+        }))
+    }
 }
 
 /// A handle on the mobile role; clone it, give one to the interface
@@ -69,13 +97,19 @@ impl MobileRole {
         Box::new(self.clone())
     }
 
+    /// Whether this node serves the home address at home (the contact node).
+    pub fn is_at_home(&self) -> bool {
+        self.lock().care_of.is_none()
+    }
+
     /// Start the home test (HoTI from the home address) towards `cn`; sent at the next poll.
     /// RR may run before it is needed: tokens live for minutes (§5.2.7).
     pub fn start_home_test(&self, now: Instant, cn: Ipv6Addr, cookie: [u8; 8]) {
         let mut s = self.lock();
         let Some(home) = s.home else { return };
         let (t, tx) = TestInit::start(now, TokenKind::Home, home, cn, cookie);
-        s.home_test = Some(t);
+        let Some(p) = s.peer(cn) else { return };
+        p.home_test = Some(t);
         s.outbox.push(tx.packet);
     }
 
@@ -84,27 +118,65 @@ impl MobileRole {
         let mut s = self.lock();
         let Some(coa) = s.care_of else { return };
         let (t, tx) = TestInit::start(now, TokenKind::CareOf, coa, cn, cookie);
-        s.coa_test = Some(t);
+        let Some(p) = s.peer(cn) else { return };
+        p.coa_test = Some(t);
         s.outbox.push(tx.packet);
     }
 
-    /// The home keygen token as a ticket for the acceptor, once the home test completed;
-    /// `next_sequence` continues the Binding Update numbering towards this correspondent.
+    /// The home keygen token of the first correspondent whose home test completed, as a
+    /// ticket for the acceptor with `next_sequence` (see [`MobileRole::ticket_for`] for a
+    /// given correspondent, with the sequence number kept here).
     pub fn home_ticket(&self, now: Instant, next_sequence: u16) -> Option<HomeTicket> {
         let s = self.lock();
-        s.home_kg
-            .as_ref()
+        s.peers
+            .values()
+            .find_map(|p| p.home_kg.as_ref())
             .map(|k| HomeTicket::export(k, now, next_sequence))
     }
 
-    /// Whether the care-of test completed.
+    /// What another node needs to speak for the home address towards `cn` (RFC 6275 §5.2.5):
+    /// a fresh home keygen token — from this node's own home test, or the one that came with
+    /// the connection — and the next Binding Update sequence number.
+    pub fn ticket_for(&self, now: Instant, cn: Ipv6Addr) -> Option<HomeTicket> {
+        let s = self.lock();
+        let p = s.peers.get(&cn)?;
+        let own = p
+            .home_kg
+            .filter(|k| k.is_fresh(now))
+            .map(|k| HomeTicket::export(&k, now, p.next_sequence));
+        own.or_else(|| {
+            p.binding
+                .as_ref()
+                .and_then(|b| b.ticket(now))
+                .filter(|t| t.remaining > Duration::ZERO)
+                .map(|mut t| {
+                    t.next_sequence = next_after(t.next_sequence, p.next_sequence);
+                    t
+                })
+        })
+    }
+
+    /// Whether any care-of test completed.
     pub fn has_care_of_token(&self) -> bool {
-        self.lock().coa_kg.is_some()
+        self.lock().peers.values().any(|p| p.coa_kg.is_some())
+    }
+
+    /// Whether a Binding Update towards `cn` can be built: a care-of keygen token is at hand,
+    /// or the node is at home (deregistration needs the home token alone, §5.2.5).
+    pub fn has_care_of_token_for(&self, now: Instant, cn: Ipv6Addr) -> bool {
+        let s = self.lock();
+        s.care_of.is_none()
+            || s.peers
+                .get(&cn)
+                .and_then(|p| p.coa_kg)
+                .is_some_and(|k| k.is_fresh(now))
     }
 
     /// Create the binding towards `cn` from a home ticket and our care-of token, and send the
     /// Binding Update (retransmitted with back-off until acknowledged, §11.8). The whole home
-    /// address moves here.
+    /// address moves here. At home (no care-of address) it is the deregistration of a mobile
+    /// node returning home (§11.5.4): a Binding Update with lifetime 0 and the home address as
+    /// care-of address, authorised by the home token alone (§5.2.5).
     pub fn bind(
         &self,
         now: Instant,
@@ -128,9 +200,11 @@ impl MobileRole {
         flows: Option<(u16, Vec<FlowRequest>)>,
     ) -> Result<(), MnError> {
         let mut s = self.lock();
-        let (Some(home), Some(care_of)) = (s.home, s.care_of) else {
+        let Some(home) = s.home else {
             return Err(MnError::WrongToken);
         };
+        let at_home = s.care_of.is_none();
+        let care_of = s.care_of.unwrap_or(home);
         let cfg = MnBindingConfig {
             home,
             care_of,
@@ -139,26 +213,80 @@ impl MobileRole {
             bid: flows.as_ref().map(|f| f.0),
             flows: flows.map(|f| f.1).unwrap_or_default(),
         };
-        let mut b = MnBinding::from_ticket(cfg, ticket, now)?;
-        let kg = s.coa_kg.ok_or(MnError::WrongToken)?;
-        b.set_keygen(kg)?;
-        let bu = b.send_update(now)?;
+        let p = s.peer(cn).ok_or(MnError::WrongToken)?;
+        let mut t = *ticket;
+        t.next_sequence = next_after(ticket.next_sequence, p.next_sequence);
+        let mut b = MnBinding::from_ticket(cfg, &t, now)?;
+        let bu = if at_home {
+            b.send_delete(now)?
+        } else {
+            let kg = p.coa_kg.ok_or(MnError::WrongToken)?;
+            b.set_keygen(kg)?;
+            b.send_update(now)?
+        };
+        p.next_sequence = b.next_sequence();
+        p.binding = Some(b);
         s.outbox.push(bu.packet);
-        s.binding = Some(b);
         Ok(())
+    }
+
+    /// The next sequence number of the binding towards `cn`, if there is one (it names the
+    /// binding for [`MobileRole::release`]).
+    pub fn binding_sequence(&self, cn: Ipv6Addr) -> Option<u16> {
+        self.lock()
+            .peers
+            .get(&cn)
+            .and_then(|p| p.binding.as_ref())
+            .map(|b| b.next_sequence())
+    }
+
+    /// Forget the binding towards `cn` whose next sequence number is `seq` (its connection
+    /// left this node; the node that took it speaks for the home address now): no more
+    /// retransmissions or refreshes from here. A newer binding (the connection came back
+    /// meanwhile) stays.
+    pub fn release(&self, cn: Ipv6Addr, seq: u16) {
+        if let Some(p) = self.lock().peers.get_mut(&cn) {
+            if p.binding.as_ref().is_some_and(|b| b.next_sequence() == seq) {
+                if let Some(b) = p.binding.take() {
+                    p.next_sequence = next_after(b.next_sequence(), p.next_sequence);
+                }
+            }
+        }
     }
 
     /// Whether the correspondent acknowledged our binding and it has not expired.
     pub fn is_bound(&self, now: Instant) -> bool {
         self.lock()
-            .binding
-            .as_ref()
-            .is_some_and(|b| b.is_bound(now))
+            .peers
+            .values()
+            .any(|p| p.binding.as_ref().is_some_and(|b| b.is_bound(now)))
+    }
+
+    /// Whether the correspondent `cn` acknowledged our last Binding Update (a registration it
+    /// holds, or a deregistration it applied).
+    pub fn acknowledged_for(&self, now: Instant, cn: Ipv6Addr) -> bool {
+        self.lock()
+            .peers
+            .get(&cn)
+            .and_then(|p| p.binding.as_ref())
+            .is_some_and(|b| {
+                !b.is_waiting() && (b.is_bound(now) || b.config().care_of == b.config().home)
+            })
     }
 
     /// Events from Binding Acknowledgements so far (drained).
     pub fn take_events(&self) -> Vec<MnEvent> {
         std::mem::take(&mut self.lock().events)
+    }
+}
+
+/// The later of two sequence numbers in the 16-bit sequence space (RFC 6275 §9.5.1 compares
+/// modulo 2^16: `a` is later than `b` if `a - b` is below 2^15).
+fn next_after(a: u16, b: u16) -> u16 {
+    if a.wrapping_sub(b) < 0x8000 {
+        a
+    } else {
+        b
     }
 }
 
@@ -203,21 +331,25 @@ impl MobileRole {
 
 impl MobilityHook for MobileRole {
     fn on_mobility_header(&mut self, now: Instant, meta: MhMeta, mh: &[u8]) -> Vec<Vec<u8>> {
-        let mut s = self.lock();
+        let mut guard = self.lock();
+        let s = &mut *guard;
         let t = now;
-        if let Some(k) = s
-            .home_test
-            .as_mut()
-            .and_then(|x| x.on_mobility_header(t, meta, mh))
-        {
-            s.home_kg = Some(k);
-        }
-        if let Some(k) = s
-            .coa_test
-            .as_mut()
-            .and_then(|x| x.on_mobility_header(t, meta, mh))
-        {
-            s.coa_kg = Some(k);
+        // A HoT/CoT or a BA comes from the correspondent it is about.
+        if let Some(p) = s.peers.get_mut(&meta.src) {
+            if let Some(k) = p
+                .home_test
+                .as_mut()
+                .and_then(|x| x.on_mobility_header(t, meta, mh))
+            {
+                p.home_kg = Some(k);
+            }
+            if let Some(k) = p
+                .coa_test
+                .as_mut()
+                .and_then(|x| x.on_mobility_header(t, meta, mh))
+            {
+                p.coa_kg = Some(k);
+            }
         }
         let mut out = Vec::new();
         let wall = s.wall_at(now);
@@ -233,8 +365,9 @@ impl MobilityHook for MobileRole {
             out.extend(tx.map(|x| x.packet));
         }
         let ev = s
-            .binding
-            .as_mut()
+            .peers
+            .get_mut(&meta.src)
+            .and_then(|p| p.binding.as_mut())
             .map(|b| b.on_mobility_header(t, meta, mh));
         if let Some((ev, tx)) = ev {
             tracing::debug!(event = ?ev, "mobility header (mobile role)");
@@ -263,10 +396,14 @@ impl MobilityHook for MobileRole {
         &mut self,
         now: Instant,
         src: Ipv6Addr,
-        _dst: Ipv6Addr,
+        dst: Ipv6Addr,
     ) -> Option<Ipv6Addr> {
         let s = self.lock();
-        let bound = s.binding.as_ref().is_some_and(|b| b.is_bound(now));
+        let bound = s
+            .peers
+            .get(&dst)
+            .and_then(|p| p.binding.as_ref())
+            .is_some_and(|b| b.is_bound(now));
         if s.home == Some(src) && bound {
             s.care_of
         } else {
@@ -279,14 +416,16 @@ impl MobilityHook for MobileRole {
         let s = &mut *guard;
         let t = now;
         let mut out = std::mem::take(&mut s.outbox);
-        for test in [s.home_test.as_mut(), s.coa_test.as_mut()]
-            .into_iter()
-            .flatten()
-        {
-            out.extend(test.poll(t).map(|x| x.packet));
-        }
-        if let Some(b) = s.binding.as_mut() {
-            out.extend(b.poll(t).map(|x| x.packet));
+        for p in s.peers.values_mut() {
+            for test in [p.home_test.as_mut(), p.coa_test.as_mut()]
+                .into_iter()
+                .flatten()
+            {
+                out.extend(test.poll(t).map(|x| x.packet));
+            }
+            if let Some(b) = p.binding.as_mut() {
+                out.extend(b.poll(t).map(|x| x.packet));
+            }
         }
         let wall = s.wall_at(now);
         if let Some(r) = s.home_reg.as_mut() {
@@ -300,14 +439,17 @@ impl MobilityHook for MobileRole {
         if !s.outbox.is_empty() {
             return Some(Instant::ZERO);
         }
-        [
-            s.home_test.as_ref().and_then(|t| t.poll_at()),
-            s.coa_test.as_ref().and_then(|t| t.poll_at()),
-            s.binding.as_ref().and_then(|b| b.poll_at()),
-            s.home_reg.as_ref().and_then(|r| r.poll_at()),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        s.peers
+            .values()
+            .flat_map(|p| {
+                [
+                    p.home_test.as_ref().and_then(|t| t.poll_at()),
+                    p.coa_test.as_ref().and_then(|t| t.poll_at()),
+                    p.binding.as_ref().and_then(|b| b.poll_at()),
+                ]
+            })
+            .chain([s.home_reg.as_ref().and_then(|r| r.poll_at())])
+            .flatten()
+            .min()
     }
 }

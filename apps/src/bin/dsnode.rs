@@ -329,16 +329,19 @@ fn handoff_config(args: &ServeArgs) -> anyhow::Result<Option<HandoffConfig>> {
                 bail!("--steering ro needs the userspace stack (--device afxdp or tap)");
             }
             cfg.mode = ds_handoff::Mode::Ro;
-            if h.also_addr.contains(&home) {
-                // At home: the contact node; its home keygen tokens travel with connections.
-                cfg.home_role = Some(MobileRole::new(home, None));
-            } else {
+            // One role for both directions: it steers connections that arrive (a Binding
+            // Update away from home, a deregistration at home) and gives the home keygen
+            // ticket to connections that leave.
+            let at_home = h.also_addr.contains(&home);
+            let role = MobileRole::new(home, (!at_home).then_some(args.addr));
+            if !at_home {
                 cfg.takeover = ds_handoff::Takeover::HomeAddress;
-                cfg.steering = Steering::RouteOptimised {
-                    role: MobileRole::new(home, Some(args.addr)),
-                    lifetime: std::time::Duration::from_secs(120),
-                };
             }
+            cfg.home_role = Some(role.clone());
+            cfg.steering = Steering::RouteOptimised {
+                role,
+                lifetime: std::time::Duration::from_secs(120),
+            };
         }
     }
     Ok(Some(cfg))

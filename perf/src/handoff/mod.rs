@@ -396,14 +396,18 @@ fn node(
                     coa,
                 }
             }
-            Some(r) if i == 1 => {
-                hc.takeover = ds_handoff::Takeover::HomeAddress;
+            Some(r) => {
+                // Both nodes speak for the home address: node 1 at home (it deregisters when a
+                // connection comes back), node 2 away from home (Binding Updates).
+                if i == 1 {
+                    hc.takeover = ds_handoff::Takeover::HomeAddress;
+                }
                 hc.steering = Steering::RouteOptimised {
                     role: r.clone(),
                     lifetime: Duration::from_secs(120),
                 };
+                hc.home_role = Some(r.clone());
             }
-            Some(r) => hc.home_role = Some(r.clone()),
         }
         let mut node = HandoffNode::new(server, hc)?;
         node.install_mobility(&mut rt.iface);
@@ -436,11 +440,6 @@ fn node(
 pub fn run(opts: &Options) -> Result<Outcome> {
     if !crate::is_root() {
         bail!("dsperf handoff needs root (network namespaces, XDP, AF_XDP)");
-    }
-    if opts.mode == Mode::Ro && opts.count != 1 {
-        // Handing back would need the home test again at the acceptor (its home keygen token
-        // came from the contact node); one handoff is the experiment.
-        bail!("route-optimised mode runs exactly one handoff (--count 1)");
     }
     if opts.mode == Mode::Ro && opts.path.has_kernel() {
         bail!("kernel-path nodes run in transparent mode only");
@@ -510,7 +509,8 @@ pub fn run(opts: &Options) -> Result<Outcome> {
     let log = sniff::data_from(&frames, ip(DS), 80);
     let mut handoffs = Vec::new();
     let mut kept = Vec::new();
-    let mut bound = None;
+    // Binding acknowledgements per acceptor node, in order.
+    let mut bounds: [std::collections::VecDeque<Duration>; 2] = Default::default();
     for (from, e) in events {
         match e {
             NodeEvent::HandedOff {
@@ -527,23 +527,27 @@ pub fn run(opts: &Options) -> Result<Outcome> {
                 kept.push(format!("node {from}: {cause}"))
             }
             NodeEvent::Declined { cause } => kept.push(format!("node {from} declined: {cause}")),
-            NodeEvent::Bound { after, .. } => bound = Some(after),
+            NodeEvent::Bound { after, .. } => bounds[usize::from(from == 2)].push_back(after),
             _ => {}
         }
     }
-    let route = (!transparent).then(|| route_check(&frames, bound.is_some()));
+    let bound = bounds.iter().any(|b| !b.is_empty());
+    let route = (!transparent).then(|| route_check(&frames, bound));
+    // In sequence order (the boundaries increase along the download).
+    let base = log.first().map(|s| s.seq).unwrap_or(0);
+    handoffs.sort_by_key(|(b, _, _)| b.wrapping_sub(base));
     if !transparent {
         // The phase the donor cannot see: binding management (Binding Update to Binding
-        // Acknowledgement, measured at the acceptor after it activated).
-        for (_, _, r) in &mut handoffs {
-            if let Some(b) = bound {
+        // Acknowledgement, measured at the acceptor after it activated): the k-th handoff to
+        // a node pairs with that node's k-th acknowledgement.
+        for (_, from, r) in &mut handoffs {
+            // Node 1 hands to node 2 (index 1), node 2 to node 1 (index 0).
+            let acceptor = usize::from(*from == 1);
+            if let Some(b) = bounds[acceptor].pop_front() {
                 r.set_phase(ds_handoff::Phase::BindingManagement, b);
             }
         }
     }
-    // In sequence order (the boundaries increase along the download).
-    let base = log.first().map(|s| s.seq).unwrap_or(0);
-    handoffs.sort_by_key(|(b, _, _)| b.wrapping_sub(base));
     // The retransmission counter cannot be split between handoffs; the first line carries
     // the run's total, the others 0, so the lines sum to it.
     let handoffs = handoffs
