@@ -4,7 +4,8 @@
 //! message from the acceptor, [`Donor::channel_failed`] when the control channel broke — it
 //! drives the connection's [`Host`] and [`Service`] (passed per call) and queues messages for
 //! the acceptor ([`Donor::poll_transmit`]); [`Donor::poll_timeout`] says when to call again.
-//! No clock, socket or sleep inside: `now` is the caller's, the host times its own operations.
+//! It reads no clock and touches no socket: `now` is the caller's, and the host times its own
+//! operations.
 //!
 //! ```text
 //! start ─▶ Draining ─(acked | deadline | Immediate)─▶ freeze, Offer ─▶ Offered

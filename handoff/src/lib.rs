@@ -4,8 +4,9 @@
 //! * [`Donor`] and [`Acceptor`]: the handoff engine, state machines in quinn-proto's shape.
 //!   Fed `(now, input)`, they drive the connection's [`Host`] and the application's
 //!   [`Service`] (both passed per call), queue [`Message`]s for the caller to send, and say
-//!   when to call again. No clock, socket, sleep or blocking call inside; the caller's event
-//!   loop owns the sockets and the clock.
+//!   when to call again. They read no clock, touch no socket and make no timed wait or
+//!   blocking call; the caller's event loop owns the sockets (e.g. [`Channel`]s) and the
+//!   clock.
 //! * [`host`]: the [`Host`] trait (freeze, thaw dormant, activate, hold and forward packets,
 //!   route-optimisation steps) and the [`Service`] trait (export and adopt the application's
 //!   per-connection state). [`UserHost`] is the userspace stack's host; `ds-kernel` has the
@@ -24,13 +25,15 @@
 //! use ds_handoff::{Donor, DonorConfig, DonorOutcome, Drain, Host, Service, Message};
 //! use std::time::{Duration, Instant};
 //! # fn run<H: Host, S: Service<H::Conn>>(host: &mut H, svc: &mut S, conn: H::Conn,
-//! #     send: &mut dyn FnMut(Message), recv: &mut dyn FnMut() -> Option<Message>) {
+//! #     send: &mut dyn FnMut(Message), recv: &mut dyn FnMut() -> Option<Message>,
+//! #     clock: &dyn Fn() -> Instant) {
 //! let mut cfg = DonorConfig::new(1, "http");
 //! cfg.drain = Drain::UntilAcked { deadline: Duration::from_millis(100) };
-//! let Ok(mut donor) = Donor::start(Instant::now(), conn, cfg, host, svc) else { return };
+//! // `clock` is the event loop's: the monotonic clock in a node, simulated time in a test.
+//! let Ok(mut donor) = Donor::start(clock(), conn, cfg, host, svc) else { return };
 //! loop {
 //!     // ... the caller's loop: step the host, wait until donor.poll_timeout() or input ...
-//!     let now = Instant::now();
+//!     let now = clock();
 //!     while let Some(msg) = recv() {
 //!         donor.handle(now, msg, host, svc);
 //!     }

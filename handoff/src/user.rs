@@ -12,7 +12,7 @@ use ds_stack::{ConnState, Interface, TcpHandle};
 
 use crate::host::{Host, HostError, Takeover};
 
-/// A monotonic clock: `std::time::Instant::now` in a real node, simulated time in tests.
+/// A monotonic clock: the system's monotonic clock in a real node, simulated time in tests.
 pub type Clock = fn() -> std::time::Instant;
 
 /// A connection on the userspace stack.
