@@ -432,6 +432,9 @@ impl<C: std::fmt::Debug> Coordinator<C> {
         S: Service<C>,
     {
         self.accept_channels(now);
+        // What the acceptor writes to donors in this round leaves together when uncorked: an
+        // Accept and its Activated in one segment, so the donor wakes once for both.
+        self.cork_incoming(true);
         self.serve_incoming(now, host, svc);
         self.serve_home_agent(now, host, svc);
         // Twice: an Accept written in the first pass is activated in the second.
@@ -439,6 +442,7 @@ impl<C: std::fmt::Debug> Coordinator<C> {
             self.acceptor.poll(now, host, svc);
             self.transmit_acceptor(host);
         }
+        self.cork_incoming(false);
         self.acceptor_events();
         self.drive_donors(now, host, svc);
     }
@@ -473,6 +477,14 @@ impl<C: std::fmt::Debug> Coordinator<C> {
             c.chan.is_established() || now.saturating_duration_since(c.opened) < HANDSHAKE_TIMEOUT
         });
         self.stats.handshake_timeouts += (before - self.incoming.len()) as u64;
+    }
+
+    fn cork_incoming(&self, on: bool) {
+        for c in &self.incoming {
+            if let Err(e) = c.chan.set_cork(on) {
+                tracing::debug!("TCP_CORK on a control channel: {e}");
+            }
+        }
     }
 
     fn serve_incoming<H, S>(&mut self, now: Instant, host: &mut H, svc: &mut S)

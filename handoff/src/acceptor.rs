@@ -559,6 +559,7 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
                 let t5 = host.now();
                 let move_id = self.next_move;
                 self.next_move += 1;
+                tracing::debug!(conn_id = id, "flow move asked");
                 self.out.push_back((
                     Dest::HomeAgent,
                     Message::MoveFlow {
@@ -676,6 +677,7 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
         let t7e = host.now();
         times.activate_ns = ns(t7e.saturating_duration_since(t7));
         times.elapsed_ns = ns(t7e.saturating_duration_since(arrived_host));
+        tracing::debug!(conn_id, "activated");
         self.out
             .push_back((Dest::Donor(from), Message::Activated { conn_id, times }));
         let res = match app {

@@ -548,6 +548,14 @@ impl Channel {
         self.bytes_sent
     }
 
+    /// Hold written frames back until uncorked (`TCP_CORK`): frames written in between leave
+    /// in as few segments as possible, so a peer woken by the first reads them all at once
+    /// (an acceptor's Accept and Activated). Uncorking sends what is held at once.
+    pub fn set_cork(&self, on: bool) -> Result<(), ChannelError> {
+        socket2::SockRef::from(&self.stream).set_cork(on)?;
+        Ok(())
+    }
+
     /// The underlying stream (e.g. to read the peer address, or its fd to wait on).
     pub fn stream(&self) -> &TcpStream {
         &self.stream

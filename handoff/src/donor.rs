@@ -352,6 +352,7 @@ impl<C: std::fmt::Debug> Donor<C> {
         let Stage::Offered(mut f) = std::mem::replace(&mut self.stage, Stage::Done) else {
             return;
         };
+        tracing::debug!(conn_id = self.cfg.conn_id, ?msg, "reply");
         match (msg, f.accepted) {
             (Message::Refuse { reason, .. }, None) => {
                 self.resume(&f.state, HandoffError::Refused(reason), host, svc)
