@@ -1,0 +1,279 @@
+//! Frame emission: building Ethernet + IPv6 + upper-layer frames, neighbour resolution on the
+//! way out, and the transmit path.
+
+use super::*;
+
+/// Where frames go when the caller can take them at once.
+pub(super) type Emit<'a> = &'a mut dyn FnMut(&[u8]);
+
+impl Interface {
+    /// Hand every frame that is ready to `emit`.
+    pub fn transmit(&mut self, now: Instant, emit: &mut dyn FnMut(&[u8])) {
+        self.now = self.now.max(now);
+        while let Some(f) = self.ctrl.pop_front() {
+            emit(&f);
+            self.stats.tx_frames += 1;
+            self.recycle(f);
+        }
+        let dirty = std::mem::take(&mut self.dirty);
+        for &idx in &dirty {
+            self.slots[idx as usize].in_dirty = false;
+            if self.slots[idx as usize].tcb.is_none() {
+                continue;
+            }
+            self.drain_tcb(now, idx, emit);
+            self.after_tcb_event_quiet(idx);
+        }
+        if self.dirty.is_empty() {
+            // Reuse the allocation.
+            self.dirty = dirty;
+            self.dirty.clear();
+        }
+        while let Some(f) = self.ctrl.pop_front() {
+            emit(&f);
+            self.stats.tx_frames += 1;
+            self.recycle(f);
+        }
+    }
+
+    pub(super) fn recycle(&mut self, mut f: Vec<u8>) {
+        if self.pool.len() < 256 {
+            f.clear();
+            self.pool.push(f);
+        }
+    }
+
+    pub(super) fn buffer(&mut self) -> Vec<u8> {
+        self.pool
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(ETH_HDR + self.cfg.mtu))
+    }
+
+    pub(super) fn drain_tcb(&mut self, now: Instant, idx: u32, emit: &mut dyn FnMut(&[u8])) {
+        // Bound the burst per call so one connection cannot starve the others.
+        for _ in 0..256 {
+            let slot = &mut self.slots[idx as usize];
+            let Some(tcb) = slot.tcb.as_mut() else { return };
+            let Some(seg) = tcb.next_segment(now) else {
+                return;
+            };
+            let (local, remote) = (tcb.local, tcb.remote);
+            let mut buf = std::mem::take(&mut self.scratch);
+            {
+                let Some(tcb) = self.slots[idx as usize].tcb.as_ref() else {
+                    return;
+                };
+                let payload = tcb.payload(&seg);
+                build_tcp_frame(
+                    &mut buf,
+                    self.cfg.mac,
+                    self.cfg.hop_limit,
+                    &local,
+                    &remote,
+                    &seg,
+                    payload,
+                );
+            }
+            self.send_frame(now, buf, *remote.ip(), Some(emit));
+        }
+        self.mark_dirty(idx);
+    }
+
+    /// Fill in the destination MAC and send (or queue pending resolution). `buf` is returned
+    /// to the scratch slot.
+    pub(super) fn send_frame(
+        &mut self,
+        now: Instant,
+        mut buf: Vec<u8>,
+        dst: Ipv6Addr,
+        emit: Option<Emit<'_>>,
+    ) {
+        let dst = if self.cn.is_some() || self.hook.is_some() {
+            match self.mobility_out(now, &mut buf) {
+                MobilityOut::Unchanged => dst,
+                MobilityOut::Rewritten(d) => d,
+                MobilityOut::TooBig { peer, mtu } => {
+                    // The added header would push it past the link MTU: shrink the path MTU
+                    // so TCP re-segments (the dropped segment is resent, RFC 8201 §5.4).
+                    self.stats.pmtu_updates += 1;
+                    self.set_path_mtu(now, peer, mtu);
+                    buf.clear();
+                    self.scratch = buf;
+                    return;
+                }
+            }
+        } else {
+            dst
+        };
+        let hop = self.next_hop(&dst);
+        let mac = if hop.is_multicast() {
+            Some(multicast_mac(hop))
+        } else {
+            match self.nd.lookup(now, hop) {
+                Lookup::Ready(m) => Some(m),
+                Lookup::Pending(action) => {
+                    if let Some(a) = action {
+                        self.solicit(a);
+                    }
+                    None
+                }
+            }
+        };
+        match (mac, emit) {
+            (Some(m), Some(emit)) => {
+                buf[0..6].copy_from_slice(&m);
+                emit(&buf);
+                self.stats.tx_frames += 1;
+                buf.clear();
+                self.scratch = buf;
+            }
+            (Some(m), None) => {
+                buf[0..6].copy_from_slice(&m);
+                self.ctrl.push_back(buf);
+            }
+            (None, _) => {
+                let copy = buf.clone();
+                if !self.nd.enqueue(hop, copy) {
+                    self.stats.nd_drops += 1;
+                }
+                buf.clear();
+                self.scratch = buf;
+            }
+        }
+    }
+
+    /// Send a raw IPv6 packet (without link header), e.g. a Mobility Header message.
+    pub fn send_ipv6_packet(&mut self, now: Instant, pkt: &[u8]) {
+        let Ok(ip) = Ipv6Packet::new_checked(pkt) else {
+            return;
+        };
+        let dst = ip.dst_addr();
+        let mut buf = self.buffer();
+        buf.resize(ETH_HDR, 0);
+        EthernetRepr {
+            src_addr: EthernetAddress(self.cfg.mac),
+            dst_addr: EthernetAddress([0; 6]),
+            ethertype: EthernetProtocol::Ipv6,
+        }
+        .emit(&mut EthernetFrame::new_unchecked(&mut buf[..]));
+        buf.extend_from_slice(pkt);
+        self.send_frame(now, buf, dst, None);
+    }
+
+    pub(super) fn emit_tcp_ctrl(
+        &mut self,
+        now: Instant,
+        local: &SocketAddrV6,
+        remote: &SocketAddrV6,
+        s: &SegOut,
+    ) {
+        let mut buf = self.buffer();
+        build_tcp_frame(
+            &mut buf,
+            self.cfg.mac,
+            self.cfg.hop_limit,
+            local,
+            remote,
+            s,
+            (&[], &[]),
+        );
+        self.stats.tcp_tx_segments += 1;
+        self.send_frame(now, buf, *remote.ip(), None);
+    }
+}
+
+pub(super) fn build_ip_frame(
+    buf: &mut Vec<u8>,
+    mac: [u8; 6],
+    hop_limit: u8,
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    nh: u8,
+    payload_len: usize,
+) {
+    buf.clear();
+    buf.resize(ETH_HDR + IP6_HDR, 0);
+    EthernetRepr {
+        src_addr: EthernetAddress(mac),
+        dst_addr: EthernetAddress([0; 6]),
+        ethertype: EthernetProtocol::Ipv6,
+    }
+    .emit(&mut EthernetFrame::new_unchecked(&mut buf[..ETH_HDR]));
+    Ipv6Repr {
+        src_addr: src,
+        dst_addr: dst,
+        next_header: IpProtocol::from(nh),
+        payload_len,
+        hop_limit,
+    }
+    .emit(&mut Ipv6Packet::new_unchecked(&mut buf[ETH_HDR..]));
+}
+
+pub(super) fn build_icmp_frame(
+    buf: &mut Vec<u8>,
+    mac: [u8; 6],
+    hop_limit: u8,
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    repr: &Icmpv6Repr<'_>,
+) {
+    let len = repr.buffer_len();
+    build_ip_frame(buf, mac, hop_limit, src, dst, 58, len);
+    buf.resize(ETH_HDR + IP6_HDR + len, 0);
+    let mut p = Icmpv6Packet::new_unchecked(&mut buf[ETH_HDR + IP6_HDR..]);
+    repr.emit(&src, &dst, &mut p, &caps());
+}
+
+/// Build an Ethernet + IPv6 + TCP frame into `buf` (destination MAC left zero).
+pub(super) fn build_tcp_frame(
+    buf: &mut Vec<u8>,
+    mac: [u8; 6],
+    hop_limit: u8,
+    local: &SocketAddrV6,
+    remote: &SocketAddrV6,
+    s: &SegOut,
+    payload: (&[u8], &[u8]),
+) {
+    let plen = payload.0.len() + payload.1.len();
+    let control = if s.syn {
+        TcpControl::Syn
+    } else if s.rst {
+        TcpControl::Rst
+    } else if s.fin {
+        TcpControl::Fin
+    } else if s.psh {
+        TcpControl::Psh
+    } else {
+        TcpControl::None
+    };
+    let repr = TcpRepr {
+        src_port: local.port(),
+        dst_port: remote.port(),
+        control,
+        seq_number: TcpSeqNumber(s.seq as i32),
+        ack_number: s.ack.map(|a| TcpSeqNumber(a as i32)),
+        window_len: s.window,
+        window_scale: s.wscale,
+        max_seg_size: s.mss,
+        sack_permitted: s.sack_permitted,
+        sack_ranges: s.sack,
+        timestamp: s.ts.map(|(v, e)| TcpTimestampRepr::new(v, e)),
+        payload: &[],
+    };
+    let hlen = repr.header_len();
+    let tcp_len = hlen + plen;
+    build_ip_frame(buf, mac, hop_limit, *local.ip(), *remote.ip(), 6, tcp_len);
+    let start = ETH_HDR + IP6_HDR;
+    buf.resize(start + hlen, 0);
+    buf.extend_from_slice(payload.0);
+    buf.extend_from_slice(payload.1);
+    let src = IpAddress::Ipv6(*local.ip());
+    let dst = IpAddress::Ipv6(*remote.ip());
+    let mut p = TcpPacket::new_unchecked(&mut buf[start..]);
+    repr.emit(&mut p, &src, &dst, &ChecksumCapabilities::ignored());
+    // PSH alongside FIN (smoltcp's repr has one control value).
+    if s.fin && s.psh {
+        p.set_psh(true);
+    }
+    p.fill_checksum(&src, &dst);
+}

@@ -1,0 +1,144 @@
+//! Neighbour Discovery (RFC 4861): solicitations, advertisements, address resolution.
+
+use super::*;
+
+/// RFC 4291 §2.7.1 solicited-node multicast address.
+pub fn solicited_node(a: Ipv6Addr) -> Ipv6Addr {
+    let o = a.octets();
+    Ipv6Addr::new(
+        0xff02,
+        0,
+        0,
+        0,
+        0,
+        1,
+        0xff00 | u16::from(o[13]),
+        u16::from_be_bytes([o[14], o[15]]),
+    )
+}
+
+pub(super) const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+
+impl Interface {
+    /// Addresses we answer Neighbour Solicitations for (not home addresses served away
+    /// from home: another node owns those on the link).
+    pub(super) fn owns_on_link(&self, a: &Ipv6Addr) -> bool {
+        *a == self.link_local || self.cfg.addrs.contains(a) || self.proxied.contains(a)
+    }
+
+    pub(super) fn receive_ndisc(
+        &mut self,
+        now: Instant,
+        nd: NdiscRepr<'_>,
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        _src_mac: Option<[u8; 6]>,
+    ) {
+        match nd {
+            NdiscRepr::NeighborSolicit {
+                target_addr,
+                lladdr,
+            } => {
+                if !self.owns_on_link(&target_addr) {
+                    return;
+                }
+                let dad = src.is_unspecified();
+                if let (Some(ll), false) = (lladdr, dad) {
+                    if ll.len() == 6 {
+                        let mut mac = [0u8; 6];
+                        mac.copy_from_slice(ll.as_bytes());
+                        if let Some((m, q)) = self.nd.learn(now, src, mac, false, true, true) {
+                            self.release_queued(m, q);
+                        }
+                    }
+                }
+                let _ = dst;
+                // RFC 4861 §7.2.4: solicited NA with the override flag; to all-nodes for DAD.
+                let (to, flags) = if dad {
+                    (ALL_NODES, NdiscNeighborFlags::OVERRIDE)
+                } else {
+                    (
+                        src,
+                        NdiscNeighborFlags::SOLICITED | NdiscNeighborFlags::OVERRIDE,
+                    )
+                };
+                let na = Icmpv6Repr::Ndisc(NdiscRepr::NeighborAdvert {
+                    flags,
+                    target_addr,
+                    lladdr: Some(RawHardwareAddress::from(EthernetAddress(self.cfg.mac))),
+                });
+                self.send_icmp(now, target_addr, to, &na, Some(255));
+            }
+            NdiscRepr::NeighborAdvert {
+                flags,
+                target_addr,
+                lladdr,
+            } => {
+                let Some(ll) = lladdr else { return };
+                if ll.len() != 6 {
+                    return;
+                }
+                let mut mac = [0u8; 6];
+                mac.copy_from_slice(ll.as_bytes());
+                if let Some((m, q)) = self.nd.learn(
+                    now,
+                    target_addr,
+                    mac,
+                    flags.contains(NdiscNeighborFlags::SOLICITED),
+                    flags.contains(NdiscNeighborFlags::OVERRIDE),
+                    false,
+                ) {
+                    self.release_queued(m, q);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    pub(super) fn release_queued(&mut self, mac: [u8; 6], q: VecDeque<Vec<u8>>) {
+        for mut f in q {
+            f[0..6].copy_from_slice(&mac);
+            self.ctrl.push_back(f);
+        }
+    }
+
+    pub(super) fn solicit(&mut self, a: NdAction) {
+        let (target, to) = match a {
+            NdAction::SolicitMulticast(t) => (t, solicited_node(t)),
+            NdAction::SolicitUnicast(t, _) => (t, t),
+        };
+        let ns = Icmpv6Repr::Ndisc(NdiscRepr::NeighborSolicit {
+            target_addr: target,
+            lladdr: Some(RawHardwareAddress::from(EthernetAddress(self.cfg.mac))),
+        });
+        let src = self.source_for(&target);
+        let now = self.now;
+        match a {
+            NdAction::SolicitUnicast(_, mac) => {
+                let mut buf = self.buffer();
+                build_icmp_frame(&mut buf, self.cfg.mac, 255, src, to, &ns);
+                buf[0..6].copy_from_slice(&mac);
+                self.ctrl.push_back(buf);
+            }
+            NdAction::SolicitMulticast(_) => self.send_icmp(now, src, to, &ns, Some(255)),
+        }
+    }
+
+    /// Unsolicited Neighbour Advertisements with the override flag for all our addresses
+    /// (RFC 4861 §7.2.6), e.g. after taking an address over from another node.
+    pub fn announce(&mut self, now: Instant) {
+        self.now = self.now.max(now);
+        for a in self.cfg.addrs.clone() {
+            self.announce_one(now, a);
+        }
+    }
+
+    pub(super) fn announce_one(&mut self, now: Instant, a: Ipv6Addr) {
+        let na = Icmpv6Repr::Ndisc(NdiscRepr::NeighborAdvert {
+            flags: NdiscNeighborFlags::OVERRIDE,
+            target_addr: a,
+            lladdr: Some(RawHardwareAddress::from(EthernetAddress(self.cfg.mac))),
+        });
+        self.send_icmp(now, a, ALL_NODES, &na, Some(255));
+    }
+}

@@ -1,0 +1,703 @@
+//! TCP demultiplexing (RFC 9293 §3.10.7), the connection lifecycle around the TCBs, and the
+//! socket API, including freeze, hold and thaw for the handoff.
+
+use super::*;
+
+/// Packets held per frozen connection at most (about a 1.4 MB window of full segments).
+pub(super) const MAX_HELD: usize = 1024;
+
+/// (local addr, local port, remote addr, remote port).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) struct ConnKey(
+    pub(super) Ipv6Addr,
+    pub(super) u16,
+    pub(super) Ipv6Addr,
+    pub(super) u16,
+);
+
+impl ConnKey {
+    fn of(local: &SocketAddrV6, remote: &SocketAddrV6) -> Self {
+        ConnKey(*local.ip(), local.port(), *remote.ip(), remote.port())
+    }
+}
+
+#[derive(Debug)]
+pub(super) struct Slot {
+    pub(super) gen: u32,
+    pub(super) tcb: Option<Tcb>,
+    /// The application gave up the handle; free the slot when the connection is closed.
+    pub(super) released: bool,
+    pub(super) in_dirty: bool,
+    pub(super) in_ready: bool,
+    pub(super) armed: Option<Instant>,
+}
+
+#[derive(Debug)]
+pub(super) struct Listener {
+    pub(super) local: SocketAddrV6,
+    pub(super) backlog: usize,
+    pub(super) accept: VecDeque<u32>,
+    pub(super) embryonic: usize,
+    pub(super) cfg: TcpConfig,
+}
+
+impl Interface {
+    pub(super) fn arm(&mut self, idx: u32) {
+        let slot = &mut self.slots[idx as usize];
+        let Some(tcb) = slot.tcb.as_ref() else { return };
+        if let Some(t) = tcb.poll_at() {
+            if slot.armed.is_none_or(|a| t < a) {
+                slot.armed = Some(t);
+                self.timers.push(Reverse((t, idx, slot.gen)));
+            }
+        }
+    }
+
+    pub(super) fn mark_ready(&mut self, idx: u32) {
+        let slot = &mut self.slots[idx as usize];
+        if !slot.in_ready && !slot.released {
+            slot.in_ready = true;
+            self.ready.push(idx);
+        }
+    }
+
+    /// Connections that saw a network event (data, ACKs that freed send space, FIN, RST,
+    /// timeout) since the last call, appended to `out`. Lets an application with many
+    /// connections service only those instead of scanning all of them each step.
+    pub fn tcp_take_ready(&mut self, out: &mut Vec<TcpHandle>) {
+        for idx in self.ready.drain(..) {
+            let slot = &mut self.slots[idx as usize];
+            slot.in_ready = false;
+            if slot.tcb.is_some() && !slot.released {
+                out.push(TcpHandle { idx, gen: slot.gen });
+            }
+        }
+    }
+
+    pub(super) fn mark_dirty(&mut self, idx: u32) {
+        let slot = &mut self.slots[idx as usize];
+        if !slot.in_dirty {
+            slot.in_dirty = true;
+            self.dirty.push(idx);
+        }
+    }
+
+    /// Bookkeeping after anything touched a TCB: counters, timers, output, lifecycle.
+    pub(super) fn after_tcb_event(&mut self, idx: u32) {
+        self.after_tcb_event_inner(idx, true);
+    }
+
+    /// As [`Self::after_tcb_event`] but without queueing output (used right after draining).
+    pub(super) fn after_tcb_event_quiet(&mut self, idx: u32) {
+        self.after_tcb_event_inner(idx, false);
+    }
+
+    pub(super) fn after_tcb_event_inner(&mut self, idx: u32, output: bool) {
+        let slot = &mut self.slots[idx as usize];
+        let Some(tcb) = slot.tcb.as_mut() else { return };
+        let ev = tcb.take_events();
+        let state = tcb.state();
+        let wants = tcb.wants_output();
+        let listener = tcb.listener;
+        let key = ConnKey::of(&tcb.local, &tcb.remote);
+        self.stats.tcp_retransmits += ev.retransmits;
+        self.stats.tcp_rto += ev.rto;
+        self.stats.tcp_fast_recovery += ev.fast_recovery;
+        self.stats.tcp_challenge_acks += ev.challenge_acks;
+        self.stats.tcp_paws_rejected += ev.paws_rejected;
+        self.stats.tcp_zero_window_probes += ev.zero_window_probes;
+        self.stats.tcp_tx_segments += ev.segments_out;
+        self.stats.tcp_ooo_segments += ev.ooo_segments;
+        // An embryonic passive connection that completed the handshake joins the accept queue.
+        if let Some(l) = listener {
+            if state != TcpState::SynReceived {
+                if let Some(t) = self.slots[idx as usize].tcb.as_mut() {
+                    t.listener = None;
+                }
+                if let Some(Some(lst)) = self.listeners.get_mut(l) {
+                    lst.embryonic = lst.embryonic.saturating_sub(1);
+                    if state != TcpState::Closed {
+                        lst.accept.push_back(idx);
+                    } else {
+                        self.slots[idx as usize].released = true;
+                    }
+                } else {
+                    self.slots[idx as usize].released = true;
+                }
+            }
+        }
+        if wants && output {
+            self.mark_dirty(idx);
+        }
+        if state == TcpState::Closed {
+            if self.demux.get(&key) == Some(&idx) {
+                self.demux.remove(&key);
+            }
+            if !wants && self.slots[idx as usize].released {
+                self.free_slot(idx);
+                return;
+            }
+        }
+        self.arm(idx);
+    }
+
+    pub(super) fn free_slot(&mut self, idx: u32) {
+        let slot = &mut self.slots[idx as usize];
+        if let Some(t) = slot.tcb.take() {
+            let key = ConnKey::of(&t.local, &t.remote);
+            if self.demux.get(&key) == Some(&idx) {
+                self.demux.remove(&key);
+            }
+        }
+        slot.gen = slot.gen.wrapping_add(1);
+        slot.released = false;
+        slot.armed = None;
+        self.free.push(idx);
+    }
+
+    pub(super) fn receive_tcp(
+        &mut self,
+        now: Instant,
+        payload: &[u8],
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+    ) {
+        if dst.is_multicast() {
+            self.stats.rx_malformed += 1;
+            return;
+        }
+        let Ok(pkt) = TcpPacket::new_checked(payload) else {
+            self.stats.rx_malformed += 1;
+            return;
+        };
+        if !pkt.verify_checksum(&IpAddress::Ipv6(src), &IpAddress::Ipv6(dst)) {
+            self.stats.rx_bad_checksum += 1;
+            return;
+        }
+        let Ok(repr) = TcpRepr::parse(
+            &pkt,
+            &IpAddress::Ipv6(src),
+            &IpAddress::Ipv6(dst),
+            &ChecksumCapabilities::ignored(),
+        ) else {
+            self.stats.rx_malformed += 1;
+            return;
+        };
+        self.stats.tcp_rx_segments += 1;
+        let seg = SegIn {
+            seq: repr.seq_number.0 as u32,
+            ack: repr.ack_number.map(|a| a.0 as u32),
+            syn: repr.control == TcpControl::Syn,
+            fin: repr.control == TcpControl::Fin,
+            rst: repr.control == TcpControl::Rst,
+            window: repr.window_len,
+            mss: repr.max_seg_size,
+            wscale: repr.window_scale,
+            sack_permitted: repr.sack_permitted,
+            sack: repr.sack_ranges,
+            ts: repr.timestamp.map(|t| (t.tsval, t.tsecr)),
+            payload: repr.payload,
+        };
+        let key = ConnKey(dst, repr.dst_port, src, repr.src_port);
+        if let Some(&idx) = self.demux.get(&key) {
+            if let Some(t) = self.slots[idx as usize].tcb.as_mut() {
+                let before = t.snd_una;
+                t.on_segment(now, &seg);
+                if t.snd_una != before {
+                    self.nd.confirm(now, src);
+                }
+            }
+            self.mark_ready(idx);
+            self.after_tcb_event(idx);
+            return;
+        }
+        if let Some((_, held)) = self.frozen.get_mut(&key) {
+            // A frozen connection: never answered with RST; its packets are held for the node
+            // that thaws it (`tcp_take_held`), up to a bound.
+            if held.len() < MAX_HELD {
+                let mut pkt = Vec::with_capacity(IP6_HDR + payload.len());
+                pkt.extend_from_slice(&[0x60, 0, 0, 0]);
+                pkt.extend_from_slice(&(payload.len().min(65535) as u16).to_be_bytes());
+                pkt.extend_from_slice(&[6, 64]);
+                pkt.extend_from_slice(&src.octets());
+                pkt.extend_from_slice(&dst.octets());
+                pkt.extend_from_slice(payload);
+                held.push(pkt);
+                self.stats.tcp_held += 1;
+            } else {
+                self.stats.tcp_no_socket += 1;
+            }
+            return;
+        }
+        let listener = self
+            .listen_map
+            .get(&(dst, repr.dst_port))
+            .or_else(|| self.listen_map.get(&(Ipv6Addr::UNSPECIFIED, repr.dst_port)))
+            .copied();
+        if let Some(l) = listener {
+            if seg.syn && seg.ack.is_none() && !seg.rst {
+                self.accept_syn(now, l, &seg, dst, repr.dst_port, src, repr.src_port);
+                return;
+            }
+        }
+        self.stats.tcp_no_socket += 1;
+        tracing::debug!(
+            %src, sport = repr.src_port, %dst, dport = repr.dst_port, seq = seg.seq, ack = ?seg.ack,
+            syn = seg.syn, rst = seg.rst, len = seg.seg_len(),
+            "TCP segment for no connection"
+        );
+        if !seg.rst {
+            // RFC 9293 §3.10.7.1: answer segments for no connection with RST.
+            let (seq, ack) = match seg.ack {
+                Some(a) => (a, None),
+                None => (0, Some(seg.seq.wrapping_add(seg.seg_len()))),
+            };
+            let s = SegOut {
+                seq,
+                ack,
+                rst: true,
+                ..SegOut::default()
+            };
+            let local = SocketAddrV6::new(dst, repr.dst_port, 0, 0);
+            let remote = SocketAddrV6::new(src, repr.src_port, 0, 0);
+            self.emit_tcp_ctrl(now, &local, &remote, &s);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn accept_syn(
+        &mut self,
+        now: Instant,
+        l: u32,
+        seg: &SegIn<'_>,
+        dst: Ipv6Addr,
+        dport: u16,
+        src: Ipv6Addr,
+        sport: u16,
+    ) {
+        let Some(Some(lst)) = self.listeners.get(l as usize) else {
+            return;
+        };
+        if lst.accept.len() + lst.embryonic >= lst.backlog {
+            self.stats.tcp_backlog_drops += 1;
+            return;
+        }
+        let cfg = lst.cfg.clone();
+        let local = SocketAddrV6::new(dst, dport, 0, 0);
+        let remote = SocketAddrV6::new(src, sport, 0, 0);
+        let iss = self.isn.iss_for(now, &local, &remote);
+        let mss = self.mss_for(&dst, &src);
+        let mut tcb = Tcb::accept_syn(local, remote, cfg, iss, mss, now, seg);
+        tcb.listener = Some(l as usize);
+        if let Some(Some(lst)) = self.listeners.get_mut(l as usize) {
+            lst.embryonic += 1;
+        }
+        let idx = self.insert_tcb(tcb);
+        self.after_tcb_event(idx);
+    }
+
+    /// The MSS of a connection from `local` to `dst`, from the path MTU towards `dst`.
+    pub(super) fn mss_for(&self, local: &Ipv6Addr, dst: &Ipv6Addr) -> u32 {
+        let mtu = self.pmtu.get(dst).map(|p| p.0).unwrap_or(self.cfg.mtu);
+        self.mss_at(local, mtu)
+    }
+
+    /// The MSS for a path MTU: IPv6 and TCP headers off (options are subtracted when sending,
+    /// RFC 9293 §3.7.1), and, for a home address served away from home, the Home Address
+    /// option every segment carries (RFC 6275 §6.3, §11.3.1).
+    pub(super) fn mss_at(&self, local: &Ipv6Addr, mtu: usize) -> u32 {
+        let hao = if self.home_addrs.contains(local) {
+            MOBILITY_EXT_LEN
+        } else {
+            0
+        };
+        mtu.saturating_sub(IP6_HDR + 20 + hao) as u32
+    }
+
+    pub(super) fn insert_tcb(&mut self, tcb: Tcb) -> u32 {
+        let key = ConnKey::of(&tcb.local, &tcb.remote);
+        let idx = match self.free.pop() {
+            Some(i) => {
+                let s = &mut self.slots[i as usize];
+                s.tcb = Some(tcb);
+                s.released = false;
+                s.armed = None;
+                i
+            }
+            None => {
+                self.slots.push(Slot {
+                    gen: 0,
+                    tcb: Some(tcb),
+                    released: false,
+                    in_dirty: false,
+                    in_ready: false,
+                    armed: None,
+                });
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.demux.insert(key, idx);
+        idx
+    }
+
+    pub(super) fn tcb(&self, h: TcpHandle) -> Result<&Tcb, Error> {
+        let s = self.slots.get(h.idx as usize).ok_or(Error::InvalidHandle)?;
+        if s.gen != h.gen || s.released {
+            return Err(Error::InvalidHandle);
+        }
+        s.tcb.as_ref().ok_or(Error::InvalidHandle)
+    }
+
+    pub(super) fn tcb_mut(&mut self, h: TcpHandle) -> Result<&mut Tcb, Error> {
+        let s = self
+            .slots
+            .get_mut(h.idx as usize)
+            .ok_or(Error::InvalidHandle)?;
+        if s.gen != h.gen || s.released {
+            return Err(Error::InvalidHandle);
+        }
+        s.tcb.as_mut().ok_or(Error::InvalidHandle)
+    }
+
+    pub(super) fn handle(&self, idx: u32) -> TcpHandle {
+        TcpHandle {
+            idx,
+            gen: self.slots[idx as usize].gen,
+        }
+    }
+
+    /// Listen on `local` (unspecified address: all of ours) with the default TCP settings.
+    pub fn tcp_listen(
+        &mut self,
+        local: SocketAddrV6,
+        backlog: usize,
+    ) -> Result<ListenHandle, Error> {
+        let cfg = self.cfg.tcp.clone();
+        self.tcp_listen_with(local, backlog, cfg)
+    }
+
+    /// Listen with explicit TCP settings for accepted connections.
+    pub fn tcp_listen_with(
+        &mut self,
+        local: SocketAddrV6,
+        backlog: usize,
+        cfg: TcpConfig,
+    ) -> Result<ListenHandle, Error> {
+        if !local.ip().is_unspecified() && !self.is_ours(local.ip()) {
+            return Err(Error::AddrNotAvailable);
+        }
+        let key = (*local.ip(), local.port());
+        if self.listen_map.contains_key(&key) {
+            return Err(Error::AddrInUse);
+        }
+        let l = Listener {
+            local,
+            backlog: backlog.max(1),
+            accept: VecDeque::new(),
+            embryonic: 0,
+            cfg,
+        };
+        let idx = put_in_free_slot(&mut self.listeners, l);
+        self.listen_map.insert(key, idx as u32);
+        Ok(ListenHandle(idx as u32))
+    }
+
+    /// Stop listening. Connections not yet accepted are reset.
+    pub fn tcp_unlisten(&mut self, l: ListenHandle) {
+        if let Some(slot) = self.listeners.get_mut(l.0 as usize) {
+            if let Some(lst) = slot.take() {
+                self.listen_map.remove(&(*lst.local.ip(), lst.local.port()));
+                for idx in lst.accept {
+                    if let Some(t) = self.slots[idx as usize].tcb.as_mut() {
+                        t.abort();
+                    }
+                    self.slots[idx as usize].released = true;
+                    self.after_tcb_event(idx);
+                }
+            }
+        }
+    }
+
+    /// Take the next established connection from a listener's queue.
+    pub fn tcp_accept(&mut self, l: ListenHandle) -> Option<TcpHandle> {
+        let idx = self
+            .listeners
+            .get_mut(l.0 as usize)?
+            .as_mut()?
+            .accept
+            .pop_front()?;
+        Some(self.handle(idx))
+    }
+
+    /// Active open from `local` (port 0: ephemeral) to `remote` with the default settings.
+    pub fn tcp_connect(
+        &mut self,
+        now: Instant,
+        local: SocketAddrV6,
+        remote: SocketAddrV6,
+    ) -> Result<TcpHandle, Error> {
+        let cfg = self.cfg.tcp.clone();
+        self.tcp_connect_with(now, local, remote, cfg)
+    }
+
+    /// Active open with explicit settings.
+    pub fn tcp_connect_with(
+        &mut self,
+        now: Instant,
+        local: SocketAddrV6,
+        remote: SocketAddrV6,
+        cfg: TcpConfig,
+    ) -> Result<TcpHandle, Error> {
+        self.now = self.now.max(now);
+        let ip = if local.ip().is_unspecified() {
+            self.source_for(remote.ip())
+        } else {
+            *local.ip()
+        };
+        if !self.is_ours(&ip) {
+            return Err(Error::AddrNotAvailable);
+        }
+        let port = if local.port() == 0 {
+            self.ephemeral_port(&ip, &remote)?
+        } else {
+            local.port()
+        };
+        let local = SocketAddrV6::new(ip, port, 0, 0);
+        if self.demux.contains_key(&ConnKey::of(&local, &remote)) {
+            return Err(Error::AddrInUse);
+        }
+        let iss = self.isn.iss_for(now, &local, &remote);
+        let mss = self.mss_for(&ip, remote.ip());
+        let tcb = Tcb::connect(local, remote, cfg, iss, mss, now);
+        let idx = self.insert_tcb(tcb);
+        self.after_tcb_event(idx);
+        self.mark_dirty(idx);
+        Ok(self.handle(idx))
+    }
+
+    pub(super) fn ephemeral_port(
+        &mut self,
+        ip: &Ipv6Addr,
+        remote: &SocketAddrV6,
+    ) -> Result<u16, Error> {
+        for _ in 0..16384 {
+            let p = self.next_ephemeral;
+            self.next_ephemeral = if p == u16::MAX { 49152 } else { p + 1 };
+            let key = ConnKey(*ip, p, *remote.ip(), remote.port());
+            if !self.demux.contains_key(&key) && !self.frozen.contains_key(&key) {
+                return Ok(p);
+            }
+        }
+        Err(Error::NoPorts)
+    }
+
+    /// The connection's state (`None` for a stale handle).
+    pub fn tcp_state(&self, h: TcpHandle) -> Option<TcpState> {
+        self.tcb(h).ok().map(|t| t.state())
+    }
+
+    /// Local and remote endpoints.
+    pub fn tcp_endpoints(&self, h: TcpHandle) -> Option<(SocketAddrV6, SocketAddrV6)> {
+        self.tcb(h).ok().map(|t| (t.local, t.remote))
+    }
+
+    pub(super) fn check_error(t: &Tcb) -> Result<(), Error> {
+        match t.error {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
+    }
+
+    /// Queue data; returns the bytes accepted (0: the send buffer is full for now).
+    pub fn tcp_send(&mut self, h: TcpHandle, data: &[u8]) -> Result<usize, Error> {
+        let t = self.tcb_mut(h)?;
+        Self::check_error(t)?;
+        if !matches!(
+            t.state(),
+            TcpState::Established | TcpState::CloseWait | TcpState::SynSent | TcpState::SynReceived
+        ) || t.fin_queued
+        {
+            return Err(Error::InvalidState);
+        }
+        let n = t.send(data);
+        if n > 0 {
+            self.mark_dirty(h.idx);
+        }
+        Ok(n)
+    }
+
+    /// Room in the send buffer.
+    pub fn tcp_send_space(&self, h: TcpHandle) -> usize {
+        self.tcb(h).map(|t| t.send_space()).unwrap_or(0)
+    }
+
+    /// Bytes queued for sending and not yet acknowledged (0: drained).
+    pub fn tcp_send_queued(&self, h: TcpHandle) -> usize {
+        self.tcb(h).map(|t| t.send_queued()).unwrap_or(0)
+    }
+
+    /// Bytes ready to read.
+    pub fn tcp_recv_available(&self, h: TcpHandle) -> usize {
+        self.tcb(h).map(|t| t.recv_available()).unwrap_or(0)
+    }
+
+    /// Read data: `Ok(0)` when nothing is ready yet, `Err(Eof)` after the peer's FIN.
+    pub fn tcp_recv(&mut self, h: TcpHandle, buf: &mut [u8]) -> Result<usize, Error> {
+        let t = self.tcb_mut(h)?;
+        if t.recv_available() == 0 {
+            Self::check_error(t)?;
+            if t.at_eof() {
+                return Err(Error::Eof);
+            }
+            if matches!(t.state(), TcpState::Closed) {
+                return Err(Error::Eof);
+            }
+            return Ok(0);
+        }
+        let n = t.recv(buf);
+        if t.ack_now {
+            self.mark_dirty(h.idx);
+        }
+        Ok(n)
+    }
+
+    /// Close the sending side: a FIN follows the queued data.
+    pub fn tcp_close(&mut self, h: TcpHandle) -> Result<(), Error> {
+        let t = self.tcb_mut(h)?;
+        t.close();
+        self.after_tcb_event(h.idx);
+        self.mark_dirty(h.idx);
+        Ok(())
+    }
+
+    /// Abort with RST.
+    pub fn tcp_abort(&mut self, h: TcpHandle) -> Result<(), Error> {
+        let t = self.tcb_mut(h)?;
+        t.abort();
+        self.mark_dirty(h.idx);
+        Ok(())
+    }
+
+    /// Give the handle up. A connection the application closed finishes on its own; one still
+    /// open is aborted.
+    pub fn tcp_release(&mut self, h: TcpHandle) {
+        let Ok(t) = self.tcb_mut(h) else { return };
+        if !t.fin_queued && !matches!(t.state(), TcpState::Closed | TcpState::TimeWait) {
+            t.abort();
+        }
+        self.slots[h.idx as usize].released = true;
+        self.mark_dirty(h.idx);
+        self.after_tcb_event(h.idx);
+    }
+
+    /// Solicit an immediate ACK from the peer for everything sent (see the probe in RFC 9293
+    /// §3.8.4): a drain before a handoff then ends one round trip after the last segment,
+    /// not after the peer's delayed-ACK timer. `Ok(false)` while data is still unsent (ask
+    /// again later) or nothing is unacknowledged.
+    pub fn tcp_solicit_ack(&mut self, h: TcpHandle) -> Result<bool, Error> {
+        let queued = self.tcb_mut(h)?.solicit_ack();
+        if queued {
+            self.after_tcb_event(h.idx);
+            self.mark_dirty(h.idx);
+        }
+        Ok(queued)
+    }
+
+    /// Configure Nagle on a connection.
+    pub fn tcp_set_nodelay(&mut self, h: TcpHandle, nodelay: bool) -> Result<(), Error> {
+        self.tcb_mut(h)?.cfg.nagle = !nodelay;
+        Ok(())
+    }
+
+    /// Freeze: stop the connection (no more output, no timers) and return its state. Its
+    /// packets arriving afterwards are dropped silently (not reset) until [`Self::tcp_thaw`]
+    /// brings it back here or [`Self::tcp_forget_frozen`] is called.
+    pub fn tcp_freeze(&mut self, now: Instant, h: TcpHandle) -> Result<ConnState, Error> {
+        let t = self.tcb(h)?;
+        let state = t.to_state(now).ok_or(Error::InvalidState)?;
+        let key = ConnKey::of(&t.local, &t.remote);
+        self.frozen.insert(key, (now, Vec::new()));
+        let slot = &mut self.slots[h.idx as usize];
+        slot.tcb = None;
+        self.demux.remove(&key);
+        self.free_slot(h.idx);
+        Ok(state)
+    }
+
+    /// Stop holding off packets of a frozen connection (it now lives elsewhere). Returns the
+    /// packets still held.
+    pub fn tcp_forget_frozen(&mut self, local: SocketAddrV6, remote: SocketAddrV6) -> Vec<Vec<u8>> {
+        self.frozen
+            .remove(&ConnKey::of(&local, &remote))
+            .map(|f| f.1)
+            .unwrap_or_default()
+    }
+
+    /// Take the packets that reached a frozen connection since its freeze (IPv6 packets, TCP
+    /// inside, checksums valid for their addresses). Forward them to the node that thawed it,
+    /// which feeds them to [`Interface::receive_ipv6`]: the handoff gap then costs the client
+    /// no retransmission.
+    pub fn tcp_take_held(&mut self, local: SocketAddrV6, remote: SocketAddrV6) -> Vec<Vec<u8>> {
+        self.frozen
+            .get_mut(&ConnKey::of(&local, &remote))
+            .map(|f| std::mem::take(&mut f.1))
+            .unwrap_or_default()
+    }
+
+    /// Reserve the connection `local` ↔ `remote` for a thaw to come: its packets are held
+    /// from now on (as a frozen connection's, [`Self::tcp_take_held`]) until
+    /// [`Self::tcp_thaw`] or [`Self::tcp_forget_frozen`]. Fails when the local address is not
+    /// ours or a live connection has these ends; a connection frozen here stays held.
+    pub fn tcp_hold(
+        &mut self,
+        now: Instant,
+        local: SocketAddrV6,
+        remote: SocketAddrV6,
+    ) -> Result<(), Error> {
+        if !self.is_ours(local.ip()) {
+            return Err(Error::AddrNotAvailable);
+        }
+        let key = ConnKey::of(&local, &remote);
+        if self.demux.contains_key(&key) {
+            return Err(Error::AddrInUse);
+        }
+        self.frozen.entry(key).or_insert_with(|| (now, Vec::new()));
+        Ok(())
+    }
+
+    /// Resume a frozen connection on this interface. The local address must be ours.
+    pub fn tcp_thaw(&mut self, now: Instant, state: &ConnState) -> Result<TcpHandle, Error> {
+        self.now = self.now.max(now);
+        state.validate()?;
+        let local = state.local();
+        let remote = state.remote();
+        if !self.is_ours(local.ip()) {
+            return Err(Error::AddrNotAvailable);
+        }
+        let key = ConnKey::of(&local, &remote);
+        if self.demux.contains_key(&key) {
+            return Err(Error::AddrInUse);
+        }
+        self.frozen.remove(&key);
+        let mut tcb = Tcb::from_state(state, &self.cfg.tcp, now);
+        let mss = self.mss_for(local.ip(), remote.ip());
+        if mss < tcb.snd_mss {
+            tcb.snd_mss = mss;
+        }
+        let idx = self.insert_tcb(tcb);
+        self.after_tcb_event(idx);
+        self.mark_dirty(idx);
+        Ok(self.handle(idx))
+    }
+
+    /// Number of live connections (any state but closed-and-released).
+    pub fn tcp_connection_count(&self) -> usize {
+        self.demux.len()
+    }
+}
+
+impl IsnGenerator {
+    fn iss_for(&self, now: Instant, local: &SocketAddrV6, remote: &SocketAddrV6) -> u32 {
+        self.isn(now, local, remote)
+    }
+}

@@ -1,0 +1,188 @@
+//! UDP (RFC 768) sockets.
+
+use super::*;
+
+impl Interface {
+    pub(super) fn receive_udp(
+        &mut self,
+        now: Instant,
+        payload: &[u8],
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        whole: &[u8],
+    ) {
+        let Ok(pkt) = UdpPacket::new_checked(payload) else {
+            self.stats.rx_malformed += 1;
+            return;
+        };
+        let Ok(repr) = UdpRepr::parse(&pkt, &IpAddress::Ipv6(src), &IpAddress::Ipv6(dst), &caps())
+        else {
+            self.stats.rx_bad_checksum += 1;
+            return;
+        };
+        let sock = self
+            .udp_map
+            .get(&repr.dst_port)
+            .copied()
+            .and_then(|i| self.udp.get_mut(i as usize))
+            .and_then(|s| s.as_mut());
+        match sock {
+            Some(s) if s.local.ip().is_unspecified() || *s.local.ip() == dst => {
+                if s.rx.len() >= UDP_QUEUE {
+                    self.stats.udp_drops += 1;
+                    return;
+                }
+                s.rx.push_back((
+                    SocketAddrV6::new(src, repr.src_port, 0, 0),
+                    pkt.payload().to_vec(),
+                ));
+                self.stats.udp_rx += 1;
+            }
+            _ => {
+                self.stats.udp_drops += 1;
+                if !dst.is_multicast() {
+                    // RFC 4443 §3.1 code 4: port unreachable.
+                    self.icmp_error(now, whole, 1, 4, 0);
+                }
+            }
+        }
+    }
+
+    /// Bind a UDP socket (unspecified address: all of ours).
+    pub fn udp_bind(&mut self, local: SocketAddrV6) -> Result<UdpHandle, Error> {
+        if !local.ip().is_unspecified() && !self.is_ours(local.ip()) {
+            return Err(Error::AddrNotAvailable);
+        }
+        if local.port() == 0 {
+            return Err(Error::AddrNotAvailable);
+        }
+        if self.udp_map.contains_key(&local.port()) {
+            return Err(Error::AddrInUse);
+        }
+        let s = UdpSocket {
+            local,
+            rx: VecDeque::new(),
+        };
+        let idx = put_in_free_slot(&mut self.udp, s);
+        self.udp_map.insert(local.port(), idx as u32);
+        Ok(UdpHandle(idx as u32))
+    }
+
+    /// Close a UDP socket.
+    pub fn udp_close(&mut self, h: UdpHandle) {
+        if let Some(slot) = self.udp.get_mut(h.0 as usize) {
+            if let Some(s) = slot.take() {
+                self.udp_map.remove(&s.local.port());
+            }
+        }
+    }
+
+    /// Next received datagram: (length copied, source).
+    pub fn udp_recv_from(
+        &mut self,
+        h: UdpHandle,
+        buf: &mut [u8],
+    ) -> Result<Option<(usize, SocketAddrV6)>, Error> {
+        let s = self
+            .udp
+            .get_mut(h.0 as usize)
+            .and_then(|s| s.as_mut())
+            .ok_or(Error::InvalidHandle)?;
+        Ok(s.rx.pop_front().map(|(from, d)| {
+            let n = d.len().min(buf.len());
+            buf[..n].copy_from_slice(&d[..n]);
+            (n, from)
+        }))
+    }
+
+    /// Send a datagram, fragmenting it (RFC 8200 §4.5) when it exceeds the path MTU.
+    pub fn udp_send_to(
+        &mut self,
+        now: Instant,
+        h: UdpHandle,
+        data: &[u8],
+        dst: SocketAddrV6,
+    ) -> Result<(), Error> {
+        self.now = self.now.max(now);
+        let s = self
+            .udp
+            .get(h.0 as usize)
+            .and_then(|s| s.as_ref())
+            .ok_or(Error::InvalidHandle)?;
+        let src = if s.local.ip().is_unspecified() {
+            self.source_for(dst.ip())
+        } else {
+            *s.local.ip()
+        };
+        let sport = s.local.port();
+        let udp_len = 8 + data.len();
+        if udp_len > 65535 {
+            return Err(Error::TooLarge);
+        }
+        let mut dgram = vec![0u8; udp_len];
+        {
+            let mut p = UdpPacket::new_unchecked(&mut dgram[..]);
+            UdpRepr {
+                src_port: sport,
+                dst_port: dst.port(),
+            }
+            .emit(
+                &mut p,
+                &IpAddress::Ipv6(src),
+                &IpAddress::Ipv6(*dst.ip()),
+                data.len(),
+                |b| b.copy_from_slice(data),
+                &caps(),
+            );
+        }
+        let mtu = self
+            .pmtu
+            .get(dst.ip())
+            .filter(|p| now - p.1 < PMTU_AGE)
+            .map(|p| p.0)
+            .unwrap_or(self.cfg.mtu);
+        if IP6_HDR + udp_len <= mtu {
+            let mut buf = self.buffer();
+            build_ip_frame(
+                &mut buf,
+                self.cfg.mac,
+                self.cfg.hop_limit,
+                src,
+                *dst.ip(),
+                17,
+                udp_len,
+            );
+            buf.extend_from_slice(&dgram);
+            self.send_frame(now, buf, *dst.ip(), None);
+            return Ok(());
+        }
+        // Fragment: each fragment's data a multiple of 8 except the last.
+        self.frag_ident = self.frag_ident.wrapping_add(1);
+        let ident = self.frag_ident;
+        let per = (mtu - IP6_HDR - 8) & !7;
+        let mut off = 0;
+        while off < dgram.len() {
+            let len = per.min(dgram.len() - off);
+            let more = off + len < dgram.len();
+            let mut buf = self.buffer();
+            build_ip_frame(
+                &mut buf,
+                self.cfg.mac,
+                self.cfg.hop_limit,
+                src,
+                *dst.ip(),
+                44,
+                8 + len,
+            );
+            buf.push(17);
+            buf.push(0);
+            let fo = (off as u16) | u16::from(more);
+            buf.extend_from_slice(&fo.to_be_bytes());
+            buf.extend_from_slice(&ident.to_be_bytes());
+            buf.extend_from_slice(&dgram[off..off + len]);
+            self.send_frame(now, buf, *dst.ip(), None);
+            off += len;
+        }
+        Ok(())
+    }
+}
