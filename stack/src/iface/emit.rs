@@ -15,20 +15,15 @@ impl Interface {
             self.stats.tx_frames += 1;
             self.recycle(f);
         }
-        let dirty = std::mem::take(&mut self.dirty);
+        let dirty = self.conns.take_dirty();
         for &idx in &dirty {
-            self.slots[idx as usize].in_dirty = false;
-            if self.slots[idx as usize].tcb.is_none() {
+            if !self.conns.start_drain(idx) {
                 continue;
             }
             self.drain_tcb(now, idx, emit);
             self.after_tcb_event_quiet(idx);
         }
-        if self.dirty.is_empty() {
-            // Reuse the allocation.
-            self.dirty = dirty;
-            self.dirty.clear();
-        }
+        self.conns.recycle_dirty(dirty);
         while let Some(f) = self.ctrl.pop_front() {
             emit(&f);
             self.stats.tx_frames += 1;
@@ -52,15 +47,16 @@ impl Interface {
     pub(super) fn drain_tcb(&mut self, now: Instant, idx: u32, emit: &mut dyn FnMut(&[u8])) {
         // Bound the burst per call so one connection cannot starve the others.
         for _ in 0..256 {
-            let slot = &mut self.slots[idx as usize];
-            let Some(tcb) = slot.tcb.as_mut() else { return };
+            let Some(tcb) = self.conns.get_mut(idx) else {
+                return;
+            };
             let Some(seg) = tcb.next_segment(now) else {
                 return;
             };
             let (local, remote) = (tcb.local, tcb.remote);
             let mut buf = std::mem::take(&mut self.scratch);
             {
-                let Some(tcb) = self.slots[idx as usize].tcb.as_ref() else {
+                let Some(tcb) = self.conns.get(idx) else {
                     return;
                 };
                 let payload = tcb.payload(&seg);
@@ -76,7 +72,7 @@ impl Interface {
             }
             self.send_frame(now, buf, *remote.ip(), Some(emit));
         }
-        self.mark_dirty(idx);
+        self.conns.mark_dirty(idx);
     }
 
     /// Fill in the destination MAC and send (or queue pending resolution). `buf` is returned

@@ -1,5 +1,6 @@
 //! ICMPv6 (RFC 4443): echo, errors received and errors sent.
 
+use super::conn_table::ConnKey;
 use super::*;
 
 impl Interface {
@@ -72,11 +73,11 @@ impl Interface {
                 let dport = u16::from_be_bytes([data[2], data[3]]);
                 let seq = u32::from_be_bytes([data[4], data[5], data[6], data[7]]);
                 let key = ConnKey(header.src_addr, sport, header.dst_addr, dport);
-                if let (true, Some(&idx)) = (hard, self.demux.get(&key)) {
-                    if let Some(t) = self.slots[idx as usize].tcb.as_mut() {
+                if let (true, Some(idx)) = (hard, self.conns.lookup(&key)) {
+                    if let Some(t) = self.conns.get_mut(idx) {
                         t.on_hard_icmp_error(seq);
                     }
-                    self.mark_ready(idx);
+                    self.conns.mark_ready(idx);
                     self.after_tcb_event(idx);
                 }
             }

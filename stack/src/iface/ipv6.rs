@@ -329,16 +329,10 @@ impl Interface {
     pub fn set_path_mtu(&mut self, now: Instant, dst: Ipv6Addr, mtu: usize) {
         let mtu = mtu.clamp(MIN_MTU, self.cfg.mtu);
         self.pmtu.insert(dst, (mtu, now));
-        let idxs: Vec<u32> = self
-            .demux
-            .iter()
-            .filter(|(k, _)| k.2 == dst)
-            .map(|(_, v)| *v)
-            .collect();
-        for idx in idxs {
-            let local = self.slots[idx as usize].tcb.as_ref().map(|t| *t.local.ip());
+        for idx in self.conns.to_remote(dst) {
+            let local = self.conns.get(idx).map(|t| *t.local.ip());
             let mss = local.map(|l| self.mss_at(&l, mtu));
-            if let (Some(t), Some(mss)) = (self.slots[idx as usize].tcb.as_mut(), mss) {
+            if let (Some(t), Some(mss)) = (self.conns.get_mut(idx), mss) {
                 t.on_path_mtu(mss);
             }
             self.after_tcb_event(idx);

@@ -20,10 +20,11 @@ use smoltcp::wire::{
     IpAddress, IpProtocol, Ipv6Packet, Ipv6Repr, NdiscNeighborFlags, NdiscRepr, RawHardwareAddress,
     TcpControl, TcpPacket, TcpRepr, TcpSeqNumber, TcpTimestampRepr, UdpPacket, UdpRepr,
 };
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+
+use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv6Addr, SocketAddrV6};
 
+mod conn_table;
 mod emit;
 mod ethernet;
 mod icmpv6;
@@ -33,6 +34,7 @@ mod ndisc;
 mod tcp;
 mod udp;
 
+use conn_table::ConnTable;
 use emit::*;
 use ethernet::*;
 use mobility::*;
@@ -161,17 +163,11 @@ pub struct Interface {
     cfg: Config,
     link_local: Ipv6Addr,
     isn: IsnGenerator,
-    slots: Vec<Slot>,
-    free: Vec<u32>,
-    demux: HashMap<ConnKey, u32>,
+    /// TCBs, their demultiplexing, timers and output/ready lists, and the frozen connections
+    /// whose packets are held for the node that thaws them (so none is lost in the handoff gap).
+    conns: ConnTable<Tcb>,
     listeners: Vec<Option<Listener>>,
     listen_map: HashMap<(Ipv6Addr, u16), u32>,
-    /// Frozen connections: when frozen, and the packets that arrived for them since (held for
-    /// the node that thaws the connection, so none is lost in the handoff gap).
-    frozen: HashMap<ConnKey, (Instant, Vec<Vec<u8>>)>,
-    timers: BinaryHeap<Reverse<(Instant, u32, u32)>>,
-    dirty: Vec<u32>,
-    ready: Vec<u32>,
     ctrl: VecDeque<Vec<u8>>,
     pool: Vec<Vec<u8>>,
     nd: NeighborCache,
@@ -233,15 +229,9 @@ impl Interface {
             cfg: Config { mtu, ..cfg },
             link_local,
             isn,
-            slots: Vec::new(),
-            free: Vec::new(),
-            demux: HashMap::new(),
+            conns: ConnTable::default(),
             listeners: Vec::new(),
             listen_map: HashMap::new(),
-            frozen: HashMap::new(),
-            timers: BinaryHeap::new(),
-            dirty: Vec::new(),
-            ready: Vec::new(),
             ctrl: VecDeque::new(),
             pool: Vec::new(),
             nd: NeighborCache::default(),
@@ -304,7 +294,7 @@ impl Interface {
 
     /// The earliest instant at which [`Interface::poll`] has work (`None`: only input matters).
     pub fn poll_at(&self) -> Option<Instant> {
-        let mut t = self.timers.peek().map(|r| r.0 .0);
+        let mut t = self.conns.next_timer();
         let cn_at = self.cn.as_ref().and_then(|c| c.poll_at());
         let hook_at = self.hook.as_ref().and_then(|h| h.poll_at());
         for x in [self.nd.poll_at(), self.frag.poll_at(), cn_at, hook_at]
@@ -313,7 +303,7 @@ impl Interface {
         {
             t = Some(t.map_or(x, |y| y.min(x)));
         }
-        if !self.dirty.is_empty() || !self.ctrl.is_empty() {
+        if self.conns.has_dirty() || !self.ctrl.is_empty() {
             return Some(self.now);
         }
         t
@@ -322,22 +312,11 @@ impl Interface {
     /// Run due timers.
     pub fn poll(&mut self, now: Instant) {
         self.now = self.now.max(now);
-        while let Some(Reverse((t, idx, gen))) = self.timers.peek().copied() {
-            if t > now {
-                break;
-            }
-            self.timers.pop();
-            let Some(slot) = self.slots.get_mut(idx as usize) else {
-                continue;
-            };
-            if slot.gen != gen || slot.armed != Some(t) {
-                continue;
-            }
-            slot.armed = None;
-            if let Some(tcb) = slot.tcb.as_mut() {
+        while let Some(idx) = self.conns.next_due(now) {
+            if let Some(tcb) = self.conns.get_mut(idx) {
                 tcb.on_timer(now);
             }
-            self.mark_ready(idx);
+            self.conns.mark_ready(idx);
             self.after_tcb_event(idx);
         }
         let (actions, dropped) = self.nd.poll(now);

@@ -1,36 +1,8 @@
 //! TCP demultiplexing (RFC 9293 §3.10.7), the connection lifecycle around the TCBs, and the
 //! socket API, including freeze, hold and thaw for the handoff.
 
+use super::conn_table::{ConnKey, HoldOutcome};
 use super::*;
-
-/// Packets held per frozen connection at most (about a 1.4 MB window of full segments).
-pub(super) const MAX_HELD: usize = 1024;
-
-/// (local addr, local port, remote addr, remote port).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(super) struct ConnKey(
-    pub(super) Ipv6Addr,
-    pub(super) u16,
-    pub(super) Ipv6Addr,
-    pub(super) u16,
-);
-
-impl ConnKey {
-    fn of(local: &SocketAddrV6, remote: &SocketAddrV6) -> Self {
-        ConnKey(*local.ip(), local.port(), *remote.ip(), remote.port())
-    }
-}
-
-#[derive(Debug)]
-pub(super) struct Slot {
-    pub(super) gen: u32,
-    pub(super) tcb: Option<Tcb>,
-    /// The application gave up the handle; free the slot when the connection is closed.
-    pub(super) released: bool,
-    pub(super) in_dirty: bool,
-    pub(super) in_ready: bool,
-    pub(super) armed: Option<Instant>,
-}
 
 #[derive(Debug)]
 pub(super) struct Listener {
@@ -42,44 +14,17 @@ pub(super) struct Listener {
 }
 
 impl Interface {
+    /// (Re-)arm the connection's timer at the TCB's next deadline.
     pub(super) fn arm(&mut self, idx: u32) {
-        let slot = &mut self.slots[idx as usize];
-        let Some(tcb) = slot.tcb.as_ref() else { return };
-        if let Some(t) = tcb.poll_at() {
-            if slot.armed.is_none_or(|a| t < a) {
-                slot.armed = Some(t);
-                self.timers.push(Reverse((t, idx, slot.gen)));
-            }
-        }
-    }
-
-    pub(super) fn mark_ready(&mut self, idx: u32) {
-        let slot = &mut self.slots[idx as usize];
-        if !slot.in_ready && !slot.released {
-            slot.in_ready = true;
-            self.ready.push(idx);
-        }
+        let at = self.conns.get(idx).and_then(|t| t.poll_at());
+        self.conns.arm(idx, at);
     }
 
     /// Connections that saw a network event (data, ACKs that freed send space, FIN, RST,
     /// timeout) since the last call, appended to `out`. Lets an application with many
     /// connections service only those instead of scanning all of them each step.
     pub fn tcp_take_ready(&mut self, out: &mut Vec<TcpHandle>) {
-        for idx in self.ready.drain(..) {
-            let slot = &mut self.slots[idx as usize];
-            slot.in_ready = false;
-            if slot.tcb.is_some() && !slot.released {
-                out.push(TcpHandle { idx, gen: slot.gen });
-            }
-        }
-    }
-
-    pub(super) fn mark_dirty(&mut self, idx: u32) {
-        let slot = &mut self.slots[idx as usize];
-        if !slot.in_dirty {
-            slot.in_dirty = true;
-            self.dirty.push(idx);
-        }
+        self.conns.take_ready(out);
     }
 
     /// Bookkeeping after anything touched a TCB: counters, timers, output, lifecycle.
@@ -93,13 +38,13 @@ impl Interface {
     }
 
     pub(super) fn after_tcb_event_inner(&mut self, idx: u32, output: bool) {
-        let slot = &mut self.slots[idx as usize];
-        let Some(tcb) = slot.tcb.as_mut() else { return };
+        let Some(tcb) = self.conns.get_mut(idx) else {
+            return;
+        };
         let ev = tcb.take_events();
         let state = tcb.state();
         let wants = tcb.wants_output();
         let listener = tcb.listener;
-        let key = ConnKey::of(&tcb.local, &tcb.remote);
         self.stats.tcp_retransmits += ev.retransmits;
         self.stats.tcp_rto += ev.rto;
         self.stats.tcp_fast_recovery += ev.fast_recovery;
@@ -111,7 +56,7 @@ impl Interface {
         // An embryonic passive connection that completed the handshake joins the accept queue.
         if let Some(l) = listener {
             if state != TcpState::SynReceived {
-                if let Some(t) = self.slots[idx as usize].tcb.as_mut() {
+                if let Some(t) = self.conns.get_mut(idx) {
                     t.listener = None;
                 }
                 if let Some(Some(lst)) = self.listeners.get_mut(l) {
@@ -119,40 +64,24 @@ impl Interface {
                     if state != TcpState::Closed {
                         lst.accept.push_back(idx);
                     } else {
-                        self.slots[idx as usize].released = true;
+                        self.conns.release(idx);
                     }
                 } else {
-                    self.slots[idx as usize].released = true;
+                    self.conns.release(idx);
                 }
             }
         }
         if wants && output {
-            self.mark_dirty(idx);
+            self.conns.mark_dirty(idx);
         }
         if state == TcpState::Closed {
-            if self.demux.get(&key) == Some(&idx) {
-                self.demux.remove(&key);
-            }
-            if !wants && self.slots[idx as usize].released {
-                self.free_slot(idx);
+            self.conns.unlink_slot(idx);
+            if !wants && self.conns.is_released(idx) {
+                self.conns.remove(idx);
                 return;
             }
         }
         self.arm(idx);
-    }
-
-    pub(super) fn free_slot(&mut self, idx: u32) {
-        let slot = &mut self.slots[idx as usize];
-        if let Some(t) = slot.tcb.take() {
-            let key = ConnKey::of(&t.local, &t.remote);
-            if self.demux.get(&key) == Some(&idx) {
-                self.demux.remove(&key);
-            }
-        }
-        slot.gen = slot.gen.wrapping_add(1);
-        slot.released = false;
-        slot.armed = None;
-        self.free.push(idx);
     }
 
     pub(super) fn receive_tcp(
@@ -199,35 +128,40 @@ impl Interface {
             payload: repr.payload,
         };
         let key = ConnKey(dst, repr.dst_port, src, repr.src_port);
-        if let Some(&idx) = self.demux.get(&key) {
-            if let Some(t) = self.slots[idx as usize].tcb.as_mut() {
+        if let Some(idx) = self.conns.lookup(&key) {
+            if let Some(t) = self.conns.get_mut(idx) {
                 let before = t.snd_una;
                 t.on_segment(now, &seg);
                 if t.snd_una != before {
                     self.nd.confirm(now, src);
                 }
             }
-            self.mark_ready(idx);
+            self.conns.mark_ready(idx);
             self.after_tcb_event(idx);
             return;
         }
-        if let Some((_, held)) = self.frozen.get_mut(&key) {
-            // A frozen connection: never answered with RST; its packets are held for the node
-            // that thaws it (`tcp_take_held`), up to a bound.
-            if held.len() < MAX_HELD {
-                let mut pkt = Vec::with_capacity(IP6_HDR + payload.len());
-                pkt.extend_from_slice(&[0x60, 0, 0, 0]);
-                pkt.extend_from_slice(&(payload.len().min(65535) as u16).to_be_bytes());
-                pkt.extend_from_slice(&[6, 64]);
-                pkt.extend_from_slice(&src.octets());
-                pkt.extend_from_slice(&dst.octets());
-                pkt.extend_from_slice(payload);
-                held.push(pkt);
+        // A frozen connection: never answered with RST; its packets are held for the node
+        // that thaws it (`tcp_take_held`), up to a bound.
+        let held = self.conns.hold_packet(&key, || {
+            let mut pkt = Vec::with_capacity(IP6_HDR + payload.len());
+            pkt.extend_from_slice(&[0x60, 0, 0, 0]);
+            pkt.extend_from_slice(&(payload.len().min(65535) as u16).to_be_bytes());
+            pkt.extend_from_slice(&[6, 64]);
+            pkt.extend_from_slice(&src.octets());
+            pkt.extend_from_slice(&dst.octets());
+            pkt.extend_from_slice(payload);
+            pkt
+        });
+        match held {
+            HoldOutcome::NotFrozen => {}
+            HoldOutcome::Held => {
                 self.stats.tcp_held += 1;
-            } else {
-                self.stats.tcp_no_socket += 1;
+                return;
             }
-            return;
+            HoldOutcome::Full => {
+                self.stats.tcp_no_socket += 1;
+                return;
+            }
         }
         let listener = self
             .listen_map
@@ -316,54 +250,15 @@ impl Interface {
 
     pub(super) fn insert_tcb(&mut self, tcb: Tcb) -> u32 {
         let key = ConnKey::of(&tcb.local, &tcb.remote);
-        let idx = match self.free.pop() {
-            Some(i) => {
-                let s = &mut self.slots[i as usize];
-                s.tcb = Some(tcb);
-                s.released = false;
-                s.armed = None;
-                i
-            }
-            None => {
-                self.slots.push(Slot {
-                    gen: 0,
-                    tcb: Some(tcb),
-                    released: false,
-                    in_dirty: false,
-                    in_ready: false,
-                    armed: None,
-                });
-                (self.slots.len() - 1) as u32
-            }
-        };
-        self.demux.insert(key, idx);
-        idx
+        self.conns.insert(key, tcb)
     }
 
     pub(super) fn tcb(&self, h: TcpHandle) -> Result<&Tcb, Error> {
-        let s = self.slots.get(h.idx as usize).ok_or(Error::InvalidHandle)?;
-        if s.gen != h.gen || s.released {
-            return Err(Error::InvalidHandle);
-        }
-        s.tcb.as_ref().ok_or(Error::InvalidHandle)
+        self.conns.by_handle(h).ok_or(Error::InvalidHandle)
     }
 
     pub(super) fn tcb_mut(&mut self, h: TcpHandle) -> Result<&mut Tcb, Error> {
-        let s = self
-            .slots
-            .get_mut(h.idx as usize)
-            .ok_or(Error::InvalidHandle)?;
-        if s.gen != h.gen || s.released {
-            return Err(Error::InvalidHandle);
-        }
-        s.tcb.as_mut().ok_or(Error::InvalidHandle)
-    }
-
-    pub(super) fn handle(&self, idx: u32) -> TcpHandle {
-        TcpHandle {
-            idx,
-            gen: self.slots[idx as usize].gen,
-        }
+        self.conns.by_handle_mut(h).ok_or(Error::InvalidHandle)
     }
 
     /// Listen on `local` (unspecified address: all of ours) with the default TCP settings.
@@ -408,10 +303,10 @@ impl Interface {
             if let Some(lst) = slot.take() {
                 self.listen_map.remove(&(*lst.local.ip(), lst.local.port()));
                 for idx in lst.accept {
-                    if let Some(t) = self.slots[idx as usize].tcb.as_mut() {
+                    if let Some(t) = self.conns.get_mut(idx) {
                         t.abort();
                     }
-                    self.slots[idx as usize].released = true;
+                    self.conns.release(idx);
                     self.after_tcb_event(idx);
                 }
             }
@@ -426,7 +321,7 @@ impl Interface {
             .as_mut()?
             .accept
             .pop_front()?;
-        Some(self.handle(idx))
+        Some(self.conns.handle(idx))
     }
 
     /// Active open from `local` (port 0: ephemeral) to `remote` with the default settings.
@@ -463,7 +358,7 @@ impl Interface {
             local.port()
         };
         let local = SocketAddrV6::new(ip, port, 0, 0);
-        if self.demux.contains_key(&ConnKey::of(&local, &remote)) {
+        if self.conns.lookup(&ConnKey::of(&local, &remote)).is_some() {
             return Err(Error::AddrInUse);
         }
         let iss = self.isn.iss_for(now, &local, &remote);
@@ -471,8 +366,8 @@ impl Interface {
         let tcb = Tcb::connect(local, remote, cfg, iss, mss, now);
         let idx = self.insert_tcb(tcb);
         self.after_tcb_event(idx);
-        self.mark_dirty(idx);
-        Ok(self.handle(idx))
+        self.conns.mark_dirty(idx);
+        Ok(self.conns.handle(idx))
     }
 
     pub(super) fn ephemeral_port(
@@ -484,7 +379,7 @@ impl Interface {
             let p = self.next_ephemeral;
             self.next_ephemeral = if p == u16::MAX { 49152 } else { p + 1 };
             let key = ConnKey(*ip, p, *remote.ip(), remote.port());
-            if !self.demux.contains_key(&key) && !self.frozen.contains_key(&key) {
+            if !self.conns.in_use(&key) {
                 return Ok(p);
             }
         }
@@ -521,7 +416,7 @@ impl Interface {
         }
         let n = t.send(data);
         if n > 0 {
-            self.mark_dirty(h.idx);
+            self.conns.mark_dirty(h.idx);
         }
         Ok(n)
     }
@@ -556,7 +451,7 @@ impl Interface {
         }
         let n = t.recv(buf);
         if t.ack_now {
-            self.mark_dirty(h.idx);
+            self.conns.mark_dirty(h.idx);
         }
         Ok(n)
     }
@@ -566,7 +461,7 @@ impl Interface {
         let t = self.tcb_mut(h)?;
         t.close();
         self.after_tcb_event(h.idx);
-        self.mark_dirty(h.idx);
+        self.conns.mark_dirty(h.idx);
         Ok(())
     }
 
@@ -574,7 +469,7 @@ impl Interface {
     pub fn tcp_abort(&mut self, h: TcpHandle) -> Result<(), Error> {
         let t = self.tcb_mut(h)?;
         t.abort();
-        self.mark_dirty(h.idx);
+        self.conns.mark_dirty(h.idx);
         Ok(())
     }
 
@@ -585,8 +480,8 @@ impl Interface {
         if !t.fin_queued && !matches!(t.state(), TcpState::Closed | TcpState::TimeWait) {
             t.abort();
         }
-        self.slots[h.idx as usize].released = true;
-        self.mark_dirty(h.idx);
+        self.conns.release(h.idx);
+        self.conns.mark_dirty(h.idx);
         self.after_tcb_event(h.idx);
     }
 
@@ -598,7 +493,7 @@ impl Interface {
         let queued = self.tcb_mut(h)?.solicit_ack();
         if queued {
             self.after_tcb_event(h.idx);
-            self.mark_dirty(h.idx);
+            self.conns.mark_dirty(h.idx);
         }
         Ok(queued)
     }
@@ -616,21 +511,15 @@ impl Interface {
         let t = self.tcb(h)?;
         let state = t.to_state(now).ok_or(Error::InvalidState)?;
         let key = ConnKey::of(&t.local, &t.remote);
-        self.frozen.insert(key, (now, Vec::new()));
-        let slot = &mut self.slots[h.idx as usize];
-        slot.tcb = None;
-        self.demux.remove(&key);
-        self.free_slot(h.idx);
+        self.conns.freeze(key, now);
+        self.conns.remove(h.idx);
         Ok(state)
     }
 
     /// Stop holding off packets of a frozen connection (it now lives elsewhere). Returns the
     /// packets still held.
     pub fn tcp_forget_frozen(&mut self, local: SocketAddrV6, remote: SocketAddrV6) -> Vec<Vec<u8>> {
-        self.frozen
-            .remove(&ConnKey::of(&local, &remote))
-            .map(|f| f.1)
-            .unwrap_or_default()
+        self.conns.forget(&ConnKey::of(&local, &remote))
     }
 
     /// Take the packets that reached a frozen connection since its freeze (IPv6 packets, TCP
@@ -638,10 +527,7 @@ impl Interface {
     /// which feeds them to [`Interface::receive_ipv6`]: the handoff gap then costs the client
     /// no retransmission.
     pub fn tcp_take_held(&mut self, local: SocketAddrV6, remote: SocketAddrV6) -> Vec<Vec<u8>> {
-        self.frozen
-            .get_mut(&ConnKey::of(&local, &remote))
-            .map(|f| std::mem::take(&mut f.1))
-            .unwrap_or_default()
+        self.conns.take_held(&ConnKey::of(&local, &remote))
     }
 
     /// Reserve the connection `local` ↔ `remote` for a thaw to come: its packets are held
@@ -658,10 +544,10 @@ impl Interface {
             return Err(Error::AddrNotAvailable);
         }
         let key = ConnKey::of(&local, &remote);
-        if self.demux.contains_key(&key) {
+        if self.conns.lookup(&key).is_some() {
             return Err(Error::AddrInUse);
         }
-        self.frozen.entry(key).or_insert_with(|| (now, Vec::new()));
+        self.conns.hold(key, now);
         Ok(())
     }
 
@@ -675,10 +561,10 @@ impl Interface {
             return Err(Error::AddrNotAvailable);
         }
         let key = ConnKey::of(&local, &remote);
-        if self.demux.contains_key(&key) {
+        if self.conns.lookup(&key).is_some() {
             return Err(Error::AddrInUse);
         }
-        self.frozen.remove(&key);
+        self.conns.forget(&key);
         let mut tcb = Tcb::from_state(state, &self.cfg.tcp, now);
         let mss = self.mss_for(local.ip(), remote.ip());
         if mss < tcb.snd_mss {
@@ -686,13 +572,13 @@ impl Interface {
         }
         let idx = self.insert_tcb(tcb);
         self.after_tcb_event(idx);
-        self.mark_dirty(idx);
-        Ok(self.handle(idx))
+        self.conns.mark_dirty(idx);
+        Ok(self.conns.handle(idx))
     }
 
     /// Number of live connections (any state but closed-and-released).
     pub fn tcp_connection_count(&self) -> usize {
-        self.demux.len()
+        self.conns.len()
     }
 }
 
