@@ -2,6 +2,7 @@
 //! way out, and the transmit path.
 
 use super::*;
+use smoltcp::wire::{Ipv6ExtHeader, Ipv6ExtHeaderRepr, Ipv6FragmentHeader, Ipv6FragmentRepr};
 
 /// Where frames go when the caller can take them at once.
 pub(super) type Emit<'a> = &'a mut dyn FnMut(&[u8]);
@@ -41,7 +42,7 @@ impl Interface {
     pub(super) fn buffer(&mut self) -> Vec<u8> {
         self.pool
             .pop()
-            .unwrap_or_else(|| Vec::with_capacity(ETH_HDR + self.cfg.mtu))
+            .unwrap_or_else(|| Vec::with_capacity(ETHERNET_HEADER_LEN + self.cfg.mtu))
     }
 
     pub(super) fn drain_tcb(&mut self, now: Instant, idx: u32, emit: &mut dyn FnMut(&[u8])) {
@@ -117,14 +118,14 @@ impl Interface {
         };
         match (mac, emit) {
             (Some(m), Some(emit)) => {
-                buf[0..6].copy_from_slice(&m);
+                set_dst_mac(&mut buf, m);
                 emit(&buf);
                 self.stats.tx_frames += 1;
                 buf.clear();
                 self.scratch = buf;
             }
             (Some(m), None) => {
-                buf[0..6].copy_from_slice(&m);
+                set_dst_mac(&mut buf, m);
                 self.ctrl.push_back(buf);
             }
             (None, _) => {
@@ -145,14 +146,8 @@ impl Interface {
         };
         let dst = ip.dst_addr();
         let mut buf = self.buffer();
-        buf.resize(ETH_HDR, 0);
-        EthernetRepr {
-            src_addr: EthernetAddress(self.cfg.mac),
-            dst_addr: EthernetAddress([0; 6]),
-            ethertype: EthernetProtocol::Ipv6,
-        }
-        .emit(&mut EthernetFrame::new_unchecked(&mut buf[..]));
-        buf.extend_from_slice(pkt);
+        emit_ethernet_header(&mut buf, self.cfg.mac);
+        buf.extend_from_slice(&pkt[..ip.total_len()]);
         self.send_frame(now, buf, dst, None);
     }
 
@@ -178,31 +173,57 @@ impl Interface {
     }
 }
 
+/// Build the Ethernet and IPv6 headers of a frame into `buf` (destination MAC left zero); the
+/// caller appends `payload_len` octets of `nh`.
 pub(super) fn build_ip_frame(
     buf: &mut Vec<u8>,
     mac: [u8; 6],
     hop_limit: u8,
     src: Ipv6Addr,
     dst: Ipv6Addr,
-    nh: u8,
+    nh: IpProtocol,
     payload_len: usize,
 ) {
-    buf.clear();
-    buf.resize(ETH_HDR + IP6_HDR, 0);
-    EthernetRepr {
-        src_addr: EthernetAddress(mac),
-        dst_addr: EthernetAddress([0; 6]),
-        ethertype: EthernetProtocol::Ipv6,
-    }
-    .emit(&mut EthernetFrame::new_unchecked(&mut buf[..ETH_HDR]));
+    emit_ethernet_header(buf, mac);
+    buf.resize(ETHERNET_HEADER_LEN + IPV6_HEADER_LEN, 0);
     Ipv6Repr {
         src_addr: src,
         dst_addr: dst,
-        next_header: IpProtocol::from(nh),
+        next_header: nh,
         payload_len,
         hop_limit,
     }
-    .emit(&mut Ipv6Packet::new_unchecked(&mut buf[ETH_HDR..]));
+    .emit(&mut Ipv6Packet::new_unchecked(
+        &mut buf[ETHERNET_HEADER_LEN..],
+    ));
+}
+
+/// Append a Fragment header (RFC 8200 §4.5): `next` follows it, its data starts at `offset`
+/// octets (a multiple of 8) of the fragmentable part.
+pub(super) fn emit_fragment_header(
+    buf: &mut Vec<u8>,
+    next: IpProtocol,
+    offset: usize,
+    more: bool,
+    ident: u32,
+) {
+    let at = buf.len();
+    buf.resize(at + FRAGMENT_HEADER_LEN, 0);
+    let ext = Ipv6ExtHeaderRepr {
+        next_header: next,
+        // The Reserved octet of a Fragment header, zero on transmission.
+        length: 0,
+        data: &[],
+    };
+    ext.emit(&mut Ipv6ExtHeader::new_unchecked(&mut buf[at..]));
+    Ipv6FragmentRepr {
+        frag_offset: (offset / FRAGMENT_OFFSET_UNIT) as u16,
+        more_frags: more,
+        ident,
+    }
+    .emit(&mut Ipv6FragmentHeader::new_unchecked(
+        &mut buf[at + ext.header_len()..],
+    ));
 }
 
 pub(super) fn build_icmp_frame(
@@ -214,9 +235,9 @@ pub(super) fn build_icmp_frame(
     repr: &Icmpv6Repr<'_>,
 ) {
     let len = repr.buffer_len();
-    build_ip_frame(buf, mac, hop_limit, src, dst, 58, len);
-    buf.resize(ETH_HDR + IP6_HDR + len, 0);
-    let mut p = Icmpv6Packet::new_unchecked(&mut buf[ETH_HDR + IP6_HDR..]);
+    build_ip_frame(buf, mac, hop_limit, src, dst, IpProtocol::Icmpv6, len);
+    buf.resize(ETHERNET_HEADER_LEN + IPV6_HEADER_LEN + len, 0);
+    let mut p = Icmpv6Packet::new_unchecked(&mut buf[ETHERNET_HEADER_LEN + IPV6_HEADER_LEN..]);
     repr.emit(&src, &dst, &mut p, &caps());
 }
 
@@ -258,8 +279,9 @@ pub(super) fn build_tcp_frame(
     };
     let hlen = repr.header_len();
     let tcp_len = hlen + plen;
-    build_ip_frame(buf, mac, hop_limit, *local.ip(), *remote.ip(), 6, tcp_len);
-    let start = ETH_HDR + IP6_HDR;
+    let (src, dst) = (*local.ip(), *remote.ip());
+    build_ip_frame(buf, mac, hop_limit, src, dst, IpProtocol::Tcp, tcp_len);
+    let start = ETHERNET_HEADER_LEN + IPV6_HEADER_LEN;
     buf.resize(start + hlen, 0);
     buf.extend_from_slice(payload.0);
     buf.extend_from_slice(payload.1);

@@ -2,6 +2,7 @@
 
 use super::conn_table::ConnKey;
 use super::*;
+use smoltcp::wire::{Icmpv6DstUnreachable, Icmpv6Message, Icmpv6ParamProblem};
 
 impl Interface {
     pub(super) fn receive_icmp(
@@ -44,7 +45,7 @@ impl Interface {
             }
             Icmpv6Repr::Ndisc(nd) => {
                 // RFC 4861 §7.1: hop limit must be 255.
-                if hop_limit != 255 {
+                if hop_limit != ND_HOP_LIMIT {
                     self.stats.rx_malformed += 1;
                     return;
                 }
@@ -60,7 +61,7 @@ impl Interface {
                 // (established connections) it is a soft error and ignored.
                 use smoltcp::wire::Icmpv6DstUnreachable as U;
                 if header.next_header != IpProtocol::Tcp
-                    || data.len() < 8
+                    || data.len() < TCP_QUOTE_LEN
                     || !self.is_ours(&header.src_addr)
                 {
                     return;
@@ -69,9 +70,10 @@ impl Interface {
                     reason,
                     U::PortUnreachable | U::AdminProhibit | U::RejectRoute | U::FailedPolicy
                 );
-                let sport = u16::from_be_bytes([data[0], data[1]]);
-                let dport = u16::from_be_bytes([data[2], data[3]]);
-                let seq = u32::from_be_bytes([data[4], data[5], data[6], data[7]]);
+                // Only the quoted octets are read: ports and sequence number.
+                let quoted = TcpPacket::new_unchecked(&data[..TCP_QUOTE_LEN]);
+                let (sport, dport) = (quoted.src_port(), quoted.dst_port());
+                let seq = quoted.seq_number().0 as u32;
                 let key = ConnKey(header.src_addr, sport, header.dst_addr, dport);
                 if let (true, Some(idx)) = (hard, self.conns.lookup(&key)) {
                     if let Some(t) = self.conns.get_mut(idx) {
@@ -83,7 +85,7 @@ impl Interface {
             }
             Icmpv6Repr::PktTooBig { mtu, header, .. } => {
                 // RFC 8201 §4: never below 1280.
-                let mtu = (mtu as usize).max(MIN_MTU).min(self.cfg.mtu);
+                let mtu = (mtu as usize).max(IPV6_MIN_MTU).min(self.cfg.mtu);
                 let target = header.dst_addr;
                 let cur = self.pmtu.get(&target).map(|p| p.0).unwrap_or(self.cfg.mtu);
                 if mtu < cur {
@@ -126,37 +128,71 @@ impl Interface {
         true
     }
 
-    pub(super) fn param_problem(&mut self, now: Instant, pkt: &[u8], code: u8, pointer: u32) {
-        self.icmp_error(now, pkt, 4, code, pointer);
+    /// RFC 4443 §3.4 Parameter Problem: `pointer` is the offset in `pkt` of the octet at fault.
+    pub(super) fn param_problem(
+        &mut self,
+        now: Instant,
+        pkt: &[u8],
+        reason: Icmpv6ParamProblem,
+        pointer: usize,
+    ) {
+        let pointer = u32::try_from(pointer).unwrap_or(u32::MAX);
+        self.icmp_error(
+            now,
+            pkt,
+            Icmpv6Message::ParamProblem,
+            u8::from(reason),
+            pointer,
+        );
     }
 
-    /// RFC 4443 §2.4: errors quote as much of the packet as fits in the minimum MTU, never
-    /// answer a multicast destination (except as allowed) or an unspecified source.
-    pub(super) fn icmp_error(&mut self, now: Instant, pkt: &[u8], ty: u8, code: u8, pointer: u32) {
-        if pkt.len() < IP6_HDR {
+    /// RFC 4443 §3.1 Destination Unreachable.
+    pub(super) fn dst_unreachable(
+        &mut self,
+        now: Instant,
+        pkt: &[u8],
+        reason: Icmpv6DstUnreachable,
+    ) {
+        self.icmp_error(now, pkt, Icmpv6Message::DstUnreachable, u8::from(reason), 0);
+    }
+
+    /// RFC 4443 §2.4: errors quote as much of the packet as fits in the minimum MTU (c), never
+    /// answer a multicast destination (except a Parameter Problem for an unrecognised option
+    /// whose type asks for one, (e.3)) or an unspecified or multicast source (e.5, e.6), and
+    /// are rate-limited (f). `param` is the Pointer of a Parameter Problem, the unused word
+    /// (zero) of the others.
+    pub(super) fn icmp_error(
+        &mut self,
+        now: Instant,
+        pkt: &[u8],
+        msg: Icmpv6Message,
+        code: u8,
+        param: u32,
+    ) {
+        let Ok(ip) = Ipv6Packet::new_checked(pkt) else {
             return;
-        }
-        let src = Ipv6Addr::from(<[u8; 16]>::try_from(&pkt[8..24]).unwrap_or([0; 16]));
-        let dst = Ipv6Addr::from(<[u8; 16]>::try_from(&pkt[24..40]).unwrap_or([0; 16]));
+        };
+        let (src, dst) = (ip.src_addr(), ip.dst_addr());
+        let to_multicast_allowed = msg == Icmpv6Message::ParamProblem
+            && code == u8::from(Icmpv6ParamProblem::UnrecognizedOption);
         if src.is_unspecified()
             || src.is_multicast()
-            || (dst.is_multicast() && !(ty == 4 && code == 2))
+            || (dst.is_multicast() && !to_multicast_allowed)
         {
             return;
         }
         if !self.icmp_error_allowed(now) {
             return;
         }
-        let quote = &pkt[..pkt.len().min(MIN_MTU - IP6_HDR - 8)];
+        let quote = &pkt[..pkt
+            .len()
+            .min(IPV6_MIN_MTU - IPV6_HEADER_LEN - ICMP_ERROR_HEADER_LEN)];
         let from = if self.is_ours(&dst) {
             dst
         } else {
             self.source_for(&src)
         };
-        let mut body = Vec::with_capacity(8 + quote.len());
-        body.extend_from_slice(&[ty, code, 0, 0]);
-        body.extend_from_slice(&pointer.to_be_bytes());
-        body.extend_from_slice(quote);
+        let icmp_len = ICMP_ERROR_HEADER_LEN + quote.len();
         let mut buf = self.buffer();
         build_ip_frame(
             &mut buf,
@@ -164,12 +200,27 @@ impl Interface {
             self.cfg.hop_limit,
             from,
             src,
-            58,
-            body.len(),
+            IpProtocol::Icmpv6,
+            icmp_len,
         );
-        buf.extend_from_slice(&body);
-        let mut p = Icmpv6Packet::new_unchecked(&mut buf[ETH_HDR + IP6_HDR..]);
+        let start = buf.len();
+        buf.resize(start + icmp_len, 0);
+        let mut p = Icmpv6Packet::new_unchecked(&mut buf[start..]);
+        p.set_msg_type(msg);
+        p.set_msg_code(code);
+        // The Pointer of a Parameter Problem, and the unused word of the other errors, are
+        // one 32-bit field after the checksum (RFC 4443 §3.1, §3.4).
+        p.set_param_problem_ptr(param);
+        p.payload_mut().copy_from_slice(quote);
         p.fill_checksum(&from, &src);
         self.send_frame(now, buf, src, None);
     }
 }
+
+/// Type, Code, Checksum and the 32-bit field that follow them in every ICMPv6 error message
+/// (RFC 4443 §3).
+const ICMP_ERROR_HEADER_LEN: usize = 8;
+
+/// The part of a TCP header an ICMPv6 error must quote for us to match it to a connection:
+/// ports and sequence number (RFC 5927 §4.1: the first 8 octets).
+const TCP_QUOTE_LEN: usize = 8;

@@ -2,20 +2,36 @@
 //! the hand-off to the upper layers; path MTU (RFC 8201).
 
 use super::*;
+use ds_mipv6::wire::{
+    HomeAddressOptions, Type2RoutingHeader, HAO_OPTION_TYPE, IPPROTO_IPV6, IPPROTO_MH,
+};
+use smoltcp::wire::{
+    Icmpv6ParamProblem, Ipv6ExtHeader, Ipv6FragmentHeader, Ipv6FragmentRepr, Ipv6Option,
+    Ipv6OptionFailureType, Ipv6OptionType, Ipv6RoutingHeader, Ipv6RoutingType,
+};
+
+/// `ff02::/16`: link-local scope multicast (RFC 4291 §2.7, scope 2).
+pub(super) fn is_link_scope_multicast(a: &Ipv6Addr) -> bool {
+    a.is_multicast() && a.octets()[1] == LINK_LOCAL_MULTICAST_FLAGS_SCOPE
+}
+
+/// Flags 0 and scope 2 (link-local), the second octet of `ff02::/16` (RFC 4291 §2.7).
+const LINK_LOCAL_MULTICAST_FLAGS_SCOPE: u8 = 0x02;
 
 impl Interface {
     pub(super) fn accepts_dst(&self, a: &Ipv6Addr) -> bool {
         if self.is_ours(a) || *a == ALL_NODES {
             return true;
         }
-        a.segments()[0] == 0xff02
+        is_link_scope_multicast(a)
             && (*a == solicited_node(self.link_local)
                 || self.cfg.addrs.iter().any(|x| solicited_node(*x) == *a)
                 || self.proxied.iter().any(|x| solicited_node(*x) == *a))
     }
 
     pub(super) fn source_for(&self, dst: &Ipv6Addr) -> Ipv6Addr {
-        if dst.segments()[0] & 0xffc0 == 0xfe80 || dst.segments()[0] == 0xff02 {
+        // RFC 6724 §4: a link-scope destination gets the link-local source.
+        if dst.is_unicast_link_local() || is_link_scope_multicast(dst) {
             return self.link_local;
         }
         self.cfg.addrs.first().copied().unwrap_or(self.link_local)
@@ -24,6 +40,7 @@ impl Interface {
     /// Process one IPv6 packet (without link header): for devices without Ethernet, and for
     /// packets decapsulated from a tunnel.
     pub fn receive_ipv6(&mut self, now: Instant, pkt: &[u8], src_mac: Option<[u8; 6]>) {
+        // The view checks that the buffer holds the header and the Payload Length it claims.
         let Ok(ip) = Ipv6Packet::new_checked(pkt) else {
             self.stats.rx_malformed += 1;
             return;
@@ -34,23 +51,22 @@ impl Interface {
         }
         let src = ip.src_addr();
         let dst = ip.dst_addr();
+        // Link padding past the Payload Length is not part of the packet (RFC 8200 §3).
+        let pkt = &pkt[..ip.total_len()];
         if self.proxied.contains(&dst) {
-            let total = (IP6_HDR + ip.payload_len() as usize).min(pkt.len());
-            self.intercept(&pkt[..total]);
+            self.intercept(pkt);
             return;
         }
         if !self.accepts_dst(&dst) {
             self.stats.rx_not_ours += 1;
             return;
         }
+        // RFC 4291 §2.7: a multicast address is never a source.
         if src.is_multicast() {
             self.stats.rx_malformed += 1;
             return;
         }
-        let total = IP6_HDR + ip.payload_len() as usize;
-        let pkt = &pkt[..total];
-        let hop_limit = ip.hop_limit();
-        self.walk_headers(now, pkt, src, dst, hop_limit, src_mac);
+        self.walk_headers(now, pkt, src, dst, ip.hop_limit(), src_mac);
     }
 
     /// Walk the extension-header chain (RFC 8200 §4) and hand the upper layer on.
@@ -63,52 +79,68 @@ impl Interface {
         hop_limit: u8,
         src_mac: Option<[u8; 6]>,
     ) {
-        let mut nh = pkt[6];
-        let mut off = IP6_HDR;
-        let mut nh_field = 6usize;
+        let mut nh = Ipv6Packet::new_unchecked(pkt).next_header();
+        let mut off = IPV6_HEADER_LEN;
+        // Where the Next Header value being processed sits: Parameter Problem pointers name
+        // it (RFC 8200 §4).
+        let mut nh_field = IPV6_NEXT_HEADER_AT;
         let mut mob = Mobility {
             src,
             dst,
             hao: None,
             rh2: None,
         };
+        let mut hao = HomeAddressOptions::default();
         let mut first = true;
         loop {
             match nh {
-                // Hop-by-hop (only first), destination options.
-                0 | 60 => {
-                    if nh == 0 && !first {
+                IpProtocol::HopByHop | IpProtocol::Ipv6Opts => {
+                    // RFC 8200 §4.1: a Hop-by-Hop Options header only right after the IPv6
+                    // header; elsewhere its Next Header value is unrecognised (§4).
+                    if nh == IpProtocol::HopByHop && !first {
                         self.stats.rx_bad_exthdr += 1;
-                        self.param_problem(now, pkt, 1, nh_field as u32);
-                        return;
-                    }
-                    let Some((next, len)) = ext_len(pkt, off) else {
-                        self.stats.rx_malformed += 1;
-                        return;
-                    };
-                    match self.process_options(now, pkt, off, len, dst) {
-                        Ok(Some(home)) => mob.hao = Some(home),
-                        Ok(None) => {}
-                        Err(()) => return,
-                    }
-                    nh_field = off;
-                    nh = next;
-                    off += len;
-                }
-                // Routing header.
-                43 => {
-                    let Some((next, len)) = ext_len(pkt, off) else {
-                        self.stats.rx_malformed += 1;
-                        return;
-                    };
-                    let rtype = pkt[off + 2];
-                    let left = pkt[off + 3];
-                    if rtype == 2 && left == 1 && len == 24 {
-                        // RFC 6275 §6.4: type 2 routing header carrying our home address.
-                        let home = Ipv6Addr::from(
-                            <[u8; 16]>::try_from(&pkt[off + 8..off + 24]).unwrap_or([0; 16]),
+                        self.param_problem(
+                            now,
+                            pkt,
+                            Icmpv6ParamProblem::UnrecognizedNxtHdr,
+                            nh_field,
                         );
-                        // RFC 6275 §9.3.2 / §11.3.3: only for a home address served here.
+                        return;
+                    }
+                    let Ok(ext) = Ipv6ExtHeader::new_checked(&pkt[off..]) else {
+                        self.stats.rx_malformed += 1;
+                        return;
+                    };
+                    let dest_opts = nh == IpProtocol::Ipv6Opts;
+                    if self
+                        .process_options(now, pkt, off, ext.payload(), dest_opts, &mut hao)
+                        .is_err()
+                    {
+                        return;
+                    }
+                    mob.hao = hao.home();
+                    nh_field = off;
+                    nh = ext.next_header();
+                    off += ext_header_len(&ext);
+                }
+                IpProtocol::Ipv6Route => {
+                    let Ok(ext) = Ipv6ExtHeader::new_checked(&pkt[off..]) else {
+                        self.stats.rx_malformed += 1;
+                        return;
+                    };
+                    let Ok(rh) = Ipv6RoutingHeader::new_checked(ext.payload()) else {
+                        self.stats.rx_malformed += 1;
+                        return;
+                    };
+                    let len = ext_header_len(&ext);
+                    let left = rh.segments_left();
+                    let rh2 = (rh.routing_type() == Ipv6RoutingType::Type2 && left == 1)
+                        .then(|| Type2RoutingHeader::new_checked(&pkt[off..off + len]).ok())
+                        .flatten();
+                    if let Some(rh2) = rh2 {
+                        // RFC 6275 §6.4: a type 2 routing header carrying our home address;
+                        // §9.3.2 / §11.3.3: only for a home address served here.
+                        let home = rh2.home_address();
                         let ok = self.is_ours(&home)
                             || self
                                 .hook
@@ -121,64 +153,64 @@ impl Interface {
                         self.stats.mobility_rx += 1;
                         mob.rh2 = Some(home);
                     } else if left != 0 {
-                        // RFC 8200 §4.4: unknown type with segments left → Parameter Problem
-                        // pointing at the routing type (we are no router for other types).
+                        // RFC 8200 §4.4: an unknown (or malformed) type with segments left →
+                        // Parameter Problem code 0 pointing at the Routing Type (we are no
+                        // router for other types).
                         self.stats.rx_bad_exthdr += 1;
-                        self.param_problem(now, pkt, 0, (off + 2) as u32);
+                        self.param_problem(
+                            now,
+                            pkt,
+                            Icmpv6ParamProblem::ErroneousHdrField,
+                            off + EXT_FIXED_LEN,
+                        );
                         return;
                     }
                     nh_field = off;
-                    nh = next;
+                    nh = ext.next_header();
                     off += len;
                 }
-                // Fragment.
-                44 => {
-                    if pkt.len() < off + 8 {
+                IpProtocol::Ipv6Frag => {
+                    let Some((next, frag)) = fragment_header(&pkt[off..]) else {
                         self.stats.rx_malformed += 1;
                         return;
-                    }
+                    };
                     self.stats.rx_fragments += 1;
-                    let next = pkt[off];
-                    let fo = u16::from_be_bytes([pkt[off + 2], pkt[off + 3]]);
-                    let offset = (fo & 0xfff8) as usize;
-                    let more = fo & 1 == 1;
-                    let ident = u32::from_be_bytes([
-                        pkt[off + 4],
-                        pkt[off + 5],
-                        pkt[off + 6],
-                        pkt[off + 7],
-                    ]);
-                    let data = &pkt[off + 8..];
-                    if offset == 0 && !more {
-                        // RFC 6946 atomic fragment: process in isolation.
+                    let offset = usize::from(frag.frag_offset) * FRAGMENT_OFFSET_UNIT;
+                    let data = &pkt[off + FRAGMENT_HEADER_LEN..];
+                    if offset == 0 && !frag.more_frags {
+                        // RFC 6946 §4: an atomic fragment is processed in isolation.
                         nh_field = off;
                         nh = next;
-                        off += 8;
+                        off += FRAGMENT_HEADER_LEN;
                         first = false;
                         continue;
                     }
-                    match self
-                        .frag
-                        .add(now, src, dst, ident, offset, more, next, data)
-                    {
+                    // RFC 8200 §4.5: reassembly.
+                    match self.frag.add(
+                        now,
+                        src,
+                        dst,
+                        frag.ident,
+                        offset,
+                        frag.more_frags,
+                        u8::from(next),
+                        data,
+                    ) {
                         Ok(Some(done)) => {
                             self.stats.reassembled += 1;
-                            self.upper(
-                                now,
-                                done.next_header,
-                                &done.payload,
-                                &mob,
-                                hop_limit,
-                                src_mac,
-                                pkt,
-                            );
+                            let up = Upper {
+                                nh: IpProtocol::from(done.next_header),
+                                nh_field: off,
+                                payload: &done.payload,
+                            };
+                            self.upper(now, up, &mob, hop_limit, src_mac, pkt);
                         }
                         Ok(None) => {}
                         Err(_) => self.stats.reassembly_failed += 1,
                     }
                     return;
                 }
-                59 => {
+                IpProtocol::Ipv6NoNxt => {
                     // RFC 8200 §4.7: No Next Header; nothing to deliver (but a Home Address
                     // option on it is still checked, RFC 6275 §9.3.1).
                     if let Some(home) = mob.hao {
@@ -191,98 +223,106 @@ impl Interface {
                     return;
                 }
                 _ => {
-                    let _ = nh_field;
-                    self.upper(now, nh, &pkt[off..], &mob, hop_limit, src_mac, pkt);
+                    let up = Upper {
+                        nh,
+                        nh_field,
+                        payload: &pkt[off..],
+                    };
+                    self.upper(now, up, &mob, hop_limit, src_mac, pkt);
                     return;
                 }
             }
             first = false;
-            if off > pkt.len() {
-                self.stats.rx_malformed += 1;
-                return;
-            }
         }
     }
 
-    /// TLV options of a hop-by-hop or destination-options header (RFC 8200 §4.2). Returns the
-    /// home address of a Home Address option; whether it is accepted is decided with the
-    /// upper layer in view (a Binding Update carries one and is checked differently).
+    /// The TLV options (`opts`, RFC 8200 §4.2) of a Hop-by-Hop or Destination Options header
+    /// at `off`. A Home Address option (RFC 6275 §6.3, a destination option) goes into `hao`;
+    /// whether it is accepted is decided with the upper layer in view (a Binding Update
+    /// carries one and is checked differently). `Err`: the packet is dropped (counted, and
+    /// answered as RFC 8200 §4.2 says).
     pub(super) fn process_options(
         &mut self,
         now: Instant,
         pkt: &[u8],
         off: usize,
-        len: usize,
-        dst: Ipv6Addr,
-    ) -> Result<Option<Ipv6Addr>, ()> {
-        let mut i = off + 2;
-        let end = off + len;
-        let mut home = None;
-        while i < end {
-            let t = pkt[i];
-            if t == 0 {
-                i += 1;
+        opts: &[u8],
+        dest_opts: bool,
+        hao: &mut HomeAddressOptions,
+    ) -> Result<(), ()> {
+        // The option is understood when we are a correspondent or run a mobility hook;
+        // otherwise its type's high-order bits say discard and send an ICMP error.
+        let mobility = self.cn.is_some() || self.hook.is_some();
+        let dst = Ipv6Packet::new_unchecked(pkt).dst_addr();
+        let mut pos = 0;
+        while pos < opts.len() {
+            // Offset of the Option Type from the start of the header, and in the packet.
+            let in_header = EXT_FIXED_LEN + pos;
+            let at = off + in_header;
+            let Ok(opt) = Ipv6Option::new_checked(&opts[pos..]) else {
+                self.stats.rx_malformed += 1;
+                return Err(());
+            };
+            let ty = opt.option_type();
+            if ty == Ipv6OptionType::Pad1 {
+                pos += PAD1_LEN;
                 continue;
             }
-            if i + 2 > end {
-                self.stats.rx_malformed += 1;
-                return Err(());
-            }
-            let olen = pkt[i + 1] as usize;
-            if i + 2 + olen > end {
-                self.stats.rx_malformed += 1;
-                return Err(());
-            }
-            match t {
-                1 => {}
-                // RFC 6275 §6.3 Home Address option (understood when we are a correspondent
-                // or run a mobility hook; otherwise its type's high bits say discard + ICMP).
-                201 if olen == 16 && (self.cn.is_some() || self.hook.is_some()) => {
-                    home = Some(Ipv6Addr::from(
-                        <[u8; 16]>::try_from(&pkt[i + 2..i + 18]).unwrap_or([0; 16]),
-                    ));
-                }
-                _ => {
-                    // RFC 8200 §4.2: the two high-order bits say what to do with unknown options.
-                    match t >> 6 {
-                        0 => {}
-                        1 => {
-                            self.stats.rx_bad_exthdr += 1;
-                            return Err(());
-                        }
-                        2 => {
-                            self.stats.rx_bad_exthdr += 1;
-                            self.param_problem(now, pkt, 2, i as u32);
-                            return Err(());
-                        }
-                        _ => {
-                            self.stats.rx_bad_exthdr += 1;
-                            if !dst.is_multicast() {
-                                self.param_problem(now, pkt, 2, i as u32);
-                            }
-                            return Err(());
-                        }
+            match ty {
+                Ipv6OptionType::PadN => {}
+                Ipv6OptionType::Unknown(HAO_OPTION_TYPE) if dest_opts && mobility => {
+                    if let Err(e) = hao.add(in_header, opt.data()) {
+                        // RFC 6275 §6.3: malformed, misaligned, or a second one.
+                        tracing::debug!(%e, "home address option refused");
+                        self.stats.rx_bad_exthdr += 1;
+                        return Err(());
                     }
                 }
+                // RFC 8200 §4.2: the two high-order bits of an unrecognised option's type say
+                // what to do with the packet.
+                _ => match Ipv6OptionFailureType::from(ty) {
+                    Ipv6OptionFailureType::Skip => {}
+                    Ipv6OptionFailureType::Discard => {
+                        self.stats.rx_bad_exthdr += 1;
+                        return Err(());
+                    }
+                    Ipv6OptionFailureType::DiscardSendAll => {
+                        self.stats.rx_bad_exthdr += 1;
+                        self.param_problem(now, pkt, Icmpv6ParamProblem::UnrecognizedOption, at);
+                        return Err(());
+                    }
+                    Ipv6OptionFailureType::DiscardSendUnicast => {
+                        self.stats.rx_bad_exthdr += 1;
+                        if !dst.is_multicast() {
+                            self.param_problem(
+                                now,
+                                pkt,
+                                Icmpv6ParamProblem::UnrecognizedOption,
+                                at,
+                            );
+                        }
+                        return Err(());
+                    }
+                },
             }
-            i += 2 + olen;
+            pos += OPTION_TLV_HEADER_LEN + usize::from(opt.data_len());
         }
-        Ok(home)
+        Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// The upper layer (RFC 8200 §4: the header after the extension headers we process).
     pub(super) fn upper(
         &mut self,
         now: Instant,
-        nh: u8,
-        payload: &[u8],
+        up: Upper<'_>,
         mob: &Mobility,
         hop_limit: u8,
         src_mac: Option<[u8; 6]>,
         whole: &[u8],
     ) {
-        if nh == 135 {
-            self.receive_mobility_header(now, payload, mob, whole);
+        let payload = up.payload;
+        if up.nh == IpProtocol::Unknown(IPPROTO_MH) {
+            self.receive_mobility_header(now, payload, mob, whole, up.nh_field);
             return;
         }
         // RFC 6275 §9.3.1: a Home Address option is honoured only with a binding for
@@ -297,13 +337,13 @@ impl Interface {
             src = home;
         }
         let dst = mob.rh2.unwrap_or(mob.dst);
-        match nh {
-            6 => self.receive_tcp(now, payload, src, dst),
-            17 => self.receive_udp(now, payload, src, dst, whole),
-            58 => self.receive_icmp(now, payload, src, dst, hop_limit, src_mac),
+        match up.nh {
+            IpProtocol::Tcp => self.receive_tcp(now, payload, src, dst),
+            IpProtocol::Udp => self.receive_udp(now, payload, src, dst, whole),
+            IpProtocol::Icmpv6 => self.receive_icmp(now, payload, src, dst, hop_limit, src_mac),
             // IPv6-in-IPv6 (RFC 2473): a home agent's tunnel to us (RFC 6275 §10.4.2), or a
             // reverse tunnel through us when we are a home agent (§10.4.5).
-            41 => {
+            IpProtocol::Unknown(IPPROTO_IPV6) => {
                 let inner_dst = Ipv6Packet::new_checked(payload).ok().map(|p| p.dst_addr());
                 match inner_dst {
                     None => self.stats.rx_malformed += 1,
@@ -318,8 +358,14 @@ impl Interface {
             }
             _ => {
                 self.stats.rx_bad_exthdr += 1;
-                // RFC 8200 §4: unrecognised Next Header → Parameter Problem code 1.
-                self.param_problem(now, whole, 1, 6);
+                // RFC 8200 §4: an unrecognised Next Header → Parameter Problem code 1
+                // pointing at that Next Header value.
+                self.param_problem(
+                    now,
+                    whole,
+                    Icmpv6ParamProblem::UnrecognizedNxtHdr,
+                    up.nh_field,
+                );
             }
         }
     }
@@ -327,7 +373,7 @@ impl Interface {
     /// Set the path MTU towards `dst` (e.g. lower it by the 24 octets of a routing header when
     /// packets to it will carry one): later segments of connections to it shrink to fit.
     pub fn set_path_mtu(&mut self, now: Instant, dst: Ipv6Addr, mtu: usize) {
-        let mtu = mtu.clamp(MIN_MTU, self.cfg.mtu);
+        let mtu = mtu.clamp(IPV6_MIN_MTU, self.cfg.mtu);
         self.pmtu.insert(dst, (mtu, now));
         for idx in self.conns.to_remote(dst) {
             let local = self.conns.get(idx).map(|t| *t.local.ip());
@@ -347,22 +393,52 @@ impl Interface {
     }
 
     pub(super) fn on_link(&self, dst: &Ipv6Addr) -> bool {
-        let d = dst.segments();
-        if d[0] & 0xffc0 == 0xfe80 || dst.is_multicast() {
+        if dst.is_unicast_link_local() || dst.is_multicast() {
             return true;
         }
+        // On-link: in the /64 of one of our addresses (RFC 4291 §2.5.4 interface IDs).
+        let d = dst.segments();
         self.cfg.addrs.iter().any(|a| a.segments()[..4] == d[..4])
     }
 }
 
-/// Length of the extension header at `off`: (next header, bytes).
-pub(super) fn ext_len(pkt: &[u8], off: usize) -> Option<(u8, usize)> {
-    if pkt.len() < off + 8 {
-        return None;
-    }
-    let len = (pkt[off + 1] as usize + 1) * 8;
-    if pkt.len() < off + len {
-        return None;
-    }
-    Some((pkt[off], len))
+/// An upper-layer payload and where its Next Header value was found.
+pub(super) struct Upper<'a> {
+    pub(super) nh: IpProtocol,
+    /// Offset of the Next Header value in the packet (for Parameter Problem pointers).
+    pub(super) nh_field: usize,
+    pub(super) payload: &'a [u8],
+}
+
+/// Offset of the Next Header field in the IPv6 header (RFC 8200 §3).
+const IPV6_NEXT_HEADER_AT: usize = 6;
+/// Next Header and Hdr Ext Len, the octets every extension header but the Fragment header
+/// starts with (RFC 8200 §4.3, §4.4, §4.6); the Routing Type, or the options, follow.
+const EXT_FIXED_LEN: usize = 2;
+/// Option Type and Opt Data Len, before an option's data (RFC 8200 §4.2).
+const OPTION_TLV_HEADER_LEN: usize = 2;
+/// The Pad1 option is one octet, with no length (RFC 8200 §4.2).
+const PAD1_LEN: usize = 1;
+/// A Fragment header is 8 octets (RFC 8200 §4.5).
+pub(super) const FRAGMENT_HEADER_LEN: usize = 8;
+/// The Fragment Offset counts 8-octet units (RFC 8200 §4.5).
+pub(super) const FRAGMENT_OFFSET_UNIT: usize = 8;
+
+/// Length of an extension header in octets: its Hdr Ext Len counts 8-octet units after the
+/// first 8 (RFC 8200 §4.3); smoltcp's view gives the octets after the first two.
+fn ext_header_len(ext: &Ipv6ExtHeader<&[u8]>) -> usize {
+    EXT_FIXED_LEN + ext.payload().len()
+}
+
+/// The Fragment header at the start of `b`: its Next Header and fields. Its second octet is
+/// Reserved, "ignored on reception" (RFC 8200 §4.5), not a length: it is cleared before the
+/// generic extension-header view reads the header.
+fn fragment_header(b: &[u8]) -> Option<(IpProtocol, Ipv6FragmentRepr)> {
+    let mut hdr = [0u8; FRAGMENT_HEADER_LEN];
+    hdr.copy_from_slice(b.get(..FRAGMENT_HEADER_LEN)?);
+    Ipv6ExtHeader::new_unchecked(&mut hdr[..]).set_header_len(0);
+    let ext = Ipv6ExtHeader::new_checked(&hdr[..]).ok()?;
+    let frag = Ipv6FragmentHeader::new_checked(ext.payload()).ok()?;
+    let repr = Ipv6FragmentRepr::parse(&frag).ok()?;
+    Some((ext.next_header(), repr))
 }

@@ -2,6 +2,8 @@
 //! on input, route optimisation on output, Mobility Header dispatch, proxying and interception.
 
 use super::*;
+use ds_mipv6::wire::{DestOptsRepr, Rh2Repr};
+use smoltcp::wire::{Icmpv6Message, Icmpv6ParamProblem};
 
 /// The mobility view of a received packet: addresses as on the wire and the home address
 /// carried by a Home Address option or a type 2 routing header.
@@ -28,8 +30,23 @@ pub(super) enum MobilityOut {
     },
 }
 
-/// RFC 6275 §6.4: a type 2 routing header is 24 octets; so is our Home Address option header.
-pub(super) const MOBILITY_EXT_LEN: usize = 24;
+/// RFC 6275 §6.4: a type 2 routing header is 24 octets; so is our Home Address option header
+/// (§6.3, padded to 8n+6).
+pub(super) const MOBILITY_EXT_LEN: usize = Rh2Repr::LEN;
+const _: () = assert!(DestOptsRepr::LEN == MOBILITY_EXT_LEN);
+
+/// Neighbour Discovery messages (RFC 4861 §4) never take mobility headers: they are link-local
+/// and concern the addresses on the wire.
+fn is_neighbor_discovery(m: Icmpv6Message) -> bool {
+    matches!(
+        m,
+        Icmpv6Message::RouterSolicit
+            | Icmpv6Message::RouterAdvert
+            | Icmpv6Message::NeighborSolicit
+            | Icmpv6Message::NeighborAdvert
+            | Icmpv6Message::Redirect
+    )
+}
 
 impl Interface {
     /// Install the Mobile IPv6 hook.
@@ -113,6 +130,7 @@ impl Interface {
         mh: &[u8],
         mob: &Mobility,
         whole: &[u8],
+        nh_field: usize,
     ) {
         let meta = MhMeta {
             src: mob.src,
@@ -145,7 +163,12 @@ impl Interface {
                 None if self.cn.is_none() => {
                     // RFC 6275 §6.1.1 / RFC 8200: Mobility Header not implemented here.
                     self.stats.rx_bad_exthdr += 1;
-                    self.param_problem(now, whole, 1, 6);
+                    self.param_problem(
+                        now,
+                        whole,
+                        Icmpv6ParamProblem::UnrecognizedNxtHdr,
+                        nh_field,
+                    );
                     return;
                 }
                 None => {}
@@ -170,27 +193,38 @@ impl Interface {
         now: Instant,
         buf: &mut Vec<u8>,
     ) -> Option<MobilityOut> {
-        if buf.len() < ETH_HDR + IP6_HDR {
+        let frame = EthernetFrame::new_checked(&buf[..]).ok()?;
+        let ip = Ipv6Packet::new_checked(frame.payload()).ok()?;
+        let (nh, src, dst) = (ip.next_header(), ip.src_addr(), ip.dst_addr());
+        if dst.is_multicast() || dst.is_unicast_link_local() {
             return None;
         }
-        let ip = &buf[ETH_HDR..];
-        let nh = ip[6];
-        let src = Ipv6Addr::from(<[u8; 16]>::try_from(&ip[8..24]).ok()?);
-        let dst = Ipv6Addr::from(<[u8; 16]>::try_from(&ip[24..40]).ok()?);
-        if dst.is_multicast() || dst.segments()[0] & 0xffc0 == 0xfe80 {
-            return None;
-        }
-        let upper = &ip[IP6_HDR..];
+        let upper = ip.payload();
         // Only upper-layer packets we built (no Mobility Header, §6.1; no Neighbour Discovery).
         let flow = match nh {
-            6 | 17 if upper.len() >= 4 => Some(FlowKey {
-                next_header: nh,
-                local_port: u16::from_be_bytes([upper[0], upper[1]]),
-                remote_port: u16::from_be_bytes([upper[2], upper[3]]),
-            }),
-            58 if upper.first().is_some_and(|t| !(133..=137).contains(t)) => None,
+            IpProtocol::Tcp => {
+                let p = TcpPacket::new_checked(upper).ok()?;
+                Some((p.src_port(), p.dst_port()))
+            }
+            IpProtocol::Udp => {
+                let p = UdpPacket::new_checked(upper).ok()?;
+                Some((p.src_port(), p.dst_port()))
+            }
+            IpProtocol::Icmpv6 => {
+                let p = Icmpv6Packet::new_checked(upper).ok()?;
+                if is_neighbor_discovery(p.msg_type()) {
+                    return None;
+                }
+                None
+            }
             _ => return None,
-        };
+        }
+        .map(|(local_port, remote_port)| FlowKey {
+            next_header: u8::from(nh),
+            local_port,
+            remote_port,
+        });
+        let payload_len = ip.payload_len();
         let t = now;
         let care_of = self
             .cn
@@ -204,28 +238,34 @@ impl Interface {
         if care_of.is_none() && from.is_none() {
             return None;
         }
+        // Headers in RFC 8200 §4.1 order: the routing header, then the Destination Options
+        // header with the Home Address option (RFC 6275 §6.3: after the routing header).
         let mut ext = Vec::with_capacity(2 * MOBILITY_EXT_LEN);
         let mut first_nh = nh;
+        let mut ip = Ipv6Packet::new_unchecked(&mut buf[ETHERNET_HEADER_LEN..]);
         if let Some(coa) = from {
-            // RFC 6275 §6.3: Destination Options header with PadN then the Home Address option
-            // (alignment 8n+6).
-            let mut d = vec![first_nh, 2, 1, 2, 0, 0, 201, 16];
-            d.extend_from_slice(&src.octets());
-            first_nh = 60;
-            ext = d;
-            buf[ETH_HDR + 8..ETH_HDR + 24].copy_from_slice(&coa.octets());
+            // RFC 6275 §11.3.1: from the care-of address, the home address in the option.
+            let d = DestOptsRepr {
+                next_header: u8::from(first_nh),
+                home: src,
+            };
+            ext.extend_from_slice(&d.emit());
+            first_nh = IpProtocol::Ipv6Opts;
+            ip.set_src_addr(coa);
         }
         if let Some(coa) = care_of {
-            // RFC 6275 §6.4: type 2 routing header, one segment left, carrying the home address;
-            // it precedes the destination options (RFC 8200 §4.1 order).
-            let mut r = vec![first_nh, 2, 2, 1, 0, 0, 0, 0];
-            r.extend_from_slice(&dst.octets());
-            r.extend_from_slice(&ext);
-            ext = r;
-            first_nh = 43;
-            buf[ETH_HDR + 24..ETH_HDR + 40].copy_from_slice(&coa.octets());
+            // RFC 6275 §6.4, §9.3.2: to the care-of address, the home address in a type 2
+            // routing header with one segment left.
+            let r = Rh2Repr {
+                next_header: u8::from(first_nh),
+                segments_left: 1,
+                home: dst,
+            };
+            ext.splice(0..0, r.emit());
+            first_nh = IpProtocol::Ipv6Route;
+            ip.set_dst_addr(coa);
         }
-        if buf.len() - ETH_HDR + ext.len() > self.cfg.mtu {
+        if IPV6_HEADER_LEN + usize::from(payload_len) + ext.len() > self.cfg.mtu {
             // The connection's peer is the IPv6 destination as built (home address or
             // correspondent): that is the path MTU entry TCP looks up.
             return Some(MobilityOut::TooBig {
@@ -233,10 +273,10 @@ impl Interface {
                 mtu: self.cfg.mtu - ext.len(),
             });
         }
-        let plen = u16::from_be_bytes([buf[ETH_HDR + 4], buf[ETH_HDR + 5]]) as usize + ext.len();
-        buf[ETH_HDR + 4..ETH_HDR + 6].copy_from_slice(&(plen.min(65535) as u16).to_be_bytes());
-        buf[ETH_HDR + 6] = first_nh;
-        let at = ETH_HDR + IP6_HDR;
+        let plen = usize::from(payload_len) + ext.len();
+        ip.set_payload_len(u16::try_from(plen).unwrap_or(u16::MAX));
+        ip.set_next_header(first_nh);
+        let at = ETHERNET_HEADER_LEN + IPV6_HEADER_LEN;
         buf.splice(at..at, ext);
         Some(MobilityOut::Rewritten(care_of.unwrap_or(dst)))
     }

@@ -19,6 +19,7 @@ use smoltcp::wire::{
     EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, Icmpv6Packet, Icmpv6Repr,
     IpAddress, IpProtocol, Ipv6Packet, Ipv6Repr, NdiscNeighborFlags, NdiscRepr, RawHardwareAddress,
     TcpControl, TcpPacket, TcpRepr, TcpSeqNumber, TcpTimestampRepr, UdpPacket, UdpRepr,
+    ETHERNET_HEADER_LEN, IPV6_HEADER_LEN, IPV6_MIN_MTU,
 };
 
 use std::collections::{HashMap, VecDeque};
@@ -37,16 +38,15 @@ mod udp;
 use conn_table::ConnTable;
 use emit::*;
 use ethernet::*;
+use ipv6::{FRAGMENT_HEADER_LEN, FRAGMENT_OFFSET_UNIT};
 use mobility::*;
 use tcp::*;
 
 pub use ndisc::solicited_node;
-use ndisc::ALL_NODES;
+use ndisc::{ALL_NODES, ND_HOP_LIMIT};
 
-pub(super) const ETH_HDR: usize = 14;
-pub(super) const IP6_HDR: usize = 40;
-/// RFC 8200 §5: every IPv6 link carries 1280-byte packets.
-pub(super) const MIN_MTU: usize = 1280;
+// ETHERNET_HEADER_LEN, IPV6_HEADER_LEN, and IPV6_MIN_MTU (RFC 8200 §5: every IPv6 link
+// carries 1280-octet packets) are smoltcp's.
 /// RFC 8201 §4: a learnt path MTU is forgotten after 10 minutes.
 pub(super) const PMTU_AGE: Duration = Duration::from_secs(600);
 /// RFC 4443 §2.4(f): ICMPv6 errors we send per second.
@@ -189,6 +189,8 @@ pub struct Interface {
     now: Instant,
 }
 
+/// The link-local address with the modified EUI-64 interface identifier of `mac` (RFC 4291
+/// §2.5.1 and appendix A, RFC 2464 §4–§5).
 pub(super) fn eui64_link_local(mac: [u8; 6]) -> Ipv6Addr {
     Ipv6Addr::new(
         0xfe80,
@@ -210,7 +212,7 @@ impl Interface {
     /// A new interface at `now`.
     pub fn new(cfg: Config, now: Instant) -> Self {
         let link_local = eui64_link_local(cfg.mac);
-        let mtu = cfg.mtu.max(MIN_MTU);
+        let mtu = cfg.mtu.max(IPV6_MIN_MTU);
         let isn = IsnGenerator::new(&cfg.isn_secret);
         let cn = if cfg.correspondent {
             match Correspondent::with_random_secrets(CnConfig::default()) {
@@ -249,7 +251,7 @@ impl Interface {
             decap_depth: 0,
             icmp_budget: (now, 0),
             frag_ident: now.total_micros() as u32,
-            scratch: Vec::with_capacity(ETH_HDR + mtu),
+            scratch: Vec::with_capacity(ETHERNET_HEADER_LEN + mtu),
             now,
         }
     }

@@ -1,6 +1,8 @@
 //! Neighbour Discovery (RFC 4861): solicitations, advertisements, address resolution.
 
 use super::*;
+use smoltcp::phy::Medium;
+use smoltcp::wire::{HardwareAddress, IPV6_LINK_LOCAL_ALL_NODES};
 
 /// RFC 4291 §2.7.1 solicited-node multicast address.
 pub fn solicited_node(a: Ipv6Addr) -> Ipv6Addr {
@@ -17,7 +19,21 @@ pub fn solicited_node(a: Ipv6Addr) -> Ipv6Addr {
     )
 }
 
-pub(super) const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+/// The Ethernet address in a link-layer address option (RFC 4861 §4.6.1, RFC 2464 §8).
+fn ethernet_lladdr(ll: RawHardwareAddress) -> Option<[u8; 6]> {
+    match ll.parse(Medium::Ethernet) {
+        Ok(HardwareAddress::Ethernet(EthernetAddress(mac))) => Some(mac),
+        #[allow(unreachable_patterns)] // other media, when a crate of the workspace enables them
+        _ => None,
+    }
+}
+
+/// All-nodes multicast, `ff02::1` (RFC 4291 §2.7.1).
+pub(super) const ALL_NODES: Ipv6Addr = IPV6_LINK_LOCAL_ALL_NODES;
+
+/// Neighbour Discovery messages are sent with hop limit 255, and one received with another is
+/// not from the link and is dropped (RFC 4861 §7.1.1, §7.1.2).
+pub(super) const ND_HOP_LIMIT: u8 = 255;
 
 impl Interface {
     /// Addresses we answer Neighbour Solicitations for (not home addresses served away
@@ -43,13 +59,11 @@ impl Interface {
                     return;
                 }
                 let dad = src.is_unspecified();
-                if let (Some(ll), false) = (lladdr, dad) {
-                    if ll.len() == 6 {
-                        let mut mac = [0u8; 6];
-                        mac.copy_from_slice(ll.as_bytes());
-                        if let Some((m, q)) = self.nd.learn(now, src, mac, false, true, true) {
-                            self.release_queued(m, q);
-                        }
+                // RFC 4861 §7.2.3: learn the solicitor's link-layer address (not from DAD,
+                // whose source is unspecified).
+                if let (Some(mac), false) = (lladdr.and_then(ethernet_lladdr), dad) {
+                    if let Some((m, q)) = self.nd.learn(now, src, mac, false, true, true) {
+                        self.release_queued(m, q);
                     }
                 }
                 let _ = dst;
@@ -67,19 +81,17 @@ impl Interface {
                     target_addr,
                     lladdr: Some(RawHardwareAddress::from(EthernetAddress(self.cfg.mac))),
                 });
-                self.send_icmp(now, target_addr, to, &na, Some(255));
+                self.send_icmp(now, target_addr, to, &na, Some(ND_HOP_LIMIT));
             }
             NdiscRepr::NeighborAdvert {
                 flags,
                 target_addr,
                 lladdr,
             } => {
-                let Some(ll) = lladdr else { return };
-                if ll.len() != 6 {
+                // RFC 4861 §7.2.5: an advertisement updates the cache as its flags say.
+                let Some(mac) = lladdr.and_then(ethernet_lladdr) else {
                     return;
-                }
-                let mut mac = [0u8; 6];
-                mac.copy_from_slice(ll.as_bytes());
+                };
                 if let Some((m, q)) = self.nd.learn(
                     now,
                     target_addr,
@@ -97,7 +109,7 @@ impl Interface {
 
     pub(super) fn release_queued(&mut self, mac: [u8; 6], q: VecDeque<Vec<u8>>) {
         for mut f in q {
-            f[0..6].copy_from_slice(&mac);
+            set_dst_mac(&mut f, mac);
             self.ctrl.push_back(f);
         }
     }
@@ -116,11 +128,11 @@ impl Interface {
         match a {
             NdAction::SolicitUnicast(_, mac) => {
                 let mut buf = self.buffer();
-                build_icmp_frame(&mut buf, self.cfg.mac, 255, src, to, &ns);
-                buf[0..6].copy_from_slice(&mac);
+                build_icmp_frame(&mut buf, self.cfg.mac, ND_HOP_LIMIT, src, to, &ns);
+                set_dst_mac(&mut buf, mac);
                 self.ctrl.push_back(buf);
             }
-            NdAction::SolicitMulticast(_) => self.send_icmp(now, src, to, &ns, Some(255)),
+            NdAction::SolicitMulticast(_) => self.send_icmp(now, src, to, &ns, Some(ND_HOP_LIMIT)),
         }
     }
 
@@ -139,6 +151,6 @@ impl Interface {
             target_addr: a,
             lladdr: Some(RawHardwareAddress::from(EthernetAddress(self.cfg.mac))),
         });
-        self.send_icmp(now, a, ALL_NODES, &na, Some(255));
+        self.send_icmp(now, a, ALL_NODES, &na, Some(ND_HOP_LIMIT));
     }
 }

@@ -3,6 +3,10 @@
 
 use super::conn_table::{ConnKey, HoldOutcome};
 use super::*;
+use smoltcp::wire::TCP_HEADER_LEN;
+
+/// Hop limit of a held packet rebuilt for the node that thaws its connection.
+const HELD_HOP_LIMIT: u8 = 64;
 
 #[derive(Debug)]
 pub(super) struct Listener {
@@ -142,13 +146,18 @@ impl Interface {
         }
         // A frozen connection: never answered with RST; its packets are held for the node
         // that thaws it (`tcp_take_held`), up to a bound.
+        // Held as a plain IPv6 packet between the addresses TCP sees (home addresses, not
+        // care-of ones), so the segment's checksum verifies wherever it is fed back.
         let held = self.conns.hold_packet(&key, || {
-            let mut pkt = Vec::with_capacity(IP6_HDR + payload.len());
-            pkt.extend_from_slice(&[0x60, 0, 0, 0]);
-            pkt.extend_from_slice(&(payload.len().min(65535) as u16).to_be_bytes());
-            pkt.extend_from_slice(&[6, 64]);
-            pkt.extend_from_slice(&src.octets());
-            pkt.extend_from_slice(&dst.octets());
+            let mut pkt = vec![0; IPV6_HEADER_LEN];
+            Ipv6Repr {
+                src_addr: src,
+                dst_addr: dst,
+                next_header: IpProtocol::Tcp,
+                payload_len: payload.len(),
+                hop_limit: HELD_HOP_LIMIT,
+            }
+            .emit(&mut Ipv6Packet::new_unchecked(&mut pkt[..]));
             pkt.extend_from_slice(payload);
             pkt
         });
@@ -245,7 +254,7 @@ impl Interface {
         } else {
             0
         };
-        mtu.saturating_sub(IP6_HDR + 20 + hao) as u32
+        mtu.saturating_sub(IPV6_HEADER_LEN + TCP_HEADER_LEN + hao) as u32
     }
 
     pub(super) fn insert_tcb(&mut self, tcb: Tcb) -> u32 {

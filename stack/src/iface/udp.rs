@@ -1,6 +1,7 @@
 //! UDP (RFC 768) sockets.
 
 use super::*;
+use smoltcp::wire::{Icmpv6DstUnreachable, UDP_HEADER_LEN};
 
 impl Interface {
     pub(super) fn receive_udp(
@@ -42,7 +43,7 @@ impl Interface {
                 self.stats.udp_drops += 1;
                 if !dst.is_multicast() {
                     // RFC 4443 §3.1 code 4: port unreachable.
-                    self.icmp_error(now, whole, 1, 4, 0);
+                    self.dst_unreachable(now, whole, Icmpv6DstUnreachable::PortUnreachable);
                 }
             }
         }
@@ -115,8 +116,8 @@ impl Interface {
             *s.local.ip()
         };
         let sport = s.local.port();
-        let udp_len = 8 + data.len();
-        if udp_len > 65535 {
+        let udp_len = UDP_HEADER_LEN + data.len();
+        if udp_len > usize::from(u16::MAX) {
             return Err(Error::TooLarge);
         }
         let mut dgram = vec![0u8; udp_len];
@@ -141,7 +142,7 @@ impl Interface {
             .filter(|p| now - p.1 < PMTU_AGE)
             .map(|p| p.0)
             .unwrap_or(self.cfg.mtu);
-        if IP6_HDR + udp_len <= mtu {
+        if IPV6_HEADER_LEN + udp_len <= mtu {
             let mut buf = self.buffer();
             build_ip_frame(
                 &mut buf,
@@ -149,17 +150,19 @@ impl Interface {
                 self.cfg.hop_limit,
                 src,
                 *dst.ip(),
-                17,
+                IpProtocol::Udp,
                 udp_len,
             );
             buf.extend_from_slice(&dgram);
             self.send_frame(now, buf, *dst.ip(), None);
             return Ok(());
         }
-        // Fragment: each fragment's data a multiple of 8 except the last.
+        // Fragment (RFC 8200 §4.5): each fragment's data a multiple of 8 octets except the
+        // last.
         self.frag_ident = self.frag_ident.wrapping_add(1);
         let ident = self.frag_ident;
-        let per = (mtu - IP6_HDR - 8) & !7;
+        let per = (mtu - IPV6_HEADER_LEN - FRAGMENT_HEADER_LEN) / FRAGMENT_OFFSET_UNIT
+            * FRAGMENT_OFFSET_UNIT;
         let mut off = 0;
         while off < dgram.len() {
             let len = per.min(dgram.len() - off);
@@ -171,14 +174,10 @@ impl Interface {
                 self.cfg.hop_limit,
                 src,
                 *dst.ip(),
-                44,
-                8 + len,
+                IpProtocol::Ipv6Frag,
+                FRAGMENT_HEADER_LEN + len,
             );
-            buf.push(17);
-            buf.push(0);
-            let fo = (off as u16) | u16::from(more);
-            buf.extend_from_slice(&fo.to_be_bytes());
-            buf.extend_from_slice(&ident.to_be_bytes());
+            emit_fragment_header(&mut buf, IpProtocol::Udp, off, more, ident);
             buf.extend_from_slice(&dgram[off..off + len]);
             self.send_frame(now, buf, *dst.ip(), None);
             off += len;
