@@ -1,8 +1,20 @@
 //! Frame emission: building Ethernet + IPv6 + upper-layer frames, neighbour resolution on the
 //! way out, and the transmit path.
 
-use super::*;
-use smoltcp::wire::{Ipv6ExtHeader, Ipv6ExtHeaderRepr, Ipv6FragmentHeader, Ipv6FragmentRepr};
+use super::ethernet::{emit_ethernet_header, multicast_mac, set_dst_mac};
+use super::ipv6::{FRAGMENT_HEADER_LEN, FRAGMENT_OFFSET_UNIT};
+use super::mobility::MobilityOut;
+use super::{caps, Interface};
+use crate::ndp::Lookup;
+use crate::tcp::tcb::SegOut;
+use crate::time::Instant;
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::wire::{
+    Icmpv6Packet, Icmpv6Repr, IpAddress, IpProtocol, Ipv6ExtHeader, Ipv6ExtHeaderRepr,
+    Ipv6FragmentHeader, Ipv6FragmentRepr, Ipv6Packet, Ipv6Repr, TcpControl, TcpPacket, TcpRepr,
+    TcpSeqNumber, TcpTimestampRepr, ETHERNET_HEADER_LEN, IPV6_HEADER_LEN,
+};
+use std::net::{Ipv6Addr, SocketAddrV6};
 
 /// Where frames go when the caller can take them at once.
 pub(super) type Emit<'a> = &'a mut dyn FnMut(&[u8]);
@@ -32,6 +44,7 @@ impl Interface {
         }
     }
 
+    /// Give a sent frame's buffer back to the pool.
     pub(super) fn recycle(&mut self, mut f: Vec<u8>) {
         if self.pool.len() < 256 {
             f.clear();
@@ -39,12 +52,15 @@ impl Interface {
         }
     }
 
+    /// An empty frame buffer (pooled).
     pub(super) fn buffer(&mut self) -> Vec<u8> {
         self.pool
             .pop()
             .unwrap_or_else(|| Vec::with_capacity(ETHERNET_HEADER_LEN + self.cfg.mtu))
     }
 
+    /// Send what the connection has to send now (segments, RFC 9293 §3.8), at most a bounded
+    /// burst.
     pub(super) fn drain_tcb(&mut self, now: Instant, idx: u32, emit: &mut dyn FnMut(&[u8])) {
         // Bound the burst per call so one connection cannot starve the others.
         for _ in 0..256 {
@@ -151,6 +167,7 @@ impl Interface {
         self.send_frame(now, buf, dst, None);
     }
 
+    /// Send a segment that belongs to no connection (a RST, RFC 9293 §3.10.7.1).
     pub(super) fn emit_tcp_ctrl(
         &mut self,
         now: Instant,

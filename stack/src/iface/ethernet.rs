@@ -1,6 +1,11 @@
 //! Ethernet II framing (the link layer of the interface).
 
-use super::*;
+use super::Interface;
+use crate::time::Instant;
+use smoltcp::wire::{
+    EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, ETHERNET_HEADER_LEN,
+};
+use std::net::Ipv6Addr;
 
 /// The first two octets of every Ethernet address IPv6 multicast maps to (RFC 2464 §7).
 const IPV6_MULTICAST_MAC_PREFIX: [u8; 2] = [0x33, 0x33];

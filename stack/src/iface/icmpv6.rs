@@ -1,10 +1,20 @@
 //! ICMPv6 (RFC 4443): echo, errors received and errors sent.
 
 use super::conn_table::ConnKey;
-use super::*;
-use smoltcp::wire::{Icmpv6DstUnreachable, Icmpv6Message, Icmpv6ParamProblem};
+use super::emit::{build_icmp_frame, build_ip_frame};
+use super::ndisc::ND_HOP_LIMIT;
+use super::{caps, Interface, ICMP_ERRORS_PER_SEC};
+use crate::time::{Duration, Instant};
+use smoltcp::wire::{
+    Icmpv6DstUnreachable, Icmpv6Message, Icmpv6Packet, Icmpv6ParamProblem, Icmpv6Repr, IpProtocol,
+    Ipv6Packet, TcpPacket, IPV6_HEADER_LEN, IPV6_MIN_MTU,
+};
+use std::net::Ipv6Addr;
 
 impl Interface {
+    /// An ICMPv6 message for us (RFC 4443 §2.4: checksum verified, unknown types ignored):
+    /// echo (§4.1, §4.2), errors for our TCP connections (§3.1, RFC 5927), Packet Too Big
+    /// (§3.2, RFC 8201), and Neighbour Discovery (RFC 4861).
     pub(super) fn receive_icmp(
         &mut self,
         now: Instant,
@@ -97,6 +107,7 @@ impl Interface {
         }
     }
 
+    /// Send an ICMPv6 message from `src` to `dst`.
     pub(super) fn send_icmp(
         &mut self,
         now: Instant,
@@ -117,6 +128,7 @@ impl Interface {
         self.send_frame(now, buf, dst, None);
     }
 
+    /// RFC 4443 §2.4(f): a token per error, `ICMP_ERRORS_PER_SEC` a second.
     pub(super) fn icmp_error_allowed(&mut self, now: Instant) -> bool {
         if now - self.icmp_budget.0 >= Duration::from_secs(1) {
             self.icmp_budget = (now, 0);

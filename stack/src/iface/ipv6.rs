@@ -1,14 +1,19 @@
 //! IPv6 input: the fixed header, the extension-header chain (RFC 8200 §4), fragments, and
 //! the hand-off to the upper layers; path MTU (RFC 8201).
 
-use super::*;
+use super::mobility::Mobility;
+use super::ndisc::{solicited_node, ALL_NODES};
+use super::Interface;
+use crate::time::Instant;
 use ds_mipv6::wire::{
     HomeAddressOptions, Type2RoutingHeader, HAO_OPTION_TYPE, IPPROTO_IPV6, IPPROTO_MH,
 };
 use smoltcp::wire::{
-    Icmpv6ParamProblem, Ipv6ExtHeader, Ipv6FragmentHeader, Ipv6FragmentRepr, Ipv6Option,
-    Ipv6OptionFailureType, Ipv6OptionType, Ipv6RoutingHeader, Ipv6RoutingType,
+    Icmpv6ParamProblem, IpProtocol, Ipv6ExtHeader, Ipv6FragmentHeader, Ipv6FragmentRepr,
+    Ipv6Option, Ipv6OptionFailureType, Ipv6OptionType, Ipv6Packet, Ipv6RoutingHeader,
+    Ipv6RoutingType, IPV6_HEADER_LEN, IPV6_MIN_MTU,
 };
+use std::net::Ipv6Addr;
 
 /// `ff02::/16`: link-local scope multicast (RFC 4291 §2.7, scope 2).
 pub(super) fn is_link_scope_multicast(a: &Ipv6Addr) -> bool {
@@ -19,6 +24,8 @@ pub(super) fn is_link_scope_multicast(a: &Ipv6Addr) -> bool {
 const LINK_LOCAL_MULTICAST_FLAGS_SCOPE: u8 = 0x02;
 
 impl Interface {
+    /// Destinations we receive for: ours, all-nodes, and the solicited-node groups of ours
+    /// and of the addresses we proxy (RFC 4861 §7.2.1, RFC 4291 §2.8).
     pub(super) fn accepts_dst(&self, a: &Ipv6Addr) -> bool {
         if self.is_ours(a) || *a == ALL_NODES {
             return true;
@@ -29,6 +36,7 @@ impl Interface {
                 || self.proxied.iter().any(|x| solicited_node(*x) == *a))
     }
 
+    /// Source address for a destination (a small part of RFC 6724 §5).
     pub(super) fn source_for(&self, dst: &Ipv6Addr) -> Ipv6Addr {
         // RFC 6724 §4: a link-scope destination gets the link-local source.
         if dst.is_unicast_link_local() || is_link_scope_multicast(dst) {
@@ -385,6 +393,7 @@ impl Interface {
         }
     }
 
+    /// Next hop: the destination on the link, otherwise the default router (RFC 4861 §5.2).
     pub(super) fn next_hop(&self, dst: &Ipv6Addr) -> Ipv6Addr {
         match self.cfg.gateway {
             Some(gw) if !self.on_link(dst) => gw,
@@ -392,6 +401,7 @@ impl Interface {
         }
     }
 
+    /// On-link determination (RFC 4861 §5.2, from our own prefixes: no Router Advertisements).
     pub(super) fn on_link(&self, dst: &Ipv6Addr) -> bool {
         if dst.is_unicast_link_local() || dst.is_multicast() {
             return true;

@@ -1,9 +1,17 @@
 //! Mobile IPv6 (RFC 6275) in the data path: the Home Address option and type 2 routing header
 //! on input, route optimisation on output, Mobility Header dispatch, proxying and interception.
 
-use super::*;
+use super::Interface;
+use crate::hooks::{HaoVerdict, MobilityHook};
+use crate::time::Instant;
+use ds_mipv6::cn::{CnEvent, Correspondent, FlowKey, HaoCheck};
 use ds_mipv6::wire::{DestOptsRepr, Rh2Repr};
-use smoltcp::wire::{Icmpv6Message, Icmpv6ParamProblem};
+use ds_mipv6::MhMeta;
+use smoltcp::wire::{
+    EthernetFrame, Icmpv6Message, Icmpv6Packet, Icmpv6ParamProblem, IpProtocol, Ipv6Packet,
+    TcpPacket, UdpPacket, ETHERNET_HEADER_LEN, IPV6_HEADER_LEN,
+};
+use std::net::Ipv6Addr;
 
 /// The mobility view of a received packet: addresses as on the wire and the home address
 /// carried by a Home Address option or a type 2 routing header.
@@ -75,6 +83,7 @@ impl Interface {
         self.intercepted.pop_front()
     }
 
+    /// Queue a packet for the application (bounded by `MAX_INTERCEPTED`).
     pub(super) fn intercept(&mut self, pkt: &[u8]) {
         if self.intercepted.len() >= MAX_INTERCEPTED {
             self.stats.intercept_drops += 1;
@@ -98,6 +107,8 @@ impl Interface {
         self.home_addrs.retain(|x| *x != a);
     }
 
+    /// RFC 6275 §9.3.1: a Home Address option is honoured when the correspondent role has a
+    /// binding for it (else a Binding Error may go back, §9.3.3) or the mobile role accepts it.
     pub(super) fn accept_hao(&mut self, now: Instant, mob: &Mobility, home: Ipv6Addr) -> bool {
         let t = now;
         if let Some(cn) = self.cn.as_mut() {
@@ -188,6 +199,7 @@ impl Interface {
             .unwrap_or(MobilityOut::Unchanged)
     }
 
+    /// See [`Self::mobility_out`]; `None`: the frame is left as it is.
     pub(super) fn mobility_rewrite(
         &mut self,
         now: Instant,

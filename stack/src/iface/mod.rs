@@ -1,29 +1,39 @@
 //! The sans-IO interface: Ethernet + IPv6 (extension headers, fragments) + NDP + ICMPv6 + UDP +
 //! TCP demultiplexing, and the socket API applications use.
+//!
+//! One [`Interface`] type, its `impl` split by layer (as smoltcp's `iface/interface/`):
+//!
+//! | file | what |
+//! | --- | --- |
+//! | `mod.rs` | the type, [`Config`], handles, errors, time (`poll`, `poll_at`), addresses |
+//! | `ethernet.rs` | Ethernet II input and header emission (RFC 2464) |
+//! | `ipv6.rs` | IPv6 and its extension headers, fragments, upper-layer dispatch, path MTU (RFC 8200, 8201) |
+//! | `icmpv6.rs` | ICMPv6 input, errors sent (RFC 4443) |
+//! | `ndisc.rs` | Neighbour Discovery (RFC 4861) |
+//! | `mobility.rs` | Mobile IPv6 in the data path: RH2/HAO, route optimisation, the mobility hook calls (RFC 6275) |
+//! | `udp.rs` | UDP sockets (RFC 768) |
+//! | `tcp.rs` | TCP demultiplexing, lifecycle, socket API, freeze/hold/thaw (RFC 9293) |
+//! | `conn_table.rs` | the connection table: TCB slab, demux, timers, dirty/ready lists, held packets |
+//! | `emit.rs` | frame building and the transmit path |
+//!
+//! Headers are read and written through one implementation each: smoltcp's `wire` views and
+//! reprs, and `ds-mipv6`'s for the type 2 routing header and the Home Address option.
 
 use crate::frag::Reassembler;
-use crate::hooks::{HaoVerdict, MobilityHook};
+use crate::hooks::MobilityHook;
 use crate::isn::{random_secret, IsnGenerator};
-use crate::ndp::{Lookup, NdAction, NeighborCache};
-use crate::state::{ConnState, StateError};
+use crate::ndp::NeighborCache;
+use crate::state::StateError;
 use crate::stats::Stats;
-use crate::tcp::tcb::{SegIn, SegOut, Tcb, TcpError};
+use crate::tcp::tcb::{Tcb, TcpError};
 use crate::tcp::TcpConfig;
-use crate::tcp::TcpState;
 use crate::time::{Duration, Instant};
-use crate::udp::{UdpSocket, UDP_QUEUE};
-use ds_mipv6::cn::{CnConfig, CnEvent, Correspondent, FlowKey, HaoCheck};
-use ds_mipv6::MhMeta;
+use crate::udp::UdpSocket;
+use ds_mipv6::cn::{CnConfig, Correspondent};
 use smoltcp::phy::ChecksumCapabilities;
-use smoltcp::wire::{
-    EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, Icmpv6Packet, Icmpv6Repr,
-    IpAddress, IpProtocol, Ipv6Packet, Ipv6Repr, NdiscNeighborFlags, NdiscRepr, RawHardwareAddress,
-    TcpControl, TcpPacket, TcpRepr, TcpSeqNumber, TcpTimestampRepr, UdpPacket, UdpRepr,
-    ETHERNET_HEADER_LEN, IPV6_HEADER_LEN, IPV6_MIN_MTU,
-};
-
+use smoltcp::wire::{ETHERNET_HEADER_LEN, IPV6_MIN_MTU};
 use std::collections::{HashMap, VecDeque};
-use std::net::{Ipv6Addr, SocketAddrV6};
+use std::net::Ipv6Addr;
 
 mod conn_table;
 mod emit;
@@ -36,17 +46,10 @@ mod tcp;
 mod udp;
 
 use conn_table::ConnTable;
-use emit::*;
-use ethernet::*;
-use ipv6::{FRAGMENT_HEADER_LEN, FRAGMENT_OFFSET_UNIT};
-use mobility::*;
-use tcp::*;
+use tcp::{Listener, EPHEMERAL_FIRST};
 
 pub use ndisc::solicited_node;
-use ndisc::{ALL_NODES, ND_HOP_LIMIT};
 
-// ETHERNET_HEADER_LEN, IPV6_HEADER_LEN, and IPV6_MIN_MTU (RFC 8200 §5: every IPv6 link
-// carries 1280-octet packets) are smoltcp's.
 /// RFC 8201 §4: a learnt path MTU is forgotten after 10 minutes.
 pub(super) const PMTU_AGE: Duration = Duration::from_secs(600);
 /// RFC 4443 §2.4(f): ICMPv6 errors we send per second.
@@ -241,7 +244,7 @@ impl Interface {
             frag: Reassembler::default(),
             udp: Vec::new(),
             udp_map: HashMap::new(),
-            next_ephemeral: 49152 + (now.total_micros() as u16 % 8192),
+            next_ephemeral: EPHEMERAL_FIRST + (now.total_micros() as u16 % 8192),
             stats: Stats::default(),
             hook: None,
             cn,
@@ -290,6 +293,7 @@ impl Interface {
         &mut self.cfg.tcp
     }
 
+    /// Addresses we accept packets for as their final destination.
     pub(super) fn is_ours(&self, a: &Ipv6Addr) -> bool {
         *a == self.link_local || self.cfg.addrs.contains(a) || self.home_addrs.contains(a)
     }

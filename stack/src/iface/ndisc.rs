@@ -1,8 +1,17 @@
 //! Neighbour Discovery (RFC 4861): solicitations, advertisements, address resolution.
 
-use super::*;
+use super::emit::build_icmp_frame;
+use super::ethernet::set_dst_mac;
+use super::Interface;
+use crate::ndp::NdAction;
+use crate::time::Instant;
 use smoltcp::phy::Medium;
-use smoltcp::wire::{HardwareAddress, IPV6_LINK_LOCAL_ALL_NODES};
+use smoltcp::wire::{
+    EthernetAddress, HardwareAddress, Icmpv6Repr, NdiscNeighborFlags, NdiscRepr,
+    RawHardwareAddress, IPV6_LINK_LOCAL_ALL_NODES,
+};
+use std::collections::VecDeque;
+use std::net::Ipv6Addr;
 
 /// RFC 4291 §2.7.1 solicited-node multicast address.
 pub fn solicited_node(a: Ipv6Addr) -> Ipv6Addr {
@@ -42,6 +51,7 @@ impl Interface {
         *a == self.link_local || self.cfg.addrs.contains(a) || self.proxied.contains(a)
     }
 
+    /// Neighbour Solicitations (RFC 4861 §7.2.3, §7.2.4) and Advertisements (§7.2.5) for us.
     pub(super) fn receive_ndisc(
         &mut self,
         now: Instant,
@@ -107,6 +117,7 @@ impl Interface {
         }
     }
 
+    /// Send the frames that waited for a neighbour's link-layer address (RFC 4861 §7.2.2).
     pub(super) fn release_queued(&mut self, mac: [u8; 6], q: VecDeque<Vec<u8>>) {
         for mut f in q {
             set_dst_mac(&mut f, mac);
@@ -114,6 +125,8 @@ impl Interface {
         }
     }
 
+    /// A Neighbour Solicitation: multicast to the solicited-node group to resolve, unicast to
+    /// confirm reachability (RFC 4861 §7.2.2, §7.3.3).
     pub(super) fn solicit(&mut self, a: NdAction) {
         let (target, to) = match a {
             NdAction::SolicitMulticast(t) => (t, solicited_node(t)),
@@ -145,6 +158,7 @@ impl Interface {
         }
     }
 
+    /// One unsolicited Neighbour Advertisement with the override flag (RFC 4861 §7.2.6).
     pub(super) fn announce_one(&mut self, now: Instant, a: Ipv6Addr) {
         let na = Icmpv6Repr::Ndisc(NdiscRepr::NeighborAdvert {
             flags: NdiscNeighborFlags::OVERRIDE,

@@ -2,8 +2,23 @@
 //! socket API, including freeze, hold and thaw for the handoff.
 
 use super::conn_table::{ConnKey, HoldOutcome};
-use super::*;
-use smoltcp::wire::TCP_HEADER_LEN;
+use super::mobility::MOBILITY_EXT_LEN;
+use super::{put_in_free_slot, Error, Interface, ListenHandle, TcpHandle};
+use crate::isn::IsnGenerator;
+use crate::state::ConnState;
+use crate::tcp::tcb::{SegIn, SegOut, Tcb};
+use crate::tcp::{TcpConfig, TcpState};
+use crate::time::Instant;
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::wire::{
+    IpAddress, IpProtocol, Ipv6Packet, Ipv6Repr, TcpControl, TcpPacket, TcpRepr, IPV6_HEADER_LEN,
+    TCP_HEADER_LEN,
+};
+use std::collections::VecDeque;
+use std::net::{Ipv6Addr, SocketAddrV6};
+
+/// The first port of the dynamic range, 49152–65535 (RFC 6335 §6).
+pub(super) const EPHEMERAL_FIRST: u16 = 49152;
 
 /// Hop limit of a held packet rebuilt for the node that thaws its connection.
 const HELD_HOP_LIMIT: u8 = 64;
@@ -88,6 +103,8 @@ impl Interface {
         self.arm(idx);
     }
 
+    /// A TCP segment for us (RFC 9293 §3.10.7): to its connection, else held for a frozen
+    /// one, else a SYN to a listener (§3.10.7.2), else answered with a reset (§3.10.7.1).
     pub(super) fn receive_tcp(
         &mut self,
         now: Instant,
@@ -257,15 +274,18 @@ impl Interface {
         mtu.saturating_sub(IPV6_HEADER_LEN + TCP_HEADER_LEN + hao) as u32
     }
 
+    /// Add a connection to the table under its 4-tuple.
     pub(super) fn insert_tcb(&mut self, tcb: Tcb) -> u32 {
         let key = ConnKey::of(&tcb.local, &tcb.remote);
         self.conns.insert(key, tcb)
     }
 
+    /// The connection a handle names.
     pub(super) fn tcb(&self, h: TcpHandle) -> Result<&Tcb, Error> {
         self.conns.by_handle(h).ok_or(Error::InvalidHandle)
     }
 
+    /// The connection a handle names.
     pub(super) fn tcb_mut(&mut self, h: TcpHandle) -> Result<&mut Tcb, Error> {
         self.conns.by_handle_mut(h).ok_or(Error::InvalidHandle)
     }
@@ -379,6 +399,8 @@ impl Interface {
         Ok(self.conns.handle(idx))
     }
 
+    /// A free port from the dynamic range (RFC 6335 §6), tried in turn from where the last
+    /// search stopped.
     pub(super) fn ephemeral_port(
         &mut self,
         ip: &Ipv6Addr,
@@ -386,7 +408,11 @@ impl Interface {
     ) -> Result<u16, Error> {
         for _ in 0..16384 {
             let p = self.next_ephemeral;
-            self.next_ephemeral = if p == u16::MAX { 49152 } else { p + 1 };
+            self.next_ephemeral = if p == u16::MAX {
+                EPHEMERAL_FIRST
+            } else {
+                p + 1
+            };
             let key = ConnKey(*ip, p, *remote.ip(), remote.port());
             if !self.conns.in_use(&key) {
                 return Ok(p);
@@ -405,6 +431,7 @@ impl Interface {
         self.tcb(h).ok().map(|t| (t.local, t.remote))
     }
 
+    /// The error that ended the connection, if one did.
     pub(super) fn check_error(t: &Tcb) -> Result<(), Error> {
         match t.error {
             Some(e) => Err(e.into()),

@@ -1,9 +1,20 @@
 //! UDP (RFC 768) sockets.
 
-use super::*;
-use smoltcp::wire::{Icmpv6DstUnreachable, UDP_HEADER_LEN};
+use super::emit::{build_ip_frame, emit_fragment_header};
+use super::ipv6::{FRAGMENT_HEADER_LEN, FRAGMENT_OFFSET_UNIT};
+use super::{caps, put_in_free_slot, Error, Interface, UdpHandle, PMTU_AGE};
+use crate::time::Instant;
+use crate::udp::{UdpSocket, UDP_QUEUE};
+use smoltcp::wire::{
+    Icmpv6DstUnreachable, IpAddress, IpProtocol, UdpPacket, UdpRepr, IPV6_HEADER_LEN,
+    UDP_HEADER_LEN,
+};
+use std::collections::VecDeque;
+use std::net::{Ipv6Addr, SocketAddrV6};
 
 impl Interface {
+    /// A UDP datagram for us (RFC 768; RFC 8200 §8.1: the checksum is mandatory): to its
+    /// socket, or answered with Port Unreachable (RFC 4443 §3.1).
     pub(super) fn receive_udp(
         &mut self,
         now: Instant,
