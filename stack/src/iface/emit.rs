@@ -52,6 +52,40 @@ impl Interface {
         }
     }
 
+    /// A frame (from the pool) with our Ethernet and IPv6 headers for `payload_len` octets of
+    /// `nh` from `src` to `dst`; the caller appends them.
+    pub(super) fn ip_frame(
+        &mut self,
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        nh: IpProtocol,
+        payload_len: usize,
+    ) -> Vec<u8> {
+        let mut buf = self.buffer();
+        let (mac, hop_limit) = (self.cfg.mac, self.cfg.hop_limit);
+        build_ip_frame(&mut buf, mac, hop_limit, src, dst, nh, payload_len);
+        buf
+    }
+
+    /// A frame (from the pool) carrying the ICMPv6 message `repr` from `src` to `dst`.
+    pub(super) fn icmp_frame(
+        &mut self,
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        repr: &Icmpv6Repr<'_>,
+        hop_limit: u8,
+    ) -> Vec<u8> {
+        let len = repr.buffer_len();
+        let mut buf = self.buffer();
+        let mac = self.cfg.mac;
+        build_ip_frame(&mut buf, mac, hop_limit, src, dst, IpProtocol::Icmpv6, len);
+        let start = buf.len();
+        buf.resize(start + len, 0);
+        let mut p = Icmpv6Packet::new_unchecked(&mut buf[start..]);
+        repr.emit(&src, &dst, &mut p, &caps());
+        buf
+    }
+
     /// An empty frame buffer (pooled).
     pub(super) fn buffer(&mut self) -> Vec<u8> {
         self.pool
@@ -241,21 +275,6 @@ pub(super) fn emit_fragment_header(
     .emit(&mut Ipv6FragmentHeader::new_unchecked(
         &mut buf[at + ext.header_len()..],
     ));
-}
-
-pub(super) fn build_icmp_frame(
-    buf: &mut Vec<u8>,
-    mac: [u8; 6],
-    hop_limit: u8,
-    src: Ipv6Addr,
-    dst: Ipv6Addr,
-    repr: &Icmpv6Repr<'_>,
-) {
-    let len = repr.buffer_len();
-    build_ip_frame(buf, mac, hop_limit, src, dst, IpProtocol::Icmpv6, len);
-    buf.resize(ETHERNET_HEADER_LEN + IPV6_HEADER_LEN + len, 0);
-    let mut p = Icmpv6Packet::new_unchecked(&mut buf[ETHERNET_HEADER_LEN + IPV6_HEADER_LEN..]);
-    repr.emit(&src, &dst, &mut p, &caps());
 }
 
 /// Build an Ethernet + IPv6 + TCP frame into `buf` (destination MAC left zero).

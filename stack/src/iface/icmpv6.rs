@@ -1,7 +1,6 @@
 //! ICMPv6 (RFC 4443): echo, errors received and errors sent.
 
 use super::conn_table::ConnKey;
-use super::emit::{build_icmp_frame, build_ip_frame};
 use super::ndisc::ND_HOP_LIMIT;
 use super::{caps, Interface, ICMP_ERRORS_PER_SEC};
 use crate::time::{Duration, Instant};
@@ -116,15 +115,8 @@ impl Interface {
         repr: &Icmpv6Repr<'_>,
         hop_limit: Option<u8>,
     ) {
-        let mut buf = self.buffer();
-        build_icmp_frame(
-            &mut buf,
-            self.cfg.mac,
-            hop_limit.unwrap_or(self.cfg.hop_limit),
-            src,
-            dst,
-            repr,
-        );
+        let hop_limit = hop_limit.unwrap_or(self.cfg.hop_limit);
+        let buf = self.icmp_frame(src, dst, repr, hop_limit);
         self.send_frame(now, buf, dst, None);
     }
 
@@ -205,16 +197,7 @@ impl Interface {
             self.source_for(&src)
         };
         let icmp_len = ICMP_ERROR_HEADER_LEN + quote.len();
-        let mut buf = self.buffer();
-        build_ip_frame(
-            &mut buf,
-            self.cfg.mac,
-            self.cfg.hop_limit,
-            from,
-            src,
-            IpProtocol::Icmpv6,
-            icmp_len,
-        );
+        let mut buf = self.ip_frame(from, src, IpProtocol::Icmpv6, icmp_len);
         let start = buf.len();
         buf.resize(start + icmp_len, 0);
         let mut p = Icmpv6Packet::new_unchecked(&mut buf[start..]);

@@ -1,6 +1,5 @@
 //! Neighbour Discovery (RFC 4861): solicitations, advertisements, address resolution.
 
-use super::emit::build_icmp_frame;
 use super::ethernet::set_dst_mac;
 use super::Interface;
 use crate::ndp::NdAction;
@@ -140,8 +139,7 @@ impl Interface {
         let now = self.now;
         match a {
             NdAction::SolicitUnicast(_, mac) => {
-                let mut buf = self.buffer();
-                build_icmp_frame(&mut buf, self.cfg.mac, ND_HOP_LIMIT, src, to, &ns);
+                let mut buf = self.icmp_frame(src, to, &ns, ND_HOP_LIMIT);
                 set_dst_mac(&mut buf, mac);
                 self.ctrl.push_back(buf);
             }

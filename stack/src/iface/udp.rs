@@ -1,6 +1,6 @@
 //! UDP (RFC 768) sockets.
 
-use super::emit::{build_ip_frame, emit_fragment_header};
+use super::emit::emit_fragment_header;
 use super::ipv6::{FRAGMENT_HEADER_LEN, FRAGMENT_OFFSET_UNIT};
 use super::{caps, put_in_free_slot, Error, Interface, UdpHandle, PMTU_AGE};
 use crate::time::Instant;
@@ -154,16 +154,7 @@ impl Interface {
             .map(|p| p.0)
             .unwrap_or(self.cfg.mtu);
         if IPV6_HEADER_LEN + udp_len <= mtu {
-            let mut buf = self.buffer();
-            build_ip_frame(
-                &mut buf,
-                self.cfg.mac,
-                self.cfg.hop_limit,
-                src,
-                *dst.ip(),
-                IpProtocol::Udp,
-                udp_len,
-            );
+            let mut buf = self.ip_frame(src, *dst.ip(), IpProtocol::Udp, udp_len);
             buf.extend_from_slice(&dgram);
             self.send_frame(now, buf, *dst.ip(), None);
             return Ok(());
@@ -178,16 +169,8 @@ impl Interface {
         while off < dgram.len() {
             let len = per.min(dgram.len() - off);
             let more = off + len < dgram.len();
-            let mut buf = self.buffer();
-            build_ip_frame(
-                &mut buf,
-                self.cfg.mac,
-                self.cfg.hop_limit,
-                src,
-                *dst.ip(),
-                IpProtocol::Ipv6Frag,
-                FRAGMENT_HEADER_LEN + len,
-            );
+            let frag_len = FRAGMENT_HEADER_LEN + len;
+            let mut buf = self.ip_frame(src, *dst.ip(), IpProtocol::Ipv6Frag, frag_len);
             emit_fragment_header(&mut buf, IpProtocol::Udp, off, more, ident);
             buf.extend_from_slice(&dgram[off..off + len]);
             self.send_frame(now, buf, *dst.ip(), None);
