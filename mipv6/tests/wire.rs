@@ -5,8 +5,8 @@ use ds_mipv6::wire::option::{MobilityOption, TS_FORMAT_IPV6};
 use ds_mipv6::wire::packet::{decapsulate, encapsulate, insert_hao, insert_rh2, verify_mh_packet};
 use ds_mipv6::wire::{
     BaStatus, BeStatus, BindingAck, BindingUpdate, DestOptsRepr, FlowIdOption, FlowSubOption,
-    MhMessage, MhPacket, MhRepr, PacketBuilder, ParsedIpv6, PortSelector, Rh2Repr,
-    Type2RoutingHeader,
+    HomeAddressOptions, MhMessage, MhPacket, MhRepr, PacketBuilder, ParsedIpv6, PortSelector,
+    Rh2Repr, Type2RoutingHeader,
 };
 use ds_mipv6::MhMeta;
 use proptest::prelude::*;
@@ -237,6 +237,55 @@ fn hao_and_rh2_headers() {
     bad[3] = 1;
     bad[1] = 3;
     assert!(Type2RoutingHeader::new_checked(&bad[..]).is_err());
+}
+
+/// RFC 6275 §6.3: the Home Address option appears at most once per IPv6 header chain, whether
+/// the second one is in the same Destination Options header or in a second one.
+#[test]
+fn a_second_home_address_option_is_rejected() {
+    let (h1, h2) = (a("fd00:d5::80"), a("fd00:d5::81"));
+    // One header, two options: PadN(4) HAO at 6, PadN(4) HAO at 30 (both 8n+6).
+    let mut one = vec![17, 5, 1, 2, 0, 0, 201, 16];
+    one.extend_from_slice(&h1.octets());
+    one.extend_from_slice(&[1, 4, 0, 0, 0, 0, 201, 16]);
+    one.extend_from_slice(&h2.octets());
+    assert_eq!(one.len(), 48);
+    assert_eq!(
+        DestOptsRepr::parse(&one),
+        Err(ds_mipv6::wire::Error::Malformed("two home address options"))
+    );
+    // The first option alone is fine.
+    let first = DestOptsRepr {
+        next_header: 17,
+        home: h1,
+    }
+    .emit();
+    assert_eq!(DestOptsRepr::parse(&first), Ok((17, Some(h1))));
+    // Two Destination Options headers, one option each.
+    let mut hao = HomeAddressOptions::default();
+    let outer = DestOptsRepr {
+        next_header: 60,
+        home: h1,
+    }
+    .emit();
+    assert_eq!(DestOptsRepr::parse_into(&outer, &mut hao), Ok(60));
+    assert_eq!(hao.home(), Some(h1));
+    assert!(DestOptsRepr::parse_into(&first, &mut hao).is_err());
+    // And in a whole packet.
+    let udp = [0u8; 8];
+    let pkt = PacketBuilder::new(a("fd00:c::1"), a("fd00:cc::2"))
+        .with_hao(h1)
+        .payload(17, &udp);
+    assert_eq!(ParsedIpv6::parse(&pkt).unwrap().hao, Some(h1));
+    let mut two = pkt[..40].to_vec();
+    two[6] = 60;
+    two[5] += 24;
+    two.extend_from_slice(&outer);
+    two.extend_from_slice(&pkt[40..]);
+    assert_eq!(
+        ParsedIpv6::parse(&two),
+        Err(ds_mipv6::wire::Error::Malformed("two home address options"))
+    );
 }
 
 #[test]

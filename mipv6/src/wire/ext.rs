@@ -8,6 +8,47 @@ use std::net::Ipv6Addr;
 /// Parameter Problem if unrecognized, even to multicast".
 pub const HAO_OPTION_TYPE: u8 = 201;
 
+/// The Home Address options of one IPv6 header chain, checked as RFC 6275 §6.3 requires:
+/// option data of 16 octets (the home address), alignment 8n+6, and "for each IPv6 packet
+/// header, the Home Address option MUST NOT appear more than once" (a packet tunnelled inside
+/// another, RFC 2473, has a header chain, and so an option, of its own). Every parser of the
+/// option in the workspace (this crate's [`DestOptsRepr`] and [`super::ParsedIpv6`], and the
+/// stack's extension-header walk) goes through [`HomeAddressOptions::add`], so they agree.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct HomeAddressOptions {
+    home: Option<Ipv6Addr>,
+}
+
+impl HomeAddressOptions {
+    /// Length of the option data: the home address (§6.3).
+    pub const DATA_LEN: usize = 16;
+
+    /// A Home Address option whose Option Type octet sits `at` octets from the start of its
+    /// Destination Options header, with option data `data`. Returns the home address, or an
+    /// error for a malformed, misaligned or second option (the packet is then dropped).
+    pub fn add(&mut self, at: usize, data: &[u8]) -> Result<Ipv6Addr> {
+        if data.len() != Self::DATA_LEN {
+            return Err(Error::Malformed("home address option length"));
+        }
+        // RFC 8200 §4.2 alignment xn+y: the Option Type at an integer multiple of x octets
+        // from the start of the header, plus y; the Home Address option's is 8n+6.
+        if at % 8 != 6 {
+            return Err(Error::Malformed("home address option misaligned"));
+        }
+        if self.home.is_some() {
+            return Err(Error::Malformed("two home address options"));
+        }
+        let home = addr(data, 0)?;
+        self.home = Some(home);
+        Ok(home)
+    }
+
+    /// The home address, if an option was seen.
+    pub fn home(&self) -> Option<Ipv6Addr> {
+        self.home
+    }
+}
+
 /// A Destination Options header carrying one Home Address option (§6.3), emitted as
 /// `next | 2 | PadN(2) | 201 | 16 | home` = 24 octets so that the option sits at 8n+6 as
 /// §6.3 requires.
@@ -26,13 +67,21 @@ impl DestOptsRepr {
     /// Find the Home Address option in a Destination Options header (`buf` starts at the
     /// header). Returns the next header and the home address, if the option is present.
     /// Unknown options are skipped whatever their action bits: the caller (the stack) applies
-    /// RFC 8200 §4.2 to them. At most one HAO is allowed (§6.3).
+    /// RFC 8200 §4.2 to them. The option's rules are [`HomeAddressOptions::add`]'s.
     pub fn parse(buf: &[u8]) -> Result<(u8, Option<Ipv6Addr>)> {
+        let mut hao = HomeAddressOptions::default();
+        let next = Self::parse_into(buf, &mut hao)?;
+        Ok((next, hao.home()))
+    }
+
+    /// As [`Self::parse`], adding the option to the ones already seen in the packet (a packet
+    /// may have two Destination Options headers, RFC 8200 §4.1; the option may still appear
+    /// only once, RFC 6275 §6.3). Returns the next header.
+    pub fn parse_into(buf: &[u8], hao: &mut HomeAddressOptions) -> Result<u8> {
         let next = *buf.first().ok_or(Error::Truncated)?;
         let len = (usize::from(*buf.get(1).ok_or(Error::Truncated)?) + 1) * 8;
         let opts = buf.get(2..len).ok_or(Error::Truncated)?;
         let mut pos = 0;
-        let mut home = None;
         while pos < opts.len() {
             let t = opts[pos];
             if t == 0 {
@@ -42,21 +91,11 @@ impl DestOptsRepr {
             let l = usize::from(*opts.get(pos + 1).ok_or(Error::Truncated)?);
             let data = opts.get(pos + 2..pos + 2 + l).ok_or(Error::Truncated)?;
             if t == HAO_OPTION_TYPE {
-                if l != 16 {
-                    return Err(Error::Malformed("home address option length"));
-                }
-                if home.is_some() {
-                    return Err(Error::Malformed("two home address options"));
-                }
-                // §6.3 alignment 8n+6 from the start of the extension header.
-                if (pos + 2) % 8 != 6 {
-                    return Err(Error::Malformed("home address option misaligned"));
-                }
-                home = Some(addr(data, 0)?);
+                hao.add(pos + 2, data)?;
             }
             pos += 2 + l;
         }
-        Ok((next, home))
+        Ok(next)
     }
 
     /// Emit the 24-octet header.
@@ -64,8 +103,10 @@ impl DestOptsRepr {
         let mut b = [0u8; Self::LEN];
         b[0] = self.next_header;
         b[1] = 2;
-        b[2] = 1; // PadN, 2 octets in all (§6.3 alignment)
-        b[3] = 0;
+        // One PadN of 4 octets puts the option at 8n+6 (§6.3); RFC 8200 §4.2: PadN, not
+        // several Pad1s, for more than one octet of padding.
+        b[2] = 1;
+        b[3] = 2;
         b[6] = HAO_OPTION_TYPE;
         b[7] = 16;
         b[8..24].copy_from_slice(&self.home.octets());

@@ -8,7 +8,7 @@ pub mod mh;
 pub mod option;
 pub mod packet;
 
-pub use ext::{DestOptsRepr, Rh2Repr, Type2RoutingHeader, HAO_OPTION_TYPE};
+pub use ext::{DestOptsRepr, HomeAddressOptions, Rh2Repr, Type2RoutingHeader, HAO_OPTION_TYPE};
 pub use mh::{BaStatus, BeStatus, BindingAck, BindingUpdate, MhMessage, MhPacket, MhRepr, MhType};
 pub use option::{FlowIdOption, FlowSubOption, MobilityOption, OptionIter, PortSelector};
 pub use packet::{PacketBuilder, ParsedIpv6};

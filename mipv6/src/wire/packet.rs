@@ -3,7 +3,7 @@
 //! IPv6 tunnelling (RFC 2473, used by the home agent, §10.4.2), and a small extension-header
 //! walker.
 
-use super::ext::{DestOptsRepr, Rh2Repr, Type2RoutingHeader};
+use super::ext::{DestOptsRepr, HomeAddressOptions, Rh2Repr, Type2RoutingHeader};
 use super::mh::MhRepr;
 use super::{
     mh_checksum, Error, Result, IPPROTO_DSTOPTS, IPPROTO_HOPOPTS, IPPROTO_IPV6, IPPROTO_MH,
@@ -173,7 +173,7 @@ impl ParsedIpv6 {
         let mut next = p[6];
         let mut next_at = 6;
         let mut pos = IPV6_HEADER_LEN;
-        let mut hao = None;
+        let mut hao = HomeAddressOptions::default();
         let mut rh2 = None;
         // Stops at the upper layer or a fragment header (44).
         while matches!(next, IPPROTO_HOPOPTS | IPPROTO_DSTOPTS | IPPROTO_ROUTING) {
@@ -186,12 +186,7 @@ impl ParsedIpv6 {
                 return Err(Error::Truncated);
             }
             if next == IPPROTO_DSTOPTS {
-                let (_, home) = DestOptsRepr::parse(&h[..len])?;
-                if let Some(home) = home {
-                    if hao.replace(home).is_some() {
-                        return Err(Error::Malformed("two home address options"));
-                    }
-                }
+                DestOptsRepr::parse_into(&h[..len], &mut hao)?;
             } else if next == IPPROTO_ROUTING && h[2] == 2 {
                 let r = Type2RoutingHeader::new_checked(&h[..len])?;
                 if rh2.replace(r.home_address()).is_some() {
@@ -206,7 +201,7 @@ impl ParsedIpv6 {
             src,
             dst,
             hop_limit: p[7],
-            hao,
+            hao: hao.home(),
             rh2,
             upper_proto: next,
             upper_offset: pos,

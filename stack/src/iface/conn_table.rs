@@ -1,0 +1,573 @@
+//! The connection table: a slab of connection control blocks (RFC 9293 §3.3.1's TCBs) with
+//! generation-checked handles, the demultiplexing map from the 4-tuple (RFC 9293 §3.10.7's
+//! "connection identified by the local and remote sockets"), one timer heap, the lists of
+//! connections with output to send ("dirty") and with news for the application ("ready"), and
+//! the frozen/held map of connections that live, or will live, on another node.
+//!
+//! Generic over the entry so that its bookkeeping is tested without TCP: the interface stores
+//! [`crate::tcp::tcb::Tcb`]s.
+
+use super::TcpHandle;
+use crate::time::Instant;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::{Ipv6Addr, SocketAddrV6};
+
+/// Packets held per frozen connection at most (about a 1.4 MB window of full segments).
+pub(super) const MAX_HELD: usize = 1024;
+
+/// (local addr, local port, remote addr, remote port).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) struct ConnKey(
+    pub(super) Ipv6Addr,
+    pub(super) u16,
+    pub(super) Ipv6Addr,
+    pub(super) u16,
+);
+
+impl ConnKey {
+    pub(super) fn of(local: &SocketAddrV6, remote: &SocketAddrV6) -> Self {
+        ConnKey(*local.ip(), local.port(), *remote.ip(), remote.port())
+    }
+
+    /// The remote address.
+    fn remote_ip(&self) -> Ipv6Addr {
+        self.2
+    }
+}
+
+#[derive(Debug)]
+struct Slot<T> {
+    gen: u32,
+    key: ConnKey,
+    entry: Option<T>,
+    /// The application gave up the handle; free the slot when the connection is closed.
+    released: bool,
+    in_dirty: bool,
+    in_ready: bool,
+    armed: Option<Instant>,
+}
+
+/// A connection that lives elsewhere (frozen here, or reserved for a thaw to come): the
+/// packets that arrived for it since, held for the node that runs it.
+#[derive(Debug)]
+struct Frozen {
+    #[allow(dead_code)]
+    since: Instant,
+    held: Vec<Vec<u8>>,
+}
+
+/// What became of a packet offered to [`ConnTable::hold_packet`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum HoldOutcome {
+    /// No frozen connection has this key.
+    NotFrozen,
+    /// Held.
+    Held,
+    /// Frozen, but its [`MAX_HELD`] packets are already held: dropped.
+    Full,
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub(super) struct ConnTable<T> {
+    slots: Vec<Slot<T>>,
+    free: Vec<u32>,
+    demux: HashMap<ConnKey, u32>,
+    frozen: HashMap<ConnKey, Frozen>,
+    timers: BinaryHeap<Reverse<(Instant, u32, u32)>>,
+    dirty: Vec<u32>,
+    ready: Vec<u32>,
+}
+
+impl<T> Default for ConnTable<T> {
+    fn default() -> Self {
+        ConnTable {
+            slots: Vec::new(),
+            free: Vec::new(),
+            demux: HashMap::new(),
+            frozen: HashMap::new(),
+            timers: BinaryHeap::new(),
+            dirty: Vec::new(),
+            ready: Vec::new(),
+        }
+    }
+}
+
+impl<T> ConnTable<T> {
+    // ------------------------------------------------------------ slab and demux
+
+    /// Store a connection under `key` (reusing a freed slot first); returns its index.
+    pub(super) fn insert(&mut self, key: ConnKey, entry: T) -> u32 {
+        let idx = match self.free.pop() {
+            Some(i) => {
+                let s = &mut self.slots[i as usize];
+                s.key = key;
+                s.entry = Some(entry);
+                s.released = false;
+                s.armed = None;
+                i
+            }
+            None => {
+                self.slots.push(Slot {
+                    gen: 0,
+                    key,
+                    entry: Some(entry),
+                    released: false,
+                    in_dirty: false,
+                    in_ready: false,
+                    armed: None,
+                });
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.demux.insert(key, idx);
+        idx
+    }
+
+    /// Take the entry out and free its slot: handles to it go stale, its key no longer
+    /// demultiplexes to it.
+    pub(super) fn remove(&mut self, idx: u32) -> Option<T> {
+        let slot = self.slots.get_mut(idx as usize)?;
+        let entry = slot.entry.take()?;
+        let key = slot.key;
+        self.unlink(idx, &key);
+        let slot = &mut self.slots[idx as usize];
+        slot.gen = slot.gen.wrapping_add(1);
+        slot.released = false;
+        slot.armed = None;
+        self.free.push(idx);
+        Some(entry)
+    }
+
+    /// Stop demultiplexing `key` to `idx` (the entry stays, e.g. a closed connection whose
+    /// handle the application still holds).
+    fn unlink(&mut self, idx: u32, key: &ConnKey) {
+        if self.demux.get(key) == Some(&idx) {
+            self.demux.remove(key);
+        }
+    }
+
+    /// As [`Self::unlink`] with the key the entry was inserted under.
+    pub(super) fn unlink_slot(&mut self, idx: u32) {
+        if let Some(key) = self.slots.get(idx as usize).map(|s| s.key) {
+            self.unlink(idx, &key);
+        }
+    }
+
+    /// The connection `key` demultiplexes to.
+    pub(super) fn lookup(&self, key: &ConnKey) -> Option<u32> {
+        self.demux.get(key).copied()
+    }
+
+    /// Whether a live connection, or a frozen one, uses `key`.
+    pub(super) fn in_use(&self, key: &ConnKey) -> bool {
+        self.demux.contains_key(key) || self.frozen.contains_key(key)
+    }
+
+    /// Live connections (those the demultiplexer knows).
+    pub(super) fn len(&self) -> usize {
+        self.demux.len()
+    }
+
+    /// Indices of the live connections to `remote`.
+    pub(super) fn to_remote(&self, remote: Ipv6Addr) -> Vec<u32> {
+        self.demux
+            .iter()
+            .filter(|(k, _)| k.remote_ip() == remote)
+            .map(|(_, v)| *v)
+            .collect()
+    }
+
+    /// The entry at `idx`, released or not.
+    pub(super) fn get(&self, idx: u32) -> Option<&T> {
+        self.slots.get(idx as usize)?.entry.as_ref()
+    }
+
+    /// The entry at `idx`, released or not.
+    pub(super) fn get_mut(&mut self, idx: u32) -> Option<&mut T> {
+        self.slots.get_mut(idx as usize)?.entry.as_mut()
+    }
+
+    /// The entry a handle names, if the handle is current and not released.
+    pub(super) fn by_handle(&self, h: TcpHandle) -> Option<&T> {
+        let s = self.slots.get(h.idx as usize)?;
+        if s.gen != h.gen || s.released {
+            return None;
+        }
+        s.entry.as_ref()
+    }
+
+    /// As [`Self::by_handle`], mutably.
+    pub(super) fn by_handle_mut(&mut self, h: TcpHandle) -> Option<&mut T> {
+        let s = self.slots.get_mut(h.idx as usize)?;
+        if s.gen != h.gen || s.released {
+            return None;
+        }
+        s.entry.as_mut()
+    }
+
+    /// The current handle of the slot at `idx`.
+    pub(super) fn handle(&self, idx: u32) -> TcpHandle {
+        TcpHandle {
+            idx,
+            gen: self.slots[idx as usize].gen,
+        }
+    }
+
+    /// The application gave the handle up.
+    pub(super) fn release(&mut self, idx: u32) {
+        if let Some(s) = self.slots.get_mut(idx as usize) {
+            s.released = true;
+        }
+    }
+
+    /// Whether the application gave the handle up.
+    pub(super) fn is_released(&self, idx: u32) -> bool {
+        self.slots.get(idx as usize).is_some_and(|s| s.released)
+    }
+
+    // ------------------------------------------------------------ timers
+
+    /// Arm the timer of `idx` at `at`, unless it is already armed earlier. A timer armed
+    /// later stays in the heap and is skipped when it comes up ([`Self::next_due`]).
+    pub(super) fn arm(&mut self, idx: u32, at: Option<Instant>) {
+        let Some(slot) = self.slots.get_mut(idx as usize) else {
+            return;
+        };
+        if slot.entry.is_none() {
+            return;
+        }
+        if let Some(t) = at {
+            if slot.armed.is_none_or(|a| t < a) {
+                slot.armed = Some(t);
+                self.timers.push(Reverse((t, idx, slot.gen)));
+            }
+        }
+    }
+
+    /// The earliest instant in the heap (possibly of a timer since superseded).
+    pub(super) fn next_timer(&self) -> Option<Instant> {
+        self.timers.peek().map(|r| r.0 .0)
+    }
+
+    /// The next connection whose timer is due at `now`, disarmed; stale heap entries (freed
+    /// slot, re-armed earlier) are dropped on the way.
+    pub(super) fn next_due(&mut self, now: Instant) -> Option<u32> {
+        while let Some(Reverse((t, idx, gen))) = self.timers.peek().copied() {
+            if t > now {
+                return None;
+            }
+            self.timers.pop();
+            let Some(slot) = self.slots.get_mut(idx as usize) else {
+                continue;
+            };
+            if slot.gen != gen || slot.armed != Some(t) {
+                continue;
+            }
+            slot.armed = None;
+            return Some(idx);
+        }
+        None
+    }
+
+    // ------------------------------------------------------------ dirty and ready lists
+
+    /// `idx` has output to send (listed once however often it is marked).
+    pub(super) fn mark_dirty(&mut self, idx: u32) {
+        let slot = &mut self.slots[idx as usize];
+        if !slot.in_dirty {
+            slot.in_dirty = true;
+            self.dirty.push(idx);
+        }
+    }
+
+    /// Whether any connection has output to send.
+    pub(super) fn has_dirty(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    /// The dirty list, emptied; call [`Self::start_drain`] for each index before draining it
+    /// and give the list back with [`Self::recycle_dirty`].
+    pub(super) fn take_dirty(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// `idx` leaves the dirty list (it may be marked again while drained). Returns whether it
+    /// still holds a connection.
+    pub(super) fn start_drain(&mut self, idx: u32) -> bool {
+        let slot = &mut self.slots[idx as usize];
+        slot.in_dirty = false;
+        slot.entry.is_some()
+    }
+
+    /// Reuse the allocation of a drained dirty list.
+    pub(super) fn recycle_dirty(&mut self, mut list: Vec<u32>) {
+        if self.dirty.is_empty() {
+            list.clear();
+            self.dirty = list;
+        }
+    }
+
+    /// `idx` saw a network event the application should look at (not listed when released).
+    pub(super) fn mark_ready(&mut self, idx: u32) {
+        let slot = &mut self.slots[idx as usize];
+        if !slot.in_ready && !slot.released {
+            slot.in_ready = true;
+            self.ready.push(idx);
+        }
+    }
+
+    /// Append the handles of the ready connections to `out` and empty the list.
+    pub(super) fn take_ready(&mut self, out: &mut Vec<TcpHandle>) {
+        for idx in self.ready.drain(..) {
+            let slot = &mut self.slots[idx as usize];
+            slot.in_ready = false;
+            if slot.entry.is_some() && !slot.released {
+                out.push(TcpHandle { idx, gen: slot.gen });
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ frozen and held
+
+    /// `key` was frozen here at `now`: hold its packets from now on (a fresh, empty hold).
+    pub(super) fn freeze(&mut self, key: ConnKey, now: Instant) {
+        self.frozen.insert(
+            key,
+            Frozen {
+                since: now,
+                held: Vec::new(),
+            },
+        );
+    }
+
+    /// Hold `key`'s packets from now on; a hold already in place is kept with its packets.
+    pub(super) fn hold(&mut self, key: ConnKey, now: Instant) {
+        self.frozen.entry(key).or_insert_with(|| Frozen {
+            since: now,
+            held: Vec::new(),
+        });
+    }
+
+    /// Offer a packet for `key`; `packet` builds it only when it is kept.
+    pub(super) fn hold_packet(
+        &mut self,
+        key: &ConnKey,
+        packet: impl FnOnce() -> Vec<u8>,
+    ) -> HoldOutcome {
+        match self.frozen.get_mut(key) {
+            None => HoldOutcome::NotFrozen,
+            Some(f) if f.held.len() >= MAX_HELD => HoldOutcome::Full,
+            Some(f) => {
+                f.held.push(packet());
+                HoldOutcome::Held
+            }
+        }
+    }
+
+    /// The packets held for `key` so far; the hold stays.
+    pub(super) fn take_held(&mut self, key: &ConnKey) -> Vec<Vec<u8>> {
+        self.frozen
+            .get_mut(key)
+            .map(|f| std::mem::take(&mut f.held))
+            .unwrap_or_default()
+    }
+
+    /// End the hold of `key`; returns the packets still held.
+    pub(super) fn forget(&mut self, key: &ConnKey) -> Vec<Vec<u8>> {
+        self.frozen.remove(key).map(|f| f.held).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(port: u16) -> ConnKey {
+        ConnKey(
+            "fd00::1".parse().unwrap(),
+            port,
+            "fd00::2".parse().unwrap(),
+            80,
+        )
+    }
+
+    fn t(ms: u64) -> Instant {
+        Instant::from_millis(ms as i64)
+    }
+
+    #[test]
+    fn insert_lookup_remove() {
+        let mut c = ConnTable::default();
+        let a = c.insert(key(1), "a");
+        let b = c.insert(key(2), "b");
+        assert_ne!(a, b);
+        assert_eq!(c.len(), 2);
+        assert_eq!(c.lookup(&key(1)), Some(a));
+        assert_eq!(c.lookup(&key(2)), Some(b));
+        assert_eq!(c.lookup(&key(3)), None);
+        assert_eq!(c.get(a), Some(&"a"));
+        let h = c.handle(a);
+        assert_eq!(c.by_handle(h), Some(&"a"));
+        assert_eq!(c.remove(a), Some("a"));
+        assert_eq!(c.lookup(&key(1)), None);
+        assert_eq!(c.len(), 1);
+        assert_eq!(c.by_handle(h), None, "a removed entry's handle is stale");
+        assert!(c.to_remote("fd00::2".parse().unwrap()) == vec![b]);
+    }
+
+    #[test]
+    fn slot_reuse_bumps_the_generation() {
+        let mut c = ConnTable::default();
+        let a = c.insert(key(1), 1u32);
+        let old = c.handle(a);
+        c.remove(a);
+        let again = c.insert(key(9), 2u32);
+        assert_eq!(again, a, "the freed slot is reused");
+        let new = c.handle(again);
+        assert_ne!(old, new);
+        assert_eq!(c.by_handle(old), None);
+        assert_eq!(c.by_handle(new), Some(&2));
+        assert_eq!(c.lookup(&key(1)), None);
+        assert_eq!(c.lookup(&key(9)), Some(a));
+    }
+
+    #[test]
+    fn released_entries_are_hidden_from_handles_and_ready() {
+        let mut c = ConnTable::default();
+        let a = c.insert(key(1), ());
+        let h = c.handle(a);
+        c.release(a);
+        assert!(c.is_released(a));
+        assert_eq!(c.by_handle(h), None);
+        assert_eq!(c.get(a), Some(&()), "the table still holds it");
+        c.mark_ready(a);
+        let mut out = Vec::new();
+        c.take_ready(&mut out);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn unlink_keeps_the_entry() {
+        let mut c = ConnTable::default();
+        let a = c.insert(key(1), ());
+        c.unlink_slot(a);
+        assert_eq!(c.lookup(&key(1)), None);
+        assert_eq!(c.get(a), Some(&()));
+        // A newer connection with the same key is not unlinked by the old one's removal.
+        let b = c.insert(key(1), ());
+        c.remove(a);
+        assert_eq!(c.lookup(&key(1)), Some(b));
+    }
+
+    #[test]
+    fn timers_fire_in_order_and_stale_ones_are_skipped() {
+        let mut c = ConnTable::default();
+        let a = c.insert(key(1), ());
+        let b = c.insert(key(2), ());
+        let d = c.insert(key(3), ());
+        c.arm(a, Some(t(30)));
+        c.arm(b, Some(t(10)));
+        c.arm(d, Some(t(20)));
+        // Re-arming later keeps the earlier timer; earlier supersedes it.
+        c.arm(b, Some(t(40)));
+        c.arm(a, Some(t(5)));
+        assert_eq!(c.next_timer(), Some(t(5)));
+        assert_eq!(c.next_due(t(4)), None);
+        let mut fired = Vec::new();
+        while let Some(i) = c.next_due(t(100)) {
+            fired.push(i);
+        }
+        assert_eq!(
+            fired,
+            vec![a, b, d],
+            "a at 5, b at 10, d at 20; a's 30 is stale"
+        );
+        // A freed slot's timer never fires.
+        c.arm(d, Some(t(200)));
+        c.remove(d);
+        assert_eq!(c.next_due(t(300)), None);
+        // Disarmed after firing: arming again works.
+        c.arm(a, Some(t(400)));
+        assert_eq!(c.next_due(t(400)), Some(a));
+    }
+
+    #[test]
+    fn dirty_list_has_each_connection_once() {
+        let mut c = ConnTable::default();
+        let a = c.insert(key(1), ());
+        let b = c.insert(key(2), ());
+        c.mark_dirty(a);
+        c.mark_dirty(b);
+        c.mark_dirty(a);
+        assert!(c.has_dirty());
+        let list = c.take_dirty();
+        assert_eq!(list, vec![a, b]);
+        assert!(!c.has_dirty());
+        assert!(c.start_drain(a));
+        // Marked again while drained: listed for the next round; b, still waiting in the
+        // batch being drained, is not listed twice.
+        c.mark_dirty(a);
+        c.mark_dirty(b);
+        assert!(c.start_drain(b));
+        c.recycle_dirty(list);
+        assert_eq!(c.take_dirty(), vec![a]);
+        // A removed connection drains as nothing.
+        c.mark_dirty(b);
+        c.remove(b);
+        let list = c.take_dirty();
+        assert_eq!(list, vec![b]);
+        assert!(!c.start_drain(b));
+        assert_eq!(c.remove(b), None, "removing twice frees the slot once");
+        assert_ne!(c.insert(key(5), ()), c.insert(key(6), ()));
+    }
+
+    #[test]
+    fn ready_list_dedups_and_gives_current_handles() {
+        let mut c = ConnTable::default();
+        let a = c.insert(key(1), ());
+        c.mark_ready(a);
+        c.mark_ready(a);
+        let mut out = Vec::new();
+        c.take_ready(&mut out);
+        assert_eq!(out, vec![c.handle(a)]);
+        out.clear();
+        c.take_ready(&mut out);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn held_packets_are_bounded_and_kept_until_forgotten() {
+        let mut c: ConnTable<()> = ConnTable::default();
+        assert_eq!(c.hold_packet(&key(1), || vec![1]), HoldOutcome::NotFrozen);
+        c.hold(key(1), t(1));
+        assert!(c.in_use(&key(1)));
+        for i in 0..MAX_HELD {
+            assert_eq!(c.hold_packet(&key(1), || vec![i as u8]), HoldOutcome::Held);
+        }
+        assert_eq!(c.hold_packet(&key(1), || vec![0]), HoldOutcome::Full);
+        // A second hold keeps what is held; a freeze starts afresh.
+        c.hold(key(1), t(2));
+        assert_eq!(c.take_held(&key(1)).len(), MAX_HELD);
+        assert!(c.take_held(&key(1)).is_empty(), "taken once");
+        assert_eq!(c.hold_packet(&key(1), || vec![7]), HoldOutcome::Held);
+        c.freeze(key(1), t(3));
+        assert!(c.take_held(&key(1)).is_empty());
+        c.hold_packet(&key(1), || vec![8]);
+        assert_eq!(c.forget(&key(1)), vec![vec![8]]);
+        assert!(!c.in_use(&key(1)));
+        assert!(c.forget(&key(1)).is_empty());
+    }
+
+    #[test]
+    fn out_of_range_indices_are_none() {
+        let mut c: ConnTable<()> = ConnTable::default();
+        assert_eq!(c.get(7), None);
+        assert_eq!(c.get_mut(7), None);
+        assert_eq!(c.remove(7), None);
+        assert!(!c.is_released(7));
+        c.arm(7, Some(t(1)));
+        assert_eq!(c.next_due(t(2)), None);
+    }
+}

@@ -1,0 +1,333 @@
+//! Frame emission: building Ethernet + IPv6 + upper-layer frames, neighbour resolution on the
+//! way out, and the transmit path.
+
+use super::ethernet::{emit_ethernet_header, multicast_mac, set_dst_mac};
+use super::ipv6::{FRAGMENT_HEADER_LEN, FRAGMENT_OFFSET_UNIT};
+use super::mobility::MobilityOut;
+use super::{caps, Interface};
+use crate::ndp::Lookup;
+use crate::tcp::tcb::SegOut;
+use crate::time::Instant;
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::wire::{
+    Icmpv6Packet, Icmpv6Repr, IpAddress, IpProtocol, Ipv6ExtHeader, Ipv6ExtHeaderRepr,
+    Ipv6FragmentHeader, Ipv6FragmentRepr, Ipv6Packet, Ipv6Repr, TcpControl, TcpPacket, TcpRepr,
+    TcpSeqNumber, TcpTimestampRepr, ETHERNET_HEADER_LEN, IPV6_HEADER_LEN,
+};
+use std::net::{Ipv6Addr, SocketAddrV6};
+
+/// Where frames go when the caller can take them at once.
+pub(super) type Emit<'a> = &'a mut dyn FnMut(&[u8]);
+
+impl Interface {
+    /// Hand every frame that is ready to `emit`.
+    pub fn transmit(&mut self, now: Instant, emit: &mut dyn FnMut(&[u8])) {
+        self.now = self.now.max(now);
+        while let Some(f) = self.ctrl.pop_front() {
+            emit(&f);
+            self.stats.tx_frames += 1;
+            self.recycle(f);
+        }
+        let dirty = self.conns.take_dirty();
+        for &idx in &dirty {
+            if !self.conns.start_drain(idx) {
+                continue;
+            }
+            self.drain_tcb(now, idx, emit);
+            self.after_tcb_event_quiet(idx);
+        }
+        self.conns.recycle_dirty(dirty);
+        while let Some(f) = self.ctrl.pop_front() {
+            emit(&f);
+            self.stats.tx_frames += 1;
+            self.recycle(f);
+        }
+    }
+
+    /// Give a sent frame's buffer back to the pool.
+    pub(super) fn recycle(&mut self, mut f: Vec<u8>) {
+        if self.pool.len() < 256 {
+            f.clear();
+            self.pool.push(f);
+        }
+    }
+
+    /// A frame (from the pool) with our Ethernet and IPv6 headers for `payload_len` octets of
+    /// `nh` from `src` to `dst`; the caller appends them.
+    pub(super) fn ip_frame(
+        &mut self,
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        nh: IpProtocol,
+        payload_len: usize,
+    ) -> Vec<u8> {
+        let mut buf = self.buffer();
+        let (mac, hop_limit) = (self.cfg.mac, self.cfg.hop_limit);
+        build_ip_frame(&mut buf, mac, hop_limit, src, dst, nh, payload_len);
+        buf
+    }
+
+    /// A frame (from the pool) carrying the ICMPv6 message `repr` from `src` to `dst`.
+    pub(super) fn icmp_frame(
+        &mut self,
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        repr: &Icmpv6Repr<'_>,
+        hop_limit: u8,
+    ) -> Vec<u8> {
+        let len = repr.buffer_len();
+        let mut buf = self.buffer();
+        let mac = self.cfg.mac;
+        build_ip_frame(&mut buf, mac, hop_limit, src, dst, IpProtocol::Icmpv6, len);
+        let start = buf.len();
+        buf.resize(start + len, 0);
+        let mut p = Icmpv6Packet::new_unchecked(&mut buf[start..]);
+        repr.emit(&src, &dst, &mut p, &caps());
+        buf
+    }
+
+    /// An empty frame buffer (pooled).
+    pub(super) fn buffer(&mut self) -> Vec<u8> {
+        self.pool
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(ETHERNET_HEADER_LEN + self.cfg.mtu))
+    }
+
+    /// Send what the connection has to send now (segments, RFC 9293 §3.8), at most a bounded
+    /// burst.
+    pub(super) fn drain_tcb(&mut self, now: Instant, idx: u32, emit: &mut dyn FnMut(&[u8])) {
+        // Bound the burst per call so one connection cannot starve the others.
+        for _ in 0..256 {
+            let Some(tcb) = self.conns.get_mut(idx) else {
+                return;
+            };
+            let Some(seg) = tcb.next_segment(now) else {
+                return;
+            };
+            let (local, remote) = (tcb.local, tcb.remote);
+            let mut buf = std::mem::take(&mut self.scratch);
+            {
+                let Some(tcb) = self.conns.get(idx) else {
+                    return;
+                };
+                let payload = tcb.payload(&seg);
+                build_tcp_frame(
+                    &mut buf,
+                    self.cfg.mac,
+                    self.cfg.hop_limit,
+                    &local,
+                    &remote,
+                    &seg,
+                    payload,
+                );
+            }
+            self.send_frame(now, buf, *remote.ip(), Some(emit));
+        }
+        self.conns.mark_dirty(idx);
+    }
+
+    /// Fill in the destination MAC and send (or queue pending resolution). `buf` is returned
+    /// to the scratch slot.
+    pub(super) fn send_frame(
+        &mut self,
+        now: Instant,
+        mut buf: Vec<u8>,
+        dst: Ipv6Addr,
+        emit: Option<Emit<'_>>,
+    ) {
+        let dst = if self.cn.is_some() || self.hook.is_some() {
+            match self.mobility_out(now, &mut buf) {
+                MobilityOut::Unchanged => dst,
+                MobilityOut::Rewritten(d) => d,
+                MobilityOut::TooBig { peer, mtu } => {
+                    // The added header would push it past the link MTU: shrink the path MTU
+                    // so TCP re-segments (the dropped segment is resent, RFC 8201 §5.4).
+                    self.stats.pmtu_updates += 1;
+                    self.set_path_mtu(now, peer, mtu);
+                    buf.clear();
+                    self.scratch = buf;
+                    return;
+                }
+            }
+        } else {
+            dst
+        };
+        let hop = self.next_hop(&dst);
+        let mac = if hop.is_multicast() {
+            Some(multicast_mac(hop))
+        } else {
+            match self.nd.lookup(now, hop) {
+                Lookup::Ready(m) => Some(m),
+                Lookup::Pending(action) => {
+                    if let Some(a) = action {
+                        self.solicit(a);
+                    }
+                    None
+                }
+            }
+        };
+        match (mac, emit) {
+            (Some(m), Some(emit)) => {
+                set_dst_mac(&mut buf, m);
+                emit(&buf);
+                self.stats.tx_frames += 1;
+                buf.clear();
+                self.scratch = buf;
+            }
+            (Some(m), None) => {
+                set_dst_mac(&mut buf, m);
+                self.ctrl.push_back(buf);
+            }
+            (None, _) => {
+                let copy = buf.clone();
+                if !self.nd.enqueue(hop, copy) {
+                    self.stats.nd_drops += 1;
+                }
+                buf.clear();
+                self.scratch = buf;
+            }
+        }
+    }
+
+    /// Send a raw IPv6 packet (without link header), e.g. a Mobility Header message.
+    pub fn send_ipv6_packet(&mut self, now: Instant, pkt: &[u8]) {
+        let Ok(ip) = Ipv6Packet::new_checked(pkt) else {
+            return;
+        };
+        let dst = ip.dst_addr();
+        let mut buf = self.buffer();
+        emit_ethernet_header(&mut buf, self.cfg.mac);
+        buf.extend_from_slice(&pkt[..ip.total_len()]);
+        self.send_frame(now, buf, dst, None);
+    }
+
+    /// Send a segment that belongs to no connection (a RST, RFC 9293 §3.10.7.1).
+    pub(super) fn emit_tcp_ctrl(
+        &mut self,
+        now: Instant,
+        local: &SocketAddrV6,
+        remote: &SocketAddrV6,
+        s: &SegOut,
+    ) {
+        let mut buf = self.buffer();
+        build_tcp_frame(
+            &mut buf,
+            self.cfg.mac,
+            self.cfg.hop_limit,
+            local,
+            remote,
+            s,
+            (&[], &[]),
+        );
+        self.stats.tcp_tx_segments += 1;
+        self.send_frame(now, buf, *remote.ip(), None);
+    }
+}
+
+/// Build the Ethernet and IPv6 headers of a frame into `buf` (destination MAC left zero); the
+/// caller appends `payload_len` octets of `nh`.
+pub(super) fn build_ip_frame(
+    buf: &mut Vec<u8>,
+    mac: [u8; 6],
+    hop_limit: u8,
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    nh: IpProtocol,
+    payload_len: usize,
+) {
+    emit_ethernet_header(buf, mac);
+    buf.resize(ETHERNET_HEADER_LEN + IPV6_HEADER_LEN, 0);
+    Ipv6Repr {
+        src_addr: src,
+        dst_addr: dst,
+        next_header: nh,
+        payload_len,
+        hop_limit,
+    }
+    .emit(&mut Ipv6Packet::new_unchecked(
+        &mut buf[ETHERNET_HEADER_LEN..],
+    ));
+}
+
+/// Append a Fragment header (RFC 8200 §4.5): `next` follows it, its data starts at `offset`
+/// octets (a multiple of 8) of the fragmentable part.
+pub(super) fn emit_fragment_header(
+    buf: &mut Vec<u8>,
+    next: IpProtocol,
+    offset: usize,
+    more: bool,
+    ident: u32,
+) {
+    let at = buf.len();
+    buf.resize(at + FRAGMENT_HEADER_LEN, 0);
+    let ext = Ipv6ExtHeaderRepr {
+        next_header: next,
+        // The Reserved octet of a Fragment header, zero on transmission.
+        length: 0,
+        data: &[],
+    };
+    ext.emit(&mut Ipv6ExtHeader::new_unchecked(&mut buf[at..]));
+    Ipv6FragmentRepr {
+        frag_offset: (offset / FRAGMENT_OFFSET_UNIT) as u16,
+        more_frags: more,
+        ident,
+    }
+    .emit(&mut Ipv6FragmentHeader::new_unchecked(
+        &mut buf[at + ext.header_len()..],
+    ));
+}
+
+/// Build an Ethernet + IPv6 + TCP frame into `buf` (destination MAC left zero).
+pub(super) fn build_tcp_frame(
+    buf: &mut Vec<u8>,
+    mac: [u8; 6],
+    hop_limit: u8,
+    local: &SocketAddrV6,
+    remote: &SocketAddrV6,
+    s: &SegOut,
+    payload: (&[u8], &[u8]),
+) {
+    let plen = payload.0.len() + payload.1.len();
+    let control = if s.syn {
+        TcpControl::Syn
+    } else if s.rst {
+        TcpControl::Rst
+    } else if s.fin {
+        TcpControl::Fin
+    } else if s.psh {
+        TcpControl::Psh
+    } else {
+        TcpControl::None
+    };
+    let repr = TcpRepr {
+        src_port: local.port(),
+        dst_port: remote.port(),
+        control,
+        seq_number: TcpSeqNumber(s.seq as i32),
+        ack_number: s.ack.map(|a| TcpSeqNumber(a as i32)),
+        window_len: s.window,
+        window_scale: s.wscale,
+        max_seg_size: s.mss,
+        sack_permitted: s.sack_permitted,
+        sack_ranges: s.sack,
+        timestamp: s.ts.map(|(v, e)| TcpTimestampRepr::new(v, e)),
+        payload: &[],
+    };
+    let hlen = repr.header_len();
+    let tcp_len = hlen + plen;
+    let (src, dst) = (*local.ip(), *remote.ip());
+    build_ip_frame(buf, mac, hop_limit, src, dst, IpProtocol::Tcp, tcp_len);
+    let start = ETHERNET_HEADER_LEN + IPV6_HEADER_LEN;
+    buf.resize(start + hlen, 0);
+    buf.extend_from_slice(payload.0);
+    buf.extend_from_slice(payload.1);
+    let src = IpAddress::Ipv6(*local.ip());
+    let dst = IpAddress::Ipv6(*remote.ip());
+    let mut p = TcpPacket::new_unchecked(&mut buf[start..]);
+    repr.emit(&mut p, &src, &dst, &ChecksumCapabilities::ignored());
+    // PSH alongside FIN (smoltcp's repr has one control value).
+    if s.fin && s.psh {
+        p.set_psh(true);
+    }
+    p.fill_checksum(&src, &dst);
+}

@@ -1,0 +1,454 @@
+//! IPv6 input: the fixed header, the extension-header chain (RFC 8200 §4), fragments, and
+//! the hand-off to the upper layers; path MTU (RFC 8201).
+
+use super::mobility::Mobility;
+use super::ndisc::{solicited_node, ALL_NODES};
+use super::Interface;
+use crate::time::Instant;
+use ds_mipv6::wire::{
+    HomeAddressOptions, Type2RoutingHeader, HAO_OPTION_TYPE, IPPROTO_IPV6, IPPROTO_MH,
+};
+use smoltcp::wire::{
+    Icmpv6ParamProblem, IpProtocol, Ipv6ExtHeader, Ipv6FragmentHeader, Ipv6FragmentRepr,
+    Ipv6Option, Ipv6OptionFailureType, Ipv6OptionType, Ipv6Packet, Ipv6RoutingHeader,
+    Ipv6RoutingType, IPV6_HEADER_LEN, IPV6_MIN_MTU,
+};
+use std::net::Ipv6Addr;
+
+/// `ff02::/16`: link-local scope multicast (RFC 4291 §2.7, scope 2).
+pub(super) fn is_link_scope_multicast(a: &Ipv6Addr) -> bool {
+    a.is_multicast() && a.octets()[1] == LINK_LOCAL_MULTICAST_FLAGS_SCOPE
+}
+
+/// Flags 0 and scope 2 (link-local), the second octet of `ff02::/16` (RFC 4291 §2.7).
+const LINK_LOCAL_MULTICAST_FLAGS_SCOPE: u8 = 0x02;
+
+impl Interface {
+    /// Destinations we receive for: ours, all-nodes, and the solicited-node groups of ours
+    /// and of the addresses we proxy (RFC 4861 §7.2.1, RFC 4291 §2.8).
+    pub(super) fn accepts_dst(&self, a: &Ipv6Addr) -> bool {
+        if self.is_ours(a) || *a == ALL_NODES {
+            return true;
+        }
+        is_link_scope_multicast(a)
+            && (*a == solicited_node(self.link_local)
+                || self.cfg.addrs.iter().any(|x| solicited_node(*x) == *a)
+                || self.proxied.iter().any(|x| solicited_node(*x) == *a))
+    }
+
+    /// Source address for a destination (a small part of RFC 6724 §5).
+    pub(super) fn source_for(&self, dst: &Ipv6Addr) -> Ipv6Addr {
+        // RFC 6724 §4: a link-scope destination gets the link-local source.
+        if dst.is_unicast_link_local() || is_link_scope_multicast(dst) {
+            return self.link_local;
+        }
+        self.cfg.addrs.first().copied().unwrap_or(self.link_local)
+    }
+
+    /// Process one IPv6 packet (without link header): for devices without Ethernet, and for
+    /// packets decapsulated from a tunnel.
+    pub fn receive_ipv6(&mut self, now: Instant, pkt: &[u8], src_mac: Option<[u8; 6]>) {
+        // The view checks that the buffer holds the header and the Payload Length it claims.
+        let Ok(ip) = Ipv6Packet::new_checked(pkt) else {
+            self.stats.rx_malformed += 1;
+            return;
+        };
+        if ip.version() != 6 {
+            self.stats.rx_malformed += 1;
+            return;
+        }
+        let src = ip.src_addr();
+        let dst = ip.dst_addr();
+        // Link padding past the Payload Length is not part of the packet (RFC 8200 §3).
+        let pkt = &pkt[..ip.total_len()];
+        if self.proxied.contains(&dst) {
+            self.intercept(pkt);
+            return;
+        }
+        if !self.accepts_dst(&dst) {
+            self.stats.rx_not_ours += 1;
+            return;
+        }
+        // RFC 4291 §2.7: a multicast address is never a source.
+        if src.is_multicast() {
+            self.stats.rx_malformed += 1;
+            return;
+        }
+        self.walk_headers(now, pkt, src, dst, ip.hop_limit(), src_mac);
+    }
+
+    /// Walk the extension-header chain (RFC 8200 §4) and hand the upper layer on.
+    pub(super) fn walk_headers(
+        &mut self,
+        now: Instant,
+        pkt: &[u8],
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        hop_limit: u8,
+        src_mac: Option<[u8; 6]>,
+    ) {
+        let mut nh = Ipv6Packet::new_unchecked(pkt).next_header();
+        let mut off = IPV6_HEADER_LEN;
+        // Where the Next Header value being processed sits: Parameter Problem pointers name
+        // it (RFC 8200 §4).
+        let mut nh_field = IPV6_NEXT_HEADER_AT;
+        let mut mob = Mobility {
+            src,
+            dst,
+            hao: None,
+            rh2: None,
+        };
+        let mut hao = HomeAddressOptions::default();
+        let mut first = true;
+        loop {
+            match nh {
+                IpProtocol::HopByHop | IpProtocol::Ipv6Opts => {
+                    // RFC 8200 §4.1: a Hop-by-Hop Options header only right after the IPv6
+                    // header; elsewhere its Next Header value is unrecognised (§4).
+                    if nh == IpProtocol::HopByHop && !first {
+                        self.stats.rx_bad_exthdr += 1;
+                        self.param_problem(
+                            now,
+                            pkt,
+                            Icmpv6ParamProblem::UnrecognizedNxtHdr,
+                            nh_field,
+                        );
+                        return;
+                    }
+                    let Ok(ext) = Ipv6ExtHeader::new_checked(&pkt[off..]) else {
+                        self.stats.rx_malformed += 1;
+                        return;
+                    };
+                    let dest_opts = nh == IpProtocol::Ipv6Opts;
+                    if self
+                        .process_options(now, pkt, off, ext.payload(), dest_opts, &mut hao)
+                        .is_err()
+                    {
+                        return;
+                    }
+                    mob.hao = hao.home();
+                    nh_field = off;
+                    nh = ext.next_header();
+                    off += ext_header_len(&ext);
+                }
+                IpProtocol::Ipv6Route => {
+                    let Ok(ext) = Ipv6ExtHeader::new_checked(&pkt[off..]) else {
+                        self.stats.rx_malformed += 1;
+                        return;
+                    };
+                    let Ok(rh) = Ipv6RoutingHeader::new_checked(ext.payload()) else {
+                        self.stats.rx_malformed += 1;
+                        return;
+                    };
+                    let len = ext_header_len(&ext);
+                    let left = rh.segments_left();
+                    let rh2 = (rh.routing_type() == Ipv6RoutingType::Type2 && left == 1)
+                        .then(|| Type2RoutingHeader::new_checked(&pkt[off..off + len]).ok())
+                        .flatten();
+                    if let Some(rh2) = rh2 {
+                        // RFC 6275 §6.4: a type 2 routing header carrying our home address;
+                        // §9.3.2 / §11.3.3: only for a home address served here.
+                        let home = rh2.home_address();
+                        let ok = self.is_ours(&home)
+                            || self
+                                .hook
+                                .as_mut()
+                                .is_some_and(|h| h.on_type2_routing(now, dst, home));
+                        if !ok {
+                            self.stats.rx_bad_exthdr += 1;
+                            return;
+                        }
+                        self.stats.mobility_rx += 1;
+                        mob.rh2 = Some(home);
+                    } else if left != 0 {
+                        // RFC 8200 §4.4: an unknown (or malformed) type with segments left →
+                        // Parameter Problem code 0 pointing at the Routing Type (we are no
+                        // router for other types).
+                        self.stats.rx_bad_exthdr += 1;
+                        self.param_problem(
+                            now,
+                            pkt,
+                            Icmpv6ParamProblem::ErroneousHdrField,
+                            off + EXT_FIXED_LEN,
+                        );
+                        return;
+                    }
+                    nh_field = off;
+                    nh = ext.next_header();
+                    off += len;
+                }
+                IpProtocol::Ipv6Frag => {
+                    let Some((next, frag)) = fragment_header(&pkt[off..]) else {
+                        self.stats.rx_malformed += 1;
+                        return;
+                    };
+                    self.stats.rx_fragments += 1;
+                    let offset = usize::from(frag.frag_offset) * FRAGMENT_OFFSET_UNIT;
+                    let data = &pkt[off + FRAGMENT_HEADER_LEN..];
+                    if offset == 0 && !frag.more_frags {
+                        // RFC 6946 §4: an atomic fragment is processed in isolation.
+                        nh_field = off;
+                        nh = next;
+                        off += FRAGMENT_HEADER_LEN;
+                        first = false;
+                        continue;
+                    }
+                    // RFC 8200 §4.5: reassembly.
+                    match self.frag.add(
+                        now,
+                        src,
+                        dst,
+                        frag.ident,
+                        offset,
+                        frag.more_frags,
+                        u8::from(next),
+                        data,
+                    ) {
+                        Ok(Some(done)) => {
+                            self.stats.reassembled += 1;
+                            let up = Upper {
+                                nh: IpProtocol::from(done.next_header),
+                                nh_field: off,
+                                payload: &done.payload,
+                            };
+                            self.upper(now, up, &mob, hop_limit, src_mac, pkt);
+                        }
+                        Ok(None) => {}
+                        Err(_) => self.stats.reassembly_failed += 1,
+                    }
+                    return;
+                }
+                IpProtocol::Ipv6NoNxt => {
+                    // RFC 8200 §4.7: No Next Header; nothing to deliver (but a Home Address
+                    // option on it is still checked, RFC 6275 §9.3.1).
+                    if let Some(home) = mob.hao {
+                        if !self.accept_hao(now, &mob, home) {
+                            self.stats.rx_bad_exthdr += 1;
+                            return;
+                        }
+                    }
+                    self.stats.rx_ignored += 1;
+                    return;
+                }
+                _ => {
+                    let up = Upper {
+                        nh,
+                        nh_field,
+                        payload: &pkt[off..],
+                    };
+                    self.upper(now, up, &mob, hop_limit, src_mac, pkt);
+                    return;
+                }
+            }
+            first = false;
+        }
+    }
+
+    /// The TLV options (`opts`, RFC 8200 §4.2) of a Hop-by-Hop or Destination Options header
+    /// at `off`. A Home Address option (RFC 6275 §6.3, a destination option) goes into `hao`;
+    /// whether it is accepted is decided with the upper layer in view (a Binding Update
+    /// carries one and is checked differently). `Err`: the packet is dropped (counted, and
+    /// answered as RFC 8200 §4.2 says).
+    pub(super) fn process_options(
+        &mut self,
+        now: Instant,
+        pkt: &[u8],
+        off: usize,
+        opts: &[u8],
+        dest_opts: bool,
+        hao: &mut HomeAddressOptions,
+    ) -> Result<(), ()> {
+        // The option is understood when we are a correspondent or run a mobility hook;
+        // otherwise its type's high-order bits say discard and send an ICMP error.
+        let mobility = self.cn.is_some() || self.hook.is_some();
+        let dst = Ipv6Packet::new_unchecked(pkt).dst_addr();
+        let mut pos = 0;
+        while pos < opts.len() {
+            // Offset of the Option Type from the start of the header, and in the packet.
+            let in_header = EXT_FIXED_LEN + pos;
+            let at = off + in_header;
+            let Ok(opt) = Ipv6Option::new_checked(&opts[pos..]) else {
+                self.stats.rx_malformed += 1;
+                return Err(());
+            };
+            let ty = opt.option_type();
+            if ty == Ipv6OptionType::Pad1 {
+                pos += PAD1_LEN;
+                continue;
+            }
+            match ty {
+                Ipv6OptionType::PadN => {}
+                Ipv6OptionType::Unknown(HAO_OPTION_TYPE) if dest_opts && mobility => {
+                    if let Err(e) = hao.add(in_header, opt.data()) {
+                        // RFC 6275 §6.3: malformed, misaligned, or a second one.
+                        tracing::debug!(%e, "home address option refused");
+                        self.stats.rx_bad_exthdr += 1;
+                        return Err(());
+                    }
+                }
+                // RFC 8200 §4.2: the two high-order bits of an unrecognised option's type say
+                // what to do with the packet.
+                _ => match Ipv6OptionFailureType::from(ty) {
+                    Ipv6OptionFailureType::Skip => {}
+                    Ipv6OptionFailureType::Discard => {
+                        self.stats.rx_bad_exthdr += 1;
+                        return Err(());
+                    }
+                    Ipv6OptionFailureType::DiscardSendAll => {
+                        self.stats.rx_bad_exthdr += 1;
+                        self.param_problem(now, pkt, Icmpv6ParamProblem::UnrecognizedOption, at);
+                        return Err(());
+                    }
+                    Ipv6OptionFailureType::DiscardSendUnicast => {
+                        self.stats.rx_bad_exthdr += 1;
+                        if !dst.is_multicast() {
+                            self.param_problem(
+                                now,
+                                pkt,
+                                Icmpv6ParamProblem::UnrecognizedOption,
+                                at,
+                            );
+                        }
+                        return Err(());
+                    }
+                },
+            }
+            pos += OPTION_TLV_HEADER_LEN + usize::from(opt.data_len());
+        }
+        Ok(())
+    }
+
+    /// The upper layer (RFC 8200 §4: the header after the extension headers we process).
+    pub(super) fn upper(
+        &mut self,
+        now: Instant,
+        up: Upper<'_>,
+        mob: &Mobility,
+        hop_limit: u8,
+        src_mac: Option<[u8; 6]>,
+        whole: &[u8],
+    ) {
+        let payload = up.payload;
+        if up.nh == IpProtocol::Unknown(IPPROTO_MH) {
+            self.receive_mobility_header(now, payload, mob, whole, up.nh_field);
+            return;
+        }
+        // RFC 6275 §9.3.1: a Home Address option is honoured only with a binding for
+        // (home address, source); then upper layers see the home address as the source.
+        let mut src = mob.src;
+        if let Some(home) = mob.hao {
+            if !self.accept_hao(now, mob, home) {
+                self.stats.rx_bad_exthdr += 1;
+                return;
+            }
+            self.stats.mobility_rx += 1;
+            src = home;
+        }
+        let dst = mob.rh2.unwrap_or(mob.dst);
+        match up.nh {
+            IpProtocol::Tcp => self.receive_tcp(now, payload, src, dst),
+            IpProtocol::Udp => self.receive_udp(now, payload, src, dst, whole),
+            IpProtocol::Icmpv6 => self.receive_icmp(now, payload, src, dst, hop_limit, src_mac),
+            // IPv6-in-IPv6 (RFC 2473): a home agent's tunnel to us (RFC 6275 §10.4.2), or a
+            // reverse tunnel through us when we are a home agent (§10.4.5).
+            IpProtocol::Unknown(IPPROTO_IPV6) => {
+                let inner_dst = Ipv6Packet::new_checked(payload).ok().map(|p| p.dst_addr());
+                match inner_dst {
+                    None => self.stats.rx_malformed += 1,
+                    Some(d) if self.accepts_dst(&d) && self.decap_depth == 0 => {
+                        self.stats.decapsulated += 1;
+                        self.decap_depth += 1;
+                        self.receive_ipv6(now, payload, None);
+                        self.decap_depth -= 1;
+                    }
+                    Some(_) => self.intercept(whole),
+                }
+            }
+            _ => {
+                self.stats.rx_bad_exthdr += 1;
+                // RFC 8200 §4: an unrecognised Next Header → Parameter Problem code 1
+                // pointing at that Next Header value.
+                self.param_problem(
+                    now,
+                    whole,
+                    Icmpv6ParamProblem::UnrecognizedNxtHdr,
+                    up.nh_field,
+                );
+            }
+        }
+    }
+
+    /// Set the path MTU towards `dst` (e.g. lower it by the 24 octets of a routing header when
+    /// packets to it will carry one): later segments of connections to it shrink to fit.
+    pub fn set_path_mtu(&mut self, now: Instant, dst: Ipv6Addr, mtu: usize) {
+        let mtu = mtu.clamp(IPV6_MIN_MTU, self.cfg.mtu);
+        self.pmtu.insert(dst, (mtu, now));
+        for idx in self.conns.to_remote(dst) {
+            let local = self.conns.get(idx).map(|t| *t.local.ip());
+            let mss = local.map(|l| self.mss_at(&l, mtu));
+            if let (Some(t), Some(mss)) = (self.conns.get_mut(idx), mss) {
+                t.on_path_mtu(mss);
+            }
+            self.after_tcb_event(idx);
+        }
+    }
+
+    /// Next hop: the destination on the link, otherwise the default router (RFC 4861 §5.2).
+    pub(super) fn next_hop(&self, dst: &Ipv6Addr) -> Ipv6Addr {
+        match self.cfg.gateway {
+            Some(gw) if !self.on_link(dst) => gw,
+            _ => *dst,
+        }
+    }
+
+    /// On-link determination (RFC 4861 §5.2, from our own prefixes: no Router Advertisements).
+    pub(super) fn on_link(&self, dst: &Ipv6Addr) -> bool {
+        if dst.is_unicast_link_local() || dst.is_multicast() {
+            return true;
+        }
+        // On-link: in the /64 of one of our addresses (RFC 4291 §2.5.4 interface IDs).
+        let d = dst.segments();
+        self.cfg.addrs.iter().any(|a| a.segments()[..4] == d[..4])
+    }
+}
+
+/// An upper-layer payload and where its Next Header value was found.
+pub(super) struct Upper<'a> {
+    pub(super) nh: IpProtocol,
+    /// Offset of the Next Header value in the packet (for Parameter Problem pointers).
+    pub(super) nh_field: usize,
+    pub(super) payload: &'a [u8],
+}
+
+/// Offset of the Next Header field in the IPv6 header (RFC 8200 §3).
+const IPV6_NEXT_HEADER_AT: usize = 6;
+/// Next Header and Hdr Ext Len, the octets every extension header but the Fragment header
+/// starts with (RFC 8200 §4.3, §4.4, §4.6); the Routing Type, or the options, follow.
+const EXT_FIXED_LEN: usize = 2;
+/// Option Type and Opt Data Len, before an option's data (RFC 8200 §4.2).
+const OPTION_TLV_HEADER_LEN: usize = 2;
+/// The Pad1 option is one octet, with no length (RFC 8200 §4.2).
+const PAD1_LEN: usize = 1;
+/// A Fragment header is 8 octets (RFC 8200 §4.5).
+pub(super) const FRAGMENT_HEADER_LEN: usize = 8;
+/// The Fragment Offset counts 8-octet units (RFC 8200 §4.5).
+pub(super) const FRAGMENT_OFFSET_UNIT: usize = 8;
+
+/// Length of an extension header in octets: its Hdr Ext Len counts 8-octet units after the
+/// first 8 (RFC 8200 §4.3); smoltcp's view gives the octets after the first two.
+fn ext_header_len(ext: &Ipv6ExtHeader<&[u8]>) -> usize {
+    EXT_FIXED_LEN + ext.payload().len()
+}
+
+/// The Fragment header at the start of `b`: its Next Header and fields. Its second octet is
+/// Reserved, "ignored on reception" (RFC 8200 §4.5), not a length: it is cleared before the
+/// generic extension-header view reads the header.
+fn fragment_header(b: &[u8]) -> Option<(IpProtocol, Ipv6FragmentRepr)> {
+    let mut hdr = [0u8; FRAGMENT_HEADER_LEN];
+    hdr.copy_from_slice(b.get(..FRAGMENT_HEADER_LEN)?);
+    Ipv6ExtHeader::new_unchecked(&mut hdr[..]).set_header_len(0);
+    let ext = Ipv6ExtHeader::new_checked(&hdr[..]).ok()?;
+    let frag = Ipv6FragmentHeader::new_checked(ext.payload()).ok()?;
+    let repr = Ipv6FragmentRepr::parse(&frag).ok()?;
+    Some((ext.next_header(), repr))
+}

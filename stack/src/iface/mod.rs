@@ -1,0 +1,364 @@
+//! The sans-IO interface: Ethernet + IPv6 (extension headers, fragments) + NDP + ICMPv6 + UDP +
+//! TCP demultiplexing, and the socket API applications use.
+//!
+//! One [`Interface`] type, its `impl` split by layer (as smoltcp's `iface/interface/`):
+//!
+//! | file | what |
+//! | --- | --- |
+//! | `mod.rs` | the type, [`Config`], handles, errors, time (`poll`, `poll_at`), addresses |
+//! | `ethernet.rs` | Ethernet II input and header emission (RFC 2464) |
+//! | `ipv6.rs` | IPv6 and its extension headers, fragments, upper-layer dispatch, path MTU (RFC 8200, 8201) |
+//! | `icmpv6.rs` | ICMPv6 input, errors sent (RFC 4443) |
+//! | `ndisc.rs` | Neighbour Discovery (RFC 4861) |
+//! | `mobility.rs` | Mobile IPv6 in the data path: RH2/HAO, route optimisation, the mobility hook calls (RFC 6275) |
+//! | `udp.rs` | UDP sockets (RFC 768) |
+//! | `tcp.rs` | TCP demultiplexing, lifecycle, socket API, freeze/hold/thaw (RFC 9293) |
+//! | `conn_table.rs` | the connection table: TCB slab, demux, timers, dirty/ready lists, held packets |
+//! | `emit.rs` | frame building and the transmit path |
+//!
+//! Headers are read and written through one implementation each: smoltcp's `wire` views and
+//! reprs, and `ds-mipv6`'s for the type 2 routing header and the Home Address option.
+
+use crate::frag::Reassembler;
+use crate::hooks::MobilityHook;
+use crate::isn::{random_secret, IsnGenerator};
+use crate::ndp::NeighborCache;
+use crate::state::StateError;
+use crate::stats::Stats;
+use crate::tcp::tcb::{Tcb, TcpError};
+use crate::tcp::TcpConfig;
+use crate::time::{Duration, Instant};
+use crate::udp::UdpSocket;
+use ds_mipv6::cn::{CnConfig, Correspondent};
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::wire::{ETHERNET_HEADER_LEN, IPV6_MIN_MTU};
+use std::collections::{HashMap, VecDeque};
+use std::net::Ipv6Addr;
+
+mod conn_table;
+mod emit;
+mod ethernet;
+mod icmpv6;
+mod ipv6;
+mod mobility;
+mod ndisc;
+mod tcp;
+mod udp;
+
+use conn_table::ConnTable;
+use tcp::{Listener, EPHEMERAL_FIRST};
+
+pub use ndisc::solicited_node;
+
+/// RFC 8201 §4: a learnt path MTU is forgotten after 10 minutes.
+pub(super) const PMTU_AGE: Duration = Duration::from_secs(600);
+/// RFC 4443 §2.4(f): ICMPv6 errors we send per second.
+pub(super) const ICMP_ERRORS_PER_SEC: u32 = 100;
+
+/// Interface settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Our Ethernet address.
+    pub mac: [u8; 6],
+    /// Unicast addresses we own (a link-local one derived from `mac` is added).
+    pub addrs: Vec<Ipv6Addr>,
+    /// Link IP MTU.
+    pub mtu: usize,
+    /// Default TCP settings for new sockets.
+    pub tcp: TcpConfig,
+    /// Default router; without one every destination is on-link.
+    pub gateway: Option<Ipv6Addr>,
+    /// RFC 6528 ISN key.
+    pub isn_secret: [u8; 16],
+    /// Hop limit of packets we originate.
+    pub hop_limit: u8,
+    /// Act as a Mobile IPv6 correspondent node (RFC 6275 §9) on all our addresses: answer
+    /// return-routability tests and Binding Updates, and route packets for bound home
+    /// addresses to their care-of addresses.
+    pub correspondent: bool,
+}
+
+impl Config {
+    /// Settings for an interface with this MAC owning these addresses.
+    pub fn new(mac: [u8; 6], addrs: Vec<Ipv6Addr>) -> Self {
+        Config {
+            mac,
+            addrs,
+            mtu: 1500,
+            tcp: TcpConfig::default(),
+            gateway: None,
+            isn_secret: random_secret(),
+            hop_limit: 64,
+            correspondent: true,
+        }
+    }
+}
+
+/// Socket API errors.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The handle does not name a live socket.
+    #[error("invalid socket handle")]
+    InvalidHandle,
+    /// Address and port already bound.
+    #[error("address in use")]
+    AddrInUse,
+    /// The local address is not one of ours.
+    #[error("address not available")]
+    AddrNotAvailable,
+    /// No free ephemeral port.
+    #[error("no free ephemeral port")]
+    NoPorts,
+    /// The operation needs a connection in another state.
+    #[error("socket not in a state for this operation")]
+    InvalidState,
+    /// The peer closed its side and all its data has been read.
+    #[error("end of stream")]
+    Eof,
+    /// The peer reset the connection.
+    #[error("connection reset")]
+    Reset,
+    /// Retransmissions went unanswered.
+    #[error("connection timed out")]
+    TimedOut,
+    /// The peer refused the connection.
+    #[error("connection refused")]
+    Refused,
+    /// Aborted locally.
+    #[error("connection aborted")]
+    Aborted,
+    /// A frozen state was refused.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// A datagram too large to send.
+    #[error("datagram too large")]
+    TooLarge,
+}
+
+impl From<TcpError> for Error {
+    fn from(e: TcpError) -> Self {
+        match e {
+            TcpError::Reset => Error::Reset,
+            TcpError::TimedOut => Error::TimedOut,
+            TcpError::Refused => Error::Refused,
+            TcpError::Aborted => Error::Aborted,
+        }
+    }
+}
+
+/// A TCP connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TcpHandle {
+    idx: u32,
+    gen: u32,
+}
+
+/// A TCP listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ListenHandle(u32);
+
+/// A UDP socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct UdpHandle(u32);
+
+/// The protocol engine. See the crate docs.
+pub struct Interface {
+    cfg: Config,
+    link_local: Ipv6Addr,
+    isn: IsnGenerator,
+    /// TCBs, their demultiplexing, timers and output/ready lists, and the frozen connections
+    /// whose packets are held for the node that thaws them (so none is lost in the handoff gap).
+    conns: ConnTable<Tcb>,
+    listeners: Vec<Option<Listener>>,
+    listen_map: HashMap<(Ipv6Addr, u16), u32>,
+    ctrl: VecDeque<Vec<u8>>,
+    pool: Vec<Vec<u8>>,
+    nd: NeighborCache,
+    pmtu: HashMap<Ipv6Addr, (usize, Instant)>,
+    frag: Reassembler,
+    udp: Vec<Option<UdpSocket>>,
+    udp_map: HashMap<u16, u32>,
+    next_ephemeral: u16,
+    stats: Stats,
+    hook: Option<Box<dyn MobilityHook>>,
+    cn: Option<Correspondent>,
+    home_addrs: Vec<Ipv6Addr>,
+    proxied: Vec<Ipv6Addr>,
+    intercepted: VecDeque<Vec<u8>>,
+    decap_depth: u8,
+    icmp_budget: (Instant, u32),
+    frag_ident: u32,
+    scratch: Vec<u8>,
+    now: Instant,
+}
+
+/// The link-local address with the modified EUI-64 interface identifier of `mac` (RFC 4291
+/// §2.5.1 and appendix A, RFC 2464 §4–§5).
+pub(super) fn eui64_link_local(mac: [u8; 6]) -> Ipv6Addr {
+    Ipv6Addr::new(
+        0xfe80,
+        0,
+        0,
+        0,
+        u16::from_be_bytes([mac[0] ^ 0x02, mac[1]]),
+        u16::from_be_bytes([mac[2], 0xff]),
+        u16::from_be_bytes([0xfe, mac[3]]),
+        u16::from_be_bytes([mac[4], mac[5]]),
+    )
+}
+
+pub(super) fn caps() -> ChecksumCapabilities {
+    ChecksumCapabilities::default()
+}
+
+impl Interface {
+    /// A new interface at `now`.
+    pub fn new(cfg: Config, now: Instant) -> Self {
+        let link_local = eui64_link_local(cfg.mac);
+        let mtu = cfg.mtu.max(IPV6_MIN_MTU);
+        let isn = IsnGenerator::new(&cfg.isn_secret);
+        let cn = if cfg.correspondent {
+            match Correspondent::with_random_secrets(CnConfig::default()) {
+                Ok(c) => Some(c),
+                Err(_) => {
+                    tracing::warn!(
+                        "no randomness for the correspondent's keys: MIPv6 correspondent role off"
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        Interface {
+            cfg: Config { mtu, ..cfg },
+            link_local,
+            isn,
+            conns: ConnTable::default(),
+            listeners: Vec::new(),
+            listen_map: HashMap::new(),
+            ctrl: VecDeque::new(),
+            pool: Vec::new(),
+            nd: NeighborCache::default(),
+            pmtu: HashMap::new(),
+            frag: Reassembler::default(),
+            udp: Vec::new(),
+            udp_map: HashMap::new(),
+            next_ephemeral: EPHEMERAL_FIRST + (now.total_micros() as u16 % 8192),
+            stats: Stats::default(),
+            hook: None,
+            cn,
+            home_addrs: Vec::new(),
+            proxied: Vec::new(),
+            intercepted: VecDeque::new(),
+            decap_depth: 0,
+            icmp_budget: (now, 0),
+            frag_ident: now.total_micros() as u32,
+            scratch: Vec::with_capacity(ETHERNET_HEADER_LEN + mtu),
+            now,
+        }
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Our MAC.
+    pub fn mac(&self) -> [u8; 6] {
+        self.cfg.mac
+    }
+
+    /// Our addresses (configured ones, then the link-local one).
+    pub fn addrs(&self) -> Vec<Ipv6Addr> {
+        let mut v = self.cfg.addrs.clone();
+        v.push(self.link_local);
+        v
+    }
+
+    /// Take over another address (e.g. the DS address after a handoff).
+    pub fn add_addr(&mut self, a: Ipv6Addr) {
+        if !self.cfg.addrs.contains(&a) {
+            self.cfg.addrs.push(a);
+        }
+    }
+
+    /// Stop answering for an address.
+    pub fn remove_addr(&mut self, a: Ipv6Addr) {
+        self.cfg.addrs.retain(|x| *x != a);
+    }
+
+    /// Default TCP settings for new sockets.
+    pub fn tcp_config_mut(&mut self) -> &mut TcpConfig {
+        &mut self.cfg.tcp
+    }
+
+    /// Addresses we accept packets for as their final destination.
+    pub(super) fn is_ours(&self, a: &Ipv6Addr) -> bool {
+        *a == self.link_local || self.cfg.addrs.contains(a) || self.home_addrs.contains(a)
+    }
+
+    /// The earliest instant at which [`Interface::poll`] has work (`None`: only input matters).
+    pub fn poll_at(&self) -> Option<Instant> {
+        let mut t = self.conns.next_timer();
+        let cn_at = self.cn.as_ref().and_then(|c| c.poll_at());
+        let hook_at = self.hook.as_ref().and_then(|h| h.poll_at());
+        for x in [self.nd.poll_at(), self.frag.poll_at(), cn_at, hook_at]
+            .into_iter()
+            .flatten()
+        {
+            t = Some(t.map_or(x, |y| y.min(x)));
+        }
+        if self.conns.has_dirty() || !self.ctrl.is_empty() {
+            return Some(self.now);
+        }
+        t
+    }
+
+    /// Run due timers.
+    pub fn poll(&mut self, now: Instant) {
+        self.now = self.now.max(now);
+        while let Some(idx) = self.conns.next_due(now) {
+            if let Some(tcb) = self.conns.get_mut(idx) {
+                tcb.on_timer(now);
+            }
+            self.conns.mark_ready(idx);
+            self.after_tcb_event(idx);
+        }
+        let (actions, dropped) = self.nd.poll(now);
+        self.stats.nd_drops += dropped as u64;
+        for a in actions {
+            self.solicit(a);
+        }
+        self.stats.reassembly_failed += self.frag.expire(now) as u64;
+        if let Some(cn) = self.cn.as_mut() {
+            for t in cn.poll(now) {
+                self.send_ipv6_packet(now, &t.packet);
+            }
+        }
+        if let Some(h) = self.hook.as_mut() {
+            for p in h.poll(now) {
+                self.send_ipv6_packet(now, &p);
+            }
+        }
+    }
+
+    /// Neighbour cache (diagnostics).
+    pub fn neighbors(&self) -> &NeighborCache {
+        &self.nd
+    }
+}
+
+/// Store `item` in the first empty slot (or a new one); returns its index.
+pub(super) fn put_in_free_slot<T>(v: &mut Vec<Option<T>>, item: T) -> usize {
+    match v.iter().position(|x| x.is_none()) {
+        Some(i) => {
+            v[i] = Some(item);
+            i
+        }
+        None => {
+            v.push(Some(item));
+            v.len() - 1
+        }
+    }
+}

@@ -1,0 +1,625 @@
+//! TCP demultiplexing (RFC 9293 §3.10.7), the connection lifecycle around the TCBs, and the
+//! socket API, including freeze, hold and thaw for the handoff.
+
+use super::conn_table::{ConnKey, HoldOutcome};
+use super::mobility::MOBILITY_EXT_LEN;
+use super::{put_in_free_slot, Error, Interface, ListenHandle, TcpHandle};
+use crate::isn::IsnGenerator;
+use crate::state::ConnState;
+use crate::tcp::tcb::{SegIn, SegOut, Tcb};
+use crate::tcp::{TcpConfig, TcpState};
+use crate::time::Instant;
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::wire::{
+    IpAddress, IpProtocol, Ipv6Packet, Ipv6Repr, TcpControl, TcpPacket, TcpRepr, IPV6_HEADER_LEN,
+    TCP_HEADER_LEN,
+};
+use std::collections::VecDeque;
+use std::net::{Ipv6Addr, SocketAddrV6};
+
+/// The first port of the dynamic range, 49152–65535 (RFC 6335 §6).
+pub(super) const EPHEMERAL_FIRST: u16 = 49152;
+
+/// Hop limit of a held packet rebuilt for the node that thaws its connection.
+const HELD_HOP_LIMIT: u8 = 64;
+
+#[derive(Debug)]
+pub(super) struct Listener {
+    pub(super) local: SocketAddrV6,
+    pub(super) backlog: usize,
+    pub(super) accept: VecDeque<u32>,
+    pub(super) embryonic: usize,
+    pub(super) cfg: TcpConfig,
+}
+
+impl Interface {
+    /// (Re-)arm the connection's timer at the TCB's next deadline.
+    pub(super) fn arm(&mut self, idx: u32) {
+        let at = self.conns.get(idx).and_then(|t| t.poll_at());
+        self.conns.arm(idx, at);
+    }
+
+    /// Connections that saw a network event (data, ACKs that freed send space, FIN, RST,
+    /// timeout) since the last call, appended to `out`. Lets an application with many
+    /// connections service only those instead of scanning all of them each step.
+    pub fn tcp_take_ready(&mut self, out: &mut Vec<TcpHandle>) {
+        self.conns.take_ready(out);
+    }
+
+    /// Bookkeeping after anything touched a TCB: counters, timers, output, lifecycle.
+    pub(super) fn after_tcb_event(&mut self, idx: u32) {
+        self.after_tcb_event_inner(idx, true);
+    }
+
+    /// As [`Self::after_tcb_event`] but without queueing output (used right after draining).
+    pub(super) fn after_tcb_event_quiet(&mut self, idx: u32) {
+        self.after_tcb_event_inner(idx, false);
+    }
+
+    pub(super) fn after_tcb_event_inner(&mut self, idx: u32, output: bool) {
+        let Some(tcb) = self.conns.get_mut(idx) else {
+            return;
+        };
+        let ev = tcb.take_events();
+        let state = tcb.state();
+        let wants = tcb.wants_output();
+        let listener = tcb.listener;
+        self.stats.tcp_retransmits += ev.retransmits;
+        self.stats.tcp_rto += ev.rto;
+        self.stats.tcp_fast_recovery += ev.fast_recovery;
+        self.stats.tcp_challenge_acks += ev.challenge_acks;
+        self.stats.tcp_paws_rejected += ev.paws_rejected;
+        self.stats.tcp_zero_window_probes += ev.zero_window_probes;
+        self.stats.tcp_tx_segments += ev.segments_out;
+        self.stats.tcp_ooo_segments += ev.ooo_segments;
+        // An embryonic passive connection that completed the handshake joins the accept queue.
+        if let Some(l) = listener {
+            if state != TcpState::SynReceived {
+                if let Some(t) = self.conns.get_mut(idx) {
+                    t.listener = None;
+                }
+                if let Some(Some(lst)) = self.listeners.get_mut(l) {
+                    lst.embryonic = lst.embryonic.saturating_sub(1);
+                    if state != TcpState::Closed {
+                        lst.accept.push_back(idx);
+                    } else {
+                        self.conns.release(idx);
+                    }
+                } else {
+                    self.conns.release(idx);
+                }
+            }
+        }
+        if wants && output {
+            self.conns.mark_dirty(idx);
+        }
+        if state == TcpState::Closed {
+            self.conns.unlink_slot(idx);
+            if !wants && self.conns.is_released(idx) {
+                self.conns.remove(idx);
+                return;
+            }
+        }
+        self.arm(idx);
+    }
+
+    /// A TCP segment for us (RFC 9293 §3.10.7): to its connection, else held for a frozen
+    /// one, else a SYN to a listener (§3.10.7.2), else answered with a reset (§3.10.7.1).
+    pub(super) fn receive_tcp(
+        &mut self,
+        now: Instant,
+        payload: &[u8],
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+    ) {
+        if dst.is_multicast() {
+            self.stats.rx_malformed += 1;
+            return;
+        }
+        let Ok(pkt) = TcpPacket::new_checked(payload) else {
+            self.stats.rx_malformed += 1;
+            return;
+        };
+        if !pkt.verify_checksum(&IpAddress::Ipv6(src), &IpAddress::Ipv6(dst)) {
+            self.stats.rx_bad_checksum += 1;
+            return;
+        }
+        let Ok(repr) = TcpRepr::parse(
+            &pkt,
+            &IpAddress::Ipv6(src),
+            &IpAddress::Ipv6(dst),
+            &ChecksumCapabilities::ignored(),
+        ) else {
+            self.stats.rx_malformed += 1;
+            return;
+        };
+        self.stats.tcp_rx_segments += 1;
+        let seg = SegIn {
+            seq: repr.seq_number.0 as u32,
+            ack: repr.ack_number.map(|a| a.0 as u32),
+            syn: repr.control == TcpControl::Syn,
+            fin: repr.control == TcpControl::Fin,
+            rst: repr.control == TcpControl::Rst,
+            window: repr.window_len,
+            mss: repr.max_seg_size,
+            wscale: repr.window_scale,
+            sack_permitted: repr.sack_permitted,
+            sack: repr.sack_ranges,
+            ts: repr.timestamp.map(|t| (t.tsval, t.tsecr)),
+            payload: repr.payload,
+        };
+        let key = ConnKey(dst, repr.dst_port, src, repr.src_port);
+        if let Some(idx) = self.conns.lookup(&key) {
+            if let Some(t) = self.conns.get_mut(idx) {
+                let before = t.snd_una;
+                t.on_segment(now, &seg);
+                if t.snd_una != before {
+                    self.nd.confirm(now, src);
+                }
+            }
+            self.conns.mark_ready(idx);
+            self.after_tcb_event(idx);
+            return;
+        }
+        // A frozen connection: never answered with RST; its packets are held for the node
+        // that thaws it (`tcp_take_held`), up to a bound.
+        // Held as a plain IPv6 packet between the addresses TCP sees (home addresses, not
+        // care-of ones), so the segment's checksum verifies wherever it is fed back.
+        let held = self.conns.hold_packet(&key, || {
+            let mut pkt = vec![0; IPV6_HEADER_LEN];
+            Ipv6Repr {
+                src_addr: src,
+                dst_addr: dst,
+                next_header: IpProtocol::Tcp,
+                payload_len: payload.len(),
+                hop_limit: HELD_HOP_LIMIT,
+            }
+            .emit(&mut Ipv6Packet::new_unchecked(&mut pkt[..]));
+            pkt.extend_from_slice(payload);
+            pkt
+        });
+        match held {
+            HoldOutcome::NotFrozen => {}
+            HoldOutcome::Held => {
+                self.stats.tcp_held += 1;
+                return;
+            }
+            HoldOutcome::Full => {
+                self.stats.tcp_no_socket += 1;
+                return;
+            }
+        }
+        let listener = self
+            .listen_map
+            .get(&(dst, repr.dst_port))
+            .or_else(|| self.listen_map.get(&(Ipv6Addr::UNSPECIFIED, repr.dst_port)))
+            .copied();
+        if let Some(l) = listener {
+            if seg.syn && seg.ack.is_none() && !seg.rst {
+                self.accept_syn(now, l, &seg, dst, repr.dst_port, src, repr.src_port);
+                return;
+            }
+        }
+        self.stats.tcp_no_socket += 1;
+        tracing::debug!(
+            %src, sport = repr.src_port, %dst, dport = repr.dst_port, seq = seg.seq, ack = ?seg.ack,
+            syn = seg.syn, rst = seg.rst, len = seg.seg_len(),
+            "TCP segment for no connection"
+        );
+        if !seg.rst {
+            // RFC 9293 §3.10.7.1: answer segments for no connection with RST.
+            let (seq, ack) = match seg.ack {
+                Some(a) => (a, None),
+                None => (0, Some(seg.seq.wrapping_add(seg.seg_len()))),
+            };
+            let s = SegOut {
+                seq,
+                ack,
+                rst: true,
+                ..SegOut::default()
+            };
+            let local = SocketAddrV6::new(dst, repr.dst_port, 0, 0);
+            let remote = SocketAddrV6::new(src, repr.src_port, 0, 0);
+            self.emit_tcp_ctrl(now, &local, &remote, &s);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn accept_syn(
+        &mut self,
+        now: Instant,
+        l: u32,
+        seg: &SegIn<'_>,
+        dst: Ipv6Addr,
+        dport: u16,
+        src: Ipv6Addr,
+        sport: u16,
+    ) {
+        let Some(Some(lst)) = self.listeners.get(l as usize) else {
+            return;
+        };
+        if lst.accept.len() + lst.embryonic >= lst.backlog {
+            self.stats.tcp_backlog_drops += 1;
+            return;
+        }
+        let cfg = lst.cfg.clone();
+        let local = SocketAddrV6::new(dst, dport, 0, 0);
+        let remote = SocketAddrV6::new(src, sport, 0, 0);
+        let iss = self.isn.iss_for(now, &local, &remote);
+        let mss = self.mss_for(&dst, &src);
+        let mut tcb = Tcb::accept_syn(local, remote, cfg, iss, mss, now, seg);
+        tcb.listener = Some(l as usize);
+        if let Some(Some(lst)) = self.listeners.get_mut(l as usize) {
+            lst.embryonic += 1;
+        }
+        let idx = self.insert_tcb(tcb);
+        self.after_tcb_event(idx);
+    }
+
+    /// The MSS of a connection from `local` to `dst`, from the path MTU towards `dst`.
+    pub(super) fn mss_for(&self, local: &Ipv6Addr, dst: &Ipv6Addr) -> u32 {
+        let mtu = self.pmtu.get(dst).map(|p| p.0).unwrap_or(self.cfg.mtu);
+        self.mss_at(local, mtu)
+    }
+
+    /// The MSS for a path MTU: IPv6 and TCP headers off (options are subtracted when sending,
+    /// RFC 9293 §3.7.1), and, for a home address served away from home, the Home Address
+    /// option every segment carries (RFC 6275 §6.3, §11.3.1).
+    pub(super) fn mss_at(&self, local: &Ipv6Addr, mtu: usize) -> u32 {
+        let hao = if self.home_addrs.contains(local) {
+            MOBILITY_EXT_LEN
+        } else {
+            0
+        };
+        mtu.saturating_sub(IPV6_HEADER_LEN + TCP_HEADER_LEN + hao) as u32
+    }
+
+    /// Add a connection to the table under its 4-tuple.
+    pub(super) fn insert_tcb(&mut self, tcb: Tcb) -> u32 {
+        let key = ConnKey::of(&tcb.local, &tcb.remote);
+        self.conns.insert(key, tcb)
+    }
+
+    /// The connection a handle names.
+    pub(super) fn tcb(&self, h: TcpHandle) -> Result<&Tcb, Error> {
+        self.conns.by_handle(h).ok_or(Error::InvalidHandle)
+    }
+
+    /// The connection a handle names.
+    pub(super) fn tcb_mut(&mut self, h: TcpHandle) -> Result<&mut Tcb, Error> {
+        self.conns.by_handle_mut(h).ok_or(Error::InvalidHandle)
+    }
+
+    /// Listen on `local` (unspecified address: all of ours) with the default TCP settings.
+    pub fn tcp_listen(
+        &mut self,
+        local: SocketAddrV6,
+        backlog: usize,
+    ) -> Result<ListenHandle, Error> {
+        let cfg = self.cfg.tcp.clone();
+        self.tcp_listen_with(local, backlog, cfg)
+    }
+
+    /// Listen with explicit TCP settings for accepted connections.
+    pub fn tcp_listen_with(
+        &mut self,
+        local: SocketAddrV6,
+        backlog: usize,
+        cfg: TcpConfig,
+    ) -> Result<ListenHandle, Error> {
+        if !local.ip().is_unspecified() && !self.is_ours(local.ip()) {
+            return Err(Error::AddrNotAvailable);
+        }
+        let key = (*local.ip(), local.port());
+        if self.listen_map.contains_key(&key) {
+            return Err(Error::AddrInUse);
+        }
+        let l = Listener {
+            local,
+            backlog: backlog.max(1),
+            accept: VecDeque::new(),
+            embryonic: 0,
+            cfg,
+        };
+        let idx = put_in_free_slot(&mut self.listeners, l);
+        self.listen_map.insert(key, idx as u32);
+        Ok(ListenHandle(idx as u32))
+    }
+
+    /// Stop listening. Connections not yet accepted are reset.
+    pub fn tcp_unlisten(&mut self, l: ListenHandle) {
+        if let Some(slot) = self.listeners.get_mut(l.0 as usize) {
+            if let Some(lst) = slot.take() {
+                self.listen_map.remove(&(*lst.local.ip(), lst.local.port()));
+                for idx in lst.accept {
+                    if let Some(t) = self.conns.get_mut(idx) {
+                        t.abort();
+                    }
+                    self.conns.release(idx);
+                    self.after_tcb_event(idx);
+                }
+            }
+        }
+    }
+
+    /// Take the next established connection from a listener's queue.
+    pub fn tcp_accept(&mut self, l: ListenHandle) -> Option<TcpHandle> {
+        let idx = self
+            .listeners
+            .get_mut(l.0 as usize)?
+            .as_mut()?
+            .accept
+            .pop_front()?;
+        Some(self.conns.handle(idx))
+    }
+
+    /// Active open from `local` (port 0: ephemeral) to `remote` with the default settings.
+    pub fn tcp_connect(
+        &mut self,
+        now: Instant,
+        local: SocketAddrV6,
+        remote: SocketAddrV6,
+    ) -> Result<TcpHandle, Error> {
+        let cfg = self.cfg.tcp.clone();
+        self.tcp_connect_with(now, local, remote, cfg)
+    }
+
+    /// Active open with explicit settings.
+    pub fn tcp_connect_with(
+        &mut self,
+        now: Instant,
+        local: SocketAddrV6,
+        remote: SocketAddrV6,
+        cfg: TcpConfig,
+    ) -> Result<TcpHandle, Error> {
+        self.now = self.now.max(now);
+        let ip = if local.ip().is_unspecified() {
+            self.source_for(remote.ip())
+        } else {
+            *local.ip()
+        };
+        if !self.is_ours(&ip) {
+            return Err(Error::AddrNotAvailable);
+        }
+        let port = if local.port() == 0 {
+            self.ephemeral_port(&ip, &remote)?
+        } else {
+            local.port()
+        };
+        let local = SocketAddrV6::new(ip, port, 0, 0);
+        if self.conns.lookup(&ConnKey::of(&local, &remote)).is_some() {
+            return Err(Error::AddrInUse);
+        }
+        let iss = self.isn.iss_for(now, &local, &remote);
+        let mss = self.mss_for(&ip, remote.ip());
+        let tcb = Tcb::connect(local, remote, cfg, iss, mss, now);
+        let idx = self.insert_tcb(tcb);
+        self.after_tcb_event(idx);
+        self.conns.mark_dirty(idx);
+        Ok(self.conns.handle(idx))
+    }
+
+    /// A free port from the dynamic range (RFC 6335 §6), tried in turn from where the last
+    /// search stopped.
+    pub(super) fn ephemeral_port(
+        &mut self,
+        ip: &Ipv6Addr,
+        remote: &SocketAddrV6,
+    ) -> Result<u16, Error> {
+        for _ in 0..16384 {
+            let p = self.next_ephemeral;
+            self.next_ephemeral = if p == u16::MAX {
+                EPHEMERAL_FIRST
+            } else {
+                p + 1
+            };
+            let key = ConnKey(*ip, p, *remote.ip(), remote.port());
+            if !self.conns.in_use(&key) {
+                return Ok(p);
+            }
+        }
+        Err(Error::NoPorts)
+    }
+
+    /// The connection's state (`None` for a stale handle).
+    pub fn tcp_state(&self, h: TcpHandle) -> Option<TcpState> {
+        self.tcb(h).ok().map(|t| t.state())
+    }
+
+    /// Local and remote endpoints.
+    pub fn tcp_endpoints(&self, h: TcpHandle) -> Option<(SocketAddrV6, SocketAddrV6)> {
+        self.tcb(h).ok().map(|t| (t.local, t.remote))
+    }
+
+    /// The error that ended the connection, if one did.
+    pub(super) fn check_error(t: &Tcb) -> Result<(), Error> {
+        match t.error {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
+    }
+
+    /// Queue data; returns the bytes accepted (0: the send buffer is full for now).
+    pub fn tcp_send(&mut self, h: TcpHandle, data: &[u8]) -> Result<usize, Error> {
+        let t = self.tcb_mut(h)?;
+        Self::check_error(t)?;
+        if !matches!(
+            t.state(),
+            TcpState::Established | TcpState::CloseWait | TcpState::SynSent | TcpState::SynReceived
+        ) || t.fin_queued
+        {
+            return Err(Error::InvalidState);
+        }
+        let n = t.send(data);
+        if n > 0 {
+            self.conns.mark_dirty(h.idx);
+        }
+        Ok(n)
+    }
+
+    /// Room in the send buffer.
+    pub fn tcp_send_space(&self, h: TcpHandle) -> usize {
+        self.tcb(h).map(|t| t.send_space()).unwrap_or(0)
+    }
+
+    /// Bytes queued for sending and not yet acknowledged (0: drained).
+    pub fn tcp_send_queued(&self, h: TcpHandle) -> usize {
+        self.tcb(h).map(|t| t.send_queued()).unwrap_or(0)
+    }
+
+    /// Bytes ready to read.
+    pub fn tcp_recv_available(&self, h: TcpHandle) -> usize {
+        self.tcb(h).map(|t| t.recv_available()).unwrap_or(0)
+    }
+
+    /// Read data: `Ok(0)` when nothing is ready yet, `Err(Eof)` after the peer's FIN.
+    pub fn tcp_recv(&mut self, h: TcpHandle, buf: &mut [u8]) -> Result<usize, Error> {
+        let t = self.tcb_mut(h)?;
+        if t.recv_available() == 0 {
+            Self::check_error(t)?;
+            if t.at_eof() {
+                return Err(Error::Eof);
+            }
+            if matches!(t.state(), TcpState::Closed) {
+                return Err(Error::Eof);
+            }
+            return Ok(0);
+        }
+        let n = t.recv(buf);
+        if t.ack_now {
+            self.conns.mark_dirty(h.idx);
+        }
+        Ok(n)
+    }
+
+    /// Close the sending side: a FIN follows the queued data.
+    pub fn tcp_close(&mut self, h: TcpHandle) -> Result<(), Error> {
+        let t = self.tcb_mut(h)?;
+        t.close();
+        self.after_tcb_event(h.idx);
+        self.conns.mark_dirty(h.idx);
+        Ok(())
+    }
+
+    /// Abort with RST.
+    pub fn tcp_abort(&mut self, h: TcpHandle) -> Result<(), Error> {
+        let t = self.tcb_mut(h)?;
+        t.abort();
+        self.conns.mark_dirty(h.idx);
+        Ok(())
+    }
+
+    /// Give the handle up. A connection the application closed finishes on its own; one still
+    /// open is aborted.
+    pub fn tcp_release(&mut self, h: TcpHandle) {
+        let Ok(t) = self.tcb_mut(h) else { return };
+        if !t.fin_queued && !matches!(t.state(), TcpState::Closed | TcpState::TimeWait) {
+            t.abort();
+        }
+        self.conns.release(h.idx);
+        self.conns.mark_dirty(h.idx);
+        self.after_tcb_event(h.idx);
+    }
+
+    /// Solicit an immediate ACK from the peer for everything sent (see the probe in RFC 9293
+    /// §3.8.4): a drain before a handoff then ends one round trip after the last segment,
+    /// not after the peer's delayed-ACK timer. `Ok(false)` while data is still unsent (ask
+    /// again later) or nothing is unacknowledged.
+    pub fn tcp_solicit_ack(&mut self, h: TcpHandle) -> Result<bool, Error> {
+        let queued = self.tcb_mut(h)?.solicit_ack();
+        if queued {
+            self.after_tcb_event(h.idx);
+            self.conns.mark_dirty(h.idx);
+        }
+        Ok(queued)
+    }
+
+    /// Configure Nagle on a connection.
+    pub fn tcp_set_nodelay(&mut self, h: TcpHandle, nodelay: bool) -> Result<(), Error> {
+        self.tcb_mut(h)?.cfg.nagle = !nodelay;
+        Ok(())
+    }
+
+    /// Freeze: stop the connection (no more output, no timers) and return its state. Its
+    /// packets arriving afterwards are dropped silently (not reset) until [`Self::tcp_thaw`]
+    /// brings it back here or [`Self::tcp_forget_frozen`] is called.
+    pub fn tcp_freeze(&mut self, now: Instant, h: TcpHandle) -> Result<ConnState, Error> {
+        let t = self.tcb(h)?;
+        let state = t.to_state(now).ok_or(Error::InvalidState)?;
+        let key = ConnKey::of(&t.local, &t.remote);
+        self.conns.freeze(key, now);
+        self.conns.remove(h.idx);
+        Ok(state)
+    }
+
+    /// Stop holding off packets of a frozen connection (it now lives elsewhere). Returns the
+    /// packets still held.
+    pub fn tcp_forget_frozen(&mut self, local: SocketAddrV6, remote: SocketAddrV6) -> Vec<Vec<u8>> {
+        self.conns.forget(&ConnKey::of(&local, &remote))
+    }
+
+    /// Take the packets that reached a frozen connection since its freeze (IPv6 packets, TCP
+    /// inside, checksums valid for their addresses). Forward them to the node that thawed it,
+    /// which feeds them to [`Interface::receive_ipv6`]: the handoff gap then costs the client
+    /// no retransmission.
+    pub fn tcp_take_held(&mut self, local: SocketAddrV6, remote: SocketAddrV6) -> Vec<Vec<u8>> {
+        self.conns.take_held(&ConnKey::of(&local, &remote))
+    }
+
+    /// Reserve the connection `local` ↔ `remote` for a thaw to come: its packets are held
+    /// from now on (as a frozen connection's, [`Self::tcp_take_held`]) until
+    /// [`Self::tcp_thaw`] or [`Self::tcp_forget_frozen`]. Fails when the local address is not
+    /// ours or a live connection has these ends; a connection frozen here stays held.
+    pub fn tcp_hold(
+        &mut self,
+        now: Instant,
+        local: SocketAddrV6,
+        remote: SocketAddrV6,
+    ) -> Result<(), Error> {
+        if !self.is_ours(local.ip()) {
+            return Err(Error::AddrNotAvailable);
+        }
+        let key = ConnKey::of(&local, &remote);
+        if self.conns.lookup(&key).is_some() {
+            return Err(Error::AddrInUse);
+        }
+        self.conns.hold(key, now);
+        Ok(())
+    }
+
+    /// Resume a frozen connection on this interface. The local address must be ours.
+    pub fn tcp_thaw(&mut self, now: Instant, state: &ConnState) -> Result<TcpHandle, Error> {
+        self.now = self.now.max(now);
+        state.validate()?;
+        let local = state.local();
+        let remote = state.remote();
+        if !self.is_ours(local.ip()) {
+            return Err(Error::AddrNotAvailable);
+        }
+        let key = ConnKey::of(&local, &remote);
+        if self.conns.lookup(&key).is_some() {
+            return Err(Error::AddrInUse);
+        }
+        self.conns.forget(&key);
+        let mut tcb = Tcb::from_state(state, &self.cfg.tcp, now);
+        let mss = self.mss_for(local.ip(), remote.ip());
+        if mss < tcb.snd_mss {
+            tcb.snd_mss = mss;
+        }
+        let idx = self.insert_tcb(tcb);
+        self.after_tcb_event(idx);
+        self.conns.mark_dirty(idx);
+        Ok(self.conns.handle(idx))
+    }
+
+    /// Number of live connections (any state but closed-and-released).
+    pub fn tcp_connection_count(&self) -> usize {
+        self.conns.len()
+    }
+}
+
+impl IsnGenerator {
+    fn iss_for(&self, now: Instant, local: &SocketAddrV6, remote: &SocketAddrV6) -> u32 {
+        self.isn(now, local, remote)
+    }
+}
