@@ -33,6 +33,20 @@ struct Conn {
     eof: bool,
 }
 
+impl Conn {
+    fn new(sock: TcpStream, http: HttpConn, local: SocketAddrV6, client: SocketAddrV6) -> Conn {
+        Conn {
+            sock,
+            http,
+            sent_here: 0,
+            local,
+            client,
+            fin: false,
+            eof: false,
+        }
+    }
+}
+
 enum Verdict {
     Continue,
     Quota,
@@ -104,15 +118,7 @@ impl Service<KernelConn> for KernelService<'_> {
             }
         };
         self.stats.adopted += 1;
-        self.conns.push(Conn {
-            sock,
-            http,
-            sent_here: 0,
-            local,
-            client,
-            fin: false,
-            eof: false,
-        });
+        self.conns.push(Conn::new(sock, http, local, client));
         Ok(())
     }
 }
@@ -206,17 +212,7 @@ impl KernelNode {
         // Held packets wait in the ring: into their flows' queues.
         self.host.holds().poll();
         let now = Instant::now();
-        self.host.connections = self.conns.len();
-        {
-            let mut svc = KernelService {
-                conns: &mut self.conns,
-                detached: &mut self.detached,
-                root: &self.root,
-                name: &self.service,
-                stats: &mut self.stats,
-            };
-            self.core.poll(now, &mut self.host, &mut svc);
-        }
+        self.with_engine(|core, host, svc| core.poll(now, host, svc));
         self.serve_conns();
     }
 
@@ -280,15 +276,8 @@ impl KernelNode {
                             continue;
                         }
                         self.stats.accepted += 1;
-                        self.conns.push(Conn {
-                            http: HttpConn::new(self.root.clone(), remote.to_string()),
-                            sock,
-                            sent_here: 0,
-                            local,
-                            client: remote,
-                            fin: false,
-                            eof: false,
-                        });
+                        let http = HttpConn::new(self.root.clone(), remote.to_string());
+                        self.conns.push(Conn::new(sock, http, local, remote));
                     }
                     Ok(_) => {}
                     Err(e) => tracing::warn!("client connection dropped: {e}"),
@@ -330,6 +319,22 @@ impl KernelNode {
         }
     }
 
+    /// Run `f` with the engine's I/O half, the kernel host and the HTTP service.
+    fn with_engine<T>(
+        &mut self,
+        f: impl FnOnce(&mut Coordinator<KernelConn>, &mut KernelHost, &mut KernelService<'_>) -> T,
+    ) -> T {
+        self.host.connections = self.conns.len();
+        let mut svc = KernelService {
+            conns: &mut self.conns,
+            detached: &mut self.detached,
+            root: &self.root,
+            name: &self.service,
+            stats: &mut self.stats,
+        };
+        f(&mut self.core, &mut self.host, &mut svc)
+    }
+
     /// Start handing `c` to the peer. Returns it when it stays here.
     fn hand_off(&mut self, c: Conn) -> Option<Conn> {
         let Conn {
@@ -362,15 +367,7 @@ impl KernelNode {
             Err(conn) => {
                 let http = self.detached.remove(&(local, client))?;
                 let sock = conn.into_socket().ok()?;
-                Some(Conn {
-                    sock,
-                    http,
-                    sent_here: 0,
-                    local,
-                    client,
-                    fin: false,
-                    eof: false,
-                })
+                Some(Conn::new(sock, http, local, client))
             }
         }
     }

@@ -864,22 +864,30 @@ impl HandoffNode {
             .is_none_or(|m| self.core.stats().started < m)
     }
 
+    /// Run `f` with the engine's I/O half, the interface as its host and the HTTP server as
+    /// its service, at the stack time `now`.
+    fn with_engine<T>(
+        &mut self,
+        iface: &mut Interface,
+        now: StackInstant,
+        f: impl FnOnce(&mut Coordinator<UserConn>, &mut UserHost<'_>, &mut HttpService<'_>) -> T,
+    ) -> T {
+        let mut host = UserHost::new(iface, now, Instant::now).with_role(self.role.as_ref());
+        let mut svc = HttpService {
+            server: &mut self.server,
+            name: &self.service,
+            now,
+        };
+        f(&mut self.core, &mut host, &mut svc)
+    }
+
     /// One round: serve HTTP, answer offers, drive the handoff in progress and start the next
     /// one. Call after each runner step, with the stack's time of that step.
     pub fn poll(&mut self, iface: &mut Interface, now: StackInstant) {
         self.server.poll(iface, now);
         self.queue.extend(self.server.take_handoff_ready());
         let mono = Instant::now();
-        let role = self.role.as_ref();
-        {
-            let mut host = UserHost::new(iface, now, Instant::now).with_role(role);
-            let mut svc = HttpService {
-                server: &mut self.server,
-                name: &self.service,
-                now,
-            };
-            self.core.poll(mono, &mut host, &mut svc);
-        }
+        self.with_engine(iface, now, |core, host, svc| core.poll(mono, host, svc));
         if let Some(role) = &self.role {
             // A connection that left: its new node speaks for the home address towards the
             // client now; no refreshes of the binding it had here (RFC 6275 §11.7.2).
@@ -967,17 +975,10 @@ impl HandoffNode {
                 }
                 _ => None,
             };
-            let role = self.role.as_ref();
-            let mut host = UserHost::new(iface, now, Instant::now).with_role(role);
-            let mut svc = HttpService {
-                server: &mut self.server,
-                name: &self.service,
-                now,
-            };
-            match self
-                .core
-                .hand_off(mono, UserConn::Live(h), ticket, &mut host, &mut svc)
-            {
+            let started = self.with_engine(iface, now, |core, host, svc| {
+                core.hand_off(mono, UserConn::Live(h), ticket, host, svc)
+            });
+            match started {
                 Ok(()) => {
                     if !self.handoffs_left() {
                         // The last one: no more connections get paused here.

@@ -393,16 +393,8 @@ impl<C: std::fmt::Debug> Donor<C> {
             Stage::Done => {}
             Stage::Draining { conn, .. } => {
                 // Not frozen yet: the service simply continues it.
-                let cause = HandoffError::ChannelLost(cause);
-                match svc.adopt(conn, &self.app) {
-                    Ok(()) => self.outcome = Some(DonorOutcome::Resumed { cause }),
-                    Err((conn, e)) => {
-                        host.abort(conn);
-                        self.outcome = Some(DonorOutcome::Failed {
-                            cause: HandoffError::Service(e),
-                        });
-                    }
-                }
+                self.outcome =
+                    Some(self.give_back(conn, HandoffError::ChannelLost(cause), host, svc));
             }
             Stage::Offered(f) if f.accepted.is_none() => {
                 self.resume(&f.state, HandoffError::ChannelLost(cause), host, svc)
@@ -426,16 +418,7 @@ impl<C: std::fmt::Debug> Donor<C> {
             Ok(s) => s,
             Err(e) => {
                 // The connection still runs here.
-                let cause = HandoffError::Host(e);
-                match svc.adopt(conn, &self.app) {
-                    Ok(()) => self.outcome = Some(DonorOutcome::Resumed { cause }),
-                    Err((conn, e)) => {
-                        host.abort(conn);
-                        self.outcome = Some(DonorOutcome::Failed {
-                            cause: HandoffError::Service(e),
-                        });
-                    }
-                }
+                self.outcome = Some(self.give_back(conn, HandoffError::Host(e), host, svc));
                 return;
             }
         };
@@ -492,19 +475,35 @@ impl<C: std::fmt::Debug> Donor<C> {
         });
         self.stage = Stage::Done;
         self.outcome = Some(match back {
-            Ok(c) => match svc.adopt(c, &self.app) {
-                Ok(()) => DonorOutcome::Resumed { cause },
-                Err((c, e)) => {
-                    host.abort(c);
-                    DonorOutcome::Failed {
-                        cause: HandoffError::Service(e),
-                    }
-                }
-            },
+            Ok(c) => self.give_back(c, cause, host, svc),
             Err(e) => DonorOutcome::Failed {
                 cause: HandoffError::Host(e),
             },
         });
+    }
+
+    /// The connection stays (or is again) here: the service continues it from its exported
+    /// state; if it cannot, the connection is reset rather than left hanging.
+    fn give_back<H, S>(
+        &self,
+        conn: C,
+        cause: HandoffError,
+        host: &mut H,
+        svc: &mut S,
+    ) -> DonorOutcome
+    where
+        H: Host<Conn = C>,
+        S: Service<C>,
+    {
+        match svc.adopt(conn, &self.app) {
+            Ok(()) => DonorOutcome::Resumed { cause },
+            Err((conn, e)) => {
+                host.abort(conn);
+                DonorOutcome::Failed {
+                    cause: HandoffError::Service(e),
+                }
+            }
+        }
     }
 
     /// After Accept without Activated: the connection may run there. What still reaches this

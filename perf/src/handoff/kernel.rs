@@ -175,11 +175,7 @@ pub(super) fn node(
 /// Give the kernel of node `i` its MAC (the home agent's neighbour entry names it), its
 /// care-of address on `n0` and the DS address on `lo` (see [`configure`] for why).
 pub(super) fn configure_addrs(ns: &Netns, i: usize) -> Result<()> {
-    let mac = MAC[i]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":");
+    let mac = ds_apps::mac::format_mac(&MAC[i]);
     // The home agent's neighbour entry for the care-of address names this MAC (the userspace
     // node answers to it on AF_XDP; the kernel only takes frames for its own).
     ns.ip(&["link", "set", "n0", "address", &mac])?;

@@ -212,11 +212,7 @@ fn setup(mode: Mode) -> Result<Topology> {
     // A home agent is a router (RFC 6275 §10.4.1); bpf_fib_lookup needs forwarding on.
     ha.sysctl("net.ipv6.conf.all.forwarding", "1")?;
     for (coa, mac) in COA.iter().zip(MAC) {
-        let m = mac
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":");
+        let m = ds_apps::mac::format_mac(&mac);
         ha.ip(&[
             "neigh",
             "replace",

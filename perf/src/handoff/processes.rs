@@ -219,11 +219,7 @@ pub(super) fn start(
             s(&"--addr"),
             s(&COA[i]),
             s(&"--mac"),
-            MAC[i]
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<Vec<_>>()
-                .join(":"),
+            ds_apps::mac::format_mac(&MAC[i]),
             s(&"--port"),
             s(&80),
             s(&"--root"),
