@@ -55,27 +55,45 @@ impl Sim {
 
     /// A connection from the client to the DS address on node 1: (client, server).
     fn connect(&mut self, port: u16) -> (TcpHandle, TcpHandle) {
-        let ds = ip(DS);
-        let l = self.lan.ifs[1]
-            .tcp_listen(SocketAddrV6::new(ds, port, 0, 0), 8)
+        self.connect_to(1, ip(DS), port)
+    }
+
+    /// A connection from the client to `addr`:`port` served by node `n`: (client, server).
+    fn connect_to(
+        &mut self,
+        n: usize,
+        addr: std::net::Ipv6Addr,
+        port: u16,
+    ) -> (TcpHandle, TcpHandle) {
+        let l = self.lan.ifs[n]
+            .tcp_listen(SocketAddrV6::new(addr, port, 0, 0), 8)
             .unwrap();
         let now = self.lan.now;
         let cl = self.lan.ifs[0]
             .tcp_connect(
                 now,
                 SocketAddrV6::new(ip("fd00::3"), 0, 0, 0),
-                SocketAddrV6::new(ds, port, 0, 0),
+                SocketAddrV6::new(addr, port, 0, 0),
             )
             .unwrap();
         let mut srv = None;
         for _ in 0..100 {
             self.tick();
-            srv = srv.or_else(|| self.lan.ifs[1].tcp_accept(l));
+            srv = srv.or_else(|| self.lan.ifs[n].tcp_accept(l));
             if srv.is_some() && self.lan.ifs[0].tcp_state(cl) == Some(TcpState::Established) {
                 break;
             }
         }
         (cl, srv.expect("accepted"))
+    }
+
+    /// A connection to node 1 with `n` bytes queued at its server end, and a donor handing it
+    /// off per `cfg`: (client, the bytes, donor).
+    fn begin(&mut self, n: usize, cfg: DonorConfig) -> (TcpHandle, Vec<u8>, Donor<UserConn>) {
+        let (cl, srv) = self.connect(80);
+        let bytes = data(n);
+        self.lan.ifs[1].tcp_send(srv, &bytes).unwrap();
+        (cl, bytes, self.donor(srv, cfg))
     }
 
     fn donor(&mut self, srv: TcpHandle, cfg: DonorConfig) -> Donor<UserConn> {
@@ -151,6 +169,11 @@ impl Sim {
     }
 }
 
+/// A link as the acceptor's end in [`round`].
+fn boxed(l: impl Link + 'static) -> Option<Box<dyn Link>> {
+    Some(Box::new(l))
+}
+
 fn acfg() -> AcceptorConfig {
     AcceptorConfig::default()
 }
@@ -162,12 +185,9 @@ fn data(n: usize) -> Vec<u8> {
 #[test]
 fn offer_timeout_resumes_the_connection_at_the_deadline() {
     let mut s = Sim::new();
-    let (cl, srv) = s.connect(80);
-    let bytes = data(20_000);
-    s.lan.ifs[1].tcp_send(srv, &bytes).unwrap();
     let mut cfg = DonorConfig::new(1, "http");
     cfg.reply_timeout = Duration::from_millis(40);
-    let mut d = s.donor(srv, cfg);
+    let (cl, bytes, mut d) = s.begin(20_000, cfg);
     let (mut ch_d, _silent) = mem_pair();
     let mut acc = Acceptor::new(acfg());
     let (out, took) = s.run(&mut d, &mut ch_d, &mut acc, &mut None, None, |_, _| {});
@@ -200,12 +220,9 @@ fn refusal_resumes_the_connection_with_the_reason() {
     ] {
         let mut s = Sim::new();
         s.svcs[2].name = Some(name);
-        let (cl, srv) = s.connect(80);
-        let bytes = data(5000);
-        s.lan.ifs[1].tcp_send(srv, &bytes).unwrap();
-        let mut d = s.donor(srv, DonorConfig::new(2, "http"));
+        let (cl, bytes, mut d) = s.begin(5000, DonorConfig::new(2, "http"));
         let (mut ch_d, ch_a) = mem_pair();
-        let mut ch_a: Option<Box<dyn Link>> = Some(Box::new(ch_a));
+        let mut ch_a = boxed(ch_a);
         let mut acc = Acceptor::new(AcceptorConfig {
             max_connections: max,
             ..acfg()
@@ -232,13 +249,10 @@ fn refusal_resumes_the_connection_with_the_reason() {
 #[test]
 fn acceptor_crash_resumes_the_connection() {
     let mut s = Sim::new();
-    let (cl, srv) = s.connect(80);
-    let bytes = data(8000);
-    s.lan.ifs[1].tcp_send(srv, &bytes).unwrap();
-    let mut d = s.donor(srv, DonorConfig::new(3, "http"));
+    let (cl, bytes, mut d) = s.begin(8000, DonorConfig::new(3, "http"));
     let (mut ch_d, ch_a) = mem_pair();
     let broken = ch_a.broken.clone();
-    let mut ch_a: Option<Box<dyn Link>> = Some(Box::new(Crashing(ch_a)));
+    let mut ch_a = boxed(Crashing(ch_a));
     let mut acc = Acceptor::new(acfg());
     let (out, took) = s.run(&mut d, &mut ch_d, &mut acc, &mut ch_a, None, |_, _| {});
     assert!(broken.get(), "the acceptor crashed on the offer");
@@ -279,13 +293,12 @@ impl Link for Crashing {
 #[test]
 fn accept_without_activated_is_in_doubt_and_not_thawed_back() {
     let mut s = Sim::new();
-    let (_cl, srv) = s.connect(80);
     let mut cfg = DonorConfig::new(4, "http");
     cfg.reply_timeout = Duration::from_millis(30);
-    let mut d = s.donor(srv, cfg);
+    let (_cl, _, mut d) = s.begin(0, cfg);
     let (mut ch_d, ch_a) = mem_pair();
     // The acceptor answers Accept and then nothing.
-    let mut ch_a: Option<Box<dyn Link>> = Some(Box::new(AcceptOnly(ch_a)));
+    let mut ch_a = boxed(AcceptOnly(ch_a));
     let mut nobody = Acceptor::new(acfg());
     let (out, took) = s.run(&mut d, &mut ch_d, &mut nobody, &mut None, None, |s2, _| {
         if let Some(l) = ch_a.as_mut() {
@@ -335,12 +348,9 @@ impl Link for AcceptOnly {
 fn steering_failure_refuses_and_the_donor_keeps_the_connection() {
     for answer in [Some(false), None] {
         let mut s = Sim::new();
-        let (cl, srv) = s.connect(80);
-        let bytes = data(7000);
-        s.lan.ifs[1].tcp_send(srv, &bytes).unwrap();
-        let mut d = s.donor(srv, DonorConfig::new(5, "http"));
+        let (cl, bytes, mut d) = s.begin(7000, DonorConfig::new(5, "http"));
         let (mut ch_d, ch_a) = mem_pair();
-        let mut ch_a: Option<Box<dyn Link>> = Some(Box::new(ch_a));
+        let mut ch_a = boxed(ch_a);
         let (mut ha_acc, mut ha) = mem_pair();
         let mut acc = Acceptor::new(AcceptorConfig {
             steering: Steering::HomeAgentFlow { coa: ip("fd00::2") },
@@ -405,12 +415,11 @@ fn steering_failure_refuses_and_the_donor_keeps_the_connection() {
 #[test]
 fn late_packets_after_the_freeze_are_forwarded() {
     let mut s = Sim::new();
-    let (cl, srv) = s.connect(80);
     let mut cfg = DonorConfig::new(6, "http");
     cfg.forward_grace = Duration::from_secs(5);
-    let mut d = s.donor(srv, cfg);
+    let (cl, _, mut d) = s.begin(0, cfg);
     let (mut ch_d, ch_a) = mem_pair();
-    let mut ch_a: Option<Box<dyn Link>> = Some(Box::new(ch_a));
+    let mut ch_a = boxed(ch_a);
     let mut acc = Acceptor::new(AcceptorConfig {
         takeover: Takeover::HomeAddress,
         ..acfg()
@@ -471,27 +480,10 @@ fn late_packets_after_the_freeze_are_forwarded() {
 fn a_slow_home_agent_stalls_no_other_connection() {
     let mut s = Sim::new();
     // Another client connection served by node 2 (its own address).
-    let l2 = s.lan.ifs[2]
-        .tcp_listen(SocketAddrV6::new(ip("fd00::2"), 8080, 0, 0), 4)
-        .unwrap();
-    let now = s.lan.now;
-    let other_cl = s.lan.ifs[0]
-        .tcp_connect(
-            now,
-            SocketAddrV6::new(ip("fd00::3"), 0, 0, 0),
-            SocketAddrV6::new(ip("fd00::2"), 8080, 0, 0),
-        )
-        .unwrap();
-    let mut other_srv = None;
-    for _ in 0..50 {
-        s.tick();
-        other_srv = other_srv.or_else(|| s.lan.ifs[2].tcp_accept(l2));
-    }
-    let other_srv = other_srv.expect("the other connection");
-    let (_cl, srv) = s.connect(80);
-    let mut d = s.donor(srv, DonorConfig::new(7, "http"));
+    let (other_cl, other_srv) = s.connect_to(2, ip("fd00::2"), 8080);
+    let (_cl, _, mut d) = s.begin(0, DonorConfig::new(7, "http"));
     let (mut ch_d, ch_a) = mem_pair();
-    let mut ch_a: Option<Box<dyn Link>> = Some(Box::new(ch_a));
+    let mut ch_a = boxed(ch_a);
     let (mut ha_acc, mut ha) = mem_pair();
     let mut acc = Acceptor::new(AcceptorConfig {
         steering: Steering::HomeAgentFlow { coa: ip("fd00::2") },

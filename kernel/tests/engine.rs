@@ -184,6 +184,63 @@ struct Run {
     events: Vec<AcceptorEvent>,
 }
 
+/// The acceptor's side of one round at `t`: messages from the donor and the home agent in,
+/// (destination, message) pairs and events out.
+fn acceptor_round(
+    node: &mut Node,
+    acc: &mut Acceptor<u8, KernelConn>,
+    t: Instant,
+    inbox: Vec<Message>,
+    ha_inbox: Vec<Message>,
+) -> (Vec<(Dest<u8>, Message)>, Vec<AcceptorEvent>) {
+    node.run(|h, svc| {
+        for m in inbox {
+            acc.handle(t, 0, m, h, svc).expect("protocol");
+        }
+        for m in ha_inbox {
+            acc.handle_home_agent(t, m, h, svc);
+        }
+        let mut out = Vec::new();
+        // Twice: an Accept queued in the first pass is activated in the second.
+        for _ in 0..2 {
+            acc.poll(t, h, svc);
+            while let Some(x) = acc.poll_transmit() {
+                out.push(x);
+            }
+        }
+        let mut ev = Vec::new();
+        while let Some(e) = acc.poll_event() {
+            ev.push(e);
+        }
+        (out, ev)
+    })
+}
+
+/// The donor's side of one round at `t` (`broken`: its channel failed): messages for the
+/// acceptor and the outcome, once.
+fn donor_round(
+    node: &mut Node,
+    donor: &mut Donor<KernelConn>,
+    t: Instant,
+    inbox: Vec<Message>,
+    broken: bool,
+) -> (Vec<Message>, Option<DonorOutcome>) {
+    node.run(|h, svc| {
+        if broken {
+            donor.channel_failed(t, "acceptor closed the channel".into(), h, svc);
+        }
+        for m in inbox {
+            donor.handle(t, m, h, svc);
+        }
+        donor.poll(t, h, svc);
+        let mut out = Vec::new();
+        while let Some(m) = donor.poll_transmit() {
+            out.push(m);
+        }
+        (out, donor.poll_outcome())
+    })
+}
+
 /// Hand the server end `s` from the donor to the acceptor, the engines on simulated time.
 fn hand_off(
     bed: &mut Bed,
@@ -224,26 +281,7 @@ fn hand_off(
             .collect();
         match peer {
             Peer::Engine => {
-                let (out, ev) = bed.acceptor.run(|h, svc| {
-                    for m in inbox {
-                        acc.handle(t, 0, m, h, svc).expect("protocol");
-                    }
-                    for m in ha_inbox {
-                        acc.handle_home_agent(t, m, h, svc);
-                    }
-                    let mut out = Vec::new();
-                    for _ in 0..2 {
-                        acc.poll(t, h, svc);
-                        while let Some(x) = acc.poll_transmit() {
-                            out.push(x);
-                        }
-                    }
-                    let mut ev = Vec::new();
-                    while let Some(e) = acc.poll_event() {
-                        ev.push(e);
-                    }
-                    (out, ev)
-                });
+                let (out, ev) = acceptor_round(&mut bed.acceptor, &mut acc, t, inbox, ha_inbox);
                 events.extend(ev);
                 for (d, m) in out {
                     match d {
@@ -264,20 +302,7 @@ fn hand_off(
         }
         // The donor side.
         let inbox = std::mem::take(&mut to_donor);
-        let (out, outcome) = bed.donor.run(|h, svc| {
-            if broken {
-                donor.channel_failed(t, "acceptor closed the channel".into(), h, svc);
-            }
-            for m in inbox {
-                donor.handle(t, m, h, svc);
-            }
-            donor.poll(t, h, svc);
-            let mut out = Vec::new();
-            while let Some(m) = donor.poll_transmit() {
-                out.push(m);
-            }
-            (out, donor.poll_outcome())
-        });
+        let (out, outcome) = donor_round(&mut bed.donor, &mut donor, t, inbox, broken);
         if !broken {
             to_acc.extend(out);
         }
@@ -506,35 +531,17 @@ fn kernel_host_forwards_late_packets_after_the_freeze() {
         );
         let t = now(ms);
         let inbox = std::mem::take(&mut to_acc);
-        let out = bed.acceptor.run(|h, svc| {
-            for m in inbox {
-                if let Message::Forward { packets, .. } = &m {
-                    forwarded += packets.len();
-                }
-                acc.handle(t, 0, m, h, svc).expect("protocol");
-            }
-            let mut out = Vec::new();
-            for _ in 0..2 {
-                acc.poll(t, h, svc);
-                while let Some((_, m)) = acc.poll_transmit() {
-                    out.push(m);
-                }
-            }
-            out
-        });
-        to_donor.extend(out);
+        forwarded += inbox
+            .iter()
+            .map(|m| match m {
+                Message::Forward { packets, .. } => packets.len(),
+                _ => 0,
+            })
+            .sum::<usize>();
+        let (out, _) = acceptor_round(&mut bed.acceptor, &mut acc, t, inbox, Vec::new());
+        to_donor.extend(out.into_iter().map(|(_, m)| m));
         let inbox = std::mem::take(&mut to_donor);
-        let (out, outcome) = bed.donor.run(|h, svc| {
-            for m in inbox {
-                donor.handle(t, m, h, svc);
-            }
-            donor.poll(t, h, svc);
-            let mut out = Vec::new();
-            while let Some(m) = donor.poll_transmit() {
-                out.push(m);
-            }
-            (out, donor.poll_outcome())
-        });
+        let (out, outcome) = donor_round(&mut bed.donor, &mut donor, t, inbox, false);
         to_acc.extend(out);
         if let Some(o) = outcome {
             assert!(matches!(o, DonorOutcome::Moved { .. }), "{o:?}");
