@@ -46,6 +46,7 @@ pub mod interop;
 mod link;
 mod netns;
 mod ping;
+pub mod simlan;
 mod stackhost;
 mod xdphost;
 
