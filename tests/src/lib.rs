@@ -48,6 +48,7 @@ mod netns;
 mod ping;
 pub mod simlan;
 mod stackhost;
+pub mod topo;
 mod xdphost;
 
 pub use counters::{all_counters, counter_delta, parse_pairs, parse_snmp6, tcp_counters};
