@@ -40,6 +40,7 @@
 #![warn(missing_docs)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod conn;
 mod counters;
 mod impair;
 pub mod interop;

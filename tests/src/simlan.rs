@@ -16,6 +16,7 @@
 //! lan.step();
 //! ```
 
+pub use crate::conn::read_available;
 use ds_stack::{Config, Error, Instant, Interface, TcpHandle, TcpState};
 use std::collections::VecDeque;
 use std::net::{Ipv6Addr, SocketAddrV6};
@@ -268,24 +269,5 @@ impl Lan {
     /// Read what interface `i` has for `h` into `into`; see [`read_available`].
     pub fn read(&mut self, i: usize, h: TcpHandle, into: &mut Vec<u8>) -> Result<usize, Error> {
         read_available(&mut self.ifs[i], h, into)
-    }
-}
-
-/// Read everything `h` has now into `into`: the bytes read, or the error (`Error::Eof` at the
-/// end of the stream) when nothing was read before it.
-pub fn read_available(
-    iface: &mut Interface,
-    h: TcpHandle,
-    into: &mut Vec<u8>,
-) -> Result<usize, Error> {
-    let mut buf = [0u8; 16384];
-    let start = into.len();
-    loop {
-        match iface.tcp_recv(h, &mut buf) {
-            Ok(0) => return Ok(into.len() - start),
-            Ok(n) => into.extend_from_slice(&buf[..n]),
-            Err(e) if into.len() == start => return Err(e),
-            Err(_) => return Ok(into.len() - start),
-        }
     }
 }

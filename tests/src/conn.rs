@@ -1,0 +1,54 @@
+//! Small pieces of connection handling that tests and benchmarks share: dialling from a
+//! runner, reading what a userspace connection has, counting a kernel stream to its end.
+
+use ds_stack::device::Device;
+use ds_stack::runner::Runner;
+use ds_stack::{Error, Interface, TcpHandle};
+use std::io::Read;
+use std::net::{Ipv6Addr, SocketAddrV6};
+
+/// Parse a literal IPv6 address (panics on a typo).
+pub fn ip(s: &str) -> Ipv6Addr {
+    s.parse().expect("literal address")
+}
+
+/// Connect from `from` (an ephemeral port) to `to` on the runner's stack, now.
+pub fn dial<D: Device>(rt: &mut Runner<D>, from: Ipv6Addr, to: SocketAddrV6) -> TcpHandle {
+    let now = rt.now();
+    rt.iface
+        .tcp_connect(now, SocketAddrV6::new(from, 0, 0, 0), to)
+        .expect("connect")
+}
+
+/// Read everything `h` has now into `into`: the bytes read, or the error (`Error::Eof` at the
+/// end of the stream) when nothing was read before it.
+pub fn read_available(
+    iface: &mut Interface,
+    h: TcpHandle,
+    into: &mut Vec<u8>,
+) -> Result<usize, Error> {
+    let mut buf = [0u8; 16384];
+    let start = into.len();
+    loop {
+        match iface.tcp_recv(h, &mut buf) {
+            Ok(0) => return Ok(into.len() - start),
+            Ok(n) => into.extend_from_slice(&buf[..n]),
+            Err(e) if into.len() == start => return Err(e),
+            Err(_) => return Ok(into.len() - start),
+        }
+    }
+}
+
+/// Read `r` to its end (or until `limit` bytes), discarding the bytes; returns how many.
+pub fn count_to_end(r: &mut impl Read, limit: u64) -> std::io::Result<u64> {
+    let mut buf = vec![0u8; 64 << 10];
+    let mut total = 0u64;
+    while total < limit {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+    }
+    Ok(total)
+}
