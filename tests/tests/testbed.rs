@@ -44,6 +44,11 @@ fn via(p: &str, ports: [&str; 2]) -> Result<(Netns, Netns, Netns)> {
     Ok((a, mid, c))
 }
 
+/// What `args` print in `ns`.
+fn stdout(ns: &Netns, args: &[&str]) -> Result<String> {
+    Ok(String::from_utf8_lossy(&ns.exec(args)?.stdout).into_owned())
+}
+
 /// `count` pings 2 ms apart.
 fn burst(count: u32) -> PingOpts {
     PingOpts {
@@ -150,8 +155,8 @@ fn netns_lifecycle_and_exec() -> Result<()> {
         assert!(ns.path().exists());
 
         // Loopback is up and DAD is off.
-        let lo = ns.exec(&["ip", "-o", "link", "show", "lo"])?;
-        assert!(String::from_utf8_lossy(&lo.stdout).contains(",UP"));
+        let lo = stdout(&ns, &["ip", "-o", "link", "show", "lo"])?;
+        assert!(lo.contains(",UP"));
         assert_eq!(ns.get_sysctl("net.ipv6.conf.default.accept_dad")?, "0");
 
         // exec: failure carries stderr; exec_ok swallows it.
@@ -435,8 +440,8 @@ fn loss_drops_about_n_percent() -> Result<()> {
         assert_eq!(da["Icmp6InEchoReplies"], u64::from(stats.received));
         assert_eq!(db["Icmp6InEchos"], u64::from(stats.received), "{db:?}");
         drop(loss);
-        let tables = a.exec(&["nft", "list", "tables"])?;
-        assert!(!String::from_utf8_lossy(&tables.stdout).contains(&table));
+        let tables = stdout(&a, &["nft", "list", "tables"])?;
+        assert!(!tables.contains(&table));
         assert!(ping6(&a, addr("fd00:1::2"), &PingOpts::count(20))?.all_received());
 
         // Both directions: (1 - 0.2)^2 = 64% of round trips survive.
@@ -488,10 +493,11 @@ fn tcp_retransmits_under_loss_are_counted() -> Result<()> {
     as_root("tcp_retransmits_under_loss_are_counted", || {
         let (a, b) = pair("rtx")?;
         // One segment per packet on both ends (see `Loss` and `disable_offload`).
-        disable_offload(&a, "eth0")?;
-        disable_offload(&b, "eth0")?;
-        let gso = a.exec(&["ip", "-d", "link", "show", "eth0"])?;
-        assert!(String::from_utf8_lossy(&gso.stdout).contains("gso_max_segs 1 "));
+        for ns in [&a, &b] {
+            disable_offload(ns, "eth0")?;
+        }
+        let gso = stdout(&a, &["ip", "-d", "link", "show", "eth0"])?;
+        assert!(gso.contains("gso_max_segs 1 "));
 
         // Network loss for a kernel TCP sender: drop on the receiver's ingress.
         let before = tcp_counters(&a)?;
@@ -522,8 +528,7 @@ fn rate_limit_and_offload() -> Result<()> {
     as_root("rate_limit_and_offload", || {
         let (a, b) = pair("rate")?;
         disable_offload(&a, "eth0")?;
-        let k = a.exec(&["ethtool", "-k", "eth0"])?;
-        let k = String::from_utf8_lossy(&k.stdout);
+        let k = stdout(&a, &["ethtool", "-k", "eth0"])?;
         assert!(k.contains("tx-checksumming: off"), "{k}");
         assert!(k.contains("rx-checksumming: off"), "{k}");
 
@@ -533,8 +538,8 @@ fn rate_limit_and_offload() -> Result<()> {
             Rate::install(&a, "eth0", 10.0).is_err(),
             "second root qdisc"
         );
-        let qd = a.exec(&["tc", "qdisc", "show", "dev", "eth0"])?;
-        assert!(String::from_utf8_lossy(&qd.stdout).contains("tbf"));
+        let qd = stdout(&a, &["tc", "qdisc", "show", "dev", "eth0"])?;
+        assert!(qd.contains("tbf"));
         let limited = tcp_transfer(&a, &b, "fd00:1::2", bytes)?;
         let mbit = bytes as f64 * 8.0 / limited.as_secs_f64() / 1e6;
         assert!(
@@ -542,8 +547,8 @@ fn rate_limit_and_offload() -> Result<()> {
             "{limited:?}, {mbit:.1} Mbit/s"
         );
         rate.remove()?;
-        let qd = a.exec(&["tc", "qdisc", "show", "dev", "eth0"])?;
-        assert!(!String::from_utf8_lossy(&qd.stdout).contains("tbf"));
+        let qd = stdout(&a, &["tc", "qdisc", "show", "dev", "eth0"])?;
+        assert!(!qd.contains("tbf"));
         let free = tcp_transfer(&a, &b, "fd00:1::2", bytes)?;
         assert!(
             free < limited / 2,
@@ -554,8 +559,8 @@ fn rate_limit_and_offload() -> Result<()> {
         {
             let _r = Rate::install(&b, "eth0", 5.0)?;
         }
-        let qd = b.exec(&["tc", "qdisc", "show", "dev", "eth0"])?;
-        assert!(!String::from_utf8_lossy(&qd.stdout).contains("tbf"));
+        let qd = stdout(&b, &["tc", "qdisc", "show", "dev", "eth0"])?;
+        assert!(!qd.contains("tbf"));
         Ok(())
     })
 }
