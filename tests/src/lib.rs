@@ -63,6 +63,7 @@ pub use ping::{ping6, PingOpts, PingStats};
 pub use stackhost::{KernelPeer, PatternStream, StackHost};
 pub use xdphost::XdpHost;
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Maximum length of a Linux interface name (`IFNAMSIZ - 1`).
@@ -154,4 +155,42 @@ mod tests {
         assert_eq!(base36(36), "10");
         assert_eq!(base36(4_194_304), "2hwcg");
     }
+}
+
+/// A fresh directory under the system temp directory, removed with its contents on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// `ds-<tag>-<pid>` (emptied first if a crashed run left it).
+    pub fn new(tag: &str) -> std::io::Result<TempDir> {
+        let dir = std::env::temp_dir().join(format!("ds-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        Ok(TempDir(dir))
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `len` pseudo-random bytes (xorshift from `seed | 1`, one byte a step), so that a misplaced
+/// byte cannot go unnoticed and a failure is reproducible.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
 }
