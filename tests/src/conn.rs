@@ -12,6 +12,11 @@ pub fn ip(s: &str) -> Ipv6Addr {
     s.parse().expect("literal address")
 }
 
+/// The addresses `{net}::{host}` of these hosts.
+pub fn ips<const N: usize>(net: &str, hosts: [&str; N]) -> [Ipv6Addr; N] {
+    hosts.map(|h| ip(&format!("{net}::{h}")))
+}
+
 /// Connect from `from` (an ephemeral port) to `to` on the runner's stack, now.
 pub fn dial<D: Device>(rt: &mut Runner<D>, from: Ipv6Addr, to: SocketAddrV6) -> TcpHandle {
     let now = rt.now();
