@@ -10,7 +10,7 @@ use ds_stack::runner::Runner;
 use ds_stack::{Error, TcpState};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
-use std::net::{Ipv6Addr, SocketAddrV6, TcpListener, TcpStream};
+use std::net::{SocketAddrV6, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
@@ -27,10 +27,7 @@ pub const MAC: [u8; 6] = [0x02, 0xd5, 0, 0, 0, 2];
 /// Longest a transfer may take.
 pub const LIMIT: Duration = Duration::from_secs(240);
 
-/// Parse a literal address.
-pub fn ip(s: &str) -> Ipv6Addr {
-    s.parse().expect("literal address")
-}
+pub use crate::conn::ip;
 
 /// How the receiving application behaves.
 #[derive(Clone, Copy)]
@@ -270,12 +267,7 @@ pub fn kernel_to_us_body<D: Device>(name: &str, case: &Case, peer_ns: &Netns, mu
         delta.get("TcpExtTCPWinProbe")
     );
     if std::env::var_os("DS_DEBUG").is_some() {
-        let mut v: Vec<_> = delta
-            .iter()
-            .filter(|(k, v)| **v > 0 && k.starts_with("Tcp"))
-            .collect();
-        v.sort();
-        eprintln!("{v:?}");
+        eprintln!("{:?}", crate::moved_tcp_counters(&delta));
     }
     assert_eq!(
         delta.get("TcpEstabResets").copied().unwrap_or(0),
@@ -316,15 +308,7 @@ pub fn us_to_kernel_body<D: Device>(name: &str, case: &Case, peer_ns: &Netns, mu
             s.write_all(&d).expect("write digest");
             (n, d)
         });
-        let now = rt.now();
-        let c = rt
-            .iface
-            .tcp_connect(
-                now,
-                SocketAddrV6::new(ip(OURS), 0, 0, 0),
-                SocketAddrV6::new(ip(PEER), 5002, 0, 0),
-            )
-            .expect("connect");
+        let c = crate::conn::dial(&mut rt, ip(OURS), SocketAddrV6::new(ip(PEER), 5002, 0, 0));
         let mut pat = PatternStream::new(11);
         let mut block = vec![0u8; BLOCK];
         let mut off = BLOCK;

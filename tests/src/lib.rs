@@ -52,7 +52,9 @@ mod stackhost;
 pub mod topo;
 mod xdphost;
 
-pub use counters::{all_counters, counter_delta, parse_pairs, parse_snmp6, tcp_counters};
+pub use counters::{
+    all_counters, counter_delta, moved_tcp_counters, parse_pairs, parse_snmp6, tcp_counters,
+};
 pub use impair::{Direction, Loss, LossCounts, Rate, Tbf};
 pub use link::{
     add_addr, add_route, bridge, disable_offload, set_down, set_up, veth, wait_addr_usable,
@@ -130,33 +132,6 @@ fn base36(mut v: u64) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::collections::HashSet;
-
-    #[test]
-    fn ifnames_are_short_and_unique() {
-        let mut seen = HashSet::new();
-        for prefix in ["veth", "a-very-long-prefix-indeed", "", "br", "tap0"] {
-            for _ in 0..500 {
-                let n = unique_ifname(prefix);
-                assert!(n.len() <= IFNAME_MAX, "{n} too long");
-                assert!(!n.contains('/') && !n.contains(' '));
-                assert!(seen.insert(n.clone()), "duplicate {n}");
-            }
-        }
-    }
-
-    #[test]
-    fn base36_digits() {
-        assert_eq!(base36(0), "0");
-        assert_eq!(base36(35), "z");
-        assert_eq!(base36(36), "10");
-        assert_eq!(base36(4_194_304), "2hwcg");
-    }
-}
-
 /// A fresh directory under the system temp directory, removed with its contents on drop.
 pub struct TempDir(PathBuf);
 
@@ -193,4 +168,31 @@ pub fn noise(seed: u64, len: usize) -> Vec<u8> {
             (x >> 24) as u8
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn ifnames_are_short_and_unique() {
+        let mut seen = HashSet::new();
+        for prefix in ["veth", "a-very-long-prefix-indeed", "", "br", "tap0"] {
+            for _ in 0..500 {
+                let n = unique_ifname(prefix);
+                assert!(n.len() <= IFNAME_MAX, "{n} too long");
+                assert!(!n.contains('/') && !n.contains(' '));
+                assert!(seen.insert(n.clone()), "duplicate {n}");
+            }
+        }
+    }
+
+    #[test]
+    fn base36_digits() {
+        assert_eq!(base36(0), "0");
+        assert_eq!(base36(35), "z");
+        assert_eq!(base36(36), "10");
+        assert_eq!(base36(4_194_304), "2hwcg");
+    }
 }

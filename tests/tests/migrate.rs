@@ -3,10 +3,11 @@
 //! kernel peer finishes the 64 MiB download byte-exact, with no RST.
 
 use ds_stack::{ConnState, Error, TcpState};
+use ds_testbed::conn::ip;
 use ds_testbed::{all_counters, counter_delta, require_root, KernelPeer, PatternStream};
 use sha2::{Digest, Sha256};
 use std::io::Read;
-use std::net::{Ipv6Addr, SocketAddrV6, TcpStream};
+use std::net::{SocketAddrV6, TcpStream};
 use std::time::{Duration, Instant};
 
 const LEN: usize = 64 << 20;
@@ -15,23 +16,13 @@ const PEER: &str = "fd00:d2::1";
 const DS: &str = "fd00:d2::80";
 const NODE2: &str = "fd00:d2::12";
 
-fn ip(s: &str) -> Ipv6Addr {
-    s.parse().expect("literal address")
-}
-
 /// Block `i` of the object: independent of how the sender was split across nodes.
 fn block(i: usize) -> Vec<u8> {
-    let mut b = vec![0u8; BLOCK];
-    PatternStream::new(1000 + i as u64).fill(&mut b);
-    b
+    PatternStream::bytes(1000 + i as u64, BLOCK)
 }
 
 fn expected_digest() -> [u8; 32] {
-    let mut h = Sha256::new();
-    for i in 0..LEN / BLOCK {
-        h.update(block(i));
-    }
-    h.finalize().into()
+    PatternStream::digest_of_blocks(LEN / BLOCK, block)
 }
 
 /// Feed the object from offset `*sent` into the connection as far as the buffer allows.
