@@ -4,7 +4,7 @@
 use ds_stack::device::Device;
 use ds_stack::runner::Runner;
 use ds_stack::{Error, Interface, TcpHandle};
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::{Ipv6Addr, SocketAddrV6};
 
 /// Parse a literal IPv6 address (panics on a typo).
@@ -56,4 +56,16 @@ pub fn count_to_end(r: &mut impl Read, limit: u64) -> std::io::Result<u64> {
         total += n as u64;
     }
     Ok(total)
+}
+
+/// Write `len` bytes of `byte` to `w`, 64 KiB at a time.
+pub fn write_filler(w: &mut impl Write, len: usize, byte: u8) -> std::io::Result<()> {
+    let chunk = vec![byte; 64 << 10];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        w.write_all(&chunk[..n])?;
+        left -= n;
+    }
+    Ok(())
 }

@@ -120,13 +120,7 @@ fn tcp_transfer(
         let echoed = client.run(|| -> Result<u64> {
             let mut c = TcpStream::connect(dst)?;
             c.set_read_timeout(Some(Duration::from_secs(60)))?;
-            let chunk = vec![0x5au8; 64 * 1024];
-            let mut left = bytes;
-            while left > 0 {
-                let n = left.min(chunk.len());
-                c.write_all(&chunk[..n])?;
-                left -= n;
-            }
+            ds_testbed::conn::write_filler(&mut c, bytes, 0x5a)?;
             c.shutdown(Shutdown::Write)?;
             let mut reply = [0u8; 8];
             c.read_exact(&mut reply)?;
