@@ -9,8 +9,8 @@
 
 use anyhow::{bail, ensure, Context, Result};
 use ds_testbed::{
-    add_addr, bridge, disable_offload, noise, require_root, set_up, veth, wait_addr_usable, Child,
-    Netns,
+    add_addr, bridge, disable_offload, require_root, set_up, veth, wait_addr_usable, Child, Netns,
+    PatternStream,
 };
 use std::io::{Read, Write};
 use std::net::{Ipv6Addr, SocketAddr, TcpStream};
@@ -207,7 +207,7 @@ fn dsnode_serves_kernel_tcp_clients() -> Result<()> {
         return Ok(());
     }
     let root = scratch_root("main")?;
-    let big = noise(0x5eed, 8 << 20);
+    let big = PatternStream::bytes(0x5eed, 8 << 20);
     std::fs::write(root.join("big.bin"), &big)?;
     std::fs::write(root.join("index.html"), b"<h1>dsnode</h1>\n")?;
     std::fs::create_dir_all(root.join("sub"))?;

@@ -8,7 +8,7 @@ mod common;
 use common::MemNet;
 use ds_apps::http::HttpConnState;
 use ds_stack::{ConnState, TcpHandle};
-use ds_testbed::{noise, TempDir};
+use ds_testbed::{PatternStream, TempDir};
 
 const QUOTA: u64 = 500_000;
 
@@ -47,7 +47,7 @@ enum Back {
 
 fn download_with_pauses(back: Back) {
     let root = TempDir::new(&format!("apps-handoff-{back:?}")).expect("temp dir");
-    let data = noise(0x2545_f491_4f6c_dd1d, 1 << 20);
+    let data = PatternStream::bytes(0x2545_f491_4f6c_dd1d, 1 << 20);
     std::fs::write(root.path().join("big"), &data).expect("write");
 
     let mut net = MemNet::new(root.path());

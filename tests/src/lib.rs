@@ -156,20 +156,6 @@ impl Drop for TempDir {
     }
 }
 
-/// `len` pseudo-random bytes (xorshift from `seed | 1`, one byte a step), so that a misplaced
-/// byte cannot go unnoticed and a failure is reproducible.
-pub fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
