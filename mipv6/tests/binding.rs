@@ -1,6 +1,10 @@
 //! Mobile node ↔ correspondent node: return routability, Binding Update/Acknowledgement,
 //! every rejection path, retransmission back-off, token shipping between nodes, flow bindings.
 
+mod common;
+
+use common::{binding_update, tampered};
+
 use ds_mipv6::cn::{CnConfig, CnEvent, Correspondent, FlowKey, HaoCheck, RouteVia};
 use ds_mipv6::consts::{MAX_BINDACK_TIMEOUT, MAX_NONCE_LIFETIME, MAX_RR_BINDING_LIFETIME};
 use ds_mipv6::mn::{
@@ -8,8 +12,7 @@ use ds_mipv6::mn::{
 };
 use ds_mipv6::rr::{self, TokenKind};
 use ds_mipv6::wire::{
-    BaStatus, BeStatus, BindingUpdate, MhMessage, MhRepr, MobilityOption, PacketBuilder,
-    ParsedIpv6, PortSelector,
+    BaStatus, BeStatus, MhMessage, MhRepr, MobilityOption, PacketBuilder, ParsedIpv6, PortSelector,
 };
 use ds_mipv6::{Instant, MhMeta, Transmit};
 use std::net::Ipv6Addr;
@@ -208,13 +211,8 @@ fn wrong_authenticator_is_silently_discarded() {
     let mut b = MnBinding::new(cfg(COA_A), 1);
     tokens(&mut cn, &mut b, now);
     let bu = b.send_update(now).unwrap();
-    let (meta, mh) = MhMeta::from_packet(&bu.packet).unwrap();
-    let mut mh = mh.to_vec();
-    mh[11] ^= 1; // lifetime
-    mh[4] = 0;
-    mh[5] = 0;
-    let c = ds_mipv6::wire::mh_checksum(meta.effective_src(), meta.effective_dst(), &mh);
-    mh[4..6].copy_from_slice(&c.to_be_bytes());
+    // Lifetime changed.
+    let (meta, mut mh) = tampered(&bu.packet, |mh| mh[11] ^= 1);
     let out = cn.on_mobility_header(now, meta, &mh);
     assert_eq!(
         out.event,
@@ -369,15 +367,7 @@ fn home_registration_flag_at_a_correspondent_gets_131() {
     let ck = run_test(&mut cn, now, TokenKind::CareOf, a(COA_A));
     let kbm = rr::kbm(&hk.token, Some(&ck.token));
     let mut r = MhRepr::new(
-        MhMessage::BindingUpdate(BindingUpdate {
-            sequence: 1,
-            ack: true,
-            home_registration: true,
-            link_local: false,
-            key_management: false,
-            other_flags: 0,
-            lifetime: 10,
-        }),
+        binding_update(1, true, 10),
         vec![MobilityOption::NonceIndices {
             home: hk.nonce_index,
             care_of: ck.nonce_index,
