@@ -65,14 +65,7 @@ fn route_optimised_handoff_between_nodes() {
     let mut lan = lan(vec![a, b, c], true);
 
     // The client connects to the DS address; the contact node serves the first half.
-    let now = lan.now;
-    let cl = lan.ifs[0]
-        .tcp_connect(
-            now,
-            SocketAddrV6::new(a_ip, 0, 0, 0),
-            SocketAddrV6::new(h, 80, 0, 0),
-        )
-        .unwrap();
+    let cl = lan.dial(0, a_ip, SocketAddrV6::new(h, 80, 0, 0));
     let srv = *accept_all(&mut lan, 1, l)
         .first()
         .expect("accepted at the contact node");
@@ -219,17 +212,8 @@ fn two_connections_bound_to_two_nodes_with_flow_bindings() {
     let l = b.tcp_listen(SocketAddrV6::new(h, 80, 0, 0), 4).unwrap();
     let mut lan = lan(vec![a, b, c1, c2], false);
 
-    let now = lan.now;
     let cls: Vec<_> = (0..2)
-        .map(|_| {
-            lan.ifs[0]
-                .tcp_connect(
-                    now,
-                    SocketAddrV6::new(a_ip, 0, 0, 0),
-                    SocketAddrV6::new(h, 80, 0, 0),
-                )
-                .unwrap()
-        })
+        .map(|_| lan.dial(0, a_ip, SocketAddrV6::new(h, 80, 0, 0)))
         .collect();
     let mut srvs = accept_all(&mut lan, 1, l);
     assert_eq!(srvs.len(), 2);

@@ -233,6 +233,14 @@ impl Lan {
         Some(self.log[first].wall.duration_since(last.wall))
     }
 
+    /// Connect interface `i` from `from` (an ephemeral port) to `to`, now.
+    pub fn dial(&mut self, i: usize, from: Ipv6Addr, to: SocketAddrV6) -> TcpHandle {
+        let now = self.now;
+        self.ifs[i]
+            .tcp_connect(now, SocketAddrV6::new(from, 0, 0, 0), to)
+            .expect("connect")
+    }
+
     /// Connect interface `client` from `from` to `to` (listened on at `server`) and step until
     /// the server accepted it and the client is established (panics after 10,000 steps).
     /// Returns the client's and the server's handles.
@@ -251,10 +259,7 @@ impl Lan {
                 16,
             )
             .expect("listen");
-        let now = self.now;
-        let c = self.ifs[client]
-            .tcp_connect(now, from, to)
-            .expect("connect");
+        let c = self.dial(client, *from.ip(), to);
         let mut s = None;
         for _ in 0..10_000 {
             self.advance();

@@ -72,9 +72,14 @@ fn client_tcp(sport: u16, hop: u8) -> Vec<u8> {
     from_client(ds(), 6, hop, &tcp(sport, 80, 100))
 }
 
-/// `make()` when running as root (otherwise the test is skipped).
-fn as_root(test: &str, make: impl FnOnce() -> Program) -> Option<Program> {
-    require_root(test).then(make)
+/// The program `$make` builds; returns from the test (skips it) when not running as root.
+macro_rules! program_or_skip {
+    ($test:literal, $make:expr) => {
+        match require_root($test).then($make) {
+            Some(p) => p,
+            None => return,
+        }
+    };
 }
 
 /// The program's verdict on `frame`.
@@ -228,11 +233,9 @@ fn check_ptb(out: &[u8], orig: &[u8], mtu: u32) {
 
 #[test]
 fn tunnel_miss_falls_back_to_binding_and_learns() {
-    let Some(p) = as_root("tunnel_miss_falls_back_to_binding_and_learns", || {
-        tunnel(true)
-    }) else {
-        return;
-    };
+    let p = program_or_skip!("tunnel_miss_falls_back_to_binding_and_learns", || tunnel(
+        true
+    ));
     let frame = client_tcp(40000, 64);
     let (rv, out) = p.test_run(&frame).expect("run");
     assert_eq!(rv, XDP_TX);
@@ -252,9 +255,7 @@ fn tunnel_miss_falls_back_to_binding_and_learns() {
 
 #[test]
 fn tunnel_flow_hit_after_one_map_update() {
-    let Some(p) = as_root("tunnel_flow_hit_after_one_map_update", || tunnel(true)) else {
-        return;
-    };
+    let p = program_or_skip!("tunnel_flow_hit_after_one_map_update", || tunnel(true));
     let frame = client_tcp(40001, 64);
     assert_eq!(verdict(&p, &frame), XDP_TX);
     let key = client_flow(40001);
@@ -273,9 +274,7 @@ fn tunnel_flow_hit_after_one_map_update() {
 
 #[test]
 fn tunnel_without_learning_keeps_no_state() {
-    let Some(p) = as_root("tunnel_without_learning_keeps_no_state", || tunnel(false)) else {
-        return;
-    };
+    let p = program_or_skip!("tunnel_without_learning_keeps_no_state", || tunnel(false));
     let frame = client_tcp(40003, 64);
     let (rv, out) = p.test_run(&frame).expect("run");
     assert_eq!(rv, XDP_TX);
@@ -285,11 +284,9 @@ fn tunnel_without_learning_keeps_no_state() {
 
 #[test]
 fn tunnel_routes_icmp_errors_to_the_flow_owner() {
-    let Some(p) = as_root("tunnel_routes_icmp_errors_to_the_flow_owner", || {
-        tunnel(true)
-    }) else {
-        return;
-    };
+    let p = program_or_skip!("tunnel_routes_icmp_errors_to_the_flow_owner", || tunnel(
+        true
+    ));
     let key = client_flow(40004);
     p.set_flow(&key, node2()).expect("flow");
     // A router's Packet Too Big about the node's reply (DS:80 -> client:40004).
@@ -314,9 +311,7 @@ fn tunnel_routes_icmp_errors_to_the_flow_owner() {
 
 #[test]
 fn tunnel_passes_and_drops() {
-    let Some(p) = as_root("tunnel_passes_and_drops", || tunnel(true)) else {
-        return;
-    };
+    let p = program_or_skip!("tunnel_passes_and_drops", || tunnel(true));
     // Not for a home address.
     let other = from_client(ha(), 6, 64, &tcp(1, 22, 0));
     assert_eq!(verdict(&p, &other), XDP_PASS);
@@ -356,9 +351,7 @@ fn tunnel_passes_and_drops() {
 
 #[test]
 fn steer_passes_foreign_and_unconfigured_traffic() {
-    let Some(p) = as_root("steer_passes_foreign_and_unconfigured_traffic", steer) else {
-        return;
-    };
+    let p = program_or_skip!("steer_passes_foreign_and_unconfigured_traffic", steer);
     p.add_local(ds(), local(PROTO_TCP, Action::Xsk))
         .expect("local");
     let other = from_client(ha(), 6, 64, &tcp(1, 22, 0));
@@ -377,9 +370,7 @@ fn steer_passes_foreign_and_unconfigured_traffic() {
 
 #[test]
 fn steer_decapsulates_tunnelled_packets() {
-    let Some(p) = as_root("steer_decapsulates_tunnelled_packets", steer) else {
-        return;
-    };
+    let p = program_or_skip!("steer_decapsulates_tunnelled_packets", steer);
     to_kernel(&p, &[node1(), ds()]);
     let inner = ipv6(client(), ds(), 6, 63, &tcp(40000, 80, 64));
     let frame = tunnelled(&inner);
@@ -402,9 +393,7 @@ fn steer_decapsulates_tunnelled_packets() {
 
 #[test]
 fn steer_redirects_to_the_socket() {
-    let Some(p) = as_root("steer_redirects_to_the_socket", steer) else {
-        return;
-    };
+    let p = program_or_skip!("steer_redirects_to_the_socket", steer);
     p.add_local(ds(), ds_xdp::loader::xsk_all()).expect("local");
     // An AF_XDP socket bound to the loopback device of a private network namespace.
     let sock = std::thread::spawn(|| {
@@ -446,9 +435,7 @@ fn drain_ring(ring: &mut ds_xdp::hold::HoldRing) -> Vec<(HoldKey, Vec<u8>)> {
 
 #[test]
 fn steer_holds_tunnelled_and_native_packets() {
-    let Some(p) = as_root("steer_holds_tunnelled_and_native_packets", steer) else {
-        return;
-    };
+    let p = program_or_skip!("steer_holds_tunnelled_and_native_packets", steer);
     to_kernel(&p, &[node1(), ds()]);
     let held = p.held_flows().expect("held_flows");
     let mut ring = p.hold_ring().expect("hold_ring");
@@ -505,9 +492,7 @@ fn steer_holds_tunnelled_and_native_packets() {
 fn steer_holds_without_configured_addresses() {
     // A host that loads the program only to hold (ds_kernel::HoldTable::attach): nothing in
     // local_addrs, every other packet passes.
-    let Some(p) = as_root("steer_holds_without_configured_addresses", steer) else {
-        return;
-    };
+    let p = program_or_skip!("steer_holds_without_configured_addresses", steer);
     let held = p.held_flows().expect("held_flows");
     let mut ring = p.hold_ring().expect("hold_ring");
     let key = client_hold(7);
