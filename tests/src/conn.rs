@@ -25,6 +25,27 @@ pub fn dial<D: Device>(rt: &mut Runner<D>, from: Ipv6Addr, to: SocketAddrV6) -> 
         .expect("connect")
 }
 
+/// One round of a test with two nodes: the serving node's runner waits up to `wait` for
+/// frames, the other's only polls. Panics, naming `phase` and the serving stack's counters,
+/// once `limit` has passed since `start`.
+pub fn step_serving<A: Device, B: Device>(
+    serving: &mut Runner<A>,
+    other: &mut Runner<B>,
+    wait: std::time::Duration,
+    (start, limit): (std::time::Instant, std::time::Duration),
+    phase: &str,
+) {
+    assert!(
+        start.elapsed() < limit,
+        "{phase} timed out: {:?}",
+        serving.iface.stats()
+    );
+    serving.step(wait).expect("step the serving node");
+    other
+        .step(std::time::Duration::ZERO)
+        .expect("step the other node");
+}
+
 /// Read everything `h` has now into `into`: the bytes read, or the error (`Error::Eof` at the
 /// end of the stream) when nothing was read before it.
 pub fn read_available(

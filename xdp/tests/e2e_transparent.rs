@@ -16,6 +16,7 @@
 
 use ds_stack::runner::Runner;
 use ds_stack::{Config, ConnState, Error, Interface};
+use ds_testbed::conn::step_serving;
 use ds_testbed::topo::{HandoffSpec, HandoffTopology, HA_PORT};
 use ds_testbed::{require_root, Netns};
 use ds_xdp::device::{AfXdpConfig, AfXdpDevice};
@@ -34,6 +35,8 @@ const DS: &str = "fd00:d5::80";
 const MAC1: [u8; 6] = [0x02, 0xd5, 0, 0, 0, 1];
 const MAC2: [u8; 6] = [0x02, 0xd5, 0, 0, 0, 2];
 const CHUNK: usize = 256 << 10;
+/// How long the serving node waits for frames in a round.
+const STEP: Duration = Duration::from_millis(1);
 
 fn ip(s: &str) -> Ipv6Addr {
     s.parse().expect("literal address")
@@ -51,6 +54,45 @@ fn node(ns: &Netns, coa: Ipv6Addr, mac: [u8; 6]) -> Runner<AfXdpDevice> {
     let now = rt.now();
     rt.iface.announce(now);
     rt
+}
+
+/// The home agent's tunnel program, pinned as `dsha xdp` pins it, unpinned on drop.
+struct PinnedTunnel(Program);
+
+impl PinnedTunnel {
+    /// FIB mode, flow learning on, the DS address bound to `coa`.
+    fn load(coa: Ipv6Addr) -> PinnedTunnel {
+        let pin_dir = format!("/sys/fs/bpf/ds/test-e2e-{}", std::process::id());
+        let opts = LoadOptions {
+            pin_dir: Some(pin_dir.into()),
+            flow_capacity: Some(1024),
+        };
+        let tun = PinnedTunnel(Program::load(Kind::Tunnel, &opts).expect("load tunnel"));
+        let config = TunnelConfig {
+            local: ip(HA),
+            mode: TunnelMode::Fib,
+            hop_limit: 64,
+            mtu: 1500,
+            learn: true,
+        };
+        tun.set_config(&config).expect("config");
+        tun.set_binding(ip(DS), coa).expect("binding");
+        tun
+    }
+}
+
+impl std::ops::Deref for PinnedTunnel {
+    type Target = Program;
+
+    fn deref(&self) -> &Program {
+        &self.0
+    }
+}
+
+impl Drop for PinnedTunnel {
+    fn drop(&mut self) {
+        let _ = self.0.unpin();
+    }
 }
 
 /// Echo what arrived on `c`; returns bytes echoed.
@@ -109,31 +151,7 @@ fn transparent_mode_flow_moves_with_one_map_update() {
         .expect("attach pass-all");
 
     // Home agent: the tunnel program, FIB mode, binding DS -> node 1, learning on.
-    let pin = std::path::PathBuf::from(format!("/sys/fs/bpf/ds/test-e2e-{}", std::process::id()));
-    let tun = Program::load(
-        Kind::Tunnel,
-        &LoadOptions {
-            pin_dir: Some(pin.clone()),
-            flow_capacity: Some(1024),
-        },
-    )
-    .expect("load tunnel");
-    struct Unpin<'a>(&'a Program);
-    impl Drop for Unpin<'_> {
-        fn drop(&mut self) {
-            let _ = self.0.unpin();
-        }
-    }
-    let _unpin = Unpin(&tun);
-    tun.set_config(&TunnelConfig {
-        local: ip(HA),
-        mode: TunnelMode::Fib,
-        hop_limit: 64,
-        mtu: 1500,
-        learn: true,
-    })
-    .expect("config");
-    tun.set_binding(ip(DS), ip(COA1)).expect("binding");
+    let tun = PinnedTunnel::load(ip(COA1));
     let mode = ha
         .run(|| {
             let idx = ds_xdp::loader::ifindex("h0")?;
@@ -198,8 +216,7 @@ fn transparent_mode_flow_moves_with_one_map_update() {
                     rt1.dev.stats()
                 );
             }
-            rt1.step(Duration::from_millis(1)).expect("step 1");
-            rt2.step(Duration::ZERO).expect("step 2");
+            step_serving(&mut rt1, &mut rt2, STEP, (start, limit), "phase 1");
             if conn.is_none() {
                 conn = rt1.iface.tcp_accept(l);
             }
@@ -233,13 +250,7 @@ fn transparent_mode_flow_moves_with_one_map_update() {
         // Phase 2: node 2 serves.
         let mut echoed2 = 0;
         while !cl.is_finished() || echoed2 < CHUNK {
-            assert!(
-                start.elapsed() < limit,
-                "phase 2 timed out: {:?}",
-                rt2.iface.stats()
-            );
-            rt2.step(Duration::from_millis(1)).expect("step 2");
-            rt1.step(Duration::ZERO).expect("step 1");
+            step_serving(&mut rt2, &mut rt1, STEP, (start, limit), "phase 2");
             echoed2 += echo(&mut rt2, c2, &mut pending);
         }
         let port = cl.join().expect("client");
