@@ -309,21 +309,21 @@ fn expected(p: &[u8]) -> Vec<(&'static str, String)> {
         MhMessage::HomeTestInit { cookie } => v.push(("mip6.hoti.cookie", c(cookie))),
         MhMessage::CareOfTestInit { cookie } => v.push(("mip6.coti.cookie", c(cookie))),
         MhMessage::HomeTest {
-            nonce_index,
-            cookie,
+            nonce_index: i,
+            cookie: k,
             token,
         }
         | MhMessage::CareOfTest {
-            nonce_index,
-            cookie,
+            nonce_index: i,
+            cookie: k,
             token,
         } => {
-            let (nindex, cookie_field) = match r.message {
+            let (nindex, cookie) = match r.message {
                 MhMessage::HomeTest { .. } => ("mip6.hot.nindex", "mip6.hot.cookie"),
                 _ => ("mip6.cot.nindex", "mip6.cot.cookie"),
             };
-            v.push((nindex, nonce_index.to_string()));
-            v.push((cookie_field, c(cookie)));
+            v.push((nindex, i.to_string()));
+            v.push((cookie, c(k)));
             // Wireshark 4.0 files the care-of keygen token under mip6.hot.token too.
             v.push(("mip6.hot.token", c(token)));
         }

@@ -144,30 +144,12 @@ pub struct Record {
     pub repeat: u32,
     /// Which test.
     pub test: Test,
-    /// Bulk: payload bytes.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub bytes: Option<u64>,
-    /// Bulk: seconds.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub seconds: Option<f64>,
-    /// Bulk: goodput, Gbit/s.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub gbit_per_s: Option<f64>,
-    /// RR: recorded rounds.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rounds: Option<u32>,
-    /// RR: median round trip, µs.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub p50_us: Option<f64>,
-    /// RR: 99th percentile, µs.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub p99_us: Option<f64>,
-    /// RR: mean, µs.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub mean_us: Option<f64>,
-    /// RR: largest, µs.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_us: Option<f64>,
+    /// Bulk transfers: what moved, how fast.
+    #[serde(flatten)]
+    pub bulk: Option<Bulk>,
+    /// Request/response: the round trips.
+    #[serde(flatten)]
+    pub rr: Option<RoundTrips>,
     /// Segments the kernel client in P retransmitted during the test.
     pub client_retransmits: u64,
     /// Segments the server retransmitted (kernel: K's counter; ours: its stats; smoltcp: not
@@ -186,20 +168,40 @@ pub struct Record {
     pub attempt: u32,
 }
 
+/// A bulk transfer's result.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Bulk {
+    /// Payload bytes.
+    pub bytes: u64,
+    /// Seconds.
+    pub seconds: f64,
+    /// Goodput, Gbit/s.
+    pub gbit_per_s: f64,
+}
+
+/// A request/response test's round trips.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RoundTrips {
+    /// Recorded rounds.
+    pub rounds: u32,
+    /// Median, µs.
+    pub p50_us: f64,
+    /// 99th percentile, µs.
+    pub p99_us: f64,
+    /// Mean, µs.
+    pub mean_us: f64,
+    /// Largest, µs.
+    pub max_us: f64,
+}
+
 impl Record {
     fn new(server: Server, repeat: u32, test: Test) -> Self {
         Record {
             server,
             repeat,
             test,
-            bytes: None,
-            seconds: None,
-            gbit_per_s: None,
-            rounds: None,
-            p50_us: None,
-            p99_us: None,
-            mean_us: None,
-            max_us: None,
+            bulk: None,
+            rr: None,
             client_retransmits: 0,
             server_retransmits: None,
             queue_drops: 0,
@@ -606,9 +608,11 @@ fn measure_one<'a>(
                     }
                 })?
                 .with_context(|| what.clone())?;
-            r.bytes = Some(b.bytes);
-            r.seconds = Some(b.seconds);
-            r.gbit_per_s = Some(b.gbit_per_s());
+            r.bulk = Some(Bulk {
+                bytes: b.bytes,
+                seconds: b.seconds,
+                gbit_per_s: b.gbit_per_s(),
+            });
         }
         Test::Rr => {
             let (size, warmup, rounds) = (opts.msg_size, opts.warmup, opts.rounds);
@@ -623,11 +627,13 @@ fn measure_one<'a>(
                     client::echo(addr, cc, size, warmup, rounds)
                 })?
                 .with_context(|| what.clone())?;
-            r.rounds = Some(rounds);
-            r.p50_us = Some(e.quantile_us(0.5));
-            r.p99_us = Some(e.quantile_us(0.99));
-            r.mean_us = Some(e.mean_us());
-            r.max_us = Some(e.max_us());
+            r.rr = Some(RoundTrips {
+                rounds,
+                p50_us: e.quantile_us(0.5),
+                p99_us: e.quantile_us(0.99),
+                mean_us: e.mean_us(),
+                max_us: e.max_us(),
+            });
         }
     }
     let p_delta = counter_delta(&p_before, &tcp_counters(&topo.peer.ns)?);
