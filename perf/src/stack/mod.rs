@@ -394,48 +394,31 @@ pub fn run(
         for &server in &opts.servers {
             let c = ctl(server);
             match server {
-                Server::Kernel => {
-                    let KernelParts {
-                        k_tap,
-                        s_tap,
-                        listener,
-                    } = servers::kernel_parts(&topo)?;
-                    queues.insert(
-                        server,
-                        vec![
+                Server::Kernel | Server::KernelVeth => {
+                    // The kernel server behind TAP + relay reads through both relay TAPs; the
+                    // reference one over a plain veth through the veth's end.
+                    let (listener, readers, label) = if server == Server::Kernel {
+                        let KernelParts {
+                            k_tap,
+                            s_tap,
+                            listener,
+                        } = servers::kernel_parts(&topo)?;
+                        let readers = vec![
                             (&topo.host.ns, s_tap.name().to_string()),
                             (&topo.kns, servers::KERNEL_TAP.to_string()),
-                        ],
-                    );
-                    threads.push((
-                        "kernel relay",
-                        spawn(sc, "relay", move || {
-                            pinned(scpu, || servers::relay(k_tap, s_tap, c))
-                        })?,
-                    ));
-                    threads.push((
-                        "kernel server",
-                        spawn(sc, "kernel", move || {
-                            pinned(scpu, || {
-                                servers::serve_kernel(listener, opts.kernel_cc.as_deref(), c)
-                            })
-                        })?,
-                    ));
-                }
-                Server::KernelVeth => {
-                    let listener = servers::kernel_veth_listener(&topo)?;
-                    queues.insert(
-                        server,
-                        vec![(&topo.host.ns, servers::VETH_PORT.to_string())],
-                    );
-                    threads.push((
-                        "kernel-veth server",
-                        spawn(sc, "kernel-veth", move || {
-                            pinned(scpu, || {
-                                servers::serve_kernel(listener, opts.kernel_cc.as_deref(), c)
-                            })
-                        })?,
-                    ));
+                        ];
+                        let relay = move || pinned(scpu, || servers::relay(k_tap, s_tap, c));
+                        threads.push(("kernel relay", spawn(sc, "relay", relay)?));
+                        (listener, readers, "kernel server")
+                    } else {
+                        let listener = servers::kernel_veth_listener(&topo)?;
+                        let readers = vec![(&topo.host.ns, servers::VETH_PORT.to_string())];
+                        (listener, readers, "kernel-veth server")
+                    };
+                    queues.insert(server, readers);
+                    let cc = opts.kernel_cc.as_deref();
+                    let serve = move || pinned(scpu, || servers::serve_kernel(listener, cc, c));
+                    threads.push((label, spawn(sc, server.name(), serve)?));
                 }
                 Server::Ours | Server::Smoltcp => {
                     let (tx, rx) = mpsc::channel();
