@@ -278,6 +278,19 @@ fn pinned<T>(cpu: Option<usize>, f: impl FnOnce() -> Result<T>) -> Result<T> {
     f()
 }
 
+/// Run `f` in the client's namespace, pinned to `cpu` (if any); errors say `what` ran.
+fn in_client<T: Send>(
+    topo: &Topology,
+    cpu: Option<usize>,
+    what: &str,
+    f: impl FnOnce() -> Result<T> + Send,
+) -> Result<T> {
+    topo.peer
+        .ns
+        .try_run(move || pinned(cpu, f))?
+        .with_context(|| what.to_string())
+}
+
 fn on_off(b: bool) -> &'static str {
     if b {
         "on"
@@ -577,20 +590,13 @@ fn measure_one<'a>(
         Test::Upload | Test::Download => {
             let bytes = opts.bytes;
             let cc = opts.kernel_cc.as_deref();
-            let b = topo
-                .peer
-                .ns
-                .try_run(move || {
-                    if let Some(c) = cpu {
-                        client::pin_to_cpu(c)?;
-                    }
-                    if test == Test::Upload {
-                        client::upload(addr, cc, bytes)
-                    } else {
-                        client::download(addr, cc, bytes)
-                    }
-                })?
-                .with_context(|| what.clone())?;
+            let b = in_client(topo, cpu, &what, move || {
+                if test == Test::Upload {
+                    client::upload(addr, cc, bytes)
+                } else {
+                    client::download(addr, cc, bytes)
+                }
+            })?;
             r.bulk = Some(Bulk {
                 bytes: b.bytes,
                 seconds: b.seconds,
@@ -600,16 +606,9 @@ fn measure_one<'a>(
         Test::Rr => {
             let (size, warmup, rounds) = (opts.msg_size, opts.warmup, opts.rounds);
             let cc = opts.kernel_cc.as_deref();
-            let e = topo
-                .peer
-                .ns
-                .try_run(move || {
-                    if let Some(c) = cpu {
-                        client::pin_to_cpu(c)?;
-                    }
-                    client::echo(addr, cc, size, warmup, rounds)
-                })?
-                .with_context(|| what.clone())?;
+            let e = in_client(topo, cpu, &what, move || {
+                client::echo(addr, cc, size, warmup, rounds)
+            })?;
             r.rr = Some(RoundTrips {
                 rounds,
                 p50_us: e.quantile_us(0.5),
