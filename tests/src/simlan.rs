@@ -276,3 +276,50 @@ impl Lan {
         read_available(&mut self.ifs[i], h, into)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn two(lan: impl FnOnce(Lan) -> Lan) -> Lan {
+        let ip = |s: &str| s.parse().expect("literal");
+        lan(Lan::new(
+            vec![node(1, &[ip("fd00::1")]), node(2, &[ip("fd00::2")])],
+            START,
+        ))
+    }
+
+    #[test]
+    fn logs_senders_and_the_gap_between_them() {
+        let mut lan = two(Lan::log_all);
+        let (c, s) = lan.connect(0, "[fd00::1]:0", 1, "[fd00::2]:80");
+        lan.ifs[0].tcp_send(c, b"hello").expect("send");
+        let mut got = Vec::new();
+        while got.len() < 5 {
+            lan.step();
+            let _ = lan.read(1, s, &mut got);
+        }
+        assert_eq!(got, b"hello");
+        assert!(lan.log.iter().any(|f| f.from == 0) && lan.log.iter().any(|f| f.from == 1));
+        assert!(lan.log.iter().all(|f| !f.lost && f.ipv6().is_some()));
+        assert!(lan.handover_gap(0, 1).is_some());
+        assert_eq!(lan.delivered_since(0).count(), lan.log.len());
+    }
+
+    #[test]
+    fn dropped_frames_are_logged_as_lost_and_never_arrive() {
+        let mut lan = two(|l| l.log_all().drop_if(|f| ipv6_header(f).is_some()));
+        let c = lan.dial(
+            0,
+            "fd00::1".parse().expect("literal"),
+            "[fd00::2]:80".parse().expect("literal"),
+        );
+        for _ in 0..50 {
+            lan.advance();
+        }
+        assert_ne!(lan.ifs[0].tcp_state(c), Some(TcpState::Established));
+        assert!(lan.lost > 0);
+        assert_eq!(lan.delivered_since(0).count(), 0);
+        assert_eq!(lan.log.len() as u64, lan.lost);
+    }
+}
