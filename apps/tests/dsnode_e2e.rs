@@ -10,6 +10,7 @@
 use anyhow::{bail, ensure, Context, Result};
 use ds_testbed::{
     add_addr, bridge, disable_offload, require_root, set_up, veth, wait_addr_usable, Child, Netns,
+    PatternStream,
 };
 use std::io::{Read, Write};
 use std::net::{Ipv6Addr, SocketAddr, TcpStream};
@@ -35,19 +36,6 @@ impl Drop for Bed {
         drop(self.node.take());
         let _ = std::fs::remove_dir_all(&self.root);
     }
-}
-
-/// Deterministic pseudo-random bytes (xorshift), so failures are reproducible.
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
 }
 
 fn setup(root: &Path, json: bool) -> Result<Bed> {
@@ -219,7 +207,7 @@ fn dsnode_serves_kernel_tcp_clients() -> Result<()> {
         return Ok(());
     }
     let root = scratch_root("main")?;
-    let big = pattern(8 << 20, 0x5eed);
+    let big = PatternStream::bytes(0x5eed, 8 << 20);
     std::fs::write(root.join("big.bin"), &big)?;
     std::fs::write(root.join("index.html"), b"<h1>dsnode</h1>\n")?;
     std::fs::create_dir_all(root.join("sub"))?;

@@ -8,15 +8,12 @@ use ds_apps::home_agent::HomeAgentNode;
 use ds_mipv6::ha::{HaEvent, MnHaSa};
 use ds_mipv6::mn::{HomeRegConfig, HomeRegEvent, HomeRegistration};
 use ds_stack::mobile::MobileRole;
+use ds_testbed::conn::{ip, ips};
 use ds_testbed::{require_root, KernelPeer};
 use sha2::{Digest, Sha256};
 use std::io::Read;
-use std::net::{Ipv6Addr, SocketAddrV6, TcpStream};
+use std::net::{SocketAddrV6, TcpStream};
 use std::time::{Duration, Instant};
-
-fn ip(s: &str) -> Ipv6Addr {
-    s.parse().expect("literal address")
-}
 
 fn ntp_now() -> u64 {
     let d = std::time::SystemTime::now()
@@ -30,12 +27,7 @@ fn home_registration_and_kernel_client_through_the_tunnel() {
     if !require_root("home_registration_and_kernel_client_through_the_tunnel") {
         return;
     }
-    let (client, ha_ip, node_ip, home) = (
-        ip("fd00:d7::1"),
-        ip("fd00:d7::a"),
-        ip("fd00:d7::5"),
-        ip("fd00:d7::80"),
-    );
+    let [client, ha_ip, node_ip, home] = ips("fd00:d7", ["1", "a", "5", "80"]);
     let key = b"0123456789abcdef0123".to_vec();
     let sa = MnHaSa {
         spi: 1000,

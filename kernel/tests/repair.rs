@@ -15,11 +15,14 @@
 use ds_stack::device::TapDevice;
 use ds_stack::runner::Runner;
 use ds_stack::{ConnState, Error, TcpState};
-use ds_testbed::{all_counters, counter_delta, require_root, KernelPeer, PatternStream};
+use ds_testbed::conn::ip;
+use ds_testbed::{
+    all_counters, counter_delta, moved_tcp_counters, require_root, KernelPeer, PatternStream,
+};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{Ipv6Addr, SocketAddrV6, TcpListener, TcpStream};
+use std::net::{SocketAddrV6, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -28,22 +31,12 @@ const BLOCK: usize = 64 << 10;
 /// The client sends one 8-byte counter this often, upstream, all through the download.
 const UP_EVERY: Duration = Duration::from_millis(2);
 
-fn ip(s: &str) -> Ipv6Addr {
-    s.parse().expect("literal address")
-}
-
 fn block(i: usize) -> Vec<u8> {
-    let mut b = vec![0u8; BLOCK];
-    PatternStream::new(77 + i as u64).fill(&mut b);
-    b
+    PatternStream::bytes(77 + i as u64, BLOCK)
 }
 
 fn digest() -> [u8; 32] {
-    let mut h = Sha256::new();
-    for i in 0..LEN / BLOCK {
-        h.update(block(i));
-    }
-    h.finalize().into()
+    PatternStream::digest_of_blocks(LEN / BLOCK, block)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -127,6 +120,18 @@ impl Donor {
 struct Forwarded {
     held: usize,
     delivered: usize,
+}
+
+impl Forwarded {
+    /// Hand packets the donor held to a userspace acceptor, counting them.
+    fn deliver(&mut self, rt: &mut Runner<TapDevice>, pkts: Vec<Vec<u8>>) {
+        self.held += pkts.len();
+        let now = rt.now();
+        for p in &pkts {
+            rt.iface.receive_ipv6(now, p, None);
+            self.delivered += 1;
+        }
+    }
 }
 
 /// Serve the object from offset `sent` on a kernel socket until done; check the upstream.
@@ -391,13 +396,7 @@ fn handoff(name: &str, donor: Side, acceptor: Side) {
                         "acceptor: {:?}",
                         rt.iface.stats()
                     );
-                    let pkts = held.take();
-                    fwd.held += pkts.len();
-                    let now = rt.now();
-                    for p in &pkts {
-                        rt.iface.receive_ipv6(now, p, None);
-                        fwd.delivered += 1;
-                    }
+                    fwd.deliver(&mut rt, held.take());
                     rt.step(Duration::from_millis(2)).expect("step");
                     if sent < LEN {
                         if cur.0 != sent / BLOCK {
@@ -420,13 +419,7 @@ fn handoff(name: &str, donor: Side, acceptor: Side) {
                         }
                     }
                 }
-                let rest = held.finish();
-                fwd.held += rest.len();
-                let now = rt.now();
-                for p in &rest {
-                    rt.iface.receive_ipv6(now, p, None);
-                    fwd.delivered += 1;
-                }
+                fwd.deliver(&mut rt, held.finish());
                 assert!(rt.iface.tcp_state(h) != Some(TcpState::Closed) || closed);
                 let (total, got, n_up) = client.join().expect("client thread").expect("client");
                 assert_eq!(total, LEN);
@@ -448,11 +441,7 @@ fn handoff(name: &str, donor: Side, acceptor: Side) {
         counter(&dm, "TcpExtTCPTimeouts"),
         counter(&dm, "TcpExtTCPLossProbes"),
     );
-    let mut moved: Vec<_> = dm
-        .iter()
-        .filter(|(k, v)| **v > 0 && k.starts_with("Tcp"))
-        .collect();
-    moved.sort();
+    let moved = moved_tcp_counters(&dm);
     println!("{name}: client TCP counters that moved over the handoff: {moved:?}");
     assert_eq!(counter(&d, "TcpEstabResets"), 0, "client saw no reset");
     assert_eq!(fwd.delivered, fwd.held, "every held packet was delivered");

@@ -1,15 +1,18 @@
 //! Mobile node ↔ correspondent node: return routability, Binding Update/Acknowledgement,
 //! every rejection path, retransmission back-off, token shipping between nodes, flow bindings.
 
-use ds_mipv6::cn::{CnConfig, CnEvent, Correspondent, FlowKey, HaoCheck, RouteVia};
+mod common;
+
+use common::{binding_update, tampered};
+
+use ds_mipv6::cn::{CnConfig, CnEvent, CnOutput, Correspondent, FlowKey, HaoCheck, RouteVia};
 use ds_mipv6::consts::{MAX_BINDACK_TIMEOUT, MAX_NONCE_LIFETIME, MAX_RR_BINDING_LIFETIME};
 use ds_mipv6::mn::{
     BindingScope, FlowRequest, HomeTicket, MnBinding, MnBindingConfig, MnEvent, TestInit,
 };
 use ds_mipv6::rr::{self, TokenKind};
 use ds_mipv6::wire::{
-    BaStatus, BeStatus, BindingUpdate, MhMessage, MhRepr, MobilityOption, PacketBuilder,
-    ParsedIpv6, PortSelector,
+    BaStatus, BeStatus, MhMessage, MhRepr, MobilityOption, PacketBuilder, ParsedIpv6, PortSelector,
 };
 use ds_mipv6::{Instant, MhMeta, Transmit};
 use std::net::Ipv6Addr;
@@ -67,6 +70,33 @@ fn run_test(
     t.on_mobility_header(now, meta, mh).expect("token")
 }
 
+/// `cfg` for `coa` with a lifetime of `secs`.
+fn cfg_lasting(coa: &str, secs: u64) -> MnBindingConfig {
+    MnBindingConfig {
+        lifetime: Duration::from_secs(secs),
+        ..cfg(coa)
+    }
+}
+
+/// A binding from `sequence` on with both keygen tokens from `cn`.
+fn with_tokens(
+    cn: &mut Correspondent,
+    c: MnBindingConfig,
+    sequence: u16,
+    now: Instant,
+) -> MnBinding {
+    let mut b = MnBinding::new(c, sequence);
+    tokens(cn, &mut b, now);
+    b
+}
+
+/// A correspondent with flow bindings and a binding `c` from `sequence` with its tokens.
+fn ready(c: MnBindingConfig, sequence: u16, now: Instant) -> (Correspondent, MnBinding) {
+    let mut cn = cn(true);
+    let b = with_tokens(&mut cn, c, sequence, now);
+    (cn, b)
+}
+
 fn tokens(cn: &mut Correspondent, b: &mut MnBinding, now: Instant) {
     let home = b.config().home;
     let coa = b.config().care_of;
@@ -88,12 +118,19 @@ fn bind(cn: &mut Correspondent, b: &mut MnBinding, now: Instant) -> MnEvent {
     to_mn(b, now, &out.transmit[0]).0
 }
 
+/// `b` deletes its binding (of `bid`): the correspondent's answer.
+fn delete(cn: &mut Correspondent, b: &mut MnBinding, now: Instant, bid: Option<u16>) -> CnOutput {
+    let del = b.send_delete(now).unwrap();
+    let out = cn.on_packet(now, &del.packet);
+    let home = a(HOME);
+    assert_eq!(out.event, CnEvent::BindingDeleted { home, bid });
+    out
+}
+
 #[test]
 fn rr_bu_ba_then_rh2_routing_and_hao_checks() {
-    let mut cn = cn(true);
-    let mut b = MnBinding::new(cfg(COA_A), 1);
     let now = secs(10);
-    tokens(&mut cn, &mut b, now);
+    let (mut cn, mut b) = ready(cfg(COA_A), 1, now);
     let bu = b.send_update(now).unwrap();
     // The BU goes from the care-of address with the home address in an HAO (§11.7.2).
     let p = ParsedIpv6::parse(&bu.packet).unwrap();
@@ -165,15 +202,7 @@ fn rr_bu_ba_then_rh2_routing_and_hao_checks() {
         CnEvent::Rejected(BaStatus::SEQUENCE_OUT_OF_WINDOW)
     );
     // Deletion.
-    let del = b.send_delete(now).unwrap();
-    let out = cn.on_packet(now, &del.packet);
-    assert_eq!(
-        out.event,
-        CnEvent::BindingDeleted {
-            home: a(HOME),
-            bid: None
-        }
-    );
+    let out = delete(&mut cn, &mut b, now, None);
     assert_eq!(to_mn(&mut b, now, &out.transmit[0]).0, MnEvent::Deleted);
     assert!(cn.route_out(now, a(HOME), None).is_none());
     assert!(cn.is_empty());
@@ -190,10 +219,8 @@ fn rr_bu_ba_then_rh2_routing_and_hao_checks() {
 
 #[test]
 fn wrong_authenticator_is_silently_discarded() {
-    let mut cn = cn(true);
-    let mut b = MnBinding::new(cfg(COA_A), 1);
     let now = secs(1);
-    tokens(&mut cn, &mut b, now);
+    let (mut cn, mut b) = ready(cfg(COA_A), 1, now);
     let mut k = run_test(&mut cn, now, TokenKind::CareOf, a(COA_A));
     k.token[0] ^= 0x55;
     b.set_keygen(k).unwrap();
@@ -205,16 +232,10 @@ fn wrong_authenticator_is_silently_discarded() {
     );
     assert!(out.transmit.is_empty());
     // A flipped bit in a correctly signed BU (checksum recomputed) fails the same way.
-    let mut b = MnBinding::new(cfg(COA_A), 1);
-    tokens(&mut cn, &mut b, now);
+    let mut b = with_tokens(&mut cn, cfg(COA_A), 1, now);
     let bu = b.send_update(now).unwrap();
-    let (meta, mh) = MhMeta::from_packet(&bu.packet).unwrap();
-    let mut mh = mh.to_vec();
-    mh[11] ^= 1; // lifetime
-    mh[4] = 0;
-    mh[5] = 0;
-    let c = ds_mipv6::wire::mh_checksum(meta.effective_src(), meta.effective_dst(), &mh);
-    mh[4..6].copy_from_slice(&c.to_be_bytes());
+    // Lifetime changed.
+    let (meta, mut mh) = tampered(&bu.packet, |mh| mh[11] ^= 1);
     let out = cn.on_mobility_header(now, meta, &mh);
     assert_eq!(
         out.event,
@@ -237,14 +258,11 @@ fn wrong_authenticator_is_silently_discarded() {
 
 #[test]
 fn old_sequence_number_gets_135_and_the_mn_resynchronises() {
-    let mut cn = cn(true);
     let now = secs(5);
-    let mut b = MnBinding::new(cfg(COA_A), 1000);
-    tokens(&mut cn, &mut b, now);
+    let (mut cn, mut b) = ready(cfg(COA_A), 1000, now);
     assert!(matches!(bind(&mut cn, &mut b, now), MnEvent::Bound { .. }));
     // Another node starts from a stale number (no ticket).
-    let mut b2 = MnBinding::new(cfg(COA_B), 7);
-    tokens(&mut cn, &mut b2, now);
+    let mut b2 = with_tokens(&mut cn, cfg(COA_B), 7, now);
     let bu = b2.send_update(now).unwrap();
     let out = cn.on_packet(now, &bu.packet);
     assert_eq!(
@@ -276,16 +294,14 @@ fn old_sequence_number_gets_135_and_the_mn_resynchronises() {
     ));
     assert_eq!(b2.next_sequence(), 1002);
     // Modulo 2^16: 65535 → 0 is an increase.
-    let mut b3 = MnBinding::new(cfg(COA_A), 65535);
-    tokens(&mut cn, &mut b3, now);
+    let mut b3 = with_tokens(&mut cn, cfg(COA_A), 65535, now);
     let out = cn.on_packet(now, &b3.send_update(now).unwrap().packet);
     assert_eq!(
         out.event,
         CnEvent::Rejected(BaStatus::SEQUENCE_OUT_OF_WINDOW),
         "65535 is behind 1001"
     );
-    let mut b4 = MnBinding::new(cfg(COA_A), 1001u16.wrapping_add(0x7fff));
-    tokens(&mut cn, &mut b4, now);
+    let mut b4 = with_tokens(&mut cn, cfg(COA_A), 1001u16.wrapping_add(0x7fff), now);
     assert!(
         matches!(bind(&mut cn, &mut b4, now), MnEvent::Bound { .. }),
         "1001 + 2^15 - 1 is ahead"
@@ -341,12 +357,8 @@ fn expired_nonce_indices_get_136_137_138() {
 
 #[test]
 fn over_long_lifetime_is_capped_to_max_rr_binding_lifetime() {
-    let mut cn = cn(true);
-    let mut c = cfg(COA_A);
-    c.lifetime = Duration::from_secs(5000);
-    let mut b = MnBinding::new(c, 1);
     let now = secs(3);
-    tokens(&mut cn, &mut b, now);
+    let (mut cn, mut b) = ready(cfg_lasting(COA_A, 5000), 1, now);
     let ev = bind(&mut cn, &mut b, now);
     assert_eq!(
         ev,
@@ -369,15 +381,7 @@ fn home_registration_flag_at_a_correspondent_gets_131() {
     let ck = run_test(&mut cn, now, TokenKind::CareOf, a(COA_A));
     let kbm = rr::kbm(&hk.token, Some(&ck.token));
     let mut r = MhRepr::new(
-        MhMessage::BindingUpdate(BindingUpdate {
-            sequence: 1,
-            ack: true,
-            home_registration: true,
-            link_local: false,
-            key_management: false,
-            other_flags: 0,
-            lifetime: 10,
-        }),
+        binding_update(1, true, 10),
         vec![MobilityOption::NonceIndices {
             home: hk.nonce_index,
             care_of: ck.nonce_index,
@@ -466,11 +470,9 @@ fn lost_binding_updates_are_retransmitted_with_exponential_backoff() {
 
 #[test]
 fn home_token_and_sequence_ship_from_contact_node_to_acceptors() {
-    let mut cn = cn(true);
     // Contact node (clock epoch 0): home test, and it had bound the client before (seq 41).
     let t = secs(50);
-    let mut contact = MnBinding::new(cfg(COA_A), 41);
-    tokens(&mut cn, &mut contact, t);
+    let (mut cn, mut contact) = ready(cfg(COA_A), 41, t);
     assert!(matches!(
         bind(&mut cn, &mut contact, t),
         MnEvent::Bound { .. }
@@ -515,10 +517,8 @@ fn home_token_and_sequence_ship_from_contact_node_to_acceptors() {
 
 #[test]
 fn binding_refresh_request_before_expiry_of_a_used_binding() {
-    let mut cn = cn(true);
-    let mut b = MnBinding::new(cfg(COA_A), 1);
     let now = secs(0);
-    tokens(&mut cn, &mut b, now);
+    let (mut cn, mut b) = ready(cfg(COA_A), 1, now);
     bind(&mut cn, &mut b, now);
     assert_eq!(cn.poll_at(), Some(now + Duration::from_secs(300)));
     cn.route_out(now, a(HOME), None).unwrap();
@@ -601,6 +601,9 @@ fn flow_bindings_send_two_connections_of_one_client_to_two_nodes() {
         local_port: p,
         remote_port: 80,
     };
+    // The care-of address the connection from client port `p` goes to, if any.
+    let owner =
+        |cn: &mut Correspondent, p| cn.route_out(now, a(HOME), Some(key(p))).map(|r| r.care_of);
     let r1 = cn.route_out(now, a(HOME), Some(key(40000))).unwrap();
     let r2 = cn.route_out(now, a(HOME), Some(key(40001))).unwrap();
     assert_eq!(
@@ -612,7 +615,7 @@ fn flow_bindings_send_two_connections_of_one_client_to_two_nodes() {
         (a(COA_B), RouteVia::Flow { fid: 20, bid: 2 })
     );
     // A third connection has no flow binding and no plain binding: via the home agent.
-    assert!(cn.route_out(now, a(HOME), Some(key(40002))).is_none());
+    assert_eq!(owner(&mut cn, 40002), None);
     // The same decision on whole packets (TCP headers: ports first).
     let tcp = |sport: u16| {
         let mut h = vec![0u8; 20];
@@ -628,14 +631,12 @@ fn flow_bindings_send_two_connections_of_one_client_to_two_nodes() {
     assert!(cn.rewrite_outgoing(now, &tcp(40002)).is_none());
     assert!(cn.rewrite_outgoing(now, &out).is_none(), "already routed");
     // Both nodes may use the HAO.
-    assert_eq!(
-        cn.check_hao(now, a(CN), a(COA_A), a(HOME), false),
-        HaoCheck::Accept
-    );
-    assert_eq!(
-        cn.check_hao(now, a(CN), a(COA_B), a(HOME), false),
-        HaoCheck::Accept
-    );
+    for coa in [COA_A, COA_B] {
+        assert_eq!(
+            cn.check_hao(now, a(CN), a(coa), a(HOME), false),
+            HaoCheck::Accept
+        );
+    }
     // Node A moves a second connection to itself, then lets its first one go: flows of its
     // BID left out of its next BU are removed (RFC 6089 §5), node B's are untouched.
     na.set_flows(vec![flow(10, 40000), flow(11, 40003)]);
@@ -646,54 +647,25 @@ fn flow_bindings_send_two_connections_of_one_client_to_two_nodes() {
             scope: BindingScope::Flows(vec![10, 11])
         }
     );
-    assert_eq!(
-        cn.route_out(now, a(HOME), Some(key(40003)))
-            .unwrap()
-            .care_of,
-        a(COA_A)
-    );
+    assert_eq!(owner(&mut cn, 40003), Some(a(COA_A)));
     na.set_flows(vec![flow(11, 40003)]);
     bind(&mut cn, &mut na, now);
-    assert!(cn.route_out(now, a(HOME), Some(key(40000))).is_none());
-    assert_eq!(
-        cn.route_out(now, a(HOME), Some(key(40003)))
-            .unwrap()
-            .care_of,
-        a(COA_A)
-    );
-    assert_eq!(
-        cn.route_out(now, a(HOME), Some(key(40001)))
-            .unwrap()
-            .care_of,
-        a(COA_B)
-    );
+    assert_eq!(owner(&mut cn, 40000), None);
+    assert_eq!(owner(&mut cn, 40003), Some(a(COA_A)));
+    assert_eq!(owner(&mut cn, 40001), Some(a(COA_B)));
     na.set_flows(vec![flow(10, 40000)]);
     bind(&mut cn, &mut na, now);
     // Node B deletes its BID: its flow goes with it.
-    let del = nb.send_delete(now).unwrap();
-    let out = cn.on_packet(now, &del.packet);
-    assert_eq!(
-        out.event,
-        CnEvent::BindingDeleted {
-            home: a(HOME),
-            bid: Some(2)
-        }
-    );
-    assert!(cn.route_out(now, a(HOME), Some(key(40001))).is_none());
-    assert_eq!(
-        cn.route_out(now, a(HOME), Some(key(40000)))
-            .unwrap()
-            .care_of,
-        a(COA_A)
-    );
+    delete(&mut cn, &mut nb, now, Some(2));
+    assert_eq!(owner(&mut cn, 40001), None);
+    assert_eq!(owner(&mut cn, 40000), Some(a(COA_A)));
 
     // A correspondent without RFC 5648/6089: the whole home address moves, and the MN knows.
     let mut plain = cn_plain();
     let mut ca = cfg(COA_A);
     ca.bid = Some(1);
     ca.flows = vec![flow(10, 40000)];
-    let mut na = MnBinding::new(ca, 1);
-    tokens(&mut plain, &mut na, now);
+    let mut na = with_tokens(&mut plain, ca, 1, now);
     assert_eq!(
         bind(&mut plain, &mut na, now),
         MnEvent::Bound {
@@ -739,13 +711,11 @@ fn a_full_binding_cache_answers_130() {
         [9; 32],
     );
     let now = secs(1);
-    let mut b = MnBinding::new(cfg(COA_A), 1);
-    tokens(&mut cn, &mut b, now);
+    let mut b = with_tokens(&mut cn, cfg(COA_A), 1, now);
     assert!(matches!(bind(&mut cn, &mut b, now), MnEvent::Bound { .. }));
     let mut other = cfg(COA_B);
     other.home = a("fd00:d5::81");
-    let mut b2 = MnBinding::new(other, 1);
-    tokens(&mut cn, &mut b2, now);
+    let mut b2 = with_tokens(&mut cn, other, 1, now);
     assert_eq!(
         bind(&mut cn, &mut b2, now),
         MnEvent::Rejected(BaStatus::INSUFFICIENT_RESOURCES)
@@ -754,12 +724,8 @@ fn a_full_binding_cache_answers_130() {
 
 #[test]
 fn a_bound_mobile_node_refreshes_before_expiry() {
-    let mut cn = cn(true);
-    let mut c = cfg(COA_A);
-    c.lifetime = Duration::from_secs(160);
-    let mut b = MnBinding::new(c, 1);
     let now = secs(0);
-    tokens(&mut cn, &mut b, now);
+    let (mut cn, mut b) = ready(cfg_lasting(COA_A, 160), 1, now);
     bind(&mut cn, &mut b, now);
     // 160 s lifetime: refresh with 20 s left, while the tokens (210 s) are still fresh.
     assert_eq!(b.poll_at(), Some(secs(140)));

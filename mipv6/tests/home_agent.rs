@@ -1,11 +1,15 @@
 //! Home registration at our home agent, authenticated per RFC 4285; forged, replayed and
 //! stale registrations are refused; interception/tunnelling decisions.
 
+mod common;
+
+use common::{binding_update, tampered};
+
 use ds_mipv6::ha::{HaConfig, HaEvent, HomeAgent, MnHaSa};
 use ds_mipv6::mn::{ntp_from_unix, HomeRegConfig, HomeRegEvent, HomeRegistration};
 use ds_mipv6::rr;
 use ds_mipv6::wire::packet::{decapsulate, encapsulate, ParsedIpv6};
-use ds_mipv6::wire::{BaStatus, BindingUpdate, MhMessage, MhRepr, MobilityOption, PacketBuilder};
+use ds_mipv6::wire::{BaStatus, MhMessage, MhRepr, MobilityOption, PacketBuilder};
 use ds_mipv6::{Instant, MhMeta, Transmit};
 use std::net::Ipv6Addr;
 use std::time::Duration;
@@ -16,6 +20,18 @@ fn a(s: &str) -> Ipv6Addr {
 
 const KEY: &[u8] = b"per-node MN-HA key, 20+ octets";
 
+/// Registration of fd00:d5::80 from `care_of` with the home agent fd00:aa::1, for 600 s.
+fn reg_config(care_of: &str, spi: u32, key: &[u8]) -> HomeRegConfig {
+    HomeRegConfig {
+        home: a("fd00:d5::80"),
+        care_of: a(care_of),
+        ha: a("fd00:aa::1"),
+        spi,
+        key: key.to_vec(),
+        lifetime: Duration::from_secs(600),
+    }
+}
+
 fn setup() -> (HomeAgent, HomeRegistration) {
     let mut ha = HomeAgent::new(HaConfig::new(a("fd00:aa::1")));
     ha.add_sa(MnHaSa {
@@ -24,17 +40,7 @@ fn setup() -> (HomeAgent, HomeRegistration) {
         home: a("fd00:d5::80"),
     })
     .unwrap();
-    let reg = HomeRegistration::new(
-        HomeRegConfig {
-            home: a("fd00:d5::80"),
-            care_of: a("fd00:a::1"),
-            ha: a("fd00:aa::1"),
-            spi: 0x1001,
-            key: KEY.to_vec(),
-            lifetime: Duration::from_secs(600),
-        },
-        1,
-    );
+    let reg = HomeRegistration::new(reg_config("fd00:a::1", 0x1001, KEY), 1);
     (ha, reg)
 }
 
@@ -121,17 +127,7 @@ fn authenticated_registration_then_tunnelling() {
 #[test]
 fn forged_registration_is_refused() {
     let (mut ha, _) = setup();
-    let mut forger = HomeRegistration::new(
-        HomeRegConfig {
-            home: a("fd00:d5::80"),
-            care_of: a("fd00:666::1"),
-            ha: a("fd00:aa::1"),
-            spi: 0x1001,
-            key: b"guessed key".to_vec(),
-            lifetime: Duration::from_secs(600),
-        },
-        100,
-    );
+    let mut forger = HomeRegistration::new(reg_config("fd00:666::1", 0x1001, b"guessed key"), 100);
     let now = Instant::from_secs(1);
     let bu = forger.send(now, wall(1), false);
     let out = ha.on_packet(now, wall(1), &bu.packet);
@@ -146,13 +142,8 @@ fn forged_registration_is_refused() {
     // Unknown SPI and a tampered (re-checksummed) genuine BU fail the same way.
     let (_, mut reg) = setup();
     let bu = reg.send(now, wall(1), false);
-    let (meta, mh) = MhMeta::from_packet(&bu.packet).unwrap();
-    let mut mh = mh.to_vec();
-    mh[11] ^= 0xff; // lifetime
-    mh[4] = 0;
-    mh[5] = 0;
-    let c = ds_mipv6::wire::mh_checksum(meta.effective_src(), meta.effective_dst(), &mh);
-    mh[4..6].copy_from_slice(&c.to_be_bytes());
+    // Lifetime changed.
+    let (meta, mh) = tampered(&bu.packet, |mh| mh[11] ^= 0xff);
     assert_eq!(
         ha.on_mobility_header(now, wall(1), meta, &mh).event,
         HaEvent::Rejected(BaStatus::AUTH_FAIL)
@@ -164,17 +155,7 @@ fn forged_registration_is_refused() {
         home: a("fd00:d5::99"),
     })
     .unwrap();
-    let mut other = HomeRegistration::new(
-        HomeRegConfig {
-            home: a("fd00:d5::80"),
-            care_of: a("fd00:9::1"),
-            ha: a("fd00:aa::1"),
-            spi: 0x2002,
-            key: b"node 9 key".to_vec(),
-            lifetime: Duration::from_secs(600),
-        },
-        1,
-    );
+    let mut other = HomeRegistration::new(reg_config("fd00:9::1", 0x2002, b"node 9 key"), 1);
     let out = ha.on_packet(now, wall(1), &other.send(now, wall(1), false).packet);
     assert_eq!(out.event, HaEvent::Rejected(BaStatus::NOT_HOME_AGENT));
 }
@@ -202,17 +183,7 @@ fn replayed_or_stale_registrations_are_refused() {
         .contains(&MobilityOption::ReplayProtection(wall(100))));
     // A fresh timestamp but an old sequence number: 135 with the last accepted number, and
     // the registration resynchronises.
-    let mut stale = HomeRegistration::new(
-        HomeRegConfig {
-            home: a("fd00:d5::80"),
-            care_of: a("fd00:b::1"),
-            ha: a("fd00:aa::1"),
-            spi: 0x1001,
-            key: KEY.to_vec(),
-            lifetime: Duration::from_secs(600),
-        },
-        0,
-    );
+    let mut stale = HomeRegistration::new(reg_config("fd00:b::1", 0x1001, KEY), 0);
     let bu = stale.send(now, wall(10), false);
     let out = ha.on_packet(now, wall(10), &bu.packet);
     assert_eq!(
@@ -224,18 +195,7 @@ fn replayed_or_stale_registrations_are_refused() {
     let out = ha.on_packet(now, wall(11), &resend.unwrap().packet);
     assert!(matches!(out.event, HaEvent::Registered { care_of, .. } if care_of == a("fd00:b::1")));
     // Missing replay protection option: 145.
-    let mut r = MhRepr::new(
-        MhMessage::BindingUpdate(BindingUpdate {
-            sequence: 50,
-            ack: true,
-            home_registration: true,
-            link_local: false,
-            key_management: false,
-            other_flags: 0,
-            lifetime: 10,
-        }),
-        vec![],
-    );
+    let mut r = MhRepr::new(binding_update(50, true, 10), vec![]);
     rr::sign_mn_ha(&mut r, 0x1001, KEY, a("fd00:a::1"), a("fd00:d5::80"));
     let pkt = PacketBuilder::new(a("fd00:a::1"), a("fd00:aa::1"))
         .with_hao(a("fd00:d5::80"))
@@ -245,17 +205,7 @@ fn replayed_or_stale_registrations_are_refused() {
         HaEvent::Rejected(BaStatus::MESG_ID_REQUIRED)
     );
     // Deregistration.
-    let mut reg2 = HomeRegistration::new(
-        HomeRegConfig {
-            home: a("fd00:d5::80"),
-            care_of: a("fd00:b::1"),
-            ha: a("fd00:aa::1"),
-            spi: 0x1001,
-            key: KEY.to_vec(),
-            lifetime: Duration::from_secs(600),
-        },
-        100,
-    );
+    let mut reg2 = HomeRegistration::new(reg_config("fd00:b::1", 0x1001, KEY), 100);
     let out = ha.on_packet(now, wall(20), &reg2.send(now, wall(20), true).packet);
     assert_eq!(out.event, HaEvent::Deregistered(a("fd00:d5::80")));
     assert_eq!(
@@ -275,18 +225,7 @@ fn replayed_or_stale_registrations_are_refused() {
     })
     .unwrap();
     let r = |seq: u16, lifetime: u16| {
-        let mut r = MhRepr::new(
-            MhMessage::BindingUpdate(BindingUpdate {
-                sequence: seq,
-                ack: true,
-                home_registration: true,
-                link_local: false,
-                key_management: false,
-                other_flags: 0,
-                lifetime,
-            }),
-            vec![],
-        );
+        let mut r = MhRepr::new(binding_update(seq, true, lifetime), vec![]);
         rr::sign_mn_ha(&mut r, 0x1001, KEY, a("fd00:a::1"), a("fd00:d5::80"));
         PacketBuilder::new(a("fd00:a::1"), a("fd00:aa::1"))
             .with_hao(a("fd00:d5::80"))

@@ -2,9 +2,13 @@
 //! (Python's hmac/hashlib), plus values computed once with it and hard-coded here so the test
 //! also runs where python3 is missing.
 
+mod common;
+
+use common::binding_update;
+
 use ds_mipv6::rr::{self, TokenKind};
 use ds_mipv6::wire::option::MobilityOption;
-use ds_mipv6::wire::{BindingUpdate, MhMessage, MhRepr};
+use ds_mipv6::wire::MhRepr;
 use std::net::Ipv6Addr;
 use std::process::Command;
 
@@ -27,15 +31,7 @@ fn bu_bytes(home_tok: &[u8; 8], coa_tok: &[u8; 8]) -> (Vec<u8>, [u8; 12]) {
     let (_, coa, cn) = addrs();
     let kbm = rr::kbm(home_tok, Some(coa_tok));
     let mut r = MhRepr::new(
-        MhMessage::BindingUpdate(BindingUpdate {
-            sequence: 42,
-            ack: true,
-            home_registration: false,
-            link_local: false,
-            key_management: false,
-            other_flags: 0,
-            lifetime: 100,
-        }),
+        binding_update(42, false, 100),
         vec![MobilityOption::NonceIndices {
             home: 5,
             care_of: 6,
@@ -113,15 +109,7 @@ fn mn_ha_authenticator_matches_python() {
     let (home, coa, _) = addrs();
     let key = b"node-7 shared secret";
     let mut r = MhRepr::new(
-        MhMessage::BindingUpdate(BindingUpdate {
-            sequence: 9,
-            ack: true,
-            home_registration: true,
-            link_local: false,
-            key_management: false,
-            other_flags: 0,
-            lifetime: 900,
-        }),
+        binding_update(9, true, 900),
         vec![MobilityOption::ReplayProtection(0xe000_0000_8000_0000)],
     );
     rr::sign_mn_ha(&mut r, 0x100, key, coa, home);

@@ -54,18 +54,16 @@ fn exchange() -> Vec<(&'static str, Vec<u8>)> {
     let mut v = Vec::new();
     let mut cn = Correspondent::new(CnConfig::default(), [7; 20], [9; 32]);
     let now = Instant::from_secs(1);
-    let (mut ht, hoti) = TestInit::start(now, TokenKind::Home, a(HOME), a(CN), [0x11; 8]);
-    v.push(("HoTI", hoti.packet.clone()));
-    let hot = cn.on_packet(now, &hoti.packet).transmit.remove(0);
-    v.push(("HoT", hot.packet.clone()));
-    let (m, mh) = MhMeta::from_packet(&hot.packet).unwrap();
-    let hk = ht.on_mobility_header(now, m, mh).unwrap();
-    let (mut ct, coti) = TestInit::start(now, TokenKind::CareOf, a(COA), a(CN), [0x22; 8]);
-    v.push(("CoTI", coti.packet.clone()));
-    let cot = cn.on_packet(now, &coti.packet).transmit.remove(0);
-    v.push(("CoT", cot.packet.clone()));
-    let (m, mh) = MhMeta::from_packet(&cot.packet).unwrap();
-    let ck = ct.on_mobility_header(now, m, mh).unwrap();
+    let mut rr_test = |kind, addr, cookie, labels: [&'static str; 2]| {
+        let (mut t, init) = TestInit::start(now, kind, a(addr), a(CN), [cookie; 8]);
+        v.push((labels[0], init.packet.clone()));
+        let reply = cn.on_packet(now, &init.packet).transmit.remove(0);
+        v.push((labels[1], reply.packet.clone()));
+        let (m, mh) = MhMeta::from_packet(&reply.packet).unwrap();
+        t.on_mobility_header(now, m, mh).unwrap()
+    };
+    let hk = rr_test(TokenKind::Home, HOME, 0x11, ["HoTI", "HoT"]);
+    let ck = rr_test(TokenKind::CareOf, COA, 0x22, ["CoTI", "CoT"]);
     let mut b = MnBinding::new(
         MnBindingConfig {
             home: a(HOME),
@@ -311,22 +309,22 @@ fn expected(p: &[u8]) -> Vec<(&'static str, String)> {
         MhMessage::HomeTestInit { cookie } => v.push(("mip6.hoti.cookie", c(cookie))),
         MhMessage::CareOfTestInit { cookie } => v.push(("mip6.coti.cookie", c(cookie))),
         MhMessage::HomeTest {
-            nonce_index,
-            cookie,
+            nonce_index: i,
+            cookie: k,
             token,
-        } => {
-            v.push(("mip6.hot.nindex", nonce_index.to_string()));
-            v.push(("mip6.hot.cookie", c(cookie)));
-            v.push(("mip6.hot.token", c(token)));
         }
-        MhMessage::CareOfTest {
-            nonce_index,
-            cookie,
+        | MhMessage::CareOfTest {
+            nonce_index: i,
+            cookie: k,
             token,
         } => {
-            v.push(("mip6.cot.nindex", nonce_index.to_string()));
-            v.push(("mip6.cot.cookie", c(cookie)));
-            // Wireshark 4.0 files the care-of keygen token under mip6.hot.token.
+            let (nindex, cookie) = match r.message {
+                MhMessage::HomeTest { .. } => ("mip6.hot.nindex", "mip6.hot.cookie"),
+                _ => ("mip6.cot.nindex", "mip6.cot.cookie"),
+            };
+            v.push((nindex, i.to_string()));
+            v.push((cookie, c(k)));
+            // Wireshark 4.0 files the care-of keygen token under mip6.hot.token too.
             v.push(("mip6.hot.token", c(token)));
         }
         MhMessage::BindingUpdate(bu) => {

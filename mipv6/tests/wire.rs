@@ -1,6 +1,10 @@
 //! Wire formats: every message type and option round-trips; checksums, lengths and alignment
 //! are right; random and mutated input never panics.
 
+mod common;
+
+use common::binding_update;
+
 use ds_mipv6::wire::option::{MobilityOption, TS_FORMAT_IPV6};
 use ds_mipv6::wire::packet::{decapsulate, encapsulate, insert_hao, insert_rh2, verify_mh_packet};
 use ds_mipv6::wire::{
@@ -135,15 +139,7 @@ fn option_alignment_is_honoured() {
     // BU fixed part is 12 octets: Alternate CoA (8n+6) needs 2 octets of padding first, BAD
     // (8n+2) lands where §6.2.7 says, and the auth option's SPI is 4-aligned (RFC 4285).
     let r = MhRepr::new(
-        MhMessage::BindingUpdate(BindingUpdate {
-            sequence: 1,
-            ack: true,
-            home_registration: false,
-            link_local: false,
-            key_management: false,
-            other_flags: 0,
-            lifetime: 10,
-        }),
+        binding_update(1, false, 10),
         vec![
             MobilityOption::AlternateCareOf(a("fd00::9")),
             MobilityOption::BindingAuthData([1; 12]),
@@ -163,15 +159,7 @@ fn option_alignment_is_honoured() {
     }
     assert_eq!(pos, b.len());
     let r2 = MhRepr::new(
-        MhMessage::BindingUpdate(BindingUpdate {
-            sequence: 1,
-            ack: true,
-            home_registration: true,
-            link_local: false,
-            key_management: false,
-            other_flags: 0,
-            lifetime: 10,
-        }),
+        binding_update(1, true, 10),
         vec![
             MobilityOption::ReplayProtection(5),
             MobilityOption::MessageAuth {
@@ -291,18 +279,7 @@ fn a_second_home_address_option_is_rejected() {
 #[test]
 fn packets_with_hao_and_rh2_checksum_on_effective_addresses() {
     let (coa, home, cn) = (a("fd00:c::1"), a("fd00:d5::80"), a("fd00:cc::2"));
-    let bu = MhRepr::new(
-        MhMessage::BindingUpdate(BindingUpdate {
-            sequence: 3,
-            ack: true,
-            home_registration: false,
-            link_local: false,
-            key_management: false,
-            other_flags: 0,
-            lifetime: 10,
-        }),
-        vec![],
-    );
+    let bu = MhRepr::new(binding_update(3, false, 10), vec![]);
     let pkt = PacketBuilder::new(coa, cn).with_hao(home).mh(&bu);
     let p = ParsedIpv6::parse(&pkt).unwrap();
     assert_eq!((p.src, p.dst, p.hao, p.rh2), (coa, cn, Some(home), None));

@@ -3,30 +3,73 @@
 //! the timings are `dsperf handoff`'s business.
 
 use ds_apps::node::AcceptorFault;
-use ds_perf::handoff::{run, DrainChoice, Options};
+use ds_perf::handoff::{run, DrainChoice, Options, Outcome};
 use ds_testbed::require_root;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 /// The scenarios share the machine's two cores: one at a time, so that a starved node does
 /// not turn into a spurious acceptor timeout.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
+/// The machine to this scenario alone, or `None` (skip) when not root.
+fn exclusive(name: &str) -> Option<MutexGuard<'static, ()>> {
+    require_root(name).then(|| ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+/// Run `opts`: the download is byte-exact, `handoffs` handoffs happened and the client saw
+/// no reset.
+fn download(label: &str, opts: Options, handoffs: usize) -> Outcome {
+    let out = run(&opts).expect("run");
+    assert!(out.bytes_ok, "{label}: SHA-256 of the download");
+    assert_eq!(
+        out.handoffs.len(),
+        handoffs,
+        "{label}: kept: {:?}",
+        out.kept
+    );
+    assert_eq!(out.client_resets, 0, "{label}: the client saw a reset");
+    out
+}
+
+/// Refused, crashed and hung acceptors on `path` (`""`: the default one): the download
+/// finishes where it was, intact.
+fn acceptors_fail(path: &str) {
+    for fault in [
+        AcceptorFault::Refuse,
+        AcceptorFault::Crash,
+        AcceptorFault::Hang,
+    ] {
+        let opts = Options {
+            path: match path {
+                "" => Default::default(),
+                p => p.parse().expect("path"),
+            },
+            fault: Some(fault),
+            reply_timeout: std::time::Duration::from_millis(300),
+            ..Options::default()
+        };
+        let out = download(&format!("{path} {fault:?}"), opts, 0);
+        eprintln!("{path} {fault:?}: kept {:?}", out.kept);
+        assert_eq!(out.bytes, 1_000_000, "{path} {fault:?}");
+        assert!(
+            !out.kept.is_empty(),
+            "{path} {fault:?}: the failure was seen"
+        );
+    }
+}
+
 #[test]
 fn curl_download_moves_once_without_client_retransmission() {
-    if !require_root("curl_download_moves_once_without_client_retransmission") {
+    let Some(_g) = exclusive("curl_download_moves_once_without_client_retransmission") else {
         return;
-    }
-    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    };
     // The seed's experiment: 1 MB, node 1 serves 500 kB, node 2 the rest.
-    let out = run(&Options::default()).expect("run");
+    let out = download("seed", Options::default(), 1);
     eprintln!("{out:#?}");
-    assert!(out.bytes_ok, "SHA-256 of the download");
     assert_eq!(out.bytes, 1_000_000);
-    assert_eq!(out.handoffs.len(), 1, "kept: {:?}", out.kept);
     assert!(out.kept.is_empty());
     assert_eq!(out.client_retransmits, 0, "client TcpRetransSegs moved");
     assert_eq!(out.client_timeouts, 0);
-    assert_eq!(out.client_resets, 0);
     assert_eq!(out.duplicate_segments, 0, "the client got data twice");
     let h = &out.handoffs[0];
     assert_eq!(h.from, 1);
@@ -57,18 +100,14 @@ fn curl_download_moves_once_without_client_retransmission() {
 
 #[test]
 fn immediate_freeze_carries_the_send_buffer() {
-    if !require_root("immediate_freeze_carries_the_send_buffer") {
+    let Some(_g) = exclusive("immediate_freeze_carries_the_send_buffer") else {
         return;
-    }
-    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let out = run(&Options {
+    };
+    let immediate = Options {
         drain: DrainChoice::Immediate,
         ..Options::default()
-    })
-    .expect("run");
-    assert!(out.bytes_ok);
-    assert_eq!(out.handoffs.len(), 1, "kept: {:?}", out.kept);
-    assert_eq!(out.client_resets, 0);
+    };
+    let out = download("immediate", immediate.clone(), 1);
     let h = &out.handoffs[0].report;
     eprintln!(
         "immediate: state {} B, offer frame {} B",
@@ -81,31 +120,26 @@ fn immediate_freeze_carries_the_send_buffer() {
     );
     // Back and forth faster than the donors' forwarding grace period: a connection that comes
     // back and leaves again must keep its new tombstone (regression: the client got a RST).
-    let out = run(&Options {
-        drain: DrainChoice::Immediate,
+    let back_and_forth = Options {
         count: 40,
         size: 16 << 20,
-        ..Options::default()
-    })
-    .expect("run");
-    assert!(out.bytes_ok);
-    assert_eq!(out.handoffs.len(), 40, "kept: {:?}", out.kept);
-    assert_eq!(out.client_resets, 0);
+        ..immediate
+    };
+    let out = download("immediate, 40 times", back_and_forth, 40);
     assert_eq!(out.client_retransmits, 0);
 }
 
 #[test]
 fn thousand_handoffs_back_and_forth_during_64_mib() {
-    if !require_root("thousand_handoffs_back_and_forth_during_64_mib") {
+    let Some(_g) = exclusive("thousand_handoffs_back_and_forth_during_64_mib") else {
         return;
-    }
-    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let out = run(&Options {
+    };
+    let opts = Options {
         count: 1000,
         size: 64 << 20,
         ..Options::default()
-    })
-    .expect("run");
+    };
+    let out = download("1000 handoffs", opts, 1000);
     eprintln!(
         "1000 handoffs: {:.2} s, kept {}, client retransmits {}, duplicates {}",
         out.seconds,
@@ -113,58 +147,32 @@ fn thousand_handoffs_back_and_forth_during_64_mib() {
         out.client_retransmits,
         out.duplicate_segments
     );
-    assert!(out.bytes_ok, "byte-exact");
     assert_eq!(out.bytes, 64 << 20);
-    assert_eq!(out.handoffs.len(), 1000, "kept: {:?}", out.kept);
-    assert_eq!(out.client_resets, 0);
     let from2 = out.handoffs.iter().filter(|h| h.from == 2).count();
     assert_eq!(from2, 500, "back and forth");
 }
 
 #[test]
 fn failing_acceptors_leave_the_download_intact() {
-    if !require_root("failing_acceptors_leave_the_download_intact") {
-        return;
-    }
-    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    for fault in [
-        AcceptorFault::Refuse,
-        AcceptorFault::Crash,
-        AcceptorFault::Hang,
-    ] {
-        let out = run(&Options {
-            fault: Some(fault),
-            reply_timeout: std::time::Duration::from_millis(300),
-            ..Options::default()
-        })
-        .expect("run");
-        eprintln!("{fault:?}: kept {:?}", out.kept);
-        assert!(out.bytes_ok, "{fault:?}: content");
-        assert_eq!(out.bytes, 1_000_000, "{fault:?}");
-        assert!(out.handoffs.is_empty(), "{fault:?}: nothing moved");
-        assert!(!out.kept.is_empty(), "{fault:?}: the failure was seen");
-        assert_eq!(out.client_resets, 0, "{fault:?}");
+    if let Some(_g) = exclusive("failing_acceptors_leave_the_download_intact") {
+        acceptors_fail("");
     }
 }
 
 #[test]
 fn route_optimised_client_sends_to_the_acceptor_care_of_address() {
-    if !require_root("route_optimised_client_sends_to_the_acceptor_care_of_address") {
+    let Some(_g) = exclusive("route_optimised_client_sends_to_the_acceptor_care_of_address") else {
         return;
-    }
-    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    };
     // The client links our stack (a correspondent node); node 2 sends it a Binding Update.
-    let out = run(&Options {
+    let opts = Options {
         mode: ds_handoff::Mode::Ro,
         ..Options::default()
-    })
-    .expect("run");
+    };
+    let out = download("route-optimised", opts, 1);
     eprintln!("{out:#?}");
-    assert!(out.bytes_ok, "SHA-256 of the download");
     assert_eq!(out.bytes, 1_000_000);
-    assert_eq!(out.handoffs.len(), 1, "kept: {:?}", out.kept);
     assert_eq!(out.client_retransmits, 0, "the client stack retransmitted");
-    assert_eq!(out.client_resets, 0);
     let h = &out.handoffs[0].report;
     assert_eq!(h.mode, ds_handoff::Mode::Ro);
     assert!(h.phases_us[3] > 0.0, "return routability timed");
@@ -185,11 +193,11 @@ fn route_optimised_client_sends_to_the_acceptor_care_of_address() {
 /// with TCP_REPAIR) and another node, through the same protocol, state and HTTP state as the
 /// userspace nodes; returns the handoff's line.
 fn kernel_path_once(path: &str) -> ds_perf::handoff::HandoffLine {
-    let out = run(&Options {
+    let opts = Options {
         path: path.parse().expect("path"),
         ..Options::default()
-    })
-    .expect("run");
+    };
+    let out = download(path, opts, 1);
     eprintln!(
         "{path}: {} | content {}, client retransmits {}, RTOs {}, resets {}, duplicates {}, \
          forwarded {}",
@@ -204,11 +212,8 @@ fn kernel_path_once(path: &str) -> ds_perf::handoff::HandoffLine {
         out.duplicate_segments,
         out.forwarded_packets
     );
-    assert!(out.bytes_ok, "{path}: SHA-256 of the download");
     assert_eq!(out.bytes, 1_000_000, "{path}");
-    assert_eq!(out.handoffs.len(), 1, "{path}: kept: {:?}", out.kept);
     assert!(out.kept.is_empty(), "{path}: {:?}", out.kept);
-    assert_eq!(out.client_resets, 0, "{path}: the client saw a reset");
     assert_eq!(
         out.client_retransmits, 0,
         "{path}: client TcpRetransSegs moved"
@@ -234,12 +239,10 @@ fn kernel_path_once(path: &str) -> ds_perf::handoff::HandoffLine {
 
 /// Each kernel-path direction three times: the acceptance runs of `--path`.
 fn kernel_path(path: &str, name: &str) {
-    if !require_root(name) {
-        return;
-    }
-    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    for _ in 0..3 {
-        kernel_path_once(path);
+    if let Some(_g) = exclusive(name) {
+        for _ in 0..3 {
+            kernel_path_once(path);
+        }
     }
 }
 
@@ -260,54 +263,27 @@ fn kernel_to_kernel_handoff_with_curl() {
 
 #[test]
 fn kernel_donor_keeps_the_connection_when_the_acceptor_fails() {
-    if !require_root("kernel_donor_keeps_the_connection_when_the_acceptor_fails") {
-        return;
-    }
-    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     // Refused, crashed and hung acceptors, userspace and kernel: the kernel donor restores
     // the socket from its frozen state and finishes the download itself.
-    for path in ["kernel->user", "kernel->kernel"] {
-        for fault in [
-            AcceptorFault::Refuse,
-            AcceptorFault::Crash,
-            AcceptorFault::Hang,
-        ] {
-            let out = run(&Options {
-                path: path.parse().expect("path"),
-                fault: Some(fault),
-                reply_timeout: std::time::Duration::from_millis(300),
-                ..Options::default()
-            })
-            .expect("run");
-            eprintln!("{path} {fault:?}: kept {:?}", out.kept);
-            assert!(out.bytes_ok, "{path} {fault:?}: content");
-            assert_eq!(out.bytes, 1_000_000, "{path} {fault:?}");
-            assert!(out.handoffs.is_empty(), "{path} {fault:?}: nothing moved");
-            assert!(
-                !out.kept.is_empty(),
-                "{path} {fault:?}: the failure was seen"
-            );
-            assert_eq!(out.client_resets, 0, "{path} {fault:?}");
+    if let Some(_g) = exclusive("kernel_donor_keeps_the_connection_when_the_acceptor_fails") {
+        for path in ["kernel->user", "kernel->kernel"] {
+            acceptors_fail(path);
         }
     }
 }
 
 #[test]
 fn kernel_and_user_nodes_hand_back_and_forth() {
-    if !require_root("kernel_and_user_nodes_hand_back_and_forth") {
+    let Some(_g) = exclusive("kernel_and_user_nodes_hand_back_and_forth") else {
         return;
-    }
-    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let out = run(&Options {
+    };
+    let opts = Options {
         path: "kernel->user".parse().expect("path"),
         count: 20,
         size: 8 << 20,
         ..Options::default()
-    })
-    .expect("run");
-    assert!(out.bytes_ok, "byte-exact");
-    assert_eq!(out.handoffs.len(), 20, "kept: {:?}", out.kept);
-    assert_eq!(out.client_resets, 0);
+    };
+    let out = download("kernel<->user", opts, 20);
     for h in &out.handoffs {
         let want = if h.from == 1 {
             "kernel->user"

@@ -144,6 +144,22 @@ fn feed(iface: &mut Interface, now: Instant, f: &[u8]) {
     iface.transmit(now, &mut |_f: &[u8]| {});
 }
 
+/// XOR each flip's byte into its (non-empty `b`'s) position, then cut `b` where `cut` says.
+fn mutate(
+    b: &mut Vec<u8>,
+    flips: Vec<(prop::sample::Index, u8)>,
+    cut: Option<prop::sample::Index>,
+) {
+    for (i, v) in flips {
+        let n = b.len();
+        b[i.index(n)] ^= v;
+    }
+    if let Some(c) = cut {
+        let n = c.index(b.len() + 1);
+        b.truncate(n);
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 2000, .. ProptestConfig::default() })]
 
@@ -154,14 +170,7 @@ proptest! {
                                   tail in prop::collection::vec(any::<u8>(), 0..16)) {
         let mut fx = fixture();
         let mut f = fx.frames[pick.index(fx.frames.len())].clone();
-        for (i, v) in flips {
-            let n = f.len();
-            f[i.index(n)] ^= v;
-        }
-        if let Some(c) = cut {
-            let n = c.index(f.len() + 1);
-            f.truncate(n);
-        }
+        mutate(&mut f, flips, cut);
         f.extend_from_slice(&tail);
         let now = fx.now;
         feed(&mut fx.b, now, &f);
@@ -201,14 +210,7 @@ proptest! {
         let now = fx.now;
         let st = fx.b.tcp_freeze(now, fx.conn_b).unwrap();
         let mut bytes = st.encode();
-        for (i, v) in flips {
-            let n = bytes.len();
-            bytes[i.index(n)] ^= v;
-        }
-        if let Some(c) = cut {
-            let n = c.index(bytes.len() + 1);
-            bytes.truncate(n);
-        }
+        mutate(&mut bytes, flips, cut);
         if let Ok(st) = ConnState::decode(&bytes) {
             // Whatever decodes must thaw (or be refused) without panicking, and run.
             let mut other = Interface::new(Config::new([2, 0, 0, 0, 0, 9], vec![b_ip()]), now);

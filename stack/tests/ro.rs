@@ -7,7 +7,8 @@
 
 use ds_mipv6::mn::MnEvent;
 use ds_stack::mobile::MobileRole;
-use ds_stack::{Config, Instant, Interface, TcpState};
+use ds_stack::{Instant, Interface, ListenHandle, TcpHandle, TcpState};
+use ds_testbed::simlan::{node, Lan, START};
 use std::net::{Ipv6Addr, SocketAddrV6};
 use std::time::Duration;
 
@@ -15,100 +16,65 @@ fn ip(s: &str) -> Ipv6Addr {
     s.parse().unwrap()
 }
 
-/// One broadcast link: every frame reaches every other interface (they filter by MAC).
-struct Lan {
-    ifs: Vec<Interface>,
-    now: Instant,
-    log: Vec<(usize, Vec<u8>)>,
-    /// Lose the next Binding Update on the wire.
-    drop_bu: bool,
-    bus_seen: Vec<Instant>,
-}
-
 /// A Binding Update from a care-of address: IPv6, Destination Options (HAO), MH type 5.
 fn is_bu(f: &[u8]) -> bool {
     f.len() > 80 && f[14 + 6] == 60 && f[54] == 135 && f[80] == 5
 }
 
-impl Lan {
-    fn step(&mut self) {
-        for _ in 0..100 {
-            let mut frames = Vec::new();
-            for (i, f) in self.ifs.iter_mut().enumerate() {
-                f.poll(self.now);
-                f.transmit(self.now, &mut |fr: &[u8]| frames.push((i, fr.to_vec())));
-            }
-            if frames.is_empty() {
-                break;
-            }
-            let now = self.now;
-            for (_, fr) in frames.iter().filter(|(_, f)| is_bu(f)) {
-                let _ = fr;
-                self.bus_seen.push(now);
-            }
-            if self.drop_bu && frames.iter().any(|(_, f)| is_bu(f)) {
-                frames.retain(|(_, f)| !is_bu(f));
-                self.drop_bu = false;
-            }
-            for (from, fr) in &frames {
-                for (j, f) in self.ifs.iter_mut().enumerate() {
-                    if j != *from {
-                        f.receive(self.now, fr);
-                    }
-                }
-            }
-            self.log.extend(frames);
+/// The interfaces on one logged link; the first Binding Update is lost when `drop_bu`.
+fn lan(ifs: Vec<Interface>, drop_bu: bool) -> Lan {
+    let mut pending = drop_bu;
+    Lan::new(ifs, START).log_all().drop_if(move |f| {
+        let drop = pending && is_bu(f);
+        pending &= !drop;
+        drop
+    })
+}
+
+/// Accept on `l` at interface `i` what arrives in 50 steps.
+fn accept_all(lan: &mut Lan, i: usize, l: ListenHandle) -> Vec<TcpHandle> {
+    let mut accepted = Vec::new();
+    for _ in 0..50 {
+        lan.step();
+        while let Some(s) = lan.ifs[i].tcp_accept(l) {
+            accepted.push(s);
         }
-        self.now += Duration::from_millis(1);
+    }
+    accepted
+}
+
+/// Step `n` times.
+fn steps(lan: &mut Lan, n: usize) {
+    for _ in 0..n {
+        lan.step();
     }
 }
 
 #[test]
 fn route_optimised_handoff_between_nodes() {
     let (a_ip, b_ip, c_ip, h) = (ip("fd00::1"), ip("fd00::2"), ip("fd00::3"), ip("fd00::80"));
-    let t0 = Instant::from_millis(1000);
-    let a = Interface::new(Config::new([2, 0, 0, 0, 0, 1], vec![a_ip]), t0);
-    let mut b = Interface::new(Config::new([2, 0, 0, 0, 0, 2], vec![b_ip, h]), t0);
-    let mut c = Interface::new(Config::new([2, 0, 0, 0, 0, 3], vec![c_ip]), t0);
+    let t0 = START;
+    let a = node(1, &[a_ip]);
+    let mut b = node(2, &[b_ip, h]);
+    let mut c = node(3, &[c_ip]);
     let b_mn = MobileRole::new(h, None);
     let c_mn = MobileRole::new(h, Some(c_ip));
     b.set_mobility_hook(b_mn.hook());
     c.set_mobility_hook(c_mn.hook());
     let l = b.tcp_listen(SocketAddrV6::new(h, 80, 0, 0), 4).unwrap();
-    let mut lan = Lan {
-        ifs: vec![a, b, c],
-        now: t0,
-        log: Vec::new(),
-        drop_bu: true,
-        bus_seen: Vec::new(),
-    };
+    let mut lan = lan(vec![a, b, c], true);
 
     // The client connects to the DS address; the contact node serves the first half.
-    let now = lan.now;
-    let cl = lan.ifs[0]
-        .tcp_connect(
-            now,
-            SocketAddrV6::new(a_ip, 0, 0, 0),
-            SocketAddrV6::new(h, 80, 0, 0),
-        )
-        .unwrap();
-    let mut srv = None;
-    for _ in 0..50 {
-        lan.step();
-        srv = srv.or_else(|| lan.ifs[1].tcp_accept(l));
-    }
-    let srv = srv.expect("accepted at the contact node");
+    let cl = lan.dial(0, a_ip, SocketAddrV6::new(h, 80, 0, 0));
+    let srv = *accept_all(&mut lan, 1, l)
+        .first()
+        .expect("accepted at the contact node");
     let data: Vec<u8> = (0..400_000u32).map(|i| (i % 253) as u8).collect();
     let half = data.len() / 2;
     assert_eq!(lan.ifs[1].tcp_send(srv, &data[..half]).unwrap(), half);
     let mut got = Vec::new();
-    let mut buf = vec![0u8; 65536];
-    let mut read = |lan: &mut Lan, got: &mut Vec<u8>| loop {
-        let n = lan.ifs[0].tcp_recv(cl, &mut buf).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        got.extend_from_slice(&buf[..n]);
+    let read = |lan: &mut Lan, got: &mut Vec<u8>| {
+        let _ = lan.read(0, cl, got);
     };
     while got.len() < half || lan.ifs[1].tcp_send_queued(srv) > 0 {
         lan.step();
@@ -120,9 +86,7 @@ fn route_optimised_handoff_between_nodes() {
     let now = lan.now;
     b_mn.start_home_test(now, a_ip, [1; 8]);
     c_mn.start_care_of_test(now, a_ip, [2; 8]);
-    for _ in 0..20 {
-        lan.step();
-    }
+    steps(&mut lan, 20);
     assert!(
         c_mn.has_care_of_token(),
         "care-of keygen token at the acceptor"
@@ -155,8 +119,14 @@ fn route_optimised_handoff_between_nodes() {
         .take_events()
         .iter()
         .any(|e| matches!(e, MnEvent::Bound { .. })));
-    assert_eq!(lan.bus_seen.len(), 2, "one lost BU, one retransmission");
-    let gap = lan.bus_seen[1] - lan.bus_seen[0];
+    let bus_seen: Vec<Instant> = lan
+        .log
+        .iter()
+        .filter(|f| is_bu(&f.bytes))
+        .map(|f| f.at)
+        .collect();
+    assert_eq!(bus_seen.len(), 2, "one lost BU, one retransmission");
+    let gap = bus_seen[1] - bus_seen[0];
     assert!(
         gap >= Duration::from_millis(999) && gap < Duration::from_millis(1100),
         "retransmitted after {gap:?}"
@@ -188,26 +158,14 @@ fn route_optimised_handoff_between_nodes() {
 
     // On the wire after the BU: client → care-of address with a type 2 routing header;
     // acceptor → client from its care-of address with a Home Address option.
-    let ipv6 = |f: &[u8]| {
-        (
-            f[14 + 6],
-            Ipv6Addr::from(<[u8; 16]>::try_from(&f[22..38]).unwrap()),
-            Ipv6Addr::from(<[u8; 16]>::try_from(&f[38..54]).unwrap()),
-        )
+    let count = |from: usize, want: &dyn Fn((u8, Ipv6Addr, Ipv6Addr)) -> bool| {
+        lan.delivered_since(log_mark)
+            .filter(|f| f.from == from && f.bytes.len() > 54 && f.ipv6().is_some_and(want))
+            .count()
     };
-    let after = &lan.log[log_mark..];
-    let rh2 = after
-        .iter()
-        .filter(|(i, f)| *i == 0 && f.len() > 54 && ipv6(f) == (43, a_ip, c_ip))
-        .count();
-    let hao = after
-        .iter()
-        .filter(|(i, f)| *i == 2 && f.len() > 54 && ipv6(f) == (60, c_ip, a_ip))
-        .count();
-    let to_home = after
-        .iter()
-        .filter(|(i, f)| *i == 0 && f.len() > 54 && ipv6(f).2 == h && f[14 + 6] == 6)
-        .count();
+    let rh2 = count(0, &|hdr| hdr == (43, a_ip, c_ip));
+    let hao = count(2, &|hdr| hdr == (60, c_ip, a_ip));
+    let to_home = count(0, &|(nh, _, dst)| dst == h && nh == 6);
     assert!(
         rh2 >= 3,
         "client's TCP went to the care-of address with RH2 ({rh2} frames)"
@@ -236,15 +194,12 @@ fn two_connections_bound_to_two_nodes_with_flow_bindings() {
         ip("fd00::4"),
         ip("fd00::80"),
     );
-    let t0 = Instant::from_millis(1000);
-    let mk = |mac: u8, addrs: Vec<Ipv6Addr>| {
-        Interface::new(Config::new([2, 0, 0, 0, 0, mac], addrs), t0)
-    };
+    let t0 = START;
     let (a, mut b, mut c1, mut c2) = (
-        mk(1, vec![a_ip]),
-        mk(2, vec![b_ip, h]),
-        mk(3, vec![c1_ip]),
-        mk(4, vec![c2_ip]),
+        node(1, &[a_ip]),
+        node(2, &[b_ip, h]),
+        node(3, &[c1_ip]),
+        node(4, &[c2_ip]),
     );
     let b_mn = MobileRole::new(h, None);
     let roles = [
@@ -255,33 +210,12 @@ fn two_connections_bound_to_two_nodes_with_flow_bindings() {
     c1.set_mobility_hook(roles[0].hook());
     c2.set_mobility_hook(roles[1].hook());
     let l = b.tcp_listen(SocketAddrV6::new(h, 80, 0, 0), 4).unwrap();
-    let mut lan = Lan {
-        ifs: vec![a, b, c1, c2],
-        now: t0,
-        log: Vec::new(),
-        drop_bu: false,
-        bus_seen: Vec::new(),
-    };
+    let mut lan = lan(vec![a, b, c1, c2], false);
 
-    let now = lan.now;
     let cls: Vec<_> = (0..2)
-        .map(|_| {
-            lan.ifs[0]
-                .tcp_connect(
-                    now,
-                    SocketAddrV6::new(a_ip, 0, 0, 0),
-                    SocketAddrV6::new(h, 80, 0, 0),
-                )
-                .unwrap()
-        })
+        .map(|_| lan.dial(0, a_ip, SocketAddrV6::new(h, 80, 0, 0)))
         .collect();
-    let mut srvs = Vec::new();
-    for _ in 0..50 {
-        lan.step();
-        while let Some(s) = lan.ifs[1].tcp_accept(l) {
-            srvs.push(s);
-        }
-    }
+    let mut srvs = accept_all(&mut lan, 1, l);
     assert_eq!(srvs.len(), 2);
     // Match server handles to client handles by port.
     let port_of = |iface: &Interface, h| iface.tcp_endpoints(h).unwrap();
@@ -293,9 +227,7 @@ fn two_connections_bound_to_two_nodes_with_flow_bindings() {
     b_mn.start_home_test(now, a_ip, [1; 8]);
     roles[0].start_care_of_test(now, a_ip, [2; 8]);
     roles[1].start_care_of_test(now, a_ip, [3; 8]);
-    for _ in 0..20 {
-        lan.step();
-    }
+    steps(&mut lan, 20);
     // Connection i moves to acceptor i with BID i+1 and a flow selector for its ports;
     // BU sequence numbers continue across the nodes (1, then 2).
     let mut moved = Vec::new();
@@ -326,9 +258,7 @@ fn two_connections_bound_to_two_nodes_with_flow_bindings() {
                 Some((1 + i as u16, vec![flow])),
             )
             .unwrap();
-        for _ in 0..20 {
-            lan.step();
-        }
+        steps(&mut lan, 20);
         let ev = roles[i].take_events();
         assert!(
             ev.iter().any(|e| matches!(e, MnEvent::Bound { scope: BindingScope::Flows(f), .. } if f == &vec![10 + i as u16])),
@@ -341,7 +271,6 @@ fn two_connections_bound_to_two_nodes_with_flow_bindings() {
         .collect();
     let mut sent = [0usize; 2];
     let mut got = [Vec::new(), Vec::new()];
-    let mut buf = vec![0u8; 65536];
     while got[0].len() < data[0].len() || got[1].len() < data[1].len() {
         for i in 0..2 {
             if sent[i] < data[i].len() {
@@ -351,35 +280,26 @@ fn two_connections_bound_to_two_nodes_with_flow_bindings() {
             }
         }
         lan.step();
-        for i in 0..2 {
-            while let Ok(n) = lan.ifs[0].tcp_recv(cls[i], &mut buf) {
-                if n == 0 {
-                    break;
-                }
-                got[i].extend_from_slice(&buf[..n]);
-            }
+        for (c, got) in cls.iter().zip(&mut got) {
+            let _ = lan.read(0, *c, got);
         }
         assert!(lan.now < t0 + Duration::from_secs(60), "stalled");
     }
     assert!(got[0] == data[0] && got[1] == data[1], "both byte-exact");
     // Each connection's packets from the client went to its own acceptor.
-    let dst_of = |f: &[u8]| Ipv6Addr::from(<[u8; 16]>::try_from(&f[38..54]).unwrap());
     for (i, coa) in [c1_ip, c2_ip].into_iter().enumerate() {
         let cport = port_of(&lan.ifs[0], cls[i]).0.port();
-        let to_coa = lan.log[mark..]
-            .iter()
-            .filter(|(s, f)| *s == 0 && f.len() > 82 && f[20] == 43 && dst_of(f) == coa)
-            .count();
-        let wrong = lan.log[mark..]
-            .iter()
-            .filter(|(s, f)| {
-                *s == 0
-                    && f.len() > 82
-                    && f[20] == 43
-                    && dst_of(f) != coa
-                    && u16::from_be_bytes([f[78], f[79]]) == cport
+        // The client's frames with a type 2 routing header, and whether each went to `coa`.
+        let rh2 = || {
+            lan.delivered_since(mark).filter_map(|f| {
+                let (nh, _, dst) = f.ipv6()?;
+                let b = &f.bytes;
+                (f.from == 0 && b.len() > 82 && nh == 43)
+                    .then(|| (dst == coa, u16::from_be_bytes([b[78], b[79]])))
             })
-            .count();
+        };
+        let to_coa = rh2().filter(|(to, _)| *to).count();
+        let wrong = rh2().filter(|(to, p)| !*to && *p == cport).count();
         assert!(to_coa > 0, "connection {i} reached acceptor {i}");
         assert_eq!(wrong, 0, "connection {i} never went elsewhere");
     }

@@ -111,6 +111,17 @@ pub fn counter_delta(
         .collect()
 }
 
+/// The `Tcp*` counters of a delta that moved, sorted by name (for a log line).
+pub fn moved_tcp_counters(delta: &HashMap<String, u64>) -> Vec<(&str, u64)> {
+    let mut moved: Vec<_> = delta
+        .iter()
+        .filter(|(k, v)| **v > 0 && k.starts_with("Tcp"))
+        .map(|(k, v)| (k.as_str(), *v))
+        .collect();
+    moved.sort();
+    moved
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,8 +3,8 @@
 //! (`sch_netem` is not available on the project's machines, so there is no
 //! delay/jitter/reordering emulation here.)
 
-use crate::netns::{describe, run_checked, Netns};
-use anyhow::{bail, ensure, Context, Result};
+use crate::netns::{check_status, describe, run_checked, Netns};
+use anyhow::{ensure, Context, Result};
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,13 +32,7 @@ fn nft_script(ns_name: &str, script: &str) -> Result<()> {
     let out = child
         .wait_with_output()
         .with_context(|| format!("failed to wait for `{line}`"))?;
-    if !out.status.success() {
-        bail!(
-            "`{line}` failed ({}): {}\nscript:\n{script}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
+    check_status(&line, &out, &format!("\nscript:\n{script}"))?;
     write_result.with_context(|| format!("cannot feed the script to `{line}`"))?;
     Ok(())
 }

@@ -10,7 +10,7 @@ use ds_stack::runner::Runner;
 use ds_stack::{Error, TcpState};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
-use std::net::{Ipv6Addr, SocketAddrV6, TcpListener, TcpStream};
+use std::net::{SocketAddrV6, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
@@ -27,10 +27,7 @@ pub const MAC: [u8; 6] = [0x02, 0xd5, 0, 0, 0, 2];
 /// Longest a transfer may take.
 pub const LIMIT: Duration = Duration::from_secs(240);
 
-/// Parse a literal address.
-pub fn ip(s: &str) -> Ipv6Addr {
-    s.parse().expect("literal address")
-}
+pub use crate::conn::ip;
 
 /// How the receiving application behaves.
 #[derive(Clone, Copy)]
@@ -116,14 +113,81 @@ fn step<D: Device>(rt: &mut Runner<D>, start: Instant) {
     rt.step(Duration::from_millis(5)).expect("runner step");
 }
 
+/// Which way the bytes go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    /// A kernel client sends to our server.
+    KernelToUs,
+    /// Our client sends to a kernel server.
+    UsToKernel,
+}
+
+/// One interop scenario.
+#[derive(Clone, Copy)]
+pub struct Case {
+    /// Which way.
+    pub flow: Flow,
+    /// Random loss on the link, percent.
+    pub loss: f64,
+    /// The receiving application.
+    pub recv: Receiver,
+}
+
+impl Case {
+    /// How our side receives: as the case says when we are the receiver, fast otherwise.
+    pub fn our_receiver(&self) -> Receiver {
+        match self.flow {
+            Flow::KernelToUs => self.recv,
+            Flow::UsToKernel => FAST,
+        }
+    }
+
+    /// The case's loss, installed on `iface` in `ns` both ways (none when it has none).
+    pub fn install_loss(&self, ns: &Netns, iface: &str) -> Option<crate::Loss> {
+        (self.loss > 0.0).then(|| {
+            crate::Loss::install(ns, iface, self.loss, crate::Direction::Both).expect("loss")
+        })
+    }
+
+    /// Run the scenario between the kernel in `peer_ns` and our stack `rt`.
+    pub fn run<D: Device>(&self, name: &str, peer_ns: &Netns, rt: Runner<D>) {
+        match self.flow {
+            Flow::KernelToUs => kernel_to_us_body(name, self, peer_ns, rt),
+            Flow::UsToKernel => us_to_kernel_body(name, self, peer_ns, rt),
+        }
+    }
+}
+
+/// The interop tests, each a `#[test]` calling `$run(name, case)` (which sets up the
+/// transport, installs the loss and calls [`Case::run`]).
+#[macro_export]
+macro_rules! interop_tests {
+    ($run:path) => {
+        $crate::interop_tests!(@case $run, kernel_client_to_our_server_clean, KernelToUs, 0.0, FAST);
+        $crate::interop_tests!(@case $run, kernel_client_to_our_server_1pct_loss, KernelToUs, 1.0, FAST);
+        $crate::interop_tests!(@case $run, kernel_client_to_our_server_5pct_loss, KernelToUs, 5.0, FAST);
+        $crate::interop_tests!(@case $run, kernel_client_to_our_server_zero_window, KernelToUs, 0.0, STALLING);
+        $crate::interop_tests!(@case $run, our_client_to_kernel_server_clean, UsToKernel, 0.0, FAST);
+        $crate::interop_tests!(@case $run, our_client_to_kernel_server_1pct_loss, UsToKernel, 1.0, FAST);
+        $crate::interop_tests!(@case $run, our_client_to_kernel_server_5pct_loss, UsToKernel, 5.0, FAST);
+        $crate::interop_tests!(@case $run, our_client_to_kernel_server_zero_window, UsToKernel, 0.0, STALLING);
+    };
+    (@case $run:path, $name:ident, $flow:ident, $loss:expr, $recv:ident) => {
+        #[test]
+        fn $name() {
+            let case = $crate::interop::Case {
+                flow: $crate::interop::Flow::$flow,
+                loss: $loss,
+                recv: $crate::interop::$recv,
+            };
+            $run(stringify!($name), case);
+        }
+    };
+}
+
 /// Kernel client sends LEN bytes to our server, which answers with the digest it computed.
-pub fn kernel_to_us_body<D: Device>(
-    name: &str,
-    loss: f64,
-    recv: Receiver,
-    peer_ns: &Netns,
-    mut rt: Runner<D>,
-) {
+pub fn kernel_to_us_body<D: Device>(name: &str, case: &Case, peer_ns: &Netns, mut rt: Runner<D>) {
+    let (loss, recv) = (case.loss, case.recv);
     let l = rt
         .iface
         .tcp_listen(SocketAddrV6::new(ip(OURS), 5001, 0, 0), 8)
@@ -203,12 +267,7 @@ pub fn kernel_to_us_body<D: Device>(
         delta.get("TcpExtTCPWinProbe")
     );
     if std::env::var_os("DS_DEBUG").is_some() {
-        let mut v: Vec<_> = delta
-            .iter()
-            .filter(|(k, v)| **v > 0 && k.starts_with("Tcp"))
-            .collect();
-        v.sort();
-        eprintln!("{v:?}");
+        eprintln!("{:?}", crate::moved_tcp_counters(&delta));
     }
     assert_eq!(
         delta.get("TcpEstabResets").copied().unwrap_or(0),
@@ -230,13 +289,8 @@ pub fn kernel_to_us_body<D: Device>(
 }
 
 /// Our client sends LEN bytes to a kernel server, which answers with its digest.
-pub fn us_to_kernel_body<D: Device>(
-    name: &str,
-    loss: f64,
-    recv: Receiver,
-    peer_ns: &Netns,
-    mut rt: Runner<D>,
-) {
+pub fn us_to_kernel_body<D: Device>(name: &str, case: &Case, peer_ns: &Netns, mut rt: Runner<D>) {
+    let (loss, recv) = (case.loss, case.recv);
     let listener = peer_ns
         .run(|| {
             let l = TcpListener::bind((ip(PEER), 5002))?;
@@ -254,15 +308,7 @@ pub fn us_to_kernel_body<D: Device>(
             s.write_all(&d).expect("write digest");
             (n, d)
         });
-        let now = rt.now();
-        let c = rt
-            .iface
-            .tcp_connect(
-                now,
-                SocketAddrV6::new(ip(OURS), 0, 0, 0),
-                SocketAddrV6::new(ip(PEER), 5002, 0, 0),
-            )
-            .expect("connect");
+        let c = crate::conn::dial(&mut rt, ip(OURS), SocketAddrV6::new(ip(PEER), 5002, 0, 0));
         let mut pat = PatternStream::new(11);
         let mut block = vec![0u8; BLOCK];
         let mut off = BLOCK;

@@ -40,16 +40,21 @@
 #![warn(missing_docs)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod conn;
 mod counters;
 mod impair;
 pub mod interop;
 mod link;
 mod netns;
 mod ping;
+pub mod simlan;
 mod stackhost;
+pub mod topo;
 mod xdphost;
 
-pub use counters::{all_counters, counter_delta, parse_pairs, parse_snmp6, tcp_counters};
+pub use counters::{
+    all_counters, counter_delta, moved_tcp_counters, parse_pairs, parse_snmp6, tcp_counters,
+};
 pub use impair::{Direction, Loss, LossCounts, Rate, Tbf};
 pub use link::{
     add_addr, add_route, bridge, disable_offload, set_down, set_up, veth, wait_addr_usable,
@@ -60,6 +65,7 @@ pub use ping::{ping6, PingOpts, PingStats};
 pub use stackhost::{KernelPeer, PatternStream, StackHost};
 pub use xdphost::XdpHost;
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Maximum length of a Linux interface name (`IFNAMSIZ - 1`).
@@ -124,6 +130,30 @@ fn base36(mut v: u64) -> String {
     }
     out.reverse();
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A fresh directory under the system temp directory, removed with its contents on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// `ds-<tag>-<pid>` (emptied first if a crashed run left it).
+    pub fn new(tag: &str) -> std::io::Result<TempDir> {
+        let dir = std::env::temp_dir().join(format!("ds-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        Ok(TempDir(dir))
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use crate::netns::{describe, Netns};
 use crate::IFNAME_MAX;
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 use tracing::debug;
@@ -212,20 +212,12 @@ pub fn wait_addr_usable(ns: &Netns, ifname: &str, addr: &str, timeout: Duration)
         .map_or(addr, |(a, _)| a)
         .parse()
         .with_context(|| format!("bad address {addr:?}"))?;
-    let deadline = Instant::now() + timeout;
-    loop {
-        let state = addr_state(ns, ifname, want)?;
-        let Some(reason) = state else {
-            return Ok(());
-        };
-        if Instant::now() >= deadline {
-            bail!(
-                "{addr} on {}:{ifname} not usable after {timeout:?}: {reason}",
-                ns.name()
-            );
-        }
-        std::thread::sleep(POLL);
-    }
+    poll_until(timeout, || addr_state(ns, ifname, want)).map_err(|reason| {
+        anyhow!(
+            "{addr} on {}:{ifname} not usable after {timeout:?}: {reason:#}",
+            ns.name()
+        )
+    })
 }
 
 /// Whether `ss -ltnH` output lists a TCP listener on `port`.
@@ -243,17 +235,30 @@ pub(crate) fn ss_has_listener(ss_output: &str, port: u16) -> bool {
 /// Waits until some socket in `ns` listens on TCP `port` (any address),
 /// polling `ss -ltnH` inside the namespace. Fails after `timeout`.
 pub fn wait_tcp_listening(ns: &Netns, port: u16, timeout: Duration) -> Result<()> {
+    poll_until(timeout, || {
+        let out = ns.exec(&["ss", "-ltnH"])?;
+        let listening = ss_has_listener(&String::from_utf8_lossy(&out.stdout), port);
+        Ok((!listening).then(|| "not listening".to_string()))
+    })
+    .map_err(|e| {
+        anyhow!(
+            "nothing listens on TCP port {port} in {} after {timeout:?}: {e:#}",
+            ns.name()
+        )
+    })
+}
+
+/// Call `check` every [`POLL`] until it finds nothing wrong (`Ok(None)`); fails with the
+/// last reason it gave after `timeout`, at once with its error.
+fn poll_until(timeout: Duration, mut check: impl FnMut() -> Result<Option<String>>) -> Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
-        let out = ns.exec(&["ss", "-ltnH"])?;
-        if ss_has_listener(&String::from_utf8_lossy(&out.stdout), port) {
-            return Ok(());
-        }
+        let reason = match check()? {
+            None => return Ok(()),
+            Some(reason) => reason,
+        };
         if Instant::now() >= deadline {
-            bail!(
-                "nothing listens on TCP port {port} in {} after {timeout:?}",
-                ns.name()
-            );
+            bail!("{reason}");
         }
         std::thread::sleep(POLL);
     }

@@ -1,7 +1,7 @@
 //! Named network namespaces with RAII cleanup, command execution inside them,
 //! and running Rust closures on a thread that joined them.
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, ensure, Context, Result};
 use std::ffi::OsStr;
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -72,14 +72,19 @@ pub(crate) fn run_checked(cmd: &mut Command) -> Result<Output> {
         .stdin(Stdio::null())
         .output()
         .with_context(|| format!("failed to start `{line}`"))?;
-    if !out.status.success() {
-        bail!(
-            "`{line}` failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
+    check_status(&line, &out, "")?;
     Ok(out)
+}
+
+/// A non-zero exit of `line` as an error with its status and stderr (and `extra` after them).
+pub(crate) fn check_status(line: &str, out: &Output, extra: &str) -> Result<()> {
+    ensure!(
+        out.status.success(),
+        "`{line}` failed ({}): {}{extra}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
 }
 
 /// Human-readable command line of `cmd`, for logs and error messages.

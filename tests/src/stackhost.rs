@@ -115,6 +115,23 @@ impl PatternStream {
         }
     }
 
+    /// `len` bytes of the stream from `seed`.
+    pub fn bytes(seed: u64, len: usize) -> Vec<u8> {
+        let mut b = vec![0u8; len];
+        PatternStream::new(seed).fill(&mut b);
+        b
+    }
+
+    /// SHA-256 of the concatenated blocks `block(0)`, …, `block(n - 1)`.
+    pub fn digest_of_blocks(n: usize, block: impl Fn(usize) -> Vec<u8>) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for i in 0..n {
+            h.update(block(i));
+        }
+        h.finalize().into()
+    }
+
     /// Fill `buf` with the next bytes.
     pub fn fill(&mut self, buf: &mut [u8]) {
         for chunk in buf.chunks_mut(8) {

@@ -4,77 +4,25 @@
 //! The scenarios live in `ds_testbed::interop`; `xdp/tests/afxdp_interop.rs` runs them over
 //! AF_XDP.
 
-use ds_testbed::interop::{
-    ip, kernel_to_us_body, us_to_kernel_body, Receiver, FAST, MAC, OURS, PEER, STALLING,
-};
-use ds_testbed::{require_root, Direction, KernelPeer, Loss};
+use ds_testbed::interop::{ip, Case, MAC, OURS, PEER};
+use ds_testbed::{require_root, KernelPeer};
 
-fn kernel_to_us(name: &str, loss: f64, recv: Receiver) {
+/// One case over TAP: our stack on a host bridged to the kernel peer.
+fn run(name: &str, case: Case) {
     if !require_root(name) {
         return;
     }
     let mut peer = KernelPeer::new("kp", ip(PEER)).expect("peer");
     let host = peer.attach_host("sh").expect("host");
-    let _loss = (loss > 0.0)
-        .then(|| Loss::install(&host.ns, &host.uplink, loss, Direction::Both).expect("loss"));
+    let _loss = case.install_loss(&host.ns, &host.uplink);
     let rt = host
         .stack(MAC, ip(OURS), |c| {
-            if let Some(b) = recv.rcvbuf {
+            if let Some(b) = case.our_receiver().rcvbuf {
                 c.tcp.recv_buf = b;
             }
         })
         .expect("stack");
-    kernel_to_us_body(name, loss, recv, &peer.ns, rt);
+    case.run(name, &peer.ns, rt);
 }
 
-fn us_to_kernel(name: &str, loss: f64, recv: Receiver) {
-    if !require_root(name) {
-        return;
-    }
-    let mut peer = KernelPeer::new("kp", ip(PEER)).expect("peer");
-    let host = peer.attach_host("sh").expect("host");
-    let _loss = (loss > 0.0)
-        .then(|| Loss::install(&host.ns, &host.uplink, loss, Direction::Both).expect("loss"));
-    let rt = host.stack(MAC, ip(OURS), |_| {}).expect("stack");
-    us_to_kernel_body(name, loss, recv, &peer.ns, rt);
-}
-
-#[test]
-fn kernel_client_to_our_server_clean() {
-    kernel_to_us("kernel_client_to_our_server_clean", 0.0, FAST);
-}
-
-#[test]
-fn kernel_client_to_our_server_1pct_loss() {
-    kernel_to_us("kernel_client_to_our_server_1pct_loss", 1.0, FAST);
-}
-
-#[test]
-fn kernel_client_to_our_server_5pct_loss() {
-    kernel_to_us("kernel_client_to_our_server_5pct_loss", 5.0, FAST);
-}
-
-#[test]
-fn kernel_client_to_our_server_zero_window() {
-    kernel_to_us("kernel_client_to_our_server_zero_window", 0.0, STALLING);
-}
-
-#[test]
-fn our_client_to_kernel_server_clean() {
-    us_to_kernel("our_client_to_kernel_server_clean", 0.0, FAST);
-}
-
-#[test]
-fn our_client_to_kernel_server_1pct_loss() {
-    us_to_kernel("our_client_to_kernel_server_1pct_loss", 1.0, FAST);
-}
-
-#[test]
-fn our_client_to_kernel_server_5pct_loss() {
-    us_to_kernel("our_client_to_kernel_server_5pct_loss", 5.0, FAST);
-}
-
-#[test]
-fn our_client_to_kernel_server_zero_window() {
-    us_to_kernel("our_client_to_kernel_server_zero_window", 0.0, STALLING);
-}
+ds_testbed::interop_tests!(run);

@@ -1,13 +1,28 @@
 //! The stack's network layer against the kernel: NDP resolution both ways, ICMPv6 echo, UDP
 //! (including datagrams larger than the MTU, fragmented and reassembled on both sides).
 
+use ds_stack::device::TapDevice;
 use ds_stack::ndp::NeighborState;
-use ds_testbed::{ping6, require_root, KernelPeer, PingOpts};
+use ds_stack::runner::Runner;
+use ds_testbed::conn::{dial, ip};
+use ds_testbed::{ping6, require_root, KernelPeer, PingOpts, StackHost};
 use std::net::{Ipv6Addr, SocketAddrV6, UdpSocket};
 use std::time::{Duration, Instant};
 
-fn ip(s: &str) -> Ipv6Addr {
-    s.parse().expect("literal address")
+/// A kernel peer `{net}::1` (namespace prefix `{tag}p`) and our stack `{net}::2` on a host
+/// bridged to it (`{tag}h`), MAC `02:d5:00:00:m:m`.
+fn peer_and_stack(
+    tag: &str,
+    net: &str,
+    m: u8,
+) -> (KernelPeer, StackHost, Runner<TapDevice>, Ipv6Addr, Ipv6Addr) {
+    let (peer_ip, ours) = (ip(&format!("{net}::1")), ip(&format!("{net}::2")));
+    let mut peer = KernelPeer::new(&format!("{tag}p"), peer_ip).expect("peer");
+    let host = peer.attach_host(&format!("{tag}h")).expect("host");
+    let rt = host
+        .stack([2, 0xd5, 0, 0, m, m], ours, |_| {})
+        .expect("stack");
+    (peer, host, rt, peer_ip, ours)
 }
 
 #[test]
@@ -15,13 +30,7 @@ fn kernel_pings_and_udp_echo_with_fragments() {
     if !require_root("kernel_pings_and_udp_echo_with_fragments") {
         return;
     }
-    let peer_ip = ip("fd00:d3::1");
-    let ours = ip("fd00:d3::2");
-    let mut peer = KernelPeer::new("lp", peer_ip).expect("peer");
-    let host = peer.attach_host("lh").expect("host");
-    let mut rt = host
-        .stack([2, 0xd5, 0, 0, 3, 3], ours, |_| {})
-        .expect("stack");
+    let (peer, _host, mut rt, peer_ip, ours) = peer_and_stack("l", "fd00:d3", 3);
     let u = rt
         .iface
         .udp_bind(SocketAddrV6::new(ours, 7, 0, 0))
@@ -90,26 +99,12 @@ fn connect_refused_by_rst_and_by_icmp() {
     if !require_root("connect_refused_by_rst_and_by_icmp") {
         return;
     }
-    let peer_ip = ip("fd00:d4::1");
-    let ours = ip("fd00:d4::2");
-    let mut peer = KernelPeer::new("rp", peer_ip).expect("peer");
-    let host = peer.attach_host("rh").expect("host");
+    let (peer, _host, mut rt, peer_ip, ours) = peer_and_stack("r", "fd00:d4", 4);
     peer.ns
         .exec(&["nft", "add table inet rej; add chain inet rej in { type filter hook input priority 0; }; add rule inet rej in tcp dport 9 reject with icmpv6 type port-unreachable"])
         .expect("nft reject rule");
-    let mut rt = host
-        .stack([2, 0xd5, 0, 0, 4, 4], ours, |_| {})
-        .expect("stack");
     for port in [9u16, 10] {
-        let now = rt.now();
-        let c = rt
-            .iface
-            .tcp_connect(
-                now,
-                SocketAddrV6::new(ours, 0, 0, 0),
-                SocketAddrV6::new(peer_ip, port, 0, 0),
-            )
-            .expect("connect");
+        let c = dial(&mut rt, ours, SocketAddrV6::new(peer_ip, port, 0, 0));
         let start = Instant::now();
         let err = loop {
             assert!(

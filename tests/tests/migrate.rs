@@ -3,35 +3,28 @@
 //! kernel peer finishes the 64 MiB download byte-exact, with no RST.
 
 use ds_stack::{ConnState, Error, TcpState};
+use ds_testbed::conn::{ip, step_serving};
 use ds_testbed::{all_counters, counter_delta, require_root, KernelPeer, PatternStream};
 use sha2::{Digest, Sha256};
 use std::io::Read;
-use std::net::{Ipv6Addr, SocketAddrV6, TcpStream};
+use std::net::{SocketAddrV6, TcpStream};
 use std::time::{Duration, Instant};
 
 const LEN: usize = 64 << 20;
+/// How long the serving node waits for frames in a round.
+const STEP: Duration = Duration::from_millis(2);
 const BLOCK: usize = 64 << 10;
 const PEER: &str = "fd00:d2::1";
 const DS: &str = "fd00:d2::80";
 const NODE2: &str = "fd00:d2::12";
 
-fn ip(s: &str) -> Ipv6Addr {
-    s.parse().expect("literal address")
-}
-
 /// Block `i` of the object: independent of how the sender was split across nodes.
 fn block(i: usize) -> Vec<u8> {
-    let mut b = vec![0u8; BLOCK];
-    PatternStream::new(1000 + i as u64).fill(&mut b);
-    b
+    PatternStream::bytes(1000 + i as u64, BLOCK)
 }
 
 fn expected_digest() -> [u8; 32] {
-    let mut h = Sha256::new();
-    for i in 0..LEN / BLOCK {
-        h.update(block(i));
-    }
-    h.finalize().into()
+    PatternStream::digest_of_blocks(LEN / BLOCK, block)
 }
 
 /// Feed the object from offset `*sent` into the connection as far as the buffer allows.
@@ -109,9 +102,7 @@ fn freeze_mid_transfer_and_thaw_in_another_namespace() {
         let mut sent = 0usize;
         let mut cur = (usize::MAX, Vec::new());
         let state_bytes = loop {
-            assert!(start.elapsed() < limit, "phase 1 timed out");
-            rt1.step(Duration::from_millis(2)).expect("step 1");
-            rt2.step(Duration::ZERO).expect("step 2");
+            step_serving(&mut rt1, &mut rt2, STEP, (start, limit), "phase 1");
             if conn.is_none() {
                 conn = rt1.iface.tcp_accept(l);
             }
@@ -141,13 +132,7 @@ fn freeze_mid_transfer_and_thaw_in_another_namespace() {
         rt2.iface.announce(now);
         let mut closed = false;
         loop {
-            assert!(
-                start.elapsed() < limit,
-                "phase 2 timed out: {:?}",
-                rt2.iface.stats()
-            );
-            rt2.step(Duration::from_millis(2)).expect("step 2");
-            rt1.step(Duration::ZERO).expect("step 1");
+            step_serving(&mut rt2, &mut rt1, STEP, (start, limit), "phase 2");
             feed(&mut rt2.iface, c2, &mut sent, &mut cur);
             if sent == LEN && !closed {
                 rt2.iface.tcp_close(c2).expect("close");

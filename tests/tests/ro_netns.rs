@@ -11,14 +11,11 @@ use ds_stack::device::TapDevice;
 use ds_stack::mobile::MobileRole;
 use ds_stack::runner::Runner;
 use ds_stack::{ConnState, TcpState};
+use ds_testbed::conn::{dial, ip, ips, read_available};
 use ds_testbed::{require_root, KernelPeer};
-use std::net::{Ipv6Addr, SocketAddrV6};
+use std::net::SocketAddrV6;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn ip(s: &str) -> Ipv6Addr {
-    s.parse().expect("literal address")
-}
 
 fn step_all(rts: &mut [&mut Runner<TapDevice>]) {
     for rt in rts.iter_mut() {
@@ -40,12 +37,7 @@ fn route_optimised_handoff_over_namespaces_decoded_by_tshark() {
         println!("SKIP: route_optimised_handoff_over_namespaces_decoded_by_tshark needs tshark");
         return;
     }
-    let (a_ip, b_ip, c_ip, h) = (
-        ip("fd00:d6::1"),
-        ip("fd00:d6::2"),
-        ip("fd00:d6::3"),
-        ip("fd00:d6::80"),
-    );
+    let [a_ip, b_ip, c_ip, h] = ips("fd00:d6", ["1", "2", "3", "80"]);
     let mut lan = KernelPeer::new("rl", ip("fd00:d6::fe")).expect("lan");
     let (ha, hb, hc) = (
         lan.attach_host("ra").unwrap(),
@@ -84,19 +76,10 @@ fn route_optimised_handoff_over_namespaces_decoded_by_tshark() {
         .iface
         .tcp_listen(SocketAddrV6::new(h, 50001, 0, 0), 4)
         .expect("listen");
-    let now = a.now();
-    let cl = a
-        .iface
-        .tcp_connect(
-            now,
-            SocketAddrV6::new(a_ip, 0, 0, 0),
-            SocketAddrV6::new(h, 50001, 0, 0),
-        )
-        .expect("connect");
+    let cl = dial(&mut a, a_ip, SocketAddrV6::new(h, 50001, 0, 0));
     let data: Vec<u8> = (0..2_000_000u32).map(|i| (i % 251) as u8).collect();
     let half = data.len() / 2;
     let mut got = Vec::new();
-    let mut buf = vec![0u8; 65536];
     let mut srv = None;
     let mut sent = 0;
     // Phase 1: the contact node serves the first half and drains.
@@ -111,12 +94,7 @@ fn route_optimised_handoff_over_namespaces_decoded_by_tshark() {
                 sent += b.iface.tcp_send(s, &data[sent..half]).expect("send");
             }
         }
-        while let Ok(n) = a.iface.tcp_recv(cl, &mut buf) {
-            if n == 0 {
-                break;
-            }
-            got.extend_from_slice(&buf[..n]);
-        }
+        let _ = read_available(&mut a.iface, cl, &mut got);
     }
     let srv = srv.expect("accepted");
 
@@ -164,12 +142,7 @@ fn route_optimised_handoff_over_namespaces_decoded_by_tshark() {
             sent += c.iface.tcp_send(srv2, &data[sent..]).expect("send");
         }
         step_all(&mut [&mut a, &mut b, &mut c]);
-        while let Ok(n) = a.iface.tcp_recv(cl, &mut buf) {
-            if n == 0 {
-                break;
-            }
-            got.extend_from_slice(&buf[..n]);
-        }
+        let _ = read_available(&mut a.iface, cl, &mut got);
     }
     assert!(got == data, "byte-exact");
     assert_eq!(a.iface.tcp_state(cl), Some(TcpState::Established));

@@ -19,17 +19,13 @@
 use ds_stack::device::Device;
 use ds_stack::runner::Runner;
 use ds_stack::{Config, Error, Interface, TcpState};
+use ds_testbed::conn::{count_to_end, dial, ip, write_filler};
 use ds_testbed::{KernelPeer, XdpHost};
 use ds_xdp::device::{AfXdpConfig, AfXdpDevice};
 use ds_xdp::maps::{Action, FlowKey, LocalAddr, TunnelConfig, TunnelMode, PROTO_ALL};
 use ds_xdp::{Kind, LoadOptions, Program};
-use std::io::{Read, Write};
 use std::net::{Ipv6Addr, SocketAddrV6, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
-
-fn ip(s: &str) -> Ipv6Addr {
-    s.parse().expect("literal address")
-}
 
 fn frame(src: Ipv6Addr, dst: Ipv6Addr, nh: u8, payload: &[u8]) -> Vec<u8> {
     let mut f = vec![0x02, 0, 0, 0, 0, 0xa0, 0x02, 0, 0, 0, 0, 0xc1, 0x86, 0xdd];
@@ -154,13 +150,7 @@ fn kernel_to_us<D: Device>(peer: &ds_testbed::Netns, rt: &mut Runner<D>, len: us
         sc.spawn(|| {
             peer.run(|| {
                 let mut s = TcpStream::connect((ip(OURS), 5001)).expect("connect");
-                let buf = vec![0x42u8; 1 << 16];
-                let mut sent = 0;
-                while sent < len {
-                    let n = (len - sent).min(buf.len());
-                    s.write_all(&buf[..n]).expect("write");
-                    sent += n;
-                }
+                write_filler(&mut s, len, 0x42).expect("write");
             })
         });
         let mut conn = None;
@@ -194,26 +184,10 @@ fn us_to_kernel<D: Device>(peer: &ds_testbed::Netns, rt: &mut Runner<D>, len: us
     std::thread::scope(|sc| {
         let sink = sc.spawn(|| {
             let (mut s, _) = listener.accept().expect("accept");
-            let mut buf = vec![0u8; 1 << 16];
-            let mut got = 0;
-            while got < len {
-                let n = s.read(&mut buf).expect("read");
-                if n == 0 {
-                    break;
-                }
-                got += n;
-            }
-            (got, start.elapsed())
+            let got = count_to_end(&mut s, len as u64).expect("read");
+            (got as usize, start.elapsed())
         });
-        let now = rt.now();
-        let c = rt
-            .iface
-            .tcp_connect(
-                now,
-                SocketAddrV6::new(ip(OURS), 0, 0, 0),
-                SocketAddrV6::new(ip(PEER), 5002, 0, 0),
-            )
-            .expect("connect");
+        let c = dial(rt, ip(OURS), SocketAddrV6::new(ip(PEER), 5002, 0, 0));
         let block = vec![0x24u8; 1 << 16];
         let mut sent = 0;
         while !sink.is_finished() {
@@ -272,25 +246,11 @@ fn kernel_baseline(len: usize, with_xdp: bool) -> anyhow::Result<f64> {
         sc.spawn(|| {
             h.peer.run(|| {
                 let mut s = TcpStream::connect((ip("fd00:b1::3"), 5003)).expect("connect");
-                let buf = vec![0x42u8; 1 << 16];
-                let mut sent = 0;
-                while sent < len {
-                    let n = (len - sent).min(buf.len());
-                    s.write_all(&buf[..n]).expect("write");
-                    sent += n;
-                }
+                write_filler(&mut s, len, 0x42).expect("write");
             })
         });
         let (mut s, _) = l.accept().expect("accept");
-        let mut buf = vec![0u8; 1 << 16];
-        let mut got = 0;
-        while got < len {
-            let n = s.read(&mut buf).expect("read");
-            if n == 0 {
-                break;
-            }
-            got += n;
-        }
+        count_to_end(&mut s, len as u64).expect("read");
     });
     Ok(gbit(len, start.elapsed()))
 }

@@ -7,33 +7,32 @@
 
 use ds_stack::runner::Runner;
 use ds_stack::{Config, Interface};
-use ds_testbed::interop::{
-    ip, kernel_to_us_body, us_to_kernel_body, Receiver, FAST, MAC, OURS, PEER, STALLING,
+use ds_testbed::interop::{ip, Case, Flow, Receiver, FAST, MAC, OURS, PEER};
+use ds_testbed::{require_root, Netns, XdpHost};
+
+/// A clean transfer from a kernel client.
+const GENERIC: Case = Case {
+    flow: Flow::KernelToUs,
+    loss: 0.0,
+    recv: FAST,
 };
-use ds_testbed::{require_root, Direction, Loss, Netns, XdpHost};
 use ds_xdp::device::{AfXdpConfig, AfXdpDevice};
 use ds_xdp::Mode;
 
-fn kernel_to_us(name: &str, loss: f64, recv: Receiver) {
+/// One case over AF_XDP: our stack on a veth to the kernel peer.
+fn run(name: &str, case: Case) {
     if !require_root(name) {
         return;
     }
     let t = XdpHost::new("ax", ip(PEER)).expect("topology");
-    let _loss = (loss > 0.0)
-        .then(|| Loss::install(&t.peer, &t.peer_if, loss, Direction::Both).expect("loss"));
-    let rt = afxdp_stack(&t, recv);
-    kernel_to_us_body(name, loss, recv, &t.peer, rt);
+    let _loss = case.install_loss(&t.peer, &t.peer_if);
+    let rt = afxdp_stack(&t, case.our_receiver());
+    case.run(name, &t.peer, rt);
 }
 
-fn us_to_kernel(name: &str, loss: f64, recv: Receiver) {
-    if !require_root(name) {
-        return;
-    }
-    let t = XdpHost::new("ax", ip(PEER)).expect("topology");
-    let _loss = (loss > 0.0)
-        .then(|| Loss::install(&t.peer, &t.peer_if, loss, Direction::Both).expect("loss"));
-    let rt = afxdp_stack(&t, FAST);
-    us_to_kernel_body(name, loss, recv, &t.peer, rt);
+/// The interop cases, over AF_XDP.
+mod afxdp {
+    ds_testbed::interop_tests!(super::run);
 }
 
 /// A runner for our address over AF_XDP on the host's veth (opened inside its namespace).
@@ -65,54 +64,6 @@ fn afxdp_stack_mode(t: &XdpHost, recv: Receiver, mode: Mode) -> Runner<AfXdpDevi
     rt
 }
 
-#[test]
-fn afxdp_kernel_client_to_our_server_clean() {
-    kernel_to_us("afxdp_kernel_client_to_our_server_clean", 0.0, FAST);
-}
-
-#[test]
-fn afxdp_kernel_client_to_our_server_1pct_loss() {
-    kernel_to_us("afxdp_kernel_client_to_our_server_1pct_loss", 1.0, FAST);
-}
-
-#[test]
-fn afxdp_kernel_client_to_our_server_5pct_loss() {
-    kernel_to_us("afxdp_kernel_client_to_our_server_5pct_loss", 5.0, FAST);
-}
-
-#[test]
-fn afxdp_kernel_client_to_our_server_zero_window() {
-    kernel_to_us(
-        "afxdp_kernel_client_to_our_server_zero_window",
-        0.0,
-        STALLING,
-    );
-}
-
-#[test]
-fn afxdp_our_client_to_kernel_server_clean() {
-    us_to_kernel("afxdp_our_client_to_kernel_server_clean", 0.0, FAST);
-}
-
-#[test]
-fn afxdp_our_client_to_kernel_server_1pct_loss() {
-    us_to_kernel("afxdp_our_client_to_kernel_server_1pct_loss", 1.0, FAST);
-}
-
-#[test]
-fn afxdp_our_client_to_kernel_server_5pct_loss() {
-    us_to_kernel("afxdp_our_client_to_kernel_server_5pct_loss", 5.0, FAST);
-}
-
-#[test]
-fn afxdp_our_client_to_kernel_server_zero_window() {
-    us_to_kernel(
-        "afxdp_our_client_to_kernel_server_zero_window",
-        0.0,
-        STALLING,
-    );
-}
-
 /// Generic (skb) XDP instead of native: the fallback for drivers without XDP support.
 #[test]
 fn afxdp_generic_mode_kernel_client_to_our_server() {
@@ -124,7 +75,7 @@ fn afxdp_generic_mode_kernel_client_to_our_server() {
     let rt = afxdp_stack_mode(&t, FAST, Mode::Generic);
     assert_eq!(rt.dev.attach_mode(), Some(Mode::Generic));
     assert_eq!(rt.dev.bind_mode(), Some(ds_xdp::xsk::BindMode::Copy));
-    kernel_to_us_body(name, 0.0, FAST, &t.peer, rt);
+    GENERIC.run(name, &t.peer, rt);
     // Clean teardown: the device detached the program it attached.
     let st = t
         .host
@@ -184,5 +135,5 @@ fn afxdp_one_socket_per_queue() {
     );
     let now = rt.now();
     rt.iface.announce(now);
-    kernel_to_us_body(name, 0.0, FAST, &peer, rt);
+    GENERIC.run(name, &peer, rt);
 }

@@ -16,7 +16,9 @@
 
 use ds_stack::runner::Runner;
 use ds_stack::{Config, ConnState, Error, Interface};
-use ds_testbed::{add_addr, add_route, bridge, disable_offload, require_root, veth, Netns};
+use ds_testbed::conn::step_serving;
+use ds_testbed::topo::{HandoffSpec, HandoffTopology, HA_PORT};
+use ds_testbed::{require_root, Netns};
 use ds_xdp::device::{AfXdpConfig, AfXdpDevice};
 use ds_xdp::maps::{TunnelConfig, TunnelCounter, TunnelMode};
 use ds_xdp::{Kind, LoadOptions, Mode, Program};
@@ -33,16 +35,11 @@ const DS: &str = "fd00:d5::80";
 const MAC1: [u8; 6] = [0x02, 0xd5, 0, 0, 0, 1];
 const MAC2: [u8; 6] = [0x02, 0xd5, 0, 0, 0, 2];
 const CHUNK: usize = 256 << 10;
+/// How long the serving node waits for frames in a round.
+const STEP: Duration = Duration::from_millis(1);
 
 fn ip(s: &str) -> Ipv6Addr {
     s.parse().expect("literal address")
-}
-
-fn mac_str(m: [u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
 }
 
 /// Our stack on a node: owns its care-of address (first, so NDP uses it as source) and the DS
@@ -57,6 +54,45 @@ fn node(ns: &Netns, coa: Ipv6Addr, mac: [u8; 6]) -> Runner<AfXdpDevice> {
     let now = rt.now();
     rt.iface.announce(now);
     rt
+}
+
+/// The home agent's tunnel program, pinned as `dsha xdp` pins it, unpinned on drop.
+struct PinnedTunnel(Program);
+
+impl PinnedTunnel {
+    /// FIB mode, flow learning on, the DS address bound to `coa`.
+    fn load(coa: Ipv6Addr) -> PinnedTunnel {
+        let pin_dir = format!("/sys/fs/bpf/ds/test-e2e-{}", std::process::id());
+        let opts = LoadOptions {
+            pin_dir: Some(pin_dir.into()),
+            flow_capacity: Some(1024),
+        };
+        let tun = PinnedTunnel(Program::load(Kind::Tunnel, &opts).expect("load tunnel"));
+        let config = TunnelConfig {
+            local: ip(HA),
+            mode: TunnelMode::Fib,
+            hop_limit: 64,
+            mtu: 1500,
+            learn: true,
+        };
+        tun.set_config(&config).expect("config");
+        tun.set_binding(ip(DS), coa).expect("binding");
+        tun
+    }
+}
+
+impl std::ops::Deref for PinnedTunnel {
+    type Target = Program;
+
+    fn deref(&self) -> &Program {
+        &self.0
+    }
+}
+
+impl Drop for PinnedTunnel {
+    fn drop(&mut self) {
+        let _ = self.0.unpin();
+    }
 }
 
 /// Echo what arrived on `c`; returns bytes echoed.
@@ -88,83 +124,34 @@ fn transparent_mode_flow_moves_with_one_map_update() {
     if !require_root("transparent_mode_flow_moves_with_one_map_update") {
         return;
     }
-    let lan = Netns::new("lan").expect("ns");
-    let client = Netns::new("cli").expect("ns");
-    let ha = Netns::new("ha").expect("ns");
-    let n1 = Netns::new("n1").expect("ns");
-    let n2 = Netns::new("n2").expect("ns");
-    bridge(&lan, "br0", &[]).expect("bridge");
-    for (ns, port, inner) in [
-        (&client, "lc", "c0"),
-        (&ha, "lh", "h0"),
-        (&n1, "l1", "n0"),
-        (&n2, "l2", "n0"),
-    ] {
-        veth(&lan, port, ns, inner).expect("veth");
-        lan.ip(&["link", "set", port, "master", "br0"])
-            .expect("enslave");
-        disable_offload(ns, inner).expect("offload");
-        disable_offload(&lan, port).expect("offload");
-    }
-    // XDP_TX on the HA's veth needs NAPI on its peer (veth_xdp_xmit checks it): an XDP
-    // program there enables it. The steering program with no addresses passes everything.
-    let napi = Program::load(Kind::Steer, &LoadOptions::default()).expect("load pass-all");
-    lan.run(|| {
-        let idx = ds_xdp::loader::ifindex("lh")?;
-        napi.attach(idx, Mode::Native, false)
-    })
-    .expect("attach pass-all");
-    add_addr(&client, "c0", &format!("{CLIENT}/64")).expect("addr");
-    add_addr(&ha, "h0", &format!("{HA}/64")).expect("addr");
-    // A home agent is a router (RFC 6275 §10.4.1); bpf_fib_lookup also refuses to answer
-    // (BPF_FIB_LKUP_RET_FWD_DISABLED) on an interface without forwarding.
-    ha.sysctl("net.ipv6.conf.all.forwarding", "1")
-        .expect("forwarding");
     // The DS address is reached through the home agent. Links are MTU 1500 everywhere, so the
     // client's first full-sized segments are too big once tunnelled: the HA's program answers
     // them with Packet Too Big (RFC 2473 §7.1) and the client's kernel lowers its path MTU.
-    add_route(&client, &format!("{DS}/128"), Some(HA), Some("c0")).expect("route");
-    for (coa, mac) in [(COA1, MAC1), (COA2, MAC2)] {
-        ha.ip(&[
-            "neigh",
-            "replace",
-            coa,
-            "lladdr",
-            &mac_str(mac),
-            "dev",
-            "h0",
-            "nud",
-            "permanent",
-        ])
-        .expect("neighbour");
-    }
+    // A home agent is a router (RFC 6275 §10.4.1); bpf_fib_lookup also refuses to answer
+    // (BPF_FIB_LKUP_RET_FWD_DISABLED) on an interface without forwarding.
+    let topo = HandoffTopology::build(&HandoffSpec {
+        prefix: "",
+        nodes: 2,
+        client_addr: Some(CLIENT),
+        client_route_via_ha: Some(DS),
+        ha_addr: HA,
+        node_addrs: &[],
+        ha_neighbours: &[(COA1, MAC1), (COA2, MAC2)],
+    })
+    .expect("topology");
+    let (client, ha) = (&topo.client, &topo.ha);
+    // XDP_TX on the HA's veth needs NAPI on its peer (veth_xdp_xmit checks it): an XDP
+    // program there enables it. The steering program with no addresses passes everything.
+    let napi = Program::load(Kind::Steer, &LoadOptions::default()).expect("load pass-all");
+    topo.hub
+        .run(|| {
+            let idx = ds_xdp::loader::ifindex(HA_PORT)?;
+            napi.attach(idx, Mode::Native, false)
+        })
+        .expect("attach pass-all");
 
     // Home agent: the tunnel program, FIB mode, binding DS -> node 1, learning on.
-    let pin = std::path::PathBuf::from(format!("/sys/fs/bpf/ds/test-e2e-{}", std::process::id()));
-    let tun = Program::load(
-        Kind::Tunnel,
-        &LoadOptions {
-            pin_dir: Some(pin.clone()),
-            flow_capacity: Some(1024),
-        },
-    )
-    .expect("load tunnel");
-    struct Unpin<'a>(&'a Program);
-    impl Drop for Unpin<'_> {
-        fn drop(&mut self) {
-            let _ = self.0.unpin();
-        }
-    }
-    let _unpin = Unpin(&tun);
-    tun.set_config(&TunnelConfig {
-        local: ip(HA),
-        mode: TunnelMode::Fib,
-        hop_limit: 64,
-        mtu: 1500,
-        learn: true,
-    })
-    .expect("config");
-    tun.set_binding(ip(DS), ip(COA1)).expect("binding");
+    let tun = PinnedTunnel::load(ip(COA1));
     let mode = ha
         .run(|| {
             let idx = ds_xdp::loader::ifindex("h0")?;
@@ -173,8 +160,8 @@ fn transparent_mode_flow_moves_with_one_map_update() {
         .expect("attach tunnel");
     assert_eq!(mode, Mode::Native);
 
-    let mut rt1 = node(&n1, ip(COA1), MAC1);
-    let mut rt2 = node(&n2, ip(COA2), MAC2);
+    let mut rt1 = node(&topo.nodes[0], ip(COA1), MAC1);
+    let mut rt2 = node(&topo.nodes[1], ip(COA2), MAC2);
     let l = rt1
         .iface
         .tcp_listen(SocketAddrV6::new(ip(DS), 80, 0, 0), 4)
@@ -229,8 +216,7 @@ fn transparent_mode_flow_moves_with_one_map_update() {
                     rt1.dev.stats()
                 );
             }
-            rt1.step(Duration::from_millis(1)).expect("step 1");
-            rt2.step(Duration::ZERO).expect("step 2");
+            step_serving(&mut rt1, &mut rt2, STEP, (start, limit), "phase 1");
             if conn.is_none() {
                 conn = rt1.iface.tcp_accept(l);
             }
@@ -264,13 +250,7 @@ fn transparent_mode_flow_moves_with_one_map_update() {
         // Phase 2: node 2 serves.
         let mut echoed2 = 0;
         while !cl.is_finished() || echoed2 < CHUNK {
-            assert!(
-                start.elapsed() < limit,
-                "phase 2 timed out: {:?}",
-                rt2.iface.stats()
-            );
-            rt2.step(Duration::from_millis(1)).expect("step 2");
-            rt1.step(Duration::ZERO).expect("step 1");
+            step_serving(&mut rt2, &mut rt1, STEP, (start, limit), "phase 2");
             echoed2 += echo(&mut rt2, c2, &mut pending);
         }
         let port = cl.join().expect("client");

@@ -3,8 +3,7 @@
 
 use ds_testbed::require_root;
 use ds_xdp::maps::{
-    Action, FlowKey, HoldKey, LocalAddr, SteerCounter, TunnelConfig, TunnelCounter, TunnelMode,
-    PROTO_ALL, PROTO_TCP,
+    Action, FlowKey, HoldKey, LocalAddr, TunnelConfig, TunnelMode, PROTO_ALL, PROTO_TCP,
 };
 use ds_xdp::{Kind, LoadOptions, Program};
 use std::net::Ipv6Addr;
@@ -70,12 +69,80 @@ fn eth(dst: [u8; 6], src: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8> {
 }
 
 fn client_tcp(sport: u16, hop: u8) -> Vec<u8> {
+    from_client(ds(), 6, hop, &tcp(sport, 80, 100))
+}
+
+/// The program `$make` builds; returns from the test (skips it) when not running as root.
+macro_rules! program_or_skip {
+    ($test:literal, $make:expr) => {
+        match require_root($test).then($make) {
+            Some(p) => p,
+            None => return,
+        }
+    };
+}
+
+/// The program's verdict on `frame`.
+fn verdict(p: &Program, frame: &[u8]) -> u32 {
+    p.test_run(frame).expect("run").0
+}
+
+/// Each counter named in `want` (`name=value …`) has that value.
+fn assert_counters(p: &Program, want: &str) {
+    let counters = p.counters().expect("counters");
+    for (name, value) in want.split_whitespace().filter_map(|w| w.split_once('=')) {
+        let got = counters.iter().find(|(n, _)| *n == name);
+        let got = got.unwrap_or_else(|| panic!("no counter {name}")).1;
+        assert_eq!(got.to_string(), value, "counter {name}");
+    }
+}
+
+/// The client's TCP flow from `sport` to DS:80.
+fn client_flow(sport: u16) -> FlowKey {
+    FlowKey {
+        src: client(),
+        dst: ds(),
+        sport,
+        dport: 80,
+        proto: 6,
+    }
+}
+
+/// The same flow as a socket at the DS address sees it.
+fn client_hold(rport: u16) -> HoldKey {
+    HoldKey {
+        local: ds(),
+        remote: client(),
+        lport: 80,
+        rport,
+    }
+}
+
+/// A frame from the client to the HA's MAC: IPv6 to `dst` with this next header and payload.
+fn from_client(dst: Ipv6Addr, nh: u8, hop: u8, payload: &[u8]) -> Vec<u8> {
     eth(
         HA_MAC,
         CLIENT_MAC,
         0x86dd,
-        &ipv6(client(), ds(), 6, hop, &tcp(sport, 80, 100)),
+        &ipv6(client(), dst, nh, hop, payload),
     )
+}
+
+/// `inner` tunnelled by the home agent to node 1.
+fn tunnelled(inner: &[u8]) -> Vec<u8> {
+    eth(HA_MAC, GW_MAC, 0x86dd, &ipv6(ha(), node1(), 41, 64, inner))
+}
+
+fn local(protos: u32, action: Action) -> LocalAddr {
+    LocalAddr { protos, action }
+}
+
+/// Configure these local addresses: everything for them goes to the kernel.
+fn to_kernel(p: &Program, addrs: &[Ipv6Addr]) {
+    for a in addrs {
+        p.add_local(*a, local(PROTO_ALL, Action::Pass))
+            .expect("local");
+    }
 }
 
 fn steer() -> Program {
@@ -166,10 +233,9 @@ fn check_ptb(out: &[u8], orig: &[u8], mtu: u32) {
 
 #[test]
 fn tunnel_miss_falls_back_to_binding_and_learns() {
-    if !require_root("tunnel_miss_falls_back_to_binding_and_learns") {
-        return;
-    }
-    let p = tunnel(true);
+    let p = program_or_skip!("tunnel_miss_falls_back_to_binding_and_learns", || tunnel(
+        true
+    ));
     let frame = client_tcp(40000, 64);
     let (rv, out) = p.test_run(&frame).expect("run");
     assert_eq!(rv, XDP_TX);
@@ -180,15 +246,8 @@ fn tunnel_miss_falls_back_to_binding_and_learns() {
         &frame[14 + 8..],
         "rest of the inner packet intact"
     );
-    assert_eq!(p.counter(TunnelCounter::Binding as u32).expect("c"), 1);
-    assert_eq!(p.counter(TunnelCounter::FlowLearned as u32).expect("c"), 1);
-    let key = FlowKey {
-        src: client(),
-        dst: ds(),
-        sport: 40000,
-        dport: 80,
-        proto: 6,
-    };
+    assert_counters(&p, "binding=1 flow_learned=1");
+    let key = client_flow(40000);
     let v = p.flow(&key).expect("lookup").expect("flow learned");
     assert_eq!(v.owner, node1());
     assert_eq!(v.packets, 1);
@@ -196,24 +255,15 @@ fn tunnel_miss_falls_back_to_binding_and_learns() {
 
 #[test]
 fn tunnel_flow_hit_after_one_map_update() {
-    if !require_root("tunnel_flow_hit_after_one_map_update") {
-        return;
-    }
-    let p = tunnel(true);
+    let p = program_or_skip!("tunnel_flow_hit_after_one_map_update", || tunnel(true));
     let frame = client_tcp(40001, 64);
-    assert_eq!(p.test_run(&frame).expect("run").0, XDP_TX);
-    let key = FlowKey {
-        src: client(),
-        dst: ds(),
-        sport: 40001,
-        dport: 80,
-        proto: 6,
-    };
+    assert_eq!(verdict(&p, &frame), XDP_TX);
+    let key = client_flow(40001);
     p.set_flow(&key, node2()).expect("move flow");
     let (rv, out) = p.test_run(&frame).expect("run");
     assert_eq!(rv, XDP_TX);
     check_outer(&out, frame.len() - 14, node2());
-    assert_eq!(p.counter(TunnelCounter::FlowHit as u32).expect("c"), 1);
+    assert_counters(&p, "flow_hit=1");
     // Another flow of the same client still follows the binding.
     let other = client_tcp(40002, 64);
     let (_, out) = p.test_run(&other).expect("run");
@@ -224,10 +274,7 @@ fn tunnel_flow_hit_after_one_map_update() {
 
 #[test]
 fn tunnel_without_learning_keeps_no_state() {
-    if !require_root("tunnel_without_learning_keeps_no_state") {
-        return;
-    }
-    let p = tunnel(false);
+    let p = program_or_skip!("tunnel_without_learning_keeps_no_state", || tunnel(false));
     let frame = client_tcp(40003, 64);
     let (rv, out) = p.test_run(&frame).expect("run");
     assert_eq!(rv, XDP_TX);
@@ -237,17 +284,10 @@ fn tunnel_without_learning_keeps_no_state() {
 
 #[test]
 fn tunnel_routes_icmp_errors_to_the_flow_owner() {
-    if !require_root("tunnel_routes_icmp_errors_to_the_flow_owner") {
-        return;
-    }
-    let p = tunnel(true);
-    let key = FlowKey {
-        src: client(),
-        dst: ds(),
-        sport: 40004,
-        dport: 80,
-        proto: 6,
-    };
+    let p = program_or_skip!("tunnel_routes_icmp_errors_to_the_flow_owner", || tunnel(
+        true
+    ));
+    let key = client_flow(40004);
     p.set_flow(&key, node2()).expect("flow");
     // A router's Packet Too Big about the node's reply (DS:80 -> client:40004).
     let quoted = ipv6(ds(), client(), 6, 60, &tcp(80, 40004, 1200));
@@ -258,7 +298,7 @@ fn tunnel_routes_icmp_errors_to_the_flow_owner() {
     let (rv, out) = p.test_run(&frame).expect("run");
     assert_eq!(rv, XDP_TX);
     check_outer(&out, frame.len() - 14, node2());
-    assert_eq!(p.counter(TunnelCounter::IcmpError as u32).expect("c"), 1);
+    assert_counters(&p, "icmp_error=1");
     // An error about an unknown flow goes to the binding, and is not learned.
     let quoted = ipv6(ds(), client(), 6, 60, &tcp(80, 49999, 0));
     let mut icmp = vec![1u8, 4, 0, 0, 0, 0, 0, 0];
@@ -271,35 +311,22 @@ fn tunnel_routes_icmp_errors_to_the_flow_owner() {
 
 #[test]
 fn tunnel_passes_and_drops() {
-    if !require_root("tunnel_passes_and_drops") {
-        return;
-    }
-    let p = tunnel(true);
+    let p = program_or_skip!("tunnel_passes_and_drops", || tunnel(true));
     // Not for a home address.
-    let other = eth(
-        HA_MAC,
-        CLIENT_MAC,
-        0x86dd,
-        &ipv6(client(), ha(), 6, 64, &tcp(1, 22, 0)),
-    );
-    assert_eq!(p.test_run(&other).expect("run").0, XDP_PASS);
+    let other = from_client(ha(), 6, 64, &tcp(1, 22, 0));
+    assert_eq!(verdict(&p, &other), XDP_PASS);
     // Not IPv6.
     let arp = eth([0xff; 6], CLIENT_MAC, 0x0806, &[0u8; 28]);
-    assert_eq!(p.test_run(&arp).expect("run").0, XDP_PASS);
+    assert_eq!(verdict(&p, &arp), XDP_PASS);
     // Hop limit would expire: the kernel answers Time Exceeded.
-    assert_eq!(p.test_run(&client_tcp(1, 1)).expect("run").0, XDP_PASS);
+    assert_eq!(verdict(&p, &client_tcp(1, 1)), XDP_PASS);
     // Too big once encapsulated: answered with Packet Too Big (RFC 2473 §7.1, RFC 4443 §3.2).
-    let big = eth(
-        HA_MAC,
-        CLIENT_MAC,
-        0x86dd,
-        &ipv6(client(), ds(), 6, 64, &tcp(2, 80, 1440)),
-    );
+    let big = from_client(ds(), 6, 64, &tcp(2, 80, 1440));
     let (rv, out) = p.test_run(&big).expect("run");
     assert_eq!(rv, XDP_TX);
     check_ptb(&out, &big, 1460);
     // A second one within the rate limit is dropped.
-    assert_eq!(p.test_run(&big).expect("run").0, XDP_DROP);
+    assert_eq!(verdict(&p, &big), XDP_DROP);
     // Truncated: no IPv6 header, half an IPv6 header, a cut TCP header, a lying length.
     let full = client_tcp(3, 64);
     // (The kernel refuses test frames shorter than an Ethernet header.)
@@ -309,119 +336,64 @@ fn tunnel_passes_and_drops() {
     }
     let mut liar = full.clone();
     liar[14 + 4..14 + 6].copy_from_slice(&2000u16.to_be_bytes());
-    assert_eq!(p.test_run(&liar).expect("run").0, XDP_DROP);
+    assert_eq!(verdict(&p, &liar), XDP_DROP);
     // A truncated extension header chain.
     let mut ext = ipv6(client(), ds(), 60, 64, &[6u8, 10, 0, 0, 0, 0, 0, 0]);
     ext.truncate(40 + 8);
     let f = eth(HA_MAC, CLIENT_MAC, 0x86dd, &ext);
-    assert_eq!(p.test_run(&f).expect("run").0, XDP_DROP);
-    let c = |n: TunnelCounter| p.counter(n as u32).expect("counter");
-    assert_eq!(c(TunnelCounter::PassNoBinding), 1);
-    assert_eq!(c(TunnelCounter::PassNotIpv6), 1);
-    assert_eq!(c(TunnelCounter::PassHopLimit), 1);
-    assert_eq!(c(TunnelCounter::Ptb), 1);
-    assert_eq!(c(TunnelCounter::DropTooBig), 1);
-    assert_eq!(c(TunnelCounter::DropMalformed), 5);
+    assert_eq!(verdict(&p, &f), XDP_DROP);
+    assert_counters(
+        &p,
+        "pass_no_binding=1 pass_not_ipv6=1 pass_hop_limit=1 ptb=1 drop_too_big=1 drop_malformed=5",
+    );
     assert!(p.flows().expect("flows").is_empty(), "nothing learned");
 }
 
 #[test]
 fn steer_passes_foreign_and_unconfigured_traffic() {
-    if !require_root("steer_passes_foreign_and_unconfigured_traffic") {
-        return;
-    }
-    let p = steer();
-    p.add_local(
-        ds(),
-        LocalAddr {
-            protos: PROTO_TCP,
-            action: Action::Xsk,
-        },
-    )
-    .expect("local");
-    let other = eth(
-        HA_MAC,
-        CLIENT_MAC,
-        0x86dd,
-        &ipv6(client(), ha(), 6, 64, &tcp(1, 22, 0)),
-    );
-    assert_eq!(p.test_run(&other).expect("run").0, XDP_PASS);
-    let udp = eth(
-        HA_MAC,
-        CLIENT_MAC,
-        0x86dd,
-        &ipv6(client(), ds(), 17, 64, &[0u8; 8]),
-    );
-    assert_eq!(p.test_run(&udp).expect("run").0, XDP_PASS);
+    let p = program_or_skip!("steer_passes_foreign_and_unconfigured_traffic", steer);
+    p.add_local(ds(), local(PROTO_TCP, Action::Xsk))
+        .expect("local");
+    let other = from_client(ha(), 6, 64, &tcp(1, 22, 0));
+    assert_eq!(verdict(&p, &other), XDP_PASS);
+    let udp = from_client(ds(), 17, 64, &[0u8; 8]);
+    assert_eq!(verdict(&p, &udp), XDP_PASS);
     let arp = eth([0xff; 6], CLIENT_MAC, 0x0806, &[0u8; 28]);
-    assert_eq!(p.test_run(&arp).expect("run").0, XDP_PASS);
+    assert_eq!(verdict(&p, &arp), XDP_PASS);
     // For us, but no socket is bound on the queue yet.
-    assert_eq!(p.test_run(&client_tcp(5, 64)).expect("run").0, XDP_PASS);
-    let c = |n: SteerCounter| p.counter(n as u32).expect("counter");
-    assert_eq!(c(SteerCounter::PassNotLocal), 1);
-    assert_eq!(c(SteerCounter::PassProto), 1);
-    assert_eq!(c(SteerCounter::PassNotIpv6), 1);
-    assert_eq!(c(SteerCounter::PassNoSocket), 1);
+    assert_eq!(verdict(&p, &client_tcp(5, 64)), XDP_PASS);
+    assert_counters(
+        &p,
+        "pass_not_local=1 pass_proto=1 pass_not_ipv6=1 pass_no_socket=1",
+    );
 }
 
 #[test]
 fn steer_decapsulates_tunnelled_packets() {
-    if !require_root("steer_decapsulates_tunnelled_packets") {
-        return;
-    }
-    let p = steer();
-    p.add_local(
-        node1(),
-        LocalAddr {
-            protos: PROTO_ALL,
-            action: Action::Pass,
-        },
-    )
-    .expect("coa");
-    p.add_local(
-        ds(),
-        LocalAddr {
-            protos: PROTO_ALL,
-            action: Action::Pass,
-        },
-    )
-    .expect("ds");
+    let p = program_or_skip!("steer_decapsulates_tunnelled_packets", steer);
+    to_kernel(&p, &[node1(), ds()]);
     let inner = ipv6(client(), ds(), 6, 63, &tcp(40000, 80, 64));
-    let frame = eth(HA_MAC, GW_MAC, 0x86dd, &ipv6(ha(), node1(), 41, 64, &inner));
+    let frame = tunnelled(&inner);
     let (rv, out) = p.test_run(&frame).expect("run");
     assert_eq!(rv, XDP_PASS, "to the kernel, as configured");
     assert_eq!(&out[..14], &frame[..14], "Ethernet header kept");
     assert_eq!(&out[14..], &inner[..], "outer header removed");
     // Tunnelled to us but the inner destination is not ours: dropped.
     let foreign = ipv6(client(), ip("fd00:d5::99"), 6, 63, &tcp(1, 80, 0));
-    let frame = eth(
-        HA_MAC,
-        GW_MAC,
-        0x86dd,
-        &ipv6(ha(), node1(), 41, 64, &foreign),
-    );
-    assert_eq!(p.test_run(&frame).expect("run").0, XDP_DROP);
+    let frame = tunnelled(&foreign);
+    assert_eq!(verdict(&p, &frame), XDP_DROP);
     // Truncated inner header.
-    let frame = eth(
-        HA_MAC,
-        GW_MAC,
-        0x86dd,
-        &ipv6(ha(), node1(), 41, 64, &inner[..20]),
+    let frame = tunnelled(&inner[..20]);
+    assert_eq!(verdict(&p, &frame), XDP_DROP);
+    assert_counters(
+        &p,
+        "decap=2 pass_kernel=1 drop_decap_foreign=1 drop_malformed=1",
     );
-    assert_eq!(p.test_run(&frame).expect("run").0, XDP_DROP);
-    let c = |n: SteerCounter| p.counter(n as u32).expect("counter");
-    assert_eq!(c(SteerCounter::Decap), 2);
-    assert_eq!(c(SteerCounter::PassKernel), 1);
-    assert_eq!(c(SteerCounter::DropDecapForeign), 1);
-    assert_eq!(c(SteerCounter::DropMalformed), 1);
 }
 
 #[test]
 fn steer_redirects_to_the_socket() {
-    if !require_root("steer_redirects_to_the_socket") {
-        return;
-    }
-    let p = steer();
+    let p = program_or_skip!("steer_redirects_to_the_socket", steer);
     p.add_local(ds(), ds_xdp::loader::xsk_all()).expect("local");
     // An AF_XDP socket bound to the loopback device of a private network namespace.
     let sock = std::thread::spawn(|| {
@@ -446,12 +418,11 @@ fn steer_redirects_to_the_socket() {
         0x86dd,
         &ipv6(client(), mcast, 58, 255, &ns),
     );
-    assert_eq!(p.test_run(&frame).expect("run").0, XDP_REDIRECT);
+    assert_eq!(verdict(&p, &frame), XDP_REDIRECT);
     // Truncated.
     let full = client_tcp(7, 64);
-    assert_eq!(p.test_run(&full[..30]).expect("run").0, XDP_DROP);
-    assert_eq!(p.counter(SteerCounter::Xsk as u32).expect("c"), 2);
-    assert_eq!(p.counter(SteerCounter::DropMalformed as u32).expect("c"), 1);
+    assert_eq!(verdict(&p, &full[..30]), XDP_DROP);
+    assert_counters(&p, "xsk=2 drop_malformed=1");
     p.clear_xsk(0).expect("clear");
 }
 
@@ -464,50 +435,28 @@ fn drain_ring(ring: &mut ds_xdp::hold::HoldRing) -> Vec<(HoldKey, Vec<u8>)> {
 
 #[test]
 fn steer_holds_tunnelled_and_native_packets() {
-    if !require_root("steer_holds_tunnelled_and_native_packets") {
-        return;
-    }
-    let p = steer();
-    for a in [node1(), ds()] {
-        p.add_local(
-            a,
-            LocalAddr {
-                protos: PROTO_ALL,
-                action: Action::Pass,
-            },
-        )
-        .expect("local");
-    }
+    let p = program_or_skip!("steer_holds_tunnelled_and_native_packets", steer);
+    to_kernel(&p, &[node1(), ds()]);
     let held = p.held_flows().expect("held_flows");
     let mut ring = p.hold_ring().expect("hold_ring");
     // The socket's view: local = DS:80, remote = client:40000.
-    let key = HoldKey {
-        local: ds(),
-        remote: client(),
-        lport: 80,
-        rport: 40000,
-    };
+    let key = client_hold(40000);
     held.hold(&key).expect("hold");
 
     // Tunnelled by the home agent: decapsulated, then held whole (inner header on).
     let inner = ipv6(client(), ds(), 6, 63, &tcp(40000, 80, 64));
-    let frame = eth(HA_MAC, GW_MAC, 0x86dd, &ipv6(ha(), node1(), 41, 64, &inner));
-    assert_eq!(p.test_run(&frame).expect("run").0, XDP_DROP, "held");
+    let frame = tunnelled(&inner);
+    assert_eq!(verdict(&p, &frame), XDP_DROP, "held");
     // Natively addressed (no tunnel), with Ethernet padding after it: held without it.
     let second = ipv6(client(), ds(), 6, 63, &tcp(40000, 80, 5));
     let mut frame = eth(HA_MAC, CLIENT_MAC, 0x86dd, &second);
     frame.extend_from_slice(&[0xee; 6]);
-    assert_eq!(p.test_run(&frame).expect("run").0, XDP_DROP, "held");
+    assert_eq!(verdict(&p, &frame), XDP_DROP, "held");
     // Other flows pass: another client port, and the reverse direction's 4-tuple.
     let other = client_tcp(40001, 64);
-    assert_eq!(p.test_run(&other).expect("run").0, XDP_PASS);
-    let reverse = eth(
-        HA_MAC,
-        CLIENT_MAC,
-        0x86dd,
-        &ipv6(client(), ds(), 6, 63, &tcp(80, 40000, 0)),
-    );
-    assert_eq!(p.test_run(&reverse).expect("run").0, XDP_PASS);
+    assert_eq!(verdict(&p, &other), XDP_PASS);
+    let reverse = from_client(ds(), 6, 63, &tcp(80, 40000, 0));
+    assert_eq!(verdict(&p, &reverse), XDP_PASS);
 
     let got = drain_ring(&mut ring);
     assert_eq!(got.len(), 2, "two held, oldest first");
@@ -522,7 +471,7 @@ fn steer_holds_tunnelled_and_native_packets() {
     let mut bad = ipv6(client(), ds(), 6, 63, &tcp(40000, 80, 10));
     bad[4..6].copy_from_slice(&500u16.to_be_bytes());
     let frame = eth(HA_MAC, CLIENT_MAC, 0x86dd, &bad);
-    assert_eq!(p.test_run(&frame).expect("run").0, XDP_DROP);
+    assert_eq!(verdict(&p, &frame), XDP_DROP);
     assert!(drain_ring(&mut ring).is_empty());
     assert_eq!(held.get(&key).expect("get").expect("held").lost, 1);
 
@@ -532,43 +481,32 @@ fn steer_holds_tunnelled_and_native_packets() {
         Some(2)
     );
     assert_eq!(held.release(&key).expect("release"), None, "not held twice");
-    let frame = eth(HA_MAC, GW_MAC, 0x86dd, &ipv6(ha(), node1(), 41, 64, &inner));
-    assert_eq!(p.test_run(&frame).expect("run").0, XDP_PASS);
+    let frame = tunnelled(&inner);
+    assert_eq!(verdict(&p, &frame), XDP_PASS);
     assert!(drain_ring(&mut ring).is_empty());
 
-    let c = |n: SteerCounter| p.counter(n as u32).expect("counter");
-    assert_eq!(c(SteerCounter::Held), 2);
-    assert_eq!(c(SteerCounter::DropHoldLost), 1);
-    assert_eq!(c(SteerCounter::Decap), 2);
+    assert_counters(&p, "held=2 drop_hold_lost=1 decap=2");
 }
 
 #[test]
 fn steer_holds_without_configured_addresses() {
-    if !require_root("steer_holds_without_configured_addresses") {
-        return;
-    }
     // A host that loads the program only to hold (ds_kernel::HoldTable::attach): nothing in
     // local_addrs, every other packet passes.
-    let p = steer();
+    let p = program_or_skip!("steer_holds_without_configured_addresses", steer);
     let held = p.held_flows().expect("held_flows");
     let mut ring = p.hold_ring().expect("hold_ring");
-    let key = HoldKey {
-        local: ds(),
-        remote: client(),
-        lport: 80,
-        rport: 7,
-    };
+    let key = client_hold(7);
     held.hold(&key).expect("hold");
     let frame = client_tcp(7, 64);
-    assert_eq!(p.test_run(&frame).expect("run").0, XDP_DROP);
-    assert_eq!(p.test_run(&client_tcp(8, 64)).expect("run").0, XDP_PASS);
+    assert_eq!(verdict(&p, &frame), XDP_DROP);
+    assert_eq!(verdict(&p, &client_tcp(8, 64)), XDP_PASS);
     let got = drain_ring(&mut ring);
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].1, frame[14..].to_vec());
     // A userspace (AF_XDP) address is not held by the program: its stack holds by itself.
     p.add_local(ds(), ds_xdp::loader::xsk_all()).expect("local");
     assert_eq!(
-        p.test_run(&frame).expect("run").0,
+        verdict(&p, &frame),
         XDP_PASS,
         "no socket on the queue: passed"
     );

@@ -144,30 +144,12 @@ pub struct Record {
     pub repeat: u32,
     /// Which test.
     pub test: Test,
-    /// Bulk: payload bytes.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub bytes: Option<u64>,
-    /// Bulk: seconds.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub seconds: Option<f64>,
-    /// Bulk: goodput, Gbit/s.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub gbit_per_s: Option<f64>,
-    /// RR: recorded rounds.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rounds: Option<u32>,
-    /// RR: median round trip, µs.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub p50_us: Option<f64>,
-    /// RR: 99th percentile, µs.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub p99_us: Option<f64>,
-    /// RR: mean, µs.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub mean_us: Option<f64>,
-    /// RR: largest, µs.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_us: Option<f64>,
+    /// Bulk transfers: what moved, how fast.
+    #[serde(flatten)]
+    pub bulk: Option<Bulk>,
+    /// Request/response: the round trips.
+    #[serde(flatten)]
+    pub rr: Option<RoundTrips>,
     /// Segments the kernel client in P retransmitted during the test.
     pub client_retransmits: u64,
     /// Segments the server retransmitted (kernel: K's counter; ours: its stats; smoltcp: not
@@ -186,20 +168,40 @@ pub struct Record {
     pub attempt: u32,
 }
 
+/// A bulk transfer's result.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Bulk {
+    /// Payload bytes.
+    pub bytes: u64,
+    /// Seconds.
+    pub seconds: f64,
+    /// Goodput, Gbit/s.
+    pub gbit_per_s: f64,
+}
+
+/// A request/response test's round trips.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RoundTrips {
+    /// Recorded rounds.
+    pub rounds: u32,
+    /// Median, µs.
+    pub p50_us: f64,
+    /// 99th percentile, µs.
+    pub p99_us: f64,
+    /// Mean, µs.
+    pub mean_us: f64,
+    /// Largest, µs.
+    pub max_us: f64,
+}
+
 impl Record {
     fn new(server: Server, repeat: u32, test: Test) -> Self {
         Record {
             server,
             repeat,
             test,
-            bytes: None,
-            seconds: None,
-            gbit_per_s: None,
-            rounds: None,
-            p50_us: None,
-            p99_us: None,
-            mean_us: None,
-            max_us: None,
+            bulk: None,
+            rr: None,
             client_retransmits: 0,
             server_retransmits: None,
             queue_drops: 0,
@@ -274,6 +276,19 @@ fn pinned<T>(cpu: Option<usize>, f: impl FnOnce() -> Result<T>) -> Result<T> {
         client::pin_to_cpu(c)?;
     }
     f()
+}
+
+/// Run `f` in the client's namespace, pinned to `cpu` (if any); errors say `what` ran.
+fn in_client<T: Send>(
+    topo: &Topology,
+    cpu: Option<usize>,
+    what: &str,
+    f: impl FnOnce() -> Result<T> + Send,
+) -> Result<T> {
+    topo.peer
+        .ns
+        .try_run(move || pinned(cpu, f))?
+        .with_context(|| what.to_string())
 }
 
 fn on_off(b: bool) -> &'static str {
@@ -392,48 +407,31 @@ pub fn run(
         for &server in &opts.servers {
             let c = ctl(server);
             match server {
-                Server::Kernel => {
-                    let KernelParts {
-                        k_tap,
-                        s_tap,
-                        listener,
-                    } = servers::kernel_parts(&topo)?;
-                    queues.insert(
-                        server,
-                        vec![
+                Server::Kernel | Server::KernelVeth => {
+                    // The kernel server behind TAP + relay reads through both relay TAPs; the
+                    // reference one over a plain veth through the veth's end.
+                    let (listener, readers, label) = if server == Server::Kernel {
+                        let KernelParts {
+                            k_tap,
+                            s_tap,
+                            listener,
+                        } = servers::kernel_parts(&topo)?;
+                        let readers = vec![
                             (&topo.host.ns, s_tap.name().to_string()),
                             (&topo.kns, servers::KERNEL_TAP.to_string()),
-                        ],
-                    );
-                    threads.push((
-                        "kernel relay",
-                        spawn(sc, "relay", move || {
-                            pinned(scpu, || servers::relay(k_tap, s_tap, c))
-                        })?,
-                    ));
-                    threads.push((
-                        "kernel server",
-                        spawn(sc, "kernel", move || {
-                            pinned(scpu, || {
-                                servers::serve_kernel(listener, opts.kernel_cc.as_deref(), c)
-                            })
-                        })?,
-                    ));
-                }
-                Server::KernelVeth => {
-                    let listener = servers::kernel_veth_listener(&topo)?;
-                    queues.insert(
-                        server,
-                        vec![(&topo.host.ns, servers::VETH_PORT.to_string())],
-                    );
-                    threads.push((
-                        "kernel-veth server",
-                        spawn(sc, "kernel-veth", move || {
-                            pinned(scpu, || {
-                                servers::serve_kernel(listener, opts.kernel_cc.as_deref(), c)
-                            })
-                        })?,
-                    ));
+                        ];
+                        let relay = move || pinned(scpu, || servers::relay(k_tap, s_tap, c));
+                        threads.push(("kernel relay", spawn(sc, "relay", relay)?));
+                        (listener, readers, "kernel server")
+                    } else {
+                        let listener = servers::kernel_veth_listener(&topo)?;
+                        let readers = vec![(&topo.host.ns, servers::VETH_PORT.to_string())];
+                        (listener, readers, "kernel-veth server")
+                    };
+                    queues.insert(server, readers);
+                    let cc = opts.kernel_cc.as_deref();
+                    let serve = move || pinned(scpu, || servers::serve_kernel(listener, cc, c));
+                    threads.push((label, spawn(sc, server.name(), serve)?));
                 }
                 Server::Ours | Server::Smoltcp => {
                     let (tx, rx) = mpsc::channel();
@@ -592,42 +590,32 @@ fn measure_one<'a>(
         Test::Upload | Test::Download => {
             let bytes = opts.bytes;
             let cc = opts.kernel_cc.as_deref();
-            let b = topo
-                .peer
-                .ns
-                .try_run(move || {
-                    if let Some(c) = cpu {
-                        client::pin_to_cpu(c)?;
-                    }
-                    if test == Test::Upload {
-                        client::upload(addr, cc, bytes)
-                    } else {
-                        client::download(addr, cc, bytes)
-                    }
-                })?
-                .with_context(|| what.clone())?;
-            r.bytes = Some(b.bytes);
-            r.seconds = Some(b.seconds);
-            r.gbit_per_s = Some(b.gbit_per_s());
+            let b = in_client(topo, cpu, &what, move || {
+                if test == Test::Upload {
+                    client::upload(addr, cc, bytes)
+                } else {
+                    client::download(addr, cc, bytes)
+                }
+            })?;
+            r.bulk = Some(Bulk {
+                bytes: b.bytes,
+                seconds: b.seconds,
+                gbit_per_s: b.gbit_per_s(),
+            });
         }
         Test::Rr => {
             let (size, warmup, rounds) = (opts.msg_size, opts.warmup, opts.rounds);
             let cc = opts.kernel_cc.as_deref();
-            let e = topo
-                .peer
-                .ns
-                .try_run(move || {
-                    if let Some(c) = cpu {
-                        client::pin_to_cpu(c)?;
-                    }
-                    client::echo(addr, cc, size, warmup, rounds)
-                })?
-                .with_context(|| what.clone())?;
-            r.rounds = Some(rounds);
-            r.p50_us = Some(e.quantile_us(0.5));
-            r.p99_us = Some(e.quantile_us(0.99));
-            r.mean_us = Some(e.mean_us());
-            r.max_us = Some(e.max_us());
+            let e = in_client(topo, cpu, &what, move || {
+                client::echo(addr, cc, size, warmup, rounds)
+            })?;
+            r.rr = Some(RoundTrips {
+                rounds,
+                p50_us: e.quantile_us(0.5),
+                p99_us: e.quantile_us(0.99),
+                mean_us: e.mean_us(),
+                max_us: e.max_us(),
+            });
         }
     }
     let p_delta = counter_delta(&p_before, &tcp_counters(&topo.peer.ns)?);

@@ -140,10 +140,14 @@ pub fn summarize(opts: &Options, env: &Environment, records: &[Record]) -> Summa
             };
             ServerSummary {
                 server: s,
-                upload_gbit_per_s: stat_of(records, s, Test::Upload, |r| r.gbit_per_s),
-                download_gbit_per_s: stat_of(records, s, Test::Download, |r| r.gbit_per_s),
-                rr_p50_us: stat_of(records, s, Test::Rr, |r| r.p50_us),
-                rr_p99_us: stat_of(records, s, Test::Rr, |r| r.p99_us),
+                upload_gbit_per_s: stat_of(records, s, Test::Upload, |r| {
+                    r.bulk.as_ref().map(|b| b.gbit_per_s)
+                }),
+                download_gbit_per_s: stat_of(records, s, Test::Download, |r| {
+                    r.bulk.as_ref().map(|b| b.gbit_per_s)
+                }),
+                rr_p50_us: stat_of(records, s, Test::Rr, |r| r.rr.as_ref().map(|t| t.p50_us)),
+                rr_p99_us: stat_of(records, s, Test::Rr, |r| r.rr.as_ref().map(|t| t.p99_us)),
                 client_retransmits: mine.clone().map(|r| r.client_retransmits).sum(),
                 queue_drops: mine.clone().map(|r| r.queue_drops).sum(),
                 max_other_cpu: mine.clone().map(|r| r.other_cpu).fold(0.0, f64::max),
@@ -224,20 +228,22 @@ pub fn progress_line(r: &Record, repeats: u32) -> String {
         ),
     };
     match r.test {
-        Test::Upload | Test::Download => format!(
-            "{head} {} in {:.3} s = {:.3} Gbit/s  ({retr}{busy})",
-            human_bytes(r.bytes.unwrap_or(0)),
-            r.seconds.unwrap_or(0.0),
-            r.gbit_per_s.unwrap_or(0.0)
-        ),
-        Test::Rr => format!(
-            "{head} {} rounds: p50 {:.1} us, p99 {:.1} us, mean {:.1} us, max {:.1} us  ({retr}{busy})",
-            r.rounds.unwrap_or(0),
-            r.p50_us.unwrap_or(0.0),
-            r.p99_us.unwrap_or(0.0),
-            r.mean_us.unwrap_or(0.0),
-            r.max_us.unwrap_or(0.0)
-        ),
+        Test::Upload | Test::Download => {
+            let b = r.bulk.clone().unwrap_or_default();
+            format!(
+                "{head} {} in {:.3} s = {:.3} Gbit/s  ({retr}{busy})",
+                human_bytes(b.bytes),
+                b.seconds,
+                b.gbit_per_s
+            )
+        }
+        Test::Rr => {
+            let t = r.rr.clone().unwrap_or_default();
+            format!(
+                "{head} {} rounds: p50 {:.1} us, p99 {:.1} us, mean {:.1} us, max {:.1} us  ({retr}{busy})",
+                t.rounds, t.p50_us, t.p99_us, t.mean_us, t.max_us
+            )
+        }
     }
 }
 
@@ -425,6 +431,38 @@ pub fn json_summary(s: &Summary) -> serde_json::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_carry_the_fields_of_their_test_only() {
+        let mut r = Record::new(Server::Ours, 1, Test::Upload);
+        r.bulk = Some(super::super::Bulk {
+            bytes: 1,
+            seconds: 2.0,
+            gbit_per_s: 3.0,
+        });
+        let v: serde_json::Value =
+            serde_json::from_str(&json_record(&r).expect("json")).expect("parse");
+        assert_eq!(
+            (v["bytes"].as_u64(), v["seconds"].as_f64()),
+            (Some(1), Some(2.0))
+        );
+        assert_eq!(v["gbit_per_s"].as_f64(), Some(3.0));
+        for absent in [
+            "rounds", "p50_us", "p99_us", "mean_us", "max_us", "bulk", "rr",
+        ] {
+            assert!(v.get(absent).is_none(), "{absent} in {v}");
+        }
+        let mut r = Record::new(Server::Ours, 1, Test::Rr);
+        r.rr = Some(super::super::RoundTrips {
+            rounds: 5,
+            ..Default::default()
+        });
+        let v: serde_json::Value =
+            serde_json::from_str(&json_record(&r).expect("json")).expect("parse");
+        assert_eq!(v["rounds"].as_u64(), Some(5));
+        assert_eq!(v["p99_us"].as_f64(), Some(0.0));
+        assert!(v.get("bytes").is_none() && v.get("gbit_per_s").is_none());
+    }
 
     #[test]
     fn medians() {

@@ -6,47 +6,39 @@
 use std::io;
 use std::os::fd::AsRawFd;
 
+/// Call `sockopt` (a `setsockopt` or `getsockopt`) with the socket's fd, `IPPROTO_TCP` and
+/// `TCP_CONGESTION`; a non-zero return is the OS error.
+fn tcp_congestion(
+    sock: &impl AsRawFd,
+    sockopt: impl FnOnce(libc::c_int, libc::c_int, libc::c_int) -> libc::c_int,
+) -> io::Result<()> {
+    match sockopt(sock.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_CONGESTION) {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
 /// Set the socket's congestion-control algorithm.
 pub fn set_congestion(sock: &impl AsRawFd, name: &str) -> io::Result<()> {
-    // SAFETY: setsockopt reads `name.len()` bytes from a live &str and nothing else; the fd is
-    // valid for as long as `sock` is borrowed.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_CONGESTION,
-            name.as_ptr().cast::<libc::c_void>(),
-            name.len() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        let e = io::Error::last_os_error();
-        return Err(io::Error::new(
-            e.kind(),
-            format!("TCP_CONGESTION {name:?}: {e}"),
-        ));
-    }
-    Ok(())
+    let (value, len) = (name.as_ptr().cast::<libc::c_void>(), name.len());
+    // SAFETY: setsockopt reads `len` bytes from a live &str and nothing else; the fd is valid
+    // for as long as `sock` is borrowed.
+    tcp_congestion(sock, |fd, level, opt| unsafe {
+        libc::setsockopt(fd, level, opt, value, len as libc::socklen_t)
+    })
+    .map_err(|e| io::Error::new(e.kind(), format!("TCP_CONGESTION {name:?}: {e}")))
 }
 
 /// The socket's congestion-control algorithm.
 pub fn congestion(sock: &impl AsRawFd) -> io::Result<String> {
     let mut buf = [0u8; 32];
     let mut len = buf.len() as libc::socklen_t;
+    let value = buf.as_mut_ptr().cast::<libc::c_void>();
     // SAFETY: getsockopt writes at most `len` (32) bytes into `buf`, which lives across the
     // call, and stores the written length in `len`.
-    let rc = unsafe {
-        libc::getsockopt(
-            sock.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_CONGESTION,
-            buf.as_mut_ptr().cast::<libc::c_void>(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    tcp_congestion(sock, |fd, level, opt| unsafe {
+        libc::getsockopt(fd, level, opt, value, &mut len)
+    })?;
     let n = (len as usize).min(buf.len());
     let s = &buf[..n];
     let end = s.iter().position(|&b| b == 0).unwrap_or(n);

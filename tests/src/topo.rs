@@ -1,0 +1,143 @@
+//! The handoff topology: a client, a home agent and nodes, each in its own namespace, on one
+//! bridge.
+//!
+//! ```text
+//!  client (c0) ─┐            hub namespace: bridge br0
+//!  HA (h0) ─────┼── br0 ──┬── node 1 (n0)
+//!               │         └── node 2 (n0) …
+//! ```
+//!
+//! Every member has one veth whose other end is a port of `br0` in the hub namespace (`lc`,
+//! `lh`, `l1`, `l2`, …), with offloads off on both ends. The namespaces are uniquely named and
+//! removed on drop, also when the build fails half-way or a test panics.
+
+use crate::{add_addr, add_route, disable_offload, veth, wait_addr_usable, Netns};
+use anyhow::{Context, Result};
+use std::time::Duration;
+
+/// The client's interface.
+pub const CLIENT_IF: &str = "c0";
+/// The home agent's interface.
+pub const HA_IF: &str = "h0";
+/// Each node's interface.
+pub const NODE_IF: &str = "n0";
+/// The bridge, in [`HandoffTopology::hub`].
+pub const BRIDGE: &str = "br0";
+/// The home agent's port on the bridge (where a program that gives its veth NAPI goes).
+pub const HA_PORT: &str = "lh";
+
+/// What to build. Addresses are without prefix length (they get /64 and are waited for).
+#[derive(Clone, Debug, Default)]
+pub struct HandoffSpec<'a> {
+    /// Prefix of the namespaces' names (each name is made unique after it).
+    pub prefix: &'a str,
+    /// How many nodes (at most 9).
+    pub nodes: usize,
+    /// The client's kernel address on `c0`, if the kernel is the client.
+    pub client_addr: Option<&'a str>,
+    /// The client's route to this address (a /128) goes through the home agent.
+    pub client_route_via_ha: Option<&'a str>,
+    /// The home agent's address on `h0`; the home agent forwards (RFC 6275 §10.4.1).
+    pub ha_addr: &'a str,
+    /// Kernel addresses of the nodes on `n0`, by node (fewer than nodes: the rest get none).
+    pub node_addrs: &'a [&'a str],
+    /// Permanent neighbour entries at the home agent: (address, MAC) of what it reaches on
+    /// the link without neighbour discovery (care-of addresses of userspace stacks).
+    pub ha_neighbours: &'a [(&'a str, [u8; 6])],
+}
+
+/// The built topology; dropping it removes every namespace.
+pub struct HandoffTopology {
+    /// Holds the bridge.
+    pub hub: Netns,
+    /// The client.
+    pub client: Netns,
+    /// The home agent.
+    pub ha: Netns,
+    /// The nodes.
+    pub nodes: Vec<Netns>,
+}
+
+impl HandoffTopology {
+    /// Build `spec` (needs root).
+    pub fn build(spec: &HandoffSpec) -> Result<HandoffTopology> {
+        anyhow::ensure!(spec.nodes <= 9, "at most 9 nodes");
+        let p = spec.prefix;
+        let hub = Netns::new(&format!("{p}lan"))?;
+        let client = Netns::new(&format!("{p}cli"))?;
+        let ha = Netns::new(&format!("{p}ha"))?;
+        let nodes = (1..=spec.nodes)
+            .map(|i| Netns::new(&format!("{p}n{i}")))
+            .collect::<Result<Vec<_>>>()?;
+        crate::bridge(&hub, BRIDGE, &[])?;
+        let ports = (1..=spec.nodes).map(|i| format!("l{i}"));
+        let members = [
+            (&client, "lc".to_string(), CLIENT_IF),
+            (&ha, HA_PORT.into(), HA_IF),
+        ]
+        .into_iter()
+        .chain(nodes.iter().zip(ports).map(|(n, port)| (n, port, NODE_IF)));
+        for (ns, port, inner) in members {
+            veth(&hub, &port, ns, inner)?;
+            hub.ip(&["link", "set", &port, "master", BRIDGE])
+                .with_context(|| format!("enslave {port}"))?;
+            disable_offload(ns, inner)?;
+            disable_offload(&hub, &port)?;
+        }
+        let mut addrs = vec![(&ha, HA_IF, spec.ha_addr)];
+        addrs.extend(spec.client_addr.map(|a| (&client, CLIENT_IF, a)));
+        addrs.extend(
+            nodes
+                .iter()
+                .zip(spec.node_addrs)
+                .map(|(n, a)| (n, NODE_IF, *a)),
+        );
+        for (ns, ifname, addr) in &addrs {
+            add_addr(ns, ifname, &format!("{addr}/64"))?;
+        }
+        if let Some(dst) = spec.client_route_via_ha {
+            add_route(
+                &client,
+                &format!("{dst}/128"),
+                Some(spec.ha_addr),
+                Some(CLIENT_IF),
+            )?;
+        }
+        ha.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        for (addr, mac) in spec.ha_neighbours {
+            neighbour(&ha, HA_IF, addr, *mac)?;
+        }
+        for (ns, ifname, addr) in &addrs {
+            wait_addr_usable(ns, ifname, addr, Duration::from_secs(5))?;
+        }
+        Ok(HandoffTopology {
+            hub,
+            client,
+            ha,
+            nodes,
+        })
+    }
+}
+
+/// `aa:bb:cc:dd:ee:ff`.
+pub fn mac_str(mac: [u8; 6]) -> String {
+    mac.map(|b| format!("{b:02x}")).join(":")
+}
+
+/// A permanent neighbour entry: `addr` is at `mac` on `dev`.
+pub fn neighbour(ns: &Netns, dev: &str, addr: &str, mac: [u8; 6]) -> Result<()> {
+    let mac = mac_str(mac);
+    ns.ip(&[
+        "neigh",
+        "replace",
+        addr,
+        "lladdr",
+        &mac,
+        "dev",
+        dev,
+        "nud",
+        "permanent",
+    ])
+    .with_context(|| format!("neighbour {addr} at {mac} in {}", ns.name()))?;
+    Ok(())
+}
