@@ -351,18 +351,7 @@ impl KernelNode {
             remote: client,
         };
         let now = Instant::now();
-        self.host.connections = self.conns.len();
-        let mut svc = KernelService {
-            conns: &mut self.conns,
-            detached: &mut self.detached,
-            root: &self.root,
-            name: &self.service,
-            stats: &mut self.stats,
-        };
-        match self
-            .core
-            .hand_off(now, conn, None, &mut self.host, &mut svc)
-        {
+        match self.with_engine(|core, host, svc| core.hand_off(now, conn, None, host, svc)) {
             Ok(()) => None,
             Err(conn) => {
                 let http = self.detached.remove(&(local, client))?;

@@ -13,7 +13,7 @@
 //! [`ds_apps::kernel_node::KernelNode`]: the same handoff engine and protocol as the userspace
 //! node, over `ds_kernel::KernelHost`. This module only builds its namespace's configuration.
 
-use super::{ip, NodeOut, Options, COA, DS, HA, HA_PORT, MAC};
+use super::{ip, NodeOut, Plan, COA, DS, HA, HA_PORT, MAC};
 use anyhow::{anyhow, Context, Result};
 use ds_apps::kernel_node::KernelNode;
 use ds_apps::node::Steering;
@@ -22,7 +22,6 @@ use ds_testbed::Netns;
 use ds_xdp::maps::{Action, LocalAddr, PROTO_ALL};
 use ds_xdp::{Kind, LoadOptions, Program};
 use std::net::{SocketAddr, SocketAddrV6, TcpListener};
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -107,23 +106,20 @@ impl std::str::FromStr for HandoffPath {
 }
 
 /// Run kernel-path node `i` (0 or 1) until `stop`; the counterpart of `super::node`.
-#[allow(clippy::too_many_arguments)]
 pub(super) fn node(
     ns: &Netns,
     i: usize,
-    opts: &Options,
-    root: &Path,
-    quota: u64,
-    max_handoffs: u64,
+    plan: &Plan,
     stop: &AtomicBool,
     ready: mpsc::Sender<Result<()>>,
 ) -> Result<NodeOut> {
+    let root = plan.root;
     ns.try_run(|| -> Result<NodeOut> {
         let started = (|| -> Result<(KernelNode, (Program, u32))> {
             let prog = configure(ns, i).context("configuring the kernel node")?;
             let listener = TcpListener::bind(SocketAddrV6::new(ip(DS), 80, 0, 0))
                 .context("listening on the DS address")?;
-            let mut hc = super::handoff_config(i, opts, quota, max_handoffs)?;
+            let mut hc = super::handoff_config(i, plan)?;
             hc.steering = Steering::HomeAgentFlow {
                 ha: SocketAddr::V6(SocketAddrV6::new(ip(HA), HA_PORT, 0, 0)),
                 coa: ip(COA[i]),

@@ -35,7 +35,8 @@ use ds_handoff::{ClusterSecret, Drain, HandoffReport, Mode};
 use ds_stack::mobile::MobileRole;
 use ds_stack::runner::Runner;
 use ds_stack::{Config, Interface};
-use ds_testbed::{add_addr, add_route, bridge, disable_offload, tcp_counters, veth, Netns};
+use ds_testbed::topo::{HandoffSpec, HandoffTopology};
+use ds_testbed::{tcp_counters, Netns};
 use ds_xdp::device::{AfXdpConfig, AfXdpDevice};
 use ds_xdp::maps::{TunnelConfig, TunnelMode};
 use ds_xdp::{Kind, LoadOptions, Program};
@@ -171,72 +172,42 @@ struct Topology {
     lan: Netns,
     client: Netns,
     ha: Netns,
-    nodes: [Netns; 2],
+    nodes: Vec<Netns>,
     _napi: Program,
 }
 
 fn setup(mode: Mode) -> Result<Topology> {
-    let lan = Netns::new("hlan")?;
-    let client = Netns::new("hcli")?;
-    let ha = Netns::new("hha")?;
-    let n1 = Netns::new("hn1")?;
-    let n2 = Netns::new("hn2")?;
-    bridge(&lan, "br0", &[])?;
-    for (ns, port, inner) in [
-        (&client, "lc", "c0"),
-        (&ha, "lh", "h0"),
-        (&n1, "l1", "n0"),
-        (&n2, "l2", "n0"),
-    ] {
-        veth(&lan, port, ns, inner)?;
-        lan.ip(&["link", "set", port, "master", "br0"])?;
-        disable_offload(ns, inner)?;
-        disable_offload(&lan, port)?;
-    }
+    // The kernel is the client in transparent mode; in route-optimised mode our stack is, on
+    // AF_XDP (no kernel address on c0).
+    let transparent = mode == Mode::Transparent;
+    let t = HandoffTopology::build(&HandoffSpec {
+        prefix: "h",
+        nodes: 2,
+        client_addr: transparent.then_some(CLIENT),
+        client_route_via_ha: transparent.then_some(DS),
+        ha_addr: HA,
+        node_addrs: &CTL,
+        ha_neighbours: &[(COA[0], MAC[0]), (COA[1], MAC[1])],
+    })?;
     // XDP_TX on the HA's veth needs NAPI on its peer (veth_xdp_xmit checks it): a pass-all
     // steering program there enables it.
     let napi = Program::load(Kind::Steer, &LoadOptions::default())?;
-    lan.try_run(|| -> Result<()> {
-        let idx = ds_xdp::loader::ifindex("lh")?;
+    t.hub.try_run(|| -> Result<()> {
+        let idx = ds_xdp::loader::ifindex(ds_testbed::topo::HA_PORT)?;
         napi.attach(idx, ds_xdp::Mode::Native, false)?;
         Ok(())
     })??;
-    if mode == Mode::Transparent {
-        // The kernel is the client; in route-optimised mode our stack is, on AF_XDP.
-        add_addr(&client, "c0", &format!("{CLIENT}/64"))?;
-        add_route(&client, &format!("{DS}/128"), Some(HA), Some("c0"))?;
-    }
-    add_addr(&ha, "h0", &format!("{HA}/64"))?;
-    add_addr(&n1, "n0", &format!("{}/64", CTL[0]))?;
-    add_addr(&n2, "n0", &format!("{}/64", CTL[1]))?;
-    // A home agent is a router (RFC 6275 §10.4.1); bpf_fib_lookup needs forwarding on.
-    ha.sysctl("net.ipv6.conf.all.forwarding", "1")?;
-    for (coa, mac) in COA.iter().zip(MAC) {
-        let m = ds_apps::mac::format_mac(&mac);
-        ha.ip(&[
-            "neigh",
-            "replace",
-            coa,
-            "lladdr",
-            &m,
-            "dev",
-            "h0",
-            "nud",
-            "permanent",
-        ])?;
-    }
-    // Wait for duplicate address detection on the kernel addresses.
-    if mode == Mode::Transparent {
-        ds_testbed::wait_addr_usable(&client, "c0", CLIENT, Duration::from_secs(5))?;
-    }
-    ds_testbed::wait_addr_usable(&ha, "h0", HA, Duration::from_secs(5))?;
-    ds_testbed::wait_addr_usable(&n1, "n0", CTL[0], Duration::from_secs(5))?;
-    ds_testbed::wait_addr_usable(&n2, "n0", CTL[1], Duration::from_secs(5))?;
-    Ok(Topology {
-        lan,
+    let HandoffTopology {
+        hub,
         client,
         ha,
-        nodes: [n1, n2],
+        nodes,
+    } = t;
+    Ok(Topology {
+        lan: hub,
+        client,
+        ha,
+        nodes,
         _napi: napi,
     })
 }
@@ -313,14 +284,21 @@ struct NodeOut {
     forwarded: u64,
 }
 
+/// What every node of one run is told: the options, the document root, the per-node quota
+/// and how many handoffs each node starts (node 1 the odd ones, node 2 the even ones).
+struct Plan<'a> {
+    opts: &'a Options,
+    root: &'a Path,
+    quota: u64,
+    max: [u64; 2],
+    /// Unique to this run (pin paths).
+    tag: &'a str,
+}
+
 /// The handoff settings of node `i` (0 or 1) common to both kinds of node: control listener,
 /// peer, quota, drain, timeouts, mode, injected fault; steering and path are the caller's.
-fn handoff_config(
-    i: usize,
-    opts: &Options,
-    quota: u64,
-    max_handoffs: u64,
-) -> Result<HandoffConfig> {
+fn handoff_config(i: usize, plan: &Plan) -> Result<HandoffConfig> {
+    let (opts, quota, max_handoffs) = (plan.opts, plan.quota, plan.max[i]);
     let mut hc = HandoffConfig::new(ClusterSecret::new(SECRET)?);
     hc.listen = Some(TcpListener::bind(SocketAddrV6::new(
         ip(CTL[i]),
@@ -351,17 +329,14 @@ fn handoff_config(
 }
 
 /// Run node `i` (0 or 1) until `stop`.
-#[allow(clippy::too_many_arguments)]
 fn node(
     ns: &Netns,
     i: usize,
-    opts: &Options,
-    root: &Path,
-    quota: u64,
-    max_handoffs: u64,
+    plan: &Plan,
     stop: &AtomicBool,
     ready: mpsc::Sender<Result<()>>,
 ) -> Result<NodeOut> {
+    let (opts, root) = (plan.opts, plan.root);
     let res = ns.try_run(|| -> Result<NodeOut> {
         let coa = ip(COA[i]);
         let ro = opts.mode == Mode::Ro;
@@ -384,7 +359,7 @@ fn node(
             root,
             ServerConfig::default(),
         )?;
-        let mut hc = handoff_config(i, opts, quota, max_handoffs)?;
+        let mut hc = handoff_config(i, plan)?;
         match &role {
             None => {
                 hc.steering = Steering::HomeAgentFlow {
@@ -460,13 +435,20 @@ pub fn run(opts: &Options) -> Result<Outcome> {
     // Node 1 starts the odd handoffs, node 2 the even ones.
     let max = [opts.count.div_ceil(2) as u64, (opts.count / 2) as u64];
     let transparent = opts.mode == Mode::Transparent;
+    let plan = Plan {
+        opts,
+        root: &root,
+        quota,
+        max,
+        tag: &tag,
+    };
     let (m, outs) = if opts.processes {
-        let procs = processes::start(&topo, opts, &root, quota, max, &tag, &dir.0)?;
+        let procs = processes::start(&topo, &plan, &dir.0)?;
         let m = measure(&topo, opts, &got);
         let outs = procs.stop()?;
         (m?, outs)
     } else {
-        in_threads(&topo, opts, &root, quota, max, &tag, &got)?
+        in_threads(&topo, &plan, &got)?
     };
     let Measured {
         client,
@@ -610,16 +592,8 @@ fn measure(topo: &Topology, opts: &Options, got: &Path) -> Result<Measured> {
 
 /// The nodes and the home agent as threads of this process (library calls, as a user's
 /// program makes them), around one measured download.
-#[allow(clippy::too_many_arguments)]
-fn in_threads(
-    topo: &Topology,
-    opts: &Options,
-    root: &Path,
-    quota: u64,
-    max: [u64; 2],
-    tag: &str,
-    got: &Path,
-) -> Result<(Measured, Vec<NodeOut>)> {
+fn in_threads(topo: &Topology, plan: &Plan, got: &Path) -> Result<(Measured, Vec<NodeOut>)> {
+    let (opts, tag) = (plan.opts, plan.tag);
     let stop = AtomicBool::new(false);
     std::thread::scope(|sc| -> Result<(Measured, Vec<NodeOut>)> {
         struct StopOnDrop<'a>(&'a AtomicBool);
@@ -637,12 +611,12 @@ fn in_threads(
             sc.spawn(move || home_agent(ha, tag, stop, tx))
         });
         let mut nodes = Vec::new();
-        for (i, (ns, max)) in topo.nodes.iter().zip(max).enumerate() {
+        for (i, ns) in topo.nodes.iter().enumerate() {
             let tx = tx.clone();
             let stop = &stop;
             nodes.push(sc.spawn(move || match opts.path.side(i) {
-                Side::User => node(ns, i, opts, root, quota, max, stop, tx),
-                Side::Kernel => kernel::node(ns, i, opts, root, quota, max, stop, tx),
+                Side::User => node(ns, i, plan, stop, tx),
+                Side::Kernel => kernel::node(ns, i, plan, stop, tx),
             }));
         }
         for _ in 0..(2 + usize::from(transparent)) {

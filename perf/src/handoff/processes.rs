@@ -3,7 +3,7 @@
 //! them (see `scripts/demo.sh`), their handoff reports read from their standard output.
 
 use super::{
-    ip, kernel, DrainChoice, NodeOut, Options, Side, Topology, COA, CTL, CTL_PORT, DS, HA, HA_PORT,
+    ip, kernel, DrainChoice, NodeOut, Plan, Side, Topology, COA, CTL, CTL_PORT, DS, HA, HA_PORT,
     MAC, SECRET,
 };
 use anyhow::{anyhow, bail, Context, Result};
@@ -153,15 +153,8 @@ pub(super) struct Procs {
 
 /// Start `dsha` (transparent mode) and the two `dsnode`s, each in its namespace, and wait
 /// until they serve.
-pub(super) fn start(
-    topo: &Topology,
-    opts: &Options,
-    root: &Path,
-    quota: u64,
-    max: [u64; 2],
-    tag: &str,
-    dir: &Path,
-) -> Result<Procs> {
+pub(super) fn start(topo: &Topology, plan: &Plan, dir: &Path) -> Result<Procs> {
+    let (opts, root, quota, max, tag) = (plan.opts, plan.root, plan.quota, plan.max, plan.tag);
     let dsnode = bin("dsnode")?;
     let dsha = bin("dsha")?;
     let secret = dir.join("secret");
