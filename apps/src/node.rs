@@ -908,6 +908,16 @@ impl HandoffNode {
         self.watch_binding(now);
     }
 
+    /// A connection that cannot leave: its service continues it here.
+    fn keep_here(&mut self, h: TcpHandle, client: SocketAddrV6, cause: &str) {
+        tracing::warn!(%client, "connection kept here: {cause}");
+        self.core.events.push(NodeEvent::KeptHere {
+            client,
+            cause: cause.into(),
+        });
+        self.server.resume(h);
+    }
+
     fn watch_binding(&mut self, now: StackInstant) {
         let (Some((client, at)), Some(role)) = (self.core.bu_sent, &self.role) else {
             return;
@@ -952,23 +962,17 @@ impl HandoffNode {
                                 return;
                             }
                             self.ticket_wait = None;
-                            tracing::warn!("no home keygen token for {c}: connection kept here");
-                            self.core.events.push(NodeEvent::KeptHere {
-                                client: c,
-                                cause: "no home keygen token (the home test did not answer)".into(),
-                            });
-                            self.server.resume(h);
+                            self.keep_here(
+                                h,
+                                c,
+                                "no home keygen token (the home test did not answer)",
+                            );
                             continue;
                         }
                         None => {
                             // Away from home a node only has the token that came with the
                             // connection; without it (expired) the connection stays.
-                            tracing::warn!("no home keygen ticket for {c}: connection kept here");
-                            self.core.events.push(NodeEvent::KeptHere {
-                                client: c,
-                                cause: "no home keygen ticket for the correspondent".into(),
-                            });
-                            self.server.resume(h);
+                            self.keep_here(h, c, "no home keygen ticket for the correspondent");
                             continue;
                         }
                     }

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{channels, channels_to, ip, round, Lan, Link, Raw, DS, SECRET};
+use common::{channels, channels_to, ip, round, round12, start_donor, Lan, Link, Raw, DS, SECRET};
 use ds_handoff::channel::{Channel, ChannelError};
 use ds_handoff::msg::{Message, Offer};
 use ds_handoff::{
@@ -138,14 +138,7 @@ fn download_via(
             started = true;
             let mut cfg = DonorConfig::new(42, "http");
             cfg.drain = drain;
-            let d = Donor::start(
-                Mono::now(),
-                UserConn::Live(server.1),
-                cfg,
-                &mut lan.host(1),
-                &mut svcs[1],
-            )
-            .unwrap();
+            let d = start_donor(&mut lan, &mut svcs, 1, server.1, cfg, Mono::now());
             donor = Some(d);
         }
         // Drive the handoff; while the control exchange runs, the LAN stands still.
@@ -336,27 +329,24 @@ fn crashed_acceptor_leaves_download_on_donor() {
     let mut svcs: [Raw; 3] = Default::default();
     let half = 1 << 20;
     let mut sent = lan.ifs[1].tcp_send(srv, &data[..half]).unwrap();
-    let mut d = Donor::start(
-        Mono::now(),
-        UserConn::Live(srv),
+    let mut d = start_donor(
+        &mut lan,
+        &mut svcs,
+        1,
+        srv,
         DonorConfig::new(7, "http"),
-        &mut lan.host(1),
-        &mut svcs[1],
-    )
-    .unwrap();
+        Mono::now(),
+    );
     let mut acceptor: Acceptor<u8, UserConn> = Acceptor::new(acfg());
     let t = Mono::now();
     let out = loop {
-        let seen = round(
+        let seen = round12(
             &mut lan,
             &mut svcs,
-            Some(&mut d),
-            1,
+            &mut d,
             &mut ch_d,
             &mut acceptor,
-            2,
             &mut None,
-            None,
         );
         if let Some(o) = seen.outcome {
             break o;
@@ -434,7 +424,7 @@ fn silent_acceptor_times_out_and_donor_resumes() {
     let mut cfg = DonorConfig::new(9, "http");
     cfg.reply_timeout = Duration::from_millis(50);
     let t = Mono::now();
-    let mut d = Donor::start(t, UserConn::Live(srv), cfg, &mut lan.host(1), &mut svcs[1]).unwrap();
+    let mut d = start_donor(&mut lan, &mut svcs, 1, srv, cfg, t);
     let out = loop {
         if let Some(o) = donor_round(&mut lan, &mut svcs, &mut d, &mut ch_d) {
             break o;
@@ -509,14 +499,7 @@ fn drain_waits_for_acks_or_deadline() {
     cfg.drain = deadline(20);
     let now = mono(&lan);
     common::set_sim(now);
-    let mut d = Donor::start(
-        now,
-        UserConn::Live(srv),
-        cfg,
-        &mut lan.host(1),
-        &mut svcs[1],
-    )
-    .unwrap();
+    let mut d = start_donor(&mut lan, &mut svcs, 1, srv, cfg, now);
     assert_eq!(d.poll_timeout(), Some(now + Duration::from_millis(20)));
     let (steps, bytes) = offer_after(&mut lan, &mut svcs, &mut d, None);
     assert!(
@@ -534,14 +517,7 @@ fn drain_waits_for_acks_or_deadline() {
     cfg.drain = deadline(60_000);
     let now = mono(&lan);
     common::set_sim(now);
-    let mut d = Donor::start(
-        now,
-        UserConn::Live(srv),
-        cfg,
-        &mut lan.host(1),
-        &mut svcs[1],
-    )
-    .unwrap();
+    let mut d = start_donor(&mut lan, &mut svcs, 1, srv, cfg, now);
     let (steps, bytes) = offer_after(&mut lan, &mut svcs, &mut d, Some(cl));
     assert!(steps < 60_000, "{steps}");
     assert!(bytes <= 96, "drained state: {bytes}");
@@ -553,14 +529,14 @@ fn drain_waits_for_acks_or_deadline() {
     lan.ifs[1].tcp_send(srv, &[7u8; 5000]).unwrap();
     let now = mono(&lan);
     common::set_sim(now);
-    let mut d = Donor::start(
-        now,
-        UserConn::Live(srv),
+    let mut d = start_donor(
+        &mut lan,
+        &mut svcs,
+        1,
+        srv,
         DonorConfig::new(3, "http"),
-        &mut lan.host(1),
-        &mut svcs[1],
-    )
-    .unwrap();
+        now,
+    );
     let (steps, _) = offer_after(&mut lan, &mut svcs, &mut d, None);
     assert_eq!(steps, 0);
 }
@@ -615,14 +591,7 @@ fn twenty_handoffs_back_and_forth_byte_exact() {
                 };
             }
             let (n, h) = server;
-            let d = Donor::start(
-                Mono::now(),
-                UserConn::Live(h),
-                cfg,
-                &mut lan.host(n),
-                &mut svcs[n],
-            )
-            .unwrap();
+            let d = start_donor(&mut lan, &mut svcs, n, h, cfg, Mono::now());
             donor = Some((n, d));
         }
         while let Some((from, d)) = donor.as_mut() {
@@ -710,7 +679,7 @@ fn accept_without_activation_is_in_doubt() {
     let mut cfg = DonorConfig::new(3, "http");
     cfg.reply_timeout = Duration::from_millis(30);
     let t = Mono::now();
-    let mut d = Donor::start(t, UserConn::Live(srv), cfg, &mut lan.host(1), &mut svcs[1]).unwrap();
+    let mut d = start_donor(&mut lan, &mut svcs, 1, srv, cfg, t);
     let mut accepted = false;
     let r = loop {
         if !accepted {
@@ -770,29 +739,19 @@ fn held_packets_are_forwarded_to_the_acceptor() {
     let mut cfg = DonorConfig::new(7, "http");
     // Forward for the whole upload.
     cfg.forward_grace = Duration::from_secs(60);
-    let mut donor = Donor::start(
-        Mono::now(),
-        UserConn::Live(srv),
-        cfg,
-        &mut lan.host(1),
-        &mut svcs[1],
-    )
-    .unwrap();
+    let mut donor = start_donor(&mut lan, &mut svcs, 1, srv, cfg, Mono::now());
     let mut moved_to = None;
     let t = Mono::now();
     let mut forwarded = 0;
     loop {
         assert!(t.elapsed() < Duration::from_secs(5));
-        let seen = round(
+        let seen = round12(
             &mut lan,
             &mut svcs,
-            Some(&mut donor),
-            1,
+            &mut donor,
             &mut ch_d,
             &mut acceptor,
-            2,
             &mut ch_a,
-            None,
         );
         if seen
             .events
@@ -826,16 +785,13 @@ fn held_packets_are_forwarded_to_the_acceptor() {
         // frame crosses loopback: keep the rounds going until the acceptor got it.
         let deadline = Mono::now() + Duration::from_secs(2);
         loop {
-            let seen = round(
+            let seen = round12(
                 &mut lan,
                 &mut svcs,
-                Some(&mut donor),
-                1,
+                &mut donor,
                 &mut ch_d,
                 &mut acceptor,
-                2,
                 &mut ch_a,
-                None,
             );
             let n: usize = seen
                 .events

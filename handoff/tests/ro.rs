@@ -7,10 +7,10 @@
 
 mod common;
 
-use common::{channels, ip, round, Lan, Link, Raw};
+use common::{channels, ip, round12, start_donor, Lan, Link, Raw};
 use ds_handoff::{
-    Acceptor, AcceptorConfig, AcceptorEvent, Donor, DonorConfig, DonorOutcome, Drain, Mode,
-    Steering, Takeover, UserConn,
+    Acceptor, AcceptorConfig, AcceptorEvent, DonorConfig, DonorOutcome, Drain, Mode, Steering,
+    Takeover, UserConn,
 };
 use ds_stack::mobile::MobileRole;
 use ds_stack::{Config, Instant, Interface, TcpState};
@@ -95,27 +95,17 @@ fn route_optimised_handoff_carries_the_home_ticket() {
     };
     dcfg.mode = Mode::Ro;
     dcfg.ticket = Some(ticket_bytes);
-    let mut donor = Donor::start(
-        Mono::now(),
-        UserConn::Live(srv),
-        dcfg,
-        &mut lan.host(1),
-        &mut svcs[1],
-    )
-    .unwrap();
+    let mut donor = start_donor(&mut lan, &mut svcs, 1, srv, dcfg, Mono::now());
     let mut srv2 = None;
     let mut bu_sent = false;
     let report = loop {
-        let seen = round(
+        let seen = round12(
             &mut lan,
             &mut svcs,
-            Some(&mut donor),
-            1,
+            &mut donor,
             &mut ch_d,
             &mut acceptor,
-            2,
             &mut ch_a,
-            None,
         );
         for e in &seen.events {
             match e {

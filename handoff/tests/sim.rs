@@ -9,7 +9,9 @@
 
 mod common;
 
-use common::{ip, mem_pair, round, set_sim, sim_clock, Lan, Link, Mem, Raw, DS};
+use common::{
+    ip, mem_pair, round, round12, set_sim, sim_clock, start_donor, Lan, Link, Mem, Raw, DS,
+};
 use ds_handoff::{
     Acceptor, AcceptorConfig, AcceptorEvent, Donor, DonorConfig, DonorOutcome, HandoffError,
     Message, RefuseReason, Steering, Takeover, UserConn,
@@ -98,14 +100,7 @@ impl Sim {
 
     fn donor(&mut self, srv: TcpHandle, cfg: DonorConfig) -> Donor<UserConn> {
         let now = self.now();
-        Donor::start(
-            now,
-            UserConn::Live(srv),
-            cfg,
-            &mut self.lan.host(1),
-            &mut self.svcs[1],
-        )
-        .unwrap()
+        start_donor(&mut self.lan, &mut self.svcs, 1, srv, cfg, now)
     }
 
     /// Rounds (one per simulated millisecond) until the donor reports an outcome; returns it
@@ -436,16 +431,13 @@ fn late_packets_after_the_freeze_are_forwarded() {
         if sent < up.len() {
             sent += s.lan.ifs[0].tcp_send(cl, &up[sent..]).unwrap();
         }
-        let seen = round(
+        let seen = round12(
             &mut s.lan,
             &mut s.svcs,
-            Some(&mut d),
-            1,
+            &mut d,
             &mut ch_d,
             &mut acc,
-            2,
             &mut ch_a,
-            None,
         );
         for e in seen.events {
             if let AcceptorEvent::Forwarded { packets, .. } = e {

@@ -352,3 +352,34 @@ pub fn round<'h>(
     }
     seen
 }
+
+/// [`round`] between node 1 (donor) and node 2 (acceptor), without a home agent.
+pub fn round12(
+    lan: &mut Lan,
+    svcs: &mut [Raw],
+    donor: &mut Donor<UserConn>,
+    ch_d: &mut dyn Link,
+    acc: &mut Acceptor<u8, UserConn>,
+    ch_a: &mut Option<Box<dyn Link>>,
+) -> Seen {
+    round(lan, svcs, Some(donor), 1, ch_d, acc, 2, ch_a, None)
+}
+
+/// Start handing node `n`'s connection `srv` off at `now`.
+pub fn start_donor(
+    lan: &mut Lan,
+    svcs: &mut [Raw],
+    n: usize,
+    srv: TcpHandle,
+    cfg: ds_handoff::DonorConfig,
+    now: Mono,
+) -> Donor<UserConn> {
+    Donor::start(
+        now,
+        UserConn::Live(srv),
+        cfg,
+        &mut lan.host(n),
+        &mut svcs[n],
+    )
+    .unwrap_or_else(|(_, e)| panic!("handoff not started: {e}"))
+}
