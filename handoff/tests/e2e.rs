@@ -380,27 +380,7 @@ fn crashed_acceptor_leaves_download_on_donor() {
 
 /// Connect the client to the donor's DS address; returns (client handle, server handle).
 fn connect(lan: &mut Lan) -> (TcpHandle, TcpHandle) {
-    let ds = ip(DS);
-    let l = lan.ifs[1]
-        .tcp_listen(SocketAddrV6::new(ds, 80, 0, 0), 8)
-        .unwrap();
-    let now = lan.now;
-    let cl = lan.ifs[0]
-        .tcp_connect(
-            now,
-            SocketAddrV6::new(ip("fd00::3"), 0, 0, 0),
-            SocketAddrV6::new(ds, 80, 0, 0),
-        )
-        .unwrap();
-    let mut srv = None;
-    for _ in 0..100 {
-        lan.step();
-        srv = srv.or_else(|| lan.ifs[1].tcp_accept(l));
-        if srv.is_some() && lan.ifs[0].tcp_state(cl) == Some(TcpState::Established) {
-            break;
-        }
-    }
-    (cl, srv.expect("accepted"))
+    lan.connect(0, ip("fd00::3"), 1, SocketAddrV6::new(ip(DS), 80, 0, 0))
 }
 
 /// One round of a donor alone (no acceptor behind its channel, or one the test plays).

@@ -28,23 +28,9 @@ fn route_optimised_handoff_carries_the_home_ticket() {
     let c_mn = MobileRole::new(h, Some(c_ip));
     b.set_mobility_hook(b_mn.hook());
     c.set_mobility_hook(c_mn.hook());
-    let l = b.tcp_listen(SocketAddrV6::new(h, 80, 0, 0), 4).unwrap();
     let mut lan = Lan::with(vec![client, b, c], t0);
     lan.roles = vec![None, Some(b_mn.clone()), Some(c_mn.clone())];
-    let now = lan.now;
-    let cl = lan.ifs[0]
-        .tcp_connect(
-            now,
-            SocketAddrV6::new(cl_ip, 0, 0, 0),
-            SocketAddrV6::new(h, 80, 0, 0),
-        )
-        .unwrap();
-    let mut srv = None;
-    for _ in 0..50 {
-        lan.step();
-        srv = srv.or_else(|| lan.ifs[1].tcp_accept(l));
-    }
-    let srv = srv.expect("accepted at the contact node");
+    let (cl, srv) = lan.connect(0, cl_ip, 1, SocketAddrV6::new(h, 80, 0, 0));
     assert_eq!(lan.ifs[0].tcp_state(cl), Some(TcpState::Established));
 
     let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();

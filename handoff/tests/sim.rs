@@ -67,26 +67,11 @@ impl Sim {
         addr: std::net::Ipv6Addr,
         port: u16,
     ) -> (TcpHandle, TcpHandle) {
-        let l = self.lan.ifs[n]
-            .tcp_listen(SocketAddrV6::new(addr, port, 0, 0), 8)
-            .unwrap();
-        let now = self.lan.now;
-        let cl = self.lan.ifs[0]
-            .tcp_connect(
-                now,
-                SocketAddrV6::new(ip("fd00::3"), 0, 0, 0),
-                SocketAddrV6::new(addr, port, 0, 0),
-            )
-            .unwrap();
-        let mut srv = None;
-        for _ in 0..100 {
-            self.tick();
-            srv = srv.or_else(|| self.lan.ifs[n].tcp_accept(l));
-            if srv.is_some() && self.lan.ifs[0].tcp_state(cl) == Some(TcpState::Established) {
-                break;
-            }
-        }
-        (cl, srv.expect("accepted"))
+        let c = self
+            .lan
+            .connect(0, ip("fd00::3"), n, SocketAddrV6::new(addr, port, 0, 0));
+        self.sync();
+        c
     }
 
     /// A connection to node 1 with `n` bytes queued at its server end, and a donor handing it
@@ -167,6 +152,17 @@ impl Sim {
 /// A link as the acceptor's end in [`round`].
 fn boxed(l: impl Link + 'static) -> Option<Box<dyn Link>> {
     Some(Box::new(l))
+}
+
+/// An acceptor steering through a home agent (transparent mode) that waits `timeout` for its
+/// answer; the DS address is served as a home address (nothing else steers the client).
+fn ha_steered(timeout: Duration) -> Acceptor<u8, UserConn> {
+    Acceptor::new(AcceptorConfig {
+        steering: Steering::HomeAgentFlow { coa: ip("fd00::2") },
+        steer_timeout: timeout,
+        takeover: Takeover::HomeAddress,
+        ..acfg()
+    })
 }
 
 fn acfg() -> AcceptorConfig {
@@ -347,12 +343,7 @@ fn steering_failure_refuses_and_the_donor_keeps_the_connection() {
         let (mut ch_d, ch_a) = mem_pair();
         let mut ch_a = boxed(ch_a);
         let (mut ha_acc, mut ha) = mem_pair();
-        let mut acc = Acceptor::new(AcceptorConfig {
-            steering: Steering::HomeAgentFlow { coa: ip("fd00::2") },
-            steer_timeout: Duration::from_millis(25),
-            takeover: Takeover::HomeAddress,
-            ..acfg()
-        });
+        let mut acc = ha_steered(Duration::from_millis(25));
         let mut moves = 0;
         let (out, took) = s.run(
             &mut d,
@@ -477,12 +468,7 @@ fn a_slow_home_agent_stalls_no_other_connection() {
     let (mut ch_d, ch_a) = mem_pair();
     let mut ch_a = boxed(ch_a);
     let (mut ha_acc, mut ha) = mem_pair();
-    let mut acc = Acceptor::new(AcceptorConfig {
-        steering: Steering::HomeAgentFlow { coa: ip("fd00::2") },
-        steer_timeout: Duration::from_secs(2),
-        takeover: Takeover::HomeAddress,
-        ..acfg()
-    });
+    let mut acc = ha_steered(Duration::from_secs(2));
     // A paced stream: 16 KiB per millisecond.
     let chunk = data(16 << 10);
     let mut got = 0usize;

@@ -110,6 +110,31 @@ impl Lan {
         Some(self.ds_tx[first_a].0.duration_since(last_d.0))
     }
 
+    /// A connection from interface `c` (address `from`) to `to`, listened for and accepted on
+    /// interface `n`: (client, server).
+    pub fn connect(
+        &mut self,
+        c: usize,
+        from: Ipv6Addr,
+        n: usize,
+        to: std::net::SocketAddrV6,
+    ) -> (TcpHandle, TcpHandle) {
+        let l = self.ifs[n].tcp_listen(to, 8).unwrap();
+        let now = self.now;
+        let cl = self.ifs[c]
+            .tcp_connect(now, std::net::SocketAddrV6::new(from, 0, 0, 0), to)
+            .unwrap();
+        let mut srv = None;
+        for _ in 0..100 {
+            self.step();
+            srv = srv.or_else(|| self.ifs[n].tcp_accept(l));
+            if srv.is_some() && self.ifs[c].tcp_state(cl) == Some(ds_stack::TcpState::Established) {
+                break;
+            }
+        }
+        (cl, srv.expect("accepted"))
+    }
+
     /// The host of node `i` for one call into the engine.
     pub fn host(&mut self, i: usize) -> UserHost<'_> {
         let role = self.roles.get(i).and_then(|r| r.as_ref());
