@@ -337,17 +337,10 @@ fn crashed_acceptor_leaves_download_on_donor() {
         DonorConfig::new(7, "http"),
         Mono::now(),
     );
-    let mut acceptor: Acceptor<u8, UserConn> = Acceptor::new(acfg());
+    let mut acc: Acceptor<u8, UserConn> = Acceptor::new(acfg());
     let t = Mono::now();
     let out = loop {
-        let seen = round12(
-            &mut lan,
-            &mut svcs,
-            &mut d,
-            &mut ch_d,
-            &mut acceptor,
-            &mut None,
-        );
+        let seen = round12(&mut lan, &mut svcs, &mut d, &mut ch_d, &mut acc, &mut None);
         if let Some(o) = seen.outcome {
             break o;
         }
@@ -715,7 +708,7 @@ fn held_packets_are_forwarded_to_the_acceptor() {
     }
     let mut a = acfg();
     a.takeover = Takeover::HomeAddress;
-    let mut acceptor: Acceptor<u8, UserConn> = Acceptor::new(a);
+    let mut acc: Acceptor<u8, UserConn> = Acceptor::new(a);
     let mut cfg = DonorConfig::new(7, "http");
     // Forward for the whole upload.
     cfg.forward_grace = Duration::from_secs(60);
@@ -726,12 +719,7 @@ fn held_packets_are_forwarded_to_the_acceptor() {
     loop {
         assert!(t.elapsed() < Duration::from_secs(5));
         let seen = round12(
-            &mut lan,
-            &mut svcs,
-            &mut donor,
-            &mut ch_d,
-            &mut acceptor,
-            &mut ch_a,
+            &mut lan, &mut svcs, &mut donor, &mut ch_d, &mut acc, &mut ch_a,
         );
         if seen
             .events
@@ -766,12 +754,7 @@ fn held_packets_are_forwarded_to_the_acceptor() {
         let deadline = Mono::now() + Duration::from_secs(2);
         loop {
             let seen = round12(
-                &mut lan,
-                &mut svcs,
-                &mut donor,
-                &mut ch_d,
-                &mut acceptor,
-                &mut ch_a,
+                &mut lan, &mut svcs, &mut donor, &mut ch_d, &mut acc, &mut ch_a,
             );
             let n: usize = seen
                 .events

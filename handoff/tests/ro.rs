@@ -68,7 +68,7 @@ fn route_optimised_handoff_carries_the_home_ticket() {
         },
         ..Default::default()
     };
-    let mut acceptor: Acceptor<u8, UserConn> = Acceptor::new(acfg);
+    let mut acc: Acceptor<u8, UserConn> = Acceptor::new(acfg);
     let (mut ch_d, ch_a) = channels(
         b"route optimisation test secret!!",
         b"route optimisation test secret!!",
@@ -86,12 +86,7 @@ fn route_optimised_handoff_carries_the_home_ticket() {
     let mut bu_sent = false;
     let report = loop {
         let seen = round12(
-            &mut lan,
-            &mut svcs,
-            &mut donor,
-            &mut ch_d,
-            &mut acceptor,
-            &mut ch_a,
+            &mut lan, &mut svcs, &mut donor, &mut ch_d, &mut acc, &mut ch_a,
         );
         for e in &seen.events {
             match e {
