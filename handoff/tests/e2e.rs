@@ -6,7 +6,9 @@
 
 mod common;
 
-use common::{channels, channels_to, ip, round, round12, start_donor, Lan, Link, Raw, DS, SECRET};
+use common::{
+    channels, channels_to, ip, read_into, round, round12, start_donor, Lan, Link, Raw, DS, SECRET,
+};
 use ds_handoff::channel::{Channel, ChannelError};
 use ds_handoff::msg::{Message, Offer};
 use ds_handoff::{
@@ -107,7 +109,6 @@ fn download_via(
     let mut server: (usize, TcpHandle) = (1, srv);
     let mut sent = 0;
     let mut got = Vec::with_capacity(LEN);
-    let mut buf = vec![0u8; 65536];
     let mut donor: Option<Donor<UserConn>> = None;
     let mut run = Run {
         report: None,
@@ -127,13 +128,7 @@ fn download_via(
             let (n, h) = server;
             sent += lan.ifs[n].tcp_send(h, &data[sent..]).unwrap();
         }
-        loop {
-            let k = lan.ifs[0].tcp_recv(cl, &mut buf).unwrap();
-            if k == 0 {
-                break;
-            }
-            got.extend_from_slice(&buf[..k]);
-        }
+        read_into(&mut lan.ifs[0], cl, &mut got);
         if !started && got.len() >= LEN / 4 {
             started = true;
             let mut cfg = DonorConfig::new(42, "http");
@@ -351,7 +346,6 @@ fn crashed_acceptor_leaves_download_on_donor() {
         other => panic!("not resumed: {other:?}"),
     };
     let mut got = Vec::new();
-    let mut buf = vec![0u8; 65536];
     let mut steps = 0;
     while got.len() < 2 * half {
         steps += 1;
@@ -359,13 +353,7 @@ fn crashed_acceptor_leaves_download_on_donor() {
         if sent < 2 * half {
             sent += lan.ifs[1].tcp_send(srv, &data[sent..2 * half]).unwrap();
         }
-        loop {
-            let k = lan.ifs[0].tcp_recv(cl, &mut buf).unwrap();
-            if k == 0 {
-                break;
-            }
-            got.extend_from_slice(&buf[..k]);
-        }
+        read_into(&mut lan.ifs[0], cl, &mut got);
         lan.step();
     }
     assert!(got == data[..2 * half]);
@@ -535,7 +523,6 @@ fn twenty_handoffs_back_and_forth_byte_exact() {
     let (cl, srv) = connect(&mut lan);
     let mut server = (1usize, srv);
     let (mut sent, mut got) = (0, Vec::with_capacity(LEN));
-    let mut buf = vec![0u8; 65536];
     let mut donor: Option<(usize, Donor<UserConn>)> = None;
     let mut reports = Vec::new();
     let mut steps = 0;
@@ -549,12 +536,7 @@ fn twenty_handoffs_back_and_forth_byte_exact() {
                 .tcp_send(server.1, &data[sent..end])
                 .unwrap();
         }
-        while let Ok(k) = lan.ifs[0].tcp_recv(cl, &mut buf) {
-            if k == 0 {
-                break;
-            }
-            got.extend_from_slice(&buf[..k]);
-        }
+        read_into(&mut lan.ifs[0], cl, &mut got);
         let done = reports.len();
         if donor.is_none() && done < N && !got.is_empty() {
             let mut cfg = DonorConfig::new(done as u64, "http");
@@ -693,18 +675,12 @@ fn held_packets_are_forwarded_to_the_acceptor() {
     let (cl, srv) = connect(&mut lan);
     let data: Vec<u8> = (0..2_000_000u32).map(|i| (i % 239) as u8).collect();
     let (mut sent, mut got) = (0usize, Vec::new());
-    let mut buf = vec![0u8; 65536];
     while got.len() < 500_000 {
         sent += lan.ifs[0]
             .tcp_send(cl, &data[sent..(sent + 16_384).min(data.len())])
             .unwrap();
         lan.step();
-        while let Ok(n) = lan.ifs[1].tcp_recv(srv, &mut buf) {
-            if n == 0 {
-                break;
-            }
-            got.extend_from_slice(&buf[..n]);
-        }
+        read_into(&mut lan.ifs[1], srv, &mut got);
     }
     let mut a = acfg();
     a.takeover = Takeover::HomeAddress;
@@ -770,12 +746,7 @@ fn held_packets_are_forwarded_to_the_acceptor() {
             }
             assert!(Mono::now() < deadline, "forwarded packets did not arrive");
         }
-        while let Ok(n) = lan.ifs[2].tcp_recv(srv2, &mut buf) {
-            if n == 0 {
-                break;
-            }
-            got.extend_from_slice(&buf[..n]);
-        }
+        read_into(&mut lan.ifs[2], srv2, &mut got);
     }
     assert!(got == data, "byte-exact through the donor's forwarding");
     assert_eq!(

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{channels, ip, round12, start_donor, Lan, Link, Raw};
+use common::{channels, ip, read_into, round12, start_donor, Lan, Link, Raw};
 use ds_handoff::{
     Acceptor, AcceptorConfig, AcceptorEvent, DonorConfig, DonorOutcome, Drain, Mode, Steering,
     Takeover, UserConn,
@@ -38,13 +38,8 @@ fn route_optimised_handoff_carries_the_home_ticket() {
     assert_eq!(lan.ifs[1].tcp_send(srv, &data[..half]).unwrap(), half);
     let mut got = Vec::new();
     let mut buf = vec![0u8; 65536];
-    let read = |lan: &mut Lan, got: &mut Vec<u8>, buf: &mut [u8]| {
-        while let Ok(n) = lan.ifs[0].tcp_recv(cl, buf) {
-            if n == 0 {
-                break;
-            }
-            got.extend_from_slice(&buf[..n]);
-        }
+    let read = |lan: &mut Lan, got: &mut Vec<u8>, _: &mut [u8]| {
+        read_into(&mut lan.ifs[0], cl, got);
     };
     // Return routability ahead of the handoff (tokens live for minutes, RFC 6275 §5.2.7):
     // the contact node runs the home test, the acceptor the care-of test.

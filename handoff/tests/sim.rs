@@ -10,7 +10,8 @@
 mod common;
 
 use common::{
-    ip, mem_pair, round, round12, set_sim, sim_clock, start_donor, Lan, Link, Mem, Raw, DS,
+    ip, mem_pair, read_into, round, round12, set_sim, sim_clock, start_donor, Lan, Link, Mem, Raw,
+    DS,
 };
 use ds_handoff::{
     Acceptor, AcceptorConfig, AcceptorEvent, Donor, DonorConfig, DonorOutcome, HandoffError,
@@ -127,14 +128,8 @@ impl Sim {
     fn assert_alive(&mut self, cl: TcpHandle, n: usize, srv: TcpHandle, expect: &[u8]) {
         assert_eq!(self.lan.ifs[n].tcp_state(srv), Some(TcpState::Established));
         let mut got = Vec::new();
-        let mut buf = vec![0u8; 65536];
         for _ in 0..2000 {
-            while let Ok(k) = self.lan.ifs[0].tcp_recv(cl, &mut buf) {
-                if k == 0 {
-                    break;
-                }
-                got.extend_from_slice(&buf[..k]);
-            }
+            read_into(&mut self.lan.ifs[0], cl, &mut got);
             if got.len() >= expect.len() {
                 break;
             }
@@ -416,7 +411,6 @@ fn late_packets_after_the_freeze_are_forwarded() {
     // Now the client uploads.
     let up = data(300_000);
     let (mut sent, mut got) = (0, Vec::new());
-    let mut buf = vec![0u8; 65536];
     let mut forwarded = 0;
     for _ in 0..5000 {
         if sent < up.len() {
@@ -435,12 +429,7 @@ fn late_packets_after_the_freeze_are_forwarded() {
                 forwarded += packets;
             }
         }
-        while let Ok(k) = s.lan.ifs[2].tcp_recv(srv2, &mut buf) {
-            if k == 0 {
-                break;
-            }
-            got.extend_from_slice(&buf[..k]);
-        }
+        read_into(&mut s.lan.ifs[2], srv2, &mut got);
         if got.len() == up.len() {
             break;
         }

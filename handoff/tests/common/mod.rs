@@ -142,6 +142,20 @@ impl Lan {
     }
 }
 
+/// Append what connection `h` of `iface` has received to `got` (nothing on an error: the
+/// caller's checks see the bytes missing); returns how many bytes.
+pub fn read_into(iface: &mut Interface, h: TcpHandle, got: &mut Vec<u8>) -> usize {
+    let mut buf = [0u8; 16 << 10];
+    let before = got.len();
+    while let Ok(k) = iface.tcp_recv(h, &mut buf) {
+        if k == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..k]);
+    }
+    got.len() - before
+}
+
 /// A service of raw TCP: exports a fixed marker, records the handles it adopted.
 #[derive(Debug, Default)]
 pub struct Raw {
