@@ -135,13 +135,18 @@ impl Sim {
             }
             self.tick();
         }
-        assert!(
-            got == expect,
-            "the client got {} of {} bytes intact",
-            got.len(),
-            expect.len()
-        );
+        assert_bytes(&got, expect, "at the client");
     }
+}
+
+/// `got` is `want`, byte for byte (the message says how far it got).
+fn assert_bytes(got: &[u8], want: &[u8], what: &str) {
+    assert!(
+        got == want,
+        "{what}: {} of {} bytes intact",
+        got.len(),
+        want.len()
+    );
 }
 
 /// A link as the acceptor's end in [`round`].
@@ -238,7 +243,7 @@ fn acceptor_crash_resumes_the_connection() {
     let (cl, bytes, mut d) = s.begin(8000, DonorConfig::new(3, "http"));
     let (mut ch_d, ch_a) = mem_pair();
     let broken = ch_a.broken.clone();
-    let mut ch_a = boxed(Crashing(ch_a));
+    let mut ch_a = boxed(Faulty(ch_a, Fault::Crash));
     let mut acc = Acceptor::new(acfg());
     let (out, took) = s.run(&mut d, &mut ch_d, &mut acc, &mut ch_a, None, |_, _| {});
     assert!(broken.get(), "the acceptor crashed on the offer");
@@ -259,20 +264,35 @@ fn acceptor_crash_resumes_the_connection() {
     s.assert_alive(cl, 1, srv, &bytes);
 }
 
-/// An acceptor process that dies as an offer arrives: its channel breaks both ways.
-struct Crashing(Mem);
+/// An acceptor that misbehaves on an offer.
+#[derive(Clone, Copy)]
+enum Fault {
+    /// Its process dies as the offer arrives: the channel breaks both ways.
+    Crash,
+    /// It answers Accept and never Activated.
+    AcceptOnly,
+}
 
-impl Link for Crashing {
+/// The donor's link to a faulty acceptor (the test reads it in place of the acceptor).
+struct Faulty(Mem, Fault);
+
+impl Link for Faulty {
     fn send(&mut self, m: &Message) -> Result<(), ds_handoff::ChannelError> {
         self.0.send(m)
     }
     fn recv(&mut self) -> Result<Option<Message>, ds_handoff::ChannelError> {
         let m = self.0.recv()?;
-        if matches!(m, Some(Message::Offer(_))) {
-            self.0.broken.set(true);
-            return Err(ds_handoff::ChannelError::Closed);
+        match (&m, self.1) {
+            (Some(Message::Offer(_)), Fault::Crash) => {
+                self.0.broken.set(true);
+                Err(ds_handoff::ChannelError::Closed)
+            }
+            (Some(Message::Offer(o)), Fault::AcceptOnly) => {
+                self.0.send(&Message::Accept { conn_id: o.conn_id })?;
+                Ok(m)
+            }
+            _ => Ok(m),
         }
-        Ok(m)
     }
 }
 
@@ -284,7 +304,7 @@ fn accept_without_activated_is_in_doubt_and_not_thawed_back() {
     let (_cl, _, mut d) = s.begin(0, cfg);
     let (mut ch_d, ch_a) = mem_pair();
     // The acceptor answers Accept and then nothing.
-    let mut ch_a = boxed(AcceptOnly(ch_a));
+    let mut ch_a = boxed(Faulty(ch_a, Fault::AcceptOnly));
     let mut nobody = Acceptor::new(acfg());
     let (out, took) = s.run(&mut d, &mut ch_d, &mut nobody, &mut None, None, |s2, _| {
         if let Some(l) = ch_a.as_mut() {
@@ -309,22 +329,6 @@ fn accept_without_activated_is_in_doubt_and_not_thawed_back() {
     );
     assert_eq!(s.lan.ifs[1].tcp_connection_count(), 0, "not thawed back");
     assert!(s.svcs[1].adopted.is_empty());
-}
-
-/// A peer that answers every offer with Accept, and never with Activated.
-struct AcceptOnly(Mem);
-
-impl Link for AcceptOnly {
-    fn send(&mut self, m: &Message) -> Result<(), ds_handoff::ChannelError> {
-        self.0.send(m)
-    }
-    fn recv(&mut self) -> Result<Option<Message>, ds_handoff::ChannelError> {
-        let m = self.0.recv()?;
-        if let Some(Message::Offer(o)) = &m {
-            self.0.send(&Message::Accept { conn_id: o.conn_id })?;
-        }
-        Ok(m)
-    }
 }
 
 /// The home agent refuses the flow move, or does not answer: the acceptor refuses the offer
@@ -435,12 +439,7 @@ fn late_packets_after_the_freeze_are_forwarded() {
         }
         s.tick();
     }
-    assert!(
-        got == up,
-        "{} of {} bytes, through the donor",
-        got.len(),
-        up.len()
-    );
+    assert_bytes(&got, &up, "at the acceptor, through the donor");
     assert!(forwarded > 100, "forwarded {forwarded}");
     assert_eq!(s.lan.ifs[0].stats().tcp_retransmits, 0);
 }

@@ -13,7 +13,7 @@
 //! [`ds_apps::kernel_node::KernelNode`]: the same handoff engine and protocol as the userspace
 //! node, over `ds_kernel::KernelHost`. This module only builds its namespace's configuration.
 
-use super::{ip, NodeOut, Plan, COA, DS, HA, HA_PORT, MAC};
+use super::{ip, NodeOut, NodeTask, COA, DS, HA, HA_PORT, MAC};
 use anyhow::{anyhow, Context, Result};
 use ds_apps::kernel_node::KernelNode;
 use ds_apps::node::Steering;
@@ -22,8 +22,7 @@ use ds_testbed::Netns;
 use ds_xdp::maps::{Action, LocalAddr, PROTO_ALL};
 use ds_xdp::{Kind, LoadOptions, Program};
 use std::net::{SocketAddr, SocketAddrV6, TcpListener};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// Which implementation serves a node's connections.
@@ -105,15 +104,10 @@ impl std::str::FromStr for HandoffPath {
     }
 }
 
-/// Run kernel-path node `i` (0 or 1) until `stop`; the counterpart of `super::node`.
-pub(super) fn node(
-    ns: &Netns,
-    i: usize,
-    plan: &Plan,
-    stop: &AtomicBool,
-    ready: mpsc::Sender<Result<()>>,
-) -> Result<NodeOut> {
-    let root = plan.root;
+/// Run a kernel-path node until `stop`; the counterpart of `super::node`.
+pub(super) fn node(t: NodeTask) -> Result<NodeOut> {
+    let (ns, i, plan, stop) = (t.ns, t.i, t.plan, t.stop);
+    let (root, ready) = (plan.root, t.ready);
     ns.try_run(|| -> Result<NodeOut> {
         let started = (|| -> Result<(KernelNode, (Program, u32))> {
             let prog = configure(ns, i).context("configuring the kernel node")?;

@@ -328,14 +328,25 @@ fn handoff_config(i: usize, plan: &Plan) -> Result<HandoffConfig> {
     Ok(hc)
 }
 
-/// Run node `i` (0 or 1) until `stop`.
-fn node(
-    ns: &Netns,
+/// One node's thread: its namespace and index (0 or 1), the run's plan, the stop flag and
+/// where to say it is up.
+struct NodeTask<'a> {
+    ns: &'a Netns,
     i: usize,
-    plan: &Plan,
-    stop: &AtomicBool,
+    plan: &'a Plan<'a>,
+    stop: &'a AtomicBool,
     ready: mpsc::Sender<Result<()>>,
-) -> Result<NodeOut> {
+}
+
+/// Run a userspace node until `stop`.
+fn node(t: NodeTask) -> Result<NodeOut> {
+    let NodeTask {
+        ns,
+        i,
+        plan,
+        stop,
+        ready,
+    } = t;
     let (opts, root) = (plan.opts, plan.root);
     let res = ns.try_run(|| -> Result<NodeOut> {
         let coa = ip(COA[i]);
@@ -614,9 +625,16 @@ fn in_threads(topo: &Topology, plan: &Plan, got: &Path) -> Result<(Measured, Vec
         for (i, ns) in topo.nodes.iter().enumerate() {
             let tx = tx.clone();
             let stop = &stop;
+            let task = NodeTask {
+                ns,
+                i,
+                plan,
+                stop,
+                ready: tx,
+            };
             nodes.push(sc.spawn(move || match opts.path.side(i) {
-                Side::User => node(ns, i, plan, stop, tx),
-                Side::Kernel => kernel::node(ns, i, plan, stop, tx),
+                Side::User => node(task),
+                Side::Kernel => kernel::node(task),
             }));
         }
         for _ in 0..(2 + usize::from(transparent)) {
