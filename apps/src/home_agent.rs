@@ -5,7 +5,7 @@
 //! module wires them to an [`Interface`].
 
 use ds_mipv6::ha::{HaConfig, HaEvent, HomeAgent, MnHaSa};
-use ds_stack::hooks::{HaoVerdict, MhMeta, MobilityHook};
+use ds_stack::hooks::{MhMeta, MobilityHook};
 use ds_stack::{Instant, Interface};
 use std::collections::HashSet;
 use std::net::Ipv6Addr;
@@ -67,15 +67,6 @@ impl MobilityHook for Hook {
         tracing::info!(event = ?out.event, "home registration");
         s.events.push(out.event);
         out.transmit.into_iter().map(|t| t.packet).collect()
-    }
-
-    fn on_home_address_option(
-        &mut self,
-        _now: Instant,
-        _src: Ipv6Addr,
-        _home: Ipv6Addr,
-    ) -> HaoVerdict {
-        HaoVerdict::Reject
     }
 
     fn on_type2_routing(&mut self, _now: Instant, _dst: Ipv6Addr, _home: Ipv6Addr) -> bool {

@@ -24,9 +24,17 @@ pub trait MobilityHook: Send {
     /// Return IPv6 packets (without link header) to send in answer.
     fn on_mobility_header(&mut self, now: Instant, meta: MhMeta, mh: &[u8]) -> Vec<Vec<u8>>;
 
-    /// A packet from care-of address `src` carrying Home Address option `home`.
-    fn on_home_address_option(&mut self, now: Instant, src: Ipv6Addr, home: Ipv6Addr)
-        -> HaoVerdict;
+    /// A packet from care-of address `src` carrying Home Address option `home`. By default
+    /// refused: accepting HAOs is the correspondent's job (RFC 6275 §9.3.1), which the
+    /// interface does itself.
+    fn on_home_address_option(
+        &mut self,
+        _now: Instant,
+        _src: Ipv6Addr,
+        _home: Ipv6Addr,
+    ) -> HaoVerdict {
+        HaoVerdict::Reject
+    }
 
     /// A type 2 routing header: the packet came to our care-of address `dst` for home address
     /// `home`. Return true if `home` is ours to accept (RFC 6275 §9.3.2 / §11.3.3).

@@ -9,7 +9,7 @@
 //! Binding Update. State sits behind a shared handle so the node's control logic can drive it
 //! while the interface owns the hook.
 
-use crate::hooks::{HaoVerdict, MhMeta, MobilityHook};
+use crate::hooks::{MhMeta, MobilityHook};
 use crate::time::Instant;
 use ds_mipv6::mn::{
     FlowRequest, HomeRegConfig, HomeRegEvent, HomeRegistration, HomeTicket, Keygen, MnBinding,
@@ -375,16 +375,6 @@ impl MobilityHook for MobileRole {
             s.events.push(ev);
         }
         out
-    }
-
-    fn on_home_address_option(
-        &mut self,
-        _now: Instant,
-        _src: Ipv6Addr,
-        _home: Ipv6Addr,
-    ) -> HaoVerdict {
-        // Accepting HAOs is the correspondent's job (the interface has one).
-        HaoVerdict::Reject
     }
 
     fn on_type2_routing(&mut self, _now: Instant, dst: Ipv6Addr, home: Ipv6Addr) -> bool {
