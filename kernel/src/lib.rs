@@ -491,31 +491,14 @@ pub fn restore_repaired(st: &ConnState) -> Result<Repaired> {
         &rcv_start,
         "TCP_QUEUE_SEQ recv",
     )?;
-    let local = sockaddr(&st.local());
-    let remote = sockaddr(&st.remote());
-    // SAFETY: `local`/`remote` are valid sockaddr_in6 values of the given size.
-    if unsafe {
-        libc::bind(
-            fd,
-            &local as *const _ as *const libc::sockaddr,
-            size_of::<libc::sockaddr_in6>() as u32,
-        )
-    } < 0
-    {
-        return Err(os("bind (is the local address configured here?)"));
-    }
+    with_sockaddr(
+        fd,
+        &st.local(),
+        libc::bind,
+        "bind (is the local address configured here?)",
+    )?;
     // In repair mode connect() sends nothing and puts the socket in ESTABLISHED.
-    // SAFETY: as above.
-    if unsafe {
-        libc::connect(
-            fd,
-            &remote as *const _ as *const libc::sockaddr,
-            size_of::<libc::sockaddr_in6>() as u32,
-        )
-    } < 0
-    {
-        return Err(os("connect (repair)"));
-    }
+    with_sockaddr(fd, &st.remote(), libc::connect, "connect (repair)")?;
     let mut opts = vec![RepairOpt {
         code: TCPOPT_MSS,
         val: u32::from(st.snd_mss),
@@ -647,6 +630,29 @@ impl Repaired {
         })?;
         Ok((stream, injected))
     }
+}
+
+/// `call(fd, addr)` for bind(2) or connect(2) with an IPv6 socket address.
+fn with_sockaddr(
+    fd: RawFd,
+    addr: &SocketAddrV6,
+    call: unsafe extern "C" fn(libc::c_int, *const libc::sockaddr, libc::socklen_t) -> libc::c_int,
+    what: &'static str,
+) -> Result<()> {
+    let sa = sockaddr(addr);
+    // SAFETY: `sa` is a valid sockaddr_in6 of the size passed; `call` is bind or connect,
+    // which only read it.
+    if unsafe {
+        call(
+            fd,
+            &sa as *const _ as *const libc::sockaddr,
+            size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+        )
+    } < 0
+    {
+        return Err(os(what));
+    }
+    Ok(())
 }
 
 fn send_all(fd: RawFd, mut data: &[u8], what: &'static str) -> Result<()> {
