@@ -384,8 +384,10 @@ fn steering_failure_refuses_and_the_donor_keeps_the_connection() {
         let client = s.lan.ifs[0].tcp_endpoints(cl).map(|e| e.0).unwrap();
         let ds = SocketAddrV6::new(ip(DS), 80, 0, 0);
         assert!(
-            s.lan.ifs[2].tcp_hold(s.lan.now, ds, client).is_ok()
-                && s.lan.ifs[2].tcp_forget_frozen(ds, client).is_empty(),
+            {
+                let now = s.lan.now;
+                s.lan.ifs[2].tcp_hold(now, ds, client).is_ok()
+            } && s.lan.ifs[2].tcp_forget_frozen(ds, client).is_empty(),
             "nothing left reserved on the acceptor"
         );
         let srv = s.svcs[1].adopted.pop().unwrap();

@@ -8,7 +8,8 @@ use ds_handoff::{
     Message, Service, UserConn, UserHost,
 };
 use ds_stack::mobile::MobileRole;
-use ds_stack::{Config, Instant, Interface, TcpHandle};
+use ds_stack::{Instant, Interface, TcpHandle};
+use ds_testbed::simlan;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::net::{Ipv6Addr, SocketAddr, TcpListener};
@@ -37,81 +38,59 @@ pub fn set_sim(t: Mono) {
     SIM.with(|s| s.set(Some(t)));
 }
 
-/// One broadcast link (every interface filters by MAC). 0 = client, 1 = donor, 2 = acceptor.
+/// The shared simulated link (`ds_testbed::simlan`) with what the engine's tests add: the
+/// host clock the nodes' hosts use and their mobile roles. Derefs to the link (`ifs`, `now`,
+/// `step`). 0 = client, 1 = donor, 2 = acceptor.
 pub struct Lan {
-    pub ifs: Vec<Interface>,
-    pub now: Instant,
-    /// Wall time and sender of every TCP frame with the DS address as source.
-    pub ds_tx: Vec<(Mono, usize)>,
+    net: simlan::Lan,
     /// The host clock the nodes' hosts use.
     pub clock: ds_handoff::Clock,
     /// Mobile roles of the interfaces (route-optimised steering).
     pub roles: Vec<Option<MobileRole>>,
 }
 
-fn is_tcp_from(f: &[u8], src: Ipv6Addr) -> bool {
-    f.len() >= 54 && f[12..14] == [0x86, 0xdd] && f[20] == 6 && f[22..38] == src.octets()
+impl std::ops::Deref for Lan {
+    type Target = simlan::Lan;
+    fn deref(&self) -> &simlan::Lan {
+        &self.net
+    }
+}
+
+impl std::ops::DerefMut for Lan {
+    fn deref_mut(&mut self) -> &mut simlan::Lan {
+        &mut self.net
+    }
 }
 
 impl Lan {
     /// Client fd00::3, node 1 fd00::1 with the DS address, node 2 fd00::2.
     pub fn new() -> Self {
-        let t0 = Instant::from_millis(1000);
-        let c = Interface::new(Config::new([2, 0, 0, 0, 0, 3], vec![ip("fd00::3")]), t0);
-        let d = Interface::new(
-            Config::new([2, 0, 0, 0, 0, 1], vec![ip("fd00::1"), ip(DS)]),
-            t0,
-        );
-        let a = Interface::new(Config::new([2, 0, 0, 0, 0, 2], vec![ip("fd00::2")]), t0);
-        Self::with(vec![c, d, a], t0)
+        let c = simlan::node(3, &[ip("fd00::3")]);
+        let d = simlan::node(1, &[ip("fd00::1"), ip(DS)]);
+        let a = simlan::node(2, &[ip("fd00::2")]);
+        Self::with(vec![c, d, a], simlan::START)
     }
 
-    /// A LAN of these interfaces at `now`.
+    /// A LAN of these interfaces at `now`; TCP frames from the DS address are logged.
     pub fn with(ifs: Vec<Interface>, now: Instant) -> Self {
+        let ds = ip(DS);
+        let net = simlan::Lan::new(ifs, now).log_if(move |f| {
+            simlan::ipv6_header(f).is_some_and(|(nh, src, _)| nh == 6 && src == ds)
+        });
         Lan {
-            ifs,
-            now,
-            ds_tx: Vec::new(),
+            net,
             clock: Mono::now,
             roles: Vec::new(),
         }
     }
 
-    /// Exchange frames until quiet, then advance 1 ms.
-    pub fn step(&mut self) {
-        for _ in 0..100 {
-            let mut frames = Vec::new();
-            for (i, f) in self.ifs.iter_mut().enumerate() {
-                f.poll(self.now);
-                f.transmit(self.now, &mut |fr: &[u8]| frames.push((i, fr.to_vec())));
-            }
-            if frames.is_empty() {
-                break;
-            }
-            let wall = Mono::now();
-            for (from, fr) in &frames {
-                if is_tcp_from(fr, ip(DS)) {
-                    self.ds_tx.push((wall, *from));
-                }
-                for (j, f) in self.ifs.iter_mut().enumerate() {
-                    if j != *from {
-                        f.receive(self.now, fr);
-                    }
-                }
-            }
-        }
-        self.now += Duration::from_millis(1);
-    }
-
     /// Wall time between the donor's last DS frame and the acceptor's first one.
     pub fn client_gap(&self) -> Option<Duration> {
-        let first_a = self.ds_tx.iter().position(|(_, i)| *i == 2)?;
-        let last_d = self.ds_tx[..first_a].iter().rev().find(|(_, i)| *i == 1)?;
-        Some(self.ds_tx[first_a].0.duration_since(last_d.0))
+        self.net.handover_gap(1, 2)
     }
 
-    /// A connection from interface `c` (address `from`) to `to`, listened for and accepted on
-    /// interface `n`: (client, server).
+    /// A connection from interface `c` (address `from`) to `to`, accepted on interface `n`:
+    /// (client, server).
     pub fn connect(
         &mut self,
         c: usize,
@@ -119,41 +98,25 @@ impl Lan {
         n: usize,
         to: std::net::SocketAddrV6,
     ) -> (TcpHandle, TcpHandle) {
-        let l = self.ifs[n].tcp_listen(to, 8).unwrap();
-        let now = self.now;
-        let cl = self.ifs[c]
-            .tcp_connect(now, std::net::SocketAddrV6::new(from, 0, 0, 0), to)
-            .unwrap();
-        let mut srv = None;
-        for _ in 0..100 {
-            self.step();
-            srv = srv.or_else(|| self.ifs[n].tcp_accept(l));
-            if srv.is_some() && self.ifs[c].tcp_state(cl) == Some(ds_stack::TcpState::Established) {
-                break;
-            }
-        }
-        (cl, srv.expect("accepted"))
+        self.net.connect(
+            c,
+            &std::net::SocketAddrV6::new(from, 0, 0, 0).to_string(),
+            n,
+            &to.to_string(),
+        )
     }
 
     /// The host of node `i` for one call into the engine.
     pub fn host(&mut self, i: usize) -> UserHost<'_> {
         let role = self.roles.get(i).and_then(|r| r.as_ref());
-        UserHost::new(&mut self.ifs[i], self.now, self.clock).with_role(role)
+        UserHost::new(&mut self.net.ifs[i], self.net.now, self.clock).with_role(role)
     }
 }
 
-/// Append what connection `h` of `iface` has received to `got` (nothing on an error: the
-/// caller's checks see the bytes missing); returns how many bytes.
-pub fn read_into(iface: &mut Interface, h: TcpHandle, got: &mut Vec<u8>) -> usize {
-    let mut buf = [0u8; 16 << 10];
-    let before = got.len();
-    while let Ok(k) = iface.tcp_recv(h, &mut buf) {
-        if k == 0 {
-            break;
-        }
-        got.extend_from_slice(&buf[..k]);
-    }
-    got.len() - before
+/// Append what connection `h` of `iface` has received to `got`.
+pub fn read_into(iface: &mut Interface, h: TcpHandle, got: &mut Vec<u8>) {
+    // An error leaves the bytes missing: the caller's byte-exact checks see it.
+    let _ = simlan::read_available(iface, h, got);
 }
 
 /// A service of raw TCP: exports a fixed marker, records the handles it adopted.
