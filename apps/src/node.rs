@@ -101,6 +101,9 @@ pub struct HandoffConfig {
     pub fault: Option<AcceptorFault>,
     /// How long the donor forwards packets that still reach the frozen connection.
     pub forward_grace: Duration,
+    /// The acceptor's longest wait for the home agent's answer to a flow move (then it
+    /// refuses the offer and the donor keeps the connection).
+    pub steer_timeout: Duration,
     /// Route-optimised donor: the mobile role whose home keygen token travels with each
     /// connection (the contact node runs the home test, RFC 6275 §5.2.5).
     pub home_role: Option<MobileRole>,
@@ -109,7 +112,7 @@ pub struct HandoffConfig {
 impl HandoffConfig {
     /// Defaults: service "http", no listener, no peer, no quota, drain until acknowledged
     /// (deadline 100 ms), reply timeout 1 s, transparent, no takeover, no steering, 200 ms
-    /// forwarding grace.
+    /// forwarding grace, 1 s steering timeout.
     pub fn new(secret: ClusterSecret) -> Self {
         HandoffConfig {
             service: "http".into(),
@@ -127,6 +130,7 @@ impl HandoffConfig {
             steering: Steering::None,
             fault: None,
             forward_grace: Duration::from_millis(200),
+            steer_timeout: Duration::from_secs(1),
             home_role: None,
         }
     }
@@ -255,6 +259,7 @@ impl<C: std::fmt::Debug> Coordinator<C> {
         let mut acfg = AcceptorConfig {
             takeover: cfg.takeover,
             steering,
+            steer_timeout: cfg.steer_timeout,
             ..Default::default()
         };
         if cfg.fault == Some(AcceptorFault::Refuse) {
