@@ -7,6 +7,7 @@
 //! forwarded after the freeze; and a home agent that withholds its answer for a second while
 //! another connection of the accepting node keeps transferring.
 
+#[macro_use]
 mod common;
 
 use common::{
@@ -182,14 +183,11 @@ fn offer_timeout_resumes_the_connection_at_the_deadline() {
     let (mut ch_d, _silent) = mem_pair();
     let mut acc = Acceptor::new(acfg());
     let (out, took) = s.run(&mut d, &mut ch_d, &mut acc, &mut None, None, |_, _| {});
-    assert!(
-        matches!(
-            out,
-            DonorOutcome::Resumed {
-                cause: HandoffError::Timeout
-            }
-        ),
-        "{out:?}"
+    assert_outcome!(
+        out,
+        DonorOutcome::Resumed {
+            cause: HandoffError::Timeout
+        }
     );
     assert_eq!(took, Duration::from_millis(40), "the timeout fires on time");
     // The acceptor got the offer and then the donor's Abort.
@@ -247,14 +245,11 @@ fn acceptor_crash_resumes_the_connection() {
     let mut acc = Acceptor::new(acfg());
     let (out, took) = s.run(&mut d, &mut ch_d, &mut acc, &mut ch_a, None, |_, _| {});
     assert!(broken.get(), "the acceptor crashed on the offer");
-    assert!(
-        matches!(
-            out,
-            DonorOutcome::Resumed {
-                cause: HandoffError::ChannelLost(_)
-            }
-        ),
-        "{out:?}"
+    assert_outcome!(
+        out,
+        DonorOutcome::Resumed {
+            cause: HandoffError::ChannelLost(_)
+        }
     );
     assert!(
         took < Duration::from_millis(5),
@@ -312,14 +307,11 @@ fn accept_without_activated_is_in_doubt_and_not_thawed_back() {
         }
         let _ = s2;
     });
-    assert!(
-        matches!(
-            out,
-            DonorOutcome::Failed {
-                cause: HandoffError::InDoubt(_)
-            }
-        ),
-        "{out:?}"
+    assert_outcome!(
+        out,
+        DonorOutcome::Failed {
+            cause: HandoffError::InDoubt(_)
+        }
     );
     // The Accept arrives one round (1 ms) after the offer; the reply timeout runs from it.
     assert_eq!(
@@ -412,7 +404,7 @@ fn late_packets_after_the_freeze_are_forwarded() {
         ..acfg()
     });
     let (out, _) = s.run(&mut d, &mut ch_d, &mut acc, &mut ch_a, None, |_, _| {});
-    assert!(matches!(out, DonorOutcome::Moved { .. }), "{out:?}");
+    assert_outcome!(out, DonorOutcome::Moved { .. });
     let srv2 = s.svcs[2].adopted.pop().expect("adopted");
     // Now the client uploads.
     let up = data(300_000);
@@ -499,7 +491,7 @@ fn a_slow_home_agent_stalls_no_other_connection() {
             }
         },
     );
-    assert!(matches!(out, DonorOutcome::Moved { .. }), "{out:?}");
+    assert_outcome!(out, DonorOutcome::Moved { .. });
     assert!(
         took >= Duration::from_secs(1),
         "waited for the home agent: {took:?}"

@@ -1,7 +1,14 @@
 //! What the handoff engine's tests share: a simulated LAN of userspace interfaces, a raw-TCP
 //! service that records what it adopted, message links (a real control channel over loopback
 //! or an in-memory queue) and one exchange round between a donor and an acceptor.
-#![allow(dead_code)]
+#![allow(dead_code, unused_macros)]
+
+/// Assert that a donor outcome matches a pattern (the outcome is printed when not).
+macro_rules! assert_outcome {
+    ($out:expr, $pat:pat) => {
+        assert!(matches!($out, $pat), "unexpected outcome: {:?}", $out)
+    };
+}
 
 use ds_handoff::{
     Acceptor, AcceptorEvent, Channel, ChannelError, ClusterSecret, Dest, Donor, DonorOutcome,
