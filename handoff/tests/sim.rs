@@ -170,6 +170,13 @@ fn acfg() -> AcceptorConfig {
     AcceptorConfig::default()
 }
 
+/// A donor's settings with a reply timeout of `ms` milliseconds.
+fn replying_within(id: u64, ms: u64) -> DonorConfig {
+    let mut cfg = DonorConfig::new(id, "http");
+    cfg.reply_timeout = Duration::from_millis(ms);
+    cfg
+}
+
 fn data(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i % 251) as u8).collect()
 }
@@ -177,9 +184,7 @@ fn data(n: usize) -> Vec<u8> {
 #[test]
 fn offer_timeout_resumes_the_connection_at_the_deadline() {
     let mut s = Sim::new();
-    let mut cfg = DonorConfig::new(1, "http");
-    cfg.reply_timeout = Duration::from_millis(40);
-    let (cl, bytes, mut d) = s.begin(20_000, cfg);
+    let (cl, bytes, mut d) = s.begin(20_000, replying_within(1, 40));
     let (mut ch_d, _silent) = mem_pair();
     let mut acc = Acceptor::new(acfg());
     let (out, took) = s.run(&mut d, &mut ch_d, &mut acc, &mut None, None, |_, _| {});
@@ -294,9 +299,7 @@ impl Link for Faulty {
 #[test]
 fn accept_without_activated_is_in_doubt_and_not_thawed_back() {
     let mut s = Sim::new();
-    let mut cfg = DonorConfig::new(4, "http");
-    cfg.reply_timeout = Duration::from_millis(30);
-    let (_cl, _, mut d) = s.begin(0, cfg);
+    let (_cl, _, mut d) = s.begin(0, replying_within(4, 30));
     let (mut ch_d, ch_a) = mem_pair();
     // The acceptor answers Accept and then nothing.
     let mut ch_a = boxed(Faulty(ch_a, Fault::AcceptOnly));
@@ -333,35 +336,29 @@ fn steering_failure_refuses_and_the_donor_keeps_the_connection() {
         let (cl, bytes, mut d) = s.begin(7000, DonorConfig::new(5, "http"));
         let (mut ch_d, ch_a) = mem_pair();
         let mut ch_a = boxed(ch_a);
-        let (mut ha_acc, mut ha) = mem_pair();
+        let (mut hl, mut ha) = mem_pair();
         let mut acc = ha_steered(Duration::from_millis(25));
         let mut moves = 0;
-        let (out, took) = s.run(
-            &mut d,
-            &mut ch_d,
-            &mut acc,
-            &mut ch_a,
-            Some(&mut ha_acc),
-            |s2, _| {
-                // The home agent.
-                while let Ok(Some(m)) = ha.recv() {
-                    let Message::MoveFlow { conn_id, .. } = m else {
-                        panic!("{m:?}")
-                    };
-                    moves += 1;
-                    if let Some(ok) = answer {
-                        ha.send(&Message::FlowMoved {
-                            conn_id,
-                            ok,
-                            detail: "no such binding".into(),
-                        })
-                        .unwrap();
-                    }
+        let each = |s2: &mut Sim, _: &[AcceptorEvent]| {
+            // The home agent.
+            while let Ok(Some(m)) = ha.recv() {
+                let Message::MoveFlow { conn_id, .. } = m else {
+                    panic!("{m:?}")
+                };
+                moves += 1;
+                if let Some(ok) = answer {
+                    ha.send(&Message::FlowMoved {
+                        conn_id,
+                        ok,
+                        detail: "no such binding".into(),
+                    })
+                    .unwrap();
                 }
-                // While the offer waits for steering, the thawed connection is dormant.
-                assert!(s2.lan.ifs[2].tcp_connection_count() == 0);
-            },
-        );
+            }
+            // While the offer waits for steering, the thawed connection is dormant.
+            assert!(s2.lan.ifs[2].tcp_connection_count() == 0);
+        };
+        let (out, took) = s.run(&mut d, &mut ch_d, &mut acc, &mut ch_a, Some(&mut hl), each);
         assert_eq!(moves, 1);
         assert!(
             matches!(&out, DonorOutcome::Resumed { cause: HandoffError::Refused(RefuseReason::Other(r)) } if r.starts_with("steering")),
@@ -449,7 +446,7 @@ fn a_slow_home_agent_stalls_no_other_connection() {
     let (_cl, _, mut d) = s.begin(0, DonorConfig::new(7, "http"));
     let (mut ch_d, ch_a) = mem_pair();
     let mut ch_a = boxed(ch_a);
-    let (mut ha_acc, mut ha) = mem_pair();
+    let (mut hl, mut ha) = mem_pair();
     let mut acc = ha_steered(Duration::from_secs(2));
     // A paced stream: 16 KiB per millisecond.
     let chunk = data(16 << 10);
@@ -457,40 +454,34 @@ fn a_slow_home_agent_stalls_no_other_connection() {
     let mut buf = vec![0u8; 65536];
     let mut asked: Option<(Mono, u64)> = None;
     let mut during = Vec::new();
-    let (out, took) = s.run(
-        &mut d,
-        &mut ch_d,
-        &mut acc,
-        &mut ch_a,
-        Some(&mut ha_acc),
-        |s2, _| {
-            // The other connection: node 2 streams, the client reads.
-            s2.lan.ifs[2].tcp_send(other_srv, &chunk).unwrap();
-            while let Ok(k) = s2.lan.ifs[0].tcp_recv(other_cl, &mut buf) {
-                if k == 0 {
-                    break;
-                }
-                got += k;
+    let each = |s2: &mut Sim, _: &[AcceptorEvent]| {
+        // The other connection: node 2 streams, the client reads.
+        s2.lan.ifs[2].tcp_send(other_srv, &chunk).unwrap();
+        while let Ok(k) = s2.lan.ifs[0].tcp_recv(other_cl, &mut buf) {
+            if k == 0 {
+                break;
             }
-            // The home agent answers a second after the request.
-            while let Ok(Some(Message::MoveFlow { conn_id, .. })) = ha.recv() {
-                asked = Some((s2.now(), conn_id));
+            got += k;
+        }
+        // The home agent answers a second after the request.
+        while let Ok(Some(Message::MoveFlow { conn_id, .. })) = ha.recv() {
+            asked = Some((s2.now(), conn_id));
+        }
+        if let Some((at, id)) = asked {
+            if s2.now() < at + Duration::from_secs(1) {
+                during.push(got);
+            } else {
+                ha.send(&Message::FlowMoved {
+                    conn_id: id,
+                    ok: true,
+                    detail: String::new(),
+                })
+                .unwrap();
+                asked = None;
             }
-            if let Some((at, id)) = asked {
-                if s2.now() < at + Duration::from_secs(1) {
-                    during.push(got);
-                } else {
-                    ha.send(&Message::FlowMoved {
-                        conn_id: id,
-                        ok: true,
-                        detail: String::new(),
-                    })
-                    .unwrap();
-                    asked = None;
-                }
-            }
-        },
-    );
+        }
+    };
+    let (out, took) = s.run(&mut d, &mut ch_d, &mut acc, &mut ch_a, Some(&mut hl), each);
     assert_outcome!(out, DonorOutcome::Moved { .. });
     assert!(
         took >= Duration::from_secs(1),
