@@ -511,10 +511,12 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
                 });
                 return;
             }
+            // The care-of test ran ahead (phase 4, overlapped with the drain and the
+            // transfer); its token may have come in this very round.
             let rr = self
                 .care_of
                 .remove(&cn)
-                .and_then(|c| c.1)
+                .map(|(started, took)| took.unwrap_or(now.saturating_duration_since(started)))
                 .unwrap_or_default();
             let arrived = (now, host.now());
             return self.take_offer(now, from, o, state, arrived, rr, host);

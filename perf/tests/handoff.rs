@@ -175,7 +175,7 @@ fn route_optimised_client_sends_to_the_acceptor_care_of_address() {
     assert_eq!(out.client_retransmits, 0, "the client stack retransmitted");
     let h = &out.handoffs[0].report;
     assert_eq!(h.mode, ds_handoff::Mode::Ro);
-    assert!(h.phases_us[3] > 0.0, "return routability timed");
+    assert!(h.phases_us[3] > 0.0, "return routability timed: {h:?}");
     assert!(h.phases_us[4] > 0.0, "BU construction timed");
     assert!(h.phases_us[5] > 0.0, "BU -> BA timed");
     assert!(h.state_bytes <= 96);
@@ -321,7 +321,11 @@ fn twenty(opts: Options, path: &str) {
         };
         assert_eq!(h.report.path, want, "{label}: handoff {}", k + 1);
         assert_eq!(h.report.phases_us.len(), 7);
-        assert!(h.report.phases_us[1] > 0.0, "{label}: state transfer timed");
+        assert!(
+            h.report.phases_us[1] > 0.0,
+            "{label}: state transfer timed: {:?}",
+            h.report
+        );
         assert!(h.report.state_bytes <= 96, "{label}: drained");
     }
     let walls: Vec<f64> = out.handoffs.iter().map(|h| h.report.wall_us).collect();
