@@ -54,8 +54,6 @@ pub enum Steering {
     /// keygen ticket that came with the connection and its own care-of keygen token (RFC 6275
     /// §5.2.5, §11.7.2).
     RouteOptimised {
-        /// This node's mobile role (installed as the interface's mobility hook).
-        role: MobileRole,
         /// Binding lifetime asked for.
         lifetime: Duration,
     },
@@ -104,9 +102,10 @@ pub struct HandoffConfig {
     /// The acceptor's longest wait for the home agent's answer to a flow move (then it
     /// refuses the offer and the donor keeps the connection).
     pub steer_timeout: Duration,
-    /// Route-optimised donor: the mobile role whose home keygen token travels with each
-    /// connection (the contact node runs the home test, RFC 6275 §5.2.5).
-    pub home_role: Option<MobileRole>,
+    /// Route-optimised mode: this node's mobile role for the DS address, at home (the contact
+    /// node, which runs the home test, RFC 6275 §5.2.5) or away from home. The node installs
+    /// it on its interface ([`HandoffNode::install_mobility`]) and drives it there.
+    pub mobile_role: Option<MobileRole>,
 }
 
 impl HandoffConfig {
@@ -131,7 +130,7 @@ impl HandoffConfig {
             fault: None,
             forward_grace: Duration::from_millis(200),
             steer_timeout: Duration::from_secs(1),
-            home_role: None,
+            mobile_role: None,
         }
     }
 }
@@ -249,7 +248,7 @@ impl<C: std::fmt::Debug> Coordinator<C> {
             Steering::HomeAgentFlow { ha, coa } => {
                 (ds_handoff::Steering::HomeAgentFlow { coa: *coa }, Some(*ha))
             }
-            Steering::RouteOptimised { lifetime, .. } => (
+            Steering::RouteOptimised { lifetime } => (
                 ds_handoff::Steering::RouteOptimised {
                     lifetime: *lifetime,
                 },
@@ -772,6 +771,16 @@ impl Service<UserConn> for HttpService<'_> {
     }
 }
 
+/// Route-optimised: the ticket of a connection that is to leave.
+enum Ticket {
+    /// Encoded, ready to go with the offer.
+    Ready(Vec<u8>),
+    /// The home test runs: try again later.
+    Wait,
+    /// None to be had: the connection stays.
+    Missing(&'static str),
+}
+
 /// How long a route-optimised donor waits for the home test before keeping the connection.
 const TICKET_WAIT: Duration = Duration::from_secs(2);
 
@@ -782,9 +791,10 @@ pub struct HandoffNode {
     service: String,
     max_handoffs: Option<u64>,
     mode: Mode,
-    /// This node's mobile role (route-optimised mode, at home or away): it steers connections
-    /// that arrive (Binding Update, or deregistration at home) and gives the tickets that go
-    /// with connections that leave.
+    /// This node's mobile role until [`HandoffNode::install_mobility`] gives it to the
+    /// interface, which owns it from then on (route-optimised mode: it steers connections that
+    /// arrive, with a Binding Update or a deregistration at home, and gives the tickets that go
+    /// with connections that leave).
     role: Option<MobileRole>,
     /// Connections that reached their quota, waiting for their handoff.
     queue: VecDeque<TcpHandle>,
@@ -802,10 +812,7 @@ impl HandoffNode {
     pub fn new(mut server: HttpServer, mut cfg: HandoffConfig) -> anyhow::Result<Self> {
         let core = Coordinator::new(&mut cfg)?;
         server.set_handoff_quota(if cfg.peer.is_some() { cfg.quota } else { None });
-        let role = match &cfg.steering {
-            Steering::RouteOptimised { role, .. } => Some(role.clone()),
-            _ => cfg.home_role.clone(),
-        };
+        let role = cfg.mobile_role.take();
         Ok(HandoffNode {
             server,
             core,
@@ -825,11 +832,11 @@ impl HandoffNode {
         &self.server
     }
 
-    /// Install this node's mobile role (route-optimised steering, at home or away) as the
-    /// interface's mobility hook; nothing without one.
-    pub fn install_mobility(&self, iface: &mut Interface) {
-        if let Some(r) = &self.role {
-            iface.set_mobility_hook(r.hook());
+    /// Give this node's mobile role (route-optimised mode) to the interface, which owns it
+    /// from then on; the node drives it through the interface. Nothing without one.
+    pub fn install_mobility(&mut self, iface: &mut Interface) {
+        if let Some(r) = self.role.take() {
+            iface.set_mobility_hook(Box::new(r));
         }
     }
 
@@ -877,7 +884,7 @@ impl HandoffNode {
         now: StackInstant,
         f: impl FnOnce(&mut Coordinator<UserConn>, &mut UserHost<'_>, &mut HttpService<'_>) -> T,
     ) -> T {
-        let mut host = UserHost::new(iface, now, Instant::now).with_role(self.role.as_ref());
+        let mut host = UserHost::new(iface, now, Instant::now);
         let mut svc = HttpService {
             server: &mut self.server,
             name: &self.service,
@@ -893,7 +900,7 @@ impl HandoffNode {
         self.queue.extend(self.server.take_handoff_ready());
         let mono = Instant::now();
         self.with_engine(iface, now, |core, host, svc| core.poll(mono, host, svc));
-        if let Some(role) = &self.role {
+        if let Some(role) = iface.mobility_hook_mut::<MobileRole>() {
             // A connection that left: its new node speaks for the home address towards the
             // client now; no refreshes of the binding it had here (RFC 6275 §11.7.2).
             for e in &self.core.events {
@@ -910,7 +917,7 @@ impl HandoffNode {
         if !self.core.handing_off() {
             self.start_next(iface, now, mono);
         }
-        self.watch_binding(now);
+        self.watch_binding(iface, now);
     }
 
     /// A connection that cannot leave: its service continues it here.
@@ -923,8 +930,10 @@ impl HandoffNode {
         self.server.resume(h);
     }
 
-    fn watch_binding(&mut self, now: StackInstant) {
-        let (Some((client, at)), Some(role)) = (self.core.bu_sent, &self.role) else {
+    fn watch_binding(&mut self, iface: &Interface, now: StackInstant) {
+        let (Some((client, at)), Some(role)) =
+            (self.core.bu_sent, iface.mobility_hook::<MobileRole>())
+        else {
             return;
         };
         if role.acknowledged_for(now, client) {
@@ -936,6 +945,45 @@ impl HandoffNode {
         }
     }
 
+    /// Route-optimised: what goes with a connection of `c` that is to leave (RFC 6275
+    /// §5.2.5): the home keygen token and the next sequence number.
+    fn ticket(
+        &mut self,
+        iface: &mut Interface,
+        now: StackInstant,
+        mono: Instant,
+        c: SocketAddrV6,
+    ) -> Ticket {
+        let Some(role) = iface.mobility_hook_mut::<MobileRole>() else {
+            return Ticket::Missing("no mobile role on this node");
+        };
+        if let Some(t) = role.ticket_for(now, *c.ip()) {
+            self.ticket_wait = None;
+            if let Some(seq) = role.binding_sequence(*c.ip()) {
+                self.leaving.insert(*c.ip(), seq);
+            }
+            return Ticket::Ready(postcard::to_allocvec(&t).unwrap_or_default());
+        }
+        if !role.is_at_home() {
+            // Away from home a node only has the token that came with the connection;
+            // without it (expired) the connection stays.
+            return Ticket::Missing("no home keygen ticket for the correspondent");
+        }
+        // No home keygen token for this correspondent yet: run the home test (the token lives
+        // for minutes, §5.2.7, so later handoffs of its connections need none) and wait for
+        // it, bounded.
+        if self.ticket_wait.is_none() {
+            self.cookie = self.cookie.wrapping_add(1);
+            role.start_home_test(now, *c.ip(), self.cookie.to_be_bytes());
+        }
+        let since = *self.ticket_wait.get_or_insert(mono);
+        if mono.saturating_duration_since(since) < TICKET_WAIT {
+            return Ticket::Wait;
+        }
+        self.ticket_wait = None;
+        Ticket::Missing("no home keygen token (the home test did not answer)")
+    }
+
     fn start_next(&mut self, iface: &mut Interface, now: StackInstant, mono: Instant) {
         while let Some(h) = self.queue.pop_front() {
             let client = iface.tcp_endpoints(h).map(|(_, r)| r);
@@ -943,45 +991,18 @@ impl HandoffNode {
                 self.server.resume(h);
                 continue;
             }
-            let ticket = match (&self.role, client) {
-                (Some(role), Some(c)) if self.mode == Mode::Ro => {
-                    match role.ticket_for(now, *c.ip()) {
-                        Some(t) => {
-                            self.ticket_wait = None;
-                            if let Some(seq) = role.binding_sequence(*c.ip()) {
-                                self.leaving.insert(*c.ip(), seq);
-                            }
-                            Some(postcard::to_allocvec(&t).unwrap_or_default())
-                        }
-                        None if role.is_at_home() => {
-                            // No home keygen token for this correspondent yet: run the home test
-                            // (RFC 6275 §5.2.5; the token lives for minutes, §5.2.7, so later
-                            // handoffs of its connections need none) and wait for it, bounded.
-                            if self.ticket_wait.is_none() {
-                                self.cookie = self.cookie.wrapping_add(1);
-                                role.start_home_test(now, *c.ip(), self.cookie.to_be_bytes());
-                            }
-                            let since = *self.ticket_wait.get_or_insert(mono);
-                            if mono.saturating_duration_since(since) < TICKET_WAIT {
-                                self.queue.push_front(h);
-                                return;
-                            }
-                            self.ticket_wait = None;
-                            self.keep_here(
-                                h,
-                                c,
-                                "no home keygen token (the home test did not answer)",
-                            );
-                            continue;
-                        }
-                        None => {
-                            // Away from home a node only has the token that came with the
-                            // connection; without it (expired) the connection stays.
-                            self.keep_here(h, c, "no home keygen ticket for the correspondent");
-                            continue;
-                        }
+            let ticket = match client {
+                Some(c) if self.mode == Mode::Ro => match self.ticket(iface, now, mono, c) {
+                    Ticket::Ready(t) => Some(t),
+                    Ticket::Wait => {
+                        self.queue.push_front(h);
+                        return;
                     }
-                }
+                    Ticket::Missing(why) => {
+                        self.keep_here(h, c, why);
+                        continue;
+                    }
+                },
                 _ => None,
             };
             let started = self.with_engine(iface, now, |core, host, svc| {

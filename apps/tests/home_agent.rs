@@ -48,8 +48,12 @@ fn home_registration_and_kernel_client_through_the_tunnel() {
     let now = ha_rt.now();
     let ha = HomeAgentNode::new(ha_ip, vec![sa], ntp_now(), now).expect("home agent");
     ha_rt.iface.set_mobility_hook(ha.hook());
-    let role = MobileRole::new(home, Some(node_ip));
-    node.iface.set_mobility_hook(role.hook());
+    node.iface
+        .set_mobility_hook(Box::new(MobileRole::new(home, Some(node_ip))));
+    // The interface owns the role; the test drives it there.
+    fn role(iface: &mut ds_stack::Interface) -> &mut MobileRole {
+        iface.mobility_hook_mut().expect("mobile role")
+    }
     node.iface.add_home_addr(home);
 
     let step = |ha_rt: &mut ds_stack::runner::Runner<_>, node: &mut ds_stack::runner::Runner<_>| {
@@ -69,9 +73,9 @@ fn home_registration_and_kernel_client_through_the_tunnel() {
         key: key.clone(),
         lifetime: Duration::from_secs(300),
     };
-    role.register_home(now, ntp_now(), cfg.clone(), 1);
+    role(&mut node.iface).register_home(now, ntp_now(), cfg.clone(), 1);
     let t = Instant::now();
-    while !role
+    while !role(&mut node.iface)
         .take_home_events()
         .iter()
         .any(|e| matches!(e, HomeRegEvent::Registered(_)))

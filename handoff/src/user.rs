@@ -40,29 +40,24 @@ impl UserConn {
     }
 }
 
-/// [`Host`] over a userspace interface, for one call into the engine.
+/// [`Host`] over a userspace interface, for one call into the engine. Route-optimised steering
+/// drives the interface's own mobile role ([`Interface::mobility_hook_mut`]).
 pub struct UserHost<'a> {
     iface: &'a mut Interface,
     now: ds_stack::Instant,
     clock: Clock,
-    role: Option<&'a MobileRole>,
 }
 
 impl<'a> UserHost<'a> {
     /// The interface at the stack time `now`, timing operations with `clock`.
     pub fn new(iface: &'a mut Interface, now: ds_stack::Instant, clock: Clock) -> Self {
-        UserHost {
-            iface,
-            now,
-            clock,
-            role: None,
-        }
+        UserHost { iface, now, clock }
     }
 
-    /// With the node's mobile role (route-optimised steering).
-    pub fn with_role(mut self, role: Option<&'a MobileRole>) -> Self {
-        self.role = role;
-        self
+    fn role(&mut self) -> Result<&mut MobileRole, HostError> {
+        self.iface
+            .mobility_hook_mut::<MobileRole>()
+            .ok_or_else(|| HostError::new("no mobile role on this interface"))
     }
 
     /// The interface.
@@ -215,15 +210,15 @@ impl Host for UserHost<'_> {
     }
 
     fn start_care_of_test(&mut self, client: Ipv6Addr, cookie: u64) -> Result<(), HostError> {
-        let role = self
-            .role
-            .ok_or_else(|| HostError::new("no mobile role on this node"))?;
-        role.start_care_of_test(self.now, client, cookie.to_be_bytes());
+        let now = self.now;
+        self.role()?
+            .start_care_of_test(now, client, cookie.to_be_bytes());
         Ok(())
     }
 
     fn has_care_of_token(&self, client: Ipv6Addr) -> bool {
-        self.role
+        self.iface
+            .mobility_hook::<MobileRole>()
             .is_some_and(|r| r.has_care_of_token_for(self.now, client))
     }
 
@@ -233,12 +228,11 @@ impl Host for UserHost<'_> {
         ticket: &[u8],
         lifetime: Duration,
     ) -> Result<(), HostError> {
-        let role = self
-            .role
-            .ok_or_else(|| HostError::new("no mobile role on this node"))?;
         let ticket: ds_mipv6::mn::HomeTicket = postcard::from_bytes(ticket)
             .map_err(|e| HostError::new(format!("home ticket: {e}")))?;
-        role.bind(self.now, &ticket, client, lifetime)
+        let now = self.now;
+        self.role()?
+            .bind(now, &ticket, client, lifetime)
             .map_err(|e| HostError::new(format!("binding update: {e:?}")))
     }
 }

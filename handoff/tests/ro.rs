@@ -17,6 +17,11 @@ use ds_stack::{Config, Instant, Interface, TcpState};
 use std::net::SocketAddrV6;
 use std::time::{Duration, Instant as Mono};
 
+/// The mobile role interface `i` owns (the test drives it there).
+fn mn(lan: &mut Lan, i: usize) -> &mut MobileRole {
+    lan.ifs[i].mobility_hook_mut().expect("mobile role")
+}
+
 #[test]
 fn route_optimised_handoff_carries_the_home_ticket() {
     let (cl_ip, b_ip, c_ip, h) = (ip("fd00::1"), ip("fd00::2"), ip("fd00::3"), ip("fd00::80"));
@@ -24,12 +29,9 @@ fn route_optimised_handoff_carries_the_home_ticket() {
     let client = Interface::new(Config::new([2, 0, 0, 0, 0, 1], vec![cl_ip]), t0);
     let mut b = Interface::new(Config::new([2, 0, 0, 0, 0, 2], vec![b_ip, h]), t0);
     let mut c = Interface::new(Config::new([2, 0, 0, 0, 0, 3], vec![c_ip]), t0);
-    let b_mn = MobileRole::new(h, None);
-    let c_mn = MobileRole::new(h, Some(c_ip));
-    b.set_mobility_hook(b_mn.hook());
-    c.set_mobility_hook(c_mn.hook());
+    b.set_mobility_hook(Box::new(MobileRole::new(h, None)));
+    c.set_mobility_hook(Box::new(MobileRole::new(h, Some(c_ip))));
     let mut lan = Lan::with(vec![client, b, c], t0);
-    lan.roles = vec![None, Some(b_mn.clone()), Some(c_mn.clone())];
     let (cl, srv) = lan.connect(0, cl_ip, 1, SocketAddrV6::new(h, 80, 0, 0));
     assert_eq!(lan.ifs[0].tcp_state(cl), Some(TcpState::Established));
 
@@ -44,14 +46,15 @@ fn route_optimised_handoff_carries_the_home_ticket() {
     // Return routability ahead of the handoff (tokens live for minutes, RFC 6275 §5.2.7):
     // the contact node runs the home test, the acceptor the care-of test.
     let now = lan.now;
-    b_mn.start_home_test(now, cl_ip, [1; 8]);
-    c_mn.start_care_of_test(now, cl_ip, [2; 8]);
+    mn(&mut lan, 1).start_home_test(now, cl_ip, [1; 8]);
+    mn(&mut lan, 2).start_care_of_test(now, cl_ip, [2; 8]);
     for _ in 0..20 {
         lan.step();
         read(&mut lan, &mut got, &mut buf);
     }
-    assert!(c_mn.has_care_of_token());
-    let ticket = b_mn.home_ticket(lan.now, 1).expect("home token");
+    assert!(mn(&mut lan, 2).has_care_of_token());
+    let now = lan.now;
+    let ticket = mn(&mut lan, 1).home_ticket(now, 1).expect("home token");
     let ticket_bytes = postcard::to_allocvec(&ticket).unwrap();
 
     // The acceptor's steering: import the ticket and send the BU (phase 5); RR already ran
@@ -106,7 +109,10 @@ fn route_optimised_handoff_carries_the_home_ticket() {
     assert!(report.phases_us[4] > 0.0, "BU construction measured");
     // Binding management: until the Binding Acknowledgement.
     let bu_at = lan.now;
-    while !c_mn.is_bound(lan.now) {
+    while !{
+        let now = lan.now;
+        mn(&mut lan, 2).is_bound(now)
+    } {
         lan.step();
         read(&mut lan, &mut got, &mut buf);
         assert!(lan.now < bu_at + Duration::from_secs(5), "no binding");

@@ -16,8 +16,27 @@ pub enum HaoVerdict {
     Reject,
 }
 
-/// Mobility processing plugged into an [`crate::Interface`].
-pub trait MobilityHook: Send {
+/// Typed access to a hook the interface owns ([`crate::Interface::mobility_hook_mut`]);
+/// implemented for every `'static` type.
+pub trait AsAny {
+    /// `self` as `Any`.
+    fn as_any(&self) -> &dyn std::any::Any;
+    /// `self` as mutable `Any`.
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any;
+}
+
+impl<T: std::any::Any> AsAny for T {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+}
+
+/// Mobility processing plugged into an [`crate::Interface`]. The interface owns it; its owner
+/// drives it through the interface, so nothing on the data path is shared behind a lock.
+pub trait MobilityHook: Send + AsAny {
     /// A Mobility Header (IPv6 next header 135) addressed to us that the interface's own
     /// correspondent role did not take (HoT, CoT, BA, BE, BRR: the mobile-node side). `meta`
     /// has the addresses as on the wire and the packet's HAO / RH2; `mh` starts at the MH.

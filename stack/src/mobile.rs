@@ -6,8 +6,11 @@
 //! The seed's inversion: the *server* moves. The contact node (which receives the home
 //! address's packets) runs the home test and exports the home keygen token as a
 //! [`HomeTicket`]; the acceptor imports it, runs the care-of test itself and sends the
-//! Binding Update. State sits behind a shared handle so the node's control logic can drive it
-//! while the interface owns the hook.
+//! Binding Update. The interface owns the role (it is its mobility hook) and the node drives it
+//! through the interface (`Interface::mobility_hook_mut`): one owner, so nothing on the data
+//! path takes a lock. It keeps what it knows per correspondent: tests, tokens, bindings and the
+//! next Binding Update sequence number, which travels in the tickets so that a connection can
+//! go back and forth (the node at home deregisters, RFC 6275 §11.5.4).
 
 use crate::hooks::{MhMeta, MobilityHook};
 use crate::time::Instant;
@@ -18,7 +21,6 @@ use ds_mipv6::mn::{
 use ds_mipv6::rr::TokenKind;
 use std::collections::BTreeMap;
 use std::net::Ipv6Addr;
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 /// What the role knows of one correspondent (RFC 6275 §11.1: one Binding Update List entry,
@@ -67,45 +69,33 @@ impl State {
     }
 }
 
-/// A handle on the mobile role; clone it, give one to the interface
-/// ([`crate::Interface::set_mobility_hook`] with [`MobileRole::hook`]) and drive the other.
-#[derive(Debug, Clone, Default)]
+/// The mobile role of a node for its DS address. The interface owns it
+/// ([`crate::Interface::set_mobility_hook`]) and the node drives it through the interface
+/// ([`crate::Interface::mobility_hook_mut`]): one owner, no lock on the data path.
+#[derive(Debug, Default)]
 pub struct MobileRole {
-    st: Arc<Mutex<State>>,
+    st: State,
 }
 
 impl MobileRole {
     /// A role serving `home`; `care_of` is this node's own address when it serves the home
     /// address away from home (`None` on the contact node, which is "at home").
     pub fn new(home: Ipv6Addr, care_of: Option<Ipv6Addr>) -> Self {
-        let r = MobileRole::default();
-        {
-            let mut s = r.lock();
-            s.home = Some(home);
-            s.care_of = care_of;
-        }
+        let mut r = MobileRole::default();
+        r.st.home = Some(home);
+        r.st.care_of = care_of;
         r
-    }
-
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock leaves plain data behind; keep going with it.
-        self.st.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The hook to install on the interface.
-    pub fn hook(&self) -> Box<dyn MobilityHook> {
-        Box::new(self.clone())
     }
 
     /// Whether this node serves the home address at home (the contact node).
     pub fn is_at_home(&self) -> bool {
-        self.lock().care_of.is_none()
+        self.st.care_of.is_none()
     }
 
     /// Start the home test (HoTI from the home address) towards `cn`; sent at the next poll.
     /// RR may run before it is needed: tokens live for minutes (§5.2.7).
-    pub fn start_home_test(&self, now: Instant, cn: Ipv6Addr, cookie: [u8; 8]) {
-        let mut s = self.lock();
+    pub fn start_home_test(&mut self, now: Instant, cn: Ipv6Addr, cookie: [u8; 8]) {
+        let s = &mut self.st;
         let Some(home) = s.home else { return };
         let (t, tx) = TestInit::start(now, TokenKind::Home, home, cn, cookie);
         let Some(p) = s.peer(cn) else { return };
@@ -114,8 +104,8 @@ impl MobileRole {
     }
 
     /// Start the care-of test (CoTI from our care-of address) towards `cn`.
-    pub fn start_care_of_test(&self, now: Instant, cn: Ipv6Addr, cookie: [u8; 8]) {
-        let mut s = self.lock();
+    pub fn start_care_of_test(&mut self, now: Instant, cn: Ipv6Addr, cookie: [u8; 8]) {
+        let s = &mut self.st;
         let Some(coa) = s.care_of else { return };
         let (t, tx) = TestInit::start(now, TokenKind::CareOf, coa, cn, cookie);
         let Some(p) = s.peer(cn) else { return };
@@ -127,7 +117,7 @@ impl MobileRole {
     /// ticket for the acceptor with `next_sequence` (see [`MobileRole::ticket_for`] for a
     /// given correspondent, with the sequence number kept here).
     pub fn home_ticket(&self, now: Instant, next_sequence: u16) -> Option<HomeTicket> {
-        let s = self.lock();
+        let s = &self.st;
         s.peers
             .values()
             .find_map(|p| p.home_kg.as_ref())
@@ -138,7 +128,7 @@ impl MobileRole {
     /// a fresh home keygen token — from this node's own home test, or the one that came with
     /// the connection — and the next Binding Update sequence number.
     pub fn ticket_for(&self, now: Instant, cn: Ipv6Addr) -> Option<HomeTicket> {
-        let s = self.lock();
+        let s = &self.st;
         let p = s.peers.get(&cn)?;
         let own = p
             .home_kg
@@ -158,13 +148,13 @@ impl MobileRole {
 
     /// Whether any care-of test completed.
     pub fn has_care_of_token(&self) -> bool {
-        self.lock().peers.values().any(|p| p.coa_kg.is_some())
+        self.st.peers.values().any(|p| p.coa_kg.is_some())
     }
 
     /// Whether a Binding Update towards `cn` can be built: a care-of keygen token is at hand,
     /// or the node is at home (deregistration needs the home token alone, §5.2.5).
     pub fn has_care_of_token_for(&self, now: Instant, cn: Ipv6Addr) -> bool {
-        let s = self.lock();
+        let s = &self.st;
         s.care_of.is_none()
             || s.peers
                 .get(&cn)
@@ -178,7 +168,7 @@ impl MobileRole {
     /// node returning home (§11.5.4): a Binding Update with lifetime 0 and the home address as
     /// care-of address, authorised by the home token alone (§5.2.5).
     pub fn bind(
-        &self,
+        &mut self,
         now: Instant,
         ticket: &HomeTicket,
         cn: Ipv6Addr,
@@ -192,14 +182,14 @@ impl MobileRole {
     /// connections of one client can live on different nodes. Whether the correspondent
     /// honoured that or moved the whole home address is in the `Bound` event's scope.
     pub fn bind_flows(
-        &self,
+        &mut self,
         now: Instant,
         ticket: &HomeTicket,
         cn: Ipv6Addr,
         lifetime: Duration,
         flows: Option<(u16, Vec<FlowRequest>)>,
     ) -> Result<(), MnError> {
-        let mut s = self.lock();
+        let s = &mut self.st;
         let Some(home) = s.home else {
             return Err(MnError::WrongToken);
         };
@@ -233,7 +223,7 @@ impl MobileRole {
     /// The next sequence number of the binding towards `cn`, if there is one (it names the
     /// binding for [`MobileRole::release`]).
     pub fn binding_sequence(&self, cn: Ipv6Addr) -> Option<u16> {
-        self.lock()
+        self.st
             .peers
             .get(&cn)
             .and_then(|p| p.binding.as_ref())
@@ -244,8 +234,8 @@ impl MobileRole {
     /// left this node; the node that took it speaks for the home address now): no more
     /// retransmissions or refreshes from here. A newer binding (the connection came back
     /// meanwhile) stays.
-    pub fn release(&self, cn: Ipv6Addr, seq: u16) {
-        if let Some(p) = self.lock().peers.get_mut(&cn) {
+    pub fn release(&mut self, cn: Ipv6Addr, seq: u16) {
+        if let Some(p) = self.st.peers.get_mut(&cn) {
             if p.binding.as_ref().is_some_and(|b| b.next_sequence() == seq) {
                 if let Some(b) = p.binding.take() {
                     p.next_sequence = next_after(b.next_sequence(), p.next_sequence);
@@ -256,7 +246,7 @@ impl MobileRole {
 
     /// Whether the correspondent acknowledged our binding and it has not expired.
     pub fn is_bound(&self, now: Instant) -> bool {
-        self.lock()
+        self.st
             .peers
             .values()
             .any(|p| p.binding.as_ref().is_some_and(|b| b.is_bound(now)))
@@ -265,7 +255,7 @@ impl MobileRole {
     /// Whether the correspondent `cn` acknowledged our last Binding Update (a registration it
     /// holds, or a deregistration it applied).
     pub fn acknowledged_for(&self, now: Instant, cn: Ipv6Addr) -> bool {
-        self.lock()
+        self.st
             .peers
             .get(&cn)
             .and_then(|p| p.binding.as_ref())
@@ -275,8 +265,8 @@ impl MobileRole {
     }
 
     /// Events from Binding Acknowledgements so far (drained).
-    pub fn take_events(&self) -> Vec<MnEvent> {
-        std::mem::take(&mut self.lock().events)
+    pub fn take_events(&mut self) -> Vec<MnEvent> {
+        std::mem::take(&mut self.st.events)
     }
 }
 
@@ -309,13 +299,13 @@ impl MobileRole {
     /// authenticated with the RFC 4285 MN-HA option and protected against replay by an NTP
     /// timestamp; `wall_ntp` is the NTP wall time now. Retransmitted until acknowledged.
     pub fn register_home(
-        &self,
+        &mut self,
         now: Instant,
         wall_ntp: u64,
         cfg: HomeRegConfig,
         next_sequence: u16,
     ) {
-        let mut s = self.lock();
+        let s = &mut self.st;
         s.wall = Some((wall_ntp, now));
         let mut reg = HomeRegistration::new(cfg, next_sequence);
         let bu = reg.send(now, wall_ntp, false);
@@ -324,15 +314,14 @@ impl MobileRole {
     }
 
     /// Outcomes of home registration so far (drained).
-    pub fn take_home_events(&self) -> Vec<HomeRegEvent> {
-        std::mem::take(&mut self.lock().home_reg_events)
+    pub fn take_home_events(&mut self) -> Vec<HomeRegEvent> {
+        std::mem::take(&mut self.st.home_reg_events)
     }
 }
 
 impl MobilityHook for MobileRole {
     fn on_mobility_header(&mut self, now: Instant, meta: MhMeta, mh: &[u8]) -> Vec<Vec<u8>> {
-        let mut guard = self.lock();
-        let s = &mut *guard;
+        let s = &mut self.st;
         let t = now;
         // A HoT/CoT or a BA comes from the correspondent it is about.
         if let Some(p) = s.peers.get_mut(&meta.src) {
@@ -378,7 +367,7 @@ impl MobilityHook for MobileRole {
     }
 
     fn on_type2_routing(&mut self, _now: Instant, dst: Ipv6Addr, home: Ipv6Addr) -> bool {
-        let s = self.lock();
+        let s = &self.st;
         s.home == Some(home) && s.care_of == Some(dst)
     }
 
@@ -388,7 +377,7 @@ impl MobilityHook for MobileRole {
         src: Ipv6Addr,
         dst: Ipv6Addr,
     ) -> Option<Ipv6Addr> {
-        let s = self.lock();
+        let s = &self.st;
         let bound = s
             .peers
             .get(&dst)
@@ -402,8 +391,7 @@ impl MobilityHook for MobileRole {
     }
 
     fn poll(&mut self, now: Instant) -> Vec<Vec<u8>> {
-        let mut guard = self.lock();
-        let s = &mut *guard;
+        let s = &mut self.st;
         let t = now;
         let mut out = std::mem::take(&mut s.outbox);
         for p in s.peers.values_mut() {
@@ -425,7 +413,7 @@ impl MobilityHook for MobileRole {
     }
 
     fn poll_at(&self) -> Option<Instant> {
-        let s = self.lock();
+        let s = &self.st;
         if !s.outbox.is_empty() {
             return Some(Instant::ZERO);
         }

@@ -50,6 +50,16 @@ fn steps(lan: &mut Lan, n: usize) {
     }
 }
 
+/// The mobile role interface `i` owns (the test drives it there).
+fn mn(lan: &mut Lan, i: usize) -> &mut MobileRole {
+    lan.ifs[i].mobility_hook_mut().expect("mobile role")
+}
+
+/// The same, to read.
+fn mn_ref(lan: &Lan, i: usize) -> &MobileRole {
+    lan.ifs[i].mobility_hook().expect("mobile role")
+}
+
 #[test]
 fn route_optimised_handoff_between_nodes() {
     let (a_ip, b_ip, c_ip, h) = (ip("fd00::1"), ip("fd00::2"), ip("fd00::3"), ip("fd00::80"));
@@ -57,10 +67,8 @@ fn route_optimised_handoff_between_nodes() {
     let a = node(1, &[a_ip]);
     let mut b = node(2, &[b_ip, h]);
     let mut c = node(3, &[c_ip]);
-    let b_mn = MobileRole::new(h, None);
-    let c_mn = MobileRole::new(h, Some(c_ip));
-    b.set_mobility_hook(b_mn.hook());
-    c.set_mobility_hook(c_mn.hook());
+    b.set_mobility_hook(Box::new(MobileRole::new(h, None)));
+    c.set_mobility_hook(Box::new(MobileRole::new(h, Some(c_ip))));
     let l = b.tcp_listen(SocketAddrV6::new(h, 80, 0, 0), 4).unwrap();
     let mut lan = lan(vec![a, b, c], true);
 
@@ -84,11 +92,11 @@ fn route_optimised_handoff_between_nodes() {
     // Return routability: the contact node (which holds the home address) runs the home test,
     // the acceptor the care-of test.
     let now = lan.now;
-    b_mn.start_home_test(now, a_ip, [1; 8]);
-    c_mn.start_care_of_test(now, a_ip, [2; 8]);
+    mn(&mut lan, 1).start_home_test(now, a_ip, [1; 8]);
+    mn(&mut lan, 2).start_care_of_test(now, a_ip, [2; 8]);
     steps(&mut lan, 20);
     assert!(
-        c_mn.has_care_of_token(),
+        mn_ref(&lan, 2).has_care_of_token(),
         "care-of keygen token at the acceptor"
     );
 
@@ -97,25 +105,26 @@ fn route_optimised_handoff_between_nodes() {
     let now = lan.now;
     let state = lan.ifs[1].tcp_freeze(now, srv).unwrap().encode();
     assert!(state.len() <= 96, "drained state {} bytes", state.len());
-    let ticket = b_mn
+    let ticket = mn_ref(&lan, 1)
         .home_ticket(now, 1)
         .expect("home keygen token at the contact node");
     let st = ds_stack::ConnState::decode(&state).unwrap();
     lan.ifs[2].add_home_addr(h);
     let srv2 = lan.ifs[2].tcp_thaw(now, &st).unwrap();
-    c_mn.bind(now, &ticket, a_ip, Duration::from_secs(120))
+    mn(&mut lan, 2)
+        .bind(now, &ticket, a_ip, Duration::from_secs(120))
         .unwrap();
     let log_mark = lan.log.len();
     // The first BU is lost on the wire: it is retransmitted after INITIAL_BINDACK_TIMEOUT.
-    while !c_mn.is_bound(lan.now) {
+    while !mn_ref(&lan, 2).is_bound(lan.now) {
         lan.step();
         assert!(
             lan.now < now + Duration::from_secs(5),
             "no binding: {:?}",
-            c_mn.take_events()
+            mn(&mut lan, 2).take_events()
         );
     }
-    assert!(c_mn
+    assert!(mn(&mut lan, 2)
         .take_events()
         .iter()
         .any(|e| matches!(e, MnEvent::Bound { .. })));
@@ -201,14 +210,9 @@ fn two_connections_bound_to_two_nodes_with_flow_bindings() {
         node(3, &[c1_ip]),
         node(4, &[c2_ip]),
     );
-    let b_mn = MobileRole::new(h, None);
-    let roles = [
-        MobileRole::new(h, Some(c1_ip)),
-        MobileRole::new(h, Some(c2_ip)),
-    ];
-    b.set_mobility_hook(b_mn.hook());
-    c1.set_mobility_hook(roles[0].hook());
-    c2.set_mobility_hook(roles[1].hook());
+    b.set_mobility_hook(Box::new(MobileRole::new(h, None)));
+    c1.set_mobility_hook(Box::new(MobileRole::new(h, Some(c1_ip))));
+    c2.set_mobility_hook(Box::new(MobileRole::new(h, Some(c2_ip))));
     let l = b.tcp_listen(SocketAddrV6::new(h, 80, 0, 0), 4).unwrap();
     let mut lan = lan(vec![a, b, c1, c2], false);
 
@@ -224,18 +228,18 @@ fn two_connections_bound_to_two_nodes_with_flow_bindings() {
     cls.sort_by_key(|c| port_of(&lan.ifs[0], *c).0.port());
 
     let now = lan.now;
-    b_mn.start_home_test(now, a_ip, [1; 8]);
-    roles[0].start_care_of_test(now, a_ip, [2; 8]);
-    roles[1].start_care_of_test(now, a_ip, [3; 8]);
+    mn(&mut lan, 1).start_home_test(now, a_ip, [1; 8]);
+    mn(&mut lan, 2).start_care_of_test(now, a_ip, [2; 8]);
+    mn(&mut lan, 3).start_care_of_test(now, a_ip, [3; 8]);
     steps(&mut lan, 20);
     // Connection i moves to acceptor i with BID i+1 and a flow selector for its ports;
     // BU sequence numbers continue across the nodes (1, then 2).
     let mut moved = Vec::new();
-    for i in 0..2 {
+    for (i, &srv) in srvs.iter().enumerate() {
         let now = lan.now;
-        let st = lan.ifs[1].tcp_freeze(now, srvs[i]).unwrap();
+        let st = lan.ifs[1].tcp_freeze(now, srv).unwrap();
         let client_port = st.remote().port();
-        let ticket = b_mn.home_ticket(now, 1 + i as u16).unwrap();
+        let ticket = mn_ref(&lan, 1).home_ticket(now, 1 + i as u16).unwrap();
         let iface = &mut lan.ifs[2 + i];
         iface.add_home_addr(h);
         moved.push(iface.tcp_thaw(now, &st).unwrap());
@@ -249,7 +253,7 @@ fn two_connections_bound_to_two_nodes_with_flow_bindings() {
                 next_header: Some(6),
             },
         };
-        roles[i]
+        mn(&mut lan, 2 + i)
             .bind_flows(
                 now,
                 &ticket,
@@ -259,7 +263,7 @@ fn two_connections_bound_to_two_nodes_with_flow_bindings() {
             )
             .unwrap();
         steps(&mut lan, 20);
-        let ev = roles[i].take_events();
+        let ev = mn(&mut lan, 2 + i).take_events();
         assert!(
             ev.iter().any(|e| matches!(e, MnEvent::Bound { scope: BindingScope::Flows(f), .. } if f == &vec![10 + i as u16])),
             "acceptor {i} bound its flow only: {ev:?}"

@@ -53,10 +53,14 @@ fn route_optimised_handoff_over_namespaces_decoded_by_tshark() {
     let mut c = hc
         .stack([2, 0xd6, 0, 0, 0, 3], c_ip, |_| {})
         .expect("acceptor");
-    let b_mn = MobileRole::new(h, None);
-    let c_mn = MobileRole::new(h, Some(c_ip));
-    b.iface.set_mobility_hook(b_mn.hook());
-    c.iface.set_mobility_hook(c_mn.hook());
+    b.iface
+        .set_mobility_hook(Box::new(MobileRole::new(h, None)));
+    c.iface
+        .set_mobility_hook(Box::new(MobileRole::new(h, Some(c_ip))));
+    // The interfaces own the roles; the test drives them there.
+    fn mn(iface: &mut ds_stack::Interface) -> &mut MobileRole {
+        iface.mobility_hook_mut().expect("mobile role")
+    }
 
     let pcap = std::env::temp_dir().join(format!("ds-ro-{}.pcap", std::process::id()));
     let mut cap = lan
@@ -101,14 +105,17 @@ fn route_optimised_handoff_over_namespaces_decoded_by_tshark() {
     // Return routability, then a packet with a Home Address option for an address the client
     // has no binding for: it answers with a Binding Error.
     let now = b.now();
-    b_mn.start_home_test(now, a_ip, [7; 8]);
-    c_mn.start_care_of_test(now, a_ip, [8; 8]);
+    mn(&mut b.iface).start_home_test(now, a_ip, [7; 8]);
+    mn(&mut c.iface).start_care_of_test(now, a_ip, [8; 8]);
     let stray = PacketBuilder::new(c_ip, a_ip)
         .with_hao(ip("fd00:d6::99"))
         .payload(59, &[]);
     c.iface.send_ipv6_packet(now, &stray);
     let t = Instant::now();
-    while !(c_mn.has_care_of_token() && b_mn.home_ticket(b.now(), 1).is_some()) {
+    while !(mn(&mut c.iface).has_care_of_token() && {
+        let now = b.now();
+        mn(&mut b.iface).home_ticket(now, 1).is_some()
+    }) {
         assert!(t.elapsed() < Duration::from_secs(5), "return routability");
         step_all(&mut [&mut a, &mut b, &mut c]);
     }
@@ -116,21 +123,25 @@ fn route_optimised_handoff_over_namespaces_decoded_by_tshark() {
     // Hand off with the home ticket; the acceptor binds.
     let now = b.now();
     let st = b.iface.tcp_freeze(now, srv).expect("freeze").encode();
-    let ticket = b_mn.home_ticket(now, 1).expect("ticket");
+    let ticket = mn(&mut b.iface).home_ticket(now, 1).expect("ticket");
     let now = c.now();
     c.iface.add_home_addr(h);
     let srv2 = c
         .iface
         .tcp_thaw(now, &ConnState::decode(&st).expect("decode"))
         .expect("thaw");
-    c_mn.bind(now, &ticket, a_ip, Duration::from_secs(120))
+    mn(&mut c.iface)
+        .bind(now, &ticket, a_ip, Duration::from_secs(120))
         .expect("bind");
     let t = Instant::now();
-    while !c_mn.is_bound(c.now()) {
+    while !{
+        let now = c.now();
+        mn(&mut c.iface).is_bound(now)
+    } {
         assert!(
             t.elapsed() < Duration::from_secs(5),
             "binding: {:?}",
-            c_mn.take_events()
+            mn(&mut c.iface).take_events()
         );
         step_all(&mut [&mut a, &mut b, &mut c]);
     }

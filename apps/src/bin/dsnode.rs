@@ -337,9 +337,8 @@ fn handoff_config(args: &ServeArgs) -> anyhow::Result<Option<HandoffConfig>> {
             if !at_home {
                 cfg.takeover = ds_handoff::Takeover::HomeAddress;
             }
-            cfg.home_role = Some(role.clone());
+            cfg.mobile_role = Some(role);
             cfg.steering = Steering::RouteOptimised {
-                role,
                 lifetime: std::time::Duration::from_secs(120),
             };
         }

@@ -14,7 +14,6 @@ use ds_handoff::{
     Acceptor, AcceptorEvent, Channel, ChannelError, ClusterSecret, Dest, Donor, DonorOutcome,
     Message, Service, UserConn, UserHost,
 };
-use ds_stack::mobile::MobileRole;
 use ds_stack::{Instant, Interface, TcpHandle};
 use ds_testbed::simlan;
 use std::cell::{Cell, RefCell};
@@ -46,14 +45,12 @@ pub fn set_sim(t: Mono) {
 }
 
 /// The shared simulated link (`ds_testbed::simlan`) with what the engine's tests add: the
-/// host clock the nodes' hosts use and their mobile roles. Derefs to the link (`ifs`, `now`,
-/// `step`). 0 = client, 1 = donor, 2 = acceptor.
+/// host clock the nodes' hosts use. Derefs to the link (`ifs`, `now`, `step`). 0 = client,
+/// 1 = donor, 2 = acceptor.
 pub struct Lan {
     net: simlan::Lan,
     /// The host clock the nodes' hosts use.
     pub clock: ds_handoff::Clock,
-    /// Mobile roles of the interfaces (route-optimised steering).
-    pub roles: Vec<Option<MobileRole>>,
 }
 
 impl std::ops::Deref for Lan {
@@ -87,7 +84,6 @@ impl Lan {
         Lan {
             net,
             clock: Mono::now,
-            roles: Vec::new(),
         }
     }
 
@@ -115,8 +111,7 @@ impl Lan {
 
     /// The host of node `i` for one call into the engine.
     pub fn host(&mut self, i: usize) -> UserHost<'_> {
-        let role = self.roles.get(i).and_then(|r| r.as_ref());
-        UserHost::new(&mut self.net.ifs[i], self.net.now, self.clock).with_role(role)
+        UserHost::new(&mut self.net.ifs[i], self.net.now, self.clock)
     }
 }
 

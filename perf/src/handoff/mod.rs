@@ -371,7 +371,7 @@ fn node(t: NodeTask) -> Result<NodeOut> {
             ServerConfig::default(),
         )?;
         let mut hc = handoff_config(i, plan)?;
-        match &role {
+        match role {
             None => {
                 hc.steering = Steering::HomeAgentFlow {
                     ha: SocketAddr::V6(SocketAddrV6::new(ip(HA), HA_PORT, 0, 0)),
@@ -385,10 +385,9 @@ fn node(t: NodeTask) -> Result<NodeOut> {
                     hc.takeover = ds_handoff::Takeover::HomeAddress;
                 }
                 hc.steering = Steering::RouteOptimised {
-                    role: r.clone(),
                     lifetime: Duration::from_secs(120),
                 };
-                hc.home_role = Some(r.clone());
+                hc.mobile_role = Some(r);
             }
         }
         let mut node = HandoffNode::new(server, hc)?;

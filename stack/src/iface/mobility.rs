@@ -57,9 +57,22 @@ fn is_neighbor_discovery(m: Icmpv6Message) -> bool {
 }
 
 impl Interface {
-    /// Install the Mobile IPv6 hook.
+    /// Install the Mobile IPv6 hook (the interface owns it from now on).
     pub fn set_mobility_hook(&mut self, hook: Box<dyn MobilityHook>) {
         self.hook = Some(hook);
+    }
+
+    /// The installed hook, if it is an `H` (e.g. [`crate::mobile::MobileRole`]).
+    pub fn mobility_hook<H: MobilityHook + 'static>(&self) -> Option<&H> {
+        let h: &dyn MobilityHook = self.hook.as_deref()?;
+        h.as_any().downcast_ref::<H>()
+    }
+
+    /// The installed hook, mutable, if it is an `H`: how its owner drives it (start tests,
+    /// bind) without sharing it.
+    pub fn mobility_hook_mut<H: MobilityHook + 'static>(&mut self) -> Option<&mut H> {
+        let h: &mut dyn MobilityHook = self.hook.as_deref_mut()?;
+        h.as_any_mut().downcast_mut::<H>()
     }
 
     /// Proxy an address on the link (a home agent for a registered home address, RFC 6275
