@@ -15,6 +15,7 @@
 #![warn(missing_docs)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod config;
 pub mod flow_agent;
 pub mod home_agent;
 pub mod http;

@@ -111,3 +111,42 @@ fn a_short_secret_is_refused() {
         refused(bin, &argv(words, s, d), why);
     }
 }
+
+/// `dsnode serve --config FILE`: the file's keys are the options (the command line overrides
+/// them), and a mistake in the file names the line and the key, before anything is touched.
+#[test]
+fn dsnode_takes_a_toml_config() {
+    let dir = ds_testbed::TempDir::new("cli-config").expect("temp dir");
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "too short\n").expect("write secret");
+    let root = dir.path().to_str().expect("utf-8 path");
+    let node = dir.path().join("node.toml");
+    // The file's root does not exist; the command line gives a real one. The short secret is
+    // then what is refused: the file was read, and the command line won.
+    std::fs::write(
+        &node,
+        format!(
+            "device = \"tap\"\niface = \"dstest0\"\naddr = \"fd00::1\"\nroot = \"/nonexistent\"\n\
+             [handoff]\npeer = \"[fd00::2]:7000\"\nsecret_file = \"{}\"\n",
+            secret.display()
+        ),
+    )
+    .expect("write config");
+    let dsnode = env!("CARGO_BIN_EXE_dsnode");
+    let cfg = node.to_str().expect("utf-8 path");
+    refused(
+        dsnode,
+        &["serve", "--config", cfg, "--root", root],
+        "at least 16 bytes",
+    );
+    refused(dsnode, &["serve", "--config", cfg], "/nonexistent");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "device = \"tap\"\niface = \"dstest0\"\nadress = \"fd00::1\"\n",
+    )
+    .expect("write config");
+    let (ok, _, err) = run(dsnode, &["serve", "--config", bad.to_str().expect("utf-8")]);
+    assert!(!ok);
+    assert!(err.contains("line 3") && err.contains("adress"), "{err}");
+}

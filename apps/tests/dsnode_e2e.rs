@@ -38,7 +38,14 @@ impl Drop for Bed {
     }
 }
 
-fn setup(root: &Path, json: bool) -> Result<Bed> {
+/// How the node gets its settings.
+#[derive(Clone, Copy)]
+enum Start {
+    Flags,
+    Config,
+}
+
+fn setup(root: &Path, json: bool, how: Start) -> Result<Bed> {
     let srv = Netns::new("dsnode_srv")?;
     let cli = Netns::new("dsnode_cli")?;
     // The srv kernel only bridges; keep its own IPv6 chatter off the link.
@@ -52,15 +59,29 @@ fn setup(root: &Path, json: bool) -> Result<Bed> {
     wait_addr_usable(&cli, "veth0", CLIENT, WAIT)?;
 
     let mut cmd = srv.command(env!("CARGO_BIN_EXE_dsnode"));
-    cmd.args([
-        "serve", "--device", "tap", "--iface", "dstap0", "--addr", NODE,
-    ])
-    .args(["--port", &PORT.to_string(), "--root"])
-    .arg(root)
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped());
-    if json {
-        cmd.arg("--json");
+    cmd.arg("serve").stdin(Stdio::null()).stdout(Stdio::piped());
+    match how {
+        Start::Flags => {
+            cmd.args(["--device", "tap", "--iface", "dstap0", "--addr", NODE])
+                .args(["--port", &PORT.to_string(), "--root"])
+                .arg(root);
+            if json {
+                cmd.arg("--json");
+            }
+        }
+        Start::Config => {
+            // The same settings from a file, as in the README's example.
+            let file = root.with_extension("toml");
+            std::fs::write(
+                &file,
+                format!(
+                    "device = \"tap\"\niface = \"dstap0\"\naddr = \"{NODE}\"\nport = {PORT}\n\
+                     root = \"{}\"\njson = {json}\n",
+                    root.display()
+                ),
+            )?;
+            cmd.arg("--config").arg(file);
+        }
     }
     let node = Child::new(cmd.spawn().context("cannot start dsnode")?);
     let mut bed = Bed {
@@ -212,7 +233,7 @@ fn dsnode_serves_kernel_tcp_clients() -> Result<()> {
     std::fs::write(root.join("index.html"), b"<h1>dsnode</h1>\n")?;
     std::fs::create_dir_all(root.join("sub"))?;
     std::fs::write(root.join("sub/a.txt"), b"alpha\n")?;
-    let mut bed = setup(&root, true)?;
+    let mut bed = setup(&root, true, Start::Flags)?;
     wait_ready(&bed)?;
 
     // A file larger than any send buffer arrives intact.
@@ -278,5 +299,25 @@ fn dsnode_serves_kernel_tcp_clients() -> Result<()> {
         !line.contains("\"rx_frames\":0,"),
         "no frames counted: {line}"
     );
+    Ok(())
+}
+
+/// `dsnode serve --config node.toml` with the README's kind of file: it serves.
+#[test]
+fn dsnode_serves_from_a_toml_config() -> Result<()> {
+    if !require_root("dsnode_serves_from_a_toml_config") {
+        return Ok(());
+    }
+    let root = scratch_root("config")?;
+    std::fs::write(root.join("index.html"), b"<h1>from node.toml</h1>\n")?;
+    let mut bed = setup(&root, true, Start::Config)?;
+    wait_ready(&bed)?;
+    let got = curl(&bed, &[&url("/index.html")])?;
+    ensure!(got == b"<h1>from node.toml</h1>\n", "got {got:?}");
+    let (status, stdout) = stop(&mut bed)?;
+    ensure!(status.success(), "dsnode exited with {status}");
+    let line = stdout.lines().last().context("no stats printed")?;
+    ensure!(line.starts_with('{'), "json = true in the file: {line}");
+    let _ = std::fs::remove_file(root.with_extension("toml"));
     Ok(())
 }

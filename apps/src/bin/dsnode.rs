@@ -25,7 +25,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Distributed Servers node daemon.
 #[derive(Parser, Debug)]
-#[command(name = "dsnode", version, about = "Distributed Servers node daemon", long_about = None)]
+#[command(
+    name = "dsnode",
+    version,
+    about = "Distributed Servers node daemon",
+    long_about = None,
+    // Options from `--config` come first; the command line's own override them.
+    args_override_self = true
+)]
 struct Cli {
     /// More log output (-v: debug, -vv: trace). RUST_LOG, when set, takes precedence.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -68,6 +75,11 @@ enum SteeringChoice {
 
 #[derive(Args, Debug)]
 struct ServeArgs {
+    /// Read the settings from this TOML file (each key is the option of the same name, e.g.
+    /// `also_addr` for --also-addr; handoff options under `[handoff]`); options on the command
+    /// line override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// The link device that carries the stack's Ethernet frames.
     #[arg(long, value_enum)]
     device: DeviceKind,
@@ -178,7 +190,14 @@ enum DrainChoice {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let argv = match with_config(std::env::args().collect()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("dsnode: error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let cli = Cli::parse_from(argv);
     init_tracing(cli.verbose);
     let res = match cli.command {
         Command::Serve(args) => serve(&args),
@@ -190,6 +209,29 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `dsnode serve … --config FILE …`: the file's options go right after `serve`, so that the
+/// command line's own come later and override them.
+fn with_config(argv: Vec<String>) -> Result<Vec<String>, ds_apps::config::ConfigError> {
+    let Some(serve) = argv.iter().position(|a| a == "serve") else {
+        return Ok(argv);
+    };
+    let path = argv[serve..].iter().enumerate().find_map(|(k, a)| {
+        a.strip_prefix("--config=").map(str::to_string).or_else(|| {
+            (a == "--config")
+                .then(|| argv.get(serve + k + 1).cloned())
+                .flatten()
+        })
+    });
+    let Some(path) = path else {
+        return Ok(argv);
+    };
+    let from_file = ds_apps::config::serve_args(Path::new(&path))?;
+    let mut out = argv[..=serve].to_vec();
+    out.extend(from_file);
+    out.extend_from_slice(&argv[serve + 1..]);
+    Ok(out)
 }
 
 fn init_tracing(verbose: u8) {

@@ -1,0 +1,244 @@
+//! `dsnode serve --config node.toml`: a node's settings in a file. Every key is the long option
+//! of the same name (`also_addr` for `--also-addr`); options given on the command line override
+//! the file. The file is checked before anything else: an unknown key, a value of the wrong
+//! type or an unknown choice is an error that names the file, the line and the key.
+//!
+//! ```toml
+//! device = "afxdp"                   # afxdp | tap | kernel
+//! iface = "n0"
+//! addr = "fd00:d5:1::1"              # this node's (care-of) address
+//! also_addr = ["fd00:d5:80::80"]     # the DS address
+//! port = 80
+//! root = "/srv/www"
+//!
+//! [handoff]
+//! control_listen = "[fd00:d5:1::11]:7000"
+//! peer = "[fd00:d5:1::12]:7000"
+//! secret_file = "/etc/ds/secret"
+//! handoff_after = 500000
+//! steering = "transparent"           # none | transparent | ro
+//! ha_control = "[fd00:d5:1::a]:7001"
+//! ```
+
+use serde::Deserialize;
+use std::net::{Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+
+/// A configuration file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("{path}: {err}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        err: std::io::Error,
+    },
+    /// Something in it is wrong.
+    #[error("{path}, line {line}{}: {msg}", key.as_ref().map(|k| format!(", key `{k}`")).unwrap_or_default())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// The key, when known.
+        key: Option<String>,
+        /// What is wrong.
+        msg: String,
+    },
+}
+
+/// The top level of `node.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeFile {
+    device: Option<Spanned<String>>,
+    iface: Option<String>,
+    addr: Option<Ipv6Addr>,
+    also_addr: Option<Vec<Ipv6Addr>>,
+    port: Option<u16>,
+    root: Option<PathBuf>,
+    mac: Option<String>,
+    json: Option<bool>,
+    handoff: Option<HandoffFile>,
+}
+
+/// `[handoff]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HandoffFile {
+    control_listen: Option<SocketAddr>,
+    peer: Option<SocketAddr>,
+    secret_file: Option<PathBuf>,
+    handoff_after: Option<u64>,
+    max_handoffs: Option<u64>,
+    drain: Option<Spanned<String>>,
+    drain_deadline_ms: Option<u64>,
+    reply_timeout_ms: Option<u64>,
+    steering: Option<Spanned<String>>,
+    ha_control: Option<SocketAddr>,
+    home_addr: Option<Ipv6Addr>,
+}
+
+/// The choices a key takes.
+const CHOICES: [(&str, &[&str]); 3] = [
+    ("device", &["afxdp", "tap", "kernel"]),
+    ("drain", &["immediate", "acked"]),
+    ("steering", &["none", "transparent", "ro"]),
+];
+
+/// Read `path` and turn it into `dsnode serve` options, in the order the file gives them.
+pub fn serve_args(path: &Path) -> Result<Vec<String>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Read {
+        path: path.to_path_buf(),
+        err,
+    })?;
+    let invalid = |at: usize, key: Option<&str>, msg: String| {
+        let line = 1 + text[..at.min(text.len())].matches('\n').count();
+        // The key is what stands before `=` on that line, when the parser did not say.
+        let key = key.map(str::to_string).or_else(|| {
+            let l = text.lines().nth(line - 1)?;
+            let (k, _) = l.split_once('=')?;
+            Some(k.trim().to_string())
+        });
+        ConfigError::Invalid {
+            path: path.to_path_buf(),
+            line,
+            key,
+            msg,
+        }
+    };
+    let file: NodeFile = toml::from_str(&text).map_err(|e| {
+        let at = e.span().map_or(0, |s| s.start);
+        invalid(at, None, e.message().to_string())
+    })?;
+    let choice = |key: &str, v: &Spanned<String>| {
+        let allowed = CHOICES
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map_or(&[][..], |c| c.1);
+        if allowed.contains(&v.get_ref().as_str()) {
+            Ok(v.get_ref().clone())
+        } else {
+            Err(invalid(
+                v.span().start,
+                Some(key),
+                format!("`{}` is not one of {}", v.get_ref(), allowed.join(", ")),
+            ))
+        }
+    };
+    let mut args = Vec::new();
+    let mut opt = |key: &str, value: Option<String>| {
+        if let Some(v) = value {
+            args.push(format!("--{}", key.replace('_', "-")));
+            args.push(v);
+        }
+    };
+    let s = |v: &dyn ToString| v.to_string();
+    opt(
+        "device",
+        file.device
+            .as_ref()
+            .map(|d| choice("device", d))
+            .transpose()?,
+    );
+    opt("iface", file.iface);
+    opt("addr", file.addr.as_ref().map(|a| s(a)));
+    for a in file.also_addr.iter().flatten() {
+        opt("also_addr", Some(a.to_string()));
+    }
+    opt("port", file.port.as_ref().map(|p| s(p)));
+    opt("root", file.root.map(|r| r.display().to_string()));
+    opt("mac", file.mac);
+    if let Some(h) = file.handoff {
+        opt("control_listen", h.control_listen.as_ref().map(|a| s(a)));
+        opt("peer", h.peer.as_ref().map(|a| s(a)));
+        opt(
+            "secret_file",
+            h.secret_file.map(|p| p.display().to_string()),
+        );
+        opt("handoff_after", h.handoff_after.as_ref().map(|n| s(n)));
+        opt("max_handoffs", h.max_handoffs.as_ref().map(|n| s(n)));
+        opt(
+            "drain",
+            h.drain.as_ref().map(|d| choice("drain", d)).transpose()?,
+        );
+        opt(
+            "drain_deadline_ms",
+            h.drain_deadline_ms.as_ref().map(|n| s(n)),
+        );
+        opt(
+            "reply_timeout_ms",
+            h.reply_timeout_ms.as_ref().map(|n| s(n)),
+        );
+        opt(
+            "steering",
+            h.steering
+                .as_ref()
+                .map(|v| choice("steering", v))
+                .transpose()?,
+        );
+        opt("ha_control", h.ha_control.as_ref().map(|a| s(a)));
+        opt("home_addr", h.home_addr.as_ref().map(|a| s(a)));
+    }
+    if file.json == Some(true) {
+        args.push("--json".into());
+    }
+    Ok(args)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args_of(text: &str) -> Result<Vec<String>, ConfigError> {
+        let dir = std::env::temp_dir().join(format!("ds-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let p = dir.join(format!(
+            "{:x}.toml",
+            text.len() * 31 + text.bytes().map(usize::from).sum::<usize>()
+        ));
+        std::fs::write(&p, text).expect("write");
+        let r = serve_args(&p);
+        let _ = std::fs::remove_file(&p);
+        r
+    }
+
+    #[test]
+    fn keys_become_options_in_order() {
+        let a = args_of(
+            "device = \"tap\"\niface = \"t0\"\naddr = \"fd00::1\"\nalso_addr = [\"fd00::80\", \"fd00::81\"]\nport = 8080\nroot = \"/srv\"\njson = true\n[handoff]\npeer = \"[fd00::2]:7000\"\nsteering = \"transparent\"\nha_control = \"[fd00::a]:7001\"\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            a.join(" "),
+            "--device tap --iface t0 --addr fd00::1 --also-addr fd00::80 --also-addr fd00::81 \
+             --port 8080 --root /srv --peer [fd00::2]:7000 --steering transparent \
+             --ha-control [fd00::a]:7001 --json"
+        );
+    }
+
+    #[test]
+    fn mistakes_name_the_line_and_the_key() {
+        for (text, line, key) in [
+            ("device = \"tap\"\ndevce = \"tap\"\n", 2, "devce"),
+            ("device = \"tap\"\n\nport = \"eighty\"\n", 3, "port"),
+            ("iface = \"x\"\ndevice = \"afxd\"\n", 2, "device"),
+            ("[handoff]\nsteering = \"fast\"\n", 2, "steering"),
+            ("[handoff]\n\npeer = \"not an address\"\n", 3, "peer"),
+            ("addr = \"fd00::1\"\naddr = \"fd00::2\"\n", 2, "addr"),
+        ] {
+            let e = args_of(text).expect_err(text).to_string();
+            assert!(e.contains(&format!("line {line}")), "{text:?}: {e}");
+            assert!(e.contains(key), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_missing_file_says_so() {
+        let e = serve_args(Path::new("/nonexistent/node.toml")).expect_err("missing");
+        assert!(e.to_string().contains("/nonexistent/node.toml"), "{e}");
+    }
+}
