@@ -62,6 +62,7 @@ struct NodeFile {
     root: Option<PathBuf>,
     mac: Option<String>,
     json: Option<bool>,
+    udp_echo: Option<u16>,
     handoff: Option<HandoffFile>,
 }
 
@@ -152,6 +153,7 @@ pub fn serve_args(path: &Path) -> Result<Vec<String>, ConfigError> {
     opt("port", file.port.as_ref().map(|p| s(p)));
     opt("root", file.root.map(|r| r.display().to_string()));
     opt("mac", file.mac);
+    opt("udp_echo", file.udp_echo.as_ref().map(|p| s(p)));
     if let Some(h) = file.handoff {
         opt("control_listen", h.control_listen.as_ref().map(|a| s(a)));
         opt("peer", h.peer.as_ref().map(|a| s(a)));

@@ -24,3 +24,4 @@ pub mod mac;
 pub mod node;
 pub mod server;
 pub mod signal;
+pub mod udp_echo;

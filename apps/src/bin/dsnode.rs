@@ -103,6 +103,10 @@ struct ServeArgs {
     /// On exit, print the statistics as one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Also answer UDP echo on this port (the seed's access-latency service): on the DS
+    /// address (the first --also-addr) when there is one, else on --addr. Userspace stack only.
+    #[arg(long, value_name = "PORT")]
+    udp_echo: Option<u16>,
     #[command(flatten)]
     handoff: HandoffArgs,
 }
@@ -282,6 +286,9 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
                 "AF_XDP device ready"
             );
             run(dev, args, handoff, stop)
+        }
+        DeviceKind::Kernel if args.udp_echo.is_some() => {
+            bail!("--udp-echo needs the userspace stack (--device afxdp or tap)")
         }
         DeviceKind::Kernel => run_kernel(args, handoff, stop),
         DeviceKind::Tap => {
@@ -540,6 +547,17 @@ fn run<D: Device>(
         args.port,
         args.root.display()
     );
+    let mut echo = match args.udp_echo {
+        Some(port) => {
+            let at = args.handoff.also_addr.first().copied().unwrap_or(args.addr);
+            tracing::info!("UDP echo on [{at}]:{port}");
+            Some(ds_apps::udp_echo::UdpEcho::bind(
+                &mut rt.iface,
+                SocketAddrV6::new(at, port, 0, 0),
+            )?)
+        }
+        None => None,
+    };
     let mut service = match handoff {
         None => Service::Plain(Box::new(server)),
         Some(cfg) => {
@@ -592,6 +610,9 @@ fn run<D: Device>(
             break;
         }
         let now = rt.now();
+        if let Some(e) = echo.as_mut() {
+            e.poll(&mut rt.iface, now);
+        }
         match &mut service {
             Service::Plain(server) => server.poll(&mut rt.iface, now),
             Service::Handoff(node) => {
