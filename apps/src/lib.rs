@@ -20,6 +20,7 @@ pub mod flow_agent;
 pub mod home_agent;
 pub mod http;
 pub mod kernel_node;
+pub mod logging;
 pub mod mac;
 pub mod node;
 pub mod server;

@@ -12,13 +12,13 @@ use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand};
 use ds_apps::flow_agent::FlowAgent;
 use ds_apps::home_agent::HomeAgentNode;
+use ds_apps::logging::Verbosity;
 use ds_apps::mac::{format_mac, mac_from_addr, parse_mac};
 use ds_apps::signal;
 use ds_mipv6::ha::MnHaSa;
 use ds_stack::device::TapDevice;
 use ds_stack::runner::{Clock, Runner};
 use ds_stack::{Config, Duration, Interface};
-use std::io::IsTerminal as _;
 use std::net::{Ipv6Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -28,9 +28,8 @@ use std::sync::atomic::Ordering;
 #[derive(Parser, Debug)]
 #[command(name = "dsha", version, about = "Mobile IPv6 home agent for Distributed Servers", long_about = None)]
 struct Cli {
-    /// More log output (-v: debug, -vv: trace). RUST_LOG, when set, takes precedence.
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
-    verbose: u8,
+    #[command(flatten)]
+    log: Verbosity,
     #[command(subcommand)]
     command: Command,
 }
@@ -118,18 +117,7 @@ fn parse_sa(s: &str) -> Result<MnHaSa, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(match cli.verbose {
-            0 => "info",
-            1 => "debug",
-            _ => "trace",
-        })
-    });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    cli.log.init();
     let res = match cli.command {
         Command::Serve(args) => serve(&args),
         Command::Xdp(args) => xdp(&args),

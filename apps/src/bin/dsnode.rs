@@ -9,6 +9,7 @@ use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ds_apps::http::HttpStats;
 use ds_apps::kernel_node::KernelNode;
+use ds_apps::logging::Verbosity;
 use ds_apps::mac::{format_mac, mac_from_addr, parse_mac};
 use ds_apps::node::{AcceptorFault, HandoffConfig, HandoffNode, NodeEvent, Steering};
 use ds_apps::server::{HttpServer, ServerConfig, ServerStats};
@@ -17,7 +18,6 @@ use ds_stack::device::{Device, TapDevice};
 use ds_stack::mobile::MobileRole;
 use ds_stack::runner::{Clock, Runner};
 use ds_stack::{Config, Duration, Interface, Stats};
-use std::io::IsTerminal as _;
 use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -34,9 +34,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
     args_override_self = true
 )]
 struct Cli {
-    /// More log output (-v: debug, -vv: trace). RUST_LOG, when set, takes precedence.
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
-    verbose: u8,
+    #[command(flatten)]
+    log: Verbosity,
     #[command(subcommand)]
     command: Command,
 }
@@ -202,7 +201,7 @@ fn main() -> ExitCode {
         }
     };
     let cli = Cli::parse_from(argv);
-    init_tracing(cli.verbose);
+    cli.log.init();
     let res = match cli.command {
         Command::Serve(args) => serve(&args),
     };
@@ -236,21 +235,6 @@ fn with_config(argv: Vec<String>) -> Result<Vec<String>, ds_apps::config::Config
     out.extend(from_file);
     out.extend_from_slice(&argv[serve + 1..]);
     Ok(out)
-}
-
-fn init_tracing(verbose: u8) {
-    use tracing_subscriber::EnvFilter;
-    let default = match verbose {
-        0 => "info",
-        1 => "debug",
-        _ => "trace",
-    };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
 }
 
 fn serve(args: &ServeArgs) -> anyhow::Result<()> {
