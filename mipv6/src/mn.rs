@@ -468,20 +468,14 @@ impl MnBinding {
                 }
             }
         }
+        // §6.1.7: lifetime 0 deletes the binding.
+        let units = if deletion {
+            0
+        } else {
+            lifetime_to_units(self.cfg.lifetime)
+        };
         let mut repr = MhRepr::new(
-            MhMessage::BindingUpdate(BindingUpdate {
-                sequence: seq,
-                ack: true,
-                home_registration: false,
-                link_local: false,
-                key_management: false,
-                other_flags: 0,
-                lifetime: if deletion {
-                    0
-                } else {
-                    lifetime_to_units(self.cfg.lifetime)
-                },
-            }),
+            MhMessage::BindingUpdate(BindingUpdate::acked(seq, false, units)),
             options,
         );
         rr::sign_rr(&mut repr, &kbm, self.cfg.care_of, self.cfg.cn);
@@ -772,20 +766,14 @@ impl HomeRegistration {
     }
 
     fn build(&self, seq: u16, timestamp: u64, deletion: bool) -> Transmit {
+        // §6.1.7: lifetime 0 deletes the binding.
+        let units = if deletion {
+            0
+        } else {
+            lifetime_to_units(self.cfg.lifetime)
+        };
         let mut repr = MhRepr::new(
-            MhMessage::BindingUpdate(BindingUpdate {
-                sequence: seq,
-                ack: true,
-                home_registration: true,
-                link_local: false,
-                key_management: false,
-                other_flags: 0,
-                lifetime: if deletion {
-                    0
-                } else {
-                    lifetime_to_units(self.cfg.lifetime)
-                },
-            }),
+            MhMessage::BindingUpdate(BindingUpdate::acked(seq, true, units)),
             vec![MobilityOption::ReplayProtection(timestamp)],
         );
         rr::sign_mn_ha(

@@ -144,6 +144,23 @@ pub struct BindingUpdate {
     pub lifetime: u16,
 }
 
+impl BindingUpdate {
+    /// A Binding Update that asks for an acknowledgement (A set), with neither L nor K nor
+    /// any other flag: what a mobile node sends (§11.7.1 home registration with `home_registration`,
+    /// §11.7.2 to a correspondent without). `lifetime` is in 4-second units, 0 to deregister.
+    pub fn acked(sequence: u16, home_registration: bool, lifetime: u16) -> Self {
+        BindingUpdate {
+            sequence,
+            ack: true,
+            home_registration,
+            link_local: false,
+            key_management: false,
+            other_flags: 0,
+            lifetime,
+        }
+    }
+}
+
 /// Binding Acknowledgement fields (RFC 6275 §6.1.8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BindingAck {

@@ -6,15 +6,7 @@ use ds_mipv6::MhMeta;
 
 /// A Binding Update that asks for an acknowledgement, with neither L nor K and no other flags.
 pub fn binding_update(sequence: u16, home_registration: bool, lifetime: u16) -> MhMessage {
-    MhMessage::BindingUpdate(BindingUpdate {
-        sequence,
-        ack: true,
-        home_registration,
-        link_local: false,
-        key_management: false,
-        other_flags: 0,
-        lifetime,
-    })
+    MhMessage::BindingUpdate(BindingUpdate::acked(sequence, home_registration, lifetime))
 }
 
 /// The Mobility Header of `packet`, changed by `tamper` and checksummed again (so only its
