@@ -129,6 +129,35 @@ fn setsockopt<T>(
     Ok(())
 }
 
+/// The queue that `TCP_QUEUE_SEQ` and repair-mode reads and writes act on.
+#[derive(Clone, Copy)]
+enum RepairQueue {
+    None,
+    Recv,
+    Send,
+}
+
+/// Select `q` with `TCP_REPAIR_QUEUE`.
+fn repair_queue(fd: RawFd, q: RepairQueue) -> Result<()> {
+    let (code, what) = match q {
+        RepairQueue::None => (TCP_NO_QUEUE, "TCP_REPAIR_QUEUE none"),
+        RepairQueue::Recv => (TCP_RECV_QUEUE, "TCP_REPAIR_QUEUE recv"),
+        RepairQueue::Send => (TCP_SEND_QUEUE, "TCP_REPAIR_QUEUE send"),
+    };
+    setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_REPAIR_QUEUE, &code, what)
+}
+
+/// Select `q` and read its `TCP_QUEUE_SEQ`: write_seq for the send queue, rcv_nxt for the
+/// receive queue.
+fn queue_seq(fd: RawFd, q: RepairQueue) -> Result<u32> {
+    repair_queue(fd, q)?;
+    let what = match q {
+        RepairQueue::Send => "TCP_QUEUE_SEQ send",
+        _ => "TCP_QUEUE_SEQ recv",
+    };
+    getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_QUEUE_SEQ, what)
+}
+
 fn getsockopt<T: Default>(
     fd: RawFd,
     level: libc::c_int,
@@ -257,45 +286,15 @@ pub fn freeze(sock: &TcpStream) -> Result<ConnState> {
         ));
     }
     // Send queue: TCP_QUEUE_SEQ is write_seq, the end of the queue.
-    setsockopt(
-        fd,
-        libc::IPPROTO_TCP,
-        libc::TCP_REPAIR_QUEUE,
-        &TCP_SEND_QUEUE,
-        "TCP_REPAIR_QUEUE send",
-    )?;
-    let write_seq: u32 = getsockopt(
-        fd,
-        libc::IPPROTO_TCP,
-        libc::TCP_QUEUE_SEQ,
-        "TCP_QUEUE_SEQ send",
-    )?;
+    let write_seq = queue_seq(fd, RepairQueue::Send)?;
     let outq = ioctl_int(fd, SIOCOUTQ, "SIOCOUTQ")?;
     let notsent = ioctl_int(fd, SIOCOUTQNSD, "SIOCOUTQNSD")?.min(outq);
     let send_data = peek_queue(fd, outq, "peek send queue")?;
     // Receive queue: TCP_QUEUE_SEQ is rcv_nxt; the unread bytes precede it.
-    setsockopt(
-        fd,
-        libc::IPPROTO_TCP,
-        libc::TCP_REPAIR_QUEUE,
-        &TCP_RECV_QUEUE,
-        "TCP_REPAIR_QUEUE recv",
-    )?;
-    let rcv_nxt: u32 = getsockopt(
-        fd,
-        libc::IPPROTO_TCP,
-        libc::TCP_QUEUE_SEQ,
-        "TCP_QUEUE_SEQ recv",
-    )?;
+    let rcv_nxt = queue_seq(fd, RepairQueue::Recv)?;
     let inq = ioctl_int(fd, SIOCINQ, "SIOCINQ")?;
     let recv_data = peek_queue(fd, inq, "peek receive queue")?;
-    setsockopt(
-        fd,
-        libc::IPPROTO_TCP,
-        libc::TCP_REPAIR_QUEUE,
-        &TCP_NO_QUEUE,
-        "TCP_REPAIR_QUEUE none",
-    )?;
+    repair_queue(fd, RepairQueue::None)?;
     if send_data.len() != outq || recv_data.len() != inq {
         return Err(KernelError::Unsupported("queue changed while being read"));
     }
@@ -462,13 +461,7 @@ pub fn restore_repaired(st: &ConnState) -> Result<Repaired> {
         &sndbuf,
         "SO_SNDBUFFORCE",
     )?;
-    setsockopt(
-        fd,
-        tcp,
-        libc::TCP_REPAIR_QUEUE,
-        &TCP_SEND_QUEUE,
-        "TCP_REPAIR_QUEUE send",
-    )?;
+    repair_queue(fd, RepairQueue::Send)?;
     setsockopt(
         fd,
         tcp,
@@ -476,13 +469,7 @@ pub fn restore_repaired(st: &ConnState) -> Result<Repaired> {
         &st.snd_una,
         "TCP_QUEUE_SEQ send",
     )?;
-    setsockopt(
-        fd,
-        tcp,
-        libc::TCP_REPAIR_QUEUE,
-        &TCP_RECV_QUEUE,
-        "TCP_REPAIR_QUEUE recv",
-    )?;
+    repair_queue(fd, RepairQueue::Recv)?;
     let rcv_start = st.rcv_nxt.wrapping_sub(st.recv_data.len() as u32);
     setsockopt(
         fd,
@@ -546,30 +533,12 @@ pub fn restore_repaired(st: &ConnState) -> Result<Repaired> {
             "TCP_TIMESTAMP",
         )?;
     }
-    setsockopt(
-        fd,
-        tcp,
-        libc::TCP_REPAIR_QUEUE,
-        &TCP_RECV_QUEUE,
-        "TCP_REPAIR_QUEUE recv",
-    )?;
+    repair_queue(fd, RepairQueue::Recv)?;
     send_all(fd, &st.recv_data, "restore receive queue")?;
-    setsockopt(
-        fd,
-        tcp,
-        libc::TCP_REPAIR_QUEUE,
-        &TCP_SEND_QUEUE,
-        "TCP_REPAIR_QUEUE send",
-    )?;
+    repair_queue(fd, RepairQueue::Send)?;
     // Data written in repair mode counts as sent and unacknowledged.
     send_all(fd, unacked, "restore send queue")?;
-    setsockopt(
-        fd,
-        tcp,
-        libc::TCP_REPAIR_QUEUE,
-        &TCP_NO_QUEUE,
-        "TCP_REPAIR_QUEUE none",
-    )?;
+    repair_queue(fd, RepairQueue::None)?;
     // The peer offered at least a window covering what is in flight (a sender stays inside
     // the offered window, RFC 9293 §3.8.6): a `max_window` below that would make Linux take
     // the peer's slightly older ACKs for blind injections (RFC 5961 §5.2).
