@@ -10,6 +10,7 @@
 //! also_addr = ["fd00:d5:80::80"]     # the DS address
 //! port = 80
 //! root = "/srv/www"
+//! control_socket = "/run/dsnode.sock" # for dsctl
 //!
 //! [handoff]
 //! control_listen = "[fd00:d5:1::11]:7000"
@@ -63,6 +64,7 @@ struct NodeFile {
     mac: Option<String>,
     json: Option<bool>,
     udp_echo: Option<u16>,
+    control_socket: Option<PathBuf>,
     handoff: Option<HandoffFile>,
 }
 
@@ -154,6 +156,10 @@ pub fn serve_args(path: &Path) -> Result<Vec<String>, ConfigError> {
     opt("root", file.root.map(|r| r.display().to_string()));
     opt("mac", file.mac);
     opt("udp_echo", file.udp_echo.as_ref().map(|p| s(p)));
+    opt(
+        "control_socket",
+        file.control_socket.map(|p| p.display().to_string()),
+    );
     if let Some(h) = file.handoff {
         opt("control_listen", h.control_listen.as_ref().map(|a| s(a)));
         opt("peer", h.peer.as_ref().map(|a| s(a)));

@@ -16,6 +16,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod config;
+pub mod control;
 pub mod flow_agent;
 pub mod home_agent;
 pub mod http;

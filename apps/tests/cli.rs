@@ -150,3 +150,17 @@ fn dsnode_takes_a_toml_config() {
     assert!(!ok);
     assert!(err.contains("line 3") && err.contains("adress"), "{err}");
 }
+
+#[test]
+fn dsctl_lists_its_commands_and_says_when_no_node_listens() {
+    let bin = env!("CARGO_BIN_EXE_dsctl");
+    help_lists(bin, &["--help"], &["status", "--socket", "--json"]);
+    help_lists(
+        env!("CARGO_BIN_EXE_dsnode"),
+        &["serve", "--help"],
+        &["--control-socket"],
+    );
+    let missing = std::env::temp_dir().join(format!("ds-no-node-{}.sock", std::process::id()));
+    let path = missing.to_string_lossy();
+    refused(bin, &["--socket", &path, "status"], &path);
+}

@@ -76,8 +76,9 @@ fn setup(root: &Path, json: bool, how: Start) -> Result<Bed> {
                 &file,
                 format!(
                     "device = \"tap\"\niface = \"dstap0\"\naddr = \"{NODE}\"\nport = {PORT}\n\
-                     root = \"{}\"\njson = {json}\n",
-                    root.display()
+                     root = \"{}\"\njson = {json}\ncontrol_socket = \"{}\"\n",
+                    root.display(),
+                    root.with_extension("sock").display()
                 ),
             )?;
             cmd.arg("--config").arg(file);
@@ -314,7 +315,26 @@ fn dsnode_serves_from_a_toml_config() -> Result<()> {
     wait_ready(&bed)?;
     let got = curl(&bed, &[&url("/index.html")])?;
     ensure!(got == b"<h1>from node.toml</h1>\n", "got {got:?}");
+    // The control socket from the file: owner-only, and `dsctl --json status` parses.
+    let sock = root.with_extension("sock");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&sock)?.permissions());
+    ensure!(mode & 0o777 == 0o600, "control socket mode {mode:o}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dsctl"))
+        .args(["--json", "--socket"])
+        .arg(&sock)
+        .arg("status")
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "dsctl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("dsctl --json")?;
+    ensure!(v["node"]["device"] == "tap", "status: {v}");
+    ensure!(v["node"]["addr"] == NODE, "status: {v}");
+    ensure!(v["http"]["accepted"].as_u64() >= Some(1), "status: {v}");
     let (status, stdout) = stop(&mut bed)?;
+    ensure!(!sock.exists(), "the control socket is removed on exit");
     ensure!(status.success(), "dsnode exited with {status}");
     let line = stdout.lines().last().context("no stats printed")?;
     ensure!(line.starts_with('{'), "json = true in the file: {line}");

@@ -7,6 +7,7 @@
 
 use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use ds_apps::control::ControlSocket;
 use ds_apps::http::HttpStats;
 use ds_apps::kernel_node::KernelNode;
 use ds_apps::logging::Verbosity;
@@ -106,6 +107,9 @@ struct ServeArgs {
     /// address (the first --also-addr) when there is one, else on --addr. Userspace stack only.
     #[arg(long, value_name = "PORT")]
     udp_echo: Option<u16>,
+    /// Listen for `dsctl` on this Unix socket (made owner-only, mode 0600).
+    #[arg(long, value_name = "PATH")]
+    control_socket: Option<PathBuf>,
     #[command(flatten)]
     handoff: HandoffArgs,
 }
@@ -253,6 +257,14 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     // Parse the handoff settings (secret, sockets) before touching any device, so a bad
     // option fails without side effects.
     let handoff = handoff_config(args)?;
+    let control = args
+        .control_socket
+        .as_deref()
+        .map(|p| {
+            ControlSocket::bind(p)
+                .with_context(|| format!("--control-socket {}: cannot listen", p.display()))
+        })
+        .transpose()?;
     let stop = signal::install().context("installing signal handlers")?;
     match args.device {
         DeviceKind::Afxdp => {
@@ -269,12 +281,12 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
                 socket = ?dev.bind_mode(),
                 "AF_XDP device ready"
             );
-            run(dev, args, handoff, stop)
+            run(dev, args, handoff, control, stop)
         }
         DeviceKind::Kernel if args.udp_echo.is_some() => {
             bail!("--udp-echo needs the userspace stack (--device afxdp or tap)")
         }
-        DeviceKind::Kernel => run_kernel(args, handoff, stop),
+        DeviceKind::Kernel => run_kernel(args, handoff, control, stop),
         DeviceKind::Tap => {
             let dev = TapDevice::open(&args.iface).map_err(|e| {
                 let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
@@ -285,7 +297,7 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
                 anyhow::Error::new(e)
                     .context(format!("cannot open TAP device {:?}{hint}", args.iface))
             })?;
-            run(dev, args, handoff, stop)
+            run(dev, args, handoff, control, stop)
         }
     }
 }
@@ -424,10 +436,43 @@ fn report_event(ev: NodeEvent) {
     }
 }
 
+/// What `dsctl status` says about the node itself.
+fn node_info(args: &ServeArgs, device: String, uptime: Duration) -> serde_json::Value {
+    serde_json::json!({
+        "addr": args.addr.to_string(),
+        "also_addr": args.handoff.also_addr.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        "device": device,
+        "iface": args.iface,
+        "port": args.port,
+        "pid": std::process::id(),
+        "uptime_ms": uptime.as_millis() as u64,
+    })
+}
+
+/// The device's name as `--device` spells it.
+fn device_name(d: DeviceKind) -> String {
+    d.to_possible_value()
+        .map_or_else(String::new, |v| v.get_name().to_string())
+}
+
+/// Answer one `dsctl` request.
+fn answer(
+    req: &ds_apps::control::Request,
+    status: impl FnOnce() -> serde_json::Value,
+) -> Result<serde_json::Value, String> {
+    match req.cmd.as_str() {
+        "status" => Ok(status()),
+        other => Err(format!(
+            "unknown command {other:?} (this node knows: status)"
+        )),
+    }
+}
+
 /// Run a kernel-socket node until `stop` is set, then print the statistics.
 fn run_kernel(
     args: &ServeArgs,
     handoff: Option<HandoffConfig>,
+    mut control: Option<ControlSocket>,
     stop: &AtomicBool,
 ) -> anyhow::Result<()> {
     use ds_xdp::maps::{Action, LocalAddr, PROTO_ALL};
@@ -475,6 +520,16 @@ fn run_kernel(
     while !stop.load(Ordering::SeqCst) {
         node.step(std::time::Duration::from_millis(5));
         node.take_events().into_iter().for_each(report_event);
+        if let Some(ctl) = control.as_mut() {
+            let status = || {
+                serde_json::json!({
+                    "node": node_info(args, device_name(args.device), started.elapsed()),
+                    "handoff": node.stats(),
+                    "http": node.server_stats(),
+                })
+            };
+            ctl.poll(std::time::Instant::now(), |req| answer(req, status));
+        }
     }
     let (stats, server) = (node.stats(), node.server_stats());
     node.shutdown();
@@ -506,6 +561,7 @@ fn run<D: Device>(
     dev: D,
     args: &ServeArgs,
     handoff: Option<HandoffConfig>,
+    mut control: Option<ControlSocket>,
     stop: &AtomicBool,
 ) -> anyhow::Result<()> {
     let mac = args.mac.unwrap_or_else(|| mac_from_addr(args.addr));
@@ -580,8 +636,12 @@ fn run<D: Device>(
         {
             rt.iface.announce(now);
         }
+        control_fds.clear();
+        if let Some(ctl) = &control {
+            ctl.fds(&mut control_fds);
+        }
         let stepped = match &service {
-            Service::Plain(_) => rt.step(Duration::from_millis(10)),
+            Service::Plain(_) => rt.step_with(Duration::from_millis(10), &control_fds),
             // Wake for the control sockets too, so an offer or a reply is handled at once; a
             // short bound keeps drain deadlines and reply timeouts accurate.
             Service::Handoff(node) => {
@@ -603,6 +663,21 @@ fn run<D: Device>(
                 node.poll(&mut rt.iface, now);
                 node.take_events().into_iter().for_each(report_event);
             }
+        }
+        if let Some(ctl) = control.as_mut() {
+            let status = || {
+                let (http, handoff) = match &service {
+                    Service::Plain(server) => (server.stats(), None),
+                    Service::Handoff(node) => (node.server().stats(), Some(node.stats())),
+                };
+                serde_json::json!({
+                    "node": node_info(args, device_name(args.device), now.saturating_since(started)),
+                    "handoff": handoff,
+                    "http": http,
+                    "interface": rt.iface.stats(),
+                })
+            };
+            ctl.poll(std::time::Instant::now(), |req| answer(req, status));
         }
     }
     let uptime = rt.now().saturating_since(started);

@@ -1,0 +1,79 @@
+//! `dsctl`: talk to a running `dsnode` through its control socket (`--control-socket`).
+
+use clap::{Parser, Subcommand};
+use ds_apps::control::request;
+use ds_apps::logging::Verbosity;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Distributed Servers node control.
+#[derive(Parser, Debug)]
+#[command(name = "dsctl", version, about = "Control a running dsnode", long_about = None)]
+struct Cli {
+    #[command(flatten)]
+    log: Verbosity,
+    /// The node's control socket (dsnode --control-socket).
+    #[arg(
+        long,
+        short,
+        value_name = "PATH",
+        default_value = "/run/dsnode.sock",
+        global = true
+    )]
+    socket: PathBuf,
+    /// Print the node's answer as one JSON object.
+    #[arg(long, global = true)]
+    json: bool,
+    /// How long to wait for the node, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 2000, global = true)]
+    timeout_ms: u64,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// The node's addresses, device, uptime and counters.
+    Status,
+}
+
+/// Print `v` as indented `key: value` lines, objects nested.
+fn print_text(v: &serde_json::Value, indent: usize) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                if v.is_object() {
+                    println!("{:indent$}{k}:", "");
+                    print_text(v, indent + 2);
+                } else {
+                    println!("{:indent$}{k}: {v}", "");
+                }
+            }
+        }
+        other => println!("{:indent$}{other}", ""),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    cli.log.init();
+    let cmd = match cli.command {
+        Command::Status => "status",
+    };
+    tracing::debug!(socket = %cli.socket.display(), cmd, "request");
+    match request(&cli.socket, cmd, Duration::from_millis(cli.timeout_ms)) {
+        Ok(v) if cli.json => {
+            println!("{v}");
+            ExitCode::SUCCESS
+        }
+        Ok(v) => {
+            print_text(&v, 0);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("dsctl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
