@@ -31,6 +31,8 @@ struct Conn {
     fin: bool,
     /// The client's FIN arrived.
     eof: bool,
+    /// When it was accepted or adopted here.
+    since: Instant,
 }
 
 impl Conn {
@@ -43,6 +45,7 @@ impl Conn {
             client,
             fin: false,
             eof: false,
+            since: Instant::now(),
         }
     }
 }
@@ -179,6 +182,30 @@ impl KernelNode {
             open: self.conns.len(),
             ..self.stats
         }
+    }
+
+    /// The open connections, ordered by client address. The state is what the server knows
+    /// from its own FIN and the client's, not read from the kernel.
+    pub fn conn_info(&self) -> Vec<crate::server::ConnInfo> {
+        let mut v: Vec<_> = self
+            .conns
+            .iter()
+            .map(|c| crate::server::ConnInfo {
+                client: c.client.to_string(),
+                local: c.local.to_string(),
+                state: match (c.fin, c.eof) {
+                    (false, false) => "Established",
+                    (true, false) => "FinWait1",
+                    (false, true) => "CloseWait",
+                    (true, true) => "Closing",
+                }
+                .to_string(),
+                sent_bytes: c.sent_here,
+                age_ms: c.since.elapsed().as_millis() as u64,
+            })
+            .collect();
+        v.sort_by(|a, b| a.client.cmp(&b.client));
+        v
     }
 
     /// Events since the last call.

@@ -58,6 +58,8 @@ pub struct ServerStats {
 
 struct Conn {
     http: HttpConn,
+    /// When it was accepted or adopted here.
+    since: Instant,
     last_activity: Instant,
     /// When we sent FIN.
     fin_at: Option<Instant>,
@@ -74,6 +76,7 @@ impl Conn {
     fn new(http: HttpConn, now: Instant) -> Self {
         Conn {
             http,
+            since: now,
             last_activity: now,
             fin_at: None,
             sent_here: 0,
@@ -98,6 +101,21 @@ enum Verdict {
     Closed,
     /// Broken: forget the handle (resets it if still open).
     Abort,
+}
+
+/// One open client connection, as `dsctl conns` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ConnInfo {
+    /// The client's address and port.
+    pub client: String,
+    /// Ours (the DS address, or the node's own).
+    pub local: String,
+    /// The TCP state (RFC 9293 §3.3.2 names).
+    pub state: String,
+    /// Response bytes sent on this node since it was accepted or adopted here.
+    pub sent_bytes: u64,
+    /// How long it has been on this node, in milliseconds.
+    pub age_ms: u64,
 }
 
 /// An HTTP/1.1 server listening on one address of an interface.
@@ -243,6 +261,26 @@ impl HttpServer {
             s.http.add(c.http.stats());
         }
         s
+    }
+
+    /// The open connections, ordered by client address.
+    pub fn conn_info(&self, iface: &Interface, now: Instant) -> Vec<ConnInfo> {
+        let mut v: Vec<ConnInfo> = self
+            .conns
+            .iter()
+            .filter_map(|(h, c)| {
+                let (local, client) = iface.tcp_endpoints(*h)?;
+                Some(ConnInfo {
+                    client: client.to_string(),
+                    local: local.to_string(),
+                    state: format!("{:?}", iface.tcp_state(*h)?),
+                    sent_bytes: c.sent_here,
+                    age_ms: now.saturating_since(c.since).as_millis() as u64,
+                })
+            })
+            .collect();
+        v.sort_by(|a, b| a.client.cmp(&b.client));
+        v
     }
 
     /// Connections currently open.

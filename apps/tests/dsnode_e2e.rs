@@ -333,6 +333,45 @@ fn dsnode_serves_from_a_toml_config() -> Result<()> {
     ensure!(v["node"]["device"] == "tap", "status: {v}");
     ensure!(v["node"]["addr"] == NODE, "status: {v}");
     ensure!(v["http"]["accepted"].as_u64() >= Some(1), "status: {v}");
+    // A client that stays connected is listed by `dsctl conns`, with its address and state.
+    let addr = SocketAddr::new(NODE.parse::<Ipv6Addr>()?.into(), PORT);
+    let held: TcpStream = bed.cli.run(|| TcpStream::connect_timeout(&addr, WAIT))?;
+    let conns = || -> Result<serde_json::Value> {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_dsctl"))
+            .args(["--json", "--socket"])
+            .arg(&sock)
+            .arg("conns")
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "dsctl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(serde_json::from_slice(&out.stdout)?)
+    };
+    let deadline = Instant::now() + WAIT;
+    let listed = loop {
+        let v = conns()?;
+        let found = v.as_array().into_iter().flatten().find(|c| {
+            c["client"]
+                .as_str()
+                .is_some_and(|a| a.starts_with(&format!("[{CLIENT}]:")))
+        });
+        if let Some(c) = found {
+            break c.clone();
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the open connection is not listed: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    ensure!(listed["state"] == "Established", "conns: {listed}");
+    ensure!(
+        listed["local"] == format!("[{NODE}]:{PORT}"),
+        "conns: {listed}"
+    );
+    drop(held);
     let (status, stdout) = stop(&mut bed)?;
     ensure!(!sock.exists(), "the control socket is removed on exit");
     ensure!(status.success(), "dsnode exited with {status}");

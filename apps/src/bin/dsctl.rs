@@ -36,6 +36,8 @@ struct Cli {
 enum Command {
     /// The node's addresses, device, uptime and counters.
     Status,
+    /// The open client connections: client, local address, TCP state, bytes sent, age.
+    Conns,
 }
 
 /// Print `v` as indented `key: value` lines, objects nested.
@@ -55,16 +57,40 @@ fn print_text(v: &serde_json::Value, indent: usize) {
     }
 }
 
+/// `conns` as a table, one connection per line.
+fn print_conns(v: &serde_json::Value) {
+    let row = |cells: [&str; 5]| {
+        println!(
+            "{:<42} {:<30} {:<12} {:>12} {:>10}",
+            cells[0], cells[1], cells[2], cells[3], cells[4]
+        )
+    };
+    row(["CLIENT", "LOCAL", "STATE", "SENT", "AGE_MS"]);
+    for c in v.as_array().into_iter().flatten() {
+        let f = |k: &str| match &c[k] {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        let cells = ["client", "local", "state", "sent_bytes", "age_ms"].map(f);
+        row(cells.each_ref().map(String::as_str));
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     cli.log.init();
     let cmd = match cli.command {
         Command::Status => "status",
+        Command::Conns => "conns",
     };
     tracing::debug!(socket = %cli.socket.display(), cmd, "request");
     match request(&cli.socket, cmd, Duration::from_millis(cli.timeout_ms)) {
         Ok(v) if cli.json => {
             println!("{v}");
+            ExitCode::SUCCESS
+        }
+        Ok(v) if cmd == "conns" => {
+            print_conns(&v);
             ExitCode::SUCCESS
         }
         Ok(v) => {

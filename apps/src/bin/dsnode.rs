@@ -13,7 +13,7 @@ use ds_apps::kernel_node::KernelNode;
 use ds_apps::logging::Verbosity;
 use ds_apps::mac::{format_mac, mac_from_addr, parse_mac};
 use ds_apps::node::{AcceptorFault, HandoffConfig, HandoffNode, NodeEvent, Steering};
-use ds_apps::server::{HttpServer, ServerConfig, ServerStats};
+use ds_apps::server::{ConnInfo, HttpServer, ServerConfig, ServerStats};
 use ds_apps::signal;
 use ds_stack::device::{Device, TapDevice};
 use ds_stack::mobile::MobileRole;
@@ -459,11 +459,13 @@ fn device_name(d: DeviceKind) -> String {
 fn answer(
     req: &ds_apps::control::Request,
     status: impl FnOnce() -> serde_json::Value,
+    conns: impl FnOnce() -> Vec<ConnInfo>,
 ) -> Result<serde_json::Value, String> {
     match req.cmd.as_str() {
         "status" => Ok(status()),
+        "conns" => serde_json::to_value(conns()).map_err(|e| e.to_string()),
         other => Err(format!(
-            "unknown command {other:?} (this node knows: status)"
+            "unknown command {other:?} (this node knows: status, conns)"
         )),
     }
 }
@@ -528,7 +530,9 @@ fn run_kernel(
                     "http": node.server_stats(),
                 })
             };
-            ctl.poll(std::time::Instant::now(), |req| answer(req, status));
+            ctl.poll(std::time::Instant::now(), |req| {
+                answer(req, status, || node.conn_info())
+            });
         }
     }
     let (stats, server) = (node.stats(), node.server_stats());
@@ -677,7 +681,11 @@ fn run<D: Device>(
                     "interface": rt.iface.stats(),
                 })
             };
-            ctl.poll(std::time::Instant::now(), |req| answer(req, status));
+            let conns = || match &service {
+                Service::Plain(server) => server.conn_info(&rt.iface, now),
+                Service::Handoff(node) => node.server().conn_info(&rt.iface, now),
+            };
+            ctl.poll(std::time::Instant::now(), |req| answer(req, status, conns));
         }
     }
     let uptime = rt.now().saturating_since(started);
