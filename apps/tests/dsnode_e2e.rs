@@ -156,6 +156,21 @@ fn wait_ready(bed: &Bed) -> Result<()> {
     }
 }
 
+/// `dsctl --json --socket SOCK CMD`, parsed.
+fn dsctl_json(sock: &Path, cmd: &str) -> Result<serde_json::Value> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dsctl"))
+        .args(["--json", "--socket"])
+        .arg(sock)
+        .arg(cmd)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "dsctl {cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).with_context(|| format!("dsctl --json {cmd}"))
+}
+
 /// Send raw bytes on one kernel TCP connection from the client namespace, half-close, and
 /// return everything the node sent back.
 fn raw_exchange(bed: &Bed, request: &[u8]) -> Result<Vec<u8>> {
@@ -319,39 +334,16 @@ fn dsnode_serves_from_a_toml_config() -> Result<()> {
     let sock = root.with_extension("sock");
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&sock)?.permissions());
     ensure!(mode & 0o777 == 0o600, "control socket mode {mode:o}");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dsctl"))
-        .args(["--json", "--socket"])
-        .arg(&sock)
-        .arg("status")
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "dsctl: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("dsctl --json")?;
+    let v = dsctl_json(&sock, "status")?;
     ensure!(v["node"]["device"] == "tap", "status: {v}");
     ensure!(v["node"]["addr"] == NODE, "status: {v}");
     ensure!(v["http"]["accepted"].as_u64() >= Some(1), "status: {v}");
     // A client that stays connected is listed by `dsctl conns`, with its address and state.
     let addr = SocketAddr::new(NODE.parse::<Ipv6Addr>()?.into(), PORT);
     let held: TcpStream = bed.cli.run(|| TcpStream::connect_timeout(&addr, WAIT))?;
-    let conns = || -> Result<serde_json::Value> {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_dsctl"))
-            .args(["--json", "--socket"])
-            .arg(&sock)
-            .arg("conns")
-            .output()?;
-        ensure!(
-            out.status.success(),
-            "dsctl: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(serde_json::from_slice(&out.stdout)?)
-    };
     let deadline = Instant::now() + WAIT;
     let listed = loop {
-        let v = conns()?;
+        let v = dsctl_json(&sock, "conns")?;
         let found = v.as_array().into_iter().flatten().find(|c| {
             c["client"]
                 .as_str()
