@@ -41,8 +41,25 @@ pub const REQUEST_DEADLINE: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Request {
-    /// The command: `status`, for now.
+    /// The command: `status`, `conns` or `handoff`.
     pub cmd: String,
+    /// `handoff`: the connection, by its client's `[addr]:port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conn: Option<String>,
+    /// `handoff`: the node to move it to, by its control address `[addr]:port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+}
+
+impl Request {
+    /// A request without arguments.
+    pub fn new(cmd: &str) -> Self {
+        Request {
+            cmd: cmd.into(),
+            conn: None,
+            to: None,
+        }
+    }
 }
 
 /// What went wrong with clients, counted.
@@ -233,12 +250,12 @@ impl Drop for ControlSocket {
 
 /// Send one request to the node listening on `path` and return its answer: the `ok` value,
 /// or the node's error as `Err`. Blocks up to `timeout` for each read and write (a CLI call).
-pub fn request(path: &Path, cmd: &str, timeout: Duration) -> Result<serde_json::Value, String> {
+pub fn request(path: &Path, req: &Request, timeout: Duration) -> Result<serde_json::Value, String> {
     let mut s = UnixStream::connect(path).map_err(|e| format!("{}: {e}", path.display()))?;
     s.set_read_timeout(Some(timeout))
         .and_then(|()| s.set_write_timeout(Some(timeout)))
         .map_err(|e| e.to_string())?;
-    let mut line = serde_json::to_vec(&Request { cmd: cmd.into() }).map_err(|e| e.to_string())?;
+    let mut line = serde_json::to_vec(req).map_err(|e| e.to_string())?;
     line.push(b'\n');
     s.write_all(&line).map_err(|e| format!("sending: {e}"))?;
     let mut reply = Vec::new();
@@ -286,8 +303,8 @@ mod tests {
         let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (p, d) = (path.clone(), done.clone());
         let client = std::thread::spawn(move || {
-            let ok = request(&p, "status", Duration::from_secs(2));
-            let err = request(&p, "nope", Duration::from_secs(2));
+            let ok = request(&p, &Request::new("status"), Duration::from_secs(2));
+            let err = request(&p, &Request::new("nope"), Duration::from_secs(2));
             d.store(true, std::sync::atomic::Ordering::SeqCst);
             (ok, err)
         });

@@ -320,6 +320,11 @@ impl<C: std::fmt::Debug> Coordinator<C> {
         self.peer.is_some()
     }
 
+    /// The peer's control address, if there is one.
+    pub fn peer(&self) -> Option<SocketAddr> {
+        self.peer
+    }
+
     /// True while a handoff is in progress or held packets are still being forwarded.
     pub fn busy(&self) -> bool {
         self.current.is_some() || !self.forwarding.is_empty() || self.acceptor.pending() > 0
@@ -869,6 +874,35 @@ impl HandoffNode {
     /// Open the channel to the peer now rather than inside the first handoff's timing.
     pub fn connect_peer(&mut self) -> anyhow::Result<()> {
         self.core.connect_peer()
+    }
+
+    /// Hand the connection of `client` to the peer `to` (`dsctl handoff`): it is paused now
+    /// and queued like one that reached its quota; its report comes as a
+    /// [`NodeEvent::HandedOff`], or a [`NodeEvent::KeptHere`] when it cannot leave. `to` must be
+    /// this node's peer (the only one until membership lands).
+    pub fn request_handoff(
+        &mut self,
+        iface: &Interface,
+        client: SocketAddrV6,
+        to: SocketAddr,
+    ) -> Result<(), String> {
+        match self.core.peer() {
+            None => return Err("this node has no peer (--peer)".into()),
+            Some(p) if p != to => return Err(format!("this node hands off to {p} only")),
+            Some(_) => {}
+        }
+        if !self.handoffs_left() {
+            return Err("this node's --max-handoffs is reached".into());
+        }
+        let h = self
+            .server
+            .handle_of(iface, client)
+            .ok_or_else(|| format!("no connection of {client} here"))?;
+        if self.queue.contains(&h) || !self.server.pause(h) {
+            return Err(format!("the connection of {client} is already leaving"));
+        }
+        self.queue.push_back(h);
+        Ok(())
     }
 
     fn handoffs_left(&self) -> bool {

@@ -283,6 +283,14 @@ impl HttpServer {
         v
     }
 
+    /// The connection of `client`, if it is served here and not paused.
+    pub fn handle_of(&self, iface: &Interface, client: SocketAddrV6) -> Option<TcpHandle> {
+        self.conns.iter().find_map(|(h, c)| {
+            let (_, remote) = iface.tcp_endpoints(*h)?;
+            (remote == client && !c.paused).then_some(*h)
+        })
+    }
+
     /// Connections currently open.
     pub fn connections(&self) -> usize {
         self.conns.len()

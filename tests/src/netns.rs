@@ -326,6 +326,35 @@ impl Netns {
         Ok(Child::new(child))
     }
 
+    /// Starts daemon `program args` inside the namespace with stdin closed, stdout to
+    /// `DIR/NAME.out` and stderr to `DIR/NAME.log` (`RUST_LOG=info` unless set); returns the
+    /// guard and the two paths. Wait for it with [`Child::wait_for_log`].
+    pub fn spawn_logged<S: AsRef<OsStr>>(
+        &self,
+        program: &str,
+        args: &[S],
+        dir: &Path,
+        name: &str,
+    ) -> Result<(Child, PathBuf, PathBuf)> {
+        let (out, log) = (
+            dir.join(format!("{name}.out")),
+            dir.join(format!("{name}.log")),
+        );
+        let mut cmd = self.command(program);
+        cmd.args(args)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(File::create(&out)?)
+            .stderr(File::create(&log)?);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("failed to spawn `{}`", describe(&cmd)))?;
+        Ok((Child::new(child), log, out))
+    }
+
     /// Sets a sysctl of this namespace, e.g.
     /// `sysctl("net.ipv6.conf.all.forwarding", "1")`, by writing
     /// `/proc/sys/...` from a thread inside the namespace.
@@ -434,6 +463,28 @@ impl Child {
             Some(c) => c,
             None => unreachable!("Child guard always holds a process until dropped"),
         }
+    }
+
+    /// Wait until the file `log` (the process's stderr) contains `pattern`: the process is
+    /// up. An error with the log when it exits first or `timeout` passes.
+    pub fn wait_for_log(
+        &mut self,
+        log: &std::path::Path,
+        pattern: &str,
+        timeout: std::time::Duration,
+    ) -> Result<()> {
+        let t = std::time::Instant::now();
+        let text = || std::fs::read_to_string(log).unwrap_or_default();
+        while t.elapsed() < timeout {
+            if text().contains(pattern) {
+                return Ok(());
+            }
+            if let Some(st) = self.get_mut().try_wait()? {
+                anyhow::bail!("exited early ({st}): {}", text());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        anyhow::bail!("not up after {timeout:?}: {}", text())
     }
 
     fn get(&self) -> &std::process::Child {

@@ -1,7 +1,7 @@
 //! `dsctl`: talk to a running `dsnode` through its control socket (`--control-socket`).
 
 use clap::{Parser, Subcommand};
-use ds_apps::control::request;
+use ds_apps::control::{request, Request};
 use ds_apps::logging::Verbosity;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,6 +38,14 @@ enum Command {
     Status,
     /// The open client connections: client, local address, TCP state, bytes sent, age.
     Conns,
+    /// Move one connection to another node now; the node prints the handoff's report.
+    Handoff {
+        /// The connection, by its client's address and port as `conns` shows it: [ADDR]:PORT.
+        conn: String,
+        /// The node to move it to, by its control address (its --control-listen): [ADDR]:PORT.
+        #[arg(long)]
+        to: String,
+    },
 }
 
 /// Print `v` as indented `key: value` lines, objects nested.
@@ -79,12 +87,18 @@ fn print_conns(v: &serde_json::Value) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     cli.log.init();
-    let cmd = match cli.command {
-        Command::Status => "status",
-        Command::Conns => "conns",
+    let req = match cli.command {
+        Command::Status => Request::new("status"),
+        Command::Conns => Request::new("conns"),
+        Command::Handoff { conn, to } => Request {
+            conn: Some(conn),
+            to: Some(to),
+            ..Request::new("handoff")
+        },
     };
+    let cmd = req.cmd.as_str();
     tracing::debug!(socket = %cli.socket.display(), cmd, "request");
-    match request(&cli.socket, cmd, Duration::from_millis(cli.timeout_ms)) {
+    match request(&cli.socket, &req, Duration::from_millis(cli.timeout_ms)) {
         Ok(v) if cli.json => {
             println!("{v}");
             ExitCode::SUCCESS

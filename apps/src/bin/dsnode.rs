@@ -455,17 +455,104 @@ fn device_name(d: DeviceKind) -> String {
         .map_or_else(String::new, |v| v.get_name().to_string())
 }
 
+/// What `dsctl` can ask of a node, whichever its device.
+trait NodeControl {
+    fn status(&self) -> serde_json::Value;
+    fn conns(&self) -> Vec<ConnInfo>;
+    fn handoff(&mut self, client: SocketAddrV6, to: SocketAddr) -> Result<(), String>;
+}
+
+/// The userspace node, for one control request.
+struct UserControl<'a> {
+    service: &'a mut Service,
+    iface: &'a Interface,
+    args: &'a ServeArgs,
+    uptime: Duration,
+    now: ds_stack::Instant,
+}
+
+impl NodeControl for UserControl<'_> {
+    fn status(&self) -> serde_json::Value {
+        let (http, handoff) = match &*self.service {
+            Service::Plain(server) => (server.stats(), None),
+            Service::Handoff(node) => (node.server().stats(), Some(node.stats())),
+        };
+        serde_json::json!({
+            "node": node_info(self.args, device_name(self.args.device), self.uptime),
+            "handoff": handoff,
+            "http": http,
+            "interface": self.iface.stats(),
+        })
+    }
+
+    fn conns(&self) -> Vec<ConnInfo> {
+        match &*self.service {
+            Service::Plain(server) => server.conn_info(self.iface, self.now),
+            Service::Handoff(node) => node.server().conn_info(self.iface, self.now),
+        }
+    }
+
+    fn handoff(&mut self, client: SocketAddrV6, to: SocketAddr) -> Result<(), String> {
+        match self.service {
+            Service::Plain(_) => Err("handoff is off on this node (no --peer)".into()),
+            Service::Handoff(node) => node.request_handoff(self.iface, client, to),
+        }
+    }
+}
+
+/// The kernel-socket node, for one control request.
+struct KernelControl<'a> {
+    node: &'a mut KernelNode,
+    args: &'a ServeArgs,
+    started: std::time::Instant,
+}
+
+impl NodeControl for KernelControl<'_> {
+    fn status(&self) -> serde_json::Value {
+        serde_json::json!({
+            "node": node_info(self.args, device_name(self.args.device), self.started.elapsed()),
+            "handoff": self.node.stats(),
+            "http": self.node.server_stats(),
+        })
+    }
+
+    fn conns(&self) -> Vec<ConnInfo> {
+        self.node.conn_info()
+    }
+
+    fn handoff(&mut self, _: SocketAddrV6, _: SocketAddr) -> Result<(), String> {
+        Err("dsctl handoff is not available on kernel sockets yet (--device kernel)".into())
+    }
+}
+
+/// A request's argument, parsed.
+fn arg<T>(v: &Option<String>, what: &str) -> Result<T, String>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    v.as_deref()
+        .ok_or_else(|| format!("the request needs {what}"))?
+        .parse()
+        .map_err(|e| format!("{what}: {e}"))
+}
+
 /// Answer one `dsctl` request.
 fn answer(
     req: &ds_apps::control::Request,
-    status: impl FnOnce() -> serde_json::Value,
-    conns: impl FnOnce() -> Vec<ConnInfo>,
+    node: &mut dyn NodeControl,
 ) -> Result<serde_json::Value, String> {
     match req.cmd.as_str() {
-        "status" => Ok(status()),
-        "conns" => serde_json::to_value(conns()).map_err(|e| e.to_string()),
+        "status" => Ok(node.status()),
+        "conns" => serde_json::to_value(node.conns()).map_err(|e| e.to_string()),
+        "handoff" => {
+            let client: SocketAddrV6 = arg(&req.conn, "conn ([addr]:port of the client)")?;
+            let to: SocketAddr = arg(&req.to, "to ([addr]:port of the peer's control)")?;
+            node.handoff(client, to)?;
+            Ok(serde_json::json!({ "queued": client.to_string(), "to": to.to_string() }))
+        }
         other => Err(format!(
-            "unknown command {other:?} (this node knows: status, conns)"
+            "unknown command {other:?} (this node knows: status, conns, handoff)"
         )),
     }
 }
@@ -523,16 +610,12 @@ fn run_kernel(
         node.step(std::time::Duration::from_millis(5));
         node.take_events().into_iter().for_each(report_event);
         if let Some(ctl) = control.as_mut() {
-            let status = || {
-                serde_json::json!({
-                    "node": node_info(args, device_name(args.device), started.elapsed()),
-                    "handoff": node.stats(),
-                    "http": node.server_stats(),
-                })
+            let mut k = KernelControl {
+                node: &mut node,
+                args,
+                started,
             };
-            ctl.poll(std::time::Instant::now(), |req| {
-                answer(req, status, || node.conn_info())
-            });
+            ctl.poll(std::time::Instant::now(), |req| answer(req, &mut k));
         }
     }
     let (stats, server) = (node.stats(), node.server_stats());
@@ -669,23 +752,14 @@ fn run<D: Device>(
             }
         }
         if let Some(ctl) = control.as_mut() {
-            let status = || {
-                let (http, handoff) = match &service {
-                    Service::Plain(server) => (server.stats(), None),
-                    Service::Handoff(node) => (node.server().stats(), Some(node.stats())),
-                };
-                serde_json::json!({
-                    "node": node_info(args, device_name(args.device), now.saturating_since(started)),
-                    "handoff": handoff,
-                    "http": http,
-                    "interface": rt.iface.stats(),
-                })
+            let mut u = UserControl {
+                service: &mut service,
+                iface: &rt.iface,
+                args,
+                uptime: now.saturating_since(started),
+                now,
             };
-            let conns = || match &service {
-                Service::Plain(server) => server.conn_info(&rt.iface, now),
-                Service::Handoff(node) => node.server().conn_info(&rt.iface, now),
-            };
-            ctl.poll(std::time::Instant::now(), |req| answer(req, status, conns));
+            ctl.poll(std::time::Instant::now(), |req| answer(req, &mut u));
         }
     }
     let uptime = rt.now().saturating_since(started);

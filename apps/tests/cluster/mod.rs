@@ -1,0 +1,193 @@
+//! What the namespace tests with daemon processes share: the handoff topology (client, XDP
+//! home agent, nodes on one bridge), `dsha xdp` started and up, and `dsnode` processes started
+//! with their logs and output in the test's directory; SIGINT for everything at the end.
+#![allow(dead_code)]
+
+use ds_testbed::topo::{HandoffSpec, HandoffTopology, HA_PORT};
+use ds_testbed::{Child, TempDir};
+use ds_xdp::{Kind, LoadOptions, Program};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// How long a daemon may take to come up, or to stop after SIGINT.
+pub const UP: Duration = Duration::from_secs(20);
+
+/// The addresses of one test's cluster, all in `fd00:NET:1::/64` (the DS address in
+/// `fd00:NET:80::/64`), so that tests running at once never share one.
+#[derive(Clone, Copy)]
+pub struct Addrs {
+    net: u8,
+    nodes: usize,
+}
+
+impl Addrs {
+    /// `nodes` nodes in network `net` (one byte, e.g. `0xd9`).
+    pub fn new(net: u8, nodes: usize) -> Self {
+        Addrs { net, nodes }
+    }
+
+    fn host(&self, h: usize) -> String {
+        format!("fd00:{:x}:1::{h:x}", self.net)
+    }
+
+    /// The client's kernel address.
+    pub fn client(&self) -> String {
+        self.host(0xc)
+    }
+
+    /// The home agent's address.
+    pub fn ha(&self) -> String {
+        self.host(0xa)
+    }
+
+    /// The home agent's control address.
+    pub fn ha_control(&self) -> String {
+        format!("[{}]:7001", self.ha())
+    }
+
+    /// The DS address, served by every node.
+    pub fn ds(&self) -> String {
+        format!("fd00:{:x}:80::80", self.net)
+    }
+
+    /// Node `i`'s care-of address (its userspace stack).
+    pub fn coa(&self, i: usize) -> String {
+        self.host(1 + i)
+    }
+
+    /// Node `i`'s kernel address, for the control channel.
+    pub fn ctl(&self, i: usize) -> String {
+        self.host(0x11 + i)
+    }
+
+    /// Node `i`'s control channel, `[ctl]:7000`.
+    pub fn ctl_listen(&self, i: usize) -> String {
+        format!("[{}]:7000", self.ctl(i))
+    }
+
+    /// Node `i`'s MAC address.
+    pub fn mac(&self, i: usize) -> [u8; 6] {
+        [0x02, self.net, 0, 0, 0, 1 + i as u8]
+    }
+}
+
+/// A running cluster: topology, home agent, and the nodes started so far.
+pub struct Cluster {
+    pub a: Addrs,
+    pub topo: HandoffTopology,
+    pub dir: TempDir,
+    pub secret: PathBuf,
+    pins: PathBuf,
+    ha: Child,
+    /// Each node's process, stderr log and stdout file.
+    pub nodes: Vec<(Child, PathBuf, PathBuf)>,
+    _napi: Program,
+}
+
+impl Cluster {
+    /// Build the topology for `a` (namespaces named after `prefix`) and start `dsha xdp` with
+    /// the DS address bound to node 1.
+    pub fn start(prefix: &str, a: Addrs) -> Cluster {
+        let dir = TempDir::new(prefix).expect("temp dir");
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, format!("{prefix} test cluster secret, 32+ bytes")).expect("key");
+        let (client, ds, ha) = (a.client(), a.ds(), a.ha());
+        let ctl: Vec<String> = (0..a.nodes).map(|i| a.ctl(i)).collect();
+        let coa: Vec<String> = (0..a.nodes).map(|i| a.coa(i)).collect();
+        let neigh: Vec<(&str, [u8; 6])> =
+            (0..a.nodes).map(|i| (coa[i].as_str(), a.mac(i))).collect();
+        let topo = HandoffTopology::build(&HandoffSpec {
+            prefix,
+            nodes: a.nodes,
+            client_addr: Some(&client),
+            client_route_via_ha: Some(&ds),
+            ha_addr: &ha,
+            node_addrs: &ctl.iter().map(String::as_str).collect::<Vec<_>>(),
+            ha_neighbours: &neigh,
+        })
+        .expect("topology");
+        // XDP_TX on the home agent's veth needs NAPI on its peer: a pass-all program there.
+        let napi = Program::load(Kind::Steer, &LoadOptions::default()).expect("load");
+        topo.hub
+            .run(|| {
+                ds_xdp::loader::ifindex(HA_PORT)
+                    .and_then(|i| napi.attach(i, ds_xdp::Mode::Native, false))
+            })
+            .expect("attach");
+        let pins = PathBuf::from(format!("/sys/fs/bpf/ds/{prefix}-{}", std::process::id()));
+        let args = [
+            "xdp",
+            "--iface",
+            "h0",
+            "--addr",
+            &ha,
+            "--ds",
+            &ds,
+            "--bind",
+            &coa[0],
+            "--control",
+            &a.ha_control(),
+            "--secret-file",
+            &secret.display().to_string(),
+            "--pin-dir",
+            &pins.display().to_string(),
+        ];
+        let (mut ha, log, _) = topo
+            .ha
+            .spawn_logged(env!("CARGO_BIN_EXE_dsha"), &args, dir.path(), "dsha")
+            .expect("dsha");
+        ha.wait_for_log(&log, "XDP home agent up", UP)
+            .expect("dsha up");
+        Cluster {
+            a,
+            topo,
+            dir,
+            secret,
+            pins,
+            ha,
+            nodes: Vec::new(),
+            _napi: napi,
+        }
+    }
+
+    /// `dsnode serve --device afxdp` on node `i` with its address, MAC and the DS address,
+    /// plus `extra`; waits until it serves.
+    pub fn start_node(&mut self, i: usize, extra: &[String]) {
+        let mut args = vec![
+            "serve".to_string(),
+            "--device".into(),
+            "afxdp".into(),
+            "--iface".into(),
+            "n0".into(),
+            "--addr".into(),
+            self.a.coa(i),
+            "--also-addr".into(),
+            self.a.ds(),
+            "--mac".into(),
+            ds_apps::mac::format_mac(&self.a.mac(i)),
+        ];
+        args.extend_from_slice(extra);
+        let name = format!("dsnode{}", i + 1);
+        let (mut node, log, out) = self.topo.nodes[i]
+            .spawn_logged(env!("CARGO_BIN_EXE_dsnode"), &args, self.dir.path(), &name)
+            .expect("dsnode");
+        node.wait_for_log(&log, "serving http", UP)
+            .expect("dsnode up");
+        self.nodes.push((node, log, out));
+    }
+
+    /// SIGINT to the nodes, then the home agent; true when the home agent removed its pins.
+    pub fn stop(mut self) -> bool {
+        let procs = self.nodes.iter_mut().map(|(c, _, _)| c);
+        for c in procs.chain(std::iter::once(&mut self.ha)) {
+            let _ = std::process::Command::new("kill")
+                .args(["-INT", &c.id().to_string()])
+                .status();
+            let t = Instant::now();
+            while c.try_wait().ok().flatten().is_none() && t.elapsed() < UP {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        !self.pins.exists()
+    }
+}

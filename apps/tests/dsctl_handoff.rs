@@ -1,0 +1,133 @@
+//! `dsctl handoff` moves a chosen connection during a download: `dsha xdp` and two `dsnode
+//! --device afxdp` processes (transparent steering, no byte quota), curl downloading from the
+//! DS address at a limited rate; the operator lists node 1's connections with `dsctl conns`
+//! and hands the client's to node 2 with `dsctl handoff`. The file arrives byte-exact, the
+//! client retransmits nothing, node 1 prints the handoff's report and node 2 counts the
+//! adoption. Needs root; prints SKIP otherwise.
+
+mod cluster;
+
+use cluster::{Addrs, Cluster, UP};
+use ds_testbed::{require_root, tcp_counters, PatternStream};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// The download: 8 MiB at 2 MB/s, so that the operator has seconds to act.
+const SIZE: usize = 8 << 20;
+const RATE: &str = "2M";
+
+/// `dsctl --json --socket SOCK ARGS...`, parsed; an error with dsctl's message.
+fn dsctl(sock: &Path, args: &[&str]) -> Result<serde_json::Value, String> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dsctl"))
+        .args(["--json", "--socket"])
+        .arg(sock)
+        .args(args)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+}
+
+#[test]
+fn dsctl_hands_a_chosen_connection_to_the_other_node_during_a_download() {
+    if !require_root("dsctl_hands_a_chosen_connection_to_the_other_node_during_a_download") {
+        return;
+    }
+    let mut c = Cluster::start("dc", Addrs::new(0xd9, 2));
+    let root = c.dir.path().join("www");
+    std::fs::create_dir_all(&root).expect("root");
+    let body = PatternStream::bytes(0xd5c7, SIZE);
+    std::fs::write(root.join("big.bin"), &body).expect("file");
+    let socks = [0, 1].map(|i| c.dir.path().join(format!("node{}.sock", i + 1)));
+    for (i, sock) in socks.iter().enumerate() {
+        let args = [
+            "--root",
+            &root.display().to_string(),
+            "--control-listen",
+            &c.a.ctl_listen(i),
+            "--peer",
+            &c.a.ctl_listen(1 - i),
+            "--secret-file",
+            &c.secret.display().to_string(),
+            "--steering",
+            "transparent",
+            "--ha-control",
+            &c.a.ha_control(),
+            "--control-socket",
+            &sock.display().to_string(),
+        ]
+        .map(String::from);
+        c.start_node(i, &args);
+    }
+    let (client, ds, to) = (c.a.client(), c.a.ds(), c.a.ctl_listen(1));
+    let topo = &c.topo;
+
+    let before = tcp_counters(&topo.client).expect("counters");
+    let file = c.dir.path().join("got.bin");
+    let mut curl = topo
+        .client
+        .command("curl")
+        .args(["-sS", "--fail", "--limit-rate", RATE, "-o"])
+        .arg(&file)
+        .arg(format!("http://[{ds}]/big.bin"))
+        .spawn()
+        .expect("curl");
+    // The operator's view: node 1 serves the client; move that connection to node 2.
+    let t = Instant::now();
+    let conn = loop {
+        let v = dsctl(&socks[0], &["conns"]).expect("dsctl conns");
+        let c = v.as_array().into_iter().flatten().find_map(|c| {
+            let a = c["client"].as_str()?;
+            a.starts_with(&format!("[{client}]:"))
+                .then(|| a.to_string())
+        });
+        if let Some(c) = c {
+            break c;
+        }
+        assert!(t.elapsed() < UP, "curl's connection is not listed: {v}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // Let some of the file flow first, so that the move happens mid-download.
+    std::thread::sleep(Duration::from_millis(500));
+    // A wrong destination or connection is refused, and the download goes on.
+    let wrong = dsctl(
+        &socks[0],
+        &["handoff", &conn, "--to", "[fd00:d9:1::99]:7000"],
+    );
+    assert!(wrong.is_err_and(|e| e.contains("hands off to")));
+    let unknown = dsctl(
+        &socks[0],
+        &["handoff", &format!("[{client}]:1"), "--to", &to],
+    );
+    assert!(unknown.is_err_and(|e| e.contains("no connection")));
+    let queued = dsctl(&socks[0], &["handoff", &conn, "--to", &to]).expect("dsctl handoff");
+    assert_eq!(queued["queued"], conn.as_str(), "{queued}");
+
+    let status = curl.wait().expect("curl");
+    assert!(status.success(), "curl: {status}");
+    let got = std::fs::read(&file).expect("downloaded file");
+    assert_eq!(got.len(), body.len(), "length");
+    assert!(got == body, "the file arrived corrupted");
+    let after = tcp_counters(&topo.client).expect("counters");
+    let retrans = after.get("TcpRetransSegs").copied().unwrap_or(0)
+        - before.get("TcpRetransSegs").copied().unwrap_or(0);
+    assert_eq!(retrans, 0, "client retransmissions");
+
+    // Node 2 adopted it; node 1 printed the report (one JSON line with the seven phases).
+    let s2 = dsctl(&socks[1], &["status"]).expect("dsctl status");
+    assert_eq!(s2["handoff"]["adopted"], 1, "{s2}");
+    let s1 = dsctl(&socks[0], &["status"]).expect("dsctl status");
+    assert_eq!(s1["handoff"]["moved"], 1, "{s1}");
+    let out1 = std::fs::read_to_string(&c.nodes[0].2).expect("node 1 output");
+    let report = out1
+        .lines()
+        .find(|l| l.contains("phases_us"))
+        .unwrap_or_else(|| panic!("no report on node 1's stdout: {out1}"));
+    let v: serde_json::Value = serde_json::from_str(report).expect("report JSON");
+    assert_eq!(v["client"], conn.as_str(), "{v}");
+    eprintln!("handoff by dsctl: {report}");
+
+    assert!(c.stop(), "the home agent removed its pins");
+}
