@@ -256,6 +256,7 @@ impl KernelNode {
         };
         let timeout = self.core.max_wait(Instant::now(), idle);
         self.fds.clear();
+        self.control.clear();
         self.core.wait_fds(&mut self.control);
         let hold_fd = self.host.holds().fd().as_raw_fd();
         let mut add = |fd: i32, events: i16| {

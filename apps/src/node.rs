@@ -350,10 +350,9 @@ impl<C: std::fmt::Debug> Coordinator<C> {
         Ok(())
     }
 
-    /// The control sockets (into `out`, replacing its contents) to wait on together with the
-    /// data path, so that an offer or a reply is handled as soon as it arrives.
+    /// The control sockets (appended to `out`) to wait on together with the data path, so
+    /// that an offer or a reply is handled as soon as it arrives.
     pub fn wait_fds(&self, out: &mut Vec<RawFd>) {
-        out.clear();
         out.extend(self.listen.iter().map(|l| l.as_raw_fd()));
         out.extend(self.incoming.iter().map(|c| c.chan.stream().as_raw_fd()));
         out.extend(self.to_peer.iter().map(|c| c.stream().as_raw_fd()));
@@ -855,7 +854,7 @@ impl HandoffNode {
         self.core.take_events()
     }
 
-    /// The control sockets to wait on together with the device
+    /// The control sockets (appended to `out`) to wait on together with the device
     /// ([`ds_stack::runner::Runner::step_with`]).
     pub fn wait_fds(&self, out: &mut Vec<RawFd>) {
         self.core.wait_fds(out)

@@ -399,6 +399,7 @@ fn node(t: NodeTask) -> Result<NodeOut> {
         // the offer (its duration is phase 4).
         let mut fds = Vec::new();
         while !stop.load(Ordering::Relaxed) {
+            fds.clear();
             node.wait_fds(&mut fds);
             rt.step_with(node.max_wait(Duration::from_millis(1)), &fds)?;
             let now = rt.now();
