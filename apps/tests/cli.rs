@@ -140,6 +140,21 @@ fn dsnode_takes_a_toml_config() {
         "at least 16 bytes",
     );
     refused(dsnode, &["serve", "--config", cfg], "/nonexistent");
+    // A repeatable option too: the command line's --also-addr replaces the file's (a loopback
+    // address here, which would be refused before the root is looked at).
+    let repeat = dir.path().join("repeat.toml");
+    std::fs::write(
+        &repeat,
+        "device = \"tap\"\niface = \"dstest0\"\naddr = \"fd00::1\"\nalso_addr = [\"::1\"]\nroot = \"/nonexistent\"\n",
+    )
+    .expect("write config");
+    let repeat = repeat.to_str().expect("utf-8 path");
+    refused(dsnode, &["serve", "--config", repeat], "--also-addr ::1");
+    refused(
+        dsnode,
+        &["serve", "--config", repeat, "--also-addr", "fd00::80"],
+        "/nonexistent",
+    );
     let bad = dir.path().join("bad.toml");
     std::fs::write(
         &bad,

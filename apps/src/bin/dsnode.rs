@@ -234,7 +234,26 @@ fn with_config(argv: Vec<String>) -> Result<Vec<String>, ds_apps::config::Config
     let Some(path) = path else {
         return Ok(argv);
     };
-    let from_file = ds_apps::config::serve_args(Path::new(&path))?;
+    let mut from_file = ds_apps::config::serve_args(Path::new(&path))?;
+    // A repeatable option (clap's Append) adds up rather than overrides: when the command line
+    // gives `--also-addr`, the file's are dropped, as for every other option.
+    let given = |flag: &str| {
+        argv[serve + 1..]
+            .iter()
+            .any(|a| a == flag || a.starts_with(&format!("{flag}=")))
+    };
+    if given("--also-addr") {
+        let mut kept = Vec::with_capacity(from_file.len());
+        let mut it = from_file.into_iter();
+        while let Some(a) = it.next() {
+            if a == "--also-addr" {
+                it.next();
+            } else {
+                kept.push(a);
+            }
+        }
+        from_file = kept;
+    }
     let mut out = argv[..=serve].to_vec();
     out.extend(from_file);
     out.extend_from_slice(&argv[serve + 1..]);
