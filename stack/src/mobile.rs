@@ -270,13 +270,12 @@ impl MobileRole {
     }
 }
 
-/// The later of two sequence numbers in the 16-bit sequence space (RFC 6275 §9.5.1 compares
-/// modulo 2^16: `a` is later than `b` if `a - b` is below 2^15).
+/// The later of two sequence numbers in the 16-bit sequence space (RFC 6275 §9.5.1).
 fn next_after(a: u16, b: u16) -> u16 {
-    if a.wrapping_sub(b) < 0x8000 {
-        a
-    } else {
+    if ds_mipv6::seq_less(a, b) {
         b
+    } else {
+        a
     }
 }
 
@@ -377,17 +376,18 @@ impl MobilityHook for MobileRole {
         src: Ipv6Addr,
         dst: Ipv6Addr,
     ) -> Option<Ipv6Addr> {
+        // Runs for every outgoing frame: the cheap test first, the correspondent's lookup only
+        // for traffic from the home address of a node away from home.
         let s = &self.st;
-        let bound = s
-            .peers
+        if s.home != Some(src) {
+            return None;
+        }
+        let care_of = s.care_of?;
+        s.peers
             .get(&dst)
             .and_then(|p| p.binding.as_ref())
-            .is_some_and(|b| b.is_bound(now));
-        if s.home == Some(src) && bound {
-            s.care_of
-        } else {
-            None
-        }
+            .is_some_and(|b| b.is_bound(now))
+            .then_some(care_of)
     }
 
     fn poll(&mut self, now: Instant) -> Vec<Vec<u8>> {

@@ -166,7 +166,8 @@ impl Interface {
         // Held as a plain IPv6 packet between the addresses TCP sees (home addresses, not
         // care-of ones), so the segment's checksum verifies wherever it is fed back.
         let held = self.conns.hold_packet(&key, || {
-            let mut pkt = vec![0; IPV6_HEADER_LEN];
+            let mut pkt = Vec::with_capacity(IPV6_HEADER_LEN + payload.len());
+            pkt.resize(IPV6_HEADER_LEN, 0);
             Ipv6Repr {
                 src_addr: src,
                 dst_addr: dst,
