@@ -37,6 +37,27 @@ struct Peer {
     next_sequence: u16,
 }
 
+impl Peer {
+    /// Nothing left to do or to remember for this correspondent at `now`: no test or Binding
+    /// Update in flight, no live binding, no token still usable (§5.2.7). The entry can go,
+    /// which keeps [`MAX_PEERS`] a bound on correspondents served at once, not ever seen.
+    fn idle(&self, now: Instant) -> bool {
+        let testing = [&self.home_test, &self.coa_test]
+            .into_iter()
+            .flatten()
+            .any(|t| t.poll_at().is_some());
+        let binding = self
+            .binding
+            .as_ref()
+            .is_some_and(|b| b.is_bound(now) || b.poll_at().is_some());
+        let tokens = [&self.home_kg, &self.coa_kg]
+            .into_iter()
+            .flatten()
+            .any(|k| k.is_fresh(now));
+        !(testing || binding || tokens)
+    }
+}
+
 /// Correspondents served at once, at most (a bound on state kept per remote host).
 const MAX_PEERS: usize = 4096;
 
@@ -405,6 +426,7 @@ impl MobilityHook for MobileRole {
                 out.extend(b.poll(t).map(|x| x.packet));
             }
         }
+        s.peers.retain(|_, p| !p.idle(now));
         let wall = s.wall_at(now);
         if let Some(r) = s.home_reg.as_mut() {
             out.extend(r.poll(t, wall).map(|x| x.packet));
@@ -429,5 +451,34 @@ impl MobilityHook for MobileRole {
             .chain([s.home_reg.as_ref().and_then(|r| r.poll_at())])
             .flatten()
             .min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ds_mipv6::mn::Keygen;
+
+    #[test]
+    fn a_correspondent_with_nothing_left_is_forgotten() {
+        let (home, cn) = ("fd00::80".parse().unwrap(), "fd00::c".parse().unwrap());
+        let mut role = MobileRole::new(home, None);
+        let t0 = Instant::ZERO + Duration::from_secs(1);
+        let kg = Keygen {
+            kind: TokenKind::Home,
+            addr: home,
+            cn,
+            nonce_index: 1,
+            token: [7; 8],
+            obtained: t0,
+        };
+        let p = role.st.peer(cn).expect("room");
+        p.home_kg = Some(kg);
+        // While its token is usable the entry stays (a handoff may still need it)...
+        let _ = MobilityHook::poll(&mut role, t0 + Duration::from_secs(10));
+        assert!(role.st.peers.contains_key(&cn));
+        // ...and once nothing is left it goes, making room for another correspondent.
+        let _ = MobilityHook::poll(&mut role, t0 + Duration::from_secs(211));
+        assert!(role.st.peers.is_empty());
     }
 }
