@@ -183,9 +183,10 @@ impl Message {
         postcard::to_extend(self, vec![PROTOCOL_VERSION]).unwrap_or_else(|_| vec![PROTOCOL_VERSION])
     }
 
-    /// Length of [`Message::encode`]'s output.
+    /// Length of [`Message::encode`]'s output, counted without encoding (an offer carries the
+    /// whole connection state; encoding it twice would cost the handoff's own phase 2).
     pub fn encoded_len(&self) -> usize {
-        self.encode().len()
+        1 + postcard::experimental::serialized_size(self).unwrap_or(0)
     }
 
     /// Decode bytes from [`Message::encode`]; foreign input is an error, never a panic.
@@ -266,6 +267,7 @@ mod tests {
         ];
         for m in ms {
             let b = m.encode();
+            assert_eq!(m.encoded_len(), b.len());
             assert_eq!(Message::decode(&b).unwrap(), m);
             assert_eq!(m.conn_id(), 7);
             for cut in 0..b.len() {
