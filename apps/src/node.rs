@@ -444,7 +444,7 @@ impl<C: std::fmt::Debug> Coordinator<C> {
         // Accept and its Activated in one segment, so the donor wakes once for both.
         self.cork_incoming(true);
         self.serve_incoming(now, host, svc);
-        self.serve_home_agent(now, host, svc);
+        self.serve_home_agent(now, host);
         // Twice: an Accept written in the first pass is activated in the second.
         for _ in 0..2 {
             self.acceptor.poll(now, host, svc);
@@ -541,17 +541,16 @@ impl<C: std::fmt::Debug> Coordinator<C> {
         }
     }
 
-    fn serve_home_agent<H, S>(&mut self, now: Instant, host: &mut H, svc: &mut S)
+    fn serve_home_agent<H>(&mut self, now: Instant, host: &mut H)
     where
         H: Host<Conn = C>,
-        S: Service<C>,
     {
         let Some(ch) = self.to_ha.as_mut() else {
             return;
         };
         loop {
             match ch.poll() {
-                Ok(Some(m)) => self.acceptor.handle_home_agent(now, m, host, svc),
+                Ok(Some(m)) => self.acceptor.handle_home_agent(now, m, host),
                 Ok(None) => return,
                 Err(e) => {
                     tracing::warn!("channel to the home agent failed: {e}");

@@ -313,10 +313,9 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
     }
 
     /// The home agent's answer to a flow move.
-    pub fn handle_home_agent<H, S>(&mut self, now: Instant, msg: Message, host: &mut H, svc: &mut S)
+    pub fn handle_home_agent<H>(&mut self, now: Instant, msg: Message, host: &mut H)
     where
         H: Host<Conn = C>,
-        S: Service<C>,
     {
         let Message::FlowMoved {
             conn_id,
@@ -368,7 +367,6 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
             app,
             times,
         );
-        let _ = svc;
     }
 
     /// The channel to the home agent failed: offers waiting for it are refused.

@@ -198,7 +198,7 @@ fn acceptor_round(
             acc.handle(t, 0, m, h, svc).expect("protocol");
         }
         for m in ha_inbox {
-            acc.handle_home_agent(t, m, h, svc);
+            acc.handle_home_agent(t, m, h);
         }
         let mut out = Vec::new();
         // Twice: an Accept queued in the first pass is activated in the second.

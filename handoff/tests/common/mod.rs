@@ -306,7 +306,7 @@ pub fn round<'h>(
     }
     if let Some(ha) = ha.as_mut() {
         while let Ok(Some(m)) = ha.recv() {
-            acc.handle_home_agent(now, m, &mut lan.host(to), &mut svcs[to]);
+            acc.handle_home_agent(now, m, &mut lan.host(to));
         }
     }
     // Twice: an Accept sent in the first pass is activated in the second.
