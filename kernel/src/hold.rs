@@ -257,7 +257,7 @@ impl HoldTable {
             return Vec::new();
         };
         f.bytes = 0;
-        let out: Vec<Vec<u8>> = f.packets.drain(..).collect();
+        let out = Vec::from(std::mem::take(&mut f.packets));
         if !f.held {
             self.flows.remove(&k);
         }
@@ -367,12 +367,15 @@ pub fn complete_tcp_checksum(pkt: &mut [u8]) -> Checksum {
     let mut pseudo = sum16(&pkt[8..40], 0);
     pseudo = sum16(&len32.to_be_bytes(), pseudo);
     pseudo += 6;
-    if fold(sum16(&pkt[40..], pseudo)) == 0xffff {
-        return Checksum::Valid;
-    }
+    // The field first (two bytes): a partial checksum is completed in one pass over the
+    // segment, any other checksum is checked in one.
     let field = u16::from_be_bytes([pkt[56], pkt[57]]);
     if field != fold(pseudo) {
-        return Checksum::Bad;
+        return if fold(sum16(&pkt[40..], pseudo)) == 0xffff {
+            Checksum::Valid
+        } else {
+            Checksum::Bad
+        };
     }
     pkt[56] = 0;
     pkt[57] = 0;
