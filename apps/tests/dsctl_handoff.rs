@@ -7,28 +7,13 @@
 
 mod cluster;
 
-use cluster::{Addrs, Cluster, UP};
+use cluster::{dsctl, Addrs, Cluster, UP};
 use ds_testbed::{require_root, tcp_counters, PatternStream};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// The download: 8 MiB at 2 MB/s, so that the operator has seconds to act.
 const SIZE: usize = 8 << 20;
 const RATE: &str = "2M";
-
-/// `dsctl --json --socket SOCK ARGS...`, parsed; an error with dsctl's message.
-fn dsctl(sock: &Path, args: &[&str]) -> Result<serde_json::Value, String> {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dsctl"))
-        .args(["--json", "--socket"])
-        .arg(sock)
-        .args(args)
-        .output()
-        .map_err(|e| e.to_string())?;
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-    }
-    serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
-}
 
 #[test]
 fn dsctl_hands_a_chosen_connection_to_the_other_node_during_a_download() {

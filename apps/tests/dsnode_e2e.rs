@@ -7,6 +7,8 @@
 //! cli: veth0 fd00:d5::2/64  <-veth->  srv: veth0 -- br0 -- dstap0 (dsnode, fd00:d5::80)
 //! ```
 
+mod cluster;
+
 use anyhow::{bail, ensure, Context, Result};
 use ds_testbed::{
     add_addr, bridge, disable_offload, require_root, set_up, veth, wait_addr_usable, Child, Netns,
@@ -154,21 +156,6 @@ fn wait_ready(bed: &Bed) -> Result<()> {
             Err(_) => std::thread::sleep(Duration::from_millis(100)),
         }
     }
-}
-
-/// `dsctl --json --socket SOCK CMD`, parsed.
-fn dsctl_json(sock: &Path, cmd: &str) -> Result<serde_json::Value> {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dsctl"))
-        .args(["--json", "--socket"])
-        .arg(sock)
-        .arg(cmd)
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "dsctl {cmd}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).with_context(|| format!("dsctl --json {cmd}"))
 }
 
 /// Send raw bytes on one kernel TCP connection from the client namespace, half-close, and
@@ -334,7 +321,7 @@ fn dsnode_serves_from_a_toml_config() -> Result<()> {
     let sock = root.with_extension("sock");
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&sock)?.permissions());
     ensure!(mode & 0o777 == 0o600, "control socket mode {mode:o}");
-    let v = dsctl_json(&sock, "status")?;
+    let v = cluster::dsctl(&sock, &["status"]).map_err(anyhow::Error::msg)?;
     ensure!(v["node"]["device"] == "tap", "status: {v}");
     ensure!(v["node"]["addr"] == NODE, "status: {v}");
     ensure!(v["http"]["accepted"].as_u64() >= Some(1), "status: {v}");
@@ -343,7 +330,7 @@ fn dsnode_serves_from_a_toml_config() -> Result<()> {
     let held: TcpStream = bed.cli.run(|| TcpStream::connect_timeout(&addr, WAIT))?;
     let deadline = Instant::now() + WAIT;
     let listed = loop {
-        let v = dsctl_json(&sock, "conns")?;
+        let v = cluster::dsctl(&sock, &["conns"]).map_err(anyhow::Error::msg)?;
         let found = v.as_array().into_iter().flatten().find(|c| {
             c["client"]
                 .as_str()

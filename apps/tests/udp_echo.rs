@@ -5,7 +5,7 @@
 
 mod cluster;
 
-use cluster::{Addrs, Cluster};
+use cluster::{dsctl, Addrs, Cluster};
 use ds_testbed::require_root;
 use std::net::{SocketAddrV6, UdpSocket};
 use std::time::{Duration, Instant};
@@ -17,7 +17,12 @@ fn udp_echo_answers_on_the_ds_address_through_the_home_agent() {
     }
     let mut c = Cluster::start("ue", Addrs::new(0xd8, 1));
     let root = c.dir.path().display().to_string();
-    c.start_node(0, &["--root".into(), root, "--udp-echo".into(), "7".into()]);
+    let ctl_sock = c.dir.path().join("node.sock");
+    let ctl = ctl_sock.display().to_string();
+    c.start_node(
+        0,
+        &["--root", &root, "--udp-echo", "7", "--control-socket", &ctl].map(String::from),
+    );
     let node_log = c.nodes[0].1.clone();
     let (client, ds) = (c.a.client(), c.a.ds());
 
@@ -58,6 +63,11 @@ fn udp_echo_answers_on_the_ds_address_through_the_home_agent() {
     eprintln!(
         "UDP echo through the home agent: median {:?}, p90 {:?}",
         rtts[50], rtts[90]
+    );
+    let status = dsctl(&ctl_sock, &["status"]).expect("dsctl status");
+    assert!(
+        status["udp_echo"]["echoed"].as_u64() >= Some(100),
+        "{status}"
     );
     // SIGINT, so that the home agent detaches its program and removes its pins.
     assert!(c.stop(), "the home agent removed its pins");

@@ -488,6 +488,7 @@ struct UserControl<'a> {
     args: &'a ServeArgs,
     uptime: Duration,
     now: ds_stack::Instant,
+    echo: Option<ds_apps::udp_echo::EchoStats>,
 }
 
 impl NodeControl for UserControl<'_> {
@@ -501,6 +502,7 @@ impl NodeControl for UserControl<'_> {
             "handoff": handoff,
             "http": http,
             "interface": self.iface.stats(),
+            "udp_echo": self.echo,
         })
     }
 
@@ -777,6 +779,7 @@ fn run<D: Device>(
                 args,
                 uptime: now.saturating_since(started),
                 now,
+                echo: echo.as_ref().map(|e| e.stats()),
             };
             ctl.poll(std::time::Instant::now(), |req| answer(req, &mut u));
         }

@@ -6,7 +6,7 @@
 use ds_testbed::topo::{HandoffSpec, HandoffTopology, HA_PORT};
 use ds_testbed::{Child, TempDir};
 use ds_xdp::{Kind, LoadOptions, Program};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// How long a daemon may take to come up, or to stop after SIGINT.
@@ -190,4 +190,18 @@ impl Cluster {
         }
         !self.pins.exists()
     }
+}
+
+/// `dsctl --json --socket SOCK ARGS...`, parsed; an error with dsctl's message.
+pub fn dsctl(sock: &Path, args: &[&str]) -> Result<serde_json::Value, String> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dsctl"))
+        .args(["--json", "--socket"])
+        .arg(sock)
+        .args(args)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
 }
