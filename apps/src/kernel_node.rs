@@ -220,7 +220,7 @@ impl KernelNode {
 
     /// Open the channel to the peer now rather than inside the first handoff's timing.
     pub fn connect_peer(&mut self) -> anyhow::Result<()> {
-        self.core.connect_peer()
+        Ok(self.core.connect_peer()?)
     }
 
     /// The quota in force: none once this node started all its handoffs.

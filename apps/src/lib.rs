@@ -4,7 +4,7 @@
 //!   path sanitising, file streaming), independent of any TCP implementation.
 //! - [`server`]: that service on top of a `ds-stack` interface: accept, read, write as send
 //!   space allows, close, release.
-//! - [`node`]: the handoff engine's I/O half ([`node::Coordinator`], the same for every host)
+//! - [`node`]: the handoff engine's I/O half (`dserver::engine::Coordinator`, re-exported)
 //!   and the userspace node that hands live HTTP connections to a peer and takes them from
 //!   it; [`kernel_node`]: the same over standard sockets (`TCP_REPAIR`); [`flow_agent`]: the
 //!   home agent's transparent-mode flow steering.
@@ -22,7 +22,7 @@ pub mod home_agent;
 pub mod http;
 pub mod kernel_node;
 pub mod logging;
-pub mod mac;
+pub use dserver::mac;
 pub mod node;
 pub mod server;
 pub mod signal;

@@ -65,9 +65,11 @@ impl Addrs {
         format!("[{}]:7000", self.ctl(i))
     }
 
-    /// Node `i`'s MAC address.
+    /// Node `i`'s MAC address: the one a stack derives from its address by default, so
+    /// that a program started without `--mac` is reachable too.
     pub fn mac(&self, i: usize) -> [u8; 6] {
-        [0x02, self.net, 0, 0, 0, 1 + i as u8]
+        let coa = self.coa(i).parse().expect("care-of address");
+        ds_apps::mac::mac_from_addr(coa)
     }
 }
 
@@ -168,12 +170,24 @@ impl Cluster {
         ];
         args.extend_from_slice(extra);
         let name = format!("dsnode{}", i + 1);
-        let (mut node, log, out) = self.topo.nodes[i]
-            .spawn_logged(env!("CARGO_BIN_EXE_dsnode"), &args, self.dir.path(), &name)
-            .expect("dsnode");
-        node.wait_for_log(&log, "serving http", UP)
-            .expect("dsnode up");
-        self.nodes.push((node, log, out));
+        self.start_program(
+            i,
+            env!("CARGO_BIN_EXE_dsnode"),
+            &args,
+            &name,
+            "serving http",
+        );
+    }
+
+    /// Any program `exe` with `args` in node `i`'s namespace, its stderr logged as `name`;
+    /// waits until its log shows `ready`.
+    pub fn start_program(&mut self, i: usize, exe: &str, args: &[String], name: &str, ready: &str) {
+        let (mut p, log, out) = self.topo.nodes[i]
+            .spawn_logged(exe, args, self.dir.path(), name)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        p.wait_for_log(&log, ready, UP)
+            .unwrap_or_else(|e| panic!("{name} not up: {e}"));
+        self.nodes.push((p, log, out));
     }
 
     /// SIGINT to the nodes, then the home agent; true when the home agent removed its pins.

@@ -37,6 +37,29 @@ pub trait Device {
     }
 }
 
+/// A boxed device is a device, so that a program can pick its device at run time
+/// (`Runner<Box<dyn Device>>`).
+impl<D: Device + ?Sized> Device for Box<D> {
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        (**self).recv(buf)
+    }
+    fn send(&mut self, frame: &[u8]) -> io::Result<()> {
+        (**self).send(frame)
+    }
+    fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        (**self).wait(timeout)
+    }
+    fn mtu(&self) -> usize {
+        (**self).mtu()
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        (**self).flush()
+    }
+    fn wait_fds(&self, set: &mut PollSet) {
+        (**self).wait_fds(set)
+    }
+}
+
 /// A reusable set of descriptors to wait on for readability: the runner's loop waits on it
 /// every step, so it keeps its storage instead of allocating per wait.
 #[derive(Default)]
@@ -65,6 +88,11 @@ impl PollSet {
             events: libc::POLLIN,
             revents: 0,
         });
+    }
+
+    /// The watched descriptors (to register them with another waiter, e.g. an epoll set).
+    pub fn fds(&self) -> impl Iterator<Item = RawFd> + '_ {
+        self.fds.iter().map(|p| p.fd)
     }
 
     /// Whether no descriptor is watched.

@@ -1,0 +1,745 @@
+//! The handoff engine's I/O half: the sans-IO engine (`ds-handoff`) wired to its control
+//! channels, over any host.
+//!
+//! [`Coordinator`] is the same for every host: it owns the control channels (to the peer, from
+//! donors, to the home agent; all non-blocking), feeds what arrives to the engine's [`Donor`]
+//! and [`Acceptor`], writes what they queue, and turns their results into [`NodeEvent`]s. It is
+//! generic over the connection type of the [`Host`]; the host and the [`Service`] are passed
+//! per call. [`crate::Node`] is the library's userspace node (any service over a `ds-stack`
+//! interface); `ds-apps` builds its HTTP node and its kernel-socket node on it too.
+//!
+//! Data flow of one handoff (the donor is the node that served so far):
+//!
+//! 1. the donor's service pauses a connection that reached its per-node quota and the
+//!    [`Donor`] exports its application state, drains (policy [`Drain`]), freezes the TCP
+//!    connection and offers TCP state plus application state to the peer;
+//! 2. the peer's [`Acceptor`] thaws it dormant, steers the flow (transparent mode: one
+//!    flow-map update at the home agent; route-optimised: a Binding Update), commits with
+//!    Accept, activates it and its service adopts the application state;
+//! 3. the donor forwards packets that still reached it during a grace period, then forgets
+//!    the connection. If the acceptor refused, crashed or timed out, the donor thaws the
+//!    connection back and its service continues it: nothing is lost.
+//!
+//! Nothing blocks: a slow home agent delays only the offers waiting for it.
+
+use ds_handoff::{
+    Acceptor, AcceptorConfig, AcceptorEvent, Channel, ClusterSecret, Dest, Donor, DonorConfig,
+    DonorOutcome, Drain, HandoffReport, Host, Message, Mode, Service, Takeover,
+};
+use ds_stack::mobile::MobileRole;
+use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6, TcpListener};
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::{Duration, Instant};
+
+use crate::Error;
+
+/// How the acceptor steers a moved flow to itself (handoff phases 4–6).
+#[derive(Debug, Clone)]
+pub enum Steering {
+    /// Nothing to do (the address takeover's announcement is the steering).
+    None,
+    /// Transparent mode: ask the home agent's flow agent at `ha` to tunnel the flow to `coa`,
+    /// this node's care-of address.
+    HomeAgentFlow {
+        /// The flow agent's control address.
+        ha: SocketAddr,
+        /// This node's care-of address.
+        coa: Ipv6Addr,
+    },
+    /// Route-optimised mode: this node serves the DS address as a home address away from
+    /// home; it sends the client (a correspondent node) a Binding Update built from the home
+    /// keygen ticket that came with the connection and its own care-of keygen token (RFC 6275
+    /// §5.2.5, §11.7.2).
+    RouteOptimised {
+        /// Binding lifetime asked for.
+        lifetime: Duration,
+    },
+}
+
+/// Misbehaviour injected into the acceptor side, for failure tests and benchmarks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcceptorFault {
+    /// Refuse every offer (reason: load).
+    Refuse,
+    /// Close the control channel when an offer arrives, as a crashed process would.
+    Crash,
+    /// Read offers and never answer.
+    Hang,
+}
+
+/// A node's handoff settings.
+#[derive(Debug)]
+pub struct HandoffConfig {
+    /// Service name offered and accepted.
+    pub service: String,
+    /// The cluster secret keying the control channels.
+    pub secret: ClusterSecret,
+    /// Where this node accepts offers (a kernel socket on the node's control network).
+    pub listen: Option<TcpListener>,
+    /// Where this node sends its offers.
+    pub peer: Option<SocketAddr>,
+    /// Hand a connection off after it sent this many response bytes here.
+    pub quota: Option<u64>,
+    /// Stop handing off after this many handoffs started here.
+    pub max_handoffs: Option<u64>,
+    /// Drain policy of the donor.
+    pub drain: Drain,
+    /// The donor's wait for each reply before it takes the connection back.
+    pub reply_timeout: Duration,
+    /// Steering mode (for the report).
+    pub mode: Mode,
+    /// Address takeover at the acceptor.
+    pub takeover: Takeover,
+    /// Steering at the acceptor.
+    pub steering: Steering,
+    /// Injected acceptor failure.
+    pub fault: Option<AcceptorFault>,
+    /// How long the donor forwards packets that still reach the frozen connection.
+    pub forward_grace: Duration,
+    /// The acceptor's longest wait for the home agent's answer to a flow move (then it
+    /// refuses the offer and the donor keeps the connection).
+    pub steer_timeout: Duration,
+    /// Route-optimised mode: this node's mobile role for the DS address, at home (the contact
+    /// node, which runs the home test, RFC 6275 §5.2.5) or away from home. The node installs
+    /// it on its interface ([`HandoffNode::install_mobility`]) and drives it there.
+    pub mobile_role: Option<MobileRole>,
+}
+
+impl HandoffConfig {
+    /// Defaults: service "http", no listener, no peer, no quota, drain until acknowledged
+    /// (deadline 100 ms), reply timeout 1 s, transparent, no takeover, no steering, 200 ms
+    /// forwarding grace, 1 s steering timeout.
+    pub fn new(secret: ClusterSecret) -> Self {
+        HandoffConfig {
+            service: "http".into(),
+            secret,
+            listen: None,
+            peer: None,
+            quota: None,
+            max_handoffs: None,
+            drain: Drain::UntilAcked {
+                deadline: Duration::from_millis(100),
+            },
+            reply_timeout: Duration::from_secs(1),
+            mode: Mode::Transparent,
+            takeover: Takeover::None,
+            steering: Steering::None,
+            fault: None,
+            forward_grace: Duration::from_millis(200),
+            steer_timeout: Duration::from_secs(1),
+            mobile_role: None,
+        }
+    }
+}
+
+/// What happened, for the node's owner (logs, reports).
+#[derive(Debug)]
+pub enum NodeEvent {
+    /// A connection now runs on the peer.
+    HandedOff {
+        /// The measured handoff (client-side fields unset).
+        report: HandoffReport,
+        /// The connection's client end.
+        client: SocketAddrV6,
+        /// Sequence number just after the last byte this node sent (SND.MAX at the freeze;
+        /// after a drain, everything the application wrote): the acceptor's first new segment
+        /// starts here, so the client-perceived gap is measured at this boundary.
+        boundary_seq: u32,
+    },
+    /// A handoff failed before the acceptor committed; the connection continues here.
+    KeptHere {
+        /// The connection's client end.
+        client: SocketAddrV6,
+        /// Why.
+        cause: String,
+    },
+    /// A handoff ended in a state this node cannot repair (the connection is not here).
+    Failed {
+        /// Why.
+        cause: String,
+    },
+    /// A connection arrived from the peer and continues here.
+    Adopted {
+        /// The connection's client end.
+        client: SocketAddrV6,
+    },
+    /// Route-optimised acceptor: the client acknowledged our Binding Update (handoff phase 6
+    /// ends; it is asynchronous to the Activated message).
+    Bound {
+        /// The correspondent.
+        client: Ipv6Addr,
+        /// From the Binding Update (sent at steering) to the acknowledgement.
+        after: Duration,
+    },
+    /// An offer was refused or aborted here.
+    Declined {
+        /// Why.
+        cause: String,
+    },
+}
+
+/// Counters of the handoff side of a node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct NodeStats {
+    /// Handoffs started here.
+    pub started: u64,
+    /// Handoffs completed (the connection moved away).
+    pub moved: u64,
+    /// Handoffs that came back (refused, crashed, timed out).
+    pub kept: u64,
+    /// Connections adopted from the peer.
+    pub adopted: u64,
+    /// Packets forwarded to the acceptor after a freeze.
+    pub forwarded_packets: u64,
+    /// Control channels dropped before their handshake completed in time.
+    pub handshake_timeouts: u64,
+}
+
+/// How long an accepted control channel may take to complete its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A control channel from a donor.
+struct Incoming {
+    key: u64,
+    chan: Channel,
+    opened: Instant,
+}
+
+/// The engine's I/O half: control channels, the donor of the handoff in progress, donors
+/// still forwarding, the acceptor; generic over the host's connection type `C`.
+pub struct Coordinator<C> {
+    service: String,
+    secret: ClusterSecret,
+    listen: Option<TcpListener>,
+    peer: Option<SocketAddr>,
+    ha: Option<SocketAddr>,
+    fault: Option<AcceptorFault>,
+    donor_cfg: DonorConfig,
+    acceptor: Acceptor<u64, C>,
+    incoming: Vec<Incoming>,
+    next_key: u64,
+    to_peer: Option<Channel>,
+    to_ha: Option<Channel>,
+    current: Option<Donor<C>>,
+    /// Moved connections whose packets are still forwarded.
+    forwarding: Vec<Donor<C>>,
+    events: Vec<NodeEvent>,
+    stats: NodeStats,
+    next_id: u64,
+    /// Packets forwarded by donors no longer kept.
+    forwarded_done: u64,
+    /// Route-optimised acceptor: the last Binding Update sent (correspondent, when).
+    pub bu_sent: Option<(Ipv6Addr, Instant)>,
+}
+
+impl<C: std::fmt::Debug> Coordinator<C> {
+    /// A coordinator per `cfg` (the listener is made non-blocking here). The service, peer,
+    /// drain and report settings come from `cfg`; the acceptor takes `takeover` and the
+    /// engine-level steering derived from `cfg.steering`.
+    pub fn new(cfg: &mut HandoffConfig) -> Result<Self, Error> {
+        if let Some(l) = &cfg.listen {
+            l.set_nonblocking(true)?;
+        }
+        let (steering, ha) = match &cfg.steering {
+            Steering::None => (ds_handoff::Steering::None, None),
+            Steering::HomeAgentFlow { ha, coa } => {
+                (ds_handoff::Steering::HomeAgentFlow { coa: *coa }, Some(*ha))
+            }
+            Steering::RouteOptimised { lifetime } => (
+                ds_handoff::Steering::RouteOptimised {
+                    lifetime: *lifetime,
+                },
+                None,
+            ),
+        };
+        let mut acfg = AcceptorConfig {
+            takeover: cfg.takeover,
+            steering,
+            steer_timeout: cfg.steer_timeout,
+            ..Default::default()
+        };
+        if cfg.fault == Some(AcceptorFault::Refuse) {
+            acfg.max_connections = 0;
+        }
+        let mut donor_cfg = DonorConfig::new(0, &cfg.service);
+        donor_cfg.drain = cfg.drain;
+        donor_cfg.reply_timeout = cfg.reply_timeout;
+        donor_cfg.mode = cfg.mode;
+        donor_cfg.forward_grace = cfg.forward_grace;
+        let mut c = Coordinator {
+            service: cfg.service.clone(),
+            secret: cfg.secret.clone(),
+            listen: cfg.listen.take(),
+            peer: cfg.peer,
+            ha,
+            fault: cfg.fault,
+            donor_cfg,
+            acceptor: Acceptor::new(acfg),
+            incoming: Vec::new(),
+            next_key: 1,
+            to_peer: None,
+            to_ha: None,
+            current: None,
+            forwarding: Vec::new(),
+            events: Vec::new(),
+            stats: NodeStats::default(),
+            next_id: 1,
+            forwarded_done: 0,
+            bu_sent: None,
+        };
+        // Open the home agent's channel ahead of the first move (a failure here is retried
+        // at the first move).
+        if c.ha.is_some() {
+            if let Err(e) = c.connect_ha() {
+                tracing::warn!("home agent flow agent not reachable yet: {e}");
+            }
+        }
+        Ok(c)
+    }
+
+    /// The service name.
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> NodeStats {
+        self.stats
+    }
+
+    /// Events since the last call.
+    pub fn take_events(&mut self) -> Vec<NodeEvent> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// Events not yet taken.
+    pub fn events(&self) -> &[NodeEvent] {
+        &self.events
+    }
+
+    /// Report an event of the node's own (a connection its owner kept, a binding confirmed)
+    /// in order with the engine's.
+    pub fn push_event(&mut self, ev: NodeEvent) {
+        self.events.push(ev);
+    }
+
+    /// Whether a peer is configured.
+    pub fn has_peer(&self) -> bool {
+        self.peer.is_some()
+    }
+
+    /// The peer's control address, if there is one.
+    pub fn peer(&self) -> Option<SocketAddr> {
+        self.peer
+    }
+
+    /// True while a handoff is in progress or held packets are still being forwarded.
+    pub fn busy(&self) -> bool {
+        self.current.is_some() || !self.forwarding.is_empty() || self.acceptor.pending() > 0
+    }
+
+    /// True while this node's own handoff is in progress (a new one must wait).
+    pub fn handing_off(&self) -> bool {
+        self.current.is_some()
+    }
+
+    /// Open the channel to the peer now rather than inside the first handoff's timing.
+    pub fn connect_peer(&mut self) -> Result<(), Error> {
+        if let (None, Some(peer)) = (&self.to_peer, self.peer) {
+            self.to_peer = Some(Channel::connect(peer, &self.secret)?);
+        }
+        Ok(())
+    }
+
+    fn connect_ha(&mut self) -> Result<(), Error> {
+        if let (None, Some(ha)) = (&self.to_ha, self.ha) {
+            self.to_ha = Some(Channel::connect(ha, &self.secret)?);
+        }
+        Ok(())
+    }
+
+    /// The control sockets (appended to `out`) to wait on together with the data path, so
+    /// that an offer or a reply is handled as soon as it arrives.
+    pub fn wait_fds(&self, out: &mut Vec<RawFd>) {
+        out.extend(self.listen.iter().map(|l| l.as_raw_fd()));
+        out.extend(self.incoming.iter().map(|c| c.chan.stream().as_raw_fd()));
+        out.extend(self.to_peer.iter().map(|c| c.stream().as_raw_fd()));
+        out.extend(self.to_ha.iter().map(|c| c.stream().as_raw_fd()));
+    }
+
+    /// How long the caller's loop may wait for input at `now`: `idle` at most, less until the
+    /// engine's next deadline, zero while a channel still has output the socket did not take
+    /// (the wait only wakes on readable sockets).
+    pub fn max_wait(&self, now: Instant, idle: Duration) -> Duration {
+        let pending = self
+            .to_peer
+            .iter()
+            .chain(self.to_ha.iter())
+            .chain(self.incoming.iter().map(|c| &c.chan))
+            .any(|c| c.pending_output() > 0);
+        if pending {
+            return Duration::ZERO;
+        }
+        let deadline = self
+            .current
+            .iter()
+            .chain(self.forwarding.iter())
+            .filter_map(|d| d.poll_timeout())
+            .chain(self.acceptor.poll_timeout())
+            .min();
+        match deadline {
+            Some(t) => idle.min(t.saturating_duration_since(now)),
+            None => idle,
+        }
+    }
+
+    /// Start handing `conn` off to the peer (with a route-optimisation `ticket`). Returns the
+    /// connection when no handoff can start now (one is in progress, no peer, the peer is
+    /// unreachable, the service cannot export it): it stays with the caller.
+    pub fn hand_off<H, S>(
+        &mut self,
+        now: Instant,
+        conn: C,
+        ticket: Option<Vec<u8>>,
+        host: &mut H,
+        svc: &mut S,
+    ) -> Result<(), C>
+    where
+        H: Host<Conn = C>,
+        S: Service<C>,
+    {
+        if self.current.is_some() || self.peer.is_none() {
+            return Err(conn);
+        }
+        if let Err(e) = self.connect_peer() {
+            tracing::warn!("peer unreachable, connection kept here: {e:#}");
+            return Err(conn);
+        }
+        let mut cfg = self.donor_cfg.clone();
+        cfg.conn_id = self.next_id;
+        cfg.ticket = ticket;
+        match Donor::start(now, conn, cfg, host, svc) {
+            Ok(d) => {
+                self.next_id += 1;
+                self.stats.started += 1;
+                // An older forwarding of the same connection (it came back and leaves again
+                // within the grace period) must not release the new freeze's hold.
+                let flow = d.flow();
+                for f in &mut self.forwarding {
+                    if f.flow() == flow {
+                        f.stop_forwarding();
+                    }
+                }
+                self.current = Some(d);
+                Ok(())
+            }
+            Err((conn, e)) => {
+                tracing::warn!("handoff not started, connection kept here: {e}");
+                Err(conn)
+            }
+        }
+    }
+
+    /// One round at `now`: accept control channels, answer offers, drive the handoff in
+    /// progress and the forwarding, write what the engine queued.
+    pub fn poll<H, S>(&mut self, now: Instant, host: &mut H, svc: &mut S)
+    where
+        H: Host<Conn = C>,
+        S: Service<C>,
+    {
+        self.accept_channels(now);
+        // What the acceptor writes to donors in this round leaves together when uncorked: an
+        // Accept and its Activated in one segment, so the donor wakes once for both.
+        self.cork_incoming(true);
+        self.serve_incoming(now, host, svc);
+        self.serve_home_agent(now, host);
+        // Twice: an Accept written in the first pass is activated in the second.
+        for _ in 0..2 {
+            self.acceptor.poll(now, host, svc);
+            self.transmit_acceptor(host);
+        }
+        self.cork_incoming(false);
+        self.acceptor_events();
+        self.drive_donors(now, host, svc);
+    }
+
+    fn accept_channels(&mut self, now: Instant) {
+        if let Some(l) = &self.listen {
+            loop {
+                match l.accept() {
+                    Ok((s, peer)) => match Channel::accept(s, &self.secret) {
+                        Ok(chan) => {
+                            tracing::debug!(%peer, "control channel from a donor");
+                            self.incoming.push(Incoming {
+                                key: self.next_key,
+                                chan,
+                                opened: now,
+                            });
+                            self.next_key += 1;
+                        }
+                        Err(e) => tracing::warn!(%peer, "control channel refused: {e}"),
+                    },
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        tracing::warn!("control accept: {e}");
+                        break;
+                    }
+                }
+            }
+        }
+        // A peer that never completes its hello holds nothing for long.
+        let before = self.incoming.len();
+        self.incoming.retain(|c| {
+            c.chan.is_established() || now.saturating_duration_since(c.opened) < HANDSHAKE_TIMEOUT
+        });
+        self.stats.handshake_timeouts += (before - self.incoming.len()) as u64;
+    }
+
+    fn cork_incoming(&self, on: bool) {
+        for c in &self.incoming {
+            if let Err(e) = c.chan.set_cork(on) {
+                tracing::debug!("TCP_CORK on a control channel: {e}");
+            }
+        }
+    }
+
+    fn serve_incoming<H, S>(&mut self, now: Instant, host: &mut H, svc: &mut S)
+    where
+        H: Host<Conn = C>,
+        S: Service<C>,
+    {
+        let mut i = 0;
+        while i < self.incoming.len() {
+            let key = self.incoming[i].key;
+            let keep = loop {
+                match self.incoming[i].chan.poll() {
+                    Ok(Some(msg)) => {
+                        if let (Message::Offer(_), Some(f)) = (&msg, self.fault) {
+                            match f {
+                                AcceptorFault::Crash => {
+                                    tracing::info!("injected fault: acceptor crashes on an offer");
+                                    break false;
+                                }
+                                AcceptorFault::Hang => {
+                                    tracing::info!("injected fault: acceptor ignores an offer");
+                                    continue;
+                                }
+                                AcceptorFault::Refuse => {}
+                            }
+                        }
+                        if let Err(e) = self.acceptor.handle(now, key, msg, host, svc) {
+                            tracing::warn!("control channel from a donor: {e}");
+                            break false;
+                        }
+                    }
+                    Ok(None) => break true,
+                    Err(ds_handoff::ChannelError::Closed) => break false,
+                    Err(e) => {
+                        tracing::warn!("control channel from a donor failed: {e}");
+                        break false;
+                    }
+                }
+            };
+            if keep {
+                i += 1;
+            } else {
+                self.incoming.swap_remove(i);
+                self.acceptor.channel_failed(key, host);
+            }
+        }
+    }
+
+    fn serve_home_agent<H>(&mut self, now: Instant, host: &mut H)
+    where
+        H: Host<Conn = C>,
+    {
+        let Some(ch) = self.to_ha.as_mut() else {
+            return;
+        };
+        loop {
+            match ch.poll() {
+                Ok(Some(m)) => self.acceptor.handle_home_agent(now, m, host),
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!("channel to the home agent failed: {e}");
+                    self.to_ha = None;
+                    self.acceptor.home_agent_failed(host);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn transmit_acceptor<H: Host<Conn = C>>(&mut self, host: &mut H) {
+        while let Some((dest, msg)) = self.acceptor.poll_transmit() {
+            match dest {
+                Dest::Donor(key) => {
+                    let Some(k) = self.incoming.iter().position(|c| c.key == key) else {
+                        continue;
+                    };
+                    if let Err(e) = self.incoming[k].chan.send(&msg) {
+                        tracing::warn!("control channel to a donor failed: {e}");
+                        self.incoming.swap_remove(k);
+                        self.acceptor.channel_failed(key, host);
+                    }
+                }
+                Dest::HomeAgent => {
+                    let sent =
+                        self.connect_ha().map_err(|e| e.to_string()).and_then(|()| {
+                            match self.to_ha.as_mut() {
+                                Some(ch) => ch.send(&msg).map_err(|e| e.to_string()),
+                                None => Err("no home agent configured".into()),
+                            }
+                        });
+                    if let Err(e) = sent {
+                        tracing::warn!("home agent unreachable: {e}");
+                        self.to_ha = None;
+                        self.acceptor.home_agent_failed(host);
+                    }
+                }
+            }
+        }
+    }
+
+    fn acceptor_events(&mut self) {
+        while let Some(e) = self.acceptor.poll_event() {
+            match e {
+                AcceptorEvent::Adopted { client, .. } => {
+                    self.stats.adopted += 1;
+                    // It lives here again: a forwarding of it from here is over.
+                    for f in &mut self.forwarding {
+                        if f.flow().1 == client {
+                            f.stop_forwarding();
+                        }
+                    }
+                    self.events.push(NodeEvent::Adopted { client });
+                }
+                AcceptorEvent::AdoptFailed { cause, .. } => {
+                    self.events.push(NodeEvent::Failed { cause })
+                }
+                AcceptorEvent::Refused { reason, .. } => self.events.push(NodeEvent::Declined {
+                    cause: format!("refused: {reason:?}"),
+                }),
+                AcceptorEvent::Aborted { conn_id } => self.events.push(NodeEvent::Declined {
+                    cause: format!("offer {conn_id} aborted by the donor"),
+                }),
+                AcceptorEvent::BindingSent { client, at } => self.bu_sent = Some((client, at)),
+                AcceptorEvent::Prepared { .. } | AcceptorEvent::Forwarded { .. } => {}
+            }
+        }
+    }
+
+    fn drive_donors<H, S>(&mut self, now: Instant, host: &mut H, svc: &mut S)
+    where
+        H: Host<Conn = C>,
+        S: Service<C>,
+    {
+        // Replies from the peer go to the handoff in progress.
+        if let Some(ch) = self.to_peer.as_mut() {
+            loop {
+                match ch.poll() {
+                    Ok(Some(m)) => {
+                        if let Some(d) = self.current.as_mut() {
+                            d.handle(now, m, host, svc);
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        let cause = e.to_string();
+                        self.to_peer = None;
+                        for d in self.current.iter_mut().chain(self.forwarding.iter_mut()) {
+                            d.channel_failed(now, cause.clone(), host, svc);
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(d) = self.current.as_mut() {
+            d.poll(now, host, svc);
+        }
+        for d in &mut self.forwarding {
+            d.poll(now, host, svc);
+        }
+        // Write what the donors queued.
+        for d in self.current.iter_mut().chain(self.forwarding.iter_mut()) {
+            while let Some(m) = d.poll_transmit() {
+                let r = match self.to_peer.as_mut() {
+                    Some(ch) => ch.send(&m).map_err(|e| e.to_string()),
+                    None => Err("no channel to the peer".to_string()),
+                };
+                if let Err(cause) = r {
+                    self.to_peer = None;
+                    d.channel_failed(now, cause, host, svc);
+                }
+            }
+        }
+        // Outcomes.
+        if let Some(mut d) = self.current.take() {
+            let (_, client) = d.flow();
+            match d.poll_outcome() {
+                None => self.current = Some(d),
+                Some(DonorOutcome::Moved {
+                    report,
+                    boundary_seq,
+                }) => {
+                    self.stats.moved += 1;
+                    self.events.push(NodeEvent::HandedOff {
+                        report,
+                        client,
+                        boundary_seq,
+                    });
+                    self.forwarding.push(d);
+                }
+                Some(DonorOutcome::Resumed { cause }) => {
+                    self.stats.kept += 1;
+                    if matches!(
+                        cause,
+                        ds_handoff::HandoffError::ChannelLost(_)
+                            | ds_handoff::HandoffError::Timeout
+                    ) {
+                        // The channel may be broken or out of step: the next handoff reconnects.
+                        self.to_peer = None;
+                    }
+                    self.events.push(NodeEvent::KeptHere {
+                        client,
+                        cause: cause.to_string(),
+                    });
+                }
+                Some(DonorOutcome::Failed { cause }) => {
+                    tracing::error!(%client, "handoff failed: {cause}");
+                    if matches!(cause, ds_handoff::HandoffError::InDoubt(_)) {
+                        self.to_peer = None;
+                    }
+                    self.events.push(NodeEvent::Failed {
+                        cause: cause.to_string(),
+                    });
+                    if !d.is_done() {
+                        // In doubt: what still arrives here goes there, for a while.
+                        self.forwarding.push(d);
+                    }
+                }
+            }
+        }
+        let mut done = 0;
+        self.forwarding.retain(|d| {
+            if d.is_done() {
+                done += d.forwarded();
+            }
+            !d.is_done()
+        });
+        self.forwarded_done += done;
+        self.stats.forwarded_packets = self.forwarded_total();
+    }
+
+    fn forwarded_total(&self) -> u64 {
+        // Counted when a forwarding donor is dropped, plus the live ones.
+        self.forwarded_done
+            + self
+                .forwarding
+                .iter()
+                .chain(self.current.iter())
+                .map(|d| d.forwarded())
+                .sum::<u64>()
+    }
+}

@@ -1,0 +1,983 @@
+//! The library's node: one userspace TCP/IPv6 stack on a device, a listener on the DS
+//! address, the application's connections, and the handoff engine moving them to and from
+//! the peer.
+
+use crate::engine::{Coordinator, HandoffConfig, NodeEvent, NodeStats, Steering};
+use crate::policy::{Chooser, Placement, Policy};
+use crate::readiness::Readiness;
+use crate::{ClusterSecret, Error, HandoffReport};
+use ds_handoff::{Drain, Service, UserConn, UserHost};
+use ds_stack::runner::{Clock, Runner};
+use ds_stack::{Config, Interface, ListenHandle, TcpHandle};
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6, TcpListener};
+use std::os::fd::RawFd;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// A connection on a [`Node`]: a number that is never reused by the node that gave it. A
+/// connection that moves to another node gets a new one there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+impl std::fmt::Display for ConnId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// The link the node's stack runs on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Device {
+    /// AF_XDP sockets on a network interface, behind the XDP steering program (needs root;
+    /// the fast path).
+    AfXdp {
+        /// The network interface.
+        iface: String,
+    },
+    /// A TAP interface (created if missing; needs root or CAP_NET_ADMIN).
+    Tap {
+        /// The TAP interface's name.
+        iface: String,
+    },
+}
+
+impl Device {
+    /// AF_XDP on `iface`.
+    pub fn afxdp(iface: impl Into<String>) -> Self {
+        Device::AfXdp {
+            iface: iface.into(),
+        }
+    }
+
+    /// The TAP interface `iface`.
+    pub fn tap(iface: impl Into<String>) -> Self {
+        Device::Tap {
+            iface: iface.into(),
+        }
+    }
+}
+
+/// A connection handed to the application by [`Node::accept`].
+#[derive(Debug)]
+pub struct Accepted {
+    /// The connection.
+    pub conn: ConnId,
+    /// The client's end.
+    pub peer: SocketAddrV6,
+    /// `None` for a new client; for a connection handed over by another node, the state that
+    /// node gave with it ([`Node::handoff`]).
+    pub state: Option<Vec<u8>>,
+}
+
+impl Accepted {
+    /// The travelling state as a serde value (encoded by [`Node::handoff_value`]); `None` for
+    /// a new client.
+    pub fn state_value<T: serde::de::DeserializeOwned>(&self) -> Option<Result<T, Error>> {
+        self.state.as_ref().map(|s| {
+            postcard::from_bytes(s).map_err(|e| Error::Handoff {
+                conn: self.conn,
+                cause: format!("state does not decode: {e}"),
+            })
+        })
+    }
+}
+
+/// What happened to connections outside the application's calls.
+#[derive(Debug)]
+pub enum Event {
+    /// The connection now runs on another node (it is gone from this one).
+    HandedOff {
+        /// The connection (no longer valid here).
+        conn: ConnId,
+        /// The seven phase timings.
+        report: Box<HandoffReport>,
+    },
+    /// A handoff did not happen; the connection continues here and may be used again.
+    KeptHere {
+        /// The connection.
+        conn: ConnId,
+        /// Why.
+        cause: String,
+    },
+    /// A handoff ended in doubt: the connection is no longer here and may not be anywhere.
+    Lost {
+        /// The connection.
+        conn: ConnId,
+        /// Why.
+        cause: String,
+    },
+    /// An offer from another node was refused here.
+    Declined {
+        /// Why.
+        cause: String,
+    },
+}
+
+/// Settings of a [`Node`]; see [`Node::builder`].
+#[derive(Debug)]
+pub struct Builder {
+    ds_addr: Option<Ipv6Addr>,
+    care_of: Option<Ipv6Addr>,
+    device: Option<Device>,
+    mac: Option<[u8; 6]>,
+    port: u16,
+    secret_file: Option<PathBuf>,
+    secret: Option<ClusterSecret>,
+    home_agent: Option<SocketAddr>,
+    control_listen: Option<SocketAddr>,
+    peers: Vec<SocketAddr>,
+    service: String,
+    policy: Policy,
+    drain: Drain,
+    reply_timeout: Duration,
+    backlog: usize,
+}
+
+impl Builder {
+    /// The distributed server's address, which clients connect to.
+    pub fn ds_addr(mut self, a: Ipv6Addr) -> Self {
+        self.ds_addr = Some(a);
+        self
+    }
+
+    /// This node's own (care-of) address. With one, the DS address is shared by every node
+    /// and reached through the home agent; without, this node owns the DS address alone.
+    pub fn care_of(mut self, a: Ipv6Addr) -> Self {
+        self.care_of = Some(a);
+        self
+    }
+
+    /// The link the stack runs on.
+    pub fn device(mut self, d: Device) -> Self {
+        self.device = Some(d);
+        self
+    }
+
+    /// The stack's MAC address (default: derived from this node's address).
+    pub fn mac(mut self, mac: [u8; 6]) -> Self {
+        self.mac = Some(mac);
+        self
+    }
+
+    /// The TCP port served on the DS address (default 80).
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = port;
+        self
+    }
+
+    /// The cluster secret keying the control channels, read from a file (at least 16 bytes).
+    pub fn secret_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.secret_file = Some(path.into());
+        self
+    }
+
+    /// The cluster secret itself.
+    pub fn secret(mut self, s: ClusterSecret) -> Self {
+        self.secret = Some(s);
+        self
+    }
+
+    /// The home agent's flow agent (transparent steering: each handed-off flow is tunnelled
+    /// to its new node by the home agent).
+    pub fn home_agent(mut self, a: SocketAddr) -> Self {
+        self.home_agent = Some(a);
+        self
+    }
+
+    /// Where this node accepts connections handed over by other nodes (a kernel TCP socket
+    /// on the nodes' control network).
+    pub fn control_listen(mut self, a: SocketAddr) -> Self {
+        self.control_listen = Some(a);
+        self
+    }
+
+    /// Another node, by its control address: connections are handed to it. One peer for
+    /// now (the membership service will give the cluster).
+    pub fn peer(mut self, a: SocketAddr) -> Self {
+        self.peers.push(a);
+        self
+    }
+
+    /// The service name: a node accepts only connections offered for its own service
+    /// (default "app").
+    pub fn service(mut self, name: impl Into<String>) -> Self {
+        self.service = name.into();
+        self
+    }
+
+    /// The distribution policy of [`Node::place`] (default [`Policy::Local`]).
+    pub fn policy(mut self, p: Policy) -> Self {
+        self.policy = p;
+        self
+    }
+
+    /// Hand off immediately instead of first waiting (up to 100 ms) until the client has
+    /// acknowledged what was sent.
+    pub fn drain_immediately(mut self) -> Self {
+        self.drain = Drain::Immediate;
+        self
+    }
+
+    /// How long a handoff waits for each answer of the other node before the connection is
+    /// taken back (default 1 s).
+    pub fn reply_timeout(mut self, t: Duration) -> Self {
+        self.reply_timeout = t;
+        self
+    }
+
+    /// Connections waiting for [`Node::accept`] at most (default 1024).
+    pub fn backlog(mut self, n: usize) -> Self {
+        self.backlog = n;
+        self
+    }
+
+    fn handoff_config(&mut self) -> Result<Option<HandoffConfig>, Error> {
+        let wanted =
+            self.control_listen.is_some() || !self.peers.is_empty() || self.home_agent.is_some();
+        let secret = match (self.secret.take(), &self.secret_file) {
+            (Some(s), _) => Some(s),
+            (None, Some(p)) => Some(
+                ClusterSecret::from_file(p)
+                    .map_err(|e| Error::Config(format!("secret file {}: {e}", p.display())))?,
+            ),
+            (None, None) => None,
+        };
+        if !wanted {
+            return Ok(None);
+        }
+        let secret = secret.ok_or_else(|| {
+            Error::Config("handing off needs the cluster secret (secret_file)".into())
+        })?;
+        if self.peers.len() > 1 {
+            return Err(Error::Config(
+                "one peer per node until membership lands".into(),
+            ));
+        }
+        let mut cfg = HandoffConfig::new(secret);
+        cfg.service = self.service.clone();
+        if let Some(l) = self.control_listen {
+            cfg.listen = Some(TcpListener::bind(l).map_err(|source| Error::Io {
+                what: format!("control_listen {l}"),
+                source,
+            })?);
+        }
+        cfg.peer = self.peers.first().copied();
+        cfg.drain = self.drain;
+        cfg.reply_timeout = self.reply_timeout;
+        if let Some(ha) = self.home_agent {
+            let coa = self.care_of.ok_or_else(|| {
+                Error::Config("a home agent needs this node's care_of address".into())
+            })?;
+            cfg.steering = Steering::HomeAgentFlow { ha, coa };
+        }
+        Ok(Some(cfg))
+    }
+
+    /// Open the device, listen on the DS address and connect to the cluster.
+    pub fn build(mut self) -> Result<Node, Error> {
+        let ds = self
+            .ds_addr
+            .ok_or_else(|| Error::Config("ds_addr is required".into()))?;
+        for a in std::iter::once(ds).chain(self.care_of) {
+            if a.is_unspecified() || a.is_loopback() || a.is_multicast() {
+                return Err(Error::Config(format!("{a}: need a unicast address")));
+            }
+        }
+        let device = self
+            .device
+            .take()
+            .ok_or_else(|| Error::Config("device is required".into()))?;
+        // Settings first, so a mistake fails before any device is touched.
+        let handoff = self.handoff_config()?;
+        let own = self.care_of.unwrap_or(ds);
+        let addrs: Vec<Ipv6Addr> = match self.care_of {
+            Some(coa) => vec![coa, ds],
+            None => vec![ds],
+        };
+        let dev: Box<dyn ds_stack::device::Device> = match &device {
+            Device::AfXdp { iface } => {
+                let cfg = ds_xdp::device::AfXdpConfig::new(addrs.clone());
+                Box::new(
+                    ds_xdp::device::AfXdpDevice::open(iface, &cfg).map_err(|e| Error::Io {
+                        what: format!("AF_XDP on {iface} (needs root and no other XDP program)"),
+                        source: io::Error::other(e),
+                    })?,
+                )
+            }
+            Device::Tap { iface } => Box::new(ds_stack::device::TapDevice::open(iface).map_err(
+                |source| Error::Io {
+                    what: format!("TAP device {iface}"),
+                    source,
+                },
+            )?),
+        };
+        let mac = self.mac.unwrap_or_else(|| crate::mac::mac_from_addr(own));
+        let clock = Clock::new();
+        let iface = Interface::new(Config::new(mac, addrs), clock.now());
+        let mut rt = Runner::with_clock(dev, iface, clock);
+        // A shared DS address (a care-of address given) is reached on every address of ours.
+        let listen_ip = if self.care_of.is_some() {
+            Ipv6Addr::UNSPECIFIED
+        } else {
+            ds
+        };
+        let listener = rt
+            .iface
+            .tcp_listen(SocketAddrV6::new(listen_ip, self.port, 0, 0), self.backlog)
+            .map_err(|e| Error::Config(format!("listen on port {}: {e}", self.port)))?;
+        let core = match handoff {
+            Some(mut cfg) => {
+                let mut c = Coordinator::new(&mut cfg)?;
+                // The peer may not be up yet: then the first handoff connects.
+                if let Err(e) = c.connect_peer() {
+                    tracing::info!("peer not reachable yet: {e}");
+                }
+                Some(c)
+            }
+            None => None,
+        };
+        let started = Instant::now();
+        tracing::info!(%ds, port = self.port, ?device, "node up");
+        Ok(Node {
+            rt,
+            listener: Some(listener),
+            core,
+            service: self.service,
+            chooser: Chooser::new(self.policy),
+            peers: self.peers,
+            next_id: 1,
+            conns: HashMap::new(),
+            by_handle: HashMap::new(),
+            accepted: VecDeque::new(),
+            queue: VecDeque::new(),
+            export: None,
+            adopted: Vec::new(),
+            events: VecDeque::new(),
+            ready: Vec::new(),
+            fds: Vec::new(),
+            readiness: None,
+            // Announce an address we own alone at start and twice more, since the device
+            // may be bridged only after it exists (RFC 4861 §7.2.6 allows a few repeats); a
+            // shared DS address is never announced (every node has it).
+            announce: if self.care_of.is_some() {
+                VecDeque::new()
+            } else {
+                [0, 1, 3].map(Duration::from_secs).into()
+            },
+            started,
+        })
+    }
+}
+
+/// A connection's record.
+#[derive(Debug)]
+struct Entry {
+    h: TcpHandle,
+    peer: SocketAddrV6,
+    /// Handed off (or waiting to be): the node it goes to.
+    leaving: Option<SocketAddr>,
+}
+
+/// A member of a distributed server running the userspace stack (see the crate
+/// documentation).
+pub struct Node {
+    rt: Runner<Box<dyn ds_stack::device::Device>>,
+    listener: Option<ListenHandle>,
+    core: Option<Coordinator<UserConn>>,
+    service: String,
+    chooser: Chooser,
+    peers: Vec<SocketAddr>,
+    next_id: u64,
+    conns: HashMap<ConnId, Entry>,
+    by_handle: HashMap<TcpHandle, ConnId>,
+    accepted: VecDeque<Accepted>,
+    /// Connections waiting for their handoff (one runs at a time), with their state.
+    queue: VecDeque<(ConnId, Vec<u8>)>,
+    /// The state of the connection whose handoff is starting, for the engine's export.
+    export: Option<Vec<u8>>,
+    /// Connections the engine handed to the service in the last round, with their state:
+    /// arrivals, and connections whose handoff failed and that came back.
+    adopted: Vec<(TcpHandle, Vec<u8>)>,
+    events: VecDeque<Event>,
+    ready: Vec<TcpHandle>,
+    fds: Vec<RawFd>,
+    readiness: Option<Readiness>,
+    announce: VecDeque<Duration>,
+    started: Instant,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("service", &self.service)
+            .field("connections", &self.conns.len())
+            .field("peers", &self.peers)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The engine's view of the application: it exports the state the application gave to
+/// [`Node::handoff`] and collects what is adopted for the node to sort out (it has no access
+/// to the interface while the engine holds it).
+struct AppService<'a> {
+    name: &'a str,
+    export: &'a mut Option<Vec<u8>>,
+    adopted: &'a mut Vec<(TcpHandle, Vec<u8>)>,
+}
+
+impl Service<UserConn> for AppService<'_> {
+    fn accepts(&self, name: &str) -> bool {
+        name == self.name
+    }
+
+    fn export(&mut self, _conn: &UserConn) -> Result<Vec<u8>, String> {
+        self.export
+            .take()
+            .ok_or_else(|| "no application state for this connection".into())
+    }
+
+    fn adopt(&mut self, conn: UserConn, state: &[u8]) -> Result<(), (UserConn, String)> {
+        match conn.handle() {
+            Some(h) => {
+                self.adopted.push((h, state.to_vec()));
+                Ok(())
+            }
+            None => Err((conn, "not a live connection".into())),
+        }
+    }
+}
+
+/// A stack error as the `std::io` error a socket would give.
+fn io_error(e: ds_stack::Error) -> io::Error {
+    use ds_stack::Error as E;
+    let kind = match e {
+        E::Reset | E::Aborted => io::ErrorKind::ConnectionReset,
+        E::Refused => io::ErrorKind::ConnectionRefused,
+        E::TimedOut => io::ErrorKind::TimedOut,
+        E::InvalidState => io::ErrorKind::BrokenPipe,
+        E::InvalidHandle => io::ErrorKind::NotConnected,
+        _ => io::ErrorKind::Other,
+    };
+    io::Error::new(kind, e)
+}
+
+impl Node {
+    /// Settings with their defaults: port 80, service "app", [`Policy::Local`], drain until
+    /// acknowledged, 1 s reply timeout, backlog 1024.
+    pub fn builder() -> Builder {
+        Builder {
+            ds_addr: None,
+            care_of: None,
+            device: None,
+            mac: None,
+            port: 80,
+            secret_file: None,
+            secret: None,
+            home_agent: None,
+            control_listen: None,
+            peers: Vec::new(),
+            service: "app".into(),
+            policy: Policy::Local,
+            drain: Drain::UntilAcked {
+                deadline: Duration::from_millis(100),
+            },
+            reply_timeout: Duration::from_secs(1),
+            backlog: 1024,
+        }
+    }
+
+    /// Wait up to `timeout` for input (frames, control messages), then process it: TCP,
+    /// new connections, handoffs in both directions. Never blocks longer than `timeout`, and
+    /// less when a timer is due.
+    pub fn poll(&mut self, timeout: Duration) -> Result<(), Error> {
+        self.fds.clear();
+        let wait = match &self.core {
+            Some(core) => {
+                core.wait_fds(&mut self.fds);
+                core.max_wait(Instant::now(), timeout)
+            }
+            None => timeout,
+        };
+        self.rt
+            .step_with(wait, &self.fds)
+            .map_err(|source| Error::Io {
+                what: "device".into(),
+                source,
+            })?;
+        self.process();
+        if self.readiness.is_some() {
+            self.sync_readiness()?;
+        }
+        Ok(())
+    }
+
+    fn new_id(&mut self) -> ConnId {
+        let id = ConnId(self.next_id);
+        self.next_id += 1;
+        id
+    }
+
+    fn process(&mut self) {
+        let now = self.rt.now();
+        let since = self.started.elapsed();
+        while self.announce.front().is_some_and(|d| since >= *d) {
+            self.announce.pop_front();
+            self.rt.iface.announce(now);
+        }
+        if let Some(l) = self.listener {
+            while let Some(h) = self.rt.iface.tcp_accept(l) {
+                let Some((_, peer)) = self.rt.iface.tcp_endpoints(h) else {
+                    continue;
+                };
+                let conn = self.new_id();
+                self.conns.insert(
+                    conn,
+                    Entry {
+                        h,
+                        peer,
+                        leaving: None,
+                    },
+                );
+                self.by_handle.insert(h, conn);
+                self.accepted.push_back(Accepted {
+                    conn,
+                    peer,
+                    state: None,
+                });
+            }
+        }
+        self.drive_engine(now);
+    }
+
+    fn drive_engine(&mut self, now: ds_stack::Instant) {
+        let Some(core) = self.core.as_mut() else {
+            return;
+        };
+        let mono = Instant::now();
+        let mut host = UserHost::new(&mut self.rt.iface, now, Instant::now);
+        let mut svc = AppService {
+            name: &self.service,
+            export: &mut self.export,
+            adopted: &mut self.adopted,
+        };
+        core.poll(mono, &mut host, &mut svc);
+        // Start the next handoff once the engine is free.
+        let mut not_started = Vec::new();
+        while !core.handing_off() {
+            let Some((conn, state)) = self.queue.pop_front() else {
+                break;
+            };
+            let Some(e) = self.conns.get(&conn) else {
+                continue;
+            };
+            *svc.export = Some(state);
+            if let Err(UserConn::Live(h)) =
+                core.hand_off(mono, UserConn::Live(e.h), None, &mut host, &mut svc)
+            {
+                *svc.export = None;
+                not_started.push((conn, h));
+            }
+        }
+        let evs = core.take_events();
+        for (conn, _) in not_started {
+            if let Some(e) = self.conns.get_mut(&conn) {
+                e.leaving = None;
+            }
+            self.events.push_back(Event::KeptHere {
+                conn,
+                cause: "the handoff could not start (peer unreachable or busy)".into(),
+            });
+        }
+        // Arrivals, and connections that came back (a new handle for the same client).
+        for (h, state) in std::mem::take(&mut self.adopted) {
+            let Some((_, peer)) = self.rt.iface.tcp_endpoints(h) else {
+                continue;
+            };
+            let back = self
+                .conns
+                .iter()
+                .find(|(_, e)| e.leaving.is_some() && e.peer == peer)
+                .map(|(c, _)| *c);
+            match back {
+                Some(conn) => {
+                    if let Some(e) = self.conns.get_mut(&conn) {
+                        self.by_handle.remove(&e.h);
+                        e.h = h;
+                        self.by_handle.insert(h, conn);
+                    }
+                }
+                None => {
+                    let conn = self.new_id();
+                    self.conns.insert(
+                        conn,
+                        Entry {
+                            h,
+                            peer,
+                            leaving: None,
+                        },
+                    );
+                    self.by_handle.insert(h, conn);
+                    self.accepted.push_back(Accepted {
+                        conn,
+                        peer,
+                        state: Some(state),
+                    });
+                }
+            }
+        }
+        for ev in evs {
+            self.node_event(ev);
+        }
+    }
+
+    /// The leaving connection of `client`.
+    fn leaving_of(&self, client: SocketAddrV6) -> Option<ConnId> {
+        self.conns
+            .iter()
+            .find(|(_, e)| e.leaving.is_some() && e.peer == client)
+            .map(|(c, _)| *c)
+    }
+
+    fn node_event(&mut self, ev: NodeEvent) {
+        match ev {
+            NodeEvent::HandedOff { report, client, .. } => {
+                if let Some(conn) = self.leaving_of(client) {
+                    if let Some(e) = self.conns.remove(&conn) {
+                        self.by_handle.remove(&e.h);
+                    }
+                    self.events.push_back(Event::HandedOff {
+                        conn,
+                        report: Box::new(report),
+                    });
+                }
+            }
+            NodeEvent::KeptHere { client, cause } => {
+                if let Some(conn) = self.leaving_of(client) {
+                    if let Some(e) = self.conns.get_mut(&conn) {
+                        e.leaving = None;
+                    }
+                    self.events.push_back(Event::KeptHere { conn, cause });
+                }
+            }
+            NodeEvent::Failed { cause } => {
+                // In doubt: the connection that was leaving (one at a time) is not here.
+                let gone: Vec<ConnId> = self
+                    .conns
+                    .iter()
+                    .filter(|(c, e)| {
+                        e.leaving.is_some() && !self.queue.iter().any(|(q, _)| q == *c)
+                    })
+                    .map(|(c, _)| *c)
+                    .collect();
+                for conn in gone {
+                    if let Some(e) = self.conns.remove(&conn) {
+                        self.by_handle.remove(&e.h);
+                    }
+                    self.events.push_back(Event::Lost {
+                        conn,
+                        cause: cause.clone(),
+                    });
+                }
+            }
+            NodeEvent::Declined { cause } => self.events.push_back(Event::Declined { cause }),
+            NodeEvent::Adopted { .. } | NodeEvent::Bound { .. } => {}
+        }
+    }
+
+    /// The next new connection, or one handed over by another node, if there is one.
+    pub fn try_accept(&mut self) -> Option<Accepted> {
+        self.accepted.pop_front()
+    }
+
+    /// The next connection, waiting for one (running the node meanwhile).
+    pub fn accept(&mut self) -> Result<Accepted, Error> {
+        loop {
+            if let Some(a) = self.try_accept() {
+                return Ok(a);
+            }
+            self.poll(Duration::from_millis(10))?;
+        }
+    }
+
+    /// Connections that saw input, send space, a close or a reset since the last call
+    /// (appended to `out`), so a server with many connections visits only those.
+    pub fn take_ready(&mut self, out: &mut Vec<ConnId>) {
+        self.ready.clear();
+        self.rt.iface.tcp_take_ready(&mut self.ready);
+        out.extend(self.ready.iter().filter_map(|h| self.by_handle.get(h)));
+    }
+
+    fn live(&self, conn: ConnId) -> Result<TcpHandle, Error> {
+        match self.conns.get(&conn) {
+            None => Err(Error::NoConnection(conn)),
+            Some(e) if e.leaving.is_some() => Err(Error::Leaving(conn)),
+            Some(e) => Ok(e.h),
+        }
+    }
+
+    /// Read what arrived: `Ok(0)` at the end of the client's data, `WouldBlock` when nothing
+    /// is there yet.
+    pub fn read(&mut self, conn: ConnId, buf: &mut [u8]) -> io::Result<usize> {
+        let h = self.live(conn)?;
+        match self.rt.iface.tcp_recv(h, buf) {
+            Ok(0) if !buf.is_empty() => Err(io::ErrorKind::WouldBlock.into()),
+            Ok(n) => Ok(n),
+            Err(ds_stack::Error::Eof) => Ok(0),
+            Err(e) => Err(io_error(e)),
+        }
+    }
+
+    /// Queue bytes to send: how many the send buffer took, `WouldBlock` when it is full.
+    pub fn write(&mut self, conn: ConnId, buf: &[u8]) -> io::Result<usize> {
+        let h = self.live(conn)?;
+        match self.rt.iface.tcp_send(h, buf) {
+            Ok(0) if !buf.is_empty() => Err(io::ErrorKind::WouldBlock.into()),
+            Ok(n) => Ok(n),
+            Err(e) => Err(io_error(e)),
+        }
+    }
+
+    /// Close the connection (a FIN follows what was written) and forget it.
+    pub fn close(&mut self, conn: ConnId) -> Result<(), Error> {
+        let h = self.live(conn)?;
+        let _ = self.rt.iface.tcp_close(h);
+        self.rt.iface.tcp_release(h);
+        self.conns.remove(&conn);
+        self.by_handle.remove(&h);
+        Ok(())
+    }
+
+    /// The client's end of a connection.
+    pub fn peer_addr(&self, conn: ConnId) -> Option<SocketAddrV6> {
+        self.conns.get(&conn).map(|e| e.peer)
+    }
+
+    /// Open connections (including ones leaving).
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// A blocking view of a connection, implementing [`Read`] and [`Write`]: a call that
+    /// would block runs the node (every connection, and handoffs) until it can go on.
+    pub fn stream(&mut self, conn: ConnId) -> Stream<'_> {
+        Stream { node: self, conn }
+    }
+
+    /// Where the client whose request begins with `first` should be served, per the
+    /// node's [`Policy`].
+    pub fn place(&mut self, first: &[u8]) -> Placement {
+        self.chooser.place(first, &self.peers)
+    }
+
+    /// The other nodes, by control address.
+    pub fn peers(&self) -> &[SocketAddr] {
+        &self.peers
+    }
+
+    /// Start handing `conn` to the node at `to` with the application's `state` (any bytes,
+    /// up to the offer's limit): from now on the connection cannot be used here. The outcome
+    /// comes as an [`Event`] from [`Node::take_events`]: [`Event::HandedOff`], or
+    /// [`Event::KeptHere`] when it stays (then it can be used again).
+    pub fn start_handoff(
+        &mut self,
+        conn: ConnId,
+        to: SocketAddr,
+        state: Vec<u8>,
+    ) -> Result<(), Error> {
+        self.live(conn)?;
+        let Some(core) = &self.core else {
+            return Err(Error::Config("this node has no peer to hand off to".into()));
+        };
+        if core.peer() != Some(to) {
+            return Err(Error::Handoff {
+                conn,
+                cause: format!("{to} is not a peer of this node"),
+            });
+        }
+        if let Some(e) = self.conns.get_mut(&conn) {
+            e.leaving = Some(to);
+        }
+        self.queue.push_back((conn, state));
+        Ok(())
+    }
+
+    /// Hand `conn` to the node at `to` with the application's `state`, waiting for the
+    /// outcome (running the node meanwhile): the seven phase timings, or an error
+    /// ([`Error::Handoff`]: the connection continues here).
+    pub fn handoff(
+        &mut self,
+        conn: ConnId,
+        to: SocketAddr,
+        state: Vec<u8>,
+    ) -> Result<HandoffReport, Error> {
+        self.start_handoff(conn, to, state)?;
+        loop {
+            let pos = self.events.iter().position(|e| match e {
+                Event::HandedOff { conn: c, .. }
+                | Event::KeptHere { conn: c, .. }
+                | Event::Lost { conn: c, .. } => *c == conn,
+                Event::Declined { .. } => false,
+            });
+            if let Some(ev) = pos.and_then(|i| self.events.remove(i)) {
+                return match ev {
+                    Event::HandedOff { report, .. } => Ok(*report),
+                    Event::KeptHere { cause, .. } | Event::Lost { cause, .. } => {
+                        Err(Error::Handoff { conn, cause })
+                    }
+                    Event::Declined { .. } => unreachable!("not matched above"),
+                };
+            }
+            self.poll(Duration::from_millis(10))?;
+        }
+    }
+
+    /// [`Node::handoff`] with a serde value as the state (read it back with
+    /// [`Accepted::state_value`]).
+    pub fn handoff_value<T: serde::Serialize>(
+        &mut self,
+        conn: ConnId,
+        to: SocketAddr,
+        state: &T,
+    ) -> Result<HandoffReport, Error> {
+        let bytes = postcard::to_allocvec(state).map_err(|e| Error::Handoff {
+            conn,
+            cause: format!("state does not encode: {e}"),
+        })?;
+        self.handoff(conn, to, bytes)
+    }
+
+    /// What happened since the last call.
+    pub fn take_events(&mut self) -> impl Iterator<Item = Event> + '_ {
+        self.events.drain(..)
+    }
+
+    /// Stop accepting new clients (connections handed over by other nodes still arrive);
+    /// clients connecting from now on are refused with a reset.
+    pub fn stop_accepting(&mut self) {
+        if let Some(l) = self.listener.take() {
+            self.rt.iface.tcp_unlisten(l);
+        }
+    }
+
+    /// Handoff counters (zero without handoff).
+    pub fn stats(&self) -> NodeStats {
+        self.core.as_ref().map(|c| c.stats()).unwrap_or_default()
+    }
+
+    /// The stack's counters.
+    pub fn interface_stats(&self) -> &ds_stack::Stats {
+        self.rt.iface.stats()
+    }
+
+    /// A descriptor that turns readable when the node has input: add it to your own
+    /// `epoll`/`poll` set and call [`Node::poll`] with a zero timeout when it fires, or after
+    /// [`Node::poll_timeout`] at the latest. Then serve [`Node::take_ready`] and
+    /// [`Node::try_accept`].
+    pub fn readiness_fd(&mut self) -> Result<RawFd, Error> {
+        if self.readiness.is_none() {
+            self.readiness = Some(Readiness::new()?);
+            self.sync_readiness()?;
+        }
+        Ok(self.readiness.as_ref().map(Readiness::fd).unwrap_or(-1))
+    }
+
+    fn sync_readiness(&mut self) -> Result<(), Error> {
+        let mut set = ds_stack::device::PollSet::default();
+        self.rt.dev.wait_fds(&mut set);
+        self.fds.clear();
+        if let Some(core) = &self.core {
+            core.wait_fds(&mut self.fds);
+        }
+        if let Some(r) = self.readiness.as_mut() {
+            r.sync(set.fds().chain(self.fds.iter().copied()))
+                .map_err(|source| Error::Io {
+                    what: "readiness epoll".into(),
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// The longest the caller may wait before the next [`Node::poll`] when nothing is
+    /// readable (the stack's and the engine's next deadline); `None`: no deadline.
+    pub fn poll_timeout(&self) -> Option<Duration> {
+        let now = self.rt.now();
+        let stack = self
+            .rt
+            .iface
+            .poll_at()
+            .map(|t| if t <= now { Duration::ZERO } else { t - now });
+        let engine = self
+            .core
+            .as_ref()
+            .map(|c| c.max_wait(Instant::now(), Duration::from_secs(3600)))
+            .filter(|d| *d < Duration::from_secs(3600));
+        let announce = self
+            .announce
+            .front()
+            .map(|d| d.saturating_sub(self.started.elapsed()));
+        [stack, engine, announce].into_iter().flatten().min()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // Reset what is still open here rather than leave clients to time out.
+        for e in self.conns.values() {
+            if e.leaving.is_none() {
+                let _ = self.rt.iface.tcp_abort(e.h);
+            }
+        }
+        let _ = self.rt.flush();
+    }
+}
+
+/// A blocking [`Read`] + [`Write`] view of one connection ([`Node::stream`]).
+#[derive(Debug)]
+pub struct Stream<'a> {
+    node: &'a mut Node,
+    conn: ConnId,
+}
+
+impl Stream<'_> {
+    /// The connection.
+    pub fn id(&self) -> ConnId {
+        self.conn
+    }
+}
+
+/// How long a blocked [`Stream`] call waits per round of the node.
+const STREAM_WAIT: Duration = Duration::from_millis(10);
+
+impl Read for Stream<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.node.read(self.conn, buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.node.poll(STREAM_WAIT)?;
+                }
+                r => return r,
+            }
+        }
+    }
+}
+
+impl Write for Stream<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        loop {
+            match self.node.write(self.conn, buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.node.poll(STREAM_WAIT)?;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// Send the frames that are ready now (the stack sends on its own as well).
+    fn flush(&mut self) -> io::Result<()> {
+        self.node.rt.flush()
+    }
+}
