@@ -8,7 +8,7 @@
 mod cluster;
 
 use cluster::{Addrs, Cluster};
-use ds_testbed::{require_root, tcp_counters};
+use ds_testbed::require_root;
 use std::path::PathBuf;
 
 const SIZE: usize = 4 << 20;
@@ -72,41 +72,7 @@ fn the_rust_example_server_hands_a_download_to_the_other_node() {
         let name = format!("example{}", i + 1);
         c.start_program(i, &exe.display().to_string(), &args, &name, "node up");
     }
-    let topo = &c.topo;
-    let before = tcp_counters(&topo.client).expect("counters");
-    let file = c.dir.path().join("got.bin");
-    let out = topo
-        .client
-        .command("curl")
-        .args([
-            "-sS",
-            "--fail",
-            "--max-time",
-            "60",
-            "--limit-rate",
-            "4M",
-            "-o",
-        ])
-        .arg(&file)
-        .arg(format!("http://[{}]/{SIZE}", c.a.ds()))
-        .output()
-        .expect("curl");
-    assert!(
-        out.status.success(),
-        "curl: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let got = std::fs::read(&file).expect("downloaded file");
-    assert_eq!(got.len(), SIZE, "length");
-    let bad = got
-        .iter()
-        .enumerate()
-        .position(|(i, b)| *b != (i % 251) as u8);
-    assert_eq!(bad, None, "first wrong byte");
-    let after = tcp_counters(&topo.client).expect("counters");
-    let retrans = after.get("TcpRetransSegs").copied().unwrap_or(0)
-        - before.get("TcpRetransSegs").copied().unwrap_or(0);
-    assert_eq!(retrans, 0, "client retransmissions");
+    c.download_pattern(SIZE);
 
     // Node 1 handed it off at the byte asked for, node 2 served the rest.
     let log1 = plain(&std::fs::read_to_string(&c.nodes[0].1).expect("node 1 log"));

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use ds_testbed::topo::{HandoffSpec, HandoffTopology, HA_PORT};
-use ds_testbed::{Child, TempDir};
+use ds_testbed::{tcp_counters, Child, TempDir};
 use ds_xdp::{Kind, LoadOptions, Program};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -188,6 +188,48 @@ impl Cluster {
         p.wait_for_log(&log, ready, UP)
             .unwrap_or_else(|e| panic!("{name} not up: {e}"));
         self.nodes.push((p, log, out));
+    }
+
+    /// curl downloads `/SIZE` from the DS address at 4 MB/s (so that a handoff happens
+    /// mid-download) from servers that answer with `size` bytes of the example pattern (byte
+    /// i is i mod 251); asserts that it arrives whole and byte-exact and that the client
+    /// retransmitted nothing.
+    pub fn download_pattern(&self, size: usize) {
+        let topo = &self.topo;
+        let before = tcp_counters(&topo.client).expect("counters");
+        let file = self.dir.path().join("got.bin");
+        let out = topo
+            .client
+            .command("curl")
+            .args([
+                "-sS",
+                "--fail",
+                "--max-time",
+                "60",
+                "--limit-rate",
+                "4M",
+                "-o",
+            ])
+            .arg(&file)
+            .arg(format!("http://[{}]/{size}", self.a.ds()))
+            .output()
+            .expect("curl");
+        assert!(
+            out.status.success(),
+            "curl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let got = std::fs::read(&file).expect("downloaded file");
+        assert_eq!(got.len(), size, "length");
+        let bad = got
+            .iter()
+            .enumerate()
+            .position(|(i, b)| *b != (i % 251) as u8);
+        assert_eq!(bad, None, "first wrong byte");
+        let after = tcp_counters(&topo.client).expect("counters");
+        let retrans = after.get("TcpRetransSegs").copied().unwrap_or(0)
+            - before.get("TcpRetransSegs").copied().unwrap_or(0);
+        assert_eq!(retrans, 0, "client retransmissions");
     }
 
     /// SIGINT to the nodes, then the home agent; true when the home agent removed its pins.
