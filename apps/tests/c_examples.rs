@@ -59,6 +59,31 @@ fn compile(name: &str, dir: &Path) -> String {
     out.display().to_string()
 }
 
+/// `http.c`'s settings on node `i`: its peer is the other node; hand off after `AFTER`.
+fn http_args(c: &Cluster, i: usize) -> Vec<String> {
+    vec![
+        format!("ds_addr={}", c.a.ds()),
+        format!("care_of={}", c.a.coa(i)),
+        "iface=n0".into(),
+        format!("secret_file={}", c.secret.display()),
+        format!("control_listen={}", c.a.ctl_listen(i)),
+        format!("peer={}", c.a.ctl_listen(1 - i)),
+        format!("home_agent={}", c.a.ha_control()),
+        format!("handoff_after={AFTER}"),
+    ]
+}
+
+/// Node 1's report line: it handed the download off at `AFTER`.
+fn handoff_line(c: &Cluster) -> String {
+    let out1 = std::fs::read_to_string(&c.nodes[0].2).expect("node 1 output");
+    let moved = out1
+        .lines()
+        .find(|l| l.starts_with("handed off"))
+        .unwrap_or_else(|| panic!("node 1 did not hand off: {out1}"));
+    assert!(moved.contains(&format!("at={AFTER} ")), "{moved}");
+    moved.to_string()
+}
+
 #[test]
 fn the_c_http_server_hands_a_download_to_the_other_node() {
     if !require_root("the_c_http_server_hands_a_download_to_the_other_node") {
@@ -67,26 +92,49 @@ fn the_c_http_server_hands_a_download_to_the_other_node() {
     let mut c = Cluster::start("ch", Addrs::new(0xdb, 2));
     let exe = compile("http", c.dir.path());
     for i in 0..2 {
-        let args = [
-            format!("ds_addr={}", c.a.ds()),
-            format!("care_of={}", c.a.coa(i)),
-            "iface=n0".into(),
-            format!("secret_file={}", c.secret.display()),
-            format!("control_listen={}", c.a.ctl_listen(i)),
-            format!("peer={}", c.a.ctl_listen(1 - i)),
-            format!("home_agent={}", c.a.ha_control()),
-            format!("handoff_after={AFTER}"),
-        ];
+        let args = http_args(&c, i);
         c.start_program(i, &exe, &args, &format!("http{}", i + 1), "http: serving");
     }
     c.download_pattern(SIZE);
-    let out1 = std::fs::read_to_string(&c.nodes[0].2).expect("node 1 output");
-    let moved = out1
-        .lines()
-        .find(|l| l.starts_with("handed off"))
-        .unwrap_or_else(|| panic!("node 1 did not hand off: {out1}"));
-    assert!(moved.contains(&format!("at={AFTER} ")), "{moved}");
+    let moved = handoff_line(&c);
     eprintln!("C server handoff: {moved}");
+    assert!(c.stop(), "the home agent removed its pins");
+}
+
+/// The C HTTP server on kernel sockets on node 1 (its own listening socket; the kernel owns
+/// the care-of address on `n0` and the DS address on `lo`) moves the download with
+/// `ds_handoff_fd` to node 2's C server on the userspace stack.
+#[test]
+fn the_c_http_server_hands_a_kernel_socket_to_the_other_node() {
+    if !require_root("the_c_http_server_hands_a_kernel_socket_to_the_other_node") {
+        return;
+    }
+    let mut c = Cluster::start("ck", Addrs::new(0xde, 2));
+    let exe = compile("http", c.dir.path());
+    let n1 = &c.topo.nodes[0];
+    let mac = ds_apps::mac::format_mac(&c.a.mac(0));
+    n1.ip(&["link", "set", "n0", "address", &mac]).expect("MAC");
+    let coa = format!("{}/128", c.a.coa(0));
+    n1.ip(&["-6", "addr", "add", &coa, "dev", "n0", "nodad"])
+        .expect("care-of address");
+    let ds = format!("{}/128", c.a.ds());
+    n1.ip(&["-6", "addr", "add", &ds, "dev", "lo"])
+        .expect("DS address");
+    for i in 0..2 {
+        let mut args = http_args(&c, i);
+        if i == 0 {
+            args.push("device=kernel".into());
+        }
+        c.start_program(i, &exe, &args, &format!("http{}", i + 1), "http: serving");
+    }
+    c.download_pattern(SIZE);
+    let moved = handoff_line(&c);
+    let log1 = std::fs::read_to_string(&c.nodes[0].1).expect("node 1 log");
+    assert!(
+        log1.contains("kernel->user"),
+        "not a kernel-socket handoff: {log1}"
+    );
+    eprintln!("C kernel-socket handoff: {moved}");
     assert!(c.stop(), "the home agent removed its pins");
 }
 

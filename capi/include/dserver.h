@@ -45,6 +45,11 @@
 // A node's settings, set key by key (`ds_config_set`).
 typedef struct ds_config ds_config;
 
+// A kernel-socket node: it hands off TCP sockets the server accepted itself
+// (`ds_handoff_fd`) and gives it, as sockets, the connections other nodes hand over
+// (`ds_kernel_accept`).
+typedef struct ds_kernel ds_kernel;
+
 // A member of a distributed server on the userspace stack.
 typedef struct ds_node ds_node;
 
@@ -224,6 +229,72 @@ int ds_start_handoff(struct ds_node *node,
 // # Safety
 // `node` is a live node; `ev` writable.
 int ds_next_event(struct ds_node *node, struct ds_event *ev);
+
+// Make a kernel-socket node from `cfg` (device `kernel`, the default here; `iface` is where
+// the steering program goes; `peer` and/or `control_listen` and `secret_file` are needed).
+// NULL on failure (see `ds_last_error`).
+//
+// # Safety
+// `cfg` is from `ds_config_new`.
+struct ds_kernel *ds_kernel_new(const struct ds_config *cfg);
+
+// Free a kernel node (NULL: nothing); the steering program leaves the interface.
+//
+// # Safety
+// `k` is NULL or from `ds_kernel_new`, not freed before.
+void ds_kernel_free(struct ds_kernel *k);
+
+// Wait up to `timeout_ms` for control messages and process them (offers from other
+// nodes). `DS_OK` or an error.
+//
+// # Safety
+// `k` is a live kernel node.
+int ds_kernel_poll(struct ds_kernel *k, int timeout_ms);
+
+// A descriptor that turns readable when the kernel node has input (for `poll`/`epoll`
+// beside the server's listening socket). Negative on error.
+//
+// # Safety
+// `k` is a live kernel node.
+int ds_kernel_fd(struct ds_kernel *k);
+
+// The longest wait before the next `ds_kernel_poll`, milliseconds; -1: no deadline.
+//
+// # Safety
+// `k` is a live kernel node.
+int ds_kernel_timeout_ms(struct ds_kernel *k);
+
+// The next connection another node handed over, as a blocking kernel socket in `*fd`
+// (the caller owns it), its state copied into `state` (at most `cap` bytes; its whole
+// length in `*state_len`). Waits up to `timeout_ms` (-1: until one comes). 1, 0 when none
+// came, or negative on error.
+//
+// # Safety
+// `k` is a live kernel node; `fd` writable; `state` writable for `cap` bytes (or NULL with
+// 0); `state_len` NULL or writable.
+int ds_kernel_accept(struct ds_kernel *k,
+                     int timeout_ms,
+                     int *fd,
+                     uint8_t *state,
+                     size_t cap,
+                     size_t *state_len);
+
+// Hand the connection of `fd`, a connected TCP socket the server accepted itself, to the
+// node whose control address is `to`, with `len` bytes of application `state`; wait for
+// the outcome. `DS_OK`: it moved, `fd` is closed and `*report` (if not NULL) filled.
+// `DS_EHANDOFF`: it continues here and `fd` is its socket again (the same number, possibly
+// a new socket). Any other error: `fd` is closed if the connection was lost, left as it
+// was if the arguments were refused (`DS_EINVAL`).
+//
+// # Safety
+// `k` is a live kernel node; `fd` an open socket the caller owns; `to` a NUL-terminated
+// string; `state` readable for `len` bytes; `report` NULL or writable.
+int ds_handoff_fd(struct ds_kernel *k,
+                  int fd,
+                  const char *to,
+                  const uint8_t *state,
+                  size_t len,
+                  struct ds_report *report);
 
 #ifdef __cplusplus
 }  // extern "C"

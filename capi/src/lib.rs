@@ -19,11 +19,12 @@
 #![allow(non_camel_case_types)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
-use dserver::{ConnId, Device, Event, HandoffReport, Node};
+use dserver::{ConnId, Device, Event, HandoffReport, KernelNode, Node};
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::ffi::{c_char, c_int, CStr, CString};
 use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd};
 use std::time::Duration;
 
 /// Success.
@@ -196,7 +197,7 @@ where
 }
 
 /// The settings as a builder, checked.
-fn builder(cfg: &ds_config) -> Result<dserver::Builder, String> {
+fn builder(cfg: &ds_config, default_device: &str) -> Result<dserver::Builder, String> {
     let mut b = Node::builder();
     let ds = parse(cfg, "ds_addr")?.ok_or("ds_addr is required")?;
     b = b.ds_addr(ds);
@@ -208,11 +209,18 @@ fn builder(cfg: &ds_config) -> Result<dserver::Builder, String> {
         .get("iface")
         .cloned()
         .ok_or("iface is required")?;
-    b = b.device(match cfg.values.get("device").map(String::as_str) {
-        None | Some("afxdp") => Device::afxdp(iface),
-        Some("tap") => Device::tap(iface),
-        Some(d) => return Err(format!("device = {d:?}: afxdp or tap")),
-    });
+    b = b.device(
+        match cfg
+            .values
+            .get("device")
+            .map_or(default_device, String::as_str)
+        {
+            "afxdp" => Device::afxdp(iface),
+            "tap" => Device::tap(iface),
+            "kernel" => Device::Kernel { iface },
+            d => return Err(format!("device = {d:?}: afxdp, tap or kernel")),
+        },
+    );
     if let Some(m) = cfg.values.get("mac") {
         b = b.mac(dserver::mac::parse_mac(m).map_err(|e| format!("mac = {m:?}: {e}"))?);
     }
@@ -314,7 +322,7 @@ pub unsafe extern "C" fn ds_node_new(cfg: *const ds_config) -> *mut ds_node {
         set_error("cfg is NULL");
         return std::ptr::null_mut();
     };
-    match builder(cfg).and_then(|b| b.build().map_err(|e| e.to_string())) {
+    match builder(cfg, "afxdp").and_then(|b| b.build().map_err(|e| e.to_string())) {
         Ok(node) => Box::into_raw(Box::new(ds_node {
             node,
             states: HashMap::new(),
@@ -372,6 +380,28 @@ fn io_code(e: std::io::Error) -> isize {
         _ => DS_EFAIL,
     };
     fail(code, e) as isize
+}
+
+/// Call `attempt` (which takes what is there, or else runs the node for at most the wait it
+/// is given) until it gives something or `timeout_ms` passes (-1: no limit).
+fn within<T>(
+    timeout_ms: c_int,
+    mut attempt: impl FnMut(Duration) -> Result<Option<T>, dserver::Error>,
+) -> Result<Option<T>, c_int> {
+    let start = std::time::Instant::now();
+    loop {
+        let left = if timeout_ms < 0 {
+            Duration::MAX
+        } else {
+            timeout(timeout_ms).saturating_sub(start.elapsed())
+        };
+        if let Some(a) = attempt(left.min(Duration::from_millis(10))).map_err(node_error)? {
+            return Ok(Some(a));
+        }
+        if left.is_zero() {
+            return Ok(None);
+        }
+    }
 }
 
 /// Wait up to `timeout_ms` for input and process it (TCP, new connections, handoffs both
@@ -446,23 +476,18 @@ pub unsafe extern "C" fn ds_accept(
         Ok(n) => n,
         Err(e) => return e,
     };
-    let start = std::time::Instant::now();
-    let a = loop {
-        if let Some(a) = n.node.try_accept() {
-            break a;
+    let got = within(timeout_ms, |wait| {
+        let a = n.node.try_accept();
+        if a.is_none() {
+            n.node.poll(wait)?;
+            n.events.extend(n.node.take_events());
         }
-        let left = if timeout_ms < 0 {
-            Duration::from_millis(10)
-        } else {
-            timeout(timeout_ms).saturating_sub(start.elapsed())
-        };
-        if left.is_zero() && timeout_ms >= 0 {
-            return 0;
-        }
-        if let Err(e) = n.node.poll(left.min(Duration::from_millis(10))) {
-            return node_error(e);
-        }
-        n.events.extend(n.node.take_events());
+        Ok(a)
+    });
+    let a = match got {
+        Ok(Some(a)) => a,
+        Ok(None) => return 0,
+        Err(e) => return e,
     };
     let acc = ds_accepted {
         conn: a.conn.0,
@@ -755,4 +780,214 @@ pub unsafe extern "C" fn ds_next_event(node: *mut ds_node, ev: *mut ds_event) ->
         return 1;
     }
     0
+}
+
+/// A kernel-socket node: it hands off TCP sockets the server accepted itself
+/// (`ds_handoff_fd`) and gives it, as sockets, the connections other nodes hand over
+/// (`ds_kernel_accept`).
+pub struct ds_kernel {
+    node: KernelNode,
+}
+
+/// Make a kernel-socket node from `cfg` (device `kernel`, the default here; `iface` is where
+/// the steering program goes; `peer` and/or `control_listen` and `secret_file` are needed).
+/// NULL on failure (see `ds_last_error`).
+///
+/// # Safety
+/// `cfg` is from `ds_config_new`.
+#[no_mangle]
+pub unsafe extern "C" fn ds_kernel_new(cfg: *const ds_config) -> *mut ds_kernel {
+    // SAFETY: NULL or a live ds_config per the contract.
+    let Some(cfg) = (unsafe { cfg.as_ref() }) else {
+        set_error("cfg is NULL");
+        return std::ptr::null_mut();
+    };
+    match builder(cfg, "kernel").and_then(|b| b.build_kernel().map_err(|e| e.to_string())) {
+        Ok(node) => Box::into_raw(Box::new(ds_kernel { node })),
+        Err(e) => {
+            set_error(e);
+            std::ptr::null_mut()
+        }
+    }
+}
+
+/// Free a kernel node (NULL: nothing); the steering program leaves the interface.
+///
+/// # Safety
+/// `k` is NULL or from `ds_kernel_new`, not freed before.
+#[no_mangle]
+pub unsafe extern "C" fn ds_kernel_free(k: *mut ds_kernel) {
+    if !k.is_null() {
+        // SAFETY: from Box::into_raw in ds_kernel_new, freed once per the contract.
+        drop(unsafe { Box::from_raw(k) });
+    }
+}
+
+/// # Safety
+/// `k` is NULL or a live kernel node.
+unsafe fn kernel_mut<'a>(k: *mut ds_kernel) -> Result<&'a mut ds_kernel, c_int> {
+    // SAFETY: per this function's contract.
+    unsafe { k.as_mut() }.ok_or_else(|| fail(DS_EINVAL, "node is NULL"))
+}
+
+/// Wait up to `timeout_ms` for control messages and process them (offers from other
+/// nodes). `DS_OK` or an error.
+///
+/// # Safety
+/// `k` is a live kernel node.
+#[no_mangle]
+pub unsafe extern "C" fn ds_kernel_poll(k: *mut ds_kernel, timeout_ms: c_int) -> c_int {
+    // SAFETY: per the contract.
+    let k = match unsafe { kernel_mut(k) } {
+        Ok(k) => k,
+        Err(e) => return e,
+    };
+    match k.node.poll(timeout(timeout_ms)) {
+        Ok(()) => DS_OK,
+        Err(e) => node_error(e),
+    }
+}
+
+/// A descriptor that turns readable when the kernel node has input (for `poll`/`epoll`
+/// beside the server's listening socket). Negative on error.
+///
+/// # Safety
+/// `k` is a live kernel node.
+#[no_mangle]
+pub unsafe extern "C" fn ds_kernel_fd(k: *mut ds_kernel) -> c_int {
+    // SAFETY: per the contract.
+    let k = match unsafe { kernel_mut(k) } {
+        Ok(k) => k,
+        Err(e) => return e,
+    };
+    k.node.readiness_fd().unwrap_or_else(node_error)
+}
+
+/// The longest wait before the next `ds_kernel_poll`, milliseconds; -1: no deadline.
+///
+/// # Safety
+/// `k` is a live kernel node.
+#[no_mangle]
+pub unsafe extern "C" fn ds_kernel_timeout_ms(k: *mut ds_kernel) -> c_int {
+    // SAFETY: per the contract.
+    let k = match unsafe { kernel_mut(k) } {
+        Ok(k) => k,
+        Err(e) => return e,
+    };
+    match k.node.poll_timeout() {
+        None => -1,
+        Some(d) => d.as_micros().div_ceil(1000).min(i32::MAX as u128) as c_int,
+    }
+}
+
+/// The next connection another node handed over, as a blocking kernel socket in `*fd`
+/// (the caller owns it), its state copied into `state` (at most `cap` bytes; its whole
+/// length in `*state_len`). Waits up to `timeout_ms` (-1: until one comes). 1, 0 when none
+/// came, or negative on error.
+///
+/// # Safety
+/// `k` is a live kernel node; `fd` writable; `state` writable for `cap` bytes (or NULL with
+/// 0); `state_len` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn ds_kernel_accept(
+    k: *mut ds_kernel,
+    timeout_ms: c_int,
+    fd: *mut c_int,
+    state: *mut u8,
+    cap: usize,
+    state_len: *mut usize,
+) -> c_int {
+    // SAFETY: per the contract.
+    let k = match unsafe { kernel_mut(k) } {
+        Ok(k) => k,
+        Err(e) => return e,
+    };
+    if fd.is_null() || (state.is_null() && cap > 0) {
+        return fail(DS_EINVAL, "fd or state is NULL");
+    }
+    let got = within(timeout_ms, |wait| {
+        let a = k.node.try_accept();
+        if a.is_none() {
+            k.node.poll(wait)?;
+        }
+        Ok(a)
+    });
+    let a = match got {
+        Ok(Some(a)) => a,
+        Ok(None) => return 0,
+        Err(e) => return e,
+    };
+    let n = a.state.len().min(cap);
+    if n > 0 {
+        // SAFETY: `state` is writable for `cap` >= n bytes per the contract.
+        unsafe { std::ptr::copy_nonoverlapping(a.state.as_ptr(), state, n) };
+    }
+    // SAFETY: NULL or writable per the contract.
+    if let Some(l) = unsafe { state_len.as_mut() } {
+        *l = a.state.len();
+    }
+    // SAFETY: not NULL (checked) and writable per the contract.
+    unsafe { *fd = a.stream.into_raw_fd() };
+    1
+}
+
+/// Hand the connection of `fd`, a connected TCP socket the server accepted itself, to the
+/// node whose control address is `to`, with `len` bytes of application `state`; wait for
+/// the outcome. `DS_OK`: it moved, `fd` is closed and `*report` (if not NULL) filled.
+/// `DS_EHANDOFF`: it continues here and `fd` is its socket again (the same number, possibly
+/// a new socket). Any other error: `fd` is closed if the connection was lost, left as it
+/// was if the arguments were refused (`DS_EINVAL`).
+///
+/// # Safety
+/// `k` is a live kernel node; `fd` an open socket the caller owns; `to` a NUL-terminated
+/// string; `state` readable for `len` bytes; `report` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn ds_handoff_fd(
+    k: *mut ds_kernel,
+    fd: c_int,
+    to: *const c_char,
+    state: *const u8,
+    len: usize,
+    report: *mut ds_report,
+) -> c_int {
+    // SAFETY: per the contract.
+    let k = match unsafe { kernel_mut(k) } {
+        Ok(k) => k,
+        Err(e) => return e,
+    };
+    // SAFETY: per the contract.
+    let (to, state) = match unsafe { handoff_args(to, state, len) } {
+        Ok(a) => a,
+        Err(e) => return e,
+    };
+    if fd < 0 {
+        return fail(DS_EINVAL, "fd is negative");
+    }
+    // SAFETY: the caller owns the open socket `fd` and gives it to us for the call; every
+    // path below either closes it (moved or lost) or puts a socket back under its number.
+    let sock = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+    match k.node.handoff_socket(sock, to, state) {
+        Ok(r) => {
+            // SAFETY: NULL or writable per the contract.
+            if let Some(out) = unsafe { report.as_mut() } {
+                *out = ds_report::from(&r);
+            }
+            DS_OK
+        }
+        Err((Some(back), e)) => {
+            let got = back.into_raw_fd();
+            if got != fd {
+                // SAFETY: `got` is the socket that came back, owned here; dup2 makes `fd`
+                // (closed when the original socket went) refer to it, then `got` is closed.
+                let ok = unsafe { libc::dup2(got, fd) } == fd;
+                // SAFETY: `got` is ours and no longer needed.
+                unsafe { libc::close(got) };
+                if !ok {
+                    return fail(DS_EFAIL, format!("{e}; the socket could not be put back"));
+                }
+            }
+            node_error(e)
+        }
+        Err((None, e)) => fail(DS_EFAIL, format!("{e}; the connection is lost")),
+    }
 }

@@ -56,12 +56,14 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod engine;
+mod kernel;
 pub mod mac;
 mod node;
 mod policy;
 mod readiness;
 
 pub use ds_handoff::{ClusterSecret, HandoffReport, Phase};
+pub use kernel::{kernel_steering, KernelAccepted, KernelNode};
 pub use node::{Accepted, Builder, ConnId, Device, Event, Node, Stream};
 pub use policy::{PlaceFn, Placement, Policy};
 

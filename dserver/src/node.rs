@@ -41,6 +41,12 @@ pub enum Device {
         /// The TAP interface's name.
         iface: String,
     },
+    /// The kernel's own sockets ([`Builder::build_kernel`]); the XDP steering program on
+    /// this interface holds moving connections' packets.
+    Kernel {
+        /// The network interface.
+        iface: String,
+    },
 }
 
 impl Device {
@@ -275,6 +281,23 @@ impl Builder {
         Ok(Some(cfg))
     }
 
+    /// A node for a server whose connections are kernel sockets (device
+    /// [`Device::Kernel`]): it hands them off and takes connections over, as sockets. It
+    /// needs a peer or a control listener (handing off is all it does).
+    pub fn build_kernel(mut self) -> Result<crate::KernelNode, Error> {
+        let Some(Device::Kernel { iface }) = self.device.take() else {
+            return Err(Error::Config("build_kernel needs Device::Kernel".into()));
+        };
+        let ds = self
+            .ds_addr
+            .ok_or_else(|| Error::Config("ds_addr is required".into()))?;
+        let cfg = self.handoff_config()?.ok_or_else(|| {
+            Error::Config("a kernel node needs a peer or a control listener".into())
+        })?;
+        let addrs: Vec<Ipv6Addr> = self.care_of.into_iter().chain([ds]).collect();
+        crate::kernel::KernelNode::new(&iface, &addrs, cfg)
+    }
+
     /// Open the device, listen on the DS address and connect to the cluster.
     pub fn build(mut self) -> Result<Node, Error> {
         let ds = self
@@ -305,6 +328,11 @@ impl Builder {
                         source: io::Error::other(e),
                     })?,
                 )
+            }
+            Device::Kernel { .. } => {
+                return Err(Error::Config(
+                    "kernel sockets are served by build_kernel".into(),
+                ))
             }
             Device::Tap { iface } => Box::new(ds_stack::device::TapDevice::open(iface).map_err(
                 |source| Error::Io {

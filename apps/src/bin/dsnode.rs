@@ -585,25 +585,9 @@ fn run_kernel(
     mut control: Option<ControlSocket>,
     stop: &AtomicBool,
 ) -> anyhow::Result<()> {
-    use ds_xdp::maps::{Action, LocalAddr, PROTO_ALL};
     // The steering program on the link: it decapsulates the home agent's tunnel to our
     // addresses for the kernel (XDP_PASS), and holds the packets of connections being moved.
-    let prog = ds_xdp::Program::load(ds_xdp::Kind::Steer, &ds_xdp::LoadOptions::default())
-        .context("loading the XDP steering program (needs root)")?;
-    let idx = ds_xdp::loader::ifindex(&args.iface)
-        .with_context(|| format!("--iface {}: no such interface", args.iface))?;
-    let (link, mode) = prog
-        .attach_link(idx, ds_xdp::Mode::Auto)
-        .with_context(|| format!("attaching the steering program to {}", args.iface))?;
-    for a in addrs(args) {
-        prog.add_local(
-            a,
-            LocalAddr {
-                protos: PROTO_ALL,
-                action: Action::Pass,
-            },
-        )?;
-    }
+    let (prog, link, mode) = dserver::kernel_steering(&args.iface, &addrs(args))?;
     let holds = ds_kernel::HoldTable::new(&prog, ds_kernel::HoldLimits::default())
         .context("the packet hold")?;
     let listener = TcpListener::bind(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, args.port, 0, 0))
