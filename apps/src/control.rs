@@ -41,7 +41,7 @@ pub const REQUEST_DEADLINE: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Request {
-    /// The command: `status`, `conns` or `handoff`.
+    /// The command: `status`, `conns`, `handoff`, `members` or `drain`.
     pub cmd: String,
     /// `handoff`: the connection, by its client's `[addr]:port`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -26,8 +26,10 @@ pub struct FlowAgentStats {
     pub channel_errors: u64,
     /// Flows moved.
     pub moves: u64,
-    /// Move requests that failed (map update error).
+    /// Move or rebind requests that failed (map update error, unknown home address).
     pub move_errors: u64,
+    /// Bindings moved for draining nodes.
+    pub rebinds: u64,
     /// Messages that are not move requests (ignored).
     pub unexpected: u64,
 }
@@ -139,18 +141,65 @@ impl FlowAgent {
         moved
     }
 
+    /// A draining node asks for the home address's new flows to go to `to`.
+    fn rebind(
+        &mut self,
+        conn_id: u64,
+        home: std::net::Ipv6Addr,
+        to: std::net::Ipv6Addr,
+    ) -> Message {
+        let known = self
+            .prog
+            .bindings()
+            .map(|b| b.iter().any(|(h, _)| *h == home))
+            .unwrap_or(false);
+        let done = if known {
+            self.prog.set_binding(home, to).map_err(|e| e.to_string())
+        } else {
+            // Only a home address this agent serves may be re-pointed.
+            Err(format!("{home} is not a home address served here"))
+        };
+        match done {
+            Ok(()) => {
+                self.stats.rebinds += 1;
+                tracing::info!(%home, %to, "binding moved (a node drains)");
+                Message::Rebound {
+                    conn_id,
+                    ok: true,
+                    detail: String::new(),
+                }
+            }
+            Err(detail) => {
+                self.stats.move_errors += 1;
+                tracing::warn!(%home, %to, "rebind refused: {detail}");
+                Message::Rebound {
+                    conn_id,
+                    ok: false,
+                    detail,
+                }
+            }
+        }
+    }
+
     fn serve(&mut self, i: usize) -> Result<usize, ds_handoff::ChannelError> {
         let mut moved = 0;
         while let Some(m) = self.chans[i].0.poll()? {
-            let Message::MoveFlow {
-                conn_id,
-                client,
-                server,
-                to,
-            } = m
-            else {
-                self.stats.unexpected += 1;
-                continue;
+            let (conn_id, client, server, to) = match m {
+                Message::MoveFlow {
+                    conn_id,
+                    client,
+                    server,
+                    to,
+                } => (conn_id, client, server, to),
+                Message::Rebind { conn_id, home, to } => {
+                    let reply = self.rebind(conn_id, home, to);
+                    self.chans[i].0.send(&reply)?;
+                    continue;
+                }
+                _ => {
+                    self.stats.unexpected += 1;
+                    continue;
+                }
             };
             let key = FlowKey {
                 src: *client.ip(),

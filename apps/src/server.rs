@@ -120,7 +120,8 @@ pub struct ConnInfo {
 
 /// An HTTP/1.1 server listening on one address of an interface.
 pub struct HttpServer {
-    listener: ListenHandle,
+    /// `None` once the server stopped accepting ([`HttpServer::stop_accepting`]).
+    listener: Option<ListenHandle>,
     root: PathBuf,
     config: ServerConfig,
     conns: HashMap<TcpHandle, Conn>,
@@ -158,7 +159,7 @@ impl HttpServer {
             .tcp_listen(local, config.backlog)
             .map_err(|e| anyhow::anyhow!("cannot listen on {local}: {e:?}"))?;
         Ok(HttpServer {
-            listener,
+            listener: Some(listener),
             root,
             config,
             conns: HashMap::new(),
@@ -291,6 +292,28 @@ impl HttpServer {
         })
     }
 
+    /// Stop accepting clients: the listener goes (connections not yet accepted are reset,
+    /// new ones refused); open connections are served on.
+    pub fn stop_accepting(&mut self, iface: &mut Interface) {
+        if let Some(l) = self.listener.take() {
+            iface.tcp_unlisten(l);
+        }
+    }
+
+    /// Whether the server still accepts clients.
+    pub fn is_accepting(&self) -> bool {
+        self.listener.is_some()
+    }
+
+    /// The connections served now (not paused).
+    pub fn active_handles(&self) -> Vec<TcpHandle> {
+        self.conns
+            .iter()
+            .filter(|(_, c)| !c.paused)
+            .map(|(h, _)| *h)
+            .collect()
+    }
+
     /// Connections currently open.
     pub fn connections(&self) -> usize {
         self.conns.len()
@@ -298,7 +321,7 @@ impl HttpServer {
 
     /// Accept new connections and make progress on every open one.
     pub fn poll(&mut self, iface: &mut Interface, now: Instant) {
-        while let Some(h) = iface.tcp_accept(self.listener) {
+        while let Some(h) = self.listener.and_then(|l| iface.tcp_accept(l)) {
             self.next_id += 1;
             let label = format!("c{}", self.next_id);
             match iface.tcp_endpoints(h) {

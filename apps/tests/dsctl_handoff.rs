@@ -27,23 +27,7 @@ fn dsctl_hands_a_chosen_connection_to_the_other_node_during_a_download() {
     std::fs::write(root.join("big.bin"), &body).expect("file");
     let socks = [0, 1].map(|i| c.dir.path().join(format!("node{}.sock", i + 1)));
     for (i, sock) in socks.iter().enumerate() {
-        let args = [
-            "--root",
-            &root.display().to_string(),
-            "--control-listen",
-            &c.a.ctl_listen(i),
-            "--peer",
-            &c.a.ctl_listen(1 - i),
-            "--secret-file",
-            &c.secret.display().to_string(),
-            "--steering",
-            "transparent",
-            "--ha-control",
-            &c.a.ha_control(),
-            "--control-socket",
-            &sock.display().to_string(),
-        ]
-        .map(String::from);
+        let args = c.transparent_args(i, &root, sock);
         c.start_node(i, &args);
     }
     let (client, ds, to) = (c.a.client(), c.a.ds(), c.a.ctl_listen(1));

@@ -176,6 +176,13 @@ pub enum NodeEvent {
         /// Why.
         cause: String,
     },
+    /// The home agent answered a rebind ([`Coordinator::rebind`]).
+    Rebound {
+        /// Whether new flows now go to the node asked for.
+        ok: bool,
+        /// Why not.
+        detail: String,
+    },
 }
 
 /// Counters of the handoff side of a node.
@@ -230,6 +237,8 @@ pub struct Coordinator<C> {
     forwarded_done: u64,
     /// Route-optimised acceptor: the last Binding Update sent (correspondent, when).
     pub bu_sent: Option<(Ipv6Addr, Instant)>,
+    /// The id of the rebind request waiting for the home agent's answer.
+    rebind_id: Option<u64>,
 }
 
 impl<C: std::fmt::Debug> Coordinator<C> {
@@ -286,6 +295,7 @@ impl<C: std::fmt::Debug> Coordinator<C> {
             next_id: 1,
             forwarded_done: 0,
             bu_sent: None,
+            rebind_id: None,
         };
         // Open the home agent's channel ahead of the first move (a failure here is retried
         // at the first move).
@@ -349,6 +359,33 @@ impl<C: std::fmt::Debug> Coordinator<C> {
             self.to_peer = Some(Channel::connect(peer, &self.secret)?);
         }
         Ok(())
+    }
+
+    /// Ask the home agent to send the new flows of `home` to `to` (a node that drains); the
+    /// answer comes as [`NodeEvent::Rebound`].
+    pub fn rebind(&mut self, home: Ipv6Addr, to: Ipv6Addr) -> Result<(), Error> {
+        if self.ha.is_none() {
+            return Err(Error::Config("no home agent configured".into()));
+        }
+        self.connect_ha()?;
+        let id = self.next_id;
+        self.next_id += 1;
+        let msg = Message::Rebind {
+            conn_id: id,
+            home,
+            to,
+        };
+        match self.to_ha.as_mut() {
+            Some(ch) => ch.send(&msg)?,
+            None => return Err(Error::Config("no home agent channel".into())),
+        }
+        self.rebind_id = Some(id);
+        Ok(())
+    }
+
+    /// Whether the channel to the peer is open and its handshake done.
+    pub fn peer_connected(&self) -> bool {
+        self.to_peer.as_ref().is_some_and(|c| c.is_established())
     }
 
     fn connect_ha(&mut self) -> Result<(), Error> {
@@ -558,6 +595,16 @@ impl<C: std::fmt::Debug> Coordinator<C> {
         };
         loop {
             match ch.poll() {
+                Ok(Some(Message::Rebound {
+                    conn_id,
+                    ok,
+                    detail,
+                })) => {
+                    if self.rebind_id == Some(conn_id) {
+                        self.rebind_id = None;
+                        self.events.push(NodeEvent::Rebound { ok, detail });
+                    }
+                }
                 Ok(Some(m)) => self.acceptor.handle_home_agent(now, m, host),
                 Ok(None) => return,
                 Err(e) => {

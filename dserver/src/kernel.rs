@@ -240,7 +240,9 @@ impl KernelNode {
                     tracing::info!("an offer was declined here: {cause}");
                     continue;
                 }
-                NodeEvent::Adopted { .. } | NodeEvent::Bound { .. } => continue,
+                NodeEvent::Adopted { .. } | NodeEvent::Bound { .. } | NodeEvent::Rebound { .. } => {
+                    continue
+                }
             };
             if client.is_some() && client == self.leaving {
                 self.outcome = Some(outcome);

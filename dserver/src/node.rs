@@ -710,7 +710,7 @@ impl Node {
                 }
             }
             NodeEvent::Declined { cause } => self.events.push_back(Event::Declined { cause }),
-            NodeEvent::Adopted { .. } | NodeEvent::Bound { .. } => {}
+            NodeEvent::Adopted { .. } | NodeEvent::Bound { .. } | NodeEvent::Rebound { .. } => {}
         }
     }
 

@@ -305,7 +305,9 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
             | Message::Refuse { .. }
             | Message::Activated { .. }
             | Message::MoveFlow { .. }
-            | Message::FlowMoved { .. } => {
+            | Message::FlowMoved { .. }
+            | Message::Rebind { .. }
+            | Message::Rebound { .. } => {
                 return Err(Violation("an acceptor got a reply or home-agent message"))
             }
         }

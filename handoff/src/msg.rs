@@ -13,6 +13,10 @@
 //! acceptor                      home agent (transparent mode, phases 4–6)
 //!   MoveFlow{client, server, to} ─▶ one flow-map update
 //!   ◀──────── FlowMoved{ok}
+//!
+//! draining node                 home agent (transparent mode)
+//!   Rebind{home, to} ───────────▶  new flows of `home` go to `to` (the binding)
+//!   ◀──────── Rebound{ok}
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -174,6 +178,26 @@ pub enum Message {
         /// Free text when not.
         detail: String,
     },
+    /// Node → home agent (transparent mode, a node that drains): tunnel the new flows of the
+    /// home address `home` to the care-of address `to` from now on (the binding the flows
+    /// not yet seen fall back to); flows already mapped keep their node.
+    Rebind {
+        /// The request's id.
+        conn_id: u64,
+        /// The home (DS) address.
+        home: std::net::Ipv6Addr,
+        /// The node that takes the new flows.
+        to: std::net::Ipv6Addr,
+    },
+    /// Home agent → node: the binding was updated (`ok`), or why not.
+    Rebound {
+        /// The request's id.
+        conn_id: u64,
+        /// Whether new flows now go to the requested node.
+        ok: bool,
+        /// Free text when not.
+        detail: String,
+    },
 }
 
 impl Message {
@@ -214,7 +238,9 @@ impl Message {
             | Message::Forward { conn_id, .. }
             | Message::Prepare { conn_id, .. }
             | Message::MoveFlow { conn_id, .. }
-            | Message::FlowMoved { conn_id, .. } => *conn_id,
+            | Message::FlowMoved { conn_id, .. }
+            | Message::Rebind { conn_id, .. }
+            | Message::Rebound { conn_id, .. } => *conn_id,
         }
     }
 }
@@ -247,6 +273,16 @@ mod tests {
                 conn_id: 7,
                 ok: false,
                 detail: "no such flow".into(),
+            },
+            Message::Rebind {
+                conn_id: 7,
+                home: "fd00::80".parse().unwrap(),
+                to: "fd00::2".parse().unwrap(),
+            },
+            Message::Rebound {
+                conn_id: 7,
+                ok: true,
+                detail: String::new(),
             },
             Message::Accept { conn_id: 7 },
             Message::Refuse {

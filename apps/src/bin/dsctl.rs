@@ -46,6 +46,70 @@ enum Command {
         #[arg(long)]
         to: String,
     },
+    /// The nodes of the cluster as this node knows them.
+    Members,
+    /// Hand every connection to other nodes, accept no new ones, and exit.
+    Drain {
+        /// Wait until the node has exited (drained), printing its progress.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this many seconds.
+        #[arg(long, value_name = "S", default_value_t = 120)]
+        wait_s: u64,
+    },
+}
+
+/// Whether process `pid` has exited (gone, or a zombie its parent has not reaped yet).
+fn exited(pid: u64) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name in parentheses.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => true,
+    }
+}
+
+/// Follow a drain until the node's control socket goes away (it exited); the last status
+/// seen, or an error when the deadline passes.
+fn wait_drained(cli: &Cli, limit: Duration) -> Result<serde_json::Value, String> {
+    let start = std::time::Instant::now();
+    let mut last = serde_json::Value::Null;
+    let mut shown = None;
+    loop {
+        match request(
+            &cli.socket,
+            &Request::new("status"),
+            Duration::from_millis(cli.timeout_ms),
+        ) {
+            Ok(v) => {
+                let left = v["drain"]["remaining"].as_u64();
+                if left != shown && !cli.json {
+                    if let Some(n) = left {
+                        eprintln!("dsctl: {n} connections left");
+                    }
+                    shown = left;
+                }
+                last = v;
+            }
+            Err(e) => {
+                // No answer: done if the node's process is gone, else ask again.
+                let pid = last["node"]["pid"].as_u64();
+                let gone = pid.is_some_and(exited);
+                if gone || !cli.socket.exists() {
+                    return Ok(serde_json::json!({ "drained": true, "last": last["drain"] }));
+                }
+                tracing::debug!("no answer yet: {e}");
+            }
+        }
+        if start.elapsed() > limit {
+            return Err(format!(
+                "the node is still draining after {} s",
+                limit.as_secs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Print `v` as indented `key: value` lines, objects nested.
@@ -90,15 +154,26 @@ fn main() -> ExitCode {
     let req = match cli.command {
         Command::Status => Request::new("status"),
         Command::Conns => Request::new("conns"),
-        Command::Handoff { conn, to } => Request {
-            conn: Some(conn),
-            to: Some(to),
+        Command::Handoff { ref conn, ref to } => Request {
+            conn: Some(conn.clone()),
+            to: Some(to.clone()),
             ..Request::new("handoff")
         },
+        Command::Members => Request::new("members"),
+        Command::Drain { .. } => Request::new("drain"),
     };
     let cmd = req.cmd.as_str();
     tracing::debug!(socket = %cli.socket.display(), cmd, "request");
-    match request(&cli.socket, &req, Duration::from_millis(cli.timeout_ms)) {
+    let answer = request(&cli.socket, &req, Duration::from_millis(cli.timeout_ms))
+        .map_err(|e| e.to_string())
+        .and_then(|v| match cli.command {
+            Command::Drain { wait: true, wait_s } => {
+                wait_drained(&cli, Duration::from_secs(wait_s))
+                    .map(|w| serde_json::json!({ "started": v, "result": w }))
+            }
+            _ => Ok(v),
+        });
+    match answer {
         Ok(v) if cli.json => {
             println!("{v}");
             ExitCode::SUCCESS

@@ -133,6 +133,10 @@ struct HandoffArgs {
     /// File holding the cluster secret (at least 16 bytes) keying the control channels.
     #[arg(long, value_name = "FILE")]
     secret_file: Option<PathBuf>,
+    /// The peer's care-of address: a drain (`dsctl drain`) asks the home agent to send new
+    /// clients there before this node stops accepting (transparent steering).
+    #[arg(long, value_name = "ADDR", requires = "peer")]
+    peer_coa: Option<Ipv6Addr>,
     /// Hand a connection off once it sent this many response bytes (headers included) here.
     #[arg(long, value_name = "BYTES", requires = "peer")]
     handoff_after: Option<u64>,
@@ -443,6 +447,8 @@ fn report_event(ev: NodeEvent) {
         NodeEvent::Failed { cause } => tracing::error!("handoff failed: {cause}"),
         NodeEvent::Adopted { client } => tracing::info!(%client, "connection adopted from peer"),
         NodeEvent::Declined { cause } => tracing::warn!("offer declined: {cause}"),
+        // The drain logs it.
+        NodeEvent::Rebound { .. } => {}
         NodeEvent::Bound { client, after } => {
             // Binding management (handoff phase 6) ends here, after the donor's report: a line
             // of its own.
@@ -479,6 +485,27 @@ trait NodeControl {
     fn status(&self) -> serde_json::Value;
     fn conns(&self) -> Vec<ConnInfo>;
     fn handoff(&mut self, client: SocketAddrV6, to: SocketAddr) -> Result<(), String>;
+    fn members(&self) -> serde_json::Value;
+    fn drain(&mut self) -> Result<serde_json::Value, String>;
+}
+
+/// This node and its peer, as `dsctl members` shows them (the configured cluster until the
+/// membership service lands).
+fn members(args: &ServeArgs, peer_up: bool) -> serde_json::Value {
+    let me = serde_json::json!({
+        "node": args.handoff.control_listen.map(|a| a.to_string()),
+        "addr": args.addr.to_string(),
+        "role": "self",
+    });
+    let peer = args.handoff.peer.map(|p| {
+        serde_json::json!({
+            "node": p.to_string(),
+            "addr": args.handoff.peer_coa.map(|a| a.to_string()),
+            "role": "peer",
+            "channel": if peer_up { "up" } else { "down" },
+        })
+    });
+    serde_json::Value::Array(std::iter::once(me).chain(peer).collect())
 }
 
 /// The userspace node, for one control request.
@@ -497,13 +524,43 @@ impl NodeControl for UserControl<'_> {
             Service::Plain(server) => (server.stats(), None),
             Service::Handoff(node) => (node.server().stats(), Some(node.stats())),
         };
+        let drain = match &*self.service {
+            Service::Handoff(node) => node.drain_info(),
+            Service::Plain(_) => None,
+        };
         serde_json::json!({
             "node": node_info(self.args, device_name(self.args.device), self.uptime),
             "handoff": handoff,
             "http": http,
             "interface": self.iface.stats(),
             "udp_echo": self.echo,
+            "drain": drain,
         })
+    }
+
+    fn members(&self) -> serde_json::Value {
+        let up = match &*self.service {
+            Service::Handoff(node) => node.peer_connected(),
+            Service::Plain(_) => false,
+        };
+        members(self.args, up)
+    }
+
+    fn drain(&mut self) -> Result<serde_json::Value, String> {
+        let Service::Handoff(node) = self.service else {
+            return Err("handoff is off on this node (no --peer): nothing to drain to".into());
+        };
+        let h = &self.args.handoff;
+        // Transparent steering: new clients of the DS address go to the peer from now on.
+        let rebind = match (h.steering(), h.also_addr.first(), h.peer_coa) {
+            (SteeringChoice::Transparent, Some(ds), Some(coa)) => Some((*ds, coa)),
+            _ => None,
+        };
+        let n = node.start_drain(rebind)?;
+        Ok(serde_json::json!({
+            "draining": n,
+            "rebind": rebind.map(|(ds, coa)| format!("{ds} -> {coa}")),
+        }))
     }
 
     fn conns(&self) -> Vec<ConnInfo> {
@@ -544,6 +601,14 @@ impl NodeControl for KernelControl<'_> {
     fn handoff(&mut self, _: SocketAddrV6, _: SocketAddr) -> Result<(), String> {
         Err("dsctl handoff is not available on kernel sockets yet (--device kernel)".into())
     }
+
+    fn members(&self) -> serde_json::Value {
+        members(self.args, false)
+    }
+
+    fn drain(&mut self) -> Result<serde_json::Value, String> {
+        Err("dsctl drain is not available on kernel sockets yet (--device kernel)".into())
+    }
 }
 
 /// A request's argument, parsed.
@@ -572,8 +637,10 @@ fn answer(
             node.handoff(client, to)?;
             Ok(serde_json::json!({ "queued": client.to_string(), "to": to.to_string() }))
         }
+        "members" => Ok(node.members()),
+        "drain" => node.drain(),
         other => Err(format!(
-            "unknown command {other:?} (this node knows: status, conns, handoff)"
+            "unknown command {other:?} (this node knows: status, conns, handoff, members, drain)"
         )),
     }
 }
@@ -754,6 +821,10 @@ fn run<D: Device>(
             Service::Handoff(node) => {
                 node.poll(&mut rt.iface, now);
                 node.take_events().into_iter().for_each(report_event);
+                if node.drained() {
+                    tracing::info!("drained: every connection moved, exiting");
+                    break;
+                }
             }
         }
         if let Some(ctl) = control.as_mut() {

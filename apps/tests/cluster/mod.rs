@@ -108,6 +108,16 @@ impl Cluster {
             ha_neighbours: &neigh,
         })
         .expect("topology");
+        // A small receive buffer at the client (256 KiB at most, not Linux's 6 MiB), so that a
+        // rate-limited download keeps the server sending until the end, and a handoff asked
+        // for mid-download finds the connection still sending.
+        let sysctl = topo
+            .client
+            .command("sysctl")
+            .args(["-q", "-w", "net.ipv4.tcp_rmem=4096 131072 262144"])
+            .status()
+            .expect("sysctl");
+        assert!(sysctl.success(), "sysctl tcp_rmem in the client namespace");
         // XDP_TX on the home agent's veth needs NAPI on its peer: a pass-all program there.
         let napi = Program::load(Kind::Steer, &LoadOptions::default()).expect("load");
         topo.hub
@@ -179,6 +189,32 @@ impl Cluster {
         );
     }
 
+    /// `dsnode` options for node `i` of a two-node cluster serving `root` in transparent
+    /// mode: its control channel, the other node as peer (with its care-of address for a
+    /// drain), the home agent, and its control socket `sock`.
+    pub fn transparent_args(&self, i: usize, root: &Path, sock: &Path) -> Vec<String> {
+        [
+            "--root",
+            &root.display().to_string(),
+            "--control-listen",
+            &self.a.ctl_listen(i),
+            "--peer",
+            &self.a.ctl_listen(1 - i),
+            "--peer-coa",
+            &self.a.coa(1 - i),
+            "--secret-file",
+            &self.secret.display().to_string(),
+            "--steering",
+            "transparent",
+            "--ha-control",
+            &self.a.ha_control(),
+            "--control-socket",
+            &sock.display().to_string(),
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
     /// Any program `exe` with `args` in node `i`'s namespace, its stderr logged as `name`;
     /// waits until its log shows `ready`.
     pub fn start_program(&mut self, i: usize, exe: &str, args: &[String], name: &str, ready: &str) {
@@ -236,6 +272,9 @@ impl Cluster {
     pub fn stop(mut self) -> bool {
         let procs = self.nodes.iter_mut().map(|(c, _, _)| c);
         for c in procs.chain(std::iter::once(&mut self.ha)) {
+            if c.try_wait().ok().flatten().is_some() {
+                continue; // exited already (a drained node)
+            }
             let _ = std::process::Command::new("kill")
                 .args(["-INT", &c.id().to_string()])
                 .status();
