@@ -9,8 +9,9 @@
 //! addr = "fd00:d5:1::1"              # this node's (care-of) address
 //! also_addr = ["fd00:d5:80::80"]     # the DS address
 //! port = 80
-//! root = "/srv/www"
+//! root = "/srv/www"                  # or, proxy mode: backend = "[::1]:8080"
 //! control_socket = "/run/dsnode.sock" # for dsctl
+//! # policy = "round-robin"           # proxy mode: local | round-robin
 //!
 //! [handoff]
 //! control_listen = "[fd00:d5:1::11]:7000"
@@ -65,6 +66,8 @@ struct NodeFile {
     json: Option<bool>,
     udp_echo: Option<u16>,
     control_socket: Option<PathBuf>,
+    backend: Option<SocketAddr>,
+    policy: Option<Spanned<String>>,
     handoff: Option<HandoffFile>,
 }
 
@@ -74,6 +77,7 @@ struct NodeFile {
 struct HandoffFile {
     control_listen: Option<SocketAddr>,
     peer: Option<SocketAddr>,
+    peer_coa: Option<Ipv6Addr>,
     secret_file: Option<PathBuf>,
     handoff_after: Option<u64>,
     max_handoffs: Option<u64>,
@@ -86,8 +90,9 @@ struct HandoffFile {
 }
 
 /// The choices a key takes.
-const CHOICES: [(&str, &[&str]); 3] = [
+const CHOICES: [(&str, &[&str]); 4] = [
     ("device", &["afxdp", "tap", "kernel"]),
+    ("policy", &["local", "round-robin"]),
     ("drain", &["immediate", "acked"]),
     ("steering", &["none", "transparent", "ro"]),
 ];
@@ -160,9 +165,18 @@ pub fn serve_args(path: &Path) -> Result<Vec<String>, ConfigError> {
         "control_socket",
         file.control_socket.map(|p| p.display().to_string()),
     );
+    opt("backend", file.backend.as_ref().map(|a| s(a)));
+    opt(
+        "policy",
+        file.policy
+            .as_ref()
+            .map(|v| choice("policy", v))
+            .transpose()?,
+    );
     if let Some(h) = file.handoff {
         opt("control_listen", h.control_listen.as_ref().map(|a| s(a)));
         opt("peer", h.peer.as_ref().map(|a| s(a)));
+        opt("peer_coa", h.peer_coa.as_ref().map(|a| s(a)));
         opt(
             "secret_file",
             h.secret_file.map(|p| p.display().to_string()),

@@ -24,6 +24,7 @@ pub mod kernel_node;
 pub mod logging;
 pub use dserver::mac;
 pub mod node;
+pub mod proxy;
 pub mod server;
 pub mod signal;
 pub mod udp_echo;

@@ -73,6 +73,14 @@ enum SteeringChoice {
     Ro,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum PolicyChoice {
+    /// Every client stays on the node it reached.
+    Local,
+    /// This node, then the peer, in turn.
+    RoundRobin,
+}
+
 #[derive(Args, Debug)]
 struct ServeArgs {
     /// Read the settings from this TOML file (each key is the option of the same name, e.g.
@@ -95,8 +103,15 @@ struct ServeArgs {
     #[arg(long, default_value_t = 80)]
     port: u16,
     /// Directory whose files are served.
-    #[arg(long, value_name = "DIR")]
-    root: PathBuf,
+    #[arg(long, value_name = "DIR", required_unless_present = "backend")]
+    root: Option<PathBuf>,
+    /// Proxy mode: relay each client to this unmodified server on this machine (kernel TCP),
+    /// instead of serving files. The policy picks the node that serves a client.
+    #[arg(long, value_name = "[ADDR]:PORT", conflicts_with = "root")]
+    backend: Option<SocketAddr>,
+    /// Proxy mode: which node serves a new client, from its first request.
+    #[arg(long, value_enum, default_value_t = PolicyChoice::Local, requires = "backend")]
+    policy: PolicyChoice,
     /// The stack's MAC address [default: locally administered, derived from --addr].
     #[arg(long, value_name = "MAC", value_parser = parse_mac)]
     mac: Option<[u8; 6]>,
@@ -274,12 +289,15 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             bail!("--also-addr {a}: need a unicast address other than --addr");
         }
     }
-    if !args.root.is_dir() {
-        bail!("--root {}: not a directory", args.root.display());
+    if let Some(root) = args.root.as_deref().filter(|r| !r.is_dir()) {
+        bail!("--root {}: not a directory", root.display());
     }
     // Parse the handoff settings (secret, sockets) before touching any device, so a bad
-    // option fails without side effects.
-    let handoff = handoff_config(args)?;
+    // option fails without side effects. (Proxy mode: the library checks them.)
+    let handoff = match args.backend {
+        None => handoff_config(args)?,
+        Some(_) => None,
+    };
     let control = args
         .control_socket
         .as_deref()
@@ -289,6 +307,10 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         })
         .transpose()?;
     let stop = signal::install().context("installing signal handlers")?;
+    if let Some(backend) = args.backend {
+        return run_proxy(args, backend, control, stop);
+    }
+    let root = args.root.as_deref().context("--root is required")?;
     match args.device {
         DeviceKind::Afxdp => {
             let cfg = ds_xdp::device::AfXdpConfig::new(addrs(args));
@@ -304,12 +326,12 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
                 socket = ?dev.bind_mode(),
                 "AF_XDP device ready"
             );
-            run(dev, args, handoff, control, stop)
+            run(dev, args, root, handoff, control, stop)
         }
         DeviceKind::Kernel if args.udp_echo.is_some() => {
             bail!("--udp-echo needs the userspace stack (--device afxdp or tap)")
         }
-        DeviceKind::Kernel => run_kernel(args, handoff, control, stop),
+        DeviceKind::Kernel => run_kernel(args, root, handoff, control, stop),
         DeviceKind::Tap => {
             let dev = TapDevice::open(&args.iface).map_err(|e| {
                 let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
@@ -320,7 +342,7 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
                 anyhow::Error::new(e)
                     .context(format!("cannot open TAP device {:?}{hint}", args.iface))
             })?;
-            run(dev, args, handoff, control, stop)
+            run(dev, args, root, handoff, control, stop)
         }
     }
 }
@@ -645,9 +667,125 @@ fn answer(
     }
 }
 
+/// The proxy node, for one control request.
+struct ProxyControl<'a> {
+    proxy: &'a ds_apps::proxy::Proxy,
+    args: &'a ServeArgs,
+    started: std::time::Instant,
+}
+
+impl NodeControl for ProxyControl<'_> {
+    fn status(&self) -> serde_json::Value {
+        serde_json::json!({
+            "node": node_info(self.args, device_name(self.args.device), self.started.elapsed()),
+            "proxy": self.proxy.stats(),
+            "open": self.proxy.connections(),
+            "handoff": self.proxy.node().stats(),
+            "interface": self.proxy.node().interface_stats(),
+        })
+    }
+
+    fn conns(&self) -> Vec<ConnInfo> {
+        Vec::new()
+    }
+
+    fn handoff(&mut self, _: SocketAddrV6, _: SocketAddr) -> Result<(), String> {
+        Err("proxy mode places connections by its policy (--policy)".into())
+    }
+
+    fn members(&self) -> serde_json::Value {
+        members(self.args, false)
+    }
+
+    fn drain(&mut self) -> Result<serde_json::Value, String> {
+        Err("dsctl drain is not available in proxy mode yet".into())
+    }
+}
+
+/// Proxy mode: the library's node on the userspace stack, each client relayed to `backend`
+/// here or handed to the node the policy names.
+fn run_proxy(
+    args: &ServeArgs,
+    backend: SocketAddr,
+    mut control: Option<ControlSocket>,
+    stop: &AtomicBool,
+) -> anyhow::Result<()> {
+    let h = &args.handoff;
+    let device = match args.device {
+        DeviceKind::Afxdp => dserver::Device::afxdp(&args.iface),
+        DeviceKind::Tap => dserver::Device::tap(&args.iface),
+        DeviceKind::Kernel => bail!("proxy mode needs the userspace stack (--device afxdp or tap)"),
+    };
+    // With --also-addr the first one is the shared DS address and --addr this node's own.
+    let mut b = dserver::Node::builder().device(device).port(args.port);
+    b = match h.also_addr.first() {
+        Some(ds) => b.ds_addr(*ds).care_of(args.addr),
+        None => b.ds_addr(args.addr),
+    };
+    if let Some(m) = args.mac {
+        b = b.mac(m);
+    }
+    if let Some(f) = &h.secret_file {
+        b = b.secret_file(f);
+    }
+    if let Some(l) = h.control_listen {
+        b = b.control_listen(l);
+    }
+    if let Some(p) = h.peer {
+        b = b.peer(p);
+    }
+    if let (SteeringChoice::Transparent, Some(ha)) = (h.steering(), h.ha_control) {
+        b = b.home_agent(ha);
+    }
+    if h.drain == DrainChoice::Immediate {
+        b = b.drain_immediately();
+    }
+    b = b
+        .reply_timeout(Duration::from_millis(h.reply_timeout_ms))
+        .service("proxy")
+        .policy(match args.policy {
+            PolicyChoice::Local => dserver::Policy::Local,
+            PolicyChoice::RoundRobin => dserver::Policy::RoundRobin,
+        });
+    let node = b.build().context("starting the node")?;
+    let mut proxy = ds_apps::proxy::Proxy::new(node, backend);
+    tracing::info!(
+        %backend,
+        policy = ?args.policy,
+        "serving proxy [{}]:{} -> {backend}",
+        h.also_addr.first().unwrap_or(&args.addr),
+        args.port
+    );
+    let started = std::time::Instant::now();
+    let mut fds = Vec::new();
+    while !stop.load(Ordering::SeqCst) {
+        fds.clear();
+        if let Some(ctl) = &control {
+            ctl.fds(&mut fds);
+        }
+        proxy.step(Duration::from_millis(1), &fds)?;
+        if let Some(ctl) = control.as_mut() {
+            let mut p = ProxyControl {
+                proxy: &proxy,
+                args,
+                started,
+            };
+            ctl.poll(std::time::Instant::now(), |req| answer(req, &mut p));
+        }
+    }
+    let out = serde_json::json!({
+        "proxy": proxy.stats(),
+        "handoff": proxy.node().stats(),
+        "interface": proxy.node().interface_stats(),
+    });
+    println!("{out}");
+    Ok(())
+}
+
 /// Run a kernel-socket node until `stop` is set, then print the statistics.
 fn run_kernel(
     args: &ServeArgs,
+    root: &Path,
     handoff: Option<HandoffConfig>,
     mut control: Option<ControlSocket>,
     stop: &AtomicBool,
@@ -664,7 +802,7 @@ fn run_kernel(
         // No handoff: a plain kernel server. No listener and no peer, so the key is never used.
         None => HandoffConfig::new(ds_handoff::ClusterSecret::new(&[0u8; 32])?),
     };
-    let mut node = KernelNode::new(listener, &args.root, cfg, holds)?;
+    let mut node = KernelNode::new(listener, root, cfg, holds)?;
     if let Err(e) = node.connect_peer() {
         tracing::info!("peer not reachable yet (will connect at the first handoff): {e:#}");
     }
@@ -675,7 +813,7 @@ fn run_kernel(
         "serving http://[{}]:{}/ from {} on kernel sockets",
         args.addr,
         args.port,
-        args.root.display()
+        root.display()
     );
     let started = std::time::Instant::now();
     while !stop.load(Ordering::SeqCst) {
@@ -719,6 +857,7 @@ fn run_kernel(
 fn run<D: Device>(
     dev: D,
     args: &ServeArgs,
+    root: &Path,
     handoff: Option<HandoffConfig>,
     mut control: Option<ControlSocket>,
     stop: &AtomicBool,
@@ -735,7 +874,7 @@ fn run<D: Device>(
         Ipv6Addr::UNSPECIFIED
     };
     let local = SocketAddrV6::new(listen_ip, args.port, 0, 0);
-    let server = HttpServer::listen(&mut rt.iface, local, &args.root, ServerConfig::default())?;
+    let server = HttpServer::listen(&mut rt.iface, local, root, ServerConfig::default())?;
     tracing::info!(
         iface = %args.iface,
         mac = %format_mac(&mac),
@@ -744,7 +883,7 @@ fn run<D: Device>(
         "serving http://[{}]:{}/ from {}",
         args.addr,
         args.port,
-        args.root.display()
+        root.display()
     );
     let mut echo = match args.udp_echo {
         Some(port) => {

@@ -165,6 +165,11 @@ impl Cluster {
     /// `dsnode serve --device afxdp` on node `i` with its address, MAC and the DS address,
     /// plus `extra`; waits until it serves.
     pub fn start_node(&mut self, i: usize, extra: &[String]) {
+        self.start_dsnode(i, extra, "serving http");
+    }
+
+    /// As [`Cluster::start_node`], up once its log shows `ready`.
+    pub fn start_dsnode(&mut self, i: usize, extra: &[String], ready: &str) {
         let mut args = vec![
             "serve".to_string(),
             "--device".into(),
@@ -180,22 +185,23 @@ impl Cluster {
         ];
         args.extend_from_slice(extra);
         let name = format!("dsnode{}", i + 1);
-        self.start_program(
-            i,
-            env!("CARGO_BIN_EXE_dsnode"),
-            &args,
-            &name,
-            "serving http",
-        );
+        self.start_program(i, env!("CARGO_BIN_EXE_dsnode"), &args, &name, ready);
     }
 
     /// `dsnode` options for node `i` of a two-node cluster serving `root` in transparent
     /// mode: its control channel, the other node as peer (with its care-of address for a
     /// drain), the home agent, and its control socket `sock`.
     pub fn transparent_args(&self, i: usize, root: &Path, sock: &Path) -> Vec<String> {
+        let mut v = vec!["--root".to_string(), root.display().to_string()];
+        v.extend(self.peer_args(i));
+        v.extend(["--control-socket".into(), sock.display().to_string()]);
+        v
+    }
+
+    /// `dsnode` options for node `i` of a two-node cluster in transparent mode: its control
+    /// channel, the other node as peer (with its care-of address), the home agent.
+    pub fn peer_args(&self, i: usize) -> Vec<String> {
         [
-            "--root",
-            &root.display().to_string(),
             "--control-listen",
             &self.a.ctl_listen(i),
             "--peer",
@@ -208,8 +214,6 @@ impl Cluster {
             "transparent",
             "--ha-control",
             &self.a.ha_control(),
-            "--control-socket",
-            &sock.display().to_string(),
         ]
         .map(String::from)
         .to_vec()

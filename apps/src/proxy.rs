@@ -1,0 +1,344 @@
+//! Proxy mode (the seed's Gecko proxy): an unmodified server becomes a distributed server.
+//!
+//! The node terminates the clients of the DS address on its userspace stack
+//! ([`dserver::Node`]) and relays each connection to a backend on its own machine (kernel TCP
+//! to a local address: nginx, `python3 -m http.server`, anything that speaks TCP). Which node
+//! serves a client is the distribution policy's choice, made on the first request's head:
+//! when it names another node, the connection is handed there with the bytes read so far as
+//! its state, and that node's proxy opens its own backend connection and sends them first.
+//!
+//! Everything is non-blocking: one loop waits on the node's readiness descriptor and the
+//! backend sockets together. Each relay direction buffers at most [`BUF`] bytes; a request
+//! head longer than [`MAX_HEAD`] is refused.
+
+use dserver::{ConnId, Event, Node, Placement};
+use std::collections::HashMap;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::Duration;
+
+/// The longest request head read before the placement (then the client gets a 431).
+pub const MAX_HEAD: usize = 16 * 1024;
+/// Bytes buffered per direction of a relay.
+pub const BUF: usize = 64 * 1024;
+
+/// Counters of the proxy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ProxyStats {
+    /// New clients accepted here.
+    pub accepted: u64,
+    /// Connections relayed to the backend here (placed here, or handed over to this node).
+    pub relayed: u64,
+    /// Connections handed to another node by the policy.
+    pub handed_off: u64,
+    /// Connections that came from another node.
+    pub arrived: u64,
+    /// Connections placed elsewhere that stayed (the handoff failed).
+    pub kept: u64,
+    /// Backend connections that failed.
+    pub backend_errors: u64,
+    /// Request heads too long or malformed.
+    pub bad_requests: u64,
+}
+
+/// One client connection.
+struct Relay {
+    /// Bytes read from the client and not yet written to the backend (before the placement:
+    /// the request head so far).
+    up: Vec<u8>,
+    /// Bytes read from the backend and not yet written to the client.
+    down: Vec<u8>,
+    backend: Option<TcpStream>,
+    /// Waiting for a handoff's outcome (the state sent is `up`).
+    leaving: bool,
+    client_eof: bool,
+    backend_eof: bool,
+}
+
+/// The proxy: a node, a backend address, and the relays.
+pub struct Proxy {
+    node: Node,
+    backend: SocketAddr,
+    relays: HashMap<ConnId, Relay>,
+    stats: ProxyStats,
+    ready: Vec<ConnId>,
+    poll: ds_stack::device::PollSet,
+}
+
+impl Proxy {
+    /// Relay the clients of `node` to `backend`.
+    pub fn new(node: Node, backend: SocketAddr) -> Self {
+        Proxy {
+            node,
+            backend,
+            relays: HashMap::new(),
+            stats: ProxyStats::default(),
+            ready: Vec::new(),
+            poll: ds_stack::device::PollSet::default(),
+        }
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> ProxyStats {
+        self.stats
+    }
+
+    /// The node.
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// Open relays.
+    pub fn connections(&self) -> usize {
+        self.relays.len()
+    }
+
+    /// One round: wait up to `max_wait` (also for the `extra` descriptors), then move bytes.
+    pub fn step(&mut self, max_wait: Duration, extra: &[RawFd]) -> Result<(), dserver::Error> {
+        let fd = self.node.readiness_fd()?;
+        self.poll.clear();
+        self.poll.add(fd);
+        for r in self.relays.values() {
+            if let Some(b) = &r.backend {
+                self.poll.add(b.as_raw_fd());
+            }
+        }
+        for fd in extra {
+            self.poll.add(*fd);
+        }
+        let wait = self
+            .node
+            .poll_timeout()
+            .map_or(max_wait, |t| t.min(max_wait));
+        // A failed wait (EINTR) only ends the wait early.
+        let _ = self.poll.wait(Some(wait));
+        self.node.poll(Duration::ZERO)?;
+        while let Some(a) = self.node.try_accept() {
+            let arrived = a.state.is_some();
+            let mut r = Relay {
+                up: a.state.unwrap_or_default(),
+                down: Vec::new(),
+                backend: None,
+                leaving: false,
+                client_eof: false,
+                backend_eof: false,
+            };
+            if arrived {
+                self.stats.arrived += 1;
+                // Placed here by the node it came from: relay what it read.
+                self.open_backend(&mut r);
+            } else {
+                self.stats.accepted += 1;
+            }
+            self.relays.insert(a.conn, r);
+            self.ready.push(a.conn);
+        }
+        let events: Vec<Event> = self.node.take_events().collect();
+        for ev in events {
+            match ev {
+                Event::HandedOff { conn, .. } | Event::Lost { conn, .. } => {
+                    self.relays.remove(&conn);
+                }
+                Event::KeptHere { conn, cause } => {
+                    tracing::warn!(%conn, "placed elsewhere, served here: {cause}");
+                    self.stats.kept += 1;
+                    if let Some(mut r) = self.relays.remove(&conn) {
+                        r.leaving = false;
+                        self.open_backend(&mut r);
+                        self.relays.insert(conn, r);
+                        self.ready.push(conn);
+                    }
+                }
+                Event::Declined { .. } => {}
+            }
+        }
+        self.node.take_ready(&mut self.ready);
+        // Backend sockets have no readiness of their own here: visit relays with one
+        // (cheap: a non-blocking read that would block).
+        let ids: Vec<ConnId> = self
+            .ready
+            .drain(..)
+            .chain(
+                self.relays
+                    .iter()
+                    .filter(|(_, r)| r.backend.is_some())
+                    .map(|(c, _)| *c),
+            )
+            .collect();
+        let mut done = std::collections::HashSet::new();
+        for c in ids {
+            if done.insert(c) {
+                self.pump(c);
+            }
+        }
+        Ok(())
+    }
+
+    fn open_backend(&mut self, r: &mut Relay) {
+        match connect_nonblocking(self.backend) {
+            Ok(s) => {
+                self.stats.relayed += 1;
+                r.backend = Some(s);
+            }
+            Err(e) => {
+                tracing::warn!(backend = %self.backend, "backend unreachable: {e}");
+                self.stats.backend_errors += 1;
+                r.down
+                    .extend_from_slice(b"HTTP/1.0 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n");
+                r.backend_eof = true;
+            }
+        }
+    }
+
+    /// Move what can move on connection `c`; close it when both sides are done.
+    fn pump(&mut self, c: ConnId) {
+        let Some(mut r) = self.relays.remove(&c) else {
+            return;
+        };
+        if r.leaving {
+            self.relays.insert(c, r);
+            return;
+        }
+        let mut buf = [0u8; 16 * 1024];
+        // Client → us.
+        while !r.client_eof && r.up.len() < BUF {
+            let room = (BUF - r.up.len()).min(buf.len());
+            match self.node.read(c, &mut buf[..room]) {
+                Ok(0) => r.client_eof = true,
+                Ok(n) => r.up.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    let _ = self.node.close(c);
+                    return;
+                }
+            }
+        }
+        if r.backend.is_none() && !r.backend_eof {
+            // Not placed yet: wait for the whole request head.
+            match head_end(&r.up) {
+                Some(_) => {
+                    let first = r.up.clone();
+                    match self.node.place(&first) {
+                        Placement::Here => self.open_backend(&mut r),
+                        Placement::Node(to) => match self.node.start_handoff(c, to, first) {
+                            Ok(()) => {
+                                self.stats.handed_off += 1;
+                                r.leaving = true;
+                                self.relays.insert(c, r);
+                                return;
+                            }
+                            Err(e) => {
+                                tracing::warn!(%c, "handoff to {to} refused: {e}");
+                                self.open_backend(&mut r);
+                            }
+                        },
+                    }
+                }
+                None if r.up.len() >= MAX_HEAD || r.client_eof => {
+                    self.stats.bad_requests += 1;
+                    let _ = self.node.write(
+                        c,
+                        b"HTTP/1.0 431 Request Header Fields Too Large\r\nContent-Length: 0\r\n\r\n",
+                    );
+                    let _ = self.node.close(c);
+                    return;
+                }
+                None => {
+                    self.relays.insert(c, r);
+                    return;
+                }
+            }
+        }
+        if let Some(b) = r.backend.as_mut() {
+            // Us → backend.
+            while !r.up.is_empty() {
+                match b.write(&r.up) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        r.up.drain(..n);
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == ErrorKind::NotConnected => break, // connecting
+                    Err(_) => {
+                        self.stats.backend_errors += 1;
+                        r.backend_eof = true;
+                        r.up.clear();
+                        break;
+                    }
+                }
+            }
+            if r.client_eof && r.up.is_empty() {
+                let _ = b.shutdown(std::net::Shutdown::Write);
+            }
+            // Backend → us.
+            while !r.backend_eof && r.down.len() < BUF {
+                let room = (BUF - r.down.len()).min(buf.len());
+                match b.read(&mut buf[..room]) {
+                    Ok(0) => r.backend_eof = true,
+                    Ok(n) => r.down.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == ErrorKind::NotConnected => break,
+                    Err(_) => {
+                        self.stats.backend_errors += 1;
+                        r.backend_eof = true;
+                    }
+                }
+            }
+        }
+        // Us → client.
+        while !r.down.is_empty() {
+            match self.node.write(c, &r.down) {
+                Ok(n) => {
+                    r.down.drain(..n);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    let _ = self.node.close(c);
+                    return;
+                }
+            }
+        }
+        if r.backend_eof && r.down.is_empty() {
+            // The backend finished: so does the client's connection (FIN after the data).
+            let _ = self.node.close(c);
+            return;
+        }
+        self.relays.insert(c, r);
+    }
+}
+
+/// Where the request head ends (just after its blank line), if it is all there.
+fn head_end(b: &[u8]) -> Option<usize> {
+    b.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+}
+
+/// A non-blocking connection to `addr` (in progress: writes say `WouldBlock` or
+/// `NotConnected` until it is up).
+fn connect_nonblocking(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    s.set_nonblocking(true)?;
+    s.set_nodelay(true)?;
+    match s.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(s.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_head_ends_after_the_blank_line() {
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nbody"), Some(27));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: x\r\n"), None);
+        assert_eq!(head_end(b""), None);
+    }
+}

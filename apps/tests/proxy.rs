@@ -1,0 +1,118 @@
+//! Proxy mode: an unmodified backend (`python3 -m http.server`, which answers HTTP/1.0 and
+//! closes) on each of two nodes, `dsnode --backend [::1]:8000 --policy round-robin` in front
+//! of each, `dsha xdp` tunnelling new clients to node 1. wrk against the DS address: node 1
+//! serves every other client through its own backend and hands the others, with their
+//! request, to node 2, whose proxy relays them to its backend. The requests split evenly
+//! (each backend 50% ± 10%), wrk sees no error, and the content is byte-exact (curl). Needs
+//! root; prints SKIP otherwise.
+
+mod cluster;
+
+use cluster::{Addrs, Cluster, UP};
+use ds_testbed::{require_root, PatternStream};
+
+const SIZE: usize = 64 << 10;
+
+#[test]
+fn the_proxy_spreads_wrk_over_two_unmodified_backends() {
+    if !require_root("the_proxy_spreads_wrk_over_two_unmodified_backends") {
+        return;
+    }
+    let mut c = Cluster::start("px", Addrs::new(0xe2, 2));
+    let www = c.dir.path().join("www");
+    std::fs::create_dir_all(&www).expect("www");
+    let body = PatternStream::bytes(0x9e11, SIZE);
+    std::fs::write(www.join("file.bin"), &body).expect("file");
+    let mut backends = Vec::new();
+    for i in 0..2 {
+        let ns = &c.topo.nodes[i];
+        ns.ip(&["link", "set", "lo", "up"]).expect("lo up");
+        let args = [
+            "-u",
+            "-m",
+            "http.server",
+            "8000",
+            "--bind",
+            "::1",
+            "--directory",
+            &www.display().to_string(),
+        ];
+        let name = format!("backend{}", i + 1);
+        let (mut p, log, out) = ns
+            .spawn_logged("python3", &args, c.dir.path(), &name)
+            .expect("python3");
+        p.wait_for_log(&out, "Serving HTTP", UP)
+            .expect("backend up");
+        backends.push((p, log));
+    }
+    for i in 0..2 {
+        let mut args: Vec<String> = ["--backend", "[::1]:8000", "--policy", "round-robin"]
+            .map(String::from)
+            .to_vec();
+        args.extend(c.peer_args(i));
+        c.start_dsnode(i, &args, "serving proxy");
+    }
+    let url = format!("http://[{}]/file.bin", c.a.ds());
+
+    // Content: through either node, byte-exact.
+    for k in 0..4 {
+        let out = c
+            .topo
+            .client
+            .command("curl")
+            .args(["-sS", "--fail", "--max-time", "10", &url])
+            .output()
+            .expect("curl");
+        assert!(
+            out.status.success(),
+            "curl {k}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.stdout == body, "curl {k}: the content differs");
+    }
+
+    let wrk = c
+        .topo
+        .client
+        .command("wrk")
+        .args(["-t", "2", "-c", "4", "-d", "3s", &url])
+        .output()
+        .expect("wrk");
+    let report = String::from_utf8_lossy(&wrk.stdout).into_owned();
+    assert!(wrk.status.success(), "wrk: {report}");
+    assert!(!report.contains("Socket errors"), "wrk: {report}");
+    assert!(!report.contains("Non-2xx"), "wrk: {report}");
+    let total: u64 = report
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in"))
+        .and_then(|(n, _)| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no request count: {report}"));
+
+    // Each backend's log has a line per request it answered.
+    let served: Vec<usize> = backends
+        .iter()
+        .map(|(_, log)| {
+            std::fs::read_to_string(log)
+                .expect("backend log")
+                .lines()
+                .filter(|l| l.contains("\"GET /file.bin"))
+                .count()
+        })
+        .collect();
+    let sum = (served[0] + served[1]) as f64;
+    let share = served[0] as f64 / sum;
+    eprintln!(
+        "proxy: wrk {total} requests; backends {served:?} ({:.1}% on node 1)",
+        share * 100.0
+    );
+    assert!(total >= 20, "too few requests to judge: {report}");
+    assert!(
+        (0.4..=0.6).contains(&share),
+        "requests per backend {served:?}: not within 50% ± 10%"
+    );
+    for (mut p, _) in backends {
+        let _ = p.kill();
+        let _ = p.wait();
+    }
+    assert!(c.stop(), "the home agent removed its pins");
+}
