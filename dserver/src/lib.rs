@@ -61,6 +61,8 @@ pub mod mac;
 mod node;
 mod policy;
 mod readiness;
+#[cfg(feature = "tokio")]
+pub mod tokio_io;
 
 pub use ds_handoff::{ClusterSecret, HandoffReport, Phase};
 pub use kernel::{kernel_steering, KernelAccepted, KernelNode};

@@ -16,6 +16,34 @@ use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+/// Hashing for the node's own small keys (connection ids, stack handles): a multiplicative
+/// hash (Fibonacci hashing), since SipHash's DoS resistance buys nothing for keys the node
+/// makes itself and costs a measurable share of a small request's time.
+#[derive(Default, Clone, Copy)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(u64::from(v));
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+type IdMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<IdHasher>>;
+
 /// A connection on a [`Node`]: a number that is never reused by the node that gave it. A
 /// connection that moves to another node gets a new one there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -288,18 +316,15 @@ impl Builder {
         let Some(Device::Kernel { iface }) = self.device.take() else {
             return Err(Error::Config("build_kernel needs Device::Kernel".into()));
         };
-        let ds = self
-            .ds_addr
-            .ok_or_else(|| Error::Config("ds_addr is required".into()))?;
+        let (_, addrs) = self.addresses()?;
         let cfg = self.handoff_config()?.ok_or_else(|| {
             Error::Config("a kernel node needs a peer or a control listener".into())
         })?;
-        let addrs: Vec<Ipv6Addr> = self.care_of.into_iter().chain([ds]).collect();
         crate::kernel::KernelNode::new(&iface, &addrs, cfg)
     }
 
-    /// Open the device, listen on the DS address and connect to the cluster.
-    pub fn build(mut self) -> Result<Node, Error> {
+    /// The DS address and the stack's addresses (care-of first), checked.
+    fn addresses(&self) -> Result<(Ipv6Addr, Vec<Ipv6Addr>), Error> {
         let ds = self
             .ds_addr
             .ok_or_else(|| Error::Config("ds_addr is required".into()))?;
@@ -308,17 +333,18 @@ impl Builder {
                 return Err(Error::Config(format!("{a}: need a unicast address")));
             }
         }
+        Ok((ds, self.care_of.into_iter().chain([ds]).collect()))
+    }
+
+    /// Open the device, listen on the DS address and connect to the cluster.
+    pub fn build(mut self) -> Result<Node, Error> {
+        let (_, addrs) = self.addresses()?;
         let device = self
             .device
             .take()
             .ok_or_else(|| Error::Config("device is required".into()))?;
         // Settings first, so a mistake fails before any device is touched.
         let handoff = self.handoff_config()?;
-        let own = self.care_of.unwrap_or(ds);
-        let addrs: Vec<Ipv6Addr> = match self.care_of {
-            Some(coa) => vec![coa, ds],
-            None => vec![ds],
-        };
         let dev: Box<dyn ds_stack::device::Device> = match &device {
             Device::AfXdp { iface } => {
                 let cfg = ds_xdp::device::AfXdpConfig::new(addrs.clone());
@@ -341,6 +367,25 @@ impl Builder {
                 },
             )?),
         };
+        tracing::info!(?device, "device open");
+        self.finish(dev, handoff)
+    }
+
+    /// A node on a device of the caller's (an in-memory link in tests and benchmarks, a
+    /// device of its own); the [`Builder::device`] setting is not used.
+    pub fn build_on(mut self, dev: Box<dyn ds_stack::device::Device>) -> Result<Node, Error> {
+        self.addresses()?;
+        let handoff = self.handoff_config()?;
+        self.finish(dev, handoff)
+    }
+
+    fn finish(
+        self,
+        dev: Box<dyn ds_stack::device::Device>,
+        handoff: Option<HandoffConfig>,
+    ) -> Result<Node, Error> {
+        let (ds, addrs) = self.addresses()?;
+        let own = addrs[0];
         let mac = self.mac.unwrap_or_else(|| crate::mac::mac_from_addr(own));
         let clock = Clock::new();
         let iface = Interface::new(Config::new(mac, addrs), clock.now());
@@ -367,7 +412,8 @@ impl Builder {
             None => None,
         };
         let started = Instant::now();
-        tracing::info!(%ds, port = self.port, ?device, "node up");
+        let started_stack = rt.now();
+        tracing::info!(%ds, port = self.port, "node up");
         Ok(Node {
             rt,
             listener: Some(listener),
@@ -376,8 +422,8 @@ impl Builder {
             chooser: Chooser::new(self.policy),
             peers: self.peers,
             next_id: 1,
-            conns: HashMap::new(),
-            by_handle: HashMap::new(),
+            conns: IdMap::default(),
+            by_handle: IdMap::default(),
             accepted: VecDeque::new(),
             queue: VecDeque::new(),
             export: None,
@@ -395,6 +441,7 @@ impl Builder {
                 [0, 1, 3].map(Duration::from_secs).into()
             },
             started,
+            started_stack,
         })
     }
 }
@@ -418,8 +465,8 @@ pub struct Node {
     chooser: Chooser,
     peers: Vec<SocketAddr>,
     next_id: u64,
-    conns: HashMap<ConnId, Entry>,
-    by_handle: HashMap<TcpHandle, ConnId>,
+    conns: IdMap<ConnId, Entry>,
+    by_handle: IdMap<TcpHandle, ConnId>,
     accepted: VecDeque<Accepted>,
     /// Connections waiting for their handoff (one runs at a time), with their state.
     queue: VecDeque<(ConnId, Vec<u8>)>,
@@ -434,6 +481,8 @@ pub struct Node {
     readiness: Option<Readiness>,
     announce: VecDeque<Duration>,
     started: Instant,
+    /// `started` on the stack's clock.
+    started_stack: ds_stack::Instant,
 }
 
 impl std::fmt::Debug for Node {
@@ -548,8 +597,9 @@ impl Node {
     }
 
     fn process(&mut self) {
-        let now = self.rt.now();
-        let since = self.started.elapsed();
+        // The step just gave the interface the time: no clock read here.
+        let now = self.rt.iface.now();
+        let since = now.saturating_since(self.started_stack);
         while self.announce.front().is_some_and(|d| since >= *d) {
             self.announce.pop_front();
             self.rt.iface.announce(now);
@@ -576,7 +626,9 @@ impl Node {
                 });
             }
         }
-        self.drive_engine(now);
+        if self.core.is_some() {
+            self.drive_engine(now);
+        }
     }
 
     fn drive_engine(&mut self, now: ds_stack::Instant) {
@@ -751,6 +803,8 @@ impl Node {
         let h = self.live(conn)?;
         match self.rt.iface.tcp_recv(h, buf) {
             Ok(0) if !buf.is_empty() => Err(io::ErrorKind::WouldBlock.into()),
+            // What the read made due (a window update) goes at the next poll, which
+            // `poll_timeout` asks for at once.
             Ok(n) => Ok(n),
             Err(ds_stack::Error::Eof) => Ok(0),
             Err(e) => Err(io_error(e)),
@@ -762,6 +816,8 @@ impl Node {
         let h = self.live(conn)?;
         match self.rt.iface.tcp_send(h, buf) {
             Ok(0) if !buf.is_empty() => Err(io::ErrorKind::WouldBlock.into()),
+            // Sent at the next poll, which `poll_timeout` asks for at once (no flush here:
+            // a clock read per call is a tenth of a small exchange's cost).
             Ok(n) => Ok(n),
             Err(e) => Err(io_error(e)),
         }
@@ -774,6 +830,8 @@ impl Node {
         self.rt.iface.tcp_release(h);
         self.conns.remove(&conn);
         self.by_handle.remove(&h);
+        // The FIN goes now (best effort: the next poll sends it otherwise).
+        let _ = self.rt.flush();
         Ok(())
     }
 
@@ -887,6 +945,28 @@ impl Node {
         if let Some(l) = self.listener.take() {
             self.rt.iface.tcp_unlisten(l);
         }
+    }
+
+    /// Stop serving: accept no more clients, close every connection still open here (a FIN
+    /// follows what was written), and run the node until the stack has delivered what
+    /// closed connections still owe their clients (or `max` passes). Call before dropping a
+    /// node that served, or clients may miss the end of their data.
+    pub fn shutdown(&mut self, max: Duration) -> Result<(), Error> {
+        self.stop_accepting();
+        let open: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, e)| e.leaving.is_none())
+            .map(|(c, _)| *c)
+            .collect();
+        for c in open {
+            self.close(c)?;
+        }
+        let start = Instant::now();
+        while self.rt.iface.tcp_unfinished_count() > 0 && start.elapsed() < max {
+            self.poll(Duration::from_millis(10))?;
+        }
+        Ok(())
     }
 
     /// Handoff counters (zero without handoff).

@@ -4,11 +4,13 @@
 //!   and smoltcp's, each behind a TAP device in network namespaces, in the same run.
 //! * [`handoff`]: `dsperf handoff`, the seed's handoff experiment in namespaces (client, home
 //!   agent, two nodes), one JSON line per handoff.
+//! * [`api`]: `dsperf api`, what the library's connection API costs against the raw stack.
 //! * [`plot`]: SVG charts of the results.
 
 #![warn(missing_docs)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod api;
 pub mod handoff;
 pub mod plot;
 pub mod stack;

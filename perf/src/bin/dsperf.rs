@@ -53,6 +53,48 @@ enum Cmd {
     /// Plot handoff runs: the seven phases (medians) as stacked bars, one bar per input file of
     /// `dsperf handoff` JSON lines, with the median wall time and client-perceived gap.
     HandoffPlot(HandoffPlotArgs),
+    /// What the library's connection API (dserver::Node) costs against the raw stack loop:
+    /// bulk upload and request/response over an in-memory link, the two servers alternating
+    /// per repeat; medians and the ratio API / raw. No root needed.
+    Api(ApiArgs),
+}
+
+#[derive(Args)]
+struct ApiArgs {
+    /// Bytes uploaded per bulk measurement (suffixes k, M, G, KiB, MiB, GiB).
+    #[arg(long, default_value = "256MiB", value_parser = parse_size)]
+    bytes: u64,
+    /// Request/response exchanges per measurement.
+    #[arg(long, default_value_t = 20_000)]
+    rounds: u32,
+    /// Bytes of each request and response.
+    #[arg(long, default_value_t = 64)]
+    msg: usize,
+    /// Measurements per server and workload.
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+fn run_api(a: ApiArgs) -> Result<()> {
+    if a.repeats == 0 || a.rounds == 0 || a.msg == 0 {
+        anyhow::bail!("--repeats, --rounds and --msg must be positive");
+    }
+    let o = ds_perf::api::Options {
+        bytes: a.bytes,
+        rounds: a.rounds,
+        msg: a.msg,
+        repeats: a.repeats,
+    };
+    let r = ds_perf::api::run(&o, |line| tracing::info!("{line}"));
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        print!("{}", ds_perf::api::text(&r));
+    }
+    Ok(())
 }
 
 #[derive(Args)]
@@ -366,6 +408,7 @@ fn main() -> ExitCode {
         Cmd::Stack(a) => run_stack(a),
         Cmd::Handoff(a) => run_handoff(a),
         Cmd::HandoffPlot(a) => run_handoff_plot(a),
+        Cmd::Api(a) => run_api(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

@@ -170,6 +170,11 @@ impl<T> ConnTable<T> {
         self.demux.len()
     }
 
+    /// The live connections.
+    pub(super) fn live(&self) -> impl Iterator<Item = &T> + '_ {
+        self.demux.values().filter_map(|i| self.get(*i))
+    }
+
     /// Indices of the live connections to `remote`.
     pub(super) fn to_remote(&self, remote: Ipv6Addr) -> Vec<u32> {
         self.demux

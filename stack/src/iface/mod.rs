@@ -298,6 +298,18 @@ impl Interface {
         *a == self.link_local || self.cfg.addrs.contains(a) || self.home_addrs.contains(a)
     }
 
+    /// The latest time the interface was given (by `receive`, `poll` or `transmit`): a
+    /// caller's "now" without reading a clock again.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// Whether frames are waiting to be sent ([`Interface::transmit`] has work): a
+    /// connection's output, or control frames.
+    pub fn has_output(&self) -> bool {
+        self.conns.has_dirty() || !self.ctrl.is_empty()
+    }
+
     /// The earliest instant at which [`Interface::poll`] has work (`None`: only input matters).
     pub fn poll_at(&self) -> Option<Instant> {
         let mut t = self.conns.next_timer();
@@ -309,7 +321,7 @@ impl Interface {
         {
             t = Some(t.map_or(x, |y| y.min(x)));
         }
-        if self.conns.has_dirty() || !self.ctrl.is_empty() {
+        if self.has_output() {
             return Some(self.now);
         }
         t

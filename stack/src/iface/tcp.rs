@@ -617,6 +617,15 @@ impl Interface {
     pub fn tcp_connection_count(&self) -> usize {
         self.conns.len()
     }
+
+    /// Connections that still owe their peer something: not yet closed, or closing with data
+    /// or a FIN unacknowledged (every state but TIME-WAIT and CLOSED).
+    pub fn tcp_unfinished_count(&self) -> usize {
+        self.conns
+            .live()
+            .filter(|t| !matches!(t.state(), TcpState::TimeWait | TcpState::Closed))
+            .count()
+    }
 }
 
 impl IsnGenerator {
