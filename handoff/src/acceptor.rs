@@ -443,7 +443,19 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
                     client,
                     times,
                 } => self.activate(
-                    p.from, p.conn_id, p.arrived, conn, app, client, times, host, svc,
+                    // The host's clock, as every phase: the caller's `now` of the round the
+                    // offer came in may precede its arrival (and the donor's send), which made
+                    // the acceptor's elapsed time exceed the donor's round trip and phase 2
+                    // come out as zero.
+                    p.from,
+                    p.conn_id,
+                    p.arrived_host,
+                    conn,
+                    app,
+                    client,
+                    times,
+                    host,
+                    svc,
                 ),
                 Stage::CareOf {
                     offer,
