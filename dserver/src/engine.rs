@@ -101,7 +101,7 @@ pub struct HandoffConfig {
     pub steer_timeout: Duration,
     /// Route-optimised mode: this node's mobile role for the DS address, at home (the contact
     /// node, which runs the home test, RFC 6275 §5.2.5) or away from home. The node installs
-    /// it on its interface ([`HandoffNode::install_mobility`]) and drives it there.
+    /// it on its interface (`ds_apps::node::HandoffNode::install_mobility`) and drives it there.
     pub mobile_role: Option<MobileRole>,
 }
 
