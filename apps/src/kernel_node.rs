@@ -7,6 +7,7 @@
 //! exported [`HttpConnState`] are exactly the userspace server's, so either kind of node
 //! continues the other's response.
 
+use crate::drain::{DrainInfo, Draining};
 use crate::http::{HttpConn, HttpConnState};
 use crate::node::{Coordinator, HandoffConfig, NodeEvent, NodeStats};
 use ds_handoff::Service;
@@ -128,7 +129,8 @@ impl Service<KernelConn> for KernelService<'_> {
 
 /// The HTTP service over kernel sockets plus live handoff to and from a peer.
 pub struct KernelNode {
-    listener: TcpListener,
+    /// `None` once a drain stopped accepting.
+    listener: Option<TcpListener>,
     root: PathBuf,
     service: String,
     core: Coordinator<KernelConn>,
@@ -141,6 +143,10 @@ pub struct KernelNode {
     stats: KernelServerStats,
     fds: Vec<libc::pollfd>,
     control: Vec<std::os::fd::RawFd>,
+    /// Clients whose connection the operator asked to move (`dsctl handoff`).
+    requested: Vec<SocketAddrV6>,
+    /// Set while the node drains.
+    drain: Option<Draining>,
 }
 
 impl KernelNode {
@@ -156,7 +162,7 @@ impl KernelNode {
         listener.set_nonblocking(true)?;
         let core = Coordinator::new(&mut cfg)?;
         Ok(KernelNode {
-            listener,
+            listener: Some(listener),
             root: std::fs::canonicalize(root)?,
             service: cfg.service.clone(),
             core,
@@ -168,6 +174,8 @@ impl KernelNode {
             stats: KernelServerStats::default(),
             fds: Vec::new(),
             control: Vec::new(),
+            requested: Vec::new(),
+            drain: None,
         })
     }
 
@@ -218,6 +226,11 @@ impl KernelNode {
         self.core.busy()
     }
 
+    /// Whether the control channel to the peer is up.
+    pub fn peer_connected(&self) -> bool {
+        self.core.peer_connected()
+    }
+
     /// Open the channel to the peer now rather than inside the first handoff's timing.
     pub fn connect_peer(&mut self) -> anyhow::Result<()> {
         Ok(self.core.connect_peer()?)
@@ -240,7 +253,73 @@ impl KernelNode {
         self.host.holds().poll();
         let now = Instant::now();
         self.with_engine(|core, host, svc| core.poll(now, host, svc));
+        if let Some(d) = self.drain.as_mut() {
+            if d.observe(self.core.events()) && self.listener.take().is_some() {
+                tracing::info!("drain: no longer accepting");
+            }
+        }
         self.serve_conns();
+    }
+
+    /// Move the connection of `client` to the peer `to` (`dsctl handoff`) as soon as no other
+    /// handoff runs; its report comes as a [`NodeEvent::HandedOff`], or a
+    /// [`NodeEvent::KeptHere`] when it stays.
+    pub fn request_handoff(
+        &mut self,
+        client: SocketAddrV6,
+        to: std::net::SocketAddr,
+    ) -> Result<(), String> {
+        match self.core.peer() {
+            None => return Err("this node has no peer (--peer)".into()),
+            Some(p) if p != to => return Err(format!("this node hands off to {p} only")),
+            Some(_) => {}
+        }
+        if !self.conns.iter().any(|c| c.client == client) {
+            return Err(format!("no connection of {client} here"));
+        }
+        if self.requested.contains(&client) {
+            return Err(format!("the connection of {client} is already leaving"));
+        }
+        self.requested.push(client);
+        Ok(())
+    }
+
+    /// Drain (`dsctl drain`), as the userspace node's
+    /// ([`crate::node::HandoffNode::start_drain`]).
+    pub fn start_drain(
+        &mut self,
+        rebind: Option<(std::net::Ipv6Addr, std::net::Ipv6Addr)>,
+    ) -> Result<usize, String> {
+        if self.drain.is_some() {
+            return Err("already draining".into());
+        }
+        self.drain = Some(Draining::start(&mut self.core, rebind)?);
+        tracing::info!(connections = self.conns.len(), "draining");
+        Ok(self.conns.len())
+    }
+
+    /// The drain's progress, if the node drains.
+    pub fn drain_info(&self) -> Option<DrainInfo> {
+        self.drain
+            .as_ref()
+            .map(|d| d.info(self.conns.len(), self.listener.is_some()))
+    }
+
+    /// True once a drain moved (or saw close) every connection and nothing is in flight.
+    pub fn drained(&self) -> bool {
+        self.drain.is_some()
+            && self.listener.is_none()
+            && self.conns.is_empty()
+            && !self.core.busy()
+    }
+
+    /// Whether the connection `c` is to leave now: asked for by the operator, or every
+    /// connection still sending once a drain no longer accepts.
+    fn wants_out(&self, c: &Conn) -> bool {
+        self.requested.contains(&c.client)
+            || (self.listener.is_none()
+                && !c.fin
+                && self.drain.as_ref().is_some_and(|d| d.may_try(c.client)))
     }
 
     /// Stop: every packet hold goes with the node (their packets are dropped).
@@ -266,7 +345,9 @@ impl KernelNode {
                 revents: 0,
             })
         };
-        add(self.listener.as_raw_fd(), libc::POLLIN);
+        if let Some(l) = &self.listener {
+            add(l.as_raw_fd(), libc::POLLIN);
+        }
         add(hold_fd, libc::POLLIN);
         for fd in &self.control {
             add(*fd, libc::POLLIN);
@@ -291,8 +372,11 @@ impl KernelNode {
     }
 
     fn accept_clients(&mut self) {
+        let Some(listener) = &self.listener else {
+            return;
+        };
         loop {
-            match self.listener.accept() {
+            match listener.accept() {
                 Ok((sock, _)) => match KernelConn::live(sock) {
                     Ok(KernelConn::Live {
                         sock,
@@ -322,6 +406,15 @@ impl KernelNode {
     fn serve_conns(&mut self) {
         let mut k = 0;
         while k < self.conns.len() {
+            if !self.core.handing_off() && self.wants_out(&self.conns[k]) {
+                let c = self.conns.swap_remove(k);
+                self.requested.retain(|r| *r != c.client);
+                if let Some(mut c) = self.hand_off(c) {
+                    c.sent_here = 0;
+                    self.conns.push(c);
+                }
+                continue;
+            }
             let quota = self.quota_now();
             let (verdict, wrote) = serve(&mut self.conns[k], quota);
             self.stats.response_bytes += wrote;

@@ -17,6 +17,7 @@
 
 pub mod config;
 pub mod control;
+pub mod drain;
 pub mod flow_agent;
 pub mod home_agent;
 pub mod http;

@@ -3,6 +3,7 @@
 //! ([`dserver::engine::Coordinator`]), as [`crate::kernel_node::KernelNode`] does for kernel
 //! sockets. The engine's types are re-exported here for the daemon and its tests.
 
+use crate::drain::{DrainInfo, Draining};
 use crate::http::HttpConnState;
 use crate::server::HttpServer;
 use ds_handoff::{Mode, Service, UserConn, UserHost};
@@ -90,36 +91,6 @@ pub struct HandoffNode {
     leaving: std::collections::HashMap<Ipv6Addr, u16>,
     /// Set while the node drains ([`HandoffNode::start_drain`]).
     drain: Option<Draining>,
-}
-
-/// A drain in progress.
-#[derive(Debug)]
-struct Draining {
-    since: Instant,
-    /// Since when the home agent's answer to the rebind is awaited.
-    rebind: Option<Instant>,
-    /// Failed handoffs per client: after [`DRAIN_TRIES`] a connection finishes here.
-    failures: std::collections::HashMap<SocketAddrV6, u32>,
-}
-
-/// Handoffs tried per connection during a drain before it is left to finish here.
-const DRAIN_TRIES: u32 = 3;
-
-/// How long a drain waits for the home agent to move the binding before it stops
-/// accepting anyway.
-const REBIND_WAIT: Duration = Duration::from_secs(2);
-
-/// What `dsctl status` says about a drain.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct DrainInfo {
-    /// Since the drain started, milliseconds.
-    pub for_ms: u64,
-    /// Connections still here.
-    pub remaining: usize,
-    /// Connections that failed to move [`DRAIN_TRIES`] times and finish here.
-    pub staying: usize,
-    /// Whether new clients are still accepted (until the home agent moved the binding).
-    pub accepting: bool,
 }
 
 impl HandoffNode {
@@ -231,39 +202,22 @@ impl HandoffNode {
     /// Drain (`dsctl drain`): hand every connection to the peer, stop accepting, and report
     /// [`HandoffNode::drained`] once none is left. With `rebind` (the DS address and the peer's
     /// care-of address, transparent mode) the home agent is first asked to send new clients
-    /// to the peer, and this node stops accepting once it did (or after [`REBIND_WAIT`]), so
+    /// to the peer, and this node stops accepting once it did (or after [`crate::drain::REBIND_WAIT`]), so
     /// that no client is refused. Returns the connections to move.
     pub fn start_drain(&mut self, rebind: Option<(Ipv6Addr, Ipv6Addr)>) -> Result<usize, String> {
         if self.drain.is_some() {
             return Err("already draining".into());
         }
-        if !self.core.has_peer() {
-            return Err("this node has no peer to drain to".into());
-        }
-        let mut waiting = None;
-        if let Some((home, to)) = rebind {
-            match self.core.rebind(home, to) {
-                Ok(()) => waiting = Some(Instant::now()),
-                Err(e) => tracing::warn!("drain: the binding stays (new clients are refused): {e}"),
-            }
-        }
+        self.drain = Some(Draining::start(&mut self.core, rebind)?);
         tracing::info!(connections = self.server.connections(), "draining");
-        self.drain = Some(Draining {
-            since: Instant::now(),
-            rebind: waiting,
-            failures: std::collections::HashMap::new(),
-        });
         Ok(self.server.connections())
     }
 
     /// The drain's progress, if the node drains.
     pub fn drain_info(&self) -> Option<DrainInfo> {
-        self.drain.as_ref().map(|d| DrainInfo {
-            for_ms: d.since.elapsed().as_millis() as u64,
-            remaining: self.server.connections(),
-            staying: d.failures.values().filter(|n| **n >= DRAIN_TRIES).count(),
-            accepting: self.server.is_accepting(),
-        })
+        self.drain
+            .as_ref()
+            .map(|d| d.info(self.server.connections(), self.server.is_accepting()))
     }
 
     /// True once a drain moved (or saw close) every connection and nothing is in flight:
@@ -282,26 +236,8 @@ impl HandoffNode {
         let Some(d) = self.drain.as_mut() else {
             return;
         };
-        for e in self.core.events() {
-            match e {
-                NodeEvent::Rebound { ok: true, .. } => {
-                    tracing::info!("drain: the home agent sends new clients to the peer");
-                    d.rebind = None;
-                }
-                NodeEvent::Rebound { ok: false, detail } => {
-                    tracing::warn!("drain: the home agent kept the binding: {detail}");
-                    d.rebind = None;
-                }
-                NodeEvent::KeptHere { client, .. } => *d.failures.entry(*client).or_default() += 1,
-                _ => {}
-            }
-        }
-        if let Some(t) = d.rebind {
-            if t.elapsed() < REBIND_WAIT {
-                return;
-            }
-            tracing::warn!("drain: no answer from the home agent about the binding");
-            d.rebind = None;
+        if !d.observe(self.core.events()) {
+            return;
         }
         if self.server.is_accepting() {
             self.server.stop_accepting(iface);
@@ -315,7 +251,7 @@ impl HandoffNode {
             let Some((_, client)) = iface.tcp_endpoints(h) else {
                 continue;
             };
-            if d.failures.get(&client).is_some_and(|n| *n >= DRAIN_TRIES) {
+            if !d.may_try(client) {
                 continue;
             }
             if !self.queue.contains(&h) && self.server.pause(h) {

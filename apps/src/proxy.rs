@@ -54,6 +54,10 @@ struct Relay {
     leaving: bool,
     client_eof: bool,
     backend_eof: bool,
+    /// Bytes relayed to the client here.
+    sent: u64,
+    /// When it was accepted or arrived here.
+    since: std::time::Instant,
 }
 
 /// The proxy: a node, a backend address, and the relays.
@@ -94,6 +98,34 @@ impl Proxy {
         self.relays.len()
     }
 
+    /// The open client connections, for `dsctl conns`: the state is `placing` (reading the
+    /// first request), `leaving` (being handed off) or `relaying`.
+    pub fn conn_info(&self) -> Vec<crate::server::ConnInfo> {
+        let mut v: Vec<_> = self
+            .relays
+            .iter()
+            .map(|(id, r)| crate::server::ConnInfo {
+                client: self
+                    .node
+                    .peer_addr(*id)
+                    .map_or_else(String::new, |p| p.to_string()),
+                local: String::new(),
+                state: if r.leaving {
+                    "leaving"
+                } else if r.backend.is_some() || r.backend_eof {
+                    "relaying"
+                } else {
+                    "placing"
+                }
+                .into(),
+                sent_bytes: r.sent,
+                age_ms: r.since.elapsed().as_millis() as u64,
+            })
+            .collect();
+        v.sort_by(|a, b| a.client.cmp(&b.client));
+        v
+    }
+
     /// One round: wait up to `max_wait` (also for the `extra` descriptors), then move bytes.
     pub fn step(&mut self, max_wait: Duration, extra: &[RawFd]) -> Result<(), dserver::Error> {
         let fd = self.node.readiness_fd()?;
@@ -123,6 +155,8 @@ impl Proxy {
                 leaving: false,
                 client_eof: false,
                 backend_eof: false,
+                sent: 0,
+                since: std::time::Instant::now(),
             };
             if arrived {
                 self.stats.arrived += 1;
@@ -291,6 +325,7 @@ impl Proxy {
             match self.node.write(c, &r.down) {
                 Ok(n) => {
                     r.down.drain(..n);
+                    r.sent += n as u64;
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(_) => {

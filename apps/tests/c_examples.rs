@@ -111,15 +111,7 @@ fn the_c_http_server_hands_a_kernel_socket_to_the_other_node() {
     }
     let mut c = Cluster::start("ck", Addrs::new(0xde, 2));
     let exe = compile("http", c.dir.path());
-    let n1 = &c.topo.nodes[0];
-    let mac = ds_apps::mac::format_mac(&c.a.mac(0));
-    n1.ip(&["link", "set", "n0", "address", &mac]).expect("MAC");
-    let coa = format!("{}/128", c.a.coa(0));
-    n1.ip(&["-6", "addr", "add", &coa, "dev", "n0", "nodad"])
-        .expect("care-of address");
-    let ds = format!("{}/128", c.a.ds());
-    n1.ip(&["-6", "addr", "add", &ds, "dev", "lo"])
-        .expect("DS address");
+    c.kernel_addrs(0);
     for i in 0..2 {
         let mut args = http_args(&c, i);
         if i == 0 {

@@ -4,7 +4,8 @@
 //! unacknowledged data). `dsctl drain --wait` on node 1: the home agent sends new clients to
 //! node 2, node 1 stops accepting, hands every connection to node 2 and exits. Every client
 //! then reads its whole response, byte-exact, without an error; node 2 adopted all 100; a
-//! new client is served (by node 2). Needs root; prints SKIP otherwise.
+//! new client is served (by node 2). The same with node 1 on the kernel's own sockets
+//! (`--device kernel`). Needs root; prints SKIP otherwise.
 
 mod cluster;
 
@@ -39,7 +40,21 @@ fn dsctl_drain_moves_every_connection_and_the_node_exits() {
     if !require_root("dsctl_drain_moves_every_connection_and_the_node_exits") {
         return;
     }
-    let mut c = Cluster::start("dr", Addrs::new(0xe1, 2));
+    run(Cluster::start("dr", Addrs::new(0xe1, 2)), "afxdp");
+}
+
+#[test]
+fn dsctl_drain_moves_every_kernel_socket_and_the_node_exits() {
+    if !require_root("dsctl_drain_moves_every_kernel_socket_and_the_node_exits") {
+        return;
+    }
+    let c = Cluster::start("dq", Addrs::new(0xe5, 2));
+    c.kernel_addrs(0);
+    run(c, "kernel");
+}
+
+/// The scenario with node 1 on `device`.
+fn run(mut c: Cluster, device: &str) {
     let root = c.dir.path().join("www");
     std::fs::create_dir_all(&root).expect("root");
     let body = PatternStream::bytes(0xd7a1, SIZE);
@@ -47,7 +62,8 @@ fn dsctl_drain_moves_every_connection_and_the_node_exits() {
     let socks = [0, 1].map(|i| c.dir.path().join(format!("node{}.sock", i + 1)));
     for (i, sock) in socks.iter().enumerate() {
         let args = c.transparent_args(i, &root, sock);
-        c.start_node(i, &args);
+        let dev = if i == 0 { device } else { "afxdp" };
+        c.start_dsnode_on(i, dev, &args, "serving http");
     }
     let ds: std::net::Ipv6Addr = c.a.ds().parse().expect("DS address");
 
@@ -121,6 +137,6 @@ fn dsctl_drain_moves_every_connection_and_the_node_exits() {
         all.len()
     });
     assert!(fresh > SIZE, "the new client got {fresh} bytes");
-    eprintln!("drain of {CLIENTS} connections took {took:?}");
+    eprintln!("drain of {CLIENTS} connections ({device}) took {took:?}");
     assert!(c.stop(), "the home agent removed its pins");
 }

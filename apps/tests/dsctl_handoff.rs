@@ -3,7 +3,8 @@
 //! DS address at a limited rate; the operator lists node 1's connections with `dsctl conns`
 //! and hands the client's to node 2 with `dsctl handoff`. The file arrives byte-exact, the
 //! client retransmits nothing, node 1 prints the handoff's report and node 2 counts the
-//! adoption. Needs root; prints SKIP otherwise.
+//! adoption. The same with node 1 on the kernel's own sockets (`--device kernel`, the
+//! connection frozen with `TCP_REPAIR`). Needs root; prints SKIP otherwise.
 
 mod cluster;
 
@@ -20,7 +21,21 @@ fn dsctl_hands_a_chosen_connection_to_the_other_node_during_a_download() {
     if !require_root("dsctl_hands_a_chosen_connection_to_the_other_node_during_a_download") {
         return;
     }
-    let mut c = Cluster::start("dc", Addrs::new(0xd9, 2));
+    run(Cluster::start("dc", Addrs::new(0xd9, 2)), "afxdp");
+}
+
+#[test]
+fn dsctl_hands_a_kernel_socket_to_the_other_node_during_a_download() {
+    if !require_root("dsctl_hands_a_kernel_socket_to_the_other_node_during_a_download") {
+        return;
+    }
+    let c = Cluster::start("dk", Addrs::new(0xe4, 2));
+    c.kernel_addrs(0);
+    run(c, "kernel");
+}
+
+/// The scenario with node 1 on `device`.
+fn run(mut c: Cluster, device: &str) {
     let root = c.dir.path().join("www");
     std::fs::create_dir_all(&root).expect("root");
     let body = PatternStream::bytes(0xd5c7, SIZE);
@@ -28,7 +43,8 @@ fn dsctl_hands_a_chosen_connection_to_the_other_node_during_a_download() {
     let socks = [0, 1].map(|i| c.dir.path().join(format!("node{}.sock", i + 1)));
     for (i, sock) in socks.iter().enumerate() {
         let args = c.transparent_args(i, &root, sock);
-        c.start_node(i, &args);
+        let dev = if i == 0 { device } else { "afxdp" };
+        c.start_dsnode_on(i, dev, &args, "serving http");
     }
     let (client, ds, to) = (c.a.client(), c.a.ds(), c.a.ctl_listen(1));
     let topo = &c.topo;

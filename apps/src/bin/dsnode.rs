@@ -511,6 +511,16 @@ trait NodeControl {
     fn drain(&mut self) -> Result<serde_json::Value, String>;
 }
 
+/// What a drain asks of the home agent: in transparent mode with the peer's care-of address
+/// known, the new clients of the DS address (the first --also-addr) go to the peer.
+fn drain_rebind(args: &ServeArgs) -> Option<(Ipv6Addr, Ipv6Addr)> {
+    let h = &args.handoff;
+    match (h.steering(), h.also_addr.first(), h.peer_coa) {
+        (SteeringChoice::Transparent, Some(ds), Some(coa)) => Some((*ds, coa)),
+        _ => None,
+    }
+}
+
 /// This node and its peer, as `dsctl members` shows them (the configured cluster until the
 /// membership service lands).
 fn members(args: &ServeArgs, peer_up: bool) -> serde_json::Value {
@@ -572,12 +582,7 @@ impl NodeControl for UserControl<'_> {
         let Service::Handoff(node) = self.service else {
             return Err("handoff is off on this node (no --peer): nothing to drain to".into());
         };
-        let h = &self.args.handoff;
-        // Transparent steering: new clients of the DS address go to the peer from now on.
-        let rebind = match (h.steering(), h.also_addr.first(), h.peer_coa) {
-            (SteeringChoice::Transparent, Some(ds), Some(coa)) => Some((*ds, coa)),
-            _ => None,
-        };
+        let rebind = drain_rebind(self.args);
         let n = node.start_drain(rebind)?;
         Ok(serde_json::json!({
             "draining": n,
@@ -613,6 +618,7 @@ impl NodeControl for KernelControl<'_> {
             "node": node_info(self.args, device_name(self.args.device), self.started.elapsed()),
             "handoff": self.node.stats(),
             "http": self.node.server_stats(),
+            "drain": self.node.drain_info(),
         })
     }
 
@@ -620,16 +626,21 @@ impl NodeControl for KernelControl<'_> {
         self.node.conn_info()
     }
 
-    fn handoff(&mut self, _: SocketAddrV6, _: SocketAddr) -> Result<(), String> {
-        Err("dsctl handoff is not available on kernel sockets yet (--device kernel)".into())
+    fn handoff(&mut self, client: SocketAddrV6, to: SocketAddr) -> Result<(), String> {
+        self.node.request_handoff(client, to)
     }
 
     fn members(&self) -> serde_json::Value {
-        members(self.args, false)
+        members(self.args, self.node.peer_connected())
     }
 
     fn drain(&mut self) -> Result<serde_json::Value, String> {
-        Err("dsctl drain is not available on kernel sockets yet (--device kernel)".into())
+        let rebind = drain_rebind(self.args);
+        let n = self.node.start_drain(rebind)?;
+        Ok(serde_json::json!({
+            "draining": n,
+            "rebind": rebind.map(|(ds, coa)| format!("{ds} -> {coa}")),
+        }))
     }
 }
 
@@ -686,7 +697,7 @@ impl NodeControl for ProxyControl<'_> {
     }
 
     fn conns(&self) -> Vec<ConnInfo> {
-        Vec::new()
+        self.proxy.conn_info()
     }
 
     fn handoff(&mut self, _: SocketAddrV6, _: SocketAddr) -> Result<(), String> {
@@ -819,6 +830,10 @@ fn run_kernel(
     while !stop.load(Ordering::SeqCst) {
         node.step(std::time::Duration::from_millis(5));
         node.take_events().into_iter().for_each(report_event);
+        if node.drained() {
+            tracing::info!("drained: every connection moved, exiting");
+            break;
+        }
         if let Some(ctl) = control.as_mut() {
             let mut k = KernelControl {
                 node: &mut node,

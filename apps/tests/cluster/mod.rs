@@ -170,10 +170,16 @@ impl Cluster {
 
     /// As [`Cluster::start_node`], up once its log shows `ready`.
     pub fn start_dsnode(&mut self, i: usize, extra: &[String], ready: &str) {
+        self.start_dsnode_on(i, "afxdp", extra, ready);
+    }
+
+    /// As [`Cluster::start_dsnode`] with `--device device` (for `kernel`, call
+    /// [`Cluster::kernel_addrs`] first).
+    pub fn start_dsnode_on(&mut self, i: usize, device: &str, extra: &[String], ready: &str) {
         let mut args = vec![
             "serve".to_string(),
             "--device".into(),
-            "afxdp".into(),
+            device.into(),
             "--iface".into(),
             "n0".into(),
             "--addr".into(),
@@ -186,6 +192,20 @@ impl Cluster {
         args.extend_from_slice(extra);
         let name = format!("dsnode{}", i + 1);
         self.start_program(i, env!("CARGO_BIN_EXE_dsnode"), &args, &name, ready);
+    }
+
+    /// Give node `i`'s kernel what a kernel-socket node needs: the MAC the home agent's
+    /// neighbour entry names, its care-of address on `n0`, the DS address on `lo`.
+    pub fn kernel_addrs(&self, i: usize) {
+        let ns = &self.topo.nodes[i];
+        let mac = ds_apps::mac::format_mac(&self.a.mac(i));
+        ns.ip(&["link", "set", "n0", "address", &mac]).expect("MAC");
+        let coa = format!("{}/128", self.a.coa(i));
+        ns.ip(&["-6", "addr", "add", &coa, "dev", "n0", "nodad"])
+            .expect("care-of address");
+        let ds = format!("{}/128", self.a.ds());
+        ns.ip(&["-6", "addr", "add", &ds, "dev", "lo"])
+            .expect("DS address");
     }
 
     /// `dsnode` options for node `i` of a two-node cluster serving `root` in transparent
