@@ -76,7 +76,7 @@ struct NodeFile {
 #[serde(deny_unknown_fields)]
 struct HandoffFile {
     control_listen: Option<SocketAddr>,
-    peer: Option<SocketAddr>,
+    peer: Option<Peers>,
     peer_coa: Option<Ipv6Addr>,
     secret_file: Option<PathBuf>,
     handoff_after: Option<u64>,
@@ -87,6 +87,14 @@ struct HandoffFile {
     steering: Option<Spanned<String>>,
     ha_control: Option<SocketAddr>,
     home_addr: Option<Ipv6Addr>,
+}
+
+/// `peer = "[addr]:port"` or, in proxy mode, `peer = ["[addr]:port", …]`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Peers {
+    One(SocketAddr),
+    Many(Vec<SocketAddr>),
 }
 
 /// The choices a key takes.
@@ -175,7 +183,11 @@ pub fn serve_args(path: &Path) -> Result<Vec<String>, ConfigError> {
     );
     if let Some(h) = file.handoff {
         opt("control_listen", h.control_listen.as_ref().map(|a| s(a)));
-        opt("peer", h.peer.as_ref().map(|a| s(a)));
+        match &h.peer {
+            Some(Peers::One(p)) => opt("peer", Some(s(p))),
+            Some(Peers::Many(v)) => v.iter().for_each(|p| opt("peer", Some(s(p)))),
+            None => {}
+        }
         opt("peer_coa", h.peer_coa.as_ref().map(|a| s(a)));
         opt(
             "secret_file",

@@ -3,7 +3,8 @@
 //! of each, `dsha xdp` tunnelling new clients to node 1. wrk against the DS address: node 1
 //! serves every other client through its own backend and hands the others, with their
 //! request, to node 2, whose proxy relays them to its backend. The requests split evenly
-//! (each backend 50% ± 10%), wrk sees no error, and the content is byte-exact (curl). Needs
+//! (each backend 50% ± 10%), wrk sees no error, and the content is byte-exact (curl). The same
+//! with three nodes (node 1 hands clients to either peer: each backend 33% ± 10%). Needs
 //! root; prints SKIP otherwise.
 
 mod cluster;
@@ -18,13 +19,27 @@ fn the_proxy_spreads_wrk_over_two_unmodified_backends() {
     if !require_root("the_proxy_spreads_wrk_over_two_unmodified_backends") {
         return;
     }
-    let mut c = Cluster::start("px", Addrs::new(0xe2, 2));
+    run(Cluster::start("px", Addrs::new(0xe2, 2)));
+}
+
+/// Three nodes: node 1 (the contact) places clients on itself and its two peers in turn.
+#[test]
+fn the_proxy_spreads_wrk_over_three_nodes() {
+    if !require_root("the_proxy_spreads_wrk_over_three_nodes") {
+        return;
+    }
+    run(Cluster::start("p3", Addrs::new(0xe6, 3)));
+}
+
+/// Backends and proxies on every node of `c`, then curl and wrk against the DS address.
+fn run(mut c: Cluster) {
+    let n = c.topo.nodes.len();
     let www = c.dir.path().join("www");
     std::fs::create_dir_all(&www).expect("www");
     let body = PatternStream::bytes(0x9e11, SIZE);
     std::fs::write(www.join("file.bin"), &body).expect("file");
     let mut backends = Vec::new();
-    for i in 0..2 {
+    for i in 0..n {
         let ns = &c.topo.nodes[i];
         ns.ip(&["link", "set", "lo", "up"]).expect("lo up");
         let args = [
@@ -45,11 +60,25 @@ fn the_proxy_spreads_wrk_over_two_unmodified_backends() {
             .expect("backend up");
         backends.push((p, log));
     }
-    for i in 0..2 {
+    for i in 0..n {
         let mut args: Vec<String> = ["--backend", "[::1]:8000", "--policy", "round-robin"]
             .map(String::from)
             .to_vec();
-        args.extend(c.peer_args(i));
+        args.extend(["--control-listen".into(), c.a.ctl_listen(i)]);
+        for j in (0..n).filter(|j| *j != i) {
+            args.extend(["--peer".into(), c.a.ctl_listen(j)]);
+        }
+        args.extend(
+            [
+                "--secret-file",
+                &c.secret.display().to_string(),
+                "--steering",
+                "transparent",
+                "--ha-control",
+                &c.a.ha_control(),
+            ]
+            .map(String::from),
+        );
         c.start_dsnode(i, &args, "serving proxy");
     }
     let url = format!("http://[{}]/file.bin", c.a.ds());
@@ -99,17 +128,19 @@ fn the_proxy_spreads_wrk_over_two_unmodified_backends() {
                 .count()
         })
         .collect();
-    let sum = (served[0] + served[1]) as f64;
-    let share = served[0] as f64 / sum;
-    eprintln!(
-        "proxy: wrk {total} requests; backends {served:?} ({:.1}% on node 1)",
-        share * 100.0
-    );
+    let sum: usize = served.iter().sum();
+    let shares: Vec<f64> = served.iter().map(|k| *k as f64 / sum as f64).collect();
+    eprintln!("proxy, {n} nodes: wrk {total} requests; backends {served:?} (shares {shares:.3?})");
     assert!(total >= 20, "too few requests to judge: {report}");
-    assert!(
-        (0.4..=0.6).contains(&share),
-        "requests per backend {served:?}: not within 50% ± 10%"
-    );
+    let fair = 1.0 / n as f64;
+    for (i, share) in shares.iter().enumerate() {
+        assert!(
+            (share - fair).abs() <= 0.1,
+            "node {}: {served:?} is not within {:.0}% ± 10%",
+            i + 1,
+            fair * 100.0
+        );
+    }
     for (mut p, _) in backends {
         let _ = p.kill();
         let _ = p.wait();

@@ -76,8 +76,11 @@ pub struct HandoffConfig {
     pub secret: ClusterSecret,
     /// Where this node accepts offers (a kernel socket on the node's control network).
     pub listen: Option<TcpListener>,
-    /// Where this node sends its offers.
+    /// Where this node sends its offers by default.
     pub peer: Option<SocketAddr>,
+    /// Other nodes this one may hand connections to ([`Coordinator::hand_off_to`]), by
+    /// control address.
+    pub more_peers: Vec<SocketAddr>,
     /// Hand a connection off after it sent this many response bytes here.
     pub quota: Option<u64>,
     /// Stop handing off after this many handoffs started here.
@@ -115,6 +118,7 @@ impl HandoffConfig {
             secret,
             listen: None,
             peer: None,
+            more_peers: Vec::new(),
             quota: None,
             max_handoffs: None,
             drain: Drain::UntilAcked {
@@ -218,18 +222,21 @@ pub struct Coordinator<C> {
     service: String,
     secret: ClusterSecret,
     listen: Option<TcpListener>,
-    peer: Option<SocketAddr>,
+    /// The nodes offers go to (the default first), and the channel to each once open.
+    peers: Vec<SocketAddr>,
+    to_peers: Vec<Option<Channel>>,
     ha: Option<SocketAddr>,
     fault: Option<AcceptorFault>,
     donor_cfg: DonorConfig,
     acceptor: Acceptor<u64, C>,
     incoming: Vec<Incoming>,
     next_key: u64,
-    to_peer: Option<Channel>,
     to_ha: Option<Channel>,
     current: Option<Donor<C>>,
-    /// Moved connections whose packets are still forwarded.
-    forwarding: Vec<Donor<C>>,
+    /// The peer (index in `peers`) the handoff in progress goes to.
+    current_to: usize,
+    /// Moved connections whose packets are still forwarded, with their peer's index.
+    forwarding: Vec<(usize, Donor<C>)>,
     events: Vec<NodeEvent>,
     stats: NodeStats,
     next_id: u64,
@@ -279,16 +286,25 @@ impl<C: std::fmt::Debug> Coordinator<C> {
             service: cfg.service.clone(),
             secret: cfg.secret.clone(),
             listen: cfg.listen.take(),
-            peer: cfg.peer,
+            peers: {
+                let mut v: Vec<SocketAddr> = cfg.peer.into_iter().collect();
+                for p in &cfg.more_peers {
+                    if !v.contains(p) {
+                        v.push(*p);
+                    }
+                }
+                v
+            },
+            to_peers: Vec::new(),
             ha,
             fault: cfg.fault,
             donor_cfg,
             acceptor: Acceptor::new(acfg),
             incoming: Vec::new(),
             next_key: 1,
-            to_peer: None,
             to_ha: None,
             current: None,
+            current_to: 0,
             forwarding: Vec::new(),
             events: Vec::new(),
             stats: NodeStats::default(),
@@ -297,6 +313,7 @@ impl<C: std::fmt::Debug> Coordinator<C> {
             bu_sent: None,
             rebind_id: None,
         };
+        c.to_peers = c.peers.iter().map(|_| None).collect();
         // Open the home agent's channel ahead of the first move (a failure here is retried
         // at the first move).
         if c.ha.is_some() {
@@ -335,12 +352,22 @@ impl<C: std::fmt::Debug> Coordinator<C> {
 
     /// Whether a peer is configured.
     pub fn has_peer(&self) -> bool {
-        self.peer.is_some()
+        !self.peers.is_empty()
     }
 
-    /// The peer's control address, if there is one.
+    /// The default peer's control address, if there is one.
     pub fn peer(&self) -> Option<SocketAddr> {
-        self.peer
+        self.peers.first().copied()
+    }
+
+    /// Every peer's control address, the default first.
+    pub fn peers(&self) -> &[SocketAddr] {
+        &self.peers
+    }
+
+    /// Whether `addr` is one of this node's peers.
+    pub fn is_peer(&self, addr: SocketAddr) -> bool {
+        self.peers.contains(&addr)
     }
 
     /// True while a handoff is in progress or held packets are still being forwarded.
@@ -353,10 +380,23 @@ impl<C: std::fmt::Debug> Coordinator<C> {
         self.current.is_some()
     }
 
-    /// Open the channel to the peer now rather than inside the first handoff's timing.
+    /// Open the channels to the peers now rather than inside the first handoffs' timing;
+    /// the first error, after trying every peer.
     pub fn connect_peer(&mut self) -> Result<(), Error> {
-        if let (None, Some(peer)) = (&self.to_peer, self.peer) {
-            self.to_peer = Some(Channel::connect(peer, &self.secret)?);
+        let mut first = Ok(());
+        for i in 0..self.peers.len() {
+            if let Err(e) = self.connect_to(i) {
+                if first.is_ok() {
+                    first = Err(e);
+                }
+            }
+        }
+        first
+    }
+
+    fn connect_to(&mut self, i: usize) -> Result<(), Error> {
+        if let (Some(None), Some(peer)) = (self.to_peers.get(i), self.peers.get(i)) {
+            self.to_peers[i] = Some(Channel::connect(*peer, &self.secret)?);
         }
         Ok(())
     }
@@ -385,7 +425,15 @@ impl<C: std::fmt::Debug> Coordinator<C> {
 
     /// Whether the channel to the peer is open and its handshake done.
     pub fn peer_connected(&self) -> bool {
-        self.to_peer.as_ref().is_some_and(|c| c.is_established())
+        self.peer_connected_to(0)
+    }
+
+    /// Whether the channel to the `i`-th peer is open and its handshake done.
+    pub fn peer_connected_to(&self, i: usize) -> bool {
+        self.to_peers
+            .get(i)
+            .and_then(Option::as_ref)
+            .is_some_and(|c| c.is_established())
     }
 
     fn connect_ha(&mut self) -> Result<(), Error> {
@@ -400,7 +448,12 @@ impl<C: std::fmt::Debug> Coordinator<C> {
     pub fn wait_fds(&self, out: &mut Vec<RawFd>) {
         out.extend(self.listen.iter().map(|l| l.as_raw_fd()));
         out.extend(self.incoming.iter().map(|c| c.chan.stream().as_raw_fd()));
-        out.extend(self.to_peer.iter().map(|c| c.stream().as_raw_fd()));
+        out.extend(
+            self.to_peers
+                .iter()
+                .flatten()
+                .map(|c| c.stream().as_raw_fd()),
+        );
         out.extend(self.to_ha.iter().map(|c| c.stream().as_raw_fd()));
     }
 
@@ -409,8 +462,9 @@ impl<C: std::fmt::Debug> Coordinator<C> {
     /// (the wait only wakes on readable sockets).
     pub fn max_wait(&self, now: Instant, idle: Duration) -> Duration {
         let pending = self
-            .to_peer
+            .to_peers
             .iter()
+            .flatten()
             .chain(self.to_ha.iter())
             .chain(self.incoming.iter().map(|c| &c.chan))
             .any(|c| c.pending_output() > 0);
@@ -420,7 +474,7 @@ impl<C: std::fmt::Debug> Coordinator<C> {
         let deadline = self
             .current
             .iter()
-            .chain(self.forwarding.iter())
+            .chain(self.forwarding.iter().map(|(_, d)| d))
             .filter_map(|d| d.poll_timeout())
             .chain(self.acceptor.poll_timeout())
             .min();
@@ -430,9 +484,9 @@ impl<C: std::fmt::Debug> Coordinator<C> {
         }
     }
 
-    /// Start handing `conn` off to the peer (with a route-optimisation `ticket`). Returns the
-    /// connection when no handoff can start now (one is in progress, no peer, the peer is
-    /// unreachable, the service cannot export it): it stays with the caller.
+    /// Start handing `conn` off to the default peer (with a route-optimisation `ticket`).
+    /// Returns the connection when no handoff can start now (one is in progress, no peer, the
+    /// peer is unreachable, the service cannot export it): it stays with the caller.
     pub fn hand_off<H, S>(
         &mut self,
         now: Instant,
@@ -445,11 +499,34 @@ impl<C: std::fmt::Debug> Coordinator<C> {
         H: Host<Conn = C>,
         S: Service<C>,
     {
-        if self.current.is_some() || self.peer.is_none() {
+        match self.peer() {
+            Some(to) => self.hand_off_to(now, to, conn, ticket, host, svc),
+            None => Err(conn),
+        }
+    }
+
+    /// [`Coordinator::hand_off`] to the peer `to` (one of [`Coordinator::peers`]).
+    pub fn hand_off_to<H, S>(
+        &mut self,
+        now: Instant,
+        to: SocketAddr,
+        conn: C,
+        ticket: Option<Vec<u8>>,
+        host: &mut H,
+        svc: &mut S,
+    ) -> Result<(), C>
+    where
+        H: Host<Conn = C>,
+        S: Service<C>,
+    {
+        let Some(i) = self.peers.iter().position(|p| *p == to) else {
+            return Err(conn);
+        };
+        if self.current.is_some() {
             return Err(conn);
         }
-        if let Err(e) = self.connect_peer() {
-            tracing::warn!("peer unreachable, connection kept here: {e:#}");
+        if let Err(e) = self.connect_to(i) {
+            tracing::warn!(peer = %to, "peer unreachable, connection kept here: {e:#}");
             return Err(conn);
         }
         let mut cfg = self.donor_cfg.clone();
@@ -462,12 +539,13 @@ impl<C: std::fmt::Debug> Coordinator<C> {
                 // An older forwarding of the same connection (it came back and leaves again
                 // within the grace period) must not release the new freeze's hold.
                 let flow = d.flow();
-                for f in &mut self.forwarding {
+                for (_, f) in &mut self.forwarding {
                     if f.flow() == flow {
                         f.stop_forwarding();
                     }
                 }
                 self.current = Some(d);
+                self.current_to = i;
                 Ok(())
             }
             Err((conn, e)) => {
@@ -654,7 +732,7 @@ impl<C: std::fmt::Debug> Coordinator<C> {
                 AcceptorEvent::Adopted { client, .. } => {
                     self.stats.adopted += 1;
                     // It lives here again: a forwarding of it from here is over.
-                    for f in &mut self.forwarding {
+                    for (_, f) in &mut self.forwarding {
                         if f.flow().1 == client {
                             f.stop_forwarding();
                         }
@@ -681,20 +759,29 @@ impl<C: std::fmt::Debug> Coordinator<C> {
         H: Host<Conn = C>,
         S: Service<C>,
     {
-        // Replies from the peer go to the handoff in progress.
-        if let Some(ch) = self.to_peer.as_mut() {
+        // Replies from a peer go to the handoff in progress, if it is that peer's.
+        for i in 0..self.to_peers.len() {
+            let Some(ch) = self.to_peers[i].as_mut() else {
+                continue;
+            };
             loop {
                 match ch.poll() {
                     Ok(Some(m)) => {
-                        if let Some(d) = self.current.as_mut() {
+                        if let Some(d) = self.current.as_mut().filter(|_| self.current_to == i) {
                             d.handle(now, m, host, svc);
                         }
                     }
                     Ok(None) => break,
                     Err(e) => {
                         let cause = e.to_string();
-                        self.to_peer = None;
-                        for d in self.current.iter_mut().chain(self.forwarding.iter_mut()) {
+                        self.to_peers[i] = None;
+                        let current = self.current.iter_mut().filter(|_| self.current_to == i);
+                        let forwarding = self
+                            .forwarding
+                            .iter_mut()
+                            .filter(|(p, _)| *p == i)
+                            .map(|(_, d)| d);
+                        for d in current.chain(forwarding) {
                             d.channel_failed(now, cause.clone(), host, svc);
                         }
                         break;
@@ -705,18 +792,22 @@ impl<C: std::fmt::Debug> Coordinator<C> {
         if let Some(d) = self.current.as_mut() {
             d.poll(now, host, svc);
         }
-        for d in &mut self.forwarding {
+        for (_, d) in &mut self.forwarding {
             d.poll(now, host, svc);
         }
-        // Write what the donors queued.
-        for d in self.current.iter_mut().chain(self.forwarding.iter_mut()) {
+        // Write what the donors queued, each to its own peer.
+        let current = self.current.iter_mut().map(|d| (self.current_to, d));
+        let forwarding = self.forwarding.iter_mut().map(|(p, d)| (*p, d));
+        for (i, d) in current.chain(forwarding) {
             while let Some(m) = d.poll_transmit() {
-                let r = match self.to_peer.as_mut() {
+                let r = match self.to_peers.get_mut(i).and_then(Option::as_mut) {
                     Some(ch) => ch.send(&m).map_err(|e| e.to_string()),
                     None => Err("no channel to the peer".to_string()),
                 };
                 if let Err(cause) = r {
-                    self.to_peer = None;
+                    if let Some(c) = self.to_peers.get_mut(i) {
+                        *c = None;
+                    }
                     d.channel_failed(now, cause, host, svc);
                 }
             }
@@ -724,6 +815,7 @@ impl<C: std::fmt::Debug> Coordinator<C> {
         // Outcomes.
         if let Some(mut d) = self.current.take() {
             let (_, client) = d.flow();
+            let to = self.current_to;
             match d.poll_outcome() {
                 None => self.current = Some(d),
                 Some(DonorOutcome::Moved {
@@ -736,7 +828,7 @@ impl<C: std::fmt::Debug> Coordinator<C> {
                         client,
                         boundary_seq,
                     });
-                    self.forwarding.push(d);
+                    self.forwarding.push((to, d));
                 }
                 Some(DonorOutcome::Resumed { cause }) => {
                     self.stats.kept += 1;
@@ -746,7 +838,7 @@ impl<C: std::fmt::Debug> Coordinator<C> {
                             | ds_handoff::HandoffError::Timeout
                     ) {
                         // The channel may be broken or out of step: the next handoff reconnects.
-                        self.to_peer = None;
+                        self.to_peers[to] = None;
                     }
                     self.events.push(NodeEvent::KeptHere {
                         client,
@@ -756,20 +848,20 @@ impl<C: std::fmt::Debug> Coordinator<C> {
                 Some(DonorOutcome::Failed { cause }) => {
                     tracing::error!(%client, "handoff failed: {cause}");
                     if matches!(cause, ds_handoff::HandoffError::InDoubt(_)) {
-                        self.to_peer = None;
+                        self.to_peers[to] = None;
                     }
                     self.events.push(NodeEvent::Failed {
                         cause: cause.to_string(),
                     });
                     if !d.is_done() {
                         // In doubt: what still arrives here goes there, for a while.
-                        self.forwarding.push(d);
+                        self.forwarding.push((to, d));
                     }
                 }
             }
         }
         let mut done = 0;
-        self.forwarding.retain(|d| {
+        self.forwarding.retain(|(_, d)| {
             if d.is_done() {
                 done += d.forwarded();
             }
@@ -785,6 +877,7 @@ impl<C: std::fmt::Debug> Coordinator<C> {
             + self
                 .forwarding
                 .iter()
+                .map(|(_, d)| d)
                 .chain(self.current.iter())
                 .map(|d| d.forwarded())
                 .sum::<u64>()

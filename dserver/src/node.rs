@@ -227,8 +227,8 @@ impl Builder {
         self
     }
 
-    /// Another node, by its control address: connections are handed to it. One peer for
-    /// now (the membership service will give the cluster).
+    /// Another node, by its control address: connections may be handed to it. Call once per
+    /// node (the membership service will give the cluster).
     pub fn peer(mut self, a: SocketAddr) -> Self {
         self.peers.push(a);
         self
@@ -284,11 +284,6 @@ impl Builder {
         let secret = secret.ok_or_else(|| {
             Error::Config("handing off needs the cluster secret (secret_file)".into())
         })?;
-        if self.peers.len() > 1 {
-            return Err(Error::Config(
-                "one peer per node until membership lands".into(),
-            ));
-        }
         let mut cfg = HandoffConfig::new(secret);
         cfg.service = self.service.clone();
         if let Some(l) = self.control_listen {
@@ -298,6 +293,7 @@ impl Builder {
             })?);
         }
         cfg.peer = self.peers.first().copied();
+        cfg.more_peers = self.peers.iter().skip(1).copied().collect();
         cfg.drain = self.drain;
         cfg.reply_timeout = self.reply_timeout;
         if let Some(ha) = self.home_agent {
@@ -468,8 +464,9 @@ pub struct Node {
     conns: IdMap<ConnId, Entry>,
     by_handle: IdMap<TcpHandle, ConnId>,
     accepted: VecDeque<Accepted>,
-    /// Connections waiting for their handoff (one runs at a time), with their state.
-    queue: VecDeque<(ConnId, Vec<u8>)>,
+    /// Connections waiting for their handoff (one runs at a time), with their state and
+    /// the node they go to.
+    queue: VecDeque<(ConnId, Vec<u8>, SocketAddr)>,
     /// The state of the connection whose handoff is starting, for the engine's export.
     export: Option<Vec<u8>>,
     /// Connections the engine handed to the service in the last round, with their state:
@@ -646,7 +643,7 @@ impl Node {
         // Start the next handoff once the engine is free.
         let mut not_started = Vec::new();
         while !core.handing_off() {
-            let Some((conn, state)) = self.queue.pop_front() else {
+            let Some((conn, state, to)) = self.queue.pop_front() else {
                 break;
             };
             let Some(e) = self.conns.get(&conn) else {
@@ -654,7 +651,7 @@ impl Node {
             };
             *svc.export = Some(state);
             if let Err(UserConn::Live(h)) =
-                core.hand_off(mono, UserConn::Live(e.h), None, &mut host, &mut svc)
+                core.hand_off_to(mono, to, UserConn::Live(e.h), None, &mut host, &mut svc)
             {
                 *svc.export = None;
                 not_started.push((conn, h));
@@ -747,7 +744,7 @@ impl Node {
                     .conns
                     .iter()
                     .filter(|(c, e)| {
-                        e.leaving.is_some() && !self.queue.iter().any(|(q, _)| q == *c)
+                        e.leaving.is_some() && !self.queue.iter().any(|(q, _, _)| q == *c)
                     })
                     .map(|(c, _)| *c)
                     .collect();
@@ -876,7 +873,7 @@ impl Node {
         let Some(core) = &self.core else {
             return Err(Error::Config("this node has no peer to hand off to".into()));
         };
-        if core.peer() != Some(to) {
+        if !core.is_peer(to) {
             return Err(Error::Handoff {
                 conn,
                 cause: format!("{to} is not a peer of this node"),
@@ -885,7 +882,7 @@ impl Node {
         if let Some(e) = self.conns.get_mut(&conn) {
             e.leaving = Some(to);
         }
-        self.queue.push_back((conn, state));
+        self.queue.push_back((conn, state, to));
         Ok(())
     }
 

@@ -142,9 +142,10 @@ struct HandoffArgs {
     /// Accept connections handed off by the peer on this kernel TCP address.
     #[arg(long, value_name = "[ADDR]:PORT", requires = "secret_file")]
     control_listen: Option<SocketAddr>,
-    /// Hand connections off to the peer node listening here.
+    /// Hand connections off to the peer node listening here. Proxy mode takes several (repeat
+    /// the option; the policy spreads clients over them); the file server hands off to one.
     #[arg(long, value_name = "[ADDR]:PORT", requires = "secret_file")]
-    peer: Option<SocketAddr>,
+    peer: Vec<SocketAddr>,
     /// File holding the cluster secret (at least 16 bytes) keying the control channels.
     #[arg(long, value_name = "FILE")]
     secret_file: Option<PathBuf>,
@@ -195,7 +196,7 @@ enum FaultChoice {
 
 impl HandoffArgs {
     fn enabled(&self) -> bool {
-        self.control_listen.is_some() || self.peer.is_some() || self.ha_control.is_some()
+        self.control_listen.is_some() || !self.peer.is_empty() || self.ha_control.is_some()
     }
 
     fn steering(&self) -> SteeringChoice {
@@ -389,7 +390,10 @@ fn handoff_config(args: &ServeArgs) -> anyhow::Result<Option<HandoffConfig>> {
             TcpListener::bind(l).with_context(|| format!("--control-listen {l}: cannot listen"))?,
         );
     }
-    cfg.peer = h.peer;
+    if h.peer.len() > 1 {
+        bail!("several --peer need proxy mode (--backend); the file server hands off to one peer");
+    }
+    cfg.peer = h.peer.first().copied();
     cfg.quota = h.handoff_after;
     cfg.max_handoffs = h.max_handoffs;
     cfg.drain = match h.drain {
@@ -529,15 +533,17 @@ fn members(args: &ServeArgs, peer_up: bool) -> serde_json::Value {
         "addr": args.addr.to_string(),
         "role": "self",
     });
-    let peer = args.handoff.peer.map(|p| {
+    // --peer-coa is the first peer's; the channel state is known for the first peer.
+    let peers = args.handoff.peer.iter().enumerate().map(|(i, p)| {
+        let first = i == 0;
         serde_json::json!({
             "node": p.to_string(),
-            "addr": args.handoff.peer_coa.map(|a| a.to_string()),
+            "addr": args.handoff.peer_coa.filter(|_| first).map(|a| a.to_string()),
             "role": "peer",
-            "channel": if peer_up { "up" } else { "down" },
+            "channel": if !first { "unknown" } else if peer_up { "up" } else { "down" },
         })
     });
-    serde_json::Value::Array(std::iter::once(me).chain(peer).collect())
+    serde_json::Value::Array(std::iter::once(me).chain(peers).collect())
 }
 
 /// The userspace node, for one control request.
@@ -742,8 +748,8 @@ fn run_proxy(
     if let Some(l) = h.control_listen {
         b = b.control_listen(l);
     }
-    if let Some(p) = h.peer {
-        b = b.peer(p);
+    for p in &h.peer {
+        b = b.peer(*p);
     }
     if let (SteeringChoice::Transparent, Some(ha)) = (h.steering(), h.ha_control) {
         b = b.home_agent(ha);
