@@ -113,8 +113,9 @@ struct ds_config *ds_config_new(void);
 void ds_config_free(struct ds_config *cfg);
 
 // Set one setting: `ds_addr` (required), `care_of`, `device` (`afxdp` or `tap`), `iface`,
-// `mac`, `port`, `secret_file`, `control_listen`, `peer`, `home_agent`, `service`,
-// `reply_timeout_ms`. Values are checked when the node is made.
+// `mac`, `port`, `secret_file`, `control_listen`, `peer` (repeat for several),
+// `home_agent`, `service`, `reply_timeout_ms`, `policy` (`local` or `round-robin`). Values
+// are checked when the node is made.
 //
 // # Safety
 // `cfg` is from `ds_config_new`; `key` and `value` are NUL-terminated strings.
@@ -184,6 +185,15 @@ ptrdiff_t ds_read(struct ds_node *node, uint64_t conn, uint8_t *buf, size_t len)
 // # Safety
 // `node` is a live node; `buf` is readable for `len` bytes.
 ptrdiff_t ds_write(struct ds_node *node, uint64_t conn, const uint8_t *buf, size_t len);
+
+// Where the client whose request begins with the `len` bytes at `first` should be served,
+// per the node's policy: 0 here; 1 on another node, whose control address is written to
+// `to` as a NUL-terminated string (at most `cap` bytes; pass it to `ds_handoff`); negative
+// on error.
+//
+// # Safety
+// `node` is a live node; `first` readable for `len` bytes; `to` writable for `cap` bytes.
+int ds_place(struct ds_node *node, const uint8_t *first, size_t len, char *to, size_t cap);
 
 // Close a connection (a FIN follows what was written) and forget it.
 //

@@ -119,10 +119,12 @@ unsafe fn req_str<'a>(p: *const c_char, what: &str) -> Result<&'a str, c_int> {
 #[derive(Debug, Default)]
 pub struct ds_config {
     values: HashMap<String, String>,
+    /// `peer` may be given several times.
+    peers: Vec<String>,
 }
 
 /// The keys `ds_config_set` takes (the `dsnode` configuration's names).
-const KEYS: [&str; 12] = [
+const KEYS: [&str; 13] = [
     "ds_addr",
     "care_of",
     "device",
@@ -135,6 +137,7 @@ const KEYS: [&str; 12] = [
     "home_agent",
     "service",
     "reply_timeout_ms",
+    "policy",
 ];
 
 /// New empty settings (free with `ds_config_free`).
@@ -156,8 +159,9 @@ pub unsafe extern "C" fn ds_config_free(cfg: *mut ds_config) {
 }
 
 /// Set one setting: `ds_addr` (required), `care_of`, `device` (`afxdp` or `tap`), `iface`,
-/// `mac`, `port`, `secret_file`, `control_listen`, `peer`, `home_agent`, `service`,
-/// `reply_timeout_ms`. Values are checked when the node is made.
+/// `mac`, `port`, `secret_file`, `control_listen`, `peer` (repeat for several),
+/// `home_agent`, `service`, `reply_timeout_ms`, `policy` (`local` or `round-robin`). Values
+/// are checked when the node is made.
 ///
 /// # Safety
 /// `cfg` is from `ds_config_new`; `key` and `value` are NUL-terminated strings.
@@ -182,7 +186,11 @@ pub unsafe extern "C" fn ds_config_set(
             format!("unknown key {key:?} (known: {})", KEYS.join(", ")),
         );
     }
-    cfg.values.insert(key.to_string(), value.to_string());
+    if key == "peer" {
+        cfg.peers.push(value.to_string());
+    } else {
+        cfg.values.insert(key.to_string(), value.to_string());
+    }
     DS_OK
 }
 
@@ -233,8 +241,8 @@ fn builder(cfg: &ds_config, default_device: &str) -> Result<dserver::Builder, St
     if let Some(a) = parse(cfg, "control_listen")? {
         b = b.control_listen(a);
     }
-    if let Some(a) = parse(cfg, "peer")? {
-        b = b.peer(a);
+    for p in &cfg.peers {
+        b = b.peer(p.parse().map_err(|e| format!("peer = {p:?}: {e}"))?);
     }
     if let Some(a) = parse(cfg, "home_agent")? {
         b = b.home_agent(a);
@@ -244,6 +252,11 @@ fn builder(cfg: &ds_config, default_device: &str) -> Result<dserver::Builder, St
     }
     if let Some(ms) = parse::<u64>(cfg, "reply_timeout_ms")? {
         b = b.reply_timeout(Duration::from_millis(ms));
+    }
+    match cfg.values.get("policy").map(String::as_str) {
+        None | Some("local") => {}
+        Some("round-robin") => b = b.policy(dserver::Policy::RoundRobin),
+        Some(p) => return Err(format!("policy = {p:?}: local or round-robin")),
     }
     Ok(b)
 }
@@ -589,6 +602,52 @@ pub unsafe extern "C" fn ds_write(
     match n.node.write(ConnId(conn), slice) {
         Ok(k) => k as isize,
         Err(e) => io_code(e),
+    }
+}
+
+/// Where the client whose request begins with the `len` bytes at `first` should be served,
+/// per the node's policy: 0 here; 1 on another node, whose control address is written to
+/// `to` as a NUL-terminated string (at most `cap` bytes; pass it to `ds_handoff`); negative
+/// on error.
+///
+/// # Safety
+/// `node` is a live node; `first` readable for `len` bytes; `to` writable for `cap` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn ds_place(
+    node: *mut ds_node,
+    first: *const u8,
+    len: usize,
+    to: *mut c_char,
+    cap: usize,
+) -> c_int {
+    // SAFETY: per the contract.
+    let n = match unsafe { node_mut(node) } {
+        Ok(n) => n,
+        Err(e) => return e,
+    };
+    if (first.is_null() && len > 0) || to.is_null() {
+        return fail(DS_EINVAL, "first or to is NULL");
+    }
+    let head: &[u8] = if len == 0 {
+        &[]
+    } else {
+        // SAFETY: not NULL and readable for `len` bytes per the contract.
+        unsafe { std::slice::from_raw_parts(first, len) }
+    };
+    match n.node.place(head) {
+        dserver::Placement::Here => 0,
+        dserver::Placement::Node(addr) => {
+            let s = addr.to_string();
+            if s.len() + 1 > cap {
+                return fail(DS_EINVAL, format!("to: {} bytes needed", s.len() + 1));
+            }
+            // SAFETY: `to` is writable for `cap` >= len + 1 bytes per the contract.
+            unsafe {
+                std::ptr::copy_nonoverlapping(s.as_ptr(), to.cast::<u8>(), s.len());
+                *to.add(s.len()) = 0;
+            }
+            1
+        }
     }
 }
 

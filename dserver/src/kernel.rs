@@ -260,6 +260,27 @@ impl KernelNode {
     /// The report when it moved (the socket is gone from here); otherwise the error and the
     /// socket, when the connection continues here (it may be a new socket for the same
     /// connection).
+    ///
+    /// ```no_run
+    /// # fn f() -> Result<(), dserver::Error> {
+    /// use dserver::{Device, Node};
+    /// let peer = "[fd00:1::12]:7000".parse().unwrap();
+    /// let mut kn = Node::builder()
+    ///     .ds_addr("fd00:80::80".parse().unwrap())
+    ///     .care_of("fd00:1::1".parse().unwrap())
+    ///     .device(Device::Kernel { iface: "eth0".into() })
+    ///     .secret_file("/etc/dserver/secret")
+    ///     .peer(peer)
+    ///     .build_kernel()?;
+    /// let listener = std::net::TcpListener::bind("[::]:80")?;
+    /// let (sock, _) = listener.accept()?;
+    /// match kn.handoff_socket(sock, peer, b"application state".to_vec()) {
+    ///     Ok(report) => println!("moved in {} µs", report.total_us),
+    ///     Err((Some(sock), e)) => { let _ = (sock, e); } // serve it here
+    ///     Err((None, e)) => eprintln!("lost: {e}"),
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn handoff_socket(
         &mut self,
         sock: TcpStream,

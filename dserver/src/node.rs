@@ -565,6 +565,31 @@ impl Node {
     /// Wait up to `timeout` for input (frames, control messages), then process it: TCP,
     /// new connections, handoffs in both directions. Never blocks longer than `timeout`, and
     /// less when a timer is due.
+    ///
+    /// A non-blocking server with many connections (no thread per connection):
+    ///
+    /// ```no_run
+    /// # fn serve(node: &mut dserver::Node) -> Result<(), dserver::Error> {
+    /// use std::time::Duration;
+    /// let mut ready = Vec::new();
+    /// let mut buf = [0u8; 4096];
+    /// loop {
+    ///     let wait = node.poll_timeout().unwrap_or(Duration::from_millis(10));
+    ///     node.poll(wait.min(Duration::from_millis(10)))?;
+    ///     while let Some(c) = node.try_accept() {
+    ///         ready.push(c.conn); // it may have data already
+    ///     }
+    ///     node.take_ready(&mut ready);
+    ///     for c in ready.drain(..) {
+    ///         match node.read(c, &mut buf) {
+    ///             Ok(0) => { let _ = node.close(c); }
+    ///             Ok(n) => { let _ = node.write(c, &buf[..n]); } // echo (a real server keeps what did not fit)
+    ///             Err(_) => {} // nothing yet, or gone
+    ///         }
+    ///     }
+    /// }
+    /// # }
+    /// ```
     pub fn poll(&mut self, timeout: Duration) -> Result<(), Error> {
         self.fds.clear();
         let wait = match &self.core {
@@ -850,6 +875,36 @@ impl Node {
 
     /// Where the client whose request begins with `first` should be served, per the
     /// node's [`Policy`].
+    ///
+    /// Content-aware placement, the seed's "client-specific processing":
+    ///
+    /// ```no_run
+    /// # fn build() -> Result<(), dserver::Error> {
+    /// use dserver::{Device, Node, Placement, Policy};
+    /// let video = "[fd00:1::12]:7000".parse().unwrap();
+    /// let mut node = Node::builder()
+    ///     .ds_addr("fd00:80::80".parse().unwrap())
+    ///     .device(Device::afxdp("eth0"))
+    ///     .secret_file("/etc/dserver/secret")
+    ///     .peer(video)
+    ///     .policy(Policy::Callback(Box::new(move |first: &[u8]| {
+    ///         if first.starts_with(b"GET /video/") {
+    ///             Placement::Node(video)
+    ///         } else {
+    ///             Placement::Here
+    ///         }
+    ///     })))
+    ///     .build()?;
+    /// let c = node.accept()?;
+    /// let mut head = vec![0u8; 1024];
+    /// let n = node.stream(c.conn).read(&mut head)?;
+    /// if let Placement::Node(to) = node.place(&head[..n]) {
+    ///     // The request read so far goes with the connection.
+    ///     node.handoff(c.conn, to, head[..n].to_vec())?;
+    /// }
+    /// # Ok(()) }
+    /// # use std::io::Read;
+    /// ```
     pub fn place(&mut self, first: &[u8]) -> Placement {
         self.chooser.place(first, &self.peers)
     }
@@ -918,6 +973,17 @@ impl Node {
 
     /// [`Node::handoff`] with a serde value as the state (read it back with
     /// [`Accepted::state_value`]).
+    ///
+    /// ```no_run
+    /// # fn f(node: &mut dserver::Node, conn: dserver::ConnId) -> Result<(), dserver::Error> {
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct Progress { sent: u64, size: u64 }
+    /// let peer = "[fd00:1::12]:7000".parse().unwrap();
+    /// let report = node.handoff_value(conn, peer, &Progress { sent: 1 << 20, size: 4 << 20 })?;
+    /// println!("phase 2 (state transfer): {} µs", report.phases_us[1]);
+    /// // On the peer: `let p: Progress = accepted.state_value().unwrap()?;`
+    /// # Ok(()) }
+    /// ```
     pub fn handoff_value<T: serde::Serialize>(
         &mut self,
         conn: ConnId,
