@@ -93,6 +93,11 @@ impl Proxy {
         &self.node
     }
 
+    /// The node, for other services on it (the UDP echo).
+    pub fn node_mut(&mut self) -> &mut Node {
+        &mut self.node
+    }
+
     /// Open relays.
     pub fn connections(&self) -> usize {
         self.relays.len()

@@ -1,7 +1,9 @@
 //! The seed's UDP echo service on the DS address, through the home agent: a kernel client sends
 //! 128-byte datagrams to the DS address; `dsha xdp` tunnels them to the node (`dsnode serve
 //! --device afxdp --udp-echo 7`), which answers from the DS address straight to the client.
-//! Needs root; prints SKIP otherwise.
+//! Once with the file server's node, once in proxy mode, where the echo service runs on the
+//! library's `dserver::Node` (the same service code, over its public API). Needs root; prints
+//! SKIP otherwise.
 
 mod cluster;
 
@@ -15,14 +17,27 @@ fn udp_echo_answers_on_the_ds_address_through_the_home_agent() {
     if !require_root("udp_echo_answers_on_the_ds_address_through_the_home_agent") {
         return;
     }
-    let mut c = Cluster::start("ue", Addrs::new(0xd8, 1));
+    let c = Cluster::start("ue", Addrs::new(0xd8, 1));
     let root = c.dir.path().display().to_string();
+    run(c, &["--root", &root], "serving http");
+}
+
+#[test]
+fn udp_echo_on_the_library_answers_through_the_home_agent() {
+    if !require_root("udp_echo_on_the_library_answers_through_the_home_agent") {
+        return;
+    }
+    let c = Cluster::start("uf", Addrs::new(0xe7, 1));
+    run(c, &["--backend", "[::1]:8000"], "serving proxy");
+}
+
+/// The node started with `mode` (and the echo on port 7), then 100 datagrams.
+fn run(mut c: Cluster, mode: &[&str], ready: &str) {
     let ctl_sock = c.dir.path().join("node.sock");
     let ctl = ctl_sock.display().to_string();
-    c.start_node(
-        0,
-        &["--root", &root, "--udp-echo", "7", "--control-socket", &ctl].map(String::from),
-    );
+    let mut args: Vec<String> = mode.iter().map(|a| a.to_string()).collect();
+    args.extend(["--udp-echo", "7", "--control-socket", &ctl].map(String::from));
+    c.start_dsnode(0, &args, ready);
     let node_log = c.nodes[0].1.clone();
     let (client, ds) = (c.a.client(), c.a.ds());
 

@@ -412,6 +412,7 @@ impl Builder {
         tracing::info!(%ds, port = self.port, "node up");
         Ok(Node {
             rt,
+            ds,
             listener: Some(listener),
             core,
             service: self.service,
@@ -451,10 +452,16 @@ struct Entry {
     leaving: Option<SocketAddr>,
 }
 
+/// A UDP socket of a [`Node`] ([`Node::udp_bind`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpSocketId(ds_stack::UdpHandle);
+
 /// A member of a distributed server running the userspace stack (see the crate
 /// documentation).
 pub struct Node {
     rt: Runner<Box<dyn ds_stack::device::Device>>,
+    /// The DS address.
+    ds: Ipv6Addr,
     listener: Option<ListenHandle>,
     core: Option<Coordinator<UserConn>>,
     service: String,
@@ -1008,6 +1015,36 @@ impl Node {
         if let Some(l) = self.listener.take() {
             self.rt.iface.tcp_unlisten(l);
         }
+    }
+
+    /// A UDP socket on `port` of the DS address: datagrams to it are read with
+    /// [`Node::udp_recv_from`], answers leave from the DS address. UDP does not move between
+    /// nodes (each datagram is steered to a node on its own).
+    pub fn udp_bind(&mut self, port: u16) -> Result<UdpSocketId, Error> {
+        let local = SocketAddrV6::new(self.ds, port, 0, 0);
+        self.rt
+            .iface
+            .udp_bind(local)
+            .map(UdpSocketId)
+            .map_err(|e| Error::Config(format!("UDP on {local}: {e}")))
+    }
+
+    /// The next datagram received on `s`: its length (cut to `buf`) and its sender.
+    pub fn udp_recv_from(
+        &mut self,
+        s: UdpSocketId,
+        buf: &mut [u8],
+    ) -> Option<(usize, SocketAddrV6)> {
+        self.rt.iface.udp_recv_from(s.0, buf).ok().flatten()
+    }
+
+    /// Send a datagram from `s` to `to` (fragmented when it exceeds the path MTU).
+    pub fn udp_send_to(&mut self, s: UdpSocketId, data: &[u8], to: SocketAddrV6) -> io::Result<()> {
+        let now = self.rt.iface.now();
+        self.rt
+            .iface
+            .udp_send_to(now, s.0, data, to)
+            .map_err(io_error)
     }
 
     /// Stop serving: accept no more clients, close every connection still open here (a FIN

@@ -689,6 +689,7 @@ struct ProxyControl<'a> {
     proxy: &'a ds_apps::proxy::Proxy,
     args: &'a ServeArgs,
     started: std::time::Instant,
+    echo: Option<ds_apps::udp_echo::EchoStats>,
 }
 
 impl NodeControl for ProxyControl<'_> {
@@ -699,6 +700,7 @@ impl NodeControl for ProxyControl<'_> {
             "open": self.proxy.connections(),
             "handoff": self.proxy.node().stats(),
             "interface": self.proxy.node().interface_stats(),
+            "udp_echo": self.echo,
         })
     }
 
@@ -764,7 +766,14 @@ fn run_proxy(
             PolicyChoice::Local => dserver::Policy::Local,
             PolicyChoice::RoundRobin => dserver::Policy::RoundRobin,
         });
-    let node = b.build().context("starting the node")?;
+    let mut node = b.build().context("starting the node")?;
+    // The UDP echo service, written against the library's node like the proxy.
+    let mut echo = match args.udp_echo {
+        Some(port) => Some(ds_apps::udp_echo::UdpEcho::new(
+            node.udp_bind(port).context("--udp-echo")?,
+        )),
+        None => None,
+    };
     let mut proxy = ds_apps::proxy::Proxy::new(node, backend);
     tracing::info!(
         %backend,
@@ -781,11 +790,15 @@ fn run_proxy(
             ctl.fds(&mut fds);
         }
         proxy.step(Duration::from_millis(1), &fds)?;
+        if let Some(e) = echo.as_mut() {
+            e.poll(proxy.node_mut());
+        }
         if let Some(ctl) = control.as_mut() {
             let mut p = ProxyControl {
                 proxy: &proxy,
                 args,
                 started,
+                echo: echo.as_ref().map(|e| e.stats()),
             };
             ctl.poll(std::time::Instant::now(), |req| answer(req, &mut p));
         }
@@ -974,7 +987,7 @@ fn run<D: Device>(
         }
         let now = rt.now();
         if let Some(e) = echo.as_mut() {
-            e.poll(&mut rt.iface, now);
+            e.poll(&mut rt.iface);
         }
         match &mut service {
             Service::Plain(server) => server.poll(&mut rt.iface, now),
