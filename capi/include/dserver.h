@@ -128,6 +128,14 @@ int ds_config_set(struct ds_config *cfg, const char *key, const char *value);
 // `cfg` is from `ds_config_new`.
 struct ds_node *ds_node_new(const struct ds_config *cfg);
 
+// Stop serving gracefully: accept no more clients, close every open connection (a FIN
+// follows what was written) and run the node until closed connections have delivered what
+// they owe, or `max_ms` passes. Call before `ds_node_free`, which resets what is still open.
+//
+// # Safety
+// `node` is a live node.
+int ds_node_shutdown(struct ds_node *node, int max_ms);
+
 // Stop the node (open connections are reset) and free it (NULL: nothing).
 //
 // # Safety

@@ -349,6 +349,26 @@ pub unsafe extern "C" fn ds_node_new(cfg: *const ds_config) -> *mut ds_node {
     }
 }
 
+/// Stop serving gracefully: accept no more clients, close every open connection (a FIN
+/// follows what was written) and run the node until closed connections have delivered what
+/// they owe, or `max_ms` passes. Call before `ds_node_free`, which resets what is still open.
+///
+/// # Safety
+/// `node` is a live node.
+#[no_mangle]
+pub unsafe extern "C" fn ds_node_shutdown(node: *mut ds_node, max_ms: c_int) -> c_int {
+    // SAFETY: per the contract.
+    let n = match unsafe { node_mut(node) } {
+        Ok(n) => n,
+        Err(e) => return e,
+    };
+    n.states.clear();
+    match n.node.shutdown(timeout(max_ms)) {
+        Ok(()) => DS_OK,
+        Err(e) => node_error(e),
+    }
+}
+
 /// Stop the node (open connections are reset) and free it (NULL: nothing).
 ///
 /// # Safety
