@@ -55,16 +55,8 @@ fn dsctl_drain_moves_every_kernel_socket_and_the_node_exits() {
 
 /// The scenario with node 1 on `device`.
 fn run(mut c: Cluster, device: &str) {
-    let root = c.dir.path().join("www");
-    std::fs::create_dir_all(&root).expect("root");
     let body = PatternStream::bytes(0xd7a1, SIZE);
-    std::fs::write(root.join("big.bin"), &body).expect("file");
-    let socks = [0, 1].map(|i| c.dir.path().join(format!("node{}.sock", i + 1)));
-    for (i, sock) in socks.iter().enumerate() {
-        let args = c.transparent_args(i, &root, sock);
-        let dev = if i == 0 { device } else { "afxdp" };
-        c.start_dsnode_on(i, dev, &args, "serving http");
-    }
+    let socks = c.start_file_servers(device, &body);
     let ds: std::net::Ipv6Addr = c.a.ds().parse().expect("DS address");
 
     // 100 responses in progress on node 1 (the home agent's binding names it).

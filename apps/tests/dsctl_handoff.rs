@@ -36,16 +36,8 @@ fn dsctl_hands_a_kernel_socket_to_the_other_node_during_a_download() {
 
 /// The scenario with node 1 on `device`.
 fn run(mut c: Cluster, device: &str) {
-    let root = c.dir.path().join("www");
-    std::fs::create_dir_all(&root).expect("root");
     let body = PatternStream::bytes(0xd5c7, SIZE);
-    std::fs::write(root.join("big.bin"), &body).expect("file");
-    let socks = [0, 1].map(|i| c.dir.path().join(format!("node{}.sock", i + 1)));
-    for (i, sock) in socks.iter().enumerate() {
-        let args = c.transparent_args(i, &root, sock);
-        let dev = if i == 0 { device } else { "afxdp" };
-        c.start_dsnode_on(i, dev, &args, "serving http");
-    }
+    let socks = c.start_file_servers(device, &body);
     let (client, ds, to) = (c.a.client(), c.a.ds(), c.a.ctl_listen(1));
     let topo = &c.topo;
 

@@ -65,6 +65,18 @@ fn fail(code: c_int, msg: impl std::fmt::Display) -> c_int {
     code
 }
 
+/// The handle behind a pointer argument, or return its error code from the calling function
+/// (which takes the pointer under the contract "NULL or a live handle").
+macro_rules! live {
+    ($get:ident($p:expr)) => {
+        // SAFETY: the calling function's contract: the pointer is NULL or a live handle.
+        match unsafe { $get($p) } {
+            Ok(h) => h,
+            Err(e) => return e as _,
+        }
+    };
+}
+
 /// The message of the last failed call on this thread (empty if none). Valid until the next
 /// call into the library on this thread.
 #[no_mangle]
@@ -357,11 +369,7 @@ pub unsafe extern "C" fn ds_node_new(cfg: *const ds_config) -> *mut ds_node {
 /// `node` is a live node.
 #[no_mangle]
 pub unsafe extern "C" fn ds_node_shutdown(node: *mut ds_node, max_ms: c_int) -> c_int {
-    // SAFETY: per the contract.
-    let n = match unsafe { node_mut(node) } {
-        Ok(n) => n,
-        Err(e) => return e,
-    };
+    let n = live!(node_mut(node));
     n.states.clear();
     match n.node.shutdown(timeout(max_ms)) {
         Ok(()) => DS_OK,
@@ -444,11 +452,7 @@ fn within<T>(
 /// `node` is a live node.
 #[no_mangle]
 pub unsafe extern "C" fn ds_node_poll(node: *mut ds_node, timeout_ms: c_int) -> c_int {
-    // SAFETY: per the contract.
-    let n = match unsafe { node_mut(node) } {
-        Ok(n) => n,
-        Err(e) => return e,
-    };
+    let n = live!(node_mut(node));
     match n.node.poll(timeout(timeout_ms)) {
         Ok(()) => {
             n.events.extend(n.node.take_events());
@@ -466,11 +470,7 @@ pub unsafe extern "C" fn ds_node_poll(node: *mut ds_node, timeout_ms: c_int) -> 
 /// `node` is a live node.
 #[no_mangle]
 pub unsafe extern "C" fn ds_node_fd(node: *mut ds_node) -> c_int {
-    // SAFETY: per the contract.
-    let n = match unsafe { node_mut(node) } {
-        Ok(n) => n,
-        Err(e) => return e,
-    };
+    let n = live!(node_mut(node));
     n.node.readiness_fd().unwrap_or_else(node_error)
 }
 
@@ -481,11 +481,7 @@ pub unsafe extern "C" fn ds_node_fd(node: *mut ds_node) -> c_int {
 /// `node` is a live node.
 #[no_mangle]
 pub unsafe extern "C" fn ds_node_timeout_ms(node: *mut ds_node) -> c_int {
-    // SAFETY: per the contract.
-    let n = match unsafe { node_mut(node) } {
-        Ok(n) => n,
-        Err(e) => return e,
-    };
+    let n = live!(node_mut(node));
     match n.node.poll_timeout() {
         None => -1,
         Some(d) => d.as_micros().div_ceil(1000).min(i32::MAX as u128) as c_int,
@@ -504,11 +500,7 @@ pub unsafe extern "C" fn ds_accept(
     timeout_ms: c_int,
     out: *mut ds_accepted,
 ) -> c_int {
-    // SAFETY: per the contract.
-    let n = match unsafe { node_mut(node) } {
-        Ok(n) => n,
-        Err(e) => return e,
-    };
+    let n = live!(node_mut(node));
     let got = within(timeout_ms, |wait| {
         let a = n.node.try_accept();
         if a.is_none() {
@@ -550,11 +542,7 @@ pub unsafe extern "C" fn ds_conn_state(
     buf: *mut u8,
     cap: usize,
 ) -> isize {
-    // SAFETY: per the contract.
-    let n = match unsafe { node_mut(node) } {
-        Ok(n) => n,
-        Err(e) => return e as isize,
-    };
+    let n = live!(node_mut(node));
     let Some(s) = n.states.get(&ConnId(conn)) else {
         return fail(DS_ENOCONN, format!("connection #{conn} came with no state")) as isize;
     };
@@ -573,11 +561,7 @@ pub unsafe extern "C" fn ds_conn_state(
 /// `node` is a live node; `buf` is writable for `len` bytes.
 #[no_mangle]
 pub unsafe extern "C" fn ds_read(node: *mut ds_node, conn: u64, buf: *mut u8, len: usize) -> isize {
-    // SAFETY: per the contract.
-    let n = match unsafe { node_mut(node) } {
-        Ok(n) => n,
-        Err(e) => return e as isize,
-    };
+    let n = live!(node_mut(node));
     if buf.is_null() && len > 0 {
         return fail(DS_EINVAL, "buf is NULL") as isize;
     }
@@ -605,11 +589,7 @@ pub unsafe extern "C" fn ds_write(
     buf: *const u8,
     len: usize,
 ) -> isize {
-    // SAFETY: per the contract.
-    let n = match unsafe { node_mut(node) } {
-        Ok(n) => n,
-        Err(e) => return e as isize,
-    };
+    let n = live!(node_mut(node));
     if buf.is_null() && len > 0 {
         return fail(DS_EINVAL, "buf is NULL") as isize;
     }
@@ -640,11 +620,7 @@ pub unsafe extern "C" fn ds_place(
     to: *mut c_char,
     cap: usize,
 ) -> c_int {
-    // SAFETY: per the contract.
-    let n = match unsafe { node_mut(node) } {
-        Ok(n) => n,
-        Err(e) => return e,
-    };
+    let n = live!(node_mut(node));
     if (first.is_null() && len > 0) || to.is_null() {
         return fail(DS_EINVAL, "first or to is NULL");
     }
@@ -677,11 +653,7 @@ pub unsafe extern "C" fn ds_place(
 /// `node` is a live node.
 #[no_mangle]
 pub unsafe extern "C" fn ds_close(node: *mut ds_node, conn: u64) -> c_int {
-    // SAFETY: per the contract.
-    let n = match unsafe { node_mut(node) } {
-        Ok(n) => n,
-        Err(e) => return e,
-    };
+    let n = live!(node_mut(node));
     n.states.remove(&ConnId(conn));
     match n.node.close(ConnId(conn)) {
         Ok(()) => DS_OK,
@@ -696,11 +668,7 @@ pub unsafe extern "C" fn ds_close(node: *mut ds_node, conn: u64) -> c_int {
 /// `node` is a live node; `out` is writable for `cap` values.
 #[no_mangle]
 pub unsafe extern "C" fn ds_ready(node: *mut ds_node, out: *mut u64, cap: usize) -> isize {
-    // SAFETY: per the contract.
-    let n = match unsafe { node_mut(node) } {
-        Ok(n) => n,
-        Err(e) => return e as isize,
-    };
+    let n = live!(node_mut(node));
     if out.is_null() && cap > 0 {
         return fail(DS_EINVAL, "out is NULL") as isize;
     }
@@ -756,11 +724,7 @@ pub unsafe extern "C" fn ds_handoff(
     len: usize,
     report: *mut ds_report,
 ) -> c_int {
-    // SAFETY: per the contract.
-    let n = match unsafe { node_mut(node) } {
-        Ok(n) => n,
-        Err(e) => return e,
-    };
+    let n = live!(node_mut(node));
     // SAFETY: per the contract.
     let (to, state) = match unsafe { handoff_args(to, state, len) } {
         Ok(a) => a,
@@ -792,11 +756,7 @@ pub unsafe extern "C" fn ds_start_handoff(
     state: *const u8,
     len: usize,
 ) -> c_int {
-    // SAFETY: per the contract.
-    let n = match unsafe { node_mut(node) } {
-        Ok(n) => n,
-        Err(e) => return e,
-    };
+    let n = live!(node_mut(node));
     // SAFETY: per the contract.
     let (to, state) = match unsafe { handoff_args(to, state, len) } {
         Ok(a) => a,
@@ -814,11 +774,7 @@ pub unsafe extern "C" fn ds_start_handoff(
 /// `node` is a live node; `ev` writable.
 #[no_mangle]
 pub unsafe extern "C" fn ds_next_event(node: *mut ds_node, ev: *mut ds_event) -> c_int {
-    // SAFETY: per the contract.
-    let n = match unsafe { node_mut(node) } {
-        Ok(n) => n,
-        Err(e) => return e,
-    };
+    let n = live!(node_mut(node));
     n.events.extend(n.node.take_events());
     while let Some(e) = n.events.pop_front() {
         let out = match e {
@@ -916,11 +872,7 @@ unsafe fn kernel_mut<'a>(k: *mut ds_kernel) -> Result<&'a mut ds_kernel, c_int> 
 /// `k` is a live kernel node.
 #[no_mangle]
 pub unsafe extern "C" fn ds_kernel_poll(k: *mut ds_kernel, timeout_ms: c_int) -> c_int {
-    // SAFETY: per the contract.
-    let k = match unsafe { kernel_mut(k) } {
-        Ok(k) => k,
-        Err(e) => return e,
-    };
+    let k = live!(kernel_mut(k));
     match k.node.poll(timeout(timeout_ms)) {
         Ok(()) => DS_OK,
         Err(e) => node_error(e),
@@ -934,11 +886,7 @@ pub unsafe extern "C" fn ds_kernel_poll(k: *mut ds_kernel, timeout_ms: c_int) ->
 /// `k` is a live kernel node.
 #[no_mangle]
 pub unsafe extern "C" fn ds_kernel_fd(k: *mut ds_kernel) -> c_int {
-    // SAFETY: per the contract.
-    let k = match unsafe { kernel_mut(k) } {
-        Ok(k) => k,
-        Err(e) => return e,
-    };
+    let k = live!(kernel_mut(k));
     k.node.readiness_fd().unwrap_or_else(node_error)
 }
 
@@ -948,11 +896,7 @@ pub unsafe extern "C" fn ds_kernel_fd(k: *mut ds_kernel) -> c_int {
 /// `k` is a live kernel node.
 #[no_mangle]
 pub unsafe extern "C" fn ds_kernel_timeout_ms(k: *mut ds_kernel) -> c_int {
-    // SAFETY: per the contract.
-    let k = match unsafe { kernel_mut(k) } {
-        Ok(k) => k,
-        Err(e) => return e,
-    };
+    let k = live!(kernel_mut(k));
     match k.node.poll_timeout() {
         None => -1,
         Some(d) => d.as_micros().div_ceil(1000).min(i32::MAX as u128) as c_int,
@@ -976,11 +920,7 @@ pub unsafe extern "C" fn ds_kernel_accept(
     cap: usize,
     state_len: *mut usize,
 ) -> c_int {
-    // SAFETY: per the contract.
-    let k = match unsafe { kernel_mut(k) } {
-        Ok(k) => k,
-        Err(e) => return e,
-    };
+    let k = live!(kernel_mut(k));
     if fd.is_null() || (state.is_null() && cap > 0) {
         return fail(DS_EINVAL, "fd or state is NULL");
     }
@@ -1029,11 +969,7 @@ pub unsafe extern "C" fn ds_handoff_fd(
     len: usize,
     report: *mut ds_report,
 ) -> c_int {
-    // SAFETY: per the contract.
-    let k = match unsafe { kernel_mut(k) } {
-        Ok(k) => k,
-        Err(e) => return e,
-    };
+    let k = live!(kernel_mut(k));
     // SAFETY: per the contract.
     let (to, state) = match unsafe { handoff_args(to, state, len) } {
         Ok(a) => a,

@@ -208,6 +208,21 @@ impl Cluster {
             .expect("DS address");
     }
 
+    /// Two file-server nodes in transparent mode, node 1 on `device` (node 2 on AF_XDP),
+    /// serving `body` as `/big.bin`, each with a control socket; returns the sockets.
+    pub fn start_file_servers(&mut self, device: &str, body: &[u8]) -> [PathBuf; 2] {
+        let root = self.dir.path().join("www");
+        std::fs::create_dir_all(&root).expect("root");
+        std::fs::write(root.join("big.bin"), body).expect("file");
+        let socks = [0, 1].map(|i| self.dir.path().join(format!("node{}.sock", i + 1)));
+        for (i, sock) in socks.iter().enumerate() {
+            let args = self.transparent_args(i, &root, sock);
+            let dev = if i == 0 { device } else { "afxdp" };
+            self.start_dsnode_on(i, dev, &args, "serving http");
+        }
+        socks
+    }
+
     /// `dsnode` options for node `i` of a two-node cluster serving `root` in transparent
     /// mode: its control channel, the other node as peer (with its care-of address for a
     /// drain), the home agent, and its control socket `sock`.
