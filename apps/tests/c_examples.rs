@@ -130,6 +130,30 @@ fn the_c_http_server_hands_a_kernel_socket_to_the_other_node() {
     assert!(c.stop(), "the home agent removed its pins");
 }
 
+/// `policy=round-robin`: node 1's C server asks the library where each client goes
+/// (`ds_place`) and hands every other one, with its request, to node 2, which serves it whole.
+#[test]
+fn the_c_http_server_places_clients_round_robin() {
+    if !require_root("the_c_http_server_places_clients_round_robin") {
+        return;
+    }
+    let mut c = Cluster::start("cp", Addrs::new(0xe8, 2));
+    let exe = compile("http", c.dir.path());
+    for i in 0..2 {
+        let mut args = http_args(&c, i);
+        args.retain(|a| !a.starts_with("handoff_after="));
+        args.push("policy=round-robin".into());
+        c.start_program(i, &exe, &args, &format!("http{}", i + 1), "http: serving");
+    }
+    for _ in 0..4 {
+        c.download_pattern(256 << 10);
+    }
+    let out1 = std::fs::read_to_string(&c.nodes[0].2).expect("node 1 output");
+    let placed = out1.lines().filter(|l| l.starts_with("placed on")).count();
+    assert_eq!(placed, 2, "every other client goes to node 2: {out1}");
+    assert!(c.stop(), "the home agent removed its pins");
+}
+
 #[test]
 fn the_c_echo_server_answers_through_the_home_agent() {
     if !require_root("the_c_echo_server_answers_through_the_home_agent") {

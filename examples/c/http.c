@@ -8,6 +8,9 @@
  *        control_listen=[fd00:1::11]:7000 peer=[fd00:1::12]:7000 \
  *        home_agent=[fd00:1::a]:7001 handoff_after=1048576
  *
+ * With policy=round-robin (and no handoff_after) each client is placed on this node or the
+ * peer in turn, from its request (ds_place), and served whole where it is placed.
+ *
  * With device=kernel the server accepts clients on its own kernel socket and moves one
  * with ds_handoff_fd (the kernel must own the addresses: care-of on iface, DS on lo).
  *
@@ -28,6 +31,7 @@
 struct progress {
     uint64_t sent;
     uint64_t size;
+    uint64_t head_sent; /* the response head is out */
 };
 
 static void die(const char *what) {
@@ -83,8 +87,19 @@ static int conn_handoff(struct conn *c, const char *peer, const struct progress 
     return ds_handoff(c->n, c->id, peer, st, sizeof *p, r);
 }
 
-/* Read the request head and answer with the response head; 0 and p->size set, or -1. */
-static int read_request(struct conn *c, struct progress *p) {
+/* Send the response head, unless it went already. */
+static int send_head(struct conn *c, struct progress *p) {
+    if (p->head_sent) return 0;
+    char head[128];
+    int len = snprintf(head, sizeof head,
+                       "HTTP/1.0 200 OK\r\nContent-Length: %" PRIu64 "\r\n\r\n", p->size);
+    p->head_sent = 1;
+    return conn_write_all(c, (const uint8_t *)head, (size_t)len);
+}
+
+/* Read the request head; 0 and p set, or -1. On the userspace stack the node's policy
+ * (policy=round-robin) may place the client on the peer: then `to` names it. */
+static int read_request(struct conn *c, struct progress *p, char *to, size_t cap) {
     char req[4096];
     size_t have = 0;
     while (!memmem(req, have, "\r\n\r\n", 4)) {
@@ -95,11 +110,11 @@ static int read_request(struct conn *c, struct progress *p) {
     }
     req[have] = 0;
     p->sent = 0;
+    p->head_sent = 0;
     if (sscanf(req, "GET /%" SCNu64, &p->size) != 1) p->size = 1 << 20;
-    char head[128];
-    int len = snprintf(head, sizeof head,
-                       "HTTP/1.0 200 OK\r\nContent-Length: %" PRIu64 "\r\n\r\n", p->size);
-    return conn_write_all(c, (const uint8_t *)head, (size_t)len);
+    to[0] = 0;
+    if (!c->k && ds_place(c->n, (const uint8_t *)req, have, to, cap) < 0) to[0] = 0;
+    return 0;
 }
 
 /* Serve one connection; `arrived` is the state it came with from the peer, if it did. */
@@ -107,11 +122,25 @@ static void serve(struct conn *c, const struct progress *arrived, const char *pe
                   uint64_t after) {
     struct progress p;
     uint64_t stop = after;
+    char to[64];
     if (arrived) {
         /* Handed over by the peer: continue where it stopped, and finish here. */
         p = *arrived;
         stop = UINT64_MAX;
-    } else if (read_request(c, &p) != 0) {
+    } else if (read_request(c, &p, to, sizeof to) != 0) {
+        conn_close(c);
+        return;
+    } else if (to[0]) {
+        /* The policy places this client on another node: it goes there with its request. */
+        ds_report r;
+        if (conn_handoff(c, to, &p, &r) == DS_OK) {
+            printf("placed on %s total_us=%.1f\n", to, r.total_us);
+            fflush(stdout);
+            return;
+        }
+        fprintf(stderr, "http: placed on %s, served here: %s\n", to, ds_last_error());
+    }
+    if (send_head(c, &p) != 0) {
         conn_close(c);
         return;
     }
