@@ -246,6 +246,8 @@ pub struct Coordinator<C> {
     pub bu_sent: Option<(Ipv6Addr, Instant)>,
     /// The id of the rebind request waiting for the home agent's answer.
     rebind_id: Option<u64>,
+    /// Control channels opened so far (a new one may reuse a closed one's descriptor number).
+    channel_epoch: u64,
 }
 
 impl<C: std::fmt::Debug> Coordinator<C> {
@@ -312,6 +314,7 @@ impl<C: std::fmt::Debug> Coordinator<C> {
             forwarded_done: 0,
             bu_sent: None,
             rebind_id: None,
+            channel_epoch: 0,
         };
         c.to_peers = c.peers.iter().map(|_| None).collect();
         // Open the home agent's channel ahead of the first move (a failure here is retried
@@ -397,6 +400,7 @@ impl<C: std::fmt::Debug> Coordinator<C> {
     fn connect_to(&mut self, i: usize) -> Result<(), Error> {
         if let (Some(None), Some(peer)) = (self.to_peers.get(i), self.peers.get(i)) {
             self.to_peers[i] = Some(Channel::connect(*peer, &self.secret)?);
+            self.channel_epoch += 1;
         }
         Ok(())
     }
@@ -439,8 +443,16 @@ impl<C: std::fmt::Debug> Coordinator<C> {
     fn connect_ha(&mut self) -> Result<(), Error> {
         if let (None, Some(ha)) = (&self.to_ha, self.ha) {
             self.to_ha = Some(Channel::connect(ha, &self.secret)?);
+            self.channel_epoch += 1;
         }
         Ok(())
+    }
+
+    /// Changes whenever a control channel is opened: a caller that registered
+    /// [`Coordinator::wait_fds`] elsewhere (an epoll set) re-registers them then, since a new
+    /// channel may have a closed one's descriptor number.
+    pub fn channel_epoch(&self) -> u64 {
+        self.channel_epoch
     }
 
     /// The control sockets (appended to `out`) to wait on together with the data path, so
@@ -585,6 +597,7 @@ impl<C: std::fmt::Debug> Coordinator<C> {
                     Ok((s, peer)) => match Channel::accept(s, &self.secret) {
                         Ok(chan) => {
                             tracing::debug!(%peer, "control channel from a donor");
+                            self.channel_epoch += 1;
                             self.incoming.push(Incoming {
                                 key: self.next_key,
                                 chan,

@@ -50,11 +50,12 @@ pub fn kernel_steering(
     Ok((prog, link, mode))
 }
 
-fn sync(r: &mut Readiness, fds: &[RawFd]) -> Result<(), Error> {
-    r.sync(fds.iter().copied()).map_err(|source| Error::Io {
-        what: "readiness epoll".into(),
-        source,
-    })
+fn sync(r: &mut Readiness, epoch: u64, fds: &[RawFd]) -> Result<(), Error> {
+    r.sync(epoch, fds.iter().copied())
+        .map_err(|source| Error::Io {
+            what: "readiness epoll".into(),
+            source,
+        })
 }
 
 /// A connection another node handed to this one, as a kernel socket.
@@ -205,7 +206,7 @@ impl KernelNode {
         self.sort_out();
         self.collect_fds();
         if let Some(r) = self.readiness.as_mut() {
-            sync(r, &self.fds)?;
+            sync(r, self.core.channel_epoch(), &self.fds)?;
         }
         Ok(())
     }
@@ -368,7 +369,7 @@ impl KernelNode {
         if self.readiness.is_none() {
             let mut r = Readiness::new()?;
             self.collect_fds();
-            sync(&mut r, &self.fds)?;
+            sync(&mut r, self.core.channel_epoch(), &self.fds)?;
             self.readiness = Some(r);
         }
         Ok(self.readiness.as_ref().map(Readiness::fd).unwrap_or(-1))

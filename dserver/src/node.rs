@@ -428,6 +428,7 @@ impl Builder {
             events: VecDeque::new(),
             ready: Vec::new(),
             fds: Vec::new(),
+            dev_fds: ds_stack::device::PollSet::default(),
             readiness: None,
             // Announce an address we own alone at start and twice more, since the device
             // may be bridged only after it exists (RFC 4861 §7.2.6 allows a few repeats); a
@@ -482,6 +483,8 @@ pub struct Node {
     events: VecDeque<Event>,
     ready: Vec<TcpHandle>,
     fds: Vec<RawFd>,
+    /// The device's descriptors, for the readiness set (kept to avoid an allocation a poll).
+    dev_fds: ds_stack::device::PollSet,
     readiness: Option<Readiness>,
     announce: VecDeque<Duration>,
     started: Instant,
@@ -1092,20 +1095,21 @@ impl Node {
     }
 
     fn sync_readiness(&mut self) -> Result<(), Error> {
-        let mut set = ds_stack::device::PollSet::default();
-        self.rt.dev.wait_fds(&mut set);
+        let Some(r) = self.readiness.as_mut() else {
+            return Ok(());
+        };
+        self.dev_fds.clear();
+        self.rt.dev.wait_fds(&mut self.dev_fds);
         self.fds.clear();
-        if let Some(core) = &self.core {
+        let epoch = self.core.as_ref().map_or(0, |core| {
             core.wait_fds(&mut self.fds);
-        }
-        if let Some(r) = self.readiness.as_mut() {
-            r.sync(set.fds().chain(self.fds.iter().copied()))
-                .map_err(|source| Error::Io {
-                    what: "readiness epoll".into(),
-                    source,
-                })?;
-        }
-        Ok(())
+            core.channel_epoch()
+        });
+        r.sync(epoch, self.dev_fds.fds().chain(self.fds.iter().copied()))
+            .map_err(|source| Error::Io {
+                what: "readiness epoll".into(),
+                source,
+            })
     }
 
     /// The longest the caller may wait before the next [`Node::poll`] when nothing is

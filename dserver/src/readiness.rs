@@ -11,6 +11,8 @@ pub(crate) struct Readiness {
     epoll: OwnedFd,
     registered: HashSet<RawFd>,
     scratch: HashSet<RawFd>,
+    /// The channel epoch of the last registration (see [`Readiness::sync`]).
+    epoch: Option<u64>,
 }
 
 impl Readiness {
@@ -25,6 +27,7 @@ impl Readiness {
             epoll: unsafe { OwnedFd::from_raw_fd(fd) },
             registered: HashSet::new(),
             scratch: HashSet::new(),
+            epoch: None,
         })
     }
 
@@ -46,11 +49,18 @@ impl Readiness {
         }
     }
 
-    /// Watch exactly `fds` from now on. A descriptor that was closed left the set by itself
-    /// (epoll forgets closed files), so a reused number is added again, not assumed present.
-    pub(crate) fn sync(&mut self, fds: impl Iterator<Item = RawFd>) -> io::Result<()> {
+    /// Watch exactly `fds` from now on. `epoch` changes whenever a descriptor was opened
+    /// (the engine's [`crate::engine::Coordinator::channel_epoch`]): with the same epoch and
+    /// the same set nothing changed and no system call is made. Otherwise every descriptor is
+    /// added again, since a closed one left the set by itself (epoll forgets closed files) and
+    /// its number may be reused by a new one.
+    pub(crate) fn sync(&mut self, epoch: u64, fds: impl Iterator<Item = RawFd>) -> io::Result<()> {
         self.scratch.clear();
         self.scratch.extend(fds);
+        if self.epoch == Some(epoch) && self.scratch == self.registered {
+            return Ok(());
+        }
+        self.epoch = Some(epoch);
         for &fd in &self.scratch {
             match self.ctl(libc::EPOLL_CTL_ADD, fd) {
                 Ok(()) => {}
