@@ -68,6 +68,11 @@ pub struct Proxy {
     stats: ProxyStats,
     ready: Vec<ConnId>,
     poll: ds_stack::device::PollSet,
+    /// The relays whose backends are in `poll`, in order (after the node's descriptor).
+    polled: Vec<ConnId>,
+    /// Relays with request bytes their backend did not take yet (it may still be connecting,
+    /// which a wait for readability does not see).
+    stalled: Vec<ConnId>,
 }
 
 impl Proxy {
@@ -80,6 +85,8 @@ impl Proxy {
             stats: ProxyStats::default(),
             ready: Vec::new(),
             poll: ds_stack::device::PollSet::default(),
+            polled: Vec::new(),
+            stalled: Vec::new(),
         }
     }
 
@@ -136,20 +143,42 @@ impl Proxy {
         let fd = self.node.readiness_fd()?;
         self.poll.clear();
         self.poll.add(fd);
-        for r in self.relays.values() {
-            if let Some(b) = &r.backend {
+        // Backends with room for what they send (a full relay waits for its client, so its
+        // readable backend must not end every wait at once).
+        self.polled.clear();
+        for (c, r) in &self.relays {
+            if let Some(b) = r
+                .backend
+                .as_ref()
+                .filter(|_| !r.backend_eof && r.down.len() < BUF)
+            {
                 self.poll.add(b.as_raw_fd());
+                self.polled.push(*c);
             }
         }
         for fd in extra {
             self.poll.add(*fd);
         }
-        let wait = self
-            .node
-            .poll_timeout()
-            .map_or(max_wait, |t| t.min(max_wait));
+        let wait = if self.stalled.is_empty() {
+            self.node
+                .poll_timeout()
+                .map_or(max_wait, |t| t.min(max_wait))
+        } else {
+            // A relay waits for its backend's connection to write the request (readability
+            // does not show it): look again within a millisecond.
+            max_wait.min(Duration::from_millis(1))
+        };
         // A failed wait (EINTR) only ends the wait early.
         let _ = self.poll.wait(Some(wait));
+        // Relays whose backend has news (positions 1.. of the set are `polled`).
+        let n = self.polled.len();
+        self.ready.extend(
+            self.poll
+                .ready()
+                .filter(|i| (1..=n).contains(i))
+                .map(|i| self.polled[i - 1]),
+        );
+        self.ready.append(&mut self.stalled);
         self.node.poll(Duration::ZERO)?;
         while let Some(a) = self.node.try_accept() {
             let arrived = a.state.is_some();
@@ -193,24 +222,14 @@ impl Proxy {
             }
         }
         self.node.take_ready(&mut self.ready);
-        // Backend sockets have no readiness of their own here: visit relays with one
-        // (cheap: a non-blocking read that would block).
-        let ids: Vec<ConnId> = self
-            .ready
-            .drain(..)
-            .chain(
-                self.relays
-                    .iter()
-                    .filter(|(_, r)| r.backend.is_some())
-                    .map(|(c, _)| *c),
-            )
-            .collect();
-        let mut done = std::collections::HashSet::new();
-        for c in ids {
-            if done.insert(c) {
-                self.pump(c);
-            }
+        // Only relays with news: a client event, a backend event, or a request still to write.
+        let mut ids = std::mem::take(&mut self.ready);
+        ids.sort_unstable();
+        ids.dedup();
+        for c in ids.drain(..) {
+            self.pump(c);
         }
+        self.ready = ids;
         Ok(())
     }
 
@@ -343,6 +362,9 @@ impl Proxy {
             // The backend finished: so does the client's connection (FIN after the data).
             let _ = self.node.close(c);
             return;
+        }
+        if r.backend.is_some() && !r.up.is_empty() {
+            self.stalled.push(c);
         }
         self.relays.insert(c, r);
     }

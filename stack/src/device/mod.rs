@@ -83,6 +83,7 @@ impl PollSet {
 
     /// Watch `fd` for readability.
     pub fn add(&mut self, fd: RawFd) {
+        // revents starts clear, so `ready` only names what this wait saw.
         self.fds.push(libc::pollfd {
             fd,
             events: libc::POLLIN,
@@ -93,6 +94,16 @@ impl PollSet {
     /// The watched descriptors (to register them with another waiter, e.g. an epoll set).
     pub fn fds(&self) -> impl Iterator<Item = RawFd> + '_ {
         self.fds.iter().map(|p| p.fd)
+    }
+
+    /// After [`PollSet::wait`]: the positions (in the order added) of the descriptors that
+    /// turned readable, or reported an error or hang-up.
+    pub fn ready(&self) -> impl Iterator<Item = usize> + '_ {
+        self.fds
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.revents != 0)
+            .map(|(i, _)| i)
     }
 
     /// Whether no descriptor is watched.
