@@ -1,0 +1,245 @@
+//! The home agent's registration authority for the DS address.
+//!
+//! The home agent is the one place that decides which node receives the DS address's new
+//! flows, so fencing is enforced here: a registration is accepted from the holder (a refresh,
+//! with its current or a newer epoch) or, once the holder's lease has lapsed, from a newer
+//! epoch than any accepted before; never from an older one. The accepted epochs therefore
+//! increase over time, and the epoch with which the current holder first registered is the
+//! cluster's *fence* ([`crate::Member::fence`]): handoffs carry it and nodes refuse older ones.
+//!
+//! The registry also relays a joiner's `Hello` to the holder (seed §2.3: a node finds the
+//! contact by sending to the home address), or answers `NoContact` when no lease runs.
+
+use crate::wire::{self, Body, Envelope, Key, MemberInfo, ReplayGuard, WireError};
+use crate::{Epoch, NodeId, Time};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Registry settings.
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    /// The home agent's own identity (random per process).
+    pub id: NodeId,
+    /// Longest lease granted, whatever is asked.
+    pub max_lease: Duration,
+    /// Senders whose replay windows are kept.
+    pub replay_peers: usize,
+    /// Most datagrams queued for sending (excess dropped, counted).
+    pub max_queue: usize,
+}
+
+impl RegistryConfig {
+    /// Defaults for identity `id`.
+    pub fn new(id: NodeId) -> Self {
+        RegistryConfig {
+            id,
+            max_lease: Duration::from_secs(10),
+            replay_peers: 4096,
+            max_queue: 1024,
+        }
+    }
+}
+
+/// What changed at the registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistryEvent {
+    /// A new holder: point the DS address's binding at its care-of address.
+    Bound {
+        /// The holder.
+        holder: MemberInfo,
+        /// The epoch it registered with (the new fence).
+        epoch: Epoch,
+    },
+}
+
+/// Counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RegistryStats {
+    /// Registrations accepted (refreshes included).
+    pub accepted: u64,
+    /// Holder changes.
+    pub handovers: u64,
+    /// Registrations refused (stale epoch or a live holder).
+    pub refused: u64,
+    /// Hellos relayed to the holder.
+    pub relayed: u64,
+    /// Hellos answered with NoContact.
+    pub no_contact: u64,
+    /// Datagrams dropped: bad size or tag.
+    pub dropped_auth: u64,
+    /// Datagrams dropped: malformed.
+    pub dropped_malformed: u64,
+    /// Datagrams dropped: replayed.
+    pub dropped_replay: u64,
+    /// Datagrams dropped: not for the registry.
+    pub dropped_other: u64,
+}
+
+/// The current holder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Holder {
+    /// Who.
+    pub info: MemberInfo,
+    /// Its latest registered epoch.
+    pub epoch: Epoch,
+    /// The epoch it first registered with: the fence.
+    pub since: Epoch,
+    /// Until when its lease runs.
+    pub until: Time,
+}
+
+/// The registration authority (sans-IO).
+#[derive(Debug)]
+pub struct Registry {
+    key: Key,
+    cfg: RegistryConfig,
+    seq: u64,
+    holder: Option<Holder>,
+    last: Epoch,
+    replay: ReplayGuard,
+    out: VecDeque<(SocketAddr, Vec<u8>)>,
+    events: VecDeque<RegistryEvent>,
+    stats: RegistryStats,
+}
+
+impl Registry {
+    /// A registry with no holder.
+    pub fn new(key: Key, cfg: RegistryConfig) -> Self {
+        Registry {
+            key,
+            seq: 0,
+            holder: None,
+            last: Epoch::default(),
+            replay: ReplayGuard::new(cfg.replay_peers),
+            out: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: RegistryStats::default(),
+            cfg,
+        }
+    }
+
+    /// The holder, if any (its lease may have lapsed: it keeps the binding until replaced).
+    pub fn holder(&self) -> Option<&Holder> {
+        self.holder.as_ref()
+    }
+
+    /// The newest epoch accepted.
+    pub fn last_epoch(&self) -> Epoch {
+        self.last
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> RegistryStats {
+        self.stats
+    }
+
+    /// Next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+        self.out.pop_front()
+    }
+
+    /// Next event.
+    pub fn poll_event(&mut self) -> Option<RegistryEvent> {
+        self.events.pop_front()
+    }
+
+    fn send(&mut self, to: SocketAddr, body: Body) {
+        if self.out.len() >= self.cfg.max_queue {
+            return;
+        }
+        self.seq += 1;
+        let env = Envelope {
+            from: self.cfg.id,
+            seq: self.seq,
+            epoch: self.last,
+            fence: self.holder.map(|h| h.since).unwrap_or_default(),
+            body,
+        };
+        self.out.push_back((to, wire::seal(&self.key, &env)));
+    }
+
+    /// One datagram from the network.
+    pub fn handle(&mut self, now: Time, datagram: &[u8]) {
+        let env = match wire::open(&self.key, datagram) {
+            Ok(e) => e,
+            Err(WireError::Malformed) => {
+                self.stats.dropped_malformed += 1;
+                return;
+            }
+            Err(_) => {
+                self.stats.dropped_auth += 1;
+                return;
+            }
+        };
+        if self.replay.check(now, env.from, env.seq).is_err() {
+            self.stats.dropped_replay += 1;
+            return;
+        }
+        match env.body {
+            Body::Register { me, lease_us } if me.id == env.from => {
+                self.register(now, me, env.epoch, lease_us)
+            }
+            Body::Hello { me, .. } if me.id == env.from => match self.holder {
+                Some(h) if h.until > now && h.info.id != me.id => {
+                    self.stats.relayed += 1;
+                    if self.out.len() < self.cfg.max_queue {
+                        self.out.push_back((h.info.addr, datagram.to_vec()));
+                    }
+                }
+                _ => {
+                    self.stats.no_contact += 1;
+                    let last = self.last;
+                    self.send(me.addr, Body::NoContact { last });
+                }
+            },
+            _ => self.stats.dropped_other += 1,
+        }
+    }
+
+    fn register(&mut self, now: Time, me: MemberInfo, epoch: Epoch, lease_us: u64) {
+        let lease = Duration::from_micros(lease_us).min(self.cfg.max_lease);
+        let ok = match self.holder {
+            Some(h) if h.info.id == me.id => epoch >= h.epoch,
+            Some(h) => h.until <= now && epoch > self.last,
+            None => epoch > self.last,
+        };
+        if ok {
+            self.stats.accepted += 1;
+            let same = self.holder.map(|h| h.info.id == me.id).unwrap_or(false);
+            let since = match self.holder {
+                Some(h) if same => h.since,
+                _ => epoch,
+            };
+            self.holder = Some(Holder {
+                info: me,
+                epoch,
+                since,
+                until: now.after(lease),
+            });
+            self.last = self.last.max(epoch);
+            if !same {
+                self.stats.handovers += 1;
+                self.events
+                    .push_back(RegistryEvent::Bound { holder: me, epoch });
+            }
+        } else {
+            self.stats.refused += 1;
+        }
+        let (holder, left) = match self.holder {
+            Some(h) => (
+                Some((h.info.id, h.epoch, h.since)),
+                h.until.since(now).as_micros() as u64,
+            ),
+            None => (None, 0),
+        };
+        self.send(
+            me.addr,
+            Body::RegisterReply {
+                ok,
+                holder,
+                lease_left_us: left,
+            },
+        );
+    }
+}

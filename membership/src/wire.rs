@@ -1,0 +1,417 @@
+//! Membership messages, their authentication and the anti-replay window.
+//!
+//! A datagram is `postcard(Envelope) ‖ HMAC-SHA256(key, postcard(Envelope))` (RFC 2104 with
+//! SHA-256, the full 32-byte tag). The envelope names its sender, a per-sender sequence number
+//! (checked against a 64-entry sliding window, as IPsec's anti-replay in RFC 4303 §3.4.3) and
+//! the sender's epoch. Joins answer a fresh challenge nonce, so a recorded join cannot be
+//! replayed; a node's identity is random per process, so a restarted node's numbers start
+//! afresh without colliding with its previous life.
+//!
+//! Everything is bounded before the tag is checked (datagram size) and after decoding
+//! (members per view, string lengths), and a malformed or forged datagram is an error value,
+//! never a panic.
+
+use crate::{Epoch, NodeId, Time};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::{Ipv6Addr, SocketAddr};
+
+/// Largest datagram accepted or produced.
+pub const MAX_DATAGRAM: usize = 60_000;
+/// Most backups in a view.
+pub const MAX_BACKUPS: usize = 16;
+/// Most snodes in a list (a larger cluster needs a paged list; refused for now).
+pub const MAX_SNODES: usize = 1024;
+/// HMAC-SHA256 tag length.
+const TAG: usize = 32;
+
+/// Why a datagram was dropped.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WireError {
+    /// Larger than [`MAX_DATAGRAM`] or shorter than a tag.
+    #[error("datagram size out of bounds")]
+    Size,
+    /// The tag does not verify under the cluster key.
+    #[error("authentication failed")]
+    Auth,
+    /// The envelope does not decode or breaks a bound.
+    #[error("malformed message")]
+    Malformed,
+    /// A sequence number already seen or too old for the window.
+    #[error("replayed or too old")]
+    Replay,
+}
+
+/// The cluster key: HMAC-SHA256 under a key derived from the cluster secret with a label of
+/// its own, so the membership key differs from the handoff channel's.
+#[derive(Clone)]
+pub struct Key(ring::hmac::Key);
+
+impl Key {
+    /// Derive from the cluster secret's bytes.
+    pub fn new(secret: &[u8]) -> Key {
+        let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+        let derived = ring::hmac::sign(&k, b"ds-membership v1");
+        Key(ring::hmac::Key::new(
+            ring::hmac::HMAC_SHA256,
+            derived.as_ref(),
+        ))
+    }
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Key(..)")
+    }
+}
+
+/// What a node asks to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JoinAs {
+    /// May become the contact node.
+    Backup,
+    /// Serves, never the contact.
+    Snode,
+}
+
+/// A member as others reach it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct MemberInfo {
+    /// Its identity.
+    pub id: NodeId,
+    /// Where its membership endpoint listens.
+    pub addr: SocketAddr,
+    /// Its care-of address: where the home agent tunnels the DS address's flows for it.
+    pub coa: Ipv6Addr,
+}
+
+/// The backups, in rank order (the first is the contact), as of one epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct View {
+    /// The view's epoch.
+    pub epoch: Epoch,
+    /// Backups in join order; `backups[0]` is the contact node.
+    pub backups: Vec<MemberInfo>,
+}
+
+impl View {
+    /// The contact node.
+    pub fn contact(&self) -> Option<&MemberInfo> {
+        self.backups.first()
+    }
+    /// Whether `id` is a backup in this view.
+    pub fn has(&self, id: NodeId) -> bool {
+        self.backups.iter().any(|m| m.id == id)
+    }
+    /// The backup ranked just before `id`.
+    pub fn predecessor(&self, id: NodeId) -> Option<&MemberInfo> {
+        let i = self.backups.iter().position(|m| m.id == id)?;
+        i.checked_sub(1).map(|p| &self.backups[p])
+    }
+}
+
+/// Message bodies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Body {
+    /// Joiner → home agent → contact: I want to join; answer with a challenge.
+    Hello {
+        /// As what.
+        role: JoinAs,
+        /// Who and where.
+        me: MemberInfo,
+    },
+    /// Home agent → joiner: no live contact holds the registration (epoch: the last one held).
+    NoContact {
+        /// The newest epoch the home agent accepted.
+        last: Epoch,
+    },
+    /// Contact → joiner: prove you are fresh.
+    Challenge {
+        /// Echo this in the join.
+        nonce: u64,
+        /// The contact.
+        contact: MemberInfo,
+    },
+    /// Joiner → contact: the join itself.
+    Join {
+        /// The challenge's nonce.
+        nonce: u64,
+        /// As what.
+        role: JoinAs,
+        /// Who and where.
+        me: MemberInfo,
+    },
+    /// Contact → joiner: not now (free text, bounded).
+    Refused {
+        /// Why.
+        reason: String,
+    },
+    /// Coordinator → backups: phase one of the two-phase commit.
+    Prepare {
+        /// The proposed view.
+        view: View,
+    },
+    /// Backup → coordinator: promised.
+    PrepareOk {
+        /// The proposal's epoch.
+        epoch: Epoch,
+    },
+    /// Backup → coordinator: I promised a newer epoch.
+    PrepareNack {
+        /// The proposal's epoch.
+        epoch: Epoch,
+        /// The newest epoch this backup knows or promised.
+        seen: Epoch,
+    },
+    /// Coordinator → backups: phase two; also sent to catch a backup up.
+    Commit {
+        /// The committed view.
+        view: View,
+        /// The snodes the sender knows.
+        snodes: Vec<MemberInfo>,
+    },
+    /// Backup → coordinator: applied.
+    CommitOk {
+        /// The view's epoch.
+        epoch: Epoch,
+    },
+    /// Contact → joiner: you are in.
+    Welcome {
+        /// The view (for a backup; the snodes only need the contact).
+        view: View,
+        /// The snodes the contact knows (for a backup).
+        snodes: Vec<MemberInfo>,
+    },
+    /// Backup → its predecessor: alive?
+    Heartbeat {
+        /// The node the sender believes it heartbeats.
+        target: NodeId,
+    },
+    /// Predecessor → backup: alive.
+    HeartbeatOk,
+    /// "We consider you to have failed, please join again."
+    Rejoin,
+    /// Contact → backups: the snodes it knows (no two-phase commit).
+    Snodes {
+        /// The list.
+        snodes: Vec<MemberInfo>,
+    },
+    /// Contact → snode: you are known; (new contact) I am the contact now.
+    Ping {
+        /// The contact.
+        contact: MemberInfo,
+    },
+    /// Snode → contact: alive.
+    Pong {
+        /// Who and where.
+        me: MemberInfo,
+    },
+    /// Contact → home agent: bind the DS address to my care-of address.
+    Register {
+        /// Who and where.
+        me: MemberInfo,
+        /// Requested lease, microseconds.
+        lease_us: u64,
+    },
+    /// Home agent → contact: the answer.
+    RegisterReply {
+        /// Whether the registration is held by the sender now.
+        ok: bool,
+        /// Who holds it: its id, its latest epoch and the epoch it first registered with
+        /// (the fence).
+        holder: Option<(NodeId, Epoch, Epoch)>,
+        /// How long the holder's lease still runs, microseconds (0: lapsed).
+        lease_left_us: u64,
+    },
+}
+
+impl Body {
+    /// Kind name for counters and traces.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Body::Hello { .. } => "hello",
+            Body::NoContact { .. } => "no-contact",
+            Body::Challenge { .. } => "challenge",
+            Body::Join { .. } => "join",
+            Body::Refused { .. } => "refused",
+            Body::Prepare { .. } => "prepare",
+            Body::PrepareOk { .. } => "prepare-ok",
+            Body::PrepareNack { .. } => "prepare-nack",
+            Body::Commit { .. } => "commit",
+            Body::CommitOk { .. } => "commit-ok",
+            Body::Welcome { .. } => "welcome",
+            Body::Heartbeat { .. } => "heartbeat",
+            Body::HeartbeatOk => "heartbeat-ok",
+            Body::Rejoin => "rejoin",
+            Body::Snodes { .. } => "snodes",
+            Body::Ping { .. } => "ping",
+            Body::Pong { .. } => "pong",
+            Body::Register { .. } => "register",
+            Body::RegisterReply { .. } => "register-reply",
+        }
+    }
+
+    fn within_bounds(&self) -> bool {
+        let view_ok = |v: &View| !v.backups.is_empty() && v.backups.len() <= MAX_BACKUPS;
+        match self {
+            Body::Refused { reason } => reason.len() <= 256,
+            Body::Prepare { view } => view_ok(view),
+            Body::Commit { view, snodes } | Body::Welcome { view, snodes } => {
+                view_ok(view) && snodes.len() <= MAX_SNODES
+            }
+            Body::Snodes { snodes } => snodes.len() <= MAX_SNODES,
+            _ => true,
+        }
+    }
+}
+
+/// An authenticated message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// The sender.
+    pub from: NodeId,
+    /// The sender's sequence number (from 1, one per message).
+    pub seq: u64,
+    /// The sender's epoch (its view's, for a backup; its contact's, for an snode).
+    pub epoch: Epoch,
+    /// The newest fence the sender knows (see [`crate::Member::fence`]).
+    pub fence: Epoch,
+    /// The message.
+    pub body: Body,
+}
+
+/// Encode and authenticate.
+pub fn seal(key: &Key, env: &Envelope) -> Vec<u8> {
+    // Encoding a value of these types cannot fail (no maps with non-string keys, no
+    // unsupported types); an empty vector would only fail to authenticate.
+    let mut out = postcard::to_allocvec(env).unwrap_or_default();
+    let tag = ring::hmac::sign(&key.0, &out);
+    out.extend_from_slice(tag.as_ref());
+    out
+}
+
+/// Check size and tag, then decode and check bounds. The replay check is the receiver's
+/// ([`ReplayGuard`]), after this.
+pub fn open(key: &Key, datagram: &[u8]) -> Result<Envelope, WireError> {
+    if datagram.len() > MAX_DATAGRAM || datagram.len() < TAG + 1 {
+        return Err(WireError::Size);
+    }
+    let (msg, tag) = datagram.split_at(datagram.len() - TAG);
+    ring::hmac::verify(&key.0, msg, tag).map_err(|_| WireError::Auth)?;
+    let env: Envelope = postcard::from_bytes(msg).map_err(|_| WireError::Malformed)?;
+    if !env.body.within_bounds() || env.seq == 0 {
+        return Err(WireError::Malformed);
+    }
+    Ok(env)
+}
+
+/// Per-sender anti-replay windows (RFC 4303 §3.4.3's sliding window, 64 wide), for a bounded
+/// number of senders: the least recently heard sender is forgotten first.
+#[derive(Debug, Default)]
+pub struct ReplayGuard {
+    peers: BTreeMap<NodeId, (u64, u64, Time)>,
+    cap: usize,
+}
+
+impl ReplayGuard {
+    /// Remember at most `cap` senders.
+    pub fn new(cap: usize) -> Self {
+        ReplayGuard {
+            peers: BTreeMap::new(),
+            cap: cap.max(1),
+        }
+    }
+
+    /// Accept `seq` from `from` once; refuse a repeat or one older than the window.
+    pub fn check(&mut self, now: Time, from: NodeId, seq: u64) -> Result<(), WireError> {
+        if !self.peers.contains_key(&from) && self.peers.len() >= self.cap {
+            if let Some(oldest) = self.peers.iter().min_by_key(|(_, v)| v.2).map(|(k, _)| *k) {
+                self.peers.remove(&oldest);
+            }
+        }
+        let e = self.peers.entry(from).or_insert((0, 0, now));
+        let (top, bits) = (e.0, e.1);
+        if seq > top {
+            let shift = seq - top;
+            e.1 = if shift >= 64 { 1 } else { (bits << shift) | 1 };
+            e.0 = seq;
+        } else {
+            let back = top - seq;
+            if back >= 64 || bits & (1 << back) != 0 {
+                return Err(WireError::Replay);
+            }
+            e.1 |= 1 << back;
+        }
+        e.2 = now;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(id: u64) -> MemberInfo {
+        MemberInfo {
+            id,
+            addr: "[fd00::1]:7100".parse().unwrap(),
+            coa: "fd00::1".parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn seal_open_round_trip_and_forgery() {
+        let k = Key::new(b"0123456789abcdef");
+        let env = Envelope {
+            from: 7,
+            seq: 1,
+            epoch: Epoch { view: 3, by: 7 },
+            fence: Epoch { view: 2, by: 7 },
+            body: Body::Pong { me: info(7) },
+        };
+        let d = seal(&k, &env);
+        assert_eq!(open(&k, &d).unwrap(), env);
+        let other = Key::new(b"another secret of sixteen");
+        assert_eq!(open(&other, &d), Err(WireError::Auth));
+        let mut bad = d.clone();
+        bad[2] ^= 1;
+        assert_eq!(open(&k, &bad), Err(WireError::Auth));
+        assert_eq!(open(&k, &d[..10]), Err(WireError::Size));
+        assert_eq!(open(&k, &vec![0; MAX_DATAGRAM + 1]), Err(WireError::Size));
+    }
+
+    #[test]
+    fn oversized_view_is_malformed_even_when_authentic() {
+        let k = Key::new(b"0123456789abcdef");
+        let env = Envelope {
+            from: 1,
+            seq: 1,
+            epoch: Epoch::default(),
+            fence: Epoch::default(),
+            body: Body::Prepare {
+                view: View {
+                    epoch: Epoch::default(),
+                    backups: (0..MAX_BACKUPS as u64 + 1).map(info).collect(),
+                },
+            },
+        };
+        assert_eq!(open(&k, &seal(&k, &env)), Err(WireError::Malformed));
+    }
+
+    #[test]
+    fn replay_window() {
+        let mut g = ReplayGuard::new(2);
+        let t = Time(0);
+        assert!(g.check(t, 1, 5).is_ok());
+        assert_eq!(g.check(t, 1, 5), Err(WireError::Replay));
+        assert!(g.check(t, 1, 3).is_ok());
+        assert_eq!(g.check(t, 1, 3), Err(WireError::Replay));
+        assert!(g.check(t, 1, 100).is_ok());
+        assert_eq!(g.check(t, 1, 30), Err(WireError::Replay));
+        assert!(g.check(t, 1, 99).is_ok());
+        // Bounded: a third sender evicts the least recently heard.
+        assert!(g.check(Time(1), 2, 1).is_ok());
+        assert!(g.check(Time(2), 3, 1).is_ok());
+        assert_eq!(g.peers.len(), 2);
+    }
+}
