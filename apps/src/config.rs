@@ -20,6 +20,11 @@
 //! handoff_after = 500000
 //! steering = "transparent"           # none | transparent | ro
 //! ha_control = "[fd00:d5:1::a]:7001"
+//!
+//! [membership]                        # seed §2.3; needs handoff.secret_file
+//! role = "backup"                    # backup | snode
+//! listen = "[fd00:d5:1::11]:7000"    # UDP; the same port as control_listen is fine
+//! home_agent = "[fd00:d5:1::a]:7100" # dsha xdp --members
 //! ```
 
 use serde::Deserialize;
@@ -69,6 +74,16 @@ struct NodeFile {
     backend: Option<SocketAddr>,
     policy: Option<Spanned<String>>,
     handoff: Option<HandoffFile>,
+    membership: Option<MembershipFile>,
+}
+
+/// `[membership]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MembershipFile {
+    role: Option<Spanned<String>>,
+    listen: Option<SocketAddr>,
+    home_agent: Option<SocketAddr>,
 }
 
 /// `[handoff]`.
@@ -98,7 +113,8 @@ enum Peers {
 }
 
 /// The choices a key takes.
-const CHOICES: [(&str, &[&str]); 4] = [
+const CHOICES: [(&str, &[&str]); 5] = [
+    ("role", &["backup", "snode"]),
     ("device", &["afxdp", "tap", "kernel"]),
     ("policy", &["local", "round-robin"]),
     ("drain", &["immediate", "acked"]),
@@ -181,6 +197,14 @@ pub fn serve_args(path: &Path) -> Result<Vec<String>, ConfigError> {
             .map(|v| choice("policy", v))
             .transpose()?,
     );
+    if let Some(m) = file.membership {
+        opt(
+            "role",
+            m.role.as_ref().map(|v| choice("role", v)).transpose()?,
+        );
+        opt("members_listen", m.listen.as_ref().map(|a| s(a)));
+        opt("members_ha", m.home_agent.as_ref().map(|a| s(a)));
+    }
     if let Some(h) = file.handoff {
         opt("control_listen", h.control_listen.as_ref().map(|a| s(a)));
         match &h.peer {

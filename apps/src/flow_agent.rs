@@ -77,9 +77,18 @@ impl FlowAgent {
     /// Sleep until a control socket is readable or `timeout` passes (so the agent answers a
     /// request as soon as it arrives without spinning).
     pub fn wait(&mut self, timeout: Duration) {
+        self.wait_with(timeout, &[]);
+    }
+
+    /// [`FlowAgent::wait`], also waking when one of `extra` (the caller's sockets) is
+    /// readable.
+    pub fn wait_with(&mut self, timeout: Duration, extra: &[std::os::fd::RawFd]) {
         use std::os::fd::AsRawFd;
         self.poll.clear();
         self.poll.add(self.listener.as_raw_fd());
+        for fd in extra {
+            self.poll.add(*fd);
+        }
         for (c, _) in &self.chans {
             self.poll.add(c.stream().as_raw_fd());
         }

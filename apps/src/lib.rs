@@ -23,6 +23,7 @@ pub mod home_agent;
 pub mod http;
 pub mod kernel_node;
 pub mod logging;
+pub mod membership;
 pub use dserver::mac;
 pub mod node;
 pub mod proxy;

@@ -115,6 +115,14 @@ impl ClusterSecret {
     }
 }
 
+impl ClusterSecret {
+    /// The secret's bytes, to derive the keys of other protocols from (the membership
+    /// protocol's HMAC key); never log them.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 impl fmt::Debug for ClusterSecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("ClusterSecret(..)")

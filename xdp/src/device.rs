@@ -58,42 +58,14 @@ impl AfXdpConfig {
 pub struct AfXdpDevice {
     socks: Vec<XskSocket>,
     prog: Program,
-    ifindex: u32,
     attached: Option<Mode>,
     addrs: Vec<Ipv6Addr>,
     next: usize,
     mtu: usize,
-    /// The network namespace the interface lives in (netlink requests at teardown must be
-    /// made from there, whichever thread drops the device).
-    netns: Option<std::fs::File>,
-}
-
-/// Run `f` in the network namespace `ns` (on a helper thread when it is not the caller's).
-fn in_netns<T: Send>(ns: Option<&std::fs::File>, f: impl FnOnce() -> T + Send) -> Option<T> {
-    use std::os::unix::fs::MetadataExt;
-    let Some(ns) = ns else { return Some(f()) };
-    let same = std::fs::metadata("/proc/thread-self/ns/net")
-        .ok()
-        .zip(ns.metadata().ok())
-        .is_some_and(|(a, b)| a.ino() == b.ino() && a.dev() == b.dev());
-    if same {
-        return Some(f());
-    }
-    std::thread::scope(|sc| {
-        sc.spawn(|| {
-            // SAFETY: setns with a valid namespace fd only changes this helper thread's
-            // network namespace; the thread ends right after `f`.
-            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-            if rc != 0 {
-                warn!("setns: {}", io::Error::last_os_error());
-                return None;
-            }
-            Some(f())
-        })
-        .join()
-        .ok()
-        .flatten()
-    })
+    /// The BPF link that keeps our program attached (when the device attached it): the kernel
+    /// detaches the program when the last descriptor of the link closes, so a crashed process
+    /// (`kill -9`) leaves nothing attached and a restart attaches afresh.
+    _link: Option<std::os::fd::OwnedFd>,
 }
 
 impl AfXdpDevice {
@@ -125,19 +97,22 @@ impl AfXdpDevice {
                         flow_capacity: None,
                     },
                 )?;
-                let mode = p.attach(ifindex, cfg.mode, false)?;
-                (p, Some(mode))
+                let (link, mode) = p.attach_link(ifindex, cfg.mode)?;
+                (p, Some((mode, link)))
             }
+        };
+        let (attached, link) = match attached {
+            Some((m, l)) => (Some(m), Some(l)),
+            None => (None, None),
         };
         let mut dev = AfXdpDevice {
             socks: Vec::new(),
             prog,
-            ifindex,
             attached,
             addrs: Vec::new(),
             next: 0,
             mtu: 1500,
-            netns: std::fs::File::open("/proc/thread-self/ns/net").ok(),
+            _link: link,
         };
         for a in &cfg.addrs {
             dev.prog.add_local(*a, cfg.local)?;
@@ -200,20 +175,7 @@ impl Drop for AfXdpDevice {
             }
         }
         if self.attached.is_some() {
-            // Only detach what is still our program, in the interface's namespace.
-            let (ifindex, id) = (self.ifindex, self.prog.id());
-            let r = in_netns(self.netns.as_ref(), move || match loader::query(ifindex) {
-                Ok(st) if st.native_prog_id == Some(id) || st.generic_prog_id == Some(id) => {
-                    loader::detach(ifindex).map(|_| ())
-                }
-                Ok(_) => Ok(()),
-                Err(e) => Err(e),
-            });
-            match r {
-                Some(Ok(())) => {}
-                Some(Err(e)) => warn!("detaching the steering program: {e}"),
-                None => warn!("cannot enter the interface's network namespace to detach"),
-            }
+            // The link closes with the device and detaches the program.
             if let Err(e) = self.prog.unpin() {
                 warn!("unpinning: {e}");
             }

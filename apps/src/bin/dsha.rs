@@ -53,9 +53,15 @@ struct XdpArgs {
     /// The DS address whose packets are tunnelled to the nodes.
     #[arg(long, value_name = "DS_ADDR")]
     ds: Ipv6Addr,
-    /// Initial binding: the care-of address of the node that gets new flows.
-    #[arg(long, value_name = "COA")]
-    bind: Ipv6Addr,
+    /// Initial binding: the care-of address of the node that gets new flows (with
+    /// --members, until a contact node registers).
+    #[arg(long, value_name = "COA", required_unless_present = "members")]
+    bind: Option<Ipv6Addr>,
+    /// Membership: accept the contact node's registration of the DS address on this UDP
+    /// address (authenticated, fenced by epoch, with a lease) and relay joining nodes to the
+    /// contact; a new holder moves the DS address's binding to its care-of address.
+    #[arg(long, value_name = "[ADDR]:PORT")]
+    members: Option<SocketAddr>,
     /// Where the flow agent accepts the nodes' move requests, e.g. `[fd00::a]:7001`.
     #[arg(long, value_name = "[ADDR]:PORT")]
     control: SocketAddr,
@@ -187,6 +193,71 @@ fn read_secret(path: &Path) -> anyhow::Result<ds_handoff::ClusterSecret> {
     })
 }
 
+/// The DS address's registration authority (the membership protocol's home-agent side) on
+/// a UDP socket.
+struct Members {
+    sock: std::net::UdpSocket,
+    registry: ds_membership::Registry,
+    origin: std::time::Instant,
+    buf: Vec<u8>,
+}
+
+impl Members {
+    fn bind(addr: SocketAddr, secret: &ds_handoff::ClusterSecret) -> anyhow::Result<Members> {
+        let sock = std::net::UdpSocket::bind(addr)
+            .with_context(|| format!("--members {addr}: cannot bind"))?;
+        sock.set_nonblocking(true)?;
+        let mut id = [0u8; 8];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id)
+            .map_err(|_| anyhow::anyhow!("no random source"))?;
+        let key = ds_membership::Key::new(secret.expose());
+        let registry = ds_membership::Registry::new(
+            key,
+            ds_membership::RegistryConfig::new(u64::from_le_bytes(id)),
+        );
+        Ok(Members {
+            sock,
+            registry,
+            origin: std::time::Instant::now(),
+            buf: vec![0; ds_membership::wire::MAX_DATAGRAM + 1],
+        })
+    }
+
+    /// Answer what arrived; move the DS address's binding when the holder changes.
+    fn poll(&mut self, agent: &FlowAgent, ds: Ipv6Addr) {
+        // A bounded batch per round, so a flood cannot starve the flow agent.
+        for _ in 0..256 {
+            match self.sock.recv_from(&mut self.buf) {
+                Ok((n, _src)) => {
+                    let now = ds_membership::Time(self.origin.elapsed().as_micros() as u64);
+                    self.registry.handle(now, &self.buf[..n]);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing::debug!("membership socket: {e}");
+                    break;
+                }
+            }
+        }
+        while let Some(ds_membership::RegistryEvent::Bound { holder, epoch }) =
+            self.registry.poll_event()
+        {
+            match agent.program().set_binding(ds, holder.coa) {
+                Ok(()) => tracing::info!(
+                    contact = %holder.addr, coa = %holder.coa, %epoch,
+                    "new contact node: the DS address is bound to it"
+                ),
+                Err(e) => tracing::warn!("binding the DS address to {}: {e}", holder.coa),
+            }
+        }
+        while let Some((to, bytes)) = self.registry.poll_transmit() {
+            if let Err(e) = self.sock.send_to(&bytes, to) {
+                tracing::debug!(%to, "membership reply: {e}");
+            }
+        }
+    }
+}
+
 /// Detaches the program and removes its pins when the home agent stops, also on an error
 /// path, so a failed start leaves neither an attached program nor pinned maps behind.
 struct Cleanup {
@@ -211,10 +282,13 @@ fn xdp(args: &XdpArgs) -> anyhow::Result<()> {
     use ds_xdp::maps::{TunnelConfig, TunnelMode};
     use ds_xdp::{Kind, LoadOptions, Program};
     for (flag, a) in [
-        ("--addr", args.addr),
-        ("--ds", args.ds),
+        ("--addr", Some(args.addr)),
+        ("--ds", Some(args.ds)),
         ("--bind", args.bind),
-    ] {
+    ]
+    .into_iter()
+    .filter_map(|(f, a)| a.map(|a| (f, a)))
+    {
         if a.is_unspecified() || a.is_multicast() || a.is_loopback() {
             bail!("{flag} {a}: need a unicast address");
         }
@@ -250,7 +324,13 @@ fn xdp(args: &XdpArgs) -> anyhow::Result<()> {
         // binding change moves only new flows and a handoff moves exactly one flow.
         learn: true,
     })?;
-    prog.set_binding(args.ds, args.bind)?;
+    if let Some(bind) = args.bind {
+        prog.set_binding(args.ds, bind)?;
+    }
+    let mut members = match args.members {
+        Some(a) => Some(Members::bind(a, &secret)?),
+        None => None,
+    };
     // Bind the control port before attaching, so a port conflict fails without touching the
     // data path.
     let listener = TcpListener::bind(args.control)
@@ -264,16 +344,26 @@ fn xdp(args: &XdpArgs) -> anyhow::Result<()> {
         iface = %args.iface,
         ?mode,
         ds = %args.ds,
-        coa = %args.bind,
+        coa = ?args.bind,
+        members = ?args.members,
         control = %args.control,
         pins = %pin_dir.display(),
         "XDP home agent up"
     );
     while !stop.load(Ordering::Relaxed) {
-        agent.wait(std::time::Duration::from_millis(50));
+        match &mut members {
+            Some(m) => {
+                use std::os::fd::AsRawFd;
+                let fd = m.sock.as_raw_fd();
+                agent.wait_with(std::time::Duration::from_millis(50), &[fd]);
+                m.poll(&agent, args.ds);
+            }
+            None => agent.wait(std::time::Duration::from_millis(50)),
+        }
         agent.poll();
     }
     let fa = agent.stats();
+    let registry = members.as_ref().map(|m| m.registry.stats());
     let counters = agent.program().counters().unwrap_or_default();
     let flows = agent.program().flows().map(|f| f.len()).unwrap_or(0);
     drop(cleanup);
@@ -284,7 +374,7 @@ fn xdp(args: &XdpArgs) -> anyhow::Result<()> {
             .collect();
         println!(
             "{}",
-            serde_json::json!({ "flow_agent": fa, "tunnel": tunnel, "flows": flows })
+            serde_json::json!({ "flow_agent": fa, "tunnel": tunnel, "flows": flows, "registry": registry })
         );
     } else {
         println!(

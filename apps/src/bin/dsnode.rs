@@ -127,6 +127,65 @@ struct ServeArgs {
     control_socket: Option<PathBuf>,
     #[command(flatten)]
     handoff: HandoffArgs,
+    #[command(flatten)]
+    membership: MembershipArgs,
+}
+
+/// Membership (seed §2.3): join the distributed server through the home agent, as a backup
+/// (may become the contact node, which holds the DS address) or an snode. `--role` turns it
+/// on and needs the other two and --secret-file.
+#[derive(Args, Debug)]
+#[command(next_help_heading = "Membership")]
+struct MembershipArgs {
+    /// Join as a backup (may become the contact) or as an snode (serves, never the contact).
+    #[arg(long, value_enum, requires_all = ["members_listen", "members_ha", "secret_file"])]
+    role: Option<RoleChoice>,
+    /// This node's membership endpoint (UDP, on a kernel address of the node).
+    #[arg(long, value_name = "[ADDR]:PORT", requires = "role")]
+    members_listen: Option<SocketAddr>,
+    /// The home agent's membership endpoint (`dsha xdp --members`).
+    #[arg(long, value_name = "[ADDR]:PORT", requires = "role")]
+    members_ha: Option<SocketAddr>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum RoleChoice {
+    /// May become the contact node.
+    Backup,
+    /// Serves, never the contact node.
+    Snode,
+}
+
+/// The membership thread, when --role is given (read by `dsctl members`).
+static MEMBERSHIP: std::sync::OnceLock<ds_apps::membership::MembershipAgent> =
+    std::sync::OnceLock::new();
+
+/// Start the membership thread for --role.
+fn start_membership(args: &ServeArgs) -> anyhow::Result<()> {
+    let m = &args.membership;
+    let (Some(role), Some(listen), Some(ha)) = (m.role, m.members_listen, m.members_ha) else {
+        return Ok(());
+    };
+    let path = args
+        .handoff
+        .secret_file
+        .as_deref()
+        .context("--role needs --secret-file")?;
+    let secret = read_secret(path)?;
+    let agent =
+        ds_apps::membership::MembershipAgent::start(ds_apps::membership::MembershipConfig {
+            role: match role {
+                RoleChoice::Backup => ds_membership::Role::Backup,
+                RoleChoice::Snode => ds_membership::Role::Snode,
+            },
+            listen,
+            home_agent: ha,
+            coa: args.addr,
+            secret: secret.expose().to_vec(),
+        })
+        .with_context(|| format!("--members-listen {listen}: cannot bind"))?;
+    let _ = MEMBERSHIP.set(agent);
+    Ok(())
 }
 
 /// Live handoff to and from a peer node. Any of `--control-listen`, `--peer` or
@@ -308,6 +367,7 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         })
         .transpose()?;
     let stop = signal::install().context("installing signal handlers")?;
+    start_membership(args)?;
     if let Some(backend) = args.backend {
         return run_proxy(args, backend, control, stop);
     }
@@ -370,13 +430,16 @@ fn handoff_config(args: &ServeArgs) -> anyhow::Result<Option<HandoffConfig>> {
     let h = &args.handoff;
     if !h.enabled() {
         if let Some(flag) = [
-            (h.secret_file.is_some(), "--secret-file"),
+            (
+                h.secret_file.is_some() && args.membership.role.is_none(),
+                "--secret-file",
+            ),
             (h.max_handoffs.is_some(), "--max-handoffs"),
         ]
         .iter()
         .find_map(|(set, flag)| set.then_some(*flag))
         {
-            bail!("{flag} needs --control-listen, --peer or --ha-control");
+            bail!("{flag} needs --control-listen, --peer, --ha-control (or --role)");
         }
         return Ok(None);
     }
@@ -528,6 +591,9 @@ fn drain_rebind(args: &ServeArgs) -> Option<(Ipv6Addr, Ipv6Addr)> {
 /// This node and its peer, as `dsctl members` shows them (the configured cluster until the
 /// membership service lands).
 fn members(args: &ServeArgs, peer_up: bool) -> serde_json::Value {
+    if let Some(m) = MEMBERSHIP.get() {
+        return serde_json::to_value(m.snapshot()).unwrap_or_default();
+    }
     let me = serde_json::json!({
         "node": args.handoff.control_listen.map(|a| a.to_string()),
         "addr": args.addr.to_string(),

@@ -45,6 +45,11 @@ impl Addrs {
         format!("[{}]:7001", self.ha())
     }
 
+    /// The home agent's membership endpoint (UDP).
+    pub fn members_ha(&self) -> String {
+        format!("[{}]:7100", self.ha())
+    }
+
     /// The DS address, served by every node.
     pub fn ds(&self) -> String {
         format!("fd00:{:x}:80::80", self.net)
@@ -90,6 +95,17 @@ impl Cluster {
     /// Build the topology for `a` (namespaces named after `prefix`) and start `dsha xdp` with
     /// the DS address bound to node 1.
     pub fn start(prefix: &str, a: Addrs) -> Cluster {
+        Self::start_with(prefix, a, false)
+    }
+
+    /// As [`Cluster::start`], but the home agent takes the DS address's binding from the
+    /// membership protocol (`dsha xdp --members [ha]:7100`, no initial binding): the contact
+    /// node that registers gets the new clients.
+    pub fn start_members(prefix: &str, a: Addrs) -> Cluster {
+        Self::start_with(prefix, a, true)
+    }
+
+    fn start_with(prefix: &str, a: Addrs, members: bool) -> Cluster {
         let dir = TempDir::new(prefix).expect("temp dir");
         let secret = dir.path().join("secret");
         std::fs::write(&secret, format!("{prefix} test cluster secret, 32+ bytes")).expect("key");
@@ -127,6 +143,12 @@ impl Cluster {
             })
             .expect("attach");
         let pins = PathBuf::from(format!("/sys/fs/bpf/ds/{prefix}-{}", std::process::id()));
+        let members_at = a.members_ha();
+        let (bind_flag, bind) = if members {
+            ("--members", members_at.as_str())
+        } else {
+            ("--bind", coa[0].as_str())
+        };
         let args = [
             "xdp",
             "--iface",
@@ -135,8 +157,8 @@ impl Cluster {
             &ha,
             "--ds",
             &ds,
-            "--bind",
-            &coa[0],
+            bind_flag,
+            bind,
             "--control",
             &a.ha_control(),
             "--secret-file",

@@ -1,0 +1,230 @@
+//! The membership protocol's I/O half for a node: a thread that owns a UDP socket and a
+//! [`ds_membership::Member`], and publishes what it knows (a [`Snapshot`]) to the node's loop
+//! and to `dsctl members`.
+//!
+//! Membership is control traffic: it runs beside the data path on its own thread and is read
+//! through a snapshot, so a slow or hostile peer on the membership port never delays the
+//! node's packets, and the node's loop never waits for membership.
+
+use ds_membership::wire::MemberInfo;
+use ds_membership::{Config, Epoch, Event, Key, Role, Status, Time};
+use std::net::{Ipv6Addr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How a node takes part.
+#[derive(Debug, Clone)]
+pub struct MembershipConfig {
+    /// Backup (may become the contact) or snode.
+    pub role: Role,
+    /// The node's membership endpoint (UDP), on its kernel address.
+    pub listen: SocketAddr,
+    /// The home agent's membership endpoint.
+    pub home_agent: SocketAddr,
+    /// The node's care-of address (where the home agent tunnels the DS address to it).
+    pub coa: Ipv6Addr,
+    /// The cluster secret's bytes (the HMAC key is derived from them).
+    pub secret: Vec<u8>,
+}
+
+/// What the node knows of the membership, as of the last datagram or timer.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Snapshot {
+    /// This node's identity (random per process).
+    pub id: String,
+    /// Backup or snode.
+    pub role: &'static str,
+    /// Joining, backup, contact or snode.
+    pub status: Status,
+    /// Whether the home agent accepted this node's registration: it receives new clients.
+    pub holds_registration: bool,
+    /// The epoch this node speaks with.
+    pub epoch: String,
+    /// The newest fence known (handoffs from older fences are refused).
+    pub fence: String,
+    /// The contact node.
+    pub contact: Option<Member>,
+    /// The backups in rank order (the contact first), for a backup.
+    pub backups: Vec<Member>,
+    /// The snodes the contact knows, for a backup.
+    pub snodes: Vec<Member>,
+    /// Counters.
+    pub stats: ds_membership::member::MemberStats,
+    #[serde(skip)]
+    fence_raw: Epoch,
+}
+
+/// One member as `dsctl members` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Member {
+    /// Its identity.
+    pub id: String,
+    /// Its membership endpoint (its handoff control listener has the same address and port,
+    /// over TCP).
+    pub addr: SocketAddr,
+    /// Its care-of address.
+    pub coa: Ipv6Addr,
+}
+
+impl From<&MemberInfo> for Member {
+    fn from(m: &MemberInfo) -> Self {
+        Member {
+            id: format!("{:016x}", m.id),
+            addr: m.addr,
+            coa: m.coa,
+        }
+    }
+}
+
+fn snapshot(m: &ds_membership::Member) -> Snapshot {
+    Snapshot {
+        id: format!("{:016x}", m.id()),
+        role: match m.config().role {
+            Role::Backup => "backup",
+            Role::Snode => "snode",
+        },
+        status: m.status(),
+        holds_registration: m.holds_registration(),
+        epoch: m.epoch().to_string(),
+        fence: m.fence().to_string(),
+        contact: m.contact().as_ref().map(Member::from),
+        backups: m
+            .view()
+            .map(|v| v.backups.iter().map(Member::from).collect())
+            .unwrap_or_default(),
+        snodes: m.snodes().iter().map(Member::from).collect(),
+        stats: m.stats(),
+        fence_raw: m.fence(),
+    }
+}
+
+/// The running membership thread.
+pub struct MembershipAgent {
+    shared: Arc<Mutex<Snapshot>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    // The OS's random source; the process id and time only if it fails, which on Linux it
+    // does not once booted.
+    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).is_err() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        return t ^ u64::from(std::process::id()).rotate_left(32);
+    }
+    u64::from_le_bytes(b)
+}
+
+impl MembershipAgent {
+    /// Bind the membership socket and start joining.
+    pub fn start(cfg: MembershipConfig) -> std::io::Result<MembershipAgent> {
+        let sock = UdpSocket::bind(cfg.listen)?;
+        let id = random_u64();
+        let mcfg = Config::new(id, cfg.listen, cfg.coa, cfg.role, cfg.home_agent);
+        let origin = Instant::now();
+        let member = ds_membership::Member::new(mcfg, Key::new(&cfg.secret), random_u64(), Time(0));
+        let shared = Arc::new(Mutex::new(snapshot(&member)));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (sh, st) = (shared.clone(), stop.clone());
+        tracing::info!(id = %format!("{id:016x}"), listen = %cfg.listen, role = ?cfg.role, "membership: joining");
+        let thread = std::thread::Builder::new()
+            .name("membership".into())
+            .spawn(move || run(sock, member, origin, sh, st))?;
+        Ok(MembershipAgent {
+            shared,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// What the node knows now.
+    pub fn snapshot(&self) -> Snapshot {
+        match self.shared.lock() {
+            Ok(s) => s.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// The newest fence this node knows.
+    pub fn fence(&self) -> Epoch {
+        self.snapshot().fence_raw
+    }
+}
+
+impl Drop for MembershipAgent {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(
+    sock: UdpSocket,
+    mut m: ds_membership::Member,
+    origin: Instant,
+    shared: Arc<Mutex<Snapshot>>,
+    stop: Arc<AtomicBool>,
+) {
+    let now = || Time(origin.elapsed().as_micros() as u64);
+    let mut buf = vec![0u8; ds_membership::wire::MAX_DATAGRAM + 1];
+    let mut send_errors = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        m.poll(now());
+        while let Some((to, bytes)) = m.poll_transmit() {
+            if let Err(e) = sock.send_to(&bytes, to) {
+                // Unreachable peers are the protocol's business (it retries and suspects);
+                // only note the first errors.
+                send_errors += 1;
+                if send_errors <= 3 {
+                    tracing::debug!(%to, "membership: send: {e}");
+                }
+            }
+        }
+        while let Some(ev) = m.poll_event() {
+            match ev {
+                Event::BecameContact { fence } => {
+                    tracing::info!(%fence, "membership: this node is the contact (holds the DS address)")
+                }
+                Event::NoLongerContact => tracing::info!("membership: no longer the contact"),
+                Event::Rejoining { reason } => tracing::info!(reason, "membership: rejoining"),
+                Event::Joined { epoch } => tracing::info!(%epoch, "membership: joined"),
+                Event::ContactChanged { contact } => {
+                    tracing::info!(contact = %contact.addr, "membership: new contact")
+                }
+                Event::ViewChanged { epoch } => tracing::debug!(%epoch, "membership: view"),
+                Event::SnodesChanged => tracing::debug!("membership: snodes changed"),
+            }
+        }
+        if let Ok(mut s) = shared.lock() {
+            *s = snapshot(&m);
+        }
+        let wait = m
+            .poll_timeout()
+            .map(|t| t.since(now()))
+            .unwrap_or(Duration::from_millis(100))
+            .clamp(Duration::from_micros(100), Duration::from_millis(100));
+        let _ = sock.set_read_timeout(Some(wait));
+        match sock.recv_from(&mut buf) {
+            Ok((n, src)) => m.handle(now(), src, &buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => {
+                // ICMP errors surface as ECONNREFUSED on the next receive: nothing to do.
+                tracing::trace!("membership: receive: {e}");
+            }
+        }
+    }
+}

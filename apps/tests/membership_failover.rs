@@ -1,0 +1,325 @@
+//! Membership in namespaces, as separate processes (issue: membership and failover): `dsha xdp
+//! --members`, three backups and two snodes (`dsnode --role`). The contact is killed with
+//! SIGKILL twenty times (each time the killed node restarts and joins again as the last
+//! backup): a backup becomes the contact and re-registers at the home agent, new requests to
+//! the DS address succeed, and a download handed off to an snode before the kill finishes
+//! byte-exact. The failover time (kill → first new connection served) is printed with its
+//! median. Then a contact stopped across a failover (SIGSTOP … SIGCONT) cannot take the DS
+//! address back and rejoins as a backup.
+
+mod cluster;
+
+use cluster::{dsctl, Addrs, Cluster, UP};
+use ds_testbed::Child;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+const NODES: usize = 5;
+const BACKUPS: usize = 3;
+/// The snode that takes the downloads handed off by the contact.
+const TAKER: usize = 3;
+const ROUNDS: usize = 20;
+const BIG: usize = 1_500_000;
+
+struct Nodes {
+    procs: Vec<Option<Child>>,
+    socks: Vec<PathBuf>,
+    starts: Vec<usize>,
+}
+
+fn node_args(c: &Cluster, i: usize, root: &std::path::Path, sock: &std::path::Path) -> Vec<String> {
+    let a = &c.a;
+    let mut v: Vec<String> = [
+        "serve",
+        "--device",
+        "afxdp",
+        "--iface",
+        "n0",
+        "--addr",
+        &a.coa(i),
+        "--also-addr",
+        &a.ds(),
+        "--mac",
+        &ds_apps::mac::format_mac(&a.mac(i)),
+        "--root",
+        &root.display().to_string(),
+        "--control-socket",
+        &sock.display().to_string(),
+        "--secret-file",
+        &c.secret.display().to_string(),
+        "--role",
+        if i < BACKUPS { "backup" } else { "snode" },
+        "--members-listen",
+        &a.ctl_listen(i),
+        "--members-ha",
+        &a.members_ha(),
+    ]
+    .map(String::from)
+    .to_vec();
+    if i < BACKUPS {
+        // A download moves to the taker after 300 kB, so it outlives its contact.
+        v.extend(
+            [
+                "--control-listen",
+                &a.ctl_listen(i),
+                "--peer",
+                &a.ctl_listen(TAKER),
+                "--peer-coa",
+                &a.coa(TAKER),
+                "--steering",
+                "transparent",
+                "--ha-control",
+                &a.ha_control(),
+                "--handoff-after",
+                "300000",
+            ]
+            .map(String::from),
+        );
+    } else if i == TAKER {
+        v.extend(
+            [
+                "--control-listen",
+                &a.ctl_listen(i),
+                "--steering",
+                "transparent",
+                "--ha-control",
+                &a.ha_control(),
+            ]
+            .map(String::from),
+        );
+    }
+    v
+}
+
+impl Nodes {
+    fn start(&mut self, c: &Cluster, i: usize, root: &std::path::Path) {
+        self.starts[i] += 1;
+        let name = format!("dsnode{}-{}", i + 1, self.starts[i]);
+        let args = node_args(c, i, root, &self.socks[i]);
+        let (mut p, log, _) = c.topo.nodes[i]
+            .spawn_logged(env!("CARGO_BIN_EXE_dsnode"), &args, c.dir.path(), &name)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        p.wait_for_log(&log, "membership: joined", UP)
+            .unwrap_or_else(|e| panic!("{name} did not join: {e}"));
+        self.procs[i] = Some(p);
+    }
+
+    fn signal(&self, i: usize, sig: &str) {
+        let pid = self.procs[i].as_ref().expect("running").id();
+        let st = std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(st.success());
+    }
+
+    fn members(&self, i: usize) -> Option<serde_json::Value> {
+        self.procs[i].as_ref()?;
+        dsctl(&self.socks[i], &["members"]).ok()
+    }
+
+    /// The node holding the registration, per the nodes themselves.
+    fn contact(&self) -> Option<usize> {
+        (0..BACKUPS).find(|&i| {
+            self.members(i)
+                .is_some_and(|m| m["holds_registration"] == serde_json::json!(true))
+        })
+    }
+
+    fn wait_contact(&self, not: Option<usize>) -> usize {
+        let t = Instant::now();
+        loop {
+            if let Some(c) = self.contact().filter(|c| Some(*c) != not) {
+                return c;
+            }
+            assert!(t.elapsed() < UP, "no contact node");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// One GET of `/small` on the DS address from the client's namespace: connect within 40 ms,
+/// answer within 300 ms.
+fn probe(ds: SocketAddr) -> bool {
+    let Ok(mut s) = TcpStream::connect_timeout(&ds, Duration::from_millis(40)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(300)));
+    if s.write_all(b"GET /small HTTP/1.1\r\nHost: ds\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    got.starts_with(b"HTTP/1.1 200")
+}
+
+fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i % 251) as u8).collect()
+}
+
+#[test]
+fn contact_failover_twenty_times_and_a_stopped_contact_stays_deposed() {
+    if !ds_testbed::require_root(
+        "contact_failover_twenty_times_and_a_stopped_contact_stays_deposed",
+    ) {
+        return;
+    }
+    let a = Addrs::new(0xe9, NODES);
+    let c = Cluster::start_members("ds-mfo", a);
+    let root = c.dir.path().join("www");
+    std::fs::create_dir_all(&root).expect("root");
+    std::fs::write(root.join("small"), b"hello from the distributed server\n").expect("small");
+    std::fs::write(root.join("big.bin"), pattern(BIG)).expect("big");
+    let mut n = Nodes {
+        procs: (0..NODES).map(|_| None).collect(),
+        socks: (0..NODES)
+            .map(|i| c.dir.path().join(format!("node{}.sock", i + 1)))
+            .collect(),
+        starts: vec![0; NODES],
+    };
+    for i in 0..NODES {
+        n.start(&c, i, &root);
+    }
+    let first = n.wait_contact(None);
+    assert_eq!(
+        first, 0,
+        "the first backup to join founds the view and registers"
+    );
+    let ds: SocketAddr = format!("[{}]:80", a.ds()).parse().expect("DS address");
+    assert!(
+        c.topo.client.run(|| probe(ds)),
+        "served before any failover"
+    );
+
+    let mut times = Vec::new();
+    let mut contact = first;
+    for round in 0..ROUNDS {
+        // A download that the contact hands to the taker after 300 kB.
+        let got = c.dir.path().join(format!("got{round}.bin"));
+        let mut curl = c
+            .topo
+            .client
+            .command("curl")
+            .args([
+                "-sS",
+                "--fail",
+                "--max-time",
+                "30",
+                "--limit-rate",
+                "1M",
+                "-o",
+            ])
+            .arg(&got)
+            .arg(format!("http://[{}]/big.bin", a.ds()))
+            .spawn()
+            .expect("curl");
+        let t = Instant::now();
+        while std::fs::metadata(&got).map(|m| m.len()).unwrap_or(0) < 450_000 {
+            assert!(
+                t.elapsed() < UP,
+                "round {round}: the download does not progress"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // SIGKILL the contact; probe until a new connection is served.
+        let killed_at = Instant::now();
+        n.signal(contact, "-KILL");
+        let served = c.topo.client.run(|| loop {
+            if probe(ds) {
+                break Some(killed_at.elapsed());
+            }
+            if killed_at.elapsed() > Duration::from_secs(10) {
+                break None;
+            }
+        });
+        let took = served.unwrap_or_else(|| panic!("round {round}: no failover within 10 s"));
+        times.push(took);
+        if let Some(mut p) = n.procs[contact].take() {
+            let _ = p.wait();
+        }
+        let next = n.wait_contact(Some(contact));
+        eprintln!(
+            "round {round}: node {} killed, node {} is the contact, first new connection served after {:.1} ms",
+            contact + 1,
+            next + 1,
+            took.as_secs_f64() * 1e3
+        );
+        // The download continues on the taker and arrives whole.
+        let st = curl.wait().expect("curl");
+        assert!(
+            st.success(),
+            "round {round}: the handed-off download failed"
+        );
+        let body = std::fs::read(&got).expect("download");
+        assert_eq!(body.len(), BIG, "round {round}: length");
+        assert!(body == pattern(BIG), "round {round}: bytes differ");
+        // The killed node comes back as a new process and joins as the last backup.
+        n.start(&c, contact, &root);
+        contact = next;
+    }
+    times.sort();
+    let ms = |d: &Duration| d.as_secs_f64() * 1e3;
+    let median = (ms(&times[ROUNDS / 2 - 1]) + ms(&times[ROUNDS / 2])) / 2.0;
+    eprintln!(
+        "failover (kill -9 of the contact → first new connection served), {ROUNDS} runs: \
+         median {median:.1} ms, min {:.1} ms, max {:.1} ms",
+        ms(&times[0]),
+        ms(&times[ROUNDS - 1])
+    );
+    println!(
+        "{}",
+        serde_json::json!({
+            "failover_ms": times.iter().map(ms).collect::<Vec<_>>(),
+            "median_ms": median,
+        })
+    );
+
+    // SIGSTOP the contact across a failover, then SIGCONT: the home agent keeps the new
+    // contact, and the old one rejoins as a backup without the registration.
+    let stopped = contact;
+    n.signal(stopped, "-STOP");
+    let next = {
+        let t = Instant::now();
+        loop {
+            if let Some(x) = (0..BACKUPS).filter(|&i| i != stopped).find(|&i| {
+                n.members(i)
+                    .is_some_and(|m| m["holds_registration"] == serde_json::json!(true))
+            }) {
+                break x;
+            }
+            assert!(t.elapsed() < UP, "no failover while the contact is stopped");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    assert!(c.topo.client.run(|| probe(ds)), "served by the new contact");
+    n.signal(stopped, "-CONT");
+    let t = Instant::now();
+    loop {
+        let m = n.members(stopped).expect("the stopped node answers again");
+        if m["status"] == serde_json::json!("Backup") {
+            assert_eq!(m["holds_registration"], serde_json::json!(false));
+            break;
+        }
+        assert!(t.elapsed() < UP, "the deposed contact did not rejoin: {m}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let m = n.members(next).expect("members");
+    assert_eq!(m["holds_registration"], serde_json::json!(true), "{m}");
+    let old = n.members(stopped).expect("members");
+    assert_eq!(
+        old["fence"], m["fence"],
+        "the deposed node learned the new fence"
+    );
+    assert!(c.topo.client.run(|| probe(ds)), "still served");
+    for p in n.procs.iter().flatten() {
+        let _ = std::process::Command::new("kill")
+            .args(["-INT", &p.id().to_string()])
+            .status();
+    }
+    drop(n);
+    assert!(c.stop(), "dsha removed its pins");
+}
