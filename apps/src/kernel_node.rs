@@ -231,6 +231,12 @@ impl KernelNode {
         self.core.peer_connected()
     }
 
+    /// The membership fence to carry in offers and to require of incoming ones
+    /// ([`dserver::engine::Coordinator::set_fence`]).
+    pub fn set_fence(&mut self, fence: Option<ds_handoff::Fence>) {
+        self.core.set_fence(fence);
+    }
+
     /// Open the channel to the peer now rather than inside the first handoff's timing.
     pub fn connect_peer(&mut self) -> anyhow::Result<()> {
         Ok(self.core.connect_peer()?)

@@ -52,8 +52,6 @@ pub struct Snapshot {
     pub snodes: Vec<Member>,
     /// Counters.
     pub stats: ds_membership::member::MemberStats,
-    #[serde(skip)]
-    fence_raw: Epoch,
 }
 
 /// One member as `dsctl members` shows it.
@@ -96,13 +94,14 @@ fn snapshot(m: &ds_membership::Member) -> Snapshot {
             .unwrap_or_default(),
         snodes: m.snodes().iter().map(Member::from).collect(),
         stats: m.stats(),
-        fence_raw: m.fence(),
     }
 }
 
 /// The running membership thread.
 pub struct MembershipAgent {
     shared: Arc<Mutex<Snapshot>>,
+    /// The fence alone, read by the node's loop every round (cheap, no clone of the view).
+    fence: Arc<Mutex<Epoch>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -131,13 +130,15 @@ impl MembershipAgent {
         let member = ds_membership::Member::new(mcfg, Key::new(&cfg.secret), random_u64(), Time(0));
         let shared = Arc::new(Mutex::new(snapshot(&member)));
         let stop = Arc::new(AtomicBool::new(false));
-        let (sh, st) = (shared.clone(), stop.clone());
+        let fence = Arc::new(Mutex::new(member.fence()));
+        let (sh, st, fe) = (shared.clone(), stop.clone(), fence.clone());
         tracing::info!(id = %format!("{id:016x}"), listen = %cfg.listen, role = ?cfg.role, "membership: joining");
         let thread = std::thread::Builder::new()
             .name("membership".into())
-            .spawn(move || run(sock, member, origin, sh, st))?;
+            .spawn(move || run(sock, member, origin, sh, fe, st))?;
         Ok(MembershipAgent {
             shared,
+            fence,
             stop,
             thread: Some(thread),
         })
@@ -151,9 +152,16 @@ impl MembershipAgent {
         }
     }
 
-    /// The newest fence this node knows.
-    pub fn fence(&self) -> Epoch {
-        self.snapshot().fence_raw
+    /// The newest fence this node knows, as the handoff engine takes it.
+    pub fn fence(&self) -> ds_handoff::Fence {
+        let e = match self.fence.lock() {
+            Ok(f) => *f,
+            Err(p) => *p.into_inner(),
+        };
+        ds_handoff::Fence {
+            view: e.view,
+            by: e.by,
+        }
     }
 }
 
@@ -171,6 +179,7 @@ fn run(
     mut m: ds_membership::Member,
     origin: Instant,
     shared: Arc<Mutex<Snapshot>>,
+    fence: Arc<Mutex<Epoch>>,
     stop: Arc<AtomicBool>,
 ) {
     let now = || Time(origin.elapsed().as_micros() as u64);
@@ -205,6 +214,9 @@ fn run(
         }
         if let Ok(mut s) = shared.lock() {
             *s = snapshot(&m);
+        }
+        if let Ok(mut f) = fence.lock() {
+            *f = m.fence();
         }
         let wait = m
             .poll_timeout()

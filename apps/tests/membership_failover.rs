@@ -25,6 +25,7 @@ const BIG: usize = 1_500_000;
 
 struct Nodes {
     procs: Vec<Option<Child>>,
+    logs: Vec<PathBuf>,
     socks: Vec<PathBuf>,
     starts: Vec<usize>,
 }
@@ -104,6 +105,7 @@ impl Nodes {
         p.wait_for_log(&log, "membership: joined", UP)
             .unwrap_or_else(|e| panic!("{name} did not join: {e}"));
         self.procs[i] = Some(p);
+        self.logs[i] = log;
     }
 
     fn signal(&self, i: usize, sig: &str) {
@@ -176,6 +178,7 @@ fn contact_failover_twenty_times_and_a_stopped_contact_stays_deposed() {
     std::fs::write(root.join("big.bin"), pattern(BIG)).expect("big");
     let mut n = Nodes {
         procs: (0..NODES).map(|_| None).collect(),
+        logs: vec![PathBuf::new(); NODES],
         socks: (0..NODES)
             .map(|i| c.dir.path().join(format!("node{}.sock", i + 1)))
             .collect(),
@@ -278,9 +281,37 @@ fn contact_failover_twenty_times_and_a_stopped_contact_stays_deposed() {
         })
     );
 
-    // SIGSTOP the contact across a failover, then SIGCONT: the home agent keeps the new
-    // contact, and the old one rejoins as a backup without the registration.
+    // SIGSTOP the contact, with a download on it that it will try to hand off, across a
+    // failover; SIGCONT it while its membership traffic is blocked (so it has not learned the
+    // new fence): its handoff is refused as stale and the download stays on it and finishes.
+    // Unblocked, it learns that it was deposed (the home agent refuses its registration) and
+    // rejoins as a backup; the home agent never went back to it.
     let stopped = contact;
+    let got = c.dir.path().join("got-stopped.bin");
+    let mut curl = c
+        .topo
+        .client
+        .command("curl")
+        .args([
+            "-sS",
+            "--fail",
+            "--max-time",
+            "60",
+            "--limit-rate",
+            "300K",
+            "-o",
+        ])
+        .arg(&got)
+        .arg(format!("http://[{}]/big.bin", a.ds()))
+        .spawn()
+        .expect("curl");
+    let t = Instant::now();
+    // Stop it at the first bytes: the client's window (256 kB at most) keeps what the node
+    // sent so far under the 300 kB after which it hands off.
+    while std::fs::metadata(&got).map(|m| m.len()).unwrap_or(0) == 0 {
+        assert!(t.elapsed() < UP, "the download does not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     n.signal(stopped, "-STOP");
     let next = {
         let t = Instant::now();
@@ -296,7 +327,47 @@ fn contact_failover_twenty_times_and_a_stopped_contact_stays_deposed() {
         }
     };
     assert!(c.topo.client.run(|| probe(ds)), "served by the new contact");
+    let ns = &c.topo.nodes[stopped];
+    let nft = |rules: &str| {
+        let st = ns
+            .command("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut ch| {
+                use std::io::Write as _;
+                ch.stdin
+                    .take()
+                    .expect("stdin")
+                    .write_all(rules.as_bytes())?;
+                ch.wait()
+            })
+            .expect("nft");
+        assert!(st.success(), "nft {rules}");
+    };
+    nft("table inet dsblock {\n chain o { type filter hook output priority 0; udp dport { 7000, 7100 } drop; }\n chain i { type filter hook input priority 0; udp sport { 7000, 7100 } drop; }\n}\n");
     n.signal(stopped, "-CONT");
+    let log = n.logs[stopped].clone();
+    let t = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("StaleFence") {
+            break;
+        }
+        if t.elapsed() > UP {
+            let tail: Vec<&str> = text.lines().rev().take(30).collect();
+            panic!(
+                "the deposed contact's handoff was not refused as stale; its log ends:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let st = curl.wait().expect("curl");
+    assert!(st.success(), "the download kept on the deposed node failed");
+    let body = std::fs::read(&got).expect("download");
+    assert!(body.len() == BIG && body == pattern(BIG), "bytes differ");
+    nft("delete table inet dsblock\n");
     let t = Instant::now();
     loop {
         let m = n.members(stopped).expect("the stopped node answers again");

@@ -327,6 +327,16 @@ impl<C: std::fmt::Debug> Coordinator<C> {
         Ok(c)
     }
 
+    /// The node's membership fence: carried in its offers, and offers fenced older are
+    /// refused (a node acting for a deposed contact cannot hand off). Call it whenever the
+    /// membership's fence may have changed; `None` (no membership) turns the check off.
+    pub fn set_fence(&mut self, fence: Option<ds_handoff::Fence>) {
+        if self.donor_cfg.fence != fence {
+            self.donor_cfg.fence = fence;
+            self.acceptor.set_fence(fence);
+        }
+    }
+
     /// The service name.
     pub fn service(&self) -> &str {
         &self.service

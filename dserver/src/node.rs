@@ -1012,6 +1012,15 @@ impl Node {
         self.events.drain(..)
     }
 
+    /// The membership fence (the epoch with which the current contact registered the DS
+    /// address): offers carry it and offers fenced older are refused, so a node acting for a
+    /// deposed contact cannot hand off. `None` (the default) turns the check off.
+    pub fn set_fence(&mut self, fence: Option<ds_handoff::Fence>) {
+        if let Some(c) = self.core.as_mut() {
+            c.set_fence(fence);
+        }
+    }
+
     /// Stop accepting new clients (connections handed over by other nodes still arrive);
     /// clients connecting from now on are refused with a reset.
     pub fn stop_accepting(&mut self) {

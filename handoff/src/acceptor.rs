@@ -64,6 +64,9 @@ pub struct AcceptorConfig {
     pub steer_timeout: Duration,
     /// Route-optimised: longest wait for the care-of test before the offer is refused.
     pub care_of_wait: Duration,
+    /// The newest membership fence this node knows: offers with an older one (or none) are
+    /// refused ([`RefuseReason::StaleFence`]). `None`: no membership, no check.
+    pub fence: Option<crate::msg::Fence>,
 }
 
 impl Default for AcceptorConfig {
@@ -77,6 +80,7 @@ impl Default for AcceptorConfig {
             steering: Steering::None,
             steer_timeout: Duration::from_secs(1),
             care_of_wait: Duration::from_secs(2),
+            fence: None,
         }
     }
 }
@@ -216,6 +220,11 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
             next_move: 1,
             care_of: HashMap::new(),
         }
+    }
+
+    /// Raise (or set) the newest membership fence known; offers fenced older are refused.
+    pub fn set_fence(&mut self, fence: Option<crate::msg::Fence>) {
+        self.cfg.fence = fence;
     }
 
     /// The policy.
@@ -490,6 +499,13 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
         tracing::debug!(conn_id = id, state_bytes = o.state.len(), "offer received");
         if !svc.accepts(&o.service) {
             return self.refuse(from, id, RefuseReason::UnknownService);
+        }
+        if let Some(known) = self.cfg.fence {
+            // Fencing (beyond seed §2.3): a donor that has not seen the current holder's
+            // registration acts for a deposed contact.
+            if o.fence.is_none_or(|f| f < known) {
+                return self.refuse(from, id, RefuseReason::StaleFence { known });
+            }
         }
         if host.connection_count() >= self.cfg.max_connections
             || self.pending.len() >= self.cfg.max_pending

@@ -54,6 +54,8 @@ pub struct DonorConfig {
     /// After the move, how long packets that still reach this host are forwarded to the
     /// acceptor (until steering has surely taken effect).
     pub forward_grace: Duration,
+    /// The node's membership fence, carried in the offer.
+    pub fence: Option<crate::msg::Fence>,
 }
 
 impl DonorConfig {
@@ -69,6 +71,7 @@ impl DonorConfig {
             mode: Mode::Transparent,
             prepare: true,
             forward_grace: Duration::from_millis(200),
+            fence: None,
         }
     }
 }
@@ -434,6 +437,7 @@ impl<C: std::fmt::Debug> Donor<C> {
             ticket: self.cfg.ticket.clone().map(serde_bytes::ByteBuf::from),
             service: self.cfg.service.clone(),
             app: Some(serde_bytes::ByteBuf::from(self.app.clone())),
+            fence: self.cfg.fence,
         });
         let offer_bytes = frame_len(offer.encoded_len());
         tracing::debug!(conn_id = self.cfg.conn_id, state_bytes, "offer queued");

@@ -69,7 +69,7 @@ pub use channel::{Channel, ChannelError, ClusterSecret, Codec, Handshake, Role};
 pub use donor::{Donor, DonorConfig, DonorOutcome};
 pub use drain::Drain;
 pub use host::{Host, HostError, Service, Takeover};
-pub use msg::{AcceptorTimes, Message, Offer, RefuseReason};
+pub use msg::{AcceptorTimes, Fence, Message, Offer, RefuseReason};
 pub use report::{HandoffReport, Mode, Phase, PhaseTimes};
 pub use user::{Clock, UserConn, UserHost};
 

@@ -22,8 +22,22 @@
 use serde::{Deserialize, Serialize};
 
 /// Message encoding version (first byte of every plaintext). 2: Activated names the
-/// acceptor's host kind.
-pub const PROTOCOL_VERSION: u8 = 2;
+/// acceptor's host kind. 3: offers carry the donor's membership fence.
+pub const PROTOCOL_VERSION: u8 = 3;
+
+/// A membership fence: the epoch with which the current holder of the DS address registered
+/// at the home agent (`ds-membership`'s `Member::fence`; ordered by view, then node). An
+/// acceptor that knows a newer fence than the offer carries refuses it, so a node acting for
+/// a deposed contact cannot hand connections off.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Fence {
+    /// The view number.
+    pub view: u64,
+    /// The node that committed the view.
+    pub by: u64,
+}
 
 /// Which host a connection lives on (for the report's path, e.g. `"kernel->user"`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,6 +84,12 @@ pub enum RefuseReason {
     BadState(String),
     /// The state decoded but the thaw failed (e.g. the address is not ours, already in use).
     ThawFailed(String),
+    /// The offer's fence is older than the newest the acceptor knows: the donor acts for a
+    /// deposed contact.
+    StaleFence {
+        /// The acceptor's fence.
+        known: Fence,
+    },
     /// Another reason.
     Other(String),
 }
@@ -89,6 +109,8 @@ pub struct Offer {
     /// The service's own state of the connection (e.g. an HTTP response in progress), opaque
     /// here; the acceptor's service continues from it.
     pub app: Option<serde_bytes::ByteBuf>,
+    /// The donor's membership fence (none when the node runs without membership).
+    pub fence: Option<Fence>,
 }
 
 /// Acceptor-side timings sent back with [`Message::Activated`], nanoseconds, measured on the acceptor's
@@ -258,6 +280,7 @@ mod tests {
                 ticket: Some(serde_bytes::ByteBuf::from(vec![9; 40])),
                 service: "http".into(),
                 app: Some(serde_bytes::ByteBuf::from(vec![3; 12])),
+                fence: Some(Fence { view: 4, by: 77 }),
             }),
             Message::Prepare {
                 conn_id: 7,

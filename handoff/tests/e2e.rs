@@ -252,6 +252,16 @@ fn refusing_acceptor_leaves_download_on_donor() {
     ));
     assert_eq!(run.server_rtos, 0);
 
+    // An acceptor that knows a membership fence refuses a donor without one (or with an
+    // older one): the donor acts for a deposed contact. The download stays where it was.
+    let mut fenced = acfg();
+    let known = ds_handoff::Fence { view: 5, by: 1 };
+    fenced.fence = Some(known);
+    let run = download(Drain::Immediate, fenced, "http", (SECRET, SECRET));
+    assert!(run.bytes_ok);
+    assert!(run.report.is_none());
+    assert_eq!(run.refused, Some(RefuseReason::StaleFence { known }));
+
     let mut loaded = acfg();
     loaded.max_connections = 0;
     let run = download(Drain::Immediate, loaded, "http", (SECRET, SECRET));
@@ -295,6 +305,7 @@ fn tampered_frame_is_rejected() {
         ticket: None,
         service: "http".into(),
         app: None,
+        fence: None,
     });
     let mut f = d.codec_mut().unwrap().seal_msg(&offer).unwrap();
     let last = f.len() - 1;

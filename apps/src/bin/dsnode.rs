@@ -160,6 +160,11 @@ enum RoleChoice {
 static MEMBERSHIP: std::sync::OnceLock<ds_apps::membership::MembershipAgent> =
     std::sync::OnceLock::new();
 
+/// The membership's fence for the handoff engine (none without --role).
+fn membership_fence() -> Option<ds_handoff::Fence> {
+    MEMBERSHIP.get().map(|m| m.fence())
+}
+
 /// Start the membership thread for --role.
 fn start_membership(args: &ServeArgs) -> anyhow::Result<()> {
     let m = &args.membership;
@@ -855,6 +860,7 @@ fn run_proxy(
         if let Some(ctl) = &control {
             ctl.fds(&mut fds);
         }
+        proxy.node_mut().set_fence(membership_fence());
         proxy.step(Duration::from_millis(1), &fds)?;
         if let Some(e) = echo.as_mut() {
             e.poll(proxy.node_mut());
@@ -913,6 +919,7 @@ fn run_kernel(
     );
     let started = std::time::Instant::now();
     while !stop.load(Ordering::SeqCst) {
+        node.set_fence(membership_fence());
         node.step(std::time::Duration::from_millis(5));
         node.take_events().into_iter().for_each(report_event);
         if node.drained() {
@@ -1058,6 +1065,7 @@ fn run<D: Device>(
         match &mut service {
             Service::Plain(server) => server.poll(&mut rt.iface, now),
             Service::Handoff(node) => {
+                node.set_fence(membership_fence());
                 node.poll(&mut rt.iface, now);
                 node.take_events().into_iter().for_each(report_event);
                 if node.drained() {
