@@ -14,6 +14,9 @@ use ds_xdp::Program;
 use std::net::TcpListener;
 use std::time::Duration;
 
+/// Most clients of a dead node solicited at once.
+const MAX_SOLICIT: usize = 4096;
+
 /// How long a control channel may take to complete its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -32,6 +35,8 @@ pub struct FlowAgentStats {
     pub rebinds: u64,
     /// Messages that are not move requests (ignored).
     pub unexpected: u64,
+    /// Flows of dead nodes moved to a live one, their clients solicited for a reset.
+    pub flows_reset: u64,
 }
 
 /// The flow-steering service of an XDP home agent.
@@ -43,6 +48,8 @@ pub struct FlowAgent {
     chans: Vec<(Channel, std::time::Instant)>,
     stats: FlowAgentStats,
     poll: ds_stack::device::PollSet,
+    /// Second solicitations of dead nodes' clients, and when they are due.
+    probes: Vec<(std::time::Instant, Vec<Vec<u8>>)>,
 }
 
 impl FlowAgent {
@@ -61,6 +68,7 @@ impl FlowAgent {
             chans: Vec::new(),
             stats: FlowAgentStats::default(),
             poll: ds_stack::device::PollSet::default(),
+            probes: Vec::new(),
         })
     }
 
@@ -96,10 +104,70 @@ impl FlowAgent {
         let _ = self.poll.wait(Some(timeout));
     }
 
+    /// A node died (the membership's contact says so): its clients must learn it now, not
+    /// after hours of keep-alive. Each TCP flow still pinned to `dead` is pointed at `to`, a
+    /// live node, whose stack answers a segment of a connection it does not know with a reset
+    /// (RFC 9293 §3.10.7.1: sequence number taken from the segment's acknowledgment, so the
+    /// client accepts it); and each client is solicited with a segment outside its window,
+    /// which it must acknowledge (RFC 9293 §3.10.7.4), so a client that only receives sends
+    /// that segment at once. A second solicitation follows 300 ms later (in case of loss).
+    /// Returns how many flows were reset.
+    pub fn reset_flows_of(&mut self, dead: std::net::Ipv6Addr, to: std::net::Ipv6Addr) -> usize {
+        let flows = match self.prog.flows() {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!("flow table: {e}");
+                return 0;
+            }
+        };
+        let mut probes = Vec::new();
+        for (key, val) in flows {
+            if val.owner != dead || key.proto != 6 {
+                continue;
+            }
+            if let Err(e) = self.prog.set_flow(&key, to) {
+                tracing::warn!("moving a dead node's flow: {e}");
+                continue;
+            }
+            // Bounded: a huge table of dead flows is moved whole but solicited in part
+            // (the rest reset at their clients' next segment).
+            if probes.len() < MAX_SOLICIT {
+                probes.push(solicitation(&key, probes.len() as u32));
+            }
+        }
+        let n = probes.len();
+        if n > 0 {
+            self.stats.flows_reset += n as u64;
+            let probes = probes;
+            if let Err(e) = ds_kernel::inject(&probes) {
+                tracing::warn!("soliciting a dead node's clients: {e}");
+            }
+            self.probes.push((
+                std::time::Instant::now() + Duration::from_millis(300),
+                probes,
+            ));
+        }
+        tracing::info!(%dead, %to, flows = n, "dead node: its clients are reset");
+        n
+    }
+
+    /// Send the second solicitations that are due.
+    fn resolicit(&mut self) {
+        let now = std::time::Instant::now();
+        let (due, later): (Vec<_>, Vec<_>) = self.probes.drain(..).partition(|(at, _)| *at <= now);
+        self.probes = later;
+        for (_, p) in due {
+            let _ = ds_kernel::inject(&p);
+        }
+    }
+
     /// Accept new control channels and answer every pending request; returns how many flows
     /// moved. Never blocks: a channel whose handshake has not completed within a second is
     /// dropped.
     pub fn poll(&mut self) -> usize {
+        if !self.probes.is_empty() {
+            self.resolicit();
+        }
         loop {
             match self.listener.accept() {
                 Ok((stream, peer)) => {
@@ -241,4 +309,51 @@ impl FlowAgent {
         }
         Ok(moved)
     }
+}
+
+/// A bare ACK from the served end of `key`'s flow to its client, with sequence and
+/// acknowledgment numbers far from anything the connection uses (so outside the client's
+/// window, whatever it is): the client answers it with an ACK of its own.
+fn solicitation(key: &FlowKey, salt: u32) -> Vec<u8> {
+    use ds_stack::wire::{
+        IpAddress, IpProtocol, Ipv6Packet, Ipv6Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
+    };
+    use ds_stack::ChecksumCapabilities;
+    let (src, dst) = (key.dst, key.src);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let seq = now.wrapping_mul(2_654_435_761).wrapping_add(salt);
+    let tcp = TcpRepr {
+        src_port: key.dport,
+        dst_port: key.sport,
+        control: TcpControl::None,
+        seq_number: TcpSeqNumber(seq as i32),
+        ack_number: Some(TcpSeqNumber(seq.rotate_left(16) as i32)),
+        window_len: 0,
+        window_scale: None,
+        max_seg_size: None,
+        sack_permitted: false,
+        sack_ranges: [None; 3],
+        timestamp: None,
+        payload: &[],
+    };
+    let ip = Ipv6Repr {
+        src_addr: src,
+        dst_addr: dst,
+        next_header: IpProtocol::Tcp,
+        payload_len: tcp.header_len(),
+        hop_limit: 64,
+    };
+    let mut buf = vec![0u8; ip.buffer_len() + tcp.header_len()];
+    ip.emit(&mut Ipv6Packet::new_unchecked(&mut buf[..]));
+    let (s, d) = (IpAddress::Ipv6(src), IpAddress::Ipv6(dst));
+    tcp.emit(
+        &mut TcpPacket::new_unchecked(&mut buf[ip.buffer_len()..]),
+        &s,
+        &d,
+        &ChecksumCapabilities::default(),
+    );
+    buf
 }

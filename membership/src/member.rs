@@ -214,6 +214,8 @@ struct BackupState {
     reg_next: Time,
     /// A refusal's holder and when its lease was to lapse.
     reg_lapse: Option<(NodeId, Time)>,
+    /// Members found dead lately (identity, care-of address, until when to report it).
+    dead: Vec<(NodeId, Ipv6Addr, Time)>,
     ping_next: Time,
     challenges: BTreeMap<u64, Time>,
 }
@@ -238,6 +240,7 @@ impl BackupState {
             registered: false,
             reg_next: now,
             reg_lapse: None,
+            dead: Vec::new(),
             ping_next: now,
             challenges: BTreeMap::new(),
         }
@@ -245,6 +248,20 @@ impl BackupState {
 
     fn snode_list(&self) -> Vec<MemberInfo> {
         self.snodes.values().map(|(m, _)| *m).collect()
+    }
+}
+
+/// Remember `coa` as dead for a few registrations, unless a live member uses it (a node
+/// restarted at the same address is alive). Item 6 of the membership issue: the home agent
+/// answers the dead node's clients with a reset.
+fn note_dead(b: &mut BackupState, dead: &MemberInfo, now: Time) {
+    let coa = dead.coa;
+    if b.view.backups.iter().any(|m| m.coa == coa) || b.snodes.values().any(|(m, _)| m.coa == coa) {
+        return;
+    }
+    if !b.dead.iter().any(|(id, _, _)| *id == dead.id) && b.dead.len() < wire::MAX_DEAD {
+        b.dead
+            .push((dead.id, coa, now.after(Duration::from_secs(2))));
     }
 }
 
@@ -405,10 +422,14 @@ impl Member {
 
     /// A handoff to `id` failed: the contact drops that snode and tells the backups (seed
     /// §2.3.2). A backup is left to its successor's heartbeat.
-    pub fn report_unreachable(&mut self, id: NodeId) {
+    pub fn report_unreachable(&mut self, id: NodeId, now: Time) {
         let contact = self.status() == Status::Contact;
         if let State::Backup(b) = &mut self.state {
-            if contact && b.snodes.remove(&id).is_some() {
+            if !contact {
+                return;
+            }
+            if let Some((m, _)) = b.snodes.remove(&id) {
+                note_dead(b, &m, now);
                 self.events.push_back(Event::SnodesChanged);
                 self.broadcast_snodes();
             }
@@ -592,11 +613,19 @@ impl Member {
             if b.view.contact().map(|c| c.id) == Some(me) {
                 if now >= b.reg_next {
                     b.reg_next = now.after(cfg.refresh);
+                    b.dead.retain(|(_, _, until)| *until > now);
+                    let dead = b
+                        .dead
+                        .iter()
+                        .map(|(id, coa, _)| (*id, *coa))
+                        .take(wire::MAX_DEAD)
+                        .collect();
                     sends.push((
                         cfg.home_agent,
                         Body::Register {
                             me: cfg.me(),
                             lease_us: cfg.lease.as_micros() as u64,
+                            dead,
                         },
                     ));
                 }
@@ -604,8 +633,17 @@ impl Member {
                 if b.registered && now >= b.ping_next {
                     b.ping_next = now.after(cfg.snode_ping);
                     let before = b.snodes.len();
+                    let gone: Vec<MemberInfo> = b
+                        .snodes
+                        .values()
+                        .filter(|(_, last)| now.since(*last) >= cfg.snode_dead)
+                        .map(|(m, _)| *m)
+                        .collect();
                     b.snodes
                         .retain(|_, (_, last)| now.since(*last) < cfg.snode_dead);
+                    for m in gone {
+                        note_dead(b, &m, now);
+                    }
                     broadcast = b.snodes.len() != before;
                     for (m, _) in b.snodes.values() {
                         sends.push((m.addr, Body::Ping { contact: cfg.me() }));
@@ -777,8 +815,18 @@ impl Member {
         self.epoch = epoch;
         self.seen = self.seen.max(epoch);
         let Some(b) = self.backup() else { return };
+        let removed: Vec<MemberInfo> = b
+            .view
+            .backups
+            .iter()
+            .filter(|m| !view.has(m.id))
+            .copied()
+            .collect();
         b.view = view;
         b.promised = b.promised.max(epoch);
+        for m in removed {
+            note_dead(b, &m, now);
+        }
         let is_contact = b.view.contact().map(|c| c.id) == Some(me);
         let pred = b.view.predecessor(me).map(|p| p.id);
         if pred != b.hb_target {

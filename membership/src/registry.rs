@@ -13,7 +13,7 @@
 use crate::wire::{self, Body, Envelope, Key, MemberInfo, ReplayGuard, WireError};
 use crate::{Epoch, NodeId, Time};
 use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::net::{Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 /// Registry settings.
@@ -51,7 +51,17 @@ pub enum RegistryEvent {
         /// The epoch it registered with (the new fence).
         epoch: Epoch,
     },
+    /// The holder found a member dead: flows still pinned to its care-of address are to be
+    /// answered with a reset (moved to the holder, whose stack resets unknown connections,
+    /// and their clients solicited).
+    Dead {
+        /// The dead member's care-of address.
+        coa: Ipv6Addr,
+    },
 }
+
+/// How long a reported death is remembered (a repeat within it is ignored).
+pub const DEAD_MEMORY: Duration = Duration::from_secs(10);
 
 /// Counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -74,6 +84,8 @@ pub struct RegistryStats {
     pub dropped_replay: u64,
     /// Datagrams dropped: not for the registry.
     pub dropped_other: u64,
+    /// Dead members reported.
+    pub dead: u64,
 }
 
 /// The current holder.
@@ -101,6 +113,7 @@ pub struct Registry {
     out: VecDeque<(SocketAddr, Vec<u8>)>,
     events: VecDeque<RegistryEvent>,
     stats: RegistryStats,
+    dead_seen: std::collections::BTreeMap<NodeId, Time>,
 }
 
 impl Registry {
@@ -115,6 +128,7 @@ impl Registry {
             out: VecDeque::new(),
             events: VecDeque::new(),
             stats: RegistryStats::default(),
+            dead_seen: std::collections::BTreeMap::new(),
             cfg,
         }
     }
@@ -177,8 +191,10 @@ impl Registry {
             return;
         }
         match env.body {
-            Body::Register { me, lease_us } if me.id == env.from => {
-                self.register(now, me, env.epoch, lease_us)
+            Body::Register { me, lease_us, dead } if me.id == env.from => {
+                if self.register(now, me, env.epoch, lease_us) {
+                    self.dead(now, &dead);
+                }
             }
             Body::Hello { me, .. } if me.id == env.from => match self.holder {
                 Some(h) if h.until > now && h.info.id != me.id => {
@@ -197,7 +213,26 @@ impl Registry {
         }
     }
 
-    fn register(&mut self, now: Time, me: MemberInfo, epoch: Epoch, lease_us: u64) {
+    /// The holder reports members found dead: each (node, care-of address) is acted on once
+    /// (a node restarted at the same address is another node), never the holder's own
+    /// address.
+    fn dead(&mut self, now: Time, dead: &[(NodeId, Ipv6Addr)]) {
+        self.dead_seen.retain(|_, t| now.since(*t) < DEAD_MEMORY);
+        let holder = self.holder.map(|h| h.info.coa);
+        for (id, coa) in dead {
+            if Some(*coa) == holder || self.dead_seen.contains_key(id) {
+                continue;
+            }
+            if self.dead_seen.len() >= 4096 {
+                break;
+            }
+            self.dead_seen.insert(*id, now);
+            self.stats.dead += 1;
+            self.events.push_back(RegistryEvent::Dead { coa: *coa });
+        }
+    }
+
+    fn register(&mut self, now: Time, me: MemberInfo, epoch: Epoch, lease_us: u64) -> bool {
         let lease = Duration::from_micros(lease_us).min(self.cfg.max_lease);
         let ok = match self.holder {
             Some(h) if h.info.id == me.id => epoch >= h.epoch,
@@ -241,5 +276,6 @@ impl Registry {
                 lease_left_us: left,
             },
         );
+        ok
     }
 }

@@ -88,6 +88,8 @@ pub struct SimReport {
     pub handovers: u64,
     /// Handoffs the fence refused (a node acting for a deposed contact).
     pub fenced_handoffs: u64,
+    /// Dead members reported to the home agent.
+    pub dead_reported: u64,
     /// The trace, when asked for.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub trace: Vec<String>,
@@ -187,6 +189,7 @@ impl Sim {
                 partitions: 0,
                 handovers: 0,
                 fenced_handoffs: 0,
+                dead_reported: 0,
                 trace: Vec::new(),
             },
             cfg,
@@ -307,10 +310,18 @@ impl Sim {
         }
         if i == HA {
             while let Some(ev) = self.registry.poll_event() {
-                self.report.handovers += 1;
-                let crate::RegistryEvent::Bound { holder, epoch } = ev;
-                self.hash = fnv(self.hash, &epoch.view.to_le_bytes());
-                self.trace(|| format!("HA binds to {:016x} at {epoch}", holder.id));
+                match ev {
+                    crate::RegistryEvent::Bound { holder, epoch } => {
+                        self.report.handovers += 1;
+                        self.hash = fnv(self.hash, &epoch.view.to_le_bytes());
+                        self.trace(|| format!("HA binds to {:016x} at {epoch}", holder.id));
+                    }
+                    crate::RegistryEvent::Dead { coa } => {
+                        self.report.dead_reported += 1;
+                        self.hash = fnv(self.hash, &coa.octets());
+                        self.trace(|| format!("HA: {coa} reported dead"));
+                    }
+                }
             }
         } else if let Some(m) = self.nodes[i].member.as_mut() {
             let mut evs = Vec::new();

@@ -22,6 +22,8 @@ pub const MAX_DATAGRAM: usize = 60_000;
 pub const MAX_BACKUPS: usize = 16;
 /// Most snodes in a list (a larger cluster needs a paged list; refused for now).
 pub const MAX_SNODES: usize = 1024;
+/// Most dead care-of addresses in one registration.
+pub const MAX_DEAD: usize = 64;
 /// HMAC-SHA256 tag length.
 const TAG: usize = 32;
 
@@ -212,6 +214,9 @@ pub enum Body {
         me: MemberInfo,
         /// Requested lease, microseconds.
         lease_us: u64,
+        /// Members found dead lately (identity, care-of address): their clients' flows are
+        /// to be answered with a reset rather than black-holed (repeated for a few seconds).
+        dead: Vec<(NodeId, std::net::Ipv6Addr)>,
     },
     /// Home agent → contact: the answer.
     RegisterReply {
@@ -260,6 +265,7 @@ impl Body {
                 view_ok(view) && snodes.len() <= MAX_SNODES
             }
             Body::Snodes { snodes } => snodes.len() <= MAX_SNODES,
+            Body::Register { dead, .. } => dead.len() <= MAX_DEAD,
             _ => true,
         }
     }

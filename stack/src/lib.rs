@@ -33,5 +33,7 @@ pub use stats::Stats;
 pub use tcp::{Congestion, TcpConfig, TcpState};
 pub use time::{Duration, Instant};
 
+/// Which checksums `wire` computes when emitting (re-exported for building packets with `wire`).
+pub use smoltcp::phy::ChecksumCapabilities;
 /// Wire formats, re-exported from `smoltcp::wire` (zero-copy views plus owned reprs).
 pub use smoltcp::wire;

@@ -224,7 +224,7 @@ impl Members {
     }
 
     /// Answer what arrived; move the DS address's binding when the holder changes.
-    fn poll(&mut self, agent: &FlowAgent, ds: Ipv6Addr) {
+    fn poll(&mut self, agent: &mut FlowAgent, ds: Ipv6Addr) {
         // A bounded batch per round, so a flood cannot starve the flow agent.
         for _ in 0..256 {
             match self.sock.recv_from(&mut self.buf) {
@@ -239,15 +239,23 @@ impl Members {
                 }
             }
         }
-        while let Some(ds_membership::RegistryEvent::Bound { holder, epoch }) =
-            self.registry.poll_event()
-        {
-            match agent.program().set_binding(ds, holder.coa) {
-                Ok(()) => tracing::info!(
-                    contact = %holder.addr, coa = %holder.coa, %epoch,
-                    "new contact node: the DS address is bound to it"
-                ),
-                Err(e) => tracing::warn!("binding the DS address to {}: {e}", holder.coa),
+        while let Some(ev) = self.registry.poll_event() {
+            match ev {
+                ds_membership::RegistryEvent::Bound { holder, epoch } => {
+                    match agent.program().set_binding(ds, holder.coa) {
+                        Ok(()) => tracing::info!(
+                            contact = %holder.addr, coa = %holder.coa, %epoch,
+                            "new contact node: the DS address is bound to it"
+                        ),
+                        Err(e) => tracing::warn!("binding the DS address to {}: {e}", holder.coa),
+                    }
+                }
+                ds_membership::RegistryEvent::Dead { coa } => {
+                    if let Some(h) = self.registry.holder() {
+                        let to = h.info.coa;
+                        agent.reset_flows_of(coa, to);
+                    }
+                }
             }
         }
         while let Some((to, bytes)) = self.registry.poll_transmit() {
@@ -356,7 +364,7 @@ fn xdp(args: &XdpArgs) -> anyhow::Result<()> {
                 use std::os::fd::AsRawFd;
                 let fd = m.sock.as_raw_fd();
                 agent.wait_with(std::time::Duration::from_millis(50), &[fd]);
-                m.poll(&agent, args.ds);
+                m.poll(&mut agent, args.ds);
             }
             None => agent.wait(std::time::Duration::from_millis(50)),
         }
