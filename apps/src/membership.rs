@@ -99,9 +99,12 @@ fn snapshot(m: &ds_membership::Member) -> Snapshot {
 
 /// The running membership thread.
 pub struct MembershipAgent {
+    listen: SocketAddr,
     shared: Arc<Mutex<Snapshot>>,
     /// The fence alone, read by the node's loop every round (cheap, no clone of the view).
     fence: Arc<Mutex<Epoch>>,
+    /// Raised whenever the set of known members changes.
+    version: Arc<std::sync::atomic::AtomicU64>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -131,14 +134,17 @@ impl MembershipAgent {
         let shared = Arc::new(Mutex::new(snapshot(&member)));
         let stop = Arc::new(AtomicBool::new(false));
         let fence = Arc::new(Mutex::new(member.fence()));
-        let (sh, st, fe) = (shared.clone(), stop.clone(), fence.clone());
+        let version = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (sh, st, fe, ve) = (shared.clone(), stop.clone(), fence.clone(), version.clone());
         tracing::info!(id = %format!("{id:016x}"), listen = %cfg.listen, role = ?cfg.role, "membership: joining");
         let thread = std::thread::Builder::new()
             .name("membership".into())
-            .spawn(move || run(sock, member, origin, sh, fe, st))?;
+            .spawn(move || run(sock, member, origin, sh, fe, ve, st))?;
         Ok(MembershipAgent {
+            listen: cfg.listen,
             shared,
             fence,
+            version,
             stop,
             thread: Some(thread),
         })
@@ -150,6 +156,29 @@ impl MembershipAgent {
             Ok(s) => s.clone(),
             Err(p) => p.into_inner().clone(),
         }
+    }
+
+    /// A number that changes whenever the set of known members changes.
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Relaxed)
+    }
+
+    /// The other live members' endpoints (their handoff control listeners listen on the same
+    /// address and port, over TCP): the peers of this node's distribution policy.
+    pub fn peers(&self) -> Vec<SocketAddr> {
+        let s = self.snapshot();
+        let me = self.listen;
+        let mut v: Vec<SocketAddr> = s
+            .backups
+            .iter()
+            .chain(s.snodes.iter())
+            .chain(s.contact.iter())
+            .map(|m| m.addr)
+            .filter(|a| *a != me)
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
     }
 
     /// The newest fence this node knows, as the handoff engine takes it.
@@ -180,8 +209,10 @@ fn run(
     origin: Instant,
     shared: Arc<Mutex<Snapshot>>,
     fence: Arc<Mutex<Epoch>>,
+    version: Arc<std::sync::atomic::AtomicU64>,
     stop: Arc<AtomicBool>,
 ) {
+    let mut known: Vec<SocketAddr> = Vec::new();
     let now = || Time(origin.elapsed().as_micros() as u64);
     let mut buf = vec![0u8; ds_membership::wire::MAX_DATAGRAM + 1];
     let mut send_errors = 0u64;
@@ -211,6 +242,12 @@ fn run(
                 Event::ViewChanged { epoch } => tracing::debug!(%epoch, "membership: view"),
                 Event::SnodesChanged => tracing::debug!("membership: snodes changed"),
             }
+        }
+        let mut now_known: Vec<SocketAddr> = m.members().iter().map(|x| x.addr).collect();
+        now_known.sort_unstable();
+        if now_known != known {
+            known = now_known;
+            version.fetch_add(1, Ordering::Relaxed);
         }
         if let Ok(mut s) = shared.lock() {
             *s = snapshot(&m);

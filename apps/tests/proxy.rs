@@ -19,7 +19,7 @@ fn the_proxy_spreads_wrk_over_two_unmodified_backends() {
     if !require_root("the_proxy_spreads_wrk_over_two_unmodified_backends") {
         return;
     }
-    run(Cluster::start("px", Addrs::new(0xe2, 2)));
+    run(Cluster::start("px", Addrs::new(0xe2, 2)), false);
 }
 
 /// Three nodes: node 1 (the contact) places clients on itself and its two peers in turn.
@@ -28,11 +28,21 @@ fn the_proxy_spreads_wrk_over_three_nodes() {
     if !require_root("the_proxy_spreads_wrk_over_three_nodes") {
         return;
     }
-    run(Cluster::start("p3", Addrs::new(0xe6, 3)));
+    run(Cluster::start("p3", Addrs::new(0xe6, 3)), false);
+}
+
+/// Membership instead of configured peers (item 5 of the membership issue): the contact's
+/// round-robin policy places clients on the live members it learned (a backup and an snode).
+#[test]
+fn the_proxy_spreads_wrk_over_the_live_members() {
+    if !ds_testbed::require_root("the_proxy_spreads_wrk_over_the_live_members") {
+        return;
+    }
+    run(Cluster::start_members("pm", Addrs::new(0xea, 3)), true);
 }
 
 /// Backends and proxies on every node of `c`, then curl and wrk against the DS address.
-fn run(mut c: Cluster) {
+fn run(mut c: Cluster, membership: bool) {
     let n = c.topo.nodes.len();
     let www = c.dir.path().join("www");
     std::fs::create_dir_all(&www).expect("www");
@@ -65,8 +75,23 @@ fn run(mut c: Cluster) {
             .map(String::from)
             .to_vec();
         args.extend(["--control-listen".into(), c.a.ctl_listen(i)]);
-        for j in (0..n).filter(|j| *j != i) {
-            args.extend(["--peer".into(), c.a.ctl_listen(j)]);
+        if membership {
+            let role = if i < 2 { "backup" } else { "snode" };
+            args.extend(
+                [
+                    "--role",
+                    role,
+                    "--members-listen",
+                    &c.a.ctl_listen(i),
+                    "--members-ha",
+                    &c.a.members_ha(),
+                ]
+                .map(String::from),
+            );
+        } else {
+            for j in (0..n).filter(|j| *j != i) {
+                args.extend(["--peer".into(), c.a.ctl_listen(j)]);
+            }
         }
         args.extend(
             [
@@ -80,6 +105,28 @@ fn run(mut c: Cluster) {
             .map(String::from),
         );
         c.start_dsnode(i, &args, "serving proxy");
+    }
+    if membership {
+        // The first node founded the view and holds the DS address; wait until it knows the
+        // other two as peers.
+        let log = c.nodes[0].1.clone();
+        let others = [c.a.ctl_listen(1), c.a.ctl_listen(2)];
+        let t = std::time::Instant::now();
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let last = text
+                .lines()
+                .filter(|l| l.contains("peers from the membership"))
+                .last();
+            if last.is_some_and(|l| others.iter().all(|o| l.contains(o.as_str()))) {
+                break;
+            }
+            assert!(
+                t.elapsed() < UP,
+                "the contact never learned its peers:\n{text}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
     let url = format!("http://[{}]/file.bin", c.a.ds());
 

@@ -378,6 +378,34 @@ impl<C: std::fmt::Debug> Coordinator<C> {
         &self.peers
     }
 
+    /// Replace the peers (the membership's live members): channels to peers that stay are
+    /// kept, the others closed. Not while a handoff of this node's runs or its packets are
+    /// still forwarded (peer indices are in use): returns false, and the caller tries again.
+    pub fn set_peers(&mut self, peers: &[SocketAddr]) -> bool {
+        if self.peers == peers {
+            return true;
+        }
+        if self.current.is_some() || !self.forwarding.is_empty() {
+            return false;
+        }
+        let mut old: Vec<(SocketAddr, Option<Channel>)> =
+            self.peers.drain(..).zip(self.to_peers.drain(..)).collect();
+        for p in peers {
+            if self.peers.contains(p) {
+                continue;
+            }
+            let ch = old
+                .iter_mut()
+                .find(|(a, _)| a == p)
+                .and_then(|(_, c)| c.take());
+            self.peers.push(*p);
+            self.to_peers.push(ch);
+        }
+        // The descriptor set changed: the node's wait set is rebuilt.
+        self.channel_epoch += 1;
+        true
+    }
+
     /// Whether `addr` is one of this node's peers.
     pub fn is_peer(&self, addr: SocketAddr) -> bool {
         self.peers.contains(&addr)

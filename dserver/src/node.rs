@@ -1012,6 +1012,26 @@ impl Node {
         self.events.drain(..)
     }
 
+    /// Whether handoff is on (a control listener or a peer was configured).
+    pub fn has_handoff(&self) -> bool {
+        self.core.is_some()
+    }
+
+    /// Replace the peers the policy places clients on and connections are handed to (e.g. the
+    /// membership's live members). Returns false while a handoff of this node's is in
+    /// progress (try again later) or when handoff is off (no control listener or peer was
+    /// configured at build time).
+    pub fn set_peers(&mut self, peers: Vec<SocketAddr>) -> bool {
+        let Some(c) = self.core.as_mut() else {
+            return false;
+        };
+        if !c.set_peers(&peers) {
+            return false;
+        }
+        self.peers = c.peers().to_vec();
+        true
+    }
+
     /// The membership fence (the epoch with which the current contact registered the DS
     /// address): offers carry it and offers fenced older are refused, so a node acting for a
     /// deposed contact cannot hand off. `None` (the default) turns the check off.

@@ -177,6 +177,10 @@ fn start_membership(args: &ServeArgs) -> anyhow::Result<()> {
         .as_deref()
         .context("--role needs --secret-file")?;
     let secret = read_secret(path)?;
+    if let Some(cl) = args.handoff.control_listen.filter(|cl| *cl != listen) {
+        // Members find each other's handoff listeners at their membership endpoints.
+        bail!("--control-listen {cl} must equal --members-listen {listen} (same address and port)");
+    }
     let agent =
         ds_apps::membership::MembershipAgent::start(ds_apps::membership::MembershipConfig {
             role: match role {
@@ -855,12 +859,21 @@ fn run_proxy(
     );
     let started = std::time::Instant::now();
     let mut fds = Vec::new();
+    let mut members_seen = u64::MAX;
     while !stop.load(Ordering::SeqCst) {
         fds.clear();
         if let Some(ctl) = &control {
             ctl.fds(&mut fds);
         }
         proxy.node_mut().set_fence(membership_fence());
+        if let Some(m) = MEMBERSHIP.get() {
+            // Item 5 of the membership issue: the policy places clients on the live members.
+            let v = m.version();
+            if v != members_seen && proxy.node_mut().set_peers(m.peers()) {
+                members_seen = v;
+                tracing::info!(peers = ?proxy.node_mut().peers(), "peers from the membership");
+            }
+        }
         proxy.step(Duration::from_millis(1), &fds)?;
         if let Some(e) = echo.as_mut() {
             e.poll(proxy.node_mut());
