@@ -116,8 +116,8 @@ fn run(mut c: Cluster, membership: bool) {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             let last = text
                 .lines()
-                .filter(|l| l.contains("peers from the membership"))
-                .last();
+                .rev()
+                .find(|l| l.contains("peers from the membership"));
             if last.is_some_and(|l| others.iter().all(|o| l.contains(o.as_str()))) {
                 break;
             }
