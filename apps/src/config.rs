@@ -25,6 +25,8 @@
 //! role = "backup"                    # backup | snode
 //! listen = "[fd00:d5:1::11]:7000"    # UDP; the same port as control_listen is fine
 //! home_agent = "[fd00:d5:1::a]:7100" # dsha xdp --members
+//! # election = "etcd"                # native (default) | etcd
+//! # etcd = ["http://[fd00:d5:1::a]:2379"]
 //! ```
 
 use serde::Deserialize;
@@ -84,6 +86,8 @@ struct MembershipFile {
     role: Option<Spanned<String>>,
     listen: Option<SocketAddr>,
     home_agent: Option<SocketAddr>,
+    election: Option<Spanned<String>>,
+    etcd: Option<Vec<String>>,
 }
 
 /// `[handoff]`.
@@ -113,8 +117,9 @@ enum Peers {
 }
 
 /// The choices a key takes.
-const CHOICES: [(&str, &[&str]); 5] = [
+const CHOICES: [(&str, &[&str]); 6] = [
     ("role", &["backup", "snode"]),
+    ("election", &["native", "etcd"]),
     ("device", &["afxdp", "tap", "kernel"]),
     ("policy", &["local", "round-robin"]),
     ("drain", &["immediate", "acked"]),
@@ -204,6 +209,16 @@ pub fn serve_args(path: &Path) -> Result<Vec<String>, ConfigError> {
         );
         opt("members_listen", m.listen.as_ref().map(|a| s(a)));
         opt("members_ha", m.home_agent.as_ref().map(|a| s(a)));
+        opt(
+            "election",
+            m.election
+                .as_ref()
+                .map(|v| choice("election", v))
+                .transpose()?,
+        );
+        for u in m.etcd.iter().flatten() {
+            opt("etcd", Some(u.clone()));
+        }
     }
     if let Some(h) = file.handoff {
         opt("control_listen", h.control_listen.as_ref().map(|a| s(a)));

@@ -24,6 +24,8 @@ pub mod http;
 pub mod kernel_node;
 pub mod logging;
 pub mod membership;
+#[cfg(feature = "etcd")]
+pub mod membership_etcd;
 pub use dserver::mac;
 pub mod node;
 pub mod proxy;

@@ -97,15 +97,57 @@ fn snapshot(m: &ds_membership::Member) -> Snapshot {
     }
 }
 
-/// The running membership thread.
-pub struct MembershipAgent {
-    listen: SocketAddr,
+/// What a membership thread publishes for the node (shared with it).
+#[derive(Clone)]
+pub(crate) struct Published {
     shared: Arc<Mutex<Snapshot>>,
     /// The fence alone, read by the node's loop every round (cheap, no clone of the view).
     fence: Arc<Mutex<Epoch>>,
     /// Raised whenever the set of known members changes.
     version: Arc<std::sync::atomic::AtomicU64>,
-    stop: Arc<AtomicBool>,
+    pub(crate) stop: Arc<AtomicBool>,
+}
+
+impl Published {
+    pub(crate) fn new(first: Snapshot, fence: Epoch) -> Self {
+        Published {
+            shared: Arc::new(Mutex::new(first)),
+            fence: Arc::new(Mutex::new(fence)),
+            version: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            stop: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Publish a new state; `members` (sorted) raises the version when it changed since
+    /// `known`.
+    pub(crate) fn publish(
+        &self,
+        snap: Snapshot,
+        fence: Epoch,
+        members: Vec<SocketAddr>,
+        known: &mut Vec<SocketAddr>,
+    ) {
+        if members != *known {
+            *known = members;
+            self.version.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Ok(mut s) = self.shared.lock() {
+            *s = snap;
+        }
+        if let Ok(mut f) = self.fence.lock() {
+            *f = fence;
+        }
+    }
+
+    pub(crate) fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+}
+
+/// The running membership thread.
+pub struct MembershipAgent {
+    listen: SocketAddr,
+    published: Published,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -131,28 +173,46 @@ impl MembershipAgent {
         let mcfg = Config::new(id, cfg.listen, cfg.coa, cfg.role, cfg.home_agent);
         let origin = Instant::now();
         let member = ds_membership::Member::new(mcfg, Key::new(&cfg.secret), random_u64(), Time(0));
-        let shared = Arc::new(Mutex::new(snapshot(&member)));
-        let stop = Arc::new(AtomicBool::new(false));
-        let fence = Arc::new(Mutex::new(member.fence()));
-        let version = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let (sh, st, fe, ve) = (shared.clone(), stop.clone(), fence.clone(), version.clone());
+        let published = Published::new(snapshot(&member), member.fence());
+        let p = published.clone();
         tracing::info!(id = %format!("{id:016x}"), listen = %cfg.listen, role = ?cfg.role, "membership: joining");
         let thread = std::thread::Builder::new()
             .name("membership".into())
-            .spawn(move || run(sock, member, origin, sh, fe, ve, st))?;
+            .spawn(move || run(sock, member, origin, p))?;
         Ok(MembershipAgent {
             listen: cfg.listen,
-            shared,
-            fence,
-            version,
-            stop,
+            published,
+            thread: Some(thread),
+        })
+    }
+
+    /// Start the etcd backend of the contact election instead (`endpoints`: etcd's client
+    /// URLs): see [`crate::membership_etcd`].
+    #[cfg(feature = "etcd")]
+    pub fn start_etcd(
+        cfg: MembershipConfig,
+        endpoints: Vec<String>,
+    ) -> std::io::Result<MembershipAgent> {
+        let sock = UdpSocket::bind(cfg.listen)?;
+        let id = random_u64();
+        let first = crate::membership_etcd::initial_snapshot(id, &cfg);
+        let published = Published::new(first, Epoch::default());
+        let p = published.clone();
+        let listen = cfg.listen;
+        tracing::info!(id = %format!("{id:016x}"), %listen, role = ?cfg.role, ?endpoints, "membership (etcd): joining");
+        let thread = std::thread::Builder::new()
+            .name("membership-etcd".into())
+            .spawn(move || crate::membership_etcd::run(id, cfg, endpoints, sock, p))?;
+        Ok(MembershipAgent {
+            listen,
+            published,
             thread: Some(thread),
         })
     }
 
     /// What the node knows now.
     pub fn snapshot(&self) -> Snapshot {
-        match self.shared.lock() {
+        match self.published.shared.lock() {
             Ok(s) => s.clone(),
             Err(p) => p.into_inner().clone(),
         }
@@ -160,7 +220,7 @@ impl MembershipAgent {
 
     /// A number that changes whenever the set of known members changes.
     pub fn version(&self) -> u64 {
-        self.version.load(Ordering::Relaxed)
+        self.published.version.load(Ordering::Relaxed)
     }
 
     /// The other live members' endpoints (their handoff control listeners listen on the same
@@ -183,7 +243,7 @@ impl MembershipAgent {
 
     /// The newest fence this node knows, as the handoff engine takes it.
     pub fn fence(&self) -> ds_handoff::Fence {
-        let e = match self.fence.lock() {
+        let e = match self.published.fence.lock() {
             Ok(f) => *f,
             Err(p) => *p.into_inner(),
         };
@@ -196,27 +256,19 @@ impl MembershipAgent {
 
 impl Drop for MembershipAgent {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.published.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
 }
 
-fn run(
-    sock: UdpSocket,
-    mut m: ds_membership::Member,
-    origin: Instant,
-    shared: Arc<Mutex<Snapshot>>,
-    fence: Arc<Mutex<Epoch>>,
-    version: Arc<std::sync::atomic::AtomicU64>,
-    stop: Arc<AtomicBool>,
-) {
+fn run(sock: UdpSocket, mut m: ds_membership::Member, origin: Instant, published: Published) {
     let mut known: Vec<SocketAddr> = Vec::new();
     let now = || Time(origin.elapsed().as_micros() as u64);
     let mut buf = vec![0u8; ds_membership::wire::MAX_DATAGRAM + 1];
     let mut send_errors = 0u64;
-    while !stop.load(Ordering::Relaxed) {
+    while !published.stopped() {
         m.poll(now());
         while let Some((to, bytes)) = m.poll_transmit() {
             if let Err(e) = sock.send_to(&bytes, to) {
@@ -243,18 +295,9 @@ fn run(
                 Event::SnodesChanged => tracing::debug!("membership: snodes changed"),
             }
         }
-        let mut now_known: Vec<SocketAddr> = m.members().iter().map(|x| x.addr).collect();
-        now_known.sort_unstable();
-        if now_known != known {
-            known = now_known;
-            version.fetch_add(1, Ordering::Relaxed);
-        }
-        if let Ok(mut s) = shared.lock() {
-            *s = snapshot(&m);
-        }
-        if let Ok(mut f) = fence.lock() {
-            *f = m.fence();
-        }
+        let mut members: Vec<SocketAddr> = m.members().iter().map(|x| x.addr).collect();
+        members.sort_unstable();
+        published.publish(snapshot(&m), m.fence(), members, &mut known);
         let wait = m
             .poll_timeout()
             .map(|t| t.since(now()))

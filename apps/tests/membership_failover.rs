@@ -31,13 +31,20 @@ fn rounds() -> usize {
 const BIG: usize = 1_500_000;
 
 struct Nodes {
+    etcd: Option<String>,
     procs: Vec<Option<Child>>,
     logs: Vec<PathBuf>,
     socks: Vec<PathBuf>,
     starts: Vec<usize>,
 }
 
-fn node_args(c: &Cluster, i: usize, root: &std::path::Path, sock: &std::path::Path) -> Vec<String> {
+fn node_args(
+    c: &Cluster,
+    i: usize,
+    root: &std::path::Path,
+    sock: &std::path::Path,
+    etcd: Option<&str>,
+) -> Vec<String> {
     let a = &c.a;
     let mut v: Vec<String> = [
         "serve",
@@ -66,6 +73,9 @@ fn node_args(c: &Cluster, i: usize, root: &std::path::Path, sock: &std::path::Pa
     ]
     .map(String::from)
     .to_vec();
+    if let Some(url) = etcd {
+        v.extend(["--election", "etcd", "--etcd", url].map(String::from));
+    }
     if i < BACKUPS {
         // A download moves to the taker after 300 kB, so it outlives its contact.
         v.extend(
@@ -105,7 +115,7 @@ impl Nodes {
     fn start(&mut self, c: &Cluster, i: usize, root: &std::path::Path) {
         self.starts[i] += 1;
         let name = format!("dsnode{}-{}", i + 1, self.starts[i]);
-        let args = node_args(c, i, root, &self.socks[i]);
+        let args = node_args(c, i, root, &self.socks[i], self.etcd.as_deref());
         let (mut p, log, _) = c.topo.nodes[i]
             .spawn_logged(env!("CARGO_BIN_EXE_dsnode"), &args, c.dir.path(), &name)
             .unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -177,13 +187,68 @@ fn contact_failover_twenty_times_and_a_stopped_contact_stays_deposed() {
     ) {
         return;
     }
-    let a = Addrs::new(0xe9, NODES);
-    let c = Cluster::start_members("ds-mfo", a);
+    failover(false);
+}
+
+/// The same with the etcd backend of the election (etcd from Debian's packages, in the home
+/// agent's namespace).
+#[test]
+fn contact_failover_with_the_etcd_backend() {
+    if !ds_testbed::require_root("contact_failover_with_the_etcd_backend") {
+        return;
+    }
+    if std::process::Command::new("etcd")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        panic!("etcd is not installed (scripts/setup.sh installs etcd-server)");
+    }
+    failover(true);
+}
+
+/// etcd on the home agent's address, its data in the test's directory.
+fn start_etcd(c: &Cluster) -> (Child, String) {
+    let ha = c.a.ha();
+    let client = format!("http://[{ha}]:2379");
+    let peer = format!("http://[{ha}]:2380");
+    let data = c.dir.path().join("etcd");
+    let args = [
+        "--name",
+        "ds",
+        "--data-dir",
+        &data.display().to_string(),
+        "--listen-client-urls",
+        &client,
+        "--advertise-client-urls",
+        &client,
+        "--listen-peer-urls",
+        &peer,
+        "--initial-advertise-peer-urls",
+        &peer,
+        "--initial-cluster",
+        &format!("ds={peer}"),
+    ];
+    let (mut p, log, _) = c
+        .topo
+        .ha
+        .spawn_logged("etcd", &args, c.dir.path(), "etcd")
+        .expect("etcd");
+    p.wait_for_log(&log, "ready to serve client requests", UP)
+        .expect("etcd up");
+    (p, client)
+}
+
+fn failover(etcd: bool) {
+    let a = Addrs::new(if etcd { 0xeb } else { 0xe9 }, NODES);
+    let c = Cluster::start_members(if etcd { "ds-mfe" } else { "ds-mfo" }, a);
+    let etcd_proc = etcd.then(|| start_etcd(&c));
     let root = c.dir.path().join("www");
     std::fs::create_dir_all(&root).expect("root");
     std::fs::write(root.join("small"), b"hello from the distributed server\n").expect("small");
     std::fs::write(root.join("big.bin"), pattern(BIG)).expect("big");
     let mut n = Nodes {
+        etcd: etcd_proc.as_ref().map(|(_, url)| url.clone()),
         procs: (0..NODES).map(|_| None).collect(),
         logs: vec![PathBuf::new(); NODES],
         socks: (0..NODES)
@@ -336,7 +401,7 @@ fn contact_failover_twenty_times_and_a_stopped_contact_stays_deposed() {
         panic!("curl was not reset: {err}\n{logs}");
     }
     assert!(
-        reset_after < Duration::from_secs(2),
+        reset_after < Duration::from_secs(if etcd { 6 } else { 2 }),
         "the client learned of the dead node in {reset_after:?}"
     );
     if let Some(mut p) = n.procs[victim].take() {
@@ -415,7 +480,7 @@ fn contact_failover_twenty_times_and_a_stopped_contact_stays_deposed() {
             .expect("nft");
         assert!(st.success(), "nft {rules}");
     };
-    nft("table inet dsblock {\n chain o { type filter hook output priority 0; udp dport { 7000, 7100 } drop; }\n chain i { type filter hook input priority 0; udp sport { 7000, 7100 } drop; }\n}\n");
+    nft("table inet dsblock {\n chain o { type filter hook output priority 0; udp dport { 7000, 7100 } drop; tcp dport 2379 drop; }\n chain i { type filter hook input priority 0; udp sport { 7000, 7100 } drop; tcp sport 2379 drop; }\n}\n");
     n.signal(stopped, "-CONT");
     let log = n.logs[stopped].clone();
     let t = Instant::now();
@@ -462,5 +527,6 @@ fn contact_failover_twenty_times_and_a_stopped_contact_stays_deposed() {
             .status();
     }
     drop(n);
+    drop(etcd_proc);
     assert!(c.stop(), "dsha removed its pins");
 }

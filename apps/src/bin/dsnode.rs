@@ -146,6 +146,21 @@ struct MembershipArgs {
     /// The home agent's membership endpoint (`dsha xdp --members`).
     #[arg(long, value_name = "[ADDR]:PORT", requires = "role")]
     members_ha: Option<SocketAddr>,
+    /// How the contact node is elected: the seed's protocol among the backups (two-phase
+    /// commit, heartbeats), or etcd's lease and election (needs --etcd).
+    #[arg(long, value_enum, default_value_t = ElectionChoice::Native, requires = "role")]
+    election: ElectionChoice,
+    /// An etcd client URL, e.g. `http://[fd00::a]:2379` (repeat for several).
+    #[arg(long, value_name = "URL")]
+    etcd: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ElectionChoice {
+    /// The seed's protocol (§2.3.1) with fencing epochs.
+    Native,
+    /// etcd's lease and election (the build's `etcd` feature).
+    Etcd,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -181,18 +196,29 @@ fn start_membership(args: &ServeArgs) -> anyhow::Result<()> {
         // Members find each other's handoff listeners at their membership endpoints.
         bail!("--control-listen {cl} must equal --members-listen {listen} (same address and port)");
     }
-    let agent =
-        ds_apps::membership::MembershipAgent::start(ds_apps::membership::MembershipConfig {
-            role: match role {
-                RoleChoice::Backup => ds_membership::Role::Backup,
-                RoleChoice::Snode => ds_membership::Role::Snode,
-            },
-            listen,
-            home_agent: ha,
-            coa: args.addr,
-            secret: secret.expose().to_vec(),
-        })
-        .with_context(|| format!("--members-listen {listen}: cannot bind"))?;
+    let mcfg = ds_apps::membership::MembershipConfig {
+        role: match role {
+            RoleChoice::Backup => ds_membership::Role::Backup,
+            RoleChoice::Snode => ds_membership::Role::Snode,
+        },
+        listen,
+        home_agent: ha,
+        coa: args.addr,
+        secret: secret.expose().to_vec(),
+    };
+    let agent = match m.election {
+        ElectionChoice::Native => ds_apps::membership::MembershipAgent::start(mcfg),
+        #[cfg(feature = "etcd")]
+        ElectionChoice::Etcd => {
+            if m.etcd.is_empty() {
+                bail!("--election etcd needs --etcd URL");
+            }
+            ds_apps::membership::MembershipAgent::start_etcd(mcfg, m.etcd.clone())
+        }
+        #[cfg(not(feature = "etcd"))]
+        ElectionChoice::Etcd => bail!("this dsnode was built without the etcd feature"),
+    }
+    .with_context(|| format!("--members-listen {listen}: cannot bind"))?;
     let _ = MEMBERSHIP.set(agent);
     Ok(())
 }
