@@ -13,9 +13,33 @@
 # to move the flow when it takes the connection (transparent mode). Replies go straight from
 # the serving node to the client.
 #
+# With --failover, the nodes also run the membership protocol (dsnode --role backup; the
+# home agent takes the DS address's binding from the contact's registration, dsha --members):
+# after the handoff, node 1 (the contact) is killed with SIGKILL and the demo measures how long
+# until node 2 is the contact and serves new clients. --etcd elects the contact with etcd
+# instead (etcd from Debian's packages, started in the home agent's namespace and stopped at
+# the end).
+#
 # All traffic stays inside the namespaces this script creates; they are removed on exit,
 # also on failure and Ctrl-C.
 set -euo pipefail
+
+FAILOVER=0
+ETCD=0
+for arg in "$@"; do
+    case $arg in
+    --failover) FAILOVER=1 ;;
+    --etcd) FAILOVER=1 ETCD=1 ;;
+    -h | --help)
+        sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+        exit 0
+        ;;
+    *)
+        echo "demo.sh: unknown option $arg (--failover, --etcd)" >&2
+        exit 2
+        ;;
+    esac
+done
 
 cd "$(dirname "$0")/.."
 
@@ -26,10 +50,10 @@ fi
 
 bash scripts/setup.sh
 
-echo "== building dsnode, dsha and dsxdp (release)"
+echo "== building dsnode, dsha, dsctl and dsxdp (release)"
 cargo build --release -p ds-apps -p ds-xdp
 BIN="${CARGO_TARGET_DIR:-$PWD/target}/release"
-for b in dsnode dsha dsxdp; do
+for b in dsnode dsha dsctl dsxdp; do
     [[ -x $BIN/$b ]] || { echo "demo.sh: $BIN/$b not found after build" >&2; exit 1; }
 done
 
@@ -52,6 +76,7 @@ PIN_DIR="/sys/fs/bpf/ds/$TAG-$$"
 WORK=$(mktemp -d -t ds-demo.XXXXXX)
 ROOT="$WORK/www"
 PIDS=()
+NODE_PIDS=()
 
 # Stop one of our processes: SIGINT (it cleans up after itself), then SIGKILL after 5 s.
 stop_pid() {
@@ -162,11 +187,28 @@ wait_ready() {
 
 export RUST_LOG="${RUST_LOG:-info}" NO_COLOR=1
 echo "== starting the home agent (dsha xdp) in $HA"
-ip netns exec "$HA" "$BIN/dsha" xdp --iface h0 --addr "$HA_ADDR" --ds "$DS" --bind "${COA[0]}" \
+if ((FAILOVER)); then
+    binding=(--members "[$HA_ADDR]:7100")
+else
+    binding=(--bind "${COA[0]}")
+fi
+ip netns exec "$HA" "$BIN/dsha" xdp --iface h0 --addr "$HA_ADDR" --ds "$DS" "${binding[@]}" \
     --control "[$HA_ADDR]:7001" --secret-file "$WORK/secret" --pin-dir "$PIN_DIR" --json \
     >"$WORK/dsha.out" 2>"$WORK/dsha.log" &
 PIDS+=($!)
 wait_ready "${PIDS[-1]}" "$WORK/dsha.log" "XDP home agent up" dsha
+
+members=()
+if ((ETCD)); then
+    echo "== starting etcd in $HA (the contact election's backend)"
+    ip netns exec "$HA" etcd --name ds --data-dir "$WORK/etcd" \
+        --listen-client-urls "http://[$HA_ADDR]:2379" --advertise-client-urls "http://[$HA_ADDR]:2379" \
+        --listen-peer-urls "http://[$HA_ADDR]:2380" --initial-advertise-peer-urls "http://[$HA_ADDR]:2380" \
+        --initial-cluster "ds=http://[$HA_ADDR]:2380" >"$WORK/etcd.log" 2>&1 &
+    PIDS+=($!)
+    wait_ready "${PIDS[-1]}" "$WORK/etcd.log" "ready to serve client requests" etcd
+    members=(--election etcd --etcd "http://[$HA_ADDR]:2379")
+fi
 
 echo "== starting node 1 in $N1 and node 2 in $N2 (dsnode serve --device afxdp)"
 for i in 0 1; do
@@ -176,13 +218,23 @@ for i in 0 1; do
         # Node 1 gives the connection away after QUOTA response bytes, once.
         extra=(--peer "[${CTL[1]}]:7000" --handoff-after "$QUOTA" --max-handoffs 1)
     fi
+    if ((FAILOVER)); then
+        extra+=(--role backup --members-listen "[${CTL[$i]}]:7000" --members-ha "[$HA_ADDR]:7100"
+            --control-socket "$WORK/n$((i + 1)).sock" "${members[@]}")
+    fi
     ip netns exec "$ns" "$BIN/dsnode" serve --device afxdp --iface n0 --addr "${COA[$i]}" \
         --also-addr "$DS" --mac "${MAC[$i]}" --port 80 --root "$ROOT" \
         --control-listen "[${CTL[$i]}]:7000" --secret-file "$WORK/secret" \
         --ha-control "[$HA_ADDR]:7001" --drain acked "${extra[@]}" --json \
         >"$WORK/n$((i + 1)).out" 2>"$WORK/n$((i + 1)).log" &
     PIDS+=($!)
-    wait_ready "${PIDS[-1]}" "$WORK/n$((i + 1)).log" "serving http" "dsnode $((i + 1))"
+    NODE_PIDS+=($!)
+    if ((FAILOVER && i == 0)); then
+        # Node 1 founds the membership and registers the DS address before node 2 joins.
+        wait_ready "${PIDS[-1]}" "$WORK/n1.log" "this node is the contact" "dsnode 1"
+    else
+        wait_ready "${PIDS[-1]}" "$WORK/n$((i + 1)).log" "serving http" "dsnode $((i + 1))"
+    fi
 done
 
 # The client's TCP retransmission counter (TcpRetransSegs in /proc/net/snmp of its namespace).
@@ -203,6 +255,29 @@ stats=$(ip netns exec "$CLI" curl -6 -g -sS --fail --http1.1 --connect-timeout 5
     -o "$WORK/got" -w '%{http_code} %{size_download} %{time_total}' "http://[$DS]/obj")
 read -r code size secs <<<"$stats"
 retrans_after=$(retrans)
+failover_ms=""
+# `dsctl members` without its counters, indented.
+members_view() { awk '/^stats:/ { skip = 1; next } skip && /^  / { next } { skip = 0; print "   " $0 }'; }
+if ((FAILOVER)); then
+    echo "== node 1 holds the DS address:"
+    ip netns exec "$N1" "$BIN/dsctl" --socket "$WORK/n1.sock" members | members_view
+    echo "== kill -9 node 1 (the contact); new clients until one is served"
+    t0=$(date +%s%N)
+    kill -KILL "${NODE_PIDS[0]}"
+    { wait "${NODE_PIDS[0]}"; } 2>/dev/null || true
+    until ip netns exec "$CLI" curl -6 -g -s -I --fail --connect-timeout 0.05 --max-time 0.5 \
+        -o /dev/null "http://[$DS]/obj"; do
+        (($(date +%s%N) - t0 < 20000000000)) || { echo "RESULT: FAIL (no failover in 20 s)"; exit 1; }
+    done
+    failover_ms=$(((($(date +%s%N) - t0)) / 1000000))
+    echo "   served again after $failover_ms ms (kill -> first new connection served); node 2 now:"
+    # (Its own view may trail the home agent's answer by a poll.)
+    for _ in $(seq 20); do
+        ip netns exec "$N2" "$BIN/dsctl" --socket "$WORK/n2.sock" members | grep -q 'holds_registration: true' && break
+        sleep 0.05
+    done
+    ip netns exec "$N2" "$BIN/dsctl" --socket "$WORK/n2.sock" members | members_view
+fi
 # Let the capture see the last segments, then stop everything for the reports.
 sleep 0.3
 stop_pid "$CAP_PID"
@@ -252,8 +327,12 @@ retrans=$((retrans_after - retrans_before))
 echo "client TCP retransmissions (TcpRetransSegs): $retrans"
 # A number from a process's final JSON statistics (first occurrence of the key).
 stat() { grep -v boundary_seq "$WORK/$1.out" | grep -o "\"$2\":[0-9]*" | head -n1 | cut -d: -f2; }
-echo "node 1: $(stat n1 bytes_sent) response bytes sent, $(stat n1 moved) connection handed off," \
-    "$(stat n1 tcp_retransmits) TCP retransmissions"
+if [[ -n $(stat n1 bytes_sent) ]]; then
+    echo "node 1: $(stat n1 bytes_sent) response bytes sent, $(stat n1 moved) connection handed off," \
+        "$(stat n1 tcp_retransmits) TCP retransmissions"
+else
+    echo "node 1: killed (no final statistics)"
+fi
 echo "node 2: $(stat n2 bytes_sent) response bytes sent, $(stat n2 adopted) connection adopted," \
     "$(stat n2 tcp_retransmits) TCP retransmissions"
 echo "home agent: $(stat dsha tx) packets tunnelled, $(stat dsha moves) flow moved," \
@@ -266,4 +345,9 @@ if ((retrans != 0)); then
     echo "RESULT: FAIL (the client retransmitted $retrans segments)"
     exit 1
 fi
-echo "RESULT: OK ($SIZE bytes intact; node 1 served $QUOTA, node 2 the rest; no client retransmission)"
+if ((FAILOVER)); then
+    echo "RESULT: OK ($SIZE bytes intact; node 1 served $QUOTA, node 2 the rest; no client retransmission;" \
+        "failover $failover_ms ms$( ((ETCD)) && echo ' with etcd'))"
+else
+    echo "RESULT: OK ($SIZE bytes intact; node 1 served $QUOTA, node 2 the rest; no client retransmission)"
+fi
