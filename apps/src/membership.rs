@@ -106,6 +106,8 @@ pub(crate) struct Published {
     /// Raised whenever the set of known members changes.
     version: Arc<std::sync::atomic::AtomicU64>,
     pub(crate) stop: Arc<AtomicBool>,
+    /// Members the node's handoffs could not reach, for the thread to act on.
+    unreachable: Arc<Mutex<Vec<SocketAddr>>>,
 }
 
 impl Published {
@@ -115,6 +117,14 @@ impl Published {
             fence: Arc::new(Mutex::new(fence)),
             version: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             stop: Arc::new(AtomicBool::new(false)),
+            unreachable: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    pub(crate) fn take_unreachable(&self) -> Vec<SocketAddr> {
+        match self.unreachable.lock() {
+            Ok(mut v) => std::mem::take(&mut *v),
+            Err(_) => Vec::new(),
         }
     }
 
@@ -218,6 +228,16 @@ impl MembershipAgent {
         }
     }
 
+    /// A handoff to the member at `addr` failed: the contact drops it if it is an snode and
+    /// tells the backups (seed §2.3.2); it joins again if it is alive.
+    pub fn report_unreachable(&self, addr: SocketAddr) {
+        if let Ok(mut v) = self.published.unreachable.lock() {
+            if v.len() < 64 && !v.contains(&addr) {
+                v.push(addr);
+            }
+        }
+    }
+
     /// A number that changes whenever the set of known members changes.
     pub fn version(&self) -> u64 {
         self.published.version.load(Ordering::Relaxed)
@@ -269,6 +289,11 @@ fn run(sock: UdpSocket, mut m: ds_membership::Member, origin: Instant, published
     let mut buf = vec![0u8; ds_membership::wire::MAX_DATAGRAM + 1];
     let mut send_errors = 0u64;
     while !published.stopped() {
+        for addr in published.take_unreachable() {
+            if let Some(id) = m.members().iter().find(|x| x.addr == addr).map(|x| x.id) {
+                m.report_unreachable(id, now());
+            }
+        }
         m.poll(now());
         while let Some((to, bytes)) = m.poll_transmit() {
             if let Err(e) = sock.send_to(&bytes, to) {

@@ -235,6 +235,8 @@ pub struct Coordinator<C> {
     current: Option<Donor<C>>,
     /// The peer (index in `peers`) the handoff in progress goes to.
     current_to: usize,
+    /// Peers a handoff could not reach, for the membership.
+    unreachable: Vec<SocketAddr>,
     /// Moved connections whose packets are still forwarded, with their peer's index.
     forwarding: Vec<(usize, Donor<C>)>,
     events: Vec<NodeEvent>,
@@ -315,6 +317,7 @@ impl<C: std::fmt::Debug> Coordinator<C> {
             bu_sent: None,
             rebind_id: None,
             channel_epoch: 0,
+            unreachable: Vec::new(),
         };
         c.to_peers = c.peers.iter().map(|_| None).collect();
         // Open the home agent's channel ahead of the first move (a failure here is retried
@@ -404,6 +407,20 @@ impl<C: std::fmt::Debug> Coordinator<C> {
         // The descriptor set changed: the node's wait set is rebuilt.
         self.channel_epoch += 1;
         true
+    }
+
+    fn note_unreachable(&mut self, peer: SocketAddr) {
+        // Bounded: the membership reads it every round; a flood of failures keeps the newest.
+        if self.unreachable.len() >= 64 {
+            self.unreachable.remove(0);
+        }
+        self.unreachable.push(peer);
+    }
+
+    /// Peers a handoff could not reach since the last call (the channel failed to open, broke,
+    /// or the peer did not answer): the contact drops such snodes from its view (seed §2.3.2).
+    pub fn take_unreachable(&mut self) -> Vec<SocketAddr> {
+        std::mem::take(&mut self.unreachable)
     }
 
     /// Whether `addr` is one of this node's peers.
@@ -577,6 +594,7 @@ impl<C: std::fmt::Debug> Coordinator<C> {
         }
         if let Err(e) = self.connect_to(i) {
             tracing::warn!(peer = %to, "peer unreachable, connection kept here: {e:#}");
+            self.note_unreachable(to);
             return Err(conn);
         }
         let mut cfg = self.donor_cfg.clone();
@@ -890,6 +908,9 @@ impl<C: std::fmt::Debug> Coordinator<C> {
                     ) {
                         // The channel may be broken or out of step: the next handoff reconnects.
                         self.to_peers[to] = None;
+                        if let Some(p) = self.peers.get(to).copied() {
+                            self.note_unreachable(p);
+                        }
                     }
                     self.events.push(NodeEvent::KeptHere {
                         client,

@@ -1012,6 +1012,15 @@ impl Node {
         self.events.drain(..)
     }
 
+    /// Peers a handoff could not reach since the last call (for a membership service: the
+    /// contact drops an snode whose handoff fails, seed §2.3.2).
+    pub fn take_unreachable(&mut self) -> Vec<SocketAddr> {
+        self.core
+            .as_mut()
+            .map(|c| c.take_unreachable())
+            .unwrap_or_default()
+    }
+
     /// Whether handoff is on (a control listener or a peer was configured).
     pub fn has_handoff(&self) -> bool {
         self.core.is_some()

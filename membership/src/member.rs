@@ -1017,6 +1017,10 @@ impl Member {
                 if view.epoch > floor && view.has(me) && view.epoch.by == env.from {
                     b.promised = view.epoch;
                     self.send(src, Body::PrepareOk { epoch: view.epoch });
+                } else if !b.view.has(env.from) && env.epoch < b.view.epoch {
+                    // The coordinator is not in this newer view: it was considered failed.
+                    self.stats.dropped_stale += 1;
+                    self.send(src, Body::Rejoin);
                 } else {
                     self.stats.dropped_stale += 1;
                     self.send(

@@ -419,6 +419,44 @@ impl Sim {
         }
     }
 
+    /// The contact tries a handoff to one of its snodes; when that snode is dead or cut off,
+    /// the handoff fails and the contact drops it (seed §2.3.2) — a live one must join again.
+    fn contact_hands_off(&mut self) {
+        let Some(ci) = (0..self.nodes.len()).find(|&i| {
+            self.nodes[i]
+                .member
+                .as_ref()
+                .is_some_and(|m| m.status() == Status::Contact)
+        }) else {
+            return;
+        };
+        let snodes = self.nodes[ci]
+            .member
+            .as_ref()
+            .map(|m| m.snodes())
+            .unwrap_or_default();
+        if snodes.is_empty() {
+            return;
+        }
+        let target = snodes[self.rng.gen_range(0..snodes.len())];
+        let ti = self
+            .nodes
+            .iter()
+            .position(|n| n.member.as_ref().map(|m| m.id()) == Some(target.id));
+        let fails = match ti {
+            None => true,
+            Some(t) => !self.reachable(ci, t),
+        };
+        if fails {
+            let now = self.now;
+            if let Some(m) = self.nodes[ci].member.as_mut() {
+                m.report_unreachable(target.id, now);
+            }
+            self.trace(|| format!("node {ci}: handoff to snode {:016x} failed", target.id));
+            self.flush(ci);
+        }
+    }
+
     /// A handoff attempt between two random live nodes: the acceptor must refuse a donor whose
     /// fence is older than its own.
     fn try_handoff(&mut self) {
@@ -612,6 +650,8 @@ impl Sim {
             if self.now >= next_handoff {
                 next_handoff = self.now.after(Duration::from_millis(100));
                 self.try_handoff();
+                self.contact_hands_off();
+                self.check_always();
             }
         }
         self.check_quiet();

@@ -894,10 +894,15 @@ fn run_proxy(
         proxy.node_mut().set_fence(membership_fence());
         if let Some(m) = MEMBERSHIP.get() {
             // Item 5 of the membership issue: the policy places clients on the live members.
+            for addr in proxy.node_mut().take_unreachable() {
+                m.report_unreachable(addr);
+            }
             let v = m.version();
-            if v != members_seen && proxy.node_mut().set_peers(m.peers()) {
-                members_seen = v;
-                tracing::info!(peers = ?proxy.node_mut().peers(), "peers from the membership");
+            if v != members_seen && proxy.node_mut().has_handoff() {
+                if proxy.node_mut().set_peers(m.peers()) {
+                    members_seen = v;
+                    tracing::info!(peers = ?proxy.node_mut().peers(), "peers from the membership");
+                }
             }
         }
         proxy.step(Duration::from_millis(1), &fds)?;
