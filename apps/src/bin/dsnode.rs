@@ -898,11 +898,12 @@ fn run_proxy(
                 m.report_unreachable(addr);
             }
             let v = m.version();
-            if v != members_seen && proxy.node_mut().has_handoff() {
-                if proxy.node_mut().set_peers(m.peers()) {
-                    members_seen = v;
-                    tracing::info!(peers = ?proxy.node_mut().peers(), "peers from the membership");
-                }
+            if v != members_seen
+                && proxy.node_mut().has_handoff()
+                && proxy.node_mut().set_peers(m.peers())
+            {
+                members_seen = v;
+                tracing::info!(peers = ?proxy.node_mut().peers(), "peers from the membership");
             }
         }
         proxy.step(Duration::from_millis(1), &fds)?;
