@@ -521,6 +521,43 @@ fn failover(etcd: bool) {
         "the deposed node learned the new fence"
     );
     assert!(c.topo.client.run(|| probe(ds)), "still served");
+
+    if !etcd {
+        // A node with a wrong key cannot join (with etcd, who may campaign is etcd's own
+        // access control; the home agent still takes registrations under the cluster key only).
+        let rogue = NODES - 1;
+        n.signal(rogue, "-INT");
+        if let Some(mut p) = n.procs[rogue].take() {
+            let _ = p.wait();
+        }
+        let wrong = c.dir.path().join("wrong-secret");
+        std::fs::write(&wrong, "not the cluster secret, 32+ bytes long").expect("key");
+        let mut args = node_args(&c, rogue, &root, &n.socks[rogue], None);
+        let k = args
+            .iter()
+            .position(|a| a == "--secret-file")
+            .expect("flag");
+        args[k + 1] = wrong.display().to_string();
+        let (p, log, _) = c.topo.nodes[rogue]
+            .spawn_logged(env!("CARGO_BIN_EXE_dsnode"), &args, c.dir.path(), "rogue")
+            .expect("rogue");
+        n.procs[rogue] = Some(p);
+        std::thread::sleep(Duration::from_millis(1500));
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(
+            !text.contains("membership: joined"),
+            "a node with a wrong key joined"
+        );
+        let m = n.members(rogue).expect("the rogue node answers dsctl");
+        assert_eq!(m["status"], serde_json::json!("Joining"), "{m}");
+        let contact = n.wait_contact(None);
+        let view = n.members(contact).expect("members");
+        let coa = a.coa(rogue);
+        assert!(
+            !view["snodes"].to_string().contains(&coa),
+            "the contact lists the rogue node: {view}"
+        );
+    }
     for p in n.procs.iter().flatten() {
         let _ = std::process::Command::new("kill")
             .args(["-INT", &p.id().to_string()])
