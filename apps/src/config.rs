@@ -11,7 +11,7 @@
 //! port = 80
 //! root = "/srv/www"                  # or, proxy mode: backend = "[::1]:8080"
 //! control_socket = "/run/dsnode.sock" # for dsctl
-//! # policy = "round-robin"           # proxy mode: local | round-robin
+//! # policy = "round-robin"           # proxy mode: local | round-robin | least-connections
 //!
 //! [handoff]
 //! control_listen = "[fd00:d5:1::11]:7000"
@@ -121,7 +121,7 @@ const CHOICES: [(&str, &[&str]); 6] = [
     ("role", &["backup", "snode"]),
     ("election", &["native", "etcd"]),
     ("device", &["afxdp", "tap", "kernel"]),
-    ("policy", &["local", "round-robin"]),
+    ("policy", &["local", "round-robin", "least-connections"]),
     ("drain", &["immediate", "acked"]),
     ("steering", &["none", "transparent", "ro"]),
 ];

@@ -52,6 +52,8 @@ pub struct Snapshot {
     pub snodes: Vec<Member>,
     /// Counters.
     pub stats: ds_membership::member::MemberStats,
+    /// The members' reported loads (connections served, report time in µs), on the contact.
+    pub loads: Vec<(SocketAddr, u32, u64)>,
 }
 
 /// One member as `dsctl members` shows it.
@@ -76,7 +78,7 @@ impl From<&MemberInfo> for Member {
     }
 }
 
-fn snapshot(m: &ds_membership::Member) -> Snapshot {
+fn snapshot(m: &ds_membership::Member, now: Time) -> Snapshot {
     Snapshot {
         id: format!("{:016x}", m.id()),
         role: match m.config().role {
@@ -94,6 +96,11 @@ fn snapshot(m: &ds_membership::Member) -> Snapshot {
             .unwrap_or_default(),
         snodes: m.snodes().iter().map(Member::from).collect(),
         stats: m.stats(),
+        loads: m
+            .loads(now)
+            .iter()
+            .map(|(x, l, at)| (x.addr, *l, at.0))
+            .collect(),
     }
 }
 
@@ -108,6 +115,8 @@ pub(crate) struct Published {
     pub(crate) stop: Arc<AtomicBool>,
     /// Members the node's handoffs could not reach, for the thread to act on.
     unreachable: Arc<Mutex<Vec<SocketAddr>>>,
+    /// This node's load, set by its loop.
+    pub(crate) load: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl Published {
@@ -118,6 +127,7 @@ impl Published {
             version: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             stop: Arc::new(AtomicBool::new(false)),
             unreachable: Arc::new(Mutex::new(Vec::new())),
+            load: Arc::new(std::sync::atomic::AtomicU32::new(0)),
         }
     }
 
@@ -183,7 +193,7 @@ impl MembershipAgent {
         let mcfg = Config::new(id, cfg.listen, cfg.coa, cfg.role, cfg.home_agent);
         let origin = Instant::now();
         let member = ds_membership::Member::new(mcfg, Key::new(&cfg.secret), random_u64(), Time(0));
-        let published = Published::new(snapshot(&member), member.fence());
+        let published = Published::new(snapshot(&member, Time(0)), member.fence());
         let p = published.clone();
         tracing::info!(id = %format!("{id:016x}"), listen = %cfg.listen, role = ?cfg.role, "membership: joining");
         let thread = std::thread::Builder::new()
@@ -236,6 +246,18 @@ impl MembershipAgent {
                 v.push(addr);
             }
         }
+    }
+
+    /// This node's load (connections it serves): reported to the contact for the
+    /// least-connections policy.
+    pub fn set_load(&self, load: u32) {
+        self.published.load.store(load, Ordering::Relaxed);
+    }
+
+    /// The loads the members reported (known on the contact): for
+    /// `dserver::Node::set_peer_loads`.
+    pub fn peer_loads(&self) -> Vec<(SocketAddr, u32, u64)> {
+        self.snapshot().loads
     }
 
     /// A number that changes whenever the set of known members changes.
@@ -294,6 +316,7 @@ fn run(sock: UdpSocket, mut m: ds_membership::Member, origin: Instant, published
                 m.report_unreachable(id, now());
             }
         }
+        m.set_load(published.load.load(Ordering::Relaxed));
         m.poll(now());
         while let Some((to, bytes)) = m.poll_transmit() {
             if let Err(e) = sock.send_to(&bytes, to) {
@@ -322,7 +345,7 @@ fn run(sock: UdpSocket, mut m: ds_membership::Member, origin: Instant, published
         }
         let mut members: Vec<SocketAddr> = m.members().iter().map(|x| x.addr).collect();
         members.sort_unstable();
-        published.publish(snapshot(&m), m.fence(), members, &mut known);
+        published.publish(snapshot(&m, now()), m.fence(), members, &mut known);
         let wait = m
             .poll_timeout()
             .map(|t| t.since(now()))

@@ -66,6 +66,7 @@ pub(crate) fn initial_snapshot(id: u64, cfg: &MembershipConfig) -> Snapshot {
         backups: Vec::new(),
         snodes: Vec::new(),
         stats: Default::default(),
+        loads: Vec::new(),
     }
 }
 
@@ -407,6 +408,8 @@ fn publish(
         backups: list(true),
         snodes: list(false),
         stats: Default::default(),
+        // Loads are not reported through etcd (least-connections sees only this node's).
+        loads: Vec::new(),
     };
     let mut addrs: Vec<SocketAddr> = view.members.values().map(|r| r.addr).collect();
     addrs.sort_unstable();

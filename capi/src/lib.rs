@@ -172,7 +172,8 @@ pub unsafe extern "C" fn ds_config_free(cfg: *mut ds_config) {
 
 /// Set one setting: `ds_addr` (required), `care_of`, `device` (`afxdp` or `tap`), `iface`,
 /// `mac`, `port`, `secret_file`, `control_listen`, `peer` (repeat for several),
-/// `home_agent`, `service`, `reply_timeout_ms`, `policy` (`local` or `round-robin`). Values
+/// `home_agent`, `service`, `reply_timeout_ms`, `policy` (`local`, `round-robin` or
+/// `least-connections`). Values
 /// are checked when the node is made.
 ///
 /// # Safety
@@ -268,7 +269,12 @@ fn builder(cfg: &ds_config, default_device: &str) -> Result<dserver::Builder, St
     match cfg.values.get("policy").map(String::as_str) {
         None | Some("local") => {}
         Some("round-robin") => b = b.policy(dserver::Policy::RoundRobin),
-        Some(p) => return Err(format!("policy = {p:?}: local or round-robin")),
+        Some("least-connections") => b = b.policy(dserver::Policy::LeastConnections),
+        Some(p) => {
+            return Err(format!(
+                "policy = {p:?}: local, round-robin or least-connections"
+            ))
+        }
     }
     Ok(b)
 }

@@ -916,7 +916,8 @@ impl Node {
     /// # use std::io::Read;
     /// ```
     pub fn place(&mut self, first: &[u8]) -> Placement {
-        self.chooser.place(first, &self.peers)
+        let here = self.conns.len();
+        self.chooser.place(first, &self.peers, here)
     }
 
     /// The other nodes, by control address.
@@ -1019,6 +1020,13 @@ impl Node {
             .as_mut()
             .map(|c| c.take_unreachable())
             .unwrap_or_default()
+    }
+
+    /// The peers' loads `(peer, connections it serves, report stamp)`, e.g. from the
+    /// membership, for [`Policy::LeastConnections`]: a report with a new stamp replaces the
+    /// clients this node placed on that peer since the previous one.
+    pub fn set_peer_loads(&mut self, loads: &[(SocketAddr, u32, u64)]) {
+        self.chooser.set_loads(loads);
     }
 
     /// Whether handoff is on (a control listener or a peer was configured).

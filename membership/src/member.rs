@@ -307,6 +307,10 @@ pub struct Member {
     out: VecDeque<(SocketAddr, Vec<u8>)>,
     events: VecDeque<Event>,
     stats: MemberStats,
+    /// This node's load, as the application sets it.
+    load: u32,
+    /// The loads members reported to this node (the contact), with when.
+    loads: std::collections::BTreeMap<NodeId, (u32, Time)>,
 }
 
 impl Member {
@@ -326,7 +330,28 @@ impl Member {
             out: VecDeque::new(),
             events: VecDeque::new(),
             stats: MemberStats::default(),
+            load: 0,
+            loads: std::collections::BTreeMap::new(),
         }
+    }
+
+    /// This node's load (connections it serves), reported to the contact in its answers to
+    /// the contact's pings.
+    pub fn set_load(&mut self, load: u32) {
+        self.load = load;
+    }
+
+    /// The loads the members reported (to the contact; within the last few pings), by
+    /// member, with when each report arrived: for the least-connections policy.
+    pub fn loads(&self, now: Time) -> Vec<(MemberInfo, u32, Time)> {
+        let fresh = self.cfg.snode_dead;
+        self.members()
+            .into_iter()
+            .filter_map(|m| {
+                let (l, at) = self.loads.get(&m.id)?;
+                (now.since(*at) < fresh).then_some((m, *l, *at))
+            })
+            .collect()
     }
 
     /// This node's identity.
@@ -646,6 +671,11 @@ impl Member {
                     }
                     broadcast = b.snodes.len() != before;
                     for (m, _) in b.snodes.values() {
+                        sends.push((m.addr, Body::Ping { contact: cfg.me() }));
+                    }
+                    // The backups are pinged too, for their loads only (their liveness is
+                    // their successors' business).
+                    for m in b.view.backups.iter().filter(|m| m.id != me) {
                         sends.push((m.addr, Body::Ping { contact: cfg.me() }));
                     }
                 }
@@ -1080,12 +1110,22 @@ impl Member {
                 }
             }
             Body::Ping { contact } => self.on_ping(now, env.from, env.epoch, env.fence, contact),
-            Body::Pong { me } => {
+            Body::Pong { me, load } => {
                 let contact = self.status() == Status::Contact;
                 let max = self.cfg.max_snodes;
+                if contact
+                    && me.id == env.from
+                    && (self.loads.len() < 4096 || self.loads.contains_key(&me.id))
+                {
+                    self.loads.insert(me.id, (load, now));
+                }
                 let Some(b) = self.backup() else { return };
                 if !contact || me.id != env.from {
                     self.stats.dropped_unexpected += 1;
+                    return;
+                }
+                if b.view.has(me.id) {
+                    // A backup's answer: its load only.
                     return;
                 }
                 let new = !b.snodes.contains_key(&me.id);
@@ -1318,13 +1358,15 @@ impl Member {
                 };
                 self.events.push_back(Event::ContactChanged { contact });
             }
+            State::Backup(b) if b.view.contact().map(|c| c.id) == Some(from) => {}
             _ => {
                 self.stats.dropped_unexpected += 1;
                 return;
             }
         }
         let me = self.cfg.me();
-        self.send(contact.addr, Body::Pong { me });
+        let load = self.load;
+        self.send(contact.addr, Body::Pong { me, load });
     }
 
     fn on_register_reply(

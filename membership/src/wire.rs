@@ -203,10 +203,12 @@ pub enum Body {
         /// The contact.
         contact: MemberInfo,
     },
-    /// Snode → contact: alive.
+    /// Member → contact: alive, and how loaded (for the least-connections policy).
     Pong {
         /// Who and where.
         me: MemberInfo,
+        /// Connections it serves.
+        load: u32,
     },
     /// Contact → home agent: bind the DS address to my care-of address.
     Register {
@@ -373,7 +375,10 @@ mod tests {
             seq: 1,
             epoch: Epoch { view: 3, by: 7 },
             fence: Epoch { view: 2, by: 7 },
-            body: Body::Pong { me: info(7) },
+            body: Body::Pong {
+                me: info(7),
+                load: 3,
+            },
         };
         let d = seal(&k, &env);
         assert_eq!(open(&k, &d).unwrap(), env);

@@ -189,6 +189,30 @@ fn contact_failover_and_a_deposed_contact_cannot_act() {
 }
 
 #[test]
+fn the_contact_learns_the_members_loads() {
+    let mut net = Net::new();
+    let key = b"the cluster secret";
+    let a = net.add(10, Role::Backup, key);
+    net.run(Duration::from_millis(20));
+    let b = net.add(20, Role::Backup, key);
+    let s = net.add(40, Role::Snode, key);
+    net.run(Duration::from_millis(400));
+    net.members[b].set_load(7);
+    net.members[s].set_load(3);
+    net.run(Duration::from_millis(700));
+    let now = net.now;
+    let mut loads: Vec<(u64, u32)> = net.members[a]
+        .loads(now)
+        .iter()
+        .map(|(m, l, _)| (m.id, *l))
+        .collect();
+    loads.sort_unstable();
+    assert_eq!(loads, vec![(20, 7), (40, 3)]);
+    // The backup stays a backup (its answers carry its load only).
+    assert_eq!(net.members[a].snodes().len(), 1);
+}
+
+#[test]
 fn wrong_key_cannot_join_or_register() {
     let mut net = Net::new();
     let a = net.add(10, Role::Backup, b"the cluster secret");

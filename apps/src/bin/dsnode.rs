@@ -79,6 +79,8 @@ enum PolicyChoice {
     Local,
     /// This node, then the peer, in turn.
     RoundRobin,
+    /// The node serving the fewest connections (loads reported through the membership).
+    LeastConnections,
 }
 
 #[derive(Args, Debug)]
@@ -866,6 +868,7 @@ fn run_proxy(
         .policy(match args.policy {
             PolicyChoice::Local => dserver::Policy::Local,
             PolicyChoice::RoundRobin => dserver::Policy::RoundRobin,
+            PolicyChoice::LeastConnections => dserver::Policy::LeastConnections,
         });
     let mut node = b.build().context("starting the node")?;
     // The UDP echo service, written against the library's node like the proxy.
@@ -886,6 +889,8 @@ fn run_proxy(
     let started = std::time::Instant::now();
     let mut fds = Vec::new();
     let mut members_seen = u64::MAX;
+    let mut last_loads = std::time::Instant::now();
+    let mut last_peer_loads = Vec::new();
     while !stop.load(Ordering::SeqCst) {
         fds.clear();
         if let Some(ctl) = &control {
@@ -896,6 +901,23 @@ fn run_proxy(
             // Item 5 of the membership issue: the policy places clients on the live members.
             for addr in proxy.node_mut().take_unreachable() {
                 m.report_unreachable(addr);
+            }
+            if last_loads.elapsed() >= Duration::from_millis(100) {
+                // Loads for the least-connections policy, both ways.
+                last_loads = std::time::Instant::now();
+                m.set_load(proxy.node_mut().connections() as u32);
+                if args.policy == PolicyChoice::LeastConnections {
+                    let loads = m.peer_loads();
+                    if loads != last_peer_loads {
+                        tracing::debug!(
+                            ?loads,
+                            here = proxy.node_mut().connections(),
+                            "peer loads"
+                        );
+                        proxy.node_mut().set_peer_loads(&loads);
+                        last_peer_loads = loads;
+                    }
+                }
             }
             let v = m.version();
             if v != members_seen
