@@ -171,7 +171,7 @@ done
 mkdir -p "$ROOT"
 head -c "$SIZE" /dev/urandom >"$ROOT/obj"
 want=$(sha256sum "$ROOT/obj" | awk '{print $1}')
-head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$WORK/secret"
+(umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$WORK/secret")
 
 # Wait until a process's log shows it is ready, or fail if it died or took too long.
 wait_ready() {

@@ -83,6 +83,8 @@ fn a_short_secret_is_refused() {
     let dir = ds_testbed::TempDir::new("cli-test").expect("temp dir");
     let secret = dir.path().join("secret");
     std::fs::write(&secret, "too short\n").expect("write secret");
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod");
     let s = secret.to_str().expect("utf-8 path");
     let d = dir.path().to_str().expect("utf-8 path");
     let serve = "serve --device tap --iface dstest0 --addr fd00::1 --root {root}";
@@ -112,6 +114,43 @@ fn a_short_secret_is_refused() {
     }
 }
 
+/// Issue 12, finding 9: a secret file others may read or write is refused with the fix in the
+/// message, and a device (`/dev/zero`) is refused before anything is read from it.
+#[test]
+fn a_secret_file_others_may_read_is_refused() {
+    let dir = ds_testbed::TempDir::new("cli-secret").expect("temp dir");
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "a long enough cluster secret, 32+ bytes\n").expect("write secret");
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .expect("chmod");
+    let s = secret.to_str().expect("utf-8 path");
+    let d = dir.path().to_str().expect("utf-8 path");
+    let serve = "serve --device tap --iface dstest0 --addr fd00::1 --root {root}";
+    let (dsnode, dsha) = (env!("CARGO_BIN_EXE_dsnode"), env!("CARGO_BIN_EXE_dsha"));
+    let cases = [
+        (
+            dsnode,
+            format!("{serve} --peer [fd00::2]:7000 --secret-file {{secret}}"),
+            "chmod 600",
+        ),
+        (
+            dsha,
+            "xdp --iface lo --addr fd00::a --ds fd00::80 --bind fd00::1 --control [::1]:0 \
+             --secret-file {secret}"
+                .to_string(),
+            "chmod 600",
+        ),
+        (
+            dsnode,
+            format!("{serve} --peer [fd00::2]:7000 --secret-file /dev/zero"),
+            "not a regular file",
+        ),
+    ];
+    for (bin, words, why) in &cases {
+        refused(bin, &argv(words, s, d), why);
+    }
+}
+
 /// `dsnode serve --config FILE`: the file's keys are the options (the command line overrides
 /// them), and a mistake in the file names the line and the key, before anything is touched.
 #[test]
@@ -119,6 +158,8 @@ fn dsnode_takes_a_toml_config() {
     let dir = ds_testbed::TempDir::new("cli-config").expect("temp dir");
     let secret = dir.path().join("secret");
     std::fs::write(&secret, "too short\n").expect("write secret");
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod");
     let root = dir.path().to_str().expect("utf-8 path");
     let node = dir.path().join("node.toml");
     // The file's root does not exist; the command line gives a real one. The short secret is

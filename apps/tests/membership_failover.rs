@@ -532,6 +532,8 @@ fn failover(etcd: bool) {
         }
         let wrong = c.dir.path().join("wrong-secret");
         std::fs::write(&wrong, "not the cluster secret, 32+ bytes long").expect("key");
+        std::fs::set_permissions(&wrong, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("chmod");
         let mut args = node_args(&c, rogue, &root, &n.socks[rogue], None);
         let k = args
             .iter()

@@ -91,6 +91,15 @@ pub fn frame_len(plaintext: usize) -> usize {
     LEN_LEN + plaintext + TAG_LEN
 }
 
+/// Largest secret file read.
+pub const MAX_SECRET_FILE: usize = 4096;
+
+/// A secret file that cannot be trusted (others may read or change it, not a regular file,
+/// too large), as an I/O error with the reason.
+fn secret_file(why: String) -> ChannelError {
+    ChannelError::Io(io::Error::new(io::ErrorKind::PermissionDenied, why))
+}
+
 /// The shared cluster secret (input keying material). Its `Debug` output is redacted.
 #[derive(Clone)]
 pub struct ClusterSecret(Vec<u8>);
@@ -98,8 +107,33 @@ pub struct ClusterSecret(Vec<u8>);
 impl ClusterSecret {
     /// Read a secret from a file: its bytes without trailing line ends (so `echo secret >
     /// file` and `printf secret > file` give the same key), at least [`MIN_SECRET_LEN`].
+    ///
+    /// The file must be a regular file that only its owner may read or write (mode 0600 or
+    /// stricter: anyone else who can read it can join the cluster and hijack connections;
+    /// anyone who can write it can replace the key), of at most [`MAX_SECRET_FILE`] bytes, so
+    /// that a device such as `/dev/zero` given by mistake is refused, not read forever.
     pub fn from_file(path: &std::path::Path) -> Result<Self, ChannelError> {
-        let mut bytes = std::fs::read(path)?;
+        use std::os::unix::fs::MetadataExt;
+        let f = std::fs::File::open(path)?;
+        let md = f.metadata()?;
+        let name = path.display();
+        if !md.is_file() {
+            return Err(secret_file(format!("{name}: not a regular file")));
+        }
+        let mode = md.mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(secret_file(format!(
+                "{name}: mode {mode:04o} lets others read or write it; make it owner-only \
+                 (chmod 600 {name})"
+            )));
+        }
+        let mut bytes = Vec::new();
+        f.take(MAX_SECRET_FILE as u64 + 1).read_to_end(&mut bytes)?;
+        if bytes.len() > MAX_SECRET_FILE {
+            return Err(secret_file(format!(
+                "{name}: larger than {MAX_SECRET_FILE} bytes"
+            )));
+        }
         while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
             bytes.pop();
         }
@@ -586,6 +620,37 @@ impl Channel {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn secret_files_must_be_private_regular_and_small() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("ds-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("secret");
+        std::fs::write(&f, "a cluster secret of 32 bytes ...\n").unwrap();
+        for mode in [0o644, 0o640, 0o604, 0o622, 0o666] {
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = ClusterSecret::from_file(&f).unwrap_err();
+            assert!(e.to_string().contains("chmod 600"), "{mode:o}: {e}");
+        }
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(ClusterSecret::from_file(&f).is_ok());
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o400)).unwrap();
+        assert!(ClusterSecret::from_file(&f).is_ok());
+        let big = dir.join("big");
+        std::fs::write(&big, vec![b'x'; MAX_SECRET_FILE + 1]).unwrap();
+        std::fs::set_permissions(&big, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(matches!(
+            ClusterSecret::from_file(&big),
+            Err(e) if e.to_string().contains("larger")
+        ));
+        // A device is refused before anything is read from it.
+        assert!(matches!(
+            ClusterSecret::from_file(std::path::Path::new("/dev/zero")),
+            Err(e) if e.to_string().contains("regular")
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     use super::*;
 
     fn pair(a: &[u8], b: &[u8]) -> Result<(Codec, Codec), ChannelError> {

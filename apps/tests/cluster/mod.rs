@@ -109,6 +109,9 @@ impl Cluster {
         let dir = TempDir::new(prefix).expect("temp dir");
         let secret = dir.path().join("secret");
         std::fs::write(&secret, format!("{prefix} test cluster secret, 32+ bytes")).expect("key");
+        // Secret files must be owner-only.
+        std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("chmod");
         let (client, ds, ha) = (a.client(), a.ds(), a.ha());
         let ctl: Vec<String> = (0..a.nodes).map(|i| a.ctl(i)).collect();
         let coa: Vec<String> = (0..a.nodes).map(|i| a.coa(i)).collect();

@@ -161,6 +161,8 @@ pub(super) fn start(topo: &Topology, plan: &Plan, dir: &Path) -> Result<Procs> {
     {
         let mut f = std::fs::File::create(&secret)?;
         f.write_all(SECRET)?;
+        // Secret files must be owner-only.
+        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     }
     // Kernel nodes' addresses and MACs first, before any process resolves its peer's (a
     // MAC changed later would leave a stale neighbour entry behind).
