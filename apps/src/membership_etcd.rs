@@ -21,7 +21,7 @@
 //! default election timeout) against ~0.2 s for the native protocol.
 
 use crate::membership::{Member, MembershipConfig, Published, Snapshot};
-use ds_membership::wire::{self, Body, Envelope, Key, MemberInfo, ReplayGuard};
+use ds_membership::wire::{self, Body, Endpoint, Key, MemberInfo};
 use ds_membership::{Epoch, Role, Status, Time};
 use etcd_client::{Client, ConnectOptions, GetOptions, PutOptions};
 use std::collections::BTreeMap;
@@ -91,9 +91,7 @@ struct View {
 
 /// The registration half: the same authenticated messages as the native protocol's contact.
 struct Registrant {
-    key: Key,
-    seq: u64,
-    replay: ReplayGuard,
+    wire: Endpoint,
     registered: Option<Epoch>,
     dead: Vec<(u64, Ipv6Addr, Instant)>,
     buf: Vec<u8>,
@@ -101,26 +99,19 @@ struct Registrant {
 
 impl Registrant {
     fn register(&mut self, sock: &UdpSocket, ha: SocketAddr, me: MemberInfo, epoch: Epoch) {
-        self.seq += 1;
         let now = Instant::now();
         self.dead.retain(|(_, _, until)| *until > now);
-        let env = Envelope {
-            from: me.id,
-            seq: self.seq,
-            epoch,
-            fence: epoch,
-            body: Body::Register {
-                me,
-                lease_us: HA_LEASE.as_micros() as u64,
-                dead: self
-                    .dead
-                    .iter()
-                    .map(|(id, coa, _)| (*id, *coa))
-                    .take(wire::MAX_DEAD)
-                    .collect(),
-            },
+        let body = Body::Register {
+            me,
+            lease_us: HA_LEASE.as_micros() as u64,
+            dead: self
+                .dead
+                .iter()
+                .map(|(id, coa, _)| (*id, *coa))
+                .take(wire::MAX_DEAD)
+                .collect(),
         };
-        let _ = sock.send_to(&wire::seal(&self.key, &env), ha);
+        let _ = sock.send_to(&self.wire.seal(epoch, epoch, body), ha);
     }
 
     /// Read the home agent's answers; `Err` when a live contact with a newer epoch holds the
@@ -140,13 +131,10 @@ impl Registrant {
             if src != ha {
                 continue;
             }
-            let Ok(env) = wire::open(&self.key, &self.buf[..n]) else {
+            let now = Time(origin.elapsed().as_micros() as u64);
+            let Some(env) = self.wire.open(now, &self.buf[..n]) else {
                 continue;
             };
-            let now = Time(origin.elapsed().as_micros() as u64);
-            if self.replay.check(now, env.from, env.seq).is_err() {
-                continue;
-            }
             if let Body::RegisterReply {
                 ok,
                 holder,
@@ -191,9 +179,7 @@ pub(crate) fn run(
         return;
     }
     let mut reg = Registrant {
-        key: Key::new(&cfg.secret),
-        seq: 0,
-        replay: ReplayGuard::new(64),
+        wire: Endpoint::new(Key::new(&cfg.secret), id, 64),
         registered: None,
         dead: Vec::new(),
         buf: vec![0; wire::MAX_DATAGRAM + 1],

@@ -1,6 +1,6 @@
 //! One node's membership state machine (seed §2.3.1 and §2.3.2), sans-IO.
 
-use crate::wire::{self, Body, Envelope, JoinAs, Key, MemberInfo, ReplayGuard, View, WireError};
+use crate::wire::{self, Body, Endpoint, JoinAs, Key, MemberInfo, View};
 use crate::{Epoch, NodeId, Time};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -293,9 +293,8 @@ enum State {
 #[derive(Debug)]
 pub struct Member {
     cfg: Config,
-    key: Key,
+    wire: Endpoint,
     rng: StdRng,
-    seq: u64,
     state: State,
     /// The newest epoch seen in any authentic message.
     seen: Epoch,
@@ -303,7 +302,6 @@ pub struct Member {
     fence: Epoch,
     /// The epoch to speak with (last view or contact epoch).
     epoch: Epoch,
-    replay: ReplayGuard,
     out: VecDeque<(SocketAddr, Vec<u8>)>,
     events: VecDeque<Event>,
     stats: MemberStats,
@@ -318,11 +316,9 @@ impl Member {
     /// random source outside simulations: join challenges must be unpredictable).
     pub fn new(cfg: Config, key: Key, seed: u64, now: Time) -> Self {
         Member {
-            replay: ReplayGuard::new(cfg.replay_peers),
+            wire: Endpoint::new(key, cfg.id, cfg.replay_peers),
             cfg,
-            key,
             rng: StdRng::seed_from_u64(seed),
-            seq: 0,
             state: State::Joining { next: now },
             seen: Epoch::default(),
             fence: Epoch::default(),
@@ -442,7 +438,13 @@ impl Member {
 
     /// Counters.
     pub fn stats(&self) -> MemberStats {
-        self.stats
+        let d = self.wire.drops();
+        MemberStats {
+            dropped_auth: d.auth,
+            dropped_malformed: d.malformed,
+            dropped_replay: d.replay,
+            ..self.stats
+        }
     }
 
     /// A handoff to `id` failed: the contact drops that snode and tells the backups (seed
@@ -516,16 +518,9 @@ impl Member {
             self.stats.dropped_queue += 1;
             return;
         }
-        self.seq += 1;
-        let env = Envelope {
-            from: self.cfg.id,
-            seq: self.seq,
-            epoch: self.epoch,
-            fence: self.fence,
-            body,
-        };
         self.stats.sent += 1;
-        self.out.push_back((to, wire::seal(&self.key, &env)));
+        let d = self.wire.seal(self.epoch, self.fence, body);
+        self.out.push_back((to, d));
     }
 
     fn jitter(&mut self, d: Duration) -> Duration {
@@ -920,23 +915,11 @@ impl Member {
 
     /// One datagram from `src`.
     pub fn handle(&mut self, now: Time, src: SocketAddr, datagram: &[u8]) {
-        let env = match wire::open(&self.key, datagram) {
-            Ok(e) => e,
-            Err(WireError::Malformed) => {
-                self.stats.dropped_malformed += 1;
-                return;
-            }
-            Err(_) => {
-                self.stats.dropped_auth += 1;
-                return;
-            }
+        let Some(env) = self.wire.open(now, datagram) else {
+            return;
         };
         if env.from == self.cfg.id {
             self.stats.dropped_unexpected += 1;
-            return;
-        }
-        if self.replay.check(now, env.from, env.seq).is_err() {
-            self.stats.dropped_replay += 1;
             return;
         }
         self.stats.received += 1;

@@ -10,7 +10,7 @@
 //! The registry also relays a joiner's `Hello` to the holder (seed §2.3: a node finds the
 //! contact by sending to the home address), or answers `NoContact` when no lease runs.
 
-use crate::wire::{self, Body, Envelope, Key, MemberInfo, ReplayGuard, WireError};
+use crate::wire::{Body, Endpoint, Key, MemberInfo};
 use crate::{Epoch, NodeId, Time};
 use std::collections::VecDeque;
 use std::net::{Ipv6Addr, SocketAddr};
@@ -104,12 +104,10 @@ pub struct Holder {
 /// The registration authority (sans-IO).
 #[derive(Debug)]
 pub struct Registry {
-    key: Key,
+    wire: Endpoint,
     cfg: RegistryConfig,
-    seq: u64,
     holder: Option<Holder>,
     last: Epoch,
-    replay: ReplayGuard,
     out: VecDeque<(SocketAddr, Vec<u8>)>,
     events: VecDeque<RegistryEvent>,
     stats: RegistryStats,
@@ -120,11 +118,9 @@ impl Registry {
     /// A registry with no holder.
     pub fn new(key: Key, cfg: RegistryConfig) -> Self {
         Registry {
-            key,
-            seq: 0,
+            wire: Endpoint::new(key, cfg.id, cfg.replay_peers),
             holder: None,
             last: Epoch::default(),
-            replay: ReplayGuard::new(cfg.replay_peers),
             out: VecDeque::new(),
             events: VecDeque::new(),
             stats: RegistryStats::default(),
@@ -145,7 +141,13 @@ impl Registry {
 
     /// Counters.
     pub fn stats(&self) -> RegistryStats {
-        self.stats
+        let d = self.wire.drops();
+        RegistryStats {
+            dropped_auth: d.auth,
+            dropped_malformed: d.malformed,
+            dropped_replay: d.replay,
+            ..self.stats
+        }
     }
 
     /// Next datagram to send.
@@ -162,34 +164,16 @@ impl Registry {
         if self.out.len() >= self.cfg.max_queue {
             return;
         }
-        self.seq += 1;
-        let env = Envelope {
-            from: self.cfg.id,
-            seq: self.seq,
-            epoch: self.last,
-            fence: self.holder.map(|h| h.since).unwrap_or_default(),
-            body,
-        };
-        self.out.push_back((to, wire::seal(&self.key, &env)));
+        let fence = self.holder.map(|h| h.since).unwrap_or_default();
+        let d = self.wire.seal(self.last, fence, body);
+        self.out.push_back((to, d));
     }
 
     /// One datagram from the network.
     pub fn handle(&mut self, now: Time, datagram: &[u8]) {
-        let env = match wire::open(&self.key, datagram) {
-            Ok(e) => e,
-            Err(WireError::Malformed) => {
-                self.stats.dropped_malformed += 1;
-                return;
-            }
-            Err(_) => {
-                self.stats.dropped_auth += 1;
-                return;
-            }
-        };
-        if self.replay.check(now, env.from, env.seq).is_err() {
-            self.stats.dropped_replay += 1;
+        let Some(env) = self.wire.open(now, datagram) else {
             return;
-        }
+        };
         match env.body {
             Body::Register { me, lease_us, dead } if me.id == env.from => {
                 if self.register(now, me, env.epoch, lease_us) {
