@@ -78,77 +78,71 @@ fn dsha_xdp_help_lists_its_options() {
     );
 }
 
-#[test]
-fn a_short_secret_is_refused() {
-    let dir = ds_testbed::TempDir::new("cli-test").expect("temp dir");
+/// Both daemons refuse a secret file written with `content` and `mode`, saying `why`; then
+/// each `(binary, arguments, why)` of `more` (`{secret}` and `{root}` filled in).
+fn secret_refused(tag: &str, content: &str, mode: u32, why: &str, more: &[(&str, String, &str)]) {
+    // (Temporary directories are named after the tag and the process: one tag per test.)
+    let dir = ds_testbed::TempDir::new(tag).expect("temp dir");
     let secret = dir.path().join("secret");
-    std::fs::write(&secret, "too short\n").expect("write secret");
-    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+    std::fs::write(&secret, content).expect("write secret");
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(mode))
         .expect("chmod");
     let s = secret.to_str().expect("utf-8 path");
     let d = dir.path().to_str().expect("utf-8 path");
-    let serve = "serve --device tap --iface dstest0 --addr fd00::1 --root {root}";
-    let (dsnode, dsha) = (env!("CARGO_BIN_EXE_dsnode"), env!("CARGO_BIN_EXE_dsha"));
-    let cases = [
+    let both = [
         (
-            dsnode,
-            format!("{serve} --peer [fd00::2]:7000 --secret-file {{secret}}"),
-            "at least 16 bytes",
+            env!("CARGO_BIN_EXE_dsnode"),
+            format!("{SERVE} --peer [fd00::2]:7000 --secret-file {{secret}}"),
+            why,
         ),
         (
-            dsha,
+            env!("CARGO_BIN_EXE_dsha"),
             "xdp --iface lo --addr fd00::a --ds fd00::80 --bind fd00::1 --control [::1]:0 \
              --secret-file {secret}"
                 .to_string(),
-            "at least 16 bytes",
-        ),
-        // A secret without a peer or listener: handoff options without handoff.
-        (
-            dsnode,
-            format!("{serve} --secret-file {{secret}}"),
-            "needs --control-listen",
+            why,
         ),
     ];
-    for (bin, words, why) in &cases {
+    for (bin, words, why) in both.iter().chain(more) {
         refused(bin, &argv(words, s, d), why);
     }
+}
+
+const SERVE: &str = "serve --device tap --iface dstest0 --addr fd00::1 --root {root}";
+
+#[test]
+fn a_short_secret_is_refused() {
+    // A secret without a peer or listener: handoff options without handoff.
+    let alone = (
+        env!("CARGO_BIN_EXE_dsnode"),
+        format!("{SERVE} --secret-file {{secret}}"),
+        "needs --control-listen",
+    );
+    secret_refused(
+        "cli-test",
+        "too short\n",
+        0o600,
+        "at least 16 bytes",
+        &[alone],
+    );
 }
 
 /// Issue 12, finding 9: a secret file others may read or write is refused with the fix in the
 /// message, and a device (`/dev/zero`) is refused before anything is read from it.
 #[test]
 fn a_secret_file_others_may_read_is_refused() {
-    let dir = ds_testbed::TempDir::new("cli-secret").expect("temp dir");
-    let secret = dir.path().join("secret");
-    std::fs::write(&secret, "a long enough cluster secret, 32+ bytes\n").expect("write secret");
-    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o644))
-        .expect("chmod");
-    let s = secret.to_str().expect("utf-8 path");
-    let d = dir.path().to_str().expect("utf-8 path");
-    let serve = "serve --device tap --iface dstest0 --addr fd00::1 --root {root}";
-    let (dsnode, dsha) = (env!("CARGO_BIN_EXE_dsnode"), env!("CARGO_BIN_EXE_dsha"));
-    let cases = [
-        (
-            dsnode,
-            format!("{serve} --peer [fd00::2]:7000 --secret-file {{secret}}"),
-            "chmod 600",
-        ),
-        (
-            dsha,
-            "xdp --iface lo --addr fd00::a --ds fd00::80 --bind fd00::1 --control [::1]:0 \
-             --secret-file {secret}"
-                .to_string(),
-            "chmod 600",
-        ),
-        (
-            dsnode,
-            format!("{serve} --peer [fd00::2]:7000 --secret-file /dev/zero"),
-            "not a regular file",
-        ),
-    ];
-    for (bin, words, why) in &cases {
-        refused(bin, &argv(words, s, d), why);
-    }
+    let device = (
+        env!("CARGO_BIN_EXE_dsnode"),
+        format!("{SERVE} --peer [fd00::2]:7000 --secret-file /dev/zero"),
+        "not a regular file",
+    );
+    secret_refused(
+        "cli-secret",
+        "a long enough cluster secret, 32+ bytes\n",
+        0o644,
+        "chmod 600",
+        &[device],
+    );
 }
 
 /// `dsnode serve --config FILE`: the file's keys are the options (the command line overrides

@@ -180,6 +180,55 @@ fn pattern(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i % 251) as u8).collect()
 }
 
+/// curl downloads `big.bin` from `host` at `rate` into the test's directory as `name`, in the
+/// background (stderr kept for the caller); returns once at least `min` bytes arrived.
+fn download(
+    c: &Cluster,
+    name: &str,
+    host: &str,
+    rate: &str,
+    min: u64,
+) -> (std::process::Child, PathBuf) {
+    let got = c.dir.path().join(name);
+    let curl = c
+        .topo
+        .client
+        .command("curl")
+        .args([
+            "-sS",
+            "--fail",
+            "--max-time",
+            "60",
+            "--limit-rate",
+            rate,
+            "-o",
+        ])
+        .arg(&got)
+        .arg(format!("http://[{host}]/big.bin"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("curl");
+    let t = Instant::now();
+    while std::fs::metadata(&got).map(|m| m.len()).unwrap_or(0) < min.max(1) {
+        assert!(t.elapsed() < UP, "{name}: the download does not progress");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    (curl, got)
+}
+
+/// The download in `got` finished (`curl` exited well) and is `big.bin`, byte-exact.
+fn assert_whole(curl: std::process::Child, got: &std::path::Path, what: &str) {
+    let out = curl.wait_with_output().expect("curl");
+    assert!(
+        out.status.success(),
+        "{what}: curl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let body = std::fs::read(got).expect("download");
+    assert_eq!(body.len(), BIG, "{what}: length");
+    assert!(body == pattern(BIG), "{what}: bytes differ");
+}
+
 #[test]
 fn contact_failover_twenty_times_and_a_stopped_contact_stays_deposed() {
     if !ds_testbed::require_root(
@@ -274,32 +323,7 @@ fn failover(etcd: bool) {
     let mut contact = first;
     for round in 0..rounds() {
         // A download that the contact hands to the taker after 300 kB.
-        let got = c.dir.path().join(format!("got{round}.bin"));
-        let mut curl = c
-            .topo
-            .client
-            .command("curl")
-            .args([
-                "-sS",
-                "--fail",
-                "--max-time",
-                "30",
-                "--limit-rate",
-                "1M",
-                "-o",
-            ])
-            .arg(&got)
-            .arg(format!("http://[{}]/big.bin", a.ds()))
-            .spawn()
-            .expect("curl");
-        let t = Instant::now();
-        while std::fs::metadata(&got).map(|m| m.len()).unwrap_or(0) < 450_000 {
-            assert!(
-                t.elapsed() < UP,
-                "round {round}: the download does not progress"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let (curl, got) = download(&c, &format!("got{round}.bin"), &a.ds(), "1M", 450_000);
         // SIGKILL the contact; probe until a new connection is served.
         let killed_at = Instant::now();
         n.signal(contact, "-KILL");
@@ -324,14 +348,7 @@ fn failover(etcd: bool) {
             took.as_secs_f64() * 1e3
         );
         // The download continues on the taker and arrives whole.
-        let st = curl.wait().expect("curl");
-        assert!(
-            st.success(),
-            "round {round}: the handed-off download failed"
-        );
-        let body = std::fs::read(&got).expect("download");
-        assert_eq!(body.len(), BIG, "round {round}: length");
-        assert!(body == pattern(BIG), "round {round}: bytes differ");
+        assert_whole(curl, &got, &format!("round {round}"));
         // The killed node comes back as a new process and joins as the last backup.
         n.start(&c, contact, &root);
         contact = next;
@@ -357,22 +374,7 @@ fn failover(etcd: bool) {
     // A dead node's clients learn it at once: kill -9 the contact in the middle of a download
     // it serves (before it would hand it off); curl gets a reset instead of hanging.
     let victim = contact;
-    let got = c.dir.path().join("got-killed.bin");
-    let curl = c
-        .topo
-        .client
-        .command("curl")
-        .args(["-sS", "--max-time", "30", "--limit-rate", "200K", "-o"])
-        .arg(&got)
-        .arg(format!("http://[{}]/big.bin", a.ds()))
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("curl");
-    let t = Instant::now();
-    while std::fs::metadata(&got).map(|m| m.len()).unwrap_or(0) == 0 {
-        assert!(t.elapsed() < UP, "the download does not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let (curl, _) = download(&c, "got-killed.bin", &a.ds(), "200K", 1);
     let killed_at = Instant::now();
     n.signal(victim, "-KILL");
     let out = curl.wait_with_output().expect("curl");
@@ -422,31 +424,9 @@ fn failover(etcd: bool) {
     // (The download goes to the node's own address, not the DS address: the home agent
     // resets the flows of a node the cluster declared dead, and this one was.)
     let stopped = contact;
-    let got = c.dir.path().join("got-stopped.bin");
-    let mut curl = c
-        .topo
-        .client
-        .command("curl")
-        .args([
-            "-sS",
-            "--fail",
-            "--max-time",
-            "60",
-            "--limit-rate",
-            "300K",
-            "-o",
-        ])
-        .arg(&got)
-        .arg(format!("http://[{}]/big.bin", a.coa(stopped)))
-        .spawn()
-        .expect("curl");
-    let t = Instant::now();
     // Stop it at the first bytes: the client's window (256 kB at most) keeps what the node
     // sent so far under the 300 kB after which it hands off.
-    while std::fs::metadata(&got).map(|m| m.len()).unwrap_or(0) == 0 {
-        assert!(t.elapsed() < UP, "the download does not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let (curl, got) = download(&c, "got-stopped.bin", &a.coa(stopped), "300K", 1);
     n.signal(stopped, "-STOP");
     let next = {
         let t = Instant::now();
@@ -498,10 +478,7 @@ fn failover(etcd: bool) {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let st = curl.wait().expect("curl");
-    assert!(st.success(), "the download kept on the deposed node failed");
-    let body = std::fs::read(&got).expect("download");
-    assert!(body.len() == BIG && body == pattern(BIG), "bytes differ");
+    assert_whole(curl, &got, "the download kept on the deposed node");
     nft("delete table inet dsblock\n");
     let t = Instant::now();
     loop {
