@@ -479,36 +479,25 @@ impl Member {
             State::Joining { next } => Some(*next),
             State::Snode { last_heard, .. } => Some(last_heard.after(self.cfg.snode_forgotten)),
             State::Backup(b) => {
-                let mut t = Vec::with_capacity(8);
-                if b.hb_target.is_some() {
-                    t.push(b.hb_next);
-                    if !b.hb_suspected {
-                        t.push(b.hb_last_ok.after(self.cfg.suspect));
-                    }
-                }
-                if let Some(x) = &b.txn {
-                    t.push(x.deadline);
-                }
-                if b.txn.is_none()
-                    && (!b.pending_joins.is_empty()
-                        || !b.pending_removals.is_empty()
-                        || b.need_bump)
-                {
-                    t.push(b.txn_not_before);
-                }
-                if !b.commit_unacked.is_empty() {
-                    t.push(b.commit_next);
-                }
-                if b.view.contact().map(|c| c.id) == Some(self.cfg.id) {
-                    t.push(b.reg_next);
-                    if b.registered {
-                        t.push(b.ping_next);
-                    }
-                }
-                if let Some(e) = b.challenges.values().min() {
-                    t.push(*e);
-                }
-                t.into_iter().min()
+                let contact = b.view.contact().map(|c| c.id) == Some(self.cfg.id);
+                let pending =
+                    !b.pending_joins.is_empty() || !b.pending_removals.is_empty() || b.need_bump;
+                // The earliest of the deadlines that are armed.
+                [
+                    b.hb_target.map(|_| b.hb_next),
+                    b.hb_target
+                        .filter(|_| !b.hb_suspected)
+                        .map(|_| b.hb_last_ok.after(self.cfg.suspect)),
+                    b.txn.as_ref().map(|x| x.deadline),
+                    (b.txn.is_none() && pending).then_some(b.txn_not_before),
+                    (!b.commit_unacked.is_empty()).then_some(b.commit_next),
+                    contact.then_some(b.reg_next),
+                    (contact && b.registered).then_some(b.ping_next),
+                    b.challenges.values().min().copied(),
+                ]
+                .into_iter()
+                .flatten()
+                .min()
             }
         }
     }
@@ -882,12 +871,11 @@ impl Member {
                     *last = now;
                 }
             }
-        } else if b.registered {
-            b.registered = false;
         }
-        let lost = was_contact && !is_contact;
+        // A node that held the registration and is no longer first gives it up.
+        let lost = !is_contact && std::mem::take(&mut b.registered);
         self.events.push_back(Event::ViewChanged { epoch });
-        if lost && self.stats.became_contact > 0 {
+        if lost {
             self.events.push_back(Event::NoLongerContact);
         }
     }
