@@ -1,7 +1,7 @@
 //! The kernel host of the handoff engine: standard sockets frozen and restored with
 //! `TCP_REPAIR`, the peer's packets held while a connection moves.
 
-use crate::{freeze, inject, restore_repaired, send_queue_len, HoldTable, Repaired};
+use crate::{freeze, inject, restore_repaired, retire, send_queue_len, HoldTable, Repaired};
 use ds_handoff::{Host, HostError, Takeover};
 use ds_stack::ConnState;
 use std::net::{SocketAddrV6, TcpStream};
@@ -160,8 +160,14 @@ impl Host for KernelHost {
         // peer's packets, so the state and the held packets are everything the peer sent.
         self.holds.hold(*local, *remote).map_err(Self::err)?;
         match freeze(sock) {
-            // In repair mode the socket's close (when the engine drops it) is silent.
-            Ok(st) => Ok(st),
+            // In repair mode the socket's close (when the engine drops it) is silent; it
+            // leaves the connection table now, so a thaw back here can take the 4-tuple.
+            Ok(st) => {
+                if let Err(e) = retire(sock) {
+                    tracing::warn!("retiring a frozen socket: {e}");
+                }
+                Ok(st)
+            }
             Err(e) => {
                 // Nothing left the node: what was held goes to the live socket.
                 let held = self.release_flow(*local, *remote);
@@ -236,8 +242,13 @@ impl Host for KernelHost {
             KernelConn::Dormant { .. } | KernelConn::Gone { .. } => {}
             KernelConn::Live { sock, .. } => {
                 // Into repair mode first, so the close is silent.
-                if let Err(e) = freeze(&sock) {
-                    tracing::warn!("taking a restored socket back: {e}");
+                match freeze(&sock) {
+                    Ok(_) => {
+                        if let Err(e) = retire(&sock) {
+                            tracing::warn!("retiring a restored socket: {e}");
+                        }
+                    }
+                    Err(e) => tracing::warn!("taking a restored socket back: {e}"),
                 }
             }
         }

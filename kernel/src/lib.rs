@@ -259,6 +259,31 @@ pub fn send_queue_len(sock: &TcpStream) -> Result<usize> {
     ioctl_int(sock.as_raw_fd(), SIOCOUTQ, "SIOCOUTQ")
 }
 
+/// Take a frozen socket (still in repair mode, after [`freeze`]) out of the connection table
+/// now, silently: `connect(AF_UNSPEC)` runs the kernel's `tcp_disconnect`, which in repair
+/// mode sends nothing. Closing the fd is not enough when the same host restores the
+/// connection at once (a failed handoff thawed back): a `fork` in any thread of the process
+/// (every `std::process::Command`) holds a copy of the fd until its `exec`, which defers the
+/// close, and the restored socket's repair `connect` then finds the 4-tuple still taken
+/// (`EADDRNOTAVAIL`).
+pub fn retire(sock: &TcpStream) -> Result<()> {
+    // SAFETY: a zeroed sockaddr is a valid value; only its family is read.
+    let mut sa: libc::sockaddr = unsafe { std::mem::zeroed() };
+    sa.sa_family = libc::AF_UNSPEC as libc::sa_family_t;
+    // SAFETY: `sa` is a valid sockaddr of the size passed; connect only reads it.
+    let r = unsafe {
+        libc::connect(
+            sock.as_raw_fd(),
+            &sa,
+            size_of::<libc::sockaddr>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(os("connect (AF_UNSPEC)"));
+    }
+    Ok(())
+}
+
 /// Freeze an established kernel socket into a [`ConnState`]. The socket is left in repair
 /// mode: dropping it then closes it silently (no FIN, no RST). Hold the connection first
 /// ([`HoldTable::hold`]), so that the peer's packets wait for the acceptor instead of reaching it.

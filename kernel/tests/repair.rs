@@ -471,3 +471,42 @@ fn kernel_to_userspace() {
 fn userspace_to_kernel() {
     handoff("userspace_to_kernel", Side::User, Side::Kernel);
 }
+
+/// A failed handoff thaws the connection back on the donor, while (as in any process that
+/// spawns commands) a forked child may still hold a copy of the frozen socket's descriptor,
+/// which defers its close: [`ds_kernel::retire`] takes the frozen socket out of the
+/// connection table at once, so the restore here takes the same 4-tuple, and the connection
+/// goes on with nothing lost.
+#[test]
+fn restore_here_while_a_copy_of_the_frozen_descriptor_lives() {
+    if !require_root("restore_here_while_a_copy_of_the_frozen_descriptor_lives") {
+        return;
+    }
+    let ns = ds_testbed::Netns::new("kretire").expect("namespace");
+    ns.run(|| {
+        let l = TcpListener::bind("[::1]:0").expect("listen");
+        let mut c = TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+        let (s, _) = l.accept().expect("accept");
+        c.write_all(b"before").expect("client writes");
+        // The data is in the server's receive queue before the freeze.
+        let t0 = Instant::now();
+        while s.peek(&mut [0u8; 6]).expect("peek") < 6 {
+            assert!(t0.elapsed() < Duration::from_secs(2), "data never arrived");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let st = ds_kernel::freeze(&s).expect("freeze");
+        // A forked child's copy of the descriptor.
+        let copy = s.try_clone().expect("dup");
+        ds_kernel::retire(&s).expect("retire");
+        drop(s);
+        let mut back = ds_kernel::restore(&st).expect("restore beside the old descriptor");
+        let mut got = [0u8; 6];
+        back.read_exact(&mut got).expect("server reads");
+        assert_eq!(&got, b"before");
+        back.write_all(b"after").expect("server writes");
+        let mut got = [0u8; 5];
+        c.read_exact(&mut got).expect("client reads");
+        assert_eq!(&got, b"after");
+        drop(copy);
+    });
+}
