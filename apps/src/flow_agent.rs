@@ -8,7 +8,7 @@
 //! would hijack the flow) and the agent answers [`Message::FlowMoved`] once the map entry
 //! points at the new care-of address: one map update, no packet path change for other flows.
 
-use ds_handoff::{Channel, ClusterSecret, Message};
+use ds_handoff::{Channel, ChannelGate, ClusterSecret, GateLimits, GateStats, Message};
 use ds_xdp::maps::FlowKey;
 use ds_xdp::Program;
 use std::net::TcpListener;
@@ -17,15 +17,13 @@ use std::time::Duration;
 /// Most clients of a dead node solicited at once.
 const MAX_SOLICIT: usize = 4096;
 
-/// How long a control channel may take to complete its handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
-
 /// Counters of the flow agent.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct FlowAgentStats {
-    /// Control channels accepted (handshake passed).
+    /// Control channels accepted (the peer proved the cluster key).
     pub channels: u64,
-    /// Channels refused at the handshake (wrong secret, garbage) or broken later.
+    /// Channels refused at the handshake (wrong secret, garbage, too slow, over the
+    /// gate's bounds) or broken later.
     pub channel_errors: u64,
     /// Flows moved.
     pub moves: u64,
@@ -37,15 +35,18 @@ pub struct FlowAgentStats {
     pub unexpected: u64,
     /// Flows of dead nodes moved to a live one, their clients solicited for a reset.
     pub flows_reset: u64,
+    /// The control port's gate (unauthenticated channels, bounded).
+    pub gate: GateStats,
 }
 
 /// The flow-steering service of an XDP home agent.
 pub struct FlowAgent {
     prog: Program,
-    listener: TcpListener,
-    secret: ClusterSecret,
-    /// Control channels and when each was opened (a handshake must complete in time).
-    chans: Vec<(Channel, std::time::Instant)>,
+    /// The control port: channels reach `chans` once the node proved the cluster key.
+    gate: ChannelGate,
+    chans: Vec<Channel>,
+    /// Channel failures after authentication.
+    broken: u64,
     stats: FlowAgentStats,
     poll: ds_stack::device::PollSet,
     /// Second solicitations of dead nodes' clients, and when they are due.
@@ -53,19 +54,19 @@ pub struct FlowAgent {
 }
 
 impl FlowAgent {
-    /// Serve move requests on `listener` (made non-blocking here) for the tunnel program
-    /// `prog`.
+    /// Serve move requests on `listener` (behind a [`ChannelGate`] with the default
+    /// limits) for the tunnel program `prog`.
     pub fn new(
         prog: Program,
         listener: TcpListener,
         secret: ClusterSecret,
     ) -> std::io::Result<Self> {
-        listener.set_nonblocking(true)?;
+        let gate = ChannelGate::new(listener, &secret, GateLimits::default(), "flow agent")?;
         Ok(FlowAgent {
             prog,
-            listener,
-            secret,
+            gate,
             chans: Vec::new(),
+            broken: 0,
             stats: FlowAgentStats::default(),
             poll: ds_stack::device::PollSet::default(),
             probes: Vec::new(),
@@ -79,7 +80,12 @@ impl FlowAgent {
 
     /// Counters so far.
     pub fn stats(&self) -> FlowAgentStats {
-        self.stats
+        let mut s = self.stats;
+        s.gate = self.gate.stats();
+        s.channels = s.gate.authenticated;
+        s.channel_errors =
+            s.gate.failed + s.gate.timeouts + s.gate.refused_address + s.gate.evicted + self.broken;
+        s
     }
 
     /// Sleep until a control socket is readable or `timeout` passes (so the agent answers a
@@ -93,13 +99,23 @@ impl FlowAgent {
     pub fn wait_with(&mut self, timeout: Duration, extra: &[std::os::fd::RawFd]) {
         use std::os::fd::AsRawFd;
         self.poll.clear();
-        self.poll.add(self.listener.as_raw_fd());
-        for fd in extra {
+        let mut fds = Vec::new();
+        self.gate.wait_fds(&mut fds);
+        for fd in fds.iter().chain(extra) {
             self.poll.add(*fd);
         }
-        for (c, _) in &self.chans {
+        for c in &self.chans {
             self.poll.add(c.stream().as_raw_fd());
         }
+        let now = std::time::Instant::now();
+        let timeout = if self.gate.has_pending_output() {
+            Duration::ZERO
+        } else {
+            match self.gate.poll_timeout() {
+                Some(t) => timeout.min(t.saturating_duration_since(now)),
+                None => timeout,
+            }
+        };
         // Errors (EINTR aside) would repeat at once; the caller polls the sockets either way.
         let _ = self.poll.wait(Some(timeout));
     }
@@ -162,45 +178,18 @@ impl FlowAgent {
     }
 
     /// Accept new control channels and answer every pending request; returns how many flows
-    /// moved. Never blocks: a channel whose handshake has not completed within a second is
-    /// dropped.
+    /// moved. Never blocks; unauthenticated channels are bounded by the gate.
     pub fn poll(&mut self) -> usize {
         if !self.probes.is_empty() {
             self.resolicit();
         }
-        loop {
-            match self.listener.accept() {
-                Ok((stream, peer)) => {
-                    // The handshake completes in `serve` as the peer's hello arrives.
-                    match Channel::accept(stream, &self.secret) {
-                        Ok(c) => {
-                            tracing::debug!(%peer, "flow agent: control channel opened");
-                            self.stats.channels += 1;
-                            self.chans.push((c, std::time::Instant::now()));
-                        }
-                        Err(e) => {
-                            tracing::warn!(%peer, "flow agent: handshake failed: {e}");
-                            self.stats.channel_errors += 1;
-                        }
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => {
-                    tracing::warn!("flow agent: accept: {e}");
-                    break;
-                }
-            }
+        for (c, peer) in self.gate.poll(std::time::Instant::now()) {
+            tracing::debug!(%peer, "flow agent: control channel opened");
+            self.chans.push(c);
         }
         let mut moved = 0;
         let mut i = 0;
         while i < self.chans.len() {
-            let (c, opened) = &self.chans[i];
-            if !c.is_established() && opened.elapsed() > HANDSHAKE_TIMEOUT {
-                tracing::warn!("flow agent: handshake timed out");
-                self.stats.channel_errors += 1;
-                self.chans.swap_remove(i);
-                continue;
-            }
             match self.serve(i) {
                 Ok(n) => {
                     moved += n;
@@ -209,7 +198,7 @@ impl FlowAgent {
                 Err(e) => {
                     if !matches!(e, ds_handoff::ChannelError::Closed) {
                         tracing::warn!("flow agent: channel dropped: {e}");
-                        self.stats.channel_errors += 1;
+                        self.broken += 1;
                     }
                     self.chans.swap_remove(i);
                 }
@@ -260,7 +249,7 @@ impl FlowAgent {
 
     fn serve(&mut self, i: usize) -> Result<usize, ds_handoff::ChannelError> {
         let mut moved = 0;
-        while let Some(m) = self.chans[i].0.poll()? {
+        while let Some(m) = self.chans[i].poll()? {
             let (conn_id, client, server, to) = match m {
                 Message::MoveFlow {
                     conn_id,
@@ -270,7 +259,7 @@ impl FlowAgent {
                 } => (conn_id, client, server, to),
                 Message::Rebind { conn_id, home, to } => {
                     let reply = self.rebind(conn_id, home, to);
-                    self.chans[i].0.send(&reply)?;
+                    self.chans[i].send(&reply)?;
                     continue;
                 }
                 _ => {
@@ -305,7 +294,7 @@ impl FlowAgent {
                     }
                 }
             };
-            self.chans[i].0.send(&reply)?;
+            self.chans[i].send(&reply)?;
         }
         Ok(moved)
     }

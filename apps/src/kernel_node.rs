@@ -286,6 +286,11 @@ impl KernelNode {
         if self.requested.contains(&client) {
             return Err(format!("the connection of {client} is already leaving"));
         }
+        if self.core.backing_off(Instant::now(), to) {
+            return Err(format!(
+                "handoffs to {to} back off after failures: try again later"
+            ));
+        }
         self.requested.push(client);
         Ok(())
     }
@@ -413,13 +418,24 @@ impl KernelNode {
         let mut k = 0;
         while k < self.conns.len() {
             if !self.core.handing_off() && self.wants_out(&self.conns[k]) {
-                let c = self.conns.swap_remove(k);
-                self.requested.retain(|r| *r != c.client);
-                if let Some(mut c) = self.hand_off(c) {
-                    c.sent_here = 0;
-                    self.conns.push(c);
+                match self.peer_ready() {
+                    // Not yet: it is served on meanwhile and leaves once the channel is up.
+                    Some(Ok(false)) => {}
+                    Some(Ok(true)) => {
+                        let c = self.conns.swap_remove(k);
+                        self.requested.retain(|r| *r != c.client);
+                        if let Some(mut c) = self.hand_off(c) {
+                            c.sent_here = 0;
+                            self.conns.push(c);
+                        }
+                        continue;
+                    }
+                    // No peer, or it failed lately (the engine backs off): it stays.
+                    None | Some(Err(_)) => {
+                        let client = self.conns[k].client;
+                        self.requested.retain(|r| *r != client);
+                    }
                 }
-                continue;
             }
             let quota = self.quota_now();
             let (verdict, wrote) = serve(&mut self.conns[k], quota);
@@ -434,16 +450,39 @@ impl KernelNode {
                     // one ends.
                     k += 1;
                 }
-                Verdict::Quota => {
-                    let c = self.conns.swap_remove(k);
-                    if let Some(mut c) = self.hand_off(c) {
-                        // Kept here: served again (at the end of the list) this round.
-                        c.sent_here = 0;
-                        self.conns.push(c);
+                Verdict::Quota => match self.peer_ready() {
+                    Some(Ok(true)) => {
+                        let c = self.conns.swap_remove(k);
+                        if let Some(mut c) = self.hand_off(c) {
+                            // Kept here: served again (at the end of the list) this round.
+                            c.sent_here = 0;
+                            self.conns.push(c);
+                        }
                     }
-                }
+                    Some(Ok(false)) => {
+                        // The peer's control channel is opening: nothing is frozen for a peer
+                        // without one. Served on meanwhile, it leaves once the channel is up.
+                        let c = &mut self.conns[k];
+                        c.sent_here = 0;
+                        if !self.requested.contains(&c.client) {
+                            self.requested.push(c.client);
+                        }
+                        k += 1;
+                    }
+                    None | Some(Err(_)) => {
+                        self.conns[k].sent_here = 0;
+                        k += 1;
+                    }
+                },
             }
         }
+    }
+
+    /// Whether a handoff to the peer can start (see [`Coordinator::peer_ready`]); `None`
+    /// without a peer.
+    fn peer_ready(&mut self) -> Option<Result<bool, String>> {
+        let to = self.core.peer()?;
+        Some(self.core.peer_ready(Instant::now(), to))
     }
 
     /// Run `f` with the engine's I/O half, the kernel host and the HTTP service.

@@ -284,11 +284,11 @@ impl HttpServer {
         v
     }
 
-    /// The connection of `client`, if it is served here and not paused.
-    pub fn handle_of(&self, iface: &Interface, client: SocketAddrV6) -> Option<TcpHandle> {
+    /// The connection of `client`, if it is served here, and whether it is paused (leaving).
+    pub fn handle_of(&self, iface: &Interface, client: SocketAddrV6) -> Option<(TcpHandle, bool)> {
         self.conns.iter().find_map(|(h, c)| {
             let (_, remote) = iface.tcp_endpoints(*h)?;
-            (remote == client && !c.paused).then_some(*h)
+            (remote == client).then_some((*h, c.paused))
         })
     }
 

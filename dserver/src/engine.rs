@@ -23,8 +23,8 @@
 //! Nothing blocks: a slow home agent delays only the offers waiting for it.
 
 use ds_handoff::{
-    Acceptor, AcceptorConfig, AcceptorEvent, Channel, ClusterSecret, Dest, Donor, DonorConfig,
-    DonorOutcome, Drain, HandoffReport, Host, Message, Mode, Service, Takeover,
+    Acceptor, AcceptorConfig, AcceptorEvent, Channel, ChannelGate, ClusterSecret, Dest, Donor,
+    DonorConfig, DonorOutcome, Drain, HandoffReport, Host, Message, Mode, Service, Takeover,
 };
 use ds_stack::mobile::MobileRole;
 use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6, TcpListener};
@@ -76,6 +76,8 @@ pub struct HandoffConfig {
     pub secret: ClusterSecret,
     /// Where this node accepts offers (a kernel socket on the node's control network).
     pub listen: Option<TcpListener>,
+    /// Bounds on control channels whose peer has not proved the cluster key yet.
+    pub gate_limits: ds_handoff::GateLimits,
     /// Where this node sends its offers by default.
     pub peer: Option<SocketAddr>,
     /// Other nodes this one may hand connections to ([`Coordinator::hand_off_to`]), by
@@ -117,6 +119,7 @@ impl HandoffConfig {
             service: "http".into(),
             secret,
             listen: None,
+            gate_limits: ds_handoff::GateLimits::default(),
             peer: None,
             more_peers: Vec::new(),
             quota: None,
@@ -204,16 +207,31 @@ pub struct NodeStats {
     pub forwarded_packets: u64,
     /// Control channels dropped before their handshake completed in time.
     pub handshake_timeouts: u64,
+    /// What the control port's gate saw (issue 12: unauthenticated channels are bounded).
+    pub gate: ds_handoff::GateStats,
 }
 
-/// How long an accepted control channel may take to complete its handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long handoffs wait for a peer's control channel to come up (the engine freezes
+/// nothing for a peer without a live, authenticated channel): then [`Coordinator::peer_ready`]
+/// gives up, drops the channel and backs off.
+pub const CHANNEL_WAIT: Duration = Duration::from_secs(1);
 
-/// A control channel from a donor.
+/// First wait after a failed handoff to a peer; it doubles with each failure in a row.
+const BACKOFF_FIRST: Duration = Duration::from_millis(250);
+/// Longest wait between handoff attempts to a failing peer.
+const BACKOFF_MAX: Duration = Duration::from_secs(8);
+
+/// When a peer that failed handoffs may be tried again.
+#[derive(Debug, Clone, Copy)]
+struct Backoff {
+    until: Instant,
+    delay: Duration,
+}
+
+/// An authenticated control channel from a donor.
 struct Incoming {
     key: u64,
     chan: Channel,
-    opened: Instant,
 }
 
 /// The engine's I/O half: control channels, the donor of the handoff in progress, donors
@@ -221,7 +239,8 @@ struct Incoming {
 pub struct Coordinator<C> {
     service: String,
     secret: ClusterSecret,
-    listen: Option<TcpListener>,
+    /// The control port: channels reach `incoming` once the donor proved the cluster key.
+    gate: Option<ChannelGate>,
     /// The nodes offers go to (the default first), and the channel to each once open.
     peers: Vec<SocketAddr>,
     to_peers: Vec<Option<Channel>>,
@@ -237,6 +256,11 @@ pub struct Coordinator<C> {
     current_to: usize,
     /// Peers a handoff could not reach, for the membership.
     unreachable: Vec<SocketAddr>,
+    /// Peers whose handoffs failed lately, and when to try them again (issue 12: a hung peer
+    /// must not cost a freeze per connection).
+    backoff: std::collections::HashMap<SocketAddr, Backoff>,
+    /// Peers whose channel a handoff waits for, and until when it may complete its handshake.
+    opening: std::collections::HashMap<SocketAddr, Instant>,
     /// Moved connections whose packets are still forwarded, with their peer's index.
     forwarding: Vec<(usize, Donor<C>)>,
     events: Vec<NodeEvent>,
@@ -253,13 +277,20 @@ pub struct Coordinator<C> {
 }
 
 impl<C: std::fmt::Debug> Coordinator<C> {
-    /// A coordinator per `cfg` (the listener is made non-blocking here). The service, peer,
+    /// A coordinator per `cfg` (the listener goes behind a [`ChannelGate`] with
+    /// `cfg.gate_limits`). The service, peer,
     /// drain and report settings come from `cfg`; the acceptor takes `takeover` and the
     /// engine-level steering derived from `cfg.steering`.
     pub fn new(cfg: &mut HandoffConfig) -> Result<Self, Error> {
-        if let Some(l) = &cfg.listen {
-            l.set_nonblocking(true)?;
-        }
+        let gate = match cfg.listen.take() {
+            Some(l) => Some(ChannelGate::new(
+                l,
+                &cfg.secret,
+                cfg.gate_limits,
+                "control port",
+            )?),
+            None => None,
+        };
         let (steering, ha) = match &cfg.steering {
             Steering::None => (ds_handoff::Steering::None, None),
             Steering::HomeAgentFlow { ha, coa } => {
@@ -289,7 +320,7 @@ impl<C: std::fmt::Debug> Coordinator<C> {
         let mut c = Coordinator {
             service: cfg.service.clone(),
             secret: cfg.secret.clone(),
-            listen: cfg.listen.take(),
+            gate,
             peers: {
                 let mut v: Vec<SocketAddr> = cfg.peer.into_iter().collect();
                 for p in &cfg.more_peers {
@@ -318,6 +349,8 @@ impl<C: std::fmt::Debug> Coordinator<C> {
             rebind_id: None,
             channel_epoch: 0,
             unreachable: Vec::new(),
+            backoff: std::collections::HashMap::new(),
+            opening: std::collections::HashMap::new(),
         };
         c.to_peers = c.peers.iter().map(|_| None).collect();
         // Open the home agent's channel ahead of the first move (a failure here is retried
@@ -347,7 +380,12 @@ impl<C: std::fmt::Debug> Coordinator<C> {
 
     /// Counters.
     pub fn stats(&self) -> NodeStats {
-        self.stats
+        let mut s = self.stats;
+        if let Some(g) = &self.gate {
+            s.gate = g.stats();
+            s.handshake_timeouts = s.gate.timeouts;
+        }
+        s
     }
 
     /// Events since the last call.
@@ -364,6 +402,41 @@ impl<C: std::fmt::Debug> Coordinator<C> {
     /// in order with the engine's.
     pub fn push_event(&mut self, ev: NodeEvent) {
         self.events.push(ev);
+    }
+
+    /// Whether a handoff to `to` can start at `now`: `Ok(true)` yes; `Ok(false)` not yet, its
+    /// control channel is opening (opened here if needed; ask again soon); `Err` not now, with
+    /// why (not a peer, unreachable, or backing off after failed handoffs).
+    pub fn peer_ready(&mut self, now: Instant, to: SocketAddr) -> Result<bool, String> {
+        let Some(i) = self.peers.iter().position(|p| *p == to) else {
+            return Err(format!("{to} is not a peer of this node"));
+        };
+        if self.backing_off(now, to) {
+            return Err(format!("handoffs to {to} back off after failures"));
+        }
+        if let Err(e) = self.connect_to(i) {
+            let why = format!("peer {to} unreachable: {e}");
+            self.note_unreachable(to);
+            self.back_off(now, to, &why);
+            return Err(why);
+        }
+        if self.peer_connected_to(i) {
+            self.opening.remove(&to);
+            return Ok(true);
+        }
+        let deadline = *self.opening.entry(to).or_insert(now + CHANNEL_WAIT);
+        if now < deadline {
+            return Ok(false);
+        }
+        // A peer that accepts connections but never proves the key (hung, stopped, or not
+        // a member): drop the channel and wait before the next try.
+        self.opening.remove(&to);
+        self.to_peers[i] = None;
+        self.channel_epoch += 1;
+        let why = format!("no control channel to {to} in time");
+        self.note_unreachable(to);
+        self.back_off(now, to, &why);
+        Err(why)
     }
 
     /// Whether a peer is configured.
@@ -407,6 +480,28 @@ impl<C: std::fmt::Debug> Coordinator<C> {
         // The descriptor set changed: the node's wait set is rebuilt.
         self.channel_epoch += 1;
         true
+    }
+
+    /// A handoff to `peer` failed at `now`: wait before the next one, longer each time.
+    fn back_off(&mut self, now: Instant, peer: SocketAddr, why: &str) {
+        let delay = match self.backoff.get(&peer) {
+            Some(b) => (b.delay * 2).min(BACKOFF_MAX),
+            None => BACKOFF_FIRST,
+        };
+        // One line per failure: the back-off itself bounds their rate.
+        tracing::warn!(%peer, ?delay, "handoffs to this peer back off: {why}");
+        self.backoff.insert(
+            peer,
+            Backoff {
+                until: now + delay,
+                delay,
+            },
+        );
+    }
+
+    /// Whether handoffs to `peer` wait at `now` after failures.
+    pub fn backing_off(&self, now: Instant, peer: SocketAddr) -> bool {
+        self.backoff.get(&peer).is_some_and(|b| now < b.until)
     }
 
     fn note_unreachable(&mut self, peer: SocketAddr) {
@@ -513,7 +608,9 @@ impl<C: std::fmt::Debug> Coordinator<C> {
     /// The control sockets (appended to `out`) to wait on together with the data path, so
     /// that an offer or a reply is handled as soon as it arrives.
     pub fn wait_fds(&self, out: &mut Vec<RawFd>) {
-        out.extend(self.listen.iter().map(|l| l.as_raw_fd()));
+        if let Some(g) = &self.gate {
+            g.wait_fds(out);
+        }
         out.extend(self.incoming.iter().map(|c| c.chan.stream().as_raw_fd()));
         out.extend(
             self.to_peers
@@ -535,7 +632,7 @@ impl<C: std::fmt::Debug> Coordinator<C> {
             .chain(self.to_ha.iter())
             .chain(self.incoming.iter().map(|c| &c.chan))
             .any(|c| c.pending_output() > 0);
-        if pending {
+        if pending || self.gate.as_ref().is_some_and(|g| g.has_pending_output()) {
             return Duration::ZERO;
         }
         let deadline = self
@@ -544,6 +641,8 @@ impl<C: std::fmt::Debug> Coordinator<C> {
             .chain(self.forwarding.iter().map(|(_, d)| d))
             .filter_map(|d| d.poll_timeout())
             .chain(self.acceptor.poll_timeout())
+            .chain(self.gate.as_ref().and_then(|g| g.poll_timeout()))
+            .chain(self.opening.values().copied())
             .min();
         match deadline {
             Some(t) => idle.min(t.saturating_duration_since(now)),
@@ -589,12 +688,19 @@ impl<C: std::fmt::Debug> Coordinator<C> {
         let Some(i) = self.peers.iter().position(|p| *p == to) else {
             return Err(conn);
         };
-        if self.current.is_some() {
+        if self.current.is_some() || self.backing_off(now, to) {
             return Err(conn);
         }
         if let Err(e) = self.connect_to(i) {
             tracing::warn!(peer = %to, "peer unreachable, connection kept here: {e:#}");
             self.note_unreachable(to);
+            self.back_off(now, to, "unreachable");
+            return Err(conn);
+        }
+        if !self.peer_connected_to(i) {
+            // Nothing is frozen for a peer that has not proved the key on a live channel (a
+            // hung or stopped one never does): the connection stays, the channel opens
+            // meanwhile, and a later handoff goes once it is up.
             return Err(conn);
         }
         let mut cfg = self.donor_cfg.clone();
@@ -647,36 +753,21 @@ impl<C: std::fmt::Debug> Coordinator<C> {
     }
 
     fn accept_channels(&mut self, now: Instant) {
-        if let Some(l) = &self.listen {
-            loop {
-                match l.accept() {
-                    Ok((s, peer)) => match Channel::accept(s, &self.secret) {
-                        Ok(chan) => {
-                            tracing::debug!(%peer, "control channel from a donor");
-                            self.channel_epoch += 1;
-                            self.incoming.push(Incoming {
-                                key: self.next_key,
-                                chan,
-                                opened: now,
-                            });
-                            self.next_key += 1;
-                        }
-                        Err(e) => tracing::warn!(%peer, "control channel refused: {e}"),
-                    },
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(e) => {
-                        tracing::warn!("control accept: {e}");
-                        break;
-                    }
-                }
-            }
+        let Some(g) = self.gate.as_mut() else {
+            return;
+        };
+        let epoch = g.epoch();
+        for (chan, peer) in g.poll(now) {
+            tracing::debug!(%peer, "control channel from a donor");
+            self.incoming.push(Incoming {
+                key: self.next_key,
+                chan,
+            });
+            self.next_key += 1;
         }
-        // A peer that never completes its hello holds nothing for long.
-        let before = self.incoming.len();
-        self.incoming.retain(|c| {
-            c.chan.is_established() || now.saturating_duration_since(c.opened) < HANDSHAKE_TIMEOUT
-        });
-        self.stats.handshake_timeouts += (before - self.incoming.len()) as u64;
+        if g.epoch() != epoch {
+            self.channel_epoch += 1;
+        }
     }
 
     fn cork_incoming(&self, on: bool) {
@@ -892,6 +983,9 @@ impl<C: std::fmt::Debug> Coordinator<C> {
                     boundary_seq,
                 }) => {
                     self.stats.moved += 1;
+                    if let Some(p) = self.peers.get(to) {
+                        self.backoff.remove(p);
+                    }
                     self.events.push(NodeEvent::HandedOff {
                         report,
                         client,
@@ -901,6 +995,9 @@ impl<C: std::fmt::Debug> Coordinator<C> {
                 }
                 Some(DonorOutcome::Resumed { cause }) => {
                     self.stats.kept += 1;
+                    if let Some(p) = self.peers.get(to).copied() {
+                        self.back_off(now, p, &cause.to_string());
+                    }
                     if matches!(
                         cause,
                         ds_handoff::HandoffError::ChannelLost(_)
@@ -919,6 +1016,9 @@ impl<C: std::fmt::Debug> Coordinator<C> {
                 }
                 Some(DonorOutcome::Failed { cause }) => {
                     tracing::error!(%client, "handoff failed: {cause}");
+                    if let Some(p) = self.peers.get(to).copied() {
+                        self.back_off(now, p, &cause.to_string());
+                    }
                     if matches!(cause, ds_handoff::HandoffError::InDoubt(_)) {
                         self.to_peers[to] = None;
                     }

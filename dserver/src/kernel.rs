@@ -307,6 +307,20 @@ impl KernelNode {
         if let Err(e) = ends {
             return refuse(sock, format!("not a connected socket: {e}"));
         }
+        // The engine freezes nothing for a peer whose control channel is not up (a hung peer
+        // never completes it): this call blocks anyway, so it brings the channel up first
+        // (for `CHANNEL_WAIT` at most).
+        loop {
+            match self.core.peer_ready(Instant::now(), to) {
+                Ok(true) => break,
+                Ok(false) => {
+                    if let Err(e) = self.poll(Duration::from_millis(1)) {
+                        tracing::warn!("while connecting to the peer: {e}");
+                    }
+                }
+                Err(why) => return refuse(sock, why),
+            }
+        }
         let conn = match KernelConn::live(sock) {
             Ok(c) => c,
             Err(e) => return Err((None, e.into())),

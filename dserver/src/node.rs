@@ -684,23 +684,32 @@ impl Node {
             let Some(e) = self.conns.get(&conn) else {
                 continue;
             };
+            match core.peer_ready(mono, to) {
+                Ok(true) => {}
+                Ok(false) => {
+                    // Its channel is opening: in order, the queue waits for it.
+                    self.queue.push_front((conn, state, to));
+                    break;
+                }
+                Err(why) => {
+                    not_started.push((conn, e.h, why));
+                    continue;
+                }
+            }
             *svc.export = Some(state);
             if let Err(UserConn::Live(h)) =
                 core.hand_off_to(mono, to, UserConn::Live(e.h), None, &mut host, &mut svc)
             {
                 *svc.export = None;
-                not_started.push((conn, h));
+                not_started.push((conn, h, "the handoff could not start (busy)".into()));
             }
         }
         let evs = core.take_events();
-        for (conn, _) in not_started {
+        for (conn, _, cause) in not_started {
             if let Some(e) = self.conns.get_mut(&conn) {
                 e.leaving = None;
             }
-            self.events.push_back(Event::KeptHere {
-                conn,
-                cause: "the handoff could not start (peer unreachable or busy)".into(),
-            });
+            self.events.push_back(Event::KeptHere { conn, cause });
         }
         // Arrivals, and connections that came back (a new handle for the same client).
         for (h, state) in std::mem::take(&mut self.adopted) {

@@ -16,6 +16,15 @@
 //! every session has new keys: frames of an old session never open in a new one. A side that
 //! does not know the cluster secret derives other keys, so its first frame fails to open.
 //!
+//! ## Key confirmation
+//! The hellos prove nothing: anyone can send one. So the first frame each side sends is a
+//! fixed confirmation ([`CONFIRM`]), and a [`Channel`] counts as established
+//! ([`Channel::is_established`]) only once the peer's confirmation opened, i.e. once the peer
+//! proved it derived the same keys from the cluster secret. Until then the largest frame
+//! accepted is that confirmation's ([`PREAUTH_MAX_FRAME`]): a peer without the key can make
+//! a channel buffer no more than one read, whatever length it announces. A
+//! [`crate::gate::ChannelGate`] bounds how many such channels wait, and for how long.
+//!
 //! ## Frames
 //! `len: u32 BE ‖ ciphertext ‖ tag(16)`, `len` counting ciphertext and tag. The nonce is 32
 //! zero bits ‖ a 64-bit big-endian per-direction counter (the RFC 8439 §2.8 / §4 layout of a
@@ -36,7 +45,7 @@ use crate::msg::{Message, MsgError};
 /// Hello magic.
 const MAGIC: &[u8; 3] = b"DSH";
 /// Hello / key-schedule version.
-pub const CHANNEL_VERSION: u8 = 1;
+pub const CHANNEL_VERSION: u8 = 2;
 /// Bytes of random salt each side contributes.
 pub const SALT_LEN: usize = 32;
 /// Length of a hello: magic, version, role, salt.
@@ -47,6 +56,10 @@ pub const TAG_LEN: usize = 16;
 const LEN_LEN: usize = 4;
 /// Default largest frame (ciphertext + tag): a full state with its buffers fits.
 pub const DEFAULT_MAX_FRAME: usize = 16 << 20;
+/// The key confirmation: the plaintext of the first frame in each direction.
+pub const CONFIRM: &[u8] = b"ds-handoff key confirmation";
+/// Largest frame (ciphertext + tag) received before the peer's key confirmation.
+pub const PREAUTH_MAX_FRAME: usize = CONFIRM.len() + TAG_LEN;
 /// Shortest accepted cluster secret.
 pub const MIN_SECRET_LEN: usize = 16;
 
@@ -270,6 +283,7 @@ impl Handshake {
             recv_ctr: 0,
             rx: Vec::new(),
             max_frame: self.max_frame,
+            recv_limit: None,
             poisoned: false,
         })
     }
@@ -300,6 +314,8 @@ pub struct Codec {
     recv_ctr: u64,
     rx: Vec<u8>,
     max_frame: usize,
+    /// A lower bound on received frames while set (before the peer proved the key).
+    recv_limit: Option<usize>,
     poisoned: bool,
 }
 
@@ -344,6 +360,18 @@ impl Codec {
         self.seal(&m.encode())
     }
 
+    /// Accept received frames of at most `max` bytes (ciphertext + tag) until
+    /// [`Codec::lift_recv_limit`]: before a peer is authenticated, what it announces must not
+    /// size our buffers.
+    pub fn limit_recv(&mut self, max: usize) {
+        self.recv_limit = Some(max.max(TAG_LEN));
+    }
+
+    /// Back to the codec's largest frame for received frames.
+    pub fn lift_recv_limit(&mut self) {
+        self.recv_limit = None;
+    }
+
     /// Feed received bytes (any split: partial frames are kept).
     pub fn feed(&mut self, bytes: &[u8]) {
         self.rx.extend_from_slice(bytes);
@@ -369,7 +397,11 @@ impl Codec {
         let mut p = [0u8; LEN_LEN];
         p.copy_from_slice(prefix);
         let len = u32::from_be_bytes(p) as usize;
-        if !(TAG_LEN..=self.max_frame).contains(&len) {
+        let max = self
+            .recv_limit
+            .unwrap_or(self.max_frame)
+            .min(self.max_frame);
+        if !(TAG_LEN..=max).contains(&len) {
             return Err(ChannelError::FrameLength(len));
         }
         if self.rx.len() < LEN_LEN + len {
@@ -421,6 +453,8 @@ pub struct Channel {
     /// Until the peer's hello arrived: our half of the handshake and the peer's hello so far.
     handshake: Option<(Handshake, Vec<u8>)>,
     codec: Option<Codec>,
+    /// The peer's key confirmation opened: it knows the cluster secret.
+    confirmed: bool,
     /// Messages sent before the handshake completed.
     queued: Vec<Message>,
     out: Vec<u8>,
@@ -433,7 +467,7 @@ impl fmt::Debug for Channel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Channel")
             .field("peer", &self.stream.peer_addr().ok())
-            .field("established", &self.codec.is_some())
+            .field("established", &self.confirmed)
             .field("pending_output", &self.pending_output())
             .finish()
     }
@@ -474,6 +508,7 @@ impl Channel {
             stream,
             handshake: Some((hs, Vec::with_capacity(HELLO_LEN))),
             codec: None,
+            confirmed: false,
             queued: Vec::new(),
             out: hello.to_vec(),
             out_pos: 0,
@@ -484,9 +519,10 @@ impl Channel {
         Ok(c)
     }
 
-    /// Whether the handshake completed (keys derived from both hellos).
+    /// Whether the handshake completed: keys derived from both hellos and the peer's key
+    /// confirmation opened (it knows the cluster secret).
     pub fn is_established(&self) -> bool {
-        self.codec.is_some()
+        self.confirmed
     }
 
     /// Queue a message (it leaves now if the socket takes it, or once the handshake is done).
@@ -523,54 +559,102 @@ impl Channel {
     /// Move bytes both ways (the handshake first); the next received message, if any.
     pub fn poll(&mut self) -> Result<Option<Message>, ChannelError> {
         self.flush()?;
-        if let Some(m) = self
-            .codec
-            .as_mut()
-            .map(|c| c.poll_msg())
-            .transpose()?
-            .flatten()
-        {
-            return Ok(Some(m));
-        }
         let mut buf = [0u8; 64 * 1024];
         loop {
-            // Before the keys exist, read no further than the hello: what follows it is
-            // ciphertext for the codec.
-            let want = match &self.handshake {
-                Some((_, got)) => HELLO_LEN - got.len(),
-                None => buf.len(),
-            };
-            match self.stream.read(&mut buf[..want]) {
-                Ok(0) => return Err(ChannelError::Closed),
-                Ok(n) => {
-                    if let Some((_, got)) = self.handshake.as_mut() {
-                        got.extend_from_slice(&buf[..n]);
-                        if got.len() == HELLO_LEN {
-                            self.establish()?;
-                        }
-                        continue;
-                    }
-                    if let Some(codec) = self.codec.as_mut() {
-                        codec.feed(&buf[..n]);
-                        if let Some(m) = codec.poll_msg()? {
-                            return Ok(Some(m));
-                        }
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
-                Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => return Ok(None),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e.into()),
+            if let Some(m) = self.next_msg()? {
+                return Ok(Some(m));
+            }
+            if !self.read_some(&mut buf)? {
+                return Ok(None);
             }
         }
     }
 
-    /// The peer's hello is complete: derive the keys and send what was queued.
+    /// Advance the handshake only: true once the peer's key confirmation opened. Messages
+    /// that arrived behind it stay queued for [`Channel::poll`]. Reads no more than a hello
+    /// and a few frames' worth at a time, so an unauthenticated peer costs little.
+    pub fn poll_handshake(&mut self) -> Result<bool, ChannelError> {
+        self.flush()?;
+        let mut buf = [0u8; 4 * PREAUTH_MAX_FRAME];
+        loop {
+            self.take_confirm()?;
+            if self.confirmed {
+                return Ok(true);
+            }
+            if !self.read_some(&mut buf)? {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// One read into the handshake or the codec; false when the socket has nothing now.
+    fn read_some(&mut self, buf: &mut [u8]) -> Result<bool, ChannelError> {
+        // Before the keys exist, read no further than the hello: what follows it is
+        // ciphertext for the codec.
+        let want = match &self.handshake {
+            Some((_, got)) => HELLO_LEN - got.len(),
+            None => buf.len(),
+        };
+        match self.stream.read(&mut buf[..want]) {
+            Ok(0) => Err(ChannelError::Closed),
+            Ok(n) => {
+                if let Some((_, got)) = self.handshake.as_mut() {
+                    got.extend_from_slice(&buf[..n]);
+                    if got.len() == HELLO_LEN {
+                        self.establish()?;
+                    }
+                } else if let Some(codec) = self.codec.as_mut() {
+                    codec.feed(&buf[..n]);
+                }
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            // A non-blocking connect not finished yet.
+            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(true),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Open the peer's key confirmation if it is there: the first frame must be it.
+    fn take_confirm(&mut self) -> Result<(), ChannelError> {
+        let Some(codec) = self.codec.as_mut() else {
+            return Ok(());
+        };
+        if self.confirmed {
+            return Ok(());
+        }
+        match codec.poll_frame()? {
+            None => Ok(()),
+            Some(f) if f == CONFIRM => {
+                self.confirmed = true;
+                codec.lift_recv_limit();
+                Ok(())
+            }
+            Some(_) => Err(ChannelError::BadHello("no key confirmation")),
+        }
+    }
+
+    /// The next message from what the codec holds, after the peer's key confirmation.
+    fn next_msg(&mut self) -> Result<Option<Message>, ChannelError> {
+        self.take_confirm()?;
+        match self.codec.as_mut() {
+            Some(codec) if self.confirmed => codec.poll_msg(),
+            _ => Ok(None),
+        }
+    }
+
+    /// The peer's hello is complete: derive the keys, send our key confirmation and what was
+    /// queued.
     fn establish(&mut self) -> Result<(), ChannelError> {
         let Some((hs, hello)) = self.handshake.take() else {
             return Ok(());
         };
-        self.codec = Some(hs.finish(&hello)?);
+        let mut codec = hs.finish(&hello)?;
+        codec.limit_recv(PREAUTH_MAX_FRAME);
+        let confirm = codec.seal(CONFIRM)?;
+        self.out.extend_from_slice(&confirm);
+        self.codec = Some(codec);
         for m in std::mem::take(&mut self.queued) {
             self.send(&m)?;
         }
@@ -585,7 +669,8 @@ impl Channel {
         self.out.len() - self.out_pos + self.queued.len()
     }
 
-    /// Total frame bytes queued for sending so far (framing and tags included, the hello not).
+    /// Total frame bytes queued for sending so far (framing and tags included; the hello and
+    /// the key confirmation not).
     pub fn bytes_sent(&self) -> u64 {
         self.bytes_sent
     }
@@ -611,7 +696,15 @@ impl Channel {
         Ok(())
     }
 
-    /// The codec, once established (tests seal frames to tamper with them).
+    /// Whether both hellos are in and the keys derived (the peer's key confirmation may not
+    /// have been checked yet: see [`Channel::is_established`]). Tests stop their setup here,
+    /// so that the confirmation's check happens inside the exchange they observe.
+    #[doc(hidden)]
+    pub fn has_keys(&self) -> bool {
+        self.codec.is_some()
+    }
+
+    /// The codec, once the keys are derived (tests seal frames to tamper with them).
     #[doc(hidden)]
     pub fn codec_mut(&mut self) -> Option<&mut Codec> {
         self.codec.as_mut()

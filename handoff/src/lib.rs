@@ -59,6 +59,7 @@ pub mod acceptor;
 pub mod channel;
 pub mod donor;
 pub mod drain;
+pub mod gate;
 pub mod host;
 pub mod msg;
 pub mod report;
@@ -68,6 +69,7 @@ pub use acceptor::{Acceptor, AcceptorConfig, AcceptorEvent, Dest, Steering, Viol
 pub use channel::{Channel, ChannelError, ClusterSecret, Codec, Handshake, Role};
 pub use donor::{Donor, DonorConfig, DonorOutcome};
 pub use drain::Drain;
+pub use gate::{ChannelGate, GateLimits, GateStats};
 pub use host::{Host, HostError, Service, Takeover};
 pub use msg::{AcceptorTimes, Fence, Message, Offer, RefuseReason};
 pub use report::{HandoffReport, Mode, Phase, PhaseTimes};

@@ -7,7 +7,7 @@
 mod common;
 
 use common::{
-    channels, channels_to, ip, read_into, round, round12, start_donor, Lan, Link, Raw, DS, SECRET,
+    channels, channels_seen, ip, read_into, round, round12, start_donor, Lan, Link, Raw, DS, SECRET,
 };
 use ds_handoff::channel::{Channel, ChannelError};
 use ds_handoff::msg::{Message, Offer};
@@ -94,11 +94,15 @@ fn download_via(
     flip_at: Option<usize>,
 ) -> Run {
     let data = content();
-    let (mut ch_d, ch_a) = match flip_at {
-        Some(at) => channels_to(secrets.0, secrets.1, |a| tampering_proxy(a, at)),
-        None => channels(secrets.0, secrets.1),
+    let (mut ch_d, ch_a, handshake_error) = match flip_at {
+        Some(at) => channels_seen(secrets.0, secrets.1, |a| tampering_proxy(a, at)),
+        None => channels_seen(secrets.0, secrets.1, |a| a),
     };
-    let mut ch_a: Option<Box<dyn Link>> = Some(Box::new(ch_a));
+    // An acceptor whose handshake failed (the donor did not prove the key) closes the channel.
+    let mut ch_a: Option<Box<dyn Link>> = match handshake_error {
+        None => Some(Box::new(ch_a)),
+        Some(_) => None,
+    };
     let mut acceptor: Acceptor<u8, UserConn> = Acceptor::new(acfg);
     let mut svcs: [Raw; 3] = Default::default();
     svcs[2].name = Some(name);
@@ -113,7 +117,7 @@ fn download_via(
     let mut run = Run {
         report: None,
         resumed: None,
-        acceptor_error: None,
+        acceptor_error: handshake_error,
         refused: None,
         bytes_ok: false,
         client_retransmits: 0,
@@ -614,11 +618,13 @@ fn twenty_handoffs_back_and_forth_byte_exact() {
 /// and closes; the donor resumes the download.
 #[test]
 fn tampered_offer_on_the_wire_is_rejected_and_download_stays() {
-    use ds_handoff::channel::HELLO_LEN;
-    // Inside the ciphertext and near the tag's end (a 4-byte length prefix follows the hello;
-    // a flipped length makes the acceptor wait for bytes that never come: the donor's reply
-    // timeout covers that, see `silent_acceptor_times_out_and_donor_resumes`).
-    for at in [HELLO_LEN + 4 + 1, HELLO_LEN + 4 + 60] {
+    use ds_handoff::channel::{frame_len, CONFIRM, HELLO_LEN};
+    // Inside the ciphertext and near the tag's end (the hello and the key confirmation's
+    // frame come first, then the offer's 4-byte length prefix; a flipped length makes the
+    // acceptor wait for bytes that never come: the donor's reply timeout covers that, see
+    // `silent_acceptor_times_out_and_donor_resumes`).
+    let offer = HELLO_LEN + frame_len(CONFIRM.len());
+    for at in [offer + 4 + 1, offer + 4 + 60] {
         let run = download_via(Drain::Immediate, acfg(), "http", (SECRET, SECRET), Some(at));
         assert!(run.bytes_ok);
         assert!(run.report.is_none());

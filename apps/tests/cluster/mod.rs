@@ -187,6 +187,12 @@ impl Cluster {
         }
     }
 
+    /// The home agent's process id.
+    #[allow(dead_code)] // not every test that includes the harness needs it
+    pub fn ha_pid(&self) -> u32 {
+        self.ha.id()
+    }
+
     /// `dsnode serve --device afxdp` on node `i` with its address, MAC and the DS address,
     /// plus `extra`; waits until it serves.
     pub fn start_node(&mut self, i: usize, extra: &[String]) {

@@ -224,31 +224,45 @@ pub fn listen() -> TcpListener {
         .unwrap()
 }
 
-/// Poll both ends until their handshakes completed (or one failed: returned as is).
-pub fn establish(d: Channel, a: Channel) -> (Channel, Channel) {
+/// Poll both ends until their handshakes completed (or one failed: the acceptor's error is
+/// returned with them).
+pub fn establish(d: Channel, a: Channel) -> (Channel, Channel, Option<ChannelError>) {
     let (mut d, mut a) = (d, a);
     let t = Mono::now();
     while !(d.is_established() && a.is_established()) && t.elapsed() < Duration::from_secs(5) {
-        if d.poll().is_err() || a.poll().is_err() {
+        if d.poll().is_err() {
             break;
         }
+        if let Err(e) = a.poll() {
+            return (d, a, Some(e));
+        }
     }
-    (d, a)
+    (d, a, None)
 }
 
-/// A control channel pair over loopback: (donor side, acceptor side), optionally to `addr`
-/// instead of the listener (a proxy in front of it).
-pub fn channels_to(
+/// A control channel pair over loopback: (donor side, acceptor side, the acceptor's
+/// handshake error), optionally to `addr` instead of the listener (a proxy in front of it).
+pub fn channels_seen(
     donor_secret: &[u8],
     acceptor_secret: &[u8],
     via: impl FnOnce(SocketAddr) -> SocketAddr,
-) -> (Channel, Channel) {
+) -> (Channel, Channel, Option<ChannelError>) {
     let l = listen();
     let addr = via(l.local_addr().unwrap());
     let d = Channel::connect(addr, &ClusterSecret::new(donor_secret).unwrap()).unwrap();
     let (stream, _) = l.accept().unwrap();
     let a = Channel::accept(stream, &ClusterSecret::new(acceptor_secret).unwrap()).unwrap();
     establish(d, a)
+}
+
+/// [`channels_seen`] without the error.
+pub fn channels_to(
+    donor_secret: &[u8],
+    acceptor_secret: &[u8],
+    via: impl FnOnce(SocketAddr) -> SocketAddr,
+) -> (Channel, Channel) {
+    let (d, a, _) = channels_seen(donor_secret, acceptor_secret, via);
+    (d, a)
 }
 
 /// A control channel pair over loopback.

@@ -1,0 +1,342 @@
+//! Issue 12's attacks against the release daemons, in namespaces, while a client downloads:
+//! `dsha xdp` and two `dsnode --device afxdp` file servers (transparent steering). Needs
+//! root; prints SKIP otherwise.
+//!
+//! * Control ports (finding 1–3): from the home agent's namespace (another address than the
+//!   nodes'), 50 connections of each hostile kind — idle, trickling one byte per 0.9 s, a
+//!   truncated hello, a hello announcing a 16 MiB frame — and 1,000 hello-only connections,
+//!   against node 1's control port and the home agent's. Meanwhile a paced download from
+//!   node 1 never waits more than 50 ms for a read, the operator's handoff of it to node 2
+//!   succeeds (through the home agent's control port, under the same attack), node 1 and the
+//!   home agent grow by less than 10 MB, and node 1 accepted no channel without the key.
+//! * A stopped peer (finding 2): node 2 under SIGSTOP; a handoff to it is kept here after the
+//!   reply timeout, the next one is refused at once (back-off) and never freezes, and another
+//!   download from node 1 meanwhile never waits more than 50 ms.
+
+mod cluster;
+
+use cluster::{dsctl, Addrs, Cluster, UP};
+use ds_testbed::{require_root, PatternStream};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+const SIZE: usize = 48 << 20;
+/// The client reads at most this much per read, and pauses between reads: ~16 MB/s, so the
+/// download lasts seconds and the server's data is always waiting in the socket.
+const CHUNK: usize = 64 << 10;
+const PACE: Duration = Duration::from_millis(4);
+/// The longest any read of the download may wait (the issue's acceptance).
+const MAX_GAP: Duration = Duration::from_millis(50);
+/// The most node 1 or the home agent may grow under the attack.
+const MAX_GROWTH_KIB: u64 = 10 << 10;
+
+fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS")
+}
+
+/// What a paced download saw.
+struct Download {
+    body: Vec<u8>,
+    /// The longest a read waited, after the first byte of the body.
+    max_gap: Duration,
+    /// How far into the body that read was.
+    gap_at: usize,
+}
+
+/// GET `/big.bin` from `ds`, paced; `started` is set to the client's port once the body
+/// flows.
+fn paced_download(ds: &str, started: &AtomicU16) -> Download {
+    let addr: SocketAddr = format!("[{ds}]:80").parse().expect("address");
+    let mut s = TcpStream::connect_timeout(&addr, UP).expect("connect to the DS address");
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    s.write_all(b"GET /big.bin HTTP/1.1\r\nHost: ds\r\nConnection: close\r\n\r\n")
+        .expect("request");
+    let mut buf = vec![0u8; CHUNK];
+    let mut head = Vec::new();
+    let mut body = Vec::with_capacity(SIZE);
+    let mut max_gap = Duration::ZERO;
+    let mut gap_at = 0;
+    loop {
+        let t = Instant::now();
+        let n = s.read(&mut buf).expect("read");
+        if !body.is_empty() && t.elapsed() > max_gap {
+            max_gap = t.elapsed();
+            gap_at = body.len();
+        }
+        if n == 0 {
+            break;
+        }
+        if body.is_empty() && head.windows(4).all(|w| w != b"\r\n\r\n") {
+            head.extend_from_slice(&buf[..n]);
+            if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                body.extend_from_slice(&head[end + 4..]);
+                let port = s.local_addr().map(|a| a.port()).unwrap_or(1);
+                started.store(port, Ordering::SeqCst);
+            }
+            continue;
+        }
+        body.extend_from_slice(&buf[..n]);
+        std::thread::sleep(PACE);
+    }
+    Download {
+        body,
+        max_gap,
+        gap_at,
+    }
+}
+
+/// A hello that looks right (magic, version, initiator role) from someone without the key.
+fn forged_hello() -> Vec<u8> {
+    let mut h = b"DSH".to_vec();
+    h.push(ds_handoff::channel::CHANNEL_VERSION);
+    h.push(1);
+    h.extend((0..32u8).map(|i| i.wrapping_mul(41)));
+    h
+}
+
+/// Open the hostile connections to `target` (from the calling thread's namespace); the
+/// trickling ones are returned to be fed.
+fn attack(target: SocketAddr, keep: &mut Vec<TcpStream>) -> Vec<TcpStream> {
+    let connect = || TcpStream::connect_timeout(&target, Duration::from_millis(200)).ok();
+    let mut trickle = Vec::new();
+    for _ in 0..50 {
+        // Idle.
+        keep.extend(connect());
+        // A truncated hello.
+        if let Some(mut s) = connect() {
+            let _ = s.write_all(&forged_hello()[..10]);
+            keep.push(s);
+        }
+        // A hello and a 16 MiB frame's length, then 64 KiB of it.
+        if let Some(mut s) = connect() {
+            let _ = s.set_nonblocking(true);
+            let _ = s.write_all(&forged_hello());
+            let _ = s.write_all(&(16u32 << 20).to_be_bytes());
+            let _ = s.write_all(&[7u8; 64 << 10]);
+            keep.push(s);
+        }
+        // Trickling: the first byte now, one more every 0.9 s.
+        if let Some(mut s) = connect() {
+            let _ = s.write_all(b"D");
+            trickle.push(s);
+        }
+    }
+    for _ in 0..1000 {
+        if let Some(mut s) = connect() {
+            let _ = s.write_all(&forged_hello());
+            keep.push(s);
+        }
+    }
+    trickle
+}
+
+fn status(sock: &Path) -> serde_json::Value {
+    dsctl(sock, &["status"]).expect("dsctl status")
+}
+
+/// Node 1's name of the client's connection from `port`.
+fn client_conn(sock: &Path, client: &str, port: u16) -> String {
+    let want = format!("[{client}]:{port}");
+    let v = dsctl(sock, &["conns"]).expect("dsctl conns");
+    let listed = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["client"].as_str() == Some(want.as_str()));
+    assert!(listed, "{want} is not listed: {v}");
+    want
+}
+
+/// Two paced downloads from node 1 in the client namespace: the first stays there and is
+/// measured, the second is handed to node 2 by `during` (which runs once both flow, and
+/// returns what the test wants back); then both are checked byte-exact.
+fn two_downloads<T: Send>(
+    c: &Cluster,
+    body: &[u8],
+    during: impl FnOnce(u16, &AtomicBool) -> T + Send,
+) -> (Download, T) {
+    let ds = c.a.ds();
+    let topo = &c.topo;
+    let ports = [AtomicU16::new(0), AtomicU16::new(0)];
+    let done = AtomicBool::new(false);
+    let (measured, moved, out) = std::thread::scope(|sc| {
+        let dls = ports.each_ref().map(|p| {
+            let ds = &ds;
+            let done = &done;
+            sc.spawn(move || {
+                let d = topo.client.run(|| paced_download(ds, p));
+                done.store(true, Ordering::SeqCst);
+                d
+            })
+        });
+        let t = Instant::now();
+        while ports.iter().any(|p| p.load(Ordering::SeqCst) == 0) {
+            assert!(t.elapsed() < UP, "the downloads did not start");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let out = during(ports[1].load(Ordering::SeqCst), &done);
+        let [a, b] = dls.map(|d| d.join().expect("download"));
+        (a, b, out)
+    });
+    for d in [&measured, &moved] {
+        assert_eq!(d.body.len(), body.len(), "length");
+        assert!(d.body == body, "a download arrived corrupted");
+    }
+    eprintln!(
+        "the moved download's largest read wait: {:?} (the handoff's own gap)",
+        moved.max_gap
+    );
+    (measured, out)
+}
+
+#[test]
+fn hostile_control_connections_stall_nothing_and_prove_nothing() {
+    if !require_root("hostile_control_connections_stall_nothing_and_prove_nothing") {
+        return;
+    }
+    let mut c = Cluster::start("hd", Addrs::new(0xed, 2));
+    let body = PatternStream::bytes(0x12ed, SIZE);
+    let socks = c.start_file_servers("afxdp", &body);
+    let (client, to) = (c.a.client(), c.a.ctl_listen(1));
+    let node1: SocketAddr = c.a.ctl_listen(0).parse().expect("node 1 control");
+    let ha_ctl: SocketAddr = c.a.ha_control().parse().expect("home agent control");
+    let (node1_pid, ha_pid) = (c.nodes[0].0.id(), c.ha_pid());
+    let ha_ns = &c.topo.ha;
+    let (got, figures) = two_downloads(&c, &body, |port, done| {
+        let before = (rss_kib(node1_pid), rss_kib(ha_pid));
+        // The attack, from the home agent's namespace: its sockets stay there.
+        let (mut trickle, keep) = ha_ns.run(|| {
+            let mut keep = Vec::new();
+            let mut t = attack(node1, &mut keep);
+            t.extend(attack(ha_ctl, &mut keep));
+            (t, keep)
+        });
+        eprintln!(
+            "attack: {} trickling and {} other connections opened",
+            trickle.len(),
+            keep.len()
+        );
+        // Under the attack, the operator moves the second download to node 2.
+        std::thread::sleep(Duration::from_millis(300));
+        let conn = client_conn(&socks[0], &client, port);
+        let queued = dsctl(&socks[0], &["handoff", &conn, "--to", &to]).expect("dsctl handoff");
+        assert_eq!(queued["queued"], conn.as_str(), "{queued}");
+        let mut last = Instant::now();
+        let mut peak = before;
+        while !done.load(Ordering::SeqCst) {
+            if last.elapsed() >= Duration::from_millis(900) {
+                last = Instant::now();
+                for s in &mut trickle {
+                    let _ = s.write_all(b"S");
+                }
+            }
+            peak = (peak.0.max(rss_kib(node1_pid)), peak.1.max(rss_kib(ha_pid)));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        drop((trickle, keep));
+        (before, peak)
+    });
+    let ((n0, h0), (n1, h1)) = figures;
+    let out1 = std::fs::read_to_string(&c.nodes[0].2).expect("node 1 output");
+    let report = out1.lines().find(|l| l.contains("phases_us"));
+    eprintln!("handoff: {report:?}");
+    eprintln!(
+        "largest read wait {:?} at byte {}; node 1 RSS {n0} → {n1} KiB peak, home agent {h0} → {h1} KiB peak",
+        got.max_gap, got.gap_at
+    );
+    assert!(
+        got.max_gap < MAX_GAP,
+        "a read waited {:?} under the attack",
+        got.max_gap
+    );
+    assert!(n1 - n0 < MAX_GROWTH_KIB, "node 1 grew {} KiB", n1 - n0);
+    assert!(
+        h1 - h0 < MAX_GROWTH_KIB,
+        "the home agent grew {} KiB",
+        h1 - h0
+    );
+    let s1 = status(&socks[0]);
+    assert_eq!(s1["handoff"]["moved"], 1, "the handoff under attack: {s1}");
+    assert_eq!(status(&socks[1])["handoff"]["adopted"], 1);
+    let gate = &s1["handoff"]["gate"];
+    eprintln!("node 1's control port: {gate}");
+    assert!(
+        gate["authenticated"].as_u64() <= Some(2),
+        "only node 2 proves the key: {gate}"
+    );
+    assert!(
+        gate["accepted"].as_u64().unwrap_or(0) >= 200,
+        "the attack reached the port: {gate}"
+    );
+    assert!(c.stop(), "the home agent removed its pins");
+}
+
+#[test]
+fn a_stopped_peer_costs_one_reply_timeout_then_handoffs_back_off() {
+    if !require_root("a_stopped_peer_costs_one_reply_timeout_then_handoffs_back_off") {
+        return;
+    }
+    let mut c = Cluster::start("hs", Addrs::new(0xee, 2));
+    let body = PatternStream::bytes(0x12ee, SIZE);
+    let socks = c.start_file_servers("afxdp", &body);
+    let (client, to) = (c.a.client(), c.a.ctl_listen(1));
+    let node2 = libc::pid_t::try_from(c.nodes[1].0.id()).expect("pid");
+    let signal = |sig| {
+        // SAFETY: kill(2) on a child process of this test, by pid.
+        let r = unsafe { libc::kill(node2, sig) };
+        assert_eq!(r, 0, "kill");
+    };
+    let log1 = &c.nodes[0].1;
+    let (got, (first, s1)) = two_downloads(&c, &body, |port, _| {
+        signal(libc::SIGSTOP);
+        let conn = client_conn(&socks[0], &client, port);
+        let t = Instant::now();
+        dsctl(&socks[0], &["handoff", &conn, "--to", &to]).expect("dsctl handoff");
+        // The peer never answers: the attempt ends (kept here), and from then on handoffs to
+        // it back off: the operator's next request is refused at once.
+        let first = loop {
+            match dsctl(&socks[0], &["handoff", &conn, "--to", &to]) {
+                Err(e) if e.contains("back off") => break t.elapsed(),
+                Err(e) if e.contains("already leaving") => {}
+                other => panic!(
+                    "a second handoff to a stopped peer: {other:?}; node 1: {}; its log: {}",
+                    status(&socks[0])["handoff"],
+                    std::fs::read_to_string(log1).unwrap_or_default()
+                ),
+            }
+            assert!(
+                t.elapsed() < UP,
+                "handoffs to the stopped peer never backed off"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let s1 = status(&socks[0]);
+        signal(libc::SIGCONT);
+        (first, s1)
+    });
+    eprintln!(
+        "stopped peer: handoffs back off after {first:?}; the other download's largest read \
+         wait {:?}; node 1: {}",
+        got.max_gap, s1["handoff"]
+    );
+    // Either the channel to the stopped peer was not up (nothing frozen at all) or it was
+    // (one freeze, kept after the reply timeout).
+    let started = s1["handoff"]["started"].as_u64().unwrap_or(9);
+    assert!(started <= 1, "one freeze at most: {s1}");
+    assert_eq!(s1["handoff"]["kept"], started, "{s1}");
+    assert_eq!(s1["handoff"]["moved"], 0, "{s1}");
+    assert!(
+        got.max_gap < MAX_GAP,
+        "a read of the other download waited {:?}",
+        got.max_gap
+    );
+    assert!(c.stop(), "the home agent removed its pins");
+}
