@@ -11,6 +11,9 @@
 //! port = 80
 //! root = "/srv/www"                  # or, proxy mode: backend = "[::1]:8080"
 //! control_socket = "/run/dsnode.sock" # for dsctl
+//! # header_timeout_ms = 10000        # a request head must arrive within this (then 408)
+//! # stall_timeout_ms = 60000         # a response with no progress this long is aborted
+//! # max_connections = 10000          # more are answered 503
 //! # policy = "round-robin"           # proxy mode: local | round-robin | least-connections
 //!
 //! [handoff]
@@ -73,6 +76,9 @@ struct NodeFile {
     json: Option<bool>,
     udp_echo: Option<u16>,
     control_socket: Option<PathBuf>,
+    header_timeout_ms: Option<u64>,
+    stall_timeout_ms: Option<u64>,
+    max_connections: Option<usize>,
     backend: Option<SocketAddr>,
     policy: Option<Spanned<String>>,
     handoff: Option<HandoffFile>,
@@ -190,6 +196,18 @@ pub fn serve_args(path: &Path) -> Result<Vec<String>, ConfigError> {
     opt("root", file.root.map(|r| r.display().to_string()));
     opt("mac", file.mac);
     opt("udp_echo", file.udp_echo.as_ref().map(|p| s(p)));
+    opt(
+        "header_timeout_ms",
+        file.header_timeout_ms.as_ref().map(|v| s(v)),
+    );
+    opt(
+        "stall_timeout_ms",
+        file.stall_timeout_ms.as_ref().map(|v| s(v)),
+    );
+    opt(
+        "max_connections",
+        file.max_connections.as_ref().map(|v| s(v)),
+    );
     opt(
         "control_socket",
         file.control_socket.map(|p| p.display().to_string()),

@@ -397,11 +397,31 @@ pub fn reason(status: u16) -> &'static str {
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        408 => "Request Timeout",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         501 => "Not Implemented",
+        503 => "Service Unavailable",
         505 => "HTTP Version Not Supported",
         _ => "Unknown",
+    }
+}
+
+/// The status for a file that could not be opened: 404 when it is not there (or not a
+/// regular file below the root), 403 when it may not be read, 503 when the server is out of
+/// a resource (descriptors, memory: the client may try again), 500 otherwise.
+fn open_error_status(e: &io::Error) -> u16 {
+    match e.raw_os_error() {
+        Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP | libc::ENAMETOOLONG) => 404,
+        Some(libc::EACCES | libc::EPERM) => 403,
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS | libc::EAGAIN) => 503,
+        Some(_) => 500,
+        None => match e.kind() {
+            io::ErrorKind::NotFound => 404,
+            io::ErrorKind::PermissionDenied => 403,
+            io::ErrorKind::OutOfMemory => 503,
+            _ => 500,
+        },
     }
 }
 
@@ -746,6 +766,26 @@ impl HttpConn {
         })
     }
 
+    /// Whether part of a request head is buffered and nothing is being answered: the client
+    /// is (still) sending a request (the server bounds how long that may take).
+    pub fn awaiting_head(&self) -> bool {
+        !self.done && !self.is_busy() && !self.inbuf.is_empty()
+    }
+
+    /// Over the server's connection limit: answer 503 before any request and close (RFC 9110
+    /// §15.6.4).
+    pub fn refuse_overloaded(&mut self) {
+        self.error_response(503, "too many connections, try again later", false, false);
+        self.finish();
+    }
+
+    /// The request head did not arrive in time: answer 408 and close (RFC 9110 §15.5.9).
+    pub fn time_out_request(&mut self) {
+        self.inbuf.clear();
+        self.error_response(408, "the request took too long to arrive", false, false);
+        self.finish();
+    }
+
     /// Whether a response is partly sent.
     pub fn is_busy(&self) -> bool {
         self.out_pos < self.out.len() || self.body.is_some()
@@ -911,11 +951,10 @@ impl HttpConn {
                 200
             }
             Err(e) => {
-                let status = if e.kind() == io::ErrorKind::PermissionDenied {
-                    403
-                } else {
-                    404
-                };
+                let status = open_error_status(&e);
+                if status >= 500 {
+                    tracing::warn!(conn = %self.label, status, "cannot open a file: {e}");
+                }
                 self.error_response(status, reason(status), req.keep_alive, head_only);
                 status
             }
@@ -1005,6 +1044,20 @@ mod tests {
             Err(e) => e,
             other => panic!("expected an error from {s:?}, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn open_errors_map_to_the_right_status() {
+        // Finding 3 of issue 12: "too many open files" was answered 404.
+        let os = io::Error::from_raw_os_error;
+        assert_eq!(open_error_status(&os(libc::EMFILE)), 503);
+        assert_eq!(open_error_status(&os(libc::ENFILE)), 503);
+        assert_eq!(open_error_status(&os(libc::ENOMEM)), 503);
+        assert_eq!(open_error_status(&os(libc::ENOENT)), 404);
+        assert_eq!(open_error_status(&os(libc::ENOTDIR)), 404);
+        assert_eq!(open_error_status(&os(libc::EACCES)), 403);
+        assert_eq!(open_error_status(&os(libc::EIO)), 500);
+        assert_eq!(open_error_status(&io::ErrorKind::NotFound.into()), 404);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 use crate::drain::{DrainInfo, Draining};
 use crate::http::{HttpConn, HttpConnState};
 use crate::node::{Coordinator, HandoffConfig, NodeEvent, NodeStats};
+use crate::server::{ConnClock, Expiry, ServerConfig};
 use ds_handoff::Service;
 use ds_kernel::{KernelConn, KernelHost};
 use std::collections::HashMap;
@@ -34,10 +35,19 @@ struct Conn {
     eof: bool,
     /// When it was accepted or adopted here.
     since: Instant,
+    /// Against the header, stall and idle limits.
+    clock: ConnClock<Instant>,
+    /// When our FIN went out.
+    fin_at: Option<Instant>,
 }
 
 impl Conn {
     fn new(sock: TcpStream, http: HttpConn, local: SocketAddrV6, client: SocketAddrV6) -> Conn {
+        // Only so much queued and not yet sent (as the userspace stack's `notsent_lowat`): a
+        // slow reader holds little here, and a frozen state carries no more.
+        if let Err(e) = set_notsent_lowat(&sock) {
+            tracing::debug!("TCP_NOTSENT_LOWAT: {e}");
+        }
         Conn {
             sock,
             http,
@@ -47,6 +57,8 @@ impl Conn {
             fin: false,
             eof: false,
             since: Instant::now(),
+            clock: ConnClock::new(Instant::now()),
+            fin_at: None,
         }
     }
 }
@@ -68,6 +80,26 @@ pub struct KernelServerStats {
     pub response_bytes: u64,
     /// Connections open now.
     pub open: usize,
+    /// Requests whose head did not arrive within the header timeout (answered 408).
+    pub header_timeouts: u64,
+    /// Responses aborted after the stall timeout.
+    pub stalled: u64,
+    /// Persistent connections closed idle.
+    pub idle_closed: u64,
+    /// Connections refused over the connection limit (503, or a reset past twice the limit).
+    pub refused: u64,
+}
+
+/// `std::time::Instant` as [`ConnClock`] wants it.
+fn since(now: Instant, then: Instant) -> Duration {
+    now.saturating_duration_since(then)
+}
+
+/// Abort: SO_LINGER with a zero timeout makes the close send a RST (RFC 9293 §3.10.7.1).
+fn reset_on_close(sock: &TcpStream) {
+    if let Err(e) = socket2::SockRef::from(sock).set_linger(Some(Duration::ZERO)) {
+        tracing::debug!("SO_LINGER: {e}");
+    }
 }
 
 /// The HTTP service of a kernel node as the engine's [`Service`], for one call.
@@ -147,6 +179,28 @@ pub struct KernelNode {
     requested: Vec<SocketAddrV6>,
     /// Set while the node drains.
     drain: Option<Draining>,
+    /// The HTTP server's limits (as the userspace server's).
+    limits: ServerConfig,
+}
+
+/// At most the userspace stack's `notsent_lowat` queued and not yet sent on `sock`
+/// (`TCP_NOTSENT_LOWAT`, Linux 3.12).
+fn set_notsent_lowat(sock: &TcpStream) -> std::io::Result<()> {
+    let v = libc::c_int::try_from(ds_stack::DEFAULT_NOTSENT_LOWAT).unwrap_or(libc::c_int::MAX);
+    // SAFETY: setsockopt(2) on a live socket with a pointer to an int of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            &v as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 impl KernelNode {
@@ -176,7 +230,13 @@ impl KernelNode {
             control: Vec::new(),
             requested: Vec::new(),
             drain: None,
+            limits: ServerConfig::default(),
         })
+    }
+
+    /// The HTTP limits (header, stall and idle timeouts, connection limit).
+    pub fn set_limits(&mut self, limits: ServerConfig) {
+        self.limits = limits;
     }
 
     /// Handoff counters.
@@ -281,6 +341,9 @@ impl KernelNode {
             Some(_) => {}
         }
         if !self.conns.iter().any(|c| c.client == client) {
+            if self.core.moving(client) {
+                return Err(format!("the connection of {client} is already leaving"));
+            }
             return Err(format!("no connection of {client} here"));
         }
         if self.requested.contains(&client) {
@@ -399,7 +462,18 @@ impl KernelNode {
                             continue;
                         }
                         self.stats.accepted += 1;
-                        let http = HttpConn::new(self.root.clone(), remote.to_string());
+                        let max = self.limits.max_connections;
+                        if self.conns.len() >= max.saturating_mul(2) {
+                            // Far over the limit: not even a response.
+                            self.stats.refused += 1;
+                            reset_on_close(&sock);
+                            continue;
+                        }
+                        let mut http = HttpConn::new(self.root.clone(), remote.to_string());
+                        if self.conns.len() >= max {
+                            self.stats.refused += 1;
+                            http.refuse_overloaded();
+                        }
                         self.conns.push(Conn::new(sock, http, local, remote));
                     }
                     Ok(_) => {}
@@ -438,7 +512,7 @@ impl KernelNode {
                 }
             }
             let quota = self.quota_now();
-            let (verdict, wrote) = serve(&mut self.conns[k], quota);
+            let (verdict, wrote) = serve(&mut self.conns[k], quota, &self.limits, &mut self.stats);
             self.stats.response_bytes += wrote;
             match verdict {
                 Verdict::Continue => k += 1,
@@ -460,13 +534,9 @@ impl KernelNode {
                         }
                     }
                     Some(Ok(false)) => {
-                        // The peer's control channel is opening: nothing is frozen for a peer
-                        // without one. Served on meanwhile, it leaves once the channel is up.
-                        let c = &mut self.conns[k];
-                        c.sent_here = 0;
-                        if !self.requested.contains(&c.client) {
-                            self.requested.push(c.client);
-                        }
+                        // The peer's control channel is opening (nothing is frozen for a peer
+                        // without one): it waits paused by the quota, for `CHANNEL_WAIT` at
+                        // most (then the engine gives up on the peer and backs off).
                         k += 1;
                     }
                     None | Some(Err(_)) => {
@@ -530,7 +600,13 @@ impl KernelNode {
 
 /// Read what the client sent and write the response, at most up to the quota. Returns the
 /// verdict and the response bytes written.
-fn serve(c: &mut Conn, quota: Option<u64>) -> (Verdict, u64) {
+fn serve(
+    c: &mut Conn,
+    quota: Option<u64>,
+    limits: &ServerConfig,
+    stats: &mut KernelServerStats,
+) -> (Verdict, u64) {
+    let now = Instant::now();
     let mut buf = [0u8; 16 * 1024];
     let mut wrote = 0u64;
     while c.http.wants_input() {
@@ -541,7 +617,10 @@ fn serve(c: &mut Conn, quota: Option<u64>) -> (Verdict, u64) {
                 c.eof = true;
                 break;
             }
-            Ok(n) => c.http.feed(&buf[..n]),
+            Ok(n) => {
+                c.http.feed(&buf[..n]);
+                c.clock.activity(now);
+            }
             Err(e) if e.kind() == ErrorKind::WouldBlock => break,
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) => {
@@ -549,6 +628,9 @@ fn serve(c: &mut Conn, quota: Option<u64>) -> (Verdict, u64) {
                 return (Verdict::Close, wrote);
             }
         }
+    }
+    if c.clock.head_deadline(now, since, &mut c.http, limits) {
+        stats.header_timeouts += 1;
     }
     loop {
         let left = quota.map(|q| q.saturating_sub(c.sent_here));
@@ -573,6 +655,7 @@ fn serve(c: &mut Conn, quota: Option<u64>) -> (Verdict, u64) {
             Ok(0) => break,
             Ok(n) => {
                 c.http.advance(n);
+                c.clock.activity(now);
                 c.sent_here += n as u64;
                 wrote += n as u64;
                 if quota.is_some_and(|q| c.sent_here >= q) {
@@ -587,14 +670,28 @@ fn serve(c: &mut Conn, quota: Option<u64>) -> (Verdict, u64) {
             }
         }
     }
+    match c.clock.after_send(now, since, &mut c.http, limits) {
+        Expiry::None => {}
+        Expiry::Idle => stats.idle_closed += 1,
+        Expiry::Stalled => {
+            stats.stalled += 1;
+            reset_on_close(&c.sock);
+            return (Verdict::Close, wrote);
+        }
+    }
     if !c.fin && c.http.is_finished() {
         if let Err(e) = c.sock.shutdown(std::net::Shutdown::Write) {
             tracing::debug!(client = %c.client, "shutdown: {e}");
             return (Verdict::Close, wrote);
         }
         c.fin = true;
+        c.fin_at = Some(now);
     }
     if c.fin && c.eof {
+        return (Verdict::Close, wrote);
+    }
+    if c.fin_at.is_some_and(|t| since(now, t) >= limits.linger) {
+        reset_on_close(&c.sock);
         return (Verdict::Close, wrote);
     }
     (Verdict::Continue, wrote)

@@ -85,9 +85,6 @@ pub struct HandoffNode {
     /// Route-optimised donor: since when the connection at the head of the queue waits for
     /// its home keygen token.
     ticket_wait: Option<Instant>,
-    /// Connections that should leave once the peer's control channel is up (nothing is
-    /// frozen for a peer without one); served on meanwhile.
-    awaiting: Vec<(TcpHandle, SocketAddrV6)>,
 
     /// Cookie of the last home test (RFC 6275 §6.1.3).
     cookie: u64,
@@ -112,7 +109,6 @@ impl HandoffNode {
             role,
             queue: VecDeque::new(),
             ticket_wait: None,
-            awaiting: Vec::new(),
 
             cookie: 0,
             leaving: std::collections::HashMap::new(),
@@ -198,15 +194,14 @@ impl HandoffNode {
                 "handoffs to {to} back off after failures: try again later"
             ));
         }
-        let (h, paused) = self
-            .server
-            .handle_of(iface, client)
-            .ok_or_else(|| format!("no connection of {client} here"))?;
-        if paused
-            || self.queue.contains(&h)
-            || self.awaiting.iter().any(|(a, _)| *a == h)
-            || !self.server.pause(h)
-        {
+        let (h, paused) = self.server.handle_of(iface, client).ok_or_else(|| {
+            if self.core.moving(client) {
+                format!("the connection of {client} is already leaving")
+            } else {
+                format!("no connection of {client} here")
+            }
+        })?;
+        if paused || self.queue.contains(&h) || !self.server.pause(h) {
             return Err(format!("the connection of {client} is already leaving"));
         }
         self.queue.push_back(h);
@@ -320,7 +315,6 @@ impl HandoffNode {
             }
         }
         self.drive_drain(iface);
-        self.awaiting_channel(iface, mono);
         if !self.core.handing_off() {
             self.start_next(iface, now, mono);
         }
@@ -391,31 +385,6 @@ impl HandoffNode {
         Ticket::Missing("no home keygen token (the home test did not answer)")
     }
 
-    /// Connections waiting for the peer's channel leave once it is up (queued again, paused);
-    /// if it does not come up, they stay (the engine backs off).
-    fn awaiting_channel(&mut self, iface: &Interface, mono: Instant) {
-        if self.awaiting.is_empty() {
-            return;
-        }
-        let Some(to) = self.core.peer() else {
-            self.awaiting.clear();
-            return;
-        };
-        match self.core.peer_ready(mono, to) {
-            Ok(false) => {}
-            Ok(true) => {
-                for (h, client) in std::mem::take(&mut self.awaiting) {
-                    // Still the same connection (a closed one's handle may be reused).
-                    let same = iface.tcp_endpoints(h).is_some_and(|(_, r)| r == client);
-                    if same && !self.queue.contains(&h) && self.server.pause(h) {
-                        self.queue.push_back(h);
-                    }
-                }
-            }
-            Err(_) => self.awaiting.clear(),
-        }
-    }
-
     fn start_next(&mut self, iface: &mut Interface, now: StackInstant, mono: Instant) {
         while let Some(h) = self.queue.pop_front() {
             let client = iface.tcp_endpoints(h).map(|(_, r)| r);
@@ -441,13 +410,11 @@ impl HandoffNode {
                 match self.core.peer_ready(mono, to) {
                     Ok(true) => {}
                     Ok(false) => {
-                        // Its channel is opening: the connection is served on and leaves
-                        // once the channel is up.
-                        self.server.resume(h);
-                        if !self.awaiting.contains(&(h, c)) {
-                            self.awaiting.push((h, c));
-                        }
-                        continue;
+                        // Its channel is opening (nothing is frozen for a peer without one):
+                        // the connection waits paused, for `CHANNEL_WAIT` at most (then the
+                        // engine gives up on the peer and backs off).
+                        self.queue.push_front(h);
+                        return;
                     }
                     Err(why) => {
                         // Backing off or unreachable: the connection simply goes on here (the

@@ -25,14 +25,32 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// A connection still not closed this long after our FIN is aborted.
     pub linger: Duration,
+    /// A request head must arrive whole within this long of its first byte, however the
+    /// client trickles it (then 408 and close): a slow client holds a connection no longer.
+    pub header_timeout: Duration,
+    /// A response that makes no progress this long (the client reads nothing, its window
+    /// stays closed) is aborted.
+    pub stall_timeout: Duration,
+    /// Connections served at once; more are answered 503 and closed, and past twice as many
+    /// reset at once.
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
+    /// Backlog 128, idle 60 s, linger 30 s, header 10 s, stall 60 s, 10,000 connections.
+    ///
+    /// Memory per connection is bounded by what is in flight (at most the client's window)
+    /// plus the stack's `notsent_lowat` (256 KiB) and one file chunk (64 KiB); a client that
+    /// stops reading holds the latter two here (the rest sits in its own buffer), until the
+    /// stall timeout.
     fn default() -> Self {
         ServerConfig {
             backlog: 128,
             idle_timeout: Duration::from_secs(60),
             linger: Duration::from_secs(30),
+            header_timeout: Duration::from_secs(10),
+            stall_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
         }
     }
 }
@@ -48,6 +66,12 @@ pub struct ServerStats {
     pub aborted: u64,
     /// Connections closed by the idle timeout.
     pub idle_closed: u64,
+    /// Requests whose head did not arrive within the header timeout (answered 408).
+    pub header_timeouts: u64,
+    /// Responses aborted after the stall timeout.
+    pub stalled: u64,
+    /// Connections refused over the connection limit (503, or a reset past twice the limit).
+    pub refused: u64,
     /// Connections detached for a handoff ([`HttpServer::detach`]).
     pub handed_off: u64,
     /// Connections continued here after a handoff ([`HttpServer::adopt`]).
@@ -60,7 +84,7 @@ struct Conn {
     http: HttpConn,
     /// When it was accepted or adopted here.
     since: Instant,
-    last_activity: Instant,
+    clock: ConnClock<Instant>,
     /// When we sent FIN.
     fin_at: Option<Instant>,
     /// Response bytes handed to TCP on this node since accept, adopt or resume (the quota
@@ -77,12 +101,91 @@ impl Conn {
         Conn {
             http,
             since: now,
-            last_activity: now,
+            clock: ConnClock::new(now),
             fin_at: None,
             sent_here: 0,
             paused: false,
             resumed: false,
         }
+    }
+}
+
+/// A connection's clocks against the [`ServerConfig`] limits: one implementation for the
+/// userspace server and the kernel-socket node, each with its own clock type `T` (and its
+/// `since(later, earlier)`).
+#[derive(Debug, Clone, Copy)]
+pub struct ConnClock<T> {
+    last_activity: T,
+    /// Since when part of a request head is waiting for the rest.
+    head_since: Option<T>,
+}
+
+/// What [`ConnClock::after_send`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// Nothing.
+    None,
+    /// An idle persistent connection: no further request is answered, it closes.
+    Idle,
+    /// A response made no progress within the stall timeout: abort the connection.
+    Stalled,
+}
+
+impl<T: Copy> ConnClock<T> {
+    /// A connection opened (or adopted) at `now`.
+    pub fn new(now: T) -> Self {
+        ConnClock {
+            last_activity: now,
+            head_since: None,
+        }
+    }
+
+    /// Something moved at `now` (bytes in, bytes out).
+    pub fn activity(&mut self, now: T) {
+        self.last_activity = now;
+    }
+
+    /// Before answering: a request head that did not arrive whole within the header timeout
+    /// of its first byte is answered 408 and the connection closes (true then).
+    pub fn head_deadline(
+        &mut self,
+        now: T,
+        since: fn(T, T) -> Duration,
+        http: &mut HttpConn,
+        cfg: &ServerConfig,
+    ) -> bool {
+        if !http.awaiting_head() {
+            self.head_since = None;
+            return false;
+        }
+        let first = *self.head_since.get_or_insert(now);
+        if since(now, first) < cfg.header_timeout {
+            return false;
+        }
+        http.time_out_request();
+        self.head_since = None;
+        true
+    }
+
+    /// After sending: a response without progress for the stall timeout is to be aborted;
+    /// an idle persistent connection is finished (RFC 9112 §9.5 allows closing it any time).
+    pub fn after_send(
+        &mut self,
+        now: T,
+        since: fn(T, T) -> Duration,
+        http: &mut HttpConn,
+        cfg: &ServerConfig,
+    ) -> Expiry {
+        let quiet = since(now, self.last_activity);
+        if http.is_busy() {
+            if quiet >= cfg.stall_timeout {
+                return Expiry::Stalled;
+            }
+        } else if !http.is_finished() && quiet >= cfg.idle_timeout {
+            http.finish();
+            return Expiry::Idle;
+        }
+        Expiry::None
     }
 }
 
@@ -329,7 +432,19 @@ impl HttpServer {
                 None => tracing::debug!(conn = %label, "accepted"),
             }
             self.stats.accepted += 1;
-            let http = HttpConn::new(self.root.clone(), label);
+            let mut http = HttpConn::new(self.root.clone(), label);
+            let max = self.config.max_connections;
+            if self.conns.len() >= max.saturating_mul(2) {
+                // Far over the limit: not even a response.
+                self.stats.refused += 1;
+                let _ = iface.tcp_abort(h);
+                iface.tcp_release(h);
+                continue;
+            }
+            if self.conns.len() >= max {
+                self.stats.refused += 1;
+                http.refuse_overloaded();
+            }
             self.todo.push(h);
             self.conns.insert(h, Conn::new(http, now));
         }
@@ -412,7 +527,7 @@ fn service(
 ) -> Verdict {
     let (now, config) = (ctx.now, ctx.config);
     if std::mem::take(&mut conn.resumed) {
-        conn.last_activity = now;
+        conn.clock.activity(now);
     }
     match iface.tcp_state(h) {
         None | Some(TcpState::Closed) => {
@@ -434,17 +549,26 @@ fn service(
             Ok(0) => break,
             Ok(n) => {
                 conn.http.feed(&buf[..n]);
-                conn.last_activity = now;
+                conn.clock.activity(now);
             }
             Err(Error::Eof) => {
                 conn.http.feed_eof();
-                conn.last_activity = now;
+                conn.clock.activity(now);
             }
             Err(e) => {
                 tracing::debug!("receive failed: {e:?}");
                 return Verdict::Abort;
             }
         }
+    }
+
+    // A request head must arrive whole in time, however it trickles in (its 408 leaves
+    // below).
+    if conn
+        .clock
+        .head_deadline(now, Instant::saturating_since, &mut conn.http, config)
+    {
+        stats.header_timeouts += 1;
     }
 
     // Send as much as the send buffer (and the handoff quota) takes.
@@ -475,7 +599,7 @@ fn service(
             Ok(n) => {
                 conn.http.advance(n);
                 conn.sent_here += n as u64;
-                conn.last_activity = now;
+                conn.clock.activity(now);
                 if ctx.quota.is_some_and(|q| conn.sent_here >= q) {
                     return Verdict::QuotaReached;
                 }
@@ -487,13 +611,17 @@ fn service(
         }
     }
 
-    // Idle persistent connections are closed (RFC 9112 §9.5 allows it at any time).
-    if conn.fin_at.is_none()
-        && !conn.http.is_busy()
-        && now.saturating_since(conn.last_activity) >= config.idle_timeout
+    match conn
+        .clock
+        .after_send(now, Instant::saturating_since, &mut conn.http, config)
     {
-        stats.idle_closed += 1;
-        conn.http.finish();
+        Expiry::None => {}
+        Expiry::Idle => stats.idle_closed += 1,
+        Expiry::Stalled => {
+            stats.stalled += 1;
+            tracing::debug!("aborting a response that made no progress");
+            return Verdict::Abort;
+        }
     }
 
     // Close our half once the last response is out.

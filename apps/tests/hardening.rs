@@ -1,17 +1,26 @@
-//! Issue 12's attacks against the release daemons, in namespaces, while a client downloads:
-//! `dsha xdp` and two `dsnode --device afxdp` file servers (transparent steering). Needs
-//! root; prints SKIP otherwise.
+//! Issue 12's attacks against the release daemons, in namespaces, while clients download:
+//! `dsha xdp` and `dsnode --device afxdp` file servers (transparent steering). Needs root;
+//! prints SKIP otherwise.
 //!
-//! * Control ports (finding 1–3): from the home agent's namespace (another address than the
+//! * Control ports (findings 1–3): from the home agent's namespace (another address than the
 //!   nodes'), 50 connections of each hostile kind — idle, trickling one byte per 0.9 s, a
 //!   truncated hello, a hello announcing a 16 MiB frame — and 1,000 hello-only connections,
 //!   against node 1's control port and the home agent's. Meanwhile a paced download from
-//!   node 1 never waits more than 50 ms for a read, the operator's handoff of it to node 2
-//!   succeeds (through the home agent's control port, under the same attack), node 1 and the
-//!   home agent grow by less than 10 MB, and node 1 accepted no channel without the key.
+//!   node 1 never waits more than 50 ms for a read, the operator's handoff of another one to
+//!   node 2 succeeds (through the home agent's control port, under the same attack), node 1
+//!   and the home agent grow by less than 10 MB, and node 1 accepted no channel without the
+//!   key.
 //! * A stopped peer (finding 2): node 2 under SIGSTOP; a handoff to it is kept here after the
-//!   reply timeout, the next one is refused at once (back-off) and never freezes, and another
-//!   download from node 1 meanwhile never waits more than 50 ms.
+//!   reply timeout (or never starts, when its channel was not up), the next one is refused
+//!   at once (back-off), another download from node 1 never waits more than 50 ms, and once
+//!   node 2 runs again the stale offer it reads moves nothing: both downloads complete.
+//! * Clients that never read, and clients that trickle a request head (findings 5, 6): 500
+//!   of the first keep node 1 under 300 MB and are aborted at the stall timeout, 2,000 of the
+//!   second are answered 408 and closed at the header deadline, and a small GET meanwhile
+//!   takes under a second.
+//! * `kill -9` of the home agent mid-download (finding 8): the same command starts again at
+//!   once on the same interface (its program was attached through a BPF link that died with
+//!   it; the pinned flow table is taken up again) and the download completes.
 
 mod cluster;
 
@@ -48,6 +57,8 @@ struct Download {
     max_gap: Duration,
     /// How far into the body that read was.
     gap_at: usize,
+    /// Why it ended early, if it did.
+    error: Option<String>,
 }
 
 /// GET `/big.bin` from `ds`, paced; `started` is set to the client's port once the body
@@ -64,9 +75,16 @@ fn paced_download(ds: &str, started: &AtomicU16) -> Download {
     let mut body = Vec::with_capacity(SIZE);
     let mut max_gap = Duration::ZERO;
     let mut gap_at = 0;
+    let mut error = None;
     loop {
         let t = Instant::now();
-        let n = s.read(&mut buf).expect("read");
+        let n = match s.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) => {
+                error = Some(format!("read after {} body bytes: {e}", body.len()));
+                break;
+            }
+        };
         if !body.is_empty() && t.elapsed() > max_gap {
             max_gap = t.elapsed();
             gap_at = body.len();
@@ -90,6 +108,7 @@ fn paced_download(ds: &str, started: &AtomicU16) -> Download {
         body,
         max_gap,
         gap_at,
+        error,
     }
 }
 
@@ -187,6 +206,7 @@ fn two_downloads<T: Send>(
         (a, b, out)
     });
     for d in [&measured, &moved] {
+        assert_eq!(d.error, None, "a download failed");
         assert_eq!(d.body.len(), body.len(), "length");
         assert!(d.body == body, "a download arrived corrupted");
     }
@@ -280,8 +300,10 @@ fn hostile_control_connections_stall_nothing_and_prove_nothing() {
 }
 
 #[test]
-fn a_stopped_peer_costs_one_reply_timeout_then_handoffs_back_off() {
-    if !require_root("a_stopped_peer_costs_one_reply_timeout_then_handoffs_back_off") {
+fn a_stopped_peer_costs_one_reply_timeout_then_handoffs_back_off_and_its_late_read_moves_nothing() {
+    if !require_root(
+        "a_stopped_peer_costs_one_reply_timeout_then_handoffs_back_off_and_its_late_read_moves_nothing",
+    ) {
         return;
     }
     let mut c = Cluster::start("hs", Addrs::new(0xee, 2));
@@ -338,5 +360,202 @@ fn a_stopped_peer_costs_one_reply_timeout_then_handoffs_back_off() {
         "a read of the other download waited {:?}",
         got.max_gap
     );
+    assert!(c.stop(), "the home agent removed its pins");
+}
+
+/// Node 1's peak resident memory, sampled every 50 ms while `f` runs (in this thread).
+fn peak_rss_while<T: Send>(pid: u32, f: impl FnOnce() -> T + Send) -> (T, u64) {
+    let done = AtomicBool::new(false);
+    std::thread::scope(|sc| {
+        let sampler = sc.spawn(|| {
+            let mut peak = rss_kib(pid);
+            while !done.load(Ordering::SeqCst) {
+                peak = peak.max(rss_kib(pid));
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            peak
+        });
+        let out = f();
+        done.store(true, Ordering::SeqCst);
+        (out, sampler.join().expect("sampler"))
+    })
+}
+
+/// curl fetches `/small.txt` from the DS address; how long it took.
+fn curl_small(c: &Cluster) -> Duration {
+    let t = Instant::now();
+    let out = c
+        .topo
+        .client
+        .command("curl")
+        .args(["-sS", "--fail", "--max-time", "10", "-o", "/dev/null"])
+        .arg(format!("http://[{}]/small.txt", c.a.ds()))
+        .output()
+        .expect("curl");
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    t.elapsed()
+}
+
+#[test]
+fn clients_that_never_read_or_trickle_headers_are_bounded_and_closed() {
+    if !require_root("clients_that_never_read_or_trickle_headers_are_bounded_and_closed") {
+        return;
+    }
+    const STUCK: usize = 500;
+    const SLOW: usize = 2000;
+    const STUCK_BOUND_KIB: u64 = 300 << 10;
+    let mut c = Cluster::start("hm", Addrs::new(0xef, 2));
+    let root = c.dir.path().join("www");
+    std::fs::create_dir_all(&root).expect("root");
+    std::fs::write(root.join("big.bin"), PatternStream::bytes(0x12ef, SIZE)).expect("file");
+    std::fs::write(root.join("small.txt"), b"small\n").expect("file");
+    let sock = c.dir.path().join("node1.sock");
+    let mut args = c.transparent_args(0, &root, &sock);
+    args.extend(["--stall-timeout-ms", "2000", "--header-timeout-ms", "1000"].map(String::from));
+    c.start_dsnode_on(0, "afxdp", &args, "serving http");
+    let pid = c.nodes[0].0.id();
+    let ds: SocketAddr = format!("[{}]:80", c.a.ds()).parse().expect("address");
+    let base = rss_kib(pid);
+
+    // 500 clients ask for 48 MiB each and never read.
+    let (stuck, peak) = peak_rss_while(pid, || {
+        let stuck: Vec<TcpStream> = c.topo.client.run(|| {
+            (0..STUCK)
+                .filter_map(|_| {
+                    let mut s = TcpStream::connect_timeout(&ds, UP).ok()?;
+                    s.write_all(b"GET /big.bin HTTP/1.1\r\nHost: ds\r\n\r\n")
+                        .ok()?;
+                    Some(s)
+                })
+                .collect()
+        });
+        // Their windows fill; meanwhile another client is served.
+        std::thread::sleep(Duration::from_millis(1500));
+        let small = curl_small(&c);
+        (stuck, small)
+    });
+    let (stuck, small) = stuck;
+    eprintln!(
+        "{} clients that never read: node RSS {base} → {peak} KiB peak; a small GET took {small:?}",
+        stuck.len()
+    );
+    assert_eq!(stuck.len(), STUCK, "every stuck client connected");
+    assert!(peak < STUCK_BOUND_KIB, "node 1 grew to {peak} KiB");
+    assert!(small < Duration::from_secs(1), "a small GET took {small:?}");
+    // The stall timeout (2 s) closes them.
+    let t = Instant::now();
+    let stalled = loop {
+        let s = status(&sock);
+        let n = s["http"]["stalled"].as_u64().unwrap_or(0);
+        if n >= STUCK as u64 || t.elapsed() > Duration::from_secs(10) {
+            break n;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!(
+        "stalled responses aborted: {stalled} after {:?}",
+        t.elapsed()
+    );
+    assert_eq!(stalled, STUCK as u64);
+    drop(stuck);
+
+    // 2,000 clients trickle a request head, one byte per 300 ms.
+    let t = Instant::now();
+    let mut slow: Vec<TcpStream> = c.topo.client.run(|| {
+        (0..SLOW)
+            .filter_map(|_| {
+                let mut s = TcpStream::connect_timeout(&ds, UP).ok()?;
+                s.write_all(b"GET /small.txt HTTP/1.1\r\n").ok()?;
+                Some(s)
+            })
+            .collect()
+    });
+    assert_eq!(slow.len(), SLOW, "every slow client connected");
+    let opened = t.elapsed();
+    let mid = curl_small(&c);
+    let mut open = slow.len();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while open > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(300));
+        open = 0;
+        for s in &mut slow {
+            // A byte of a header that never ends; once the server closed, it fails or
+            // the read below sees the end.
+            let _ = s.write_all(b"X");
+            s.set_nonblocking(true).expect("nonblocking");
+            let mut buf = [0u8; 512];
+            let closed = loop {
+                match s.read(&mut buf) {
+                    Ok(0) => break true,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break false,
+                    Err(_) => break true,
+                }
+            };
+            if !closed {
+                open += 1;
+            }
+        }
+    }
+    let closed_after = t.elapsed();
+    let s = status(&sock);
+    eprintln!(
+        "{SLOW} slow-header clients opened in {opened:?}, all closed after {closed_after:?} \
+         (header deadline 1 s); a small GET meanwhile took {mid:?}; node: {}",
+        s["http"]
+    );
+    assert_eq!(open, 0, "slow clients still open after the header deadline");
+    assert!(
+        s["http"]["header_timeouts"].as_u64() >= Some(SLOW as u64),
+        "{s}"
+    );
+    assert!(mid < Duration::from_secs(1), "a small GET took {mid:?}");
+    assert!(curl_small(&c) < Duration::from_secs(1));
+    assert!(c.stop(), "the home agent removed its pins");
+}
+
+#[test]
+fn a_home_agent_killed_mid_download_restarts_at_once_and_the_download_survives() {
+    if !require_root("a_home_agent_killed_mid_download_restarts_at_once_and_the_download_survives")
+    {
+        return;
+    }
+    let mut c = Cluster::start("hk", Addrs::new(0xf0, 2));
+    let body = PatternStream::bytes(0x12f0, SIZE);
+    c.start_file_servers("afxdp", &body);
+    let file = c.dir.path().join("got.bin");
+    let mut curl = c
+        .topo
+        .client
+        .command("curl")
+        .args([
+            "-sS",
+            "--fail",
+            "--max-time",
+            "30",
+            "--limit-rate",
+            "16M",
+            "-o",
+        ])
+        .arg(&file)
+        .arg(format!("http://[{}]/big.bin", c.a.ds()))
+        .spawn()
+        .expect("curl");
+    std::thread::sleep(Duration::from_millis(800));
+    // kill -9 in the middle of the download; the same command again at once.
+    let t = Instant::now();
+    c.crash_and_restart_ha();
+    let restart = t.elapsed();
+    let status = curl.wait().expect("curl");
+    eprintln!("home agent killed and up again in {restart:?}");
+    assert!(restart < Duration::from_secs(2), "restart took {restart:?}");
+    assert!(status.success(), "curl: {status}");
+    let got = std::fs::read(&file).expect("downloaded file");
+    assert_eq!(got.len(), body.len(), "length");
+    assert!(got == body, "the download arrived corrupted");
     assert!(c.stop(), "the home agent removed its pins");
 }

@@ -214,7 +214,13 @@ pub struct NodeStats {
 /// How long handoffs wait for a peer's control channel to come up (the engine freezes
 /// nothing for a peer without a live, authenticated channel): then [`Coordinator::peer_ready`]
 /// gives up, drops the channel and backs off.
-pub const CHANNEL_WAIT: Duration = Duration::from_secs(1);
+pub const CHANNEL_WAIT: Duration = Duration::from_millis(500);
+
+/// First redial of a peer's control channel after a failure; it doubles up to
+/// [`REDIAL_MAX`].
+const REDIAL_FIRST: Duration = Duration::from_millis(50);
+/// Longest wait between dials of a peer's control channel.
+const REDIAL_MAX: Duration = Duration::from_secs(2);
 
 /// First wait after a failed handoff to a peer; it doubles with each failure in a row.
 const BACKOFF_FIRST: Duration = Duration::from_millis(250);
@@ -261,6 +267,8 @@ pub struct Coordinator<C> {
     backoff: std::collections::HashMap<SocketAddr, Backoff>,
     /// Peers whose channel a handoff waits for, and until when it may complete its handshake.
     opening: std::collections::HashMap<SocketAddr, Instant>,
+    /// Peers without a channel: when to dial again, and the current delay.
+    redial: std::collections::HashMap<SocketAddr, (Instant, Duration)>,
     /// Moved connections whose packets are still forwarded, with their peer's index.
     forwarding: Vec<(usize, Donor<C>)>,
     events: Vec<NodeEvent>,
@@ -351,6 +359,7 @@ impl<C: std::fmt::Debug> Coordinator<C> {
             unreachable: Vec::new(),
             backoff: std::collections::HashMap::new(),
             opening: std::collections::HashMap::new(),
+            redial: std::collections::HashMap::new(),
         };
         c.to_peers = c.peers.iter().map(|_| None).collect();
         // Open the home agent's channel ahead of the first move (a failure here is retried
@@ -414,11 +423,18 @@ impl<C: std::fmt::Debug> Coordinator<C> {
         if self.backing_off(now, to) {
             return Err(format!("handoffs to {to} back off after failures"));
         }
-        if let Err(e) = self.connect_to(i) {
-            let why = format!("peer {to} unreachable: {e}");
-            self.note_unreachable(to);
-            self.back_off(now, to, &why);
-            return Err(why);
+        match self.connect_to(i) {
+            Ok(true) => {
+                // A new channel: its handshake has its own time.
+                self.opening.insert(to, now + CHANNEL_WAIT);
+            }
+            Ok(false) => {}
+            Err(e) => {
+                let why = format!("peer {to} unreachable: {e}");
+                self.note_unreachable(to);
+                self.back_off(now, to, &why);
+                return Err(why);
+            }
         }
         if self.peer_connected_to(i) {
             self.opening.remove(&to);
@@ -528,6 +544,11 @@ impl<C: std::fmt::Debug> Coordinator<C> {
         self.current.is_some() || !self.forwarding.is_empty() || self.acceptor.pending() > 0
     }
 
+    /// Whether the connection of `client` is the one this node is handing off now.
+    pub fn moving(&self, client: SocketAddrV6) -> bool {
+        self.current.as_ref().is_some_and(|d| d.flow().1 == client)
+    }
+
     /// True while this node's own handoff is in progress (a new one must wait).
     pub fn handing_off(&self) -> bool {
         self.current.is_some()
@@ -547,12 +568,49 @@ impl<C: std::fmt::Debug> Coordinator<C> {
         first
     }
 
-    fn connect_to(&mut self, i: usize) -> Result<(), Error> {
+    /// Open the channel to the `i`-th peer unless there is one; true when a new one opened.
+    fn connect_to(&mut self, i: usize) -> Result<bool, Error> {
         if let (Some(None), Some(peer)) = (self.to_peers.get(i), self.peers.get(i)) {
             self.to_peers[i] = Some(Channel::connect(*peer, &self.secret)?);
             self.channel_epoch += 1;
+            return Ok(true);
         }
-        Ok(())
+        Ok(false)
+    }
+
+    /// Keep a channel open to every peer, so that a handoff finds it up: a peer without one
+    /// is dialled again (50 ms after a failure, doubling to 2 s). Failures here only delay
+    /// the next dial; handoffs back off only after failed handoffs.
+    fn maintain_channels(&mut self, now: Instant) {
+        for i in 0..self.peers.len() {
+            let peer = self.peers[i];
+            match &self.to_peers[i] {
+                Some(c) => {
+                    if c.is_established() {
+                        self.redial.remove(&peer);
+                        self.opening.remove(&peer);
+                    }
+                }
+                None => {
+                    let (due, delay) = self
+                        .redial
+                        .get(&peer)
+                        .copied()
+                        .unwrap_or((now, Duration::ZERO));
+                    if now < due {
+                        continue;
+                    }
+                    let next = (delay * 2).clamp(REDIAL_FIRST, REDIAL_MAX);
+                    self.redial.insert(peer, (now + next, next));
+                    match self.connect_to(i) {
+                        Ok(_) => {
+                            self.opening.remove(&peer);
+                        }
+                        Err(e) => tracing::debug!(%peer, "control channel to a peer: {e}"),
+                    }
+                }
+            }
+        }
     }
 
     /// Ask the home agent to send the new flows of `home` to `to` (a node that drains); the
@@ -642,7 +700,15 @@ impl<C: std::fmt::Debug> Coordinator<C> {
             .filter_map(|d| d.poll_timeout())
             .chain(self.acceptor.poll_timeout())
             .chain(self.gate.as_ref().and_then(|g| g.poll_timeout()))
-            .chain(self.opening.values().copied())
+            // A handoff waiting for a channel asks again at its deadline (one past is nobody's).
+            .chain(self.opening.values().copied().filter(|t| *t > now))
+            .chain(
+                self.peers
+                    .iter()
+                    .zip(&self.to_peers)
+                    .filter(|(_, c)| c.is_none())
+                    .filter_map(|(p, _)| self.redial.get(p).map(|(due, _)| *due)),
+            )
             .min();
         match deadline {
             Some(t) => idle.min(t.saturating_duration_since(now)),
@@ -737,6 +803,7 @@ impl<C: std::fmt::Debug> Coordinator<C> {
         S: Service<C>,
     {
         self.accept_channels(now);
+        self.maintain_channels(now);
         // What the acceptor writes to donors in this round leaves together when uncorked: an
         // Accept and its Activated in one segment, so the donor wakes once for both.
         self.cork_incoming(true);
@@ -786,35 +853,65 @@ impl<C: std::fmt::Debug> Coordinator<C> {
         let mut i = 0;
         while i < self.incoming.len() {
             let key = self.incoming[i].key;
-            let keep = loop {
+            // Everything that arrived first: an offer whose donor gave up on it (its Abort, or
+            // the channel's end, came in the same batch: an acceptor that was stopped or slow
+            // reads them together) must not be steered, or the home agent would move a flow
+            // the donor kept.
+            let mut batch = Vec::new();
+            let mut open = true;
+            loop {
                 match self.incoming[i].chan.poll() {
-                    Ok(Some(msg)) => {
-                        if let (Message::Offer(_), Some(f)) = (&msg, self.fault) {
-                            match f {
-                                AcceptorFault::Crash => {
-                                    tracing::info!("injected fault: acceptor crashes on an offer");
-                                    break false;
-                                }
-                                AcceptorFault::Hang => {
-                                    tracing::info!("injected fault: acceptor ignores an offer");
-                                    continue;
-                                }
-                                AcceptorFault::Refuse => {}
-                            }
-                        }
-                        if let Err(e) = self.acceptor.handle(now, key, msg, host, svc) {
-                            tracing::warn!("control channel from a donor: {e}");
-                            break false;
-                        }
+                    Ok(Some(msg)) => batch.push(msg),
+                    Ok(None) => break,
+                    Err(ds_handoff::ChannelError::Closed) => {
+                        open = false;
+                        break;
                     }
-                    Ok(None) => break true,
-                    Err(ds_handoff::ChannelError::Closed) => break false,
                     Err(e) => {
                         tracing::warn!("control channel from a donor failed: {e}");
-                        break false;
+                        open = false;
+                        break;
                     }
                 }
-            };
+            }
+            let aborted: Vec<u64> = batch
+                .iter()
+                .filter_map(|m| match m {
+                    Message::Abort { conn_id, .. } => Some(*conn_id),
+                    _ => None,
+                })
+                .collect();
+            let mut keep = open;
+            for msg in batch {
+                if let Message::Offer(o) = &msg {
+                    if !open || aborted.contains(&o.conn_id) {
+                        tracing::warn!(
+                            conn_id = o.conn_id,
+                            "an offer its donor gave up on before it was read: ignored"
+                        );
+                        continue;
+                    }
+                    if let Some(f) = self.fault {
+                        match f {
+                            AcceptorFault::Crash => {
+                                tracing::info!("injected fault: acceptor crashes on an offer");
+                                keep = false;
+                                break;
+                            }
+                            AcceptorFault::Hang => {
+                                tracing::info!("injected fault: acceptor ignores an offer");
+                                continue;
+                            }
+                            AcceptorFault::Refuse => {}
+                        }
+                    }
+                }
+                if let Err(e) = self.acceptor.handle(now, key, msg, host, svc) {
+                    tracing::warn!("control channel from a donor: {e}");
+                    keep = false;
+                    break;
+                }
+            }
             if keep {
                 i += 1;
             } else {

@@ -30,7 +30,7 @@ pub mod udp;
 pub use iface::{Config, Error, Interface, ListenHandle, TcpHandle, UdpHandle};
 pub use state::ConnState;
 pub use stats::Stats;
-pub use tcp::{Congestion, TcpConfig, TcpState};
+pub use tcp::{Congestion, TcpConfig, TcpState, DEFAULT_NOTSENT_LOWAT};
 pub use time::{Duration, Instant};
 
 /// Which checksums `wire` computes when emitting (re-exported for building packets with `wire`).

@@ -268,18 +268,20 @@ impl Members {
 
 /// Detaches the program and removes its pins when the home agent stops, also on an error
 /// path, so a failed start leaves neither an attached program nor pinned maps behind.
+///
+/// The program is attached through a BPF link owned by this process: if the process dies
+/// (`kill -9`, a crash) the kernel detaches it, so a restart on the same interface attaches
+/// at once. The pinned maps stay after a crash, and the restart takes them up again (the
+/// flows and bindings survive).
 struct Cleanup {
     pin_dir: PathBuf,
-    ifindex: Option<u32>,
+    link: Option<std::os::fd::OwnedFd>,
 }
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        if let Some(idx) = self.ifindex {
-            if let Err(e) = ds_xdp::loader::detach(idx) {
-                tracing::warn!("detaching the tunnel program: {e}");
-            }
-        }
+        // Closing the link detaches the program.
+        drop(self.link.take());
         if let Err(e) = ds_xdp::loader::remove_pins(ds_xdp::Kind::Tunnel, &self.pin_dir) {
             tracing::warn!("removing the pinned maps: {e}");
         }
@@ -319,7 +321,7 @@ fn xdp(args: &XdpArgs) -> anyhow::Result<()> {
     .context("loading the tunnel program (needs root and bpffs)")?;
     let mut cleanup = Cleanup {
         pin_dir: pin_dir.clone(),
-        ifindex: None,
+        link: None,
     };
     prog.set_config(&TunnelConfig {
         local: args.addr,
@@ -343,10 +345,16 @@ fn xdp(args: &XdpArgs) -> anyhow::Result<()> {
     // data path.
     let listener = TcpListener::bind(args.control)
         .with_context(|| format!("--control {}: cannot listen", args.control))?;
-    let mode = prog
-        .attach(ifindex, ds_xdp::Mode::Native, false)
-        .with_context(|| format!("attaching the tunnel program to {:?}", args.iface))?;
-    cleanup.ifindex = Some(ifindex);
+    let (link, mode) = prog
+        .attach_link(ifindex, ds_xdp::Mode::Native)
+        .with_context(|| {
+            format!(
+                "attaching the tunnel program to {:?} (another XDP program attached there? \
+                 `ip link set dev {} xdp off` removes one left by an older dsha)",
+                args.iface, args.iface
+            )
+        })?;
+    cleanup.link = Some(link);
     let mut agent = FlowAgent::new(prog, listener, secret)?;
     tracing::info!(
         iface = %args.iface,

@@ -127,6 +127,17 @@ struct ServeArgs {
     /// Listen for `dsctl` on this Unix socket (made owner-only, mode 0600).
     #[arg(long, value_name = "PATH")]
     control_socket: Option<PathBuf>,
+    /// A request head must arrive whole within this many milliseconds of its first byte
+    /// (then 408 and close), however slowly it trickles in.
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    header_timeout_ms: u64,
+    /// A response that makes no progress this many milliseconds (the client reads nothing)
+    /// is aborted.
+    #[arg(long, value_name = "MS", default_value_t = 60_000)]
+    stall_timeout_ms: u64,
+    /// Connections served at once; more are answered 503 (past twice as many: reset).
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    max_connections: usize,
     #[command(flatten)]
     handoff: HandoffArgs,
     #[command(flatten)]
@@ -180,6 +191,16 @@ static MEMBERSHIP: std::sync::OnceLock<ds_apps::membership::MembershipAgent> =
 /// The membership's fence for the handoff engine (none without --role).
 fn membership_fence() -> Option<ds_handoff::Fence> {
     MEMBERSHIP.get().map(|m| m.fence())
+}
+
+/// The HTTP server's limits from the options.
+fn server_config(args: &ServeArgs) -> ServerConfig {
+    ServerConfig {
+        header_timeout: Duration::from_millis(args.header_timeout_ms),
+        stall_timeout: Duration::from_millis(args.stall_timeout_ms),
+        max_connections: args.max_connections.max(1),
+        ..ServerConfig::default()
+    }
 }
 
 /// Start the membership thread for --role.
@@ -972,6 +993,7 @@ fn run_kernel(
         None => HandoffConfig::new(ds_handoff::ClusterSecret::new(&[0u8; 32])?),
     };
     let mut node = KernelNode::new(listener, root, cfg, holds)?;
+    node.set_limits(server_config(args));
     if let Err(e) = node.connect_peer() {
         tracing::info!("peer not reachable yet (will connect at the first handoff): {e:#}");
     }
@@ -1048,7 +1070,7 @@ fn run<D: Device>(
         Ipv6Addr::UNSPECIFIED
     };
     let local = SocketAddrV6::new(listen_ip, args.port, 0, 0);
-    let server = HttpServer::listen(&mut rt.iface, local, root, ServerConfig::default())?;
+    let server = HttpServer::listen(&mut rt.iface, local, root, server_config(args))?;
     tracing::info!(
         iface = %args.iface,
         mac = %format_mac(&mac),

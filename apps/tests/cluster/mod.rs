@@ -86,6 +86,7 @@ pub struct Cluster {
     pub secret: PathBuf,
     pins: PathBuf,
     ha: Child,
+    ha_args: Vec<String>,
     /// Each node's process, stderr log and stdout file.
     pub nodes: Vec<(Child, PathBuf, PathBuf)>,
     _napi: Program,
@@ -169,12 +170,8 @@ impl Cluster {
             "--pin-dir",
             &pins.display().to_string(),
         ];
-        let (mut ha, log, _) = topo
-            .ha
-            .spawn_logged(env!("CARGO_BIN_EXE_dsha"), &args, dir.path(), "dsha")
-            .expect("dsha");
-        ha.wait_for_log(&log, "XDP home agent up", UP)
-            .expect("dsha up");
+        let ha_args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let ha = spawn_ha(&topo, &ha_args, dir.path(), "dsha");
         Cluster {
             a,
             topo,
@@ -182,9 +179,19 @@ impl Cluster {
             secret,
             pins,
             ha,
+            ha_args,
             nodes: Vec::new(),
             _napi: napi,
         }
+    }
+
+    /// `kill -9` the home agent, then start it again with the same options on the same
+    /// interface (its log is `dsha-again.log`); waits until it is up.
+    #[allow(dead_code)] // not every test that includes the harness needs it
+    pub fn crash_and_restart_ha(&mut self) {
+        self.ha.kill().expect("kill -9 dsha");
+        let _ = self.ha.wait();
+        self.ha = spawn_ha(&self.topo, &self.ha_args, self.dir.path(), "dsha-again");
     }
 
     /// The home agent's process id.
@@ -355,6 +362,17 @@ impl Cluster {
         }
         !self.pins.exists()
     }
+}
+
+/// `dsha` with `args` in the home agent's namespace, logged as `name`; up once it says so.
+fn spawn_ha(topo: &HandoffTopology, args: &[String], dir: &Path, name: &str) -> Child {
+    let (mut ha, log, _) = topo
+        .ha
+        .spawn_logged(env!("CARGO_BIN_EXE_dsha"), args, dir, name)
+        .expect("dsha");
+    ha.wait_for_log(&log, "XDP home agent up", UP)
+        .unwrap_or_else(|e| panic!("{name} not up: {e}"));
+    ha
 }
 
 /// `dsctl --json --socket SOCK ARGS...`, parsed; an error with dsctl's message.

@@ -29,18 +29,24 @@ pub struct MemNet {
     pub got: Vec<u8>,
     /// The client saw the end of the stream.
     pub eof: bool,
+    /// Whether the client reads what arrives (a stuck client does not).
+    pub reading: bool,
 }
 
 impl MemNet {
     /// An HTTP server with default settings serving `root`, and a client connecting to it.
     pub fn new(root: &Path) -> MemNet {
+        Self::with_config(root, ServerConfig::default())
+    }
+
+    /// [`MemNet::new`] with the server's settings `cfg`.
+    pub fn with_config(root: &Path, cfg: ServerConfig) -> MemNet {
         let clock = Clock::new();
         let (a, b) = mem_pair(1500);
         let mut srv = runner(a, [0x02, 0, 0, 0, 0, 0x80], SERVER, clock);
         let mut cli = runner(b, [0x02, 0, 0, 0, 0, 0x02], CLIENT, clock);
         let to = SocketAddrV6::new(SERVER, 80, 0, 0);
-        let server =
-            HttpServer::listen(&mut srv.iface, to, root, ServerConfig::default()).expect("listen");
+        let server = HttpServer::listen(&mut srv.iface, to, root, cfg).expect("listen");
         let client = dial(&mut cli, CLIENT, to);
         MemNet {
             srv,
@@ -49,6 +55,7 @@ impl MemNet {
             client,
             got: Vec::new(),
             eof: false,
+            reading: true,
         }
     }
 
@@ -62,6 +69,9 @@ impl MemNet {
         self.cli
             .step(Duration::from_micros(200))
             .expect("client step");
+        if !self.reading {
+            return;
+        }
         match read_available(&mut self.cli.iface, self.client, &mut self.got) {
             Ok(_) => {}
             Err(Error::Eof) => self.eof = true,

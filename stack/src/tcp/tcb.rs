@@ -578,7 +578,24 @@ impl Tcb {
         {
             return 0;
         }
-        self.cfg.send_buf.saturating_sub(self.snd_buf.len())
+        let room = self.cfg.send_buf.saturating_sub(self.snd_buf.len());
+        match self.cfg.notsent_lowat {
+            // Only so much not yet sent: the rest stays with the application until the peer
+            // can take it (Linux's TCP_NOTSENT_LOWAT), so a slow or stuck reader holds that
+            // much here and not the whole buffer, and a frozen state carries no more.
+            Some(lowat) => room.min(lowat.saturating_sub(self.unsent())),
+            None => room,
+        }
+    }
+
+    /// Bytes queued by the application and never sent yet.
+    pub fn unsent(&self) -> usize {
+        let end = self.data_end();
+        if gt(end, self.snd_max) {
+            (dist(self.snd_max, end) as usize).min(self.snd_buf.len())
+        } else {
+            0
+        }
     }
 
     /// Bytes ready for the application to read.
