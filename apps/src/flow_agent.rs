@@ -37,6 +37,8 @@ pub struct FlowAgentStats {
     pub flows_reset: u64,
     /// The control port's gate (unauthenticated channels, bounded).
     pub gate: GateStats,
+    /// Moved flows forgotten after [`MOVED_IDLE`] without a packet.
+    pub moved_aged: u64,
 }
 
 /// The flow-steering service of an XDP home agent.
@@ -51,7 +53,17 @@ pub struct FlowAgent {
     poll: ds_stack::device::PollSet,
     /// Second solicitations of dead nodes' clients, and when they are due.
     probes: Vec<(std::time::Instant, Vec<Vec<u8>>)>,
+    /// Moved flows' packet counts and since when each stayed the same (for aging).
+    moved_seen: std::collections::HashMap<FlowKey, (u64, std::time::Instant)>,
+    last_sweep: std::time::Instant,
 }
+
+/// How often the moved-flow table is swept.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// A moved flow that carried no packet this long is forgotten (its connection ended, or was
+/// idle past Linux's default keep-alive time of 2 h): the table the program never evicts
+/// from stays bounded by the connections that live.
+pub const MOVED_IDLE: Duration = Duration::from_secs(2 * 3600 + 15 * 60);
 
 impl FlowAgent {
     /// Serve move requests on `listener` (behind a [`ChannelGate`] with the default
@@ -70,7 +82,48 @@ impl FlowAgent {
             stats: FlowAgentStats::default(),
             poll: ds_stack::device::PollSet::default(),
             probes: Vec::new(),
+            moved_seen: std::collections::HashMap::new(),
+            last_sweep: std::time::Instant::now(),
         })
+    }
+
+    /// Forget moved flows idle for `idle`, checked at most every [`SWEEP_EVERY`] unless
+    /// `force`; how many went.
+    pub fn age_moved_flows(
+        &mut self,
+        now: std::time::Instant,
+        idle: Duration,
+        force: bool,
+    ) -> usize {
+        if !force && now.saturating_duration_since(self.last_sweep) < SWEEP_EVERY {
+            return 0;
+        }
+        self.last_sweep = now;
+        let moved = match self.prog.moved_flows() {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!("flow agent: reading the moved flows: {e}");
+                return 0;
+            }
+        };
+        let mut seen = std::collections::HashMap::with_capacity(moved.len());
+        let mut gone = 0;
+        for (key, v) in moved {
+            let since = match self.moved_seen.get(&key) {
+                Some((packets, since)) if *packets == v.packets => *since,
+                _ => now,
+            };
+            if now.saturating_duration_since(since) >= idle {
+                if self.prog.remove_flow(&key).unwrap_or(false) {
+                    gone += 1;
+                }
+                continue;
+            }
+            seen.insert(key, (v.packets, since));
+        }
+        self.moved_seen = seen;
+        self.stats.moved_aged += gone as u64;
+        gone
     }
 
     /// The tunnel program (bindings, flows, counters).
@@ -183,6 +236,7 @@ impl FlowAgent {
         if !self.probes.is_empty() {
             self.resolicit();
         }
+        self.age_moved_flows(std::time::Instant::now(), MOVED_IDLE, false);
         for (c, peer) in self.gate.poll(std::time::Instant::now()) {
             tracing::debug!(%peer, "flow agent: control channel opened");
             self.chans.push(c);

@@ -149,6 +149,7 @@ enum tunnel_counter {
 	TUN_FLOW_LEARNED,       /* flow entry created from the binding */
 	TUN_TX,                 /* sent with XDP_TX */
 	TUN_REDIRECT,           /* sent with XDP_REDIRECT */
+	TUN_NOT_LEARNED,        /* flow miss, not a TCP SYN or UDP: followed the binding unlearned */
 	TUN_NR,
 };
 

@@ -6,6 +6,12 @@
  * when learning is on, creates the flow entry so later binding changes leave the flow where it
  * is. ICMPv6 errors about a tunnelled flow (RFC 4443 §2.4: they quote the offending packet,
  * which went from the DS address to the client) are tunnelled to the flow's owner.
+ *
+ * Flows moved by a handoff live in `moved_flows`, a plain hash the program never adds to or
+ * evicts from (the flow agent writes and ages it), looked up first: spoofed traffic that
+ * churns the learned LRU table cannot push a moved connection back to the contact node. A
+ * TCP flow is learned only from its SYN (a segment of a connection the table does not know
+ * follows the binding, unlearned), so a flood of spoofed non-SYN segments learns nothing.
  */
 #include "common.h"
 
@@ -21,6 +27,14 @@ struct {
 	__type(key, struct flow_key);
 	__type(value, struct flow_val);
 } flows SEC(".maps");
+
+/* Flows moved by a handoff (written by the flow agent only). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 131072);
+	__type(key, struct flow_key);
+	__type(value, struct flow_val);
+} moved_flows SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -198,7 +212,7 @@ int ds_tunnel(struct xdp_md *ctx)
 	struct flow_val *fv;
 	struct in6_addr owner;
 	struct ethhdr old_eth;
-	__u32 zero = 0, verdict, inner_len, mtu, label, tc;
+	__u32 zero = 0, verdict, inner_len, mtu, label, tc, learnable;
 	void *pos;
 	__u8 nh;
 	int r;
@@ -243,6 +257,8 @@ int ds_tunnel(struct xdp_md *ctx)
 	}
 	key.proto = nh;
 	verdict = TUN_FLOW_HIT;
+	/* Whether a miss may create a flow entry: a TCP SYN (without ACK), or any UDP packet. */
+	learnable = 0;
 	if (r == 0 && (nh == NEXTHDR_TCP || nh == NEXTHDR_UDP)) {
 		__be16 *ports = pos;
 		if ((void *)(ports + 2) > data_end) {
@@ -251,6 +267,16 @@ int ds_tunnel(struct xdp_md *ctx)
 		}
 		key.sport = ports[0];
 		key.dport = ports[1];
+		if (nh == NEXTHDR_UDP) {
+			learnable = 1;
+		} else {
+			__u8 *flags = (__u8 *)pos + 13; /* RFC 9293 §3.1: CWR ECE URG ACK PSH RST SYN FIN */
+			if ((void *)(flags + 1) > data_end) {
+				count(&tunnel_stats, TUN_DROP_MALFORMED);
+				return XDP_DROP;
+			}
+			learnable = (*flags & 0x12) == 0x02;
+		}
 	} else if (r == 0 && nh == NEXTHDR_ICMPV6) {
 		__u8 *icmp = pos;
 		if ((void *)(icmp + 8) > data_end) {
@@ -292,14 +318,18 @@ int ds_tunnel(struct xdp_md *ctx)
 		return XDP_DROP;
 	}
 
-	fv = bpf_map_lookup_elem(&flows, &key);
+	fv = bpf_map_lookup_elem(&moved_flows, &key);
+	if (!fv)
+		fv = bpf_map_lookup_elem(&flows, &key);
 	if (fv) {
 		__builtin_memcpy(&owner, &fv->owner, sizeof(owner));
 		__sync_fetch_and_add(&fv->packets, 1);
 		__sync_fetch_and_add(&fv->bytes, inner_len);
 	} else {
 		__builtin_memcpy(&owner, binding, sizeof(owner));
-		if (cfg->learn && verdict == TUN_FLOW_HIT) {
+		if (cfg->learn && verdict == TUN_FLOW_HIT && !learnable) {
+			count(&tunnel_stats, TUN_NOT_LEARNED);
+		} else if (cfg->learn && verdict == TUN_FLOW_HIT) {
 			struct flow_val nv = {};
 			__builtin_memcpy(&nv.owner, &owner, sizeof(owner));
 			nv.packets = 1;

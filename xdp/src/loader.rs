@@ -54,7 +54,14 @@ impl Kind {
                 "hold_ring",
                 "hold_scratch",
             ],
-            Kind::Tunnel => &["flows", "bindings", "config", "tunnel_stats", "ptb_last"],
+            Kind::Tunnel => &[
+                "flows",
+                "moved_flows",
+                "bindings",
+                "config",
+                "tunnel_stats",
+                "ptb_last",
+            ],
         }
     }
 
@@ -276,6 +283,7 @@ impl Program {
                 }
                 for m in [
                     &mut open.maps.flows,
+                    &mut open.maps.moved_flows,
                     &mut open.maps.bindings,
                     &mut open.maps.config,
                     &mut open.maps.tunnel_stats,
@@ -290,6 +298,7 @@ impl Program {
                     .map_err(Error::bpf("duplicate program fd"))?;
                 let maps = vec![
                     ("flows", handle_of(&skel.maps.flows)?),
+                    ("moved_flows", handle_of(&skel.maps.moved_flows)?),
                     ("bindings", handle_of(&skel.maps.bindings)?),
                     ("config", handle_of(&skel.maps.config)?),
                     ("tunnel_stats", handle_of(&skel.maps.tunnel_stats)?),
@@ -670,13 +679,25 @@ impl Program {
         TunnelConfig::from_bytes(&v).ok_or_else(|| Error::Invalid("config value size".into()))
     }
 
-    /// Point a flow at the node with care-of address `owner` (insert or move).
+    /// Point a flow at the node with care-of address `owner` (a handoff moved it): it goes
+    /// to the table of moved flows, which the program never evicts (spoofed traffic churning
+    /// the learned LRU table cannot push it back to the contact node), and leaves the learned
+    /// table. Fails when the moved table is full (the handoff is then refused and the
+    /// connection stays where it is).
     pub fn set_flow(&self, key: &FlowKey, owner: Ipv6Addr) -> Result<(), Error> {
-        let m = self.map("flows")?;
         let kb = key.to_bytes();
-        let mut v = m
+        let moved = self.map("moved_flows")?;
+        let before = match moved
             .lookup(&kb, MapFlags::ANY)
-            .map_err(Error::bpf("lookup flows"))?
+            .map_err(Error::bpf("lookup moved flows"))?
+        {
+            Some(b) => Some(b),
+            None => self
+                .map("flows")?
+                .lookup(&kb, MapFlags::ANY)
+                .map_err(Error::bpf("lookup flows"))?,
+        };
+        let mut v = before
             .and_then(|b| FlowVal::from_bytes(&b))
             .unwrap_or(FlowVal {
                 owner,
@@ -684,31 +705,63 @@ impl Program {
                 bytes: 0,
             });
         v.owner = owner;
-        m.update(&kb, &v.to_bytes(), MapFlags::ANY)
-            .map_err(Error::bpf("update flows"))
+        moved
+            .update(&kb, &v.to_bytes(), MapFlags::ANY)
+            .map_err(Error::bpf("update moved flows"))?;
+        // The learned entry is shadowed now; it goes, so that it cannot be taken for live.
+        let _ = self.remove_from("flows", key)?;
+        Ok(())
     }
 
-    /// Remove a flow; `Ok(false)` if it was not there.
-    pub fn remove_flow(&self, key: &FlowKey) -> Result<bool, Error> {
-        match self.map("flows")?.delete(&key.to_bytes()) {
+    fn remove_from(&self, map: &'static str, key: &FlowKey) -> Result<bool, Error> {
+        match self.map(map)?.delete(&key.to_bytes()) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(Error::Bpf("delete from flows", e)),
+            Err(e) => Err(Error::Bpf("delete a flow", e)),
         }
     }
 
-    /// One flow's entry.
-    pub fn flow(&self, key: &FlowKey) -> Result<Option<FlowVal>, Error> {
-        Ok(self
-            .map("flows")?
-            .lookup(&key.to_bytes(), MapFlags::ANY)
-            .map_err(Error::bpf("lookup flows"))?
-            .and_then(|b| FlowVal::from_bytes(&b)))
+    /// Remove a flow (moved or learned); `Ok(false)` if it was not there.
+    pub fn remove_flow(&self, key: &FlowKey) -> Result<bool, Error> {
+        let moved = self.remove_from("moved_flows", key)?;
+        let learned = self.remove_from("flows", key)?;
+        Ok(moved || learned)
     }
 
-    /// Every flow (a snapshot; the LRU may evict concurrently).
+    /// One flow's entry (the moved one first, as the program looks).
+    pub fn flow(&self, key: &FlowKey) -> Result<Option<FlowVal>, Error> {
+        for map in ["moved_flows", "flows"] {
+            let v = self
+                .map(map)?
+                .lookup(&key.to_bytes(), MapFlags::ANY)
+                .map_err(Error::bpf("lookup flows"))?
+                .and_then(|b| FlowVal::from_bytes(&b));
+            if v.is_some() {
+                return Ok(v);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Every flow, moved ones first (a snapshot; the LRU may evict concurrently).
     pub fn flows(&self) -> Result<Vec<(FlowKey, FlowVal)>, Error> {
-        let m = self.map("flows")?;
+        let mut out = self.moved_flows()?;
+        let moved: std::collections::HashSet<FlowKey> = out.iter().map(|(k, _)| *k).collect();
+        out.extend(
+            self.entries("flows")?
+                .into_iter()
+                .filter(|(k, _)| !moved.contains(k)),
+        );
+        Ok(out)
+    }
+
+    /// The flows moved by handoffs.
+    pub fn moved_flows(&self) -> Result<Vec<(FlowKey, FlowVal)>, Error> {
+        self.entries("moved_flows")
+    }
+
+    fn entries(&self, map: &'static str) -> Result<Vec<(FlowKey, FlowVal)>, Error> {
+        let m = self.map(map)?;
         let mut out = Vec::new();
         for k in m.keys() {
             if k.len() != FLOW_KEY_LEN {

@@ -358,6 +358,7 @@ pub const TUNNEL_COUNTERS: &[&str] = &[
     "flow_learned",
     "tx",
     "redirect",
+    "not_learned",
 ];
 
 /// Index of a tunnel counter.
@@ -380,6 +381,7 @@ pub enum TunnelCounter {
     FlowLearned,
     Tx,
     Redirect,
+    NotLearned,
 }
 
 #[cfg(test)]

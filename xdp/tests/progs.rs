@@ -72,6 +72,14 @@ fn client_tcp(sport: u16, hop: u8) -> Vec<u8> {
     from_client(ds(), 6, hop, &tcp(sport, 80, 100))
 }
 
+/// The client's SYN from `sport` (a connection's first segment: the one a flow is learned
+/// from).
+fn client_syn(sport: u16) -> Vec<u8> {
+    let mut t = tcp(sport, 80, 0);
+    t[13] = 0x02;
+    from_client(ds(), 6, 64, &t)
+}
+
 /// The program `$make` builds; returns from the test (skips it) when not running as root.
 macro_rules! program_or_skip {
     ($test:literal, $make:expr) => {
@@ -236,7 +244,8 @@ fn tunnel_miss_falls_back_to_binding_and_learns() {
     let p = program_or_skip!("tunnel_miss_falls_back_to_binding_and_learns", || tunnel(
         true
     ));
-    let frame = client_tcp(40000, 64);
+    // A flow is learned from its SYN (issue 12: not from any segment).
+    let frame = client_syn(40000);
     let (rv, out) = p.test_run(&frame).expect("run");
     assert_eq!(rv, XDP_TX);
     let inner = check_outer(&out, frame.len() - 14, node1());
@@ -253,11 +262,76 @@ fn tunnel_miss_falls_back_to_binding_and_learns() {
     assert_eq!(v.packets, 1);
 }
 
+/// Issue 12, finding 7: spoofed traffic evicted a handed-off connection's entry from the
+/// learned LRU table and the client's next request was reset. A moved flow now lives in a
+/// table the program never evicts from, and segments other than a SYN learn nothing.
+#[test]
+fn tunnel_moved_flows_survive_a_spoofed_flood_and_only_syns_are_learned() {
+    let p = program_or_skip!(
+        "tunnel_moved_flows_survive_a_spoofed_flood_and_only_syns_are_learned",
+        || {
+            let p = Program::load(
+                Kind::Tunnel,
+                &LoadOptions {
+                    flow_capacity: Some(64),
+                    ..LoadOptions::default()
+                },
+            )
+            .expect("load tunnel");
+            p.set_config(&TunnelConfig {
+                local: ha(),
+                mode: TunnelMode::Gateway(GW_MAC),
+                hop_limit: 64,
+                mtu: 1500,
+                learn: true,
+            })
+            .expect("config");
+            p.set_binding(ds(), node1()).expect("binding");
+            p
+        }
+    );
+    // A keep-alive connection, learned from its SYN, then handed off to node 2.
+    assert_eq!(verdict(&p, &client_syn(41000)), XDP_TX);
+    let key = client_flow(41000);
+    p.set_flow(&key, node2()).expect("move flow");
+    // Spoofed floods: 2 × 1,000 SYNs from other sources (each learned, churning the 64-entry
+    // LRU table), and 1,000 spoofed non-SYN segments (learning nothing).
+    for round in 0..2u16 {
+        for i in 0..1000u16 {
+            let mut t = tcp(1000 + i, 80, 0);
+            t[13] = 0x02;
+            let src = Ipv6Addr::new(0xfd00, 0x66, round, 0, 0, 0, 0, i + 1);
+            let f = eth(HA_MAC, CLIENT_MAC, 0x86dd, &ipv6(src, ds(), 6, 64, &t));
+            assert_eq!(verdict(&p, &f), XDP_TX);
+        }
+    }
+    for i in 0..1000u16 {
+        let src = Ipv6Addr::new(0xfd00, 0x67, 0, 0, 0, 0, 0, i + 1);
+        let f = eth(
+            HA_MAC,
+            CLIENT_MAC,
+            0x86dd,
+            &ipv6(src, ds(), 6, 64, &tcp(2000, 80, 10)),
+        );
+        assert_eq!(verdict(&p, &f), XDP_TX);
+    }
+    let learned = p.flows().expect("flows").len();
+    assert!(learned <= 64 + 1, "{learned} flows");
+    // The handed-off connection's next request still goes to node 2.
+    let (rv, out) = p.test_run(&client_tcp(41000, 64)).expect("run");
+    assert_eq!(rv, XDP_TX);
+    check_outer(&out, client_tcp(41000, 64).len() - 14, node2());
+    let c = p.counters().expect("counters");
+    let get = |n: &str| c.iter().find(|(k, _)| *k == n).map(|(_, v)| *v);
+    assert_eq!(get("not_learned"), Some(1000), "{c:?}");
+    assert_eq!(p.moved_flows().expect("moved").len(), 1);
+}
+
 #[test]
 fn tunnel_flow_hit_after_one_map_update() {
     let p = program_or_skip!("tunnel_flow_hit_after_one_map_update", || tunnel(true));
     let frame = client_tcp(40001, 64);
-    assert_eq!(verdict(&p, &frame), XDP_TX);
+    assert_eq!(verdict(&p, &client_syn(40001)), XDP_TX);
     let key = client_flow(40001);
     p.set_flow(&key, node2()).expect("move flow");
     let (rv, out) = p.test_run(&frame).expect("run");

@@ -72,7 +72,10 @@ struct XdpArgs {
     /// [default: /sys/fs/bpf/ds/<IF>].
     #[arg(long, value_name = "DIR")]
     pin_dir: Option<PathBuf>,
-    /// Capacity of the flow table.
+    /// Capacity of the learned flow table (an LRU: new flows are learned from their SYN and
+    /// the least recently used go when it is full). Flows moved by a handoff live in a
+    /// separate table of 131,072 that is never evicted (a moved flow without a packet for
+    /// 2 h 15 min is forgotten).
     #[arg(long, default_value_t = 65536, value_name = "N")]
     flow_capacity: u32,
     /// On exit, print the counters as one JSON object.
@@ -382,6 +385,7 @@ fn xdp(args: &XdpArgs) -> anyhow::Result<()> {
     let registry = members.as_ref().map(|m| m.registry.stats());
     let counters = agent.program().counters().unwrap_or_default();
     let flows = agent.program().flows().map(|f| f.len()).unwrap_or(0);
+    let moved = agent.program().moved_flows().map(|f| f.len()).unwrap_or(0);
     drop(cleanup);
     if args.json {
         let tunnel: serde_json::Map<String, serde_json::Value> = counters
@@ -390,12 +394,12 @@ fn xdp(args: &XdpArgs) -> anyhow::Result<()> {
             .collect();
         println!(
             "{}",
-            serde_json::json!({ "flow_agent": fa, "tunnel": tunnel, "flows": flows, "registry": registry })
+            serde_json::json!({ "flow_agent": fa, "tunnel": tunnel, "flows": flows, "moved_flows": moved, "registry": registry })
         );
     } else {
         println!(
-            "dsha: {} control channels ({} failed), {} flow moves ({} failed), {} flows in the table",
-            fa.channels, fa.channel_errors, fa.moves, fa.move_errors, flows
+            "dsha: {} control channels ({} failed), {} flow moves ({} failed), {} flows in the table ({} moved)",
+            fa.channels, fa.channel_errors, fa.moves, fa.move_errors, flows, moved
         );
         for (k, v) in &counters {
             println!("  tunnel {k:<20} {v}");
