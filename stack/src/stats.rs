@@ -51,8 +51,14 @@ pub struct Stats {
     pub tcp_paws_rejected: u64,
     /// Zero-window probes sent.
     pub tcp_zero_window_probes: u64,
-    /// SYNs dropped because a listener's backlog was full.
+    /// SYNs dropped because a listener's backlog was full (and SYN cookies are off).
     pub tcp_backlog_drops: u64,
+    /// SYN-ACKs sent with a SYN cookie (the backlog was full).
+    pub tcp_syncookies_sent: u64,
+    /// Connections established from a returned SYN cookie.
+    pub tcp_syncookies_ok: u64,
+    /// ACKs for no connection whose cookie did not check (forged, stale, or plain strays).
+    pub tcp_syncookies_failed: u64,
     /// UDP datagrams received for a bound socket.
     pub udp_rx: u64,
     /// UDP datagrams dropped (no socket, queue full).

@@ -21,7 +21,7 @@
 
 use crate::frag::Reassembler;
 use crate::hooks::MobilityHook;
-use crate::isn::{random_secret, IsnGenerator};
+use crate::isn::{random_secret, IsnGenerator, SynCookies};
 use crate::ndp::NeighborCache;
 use crate::state::StateError;
 use crate::stats::Stats;
@@ -72,6 +72,9 @@ pub struct Config {
     pub isn_secret: [u8; 16],
     /// Hop limit of packets we originate.
     pub hop_limit: u8,
+    /// Answer SYNs with SYN cookies (RFC 4987 §3.6) when a listener's backlog is full,
+    /// instead of dropping them: a SYN flood then fills no table and closes no port.
+    pub syn_cookies: bool,
     /// Act as a Mobile IPv6 correspondent node (RFC 6275 §9) on all our addresses: answer
     /// return-routability tests and Binding Updates, and route packets for bound home
     /// addresses to their care-of addresses.
@@ -89,6 +92,7 @@ impl Config {
             gateway: None,
             isn_secret: random_secret(),
             hop_limit: 64,
+            syn_cookies: true,
             correspondent: true,
         }
     }
@@ -166,6 +170,7 @@ pub struct Interface {
     cfg: Config,
     link_local: Ipv6Addr,
     isn: IsnGenerator,
+    pub(super) cookies: SynCookies,
     /// TCBs, their demultiplexing, timers and output/ready lists, and the frozen connections
     /// whose packets are held for the node that thaws them (so none is lost in the handoff gap).
     conns: ConnTable<Tcb>,
@@ -217,6 +222,7 @@ impl Interface {
         let link_local = eui64_link_local(cfg.mac);
         let mtu = cfg.mtu.max(IPV6_MIN_MTU);
         let isn = IsnGenerator::new(&cfg.isn_secret);
+        let cookies = SynCookies::new(&cfg.isn_secret);
         let cn = if cfg.correspondent {
             match Correspondent::with_random_secrets(CnConfig::default()) {
                 Ok(c) => Some(c),
@@ -234,6 +240,7 @@ impl Interface {
             cfg: Config { mtu, ..cfg },
             link_local,
             isn,
+            cookies,
             conns: ConnTable::default(),
             listeners: Vec::new(),
             listen_map: HashMap::new(),

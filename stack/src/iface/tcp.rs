@@ -4,7 +4,7 @@
 use super::conn_table::{ConnKey, HoldOutcome};
 use super::mobility::MOBILITY_EXT_LEN;
 use super::{put_in_free_slot, Error, Interface, ListenHandle, TcpHandle};
-use crate::isn::IsnGenerator;
+use crate::isn::{IsnGenerator, SynCookies};
 use crate::state::ConnState;
 use crate::tcp::tcb::{SegIn, SegOut, Tcb};
 use crate::tcp::{TcpConfig, TcpState};
@@ -200,6 +200,14 @@ impl Interface {
                 self.accept_syn(now, l, &seg, dst, repr.dst_port, src, repr.src_port);
                 return;
             }
+            if !seg.syn
+                && !seg.rst
+                && seg.ack.is_some()
+                && self.cfg.syn_cookies
+                && self.accept_cookie(now, l, &seg, dst, repr.dst_port, src, repr.src_port)
+            {
+                return;
+            }
         }
         self.stats.tcp_no_socket += 1;
         tracing::debug!(
@@ -239,13 +247,18 @@ impl Interface {
         let Some(Some(lst)) = self.listeners.get(l as usize) else {
             return;
         };
-        if lst.accept.len() + lst.embryonic >= lst.backlog {
-            self.stats.tcp_backlog_drops += 1;
-            return;
-        }
+        let full = lst.accept.len() + lst.embryonic >= lst.backlog;
         let cfg = lst.cfg.clone();
         let local = SocketAddrV6::new(dst, dport, 0, 0);
         let remote = SocketAddrV6::new(src, sport, 0, 0);
+        if full {
+            if self.cfg.syn_cookies {
+                self.send_cookie(now, cfg, &local, &remote, seg);
+            } else {
+                self.stats.tcp_backlog_drops += 1;
+            }
+            return;
+        }
         let iss = self.isn.iss_for(now, &local, &remote);
         let mss = self.mss_for(&dst, &src);
         let mut tcb = Tcb::accept_syn(local, remote, cfg, iss, mss, now, seg);
@@ -255,6 +268,106 @@ impl Interface {
         }
         let idx = self.insert_tcb(tcb);
         self.after_tcb_event(idx);
+    }
+
+    /// RFC 4987 §3.6: the backlog is full, so the SYN is answered with a SYN-ACK whose ISN is
+    /// a cookie and nothing is kept. The SYN-ACK is the one a connection would send (built by
+    /// a throwaway TCB), its TSval carrying the client's window scale and SACK-permitted.
+    fn send_cookie(
+        &mut self,
+        now: Instant,
+        cfg: TcpConfig,
+        local: &SocketAddrV6,
+        remote: &SocketAddrV6,
+        seg: &SegIn<'_>,
+    ) {
+        let cookie = self.cookies.make(now, local, remote, seg.seq, seg.mss);
+        let mss = self.mss_for(local.ip(), remote.ip());
+        let mut tcb = Tcb::accept_syn(*local, *remote, cfg, cookie, mss, now, seg);
+        let Some(mut synack) = tcb.next_segment(now) else {
+            return;
+        };
+        if let Some((tsval, tsecr)) = synack.ts {
+            let ws = seg.wscale.filter(|_| synack.wscale.is_some());
+            let sack = seg.sack_permitted && synack.sack_permitted;
+            synack.ts = Some((SynCookies::ts_options(tsval, ws, sack), tsecr));
+        } else {
+            // Without timestamps the options cannot come back: offer none (as Linux does).
+            synack.wscale = None;
+            synack.sack_permitted = false;
+        }
+        self.stats.tcp_syncookies_sent += 1;
+        self.emit_tcp_ctrl(now, local, remote, &synack);
+    }
+
+    /// An ACK for no connection on a listening port: if it returns a valid SYN cookie, the
+    /// connection is made from it (RFC 4987 §3.6) and the ACK processed; false otherwise (it
+    /// is then answered like any segment for no connection).
+    #[allow(clippy::too_many_arguments)]
+    fn accept_cookie(
+        &mut self,
+        now: Instant,
+        l: u32,
+        seg: &SegIn<'_>,
+        dst: Ipv6Addr,
+        dport: u16,
+        src: Ipv6Addr,
+        sport: u16,
+    ) -> bool {
+        let Some(Some(lst)) = self.listeners.get(l as usize) else {
+            return false;
+        };
+        let local = SocketAddrV6::new(dst, dport, 0, 0);
+        let remote = SocketAddrV6::new(src, sport, 0, 0);
+        let (Some(ack), client_isn) = (seg.ack, seg.seq.wrapping_sub(1)) else {
+            return false;
+        };
+        let cookie = ack.wrapping_sub(1);
+        let Some(syn) = self.cookies.check(now, &local, &remote, client_isn, cookie) else {
+            self.stats.tcp_syncookies_failed += 1;
+            return false;
+        };
+        if lst.accept.len() >= lst.backlog {
+            // No room to accept it: dropped; the client retransmits (RFC 4987 §3.6).
+            self.stats.tcp_backlog_drops += 1;
+            return true;
+        }
+        let cfg = lst.cfg.clone();
+        let (wscale, sack) = match seg.ts {
+            Some((_, tsecr)) => SynCookies::options_of(tsecr),
+            None => (None, false),
+        };
+        // The SYN as it was, from what the cookie and the TSval kept.
+        let first = SegIn {
+            seq: client_isn,
+            ack: None,
+            syn: true,
+            fin: false,
+            rst: false,
+            window: seg.window,
+            mss: Some(syn.mss),
+            wscale,
+            sack_permitted: sack,
+            sack: [None; 3],
+            ts: seg.ts.map(|(tsval, _)| (tsval, 0)),
+            payload: &[],
+        };
+        let mss = self.mss_for(&dst, &src);
+        let mut tcb = Tcb::accept_syn(local, remote, cfg, cookie, mss, now, &first);
+        // Our SYN-ACK went out (statelessly): the connection takes it as sent.
+        let _ = tcb.next_segment(now);
+        tcb.listener = Some(l as usize);
+        if let Some(Some(lst)) = self.listeners.get_mut(l as usize) {
+            lst.embryonic += 1;
+        }
+        let idx = self.insert_tcb(tcb);
+        if let Some(t) = self.conns.get_mut(idx) {
+            t.on_segment(now, seg);
+        }
+        self.stats.tcp_syncookies_ok += 1;
+        self.conns.mark_ready(idx);
+        self.after_tcb_event(idx);
+        true
     }
 
     /// The MSS of a connection from `local` to `dst`, from the path MTU towards `dst`.
