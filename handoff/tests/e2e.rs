@@ -466,6 +466,9 @@ fn drain_waits_for_acks_or_deadline() {
     lan.clock = common::sim_clock;
     // A small receive buffer at the client, so that data stays queued on the server.
     lan.ifs[0].tcp_config_mut().recv_buf = 1 << 20;
+    // And the whole send buffer usable at the server (no not-sent limit), so that more is
+    // queued than the client can ever take.
+    lan.ifs[1].tcp_config_mut().notsent_lowat = None;
     let (_cl, srv) = connect(&mut lan);
     // The client does not read: its window fills (more is queued than its buffer holds, so
     // no ACK can cover it all).

@@ -14,7 +14,7 @@ use ds_handoff::{
 };
 use ds_stack::mobile::MobileRole;
 use ds_stack::{Config, Instant, Interface, TcpState};
-use std::net::SocketAddrV6;
+use std::net::{Ipv6Addr, SocketAddrV6};
 use std::time::{Duration, Instant as Mono};
 
 /// The mobile role interface `i` owns (the test drives it there).
@@ -27,8 +27,15 @@ fn route_optimised_handoff_carries_the_home_ticket() {
     let (cl_ip, b_ip, c_ip, h) = (ip("fd00::1"), ip("fd00::2"), ip("fd00::3"), ip("fd00::80"));
     let t0 = Instant::from_millis(1000);
     let client = Interface::new(Config::new([2, 0, 0, 0, 0, 1], vec![cl_ip]), t0);
-    let mut b = Interface::new(Config::new([2, 0, 0, 0, 0, 2], vec![b_ip, h]), t0);
-    let mut c = Interface::new(Config::new([2, 0, 0, 0, 0, 3], vec![c_ip]), t0);
+    // The servers take each half in one write (no not-sent limit: this test is about the
+    // home ticket, not buffering).
+    let server = |mac: u8, addrs: Vec<Ipv6Addr>| {
+        let mut cfg = Config::new([2, 0, 0, 0, 0, mac], addrs);
+        cfg.tcp.notsent_lowat = None;
+        Interface::new(cfg, t0)
+    };
+    let mut b = server(2, vec![b_ip, h]);
+    let mut c = server(3, vec![c_ip]);
     b.set_mobility_hook(Box::new(MobileRole::new(h, None)));
     c.set_mobility_hook(Box::new(MobileRole::new(h, Some(c_ip))));
     let mut lan = Lan::with(vec![client, b, c], t0);
