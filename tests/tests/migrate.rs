@@ -59,7 +59,9 @@ fn freeze_mid_transfer_and_thaw_in_another_namespace() {
     let h2 = peer.attach_host("m2").expect("host 2");
     // The whole send buffer usable (no not-sent limit), so that ≥ 1 MiB is queued to move.
     let mut rt1 = h1
-        .stack([2, 0xd5, 0, 0, 1, 1], ip(DS), |c| c.tcp.notsent_lowat = None)
+        .stack([2, 0xd5, 0, 0, 1, 1], ip(DS), |c| {
+            c.tcp.notsent_lowat = None
+        })
         .expect("stack 1");
     let mut rt2 = h2
         .stack([2, 0xd5, 0, 0, 2, 2], ip(NODE2), |_| {})
