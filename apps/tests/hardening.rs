@@ -18,6 +18,10 @@
 //!   of the first keep node 1 under 300 MB and are aborted at the stall timeout, 2,000 of the
 //!   second are answered 408 and closed at the header deadline, and a small GET meanwhile
 //!   takes under a second.
+//! * A SYN flood (findings 4, 7): 50,000 spoofed SYNs per second for 10 s through the home
+//!   agent (whose learned flow table it churns ~8 times over) to node 1: every curl meanwhile
+//!   completes in under a second (SYN cookies), and a keep-alive connection handed off to
+//!   node 2 before the flood is still node 2's after it (moved flows are never evicted).
 //! * `kill -9` of the home agent mid-download (finding 8): the same command starts again at
 //!   once on the same interface (its program was attached through a BPF link that died with
 //!   it; the pinned flow table is taken up again) and the download completes.
@@ -557,5 +561,161 @@ fn a_home_agent_killed_mid_download_restarts_at_once_and_the_download_survives()
     let got = std::fs::read(&file).expect("downloaded file");
     assert_eq!(got.len(), body.len(), "length");
     assert!(got == body, "the download arrived corrupted");
+    assert!(c.stop(), "the home agent removed its pins");
+}
+
+/// A spoofed SYN from `src`:`sport` to the DS address's port 80 (an IPv6 packet; MSS 1460).
+fn spoofed_syn(src: std::net::Ipv6Addr, ds: std::net::Ipv6Addr, sport: u16, seq: u32) -> Vec<u8> {
+    use ds_mipv6::wire::{pseudo_checksum, PacketBuilder};
+    let mut t = vec![0u8; 24];
+    t[..2].copy_from_slice(&sport.to_be_bytes());
+    t[2..4].copy_from_slice(&80u16.to_be_bytes());
+    t[4..8].copy_from_slice(&seq.to_be_bytes());
+    t[12] = 6 << 4;
+    t[13] = 0x02;
+    t[14..16].copy_from_slice(&65535u16.to_be_bytes());
+    t[20..24].copy_from_slice(&[2, 4, 0x05, 0xb4]);
+    let c = pseudo_checksum(src, ds, 6, &t);
+    t[16..18].copy_from_slice(&c.to_be_bytes());
+    PacketBuilder::new(src, ds).payload(6, &t)
+}
+
+/// One GET of `/big.bin` (`len` bytes of body) on a keep-alive connection; the body.
+fn get_keep_alive(s: &mut TcpStream, len: usize) -> std::io::Result<Vec<u8>> {
+    s.write_all(b"GET /big.bin HTTP/1.1\r\nHost: ds\r\n\r\n")?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            if got.len() >= end + 4 + len {
+                return Ok(got[end + 4..end + 4 + len].to_vec());
+            }
+        }
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// Findings 4 and 7: a SYN flood from spoofed sources against the DS address (through the
+/// home agent, whose learned flow table it churns ~8 times over, to node 1's stack). Every
+/// curl meanwhile completes in under a second, and a keep-alive connection handed off to node
+/// 2 before the flood is still served by node 2 after it.
+#[test]
+fn a_syn_flood_closes_no_port() {
+    if !require_root("a_syn_flood_closes_no_port") {
+        return;
+    }
+    /// The target rate and duration (issue 12: ≥ 50,000 SYN/s for 10 s).
+    const RATE: u64 = 50_000;
+    const SECS: u64 = 10;
+    let mut c = Cluster::start("hy", Addrs::new(0xf1, 2));
+    let body = PatternStream::bytes(0x12f1, 4096);
+    let socks = c.start_file_servers("afxdp", &body);
+    let ds: std::net::Ipv6Addr = c.a.ds().parse().expect("DS address");
+    // A keep-alive client, served once by node 1, then handed to node 2.
+    let (client, to) = (c.a.client(), c.a.ctl_listen(1));
+    let mut keep = c
+        .topo
+        .client
+        .run(|| TcpStream::connect_timeout(&SocketAddr::from((ds, 80)), UP).expect("connect"));
+    keep.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    assert!(get_keep_alive(&mut keep, body.len()).expect("first GET") == body);
+    let port = keep.local_addr().expect("port").port();
+    let conn = client_conn(&socks[0], &client, port);
+    dsctl(&socks[0], &["handoff", &conn, "--to", &to]).expect("dsctl handoff");
+    let t = Instant::now();
+    while status(&socks[1])["handoff"]["adopted"] != 1 {
+        assert!(
+            t.elapsed() < UP,
+            "node 2 never adopted the keep-alive connection"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ((n, took), curls) = std::thread::scope(|sc| {
+        let topo = &c.topo;
+        let flood = sc.spawn(|| {
+            topo.client.run(|| {
+                let start = Instant::now();
+                let mut sent = 0u64;
+                let mut n = 0u32;
+                while start.elapsed() < Duration::from_secs(SECS) {
+                    // Batches of 500, paced to the target rate.
+                    let batch: Vec<Vec<u8>> = (0..500)
+                        .map(|_| {
+                            n = n.wrapping_add(1);
+                            let src = std::net::Ipv6Addr::new(
+                                0xfd00,
+                                0x66,
+                                (n >> 16) as u16,
+                                0,
+                                0,
+                                0,
+                                0,
+                                n as u16 | 1,
+                            );
+                            spoofed_syn(
+                                src,
+                                ds,
+                                1024 + (n % 60000) as u16,
+                                n.wrapping_mul(2654435761),
+                            )
+                        })
+                        .collect();
+                    sent += ds_kernel::inject(&batch).unwrap_or(0) as u64;
+                    let due = Duration::from_micros(sent * 1_000_000 / RATE);
+                    if let Some(wait) = due.checked_sub(start.elapsed()) {
+                        std::thread::sleep(wait);
+                    }
+                }
+                (sent, start.elapsed())
+            })
+        });
+        // A legitimate curl every 300 ms during the flood.
+        let mut curls = Vec::new();
+        std::thread::sleep(Duration::from_millis(500));
+        while !flood.is_finished() {
+            let t = Instant::now();
+            let out = topo
+                .client
+                .command("curl")
+                .args(["-sS", "--fail", "--max-time", "5", "-o", "/dev/null"])
+                .arg(format!("http://[{ds}]/big.bin"))
+                .output()
+                .expect("curl");
+            curls.push((out.status.success(), t.elapsed()));
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        (flood.join().expect("flood"), curls)
+    });
+    let rate = n as f64 / took.as_secs_f64();
+    let worst = curls.iter().map(|(_, t)| *t).max().unwrap_or_default();
+    let s = status(&socks[0]);
+    eprintln!(
+        "SYN flood: {n} spoofed SYNs in {took:?} ({rate:.0}/s); {} curls, slowest {worst:?}; \
+         node 1: {} SYN cookies sent, {} backlog drops",
+        curls.len(),
+        s["interface"]["tcp_syncookies_sent"],
+        s["interface"]["tcp_backlog_drops"]
+    );
+    assert!(curls.len() >= 10, "too few curls: {curls:?}");
+    assert!(curls.iter().all(|(ok, _)| *ok), "a curl failed: {curls:?}");
+    assert!(worst < Duration::from_secs(1), "a curl took {worst:?}");
+    assert!(
+        s["interface"]["tcp_syncookies_sent"].as_u64() > Some(0),
+        "{s}"
+    );
+    // The handed-off keep-alive connection survived the flood: node 2 answers it.
+    let again = get_keep_alive(&mut keep, body.len());
+    assert!(
+        again.as_ref().is_ok_and(|b| *b == body),
+        "the handed-off connection after the flood: {:?}",
+        again.map(|b| b.len())
+    );
+    let s2 = status(&socks[1]);
+    assert_eq!(s2["http"]["http"]["requests"], 1, "node 2 served it: {s2}");
     assert!(c.stop(), "the home agent removed its pins");
 }

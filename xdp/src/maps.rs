@@ -459,6 +459,13 @@ mod tests {
             TUNNEL_COUNTERS[TunnelCounter::Redirect as usize],
             "redirect"
         );
-        assert_eq!(TUNNEL_COUNTERS.len(), TunnelCounter::Redirect as usize + 1);
+        assert_eq!(
+            TUNNEL_COUNTERS[TunnelCounter::NotLearned as usize],
+            "not_learned"
+        );
+        assert_eq!(
+            TUNNEL_COUNTERS.len(),
+            TunnelCounter::NotLearned as usize + 1
+        );
     }
 }
