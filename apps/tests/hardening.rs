@@ -300,7 +300,19 @@ fn hostile_control_connections_stall_nothing_and_prove_nothing() {
         gate["accepted"].as_u64().unwrap_or(0) >= 200,
         "the attack reached the port: {gate}"
     );
-    assert!(c.stop(), "the home agent removed its pins");
+    // The home agent too: its channels are the nodes' (one each, perhaps a reconnect).
+    let (pins_gone, summary) = c.stop_with_ha_summary();
+    assert!(pins_gone, "the home agent removed its pins");
+    eprintln!("home agent: {}", summary.lines().next().unwrap_or_default());
+    let channels: u64 = summary
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(u64::MAX);
+    assert!(
+        channels <= 4,
+        "channels accepted by the home agent: {summary}"
+    );
 }
 
 #[test]

@@ -346,7 +346,19 @@ impl Cluster {
     }
 
     /// SIGINT to the nodes, then the home agent; true when the home agent removed its pins.
-    pub fn stop(mut self) -> bool {
+    pub fn stop(self) -> bool {
+        self.stop_with_ha_summary().0
+    }
+
+    /// [`Cluster::stop`], also returning what the home agent printed at exit (its summary:
+    /// control channels, flow moves, flows).
+    pub fn stop_with_ha_summary(mut self) -> (bool, String) {
+        self.stop_processes();
+        let out = std::fs::read_to_string(self.dir.path().join("dsha.out")).unwrap_or_default();
+        (!self.pins.exists(), out)
+    }
+
+    fn stop_processes(&mut self) {
         let procs = self.nodes.iter_mut().map(|(c, _, _)| c);
         for c in procs.chain(std::iter::once(&mut self.ha)) {
             if c.try_wait().ok().flatten().is_some() {
@@ -360,7 +372,6 @@ impl Cluster {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        !self.pins.exists()
     }
 }
 
