@@ -14,6 +14,7 @@
 //! # header_timeout_ms = 10000        # a request head must arrive within this (then 408)
 //! # stall_timeout_ms = 60000         # a response with no progress this long is aborted
 //! # max_connections = 10000          # more are answered 503
+//! # max_buffered_mib = 512           # send buffers in all; then no more data, new clients 503
 //! # policy = "round-robin"           # proxy mode: local | round-robin | least-connections
 //!
 //! [handoff]
@@ -79,6 +80,7 @@ struct NodeFile {
     header_timeout_ms: Option<u64>,
     stall_timeout_ms: Option<u64>,
     max_connections: Option<usize>,
+    max_buffered_mib: Option<usize>,
     backend: Option<SocketAddr>,
     policy: Option<Spanned<String>>,
     handoff: Option<HandoffFile>,
@@ -207,6 +209,10 @@ pub fn serve_args(path: &Path) -> Result<Vec<String>, ConfigError> {
     opt(
         "max_connections",
         file.max_connections.as_ref().map(|v| s(v)),
+    );
+    opt(
+        "max_buffered_mib",
+        file.max_buffered_mib.as_ref().map(|v| s(v)),
     );
     opt(
         "control_socket",

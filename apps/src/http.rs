@@ -786,6 +786,12 @@ impl HttpConn {
         self.finish();
     }
 
+    /// Whether what [`HttpConn::poll_transmit`] gives now is a piece of a file body (not a
+    /// head or an error response): a server short of buffer space holds those back first.
+    pub fn sending_body(&self) -> bool {
+        self.out_from_body
+    }
+
     /// Whether a response is partly sent.
     pub fn is_busy(&self) -> bool {
         self.out_pos < self.out.len() || self.body.is_some()

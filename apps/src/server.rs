@@ -34,10 +34,14 @@ pub struct ServerConfig {
     /// Connections served at once; more are answered 503 and closed, and past twice as many
     /// reset at once.
     pub max_connections: usize,
+    /// Bytes queued in TCP send buffers over all connections: at the limit no connection is
+    /// given more (they go on as their clients acknowledge) and new clients are answered 503.
+    pub max_buffered: usize,
 }
 
 impl Default for ServerConfig {
-    /// Backlog 128, idle 60 s, linger 30 s, header 10 s, stall 60 s, 10,000 connections.
+    /// Backlog 128, idle 60 s, linger 30 s, header 10 s, stall 60 s, 10,000 connections,
+    /// 512 MiB buffered in all.
     ///
     /// Memory per connection is bounded by what is in flight (at most the client's window)
     /// plus the stack's `notsent_lowat` (256 KiB) and one file chunk (64 KiB); a client that
@@ -51,6 +55,7 @@ impl Default for ServerConfig {
             header_timeout: Duration::from_secs(10),
             stall_timeout: Duration::from_secs(60),
             max_connections: 10_000,
+            max_buffered: 512 << 20,
         }
     }
 }
@@ -94,6 +99,8 @@ struct Conn {
     paused: bool,
     /// Resumed since last serviced: its idle clock restarts (`resume` has no time).
     resumed: bool,
+    /// Its TCP send queue as last seen here (an upper bound: it only shrinks between looks).
+    queued: usize,
 }
 
 impl Conn {
@@ -106,6 +113,7 @@ impl Conn {
             sent_here: 0,
             paused: false,
             resumed: false,
+            queued: 0,
         }
     }
 }
@@ -239,6 +247,8 @@ pub struct HttpServer {
     quota: Option<u64>,
     /// Connections paused by the quota, not yet reported by `take_handoff_ready`.
     handoff_ready: Vec<TcpHandle>,
+    /// The sum of the connections' `queued`: what the send buffers hold at most.
+    buffered: usize,
 }
 
 /// How often every connection is checked for timeouts; between sweeps only connections
@@ -273,6 +283,7 @@ impl HttpServer {
             last_sweep: None,
             quota: None,
             handoff_ready: Vec::new(),
+            buffered: 0,
         })
     }
 
@@ -334,6 +345,7 @@ impl HttpServer {
         };
         if let Some(conn) = self.conns.remove(&h) {
             self.stats.http.add(conn.http.stats());
+            self.buffered -= conn.queued;
         }
         self.stats.handed_off += 1;
         self.handoff_ready.retain(|&r| r != h);
@@ -441,7 +453,7 @@ impl HttpServer {
                 iface.tcp_release(h);
                 continue;
             }
-            if self.conns.len() >= max {
+            if self.conns.len() >= max || self.buffered >= self.config.max_buffered {
                 self.stats.refused += 1;
                 http.refuse_overloaded();
             }
@@ -475,7 +487,15 @@ impl HttpServer {
             if conn.paused {
                 continue;
             }
-            match service(iface, h, conn, &ctx, &mut self.buf, &mut self.stats) {
+            match service(
+                iface,
+                h,
+                conn,
+                &ctx,
+                &mut self.buf,
+                &mut self.stats,
+                &mut self.buffered,
+            ) {
                 Verdict::Keep => {}
                 Verdict::QuotaReached => {
                     conn.paused = true;
@@ -498,6 +518,7 @@ impl HttpServer {
         for h in gone {
             if let Some(conn) = self.conns.remove(&h) {
                 self.stats.http.add(conn.http.stats());
+                self.buffered -= conn.queued;
             }
             iface.tcp_release(h);
         }
@@ -505,6 +526,7 @@ impl HttpServer {
 
     /// Drop every connection (each open one is reset) and stop accepting.
     pub fn shutdown(&mut self, iface: &mut Interface) {
+        self.buffered = 0;
         for (h, conn) in self.conns.drain() {
             self.stats.http.add(conn.http.stats());
             match iface.tcp_state(h) {
@@ -524,8 +546,13 @@ fn service(
     ctx: &Ctx<'_>,
     buf: &mut [u8],
     stats: &mut ServerStats,
+    buffered: &mut usize,
 ) -> Verdict {
     let (now, config) = (ctx.now, ctx.config);
+    // What the send buffer holds now (acknowledged data left it since the last look).
+    let q = iface.tcp_send_queued(h);
+    *buffered = (*buffered + q).saturating_sub(conn.queued);
+    conn.queued = q;
     if std::mem::take(&mut conn.resumed) {
         conn.clock.activity(now);
     }
@@ -577,6 +604,20 @@ fn service(
             break;
         }
         let left = ctx.quota.map(|q| q.saturating_sub(conn.sent_here));
+        match conn.http.poll_transmit() {
+            Ok(c) if c.is_empty() => break,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!("aborting a response: {e}");
+                return Verdict::Abort;
+            }
+        }
+        // The node's total: at the limit no file body goes out until clients acknowledge
+        // (heads and error responses, a few hundred bytes, still do).
+        if *buffered >= config.max_buffered && conn.http.sending_body() {
+            break;
+        }
+        // The same bytes again (poll_transmit gives what is pending until `advance`).
         let chunk = match conn.http.poll_transmit() {
             Ok(c) => c,
             Err(e) => {
@@ -584,9 +625,6 @@ fn service(
                 return Verdict::Abort;
             }
         };
-        if chunk.is_empty() {
-            break;
-        }
         // Never hand TCP more than the quota allows, so the pause point is byte-exact.
         let cap = left.map_or(chunk.len(), |l| {
             usize::try_from(l).unwrap_or(usize::MAX).min(chunk.len())
@@ -599,6 +637,8 @@ fn service(
             Ok(n) => {
                 conn.http.advance(n);
                 conn.sent_here += n as u64;
+                conn.queued += n;
+                *buffered += n;
                 conn.clock.activity(now);
                 if ctx.quota.is_some_and(|q| conn.sent_here >= q) {
                     return Verdict::QuotaReached;

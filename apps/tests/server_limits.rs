@@ -131,3 +131,56 @@ fn over_the_connection_limit_a_client_gets_503() {
     );
     assert_eq!(net.server.stats().refused, 1);
 }
+
+#[test]
+fn at_the_total_buffer_limit_nobody_gets_more_and_new_clients_get_503() {
+    let root = root_with("lim-total", 32 << 20);
+    let limit = 100 << 10;
+    let cfg = ServerConfig {
+        max_buffered: limit,
+        ..ServerConfig::default()
+    };
+    let mut net = MemNet::with_config(root.path(), cfg);
+    net.reading = false;
+    let request: &[u8] = b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n";
+    let mut sent = 0;
+    let (client, _) = net
+        .cli
+        .iface
+        .tcp_endpoints(net.client)
+        .expect("client endpoints");
+    // The stuck client fills the node's budget, no more.
+    let mut held = 0;
+    net.run_until(std::time::Duration::from_secs(2), |net| {
+        net.send(request, &mut sent);
+        if let Some((h, _)) = net.server.handle_of(&net.srv.iface, client) {
+            held = held.max(net.srv.iface.tcp_send_queued(h));
+        }
+        false
+    });
+    eprintln!("a stuck client under a {limit}-byte node budget: {held} bytes queued at most");
+    assert!(held > 0);
+    assert!(
+        held <= limit + ds_apps::http::CHUNK,
+        "{held} bytes queued past the node's limit"
+    );
+    // A new client is answered 503 while the budget is spent.
+    let to = SocketAddrV6::new(common::SERVER, 80, 0, 0);
+    let second = dial(&mut net.cli, common::CLIENT, to);
+    let mut got = Vec::new();
+    let mut eof = false;
+    let ok = net.run_until(std::time::Duration::from_secs(5), |net| {
+        match read_available(&mut net.cli.iface, second, &mut got) {
+            Ok(_) => {}
+            Err(ds_stack::Error::Eof) => eof = true,
+            Err(e) => panic!("second client: {e:?}"),
+        }
+        eof
+    });
+    assert!(ok, "the second client was not answered and closed");
+    let text = String::from_utf8_lossy(&got).into_owned();
+    assert!(
+        text.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+        "{text}"
+    );
+}

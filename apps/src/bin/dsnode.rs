@@ -138,6 +138,10 @@ struct ServeArgs {
     /// Connections served at once; more are answered 503 (past twice as many: reset).
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     max_connections: usize,
+    /// MiB queued in TCP send buffers over all connections: at the limit no file data goes
+    /// out until clients acknowledge, and new clients are answered 503.
+    #[arg(long, value_name = "MIB", default_value_t = 512)]
+    max_buffered_mib: usize,
     #[command(flatten)]
     handoff: HandoffArgs,
     #[command(flatten)]
@@ -199,6 +203,7 @@ fn server_config(args: &ServeArgs) -> ServerConfig {
         header_timeout: Duration::from_millis(args.header_timeout_ms),
         stall_timeout: Duration::from_millis(args.stall_timeout_ms),
         max_connections: args.max_connections.max(1),
+        max_buffered: args.max_buffered_mib.max(1).saturating_mul(1 << 20),
         ..ServerConfig::default()
     }
 }
