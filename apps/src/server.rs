@@ -605,7 +605,7 @@ fn service(
         }
         let left = ctx.quota.map(|q| q.saturating_sub(conn.sent_here));
         match conn.http.poll_transmit() {
-            Ok(c) if c.is_empty() => break,
+            Ok([]) => break,
             Ok(_) => {}
             Err(e) => {
                 tracing::warn!("aborting a response: {e}");
