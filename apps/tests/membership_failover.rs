@@ -546,3 +546,59 @@ fn failover(etcd: bool) {
     drop(etcd_proc);
     assert!(c.stop(), "dsha removed its pins");
 }
+
+/// Issue 12, item 5: the home agent killed with SIGKILL and started again resumes its
+/// registry from the point it persisted (the newest epoch and its holder): the contact
+/// continues with its epoch (a deposed node's older one would be refused, see the registry's
+/// unit test) and the DS address is served again at once.
+#[test]
+fn a_home_agent_killed_and_restarted_resumes_its_registry() {
+    if !ds_testbed::require_root("a_home_agent_killed_and_restarted_resumes_its_registry") {
+        return;
+    }
+    let a = Addrs::new(0xf2, NODES);
+    let mut c = Cluster::start_members("ds-mhr", a);
+    let root = c.dir.path().join("www");
+    std::fs::create_dir_all(&root).expect("root");
+    std::fs::write(root.join("small"), b"hello from the distributed server\n").expect("small");
+    let mut n = Nodes {
+        etcd: None,
+        procs: (0..NODES).map(|_| None).collect(),
+        logs: vec![PathBuf::new(); NODES],
+        socks: (0..NODES)
+            .map(|i| c.dir.path().join(format!("node{}.sock", i + 1)))
+            .collect(),
+        starts: vec![0; NODES],
+    };
+    for i in 0..NODES {
+        n.start(&c, i, &root);
+    }
+    let contact = n.wait_contact(None);
+    let ds: SocketAddr = format!("[{}]:80", a.ds()).parse().expect("DS address");
+    assert!(c.topo.client.run(|| probe(ds)), "served before the crash");
+    let t = Instant::now();
+    c.crash_and_restart_ha();
+    let served = c.topo.client.run(|| loop {
+        if probe(ds) {
+            break Some(t.elapsed());
+        }
+        if t.elapsed() > Duration::from_secs(5) {
+            break None;
+        }
+    });
+    let log = std::fs::read_to_string(c.dir.path().join("dsha-again.log")).unwrap_or_default();
+    eprintln!("home agent killed and restarted: served again after {served:?}");
+    assert!(served.is_some(), "not served after the restart: {log}");
+    assert!(log.contains("registry resumes a previous run"), "{log}");
+    assert_eq!(
+        n.contact(),
+        Some(contact),
+        "the same contact holds the registration"
+    );
+    for i in 0..NODES {
+        if n.procs[i].is_some() {
+            n.signal(i, "-INT");
+        }
+    }
+    assert!(c.stop(), "the home agent removed its pins");
+}

@@ -54,7 +54,7 @@ pub mod sim;
 pub mod wire;
 
 pub use member::{Config, Event, Member, Role, Status};
-pub use registry::{Registry, RegistryConfig, RegistryEvent};
+pub use registry::{Registry, RegistryConfig, RegistryEvent, Resume};
 pub use wire::{Body, Key, MemberInfo, View, WireError};
 
 use serde::{Deserialize, Serialize};

@@ -27,6 +27,20 @@ pub struct RegistryConfig {
     pub replay_peers: usize,
     /// Most datagrams queued for sending (excess dropped, counted).
     pub max_queue: usize,
+    /// Where a previous run of this home agent stopped (it crashed or restarted): the
+    /// newest epoch it accepted and the holder it had. Registrations must be newer than that
+    /// epoch, except the same holder's continuing with it; without this a restarted registry
+    /// would take an older epoch first (a deposed contact's).
+    pub resume: Option<Resume>,
+}
+
+/// What a registry persists to be resumed after a restart ([`RegistryConfig::resume`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Resume {
+    /// The newest epoch accepted.
+    pub last: Epoch,
+    /// The holder then, if any.
+    pub holder: Option<NodeId>,
 }
 
 impl RegistryConfig {
@@ -37,6 +51,7 @@ impl RegistryConfig {
             max_lease: Duration::from_secs(10),
             replay_peers: 4096,
             max_queue: 1024,
+            resume: None,
         }
     }
 }
@@ -120,7 +135,7 @@ impl Registry {
         Registry {
             wire: Endpoint::new(key, cfg.id, cfg.replay_peers),
             holder: None,
-            last: Epoch::default(),
+            last: cfg.resume.map(|r| r.last).unwrap_or_default(),
             out: VecDeque::new(),
             events: VecDeque::new(),
             stats: RegistryStats::default(),
@@ -137,6 +152,15 @@ impl Registry {
     /// The newest epoch accepted.
     pub fn last_epoch(&self) -> Epoch {
         self.last
+    }
+
+    /// What to persist so that a restart resumes here ([`RegistryConfig::resume`]): changes
+    /// only when the holder does.
+    pub fn resume_point(&self) -> Resume {
+        Resume {
+            last: self.last,
+            holder: self.holder.map(|h| h.info.id),
+        }
     }
 
     /// Counters.
@@ -221,7 +245,11 @@ impl Registry {
         let ok = match self.holder {
             Some(h) if h.info.id == me.id => epoch >= h.epoch,
             Some(h) => h.until <= now && epoch > self.last,
-            None => epoch > self.last,
+            // After a restart, the holder of the previous run may continue with its epoch.
+            None => {
+                epoch > self.last
+                    || (epoch == self.last && self.cfg.resume.and_then(|r| r.holder) == Some(me.id))
+            }
         };
         if ok {
             self.stats.accepted += 1;
@@ -261,5 +289,87 @@ impl Registry {
             },
         );
         ok
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{Body, Endpoint, MemberInfo};
+
+    const SECRET: &[u8] = b"the registry test's cluster secret";
+
+    fn member(id: NodeId) -> (Endpoint, MemberInfo) {
+        let me = MemberInfo {
+            id,
+            addr: format!("[fd00::{id}]:7100").parse().expect("address"),
+            coa: format!("fd00::{id}").parse().expect("address"),
+        };
+        (Endpoint::new(Key::new(SECRET), id, 16), me)
+    }
+
+    fn register(r: &mut Registry, now: Time, m: &mut (Endpoint, MemberInfo), epoch: Epoch) {
+        let d = m.0.seal(
+            epoch,
+            epoch,
+            Body::Register {
+                me: m.1,
+                lease_us: 200_000,
+                dead: Vec::new(),
+            },
+        );
+        r.handle(now, &d);
+    }
+
+    fn holder_id(r: &Registry) -> Option<NodeId> {
+        r.holder().map(|h| h.info.id)
+    }
+
+    /// A restarted home agent resumes from its persisted point: the previous holder continues
+    /// with its epoch, an older or equal epoch of anyone else is refused (a deposed contact
+    /// cannot take the DS address first), a newer one is taken.
+    #[test]
+    fn a_restarted_registry_refuses_what_its_previous_run_had_passed() {
+        let (mut a, mut b) = (member(1), member(2));
+        let e = |view| Epoch { view, by: 1 };
+        let mut first = Registry::new(Key::new(SECRET), RegistryConfig::new(100));
+        register(&mut first, Time(1_000), &mut a, e(5));
+        assert_eq!(holder_id(&first), Some(1));
+        let point = first.resume_point();
+        assert_eq!(
+            point,
+            Resume {
+                last: e(5),
+                holder: Some(1)
+            }
+        );
+
+        // Without the resume point a deposed node (older epoch) would be taken at once.
+        let mut fresh = Registry::new(Key::new(SECRET), RegistryConfig::new(101));
+        register(&mut fresh, Time(1_000), &mut b, e(4));
+        assert_eq!(
+            holder_id(&fresh),
+            Some(2),
+            "the failure the resume point prevents"
+        );
+
+        let cfg = RegistryConfig {
+            resume: Some(point),
+            ..RegistryConfig::new(102)
+        };
+        let mut again = Registry::new(Key::new(SECRET), cfg.clone());
+        register(&mut again, Time(1_000), &mut b, e(4));
+        register(&mut again, Time(1_000), &mut b, e(5));
+        assert_eq!(
+            holder_id(&again),
+            None,
+            "older and equal epochs of another node refused"
+        );
+        register(&mut again, Time(1_000), &mut a, e(5));
+        assert_eq!(holder_id(&again), Some(1), "the previous holder continues");
+
+        let mut other = Registry::new(Key::new(SECRET), cfg);
+        register(&mut other, Time(1_000), &mut b, e(6));
+        assert_eq!(holder_id(&other), Some(2), "a newer epoch is taken");
     }
 }

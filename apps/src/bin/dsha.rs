@@ -72,6 +72,11 @@ struct XdpArgs {
     /// [default: /sys/fs/bpf/ds/<IF>].
     #[arg(long, value_name = "DIR")]
     pin_dir: Option<PathBuf>,
+    /// With --members: where the registry's resume point (newest epoch, holder) is kept, so
+    /// that after a crash and restart no older epoch than before can take the DS address
+    /// [default: /run/ds/registry-<last component of the pin directory>.json].
+    #[arg(long, value_name = "FILE")]
+    state_file: Option<PathBuf>,
     /// Capacity of the learned flow table (an LRU: new flows are learned from their SYN and
     /// the least recently used go when it is full). Flows moved by a handoff live in a
     /// separate table of 131,072 that is never evicted (a moved flow without a packet for
@@ -203,10 +208,45 @@ struct Members {
     registry: ds_membership::Registry,
     origin: std::time::Instant,
     buf: Vec<u8>,
+    /// Where the resume point is kept.
+    state: PathBuf,
+    /// The point last written there.
+    saved: Option<ds_membership::Resume>,
+}
+
+/// The registry's resume point from `path`, if a previous run left one.
+fn load_resume(path: &Path) -> anyhow::Result<Option<ds_membership::Resume>> {
+    let text = match std::fs::read(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    // Bounded like every input: the file holds one small JSON object.
+    if text.len() > 4096 {
+        bail!("{}: larger than a resume point", path.display());
+    }
+    let r = serde_json::from_slice(&text)
+        .with_context(|| format!("{}: not a registry resume point", path.display()))?;
+    Ok(Some(r))
+}
+
+/// Write the resume point atomically (a crash leaves the old one or the new one).
+fn save_resume(path: &Path, r: &ds_membership::Resume) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec(r)?)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
 }
 
 impl Members {
-    fn bind(addr: SocketAddr, secret: &ds_handoff::ClusterSecret) -> anyhow::Result<Members> {
+    fn bind(
+        addr: SocketAddr,
+        secret: &ds_handoff::ClusterSecret,
+        state: PathBuf,
+    ) -> anyhow::Result<Members> {
         let sock = std::net::UdpSocket::bind(addr)
             .with_context(|| format!("--members {addr}: cannot bind"))?;
         sock.set_nonblocking(true)?;
@@ -214,20 +254,42 @@ impl Members {
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id)
             .map_err(|_| anyhow::anyhow!("no random source"))?;
         let key = ds_membership::Key::new(secret.expose());
+        let resume = load_resume(&state)?;
+        if let Some(r) = resume {
+            tracing::info!(last = %r.last, holder = ?r.holder, "registry resumes a previous run");
+        }
         let registry = ds_membership::Registry::new(
             key,
-            ds_membership::RegistryConfig::new(u64::from_le_bytes(id)),
+            ds_membership::RegistryConfig {
+                resume,
+                ..ds_membership::RegistryConfig::new(u64::from_le_bytes(id))
+            },
         );
         Ok(Members {
             sock,
             registry,
             origin: std::time::Instant::now(),
             buf: vec![0; ds_membership::wire::MAX_DATAGRAM + 1],
+            saved: resume,
+            state,
         })
     }
 
     /// Answer what arrived; move the DS address's binding when the holder changes.
     fn poll(&mut self, agent: &mut FlowAgent, ds: Ipv6Addr) {
+        self.exchange(agent, ds);
+        // Persist where a restart would resume whenever it moved (rarely: a new holder or
+        // a newer epoch of the same holder).
+        let point = self.registry.resume_point();
+        if self.saved != Some(point) {
+            match save_resume(&self.state, &point) {
+                Ok(()) => self.saved = Some(point),
+                Err(e) => tracing::warn!("saving the registry's resume point: {e:#}"),
+            }
+        }
+    }
+
+    fn exchange(&mut self, agent: &mut FlowAgent, ds: Ipv6Addr) {
         // A bounded batch per round, so a flood cannot starve the flow agent.
         for _ in 0..256 {
             match self.sock.recv_from(&mut self.buf) {
@@ -279,12 +341,18 @@ impl Members {
 struct Cleanup {
     pin_dir: PathBuf,
     link: Option<std::os::fd::OwnedFd>,
+    /// The registry's resume point: only for a restart after a crash, so a clean stop
+    /// removes it (the next start is a new cluster's).
+    state: Option<PathBuf>,
 }
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
         // Closing the link detaches the program.
         drop(self.link.take());
+        if let Some(p) = self.state.take() {
+            let _ = std::fs::remove_file(p);
+        }
         if let Err(e) = ds_xdp::loader::remove_pins(ds_xdp::Kind::Tunnel, &self.pin_dir) {
             tracing::warn!("removing the pinned maps: {e}");
         }
@@ -325,6 +393,7 @@ fn xdp(args: &XdpArgs) -> anyhow::Result<()> {
     let mut cleanup = Cleanup {
         pin_dir: pin_dir.clone(),
         link: None,
+        state: None,
     };
     prog.set_config(&TunnelConfig {
         local: args.addr,
@@ -341,7 +410,17 @@ fn xdp(args: &XdpArgs) -> anyhow::Result<()> {
         prog.set_binding(args.ds, bind)?;
     }
     let mut members = match args.members {
-        Some(a) => Some(Members::bind(a, &secret)?),
+        Some(a) => {
+            let state = args.state_file.clone().unwrap_or_else(|| {
+                let name = pin_dir
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| args.iface.clone());
+                PathBuf::from(format!("/run/ds/registry-{name}.json"))
+            });
+            cleanup.state = Some(state.clone());
+            Some(Members::bind(a, &secret, state)?)
+        }
         None => None,
     };
     // Bind the control port before attaching, so a port conflict fails without touching the
