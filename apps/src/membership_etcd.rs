@@ -89,6 +89,10 @@ struct View {
     members: BTreeMap<u64, Record>,
 }
 
+/// How long a member that left the view is remembered, to be reported dead by whichever
+/// backup leads next (it takes the lease's TTL, 2 s, and an election to get there).
+const VANISHED_MEMORY: Duration = Duration::from_secs(5);
+
 /// The registration half: the same authenticated messages as the native protocol's contact.
 struct Registrant {
     wire: Endpoint,
@@ -239,9 +243,16 @@ async fn session(
         )
         .await?;
     tracing::info!(%lease, "membership: joined");
-    // Backups campaign in the background; the answer comes when this node leads.
+    // Backups campaign in the background; the answer comes when this node leads. The
+    // campaign waits as long as another node leads, so its client has no request timeout
+    // (with the 1 s one every backup's session failed each second and started over with a
+    // new lease, and members that vanished meanwhile were never reported dead).
     let mut campaign = if me.backup {
-        let mut c = client.clone();
+        let mut c = Client::connect(
+            endpoints,
+            Some(ConnectOptions::new().with_connect_timeout(Duration::from_secs(1))),
+        )
+        .await?;
         let (name, v) = (format!("{pfx}/contact"), value.clone());
         Some(tokio::spawn(
             async move { c.campaign(name, v, lease).await },
@@ -254,6 +265,9 @@ async fn session(
     let mut tick = tokio::time::interval(POLL);
     let mut last_keepalive = Instant::now() - Duration::from_secs(1);
     let mut prev_members: BTreeMap<u64, Record> = BTreeMap::new();
+    // Members that left the view lately (their lease expired), seen whether or not this node
+    // leads: a backup that becomes the contact because the contact died reports it too.
+    let mut vanished: Vec<(u64, Ipv6Addr, Instant)> = Vec::new();
     loop {
         if published.stopped() {
             if let Some((k, _)) = leading.take() {
@@ -303,12 +317,18 @@ async fn session(
                 *fence = e;
             }
         }
+        let now = Instant::now();
+        vanished.retain(|(_, _, at)| now.duration_since(*at) < VANISHED_MEMORY);
+        for (mid, r) in &prev_members {
+            if !view.members.contains_key(mid) && !vanished.iter().any(|(v, _, _)| v == mid) {
+                vanished.push((*mid, r.coa, now));
+            }
+        }
         if let Some(epoch) = leading.as_ref().map(|l| l.1) {
             // The members that vanished (their lease expired) are dead: their clients are reset.
-            for (mid, r) in &prev_members {
-                if !view.members.contains_key(mid) && !reg.dead.iter().any(|(d, _, _)| d == mid) {
-                    reg.dead
-                        .push((*mid, r.coa, Instant::now() + Duration::from_secs(2)));
+            for (mid, coa, _) in &vanished {
+                if *coa != cfg.coa && !reg.dead.iter().any(|(d, _, _)| d == mid) {
+                    reg.dead.push((*mid, *coa, now + Duration::from_secs(2)));
                 }
             }
             reg.register(sock, cfg.home_agent, me.info(), epoch);
