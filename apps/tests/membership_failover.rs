@@ -372,12 +372,16 @@ fn failover(etcd: bool) {
     );
 
     // A dead node's clients learn it at once: kill -9 the contact in the middle of a download
-    // it serves (before it would hand it off); curl gets a reset instead of hanging.
+    // it serves; curl gets a reset instead of hanging. The taker is stopped meanwhile, so the
+    // download cannot leave the contact first (its handoff after 300 kB would otherwise race
+    // the kill: the contact's buffers reach 300 kB within milliseconds).
     let victim = contact;
+    n.signal(TAKER, "-STOP");
     let (curl, _) = download(&c, "got-killed.bin", &a.ds(), "200K", 1);
     let killed_at = Instant::now();
     n.signal(victim, "-KILL");
     let out = curl.wait_with_output().expect("curl");
+    n.signal(TAKER, "-CONT");
     let reset_after = killed_at.elapsed();
     let err = String::from_utf8_lossy(&out.stderr);
     eprintln!(

@@ -170,7 +170,13 @@ impl Cluster {
             "--pin-dir",
             &pins.display().to_string(),
         ];
-        let ha_args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let mut ha_args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        if members {
+            // The registry's resume point in the test's own directory, gone with it even
+            // when a failed test kills the home agent.
+            let state = dir.path().join("dsha-registry.json");
+            ha_args.extend(["--state-file".to_string(), state.display().to_string()]);
+        }
         let ha = spawn_ha(&topo, &ha_args, dir.path(), "dsha");
         Cluster {
             a,
