@@ -549,8 +549,13 @@ fn service(
     buffered: &mut usize,
 ) -> Verdict {
     let (now, config) = (ctx.now, ctx.config);
-    // What the send buffer holds now (acknowledged data left it since the last look).
+    // What the send buffer holds now (acknowledged data left it since the last look): the
+    // client took something, which counts as progress even when the node's budget holds
+    // this connection's next write back.
     let q = iface.tcp_send_queued(h);
+    if q < conn.queued {
+        conn.clock.activity(now);
+    }
     *buffered = (*buffered + q).saturating_sub(conn.queued);
     conn.queued = q;
     if std::mem::take(&mut conn.resumed) {
