@@ -204,7 +204,13 @@ impl Interface {
                 && !seg.rst
                 && seg.ack.is_some()
                 && self.cfg.syn_cookies
-                && self.accept_cookie(now, l, &seg, dst, repr.dst_port, src, repr.src_port)
+                && self.accept_cookie(
+                    now,
+                    l,
+                    &seg,
+                    SocketAddrV6::new(dst, repr.dst_port, 0, 0),
+                    SocketAddrV6::new(src, repr.src_port, 0, 0),
+                )
             {
                 return;
             }
@@ -261,13 +267,19 @@ impl Interface {
         }
         let iss = self.isn.iss_for(now, &local, &remote);
         let mss = self.mss_for(&dst, &src);
-        let mut tcb = Tcb::accept_syn(local, remote, cfg, iss, mss, now, seg);
+        let tcb = Tcb::accept_syn(local, remote, cfg, iss, mss, now, seg);
+        let idx = self.insert_embryonic(l, tcb);
+        self.after_tcb_event(idx);
+    }
+
+    /// A connection in SYN-RECEIVED for listener `l`: it counts against the backlog until it
+    /// is accepted.
+    fn insert_embryonic(&mut self, l: u32, mut tcb: Tcb) -> u32 {
         tcb.listener = Some(l as usize);
         if let Some(Some(lst)) = self.listeners.get_mut(l as usize) {
             lst.embryonic += 1;
         }
-        let idx = self.insert_tcb(tcb);
-        self.after_tcb_event(idx);
+        self.insert_tcb(tcb)
     }
 
     /// RFC 4987 §3.6: the backlog is full, so the SYN is answered with a SYN-ACK whose ISN is
@@ -303,22 +315,17 @@ impl Interface {
     /// An ACK for no connection on a listening port: if it returns a valid SYN cookie, the
     /// connection is made from it (RFC 4987 §3.6) and the ACK processed; false otherwise (it
     /// is then answered like any segment for no connection).
-    #[allow(clippy::too_many_arguments)]
     fn accept_cookie(
         &mut self,
         now: Instant,
         l: u32,
         seg: &SegIn<'_>,
-        dst: Ipv6Addr,
-        dport: u16,
-        src: Ipv6Addr,
-        sport: u16,
+        local: SocketAddrV6,
+        remote: SocketAddrV6,
     ) -> bool {
         let Some(Some(lst)) = self.listeners.get(l as usize) else {
             return false;
         };
-        let local = SocketAddrV6::new(dst, dport, 0, 0);
-        let remote = SocketAddrV6::new(src, sport, 0, 0);
         let (Some(ack), client_isn) = (seg.ack, seg.seq.wrapping_sub(1)) else {
             return false;
         };
@@ -352,15 +359,11 @@ impl Interface {
             ts: seg.ts.map(|(tsval, _)| (tsval, 0)),
             payload: &[],
         };
-        let mss = self.mss_for(&dst, &src);
+        let mss = self.mss_for(local.ip(), remote.ip());
         let mut tcb = Tcb::accept_syn(local, remote, cfg, cookie, mss, now, &first);
         // Our SYN-ACK went out (statelessly): the connection takes it as sent.
         let _ = tcb.next_segment(now);
-        tcb.listener = Some(l as usize);
-        if let Some(Some(lst)) = self.listeners.get_mut(l as usize) {
-            lst.embryonic += 1;
-        }
-        let idx = self.insert_tcb(tcb);
+        let idx = self.insert_embryonic(l, tcb);
         if let Some(t) = self.conns.get_mut(idx) {
             t.on_segment(now, seg);
         }
