@@ -112,6 +112,19 @@ fn node_args(
 }
 
 impl Nodes {
+    /// No node running yet; their control sockets in the cluster's directory.
+    fn new(c: &Cluster, etcd: Option<String>) -> Nodes {
+        Nodes {
+            etcd,
+            procs: (0..NODES).map(|_| None).collect(),
+            logs: vec![PathBuf::new(); NODES],
+            socks: (0..NODES)
+                .map(|i| c.dir.path().join(format!("node{}.sock", i + 1)))
+                .collect(),
+            starts: vec![0; NODES],
+        }
+    }
+
     fn start(&mut self, c: &Cluster, i: usize, root: &std::path::Path) {
         self.starts[i] += 1;
         let name = format!("dsnode{}-{}", i + 1, self.starts[i]);
@@ -296,15 +309,7 @@ fn failover(etcd: bool) {
     std::fs::create_dir_all(&root).expect("root");
     std::fs::write(root.join("small"), b"hello from the distributed server\n").expect("small");
     std::fs::write(root.join("big.bin"), pattern(BIG)).expect("big");
-    let mut n = Nodes {
-        etcd: etcd_proc.as_ref().map(|(_, url)| url.clone()),
-        procs: (0..NODES).map(|_| None).collect(),
-        logs: vec![PathBuf::new(); NODES],
-        socks: (0..NODES)
-            .map(|i| c.dir.path().join(format!("node{}.sock", i + 1)))
-            .collect(),
-        starts: vec![0; NODES],
-    };
+    let mut n = Nodes::new(&c, etcd_proc.as_ref().map(|(_, url)| url.clone()));
     for i in 0..NODES {
         n.start(&c, i, &root);
     }
@@ -565,15 +570,7 @@ fn a_home_agent_killed_and_restarted_resumes_its_registry() {
     let root = c.dir.path().join("www");
     std::fs::create_dir_all(&root).expect("root");
     std::fs::write(root.join("small"), b"hello from the distributed server\n").expect("small");
-    let mut n = Nodes {
-        etcd: None,
-        procs: (0..NODES).map(|_| None).collect(),
-        logs: vec![PathBuf::new(); NODES],
-        socks: (0..NODES)
-            .map(|i| c.dir.path().join(format!("node{}.sock", i + 1)))
-            .collect(),
-        starts: vec![0; NODES],
-    };
+    let mut n = Nodes::new(&c, None);
     for i in 0..NODES {
         n.start(&c, i, &root);
     }

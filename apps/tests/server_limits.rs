@@ -20,6 +20,24 @@ fn root_with(name: &str, len: usize) -> TempDir {
     root
 }
 
+/// A second client connects; what the server answered it before closing.
+fn second_client(net: &mut MemNet) -> String {
+    let to = SocketAddrV6::new(common::SERVER, 80, 0, 0);
+    let second = dial(&mut net.cli, common::CLIENT, to);
+    let mut got = Vec::new();
+    let mut eof = false;
+    let ok = net.run_until(std::time::Duration::from_secs(5), |net| {
+        match read_available(&mut net.cli.iface, second, &mut got) {
+            Ok(_) => {}
+            Err(ds_stack::Error::Eof) => eof = true,
+            Err(e) => panic!("second client: {e:?}"),
+        }
+        eof
+    });
+    assert!(ok, "the second client was not answered and closed");
+    String::from_utf8_lossy(&got).into_owned()
+}
+
 #[test]
 fn a_trickled_request_head_is_cut_at_the_header_deadline() {
     let root = root_with("lim-head", 16);
@@ -111,20 +129,7 @@ fn over_the_connection_limit_a_client_gets_503() {
         net.got.ends_with(&[14, 15])
     }));
     // A second one, over the limit.
-    let to = SocketAddrV6::new(common::SERVER, 80, 0, 0);
-    let second = dial(&mut net.cli, common::CLIENT, to);
-    let mut got = Vec::new();
-    let mut eof = false;
-    let ok = net.run_until(std::time::Duration::from_secs(5), |net| {
-        match read_available(&mut net.cli.iface, second, &mut got) {
-            Ok(_) => {}
-            Err(ds_stack::Error::Eof) => eof = true,
-            Err(e) => panic!("second client: {e:?}"),
-        }
-        eof
-    });
-    assert!(ok, "the second client was not answered and closed");
-    let text = String::from_utf8_lossy(&got).into_owned();
+    let text = second_client(&mut net);
     assert!(
         text.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
         "{text}"
@@ -165,20 +170,7 @@ fn at_the_total_buffer_limit_nobody_gets_more_and_new_clients_get_503() {
         "{held} bytes queued past the node's limit"
     );
     // A new client is answered 503 while the budget is spent.
-    let to = SocketAddrV6::new(common::SERVER, 80, 0, 0);
-    let second = dial(&mut net.cli, common::CLIENT, to);
-    let mut got = Vec::new();
-    let mut eof = false;
-    let ok = net.run_until(std::time::Duration::from_secs(5), |net| {
-        match read_available(&mut net.cli.iface, second, &mut got) {
-            Ok(_) => {}
-            Err(ds_stack::Error::Eof) => eof = true,
-            Err(e) => panic!("second client: {e:?}"),
-        }
-        eof
-    });
-    assert!(ok, "the second client was not answered and closed");
-    let text = String::from_utf8_lossy(&got).into_owned();
+    let text = second_client(&mut net);
     assert!(
         text.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
         "{text}"
