@@ -3,7 +3,7 @@
 # Idempotent and quiet: when everything is present it prints nothing and touches no network.
 set -euo pipefail
 
-PACKAGES=(clang llvm libelf-dev zlib1g-dev pkg-config iproute2 nftables iptables ethtool tshark curl wrk iperf3 python3 gcc libc6-dev protobuf-compiler etcd-server)
+PACKAGES=(clang llvm libelf-dev zlib1g-dev pkg-config iproute2 nftables iptables ethtool tshark curl wrk iperf3 python3 gcc libc6-dev protobuf-compiler etcd-server nginx)
 OPTIONAL=(libbpf-dev) # installed when the distribution has it
 
 installed() {
@@ -55,7 +55,15 @@ if ((${#missing[@]} + ${#optional_missing[@]} > 0)); then
         echo "setup.sh: installing ${missing[*]}" >&2
         # tshark asks whether non-root users may capture; answer no without a prompt.
         echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
+        # nginx and etcd are benchmark and test peers started by the project itself, never
+        # system services: keep their packages' init scripts from starting them.
+        policy=/usr/sbin/policy-rc.d
+        made_policy=0
+        if [[ ! -e $policy ]]; then
+            printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && made_policy=1
+        fi
         apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+        if ((made_policy)); then rm -f "$policy"; fi
     fi
 fi
 

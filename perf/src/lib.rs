@@ -4,6 +4,7 @@
 //!   and smoltcp's, each behind a TAP device in network namespaces, in the same run.
 //! * [`handoff`]: `dsperf handoff`, the seed's handoff experiment in namespaces (client, home
 //!   agent, two nodes), one JSON line per handoff.
+//! * [`http`]: `dsperf http`, wrk against our HTTP server on AF_XDP and against nginx.
 //! * [`api`]: `dsperf api`, what the library's connection API costs against the raw stack.
 //! * [`plot`]: SVG charts of the results.
 
@@ -12,6 +13,7 @@
 
 pub mod api;
 pub mod handoff;
+pub mod http;
 pub mod plot;
 pub mod stack;
 
@@ -19,4 +21,53 @@ pub mod stack;
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions, cannot fail and touches no memory.
     unsafe { libc::geteuid() == 0 }
+}
+
+/// `123`, `64K`, `256MiB`, `1G` (binary multiples).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a byte count (e.g. 268435456 or 256MiB)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        u => return Err(format!("unknown unit {u:?} (use K, M, G, KiB, MiB or GiB)")),
+    };
+    let v = n
+        .checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))?;
+    if v == 0 {
+        return Err("the byte count must be positive".into());
+    }
+    Ok(v)
+}
+
+/// Where the binaries are: `$DS_BIN_DIR`, or next to this program (or its parent directory,
+/// for a test binary in `target/<profile>/deps`).
+pub fn find_program(name: &str) -> anyhow::Result<std::path::PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(d) = std::env::var_os("DS_BIN_DIR") {
+        dirs.push(std::path::PathBuf::from(d));
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(d) = exe.parent() {
+            dirs.push(d.to_path_buf());
+            if let Some(p) = d.parent() {
+                dirs.push(p.to_path_buf());
+            }
+        }
+    }
+    dirs.iter()
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "{name} not found in {dirs:?}: build it (cargo build -p ds-apps) or set DS_BIN_DIR"
+            )
+        })
 }

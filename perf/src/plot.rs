@@ -176,3 +176,85 @@ pub fn write_stack_svg(sum: &Summary, dir: &Path) -> Result<PathBuf> {
     }
     Ok(path)
 }
+
+/// Write `DIR/dsperf-http.svg`: requests per second and p99 latency (medians, min–max
+/// whiskers) per workload, ours beside nginx. Returns the file's path.
+pub fn write_http_svg(sum: &crate::http::Summary, dir: &Path) -> Result<PathBuf> {
+    use crate::http::Target;
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let path = dir.join("dsperf-http.svg");
+    {
+        let root = SVGBackend::new(&path, (1200, 560)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| anyhow!("fill: {e}"))?;
+        let o = &sum.options;
+        let title = format!(
+            "dsperf http: wrk -t1 keep-alive against dsnode (AF_XDP) and nginx (kernel TCP), {} s each, median of {} repeats",
+            o.duration.as_secs(),
+            o.repeats
+        );
+        let root = root
+            .titled(&title, (FONT, 18))
+            .map_err(|e| anyhow!("title: {e}"))?;
+        let (body, foot) = root.split_vertically(500);
+        let (left, right) = body.split_horizontally(600);
+        draw_panel(
+            &left,
+            &Panel {
+                title: "requests per second (higher is better)",
+                unit: "req/s",
+                series: ["ours (dsnode, AF_XDP)", "nginx (kernel TCP)"],
+                groups: sum
+                    .cases
+                    .iter()
+                    .map(|c| {
+                        (
+                            c.case.label(),
+                            [Target::Ours, Target::Nginx].map(|t| pick(c, t).and_then(|s| s.rps)),
+                        )
+                    })
+                    .collect(),
+                decimals: 0,
+            },
+        )?;
+        draw_panel(
+            &right,
+            &Panel {
+                title: "p99 latency (lower is better)",
+                unit: "microseconds",
+                series: ["ours (dsnode, AF_XDP)", "nginx (kernel TCP)"],
+                groups: sum
+                    .cases
+                    .iter()
+                    .map(|c| {
+                        (
+                            c.case.label(),
+                            [Target::Ours, Target::Nginx].map(|t| {
+                                pick(c, t).and_then(|s| s.latency_us.get(3).copied().flatten())
+                            }),
+                        )
+                    })
+                    .collect(),
+                decimals: 0,
+            },
+        )?;
+        foot.draw(&Text::new(
+            format!(
+                "Each server alone behind its own veth pair, pinned to core {}; wrk on core {}. Kernel offloads at their defaults (client tx checksum off towards AF_XDP). Whiskers: min-max over repeats.",
+                o.server_cpu, o.client_cpu
+            ),
+            (12, 20),
+            (FONT, 13),
+        ))
+        .map_err(|e| anyhow!("footnote: {e}"))?;
+        root.present()
+            .map_err(|e| anyhow!("write {}: {e}", path.display()))?;
+    }
+    Ok(path)
+}
+
+fn pick(
+    c: &crate::http::CaseSummary,
+    t: crate::http::Target,
+) -> Option<&crate::http::TargetSummary> {
+    c.targets.iter().find(|s| s.target == t)
+}

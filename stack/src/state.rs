@@ -412,6 +412,8 @@ impl Tcb {
         t.snd_max = s.snd_una.wrapping_add(max);
         t.recover = t.snd_una;
         t.high_rxt = t.snd_una;
+        // No small segment is known to be in flight: the state does not carry `snd_sml`.
+        t.snd_sml = t.snd_una;
         t.snd_wnd = s.snd_wnd;
         t.max_snd_wnd = s.snd_wnd;
         t.rcv_nxt = s.rcv_nxt;

@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use ds_perf::parse_size;
 use ds_perf::stack::{self, report, Options, Server};
 use std::io::Write;
 use std::path::PathBuf;
@@ -57,6 +58,103 @@ enum Cmd {
     /// bulk upload and request/response over an in-memory link, the two servers alternating
     /// per repeat; medians and the ratio API / raw. No root needed.
     Api(ApiArgs),
+    /// HTTP/1.1 keep-alive load: wrk (one thread) against `dsnode serve --device afxdp` and
+    /// against nginx on the kernel's TCP, each alone behind its own veth pair, same run.
+    ///
+    /// Needs root, wrk and nginx (scripts/setup.sh installs both) and a built `dsnode` (next
+    /// to dsperf, or in $DS_BIN_DIR). Builds namespaces C (wrk), O (dsnode on AF_XDP) and N
+    /// (nginx: one worker, sendfile, keep-alive without a request limit, no access log), on
+    /// fd00:5f:1::/64 and fd00:5f:2::/64; the kernel's offloads stay at their defaults except
+    /// the client's transmit checksum towards AF_XDP. Per --case and repeat: a --warmup run,
+    /// then --duration of load on each server, their order alternating. Reports medians over
+    /// the repeats, the ratio ours/nginx per repeat, latency percentiles and each core's busy
+    /// share; --json prints one line per measurement and the summary.
+    Http(HttpArgs),
+}
+
+#[derive(Args)]
+struct HttpArgs {
+    /// Workloads as SIZE:CONNECTIONS (object size with K/M suffixes, wrk connections).
+    #[arg(
+        long = "case",
+        value_name = "SIZE:CONNS",
+        default_values = ["1KiB:64", "1KiB:1000", "64KiB:16", "64KiB:1"]
+    )]
+    cases: Vec<ds_perf::http::Case>,
+    /// Measurements per server and workload.
+    #[arg(long, default_value_t = 5)]
+    repeats: u32,
+    /// Seconds of one measurement.
+    #[arg(long, default_value_t = 5)]
+    duration: u64,
+    /// Seconds of unrecorded load before each measurement (0: none).
+    #[arg(long, default_value_t = 1)]
+    warmup: u64,
+    /// Core the server under test runs on.
+    #[arg(long, default_value_t = 1)]
+    server_cpu: usize,
+    /// Core wrk runs on.
+    #[arg(long, default_value_t = 0)]
+    client_cpu: usize,
+    /// Measure only ours (or only nginx).
+    #[arg(long, value_parser = ["ours", "nginx"])]
+    only: Option<String>,
+    /// Print one JSON line per measurement and the summary as JSON (the table goes to stderr).
+    #[arg(long)]
+    json: bool,
+    /// Write dsperf-http.svg into this directory.
+    #[arg(long, value_name = "DIR")]
+    plot: Option<PathBuf>,
+}
+
+fn run_http(a: HttpArgs) -> Result<()> {
+    use ds_perf::http::{self, Target};
+    if !ds_perf::is_root() {
+        bail!("`dsperf http` needs root: it creates network namespaces and uses AF_XDP");
+    }
+    if a.repeats == 0 || a.duration == 0 {
+        bail!("--repeats and --duration must be positive");
+    }
+    if cfg!(debug_assertions) {
+        tracing::warn!("dsperf was built without optimisations: build with --release");
+    }
+    let targets = match a.only.as_deref() {
+        Some("ours") => vec![Target::Ours],
+        Some("nginx") => vec![Target::Nginx],
+        _ => vec![Target::Ours, Target::Nginx],
+    };
+    let opts = http::Options {
+        cases: a.cases,
+        repeats: a.repeats,
+        duration: std::time::Duration::from_secs(a.duration),
+        warmup: std::time::Duration::from_secs(a.warmup),
+        server_cpu: a.server_cpu,
+        client_cpu: a.client_cpu,
+        targets,
+    };
+    let dsnode = ds_perf::find_program("dsnode")?;
+    stack::install_sigint_handler();
+    let json = a.json;
+    let (samples, nginx) = http::run(&opts, &dsnode, |s| {
+        if json {
+            if let Ok(line) = serde_json::to_string(s) {
+                println!("{line}");
+            }
+        }
+    })?;
+    let sum = http::summarize(&opts, nginx, &samples);
+    let table = http::table(&sum);
+    if json {
+        println!("{}", serde_json::to_string(&sum)?);
+        eprint!("{table}");
+    } else {
+        print!("{table}");
+    }
+    if let Some(dir) = a.plot {
+        let path = ds_perf::plot::write_http_svg(&sum, &dir).context("plot")?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
 }
 
 #[derive(Args)]
@@ -296,30 +394,6 @@ struct StackArgs {
     plot: Option<PathBuf>,
 }
 
-/// `123`, `64K`, `256MiB`, `1G` (binary multiples).
-fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a byte count (e.g. 268435456 or 256MiB)"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kib" => 1 << 10,
-        "m" | "mib" => 1 << 20,
-        "g" | "gib" => 1 << 30,
-        u => return Err(format!("unknown unit {u:?} (use K, M, G, KiB, MiB or GiB)")),
-    };
-    let v = n
-        .checked_mul(mult)
-        .ok_or_else(|| format!("{s:?} is too large"))?;
-    if v == 0 {
-        return Err("the byte count must be positive".into());
-    }
-    Ok(v)
-}
-
 fn run_stack(a: StackArgs) -> Result<()> {
     if !ds_perf::is_root() {
         bail!(
@@ -409,6 +483,7 @@ fn main() -> ExitCode {
         Cmd::Handoff(a) => run_handoff(a),
         Cmd::HandoffPlot(a) => run_handoff_plot(a),
         Cmd::Api(a) => run_api(a),
+        Cmd::Http(a) => run_http(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

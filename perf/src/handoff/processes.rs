@@ -6,6 +6,7 @@ use super::{
     ip, kernel, DrainChoice, NodeOut, Plan, Side, Topology, COA, CTL, CTL_PORT, DS, HA, HA_PORT,
     MAC, SECRET,
 };
+use crate::find_program as bin;
 use anyhow::{anyhow, bail, Context, Result};
 use ds_apps::node::NodeEvent;
 use ds_handoff::{HandoffReport, Mode};
@@ -14,31 +15,6 @@ use std::net::SocketAddrV6;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
-
-/// Where the binaries are: `$DS_BIN_DIR`, or next to this program (or its parent directory,
-/// for a test binary in `target/<profile>/deps`).
-fn bin(name: &str) -> Result<PathBuf> {
-    let mut dirs = Vec::new();
-    if let Some(d) = std::env::var_os("DS_BIN_DIR") {
-        dirs.push(PathBuf::from(d));
-    }
-    if let Ok(exe) = std::env::current_exe() {
-        if let Some(d) = exe.parent() {
-            dirs.push(d.to_path_buf());
-            if let Some(p) = d.parent() {
-                dirs.push(p.to_path_buf());
-            }
-        }
-    }
-    dirs.iter()
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-        .ok_or_else(|| {
-            anyhow!(
-                "{name} not found in {dirs:?}: build it (cargo build -p ds-apps) or set DS_BIN_DIR"
-            )
-        })
-}
 
 /// One process, its output in files.
 struct Proc {

@@ -224,6 +224,9 @@ pub struct Tcb {
     pub(crate) snd_una: u32,
     pub(crate) snd_nxt: u32,
     pub(crate) snd_max: u32,
+    /// End of the last segment shorter than the MSS that we sent (Linux's `snd_sml`): Nagle
+    /// holds a small segment only while such a one is unacknowledged.
+    pub(crate) snd_sml: u32,
     pub(crate) snd_wnd: u32,
     pub(crate) snd_wl1: u32,
     pub(crate) snd_wl2: u32,
@@ -360,6 +363,7 @@ impl Tcb {
             snd_una: iss,
             snd_nxt: iss,
             snd_max: iss,
+            snd_sml: iss,
             snd_wnd: 0,
             snd_wl1: 0,
             snd_wl2: 0,
@@ -1902,12 +1906,17 @@ impl Tcb {
             }
             return None;
         }
-        // Nagle (RFC 9293 §3.7.4): hold a small segment while data is unacknowledged, unless
-        // it is the last of the data before a FIN.
+        // Nagle (RFC 9293 §3.7.4) with Minshall's refinement (draft-minshall-nagle-01, as
+        // Linux's tcp_nagle_check): hold a small segment only while an earlier *small* segment
+        // is unacknowledged, not behind any unacknowledged data. Plain Nagle holds the tail of
+        // every response whose length is not a multiple of the MSS until the peer acknowledges
+        // everything before it, and a peer that delays its ACK (an odd segment count) makes
+        // that a 40 ms stall per response. Never the last of the data before a FIN.
         if len > 0
             && len < mss
             && self.cfg.nagle
-            && self.snd_una != self.snd_nxt
+            && lt(self.snd_una, self.snd_sml)
+            && le(self.snd_sml, self.snd_nxt)
             && !retransmitting
             && !(self.fin_queued && len == unsent)
         {
@@ -1934,6 +1943,9 @@ impl Tcb {
         s.fin = fin;
         s.psh = len > 0 && len == unsent;
         self.snd_nxt = seq.wrapping_add(len + fin as u32);
+        if len > 0 && len < mss && !retransmitting {
+            self.snd_sml = self.snd_nxt;
+        }
         if retransmitting {
             self.events.retransmits += 1;
             if let Some((t, _)) = self.timed {

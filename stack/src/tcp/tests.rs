@@ -593,3 +593,37 @@ fn duplicate_segment_is_reported_as_dsack() {
     assert_eq!(acks[0].seg.sack[0], Some((more[2].seg.seq, r)));
     assert_eq!(acks[0].seg.sack[1], Some((more[2].seg.seq, r)));
 }
+
+/// Nagle with Minshall's refinement: a response of any length goes out whole (its short tail is
+/// not held behind the full segments in flight); a second small write waits while the first
+/// small segment is unacknowledged, and goes once it is acknowledged.
+#[test]
+fn nagle_holds_only_behind_an_unacknowledged_small_segment() {
+    let (mut c, mut s) = handshake();
+    assert!(s.cfg.nagle);
+    let now = t0();
+    let mss = s.eff_mss() as usize;
+    // Three full segments and a 100-byte tail: all four leave at once.
+    s.send(&vec![7; 3 * mss + 100]);
+    let v = collect(&mut s, now);
+    assert_eq!(
+        v.iter().map(|w| w.payload.len()).collect::<Vec<_>>(),
+        vec![mss, mss, mss, 100]
+    );
+    // Another small write while that small tail is in flight: held.
+    s.send(&[8; 50]);
+    assert!(
+        collect(&mut s, now).is_empty(),
+        "held behind the small tail"
+    );
+    // The client acknowledges everything: the held bytes go.
+    for w in &v {
+        c.on_segment(now, &seg_in(w));
+    }
+    for w in collect(&mut c, now) {
+        s.on_segment(now, &seg_in(&w));
+    }
+    let v = collect(&mut s, now);
+    assert_eq!(v.len(), 1);
+    assert_eq!(v[0].payload, vec![8; 50]);
+}

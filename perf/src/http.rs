@@ -1,0 +1,733 @@
+//! `dsperf http`: HTTP/1.1 keep-alive load (wrk, one thread) against `dsnode serve --device
+//! afxdp` and against nginx on the kernel's TCP, each alone behind its own veth pair, in the
+//! same run.
+//!
+//! ```text
+//!  C (client: wrk)                         O (ours)
+//!  to_o fd00:5f:1::1/64  ══ veth ══  o0    dsnode serve --device afxdp, fd00:5f:1::2
+//!  to_n fd00:5f:2::1/64  ══ veth ══  n0    nginx (kernel TCP), fd00:5f:2::2/64    N
+//! ```
+//!
+//! Offloads stay at the kernel's defaults everywhere except the client's transmit checksum on
+//! `to_o`: a veth peer with checksum offload hands AF_XDP (copy mode) frames whose TCP checksum
+//! is only partial, which no receiver off the veth could accept. nginx's pair keeps TSO, GSO,
+//! GRO and checksum offload, as a deployment would.
+//!
+//! Each server runs pinned to `--server-cpu`, wrk to `--client-cpu`; the report states the busy
+//! share of every core during each measurement (the kernel's softirq work for nginx and the
+//! veth's XDP work for ours can land on the client's core). nginx is Debian's package with one
+//! worker, `sendfile`, `tcp_nopush`, `tcp_nodelay` and keep-alive without a request limit, and no
+//! access log (our server keeps none either).
+
+use crate::stack::report::Stat;
+use anyhow::{bail, ensure, Context, Result};
+use ds_testbed::{add_addr, veth, wait_addr_usable, Child, Netns};
+use serde::Serialize;
+use std::net::{Ipv6Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tracing::info;
+
+/// The client's address towards ours.
+pub const CLIENT_O: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x5f, 1, 0, 0, 0, 0, 1);
+/// Our server's address (AF_XDP on `o0`).
+pub const OURS: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x5f, 1, 0, 0, 0, 0, 2);
+/// The client's address towards nginx.
+pub const CLIENT_N: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x5f, 2, 0, 0, 0, 0, 1);
+/// nginx's address (kernel TCP on `n0`).
+pub const NGINX: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x5f, 2, 0, 0, 0, 0, 2);
+/// Our server's MAC.
+pub const OURS_MAC: &str = "02:d5:5f:00:00:02";
+const PORT: u16 = 80;
+const UP: Duration = Duration::from_secs(15);
+
+/// Which server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    /// `dsnode serve --device afxdp`.
+    Ours,
+    /// nginx on the kernel's TCP.
+    Nginx,
+}
+
+impl Target {
+    /// Its name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Ours => "ours",
+            Target::Nginx => "nginx",
+        }
+    }
+
+    fn addr(self) -> Ipv6Addr {
+        match self {
+            Target::Ours => OURS,
+            Target::Nginx => NGINX,
+        }
+    }
+}
+
+/// One workload: an object size and a number of keep-alive connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Case {
+    /// Bytes of the object every request fetches.
+    pub size: u64,
+    /// wrk's connections (one thread).
+    pub conns: u32,
+}
+
+impl Case {
+    /// `1KiB x64`-style label.
+    pub fn label(&self) -> String {
+        let s = self.size;
+        let size = if s >= 1 << 20 && s.trailing_zeros() >= 20 {
+            format!("{}MiB", s >> 20)
+        } else if s >= 1 << 10 && s.trailing_zeros() >= 10 {
+            format!("{}KiB", s >> 10)
+        } else {
+            format!("{s}B")
+        };
+        format!("{size} x{}", self.conns)
+    }
+
+    fn file(&self) -> String {
+        format!("obj-{}.bin", self.size)
+    }
+}
+
+impl std::str::FromStr for Case {
+    type Err = String;
+    /// `SIZE:CONNS`, e.g. `1KiB:64`.
+    fn from_str(s: &str) -> Result<Case, String> {
+        let (size, conns) = s
+            .split_once(':')
+            .ok_or_else(|| format!("{s:?}: expected SIZE:CONNS, e.g. 1KiB:64"))?;
+        let size = crate::parse_size(size)?;
+        let conns: u32 = conns
+            .parse()
+            .map_err(|e| format!("{conns:?}: connections: {e}"))?;
+        if size == 0 || conns == 0 {
+            return Err(format!("{s:?}: size and connections must be positive"));
+        }
+        Ok(Case { size, conns })
+    }
+}
+
+/// What to run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Options {
+    /// The workloads, in order.
+    pub cases: Vec<Case>,
+    /// Measurements per server and case; the order of the servers alternates.
+    pub repeats: u32,
+    /// Length of one measurement.
+    pub duration: Duration,
+    /// Unrecorded load before each measurement (connections open, caches warm).
+    pub warmup: Duration,
+    /// Core of the server under test.
+    pub server_cpu: usize,
+    /// Core of wrk.
+    pub client_cpu: usize,
+    /// Which servers.
+    pub targets: Vec<Target>,
+}
+
+/// One measurement: wrk's summary.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    /// Server.
+    pub target: Target,
+    /// Workload.
+    pub case: Case,
+    /// Repeat number, from 0.
+    pub repeat: u32,
+    /// Completed requests.
+    pub requests: u64,
+    /// Requests per second.
+    pub rps: f64,
+    /// Bytes received per second (headers and bodies), in Gbit/s.
+    pub gbit_per_s: f64,
+    /// Socket errors (connect, read, write, timeout) and non-2xx answers.
+    pub errors: u64,
+    /// Latency percentiles (wrk's histogram), µs: p50, p75, p90, p99, p99.9, max.
+    pub latency_us: [f64; 6],
+    /// Busy share (0–1) of each core during the measurement.
+    pub cpu_busy: Vec<f64>,
+}
+
+/// Latency percentiles reported, in the order of [`Sample::latency_us`].
+pub const PERCENTILES: [&str; 6] = ["p50", "p75", "p90", "p99", "p99.9", "max"];
+
+/// One workload's result for one server.
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetSummary {
+    /// Server.
+    pub target: Target,
+    /// Requests per second.
+    pub rps: Option<Stat>,
+    /// Medians of each latency percentile, µs.
+    pub latency_us: Vec<Option<Stat>>,
+    /// Errors summed over the repeats.
+    pub errors: u64,
+    /// Median busy share per core.
+    pub cpu_busy: Vec<f64>,
+}
+
+/// One workload: both servers and their ratio.
+#[derive(Debug, Clone, Serialize)]
+pub struct CaseSummary {
+    /// Workload.
+    pub case: Case,
+    /// Per server.
+    pub targets: Vec<TargetSummary>,
+    /// Ours / nginx in requests per second, per repeat (both measured in the same repeat).
+    pub rps_ratio: Option<Stat>,
+}
+
+/// Everything, for `--json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// The options.
+    pub options: Options,
+    /// The nginx version line.
+    pub nginx: String,
+    /// The kernel release.
+    pub kernel: String,
+    /// Per workload.
+    pub cases: Vec<CaseSummary>,
+}
+
+/// The namespaces, the object files and the two servers.
+struct Bed {
+    // Field order: the servers die before their namespaces go.
+    ours: Option<Child>,
+    nginx: Option<Child>,
+    cli: Netns,
+    _o: Netns,
+    _n: Netns,
+    dir: PathBuf,
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        drop(self.ours.take());
+        drop(self.nginx.take());
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn nginx_conf(dir: &Path, root: &Path, max_conns: u32) -> String {
+    let d = dir.display();
+    format!(
+        "worker_processes 1;\n\
+         pid {d}/nginx.pid;\n\
+         error_log {d}/nginx-error.log warn;\n\
+         worker_rlimit_nofile {nofile};\n\
+         events {{ worker_connections {conns}; }}\n\
+         http {{\n\
+         \x20 access_log off;\n\
+         \x20 default_type application/octet-stream;\n\
+         \x20 sendfile on;\n\
+         \x20 tcp_nopush on;\n\
+         \x20 tcp_nodelay on;\n\
+         \x20 keepalive_timeout 300s;\n\
+         \x20 keepalive_requests 1000000000;\n\
+         \x20 client_body_temp_path {d}/tmp-body;\n\
+         \x20 proxy_temp_path {d}/tmp-proxy;\n\
+         \x20 fastcgi_temp_path {d}/tmp-fcgi;\n\
+         \x20 uwsgi_temp_path {d}/tmp-uwsgi;\n\
+         \x20 scgi_temp_path {d}/tmp-scgi;\n\
+         \x20 server {{ listen [{NGINX}]:{PORT}; root {root}; }}\n\
+         }}\n",
+        nofile = max_conns * 2 + 64,
+        conns = max_conns + 64,
+        root = root.display(),
+    )
+}
+
+/// wrk's Lua hook: one line with the summary as JSON, after wrk's own report.
+const WRK_LUA: &str = r#"
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'DSPERF {"requests":%d,"duration_us":%d,"bytes":%d,"errors":%d,"lat":[%.1f,%.1f,%.1f,%.1f,%.1f,%.1f]}\n',
+    summary.requests, summary.duration, summary.bytes,
+    e.connect + e.read + e.write + e.timeout + e.status,
+    latency:percentile(50), latency:percentile(75), latency:percentile(90),
+    latency:percentile(99), latency:percentile(99.9), latency.max))
+end
+"#;
+
+/// Raise this process's open-file limit to its hard limit (wrk, a child, needs one descriptor
+/// per connection).
+fn raise_nofile() -> Result<()> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into `lim`, which lives across the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("getrlimit");
+    }
+    lim.rlim_cur = lim.rlim_max;
+    // SAFETY: setrlimit reads one rlimit from `lim`.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("setrlimit");
+    }
+    Ok(())
+}
+
+fn wait_serving(cli: &Netns, addr: Ipv6Addr, child: &mut Child, what: &str) -> Result<()> {
+    let t = Instant::now();
+    let sa = SocketAddr::from((addr, PORT));
+    loop {
+        let ok = cli.run(|| TcpStream::connect_timeout(&sa, Duration::from_millis(500)).is_ok());
+        if ok {
+            return Ok(());
+        }
+        if let Some(st) = child.try_wait()? {
+            bail!("{what} exited early: {st}");
+        }
+        ensure!(
+            t.elapsed() < UP,
+            "{what} does not accept on {sa} after {UP:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl Bed {
+    fn build(opts: &Options, dsnode: &Path) -> Result<Bed> {
+        let dir = std::env::temp_dir().join(format!("dsperf-http-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let root = dir.join("www");
+        std::fs::create_dir_all(&root)?;
+        for c in &opts.cases {
+            let body: Vec<u8> = (0..c.size).map(|i| b'a' + (i % 26) as u8).collect();
+            std::fs::write(root.join(c.file()), body)?;
+        }
+        // nginx's worker runs as www-data: it must be able to read the objects.
+        for p in [&dir, &root] {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755))?;
+        }
+        let cli = Netns::new("dsperf_http_c")?;
+        let o = Netns::new("dsperf_http_o")?;
+        let n = Netns::new("dsperf_http_n")?;
+        // O's kernel only carries the veth for AF_XDP; keep its own IPv6 off the link.
+        o.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
+        o.sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
+        veth(&cli, "to_o", &o, "o0")?;
+        veth(&cli, "to_n", &n, "n0")?;
+        // The one offload that cannot stay on: see the module documentation.
+        cli.exec(&["ethtool", "-K", "to_o", "tx", "off"])?;
+        add_addr(&cli, "to_o", &format!("{CLIENT_O}/64"))?;
+        add_addr(&cli, "to_n", &format!("{CLIENT_N}/64"))?;
+        add_addr(&n, "n0", &format!("{NGINX}/64"))?;
+        // dsnode answers neighbour solicitations, but a fixed entry keeps the first
+        // measurement free of resolution.
+        cli.ip(&[
+            "-6",
+            "neigh",
+            "replace",
+            &OURS.to_string(),
+            "lladdr",
+            OURS_MAC,
+            "dev",
+            "to_o",
+            "nud",
+            "permanent",
+        ])?;
+        for (ns, dev, a) in [
+            (&cli, "to_o", CLIENT_O),
+            (&cli, "to_n", CLIENT_N),
+            (&n, "n0", NGINX),
+        ] {
+            wait_addr_usable(ns, dev, &a.to_string(), UP)?;
+        }
+        let max_conns = opts.cases.iter().map(|c| c.conns).max().unwrap_or(1);
+        let mut bed = Bed {
+            ours: None,
+            nginx: None,
+            cli,
+            _o: o,
+            _n: n,
+            dir: dir.clone(),
+        };
+        if opts.targets.contains(&Target::Ours) {
+            let cpu = opts.server_cpu.to_string();
+            let args = [
+                "-c",
+                &cpu,
+                &dsnode.display().to_string(),
+                "serve",
+                "--device",
+                "afxdp",
+                "--iface",
+                "o0",
+                "--addr",
+                &OURS.to_string(),
+                "--mac",
+                OURS_MAC,
+                "--port",
+                &PORT.to_string(),
+                "--root",
+                &root.display().to_string(),
+            ]
+            .map(String::from);
+            let (mut child, log, _) = bed._o.spawn_logged("taskset", &args, &dir, "dsnode")?;
+            wait_serving(&bed.cli, OURS, &mut child, "dsnode")
+                .with_context(|| std::fs::read_to_string(&log).unwrap_or_default())?;
+            bed.ours = Some(child);
+        }
+        if opts.targets.contains(&Target::Nginx) {
+            let conf = dir.join("nginx.conf");
+            std::fs::write(&conf, nginx_conf(&dir, &root, max_conns))?;
+            let cpu = opts.server_cpu.to_string();
+            let args = [
+                "-c",
+                &cpu,
+                "nginx",
+                "-c",
+                &conf.display().to_string(),
+                "-g",
+                "daemon off;",
+            ]
+            .map(String::from);
+            let (mut child, log, _) = bed._n.spawn_logged("taskset", &args, &dir, "nginx")?;
+            wait_serving(&bed.cli, NGINX, &mut child, "nginx")
+                .with_context(|| std::fs::read_to_string(&log).unwrap_or_default())?;
+            bed.nginx = Some(child);
+        }
+        Ok(bed)
+    }
+}
+
+/// Per-core busy and total jiffies from /proc/stat.
+fn cpu_times() -> Vec<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
+        .map(|l| {
+            let v: Vec<u64> = l
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            let total: u64 = v.iter().take(8).sum();
+            let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+            (total - idle.min(total), total)
+        })
+        .collect()
+}
+
+fn busy_between(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<f64> {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| {
+            let t = y.1.saturating_sub(x.1);
+            if t == 0 {
+                0.0
+            } else {
+                y.0.saturating_sub(x.0) as f64 / t as f64
+            }
+        })
+        .collect()
+}
+
+#[derive(serde::Deserialize)]
+struct WrkOut {
+    requests: u64,
+    duration_us: u64,
+    bytes: u64,
+    errors: u64,
+    lat: [f64; 6],
+}
+
+fn wrk(bed: &Bed, opts: &Options, t: Target, c: Case, d: Duration) -> Result<(WrkOut, Vec<f64>)> {
+    let url = format!("http://[{}]:{PORT}/{}", t.addr(), c.file());
+    let script = bed.dir.join("report.lua");
+    if !script.exists() {
+        std::fs::write(&script, WRK_LUA)?;
+    }
+    let secs = format!("{}s", d.as_secs().max(1));
+    let conns = c.conns.to_string();
+    let cpu = opts.client_cpu.to_string();
+    let before = cpu_times();
+    let out = bed
+        .cli
+        .command("taskset")
+        .args(["-c", &cpu, "wrk", "-t1", "-c", &conns, "-d", &secs])
+        .args(["--timeout", "10s", "-s"])
+        .arg(&script)
+        .arg(&url)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .context("run wrk")?;
+    let busy = busy_between(&before, &cpu_times());
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success(),
+        "wrk failed: {}{}",
+        text,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("DSPERF "))
+        .with_context(|| format!("no summary from wrk: {text}"))?;
+    let w: WrkOut = serde_json::from_str(line).with_context(|| format!("wrk summary {line}"))?;
+    Ok((w, busy))
+}
+
+/// Run every case `repeats` times on both servers (their order alternating per repeat);
+/// `each` sees every sample as it is measured. Needs root, wrk, nginx and `dsnode`.
+pub fn run(
+    opts: &Options,
+    dsnode: &Path,
+    mut each: impl FnMut(&Sample),
+) -> Result<(Vec<Sample>, String)> {
+    ensure!(
+        crate::is_root(),
+        "dsperf http needs root (network namespaces, AF_XDP)"
+    );
+    ensure!(!opts.targets.is_empty(), "no server to measure");
+    for prog in ["wrk", "nginx", "taskset", "ethtool"] {
+        ensure!(
+            which(prog),
+            "{prog} not found: install it (scripts/setup.sh installs wrk and nginx)"
+        );
+    }
+    raise_nofile()?;
+    let nginx = std::process::Command::new("nginx")
+        .arg("-v")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_string())
+        .unwrap_or_default();
+    let bed = Bed::build(opts, dsnode)?;
+    let mut samples = Vec::new();
+    let total = opts.cases.len() * opts.repeats as usize * opts.targets.len();
+    for c in &opts.cases {
+        for r in 0..opts.repeats {
+            let mut order = opts.targets.clone();
+            if r % 2 == 1 {
+                order.reverse();
+            }
+            for t in order {
+                crate::stack::check_interrupt()?;
+                if !opts.warmup.is_zero() {
+                    wrk(&bed, opts, t, *c, opts.warmup).context("warm-up")?;
+                }
+                let (w, busy) = wrk(&bed, opts, t, *c, opts.duration)?;
+                let secs = (w.duration_us as f64 / 1e6).max(1e-9);
+                let s = Sample {
+                    target: t,
+                    case: *c,
+                    repeat: r,
+                    requests: w.requests,
+                    rps: w.requests as f64 / secs,
+                    gbit_per_s: w.bytes as f64 * 8.0 / secs / 1e9,
+                    errors: w.errors,
+                    latency_us: w.lat,
+                    cpu_busy: busy,
+                };
+                info!(
+                    "[{}/{total}] {} {}: {:.0} req/s, p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs, \
+                     {} errors, cores busy {:?}",
+                    samples.len() + 1,
+                    c.label(),
+                    t.name(),
+                    s.rps,
+                    s.latency_us[0],
+                    s.latency_us[3],
+                    s.latency_us[5],
+                    s.errors,
+                    s.cpu_busy
+                        .iter()
+                        .map(|b| format!("{:.0}%", b * 100.0))
+                        .collect::<Vec<_>>()
+                );
+                each(&s);
+                samples.push(s);
+            }
+        }
+    }
+    drop(bed);
+    Ok((samples, nginx))
+}
+
+fn which(prog: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()))
+        .unwrap_or(false)
+}
+
+/// Medians per case and server, and the per-repeat ratio ours / nginx.
+pub fn summarize(opts: &Options, nginx: String, samples: &[Sample]) -> Summary {
+    let cases = opts
+        .cases
+        .iter()
+        .map(|c| {
+            let of = |t: Target| {
+                samples
+                    .iter()
+                    .filter(move |s| s.case == *c && s.target == t)
+            };
+            let targets = opts
+                .targets
+                .iter()
+                .map(|&t| {
+                    let cores = of(t).map(|s| s.cpu_busy.len()).max().unwrap_or(0);
+                    TargetSummary {
+                        target: t,
+                        rps: Stat::of(of(t).map(|s| s.rps).collect()),
+                        latency_us: (0..PERCENTILES.len())
+                            .map(|i| Stat::of(of(t).map(|s| s.latency_us[i]).collect()))
+                            .collect(),
+                        errors: of(t).map(|s| s.errors).sum(),
+                        cpu_busy: (0..cores)
+                            .map(|k| {
+                                Stat::of(of(t).filter_map(|s| s.cpu_busy.get(k).copied()).collect())
+                                    .map_or(0.0, |s| s.median)
+                            })
+                            .collect(),
+                    }
+                })
+                .collect();
+            let ratios = (0..opts.repeats)
+                .filter_map(|r| {
+                    let rps = |t| of(t).find(|s| s.repeat == r).map(|s| s.rps);
+                    match (rps(Target::Ours), rps(Target::Nginx)) {
+                        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+                        _ => None,
+                    }
+                })
+                .collect();
+            CaseSummary {
+                case: *c,
+                targets,
+                rps_ratio: Stat::of(ratios),
+            }
+        })
+        .collect();
+    Summary {
+        options: opts.clone(),
+        nginx,
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+        cases,
+    }
+}
+
+/// The human table (markdown).
+pub fn table(s: &Summary) -> String {
+    let mut out = format!(
+        "dsperf http: wrk -t1 keep-alive, {} s per measurement, medians of {} repeats; \
+         servers on core {}, wrk on core {}; {}; Linux {}\n\n",
+        s.options.duration.as_secs(),
+        s.options.repeats,
+        s.options.server_cpu,
+        s.options.client_cpu,
+        s.nginx,
+        s.kernel
+    );
+    out.push_str(
+        "| object, connections | server | req/s (min–max) | ours/nginx | p50 µs | p90 µs | p99 µs \
+         | max µs | errors | cores busy |\n|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for c in &s.cases {
+        for t in &c.targets {
+            let med =
+                |x: &Option<Stat>| x.map_or("–".to_string(), |s| format!("{:.0}", s.median));
+            let rps = t.rps.map_or("–".to_string(), |s| {
+                format!("{:.0} ({:.0}–{:.0})", s.median, s.min, s.max)
+            });
+            let ratio = if t.target == Target::Ours {
+                c.rps_ratio.map_or("–".to_string(), |r| {
+                    format!("{:.2}× ({:.2}–{:.2})", r.median, r.min, r.max)
+                })
+            } else {
+                String::new()
+            };
+            let busy = t
+                .cpu_busy
+                .iter()
+                .map(|b| format!("{:.0}%", b * 100.0))
+                .collect::<Vec<_>>()
+                .join(" / ");
+            out.push_str(&format!(
+                "| {} | {} | {rps} | {ratio} | {} | {} | {} | {} | {} | {busy} |\n",
+                c.case.label(),
+                t.target.name(),
+                med(&t.latency_us[0]),
+                med(&t.latency_us[2]),
+                med(&t.latency_us[3]),
+                med(&t.latency_us[5]),
+                t.errors,
+            ));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cases_parse_and_label() {
+        let c: Case = "64KiB:16".parse().expect("parse");
+        assert_eq!(
+            c,
+            Case {
+                size: 65536,
+                conns: 16
+            }
+        );
+        assert_eq!(c.label(), "64KiB x16");
+        assert!("64KiB".parse::<Case>().is_err());
+        assert!("0:1".parse::<Case>().is_err());
+        assert!("1k:x".parse::<Case>().is_err());
+    }
+
+    #[test]
+    fn ratio_is_per_repeat() {
+        let opts = Options {
+            cases: vec![Case {
+                size: 1024,
+                conns: 1,
+            }],
+            repeats: 2,
+            duration: Duration::from_secs(1),
+            warmup: Duration::ZERO,
+            server_cpu: 1,
+            client_cpu: 0,
+            targets: vec![Target::Ours, Target::Nginx],
+        };
+        let s = |target, repeat, rps| Sample {
+            target,
+            case: opts.cases[0],
+            repeat,
+            requests: 0,
+            rps,
+            gbit_per_s: 0.0,
+            errors: 0,
+            latency_us: [0.0; 6],
+            cpu_busy: vec![0.5, 0.25],
+        };
+        let samples = [
+            s(Target::Ours, 0, 200.0),
+            s(Target::Nginx, 0, 100.0),
+            s(Target::Ours, 1, 100.0),
+            s(Target::Nginx, 1, 100.0),
+        ];
+        let sum = summarize(&opts, String::new(), &samples);
+        let r = sum.cases[0].rps_ratio.expect("ratio");
+        assert_eq!((r.min, r.max, r.median), (1.0, 2.0, 1.5));
+        assert_eq!(sum.cases[0].targets[0].cpu_busy, vec![0.5, 0.25]);
+        assert!(table(&sum).contains("1KiB x1"));
+    }
+}
