@@ -8,7 +8,7 @@
 //! continues the other's response.
 
 use crate::drain::{DrainInfo, Draining};
-use crate::http::{HttpConn, HttpConnState};
+use crate::http::{DocRoot, HttpConn, HttpConnState};
 use crate::node::{Coordinator, HandoffConfig, NodeEvent, NodeStats};
 use crate::server::{ConnClock, Expiry, ServerConfig};
 use ds_handoff::Service;
@@ -17,7 +17,8 @@ use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddrV6, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A client connection served here.
@@ -106,7 +107,7 @@ fn reset_on_close(sock: &TcpStream) {
 struct KernelService<'a> {
     conns: &'a mut Vec<Conn>,
     detached: &'a mut HashMap<(SocketAddrV6, SocketAddrV6), HttpConn>,
-    root: &'a Path,
+    root: &'a Arc<DocRoot>,
     name: &'a str,
     stats: &'a mut KernelServerStats,
 }
@@ -132,7 +133,7 @@ impl Service<KernelConn> for KernelService<'_> {
         let http = HttpConnState::decode(state)
             .map_err(|e| e.to_string())
             .and_then(|st| {
-                HttpConn::import(self.root.to_path_buf(), client.to_string(), st)
+                HttpConn::import(self.root.clone(), client.to_string(), st)
                     .map_err(|e| e.to_string())
             })
             .and_then(|h| {
@@ -163,7 +164,7 @@ impl Service<KernelConn> for KernelService<'_> {
 pub struct KernelNode {
     /// `None` once a drain stopped accepting.
     listener: Option<TcpListener>,
-    root: PathBuf,
+    root: Arc<DocRoot>,
     service: String,
     core: Coordinator<KernelConn>,
     host: KernelHost,
@@ -217,7 +218,7 @@ impl KernelNode {
         let core = Coordinator::new(&mut cfg)?;
         Ok(KernelNode {
             listener: Some(listener),
-            root: std::fs::canonicalize(root)?,
+            root: DocRoot::open(root)?,
             service: cfg.service.clone(),
             core,
             host: KernelHost::new(holds),

@@ -10,11 +10,12 @@
 //! state ([`HttpServer::detach`]) while its TCP state is frozen by the caller, and continued
 //! on another node, or back here after a failed handoff, with [`HttpServer::adopt`].
 
-use crate::http::{HttpConn, HttpConnState, HttpStats};
+use crate::http::{DocRoot, HttpConn, HttpConnState, HttpStats};
 use ds_stack::{Duration, Error, Instant, Interface, ListenHandle, TcpHandle, TcpState};
 use std::collections::HashMap;
 use std::net::SocketAddrV6;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::Arc;
 
 /// Connection limits of the service.
 #[derive(Debug, Clone)]
@@ -233,7 +234,7 @@ pub struct ConnInfo {
 pub struct HttpServer {
     /// `None` once the server stopped accepting ([`HttpServer::stop_accepting`]).
     listener: Option<ListenHandle>,
-    root: PathBuf,
+    root: Arc<DocRoot>,
     config: ServerConfig,
     conns: HashMap<TcpHandle, Conn>,
     stats: ServerStats,
@@ -263,11 +264,11 @@ impl HttpServer {
         root: &Path,
         config: ServerConfig,
     ) -> anyhow::Result<Self> {
-        let root = std::fs::canonicalize(root)
-            .map_err(|e| anyhow::anyhow!("document root {}: {e}", root.display()))?;
         if !root.is_dir() {
             anyhow::bail!("document root {} is not a directory", root.display());
         }
+        let root = DocRoot::open(root)
+            .map_err(|e| anyhow::anyhow!("document root {}: {e}", root.display()))?;
         let listener = iface
             .tcp_listen(local, config.backlog)
             .map_err(|e| anyhow::anyhow!("cannot listen on {local}: {e:?}"))?;

@@ -238,7 +238,7 @@ fn nginx_conf(dir: &Path, root: &Path, max_conns: u32) -> String {
          \x20 fastcgi_temp_path {d}/tmp-fcgi;\n\
          \x20 uwsgi_temp_path {d}/tmp-uwsgi;\n\
          \x20 scgi_temp_path {d}/tmp-scgi;\n\
-         \x20 server {{ listen [{NGINX}]:{PORT}; root {root}; }}\n\
+         \x20 server {{ listen [{NGINX}]:{PORT} backlog=4096; root {root}; }}\n\
          }}\n",
         nofile = max_conns * 2 + 64,
         conns = max_conns + 64,
@@ -552,6 +552,18 @@ pub fn run(
                 samples.push(s);
             }
         }
+    }
+    // Errors on nginx's side are explained in its own log; show its end before it goes.
+    if samples
+        .iter()
+        .any(|s| s.target == Target::Nginx && s.errors > 0)
+    {
+        let log = std::fs::read_to_string(bed.dir.join("nginx-error.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(5).collect();
+        tracing::warn!(
+            "nginx answered with errors; the end of its error log: {:?}",
+            tail.into_iter().rev().collect::<Vec<_>>()
+        );
     }
     drop(bed);
     Ok((samples, nginx))
