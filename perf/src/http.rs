@@ -240,8 +240,9 @@ fn nginx_conf(dir: &Path, root: &Path, max_conns: u32) -> String {
          \x20 scgi_temp_path {d}/tmp-scgi;\n\
          \x20 server {{ listen [{NGINX}]:{PORT} backlog=4096; root {root}; }}\n\
          }}\n",
-        nofile = max_conns * 2 + 64,
-        conns = max_conns + 64,
+        // Room for a measurement's connections while the warm-up's are still closing.
+        nofile = max_conns * 8 + 128,
+        conns = max_conns * 4 + 64,
         root = root.display(),
     )
 }
