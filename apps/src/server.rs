@@ -317,6 +317,12 @@ impl HttpServer {
         }
     }
 
+    /// Whether connections wait to be serviced (adopted, resumed or newly accepted ones) that
+    /// no network event will announce: poll again without waiting.
+    pub fn has_work(&self) -> bool {
+        !self.todo.is_empty()
+    }
+
     /// Service connection `h` again and reset its quota counter; false if `h` is not ours.
     pub fn resume(&mut self, h: TcpHandle) -> bool {
         let Some(c) = self.conns.get_mut(&h) else {
