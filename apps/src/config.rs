@@ -24,6 +24,7 @@
 //! handoff_after = 500000
 //! steering = "transparent"           # none | transparent | ro
 //! ha_control = "[fd00:d5:1::a]:7001"
+//! # busy_poll = true                 # spin while a handoff is in flight (no wake-ups)
 //!
 //! [membership]                        # seed §2.3; needs handoff.secret_file
 //! role = "backup"                    # backup | snode
@@ -114,6 +115,7 @@ struct HandoffFile {
     steering: Option<Spanned<String>>,
     ha_control: Option<SocketAddr>,
     home_addr: Option<Ipv6Addr>,
+    busy_poll: Option<bool>,
 }
 
 /// `peer = "[addr]:port"` or, in proxy mode, `peer = ["[addr]:port", …]`.
@@ -279,6 +281,9 @@ pub fn serve_args(path: &Path) -> Result<Vec<String>, ConfigError> {
         );
         opt("ha_control", h.ha_control.as_ref().map(|a| s(a)));
         opt("home_addr", h.home_addr.as_ref().map(|a| s(a)));
+        if h.busy_poll == Some(true) {
+            args.push("--busy-poll".into());
+        }
     }
     if file.json == Some(true) {
         args.push("--json".into());
@@ -306,14 +311,14 @@ mod tests {
     #[test]
     fn keys_become_options_in_order() {
         let a = args_of(
-            "device = \"tap\"\niface = \"t0\"\naddr = \"fd00::1\"\nalso_addr = [\"fd00::80\", \"fd00::81\"]\nport = 8080\nroot = \"/srv\"\njson = true\n[handoff]\npeer = \"[fd00::2]:7000\"\nsteering = \"transparent\"\nha_control = \"[fd00::a]:7001\"\n",
+            "device = \"tap\"\niface = \"t0\"\naddr = \"fd00::1\"\nalso_addr = [\"fd00::80\", \"fd00::81\"]\nport = 8080\nroot = \"/srv\"\njson = true\n[handoff]\npeer = \"[fd00::2]:7000\"\nsteering = \"transparent\"\nha_control = \"[fd00::a]:7001\"\nbusy_poll = true\n",
         )
         .expect("valid");
         assert_eq!(
             a.join(" "),
             "--device tap --iface t0 --addr fd00::1 --also-addr fd00::80 --also-addr fd00::81 \
              --port 8080 --root /srv --peer [fd00::2]:7000 --steering transparent \
-             --ha-control [fd00::a]:7001 --json"
+             --ha-control [fd00::a]:7001 --busy-poll --json"
         );
     }
 

@@ -108,6 +108,12 @@ pub struct HandoffConfig {
     /// node, which runs the home test, RFC 6275 §5.2.5) or away from home. The node installs
     /// it on its interface (`ds_apps::node::HandoffNode::install_mobility`) and drives it there.
     pub mobile_role: Option<MobileRole>,
+    /// Busy-poll while a handoff is in flight: from the donor's drain (or, on the acceptor,
+    /// the donor's `Prepare`) until the handoff ends, the owner's loop polls without sleeping
+    /// ([`Coordinator::spinning`]), so the client's ACK, the offer, the home agent's answer
+    /// and the reply are each taken without a wake-up (tens of microseconds each on a VM).
+    /// Costs a core for the length of a handoff; idle nodes still sleep.
+    pub busy_poll: bool,
 }
 
 impl HandoffConfig {
@@ -135,6 +141,7 @@ impl HandoffConfig {
             forward_grace: Duration::from_millis(200),
             steer_timeout: Duration::from_secs(1),
             mobile_role: None,
+            busy_poll: false,
         }
     }
 }
@@ -282,7 +289,15 @@ pub struct Coordinator<C> {
     rebind_id: Option<u64>,
     /// Control channels opened so far (a new one may reuse a closed one's descriptor number).
     channel_epoch: u64,
+    /// [`HandoffConfig::busy_poll`].
+    busy_poll: bool,
+    /// Acceptor side: a donor announced an offer (`Prepare`); busy-poll until then at most.
+    prepared_until: Option<Instant>,
 }
+
+/// How long an acceptor busy-polls after a donor's `Prepare` for the offer to follow (the
+/// donor's drain: about one round trip to the client, longer if it waits for the deadline).
+const PREPARED_SPIN: Duration = Duration::from_millis(5);
 
 impl<C: std::fmt::Debug> Coordinator<C> {
     /// A coordinator per `cfg` (the listener goes behind a [`ChannelGate`] with
@@ -356,6 +371,8 @@ impl<C: std::fmt::Debug> Coordinator<C> {
             bu_sent: None,
             rebind_id: None,
             channel_epoch: 0,
+            busy_poll: cfg.busy_poll,
+            prepared_until: None,
             unreachable: Vec::new(),
             backoff: std::collections::HashMap::new(),
             opening: std::collections::HashMap::new(),
@@ -554,6 +571,16 @@ impl<C: std::fmt::Debug> Coordinator<C> {
         self.current.is_some()
     }
 
+    /// Whether the owner's loop should poll again without sleeping: busy-polling is on
+    /// ([`HandoffConfig::busy_poll`]) and a handoff is in flight here, as donor (drain, offer)
+    /// or as acceptor (announced by `Prepare`, or accepted and not yet activated).
+    pub fn spinning(&self, now: Instant) -> bool {
+        self.busy_poll
+            && (self.current.is_some()
+                || self.acceptor.pending() > 0
+                || self.prepared_until.is_some_and(|t| now < t))
+    }
+
     /// Open the channels to the peers now rather than inside the first handoffs' timing;
     /// the first error, after trying every peer.
     pub fn connect_peer(&mut self) -> Result<(), Error> {
@@ -681,8 +708,12 @@ impl<C: std::fmt::Debug> Coordinator<C> {
 
     /// How long the caller's loop may wait for input at `now`: `idle` at most, less until the
     /// engine's next deadline, zero while a channel still has output the socket did not take
-    /// (the wait only wakes on readable sockets).
+    /// (the wait only wakes on readable sockets), zero while busy-polling a handoff
+    /// ([`Coordinator::spinning`]).
     pub fn max_wait(&self, now: Instant, idle: Duration) -> Duration {
+        if self.spinning(now) {
+            return Duration::ZERO;
+        }
         let pending = self
             .to_peers
             .iter()
@@ -815,7 +846,7 @@ impl<C: std::fmt::Debug> Coordinator<C> {
             self.transmit_acceptor(host);
         }
         self.cork_incoming(false);
-        self.acceptor_events();
+        self.acceptor_events(now);
         self.drive_donors(now, host, svc);
     }
 
@@ -983,10 +1014,11 @@ impl<C: std::fmt::Debug> Coordinator<C> {
         }
     }
 
-    fn acceptor_events(&mut self) {
+    fn acceptor_events(&mut self, now: Instant) {
         while let Some(e) = self.acceptor.poll_event() {
             match e {
                 AcceptorEvent::Adopted { client, .. } => {
+                    self.prepared_until = None;
                     self.stats.adopted += 1;
                     // It lives here again: a forwarding of it from here is over.
                     for (_, f) in &mut self.forwarding {
@@ -1006,7 +1038,10 @@ impl<C: std::fmt::Debug> Coordinator<C> {
                     cause: format!("offer {conn_id} aborted by the donor"),
                 }),
                 AcceptorEvent::BindingSent { client, at } => self.bu_sent = Some((client, at)),
-                AcceptorEvent::Prepared { .. } | AcceptorEvent::Forwarded { .. } => {}
+                AcceptorEvent::Prepared { .. } => {
+                    self.prepared_until = Some(now + PREPARED_SPIN);
+                }
+                AcceptorEvent::Forwarded { .. } => {}
             }
         }
     }

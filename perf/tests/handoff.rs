@@ -304,9 +304,10 @@ fn twenty(opts: Options, path: &str) {
     })
     .expect("run");
     let label = format!(
-        "{:?} {path} processes={}",
+        "{:?} {path} processes={} busy_poll={}",
         out.handoffs.first().map(|h| h.report.mode),
-        opts.processes
+        opts.processes,
+        opts.busy_poll
     );
     assert!(out.bytes_ok, "{label}: SHA-256 of the download");
     assert_eq!(out.handoffs.len(), 20, "{label}: kept: {:?}", out.kept);
@@ -355,10 +356,20 @@ fn twenty_handoffs_as_processes_on_every_path() {
     twenty(
         Options {
             mode: ds_handoff::Mode::Ro,
-            ..procs
+            ..procs.clone()
         },
         "user->user",
     );
+    // The busy-poll mode (dsnode --busy-poll) on both kinds of node.
+    for path in ["user->user", "kernel->kernel"] {
+        twenty(
+            Options {
+                busy_poll: true,
+                ..procs.clone()
+            },
+            path,
+        );
+    }
 }
 
 /// Route optimisation back and forth: node 1 (at home) hands to node 2 (Binding Update), node

@@ -304,6 +304,12 @@ struct HandoffArgs {
     /// serves it away from home, --addr being its care-of address.
     #[arg(long, value_name = "ADDR")]
     home_addr: Option<Ipv6Addr>,
+    /// Busy-poll while a handoff is in flight (donor: from the drain to the reply; acceptor:
+    /// from the donor's Prepare to the activation) instead of sleeping between events: each
+    /// step of the exchange is taken without a wake-up. Costs a core for the length of a
+    /// handoff; an idle node still sleeps.
+    #[arg(long)]
+    busy_poll: bool,
     /// Injected fault at the acceptor, for failure tests: refuse, crash or hang on offers.
     #[arg(long, value_enum, hide = true)]
     fault: Option<FaultChoice>,
@@ -529,6 +535,7 @@ fn handoff_config(args: &ServeArgs) -> anyhow::Result<Option<HandoffConfig>> {
         },
     };
     cfg.reply_timeout = std::time::Duration::from_millis(h.reply_timeout_ms);
+    cfg.busy_poll = h.busy_poll;
     cfg.fault = h.fault.map(|f| match f {
         FaultChoice::Refuse => AcceptorFault::Refuse,
         FaultChoice::Crash => AcceptorFault::Crash,

@@ -261,6 +261,10 @@ struct HandoffArgs {
     /// to dsperf, or in $DS_BIN_DIR) instead of threads of dsperf.
     #[arg(long)]
     processes: bool,
+    /// Nodes busy-poll while a handoff is in flight instead of sleeping between its steps
+    /// (dsnode --busy-poll).
+    #[arg(long)]
+    busy_poll: bool,
 }
 
 fn parse_mode(s: &str) -> Result<ds_handoff::Mode, String> {
@@ -297,6 +301,7 @@ fn run_handoff(a: HandoffArgs) -> Result<()> {
         reply_timeout: std::time::Duration::from_millis(a.reply_timeout_ms),
         path: a.path,
         processes: a.processes,
+        busy_poll: a.busy_poll,
         ..Default::default()
     };
     eprintln!(

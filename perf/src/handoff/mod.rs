@@ -106,6 +106,9 @@ pub struct Options {
     /// Run the nodes and the home agent as `dsnode` and `dsha` processes (found next to this
     /// program, or in `$DS_BIN_DIR`) instead of threads of this process.
     pub processes: bool,
+    /// Busy-poll while a handoff is in flight (`dsnode --busy-poll`,
+    /// `HandoffConfig::busy_poll`).
+    pub busy_poll: bool,
 }
 
 impl Default for Options {
@@ -123,6 +126,7 @@ impl Default for Options {
             timeout: Duration::from_secs(300),
             path: HandoffPath::default(),
             processes: false,
+            busy_poll: false,
         }
     }
 }
@@ -321,6 +325,7 @@ fn handoff_config(i: usize, plan: &Plan) -> Result<HandoffConfig> {
         },
     };
     hc.reply_timeout = opts.reply_timeout;
+    hc.busy_poll = opts.busy_poll;
     hc.mode = opts.mode;
     if i == 1 {
         hc.fault = opts.fault;

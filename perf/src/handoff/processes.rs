@@ -217,6 +217,9 @@ pub(super) fn start(topo: &Topology, plan: &Plan, dir: &Path) -> Result<Procs> {
         if max[i] > 0 {
             args.extend([s(&"--handoff-after"), s(&quota)]);
         }
+        if opts.busy_poll {
+            args.push(s(&"--busy-poll"));
+        }
         if !ro_away {
             args.extend([s(&"--also-addr"), s(&DS)]);
         }
