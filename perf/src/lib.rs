@@ -5,6 +5,7 @@
 //! * [`handoff`]: `dsperf handoff`, the seed's handoff experiment in namespaces (client, home
 //!   agent, two nodes), one JSON line per handoff.
 //! * [`http`]: `dsperf http`, wrk against our HTTP server on AF_XDP and against nginx.
+//! * [`conns`]: `dsperf conns`, the stack's cost per packet from 1 to 100,000 connections.
 //! * [`api`]: `dsperf api`, what the library's connection API costs against the raw stack.
 //! * [`plot`]: SVG charts of the results.
 
@@ -12,6 +13,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod api;
+pub mod conns;
 pub mod handoff;
 pub mod http;
 pub mod plot;

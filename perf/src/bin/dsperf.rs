@@ -70,6 +70,48 @@ enum Cmd {
     /// the repeats, the ratio ours/nginx per repeat, latency percentiles and each core's busy
     /// share; --json prints one line per measurement and the summary.
     Http(HttpArgs),
+    /// Our stack's cost per packet as open connections grow (1, 1,000, 10,000, 100,000):
+    /// two stacks in memory, one 64-byte request/response at a time on a random connection,
+    /// the server's work timed. No root needed.
+    Conns(ConnsArgs),
+}
+
+#[derive(Args)]
+struct ConnsArgs {
+    /// Connection counts, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,1000,10000,100000")]
+    counts: Vec<usize>,
+    /// Exchanges timed per measurement.
+    #[arg(long, default_value_t = 200_000)]
+    exchanges: usize,
+    /// Measurements per count.
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+    /// Print the results as one JSON array.
+    #[arg(long)]
+    json: bool,
+}
+
+fn run_conns(a: ConnsArgs) -> Result<()> {
+    if a.counts.is_empty() || a.counts.contains(&0) || a.exchanges == 0 || a.repeats == 0 {
+        bail!("--counts (all positive), --exchanges and --repeats must be given and positive");
+    }
+    if cfg!(debug_assertions) {
+        tracing::warn!("dsperf was built without optimisations: build with --release");
+    }
+    let o = ds_perf::conns::Options {
+        counts: a.counts,
+        exchanges: a.exchanges,
+        repeats: a.repeats,
+    };
+    let points = ds_perf::conns::run(&o, |line| tracing::info!("{line}"));
+    if a.json {
+        println!("{}", serde_json::to_string(&points)?);
+        eprint!("{}", ds_perf::conns::table(&o, &points));
+    } else {
+        print!("{}", ds_perf::conns::table(&o, &points));
+    }
+    Ok(())
 }
 
 #[derive(Args)]
@@ -489,6 +531,7 @@ fn main() -> ExitCode {
         Cmd::HandoffPlot(a) => run_handoff_plot(a),
         Cmd::Api(a) => run_api(a),
         Cmd::Http(a) => run_http(a),
+        Cmd::Conns(a) => run_conns(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
