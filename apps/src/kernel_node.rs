@@ -437,12 +437,23 @@ impl KernelNode {
             }
             add(c.sock.as_raw_fd(), ev);
         }
-        let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
-        // SAFETY: `fds` is a live, initialised array of `fds.len()` pollfd structs; poll(2)
-        // only writes their `revents` fields. The result is not needed: every socket is
-        // non-blocking and is tried after the wait anyway.
+        // ppoll(2), not poll(2): a wait shorter than a millisecond (a drain's 50 µs, the
+        // engine's next deadline) must not round up to one.
+        let ts = libc::timespec {
+            tv_sec: timeout.as_secs().min(i32::MAX as u64) as libc::time_t,
+            tv_nsec: timeout.subsec_nanos() as libc::c_long,
+        };
+        // SAFETY: `fds` is a live, initialised array of `fds.len()` pollfd structs and `ts` a
+        // live timespec; ppoll(2) only writes the pollfds' `revents` fields and reads `ts`; no
+        // signal mask is passed. The result is not needed: every socket is non-blocking and
+        // is tried after the wait anyway.
         unsafe {
-            libc::poll(self.fds.as_mut_ptr(), self.fds.len() as libc::nfds_t, ms);
+            libc::ppoll(
+                self.fds.as_mut_ptr(),
+                self.fds.len() as libc::nfds_t,
+                &ts,
+                std::ptr::null(),
+            );
         }
     }
 

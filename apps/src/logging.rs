@@ -30,3 +30,14 @@ impl Verbosity {
             .try_init();
     }
 }
+
+/// `println!` for a daemon's figures on stdout: a write error (its reader went away: a closed
+/// pipe) is ignored instead of panicking, so that a node keeps serving when whatever read its
+/// reports stops reading.
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}

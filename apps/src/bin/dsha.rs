@@ -178,12 +178,12 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     }
     let st = ha.stats();
     if args.json {
-        println!(
+        ds_apps::outln!(
             "{}",
             serde_json::json!({ "home_agent": st, "interface": rt.iface.stats() })
         );
     } else {
-        println!(
+        ds_apps::outln!(
             "dsha: {} registrations, {} refused, {} packets tunnelled, {} reverse-tunnelled, {} dropped",
             st.registered, st.refused, st.tunnelled, st.reverse_forwarded, st.dropped
         );
@@ -471,17 +471,17 @@ fn xdp(args: &XdpArgs) -> anyhow::Result<()> {
             .iter()
             .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
             .collect();
-        println!(
+        ds_apps::outln!(
             "{}",
             serde_json::json!({ "flow_agent": fa, "tunnel": tunnel, "flows": flows, "moved_flows": moved, "registry": registry })
         );
     } else {
-        println!(
+        ds_apps::outln!(
             "dsha: {} control channels ({} failed), {} flow moves ({} failed), {} flows in the table ({} moved)",
             fa.channels, fa.channel_errors, fa.moves, fa.move_errors, flows, moved
         );
         for (k, v) in &counters {
-            println!("  tunnel {k:<20} {v}");
+            ds_apps::outln!("  tunnel {k:<20} {v}");
         }
     }
     Ok(())

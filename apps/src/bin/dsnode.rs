@@ -597,7 +597,7 @@ fn report_event(ev: NodeEvent) {
                 m.insert("boundary_seq".into(), boundary_seq.into());
                 m.insert("client".into(), client.to_string().into());
             }
-            println!("{v}");
+            ds_apps::outln!("{v}");
             tracing::info!(%client, boundary_seq, total_us = report.total_us, "handed off");
         }
         NodeEvent::KeptHere { client, cause } => {
@@ -611,7 +611,7 @@ fn report_event(ev: NodeEvent) {
         NodeEvent::Bound { client, after } => {
             // Binding management (handoff phase 6) ends here, after the donor's report: a line
             // of its own.
-            println!(
+            ds_apps::outln!(
                 "{}",
                 serde_json::json!({ "bound": { "client": client.to_string(), "after_ns": after.as_nanos() as u64 } })
             );
@@ -980,7 +980,7 @@ fn run_proxy(
         "handoff": proxy.node().stats(),
         "interface": proxy.node().interface_stats(),
     });
-    println!("{out}");
+    ds_apps::outln!("{out}");
     Ok(())
 }
 
@@ -1040,22 +1040,29 @@ fn run_kernel(
     node.shutdown();
     drop(link);
     if args.json {
-        println!(
+        ds_apps::outln!(
             "{}",
             serde_json::json!({ "handoff": stats, "http": server })
         );
     } else {
-        println!(
+        ds_apps::outln!(
             "dsnode stats after {:.3} s (kernel sockets)",
             started.elapsed().as_secs_f64()
         );
-        println!(
+        ds_apps::outln!(
             "  connections: {} accepted, {} adopted, {} open; {} response bytes sent",
-            server.accepted, server.adopted, server.open, server.response_bytes
+            server.accepted,
+            server.adopted,
+            server.open,
+            server.response_bytes
         );
-        println!(
+        ds_apps::outln!(
             "  handoff: {} started, {} moved, {} kept, {} adopted, {} packets forwarded",
-            stats.started, stats.moved, stats.kept, stats.adopted, stats.forwarded_packets
+            stats.started,
+            stats.moved,
+            stats.kept,
+            stats.adopted,
+            stats.forwarded_packets
         );
     }
     Ok(())
@@ -1215,8 +1222,8 @@ fn run<D: Device>(
         );
         match node_stats {
             // Without handoff: the interface counters alone, as before.
-            None => println!("{}", serde_json::to_string(rt.iface.stats())?),
-            Some(n) => println!(
+            None => ds_apps::outln!("{}", serde_json::to_string(rt.iface.stats())?),
+            Some(n) => ds_apps::outln!(
                 "{}",
                 serde_json::json!({ "handoff": n, "http": stats, "interface": rt.iface.stats() })
             ),
@@ -1224,9 +1231,13 @@ fn run<D: Device>(
     } else {
         print_stats(uptime, &stats, rt.iface.stats());
         if let Some(n) = node_stats {
-            println!(
+            ds_apps::outln!(
                 "  handoff: {} started, {} moved, {} kept, {} adopted, {} packets forwarded",
-                n.started, n.moved, n.kept, n.adopted, n.forwarded_packets
+                n.started,
+                n.moved,
+                n.kept,
+                n.adopted,
+                n.forwarded_packets
             );
         }
     }
@@ -1241,22 +1252,25 @@ fn print_stats(uptime: Duration, server: &ServerStats, iface: &Stats) {
         status_5xx,
         bytes_sent,
     } = server.http;
-    println!("dsnode stats after {:.3} s", uptime.as_secs_f64());
-    println!(
+    ds_apps::outln!("dsnode stats after {:.3} s", uptime.as_secs_f64());
+    ds_apps::outln!(
         "  connections: {} accepted, {} closed, {} aborted, {} closed idle",
-        server.accepted, server.closed, server.aborted, server.idle_closed
+        server.accepted,
+        server.closed,
+        server.aborted,
+        server.idle_closed
     );
-    println!(
+    ds_apps::outln!(
         "  http: {requests} requests ({status_2xx} 2xx, {status_4xx} 4xx, {status_5xx} 5xx), \
          {bytes_sent} bytes sent"
     );
-    println!("  interface:");
+    ds_apps::outln!("  interface:");
     match serde_json::to_value(iface) {
         Ok(serde_json::Value::Object(fields)) => {
             for (name, value) in fields {
-                println!("    {name:<24} {value}");
+                ds_apps::outln!("    {name:<24} {value}");
             }
         }
-        _ => println!("    {iface:?}"),
+        _ => ds_apps::outln!("    {iface:?}"),
     }
 }
