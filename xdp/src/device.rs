@@ -206,28 +206,9 @@ impl Device for AfXdpDevice {
     }
 
     fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
-        let mut fds: Vec<libc::pollfd> = self
-            .socks
-            .iter()
-            .map(|s| libc::pollfd {
-                fd: s.fd().as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            })
-            .collect();
-        let ms = match timeout {
-            None => -1,
-            Some(t) => i32::try_from(t.as_micros().div_ceil(1000)).unwrap_or(i32::MAX),
-        };
-        // SAFETY: `fds` is a valid array of `fds.len()` pollfds for the duration of the call.
-        let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
-        if rc < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        }
-        Ok(())
+        // ppoll: microsecond timeouts, not poll(2)'s milliseconds.
+        let fds: Vec<_> = self.socks.iter().map(|s| s.fd().as_raw_fd()).collect();
+        ds_stack::device::wait_readable(&fds, timeout)
     }
 
     fn wait_fds(&self, set: &mut ds_stack::device::PollSet) {

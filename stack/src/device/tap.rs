@@ -164,28 +164,8 @@ impl Device for TapDevice {
     }
 
     fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
-        let mut pfd = libc::pollfd {
-            fd: self.file.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = match timeout {
-            None => -1,
-            Some(t) => {
-                let us = t.as_micros();
-                // Round up so a 300 us timer does not spin at 0 ms.
-                i32::try_from(us.div_ceil(1000)).unwrap_or(i32::MAX)
-            }
-        };
-        // SAFETY: one valid pollfd for the duration of the call.
-        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if rc < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        }
-        Ok(())
+        // ppoll: microsecond timeouts (a 300 µs timer waits 300 µs, not a millisecond).
+        super::wait_readable(&[self.file.as_raw_fd()], timeout)
     }
 
     fn wait_fds(&self, set: &mut super::PollSet) {
