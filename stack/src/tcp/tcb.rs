@@ -308,6 +308,8 @@ pub struct Tcb {
     pub(crate) t_keepalive: Option<Instant>,
     pub(crate) ka_probes: u32,
     pub(crate) ka_probe_due: bool,
+    /// [`Tcb::solicit_ack`] was asked while data was still unsent: probe once it is all sent.
+    pub(crate) solicit_when_sent: bool,
     pub(crate) t_close: Option<Instant>,
     /// Tail loss probe timer (RFC 8985 §7).
     pub(crate) t_tlp: Option<Instant>,
@@ -415,6 +417,7 @@ impl Tcb {
             t_keepalive: None,
             ka_probes: 0,
             ka_probe_due: false,
+            solicit_when_sent: false,
             t_close: None,
             t_tlp: None,
             tlp_out: false,
@@ -534,13 +537,19 @@ impl Tcb {
     /// Ask the peer for an immediate acknowledgment once everything queued has been sent:
     /// a keep-alive style probe (SEG.SEQ = SND.UNA − 1, RFC 9293 §3.8.4) is not acceptable to
     /// the receiver, which must answer it with an ACK at once (§3.10.7.4) instead of waiting
-    /// for its delayed-ACK timer (RFC 9293 §3.8.6.3 allows up to 500 ms). True when the probe
-    /// was queued; false while data is still unsent or nothing is unacknowledged.
+    /// for its delayed-ACK timer (RFC 9293 §3.8.6.3 allows up to 500 ms). With data still
+    /// unsent the probe follows its last segment (the caller need not look again when that
+    /// leaves: a donor's drain used to wait for its next wake-up, a millisecond). True when
+    /// the probe was queued or deferred; false when nothing is unacknowledged.
     pub(crate) fn solicit_ack(&mut self) -> bool {
-        if self.state != TcpState::Established
-            || self.snd_una == self.snd_max
-            || lt(self.snd_max, self.data_end())
-        {
+        if self.state != TcpState::Established {
+            return false;
+        }
+        if lt(self.snd_max, self.data_end()) {
+            self.solicit_when_sent = true;
+            return true;
+        }
+        if self.snd_una == self.snd_max {
             return false;
         }
         self.ka_probe_due = true;
@@ -1746,6 +1755,10 @@ impl Tcb {
             if let Some(s) = self.next_new_data(now, mss) {
                 return Some(s);
             }
+        }
+        if self.solicit_when_sent && !lt(self.snd_max, self.data_end()) {
+            self.solicit_when_sent = false;
+            self.ka_probe_due = self.snd_una != self.snd_max;
         }
         if self.ka_probe_due {
             self.ka_probe_due = false;

@@ -627,3 +627,26 @@ fn nagle_holds_only_behind_an_unacknowledged_small_segment() {
     assert_eq!(v.len(), 1);
     assert_eq!(v[0].payload, vec![8; 50]);
 }
+
+/// An ACK solicited while data is still unsent is probed for right after the last segment
+/// leaves, in the same transmit pass (RFC 9293 §3.8.4 probe: SEG.SEQ = SND.UNA − 1, no data).
+#[test]
+fn ack_solicited_before_the_last_send_follows_it() {
+    let (_c, mut s) = handshake();
+    let now = t0();
+    let mss = s.eff_mss() as usize;
+    s.send(&vec![1; 2 * mss + 10]);
+    assert!(s.solicit_ack(), "deferred until sent");
+    let v = collect(&mut s, now);
+    let lens: Vec<usize> = v.iter().map(|w| w.payload.len()).collect();
+    assert_eq!(
+        lens,
+        vec![mss, mss, 10, 0],
+        "three segments, then the probe"
+    );
+    let probe = &v[3].seg;
+    assert_eq!(probe.seq, v[0].seg.seq.wrapping_sub(1));
+    // Nothing unacknowledged and nothing unsent: nothing to solicit.
+    let (_c2, mut idle) = handshake();
+    assert!(!idle.solicit_ack());
+}
