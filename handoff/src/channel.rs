@@ -60,6 +60,19 @@ pub const DEFAULT_MAX_FRAME: usize = 16 << 20;
 pub const CONFIRM: &[u8] = b"ds-handoff key confirmation";
 /// Largest frame (ciphertext + tag) received before the peer's key confirmation.
 pub const PREAUTH_MAX_FRAME: usize = CONFIRM.len() + TAG_LEN;
+/// A control channel's peer that stopped answering without closing (power loss, a partition)
+/// is found dead by TCP keep-alive: probing after this much silence …
+pub const KEEPALIVE_IDLE: std::time::Duration = std::time::Duration::from_secs(15);
+/// … every this often, …
+pub const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+/// … this many times; and data it does not acknowledge for [`USER_TIMEOUT`] ends the
+/// channel too (RFC 5482, `TCP_USER_TIMEOUT`). The owner then drops the channel (and redials a
+/// peer): an authenticated but dead peer holds a descriptor and buffers for half a minute at
+/// most, not forever.
+pub const KEEPALIVE_PROBES: u32 = 3;
+/// See [`KEEPALIVE_PROBES`].
+pub const USER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Shortest accepted cluster secret.
 pub const MIN_SECRET_LEN: usize = 16;
 
@@ -503,6 +516,14 @@ impl Channel {
         secret: &ClusterSecret,
     ) -> Result<Channel, ChannelError> {
         stream.set_nodelay(true)?;
+        let sock = socket2::SockRef::from(&stream);
+        sock.set_tcp_keepalive(
+            &socket2::TcpKeepalive::new()
+                .with_time(KEEPALIVE_IDLE)
+                .with_interval(KEEPALIVE_INTERVAL)
+                .with_retries(KEEPALIVE_PROBES),
+        )?;
+        sock.set_tcp_user_timeout(Some(USER_TIMEOUT))?;
         let (hs, hello) = Handshake::new(role, secret)?;
         let mut c = Channel {
             stream,
@@ -713,6 +734,25 @@ impl Channel {
 
 #[cfg(test)]
 mod tests {
+    /// Both ends of a channel find a dead peer by keep-alive and the user timeout.
+    #[test]
+    fn channels_probe_silent_peers() {
+        use super::*;
+        let l = std::net::TcpListener::bind("[::1]:0").unwrap();
+        let secret = ClusterSecret::new(b"a cluster secret of 32 bytes ...").unwrap();
+        let a = Channel::connect(l.local_addr().unwrap(), &secret).unwrap();
+        let (s, _) = l.accept().unwrap();
+        let b = Channel::accept(s, &secret).unwrap();
+        for c in [&a, &b] {
+            let sock = socket2::SockRef::from(&c.stream);
+            assert!(sock.keepalive().unwrap());
+            assert_eq!(sock.keepalive_time().unwrap(), KEEPALIVE_IDLE);
+            assert_eq!(sock.keepalive_interval().unwrap(), KEEPALIVE_INTERVAL);
+            assert_eq!(sock.keepalive_retries().unwrap(), KEEPALIVE_PROBES);
+            assert_eq!(sock.tcp_user_timeout().unwrap(), Some(USER_TIMEOUT));
+        }
+    }
+
     #[test]
     fn secret_files_must_be_private_regular_and_small() {
         use std::os::unix::fs::PermissionsExt;
