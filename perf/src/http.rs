@@ -166,6 +166,8 @@ pub struct TargetSummary {
     pub target: Target,
     /// Requests per second.
     pub rps: Option<Stat>,
+    /// Received Gbit/s (heads and bodies).
+    pub gbit_per_s: Option<Stat>,
     /// Medians of each latency percentile, µs.
     pub latency_us: Vec<Option<Stat>>,
     /// Errors summed over the repeats.
@@ -595,6 +597,7 @@ pub fn summarize(opts: &Options, nginx: String, samples: &[Sample]) -> Summary {
                     TargetSummary {
                         target: t,
                         rps: Stat::of(of(t).map(|s| s.rps).collect()),
+                        gbit_per_s: Stat::of(of(t).map(|s| s.gbit_per_s).collect()),
                         latency_us: (0..PERCENTILES.len())
                             .map(|i| Stat::of(of(t).map(|s| s.latency_us[i]).collect()))
                             .collect(),
@@ -648,8 +651,8 @@ pub fn table(s: &Summary) -> String {
         s.kernel
     );
     out.push_str(
-        "| object, connections | server | req/s (min–max) | ours/nginx | p50 µs | p90 µs | p99 µs \
-         | max µs | errors | cores busy |\n|---|---|---|---|---|---|---|---|---|---|\n",
+        "| object, connections | server | req/s (min–max) | ours/nginx | Gbit/s | p50 µs | p90 µs \
+         | p99 µs | max µs | errors | cores busy |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for c in &s.cases {
         for t in &c.targets {
@@ -672,9 +675,11 @@ pub fn table(s: &Summary) -> String {
                 .collect::<Vec<_>>()
                 .join(" / ");
             out.push_str(&format!(
-                "| {} | {} | {rps} | {ratio} | {} | {} | {} | {} | {} | {busy} |\n",
+                "| {} | {} | {rps} | {ratio} | {} | {} | {} | {} | {} | {} | {busy} |\n",
                 c.case.label(),
                 t.target.name(),
+                t.gbit_per_s
+                    .map_or("–".to_string(), |s| format!("{:.2}", s.median)),
                 med(&t.latency_us[0]),
                 med(&t.latency_us[2]),
                 med(&t.latency_us[3]),
