@@ -82,6 +82,8 @@ pub struct HandoffNode {
     role: Option<MobileRole>,
     /// Connections that reached their quota, waiting for their handoff.
     queue: VecDeque<TcpHandle>,
+    /// With several peers, the one the next connection goes to first (round robin).
+    next_peer: usize,
     /// Route-optimised donor: since when the connection at the head of the queue waits for
     /// its home keygen token.
     ticket_wait: Option<Instant>,
@@ -108,6 +110,7 @@ impl HandoffNode {
             mode: cfg.mode,
             role,
             queue: VecDeque::new(),
+            next_peer: 0,
             ticket_wait: None,
 
             cookie: 0,
@@ -417,30 +420,44 @@ impl HandoffNode {
                 },
                 _ => None,
             };
-            if let (Some(to), Some(c)) = (self.core.peer(), client) {
-                match self.core.peer_ready(mono, to) {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        // Its channel is opening (nothing is frozen for a peer without one):
-                        // the connection waits paused, for `CHANNEL_WAIT` at most (then the
-                        // engine gives up on the peer and backs off).
-                        self.queue.push_front(h);
-                        return;
+            // The peers in turn, from the one after the last used: the first whose channel
+            // is up takes the connection.
+            let peers = self.core.peers().to_vec();
+            let mut to = None;
+            let mut opening = false;
+            let mut why = String::new();
+            for k in 0..peers.len() {
+                let i = (self.next_peer + k) % peers.len();
+                match self.core.peer_ready(mono, peers[i]) {
+                    Ok(true) => {
+                        to = Some(i);
+                        break;
                     }
-                    Err(why) => {
-                        // Backing off or unreachable: the connection simply goes on here (the
-                        // engine logged the failure that started the back-off).
-                        tracing::debug!(client = %c, "connection kept here: {why}");
-                        self.server.resume(h);
-                        continue;
-                    }
+                    Ok(false) => opening = true,
+                    Err(e) => why = e.to_string(),
                 }
             }
+            let Some(i) = to else {
+                if opening {
+                    // A channel is opening (nothing is frozen for a peer without one): the
+                    // connection waits paused, for `CHANNEL_WAIT` at most (then the engine
+                    // gives up on that peer and backs off).
+                    self.queue.push_front(h);
+                    return;
+                }
+                // Every peer backs off or is unreachable: the connection simply goes on here
+                // (the engine logged the failures that started the back-off).
+                tracing::debug!(client = ?client, "connection kept here: {why}");
+                self.server.resume(h);
+                continue;
+            };
+            let peer = peers[i];
             let started = self.with_engine(iface, now, |core, host, svc| {
-                core.hand_off(mono, UserConn::Live(h), ticket, host, svc)
+                core.hand_off_to(mono, peer, UserConn::Live(h), ticket, host, svc)
             });
             match started {
                 Ok(()) => {
+                    self.next_peer = i + 1;
                     if !self.handoffs_left() {
                         // The last one: no more connections get paused here.
                         self.server.set_handoff_quota(None);

@@ -264,8 +264,10 @@ struct HandoffArgs {
     /// Accept connections handed off by the peer on this kernel TCP address.
     #[arg(long, value_name = "[ADDR]:PORT", requires = "secret_file")]
     control_listen: Option<SocketAddr>,
-    /// Hand connections off to the peer node listening here. Proxy mode takes several (repeat
-    /// the option; the policy spreads clients over them); the file server hands off to one.
+    /// Hand connections off to the peer node listening here; repeat the option for several.
+    /// The file server hands its connections to them in turn (one whose channel is down or
+    /// backing off is skipped; a kernel node, --device kernel, to the first only); proxy
+    /// mode's policy spreads clients over them. A drain's rebind (--peer-coa) names the first.
     #[arg(long, value_name = "[ADDR]:PORT", requires = "secret_file")]
     peer: Vec<SocketAddr>,
     /// File holding the cluster secret (at least 16 bytes) keying the control channels.
@@ -522,10 +524,8 @@ fn handoff_config(args: &ServeArgs) -> anyhow::Result<Option<HandoffConfig>> {
             TcpListener::bind(l).with_context(|| format!("--control-listen {l}: cannot listen"))?,
         );
     }
-    if h.peer.len() > 1 {
-        bail!("several --peer need proxy mode (--backend); the file server hands off to one peer");
-    }
     cfg.peer = h.peer.first().copied();
+    cfg.more_peers = h.peer.iter().skip(1).copied().collect();
     cfg.quota = h.handoff_after;
     cfg.max_handoffs = h.max_handoffs;
     cfg.drain = match h.drain {

@@ -1,0 +1,98 @@
+//! A file server with several peers hands its connections to them in turn: `dsha xdp` and
+//! three `dsnode --device afxdp` file servers (transparent steering); node 1 has nodes 2 and 3
+//! as `--peer`s and a byte quota, so that each download leaves it mid-response. Two downloads
+//! one after the other: the first moves to node 2, the second to node 3; both arrive
+//! byte-exact with no client retransmission. Needs root; prints SKIP otherwise.
+
+mod cluster;
+
+use cluster::{Addrs, Cluster};
+use ds_testbed::{require_root, tcp_counters, PatternStream};
+
+const SIZE: usize = 2 << 20;
+const QUOTA: usize = 512 << 10;
+
+#[test]
+fn the_file_server_hands_connections_to_its_peers_in_turn() {
+    if !require_root("the_file_server_hands_connections_to_its_peers_in_turn") {
+        return;
+    }
+    let mut c = Cluster::start("fp", Addrs::new(0xf3, 3));
+    let body = PatternStream::bytes(0xf3f3, SIZE);
+    let root = c.dir.path().join("www");
+    std::fs::create_dir_all(&root).expect("root");
+    std::fs::write(root.join("big.bin"), &body).expect("file");
+    for i in 0..3 {
+        let mut args = vec![
+            "--root".to_string(),
+            root.display().to_string(),
+            "--control-listen".into(),
+            c.a.ctl_listen(i),
+            "--secret-file".into(),
+            c.secret.display().to_string(),
+            "--steering".into(),
+            "transparent".into(),
+            "--ha-control".into(),
+            c.a.ha_control(),
+        ];
+        if i == 0 {
+            args.extend([
+                "--peer".into(),
+                c.a.ctl_listen(1),
+                "--peer".into(),
+                c.a.ctl_listen(2),
+                "--handoff-after".into(),
+                QUOTA.to_string(),
+            ]);
+        }
+        c.start_node(i, &args);
+    }
+    let ds = c.a.ds();
+    for round in 1..=2 {
+        let before = tcp_counters(&c.topo.client).expect("counters");
+        let file = c.dir.path().join(format!("got{round}.bin"));
+        let out = c
+            .topo
+            .client
+            .command("curl")
+            .args([
+                "-sS",
+                "--fail",
+                "--max-time",
+                "60",
+                "--limit-rate",
+                "4M",
+                "-o",
+            ])
+            .arg(&file)
+            .arg(format!("http://[{ds}]/big.bin"))
+            .output()
+            .expect("curl");
+        assert!(
+            out.status.success(),
+            "curl {round}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            std::fs::read(&file).expect("file") == body,
+            "download {round} byte-exact"
+        );
+        let after = tcp_counters(&c.topo.client).expect("counters");
+        let retrans = after.get("TcpRetransSegs").copied().unwrap_or(0)
+            - before.get("TcpRetransSegs").copied().unwrap_or(0);
+        assert_eq!(retrans, 0, "download {round}: client retransmissions");
+        // Download `round` went to node `round + 1` (index `round`), and only there.
+        let adopted = |i: usize| {
+            std::fs::read_to_string(&c.nodes[i].1)
+                .unwrap_or_default()
+                .matches("connection adopted from peer")
+                .count()
+        };
+        assert_eq!(
+            (adopted(1), adopted(2)),
+            if round == 1 { (1, 0) } else { (1, 1) },
+            "after download {round}"
+        );
+    }
+    assert!(c.stop(), "the home agent removed its pins");
+}
