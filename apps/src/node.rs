@@ -84,6 +84,8 @@ pub struct HandoffNode {
     queue: VecDeque<TcpHandle>,
     /// With several peers, the one the next connection goes to first (round robin).
     next_peer: usize,
+    /// Connections the operator asked to move to one peer in particular (`dsctl handoff`).
+    requested_to: std::collections::HashMap<TcpHandle, SocketAddr>,
     /// Route-optimised donor: since when the connection at the head of the queue waits for
     /// its home keygen token.
     ticket_wait: Option<Instant>,
@@ -111,6 +113,7 @@ impl HandoffNode {
             role,
             queue: VecDeque::new(),
             next_peer: 0,
+            requested_to: std::collections::HashMap::new(),
             ticket_wait: None,
 
             cookie: 0,
@@ -187,10 +190,13 @@ impl HandoffNode {
         client: SocketAddrV6,
         to: SocketAddr,
     ) -> Result<(), String> {
-        match self.core.peer() {
-            None => return Err("this node has no peer (--peer)".into()),
-            Some(p) if p != to => return Err(format!("this node hands off to {p} only")),
-            Some(_) => {}
+        let peers = self.core.peers();
+        if peers.is_empty() {
+            return Err("this node has no peer (--peer)".into());
+        }
+        if !peers.contains(&to) {
+            let list: Vec<String> = peers.iter().map(ToString::to_string).collect();
+            return Err(format!("this node hands off to {} only", list.join(", ")));
         }
         if !self.handoffs_left() {
             return Err("this node's --max-handoffs is reached".into());
@@ -211,6 +217,7 @@ impl HandoffNode {
             return Err(format!("the connection of {client} is already leaving"));
         }
         self.queue.push_back(h);
+        self.requested_to.insert(h, to);
         Ok(())
     }
 
@@ -401,6 +408,8 @@ impl HandoffNode {
 
     fn start_next(&mut self, iface: &mut Interface, now: StackInstant, mono: Instant) {
         while let Some(h) = self.queue.pop_front() {
+            // Put back with the connection when it waits at the head of the queue again.
+            let wanted = self.requested_to.remove(&h);
             let client = iface.tcp_endpoints(h).map(|(_, r)| r);
             if !self.handoffs_left() || !self.core.has_peer() || client.is_none() {
                 self.server.resume(h);
@@ -411,6 +420,9 @@ impl HandoffNode {
                     Ticket::Ready(t) => Some(t),
                     Ticket::Wait => {
                         self.queue.push_front(h);
+                        if let Some(p) = wanted {
+                            self.requested_to.insert(h, p);
+                        }
                         return;
                     }
                     Ticket::Missing(why) => {
@@ -422,7 +434,10 @@ impl HandoffNode {
             };
             // The peers in turn, from the one after the last used: the first whose channel
             // is up takes the connection.
-            let peers = self.core.peers().to_vec();
+            let peers: Vec<SocketAddr> = match wanted {
+                Some(p) => vec![p],
+                None => self.core.peers().to_vec(),
+            };
             let mut to = None;
             let mut opening = false;
             let mut why = String::new();
@@ -443,6 +458,9 @@ impl HandoffNode {
                     // connection waits paused, for `CHANNEL_WAIT` at most (then the engine
                     // gives up on that peer and backs off).
                     self.queue.push_front(h);
+                    if let Some(p) = wanted {
+                        self.requested_to.insert(h, p);
+                    }
                     return;
                 }
                 // Every peer backs off or is unreachable: the connection simply goes on here
@@ -457,7 +475,9 @@ impl HandoffNode {
             });
             match started {
                 Ok(()) => {
-                    self.next_peer = i + 1;
+                    if let Some(k) = self.core.peers().iter().position(|p| *p == peer) {
+                        self.next_peer = k + 1;
+                    }
                     if !self.handoffs_left() {
                         // The last one: no more connections get paused here.
                         self.server.set_handoff_quota(None);

@@ -2,11 +2,11 @@
 //! three `dsnode --device afxdp` file servers (transparent steering); node 1 has nodes 2 and 3
 //! as `--peer`s and a byte quota, so that each download leaves it mid-response. Two downloads
 //! one after the other: the first moves to node 2, the second to node 3; both arrive
-//! byte-exact with no client retransmission. Needs root; prints SKIP otherwise.
+//! byte-exact with no client retransmission. `dsctl handoff --to` accepts either peer only. Needs root; prints SKIP otherwise.
 
 mod cluster;
 
-use cluster::{Addrs, Cluster};
+use cluster::{dsctl, Addrs, Cluster};
 use ds_testbed::{require_root, tcp_counters, PatternStream};
 
 const SIZE: usize = 2 << 20;
@@ -43,9 +43,25 @@ fn the_file_server_hands_connections_to_its_peers_in_turn() {
                 c.a.ctl_listen(2),
                 "--handoff-after".into(),
                 QUOTA.to_string(),
+                "--control-socket".into(),
+                c.dir.path().join("node1.sock").display().to_string(),
             ]);
         }
         c.start_node(i, &args);
+    }
+    // The operator may name either peer, nothing else.
+    let refused = dsctl(
+        &c.dir.path().join("node1.sock"),
+        &[
+            "handoff",
+            &format!("[{}]:1", c.a.client()),
+            "--to",
+            "[fd00:f3:1::99]:7000",
+        ],
+    )
+    .expect_err("not a peer");
+    for i in [1, 2] {
+        assert!(refused.contains(&c.a.ctl_listen(i)), "{refused}");
     }
     let ds = c.a.ds();
     for round in 1..=2 {
