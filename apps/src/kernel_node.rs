@@ -178,6 +178,12 @@ pub struct KernelNode {
     control: Vec<std::os::fd::RawFd>,
     /// Clients whose connection the operator asked to move (`dsctl handoff`).
     requested: Vec<SocketAddrV6>,
+    /// The peer each requested connection goes to (`dsctl handoff --to`).
+    requested_to: HashMap<SocketAddrV6, std::net::SocketAddr>,
+    /// With several peers, the one the next connection goes to first (round robin).
+    next_peer: usize,
+    /// The peer [`KernelNode::peer_ready`] found ready, for the handoff that follows.
+    chosen: Option<std::net::SocketAddr>,
     /// Set while the node drains.
     drain: Option<Draining>,
     /// The HTTP server's limits (as the userspace server's).
@@ -230,6 +236,9 @@ impl KernelNode {
             fds: Vec::new(),
             control: Vec::new(),
             requested: Vec::new(),
+            requested_to: HashMap::new(),
+            next_peer: 0,
+            chosen: None,
             drain: None,
             limits: ServerConfig::default(),
         })
@@ -336,10 +345,13 @@ impl KernelNode {
         client: SocketAddrV6,
         to: std::net::SocketAddr,
     ) -> Result<(), String> {
-        match self.core.peer() {
-            None => return Err("this node has no peer (--peer)".into()),
-            Some(p) if p != to => return Err(format!("this node hands off to {p} only")),
-            Some(_) => {}
+        let peers = self.core.peers();
+        if peers.is_empty() {
+            return Err("this node has no peer (--peer)".into());
+        }
+        if !peers.contains(&to) {
+            let list: Vec<String> = peers.iter().map(ToString::to_string).collect();
+            return Err(format!("this node hands off to {} only", list.join(", ")));
         }
         if !self.conns.iter().any(|c| c.client == client) {
             if self.core.moving(client) {
@@ -356,6 +368,7 @@ impl KernelNode {
             ));
         }
         self.requested.push(client);
+        self.requested_to.insert(client, to);
         Ok(())
     }
 
@@ -504,12 +517,14 @@ impl KernelNode {
         let mut k = 0;
         while k < self.conns.len() {
             if !self.core.handing_off() && self.wants_out(&self.conns[k]) {
-                match self.peer_ready() {
+                let wanted = self.requested_to.get(&self.conns[k].client).copied();
+                match self.peer_ready(wanted) {
                     // Not yet: it is served on meanwhile and leaves once the channel is up.
                     Some(Ok(false)) => {}
                     Some(Ok(true)) => {
                         let c = self.conns.swap_remove(k);
                         self.requested.retain(|r| *r != c.client);
+                        self.requested_to.remove(&c.client);
                         if let Some(mut c) = self.hand_off(c) {
                             c.sent_here = 0;
                             self.conns.push(c);
@@ -520,6 +535,7 @@ impl KernelNode {
                     None | Some(Err(_)) => {
                         let client = self.conns[k].client;
                         self.requested.retain(|r| *r != client);
+                        self.requested_to.remove(&client);
                     }
                 }
             }
@@ -536,7 +552,7 @@ impl KernelNode {
                     // one ends.
                     k += 1;
                 }
-                Verdict::Quota => match self.peer_ready() {
+                Verdict::Quota => match self.peer_ready(None) {
                     Some(Ok(true)) => {
                         let c = self.conns.swap_remove(k);
                         if let Some(mut c) = self.hand_off(c) {
@@ -560,11 +576,32 @@ impl KernelNode {
         }
     }
 
-    /// Whether a handoff to the peer can start (see [`Coordinator::peer_ready`]); `None`
+    /// Whether a handoff can start (see [`Coordinator::peer_ready`]): to `wanted`, or else to
+    /// the peers in turn from the one after the last used, the first whose channel is up
+    /// (remembered for [`KernelNode::hand_off`]); `Ok(false)` while one is opening, `None`
     /// without a peer.
-    fn peer_ready(&mut self) -> Option<Result<bool, String>> {
-        let to = self.core.peer()?;
-        Some(self.core.peer_ready(Instant::now(), to))
+    fn peer_ready(&mut self, wanted: Option<std::net::SocketAddr>) -> Option<Result<bool, String>> {
+        let peers: Vec<std::net::SocketAddr> = match wanted {
+            Some(p) => vec![p],
+            None => self.core.peers().to_vec(),
+        };
+        if peers.is_empty() {
+            return None;
+        }
+        let now = Instant::now();
+        let (mut opening, mut why) = (false, String::new());
+        for k in 0..peers.len() {
+            let p = peers[(self.next_peer + k) % peers.len()];
+            match self.core.peer_ready(now, p) {
+                Ok(true) => {
+                    self.chosen = Some(p);
+                    return Some(Ok(true));
+                }
+                Ok(false) => opening = true,
+                Err(e) => why = e,
+            }
+        }
+        Some(if opening { Ok(false) } else { Err(why) })
     }
 
     /// Run `f` with the engine's I/O half, the kernel host and the HTTP service.
@@ -599,8 +636,18 @@ impl KernelNode {
             remote: client,
         };
         let now = Instant::now();
-        match self.with_engine(|core, host, svc| core.hand_off(now, conn, None, host, svc)) {
-            Ok(()) => None,
+        let Some(to) = self.chosen.take().or_else(|| self.core.peer()) else {
+            let http = self.detached.remove(&(local, client))?;
+            let sock = conn.into_socket().ok()?;
+            return Some(Conn::new(sock, http, local, client));
+        };
+        match self.with_engine(|core, host, svc| core.hand_off_to(now, to, conn, None, host, svc)) {
+            Ok(()) => {
+                if let Some(k) = self.core.peers().iter().position(|p| *p == to) {
+                    self.next_peer = k + 1;
+                }
+                None
+            }
             Err(conn) => {
                 let http = self.detached.remove(&(local, client))?;
                 let sock = conn.into_socket().ok()?;

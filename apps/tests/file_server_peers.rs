@@ -2,7 +2,8 @@
 //! three `dsnode --device afxdp` file servers (transparent steering); node 1 has nodes 2 and 3
 //! as `--peer`s and a byte quota, so that each download leaves it mid-response. Two downloads
 //! one after the other: the first moves to node 2, the second to node 3; both arrive
-//! byte-exact with no client retransmission. `dsctl handoff --to` accepts either peer only. Needs root; prints SKIP otherwise.
+//! byte-exact with no client retransmission. `dsctl handoff --to` accepts either peer only.
+//! The same with node 1 on the kernel's own sockets (`--device kernel`, `TCP_REPAIR`). Needs root; prints SKIP otherwise.
 
 mod cluster;
 
@@ -17,7 +18,21 @@ fn the_file_server_hands_connections_to_its_peers_in_turn() {
     if !require_root("the_file_server_hands_connections_to_its_peers_in_turn") {
         return;
     }
-    let mut c = Cluster::start("fp", Addrs::new(0xf3, 3));
+    run(Cluster::start("fp", Addrs::new(0xf3, 3)), "afxdp");
+}
+
+#[test]
+fn a_kernel_file_server_hands_connections_to_its_peers_in_turn() {
+    if !require_root("a_kernel_file_server_hands_connections_to_its_peers_in_turn") {
+        return;
+    }
+    let c = Cluster::start("fk", Addrs::new(0xf4, 3));
+    c.kernel_addrs(0);
+    run(c, "kernel");
+}
+
+/// The scenario with node 1 on `device` (nodes 2 and 3 on AF_XDP).
+fn run(mut c: Cluster, device: &str) {
     let body = PatternStream::bytes(0xf3f3, SIZE);
     let root = c.dir.path().join("www");
     std::fs::create_dir_all(&root).expect("root");
@@ -47,7 +62,8 @@ fn the_file_server_hands_connections_to_its_peers_in_turn() {
                 c.dir.path().join("node1.sock").display().to_string(),
             ]);
         }
-        c.start_node(i, &args);
+        let dev = if i == 0 { device } else { "afxdp" };
+        c.start_dsnode_on(i, dev, &args, "serving http");
     }
     // The operator may name either peer, nothing else.
     let refused = dsctl(

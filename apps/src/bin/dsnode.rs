@@ -266,8 +266,8 @@ struct HandoffArgs {
     control_listen: Option<SocketAddr>,
     /// Hand connections off to the peer node listening here; repeat the option for several.
     /// The file server hands its connections to them in turn (one whose channel is down or
-    /// backing off is skipped; a kernel node, --device kernel, to the first only); proxy
-    /// mode's policy spreads clients over them. A drain's rebind (--peer-coa) names the first.
+    /// backing off is skipped); proxy mode's policy spreads clients over them. A drain's
+    /// rebind (--peer-coa) names the first.
     #[arg(long, value_name = "[ADDR]:PORT", requires = "secret_file")]
     peer: Vec<SocketAddr>,
     /// File holding the cluster secret (at least 16 bytes) keying the control channels.
