@@ -42,6 +42,16 @@ fn compile(name: &str, dir: &Path) -> String {
         "libdserver_c.so is missing in {}: run the suite with `cargo test --workspace`",
         lib.display()
     );
+    // The C programs may load either copy (LD_LIBRARY_PATH, set by cargo, lists both).
+    for dir in [
+        lib.clone(),
+        lib.parent().map(Path::to_path_buf).unwrap_or_default(),
+    ] {
+        let so = dir.join("libdserver_c.so");
+        if so.exists() {
+            cluster::assert_fresh(&so);
+        }
+    }
     let out = dir.join(name);
     let status = std::process::Command::new("cc")
         .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-I"])

@@ -24,6 +24,7 @@ fn example() -> PathBuf {
         "{} is missing: run the suite with `cargo test --workspace` (it builds the examples)",
         p.display()
     );
+    cluster::assert_fresh(&p);
     p
 }
 

@@ -405,3 +405,48 @@ pub fn dsctl(sock: &Path, args: &[&str]) -> Result<serde_json::Value, String> {
     }
     serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
 }
+
+/// Panics, saying how to rebuild, when `artefact` (a library or example another package of
+/// the workspace builds) is older than a source file of the crates it is built from: a stale
+/// one speaks an older protocol and fails in ways that look like bugs ("bad hello:
+/// unsupported version"). `cargo test -p ds-apps` alone does not rebuild it; `cargo test
+/// --workspace` does.
+#[allow(dead_code)] // only the tests that run such artefacts need it
+pub fn assert_fresh(artefact: &Path) {
+    fn newest(dir: &Path, best: &mut std::time::SystemTime) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                newest(&p, best);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                if let Ok(t) = e.metadata().and_then(|m| m.modified()) {
+                    *best = (*best).max(t);
+                }
+            }
+        }
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut src = std::time::UNIX_EPOCH;
+    for krate in [
+        "dserver",
+        "capi",
+        "handoff",
+        "stack",
+        "xdp",
+        "kernel",
+        "mipv6",
+        "membership",
+        "examples",
+    ] {
+        newest(&root.join(krate), &mut src);
+    }
+    let built = std::fs::metadata(artefact)
+        .and_then(|m| m.modified())
+        .unwrap_or(std::time::UNIX_EPOCH);
+    assert!(
+        built >= src,
+        "{} is older than the sources it is built from: rebuild it \
+         (`cargo test --workspace`, or `cargo test -p dserver-c --no-run`, then `cargo build -p dserver-c -p dserver --examples`)",
+        artefact.display()
+    );
+}
