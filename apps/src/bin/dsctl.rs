@@ -118,23 +118,27 @@ fn print_text(v: &serde_json::Value, indent: usize) {
         serde_json::Value::Object(m) => {
             for (k, v) in m {
                 if v.is_object() {
-                    println!("{:indent$}{k}:", "");
+                    ds_apps::outln!("{:indent$}{k}:", "");
                     print_text(v, indent + 2);
                 } else {
-                    println!("{:indent$}{k}: {v}", "");
+                    ds_apps::outln!("{:indent$}{k}: {v}", "");
                 }
             }
         }
-        other => println!("{:indent$}{other}", ""),
+        other => ds_apps::outln!("{:indent$}{other}", ""),
     }
 }
 
 /// `conns` as a table, one connection per line.
 fn print_conns(v: &serde_json::Value) {
     let row = |cells: [&str; 5]| {
-        println!(
+        ds_apps::outln!(
             "{:<42} {:<30} {:<12} {:>12} {:>10}",
-            cells[0], cells[1], cells[2], cells[3], cells[4]
+            cells[0],
+            cells[1],
+            cells[2],
+            cells[3],
+            cells[4]
         )
     };
     row(["CLIENT", "LOCAL", "STATE", "SENT", "AGE_MS"]);
@@ -175,7 +179,7 @@ fn main() -> ExitCode {
         });
     match answer {
         Ok(v) if cli.json => {
-            println!("{v}");
+            ds_apps::outln!("{v}");
             ExitCode::SUCCESS
         }
         Ok(v) if cmd == "conns" => {

@@ -106,7 +106,7 @@ fn run_conns(a: ConnsArgs) -> Result<()> {
     };
     let points = ds_perf::conns::run(&o, |line| tracing::info!("{line}"));
     if a.json {
-        println!("{}", serde_json::to_string(&points)?);
+        ds_apps::outln!("{}", serde_json::to_string(&points)?);
         eprint!("{}", ds_perf::conns::table(&o, &points));
     } else {
         print!("{}", ds_perf::conns::table(&o, &points));
@@ -180,14 +180,14 @@ fn run_http(a: HttpArgs) -> Result<()> {
     let (samples, nginx) = http::run(&opts, &dsnode, |s| {
         if json {
             if let Ok(line) = serde_json::to_string(s) {
-                println!("{line}");
+                ds_apps::outln!("{line}");
             }
         }
     })?;
     let sum = http::summarize(&opts, nginx, &samples);
     let table = http::table(&sum);
     if json {
-        println!("{}", serde_json::to_string(&sum)?);
+        ds_apps::outln!("{}", serde_json::to_string(&sum)?);
         eprint!("{table}");
     } else {
         print!("{table}");
@@ -230,7 +230,7 @@ fn run_api(a: ApiArgs) -> Result<()> {
     };
     let r = ds_perf::api::run(&o, |line| tracing::info!("{line}"));
     if a.json {
-        println!("{}", serde_json::to_string(&r)?);
+        ds_apps::outln!("{}", serde_json::to_string(&r)?);
     } else {
         print!("{}", ds_perf::api::text(&r));
     }
