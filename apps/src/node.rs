@@ -153,7 +153,9 @@ impl HandoffNode {
 
     /// How long the caller's loop may wait for input (see [`Coordinator::max_wait`]).
     pub fn max_wait(&self, idle: Duration) -> Duration {
-        if self.server.has_work() || !self.queue.is_empty() {
+        // Not for a non-empty queue: it may wait for a handoff in progress or a channel that
+        // is opening, and the loop must sleep meanwhile, not spin.
+        if self.server.has_work() {
             return Duration::ZERO;
         }
         self.core.max_wait(Instant::now(), idle)
@@ -339,6 +341,9 @@ impl HandoffNode {
         if self.server.has_work() {
             self.server.poll(iface, now);
             self.queue.extend(self.server.take_handoff_ready());
+            if !self.core.handing_off() {
+                self.start_next(iface, now, mono);
+            }
         }
     }
 

@@ -165,13 +165,16 @@ fn route_optimised_client_sends_to_the_acceptor_care_of_address() {
         return;
     };
     // The client links our stack (a correspondent node); node 2 sends it a Binding Update.
+    // 4 MB, so that plenty flows after the binding: node 2 starts sending at activation, and
+    // the Binding Acknowledgement can come when half of a 1 MB download's rest has gone.
     let opts = Options {
         mode: ds_handoff::Mode::Ro,
+        size: 4_000_000,
         ..Options::default()
     };
     let out = download("route-optimised", opts, 1);
     eprintln!("{out:#?}");
-    assert_eq!(out.bytes, 1_000_000);
+    assert_eq!(out.bytes, 4_000_000);
     assert_eq!(out.client_retransmits, 0, "the client stack retransmitted");
     let h = &out.handoffs[0].report;
     assert_eq!(h.mode, ds_handoff::Mode::Ro);
