@@ -214,7 +214,18 @@ struct Bed {
 impl Drop for Bed {
     fn drop(&mut self) {
         drop(self.ours.take());
-        drop(self.nginx.take());
+        if let Some(mut n) = self.nginx.take() {
+            // SIGTERM first: nginx's master stops its workers on it; a SIGKILL (the guard's)
+            // would leave the workers running, orphaned.
+            if let Ok(pid) = libc::pid_t::try_from(n.id()) {
+                // SAFETY: kill(2) on the pid of our own child, which has not been reaped.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            }
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_secs(3) && matches!(n.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
