@@ -180,8 +180,6 @@ pub struct KernelNode {
     requested: Vec<SocketAddrV6>,
     /// The peer each requested connection goes to (`dsctl handoff --to`).
     requested_to: HashMap<SocketAddrV6, std::net::SocketAddr>,
-    /// With several peers, the one the next connection goes to first (round robin).
-    next_peer: usize,
     /// The peer [`KernelNode::peer_ready`] found ready, for the handoff that follows.
     chosen: Option<std::net::SocketAddr>,
     /// Set while the node drains.
@@ -237,7 +235,6 @@ impl KernelNode {
             control: Vec::new(),
             requested: Vec::new(),
             requested_to: HashMap::new(),
-            next_peer: 0,
             chosen: None,
             drain: None,
             limits: ServerConfig::default(),
@@ -345,14 +342,7 @@ impl KernelNode {
         client: SocketAddrV6,
         to: std::net::SocketAddr,
     ) -> Result<(), String> {
-        let peers = self.core.peers();
-        if peers.is_empty() {
-            return Err("this node has no peer (--peer)".into());
-        }
-        if !peers.contains(&to) {
-            let list: Vec<String> = peers.iter().map(ToString::to_string).collect();
-            return Err(format!("this node hands off to {} only", list.join(", ")));
-        }
+        self.core.check_handoff_to(Instant::now(), to)?;
         if !self.conns.iter().any(|c| c.client == client) {
             if self.core.moving(client) {
                 return Err(format!("the connection of {client} is already leaving"));
@@ -361,11 +351,6 @@ impl KernelNode {
         }
         if self.requested.contains(&client) {
             return Err(format!("the connection of {client} is already leaving"));
-        }
-        if self.core.backing_off(Instant::now(), to) {
-            return Err(format!(
-                "handoffs to {to} back off after failures: try again later"
-            ));
         }
         self.requested.push(client);
         self.requested_to.insert(client, to);
@@ -576,32 +561,16 @@ impl KernelNode {
         }
     }
 
-    /// Whether a handoff can start (see [`Coordinator::peer_ready`]): to `wanted`, or else to
-    /// the peers in turn from the one after the last used, the first whose channel is up
-    /// (remembered for [`KernelNode::hand_off`]); `Ok(false)` while one is opening, `None`
-    /// without a peer.
+    /// Whether a handoff can start now ([`Coordinator::pick_peer`]), remembering the peer for
+    /// [`KernelNode::hand_off`]; `None` without a peer.
     fn peer_ready(&mut self, wanted: Option<std::net::SocketAddr>) -> Option<Result<bool, String>> {
-        let peers: Vec<std::net::SocketAddr> = match wanted {
-            Some(p) => vec![p],
-            None => self.core.peers().to_vec(),
-        };
-        if peers.is_empty() {
+        if !self.core.has_peer() {
             return None;
         }
-        let now = Instant::now();
-        let (mut opening, mut why) = (false, String::new());
-        for k in 0..peers.len() {
-            let p = peers[(self.next_peer + k) % peers.len()];
-            match self.core.peer_ready(now, p) {
-                Ok(true) => {
-                    self.chosen = Some(p);
-                    return Some(Ok(true));
-                }
-                Ok(false) => opening = true,
-                Err(e) => why = e,
-            }
-        }
-        Some(if opening { Ok(false) } else { Err(why) })
+        Some(self.core.pick_peer(Instant::now(), wanted).map(|p| {
+            self.chosen = p;
+            p.is_some()
+        }))
     }
 
     /// Run `f` with the engine's I/O half, the kernel host and the HTTP service.
@@ -642,12 +611,7 @@ impl KernelNode {
             return Some(Conn::new(sock, http, local, client));
         };
         match self.with_engine(|core, host, svc| core.hand_off_to(now, to, conn, None, host, svc)) {
-            Ok(()) => {
-                if let Some(k) = self.core.peers().iter().position(|p| *p == to) {
-                    self.next_peer = k + 1;
-                }
-                None
-            }
+            Ok(()) => None,
             Err(conn) => {
                 let http = self.detached.remove(&(local, client))?;
                 let sock = conn.into_socket().ok()?;

@@ -82,8 +82,6 @@ pub struct HandoffNode {
     role: Option<MobileRole>,
     /// Connections that reached their quota, waiting for their handoff.
     queue: VecDeque<TcpHandle>,
-    /// With several peers, the one the next connection goes to first (round robin).
-    next_peer: usize,
     /// Connections the operator asked to move to one peer in particular (`dsctl handoff`).
     requested_to: std::collections::HashMap<TcpHandle, SocketAddr>,
     /// Route-optimised donor: since when the connection at the head of the queue waits for
@@ -112,7 +110,6 @@ impl HandoffNode {
             mode: cfg.mode,
             role,
             queue: VecDeque::new(),
-            next_peer: 0,
             requested_to: std::collections::HashMap::new(),
             ticket_wait: None,
 
@@ -192,21 +189,9 @@ impl HandoffNode {
         client: SocketAddrV6,
         to: SocketAddr,
     ) -> Result<(), String> {
-        let peers = self.core.peers();
-        if peers.is_empty() {
-            return Err("this node has no peer (--peer)".into());
-        }
-        if !peers.contains(&to) {
-            let list: Vec<String> = peers.iter().map(ToString::to_string).collect();
-            return Err(format!("this node hands off to {} only", list.join(", ")));
-        }
+        self.core.check_handoff_to(Instant::now(), to)?;
         if !self.handoffs_left() {
             return Err("this node's --max-handoffs is reached".into());
-        }
-        if self.core.backing_off(Instant::now(), to) {
-            return Err(format!(
-                "handoffs to {to} back off after failures: try again later"
-            ));
         }
         let (h, paused) = self.server.handle_of(iface, client).ok_or_else(|| {
             if self.core.moving(client) {
@@ -411,9 +396,17 @@ impl HandoffNode {
         Ticket::Missing("no home keygen token (the home test did not answer)")
     }
 
+    /// `h` goes back to the head of the queue, with the peer the operator asked for.
+    fn wait_at_head(&mut self, h: TcpHandle, wanted: Option<SocketAddr>) {
+        self.queue.push_front(h);
+        if let Some(p) = wanted {
+            self.requested_to.insert(h, p);
+        }
+    }
+
     fn start_next(&mut self, iface: &mut Interface, now: StackInstant, mono: Instant) {
         while let Some(h) = self.queue.pop_front() {
-            // Put back with the connection when it waits at the head of the queue again.
+            // Put back by `wait_at_head` when the connection waits again.
             let wanted = self.requested_to.remove(&h);
             let client = iface.tcp_endpoints(h).map(|(_, r)| r);
             if !self.handoffs_left() || !self.core.has_peer() || client.is_none() {
@@ -424,10 +417,7 @@ impl HandoffNode {
                 Some(c) if self.mode == Mode::Ro => match self.ticket(iface, now, mono, c) {
                     Ticket::Ready(t) => Some(t),
                     Ticket::Wait => {
-                        self.queue.push_front(h);
-                        if let Some(p) = wanted {
-                            self.requested_to.insert(h, p);
-                        }
+                        self.wait_at_head(h, wanted);
                         return;
                     }
                     Ticket::Missing(why) => {
@@ -437,52 +427,26 @@ impl HandoffNode {
                 },
                 _ => None,
             };
-            // The peers in turn, from the one after the last used: the first whose channel
-            // is up takes the connection.
-            let peers: Vec<SocketAddr> = match wanted {
-                Some(p) => vec![p],
-                None => self.core.peers().to_vec(),
-            };
-            let mut to = None;
-            let mut opening = false;
-            let mut why = String::new();
-            for k in 0..peers.len() {
-                let i = (self.next_peer + k) % peers.len();
-                match self.core.peer_ready(mono, peers[i]) {
-                    Ok(true) => {
-                        to = Some(i);
-                        break;
-                    }
-                    Ok(false) => opening = true,
-                    Err(e) => why = e.to_string(),
-                }
-            }
-            let Some(i) = to else {
-                if opening {
-                    // A channel is opening (nothing is frozen for a peer without one): the
-                    // connection waits paused, for `CHANNEL_WAIT` at most (then the engine
-                    // gives up on that peer and backs off).
-                    self.queue.push_front(h);
-                    if let Some(p) = wanted {
-                        self.requested_to.insert(h, p);
-                    }
+            let peer = match self.core.pick_peer(mono, wanted) {
+                Ok(Some(p)) => p,
+                Ok(None) => {
+                    // A channel is opening: the connection waits paused at the head.
+                    self.wait_at_head(h, wanted);
                     return;
                 }
-                // Every peer backs off or is unreachable: the connection simply goes on here
-                // (the engine logged the failures that started the back-off).
-                tracing::debug!(client = ?client, "connection kept here: {why}");
-                self.server.resume(h);
-                continue;
+                Err(why) => {
+                    // Backing off or unreachable: the connection simply goes on here (the
+                    // engine logged the failures that started the back-off).
+                    tracing::debug!(client = ?client, "connection kept here: {why}");
+                    self.server.resume(h);
+                    continue;
+                }
             };
-            let peer = peers[i];
             let started = self.with_engine(iface, now, |core, host, svc| {
                 core.hand_off_to(mono, peer, UserConn::Live(h), ticket, host, svc)
             });
             match started {
                 Ok(()) => {
-                    if let Some(k) = self.core.peers().iter().position(|p| *p == peer) {
-                        self.next_peer = k + 1;
-                    }
                     if !self.handoffs_left() {
                         // The last one: no more connections get paused here.
                         self.server.set_handoff_quota(None);

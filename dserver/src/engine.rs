@@ -291,6 +291,9 @@ pub struct Coordinator<C> {
     channel_epoch: u64,
     /// [`HandoffConfig::busy_poll`].
     busy_poll: bool,
+    /// With several peers, the index of the one [`Coordinator::pick_peer`] tries first (the
+    /// one after the last handed to: round robin).
+    rotation: usize,
     /// Acceptor side: a donor announced an offer (`Prepare`); busy-poll until then at most.
     prepared_until: Option<Instant>,
 }
@@ -373,6 +376,7 @@ impl<C: std::fmt::Debug> Coordinator<C> {
             channel_epoch: 0,
             busy_poll: cfg.busy_poll,
             prepared_until: None,
+            rotation: 0,
             unreachable: Vec::new(),
             backoff: std::collections::HashMap::new(),
             opening: std::collections::HashMap::new(),
@@ -535,6 +539,56 @@ impl<C: std::fmt::Debug> Coordinator<C> {
     /// Whether handoffs to `peer` wait at `now` after failures.
     pub fn backing_off(&self, now: Instant, peer: SocketAddr) -> bool {
         self.backoff.get(&peer).is_some_and(|b| now < b.until)
+    }
+
+    /// Whether an operator may ask for a handoff to `to` now (`dsctl handoff --to`): it must
+    /// be one of this node's peers and not backing off.
+    pub fn check_handoff_to(&self, now: Instant, to: SocketAddr) -> Result<(), String> {
+        if self.peers.is_empty() {
+            return Err("this node has no peer (--peer)".into());
+        }
+        if !self.peers.contains(&to) {
+            let list: Vec<String> = self.peers.iter().map(ToString::to_string).collect();
+            return Err(format!("this node hands off to {} only", list.join(", ")));
+        }
+        if self.backing_off(now, to) {
+            return Err(format!(
+                "handoffs to {to} back off after failures: try again later"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The peer the next handoff should go to: `wanted` if given, else the peers in turn from
+    /// the one after the last handed to, the first whose channel is up
+    /// ([`Coordinator::peer_ready`]). `Ok(None)`: a channel is opening, wait (nothing is
+    /// frozen for a peer without one; the engine gives up on it after `CHANNEL_WAIT`);
+    /// `Err`: none can take a connection now (no peer, or all back off or are unreachable).
+    pub fn pick_peer(
+        &mut self,
+        now: Instant,
+        wanted: Option<SocketAddr>,
+    ) -> Result<Option<SocketAddr>, String> {
+        let candidates: Vec<SocketAddr> = match wanted {
+            Some(p) => vec![p],
+            None => (0..self.peers.len())
+                .map(|k| self.peers[(self.rotation + k) % self.peers.len()])
+                .collect(),
+        };
+        let mut opening = false;
+        let mut why = String::from("this node has no peer");
+        for p in candidates {
+            match self.peer_ready(now, p) {
+                Ok(true) => return Ok(Some(p)),
+                Ok(false) => opening = true,
+                Err(e) => why = e,
+            }
+        }
+        if opening {
+            Ok(None)
+        } else {
+            Err(why)
+        }
     }
 
     fn note_unreachable(&mut self, peer: SocketAddr) {
@@ -817,6 +871,7 @@ impl<C: std::fmt::Debug> Coordinator<C> {
                 }
                 self.current = Some(d);
                 self.current_to = i;
+                self.rotation = i + 1;
                 // Look at the drain now, not at the next round: what it waits for (the
                 // client's ACK) may be in already, and the next round can be a whole idle
                 // wait away (a millisecond, measured as the drain of one handoff in ten).
