@@ -9,7 +9,7 @@
 mod cluster;
 
 use cluster::{dsctl, Addrs, Cluster, UP};
-use ds_testbed::{require_root, tcp_counters, PatternStream};
+use ds_testbed::{require_root, PatternStream};
 use std::time::{Duration, Instant};
 
 /// The download: 8 MiB at 2 MB/s, so that the operator has seconds to act.
@@ -41,7 +41,7 @@ fn run(mut c: Cluster, device: &str) {
     let (client, ds, to) = (c.a.client(), c.a.ds(), c.a.ctl_listen(1));
     let topo = &c.topo;
 
-    let before = tcp_counters(&topo.client).expect("counters");
+    let before = c.client_retransmits();
     let file = c.dir.path().join("got.bin");
     let mut curl = topo
         .client
@@ -87,10 +87,7 @@ fn run(mut c: Cluster, device: &str) {
     let got = std::fs::read(&file).expect("downloaded file");
     assert_eq!(got.len(), body.len(), "length");
     assert!(got == body, "the file arrived corrupted");
-    let after = tcp_counters(&topo.client).expect("counters");
-    let retrans = after.get("TcpRetransSegs").copied().unwrap_or(0)
-        - before.get("TcpRetransSegs").copied().unwrap_or(0);
-    assert_eq!(retrans, 0, "client retransmissions");
+    assert_eq!(c.client_retransmits() - before, 0, "client retransmissions");
 
     // Node 2 adopted it; node 1 printed the report (one JSON line with the seven phases).
     let s2 = dsctl(&socks[1], &["status"]).expect("dsctl status");

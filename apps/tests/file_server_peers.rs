@@ -8,7 +8,7 @@
 mod cluster;
 
 use cluster::{dsctl, Addrs, Cluster};
-use ds_testbed::{require_root, tcp_counters, PatternStream};
+use ds_testbed::{require_root, PatternStream};
 
 const SIZE: usize = 2 << 20;
 const QUOTA: usize = 512 << 10;
@@ -79,40 +79,9 @@ fn run(mut c: Cluster, device: &str) {
     for i in [1, 2] {
         assert!(refused.contains(&c.a.ctl_listen(i)), "{refused}");
     }
-    let ds = c.a.ds();
     for round in 1..=2 {
-        let before = tcp_counters(&c.topo.client).expect("counters");
-        let file = c.dir.path().join(format!("got{round}.bin"));
-        let out = c
-            .topo
-            .client
-            .command("curl")
-            .args([
-                "-sS",
-                "--fail",
-                "--max-time",
-                "60",
-                "--limit-rate",
-                "4M",
-                "-o",
-            ])
-            .arg(&file)
-            .arg(format!("http://[{ds}]/big.bin"))
-            .output()
-            .expect("curl");
-        assert!(
-            out.status.success(),
-            "curl {round}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            std::fs::read(&file).expect("file") == body,
-            "download {round} byte-exact"
-        );
-        let after = tcp_counters(&c.topo.client).expect("counters");
-        let retrans = after.get("TcpRetransSegs").copied().unwrap_or(0)
-            - before.get("TcpRetransSegs").copied().unwrap_or(0);
-        assert_eq!(retrans, 0, "download {round}: client retransmissions");
+        let got = c.download("big.bin", "4M", &format!("got{round}.bin"));
+        assert!(got == body, "download {round} byte-exact");
         // Download `round` went to node `round + 1` (index `round`), and only there.
         let adopted = |i: usize| {
             std::fs::read_to_string(&c.nodes[i].1)

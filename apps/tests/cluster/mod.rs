@@ -309,15 +309,20 @@ impl Cluster {
         self.nodes.push((p, log, out));
     }
 
-    /// curl downloads `/SIZE` from the DS address at 4 MB/s (so that a handoff happens
-    /// mid-download) from servers that answer with `size` bytes of the example pattern (byte
-    /// i is i mod 251); asserts that it arrives whole and byte-exact and that the client
-    /// retransmitted nothing.
-    pub fn download_pattern(&self, size: usize) {
-        let topo = &self.topo;
-        let before = tcp_counters(&topo.client).expect("counters");
-        let file = self.dir.path().join("got.bin");
-        let out = topo
+    /// The client's kernel's count of retransmitted TCP segments (`TcpRetransSegs`).
+    pub fn client_retransmits(&self) -> u64 {
+        let c = tcp_counters(&self.topo.client).expect("counters");
+        c.get("TcpRetransSegs").copied().unwrap_or(0)
+    }
+
+    /// curl downloads `/path` from the DS address at `rate` (so that a handoff happens
+    /// mid-download) into `DIR/name`; asserts that curl succeeded and that the client
+    /// retransmitted nothing meanwhile; returns what arrived.
+    pub fn download(&self, path: &str, rate: &str, name: &str) -> Vec<u8> {
+        let before = self.client_retransmits();
+        let file = self.dir.path().join(name);
+        let out = self
+            .topo
             .client
             .command("curl")
             .args([
@@ -326,29 +331,37 @@ impl Cluster {
                 "--max-time",
                 "60",
                 "--limit-rate",
-                "4M",
+                rate,
                 "-o",
             ])
             .arg(&file)
-            .arg(format!("http://[{}]/{size}", self.a.ds()))
+            .arg(format!("http://[{}]/{path}", self.a.ds()))
             .output()
             .expect("curl");
         assert!(
             out.status.success(),
-            "curl: {}",
+            "curl {path}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let got = std::fs::read(&file).expect("downloaded file");
+        assert_eq!(
+            self.client_retransmits() - before,
+            0,
+            "client retransmissions"
+        );
+        std::fs::read(&file).expect("downloaded file")
+    }
+
+    /// [`Cluster::download`] of `/SIZE` at 4 MB/s from servers that answer with `size` bytes
+    /// of the example pattern (byte i is i mod 251); asserts that it arrives whole and
+    /// byte-exact.
+    pub fn download_pattern(&self, size: usize) {
+        let got = self.download(&size.to_string(), "4M", "got.bin");
         assert_eq!(got.len(), size, "length");
         let bad = got
             .iter()
             .enumerate()
             .position(|(i, b)| *b != (i % 251) as u8);
         assert_eq!(bad, None, "first wrong byte");
-        let after = tcp_counters(&topo.client).expect("counters");
-        let retrans = after.get("TcpRetransSegs").copied().unwrap_or(0)
-            - before.get("TcpRetransSegs").copied().unwrap_or(0);
-        assert_eq!(retrans, 0, "client retransmissions");
     }
 
     /// SIGINT to the nodes, then the home agent; true when the home agent removed its pins.
@@ -446,7 +459,7 @@ pub fn assert_fresh(artefact: &Path) {
     assert!(
         built >= src,
         "{} is older than the sources it is built from: rebuild it \
-         (`cargo test --workspace`, or `cargo test -p dserver-c --no-run`, then `cargo build -p dserver-c -p dserver --examples`)",
+         (`cargo test --workspace`, or `cargo test -p dserver-c --no-run`, then `cargo build -p dserver-c` and `cargo build -p dserver --examples`)",
         artefact.display()
     );
 }
