@@ -111,150 +111,118 @@ where
     Ok(())
 }
 
-/// Write `DIR/dsperf-stack.svg`: throughput (upload, download) and latency (p50, p99) medians
-/// per server, with min-max whiskers over the repeats. Returns the file's path.
-pub fn write_stack_svg(sum: &Summary, dir: &Path) -> Result<PathBuf> {
+/// Write `DIR/file`: a title, two panels side by side and a footnote. Returns the path.
+fn two_panel_svg(
+    dir: &Path,
+    file: &str,
+    title: &str,
+    panels: [Panel<'_>; 2],
+    foot_note: &str,
+) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    let path = dir.join("dsperf-stack.svg");
+    let path = dir.join(file);
     {
         let root = SVGBackend::new(&path, (1200, 560)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| anyhow!("fill: {e}"))?;
-        let o = &sum.options;
-        let title = format!(
-            "dsperf stack: a kernel TCP client against TCP servers behind TAP ({} MiB bulk, {} x {} B RR, median of {} repeats)",
-            o.bytes >> 20,
-            o.rounds,
-            o.msg_size,
-            o.repeat
-        );
         let root = root
-            .titled(&title, (FONT, 18))
+            .titled(title, (FONT, 18))
             .map_err(|e| anyhow!("title: {e}"))?;
         let (body, foot) = root.split_vertically(500);
         let (left, right) = body.split_horizontally(600);
-        let name = |s: crate::stack::Server| match s {
-            crate::stack::Server::Kernel => "kernel (TAP+relay)".to_string(),
-            crate::stack::Server::KernelVeth => "kernel (veth, ref.)".to_string(),
-            x => x.name().to_string(),
-        };
-        draw_panel(
-            &left,
-            &Panel {
-                title: "bulk throughput (higher is better)",
-                unit: "Gbit/s",
-                series: ["upload (client -> server)", "download (server -> client)"],
-                groups: sum
-                    .servers
-                    .iter()
-                    .map(|s| (name(s.server), [s.upload_gbit_per_s, s.download_gbit_per_s]))
-                    .collect(),
-                decimals: 2,
-            },
-        )?;
-        draw_panel(
-            &right,
-            &Panel {
-                title: "request/response round trip (lower is better)",
-                unit: "microseconds",
-                series: ["p50", "p99"],
-                groups: sum
-                    .servers
-                    .iter()
-                    .map(|s| (name(s.server), [s.rr_p50_us, s.rr_p99_us]))
-                    .collect(),
-                decimals: 1,
-            },
-        )?;
-        foot.draw(&Text::new(
-            "kernel (TAP+relay), the baseline: frames cross a second TAP and a userspace relay thread; ours, smoltcp: one TAP; kernel (veth, ref.): no TAP. Whiskers: min-max over repeats.",
-            (12, 20),
-            (FONT, 13),
-        ))
-        .map_err(|e| anyhow!("footnote: {e}"))?;
+        let [l, r] = panels;
+        draw_panel(&left, &l)?;
+        draw_panel(&right, &r)?;
+        foot.draw(&Text::new(foot_note, (12, 20), (FONT, 13)))
+            .map_err(|e| anyhow!("footnote: {e}"))?;
         root.present()
             .map_err(|e| anyhow!("write {}: {e}", path.display()))?;
     }
     Ok(path)
+}
+
+/// Write `DIR/dsperf-stack.svg`: throughput (upload, download) and latency (p50, p99) medians
+/// per server, with min-max whiskers over the repeats. Returns the file's path.
+pub fn write_stack_svg(sum: &Summary, dir: &Path) -> Result<PathBuf> {
+    let o = &sum.options;
+    let title = format!(
+        "dsperf stack: a kernel TCP client against TCP servers behind TAP ({} MiB bulk, {} x {} B RR, median of {} repeats)",
+        o.bytes >> 20,
+        o.rounds,
+        o.msg_size,
+        o.repeat
+    );
+    let name = |s: crate::stack::Server| match s {
+        crate::stack::Server::Kernel => "kernel (TAP+relay)".to_string(),
+        crate::stack::Server::KernelVeth => "kernel (veth, ref.)".to_string(),
+        x => x.name().to_string(),
+    };
+    let bulk = Panel {
+        title: "bulk throughput (higher is better)",
+        unit: "Gbit/s",
+        series: ["upload (client -> server)", "download (server -> client)"],
+        groups: sum
+            .servers
+            .iter()
+            .map(|s| (name(s.server), [s.upload_gbit_per_s, s.download_gbit_per_s]))
+            .collect(),
+        decimals: 2,
+    };
+    let rr = Panel {
+        title: "request/response round trip (lower is better)",
+        unit: "microseconds",
+        series: ["p50", "p99"],
+        groups: sum
+            .servers
+            .iter()
+            .map(|s| (name(s.server), [s.rr_p50_us, s.rr_p99_us]))
+            .collect(),
+        decimals: 1,
+    };
+    two_panel_svg(
+        dir,
+        "dsperf-stack.svg",
+        &title,
+        [bulk, rr],
+        "kernel (TAP+relay), the baseline: frames cross a second TAP and a userspace relay thread; ours, smoltcp: one TAP; kernel (veth, ref.): no TAP. Whiskers: min-max over repeats.",
+    )
 }
 
 /// Write `DIR/dsperf-http.svg`: requests per second and p99 latency (medians, min–max
 /// whiskers) per workload, ours beside nginx. Returns the file's path.
 pub fn write_http_svg(sum: &crate::http::Summary, dir: &Path) -> Result<PathBuf> {
-    use crate::http::Target;
-    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    let path = dir.join("dsperf-http.svg");
-    {
-        let root = SVGBackend::new(&path, (1200, 560)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| anyhow!("fill: {e}"))?;
-        let o = &sum.options;
-        let title = format!(
-            "dsperf http: wrk -t1 keep-alive against dsnode (AF_XDP) and nginx (kernel TCP), {} s each, median of {} repeats",
-            o.duration.as_secs(),
-            o.repeats
-        );
-        let root = root
-            .titled(&title, (FONT, 18))
-            .map_err(|e| anyhow!("title: {e}"))?;
-        let (body, foot) = root.split_vertically(500);
-        let (left, right) = body.split_horizontally(600);
-        draw_panel(
-            &left,
-            &Panel {
-                title: "requests per second (higher is better)",
-                unit: "req/s",
-                series: ["ours (dsnode, AF_XDP)", "nginx (kernel TCP)"],
-                groups: sum
-                    .cases
-                    .iter()
-                    .map(|c| {
-                        (
-                            c.case.label(),
-                            [Target::Ours, Target::Nginx].map(|t| pick(c, t).and_then(|s| s.rps)),
-                        )
-                    })
-                    .collect(),
-                decimals: 0,
-            },
-        )?;
-        draw_panel(
-            &right,
-            &Panel {
-                title: "p99 latency (lower is better)",
-                unit: "microseconds",
-                series: ["ours (dsnode, AF_XDP)", "nginx (kernel TCP)"],
-                groups: sum
-                    .cases
-                    .iter()
-                    .map(|c| {
-                        (
-                            c.case.label(),
-                            [Target::Ours, Target::Nginx].map(|t| {
-                                pick(c, t).and_then(|s| s.latency_us.get(3).copied().flatten())
-                            }),
-                        )
-                    })
-                    .collect(),
-                decimals: 0,
-            },
-        )?;
-        foot.draw(&Text::new(
-            format!(
-                "Each server alone behind its own veth pair, pinned to core {}; wrk on core {}. Kernel offloads at their defaults (client tx checksum off towards AF_XDP). Whiskers: min-max over repeats.",
-                o.server_cpu, o.client_cpu
-            ),
-            (12, 20),
-            (FONT, 13),
-        ))
-        .map_err(|e| anyhow!("footnote: {e}"))?;
-        root.present()
-            .map_err(|e| anyhow!("write {}: {e}", path.display()))?;
-    }
-    Ok(path)
-}
-
-fn pick(
-    c: &crate::http::CaseSummary,
-    t: crate::http::Target,
-) -> Option<&crate::http::TargetSummary> {
-    c.targets.iter().find(|s| s.target == t)
+    use crate::http::{CaseSummary, Target, TargetSummary};
+    let o = &sum.options;
+    let title = format!(
+        "dsperf http: wrk -t1 keep-alive against dsnode (AF_XDP) and nginx (kernel TCP), {} s each, median of {} repeats",
+        o.duration.as_secs(),
+        o.repeats
+    );
+    let series = ["ours (dsnode, AF_XDP)", "nginx (kernel TCP)"];
+    // Per workload, one figure of each server.
+    let groups = |f: &dyn Fn(&TargetSummary) -> Option<Stat>| -> Vec<(String, [Option<Stat>; 2])> {
+        let of = |c: &CaseSummary, t: Target| c.targets.iter().find(|s| s.target == t).and_then(f);
+        sum.cases
+            .iter()
+            .map(|c| (c.case.label(), [of(c, Target::Ours), of(c, Target::Nginx)]))
+            .collect()
+    };
+    let rps = Panel {
+        title: "requests per second (higher is better)",
+        unit: "req/s",
+        series,
+        groups: groups(&|s| s.rps),
+        decimals: 0,
+    };
+    let p99 = Panel {
+        title: "p99 latency (lower is better)",
+        unit: "microseconds",
+        series,
+        groups: groups(&|s| s.latency_us.get(3).copied().flatten()),
+        decimals: 0,
+    };
+    let foot = format!(
+        "Each server alone behind its own veth pair, pinned to core {}; wrk on core {}. Kernel offloads at their defaults (client tx checksum off towards AF_XDP). Whiskers: min-max over repeats.",
+        o.server_cpu, o.client_cpu
+    );
+    two_panel_svg(dir, "dsperf-http.svg", &title, [rps, p99], &foot)
 }
