@@ -22,9 +22,6 @@ const SERVER: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xc0, 0, 0, 0, 0, 0, 0x80);
 const PORT: u16 = 80;
 /// Client ports per client address.
 const PORTS: u32 = 50_000;
-/// Connections served per timed round: one, so that every count has the same per-round work
-/// (with several, one connection would take a batch of requests at once).
-const BATCH: usize = 1;
 const MSG: usize = 64;
 
 /// What to measure.
@@ -69,14 +66,42 @@ fn client_addr(k: usize) -> Ipv6Addr {
     Ipv6Addr::new(0xfd00, 0xc0, 0, 0, 0, 0, 1, k as u16)
 }
 
-/// Both stacks and the frames in flight between them.
+/// Frames in flight between the two stacks, their buffers reused.
+#[derive(Default)]
+struct Wire {
+    frames: Vec<Vec<u8>>,
+    spare: Vec<Vec<u8>>,
+}
+
+impl Wire {
+    /// Take what `from` has to send; the number of frames now on the wire.
+    fn take(&mut self, from: &mut Interface, now: ds_stack::Instant) -> usize {
+        let Wire { frames, spare } = self;
+        from.transmit(now, &mut |f: &[u8]| {
+            let mut b = spare.pop().unwrap_or_default();
+            b.clear();
+            b.extend_from_slice(f);
+            frames.push(b);
+        });
+        frames.len()
+    }
+
+    /// Hand every frame on the wire to `to`.
+    fn deliver(&mut self, to: &mut Interface, now: ds_stack::Instant) {
+        for f in self.frames.drain(..) {
+            to.receive(now, &f);
+            self.spare.push(f);
+        }
+    }
+}
+
+/// Both stacks and the wire between them.
 struct Pair {
     clock: Clock,
     cli: Interface,
     srv: Interface,
     listener: ListenHandle,
-    frames: Vec<Vec<u8>>,
-    spare: Vec<Vec<u8>>,
+    wire: Wire,
 }
 
 impl Pair {
@@ -99,65 +124,29 @@ impl Pair {
             cli,
             srv,
             listener,
-            frames: Vec::new(),
-            spare: Vec::new(),
+            wire: Wire::default(),
         }
     }
 
-    /// Move what `from` has to send into `to`; the number of frames.
-    fn carry(
-        frames: &mut Vec<Vec<u8>>,
-        spare: &mut Vec<Vec<u8>>,
-        from: &mut Interface,
-        to: &mut Interface,
-        now: ds_stack::Instant,
-    ) -> usize {
-        from.transmit(now, &mut |f: &[u8]| {
-            let mut b = spare.pop().unwrap_or_default();
-            b.clear();
-            b.extend_from_slice(f);
-            frames.push(b);
-        });
-        let n = frames.len();
-        for f in frames.drain(..) {
-            to.receive(now, &f);
-            spare.push(f);
-        }
-        n
-    }
-
-    fn carry_to_server(&mut self) -> usize {
+    /// One round each way, untimed.
+    fn exchange(&mut self) {
         let now = self.clock.now();
         self.cli.poll(now);
-        Self::carry(
-            &mut self.frames,
-            &mut self.spare,
-            &mut self.cli,
-            &mut self.srv,
-            now,
-        )
-    }
-
-    fn carry_to_client(&mut self) -> usize {
-        let now = self.clock.now();
+        self.wire.take(&mut self.cli, now);
+        self.wire.deliver(&mut self.srv, now);
         self.srv.poll(now);
-        Self::carry(
-            &mut self.frames,
-            &mut self.spare,
-            &mut self.srv,
-            &mut self.cli,
-            now,
-        )
+        self.wire.take(&mut self.srv, now);
+        self.wire.deliver(&mut self.cli, now);
     }
 }
 
-/// Open `n` connections; the client's and the server's handles, index for index.
-fn open(p: &mut Pair, n: usize) -> (Vec<TcpHandle>, Vec<TcpHandle>) {
+/// Open `n` connections (the server accepts them all); the client's handles.
+fn open(p: &mut Pair, n: usize) -> Vec<TcpHandle> {
     let mut cli = Vec::with_capacity(n);
-    let mut srv = Vec::with_capacity(n);
+    let mut accepted = 0;
     let remote = SocketAddrV6::new(SERVER, PORT, 0, 0);
     let start = Instant::now();
-    while srv.len() < n {
+    while accepted < n {
         // A thousand handshakes at a time keep the frame queues short.
         let upto = (cli.len() + 1000).min(n);
         while cli.len() < upto {
@@ -171,35 +160,18 @@ fn open(p: &mut Pair, n: usize) -> (Vec<TcpHandle>, Vec<TcpHandle>) {
             let now = p.clock.now();
             cli.push(p.cli.tcp_connect(now, local, remote).expect("connect"));
         }
-        while srv.len() < cli.len() {
+        while accepted < cli.len() {
             assert!(
                 start.elapsed() < Duration::from_secs(600),
                 "handshakes stuck"
             );
-            p.carry_to_server();
-            p.carry_to_client();
-            while let Some(h) = p.srv.tcp_accept(p.listener) {
-                srv.push(h);
+            p.exchange();
+            while p.srv.tcp_accept(p.listener).is_some() {
+                accepted += 1;
             }
         }
     }
-    // The server accepts in handshake order; pair the handles by the client's port.
-    let mut by_port: Vec<(SocketAddrV6, TcpHandle)> = srv
-        .iter()
-        .map(|&h| (p.srv.tcp_endpoints(h).expect("endpoints").1, h))
-        .collect();
-    by_port.sort_by_key(|(a, _)| (*a.ip(), a.port()));
-    let srv = cli
-        .iter()
-        .map(|&h| {
-            let local = p.cli.tcp_endpoints(h).expect("endpoints").0;
-            let k = by_port
-                .binary_search_by_key(&(*local.ip(), local.port()), |(a, _)| (*a.ip(), a.port()))
-                .expect("accepted");
-            by_port[k].1
-        })
-        .collect();
-    (cli, srv)
+    cli
 }
 
 /// A small deterministic generator (xorshift64*): the same picks on every run.
@@ -214,52 +186,28 @@ impl Rng {
     }
 }
 
-/// Time `exchanges` request/response exchanges: (server ns per frame, frames per exchange).
-fn measure(
-    p: &mut Pair,
-    cli: &[TcpHandle],
-    srv: &[TcpHandle],
-    exchanges: usize,
-    seed: u64,
-) -> (f64, f64) {
-    let n = cli.len();
-    let batch = BATCH.min(n);
+/// Time `exchanges` request/response exchanges on connections of `cli` picked at random:
+/// (server ns per frame, frames per exchange).
+fn measure(p: &mut Pair, cli: &[TcpHandle], exchanges: usize, seed: u64) -> (f64, f64) {
     let mut rng = Rng(seed | 1);
     let req = [0x5a_u8; MSG];
     let mut buf = [0u8; 4096];
     let mut ready = Vec::new();
-    let mut picked = Vec::with_capacity(batch);
-    let (mut busy, mut frames, mut done) = (Duration::ZERO, 0usize, 0usize);
-    while done < exchanges {
-        picked.clear();
-        while picked.len() < batch {
-            let i = rng.below(n);
-            if !picked.contains(&i) {
-                picked.push(i);
-            }
-        }
+    let (mut busy, mut frames) = (Duration::ZERO, 0usize);
+    for _ in 0..exchanges {
+        let c = cli[rng.below(cli.len())];
         let now = p.clock.now();
-        for &i in &picked {
-            let sent = p.cli.tcp_send(cli[i], &req).expect("client send");
-            assert_eq!(sent, MSG, "client send buffer full");
-        }
+        let sent = p.cli.tcp_send(c, &req).expect("client send");
+        assert_eq!(sent, MSG, "client send buffer full");
         p.cli.poll(now);
-        p.cli.transmit(now, &mut |f: &[u8]| {
-            let mut b = p.spare.pop().unwrap_or_default();
-            b.clear();
-            b.extend_from_slice(f);
-            p.frames.push(b);
-        });
+        p.wire.take(&mut p.cli, now);
         // The server's work, timed: take the frames, serve the ready connections, transmit.
         // The stack's clock is read before the timer starts (it is the caller's, not the
         // stack's, cost; a clock read is ~25 ns on this VM).
         let now = p.clock.now();
         let t = Instant::now();
-        frames += p.frames.len();
-        for f in p.frames.drain(..) {
-            p.srv.receive(now, &f);
-            p.spare.push(f);
-        }
+        frames += p.wire.frames.len();
+        p.wire.deliver(&mut p.srv, now);
         p.srv.poll(now);
         p.srv.tcp_take_ready(&mut ready);
         for &h in &ready {
@@ -271,31 +219,18 @@ fn measure(
             }
         }
         ready.clear();
-        p.srv.transmit(now, &mut |f: &[u8]| {
-            let mut b = p.spare.pop().unwrap_or_default();
-            b.clear();
-            b.extend_from_slice(f);
-            p.frames.push(b);
-        });
-        frames += p.frames.len();
+        frames += p.wire.take(&mut p.srv, now);
         busy += t.elapsed();
-        for f in p.frames.drain(..) {
-            p.cli.receive(now, &f);
-            p.spare.push(f);
-        }
-        for &i in &picked {
-            while let Ok(k) = p.cli.tcp_recv(cli[i], &mut buf) {
-                if k == 0 {
-                    break;
-                }
+        p.wire.deliver(&mut p.cli, now);
+        while let Ok(k) = p.cli.tcp_recv(c, &mut buf) {
+            if k == 0 {
+                break;
             }
         }
-        done += batch;
     }
-    debug_assert_eq!(srv.len(), n);
     (
         busy.as_nanos() as f64 / frames.max(1) as f64,
-        frames as f64 / done as f64,
+        frames as f64 / exchanges.max(1) as f64,
     )
 }
 
@@ -305,15 +240,15 @@ pub fn run(o: &Options, mut progress: impl FnMut(&str)) -> Vec<Point> {
     for &n in &o.counts {
         let t = Instant::now();
         let mut p = Pair::new(n);
-        let (cli, srv) = open(&mut p, n);
+        let cli = open(&mut p, n);
         let setup_s = t.elapsed().as_secs_f64();
         progress(&format!("{n} connections open in {setup_s:.1} s"));
         // One unrecorded pass warms the caches and the client's ACK clocking.
-        measure(&mut p, &cli, &srv, o.exchanges.min(10_000), 7);
+        measure(&mut p, &cli, o.exchanges.min(10_000), 7);
         let mut ns = Vec::new();
         let mut per = Vec::new();
         for r in 0..o.repeats {
-            let (x, f) = measure(&mut p, &cli, &srv, o.exchanges, 11 + r as u64);
+            let (x, f) = measure(&mut p, &cli, o.exchanges, 11 + r as u64);
             progress(&format!(
                 "{n} connections, repeat {}: {x:.0} ns per packet",
                 r + 1
