@@ -206,8 +206,8 @@ struct Bed {
     ours: Option<Child>,
     nginx: Option<Child>,
     cli: Netns,
-    _o: Netns,
-    _n: Netns,
+    ours_ns: Netns,
+    nginx_ns: Netns,
     dir: PathBuf,
 }
 
@@ -365,8 +365,8 @@ impl Bed {
             ours: None,
             nginx: None,
             cli,
-            _o: o,
-            _n: n,
+            ours_ns: o,
+            nginx_ns: n,
             dir: dir.clone(),
         };
         if opts.targets.contains(&Target::Ours) {
@@ -390,7 +390,7 @@ impl Bed {
                 &root.display().to_string(),
             ]
             .map(String::from);
-            let (mut child, log, _) = bed._o.spawn_logged("taskset", &args, &dir, "dsnode")?;
+            let (mut child, log, _) = bed.ours_ns.spawn_logged("taskset", &args, &dir, "dsnode")?;
             wait_serving(&bed.cli, OURS, &mut child, "dsnode")
                 .with_context(|| std::fs::read_to_string(&log).unwrap_or_default())?;
             bed.ours = Some(child);
@@ -409,45 +409,13 @@ impl Bed {
                 "daemon off;",
             ]
             .map(String::from);
-            let (mut child, log, _) = bed._n.spawn_logged("taskset", &args, &dir, "nginx")?;
+            let (mut child, log, _) = bed.nginx_ns.spawn_logged("taskset", &args, &dir, "nginx")?;
             wait_serving(&bed.cli, NGINX, &mut child, "nginx")
                 .with_context(|| std::fs::read_to_string(&log).unwrap_or_default())?;
             bed.nginx = Some(child);
         }
         Ok(bed)
     }
-}
-
-/// Per-core busy and total jiffies from /proc/stat.
-fn cpu_times() -> Vec<(u64, u64)> {
-    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    text.lines()
-        .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
-        .map(|l| {
-            let v: Vec<u64> = l
-                .split_whitespace()
-                .skip(1)
-                .filter_map(|x| x.parse().ok())
-                .collect();
-            let total: u64 = v.iter().take(8).sum();
-            let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
-            (total - idle.min(total), total)
-        })
-        .collect()
-}
-
-fn busy_between(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<f64> {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| {
-            let t = y.1.saturating_sub(x.1);
-            if t == 0 {
-                0.0
-            } else {
-                y.0.saturating_sub(x.0) as f64 / t as f64
-            }
-        })
-        .collect()
 }
 
 #[derive(serde::Deserialize)]
@@ -468,7 +436,7 @@ fn wrk(bed: &Bed, opts: &Options, t: Target, c: Case, d: Duration) -> Result<(Wr
     let secs = format!("{}s", d.as_secs().max(1));
     let conns = c.conns.to_string();
     let cpu = opts.client_cpu.to_string();
-    let before = cpu_times();
+    let before = crate::stack::load::cores();
     let out = bed
         .cli
         .command("taskset")
@@ -479,7 +447,7 @@ fn wrk(bed: &Bed, opts: &Options, t: Target, c: Case, d: Duration) -> Result<(Wr
         .stdin(std::process::Stdio::null())
         .output()
         .context("run wrk")?;
-    let busy = busy_between(&before, &cpu_times());
+    let busy = crate::stack::load::cores_busy(&before, &crate::stack::load::cores());
     let text = String::from_utf8_lossy(&out.stdout);
     ensure!(
         out.status.success(),

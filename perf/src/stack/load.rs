@@ -34,17 +34,19 @@ fn clock_ticks() -> f64 {
     }
 }
 
+/// The counters of one `cpu…` line of `/proc/stat` (user, nice, system, idle, iowait, irq,
+/// softirq, steal, …), in clock ticks.
+fn stat_fields(line: &str) -> Vec<u64> {
+    line.split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().unwrap_or(0))
+        .collect()
+}
+
 /// Read the counters now.
 pub fn snap() -> Result<Snap> {
     let stat = std::fs::read_to_string("/proc/stat").context("read /proc/stat")?;
-    let cpu: Vec<u64> = stat
-        .lines()
-        .next()
-        .context("empty /proc/stat")?
-        .split_whitespace()
-        .skip(1)
-        .map(|x| x.parse().unwrap_or(0))
-        .collect();
+    let cpu = stat_fields(stat.lines().next().context("empty /proc/stat")?);
     let field = |i: usize| cpu.get(i).copied().unwrap_or(0);
     let me = std::fs::read_to_string("/proc/self/stat").context("read /proc/self/stat")?;
     // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
@@ -75,6 +77,36 @@ pub fn foreign(a: &Snap, b: &Snap) -> Foreign {
         others: busy.saturating_sub(mine) as f64 / ticks,
         steal: b.steal.saturating_sub(a.steal) as f64 / ticks,
     }
+}
+
+/// Per core, (busy, total) clock ticks so far (busy: all but idle and iowait, so softirq work
+/// counts); empty if `/proc/stat` cannot be read.
+pub fn cores() -> Vec<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
+        .map(|l| {
+            let v = stat_fields(l);
+            let total: u64 = v.iter().take(8).sum();
+            let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+            (total.saturating_sub(idle), total)
+        })
+        .collect()
+}
+
+/// Per core, the busy share (0–1) between two [`cores`] readings.
+pub fn cores_busy(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<f64> {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| {
+            let t = y.1.saturating_sub(x.1);
+            if t == 0 {
+                0.0
+            } else {
+                y.0.saturating_sub(x.0) as f64 / t as f64
+            }
+        })
+        .collect()
 }
 
 /// While alive, asks the kernel for 0 µs CPU wake-up latency through `/dev/cpu_dma_latency`
