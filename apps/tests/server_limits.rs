@@ -20,6 +20,33 @@ fn root_with(name: &str, len: usize) -> TempDir {
     root
 }
 
+/// A client that asks for `/big` and reads nothing, run until `done` or `limit`: whether
+/// `done` came, and the server's send queue for it, the last seen and the largest.
+fn stuck_client(
+    net: &mut MemNet,
+    limit: std::time::Duration,
+    mut done: impl FnMut(&MemNet) -> bool,
+) -> (bool, usize, usize) {
+    net.reading = false;
+    let request: &[u8] = b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n";
+    let mut sent = 0;
+    let (client, _) = net
+        .cli
+        .iface
+        .tcp_endpoints(net.client)
+        .expect("client endpoints");
+    let (mut last, mut most) = (0, 0);
+    let ok = net.run_until(limit, |net| {
+        net.send(request, &mut sent);
+        if let Some((h, _)) = net.server.handle_of(&net.srv.iface, client) {
+            last = net.srv.iface.tcp_send_queued(h);
+            most = most.max(last);
+        }
+        done(net)
+    });
+    (ok, last, most)
+}
+
 /// A second client connects; what the server answered it before closing.
 fn second_client(net: &mut MemNet) -> String {
     let to = SocketAddrV6::new(common::SERVER, 80, 0, 0);
@@ -79,22 +106,9 @@ fn a_client_that_reads_nothing_holds_little_and_is_aborted() {
         ..ServerConfig::default()
     };
     let mut net = MemNet::with_config(root.path(), cfg);
-    net.reading = false;
-    let request: &[u8] = b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n";
-    let mut sent = 0;
-    let (client, _) = net
-        .cli
-        .iface
-        .tcp_endpoints(net.client)
-        .expect("client endpoints");
     // What the server holds for it, last seen before the abort (the client's window is closed
     // by then: what was in flight sits in the client's buffer).
-    let mut held = 0;
-    let ok = net.run_until(std::time::Duration::from_secs(20), |net| {
-        net.send(request, &mut sent);
-        if let Some((h, _)) = net.server.handle_of(&net.srv.iface, client) {
-            held = net.srv.iface.tcp_send_queued(h);
-        }
+    let (ok, held, _) = stuck_client(&mut net, std::time::Duration::from_secs(20), |net| {
         net.server.stats().stalled == 1
     });
     assert!(
@@ -146,23 +160,8 @@ fn at_the_total_buffer_limit_nobody_gets_more_and_new_clients_get_503() {
         ..ServerConfig::default()
     };
     let mut net = MemNet::with_config(root.path(), cfg);
-    net.reading = false;
-    let request: &[u8] = b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n";
-    let mut sent = 0;
-    let (client, _) = net
-        .cli
-        .iface
-        .tcp_endpoints(net.client)
-        .expect("client endpoints");
     // The stuck client fills the node's budget, no more.
-    let mut held = 0;
-    net.run_until(std::time::Duration::from_secs(2), |net| {
-        net.send(request, &mut sent);
-        if let Some((h, _)) = net.server.handle_of(&net.srv.iface, client) {
-            held = held.max(net.srv.iface.tcp_send_queued(h));
-        }
-        false
-    });
+    let (_, _, held) = stuck_client(&mut net, std::time::Duration::from_secs(2), |_| false);
     eprintln!("a stuck client under a {limit}-byte node budget: {held} bytes queued at most");
     assert!(held > 0);
     assert!(
