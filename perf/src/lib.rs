@@ -7,6 +7,7 @@
 //! * [`http`]: `dsperf http`, wrk against our HTTP server on AF_XDP and against nginx.
 //! * [`conns`]: `dsperf conns`, the stack's cost per packet from 1 to 100,000 connections.
 //! * [`api`]: `dsperf api`, what the library's connection API costs against the raw stack.
+//! * [`wan`]: `dsperf wan`, how faithful the WAN emulator `dswan` is (latency, bandwidth, cost).
 //! * [`plot`]: SVG charts of the results.
 
 #![warn(missing_docs)]
@@ -18,6 +19,7 @@ pub mod handoff;
 pub mod http;
 pub mod plot;
 pub mod stack;
+pub mod wan;
 
 /// Whether the process runs with effective uid 0.
 pub fn is_root() -> bool {

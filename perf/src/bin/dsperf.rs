@@ -74,6 +74,71 @@ enum Cmd {
     /// two stacks in memory, one 64-byte request/response at a time on a random connection,
     /// the server's work timed. No root needed.
     Conns(ConnsArgs),
+    /// How faithful the WAN emulator `dswan` is: ping through it at each --delays (both
+    /// directions delayed), UDP through it at each --rates (the receiver's interface counts
+    /// the Ethernet bytes), and its added latency and forwarding rate at 0 ms against a plain
+    /// veth.
+    ///
+    /// Needs root, iperf3 and a built `dswan` (next to dsperf, or in $DS_BIN_DIR). Builds
+    /// namespaces C (client), W (dswan) and S (server) on fd00:5b::/64 plus a direct veth
+    /// C–S on fd00:5b:1::/64, and removes them at the end.
+    Wan(WanArgs),
+}
+
+#[derive(Args)]
+struct WanArgs {
+    /// One-way delays to check, ms, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,10,50,200")]
+    delays: Vec<f64>,
+    /// Rates to check, Mbit/s, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,100")]
+    rates: Vec<f64>,
+    /// Pings per delay point.
+    #[arg(long, default_value_t = 100)]
+    pings: u32,
+    /// Seconds of UDP load per rate point (the first second is not counted).
+    #[arg(long, default_value_t = 6.0)]
+    rate_seconds: f64,
+    /// Seconds of the forwarding-rate measurement.
+    #[arg(long, default_value_t = 4.0)]
+    pps_seconds: f64,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+fn run_wan(a: WanArgs) -> Result<()> {
+    if !ds_perf::is_root() {
+        bail!("dsperf wan needs root (network namespaces)");
+    }
+    if a.delays
+        .iter()
+        .chain(&a.rates)
+        .any(|v| !v.is_finite() || *v <= 0.0)
+        || a.pings == 0
+        || a.rate_seconds < 2.0
+        || a.pps_seconds < 2.0
+    {
+        bail!(
+            "--delays and --rates must be positive, --pings positive, the durations at least 2 s"
+        );
+    }
+    let dswan = ds_perf::find_program("dswan")?;
+    let o = ds_perf::wan::Options {
+        delays_ms: a.delays,
+        rates_mbit: a.rates,
+        pings: a.pings,
+        rate_seconds: a.rate_seconds,
+        pps_seconds: a.pps_seconds,
+    };
+    let r = ds_perf::wan::run(&dswan, &o, &|line| tracing::info!("{line}"))?;
+    if a.json {
+        ds_apps::outln!("{}", serde_json::to_string(&r)?);
+        eprint!("{}", ds_perf::wan::table(&r));
+    } else {
+        print!("{}", ds_perf::wan::table(&r));
+    }
+    Ok(())
 }
 
 #[derive(Args)]
@@ -532,6 +597,7 @@ fn main() -> ExitCode {
         Cmd::Api(a) => run_api(a),
         Cmd::Http(a) => run_http(a),
         Cmd::Conns(a) => run_conns(a),
+        Cmd::Wan(a) => run_wan(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
