@@ -243,7 +243,9 @@ fn ping_rtts(bed: &WanBed, dst: Ipv6Addr, count: u32, expect: Duration) -> Resul
         dst,
         &PingOpts {
             count,
-            interval: Duration::from_millis(10),
+            // Not a divisor of any round-trip time measured: a reply that arrives while the
+            // pinger is sending the next request would be timed late.
+            interval: Duration::from_micros(10_370),
             timeout: expect * 2 + Duration::from_secs(1),
             payload_len: 56,
         },
@@ -380,10 +382,11 @@ pub fn rates(bed: &mut WanBed, o: &Options, progress: &dyn Fn(&str)) -> Result<V
 /// Added latency and forwarding rate at 0 ms against the direct veth.
 pub fn overhead(bed: &mut WanBed, o: &Options, progress: &dyn Fn(&str)) -> Result<Overhead> {
     progress("overhead: ping and 64-byte UDP flood, direct veth and through dswan at 0 ms");
-    let (direct, _) = ping_rtts(bed, SERVER_DIRECT, o.pings, Duration::ZERO)?;
+    // Tens of microseconds: more samples than for the delay points.
+    let (direct, _) = ping_rtts(bed, SERVER_DIRECT, o.pings * 5, Duration::ZERO)?;
     let (_, dp, dspan, _) = udp_load(bed, SERVER_DIRECT, "s1", 0.0, 64, o.pps_seconds)?;
     bed.start(&[], Some(1))?;
-    let (through, _) = ping_rtts(bed, SERVER, o.pings, Duration::ZERO)?;
+    let (through, _) = ping_rtts(bed, SERVER, o.pings * 5, Duration::ZERO)?;
     let (_, ep, espan, _) = udp_load(bed, SERVER, "s0", 0.0, 64, o.pps_seconds)?;
     bed.stop();
     let med = |v: Vec<f64>| Stat::of(v).map_or(f64::NAN, |s| s.median * 1e3);

@@ -151,7 +151,23 @@ fn ping_here(dst: Ipv6Addr, opts: &PingOpts) -> Result<PingStats> {
 
     let mut stats = PingStats::default();
     let count = opts.count.min(u32::from(u16::MAX) + 1);
-    let mut sent_at: Vec<Option<Instant>> = Vec::with_capacity(count as usize);
+    // Round-trip times from the kernel's receive timestamp (SO_TIMESTAMPNS, as ping(8)):
+    // when the reply reached the socket, not when this thread woke up to read it, which on
+    // a virtual machine can be tens of microseconds later.
+    let stamped = {
+        let on: libc::c_int = 1;
+        // SAFETY: `fd` is an open socket; the option value is a live c_int.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_TIMESTAMPNS,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            ) == 0
+        }
+    };
+    let mut sent_at: Vec<Option<(Instant, Duration)>> = Vec::with_capacity(count as usize);
     let mut seen = vec![false; count as usize];
     let mut packet = vec![0u8; 8 + opts.payload_len];
     packet[0] = ICMP6_ECHO_REQUEST;
@@ -169,6 +185,7 @@ fn ping_here(dst: Ipv6Addr, opts: &PingOpts) -> Result<PingStats> {
         if stats.sent < count && now >= next_send {
             let seq = stats.sent as u16;
             packet[6..8].copy_from_slice(&seq.to_be_bytes());
+            let wall = realtime();
             // SAFETY: `packet` and `sa` are live for the call and the lengths
             // passed are theirs; the kernel fills in the ICMPv6 checksum.
             let rc = unsafe {
@@ -186,7 +203,7 @@ fn ping_here(dst: Ipv6Addr, opts: &PingOpts) -> Result<PingStats> {
                 stats.send_errors += 1;
                 sent_at.push(None);
             } else {
-                sent_at.push(Some(now));
+                sent_at.push(Some((now, wall)));
             }
             stats.sent += 1;
             last_send = now;
@@ -226,15 +243,21 @@ fn ping_here(dst: Ipv6Addr, opts: &PingOpts) -> Result<PingStats> {
             continue;
         }
         loop {
-            // SAFETY: `rbuf` is live and writable for its whole length.
-            let n = unsafe {
-                libc::recv(
-                    fd.as_raw_fd(),
-                    rbuf.as_mut_ptr().cast(),
-                    rbuf.len(),
-                    libc::MSG_DONTWAIT,
-                )
+            let mut iov = libc::iovec {
+                iov_base: rbuf.as_mut_ptr().cast(),
+                iov_len: rbuf.len(),
             };
+            // u64 elements: the control buffer is aligned for cmsghdr.
+            let mut cbuf = [0u64; 16];
+            // SAFETY: all-zero is a valid msghdr; the pointers are set below.
+            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = cbuf.as_mut_ptr().cast();
+            msg.msg_controllen = std::mem::size_of_val(&cbuf);
+            // SAFETY: `msg` points at `iov` (over `rbuf`) and `cbuf`, all live and writable
+            // for the lengths given.
+            let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT) };
             if n < 0 {
                 let e = std::io::Error::last_os_error();
                 match e.kind() {
@@ -245,6 +268,7 @@ fn ping_here(dst: Ipv6Addr, opts: &PingOpts) -> Result<PingStats> {
             }
             // Raw ICMPv6 sockets deliver the ICMPv6 message without the IPv6
             // header.
+            let arrived = if stamped { rx_timestamp(&msg) } else { None };
             let msg = &rbuf[..n as usize];
             if msg.len() < 8 || msg[0] != ICMP6_ECHO_REPLY {
                 continue;
@@ -258,8 +282,11 @@ fn ping_here(dst: Ipv6Addr, opts: &PingOpts) -> Result<PingStats> {
             }
             seen[seq] = true;
             stats.received += 1;
-            if let Some(t) = sent_at[seq] {
-                stats.rtts.push(t.elapsed());
+            if let Some((t, wall)) = sent_at[seq] {
+                stats.rtts.push(match arrived {
+                    Some(a) if a >= wall => a - wall,
+                    _ => t.elapsed(),
+                });
             }
         }
     }
@@ -268,6 +295,40 @@ fn ping_here(dst: Ipv6Addr, opts: &PingOpts) -> Result<PingStats> {
         stats.received, stats.sent, stats.send_errors
     );
     Ok(stats)
+}
+
+/// CLOCK_REALTIME now, the clock of SO_TIMESTAMPNS.
+fn realtime() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a live timespec; CLOCK_REALTIME always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
+    Duration::new(
+        ts.tv_sec.max(0) as u64,
+        ts.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
+}
+
+/// The SCM_TIMESTAMPNS of a received message, if the kernel attached one.
+fn rx_timestamp(msg: &libc::msghdr) -> Option<Duration> {
+    // SAFETY: `msg` was filled by recvmsg(2); the CMSG_* macros walk its control buffer
+    // within `msg_controllen`, and a timestamp message carries a whole timespec.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                return Some(Duration::new(
+                    ts.tv_sec.max(0) as u64,
+                    ts.tv_nsec.clamp(0, 999_999_999) as u32,
+                ));
+            }
+            c = libc::CMSG_NXTHDR(msg, c);
+        }
+    }
+    None
 }
 
 #[cfg(test)]
