@@ -3,7 +3,7 @@
 //! counters. Behaviour with generous bounds; the accuracy figures are `dsperf wan`'s.
 
 use ds_perf::wan::{rates, Options, WanBed};
-use ds_testbed::{ping6, require_root, PingOpts};
+use ds_testbed::{add_addr, ping6, require_root, veth, Netns, PingOpts};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
@@ -11,6 +11,15 @@ use std::time::Duration;
 
 fn bed() -> WanBed {
     WanBed::build(Path::new(env!("CARGO_BIN_EXE_dswan"))).expect("namespaces")
+}
+
+/// The counters of the path from port `from` to port `to` in `dswan --json`'s output.
+fn path(c: &serde_json::Value, from: u64, to: u64) -> serde_json::Value {
+    c["stats"]["paths"]
+        .as_array()
+        .and_then(|a| a.iter().find(|p| p["from"] == from && p["to"] == to))
+        .cloned()
+        .unwrap_or_else(|| panic!("no path {from}→{to} in {c}"))
 }
 
 fn pings(bed: &WanBed, count: u32) -> ds_testbed::PingStats {
@@ -46,21 +55,20 @@ fn dswan_delays_drops_and_shapes() {
         "median RTT {median:?} for 30 + 20 ms"
     );
     let c = bed.finish().expect("counters");
-    assert_eq!(
-        c["stats"]["a_to_b"]["out_frames"],
-        c["stats"]["a_to_b"]["in_frames"]
-    );
-    assert_eq!(c["ab"]["delay"]["secs"], 0);
-    assert_eq!(c["stats"]["a_to_b"]["send_errors"], 0);
+    let ab = path(&c, 0, 1);
+    assert_eq!(ab["out_frames"], ab["in_frames"]);
+    assert_eq!(c["paths"][0]["params"]["delay"]["nanos"], 30_000_000, "{c}");
+    assert_eq!(c["stats"]["ports"][1]["send_errors"], 0);
 
     // Everything lost one way: no reply, and the drops are counted where they happened.
     bed.launch(&["--ba", "loss=100%"], None).expect("dswan");
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(pings(&bed, 5).received, 0);
     let c = bed.finish().expect("counters");
-    let lost = c["stats"]["b_to_a"]["lost"].as_u64().unwrap_or(0);
-    assert!(lost > 0 && c["stats"]["b_to_a"]["out_frames"] == 0, "{c}");
-    assert_eq!(c["stats"]["a_to_b"]["lost"], 0, "{c}");
+    let ba = path(&c, 1, 0);
+    let lost = ba["lost"].as_u64().unwrap_or(0);
+    assert!(lost > 0 && ba["out_frames"] == 0, "{c}");
+    assert_eq!(path(&c, 0, 1)["lost"], 0, "{c}");
 
     // 2 Mbit/s: the receiver's interface counts 2 Mbit/s of frames, ±10 %.
     let o = Options {
@@ -104,14 +112,74 @@ fn tcp_with_the_kernels_offloads_crosses_dswan_intact() {
         "byte-exact"
     );
     let s = bed.finish().expect("counters");
-    for dir in ["a_to_b", "b_to_a"] {
-        assert_eq!(s["stats"][dir]["send_errors"], 0, "{s}");
-        assert_eq!(s["stats"][dir]["malformed"], 0, "{s}");
+    for port in 0..2 {
+        assert_eq!(s["stats"]["ports"][port]["send_errors"], 0, "{s}");
+        assert_eq!(s["stats"]["ports"][port]["malformed"], 0, "{s}");
     }
     // The server's GSO super-frames crossed whole: fewer frames than 1,500-byte packets.
-    let frames = s["stats"]["b_to_a"]["out_frames"].as_u64().unwrap_or(0);
+    let frames = path(&s, 1, 0)["out_frames"].as_u64().unwrap_or(0);
     assert!(
         frames > 0 && (frames as usize) < LEN / 1400,
         "{frames} frames: {s}"
     );
+}
+
+/// Three sites on one emulated core: each pair of sites has its own delay, the core learns
+/// where each address is, and one site's upstream is shared by both of its paths.
+#[test]
+fn a_core_of_three_sites_gives_each_path_its_own_delay() {
+    if !require_root("a_core_of_three_sites_gives_each_path_its_own_delay") {
+        return;
+    }
+    let w = Netns::new("dswan3_w").expect("ns");
+    let sites: Vec<Netns> = (0..3)
+        .map(|i| Netns::new(&format!("dswan3_{i}")).expect("ns"))
+        .collect();
+    for (i, ns) in sites.iter().enumerate() {
+        veth(ns, "e0", &w, &format!("w{i}")).expect("veth");
+        w.sysctl(&format!("net.ipv6.conf.w{i}.disable_ipv6"), "1")
+            .expect("sysctl");
+        add_addr(ns, "e0", &format!("fd00:5c::{}/64", i + 1)).expect("addr");
+    }
+    let dswan = env!("CARGO_BIN_EXE_dswan");
+    let _emu = w
+        .spawn(&[
+            dswan,
+            "w0",
+            "w1",
+            "w2",
+            "--delay",
+            "5ms",
+            "--link",
+            "w1,w2:delay=15ms",
+            "--upstream",
+            "w1:rate=100mbit",
+            "--stats-every",
+            "0",
+        ])
+        .expect("dswan");
+    let rtt = |from: usize, to: usize| {
+        let dst = format!("fd00:5c::{}", to + 1).parse().unwrap();
+        // The first replies wait for neighbour discovery (flooded, then learned).
+        let warm = PingOpts {
+            count: 3,
+            interval: Duration::from_millis(50),
+            timeout: Duration::from_secs(2),
+            payload_len: 56,
+        };
+        assert!(ping6(&sites[from], dst, &warm).expect("ping").received > 0);
+        let p = ping6(&sites[from], dst, &PingOpts { count: 9, ..warm }).expect("ping");
+        assert_eq!(p.received, 9, "{from}→{to}");
+        let mut v = p.rtts;
+        v.sort();
+        v[v.len() / 2]
+    };
+    for (from, to, want) in [(0, 1, 10), (0, 2, 10), (1, 2, 30), (2, 1, 30)] {
+        let got = rtt(from, to);
+        let want = Duration::from_millis(want);
+        assert!(
+            got >= want && got < want + Duration::from_millis(3),
+            "{from}→{to}: RTT {got:?}, want {want:?}"
+        );
+    }
 }

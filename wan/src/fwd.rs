@@ -1,75 +1,101 @@
-//! [`Forwarder`]: two [`PacketPort`]s joined through two [`Shaper`]s, one per direction.
+//! [`Forwarder`]: [`PacketPort`]s joined through a [`Switch`] — the I/O half of the emulator.
 //!
 //! One thread, one loop: send what is due, sleep in `ppoll` until the next delivery or a
-//! frame arrives (nanosecond timeout, timer slack 1 ns), take in up to [`BATCH`] frames per
-//! port with one clock reading each, repeat. Frames are copied out of one receive buffer into
-//! buffers of their own size from a free list, so a queue of small frames costs small memory
-//! and the steady state allocates nothing.
+//! frame arrives (nanosecond timeout, timer slack 1 ns, busy-polling the last `spin` before a
+//! delivery), take in up to [`BATCH`] frames per port, each timed by the kernel's receive
+//! stamp, repeat. Frames are copied out of one receive buffer into buffers of their own size
+//! from a free list, so a queue of small frames costs small memory and the steady state
+//! allocates nothing.
 
 use crate::port::{PacketPort, MAX_FRAME, VNET_HDR_LEN};
-use crate::shaper::{Shaper, ShaperStats, Verdict};
+use crate::switch::{Switch, SwitchStats};
 use crate::{Error, LinkParams};
 use serde::Serialize;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tracing::{debug, warn};
 
-/// Frames taken from one port per wake-up before the other gets its turn.
+/// Frames taken from one port per wake-up before the next gets its turn.
 pub const BATCH: usize = 256;
 /// Free buffers kept for reuse.
 const POOL_MAX: usize = 4096;
 
-/// Counters of one direction (A → B or B → A).
-#[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct DirStats {
-    /// The shaper's counters (frames and bytes in and out, losses, queue drops); bytes are
-    /// Ethernet frame bytes, without the virtio-net header.
-    #[serde(flatten)]
-    pub shaper: ShaperStats,
-    /// Frames the outgoing port refused (its socket buffer full, or the interface down).
+/// Counters of one port.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PortStats {
+    /// The port as given (`[NETNS:]IFNAME`).
+    pub name: String,
+    /// Frames the port refused to send (its socket buffer full, or the interface down).
     pub send_errors: u64,
-    /// Frames longer than [`MAX_FRAME`] or shorter than a header, dropped on receipt.
+    /// Frames received longer than [`MAX_FRAME`] or shorter than a header, dropped.
     pub malformed: u64,
 }
 
-/// Counters of both directions.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+/// Counters of the emulator.
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct FwdStats {
-    /// Frames received on port A and forwarded to B.
-    pub a_to_b: DirStats,
-    /// Frames received on port B and forwarded to A.
-    pub b_to_a: DirStats,
+    /// Per port, in the order given.
+    pub ports: Vec<PortStats>,
+    /// The switch: per directed path (frames and bytes in and out, losses, queue drops; bytes
+    /// are Ethernet frame bytes, without the virtio-net header), per upstream, floods.
+    #[serde(flatten)]
+    pub switch: SwitchStats,
+}
+
+impl FwdStats {
+    /// The counters of the path from port `from` to port `to`, if it carried anything.
+    pub fn path(&self, from: usize, to: usize) -> Option<&crate::switch::PathStats> {
+        self.switch
+            .paths
+            .iter()
+            .find(|p| p.from == from && p.to == to)
+    }
 }
 
 /// The emulator's loop (see the module documentation).
 pub struct Forwarder {
-    ports: [PacketPort; 2],
-    shapers: [Shaper<Vec<u8>>; 2],
-    extra: [(u64, u64); 2],
+    ports: Vec<PacketPort>,
+    switch: Switch<Vec<u8>>,
+    port_stats: Vec<PortStats>,
     pool: Vec<Vec<u8>>,
     rx: Vec<u8>,
     epoch: Instant,
     spin: Duration,
-    last_arrival: [Duration; 2],
+    last_arrival: Vec<Duration>,
 }
 
 impl Forwarder {
-    /// Joins port `a` and port `b`: frames from A to B see `ab`, from B to A see `ba`. `seed`
-    /// makes loss and jitter reproducible.
-    pub fn new(a: PacketPort, b: PacketPort, ab: LinkParams, ba: LinkParams, seed: u64) -> Self {
-        Forwarder {
-            ports: [a, b],
-            shapers: [
-                Shaper::new(ab, seed),
-                Shaper::new(ba, seed ^ 0x9e37_79b9_7f4a_7c15),
-            ],
-            extra: [(0, 0); 2],
+    /// Joins `ports` (at least two): `path(i, j)` are the parameters from port i to port j,
+    /// `upstream(i)` those of the stage every frame received on port i crosses first (`None`:
+    /// none). `seed` makes loss and jitter reproducible.
+    pub fn new(
+        ports: Vec<PacketPort>,
+        path: impl Fn(usize, usize) -> LinkParams,
+        upstream: impl Fn(usize) -> Option<LinkParams>,
+        seed: u64,
+    ) -> Result<Forwarder, Error> {
+        if ports.len() < 2 {
+            return Err(Error::Invalid(
+                "the emulator needs at least two ports".into(),
+            ));
+        }
+        let n = ports.len();
+        Ok(Forwarder {
+            switch: Switch::new(n, path, upstream, seed),
+            port_stats: ports
+                .iter()
+                .map(|p| PortStats {
+                    name: p.spec().to_string(),
+                    ..PortStats::default()
+                })
+                .collect(),
+            ports,
             pool: Vec::new(),
             rx: vec![0; MAX_FRAME],
             epoch: Instant::now(),
             spin: Duration::ZERO,
-            last_arrival: [Duration::ZERO; 2],
-        }
+            last_arrival: vec![Duration::ZERO; n],
+        })
     }
 
     /// Busy-polls instead of sleeping when the next delivery is at most `spin` away. A
@@ -80,26 +106,16 @@ impl Forwarder {
         self.spin = spin;
     }
 
-    /// The ports (A, B).
-    pub fn ports(&self) -> &[PacketPort; 2] {
+    /// The ports, in the order given.
+    pub fn ports(&self) -> &[PacketPort] {
         &self.ports
-    }
-
-    /// Parameters in force per direction (A → B, B → A).
-    pub fn params(&self) -> (LinkParams, LinkParams) {
-        (*self.shapers[0].params(), *self.shapers[1].params())
     }
 
     /// Counters so far.
     pub fn stats(&self) -> FwdStats {
-        let d = |i: usize| DirStats {
-            shaper: self.shapers[i].stats(),
-            send_errors: self.extra[i].0,
-            malformed: self.extra[i].1,
-        };
         FwdStats {
-            a_to_b: d(0),
-            b_to_a: d(1),
+            ports: self.port_stats.clone(),
+            switch: self.switch.stats(),
         }
     }
 
@@ -110,56 +126,59 @@ impl Forwarder {
     /// Sends every frame due by now.
     fn deliver(&mut self) {
         let now = self.now();
-        for dir in 0..2 {
-            let out = &self.ports[1 - dir];
-            let (errors, pool) = (&mut self.extra[dir].0, &mut self.pool);
-            self.shapers[dir].poll(now, |f| {
-                if let Err(e) = out.send(&f) {
-                    *errors += 1;
-                    debug!("send on {}: {e}", out.spec());
-                }
-                if pool.len() < POOL_MAX {
-                    pool.push(f);
-                }
-            });
-        }
+        let (ports, stats, pool) = (&self.ports, &mut self.port_stats, &mut self.pool);
+        self.switch.poll(now, |to, f| {
+            if let Err(e) = ports[to].send(&f) {
+                stats[to].send_errors += 1;
+                debug!("send on {}: {e}", ports[to].spec());
+            }
+            if pool.len() < POOL_MAX {
+                pool.push(f);
+            }
+        });
     }
 
-    /// Takes in what port `dir` has received (at most [`BATCH`] frames).
-    fn receive(&mut self, dir: usize) {
+    /// Takes in what port `port` has received (at most [`BATCH`] frames).
+    fn receive(&mut self, port: usize) {
         let now = self.now();
         // Kernel stamps are wall-clock time: map them onto our monotonic epoch.
         let wall_epoch = realtime().checked_sub(now);
         for _ in 0..BATCH {
-            let (n, at) = match self.ports[dir].recv(&mut self.rx) {
+            let (n, at) = match self.ports[port].recv(&mut self.rx) {
                 Ok(Some(r)) => {
                     let at = match (r.stamp, wall_epoch) {
                         // Never later than now, never before the previous arrival.
                         (Some(s), Some(e)) => s
                             .checked_sub(e)
                             .unwrap_or(Duration::ZERO)
-                            .clamp(self.last_arrival[dir], now),
+                            .clamp(self.last_arrival[port], now),
                         _ => now,
                     };
-                    self.last_arrival[dir] = at;
+                    self.last_arrival[port] = at;
                     (r.len, at)
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    warn!("receive on {}: {e}", self.ports[dir].spec());
+                    warn!("receive on {}: {e}", self.ports[port].spec());
                     break;
                 }
             };
             if n > self.rx.len() || n < VNET_HDR_LEN + 14 {
-                self.extra[dir].1 += 1;
+                self.port_stats[port].malformed += 1;
                 continue;
             }
+            let eth = &self.rx[VNET_HDR_LEN..n];
+            let mut dst = [0u8; 6];
+            let mut src = [0u8; 6];
+            dst.copy_from_slice(&eth[..6]);
+            src.copy_from_slice(&eth[6..12]);
             let mut buf = self.pool.pop().unwrap_or_default();
             buf.clear();
             buf.extend_from_slice(&self.rx[..n]);
-            // A dropped frame takes its buffer with it (counted in the shaper's stats); the
+            // A dropped frame takes its buffer with it (counted in the switch's stats); the
             // pool refills from sends.
-            let _: Verdict = self.shapers[dir].push(at, buf, n - VNET_HDR_LEN);
+            self.switch
+                .receive(at, port, buf, n - VNET_HDR_LEN, dst, src);
         }
     }
 
@@ -168,36 +187,36 @@ impl Forwarder {
     pub fn step(&mut self, max_wait: Duration) -> Result<(), Error> {
         self.deliver();
         let now = self.now();
-        let wait = [0, 1]
-            .iter()
-            .filter_map(|&d| self.shapers[d].next_deadline())
-            .min()
+        let wait = self
+            .switch
+            .next_deadline()
             .map_or(max_wait, |t| t.saturating_sub(now).min(max_wait));
-        // Within `spin` of the deadline: do not sleep (a zero wait polls both ports).
-        let wait = if wait <= self.spin {
-            Duration::ZERO
-        } else {
-            wait - self.spin
-        };
-        let mut fds = [
-            libc::pollfd {
-                fd: self.ports[0].raw_fd(),
+        // Within `spin` of the deadline: do not sleep (a zero wait polls every port).
+        let wait = wait.saturating_sub(self.spin);
+        let mut fds: Vec<libc::pollfd> = self
+            .ports
+            .iter()
+            .map(|p| libc::pollfd {
+                fd: p.raw_fd(),
                 events: libc::POLLIN,
                 revents: 0,
-            },
-            libc::pollfd {
-                fd: self.ports[1].raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
+            })
+            .collect();
         if !wait.is_zero() {
             let ts = libc::timespec {
                 tv_sec: wait.as_secs() as libc::time_t,
-                tv_nsec: libc::c_long::from(wait.subsec_nanos() as i32),
+                tv_nsec: wait.subsec_nanos() as libc::c_long,
             };
-            // SAFETY: `fds` and `ts` are live for the call; a null sigmask keeps the mask.
-            let rc = unsafe { libc::ppoll(fds.as_mut_ptr(), 2, &ts, std::ptr::null()) };
+            // SAFETY: `fds` and `ts` are live for the call and the count is `fds`' length; a
+            // null sigmask keeps the mask.
+            let rc = unsafe {
+                libc::ppoll(
+                    fds.as_mut_ptr(),
+                    fds.len() as libc::nfds_t,
+                    &ts,
+                    std::ptr::null(),
+                )
+            };
             if rc < 0 {
                 let e = std::io::Error::last_os_error();
                 if e.kind() != std::io::ErrorKind::Interrupted {
@@ -208,11 +227,10 @@ impl Forwarder {
                 }
             }
         }
-        let ready = fds.map(|f| wait.is_zero() || f.revents != 0);
-        for (dir, ready) in ready.into_iter().enumerate() {
-            // After a zero wait nothing was polled: try both (recv is non-blocking).
-            if ready {
-                self.receive(dir);
+        for (port, f) in fds.iter().enumerate() {
+            // After a zero wait nothing was polled: try every port (recv is non-blocking).
+            if wait.is_zero() || f.revents != 0 {
+                self.receive(port);
             }
         }
         self.deliver();

@@ -1,9 +1,10 @@
 //! A WAN emulator for namespace testbeds (the kernels this project runs on have no `netem`).
 //!
 //! The seed evaluated Distributed Servers behind NISTnet, a router that delays, shapes and
-//! drops packets per link. `ds-wan` plays that part as a bump in the wire between two
-//! Ethernet interfaces: every frame received on one is handed to a [`Shaper`] for its
-//! direction and transmitted on the other when the shaper says so.
+//! drops packets per link. `ds-wan` plays that part between Ethernet interfaces: with two, a
+//! bump in the wire (every frame received on one is handed to a [`Shaper`] for its direction
+//! and transmitted on the other when the shaper says so); with more, a switched core where
+//! each pair of sites has its own path.
 //!
 //! * [`Shaper`] is the sans-IO core: frames and the current time in, frames and the next
 //!   deadline out. Per direction: Bernoulli loss, a token bucket (rate, burst) in front of a
@@ -11,7 +12,9 @@
 //! * [`port::PacketPort`] is one interface seen through an `AF_PACKET` socket, in any network
 //!   namespace, with virtio-net headers so that GSO super-frames and partial checksums pass
 //!   through intact.
-//! * [`fwd::Forwarder`] is the event loop joining two ports through two shapers; the `dswan`
+//! * [`switch::Switch`] is the core: N ports, a learning switch, a shaper per directed path
+//!   and optionally one per port in front (a site's shared upstream); two ports are a link.
+//! * [`fwd::Forwarder`] is the event loop joining the ports through the switch; the `dswan`
 //!   binary (in `ds-perf`) is its command line.
 //!
 //! ```
@@ -35,6 +38,7 @@ pub mod fwd;
 pub mod params;
 pub mod port;
 pub mod shaper;
+pub mod switch;
 
 pub use params::{LinkParams, ParamError};
 pub use shaper::{Shaper, ShaperStats, Verdict};

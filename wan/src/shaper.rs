@@ -173,12 +173,18 @@ impl<P> Shaper<P> {
 
     /// Hands every frame due at `now` to `out`, in order.
     pub fn poll(&mut self, now: Duration, mut out: impl FnMut(P)) {
+        self.poll_timed(now, |_, _, f| out(f));
+    }
+
+    /// Hands every frame due at `now` to `out` with the time it was due and its length, in
+    /// order (for a stage feeding another: the next one starts from the exact time).
+    pub fn poll_timed(&mut self, now: Duration, mut out: impl FnMut(Duration, usize, P)) {
         while self.queue.front().is_some_and(|(at, _, _)| *at <= now) {
-            if let Some((_, len, f)) = self.queue.pop_front() {
+            if let Some((at, len, f)) = self.queue.pop_front() {
                 self.queued_bytes -= u64::from(len);
                 self.stats.out_frames += 1;
                 self.stats.out_bytes += u64::from(len);
-                out(f);
+                out(at, len as usize, f);
             }
         }
     }

@@ -3,7 +3,7 @@
 use anyhow::{Context, Result};
 use clap::Parser;
 use ds_apps::logging::Verbosity;
-use ds_wan::fwd::{DirStats, Forwarder, FwdStats};
+use ds_wan::fwd::{Forwarder, FwdStats};
 use ds_wan::port::{PacketPort, PortSpec};
 use ds_wan::LinkParams;
 use std::process::ExitCode;
@@ -13,29 +13,36 @@ use std::time::{Duration, Instant};
 #[command(
     name = "dswan",
     version,
-    about = "WAN emulator: one-way delay, jitter, bandwidth and loss per direction between two \
-             Ethernet interfaces",
-    long_about = "WAN emulator: one-way delay, jitter, bandwidth and loss per direction between \
-                  two Ethernet interfaces (a bump in the wire, for kernels without netem).\n\n\
-                  Every frame received on A is sent on B after the A→B link's treatment, and the \
-                  other way round: loss, then a token bucket (rate, burst) behind a drop-tail \
-                  queue of --limit frames, then the delay with uniform jitter (frames never \
-                  reorder). Rates count Ethernet frame bytes. Give each port as IFNAME or \
+    about = "WAN emulator: one-way delay, jitter, bandwidth and loss per path between Ethernet \
+             interfaces",
+    long_about = "WAN emulator: one-way delay, jitter, bandwidth and loss per path between \
+                  Ethernet interfaces (for kernels without netem). Two ports make a bump in the \
+                  wire; three or more a switched core (learning the MAC addresses behind each \
+                  port) with a path of its own between every pair of ports.\n\n\
+                  Every frame received on port P for port Q gets the P→Q path's treatment: \
+                  first P's --upstream stage if it has one (shared by all paths leaving P), then \
+                  loss, a token bucket (rate, burst) behind a drop-tail queue of --limit frames, \
+                  and the delay with uniform jitter (frames never reorder). Rates count Ethernet frame bytes. Give each port as IFNAME or \
                   NETNS:IFNAME (a name from `ip netns` or a namespace path such as \
                   /proc/PID/ns/net). The interfaces should carry no addresses of their own \
                   (e.g. sysctl net.ipv6.conf.IF.disable_ipv6=1), so that the emulator's own \
                   kernel stays silent on the link. Offloads may stay on: GSO frames pass \
                   whole and are segmented when they leave.\n\n\
-                  Example: a 2 Mbit/s link with 25 ms each way between two namespaces' veth ends:\n  \
+                  Examples: a 2 Mbit/s link with 25 ms each way between two veth ends in \
+                  namespace nsw:\n  \
                   dswan nsw:wa nsw:wb --delay 25ms --rate 2mbit\n\
-                  Progress (pps, Mbit/s per direction) goes to stderr every --stats-every; the \
+                  a core joining a client and two sites, 20 ms between the sites, 40 ms to the \
+                  client, each site's upstream at 2 Mbit/s:\n  \
+                  dswan c h1 h2 --delay 40ms --link h1,h2:delay=20ms --upstream h1:rate=2mbit \
+                  --upstream h2:rate=2mbit\n\
+                  Progress (pps, Mbit/s per path) goes to stderr every --stats-every; the \
                   counters go to stdout when SIGINT or SIGTERM stops it (--json: one JSON object)."
 )]
 struct Cli {
-    /// Port A: IFNAME or NETNS:IFNAME.
-    a: PortSpec,
-    /// Port B: IFNAME or NETNS:IFNAME.
-    b: PortSpec,
+    /// The ports, IFNAME or NETNS:IFNAME: two make a link (A, B); more make a switched core
+    /// (a learning Ethernet switch with a path of its own between every pair of ports).
+    #[arg(num_args = 2..=16, required = true)]
+    ports: Vec<PortSpec>,
     /// One-way delay, both directions (e.g. 10ms, 250us).
     #[arg(long, value_parser = ds_wan::params::parse_duration)]
     delay: Option<Duration>,
@@ -54,10 +61,22 @@ struct Cli {
     /// Frames that may wait for the rate per direction (tail drop beyond).
     #[arg(long)]
     limit: Option<usize>,
-    /// A→B overrides as key=value pairs, e.g. "delay=50ms,rate=1mbit".
+    /// Overrides for the path between two ports, both directions: `P,Q:key=value,...` where
+    /// P and Q are port indices (from 0) or interface names, e.g. `c,h1:delay=25ms`. Repeat.
+    #[arg(long, value_name = "P,Q:SPEC")]
+    link: Vec<String>,
+    /// Overrides for one direction of a path: `P,Q:SPEC` applies from P to Q. Repeat; applied
+    /// after --link.
+    #[arg(long, value_name = "P,Q:SPEC")]
+    dir: Vec<String>,
+    /// A shared stage for everything received on port P, in front of its paths (a site's
+    /// upstream link, e.g. `h1:rate=2mbit`): `P:SPEC`. Repeat.
+    #[arg(long, value_name = "P:SPEC")]
+    upstream: Vec<String>,
+    /// Overrides from the first port to the second (same as --dir 0,1:SPEC).
     #[arg(long, default_value = "")]
     ab: String,
-    /// B→A overrides as key=value pairs.
+    /// Overrides from the second port to the first (same as --dir 1,0:SPEC).
     #[arg(long, default_value = "")]
     ba: String,
     /// Seed of the loss and jitter draws (runs with the same seed and traffic repeat).
@@ -79,7 +98,8 @@ struct Cli {
 }
 
 impl Cli {
-    fn link(&self, overrides: &str, dir: &str) -> Result<LinkParams> {
+    /// The parameters every path starts from (the common options).
+    fn base(&self) -> Result<LinkParams> {
         let mut p = LinkParams::default();
         if let Some(v) = self.delay {
             p.delay = v;
@@ -100,8 +120,75 @@ impl Cli {
             anyhow::ensure!(v > 0, "--limit must be positive");
             p.limit = v;
         }
-        p.apply(overrides).with_context(|| format!("--{dir}"))?;
         Ok(p)
+    }
+
+    /// A port by index or interface name (or the whole spec as given).
+    fn port(&self, s: &str, opt: &str) -> Result<usize> {
+        let s = s.trim();
+        if let Ok(i) = s.parse::<usize>() {
+            anyhow::ensure!(i < self.ports.len(), "{opt}: no port {i}");
+            return Ok(i);
+        }
+        let hits: Vec<usize> = (0..self.ports.len())
+            .filter(|&i| self.ports[i].ifname == s || self.ports[i].to_string() == s)
+            .collect();
+        match hits[..] {
+            [i] => Ok(i),
+            [] => anyhow::bail!("{opt}: no port {s:?}"),
+            _ => anyhow::bail!("{opt}: {s:?} names several ports; use an index"),
+        }
+    }
+
+    /// Parameters per directed path (n×n, row = from) and per upstream.
+    fn topology(&self) -> Result<(Vec<LinkParams>, Vec<Option<LinkParams>>)> {
+        let n = self.ports.len();
+        let mut paths = vec![self.base()?; n * n];
+        let split = |item: &str, opt: &str| -> Result<(usize, usize, String)> {
+            let (pq, spec) = item
+                .split_once(':')
+                .with_context(|| format!("--{opt} {item:?}: expected P,Q:SPEC"))?;
+            let (p, q) = pq
+                .split_once(',')
+                .with_context(|| format!("--{opt} {item:?}: expected P,Q:SPEC"))?;
+            let (p, q) = (self.port(p, opt)?, self.port(q, opt)?);
+            anyhow::ensure!(p != q, "--{opt} {item:?}: a path joins two different ports");
+            Ok((p, q, spec.to_string()))
+        };
+        for item in &self.link {
+            let (p, q, spec) = split(item, "link")?;
+            for k in [p * n + q, q * n + p] {
+                paths[k]
+                    .apply(&spec)
+                    .with_context(|| format!("--link {item:?}"))?;
+            }
+        }
+        let mut dirs: Vec<(usize, usize, String, String)> = Vec::new();
+        for item in &self.dir {
+            let (p, q, spec) = split(item, "dir")?;
+            dirs.push((p, q, spec, format!("--dir {item:?}")));
+        }
+        for (spec, p, q, opt) in [(&self.ab, 0, 1, "--ab"), (&self.ba, 1, 0, "--ba")] {
+            if !spec.is_empty() {
+                anyhow::ensure!(n == 2, "{opt} is for two ports; use --dir P,Q:SPEC");
+                dirs.push((p, q, spec.clone(), opt.to_string()));
+            }
+        }
+        for (p, q, spec, opt) in dirs {
+            paths[p * n + q].apply(&spec).with_context(|| opt)?;
+        }
+        let mut up = vec![None; n];
+        for item in &self.upstream {
+            let (p, spec) = item
+                .split_once(':')
+                .with_context(|| format!("--upstream {item:?}: expected P:SPEC"))?;
+            let p = self.port(p, "upstream")?;
+            let params: LinkParams = spec
+                .parse()
+                .with_context(|| format!("--upstream {item:?}"))?;
+            up[p] = Some(params);
+        }
+        Ok((paths, up))
     }
 }
 
@@ -109,41 +196,79 @@ fn mbit(bytes: u64, secs: f64) -> f64 {
     bytes as f64 * 8.0 / secs / 1e6
 }
 
-fn table(s: &FwdStats, secs: f64) -> String {
+fn table(cli: &Cli, s: &FwdStats, secs: f64) -> String {
+    let name = |i: usize| {
+        cli.ports
+            .get(i)
+            .map_or("?".to_string(), |p| p.ifname.clone())
+    };
     let mut out = format!(
-        "{:<6} {:>12} {:>12} {:>10} {:>10} {:>8} {:>8} {:>8} {:>9}\n",
-        "dir", "frames in", "frames out", "Mbit/s", "pps", "lost", "q-drops", "errors", "max queue"
+        "{:<20} {:>12} {:>12} {:>10} {:>10} {:>8} {:>8} {:>9}\n",
+        "path", "frames in", "frames out", "Mbit/s", "pps", "lost", "q-drops", "max queue"
     );
-    for (name, d) in [("A→B", &s.a_to_b), ("B→A", &s.b_to_a)] {
-        let DirStats {
-            shaper: sh,
-            send_errors,
-            malformed,
-        } = d;
+    let rows = s
+        .switch
+        .paths
+        .iter()
+        .map(|p| (format!("{}→{}", name(p.from), name(p.to)), p.shaper))
+        .chain(
+            s.switch
+                .upstream
+                .iter()
+                .map(|(i, st)| (format!("{} upstream", name(*i)), *st)),
+        );
+    for (label, sh) in rows {
         out.push_str(&format!(
-            "{:<6} {:>12} {:>12} {:>10.3} {:>10.0} {:>8} {:>8} {:>8} {:>9}\n",
-            name,
+            "{:<20} {:>12} {:>12} {:>10.3} {:>10.0} {:>8} {:>8} {:>9}\n",
+            label,
             sh.in_frames,
             sh.out_frames,
             mbit(sh.out_bytes, secs),
             sh.out_frames as f64 / secs,
             sh.lost,
             sh.queue_drops,
-            send_errors + malformed,
             sh.max_backlog
+        ));
+    }
+    for p in &s.ports {
+        if p.send_errors + p.malformed > 0 {
+            out.push_str(&format!(
+                "{}: {} send errors, {} malformed frames\n",
+                p.name, p.send_errors, p.malformed
+            ));
+        }
+    }
+    if s.switch.flooded + s.switch.filtered > 0 {
+        out.push_str(&format!(
+            "flooded {} frames, filtered {}\n",
+            s.switch.flooded, s.switch.filtered
         ));
     }
     out
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let ab = cli.link(&cli.ab, "ab")?;
-    let ba = cli.link(&cli.ba, "ba")?;
+    let (paths, up) = cli.topology()?;
+    let n = cli.ports.len();
     let stop = ds_apps::signal::install().context("installing signal handlers")?;
-    let a = PacketPort::open(&cli.a).with_context(|| format!("port A ({})", cli.a))?;
-    let b = PacketPort::open(&cli.b).with_context(|| format!("port B ({})", cli.b))?;
-    tracing::info!(a = %cli.a, b = %cli.b, "A→B {ab}; B→A {ba}");
-    let mut fwd = Forwarder::new(a, b, ab, ba, cli.seed);
+    let mut ports = Vec::new();
+    for (i, spec) in cli.ports.iter().enumerate() {
+        ports.push(PacketPort::open(spec).with_context(|| format!("port {i} ({spec})"))?);
+    }
+    for i in 0..n {
+        for j in (0..n).filter(|&j| j != i) {
+            tracing::info!(
+                "{}→{}: {}",
+                cli.ports[i].ifname,
+                cli.ports[j].ifname,
+                paths[i * n + j]
+            );
+        }
+        if let Some(u) = &up[i] {
+            tracing::info!("{} upstream: {u}", cli.ports[i].ifname);
+        }
+    }
+    let mut fwd = Forwarder::new(ports, |i, j| paths[i * n + j], |i| up[i], cli.seed)?;
     fwd.set_spin(cli.spin);
     let started = Instant::now();
     let (mut last, mut last_t) = (FwdStats::default(), Instant::now());
@@ -152,40 +277,44 @@ fn run(cli: Cli) -> Result<()> {
     } else {
         cli.stats_every
     };
+    let names: Vec<String> = cli.ports.iter().map(|p| p.ifname.clone()).collect();
     fwd.run(stop, every, |s| {
         let dt = last_t.elapsed().as_secs_f64().max(1e-9);
-        let rate = |now: &DirStats, then: &DirStats| {
-            (
-                (now.shaper.out_frames - then.shaper.out_frames) as f64 / dt,
-                mbit(now.shaper.out_bytes - then.shaper.out_bytes, dt),
-            )
-        };
-        let (p1, m1) = rate(&s.a_to_b, &last.a_to_b);
-        let (p2, m2) = rate(&s.b_to_a, &last.b_to_a);
-        tracing::info!(
-            "A→B {p1:.0} pps {m1:.3} Mbit/s (lost {}, q-drops {}) | B→A {p2:.0} pps {m2:.3} Mbit/s (lost {}, q-drops {})",
-            s.a_to_b.shaper.lost,
-            s.a_to_b.shaper.queue_drops,
-            s.b_to_a.shaper.lost,
-            s.b_to_a.shaper.queue_drops
-        );
-        last = *s;
+        let mut line = String::new();
+        for p in &s.switch.paths {
+            let (f0, b0) = last
+                .path(p.from, p.to)
+                .map_or((0, 0), |q| (q.shaper.out_frames, q.shaper.out_bytes));
+            line.push_str(&format!(
+                "{}→{} {:.0} pps {:.3} Mbit/s (lost {}, q-drops {}); ",
+                names[p.from],
+                names[p.to],
+                (p.shaper.out_frames - f0) as f64 / dt,
+                mbit(p.shaper.out_bytes - b0, dt),
+                p.shaper.lost,
+                p.shaper.queue_drops
+            ));
+        }
+        tracing::info!("{}", line.trim_end_matches("; "));
+        last = s.clone();
         last_t = Instant::now();
     })?;
     let secs = started.elapsed().as_secs_f64();
     let s = fwd.stats();
     if cli.json {
         let v = serde_json::json!({
-            "a": cli.a.to_string(),
-            "b": cli.b.to_string(),
-            "ab": ab,
-            "ba": ba,
+            "ports": cli.ports.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "paths": (0..n * n)
+                .filter(|k| k / n != k % n)
+                .map(|k| serde_json::json!({"from": k / n, "to": k % n, "params": paths[k]}))
+                .collect::<Vec<_>>(),
+            "upstream": up,
             "seconds": secs,
             "stats": s,
         });
         ds_apps::outln!("{v}");
     } else {
-        ds_apps::outln!("{}", table(&s, secs).trim_end());
+        ds_apps::outln!("{}", table(&cli, &s, secs).trim_end());
     }
     Ok(())
 }
