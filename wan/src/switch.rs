@@ -121,11 +121,11 @@ impl<P: Clone> Switch<P> {
             Some(up) => {
                 up.push(now, (frame, dest), len);
             }
-            None => self.to_paths(now, port, frame, len, dest),
+            None => self.enter_paths(now, port, frame, len, dest),
         }
     }
 
-    fn to_paths(&mut self, at: Duration, from: usize, frame: P, len: usize, dest: Dest) {
+    fn enter_paths(&mut self, at: Duration, from: usize, frame: P, len: usize, dest: Dest) {
         match dest {
             Dest::One(to) => {
                 self.paths[from * self.n + to].push(at, frame, len);
@@ -157,7 +157,7 @@ impl<P: Clone> Switch<P> {
                 up.poll_timed(now, |at, len, (f, d)| moved.push((at, len, f, d)));
             }
             for (at, len, f, d) in moved {
-                self.to_paths(at, from, f, len, d);
+                self.enter_paths(at, from, f, len, d);
             }
         }
         for (k, s) in self.paths.iter_mut().enumerate() {
