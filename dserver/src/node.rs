@@ -156,6 +156,7 @@ pub struct Builder {
     care_of: Option<Ipv6Addr>,
     device: Option<Device>,
     mac: Option<[u8; 6]>,
+    gateway: Option<Ipv6Addr>,
     port: u16,
     secret_file: Option<PathBuf>,
     secret: Option<ClusterSecret>,
@@ -192,6 +193,14 @@ impl Builder {
     /// The stack's MAC address (default: derived from this node's address).
     pub fn mac(mut self, mac: [u8; 6]) -> Self {
         self.mac = Some(mac);
+        self
+    }
+
+    /// The default router of the userspace stack (RFC 4861 §5.2 next-hop choice): clients
+    /// off this node's link are reached through it. Default: none, every destination is on
+    /// the link. (Kernel sockets use the kernel's routes.)
+    pub fn gateway(mut self, router: Ipv6Addr) -> Self {
+        self.gateway = Some(router);
         self
     }
 
@@ -384,7 +393,9 @@ impl Builder {
         let own = addrs[0];
         let mac = self.mac.unwrap_or_else(|| crate::mac::mac_from_addr(own));
         let clock = Clock::new();
-        let iface = Interface::new(Config::new(mac, addrs), clock.now());
+        let mut cfg = Config::new(mac, addrs);
+        cfg.gateway = self.gateway;
+        let iface = Interface::new(cfg, clock.now());
         let mut rt = Runner::with_clock(dev, iface, clock);
         // A shared DS address (a care-of address given) is reached on every address of ours.
         let listen_ip = if self.care_of.is_some() {
@@ -556,6 +567,7 @@ impl Node {
             care_of: None,
             device: None,
             mac: None,
+            gateway: None,
             port: 80,
             secret_file: None,
             secret: None,

@@ -18,6 +18,8 @@ pub mod conns;
 pub mod handoff;
 pub mod http;
 pub mod plot;
+pub(crate) mod proc;
+pub mod reproduce;
 pub mod stack;
 pub mod wan;
 
@@ -74,4 +76,11 @@ pub fn find_program(name: &str) -> anyhow::Result<std::path::PathBuf> {
                 "{name} not found in {dirs:?}: build it (cargo build -p ds-apps) or set DS_BIN_DIR"
             )
         })
+}
+
+/// A number no other call in this process returns (names of scratch directories, pins).
+pub(crate) fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
 }

@@ -117,6 +117,11 @@ struct ServeArgs {
     /// The stack's MAC address [default: locally administered, derived from --addr].
     #[arg(long, value_name = "MAC", value_parser = parse_mac)]
     mac: Option<[u8; 6]>,
+    /// The userspace stack's default router: clients off the node's link are reached through
+    /// it (a node behind its home agent's router, as in the seed's testbed). Default: every
+    /// destination is on the link. Kernel sockets (`--device kernel`) use the kernel's routes.
+    #[arg(long, value_name = "ADDR")]
+    gateway: Option<Ipv6Addr>,
     /// On exit, print the statistics as one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -880,6 +885,9 @@ fn run_proxy(
     if let Some(m) = args.mac {
         b = b.mac(m);
     }
+    if let Some(g) = args.gateway {
+        b = b.gateway(g);
+    }
     if let Some(f) = &h.secret_file {
         b = b.secret_file(f);
     }
@@ -1079,7 +1087,9 @@ fn run<D: Device>(
 ) -> anyhow::Result<()> {
     let mac = args.mac.unwrap_or_else(|| mac_from_addr(args.addr));
     let clock = Clock::new();
-    let iface = Interface::new(Config::new(mac, addrs(args)), clock.now());
+    let mut cfg = Config::new(mac, addrs(args));
+    cfg.gateway = args.gateway;
+    let iface = Interface::new(cfg, clock.now());
     let mut rt = Runner::with_clock(dev, iface, clock);
     // With more than one address (a shared DS address), listen on all of them: clients use
     // the DS address, and the node may be reached on its own address too.

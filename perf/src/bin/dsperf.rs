@@ -83,6 +83,58 @@ enum Cmd {
     /// namespaces C (client), W (dswan) and S (server) on fd00:5b::/64 plus a direct veth
     /// C–S on fd00:5b:1::/64, and removes them at the end.
     Wan(WanArgs),
+    /// The seed's evaluation (§3.2) on its Figure 1 testbed: a client, the WAN emulator at
+    /// the core, home agent 1 with node 1 in one network, home agent 2 with node 2 in
+    /// another, every daemon a process (dswan, dsha, dsnode).
+    ///
+    /// Needs root and built `dswan`, `dsha` and `dsnode` (next to dsperf, or in $DS_BIN_DIR).
+    /// So far experiment 1, server access latency (§3.2.1): UDP echo of 128 bytes to the DS
+    /// address over a grid of Lat_SS × Lat_CS, node 1 serving (configuration 1) or node 2
+    /// behind home agent 1's tunnel (configuration 2); reports X and Y against the seed's.
+    /// Experiments 2 and 3 are not implemented yet.
+    Reproduce(ReproduceArgs),
+}
+
+#[derive(Args)]
+struct ReproduceArgs {
+    /// The full grid (Lat_SS and Lat_CS in 0, 5, 10, 25, 50, 100 ms) instead of the quick
+    /// one (0, 10, 25 ms).
+    #[arg(long, conflicts_with = "quick")]
+    full: bool,
+    /// The quick grid (the default).
+    #[arg(long)]
+    quick: bool,
+    /// Round trips per grid point.
+    #[arg(long, default_value_t = 100)]
+    rounds: u32,
+    /// Print the results as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+fn run_reproduce(a: ReproduceArgs) -> Result<()> {
+    if !ds_perf::is_root() {
+        bail!("dsperf reproduce needs root (network namespaces, XDP)");
+    }
+    let grid: Vec<f64> = if a.full {
+        vec![0.0, 5.0, 10.0, 25.0, 50.0, 100.0]
+    } else {
+        vec![0.0, 10.0, 25.0]
+    };
+    let o = ds_perf::reproduce::access::Options {
+        ss_ms: grid.clone(),
+        cs_ms: grid,
+        rounds: a.rounds,
+    };
+    let mut bed = ds_perf::reproduce::testbed::Fig1::build()?;
+    let r = ds_perf::reproduce::access::run(&mut bed, &o, &|line| tracing::info!("{line}"))?;
+    if a.json {
+        ds_apps::outln!("{}", serde_json::to_string(&r)?);
+        eprint!("{}", ds_perf::reproduce::access::table(&r));
+    } else {
+        print!("{}", ds_perf::reproduce::access::table(&r));
+    }
+    Ok(())
 }
 
 #[derive(Args)]
@@ -598,6 +650,7 @@ fn main() -> ExitCode {
         Cmd::Http(a) => run_http(a),
         Cmd::Conns(a) => run_conns(a),
         Cmd::Wan(a) => run_wan(a),
+        Cmd::Reproduce(a) => run_reproduce(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

@@ -270,6 +270,7 @@ fn run(cli: Cli) -> Result<()> {
     }
     let mut fwd = Forwarder::new(ports, |i, j| paths[i * n + j], |i| up[i], cli.seed)?;
     fwd.set_spin(cli.spin);
+    tracing::info!("forwarding between {n} ports");
     let started = Instant::now();
     let (mut last, mut last_t) = (FwdStats::default(), Instant::now());
     let every = if cli.stats_every.is_zero() {

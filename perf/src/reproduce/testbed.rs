@@ -1,0 +1,355 @@
+//! The seed's Figure 1 testbed in network namespaces.
+//!
+//! ```text
+//!                         ┌──────────── core: dswan (w0 w1 w2) ────────────┐
+//!  client c0 ── w0 ───────┤  CS1 = path w0–w1, CS2 = w0–w2, SS = w1–w2;    │
+//!  fd00:5d::c             │  upstream of w1 and w2: each home agent's link  │
+//!                         └───────── w1 ─────────────────── w2 ─────────────┘
+//!                                    │                       │
+//!              home agent 1: x0 fd00:5d::1          home agent 2: x0 fd00:5d::2
+//!              (dsha xdp on x0)   h1 fd00:5d:1::1                 h2 fd00:5d:2::1
+//!                                    │                       │
+//!              node 1: n0 (dsnode on AF_XDP)        node 2: n0 (dsnode on AF_XDP)
+//!              care-of fd00:5d:1::11, kernel ::21   care-of fd00:5d:2::12, kernel ::22
+//! ```
+//!
+//! The DS address `fd00:5d:1::80` is in network 1: the client's packets to it go to home
+//! agent 1, whose XDP program tunnels each flow to its node (node 1 on its own link, node 2
+//! across the core: the SS path); replies go from the node straight to the client (through
+//! its home agent's router and the core). The core is the WAN emulator: each pair of sites
+//! has its own path (delay, and in [`Paths::upstream_mbit`] the bandwidth of each home
+//! agent's link to the core, shared by its paths, as the seed shaped it with `cbq`).
+//!
+//! Every daemon is a process started as an operator would (`dswan`, `dsha`, `dsnode`), found
+//! next to `dsperf` or in `$DS_BIN_DIR`.
+
+use crate::find_program;
+use crate::proc::Proc;
+use anyhow::{bail, Context, Result};
+use ds_testbed::topo::neighbour;
+use ds_testbed::{add_addr, add_route, disable_offload, veth, wait_addr_usable, Netns};
+use ds_xdp::{Kind, LoadOptions, Program};
+use std::io::Write as _;
+use std::net::{Ipv6Addr, SocketAddrV6, UdpSocket};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// The client's address (core network).
+pub const CLIENT: &str = "fd00:5d::c";
+/// The home agents' addresses on the core network.
+pub const HA_CORE: [&str; 2] = ["fd00:5d::1", "fd00:5d::2"];
+/// The home agents' addresses on their own networks (the nodes' routers).
+pub const HA_NET: [&str; 2] = ["fd00:5d:1::1", "fd00:5d:2::1"];
+/// The networks' prefixes.
+pub const NET: [&str; 2] = ["fd00:5d:1::/64", "fd00:5d:2::/64"];
+/// The nodes' care-of addresses (their userspace stacks).
+pub const COA: [&str; 2] = ["fd00:5d:1::11", "fd00:5d:2::12"];
+/// The nodes' kernel addresses (control channels).
+pub const CTL: [&str; 2] = ["fd00:5d:1::21", "fd00:5d:2::22"];
+/// The DS address (home address in network 1; home agent 1 is its home agent).
+pub const DS: &str = "fd00:5d:1::80";
+/// The nodes' stack MACs.
+pub const MAC: [[u8; 6]; 2] = [[0x02, 0x5d, 0, 0, 0, 1], [0x02, 0x5d, 0, 0, 0, 2]];
+/// The UDP echo service's port on the DS address.
+pub const ECHO_PORT: u16 = 7;
+/// The handoff control port of each node.
+pub const CTL_PORT: u16 = 7000;
+/// The flow agent's port at home agent 1.
+pub const HA_PORT: u16 = 7001;
+const SECRET: &[u8] = b"dsperf reproduce: the seed's testbed";
+
+pub(crate) fn ip(s: &str) -> Ipv6Addr {
+    s.parse().unwrap_or(Ipv6Addr::UNSPECIFIED)
+}
+
+/// One-way latencies of the three paths and the home agents' upstream bandwidth.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Paths {
+    /// Client – network 1, ms.
+    pub cs1_ms: f64,
+    /// Client – network 2, ms.
+    pub cs2_ms: f64,
+    /// Network 1 – network 2, ms.
+    pub ss_ms: f64,
+    /// Each home agent's link to the core, Mbit/s (`None`: unshaped).
+    pub upstream_mbit: Option<f64>,
+}
+
+/// The running testbed (see the module documentation); dropping it stops the daemons and
+/// removes the namespaces.
+pub struct Fig1 {
+    // Field order: the processes die before their namespaces go.
+    wan: Option<Proc>,
+    ha: Option<Proc>,
+    nodes: [Option<Proc>; 2],
+    /// The core (the emulator).
+    pub core: Netns,
+    /// The client.
+    pub client: Netns,
+    /// Home agents 1 and 2.
+    pub has: [Netns; 2],
+    /// Nodes 1 and 2.
+    pub node_ns: [Netns; 2],
+    /// Scratch directory: the secret, the served files, the daemons' logs.
+    pub dir: PathBuf,
+    tag: String,
+    secret: PathBuf,
+    _napi: Program,
+}
+
+impl Drop for Fig1 {
+    fn drop(&mut self) {
+        self.nodes = [None, None];
+        self.ha = None;
+        self.wan = None;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Fig1 {
+    /// Builds the namespaces, links, addresses and routes (no daemon runs yet).
+    pub fn build() -> Result<Fig1> {
+        let tag = format!("{}-{}", std::process::id(), crate::unique());
+        let dir = std::env::temp_dir().join(format!("dsperf-fig1-{tag}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("www"))?;
+        let secret = dir.join("secret");
+        {
+            let mut f = std::fs::File::create(&secret)?;
+            f.write_all(SECRET)?;
+            // Secret files must be owner-only.
+            f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        }
+        let core = Netns::new("fig1_core")?;
+        let client = Netns::new("fig1_cli")?;
+        let has = [Netns::new("fig1_ha1")?, Netns::new("fig1_ha2")?];
+        let node_ns = [Netns::new("fig1_n1")?, Netns::new("fig1_n2")?];
+        veth(&client, "c0", &core, "w0")?;
+        for i in 0..2 {
+            let w = format!("w{}", i + 1);
+            veth(&has[i], "x0", &core, &w)?;
+            veth(&has[i], &format!("h{}", i + 1), &node_ns[i], "n0")?;
+        }
+        for w in ["w0", "w1", "w2"] {
+            // The core's own kernel stays silent on the links.
+            core.sysctl(&format!("net.ipv6.conf.{w}.disable_ipv6"), "1")?;
+        }
+        // A home agent's XDP_TX towards the core needs NAPI on the core's end of its veth
+        // (veth_xdp_xmit checks it): a pass-all steering program there enables it.
+        let napi = Program::load(Kind::Steer, &LoadOptions::default())?;
+        core.try_run(|| -> Result<()> {
+            for w in ["w1", "w2"] {
+                napi.attach(ds_xdp::loader::ifindex(w)?, ds_xdp::Mode::Native, false)?;
+            }
+            Ok(())
+        })??;
+        // Full checksums from the client: partial ones would reach the nodes' AF_XDP sockets
+        // unfinished through the home agent's XDP tunnel.
+        disable_offload(&client, "c0")?;
+        add_addr(&client, "c0", &format!("{CLIENT}/64"))?;
+        for i in 0..2 {
+            let ha = &has[i];
+            add_addr(ha, "x0", &format!("{}/64", HA_CORE[i]))?;
+            add_addr(ha, &format!("h{}", i + 1), &format!("{}/64", HA_NET[i]))?;
+            ha.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+            add_route(ha, NET[1 - i], Some(HA_CORE[1 - i]), Some("x0"))?;
+            add_route(&client, NET[i], Some(HA_CORE[i]), Some("c0"))?;
+            // The nodes' stacks answer neighbour solicitations only for what the steering
+            // program gives them: their care-of addresses are permanent entries.
+            neighbour(ha, &format!("h{}", i + 1), COA[i], MAC[i])?;
+            let n = &node_ns[i];
+            add_addr(n, "n0", &format!("{}/64", CTL[i]))?;
+            add_route(n, "default", Some(HA_NET[i]), Some("n0"))?;
+        }
+        for (ns, ifname, addr) in [
+            (&client, "c0", CLIENT),
+            (&has[0], "x0", HA_CORE[0]),
+            (&has[1], "x0", HA_CORE[1]),
+            (&node_ns[0], "n0", CTL[0]),
+            (&node_ns[1], "n0", CTL[1]),
+        ] {
+            wait_addr_usable(ns, ifname, addr, Duration::from_secs(5))?;
+        }
+        Ok(Fig1 {
+            _napi: napi,
+            wan: None,
+            ha: None,
+            nodes: [None, None],
+            core,
+            client,
+            has,
+            node_ns,
+            dir,
+            tag,
+            secret,
+        })
+    }
+
+    /// (Re)starts the core emulator with `p`.
+    pub fn set_paths(&mut self, p: &Paths) -> Result<()> {
+        self.wan = None;
+        let ms = |v: f64| format!("{v}ms");
+        let mut args = vec![
+            "w0".to_string(),
+            "w1".into(),
+            "w2".into(),
+            "--stats-every".into(),
+            "0".into(),
+            "--json".into(),
+            "--link".into(),
+            format!("w0,w1:delay={}", ms(p.cs1_ms)),
+            "--link".into(),
+            format!("w0,w2:delay={}", ms(p.cs2_ms)),
+            "--link".into(),
+            format!("w1,w2:delay={}", ms(p.ss_ms)),
+        ];
+        if let Some(r) = p.upstream_mbit {
+            for w in ["w1", "w2"] {
+                args.extend(["--upstream".into(), format!("{w}:rate={r}mbit")]);
+            }
+        }
+        let mut proc = Proc::spawn(
+            &self.core,
+            "dswan",
+            &find_program("dswan")?,
+            &args,
+            &self.dir,
+        )?;
+        proc.ready("forwarding between")?;
+        self.wan = Some(proc);
+        Ok(())
+    }
+
+    /// (Re)starts home agent 1 (`dsha xdp` on its core interface) with the DS address bound
+    /// to node `bind`'s care-of address.
+    pub fn start_ha(&mut self, bind: usize) -> Result<()> {
+        self.ha = None;
+        let args: Vec<String> = vec![
+            "xdp".into(),
+            "--iface".into(),
+            "x0".into(),
+            "--addr".into(),
+            HA_NET[0].into(),
+            "--ds".into(),
+            DS.into(),
+            "--bind".into(),
+            COA[bind].into(),
+            "--control".into(),
+            SocketAddrV6::new(ip(HA_CORE[0]), HA_PORT, 0, 0).to_string(),
+            "--secret-file".into(),
+            self.secret.display().to_string(),
+            "--pin-dir".into(),
+            format!("/sys/fs/bpf/ds/dsperf-fig1-{}", self.tag),
+            "--json".into(),
+        ];
+        let mut p = Proc::spawn(
+            &self.has[0],
+            "dsha",
+            &find_program("dsha")?,
+            &args,
+            &self.dir,
+        )?;
+        p.ready("XDP home agent up")?;
+        self.ha = Some(p);
+        Ok(())
+    }
+
+    /// The options every node gets: its addresses, the DS address, the UDP echo service, the
+    /// handoff engine towards the other node and the flow agent (transparent mode).
+    pub fn node_args(&self, i: usize) -> Vec<String> {
+        vec![
+            "serve".into(),
+            "--device".into(),
+            "afxdp".into(),
+            "--iface".into(),
+            "n0".into(),
+            "--addr".into(),
+            COA[i].into(),
+            "--also-addr".into(),
+            DS.into(),
+            "--mac".into(),
+            ds_apps::mac::format_mac(&MAC[i]),
+            "--gateway".into(),
+            HA_NET[i].into(),
+            "--port".into(),
+            "80".into(),
+            "--root".into(),
+            self.dir.join("www").display().to_string(),
+            "--udp-echo".into(),
+            ECHO_PORT.to_string(),
+            "--control-listen".into(),
+            SocketAddrV6::new(ip(CTL[i]), CTL_PORT, 0, 0).to_string(),
+            "--peer".into(),
+            SocketAddrV6::new(ip(CTL[1 - i]), CTL_PORT, 0, 0).to_string(),
+            "--secret-file".into(),
+            self.secret.display().to_string(),
+            "--steering".into(),
+            "transparent".into(),
+            "--ha-control".into(),
+            SocketAddrV6::new(ip(HA_CORE[0]), HA_PORT, 0, 0).to_string(),
+            "--json".into(),
+        ]
+    }
+
+    /// (Re)starts node `i` (0 or 1) with `args` (see [`Fig1::node_args`]).
+    pub fn start_node(&mut self, i: usize, args: &[String]) -> Result<()> {
+        self.nodes[i] = None;
+        let name = format!("dsnode{}", i + 1);
+        let mut p = Proc::spawn(
+            &self.node_ns[i],
+            &name,
+            &find_program("dsnode")?,
+            args,
+            &self.dir,
+        )?;
+        p.ready("serving http")?;
+        self.nodes[i] = Some(p);
+        Ok(())
+    }
+
+    /// Stops node `i` (SIGINT) and returns its standard output.
+    pub fn stop_node(&mut self, i: usize) -> Result<String> {
+        match self.nodes[i].take() {
+            Some(p) => p.stop(),
+            None => Ok(String::new()),
+        }
+    }
+
+    /// Waits until a UDP echo to the DS address comes back (the whole path is up).
+    pub fn wait_echo(&self) -> Result<()> {
+        let t = Instant::now();
+        let dst = SocketAddrV6::new(ip(DS), ECHO_PORT, 0, 0);
+        self.client.run(|| -> Result<()> {
+            let s = UdpSocket::bind("[::]:0")?;
+            s.connect(dst)?;
+            s.set_read_timeout(Some(Duration::from_millis(500)))?;
+            let mut buf = [0u8; 256];
+            while t.elapsed() < Duration::from_secs(20) {
+                s.send(b"ping")?;
+                if s.recv(&mut buf).is_ok() {
+                    return Ok(());
+                }
+            }
+            bail!("no UDP echo from {dst} after 20 s")
+        })
+    }
+
+    /// The tail of a daemon's log (for error messages).
+    pub fn log_tail(&self, name: &str) -> String {
+        let log = std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+/// `context` for errors that should carry the daemons' logs.
+pub(crate) fn with_logs<T>(bed: &Fig1, r: Result<T>) -> Result<T> {
+    r.with_context(|| {
+        format!(
+            "dsha:\n{}\ndsnode1:\n{}\ndsnode2:\n{}",
+            bed.log_tail("dsha"),
+            bed.log_tail("dsnode1"),
+            bed.log_tail("dsnode2")
+        )
+    })
+}
