@@ -187,6 +187,7 @@ impl<C: std::fmt::Debug> Donor<C> {
         let until = match cfg.drain {
             Drain::Immediate => None,
             Drain::UntilAcked { deadline } => Some(now + deadline),
+            Drain::Wait { period } => Some(now + period),
         };
         Ok(Donor {
             cfg,
@@ -276,6 +277,15 @@ impl<C: std::fmt::Debug> Donor<C> {
             } => {
                 let ready = match self.cfg.drain {
                     Drain::Immediate => true,
+                    Drain::Wait { .. } => {
+                        if host.unacknowledged(&conn).is_none() {
+                            self.outcome = Some(DonorOutcome::Failed {
+                                cause: HandoffError::Gone,
+                            });
+                            return;
+                        }
+                        until.is_some_and(|t| now >= t)
+                    }
                     Drain::UntilAcked { .. } => match host.unacknowledged(&conn) {
                         None => {
                             self.outcome = Some(DonorOutcome::Failed {

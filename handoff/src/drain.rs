@@ -1,4 +1,5 @@
-//! Drain policy: freeze at once, or first let the client acknowledge the send buffer.
+//! Drain policy: freeze at once, first let the client acknowledge the send buffer, or wait a
+//! fixed time.
 //!
 //! The seed (§3.2.3, Figure 2) found a drained connection's state shrinks from ~90 kB to ~90
 //! bytes; the price is the time the drain takes. The policy is a parameter so experiments can
@@ -18,5 +19,12 @@ pub enum Drain {
     UntilAcked {
         /// Longest wait.
         deadline: Duration,
+    },
+    /// Wait exactly `period` after the drain starts, then freeze whatever is left — the
+    /// seed's §3.2.3 experiment (the donor waits a given time after its last send; its TCP
+    /// keeps sending and taking ACKs meanwhile, without soliciting one).
+    Wait {
+        /// How long.
+        period: Duration,
     },
 }

@@ -518,6 +518,24 @@ fn drain_waits_for_acks_or_deadline() {
     );
     let (steps, _) = offer_after(&mut lan, &mut svcs, &mut d, None);
     assert_eq!(steps, 0);
+
+    // Wait (the seed's §3.2.3 donor): the offer leaves after exactly the period, even though
+    // the client reads everything long before.
+    let mut lan = Lan::new();
+    lan.clock = common::sim_clock;
+    let (cl, srv) = connect(&mut lan);
+    lan.ifs[1].tcp_send(srv, &[7u8; 5000]).unwrap();
+    let mut cfg = DonorConfig::new(4, "http");
+    cfg.drain = Drain::Wait {
+        period: Duration::from_millis(30),
+    };
+    let now = mono(&lan);
+    common::set_sim(now);
+    let mut d = start_donor(&mut lan, &mut svcs, 1, srv, cfg, now);
+    assert_eq!(d.poll_timeout(), Some(now + Duration::from_millis(30)));
+    let (steps, bytes) = offer_after(&mut lan, &mut svcs, &mut d, Some(cl));
+    assert!((29..=31).contains(&steps), "the period ended the wait: {steps}");
+    assert!(bytes <= 96, "everything was acknowledged meanwhile: {bytes}");
 }
 
 /// The connection goes back and forth between the two nodes 20 times during the download (one

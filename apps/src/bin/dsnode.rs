@@ -291,7 +291,7 @@ struct HandoffArgs {
     /// What the donor does before it freezes the connection.
     #[arg(long, value_enum, default_value_t = DrainChoice::Acked)]
     drain: DrainChoice,
-    /// Longest wait of `--drain acked`, milliseconds.
+    /// Longest wait of `--drain acked`, and the wait of `--drain wait`, milliseconds.
     #[arg(long, default_value_t = 100, value_name = "MS")]
     drain_deadline_ms: u64,
     /// The donor's wait for each reply of the acceptor before it keeps the connection,
@@ -349,6 +349,8 @@ enum DrainChoice {
     Immediate,
     /// Wait until everything sent is acknowledged (at most --drain-deadline-ms).
     Acked,
+    /// Wait --drain-deadline-ms, then freeze whatever is left (the seed's §3.2.3 experiment).
+    Wait,
 }
 
 fn main() -> ExitCode {
@@ -537,6 +539,9 @@ fn handoff_config(args: &ServeArgs) -> anyhow::Result<Option<HandoffConfig>> {
         DrainChoice::Immediate => ds_handoff::Drain::Immediate,
         DrainChoice::Acked => ds_handoff::Drain::UntilAcked {
             deadline: Duration::from_millis(h.drain_deadline_ms),
+        },
+        DrainChoice::Wait => ds_handoff::Drain::Wait {
+            period: Duration::from_millis(h.drain_deadline_ms),
         },
     };
     cfg.reply_timeout = std::time::Duration::from_millis(h.reply_timeout_ms);

@@ -97,42 +97,91 @@ enum Cmd {
 
 #[derive(Args)]
 struct ReproduceArgs {
-    /// The full grid (Lat_SS and Lat_CS in 0, 5, 10, 25, 50, 100 ms) instead of the quick
-    /// one (0, 10, 25 ms).
+    /// Full size: the grid Lat_SS × Lat_CS in 0, 5, 10, 25, 50, 100 ms and 100 downloads per
+    /// handoff point (hours), instead of the quick 0, 10, 25 ms and 3 downloads (minutes).
     #[arg(long, conflicts_with = "quick")]
     full: bool,
-    /// The quick grid (the default).
+    /// The quick size (the default).
     #[arg(long)]
     quick: bool,
-    /// Round trips per grid point.
+    /// Which experiments, comma-separated: access (§3.2.1), decomp (§3.2.2), state (§3.2.3).
+    #[arg(long, value_delimiter = ',', default_value = "access,decomp,state")]
+    only: Vec<String>,
+    /// Round trips per access-latency point.
     #[arg(long, default_value_t = 100)]
     rounds: u32,
+    /// Downloads per handoff point [default: 3 for decomp and 1 for state; --full: 100 and 10].
+    #[arg(long)]
+    sessions: Option<u32>,
     /// Print the results as one JSON object.
     #[arg(long)]
     json: bool,
 }
 
 fn run_reproduce(a: ReproduceArgs) -> Result<()> {
+    use ds_perf::handoff::DrainChoice;
+    use ds_perf::reproduce::{access, decomp, figure2, testbed::Fig1};
     if !ds_perf::is_root() {
         bail!("dsperf reproduce needs root (network namespaces, XDP)");
+    }
+    for e in &a.only {
+        if !["access", "decomp", "state"].contains(&e.as_str()) {
+            bail!("--only: unknown experiment {e:?} (access, decomp, state)");
+        }
     }
     let grid: Vec<f64> = if a.full {
         vec![0.0, 5.0, 10.0, 25.0, 50.0, 100.0]
     } else {
         vec![0.0, 10.0, 25.0]
     };
-    let o = ds_perf::reproduce::access::Options {
-        ss_ms: grid.clone(),
-        cs_ms: grid,
-        rounds: a.rounds,
-    };
-    let mut bed = ds_perf::reproduce::testbed::Fig1::build()?;
-    let r = ds_perf::reproduce::access::run(&mut bed, &o, &|line| tracing::info!("{line}"))?;
+    let progress = |line: &str| tracing::info!("{line}");
+    let mut bed = Fig1::build()?;
+    let mut out = serde_json::Map::new();
+    let mut text = String::new();
+    if a.only.iter().any(|e| e == "access") {
+        let o = access::Options {
+            ss_ms: grid.clone(),
+            cs_ms: grid,
+            rounds: a.rounds,
+        };
+        let r = access::run(&mut bed, &o, &progress)?;
+        text.push_str(&access::table(&r));
+        out.insert("access".into(), serde_json::to_value(&r)?);
+    }
+    if a.only.iter().any(|e| e == "decomp") {
+        let o = decomp::Options {
+            bandwidths: vec![None, Some(100.0), Some(2.0), Some(1.5), Some(1.0)],
+            drains: vec![DrainChoice::Immediate, DrainChoice::Acked],
+            sessions: a.sessions.unwrap_or(if a.full { 100 } else { 3 }),
+            size: 1_000_000,
+            handoff_at: 500_000,
+            cs_ms: 0.0,
+            ss_ms: 0.0,
+        };
+        let r = decomp::run(&mut bed, &o, &progress)?;
+        text.push('\n');
+        text.push_str(&decomp::table(&r));
+        out.insert("decomp".into(), serde_json::to_value(&r)?);
+    }
+    if a.only.iter().any(|e| e == "state") {
+        let step = if a.full { 25 } else { 100 };
+        let o = figure2::Options {
+            bandwidths: vec![2.0, 1.5, 1.0],
+            waits_ms: (0..=1000).step_by(step).collect(),
+            sessions: a.sessions.unwrap_or(if a.full { 10 } else { 1 }),
+            size: 1_000_000,
+            handoff_at: 500_000,
+        };
+        let r = figure2::run(&mut bed, &o, &progress)?;
+        text.push('\n');
+        text.push_str(&figure2::table(&r));
+        out.insert("state".into(), serde_json::to_value(&r)?);
+    }
     if a.json {
-        ds_apps::outln!("{}", serde_json::to_string(&r)?);
-        eprint!("{}", ds_perf::reproduce::access::table(&r));
+        ds_apps::outln!("{}", serde_json::Value::Object(out));
+        eprint!("{text}");
     } else {
-        print!("{}", ds_perf::reproduce::access::table(&r));
+        print!("{text}");
     }
     Ok(())
 }

@@ -22,7 +22,7 @@
 
 pub mod kernel;
 pub mod plot;
-mod processes;
+pub(crate) mod processes;
 pub mod sniff;
 
 pub use kernel::{HandoffPath, Side};
@@ -70,7 +70,8 @@ pub enum Client {
 }
 
 /// Drain policy choice.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum DrainChoice {
     /// Freeze at once: unacknowledged and unsent data travel in the state.
     Immediate,
@@ -283,9 +284,11 @@ fn home_agent(
     }
 }
 
-struct NodeOut {
-    events: Vec<(u8, NodeEvent)>,
-    forwarded: u64,
+/// What a node reported: its handoff events (with the node's number, 1 or 2) and the
+/// packets it forwarded after freezes.
+pub(crate) struct NodeOut {
+    pub(crate) events: Vec<(u8, NodeEvent)>,
+    pub(crate) forwarded: u64,
 }
 
 /// What every node of one run is told: the options, the document root, the per-node quota

@@ -162,7 +162,7 @@ impl Procs {
 
 /// A node's standard output: one JSON line per handoff it completed as the donor, one per
 /// binding acknowledged, and its statistics as the last line.
-fn parse(i: usize, out: &str) -> Result<NodeOut> {
+pub(crate) fn parse(i: usize, out: &str) -> Result<NodeOut> {
     let mut events = Vec::new();
     let mut forwarded = 0;
     for line in out.lines().filter(|l| l.starts_with('{')) {

@@ -7,4 +7,6 @@
 //! Figure 2) are still to come on this testbed; `dsperf handoff` runs the handoff on one link.
 
 pub mod access;
+pub mod decomp;
+pub mod figure2;
 pub mod testbed;

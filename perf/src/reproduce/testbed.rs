@@ -71,7 +71,8 @@ pub struct Paths {
     pub cs2_ms: f64,
     /// Network 1 – network 2, ms.
     pub ss_ms: f64,
-    /// Each home agent's link to the core, Mbit/s (`None`: unshaped).
+    /// Each home agent's link to the core, Mbit/s (`None`: unshaped), with a queue of 100
+    /// frames.
     pub upstream_mbit: Option<f64>,
 }
 
@@ -205,7 +206,9 @@ impl Fig1 {
         ];
         if let Some(r) = p.upstream_mbit {
             for w in ["w1", "w2"] {
-                args.extend(["--upstream".into(), format!("{w}:rate={r}mbit")]);
+                // A queue of 100 frames, like a DSL modem's, not netem's 1,000 (12 s at
+                // 1 Mbit/s: everything behind it would wait that long).
+                args.extend(["--upstream".into(), format!("{w}:rate={r}mbit,limit=100")]);
             }
         }
         let mut proc = Proc::spawn(

@@ -1,0 +1,356 @@
+//! Experiment 2, handoff time decomposition (seed §3.2.2, Table 1): 1 MB downloads from the
+//! DS address; node 1 serves 500 kB and hands the connection to node 2, right after its last
+//! send (drain `immediate`, the seed's setting) or once the client has acknowledged it all
+//! (`acked`); node 2 asks home agent 1 to move the flow (transparent mode) and serves the
+//! rest. Per inter-node bandwidth (each home agent's upstream shaped, as the seed did with
+//! `cbq`; or unshaped), the seven phases of every handoff from the donor's report, the
+//! client-perceived gap from a capture on the client's interface, and the state size.
+
+use super::testbed::{ip, Fig1, Paths, DS};
+use crate::handoff::sniff;
+use crate::handoff::DrainChoice;
+use crate::stack::report::Stat;
+use anyhow::{bail, ensure, Context, Result};
+use ds_apps::node::NodeEvent;
+use ds_handoff::HandoffReport;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::time::Duration;
+
+/// The seed's Table 1 (ms): rows are the seven phases, then the total; columns 100, 2, 1.5
+/// and 1 Mbit/s.
+pub const SEED_TABLE1: [[f64; 4]; 8] = [
+    [0.8, 5.8, 6.9, 11.8],
+    [6.5, 319.1, 434.1, 648.2],
+    [2.2, 2.1, 2.1, 2.2],
+    [2.5, 3.7, 4.9, 8.9],
+    [2.7, 2.7, 2.7, 2.7],
+    [2.6, 2.6, 2.6, 2.6],
+    [1.1, 1.1, 1.1, 1.1],
+    [18.4, 337.1, 454.4, 677.5],
+];
+/// The seed's bandwidth columns, Mbit/s.
+pub const SEED_MBIT: [f64; 4] = [100.0, 2.0, 1.5, 1.0];
+/// The seven phases' names (seed Table 1).
+pub const PHASES: [&str; 7] = [
+    "socket extraction",
+    "state transfer",
+    "socket re-creation",
+    "return routability",
+    "BU construction",
+    "binding management",
+    "socket activation",
+];
+
+/// What to run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Options {
+    /// Upstream bandwidths, Mbit/s (`None`: unshaped).
+    pub bandwidths: Vec<Option<f64>>,
+    /// Drain policies.
+    pub drains: Vec<DrainChoice>,
+    /// Downloads (one handoff each) per point.
+    pub sessions: u32,
+    /// Object size, bytes.
+    pub size: u64,
+    /// Bytes node 1 serves before the handoff.
+    pub handoff_at: u64,
+    /// Path latencies (the seed's Table 1: none).
+    pub cs_ms: f64,
+    /// Lat_SS, ms.
+    pub ss_ms: f64,
+}
+
+/// One handoff.
+#[derive(Debug, Clone, Serialize)]
+pub struct Session {
+    /// The donor's report (phases, total, wall, drain, state size), with the client's gap.
+    #[serde(flatten)]
+    pub report: HandoffReport,
+    /// Download time, s.
+    pub seconds: f64,
+}
+
+/// One (drain, bandwidth) point.
+#[derive(Debug, Clone, Serialize)]
+pub struct Point {
+    /// Drain policy.
+    pub drain: DrainChoice,
+    /// Upstream bandwidth, Mbit/s (`None`: unshaped).
+    pub mbit: Option<f64>,
+    /// Every handoff.
+    pub sessions: Vec<Session>,
+    /// Per phase: median over the sessions, µs.
+    pub phases_us: Vec<Option<Stat>>,
+    /// Sum of the phases, µs.
+    pub total_us: Option<Stat>,
+    /// Client-perceived gap, µs.
+    pub client_gap_us: Option<Stat>,
+    /// Connection state moved, bytes.
+    pub state_bytes: Option<Stat>,
+    /// Download time, s.
+    pub seconds: Option<Stat>,
+}
+
+/// The experiment's result.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Options.
+    pub options: Options,
+    /// Every point.
+    pub points: Vec<Point>,
+}
+
+fn drain_name(d: DrainChoice) -> &'static str {
+    match d {
+        DrainChoice::Immediate => "immediate",
+        DrainChoice::Acked => "acked",
+    }
+}
+
+/// One download with curl from the client, captured on its interface; returns whether the
+/// body matched, the data segments the client saw from the DS address, and the time.
+fn download(bed: &Fig1, want: &[u8; 32], timeout: Duration) -> Result<(bool, Vec<sniff::Seen>, f64)> {
+    let got = bed.dir.join("got");
+    let sniffer = bed.client.try_run(|| sniff::Sniffer::start("c0"))??;
+    let t = std::time::Instant::now();
+    let out = bed
+        .client
+        .command("curl")
+        .args(["-sS", "-g", "--http1.1", "--max-time"])
+        .arg(timeout.as_secs().to_string())
+        .arg("-o")
+        .arg(&got)
+        .arg(format!("http://[{DS}]:80/obj"))
+        .output()
+        .context("running curl")?;
+    let seconds = t.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(50));
+    let frames = sniffer.stop()?;
+    if !out.status.success() {
+        bail!(
+            "curl failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let body = std::fs::read(&got)?;
+    let ok = Sha256::digest(&body).as_slice() == want;
+    Ok((ok, sniff::data_from(&frames, ip(DS), 80), seconds))
+}
+
+/// `sessions` downloads of the object (`size` bytes, already in the document root) on `paths`,
+/// node 1 handing each off to node 2 after `handoff_at` bytes with the drain `drain_args`
+/// (dsnode's options); every handoff's report with the client's gap.
+pub(crate) fn handoffs(
+    bed: &mut Fig1,
+    paths: &Paths,
+    drain_args: &[String],
+    sessions: u32,
+    size: u64,
+    handoff_at: u64,
+) -> Result<Vec<Session>> {
+    let want: [u8; 32] = Sha256::digest(std::fs::read(bed.dir.join("www").join("obj"))?).into();
+    bed.set_paths(paths)?;
+    bed.start_ha(0)?;
+    // Time enough for a state of a few hundred kB at 1 Mbit/s and its drain.
+    let slow = ["--reply-timeout-ms", "30000"];
+    let mut a1 = bed.node_args(0);
+    a1.extend(
+        [
+            "--handoff-after",
+            &handoff_at.to_string(),
+            "--max-handoffs",
+            &sessions.to_string(),
+            "--drain-deadline-ms",
+            "30000",
+        ]
+        .map(String::from),
+    );
+    a1.extend(drain_args.iter().cloned());
+    a1.extend(slow.map(String::from));
+    let mut a2 = bed.node_args(1);
+    a2.extend(["--max-handoffs", "0"].map(String::from));
+    a2.extend(slow.map(String::from));
+    bed.start_node(1, &a2)?;
+    bed.start_node(0, &a1)?;
+    super::testbed::with_logs(bed, bed.wait_echo())?;
+    // The object at the slowest rate, twice over, and a margin.
+    let timeout = Duration::from_secs_f64(
+        10.0 + 2.0 * size as f64 * 8.0 / (paths.upstream_mbit.unwrap_or(100.0) * 1e6),
+    );
+    let mut runs = Vec::new();
+    for i in 0..sessions {
+        let (ok, log, secs) = super::testbed::with_logs(bed, download(bed, &want, timeout))?;
+        ensure!(ok, "download {i}: the body differs from the object");
+        runs.push((log, secs));
+    }
+    let out1 = bed.stop_node(0)?;
+    bed.stop_node(1)?;
+    let events = crate::handoff::processes::parse(0, &out1)?.events;
+    let mut done = Vec::new();
+    let mut kept = Vec::new();
+    for (_, e) in events {
+        match e {
+            NodeEvent::HandedOff {
+                mut report,
+                boundary_seq,
+                ..
+            } => {
+                let (log, secs) = runs.get(done.len()).cloned().unwrap_or_default();
+                report.client_gap_us = sniff::gap(&log, boundary_seq)
+                    .map(|g| (g.as_nanos() as f64 / 1000.0 * 1000.0).round() / 1000.0);
+                report.bytes_ok = Some(true);
+                done.push(Session {
+                    report,
+                    seconds: secs,
+                });
+            }
+            NodeEvent::KeptHere { cause, .. } | NodeEvent::Failed { cause } => {
+                kept.push(cause.to_string())
+            }
+            _ => {}
+        }
+    }
+    ensure!(
+        done.len() == sessions as usize,
+        "{} handoffs reported for {} downloads (kept: {kept:?})",
+        done.len(),
+        sessions
+    );
+    Ok(done)
+}
+
+/// The object every download fetches, `size` bytes, into the testbed's document root.
+pub(crate) fn write_object(bed: &Fig1, size: u64) -> Result<()> {
+    let body: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(bed.dir.join("www").join("obj"), body)?;
+    Ok(())
+}
+
+fn stat(v: impl Iterator<Item = f64>) -> Option<Stat> {
+    Stat::of(v.collect())
+}
+
+/// Runs the experiment on `bed` (built, no daemons yet).
+pub fn run(bed: &mut Fig1, o: &Options, progress: &dyn Fn(&str)) -> Result<Report> {
+    ensure!(o.sessions > 0 && o.handoff_at < o.size, "sessions > 0 and handoff_at < size");
+    write_object(bed, o.size)?;
+    let mut points = Vec::new();
+    for &drain in &o.drains {
+        for &mbit in &o.bandwidths {
+            let label = mbit.map_or("unshaped".to_string(), |m| format!("{m} Mbit/s"));
+            progress(&format!(
+                "handoff decomposition: drain {}, upstream {label}, {} downloads of {} bytes",
+                drain_name(drain),
+                o.sessions,
+                o.size
+            ));
+            let paths = Paths {
+                cs1_ms: o.cs_ms,
+                cs2_ms: o.cs_ms,
+                ss_ms: o.ss_ms,
+                upstream_mbit: mbit,
+            };
+            let drain_args = vec!["--drain".to_string(), drain_name(drain).to_string()];
+            let sessions = handoffs(bed, &paths, &drain_args, o.sessions, o.size, o.handoff_at)?;
+            points.push(Point {
+                drain,
+                mbit,
+                phases_us: (0..7)
+                    .map(|k| stat(sessions.iter().map(|s| s.report.phases_us[k])))
+                    .collect(),
+                total_us: stat(sessions.iter().map(|s| s.report.total_us)),
+                client_gap_us: stat(sessions.iter().filter_map(|s| s.report.client_gap_us)),
+                state_bytes: stat(sessions.iter().map(|s| s.report.state_bytes as f64)),
+                seconds: stat(sessions.iter().map(|s| s.seconds)),
+                sessions,
+            });
+        }
+    }
+    Ok(Report {
+        options: o.clone(),
+        points,
+    })
+}
+
+fn ms(s: &Option<Stat>) -> String {
+    s.as_ref()
+        .map_or("—".into(), |s| format!("{:.3}", s.median / 1000.0))
+}
+
+/// The seed's column for a bandwidth, if it has one.
+fn seed_col(mbit: Option<f64>) -> Option<usize> {
+    let m = mbit?;
+    SEED_MBIT.iter().position(|s| (s - m).abs() < 1e-9)
+}
+
+/// The report as text: per drain, our Table 1 (medians, ms) with the seed's value and the
+/// ratio beside each cell.
+pub fn table(r: &Report) -> String {
+    let mut s = String::from(
+        "handoff time decomposition (seed §3.2.2, Table 1): medians in ms; [seed ms, ours/seed]\n",
+    );
+    for &drain in &r.options.drains {
+        let pts: Vec<&Point> = r.points.iter().filter(|p| p.drain == drain).collect();
+        s.push_str(&format!("\ndrain {}:\n{:<22}", drain_name(drain), "phase"));
+        for p in &pts {
+            s.push_str(&format!(
+                "{:>28}",
+                p.mbit.map_or("unshaped".into(), |m| format!("{m} Mbit/s"))
+            ));
+        }
+        s.push('\n');
+        let rows: Vec<(&str, Box<dyn Fn(&Point) -> Option<Stat>>)> = (0..7)
+            .map(|k| {
+                (
+                    PHASES[k],
+                    Box::new(move |p: &Point| p.phases_us[k].clone()) as Box<dyn Fn(&Point) -> Option<Stat>>,
+                )
+            })
+            .chain(std::iter::once((
+                "total",
+                Box::new(|p: &Point| p.total_us.clone()) as Box<dyn Fn(&Point) -> Option<Stat>>,
+            )))
+            .collect();
+        for (row, (name, f)) in rows.iter().enumerate() {
+            s.push_str(&format!("{name:<22}"));
+            for p in &pts {
+                let v = f(p);
+                let cell = match (seed_col(p.mbit), &v) {
+                    (Some(c), Some(st)) => format!(
+                        "{} [{}, {:.3}×]",
+                        ms(&v),
+                        SEED_TABLE1[row][c],
+                        st.median / 1000.0 / SEED_TABLE1[row][c]
+                    ),
+                    _ => ms(&v),
+                };
+                s.push_str(&format!("{cell:>28}"));
+            }
+            s.push('\n');
+        }
+        for (name, f) in [
+            ("client gap", &(|p: &Point| p.client_gap_us.clone()) as &dyn Fn(&Point) -> Option<Stat>),
+            ("download", &|p: &Point| p.seconds.clone().map(|mut x| {
+                x.median *= 1e6;
+                x
+            })),
+        ] {
+            s.push_str(&format!("{name:<22}"));
+            for p in &pts {
+                s.push_str(&format!("{:>28}", ms(&f(p))));
+            }
+            s.push('\n');
+        }
+        s.push_str(&format!("{:<22}", "state (bytes)"));
+        for p in &pts {
+            s.push_str(&format!(
+                "{:>28}",
+                p.state_bytes.as_ref().map_or("—".into(), |x| format!("{:.0}", x.median))
+            ));
+        }
+        s.push('\n');
+    }
+    s
+}
