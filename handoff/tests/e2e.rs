@@ -534,8 +534,14 @@ fn drain_waits_for_acks_or_deadline() {
     let mut d = start_donor(&mut lan, &mut svcs, 1, srv, cfg, now);
     assert_eq!(d.poll_timeout(), Some(now + Duration::from_millis(30)));
     let (steps, bytes) = offer_after(&mut lan, &mut svcs, &mut d, Some(cl));
-    assert!((29..=31).contains(&steps), "the period ended the wait: {steps}");
-    assert!(bytes <= 96, "everything was acknowledged meanwhile: {bytes}");
+    assert!(
+        (29..=31).contains(&steps),
+        "the period ended the wait: {steps}"
+    );
+    assert!(
+        bytes <= 96,
+        "everything was acknowledged meanwhile: {bytes}"
+    );
 }
 
 /// The connection goes back and forth between the two nodes 20 times during the download (one

@@ -226,3 +226,95 @@ pub fn write_http_svg(sum: &crate::http::Summary, dir: &Path) -> Result<PathBuf>
     );
     two_panel_svg(dir, "dsperf-http.svg", &title, [rps, p99], &foot)
 }
+
+/// One line of a [`write_lines_svg`] chart.
+pub struct Line {
+    /// Legend text.
+    pub label: String,
+    /// (x, y) points in order.
+    pub points: Vec<(f64, f64)>,
+}
+
+/// Write `path`: lines with dots, one colour each, and optional lone markers (crosses, in the
+/// colour of the line of the same index). Returns the path.
+pub fn write_lines_svg(
+    path: &Path,
+    title: &str,
+    (xlabel, ylabel): (&str, &str),
+    lines: &[Line],
+    markers: &[(usize, String, (f64, f64))],
+) -> Result<PathBuf> {
+    const PALETTE: [RGBColor; 4] = [
+        RGBColor(0x2b, 0x6c, 0xb0),
+        RGBColor(0xe0, 0x8a, 0x1e),
+        RGBColor(0x2e, 0x8b, 0x57),
+        RGBColor(0xb0, 0x2b, 0x4a),
+    ];
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
+    }
+    let all = lines
+        .iter()
+        .flat_map(|l| l.points.iter().copied())
+        .chain(markers.iter().map(|m| m.2));
+    let (mut xmax, mut ymax) = (1.0f64, 1.0f64);
+    for (x, y) in all {
+        xmax = xmax.max(x);
+        ymax = ymax.max(y);
+    }
+    {
+        let root = SVGBackend::new(path, (1000, 600)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| anyhow!("fill: {e}"))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, (FONT, 18))
+            .margin(15)
+            .x_label_area_size(45)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0.0..xmax * 1.05, 0.0..ymax * 1.15)
+            .map_err(|e| anyhow!("chart: {e}"))?;
+        chart
+            .configure_mesh()
+            .x_desc(xlabel)
+            .y_desc(ylabel)
+            .label_style((FONT, 13))
+            .draw()
+            .map_err(|e| anyhow!("mesh: {e}"))?;
+        for (i, l) in lines.iter().enumerate() {
+            let c = PALETTE[i % PALETTE.len()];
+            chart
+                .draw_series(LineSeries::new(l.points.iter().copied(), c.stroke_width(2)))
+                .map_err(|e| anyhow!("line: {e}"))?
+                .label(l.label.clone())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
+                });
+            chart
+                .draw_series(l.points.iter().map(|&p| Circle::new(p, 3, c.filled())))
+                .map_err(|e| anyhow!("dots: {e}"))?;
+        }
+        for (i, label, p) in markers {
+            let c = PALETTE[i % PALETTE.len()];
+            chart
+                .draw_series(std::iter::once(Cross::new(*p, 7, c.stroke_width(3))))
+                .map_err(|e| anyhow!("marker: {e}"))?;
+            chart
+                .draw_series(std::iter::once(Text::new(
+                    label.clone(),
+                    (p.0, p.1),
+                    (FONT, 12).into_font().color(&c),
+                )))
+                .map_err(|e| anyhow!("marker label: {e}"))?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .label_font((FONT, 13))
+            .background_style(WHITE.mix(0.9))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| anyhow!("legend: {e}"))?;
+        root.present()
+            .map_err(|e| anyhow!("write {}: {e}", path.display()))?;
+    }
+    Ok(path.to_path_buf())
+}

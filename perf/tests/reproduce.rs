@@ -30,3 +30,59 @@ fn access_latency_follows_the_paths_of_both_configurations() {
         );
     }
 }
+
+/// Experiments 2 and 3 at their smallest: every download is handed off once at 500 kB,
+/// byte-exact; freezing at once moves the queued data, a drain moves a bare state; a donor
+/// that waits freezes after its wait, with less left to move.
+#[test]
+fn handoffs_on_the_seed_testbed_report_their_phases() {
+    use ds_perf::handoff::DrainChoice;
+    use ds_perf::reproduce::{decomp, figure2};
+    if !require_root("handoffs_on_the_seed_testbed_report_their_phases") {
+        return;
+    }
+    let mut bed = Fig1::build().expect("testbed");
+    let o = decomp::Options {
+        bandwidths: vec![None],
+        drains: vec![DrainChoice::Immediate, DrainChoice::Acked],
+        sessions: 2,
+        size: 1_000_000,
+        handoff_at: 500_000,
+        cs_ms: 0.0,
+        ss_ms: 0.0,
+    };
+    let r = decomp::run(&mut bed, &o, &|_| {}).expect("experiment 2");
+    assert_eq!(r.points.len(), 2);
+    for p in &r.points {
+        assert_eq!(p.sessions.len(), 2);
+        for s in &p.sessions {
+            assert!(s.report.total_us > 0.0, "{s:?}");
+            assert!(s.report.client_gap_us.is_some(), "no gap found: {s:?}");
+            match p.drain {
+                DrainChoice::Immediate => assert!(s.report.state_bytes > 10_000, "{s:?}"),
+                DrainChoice::Acked => assert!(s.report.state_bytes < 200, "{s:?}"),
+            }
+        }
+    }
+    let o = figure2::Options {
+        bandwidths: vec![20.0],
+        waits_ms: vec![0, 300],
+        sessions: 1,
+        size: 1_000_000,
+        handoff_at: 500_000,
+    };
+    let r = figure2::run(&mut bed, &o, &|_| {}).expect("experiment 3");
+    let c = &r.curves[0];
+    let median = |p: &figure2::Point, f: fn(&figure2::Point) -> Option<f64>| {
+        f(p).unwrap_or_else(|| panic!("{p:?}"))
+    };
+    let drain = |p: &figure2::Point| p.drain_ms.as_ref().map(|s| s.median);
+    let state = |p: &figure2::Point| p.state_bytes.as_ref().map(|s| s.median);
+    let waited = median(&c.points[1], drain);
+    assert!((295.0..400.0).contains(&waited), "waited {waited} ms");
+    assert!(
+        median(&c.points[1], state) < median(&c.points[0], state),
+        "{c:?}"
+    );
+    assert!(median(&c.acked, state) < 200.0, "{c:?}");
+}

@@ -88,10 +88,15 @@ enum Cmd {
     /// another, every daemon a process (dswan, dsha, dsnode).
     ///
     /// Needs root and built `dswan`, `dsha` and `dsnode` (next to dsperf, or in $DS_BIN_DIR).
-    /// So far experiment 1, server access latency (§3.2.1): UDP echo of 128 bytes to the DS
-    /// address over a grid of Lat_SS × Lat_CS, node 1 serving (configuration 1) or node 2
-    /// behind home agent 1's tunnel (configuration 2); reports X and Y against the seed's.
-    /// Experiments 2 and 3 are not implemented yet.
+    /// Experiment 1, server access latency (§3.2.1): UDP echo of 128 bytes to the DS address
+    /// over a grid of Lat_SS × Lat_CS, node 1 serving (configuration 1) or node 2 behind home
+    /// agent 1's tunnel (configuration 2); X and Y against the seed's. Experiment 2, handoff
+    /// time decomposition (§3.2.2): 1 MB downloads handed off at 500 kB, drains immediate and
+    /// acked, upstream unshaped and at 100, 2, 1.5, 1 Mbit/s; the seven phases next to the
+    /// seed's Table 1. Experiment 3 (§3.2.3): client-perceived handoff time against the
+    /// donor's wait (0–1,000 ms) at 2, 1.5, 1 Mbit/s, the seed's Figure 2. Progress on
+    /// stderr; writes --out/EVALUATION.md, results.json and figure2.svg. --quick takes about
+    /// ten minutes on a 2-core machine; --full hours.
     Reproduce(ReproduceArgs),
 }
 
@@ -113,6 +118,9 @@ struct ReproduceArgs {
     /// Downloads per handoff point [default: 3 for decomp and 1 for state; --full: 100 and 10].
     #[arg(long)]
     sessions: Option<u32>,
+    /// Where the report goes: EVALUATION.md, results.json and figure2.svg.
+    #[arg(long, default_value = "dsperf-reproduce")]
+    out: PathBuf,
     /// Print the results as one JSON object.
     #[arg(long)]
     json: bool,
@@ -120,7 +128,8 @@ struct ReproduceArgs {
 
 fn run_reproduce(a: ReproduceArgs) -> Result<()> {
     use ds_perf::handoff::DrainChoice;
-    use ds_perf::reproduce::{access, decomp, figure2, testbed::Fig1};
+    use ds_perf::reproduce::{access, decomp, figure2, report, testbed::Fig1};
+    let started = std::time::Instant::now();
     if !ds_perf::is_root() {
         bail!("dsperf reproduce needs root (network namespaces, XDP)");
     }
@@ -136,8 +145,25 @@ fn run_reproduce(a: ReproduceArgs) -> Result<()> {
     };
     let progress = |line: &str| tracing::info!("{line}");
     let mut bed = Fig1::build()?;
-    let mut out = serde_json::Map::new();
     let mut text = String::new();
+    let mut results = report::Results {
+        size: if a.full { "full" } else { "quick" }.into(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        date: String::from_utf8_lossy(
+            &std::process::Command::new("date")
+                .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+                .output()
+                .map(|o| o.stdout)
+                .unwrap_or_default(),
+        )
+        .trim()
+        .to_string(),
+        machine: report::Machine::here(),
+        seconds: 0.0,
+        access: None,
+        decomp: None,
+        state: None,
+    };
     if a.only.iter().any(|e| e == "access") {
         let o = access::Options {
             ss_ms: grid.clone(),
@@ -146,7 +172,7 @@ fn run_reproduce(a: ReproduceArgs) -> Result<()> {
         };
         let r = access::run(&mut bed, &o, &progress)?;
         text.push_str(&access::table(&r));
-        out.insert("access".into(), serde_json::to_value(&r)?);
+        results.access = Some(r);
     }
     if a.only.iter().any(|e| e == "decomp") {
         let o = decomp::Options {
@@ -161,7 +187,7 @@ fn run_reproduce(a: ReproduceArgs) -> Result<()> {
         let r = decomp::run(&mut bed, &o, &progress)?;
         text.push('\n');
         text.push_str(&decomp::table(&r));
-        out.insert("decomp".into(), serde_json::to_value(&r)?);
+        results.decomp = Some(r);
     }
     if a.only.iter().any(|e| e == "state") {
         let step = if a.full { 25 } else { 100 };
@@ -175,10 +201,15 @@ fn run_reproduce(a: ReproduceArgs) -> Result<()> {
         let r = figure2::run(&mut bed, &o, &progress)?;
         text.push('\n');
         text.push_str(&figure2::table(&r));
-        out.insert("state".into(), serde_json::to_value(&r)?);
+        results.state = Some(r);
+    }
+    drop(bed);
+    results.seconds = started.elapsed().as_secs_f64();
+    for p in report::write_all(&a.out, &results)? {
+        tracing::info!("wrote {}", p.display());
     }
     if a.json {
-        ds_apps::outln!("{}", serde_json::Value::Object(out));
+        ds_apps::outln!("{}", serde_json::to_string(&results)?);
         eprint!("{text}");
     } else {
         print!("{text}");

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 pub struct Frame {
     /// Arrival time (monotonic, same clock as the nodes' reports).
     pub at: Instant,
+    /// Ethernet source: the last hop it came from (a node, or the router in front of it).
+    pub src_mac: [u8; 6],
     /// Source address; for a packet with a Home Address option (RFC 6275 §6.3) the home
     /// address, which is the source the transport sees.
     pub src: Ipv6Addr,
@@ -179,8 +181,11 @@ fn parse(at: Instant, f: &[u8]) -> Option<Frame> {
     } else {
         None
     };
+    let mut src_mac = [0u8; 6];
+    src_mac.copy_from_slice(&f[6..12]);
     Some(Frame {
         at,
+        src_mac,
         src,
         dst,
         hao,
@@ -249,6 +254,29 @@ pub fn gap(log: &[Seen], boundary: u32) -> Option<Duration> {
     let i = log.iter().position(|s| after_or_at(s.seq, boundary))?;
     let before = log[..i].last()?;
     Some(log[i].at.duration_since(before.at))
+}
+
+/// The seed's client-perceived handoff time (§3.2.3): from the last data segment of `server`
+/// port `port` that came from the donor's side (Ethernet source `donor`) to the first one
+/// from the acceptor's side (`acceptor`). Unlike [`gap`], it does not depend on where the
+/// sequence boundary lies, so data the donor had in flight when it froze counts as the
+/// donor's.
+pub fn sender_gap(
+    frames: &[Frame],
+    server: Ipv6Addr,
+    port: u16,
+    donor: [u8; 6],
+    acceptor: [u8; 6],
+) -> Option<Duration> {
+    let data: Vec<&Frame> = frames
+        .iter()
+        .filter(|f| {
+            f.src == server && matches!(f.tcp, Some((sp, _, _, len)) if sp == port && len > 0)
+        })
+        .collect();
+    let first = data.iter().position(|f| f.src_mac == acceptor)?;
+    let last = data[..first].iter().rev().find(|f| f.src_mac == donor)?;
+    Some(data[first].at.duration_since(last.at))
 }
 
 /// Data segments whose bytes had all arrived before (retransmissions reaching the client).

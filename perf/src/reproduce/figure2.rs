@@ -37,6 +37,8 @@ pub struct Point {
     pub wait_ms: Option<u64>,
     /// Client-perceived handoff time, ms.
     pub client_ms: Option<Stat>,
+    /// Its 99th percentile (nearest rank), ms.
+    pub client_p99_ms: Option<f64>,
     /// State moved, bytes.
     pub state_bytes: Option<Stat>,
     /// Drain (the wait, or the time until acknowledged), ms.
@@ -70,6 +72,10 @@ fn point(wait_ms: Option<u64>, s: &[super::decomp::Session]) -> Point {
             s.iter()
                 .filter_map(|x| x.report.client_gap_us.map(|g| g / 1000.0))
                 .collect(),
+        ),
+        client_p99_ms: super::decomp::p99(
+            s.iter()
+                .filter_map(|x| x.report.client_gap_us.map(|g| g / 1000.0)),
         ),
         state_bytes: Stat::of(s.iter().map(|x| x.report.state_bytes as f64).collect()),
         drain_ms: Stat::of(s.iter().map(|x| x.report.drain_us / 1000.0).collect()),

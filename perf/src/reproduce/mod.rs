@@ -9,4 +9,5 @@
 pub mod access;
 pub mod decomp;
 pub mod figure2;
+pub mod report;
 pub mod testbed;

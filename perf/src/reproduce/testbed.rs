@@ -337,6 +337,15 @@ impl Fig1 {
         })
     }
 
+    /// The MAC address of home agent `i`'s core interface: the Ethernet source of what
+    /// reaches the client from network `i`.
+    pub fn router_mac(&self, i: usize) -> Result<[u8; 6]> {
+        let out = self.has[i].ip(&["-j", "link", "show", "x0"])?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("ip -j link")?;
+        let s = v[0]["address"].as_str().context("no address for x0")?;
+        ds_apps::mac::parse_mac(s).map_err(|e| anyhow::anyhow!("{s}: {e}"))
+    }
+
     /// The tail of a daemon's log (for error messages).
     pub fn log_tail(&self, name: &str) -> String {
         let log = std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default();
