@@ -95,8 +95,8 @@ enum Cmd {
     /// acked, upstream unshaped and at 100, 2, 1.5, 1 Mbit/s; the seven phases next to the
     /// seed's Table 1. Experiment 3 (§3.2.3): client-perceived handoff time against the
     /// donor's wait (0–1,000 ms) at 2, 1.5, 1 Mbit/s, the seed's Figure 2. Progress on
-    /// stderr; writes --out/EVALUATION.md, results.json and figure2.svg. --quick takes about
-    /// ten minutes on a 2-core machine; --full hours.
+    /// stderr; writes --out/EVALUATION.md and its figures. --quick takes about nine minutes
+    /// on a 2-core machine; --full about five hours (estimated from the quick run).
     Reproduce(ReproduceArgs),
 }
 
@@ -118,9 +118,13 @@ struct ReproduceArgs {
     /// Downloads per handoff point [default: 3 for decomp and 1 for state; --full: 100 and 10].
     #[arg(long)]
     sessions: Option<u32>,
-    /// Where the report goes: EVALUATION.md, results.json and figure2.svg.
+    /// Where the report goes: EVALUATION.md, figures/reproduce-results.json and
+    /// figures/reproduce-figure2.svg (`--out docs` updates the repository's copy).
     #[arg(long, default_value = "dsperf-reproduce")]
     out: PathBuf,
+    /// Run nothing: write the report again from a saved figures/reproduce-results.json.
+    #[arg(long, value_name = "FILE")]
+    render: Option<PathBuf>,
     /// Print the results as one JSON object.
     #[arg(long)]
     json: bool,
@@ -130,6 +134,16 @@ fn run_reproduce(a: ReproduceArgs) -> Result<()> {
     use ds_perf::handoff::DrainChoice;
     use ds_perf::reproduce::{access, decomp, figure2, report, testbed::Fig1};
     let started = std::time::Instant::now();
+    if let Some(f) = &a.render {
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        let results: report::Results =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", f.display()))?;
+        for p in report::write_all(&a.out, &results)? {
+            tracing::info!("wrote {}", p.display());
+        }
+        return Ok(());
+    }
     if !ds_perf::is_root() {
         bail!("dsperf reproduce needs root (network namespaces, XDP)");
     }

@@ -70,7 +70,9 @@ pub enum Client {
 }
 
 /// Drain policy choice.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum DrainChoice {
     /// Freeze at once: unacknowledged and unsent data travel in the state.

@@ -14,12 +14,12 @@
 
 use super::testbed::{ip, Fig1, Paths, DS, ECHO_PORT};
 use anyhow::{ensure, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::net::{SocketAddrV6, UdpSocket};
 use std::time::{Duration, Instant};
 
 /// What to run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Options {
     /// Lat_SS values, ms.
     pub ss_ms: Vec<f64>,
@@ -30,7 +30,7 @@ pub struct Options {
 }
 
 /// One grid point of one configuration.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Point {
     /// 1 or 2.
     pub config: u8,
@@ -53,7 +53,7 @@ pub struct Point {
 }
 
 /// The fitted intercept of one configuration.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Fit {
     /// 1 or 2.
     pub config: u8,
@@ -75,7 +75,7 @@ pub struct Fit {
 }
 
 /// The experiment's result.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     /// Options.
     pub options: Options,

@@ -15,7 +15,7 @@ use crate::stack::report::Stat;
 use anyhow::{bail, ensure, Context, Result};
 use ds_apps::node::NodeEvent;
 use ds_handoff::HandoffReport;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::time::Duration;
 
@@ -45,7 +45,7 @@ pub const PHASES: [&str; 7] = [
 ];
 
 /// What to run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Options {
     /// Upstream bandwidths, Mbit/s (`None`: unshaped).
     pub bandwidths: Vec<Option<f64>>,
@@ -64,7 +64,7 @@ pub struct Options {
 }
 
 /// One handoff.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Session {
     /// The donor's report (phases, total, wall, drain, state size), with the client's gap.
     #[serde(flatten)]
@@ -74,7 +74,7 @@ pub struct Session {
 }
 
 /// One (drain, bandwidth) point.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Point {
     /// Drain policy.
     pub drain: DrainChoice,
@@ -98,7 +98,7 @@ pub struct Point {
 }
 
 /// The experiment's result.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     /// Options.
     pub options: Options,

@@ -13,10 +13,10 @@ use super::decomp::{handoffs, write_object};
 use super::testbed::{Fig1, Paths};
 use crate::stack::report::Stat;
 use anyhow::{ensure, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What to run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Options {
     /// Upstream bandwidths, Mbit/s.
     pub bandwidths: Vec<f64>,
@@ -31,7 +31,7 @@ pub struct Options {
 }
 
 /// One point of a curve.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Point {
     /// The donor's wait, ms (`None`: the `acked` policy).
     pub wait_ms: Option<u64>,
@@ -46,7 +46,7 @@ pub struct Point {
 }
 
 /// One bandwidth.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Curve {
     /// Upstream bandwidth, Mbit/s.
     pub mbit: f64,
@@ -57,7 +57,7 @@ pub struct Curve {
 }
 
 /// The experiment's result.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     /// Options.
     pub options: Options,
@@ -142,15 +142,15 @@ pub fn table(r: &Report) -> String {
         }
         s.push('\n');
     }
-    s.push_str(&format!("{:>10}", "acked"));
     for c in &r.curves {
-        let drain = c
-            .acked
-            .drain_ms
-            .as_ref()
-            .map_or(String::new(), |d| format!(" after {:.0} ms", d.median));
-        s.push_str(&format!("{:>24}", format!("{}{drain}", cell(&c.acked))));
+        let drain = c.acked.drain_ms.as_ref().map_or(String::new(), |d| {
+            format!(" after {:.0} ms of drain", d.median)
+        });
+        s.push_str(&format!(
+            "acked drain, {} Mbit/s: {}{drain}\n",
+            c.mbit,
+            cell(&c.acked)
+        ));
     }
-    s.push('\n');
     s
 }

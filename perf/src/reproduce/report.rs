@@ -1,15 +1,16 @@
 //! The evaluation report: `EVALUATION.md` (our figures beside the seed's, the machine and
-//! every parameter), `results.json` and `figure2.svg`, written by `dsperf reproduce`.
+//! every parameter), `figures/reproduce-results.json` and `figures/reproduce-figure2.svg`,
+//! written by `dsperf reproduce` (and again from saved results by `--render`).
 
 use super::{access, decomp, figure2};
 use crate::plot::{write_lines_svg, Line};
 use anyhow::Result;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 /// Everything one `dsperf reproduce` run measured.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Results {
     /// `quick` or `full`.
     pub size: String,
@@ -30,7 +31,7 @@ pub struct Results {
 }
 
 /// What the run ran on.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Machine {
     /// Kernel release.
     pub kernel: String,
@@ -281,13 +282,18 @@ pub fn markdown(r: &Results) -> String {
             s,
             "## Experiment 3 — state transfer optimisation (§3.2.3, Figure 2)\n\n\
              The donor waits after its last send before freezing (`dsnode --drain wait`), {} \
-             download(s) per point; the client-perceived handoff time is measured on the \
-             client's interface (last data segment before the handoff's boundary to the first \
-             after it). The seed's Figure 2 (its image is not in our copy of the report) shows \
-             the time falling as the wait grows until the socket is extracted right after the \
-             last acknowledgement (a ~90-byte state), then growing with the wait; our `acked` \
-             drain policy, which solicits that last ACK and freezes at once, is the cross on each \
-             curve.\n\n![Figure 2](figures/reproduce-figure2.svg)\n",
+             download(s) per point; the client-perceived handoff time is the seed's: from the \
+             last data packet from the donor to the first from the acceptor, on the client's \
+             interface (told apart by their last hop, home agent 1's or home agent 2's router). \
+             The seed's Figure 2 (its image is not in our copy of the report) shows the time \
+             falling as the wait grows until the socket is extracted right after the last \
+             acknowledgement (a ~90-byte state), then growing with the wait. Our donor starts \
+             with some 4× the seed's ~90 kB (what the file server queued, up to the 256 KiB \
+             not-sent limit, plus what is in flight), which does not drain within 1,000 ms at \
+             these rates: the curves only fall. Our `acked` drain policy, which solicits the \
+             last ACK and freezes at once, is the cross on each curve, drawn at the time its \
+             drain took: that is where the seed's minimum lies.\n\n\
+             ![Figure 2](figures/reproduce-figure2.svg)\n",
             f.options.sessions
         );
         let _ = write!(s, "| wait (ms) |");
@@ -334,11 +340,14 @@ pub fn markdown(r: &Results) -> String {
     s
 }
 
-/// Writes `results.json`, `figure2.svg` and `EVALUATION.md` into `dir`; returns the paths.
+/// Writes `EVALUATION.md`, `figures/reproduce-results.json` and `figures/reproduce-figure2.svg`
+/// into `dir` (`docs` puts them where the repository keeps them); returns the paths.
 pub fn write_all(dir: &Path, r: &Results) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir)?;
     let mut out = Vec::new();
-    let json = dir.join("results.json");
+    let figs = dir.join("figures");
+    std::fs::create_dir_all(&figs)?;
+    let json = figs.join("reproduce-results.json");
     std::fs::write(&json, serde_json::to_string_pretty(r)?)?;
     out.push(json);
     if let Some(f) = &r.state {
@@ -365,7 +374,7 @@ pub fn write_all(dir: &Path, r: &Results) -> Result<Vec<PathBuf>> {
             })
             .collect();
         out.push(write_lines_svg(
-            &dir.join("figure2.svg"),
+            &figs.join("reproduce-figure2.svg"),
             "Client-perceived handoff time against the donor's wait (seed Figure 2); x: acked drain",
             ("donor's wait before freezing (ms)", "client-perceived handoff time (ms)"),
             &lines,

@@ -4,7 +4,7 @@ use super::{Environment, Options, Record, Server, Test};
 use serde::Serialize;
 
 /// Median, minimum and maximum of one metric over the repeats.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, serde::Deserialize)]
 pub struct Stat {
     /// Median (mean of the middle two for an even count).
     pub median: f64,
