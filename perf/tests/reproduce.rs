@@ -43,6 +43,7 @@ fn handoffs_on_the_seed_testbed_report_their_phases() {
     }
     let mut bed = Fig1::build().expect("testbed");
     let o = decomp::Options {
+        paths: vec!["user->user".into(), "kernel->kernel".into()],
         bandwidths: vec![None],
         drains: vec![DrainChoice::Immediate, DrainChoice::Acked],
         sessions: 2,
@@ -52,7 +53,7 @@ fn handoffs_on_the_seed_testbed_report_their_phases() {
         ss_ms: 0.0,
     };
     let r = decomp::run(&mut bed, &o, &|_| {}).expect("experiment 2");
-    assert_eq!(r.points.len(), 2);
+    assert_eq!(r.points.len(), 4);
     for p in &r.points {
         assert_eq!(p.sessions.len(), 2);
         for s in &p.sessions {

@@ -112,6 +112,14 @@ struct ReproduceArgs {
     /// Which experiments, comma-separated: access (§3.2.1), decomp (§3.2.2), state (§3.2.3).
     #[arg(long, value_delimiter = ',', default_value = "access,decomp,state")]
     only: Vec<String>,
+    /// The nodes' implementations in experiment 2, comma-separated (user->user,
+    /// kernel->user, user->kernel, kernel->kernel).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "user->user,kernel->kernel"
+    )]
+    paths: Vec<String>,
     /// Round trips per access-latency point.
     #[arg(long, default_value_t = 100)]
     rounds: u32,
@@ -190,6 +198,7 @@ fn run_reproduce(a: ReproduceArgs) -> Result<()> {
     }
     if a.only.iter().any(|e| e == "decomp") {
         let o = decomp::Options {
+            paths: a.paths.clone(),
             bandwidths: vec![None, Some(100.0), Some(2.0), Some(1.5), Some(1.0)],
             drains: vec![DrainChoice::Immediate, DrainChoice::Acked],
             sessions: a.sessions.unwrap_or(if a.full { 100 } else { 3 }),

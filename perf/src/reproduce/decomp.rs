@@ -10,7 +10,7 @@
 
 use super::testbed::{ip, Fig1, Paths, DS};
 use crate::handoff::sniff;
-use crate::handoff::DrainChoice;
+use crate::handoff::{DrainChoice, HandoffPath, Side};
 use crate::stack::report::Stat;
 use anyhow::{bail, ensure, Context, Result};
 use ds_apps::node::NodeEvent;
@@ -47,6 +47,10 @@ pub const PHASES: [&str; 7] = [
 /// What to run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Options {
+    /// Which implementation each node runs: `user->user`, `kernel->kernel`, ... (see
+    /// [`HandoffPath`]).
+    #[serde(default = "user_user")]
+    pub paths: Vec<String>,
     /// Upstream bandwidths, Mbit/s (`None`: unshaped).
     pub bandwidths: Vec<Option<f64>>,
     /// Drain policies.
@@ -73,9 +77,12 @@ pub struct Session {
     pub seconds: f64,
 }
 
-/// One (drain, bandwidth) point.
+/// One (path, drain, bandwidth) point.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Point {
+    /// The nodes' implementations, e.g. `user->user`.
+    #[serde(default = "user_user_one")]
+    pub path: String,
     /// Drain policy.
     pub drain: DrainChoice,
     /// Upstream bandwidth, Mbit/s (`None`: unshaped).
@@ -104,6 +111,15 @@ pub struct Report {
     pub options: Options,
     /// Every point.
     pub points: Vec<Point>,
+}
+
+/// Results saved before the kernel path was measured were all `user->user`.
+fn user_user() -> Vec<String> {
+    vec![user_user_one()]
+}
+
+fn user_user_one() -> String {
+    "user->user".into()
 }
 
 fn drain_name(d: DrainChoice) -> &'static str {
@@ -183,7 +199,7 @@ pub(crate) fn handoffs(
     a2.extend(slow.map(String::from));
     bed.start_node(1, &a2)?;
     bed.start_node(0, &a1)?;
-    super::testbed::with_logs(bed, bed.wait_echo())?;
+    super::testbed::with_logs(bed, bed.wait_http())?;
     // The object at the slowest rate, twice over, and a margin.
     let timeout = Duration::from_secs_f64(
         10.0 + 2.0 * size as f64 * 8.0 / (paths.upstream_mbit.unwrap_or(100.0) * 1e6),
@@ -258,40 +274,58 @@ pub fn run(bed: &mut Fig1, o: &Options, progress: &dyn Fn(&str)) -> Result<Repor
     );
     write_object(bed, o.size)?;
     let mut points = Vec::new();
-    for &drain in &o.drains {
-        for &mbit in &o.bandwidths {
-            let label = mbit.map_or("unshaped".to_string(), |m| format!("{m} Mbit/s"));
-            progress(&format!(
-                "handoff decomposition: drain {}, upstream {label}, {} downloads of {} bytes",
+    for (k, path) in o.paths.iter().enumerate() {
+        let hp: HandoffPath = path.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+        if k > 0 {
+            // A fresh testbed per path: a node moved from our stack to kernel sockets in
+            // namespaces where its stack ran before loses its first control channels (not
+            // understood yet); kernel addresses set before any daemon runs work.
+            *bed = Fig1::build()?;
+            write_object(bed, o.size)?;
+        }
+        for i in 0..2 {
+            bed.set_side(i, hp.side(i))?;
+        }
+        for &drain in &o.drains {
+            for &mbit in &o.bandwidths {
+                let label = mbit.map_or("unshaped".to_string(), |m| format!("{m} Mbit/s"));
+                progress(&format!(
+                "handoff decomposition: {path}, drain {}, upstream {label}, {} downloads of {} bytes",
                 drain_name(drain),
                 o.sessions,
                 o.size
             ));
-            let paths = Paths {
-                cs1_ms: o.cs_ms,
-                cs2_ms: o.cs_ms,
-                ss_ms: o.ss_ms,
-                upstream_mbit: mbit,
-            };
-            let drain_args = vec!["--drain".to_string(), drain_name(drain).to_string()];
-            let sessions = handoffs(bed, &paths, &drain_args, o.sessions, o.size, o.handoff_at)?;
-            points.push(Point {
-                drain,
-                mbit,
-                phases_us: (0..7)
-                    .map(|k| stat(sessions.iter().map(|s| s.report.phases_us[k])))
-                    .collect(),
-                total_us: stat(sessions.iter().map(|s| s.report.total_us)),
-                client_gap_us: stat(sessions.iter().filter_map(|s| s.report.client_gap_us)),
-                p99_us: (
-                    p99(sessions.iter().map(|s| s.report.total_us)),
-                    p99(sessions.iter().filter_map(|s| s.report.client_gap_us)),
-                ),
-                state_bytes: stat(sessions.iter().map(|s| s.report.state_bytes as f64)),
-                seconds: stat(sessions.iter().map(|s| s.seconds)),
-                sessions,
-            });
+                let paths = Paths {
+                    cs1_ms: o.cs_ms,
+                    cs2_ms: o.cs_ms,
+                    ss_ms: o.ss_ms,
+                    upstream_mbit: mbit,
+                };
+                let drain_args = vec!["--drain".to_string(), drain_name(drain).to_string()];
+                let sessions =
+                    handoffs(bed, &paths, &drain_args, o.sessions, o.size, o.handoff_at)?;
+                points.push(Point {
+                    path: path.clone(),
+                    drain,
+                    mbit,
+                    phases_us: (0..7)
+                        .map(|k| stat(sessions.iter().map(|s| s.report.phases_us[k])))
+                        .collect(),
+                    total_us: stat(sessions.iter().map(|s| s.report.total_us)),
+                    client_gap_us: stat(sessions.iter().filter_map(|s| s.report.client_gap_us)),
+                    p99_us: (
+                        p99(sessions.iter().map(|s| s.report.total_us)),
+                        p99(sessions.iter().filter_map(|s| s.report.client_gap_us)),
+                    ),
+                    state_bytes: stat(sessions.iter().map(|s| s.report.state_bytes as f64)),
+                    seconds: stat(sessions.iter().map(|s| s.seconds)),
+                    sessions,
+                });
+            }
         }
+    }
+    for i in 0..2 {
+        bed.set_side(i, Side::User)?;
     }
     Ok(Report {
         options: o.clone(),
@@ -326,9 +360,22 @@ pub fn table(r: &Report) -> String {
     let mut s = String::from(
         "handoff time decomposition (seed §3.2.2, Table 1): medians in ms; [seed ms, ours/seed]\n",
     );
-    for &drain in &r.options.drains {
-        let pts: Vec<&Point> = r.points.iter().filter(|p| p.drain == drain).collect();
-        s.push_str(&format!("\ndrain {}:\n{:<22}", drain_name(drain), "phase"));
+    for (path, drain) in r
+        .options
+        .paths
+        .iter()
+        .flat_map(|p| r.options.drains.iter().map(move |d| (p, *d)))
+    {
+        let pts: Vec<&Point> = r
+            .points
+            .iter()
+            .filter(|p| p.drain == drain && &p.path == path)
+            .collect();
+        s.push_str(&format!(
+            "\n{path}, drain {}:\n{:<22}",
+            drain_name(drain),
+            "phase"
+        ));
         for p in &pts {
             s.push_str(&format!(
                 "{:>28}",

@@ -164,11 +164,20 @@ pub fn markdown(r: &Results) -> String {
              agent (phase 6) instead of a Binding Update to the client.\n",
             d.options.handoff_at, d.options.sessions
         );
-        for &drain in &d.options.drains {
-            let pts: Vec<&decomp::Point> = d.points.iter().filter(|p| p.drain == drain).collect();
+        for (path, drain) in d
+            .options
+            .paths
+            .iter()
+            .flat_map(|p| d.options.drains.iter().map(move |x| (p, *x)))
+        {
+            let pts: Vec<&decomp::Point> = d
+                .points
+                .iter()
+                .filter(|p| p.drain == drain && &p.path == path)
+                .collect();
             let _ = writeln!(
                 s,
-                "### Drain `{}`{}\n",
+                "### Nodes {path}, drain `{}`{}\n",
                 serde_json::to_value(drain)
                     .ok()
                     .and_then(|v| v.as_str().map(String::from))

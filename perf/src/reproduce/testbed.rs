@@ -24,6 +24,7 @@
 //! next to `dsperf` or in `$DS_BIN_DIR`.
 
 use crate::find_program;
+use crate::handoff::Side;
 use crate::proc::Proc;
 use anyhow::{bail, Context, Result};
 use ds_testbed::topo::neighbour;
@@ -95,6 +96,7 @@ pub struct Fig1 {
     pub dir: PathBuf,
     tag: String,
     secret: PathBuf,
+    sides: [Side; 2],
     _napi: Program,
 }
 
@@ -183,6 +185,7 @@ impl Fig1 {
             dir,
             tag,
             secret,
+            sides: [Side::User; 2],
         })
     }
 
@@ -257,13 +260,44 @@ impl Fig1 {
         Ok(())
     }
 
-    /// The options every node gets: its addresses, the DS address, the UDP echo service, the
-    /// handoff engine towards the other node and the flow agent (transparent mode).
+    /// Puts node `i` on the kernel path (its care-of address on `n0` and the DS address on
+    /// `lo` become the kernel's, and `n0` takes the MAC the home agent's neighbour entry
+    /// names, as in `dsperf handoff`) or back on our stack (the kernel gives the addresses up).
+    pub fn set_side(&mut self, i: usize, side: Side) -> Result<()> {
+        let ns = &self.node_ns[i];
+        let coa = format!("{}/128", COA[i]);
+        let ds = format!("{DS}/128");
+        match side {
+            Side::Kernel => {
+                ns.ip(&[
+                    "link",
+                    "set",
+                    "n0",
+                    "address",
+                    &ds_apps::mac::format_mac(&MAC[i]),
+                ])?;
+                ns.ip(&["-6", "addr", "replace", &coa, "dev", "n0", "nodad"])?;
+                ns.ip(&["-6", "addr", "replace", &ds, "dev", "lo"])?;
+            }
+            Side::User => {
+                // Absent already is fine.
+                let _ = ns.exec(&["ip", "-6", "addr", "del", &coa, "dev", "n0"]);
+                let _ = ns.exec(&["ip", "-6", "addr", "del", &ds, "dev", "lo"]);
+            }
+        }
+        self.sides[i] = side;
+        Ok(())
+    }
+
+    /// The options every node gets: its addresses, the DS address, the UDP echo service (our
+    /// stack only), the handoff engine towards the other node and the flow agent
+    /// (transparent mode). The device follows [`Fig1::set_side`].
     pub fn node_args(&self, i: usize) -> Vec<String> {
-        vec![
+        let user = self.sides[i] == Side::User;
+        let mut v: Vec<String> = vec![
             "serve".into(),
             "--device".into(),
-            "afxdp".into(),
+            if user { "afxdp" } else { "kernel" }.into(),
             "--iface".into(),
             "n0".into(),
             "--addr".into(),
@@ -278,8 +312,6 @@ impl Fig1 {
             "80".into(),
             "--root".into(),
             self.dir.join("www").display().to_string(),
-            "--udp-echo".into(),
-            ECHO_PORT.to_string(),
             "--control-listen".into(),
             SocketAddrV6::new(ip(CTL[i]), CTL_PORT, 0, 0).to_string(),
             "--peer".into(),
@@ -291,7 +323,27 @@ impl Fig1 {
             "--ha-control".into(),
             SocketAddrV6::new(ip(HA_CORE[0]), HA_PORT, 0, 0).to_string(),
             "--json".into(),
-        ]
+        ];
+        if user {
+            v.extend(["--udp-echo".into(), ECHO_PORT.to_string()]);
+        }
+        v
+    }
+
+    /// Waits until the client connects to the DS address's HTTP port (the whole path is up,
+    /// whichever node serves).
+    pub fn wait_http(&self) -> Result<()> {
+        let t = Instant::now();
+        let dst = std::net::SocketAddr::from((ip(DS), 80));
+        self.client.run(|| -> Result<()> {
+            while t.elapsed() < Duration::from_secs(20) {
+                if std::net::TcpStream::connect_timeout(&dst, Duration::from_millis(500)).is_ok() {
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            bail!("no TCP connection to {dst} after 20 s")
+        })
     }
 
     /// (Re)starts node `i` (0 or 1) with `args` (see [`Fig1::node_args`]).
