@@ -87,3 +87,21 @@ fn handoffs_on_the_seed_testbed_report_their_phases() {
     );
     assert!(median(&c.acked, state) < 200.0, "{c:?}");
 }
+
+/// The seed's check with path latencies: 10 ms on SS lengthens the offer's round trip (phase
+/// 2) and the flow move at home agent 1 (phase 6) by about 20 ms each.
+#[test]
+fn path_latency_lengthens_the_phases_that_cross_it() {
+    use ds_perf::reproduce::decomp;
+    if !require_root("path_latency_lengthens_the_phases_that_cross_it") {
+        return;
+    }
+    let mut bed = Fig1::build().expect("testbed");
+    let v = decomp::latency_sweep(&mut bed, &[(0.0, 0.0), (0.0, 10.0)], 1, &|_| {}).expect("sweep");
+    let phase =
+        |p: &decomp::SweepPoint, k: usize| p.phases_us[k].expect("measured").median / 1000.0;
+    for k in [1, 5] {
+        let grew = phase(&v[1], k) - phase(&v[0], k);
+        assert!((18.0..30.0).contains(&grew), "phase {}: +{grew} ms", k + 1);
+    }
+}

@@ -109,8 +109,13 @@ struct ReproduceArgs {
     /// The quick size (the default).
     #[arg(long)]
     quick: bool,
-    /// Which experiments, comma-separated: access (§3.2.1), decomp (§3.2.2), state (§3.2.3).
-    #[arg(long, value_delimiter = ',', default_value = "access,decomp,state")]
+    /// Which experiments, comma-separated: access (§3.2.1), decomp (§3.2.2, Table 1),
+    /// latency (§3.2.2 with path latencies), state (§3.2.3).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "access,decomp,latency,state"
+    )]
     only: Vec<String>,
     /// The nodes' implementations in experiment 2, comma-separated (user->user,
     /// kernel->user, user->kernel, kernel->kernel).
@@ -156,8 +161,8 @@ fn run_reproduce(a: ReproduceArgs) -> Result<()> {
         bail!("dsperf reproduce needs root (network namespaces, XDP)");
     }
     for e in &a.only {
-        if !["access", "decomp", "state"].contains(&e.as_str()) {
-            bail!("--only: unknown experiment {e:?} (access, decomp, state)");
+        if !["access", "decomp", "latency", "state"].contains(&e.as_str()) {
+            bail!("--only: unknown experiment {e:?} (access, decomp, latency, state)");
         }
     }
     let grid: Vec<f64> = if a.full {
@@ -184,6 +189,7 @@ fn run_reproduce(a: ReproduceArgs) -> Result<()> {
         seconds: 0.0,
         access: None,
         decomp: None,
+        sweep: None,
         state: None,
     };
     if a.only.iter().any(|e| e == "access") {
@@ -211,6 +217,24 @@ fn run_reproduce(a: ReproduceArgs) -> Result<()> {
         text.push('\n');
         text.push_str(&decomp::table(&r));
         results.decomp = Some(r);
+    }
+    if a.only.iter().any(|e| e == "latency") {
+        let points: &[(f64, f64)] = if a.full {
+            &[
+                (0.0, 0.0),
+                (0.0, 10.0),
+                (0.0, 50.0),
+                (10.0, 0.0),
+                (50.0, 0.0),
+                (25.0, 25.0),
+            ]
+        } else {
+            &[(0.0, 0.0), (0.0, 20.0), (20.0, 0.0)]
+        };
+        let sessions = a.sessions.unwrap_or(if a.full { 100 } else { 3 });
+        let v = decomp::latency_sweep(&mut bed, points, sessions, &progress)?;
+        text.push_str(&decomp::sweep_table(&v));
+        results.sweep = Some(v);
     }
     if a.only.iter().any(|e| e == "state") {
         let step = if a.full { 25 } else { 100 };

@@ -429,3 +429,73 @@ pub fn table(r: &Report) -> String {
     }
     s
 }
+
+/// One point of the latency sweep (the seed's check of which phases grow with which path).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SweepPoint {
+    /// Lat_CS1 = Lat_CS2, ms.
+    pub cs_ms: f64,
+    /// Lat_SS, ms.
+    pub ss_ms: f64,
+    /// Per phase: medians over the sessions, µs.
+    pub phases_us: Vec<Option<Stat>>,
+    /// Client-perceived handoff time, µs.
+    pub client_gap_us: Option<Stat>,
+}
+
+/// The seed's check (§3.2.2, last paragraph): with path latencies set, which phases grow.
+/// Drained handoffs (a bare state, so that bandwidth plays no part), unshaped, both nodes on
+/// our stack, at each (Lat_CS, Lat_SS) of `points`.
+pub fn latency_sweep(
+    bed: &mut Fig1,
+    points: &[(f64, f64)],
+    sessions: u32,
+    progress: &dyn Fn(&str),
+) -> Result<Vec<SweepPoint>> {
+    write_object(bed, 1_000_000)?;
+    for i in 0..2 {
+        bed.set_side(i, Side::User)?;
+    }
+    let mut out = Vec::new();
+    for &(cs, ss) in points {
+        progress(&format!(
+            "handoff decomposition with latencies: Lat_CS {cs} ms, Lat_SS {ss} ms, {sessions} downloads"
+        ));
+        let paths = Paths {
+            cs1_ms: cs,
+            cs2_ms: cs,
+            ss_ms: ss,
+            upstream_mbit: None,
+        };
+        let args = ["--drain", "acked"].map(String::from);
+        let s = handoffs(bed, &paths, &args, sessions, 1_000_000, 500_000)?;
+        out.push(SweepPoint {
+            cs_ms: cs,
+            ss_ms: ss,
+            phases_us: (0..7)
+                .map(|k| stat(s.iter().map(|x| x.report.phases_us[k])))
+                .collect(),
+            client_gap_us: stat(s.iter().filter_map(|x| x.report.client_gap_us)),
+        });
+    }
+    Ok(out)
+}
+
+/// The sweep as text: phase medians per point, ms.
+pub fn sweep_table(v: &[SweepPoint]) -> String {
+    let mut s = String::from(
+        "\nphases with path latencies (drained, unshaped; medians, ms)\n  Lat_CS  Lat_SS",
+    );
+    for p in PHASES {
+        s.push_str(&format!(" {:>10.10}", p));
+    }
+    s.push_str("  client\n");
+    for p in v {
+        s.push_str(&format!("{:>8} {:>7}", p.cs_ms, p.ss_ms));
+        for ph in &p.phases_us {
+            s.push_str(&format!(" {:>10}", ms(ph)));
+        }
+        s.push_str(&format!(" {:>7}\n", ms(&p.client_gap_us)));
+    }
+    s
+}

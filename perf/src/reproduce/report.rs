@@ -26,6 +26,9 @@ pub struct Results {
     pub access: Option<access::Report>,
     /// Experiment 2.
     pub decomp: Option<decomp::Report>,
+    /// Experiment 2 with path latencies (the seed's check of which phases grow).
+    #[serde(default)]
+    pub sweep: Option<Vec<decomp::SweepPoint>>,
     /// Experiment 3.
     pub state: Option<figure2::Report>,
 }
@@ -276,14 +279,44 @@ pub fn markdown(r: &Results) -> String {
             }
             s.push_str("\n\n");
         }
+        if let Some(v) = &r.sweep {
+            let _ = writeln!(
+                s,
+                "### With path latencies\n\n\
+                 The seed found phase 2 growing with L_SS, phase 4 with 2·L_SS + 2·L_CS1 and \
+                 phase 6 with 2·L_CS2 (route optimisation: return routability, then the Binding \
+                 Update to the client and its acknowledgement). Ours: drained handoffs on our \
+                 stack, unshaped, medians in ms. In transparent mode there is no return \
+                 routability (phase 4); phase 2 as we time it runs from the donor's Offer to the \
+                 acceptor's answer, a round trip on SS, so it grows with 2·L_SS; phase 6 is the \
+                 acceptor's flow move at home agent 1, also a round trip on SS (2·L_SS); the \
+                 client-perceived time grows with 2·L_CS (the drain's last ACK crosses CS1, the \
+                 acceptor's first data CS2) and with about 3·L_SS (the offer one way, the flow \
+                 move both ways).\n"
+            );
+            let _ = write!(s, "| Lat_CS | Lat_SS |");
+            for p in decomp::PHASES {
+                let _ = write!(s, " {p} |");
+            }
+            let _ = writeln!(
+                s,
+                " client-perceived |\n|---|---|---|---|---|---|---|---|---|---|"
+            );
+            for p in v {
+                let _ = write!(s, "| {} | {} |", p.cs_ms, p.ss_ms);
+                for ph in &p.phases_us {
+                    let _ = write!(s, " {} |", ms(ph.as_ref()));
+                }
+                let _ = writeln!(s, " {} |", ms(p.client_gap_us.as_ref()));
+            }
+            s.push('\n');
+        }
         let _ = writeln!(
             s,
             "The seed moved ~90 kB of socket state in the immediate case; our donor holds what \
              its file server queued up to the not-sent limit (256 KiB) plus what is in flight, so \
-             state transfer at low bandwidth takes correspondingly longer. Not yet run here: the \
-             kernel path, route-optimised steering, and the latency sweep that checks the seed's \
-             claims (phase 2 grows with L_SS, phase 4 with 2·L_SS + 2·L_CS1, phase 6 with \
-             2·L_CS2).\n"
+             state transfer at low bandwidth takes correspondingly longer. Not yet run here: \
+             route-optimised steering (where phases 4 and 5 are not zero).\n"
         );
     }
     if let Some(f) = &r.state {
