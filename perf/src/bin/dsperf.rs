@@ -131,7 +131,7 @@ struct ReproduceArgs {
     /// Downloads per handoff point [default: 3 for decomp and 1 for state; --full: 100 and 10].
     #[arg(long)]
     sessions: Option<u32>,
-    /// Where the report goes: EVALUATION.md, figures/reproduce-results.json and
+    /// Where the report goes: EVALUATION.md, figures/reproduce-results.json, the CSVs and
     /// figures/reproduce-figure2.svg (`--out docs` updates the repository's copy).
     #[arg(long, default_value = "dsperf-reproduce")]
     out: PathBuf,

@@ -382,8 +382,96 @@ pub fn markdown(r: &Results) -> String {
     s
 }
 
+/// One CSV per experiment in `figs`: `reproduce-access.csv` (a row per grid point),
+/// `reproduce-handoffs.csv` (a row per handoff of experiment 2, phases in µs) and
+/// `reproduce-figure2.csv` (a row per handoff of experiment 3).
+fn write_csv(figs: &Path, r: &Results) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    if let Some(a) = &r.access {
+        let mut s = String::from(
+            "config,lat_ss_ms,lat_cs_ms,model_ms,mean_ms,median_ms,p99_ms,answered,sent\n",
+        );
+        for p in &a.points {
+            let _ = writeln!(
+                s,
+                "{},{},{},{},{},{},{},{},{}",
+                p.config,
+                p.ss_ms,
+                p.cs_ms,
+                p.model_ms,
+                p.mean_ms,
+                p.median_ms,
+                p.p99_ms,
+                p.answered,
+                p.sent
+            );
+        }
+        let f = figs.join("reproduce-access.csv");
+        std::fs::write(&f, s)?;
+        out.push(f);
+    }
+    let session_row = |s: &mut String, prefix: &str, x: &decomp::Session| {
+        let ph: Vec<String> = x.report.phases_us.iter().map(|v| v.to_string()).collect();
+        let _ = writeln!(
+            s,
+            "{prefix},{},{},{},{},{},{}",
+            ph.join(","),
+            x.report.total_us,
+            x.report.drain_us,
+            x.report
+                .client_gap_us
+                .map_or(String::new(), |g| g.to_string()),
+            x.report.state_bytes,
+            x.seconds
+        );
+    };
+    const COLS: &str = "p1_us,p2_us,p3_us,p4_us,p5_us,p6_us,p7_us,total_us,drain_us,client_us,state_bytes,download_s";
+    if let Some(d) = &r.decomp {
+        let mut s = format!("path,drain,mbit,{COLS}\n");
+        for p in &d.points {
+            let drain = serde_json::to_value(p.drain)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default();
+            let mbit = p.mbit.map_or("unshaped".into(), |m| m.to_string());
+            for x in &p.sessions {
+                session_row(&mut s, &format!("{},{drain},{mbit}", p.path), x);
+            }
+        }
+        let f = figs.join("reproduce-handoffs.csv");
+        std::fs::write(&f, s)?;
+        out.push(f);
+    }
+    if let Some(fg) = &r.state {
+        let mut s =
+            String::from("mbit,wait_ms,client_median_ms,client_p99_ms,state_bytes_median\n");
+        for c in &fg.curves {
+            for p in c.points.iter().chain(std::iter::once(&c.acked)) {
+                let _ = writeln!(
+                    s,
+                    "{},{},{},{},{}",
+                    c.mbit,
+                    p.wait_ms.map_or("acked".into(), |w| w.to_string()),
+                    p.client_ms
+                        .as_ref()
+                        .map_or(String::new(), |x| x.median.to_string()),
+                    p.client_p99_ms.map_or(String::new(), |x| x.to_string()),
+                    p.state_bytes
+                        .as_ref()
+                        .map_or(String::new(), |x| x.median.to_string())
+                );
+            }
+        }
+        let f = figs.join("reproduce-figure2.csv");
+        std::fs::write(&f, s)?;
+        out.push(f);
+    }
+    Ok(out)
+}
+
 /// Writes `EVALUATION.md`, `figures/reproduce-results.json` and `figures/reproduce-figure2.svg`
-/// into `dir` (`docs` puts them where the repository keeps them); returns the paths.
+/// and the CSVs into `dir` (`docs` puts them where the repository keeps them); returns the
+/// paths.
 pub fn write_all(dir: &Path, r: &Results) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir)?;
     let mut out = Vec::new();
@@ -423,6 +511,7 @@ pub fn write_all(dir: &Path, r: &Results) -> Result<Vec<PathBuf>> {
             &markers,
         )?);
     }
+    out.extend(write_csv(&figs, r)?);
     let md = dir.join("EVALUATION.md");
     std::fs::write(&md, markdown(r))?;
     out.push(md);
