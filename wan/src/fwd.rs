@@ -62,6 +62,8 @@ pub struct Forwarder {
     epoch: Instant,
     spin: Duration,
     last_arrival: Vec<Duration>,
+    /// One pollfd per port, kept from step to step (no allocation per wake-up).
+    fds: Vec<libc::pollfd>,
 }
 
 impl Forwarder {
@@ -80,6 +82,14 @@ impl Forwarder {
             ));
         }
         let n = ports.len();
+        let fds = ports
+            .iter()
+            .map(|p| libc::pollfd {
+                fd: p.raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
         Ok(Forwarder {
             switch: Switch::new(n, path, upstream, seed),
             port_stats: ports
@@ -95,6 +105,7 @@ impl Forwarder {
             epoch: Instant::now(),
             spin: Duration::ZERO,
             last_arrival: vec![Duration::ZERO; n],
+            fds,
         })
     }
 
@@ -193,26 +204,20 @@ impl Forwarder {
             .map_or(max_wait, |t| t.saturating_sub(now).min(max_wait));
         // Within `spin` of the deadline: do not sleep (a zero wait polls every port).
         let wait = wait.saturating_sub(self.spin);
-        let mut fds: Vec<libc::pollfd> = self
-            .ports
-            .iter()
-            .map(|p| libc::pollfd {
-                fd: p.raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            })
-            .collect();
+        for f in &mut self.fds {
+            f.revents = 0;
+        }
         if !wait.is_zero() {
             let ts = libc::timespec {
                 tv_sec: wait.as_secs() as libc::time_t,
                 tv_nsec: wait.subsec_nanos() as libc::c_long,
             };
-            // SAFETY: `fds` and `ts` are live for the call and the count is `fds`' length; a
-            // null sigmask keeps the mask.
+            // SAFETY: `self.fds` and `ts` are live for the call and the count is the vector's
+            // length; a null sigmask keeps the mask.
             let rc = unsafe {
                 libc::ppoll(
-                    fds.as_mut_ptr(),
-                    fds.len() as libc::nfds_t,
+                    self.fds.as_mut_ptr(),
+                    self.fds.len() as libc::nfds_t,
                     &ts,
                     std::ptr::null(),
                 )
@@ -227,9 +232,9 @@ impl Forwarder {
                 }
             }
         }
-        for (port, f) in fds.iter().enumerate() {
+        for port in 0..self.ports.len() {
             // After a zero wait nothing was polled: try every port (recv is non-blocking).
-            if wait.is_zero() || f.revents != 0 {
+            if wait.is_zero() || self.fds[port].revents != 0 {
                 self.receive(port);
             }
         }

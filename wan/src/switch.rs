@@ -54,6 +54,9 @@ pub struct Switch<P> {
     upstream: Vec<Option<Shaper<(P, Dest)>>>,
     paths: Vec<Shaper<P>>,
     fdb: HashMap<[u8; 6], usize>,
+    /// Frames leaving an upstream stage in one poll, before they enter their paths (kept
+    /// from poll to poll: no allocation per poll).
+    moved: Vec<(Duration, usize, P, Dest)>,
     flooded: u64,
     filtered: u64,
 }
@@ -78,6 +81,7 @@ impl<P: Clone> Switch<P> {
                 .map(|k| Shaper::new(path(k / n, k % n), mix(k as u64)))
                 .collect(),
             fdb: HashMap::new(),
+            moved: Vec::new(),
             flooded: 0,
             filtered: 0,
         }
@@ -152,13 +156,14 @@ impl<P: Clone> Switch<P> {
     /// Hands every frame due at `now` to `out` with its egress port.
     pub fn poll(&mut self, now: Duration, mut out: impl FnMut(usize, P)) {
         for from in 0..self.n {
-            let mut moved = Vec::new();
+            let mut moved = std::mem::take(&mut self.moved);
             if let Some(up) = &mut self.upstream[from] {
                 up.poll_timed(now, |at, len, (f, d)| moved.push((at, len, f, d)));
             }
-            for (at, len, f, d) in moved {
+            for (at, len, f, d) in moved.drain(..) {
                 self.enter_paths(at, from, f, len, d);
             }
+            self.moved = moved;
         }
         for (k, s) in self.paths.iter_mut().enumerate() {
             let to = k % self.n;
