@@ -6,7 +6,7 @@
 //! S (server, `s0` fd00:5b::2); plus a direct veth C `c1` fd00:5b:1::1 — S `s1` fd00:5b:1::2
 //! as the reference without an emulator.
 
-use crate::stack::report::Stat;
+use crate::stack::report::{percentile, Stat};
 use anyhow::{bail, ensure, Context, Result};
 use ds_testbed::{add_addr, ping6, veth, wait_tcp_listening, Child, Netns, PingOpts};
 use serde::Serialize;
@@ -231,12 +231,6 @@ impl WanBed {
     }
 }
 
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v.get(i).copied().unwrap_or(f64::NAN)
-}
-
 fn ping_rtts(bed: &WanBed, dst: Ipv6Addr, count: u32, expect: Duration) -> Result<(Vec<f64>, u32)> {
     let p = ping6(
         &bed.client,
@@ -266,8 +260,7 @@ pub fn latency(
     for &ms in &o.delays_ms {
         progress(&format!("latency: {ms} ms one way, {} pings", o.pings));
         bed.start(&["--delay", &format!("{ms}ms")], None)?;
-        let (mut rtts, received) =
-            ping_rtts(bed, SERVER, o.pings, Duration::from_secs_f64(ms * 2e-3))?;
+        let (rtts, received) = ping_rtts(bed, SERVER, o.pings, Duration::from_secs_f64(ms * 2e-3))?;
         ensure!(!rtts.is_empty(), "no ping reply through dswan at {ms} ms");
         let median = Stat::of(rtts.clone()).map_or(f64::NAN, |s| s.median);
         let one_way = median / 2.0;
@@ -276,8 +269,8 @@ pub fn latency(
             received,
             sent: o.pings,
             rtt_median_ms: median,
-            rtt_p1_ms: pct(&mut rtts, 0.01),
-            rtt_p99_ms: pct(&mut rtts, 0.99),
+            rtt_p1_ms: percentile(&rtts, 0.01),
+            rtt_p99_ms: percentile(&rtts, 0.99),
             one_way_ms: one_way,
             error_pct: if ms > 0.0 {
                 (one_way - ms) / ms * 100.0

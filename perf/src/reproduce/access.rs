@@ -13,6 +13,7 @@
 //! the grid, and checks the slopes with a free least-squares fit.
 
 use super::testbed::{ip, Fig1, Paths, DS, ECHO_PORT};
+use crate::stack::report::percentile;
 use anyhow::{ensure, Result};
 use serde::{Deserialize, Serialize};
 use std::net::{SocketAddrV6, UdpSocket};
@@ -116,14 +117,6 @@ fn echo_rtts(bed: &Fig1, rounds: u32, timeout: Duration) -> Result<(Vec<f64>, u3
     })
 }
 
-fn pct(v: &[f64], p: f64) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    s.get(((s.len() as f64 - 1.0) * p).round() as usize)
-        .copied()
-        .unwrap_or(f64::NAN)
-}
-
 /// Least squares y = a·x1 + b·x2 + c; returns (a, b).
 fn slopes(pts: &[(f64, f64, f64)]) -> (f64, f64) {
     // Normal equations on centred data.
@@ -193,8 +186,8 @@ pub fn run(bed: &mut Fig1, o: &Options, progress: &dyn Fn(&str)) -> Result<Repor
                     ss_ms: ss,
                     cs_ms: cs,
                     mean_ms: mean,
-                    median_ms: pct(&rtts, 0.5),
-                    p99_ms: pct(&rtts, 0.99),
+                    median_ms: percentile(&rtts, 0.5),
+                    p99_ms: percentile(&rtts, 0.99),
                     answered,
                     sent: o.rounds,
                     model_ms: if config == 1 { 2.0 * cs } else { 2.0 * cs + ss },

@@ -16,6 +16,16 @@ pub struct Stat {
     pub n: usize,
 }
 
+/// The value at quantile `q` (0–1) of `v` by nearest index (NaN for no values): exact, for
+/// the small samples of the namespace benchmarks.
+pub fn percentile(v: &[f64], q: f64) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    s.get(((s.len() as f64 - 1.0) * q).round() as usize)
+        .copied()
+        .unwrap_or(f64::NAN)
+}
+
 impl Stat {
     /// Of a non-empty list.
     pub fn of(mut v: Vec<f64>) -> Option<Stat> {
