@@ -185,7 +185,7 @@ fn ping_here(dst: Ipv6Addr, opts: &PingOpts) -> Result<PingStats> {
         if stats.sent < count && now >= next_send {
             let seq = stats.sent as u16;
             packet[6..8].copy_from_slice(&seq.to_be_bytes());
-            let wall = realtime();
+            let wall = ds_wan::stamp::realtime();
             // SAFETY: `packet` and `sa` are live for the call and the lengths
             // passed are theirs; the kernel fills in the ICMPv6 checksum.
             let rc = unsafe {
@@ -268,7 +268,11 @@ fn ping_here(dst: Ipv6Addr, opts: &PingOpts) -> Result<PingStats> {
             }
             // Raw ICMPv6 sockets deliver the ICMPv6 message without the IPv6
             // header.
-            let arrived = if stamped { rx_timestamp(&msg) } else { None };
+            let arrived = if stamped {
+                ds_wan::stamp::rx_stamp(&msg)
+            } else {
+                None
+            };
             let msg = &rbuf[..n as usize];
             if msg.len() < 8 || msg[0] != ICMP6_ECHO_REPLY {
                 continue;
@@ -295,40 +299,6 @@ fn ping_here(dst: Ipv6Addr, opts: &PingOpts) -> Result<PingStats> {
         stats.received, stats.sent, stats.send_errors
     );
     Ok(stats)
-}
-
-/// CLOCK_REALTIME now, the clock of SO_TIMESTAMPNS.
-fn realtime() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a live timespec; CLOCK_REALTIME always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
-    Duration::new(
-        ts.tv_sec.max(0) as u64,
-        ts.tv_nsec.clamp(0, 999_999_999) as u32,
-    )
-}
-
-/// The SCM_TIMESTAMPNS of a received message, if the kernel attached one.
-fn rx_timestamp(msg: &libc::msghdr) -> Option<Duration> {
-    // SAFETY: `msg` was filled by recvmsg(2); the CMSG_* macros walk its control buffer
-    // within `msg_controllen`, and a timestamp message carries a whole timespec.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(msg);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
-                let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
-                return Some(Duration::new(
-                    ts.tv_sec.max(0) as u64,
-                    ts.tv_nsec.clamp(0, 999_999_999) as u32,
-                ));
-            }
-            c = libc::CMSG_NXTHDR(msg, c);
-        }
-    }
-    None
 }
 
 #[cfg(test)]

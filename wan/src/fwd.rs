@@ -8,6 +8,7 @@
 //! allocates nothing.
 
 use crate::port::{PacketPort, MAX_FRAME, VNET_HDR_LEN};
+use crate::stamp::realtime;
 use crate::switch::{Switch, SwitchStats};
 use crate::{Error, LinkParams};
 use serde::Serialize;
@@ -260,20 +261,6 @@ impl Forwarder {
         }
         Ok(())
     }
-}
-
-/// CLOCK_REALTIME now (the clock of the kernel's receive stamps).
-fn realtime() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a live timespec; CLOCK_REALTIME always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
-    Duration::new(
-        ts.tv_sec.max(0) as u64,
-        ts.tv_nsec.clamp(0, 999_999_999) as u32,
-    )
 }
 
 /// Timers of this thread fire within 1 ns of their time instead of the default 50 µs slack:

@@ -38,6 +38,7 @@ pub mod fwd;
 pub mod params;
 pub mod port;
 pub mod shaper;
+pub mod stamp;
 pub mod switch;
 
 pub use params::{LinkParams, ParamError};

@@ -254,22 +254,7 @@ impl PacketPort {
                 _ => Err(e),
             };
         }
-        let mut stamp = None;
-        // SAFETY: `msg` was filled by recvmsg(2); the CMSG_* macros stay within
-        // `msg_controllen`, and a SCM_TIMESTAMPNS message carries a whole timespec.
-        unsafe {
-            let mut c = libc::CMSG_FIRSTHDR(&msg);
-            while !c.is_null() {
-                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
-                    let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
-                    stamp = Some(std::time::Duration::new(
-                        ts.tv_sec.max(0) as u64,
-                        ts.tv_nsec.clamp(0, 999_999_999) as u32,
-                    ));
-                }
-                c = libc::CMSG_NXTHDR(&msg, c);
-            }
-        }
+        let stamp = crate::stamp::rx_stamp(&msg);
         Ok(Some(Received {
             len: n as usize,
             stamp,
