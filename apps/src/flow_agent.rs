@@ -7,6 +7,11 @@
 //! [`Channel`] (same cluster secret and framing as the donor↔acceptor channel: a forged request
 //! would hijack the flow) and the agent answers [`Message::FlowMoved`] once the map entry
 //! points at the new care-of address: one map update, no packet path change for other flows.
+//!
+//! Moves of one flow are applied in the order of its handoffs (issue 12's late-Abort race):
+//! each carries the handoff's flow generation, and a donor that kept the connection after a
+//! failed handoff reclaims the flow with the same generation, outranking the acceptor's move
+//! whichever arrives first; a move not above the last applied is refused ("stale").
 
 use ds_handoff::{Channel, ChannelGate, ClusterSecret, GateLimits, GateStats, Message};
 use ds_xdp::maps::FlowKey;
@@ -39,6 +44,9 @@ pub struct FlowAgentStats {
     pub gate: GateStats,
     /// Moved flows forgotten after [`MOVED_IDLE`] without a packet.
     pub moved_aged: u64,
+    /// Moves not applied because the flow had a newer one (fencing: a late move of a failed
+    /// handoff, or a reclaim overtaken by the connection's next handoff).
+    pub stale_moves: u64,
 }
 
 /// The flow-steering service of an XDP home agent.
@@ -56,6 +64,10 @@ pub struct FlowAgent {
     /// Moved flows' packet counts and since when each stayed the same (for aging).
     moved_seen: std::collections::HashMap<FlowKey, (u64, std::time::Instant)>,
     last_sweep: std::time::Instant,
+    /// The last move applied to each moved flow, as `(generation, reclaim)`: moves of a flow
+    /// are applied in that order only (see [`Message::MoveFlow`]). Its keys are the moved
+    /// flows' (bounded by the program's table), forgotten with them.
+    generations: std::collections::HashMap<FlowKey, (u64, bool)>,
 }
 
 /// How often the moved-flow table is swept.
@@ -84,6 +96,7 @@ impl FlowAgent {
             probes: Vec::new(),
             moved_seen: std::collections::HashMap::new(),
             last_sweep: std::time::Instant::now(),
+            generations: std::collections::HashMap::new(),
         })
     }
 
@@ -121,6 +134,7 @@ impl FlowAgent {
             }
             seen.insert(key, (v.packets, since));
         }
+        self.generations.retain(|k, _| seen.contains_key(k));
         self.moved_seen = seen;
         self.stats.moved_aged += gone as u64;
         gone
@@ -304,13 +318,15 @@ impl FlowAgent {
     fn serve(&mut self, i: usize) -> Result<usize, ds_handoff::ChannelError> {
         let mut moved = 0;
         while let Some(m) = self.chans[i].poll()? {
-            let (conn_id, client, server, to) = match m {
+            let (conn_id, client, server, to, rank) = match m {
                 Message::MoveFlow {
                     conn_id,
                     client,
                     server,
                     to,
-                } => (conn_id, client, server, to),
+                    generation,
+                    reclaim,
+                } => (conn_id, client, server, to, (generation, reclaim)),
                 Message::Rebind { conn_id, home, to } => {
                     let reply = self.rebind(conn_id, home, to);
                     self.chans[i].send(&reply)?;
@@ -328,8 +344,25 @@ impl FlowAgent {
                 dport: server.port(),
                 proto: 6,
             };
+            if let Some(last) = self.generations.get(&key).filter(|last| rank <= **last) {
+                // Fencing: a move of an older handoff (its donor gave up and reclaimed the
+                // flow, or the connection moved on since) must not steer the client to a
+                // node that dropped the connection.
+                self.stats.stale_moves += 1;
+                tracing::info!(%client, %to, generation = rank.0, reclaim = rank.1, last = last.0, "stale flow move refused");
+                self.chans[i].send(&Message::FlowMoved {
+                    conn_id,
+                    ok: false,
+                    detail: format!(
+                        "stale: generation {} of the flow is not above {}",
+                        rank.0, last.0
+                    ),
+                })?;
+                continue;
+            }
             let reply = match self.prog.set_flow(&key, to) {
                 Ok(()) => {
+                    self.generations.insert(key, rank);
                     self.stats.moves += 1;
                     moved += 1;
                     tracing::debug!(%client, %server, %to, "flow moved");

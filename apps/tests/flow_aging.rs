@@ -87,3 +87,83 @@ fn idle_moved_flows_are_forgotten() {
     assert!(agent.program().flow(&key(2)).expect("lookup").is_some());
     assert_eq!(agent.stats().moved_aged, gone as u64);
 }
+
+/// One move request through an authenticated channel to `agent`; its answer's `ok`.
+fn ask(
+    agent: &mut FlowAgent,
+    ch: &mut ds_handoff::Channel,
+    sport: u16,
+    to: Ipv6Addr,
+    generation: u64,
+    reclaim: bool,
+) -> bool {
+    let k = key(sport);
+    ch.send(&ds_handoff::Message::MoveFlow {
+        conn_id: generation,
+        client: std::net::SocketAddrV6::new(k.src, k.sport, 0, 0),
+        server: std::net::SocketAddrV6::new(k.dst, k.dport, 0, 0),
+        to,
+        generation,
+        reclaim,
+    })
+    .expect("send");
+    let t = Instant::now();
+    loop {
+        assert!(t.elapsed() < Duration::from_secs(5), "no answer");
+        agent.poll();
+        match ch.poll().expect("channel") {
+            Some(ds_handoff::Message::FlowMoved { conn_id, ok, .. }) => {
+                assert_eq!(conn_id, generation);
+                return ok;
+            }
+            Some(m) => panic!("{m:?}"),
+            None => std::thread::sleep(Duration::from_millis(1)),
+        }
+    }
+}
+
+/// Issue 12's late-Abort race, at the home agent: a handoff that failed after its acceptor
+/// asked for the flow leaves two moves in flight (the acceptor's, and the donor's reclaim of
+/// the same generation); whichever arrives first, the flow ends at the donor, and the
+/// connection's next handoff (a newer generation) still moves it.
+#[test]
+fn moves_of_a_flow_apply_in_generation_order_and_a_reclaim_outranks_its_move() {
+    if !require_root("moves_of_a_flow_apply_in_generation_order_and_a_reclaim_outranks_its_move") {
+        return;
+    }
+    let prog = Program::load(Kind::Tunnel, &LoadOptions::default()).expect("load");
+    let listener = TcpListener::bind("[::1]:0").expect("listen");
+    let addr = listener.local_addr().expect("address");
+    let secret = ClusterSecret::new(b"flow fencing test secret 32 byte").expect("secret");
+    let mut agent = FlowAgent::new(prog, listener, secret.clone()).expect("agent");
+    let mut ch = ds_handoff::Channel::connect(addr, &secret).expect("channel");
+    let (donor, acceptor): (Ipv6Addr, Ipv6Addr) = (
+        "fd00:1::1".parse().expect("address"),
+        "fd00:1::2".parse().expect("address"),
+    );
+    let owner = |agent: &FlowAgent, sport| {
+        agent
+            .program()
+            .flow(&key(sport))
+            .expect("lookup")
+            .map(|v| v.owner)
+    };
+    // The acceptor's move first, then the donor's reclaim: back at the donor.
+    assert!(ask(&mut agent, &mut ch, 1, acceptor, 100, false));
+    assert_eq!(owner(&agent, 1), Some(acceptor));
+    assert!(ask(&mut agent, &mut ch, 1, donor, 100, true));
+    assert_eq!(owner(&agent, 1), Some(donor));
+    // The reclaim first, then the acceptor's late move: refused.
+    assert!(ask(&mut agent, &mut ch, 2, donor, 100, true));
+    assert!(!ask(&mut agent, &mut ch, 2, acceptor, 100, false));
+    assert_eq!(owner(&agent, 2), Some(donor));
+    // An older generation is refused too; the next handoff's moves the flow.
+    assert!(!ask(&mut agent, &mut ch, 2, acceptor, 99, false));
+    assert!(ask(&mut agent, &mut ch, 2, acceptor, 101, false));
+    assert_eq!(owner(&agent, 2), Some(acceptor));
+    // A reclaim of the older attempt, arriving after the newer move, changes nothing.
+    assert!(!ask(&mut agent, &mut ch, 2, donor, 100, true));
+    assert_eq!(owner(&agent, 2), Some(acceptor));
+    assert_eq!(agent.stats().stale_moves, 3);
+    assert_eq!(agent.stats().moves, 4);
+}

@@ -14,6 +14,9 @@
 //!   reply timeout (or never starts, when its channel was not up), the next one is refused
 //!   at once (back-off), another download from node 1 never waits more than 50 ms, and once
 //!   node 2 runs again the stale offer it reads moves nothing: both downloads complete.
+//! * A home agent stopped during a flow move (the late-Abort race): the handoff fails, node 1
+//!   keeps the connection, and the move the home agent reads late is outranked by node 1's
+//!   reclaim (flow generations): the download completes from node 1.
 //! * Clients that never read, and clients that trickle a request head (findings 5, 6): 500
 //!   of the first keep node 1 under 300 MB and are aborted at the stall timeout, 2,000 of the
 //!   second are answered 408 and closed at the header deadline, and a small GET meanwhile
@@ -377,6 +380,68 @@ fn a_stopped_peer_costs_one_reply_timeout_then_handoffs_back_off_and_its_late_re
         got.max_gap
     );
     assert!(c.stop(), "the home agent removed its pins");
+}
+
+/// The late-Abort race (issue 12): the home agent stops while node 2 asks it to move a flow,
+/// so the handoff fails (node 2 refuses at its steering timeout, or node 1 gives up first) and
+/// node 1 keeps the connection — with node 2's move request still waiting in the home agent's
+/// socket. When the home agent runs again it must not apply that move on its own: node 1's
+/// reclaim (same flow generation, outranking it) is waiting there too, in whichever order the
+/// two are read, and the download completes from node 1. Without the fencing the late move
+/// pointed the client at node 2, which had dropped the connection: the download was reset.
+#[test]
+fn a_move_that_reaches_a_stopped_home_agent_late_leaves_the_flow_with_the_donor() {
+    if !require_root("a_move_that_reaches_a_stopped_home_agent_late_leaves_the_flow_with_the_donor")
+    {
+        return;
+    }
+    let mut c = Cluster::start("hl", Addrs::new(0xf5, 2));
+    let body = PatternStream::bytes(0x12f5, SIZE);
+    let socks = c.start_file_servers("afxdp", &body);
+    let (client, to) = (c.a.client(), c.a.ctl_listen(1));
+    let ha = libc::pid_t::try_from(c.ha_pid()).expect("pid");
+    let signal = |sig| {
+        // SAFETY: kill(2) on a child process of this test, by pid.
+        let r = unsafe { libc::kill(ha, sig) };
+        assert_eq!(r, 0, "kill");
+    };
+    let (_, (s1, s2)) = two_downloads(&c, &body, |port, _| {
+        let conn = client_conn(&socks[0], &client, port);
+        signal(libc::SIGSTOP);
+        dsctl(&socks[0], &["handoff", &conn, "--to", &to]).expect("dsctl handoff");
+        let t = Instant::now();
+        let s1 = loop {
+            let s = status(&socks[0]);
+            if s["handoff"]["kept"].as_u64() == Some(1) {
+                break s;
+            }
+            assert!(
+                t.elapsed() < UP,
+                "the handoff did not fail while the home agent was stopped: {}",
+                s["handoff"]
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // Let the reclaim leave node 1, then let the home agent read both requests.
+        std::thread::sleep(Duration::from_millis(100));
+        signal(libc::SIGCONT);
+        // The rest of the download crosses the home agent's flow table after it ran them.
+        (s1, status(&socks[1]))
+    });
+    let s1_end = status(&socks[0]);
+    eprintln!(
+        "node 1 after the stop: {}; at the end: {}; node 2: {}",
+        s1["handoff"], s1_end["handoff"], s2["handoff"]
+    );
+    assert_eq!(s1["handoff"]["moved"], 0, "{s1}");
+    assert_eq!(
+        s1_end["handoff"]["reclaims"], 1,
+        "node 1 reclaimed the flow: {s1_end}"
+    );
+    assert_eq!(s2["handoff"]["adopted"], 0, "{s2}");
+    let (pins_gone, summary) = c.stop_with_ha_summary();
+    assert!(pins_gone, "the home agent removed its pins");
+    eprintln!("home agent: {}", summary.lines().next().unwrap_or_default());
 }
 
 /// Node 1's peak resident memory, sampled every 50 ms while `f` runs (in this thread).

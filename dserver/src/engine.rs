@@ -216,6 +216,10 @@ pub struct NodeStats {
     pub handshake_timeouts: u64,
     /// What the control port's gate saw (issue 12: unauthenticated channels are bounded).
     pub gate: ds_handoff::GateStats,
+    /// Flows pointed back here at the home agent after a failed handoff (transparent mode).
+    pub reclaims: u64,
+    /// Reclaims the home agent did not apply (a newer handoff of the flow had moved it).
+    pub reclaims_refused: u64,
 }
 
 /// How long handoffs wait for a peer's control channel to come up (the engine freezes
@@ -296,6 +300,12 @@ pub struct Coordinator<C> {
     rotation: usize,
     /// Acceptor side: a donor announced an offer (`Prepare`); busy-poll until then at most.
     prepared_until: Option<Instant>,
+    /// The flow generation of the last handoff this node offered or was offered: a Lamport
+    /// clock (raised by every offer received), so each handoff of a connection carries a
+    /// greater generation than the one before, whichever nodes it went through. Starts at
+    /// the realtime clock in microseconds, so a restarted node starts above what it issued
+    /// before.
+    generation: u64,
 }
 
 /// How long an acceptor busy-polls after a donor's `Prepare` for the offer to follow (the
@@ -339,6 +349,9 @@ impl<C: std::fmt::Debug> Coordinator<C> {
             acfg.max_connections = 0;
         }
         let mut donor_cfg = DonorConfig::new(0, &cfg.service);
+        if let Steering::HomeAgentFlow { coa, .. } = &cfg.steering {
+            donor_cfg.reclaim_via = Some(*coa);
+        }
         donor_cfg.drain = cfg.drain;
         donor_cfg.reply_timeout = cfg.reply_timeout;
         donor_cfg.mode = cfg.mode;
@@ -376,6 +389,9 @@ impl<C: std::fmt::Debug> Coordinator<C> {
             channel_epoch: 0,
             busy_poll: cfg.busy_poll,
             prepared_until: None,
+            generation: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2)),
             rotation: 0,
             unreachable: Vec::new(),
             backoff: std::collections::HashMap::new(),
@@ -729,6 +745,15 @@ impl<C: std::fmt::Debug> Coordinator<C> {
             .is_some_and(|c| c.is_established())
     }
 
+    /// Write `m` to the home agent's flow agent, opening its channel first if needed.
+    fn send_ha(&mut self, m: &Message) -> Result<(), String> {
+        self.connect_ha().map_err(|e| e.to_string())?;
+        match self.to_ha.as_mut() {
+            Some(ch) => ch.send(m).map_err(|e| e.to_string()),
+            None => Err("no home agent configured".into()),
+        }
+    }
+
     fn connect_ha(&mut self) -> Result<(), Error> {
         if let (None, Some(ha)) = (&self.to_ha, self.ha) {
             self.to_ha = Some(Channel::connect(ha, &self.secret)?);
@@ -857,9 +882,11 @@ impl<C: std::fmt::Debug> Coordinator<C> {
         let mut cfg = self.donor_cfg.clone();
         cfg.conn_id = self.next_id;
         cfg.ticket = ticket;
+        cfg.generation = self.generation.saturating_add(1);
         match Donor::start(now, conn, cfg, host, svc) {
             Ok(d) => {
                 self.next_id += 1;
+                self.generation = self.generation.saturating_add(1);
                 self.stats.started += 1;
                 // An older forwarding of the same connection (it came back and leaves again
                 // within the grace period) must not release the new freeze's hold.
@@ -974,6 +1001,8 @@ impl<C: std::fmt::Debug> Coordinator<C> {
             let mut keep = open;
             for msg in batch {
                 if let Message::Offer(o) = &msg {
+                    // Lamport: the connection's next handoff, from here, outranks this one.
+                    self.generation = self.generation.max(o.generation);
                     if !open || aborted.contains(&o.conn_id) {
                         tracing::warn!(
                             conn_id = o.conn_id,
@@ -1030,6 +1059,22 @@ impl<C: std::fmt::Debug> Coordinator<C> {
                         self.events.push(NodeEvent::Rebound { ok, detail });
                     }
                 }
+                Ok(Some(Message::FlowMoved {
+                    conn_id,
+                    ok,
+                    detail,
+                    ..
+                })) if conn_id & ds_handoff::RECLAIM_ID != 0 => {
+                    // The answer to a donor's reclaim: refused only when a newer handoff of
+                    // the flow had moved it meanwhile (the connection lives there).
+                    if !ok {
+                        self.stats.reclaims_refused += 1;
+                        tracing::info!(
+                            conn_id = conn_id & !ds_handoff::RECLAIM_ID,
+                            "reclaim of a flow not applied: {detail}"
+                        );
+                    }
+                }
                 Ok(Some(m)) => self.acceptor.handle_home_agent(now, m, host),
                 Ok(None) => return,
                 Err(e) => {
@@ -1056,14 +1101,7 @@ impl<C: std::fmt::Debug> Coordinator<C> {
                     }
                 }
                 Dest::HomeAgent => {
-                    let sent =
-                        self.connect_ha().map_err(|e| e.to_string()).and_then(|()| {
-                            match self.to_ha.as_mut() {
-                                Some(ch) => ch.send(&msg).map_err(|e| e.to_string()),
-                                None => Err("no home agent configured".into()),
-                            }
-                        });
-                    if let Err(e) = sent {
+                    if let Err(e) = self.send_ha(&msg) {
                         tracing::warn!("home agent unreachable: {e}");
                         self.to_ha = None;
                         self.acceptor.home_agent_failed(host);
@@ -1146,9 +1184,11 @@ impl<C: std::fmt::Debug> Coordinator<C> {
         for (_, d) in &mut self.forwarding {
             d.poll(now, host, svc);
         }
-        // Write what the donors queued, each to its own peer.
+        // Write what the donors queued, each to its own peer, and their reclaims to the home
+        // agent.
         let current = self.current.iter_mut().map(|d| (self.current_to, d));
         let forwarding = self.forwarding.iter_mut().map(|(p, d)| (*p, d));
+        let mut reclaims = Vec::new();
         for (i, d) in current.chain(forwarding) {
             while let Some(m) = d.poll_transmit() {
                 let r = match self.to_peers.get_mut(i).and_then(Option::as_mut) {
@@ -1162,6 +1202,10 @@ impl<C: std::fmt::Debug> Coordinator<C> {
                     d.channel_failed(now, cause, host, svc);
                 }
             }
+            reclaims.extend(d.poll_transmit_home_agent());
+        }
+        for m in reclaims {
+            self.reclaim(&m);
         }
         // Outcomes.
         if let Some(mut d) = self.current.take() {
@@ -1232,6 +1276,18 @@ impl<C: std::fmt::Debug> Coordinator<C> {
         });
         self.forwarded_done += done;
         self.stats.forwarded_packets = self.forwarded_total();
+    }
+
+    /// Send a donor's reclaim of a flow to the home agent. Best effort: with the home agent
+    /// unreachable, the acceptor's move could not have reached it either.
+    fn reclaim(&mut self, m: &Message) {
+        match self.send_ha(m) {
+            Ok(()) => self.stats.reclaims += 1,
+            Err(e) => {
+                tracing::warn!("reclaim of a flow not sent, home agent unreachable: {e}");
+                self.to_ha = None;
+            }
+        }
     }
 
     fn forwarded_total(&self) -> u64 {

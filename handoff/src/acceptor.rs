@@ -597,6 +597,8 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
                         client: state.remote(),
                         server: state.local(),
                         to: coa,
+                        generation: o.generation,
+                        reclaim: false,
                     },
                 ));
                 let sent = host.now();

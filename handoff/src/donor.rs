@@ -29,7 +29,7 @@ use ds_stack::ConnState;
 use crate::channel::frame_len;
 use crate::drain::Drain;
 use crate::host::{Host, Service, Takeover};
-use crate::msg::{AcceptorTimes, Message, Offer};
+use crate::msg::{AcceptorTimes, Message, Offer, RefuseReason, RECLAIM_ID};
 use crate::report::{HandoffReport, Mode, Phase, PhaseTimes};
 use crate::HandoffError;
 
@@ -56,6 +56,14 @@ pub struct DonorConfig {
     pub forward_grace: Duration,
     /// The node's membership fence, carried in the offer.
     pub fence: Option<crate::msg::Fence>,
+    /// The flow generation of this handoff ([`Offer::generation`]).
+    pub generation: u64,
+    /// Transparent mode: this node's care-of address. When the handoff fails after the offer
+    /// left, the donor asks the home agent to point the flow back here
+    /// ([`Donor::poll_transmit_home_agent`]): the acceptor's own move may still reach the
+    /// home agent after the donor resumed (a slow acceptor or home agent), and would steer
+    /// the client to a node that dropped the connection.
+    pub reclaim_via: Option<std::net::Ipv6Addr>,
 }
 
 impl DonorConfig {
@@ -72,6 +80,8 @@ impl DonorConfig {
             prepare: true,
             forward_grace: Duration::from_millis(200),
             fence: None,
+            generation: 0,
+            reclaim_via: None,
         }
     }
 }
@@ -151,6 +161,8 @@ pub struct Donor<C> {
     local: SocketAddrV6,
     remote: SocketAddrV6,
     out: VecDeque<Message>,
+    /// For the home agent: the reclaim of a flow after a failed handoff.
+    ha_out: Option<Message>,
     outcome: Option<DonorOutcome>,
     forwarded: u64,
 }
@@ -201,6 +213,7 @@ impl<C: std::fmt::Debug> Donor<C> {
             local,
             remote,
             out,
+            ha_out: None,
             outcome: None,
             forwarded: 0,
         })
@@ -224,7 +237,10 @@ impl<C: std::fmt::Debug> Donor<C> {
     /// True once the connection moved and forwarding is over, or the handoff ended otherwise,
     /// with nothing left to transmit or report.
     pub fn is_done(&self) -> bool {
-        matches!(self.stage, Stage::Done) && self.out.is_empty() && self.outcome.is_none()
+        matches!(self.stage, Stage::Done)
+            && self.out.is_empty()
+            && self.ha_out.is_none()
+            && self.outcome.is_none()
     }
 
     /// Packets forwarded to the acceptor so far.
@@ -235,6 +251,13 @@ impl<C: std::fmt::Debug> Donor<C> {
     /// The next message for the acceptor.
     pub fn poll_transmit(&mut self) -> Option<Message> {
         self.out.pop_front()
+    }
+
+    /// The next message for the home agent (transparent mode): after a failed handoff, the
+    /// flow's reclaim ([`DonorConfig::reclaim_via`]). Its answer carries an id with
+    /// [`crate::msg::RECLAIM_ID`] set.
+    pub fn poll_transmit_home_agent(&mut self) -> Option<Message> {
+        self.ha_out.take()
     }
 
     /// How the handoff ended, once (then `None`).
@@ -448,6 +471,7 @@ impl<C: std::fmt::Debug> Donor<C> {
             service: self.cfg.service.clone(),
             app: Some(serde_bytes::ByteBuf::from(self.app.clone())),
             fence: self.cfg.fence,
+            generation: self.cfg.generation,
         });
         let offer_bytes = frame_len(offer.encoded_len());
         tracing::debug!(conn_id = self.cfg.conn_id, state_bytes, "offer queued");
@@ -480,6 +504,29 @@ impl<C: std::fmt::Debug> Donor<C> {
             self.out.push_back(Message::Abort {
                 conn_id: self.cfg.conn_id,
                 reason: cause.to_string(),
+            });
+        }
+        // Fencing at the home agent: an acceptor past the checks of its offer may have asked
+        // for the flow already (or still will); the reclaim outranks that move whatever the
+        // order they arrive in. Refusals from the offer's checks come before any move.
+        let moved_maybe = !matches!(
+            cause,
+            HandoffError::Refused(
+                RefuseReason::Load
+                    | RefuseReason::UnknownService
+                    | RefuseReason::BadState(_)
+                    | RefuseReason::ThawFailed(_)
+                    | RefuseReason::StaleFence { .. }
+            )
+        );
+        if let Some(coa) = self.cfg.reclaim_via.filter(|_| moved_maybe) {
+            self.ha_out = Some(Message::MoveFlow {
+                conn_id: self.cfg.conn_id | RECLAIM_ID,
+                client: self.remote,
+                server: self.local,
+                to: coa,
+                generation: self.cfg.generation,
+                reclaim: true,
             });
         }
         tracing::warn!(conn_id = self.cfg.conn_id, client = %self.remote, "handoff failed, connection kept here: {cause}");

@@ -71,7 +71,7 @@ pub use donor::{Donor, DonorConfig, DonorOutcome};
 pub use drain::Drain;
 pub use gate::{ChannelGate, GateLimits, GateStats};
 pub use host::{Host, HostError, Service, Takeover};
-pub use msg::{AcceptorTimes, Fence, Message, Offer, RefuseReason};
+pub use msg::{AcceptorTimes, Fence, Message, Offer, RefuseReason, RECLAIM_ID};
 pub use report::{HandoffReport, Mode, Phase, PhaseTimes};
 pub use user::{Clock, UserConn, UserHost};
 

@@ -22,8 +22,13 @@
 use serde::{Deserialize, Serialize};
 
 /// Message encoding version (first byte of every plaintext). 2: Activated names the
-/// acceptor's host kind. 3: offers carry the donor's membership fence.
-pub const PROTOCOL_VERSION: u8 = 3;
+/// acceptor's host kind. 3: offers carry the donor's membership fence. 4: offers and flow
+/// moves carry the handoff's flow generation (the home agent orders moves by it).
+pub const PROTOCOL_VERSION: u8 = 4;
+
+/// Bit set in the id of a donor's [`Message::MoveFlow`] reclaim (the acceptor numbers its own
+/// moves from 1 upwards, so the home agent's answers to the two never match each other).
+pub const RECLAIM_ID: u64 = 1 << 63;
 
 /// A membership fence: the epoch with which the current holder of the DS address registered
 /// at the home agent (`ds-membership`'s `Member::fence`; ordered by view, then node). An
@@ -111,6 +116,11 @@ pub struct Offer {
     pub app: Option<serde_bytes::ByteBuf>,
     /// The donor's membership fence (none when the node runs without membership).
     pub fence: Option<Fence>,
+    /// The flow's generation for this handoff: greater than that of every earlier handoff of
+    /// the connection (a Lamport clock of the nodes: the donor's counter, raised by every
+    /// offer it received). The acceptor's [`Message::MoveFlow`] carries it, so that the home
+    /// agent applies the moves of one flow in the order of its handoffs.
+    pub generation: u64,
 }
 
 /// Acceptor-side timings sent back with [`Message::Activated`], nanoseconds, measured on the acceptor's
@@ -190,6 +200,13 @@ pub enum Message {
         server: std::net::SocketAddrV6,
         /// The node that now serves it.
         to: std::net::Ipv6Addr,
+        /// The handoff's flow generation ([`Offer::generation`]).
+        generation: u64,
+        /// Sent by the donor that kept the connection after this handoff failed (it points
+        /// the flow back at itself): it wins over the acceptor's move of the same
+        /// generation, whichever reaches the home agent first. The home agent applies a move
+        /// only if `(generation, reclaim)` is above the last it applied to the flow.
+        reclaim: bool,
     },
     /// Home agent → acceptor: the flow map was updated (`ok`), or why not.
     FlowMoved {
@@ -281,6 +298,7 @@ mod tests {
                 service: "http".into(),
                 app: Some(serde_bytes::ByteBuf::from(vec![3; 12])),
                 fence: Some(Fence { view: 4, by: 77 }),
+                generation: 1 << 50,
             }),
             Message::Prepare {
                 conn_id: 7,
@@ -291,6 +309,8 @@ mod tests {
                 client: "[fd00::c]:40000".parse().unwrap(),
                 server: "[fd00::80]:80".parse().unwrap(),
                 to: "fd00::2".parse().unwrap(),
+                generation: 12,
+                reclaim: true,
             },
             Message::FlowMoved {
                 conn_id: 7,

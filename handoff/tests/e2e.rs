@@ -310,6 +310,7 @@ fn tampered_frame_is_rejected() {
         service: "http".into(),
         app: None,
         fence: None,
+        generation: 1,
     });
     let mut f = d.codec_mut().unwrap().seal_msg(&offer).unwrap();
     let last = f.len() - 1;

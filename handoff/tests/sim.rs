@@ -214,7 +214,9 @@ fn refusal_resumes_the_connection_with_the_reason() {
     ] {
         let mut s = Sim::new();
         s.svcs[2].name = Some(name);
-        let (cl, bytes, mut d) = s.begin(5000, DonorConfig::new(2, "http"));
+        let mut cfg = DonorConfig::new(2, "http");
+        cfg.reclaim_via = Some(ip("fd00::1"));
+        let (cl, bytes, mut d) = s.begin(5000, cfg);
         let (mut ch_d, ch_a) = mem_pair();
         let mut ch_a = boxed(ch_a);
         let mut acc = Acceptor::new(AcceptorConfig {
@@ -235,6 +237,8 @@ fn refusal_resumes_the_connection_with_the_reason() {
             "{out:?}"
         );
         assert_eq!(s.lan.ifs[2].tcp_connection_count(), 0);
+        // Refused by the offer's checks, before any flow move: nothing to reclaim.
+        assert!(d.poll_transmit_home_agent().is_none());
         let srv = s.svcs[1].adopted.pop().unwrap();
         s.assert_alive(cl, 1, srv, &bytes);
     }
@@ -333,7 +337,10 @@ fn accept_without_activated_is_in_doubt_and_not_thawed_back() {
 fn steering_failure_refuses_and_the_donor_keeps_the_connection() {
     for answer in [Some(false), None] {
         let mut s = Sim::new();
-        let (cl, bytes, mut d) = s.begin(7000, DonorConfig::new(5, "http"));
+        let mut cfg = DonorConfig::new(5, "http");
+        cfg.generation = 1 << 52;
+        cfg.reclaim_via = Some(ip("fd00::1"));
+        let (cl, bytes, mut d) = s.begin(7000, cfg);
         let (mut ch_d, ch_a) = mem_pair();
         let mut ch_a = boxed(ch_a);
         let (mut hl, mut ha) = mem_pair();
@@ -342,9 +349,17 @@ fn steering_failure_refuses_and_the_donor_keeps_the_connection() {
         let each = |s2: &mut Sim, _: &[AcceptorEvent]| {
             // The home agent.
             while let Ok(Some(m)) = ha.recv() {
-                let Message::MoveFlow { conn_id, .. } = m else {
+                let Message::MoveFlow {
+                    conn_id,
+                    generation,
+                    reclaim,
+                    ..
+                } = m
+                else {
                     panic!("{m:?}")
                 };
+                // The acceptor's move carries the offer's generation.
+                assert_eq!((generation, reclaim), (1 << 52, false));
                 moves += 1;
                 if let Some(ok) = answer {
                     ha.send(&Message::FlowMoved {
@@ -364,13 +379,27 @@ fn steering_failure_refuses_and_the_donor_keeps_the_connection() {
             matches!(&out, DonorOutcome::Resumed { cause: HandoffError::Refused(RefuseReason::Other(r)) } if r.starts_with("steering")),
             "{out:?}"
         );
+        // The donor points the flow back at itself, outranking the acceptor's move (which
+        // a slow home agent may still apply).
+        let client = s.lan.ifs[0].tcp_endpoints(cl).map(|e| e.0).unwrap();
+        assert_eq!(
+            d.poll_transmit_home_agent(),
+            Some(Message::MoveFlow {
+                conn_id: 5 | ds_handoff::RECLAIM_ID,
+                client,
+                server: SocketAddrV6::new(ip(DS), 80, 0, 0),
+                to: ip("fd00::1"),
+                generation: 1 << 52,
+                reclaim: true,
+            })
+        );
+        assert!(d.poll_transmit_home_agent().is_none(), "once");
         if answer.is_none() {
             assert!(
                 took >= Duration::from_millis(25),
                 "the steering timeout: {took:?}"
             );
         }
-        let client = s.lan.ifs[0].tcp_endpoints(cl).map(|e| e.0).unwrap();
         let ds = SocketAddrV6::new(ip(DS), 80, 0, 0);
         assert!(
             {

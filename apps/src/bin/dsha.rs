@@ -477,8 +477,8 @@ fn xdp(args: &XdpArgs) -> anyhow::Result<()> {
         );
     } else {
         ds_apps::outln!(
-            "dsha: {} control channels ({} failed), {} flow moves ({} failed), {} flows in the table ({} moved)",
-            fa.channels, fa.channel_errors, fa.moves, fa.move_errors, flows, moved
+            "dsha: {} control channels ({} failed), {} flow moves ({} failed, {} stale), {} flows in the table ({} moved)",
+            fa.channels, fa.channel_errors, fa.moves, fa.move_errors, fa.stale_moves, flows, moved
         );
         for (k, v) in &counters {
             ds_apps::outln!("  tunnel {k:<20} {v}");
