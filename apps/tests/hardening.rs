@@ -23,8 +23,10 @@
 //!   takes under a second.
 //! * A SYN flood (findings 4, 7): 50,000 spoofed SYNs per second for 10 s through the home
 //!   agent (whose learned flow table it churns ~8 times over) to node 1: every curl meanwhile
-//!   completes in under a second (SYN cookies), and a keep-alive connection handed off to
-//!   node 2 before the flood is still node 2's after it (moved flows are never evicted).
+//!   completes in under a second (SYN cookies); then 2 × 50,000 spoofed flows of plain
+//!   segments, each sent twice (finding 7 as seen); a keep-alive connection handed off to
+//!   node 2 before all this is still node 2's after it (moved flows are never evicted, and
+//!   only SYNs are learned).
 //! * `kill -9` of the home agent mid-download (finding 8): the same command starts again at
 //!   once on the same interface (its program was attached through a BPF link that died with
 //!   it; the pinned flow table is taken up again) and the download completes.
@@ -643,15 +645,32 @@ fn a_home_agent_killed_mid_download_restarts_at_once_and_the_download_survives()
 
 /// A spoofed SYN from `src`:`sport` to the DS address's port 80 (an IPv6 packet; MSS 1460).
 fn spoofed_syn(src: std::net::Ipv6Addr, ds: std::net::Ipv6Addr, sport: u16, seq: u32) -> Vec<u8> {
+    spoofed(src, ds, sport, seq, true)
+}
+
+/// A spoofed segment from `src`:`sport` to the DS address's port 80: a SYN (MSS 1460), or
+/// an ACK of a connection that does not exist.
+fn spoofed(
+    src: std::net::Ipv6Addr,
+    ds: std::net::Ipv6Addr,
+    sport: u16,
+    seq: u32,
+    syn: bool,
+) -> Vec<u8> {
     use ds_mipv6::wire::{pseudo_checksum, PacketBuilder};
-    let mut t = vec![0u8; 24];
+    let mut t = vec![0u8; if syn { 24 } else { 20 }];
     t[..2].copy_from_slice(&sport.to_be_bytes());
     t[2..4].copy_from_slice(&80u16.to_be_bytes());
     t[4..8].copy_from_slice(&seq.to_be_bytes());
-    t[12] = 6 << 4;
-    t[13] = 0x02;
+    t[12] = (t.len() as u8 / 4) << 4;
     t[14..16].copy_from_slice(&65535u16.to_be_bytes());
-    t[20..24].copy_from_slice(&[2, 4, 0x05, 0xb4]);
+    if syn {
+        t[13] = 0x02;
+        t[20..24].copy_from_slice(&[2, 4, 0x05, 0xb4]);
+    } else {
+        t[8..12].copy_from_slice(&seq.rotate_left(7).to_be_bytes());
+        t[13] = 0x10;
+    }
     let c = pseudo_checksum(src, ds, 6, &t);
     t[16..18].copy_from_slice(&c.to_be_bytes());
     PacketBuilder::new(src, ds).payload(6, &t)
@@ -785,6 +804,36 @@ fn a_syn_flood_closes_no_port() {
         s["interface"]["tcp_syncookies_sent"].as_u64() > Some(0),
         "{s}"
     );
+    // Finding 7 as it was seen: 2 × 50,000 spoofed flows of plain segments, each sent twice
+    // (they once pushed the handed-off connection's entry out of the learned table).
+    let spoofed_segments = c.topo.client.run(|| {
+        let mut sent = 0;
+        for round in 0..4u32 {
+            let set = round / 2;
+            for chunk in 0..100u32 {
+                let batch: Vec<Vec<u8>> = (0..500u32)
+                    .map(|k| {
+                        let n = chunk * 500 + k;
+                        let src = std::net::Ipv6Addr::new(
+                            0xfd00,
+                            0x67,
+                            set as u16,
+                            0,
+                            0,
+                            0,
+                            (n >> 16) as u16,
+                            n as u16 | 1,
+                        );
+                        spoofed(src, ds, 1024 + (n % 60000) as u16, n, false)
+                    })
+                    .collect();
+                sent += ds_kernel::inject(&batch).unwrap_or(0);
+            }
+        }
+        sent
+    });
+    eprintln!("then {spoofed_segments} spoofed non-SYN segments (2 × 50,000 flows, twice each)");
+    assert!(spoofed_segments >= 190_000, "{spoofed_segments} sent");
     // The handed-off keep-alive connection survived the flood: node 2 answers it.
     let again = get_keep_alive(&mut keep, body.len());
     assert!(
@@ -794,5 +843,17 @@ fn a_syn_flood_closes_no_port() {
     );
     let s2 = status(&socks[1]);
     assert_eq!(s2["http"]["http"]["requests"], 1, "node 2 served it: {s2}");
-    assert!(c.stop(), "the home agent removed its pins");
+    let (pins_gone, summary) = c.stop_with_ha_summary();
+    assert!(pins_gone, "the home agent removed its pins");
+    // The plain segments of unknown flows followed the binding without being learned.
+    let not_learned = summary
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("tunnel not_learned"))
+        .and_then(|n| n.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    eprintln!(
+        "home agent: {}; not learned: {not_learned}",
+        summary.lines().next().unwrap_or_default()
+    );
+    assert!(not_learned >= 190_000, "{summary}");
 }
