@@ -5,6 +5,8 @@ use crate::device::Device;
 use crate::iface::Interface;
 use crate::time::{Duration, Instant};
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
 
 /// A monotonic clock turned into [`Instant`]s (microseconds since the clock was made).
 #[derive(Debug, Clone, Copy)]
@@ -43,6 +45,10 @@ pub struct Runner<D: Device> {
     buf: Vec<u8>,
     /// What `step_with` waits on, kept between steps.
     poll: crate::device::PollSet,
+    /// The other runners of the node's receive queues ([`siblings`]).
+    siblings: Option<SiblingLink>,
+    /// Scratch for the packets passed to the next sibling.
+    passing: Vec<(Vec<u8>, u8)>,
 }
 
 /// Frames read from the device per step before timers and output get their turn.
@@ -63,7 +69,16 @@ impl<D: Device> Runner<D> {
             clock,
             buf,
             poll: crate::device::PollSet::default(),
+            siblings: None,
+            passing: Vec::new(),
         }
+    }
+
+    /// Make this runner one of a node's per-queue runners: `link` is its place among them
+    /// (from [`siblings`]); the interface passes what belongs to a sibling round.
+    pub fn set_siblings(&mut self, link: SiblingLink) {
+        self.iface.set_siblings(link.others);
+        self.siblings = Some(link);
     }
 
     /// The current instant on this runner's clock.
@@ -98,9 +113,13 @@ impl<D: Device> Runner<D> {
             Some(t) => (t - now).min(max_wait),
             None => max_wait,
         };
-        if !wait.is_zero() {
+        let passed_in = self.siblings.as_ref().is_some_and(SiblingLink::pending);
+        if !wait.is_zero() && !passed_in {
             self.poll.clear();
             self.dev.wait_fds(&mut self.poll);
+            if let Some(l) = &self.siblings {
+                self.poll.add(l.wake_me.as_raw_fd());
+            }
             if self.poll.is_empty() {
                 self.dev.wait(Some(wait))?;
             } else {
@@ -115,6 +134,16 @@ impl<D: Device> Runner<D> {
 
     /// Process pending input and timers and flush output without waiting.
     pub fn process(&mut self) -> io::Result<()> {
+        if let Some(l) = &self.siblings {
+            l.clear_wake();
+            for _ in 0..RX_BATCH {
+                let Ok((pkt, hops)) = l.inbox.try_recv() else {
+                    break;
+                };
+                let now = self.clock.now();
+                self.iface.receive_from_sibling(now, &pkt, hops);
+            }
+        }
         for _ in 0..RX_BATCH {
             match self.dev.recv(&mut self.buf)? {
                 Some(n) => {
@@ -126,7 +155,24 @@ impl<D: Device> Runner<D> {
         }
         let now = self.clock.now();
         self.iface.poll(now);
+        self.pass_to_sibling();
         self.flush()
+    }
+
+    /// Hand the next sibling what the interface set aside for it.
+    fn pass_to_sibling(&mut self) {
+        let Some(l) = &self.siblings else {
+            return;
+        };
+        if !self.iface.has_for_sibling() {
+            return;
+        }
+        self.iface.take_for_sibling(&mut self.passing);
+        for p in self.passing.drain(..) {
+            // A full inbox drops the packet, as a full queue on a wire would: TCP resends.
+            let _ = l.next.try_send(p);
+        }
+        l.wake_next();
     }
 
     /// Send every frame the interface has ready.
@@ -165,4 +211,88 @@ impl<D: Device> Runner<D> {
             self.step((deadline - now).min(Duration::from_millis(10)))?;
         }
     }
+}
+
+/// Packets waiting in a sibling's inbox at most; more are dropped (TCP resends).
+const SIBLING_INBOX: usize = 8192;
+
+/// One runner's place among the runners of a node's receive queues: the inbox of packets
+/// its siblings passed to it, the next sibling's inbox, and the event descriptors that wake
+/// each. Made by [`siblings`]; see `Interface::set_siblings` for what goes round.
+#[derive(Debug)]
+pub struct SiblingLink {
+    others: u8,
+    inbox: crossbeam::channel::Receiver<(Vec<u8>, u8)>,
+    next: crossbeam::channel::Sender<(Vec<u8>, u8)>,
+    wake_me: Arc<OwnedFd>,
+    wake_next: Arc<OwnedFd>,
+}
+
+impl SiblingLink {
+    /// Whether a sibling passed packets not yet processed.
+    pub fn pending(&self) -> bool {
+        !self.inbox.is_empty()
+    }
+
+    /// The descriptor that turns readable when a sibling passed packets (for a caller that
+    /// waits on its own descriptor set).
+    pub fn wake_fd(&self) -> std::os::fd::RawFd {
+        self.wake_me.as_raw_fd()
+    }
+
+    fn wake_next(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to an eventfd this link owns a reference to.
+        let _ = unsafe {
+            libc::write(
+                self.wake_next.as_raw_fd(),
+                (&one as *const u64).cast(),
+                std::mem::size_of::<u64>(),
+            )
+        };
+    }
+
+    fn clear_wake(&self) {
+        let mut n: u64 = 0;
+        // SAFETY: reads at most 8 bytes into a live u64 from a non-blocking eventfd.
+        let _ = unsafe {
+            libc::read(
+                self.wake_me.as_raw_fd(),
+                (&mut n as *mut u64).cast(),
+                std::mem::size_of::<u64>(),
+            )
+        };
+    }
+}
+
+/// Links for `n` runners serving the receive queues of one device, one each, in a ring: each
+/// passes to the next what it cannot handle itself (a segment of a connection it does not
+/// hold, a Neighbour Discovery message every sibling learns from), and the last sibling that
+/// does not know a segment answers it with a reset. `n` is at most 256.
+pub fn siblings(n: usize) -> io::Result<Vec<SiblingLink>> {
+    let n = n.clamp(1, 256);
+    let mut inboxes = Vec::with_capacity(n);
+    let mut wakes = Vec::with_capacity(n);
+    for _ in 0..n {
+        inboxes.push(crossbeam::channel::bounded(SIBLING_INBOX));
+        // SAFETY: eventfd(2) with valid flags; the result is checked before use.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a new descriptor owned by nobody else.
+        wakes.push(Arc::new(unsafe { OwnedFd::from_raw_fd(fd) }));
+    }
+    Ok((0..n)
+        .map(|i| {
+            let j = (i + 1) % n;
+            SiblingLink {
+                others: (n - 1) as u8,
+                inbox: inboxes[i].1.clone(),
+                next: inboxes[j].0.clone(),
+                wake_me: wakes[i].clone(),
+                wake_next: wakes[j].clone(),
+            }
+        })
+        .collect())
 }

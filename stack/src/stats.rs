@@ -45,6 +45,13 @@ pub struct Stats {
     pub tcp_held: u64,
     /// Segments for no connection (answered with RST).
     pub tcp_no_socket: u64,
+    /// Packets passed to the next sibling interface (another receive queue's: a segment of
+    /// a connection this one does not hold, a Neighbour Discovery message).
+    pub sibling_tx: u64,
+    /// Packets a sibling interface passed here.
+    pub sibling_rx: u64,
+    /// Packets for the next sibling dropped because too many waited.
+    pub sibling_dropped: u64,
     /// RFC 5961 challenge ACKs sent.
     pub tcp_challenge_acks: u64,
     /// Segments rejected by PAWS (RFC 7323 §5).

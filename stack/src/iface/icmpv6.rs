@@ -2,6 +2,7 @@
 
 use super::conn_table::ConnKey;
 use super::ndisc::ND_HOP_LIMIT;
+use super::siblings::plain_packet;
 use super::{caps, Interface, ICMP_ERRORS_PER_SEC};
 use crate::time::{Duration, Instant};
 use smoltcp::wire::{
@@ -58,6 +59,10 @@ impl Interface {
                     self.stats.rx_malformed += 1;
                     return;
                 }
+                // Every sibling keeps its own neighbour cache: each learns from it too.
+                self.pass_to_sibling(|| {
+                    plain_packet(src, dst, IpProtocol::Icmpv6, ND_HOP_LIMIT, payload)
+                });
                 self.receive_ndisc(now, nd, src, dst, src_mac);
             }
             Icmpv6Repr::DstUnreachable {

@@ -14,6 +14,7 @@
 //! | `udp.rs` | UDP sockets (RFC 768) |
 //! | `tcp.rs` | TCP demultiplexing, lifecycle, socket API, freeze/hold/thaw (RFC 9293) |
 //! | `conn_table.rs` | the connection table: TCB slab, demux, timers, dirty/ready lists, held packets |
+//! | `siblings.rs` | one interface per receive queue: segments of connections a sibling holds passed round, ND shared |
 //! | `emit.rs` | frame building and the transmit path |
 //!
 //! Headers are read and written through one implementation each: smoltcp's `wire` views and
@@ -42,6 +43,7 @@ mod icmpv6;
 mod ipv6;
 mod mobility;
 mod ndisc;
+mod siblings;
 mod tcp;
 mod udp;
 
@@ -195,6 +197,7 @@ pub struct Interface {
     frag_ident: u32,
     scratch: Vec<u8>,
     now: Instant,
+    siblings: siblings::Siblings,
 }
 
 /// The link-local address with the modified EUI-64 interface identifier of `mac` (RFC 4291
@@ -263,6 +266,7 @@ impl Interface {
             frag_ident: now.total_micros() as u32,
             scratch: Vec::with_capacity(ETHERNET_HEADER_LEN + mtu),
             now,
+            siblings: siblings::Siblings::default(),
         }
     }
 

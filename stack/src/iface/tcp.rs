@@ -3,6 +3,7 @@
 
 use super::conn_table::{ConnKey, HoldOutcome};
 use super::mobility::MOBILITY_EXT_LEN;
+use super::siblings::plain_packet;
 use super::{put_in_free_slot, Error, Interface, ListenHandle, TcpHandle};
 use crate::isn::{IsnGenerator, SynCookies};
 use crate::state::ConnState;
@@ -11,8 +12,7 @@ use crate::tcp::{TcpConfig, TcpState};
 use crate::time::Instant;
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
-    IpAddress, IpProtocol, Ipv6Packet, Ipv6Repr, TcpControl, TcpPacket, TcpRepr, IPV6_HEADER_LEN,
-    TCP_HEADER_LEN,
+    IpAddress, IpProtocol, TcpControl, TcpPacket, TcpRepr, IPV6_HEADER_LEN, TCP_HEADER_LEN,
 };
 use std::collections::VecDeque;
 use std::net::{Ipv6Addr, SocketAddrV6};
@@ -166,18 +166,7 @@ impl Interface {
         // Held as a plain IPv6 packet between the addresses TCP sees (home addresses, not
         // care-of ones), so the segment's checksum verifies wherever it is fed back.
         let held = self.conns.hold_packet(&key, || {
-            let mut pkt = Vec::with_capacity(IPV6_HEADER_LEN + payload.len());
-            pkt.resize(IPV6_HEADER_LEN, 0);
-            Ipv6Repr {
-                src_addr: src,
-                dst_addr: dst,
-                next_header: IpProtocol::Tcp,
-                payload_len: payload.len(),
-                hop_limit: HELD_HOP_LIMIT,
-            }
-            .emit(&mut Ipv6Packet::new_unchecked(&mut pkt[..]));
-            pkt.extend_from_slice(payload);
-            pkt
+            plain_packet(src, dst, IpProtocol::Tcp, HELD_HOP_LIMIT, payload)
         });
         match held {
             HoldOutcome::NotFrozen => {}
@@ -214,6 +203,12 @@ impl Interface {
             {
                 return;
             }
+        }
+        // Not ours: perhaps a sibling's (one interface per receive queue), which it gets
+        // instead of a reset.
+        if self.pass_to_sibling(|| plain_packet(src, dst, IpProtocol::Tcp, HELD_HOP_LIMIT, payload))
+        {
+            return;
         }
         self.stats.tcp_no_socket += 1;
         tracing::debug!(

@@ -1,0 +1,105 @@
+//! Sibling interfaces: a node that serves from several receive queues runs one [`Interface`]
+//! per queue, each on its own core and sharing nothing (issue: several cores). The NIC (or a
+//! veth's sender) picks the queue of each flow, and a flow can arrive on a queue whose
+//! interface does not hold its connection: the SYN came in elsewhere, the connection was
+//! adopted by a sibling in a handoff, or the sender rehashed the flow after a timeout. Such a
+//! segment is passed round the siblings, one hop at a time, instead of being reset; the last
+//! sibling that also does not know it answers with the reset (RFC 9293 §3.10.7.1), so
+//! unknown segments are still refused, once. Neighbour Discovery messages are shared with
+//! every sibling (each keeps its own neighbour cache, and the answer to one sibling's
+//! solicitation can arrive on another's queue).
+//!
+//! Sans-IO, like the rest of the interface: what is for the next sibling is taken with
+//! [`Interface::take_for_sibling`], what a sibling passed is given with
+//! [`Interface::receive_from_sibling`]; the caller moves the packets (see
+//! `ds_stack::runner::siblings`).
+
+use super::Interface;
+use smoltcp::wire::{IpProtocol, Ipv6Packet, Ipv6Repr, IPV6_HEADER_LEN};
+use std::net::Ipv6Addr;
+
+/// Most packets waiting for the next sibling; more are dropped (and counted): the sender
+/// retransmits.
+const PENDING_MAX: usize = 4096;
+
+/// An interface's place among its siblings.
+#[derive(Debug, Default)]
+pub(super) struct Siblings {
+    /// How many other interfaces serve the node's other queues.
+    others: u8,
+    /// Hops the packet being processed has made round the siblings (0: from the device).
+    hops: u8,
+    /// Packets for the next sibling, with their hop count.
+    out: Vec<(Vec<u8>, u8)>,
+}
+
+/// `payload` of protocol `proto` as a plain IPv6 packet from `src` to `dst` (addresses as
+/// the upper layer sees them: home addresses, decapsulated), so that it verifies and demuxes
+/// wherever it is fed back.
+pub(super) fn plain_packet(
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    proto: IpProtocol,
+    hop_limit: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut pkt = Vec::with_capacity(IPV6_HEADER_LEN + payload.len());
+    pkt.resize(IPV6_HEADER_LEN, 0);
+    Ipv6Repr {
+        src_addr: src,
+        dst_addr: dst,
+        next_header: proto,
+        payload_len: payload.len(),
+        hop_limit,
+    }
+    .emit(&mut Ipv6Packet::new_unchecked(&mut pkt[..]));
+    pkt.extend_from_slice(payload);
+    pkt
+}
+
+impl Interface {
+    /// Make this interface one of `others + 1` siblings serving the queues of one device
+    /// (0: alone, the default).
+    pub fn set_siblings(&mut self, others: u8) {
+        self.siblings.others = others;
+    }
+
+    /// How many siblings this interface has.
+    pub fn siblings(&self) -> u8 {
+        self.siblings.others
+    }
+
+    /// An IPv6 packet a sibling passed on after `hops` siblings had it.
+    pub fn receive_from_sibling(&mut self, now: crate::time::Instant, pkt: &[u8], hops: u8) {
+        self.siblings.hops = hops;
+        self.stats.sibling_rx += 1;
+        self.receive_ipv6(now, pkt, None);
+        self.siblings.hops = 0;
+    }
+
+    /// Move the packets for the next sibling into `out` (with their hop counts).
+    pub fn take_for_sibling(&mut self, out: &mut Vec<(Vec<u8>, u8)>) {
+        out.append(&mut self.siblings.out);
+    }
+
+    /// Whether anything waits for the next sibling.
+    pub fn has_for_sibling(&self) -> bool {
+        !self.siblings.out.is_empty()
+    }
+
+    /// Pass the packet being processed on to the next sibling, unless every sibling had it
+    /// already (then the caller handles it as its own: false).
+    pub(super) fn pass_to_sibling(&mut self, packet: impl FnOnce() -> Vec<u8>) -> bool {
+        let s = &mut self.siblings;
+        if s.hops >= s.others {
+            return false;
+        }
+        if s.out.len() >= PENDING_MAX {
+            self.stats.sibling_dropped += 1;
+            return true;
+        }
+        s.out.push((packet(), s.hops + 1));
+        self.stats.sibling_tx += 1;
+        true
+    }
+}

@@ -1,0 +1,164 @@
+//! One interface per receive queue (issue: several cores): two sibling interfaces serve the
+//! same address; the client's handshake reaches the first, everything after it the second
+//! (as when a sender rehashes a flow to another queue, or a sibling adopted the connection).
+//! The second passes the segments round to the first, which holds the connection: the data
+//! goes through and nobody resets it. A segment no sibling knows is reset once, by the last
+//! sibling it reaches. Neighbour Discovery reaching one sibling is shared with the other.
+//! Sans-IO: frames and the passing between siblings are moved by the test.
+
+use ds_stack::{Config, Instant, Interface, TcpState};
+use std::net::{Ipv6Addr, SocketAddrV6};
+
+const SERVER: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x5e, 0, 0, 0, 0, 0, 0x80);
+const CLIENT: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x5e, 0, 0, 0, 0, 0, 2);
+
+struct Net {
+    client: Interface,
+    siblings: [Interface; 2],
+    now: Instant,
+    /// Which sibling the client's frames reach.
+    to: usize,
+    /// TCP resets the siblings sent.
+    resets: usize,
+    listeners: Vec<ds_stack::ListenHandle>,
+}
+
+fn is_tcp_rst(frame: &[u8]) -> bool {
+    // Ethernet (14) + IPv6 (40), next header TCP, flags byte 13 of the TCP header.
+    frame.len() >= 14 + 40 + 20 && frame[14 + 6] == 6 && frame[14 + 40 + 13] & 0x04 != 0
+}
+
+impl Net {
+    fn new() -> Net {
+        let now = Instant::from_millis(1);
+        let cfg = Config::new([2, 0, 0, 0, 0, 0x80], vec![SERVER]);
+        let mut siblings = [Interface::new(cfg.clone(), now), Interface::new(cfg, now)];
+        let listeners = siblings
+            .iter_mut()
+            .map(|s| {
+                s.set_siblings(1);
+                s.tcp_listen(SocketAddrV6::new(SERVER, 80, 0, 0), 16)
+                    .expect("listen")
+            })
+            .collect();
+        Net {
+            client: Interface::new(Config::new([2, 0, 0, 0, 0, 2], vec![CLIENT]), now),
+            siblings,
+            now,
+            to: 0,
+            resets: 0,
+            listeners,
+        }
+    }
+
+    /// One millisecond: frames both ways, then what the siblings passed each other.
+    fn step(&mut self) {
+        self.now += std::time::Duration::from_millis(1);
+        let now = self.now;
+        let mut up = Vec::new();
+        self.client.poll(now);
+        self.client.transmit(now, &mut |f| up.push(f.to_vec()));
+        for f in up {
+            self.siblings[self.to].receive(now, &f);
+        }
+        let mut down = Vec::new();
+        for s in &mut self.siblings {
+            s.poll(now);
+            s.transmit(now, &mut |f| down.push(f.to_vec()));
+        }
+        for f in down {
+            self.resets += usize::from(is_tcp_rst(&f));
+            self.client.receive(now, &f);
+        }
+        for i in 0..2 {
+            let mut passed = Vec::new();
+            self.siblings[i].take_for_sibling(&mut passed);
+            for (p, hops) in passed {
+                self.siblings[1 - i].receive_from_sibling(now, &p, hops);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_connection_whose_segments_reach_another_sibling_goes_on_and_unknown_ones_are_reset_once() {
+    let mut net = Net::new();
+    let now = net.now;
+    let c = net
+        .client
+        .tcp_connect(
+            now,
+            SocketAddrV6::new(CLIENT, 40000, 0, 0),
+            SocketAddrV6::new(SERVER, 80, 0, 0),
+        )
+        .expect("connect");
+    while net.client.tcp_state(c) != Some(TcpState::Established) {
+        assert!(net.now < Instant::from_millis(1000), "no handshake");
+        net.step();
+    }
+    // The first sibling holds it; the next segments go to the second.
+    let s = loop {
+        net.step();
+        if let Some(s) = net.siblings[0].tcp_accept(net.listeners[0]) {
+            break s;
+        }
+    };
+    net.to = 1;
+    net.client.tcp_send(c, b"hello").expect("send");
+    let mut buf = [0u8; 64];
+    let mut got = Vec::new();
+    while got.len() < 5 {
+        assert!(net.now < Instant::from_millis(3000), "request lost");
+        net.step();
+        let n = net.siblings[0].tcp_recv(s, &mut buf).unwrap_or(0);
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(got, b"hello");
+    net.siblings[0].tcp_send(s, b"world").expect("send");
+    let mut back = Vec::new();
+    while back.len() < 5 {
+        assert!(net.now < Instant::from_millis(5000), "reply lost");
+        net.step();
+        let n = net.client.tcp_recv(c, &mut buf).unwrap_or(0);
+        back.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(back, b"world");
+    let (s0, s1) = (net.siblings[0].stats(), net.siblings[1].stats());
+    assert!(s1.sibling_tx > 0 && s0.sibling_rx > 0, "{s0:?} {s1:?}");
+    assert_eq!((s0.tcp_no_socket, s1.tcp_no_socket), (0, 0));
+    assert_eq!(net.resets, 0);
+    // The neighbour solicitation that reached the first sibling was passed to the second
+    // (the only thing the first passed: the client's segments reached it only while it
+    // held the connection).
+    assert!(
+        s0.sibling_tx > 0 && s1.sibling_rx > 0,
+        "ND shared: {s0:?} {s1:?}"
+    );
+
+    // A connection nobody holds: the client's segment reaches the second sibling, goes
+    // round to the first, which resets it (once).
+    let c2 = net
+        .client
+        .tcp_connect(
+            net.now,
+            SocketAddrV6::new(CLIENT, 40001, 0, 0),
+            SocketAddrV6::new(SERVER, 81, 0, 0),
+        )
+        .expect("connect");
+    for _ in 0..5 {
+        net.step();
+    }
+    assert!(
+        net.client
+            .tcp_state(c2)
+            .is_none_or(|st| st == TcpState::Closed),
+        "{:?}",
+        net.client.tcp_state(c2)
+    );
+    let (s0, s1) = (net.siblings[0].stats(), net.siblings[1].stats());
+    assert_eq!(
+        (s0.tcp_no_socket, s1.tcp_no_socket, net.resets),
+        (1, 0, 1),
+        "reset by the last sibling only"
+    );
+}
