@@ -93,6 +93,37 @@ impl Device {
     }
 }
 
+/// One receive queue of an AF_XDP device, for one [`Node`] of several in a process
+/// ([`Builder::open_queues`], [`Builder::queue`]): each node runs its own stack and handoff
+/// engine on its own thread, sharing nothing with the others (several cores). The device's
+/// queue picks a flow's node; a segment that reaches another node than its connection's is
+/// passed round to it (`ds_stack::runner::siblings`). `Send`: move each to its thread.
+pub struct Queue {
+    dev: ds_xdp::device::AfXdpDevice,
+    link: ds_stack::runner::SiblingLink,
+    /// Shared by the queues' stacks: any of them can check another's SYN cookie.
+    isn_secret: [u8; 16],
+    index: usize,
+    of: usize,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("index", &self.index)
+            .field("of", &self.of)
+            .field("queues", &self.dev.queue_ids())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Queue {
+    /// This queue's place among the device's (0-based) and how many there are.
+    pub fn index(&self) -> (usize, usize) {
+        (self.index, self.of)
+    }
+}
+
 /// A connection handed to the application by [`Node::accept`].
 #[derive(Debug)]
 pub struct Accepted {
@@ -168,6 +199,7 @@ pub struct Builder {
     drain: Drain,
     reply_timeout: Duration,
     backlog: usize,
+    queue: Option<Queue>,
 }
 
 impl Builder {
@@ -276,6 +308,73 @@ impl Builder {
         self
     }
 
+    /// Open the AF_XDP device ([`Builder::device`]) with one [`Queue`] per receive queue of
+    /// the interface, for a node per queue, each on its own core: give each to a builder of
+    /// its own ([`Builder::queue`]) in its own thread. The other settings are the node's
+    /// (every queue's builder has the same addresses, port, peers and control address; the
+    /// control port is shared with `SO_REUSEPORT`).
+    ///
+    /// ```no_run
+    /// use dserver::{Device, Node};
+    /// # fn main() -> Result<(), dserver::Error> {
+    /// let node = || Node::builder()
+    ///     .ds_addr("fd00:80::80".parse().unwrap())
+    ///     .care_of("fd00:1::1".parse().unwrap())
+    ///     .device(Device::afxdp("eth0"));
+    /// let workers: Vec<_> = node()
+    ///     .open_queues()?
+    ///     .into_iter()
+    ///     .map(|q| std::thread::spawn(move || -> Result<(), dserver::Error> {
+    ///         let mut n = node().queue(q).build()?;
+    ///         loop {
+    ///             let c = n.accept()?;
+    ///             let _ = n.write(c.conn, b"hello from one core\n");
+    ///             let _ = n.close(c.conn);
+    ///         }
+    ///     }))
+    ///     .collect();
+    /// # Ok(()) }
+    /// ```
+    pub fn open_queues(&self) -> Result<Vec<Queue>, Error> {
+        let (_, addrs) = self.addresses()?;
+        let Some(Device::AfXdp { iface }) = &self.device else {
+            return Err(Error::Config(
+                "one node per receive queue needs the AF_XDP device".into(),
+            ));
+        };
+        let cfg = ds_xdp::device::AfXdpConfig::new(addrs);
+        let devs = ds_xdp::device::AfXdpDevice::open_per_queue(iface, &cfg).map_err(|e| {
+            Error::Io {
+                what: format!("AF_XDP on {iface} (needs root and no other XDP program)"),
+                source: io::Error::other(e),
+            }
+        })?;
+        let links = ds_stack::runner::siblings(devs.len()).map_err(|source| Error::Io {
+            what: "sibling links".into(),
+            source,
+        })?;
+        let isn_secret = ds_stack::isn::random_secret();
+        let of = devs.len();
+        Ok(devs
+            .into_iter()
+            .zip(links)
+            .enumerate()
+            .map(|(index, (dev, link))| Queue {
+                dev,
+                link,
+                isn_secret,
+                index,
+                of,
+            })
+            .collect())
+    }
+
+    /// Serve one receive queue ([`Builder::open_queues`]) instead of opening the device.
+    pub fn queue(mut self, q: Queue) -> Self {
+        self.queue = Some(q);
+        self
+    }
+
     fn handoff_config(&mut self) -> Result<Option<HandoffConfig>, Error> {
         let wanted =
             self.control_listen.is_some() || !self.peers.is_empty() || self.home_agent.is_some();
@@ -296,7 +395,8 @@ impl Builder {
         let mut cfg = HandoffConfig::new(secret);
         cfg.service = self.service.clone();
         if let Some(l) = self.control_listen {
-            cfg.listen = Some(TcpListener::bind(l).map_err(|source| Error::Io {
+            let shared = self.queue.is_some();
+            cfg.listen = Some(control_listener(l, shared).map_err(|source| Error::Io {
                 what: format!("control_listen {l}"),
                 source,
             })?);
@@ -344,6 +444,11 @@ impl Builder {
     /// Open the device, listen on the DS address and connect to the cluster.
     pub fn build(mut self) -> Result<Node, Error> {
         let (_, addrs) = self.addresses()?;
+        if let Some(q) = self.queue.take() {
+            let handoff = self.handoff_config()?;
+            tracing::info!(queue = q.index, of = q.of, "device queue taken");
+            return self.finish_queue(q, handoff);
+        }
         let device = self
             .device
             .take()
@@ -384,10 +489,29 @@ impl Builder {
         self.finish(dev, handoff)
     }
 
+    fn finish_queue(self, q: Queue, handoff: Option<HandoffConfig>) -> Result<Node, Error> {
+        let Queue {
+            dev,
+            link,
+            isn_secret,
+            ..
+        } = q;
+        self.finish_with(Box::new(dev), handoff, Some((link, isn_secret)))
+    }
+
     fn finish(
         self,
         dev: Box<dyn ds_stack::device::Device>,
         handoff: Option<HandoffConfig>,
+    ) -> Result<Node, Error> {
+        self.finish_with(dev, handoff, None)
+    }
+
+    fn finish_with(
+        self,
+        dev: Box<dyn ds_stack::device::Device>,
+        handoff: Option<HandoffConfig>,
+        queue: Option<(ds_stack::runner::SiblingLink, [u8; 16])>,
     ) -> Result<Node, Error> {
         let (ds, addrs) = self.addresses()?;
         let own = addrs[0];
@@ -395,8 +519,14 @@ impl Builder {
         let clock = Clock::new();
         let mut cfg = Config::new(mac, addrs);
         cfg.gateway = self.gateway;
+        if let Some((_, secret)) = &queue {
+            cfg.isn_secret = *secret;
+        }
         let iface = Interface::new(cfg, clock.now());
         let mut rt = Runner::with_clock(dev, iface, clock);
+        if let Some((link, _)) = queue {
+            rt.set_siblings(link);
+        }
         // A shared DS address (a care-of address given) is reached on every address of ours.
         let listen_ip = if self.care_of.is_some() {
             Ipv6Addr::UNSPECIFIED
@@ -581,6 +711,7 @@ impl Node {
             },
             reply_timeout: Duration::from_secs(1),
             backlog: 1024,
+            queue: None,
         }
     }
 
@@ -1166,7 +1297,7 @@ impl Node {
             return Ok(());
         };
         self.dev_fds.clear();
-        self.rt.dev.wait_fds(&mut self.dev_fds);
+        self.rt.wait_fds(&mut self.dev_fds);
         self.fds.clear();
         let epoch = self.core.as_ref().map_or(0, |core| {
             core.wait_fds(&mut self.fds);
@@ -1259,4 +1390,22 @@ impl Write for Stream<'_> {
     fn flush(&mut self) -> io::Result<()> {
         self.node.rt.flush()
     }
+}
+
+/// The control port's listener; `shared` by the nodes of several queues (`SO_REUSEPORT`:
+/// the kernel spreads incoming channels over them).
+fn control_listener(at: SocketAddr, shared: bool) -> io::Result<TcpListener> {
+    if !shared {
+        return TcpListener::bind(at);
+    }
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(at),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.bind(&at.into())?;
+    s.listen(128)?;
+    Ok(s.into())
 }

@@ -74,6 +74,15 @@ impl<D: Device> Runner<D> {
         }
     }
 
+    /// Add every descriptor whose readiness means work for [`Runner::process`] (the
+    /// device's, and the siblings' wake-up) to `set`.
+    pub fn wait_fds(&self, set: &mut crate::device::PollSet) {
+        self.dev.wait_fds(set);
+        if let Some(l) = &self.siblings {
+            set.add(l.wake_me.as_raw_fd());
+        }
+    }
+
     /// Make this runner one of a node's per-queue runners: `link` is its place among them
     /// (from [`siblings`]); the interface passes what belongs to a sibling round.
     pub fn set_siblings(&mut self, link: SiblingLink) {
@@ -115,11 +124,10 @@ impl<D: Device> Runner<D> {
         };
         let passed_in = self.siblings.as_ref().is_some_and(SiblingLink::pending);
         if !wait.is_zero() && !passed_in {
-            self.poll.clear();
-            self.dev.wait_fds(&mut self.poll);
-            if let Some(l) = &self.siblings {
-                self.poll.add(l.wake_me.as_raw_fd());
-            }
+            let mut poll = std::mem::take(&mut self.poll);
+            poll.clear();
+            self.wait_fds(&mut poll);
+            self.poll = poll;
             if self.poll.is_empty() {
                 self.dev.wait(Some(wait))?;
             } else {

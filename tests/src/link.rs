@@ -52,6 +52,45 @@ pub fn veth(a: &Netns, ifa: &str, b: &Netns, ifb: &str) -> Result<()> {
     Ok(())
 }
 
+/// [`veth`] with `queues` transmit and receive queues at each end (the sender's transmit
+/// queue of a packet is its receive queue at the other end: the flow hash spreads flows over
+/// them, like a NIC's RSS).
+pub fn veth_queues(a: &Netns, ifa: &str, b: &Netns, ifb: &str, queues: u32) -> Result<()> {
+    check_ifname(ifa)?;
+    check_ifname(ifb)?;
+    let q = queues.max(1).to_string();
+    a.ip(&[
+        "link",
+        "add",
+        ifa,
+        "numtxqueues",
+        &q,
+        "numrxqueues",
+        &q,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        ifb,
+        "numtxqueues",
+        &q,
+        "numrxqueues",
+        &q,
+        "netns",
+        b.name(),
+    ])
+    .with_context(|| {
+        format!(
+            "cannot create veth {}:{ifa} <-> {}:{ifb} with {q} queues",
+            a.name(),
+            b.name()
+        )
+    })?;
+    set_up(a, ifa)?;
+    set_up(b, ifb)?;
+    Ok(())
+}
+
 /// Adds an address in CIDR form (e.g. `"fd00::1/64"`) to `ifname`. IPv6
 /// addresses are always added with `nodad`, so they are never tentative.
 pub fn add_addr(ns: &Netns, ifname: &str, cidr: &str) -> Result<()> {

@@ -18,6 +18,7 @@ use std::io;
 use std::net::Ipv6Addr;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
+use std::sync::Arc;
 use tracing::{info, warn};
 
 /// How to open an [`AfXdpDevice`].
@@ -54,23 +55,66 @@ impl AfXdpConfig {
     }
 }
 
-/// The stack's link device over AF_XDP (see the module documentation).
+/// The stack's link device over AF_XDP (see the module documentation): one AF_XDP socket per
+/// receive queue it serves (every queue, or one: [`AfXdpDevice::open_per_queue`]).
 pub struct AfXdpDevice {
     socks: Vec<XskSocket>,
+    /// The receive queue of each socket.
+    queue_ids: Vec<u32>,
+    shared: Arc<Attachment>,
+    next: usize,
+    mtu: usize,
+}
+
+/// The steering program as the devices of one interface share it: the last device dropped
+/// detaches it (or, for an operator's program, removes our addresses).
+struct Attachment {
     prog: Program,
     attached: Option<Mode>,
     addrs: Vec<Ipv6Addr>,
-    next: usize,
-    mtu: usize,
-    /// The BPF link that keeps our program attached (when the device attached it): the kernel
+    /// The BPF link that keeps our program attached (when we attached it): the kernel
     /// detaches the program when the last descriptor of the link closes, so a crashed process
     /// (`kill -9`) leaves nothing attached and a restart attaches afresh.
     _link: Option<std::os::fd::OwnedFd>,
 }
 
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        if self.attached.is_some() {
+            // The link closes with us and detaches the program.
+            if let Err(e) = self.prog.unpin() {
+                warn!("unpinning: {e}");
+            }
+        } else {
+            for a in &self.addrs {
+                let _ = self.prog.remove_local(*a);
+            }
+        }
+    }
+}
+
 impl AfXdpDevice {
-    /// Open the device on interface `iface` of the calling thread's network namespace.
+    /// Open the device on interface `iface` of the calling thread's network namespace: one
+    /// device for every queue in `cfg`.
     pub fn open(iface: &str, cfg: &AfXdpConfig) -> Result<AfXdpDevice, Error> {
+        Self::open_devices(iface, cfg, false)?
+            .pop()
+            .ok_or_else(|| Error::Invalid(format!("{iface} has no receive queue")))
+    }
+
+    /// One device per receive queue in `cfg` (in queue order), sharing the steering program:
+    /// each for its own thread and stack (shared-nothing; see `ds_stack::runner::siblings`
+    /// for the flows that arrive on another queue than their connection's). Each transmits
+    /// on its own queue.
+    pub fn open_per_queue(iface: &str, cfg: &AfXdpConfig) -> Result<Vec<AfXdpDevice>, Error> {
+        Self::open_devices(iface, cfg, true)
+    }
+
+    fn open_devices(
+        iface: &str,
+        cfg: &AfXdpConfig,
+        per_queue: bool,
+    ) -> Result<Vec<AfXdpDevice>, Error> {
         let ifindex = loader::ifindex(iface)?;
         let pinned = cfg
             .pin_dir
@@ -105,19 +149,17 @@ impl AfXdpDevice {
             Some((m, l)) => (Some(m), Some(l)),
             None => (None, None),
         };
-        let mut dev = AfXdpDevice {
-            socks: Vec::new(),
+        let mut shared = Attachment {
             prog,
             attached,
             addrs: Vec::new(),
-            next: 0,
-            mtu: 1500,
             _link: link,
         };
         for a in &cfg.addrs {
-            dev.prog.add_local(*a, cfg.local)?;
-            dev.addrs.push(*a);
+            shared.prog.add_local(*a, cfg.local)?;
+            shared.addrs.push(*a);
         }
+        let shared = Arc::new(shared);
         let mut xcfg = cfg.xsk.clone();
         if attached == Some(Mode::Generic) {
             xcfg.zero_copy = false;
@@ -126,19 +168,34 @@ impl AfXdpDevice {
             0 => loader::rx_queues(iface)?,
             n => n,
         };
+        let mut devs = Vec::new();
+        let mut dev = None;
         for q in 0..queues {
             let s = XskSocket::open_ifindex(ifindex, q, &xcfg)?;
-            dev.prog.set_xsk(q, s.fd())?;
-            dev.socks.push(s);
+            shared.prog.set_xsk(q, s.fd())?;
+            let d = dev.get_or_insert_with(|| AfXdpDevice {
+                socks: Vec::new(),
+                queue_ids: Vec::new(),
+                shared: shared.clone(),
+                next: 0,
+                mtu: 1500,
+            });
+            d.socks.push(s);
+            d.queue_ids.push(q);
+            if per_queue {
+                devs.extend(dev.take());
+            }
         }
+        devs.extend(dev);
         info!(
             iface,
-            queues = dev.socks.len(),
-            mode = ?dev.socks.first().map(XskSocket::mode),
+            queues,
+            devices = devs.len(),
+            mode = ?devs.first().and_then(|d| d.socks.first()).map(XskSocket::mode),
             attached = ?attached,
             "AF_XDP device open"
         );
-        Ok(dev)
+        Ok(devs)
     }
 
     /// The bind mode of the first socket.
@@ -148,12 +205,17 @@ impl AfXdpDevice {
 
     /// The XDP mode the device attached the program in (`None`: an operator's program).
     pub fn attach_mode(&self) -> Option<Mode> {
-        self.attached
+        self.shared.attached
     }
 
     /// Number of AF_XDP sockets (one per receive queue).
     pub fn queues(&self) -> usize {
         self.socks.len()
+    }
+
+    /// The receive queues this device serves.
+    pub fn queue_ids(&self) -> &[u32] {
+        &self.queue_ids
     }
 
     /// Per-socket counters.
@@ -163,25 +225,15 @@ impl AfXdpDevice {
 
     /// The steering program.
     pub fn program(&self) -> &Program {
-        &self.prog
+        &self.shared.prog
     }
 }
 
 impl Drop for AfXdpDevice {
     fn drop(&mut self) {
-        for q in 0..self.socks.len() as u32 {
-            if let Err(e) = self.prog.clear_xsk(q) {
+        for q in &self.queue_ids {
+            if let Err(e) = self.shared.prog.clear_xsk(*q) {
                 warn!("clearing XSKMAP slot {q}: {e}");
-            }
-        }
-        if self.attached.is_some() {
-            // The link closes with the device and detaches the program.
-            if let Err(e) = self.prog.unpin() {
-                warn!("unpinning: {e}");
-            }
-        } else {
-            for a in &self.addrs {
-                let _ = self.prog.remove_local(*a);
             }
         }
     }
