@@ -343,12 +343,11 @@ impl Builder {
             ));
         };
         let cfg = ds_xdp::device::AfXdpConfig::new(addrs);
-        let devs = ds_xdp::device::AfXdpDevice::open_per_queue(iface, &cfg).map_err(|e| {
-            Error::Io {
+        let devs =
+            ds_xdp::device::AfXdpDevice::open_per_queue(iface, &cfg).map_err(|e| Error::Io {
                 what: format!("AF_XDP on {iface} (needs root and no other XDP program)"),
                 source: io::Error::other(e),
-            }
-        })?;
+            })?;
         let links = ds_stack::runner::siblings(devs.len()).map_err(|source| Error::Io {
             what: "sibling links".into(),
             source,
@@ -444,10 +443,13 @@ impl Builder {
     /// Open the device, listen on the DS address and connect to the cluster.
     pub fn build(mut self) -> Result<Node, Error> {
         let (_, addrs) = self.addresses()?;
-        if let Some(q) = self.queue.take() {
+        if self.queue.is_some() {
+            // Settings first (the control port is shared by the queues' nodes).
             let handoff = self.handoff_config()?;
-            tracing::info!(queue = q.index, of = q.of, "device queue taken");
-            return self.finish_queue(q, handoff);
+            if let Some(q) = self.queue.take() {
+                tracing::info!(queue = q.index, of = q.of, "device queue taken");
+                return self.finish_queue(q, handoff);
+            }
         }
         let device = self
             .device

@@ -44,6 +44,9 @@ pub struct HandoffSpec<'a> {
     /// Permanent neighbour entries at the home agent: (address, MAC) of what it reaches on
     /// the link without neighbour discovery (care-of addresses of userspace stacks).
     pub ha_neighbours: &'a [(&'a str, [u8; 6])],
+    /// Transmit and receive queues of each node's link (1 unless a test runs a node per
+    /// queue).
+    pub node_queues: u32,
 }
 
 /// The built topology; dropping it removes every namespace.
@@ -78,7 +81,11 @@ impl HandoffTopology {
         .into_iter()
         .chain(nodes.iter().zip(ports).map(|(n, port)| (n, port, NODE_IF)));
         for (ns, port, inner) in members {
-            veth(&hub, &port, ns, inner)?;
+            if inner == NODE_IF && spec.node_queues > 1 {
+                crate::veth_queues(&hub, &port, ns, inner, spec.node_queues)?;
+            } else {
+                veth(&hub, &port, ns, inner)?;
+            }
             hub.ip(&["link", "set", &port, "master", BRIDGE])
                 .with_context(|| format!("enslave {port}"))?;
             disable_offload(ns, inner)?;

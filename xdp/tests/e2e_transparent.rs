@@ -137,6 +137,7 @@ fn transparent_mode_flow_moves_with_one_map_update() {
         ha_addr: HA,
         node_addrs: &[],
         ha_neighbours: &[(COA1, MAC1), (COA2, MAC2)],
+        node_queues: 1,
     })
     .expect("topology");
     let (client, ha) = (&topo.client, &topo.ha);

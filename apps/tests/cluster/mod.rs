@@ -96,17 +96,23 @@ impl Cluster {
     /// Build the topology for `a` (namespaces named after `prefix`) and start `dsha xdp` with
     /// the DS address bound to node 1.
     pub fn start(prefix: &str, a: Addrs) -> Cluster {
-        Self::start_with(prefix, a, false)
+        Self::start_with(prefix, a, false, 1)
+    }
+
+    /// As [`Cluster::start`], each node's link with `queues` transmit and receive queues.
+    #[allow(dead_code)] // not every test that includes the harness needs it
+    pub fn start_queues(prefix: &str, a: Addrs, queues: u32) -> Cluster {
+        Self::start_with(prefix, a, false, queues)
     }
 
     /// As [`Cluster::start`], but the home agent takes the DS address's binding from the
     /// membership protocol (`dsha xdp --members [ha]:7100`, no initial binding): the contact
     /// node that registers gets the new clients.
     pub fn start_members(prefix: &str, a: Addrs) -> Cluster {
-        Self::start_with(prefix, a, true)
+        Self::start_with(prefix, a, true, 1)
     }
 
-    fn start_with(prefix: &str, a: Addrs, members: bool) -> Cluster {
+    fn start_with(prefix: &str, a: Addrs, members: bool, node_queues: u32) -> Cluster {
         let dir = TempDir::new(prefix).expect("temp dir");
         let secret = dir.path().join("secret");
         std::fs::write(&secret, format!("{prefix} test cluster secret, 32+ bytes")).expect("key");
@@ -126,6 +132,7 @@ impl Cluster {
             ha_addr: &ha,
             node_addrs: &ctl.iter().map(String::as_str).collect::<Vec<_>>(),
             ha_neighbours: &neigh,
+            node_queues,
         })
         .expect("topology");
         // A small receive buffer at the client (256 KiB at most, not Linux's 6 MiB), so that a

@@ -195,6 +195,7 @@ fn setup(mode: Mode) -> Result<Topology> {
         ha_addr: HA,
         node_addrs: &CTL,
         ha_neighbours: &[(COA[0], MAC[0]), (COA[1], MAC[1])],
+        node_queues: 1,
     })?;
     // XDP_TX on the HA's veth needs NAPI on its peer (veth_xdp_xmit checks it): a pass-all
     // steering program there enables it.
