@@ -11,6 +11,7 @@
 //! port = 80
 //! root = "/srv/www"                  # or, proxy mode: backend = "[::1]:8080"
 //! control_socket = "/run/dsnode.sock" # for dsctl
+//! # queues = 2                       # AF_XDP: a stack per receive queue (no handoffs yet)
 //! # header_timeout_ms = 10000        # a request head must arrive within this (then 408)
 //! # stall_timeout_ms = 60000         # a response with no progress this long is aborted
 //! # max_connections = 10000          # more are answered 503
@@ -77,6 +78,7 @@ struct NodeFile {
     mac: Option<String>,
     json: Option<bool>,
     udp_echo: Option<u16>,
+    queues: Option<u32>,
     control_socket: Option<PathBuf>,
     header_timeout_ms: Option<u64>,
     stall_timeout_ms: Option<u64>,
@@ -200,6 +202,7 @@ pub fn serve_args(path: &Path) -> Result<Vec<String>, ConfigError> {
     opt("root", file.root.map(|r| r.display().to_string()));
     opt("mac", file.mac);
     opt("udp_echo", file.udp_echo.as_ref().map(|p| s(p)));
+    opt("queues", file.queues.as_ref().map(|q| s(q)));
     opt(
         "header_timeout_ms",
         file.header_timeout_ms.as_ref().map(|v| s(v)),

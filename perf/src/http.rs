@@ -6,7 +6,13 @@
 //!  C (client: wrk)                         O (ours)
 //!  to_o fd00:5f:1::1/64  ══ veth ══  o0    dsnode serve --device afxdp, fd00:5f:1::2
 //!  to_n fd00:5f:2::1/64  ══ veth ══  n0    nginx (kernel TCP), fd00:5f:2::2/64    N
+//!  to_q fd00:5f:3::1/64  ══ veth ══  q0    with --queues N: dsnode serve --queues N on a   Q
+//!                          (N queues)        veth of N queues, a stack per queue, fd00:5f:3::2
 //! ```
+//!
+//! With `--queues N` the per-queue server runs on every core (its threads are not pinned:
+//! wrk shares a core with one of them, and the report's busy shares say how much each took);
+//! its rate is compared with the one-queue server's, measured in the same repeat.
 //!
 //! Offloads stay at the kernel's defaults everywhere except the client's transmit checksum on
 //! `to_o`: a veth peer with checksum offload hands AF_XDP (copy mode) frames whose TCP checksum
@@ -38,6 +44,10 @@ pub const CLIENT_N: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x5f, 2, 0, 0, 0, 0, 1);
 pub const NGINX: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x5f, 2, 0, 0, 0, 0, 2);
 /// Our server's MAC.
 pub const OURS_MAC: &str = "02:d5:5f:00:00:02";
+/// The client's address towards our per-queue server.
+pub const CLIENT_Q: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x5f, 3, 0, 0, 0, 0, 1);
+/// Our per-queue server's address (AF_XDP on `q0`, `--queues N`).
+pub const OURS_QUEUES: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x5f, 3, 0, 0, 0, 0, 2);
 const PORT: u16 = 80;
 const UP: Duration = Duration::from_secs(15);
 
@@ -49,6 +59,8 @@ pub enum Target {
     Ours,
     /// nginx on the kernel's TCP.
     Nginx,
+    /// `dsnode serve --device afxdp --queues N`: a stack per receive queue.
+    OursQueues,
 }
 
 impl Target {
@@ -57,6 +69,7 @@ impl Target {
         match self {
             Target::Ours => "ours",
             Target::Nginx => "nginx",
+            Target::OursQueues => "ours, per queue",
         }
     }
 
@@ -64,6 +77,7 @@ impl Target {
         match self {
             Target::Ours => OURS,
             Target::Nginx => NGINX,
+            Target::OursQueues => OURS_QUEUES,
         }
     }
 }
@@ -131,6 +145,8 @@ pub struct Options {
     pub client_cpu: usize,
     /// Which servers.
     pub targets: Vec<Target>,
+    /// Receive queues of [`Target::OursQueues`] (a stack per queue).
+    pub queues: u32,
 }
 
 /// One measurement: wrk's summary.
@@ -185,6 +201,8 @@ pub struct CaseSummary {
     pub targets: Vec<TargetSummary>,
     /// Ours / nginx in requests per second, per repeat (both measured in the same repeat).
     pub rps_ratio: Option<Stat>,
+    /// Ours per queue / ours on one queue, per repeat.
+    pub queues_ratio: Option<Stat>,
 }
 
 /// Everything, for `--json`.
@@ -205,9 +223,11 @@ struct Bed {
     // Field order: the servers die before their namespaces go.
     ours: Option<Child>,
     nginx: Option<Child>,
+    queues: Option<Child>,
     cli: Netns,
     ours_ns: Netns,
     nginx_ns: Netns,
+    queues_ns: Netns,
     dir: PathBuf,
 }
 
@@ -329,31 +349,41 @@ impl Bed {
         let cli = Netns::new("dsperf_http_c")?;
         let o = Netns::new("dsperf_http_o")?;
         let n = Netns::new("dsperf_http_n")?;
-        // O's kernel only carries the veth for AF_XDP; keep its own IPv6 off the link.
-        o.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
-        o.sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
+        let q = Netns::new("dsperf_http_q")?;
+        // O's (and Q's) kernel only carries the veth for AF_XDP; keep its own IPv6 off the
+        // link.
+        for ns in [&o, &q] {
+            ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
+            ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
+        }
         veth(&cli, "to_o", &o, "o0")?;
         veth(&cli, "to_n", &n, "n0")?;
+        ds_testbed::veth_queues(&cli, "to_q", &q, "q0", opts.queues.max(1))?;
         // The one offload that cannot stay on: see the module documentation.
         cli.exec(&["ethtool", "-K", "to_o", "tx", "off"])?;
+        cli.exec(&["ethtool", "-K", "to_q", "tx", "off"])?;
+        add_addr(&cli, "to_q", &format!("{CLIENT_Q}/64"))?;
         add_addr(&cli, "to_o", &format!("{CLIENT_O}/64"))?;
         add_addr(&cli, "to_n", &format!("{CLIENT_N}/64"))?;
         add_addr(&n, "n0", &format!("{NGINX}/64"))?;
         // dsnode answers neighbour solicitations, but a fixed entry keeps the first
         // measurement free of resolution.
-        cli.ip(&[
-            "-6",
-            "neigh",
-            "replace",
-            &OURS.to_string(),
-            "lladdr",
-            OURS_MAC,
-            "dev",
-            "to_o",
-            "nud",
-            "permanent",
-        ])?;
+        for (addr, dev) in [(OURS, "to_o"), (OURS_QUEUES, "to_q")] {
+            cli.ip(&[
+                "-6",
+                "neigh",
+                "replace",
+                &addr.to_string(),
+                "lladdr",
+                OURS_MAC,
+                "dev",
+                dev,
+                "nud",
+                "permanent",
+            ])?;
+        }
         for (ns, dev, a) in [
+            (&cli, "to_q", CLIENT_Q),
             (&cli, "to_o", CLIENT_O),
             (&cli, "to_n", CLIENT_N),
             (&n, "n0", NGINX),
@@ -364,11 +394,44 @@ impl Bed {
         let mut bed = Bed {
             ours: None,
             nginx: None,
+            queues: None,
             cli,
             ours_ns: o,
             nginx_ns: n,
+            queues_ns: q,
             dir: dir.clone(),
         };
+        if opts.targets.contains(&Target::OursQueues) {
+            // Every core: one thread per queue, wherever the scheduler puts them.
+            let cpus = format!("{},{}", opts.server_cpu, opts.client_cpu);
+            let args = [
+                "-c",
+                &cpus,
+                &dsnode.display().to_string(),
+                "serve",
+                "--device",
+                "afxdp",
+                "--iface",
+                "q0",
+                "--queues",
+                &opts.queues.to_string(),
+                "--addr",
+                &OURS_QUEUES.to_string(),
+                "--mac",
+                OURS_MAC,
+                "--port",
+                &PORT.to_string(),
+                "--root",
+                &root.display().to_string(),
+            ]
+            .map(String::from);
+            let (mut child, log, _) =
+                bed.queues_ns
+                    .spawn_logged("taskset", &args, &dir, "dsnode-queues")?;
+            wait_serving(&bed.cli, OURS_QUEUES, &mut child, "dsnode --queues")
+                .with_context(|| std::fs::read_to_string(&log).unwrap_or_default())?;
+            bed.queues = Some(child);
+        }
         if opts.targets.contains(&Target::Ours) {
             let cpu = opts.server_cpu.to_string();
             let args = [
@@ -590,19 +653,23 @@ pub fn summarize(opts: &Options, nginx: String, samples: &[Sample]) -> Summary {
                     }
                 })
                 .collect();
-            let ratios = (0..opts.repeats)
-                .filter_map(|r| {
-                    let rps = |t| of(t).find(|s| s.repeat == r).map(|s| s.rps);
-                    match (rps(Target::Ours), rps(Target::Nginx)) {
-                        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
-                        _ => None,
-                    }
-                })
-                .collect();
+            let ratio = |x: Target, y: Target| {
+                let per_repeat = (0..opts.repeats)
+                    .filter_map(|r| {
+                        let rps = |t| of(t).find(|s| s.repeat == r).map(|s| s.rps);
+                        match (rps(x), rps(y)) {
+                            (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+                            _ => None,
+                        }
+                    })
+                    .collect();
+                Stat::of(per_repeat)
+            };
             CaseSummary {
                 case: *c,
                 targets,
-                rps_ratio: Stat::of(ratios),
+                rps_ratio: ratio(Target::Ours, Target::Nginx),
+                queues_ratio: ratio(Target::OursQueues, Target::Ours),
             }
         })
         .collect();
@@ -640,12 +707,18 @@ pub fn table(s: &Summary) -> String {
             let rps = t.rps.map_or("–".to_string(), |s| {
                 format!("{:.0} ({:.0}–{:.0})", s.median, s.min, s.max)
             });
-            let ratio = if t.target == Target::Ours {
-                c.rps_ratio.map_or("–".to_string(), |r| {
-                    format!("{:.2}× ({:.2}–{:.2})", r.median, r.min, r.max)
+            let fmt = |r: Option<Stat>, what: &str| {
+                r.map_or("–".to_string(), |r| {
+                    format!("{:.2}× ({:.2}–{:.2}){what}", r.median, r.min, r.max)
                 })
-            } else {
-                String::new()
+            };
+            let ratio = match t.target {
+                Target::Ours => fmt(c.rps_ratio, ""),
+                Target::OursQueues => fmt(
+                    c.queues_ratio,
+                    &format!(" of ours, {} queues", s.options.queues),
+                ),
+                Target::Nginx => String::new(),
             };
             let busy = t
                 .cpu_busy
@@ -703,6 +776,7 @@ mod tests {
             server_cpu: 1,
             client_cpu: 0,
             targets: vec![Target::Ours, Target::Nginx],
+            queues: 1,
         };
         let s = |target, repeat, rps| Sample {
             target,

@@ -129,6 +129,13 @@ struct ServeArgs {
     /// address (the first --also-addr) when there is one, else on --addr. Userspace stack only.
     #[arg(long, value_name = "PORT")]
     udp_echo: Option<u16>,
+    /// Serve each of the AF_XDP device's first N receive queues with its own stack on its
+    /// own thread (shared-nothing; a segment that reaches another queue than its
+    /// connection's is passed round). 0: every receive queue of the interface. Without
+    /// handoffs for now (the `dserver` library's `Builder::open_queues` hands off from every
+    /// queue).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    queues: u32,
     /// Listen for `dsctl` on this Unix socket (made owner-only, mode 0600).
     #[arg(long, value_name = "PATH")]
     control_socket: Option<PathBuf>,
@@ -450,6 +457,18 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         return run_proxy(args, backend, control, stop);
     }
     let root = args.root.as_deref().context("--root is required")?;
+    if args.queues != 1 {
+        if !matches!(args.device, DeviceKind::Afxdp) {
+            bail!("--queues needs --device afxdp");
+        }
+        if handoff.is_some() || control.is_some() {
+            bail!(
+                "--queues serves without handoffs and without --control-socket for now (the \
+                 dserver library's Builder::open_queues hands off from every queue)"
+            );
+        }
+        return run_queues(args, root, stop);
+    }
     match args.device {
         DeviceKind::Afxdp => {
             let cfg = ds_xdp::device::AfXdpConfig::new(addrs(args));
@@ -465,7 +484,7 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
                 socket = ?dev.bind_mode(),
                 "AF_XDP device ready"
             );
-            run(dev, args, root, handoff, control, stop)
+            run(dev, None, args, root, handoff, control, stop)
         }
         DeviceKind::Kernel if args.udp_echo.is_some() => {
             bail!("--udp-echo needs the userspace stack (--device afxdp or tap)")
@@ -481,9 +500,54 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
                 anyhow::Error::new(e)
                     .context(format!("cannot open TAP device {:?}{hint}", args.iface))
             })?;
-            run(dev, args, root, handoff, control, stop)
+            run(dev, None, args, root, handoff, control, stop)
         }
     }
+}
+
+/// `--queues`: one stack per receive queue, each on its own thread, passing each other what
+/// arrives on the wrong queue (`ds_stack::runner::siblings`); they share the ISN and SYN
+/// cookie key, so any of them checks another's cookie.
+fn run_queues(args: &ServeArgs, root: &Path, stop: &AtomicBool) -> anyhow::Result<()> {
+    let mut cfg = ds_xdp::device::AfXdpConfig::new(addrs(args));
+    cfg.queues = args.queues;
+    let devs = ds_xdp::device::AfXdpDevice::open_per_queue(&args.iface, &cfg).map_err(|e| {
+        anyhow::Error::new(e).context(format!(
+            "cannot open AF_XDP on {:?} (needs root, an existing interface with --queues \
+             receive queues, and no other XDP program attached)",
+            args.iface
+        ))
+    })?;
+    let links = ds_stack::runner::siblings(devs.len()).context("sibling links")?;
+    let secret = ds_stack::isn::random_secret();
+    tracing::info!(queues = devs.len(), "one stack per receive queue");
+    std::thread::scope(|s| {
+        let workers: Vec<_> = devs
+            .into_iter()
+            .zip(links)
+            .enumerate()
+            .map(|(q, (dev, link))| {
+                std::thread::Builder::new()
+                    .name(format!("queue-{q}"))
+                    .spawn_scoped(s, move || {
+                        let r = run(dev, Some((link, secret)), args, root, None, None, stop);
+                        // One queue failing stops the others.
+                        stop.store(true, Ordering::SeqCst);
+                        r
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        let mut result = Ok(());
+        for w in workers {
+            let r = w
+                .join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("a queue's thread panicked")));
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        result
+    })
 }
 
 /// All the stack's addresses: --addr first, then --also-addr.
@@ -1082,8 +1146,11 @@ fn run_kernel(
 }
 
 /// Run the node on `dev` until `stop` is set, then print the statistics.
+/// Serve on `dev` until `stop`; `siblings`: one of several per-queue stacks (its link and
+/// the shared ISN key).
 fn run<D: Device>(
     dev: D,
+    siblings: Option<(ds_stack::runner::SiblingLink, [u8; 16])>,
     args: &ServeArgs,
     root: &Path,
     handoff: Option<HandoffConfig>,
@@ -1094,8 +1161,14 @@ fn run<D: Device>(
     let clock = Clock::new();
     let mut cfg = Config::new(mac, addrs(args));
     cfg.gateway = args.gateway;
+    if let Some((_, secret)) = &siblings {
+        cfg.isn_secret = *secret;
+    }
     let iface = Interface::new(cfg, clock.now());
     let mut rt = Runner::with_clock(dev, iface, clock);
+    if let Some((link, _)) = siblings {
+        rt.set_siblings(link);
+    }
     // With more than one address (a shared DS address), listen on all of them: clients use
     // the DS address, and the node may be reached on its own address too.
     let listen_ip = if args.handoff.also_addr.is_empty() {

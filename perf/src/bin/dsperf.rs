@@ -385,6 +385,10 @@ struct HttpArgs {
     /// Measure only ours (or only nginx).
     #[arg(long, value_parser = ["ours", "nginx"])]
     only: Option<String>,
+    /// Also measure ours with a stack per receive queue (`dsnode serve --queues N`, on a veth
+    /// of N queues, its threads on every core) against ours on one core, same repeat.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    queues: u32,
     /// Print one JSON line per measurement and the summary as JSON (the table goes to stderr).
     #[arg(long)]
     json: bool,
@@ -404,11 +408,14 @@ fn run_http(a: HttpArgs) -> Result<()> {
     if cfg!(debug_assertions) {
         tracing::warn!("dsperf was built without optimisations: build with --release");
     }
-    let targets = match a.only.as_deref() {
+    let mut targets = match a.only.as_deref() {
         Some("ours") => vec![Target::Ours],
         Some("nginx") => vec![Target::Nginx],
         _ => vec![Target::Ours, Target::Nginx],
     };
+    if a.queues > 1 && a.only.as_deref() != Some("nginx") {
+        targets.push(Target::OursQueues);
+    }
     let opts = http::Options {
         cases: a.cases,
         repeats: a.repeats,
@@ -417,6 +424,7 @@ fn run_http(a: HttpArgs) -> Result<()> {
         server_cpu: a.server_cpu,
         client_cpu: a.client_cpu,
         targets,
+        queues: a.queues.max(1),
     };
     let dsnode = ds_perf::find_program("dsnode")?;
     stack::install_sigint_handler();
