@@ -170,6 +170,9 @@ pub struct Sample {
     pub latency_us: [f64; 6],
     /// Busy share (0–1) of each core during the measurement.
     pub cpu_busy: Vec<f64>,
+    /// CPUs the server's processes used during the measurement (1.0: one core all the time;
+    /// the kernel's softirq work on their behalf is not in it).
+    pub server_cpus: f64,
 }
 
 /// Latency percentiles reported, in the order of [`Sample::latency_us`].
@@ -190,6 +193,8 @@ pub struct TargetSummary {
     pub errors: u64,
     /// Median busy share per core.
     pub cpu_busy: Vec<f64>,
+    /// Median CPUs used by the server's processes.
+    pub server_cpus: Option<Stat>,
 }
 
 /// One workload: both servers and their ratio.
@@ -490,7 +495,18 @@ struct WrkOut {
     lat: [f64; 6],
 }
 
-fn wrk(bed: &Bed, opts: &Options, t: Target, c: Case, d: Duration) -> Result<(WrkOut, Vec<f64>)> {
+/// What one wrk run measured: its summary, the cores' busy shares, the server's CPUs.
+type Measured = (WrkOut, Vec<f64>, f64);
+
+fn wrk(bed: &Bed, opts: &Options, t: Target, c: Case, d: Duration) -> Result<Measured> {
+    let server = match t {
+        Target::Ours => bed.ours.as_ref(),
+        Target::Nginx => bed.nginx.as_ref(),
+        Target::OursQueues => bed.queues.as_ref(),
+    }
+    .map(|c| c.id());
+    let cpu_before = server.map(crate::stack::load::process_cpu);
+    let t0 = Instant::now();
     let url = format!("http://[{}]:{PORT}/{}", t.addr(), c.file());
     let script = bed.dir.join("report.lua");
     if !script.exists() {
@@ -511,6 +527,11 @@ fn wrk(bed: &Bed, opts: &Options, t: Target, c: Case, d: Duration) -> Result<(Wr
         .output()
         .context("run wrk")?;
     let busy = crate::stack::load::cores_busy(&before, &crate::stack::load::cores());
+    let secs = t0.elapsed().as_secs_f64().max(1e-9);
+    let server_cpus = match (server, cpu_before) {
+        (Some(pid), Some(b)) => (crate::stack::load::process_cpu(pid) - b).max(0.0) / secs,
+        _ => 0.0,
+    };
     let text = String::from_utf8_lossy(&out.stdout);
     ensure!(
         out.status.success(),
@@ -523,7 +544,7 @@ fn wrk(bed: &Bed, opts: &Options, t: Target, c: Case, d: Duration) -> Result<(Wr
         .find_map(|l| l.strip_prefix("DSPERF "))
         .with_context(|| format!("no summary from wrk: {text}"))?;
     let w: WrkOut = serde_json::from_str(line).with_context(|| format!("wrk summary {line}"))?;
-    Ok((w, busy))
+    Ok((w, busy, server_cpus))
 }
 
 /// Run every case `repeats` times on both servers (their order alternating per repeat);
@@ -564,7 +585,7 @@ pub fn run(
                 if !opts.warmup.is_zero() {
                     wrk(&bed, opts, t, *c, opts.warmup).context("warm-up")?;
                 }
-                let (w, busy) = wrk(&bed, opts, t, *c, opts.duration)?;
+                let (w, busy, server_cpus) = wrk(&bed, opts, t, *c, opts.duration)?;
                 let secs = (w.duration_us as f64 / 1e6).max(1e-9);
                 let s = Sample {
                     target: t,
@@ -576,10 +597,11 @@ pub fn run(
                     errors: w.errors,
                     latency_us: w.lat,
                     cpu_busy: busy,
+                    server_cpus,
                 };
                 info!(
                     "[{}/{total}] {} {}: {:.0} req/s, p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs, \
-                     {} errors, cores busy {:?}",
+                     {} errors, server {:.2} CPUs, cores busy {:?}",
                     samples.len() + 1,
                     c.label(),
                     t.name(),
@@ -588,6 +610,7 @@ pub fn run(
                     s.latency_us[3],
                     s.latency_us[5],
                     s.errors,
+                    s.server_cpus,
                     s.cpu_busy
                         .iter()
                         .map(|b| format!("{:.0}%", b * 100.0))
@@ -650,6 +673,7 @@ pub fn summarize(opts: &Options, nginx: String, samples: &[Sample]) -> Summary {
                                     .map_or(0.0, |s| s.median)
                             })
                             .collect(),
+                        server_cpus: Stat::of(of(t).map(|s| s.server_cpus).collect()),
                     }
                 })
                 .collect();
@@ -698,7 +722,8 @@ pub fn table(s: &Summary) -> String {
     );
     out.push_str(
         "| object, connections | server | req/s (min–max) | ours/nginx | Gbit/s | p50 µs | p90 µs \
-         | p99 µs | max µs | errors | cores busy |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+         | p99 µs | max µs | errors | cores busy | server CPUs | req/s per server CPU |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for c in &s.cases {
         for t in &c.targets {
@@ -726,8 +751,15 @@ pub fn table(s: &Summary) -> String {
                 .map(|b| format!("{:.0}%", b * 100.0))
                 .collect::<Vec<_>>()
                 .join(" / ");
+            let (cpus, per_cpu) = match (t.server_cpus, t.rps) {
+                (Some(c), Some(r)) if c.median > 0.0 => (
+                    format!("{:.2}", c.median),
+                    format!("{:.0}", r.median / c.median),
+                ),
+                _ => ("–".to_string(), "–".to_string()),
+            };
             out.push_str(&format!(
-                "| {} | {} | {rps} | {ratio} | {} | {} | {} | {} | {} | {} | {busy} |\n",
+                "| {} | {} | {rps} | {ratio} | {} | {} | {} | {} | {} | {} | {busy} | {cpus} | {per_cpu} |\n",
                 c.case.label(),
                 t.target.name(),
                 t.gbit_per_s
@@ -788,6 +820,7 @@ mod tests {
             errors: 0,
             latency_us: [0.0; 6],
             cpu_busy: vec![0.5, 0.25],
+            server_cpus: 1.0,
         };
         let samples = [
             s(Target::Ours, 0, 200.0),

@@ -43,19 +43,45 @@ fn stat_fields(line: &str) -> Vec<u64> {
         .collect()
 }
 
+/// `(ppid, utime + stime)` from a `/proc/PID/stat` text (clock ticks, every thread).
+fn proc_stat(text: &str) -> Option<(u32, u64)> {
+    // Fields after the parenthesised command name: state is field 3, ppid 4, utime 14,
+    // stime 15.
+    let rest = text.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let num = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+    Some((u32::try_from(num(1)).unwrap_or(0), num(11) + num(12)))
+}
+
+/// CPU time used so far by process `pid` and its children that still run (nginx's workers
+/// under its master), in seconds.
+pub fn process_cpu(pid: u32) -> f64 {
+    let mut ticks = 0;
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Some(p) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(text) = std::fs::read_to_string(e.path().join("stat")) else {
+                continue;
+            };
+            if let Some((ppid, t)) = proc_stat(&text) {
+                if p == pid || ppid == pid {
+                    ticks += t;
+                }
+            }
+        }
+    }
+    ticks as f64 / clock_ticks()
+}
+
 /// Read the counters now.
 pub fn snap() -> Result<Snap> {
     let stat = std::fs::read_to_string("/proc/stat").context("read /proc/stat")?;
     let cpu = stat_fields(stat.lines().next().context("empty /proc/stat")?);
     let field = |i: usize| cpu.get(i).copied().unwrap_or(0);
     let me = std::fs::read_to_string("/proc/self/stat").context("read /proc/self/stat")?;
-    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
-    let rest = me.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0))
-        .collect();
-    let mine = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    let mine = proc_stat(&me).map_or(0, |(_, t)| t);
     Ok(Snap {
         busy: field(0) + field(1) + field(2),
         steal: field(7),
