@@ -337,6 +337,47 @@ fn wait_serving(cli: &Netns, addr: Ipv6Addr, child: &mut Child, what: &str) -> R
 }
 
 impl Bed {
+    /// `dsnode serve --device afxdp` for `t` (ours, or ours per queue) on `cpus`, with
+    /// `extra` options; waits until it serves.
+    fn start_ours(
+        &self,
+        dsnode: &Path,
+        root: &Path,
+        t: Target,
+        cpus: &str,
+        extra: &[String],
+    ) -> Result<Child> {
+        let (ns, iface, name) = match t {
+            Target::OursQueues => (&self.queues_ns, "q0", "dsnode-queues"),
+            _ => (&self.ours_ns, "o0", "dsnode"),
+        };
+        let mut args = [
+            "-c",
+            cpus,
+            &dsnode.display().to_string(),
+            "serve",
+            "--device",
+            "afxdp",
+            "--iface",
+            iface,
+            "--addr",
+            &t.addr().to_string(),
+            "--mac",
+            OURS_MAC,
+            "--port",
+            &PORT.to_string(),
+            "--root",
+            &root.display().to_string(),
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend_from_slice(extra);
+        let (mut child, log, _) = ns.spawn_logged("taskset", &args, &self.dir, name)?;
+        wait_serving(&self.cli, t.addr(), &mut child, name)
+            .with_context(|| std::fs::read_to_string(&log).unwrap_or_default())?;
+        Ok(child)
+    }
+
     fn build(opts: &Options, dsnode: &Path) -> Result<Bed> {
         let dir = std::env::temp_dir().join(format!("dsperf-http-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -409,59 +450,12 @@ impl Bed {
         if opts.targets.contains(&Target::OursQueues) {
             // Every core: one thread per queue, wherever the scheduler puts them.
             let cpus = format!("{},{}", opts.server_cpu, opts.client_cpu);
-            let args = [
-                "-c",
-                &cpus,
-                &dsnode.display().to_string(),
-                "serve",
-                "--device",
-                "afxdp",
-                "--iface",
-                "q0",
-                "--queues",
-                &opts.queues.to_string(),
-                "--addr",
-                &OURS_QUEUES.to_string(),
-                "--mac",
-                OURS_MAC,
-                "--port",
-                &PORT.to_string(),
-                "--root",
-                &root.display().to_string(),
-            ]
-            .map(String::from);
-            let (mut child, log, _) =
-                bed.queues_ns
-                    .spawn_logged("taskset", &args, &dir, "dsnode-queues")?;
-            wait_serving(&bed.cli, OURS_QUEUES, &mut child, "dsnode --queues")
-                .with_context(|| std::fs::read_to_string(&log).unwrap_or_default())?;
-            bed.queues = Some(child);
+            let queues = ["--queues".to_string(), opts.queues.to_string()];
+            bed.queues = Some(bed.start_ours(dsnode, &root, Target::OursQueues, &cpus, &queues)?);
         }
         if opts.targets.contains(&Target::Ours) {
             let cpu = opts.server_cpu.to_string();
-            let args = [
-                "-c",
-                &cpu,
-                &dsnode.display().to_string(),
-                "serve",
-                "--device",
-                "afxdp",
-                "--iface",
-                "o0",
-                "--addr",
-                &OURS.to_string(),
-                "--mac",
-                OURS_MAC,
-                "--port",
-                &PORT.to_string(),
-                "--root",
-                &root.display().to_string(),
-            ]
-            .map(String::from);
-            let (mut child, log, _) = bed.ours_ns.spawn_logged("taskset", &args, &dir, "dsnode")?;
-            wait_serving(&bed.cli, OURS, &mut child, "dsnode")
-                .with_context(|| std::fs::read_to_string(&log).unwrap_or_default())?;
-            bed.ours = Some(child);
+            bed.ours = Some(bed.start_ours(dsnode, &root, Target::Ours, &cpu, &[])?);
         }
         if opts.targets.contains(&Target::Nginx) {
             let conf = dir.join("nginx.conf");

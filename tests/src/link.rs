@@ -26,30 +26,7 @@ fn check_ifname(name: &str) -> Result<()> {
 /// Creates a veth pair with end `ifa` in namespace `a` and end `ifb` in
 /// namespace `b` (which may be the same namespace), and brings both ends up.
 pub fn veth(a: &Netns, ifa: &str, b: &Netns, ifb: &str) -> Result<()> {
-    check_ifname(ifa)?;
-    check_ifname(ifb)?;
-    a.ip(&[
-        "link",
-        "add",
-        ifa,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        ifb,
-        "netns",
-        b.name(),
-    ])
-    .with_context(|| {
-        format!(
-            "cannot create veth {}:{ifa} <-> {}:{ifb}",
-            a.name(),
-            b.name()
-        )
-    })?;
-    set_up(a, ifa)?;
-    set_up(b, ifb)?;
-    Ok(())
+    veth_queues(a, ifa, b, ifb, 1)
 }
 
 /// [`veth`] with `queues` transmit and receive queues at each end (the sender's transmit
