@@ -45,12 +45,24 @@ impl Draining {
         core: &mut Coordinator<C>,
         rebind: Option<(Ipv6Addr, Ipv6Addr)>,
     ) -> Result<Draining, String> {
-        if !core.has_peer() {
+        Self::start_with(core.has_peer(), rebind, |home, to| {
+            core.rebind(home, to).map_err(|e| e.to_string())
+        })
+    }
+
+    /// [`Draining::start`] for a node that has peers or not (`has_peer`) and asks the home
+    /// agent for the rebind with `ask`.
+    pub fn start_with(
+        has_peer: bool,
+        rebind: Option<(Ipv6Addr, Ipv6Addr)>,
+        ask: impl FnOnce(Ipv6Addr, Ipv6Addr) -> Result<(), String>,
+    ) -> Result<Draining, String> {
+        if !has_peer {
             return Err("this node has no peer to drain to".into());
         }
         let mut waiting = None;
         if let Some((home, to)) = rebind {
-            match core.rebind(home, to) {
+            match ask(home, to) {
                 Ok(()) => waiting = Some(Instant::now()),
                 Err(e) => tracing::warn!("drain: the binding stays (new clients are refused): {e}"),
             }
@@ -62,25 +74,37 @@ impl Draining {
         })
     }
 
+    /// The home agent answered the rebind.
+    pub fn rebound(&mut self, ok: bool, detail: &str) {
+        if ok {
+            tracing::info!("drain: the home agent sends new clients to the peer");
+        } else {
+            tracing::warn!("drain: the home agent kept the binding: {detail}");
+        }
+        self.rebind = None;
+    }
+
+    /// A handoff of `client`'s connection failed (it is tried again, a few times).
+    pub fn kept(&mut self, client: SocketAddrV6) {
+        *self.failures.entry(client).or_default() += 1;
+    }
+
     /// Take note of this round's events; true once the node may stop accepting (the home
     /// agent answered the rebind, or there was none, or the wait is over).
     pub fn observe(&mut self, events: &[NodeEvent]) -> bool {
         for e in events {
             match e {
-                NodeEvent::Rebound { ok: true, .. } => {
-                    tracing::info!("drain: the home agent sends new clients to the peer");
-                    self.rebind = None;
-                }
-                NodeEvent::Rebound { ok: false, detail } => {
-                    tracing::warn!("drain: the home agent kept the binding: {detail}");
-                    self.rebind = None;
-                }
-                NodeEvent::KeptHere { client, .. } => {
-                    *self.failures.entry(*client).or_default() += 1
-                }
+                NodeEvent::Rebound { ok, detail } => self.rebound(*ok, detail),
+                NodeEvent::KeptHere { client, .. } => self.kept(*client),
                 _ => {}
             }
         }
+        self.may_stop_accepting()
+    }
+
+    /// True once the node may stop accepting (the home agent answered the rebind, or there
+    /// was none, or the wait is over).
+    pub fn may_stop_accepting(&mut self) -> bool {
         if let Some(t) = self.rebind {
             if t.elapsed() < REBIND_WAIT {
                 return false;

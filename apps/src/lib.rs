@@ -18,6 +18,7 @@
 pub mod config;
 pub mod control;
 pub mod drain;
+pub mod exchange;
 pub mod flow_agent;
 pub mod home_agent;
 pub mod http;

@@ -10,11 +10,20 @@
 //! Everything is non-blocking: one loop waits on the node's readiness descriptor and the
 //! backend sockets together. Each relay direction buffers at most [`BUF`] bytes; a request
 //! head longer than [`MAX_HEAD`] is refused.
+//!
+//! A drain ([`Proxy::start_drain`], `dsctl drain`) accepts no new client and hands every
+//! connection to the peers: one still reading its first request at once, a keep-alive one
+//! when it sits between two exchanges (its HTTP framing, [`crate::exchange`], says every
+//! request forwarded was answered whole), its backend connection closed here and the
+//! acceptor's proxy opening its own for the next request. A connection that cannot be framed
+//! (a body until close, an upgrade) is served here to its end.
 
+use crate::drain::{DrainInfo, Draining};
+use crate::exchange::Exchange;
 use dserver::{ConnId, Event, Node, Placement};
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{Ipv6Addr, SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
@@ -40,6 +49,8 @@ pub struct ProxyStats {
     pub backend_errors: u64,
     /// Request heads too long or malformed.
     pub bad_requests: u64,
+    /// Connections handed to a peer by a drain.
+    pub drained: u64,
 }
 
 /// One client connection.
@@ -58,6 +69,8 @@ struct Relay {
     sent: u64,
     /// When it was accepted or arrived here.
     since: std::time::Instant,
+    /// Its HTTP exchanges with the backend (where one ends and the next may begin).
+    ex: Exchange,
 }
 
 /// The proxy: a node, a backend address, and the relays.
@@ -73,6 +86,13 @@ pub struct Proxy {
     /// Relays with request bytes their backend did not take yet (it may still be connecting,
     /// which a wait for readability does not see).
     stalled: Vec<ConnId>,
+    /// A drain in progress: no new clients (once the home agent sends them to the peer),
+    /// every connection to a peer.
+    drain: Option<Draining>,
+    /// Whether new clients are accepted.
+    accepting: bool,
+    /// The peer the drain's next connection goes to (round robin).
+    drain_next: usize,
 }
 
 impl Proxy {
@@ -87,6 +107,106 @@ impl Proxy {
             poll: ds_stack::device::PollSet::default(),
             polled: Vec::new(),
             stalled: Vec::new(),
+            drain: None,
+            accepting: true,
+            drain_next: 0,
+        }
+    }
+
+    /// Start a drain: the home agent is asked to send new clients to the peer (`rebind`: the
+    /// DS address and the peer's care-of address), then no new client is accepted, and every
+    /// connection goes to the peers, each at its next boundary (see the module
+    /// documentation). Returns how many are open.
+    pub fn start_drain(&mut self, rebind: Option<(Ipv6Addr, Ipv6Addr)>) -> Result<usize, String> {
+        if self.drain.is_some() {
+            return Err("already draining".into());
+        }
+        let has_peer = !self.node.peers().is_empty();
+        let node = &mut self.node;
+        self.drain = Some(Draining::start_with(has_peer, rebind, |home, to| {
+            node.rebind(home, to).map_err(|e| e.to_string())
+        })?);
+        tracing::info!(
+            open = self.relays.len(),
+            "drain: every connection goes to the peers"
+        );
+        Ok(self.relays.len())
+    }
+
+    /// Whether a drain is on.
+    pub fn draining(&self) -> bool {
+        self.drain.is_some()
+    }
+
+    /// The drain's progress, for `dsctl status`.
+    pub fn drain_info(&self) -> Option<DrainInfo> {
+        self.drain.as_ref().map(|d| {
+            let mut i = d.info(self.relays.len(), self.accepting);
+            // Connections that cannot be framed also finish here.
+            i.staying += self.pinned().len();
+            i
+        })
+    }
+
+    /// A drain is on, no connection is left here and nothing is in flight: the node may
+    /// exit.
+    pub fn drained(&self) -> bool {
+        self.drain.is_some()
+            && !self.accepting
+            && self.relays.is_empty()
+            && !self.node.handing_off()
+    }
+
+    /// Connections a drain cannot move (they stay to their end), and why, for `dsctl status`.
+    pub fn pinned(&self) -> Vec<&'static str> {
+        self.relays.values().filter_map(|r| r.ex.pinned()).collect()
+    }
+
+    /// The peer the drain's next connection goes to.
+    fn next_peer(&mut self) -> Option<SocketAddr> {
+        let peers = self.node.peers();
+        let to = peers.get(self.drain_next % peers.len().max(1)).copied();
+        self.drain_next = self.drain_next.wrapping_add(1);
+        to
+    }
+
+    /// Draining: hand `c` to a peer if it is at a boundary (reading its first request, or
+    /// between two exchanges), unless its handoffs failed too often (it finishes here).
+    fn drain_one(&mut self, c: ConnId) {
+        let Some(r) = self.relays.get(&c) else {
+            return;
+        };
+        let tries_left = match (self.node.peer_addr(c), &self.drain) {
+            (Some(client), Some(d)) => d.may_try(client),
+            _ => false,
+        };
+        if !tries_left {
+            return;
+        }
+        let placing = r.backend.is_none() && !r.backend_eof;
+        let between = r.backend.is_some()
+            && !r.backend_eof
+            && !r.client_eof
+            && r.up.is_empty()
+            && r.down.is_empty()
+            && r.ex.idle();
+        if r.leaving || !(placing || between) {
+            return;
+        }
+        let state = r.up.clone();
+        let Some(to) = self.next_peer() else {
+            return;
+        };
+        match self.node.start_handoff(c, to, state) {
+            Ok(()) => {
+                if let Some(r) = self.relays.get_mut(&c) {
+                    r.leaving = true;
+                    // The acceptor's proxy opens its own backend connection.
+                    r.backend = None;
+                }
+                self.stats.drained += 1;
+            }
+            Err(e) => tracing::warn!(%c, "drain: handoff to {to} not started: {e}"),
         }
     }
 
@@ -191,6 +311,7 @@ impl Proxy {
                 backend_eof: false,
                 sent: 0,
                 since: std::time::Instant::now(),
+                ex: Exchange::new(),
             };
             if arrived {
                 self.stats.arrived += 1;
@@ -211,11 +332,21 @@ impl Proxy {
                 Event::KeptHere { conn, cause } => {
                     tracing::warn!(%conn, "placed elsewhere, served here: {cause}");
                     self.stats.kept += 1;
+                    if let (Some(d), Some(client)) =
+                        (self.drain.as_mut(), self.node.peer_addr(conn))
+                    {
+                        d.kept(client);
+                    }
                     if let Some(mut r) = self.relays.remove(&conn) {
                         r.leaving = false;
                         self.open_backend(&mut r);
                         self.relays.insert(conn, r);
                         self.ready.push(conn);
+                    }
+                }
+                Event::Rebound { ok, detail } => {
+                    if let Some(d) = self.drain.as_mut() {
+                        d.rebound(ok, &detail);
                     }
                 }
                 Event::Declined { .. } => {}
@@ -230,6 +361,16 @@ impl Proxy {
             self.pump(c);
         }
         self.ready = ids;
+        if let Some(d) = self.drain.as_mut() {
+            if self.accepting && d.may_stop_accepting() {
+                self.node.stop_accepting();
+                self.accepting = false;
+            }
+            let open: Vec<ConnId> = self.relays.keys().copied().collect();
+            for c in open {
+                self.drain_one(c);
+            }
+        }
         Ok(())
     }
 
@@ -275,6 +416,11 @@ impl Proxy {
         if r.backend.is_none() && !r.backend_eof {
             // Not placed yet: wait for the whole request head.
             match head_end(&r.up) {
+                Some(_) if self.drain.is_some() => {
+                    // Placed by the drain (after this round's pumping).
+                    self.relays.insert(c, r);
+                    return;
+                }
                 Some(_) => {
                     let first = r.up.clone();
                     match self.node.place(&first) {
@@ -314,6 +460,7 @@ impl Proxy {
                 match b.write(&r.up) {
                     Ok(0) => break,
                     Ok(n) => {
+                        r.ex.requests(&r.up[..n]);
                         r.up.drain(..n);
                     }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
@@ -334,7 +481,10 @@ impl Proxy {
                 let room = (BUF - r.down.len()).min(buf.len());
                 match b.read(&mut buf[..room]) {
                     Ok(0) => r.backend_eof = true,
-                    Ok(n) => r.down.extend_from_slice(&buf[..n]),
+                    Ok(n) => {
+                        r.ex.responses(&buf[..n]);
+                        r.down.extend_from_slice(&buf[..n]);
+                    }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == ErrorKind::NotConnected => break,
                     Err(_) => {

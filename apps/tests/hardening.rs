@@ -29,7 +29,8 @@
 //!   only SYNs are learned).
 //! * `kill -9` of the home agent mid-download (finding 8): the same command starts again at
 //!   once on the same interface (its program was attached through a BPF link that died with
-//!   it; the pinned flow table is taken up again) and the download completes.
+//!   it; the pinned flow table is taken up again) and the download completes; then the same
+//!   for node 1's `dsnode`, which serves again at once.
 
 mod cluster;
 
@@ -640,6 +641,42 @@ fn a_home_agent_killed_mid_download_restarts_at_once_and_the_download_survives()
     let got = std::fs::read(&file).expect("downloaded file");
     assert_eq!(got.len(), body.len(), "length");
     assert!(got == body, "the download arrived corrupted");
+    // The same for node 1's dsnode (it holds the DS address's binding): kill -9, the same
+    // command again at once, and it serves (its XDP program went with its BPF link; its
+    // control socket's file is taken over).
+    let root = c.dir.path().join("www");
+    let sock = c.dir.path().join("node1.sock");
+    let args = c.transparent_args(0, &root, &sock);
+    let (mut old, _, _) = c.nodes.remove(0);
+    old.kill().expect("kill -9 dsnode");
+    let _ = old.wait();
+    let t = Instant::now();
+    c.start_dsnode_on(0, "afxdp", &args, "serving http");
+    let restart = t.elapsed();
+    let small = c
+        .topo
+        .client
+        .command("curl")
+        .args([
+            "-sS",
+            "--fail",
+            "--max-time",
+            "5",
+            "-r",
+            "0-999",
+            "-o",
+            "/dev/null",
+        ])
+        .arg(format!("http://[{}]/big.bin", c.a.ds()))
+        .output()
+        .expect("curl");
+    eprintln!("dsnode killed and serving again in {restart:?}");
+    assert!(restart < Duration::from_secs(2), "restart took {restart:?}");
+    assert!(
+        small.status.success(),
+        "a GET after the restart: {}",
+        String::from_utf8_lossy(&small.stderr)
+    );
     assert!(c.stop(), "the home agent removed its pins");
 }
 

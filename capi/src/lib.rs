@@ -813,6 +813,11 @@ pub unsafe extern "C" fn ds_next_event(node: *mut ds_node, ev: *mut ds_event) ->
                 tracing::info!("an offer was declined here: {cause}");
                 continue;
             }
+            // The C interface has no rebind call (yet): nothing to report.
+            Event::Rebound { ok, detail } => {
+                tracing::info!(ok, "the home agent answered a rebind: {detail}");
+                continue;
+            }
         };
         // SAFETY: NULL or writable per the contract.
         if let Some(ev) = unsafe { ev.as_mut() } {

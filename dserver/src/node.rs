@@ -178,6 +178,25 @@ pub enum Event {
         /// Why.
         cause: String,
     },
+    /// The home agent answered [`Node::rebind`].
+    Rebound {
+        /// Whether new flows now go to the node asked for.
+        ok: bool,
+        /// Why not.
+        detail: String,
+    },
+}
+
+impl Event {
+    /// The connection a handoff outcome is about (`None` for the node-wide events).
+    pub fn conn(&self) -> Option<ConnId> {
+        match self {
+            Event::HandedOff { conn, .. }
+            | Event::KeptHere { conn, .. }
+            | Event::Lost { conn, .. } => Some(*conn),
+            Event::Declined { .. } | Event::Rebound { .. } => None,
+        }
+    }
 }
 
 /// Settings of a [`Node`]; see [`Node::builder`].
@@ -948,7 +967,10 @@ impl Node {
                 }
             }
             NodeEvent::Declined { cause } => self.events.push_back(Event::Declined { cause }),
-            NodeEvent::Adopted { .. } | NodeEvent::Bound { .. } | NodeEvent::Rebound { .. } => {}
+            NodeEvent::Rebound { ok, detail } => {
+                self.events.push_back(Event::Rebound { ok, detail })
+            }
+            NodeEvent::Adopted { .. } | NodeEvent::Bound { .. } => {}
         }
     }
 
@@ -1117,19 +1139,16 @@ impl Node {
     ) -> Result<HandoffReport, Error> {
         self.start_handoff(conn, to, state)?;
         loop {
-            let pos = self.events.iter().position(|e| match e {
-                Event::HandedOff { conn: c, .. }
-                | Event::KeptHere { conn: c, .. }
-                | Event::Lost { conn: c, .. } => *c == conn,
-                Event::Declined { .. } => false,
-            });
+            let pos = self.events.iter().position(|e| e.conn() == Some(conn));
             if let Some(ev) = pos.and_then(|i| self.events.remove(i)) {
                 return match ev {
                     Event::HandedOff { report, .. } => Ok(*report),
                     Event::KeptHere { cause, .. } | Event::Lost { cause, .. } => {
                         Err(Error::Handoff { conn, cause })
                     }
-                    Event::Declined { .. } => unreachable!("not matched above"),
+                    Event::Declined { .. } | Event::Rebound { .. } => {
+                        unreachable!("not matched above")
+                    }
                 };
             }
             self.poll(Duration::from_millis(10))?;
@@ -1188,6 +1207,12 @@ impl Node {
         self.core.is_some()
     }
 
+    /// True while a handoff is queued or in progress here, or packets held for a moved
+    /// connection are still being forwarded (a node about to exit waits for this to end).
+    pub fn handing_off(&self) -> bool {
+        !self.queue.is_empty() || self.core.as_ref().is_some_and(|c| c.busy())
+    }
+
     /// Replace the peers the policy places clients on and connections are handed to (e.g. the
     /// membership's live members). Returns false while a handoff of this node's is in
     /// progress (try again later) or when handoff is off (no control listener or peer was
@@ -1209,6 +1234,16 @@ impl Node {
     pub fn set_fence(&mut self, fence: Option<ds_handoff::Fence>) {
         if let Some(c) = self.core.as_mut() {
             c.set_fence(fence);
+        }
+    }
+
+    /// Ask the home agent (transparent steering) to send the new flows of the DS address
+    /// `home` to the node at care-of address `to` from now on (a node that drains); flows
+    /// already mapped keep their node.
+    pub fn rebind(&mut self, home: Ipv6Addr, to: Ipv6Addr) -> Result<(), Error> {
+        match self.core.as_mut() {
+            Some(c) => c.rebind(home, to),
+            None => Err(Error::Config("this node has no home agent".into())),
         }
     }
 

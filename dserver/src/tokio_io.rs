@@ -199,12 +199,7 @@ impl AsyncNode {
         }
         let ev = std::future::poll_fn(|cx| {
             let mut s = self.shared.borrow_mut();
-            let pos = s.events.iter().position(|e| match e {
-                Event::HandedOff { conn, .. }
-                | Event::KeptHere { conn, .. }
-                | Event::Lost { conn, .. } => *conn == id,
-                Event::Declined { .. } => false,
-            });
+            let pos = s.events.iter().position(|e| e.conn() == Some(id));
             match pos.and_then(|i| s.events.remove(i)) {
                 Some(e) => Poll::Ready(e),
                 None => {
@@ -224,7 +219,7 @@ impl AsyncNode {
                 conn.gone = true;
                 Err((None, Error::Handoff { conn: id, cause }))
             }
-            Event::Declined { .. } => unreachable!("not matched above"),
+            Event::Declined { .. } | Event::Rebound { .. } => unreachable!("not matched above"),
         }
     }
 

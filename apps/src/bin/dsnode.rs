@@ -896,7 +896,7 @@ fn answer(
 
 /// The proxy node, for one control request.
 struct ProxyControl<'a> {
-    proxy: &'a ds_apps::proxy::Proxy,
+    proxy: &'a mut ds_apps::proxy::Proxy,
     args: &'a ServeArgs,
     started: std::time::Instant,
     echo: Option<ds_apps::udp_echo::EchoStats>,
@@ -911,6 +911,7 @@ impl NodeControl for ProxyControl<'_> {
             "handoff": self.proxy.node().stats(),
             "interface": self.proxy.node().interface_stats(),
             "udp_echo": self.echo,
+            "drain": self.proxy.drain_info(),
         })
     }
 
@@ -927,7 +928,12 @@ impl NodeControl for ProxyControl<'_> {
     }
 
     fn drain(&mut self) -> Result<serde_json::Value, String> {
-        Err("dsctl drain is not available in proxy mode yet".into())
+        let rebind = drain_rebind(self.args);
+        let n = self.proxy.start_drain(rebind)?;
+        Ok(serde_json::json!({
+            "draining": n,
+            "rebind": rebind.map(|(ds, coa)| format!("{ds} -> {coa}")),
+        }))
     }
 }
 
@@ -1039,12 +1045,16 @@ fn run_proxy(
             }
         }
         proxy.step(Duration::from_millis(1), &fds)?;
+        if proxy.drained() {
+            tracing::info!("drained: every connection moved, exiting");
+            break;
+        }
         if let Some(e) = echo.as_mut() {
             e.poll(proxy.node_mut());
         }
         if let Some(ctl) = control.as_mut() {
             let mut p = ProxyControl {
-                proxy: &proxy,
+                proxy: &mut proxy,
                 args,
                 started,
                 echo: echo.as_ref().map(|e| e.stats()),
