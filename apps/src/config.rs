@@ -11,7 +11,7 @@
 //! port = 80
 //! root = "/srv/www"                  # or, proxy mode: backend = "[::1]:8080"
 //! control_socket = "/run/dsnode.sock" # for dsctl
-//! # queues = 2                       # AF_XDP: a stack per receive queue (no handoffs yet)
+//! # queues = 2                       # AF_XDP: a stack and handoff engine per receive queue
 //! # header_timeout_ms = 10000        # a request head must arrive within this (then 408)
 //! # stall_timeout_ms = 60000         # a response with no progress this long is aborted
 //! # max_connections = 10000          # more are answered 503

@@ -5,7 +5,8 @@
 //! node 2, node 1 stops accepting, hands every connection to node 2 and exits. Every client
 //! then reads its whole response, byte-exact, without an error; node 2 adopted all 100; a
 //! new client is served (by node 2). The same with node 1 on the kernel's own sockets
-//! (`--device kernel`). Needs root; prints SKIP otherwise.
+//! (`--device kernel`), and with both nodes serving two receive queues each (`--queues 2`).
+//! Needs root; prints SKIP otherwise.
 
 mod cluster;
 
@@ -53,10 +54,29 @@ fn dsctl_drain_moves_every_kernel_socket_and_the_node_exits() {
     run(c, "kernel");
 }
 
+/// Both nodes with a stack and a handoff engine per receive queue (`--queues 2`): every
+/// queue's node drains, and the process exits when all have.
+#[test]
+fn dsctl_drain_empties_every_queue_of_a_node() {
+    if !require_root("dsctl_drain_empties_every_queue_of_a_node") {
+        return;
+    }
+    run_with(
+        Cluster::start_queues("dn", Addrs::new(0xf9, 2), 2),
+        "afxdp",
+        &["--queues", "2"],
+    );
+}
+
 /// The scenario with node 1 on `device`.
-fn run(mut c: Cluster, device: &str) {
+fn run(c: Cluster, device: &str) {
+    run_with(c, device, &[]);
+}
+
+/// The scenario with node 1 on `device` and `extra` options for both nodes.
+fn run_with(mut c: Cluster, device: &str, extra: &[&str]) {
     let body = PatternStream::bytes(0xd7a1, SIZE);
-    let socks = c.start_file_servers(device, &body);
+    let socks = c.start_file_servers_with(device, &body, extra);
     let ds: std::net::Ipv6Addr = c.a.ds().parse().expect("DS address");
 
     // 100 responses in progress on node 1 (the home agent's binding names it).

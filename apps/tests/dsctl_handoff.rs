@@ -4,7 +4,9 @@
 //! and hands the client's to node 2 with `dsctl handoff`. The file arrives byte-exact, the
 //! client retransmits nothing, node 1 prints the handoff's report and node 2 counts the
 //! adoption. The same with node 1 on the kernel's own sockets (`--device kernel`, the
-//! connection frozen with `TCP_REPAIR`). Needs root; prints SKIP otherwise.
+//! connection frozen with `TCP_REPAIR`), and with both nodes serving two receive queues each
+//! (`--queues 2`: a stack and a handoff engine per queue, `dsctl` answered for all). Needs
+//! root; prints SKIP otherwise.
 
 mod cluster;
 
@@ -34,10 +36,29 @@ fn dsctl_hands_a_kernel_socket_to_the_other_node_during_a_download() {
     run(c, "kernel");
 }
 
+/// Both nodes serving each of two receive queues with its own stack and handoff engine
+/// (`dsnode --queues 2`): the operator's view and commands are the same.
+#[test]
+fn dsctl_hands_a_connection_between_nodes_of_two_queues_each() {
+    if !require_root("dsctl_hands_a_connection_between_nodes_of_two_queues_each") {
+        return;
+    }
+    run_with(
+        Cluster::start_queues("dm", Addrs::new(0xf8, 2), 2),
+        "afxdp",
+        &["--queues", "2"],
+    );
+}
+
 /// The scenario with node 1 on `device`.
-fn run(mut c: Cluster, device: &str) {
+fn run(c: Cluster, device: &str) {
+    run_with(c, device, &[]);
+}
+
+/// The scenario with node 1 on `device` and `extra` options for both nodes.
+fn run_with(mut c: Cluster, device: &str, extra: &[&str]) {
     let body = PatternStream::bytes(0xd5c7, SIZE);
-    let socks = c.start_file_servers(device, &body);
+    let socks = c.start_file_servers_with(device, &body, extra);
     let (client, ds, to) = (c.a.client(), c.a.ds(), c.a.ctl_listen(1));
     let topo = &c.topo;
 

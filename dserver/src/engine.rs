@@ -1302,3 +1302,21 @@ impl<C: std::fmt::Debug> Coordinator<C> {
                 .sum::<u64>()
     }
 }
+
+/// The control port's listener; `shared` by the nodes of several queues (`SO_REUSEPORT`:
+/// the kernel spreads incoming channels over them).
+pub fn control_listener(at: SocketAddr, shared: bool) -> std::io::Result<TcpListener> {
+    if !shared {
+        return TcpListener::bind(at);
+    }
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(at),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.bind(&at.into())?;
+    s.listen(128)?;
+    Ok(s.into())
+}

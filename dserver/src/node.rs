@@ -11,7 +11,7 @@ use ds_stack::runner::{Clock, Runner};
 use ds_stack::{Config, Interface, ListenHandle, TcpHandle};
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
-use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6, TcpListener};
+use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -414,10 +414,12 @@ impl Builder {
         cfg.service = self.service.clone();
         if let Some(l) = self.control_listen {
             let shared = self.queue.is_some();
-            cfg.listen = Some(control_listener(l, shared).map_err(|source| Error::Io {
-                what: format!("control_listen {l}"),
-                source,
-            })?);
+            cfg.listen = Some(
+                crate::engine::control_listener(l, shared).map_err(|source| Error::Io {
+                    what: format!("control_listen {l}"),
+                    source,
+                })?,
+            );
         }
         cfg.peer = self.peers.first().copied();
         cfg.more_peers = self.peers.iter().skip(1).copied().collect();
@@ -1427,22 +1429,4 @@ impl Write for Stream<'_> {
     fn flush(&mut self) -> io::Result<()> {
         self.node.rt.flush()
     }
-}
-
-/// The control port's listener; `shared` by the nodes of several queues (`SO_REUSEPORT`:
-/// the kernel spreads incoming channels over them).
-fn control_listener(at: SocketAddr, shared: bool) -> io::Result<TcpListener> {
-    if !shared {
-        return TcpListener::bind(at);
-    }
-    let s = socket2::Socket::new(
-        socket2::Domain::for_address(at),
-        socket2::Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    )?;
-    s.set_reuse_address(true)?;
-    s.set_reuse_port(true)?;
-    s.bind(&at.into())?;
-    s.listen(128)?;
-    Ok(s.into())
 }

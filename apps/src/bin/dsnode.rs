@@ -129,11 +129,10 @@ struct ServeArgs {
     /// address (the first --also-addr) when there is one, else on --addr. Userspace stack only.
     #[arg(long, value_name = "PORT")]
     udp_echo: Option<u16>,
-    /// Serve each of the AF_XDP device's first N receive queues with its own stack on its
-    /// own thread (shared-nothing; a segment that reaches another queue than its
-    /// connection's is passed round). 0: every receive queue of the interface. Without
-    /// handoffs for now (the `dserver` library's `Builder::open_queues` hands off from every
-    /// queue).
+    /// Serve each of the AF_XDP device's first N receive queues with its own stack and
+    /// handoff engine on its own thread (shared-nothing; a segment that reaches another queue
+    /// than its connection's is passed round; the control port is shared). 0: every receive
+    /// queue of the interface. `dsctl` sees the queues as one node. Not with `--steering ro`.
     #[arg(long, default_value_t = 1, value_name = "N")]
     queues: u32,
     /// Listen for `dsctl` on this Unix socket (made owner-only, mode 0600).
@@ -461,13 +460,10 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         if !matches!(args.device, DeviceKind::Afxdp) {
             bail!("--queues needs --device afxdp");
         }
-        if handoff.is_some() || control.is_some() {
-            bail!(
-                "--queues serves without handoffs and without --control-socket for now (the \
-                 dserver library's Builder::open_queues hands off from every queue)"
-            );
+        if args.handoff.steering() == SteeringChoice::Ro {
+            bail!("--queues does not do route-optimised steering (each queue would need its own mobile role)");
         }
-        return run_queues(args, root, stop);
+        return run_queues(args, root, handoff, control, stop);
     }
     match args.device {
         DeviceKind::Afxdp => {
@@ -484,7 +480,7 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
                 socket = ?dev.bind_mode(),
                 "AF_XDP device ready"
             );
-            run(dev, None, args, root, handoff, control, stop)
+            run(dev, None, args, root, handoff, control, None, stop)
         }
         DeviceKind::Kernel if args.udp_echo.is_some() => {
             bail!("--udp-echo needs the userspace stack (--device afxdp or tap)")
@@ -500,15 +496,23 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
                 anyhow::Error::new(e)
                     .context(format!("cannot open TAP device {:?}{hint}", args.iface))
             })?;
-            run(dev, None, args, root, handoff, control, stop)
+            run(dev, None, args, root, handoff, control, None, stop)
         }
     }
 }
 
 /// `--queues`: one stack per receive queue, each on its own thread, passing each other what
 /// arrives on the wrong queue (`ds_stack::runner::siblings`); they share the ISN and SYN
-/// cookie key, so any of them checks another's cookie.
-fn run_queues(args: &ServeArgs, root: &Path, stop: &AtomicBool) -> anyhow::Result<()> {
+/// cookie key, so any of them checks another's cookie. Each queue's node has its own handoff
+/// engine (`handoff` is the first's; the others bind the same control port, `SO_REUSEPORT`).
+/// This thread answers the control socket, asking every queue and merging their answers.
+fn run_queues(
+    args: &ServeArgs,
+    root: &Path,
+    handoff: Option<HandoffConfig>,
+    mut control: Option<ControlSocket>,
+    stop: &AtomicBool,
+) -> anyhow::Result<()> {
     let mut cfg = ds_xdp::device::AfXdpConfig::new(addrs(args));
     cfg.queues = args.queues;
     let devs = ds_xdp::device::AfXdpDevice::open_per_queue(&args.iface, &cfg).map_err(|e| {
@@ -520,23 +524,70 @@ fn run_queues(args: &ServeArgs, root: &Path, stop: &AtomicBool) -> anyhow::Resul
     })?;
     let links = ds_stack::runner::siblings(devs.len()).context("sibling links")?;
     let secret = ds_stack::isn::random_secret();
+    let mut handoffs = vec![handoff];
+    for _ in 1..devs.len() {
+        handoffs.push(handoff_config(args)?);
+    }
+    let mut remotes = Vec::new();
+    let mut askers = Vec::new();
+    for _ in 0..devs.len() {
+        let (tx, rx) = crossbeam::channel::unbounded();
+        let (wake, woken) = std::os::unix::net::UnixStream::pair().context("socketpair")?;
+        woken.set_nonblocking(true)?;
+        wake.set_nonblocking(true)?;
+        remotes.push(Remote { rx, woken });
+        askers.push((tx, wake));
+    }
     tracing::info!(queues = devs.len(), "one stack per receive queue");
     std::thread::scope(|s| {
         let workers: Vec<_> = devs
             .into_iter()
             .zip(links)
+            .zip(handoffs)
+            .zip(remotes)
             .enumerate()
-            .map(|(q, (dev, link))| {
+            .map(|(q, (((dev, link), handoff), remote))| {
                 std::thread::Builder::new()
                     .name(format!("queue-{q}"))
                     .spawn_scoped(s, move || {
-                        let r = run(dev, Some((link, secret)), args, root, None, None, stop);
-                        // One queue failing stops the others.
-                        stop.store(true, Ordering::SeqCst);
+                        let r = run(
+                            dev,
+                            Some((link, secret)),
+                            args,
+                            root,
+                            handoff,
+                            None,
+                            Some(remote),
+                            stop,
+                        );
+                        if r.is_err() {
+                            // One queue failing stops the others.
+                            stop.store(true, Ordering::SeqCst);
+                        }
                         r
                     })
             })
             .collect::<Result<_, _>>()?;
+        // The control socket, for every queue, until they all ended (a drain, a signal).
+        let mut poll = ds_stack::device::PollSet::default();
+        let mut fds = Vec::new();
+        while workers
+            .iter()
+            .any(|w: &std::thread::ScopedJoinHandle<'_, _>| !w.is_finished())
+        {
+            let Some(ctl) = control.as_mut() else {
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            };
+            fds.clear();
+            ctl.fds(&mut fds);
+            poll.clear();
+            for fd in &fds {
+                poll.add(*fd);
+            }
+            let _ = poll.wait(Some(Duration::from_millis(50)));
+            ctl.poll(std::time::Instant::now(), |req| ask_queues(&askers, req));
+        }
         let mut result = Ok(());
         for w in workers {
             let r = w
@@ -548,6 +599,125 @@ fn run_queues(args: &ServeArgs, root: &Path, stop: &AtomicBool) -> anyhow::Resul
         }
         result
     })
+}
+
+/// A control request for one queue's node, and where its answer goes.
+type Asked = (
+    ds_apps::control::Request,
+    crossbeam::channel::Sender<Result<serde_json::Value, String>>,
+);
+
+/// A queue's node's end of the control plumbing (`--queues`): requests, and the socket whose
+/// readability wakes its loop for them.
+struct Remote {
+    rx: crossbeam::channel::Receiver<Asked>,
+    woken: std::os::unix::net::UnixStream,
+}
+
+/// Ask every queue's node `req` and merge the answers: counters summed (the node's own
+/// description from the first), connections listed together, a handoff done by the queue
+/// that holds the connection, a drain started on all.
+fn ask_queues(
+    askers: &[(
+        crossbeam::channel::Sender<Asked>,
+        std::os::unix::net::UnixStream,
+    )],
+    req: &ds_apps::control::Request,
+) -> Result<serde_json::Value, String> {
+    use std::io::Write;
+    let mut waiting = Vec::new();
+    for (tx, wake) in askers {
+        let (rtx, rrx) = crossbeam::channel::bounded(1);
+        if tx.send((req.clone(), rtx)).is_ok() {
+            let _ = (&*wake).write(&[1]);
+            waiting.push(rrx);
+        }
+    }
+    let answers: Vec<Result<serde_json::Value, String>> = waiting
+        .into_iter()
+        .map(|r| {
+            r.recv_timeout(Duration::from_secs(2))
+                .unwrap_or_else(|_| Err("a queue did not answer".into()))
+        })
+        .collect();
+    merge_answers(req.cmd.as_str(), answers)
+}
+
+/// The merge of [`ask_queues`]. Queues that have ended (a drain) answer nothing.
+fn merge_answers(
+    cmd: &str,
+    answers: Vec<Result<serde_json::Value, String>>,
+) -> Result<serde_json::Value, String> {
+    use serde_json::Value;
+    match cmd {
+        "handoff" => {
+            // The queue that holds the connection takes it; the others do not know it.
+            let mut last = Err("no queue answered".to_string());
+            for a in answers {
+                if a.is_ok() {
+                    return a;
+                }
+                last = a;
+            }
+            last
+        }
+        "conns" => {
+            let mut all = Vec::new();
+            for a in answers {
+                if let Value::Array(v) = a? {
+                    all.extend(v);
+                }
+            }
+            Ok(Value::Array(all))
+        }
+        "members" => answers.into_iter().next().unwrap_or(Ok(Value::Null)),
+        _ => {
+            // status, drain: the first queue's answer with every number summed, and each
+            // queue's own under "queues".
+            let ok: Vec<Value> = answers.into_iter().collect::<Result<_, _>>()?;
+            let mut merged = ok.first().cloned().unwrap_or(Value::Null);
+            for other in ok.iter().skip(1) {
+                sum_into(&mut merged, other, "");
+            }
+            if let Value::Object(m) = &mut merged {
+                m.insert("queues".into(), Value::Array(ok));
+            }
+            Ok(merged)
+        }
+    }
+}
+
+/// Add the numbers of `b` to those of `a`, recursively; the node's description (`node`) and
+/// the drain's age (`for_ms`) are the first queue's.
+fn sum_into(a: &mut serde_json::Value, b: &serde_json::Value, key: &str) {
+    use serde_json::Value;
+    if key == "node" || key == "for_ms" {
+        return;
+    }
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            for (k, vb) in y {
+                match x.get_mut(k) {
+                    Some(va) => sum_into(va, vb, k),
+                    None => {
+                        x.insert(k.clone(), vb.clone());
+                    }
+                }
+            }
+        }
+        (Value::Number(x), Value::Number(y)) => {
+            if let (Some(p), Some(q)) = (x.as_u64(), y.as_u64()) {
+                *x = (p + q).into();
+            } else if let (Some(p), Some(q)) = (x.as_f64(), y.as_f64()) {
+                if let Some(n) = serde_json::Number::from_f64(p + q) {
+                    *x = n;
+                }
+            }
+        }
+        (Value::Bool(x), Value::Bool(y)) => *x = *x || *y,
+        (x @ Value::Null, y) => *x = y.clone(),
+        _ => {}
+    }
 }
 
 /// All the stack's addresses: --addr first, then --also-addr.
@@ -591,8 +761,10 @@ fn handoff_config(args: &ServeArgs) -> anyhow::Result<Option<HandoffConfig>> {
         .context("handoff needs --secret-file")?;
     let mut cfg = HandoffConfig::new(read_secret(path)?);
     if let Some(l) = h.control_listen {
+        // With --queues every queue's node listens there too (SO_REUSEPORT).
         cfg.listen = Some(
-            TcpListener::bind(l).with_context(|| format!("--control-listen {l}: cannot listen"))?,
+            dserver::engine::control_listener(l, args.queues != 1)
+                .with_context(|| format!("--control-listen {l}: cannot listen"))?,
         );
     }
     cfg.peer = h.peer.first().copied();
@@ -1158,6 +1330,7 @@ fn run_kernel(
 /// Run the node on `dev` until `stop` is set, then print the statistics.
 /// Serve on `dev` until `stop`; `siblings`: one of several per-queue stacks (its link and
 /// the shared ISN key).
+#[allow(clippy::too_many_arguments)]
 fn run<D: Device>(
     dev: D,
     siblings: Option<(ds_stack::runner::SiblingLink, [u8; 16])>,
@@ -1165,6 +1338,7 @@ fn run<D: Device>(
     root: &Path,
     handoff: Option<HandoffConfig>,
     mut control: Option<ControlSocket>,
+    remote: Option<Remote>,
     stop: &AtomicBool,
 ) -> anyhow::Result<()> {
     let mac = args.mac.unwrap_or_else(|| mac_from_addr(args.addr));
@@ -1251,6 +1425,9 @@ fn run<D: Device>(
         if let Some(ctl) = &control {
             ctl.fds(&mut control_fds);
         }
+        if let Some(r) = &remote {
+            control_fds.push(std::os::fd::AsRawFd::as_raw_fd(&r.woken));
+        }
         let stepped = match &service {
             Service::Plain(_) => rt.step_with(Duration::from_millis(10), &control_fds),
             // Wake for the control sockets too, so an offer or a reply is handled at once; a
@@ -1280,7 +1457,7 @@ fn run<D: Device>(
                 }
             }
         }
-        if let Some(ctl) = control.as_mut() {
+        if remote.is_some() || control.is_some() {
             let mut u = UserControl {
                 service: &mut service,
                 iface: &rt.iface,
@@ -1289,7 +1466,17 @@ fn run<D: Device>(
                 now,
                 echo: echo.as_ref().map(|e| e.stats()),
             };
-            ctl.poll(std::time::Instant::now(), |req| answer(req, &mut u));
+            if let Some(r) = &remote {
+                // Requests the control socket's thread forwards (--queues).
+                let mut woken = [0u8; 64];
+                while matches!(std::io::Read::read(&mut &r.woken, &mut woken), Ok(n) if n > 0) {}
+                while let Ok((req, reply)) = r.rx.try_recv() {
+                    let _ = reply.send(answer(&req, &mut u));
+                }
+            }
+            if let Some(ctl) = control.as_mut() {
+                ctl.poll(std::time::Instant::now(), |req| answer(req, &mut u));
+            }
         }
     }
     let uptime = rt.now().saturating_since(started);

@@ -262,12 +262,23 @@ impl Cluster {
     /// Two file-server nodes in transparent mode, node 1 on `device` (node 2 on AF_XDP),
     /// serving `body` as `/big.bin`, each with a control socket; returns the sockets.
     pub fn start_file_servers(&mut self, device: &str, body: &[u8]) -> [PathBuf; 2] {
+        self.start_file_servers_with(device, body, &[])
+    }
+
+    /// As [`Cluster::start_file_servers`], with `extra` options for both nodes.
+    pub fn start_file_servers_with(
+        &mut self,
+        device: &str,
+        body: &[u8],
+        extra: &[&str],
+    ) -> [PathBuf; 2] {
         let root = self.dir.path().join("www");
         std::fs::create_dir_all(&root).expect("root");
         std::fs::write(root.join("big.bin"), body).expect("file");
         let socks = [0, 1].map(|i| self.dir.path().join(format!("node{}.sock", i + 1)));
         for (i, sock) in socks.iter().enumerate() {
-            let args = self.transparent_args(i, &root, sock);
+            let mut args = self.transparent_args(i, &root, sock);
+            args.extend(extra.iter().map(|a| a.to_string()));
             let dev = if i == 0 { device } else { "afxdp" };
             self.start_dsnode_on(i, dev, &args, "serving http");
         }
