@@ -17,6 +17,7 @@
 //! # max_connections = 10000          # more are answered 503
 //! # max_buffered_mib = 512           # send buffers in all; then no more data, new clients 503
 //! # policy = "round-robin"           # proxy mode: local | round-robin | least-connections
+//! # per_request = true               # proxy mode: place every keep-alive request anew
 //!
 //! [handoff]
 //! control_listen = "[fd00:d5:1::11]:7000"
@@ -86,6 +87,7 @@ struct NodeFile {
     max_buffered_mib: Option<usize>,
     backend: Option<SocketAddr>,
     policy: Option<Spanned<String>>,
+    per_request: Option<bool>,
     handoff: Option<HandoffFile>,
     membership: Option<MembershipFile>,
 }
@@ -287,6 +289,9 @@ pub fn serve_args(path: &Path) -> Result<Vec<String>, ConfigError> {
         if h.busy_poll == Some(true) {
             args.push("--busy-poll".into());
         }
+    }
+    if file.per_request == Some(true) {
+        args.push("--per-request".into());
     }
     if file.json == Some(true) {
         args.push("--json".into());

@@ -45,6 +45,8 @@ pub struct ProxyStats {
     pub arrived: u64,
     /// Connections placed elsewhere that stayed (the handoff failed).
     pub kept: u64,
+    /// Later requests of keep-alive connections placed on another node (`per_request`).
+    pub replaced: u64,
     /// Backend connections that failed.
     pub backend_errors: u64,
     /// Request heads too long or malformed.
@@ -93,6 +95,8 @@ pub struct Proxy {
     accepting: bool,
     /// The peer the drain's next connection goes to (round robin).
     drain_next: usize,
+    /// Place every later request of a keep-alive connection anew (between two exchanges).
+    per_request: bool,
 }
 
 impl Proxy {
@@ -110,7 +114,15 @@ impl Proxy {
             drain: None,
             accepting: true,
             drain_next: 0,
+            per_request: false,
         }
+    }
+
+    /// Ask the policy again for every later request of a keep-alive connection: between two
+    /// exchanges, with the next request's head read whole, the connection moves to the node
+    /// the policy names, with that request (its backend connection here is closed).
+    pub fn set_per_request(&mut self, on: bool) {
+        self.per_request = on;
     }
 
     /// Start a drain: the home agent is asked to send new clients to the peer (`rebind`: the
@@ -451,6 +463,28 @@ impl Proxy {
                 None => {
                     self.relays.insert(c, r);
                     return;
+                }
+            }
+        }
+        if self.per_request
+            && self.drain.is_none()
+            && r.backend.is_some()
+            && !r.backend_eof
+            && r.down.is_empty()
+            && r.ex.idle()
+            && head_end(&r.up).is_some()
+        {
+            // Between two exchanges with the next request read: place it anew.
+            if let Placement::Node(to) = self.node.place(&r.up) {
+                match self.node.start_handoff(c, to, r.up.clone()) {
+                    Ok(()) => {
+                        self.stats.replaced += 1;
+                        r.leaving = true;
+                        r.backend = None;
+                        self.relays.insert(c, r);
+                        return;
+                    }
+                    Err(e) => tracing::warn!(%c, "request placed on {to}, served here: {e}"),
                 }
             }
         }

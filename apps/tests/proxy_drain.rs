@@ -5,8 +5,10 @@
 //! sends new clients to node 2, node 1 hands every connection to node 2 — the half-read one
 //! at once with its bytes, the keep-alive ones between two exchanges (every request
 //! answered) — and exits. Each client then sends its next request on the same connection and
-//! gets the file byte-exact from node 2's backend, and a new client is served. Needs root
-//! and nginx; prints SKIP otherwise.
+//! gets the file byte-exact from node 2's backend, and a new client is served. Then
+//! `--per-request` with round robin: the requests of one keep-alive connection alternate
+//! between the two nodes' backends, the connection moving between exchanges. Needs root and
+//! nginx; prints SKIP otherwise.
 
 mod cluster;
 
@@ -55,7 +57,7 @@ fn nginx_conf(dir: &Path, www: &Path, i: usize) -> String {
     format!(
         "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx{i}.pid;\n\
          error_log {d}/nginx{i}-error.log warn;\nevents {{ worker_connections 1024; }}\n\
-         http {{\n access_log off;\n default_type application/octet-stream;\n\
+         http {{\n access_log {d}/nginx{i}-access.log;\n default_type application/octet-stream;\n\
          keepalive_timeout 300s;\n keepalive_requests 100000;\n\
          client_body_temp_path {d}/tmp{i}-body;\n proxy_temp_path {d}/tmp{i}-proxy;\n\
          fastcgi_temp_path {d}/tmp{i}-fcgi;\n uwsgi_temp_path {d}/tmp{i}-uwsgi;\n\
@@ -80,32 +82,7 @@ fn dsctl_drain_moves_proxied_keep_alive_connections_between_requests() {
         return;
     }
     let mut c = Cluster::start("pd", Addrs::new(0xf7, 2));
-    let www = c.dir.path().join("www");
-    std::fs::create_dir_all(&www).expect("www");
-    let body = PatternStream::bytes(0x9d7a, SIZE);
-    std::fs::write(www.join("file.bin"), &body).expect("file");
-    let mut backends = Vec::new();
-    for i in 0..2 {
-        let ns = &c.topo.nodes[i];
-        ns.ip(&["link", "set", "lo", "up"]).expect("lo up");
-        let conf = c.dir.path().join(format!("nginx{i}.conf"));
-        std::fs::write(&conf, nginx_conf(c.dir.path(), &www, i)).expect("conf");
-        let args = ["-c".to_string(), conf.display().to_string()];
-        let (p, _, _) = ns
-            .spawn_logged("nginx", &args, c.dir.path(), &format!("nginx{}", i + 1))
-            .expect("nginx");
-        ds_testbed::wait_tcp_listening(ns, 8000, UP).expect("nginx up");
-        backends.push(p);
-    }
-    let socks = [0, 1].map(|i| c.dir.path().join(format!("proxy{}.sock", i + 1)));
-    for (i, sock) in socks.iter().enumerate() {
-        let mut args: Vec<String> = ["--backend", "[::1]:8000", "--policy", "local"]
-            .map(String::from)
-            .to_vec();
-        args.extend(c.peer_args(i));
-        args.extend(["--control-socket".into(), sock.display().to_string()]);
-        c.start_dsnode(i, &args, "serving proxy");
-    }
+    let (socks, backends) = proxies(&mut c, &["--policy", "local"]);
     let ds: std::net::Ipv6Addr = c.a.ds().parse().expect("DS address");
 
     // Twenty keep-alive connections, each after one exchange; one half way through its first
@@ -193,7 +170,7 @@ fn dsctl_drain_moves_proxied_keep_alive_connections_between_requests() {
         s.write_all(REQUEST).expect("request");
         response(&mut s).1
     });
-    assert!(fresh == body, "the new client's response differs");
+    assert!(fresh == body_of(), "the new client's response differs");
     eprintln!("proxy drain of {} connections took {took:?}", CLIENTS + 1);
     drop(backends);
     assert!(c.stop(), "the home agent removed its pins");
@@ -201,4 +178,96 @@ fn dsctl_drain_moves_proxied_keep_alive_connections_between_requests() {
 
 fn body_of() -> Vec<u8> {
     PatternStream::bytes(0x9d7a, SIZE)
+}
+
+/// nginx on `[::1]:8000` and `dsnode --backend` in front of it on each node of `c`, with
+/// `policy` options; the proxies' control sockets and the backends.
+fn proxies(c: &mut Cluster, policy: &[&str]) -> ([std::path::PathBuf; 2], Vec<ds_testbed::Child>) {
+    let www = c.dir.path().join("www");
+    std::fs::create_dir_all(&www).expect("www");
+    std::fs::write(www.join("file.bin"), body_of()).expect("file");
+    let mut backends = Vec::new();
+    for i in 0..2 {
+        let ns = &c.topo.nodes[i];
+        ns.ip(&["link", "set", "lo", "up"]).expect("lo up");
+        let conf = c.dir.path().join(format!("nginx{i}.conf"));
+        std::fs::write(&conf, nginx_conf(c.dir.path(), &www, i)).expect("conf");
+        let args = ["-c".to_string(), conf.display().to_string()];
+        let (p, _, _) = ns
+            .spawn_logged("nginx", &args, c.dir.path(), &format!("nginx{}", i + 1))
+            .expect("nginx");
+        ds_testbed::wait_tcp_listening(ns, 8000, UP).expect("nginx up");
+        backends.push(p);
+    }
+    let socks = [0, 1].map(|i| c.dir.path().join(format!("proxy{}.sock", i + 1)));
+    for (i, sock) in socks.iter().enumerate() {
+        let mut args: Vec<String> = ["--backend", "[::1]:8000"].map(String::from).to_vec();
+        args.extend(policy.iter().map(|a| a.to_string()));
+        args.extend(c.peer_args(i));
+        args.extend(["--control-socket".into(), sock.display().to_string()]);
+        c.start_dsnode(i, &args, "serving proxy");
+    }
+    (socks, backends)
+}
+
+fn have_nginx(test: &str) -> bool {
+    if std::process::Command::new("nginx")
+        .arg("-v")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIP {test}: no nginx");
+        return false;
+    }
+    true
+}
+
+/// `--per-request` round robin: one keep-alive connection's requests alternate between the
+/// nodes' backends, every response byte-exact.
+#[test]
+fn per_request_placement_moves_a_keep_alive_connection_between_exchanges() {
+    let name = "per_request_placement_moves_a_keep_alive_connection_between_exchanges";
+    if !require_root(name) || !have_nginx(name) {
+        return;
+    }
+    const REQUESTS: usize = 10;
+    let mut c = Cluster::start("pr", Addrs::new(0xfa, 2));
+    let (socks, backends) = proxies(&mut c, &["--policy", "round-robin", "--per-request"]);
+    let ds: std::net::Ipv6Addr = c.a.ds().parse().expect("DS address");
+    let t = Instant::now();
+    c.topo.client.run(move || {
+        let mut s = TcpStream::connect((ds, 80)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        for k in 0..REQUESTS {
+            s.write_all(REQUEST).expect("request");
+            let (status, got) = response(&mut s);
+            assert!(status.contains(" 200 "), "request {k}: {status}");
+            assert!(got == body_of(), "request {k}: the response differs");
+        }
+    });
+    let took = t.elapsed();
+    // Each backend's access log has a line per request it answered.
+    let served: Vec<usize> = (0..2)
+        .map(|i| {
+            std::fs::read_to_string(c.dir.path().join(format!("nginx{i}-access.log")))
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains("GET /file.bin"))
+                .count()
+        })
+        .collect();
+    let s1 = dsctl(&socks[0], &["status"]).expect("status");
+    let s2 = dsctl(&socks[1], &["status"]).expect("status");
+    eprintln!(
+        "{REQUESTS} requests on one connection in {took:?}: backends {served:?}; node 1 {}, node 2 {}",
+        s1["proxy"], s2["proxy"]
+    );
+    assert_eq!(served.iter().sum::<usize>(), REQUESTS, "{served:?}");
+    assert!(
+        served.iter().all(|n| *n >= REQUESTS / 2 - 1),
+        "the requests alternate: {served:?}"
+    );
+    drop(backends);
+    assert!(c.stop(), "the home agent removed its pins");
 }

@@ -114,6 +114,11 @@ struct ServeArgs {
     /// Proxy mode: which node serves a new client, from its first request.
     #[arg(long, value_enum, default_value_t = PolicyChoice::Local, requires = "backend")]
     policy: PolicyChoice,
+    /// Proxy mode: ask the policy again for every later request of a keep-alive connection,
+    /// between two exchanges (the connection moves there with the request; its backend
+    /// connection here is closed).
+    #[arg(long, requires = "backend")]
+    per_request: bool,
     /// The stack's MAC address [default: locally administered, derived from --addr].
     #[arg(long, value_name = "MAC", value_parser = parse_mac)]
     mac: Option<[u8; 6]>,
@@ -1167,9 +1172,11 @@ fn run_proxy(
         None => None,
     };
     let mut proxy = ds_apps::proxy::Proxy::new(node, backend);
+    proxy.set_per_request(args.per_request);
     tracing::info!(
         %backend,
         policy = ?args.policy,
+        per_request = args.per_request,
         "serving proxy [{}]:{} -> {backend}",
         h.also_addr.first().unwrap_or(&args.addr),
         args.port
