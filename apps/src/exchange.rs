@@ -310,9 +310,11 @@ fn body_step(f: Framer, b: &[u8]) -> (usize, Framer, bool) {
                 Ok(httparse::Status::Complete((n, 0))) => {
                     (n - before, Framer::Trailer(Vec::new()), false)
                 }
-                Ok(httparse::Status::Complete((n, size))) => {
-                    (n - before, Framer::ChunkData(size + 2), false)
-                }
+                Ok(httparse::Status::Complete((n, size))) => match size.checked_add(2) {
+                    Some(left) => (n - before, Framer::ChunkData(left), false),
+                    // A chunk no one can send: never ends (the pending response pins it).
+                    None => (b.len(), Framer::Body(u64::MAX), false),
+                },
                 Ok(httparse::Status::Partial) if line.len() <= 1024 => {
                     (b.len(), Framer::ChunkSize(line), false)
                 }
@@ -419,5 +421,9 @@ mod tests {
         let mut e = Exchange::new();
         e.requests(&vec![b'a'; MAX_HEAD + 10]);
         assert!(e.pinned().is_some());
+        // A chunk size at the top of the range neither overflows nor ever ends.
+        let mut e = Exchange::new();
+        e.requests(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nFFFFFFFFFFFFFFFF\r\nabc");
+        assert!(!e.idle());
     }
 }

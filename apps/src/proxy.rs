@@ -192,7 +192,9 @@ impl Proxy {
             (Some(client), Some(d)) => d.may_try(client),
             _ => false,
         };
-        if !tries_left {
+        if !tries_left || self.node.peers().is_empty() {
+            // It finishes here: one parked with its first request read is served now.
+            self.serve_here(c);
             return;
         }
         let placing = r.backend.is_none() && !r.backend_eof;
@@ -218,8 +220,24 @@ impl Proxy {
                 }
                 self.stats.drained += 1;
             }
-            Err(e) => tracing::warn!(%c, "drain: handoff to {to} not started: {e}"),
+            Err(e) => {
+                tracing::warn!(%c, "drain: handoff to {to} not started: {e}");
+                self.serve_here(c);
+            }
         }
+    }
+
+    /// A connection parked by a drain with its first request read, that cannot move: relay
+    /// it to the backend here.
+    fn serve_here(&mut self, c: ConnId) {
+        let Some(mut r) = self.relays.remove(&c) else {
+            return;
+        };
+        if !r.leaving && r.backend.is_none() && !r.backend_eof && head_end(&r.up).is_some() {
+            self.open_backend(&mut r);
+            self.ready.push(c);
+        }
+        self.relays.insert(c, r);
     }
 
     /// Counters so far.
@@ -466,8 +484,10 @@ impl Proxy {
                 }
             }
         }
+        // Only for a later request: the first was placed above (or by the node it came from).
         if self.per_request
             && self.drain.is_none()
+            && r.ex.responses_done > 0
             && r.backend.is_some()
             && !r.backend_eof
             && r.down.is_empty()

@@ -29,6 +29,8 @@ use ds_handoff::{
 use ds_stack::mobile::MobileRole;
 use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6, TcpListener};
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::Error;
@@ -108,6 +110,11 @@ pub struct HandoffConfig {
     /// node, which runs the home test, RFC 6275 §5.2.5) or away from home. The node installs
     /// it on its interface (`ds_apps::node::HandoffNode::install_mobility`) and drives it there.
     pub mobile_role: Option<MobileRole>,
+    /// The flow-generation clock to share with the engines of this node's other queues (one
+    /// node per receive queue): a connection that moves between them, or whose client reuses
+    /// a 4-tuple on another queue, must still get generations above the last one the home
+    /// agent saw. `None`: this engine's own.
+    pub generation: Option<Arc<AtomicU64>>,
     /// Busy-poll while a handoff is in flight: from the donor's drain (or, on the acceptor,
     /// the donor's `Prepare`) until the handoff ends, the owner's loop polls without sleeping
     /// ([`Coordinator::spinning`]), so the client's ACK, the offer, the home agent's answer
@@ -142,8 +149,18 @@ impl HandoffConfig {
             steer_timeout: Duration::from_secs(1),
             mobile_role: None,
             busy_poll: false,
+            generation: None,
         }
     }
+}
+
+/// A new flow-generation clock ([`HandoffConfig::generation`]), at the realtime clock in
+/// microseconds.
+pub fn new_generation_clock() -> Arc<AtomicU64> {
+    let us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2));
+    Arc::new(AtomicU64::new(us))
 }
 
 /// What happened, for the node's owner (logs, reports).
@@ -304,8 +321,8 @@ pub struct Coordinator<C> {
     /// clock (raised by every offer received), so each handoff of a connection carries a
     /// greater generation than the one before, whichever nodes it went through. Starts at
     /// the realtime clock in microseconds, so a restarted node starts above what it issued
-    /// before.
-    generation: u64,
+    /// before. Shared by the engines of one node's queues ([`HandoffConfig::generation`]).
+    generation: Arc<AtomicU64>,
 }
 
 /// How long an acceptor busy-polls after a donor's `Prepare` for the offer to follow (the
@@ -389,9 +406,7 @@ impl<C: std::fmt::Debug> Coordinator<C> {
             channel_epoch: 0,
             busy_poll: cfg.busy_poll,
             prepared_until: None,
-            generation: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2)),
+            generation: cfg.generation.clone().unwrap_or_else(new_generation_clock),
             rotation: 0,
             unreachable: Vec::new(),
             backoff: std::collections::HashMap::new(),
@@ -882,11 +897,13 @@ impl<C: std::fmt::Debug> Coordinator<C> {
         let mut cfg = self.donor_cfg.clone();
         cfg.conn_id = self.next_id;
         cfg.ticket = ticket;
-        cfg.generation = self.generation.saturating_add(1);
+        cfg.generation = self
+            .generation
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
         match Donor::start(now, conn, cfg, host, svc) {
             Ok(d) => {
                 self.next_id += 1;
-                self.generation = self.generation.saturating_add(1);
                 self.stats.started += 1;
                 // An older forwarding of the same connection (it came back and leaves again
                 // within the grace period) must not release the new freeze's hold.
@@ -1002,7 +1019,7 @@ impl<C: std::fmt::Debug> Coordinator<C> {
             for msg in batch {
                 if let Message::Offer(o) = &msg {
                     // Lamport: the connection's next handoff, from here, outranks this one.
-                    self.generation = self.generation.max(o.generation);
+                    self.generation.fetch_max(o.generation, Ordering::Relaxed);
                     if !open || aborted.contains(&o.conn_id) {
                         tracing::warn!(
                             conn_id = o.conn_id,
@@ -1205,7 +1222,7 @@ impl<C: std::fmt::Debug> Coordinator<C> {
             reclaims.extend(d.poll_transmit_home_agent());
         }
         for m in reclaims {
-            self.reclaim(&m);
+            self.reclaim(&m, host);
         }
         // Outcomes.
         if let Some(mut d) = self.current.take() {
@@ -1280,12 +1297,13 @@ impl<C: std::fmt::Debug> Coordinator<C> {
 
     /// Send a donor's reclaim of a flow to the home agent. Best effort: with the home agent
     /// unreachable, the acceptor's move could not have reached it either.
-    fn reclaim(&mut self, m: &Message) {
+    fn reclaim<H: Host<Conn = C>>(&mut self, m: &Message, host: &mut H) {
         match self.send_ha(m) {
             Ok(()) => self.stats.reclaims += 1,
             Err(e) => {
                 tracing::warn!("reclaim of a flow not sent, home agent unreachable: {e}");
                 self.to_ha = None;
+                self.acceptor.home_agent_failed(host);
             }
         }
     }

@@ -103,6 +103,8 @@ pub struct Queue {
     link: ds_stack::runner::SiblingLink,
     /// Shared by the queues' stacks: any of them can check another's SYN cookie.
     isn_secret: [u8; 16],
+    /// Shared by the queues' handoff engines (flow generations stay above the last).
+    generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
     index: usize,
     of: usize,
 }
@@ -372,6 +374,7 @@ impl Builder {
             source,
         })?;
         let isn_secret = ds_stack::isn::random_secret();
+        let generation = crate::engine::new_generation_clock();
         let of = devs.len();
         Ok(devs
             .into_iter()
@@ -381,6 +384,7 @@ impl Builder {
                 dev,
                 link,
                 isn_secret,
+                generation: generation.clone(),
                 index,
                 of,
             })
@@ -466,8 +470,11 @@ impl Builder {
         let (_, addrs) = self.addresses()?;
         if self.queue.is_some() {
             // Settings first (the control port is shared by the queues' nodes).
-            let handoff = self.handoff_config()?;
+            let mut handoff = self.handoff_config()?;
             if let Some(q) = self.queue.take() {
+                if let Some(h) = handoff.as_mut() {
+                    h.generation = Some(q.generation.clone());
+                }
                 tracing::info!(queue = q.index, of = q.of, "device queue taken");
                 return self.finish_queue(q, handoff);
             }
@@ -519,6 +526,7 @@ impl Builder {
             isn_secret,
             ..
         } = q;
+        // (The generation clock went into `handoff` in `build`.)
         self.finish_with(Box::new(dev), handoff, Some((link, isn_secret)))
     }
 

@@ -151,6 +151,10 @@ impl<D: Device> Runner<D> {
                 let now = self.clock.now();
                 self.iface.receive_from_sibling(now, &pkt, hops);
             }
+            if l.pending() {
+                // More than a batch: stay readable, for callers that wait on the descriptor.
+                l.wake(&l.wake_me);
+            }
         }
         for _ in 0..RX_BATCH {
             match self.dev.recv(&mut self.buf)? {
@@ -249,11 +253,15 @@ impl SiblingLink {
     }
 
     fn wake_next(&self) {
+        self.wake(&self.wake_next);
+    }
+
+    fn wake(&self, fd: &OwnedFd) {
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a live u64 to an eventfd this link owns a reference to.
         let _ = unsafe {
             libc::write(
-                self.wake_next.as_raw_fd(),
+                fd.as_raw_fd(),
                 (&one as *const u64).cast(),
                 std::mem::size_of::<u64>(),
             )

@@ -533,6 +533,13 @@ fn run_queues(
     for _ in 1..devs.len() {
         handoffs.push(handoff_config(args)?);
     }
+    // One flow-generation clock for the queues' engines (the home agent orders moves by it).
+    let clock = dserver::engine::new_generation_clock();
+    for h in handoffs.iter_mut().flatten() {
+        h.generation = Some(clock.clone());
+    }
+    let drained = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let queues = devs.len();
     let mut remotes = Vec::new();
     let mut askers = Vec::new();
     for _ in 0..devs.len() {
@@ -540,7 +547,13 @@ fn run_queues(
         let (wake, woken) = std::os::unix::net::UnixStream::pair().context("socketpair")?;
         woken.set_nonblocking(true)?;
         wake.set_nonblocking(true)?;
-        remotes.push(Remote { rx, woken });
+        remotes.push(Remote {
+            rx,
+            woken,
+            drained: drained.clone(),
+            queues,
+            counted: false,
+        });
         askers.push((tx, wake));
     }
     tracing::info!(queues = devs.len(), "one stack per receive queue");
@@ -617,6 +630,23 @@ type Asked = (
 struct Remote {
     rx: crossbeam::channel::Receiver<Asked>,
     woken: std::os::unix::net::UnixStream,
+    /// Queues whose node has drained; a queue's loop ends only when all have (its device
+    /// carries the others' segments round the ring until then).
+    drained: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    queues: usize,
+    /// This queue is counted in `drained`.
+    counted: bool,
+}
+
+impl Remote {
+    /// This queue's node drained: true once every queue's has.
+    fn all_drained(&mut self) -> bool {
+        if !self.counted {
+            self.counted = true;
+            self.drained.fetch_add(1, Ordering::SeqCst);
+        }
+        self.drained.load(Ordering::SeqCst) >= self.queues
+    }
 }
 
 /// Ask every queue's node `req` and merge the answers: counters summed (the node's own
@@ -1345,7 +1375,7 @@ fn run<D: Device>(
     root: &Path,
     handoff: Option<HandoffConfig>,
     mut control: Option<ControlSocket>,
-    remote: Option<Remote>,
+    mut remote: Option<Remote>,
     stop: &AtomicBool,
 ) -> anyhow::Result<()> {
     let mac = args.mac.unwrap_or_else(|| mac_from_addr(args.addr));
@@ -1458,7 +1488,7 @@ fn run<D: Device>(
                 node.set_fence(membership_fence());
                 node.poll(&mut rt.iface, now);
                 node.take_events().into_iter().for_each(report_event);
-                if node.drained() {
+                if node.drained() && remote.as_mut().is_none_or(Remote::all_drained) {
                     tracing::info!("drained: every connection moved, exiting");
                     break;
                 }

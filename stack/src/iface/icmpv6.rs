@@ -37,6 +37,13 @@ impl Interface {
             self.stats.rx_malformed += 1;
             return;
         };
+        if matches!(
+            repr,
+            Icmpv6Repr::PktTooBig { .. } | Icmpv6Repr::DstUnreachable { .. }
+        ) {
+            // RFC 8201 §4 / RFC 5927: every sibling applies it to what it holds.
+            self.pass_to_sibling(|| plain_packet(src, dst, IpProtocol::Icmpv6, hop_limit, payload));
+        }
         match repr {
             Icmpv6Repr::EchoRequest {
                 ident,

@@ -76,6 +76,10 @@ impl Interface {
                     }
                 }
                 let _ = dst;
+                if self.passed_by_sibling() {
+                    // The sibling that received it answers; this one only learns.
+                    return;
+                }
                 // RFC 4861 §7.2.4: solicited NA with the override flag; to all-nodes for DAD.
                 let (to, flags) = if dad {
                     (ALL_NODES, NdiscNeighborFlags::OVERRIDE)

@@ -7,7 +7,9 @@
 //! sibling that also does not know it answers with the reset (RFC 9293 §3.10.7.1), so
 //! unknown segments are still refused, once. Neighbour Discovery messages are shared with
 //! every sibling (each keeps its own neighbour cache, and the answer to one sibling's
-//! solicitation can arrive on another's queue).
+//! solicitation can arrive on another's queue; only the sibling that received a solicitation
+//! answers it), and so are ICMPv6 errors (a router's error message hashes to another queue
+//! than the connection it quotes: each sibling applies it to the connections it holds).
 //!
 //! Sans-IO, like the rest of the interface: what is for the next sibling is taken with
 //! [`Interface::take_for_sibling`], what a sibling passed is given with
@@ -80,6 +82,11 @@ impl Interface {
     /// Move the packets for the next sibling into `out` (with their hop counts).
     pub fn take_for_sibling(&mut self, out: &mut Vec<(Vec<u8>, u8)>) {
         out.append(&mut self.siblings.out);
+    }
+
+    /// Whether the packet being processed was passed here by a sibling.
+    pub(super) fn passed_by_sibling(&self) -> bool {
+        self.siblings.hops > 0
     }
 
     /// Whether anything waits for the next sibling.

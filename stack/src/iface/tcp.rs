@@ -189,10 +189,13 @@ impl Interface {
                 self.accept_syn(now, l, &seg, dst, repr.dst_port, src, repr.src_port);
                 return;
             }
+            // A segment a sibling passed on was checked there already (the siblings share
+            // the cookie key).
             if !seg.syn
                 && !seg.rst
                 && seg.ack.is_some()
                 && self.cfg.syn_cookies
+                && !self.passed_by_sibling()
                 && self.accept_cookie(
                     now,
                     l,
