@@ -136,7 +136,7 @@ const CHOICES: [(&str, &[&str]); 6] = [
     ("election", &["native", "etcd"]),
     ("device", &["afxdp", "tap", "kernel"]),
     ("policy", &["local", "round-robin", "least-connections"]),
-    ("drain", &["immediate", "acked"]),
+    ("drain", &["immediate", "acked", "wait", "adaptive"]),
     ("steering", &["none", "transparent", "ro"]),
 ];
 

@@ -8,7 +8,7 @@
 //! operations.
 //!
 //! ```text
-//! start ─▶ Draining ─(acked | deadline | Immediate)─▶ freeze, Offer ─▶ Offered
+//! start ─▶ Draining ─(acked | deadline | too slow to drain | Immediate)─▶ freeze, Offer ─▶ Offered
 //! Offered ─Refuse/Abort/timeout/channel error─▶ thaw back, service adopts ─▶ Resumed
 //! Offered ─Accept─▶ (commit) ─Activated─▶ Moved ─▶ Forwarding (held packets) ─▶ done
 //! Offered ─Accept, then nothing─▶ Failed (in doubt: the connection may run there)
@@ -138,6 +138,9 @@ enum Stage<C> {
         since: Instant,
         until: Option<Instant>,
         solicited: bool,
+        /// [`Drain::Adaptive`]: the unacknowledged bytes at the first look, then when the
+        /// first acknowledgement of the drain showed and how much was left then.
+        progress: Progress,
     },
     Offered(Box<InFlight>),
     Forwarding {
@@ -146,6 +149,38 @@ enum Stage<C> {
         next: Instant,
     },
     Done,
+}
+
+/// What an adaptive drain has seen of the client's acknowledgements.
+#[derive(Debug, Clone, Copy, Default)]
+struct Progress {
+    /// Unacknowledged bytes at the drain's first look.
+    start: Option<usize>,
+    /// When the first acknowledgement of the drain was seen, and the bytes left then.
+    first: Option<(Instant, usize)>,
+}
+
+impl Progress {
+    /// Take note of `left` bytes unacknowledged at `now`; true when, at the rate seen since
+    /// the first acknowledgement, they cannot all be acknowledged by `until`.
+    fn too_slow(&mut self, now: Instant, left: usize, until: Instant) -> bool {
+        let start = *self.start.get_or_insert(left);
+        let Some((t1, at1)) = self.first else {
+            if left < start {
+                self.first = Some((now, left));
+            }
+            return false;
+        };
+        let took = now.saturating_duration_since(t1);
+        let acked = at1.saturating_sub(left);
+        // A rate needs some time and some bytes after the first acknowledgement.
+        if took < Duration::from_millis(1) || acked == 0 {
+            return false;
+        }
+        let per_byte = took.as_secs_f64() / acked as f64;
+        let needs = Duration::from_secs_f64((per_byte * left as f64).min(1e6));
+        now + needs > until
+    }
 }
 
 /// How often held packets are collected while forwarding (the host holds them meanwhile).
@@ -198,7 +233,7 @@ impl<C: std::fmt::Debug> Donor<C> {
         }
         let until = match cfg.drain {
             Drain::Immediate => None,
-            Drain::UntilAcked { deadline } => Some(now + deadline),
+            Drain::UntilAcked { deadline } | Drain::Adaptive { deadline } => Some(now + deadline),
             Drain::Wait { period } => Some(now + period),
         };
         Ok(Donor {
@@ -208,6 +243,7 @@ impl<C: std::fmt::Debug> Donor<C> {
                 since: now,
                 until,
                 solicited: false,
+                progress: Progress::default(),
             },
             app,
             local,
@@ -297,6 +333,7 @@ impl<C: std::fmt::Debug> Donor<C> {
                 since,
                 until,
                 mut solicited,
+                mut progress,
             } => {
                 let ready = match self.cfg.drain {
                     Drain::Immediate => true,
@@ -309,23 +346,28 @@ impl<C: std::fmt::Debug> Donor<C> {
                         }
                         until.is_some_and(|t| now >= t)
                     }
-                    Drain::UntilAcked { .. } => match host.unacknowledged(&conn) {
-                        None => {
-                            self.outcome = Some(DonorOutcome::Failed {
-                                cause: HandoffError::Gone,
-                            });
-                            return;
-                        }
-                        Some(0) => true,
-                        Some(_) => {
-                            // Everything sent: ask for the ACK now rather than after the
-                            // peer's delayed-ACK timer.
-                            if !solicited {
-                                solicited = host.solicit_ack(&conn);
+                    Drain::UntilAcked { .. } | Drain::Adaptive { .. } => {
+                        match host.unacknowledged(&conn) {
+                            None => {
+                                self.outcome = Some(DonorOutcome::Failed {
+                                    cause: HandoffError::Gone,
+                                });
+                                return;
                             }
-                            until.is_some_and(|t| now >= t)
+                            Some(0) => true,
+                            Some(left) => {
+                                // Everything sent: ask for the ACK now rather than after the
+                                // peer's delayed-ACK timer.
+                                if !solicited {
+                                    solicited = host.solicit_ack(&conn);
+                                }
+                                let adaptive = matches!(self.cfg.drain, Drain::Adaptive { .. });
+                                until.is_some_and(|t| {
+                                    now >= t || (adaptive && progress.too_slow(now, left, t))
+                                })
+                            }
                         }
-                    },
+                    }
                 };
                 if ready {
                     self.offer(now, conn, now.saturating_duration_since(since), host, svc);
@@ -335,6 +377,7 @@ impl<C: std::fmt::Debug> Donor<C> {
                         since,
                         until,
                         solicited,
+                        progress,
                     };
                 }
             }

@@ -440,24 +440,12 @@ fn drain_waits_for_acks_or_deadline() {
                        svcs: &mut [Raw],
                        d: &mut Donor<UserConn>,
                        read: Option<ds_stack::TcpHandle>| {
-        let (mut ch_d, _peer) = common::mem_pair();
         let mut buf = vec![0u8; 65536];
-        for step in 0..10_000 {
+        offer_after(lan, svcs, d, base, |lan| {
             if let Some(cl) = read {
                 while lan.ifs[0].tcp_recv(cl, &mut buf).unwrap() > 0 {}
             }
-            common::set_sim(mono(lan));
-            if let Some(o) = donor_round(lan, svcs, d, &mut ch_d) {
-                panic!("ended without an offer: {o:?}");
-            }
-            let log = ch_d.log.borrow();
-            if let Some(Message::Offer(o)) = log.iter().find(|m| matches!(m, Message::Offer(_))) {
-                return (step, o.state.len());
-            }
-            drop(log);
-            lan.step();
-        }
-        panic!("no offer");
+        })
     };
     let mut svcs: [Raw; 3] = Default::default();
     let deadline = |ms| Drain::UntilAcked {
@@ -803,4 +791,93 @@ fn held_packets_are_forwarded_to_the_acceptor() {
         lan.ifs[1].stats().tcp_held > 100,
         "the donor held and forwarded the client's segments"
     );
+}
+
+/// The adaptive drain: a client that acknowledges too slowly to drain the buffer before the
+/// deadline gets its connection frozen once the rate shows it (not at the deadline, as the
+/// acked drain would); a client that reads at full speed is drained whole, as with the acked
+/// drain. Simulated time: the LAN's.
+#[test]
+fn adaptive_drain_freezes_early_only_when_the_drain_cannot_finish_in_time() {
+    let base = Mono::now();
+    let mono = |lan: &Lan| base + Duration::from_millis(lan.now.total_millis() as u64);
+    // Until the offer leaves, the client reading at most `per_step` bytes each millisecond:
+    // (milliseconds taken, state bytes in the offer).
+    let offer_after = |lan: &mut Lan,
+                       svcs: &mut [Raw],
+                       d: &mut Donor<UserConn>,
+                       cl: ds_stack::TcpHandle,
+                       per_step: usize| {
+        let mut buf = vec![0u8; per_step];
+        offer_after(lan, svcs, d, base, |lan| {
+            let mut got = 0;
+            while got < per_step {
+                let n = lan.ifs[0].tcp_recv(cl, &mut buf[..per_step - got]).unwrap();
+                if n == 0 {
+                    break;
+                }
+                got += n;
+            }
+        })
+    };
+    let adaptive = Drain::Adaptive {
+        deadline: Duration::from_millis(200),
+    };
+    let mut svcs: [Raw; 3] = Default::default();
+    for (per_step, early) in [(4096, true), (1 << 20, false)] {
+        let mut lan = Lan::new();
+        lan.clock = common::sim_clock;
+        // A small receive buffer at the client: what it does not read stays queued here.
+        lan.ifs[0].tcp_config_mut().recv_buf = 64 << 10;
+        lan.ifs[1].tcp_config_mut().notsent_lowat = None;
+        let (cl, srv) = connect(&mut lan);
+        // 2 MiB queued: at 4 KiB per millisecond that is ~500 ms of draining, more than the
+        // 200 ms deadline.
+        let queued = lan.ifs[1].tcp_send(srv, &vec![1u8; 2 << 20]).unwrap();
+        assert!(queued > 1 << 20, "{queued}");
+        let mut cfg = DonorConfig::new(7, "http");
+        cfg.drain = adaptive;
+        let now = mono(&lan);
+        common::set_sim(now);
+        let mut d = start_donor(&mut lan, &mut svcs, 1, srv, cfg, now);
+        let (ms, bytes) = offer_after(&mut lan, &mut svcs, &mut d, cl, per_step);
+        eprintln!("reading {per_step} bytes/ms: offer after {ms} ms, {bytes}-byte state");
+        if early {
+            assert!(ms < 100, "the drain was given up early: {ms} ms");
+            assert!(
+                bytes > 100_000,
+                "what was left travels in the state: {bytes}"
+            );
+        } else {
+            assert!(ms < 200, "{ms}");
+            assert!(bytes <= 96, "drained whole: {bytes}");
+        }
+    }
+}
+
+/// Drive donor `d` a millisecond at a time, `client` acting on the LAN before each step, until
+/// its offer leaves: (milliseconds taken, state bytes in the offer). Simulated time from
+/// `base`.
+fn offer_after(
+    lan: &mut Lan,
+    svcs: &mut [Raw],
+    d: &mut Donor<UserConn>,
+    base: Mono,
+    mut client: impl FnMut(&mut Lan),
+) -> (usize, usize) {
+    let (mut ch_d, _peer) = common::mem_pair();
+    for step in 0..10_000 {
+        client(lan);
+        common::set_sim(base + Duration::from_millis(lan.now.total_millis() as u64));
+        if let Some(o) = donor_round(lan, svcs, d, &mut ch_d) {
+            panic!("ended without an offer: {o:?}");
+        }
+        let log = ch_d.log.borrow();
+        if let Some(Message::Offer(o)) = log.iter().find(|m| matches!(m, Message::Offer(_))) {
+            return (step, o.state.len());
+        }
+        drop(log);
+        lan.step();
+    }
+    panic!("no offer");
 }

@@ -302,7 +302,8 @@ struct HandoffArgs {
     /// What the donor does before it freezes the connection.
     #[arg(long, value_enum, default_value_t = DrainChoice::Acked)]
     drain: DrainChoice,
-    /// Longest wait of `--drain acked`, and the wait of `--drain wait`, milliseconds.
+    /// Longest wait of `--drain acked` and `adaptive`, and the wait of `--drain wait`,
+    /// milliseconds.
     #[arg(long, default_value_t = 100, value_name = "MS")]
     drain_deadline_ms: u64,
     /// The donor's wait for each reply of the acceptor before it keeps the connection,
@@ -362,6 +363,9 @@ enum DrainChoice {
     Acked,
     /// Wait --drain-deadline-ms, then freeze whatever is left (the seed's §3.2.3 experiment).
     Wait,
+    /// As acked, but freeze at once when the client's rate of acknowledgements shows the
+    /// rest cannot drain within --drain-deadline-ms.
+    Adaptive,
 }
 
 fn main() -> ExitCode {
@@ -813,6 +817,9 @@ fn handoff_config(args: &ServeArgs) -> anyhow::Result<Option<HandoffConfig>> {
         },
         DrainChoice::Wait => ds_handoff::Drain::Wait {
             period: Duration::from_millis(h.drain_deadline_ms),
+        },
+        DrainChoice::Adaptive => ds_handoff::Drain::Adaptive {
+            deadline: Duration::from_millis(h.drain_deadline_ms),
         },
     };
     cfg.reply_timeout = std::time::Duration::from_millis(h.reply_timeout_ms);
