@@ -179,10 +179,19 @@ impl Exchange {
     /// body, or the next head). Returns the bytes of `b` used.
     fn head(&mut self, head: &mut Vec<u8>, b: &[u8], request: bool) -> (usize, Option<Framer>) {
         let before = head.len();
-        head.extend_from_slice(b);
-        let parsed = parse_head(head, request);
+        // A head that arrives whole (the usual case) is parsed where it lies: only a partial
+        // one is kept, so a response's body is not copied here.
+        let parsed = if before == 0 {
+            parse_head(b, request)
+        } else {
+            head.extend_from_slice(b);
+            parse_head(head, request)
+        };
         match parsed {
             Ok(None) => {
+                if before == 0 {
+                    head.extend_from_slice(&b[..b.len().min(MAX_HEAD + 1)]);
+                }
                 if head.len() > MAX_HEAD {
                     self.pin("a head over the limit");
                 }

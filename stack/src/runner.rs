@@ -6,6 +6,7 @@ use crate::iface::Interface;
 use crate::time::{Duration, Instant};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// A monotonic clock turned into [`Instant`]s (microseconds since the clock was made).
@@ -79,7 +80,7 @@ impl<D: Device> Runner<D> {
     pub fn wait_fds(&self, set: &mut crate::device::PollSet) {
         self.dev.wait_fds(set);
         if let Some(l) = &self.siblings {
-            set.add(l.wake_me.as_raw_fd());
+            set.add(l.wake_me.fd());
         }
     }
 
@@ -143,7 +144,7 @@ impl<D: Device> Runner<D> {
     /// Process pending input and timers and flush output without waiting.
     pub fn process(&mut self) -> io::Result<()> {
         if let Some(l) = &self.siblings {
-            l.clear_wake();
+            l.wake_me.answer();
             for _ in 0..RX_BATCH {
                 let Ok((pkt, hops)) = l.inbox.try_recv() else {
                     break;
@@ -153,7 +154,7 @@ impl<D: Device> Runner<D> {
             }
             if l.pending() {
                 // More than a batch: stay readable, for callers that wait on the descriptor.
-                l.wake(&l.wake_me);
+                l.wake_me.ring();
             }
         }
         for _ in 0..RX_BATCH {
@@ -184,7 +185,7 @@ impl<D: Device> Runner<D> {
             // A full inbox drops the packet, as a full queue on a wire would: TCP resends.
             let _ = l.next.try_send(p);
         }
-        l.wake_next();
+        l.wake_next.ring();
     }
 
     /// Send every frame the interface has ready.
@@ -228,16 +229,79 @@ impl<D: Device> Runner<D> {
 /// Packets waiting in a sibling's inbox at most; more are dropped (TCP resends).
 const SIBLING_INBOX: usize = 8192;
 
+/// A wake-up one thread rings for another: an eventfd that turns readable, written once per
+/// ring and read once per answer (a flag saves both system calls while the bell is already
+/// ringing, or was not rung: the loop that answers it runs once per round).
+#[derive(Debug, Clone)]
+pub struct Doorbell {
+    fd: Arc<OwnedFd>,
+    rung: Arc<AtomicBool>,
+}
+
+impl Doorbell {
+    /// A new bell, not ringing.
+    pub fn new() -> io::Result<Self> {
+        // SAFETY: eventfd(2) with valid flags; the result is checked before use.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Doorbell {
+            // SAFETY: `fd` is a new descriptor owned by nobody else.
+            fd: Arc::new(unsafe { OwnedFd::from_raw_fd(fd) }),
+            rung: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// Ring it (after publishing what the other side should look at).
+    pub fn ring(&self) {
+        if self.rung.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to an eventfd this bell holds.
+        let _ = unsafe {
+            libc::write(
+                self.fd.as_raw_fd(),
+                (&one as *const u64).cast(),
+                std::mem::size_of::<u64>(),
+            )
+        };
+    }
+
+    /// Stop it ringing (before looking at what was published): whether it was rung.
+    pub fn answer(&self) -> bool {
+        if !self.rung.swap(false, Ordering::AcqRel) {
+            return false;
+        }
+        let mut n: u64 = 0;
+        // SAFETY: reads at most 8 bytes into a live u64 from a non-blocking eventfd.
+        let _ = unsafe {
+            libc::read(
+                self.fd.as_raw_fd(),
+                (&mut n as *mut u64).cast(),
+                std::mem::size_of::<u64>(),
+            )
+        };
+        true
+    }
+
+    /// The descriptor that is readable while the bell rings.
+    pub fn fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
 /// One runner's place among the runners of a node's receive queues: the inbox of packets
-/// its siblings passed to it, the next sibling's inbox, and the event descriptors that wake
-/// each. Made by [`siblings`]; see `Interface::set_siblings` for what goes round.
+/// its siblings passed to it, the next sibling's inbox, and the bells that wake each. Made by
+/// [`siblings`]; see `Interface::set_siblings` for what goes round.
 #[derive(Debug)]
 pub struct SiblingLink {
     others: u8,
     inbox: crossbeam::channel::Receiver<(Vec<u8>, u8)>,
     next: crossbeam::channel::Sender<(Vec<u8>, u8)>,
-    wake_me: Arc<OwnedFd>,
-    wake_next: Arc<OwnedFd>,
+    wake_me: Doorbell,
+    wake_next: Doorbell,
 }
 
 impl SiblingLink {
@@ -249,35 +313,7 @@ impl SiblingLink {
     /// The descriptor that turns readable when a sibling passed packets (for a caller that
     /// waits on its own descriptor set).
     pub fn wake_fd(&self) -> std::os::fd::RawFd {
-        self.wake_me.as_raw_fd()
-    }
-
-    fn wake_next(&self) {
-        self.wake(&self.wake_next);
-    }
-
-    fn wake(&self, fd: &OwnedFd) {
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a live u64 to an eventfd this link owns a reference to.
-        let _ = unsafe {
-            libc::write(
-                fd.as_raw_fd(),
-                (&one as *const u64).cast(),
-                std::mem::size_of::<u64>(),
-            )
-        };
-    }
-
-    fn clear_wake(&self) {
-        let mut n: u64 = 0;
-        // SAFETY: reads at most 8 bytes into a live u64 from a non-blocking eventfd.
-        let _ = unsafe {
-            libc::read(
-                self.wake_me.as_raw_fd(),
-                (&mut n as *mut u64).cast(),
-                std::mem::size_of::<u64>(),
-            )
-        };
+        self.wake_me.fd()
     }
 }
 
@@ -287,18 +323,12 @@ impl SiblingLink {
 /// does not know a segment answers it with a reset. `n` is at most 256.
 pub fn siblings(n: usize) -> io::Result<Vec<SiblingLink>> {
     let n = n.clamp(1, 256);
-    let mut inboxes = Vec::with_capacity(n);
-    let mut wakes = Vec::with_capacity(n);
-    for _ in 0..n {
-        inboxes.push(crossbeam::channel::bounded(SIBLING_INBOX));
-        // SAFETY: eventfd(2) with valid flags; the result is checked before use.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is a new descriptor owned by nobody else.
-        wakes.push(Arc::new(unsafe { OwnedFd::from_raw_fd(fd) }));
-    }
+    let inboxes: Vec<_> = (0..n)
+        .map(|_| crossbeam::channel::bounded(SIBLING_INBOX))
+        .collect();
+    let bells = (0..n)
+        .map(|_| Doorbell::new())
+        .collect::<io::Result<Vec<_>>>()?;
     Ok((0..n)
         .map(|i| {
             let j = (i + 1) % n;
@@ -306,8 +336,8 @@ pub fn siblings(n: usize) -> io::Result<Vec<SiblingLink>> {
                 others: (n - 1) as u8,
                 inbox: inboxes[i].1.clone(),
                 next: inboxes[j].0.clone(),
-                wake_me: wakes[i].clone(),
-                wake_next: wakes[j].clone(),
+                wake_me: bells[i].clone(),
+                wake_next: bells[j].clone(),
             }
         })
         .collect())

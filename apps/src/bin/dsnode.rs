@@ -548,17 +548,15 @@ fn run_queues(
     let mut askers = Vec::new();
     for _ in 0..devs.len() {
         let (tx, rx) = crossbeam::channel::unbounded();
-        let (wake, woken) = std::os::unix::net::UnixStream::pair().context("socketpair")?;
-        woken.set_nonblocking(true)?;
-        wake.set_nonblocking(true)?;
+        let bell = ds_stack::runner::Doorbell::new().context("a queue's doorbell")?;
         remotes.push(Remote {
             rx,
-            woken,
+            bell: bell.clone(),
             drained: drained.clone(),
             queues,
             counted: false,
         });
-        askers.push((tx, wake));
+        askers.push((tx, bell));
     }
     tracing::info!(queues = devs.len(), "one stack per receive queue");
     std::thread::scope(|s| {
@@ -629,11 +627,11 @@ type Asked = (
     crossbeam::channel::Sender<Result<serde_json::Value, String>>,
 );
 
-/// A queue's node's end of the control plumbing (`--queues`): requests, and the socket whose
-/// readability wakes its loop for them.
+/// A queue's node's end of the control plumbing (`--queues`): requests, and the bell that
+/// wakes its loop for them.
 struct Remote {
     rx: crossbeam::channel::Receiver<Asked>,
-    woken: std::os::unix::net::UnixStream,
+    bell: ds_stack::runner::Doorbell,
     /// Queues whose node has drained; a queue's loop ends only when all have (its device
     /// carries the others' segments round the ring until then).
     drained: std::sync::Arc<std::sync::atomic::AtomicUsize>,
@@ -659,16 +657,15 @@ impl Remote {
 fn ask_queues(
     askers: &[(
         crossbeam::channel::Sender<Asked>,
-        std::os::unix::net::UnixStream,
+        ds_stack::runner::Doorbell,
     )],
     req: &ds_apps::control::Request,
 ) -> Result<serde_json::Value, String> {
-    use std::io::Write;
     let mut waiting = Vec::new();
-    for (tx, wake) in askers {
+    for (tx, bell) in askers {
         let (rtx, rrx) = crossbeam::channel::bounded(1);
         if tx.send((req.clone(), rtx)).is_ok() {
-            let _ = (&*wake).write(&[1]);
+            bell.ring();
             waiting.push(rrx);
         }
     }
@@ -1470,7 +1467,7 @@ fn run<D: Device>(
             ctl.fds(&mut control_fds);
         }
         if let Some(r) = &remote {
-            control_fds.push(std::os::fd::AsRawFd::as_raw_fd(&r.woken));
+            control_fds.push(r.bell.fd());
         }
         let stepped = match &service {
             Service::Plain(_) => rt.step_with(Duration::from_millis(10), &control_fds),
@@ -1501,7 +1498,11 @@ fn run<D: Device>(
                 }
             }
         }
-        if remote.is_some() || control.is_some() {
+        // Requests the control socket's thread forwarded (--queues).
+        let asked = remote
+            .as_ref()
+            .is_some_and(|r| r.bell.answer() || !r.rx.is_empty());
+        if asked || control.is_some() {
             let mut u = UserControl {
                 service: &mut service,
                 iface: &rt.iface,
@@ -1510,10 +1511,7 @@ fn run<D: Device>(
                 now,
                 echo: echo.as_ref().map(|e| e.stats()),
             };
-            if let Some(r) = &remote {
-                // Requests the control socket's thread forwards (--queues).
-                let mut woken = [0u8; 64];
-                while matches!(std::io::Read::read(&mut &r.woken, &mut woken), Ok(n) if n > 0) {}
+            if let Some(r) = remote.as_ref().filter(|_| asked) {
                 while let Ok((req, reply)) = r.rx.try_recv() {
                     let _ = reply.send(answer(&req, &mut u));
                 }
