@@ -12,6 +12,7 @@ use ds_stack::{Instant as StackInstant, Interface, TcpHandle};
 pub use dserver::engine::{
     AcceptorFault, Coordinator, HandoffConfig, NodeEvent, NodeStats, Steering,
 };
+use dserver::ro::{RouteOptimisation, Ticket};
 use std::collections::VecDeque;
 use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::os::fd::RawFd;
@@ -55,19 +56,6 @@ impl Service<UserConn> for HttpService<'_> {
     }
 }
 
-/// Route-optimised: the ticket of a connection that is to leave.
-enum Ticket {
-    /// Encoded, ready to go with the offer.
-    Ready(Vec<u8>),
-    /// The home test runs: try again later.
-    Wait,
-    /// None to be had: the connection stays.
-    Missing(&'static str),
-}
-
-/// How long a route-optimised donor waits for the home test before keeping the connection.
-const TICKET_WAIT: Duration = Duration::from_secs(2);
-
 /// The HTTP service over a userspace interface plus live handoff to and from a peer.
 pub struct HandoffNode {
     server: HttpServer,
@@ -84,14 +72,8 @@ pub struct HandoffNode {
     queue: VecDeque<TcpHandle>,
     /// Connections the operator asked to move to one peer in particular (`dsctl handoff`).
     requested_to: std::collections::HashMap<TcpHandle, SocketAddr>,
-    /// Route-optimised donor: since when the connection at the head of the queue waits for
-    /// its home keygen token.
-    ticket_wait: Option<Instant>,
-
-    /// Cookie of the last home test (RFC 6275 §6.1.3).
-    cookie: u64,
-    /// Route-optimised: connections leaving, by client, with the binding they had here.
-    leaving: std::collections::HashMap<Ipv6Addr, u16>,
+    /// Route-optimised: the home test and the bindings of connections leaving.
+    ro: RouteOptimisation,
     /// Set while the node drains ([`HandoffNode::start_drain`]).
     drain: Option<Draining>,
 }
@@ -111,10 +93,7 @@ impl HandoffNode {
             role,
             queue: VecDeque::new(),
             requested_to: std::collections::HashMap::new(),
-            ticket_wait: None,
-
-            cookie: 0,
-            leaving: std::collections::HashMap::new(),
+            ro: RouteOptimisation::default(),
             drain: None,
         })
     }
@@ -300,25 +279,12 @@ impl HandoffNode {
         self.queue.extend(self.server.take_handoff_ready());
         let mono = Instant::now();
         self.with_engine(iface, now, |core, host, svc| core.poll(mono, host, svc));
-        if let Some(role) = iface.mobility_hook_mut::<MobileRole>() {
-            // A connection that left: its new node speaks for the home address towards the
-            // client now; no refreshes of the binding it had here (RFC 6275 §11.7.2).
-            for e in self.core.events() {
-                if let NodeEvent::HandedOff { client, .. } | NodeEvent::KeptHere { client, .. } = e
-                {
-                    if let Some(seq) = self.leaving.remove(client.ip()) {
-                        if matches!(e, NodeEvent::HandedOff { .. }) {
-                            role.release(*client.ip(), seq);
-                        }
-                    }
-                }
-            }
-        }
+        self.ro.observe(iface, self.core.events());
         self.drive_drain(iface);
         if !self.core.handing_off() {
             self.start_next(iface, now, mono);
         }
-        self.watch_binding(iface, now);
+        RouteOptimisation::watch_binding(&mut self.core, iface, now);
         // A connection adopted or kept here by the engine just now is served in this same
         // round, not at the next wake-up: its client has been waiting since the drain, and
         // the next wake-up may be a whole idle wait away (a millisecond, measured as the
@@ -342,60 +308,6 @@ impl HandoffNode {
         self.server.resume(h);
     }
 
-    fn watch_binding(&mut self, iface: &Interface, now: StackInstant) {
-        let (Some((client, at)), Some(role)) =
-            (self.core.bu_sent, iface.mobility_hook::<MobileRole>())
-        else {
-            return;
-        };
-        if role.acknowledged_for(now, client) {
-            self.core.bu_sent = None;
-            self.core.push_event(NodeEvent::Bound {
-                client,
-                after: at.elapsed(),
-            });
-        }
-    }
-
-    /// Route-optimised: what goes with a connection of `c` that is to leave (RFC 6275
-    /// §5.2.5): the home keygen token and the next sequence number.
-    fn ticket(
-        &mut self,
-        iface: &mut Interface,
-        now: StackInstant,
-        mono: Instant,
-        c: SocketAddrV6,
-    ) -> Ticket {
-        let Some(role) = iface.mobility_hook_mut::<MobileRole>() else {
-            return Ticket::Missing("no mobile role on this node");
-        };
-        if let Some(t) = role.ticket_for(now, *c.ip()) {
-            self.ticket_wait = None;
-            if let Some(seq) = role.binding_sequence(*c.ip()) {
-                self.leaving.insert(*c.ip(), seq);
-            }
-            return Ticket::Ready(postcard::to_allocvec(&t).unwrap_or_default());
-        }
-        if !role.is_at_home() {
-            // Away from home a node only has the token that came with the connection;
-            // without it (expired) the connection stays.
-            return Ticket::Missing("no home keygen ticket for the correspondent");
-        }
-        // No home keygen token for this correspondent yet: run the home test (the token lives
-        // for minutes, §5.2.7, so later handoffs of its connections need none) and wait for
-        // it, bounded.
-        if self.ticket_wait.is_none() {
-            self.cookie = self.cookie.wrapping_add(1);
-            role.start_home_test(now, *c.ip(), self.cookie.to_be_bytes());
-        }
-        let since = *self.ticket_wait.get_or_insert(mono);
-        if mono.saturating_duration_since(since) < TICKET_WAIT {
-            return Ticket::Wait;
-        }
-        self.ticket_wait = None;
-        Ticket::Missing("no home keygen token (the home test did not answer)")
-    }
-
     /// `h` goes back to the head of the queue, with the peer the operator asked for.
     fn wait_at_head(&mut self, h: TcpHandle, wanted: Option<SocketAddr>) {
         self.queue.push_front(h);
@@ -414,7 +326,7 @@ impl HandoffNode {
                 continue;
             }
             let ticket = match client {
-                Some(c) if self.mode == Mode::Ro => match self.ticket(iface, now, mono, c) {
+                Some(c) if self.mode == Mode::Ro => match self.ro.ticket(iface, now, mono, c) {
                     Ticket::Ready(t) => Some(t),
                     Ticket::Wait => {
                         self.wait_at_head(h, wanted);

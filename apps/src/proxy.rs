@@ -379,7 +379,7 @@ impl Proxy {
                         d.rebound(ok, &detail);
                     }
                 }
-                Event::Declined { .. } => {}
+                Event::Declined { .. } | Event::Bound { .. } => {}
             }
         }
         self.node.take_ready(&mut self.ready);

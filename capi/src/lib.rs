@@ -784,7 +784,7 @@ pub unsafe extern "C" fn ds_next_event(node: *mut ds_node, ev: *mut ds_event) ->
     n.events.extend(n.node.take_events());
     while let Some(e) = n.events.pop_front() {
         let out = match e {
-            Event::HandedOff { conn, report } => {
+            Event::HandedOff { conn, report, .. } => {
                 n.states.remove(&conn);
                 ds_event {
                     kind: DS_EVENT_HANDED_OFF,
@@ -816,6 +816,11 @@ pub unsafe extern "C" fn ds_next_event(node: *mut ds_node, ev: *mut ds_event) ->
             // The C interface has no rebind call (yet): nothing to report.
             Event::Rebound { ok, detail } => {
                 tracing::info!(ok, "the home agent answered a rebind: {detail}");
+                continue;
+            }
+            // Route-optimised steering is not offered through the C interface.
+            Event::Bound { client, after } => {
+                tracing::info!(%client, ?after, "binding acknowledged");
                 continue;
             }
         };

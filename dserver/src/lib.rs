@@ -61,6 +61,7 @@ pub mod mac;
 mod node;
 mod policy;
 mod readiness;
+pub mod ro;
 #[cfg(feature = "tokio")]
 pub mod tokio_io;
 

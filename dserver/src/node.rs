@@ -5,9 +5,11 @@
 use crate::engine::{Coordinator, HandoffConfig, NodeEvent, NodeStats, Steering};
 use crate::policy::{Chooser, Placement, Policy};
 use crate::readiness::Readiness;
+use crate::ro::{RouteOptimisation, Ticket};
 use crate::{ClusterSecret, Error, HandoffReport};
-use ds_handoff::{Drain, Service, UserConn, UserHost};
+use ds_handoff::{Drain, Mode, Service, UserConn, UserHost};
 use ds_stack::runner::{Clock, Runner};
+pub use ds_stack::TcpState;
 use ds_stack::{Config, Interface, ListenHandle, TcpHandle};
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
@@ -160,6 +162,11 @@ pub enum Event {
         conn: ConnId,
         /// The seven phase timings.
         report: Box<HandoffReport>,
+        /// The client.
+        client: SocketAddrV6,
+        /// The client's sequence number where the acceptor's first byte starts (to match the
+        /// report with a packet capture).
+        boundary_seq: u32,
     },
     /// A handoff did not happen; the connection continues here and may be used again.
     KeptHere {
@@ -180,6 +187,14 @@ pub enum Event {
         /// Why.
         cause: String,
     },
+    /// Route-optimised acceptor: the client acknowledged the Binding Update sent for a
+    /// connection that arrived (binding management, handoff phase 6, ends here).
+    Bound {
+        /// The client (the correspondent).
+        client: Ipv6Addr,
+        /// Since the Binding Update left.
+        after: Duration,
+    },
     /// The home agent answered [`Node::rebind`].
     Rebound {
         /// Whether new flows now go to the node asked for.
@@ -196,7 +211,7 @@ impl Event {
             Event::HandedOff { conn, .. }
             | Event::KeptHere { conn, .. }
             | Event::Lost { conn, .. } => Some(*conn),
-            Event::Declined { .. } | Event::Rebound { .. } => None,
+            Event::Declined { .. } | Event::Rebound { .. } | Event::Bound { .. } => None,
         }
     }
 }
@@ -218,6 +233,12 @@ pub struct Builder {
     service: String,
     policy: Policy,
     drain: Drain,
+    /// Every engine setting at once ([`Builder::engine`]).
+    engine: Option<HandoffConfig>,
+    /// More addresses of this node ([`Builder::also_addr`]).
+    also: Vec<Ipv6Addr>,
+    /// Receive queues to open ([`Builder::queue_count`]); `None`: all.
+    queue_count: Option<usize>,
     reply_timeout: Duration,
     backlog: usize,
     queue: Option<Queue>,
@@ -323,6 +344,31 @@ impl Builder {
         self
     }
 
+    /// Every handoff-engine setting at once, for a daemon that exposes them all (fault
+    /// injection, busy-polling, route-optimised steering with its mobile role, a shared
+    /// flow-generation clock): replaces [`Builder::secret`], [`Builder::secret_file`],
+    /// [`Builder::peer`], [`Builder::control_listen`], [`Builder::home_agent`],
+    /// [`Builder::service`], [`Builder::drain_immediately`] and [`Builder::reply_timeout`].
+    /// With [`HandoffConfig::mobile_role`] set, the role becomes the stack's mobility hook and
+    /// handoffs carry the home keygen ticket (RFC 6275 §5.2.5).
+    pub fn engine(mut self, cfg: HandoffConfig) -> Self {
+        self.engine = Some(cfg);
+        self
+    }
+
+    /// One more address of this node's (besides the DS and care-of addresses), reached like
+    /// them.
+    pub fn also_addr(mut self, a: Ipv6Addr) -> Self {
+        self.also.push(a);
+        self
+    }
+
+    /// [`Builder::open_queues`] opens the first `n` receive queues (default: all of them).
+    pub fn queue_count(mut self, n: usize) -> Self {
+        self.queue_count = Some(n);
+        self
+    }
+
     /// Connections waiting for [`Node::accept`] at most (default 1024).
     pub fn backlog(mut self, n: usize) -> Self {
         self.backlog = n;
@@ -363,7 +409,10 @@ impl Builder {
                 "one node per receive queue needs the AF_XDP device".into(),
             ));
         };
-        let cfg = ds_xdp::device::AfXdpConfig::new(addrs);
+        let mut cfg = ds_xdp::device::AfXdpConfig::new(addrs);
+        if let Some(n) = self.queue_count {
+            cfg.queues = u32::try_from(n).unwrap_or(u32::MAX);
+        }
         let devs =
             ds_xdp::device::AfXdpDevice::open_per_queue(iface, &cfg).map_err(|e| Error::Io {
                 what: format!("AF_XDP on {iface} (needs root and no other XDP program)"),
@@ -398,6 +447,11 @@ impl Builder {
     }
 
     fn handoff_config(&mut self) -> Result<Option<HandoffConfig>, Error> {
+        if let Some(cfg) = self.engine.take() {
+            self.service = cfg.service.clone();
+            self.peers = cfg.peer.into_iter().chain(cfg.more_peers.clone()).collect();
+            return Ok(Some(cfg));
+        }
         let wanted =
             self.control_listen.is_some() || !self.peers.is_empty() || self.home_agent.is_some();
         let secret = match (self.secret.take(), &self.secret_file) {
@@ -462,7 +516,21 @@ impl Builder {
                 return Err(Error::Config(format!("{a}: need a unicast address")));
             }
         }
-        Ok((ds, self.care_of.into_iter().chain([ds]).collect()))
+        for a in &self.also {
+            if a.is_unspecified() || a.is_loopback() || a.is_multicast() || *a == ds {
+                return Err(Error::Config(format!(
+                    "{a}: need a unicast address other than the DS address"
+                )));
+            }
+        }
+        Ok((
+            ds,
+            self.care_of
+                .into_iter()
+                .chain([ds])
+                .chain(self.also.iter().copied())
+                .collect(),
+        ))
     }
 
     /// Open the device, listen on the DS address and connect to the cluster.
@@ -568,9 +636,14 @@ impl Builder {
             .iface
             .tcp_listen(SocketAddrV6::new(listen_ip, self.port, 0, 0), self.backlog)
             .map_err(|e| Error::Config(format!("listen on port {}: {e}", self.port)))?;
+        let mut mode = Mode::Transparent;
         let core = match handoff {
             Some(mut cfg) => {
+                mode = cfg.mode;
                 let mut c = Coordinator::new(&mut cfg)?;
+                if let Some(role) = cfg.mobile_role.take() {
+                    rt.iface.set_mobility_hook(Box::new(role));
+                }
                 // The peer may not be up yet: then the first handoff connects.
                 if let Err(e) = c.connect_peer() {
                     tracing::info!("peer not reachable yet: {e}");
@@ -587,6 +660,8 @@ impl Builder {
             ds,
             listener: Some(listener),
             core,
+            mode,
+            ro: RouteOptimisation::default(),
             service: self.service,
             chooser: Chooser::new(self.policy),
             peers: self.peers,
@@ -621,8 +696,8 @@ impl Builder {
 struct Entry {
     h: TcpHandle,
     peer: SocketAddrV6,
-    /// Handed off (or waiting to be): the node it goes to.
-    leaving: Option<SocketAddr>,
+    /// Handed off, or waiting to be.
+    leaving: bool,
 }
 
 /// A UDP socket of a [`Node`] ([`Node::udp_bind`]).
@@ -637,6 +712,10 @@ pub struct Node {
     ds: Ipv6Addr,
     listener: Option<ListenHandle>,
     core: Option<Coordinator<UserConn>>,
+    /// How moved flows are steered ([`HandoffConfig::mode`]).
+    mode: Mode,
+    /// Route-optimised: the home test and the bindings of connections leaving.
+    ro: RouteOptimisation,
     service: String,
     chooser: Chooser,
     peers: Vec<SocketAddr>,
@@ -645,8 +724,8 @@ pub struct Node {
     by_handle: IdMap<TcpHandle, ConnId>,
     accepted: VecDeque<Accepted>,
     /// Connections waiting for their handoff (one runs at a time), with their state and
-    /// the node they go to.
-    queue: VecDeque<(ConnId, Vec<u8>, SocketAddr)>,
+    /// the node they go to (`None`: the peers in turn).
+    queue: VecDeque<(ConnId, Vec<u8>, Option<SocketAddr>)>,
     /// The state of the connection whose handoff is starting, for the engine's export.
     export: Option<Vec<u8>>,
     /// Connections the engine handed to the service in the last round, with their state:
@@ -740,6 +819,9 @@ impl Node {
             drain: Drain::UntilAcked {
                 deadline: Duration::from_millis(100),
             },
+            engine: None,
+            also: Vec::new(),
+            queue_count: None,
             reply_timeout: Duration::from_secs(1),
             backlog: 1024,
             queue: None,
@@ -775,7 +857,15 @@ impl Node {
     /// # }
     /// ```
     pub fn poll(&mut self, timeout: Duration) -> Result<(), Error> {
+        self.poll_with(timeout, &[])
+    }
+
+    /// [`Node::poll`], waking also when one of `extra` (the caller's own descriptors: a
+    /// control socket, a pipe) turns readable, for a server whose one loop waits on the node
+    /// and on those.
+    pub fn poll_with(&mut self, timeout: Duration, extra: &[RawFd]) -> Result<(), Error> {
         self.fds.clear();
+        self.fds.extend_from_slice(extra);
         let wait = match &self.core {
             Some(core) => {
                 core.wait_fds(&mut self.fds);
@@ -821,7 +911,7 @@ impl Node {
                     Entry {
                         h,
                         peer,
-                        leaving: None,
+                        leaving: false,
                     },
                 );
                 self.by_handle.insert(h, conn);
@@ -849,42 +939,15 @@ impl Node {
             adopted: &mut self.adopted,
         };
         core.poll(mono, &mut host, &mut svc);
-        // Start the next handoff once the engine is free.
-        let mut not_started = Vec::new();
-        while !core.handing_off() {
-            let Some((conn, state, to)) = self.queue.pop_front() else {
-                break;
-            };
-            let Some(e) = self.conns.get(&conn) else {
-                continue;
-            };
-            match core.peer_ready(mono, to) {
-                Ok(true) => {}
-                Ok(false) => {
-                    // Its channel is opening: in order, the queue waits for it.
-                    self.queue.push_front((conn, state, to));
-                    break;
-                }
-                Err(why) => {
-                    not_started.push((conn, e.h, why));
-                    continue;
-                }
-            }
-            *svc.export = Some(state);
-            if let Err(UserConn::Live(h)) =
-                core.hand_off_to(mono, to, UserConn::Live(e.h), None, &mut host, &mut svc)
-            {
-                *svc.export = None;
-                not_started.push((conn, h, "the handoff could not start (busy)".into()));
-            }
+        if self.mode == Mode::Ro {
+            self.ro.observe(&mut self.rt.iface, core.events());
+            RouteOptimisation::watch_binding(core, &self.rt.iface, now);
         }
+        self.start_queued(now, mono);
+        let Some(core) = self.core.as_mut() else {
+            return;
+        };
         let evs = core.take_events();
-        for (conn, _, cause) in not_started {
-            if let Some(e) = self.conns.get_mut(&conn) {
-                e.leaving = None;
-            }
-            self.events.push_back(Event::KeptHere { conn, cause });
-        }
         // Arrivals, and connections that came back (a new handle for the same client).
         for (h, state) in std::mem::take(&mut self.adopted) {
             let Some((_, peer)) = self.rt.iface.tcp_endpoints(h) else {
@@ -893,7 +956,7 @@ impl Node {
             let back = self
                 .conns
                 .iter()
-                .find(|(_, e)| e.leaving.is_some() && e.peer == peer)
+                .find(|(_, e)| e.leaving && e.peer == peer)
                 .map(|(c, _)| *c);
             match back {
                 Some(conn) => {
@@ -910,7 +973,7 @@ impl Node {
                         Entry {
                             h,
                             peer,
-                            leaving: None,
+                            leaving: false,
                         },
                     );
                     self.by_handle.insert(h, conn);
@@ -927,17 +990,90 @@ impl Node {
         }
     }
 
+    /// Start the next queued handoff once the engine is free (one runs at a time).
+    fn start_queued(&mut self, now: ds_stack::Instant, mono: Instant) {
+        let Some(core) = self.core.as_mut() else {
+            return;
+        };
+        let mut not_started = Vec::new();
+        while !core.handing_off() {
+            let Some((conn, state, wanted)) = self.queue.pop_front() else {
+                break;
+            };
+            let Some(e) = self.conns.get(&conn) else {
+                continue;
+            };
+            let (h, client) = (e.h, e.peer);
+            let ready = match wanted {
+                Some(to) => core.peer_ready(mono, to).map(|up| up.then_some(to)),
+                None => core.pick_peer(mono, None),
+            };
+            let to = match ready {
+                Ok(Some(to)) => to,
+                Ok(None) => {
+                    // Its channel is opening: in order, the queue waits for it.
+                    self.queue.push_front((conn, state, wanted));
+                    break;
+                }
+                Err(why) => {
+                    not_started.push((conn, why));
+                    continue;
+                }
+            };
+            let ticket = if self.mode == Mode::Ro {
+                match self.ro.ticket(&mut self.rt.iface, now, mono, client) {
+                    Ticket::Ready(t) => Some(t),
+                    Ticket::Wait => {
+                        self.queue.push_front((conn, state, wanted));
+                        break;
+                    }
+                    Ticket::Missing(why) => {
+                        not_started.push((conn, why.into()));
+                        continue;
+                    }
+                }
+            } else {
+                None
+            };
+            let mut host = UserHost::new(&mut self.rt.iface, now, Instant::now);
+            let mut svc = AppService {
+                name: &self.service,
+                export: &mut self.export,
+                adopted: &mut self.adopted,
+            };
+            *svc.export = Some(state);
+            if core
+                .hand_off_to(mono, to, UserConn::Live(h), ticket, &mut host, &mut svc)
+                .is_err()
+            {
+                *svc.export = None;
+                not_started.push((conn, "the handoff could not start (busy)".into()));
+            }
+        }
+        for (conn, cause) in not_started {
+            if let Some(e) = self.conns.get_mut(&conn) {
+                e.leaving = false;
+            }
+            tracing::debug!(%conn, "connection kept here: {cause}");
+            self.events.push_back(Event::KeptHere { conn, cause });
+        }
+    }
+
     /// The leaving connection of `client`.
     fn leaving_of(&self, client: SocketAddrV6) -> Option<ConnId> {
         self.conns
             .iter()
-            .find(|(_, e)| e.leaving.is_some() && e.peer == client)
+            .find(|(_, e)| e.leaving && e.peer == client)
             .map(|(c, _)| *c)
     }
 
     fn node_event(&mut self, ev: NodeEvent) {
         match ev {
-            NodeEvent::HandedOff { report, client, .. } => {
+            NodeEvent::HandedOff {
+                report,
+                client,
+                boundary_seq,
+            } => {
                 if let Some(conn) = self.leaving_of(client) {
                     if let Some(e) = self.conns.remove(&conn) {
                         self.by_handle.remove(&e.h);
@@ -945,13 +1081,15 @@ impl Node {
                     self.events.push_back(Event::HandedOff {
                         conn,
                         report: Box::new(report),
+                        client,
+                        boundary_seq,
                     });
                 }
             }
             NodeEvent::KeptHere { client, cause } => {
                 if let Some(conn) = self.leaving_of(client) {
                     if let Some(e) = self.conns.get_mut(&conn) {
-                        e.leaving = None;
+                        e.leaving = false;
                     }
                     self.events.push_back(Event::KeptHere { conn, cause });
                 }
@@ -961,9 +1099,7 @@ impl Node {
                 let gone: Vec<ConnId> = self
                     .conns
                     .iter()
-                    .filter(|(c, e)| {
-                        e.leaving.is_some() && !self.queue.iter().any(|(q, _, _)| q == *c)
-                    })
+                    .filter(|(c, e)| e.leaving && !self.queue.iter().any(|(q, _, _)| q == *c))
                     .map(|(c, _)| *c)
                     .collect();
                 for conn in gone {
@@ -980,7 +1116,10 @@ impl Node {
             NodeEvent::Rebound { ok, detail } => {
                 self.events.push_back(Event::Rebound { ok, detail })
             }
-            NodeEvent::Adopted { .. } | NodeEvent::Bound { .. } => {}
+            NodeEvent::Bound { client, after } => {
+                self.events.push_back(Event::Bound { client, after })
+            }
+            NodeEvent::Adopted { .. } => {}
         }
     }
 
@@ -1010,7 +1149,7 @@ impl Node {
     fn live(&self, conn: ConnId) -> Result<TcpHandle, Error> {
         match self.conns.get(&conn) {
             None => Err(Error::NoConnection(conn)),
-            Some(e) if e.leaving.is_some() => Err(Error::Leaving(conn)),
+            Some(e) if e.leaving => Err(Error::Leaving(conn)),
             Some(e) => Ok(e.h),
         }
     }
@@ -1056,6 +1195,46 @@ impl Node {
     /// The client's end of a connection.
     pub fn peer_addr(&self, conn: ConnId) -> Option<SocketAddrV6> {
         self.conns.get(&conn).map(|e| e.peer)
+    }
+
+    /// Our end of a connection (the DS address, or another of the node's).
+    pub fn local_addr(&self, conn: ConnId) -> Option<SocketAddrV6> {
+        let e = self.conns.get(&conn)?;
+        self.rt.iface.tcp_endpoints(e.h).map(|(l, _)| l)
+    }
+
+    /// The TCP state of a connection here (RFC 9293 §3.3.2), `None` once it is gone.
+    pub fn tcp_state(&self, conn: ConnId) -> Option<TcpState> {
+        let e = self.conns.get(&conn)?;
+        self.rt.iface.tcp_state(e.h)
+    }
+
+    /// Bytes [`Node::write`] would take now (0 for a connection not usable here).
+    pub fn send_space(&self, conn: ConnId) -> usize {
+        self.live(conn)
+            .map_or(0, |h| self.rt.iface.tcp_send_space(h))
+    }
+
+    /// Bytes written and not yet acknowledged by the client (what the connection holds in
+    /// memory here).
+    pub fn send_queued(&self, conn: ConnId) -> usize {
+        self.live(conn)
+            .map_or(0, |h| self.rt.iface.tcp_send_queued(h))
+    }
+
+    /// Reset the connection and forget it.
+    pub fn abort(&mut self, conn: ConnId) -> Result<(), Error> {
+        let h = self.live(conn)?;
+        let _ = self.rt.iface.tcp_abort(h);
+        self.rt.iface.tcp_release(h);
+        self.conns.remove(&conn);
+        self.by_handle.remove(&h);
+        Ok(())
+    }
+
+    /// Whether new clients are still accepted ([`Node::stop_accepting`]).
+    pub fn is_accepting(&self) -> bool {
+        self.listener.is_some()
     }
 
     /// Open connections (including ones leaving).
@@ -1131,11 +1310,50 @@ impl Node {
                 cause: format!("{to} is not a peer of this node"),
             });
         }
+        self.queue_handoff(conn, state, Some(to));
+        Ok(())
+    }
+
+    /// [`Node::start_handoff`] to whichever peer can take the connection now: the peers in
+    /// turn from the one after the last handed to, skipping those backing off after failures
+    /// or unreachable (an [`Event::KeptHere`] when none can).
+    pub fn start_handoff_any(&mut self, conn: ConnId, state: Vec<u8>) -> Result<(), Error> {
+        self.live(conn)?;
+        if self.core.is_none() {
+            return Err(Error::Config("this node has no peer to hand off to".into()));
+        }
+        self.queue_handoff(conn, state, None);
+        Ok(())
+    }
+
+    fn queue_handoff(&mut self, conn: ConnId, state: Vec<u8>, to: Option<SocketAddr>) {
         if let Some(e) = self.conns.get_mut(&conn) {
-            e.leaving = Some(to);
+            e.leaving = true;
         }
         self.queue.push_back((conn, state, to));
-        Ok(())
+        // Started now when the engine is free, not at the next poll: the client waits from
+        // the drain on.
+        let now = self.rt.iface.now();
+        self.start_queued(now, Instant::now());
+    }
+
+    /// Whether an operator may ask for a handoff to `to` now: it must be one of this node's
+    /// peers and not backing off after failures.
+    pub fn check_handoff_to(&self, to: SocketAddr) -> Result<(), String> {
+        match &self.core {
+            Some(c) => c.check_handoff_to(Instant::now(), to),
+            None => Err("handoff is off on this node (no peer)".into()),
+        }
+    }
+
+    /// Whether the control channel to the first peer is up.
+    pub fn peer_connected(&self) -> bool {
+        self.core.as_ref().is_some_and(|c| c.peer_connected())
+    }
+
+    /// Whether the connection of `client` is the one being handed off now.
+    pub fn moving(&self, client: SocketAddrV6) -> bool {
+        self.core.as_ref().is_some_and(|c| c.moving(client))
     }
 
     /// Hand `conn` to the node at `to` with the application's `state`, waiting for the
@@ -1156,7 +1374,7 @@ impl Node {
                     Event::KeptHere { cause, .. } | Event::Lost { cause, .. } => {
                         Err(Error::Handoff { conn, cause })
                     }
-                    Event::Declined { .. } | Event::Rebound { .. } => {
+                    Event::Declined { .. } | Event::Rebound { .. } | Event::Bound { .. } => {
                         unreachable!("not matched above")
                     }
                 };
@@ -1304,7 +1522,7 @@ impl Node {
         let open: Vec<ConnId> = self
             .conns
             .iter()
-            .filter(|(_, e)| e.leaving.is_none())
+            .filter(|(_, e)| !e.leaving)
             .map(|(c, _)| *c)
             .collect();
         for c in open {
@@ -1383,7 +1601,7 @@ impl Drop for Node {
     fn drop(&mut self) {
         // Reset what is still open here rather than leave clients to time out.
         for e in self.conns.values() {
-            if e.leaving.is_none() {
+            if !e.leaving {
                 let _ = self.rt.iface.tcp_abort(e.h);
             }
         }

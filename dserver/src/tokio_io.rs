@@ -219,7 +219,9 @@ impl AsyncNode {
                 conn.gone = true;
                 Err((None, Error::Handoff { conn: id, cause }))
             }
-            Event::Declined { .. } | Event::Rebound { .. } => unreachable!("not matched above"),
+            Event::Declined { .. } | Event::Rebound { .. } | Event::Bound { .. } => {
+                unreachable!("not matched above")
+            }
         }
     }
 
