@@ -1,6 +1,6 @@
 //! A kernel-path node: the HTTP content service over standard Linux sockets, handing its
 //! connections off and taking them over through the same engine and protocol as the
-//! userspace [`crate::node::HandoffNode`] (the kernel host, `ds_kernel::KernelHost`, moves them
+//! userspace [`crate::server::HttpServer`] (the kernel host, `ds_kernel::KernelHost`, moves them
 //! with `TCP_REPAIR`), so kernel and userspace nodes interoperate.
 //!
 //! The HTTP side is [`HttpConn`] over a non-blocking [`TcpStream`]: the response bytes and the
@@ -9,10 +9,10 @@
 
 use crate::drain::{DrainInfo, Draining};
 use crate::http::{DocRoot, HttpConn, HttpConnState};
-use crate::node::{Coordinator, HandoffConfig, NodeEvent, NodeStats};
-use crate::server::{ConnClock, Expiry, ServerConfig};
+use crate::server::{since, ConnClock, Expiry, ServerConfig};
 use ds_handoff::Service;
 use ds_kernel::{KernelConn, KernelHost};
+use dserver::engine::{Coordinator, HandoffConfig, NodeEvent, NodeStats};
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddrV6, TcpListener, TcpStream};
@@ -89,11 +89,6 @@ pub struct KernelServerStats {
     pub idle_closed: u64,
     /// Connections refused over the connection limit (503, or a reset past twice the limit).
     pub refused: u64,
-}
-
-/// `std::time::Instant` as [`ConnClock`] wants it.
-fn since(now: Instant, then: Instant) -> Duration {
-    now.saturating_duration_since(then)
 }
 
 /// Abort: SO_LINGER with a zero timeout makes the close send a RST (RFC 9293 §3.10.7.1).
@@ -358,7 +353,7 @@ impl KernelNode {
     }
 
     /// Drain (`dsctl drain`), as the userspace node's
-    /// ([`crate::node::HandoffNode::start_drain`]).
+    /// ([`crate::server::HttpServer::start_drain`]).
     pub fn start_drain(
         &mut self,
         rebind: Option<(std::net::Ipv6Addr, std::net::Ipv6Addr)>,

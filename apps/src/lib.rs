@@ -2,12 +2,11 @@
 //!
 //! - [`http`]: an HTTP/1.1 content service as a per-connection state machine (request parser,
 //!   path sanitising, file streaming), independent of any TCP implementation.
-//! - [`server`]: that service on top of a `ds-stack` interface: accept, read, write as send
-//!   space allows, close, release.
-//! - [`node`]: the handoff engine's I/O half (`dserver::engine::Coordinator`, re-exported)
-//!   and the userspace node that hands live HTTP connections to a peer and takes them from
-//!   it; [`kernel_node`]: the same over standard sockets (`TCP_REPAIR`); [`flow_agent`]: the
-//!   home agent's transparent-mode flow steering.
+//! - [`server`]: that service written against the library's connection API
+//!   (`dserver::Node`): accept, read, write as send space allows, close; hand connections to
+//!   peers (quota, `dsctl handoff`, drain) and serve the ones handed over;
+//!   [`kernel_node`]: the same over standard sockets (`TCP_REPAIR`); [`flow_agent`]: the home
+//!   agent's transparent-mode flow steering.
 //! - [`mac`], [`signal`]: small helpers of the `dsnode` daemon.
 //!
 //! The `dsnode` binary (`src/bin/dsnode.rs`) wires these to a device and a runner.
@@ -28,7 +27,6 @@ pub mod membership;
 #[cfg(feature = "etcd")]
 pub mod membership_etcd;
 pub use dserver::mac;
-pub mod node;
 pub mod proxy;
 pub mod server;
 pub mod signal;

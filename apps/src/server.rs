@@ -1,21 +1,28 @@
-//! The HTTP content service on top of a `ds-stack` [`Interface`].
+//! The HTTP/1.1 content service, written against the library's connection API
+//! ([`dserver::Node`]): the same calls any server linking the library makes.
 //!
-//! [`HttpServer::poll`] is called between [`ds_stack::runner::Runner::step`]s: it accepts new
-//! connections, moves received bytes into each connection's [`HttpConn`], writes as much of the
-//! responses as the send buffers take, closes connections whose work is done and releases those
-//! that are closed. It never blocks and owns no I/O besides reading files.
+//! [`HttpServer::poll`] is called after each [`dserver::Node::poll`]: it takes new
+//! connections and ones handed over by other nodes ([`dserver::Node::try_accept`], with
+//! their HTTP state), the outcomes of handoffs, and serves the connections with news
+//! ([`dserver::Node::take_ready`]): received bytes go into each connection's [`HttpConn`], as
+//! much of the responses as the send buffers take goes out, and a connection whose work is
+//! done is closed. It never blocks and owns no I/O besides reading files.
 //!
-//! For a handoff, a connection can be paused (by hand, or automatically once it has sent a
-//! quota of response bytes, see [`HttpServer::set_handoff_quota`]), detached with its HTTP
-//! state ([`HttpServer::detach`]) while its TCP state is frozen by the caller, and continued
-//! on another node, or back here after a failed handoff, with [`HttpServer::adopt`].
+//! Handoff: a connection that has sent its quota of response bytes on this node
+//! ([`HttpServer::set_handoff_quota`]), one the operator names (`dsctl handoff`,
+//! [`HttpServer::request_handoff`]), and every connection of a drain
+//! ([`HttpServer::start_drain`]) is paused and handed to a peer with its HTTP state
+//! ([`dserver::Node::start_handoff`]); if it stays, it is served on from where it paused.
 
+use crate::drain::{DrainInfo, Draining};
 use crate::http::{DocRoot, HttpConn, HttpConnState, HttpStats};
-use ds_stack::{Duration, Error, Instant, Interface, ListenHandle, TcpHandle, TcpState};
+use dserver::{ConnId, Event, Node, TcpState};
 use std::collections::HashMap;
-use std::net::SocketAddrV6;
+use std::io;
+use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Connection limits of the service.
 #[derive(Debug, Clone)]
@@ -88,35 +95,39 @@ pub struct ServerStats {
 
 struct Conn {
     http: HttpConn,
+    client: SocketAddrV6,
     /// When it was accepted or adopted here.
     since: Instant,
     clock: ConnClock<Instant>,
-    /// When we sent FIN.
-    fin_at: Option<Instant>,
     /// Response bytes handed to TCP on this node since accept, adopt or resume (the quota
     /// counter).
     sent_here: u64,
-    /// Not serviced at all until resumed or detached.
+    /// Leaving: not serviced at all until it stays after all (or goes).
     paused: bool,
-    /// Resumed since last serviced: its idle clock restarts (`resume` has no time).
+    /// Resumed since last serviced: its idle clock restarts.
     resumed: bool,
     /// Its TCP send queue as last seen here (an upper bound: it only shrinks between looks).
     queued: usize,
 }
 
 impl Conn {
-    fn new(http: HttpConn, now: Instant) -> Self {
+    fn new(http: HttpConn, client: SocketAddrV6, now: Instant) -> Self {
         Conn {
             http,
+            client,
             since: now,
             clock: ConnClock::new(now),
-            fin_at: None,
             sent_here: 0,
             paused: false,
             resumed: false,
             queued: 0,
         }
     }
+}
+
+/// `std::time::Instant` as [`ConnClock`] wants it.
+pub fn since(now: Instant, then: Instant) -> Duration {
+    now.saturating_duration_since(then)
 }
 
 /// A connection's clocks against the [`ServerConfig`] limits: one implementation for the
@@ -207,11 +218,11 @@ struct Ctx<'a> {
 
 enum Verdict {
     Keep,
-    /// Reached the handoff quota: now paused.
+    /// Reached the handoff quota.
     QuotaReached,
-    /// Closed cleanly: forget the handle.
+    /// Its work is done: closed (a FIN follows the response), forget it.
     Closed,
-    /// Broken: forget the handle (resets it if still open).
+    /// Broken: reset it and forget it.
     Abort,
 }
 
@@ -230,50 +241,46 @@ pub struct ConnInfo {
     pub age_ms: u64,
 }
 
-/// An HTTP/1.1 server listening on one address of an interface.
+/// The HTTP/1.1 content service of one [`Node`]: files below a document root.
 pub struct HttpServer {
-    /// `None` once the server stopped accepting ([`HttpServer::stop_accepting`]).
-    listener: Option<ListenHandle>,
     root: Arc<DocRoot>,
     config: ServerConfig,
-    conns: HashMap<TcpHandle, Conn>,
+    conns: HashMap<ConnId, Conn>,
     stats: ServerStats,
     buf: Vec<u8>,
     next_id: u64,
-    /// Handles to service this round (ready ones and new ones).
-    todo: Vec<TcpHandle>,
-    /// When every connection was last looked at for idle and linger timeouts.
+    /// Connections to service this round (ready ones, new ones, resumed ones).
+    todo: Vec<ConnId>,
+    /// When every connection was last looked at for timeouts.
     last_sweep: Option<Instant>,
-    /// Response bytes a connection may send on this node before it is paused.
+    /// Response bytes a connection may send on this node before it is handed off.
     quota: Option<u64>,
-    /// Connections paused by the quota, not yet reported by `take_handoff_ready`.
-    handoff_ready: Vec<TcpHandle>,
+    /// Handoffs this node may start ([`HttpServer::set_max_handoffs`]).
+    max_handoffs: Option<u64>,
+    /// Handoffs started here.
+    tries: u64,
     /// The sum of the connections' `queued`: what the send buffers hold at most.
     buffered: usize,
+    /// Set while the node drains ([`HttpServer::start_drain`]).
+    drain: Option<Draining>,
+    /// The node's events, for the caller ([`HttpServer::take_events`]).
+    events: Vec<Event>,
 }
 
 /// How often every connection is checked for timeouts; between sweeps only connections
 /// with network events are serviced.
-const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+const SWEEP_EVERY: Duration = Duration::from_millis(250);
 
 impl HttpServer {
-    /// Listen on `local` and serve files below `root` (a directory).
-    pub fn listen(
-        iface: &mut Interface,
-        local: SocketAddrV6,
-        root: &Path,
-        config: ServerConfig,
-    ) -> anyhow::Result<Self> {
+    /// Serve files below `root` (a directory) on the connections of the node it is polled
+    /// with.
+    pub fn new(root: &Path, config: ServerConfig) -> anyhow::Result<Self> {
         if !root.is_dir() {
             anyhow::bail!("document root {} is not a directory", root.display());
         }
         let root = DocRoot::open(root)
             .map_err(|e| anyhow::anyhow!("document root {}: {e}", root.display()))?;
-        let listener = iface
-            .tcp_listen(local, config.backlog)
-            .map_err(|e| anyhow::anyhow!("cannot listen on {local}: {e:?}"))?;
         Ok(HttpServer {
-            listener: Some(listener),
             root,
             config,
             conns: HashMap::new(),
@@ -283,98 +290,44 @@ impl HttpServer {
             todo: Vec::new(),
             last_sweep: None,
             quota: None,
-            handoff_ready: Vec::new(),
+            max_handoffs: None,
+            tries: 0,
             buffered: 0,
+            drain: None,
+            events: Vec::new(),
         })
     }
 
+    /// The node's settings for this service: listen backlog.
+    pub fn backlog(&self) -> usize {
+        self.config.backlog
+    }
+
     /// Per-connection quota: a connection sends at most this many response bytes on this node
-    /// (counted from accept, adopt or resume), then it is paused and reported by
-    /// [`HttpServer::take_handoff_ready`]. `None` = no quota (the default).
+    /// (counted from accept, adopt or resume), then it is handed to a peer. `None` = no quota
+    /// (the default).
     ///
     /// Exact: a connection is never handed more than its remaining quota, so exactly `bytes`
-    /// response bytes (heads and bodies) go out before the pause.
+    /// response bytes (heads and bodies) go out before the handoff.
     pub fn set_handoff_quota(&mut self, bytes: Option<u64>) {
         self.quota = bytes;
     }
 
-    /// Connections that reached their quota since the last call (each once). Paused
-    /// connections are not serviced at all (no receive, no send, no timeouts, no close) until
-    /// detached or resumed.
-    pub fn take_handoff_ready(&mut self) -> Vec<TcpHandle> {
-        std::mem::take(&mut self.handoff_ready)
-    }
-
-    /// Stop servicing connection `h` (its TCP connection keeps running in the stack); false
-    /// if `h` is not ours.
-    pub fn pause(&mut self, h: TcpHandle) -> bool {
-        match self.conns.get_mut(&h) {
-            Some(c) => {
-                c.paused = true;
-                true
-            }
-            None => false,
-        }
+    /// At most this many handoffs start here (a drain's do not count); `None`: no limit.
+    pub fn set_max_handoffs(&mut self, n: Option<u64>) {
+        self.max_handoffs = n;
     }
 
     /// Whether connections wait to be serviced (adopted, resumed or newly accepted ones) that
-    /// no network event will announce: poll again without waiting.
+    /// no network event will announce: poll the node again without waiting.
     pub fn has_work(&self) -> bool {
         !self.todo.is_empty()
     }
 
-    /// Service connection `h` again and reset its quota counter; false if `h` is not ours.
-    pub fn resume(&mut self, h: TcpHandle) -> bool {
-        let Some(c) = self.conns.get_mut(&h) else {
-            return false;
-        };
-        c.paused = false;
-        c.resumed = true;
-        c.sent_here = 0;
-        self.handoff_ready.retain(|&r| r != h);
-        // Its network events may have been consumed while it was paused.
-        self.todo.push(h);
-        true
-    }
-
-    /// Remove connection `h` from the server without touching its TCP connection (the caller
-    /// freezes it) and return its HTTP state, to continue with [`HttpServer::adopt`] here or
-    /// on another node. `None` if `h` is not ours; on an error the connection stays here.
-    ///
-    /// Its counters so far are added to this server's (its bytes were sent here); the adopting
-    /// side starts from zero, so nothing is counted twice. Meant for connections still sending
-    /// (e.g. paused by the quota): whether our FIN went out already is not part of the state.
-    pub fn detach(&mut self, h: TcpHandle) -> Option<anyhow::Result<HttpConnState>> {
-        let conn = self.conns.get(&h)?;
-        let st = match conn.http.export() {
-            Ok(st) => st,
-            Err(e) => return Some(Err(anyhow::anyhow!("exporting connection state: {e}"))),
-        };
-        if let Some(conn) = self.conns.remove(&h) {
-            self.stats.http.add(conn.http.stats());
-            self.buffered -= conn.queued;
-        }
-        self.stats.handed_off += 1;
-        self.handoff_ready.retain(|&r| r != h);
-        self.todo.retain(|&r| r != h);
-        Some(Ok(st))
-    }
-
-    /// Continue a connection that was thawed here as `h` (after a handoff, or back after a
-    /// failed one): its HTTP state continues, its quota counter starts at 0.
-    pub fn adopt(&mut self, h: TcpHandle, st: HttpConnState, now: Instant) -> anyhow::Result<()> {
-        if self.conns.contains_key(&h) {
-            anyhow::bail!("connection {h:?} is already served here");
-        }
-        self.next_id += 1;
-        let label = format!("c{}", self.next_id);
-        let http = HttpConn::import(self.root.clone(), label.clone(), st)
-            .map_err(|e| anyhow::anyhow!("importing connection state: {e}"))?;
-        tracing::debug!(conn = %label, "adopted");
-        self.stats.adopted += 1;
-        self.conns.insert(h, Conn::new(http, now));
-        self.todo.push(h);
-        Ok(())
+    /// The node's events of the last rounds (handoff outcomes, bindings, declined offers),
+    /// after the server took note of them.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
     }
 
     /// Counters so far (connections still open are not yet in `http`).
@@ -387,18 +340,18 @@ impl HttpServer {
     }
 
     /// The open connections, ordered by client address.
-    pub fn conn_info(&self, iface: &Interface, now: Instant) -> Vec<ConnInfo> {
+    pub fn conn_info(&self, node: &Node) -> Vec<ConnInfo> {
+        let now = Instant::now();
         let mut v: Vec<ConnInfo> = self
             .conns
             .iter()
-            .filter_map(|(h, c)| {
-                let (local, client) = iface.tcp_endpoints(*h)?;
+            .filter_map(|(id, c)| {
                 Some(ConnInfo {
-                    client: client.to_string(),
-                    local: local.to_string(),
-                    state: format!("{:?}", iface.tcp_state(*h)?),
+                    client: c.client.to_string(),
+                    local: node.local_addr(*id)?.to_string(),
+                    state: format!("{:?}", node.tcp_state(*id)?),
                     sent_bytes: c.sent_here,
-                    age_ms: now.saturating_since(c.since).as_millis() as u64,
+                    age_ms: since(now, c.since).as_millis() as u64,
                 })
             })
             .collect();
@@ -406,149 +359,332 @@ impl HttpServer {
         v
     }
 
-    /// The connection of `client`, if it is served here, and whether it is paused (leaving).
-    pub fn handle_of(&self, iface: &Interface, client: SocketAddrV6) -> Option<(TcpHandle, bool)> {
-        self.conns.iter().find_map(|(h, c)| {
-            let (_, remote) = iface.tcp_endpoints(*h)?;
-            (remote == client).then_some((*h, c.paused))
-        })
-    }
-
-    /// Stop accepting clients: the listener goes (connections not yet accepted are reset,
-    /// new ones refused); open connections are served on.
-    pub fn stop_accepting(&mut self, iface: &mut Interface) {
-        if let Some(l) = self.listener.take() {
-            iface.tcp_unlisten(l);
-        }
-    }
-
-    /// Whether the server still accepts clients.
-    pub fn is_accepting(&self) -> bool {
-        self.listener.is_some()
-    }
-
-    /// The connections served now (not paused).
-    pub fn active_handles(&self) -> Vec<TcpHandle> {
+    /// The connection of `client`, if it is served here, and whether it is leaving.
+    pub fn conn_of(&self, client: SocketAddrV6) -> Option<(ConnId, bool)> {
         self.conns
             .iter()
-            .filter(|(_, c)| !c.paused)
-            .map(|(h, _)| *h)
-            .collect()
+            .find(|(_, conn)| conn.client == client)
+            .map(|(c, conn)| (*c, conn.paused))
     }
 
-    /// Connections currently open.
+    /// Connections currently open here (leaving ones included).
     pub fn connections(&self) -> usize {
         self.conns.len()
     }
 
-    /// Accept new connections and make progress on every open one.
-    pub fn poll(&mut self, iface: &mut Interface, now: Instant) {
-        while let Some(h) = self.listener.and_then(|l| iface.tcp_accept(l)) {
+    fn handoffs_left(&self) -> bool {
+        self.drain.is_some() || self.max_handoffs.is_none_or(|m| self.tries < m)
+    }
+
+    /// Hand connection `c` to `to` (`None`: the peers in turn) with its HTTP state; it is
+    /// paused until the outcome. On an error it is served on here.
+    fn leave(&mut self, node: &mut Node, c: ConnId, to: Option<SocketAddr>) -> Result<(), String> {
+        if !self.handoffs_left() {
+            return Err("this node's --max-handoffs is reached".into());
+        }
+        let conn = self.conns.get_mut(&c).ok_or("not served here")?;
+        let st = conn
+            .http
+            .export()
+            .map_err(|e| format!("exporting connection state: {e}"))?;
+        let started = match to {
+            Some(to) => node.start_handoff(c, to, st.encode()),
+            None => node.start_handoff_any(c, st.encode()),
+        };
+        started.map_err(|e| e.to_string())?;
+        conn.paused = true;
+        self.tries += 1;
+        Ok(())
+    }
+
+    /// Serve connection `c` again from where it paused, with a fresh quota.
+    fn resume(&mut self, c: ConnId) {
+        if let Some(conn) = self.conns.get_mut(&c) {
+            conn.paused = false;
+            conn.resumed = true;
+            conn.sent_here = 0;
+            // Its network events may have been consumed while it was paused.
+            self.todo.push(c);
+        }
+    }
+
+    /// Forget connection `c` (it left, or was lost), counting what it did here.
+    fn forget(&mut self, c: ConnId) -> bool {
+        match self.conns.remove(&c) {
+            Some(conn) => {
+                self.stats.http.add(conn.http.stats());
+                self.buffered -= conn.queued;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Hand the connection of `client` to the peer `to` (`dsctl handoff`): its report comes
+    /// as an [`Event::HandedOff`], or an [`Event::KeptHere`] when it stays.
+    pub fn request_handoff(
+        &mut self,
+        node: &mut Node,
+        client: SocketAddrV6,
+        to: SocketAddr,
+    ) -> Result<(), String> {
+        node.check_handoff_to(to)?;
+        let Some((c, paused)) = self.conn_of(client) else {
+            return Err(if node.moving(client) {
+                format!("the connection of {client} is already leaving")
+            } else {
+                format!("no connection of {client} here")
+            });
+        };
+        if paused {
+            return Err(format!("the connection of {client} is already leaving"));
+        }
+        self.leave(node, c, Some(to))
+    }
+
+    /// Drain (`dsctl drain`): hand every connection to the peers, stop accepting, and report
+    /// [`HttpServer::drained`] once none is left. With `rebind` (the DS address and the peer's
+    /// care-of address, transparent mode) the home agent is first asked to send new clients
+    /// to the peer, and the node stops accepting once it did (or after
+    /// [`crate::drain::REBIND_WAIT`]), so that no client is refused. Returns the connections
+    /// to move.
+    pub fn start_drain(
+        &mut self,
+        node: &mut Node,
+        rebind: Option<(Ipv6Addr, Ipv6Addr)>,
+    ) -> Result<usize, String> {
+        if self.drain.is_some() {
+            return Err("already draining".into());
+        }
+        let has_peer = node.has_handoff() && !node.peers().is_empty();
+        self.drain = Some(Draining::start_with(has_peer, rebind, |home, to| {
+            node.rebind(home, to).map_err(|e| e.to_string())
+        })?);
+        tracing::info!(connections = self.conns.len(), "draining");
+        Ok(self.conns.len())
+    }
+
+    /// The drain's progress, if the node drains.
+    pub fn drain_info(&self, node: &Node) -> Option<DrainInfo> {
+        self.drain
+            .as_ref()
+            .map(|d| d.info(self.conns.len(), node.is_accepting()))
+    }
+
+    /// True once a drain moved (or saw close) every connection and nothing is in flight:
+    /// the node may exit.
+    pub fn drained(&self, node: &Node) -> bool {
+        self.drain.is_some() && !node.is_accepting() && self.conns.is_empty() && !node.handing_off()
+    }
+
+    /// One round of the drain: no more clients once the home agent answered the rebind, then
+    /// every established connection handed off.
+    fn drive_drain(&mut self, node: &mut Node) {
+        let Some(d) = self.drain.as_mut() else {
+            return;
+        };
+        if !d.may_stop_accepting() {
+            return;
+        }
+        if node.is_accepting() {
+            node.stop_accepting();
+            tracing::info!("drain: no longer accepting");
+        }
+        let moving: Vec<ConnId> = self
+            .conns
+            .iter()
+            // Connections closing already finish here; the others move.
+            .filter(|(c, conn)| {
+                !conn.paused
+                    && d.may_try(conn.client)
+                    && node.tcp_state(**c) == Some(TcpState::Established)
+            })
+            .map(|(c, _)| *c)
+            .collect();
+        for c in moving {
+            if let Err(e) = self.leave(node, c, None) {
+                tracing::debug!(%c, "drain: not handed off now: {e}");
+                if let (Some(d), Some(conn)) = (self.drain.as_mut(), self.conns.get(&c)) {
+                    d.kept(conn.client);
+                }
+            }
+        }
+    }
+
+    /// The node's new connections: clients, and connections handed over with their HTTP
+    /// state.
+    fn take_new(&mut self, node: &mut Node, now: Instant) {
+        while let Some(a) = node.try_accept() {
             self.next_id += 1;
             let label = format!("c{}", self.next_id);
-            match iface.tcp_endpoints(h) {
-                Some((_, peer)) => tracing::debug!(conn = %label, %peer, "accepted"),
-                None => tracing::debug!(conn = %label, "accepted"),
+            if let Some(state) = a.state {
+                let http = HttpConnState::decode(&state)
+                    .map_err(|e| e.to_string())
+                    .and_then(|st| {
+                        HttpConn::import(self.root.clone(), label.clone(), st)
+                            .map_err(|e| e.to_string())
+                    });
+                match http {
+                    Ok(http) => {
+                        tracing::info!(conn = %label, client = %a.peer, "connection adopted from peer");
+                        self.stats.adopted += 1;
+                        self.conns.insert(a.conn, Conn::new(http, a.peer, now));
+                        self.todo.push(a.conn);
+                    }
+                    Err(e) => {
+                        tracing::warn!(peer = %a.peer, "a connection handed over cannot be served: {e}");
+                        self.stats.aborted += 1;
+                        let _ = node.abort(a.conn);
+                    }
+                }
+                continue;
             }
+            tracing::debug!(conn = %label, peer = %a.peer, "accepted");
             self.stats.accepted += 1;
-            let mut http = HttpConn::new(self.root.clone(), label);
             let max = self.config.max_connections;
             if self.conns.len() >= max.saturating_mul(2) {
                 // Far over the limit: not even a response.
                 self.stats.refused += 1;
-                let _ = iface.tcp_abort(h);
-                iface.tcp_release(h);
+                let _ = node.abort(a.conn);
                 continue;
             }
+            let mut http = HttpConn::new(self.root.clone(), label);
             if self.conns.len() >= max || self.buffered >= self.config.max_buffered {
                 self.stats.refused += 1;
                 http.refuse_overloaded();
             }
-            self.todo.push(h);
-            self.conns.insert(h, Conn::new(http, now));
+            self.todo.push(a.conn);
+            self.conns.insert(a.conn, Conn::new(http, a.peer, now));
         }
+    }
+
+    /// Take note of the outcomes of handoffs, and keep the events for the caller.
+    fn take_outcomes(&mut self, node: &mut Node) {
+        let events: Vec<Event> = node.take_events().collect();
+        for ev in events {
+            match &ev {
+                Event::HandedOff { conn, .. } => {
+                    if self.forget(*conn) {
+                        self.stats.handed_off += 1;
+                    }
+                }
+                Event::KeptHere { conn, cause } => {
+                    if let Some(c) = self.conns.get(conn) {
+                        tracing::warn!(client = %c.client, "connection kept here: {cause}");
+                        if let Some(d) = self.drain.as_mut() {
+                            d.kept(c.client);
+                        }
+                    }
+                    self.resume(*conn);
+                }
+                Event::Lost { conn, .. } => {
+                    if self.forget(*conn) {
+                        self.stats.aborted += 1;
+                    }
+                }
+                Event::Rebound { ok, detail } => {
+                    if let Some(d) = self.drain.as_mut() {
+                        d.rebound(*ok, detail);
+                    }
+                }
+                Event::Declined { .. } | Event::Bound { .. } => {}
+            }
+            self.events.push(ev);
+        }
+    }
+
+    /// Take new connections and handoff outcomes, and make progress on every connection
+    /// with news (all of them at each timeout sweep). Call after each [`Node::poll`].
+    pub fn poll(&mut self, node: &mut Node) {
+        let now = Instant::now();
+        self.take_new(node, now);
+        self.take_outcomes(node);
+        self.drive_drain(node);
         // Only connections with network events (or new ones), plus a periodic sweep of all of
         // them for timeouts: the per-step cost follows activity, not the connection count.
-        let sweep = self
-            .last_sweep
-            .is_none_or(|t| now.saturating_since(t) >= SWEEP_EVERY);
+        let sweep = self.last_sweep.is_none_or(|t| since(now, t) >= SWEEP_EVERY);
         let mut todo = std::mem::take(&mut self.todo);
         if sweep {
             self.last_sweep = Some(now);
+            node.take_ready(&mut todo);
             todo.clear();
             todo.extend(self.conns.keys().copied());
-            iface.tcp_take_ready(&mut Vec::new());
         } else {
-            iface.tcp_take_ready(&mut todo);
+            node.take_ready(&mut todo);
         }
-        let mut gone = Vec::new();
         let ctx = Ctx {
             now,
             config: &self.config,
             quota: self.quota,
         };
-        for &h in &todo {
-            let Some(conn) = self.conns.get_mut(&h) else {
+        let (mut leaving, mut gone) = (Vec::new(), Vec::new());
+        for &c in &todo {
+            let Some(conn) = self.conns.get_mut(&c) else {
                 continue;
             };
             if conn.paused {
                 continue;
             }
-            match service(
-                iface,
-                h,
+            let verdict = service(
+                node,
+                c,
                 conn,
                 &ctx,
                 &mut self.buf,
                 &mut self.stats,
                 &mut self.buffered,
-            ) {
+            );
+            match verdict {
                 Verdict::Keep => {}
-                Verdict::QuotaReached => {
-                    conn.paused = true;
-                    if !self.handoff_ready.contains(&h) {
-                        self.handoff_ready.push(h);
-                    }
-                }
+                Verdict::QuotaReached => leaving.push(c),
                 Verdict::Closed => {
+                    let _ = node.close(c);
                     self.stats.closed += 1;
-                    gone.push(h);
+                    gone.push(c);
                 }
                 Verdict::Abort => {
+                    let _ = node.abort(c);
                     self.stats.aborted += 1;
-                    gone.push(h);
+                    gone.push(c);
                 }
             }
         }
         todo.clear();
         self.todo = todo;
-        for h in gone {
-            if let Some(conn) = self.conns.remove(&h) {
-                self.stats.http.add(conn.http.stats());
-                self.buffered -= conn.queued;
+        for c in gone {
+            self.forget(c);
+        }
+        for c in leaving {
+            if let Err(e) = self.leave(node, c, None) {
+                // Served on here: no more pauses once this node may start no more handoffs.
+                tracing::debug!(%c, "connection kept here: {e}");
+                if !self.handoffs_left() {
+                    self.quota = None;
+                }
+                self.resume(c);
             }
-            iface.tcp_release(h);
         }
     }
 
     /// Drop every connection (each open one is reset) and stop accepting.
-    pub fn shutdown(&mut self, iface: &mut Interface) {
+    pub fn shutdown(&mut self, node: &mut Node) {
+        node.stop_accepting();
         self.buffered = 0;
-        for (h, conn) in self.conns.drain() {
+        for (c, conn) in self.conns.drain() {
             self.stats.http.add(conn.http.stats());
-            match iface.tcp_state(h) {
+            match node.tcp_state(c) {
                 None | Some(TcpState::Closed) | Some(TcpState::TimeWait) => self.stats.closed += 1,
                 Some(_) => self.stats.aborted += 1,
             }
-            iface.tcp_release(h);
+            let _ = node.abort(c);
         }
     }
 }
 
 /// One round of work on one connection.
 fn service(
-    iface: &mut Interface,
-    h: TcpHandle,
+    node: &mut Node,
+    c: ConnId,
     conn: &mut Conn,
     ctx: &Ctx<'_>,
     buf: &mut [u8],
@@ -559,7 +695,7 @@ fn service(
     // What the send buffer holds now (acknowledged data left it since the last look): the
     // client took something, which counts as progress even when the node's budget holds
     // this connection's next write back.
-    let q = iface.tcp_send_queued(h);
+    let q = node.send_queued(c);
     if q < conn.queued {
         conn.clock.activity(now);
     }
@@ -568,15 +704,9 @@ fn service(
     if std::mem::take(&mut conn.resumed) {
         conn.clock.activity(now);
     }
-    match iface.tcp_state(h) {
-        None | Some(TcpState::Closed) => {
-            // Reset by the peer, or fully closed.
-            return if conn.fin_at.is_some() {
-                Verdict::Closed
-            } else {
-                Verdict::Abort
-            };
-        }
+    match node.tcp_state(c) {
+        // Reset by the peer.
+        None | Some(TcpState::Closed) => return Verdict::Abort,
         Some(TcpState::TimeWait) => return Verdict::Closed,
         Some(_) => {}
     }
@@ -584,18 +714,21 @@ fn service(
     // Receive.
     while conn.http.wants_input() {
         let room = conn.http.input_room().min(buf.len());
-        match iface.tcp_recv(h, &mut buf[..room]) {
-            Ok(0) => break,
+        if room == 0 {
+            break;
+        }
+        match node.read(c, &mut buf[..room]) {
+            Ok(0) => {
+                conn.http.feed_eof();
+                conn.clock.activity(now);
+            }
             Ok(n) => {
                 conn.http.feed(&buf[..n]);
                 conn.clock.activity(now);
             }
-            Err(Error::Eof) => {
-                conn.http.feed_eof();
-                conn.clock.activity(now);
-            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(e) => {
-                tracing::debug!("receive failed: {e:?}");
+                tracing::debug!("receive failed: {e}");
                 return Verdict::Abort;
             }
         }
@@ -603,16 +736,13 @@ fn service(
 
     // A request head must arrive whole in time, however it trickles in (its 408 leaves
     // below).
-    if conn
-        .clock
-        .head_deadline(now, Instant::saturating_since, &mut conn.http, config)
-    {
+    if conn.clock.head_deadline(now, since, &mut conn.http, config) {
         stats.header_timeouts += 1;
     }
 
     // Send as much as the send buffer (and the handoff quota) takes.
     loop {
-        if iface.tcp_send_space(h) == 0 {
+        if node.send_space(c) == 0 {
             break;
         }
         let left = ctx.quota.map(|q| q.saturating_sub(conn.sent_here));
@@ -644,8 +774,7 @@ fn service(
         if cap == 0 {
             return Verdict::QuotaReached;
         }
-        match iface.tcp_send(h, &chunk[..cap]) {
-            Ok(0) => break,
+        match node.write(c, &chunk[..cap]) {
             Ok(n) => {
                 conn.http.advance(n);
                 conn.sent_here += n as u64;
@@ -656,17 +785,15 @@ fn service(
                     return Verdict::QuotaReached;
                 }
             }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(e) => {
-                tracing::debug!("send failed: {e:?}");
+                tracing::debug!("send failed: {e}");
                 return Verdict::Abort;
             }
         }
     }
 
-    match conn
-        .clock
-        .after_send(now, Instant::saturating_since, &mut conn.http, config)
-    {
+    match conn.clock.after_send(now, since, &mut conn.http, config) {
         Expiry::None => {}
         Expiry::Idle => stats.idle_closed += 1,
         Expiry::Stalled => {
@@ -676,18 +803,10 @@ fn service(
         }
     }
 
-    // Close our half once the last response is out.
-    if conn.fin_at.is_none() && conn.http.is_finished() {
-        if let Err(e) = iface.tcp_close(h) {
-            tracing::debug!("close failed: {e:?}");
-            return Verdict::Abort;
-        }
-        conn.fin_at = Some(now);
-    }
-    if let Some(t) = conn.fin_at {
-        if now.saturating_since(t) >= config.linger {
-            return Verdict::Abort;
-        }
+    // Close once the last response is out (a FIN follows it; the stack finishes the
+    // connection on its own).
+    if conn.http.is_finished() {
+        return Verdict::Closed;
     }
     Verdict::Keep
 }

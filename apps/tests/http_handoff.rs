@@ -1,126 +1,148 @@
-//! Handoff of an HTTP connection in the middle of a response, on the userspace stack with a
-//! client over an in-memory cable: the server's per-connection quota pauses the download at
-//! an exact byte count, the connection's HTTP state is detached while its TCP state is frozen,
-//! and both come back (as after a failed handoff) to finish the download byte-exact.
+//! Handoff of an HTTP connection in the middle of a response, between two library nodes
+//! (`dserver::Node` with the HTTP server) and a `ds-stack` client on one in-memory hub: the
+//! server's per-connection quota stops the download at an exact byte count on each node, the
+//! connection moves with its HTTP state (node 1 → node 2 → node 1) and the download finishes
+//! byte-exact; when the peer refuses, the connection stays and is served on from where it
+//! stopped, byte-exact too.
 
 mod common;
 
-use common::MemNet;
-use ds_apps::http::HttpConnState;
-use ds_stack::{ConnState, TcpHandle};
+use common::{HubNet, HUB_CLIENT, HUB_DS};
+use ds_testbed::conn::{dial, read_available};
 use ds_testbed::{PatternStream, TempDir};
+use dserver::engine::AcceptorFault;
+use dserver::Event;
+use std::net::SocketAddrV6;
+use std::time::{Duration, Instant};
 
 const QUOTA: u64 = 500_000;
 
-/// The quota's pauses on top of the shared in-memory bed.
-trait Pauses {
-    /// Run until a connection reaches the quota or the client sees the end of the stream.
-    fn until_ready_or_eof(&mut self) -> Vec<TcpHandle>;
-
-    /// Run a while so that everything already handed to TCP reaches the client.
-    fn settle(&mut self);
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Peer {
+    /// Node 2 takes the connection and hands it back.
+    Takes,
+    /// Node 2 refuses every offer: the connection stays on node 1.
+    Refuses,
 }
 
-impl Pauses for MemNet {
-    fn until_ready_or_eof(&mut self) -> Vec<TcpHandle> {
-        let mut ready = Vec::new();
-        let done = self.run_until(std::time::Duration::from_secs(30), |net| {
-            ready = net.server.take_handoff_ready();
-            !ready.is_empty() || net.eof
-        });
-        assert!(done, "stuck after {} bytes", self.got.len());
-        ready
-    }
-
-    fn settle(&mut self) {
-        self.run_until(std::time::Duration::from_millis(300), |_| false);
-    }
-}
-
-#[derive(Clone, Copy, Debug)]
-enum Back {
-    /// Detach, freeze, thaw and adopt on the same node.
-    DetachAdopt,
-    /// Just resume.
-    Resume,
-}
-
-fn download_with_pauses(back: Back) {
-    let root = TempDir::new(&format!("apps-handoff-{back:?}")).expect("temp dir");
+fn download_with_handoffs(peer: Peer) {
+    let root = TempDir::new(&format!("apps-handoff-{peer:?}")).expect("temp dir");
     let data = PatternStream::bytes(0x2545_f491_4f6c_dd1d, 1 << 20);
     std::fs::write(root.path().join("big"), &data).expect("write");
 
-    let mut net = MemNet::new(root.path());
-    net.server.set_handoff_quota(Some(QUOTA));
+    let mut net = HubNet::new(root.path(), |i, mut cfg| {
+        if peer == Peer::Refuses && i == 1 {
+            cfg.fault = Some(AcceptorFault::Refuse);
+        }
+        cfg
+    });
+    for s in &mut net.servers {
+        s.set_handoff_quota(Some(QUOTA));
+    }
+    let client = dial(
+        &mut net.cli,
+        HUB_CLIENT,
+        SocketAddrV6::new(HUB_DS, 80, 0, 0),
+    );
     let request = b"GET /big HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
     let mut sent = 0;
-    while sent < request.len() {
-        net.round();
-        net.send(request, &mut sent);
-    }
-
-    let mut pauses = 0u64;
+    let mut got = Vec::new();
+    // Per handoff: the node it left from (or stayed on), and what that node had sent of the
+    // response by then; and what a node had sent while one of its handoffs was under way
+    // (the connection stopped), once per handoff.
+    let (mut moves, mut kept, mut stopped) = (Vec::new(), Vec::new(), Vec::new());
+    let mut under_way = [false; 2];
+    let start = Instant::now();
     loop {
-        let ready = net.until_ready_or_eof();
-        if net.eof {
-            break;
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "stuck after {} bytes",
+            got.len()
+        );
+        let events = net.round();
+        for (k, was) in under_way.iter_mut().enumerate() {
+            let now = net.nodes[k].handing_off();
+            if now && !*was {
+                stopped.push((k, net.servers[k].stats().http.bytes_sent));
+            }
+            *was = now;
         }
-        assert_eq!(ready.len(), 1, "one connection");
-        let h = ready[0];
-        pauses += 1;
-        // Paused: exactly the quota went out, and nothing more follows.
-        net.settle();
-        assert_eq!(net.got.len() as u64, pauses * QUOTA, "pause {pauses}");
-        assert!(net.server.take_handoff_ready().is_empty(), "reported once");
-        assert_eq!(net.server.stats().http.bytes_sent, pauses * QUOTA);
-        match back {
-            Back::Resume => assert!(net.server.resume(h)),
-            Back::DetachAdopt => {
-                let st = net.server.detach(h).expect("known handle").expect("export");
-                assert!(net.server.detach(h).is_none(), "gone after detach");
-                let now = net.srv.now();
-                let tcp = net.srv.iface.tcp_freeze(now, h).expect("freeze");
-                // Both states travel as bytes.
-                let tcp = ConnState::decode(&tcp.encode()).expect("tcp state");
-                let st = HttpConnState::decode(&st.encode()).expect("http state");
-                let now = net.srv.now();
-                let h2 = net.srv.iface.tcp_thaw(now, &tcp).expect("thaw");
-                net.server.adopt(h2, st, now).expect("adopt");
+        if sent < request.len() {
+            if let Ok(n) = net.cli.iface.tcp_send(client, &request[sent..]) {
+                sent += n;
             }
         }
+        for (k, e) in events {
+            let bytes = net.servers[k].stats().http.bytes_sent;
+            match e {
+                Event::HandedOff { .. } => moves.push((k, bytes)),
+                Event::KeptHere { .. } => kept.push((k, bytes)),
+                Event::Lost { cause, .. } => panic!("connection lost: {cause}"),
+                _ => {}
+            }
+        }
+        match read_available(&mut net.cli.iface, client, &mut got) {
+            Ok(_) => {}
+            Err(ds_stack::Error::Eof) => break,
+            Err(e) => panic!("client connection failed: {e:?}"),
+        }
     }
 
-    // 1 MiB plus a head: two pauses of QUOTA bytes, then the rest.
-    assert_eq!(pauses, 2);
-    let head_end = net.body_start();
-    let head = String::from_utf8_lossy(&net.got[..head_end]).into_owned();
+    let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").expect("head") + 4;
+    let head = String::from_utf8_lossy(&got[..head_end]).into_owned();
     assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
     assert!(head.contains(&format!("Content-Length: {}\r\n", data.len())));
-    assert_eq!(net.got.len(), head_end + data.len());
-    assert!(net.got[head_end..] == data[..], "body differs");
+    assert_eq!(got.len(), head_end + data.len());
+    assert!(got[head_end..] == data[..], "body differs");
 
-    net.close_and_settle();
-    assert_eq!(net.server.connections(), 0);
-    let stats = net.server.stats();
-    assert_eq!(stats.http.bytes_sent, net.got.len() as u64, "{stats:?}");
-    assert_eq!(stats.accepted, 1);
-    assert_eq!(stats.closed, 1, "{stats:?}");
-    match back {
-        Back::Resume => assert_eq!((stats.handed_off, stats.adopted), (0, 0)),
-        Back::DetachAdopt => {
-            assert_eq!((stats.handed_off, stats.adopted), (2, 2));
-            // Requests are counted where they were answered: once, on the first node.
-            assert_eq!(stats.http.requests, 1);
+    // Let the last node see the client's FIN.
+    let settle = Instant::now();
+    while net.servers.iter().any(|s| s.connections() > 0) {
+        assert!(settle.elapsed() < Duration::from_secs(10), "not closed");
+        let _ = net.round();
+    }
+    let [s1, s2] = [&net.servers[0], &net.servers[1]].map(|s| s.stats());
+    assert_eq!(s1.accepted + s2.accepted, 1);
+    assert_eq!(s1.accepted, 1, "{s1:?}");
+    // Requests are counted where they were answered: once, on the first node.
+    assert_eq!((s1.http.requests, s2.http.requests), (1, 0));
+    assert_eq!(
+        s1.http.bytes_sent + s2.http.bytes_sent,
+        got.len() as u64,
+        "{s1:?} {s2:?}"
+    );
+    match peer {
+        Peer::Takes => {
+            // 1 MiB plus a head: node 1 stops at exactly the quota, node 2 sends exactly one
+            // quota, node 1 the rest.
+            assert_eq!(moves, vec![(0, QUOTA), (1, QUOTA)], "{kept:?}");
+            assert_eq!(stopped, vec![(0, QUOTA), (1, QUOTA)]);
+            assert_eq!((s1.handed_off, s1.adopted), (1, 1), "{s1:?}");
+            assert_eq!((s2.handed_off, s2.adopted), (1, 1), "{s2:?}");
+            assert_eq!(s2.http.bytes_sent, QUOTA);
+            assert_eq!((s1.closed, s2.closed), (1, 0));
+        }
+        Peer::Refuses => {
+            assert!(moves.is_empty(), "{moves:?}");
+            // The first attempt stopped the response at exactly the quota; it went on here.
+            assert_eq!(stopped.first(), Some(&(0, QUOTA)), "{stopped:?}");
+            assert!(
+                kept.iter().all(|(k, _)| *k == 0) && !kept.is_empty(),
+                "{kept:?}"
+            );
+            assert_eq!((s1.handed_off, s1.adopted), (0, 0), "{s1:?}");
+            assert_eq!((s2.accepted, s2.adopted, s2.http.bytes_sent), (0, 0, 0));
+            assert_eq!(s1.closed, 1);
         }
     }
 }
 
 #[test]
-fn quota_pauses_exactly_and_detach_adopt_completes_the_download() {
-    download_with_pauses(Back::DetachAdopt);
+fn the_quota_hands_a_download_on_at_exact_bytes_and_back() {
+    download_with_handoffs(Peer::Takes);
 }
 
 #[test]
-fn quota_pauses_exactly_and_resume_completes_the_download() {
-    download_with_pauses(Back::Resume);
+fn a_refused_handoff_leaves_the_download_to_finish_here() {
+    download_with_handoffs(Peer::Refuses);
 }

@@ -38,8 +38,8 @@ fn stuck_client(
     let (mut last, mut most) = (0, 0);
     let ok = net.run_until(limit, |net| {
         net.send(request, &mut sent);
-        if let Some((h, _)) = net.server.handle_of(&net.srv.iface, client) {
-            last = net.srv.iface.tcp_send_queued(h);
+        if let Some((c, _)) = net.server.conn_of(client) {
+            last = net.srv.send_queued(c);
             most = most.max(last);
         }
         done(net)

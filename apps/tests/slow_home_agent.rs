@@ -1,20 +1,22 @@
-//! Two `HandoffNode`s on a simulated link, their control channels and a home agent's on
-//! loopback: while the home agent withholds its answer to a flow move for a whole second, the
+//! Two library nodes with the HTTP server (`dserver::Node`) and a client on an in-memory hub,
+//! their control channels and a home agent's on loopback: while the home agent withholds its answer to a flow move for a whole second, the
 //! accepting node's loop keeps running — another client's download from it goes on all that
 //! second — and the handoff completes when the answer comes. (The earlier flow mover switched
 //! its socket to blocking inside the acceptor: the node stood still for up to a second.)
 
-use ds_apps::node::{HandoffConfig, HandoffNode, NodeEvent, Steering};
-use ds_apps::server::{HttpServer, ServerConfig};
-use ds_handoff::{Channel, ClusterSecret, Drain, Message, Takeover};
-use ds_testbed::simlan::{self, Lan};
+mod common;
+
+use common::{HubNet, HUB_CLIENT, HUB_DS, HUB_N2, HUB_SECRET};
+use ds_handoff::{Channel, ClusterSecret, Message};
+use ds_testbed::conn::{dial, read_available};
 use ds_testbed::{PatternStream, TempDir};
-use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6, TcpListener};
+use dserver::engine::Steering;
+use dserver::Event;
+use std::net::{Ipv6Addr, SocketAddrV6, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const SECRET: &[u8] = b"slow home agent test secret 32B!";
 const WITHHOLD: Duration = Duration::from_secs(1);
 
 fn ip(s: &str) -> Ipv6Addr {
@@ -29,7 +31,7 @@ fn listener() -> TcpListener {
 fn slow_home_agent(l: TcpListener, done: Arc<AtomicBool>) -> std::thread::JoinHandle<u32> {
     std::thread::spawn(move || {
         l.set_nonblocking(true).expect("nonblocking");
-        let secret = ClusterSecret::new(SECRET).expect("secret");
+        let secret = ClusterSecret::new(HUB_SECRET).expect("secret");
         let mut chans: Vec<Channel> = Vec::new();
         let mut pending: Vec<(usize, u64, Instant)> = Vec::new();
         let mut moves = 0;
@@ -62,38 +64,6 @@ fn slow_home_agent(l: TcpListener, done: Arc<AtomicBool>) -> std::thread::JoinHa
     })
 }
 
-fn node(
-    lan: &mut Lan,
-    i: usize,
-    root: &std::path::Path,
-    listen: TcpListener,
-    peer: SocketAddr,
-    ha: SocketAddr,
-    quota: Option<u64>,
-) -> HandoffNode {
-    let server = HttpServer::listen(
-        &mut lan.ifs[i],
-        SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, 80, 0, 0),
-        root,
-        ServerConfig::default(),
-    )
-    .expect("listen");
-    let mut cfg = HandoffConfig::new(ClusterSecret::new(SECRET).expect("secret"));
-    cfg.listen = Some(listen);
-    cfg.peer = Some(peer);
-    cfg.quota = quota;
-    cfg.max_handoffs = Some(1);
-    cfg.drain = Drain::Immediate;
-    cfg.reply_timeout = Duration::from_secs(5);
-    cfg.steer_timeout = Duration::from_secs(3);
-    cfg.takeover = Takeover::Address;
-    cfg.steering = Steering::HomeAgentFlow {
-        ha,
-        coa: ip("fd00::2"),
-    };
-    HandoffNode::new(server, cfg).expect("node")
-}
-
 /// The response body in `got`, once its head has arrived.
 fn body(got: &[u8]) -> &[u8] {
     got.windows(4)
@@ -108,37 +78,40 @@ fn a_home_agent_silent_for_a_second_stalls_no_other_connection() {
     std::fs::write(root.path().join("obj"), &obj).expect("write");
     // The other client's download, read at most 8 KiB per round.
     std::fs::write(root.path().join("big"), PatternStream::bytes(8, 16 << 20)).expect("write");
-    let mut lan = Lan::new(
-        vec![
-            simlan::node(3, &[ip("fd00::3")]),
-            simlan::node(1, &[ip("fd00::1"), ip("fd00::80")]),
-            simlan::node(2, &[ip("fd00::2")]),
-        ],
-        simlan::START,
-    );
-    let (l1, l2, lha) = (listener(), listener(), listener());
-    let (a1, a2, aha) = (
-        l1.local_addr().expect("addr"),
-        l2.local_addr().expect("addr"),
-        lha.local_addr().expect("addr"),
-    );
+    let lha = listener();
+    let aha = lha.local_addr().expect("addr");
     let done = Arc::new(AtomicBool::new(false));
     let ha = slow_home_agent(lha, done.clone());
-    let mut nodes = [
-        node(&mut lan, 1, root.path(), l1, a2, aha, Some(500_000)),
-        node(&mut lan, 2, root.path(), l2, a1, aha, None),
-    ];
+    let mut net = HubNet::new(root.path(), |_, mut cfg| {
+        cfg.max_handoffs = Some(1);
+        cfg.reply_timeout = Duration::from_secs(5);
+        cfg.steer_timeout = Duration::from_secs(3);
+        cfg.steering = Steering::HomeAgentFlow {
+            ha: aha,
+            coa: ip("fd00::2"),
+        };
+        cfg
+    });
+    net.servers[0].set_handoff_quota(Some(500_000));
+    net.servers[0].set_max_handoffs(Some(1));
     // The download that moves (from the DS address on node 1) and the other one (node 2's own
     // address).
-    let client = ip("fd00::3");
     let mut gets = [
         (
-            lan.dial(0, client, "[fd00::80]:80".parse().expect("literal")),
+            dial(
+                &mut net.cli,
+                HUB_CLIENT,
+                SocketAddrV6::new(HUB_DS, 80, 0, 0),
+            ),
             "obj",
             false,
         ),
         (
-            lan.dial(0, client, "[fd00::2]:80".parse().expect("literal")),
+            dial(
+                &mut net.cli,
+                HUB_CLIENT,
+                SocketAddrV6::new(HUB_N2, 80, 0, 0),
+            ),
             "big",
             false,
         ),
@@ -153,35 +126,28 @@ fn a_home_agent_silent_for_a_second_stalls_no_other_connection() {
     let mut moved = false;
     while !(moved && body(&got_moving).len() >= obj.len()) {
         assert!(t0.elapsed() < Duration::from_secs(60), "stuck");
-        lan.step();
-        let now = lan.now;
+        let events = net.round();
+        let cli = &mut net.cli.iface;
         for (h, path, sent) in &mut gets {
-            if !*sent && lan.ifs[0].tcp_state(*h) == Some(ds_stack::TcpState::Established) {
+            if !*sent && cli.tcp_state(*h) == Some(ds_stack::TcpState::Established) {
                 let req = format!("GET /{path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
-                lan.ifs[0].tcp_send(*h, req.as_bytes()).expect("request");
+                cli.tcp_send(*h, req.as_bytes()).expect("request");
                 *sent = true;
             }
         }
-        for (k, n) in nodes.iter_mut().enumerate() {
-            n.poll(&mut lan.ifs[k + 1], now);
-            for e in n.take_events() {
-                match e {
-                    NodeEvent::HandedOff { .. } => {
-                        moved = true;
-                        // Steering done: the DS address lives on node 2 now.
-                        lan.ifs[1].remove_addr(ip("fd00::80"));
-                    }
-                    NodeEvent::KeptHere { cause, .. } | NodeEvent::Failed { cause } => {
-                        panic!("handoff failed: {cause}")
-                    }
-                    _ => {}
+        for (_, e) in events {
+            match e {
+                Event::HandedOff { .. } => moved = true,
+                Event::KeptHere { cause, .. } | Event::Lost { cause, .. } => {
+                    panic!("handoff failed: {cause}")
                 }
+                _ => {}
             }
         }
-        let _ = simlan::read_available(&mut lan.ifs[0], moving, &mut got_moving);
-        let n = lan.ifs[0].tcp_recv(other, &mut buf).unwrap_or(0);
+        let _ = read_available(cli, moving, &mut got_moving);
+        let n = cli.tcp_recv(other, &mut buf).unwrap_or(0);
         // Node 2 has an offer waiting for the home agent's answer.
-        if nodes[1].busy() && !moved {
+        if net.nodes[1].handing_off() && !moved {
             wait_started.get_or_insert_with(Instant::now);
             waited_rounds += 1;
             waited_bytes += n;

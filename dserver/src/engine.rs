@@ -108,7 +108,7 @@ pub struct HandoffConfig {
     pub steer_timeout: Duration,
     /// Route-optimised mode: this node's mobile role for the DS address, at home (the contact
     /// node, which runs the home test, RFC 6275 §5.2.5) or away from home. The node installs
-    /// it on its interface (`ds_apps::node::HandoffNode::install_mobility`) and drives it there.
+    /// it on its interface ([`crate::Node`] does) and drives it there ([`crate::ro`]).
     pub mobile_role: Option<MobileRole>,
     /// The flow-generation clock to share with the engines of this node's other queues (one
     /// node per receive queue): a connection that moves between them, or whose client reuses

@@ -67,7 +67,9 @@ pub mod tokio_io;
 
 pub use ds_handoff::{ClusterSecret, HandoffReport, Phase};
 pub use kernel::{kernel_steering, KernelAccepted, KernelNode};
-pub use node::{Accepted, Builder, ConnId, Device, Event, Node, Queue, Stream, UdpSocketId};
+pub use node::{
+    Accepted, Builder, ConnId, Device, Event, Node, Queue, Stream, TcpState, UdpSocketId,
+};
 pub use policy::{PlaceFn, Placement, Policy};
 
 /// What can go wrong in this crate.

@@ -2,9 +2,9 @@
 //! experiment with curl, many handoffs back and forth, and failing acceptors. Behaviour only;
 //! the timings are `dsperf handoff`'s business.
 
-use ds_apps::node::AcceptorFault;
 use ds_perf::handoff::{run, DrainChoice, Options, Outcome};
 use ds_testbed::require_root;
+use dserver::engine::AcceptorFault;
 use std::sync::{Mutex, MutexGuard};
 
 /// The scenarios share the machine's two cores: one at a time, so that a starved node does

@@ -1,8 +1,8 @@
 //! `dsnode`: a Distributed Servers node. It runs the HTTP/1.1 content service on the
 //! userspace TCP/IPv6 stack over a TAP device or AF_XDP (`ds-xdp`), or on the kernel's own
 //! sockets (`--device kernel`), and, with the handoff options, hands live connections to a
-//! peer node and takes them from it (`ds_apps::node::HandoffNode`,
-//! `ds_apps::kernel_node::KernelNode`: one engine, either host). Each handoff it completes as
+//! peer node and takes them from it (`ds_apps::server::HttpServer` on the library's
+//! `dserver::Node`, `ds_apps::kernel_node::KernelNode`: one engine, either host). Each handoff it completes as
 //! the donor is one JSON line on stdout; logs go to stderr.
 
 use anyhow::{bail, Context as _};
@@ -11,14 +11,12 @@ use ds_apps::control::ControlSocket;
 use ds_apps::http::HttpStats;
 use ds_apps::kernel_node::KernelNode;
 use ds_apps::logging::Verbosity;
-use ds_apps::mac::{format_mac, mac_from_addr, parse_mac};
-use ds_apps::node::{AcceptorFault, HandoffConfig, HandoffNode, NodeEvent, Steering};
+use ds_apps::mac::parse_mac;
 use ds_apps::server::{ConnInfo, HttpServer, ServerConfig, ServerStats};
 use ds_apps::signal;
-use ds_stack::device::{Device, TapDevice};
 use ds_stack::mobile::MobileRole;
-use ds_stack::runner::{Clock, Runner};
-use ds_stack::{Config, Duration, Interface, Stats};
+use ds_stack::{Duration, Stats};
+use dserver::engine::{AcceptorFault, HandoffConfig, NodeEvent, Steering};
 use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -475,39 +473,56 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         return run_queues(args, root, handoff, control, stop);
     }
     match args.device {
-        DeviceKind::Afxdp => {
-            let cfg = ds_xdp::device::AfXdpConfig::new(addrs(args));
-            let dev = ds_xdp::device::AfXdpDevice::open(&args.iface, &cfg).map_err(|e| {
-                anyhow::Error::new(e).context(format!(
-                    "cannot open AF_XDP on {:?} (needs root, an existing interface, and no \
-                     other XDP program attached)",
-                    args.iface
-                ))
-            })?;
-            tracing::info!(
-                xdp = ?dev.attach_mode(),
-                socket = ?dev.bind_mode(),
-                "AF_XDP device ready"
-            );
-            run(dev, None, args, root, handoff, control, None, stop)
-        }
         DeviceKind::Kernel if args.udp_echo.is_some() => {
             bail!("--udp-echo needs the userspace stack (--device afxdp or tap)")
         }
         DeviceKind::Kernel => run_kernel(args, root, handoff, control, stop),
-        DeviceKind::Tap => {
-            let dev = TapDevice::open(&args.iface).map_err(|e| {
-                let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
-                    " (needs root or CAP_NET_ADMIN)"
-                } else {
-                    ""
-                };
-                anyhow::Error::new(e)
-                    .context(format!("cannot open TAP device {:?}{hint}", args.iface))
-            })?;
-            run(dev, None, args, root, handoff, control, None, stop)
+        DeviceKind::Afxdp | DeviceKind::Tap => {
+            let node = node_builder(args, handoff)?
+                .backlog(server_config(args).backlog)
+                .build()
+                .with_context(|| {
+                    format!(
+                        "cannot open the {} device {:?} (needs root; AF_XDP: an existing \
+                     interface and no other XDP program attached)",
+                        device_name(args.device),
+                        args.iface
+                    )
+                })?;
+            run(node, args, root, control, None, stop)
         }
     }
+}
+
+/// The library's node on the userspace stack per the options: `--addr` alone is the DS
+/// address; with `--also-addr`, the first of those is the (shared) DS address and `--addr`
+/// this node's care-of address.
+fn node_builder(
+    args: &ServeArgs,
+    handoff: Option<HandoffConfig>,
+) -> anyhow::Result<dserver::Builder> {
+    let device = match args.device {
+        DeviceKind::Afxdp => dserver::Device::afxdp(&args.iface),
+        DeviceKind::Tap => dserver::Device::tap(&args.iface),
+        DeviceKind::Kernel => bail!("this needs the userspace stack (--device afxdp or tap)"),
+    };
+    let mut b = dserver::Node::builder().device(device).port(args.port);
+    b = match args.handoff.also_addr.split_first() {
+        Some((ds, more)) => more
+            .iter()
+            .fold(b.ds_addr(*ds).care_of(args.addr), |b, a| b.also_addr(*a)),
+        None => b.ds_addr(args.addr),
+    };
+    if let Some(m) = args.mac {
+        b = b.mac(m);
+    }
+    if let Some(g) = args.gateway {
+        b = b.gateway(g);
+    }
+    if let Some(cfg) = handoff {
+        b = b.engine(cfg);
+    }
+    Ok(b)
 }
 
 /// `--queues`: one stack per receive queue, each on its own thread, passing each other what
@@ -522,25 +537,21 @@ fn run_queues(
     mut control: Option<ControlSocket>,
     stop: &AtomicBool,
 ) -> anyhow::Result<()> {
-    let mut cfg = ds_xdp::device::AfXdpConfig::new(addrs(args));
-    cfg.queues = args.queues;
-    let devs = ds_xdp::device::AfXdpDevice::open_per_queue(&args.iface, &cfg).map_err(|e| {
-        anyhow::Error::new(e).context(format!(
-            "cannot open AF_XDP on {:?} (needs root, an existing interface with --queues \
-             receive queues, and no other XDP program attached)",
-            args.iface
-        ))
-    })?;
-    let links = ds_stack::runner::siblings(devs.len()).context("sibling links")?;
-    let secret = ds_stack::isn::random_secret();
+    let devs = node_builder(args, None)?
+        .queue_count(args.queues as usize)
+        .open_queues()
+        .with_context(|| {
+            format!(
+                "cannot open AF_XDP on {:?} (needs root, an existing interface with --queues \
+                 receive queues, and no other XDP program attached)",
+                args.iface
+            )
+        })?;
+    // Each queue's engine its own settings (the control port is shared, SO_REUSEPORT); the
+    // queues share the flow-generation clock (the home agent orders moves by it).
     let mut handoffs = vec![handoff];
     for _ in 1..devs.len() {
         handoffs.push(handoff_config(args)?);
-    }
-    // One flow-generation clock for the queues' engines (the home agent orders moves by it).
-    let clock = dserver::engine::new_generation_clock();
-    for h in handoffs.iter_mut().flatten() {
-        h.generation = Some(clock.clone());
     }
     let drained = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let queues = devs.len();
@@ -562,24 +573,18 @@ fn run_queues(
     std::thread::scope(|s| {
         let workers: Vec<_> = devs
             .into_iter()
-            .zip(links)
             .zip(handoffs)
             .zip(remotes)
             .enumerate()
-            .map(|(q, (((dev, link), handoff), remote))| {
+            .map(|(q, ((dev, handoff), remote))| {
                 std::thread::Builder::new()
                     .name(format!("queue-{q}"))
                     .spawn_scoped(s, move || {
-                        let r = run(
-                            dev,
-                            Some((link, secret)),
-                            args,
-                            root,
-                            handoff,
-                            None,
-                            Some(remote),
-                            stop,
-                        );
+                        let r = node_builder(args, handoff)
+                            .and_then(|b| {
+                                Ok(b.backlog(server_config(args).backlog).queue(dev).build()?)
+                            })
+                            .and_then(|node| run(node, args, root, None, Some(remote), stop));
                         if r.is_err() {
                             // One queue failing stops the others.
                             stop.store(true, Ordering::SeqCst);
@@ -858,12 +863,6 @@ fn handoff_config(args: &ServeArgs) -> anyhow::Result<Option<HandoffConfig>> {
     Ok(Some(cfg))
 }
 
-/// The HTTP service, alone or wrapped in the handoff node.
-enum Service {
-    Plain(Box<HttpServer>),
-    Handoff(Box<HandoffNode>),
-}
-
 /// Print the report of a handoff this node completed as donor (one JSON line on stdout), log
 /// the other handoff events.
 fn report_event(ev: NodeEvent) {
@@ -872,19 +871,7 @@ fn report_event(ev: NodeEvent) {
             report,
             client,
             boundary_seq,
-        } => {
-            // The report's own fields plus what a caller needs to match it with a packet
-            // capture: the client's address and the sequence number where the acceptor's
-            // first byte starts.
-            let mut v = serde_json::to_value(&report)
-                .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }));
-            if let serde_json::Value::Object(m) = &mut v {
-                m.insert("boundary_seq".into(), boundary_seq.into());
-                m.insert("client".into(), client.to_string().into());
-            }
-            ds_apps::outln!("{v}");
-            tracing::info!(%client, boundary_seq, total_us = report.total_us, "handed off");
-        }
+        } => handed_off(&report, client, boundary_seq),
         NodeEvent::KeptHere { client, cause } => {
             tracing::warn!(%client, "handoff failed, connection continues here: {cause}")
         }
@@ -893,16 +880,51 @@ fn report_event(ev: NodeEvent) {
         NodeEvent::Declined { cause } => tracing::warn!("offer declined: {cause}"),
         // The drain logs it.
         NodeEvent::Rebound { .. } => {}
-        NodeEvent::Bound { client, after } => {
-            // Binding management (handoff phase 6) ends here, after the donor's report: a line
-            // of its own.
-            ds_apps::outln!(
-                "{}",
-                serde_json::json!({ "bound": { "client": client.to_string(), "after_ns": after.as_nanos() as u64 } })
-            );
-            tracing::info!(%client, ?after, "binding acknowledged")
-        }
+        NodeEvent::Bound { client, after } => bound(client, after),
     }
+}
+
+/// [`report_event`] for the library's node.
+fn report_user_event(ev: dserver::Event) {
+    use dserver::Event;
+    match ev {
+        Event::HandedOff {
+            report,
+            client,
+            boundary_seq,
+            ..
+        } => handed_off(&report, client, boundary_seq),
+        // The server logged it.
+        Event::KeptHere { .. } => {}
+        Event::Lost { conn, cause } => tracing::error!(%conn, "handoff failed: {cause}"),
+        Event::Declined { cause } => tracing::warn!("offer declined: {cause}"),
+        Event::Rebound { .. } => {}
+        Event::Bound { client, after } => bound(client, after),
+    }
+}
+
+/// A handoff this node completed as the donor: the report's own fields plus what a caller
+/// needs to match it with a packet capture (the client's address and the sequence number
+/// where the acceptor's first byte starts), one JSON line on stdout.
+fn handed_off(report: &dserver::HandoffReport, client: SocketAddrV6, boundary_seq: u32) {
+    let mut v = serde_json::to_value(report)
+        .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }));
+    if let serde_json::Value::Object(m) = &mut v {
+        m.insert("boundary_seq".into(), boundary_seq.into());
+        m.insert("client".into(), client.to_string().into());
+    }
+    ds_apps::outln!("{v}");
+    tracing::info!(%client, boundary_seq, total_us = report.total_us, "handed off");
+}
+
+/// Binding management (handoff phase 6) ends here, after the donor's report: a line of its
+/// own.
+fn bound(client: Ipv6Addr, after: std::time::Duration) {
+    ds_apps::outln!(
+        "{}",
+        serde_json::json!({ "bound": { "client": client.to_string(), "after_ns": after.as_nanos() as u64 } })
+    );
+    tracing::info!(%client, ?after, "binding acknowledged")
 }
 
 /// What `dsctl status` says about the node itself.
@@ -969,48 +991,35 @@ fn members(args: &ServeArgs, peer_up: bool) -> serde_json::Value {
 
 /// The userspace node, for one control request.
 struct UserControl<'a> {
-    service: &'a mut Service,
-    iface: &'a Interface,
+    server: &'a mut HttpServer,
+    node: &'a mut dserver::Node,
     args: &'a ServeArgs,
     uptime: Duration,
-    now: ds_stack::Instant,
     echo: Option<ds_apps::udp_echo::EchoStats>,
 }
 
 impl NodeControl for UserControl<'_> {
     fn status(&self) -> serde_json::Value {
-        let (http, handoff) = match &*self.service {
-            Service::Plain(server) => (server.stats(), None),
-            Service::Handoff(node) => (node.server().stats(), Some(node.stats())),
-        };
-        let drain = match &*self.service {
-            Service::Handoff(node) => node.drain_info(),
-            Service::Plain(_) => None,
-        };
         serde_json::json!({
             "node": node_info(self.args, device_name(self.args.device), self.uptime),
-            "handoff": handoff,
-            "http": http,
-            "interface": self.iface.stats(),
+            "handoff": self.node.has_handoff().then(|| self.node.stats()),
+            "http": self.server.stats(),
+            "interface": self.node.interface_stats(),
             "udp_echo": self.echo,
-            "drain": drain,
+            "drain": self.server.drain_info(self.node),
         })
     }
 
     fn members(&self) -> serde_json::Value {
-        let up = match &*self.service {
-            Service::Handoff(node) => node.peer_connected(),
-            Service::Plain(_) => false,
-        };
-        members(self.args, up)
+        members(self.args, self.node.peer_connected())
     }
 
     fn drain(&mut self) -> Result<serde_json::Value, String> {
-        let Service::Handoff(node) = self.service else {
+        if !self.node.has_handoff() {
             return Err("handoff is off on this node (no --peer): nothing to drain to".into());
-        };
+        }
         let rebind = drain_rebind(self.args);
-        let n = node.start_drain(rebind)?;
+        let n = self.server.start_drain(self.node, rebind)?;
         Ok(serde_json::json!({
             "draining": n,
             "rebind": rebind.map(|(ds, coa)| format!("{ds} -> {coa}")),
@@ -1018,17 +1027,14 @@ impl NodeControl for UserControl<'_> {
     }
 
     fn conns(&self) -> Vec<ConnInfo> {
-        match &*self.service {
-            Service::Plain(server) => server.conn_info(self.iface, self.now),
-            Service::Handoff(node) => node.server().conn_info(self.iface, self.now),
-        }
+        self.server.conn_info(self.node)
     }
 
     fn handoff(&mut self, client: SocketAddrV6, to: SocketAddr) -> Result<(), String> {
-        match self.service {
-            Service::Plain(_) => Err("handoff is off on this node (no --peer)".into()),
-            Service::Handoff(node) => node.request_handoff(self.iface, client, to),
+        if !self.node.has_handoff() {
+            return Err("handoff is off on this node (no --peer)".into());
         }
+        self.server.request_handoff(self.node, client, to)
     }
 }
 
@@ -1157,23 +1163,10 @@ fn run_proxy(
     stop: &AtomicBool,
 ) -> anyhow::Result<()> {
     let h = &args.handoff;
-    let device = match args.device {
-        DeviceKind::Afxdp => dserver::Device::afxdp(&args.iface),
-        DeviceKind::Tap => dserver::Device::tap(&args.iface),
-        DeviceKind::Kernel => bail!("proxy mode needs the userspace stack (--device afxdp or tap)"),
-    };
-    // With --also-addr the first one is the shared DS address and --addr this node's own.
-    let mut b = dserver::Node::builder().device(device).port(args.port);
-    b = match h.also_addr.first() {
-        Some(ds) => b.ds_addr(*ds).care_of(args.addr),
-        None => b.ds_addr(args.addr),
-    };
-    if let Some(m) = args.mac {
-        b = b.mac(m);
+    if args.device == DeviceKind::Kernel {
+        bail!("proxy mode needs the userspace stack (--device afxdp or tap)");
     }
-    if let Some(g) = args.gateway {
-        b = b.gateway(g);
-    }
+    let mut b = node_builder(args, None)?;
     if let Some(f) = &h.secret_file {
         b = b.secret_file(f);
     }
@@ -1368,135 +1361,81 @@ fn run_kernel(
     Ok(())
 }
 
-/// Run the node on `dev` until `stop` is set, then print the statistics.
-/// Serve on `dev` until `stop`; `siblings`: one of several per-queue stacks (its link and
-/// the shared ISN key).
-#[allow(clippy::too_many_arguments)]
-fn run<D: Device>(
-    dev: D,
-    siblings: Option<(ds_stack::runner::SiblingLink, [u8; 16])>,
+/// Serve HTTP on the library's `node` until `stop` (or a drain ends), then print the
+/// statistics; `remote`: one of several per-queue nodes (`--queues`), asked by the control
+/// socket's thread.
+fn run(
+    mut node: dserver::Node,
     args: &ServeArgs,
     root: &Path,
-    handoff: Option<HandoffConfig>,
     mut control: Option<ControlSocket>,
     mut remote: Option<Remote>,
     stop: &AtomicBool,
 ) -> anyhow::Result<()> {
-    let mac = args.mac.unwrap_or_else(|| mac_from_addr(args.addr));
-    let clock = Clock::new();
-    let mut cfg = Config::new(mac, addrs(args));
-    cfg.gateway = args.gateway;
-    if let Some((_, secret)) = &siblings {
-        cfg.isn_secret = *secret;
+    let mut server = HttpServer::new(root, server_config(args))?;
+    if node.has_handoff() {
+        if !node.peers().is_empty() {
+            server.set_handoff_quota(args.handoff.handoff_after);
+        }
+        server.set_max_handoffs(args.handoff.max_handoffs);
     }
-    let iface = Interface::new(cfg, clock.now());
-    let mut rt = Runner::with_clock(dev, iface, clock);
-    if let Some((link, _)) = siblings {
-        rt.set_siblings(link);
-    }
-    // With more than one address (a shared DS address), listen on all of them: clients use
-    // the DS address, and the node may be reached on its own address too.
-    let listen_ip = if args.handoff.also_addr.is_empty() {
-        args.addr
-    } else {
-        Ipv6Addr::UNSPECIFIED
+    let mut echo = match args.udp_echo {
+        Some(port) => {
+            let at = args.handoff.also_addr.first().copied().unwrap_or(args.addr);
+            tracing::info!("UDP echo on [{at}]:{port}");
+            Some(ds_apps::udp_echo::UdpEcho::new(
+                node.udp_bind(port).context("--udp-echo")?,
+            ))
+        }
+        None => None,
     };
-    let local = SocketAddrV6::new(listen_ip, args.port, 0, 0);
-    let server = HttpServer::listen(&mut rt.iface, local, root, server_config(args))?;
     tracing::info!(
         iface = %args.iface,
-        mac = %format_mac(&mac),
         also = ?args.handoff.also_addr,
-        handoff = handoff.is_some(),
+        handoff = node.has_handoff(),
         "serving http://[{}]:{}/ from {}",
         args.addr,
         args.port,
         root.display()
     );
-    let mut echo = match args.udp_echo {
-        Some(port) => {
-            let at = args.handoff.also_addr.first().copied().unwrap_or(args.addr);
-            tracing::info!("UDP echo on [{at}]:{port}");
-            Some(ds_apps::udp_echo::UdpEcho::bind(
-                &mut rt.iface,
-                SocketAddrV6::new(at, port, 0, 0),
-            )?)
-        }
-        None => None,
+    let started = std::time::Instant::now();
+    // Wake for the control sockets too (the node adds its own), so an offer or a reply is
+    // handled at once; with handoff a short bound keeps drain deadlines and reply timeouts
+    // accurate.
+    let idle = if node.has_handoff() {
+        Duration::from_millis(1)
+    } else {
+        Duration::from_millis(10)
     };
-    let mut service = match handoff {
-        None => Service::Plain(Box::new(server)),
-        Some(cfg) => {
-            let mut node = HandoffNode::new(server, cfg)?;
-            node.install_mobility(&mut rt.iface);
-            // Open the peer channel now, so the first handoff does not pay for the handshake;
-            // the peer may not be up yet, and the first handoff then connects.
-            if let Err(e) = node.connect_peer() {
-                tracing::info!("peer not reachable yet (will connect at the first handoff): {e:#}");
-            }
-            Service::Handoff(Box::new(node))
-        }
-    };
-
-    let started = rt.now();
-    // Announce our address at start and again shortly after, since the device may only be
-    // bridged to the network once it exists (RFC 4861 §7.2.6 allows a few repeats). Not with a
-    // shared address (--also-addr): every node owns it, and their advertisements would fight
-    // over it; the home agent reaches us by the care-of address instead.
-    let shared = !args.handoff.also_addr.is_empty();
-    let mut announcements = [
-        Duration::ZERO,
-        Duration::from_secs(1),
-        Duration::from_secs(3),
-    ]
-    .into_iter()
-    .filter(|_| !shared)
-    .peekable();
     let mut result = Ok(());
-    let mut control_fds = Vec::new();
+    let mut fds = Vec::new();
     while !stop.load(Ordering::SeqCst) {
-        let now = rt.now();
-        if announcements
-            .next_if(|d| now.saturating_since(started) >= *d)
-            .is_some()
-        {
-            rt.iface.announce(now);
-        }
-        control_fds.clear();
+        fds.clear();
         if let Some(ctl) = &control {
-            ctl.fds(&mut control_fds);
+            ctl.fds(&mut fds);
         }
         if let Some(r) = &remote {
-            control_fds.push(r.bell.fd());
+            fds.push(r.bell.fd());
         }
-        let stepped = match &service {
-            Service::Plain(_) => rt.step_with(Duration::from_millis(10), &control_fds),
-            // Wake for the control sockets too, so an offer or a reply is handled at once; a
-            // short bound keeps drain deadlines and reply timeouts accurate.
-            Service::Handoff(node) => {
-                node.wait_fds(&mut control_fds);
-                rt.step_with(node.max_wait(Duration::from_millis(1)), &control_fds)
-            }
+        node.set_fence(membership_fence());
+        // Connections adopted or resumed in the last round are served without waiting.
+        let wait = if server.has_work() {
+            Duration::ZERO
+        } else {
+            idle
         };
-        if let Err(e) = stepped {
+        if let Err(e) = node.poll_with(wait, &fds) {
             result = Err(anyhow::Error::new(e).context("device I/O failed"));
             break;
         }
-        let now = rt.now();
         if let Some(e) = echo.as_mut() {
-            e.poll(&mut rt.iface);
+            e.poll(&mut node);
         }
-        match &mut service {
-            Service::Plain(server) => server.poll(&mut rt.iface, now),
-            Service::Handoff(node) => {
-                node.set_fence(membership_fence());
-                node.poll(&mut rt.iface, now);
-                node.take_events().into_iter().for_each(report_event);
-                if node.drained() && remote.as_mut().is_none_or(Remote::all_drained) {
-                    tracing::info!("drained: every connection moved, exiting");
-                    break;
-                }
-            }
+        server.poll(&mut node);
+        server.take_events().into_iter().for_each(report_user_event);
+        if server.drained(&node) && remote.as_mut().is_none_or(Remote::all_drained) {
+            tracing::info!("drained: every connection moved, exiting");
+            break;
         }
         // Requests the control socket's thread forwarded (--queues).
         let asked = remote
@@ -1504,11 +1443,10 @@ fn run<D: Device>(
             .is_some_and(|r| r.bell.answer() || !r.rx.is_empty());
         if asked || control.is_some() {
             let mut u = UserControl {
-                service: &mut service,
-                iface: &rt.iface,
+                server: &mut server,
+                node: &mut node,
                 args,
-                uptime: now.saturating_since(started),
-                now,
+                uptime: started.elapsed(),
                 echo: echo.as_ref().map(|e| e.stats()),
             };
             if let Some(r) = remote.as_ref().filter(|_| asked) {
@@ -1521,26 +1459,16 @@ fn run<D: Device>(
             }
         }
     }
-    let uptime = rt.now().saturating_since(started);
-    let (stats, node_stats) = match &mut service {
-        Service::Plain(server) => {
-            if result.is_ok() {
-                tracing::info!(open = server.connections(), "stopping");
-            }
-            server.shutdown(&mut rt.iface);
-            (server.stats(), None)
-        }
-        // HandoffNode gives no mutable access to its server, so open connections are not
-        // reset here; they end when their peer times out.
-        Service::Handoff(node) => {
-            if result.is_ok() {
-                tracing::info!(open = node.server().connections(), "stopping");
-            }
-            (node.server().stats(), Some(node.stats()))
-        }
-    };
-    // Best effort: send the resets for connections still open.
-    let _ = rt.flush();
+    let uptime = started.elapsed();
+    if result.is_ok() {
+        tracing::info!(open = server.connections(), "stopping");
+    }
+    // Connections still open here are reset (the node sends the resets as it goes).
+    server.shutdown(&mut node);
+    let stats = server.stats();
+    let node_stats = node.has_handoff().then(|| node.stats());
+    let iface = node.interface_stats().clone();
+    drop(node);
 
     if args.json {
         tracing::info!(
@@ -1549,14 +1477,14 @@ fn run<D: Device>(
         );
         match node_stats {
             // Without handoff: the interface counters alone, as before.
-            None => ds_apps::outln!("{}", serde_json::to_string(rt.iface.stats())?),
+            None => ds_apps::outln!("{}", serde_json::to_string(&iface)?),
             Some(n) => ds_apps::outln!(
                 "{}",
-                serde_json::json!({ "handoff": n, "http": stats, "interface": rt.iface.stats() })
+                serde_json::json!({ "handoff": n, "http": stats, "interface": iface })
             ),
         }
     } else {
-        print_stats(uptime, &stats, rt.iface.stats());
+        print_stats(uptime, &stats, &iface);
         if let Some(n) = node_stats {
             ds_apps::outln!(
                 "  handoff: {} started, {} moved, {} kept, {} adopted, {} packets forwarded",

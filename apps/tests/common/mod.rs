@@ -1,5 +1,6 @@
-//! What the in-memory HTTP tests share: the HTTP server on one `ds-stack` interface and a
-//! `ds-stack` client on the other end of an in-memory cable, with a download in progress.
+//! What the in-memory HTTP tests share: the HTTP server on a library node (`dserver::Node`)
+//! and a `ds-stack` client on the other end of an in-memory cable, with a download in
+//! progress.
 #![allow(dead_code)]
 
 use ds_apps::server::{HttpServer, ServerConfig};
@@ -20,7 +21,7 @@ fn runner(dev: MemDevice, mac: [u8; 6], addr: Ipv6Addr, clock: Clock) -> Runner<
 
 /// Server and client on one cable; the client is connected to the server's port 80.
 pub struct MemNet {
-    pub srv: Runner<MemDevice>,
+    pub srv: dserver::Node,
     pub cli: Runner<MemDevice>,
     pub server: HttpServer,
     /// The client's connection.
@@ -43,10 +44,15 @@ impl MemNet {
     pub fn with_config(root: &Path, cfg: ServerConfig) -> MemNet {
         let clock = Clock::new();
         let (a, b) = mem_pair(1500);
-        let mut srv = runner(a, [0x02, 0, 0, 0, 0, 0x80], SERVER, clock);
+        let srv = dserver::Node::builder()
+            .ds_addr(SERVER)
+            .mac([0x02, 0, 0, 0, 0, 0x80])
+            .backlog(cfg.backlog)
+            .build_on(Box::new(a))
+            .expect("server node");
         let mut cli = runner(b, [0x02, 0, 0, 0, 0, 0x02], CLIENT, clock);
         let to = SocketAddrV6::new(SERVER, 80, 0, 0);
-        let server = HttpServer::listen(&mut srv.iface, to, root, cfg).expect("listen");
+        let server = HttpServer::new(root, cfg).expect("server");
         let client = dial(&mut cli, CLIENT, to);
         MemNet {
             srv,
@@ -62,10 +68,9 @@ impl MemNet {
     /// One round: server stack, server application, client stack, client reads.
     pub fn round(&mut self) {
         self.srv
-            .step(Duration::from_micros(200))
+            .poll(Duration::from_micros(200))
             .expect("server step");
-        let now = self.srv.now();
-        self.server.poll(&mut self.srv.iface, now);
+        self.server.poll(&mut self.srv);
         self.cli
             .step(Duration::from_micros(200))
             .expect("client step");
@@ -118,5 +123,82 @@ impl MemNet {
         {
             self.round();
         }
+    }
+}
+
+/// The DS address of [`HubNet`] (node 1's at the start).
+pub const HUB_DS: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x80);
+/// Node 2's own address on the hub.
+pub const HUB_N2: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
+/// The client's address on the hub.
+pub const HUB_CLIENT: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 3);
+/// The cluster secret of [`HubNet`].
+pub const HUB_SECRET: &[u8] = b"in-memory hub test secret of 32B";
+
+/// A client stack and two library nodes, each with the HTTP server, on one in-memory hub;
+/// node 1 owns the DS address, node 2 only its own; their control channels on loopback. A
+/// node that adopts a connection takes its address over (announced: the client's frames
+/// then go to it).
+pub struct HubNet {
+    pub cli: Runner<MemDevice>,
+    pub nodes: [dserver::Node; 2],
+    pub servers: [HttpServer; 2],
+}
+
+impl HubNet {
+    /// Nodes serving `root`, their engine settings adjusted by `tune(i, cfg)` (node `i`, 0
+    /// or 1) from a control listener on loopback, the other node as the peer, immediate
+    /// drain and address takeover.
+    pub fn new(
+        root: &Path,
+        tune: impl Fn(usize, dserver::engine::HandoffConfig) -> dserver::engine::HandoffConfig,
+    ) -> HubNet {
+        let mut ports = ds_stack::device::mem_hub(3, 1500).into_iter();
+        let (Some(c), Some(p1), Some(p2)) = (ports.next(), ports.next(), ports.next()) else {
+            unreachable!("three ports")
+        };
+        let clock = Clock::new();
+        let cli = runner(c, [0x02, 0, 0, 0, 0, 0x03], HUB_CLIENT, clock);
+        let ls = [0, 1].map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("listener"));
+        let addrs = ls.each_ref().map(|l| l.local_addr().expect("addr"));
+        let mut ls = ls.map(Some);
+        let mut ports = [Some(p1), Some(p2)];
+        let nodes = [0usize, 1].map(|i| {
+            let mut cfg = dserver::engine::HandoffConfig::new(
+                dserver::ClusterSecret::new(HUB_SECRET).expect("secret"),
+            );
+            cfg.listen = ls[i].take();
+            cfg.peer = Some(addrs[1 - i]);
+            cfg.drain = ds_handoff::Drain::Immediate;
+            cfg.takeover = ds_handoff::Takeover::Address;
+            let port = ports[i].take().expect("port");
+            dserver::Node::builder()
+                .ds_addr(if i == 0 { HUB_DS } else { HUB_N2 })
+                .mac([0x02, 0, 0, 0, 0, i as u8 + 1])
+                .engine(tune(i, cfg))
+                .build_on(Box::new(port))
+                .expect("node")
+        });
+        let servers =
+            [0, 1].map(|_| HttpServer::new(root, ServerConfig::default()).expect("server"));
+        HubNet {
+            cli,
+            nodes,
+            servers,
+        }
+    }
+
+    /// One round: the client's stack, then each node and its server; the nodes' events.
+    pub fn round(&mut self) -> Vec<(usize, dserver::Event)> {
+        self.cli
+            .step(Duration::from_micros(100))
+            .expect("client step");
+        let mut events = Vec::new();
+        for (k, (n, s)) in self.nodes.iter_mut().zip(&mut self.servers).enumerate() {
+            n.poll(Duration::ZERO).expect("node step");
+            s.poll(n);
+            events.extend(s.take_events().into_iter().map(|e| (k, e)));
+        }
+        events
     }
 }

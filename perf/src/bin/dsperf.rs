@@ -547,7 +547,7 @@ struct HandoffArgs {
     /// Inject a failure at node 2's acceptor (refuse, crash, hang): every handoff to it must
     /// come back to node 1 with nothing lost.
     #[arg(long, value_parser = parse_fault)]
-    fault: Option<ds_apps::node::AcceptorFault>,
+    fault: Option<dserver::engine::AcceptorFault>,
     /// The donor's wait for each acceptor reply, ms.
     #[arg(long, default_value_t = 500)]
     reply_timeout_ms: u64,
@@ -573,8 +573,8 @@ fn parse_path(s: &str) -> Result<ds_perf::handoff::HandoffPath, String> {
     s.parse()
 }
 
-fn parse_fault(s: &str) -> Result<ds_apps::node::AcceptorFault, String> {
-    use ds_apps::node::AcceptorFault;
+fn parse_fault(s: &str) -> Result<dserver::engine::AcceptorFault, String> {
+    use dserver::engine::AcceptorFault;
     match s {
         "refuse" => Ok(AcceptorFault::Refuse),
         "crash" => Ok(AcceptorFault::Crash),

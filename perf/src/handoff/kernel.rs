@@ -1,6 +1,6 @@
 //! Kernel-path nodes for `dsperf handoff`: standard Linux sockets that hand their connections
 //! off and take them over with `TCP_REPAIR` (`ds-kernel`), through the same protocol as the
-//! userspace [`ds_apps::node::HandoffNode`], so that kernel and userspace nodes interoperate.
+//! userspace [`ds_apps::server::HttpServer`], so that kernel and userspace nodes interoperate.
 //!
 //! ```text
 //!  HA ── IPv6-in-IPv6 to the care-of address ──▶ n0: XDP steer (decapsulate, XDP_PASS)
@@ -16,11 +16,11 @@
 use super::{ip, NodeOut, NodeTask, COA, DS, HA, HA_PORT, MAC};
 use anyhow::{anyhow, Context, Result};
 use ds_apps::kernel_node::KernelNode;
-use ds_apps::node::Steering;
 use ds_kernel::{HoldLimits, HoldTable};
 use ds_testbed::Netns;
 use ds_xdp::maps::{Action, LocalAddr, PROTO_ALL};
 use ds_xdp::{Kind, LoadOptions, Program};
+use dserver::engine::Steering;
 use std::net::{SocketAddr, SocketAddrV6, TcpListener};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -28,7 +28,7 @@ use std::time::Duration;
 /// Which implementation serves a node's connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Side {
-    /// Our stack over AF_XDP ([`ds_apps::node::HandoffNode`]).
+    /// Our stack over AF_XDP ([`ds_apps::server::HttpServer`]).
     #[default]
     User,
     /// Standard kernel sockets, moved with `TCP_REPAIR`.

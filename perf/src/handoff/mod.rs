@@ -29,7 +29,6 @@ pub use kernel::{HandoffPath, Side};
 
 use anyhow::{bail, Context, Result};
 use ds_apps::flow_agent::FlowAgent;
-use ds_apps::node::{AcceptorFault, HandoffConfig, HandoffNode, NodeEvent, Steering};
 use ds_apps::server::{HttpServer, ServerConfig};
 use ds_handoff::{ClusterSecret, Drain, HandoffReport, Mode};
 use ds_stack::mobile::MobileRole;
@@ -40,6 +39,7 @@ use ds_testbed::{tcp_counters, Netns};
 use ds_xdp::device::{AfXdpConfig, AfXdpDevice};
 use ds_xdp::maps::{TunnelConfig, TunnelMode};
 use ds_xdp::{Kind, LoadOptions, Program};
+use dserver::engine::{AcceptorFault, HandoffConfig, NodeEvent, Steering};
 use sha2::{Digest, Sha256};
 use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6, TcpListener};
 use std::path::{Path, PathBuf};
@@ -364,23 +364,7 @@ fn node(t: NodeTask) -> Result<NodeOut> {
         let ro = opts.mode == Mode::Ro;
         // Route-optimised: node 1 is the contact node, at home on the DS address; node 2
         // serves it only as a home address away from home (after a handoff).
-        let addrs = if ro && i == 1 {
-            vec![coa]
-        } else {
-            vec![coa, ip(DS)]
-        };
-        let dev = AfXdpDevice::open("n0", &AfXdpConfig::new(addrs.clone()))?;
-        let mut rt = Runner::new(
-            dev,
-            Interface::new(Config::new(MAC[i], addrs.clone()), ds_stack::Instant::ZERO),
-        );
         let role = ro.then(|| MobileRole::new(ip(DS), (i == 1).then_some(coa)));
-        let server = HttpServer::listen(
-            &mut rt.iface,
-            SocketAddrV6::new(*addrs.last().unwrap_or(&coa), 80, 0, 0),
-            root,
-            ServerConfig::default(),
-        )?;
         let mut hc = handoff_config(i, plan)?;
         match role {
             None => {
@@ -401,23 +385,43 @@ fn node(t: NodeTask) -> Result<NodeOut> {
                 hc.mobile_role = Some(r);
             }
         }
-        let mut node = HandoffNode::new(server, hc)?;
-        node.install_mobility(&mut rt.iface);
+        let mut server = HttpServer::new(root, ServerConfig::default())?;
+        server.set_handoff_quota(hc.quota);
+        server.set_max_handoffs(hc.max_handoffs);
+        // Route-optimised: node 1 is the contact node, at home on the DS address; node 2
+        // serves it only as a home address away from home (after a handoff).
+        let b = dserver::Node::builder()
+            .device(dserver::Device::afxdp("n0"))
+            .mac(MAC[i])
+            .engine(hc);
+        let b = if ro && i == 1 {
+            b.ds_addr(coa)
+        } else {
+            b.ds_addr(ip(DS)).care_of(coa)
+        };
+        let mut node = b.build()?;
         let _ = ready.send(Ok(()));
         let mut events = Vec::new();
         // Return routability is the nodes' own business: the contact node runs the home test
         // when a connection is to move, the acceptor the care-of test when the donor announces
         // the offer (its duration is phase 4).
-        let mut fds = Vec::new();
         while !stop.load(Ordering::Relaxed) {
-            fds.clear();
-            node.wait_fds(&mut fds);
-            rt.step_with(node.max_wait(Duration::from_millis(1)), &fds)?;
-            let now = rt.now();
-            node.poll(&mut rt.iface, now);
-            events.extend(node.take_events().into_iter().map(|e| (i as u8 + 1, e)));
+            let wait = if server.has_work() {
+                Duration::ZERO
+            } else {
+                Duration::from_millis(1)
+            };
+            node.poll(wait)?;
+            server.poll(&mut node);
+            events.extend(
+                server
+                    .take_events()
+                    .into_iter()
+                    .filter_map(engine_event)
+                    .map(|e| (i as u8 + 1, e)),
+            );
         }
-        tracing::info!(node = i + 1, stats = ?node.stats(), server = ?node.server().stats(), iface = ?rt.iface.stats(), "node done");
+        tracing::info!(node = i + 1, stats = ?node.stats(), server = ?server.stats(), iface = ?node.interface_stats(), "node done");
         Ok(NodeOut {
             events,
             forwarded: node.stats().forwarded_packets,
@@ -427,6 +431,27 @@ fn node(t: NodeTask) -> Result<NodeOut> {
         Ok(r) => r,
         Err(e) => Err(e),
     }
+}
+
+/// A library node's event as the engine's, as the other kinds of node report them.
+fn engine_event(e: dserver::Event) -> Option<NodeEvent> {
+    use dserver::Event;
+    Some(match e {
+        Event::HandedOff {
+            report,
+            client,
+            boundary_seq,
+            ..
+        } => NodeEvent::HandedOff {
+            report: *report,
+            client,
+            boundary_seq,
+        },
+        Event::KeptHere { cause, .. } | Event::Lost { cause, .. } => NodeEvent::Failed { cause },
+        Event::Declined { cause } => NodeEvent::Declined { cause },
+        Event::Bound { client, after } => NodeEvent::Bound { client, after },
+        Event::Rebound { .. } => return None,
+    })
 }
 
 /// Build the namespaces, run one download with `opts.count` handoffs, tear down.

@@ -9,8 +9,8 @@ use super::{
 use crate::find_program as bin;
 use crate::proc::Proc;
 use anyhow::{anyhow, Context, Result};
-use ds_apps::node::NodeEvent;
 use ds_handoff::{HandoffReport, Mode};
+use dserver::engine::NodeEvent;
 use std::io::Write as _;
 use std::net::SocketAddrV6;
 use std::path::Path;
@@ -132,9 +132,9 @@ pub(super) fn start(topo: &Topology, plan: &Plan, dir: &Path) -> Result<Procs> {
             args.extend([
                 s(&"--fault"),
                 s(&match f {
-                    ds_apps::node::AcceptorFault::Refuse => "refuse",
-                    ds_apps::node::AcceptorFault::Crash => "crash",
-                    ds_apps::node::AcceptorFault::Hang => "hang",
+                    dserver::engine::AcceptorFault::Refuse => "refuse",
+                    dserver::engine::AcceptorFault::Crash => "crash",
+                    dserver::engine::AcceptorFault::Hang => "hang",
                 }),
             ]);
         }

@@ -1,4 +1,5 @@
-//! An in-memory Ethernet cable between two devices, for tests and benchmarks.
+//! An in-memory Ethernet cable between two devices, or a hub joining several, for tests and
+//! benchmarks.
 
 use super::Device;
 use crate::time::Duration;
@@ -6,9 +7,10 @@ use std::collections::VecDeque;
 use std::io;
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender, TryRecvError};
 
-/// One end of an in-memory cable made by [`mem_pair`].
+/// One end of an in-memory cable made by [`mem_pair`], or a port of a [`mem_hub`].
 pub struct MemDevice {
-    tx: Sender<Vec<u8>>,
+    /// The other ends.
+    tx: Vec<Sender<Vec<u8>>>,
     rx: Receiver<Vec<u8>>,
     pending: VecDeque<Vec<u8>>,
     mtu: usize,
@@ -16,22 +18,31 @@ pub struct MemDevice {
 
 /// Two devices joined back to back: what one sends, the other receives.
 pub fn mem_pair(mtu: usize) -> (MemDevice, MemDevice) {
-    let (tx_a, rx_b) = channel();
-    let (tx_b, rx_a) = channel();
-    (
-        MemDevice {
-            tx: tx_a,
-            rx: rx_a,
+    let mut hub = mem_hub(2, mtu).into_iter();
+    match (hub.next(), hub.next()) {
+        (Some(a), Some(b)) => (a, b),
+        _ => unreachable!("a hub of two has two ports"),
+    }
+}
+
+/// `n` devices on one hub: what one sends, every other receives (an Ethernet segment; each
+/// stack keeps the frames for its own MAC address and multicast).
+pub fn mem_hub(n: usize, mtu: usize) -> Vec<MemDevice> {
+    let (txs, rxs): (Vec<_>, Vec<_>) = (0..n).map(|_| channel()).unzip();
+    rxs.into_iter()
+        .enumerate()
+        .map(|(i, rx)| MemDevice {
+            tx: txs
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, t)| t.clone())
+                .collect(),
+            rx,
             pending: VecDeque::new(),
             mtu,
-        },
-        MemDevice {
-            tx: tx_b,
-            rx: rx_b,
-            pending: VecDeque::new(),
-            mtu,
-        },
-    )
+        })
+        .collect()
 }
 
 impl Device for MemDevice {
@@ -56,7 +67,9 @@ impl Device for MemDevice {
 
     fn send(&mut self, frame: &[u8]) -> io::Result<()> {
         // A vanished peer is a cable pulled out: frames are lost, not an error.
-        let _ = self.tx.send(frame.to_vec());
+        for tx in &self.tx {
+            let _ = tx.send(frame.to_vec());
+        }
         Ok(())
     }
 

@@ -8,7 +8,7 @@ use std::os::fd::RawFd;
 mod mem;
 mod tap;
 
-pub use mem::{mem_pair, MemDevice};
+pub use mem::{mem_hub, mem_pair, MemDevice};
 pub use tap::TapDevice;
 
 /// A link-layer (Ethernet) device.
