@@ -31,7 +31,9 @@ pub struct ServerConfig {
     pub backlog: usize,
     /// A persistent connection with no request in progress is closed after this long idle.
     pub idle_timeout: Duration,
-    /// A connection still not closed this long after our FIN is aborted.
+    /// A connection still not closed this long after our FIN is aborted (kernel sockets; on
+    /// the userspace stack a closed connection is the stack's, which bounds FIN-WAIT-2 and
+    /// its retransmissions itself).
     pub linger: Duration,
     /// A request head must arrive whole within this long of its first byte, however the
     /// client trickles it (then 408 and close): a slow client holds a connection no longer.

@@ -114,7 +114,9 @@ void ds_config_free(struct ds_config *cfg);
 
 // Set one setting: `ds_addr` (required), `care_of`, `device` (`afxdp` or `tap`), `iface`,
 // `mac`, `port`, `secret_file`, `control_listen`, `peer` (repeat for several),
-// `home_agent`, `service`, `reply_timeout_ms`, `policy` (`local`, `round-robin` or
+// `home_agent`, `steering` (`ro-home`: route-optimised, this node the contact node at home
+// on the DS address; `ro-away`: route-optimised away from home; transparent steering is
+// `home_agent`'s), `service`, `reply_timeout_ms`, `policy` (`local`, `round-robin` or
 // `least-connections`). Values
 // are checked when the node is made.
 //

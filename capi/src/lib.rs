@@ -136,7 +136,7 @@ pub struct ds_config {
 }
 
 /// The keys `ds_config_set` takes (the `dsnode` configuration's names).
-const KEYS: [&str; 13] = [
+const KEYS: [&str; 14] = [
     "ds_addr",
     "care_of",
     "device",
@@ -147,6 +147,7 @@ const KEYS: [&str; 13] = [
     "control_listen",
     "peer",
     "home_agent",
+    "steering",
     "service",
     "reply_timeout_ms",
     "policy",
@@ -172,7 +173,9 @@ pub unsafe extern "C" fn ds_config_free(cfg: *mut ds_config) {
 
 /// Set one setting: `ds_addr` (required), `care_of`, `device` (`afxdp` or `tap`), `iface`,
 /// `mac`, `port`, `secret_file`, `control_listen`, `peer` (repeat for several),
-/// `home_agent`, `service`, `reply_timeout_ms`, `policy` (`local`, `round-robin` or
+/// `home_agent`, `steering` (`ro-home`: route-optimised, this node the contact node at home
+/// on the DS address; `ro-away`: route-optimised away from home; transparent steering is
+/// `home_agent`'s), `service`, `reply_timeout_ms`, `policy` (`local`, `round-robin` or
 /// `least-connections`). Values
 /// are checked when the node is made.
 ///
@@ -259,6 +262,12 @@ fn builder(cfg: &ds_config, default_device: &str) -> Result<dserver::Builder, St
     }
     if let Some(a) = parse(cfg, "home_agent")? {
         b = b.home_agent(a);
+    }
+    match cfg.values.get("steering").map(String::as_str) {
+        None => {}
+        Some("ro-home") => b = b.route_optimised(false),
+        Some("ro-away") => b = b.route_optimised(true),
+        Some(s) => return Err(format!("steering = {s:?}: ro-home or ro-away")),
     }
     if let Some(s) = cfg.values.get("service") {
         b = b.service(s.clone());

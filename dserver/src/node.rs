@@ -239,6 +239,8 @@ pub struct Builder {
     also: Vec<Ipv6Addr>,
     /// Receive queues to open ([`Builder::queue_count`]); `None`: all.
     queue_count: Option<usize>,
+    /// Route-optimised steering ([`Builder::route_optimised`]): away from home or not.
+    ro_away: Option<bool>,
     reply_timeout: Duration,
     backlog: usize,
     queue: Option<Queue>,
@@ -353,6 +355,36 @@ impl Builder {
     /// handoffs carry the home keygen ticket (RFC 6275 §5.2.5).
     pub fn engine(mut self, cfg: HandoffConfig) -> Self {
         self.engine = Some(cfg);
+        self
+    }
+
+    /// Route-optimised steering (RFC 6275 route optimisation: the clients are correspondent
+    /// nodes, e.g. the `ds-stack` client role, and talk to whichever node holds their
+    /// connection directly). Not away from home (`away: false`), this node is the contact node:
+    /// it owns the DS address as its home address and runs the home test when a connection is
+    /// to leave (its home keygen ticket goes with the connection, §5.2.5). Away from home
+    /// (`away: true`, the care-of address is required) the node does not own the DS address:
+    /// it serves connections handed to it under the DS address as a home address, from its
+    /// care-of address, after a Binding Update to the client (§11.7.2). Instead of
+    /// [`Builder::home_agent`].
+    ///
+    /// ```no_run
+    /// # fn build() -> Result<(), dserver::Error> {
+    /// use dserver::{Device, Node};
+    /// // A node away from home; the contact node has `.route_optimised(false)`.
+    /// let node = Node::builder()
+    ///     .ds_addr("fd00:80::80".parse().unwrap())
+    ///     .care_of("fd00:1::2".parse().unwrap())
+    ///     .device(Device::afxdp("eth0"))
+    ///     .secret_file("/etc/dserver/secret")
+    ///     .control_listen("[fd00:1::2]:7000".parse().unwrap())
+    ///     .peer("[fd00:1::1]:7000".parse().unwrap())
+    ///     .route_optimised(true)
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn route_optimised(mut self, away: bool) -> Self {
+        self.ro_away = Some(away);
         self
     }
 
@@ -489,6 +521,28 @@ impl Builder {
             })?;
             cfg.steering = Steering::HomeAgentFlow { ha, coa };
         }
+        if let Some(away) = self.ro_away {
+            if self.home_agent.is_some() {
+                return Err(Error::Config(
+                    "route-optimised steering replaces the home agent's: not both".into(),
+                ));
+            }
+            let (ds, _) = self.addresses()?;
+            cfg.mode = Mode::Ro;
+            // One role for both directions: it steers connections that arrive (a Binding
+            // Update away from home, a deregistration at home) and gives the home keygen
+            // ticket to connections that leave.
+            cfg.mobile_role = Some(ds_stack::mobile::MobileRole::new(
+                ds,
+                if away { self.care_of } else { None },
+            ));
+            if away {
+                cfg.takeover = ds_handoff::Takeover::HomeAddress;
+            }
+            cfg.steering = Steering::RouteOptimised {
+                lifetime: Duration::from_secs(120),
+            };
+        }
         Ok(Some(cfg))
     }
 
@@ -523,11 +577,18 @@ impl Builder {
                 )));
             }
         }
+        // Away from home the DS address is a home address only, not the stack's own.
+        let owned = (self.ro_away != Some(true)).then_some(ds);
+        if self.ro_away == Some(true) && self.care_of.is_none() {
+            return Err(Error::Config(
+                "route-optimised away from home needs this node's care_of address".into(),
+            ));
+        }
         Ok((
             ds,
             self.care_of
                 .into_iter()
-                .chain([ds])
+                .chain(owned)
                 .chain(self.also.iter().copied())
                 .collect(),
         ))
@@ -671,6 +732,7 @@ impl Builder {
             accepted: VecDeque::new(),
             queue: VecDeque::new(),
             export: None,
+            current: None,
             adopted: Vec::new(),
             events: VecDeque::new(),
             ready: Vec::new(),
@@ -728,6 +790,8 @@ pub struct Node {
     queue: VecDeque<(ConnId, Vec<u8>, Option<SocketAddr>)>,
     /// The state of the connection whose handoff is starting, for the engine's export.
     export: Option<Vec<u8>>,
+    /// The connection whose handoff the engine runs now (its outcome not yet taken).
+    current: Option<ConnId>,
     /// Connections the engine handed to the service in the last round, with their state:
     /// arrivals, and connections whose handoff failed and that came back.
     adopted: Vec<(TcpHandle, Vec<u8>)>,
@@ -822,6 +886,7 @@ impl Node {
             engine: None,
             also: Vec::new(),
             queue_count: None,
+            ro_away: None,
             reply_timeout: Duration::from_secs(1),
             backlog: 1024,
             queue: None,
@@ -943,21 +1008,25 @@ impl Node {
             self.ro.observe(&mut self.rt.iface, core.events());
             RouteOptimisation::watch_binding(core, &self.rt.iface, now);
         }
-        self.start_queued(now, mono);
-        let Some(core) = self.core.as_mut() else {
-            return;
-        };
         let evs = core.take_events();
-        // Arrivals, and connections that came back (a new handle for the same client).
+        // Arrivals, and connections whose handoff failed (the donor resumed them: a new
+        // handle for the same connection). Only the engine's outcome tells them apart: a
+        // connection that left may come back as an arrival before its donor has the outcome
+        // of its handoff (route-optimised, the acceptor reports after the binding).
         for (h, state) in std::mem::take(&mut self.adopted) {
             let Some((_, peer)) = self.rt.iface.tcp_endpoints(h) else {
                 continue;
             };
-            let back = self
-                .conns
+            let resumed = evs
                 .iter()
-                .find(|(_, e)| e.leaving && e.peer == peer)
-                .map(|(c, _)| *c);
+                .any(|e| matches!(e, NodeEvent::KeptHere { client, .. } if *client == peer));
+            let back = if resumed {
+                self.current
+                    .filter(|c| self.conns.get(c).is_some_and(|e| e.peer == peer))
+                    .or_else(|| self.leaving_of(peer))
+            } else {
+                None
+            };
             match back {
                 Some(conn) => {
                     if let Some(e) = self.conns.get_mut(&conn) {
@@ -988,6 +1057,7 @@ impl Node {
         for ev in evs {
             self.node_event(ev);
         }
+        self.start_queued(now, mono);
     }
 
     /// Start the next queued handoff once the engine is free (one runs at a time).
@@ -996,7 +1066,8 @@ impl Node {
             return;
         };
         let mut not_started = Vec::new();
-        while !core.handing_off() {
+        // Not before the outcome of the last one was taken (it names `current`).
+        while !core.handing_off() && self.current.is_none() {
             let Some((conn, state, wanted)) = self.queue.pop_front() else {
                 break;
             };
@@ -1042,12 +1113,12 @@ impl Node {
                 adopted: &mut self.adopted,
             };
             *svc.export = Some(state);
-            if core
-                .hand_off_to(mono, to, UserConn::Live(h), ticket, &mut host, &mut svc)
-                .is_err()
-            {
-                *svc.export = None;
-                not_started.push((conn, "the handoff could not start (busy)".into()));
+            match core.hand_off_to(mono, to, UserConn::Live(h), ticket, &mut host, &mut svc) {
+                Ok(()) => self.current = Some(conn),
+                Err(_) => {
+                    *svc.export = None;
+                    not_started.push((conn, "the handoff could not start (busy)".into()));
+                }
             }
         }
         for (conn, cause) in not_started {
@@ -1056,6 +1127,17 @@ impl Node {
             }
             tracing::debug!(%conn, "connection kept here: {cause}");
             self.events.push_back(Event::KeptHere { conn, cause });
+        }
+    }
+
+    /// The connection whose handoff (the one in progress, `client`'s) just ended.
+    fn outcome_of(&mut self, client: SocketAddrV6) -> Option<ConnId> {
+        match self.current.take() {
+            Some(c) if self.conns.get(&c).is_some_and(|e| e.peer == client) => Some(c),
+            other => {
+                self.current = other;
+                self.leaving_of(client)
+            }
         }
     }
 
@@ -1074,7 +1156,7 @@ impl Node {
                 client,
                 boundary_seq,
             } => {
-                if let Some(conn) = self.leaving_of(client) {
+                if let Some(conn) = self.outcome_of(client) {
                     if let Some(e) = self.conns.remove(&conn) {
                         self.by_handle.remove(&e.h);
                     }
@@ -1087,7 +1169,7 @@ impl Node {
                 }
             }
             NodeEvent::KeptHere { client, cause } => {
-                if let Some(conn) = self.leaving_of(client) {
+                if let Some(conn) = self.outcome_of(client) {
                     if let Some(e) = self.conns.get_mut(&conn) {
                         e.leaving = false;
                     }
@@ -1095,21 +1177,18 @@ impl Node {
                 }
             }
             NodeEvent::Failed { cause } => {
-                // In doubt: the connection that was leaving (one at a time) is not here.
-                let gone: Vec<ConnId> = self
-                    .conns
-                    .iter()
-                    .filter(|(c, e)| e.leaving && !self.queue.iter().any(|(q, _, _)| q == *c))
-                    .map(|(c, _)| *c)
-                    .collect();
-                for conn in gone {
+                // The handoff in progress ended in doubt (the connection is not here), or an
+                // offer failed after it was taken (the acceptor's: no connection of ours).
+                let ended = self.core.as_ref().is_some_and(|c| !c.handing_off());
+                if !ended {
+                    tracing::warn!("a connection offered here was lost: {cause}");
+                    return;
+                }
+                if let Some(conn) = self.current.take() {
                     if let Some(e) = self.conns.remove(&conn) {
                         self.by_handle.remove(&e.h);
                     }
-                    self.events.push_back(Event::Lost {
-                        conn,
-                        cause: cause.clone(),
-                    });
+                    self.events.push_back(Event::Lost { conn, cause });
                 }
             }
             NodeEvent::Declined { cause } => self.events.push_back(Event::Declined { cause }),
@@ -1654,5 +1733,45 @@ impl Write for Stream<'_> {
     /// Send the frames that are ready now (the stack sends on its own as well).
     fn flush(&mut self) -> io::Result<()> {
         self.node.rt.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DS: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x80, 0, 0, 0, 0, 0, 0x80);
+    const COA: Ipv6Addr = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 2);
+
+    fn ro(away: bool) -> Builder {
+        Node::builder()
+            .ds_addr(DS)
+            .care_of(COA)
+            .secret(ClusterSecret::new(b"0123456789abcdef0123456789abcdef").expect("secret"))
+            .peer("[fd00:1::1]:7000".parse().expect("literal"))
+            .route_optimised(away)
+    }
+
+    #[test]
+    fn route_optimised_steering_gives_the_engine_its_mobile_role() {
+        // Away from home: the DS address is a home address only; Binding Updates steer.
+        let mut b = ro(true);
+        assert_eq!(b.addresses().expect("addresses").1, vec![COA]);
+        let cfg = b.handoff_config().expect("config").expect("handoff on");
+        assert_eq!(cfg.mode, Mode::Ro);
+        assert!(cfg.mobile_role.as_ref().is_some_and(|r| !r.is_at_home()));
+        assert!(matches!(cfg.takeover, ds_handoff::Takeover::HomeAddress));
+        assert!(matches!(cfg.steering, Steering::RouteOptimised { .. }));
+        // At home: the contact node owns the DS address and runs the home test.
+        let mut b = ro(false);
+        assert_eq!(b.addresses().expect("addresses").1, vec![COA, DS]);
+        let cfg = b.handoff_config().expect("config").expect("handoff on");
+        assert!(cfg.mobile_role.as_ref().is_some_and(|r| r.is_at_home()));
+        assert!(matches!(cfg.takeover, ds_handoff::Takeover::None));
+        // Not with a home agent's steering, and not away without a care-of address.
+        let mut both = ro(false).home_agent("[fd00:1::a]:7001".parse().expect("literal"));
+        assert!(both.handoff_config().is_err());
+        let no_coa = Node::builder().ds_addr(DS).route_optimised(true);
+        assert!(no_coa.addresses().is_err());
     }
 }

@@ -2,8 +2,10 @@
 //! time after its last send before it freezes the connection (`dsnode --drain wait`), from 0
 //! to 1,000 ms; the client-perceived handoff time (from the last data segment before the
 //! handoff's boundary to the first after it, on the client's interface) per wait, at three
-//! upstream bandwidths. Our drain policy `acked` (freeze once the client has acknowledged
-//! everything, soliciting its ACK) is its own point per bandwidth.
+//! upstream bandwidths. Our drain policies are their own points per bandwidth: `acked`
+//! (freeze once the client has acknowledged everything, soliciting its ACK) and `adaptive`
+//! (the same, but freeze as soon as the client's rate of acknowledgements shows the rest
+//! cannot drain before a deadline: the largest wait of the sweep).
 //!
 //! The seed found the time falls as the wait lets the send buffer drain, reaches its minimum
 //! when the socket is extracted right after the last ACK (a ~90-byte state), then grows with
@@ -54,6 +56,10 @@ pub struct Curve {
     pub points: Vec<Point>,
     /// The `acked` policy.
     pub acked: Point,
+    /// The `adaptive` policy, its deadline the sweep's largest wait (absent in results from
+    /// before it was measured).
+    #[serde(default)]
+    pub adaptive: Option<Point>,
 }
 
 /// The experiment's result.
@@ -63,6 +69,11 @@ pub struct Report {
     pub options: Options,
     /// Per bandwidth.
     pub curves: Vec<Curve>,
+}
+
+/// The adaptive drain's deadline: the sweep's largest wait.
+pub fn adaptive_deadline_ms(o: &Options) -> u64 {
+    o.waits_ms.iter().copied().max().unwrap_or(0)
 }
 
 fn point(wait_ms: Option<u64>, s: &[super::decomp::Session]) -> Point {
@@ -108,10 +119,24 @@ pub fn run(bed: &mut Fig1, o: &Options, progress: &dyn Fn(&str)) -> Result<Repor
         progress(&format!("state transfer: {mbit} Mbit/s, drain acked"));
         let args = ["--drain", "acked"].map(String::from);
         let s = handoffs(bed, &paths, &args, o.sessions, o.size, o.handoff_at)?;
+        let acked = point(None, &s);
+        let deadline = adaptive_deadline_ms(o);
+        progress(&format!(
+            "state transfer: {mbit} Mbit/s, drain adaptive (deadline {deadline} ms)"
+        ));
+        let args = [
+            "--drain",
+            "adaptive",
+            "--drain-deadline-ms",
+            &deadline.to_string(),
+        ]
+        .map(String::from);
+        let s = handoffs(bed, &paths, &args, o.sessions, o.size, o.handoff_at)?;
         curves.push(Curve {
             mbit,
             points,
-            acked: point(None, &s),
+            acked,
+            adaptive: Some(point(None, &s)),
         });
     }
     Ok(Report {

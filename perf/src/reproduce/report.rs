@@ -334,9 +334,14 @@ pub fn markdown(r: &Results) -> String {
              not-sent limit, plus what is in flight), which does not drain within 1,000 ms at \
              these rates: the curves only fall. Our `acked` drain policy, which solicits the \
              last ACK and freezes at once, is the cross on each curve, drawn at the time its \
-             drain took: that is where the seed's minimum lies.\n\n\
+             drain took: that is where the seed's minimum lies. Our `adaptive` policy (the \
+             same, but it freezes as soon as the client's rate of acknowledgements shows the \
+             rest cannot be acknowledged before its deadline, here {} ms) is the cross labelled \
+             `adaptive`: it bounds how long the donor holds the connection, and moves the \
+             state left then.\n\n\
              ![Figure 2](figures/reproduce-figure2.svg)\n",
-            f.options.sessions
+            f.options.sessions,
+            figure2::adaptive_deadline_ms(&f.options)
         );
         let _ = write!(s, "| wait (ms) |");
         let mut rule = String::from("|---|");
@@ -372,6 +377,23 @@ pub fn markdown(r: &Results) -> String {
                     d.median
                 ))
             );
+        }
+        if f.curves.iter().any(|c| c.adaptive.is_some()) {
+            let _ = write!(s, "\n| adaptive |");
+            for c in &f.curves {
+                let _ = write!(
+                    s,
+                    " {} |",
+                    c.adaptive.as_ref().map_or("—".into(), |p| format!(
+                        "{}{}",
+                        cell(p),
+                        p.drain_ms.as_ref().map_or(String::new(), |d| format!(
+                            ", frozen after {:.0} ms",
+                            d.median
+                        ))
+                    ))
+                );
+            }
         }
         s.push_str("\n\n");
     }
@@ -446,12 +468,19 @@ fn write_csv(figs: &Path, r: &Results) -> Result<Vec<PathBuf>> {
         let mut s =
             String::from("mbit,wait_ms,client_median_ms,client_p99_ms,state_bytes_median\n");
         for c in &fg.curves {
-            for p in c.points.iter().chain(std::iter::once(&c.acked)) {
+            let policies = std::iter::once(("acked", &c.acked))
+                .chain(c.adaptive.as_ref().map(|p| ("adaptive", p)));
+            let rows = c
+                .points
+                .iter()
+                .map(|p| (p.wait_ms.map_or(String::new(), |w| w.to_string()), p))
+                .chain(policies.map(|(n, p)| (n.to_string(), p)));
+            for (label, p) in rows {
                 let _ = writeln!(
                     s,
                     "{},{},{},{},{}",
                     c.mbit,
-                    p.wait_ms.map_or("acked".into(), |w| w.to_string()),
+                    label,
                     p.client_ms
                         .as_ref()
                         .map_or(String::new(), |x| x.median.to_string()),
@@ -502,10 +531,16 @@ pub fn write_all(dir: &Path, r: &Results) -> Result<Vec<PathBuf>> {
                 let y = c.acked.client_ms.as_ref()?.median;
                 Some((i, format!(" acked ({} Mbit/s)", c.mbit), (d, y)))
             })
+            .chain(f.curves.iter().enumerate().filter_map(|(i, c)| {
+                let a = c.adaptive.as_ref()?;
+                let d = a.drain_ms.as_ref()?.median;
+                let y = a.client_ms.as_ref()?.median;
+                Some((i, format!(" adaptive ({} Mbit/s)", c.mbit), (d, y)))
+            }))
             .collect();
         out.push(write_lines_svg(
             &figs.join("reproduce-figure2.svg"),
-            "Client-perceived handoff time against the donor's wait (seed Figure 2); x: acked drain",
+            "Client-perceived handoff time against the donor's wait (seed Figure 2); x: drain policies",
             ("donor's wait before freezing (ms)", "client-perceived handoff time (ms)"),
             &lines,
             &markers,
