@@ -359,11 +359,13 @@ impl Proxy {
                 Event::HandedOff { conn, .. } | Event::Lost { conn, .. } => {
                     self.relays.remove(&conn);
                 }
-                Event::KeptHere { conn, cause } => {
+                Event::KeptHere { conn, tried, cause } => {
                     tracing::warn!(%conn, "placed elsewhere, served here: {cause}");
                     self.stats.kept += 1;
-                    if let (Some(d), Some(client)) =
-                        (self.drain.as_mut(), self.node.peer_addr(conn))
+                    // A drain gives up after failed handoffs, not after ones that could not
+                    // start (a back-off).
+                    if let (true, Some(d), Some(client)) =
+                        (tried, self.drain.as_mut(), self.node.peer_addr(conn))
                     {
                         d.kept(client);
                     }

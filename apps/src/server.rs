@@ -87,9 +87,10 @@ pub struct ServerStats {
     pub stalled: u64,
     /// Connections refused over the connection limit (503, or a reset past twice the limit).
     pub refused: u64,
-    /// Connections detached for a handoff ([`HttpServer::detach`]).
+    /// Connections handed to another node (counted when the handoff completed).
     pub handed_off: u64,
-    /// Connections continued here after a handoff ([`HttpServer::adopt`]).
+    /// Connections handed over by another node and continued here (not the ones that stayed
+    /// after a failed handoff).
     pub adopted: u64,
     /// Request and byte counters, summed over all connections.
     pub http: HttpStats,
@@ -315,7 +316,7 @@ impl HttpServer {
         self.quota = bytes;
     }
 
-    /// At most this many handoffs start here (a drain's do not count); `None`: no limit.
+    /// At most this many handoffs start here (no limit during a drain); `None`: no limit.
     pub fn set_max_handoffs(&mut self, n: Option<u64>) {
         self.max_handoffs = n;
     }
@@ -570,11 +571,19 @@ impl HttpServer {
                         self.stats.handed_off += 1;
                     }
                 }
-                Event::KeptHere { conn, cause } => {
+                Event::KeptHere { conn, tried, cause } => {
                     if let Some(c) = self.conns.get(conn) {
-                        tracing::warn!(client = %c.client, "connection kept here: {cause}");
-                        if let Some(d) = self.drain.as_mut() {
-                            d.kept(c.client);
+                        if *tried {
+                            tracing::warn!(client = %c.client, "connection kept here: {cause}");
+                            // A drain gives up on a connection after a few failed handoffs,
+                            // not after rounds in which none could start (a back-off).
+                            if let Some(d) = self.drain.as_mut() {
+                                d.kept(c.client);
+                            }
+                        } else {
+                            tracing::debug!(client = %c.client, "connection stays: {cause}");
+                            // Only handoffs that started count against --max-handoffs.
+                            self.tries = self.tries.saturating_sub(1);
                         }
                     }
                     self.resume(*conn);

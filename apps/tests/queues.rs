@@ -192,7 +192,7 @@ fn serve(
                     counts.handed_off.fetch_add(1, Ordering::Relaxed);
                     resps.remove(&conn);
                 }
-                dserver::Event::KeptHere { conn, cause } => {
+                dserver::Event::KeptHere { conn, cause, .. } => {
                     counts.kept.fetch_add(1, Ordering::Relaxed);
                     eprintln!("kept here: {cause}");
                     if let Some(r) = resps.get_mut(&conn) {

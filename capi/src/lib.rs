@@ -801,7 +801,7 @@ pub unsafe extern "C" fn ds_next_event(node: *mut ds_node, ev: *mut ds_event) ->
                     report: ds_report::from(&*report),
                 }
             }
-            Event::KeptHere { conn, cause } => {
+            Event::KeptHere { conn, cause, .. } => {
                 set_error(cause);
                 ds_event {
                     kind: DS_EVENT_KEPT_HERE,

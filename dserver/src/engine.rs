@@ -184,7 +184,7 @@ pub enum NodeEvent {
         /// Why.
         cause: String,
     },
-    /// A handoff ended in a state this node cannot repair (the connection is not here).
+    /// This node's handoff ended in a state it cannot repair (the connection is not here).
     Failed {
         /// Why.
         cause: String,
@@ -1142,9 +1142,11 @@ impl<C: std::fmt::Debug> Coordinator<C> {
                     }
                     self.events.push(NodeEvent::Adopted { client });
                 }
-                AcceptorEvent::AdoptFailed { cause, .. } => {
-                    self.events.push(NodeEvent::Failed { cause })
-                }
+                // An offer taken here that could not be adopted: the acceptor's failure, not a
+                // connection of this node's (its donor learns its own outcome).
+                AcceptorEvent::AdoptFailed { cause, .. } => self.events.push(NodeEvent::Declined {
+                    cause: format!("adopting an offered connection failed: {cause}"),
+                }),
                 AcceptorEvent::Refused { reason, .. } => self.events.push(NodeEvent::Declined {
                     cause: format!("refused: {reason:?}"),
                 }),

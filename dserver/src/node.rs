@@ -172,6 +172,10 @@ pub enum Event {
     KeptHere {
         /// The connection.
         conn: ConnId,
+        /// Whether the handoff was tried (the connection frozen and offered, then resumed);
+        /// false when it could not start (no peer could take it now: backing off after
+        /// failures, unreachable, no route-optimisation ticket).
+        tried: bool,
         /// Why.
         cause: String,
     },
@@ -480,6 +484,11 @@ impl Builder {
 
     fn handoff_config(&mut self) -> Result<Option<HandoffConfig>, Error> {
         if let Some(cfg) = self.engine.take() {
+            if self.ro_away.is_some() || self.home_agent.is_some() {
+                return Err(Error::Config(
+                    "steering is part of the engine configuration given to engine()".into(),
+                ));
+            }
             self.service = cfg.service.clone();
             self.peers = cfg.peer.into_iter().chain(cfg.more_peers.clone()).collect();
             return Ok(Some(cfg));
@@ -602,6 +611,14 @@ impl Builder {
             let mut handoff = self.handoff_config()?;
             if let Some(q) = self.queue.take() {
                 if let Some(h) = handoff.as_mut() {
+                    if h.mode == Mode::Ro {
+                        // A correspondent's mobility messages hash to any queue, and the
+                        // queues' roles share no binding state.
+                        return Err(Error::Config(
+                            "route-optimised steering is not available with one node per queue"
+                                .into(),
+                        ));
+                    }
                     h.generation = Some(q.generation.clone());
                 }
                 tracing::info!(queue = q.index, of = q.of, "device queue taken");
@@ -1126,7 +1143,11 @@ impl Node {
                 e.leaving = false;
             }
             tracing::debug!(%conn, "connection kept here: {cause}");
-            self.events.push_back(Event::KeptHere { conn, cause });
+            self.events.push_back(Event::KeptHere {
+                conn,
+                tried: false,
+                cause,
+            });
         }
     }
 
@@ -1173,17 +1194,15 @@ impl Node {
                     if let Some(e) = self.conns.get_mut(&conn) {
                         e.leaving = false;
                     }
-                    self.events.push_back(Event::KeptHere { conn, cause });
+                    self.events.push_back(Event::KeptHere {
+                        conn,
+                        tried: true,
+                        cause,
+                    });
                 }
             }
             NodeEvent::Failed { cause } => {
-                // The handoff in progress ended in doubt (the connection is not here), or an
-                // offer failed after it was taken (the acceptor's: no connection of ours).
-                let ended = self.core.as_ref().is_some_and(|c| !c.handing_off());
-                if !ended {
-                    tracing::warn!("a connection offered here was lost: {cause}");
-                    return;
-                }
+                // The handoff in progress ended in doubt: the connection is not here.
                 if let Some(conn) = self.current.take() {
                     if let Some(e) = self.conns.remove(&conn) {
                         self.by_handle.remove(&e.h);
@@ -1301,8 +1320,15 @@ impl Node {
             .map_or(0, |h| self.rt.iface.tcp_send_queued(h))
     }
 
-    /// Reset the connection and forget it.
+    /// Reset the connection and forget it (one waiting for its handoff too, not the one
+    /// being handed off now).
     pub fn abort(&mut self, conn: ConnId) -> Result<(), Error> {
+        if self.current != Some(conn) {
+            self.queue.retain(|(c, _, _)| *c != conn);
+            if let Some(e) = self.conns.get_mut(&conn) {
+                e.leaving = false;
+            }
+        }
         let h = self.live(conn)?;
         let _ = self.rt.iface.tcp_abort(h);
         self.rt.iface.tcp_release(h);
@@ -1678,9 +1704,10 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
-        // Reset what is still open here rather than leave clients to time out.
-        for e in self.conns.values() {
-            if !e.leaving {
+        // Reset what is still open here rather than leave clients to time out (and what
+        // waited for its handoff; not the one in flight, which another node may hold now).
+        for (c, e) in &self.conns {
+            if Some(*c) != self.current {
                 let _ = self.rt.iface.tcp_abort(e.h);
             }
         }
@@ -1773,5 +1800,10 @@ mod tests {
         assert!(both.handoff_config().is_err());
         let no_coa = Node::builder().ds_addr(DS).route_optimised(true);
         assert!(no_coa.addresses().is_err());
+        // The daemon's whole engine configuration carries its own steering: not both.
+        let engine = HandoffConfig::new(
+            ClusterSecret::new(b"0123456789abcdef0123456789abcdef").expect("secret"),
+        );
+        assert!(ro(false).engine(engine).handoff_config().is_err());
     }
 }
