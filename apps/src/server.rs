@@ -623,6 +623,10 @@ impl HttpServer {
         } else {
             node.take_ready(&mut todo);
         }
+        // Once each: a connection both ready and resumed must not be served (and stopped at
+        // its quota) twice in a round.
+        todo.sort_unstable();
+        todo.dedup();
         let ctx = Ctx {
             now,
             config: &self.config,
@@ -647,7 +651,11 @@ impl HttpServer {
             );
             match verdict {
                 Verdict::Keep => {}
-                Verdict::QuotaReached => leaving.push(c),
+                Verdict::QuotaReached => {
+                    // Served no more until its handoff's outcome (or `leave` failing).
+                    conn.paused = true;
+                    leaving.push(c);
+                }
                 Verdict::Closed => {
                     let _ = node.close(c);
                     self.stats.closed += 1;

@@ -103,6 +103,7 @@ fn download_with_handoffs(peer: Peer) {
     }
     let [s1, s2] = [&net.servers[0], &net.servers[1]].map(|s| s.stats());
     assert_eq!(s1.accepted + s2.accepted, 1);
+    assert_eq!((s1.aborted, s2.aborted), (0, 0), "{s1:?} {s2:?}");
     assert_eq!(s1.accepted, 1, "{s1:?}");
     // Requests are counted where they were answered: once, on the first node.
     assert_eq!((s1.http.requests, s2.http.requests), (1, 0));
