@@ -610,7 +610,6 @@ impl HttpServer {
         let now = Instant::now();
         self.take_new(node, now);
         self.take_outcomes(node);
-        self.drive_drain(node);
         // Only connections with network events (or new ones), plus a periodic sweep of all of
         // them for timeouts: the per-step cost follows activity, not the connection count.
         let sweep = self.last_sweep.is_none_or(|t| since(now, t) >= SWEEP_EVERY);
@@ -683,6 +682,9 @@ impl HttpServer {
                 self.resume(c);
             }
         }
+        // After serving: a connection a drain could not hand off in the last round (its peer
+        // backs off) is served once a round in between, not starved.
+        self.drive_drain(node);
     }
 
     /// Drop every connection (each open one is reset) and stop accepting.

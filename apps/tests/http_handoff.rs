@@ -147,3 +147,101 @@ fn the_quota_hands_a_download_on_at_exact_bytes_and_back() {
 fn a_refused_handoff_leaves_the_download_to_finish_here() {
     download_with_handoffs(Peer::Refuses);
 }
+
+/// A drain whose peer refuses: one handoff is tried and refused, then the peer backs off and
+/// the rounds in which no handoff can start do not count as failures (the connection is not
+/// given up on after a few milliseconds); meanwhile the download goes on here, and it ends
+/// byte-exact.
+#[test]
+fn a_drain_does_not_give_up_on_a_connection_while_its_peer_backs_off() {
+    let root = TempDir::new("apps-handoff-drain-backoff").expect("temp dir");
+    let data = PatternStream::bytes(0x5eed, 64 << 20);
+    std::fs::write(root.path().join("big"), &data).expect("write");
+    let mut net = HubNet::new(root.path(), |i, mut cfg| {
+        if i == 1 {
+            cfg.fault = Some(AcceptorFault::Refuse);
+        }
+        cfg
+    });
+    let client = dial(
+        &mut net.cli,
+        HUB_CLIENT,
+        SocketAddrV6::new(HUB_DS, 80, 0, 0),
+    );
+    let request = b"GET /big HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+    let mut sent = 0;
+    let mut got = Vec::new();
+    let (mut tried, mut not_started) = (0, 0);
+    let mut drain_since: Option<(Instant, u64)> = None;
+    let mut buf = vec![0u8; 8 << 10];
+    let start = Instant::now();
+    loop {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "stuck after {} bytes",
+            got.len()
+        );
+        for (_, e) in net.round() {
+            if let Event::KeptHere { tried: t, .. } = e {
+                if t {
+                    tried += 1;
+                } else {
+                    not_started += 1;
+                }
+            }
+        }
+        if sent < request.len() {
+            if let Ok(n) = net.cli.iface.tcp_send(client, &request[sent..]) {
+                sent += n;
+            }
+        }
+        if drain_since.is_none() && got.len() > 64 << 10 {
+            let (s, n) = (&mut net.servers[0], &mut net.nodes[0]);
+            assert_eq!(s.start_drain(n, None), Ok(1));
+            drain_since = Some((Instant::now(), net.servers[0].stats().http.bytes_sent));
+        }
+        // 150 ms into the drain (inside the first back-off of 250 ms): one handoff tried and
+        // refused, the rounds since not counted against the connection.
+        if let Some((t, at)) =
+            drain_since.filter(|(t, _)| t.elapsed() >= Duration::from_millis(150))
+        {
+            let info = net.servers[0].drain_info(&net.nodes[0]).expect("draining");
+            assert_eq!(tried, 1, "{info:?}");
+            // Served meanwhile (counted at the server: the client's window would hide a
+            // stall for a while).
+            let served = net.servers[0].stats().http.bytes_sent - at;
+            assert!(
+                served > 256 << 10,
+                "the download stalled during the back-off: {served} bytes in {:?}",
+                t.elapsed()
+            );
+            assert!(not_started > 0, "the drain kept asking");
+            assert_eq!(info.staying, 0, "{info:?}");
+            break;
+        }
+        // A client reading 8 KiB per 100 µs at most: the download outlasts the check.
+        std::thread::sleep(Duration::from_micros(100));
+        match net.cli.iface.tcp_recv(client, &mut buf) {
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(ds_stack::Error::Eof) => panic!("the download ended before the drain's check"),
+            Err(e) => panic!("client connection failed: {e:?}"),
+        }
+    }
+    // The rest of the download, here.
+    let start = Instant::now();
+    loop {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "stuck after {} bytes",
+            got.len()
+        );
+        let _ = net.round();
+        match read_available(&mut net.cli.iface, client, &mut got) {
+            Ok(_) => {}
+            Err(ds_stack::Error::Eof) => break,
+            Err(e) => panic!("client connection failed: {e:?}"),
+        }
+    }
+    let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").expect("head") + 4;
+    assert!(got[head_end..] == data[..], "body differs");
+}
