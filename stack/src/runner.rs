@@ -62,8 +62,10 @@ impl<D: Device> Runner<D> {
     }
 
     /// Bind `iface` to `dev`, reading time from `clock` (share one clock per process).
-    pub fn with_clock(dev: D, iface: Interface, clock: Clock) -> Self {
+    pub fn with_clock(dev: D, mut iface: Interface, clock: Clock) -> Self {
         let buf = vec![0u8; dev.mtu() + 64];
+        // TCP super-frames when the device segments them.
+        iface.set_gso_max(dev.gso_max());
         Runner {
             iface,
             dev,
@@ -193,9 +195,9 @@ impl<D: Device> Runner<D> {
         let now = self.clock.now();
         let dev = &mut self.dev;
         let mut err = None;
-        self.iface.transmit(now, &mut |frame: &[u8]| {
+        self.iface.transmit_gso(now, &mut |frame: &[u8], gso| {
             if err.is_none() {
-                if let Err(e) = dev.send(frame) {
+                if let Err(e) = dev.send_gso(frame, gso) {
                     err = Some(e);
                 }
             }

@@ -9,6 +9,8 @@ pub struct Stats {
     pub rx_frames: u64,
     /// Frames produced by [`crate::Interface::transmit`].
     pub tx_frames: u64,
+    /// Of those, TCP super-frames the device segments ([`crate::device::Gso`]).
+    pub tx_gso_frames: u64,
     /// Frames not for us (other MAC, other address, other ethertype).
     pub rx_not_ours: u64,
     /// Ethernet/IPv6 headers that failed to parse or had bad lengths.

@@ -363,4 +363,10 @@ pub fn us_to_kernel_body<D: Device>(name: &str, case: &Case, peer_ns: &Netns, mu
             "we sent zero-window probes"
         );
     }
+    if rt.dev.gso_max() > 0 {
+        assert!(
+            stats.tx_gso_frames > 0,
+            "the device segments: super-frames sent"
+        );
+    }
 }

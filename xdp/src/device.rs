@@ -8,11 +8,12 @@
 //! Dropping the device empties the XSKMAP slots, removes our addresses and detaches the
 //! program if the device attached it.
 
+use crate::gso_tx::GsoSender;
 use crate::loader::{self, Mode, Program};
 use crate::maps::LocalAddr;
 use crate::xsk::{BindMode, XskConfig, XskSocket, XskStats};
 use crate::{Error, Kind, LoadOptions};
-use ds_stack::device::Device;
+use ds_stack::device::{Device, Gso};
 use ds_stack::time::Duration;
 use std::io;
 use std::net::Ipv6Addr;
@@ -38,6 +39,9 @@ pub struct AfXdpConfig {
     pub pin_dir: Option<PathBuf>,
     /// UMEM and ring sizes.
     pub xsk: XskConfig,
+    /// Send TCP super-frames through a packet socket that has the kernel segment them
+    /// ([`GsoSender`]); everything else, and all receiving, stays on AF_XDP.
+    pub gso: bool,
 }
 
 impl AfXdpConfig {
@@ -51,6 +55,7 @@ impl AfXdpConfig {
             queues: 0,
             pin_dir: None,
             xsk: XskConfig::default(),
+            gso: true,
         }
     }
 }
@@ -64,6 +69,8 @@ pub struct AfXdpDevice {
     shared: Arc<Attachment>,
     next: usize,
     mtu: usize,
+    gso: Option<GsoSender>,
+    gso_dropped: u64,
 }
 
 /// The steering program as the devices of one interface share it: the last device dropped
@@ -179,6 +186,15 @@ impl AfXdpDevice {
                 shared: shared.clone(),
                 next: 0,
                 mtu: 1500,
+                gso: cfg
+                    .gso
+                    .then(|| {
+                        GsoSender::open(ifindex)
+                            .inspect_err(|e| warn!(iface, "no TCP super-frames: {e}"))
+                            .ok()
+                    })
+                    .flatten(),
+                gso_dropped: 0,
             });
             d.socks.push(s);
             d.queue_ids.push(q);
@@ -227,6 +243,16 @@ impl AfXdpDevice {
     pub fn program(&self) -> &Program {
         &self.shared.prog
     }
+
+    /// Whether TCP super-frames go out through a [`GsoSender`].
+    pub fn gso(&self) -> bool {
+        self.gso.is_some()
+    }
+
+    /// Super-frames dropped because the packet socket's buffer was full.
+    pub fn gso_dropped(&self) -> u64 {
+        self.gso_dropped
+    }
 }
 
 impl Drop for AfXdpDevice {
@@ -255,6 +281,32 @@ impl Device for AfXdpDevice {
     fn send(&mut self, frame: &[u8]) -> io::Result<()> {
         // A full TX ring is a dropped frame on a real wire; TCP recovers.
         self.socks[0].send(frame).map(|_| ())
+    }
+
+    fn gso_max(&self) -> usize {
+        if self.gso.is_some() {
+            usize::from(u16::MAX)
+        } else {
+            0
+        }
+    }
+
+    fn send_gso(&mut self, frame: &[u8], gso: Option<Gso>) -> io::Result<()> {
+        match (gso, &self.gso) {
+            (None, _) => self.send(frame),
+            (Some(g), Some(tx)) => {
+                // What the AF_XDP ring holds left first: the frames of a flow stay in order.
+                self.socks[0].flush()?;
+                if !tx.send(frame, Some(g))? {
+                    self.gso_dropped += 1;
+                }
+                Ok(())
+            }
+            (Some(_), None) => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "TCP super-frames are off on this device",
+            )),
+        }
     }
 
     fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {

@@ -11,6 +11,7 @@
 #![warn(missing_docs)]
 
 pub mod device;
+pub mod gso_tx;
 pub mod hold;
 pub mod loader;
 pub mod maps;

@@ -11,6 +11,24 @@ mod tap;
 pub use mem::{mem_hub, mem_pair, MemDevice};
 pub use tap::TapDevice;
 
+/// A TCP super-frame's segmentation request (transmit segmentation offload): the device, or
+/// the kernel behind it, cuts the frame's TCP payload into `mss`-sized segments, each with a
+/// copy of the first `header_len` octets (Ethernet, IPv6 with any extension headers, TCP), and
+/// completes each segment's checksum. The frame's TCP checksum field holds the pseudo-header
+/// sum only (RFC 8200 §8.1 pseudo-header, not complemented), as `CHECKSUM_PARTIAL` wants it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gso {
+    /// TCP payload octets per segment (the last may be shorter).
+    pub mss: u16,
+    /// Where the TCP header starts in the frame (the checksum covers from here).
+    pub csum_start: u16,
+    /// Octets of headers copied in front of every segment (through the TCP header).
+    pub header_len: u16,
+}
+
+/// Offset of the checksum field in the TCP header (RFC 9293 §3.1).
+pub const TCP_CHECKSUM_OFFSET: u16 = 16;
+
 /// A link-layer (Ethernet) device.
 ///
 /// Implementations are non-blocking: `recv` returns `Ok(None)` when no frame is pending, and
@@ -20,6 +38,23 @@ pub trait Device {
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>>;
     /// Queue one frame for transmission.
     fn send(&mut self, frame: &[u8]) -> io::Result<()>;
+    /// The most TCP payload octets one super-frame may carry ([`Device::send_gso`]); 0 (the
+    /// default): the device cannot segment, every frame fits the MTU.
+    fn gso_max(&self) -> usize {
+        0
+    }
+    /// Queue one frame, a TCP super-frame when `gso` says how to cut it (only when
+    /// [`Device::gso_max`] is not 0). Frames must leave in the order they were queued,
+    /// whichever of `send` and `send_gso` queued them.
+    fn send_gso(&mut self, frame: &[u8], gso: Option<Gso>) -> io::Result<()> {
+        match gso {
+            None => self.send(frame),
+            Some(_) => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "this device does not segment TCP super-frames",
+            )),
+        }
+    }
     /// Block until a frame may be pending or `timeout` elapses (`None`: no limit).
     fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()>;
     /// The IP MTU of the link (1500 for standard Ethernet).
@@ -45,6 +80,12 @@ impl<D: Device + ?Sized> Device for Box<D> {
     }
     fn send(&mut self, frame: &[u8]) -> io::Result<()> {
         (**self).send(frame)
+    }
+    fn gso_max(&self) -> usize {
+        (**self).gso_max()
+    }
+    fn send_gso(&mut self, frame: &[u8], gso: Option<Gso>) -> io::Result<()> {
+        (**self).send_gso(frame, gso)
     }
     fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         (**self).wait(timeout)

@@ -5,26 +5,35 @@ use super::ethernet::{emit_ethernet_header, multicast_mac, set_dst_mac};
 use super::ipv6::{FRAGMENT_HEADER_LEN, FRAGMENT_OFFSET_UNIT};
 use super::mobility::MobilityOut;
 use super::{caps, Interface};
+use crate::device::Gso;
 use crate::ndp::Lookup;
 use crate::tcp::tcb::SegOut;
 use crate::time::Instant;
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
-    Icmpv6Packet, Icmpv6Repr, IpAddress, IpProtocol, Ipv6ExtHeader, Ipv6ExtHeaderRepr,
+    checksum, Icmpv6Packet, Icmpv6Repr, IpAddress, IpProtocol, Ipv6ExtHeader, Ipv6ExtHeaderRepr,
     Ipv6FragmentHeader, Ipv6FragmentRepr, Ipv6Packet, Ipv6Repr, TcpControl, TcpPacket, TcpRepr,
     TcpSeqNumber, TcpTimestampRepr, ETHERNET_HEADER_LEN, IPV6_HEADER_LEN,
 };
 use std::net::{Ipv6Addr, SocketAddrV6};
 
 /// Where frames go when the caller can take them at once.
-pub(super) type Emit<'a> = &'a mut dyn FnMut(&[u8]);
+pub(super) type Emit<'a> = &'a mut dyn FnMut(&[u8], Option<Gso>);
 
 impl Interface {
-    /// Hand every frame that is ready to `emit`.
+    /// Hand every frame that is ready to `emit` (for a device that cannot segment: super-frames
+    /// off, [`Interface::set_gso_max`]).
     pub fn transmit(&mut self, now: Instant, emit: &mut dyn FnMut(&[u8])) {
+        debug_assert_eq!(self.gso_max, 0, "super-frames need transmit_gso");
+        self.transmit_gso(now, &mut |f, _| emit(f));
+    }
+
+    /// Hand every frame that is ready to `emit`, each TCP super-frame with its segmentation
+    /// request.
+    pub fn transmit_gso(&mut self, now: Instant, emit: Emit<'_>) {
         self.now = self.now.max(now);
         while let Some(f) = self.ctrl.pop_front() {
-            emit(&f);
+            emit(&f, None);
             self.stats.tx_frames += 1;
             self.recycle(f);
         }
@@ -38,7 +47,7 @@ impl Interface {
         }
         self.conns.recycle_dirty(dirty);
         while let Some(f) = self.ctrl.pop_front() {
-            emit(&f);
+            emit(&f, None);
             self.stats.tx_frames += 1;
             self.recycle(f);
         }
@@ -95,17 +104,19 @@ impl Interface {
 
     /// Send what the connection has to send now (segments, RFC 9293 §3.8), at most a bounded
     /// burst.
-    pub(super) fn drain_tcb(&mut self, now: Instant, idx: u32, emit: &mut dyn FnMut(&[u8])) {
+    pub(super) fn drain_tcb(&mut self, now: Instant, idx: u32, emit: Emit<'_>) {
         // Bound the burst per call so one connection cannot starve the others.
         for _ in 0..256 {
             let Some(tcb) = self.conns.get_mut(idx) else {
                 return;
             };
-            let Some(seg) = tcb.next_segment(now) else {
+            let Some(seg) = tcb.next_segment_gso(now, self.gso_max) else {
                 return;
             };
             let (local, remote) = (tcb.local, tcb.remote);
+            let mss = tcb.eff_mss() as usize;
             let mut buf = std::mem::take(&mut self.scratch);
+            let super_frame = seg.payload_len > mss;
             {
                 let Some(tcb) = self.conns.get(idx) else {
                     return;
@@ -119,9 +130,11 @@ impl Interface {
                     &remote,
                     &seg,
                     payload,
+                    super_frame,
                 );
             }
-            self.send_frame(now, buf, *remote.ip(), Some(emit));
+            let gso = super_frame.then_some(mss);
+            self.send_frame_gso(now, buf, *remote.ip(), Some(emit), gso);
         }
         self.conns.mark_dirty(idx);
     }
@@ -131,12 +144,25 @@ impl Interface {
     pub(super) fn send_frame(
         &mut self,
         now: Instant,
-        mut buf: Vec<u8>,
+        buf: Vec<u8>,
         dst: Ipv6Addr,
         emit: Option<Emit<'_>>,
     ) {
+        self.send_frame_gso(now, buf, dst, emit, None);
+    }
+
+    /// [`Self::send_frame`] for a frame that may be a TCP super-frame of `mss`-octet segments
+    /// (built with a partial checksum by [`build_tcp_frame`]).
+    fn send_frame_gso(
+        &mut self,
+        now: Instant,
+        mut buf: Vec<u8>,
+        dst: Ipv6Addr,
+        emit: Option<Emit<'_>>,
+        mss: Option<usize>,
+    ) {
         let dst = if self.cn.is_some() || self.hook.is_some() {
-            match self.mobility_out(now, &mut buf) {
+            match self.mobility_out(now, &mut buf, mss) {
                 MobilityOut::Unchanged => dst,
                 MobilityOut::Rewritten(d) => d,
                 MobilityOut::TooBig { peer, mtu } => {
@@ -166,11 +192,27 @@ impl Interface {
                 }
             }
         };
+        let gso = mss.and_then(|mss| super_frame_gso(&buf, mss));
         match (mac, emit) {
+            (Some(_), _) if mss.is_some() && gso.is_none() => {
+                // Not a TCP frame we can describe (cannot happen: we built it); drop it like a
+                // lost frame rather than send a partial checksum.
+                self.stats.nd_drops += 1;
+                buf.clear();
+                self.scratch = buf;
+            }
             (Some(m), Some(emit)) => {
                 set_dst_mac(&mut buf, m);
-                emit(&buf);
+                emit(&buf, gso);
                 self.stats.tx_frames += 1;
+                self.stats.tx_gso_frames += u64::from(gso.is_some());
+                buf.clear();
+                self.scratch = buf;
+            }
+            (_, None) if mss.is_some() => {
+                // Queued frames go out without a segmentation request: a super-frame is not
+                // kept (TCP resends it, in segments the link carries).
+                self.stats.nd_drops += 1;
                 buf.clear();
                 self.scratch = buf;
             }
@@ -218,6 +260,7 @@ impl Interface {
             remote,
             s,
             (&[], &[]),
+            false,
         );
         self.stats.tcp_tx_segments += 1;
         self.send_frame(now, buf, *remote.ip(), None);
@@ -278,6 +321,9 @@ pub(super) fn emit_fragment_header(
 }
 
 /// Build an Ethernet + IPv6 + TCP frame into `buf` (destination MAC left zero).
+// The frame's parts, each from a different owner (interface, connection, segment); a struct
+// built per frame would only rename them.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn build_tcp_frame(
     buf: &mut Vec<u8>,
     mac: [u8; 6],
@@ -286,6 +332,7 @@ pub(super) fn build_tcp_frame(
     remote: &SocketAddrV6,
     s: &SegOut,
     payload: (&[u8], &[u8]),
+    partial_checksum: bool,
 ) {
     let plen = payload.0.len() + payload.1.len();
     let control = if s.syn {
@@ -329,5 +376,36 @@ pub(super) fn build_tcp_frame(
     if s.fin && s.psh {
         p.set_psh(true);
     }
-    p.fill_checksum(&src, &dst);
+    if partial_checksum {
+        // CHECKSUM_PARTIAL: the device sums the segment from the TCP header on and adds this.
+        let pseudo =
+            checksum::pseudo_header_v6(local.ip(), remote.ip(), IpProtocol::Tcp, tcp_len as u32);
+        p.set_checksum(pseudo);
+    } else {
+        p.fill_checksum(&src, &dst);
+    }
+}
+
+/// The segmentation request for the TCP super-frame `frame` (after any mobility headers were
+/// added): where its TCP header starts and how long the headers are.
+fn super_frame_gso(frame: &[u8], mss: usize) -> Option<Gso> {
+    let ip = Ipv6Packet::new_checked(frame.get(ETHERNET_HEADER_LEN..)?).ok()?;
+    let mut nh = ip.next_header();
+    let mut at = ETHERNET_HEADER_LEN + IPV6_HEADER_LEN;
+    // Only the extension headers route optimisation adds (RFC 6275 §6.3, §6.4).
+    while matches!(nh, IpProtocol::Ipv6Route | IpProtocol::Ipv6Opts) {
+        let ext = Ipv6ExtHeader::new_checked(frame.get(at..)?).ok()?;
+        nh = ext.next_header();
+        at += ext.header_len() as usize * 8 + 8;
+    }
+    if nh != IpProtocol::Tcp {
+        return None;
+    }
+    let tcp = TcpPacket::new_checked(frame.get(at..)?).ok()?;
+    let header_len = at + tcp.header_len() as usize;
+    Some(Gso {
+        mss: u16::try_from(mss).ok()?,
+        csum_start: u16::try_from(at).ok()?,
+        header_len: u16::try_from(header_len).ok()?,
+    })
 }

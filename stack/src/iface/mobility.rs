@@ -206,9 +206,15 @@ impl Interface {
     /// packet from a home address our mobile role serves away from home goes out from the
     /// care-of address with a Home Address option. Upper-layer checksums keep the home
     /// addresses (RFC 8200 §8.1, RFC 6275 §6.3), so only headers change. Returns the new
-    /// IPv6 destination when it changed.
-    pub(super) fn mobility_out(&mut self, now: Instant, buf: &mut Vec<u8>) -> MobilityOut {
-        self.mobility_rewrite(now, buf)
+    /// IPv6 destination when it changed. `seg_payload`: the frame is a TCP super-frame cut
+    /// into segments of that much payload (the link MTU bounds each segment, not the frame).
+    pub(super) fn mobility_out(
+        &mut self,
+        now: Instant,
+        buf: &mut Vec<u8>,
+        seg_payload: Option<usize>,
+    ) -> MobilityOut {
+        self.mobility_rewrite(now, buf, seg_payload)
             .unwrap_or(MobilityOut::Unchanged)
     }
 
@@ -217,6 +223,7 @@ impl Interface {
         &mut self,
         now: Instant,
         buf: &mut Vec<u8>,
+        seg_payload: Option<usize>,
     ) -> Option<MobilityOut> {
         let frame = EthernetFrame::new_checked(&buf[..]).ok()?;
         let ip = Ipv6Packet::new_checked(frame.payload()).ok()?;
@@ -250,6 +257,12 @@ impl Interface {
             remote_port,
         });
         let payload_len = ip.payload_len();
+        // What one packet on the link carries above the IPv6 header, before our headers.
+        let on_link = match (seg_payload, nh) {
+            (Some(mss), IpProtocol::Tcp) => TcpPacket::new_checked(upper)
+                .map_or(usize::from(payload_len), |p| p.header_len() as usize + mss),
+            _ => usize::from(payload_len),
+        };
         let t = now;
         let care_of = self
             .cn
@@ -290,7 +303,7 @@ impl Interface {
             first_nh = IpProtocol::Ipv6Route;
             ip.set_dst_addr(coa);
         }
-        if IPV6_HEADER_LEN + usize::from(payload_len) + ext.len() > self.cfg.mtu {
+        if IPV6_HEADER_LEN + on_link + ext.len() > self.cfg.mtu {
             // The connection's peer is the IPv6 destination as built (home address or
             // correspondent): that is the path MTU entry TCP looks up.
             return Some(MobilityOut::TooBig {

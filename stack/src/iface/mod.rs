@@ -196,6 +196,9 @@ pub struct Interface {
     icmp_budget: (Instant, u32),
     frag_ident: u32,
     scratch: Vec<u8>,
+    /// TCP payload octets per super-frame the device segments; 0: none (see
+    /// [`Interface::set_gso_max`]).
+    gso_max: u32,
     now: Instant,
     siblings: siblings::Siblings,
 }
@@ -265,9 +268,20 @@ impl Interface {
             icmp_budget: (now, 0),
             frag_ident: now.total_micros() as u32,
             scratch: Vec::with_capacity(ETHERNET_HEADER_LEN + mtu),
+            gso_max: 0,
             now,
             siblings: siblings::Siblings::default(),
         }
+    }
+
+    /// Let connections send TCP super-frames of up to `max` payload octets, for a device that
+    /// segments them ([`crate::device::Device::gso_max`]); 0 (the default) turns it off.
+    /// Frames then come with their [`crate::device::Gso`] from
+    /// [`Interface::transmit_gso`] only: do not use [`Interface::transmit`] with it on.
+    pub fn set_gso_max(&mut self, max: usize) {
+        // The IPv6 Payload Length (RFC 8200 §3) bounds a frame: room for the largest TCP
+        // header and the mobility headers route optimisation may add.
+        self.gso_max = max.min(usize::from(u16::MAX) - 60 - 64) as u32;
     }
 
     /// Counters.

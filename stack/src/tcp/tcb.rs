@@ -1640,6 +1640,13 @@ impl Tcb {
 
     /// The next segment to send, if any. Call repeatedly until `None`.
     pub fn next_segment(&mut self, now: Instant) -> Option<SegOut> {
+        self.next_segment_gso(now, 0)
+    }
+
+    /// Like [`Tcb::next_segment`], but new data may leave as one super-frame of up to
+    /// `gso_max` payload octets (whole segments of [`Tcb::eff_mss`], the last maybe shorter)
+    /// for a device that segments it; 0: one segment at a time.
+    pub fn next_segment_gso(&mut self, now: Instant, gso_max: u32) -> Option<SegOut> {
         if let Some(ack) = self.rst_due_for_ack.take() {
             // RFC 9293 §3.10.7.3: <SEQ=SEG.ACK><CTL=RST> for an unacceptable ACK.
             self.events.segments_out += 1;
@@ -1662,7 +1669,7 @@ impl Tcb {
         match self.state {
             TcpState::Closed | TcpState::Listen => None,
             TcpState::SynSent | TcpState::SynReceived => self.next_syn(now),
-            _ => self.next_data(now),
+            _ => self.next_data(now, gso_max),
         }
     }
 
@@ -1712,7 +1719,7 @@ impl Tcb {
         Some(s)
     }
 
-    fn next_data(&mut self, now: Instant) -> Option<SegOut> {
+    fn next_data(&mut self, now: Instant, gso_max: u32) -> Option<SegOut> {
         let mss = self.eff_mss();
         let can_send_data = matches!(
             self.state,
@@ -1752,7 +1759,7 @@ impl Tcb {
                     return Some(s);
                 }
             }
-            if let Some(s) = self.next_new_data(now, mss) {
+            if let Some(s) = self.next_new_data(now, mss, gso_max) {
                 return Some(s);
             }
         }
@@ -1870,7 +1877,7 @@ impl Tcb {
         self.t_persist = Some(now + d);
     }
 
-    fn next_new_data(&mut self, now: Instant, mss: u32) -> Option<SegOut> {
+    fn next_new_data(&mut self, now: Instant, mss: u32, gso_max: u32) -> Option<SegOut> {
         let data_end = self.data_end();
         let unsent = if lt(self.snd_nxt, data_end) {
             dist(self.snd_nxt, data_end)
@@ -1907,7 +1914,26 @@ impl Tcb {
         };
         let cwnd_avail = cwnd.saturating_sub(in_flight);
         let retransmitting = lt(self.snd_nxt, self.snd_max);
-        let len = unsent.min(mss).min(wnd_avail).min(cwnd_avail);
+        // A super-frame only for new data: what is resent after a timeout goes a segment at a
+        // time.
+        let burst = if gso_max >= 2 * mss && !retransmitting {
+            gso_max / mss * mss
+        } else {
+            mss
+        };
+        let mut len = unsent.min(burst).min(wnd_avail).min(cwnd_avail);
+        if len > mss && len % mss != 0 {
+            // Only the end of the data may make a super-frame's last segment short, and only
+            // when Nagle would send it on its own too (as Linux's tcp_mss_split_point);
+            // otherwise the tail waits for the next call, to be judged by the checks below.
+            let nagle_holds = self.cfg.nagle
+                && lt(self.snd_una, self.snd_sml)
+                && le(self.snd_sml, self.snd_nxt)
+                && !(self.fin_queued && len == unsent);
+            if len < unsent || nagle_holds {
+                len -= len % mss;
+            }
+        }
 
         if len == 0 && unsent > 0 {
             if wnd_avail == 0 && self.snd_una == self.snd_max {
@@ -1956,7 +1982,8 @@ impl Tcb {
         s.fin = fin;
         s.psh = len > 0 && len == unsent;
         self.snd_nxt = seq.wrapping_add(len + fin as u32);
-        if len > 0 && len < mss && !retransmitting {
+        // Minshall's "last small segment sent": also a super-frame with a short last segment.
+        if len > 0 && len % mss != 0 && !retransmitting {
             self.snd_sml = self.snd_nxt;
         }
         if retransmitting {

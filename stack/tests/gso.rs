@@ -1,0 +1,231 @@
+//! TCP super-frames (transmit segmentation offload): a server interface told that its device
+//! segments (`set_gso_max`) sends new data as super-frames with a partial checksum; the test
+//! cuts them as Linux's `tcp6_gso_segment` does (headers copied, sequence numbers advanced,
+//! FIN and PSH on the last segment only, each segment's checksum completed from the partial
+//! one) and hands the segments to a client interface, which checks every checksum. Sans-IO,
+//! no root: frames are moved by the test.
+
+use ds_stack::device::{Gso, TCP_CHECKSUM_OFFSET};
+use ds_stack::wire::{checksum, IpAddress, IpProtocol, Ipv6Packet, TcpPacket};
+use ds_stack::{Config, Instant, Interface, TcpHandle, TcpState};
+use std::net::{Ipv6Addr, SocketAddrV6};
+
+const SERVER: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x6e, 0, 0, 0, 0, 0, 0x80);
+const CLIENT: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x6e, 0, 0, 0, 0, 0, 2);
+const ETH: usize = 14;
+
+/// The wire segments of `frame`, cut as its segmentation request says.
+fn segment(frame: &[u8], gso: Gso) -> Vec<Vec<u8>> {
+    let (start, hlen, mss) = (
+        usize::from(gso.csum_start),
+        usize::from(gso.header_len),
+        usize::from(gso.mss),
+    );
+    assert_eq!(start, ETH + 40, "no extension headers here");
+    let ip = Ipv6Packet::new_checked(&frame[ETH..]).expect("IPv6");
+    let (src, dst) = (ip.src_addr(), ip.dst_addr());
+    let tcp_len = frame.len() - start;
+    // The partial checksum: the pseudo-header sum over the whole super-frame's TCP length.
+    let field = u16::from_be_bytes([
+        frame[start + usize::from(TCP_CHECKSUM_OFFSET)],
+        frame[start + usize::from(TCP_CHECKSUM_OFFSET) + 1],
+    ]);
+    assert_eq!(
+        field,
+        checksum::pseudo_header_v6(&src, &dst, IpProtocol::Tcp, tcp_len as u32),
+        "partial checksum"
+    );
+    let payload = &frame[hlen..];
+    assert!(
+        payload.len() > mss,
+        "a super-frame carries more than one segment"
+    );
+    let seq0 = TcpPacket::new_checked(&frame[start..])
+        .expect("TCP")
+        .seq_number();
+    let n = payload.len().div_ceil(mss);
+    (0..n)
+        .map(|i| {
+            let chunk = &payload[i * mss..((i + 1) * mss).min(payload.len())];
+            let mut seg = frame[..hlen].to_vec();
+            seg.extend_from_slice(chunk);
+            let plen = seg.len() - ETH - 40;
+            Ipv6Packet::new_unchecked(&mut seg[ETH..]).set_payload_len(plen as u16);
+            let mut t = TcpPacket::new_unchecked(&mut seg[start..]);
+            t.set_seq_number(seq0 + i * mss);
+            if i + 1 < n {
+                t.set_fin(false);
+                t.set_psh(false);
+            }
+            t.fill_checksum(&IpAddress::Ipv6(src), &IpAddress::Ipv6(dst));
+            seg
+        })
+        .collect()
+}
+
+struct Net {
+    server: Interface,
+    client: Interface,
+    now: Instant,
+    /// Drop every n-th wire segment from the server (0: none).
+    drop_every: usize,
+    wire_segments: usize,
+    super_frames: usize,
+    largest: usize,
+}
+
+impl Net {
+    fn new(drop_every: usize) -> Net {
+        let now = Instant::from_millis(1);
+        let mut server = Interface::new(Config::new([2, 0, 0, 0, 0, 0x80], vec![SERVER]), now);
+        server.set_gso_max(65535);
+        Net {
+            server,
+            client: Interface::new(Config::new([2, 0, 0, 0, 0, 2], vec![CLIENT]), now),
+            now,
+            drop_every,
+            wire_segments: 0,
+            super_frames: 0,
+            largest: 0,
+        }
+    }
+
+    fn step(&mut self) {
+        self.now += std::time::Duration::from_micros(200);
+        let now = self.now;
+        let mut up = Vec::new();
+        self.client.poll(now);
+        self.client.transmit(now, &mut |f| up.push(f.to_vec()));
+        for f in up {
+            self.server.receive(now, &f);
+        }
+        let mut down = Vec::new();
+        self.server.poll(now);
+        self.server
+            .transmit_gso(now, &mut |f, gso| down.push((f.to_vec(), gso)));
+        for (f, gso) in down {
+            let segs = match gso {
+                Some(g) => {
+                    self.super_frames += 1;
+                    self.largest = self.largest.max(f.len());
+                    assert!(f.len() <= 65535 + ETH + 40, "fits the IPv6 payload length");
+                    segment(&f, g)
+                }
+                None => vec![f],
+            };
+            for s in segs {
+                assert!(s.len() <= ETH + 1500, "every wire frame fits the MTU");
+                self.wire_segments += 1;
+                if self.drop_every > 0 && self.wire_segments.is_multiple_of(self.drop_every) {
+                    continue;
+                }
+                self.client.receive(now, &s);
+            }
+        }
+    }
+
+    fn connect(&mut self) -> (TcpHandle, TcpHandle) {
+        let l = self
+            .server
+            .tcp_listen(SocketAddrV6::new(SERVER, 80, 0, 0), 16)
+            .expect("listen");
+        let c = self
+            .client
+            .tcp_connect(
+                self.now,
+                SocketAddrV6::new(CLIENT, 40000, 0, 0),
+                SocketAddrV6::new(SERVER, 80, 0, 0),
+            )
+            .expect("connect");
+        loop {
+            assert!(self.now < Instant::from_millis(2000), "no handshake");
+            self.step();
+            if let Some(s) = self.server.tcp_accept(l) {
+                if self.client.tcp_state(c) == Some(TcpState::Established) {
+                    return (s, c);
+                }
+            }
+        }
+    }
+
+    /// Send `data` from the server and read it all at the client.
+    fn transfer(&mut self, s: TcpHandle, c: TcpHandle, data: &[u8], limit_ms: i64) -> Vec<u8> {
+        let mut off = 0;
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        while got.len() < data.len() {
+            assert!(
+                self.now < Instant::from_millis(limit_ms),
+                "stalled at {} of {}: {:?}",
+                got.len(),
+                data.len(),
+                self.server.stats()
+            );
+            if off < data.len() {
+                off += self.server.tcp_send(s, &data[off..]).unwrap_or(0);
+            }
+            self.step();
+            while let Ok(n) = self.client.tcp_recv(c, &mut buf) {
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+        }
+        got
+    }
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
+}
+
+#[test]
+fn bulk_data_leaves_as_super_frames_and_arrives_byte_exact() {
+    let mut net = Net::new(0);
+    let (s, c) = net.connect();
+    let data = pattern(8 << 20);
+    let got = net.transfer(s, c, &data, 60_000);
+    assert!(got == data, "byte-exact");
+    let (ss, cs) = (net.server.stats().clone(), net.client.stats().clone());
+    eprintln!(
+        "{} super-frames (largest {} octets), {} wire segments; server {ss:?}",
+        net.super_frames, net.largest, net.wire_segments
+    );
+    assert!(net.super_frames > 0 && ss.tx_gso_frames == net.super_frames as u64);
+    assert!(net.largest > 32 * 1024, "super-frames grow with the window");
+    assert_eq!(cs.rx_bad_checksum, 0, "every completed checksum verifies");
+    assert_eq!(ss.tcp_retransmits, 0);
+}
+
+#[test]
+fn lost_segments_of_super_frames_are_resent_and_the_data_arrives_byte_exact() {
+    let mut net = Net::new(97);
+    let (s, c) = net.connect();
+    let data = pattern(4 << 20);
+    let got = net.transfer(s, c, &data, 120_000);
+    assert!(got == data, "byte-exact");
+    let ss = net.server.stats().clone();
+    assert!(net.super_frames > 0);
+    assert!(ss.tcp_retransmits > 0, "loss made us retransmit: {ss:?}");
+    assert_eq!(net.client.stats().rx_bad_checksum, 0);
+}
+
+#[test]
+fn a_response_of_a_few_segments_leaves_whole_with_its_short_tail() {
+    let mut net = Net::new(0);
+    let (s, c) = net.connect();
+    // Warm the window past the initial one, then a response that is not a multiple of the MSS.
+    let _ = net.transfer(s, c, &pattern(256 * 1024), 10_000);
+    for _ in 0..20 {
+        net.step();
+    }
+    let before = (net.super_frames, net.wire_segments);
+    let data = pattern(3 * 1428 + 100);
+    let got = net.transfer(s, c, &data, 20_000);
+    assert!(got == data);
+    // One super-frame (three full segments and the tail: PSH on the last only), no more
+    // than the four wire segments and the client's ACKs.
+    assert_eq!(net.super_frames - before.0, 1, "one super-frame");
+    assert_eq!(net.wire_segments - before.1, 4);
+}
