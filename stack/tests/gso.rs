@@ -152,7 +152,6 @@ impl Net {
     fn transfer(&mut self, s: TcpHandle, c: TcpHandle, data: &[u8], limit_ms: i64) -> Vec<u8> {
         let mut off = 0;
         let mut got = Vec::new();
-        let mut buf = vec![0u8; 256 * 1024];
         while got.len() < data.len() {
             assert!(
                 self.now < Instant::from_millis(limit_ms),
@@ -165,14 +164,20 @@ impl Net {
                 off += self.server.tcp_send(s, &data[off..]).unwrap_or(0);
             }
             self.step();
-            while let Ok(n) = self.client.tcp_recv(c, &mut buf) {
-                if n == 0 {
-                    break;
-                }
-                got.extend_from_slice(&buf[..n]);
-            }
+            self.read(c, &mut got);
         }
         got
+    }
+
+    /// Append what the client can read now to `got`.
+    fn read(&mut self, c: TcpHandle, got: &mut Vec<u8>) {
+        let mut buf = vec![0u8; 256 * 1024];
+        while let Ok(n) = self.client.tcp_recv(c, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
     }
 }
 
@@ -228,4 +233,60 @@ fn a_response_of_a_few_segments_leaves_whole_with_its_short_tail() {
     // than the four wire segments and the client's ACKs.
     assert_eq!(net.super_frames - before.0, 1, "one super-frame");
     assert_eq!(net.wire_segments - before.1, 4);
+}
+
+/// A connection moved to an interface that has not resolved the client yet (a handoff's
+/// acceptor): what waits for Neighbour Discovery is queued as plain segments (a queued frame
+/// goes out without a segmentation request), super-frames follow once the neighbour is known,
+/// and a close right after the last write ends the stream after all of it.
+#[test]
+fn a_thawed_connection_queues_plain_segments_until_the_neighbour_is_resolved() {
+    let mut net = Net::new(0);
+    let (s, c) = net.connect();
+    let _ = net.transfer(s, c, &pattern(64 * 1024), 10_000);
+    for _ in 0..20 {
+        net.step();
+    }
+    let state = net.server.tcp_freeze(net.now, s).expect("freeze");
+    let mut fresh = Interface::new(Config::new([2, 0, 0, 0, 0, 0x81], vec![SERVER]), net.now);
+    fresh.set_gso_max(65535);
+    let s2 = fresh.tcp_thaw(net.now, &state).expect("thaw");
+    assert!(
+        fresh.neighbors().state(&CLIENT).is_none(),
+        "not resolved yet"
+    );
+    net.server = fresh;
+    let before = net.super_frames;
+    let data = pattern(1 << 20);
+    // Queue it all and close at once (as a server that writes its response and closes).
+    let mut off = 0;
+    let mut got = Vec::new();
+    let mut closed = false;
+    while net.client.tcp_state(c) != Some(TcpState::CloseWait) {
+        assert!(
+            net.now < Instant::from_millis(60_000),
+            "stalled at {}",
+            got.len()
+        );
+        if off < data.len() {
+            off += net.server.tcp_send(s2, &data[off..]).unwrap_or(0);
+        } else if !closed {
+            net.server.tcp_close(s2).expect("close");
+            closed = true;
+        }
+        // `step` asserts that every frame without a segmentation request fits the MTU.
+        net.step();
+        net.read(c, &mut got);
+    }
+    net.read(c, &mut got);
+    assert!(
+        got == data,
+        "byte-exact up to the FIN ({} of {})",
+        got.len(),
+        data.len()
+    );
+    assert!(
+        net.super_frames > before,
+        "super-frames once the client is known"
+    );
 }

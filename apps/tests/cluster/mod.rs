@@ -358,8 +358,9 @@ impl Cluster {
             .expect("curl");
         assert!(
             out.status.success(),
-            "curl {path}: {}",
-            String::from_utf8_lossy(&out.stderr)
+            "curl {path}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.node_logs()
         );
         assert_eq!(
             self.client_retransmits() - before,
@@ -367,6 +368,24 @@ impl Cluster {
             "client retransmissions"
         );
         std::fs::read(&file).expect("downloaded file")
+    }
+
+    /// The end of every node's log and output, for a failure message.
+    pub fn node_logs(&self) -> String {
+        let mut all = String::new();
+        for (i, (_, log, out)) in self.nodes.iter().enumerate() {
+            for (what, p) in [("log", log), ("output", out)] {
+                let text = std::fs::read_to_string(p).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+                all.push_str(&format!(
+                    "--- node {} {what} ({}):\n{tail}\n",
+                    i + 1,
+                    p.display()
+                ));
+            }
+        }
+        all
     }
 
     /// [`Cluster::download`] of `/SIZE` at 4 MB/s from servers that answer with `size` bytes

@@ -105,12 +105,24 @@ impl Interface {
     /// Send what the connection has to send now (segments, RFC 9293 §3.8), at most a bounded
     /// burst.
     pub(super) fn drain_tcb(&mut self, now: Instant, idx: u32, emit: Emit<'_>) {
+        // Super-frames only towards a resolved neighbour: what waits for Neighbour Discovery
+        // is queued and later sent as it is, without a segmentation request.
+        let gso_max = match self.conns.get(idx) {
+            Some(tcb) if self.gso_max > 0 => {
+                let hop = self.next_hop(tcb.remote.ip());
+                match self.nd.state(&hop) {
+                    Some((_, Some(_))) => self.gso_max,
+                    _ => 0,
+                }
+            }
+            _ => 0,
+        };
         // Bound the burst per call so one connection cannot starve the others.
         for _ in 0..256 {
             let Some(tcb) = self.conns.get_mut(idx) else {
                 return;
             };
-            let Some(seg) = tcb.next_segment_gso(now, self.gso_max) else {
+            let Some(seg) = tcb.next_segment_gso(now, gso_max) else {
                 return;
             };
             let (local, remote) = (tcb.local, tcb.remote);
@@ -209,9 +221,10 @@ impl Interface {
                 buf.clear();
                 self.scratch = buf;
             }
-            (_, None) if mss.is_some() => {
+            (None, _) | (_, None) if mss.is_some() => {
                 // Queued frames go out without a segmentation request: a super-frame is not
-                // kept (TCP resends it, in segments the link carries).
+                // kept (TCP resends it, in segments the link carries). Rare: `drain_tcb` makes
+                // none towards an unresolved neighbour; this is a care-of address's.
                 self.stats.nd_drops += 1;
                 buf.clear();
                 self.scratch = buf;
