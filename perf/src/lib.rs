@@ -14,6 +14,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod api;
+pub mod bulk;
 pub mod conns;
 pub mod handoff;
 pub mod http;

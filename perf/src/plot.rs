@@ -227,6 +227,51 @@ pub fn write_http_svg(sum: &crate::http::Summary, dir: &Path) -> Result<PathBuf>
     two_panel_svg(dir, "dsperf-http.svg", &title, [rps, p99], &foot)
 }
 
+/// Write `DIR/dsperf-bulk.svg`: single-flow Gbit/s (medians, min–max whiskers) per offload
+/// setting, ours beside the kernel, download and upload. Returns the file's path.
+pub fn write_bulk_svg(sum: &crate::bulk::Summary, dir: &Path) -> Result<PathBuf> {
+    use crate::bulk::{Direction, Offloads};
+    let o = &sum.options;
+    let title = format!(
+        "dsperf bulk: one TCP flow, {} MiB, ours (dserver::Node on AF_XDP) and the kernel's TCP, each behind its own veth, median of {} repeats",
+        o.bytes >> 20,
+        o.repeats
+    );
+    let series = ["ours (Node, AF_XDP)", "kernel TCP"];
+    let groups = |d: Direction| -> Vec<(String, [Option<Stat>; 2])> {
+        sum.rows
+            .iter()
+            .filter(|r| r.direction == d)
+            .map(|r| {
+                let name = match r.offloads {
+                    Offloads::Defaults => "offloads at defaults",
+                    Offloads::Off => "offloads off",
+                };
+                (name.to_string(), [r.ours, r.kernel])
+            })
+            .collect()
+    };
+    let down = Panel {
+        title: "download, server -> client (Gbit/s)",
+        unit: "Gbit/s",
+        series,
+        groups: groups(Direction::Download),
+        decimals: 2,
+    };
+    let up = Panel {
+        title: "upload, client -> server (Gbit/s)",
+        unit: "Gbit/s",
+        series,
+        groups: groups(Direction::Upload),
+        decimals: 2,
+    };
+    let foot = format!(
+        "Servers pinned to core {}, the client (kernel TCP, std::net) to core {}. Defaults: as the kernel sets them (TSO, GSO, checksum on; GRO off on a veth; the client's tx checksum towards AF_XDP off). Off: every ethtool offload. Whiskers: min-max over repeats.",
+        o.server_cpu, o.client_cpu
+    );
+    two_panel_svg(dir, "dsperf-bulk.svg", &title, [down, up], &foot)
+}
+
 /// One line of a [`write_lines_svg`] chart.
 pub struct Line {
     /// Legend text.

@@ -160,6 +160,19 @@ pub fn bridge(ns: &Netns, name: &str, ports: &[&str]) -> Result<()> {
 /// Settings the device cannot change are ignored (logged at debug level);
 /// an error is returned only when `ethtool` cannot be run at all.
 pub fn disable_offload(ns: &Netns, ifname: &str) -> Result<()> {
+    disable_ethtool_offloads(ns, ifname)?;
+    if let Err(e) = ns.ip(&["link", "set", "dev", ifname, "gso_max_segs", "1"]) {
+        debug!("ignored: {e:#}");
+    }
+    Ok(())
+}
+
+/// Turn off what `ethtool -K` can (tx/rx checksum, scatter-gather, TSO, GSO, GRO) but leave
+/// `gso_max_segs` alone: the kernel's TCP then still builds multi-segment packets and
+/// segments them in software before the device, as it does on any device without
+/// segmentation offload (one segment per packet, [`disable_offload`], costs the kernel's TCP
+/// some 12× its rate on a veth: a benchmark's "offloads off" baseline must not pay that).
+pub fn disable_ethtool_offloads(ns: &Netns, ifname: &str) -> Result<()> {
     for feature in ["tx", "rx", "sg", "tso", "gso", "gro"] {
         let mut cmd = ns.command("ethtool");
         cmd.args(["-K", ifname, feature, "off"]);
@@ -174,9 +187,6 @@ pub fn disable_offload(ns: &Netns, ifname: &str) -> Result<()> {
                 String::from_utf8_lossy(&out.stderr).trim()
             );
         }
-    }
-    if let Err(e) = ns.ip(&["link", "set", "dev", ifname, "gso_max_segs", "1"]) {
-        debug!("ignored: {e:#}");
     }
     Ok(())
 }

@@ -70,6 +70,16 @@ enum Cmd {
     /// the repeats, the ratio ours/nginx per repeat, latency percentiles and each core's busy
     /// share; --json prints one line per measurement and the summary.
     Http(HttpArgs),
+    /// Single-flow bulk both ways on the deployment device: our stack through the library
+    /// (`dserver::Node` on AF_XDP) against the kernel's TCP, each alone behind its own veth
+    /// pair, with the kernel's offloads at their defaults and with every offload off, same
+    /// run.
+    ///
+    /// Needs root. Builds namespaces C (client, kernel TCP) and one per server and setting on
+    /// fd00:b7:1-4::/64. Per repeat, setting and direction: one transfer of --bytes to or from
+    /// each server, their order alternating; reports medians, min-max and the ratio ours /
+    /// kernel per repeat; --json prints one line per transfer and the summary.
+    Bulk(BulkArgs),
     /// Our stack's cost per packet as open connections grow (1, 1,000, 10,000, 100,000):
     /// two stacks in memory, one 64-byte request/response at a time on a random connection,
     /// the server's work timed. No root needed.
@@ -397,16 +407,45 @@ struct HttpArgs {
     plot: Option<PathBuf>,
 }
 
-fn run_http(a: HttpArgs) -> Result<()> {
-    use ds_perf::http::{self, Target};
+/// Refuse to run without root; warn about a debug build (the figures would be meaningless).
+fn bench_preflight(cmd: &str, why: &str) -> Result<()> {
     if !ds_perf::is_root() {
-        bail!("`dsperf http` needs root: it creates network namespaces and uses AF_XDP");
-    }
-    if a.repeats == 0 || a.duration == 0 {
-        bail!("--repeats and --duration must be positive");
+        bail!("`dsperf {cmd}` needs root: {why}");
     }
     if cfg!(debug_assertions) {
         tracing::warn!("dsperf was built without optimisations: build with --release");
+    }
+    Ok(())
+}
+
+/// A benchmark's end: the summary as JSON on stdout and the table on stderr with `--json`,
+/// else the table on stdout.
+fn print_summary<S: serde::Serialize>(json: bool, sum: &S, table: &str) -> Result<()> {
+    if json {
+        ds_apps::outln!("{}", serde_json::to_string(sum)?);
+        eprint!("{table}");
+    } else {
+        print!("{table}");
+    }
+    Ok(())
+}
+
+/// A printer of one JSON line per measurement with `--json`, nothing otherwise.
+fn json_lines<T: serde::Serialize>(json: bool) -> impl FnMut(&T) {
+    move |s: &T| {
+        if json {
+            if let Ok(line) = serde_json::to_string(s) {
+                ds_apps::outln!("{line}");
+            }
+        }
+    }
+}
+
+fn run_http(a: HttpArgs) -> Result<()> {
+    use ds_perf::http::{self, Target};
+    bench_preflight("http", "it creates network namespaces and uses AF_XDP")?;
+    if a.repeats == 0 || a.duration == 0 {
+        bail!("--repeats and --duration must be positive");
     }
     let mut targets = match a.only.as_deref() {
         Some("ours") => vec![Target::Ours],
@@ -428,24 +467,56 @@ fn run_http(a: HttpArgs) -> Result<()> {
     };
     let dsnode = ds_perf::find_program("dsnode")?;
     stack::install_sigint_handler();
-    let json = a.json;
-    let (samples, nginx) = http::run(&opts, &dsnode, |s| {
-        if json {
-            if let Ok(line) = serde_json::to_string(s) {
-                ds_apps::outln!("{line}");
-            }
-        }
-    })?;
+    let (samples, nginx) = http::run(&opts, &dsnode, json_lines(a.json))?;
     let sum = http::summarize(&opts, nginx, &samples);
-    let table = http::table(&sum);
-    if json {
-        ds_apps::outln!("{}", serde_json::to_string(&sum)?);
-        eprint!("{table}");
-    } else {
-        print!("{table}");
-    }
+    print_summary(a.json, &sum, &http::table(&sum))?;
     if let Some(dir) = a.plot {
         let path = ds_perf::plot::write_http_svg(&sum, &dir).context("plot")?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+struct BulkArgs {
+    /// Bytes per transfer (suffixes k, M, G, KiB, MiB, GiB).
+    #[arg(long, default_value = "512MiB", value_parser = parse_size)]
+    bytes: u64,
+    /// Transfers per server, direction and offload setting.
+    #[arg(long, default_value_t = 5)]
+    repeats: u32,
+    /// Core the servers run on.
+    #[arg(long, default_value_t = 1)]
+    server_cpu: usize,
+    /// Core the client runs on.
+    #[arg(long, default_value_t = 0)]
+    client_cpu: usize,
+    /// Print one JSON line per transfer and the summary as JSON (the table goes to stderr).
+    #[arg(long)]
+    json: bool,
+    /// Write dsperf-bulk.svg into this directory.
+    #[arg(long, value_name = "DIR")]
+    plot: Option<PathBuf>,
+}
+
+fn run_bulk(a: BulkArgs) -> Result<()> {
+    use ds_perf::bulk;
+    bench_preflight("bulk", "it creates network namespaces and uses AF_XDP")?;
+    if a.repeats == 0 || a.bytes == 0 {
+        bail!("--repeats and --bytes must be positive");
+    }
+    let opts = bulk::Options {
+        bytes: a.bytes,
+        repeats: a.repeats,
+        server_cpu: a.server_cpu,
+        client_cpu: a.client_cpu,
+    };
+    stack::install_sigint_handler();
+    let samples = bulk::run(&opts, json_lines(a.json))?;
+    let sum = bulk::summarize(&opts, &samples);
+    print_summary(a.json, &sum, &bulk::table(&sum))?;
+    if let Some(dir) = a.plot {
+        let path = ds_perf::plot::write_bulk_svg(&sum, &dir).context("plot")?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())
@@ -783,6 +854,7 @@ fn main() -> ExitCode {
         Cmd::HandoffPlot(a) => run_handoff_plot(a),
         Cmd::Api(a) => run_api(a),
         Cmd::Http(a) => run_http(a),
+        Cmd::Bulk(a) => run_bulk(a),
         Cmd::Conns(a) => run_conns(a),
         Cmd::Wan(a) => run_wan(a),
         Cmd::Reproduce(a) => run_reproduce(a),

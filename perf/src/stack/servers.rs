@@ -44,6 +44,8 @@ pub struct ServerCtl {
     pub stop: AtomicBool,
     /// TCP segments the server has retransmitted so far (our stack only).
     pub retransmits: AtomicU64,
+    /// TCP super-frames the server has sent so far (our stack through the library only).
+    pub super_frames: AtomicU64,
     /// Frames the relay could not pass on (kernel server only).
     pub relay_drops: AtomicU64,
     /// Frames the relay passed on (kernel server only).
@@ -143,6 +145,71 @@ pub fn serve_ours(topo: &Topology, ctl: &ServerCtl, ready: Ready) -> Result<()> 
             .store(rt.iface.stats().tcp_retransmits, Ordering::Relaxed);
     }
     debug!("ours: stats {:?}", rt.iface.stats());
+    Ok(())
+}
+
+// ------------------------------------------------------------------- ours, through the library
+
+struct NodeConn<'a> {
+    node: &'a mut dserver::Node,
+    id: dserver::ConnId,
+}
+
+impl Conn for NodeConn<'_> {
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<Read> {
+        match self.node.read(self.id, buf) {
+            Ok(0) => Ok(Read::Eof),
+            Ok(n) => Ok(Read::Data(n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Read::Empty),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn send(&mut self, data: &[u8]) -> io::Result<usize> {
+        match self.node.write(self.id, data) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+            r => r,
+        }
+    }
+
+    fn close(&mut self) -> io::Result<()> {
+        self.node.close(self.id).map_err(io::Error::other)
+    }
+}
+
+/// Our stack as a server process links it: a [`dserver::Node`] (`poll`, `try_accept`, `read`,
+/// `write`, `close`), serving the protocol until stopped. The node's device is the caller's
+/// choice (`dsperf bulk`: AF_XDP on a veth).
+pub fn serve_node(node: &mut dserver::Node, ctl: &ServerCtl) -> Result<()> {
+    let mut sessions: Vec<(dserver::ConnId, Session)> = Vec::new();
+    let mut buf = vec![0u8; APP_BUF];
+    let zeros = vec![0u8; APP_BUF];
+    while !ctl.stopped() {
+        let wait = node.poll_timeout().unwrap_or(MAX_WAIT).min(MAX_WAIT);
+        node.poll(wait).context("our node: poll")?;
+        while let Some(a) = node.try_accept() {
+            sessions.push((a.conn, Session::new()));
+        }
+        sessions.retain_mut(|(id, s)| {
+            let mut c = NodeConn {
+                node: &mut *node,
+                id: *id,
+            };
+            match s.drive(&mut c, &mut buf, &zeros) {
+                // `close` forgot it (the FIN follows what was written).
+                Ok(Progress { done: true, .. }) => false,
+                Ok(_) => true,
+                Err(e) => {
+                    warn!("ours: connection failed: {e}");
+                    let _ = node.close(*id);
+                    false
+                }
+            }
+        });
+        let st = node.interface_stats();
+        ctl.retransmits.store(st.tcp_retransmits, Ordering::Relaxed);
+        ctl.super_frames.store(st.tx_gso_frames, Ordering::Relaxed);
+    }
     Ok(())
 }
 
