@@ -191,17 +191,34 @@ impl<D: Device> Runner<D> {
     }
 
     /// Send every frame the interface has ready.
+    ///
+    /// A frame the device refuses as a frame (too large, a segmentation request it cannot
+    /// honour: [`refused_frame`]) is dropped and counted, as a frame lost on the wire: TCP
+    /// resends it, and after a refused super-frame the interface sends segments only. Any
+    /// other error is the device's: the frames after it are lost and the error returned.
     pub fn flush(&mut self) -> io::Result<()> {
         let now = self.clock.now();
         let dev = &mut self.dev;
         let mut err = None;
+        let (mut refused, mut refused_gso) = (0u64, false);
         self.iface.transmit_gso(now, &mut |frame: &[u8], gso| {
             if err.is_none() {
-                if let Err(e) = dev.send_gso(frame, gso) {
-                    err = Some(e);
+                match dev.send_gso(frame, gso) {
+                    Ok(()) => {}
+                    Err(e) if refused_frame(&e) => {
+                        refused += 1;
+                        refused_gso |= gso.is_some();
+                    }
+                    Err(e) => err = Some(e),
                 }
             }
         });
+        if refused > 0 {
+            self.iface.note_tx_rejects(refused);
+            if refused_gso {
+                self.iface.set_gso_max(0);
+            }
+        }
         if let Some(e) = err {
             return Err(e);
         }
@@ -226,6 +243,15 @@ impl<D: Device> Runner<D> {
             self.step((deadline - now).min(Duration::from_millis(10)))?;
         }
     }
+}
+
+/// Whether a device's send error refuses one frame (the device and the others are fine):
+/// a frame larger than it carries, a segmentation request it cannot honour.
+pub fn refused_frame(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::InvalidInput | io::ErrorKind::Unsupported
+    ) || e.raw_os_error() == Some(libc::EMSGSIZE)
 }
 
 /// Packets waiting in a sibling's inbox at most; more are dropped (TCP resends).

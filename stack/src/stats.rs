@@ -82,6 +82,10 @@ pub struct Stats {
     pub decapsulated: u64,
     /// Frames dropped while waiting for neighbour resolution.
     pub nd_drops: u64,
+    /// Frames the device refused as frames (too large for it, a segmentation request it
+    /// cannot honour): dropped like a frame lost on the wire (TCP resends); the first refused
+    /// super-frame turns super-frames off ([`crate::runner::Runner::flush`]).
+    pub tx_device_rejects: u64,
 }
 
 impl Stats {

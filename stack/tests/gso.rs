@@ -290,3 +290,76 @@ fn a_thawed_connection_queues_plain_segments_until_the_neighbour_is_resolved() {
         "super-frames once the client is known"
     );
 }
+
+/// A device that claims to segment but refuses every super-frame (as a packet socket whose
+/// kernel rejects the segmentation request would): the runner drops and counts the refused
+/// frame, turns super-frames off, and TCP resends in segments; the transfer completes
+/// byte-exact and no step fails.
+#[test]
+fn a_device_that_refuses_super_frames_costs_one_frame_not_the_connection() {
+    use ds_stack::device::{mem_pair, Device, MemDevice, PollSet};
+    use ds_stack::runner::{Clock, Runner};
+    use std::io;
+    use std::time::Duration;
+
+    struct Refusing(MemDevice);
+    impl Device for Refusing {
+        fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+            self.0.recv(buf)
+        }
+        fn send(&mut self, frame: &[u8]) -> io::Result<()> {
+            self.0.send(frame)
+        }
+        fn gso_max(&self) -> usize {
+            65535
+        }
+        // `send_gso`: the trait's default, which refuses a segmentation request.
+        fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+            self.0.wait(timeout)
+        }
+        fn mtu(&self) -> usize {
+            self.0.mtu()
+        }
+        fn wait_fds(&self, set: &mut PollSet) {
+            self.0.wait_fds(set)
+        }
+    }
+
+    let clock = Clock::new();
+    let (a, b) = mem_pair(1500);
+    let iface =
+        |mac: u8, addr| Interface::new(Config::new([2, 0, 0, 0, 0, mac], vec![addr]), clock.now());
+    let mut srv = Runner::with_clock(Refusing(a), iface(0x80, SERVER), clock);
+    let mut cli = Runner::with_clock(b, iface(2, CLIENT), clock);
+    let to = SocketAddrV6::new(SERVER, 80, 0, 0);
+    let l = srv.iface.tcp_listen(to, 4).expect("listen");
+    let c = ds_testbed::conn::dial(&mut cli, CLIENT, to);
+    let data = pattern(1 << 20);
+    let (mut s, mut off, mut got) = (None, 0, Vec::new());
+    let start = std::time::Instant::now();
+    while got.len() < data.len() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "stalled at {}",
+            got.len()
+        );
+        srv.step(Duration::from_micros(100)).expect("no step fails");
+        cli.step(Duration::from_micros(100)).expect("client step");
+        if s.is_none() {
+            s = srv.iface.tcp_accept(l);
+        }
+        if let Some(h) = s {
+            if off < data.len() {
+                off += srv.iface.tcp_send(h, &data[off..]).unwrap_or(0);
+            }
+        }
+        let _ = ds_testbed::conn::read_available(&mut cli.iface, c, &mut got);
+    }
+    assert!(got == data, "byte-exact");
+    let st = srv.iface.stats();
+    assert_eq!(
+        st.tx_device_rejects, 1,
+        "one refused super-frame, then segments: {st:?}"
+    );
+    assert!(st.tcp_retransmits > 0, "what it carried was resent");
+}

@@ -284,6 +284,11 @@ impl Interface {
         self.gso_max = max.min(usize::from(u16::MAX) - 60 - 64) as u32;
     }
 
+    /// Count `n` frames the device refused ([`Stats::tx_device_rejects`]).
+    pub fn note_tx_rejects(&mut self, n: u64) {
+        self.stats.tx_device_rejects += n;
+    }
+
     /// Counters.
     pub fn stats(&self) -> &Stats {
         &self.stats
