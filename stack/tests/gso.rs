@@ -76,8 +76,15 @@ struct Net {
 
 impl Net {
     fn new(drop_every: usize) -> Net {
+        Net::with(drop_every, |_| {})
+    }
+
+    /// With the server's configuration changed by `f`.
+    fn with(drop_every: usize, f: impl FnOnce(&mut Config)) -> Net {
         let now = Instant::from_millis(1);
-        let mut server = Interface::new(Config::new([2, 0, 0, 0, 0, 0x80], vec![SERVER]), now);
+        let mut cfg = Config::new([2, 0, 0, 0, 0, 0x80], vec![SERVER]);
+        f(&mut cfg);
+        let mut server = Interface::new(cfg, now);
         server.set_gso_max(65535);
         Net {
             server,
@@ -362,4 +369,38 @@ fn a_device_that_refuses_super_frames_costs_one_frame_not_the_connection() {
         "one refused super-frame, then segments: {st:?}"
     );
     assert!(st.tcp_retransmits > 0, "what it carried was resent");
+}
+
+/// One connection's burst per transmit is bounded in wire segments, not in frames: with a
+/// window of megabytes and no limit on unsent data (`notsent_lowat` off), a single
+/// `transmit_gso` carries at most 256 segments' worth of data however it is packed into
+/// super-frames (the others' turn comes first).
+#[test]
+fn a_burst_is_bounded_in_segments_however_they_are_packed() {
+    let mut net = Net::with(0, |c| c.tcp.notsent_lowat = None);
+    let (s, c) = net.connect();
+    let _ = net.transfer(s, c, &pattern(64 << 20), 600_000);
+    for _ in 0..20 {
+        net.step();
+    }
+    let queued = net.server.tcp_send(s, &pattern(2 << 20)).expect("send");
+    assert!(queued > 1 << 20, "room for a large burst: {queued}");
+    let now = net.now + std::time::Duration::from_micros(200);
+    net.server.poll(now);
+    let mut segments = 0;
+    let mut supers = 0;
+    net.server.transmit_gso(now, &mut |f, gso| match gso {
+        Some(g) => {
+            supers += 1;
+            segments += (f.len() - usize::from(g.header_len)).div_ceil(usize::from(g.mss));
+        }
+        None => segments += 1,
+    });
+    eprintln!("burst: {segments} segments in {supers} super-frames");
+    assert!(supers > 0, "super-frames");
+    assert!(segments <= 256, "{segments} segments in one burst");
+    assert!(
+        segments >= 128,
+        "the burst is not starved either: {segments}"
+    );
 }

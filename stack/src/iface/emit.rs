@@ -117,16 +117,20 @@ impl Interface {
             }
             _ => 0,
         };
-        // Bound the burst per call so one connection cannot starve the others.
-        for _ in 0..256 {
+        // Bound the burst per call so one connection cannot starve the others: 256 wire
+        // segments, however they are packed into super-frames.
+        let mut budget: usize = 256;
+        while budget > 0 {
             let Some(tcb) = self.conns.get_mut(idx) else {
                 return;
             };
-            let Some(seg) = tcb.next_segment_gso(now, gso_max) else {
+            let mss = tcb.eff_mss() as usize;
+            let max = gso_max.min(u32::try_from(budget * mss).unwrap_or(u32::MAX));
+            let Some(seg) = tcb.next_segment_gso(now, max) else {
                 return;
             };
+            budget = budget.saturating_sub(seg.payload_len.div_ceil(mss.max(1)).max(1));
             let (local, remote) = (tcb.local, tcb.remote);
-            let mss = tcb.eff_mss() as usize;
             let mut buf = std::mem::take(&mut self.scratch);
             let super_frame = seg.payload_len > mss;
             {
