@@ -12,6 +12,7 @@
 //! root = "/srv/www"                  # or, proxy mode: backend = "[::1]:8080"
 //! control_socket = "/run/dsnode.sock" # for dsctl
 //! # queues = 2                       # AF_XDP: a stack and handoff engine per receive queue
+//! # no_super_frames = true           # AF_XDP: one frame per TCP segment, no 64 KiB super-frames
 //! # header_timeout_ms = 10000        # a request head must arrive within this (then 408)
 //! # stall_timeout_ms = 60000         # a response with no progress this long is aborted
 //! # max_connections = 10000          # more are answered 503
@@ -80,6 +81,7 @@ struct NodeFile {
     json: Option<bool>,
     udp_echo: Option<u16>,
     queues: Option<u32>,
+    no_super_frames: Option<bool>,
     control_socket: Option<PathBuf>,
     header_timeout_ms: Option<u64>,
     stall_timeout_ms: Option<u64>,
@@ -296,6 +298,9 @@ pub fn serve_args(path: &Path) -> Result<Vec<String>, ConfigError> {
     if file.json == Some(true) {
         args.push("--json".into());
     }
+    if file.no_super_frames == Some(true) {
+        args.push("--no-super-frames".into());
+    }
     Ok(args)
 }
 
@@ -319,14 +324,14 @@ mod tests {
     #[test]
     fn keys_become_options_in_order() {
         let a = args_of(
-            "device = \"tap\"\niface = \"t0\"\naddr = \"fd00::1\"\nalso_addr = [\"fd00::80\", \"fd00::81\"]\nport = 8080\nroot = \"/srv\"\njson = true\n[handoff]\npeer = \"[fd00::2]:7000\"\nsteering = \"transparent\"\nha_control = \"[fd00::a]:7001\"\nbusy_poll = true\n",
+            "device = \"tap\"\niface = \"t0\"\naddr = \"fd00::1\"\nalso_addr = [\"fd00::80\", \"fd00::81\"]\nport = 8080\nroot = \"/srv\"\njson = true\nno_super_frames = true\n[handoff]\npeer = \"[fd00::2]:7000\"\nsteering = \"transparent\"\nha_control = \"[fd00::a]:7001\"\nbusy_poll = true\n",
         )
         .expect("valid");
         assert_eq!(
             a.join(" "),
             "--device tap --iface t0 --addr fd00::1 --also-addr fd00::80 --also-addr fd00::81 \
              --port 8080 --root /srv --peer [fd00::2]:7000 --steering transparent \
-             --ha-control [fd00::a]:7001 --busy-poll --json"
+             --ha-control [fd00::a]:7001 --busy-poll --json --no-super-frames"
         );
     }
 

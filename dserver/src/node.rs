@@ -243,6 +243,8 @@ pub struct Builder {
     also: Vec<Ipv6Addr>,
     /// Receive queues to open ([`Builder::queue_count`]); `None`: all.
     queue_count: Option<usize>,
+    /// TCP super-frames on the AF_XDP device ([`Builder::super_frames`]).
+    super_frames: bool,
     /// Route-optimised steering ([`Builder::route_optimised`]): away from home or not.
     ro_away: Option<bool>,
     reply_timeout: Duration,
@@ -405,6 +407,15 @@ impl Builder {
         self
     }
 
+    /// Whether the AF_XDP device sends new TCP data as super-frames of up to 64 KiB that the
+    /// kernel segments (default: yes; `ds_xdp::gso_tx`). Off: one frame per segment through
+    /// the AF_XDP ring, for a driver that mishandles the packet socket's segmentation
+    /// requests, or to measure what super-frames bring.
+    pub fn super_frames(mut self, on: bool) -> Self {
+        self.super_frames = on;
+        self
+    }
+
     /// Connections waiting for [`Node::accept`] at most (default 1024).
     pub fn backlog(mut self, n: usize) -> Self {
         self.backlog = n;
@@ -446,6 +457,7 @@ impl Builder {
             ));
         };
         let mut cfg = ds_xdp::device::AfXdpConfig::new(addrs);
+        cfg.gso = self.super_frames;
         if let Some(n) = self.queue_count {
             cfg.queues = u32::try_from(n).unwrap_or(u32::MAX);
         }
@@ -633,7 +645,8 @@ impl Builder {
         let handoff = self.handoff_config()?;
         let dev: Box<dyn ds_stack::device::Device> = match &device {
             Device::AfXdp { iface } => {
-                let cfg = ds_xdp::device::AfXdpConfig::new(addrs.clone());
+                let mut cfg = ds_xdp::device::AfXdpConfig::new(addrs.clone());
+                cfg.gso = self.super_frames;
                 Box::new(
                     ds_xdp::device::AfXdpDevice::open(iface, &cfg).map_err(|e| Error::Io {
                         what: format!("AF_XDP on {iface} (needs root and no other XDP program)"),
@@ -903,6 +916,7 @@ impl Node {
             engine: None,
             also: Vec::new(),
             queue_count: None,
+            super_frames: true,
             ro_away: None,
             reply_timeout: Duration::from_secs(1),
             backlog: 1024,

@@ -138,6 +138,11 @@ struct ServeArgs {
     /// queue of the interface. `dsctl` sees the queues as one node. Not with `--steering ro`.
     #[arg(long, default_value_t = 1, value_name = "N")]
     queues: u32,
+    /// AF_XDP: send one frame per TCP segment through the AF_XDP ring instead of super-frames
+    /// of up to 64 KiB that the kernel segments (for a driver that mishandles the packet
+    /// socket's segmentation requests, or to measure what super-frames bring).
+    #[arg(long)]
+    no_super_frames: bool,
     /// Listen for `dsctl` on this Unix socket (made owner-only, mode 0600).
     #[arg(long, value_name = "PATH")]
     control_socket: Option<PathBuf>,
@@ -519,6 +524,7 @@ fn node_builder(
     if let Some(g) = args.gateway {
         b = b.gateway(g);
     }
+    b = b.super_frames(!args.no_super_frames);
     if let Some(cfg) = handoff {
         b = b.engine(cfg);
     }

@@ -630,6 +630,10 @@ struct HandoffArgs {
     /// (dsnode --busy-poll).
     #[arg(long)]
     busy_poll: bool,
+    /// Userspace nodes send one frame per TCP segment instead of 64 KiB super-frames
+    /// (dsnode --no-super-frames).
+    #[arg(long)]
+    no_super_frames: bool,
 }
 
 fn parse_mode(s: &str) -> Result<ds_handoff::Mode, String> {
@@ -667,6 +671,7 @@ fn run_handoff(a: HandoffArgs) -> Result<()> {
         path: a.path,
         processes: a.processes,
         busy_poll: a.busy_poll,
+        no_super_frames: a.no_super_frames,
         ..Default::default()
     };
     eprintln!(

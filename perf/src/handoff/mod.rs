@@ -112,6 +112,9 @@ pub struct Options {
     /// Busy-poll while a handoff is in flight (`dsnode --busy-poll`,
     /// `HandoffConfig::busy_poll`).
     pub busy_poll: bool,
+    /// The userspace nodes send one frame per TCP segment, no super-frames
+    /// (`dsnode --no-super-frames`, `Builder::super_frames(false)`).
+    pub no_super_frames: bool,
 }
 
 impl Default for Options {
@@ -130,6 +133,7 @@ impl Default for Options {
             path: HandoffPath::default(),
             processes: false,
             busy_poll: false,
+            no_super_frames: false,
         }
     }
 }
@@ -393,6 +397,7 @@ fn node(t: NodeTask) -> Result<NodeOut> {
         let b = dserver::Node::builder()
             .device(dserver::Device::afxdp("n0"))
             .mac(MAC[i])
+            .super_frames(!opts.no_super_frames)
             .engine(hc);
         let b = if ro && i == 1 {
             b.ds_addr(coa)

@@ -115,6 +115,9 @@ pub(super) fn start(topo: &Topology, plan: &Plan, dir: &Path) -> Result<Procs> {
         if opts.busy_poll {
             args.push(s(&"--busy-poll"));
         }
+        if opts.no_super_frames {
+            args.push(s(&"--no-super-frames"));
+        }
         if !ro_away {
             args.extend([s(&"--also-addr"), s(&DS)]);
         }
