@@ -407,10 +407,10 @@ impl Builder {
         self
     }
 
-    /// Whether the AF_XDP device sends new TCP data as super-frames of up to 64 KiB that the
-    /// kernel segments (default: yes; `ds_xdp::gso_tx`). Off: one frame per segment through
-    /// the AF_XDP ring, for a driver that mishandles the packet socket's segmentation
-    /// requests, or to measure what super-frames bring.
+    /// Whether the device (AF_XDP or TAP) takes new TCP data as super-frames of up to 64 KiB
+    /// that the kernel segments (default: yes; `ds_xdp::gso_tx`, `IFF_VNET_HDR`). Off: one
+    /// frame per segment, for a driver that mishandles the segmentation requests, or to
+    /// measure what super-frames bring.
     pub fn super_frames(mut self, on: bool) -> Self {
         self.super_frames = on;
         self
@@ -659,12 +659,14 @@ impl Builder {
                     "kernel sockets are served by build_kernel".into(),
                 ))
             }
-            Device::Tap { iface } => Box::new(ds_stack::device::TapDevice::open(iface).map_err(
-                |source| Error::Io {
-                    what: format!("TAP device {iface}"),
-                    source,
-                },
-            )?),
+            Device::Tap { iface } => Box::new(
+                ds_stack::device::TapDevice::open_with(iface, self.super_frames).map_err(
+                    |source| Error::Io {
+                        what: format!("TAP device {iface}"),
+                        source,
+                    },
+                )?,
+            ),
         };
         tracing::info!(?device, "device open");
         self.finish(dev, handoff)

@@ -10,34 +10,14 @@
 //! TSO) takes it whole. Receiving stays on AF_XDP: the socket is bound with protocol 0, so it
 //! receives nothing.
 
-use ds_stack::device::{Gso, TCP_CHECKSUM_OFFSET};
+use ds_stack::device::{virtio_net_hdr, Gso};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-
-/// `VIRTIO_NET_HDR_F_NEEDS_CSUM`.
-const NEEDS_CSUM: u8 = 1;
-/// `VIRTIO_NET_HDR_GSO_TCPV6`.
-const GSO_TCPV6: u8 = 4;
 
 /// A send-only packet socket on one interface (see the module documentation).
 #[derive(Debug)]
 pub struct GsoSender {
     fd: OwnedFd,
-}
-
-/// `struct virtio_net_hdr` in the host's byte order, as a packet socket reads it (virtio 0.9
-/// "legacy" layout, little-endian on the hosts we run on).
-fn vnet_hdr(gso: Option<Gso>) -> [u8; 10] {
-    let mut h = [0u8; 10];
-    if let Some(g) = gso {
-        h[0] = NEEDS_CSUM;
-        h[1] = GSO_TCPV6;
-        h[2..4].copy_from_slice(&g.header_len.to_ne_bytes());
-        h[4..6].copy_from_slice(&g.mss.to_ne_bytes());
-        h[6..8].copy_from_slice(&g.csum_start.to_ne_bytes());
-        h[8..10].copy_from_slice(&TCP_CHECKSUM_OFFSET.to_ne_bytes());
-    }
-    h
 }
 
 fn set_int(fd: &OwnedFd, level: libc::c_int, opt: libc::c_int, v: libc::c_int) -> io::Result<()> {
@@ -100,7 +80,7 @@ impl GsoSender {
     /// Send one frame, segmented by the kernel as `gso` asks (`None`: a plain frame).
     /// `Ok(false)`: the socket's buffer is full and the frame was dropped (as on a wire).
     pub fn send(&self, frame: &[u8], gso: Option<Gso>) -> io::Result<bool> {
-        let hdr = vnet_hdr(gso);
+        let hdr = virtio_net_hdr(gso);
         let mut iov = [
             libc::iovec {
                 iov_base: hdr.as_ptr() as *mut libc::c_void,
@@ -126,26 +106,5 @@ impl GsoSender {
             };
         }
         Ok(true)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn header_layout() {
-        assert_eq!(vnet_hdr(None), [0; 10]);
-        let h = vnet_hdr(Some(Gso {
-            mss: 1428,
-            csum_start: 54,
-            header_len: 86,
-        }));
-        assert_eq!(h[0], NEEDS_CSUM);
-        assert_eq!(h[1], GSO_TCPV6);
-        assert_eq!(u16::from_ne_bytes([h[2], h[3]]), 86);
-        assert_eq!(u16::from_ne_bytes([h[4], h[5]]), 1428);
-        assert_eq!(u16::from_ne_bytes([h[6], h[7]]), 54);
-        assert_eq!(u16::from_ne_bytes([h[8], h[9]]), 16);
     }
 }

@@ -108,6 +108,9 @@ pub fn serve_ours(topo: &Topology, ctl: &ServerCtl, ready: Ready) -> Result<()> 
             .host
             .stack(OURS_MAC, OURS, |c| c.tcp.nagle = false)
             .context("our stack's TAP")?;
+        // Offloads off everywhere in this comparison: one segment per frame, no super-frames
+        // into the TAP (the others cannot make them either; `dsperf bulk` measures them).
+        rt.iface.set_gso_max(0);
         let l = rt
             .iface
             .tcp_listen(SocketAddrV6::new(OURS, PORT, 0, 0), 64)

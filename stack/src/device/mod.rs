@@ -29,6 +29,30 @@ pub struct Gso {
 /// Offset of the checksum field in the TCP header (RFC 9293 §3.1).
 pub const TCP_CHECKSUM_OFFSET: u16 = 16;
 
+/// Length of `struct virtio_net_hdr` (the legacy layout without `num_buffers`), which a TAP
+/// with `IFF_VNET_HDR` and a packet socket with `PACKET_VNET_HDR` put in front of a frame.
+pub const VIRTIO_NET_HDR_LEN: usize = 10;
+/// `VIRTIO_NET_HDR_F_NEEDS_CSUM` (`include/uapi/linux/virtio_net.h`).
+const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
+/// `VIRTIO_NET_HDR_GSO_TCPV6`.
+const VIRTIO_NET_HDR_GSO_TCPV6: u8 = 4;
+
+/// The `struct virtio_net_hdr` that asks the kernel to segment a TCP super-frame as `gso`
+/// says and complete its checksums, or (`None`) to send the frame as it is. Host byte order,
+/// as the kernel reads it from a TAP or a packet socket (virtio 0.9 "legacy" layout).
+pub fn virtio_net_hdr(gso: Option<Gso>) -> [u8; VIRTIO_NET_HDR_LEN] {
+    let mut h = [0u8; VIRTIO_NET_HDR_LEN];
+    if let Some(g) = gso {
+        h[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM;
+        h[1] = VIRTIO_NET_HDR_GSO_TCPV6;
+        h[2..4].copy_from_slice(&g.header_len.to_ne_bytes());
+        h[4..6].copy_from_slice(&g.mss.to_ne_bytes());
+        h[6..8].copy_from_slice(&g.csum_start.to_ne_bytes());
+        h[8..10].copy_from_slice(&TCP_CHECKSUM_OFFSET.to_ne_bytes());
+    }
+    h
+}
+
 /// A link-layer (Ethernet) device.
 ///
 /// Implementations are non-blocking: `recv` returns `Ok(None)` when no frame is pending, and
@@ -189,4 +213,25 @@ pub fn wait_readable(fds: &[RawFd], timeout: Option<Duration>) -> io::Result<()>
         set.add(fd);
     }
     set.wait(timeout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn virtio_net_hdr_layout() {
+        assert_eq!(virtio_net_hdr(None), [0; VIRTIO_NET_HDR_LEN]);
+        let h = virtio_net_hdr(Some(Gso {
+            mss: 1428,
+            csum_start: 54,
+            header_len: 86,
+        }));
+        assert_eq!(h[0], VIRTIO_NET_HDR_F_NEEDS_CSUM);
+        assert_eq!(h[1], VIRTIO_NET_HDR_GSO_TCPV6);
+        assert_eq!(u16::from_ne_bytes([h[2], h[3]]), 86);
+        assert_eq!(u16::from_ne_bytes([h[4], h[5]]), 1428);
+        assert_eq!(u16::from_ne_bytes([h[6], h[7]]), 54);
+        assert_eq!(u16::from_ne_bytes([h[8], h[9]]), 16);
+    }
 }
