@@ -16,9 +16,9 @@
 //! hands AF_XDP frames whose TCP checksum is only partial; see `dsperf http`). "Off" turns
 //! off what `ethtool -K` can (tx/rx checksum, scatter-gather, TSO, GSO, GRO) on both ends of
 //! both pairs ([`ds_testbed::disable_ethtool_offloads`]): the kernel's TCP then segments in
-//! software before the device, as on any NIC without offloads. (`dsperf stack` also sets
-//! `gso_max_segs` to 1 for its TAP relay, which costs the kernel's TCP on a veth some 12× its
-//! rate: not a baseline to compare with.) Our server sends TCP super-frames through the
+//! software before the device, as on any NIC without offloads (`gso_max_segs` at 1 would cost
+//! the kernel's TCP on a veth some 12× its rate: not a baseline to compare with). Our server
+//! sends TCP super-frames through the
 //! AF_XDP device's packet socket (`ds_xdp::gso_tx`) in both settings; with the veth's GSO off
 //! the kernel segments them in software too.
 //!

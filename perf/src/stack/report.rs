@@ -111,7 +111,7 @@ pub const TOPOLOGY: [&str; 7] = [
     "smoltcp: smoltcp 0.14 Interface + TunTapInterface on a TAP on S's bridge (1 TAP crossing)",
     "kernel: Linux kernel TCP in namespace K whose only link is a TAP; a userspace relay thread in dsperf copies each frame between it and a TAP on S's bridge (2 TAP crossings + 1 relay hop: read + write per frame, an extra hop the others do not have)",
     "kernel-veth (reference only): the same kernel server in namespace V on a plain veth to S's bridge: no TAP, no relay",
-    "offloads: ds-testbed disable_offload (tx/rx checksum, sg, tso, gso, gro off; gso_max_segs 1) on every veth end, both bridges and all four TAPs; ours sends no TCP super-frames; MTU 1500 everywhere",
+    "offloads: every ethtool offload off (tx/rx checksum, sg, tso, gso, gro) on every veth end, both bridges and all four TAPs, gso_max_segs at its default (the kernel segments in software before each device); ours sends no TCP super-frames; MTU 1500 everywhere",
     "all addresses in fd00:5e:1::/64 inside namespaces this run created",
 ];
 

@@ -16,16 +16,21 @@
 //! frames between the two TAPs, one `read` + one `write` per frame: one extra userspace hop
 //! that the userspace stacks do not have.
 //!
-//! Offloads: `ds_testbed::disable_offload` (checksum, SG, TSO, GSO, GRO off, `gso_max_segs 1`)
-//! on both veth ends, both bridges, and all four TAPs, so every TCP segment on every path is one
-//! MTU-sized (1500) frame with a real checksum; TAPs opened without `IFF_VNET_HDR` carry no
-//! offload metadata anyway.
+//! Offloads: every `ethtool` offload off (checksum, SG, TSO, GSO, GRO) on both veth ends, both
+//! bridges, and all four TAPs, so every TCP segment on every path is one MTU-sized (1500) frame
+//! with a real checksum; TAPs opened without `IFF_VNET_HDR` carry no offload metadata anyway.
+//! The kernel's TCP (client and servers) still builds multi-segment packets and segments them
+//! in software before the device, as on any NIC without offloads: `gso_max_segs` stays at its
+//! default (at 1 it costs the kernel's TCP some 12× its rate on a veth, a handicap this
+//! comparison must not give its baselines).
 //!
 //! V is a reference point outside the comparison proper: the same kernel server reached over a
 //! plain veth pair (no TAP, no relay), to show what the relay costs the kernel baseline.
 
 use anyhow::{Context, Result};
-use ds_testbed::{add_addr, disable_offload, veth, wait_addr_usable, KernelPeer, Netns, StackHost};
+use ds_testbed::{
+    add_addr, disable_ethtool_offloads, veth, wait_addr_usable, KernelPeer, Netns, StackHost,
+};
 use std::net::Ipv6Addr;
 use std::time::Duration;
 
@@ -64,6 +69,16 @@ impl Topology {
     pub fn build() -> Result<Self> {
         let mut peer = KernelPeer::new("dsperfP", CLIENT).context("client namespace P")?;
         let host = peer.attach_host("dsperfS").context("server namespace S")?;
+        // The testbed's hosts come with `gso_max_segs 1` (one segment per packet, for tests
+        // that count or drop packets); the kernel client here gets its default back.
+        for (ns, dev) in [
+            (&peer.ns, "p1"),
+            (&peer.ns, "br0"),
+            (&host.ns, "up0"),
+            (&host.ns, "br0"),
+        ] {
+            default_gso_segs(ns, dev)?;
+        }
         let kns = Netns::new("dsperfK").context("kernel server namespace K")?;
         let vns = Netns::new("dsperfV").context("reference kernel server namespace V")?;
         Ok(Topology {
@@ -78,8 +93,8 @@ impl Topology {
     pub fn setup_kernel_veth(&self) -> Result<()> {
         let s_end = super::servers::VETH_PORT;
         veth(&self.vns, "eth0", &self.host.ns, s_end)?;
-        disable_offload(&self.vns, "eth0")?;
-        disable_offload(&self.host.ns, s_end)?;
+        disable_ethtool_offloads(&self.vns, "eth0")?;
+        disable_ethtool_offloads(&self.host.ns, s_end)?;
         self.host
             .ns
             .ip(&["link", "set", "dev", s_end, "master", &self.host.bridge])?;
@@ -98,14 +113,14 @@ impl Topology {
         let ns = &self.host.ns;
         ns.ip(&["link", "set", "dev", name, "master", &self.host.bridge])?;
         ns.ip(&["link", "set", "dev", name, "up"])?;
-        disable_offload(ns, name)?;
+        disable_ethtool_offloads(ns, name)?;
         Ok(())
     }
 
     /// Configure K's TAP: up, offloads off, the kernel server's address.
     pub fn setup_kernel_tap(&self, name: &str) -> Result<()> {
         self.kns.ip(&["link", "set", "dev", name, "up"])?;
-        disable_offload(&self.kns, name)?;
+        disable_ethtool_offloads(&self.kns, name)?;
         add_addr(&self.kns, name, &format!("{KERNEL}/64"))?;
         Ok(())
     }
@@ -131,4 +146,11 @@ pub fn tx_dropped(ns: &Netns, dev: &str) -> Result<u64> {
         .and_then(|t| t.get("dropped"))
         .and_then(serde_json::Value::as_u64)
         .with_context(|| format!("no tx drop counter for {dev} in {}", ns.name()))
+}
+
+/// `gso_max_segs` back at the kernel's default (`GSO_MAX_SEGS`) on `dev`.
+fn default_gso_segs(ns: &Netns, dev: &str) -> Result<()> {
+    ns.ip(&["link", "set", "dev", dev, "gso_max_segs", "65535"])
+        .with_context(|| format!("gso_max_segs on {dev}"))?;
+    Ok(())
 }
