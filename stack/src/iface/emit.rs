@@ -106,9 +106,10 @@ impl Interface {
     /// burst.
     pub(super) fn drain_tcb(&mut self, now: Instant, idx: u32, emit: Emit<'_>) {
         // Super-frames only towards a resolved neighbour: what waits for Neighbour Discovery
-        // is queued and later sent as it is, without a segmentation request.
+        // is queued and later sent as it is, without a segmentation request. (Looked up only
+        // when more than a segment waits: a small response needs no super-frame.)
         let gso_max = match self.conns.get(idx) {
-            Some(tcb) if self.gso_max > 0 => {
+            Some(tcb) if self.gso_max > 0 && tcb.unsent() > tcb.eff_mss() as usize => {
                 let hop = self.next_hop(tcb.remote.ip());
                 match self.nd.state(&hop) {
                     Some((_, Some(_))) => self.gso_max,
