@@ -411,6 +411,17 @@ impl Builder {
     /// that the kernel segments (default: yes; `ds_xdp::gso_tx`, `IFF_VNET_HDR`). Off: one
     /// frame per segment, for a driver that mishandles the segmentation requests, or to
     /// measure what super-frames bring.
+    ///
+    /// ```no_run
+    /// use dserver::{Device, Node};
+    /// # fn main() -> Result<(), dserver::Error> {
+    /// let node = Node::builder()
+    ///     .ds_addr("fd00:80::80".parse().unwrap())
+    ///     .device(Device::AfXdp { iface: "eth0".into() })
+    ///     .super_frames(false) // one frame per TCP segment
+    ///     .build()?;
+    /// # let _ = node; Ok(()) }
+    /// ```
     pub fn super_frames(mut self, on: bool) -> Self {
         self.super_frames = on;
         self

@@ -247,6 +247,15 @@ impl<D: Device> Runner<D> {
 
 /// Whether a device's send error refuses one frame (the device and the others are fine):
 /// a frame larger than it carries, a segmentation request it cannot honour.
+///
+/// ```
+/// use ds_stack::runner::refused_frame;
+/// use std::io;
+/// assert!(refused_frame(&io::Error::from_raw_os_error(libc::EMSGSIZE)));
+/// assert!(refused_frame(&io::Error::new(io::ErrorKind::Unsupported, "no GSO")));
+/// // A device that is gone is not one refused frame.
+/// assert!(!refused_frame(&io::Error::from_raw_os_error(libc::ENXIO)));
+/// ```
 pub fn refused_frame(e: &io::Error) -> bool {
     matches!(
         e.kind(),
