@@ -210,27 +210,23 @@ impl Interface {
             }
         };
         let gso = mss.and_then(|mss| super_frame_gso(&buf, mss));
+        if mss.is_some() && (gso.is_none() || mac.is_none() || emit.is_none()) {
+            // A super-frame that cannot leave now with its segmentation request is dropped like
+            // a lost frame (TCP resends it in segments): queued frames go out without one
+            // (rare: `drain_tcb` makes none towards an unresolved neighbour; this is a care-of
+            // address's), and one we cannot describe (cannot happen: we built it) must not go
+            // out with a partial checksum.
+            self.stats.nd_drops += 1;
+            buf.clear();
+            self.scratch = buf;
+            return;
+        }
         match (mac, emit) {
-            (Some(_), _) if mss.is_some() && gso.is_none() => {
-                // Not a TCP frame we can describe (cannot happen: we built it); drop it like a
-                // lost frame rather than send a partial checksum.
-                self.stats.nd_drops += 1;
-                buf.clear();
-                self.scratch = buf;
-            }
             (Some(m), Some(emit)) => {
                 set_dst_mac(&mut buf, m);
                 emit(&buf, gso);
                 self.stats.tx_frames += 1;
                 self.stats.tx_gso_frames += u64::from(gso.is_some());
-                buf.clear();
-                self.scratch = buf;
-            }
-            (None, _) | (_, None) if mss.is_some() => {
-                // Queued frames go out without a segmentation request: a super-frame is not
-                // kept (TCP resends it, in segments the link carries). Rare: `drain_tcb` makes
-                // none towards an unresolved neighbour; this is a care-of address's.
-                self.stats.nd_drops += 1;
                 buf.clear();
                 self.scratch = buf;
             }
