@@ -31,6 +31,7 @@
 use crate::stack::client::{self, pin_to_cpu};
 use crate::stack::report::Stat;
 use crate::stack::servers::{self, ServerCtl};
+use crate::stack::{spawn, StopAll};
 use anyhow::{ensure, Context, Result};
 use ds_testbed::{add_addr, disable_ethtool_offloads, veth, wait_addr_usable, Netns};
 use serde::Serialize;
@@ -243,35 +244,28 @@ pub fn run(opts: &Options, mut each: impl FnMut(&Sample)) -> Result<Vec<Sample>>
         let mut handles = Vec::new();
         for (l, ctl) in links.iter().zip(&ctls) {
             let cpu = opts.server_cpu;
-            handles.push(
-                std::thread::Builder::new()
-                    .name(format!("dsperf-bulk-{}", l.srv_if))
-                    .spawn_scoped(sc, move || -> Result<()> {
-                        l.ns.enter_current_thread()?;
-                        pin_to_cpu(cpu)?;
-                        match l.target {
-                            Target::Ours => serve_ours(l, ctl),
-                            Target::Kernel => serve_kernel(l, ctl),
-                        }
-                    })?,
-            );
+            handles.push(spawn(
+                sc,
+                &format!("bulk-{}", l.srv_if),
+                move || -> Result<()> {
+                    l.ns.enter_current_thread()?;
+                    pin_to_cpu(cpu)?;
+                    match l.target {
+                        Target::Ours => serve_ours(l, ctl),
+                        Target::Kernel => serve_kernel(l, ctl),
+                    }
+                },
+            )?);
         }
         let total = opts.repeats as usize * links.len() * 2;
         for repeat in 0..opts.repeats {
-            for pair in links.chunks(2) {
+            // Links come in pairs (ours, kernel) per offload setting.
+            for first in (0..links.len()).step_by(2) {
                 for direction in [Direction::Download, Direction::Upload] {
                     // Alternate which server goes first, so that drift hits both.
-                    let order: Vec<usize> = if repeat % 2 == 0 {
-                        vec![0, 1]
-                    } else {
-                        vec![1, 0]
-                    };
-                    for i in order {
+                    let order = if repeat % 2 == 0 { [0, 1] } else { [1, 0] };
+                    for idx in order.map(|i| first + i) {
                         crate::stack::check_interrupt()?;
-                        let idx = links
-                            .iter()
-                            .position(|x| std::ptr::eq(x, &pair[i]))
-                            .unwrap_or(0);
                         if handles[idx].is_finished() {
                             // The server thread ended: its error is the run's.
                             let h = handles.remove(idx);
@@ -280,7 +274,7 @@ pub fn run(opts: &Options, mut each: impl FnMut(&Sample)) -> Result<Vec<Sample>>
                                 .map_err(|_| anyhow::anyhow!("server thread panicked"))?
                                 .and(Err(anyhow::anyhow!("a server stopped")));
                         }
-                        let s = measure(opts, &cli, &pair[i], &ctls[idx], direction, repeat)?;
+                        let s = measure(opts, &cli, &links[idx], &ctls[idx], direction, repeat)?;
                         eprintln!(
                             "[{}/{total}] {:?} {:?} {:?}: {:.2} Gbit/s",
                             samples.len() + 1,
@@ -298,17 +292,6 @@ pub fn run(opts: &Options, mut each: impl FnMut(&Sample)) -> Result<Vec<Sample>>
         Ok(())
     })?;
     Ok(samples)
-}
-
-/// Sets every stop flag when dropped, so server threads end even when the run fails.
-struct StopAll<'a>(&'a [ServerCtl]);
-
-impl Drop for StopAll<'_> {
-    fn drop(&mut self) {
-        for c in self.0 {
-            c.stop.store(true, Ordering::Relaxed);
-        }
-    }
 }
 
 fn measure(

@@ -248,7 +248,7 @@ pub(crate) fn check_interrupt() -> Result<()> {
 }
 
 /// Sets every stop flag when dropped, so server threads end even when the run fails.
-struct StopAll<'a>(&'a [ServerCtl]);
+pub(crate) struct StopAll<'a>(pub(crate) &'a [ServerCtl]);
 
 impl Drop for StopAll<'_> {
     fn drop(&mut self) {
@@ -259,7 +259,7 @@ impl Drop for StopAll<'_> {
 }
 
 /// A named scoped thread (names show up in `perf`, `top -H`).
-fn spawn<'scope, 'env, T: Send + 'scope>(
+pub(crate) fn spawn<'scope, 'env, T: Send + 'scope>(
     sc: &'scope std::thread::Scope<'scope, 'env>,
     name: &str,
     f: impl FnOnce() -> T + Send + 'scope,
