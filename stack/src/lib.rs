@@ -27,7 +27,7 @@ pub mod tcp;
 pub mod time;
 pub mod udp;
 
-pub use iface::{Config, Error, Interface, ListenHandle, TcpHandle, UdpHandle};
+pub use iface::{Config, Error, Interface, ListenHandle, Route, TcpHandle, UdpHandle};
 pub use state::ConnState;
 pub use stats::Stats;
 pub use tcp::{Congestion, TcpConfig, TcpState, DEFAULT_NOTSENT_LOWAT};

@@ -393,11 +393,23 @@ impl Interface {
         }
     }
 
-    /// Next hop: the destination on the link, otherwise the default router (RFC 4861 §5.2).
+    /// Next hop (RFC 4861 §5.2): the destination on the link; otherwise the router of the
+    /// longest matching route (RFC 4191 §3.2's more-specific routes, configured here), then
+    /// the default router.
     pub(super) fn next_hop(&self, dst: &Ipv6Addr) -> Ipv6Addr {
-        match self.cfg.gateway {
-            Some(gw) if !self.on_link(dst) => gw,
-            _ => *dst,
+        if self.on_link(dst) {
+            return *dst;
+        }
+        let best = self
+            .cfg
+            .routes
+            .iter()
+            .filter(|r| r.covers(dst))
+            .max_by_key(|r| r.len);
+        match (best, self.cfg.gateway) {
+            (Some(r), _) => r.via,
+            (None, Some(gw)) => gw,
+            (None, None) => *dst,
         }
     }
 

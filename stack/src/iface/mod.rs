@@ -70,6 +70,10 @@ pub struct Config {
     pub tcp: TcpConfig,
     /// Default router; without one every destination is on-link.
     pub gateway: Option<Ipv6Addr>,
+    /// Routes to off-link prefixes through other routers than the default one (a host
+    /// between several routers, e.g. a client reaching two sites); the longest matching
+    /// prefix wins, the default router takes the rest.
+    pub routes: Vec<Route>,
     /// RFC 6528 ISN key.
     pub isn_secret: [u8; 16],
     /// Hop limit of packets we originate.
@@ -83,6 +87,34 @@ pub struct Config {
     pub correspondent: bool,
 }
 
+/// A route: destinations in `prefix`/`len` are reached through the router `via` (a neighbour
+/// on the link).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    /// The destination prefix (bits past `len` are ignored).
+    pub prefix: Ipv6Addr,
+    /// Prefix length, 0–128 (0: every destination, like a default route).
+    pub len: u8,
+    /// The next-hop router.
+    pub via: Ipv6Addr,
+}
+
+impl Route {
+    /// Whether `dst` lies in this route's prefix.
+    ///
+    /// ```
+    /// use ds_stack::iface::Route;
+    /// let r = Route { prefix: "fd00:5d:2::".parse().unwrap(), len: 64, via: "fd00:5d::2".parse().unwrap() };
+    /// assert!(r.covers(&"fd00:5d:2::12".parse().unwrap()));
+    /// assert!(!r.covers(&"fd00:5d:1::80".parse().unwrap()));
+    /// ```
+    pub fn covers(&self, dst: &Ipv6Addr) -> bool {
+        let len = u32::from(self.len.min(128));
+        let mask = u128::MAX.checked_shl(128 - len).unwrap_or(0);
+        (u128::from(*dst) ^ u128::from(self.prefix)) & mask == 0
+    }
+}
+
 impl Config {
     /// Settings for an interface with this MAC owning these addresses.
     pub fn new(mac: [u8; 6], addrs: Vec<Ipv6Addr>) -> Self {
@@ -92,6 +124,7 @@ impl Config {
             mtu: 1500,
             tcp: TcpConfig::default(),
             gateway: None,
+            routes: Vec::new(),
             isn_secret: random_secret(),
             hop_limit: 64,
             syn_cookies: true,
