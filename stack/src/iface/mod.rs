@@ -275,6 +275,11 @@ impl Interface {
         } else {
             None
         };
+        // RFC 6056 §3.3.2: a random first ephemeral port (the ISN key is random unless the
+        // caller fixed it), then in turn; two interfaces started at the same time, or one
+        // per run of a program, do not reuse each other's ports.
+        let key = u16::from_le_bytes([cfg.isn_secret[0], cfg.isn_secret[1]]);
+        let first_port = EPHEMERAL_FIRST + ((key ^ now.total_micros() as u16) % 16384);
         Interface {
             cfg: Config { mtu, ..cfg },
             link_local,
@@ -290,7 +295,7 @@ impl Interface {
             frag: Reassembler::default(),
             udp: Vec::new(),
             udp_map: HashMap::new(),
-            next_ephemeral: EPHEMERAL_FIRST + (now.total_micros() as u16 % 8192),
+            next_ephemeral: first_port,
             stats: Stats::default(),
             hook: None,
             cn,
