@@ -702,7 +702,7 @@ fn in_threads(topo: &Topology, plan: &Plan, got: &Path) -> Result<(Measured, Vec
 }
 
 /// What the client's own counters say (kernel clients are read from the namespace).
-enum ClientCounters {
+pub(crate) enum ClientCounters {
     Kernel,
     Stack {
         retransmits: u64,
@@ -736,28 +736,81 @@ fn curl(ns: &Netns, opts: &Options, got: &Path) -> Result<ClientCounters> {
 /// Download with an HTTP/1.1 client on our stack (over AF_XDP on c0: a Mobile IPv6
 /// correspondent node) into `got` (the body only).
 fn stack_client(ns: &Netns, opts: &Options, got: &Path) -> Result<ClientCounters> {
-    ns.try_run(|| -> Result<ClientCounters> {
-        let me = ip(CLIENT);
-        let dev = AfXdpDevice::open("c0", &AfXdpConfig::new(vec![me]))?;
-        let cfg = Config::new([0x02, 0xd5, 0, 0, 0, 0x0c], vec![me]);
-        let mut rt = Runner::new(dev, Interface::new(cfg, ds_stack::Instant::ZERO));
+    let c = StackClient {
+        ifname: "c0".into(),
+        me: ip(CLIENT),
+        mac: [0x02, 0xd5, 0, 0, 0, 0x0c],
+        gateway: None,
+        routes: Vec::new(),
+        server: SocketAddrV6::new(ip(DS), 80, 0, 0),
+        path: "/obj".into(),
+        timeout: opts.timeout,
+        record: false,
+    };
+    Ok(c.get(ns, got)?.0)
+}
+
+/// A client on our stack over AF_XDP (a Mobile IPv6 correspondent node, RFC 6275 §9) that
+/// fetches one object with HTTP/1.1.
+pub(crate) struct StackClient {
+    /// Its interface.
+    pub ifname: String,
+    /// Its address.
+    pub me: Ipv6Addr,
+    /// Its MAC.
+    pub mac: [u8; 6],
+    /// Default router (`None`: every destination not routed is on the link).
+    pub gateway: Option<Ipv6Addr>,
+    /// More-specific routes.
+    pub routes: Vec<ds_stack::Route>,
+    /// The server.
+    pub server: SocketAddrV6,
+    /// The object's path.
+    pub path: String,
+    /// Give up after this long.
+    pub timeout: Duration,
+    /// Log every frame the stack passes (see [`sniff::Recording`]).
+    pub record: bool,
+}
+
+impl StackClient {
+    /// Fetch the object into `got` (the body only), from inside `ns`: the client's counters
+    /// and, when recording, its frames.
+    pub(crate) fn get(
+        &self,
+        ns: &Netns,
+        got: &Path,
+    ) -> Result<(ClientCounters, Vec<sniff::Frame>)> {
+        ns.try_run(|| self.get_here(got))?
+    }
+
+    fn get_here(&self, got: &Path) -> Result<(ClientCounters, Vec<sniff::Frame>)> {
+        let me = self.me;
+        let dev = AfXdpDevice::open(&self.ifname, &AfXdpConfig::new(vec![me]))?;
+        let mut cfg = Config::new(self.mac, vec![me]);
+        cfg.gateway = self.gateway;
+        cfg.routes = self.routes.clone();
+        let mut rt = Runner::new(
+            sniff::Recording::new(dev, self.record),
+            Interface::new(cfg, ds_stack::Instant::ZERO),
+        );
         let now = rt.now();
         rt.iface.announce(now);
         let h = rt
             .iface
-            .tcp_connect(
-                now,
-                SocketAddrV6::new(me, 0, 0, 0),
-                SocketAddrV6::new(ip(DS), 80, 0, 0),
-            )
+            .tcp_connect(now, SocketAddrV6::new(me, 0, 0, 0), self.server)
             .map_err(|e| anyhow::anyhow!("connect: {e:?}"))?;
-        let req = format!("GET /obj HTTP/1.1\r\nHost: [{DS}]\r\nConnection: close\r\n\r\n");
+        let req = format!(
+            "GET {} HTTP/1.1\r\nHost: [{}]\r\nConnection: close\r\n\r\n",
+            self.path,
+            self.server.ip()
+        );
         let mut sent = 0;
         let mut resp = Vec::new();
         let mut buf = vec![0u8; 65536];
         let t0 = Instant::now();
         let reset = loop {
-            if t0.elapsed() > opts.timeout {
+            if t0.elapsed() > self.timeout {
                 bail!("stack client: timed out after {} bytes", resp.len());
             }
             rt.step(Duration::from_millis(1))?;
@@ -799,12 +852,16 @@ fn stack_client(ns: &Netns, opts: &Options, got: &Path) -> Result<ClientCounters
         }
         std::fs::write(got, &resp[head_end + 4..])?;
         let st = rt.iface.stats();
-        Ok(ClientCounters::Stack {
-            retransmits: st.tcp_retransmits,
-            rtos: st.tcp_rto,
-            reset,
-        })
-    })?
+        let frames = rt.dev.take();
+        Ok((
+            ClientCounters::Stack {
+                retransmits: st.tcp_retransmits,
+                rtos: st.tcp_rto,
+                reset,
+            },
+            frames,
+        ))
+    }
 }
 
 /// Route optimisation as seen on the client's link.

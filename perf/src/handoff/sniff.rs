@@ -322,3 +322,75 @@ mod tests {
         assert_eq!(duplicates(&log), 1);
     }
 }
+
+/// A device that logs every frame it passes, both ways, as a capture on the client's link
+/// would (`at`: when the stack took it from, or gave it to, the device). For a client on our
+/// stack behind XDP: its frames go to and come from an AF_XDP socket, which a packet socket
+/// on the same interface never sees.
+pub struct Recording<D> {
+    inner: D,
+    on: bool,
+    log: Vec<Frame>,
+}
+
+impl<D> Recording<D> {
+    /// Wrap `inner`; `on`: log (otherwise frames only pass, at no cost).
+    pub fn new(inner: D, on: bool) -> Self {
+        Recording {
+            inner,
+            on,
+            log: Vec::new(),
+        }
+    }
+
+    /// The frames seen so far, in order.
+    pub fn take(&mut self) -> Vec<Frame> {
+        std::mem::take(&mut self.log)
+    }
+
+    fn note(&mut self, f: &[u8]) {
+        if !self.on {
+            return;
+        }
+        if let Some(f) = parse(Instant::now(), f) {
+            self.log.push(f);
+        }
+    }
+}
+
+impl<D: ds_stack::device::Device> ds_stack::device::Device for Recording<D> {
+    fn recv(&mut self, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
+        let r = self.inner.recv(buf)?;
+        if let Some(n) = r {
+            self.note(&buf[..n]);
+        }
+        Ok(r)
+    }
+    fn send(&mut self, frame: &[u8]) -> std::io::Result<()> {
+        self.note(frame);
+        self.inner.send(frame)
+    }
+    fn gso_max(&self) -> usize {
+        self.inner.gso_max()
+    }
+    fn send_gso(
+        &mut self,
+        frame: &[u8],
+        gso: Option<ds_stack::device::Gso>,
+    ) -> std::io::Result<()> {
+        self.note(frame);
+        self.inner.send_gso(frame, gso)
+    }
+    fn wait(&mut self, timeout: Option<Duration>) -> std::io::Result<()> {
+        self.inner.wait(timeout)
+    }
+    fn mtu(&self) -> usize {
+        self.inner.mtu()
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+    fn wait_fds(&self, set: &mut ds_stack::device::PollSet) {
+        self.inner.wait_fds(set)
+    }
+}
