@@ -298,31 +298,6 @@ pub fn duplicates(log: &[Seen]) -> u64 {
     dups
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn gap_and_duplicates() {
-        let t = Instant::now();
-        let s = |ms: u64, seq: u32, len: u32| Seen {
-            at: t + Duration::from_millis(ms),
-            seq,
-            len,
-        };
-        let log = [
-            s(0, u32::MAX - 99, 100),
-            s(1, 0, 100),
-            s(2, 0, 100),
-            s(7, 100, 100),
-        ];
-        assert_eq!(gap(&log, 100), Some(Duration::from_millis(5)));
-        assert_eq!(gap(&log, 0), Some(Duration::from_millis(1)));
-        assert_eq!(gap(&log, 500), None);
-        assert_eq!(duplicates(&log), 1);
-    }
-}
-
 /// A device that logs every frame it passes, both ways, as a capture on the client's link
 /// would (`at`: when the stack took it from, or gave it to, the device). For a client on our
 /// stack behind XDP: its frames go to and come from an AF_XDP socket, which a packet socket
@@ -392,5 +367,30 @@ impl<D: ds_stack::device::Device> ds_stack::device::Device for Recording<D> {
     }
     fn wait_fds(&self, set: &mut ds_stack::device::PollSet) {
         self.inner.wait_fds(set)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gap_and_duplicates() {
+        let t = Instant::now();
+        let s = |ms: u64, seq: u32, len: u32| Seen {
+            at: t + Duration::from_millis(ms),
+            seq,
+            len,
+        };
+        let log = [
+            s(0, u32::MAX - 99, 100),
+            s(1, 0, 100),
+            s(2, 0, 100),
+            s(7, 100, 100),
+        ];
+        assert_eq!(gap(&log, 100), Some(Duration::from_millis(5)));
+        assert_eq!(gap(&log, 0), Some(Duration::from_millis(1)));
+        assert_eq!(gap(&log, 500), None);
+        assert_eq!(duplicates(&log), 1);
     }
 }
