@@ -803,6 +803,9 @@ struct Entry {
     peer: SocketAddrV6,
     /// Handed off, or waiting to be.
     leaving: bool,
+    /// When it was accepted here (`None`: it came from another node). Route-optimised, the
+    /// home keygen token that leaves with it must be younger (see [`RouteOptimisation::ticket`]).
+    opened: Option<ds_stack::Instant>,
 }
 
 /// A UDP socket of a [`Node`] ([`Node::udp_bind`]).
@@ -1021,6 +1024,7 @@ impl Node {
                         h,
                         peer,
                         leaving: false,
+                        opened: Some(now),
                     },
                 );
                 self.by_handle.insert(h, conn);
@@ -1087,6 +1091,7 @@ impl Node {
                             h,
                             peer,
                             leaving: false,
+                            opened: None,
                         },
                     );
                     self.by_handle.insert(h, conn);
@@ -1118,7 +1123,7 @@ impl Node {
             let Some(e) = self.conns.get(&conn) else {
                 continue;
             };
-            let (h, client) = (e.h, e.peer);
+            let (h, client, opened) = (e.h, e.peer, e.opened);
             let ready = match wanted {
                 Some(to) => core.peer_ready(mono, to).map(|up| up.then_some(to)),
                 None => core.pick_peer(mono, None),
@@ -1136,7 +1141,10 @@ impl Node {
                 }
             };
             let ticket = if self.mode == Mode::Ro {
-                match self.ro.ticket(&mut self.rt.iface, now, mono, client) {
+                match self
+                    .ro
+                    .ticket(&mut self.rt.iface, now, mono, client, opened)
+                {
                     Ticket::Ready(t) => Some(t),
                     Ticket::Wait => {
                         self.queue.push_front((conn, state, wanted));

@@ -41,17 +41,25 @@ impl RouteOptimisation {
     /// What goes with a connection of `c` that is to leave (RFC 6275 §5.2.5): the home keygen
     /// token and the next sequence number. At home without a token for `c`, the home test is
     /// started and the caller asked to wait (bounded by [`TICKET_WAIT`]).
+    ///
+    /// `opened`: when the connection was accepted here (`None` if it came from another node,
+    /// with its own ticket). A token obtained before then is not used: the correspondent may
+    /// have restarted in between (a new client program on a userspace stack is a new
+    /// correspondent with new keys, RFC 6275 §5.2.7), and a Binding Update built from it would
+    /// be silently discarded (§9.5.1), leaving the moved connection unreachable. The home
+    /// test runs once per connection; later handoffs of it reuse the token.
     pub fn ticket(
         &mut self,
         iface: &mut Interface,
         now: StackInstant,
         mono: Instant,
         c: SocketAddrV6,
+        opened: Option<StackInstant>,
     ) -> Ticket {
         let Some(role) = iface.mobility_hook_mut::<MobileRole>() else {
             return Ticket::Missing("no mobile role on this node");
         };
-        if let Some(t) = role.ticket_for(now, *c.ip()) {
+        if let Some(t) = role.ticket_for(now, *c.ip(), opened) {
             self.wait = None;
             if let Some(seq) = role.binding_sequence(*c.ip()) {
                 self.leaving.insert(*c.ip(), seq);
@@ -66,9 +74,9 @@ impl RouteOptimisation {
             // without it (expired) the connection stays.
             return Ticket::Missing("no home keygen ticket for the correspondent");
         }
-        // No home keygen token for this correspondent yet: run the home test (the token lives
-        // for minutes, §5.2.7, so later handoffs of its connections need none) and wait for
-        // it, bounded.
+        // No home keygen token for this connection yet: run the home test (the token lives for
+        // minutes, §5.2.7, so later handoffs of this connection need none) and wait for it,
+        // bounded.
         if self.wait.is_none() {
             self.cookie = self.cookie.wrapping_add(1);
             role.start_home_test(now, *c.ip(), self.cookie.to_be_bytes());

@@ -759,7 +759,12 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
         cookie: u64,
         host: &mut H,
     ) {
-        if host.has_care_of_token(cn) || self.care_of.contains_key(&cn) {
+        // A test in flight serves this connection too. Otherwise a new one, even with a token
+        // at hand: the correspondent may have restarted since that token (a new client
+        // program on a userspace stack has new keys, RFC 6275 §5.2.7) and a Binding Update
+        // built from it would be silently discarded (§9.5.1). The test overlaps with the
+        // drain and the transfer; an offer that arrives first waits for it (phase 4).
+        if self.care_of.get(&cn).is_some_and(|c| c.1.is_none()) {
             return;
         }
         if self.care_of.len() >= MAX_CARE_OF {

@@ -147,19 +147,27 @@ impl MobileRole {
 
     /// What another node needs to speak for the home address towards `cn` (RFC 6275 §5.2.5):
     /// a fresh home keygen token — from this node's own home test, or the one that came with
-    /// the connection — and the next Binding Update sequence number.
-    pub fn ticket_for(&self, now: Instant, cn: Ipv6Addr) -> Option<HomeTicket> {
+    /// the connection — and the next Binding Update sequence number. With `not_before`, only
+    /// a token obtained at or after it (e.g. after the connection was opened: a correspondent
+    /// that restarted since knows only newer tokens).
+    pub fn ticket_for(
+        &self,
+        now: Instant,
+        cn: Ipv6Addr,
+        not_before: Option<Instant>,
+    ) -> Option<HomeTicket> {
         let s = &self.st;
         let p = s.peers.get(&cn)?;
+        let young = |obtained: Instant| not_before.is_none_or(|nb| obtained >= nb);
         let own = p
             .home_kg
-            .filter(|k| k.is_fresh(now))
+            .filter(|k| k.is_fresh(now) && young(k.obtained))
             .map(|k| HomeTicket::export(&k, now, p.next_sequence));
         own.or_else(|| {
             p.binding
                 .as_ref()
                 .and_then(|b| b.ticket(now))
-                .filter(|t| t.remaining > Duration::ZERO)
+                .filter(|t| t.remaining > Duration::ZERO && young(t.import(now).obtained))
                 .map(|mut t| {
                     t.next_sequence = next_after(t.next_sequence, p.next_sequence);
                     t
@@ -172,15 +180,17 @@ impl MobileRole {
         self.st.peers.values().any(|p| p.coa_kg.is_some())
     }
 
-    /// Whether a Binding Update towards `cn` can be built: a care-of keygen token is at hand,
-    /// or the node is at home (deregistration needs the home token alone, §5.2.5).
+    /// Whether a Binding Update towards `cn` can be built: a care-of keygen token is at hand
+    /// and no care-of test is replacing it, or the node is at home (deregistration needs the
+    /// home token alone, §5.2.5). A token being replaced is not used: a new test runs for a
+    /// connection that arrives, since the correspondent may have restarted since the last.
     pub fn has_care_of_token_for(&self, now: Instant, cn: Ipv6Addr) -> bool {
         let s = &self.st;
         s.care_of.is_none()
-            || s.peers
-                .get(&cn)
-                .and_then(|p| p.coa_kg)
-                .is_some_and(|k| k.is_fresh(now))
+            || s.peers.get(&cn).is_some_and(|p| {
+                p.coa_kg.is_some_and(|k| k.is_fresh(now))
+                    && !p.coa_test.as_ref().is_some_and(|t| t.is_pending())
+            })
     }
 
     /// Create the binding towards `cn` from a home ticket and our care-of token, and send the
