@@ -135,6 +135,11 @@ struct ReproduceArgs {
         default_value = "user->user,kernel->kernel"
     )]
     paths: Vec<String>,
+    /// Steering modes in experiment 2 and the latency sweep, comma-separated: transparent
+    /// (home agent 1 moves the flow; curl) and ro (route optimisation: the acceptor binds the
+    /// client, a correspondent node on our stack; user->user only).
+    #[arg(long, value_delimiter = ',', default_value = "transparent,ro")]
+    modes: Vec<String>,
     /// Round trips per access-latency point.
     #[arg(long, default_value_t = 100)]
     rounds: u32,
@@ -175,6 +180,15 @@ fn run_reproduce(a: ReproduceArgs) -> Result<()> {
             bail!("--only: unknown experiment {e:?} (access, decomp, latency, state)");
         }
     }
+    let modes = a
+        .modes
+        .iter()
+        .map(|m| match m.as_str() {
+            "transparent" => Ok(ds_handoff::Mode::Transparent),
+            "ro" => Ok(ds_handoff::Mode::Ro),
+            _ => bail!("--modes: unknown steering mode {m:?} (transparent, ro)"),
+        })
+        .collect::<Result<Vec<_>>>()?;
     let grid: Vec<f64> = if a.full {
         vec![0.0, 5.0, 10.0, 25.0, 50.0, 100.0]
     } else {
@@ -215,6 +229,7 @@ fn run_reproduce(a: ReproduceArgs) -> Result<()> {
     if a.only.iter().any(|e| e == "decomp") {
         let o = decomp::Options {
             paths: a.paths.clone(),
+            modes: modes.clone(),
             bandwidths: vec![None, Some(100.0), Some(2.0), Some(1.5), Some(1.0)],
             drains: vec![DrainChoice::Immediate, DrainChoice::Acked],
             sessions: a.sessions.unwrap_or(if a.full { 100 } else { 3 }),
@@ -242,7 +257,12 @@ fn run_reproduce(a: ReproduceArgs) -> Result<()> {
             &[(0.0, 0.0), (0.0, 20.0), (20.0, 0.0)]
         };
         let sessions = a.sessions.unwrap_or(if a.full { 100 } else { 3 });
-        let v = decomp::latency_sweep(&mut bed, points, sessions, &progress)?;
+        let mut v = Vec::new();
+        for &mode in &modes {
+            v.extend(decomp::latency_sweep(
+                &mut bed, mode, points, sessions, &progress,
+            )?);
+        }
         text.push_str(&decomp::sweep_table(&v));
         results.sweep = Some(v);
     }

@@ -562,7 +562,7 @@ pub fn run(opts: &Options) -> Result<Outcome> {
         }
     }
     let bound = bounds.iter().any(|b| !b.is_empty());
-    let route = (!transparent).then(|| route_check(&frames, bound));
+    let route = (!transparent).then(|| route_check(&frames, ip(CLIENT), ip(COA[1]), ip(DS), bound));
     // In sequence order (the boundaries increase along the download).
     let base = log.first().map(|s| s.seq).unwrap_or(0);
     handoffs.sort_by_key(|(b, _, _)| b.wrapping_sub(base));
@@ -865,7 +865,7 @@ impl StackClient {
 }
 
 /// Route optimisation as seen on the client's link.
-#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
 pub struct RouteCheck {
     /// The client's Binding Acknowledgement arrived at node 2.
     pub bound: bool,
@@ -877,9 +877,16 @@ pub struct RouteCheck {
     pub client_to_ds_after: u64,
 }
 
-fn route_check(frames: &[sniff::Frame], bound: bool) -> RouteCheck {
-    let me = ip(CLIENT);
-    let coa2 = ip(COA[1]);
+/// Route optimisation in a capture of client `me`'s link: its packets to the acceptor's
+/// care-of address `coa2` (with a type 2 routing header), the acceptor's to it from `home`
+/// (with a Home Address option), its packets to `home` after it switched.
+pub(crate) fn route_check(
+    frames: &[sniff::Frame],
+    me: Ipv6Addr,
+    coa2: Ipv6Addr,
+    home: Ipv6Addr,
+    bound: bool,
+) -> RouteCheck {
     let first = frames
         .iter()
         .position(|f| f.tcp.is_some() && f.src == me && f.dst == coa2 && f.rh2);
@@ -894,10 +901,10 @@ fn route_check(frames: &[sniff::Frame], bound: bool) -> RouteCheck {
         if f.src == me && f.dst == coa2 && f.rh2 {
             r.client_to_coa_rh2 += 1;
         }
-        if f.dst == me && f.hao && f.src == ip(DS) {
+        if f.dst == me && f.hao && f.src == home {
             r.coa_to_client_hao += 1;
         }
-        if f.src == me && f.dst == ip(DS) && first.is_some_and(|i| k > i) {
+        if f.src == me && f.dst == home && first.is_some_and(|i| k > i) {
             r.client_to_ds_after += 1;
         }
     }

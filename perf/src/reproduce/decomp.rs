@@ -8,12 +8,13 @@
 //! the last data packet from the donor to the first from the acceptor, told apart on the
 //! client's interface by their last hop (home agent 1's or home agent 2's router).
 
-use super::testbed::{ip, Fig1, Paths, DS};
+use super::testbed::{ip, Fig1, Paths, CLIENT, COA, DS};
 use crate::handoff::sniff;
+use crate::handoff::{route_check, ClientCounters, RouteCheck};
 use crate::handoff::{DrainChoice, HandoffPath, Side};
 use crate::stack::report::Stat;
 use anyhow::{bail, ensure, Context, Result};
-use ds_handoff::HandoffReport;
+use ds_handoff::{HandoffReport, Mode};
 use dserver::engine::NodeEvent;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -51,6 +52,12 @@ pub struct Options {
     /// [`HandoffPath`]).
     #[serde(default = "user_user")]
     pub paths: Vec<String>,
+    /// Steering modes: transparent (home agent 1 moves the flow; a curl client) and route
+    /// optimisation (the acceptor binds the client, RFC 6275; a client on our stack, since
+    /// the kernel has no Mobile IPv6 here). Route optimisation needs both nodes on our stack:
+    /// it runs on the `user->user` path only.
+    #[serde(default = "transparent_only")]
+    pub modes: Vec<Mode>,
     /// Upstream bandwidths, Mbit/s (`None`: unshaped).
     pub bandwidths: Vec<Option<f64>>,
     /// Drain policies.
@@ -75,6 +82,9 @@ pub struct Session {
     pub report: HandoffReport,
     /// Download time, s.
     pub seconds: f64,
+    /// Route-optimised: what the client's link showed of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<RouteCheck>,
 }
 
 /// One (path, drain, bandwidth) point.
@@ -83,6 +93,9 @@ pub struct Point {
     /// The nodes' implementations, e.g. `user->user`.
     #[serde(default = "user_user_one")]
     pub path: String,
+    /// Steering mode.
+    #[serde(default = "transparent")]
+    pub mode: Mode,
     /// Drain policy.
     pub drain: DrainChoice,
     /// Upstream bandwidth, Mbit/s (`None`: unshaped).
@@ -122,6 +135,23 @@ fn user_user_one() -> String {
     "user->user".into()
 }
 
+/// Results saved before route optimisation was measured were all transparent.
+fn transparent_only() -> Vec<Mode> {
+    vec![Mode::Transparent]
+}
+
+fn transparent() -> Mode {
+    Mode::Transparent
+}
+
+/// The mode's name in the report.
+pub fn mode_name(m: Mode) -> &'static str {
+    match m {
+        Mode::Transparent => "transparent",
+        Mode::Ro => "route-optimised",
+    }
+}
+
 fn drain_name(d: DrainChoice) -> &'static str {
     match d {
         DrainChoice::Immediate => "immediate",
@@ -129,54 +159,85 @@ fn drain_name(d: DrainChoice) -> &'static str {
     }
 }
 
-/// One download with curl from the client, captured on its interface; returns whether the
-/// body matched, the frames the client's interface saw, and the time.
-fn download(
-    bed: &Fig1,
-    want: &[u8; 32],
-    timeout: Duration,
-) -> Result<(bool, Vec<sniff::Frame>, f64)> {
+/// What one download gave: whether the body matched, the frames of the client's link, the
+/// time, and the client's own counters when it runs on our stack.
+struct Download {
+    ok: bool,
+    /// Bytes received.
+    len: usize,
+    frames: Vec<sniff::Frame>,
+    seconds: f64,
+    retransmits: Option<u64>,
+}
+
+/// One download from the client: transparent, with curl (kernel TCP), captured on its
+/// interface; route-optimised, with our stack's client (a correspondent node), which logs
+/// its own frames.
+fn download(bed: &Fig1, want: &[u8; 32], timeout: Duration, mode: Mode) -> Result<Download> {
     let got = bed.dir.join("got");
-    let sniffer = bed.client.try_run(|| sniff::Sniffer::start("c0"))??;
     let t = std::time::Instant::now();
-    let out = bed
-        .client
-        .command("curl")
-        .args(["-sS", "-g", "--http1.1", "--max-time"])
-        .arg(timeout.as_secs().to_string())
-        .arg("-o")
-        .arg(&got)
-        .arg(format!("http://[{DS}]:80/obj"))
-        .output()
-        .context("running curl")?;
+    let (frames, retransmits) = match mode {
+        Mode::Transparent => {
+            let sniffer = bed.client.try_run(|| sniff::Sniffer::start("c0"))??;
+            let out = bed
+                .client
+                .command("curl")
+                .args(["-sS", "-g", "--http1.1", "--max-time"])
+                .arg(timeout.as_secs().to_string())
+                .arg("-o")
+                .arg(&got)
+                .arg(format!("http://[{DS}]:80/obj"))
+                .output()
+                .context("running curl")?;
+            std::thread::sleep(Duration::from_millis(50));
+            let frames = sniffer.stop()?;
+            if !out.status.success() {
+                bail!(
+                    "curl failed ({}): {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+            (frames, None)
+        }
+        Mode::Ro => {
+            let (counters, frames) = bed.stack_client(timeout)?.get(&bed.client, &got)?;
+            let retransmits = match counters {
+                ClientCounters::Stack { retransmits, .. } => Some(retransmits),
+                ClientCounters::Kernel => None,
+            };
+            (frames, retransmits)
+        }
+    };
     let seconds = t.elapsed().as_secs_f64();
-    std::thread::sleep(Duration::from_millis(50));
-    let frames = sniffer.stop()?;
-    if !out.status.success() {
-        bail!(
-            "curl failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
     let body = std::fs::read(&got)?;
     let ok = Sha256::digest(&body).as_slice() == want;
-    Ok((ok, frames, seconds))
+    Ok(Download {
+        ok,
+        len: body.len(),
+        frames,
+        seconds,
+        retransmits,
+    })
 }
 
 /// `sessions` downloads of the object (`size` bytes, already in the document root) on `paths`,
 /// node 1 handing each off to node 2 after `handoff_at` bytes with the drain `drain_args`
-/// (dsnode's options); every handoff's report with the client's gap.
+/// (dsnode's options), steering moved connections by `mode`; every handoff's report with
+/// the client's gap (route-optimised: with phase 6, the Binding Update's round trip, from
+/// the acceptor's output).
 pub(crate) fn handoffs(
     bed: &mut Fig1,
     paths: &Paths,
     drain_args: &[String],
+    mode: Mode,
     sessions: u32,
     size: u64,
     handoff_at: u64,
 ) -> Result<Vec<Session>> {
     let want: [u8; 32] = Sha256::digest(std::fs::read(bed.dir.join("www").join("obj"))?).into();
     bed.set_paths(paths)?;
+    bed.set_steering(mode);
     bed.start_ha(0)?;
     // Time enough for a state of a few hundred kB at 1 Mbit/s and its drain.
     let slow = ["--reply-timeout-ms", "30000"];
@@ -206,13 +267,33 @@ pub(crate) fn handoffs(
     );
     let mut runs = Vec::new();
     for i in 0..sessions {
-        let (ok, log, secs) = super::testbed::with_logs(bed, download(bed, &want, timeout))?;
-        ensure!(ok, "download {i}: the body differs from the object");
-        runs.push((log, secs));
+        let d = download(bed, &want, timeout, mode).and_then(|d| {
+            ensure!(
+                d.ok,
+                "download {i}: the body differs from the object ({} bytes of {size})",
+                d.len
+            );
+            Ok(d)
+        });
+        let d = super::testbed::with_logs(bed, d)?;
+        runs.push(d);
     }
     let out1 = bed.stop_node(0)?;
-    bed.stop_node(1)?;
+    let out2 = bed.stop_node(1)?;
+    bed.set_steering(Mode::Transparent);
     let events = crate::handoff::processes::parse(0, &out1)?.events;
+    // Route-optimised, phase 6 is the acceptor's to see (Binding Update to Binding
+    // Acknowledgement, after it activated): the k-th handoff pairs with node 2's k-th
+    // acknowledged binding.
+    let mut bound: std::collections::VecDeque<Duration> =
+        crate::handoff::processes::parse(1, &out2)?
+            .events
+            .into_iter()
+            .filter_map(|(_, e)| match e {
+                NodeEvent::Bound { after, .. } => Some(after),
+                _ => None,
+            })
+            .collect();
     // What the client sees of each node: its home agent's router (the last hop).
     let (donor, acceptor) = (bed.router_mac(0)?, bed.router_mac(1)?);
     let mut done = Vec::new();
@@ -220,13 +301,24 @@ pub(crate) fn handoffs(
     for (_, e) in events {
         match e {
             NodeEvent::HandedOff { mut report, .. } => {
-                let (frames, secs) = runs.get(done.len()).cloned().unwrap_or_default();
-                report.client_gap_us = sniff::sender_gap(&frames, ip(DS), 80, donor, acceptor)
+                let Some(d) = runs.get(done.len()) else {
+                    bail!("more handoffs than downloads");
+                };
+                report.client_gap_us = sniff::sender_gap(&d.frames, ip(DS), 80, donor, acceptor)
                     .map(|g| (g.as_nanos() as f64 / 1000.0 * 1000.0).round() / 1000.0);
                 report.bytes_ok = Some(true);
+                report.client_retransmits = d.retransmits;
+                let route = (mode == Mode::Ro).then(|| {
+                    let b = bound.pop_front();
+                    if let Some(b) = b {
+                        report.set_phase(ds_handoff::Phase::BindingManagement, b);
+                    }
+                    route_check(&d.frames, ip(CLIENT), ip(COA[1]), ip(DS), b.is_some())
+                });
                 done.push(Session {
                     report,
-                    seconds: secs,
+                    seconds: d.seconds,
+                    route,
                 });
             }
             NodeEvent::KeptHere { cause, .. } | NodeEvent::Failed { cause } => {
@@ -289,41 +381,61 @@ pub fn run(bed: &mut Fig1, o: &Options, progress: &dyn Fn(&str)) -> Result<Repor
         for i in 0..2 {
             bed.set_side(i, hp.side(i))?;
         }
-        for &drain in &o.drains {
-            for &mbit in &o.bandwidths {
-                let label = mbit.map_or("unshaped".to_string(), |m| format!("{m} Mbit/s"));
+        let user_user = hp.side(0) == Side::User && hp.side(1) == Side::User;
+        for &mode in &o.modes {
+            if mode == Mode::Ro && !user_user {
                 progress(&format!(
-                "handoff decomposition: {path}, drain {}, upstream {label}, {} downloads of {} bytes",
-                drain_name(drain),
-                o.sessions,
-                o.size
-            ));
-                let paths = Paths {
-                    cs1_ms: o.cs_ms,
-                    cs2_ms: o.cs_ms,
-                    ss_ms: o.ss_ms,
-                    upstream_mbit: mbit,
-                };
-                let drain_args = vec!["--drain".to_string(), drain_name(drain).to_string()];
-                let sessions =
-                    handoffs(bed, &paths, &drain_args, o.sessions, o.size, o.handoff_at)?;
-                points.push(Point {
-                    path: path.clone(),
-                    drain,
-                    mbit,
-                    phases_us: (0..7)
-                        .map(|k| stat(sessions.iter().map(|s| s.report.phases_us[k])))
-                        .collect(),
-                    total_us: stat(sessions.iter().map(|s| s.report.total_us)),
-                    client_gap_us: stat(sessions.iter().filter_map(|s| s.report.client_gap_us)),
-                    p99_us: (
-                        p99(sessions.iter().map(|s| s.report.total_us)),
-                        p99(sessions.iter().filter_map(|s| s.report.client_gap_us)),
-                    ),
-                    state_bytes: stat(sessions.iter().map(|s| s.report.state_bytes as f64)),
-                    seconds: stat(sessions.iter().map(|s| s.seconds)),
-                    sessions,
-                });
+                    "handoff decomposition: {path}: no route optimisation (kernel sockets \
+                     cannot carry Mobile IPv6's headers here)"
+                ));
+                continue;
+            }
+            for &drain in &o.drains {
+                for &mbit in &o.bandwidths {
+                    let label = mbit.map_or("unshaped".to_string(), |m| format!("{m} Mbit/s"));
+                    progress(&format!(
+                        "handoff decomposition: {path}, {}, drain {}, upstream {label}, {} \
+                         downloads of {} bytes",
+                        mode_name(mode),
+                        drain_name(drain),
+                        o.sessions,
+                        o.size
+                    ));
+                    let paths = Paths {
+                        cs1_ms: o.cs_ms,
+                        cs2_ms: o.cs_ms,
+                        ss_ms: o.ss_ms,
+                        upstream_mbit: mbit,
+                    };
+                    let drain_args = vec!["--drain".to_string(), drain_name(drain).to_string()];
+                    let sessions = handoffs(
+                        bed,
+                        &paths,
+                        &drain_args,
+                        mode,
+                        o.sessions,
+                        o.size,
+                        o.handoff_at,
+                    )?;
+                    points.push(Point {
+                        path: path.clone(),
+                        mode,
+                        drain,
+                        mbit,
+                        phases_us: (0..7)
+                            .map(|k| stat(sessions.iter().map(|s| s.report.phases_us[k])))
+                            .collect(),
+                        total_us: stat(sessions.iter().map(|s| s.report.total_us)),
+                        client_gap_us: stat(sessions.iter().filter_map(|s| s.report.client_gap_us)),
+                        p99_us: (
+                            p99(sessions.iter().map(|s| s.report.total_us)),
+                            p99(sessions.iter().filter_map(|s| s.report.client_gap_us)),
+                        ),
+                        state_bytes: stat(sessions.iter().map(|s| s.report.state_bytes as f64)),
+                        seconds: stat(sessions.iter().map(|s| s.seconds)),
+                        sessions,
+                    });
+                }
             }
         }
     }
@@ -334,6 +446,22 @@ pub fn run(bed: &mut Fig1, o: &Options, progress: &dyn Fn(&str)) -> Result<Repor
         options: o.clone(),
         points,
     })
+}
+
+impl Report {
+    /// The points as the tables show them: one table per (path, mode, drain), in the order
+    /// they were measured, a column per bandwidth; never an empty table.
+    pub fn tables(&self) -> Vec<Vec<&Point>> {
+        let mut out: Vec<Vec<&Point>> = Vec::new();
+        for p in &self.points {
+            let key = |q: &Point| (q.path.clone(), q.mode, q.drain);
+            match out.iter_mut().find(|t| key(t[0]) == key(p)) {
+                Some(t) => t.push(p),
+                None => out.push(vec![p]),
+            }
+        }
+        out
+    }
 }
 
 impl Point {
@@ -363,20 +491,13 @@ pub fn table(r: &Report) -> String {
     let mut s = String::from(
         "handoff time decomposition (seed §3.2.2, Table 1): medians in ms; [seed ms, ours/seed]\n",
     );
-    for (path, drain) in r
-        .options
-        .paths
-        .iter()
-        .flat_map(|p| r.options.drains.iter().map(move |d| (p, *d)))
-    {
-        let pts: Vec<&Point> = r
-            .points
-            .iter()
-            .filter(|p| p.drain == drain && &p.path == path)
-            .collect();
+    for pts in r.tables() {
+        let p0 = pts[0];
         s.push_str(&format!(
-            "\n{path}, drain {}:\n{:<22}",
-            drain_name(drain),
+            "\n{}, {}, drain {}:\n{:<22}",
+            p0.path,
+            mode_name(p0.mode),
+            drain_name(p0.drain),
             "phase"
         ));
         for p in &pts {
@@ -436,6 +557,9 @@ pub fn table(r: &Report) -> String {
 /// One point of the latency sweep (the seed's check of which phases grow with which path).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SweepPoint {
+    /// Steering mode.
+    #[serde(default = "transparent")]
+    pub mode: Mode,
     /// Lat_CS1 = Lat_CS2, ms.
     pub cs_ms: f64,
     /// Lat_SS, ms.
@@ -448,9 +572,10 @@ pub struct SweepPoint {
 
 /// The seed's check (§3.2.2, last paragraph): with path latencies set, which phases grow.
 /// Drained handoffs (a bare state, so that bandwidth plays no part), unshaped, both nodes on
-/// our stack, at each (Lat_CS, Lat_SS) of `points`.
+/// our stack, steered by `mode`, at each (Lat_CS, Lat_SS) of `points`.
 pub fn latency_sweep(
     bed: &mut Fig1,
+    mode: Mode,
     points: &[(f64, f64)],
     sessions: u32,
     progress: &dyn Fn(&str),
@@ -462,7 +587,8 @@ pub fn latency_sweep(
     let mut out = Vec::new();
     for &(cs, ss) in points {
         progress(&format!(
-            "handoff decomposition with latencies: Lat_CS {cs} ms, Lat_SS {ss} ms, {sessions} downloads"
+            "handoff decomposition with latencies, {}: Lat_CS {cs} ms, Lat_SS {ss} ms, {sessions} downloads",
+            mode_name(mode)
         ));
         let paths = Paths {
             cs1_ms: cs,
@@ -471,8 +597,9 @@ pub fn latency_sweep(
             upstream_mbit: None,
         };
         let args = ["--drain", "acked"].map(String::from);
-        let s = handoffs(bed, &paths, &args, sessions, 1_000_000, 500_000)?;
+        let s = handoffs(bed, &paths, &args, mode, sessions, 1_000_000, 500_000)?;
         out.push(SweepPoint {
+            mode,
             cs_ms: cs,
             ss_ms: ss,
             phases_us: (0..7)
@@ -487,14 +614,19 @@ pub fn latency_sweep(
 /// The sweep as text: phase medians per point, ms.
 pub fn sweep_table(v: &[SweepPoint]) -> String {
     let mut s = String::from(
-        "\nphases with path latencies (drained, unshaped; medians, ms)\n  Lat_CS  Lat_SS",
+        "\nphases with path latencies (drained, unshaped; medians, ms)\n           mode  Lat_CS  Lat_SS",
     );
     for p in PHASES {
         s.push_str(&format!(" {:>10.10}", p));
     }
     s.push_str("  client\n");
     for p in v {
-        s.push_str(&format!("{:>8} {:>7}", p.cs_ms, p.ss_ms));
+        s.push_str(&format!(
+            "{:>15} {:>7} {:>7}",
+            mode_name(p.mode),
+            p.cs_ms,
+            p.ss_ms
+        ));
         for ph in &p.phases_us {
             s.push_str(&format!(" {:>10}", ms(ph)));
         }

@@ -15,6 +15,7 @@ use super::decomp::{handoffs, write_object};
 use super::testbed::{Fig1, Paths};
 use crate::stack::report::Stat;
 use anyhow::{ensure, Result};
+use ds_handoff::Mode;
 use serde::{Deserialize, Serialize};
 
 /// What to run.
@@ -113,12 +114,28 @@ pub fn run(bed: &mut Fig1, o: &Options, progress: &dyn Fn(&str)) -> Result<Repor
                 o.sessions
             ));
             let args = ["--drain", "wait", "--drain-deadline-ms", &w.to_string()].map(String::from);
-            let s = handoffs(bed, &paths, &args, o.sessions, o.size, o.handoff_at)?;
+            let s = handoffs(
+                bed,
+                &paths,
+                &args,
+                Mode::Transparent,
+                o.sessions,
+                o.size,
+                o.handoff_at,
+            )?;
             points.push(point(Some(w), &s));
         }
         progress(&format!("state transfer: {mbit} Mbit/s, drain acked"));
         let args = ["--drain", "acked"].map(String::from);
-        let s = handoffs(bed, &paths, &args, o.sessions, o.size, o.handoff_at)?;
+        let s = handoffs(
+            bed,
+            &paths,
+            &args,
+            Mode::Transparent,
+            o.sessions,
+            o.size,
+            o.handoff_at,
+        )?;
         let acked = point(None, &s);
         let deadline = adaptive_deadline_ms(o);
         progress(&format!(
@@ -131,7 +148,15 @@ pub fn run(bed: &mut Fig1, o: &Options, progress: &dyn Fn(&str)) -> Result<Repor
             &deadline.to_string(),
         ]
         .map(String::from);
-        let s = handoffs(bed, &paths, &args, o.sessions, o.size, o.handoff_at)?;
+        let s = handoffs(
+            bed,
+            &paths,
+            &args,
+            Mode::Transparent,
+            o.sessions,
+            o.size,
+            o.handoff_at,
+        )?;
         curves.push(Curve {
             mbit,
             points,

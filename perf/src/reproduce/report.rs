@@ -167,20 +167,12 @@ pub fn markdown(r: &Results) -> String {
              agent (phase 6) instead of a Binding Update to the client.\n",
             d.options.handoff_at, d.options.sessions
         );
-        for (path, drain) in d
-            .options
-            .paths
-            .iter()
-            .flat_map(|p| d.options.drains.iter().map(move |x| (p, *x)))
-        {
-            let pts: Vec<&decomp::Point> = d
-                .points
-                .iter()
-                .filter(|p| p.drain == drain && &p.path == path)
-                .collect();
+        for pts in d.tables() {
+            let (path, mode, drain) = (&pts[0].path, pts[0].mode, pts[0].drain);
             let _ = writeln!(
                 s,
-                "### Nodes {path}, drain `{}`{}\n",
+                "### Nodes {path}, {}, drain `{}`{}\n",
+                decomp::mode_name(mode),
                 serde_json::to_value(drain)
                     .ok()
                     .and_then(|v| v.as_str().map(String::from))
@@ -294,16 +286,22 @@ pub fn markdown(r: &Results) -> String {
                  acceptor's first data CS2) and with about 3·L_SS (the offer one way, the flow \
                  move both ways).\n"
             );
-            let _ = write!(s, "| Lat_CS | Lat_SS |");
+            let _ = write!(s, "| steering | Lat_CS | Lat_SS |");
             for p in decomp::PHASES {
                 let _ = write!(s, " {p} |");
             }
             let _ = writeln!(
                 s,
-                " client-perceived |\n|---|---|---|---|---|---|---|---|---|---|"
+                " client-perceived |\n|---|---|---|---|---|---|---|---|---|---|---|"
             );
             for p in v {
-                let _ = write!(s, "| {} | {} |", p.cs_ms, p.ss_ms);
+                let _ = write!(
+                    s,
+                    "| {} | {} | {} |",
+                    decomp::mode_name(p.mode),
+                    p.cs_ms,
+                    p.ss_ms
+                );
                 for ph in &p.phases_us {
                     let _ = write!(s, " {} |", ms(ph.as_ref()));
                 }
@@ -449,7 +447,7 @@ fn write_csv(figs: &Path, r: &Results) -> Result<Vec<PathBuf>> {
     };
     const COLS: &str = "p1_us,p2_us,p3_us,p4_us,p5_us,p6_us,p7_us,total_us,drain_us,client_us,state_bytes,download_s";
     if let Some(d) = &r.decomp {
-        let mut s = format!("path,drain,mbit,{COLS}\n");
+        let mut s = format!("path,mode,drain,mbit,{COLS}\n");
         for p in &d.points {
             let drain = serde_json::to_value(p.drain)
                 .ok()
@@ -457,7 +455,11 @@ fn write_csv(figs: &Path, r: &Results) -> Result<Vec<PathBuf>> {
                 .unwrap_or_default();
             let mbit = p.mbit.map_or("unshaped".into(), |m| m.to_string());
             for x in &p.sessions {
-                session_row(&mut s, &format!("{},{drain},{mbit}", p.path), x);
+                let mode = serde_json::to_value(p.mode)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default();
+                session_row(&mut s, &format!("{},{mode},{drain},{mbit}", p.path), x);
             }
         }
         let f = figs.join("reproduce-handoffs.csv");

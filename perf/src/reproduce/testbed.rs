@@ -27,6 +27,7 @@ use crate::find_program;
 use crate::handoff::Side;
 use crate::proc::Proc;
 use anyhow::{bail, Context, Result};
+use ds_handoff::Mode;
 use ds_testbed::topo::neighbour;
 use ds_testbed::{add_addr, add_route, disable_offload, veth, wait_addr_usable, Netns};
 use ds_xdp::{Kind, LoadOptions, Program};
@@ -97,6 +98,7 @@ pub struct Fig1 {
     tag: String,
     secret: PathBuf,
     sides: [Side; 2],
+    steering: Mode,
     _napi: Program,
 }
 
@@ -186,6 +188,7 @@ impl Fig1 {
             tag,
             secret,
             sides: [Side::User; 2],
+            steering: Mode::Transparent,
         })
     }
 
@@ -289,11 +292,44 @@ impl Fig1 {
         Ok(())
     }
 
+    /// How the nodes started next steer moved connections: home agent 1 moves the flow
+    /// (transparent, the default) or the acceptor binds the client (route optimisation,
+    /// RFC 6275: node 1 is at home on the DS address, node 2 serves it away from home; the
+    /// client must be a correspondent node, [`Fig1::stack_client`]).
+    pub fn set_steering(&mut self, mode: Mode) {
+        self.steering = mode;
+    }
+
+    /// A client on our stack in the client's namespace (a Mobile IPv6 correspondent node, for
+    /// route-optimised steering): the client's address and MAC on `c0`, each network reached
+    /// through its home agent, as the client's kernel routes.
+    pub(crate) fn stack_client(&self, timeout: Duration) -> Result<crate::handoff::StackClient> {
+        let out = self.client.ip(&["-j", "link", "show", "c0"])?;
+        Ok(crate::handoff::StackClient {
+            ifname: "c0".into(),
+            me: ip(CLIENT),
+            mac: link_mac(&out.stdout, "c0")?,
+            gateway: None,
+            routes: (0..2)
+                .map(|i| ds_stack::Route {
+                    prefix: ip(NET[i].trim_end_matches("/64")),
+                    len: 64,
+                    via: ip(HA_CORE[i]),
+                })
+                .collect(),
+            server: SocketAddrV6::new(ip(DS), 80, 0, 0),
+            path: "/obj".into(),
+            timeout,
+            record: true,
+        })
+    }
+
     /// The options every node gets: its addresses, the DS address, the UDP echo service (our
-    /// stack only), the handoff engine towards the other node and the flow agent
-    /// (transparent mode). The device follows [`Fig1::set_side`].
+    /// stack only), the handoff engine towards the other node and its steering
+    /// ([`Fig1::set_steering`]). The device follows [`Fig1::set_side`].
     pub fn node_args(&self, i: usize) -> Vec<String> {
         let user = self.sides[i] == Side::User;
+        let ro = self.steering == Mode::Ro;
         let mut v: Vec<String> = vec![
             "serve".into(),
             "--device".into(),
@@ -302,8 +338,6 @@ impl Fig1 {
             "n0".into(),
             "--addr".into(),
             COA[i].into(),
-            "--also-addr".into(),
-            DS.into(),
             "--mac".into(),
             ds_apps::mac::format_mac(&MAC[i]),
             "--gateway".into(),
@@ -318,12 +352,28 @@ impl Fig1 {
             SocketAddrV6::new(ip(CTL[1 - i]), CTL_PORT, 0, 0).to_string(),
             "--secret-file".into(),
             self.secret.display().to_string(),
-            "--steering".into(),
-            "transparent".into(),
-            "--ha-control".into(),
-            SocketAddrV6::new(ip(HA_CORE[0]), HA_PORT, 0, 0).to_string(),
             "--json".into(),
         ];
+        // Route-optimised, node 2 serves the DS address only away from home (after a
+        // handoff, as its home address); it is never one of its own addresses.
+        if !(ro && i == 1) {
+            v.extend(["--also-addr".into(), DS.into()]);
+        }
+        if ro {
+            v.extend([
+                "--steering".into(),
+                "ro".into(),
+                "--home-addr".into(),
+                DS.into(),
+            ]);
+        } else {
+            v.extend([
+                "--steering".into(),
+                "transparent".into(),
+                "--ha-control".into(),
+                SocketAddrV6::new(ip(HA_CORE[0]), HA_PORT, 0, 0).to_string(),
+            ]);
+        }
         if user {
             v.extend(["--udp-echo".into(), ECHO_PORT.to_string()]);
         }
@@ -393,9 +443,7 @@ impl Fig1 {
     /// reaches the client from network `i`.
     pub fn router_mac(&self, i: usize) -> Result<[u8; 6]> {
         let out = self.has[i].ip(&["-j", "link", "show", "x0"])?;
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("ip -j link")?;
-        let s = v[0]["address"].as_str().context("no address for x0")?;
-        ds_apps::mac::parse_mac(s).map_err(|e| anyhow::anyhow!("{s}: {e}"))
+        link_mac(&out.stdout, "x0")
     }
 
     /// The tail of a daemon's log (for error messages).
@@ -404,6 +452,15 @@ impl Fig1 {
         let lines: Vec<&str> = log.lines().collect();
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
+}
+
+/// The MAC address in `ip -j link show <ifname>`'s output.
+fn link_mac(json: &[u8], ifname: &str) -> Result<[u8; 6]> {
+    let v: serde_json::Value = serde_json::from_slice(json).context("ip -j link")?;
+    let s = v[0]["address"]
+        .as_str()
+        .with_context(|| format!("no address for {ifname}"))?;
+    ds_apps::mac::parse_mac(s).map_err(|e| anyhow::anyhow!("{s}: {e}"))
 }
 
 /// `context` for errors that should carry the daemons' logs.
