@@ -111,13 +111,16 @@ impl HomeTicket {
 }
 
 /// A Home Test Init or Care-of Test Init exchange (§5.2.3, §5.2.4, §11.6.1), retransmitted
-/// with back-off until the HoT/CoT arrives.
+/// with back-off until the HoT/CoT arrives, for at most MAX_TOKEN_LIFETIME: a token that
+/// comes later would serve no Binding Update that needed it (the connection that asked has
+/// been kept or has gone), and a correspondent that never answers must not be probed forever.
 #[derive(Debug, Clone)]
 pub struct TestInit {
     kind: TokenKind,
     addr: Ipv6Addr,
     cn: Ipv6Addr,
     cookie: [u8; 8],
+    started: Instant,
     backoff: Option<Backoff>,
 }
 
@@ -138,6 +141,7 @@ impl TestInit {
             addr,
             cn,
             cookie,
+            started: now,
             backoff: Some(Backoff::bindack(now)),
         };
         let p = t.packet();
@@ -207,8 +211,12 @@ impl TestInit {
         })
     }
 
-    /// Retransmit when due.
+    /// Retransmit when due; give up once the test has run for MAX_TOKEN_LIFETIME.
     pub fn poll(&mut self, now: Instant) -> Option<Transmit> {
+        if now.saturating_since(self.started) >= MAX_TOKEN_LIFETIME {
+            self.backoff = None;
+            return None;
+        }
         let b = self.backoff.as_mut()?;
         b.fire(now).then(|| self.packet())
     }

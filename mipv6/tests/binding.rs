@@ -743,3 +743,31 @@ fn a_bound_mobile_node_refreshes_before_expiry() {
     assert_eq!(b.tests_needed(secs(280)), (true, true));
     assert_eq!(b.poll_at(), None);
 }
+
+/// A correspondent that never answers is not probed forever: a HoTI/CoTI is retransmitted
+/// with the Binding Update's back-off (§11.8) for MAX_TOKEN_LIFETIME, then the test gives up
+/// (a token that came later would serve no Binding Update that needed it).
+#[test]
+fn an_unanswered_test_gives_up_after_the_token_lifetime() {
+    use ds_mipv6::consts::MAX_TOKEN_LIFETIME;
+    let t0 = secs(100);
+    let (mut t, _) = TestInit::start(t0, TokenKind::CareOf, a(COA_A), a(CN), [3; 8]);
+    let mut sent = 1;
+    let mut last = t0;
+    let mut now = t0;
+    while now < t0 + Duration::from_secs(600) {
+        if t.poll(now).is_some() {
+            sent += 1;
+            last = now;
+        }
+        now = now + Duration::from_millis(100);
+    }
+    assert!(!t.is_pending(), "still testing after 600 s");
+    assert_eq!(t.poll_at(), None);
+    assert!(
+        last.saturating_since(t0) < MAX_TOKEN_LIFETIME,
+        "a retransmission after the token lifetime"
+    );
+    // 1, 2, 4, 8, 16, 32 s, then every 32 s until 210 s: 10 transmissions in all.
+    assert!((8..=12).contains(&sent), "{sent} transmissions");
+}
