@@ -93,3 +93,28 @@ fn a_prefix_covers_by_its_length_only() {
     // Past 128 means 128.
     assert!(!r(200).covers(&a));
 }
+
+#[test]
+fn a_neighbour_known_out_of_band_needs_no_solicitation() {
+    let now = Instant::ZERO;
+    let mut iface = Interface::new(config(Some(R1)), now);
+    let r2_mac = [2, 0, 0, 0, 0, 2];
+    iface.add_neighbour(now, R2, r2_mac);
+    iface
+        .tcp_connect(
+            now,
+            SocketAddrV6::new(ME, 0, 0, 0),
+            SocketAddrV6::new("fd00:5d:2::12".parse().unwrap(), 80, 0, 0),
+        )
+        .expect("connect");
+    let mut frames = Vec::new();
+    iface.poll(now);
+    iface.transmit(now, &mut |f| frames.push(f.to_vec()));
+    assert_eq!(solicited(&frames), Vec::<Ipv6Addr>::new());
+    // The SYN went straight to router 2's MAC.
+    let syn = frames
+        .iter()
+        .find(|f| f.len() > 14 + 40 && f[14 + 6] == 6)
+        .expect("a TCP segment");
+    assert_eq!(syn[..6], r2_mac);
+}

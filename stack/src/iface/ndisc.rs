@@ -151,6 +151,18 @@ impl Interface {
         }
     }
 
+    /// Enter a neighbour's link-layer address known out of band (a router's, from the
+    /// configuration) as if from a solicitation's source link-layer option: STALE (RFC 4861
+    /// §7.2.3), so the first packet to it leaves without address resolution and the usual
+    /// reachability confirmation follows (§7.3.3). Frames waiting for it leave at the next
+    /// transmit.
+    pub fn add_neighbour(&mut self, now: Instant, ip: Ipv6Addr, mac: [u8; 6]) {
+        self.now = self.now.max(now);
+        if let Some((mac, queued)) = self.nd.learn(now, ip, mac, false, true, true) {
+            self.release_queued(mac, queued);
+        }
+    }
+
     /// Unsolicited Neighbour Advertisements with the override flag for all our addresses
     /// (RFC 4861 §7.2.6), e.g. after taking an address over from another node.
     pub fn announce(&mut self, now: Instant) {
