@@ -281,6 +281,18 @@ fn run_reproduce(a: ReproduceArgs) -> Result<()> {
         results.state = Some(r);
     }
     drop(bed);
+    for f in ds_perf::reproduce::findings::all(
+        results.decomp.as_ref(),
+        results.state.as_ref(),
+        results.sweep.as_deref(),
+    ) {
+        text.push_str(&format!(
+            "\nseed's finding: {}\n  holds here: {}; {}\n",
+            f.claim,
+            f.holds.map_or("no data", |h| if h { "yes" } else { "NO" }),
+            f.evidence
+        ));
+    }
     results.seconds = started.elapsed().as_secs_f64();
     for p in report::write_all(&a.out, &results)? {
         tracing::info!("wrote {}", p.display());
