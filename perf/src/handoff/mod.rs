@@ -742,6 +742,7 @@ fn stack_client(ns: &Netns, opts: &Options, got: &Path) -> Result<ClientCounters
         mac: [0x02, 0xd5, 0, 0, 0, 0x0c],
         gateway: None,
         routes: Vec::new(),
+        neighbours: Vec::new(),
         server: SocketAddrV6::new(ip(DS), 80, 0, 0),
         path: "/obj".into(),
         timeout: opts.timeout,
@@ -763,6 +764,8 @@ pub(crate) struct StackClient {
     pub gateway: Option<Ipv6Addr>,
     /// More-specific routes.
     pub routes: Vec<ds_stack::Route>,
+    /// Neighbours known ahead (its routers): no address resolution on the timed path.
+    pub neighbours: Vec<(Ipv6Addr, [u8; 6])>,
     /// The server.
     pub server: SocketAddrV6,
     /// The object's path.
@@ -796,6 +799,9 @@ impl StackClient {
         );
         let now = rt.now();
         rt.iface.announce(now);
+        for &(ip, mac) in &self.neighbours {
+            rt.iface.add_neighbour(now, ip, mac);
+        }
         let h = rt
             .iface
             .tcp_connect(now, SocketAddrV6::new(me, 0, 0, 0), self.server)
@@ -811,7 +817,12 @@ impl StackClient {
         let t0 = Instant::now();
         let reset = loop {
             if t0.elapsed() > self.timeout {
-                bail!("stack client: timed out after {} bytes", resp.len());
+                bail!(
+                    "stack client: timed out after {} bytes ({:?}; {:?})",
+                    resp.len(),
+                    rt.iface.tcp_state(h),
+                    rt.iface.stats()
+                );
             }
             rt.step(Duration::from_millis(1))?;
             match rt.iface.tcp_state(h) {

@@ -29,7 +29,9 @@ use crate::proc::Proc;
 use anyhow::{bail, Context, Result};
 use ds_handoff::Mode;
 use ds_testbed::topo::neighbour;
-use ds_testbed::{add_addr, add_route, disable_offload, veth, wait_addr_usable, Netns};
+use ds_testbed::{
+    add_addr, add_route, disable_ethtool_offloads, disable_offload, veth, wait_addr_usable, Netns,
+};
 use ds_xdp::{Kind, LoadOptions, Program};
 use std::io::Write as _;
 use std::net::{Ipv6Addr, SocketAddrV6, UdpSocket};
@@ -151,6 +153,11 @@ impl Fig1 {
         // Full checksums from the client: partial ones would reach the nodes' AF_XDP sockets
         // unfinished through the home agent's XDP tunnel.
         disable_offload(&client, "c0")?;
+        // And complete ones, one segment per frame, towards it: a client on our stack reads
+        // c0 through XDP and AF_XDP, which see the frame as the emulator wrote it on w0
+        // (a partial checksum, a super-frame); without offloads on w0 the kernel finishes
+        // both before the veth (validate_xmit_skb), as a real link's sender would.
+        disable_ethtool_offloads(&core, "w0")?;
         add_addr(&client, "c0", &format!("{CLIENT}/64"))?;
         for i in 0..2 {
             let ha = &has[i];
@@ -302,7 +309,7 @@ impl Fig1 {
 
     /// A client on our stack in the client's namespace (a Mobile IPv6 correspondent node, for
     /// route-optimised steering): the client's address and MAC on `c0`, each network reached
-    /// through its home agent, as the client's kernel routes.
+    /// through its home agent, as the client's kernel routes, the routers' MACs known.
     pub(crate) fn stack_client(&self, timeout: Duration) -> Result<crate::handoff::StackClient> {
         let out = self.client.ip(&["-j", "link", "show", "c0"])?;
         Ok(crate::handoff::StackClient {
@@ -317,6 +324,12 @@ impl Fig1 {
                     via: ip(HA_CORE[i]),
                 })
                 .collect(),
+            // A client's routers are next to it; here the emulated paths lie between them, and
+            // a fresh client per download would pay a round trip on CS for each resolution.
+            neighbours: vec![
+                (ip(HA_CORE[0]), self.router_mac(0)?),
+                (ip(HA_CORE[1]), self.router_mac(1)?),
+            ],
             server: SocketAddrV6::new(ip(DS), 80, 0, 0),
             path: "/obj".into(),
             timeout,
