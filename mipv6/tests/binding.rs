@@ -760,7 +760,7 @@ fn an_unanswered_test_gives_up_after_the_token_lifetime() {
             sent += 1;
             last = now;
         }
-        now = now + Duration::from_millis(100);
+        now += Duration::from_millis(100);
     }
     assert!(!t.is_pending(), "still testing after 600 s");
     assert_eq!(t.poll_at(), None);

@@ -216,70 +216,75 @@ fn run_reproduce(a: ReproduceArgs) -> Result<()> {
         sweep: None,
         state: None,
     };
-    if a.only.iter().any(|e| e == "access") {
-        let o = access::Options {
-            ss_ms: grid.clone(),
-            cs_ms: grid,
-            rounds: a.rounds,
-        };
-        let r = access::run(&mut bed, &o, &progress)?;
-        text.push_str(&access::table(&r));
-        results.access = Some(r);
-    }
-    if a.only.iter().any(|e| e == "decomp") {
-        let o = decomp::Options {
-            paths: a.paths.clone(),
-            modes: modes.clone(),
-            bandwidths: vec![None, Some(100.0), Some(2.0), Some(1.5), Some(1.0)],
-            drains: vec![DrainChoice::Immediate, DrainChoice::Acked],
-            sessions: a.sessions.unwrap_or(if a.full { 100 } else { 3 }),
-            size: 1_000_000,
-            handoff_at: 500_000,
-            cs_ms: 0.0,
-            ss_ms: 0.0,
-        };
-        let r = decomp::run(&mut bed, &o, &progress)?;
-        text.push('\n');
-        text.push_str(&decomp::table(&r));
-        results.decomp = Some(r);
-    }
-    if a.only.iter().any(|e| e == "latency") {
-        let points: &[(f64, f64)] = if a.full {
-            &[
-                (0.0, 0.0),
-                (0.0, 10.0),
-                (0.0, 50.0),
-                (10.0, 0.0),
-                (50.0, 0.0),
-                (25.0, 25.0),
-            ]
-        } else {
-            &[(0.0, 0.0), (0.0, 20.0), (20.0, 0.0)]
-        };
-        let sessions = a.sessions.unwrap_or(if a.full { 100 } else { 3 });
-        let mut v = Vec::new();
-        for &mode in &modes {
-            v.extend(decomp::latency_sweep(
-                &mut bed, mode, points, sessions, &progress,
-            )?);
+    // The experiments completed are written even when a later one fails: a long run keeps
+    // what it measured (the error names the experiment that stopped it).
+    let outcome = (|| -> Result<()> {
+        if a.only.iter().any(|e| e == "access") {
+            let o = access::Options {
+                ss_ms: grid.clone(),
+                cs_ms: grid,
+                rounds: a.rounds,
+            };
+            let r = access::run(&mut bed, &o, &progress)?;
+            text.push_str(&access::table(&r));
+            results.access = Some(r);
         }
-        text.push_str(&decomp::sweep_table(&v));
-        results.sweep = Some(v);
-    }
-    if a.only.iter().any(|e| e == "state") {
-        let step = if a.full { 25 } else { 100 };
-        let o = figure2::Options {
-            bandwidths: vec![2.0, 1.5, 1.0],
-            waits_ms: (0..=1000).step_by(step).collect(),
-            sessions: a.sessions.unwrap_or(if a.full { 10 } else { 1 }),
-            size: 1_000_000,
-            handoff_at: 500_000,
-        };
-        let r = figure2::run(&mut bed, &o, &progress)?;
-        text.push('\n');
-        text.push_str(&figure2::table(&r));
-        results.state = Some(r);
-    }
+        if a.only.iter().any(|e| e == "decomp") {
+            let o = decomp::Options {
+                paths: a.paths.clone(),
+                modes: modes.clone(),
+                bandwidths: vec![None, Some(100.0), Some(2.0), Some(1.5), Some(1.0)],
+                drains: vec![DrainChoice::Immediate, DrainChoice::Acked],
+                sessions: a.sessions.unwrap_or(if a.full { 100 } else { 3 }),
+                size: 1_000_000,
+                handoff_at: 500_000,
+                cs_ms: 0.0,
+                ss_ms: 0.0,
+            };
+            let r = decomp::run(&mut bed, &o, &progress)?;
+            text.push('\n');
+            text.push_str(&decomp::table(&r));
+            results.decomp = Some(r);
+        }
+        if a.only.iter().any(|e| e == "latency") {
+            let points: &[(f64, f64)] = if a.full {
+                &[
+                    (0.0, 0.0),
+                    (0.0, 10.0),
+                    (0.0, 50.0),
+                    (10.0, 0.0),
+                    (50.0, 0.0),
+                    (25.0, 25.0),
+                ]
+            } else {
+                &[(0.0, 0.0), (0.0, 20.0), (20.0, 0.0)]
+            };
+            let sessions = a.sessions.unwrap_or(if a.full { 100 } else { 3 });
+            let mut v = Vec::new();
+            for &mode in &modes {
+                v.extend(decomp::latency_sweep(
+                    &mut bed, mode, points, sessions, &progress,
+                )?);
+            }
+            text.push_str(&decomp::sweep_table(&v));
+            results.sweep = Some(v);
+        }
+        if a.only.iter().any(|e| e == "state") {
+            let step = if a.full { 25 } else { 100 };
+            let o = figure2::Options {
+                bandwidths: vec![2.0, 1.5, 1.0],
+                waits_ms: (0..=1000).step_by(step).collect(),
+                sessions: a.sessions.unwrap_or(if a.full { 10 } else { 1 }),
+                size: 1_000_000,
+                handoff_at: 500_000,
+            };
+            let r = figure2::run(&mut bed, &o, &progress)?;
+            text.push('\n');
+            text.push_str(&figure2::table(&r));
+            results.state = Some(r);
+        }
+        Ok(())
+    })();
     drop(bed);
     for f in ds_perf::reproduce::findings::all(
         results.decomp.as_ref(),
@@ -296,6 +301,13 @@ fn run_reproduce(a: ReproduceArgs) -> Result<()> {
     results.seconds = started.elapsed().as_secs_f64();
     for p in report::write_all(&a.out, &results)? {
         tracing::info!("wrote {}", p.display());
+    }
+    if let Err(e) = outcome {
+        print!("{text}");
+        return Err(e.context(format!(
+            "dsperf reproduce stopped; what it measured before is in {}",
+            a.out.display()
+        )));
     }
     if a.json {
         ds_apps::outln!("{}", serde_json::to_string(&results)?);

@@ -748,7 +748,17 @@ fn stack_client(ns: &Netns, opts: &Options, got: &Path) -> Result<ClientCounters
         timeout: opts.timeout,
         record: false,
     };
-    Ok(c.get(ns, got)?.0)
+    Ok(c.get(ns, got)?.counters)
+}
+
+/// What [`StackClient::get`] saw.
+pub(crate) struct Fetched {
+    /// The client's counters.
+    pub counters: ClientCounters,
+    /// Its frames, when recording.
+    pub frames: Vec<sniff::Frame>,
+    /// From the connection attempt to the end of the response (no device setup, no close).
+    pub took: Duration,
 }
 
 /// A client on our stack over AF_XDP (a Mobile IPv6 correspondent node, RFC 6275 §9) that
@@ -779,15 +789,11 @@ pub(crate) struct StackClient {
 impl StackClient {
     /// Fetch the object into `got` (the body only), from inside `ns`: the client's counters
     /// and, when recording, its frames.
-    pub(crate) fn get(
-        &self,
-        ns: &Netns,
-        got: &Path,
-    ) -> Result<(ClientCounters, Vec<sniff::Frame>)> {
+    pub(crate) fn get(&self, ns: &Netns, got: &Path) -> Result<Fetched> {
         ns.try_run(|| self.get_here(got))?
     }
 
-    fn get_here(&self, got: &Path) -> Result<(ClientCounters, Vec<sniff::Frame>)> {
+    fn get_here(&self, got: &Path) -> Result<Fetched> {
         let me = self.me;
         let dev = AfXdpDevice::open(&self.ifname, &AfXdpConfig::new(vec![me]))?;
         let mut cfg = Config::new(self.mac, vec![me]);
@@ -847,6 +853,7 @@ impl StackClient {
                 break false;
             }
         };
+        let took = t0.elapsed();
         // Let the close finish (our FIN acknowledged), best effort.
         let _ = rt.run_until(Duration::from_millis(200), |i| {
             !matches!(i.tcp_state(h), Some(ds_stack::TcpState::LastAck))
@@ -864,14 +871,15 @@ impl StackClient {
         std::fs::write(got, &resp[head_end + 4..])?;
         let st = rt.iface.stats();
         let frames = rt.dev.take();
-        Ok((
-            ClientCounters::Stack {
+        Ok(Fetched {
+            counters: ClientCounters::Stack {
                 retransmits: st.tcp_retransmits,
                 rtos: st.tcp_rto,
                 reset,
             },
             frames,
-        ))
+            took,
+        })
     }
 }
 

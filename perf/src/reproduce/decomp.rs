@@ -176,7 +176,7 @@ struct Download {
 fn download(bed: &Fig1, want: &[u8; 32], timeout: Duration, mode: Mode) -> Result<Download> {
     let got = bed.dir.join("got");
     let t = std::time::Instant::now();
-    let (frames, retransmits) = match mode {
+    let (frames, retransmits, seconds) = match mode {
         Mode::Transparent => {
             let sniffer = bed.client.try_run(|| sniff::Sniffer::start("c0"))??;
             let out = bed
@@ -189,6 +189,7 @@ fn download(bed: &Fig1, want: &[u8; 32], timeout: Duration, mode: Mode) -> Resul
                 .arg(format!("http://[{DS}]:80/obj"))
                 .output()
                 .context("running curl")?;
+            let seconds = t.elapsed().as_secs_f64();
             std::thread::sleep(Duration::from_millis(50));
             let frames = sniffer.stop()?;
             if !out.status.success() {
@@ -198,18 +199,18 @@ fn download(bed: &Fig1, want: &[u8; 32], timeout: Duration, mode: Mode) -> Resul
                     String::from_utf8_lossy(&out.stderr).trim()
                 );
             }
-            (frames, None)
+            (frames, None, seconds)
         }
         Mode::Ro => {
-            let (counters, frames) = bed.stack_client(timeout)?.get(&bed.client, &got)?;
-            let retransmits = match counters {
+            let f = bed.stack_client(timeout)?.get(&bed.client, &got)?;
+            let (frames, seconds) = (f.frames, f.took.as_secs_f64());
+            let retransmits = match f.counters {
                 ClientCounters::Stack { retransmits, .. } => Some(retransmits),
                 ClientCounters::Kernel => None,
             };
-            (frames, retransmits)
+            (frames, retransmits, seconds)
         }
     };
-    let seconds = t.elapsed().as_secs_f64();
     let body = std::fs::read(&got)?;
     let ok = Sha256::digest(&body).as_slice() == want;
     Ok(Download {
