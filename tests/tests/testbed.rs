@@ -505,13 +505,14 @@ fn tcp_retransmits_under_loss_are_counted() -> Result<()> {
             (0.02..=0.09).contains(&counts.fraction()),
             "5% loss measured as {counts:?}"
         );
-        // The drops cause retransmissions, a small multiple of them at most
-        // (lost ACKs need none; a timeout may resend a few segments).
+        // The drops cause retransmissions, a small multiple of them at most (lost ACKs need
+        // none; a timeout may resend a few segments). Linux 6.18 also resends segments that
+        // had arrived (RACK after reordering by the drops), up to 3.5× the drops in one run
+        // of ten: the receiver reports each as a duplicate (DSACK, RFC 2883), so those are
+        // not counted against the drops.
         assert!(d["TcpRetransSegs"] > 0, "{d:?}");
-        assert!(
-            d["TcpRetransSegs"] <= counts.dropped * 3,
-            "{d:?} {counts:?}"
-        );
+        let needed = d["TcpRetransSegs"].saturating_sub(d["TcpExtTCPDSACKRecvSegs"]);
+        assert!(needed <= counts.dropped * 3, "{d:?} {counts:?}");
         assert_eq!(d["RetransSegs"], d["TcpRetransSegs"]);
         Ok(())
     })
