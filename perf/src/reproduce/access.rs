@@ -156,7 +156,7 @@ pub fn run(bed: &mut Fig1, o: &Options, progress: &dyn Fn(&str)) -> Result<Repor
         bed.set_paths(&Paths::default())?;
         bed.start_ha(serving)?;
         bed.stop_node(1 - serving)?;
-        let args = bed.node_args(serving);
+        let args = bed.node_args(serving, ds_handoff::Mode::Transparent);
         bed.start_node(serving, &args)?;
         super::testbed::with_logs(bed, bed.wait_echo())?;
         for &ss in &o.ss_ms {

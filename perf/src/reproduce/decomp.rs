@@ -238,11 +238,10 @@ pub(crate) fn handoffs(
 ) -> Result<Vec<Session>> {
     let want: [u8; 32] = Sha256::digest(std::fs::read(bed.dir.join("www").join("obj"))?).into();
     bed.set_paths(paths)?;
-    bed.set_steering(mode);
     bed.start_ha(0)?;
     // Time enough for a state of a few hundred kB at 1 Mbit/s and its drain.
     let slow = ["--reply-timeout-ms", "30000"];
-    let mut a1 = bed.node_args(0);
+    let mut a1 = bed.node_args(0, mode);
     a1.extend(
         [
             "--handoff-after",
@@ -256,7 +255,7 @@ pub(crate) fn handoffs(
     );
     a1.extend(drain_args.iter().cloned());
     a1.extend(slow.map(String::from));
-    let mut a2 = bed.node_args(1);
+    let mut a2 = bed.node_args(1, mode);
     a2.extend(["--max-handoffs", "0"].map(String::from));
     a2.extend(slow.map(String::from));
     bed.start_node(1, &a2)?;
@@ -281,7 +280,6 @@ pub(crate) fn handoffs(
     }
     let out1 = bed.stop_node(0)?;
     let out2 = bed.stop_node(1)?;
-    bed.set_steering(Mode::Transparent);
     let events = crate::handoff::processes::parse(0, &out1)?.events;
     // Route-optimised, phase 6 is the acceptor's to see (Binding Update to Binding
     // Acknowledgement, after it activated): the k-th handoff pairs with node 2's k-th

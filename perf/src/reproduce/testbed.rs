@@ -100,7 +100,6 @@ pub struct Fig1 {
     tag: String,
     secret: PathBuf,
     sides: [Side; 2],
-    steering: Mode,
     _napi: Program,
 }
 
@@ -195,7 +194,6 @@ impl Fig1 {
             tag,
             secret,
             sides: [Side::User; 2],
-            steering: Mode::Transparent,
         })
     }
 
@@ -299,14 +297,6 @@ impl Fig1 {
         Ok(())
     }
 
-    /// How the nodes started next steer moved connections: home agent 1 moves the flow
-    /// (transparent, the default) or the acceptor binds the client (route optimisation,
-    /// RFC 6275: node 1 is at home on the DS address, node 2 serves it away from home; the
-    /// client must be a correspondent node, [`Fig1::stack_client`]).
-    pub fn set_steering(&mut self, mode: Mode) {
-        self.steering = mode;
-    }
-
     /// A client on our stack in the client's namespace (a Mobile IPv6 correspondent node, for
     /// route-optimised steering): the client's address and MAC on `c0`, each network reached
     /// through its home agent, as the client's kernel routes, the routers' MACs known.
@@ -338,11 +328,14 @@ impl Fig1 {
     }
 
     /// The options every node gets: its addresses, the DS address, the UDP echo service (our
-    /// stack only), the handoff engine towards the other node and its steering
-    /// ([`Fig1::set_steering`]). The device follows [`Fig1::set_side`].
-    pub fn node_args(&self, i: usize) -> Vec<String> {
+    /// stack only), the handoff engine towards the other node, steering moved connections by
+    /// `steering`: home agent 1 moves the flow (transparent) or the acceptor binds the client
+    /// (route optimisation, RFC 6275: node 1 is at home on the DS address, node 2 serves it
+    /// away from home; the client must be a correspondent node, [`Fig1::stack_client`]). The
+    /// device follows [`Fig1::set_side`].
+    pub fn node_args(&self, i: usize, steering: Mode) -> Vec<String> {
         let user = self.sides[i] == Side::User;
-        let ro = self.steering == Mode::Ro;
+        let ro = steering == Mode::Ro;
         let mut v: Vec<String> = vec![
             "serve".into(),
             "--device".into(),
