@@ -3,18 +3,8 @@
 //! the timings are `dsperf handoff`'s business.
 
 use ds_perf::handoff::{run, DrainChoice, Options, Outcome};
-use ds_testbed::require_root;
+use ds_testbed::exclusive;
 use dserver::engine::AcceptorFault;
-use std::sync::{Mutex, MutexGuard};
-
-/// The scenarios share the machine's two cores: one at a time, so that a starved node does
-/// not turn into a spurious acceptor timeout.
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-/// The machine to this scenario alone, or `None` (skip) when not root.
-fn exclusive(name: &str) -> Option<MutexGuard<'static, ()>> {
-    require_root(name).then(|| ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner()))
-}
 
 /// Run `opts`: the download is byte-exact, `handoffs` handoffs happened and the client saw
 /// no reset.
@@ -340,10 +330,9 @@ fn twenty(opts: Options, path: &str) {
 /// `cargo test --workspace`), transparent mode, and route-optimised user->user.
 #[test]
 fn twenty_handoffs_as_processes_on_every_path() {
-    if !require_root("twenty_handoffs_as_processes_on_every_path") {
+    let Some(_g) = exclusive("twenty_handoffs_as_processes_on_every_path") else {
         return;
-    }
-    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    };
     let procs = Options {
         processes: true,
         ..Options::default()
@@ -380,10 +369,9 @@ fn twenty_handoffs_as_processes_on_every_path() {
 /// sequence numbers travel in the tickets.
 #[test]
 fn route_optimised_twenty_handoffs_back_and_forth() {
-    if !require_root("route_optimised_twenty_handoffs_back_and_forth") {
+    let Some(_g) = exclusive("route_optimised_twenty_handoffs_back_and_forth") else {
         return;
-    }
-    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    };
     twenty(
         Options {
             mode: ds_handoff::Mode::Ro,

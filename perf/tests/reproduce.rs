@@ -5,13 +5,13 @@
 
 use ds_perf::reproduce::access::{run, Options};
 use ds_perf::reproduce::testbed::Fig1;
-use ds_testbed::require_root;
+use ds_testbed::exclusive;
 
 #[test]
 fn access_latency_follows_the_paths_of_both_configurations() {
-    if !require_root("access_latency_follows_the_paths_of_both_configurations") {
+    let Some(_one) = exclusive("access_latency_follows_the_paths_of_both_configurations") else {
         return;
-    }
+    };
     let mut bed = Fig1::build().expect("testbed");
     let o = Options {
         ss_ms: vec![0.0, 10.0],
@@ -38,9 +38,9 @@ fn access_latency_follows_the_paths_of_both_configurations() {
 fn handoffs_on_the_seed_testbed_report_their_phases() {
     use ds_perf::handoff::DrainChoice;
     use ds_perf::reproduce::{decomp, figure2};
-    if !require_root("handoffs_on_the_seed_testbed_report_their_phases") {
+    let Some(_one) = exclusive("handoffs_on_the_seed_testbed_report_their_phases") else {
         return;
-    }
+    };
     let mut bed = Fig1::build().expect("testbed");
     let o = decomp::Options {
         paths: vec!["user->user".into(), "kernel->kernel".into()],
@@ -96,9 +96,9 @@ fn handoffs_on_the_seed_testbed_report_their_phases() {
 #[test]
 fn path_latency_lengthens_the_phases_that_cross_it() {
     use ds_perf::reproduce::decomp;
-    if !require_root("path_latency_lengthens_the_phases_that_cross_it") {
+    let Some(_one) = exclusive("path_latency_lengthens_the_phases_that_cross_it") else {
         return;
-    }
+    };
     let mut bed = Fig1::build().expect("testbed");
     let v = decomp::latency_sweep(
         &mut bed,
@@ -125,9 +125,10 @@ fn path_latency_lengthens_the_phases_that_cross_it() {
 fn route_optimised_handoffs_on_the_seed_testbed_bind_the_client() {
     use ds_perf::handoff::DrainChoice;
     use ds_perf::reproduce::decomp;
-    if !require_root("route_optimised_handoffs_on_the_seed_testbed_bind_the_client") {
+    let Some(_one) = exclusive("route_optimised_handoffs_on_the_seed_testbed_bind_the_client")
+    else {
         return;
-    }
+    };
     let mut bed = Fig1::build().expect("testbed");
     let o = decomp::Options {
         paths: vec!["user->user".into(), "kernel->kernel".into()],

@@ -87,6 +87,15 @@ pub fn require_root(test_name: &str) -> bool {
     false
 }
 
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// [`require_root`], then the machine to this test alone among the tests of its binary that
+/// ask the same (held until the guard drops): scenarios whose timing matters must not share
+/// the two cores with each other. `None`: not root, skip.
+pub fn exclusive(test_name: &str) -> Option<std::sync::MutexGuard<'static, ()>> {
+    require_root(test_name).then(|| ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
 static IFNAME_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// Returns an interface name, unique among all live processes using this
