@@ -57,8 +57,8 @@ pub use counters::{
 };
 pub use impair::{Direction, Loss, LossCounts, Rate, Tbf};
 pub use link::{
-    add_addr, add_route, bridge, disable_ethtool_offloads, disable_offload, set_down, set_up, veth,
-    veth_queues, wait_addr_usable, wait_tcp_listening,
+    add_addr, add_route, bridge, disable_ethtool_offloads, disable_offload, set_down,
+    set_ethtool_features, set_up, veth, veth_queues, wait_addr_usable, wait_tcp_listening,
 };
 pub use netns::{sweep_stale_namespaces, Child, Netns, NETNS_DIR};
 pub use ping::{ping6, PingOpts, PingStats};

@@ -173,9 +173,16 @@ pub fn disable_offload(ns: &Netns, ifname: &str) -> Result<()> {
 /// segmentation offload (one segment per packet, [`disable_offload`], costs the kernel's TCP
 /// some 12× its rate on a veth: a benchmark's "offloads off" baseline must not pay that).
 pub fn disable_ethtool_offloads(ns: &Netns, ifname: &str) -> Result<()> {
-    for feature in ["tx", "rx", "sg", "tso", "gso", "gro"] {
+    set_ethtool_features(ns, ifname, &["tx", "rx", "sg", "tso", "gso", "gro"], false)
+}
+
+/// Turn each of `features` (`ethtool -K` names) on or off, one at a time: a feature the
+/// device cannot change is skipped (logged at debug level); an error is returned only when
+/// `ethtool` cannot be run at all.
+pub fn set_ethtool_features(ns: &Netns, ifname: &str, features: &[&str], on: bool) -> Result<()> {
+    for feature in features {
         let mut cmd = ns.command("ethtool");
-        cmd.args(["-K", ifname, feature, "off"]);
+        cmd.args(["-K", ifname, feature, if on { "on" } else { "off" }]);
         let line = describe(&cmd);
         let out = cmd
             .stdin(std::process::Stdio::null())

@@ -238,6 +238,7 @@ pub(crate) fn handoffs(
 ) -> Result<Vec<Session>> {
     let want: [u8; 32] = Sha256::digest(std::fs::read(bed.dir.join("www").join("obj"))?).into();
     bed.set_paths(paths)?;
+    bed.client_on_stack(mode == Mode::Ro)?;
     bed.start_ha(0)?;
     // Time enough for a state of a few hundred kB at 1 Mbit/s and its drain.
     let slow = ["--reply-timeout-ms", "30000"];
