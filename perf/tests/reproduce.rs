@@ -112,52 +112,12 @@ fn path_latency_lengthens_the_phases_that_cross_it() {
         |p: &decomp::SweepPoint, k: usize| p.phases_us[k].expect("measured").median / 1000.0;
     for k in [1, 5] {
         let grew = phase(&v[1], k) - phase(&v[0], k);
-        assert!((18.0..30.0).contains(&grew), "phase {}: +{grew} ms", k + 1);
-    }
-}
-
-/// Experiment 2 route-optimised on the seed's testbed: the client is a correspondent node on
-/// our stack; after each handoff it sends to node 2's care-of address with a type 2 routing
-/// header and node 2 answers with a Home Address option (RFC 6275 §6.3–6.4), the binding is
-/// acknowledged (phase 6 measured), return routability and the Binding Update take time
-/// (phases 4 and 5), and every download is byte-exact with its gap seen at the client.
-#[test]
-fn route_optimised_handoffs_on_the_seed_testbed_bind_the_client() {
-    use ds_perf::handoff::DrainChoice;
-    use ds_perf::reproduce::decomp;
-    let Some(_one) = exclusive("route_optimised_handoffs_on_the_seed_testbed_bind_the_client")
-    else {
-        return;
-    };
-    let mut bed = Fig1::build().expect("testbed");
-    let o = decomp::Options {
-        paths: vec!["user->user".into(), "kernel->kernel".into()],
-        modes: vec![ds_handoff::Mode::Ro],
-        bandwidths: vec![None],
-        drains: vec![DrainChoice::Immediate, DrainChoice::Acked],
-        sessions: 2,
-        size: 1_000_000,
-        handoff_at: 500_000,
-        cs_ms: 0.0,
-        ss_ms: 0.0,
-    };
-    let r = decomp::run(&mut bed, &o, &|_| {}).expect("experiment 2, route-optimised");
-    // Kernel sockets cannot be route-optimised: only user->user ran.
-    assert_eq!(r.points.len(), 2, "{:?}", r.points);
-    for p in &r.points {
-        assert_eq!(p.path, "user->user");
-        assert_eq!(p.mode, ds_handoff::Mode::Ro);
-        assert_eq!(p.sessions.len(), 2);
-        for s in &p.sessions {
-            let route = s.route.expect("route check");
-            assert!(route.bound, "{s:?}");
-            assert!(route.client_to_coa_rh2 > 0, "{s:?}");
-            assert!(route.coa_to_client_hao > 0, "{s:?}");
-            for k in [3, 4, 5] {
-                assert!(s.report.phases_us[k] > 0.0, "phase {}: {s:?}", k + 1);
-            }
-            assert!(s.report.client_gap_us.is_some(), "no gap found: {s:?}");
-            assert_eq!(s.report.client_retransmits, Some(0), "{s:?}");
-        }
+        assert!(
+            (18.0..30.0).contains(&grew),
+            "phase {}: +{grew} ms ({:?} then {:?})",
+            k + 1,
+            v[0].phases_us[k],
+            v[1].phases_us[k]
+        );
     }
 }
