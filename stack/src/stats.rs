@@ -58,6 +58,9 @@ pub struct Stats {
     pub tcp_challenge_acks: u64,
     /// Segments rejected by PAWS (RFC 7323 §5).
     pub tcp_paws_rejected: u64,
+    /// ACKs not sent in reply to unacceptable pure ACKs (at most one per 500 ms per
+    /// connection).
+    pub tcp_oow_acks_limited: u64,
     /// Zero-window probes sent.
     pub tcp_zero_window_probes: u64,
     /// SYNs dropped because a listener's backlog was full (and SYN cookies are off).

@@ -69,6 +69,7 @@ impl Interface {
         self.stats.tcp_fast_recovery += ev.fast_recovery;
         self.stats.tcp_challenge_acks += ev.challenge_acks;
         self.stats.tcp_paws_rejected += ev.paws_rejected;
+        self.stats.tcp_oow_acks_limited += ev.oow_acks_limited;
         self.stats.tcp_zero_window_probes += ev.zero_window_probes;
         self.stats.tcp_tx_segments += ev.segments_out;
         self.stats.tcp_ooo_segments += ev.ooo_segments;

@@ -102,6 +102,7 @@ pub struct TcbEvents {
     pub(crate) fast_recovery: u64,
     pub(crate) challenge_acks: u64,
     pub(crate) paws_rejected: u64,
+    pub(crate) oow_acks_limited: u64,
     pub(crate) zero_window_probes: u64,
     pub(crate) segments_out: u64,
     pub(crate) ooo_segments: u64,
@@ -328,6 +329,8 @@ pub struct Tcb {
     pub(crate) error: Option<TcpError>,
     pub(crate) retries: u32,
     challenge_window: (Instant, u32),
+    /// When we last answered an unacceptable segment that occupies no sequence space.
+    oow_ack_at: Option<Instant>,
     pub(crate) events: TcbEvents,
     /// Listener this embryonic connection belongs to.
     pub(crate) listener: Option<usize>,
@@ -335,6 +338,9 @@ pub struct Tcb {
 
 /// RFC 5961 §7: at most this many challenge ACKs per connection per second.
 const CHALLENGE_ACK_LIMIT: u32 = 10;
+/// At most one ACK per this interval in reply to unacceptable segments that occupy no sequence
+/// space (Linux's `tcp_invalid_ratelimit` default).
+const OOW_ACK_INTERVAL: Duration = Duration::from_millis(500);
 /// RFC 7323 §5.5: a timestamp older than 24 days is invalid for PAWS.
 const PAWS_IDLE: Duration = Duration::from_secs(24 * 24 * 3600);
 
@@ -430,6 +436,7 @@ impl Tcb {
             error: None,
             retries: 0,
             challenge_window: (now, 0),
+            oow_ack_at: None,
             events: TcbEvents::default(),
             listener: None,
             cfg,
@@ -724,6 +731,24 @@ impl Tcb {
         }
     }
 
+    /// Reply with an ACK to an unacceptable segment (RFC 9293 §3.10.7.4 first check, RFC 7323
+    /// §5.3 R1). A segment that occupies no sequence space (a pure ACK) is answered at most once
+    /// per [`OOW_ACK_INTERVAL`], as Linux does (`tcp_oow_rate_limited`) for the reason RFC 5961
+    /// §7 throttles challenge ACKs: each reply is a duplicate ACK to the peer. Old pure ACKs
+    /// that arrive after newer ones (after a handoff, those the donor forwards come after the
+    /// client's direct ones) would otherwise make three duplicate ACKs and a spurious fast
+    /// retransmission at the peer, or an ACK loop.
+    fn ack_unacceptable(&mut self, now: Instant, seg: &SegIn<'_>) {
+        if seg.seg_len() == 0 {
+            if self.oow_ack_at.is_some_and(|t| now - t < OOW_ACK_INTERVAL) {
+                self.events.oow_acks_limited += 1;
+                return;
+            }
+            self.oow_ack_at = Some(now);
+        }
+        self.ack_now = true;
+    }
+
     /// Process one incoming segment for this connection (RFC 9293 §3.10.7).
     pub fn on_segment(&mut self, now: Instant, seg: &SegIn<'_>) {
         match self.state {
@@ -796,7 +821,7 @@ impl Tcb {
             if let Some((tsval, _)) = seg.ts {
                 if lt(tsval, self.ts_recent) && now - self.ts_recent_at < PAWS_IDLE {
                     self.events.paws_rejected += 1;
-                    self.ack_now = true;
+                    self.ack_unacceptable(now, seg);
                     return;
                 }
             }
@@ -844,7 +869,7 @@ impl Tcb {
                 if self.state == TcpState::TimeWait && seg.fin {
                     self.t_close = Some(now + self.cfg.time_wait);
                 }
-                self.ack_now = true;
+                self.ack_unacceptable(now, seg);
             }
             return;
         }

@@ -311,6 +311,63 @@ fn paws_rejects_old_timestamp() {
     assert_eq!(c.rcv_nxt, before.wrapping_add(6));
 }
 
+/// Old pure ACKs arriving after newer ones (after a handoff: those the donor forwards come after
+/// the client's direct ones) are rejected by PAWS; answering each would hand the peer three
+/// duplicate ACKs and a spurious fast retransmission. One reply per 500 ms, as Linux; data
+/// behind PAWS is still answered every time.
+#[test]
+fn replies_to_unacceptable_pure_acks_are_rate_limited() {
+    let (mut c, mut s) = handshake();
+    let mut now = t0() + Duration::from_millis(5);
+    // c's pure ACK with a current timestamp, then older copies of it.
+    s.send(b"abcdef");
+    let data = collect(&mut s, now);
+    c.on_segment(now, &seg_in(&data[0]));
+    c.ack_now = true;
+    let ack = collect(&mut c, now).remove(0);
+    assert!(ack.payload.is_empty());
+    let mut old = ack.seg;
+    let (tsval, tsecr) = old.ts.unwrap();
+    old.ts = Some((tsval.wrapping_sub(1), tsecr));
+    // s has seen c's newest timestamp.
+    now += Duration::from_millis(1);
+    let mut newer = ack.seg;
+    newer.ts = Some((tsval.wrapping_add(1), tsecr));
+    let w = |seg| Wire {
+        seg,
+        payload: Vec::new(),
+    };
+    s.on_segment(now, &seg_in(&w(newer)));
+    assert!(
+        collect(&mut s, now).is_empty(),
+        "an acceptable pure ACK is not answered"
+    );
+    let before = s.events.paws_rejected;
+    let mut replies = 0;
+    for _ in 0..5 {
+        s.on_segment(now, &seg_in(&w(old)));
+        replies += collect(&mut s, now).len();
+    }
+    assert_eq!(s.events.paws_rejected, before + 5);
+    assert_eq!(replies, 1);
+    assert_eq!(s.events.oow_acks_limited, 4);
+    // Another within the interval: none; after it: one.
+    now += Duration::from_millis(499);
+    s.on_segment(now, &seg_in(&w(old)));
+    assert!(collect(&mut s, now).is_empty());
+    now += Duration::from_millis(1);
+    s.on_segment(now, &seg_in(&w(old)));
+    assert_eq!(collect(&mut s, now).len(), 1);
+    // Data behind PAWS is answered each time (not part of an ACK loop).
+    c.send(b"xyz");
+    let mut d = collect(&mut c, now).remove(0);
+    d.seg.ts = Some((tsval.wrapping_sub(1), tsecr));
+    for _ in 0..3 {
+        s.on_segment(now, &seg_in(&d));
+        assert_eq!(collect(&mut s, now).len(), 1);
+    }
+}
+
 /// Send `n` full segments from s; return them.
 fn burst(s: &mut Tcb, now: Instant, n: usize) -> Vec<Wire> {
     let mss = s.eff_mss() as usize;
