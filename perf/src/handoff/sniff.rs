@@ -29,6 +29,12 @@ pub struct Frame {
     /// TCP fields when the upper layer is TCP: (source port, destination port, sequence
     /// number, payload length).
     pub tcp: Option<(u16, u16, u32, u32)>,
+    /// TCP flags byte (FIN 0x01, SYN 0x02, RST 0x04, PSH 0x08, ACK 0x10); 0 when not TCP.
+    pub flags: u8,
+    /// TCP acknowledgement number; 0 when not TCP.
+    pub ack: u32,
+    /// TCP timestamp option's TSval (RFC 7323 §3), when present.
+    pub tsval: Option<u32>,
 }
 
 /// One TCP segment with payload from the server, as the client's link saw it.
@@ -168,9 +174,13 @@ fn parse(at: Instant, f: &[u8]) -> Option<Frame> {
         nh = h[0];
         off += len;
     }
+    let (mut flags, mut ack, mut tsval) = (0, 0, None);
     let tcp = if nh == 6 {
         let t = ip.get(off..off + 20)?;
+        flags = t[13];
+        ack = u32::from_be_bytes([t[8], t[9], t[10], t[11]]);
         let doff = ((t[12] >> 4) as usize) * 4;
+        tsval = ip.get(off + 20..off + doff).and_then(tcp_tsval);
         let len = end.checked_sub(off + doff)? as u32;
         Some((
             u16::from_be_bytes([t[0], t[1]]),
@@ -191,7 +201,31 @@ fn parse(at: Instant, f: &[u8]) -> Option<Frame> {
         hao,
         rh2,
         tcp,
+        flags,
+        ack,
+        tsval,
     })
+}
+
+/// The TSval of a timestamp option (kind 8, RFC 7323 §3) among TCP options.
+fn tcp_tsval(mut opts: &[u8]) -> Option<u32> {
+    while let Some(&kind) = opts.first() {
+        match kind {
+            0 => return None,
+            1 => opts = &opts[1..],
+            _ => {
+                let len = *opts.get(1)? as usize;
+                if len < 2 || len > opts.len() {
+                    return None;
+                }
+                if kind == 8 && len == 10 {
+                    return Some(u32::from_be_bytes([opts[2], opts[3], opts[4], opts[5]]));
+                }
+                opts = &opts[len..];
+            }
+        }
+    }
+    None
 }
 
 impl Sniffer {
@@ -277,6 +311,50 @@ pub fn sender_gap(
     let first = data.iter().position(|f| f.src_mac == acceptor)?;
     let last = data[..first].iter().rev().find(|f| f.src_mac == donor)?;
     Some(data[first].at.duration_since(last.at))
+}
+
+/// The TCP segments on `me`'s link, one line each (time from the first frame in ms,
+/// direction, peer, routing header or Home Address option, sequence, length, acknowledgement,
+/// flags): what a test prints when the client retransmitted.
+pub fn trace(frames: &[Frame], me: Ipv6Addr) -> String {
+    let Some(t0) = frames.first().map(|f| f.at) else {
+        return String::new();
+    };
+    let mut out = String::new();
+    for f in frames {
+        let Some((sp, dp, seq, len)) = f.tcp else {
+            continue;
+        };
+        let names = [
+            (0x02, 'S'),
+            (0x01, 'F'),
+            (0x04, 'R'),
+            (0x08, 'P'),
+            (0x10, '.'),
+        ];
+        let flags: String = names
+            .iter()
+            .filter(|(b, _)| f.flags & b != 0)
+            .map(|(_, c)| *c)
+            .collect();
+        let (dir, peer, port) = if f.src == me {
+            ("->", f.dst, dp)
+        } else {
+            ("<-", f.src, sp)
+        };
+        let ext = match (f.rh2, f.hao) {
+            (true, _) => " rh2",
+            (_, true) => " hao",
+            _ => "",
+        };
+        out.push_str(&format!(
+            "{:.3} ms {dir} [{peer}]:{port}{ext} seq {seq} len {len} ack {} ts {} [{flags}]\n",
+            f.at.duration_since(t0).as_secs_f64() * 1e3,
+            f.ack,
+            f.tsval.map_or("-".to_string(), |t| t.to_string()),
+        ));
+    }
+    out
 }
 
 /// Data segments whose bytes had all arrived before (retransmissions reaching the client).

@@ -85,6 +85,10 @@ pub struct Session {
     /// Route-optimised: what the client's link showed of it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route: Option<RouteCheck>,
+    /// When the client on our stack retransmitted: the TCP segments on its link
+    /// ([`sniff::trace`]), for the person reading a failure.
+    #[serde(skip)]
+    pub client_trace: Option<String>,
 }
 
 /// One (path, drain, bandwidth) point.
@@ -315,10 +319,15 @@ pub(crate) fn handoffs(
                     }
                     route_check(&d.frames, ip(CLIENT), ip(COA[1]), ip(DS), b.is_some())
                 });
+                let client_trace = d
+                    .retransmits
+                    .is_some_and(|r| r > 0)
+                    .then(|| sniff::trace(&d.frames, ip(CLIENT)));
                 done.push(Session {
                     report,
                     seconds: d.seconds,
                     route,
+                    client_trace,
                 });
             }
             NodeEvent::KeptHere { cause, .. } | NodeEvent::Failed { cause } => {
