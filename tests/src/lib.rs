@@ -60,7 +60,7 @@ pub use link::{
     add_addr, add_route, bridge, disable_ethtool_offloads, disable_offload, set_down,
     set_ethtool_features, set_up, veth, veth_queues, wait_addr_usable, wait_tcp_listening,
 };
-pub use netns::{sweep_stale_namespaces, Child, Netns, NETNS_DIR};
+pub use netns::{remove_own_namespaces, sweep_stale_namespaces, Child, Netns, NETNS_DIR};
 pub use ping::{ping6, PingOpts, PingStats};
 pub use stackhost::{KernelPeer, PatternStream, StackHost};
 pub use xdphost::XdpHost;

@@ -155,6 +155,47 @@ fn pid_alive(pid: i32) -> bool {
     std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
+/// SIGKILL to every process inside namespace `name` (`ip netns pids`), never this one.
+fn kill_members(name: &str) {
+    let Ok(out) = Command::new("ip").args(["netns", "pids", name]).output() else {
+        return;
+    };
+    let me = std::process::id() as i32;
+    for pid in String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse::<i32>().ok())
+        .filter(|&p| p > 0 && p != me)
+    {
+        // SAFETY: kill(2) with a pid read from `ip netns pids` and a constant signal; no
+        // pointers.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}
+
+/// Kills every process inside this process's namespaces (`ds-*-<our pid>-*`) and deletes
+/// them: what an interrupted program calls before it exits, when the guards' `Drop` will not
+/// run. Returns how many namespaces it deleted.
+pub fn remove_own_namespaces() -> usize {
+    let _lock = ns_lock();
+    let Ok(entries) = std::fs::read_dir(NETNS_DIR) else {
+        return 0;
+    };
+    let me = std::process::id() as i32;
+    let mut deleted = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if owner_pid(&name) != Some(me) {
+            continue;
+        }
+        kill_members(&name);
+        match delete_netns(&name) {
+            Ok(()) => deleted += 1,
+            Err(e) => warn!("cannot delete network namespace {name}: {e:#}"),
+        }
+    }
+    deleted
+}
+
 fn delete_netns(name: &str) -> Result<()> {
     run_checked(Command::new("ip").args(["netns", "delete", name])).map(|_| ())
 }
@@ -186,6 +227,9 @@ fn sweep_locked() -> Result<usize> {
         if pid_alive(pid) {
             continue;
         }
+        // Daemons a killed run left behind would keep the namespace's devices (and XDP
+        // programs) alive and keep running.
+        kill_members(&name);
         match delete_netns(&name) {
             Ok(()) => {
                 debug!("swept stale namespace {name} (pid {pid} is gone)");
