@@ -106,7 +106,7 @@ enum Cmd {
     /// seed's Table 1. Experiment 3 (§3.2.3): client-perceived handoff time against the
     /// donor's wait (0–1,000 ms) at 2, 1.5, 1 Mbit/s, the seed's Figure 2. Progress on
     /// stderr; writes --out/EVALUATION.md and its figures. --quick takes about nine minutes
-    /// on a 2-core machine; --full about five hours (estimated from the quick run).
+    /// on a 2-core machine; --full hours (each run's report estimates it from its own times).
     Reproduce(ReproduceArgs),
 }
 
@@ -189,10 +189,26 @@ fn run_reproduce(a: ReproduceArgs) -> Result<()> {
             _ => bail!("--modes: unknown steering mode {m:?} (transparent, ro)"),
         })
         .collect::<Result<Vec<_>>>()?;
-    let grid: Vec<f64> = if a.full {
-        vec![0.0, 5.0, 10.0, 25.0, 50.0, 100.0]
-    } else {
-        vec![0.0, 10.0, 25.0]
+    use ds_perf::reproduce::size::{Shape, Size};
+    let size = if a.full { Size::full() } else { Size::quick() }.with_sessions(a.sessions);
+    let paths_modes = a
+        .paths
+        .iter()
+        .map(|p| {
+            // Route optimisation runs on user->user only.
+            modes
+                .iter()
+                .filter(|&&m| m == ds_handoff::Mode::Transparent || p == "user->user")
+                .count()
+        })
+        .sum::<usize>();
+    let shape = Shape {
+        rounds: a.rounds,
+        // Five upstreams (unshaped, 100, 2, 1.5, 1 Mbit/s), two drains.
+        decomp_points: paths_modes * 5 * 2,
+        sweep_modes: modes.len(),
+        state_mbit: vec![2.0, 1.5, 1.0],
+        size: 1_000_000,
     };
     let progress = |line: &str| tracing::info!("{line}");
     let mut bed = Fig1::build()?;
@@ -215,19 +231,28 @@ fn run_reproduce(a: ReproduceArgs) -> Result<()> {
         decomp: None,
         sweep: None,
         state: None,
+        params: Some(size.clone()),
+        shape: Some(shape.clone()),
+        experiment_seconds: Default::default(),
     };
     // The experiments completed are written even when a later one fails: a long run keeps
     // what it measured (the error names the experiment that stopped it).
+    let mut results_walls = std::collections::BTreeMap::new();
     let outcome = (|| -> Result<()> {
+        let mut timed = |name: &str, t: std::time::Instant| {
+            results_walls.insert(name.to_string(), t.elapsed().as_secs_f64());
+        };
         if a.only.iter().any(|e| e == "access") {
+            let t = std::time::Instant::now();
             let o = access::Options {
-                ss_ms: grid.clone(),
-                cs_ms: grid,
+                ss_ms: size.grid_ms.clone(),
+                cs_ms: size.grid_ms.clone(),
                 rounds: a.rounds,
             };
             let r = access::run(&mut bed, &o, &progress)?;
             text.push_str(&access::table(&r));
             results.access = Some(r);
+            timed("access", t);
         }
         if a.only.iter().any(|e| e == "decomp") {
             let o = decomp::Options {
@@ -235,57 +260,54 @@ fn run_reproduce(a: ReproduceArgs) -> Result<()> {
                 modes: modes.clone(),
                 bandwidths: vec![None, Some(100.0), Some(2.0), Some(1.5), Some(1.0)],
                 drains: vec![DrainChoice::Immediate, DrainChoice::Acked],
-                sessions: a.sessions.unwrap_or(if a.full { 100 } else { 3 }),
-                size: 1_000_000,
-                handoff_at: 500_000,
+                sessions: size.decomp_sessions,
+                size: shape.size,
+                handoff_at: shape.size / 2,
                 cs_ms: 0.0,
                 ss_ms: 0.0,
             };
+            let t = std::time::Instant::now();
             let r = decomp::run(&mut bed, &o, &progress)?;
             text.push('\n');
             text.push_str(&decomp::table(&r));
             results.decomp = Some(r);
+            timed("decomp", t);
         }
         if a.only.iter().any(|e| e == "latency") {
-            let points: &[(f64, f64)] = if a.full {
-                &[
-                    (0.0, 0.0),
-                    (0.0, 10.0),
-                    (0.0, 50.0),
-                    (10.0, 0.0),
-                    (50.0, 0.0),
-                    (25.0, 25.0),
-                ]
-            } else {
-                &[(0.0, 0.0), (0.0, 20.0), (20.0, 0.0)]
-            };
-            let sessions = a.sessions.unwrap_or(if a.full { 100 } else { 3 });
+            let t = std::time::Instant::now();
             let mut v = Vec::new();
             for &mode in &modes {
                 v.extend(decomp::latency_sweep(
-                    &mut bed, mode, points, sessions, &progress,
+                    &mut bed,
+                    mode,
+                    &size.sweep_points,
+                    size.sweep_sessions,
+                    &progress,
                 )?);
             }
             text.push_str(&decomp::sweep_table(&v));
             results.sweep = Some(v);
+            timed("latency", t);
         }
         if a.only.iter().any(|e| e == "state") {
-            let step = if a.full { 25 } else { 100 };
+            let t = std::time::Instant::now();
             let o = figure2::Options {
-                bandwidths: vec![2.0, 1.5, 1.0],
-                waits_ms: (0..=1000).step_by(step).collect(),
-                sessions: a.sessions.unwrap_or(if a.full { 10 } else { 1 }),
-                size: 1_000_000,
-                handoff_at: 500_000,
+                bandwidths: shape.state_mbit.clone(),
+                waits_ms: size.state_waits_ms.clone(),
+                sessions: size.state_sessions,
+                size: shape.size,
+                handoff_at: shape.size / 2,
             };
             let r = figure2::run(&mut bed, &o, &progress)?;
             text.push('\n');
             text.push_str(&figure2::table(&r));
             results.state = Some(r);
+            timed("state", t);
         }
         Ok(())
     })();
     drop(bed);
+    results.experiment_seconds = results_walls;
     for f in ds_perf::reproduce::findings::all(
         results.decomp.as_ref(),
         results.state.as_ref(),
@@ -299,6 +321,13 @@ fn run_reproduce(a: ReproduceArgs) -> Result<()> {
         ));
     }
     results.seconds = started.elapsed().as_secs_f64();
+    let est = results.full_estimate();
+    if !est.is_empty() {
+        text.push_str(&format!(
+            "\na --full run: about {} (estimated from this run's wall times)\n",
+            ds_perf::reproduce::report::hours(est.values().sum())
+        ));
+    }
     for p in report::write_all(&a.out, &results)? {
         tracing::info!("wrote {}", p.display());
     }
@@ -897,6 +926,7 @@ fn main() -> ExitCode {
         )
         .init();
     let cli = Cli::parse();
+    stop_cleanly_on_signal();
     let res = match cli.cmd {
         Cmd::Stack(a) => run_stack(a),
         Cmd::Handoff(a) => run_handoff(a),
@@ -915,6 +945,25 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// On SIGINT or SIGTERM, kill the daemons we started and remove our namespaces, then exit 130:
+/// the benchmarks' guards would not run their `Drop`, and their processes and namespaces
+/// (with XDP programs on their devices) would outlive us. A second signal exits at once.
+fn stop_cleanly_on_signal() {
+    if let Err(e) = ds_apps::signal::install() {
+        tracing::warn!("no SIGINT/SIGTERM handler ({e}): an interrupt leaves daemons behind");
+        return;
+    }
+    std::thread::spawn(|| loop {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        if ds_apps::signal::stop_requested() {
+            eprintln!("dsperf: interrupted: stopping daemons, removing namespaces");
+            let n = ds_testbed::remove_own_namespaces();
+            eprintln!("dsperf: removed {n} namespace(s)");
+            std::process::exit(130);
+        }
+    });
 }
 
 #[cfg(test)]

@@ -7,10 +7,12 @@
 //! * [`figure2`]: experiment 3, state transfer optimisation (§3.2.3, Figure 2).
 //! * [`findings`]: the seed's qualitative claims checked on the results.
 //! * [`report`]: `EVALUATION.md`, the CSVs, the JSON and the plot.
+//! * [`size`]: `--quick` and `--full`, and the full run's duration estimated from a run.
 
 pub mod access;
 pub mod decomp;
 pub mod figure2;
 pub mod findings;
 pub mod report;
+pub mod size;
 pub mod testbed;

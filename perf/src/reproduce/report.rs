@@ -31,6 +31,31 @@ pub struct Results {
     pub sweep: Option<Vec<decomp::SweepPoint>>,
     /// Experiment 3.
     pub state: Option<figure2::Report>,
+    /// The sizes this run measured (absent in results saved before they were recorded).
+    #[serde(default)]
+    pub params: Option<super::size::Size>,
+    /// What else shapes its length.
+    #[serde(default)]
+    pub shape: Option<super::size::Shape>,
+    /// Wall time per experiment (`access`, `decomp`, `latency`, `state`), s.
+    #[serde(default)]
+    pub experiment_seconds: std::collections::BTreeMap<String, f64>,
+}
+
+impl Results {
+    /// A `--full` run's duration per experiment, s, estimated from this run's wall times
+    /// ([`super::size::estimate`]); empty when the run did not record its sizes.
+    pub fn full_estimate(&self) -> std::collections::BTreeMap<String, f64> {
+        match (&self.params, &self.shape) {
+            (Some(p), Some(sh)) => super::size::estimate(
+                &self.experiment_seconds,
+                p,
+                sh,
+                &super::size::Size::full().with_sessions(None),
+            ),
+            _ => Default::default(),
+        }
+    }
 }
 
 /// What the run ran on.
@@ -431,11 +456,39 @@ pub fn markdown(r: &Results) -> String {
         }
         s.push('\n');
     }
+    let est = r.full_estimate();
+    let full = if est.is_empty() {
+        "hours".to_string()
+    } else {
+        format!("about {}", hours(est.values().sum()))
+    };
     let _ = writeln!(
         s,
-        "## Reproduce\n\n```sh\ncargo build --release -p ds-apps -p ds-perf\nsudo target/release/dsperf reproduce --quick   # minutes\nsudo target/release/dsperf reproduce --full    # hours (see the README)\n```"
+        "## Reproduce\n\n```sh\ncargo build --release -p ds-apps -p ds-perf\nsudo target/release/dsperf reproduce --quick   # minutes\nsudo target/release/dsperf reproduce --full    # {full}, estimated below\n```"
     );
+    if !est.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nA `--full` run, estimated from this run's wall times (`perf/src/reproduce/size.rs`: each \
+             experiment's fixed cost per grid point or download found from this run, plus the \
+             round trips, transfer and donor waits the full run's settings add): {}.",
+            est.iter()
+                .map(|(k, v)| format!("{k} {}", hours(*v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     s
+}
+
+/// `1 h 23 min` or `12 min`.
+pub fn hours(seconds: f64) -> String {
+    let min = (seconds / 60.0).round() as u64;
+    if min >= 60 {
+        format!("{} h {} min", min / 60, min % 60)
+    } else {
+        format!("{min} min")
+    }
 }
 
 /// One CSV per experiment in `figs`: `reproduce-access.csv` (a row per grid point),
