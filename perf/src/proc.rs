@@ -45,6 +45,11 @@ impl Proc {
         })
     }
 
+    /// Its standard output so far.
+    pub(crate) fn output(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+
     pub(crate) fn tail(&self) -> String {
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();

@@ -283,6 +283,27 @@ pub(crate) fn handoffs(
         let d = super::testbed::with_logs(bed, d)?;
         runs.push(d);
     }
+    // The donor reports a handoff once it reads the acceptor's answer, and node 2 a binding
+    // once the client acknowledged it: either can come after the download ended (the
+    // acceptor sends the rest at once). Stopping the nodes before would lose the report.
+    let count = |i: usize, out: &str, bound: bool| {
+        crate::handoff::processes::parse(i, out).map_or(0, |o| {
+            o.events
+                .iter()
+                .filter(|(_, e)| match e {
+                    NodeEvent::HandedOff { .. } => !bound,
+                    NodeEvent::Bound { .. } => bound,
+                    _ => false,
+                })
+                .count()
+        })
+    };
+    let n = sessions as usize;
+    let wait = Duration::from_secs(3);
+    bed.wait_node_output(0, wait, |out| count(0, out, false) >= n);
+    if mode == Mode::Ro {
+        bed.wait_node_output(1, wait, |out| count(1, out, true) >= n);
+    }
     let out1 = bed.stop_node(0)?;
     let out2 = bed.stop_node(1)?;
     let events = crate::handoff::processes::parse(0, &out1)?.events;

@@ -423,6 +423,29 @@ impl Fig1 {
         Ok(())
     }
 
+    /// Waits at most `timeout` until node `i`'s standard output so far satisfies `done`;
+    /// whether it did.
+    pub fn wait_node_output(
+        &self,
+        i: usize,
+        timeout: Duration,
+        done: impl Fn(&str) -> bool,
+    ) -> bool {
+        let Some(p) = &self.nodes[i] else {
+            return false;
+        };
+        let t = Instant::now();
+        loop {
+            if done(&p.output()) {
+                return true;
+            }
+            if t.elapsed() > timeout {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Stops node `i` (SIGINT) and returns its standard output.
     pub fn stop_node(&mut self, i: usize) -> Result<String> {
         match self.nodes[i].take() {
