@@ -11,6 +11,8 @@
 //! port = 80
 //! root = "/srv/www"                  # or, proxy mode: backend = "[::1]:8080"
 //! control_socket = "/run/dsnode.sock" # for dsctl
+//! # gateway = "fd00:d5:1::a"         # the userspace stack's default router
+//! # route = ["fd00:d5:2::/64=fd00:d5:1::b"]  # PREFIX/LEN=ROUTER, longest prefix first
 //! # queues = 2                       # AF_XDP: a stack and handoff engine per receive queue
 //! # no_super_frames = true           # AF_XDP: one frame per TCP segment, no 64 KiB super-frames
 //! # header_timeout_ms = 10000        # a request head must arrive within this (then 408)
@@ -78,6 +80,8 @@ struct NodeFile {
     port: Option<u16>,
     root: Option<PathBuf>,
     mac: Option<String>,
+    gateway: Option<Ipv6Addr>,
+    route: Option<Vec<Spanned<String>>>,
     json: Option<bool>,
     udp_echo: Option<u16>,
     queues: Option<u32>,
@@ -205,6 +209,13 @@ pub fn serve_args(path: &Path) -> Result<Vec<String>, ConfigError> {
     opt("port", file.port.as_ref().map(|p| s(p)));
     opt("root", file.root.map(|r| r.display().to_string()));
     opt("mac", file.mac);
+    opt("gateway", file.gateway.as_ref().map(|g| s(g)));
+    for r in file.route.iter().flatten() {
+        if let Err(e) = r.get_ref().parse::<ds_stack::iface::Route>() {
+            return Err(invalid(r.span().start, Some("route"), e.to_string()));
+        }
+        opt("route", Some(r.get_ref().clone()));
+    }
     opt("udp_echo", file.udp_echo.as_ref().map(|p| s(p)));
     opt("queues", file.queues.as_ref().map(|q| s(q)));
     opt(
@@ -344,11 +355,24 @@ mod tests {
             ("[handoff]\nsteering = \"fast\"\n", 2, "steering"),
             ("[handoff]\n\npeer = \"not an address\"\n", 3, "peer"),
             ("addr = \"fd00::1\"\naddr = \"fd00::2\"\n", 2, "addr"),
+            ("iface = \"x\"\n\nroute = [\"fd00:2::/64\"]\n", 3, "route"),
         ] {
             let e = args_of(text).expect_err(text).to_string();
             assert!(e.contains(&format!("line {line}")), "{text:?}: {e}");
             assert!(e.contains(key), "{text:?}: {e}");
         }
+    }
+
+    #[test]
+    fn routes_and_the_gateway_become_options() {
+        let a = args_of(
+            "gateway = \"fd00::a\"\nroute = [\"fd00:2::/64=fd00::b\", \"fd00:3::/48=fd00::c\"]\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            a.join(" "),
+            "--gateway fd00::a --route fd00:2::/64=fd00::b --route fd00:3::/48=fd00::c"
+        );
     }
 
     #[test]

@@ -56,7 +56,18 @@ fn dsnode_serve_help_lists_the_handoff_options() {
             "--drain",
             "--drain-deadline-ms",
             "--ha-control",
+            "--gateway",
+            "--route",
         ],
+    );
+}
+
+#[test]
+fn dsnode_refuses_a_malformed_route() {
+    refused(
+        env!("CARGO_BIN_EXE_dsnode"),
+        &["serve", "--route", "fd00:2::/64", "--addr", "fd00::1"],
+        "want PREFIX/LEN=ROUTER",
     );
 }
 

@@ -228,6 +228,7 @@ pub struct Builder {
     device: Option<Device>,
     mac: Option<[u8; 6]>,
     gateway: Option<Ipv6Addr>,
+    routes: Vec<ds_stack::iface::Route>,
     port: u16,
     secret_file: Option<PathBuf>,
     secret: Option<ClusterSecret>,
@@ -283,6 +284,14 @@ impl Builder {
     /// the link. (Kernel sockets use the kernel's routes.)
     pub fn gateway(mut self, router: Ipv6Addr) -> Self {
         self.gateway = Some(router);
+        self
+    }
+
+    /// A route of the userspace stack: destinations in its prefix are reached through its
+    /// router (longest prefix first, before the [`gateway`](Self::gateway); RFC 4861 §5.2).
+    /// Repeat for more.
+    pub fn route(mut self, route: ds_stack::iface::Route) -> Self {
+        self.routes.push(route);
         self
     }
 
@@ -722,6 +731,7 @@ impl Builder {
         let clock = Clock::new();
         let mut cfg = Config::new(mac, addrs);
         cfg.gateway = self.gateway;
+        cfg.routes = self.routes.clone();
         if let Some((_, secret)) = &queue {
             cfg.isn_secret = *secret;
         }
@@ -918,6 +928,7 @@ impl Node {
             device: None,
             mac: None,
             gateway: None,
+            routes: Vec::new(),
             port: 80,
             secret_file: None,
             secret: None,

@@ -125,6 +125,11 @@ struct ServeArgs {
     /// destination is on the link. Kernel sockets (`--device kernel`) use the kernel's routes.
     #[arg(long, value_name = "ADDR")]
     gateway: Option<Ipv6Addr>,
+    /// A route of the userspace stack, `PREFIX/LEN=ROUTER` (e.g. `fd00:5d:2::/64=fd00:5d::2`):
+    /// destinations in the prefix are reached through that router, longest prefix first,
+    /// before --gateway. Repeat for more. Kernel sockets use the kernel's routes.
+    #[arg(long = "route", value_name = "PREFIX/LEN=ROUTER")]
+    routes: Vec<ds_stack::iface::Route>,
     /// On exit, print the statistics as one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -411,17 +416,20 @@ fn with_config(argv: Vec<String>) -> Result<Vec<String>, ds_apps::config::Config
     };
     let mut from_file = ds_apps::config::serve_args(Path::new(&path))?;
     // A repeatable option (clap's Append) adds up rather than overrides: when the command line
-    // gives `--also-addr`, the file's are dropped, as for every other option.
+    // gives it, the file's are dropped, as for every other option.
     let given = |flag: &str| {
         argv[serve + 1..]
             .iter()
             .any(|a| a == flag || a.starts_with(&format!("{flag}=")))
     };
-    if given("--also-addr") {
+    for flag in ["--also-addr", "--route", "--peer", "--etcd"] {
+        if !given(flag) {
+            continue;
+        }
         let mut kept = Vec::with_capacity(from_file.len());
         let mut it = from_file.into_iter();
         while let Some(a) = it.next() {
-            if a == "--also-addr" {
+            if a == flag {
                 it.next();
             } else {
                 kept.push(a);
@@ -523,6 +531,9 @@ fn node_builder(
     }
     if let Some(g) = args.gateway {
         b = b.gateway(g);
+    }
+    for r in &args.routes {
+        b = b.route(*r);
     }
     b = b.super_frames(!args.no_super_frames);
     if let Some(cfg) = handoff {

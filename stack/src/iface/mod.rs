@@ -115,6 +115,38 @@ impl Route {
     }
 }
 
+/// A route as `PREFIX/LEN=ROUTER` (e.g. `fd00:5d:2::/64=fd00:5d::2`) would not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad route {0:?}: want PREFIX/LEN=ROUTER, e.g. fd00:5d:2::/64=fd00:5d::2")]
+pub struct RouteParseError(pub String);
+
+impl std::str::FromStr for Route {
+    type Err = RouteParseError;
+
+    /// `PREFIX/LEN=ROUTER`.
+    ///
+    /// ```
+    /// use ds_stack::iface::Route;
+    /// let r: Route = "fd00:5d:2::/64=fd00:5d::2".parse().unwrap();
+    /// assert_eq!((r.len, r.via), (64, "fd00:5d::2".parse().unwrap()));
+    /// assert!("fd00:5d:2::/129=fd00:5d::2".parse::<Route>().is_err());
+    /// ```
+    fn from_str(s: &str) -> Result<Route, RouteParseError> {
+        let bad = || RouteParseError(s.to_string());
+        let (net, via) = s.split_once('=').ok_or_else(bad)?;
+        let (prefix, len) = net.split_once('/').ok_or_else(bad)?;
+        let len: u8 = len.trim().parse().map_err(|_| bad())?;
+        if len > 128 {
+            return Err(bad());
+        }
+        Ok(Route {
+            prefix: prefix.trim().parse().map_err(|_| bad())?,
+            len,
+            via: via.trim().parse().map_err(|_| bad())?,
+        })
+    }
+}
+
 impl Config {
     /// Settings for an interface with this MAC owning these addresses.
     pub fn new(mac: [u8; 6], addrs: Vec<Ipv6Addr>) -> Self {
