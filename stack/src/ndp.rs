@@ -58,9 +58,24 @@ pub enum NdAction {
 }
 
 /// The neighbour cache.
+///
+/// Its timers are not scanned on every poll: `due` is a lower bound on every entry's timer
+/// and `due_active` on those of entries not STALE (what [`Self::poll_at`] reports); a poll
+/// before `due` returns at once, one at or after it walks the entries and makes both exact.
+/// Timers moved later (a confirmation per packet) leave the bounds early, which costs one walk
+/// when they come, never a missed timer.
 #[derive(Debug, Default)]
 pub struct NeighborCache {
     entries: HashMap<Ipv6Addr, Neighbor>,
+    due: Option<Instant>,
+    due_active: Option<Instant>,
+}
+
+/// Lower the bound `b` to `t`.
+fn lower(b: &mut Option<Instant>, t: Instant) {
+    if b.is_none_or(|x| t < x) {
+        *b = Some(t);
+    }
 }
 
 /// Result of looking up a destination for an outgoing frame.
@@ -80,11 +95,15 @@ impl NeighborCache {
                 (NeighborState::Stale, Some(mac)) => {
                     n.state = NeighborState::Delay;
                     n.timer = now + DELAY_FIRST_PROBE_TIME;
+                    lower(&mut self.due, n.timer);
+                    lower(&mut self.due_active, n.timer);
                     return Lookup::Ready(mac);
                 }
                 (NeighborState::Reachable, Some(mac)) if now >= n.timer => {
                     n.state = NeighborState::Delay;
                     n.timer = now + DELAY_FIRST_PROBE_TIME;
+                    lower(&mut self.due, n.timer);
+                    lower(&mut self.due_active, n.timer);
                     return Lookup::Ready(mac);
                 }
                 (_, Some(mac)) => return Lookup::Ready(mac),
@@ -104,6 +123,8 @@ impl NeighborCache {
                 queue: VecDeque::new(),
             },
         );
+        lower(&mut self.due, now + RETRANS_TIMER);
+        lower(&mut self.due_active, now + RETRANS_TIMER);
         Lookup::Pending(Some(NdAction::SolicitMulticast(ip)))
     }
 
@@ -156,6 +177,7 @@ impl NeighborCache {
                 n.state = NeighborState::Stale;
                 n.timer = now;
             }
+            lower(&mut self.due, n.timer);
             let q = std::mem::take(&mut n.queue);
             return Some((mac, q));
         }
@@ -169,6 +191,10 @@ impl NeighborCache {
             };
             n.timer = now + REACHABLE_TIME;
             n.probes = 0;
+            lower(&mut self.due, n.timer);
+            if n.state != NeighborState::Stale {
+                lower(&mut self.due_active, n.timer);
+            }
             let q = std::mem::take(&mut n.queue);
             return Some((mac, q));
         }
@@ -184,10 +210,12 @@ impl NeighborCache {
             if solicited {
                 n.state = NeighborState::Reachable;
                 n.timer = now + REACHABLE_TIME;
+                lower(&mut self.due_active, n.timer);
             } else if changed {
                 n.state = NeighborState::Stale;
                 n.timer = now;
             }
+            lower(&mut self.due, n.timer);
             n.probes = 0;
         }
         None
@@ -200,6 +228,8 @@ impl NeighborCache {
                 n.state = NeighborState::Reachable;
                 n.timer = now + REACHABLE_TIME;
                 n.probes = 0;
+                lower(&mut self.due, n.timer);
+                lower(&mut self.due_active, n.timer);
             }
         }
     }
@@ -208,6 +238,9 @@ impl NeighborCache {
     pub fn poll(&mut self, now: Instant) -> (Vec<NdAction>, usize) {
         let mut actions = Vec::new();
         let mut dropped = 0;
+        if self.due.is_none_or(|d| now < d) {
+            return (actions, dropped);
+        }
         self.entries.retain(|ip, n| {
             if now < n.timer {
                 return true;
@@ -255,16 +288,21 @@ impl NeighborCache {
             }
             true
         });
-        (actions, dropped)
-    }
-
-    /// The earliest timer.
-    pub fn poll_at(&self) -> Option<Instant> {
-        self.entries
+        // Exact again.
+        self.due = self.entries.values().map(|n| n.timer).min();
+        self.due_active = self
+            .entries
             .values()
             .filter(|n| n.state != NeighborState::Stale)
             .map(|n| n.timer)
-            .min()
+            .min();
+        (actions, dropped)
+    }
+
+    /// The earliest timer of an entry not STALE (a STALE entry's timer only ages it out, and
+    /// need not wake anyone); possibly earlier than that, never later.
+    pub fn poll_at(&self) -> Option<Instant> {
+        self.due_active
     }
 
     /// State of an entry (tests, diagnostics).
@@ -300,6 +338,49 @@ mod tests {
         assert_eq!(c.state(&ip).unwrap().0, NeighborState::Delay);
         let (a, _) = c.poll(t1 + DELAY_FIRST_PROBE_TIME);
         assert_eq!(a, vec![NdAction::SolicitUnicast(ip, [2, 0, 0, 0, 0, 1])]);
+    }
+
+    /// The bounds that spare the walk stay bounds through any sequence of operations: never
+    /// later than a timer, so a poll fires every timer due.
+    #[test]
+    fn the_timer_bounds_never_pass_a_timer() {
+        let mut c = NeighborCache::default();
+        let ips: Vec<Ipv6Addr> = (1..=8u16)
+            .map(|i| Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, i))
+            .collect();
+        let mut t = Instant::ZERO;
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for step in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let ip = ips[(x % 8) as usize];
+            let mac = [2, 0, 0, 0, 0, (x >> 8) as u8 % 3];
+            t += Duration::from_millis((x >> 16) % 700);
+            match (x >> 32) % 5 {
+                0 => {
+                    let _ = c.lookup(t, ip);
+                }
+                1 => {
+                    let _ = c.learn(t, ip, mac, x & 1 == 0, x & 2 == 0, x & 4 == 0);
+                }
+                2 => c.confirm(t, ip),
+                _ => {
+                    let _ = c.poll(t);
+                    // Every timer that was due has fired (and been re-armed later or
+                    // removed its entry), walk or no walk.
+                    for n in c.entries.values() {
+                        assert!(n.timer > t, "step {step}: a due timer did not fire");
+                    }
+                }
+            }
+            for n in c.entries.values() {
+                assert!(c.due.is_some_and(|d| d <= n.timer), "step {step}");
+                if n.state != NeighborState::Stale {
+                    assert!(c.poll_at().is_some_and(|d| d <= n.timer), "step {step}");
+                }
+            }
+        }
     }
 
     #[test]
