@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 const SERVER: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xc0, 0, 0, 0, 0, 0, 0x80);
 const PORT: u16 = 80;
-/// Client ports per client address.
-const PORTS: u32 = 50_000;
+/// Client ports per client address, by default: every connection from one or two hosts.
+pub const PORTS: usize = 50_000;
 const MSG: usize = 64;
 
 /// What to measure.
@@ -33,6 +33,10 @@ pub struct Options {
     pub exchanges: usize,
     /// Measurements per count.
     pub repeats: usize,
+    /// Connections per client address: fewer means more clients on the link, each a
+    /// neighbour of the server (its neighbour cache holds at most
+    /// [`ds_stack::ndp::MAX_ENTRIES`]).
+    pub ports_per_client: usize,
 }
 
 /// One connection count's result.
@@ -105,11 +109,9 @@ struct Pair {
 }
 
 impl Pair {
-    fn new(n: usize) -> Pair {
+    fn new(n: usize, ports: usize) -> Pair {
         let clock = Clock::new();
-        let addrs = (0..n.div_ceil(PORTS as usize).max(1))
-            .map(client_addr)
-            .collect();
+        let addrs = (0..n.div_ceil(ports).max(1)).map(client_addr).collect();
         let mut c = Config::new([0x02, 0xc0, 0, 0, 0, 2], addrs);
         c.tcp = cfg();
         let cli = Interface::new(c, clock.now());
@@ -141,7 +143,7 @@ impl Pair {
 }
 
 /// Open `n` connections (the server accepts them all); the client's handles.
-fn open(p: &mut Pair, n: usize) -> Vec<TcpHandle> {
+fn open(p: &mut Pair, n: usize, ports: usize) -> Vec<TcpHandle> {
     let mut cli = Vec::with_capacity(n);
     let mut accepted = 0;
     let remote = SocketAddrV6::new(SERVER, PORT, 0, 0);
@@ -151,12 +153,8 @@ fn open(p: &mut Pair, n: usize) -> Vec<TcpHandle> {
         let upto = (cli.len() + 1000).min(n);
         while cli.len() < upto {
             let i = cli.len();
-            let local = SocketAddrV6::new(
-                client_addr(i / PORTS as usize),
-                (10_000 + i % PORTS as usize) as u16,
-                0,
-                0,
-            );
+            let local =
+                SocketAddrV6::new(client_addr(i / ports), (10_000 + i % ports) as u16, 0, 0);
             let now = p.clock.now();
             cli.push(p.cli.tcp_connect(now, local, remote).expect("connect"));
         }
@@ -239,8 +237,9 @@ pub fn run(o: &Options, mut progress: impl FnMut(&str)) -> Vec<Point> {
     let mut points: Vec<Point> = Vec::new();
     for &n in &o.counts {
         let t = Instant::now();
-        let mut p = Pair::new(n);
-        let cli = open(&mut p, n);
+        let ports = o.ports_per_client.clamp(1, PORTS);
+        let mut p = Pair::new(n, ports);
+        let cli = open(&mut p, n, ports);
         let setup_s = t.elapsed().as_secs_f64();
         progress(&format!("{n} connections open in {setup_s:.1} s"));
         // One unrecorded pass warms the caches and the client's ACK clocking.
@@ -284,10 +283,10 @@ pub fn run(o: &Options, mut progress: impl FnMut(&str)) -> Vec<Point> {
 pub fn table(o: &Options, points: &[Point]) -> String {
     let mut s = format!(
         "dsperf conns: server stack cost per packet, {} exchanges of {MSG} B per measurement, \
-         one connection at a time, median of {} repeats\n\n\
+         one connection at a time, {} connections per client address, median of {} repeats\n\n\
          | connections | ns/packet (min–max) | × the first | packets/exchange | setup s |\n\
          |---|---|---|---|---|\n",
-        o.exchanges, o.repeats
+        o.exchanges, o.ports_per_client, o.repeats
     );
     for p in points {
         s.push_str(&format!(
@@ -314,6 +313,7 @@ mod tests {
             counts: vec![1, 100],
             exchanges: 2_000,
             repeats: 2,
+            ports_per_client: PORTS,
         };
         let pts = run(&o, |_| {});
         assert_eq!(pts.len(), 2);
@@ -324,5 +324,22 @@ mod tests {
             assert!((1.9..=3.1).contains(&p.packets_per_exchange), "{p:?}");
         }
         assert!(table(&o, &pts).contains("| 100 |"));
+    }
+
+    /// One client address per 4 connections: 25 neighbours of the server, each exchange
+    /// still one request, one answer and an ACK.
+    #[test]
+    fn many_clients_on_the_link_measure() {
+        let o = Options {
+            counts: vec![100],
+            exchanges: 2_000,
+            repeats: 1,
+            ports_per_client: 4,
+        };
+        let pts = run(&o, |_| {});
+        assert!(
+            (2.9..=3.1).contains(&pts[0].packets_per_exchange),
+            "{pts:?}"
+        );
     }
 }

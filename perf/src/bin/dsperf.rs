@@ -414,6 +414,10 @@ struct ConnsArgs {
     /// Measurements per count.
     #[arg(long, default_value_t = 5)]
     repeats: usize,
+    /// Connections per client address (at most 50,000, the default): fewer puts more
+    /// clients on the link, each a neighbour of the server (up to 4,096 cached).
+    #[arg(long, default_value_t = ds_perf::conns::PORTS)]
+    ports_per_client: usize,
     /// Print the results as one JSON array.
     #[arg(long)]
     json: bool,
@@ -430,6 +434,7 @@ fn run_conns(a: ConnsArgs) -> Result<()> {
         counts: a.counts,
         exchanges: a.exchanges,
         repeats: a.repeats,
+        ports_per_client: a.ports_per_client,
     };
     let points = ds_perf::conns::run(&o, |line| tracing::info!("{line}"));
     if a.json {
