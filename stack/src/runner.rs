@@ -159,13 +159,21 @@ impl<D: Device> Runner<D> {
                 l.wake_me.ring();
             }
         }
-        for _ in 0..RX_BATCH {
-            match self.dev.recv(&mut self.buf)? {
-                Some(n) => {
-                    let now = self.clock.now();
-                    self.iface.receive(now, &self.buf[..n]);
+        // Parsed where the device holds them when it can (AF_XDP: in the UMEM), else copied
+        // out one at a time.
+        let (dev, iface, clock) = (&mut self.dev, &mut self.iface, self.clock);
+        let in_place = dev.recv_in_place(RX_BATCH, &mut |frame| {
+            iface.receive(clock.now(), frame);
+        })?;
+        if in_place.is_none() {
+            for _ in 0..RX_BATCH {
+                match self.dev.recv(&mut self.buf)? {
+                    Some(n) => {
+                        let now = self.clock.now();
+                        self.iface.receive(now, &self.buf[..n]);
+                    }
+                    None => break,
                 }
-                None => break,
             }
         }
         let now = self.clock.now();

@@ -416,33 +416,52 @@ impl XskSocket {
     /// Copy the next received frame into `buf` (truncated to its length); the UMEM frame goes
     /// straight back to the fill ring.
     pub fn recv(&mut self, buf: &mut [u8]) -> Option<usize> {
-        if self.rx.available() == 0 {
-            return None;
+        let mut got = None;
+        self.recv_batch(1, &mut |frame| {
+            let len = frame.len().min(buf.len());
+            buf[..len].copy_from_slice(&frame[..len]);
+            got = Some(len);
+        });
+        got
+    }
+
+    /// Hand up to `max` received frames to `f` where they lie in the UMEM, without copying
+    /// them; the RX consumer and fill producer indices are published once for the batch, after
+    /// `f` has seen every frame (the kernel writes a frame only once it is back in the fill
+    /// ring). Returns how many frames `f` saw.
+    pub fn recv_batch(&mut self, max: usize, f: &mut dyn FnMut(&[u8])) -> usize {
+        let n = (self.rx.available() as usize).min(max);
+        if n == 0 {
+            return 0;
         }
-        let idx = self.rx.local;
-        // SAFETY: `idx` is an entry the kernel produced and we have not consumed.
-        let d = unsafe { std::ptr::read(self.rx.desc_at(idx)) };
-        let len = (d.len as usize).min(buf.len());
-        let off = d.addr as usize;
-        if off + len <= self.umem.len {
-            // SAFETY: the range lies within the UMEM, and the kernel does not write a frame
-            // it handed to us until we give it back through the fill ring.
-            let src = unsafe { std::slice::from_raw_parts(self.umem.ptr.add(off), len) };
-            buf[..len].copy_from_slice(src);
+        let mut seen = 0;
+        for _ in 0..n {
+            let idx = self.rx.local;
+            // SAFETY: `idx` is an entry the kernel produced and we have not consumed.
+            let d = unsafe { std::ptr::read(self.rx.desc_at(idx)) };
+            let (off, len) = (d.addr as usize, d.len as usize);
+            if off.checked_add(len).is_some_and(|end| end <= self.umem.len) {
+                // SAFETY: the range lies within the UMEM, and the kernel does not write this
+                // frame until we publish it in the fill ring, after `f` returned (the borrow
+                // ends with the call).
+                let frame = unsafe { std::slice::from_raw_parts(self.umem.ptr.add(off), len) };
+                f(frame);
+                seen += 1;
+            }
+            self.rx.local = idx.wrapping_add(1);
+            // Recycle: the fill ring has room for every RX frame we own.
+            if self.fill.free() > 0 {
+                let chunk = d.addr & !(u64::from(self.frame_size) - 1);
+                let s = self.fill.local;
+                // SAFETY: slot `s` is free (checked) and ours until published.
+                unsafe { *self.fill.u64_at(s) = chunk };
+                self.fill.local = s.wrapping_add(1);
+            }
         }
-        self.rx.local = idx.wrapping_add(1);
         Ring::store(self.rx.consumer, self.rx.local);
-        // Recycle: the fill ring has room for every RX frame we own.
-        if self.fill.free() > 0 {
-            let chunk = d.addr & !(u64::from(self.frame_size) - 1);
-            let f = self.fill.local;
-            // SAFETY: slot `f` is free (checked) and ours until published.
-            unsafe { *self.fill.u64_at(f) = chunk };
-            self.fill.local = f.wrapping_add(1);
-            Ring::store(self.fill.producer, self.fill.local);
-        }
-        self.stats.rx_frames += 1;
-        Some(len)
+        Ring::store(self.fill.producer, self.fill.local);
+        self.stats.rx_frames += seen as u64;
+        seen
     }
 
     /// Take back frames whose transmission completed.

@@ -402,11 +402,8 @@ impl<D> Recording<D> {
     }
 
     fn note(&mut self, f: &[u8]) {
-        if !self.on {
-            return;
-        }
-        if let Some(f) = parse(Instant::now(), f) {
-            self.log.push(f);
+        if self.on {
+            self.log.extend(parse(Instant::now(), f));
         }
     }
 }
@@ -418,6 +415,19 @@ impl<D: ds_stack::device::Device> ds_stack::device::Device for Recording<D> {
             self.note(&buf[..n]);
         }
         Ok(r)
+    }
+    fn recv_in_place(
+        &mut self,
+        max: usize,
+        f: &mut dyn FnMut(&[u8]),
+    ) -> std::io::Result<Option<usize>> {
+        let Self { inner, on, log } = self;
+        inner.recv_in_place(max, &mut |frame| {
+            if *on {
+                log.extend(parse(Instant::now(), frame));
+            }
+            f(frame)
+        })
     }
     fn send(&mut self, frame: &[u8]) -> std::io::Result<()> {
         self.note(frame);

@@ -70,6 +70,13 @@ pub fn virtio_net_hdr(gso: Option<Gso>) -> [u8; VIRTIO_NET_HDR_LEN] {
 pub trait Device {
     /// Copy the next received frame into `buf`; `Ok(None)` if none is pending.
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>>;
+    /// Hand up to `max` received frames to `f` where the device holds them, without copying
+    /// them out first: `Ok(Some(n))` when it did (`n` frames, 0 when none was pending),
+    /// `Ok(None)` (the default) when this device cannot, and [`Device::recv`] is the way.
+    fn recv_in_place(&mut self, max: usize, f: &mut dyn FnMut(&[u8])) -> io::Result<Option<usize>> {
+        let _ = (max, f);
+        Ok(None)
+    }
     /// Queue one frame for transmission.
     fn send(&mut self, frame: &[u8]) -> io::Result<()>;
     /// The most TCP payload octets one super-frame may carry ([`Device::send_gso`]); 0 (the
@@ -111,6 +118,9 @@ pub trait Device {
 impl<D: Device + ?Sized> Device for Box<D> {
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
         (**self).recv(buf)
+    }
+    fn recv_in_place(&mut self, max: usize, f: &mut dyn FnMut(&[u8])) -> io::Result<Option<usize>> {
+        (**self).recv_in_place(max, f)
     }
     fn send(&mut self, frame: &[u8]) -> io::Result<()> {
         (**self).send(frame)
