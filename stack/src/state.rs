@@ -449,6 +449,7 @@ impl Tcb {
         if s.srtt_us > 0 {
             t.srtt = Some(Duration::from_micros(s.srtt_us.into()));
             t.rttvar = Duration::from_micros(s.rttvar_us.into());
+            t.rtt_inherited = true;
         }
         t.backoff = s
             .in_flight

@@ -270,6 +270,9 @@ pub struct Tcb {
 
     // RTT estimation, RFC 6298.
     pub(crate) srtt: Option<Duration>,
+    /// SRTT and RTTVAR came with a moved connection: measured on the donor's path, not ours.
+    /// They set the RTO until our first sample, which then counts as the first measurement.
+    pub(crate) rtt_inherited: bool,
     pub(crate) rttvar: Duration,
     pub(crate) rto: Duration,
     pub(crate) backoff: u32,
@@ -402,6 +405,7 @@ impl Tcb {
             ts_offset: iss.rotate_left(13),
             sack_ok: false,
             srtt: None,
+            rtt_inherited: false,
             rttvar: Duration::ZERO,
             rto,
             backoff: 0,
@@ -1118,6 +1122,11 @@ impl Tcb {
     /// RFC 6298 §2.2–§2.3.
     fn rtt_sample(&mut self, r: Duration) {
         let r = r.max(Duration::from_micros(1));
+        // RFC 6298 §2.2: the first measurement on this path replaces an estimate the
+        // connection brought from another host's path.
+        if std::mem::take(&mut self.rtt_inherited) {
+            self.srtt = None;
+        }
         match self.srtt {
             None => {
                 self.srtt = Some(r);
@@ -1346,6 +1355,12 @@ impl Tcb {
     fn arm_tlp(&mut self, now: Instant) {
         self.t_tlp = None;
         let Some(srtt) = self.srtt else { return };
+        // RFC 8985 §7.2 sets the probe timeout from this path's SRTT; an inherited one may be
+        // far shorter (the donor sat next to the client's home agent), and every probe would
+        // be a spurious retransmission. The RTO covers a lost tail until we have a sample.
+        if self.rtt_inherited {
+            return;
+        }
         if self.recovery.is_some()
             || self.tlp_out
             || self.snd_una == self.snd_max

@@ -368,6 +368,42 @@ fn replies_to_unacceptable_pure_acks_are_rate_limited() {
     }
 }
 
+/// A connection moved to another host brings its SRTT from the donor's path. Until the
+/// acceptor measures its own path, no tail loss probe (an inherited 180 µs SRTT gave 10 ms
+/// probes on a 20 ms path: a spurious retransmission per flight); the first sample then
+/// replaces the inherited estimate (RFC 6298 §2.2) instead of being averaged into it.
+#[test]
+fn an_inherited_rtt_arms_no_probe_and_yields_to_the_first_sample() {
+    let (mut c, s) = handshake();
+    let mut now = t0() + Duration::from_millis(1);
+    let mut st = s.to_state(now).expect("state");
+    st.srtt_us = 180;
+    st.rttvar_us = 90;
+    let mut s = Tcb::from_state(&st, &cfg(), now);
+    assert!(s.rtt_inherited);
+    // More than a segment in flight: a probe would come 2·SRTT (at least 10 ms) later.
+    s.send(&[0x5a; 4000]);
+    let data = collect(&mut s, now);
+    assert!(data.len() >= 3);
+    assert!(s.t_tlp.is_none(), "a probe armed on the donor's RTT");
+    assert!(s.t_rto.is_some(), "the RTO still covers the tail");
+    // The client's ACK comes 20 ms later.
+    now += Duration::from_millis(20);
+    for d in &data {
+        c.on_segment(now, &seg_in(d));
+    }
+    c.ack_now = true;
+    for a in collect(&mut c, now) {
+        s.on_segment(now, &seg_in(&a));
+    }
+    assert!(!s.rtt_inherited);
+    let srtt = s.srtt.expect("sampled");
+    assert!(
+        srtt >= Duration::from_millis(19),
+        "the first sample was averaged with the inherited SRTT: {srtt:?}"
+    );
+}
+
 /// Send `n` full segments from s; return them.
 fn burst(s: &mut Tcb, now: Instant, n: usize) -> Vec<Wire> {
     let mss = s.eff_mss() as usize;
