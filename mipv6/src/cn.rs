@@ -236,10 +236,6 @@ pub struct Correspondent {
     nonces: NonceTable,
     cache: HashMap<Ipv6Addr, CacheEntry>,
     last_be: HashMap<Ipv6Addr, Instant>,
-    /// [`Correspondent::poll_at`], kept up to date when the cache changes (a Binding Update,
-    /// a binding first used, a poll that expired or refreshed something), so that neither a
-    /// poll with nothing due nor the next-wake-up question walks every binding.
-    next_at: Option<Instant>,
 }
 
 impl Correspondent {
@@ -250,7 +246,6 @@ impl Correspondent {
             nonces: NonceTable::new(kcn, nonce_key),
             cache: HashMap::new(),
             last_be: HashMap::new(),
-            next_at: None,
         }
     }
 
@@ -341,11 +336,7 @@ impl Correspondent {
                     },
                 )
             }
-            MhMessage::BindingUpdate(_) => {
-                let out = self.on_binding_update(now, meta, p.bytes(), &repr);
-                self.next_at = self.compute_next_at();
-                out
-            }
+            MhMessage::BindingUpdate(_) => self.on_binding_update(now, meta, p.bytes(), &repr),
             // §9.2: unknown MH type → Binding Error status 2 to the source.
             MhMessage::Unknown { .. } => {
                 let be = MhRepr::new(
@@ -744,10 +735,7 @@ impl Correspondent {
             if let Some((_, fid, f)) = best {
                 let bid = f.bid;
                 let care_of = e.bids.get(&bid).map(|b| b.care_of)?;
-                let first = !std::mem::replace(&mut e.used, true);
-                if first {
-                    self.next_at = self.compute_next_at();
-                }
+                e.used = true;
                 return Some(Route {
                     care_of,
                     via: RouteVia::Flow { fid, bid },
@@ -756,9 +744,7 @@ impl Correspondent {
         }
         let b = e.main.as_ref().filter(|b| live(b))?;
         let care_of = b.care_of;
-        if !std::mem::replace(&mut e.used, true) {
-            self.next_at = self.compute_next_at();
-        }
+        e.used = true;
         Some(Route {
             care_of,
             via: RouteVia::HomeAddress,
@@ -797,9 +783,6 @@ impl Correspondent {
     pub fn poll(&mut self, now: Instant) -> Vec<Transmit> {
         self.nonces.refresh(now);
         let mut out = Vec::new();
-        if self.next_at.is_none_or(|t| now < t) {
-            return out;
-        }
         let refresh_before = self.config.refresh_before;
         self.cache.retain(|home, e| {
             if e.main.as_ref().is_some_and(|b| now >= b.expires) {
@@ -828,16 +811,11 @@ impl Correspondent {
             }
             true
         });
-        self.next_at = self.compute_next_at();
         out
     }
 
     /// When [`Correspondent::poll`] should next run: the earliest expiry or refresh time.
     pub fn poll_at(&self) -> Option<Instant> {
-        self.next_at
-    }
-
-    fn compute_next_at(&self) -> Option<Instant> {
         self.cache
             .values()
             .filter_map(|e| {
