@@ -126,7 +126,8 @@ pub fn estimate(
         }
         v
     };
-    // Experiment 2: the same points, more downloads each.
+    // Experiment 2: the same points, more downloads each; no wire model (so the time per
+    // download carries over whole).
     let decomp = |s: &Size| vec![0.0; shape.decomp_points * s.decomp_sessions as usize];
     let sweep = |s: &Size| -> Vec<f64> {
         let mut v = Vec::new();
@@ -163,15 +164,7 @@ pub fn estimate(
     ];
     for (name, units) in experiments {
         if let Some(&wall) = walls.get(name) {
-            if name == "decomp" {
-                // No wire model: the same points, so the time per download carries over.
-                let (d, o) = (units(done).len(), units(size).len());
-                if d > 0 {
-                    out.insert(name.to_string(), wall * o as f64 / d as f64);
-                }
-            } else {
-                out.insert(name.to_string(), scaled(wall, &units(done), &units(size)));
-            }
+            out.insert(name.to_string(), scaled(wall, &units(done), &units(size)));
         }
     }
     out
