@@ -42,17 +42,12 @@ fn handoffs_on_the_seed_testbed_report_their_phases() {
         return;
     };
     let mut bed = Fig1::build().expect("testbed");
-    let o = decomp::Options {
-        paths: vec!["user->user".into(), "kernel->kernel".into()],
-        modes: vec![ds_handoff::Mode::Transparent],
-        bandwidths: vec![None],
-        drains: vec![DrainChoice::Immediate, DrainChoice::Acked],
-        sessions: 2,
-        size: 1_000_000,
-        handoff_at: 500_000,
-        cs_ms: 0.0,
-        ss_ms: 0.0,
-    };
+    let o = decomp::Options::table1(
+        vec!["user->user".into(), "kernel->kernel".into()],
+        vec![ds_handoff::Mode::Transparent],
+        vec![None],
+        2,
+    );
     let r = decomp::run(&mut bed, &o, &|_| {}).expect("experiment 2");
     assert_eq!(r.points.len(), 4);
     for p in &r.points {

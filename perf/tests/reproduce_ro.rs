@@ -13,24 +13,18 @@ use ds_testbed::exclusive;
 /// (phases 4 and 5), and every download is byte-exact with its gap seen at the client.
 #[test]
 fn route_optimised_handoffs_on_the_seed_testbed_bind_the_client() {
-    use ds_perf::handoff::DrainChoice;
     use ds_perf::reproduce::decomp;
     let Some(_one) = exclusive("route_optimised_handoffs_on_the_seed_testbed_bind_the_client")
     else {
         return;
     };
     let mut bed = Fig1::build().expect("testbed");
-    let o = decomp::Options {
-        paths: vec!["user->user".into(), "kernel->kernel".into()],
-        modes: vec![ds_handoff::Mode::Ro],
-        bandwidths: vec![None],
-        drains: vec![DrainChoice::Immediate, DrainChoice::Acked],
-        sessions: 2,
-        size: 1_000_000,
-        handoff_at: 500_000,
-        cs_ms: 0.0,
-        ss_ms: 0.0,
-    };
+    let o = decomp::Options::table1(
+        vec!["user->user".into(), "kernel->kernel".into()],
+        vec![ds_handoff::Mode::Ro],
+        vec![None],
+        2,
+    );
     let r = decomp::run(&mut bed, &o, &|_| {}).expect("experiment 2, route-optimised");
     // Kernel sockets cannot be route-optimised: only user->user ran.
     assert_eq!(r.points.len(), 2, "{:?}", r.points);

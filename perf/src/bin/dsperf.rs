@@ -159,7 +159,6 @@ struct ReproduceArgs {
 }
 
 fn run_reproduce(a: ReproduceArgs) -> Result<()> {
-    use ds_perf::handoff::DrainChoice;
     use ds_perf::reproduce::{access, decomp, figure2, report, testbed::Fig1};
     let started = std::time::Instant::now();
     if let Some(f) = &a.render {
@@ -191,24 +190,18 @@ fn run_reproduce(a: ReproduceArgs) -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
     use ds_perf::reproduce::size::{Shape, Size};
     let size = if a.full { Size::full() } else { Size::quick() }.with_sessions(a.sessions);
-    let paths_modes = a
-        .paths
-        .iter()
-        .map(|p| {
-            // Route optimisation runs on user->user only.
-            modes
-                .iter()
-                .filter(|&&m| m == ds_handoff::Mode::Transparent || p == "user->user")
-                .count()
-        })
-        .sum::<usize>();
+    let table1 = decomp::Options::table1(
+        a.paths.clone(),
+        modes.clone(),
+        vec![None, Some(100.0), Some(2.0), Some(1.5), Some(1.0)],
+        size.decomp_sessions,
+    );
     let shape = Shape {
         rounds: a.rounds,
-        // Five upstreams (unshaped, 100, 2, 1.5, 1 Mbit/s), two drains.
-        decomp_points: paths_modes * 5 * 2,
+        decomp_points: table1.points(),
         sweep_modes: modes.len(),
         state_mbit: vec![2.0, 1.5, 1.0],
-        size: 1_000_000,
+        size: table1.size,
     };
     let progress = |line: &str| tracing::info!("{line}");
     let mut bed = Fig1::build()?;
@@ -255,19 +248,8 @@ fn run_reproduce(a: ReproduceArgs) -> Result<()> {
             timed("access", t);
         }
         if a.only.iter().any(|e| e == "decomp") {
-            let o = decomp::Options {
-                paths: a.paths.clone(),
-                modes: modes.clone(),
-                bandwidths: vec![None, Some(100.0), Some(2.0), Some(1.5), Some(1.0)],
-                drains: vec![DrainChoice::Immediate, DrainChoice::Acked],
-                sessions: size.decomp_sessions,
-                size: shape.size,
-                handoff_at: shape.size / 2,
-                cs_ms: 0.0,
-                ss_ms: 0.0,
-            };
             let t = std::time::Instant::now();
-            let r = decomp::run(&mut bed, &o, &progress)?;
+            let r = decomp::run(&mut bed, &table1, &progress)?;
             text.push('\n');
             text.push_str(&decomp::table(&r));
             results.decomp = Some(r);

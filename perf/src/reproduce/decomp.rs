@@ -130,6 +130,47 @@ pub struct Report {
     pub points: Vec<Point>,
 }
 
+impl Options {
+    /// The seed's Table 1 setting: 1 MB downloads handed off at 500 kB, both drains, no path
+    /// latency; on `paths` × `modes` at each of `bandwidths`, `sessions` downloads per point.
+    pub fn table1(
+        paths: Vec<String>,
+        modes: Vec<Mode>,
+        bandwidths: Vec<Option<f64>>,
+        sessions: u32,
+    ) -> Options {
+        Options {
+            paths,
+            modes,
+            bandwidths,
+            drains: vec![DrainChoice::Immediate, DrainChoice::Acked],
+            sessions,
+            size: 1_000_000,
+            handoff_at: 500_000,
+            cs_ms: 0.0,
+            ss_ms: 0.0,
+        }
+    }
+
+    /// How many points [`run`] measures (route optimisation only where both nodes are on our
+    /// stack; a path that does not parse, none).
+    pub fn points(&self) -> usize {
+        let pairs: usize = self
+            .paths
+            .iter()
+            .filter_map(|p| p.parse::<HandoffPath>().ok())
+            .map(|hp| self.modes.iter().filter(|&&m| runs(&hp, m)).count())
+            .sum();
+        pairs * self.drains.len() * self.bandwidths.len()
+    }
+}
+
+/// Whether `mode` runs on `hp`: kernel sockets cannot carry Mobile IPv6's headers here, so
+/// route optimisation needs both nodes on our stack.
+fn runs(hp: &HandoffPath, mode: Mode) -> bool {
+    mode != Mode::Ro || (hp.side(0) == Side::User && hp.side(1) == Side::User)
+}
+
 /// Results saved before the kernel path was measured were all `user->user`.
 fn user_user() -> Vec<String> {
     vec![user_user_one()]
@@ -411,9 +452,8 @@ pub fn run(bed: &mut Fig1, o: &Options, progress: &dyn Fn(&str)) -> Result<Repor
         for i in 0..2 {
             bed.set_side(i, hp.side(i))?;
         }
-        let user_user = hp.side(0) == Side::User && hp.side(1) == Side::User;
         for &mode in &o.modes {
-            if mode == Mode::Ro && !user_user {
+            if !runs(&hp, mode) {
                 progress(&format!(
                     "handoff decomposition: {path}: no route optimisation (kernel sockets \
                      cannot carry Mobile IPv6's headers here)"
@@ -667,7 +707,19 @@ pub fn sweep_table(v: &[SweepPoint]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::p99;
+    use super::{p99, Mode, Options};
+
+    #[test]
+    fn route_optimisation_counts_only_where_both_nodes_are_ours() {
+        let o = Options::table1(
+            vec!["user->user".into(), "kernel->kernel".into(), "nonsense".into()],
+            vec![Mode::Transparent, Mode::Ro],
+            vec![None, Some(2.0)],
+            3,
+        );
+        // user->user: both modes; kernel->kernel: transparent only; × 2 drains × 2 rates.
+        assert_eq!(o.points(), 3 * 2 * 2);
+    }
 
     #[test]
     fn p99_of_a_hundred_values_is_the_99th() {
