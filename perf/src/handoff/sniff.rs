@@ -207,22 +207,16 @@ fn parse(at: Instant, f: &[u8]) -> Option<Frame> {
     })
 }
 
-/// The TSval of a timestamp option (kind 8, RFC 7323 §3) among TCP options.
+/// The TSval of a timestamp option (RFC 7323 §3) among TCP options (smoltcp's option
+/// parser, as the stack's).
 fn tcp_tsval(mut opts: &[u8]) -> Option<u32> {
-    while let Some(&kind) = opts.first() {
-        match kind {
-            0 => return None,
-            1 => opts = &opts[1..],
-            _ => {
-                let len = *opts.get(1)? as usize;
-                if len < 2 || len > opts.len() {
-                    return None;
-                }
-                if kind == 8 && len == 10 {
-                    return Some(u32::from_be_bytes([opts[2], opts[3], opts[4], opts[5]]));
-                }
-                opts = &opts[len..];
-            }
+    use smoltcp::wire::TcpOption;
+    while !opts.is_empty() {
+        let (rest, o) = TcpOption::parse(opts).ok()?;
+        match o {
+            TcpOption::TimeStamp { tsval, .. } => return Some(tsval),
+            TcpOption::EndOfList => return None,
+            _ => opts = rest,
         }
     }
     None
@@ -461,6 +455,17 @@ impl<D: ds_stack::device::Device> ds_stack::device::Device for Recording<D> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_timestamp_option_is_found_among_others() {
+        // NOP, NOP, timestamps (TSval 0x01020304), as Linux lays them out; then SACK-permitted
+        // first and no timestamps.
+        let ts = [1, 1, 8, 10, 1, 2, 3, 4, 0, 0, 0, 9];
+        assert_eq!(tcp_tsval(&ts), Some(0x0102_0304));
+        assert_eq!(tcp_tsval(&[4, 2, 1, 1, 0, 0, 0, 0]), None);
+        // Cut short: no panic, nothing.
+        assert_eq!(tcp_tsval(&[8, 10, 1, 2]), None);
+    }
 
     #[test]
     fn gap_and_duplicates() {

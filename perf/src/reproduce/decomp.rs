@@ -712,7 +712,11 @@ mod tests {
     #[test]
     fn route_optimisation_counts_only_where_both_nodes_are_ours() {
         let o = Options::table1(
-            vec!["user->user".into(), "kernel->kernel".into(), "nonsense".into()],
+            vec![
+                "user->user".into(),
+                "kernel->kernel".into(),
+                "nonsense".into(),
+            ],
             vec![Mode::Transparent, Mode::Ro],
             vec![None, Some(2.0)],
             3,
