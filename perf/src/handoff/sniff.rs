@@ -289,6 +289,11 @@ pub fn gap(log: &[Seen], boundary: u32) -> Option<Duration> {
 /// from the acceptor's side (`acceptor`). Unlike [`gap`], it does not depend on where the
 /// sequence boundary lies, so data the donor had in flight when it froze counts as the
 /// donor's.
+///
+/// Only the connection the capture saw open counts (the client port of the first SYN to
+/// `server`:`port`): an earlier download's connection that the acceptor still serves, or
+/// whose segments still sit in a shaped queue, sends from the same address and port, and
+/// its first segment would otherwise pass for the acceptor's first.
 pub fn sender_gap(
     frames: &[Frame],
     server: Ipv6Addr,
@@ -296,10 +301,20 @@ pub fn sender_gap(
     donor: [u8; 6],
     acceptor: [u8; 6],
 ) -> Option<Duration> {
+    const SYN: u8 = 0x02;
+    const ACK: u8 = 0x10;
+    let client_port = frames.iter().find_map(|f| match f.tcp {
+        Some((sp, dp, _, _)) if f.dst == server && dp == port && f.flags & (SYN | ACK) == SYN => {
+            Some(sp)
+        }
+        _ => None,
+    });
     let data: Vec<&Frame> = frames
         .iter()
         .filter(|f| {
-            f.src == server && matches!(f.tcp, Some((sp, _, _, len)) if sp == port && len > 0)
+            f.src == server
+                && matches!(f.tcp, Some((sp, dp, _, len))
+                    if sp == port && len > 0 && client_port.is_none_or(|c| c == dp))
         })
         .collect();
     let first = data.iter().position(|f| f.src_mac == acceptor)?;
@@ -465,6 +480,46 @@ mod tests {
         assert_eq!(tcp_tsval(&[4, 2, 1, 1, 0, 0, 0, 0]), None);
         // Cut short: no panic, nothing.
         assert_eq!(tcp_tsval(&[8, 10, 1, 2]), None);
+    }
+
+    #[test]
+    fn the_sender_gap_counts_only_the_captured_connection() {
+        let t = Instant::now();
+        let server = Ipv6Addr::LOCALHOST;
+        let client: Ipv6Addr = "fd00::c".parse().unwrap();
+        let (donor, acceptor, other) = ([1; 6], [2; 6], [3; 6]);
+        let f = |ms: u64, mac, src, dst, tcp: (u16, u16, u32, u32), flags| Frame {
+            at: t + Duration::from_millis(ms),
+            src_mac: mac,
+            src,
+            dst,
+            hao: false,
+            rh2: false,
+            tcp: Some(tcp),
+            flags,
+            ack: 0,
+            tsval: None,
+        };
+        let log = [
+            // A segment of an earlier connection (client port 1111), still sent by the
+            // acceptor, before this connection's handoff.
+            f(0, acceptor, server, client, (80, 1111, 7, 100), 0x10),
+            f(1, other, client, server, (2222, 80, 0, 0), 0x02),
+            f(2, donor, server, client, (80, 2222, 1, 100), 0x10),
+            f(3, acceptor, server, client, (80, 1111, 107, 100), 0x10),
+            f(4, donor, server, client, (80, 2222, 101, 100), 0x10),
+            f(9, acceptor, server, client, (80, 2222, 201, 100), 0x10),
+        ];
+        assert_eq!(
+            sender_gap(&log, server, 80, donor, acceptor),
+            Some(Duration::from_millis(5))
+        );
+        // Without the SYN (a capture that began late), every connection counts: the stray
+        // segment at 3 ms is then taken for the acceptor's first.
+        assert_eq!(
+            sender_gap(&log[2..], server, 80, donor, acceptor),
+            Some(Duration::from_millis(1))
+        );
     }
 
     #[test]
