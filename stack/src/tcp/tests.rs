@@ -722,7 +722,7 @@ fn nagle_holds_only_behind_an_unacknowledged_small_segment() {
 }
 
 /// An ACK solicited while data is still unsent is probed for right after the last segment
-/// leaves, in the same transmit pass (RFC 9293 §3.8.4 probe: SEG.SEQ = SND.UNA − 1, no data).
+/// leaves, in the same transmit pass (the probe: the last octet of data once more).
 #[test]
 fn ack_solicited_before_the_last_send_follows_it() {
     let (_c, mut s) = handshake();
@@ -734,12 +734,83 @@ fn ack_solicited_before_the_last_send_follows_it() {
     let lens: Vec<usize> = v.iter().map(|w| w.payload.len()).collect();
     assert_eq!(
         lens,
-        vec![mss, mss, 10, 0],
+        vec![mss, mss, 10, 1],
         "three segments, then the probe"
     );
-    let probe = &v[3].seg;
-    assert_eq!(probe.seq, v[0].seg.seq.wrapping_sub(1));
+    let probe = &v[3];
+    assert_eq!(probe.seg.seq, v[2].seg.seq.wrapping_add(9));
+    assert_eq!(probe.payload, vec![1]);
     // Nothing unacknowledged and nothing unsent: nothing to solicit.
     let (_c2, mut idle) = handshake();
     assert!(!idle.solicit_ack());
+}
+
+/// A drain keeps soliciting until everything is acknowledged: when the tail and the first
+/// probe are lost, the retransmission that repairs them is followed by a probe of its own,
+/// so that a receiver left with nothing out of order does not hold its ACK for its
+/// delayed-ACK timer. The probe carries data, so a receiver that just answered an
+/// unacceptable empty segment (and so answers no other for 500 ms) still answers it.
+#[test]
+fn a_drain_probes_again_after_each_retransmission() {
+    let (mut c, mut s) = handshake();
+    c.cfg.delayed_ack = Some(Duration::from_millis(40));
+    let now = t0();
+    let mss = s.eff_mss() as usize;
+    s.send(&vec![1; 3 * mss + 200]);
+    assert!(s.solicit_ack(), "deferred until sent");
+    let v = collect(&mut s, now);
+    let lens: Vec<usize> = v.iter().map(|w| w.payload.len()).collect();
+    assert_eq!(
+        lens,
+        vec![mss, mss, mss, 200, 1],
+        "the data, then the probe"
+    );
+    let end = v[3].seg.seq.wrapping_add(200);
+    assert_eq!(v[4].seg.seq, end.wrapping_sub(1), "the last octet again");
+    // The last full segment, the tail and the probe are lost; the two first arrive.
+    for w in &v[..2] {
+        c.on_segment(now, &seg_in(w));
+    }
+    for w in collect(&mut c, now) {
+        s.on_segment(now, &seg_in(&w));
+    }
+    // The receiver answers one stale empty segment (and then none for 500 ms).
+    let later = now + Duration::from_millis(300);
+    let stale = Wire {
+        seg: v[0].seg,
+        payload: Vec::new(),
+    };
+    c.on_segment(later, &seg_in(&stale));
+    assert_eq!(collect(&mut c, later).len(), 1, "the one reply allowed");
+    // A timer resends part of what is missing; the pass ends with a probe again.
+    s.on_timer(later);
+    let r = collect(&mut s, later);
+    assert!(
+        !r.is_empty() && !r[0].payload.is_empty(),
+        "a retransmission first"
+    );
+    let last = r.last().map(|w| (w.payload.len(), w.seg.seq));
+    assert_eq!(last, Some((1, end.wrapping_sub(1))), "then a probe");
+    // The receiver answers at once: it does not wait for its 40 ms timer.
+    for w in &r {
+        c.on_segment(later, &seg_in(w));
+    }
+    assert!(!collect(&mut c, later).is_empty(), "an immediate ACK");
+    // The rest comes back after a timeout, and once everything is acknowledged the
+    // solicitation ends: no probe after later sends.
+    let mut rto = later;
+    for _ in 0..5 {
+        rto += Duration::from_secs(2);
+        s.on_timer(rto);
+        c.on_timer(rto);
+        exchange(&mut s, &mut c, rto);
+    }
+    assert_eq!(s.snd_una, s.snd_max);
+    assert!(!s.draining && !s.drain_probe_owed);
+    s.send(&[2; 10]);
+    let after = collect(&mut s, rto);
+    assert_eq!(
+        after.iter().map(|w| w.payload.len()).collect::<Vec<_>>(),
+        vec![10]
+    );
 }
