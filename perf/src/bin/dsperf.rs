@@ -140,6 +140,24 @@ struct ReproduceArgs {
     /// client, a correspondent node on our stack; user->user only).
     #[arg(long, value_delimiter = ',', default_value = "transparent,ro")]
     modes: Vec<String>,
+    /// Experiment 2's upstream bandwidths in Mbit/s, comma-separated; `unshaped` for none
+    /// (the seed's Table 1 columns by default; fewer, with more --sessions, to study a cell).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "unshaped,100,2,1.5,1",
+        value_parser = parse_bandwidth
+    )]
+    bandwidths: Vec<Option<f64>>,
+    /// Experiment 2's drain policies, comma-separated (immediate: the seed's freeze right
+    /// after the last send; acked: once the client acknowledged everything).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "immediate,acked"
+    )]
+    drains: Vec<ds_perf::handoff::DrainChoice>,
     /// Round trips per access-latency point.
     #[arg(long, default_value_t = 100)]
     rounds: u32,
@@ -190,12 +208,13 @@ fn run_reproduce(a: ReproduceArgs) -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
     use ds_perf::reproduce::size::{Shape, Size};
     let size = if a.full { Size::full() } else { Size::quick() }.with_sessions(a.sessions);
-    let table1 = decomp::Options::table1(
+    let mut table1 = decomp::Options::table1(
         a.paths.clone(),
         modes.clone(),
-        vec![None, Some(100.0), Some(2.0), Some(1.5), Some(1.0)],
+        a.bandwidths.clone(),
         size.decomp_sessions,
     );
+    table1.drains = a.drains.clone();
     let shape = Shape {
         rounds: a.rounds,
         decomp_points: table1.points(),
@@ -694,6 +713,17 @@ struct HandoffArgs {
     /// (dsnode --no-super-frames).
     #[arg(long)]
     no_super_frames: bool,
+}
+
+/// An upstream bandwidth for `--bandwidths`: Mbit/s, or `unshaped`.
+fn parse_bandwidth(s: &str) -> Result<Option<f64>, String> {
+    if s == "unshaped" {
+        return Ok(None);
+    }
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(Some(v)),
+        _ => Err(format!("{s:?}: Mbit/s above 0, or `unshaped`")),
+    }
 }
 
 fn parse_mode(s: &str) -> Result<ds_handoff::Mode, String> {

@@ -317,6 +317,8 @@ pub struct Tcb {
     pub(crate) draining: bool,
     /// A segment with data left during the drain: probe once the pass is over.
     pub(crate) drain_probe_owed: bool,
+    /// The drain's first probe has gone (the next ones carry an octet).
+    pub(crate) drain_probed: bool,
     pub(crate) t_close: Option<Instant>,
     /// Tail loss probe timer (RFC 8985 §7).
     pub(crate) t_tlp: Option<Instant>,
@@ -432,6 +434,7 @@ impl Tcb {
             ka_probe_due: false,
             draining: false,
             drain_probe_owed: false,
+            drain_probed: false,
             t_close: None,
             t_tlp: None,
             tlp_out: false,
@@ -551,8 +554,8 @@ impl Tcb {
 
     /// Ask the peer for an immediate acknowledgment once everything queued has been sent,
     /// and again after every later transmit pass until all is acknowledged, instead of
-    /// waiting for its delayed-ACK timer (RFC 9293 §3.8.6.3 allows up to 500 ms): the probe
-    /// is the last octet of data sent once more (see `drain_probe`).
+    /// waiting for its delayed-ACK timer (RFC 9293 §3.8.6.3 allows up to 500 ms; see
+    /// `drain_probe` for what the probes are).
     ///
     /// With data still unsent the probe follows its last segment (the caller need not look
     /// again when that leaves: a donor's drain used to wait for its next wake-up, a
@@ -572,6 +575,9 @@ impl Tcb {
         let all_sent = !lt(self.snd_max, self.data_end());
         if all_sent && self.snd_una == self.snd_max {
             return false;
+        }
+        if !self.draining {
+            self.drain_probed = false;
         }
         self.draining = true;
         self.drain_probe_owed = true;
@@ -1249,6 +1255,7 @@ impl Tcb {
                     // All acknowledged: the solicitation is answered.
                     self.draining = false;
                     self.drain_probe_owed = false;
+                    self.drain_probed = false;
                 }
             } else {
                 self.t_rto = Some(now + self.rto);
@@ -1818,20 +1825,23 @@ impl Tcb {
         None
     }
 
-    /// A drain's ACK probe: the last octet of data once more. A duplicate octet is data the
-    /// receiver must acknowledge at once (RFC 5681 §4.2: immediately for out-of-order data,
-    /// and it is out of order or old whether or not the segment before it arrived; Linux
-    /// enters quick-ACK mode on it) with a D-SACK (RFC 2883) or a SACK for it. An empty
-    /// keep-alive-style probe (RFC 9293 §3.8.4) would do once, but a receiver answers
-    /// unacceptable segments that carry no data at most once per 500 ms (RFC 5961 §7, Linux's
-    /// `tcp_oow_rate_limited`, ours): the second probe of a drain went unanswered and the
-    /// receiver's delayed-ACK timer ran. Only a FIN left unacknowledged: the empty probe.
+    /// A drain's ACK probe. The first is empty, with SEG.SEQ = SND.UNA − 1 (RFC 9293
+    /// §3.8.4): not acceptable to the receiver, which answers it at once (§3.10.7.4). A
+    /// receiver answers unacceptable segments that carry no data at most once per 500 ms
+    /// (RFC 5961 §7, Linux's `tcp_oow_rate_limited`, ours), so a second empty probe soon
+    /// after went unanswered and the receiver's delayed-ACK timer ran. The later probes
+    /// (which follow retransmissions: something was lost) carry the last octet of data once
+    /// more: a duplicate or out-of-order octet is data, which the receiver acknowledges at
+    /// once (RFC 5681 §4.2; Linux enters quick-ACK mode on it) with a D-SACK (RFC 2883) or a
+    /// SACK. The first stays empty so that a drain without loss puts no byte twice on the
+    /// wire. Only a FIN left unacknowledged: an empty probe.
     fn drain_probe(&mut self, now: Instant) -> Option<SegOut> {
         if self.snd_una == self.snd_max {
             return None;
         }
         let end = self.data_end();
-        let mut s = if lt(self.snd_una, end) && !lt(self.snd_max, end) {
+        let first = !std::mem::replace(&mut self.drain_probed, true);
+        let mut s = if !first && lt(self.snd_una, end) && !lt(self.snd_max, end) {
             let seq = end.wrapping_sub(1);
             let mut s = self.base_segment(now, seq);
             s.payload_off = dist(self.snd_buf_seq, seq) as usize;

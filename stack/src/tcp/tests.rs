@@ -722,7 +722,7 @@ fn nagle_holds_only_behind_an_unacknowledged_small_segment() {
 }
 
 /// An ACK solicited while data is still unsent is probed for right after the last segment
-/// leaves, in the same transmit pass (the probe: the last octet of data once more).
+/// leaves, in the same transmit pass (RFC 9293 §3.8.4 probe: SEG.SEQ = SND.UNA − 1, no data).
 #[test]
 fn ack_solicited_before_the_last_send_follows_it() {
     let (_c, mut s) = handshake();
@@ -734,12 +734,11 @@ fn ack_solicited_before_the_last_send_follows_it() {
     let lens: Vec<usize> = v.iter().map(|w| w.payload.len()).collect();
     assert_eq!(
         lens,
-        vec![mss, mss, 10, 1],
+        vec![mss, mss, 10, 0],
         "three segments, then the probe"
     );
-    let probe = &v[3];
-    assert_eq!(probe.seg.seq, v[2].seg.seq.wrapping_add(9));
-    assert_eq!(probe.payload, vec![1]);
+    let probe = &v[3].seg;
+    assert_eq!(probe.seq, v[0].seg.seq.wrapping_sub(1));
     // Nothing unacknowledged and nothing unsent: nothing to solicit.
     let (_c2, mut idle) = handshake();
     assert!(!idle.solicit_ack());
@@ -748,8 +747,9 @@ fn ack_solicited_before_the_last_send_follows_it() {
 /// A drain keeps soliciting until everything is acknowledged: when the tail and the first
 /// probe are lost, the retransmission that repairs them is followed by a probe of its own,
 /// so that a receiver left with nothing out of order does not hold its ACK for its
-/// delayed-ACK timer. The probe carries data, so a receiver that just answered an
-/// unacceptable empty segment (and so answers no other for 500 ms) still answers it.
+/// delayed-ACK timer. That probe carries data, so a receiver that just answered an
+/// unacceptable empty segment (the first probe, empty, or any other, after which it answers
+/// none for 500 ms) still answers it.
 #[test]
 fn a_drain_probes_again_after_each_retransmission() {
     let (mut c, mut s) = handshake();
@@ -762,11 +762,10 @@ fn a_drain_probes_again_after_each_retransmission() {
     let lens: Vec<usize> = v.iter().map(|w| w.payload.len()).collect();
     assert_eq!(
         lens,
-        vec![mss, mss, mss, 200, 1],
-        "the data, then the probe"
+        vec![mss, mss, mss, 200, 0],
+        "the data, then the (empty) probe"
     );
     let end = v[3].seg.seq.wrapping_add(200);
-    assert_eq!(v[4].seg.seq, end.wrapping_sub(1), "the last octet again");
     // The last full segment, the tail and the probe are lost; the two first arrive.
     for w in &v[..2] {
         c.on_segment(now, &seg_in(w));
