@@ -15,8 +15,17 @@ pub const DELAY_FIRST_PROBE_TIME: Duration = Duration::from_secs(5);
 pub const MAX_SOLICIT: u8 = 3;
 /// Frames queued per unresolved neighbour (RFC 4861 §7.2.2 asks for at least one).
 pub const MAX_QUEUED: usize = 256;
-/// Neighbour entries kept at most; the oldest stale ones go first.
+/// Frames queued for all unresolved neighbours together: without it, 4,096 unresolved
+/// neighbours could hold a million frames.
+pub const MAX_QUEUED_TOTAL: usize = 16_384;
+/// Neighbour entries kept at most, however they come (a lookup for an outgoing packet, a
+/// solicitation's source link-layer option): past it the oldest entry that is not REACHABLE
+/// goes first.
 pub const MAX_ENTRIES: usize = 4096;
+/// REACHABLE entries an eviction passes over (sending them to the back of the age order)
+/// before it takes the oldest entry whatever its state: an eviction costs a bounded number of
+/// steps, not a walk of the cache.
+const EVICT_SKIP: usize = 8;
 
 /// RFC 4861 §7.3.2 reachability states.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +55,8 @@ pub struct Neighbor {
     pub probes: u8,
     /// Frames waiting for resolution (link header to be filled in).
     pub queue: VecDeque<Vec<u8>>,
+    /// Which insertion this entry is (its place in the cache's age order).
+    gen: u64,
 }
 
 /// What the cache wants the interface to do.
@@ -64,9 +75,19 @@ pub enum NdAction {
 /// before `due` returns at once, one at or after it walks the entries and makes both exact.
 /// Timers moved later (a confirmation per packet) leave the bounds early, which costs one walk
 /// when they come, never a missed timer.
+///
+/// Every way an entry comes in is bounded by [`MAX_ENTRIES`] (a flood of solicitations from
+/// made-up sources must not grow it), and eviction takes the oldest entry by insertion from
+/// an age queue (entries removed meanwhile are skipped there, by their insertion number):
+/// a steady stream of new sources costs a few steps per entry, not a walk of 4,096.
 #[derive(Debug, Default)]
 pub struct NeighborCache {
     entries: HashMap<Ipv6Addr, Neighbor>,
+    /// (address, insertion number), oldest first; may hold entries since removed.
+    order: VecDeque<(Ipv6Addr, u64)>,
+    next_gen: u64,
+    /// Frames queued over all entries.
+    queued: usize,
     due: Option<Instant>,
     due_active: Option<Instant>,
 }
@@ -110,42 +131,94 @@ impl NeighborCache {
                 (_, None) => return Lookup::Pending(None),
             }
         }
-        if self.entries.len() >= MAX_ENTRIES {
-            self.evict();
-        }
-        self.entries.insert(
-            ip,
-            Neighbor {
-                mac: None,
-                state: NeighborState::Incomplete,
-                timer: now + RETRANS_TIMER,
-                probes: 1,
-                queue: VecDeque::new(),
-            },
-        );
+        self.insert(ip, NeighborState::Incomplete, now + RETRANS_TIMER, 1);
         lower(&mut self.due, now + RETRANS_TIMER);
         lower(&mut self.due_active, now + RETRANS_TIMER);
         Lookup::Pending(Some(NdAction::SolicitMulticast(ip)))
     }
 
-    fn evict(&mut self) {
-        let victim = self
-            .entries
-            .iter()
-            .filter(|(_, n)| n.state != NeighborState::Reachable)
-            .min_by_key(|(_, n)| n.timer)
-            .or_else(|| self.entries.iter().min_by_key(|(_, n)| n.timer))
-            .map(|(k, _)| *k);
-        if let Some(k) = victim {
-            self.entries.remove(&k);
+    /// A new entry for `ip` (not in the cache), making room first when the cache is full.
+    fn insert(
+        &mut self,
+        ip: Ipv6Addr,
+        state: NeighborState,
+        timer: Instant,
+        probes: u8,
+    ) -> &mut Neighbor {
+        if self.entries.len() >= MAX_ENTRIES {
+            self.evict();
         }
+        let gen = self.next_gen;
+        self.next_gen += 1;
+        self.order.push_back((ip, gen));
+        self.compact();
+        self.entries.entry(ip).or_insert(Neighbor {
+            mac: None,
+            state,
+            timer,
+            probes,
+            queue: VecDeque::new(),
+            gen,
+        })
+    }
+
+    /// Remove the oldest entry that is not REACHABLE, passing over at most [`EVICT_SKIP`]
+    /// REACHABLE ones (then the oldest whatever its state).
+    fn evict(&mut self) {
+        let mut skipped = 0;
+        while let Some((ip, gen)) = self.order.pop_front() {
+            let Some(n) = self.entries.get(&ip) else {
+                continue;
+            };
+            if n.gen != gen {
+                continue;
+            }
+            if n.state == NeighborState::Reachable && skipped < EVICT_SKIP {
+                skipped += 1;
+                self.order.push_back((ip, gen));
+                continue;
+            }
+            if let Some(n) = self.entries.remove(&ip) {
+                self.queued = self.queued.saturating_sub(n.queue.len());
+            }
+            return;
+        }
+    }
+
+    /// Drop the age queue's records of removed entries once they outnumber the live ones
+    /// (amortised: at most one pass per as many removals as there are entries).
+    fn compact(&mut self) {
+        if self.order.len() > 2 * self.entries.len() + 64 {
+            let entries = &self.entries;
+            self.order
+                .retain(|(ip, g)| entries.get(ip).is_some_and(|n| n.gen == *g));
+        }
+    }
+
+    /// Entries in the cache.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the cache is empty.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Frames queued for unresolved neighbours, over all of them.
+    pub fn queued(&self) -> usize {
+        self.queued
     }
 
     /// Queue a frame for an unresolved neighbour. Returns false when the frame was dropped.
     pub fn enqueue(&mut self, ip: Ipv6Addr, frame: Vec<u8>) -> bool {
+        if self.queued >= MAX_QUEUED_TOTAL {
+            return false;
+        }
         match self.entries.get_mut(&ip) {
             Some(n) if n.queue.len() < MAX_QUEUED => {
                 n.queue.push_back(frame);
+                self.queued += 1;
                 true
             }
             _ => false,
@@ -165,20 +238,19 @@ impl NeighborCache {
         from_ns: bool,
     ) -> Option<([u8; 6], VecDeque<Vec<u8>>)> {
         if from_ns {
-            let n = self.entries.entry(ip).or_insert(Neighbor {
-                mac: None,
-                state: NeighborState::Stale,
-                timer: now,
-                probes: 0,
-                queue: VecDeque::new(),
-            });
+            let n = if self.entries.contains_key(&ip) {
+                self.entries.get_mut(&ip)?
+            } else {
+                self.insert(ip, NeighborState::Stale, now, 0)
+            };
             if n.mac != Some(mac) {
                 n.mac = Some(mac);
                 n.state = NeighborState::Stale;
                 n.timer = now;
             }
-            lower(&mut self.due, n.timer);
-            let q = std::mem::take(&mut n.queue);
+            let (timer, q) = (n.timer, std::mem::take(&mut n.queue));
+            lower(&mut self.due, timer);
+            self.queued = self.queued.saturating_sub(q.len());
             return Some((mac, q));
         }
         let n = self.entries.get_mut(&ip)?;
@@ -196,6 +268,7 @@ impl NeighborCache {
                 lower(&mut self.due_active, n.timer);
             }
             let q = std::mem::take(&mut n.queue);
+            self.queued = self.queued.saturating_sub(q.len());
             return Some((mac, q));
         }
         let changed = n.mac != Some(mac);
@@ -263,6 +336,7 @@ impl NeighborCache {
                     // Keep stale entries around a while; drop long-unused ones.
                     n.timer = now + REACHABLE_TIME * 10;
                     if n.probes > 0 {
+                        dropped += n.queue.len();
                         return false;
                     }
                     n.probes = 1;
@@ -277,6 +351,7 @@ impl NeighborCache {
                 }
                 NeighborState::Probe => {
                     if n.probes >= MAX_SOLICIT {
+                        dropped += n.queue.len();
                         return false;
                     }
                     n.probes += 1;
@@ -288,6 +363,8 @@ impl NeighborCache {
             }
             true
         });
+        self.queued = self.queued.saturating_sub(dropped);
+        self.compact();
         // Exact again.
         self.due = self.entries.values().map(|n| n.timer).min();
         self.due_active = self
@@ -401,5 +478,66 @@ mod tests {
         assert_eq!(sent, 3);
         assert_eq!(dropped, 1);
         assert!(c.state(&ip).is_none());
+    }
+
+    /// Hostile input: solicitations from ever new (made-up) source addresses, each with a
+    /// link-layer option, create STALE entries (RFC 4861 §7.2.3); the cache stays within
+    /// MAX_ENTRIES, and a neighbour in use (REACHABLE) outlives the flood.
+    #[test]
+    fn a_flood_of_solicitations_stays_bounded() {
+        let mut c = NeighborCache::default();
+        let t = Instant::ZERO;
+        let peer: Ipv6Addr = "fd00::1".parse().unwrap();
+        let _ = c.lookup(t, peer);
+        assert!(c.learn(t, peer, [2; 6], true, false, false).is_some());
+        assert_eq!(c.state(&peer).map(|s| s.0), Some(NeighborState::Reachable));
+        for i in 0..3 * MAX_ENTRIES as u128 {
+            let src = Ipv6Addr::from((0xfd01u128 << 112) | i);
+            let _ = c.learn(t, src, [3; 6], false, true, true);
+            assert!(c.len() <= MAX_ENTRIES);
+        }
+        assert_eq!(c.len(), MAX_ENTRIES);
+        assert_eq!(
+            c.state(&peer),
+            Some((NeighborState::Reachable, Some([2; 6])))
+        );
+        // The age queue holds no more than a bounded amount of removed entries' records.
+        assert!(c.order.len() <= 2 * MAX_ENTRIES + 64);
+        // The oldest flood entries went first: the newest are there.
+        let newest = Ipv6Addr::from((0xfd01u128 << 112) | (3 * MAX_ENTRIES as u128 - 1));
+        assert!(c.state(&newest).is_some());
+        let oldest = Ipv6Addr::from(0xfd01u128 << 112);
+        assert!(c.state(&oldest).is_none());
+    }
+
+    /// Frames queued for unresolved neighbours are bounded over all of them, and counted out
+    /// again when they leave (resolved) or are dropped (resolution failed, eviction).
+    #[test]
+    fn frames_queued_for_resolution_are_bounded_in_total() {
+        let mut c = NeighborCache::default();
+        let mut t = Instant::ZERO;
+        let mut accepted = 0;
+        for i in 0..MAX_QUEUED_TOTAL / MAX_QUEUED + 8 {
+            let ip = Ipv6Addr::from((0xfd02u128 << 112) | i as u128);
+            let _ = c.lookup(t, ip);
+            for _ in 0..MAX_QUEUED + 1 {
+                accepted += usize::from(c.enqueue(ip, vec![0; 64]));
+            }
+        }
+        assert_eq!(accepted, MAX_QUEUED_TOTAL);
+        assert_eq!(c.queued(), MAX_QUEUED_TOTAL);
+        // One neighbour answers: its frames leave the queue.
+        let first = Ipv6Addr::from(0xfd02u128 << 112);
+        let (_, q) = c.learn(t, first, [4; 6], true, false, false).unwrap();
+        assert_eq!(q.len(), MAX_QUEUED);
+        assert_eq!(c.queued(), MAX_QUEUED_TOTAL - MAX_QUEUED);
+        // The rest never answer: their frames are dropped, and the count comes back to 0.
+        let mut dropped = 0;
+        for _ in 0..MAX_SOLICIT {
+            t += RETRANS_TIMER;
+            dropped += c.poll(t).1;
+        }
+        assert_eq!(dropped, MAX_QUEUED_TOTAL - MAX_QUEUED);
+        assert_eq!(c.queued(), 0);
     }
 }

@@ -23,6 +23,7 @@ struct Fixture {
     b: Interface,
     now: Instant,
     frames: Vec<Vec<u8>>,
+    conn_a: TcpHandle,
     conn_b: TcpHandle,
 }
 
@@ -78,6 +79,7 @@ fn fixture() -> Fixture {
         b,
         now,
         frames,
+        conn_a: c,
         conn_b: s,
     }
 }
@@ -225,4 +227,64 @@ proptest! {
             }
         }
     }
+}
+
+/// The ICMPv6 checksum of an Ethernet + IPv6 (no extension header) + ICMPv6 frame, computed
+/// again after its addresses changed (RFC 4443 §2.3 over the RFC 8200 §8.1 pseudo-header).
+fn fix_icmpv6_checksum(f: &mut [u8]) {
+    let body = 14 + 40;
+    f[body + 2] = 0;
+    f[body + 3] = 0;
+    let mut sum: u32 = 0;
+    let mut add = |b: &[u8]| {
+        for c in b.chunks(2) {
+            sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+        }
+    };
+    add(&f[22..54]);
+    add(&((f.len() - body) as u32).to_be_bytes());
+    add(&[0, 0, 0, 58]);
+    add(&f[body..]);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    let c = !(sum as u16);
+    f[body + 2..body + 4].copy_from_slice(&c.to_be_bytes());
+}
+
+/// Hostile input: neighbour solicitations for our address from 12,288 made-up on-link
+/// sources, each with a link-layer option. Each creates a neighbour entry (RFC 4861
+/// §7.2.3); the cache stays within its bound, and the connection keeps working.
+#[test]
+fn a_flood_of_neighbour_solicitations_stays_bounded() {
+    let mut fx = fixture();
+    let now = fx.now;
+    // The solicitation `a` sent for `b` while the fixture connected.
+    let ns = fx
+        .frames
+        .iter()
+        .find(|f| f.len() > 54 && f[12..14] == [0x86, 0xdd] && f[20] == 58 && f[54] == 135)
+        .expect("a neighbour solicitation in the fixture's frames")
+        .clone();
+    let before = fx.b.neighbors().len();
+    for i in 0..3 * ds_stack::ndp::MAX_ENTRIES as u32 {
+        let mut f = ns.clone();
+        // Source fd00::1:<i>: on the link, new each time.
+        f[22 + 10..22 + 12].copy_from_slice(&[0, 1]);
+        f[22 + 12..22 + 16].copy_from_slice(&i.to_be_bytes());
+        fix_icmpv6_checksum(&mut f);
+        fx.b.receive(now, &f);
+        assert!(fx.b.neighbors().len() <= ds_stack::ndp::MAX_ENTRIES);
+    }
+    assert!(
+        fx.b.neighbors().len() > before + ds_stack::ndp::MAX_ENTRIES / 2,
+        "the solicitations were taken (else this tests nothing)"
+    );
+    // The connection still works both ways.
+    fx.b.tcp_send(fx.conn_b, b"after the flood").unwrap();
+    let mut log = Vec::new();
+    exchange(&mut fx.a, &mut fx.b, now, &mut log);
+    let mut buf = [0u8; 64];
+    let n = fx.a.tcp_recv(fx.conn_a, &mut buf).unwrap();
+    assert_eq!(&buf[..n], b"after the flood");
 }
