@@ -829,11 +829,14 @@ fn a_syn_flood_closes_no_port() {
     let s = status(&socks[0]);
     eprintln!(
         "SYN flood: {n} spoofed SYNs in {took:?} ({rate:.0}/s); {} curls, slowest {worst:?}; \
-         node 1: {} SYN cookies sent, {} backlog drops",
+         node 1: {} SYN cookies sent, {} backlog drops, device {}",
         curls.len(),
         s["interface"]["tcp_syncookies_sent"],
-        s["interface"]["tcp_backlog_drops"]
+        s["interface"]["tcp_backlog_drops"],
+        s["device"]
     );
+    // The AF_XDP device's own counters are in the status (the kernel's ring counters).
+    assert!(s["device"]["rx_ring_full"].is_u64(), "{s}");
     assert!(curls.len() >= 10, "too few curls: {curls:?}");
     assert!(curls.iter().all(|(ok, _)| *ok), "a curl failed: {curls:?}");
     assert!(worst < Duration::from_secs(1), "a curl took {worst:?}");

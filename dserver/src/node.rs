@@ -1696,6 +1696,12 @@ impl Node {
         self.rt.iface.stats()
     }
 
+    /// What the device dropped on its own (AF_XDP: the kernel's ring counters, read now): a
+    /// full receive ring means this node did not keep up with its traffic.
+    pub fn device_stats(&self) -> ds_stack::device::DeviceStats {
+        self.rt.dev.stats()
+    }
+
     /// A descriptor that turns readable when the node has input: add it to your own
     /// `epoll`/`poll` set and call [`Node::poll`] with a zero timeout when it fires, or after
     /// [`Node::poll_timeout`] at the latest. Then serve [`Node::take_ready`] and

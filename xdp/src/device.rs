@@ -336,6 +336,19 @@ impl Device for AfXdpDevice {
             set.add(s.fd().as_raw_fd());
         }
     }
+    fn stats(&self) -> ds_stack::device::DeviceStats {
+        let mut d = ds_stack::device::DeviceStats {
+            tx_gso_dropped: self.gso_dropped,
+            ..Default::default()
+        };
+        for s in self.socks.iter().map(XskSocket::stats) {
+            d.rx_ring_full += s.kernel_rx_ring_full;
+            d.rx_dropped += s.kernel_rx_dropped;
+            d.rx_fill_empty += s.kernel_fill_empty;
+            d.tx_dropped += s.tx_dropped;
+        }
+        d
+    }
 
     fn mtu(&self) -> usize {
         self.mtu

@@ -1022,6 +1022,7 @@ impl NodeControl for UserControl<'_> {
             "handoff": self.node.has_handoff().then(|| self.node.stats()),
             "http": self.server.stats(),
             "interface": self.node.interface_stats(),
+            "device": self.node.device_stats(),
             "udp_echo": self.echo,
             "drain": self.server.drain_info(self.node),
         })
@@ -1144,6 +1145,7 @@ impl NodeControl for ProxyControl<'_> {
             "open": self.proxy.connections(),
             "handoff": self.proxy.node().stats(),
             "interface": self.proxy.node().interface_stats(),
+            "device": self.proxy.node().device_stats(),
             "udp_echo": self.echo,
             "drain": self.proxy.drain_info(),
         })

@@ -465,6 +465,9 @@ impl<D: ds_stack::device::Device> ds_stack::device::Device for Recording<D> {
     fn wait_fds(&self, set: &mut ds_stack::device::PollSet) {
         self.inner.wait_fds(set)
     }
+    fn stats(&self) -> ds_stack::device::DeviceStats {
+        self.inner.stats()
+    }
 }
 
 #[cfg(test)]

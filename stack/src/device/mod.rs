@@ -63,6 +63,24 @@ pub fn virtio_net_hdr(gso: Option<Gso>) -> [u8; VIRTIO_NET_HDR_LEN] {
     h
 }
 
+/// What a device dropped on its own, before the interface saw a frame or after it gave one
+/// (all zero for a device that cannot tell). An operator's first look when a node under load
+/// loses packets: a full receive ring means the node did not keep up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DeviceStats {
+    /// Frames the kernel dropped on receive for want of room (AF_XDP: its RX ring was full,
+    /// `XDP_STATISTICS` `rx_ring_full`).
+    pub rx_ring_full: u64,
+    /// Frames the kernel dropped on receive for other reasons (AF_XDP `rx_dropped`).
+    pub rx_dropped: u64,
+    /// Times the kernel found no buffer to receive into (AF_XDP: fill ring empty).
+    pub rx_fill_empty: u64,
+    /// Frames dropped on transmit because every transmit buffer was in flight.
+    pub tx_dropped: u64,
+    /// TCP super-frames dropped on transmit because the segmenting socket's buffer was full.
+    pub tx_gso_dropped: u64,
+}
+
 /// A link-layer (Ethernet) device.
 ///
 /// Implementations are non-blocking: `recv` returns `Ok(None)` when no frame is pending, and
@@ -111,6 +129,10 @@ pub trait Device {
     fn wait_fds(&self, set: &mut PollSet) {
         let _ = set;
     }
+    /// What the device dropped on its own ([`DeviceStats`]); all zero by default.
+    fn stats(&self) -> DeviceStats {
+        DeviceStats::default()
+    }
 }
 
 /// A boxed device is a device, so that a program can pick its device at run time
@@ -142,6 +164,9 @@ impl<D: Device + ?Sized> Device for Box<D> {
     }
     fn wait_fds(&self, set: &mut PollSet) {
         (**self).wait_fds(set)
+    }
+    fn stats(&self) -> DeviceStats {
+        (**self).stats()
     }
 }
 
