@@ -326,6 +326,16 @@ pub fn sender_gap(
 /// direction, peer, routing header or Home Address option, sequence, length, acknowledgement,
 /// flags): what a test prints when the client retransmitted.
 pub fn trace(frames: &[Frame], me: Ipv6Addr) -> String {
+    trace_labelled(frames, me, |_| "")
+}
+
+/// [`trace`], each line starting with `label` of its frame (e.g. which side's last hop it
+/// came from).
+pub fn trace_labelled(
+    frames: &[Frame],
+    me: Ipv6Addr,
+    label: impl Fn(&Frame) -> &'static str,
+) -> String {
     let Some(t0) = frames.first().map(|f| f.at) else {
         return String::new();
     };
@@ -356,8 +366,10 @@ pub fn trace(frames: &[Frame], me: Ipv6Addr) -> String {
             (_, true) => " hao",
             _ => "",
         };
+        let l = label(f);
+        let sep = if l.is_empty() { "" } else { " " };
         out.push_str(&format!(
-            "{:.3} ms {dir} [{peer}]:{port}{ext} seq {seq} len {len} ack {} ts {} [{flags}]\n",
+            "{l}{sep}{:.3} ms {dir} [{peer}]:{port}{ext} seq {seq} len {len} ack {} ts {} [{flags}]\n",
             f.at.duration_since(t0).as_secs_f64() * 1e3,
             f.ack,
             f.tsval.map_or("-".to_string(), |t| t.to_string()),
@@ -523,6 +535,41 @@ mod tests {
             sender_gap(&log[2..], server, 80, donor, acceptor),
             Some(Duration::from_millis(1))
         );
+    }
+
+    #[test]
+    fn a_labelled_trace_starts_each_line_with_its_label() {
+        let t = Instant::now();
+        let me: Ipv6Addr = "fd00::c".parse().unwrap();
+        let f = |mac: [u8; 6], src, dst, tcp| Frame {
+            at: t,
+            src_mac: mac,
+            src,
+            dst,
+            hao: false,
+            rh2: false,
+            tcp: Some(tcp),
+            flags: 0x10,
+            ack: 9,
+            tsval: None,
+        };
+        let log = [
+            f([1; 6], Ipv6Addr::LOCALHOST, me, (80, 5000, 1, 100)),
+            f([2; 6], me, Ipv6Addr::LOCALHOST, (5000, 80, 9, 0)),
+        ];
+        let text = trace_labelled(&log, me, |x| if x.src_mac == [1; 6] { "D" } else { "-" });
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(
+            lines[0].starts_with("D 0.000 ms <- [::1]:80 seq 1 len 100"),
+            "{text}"
+        );
+        assert!(
+            lines[1].starts_with("- 0.000 ms -> [::1]:80 seq 9 len 0"),
+            "{text}"
+        );
+        // Unlabelled, as before.
+        assert!(trace(&log, me).starts_with("0.000 ms <-"));
     }
 
     #[test]

@@ -381,6 +381,7 @@ pub(crate) fn handoffs(
                     }
                     route_check(&d.frames, ip(CLIENT), ip(COA[1]), ip(DS), b.is_some())
                 });
+                save_trace(&d.frames, donor, acceptor, mode, drain_args, paths);
                 let client_trace = d
                     .retransmits
                     .is_some_and(|r| r > 0)
@@ -405,6 +406,52 @@ pub(crate) fn handoffs(
         sessions
     );
     Ok(done)
+}
+
+/// With `DSPERF_TRACES=DIR` set: each download's client capture goes to a file in DIR, a line
+/// per TCP segment labelled `D` (it came through home agent 1's router: the donor's side),
+/// `A` (home agent 2's: the acceptor's) or `-` (the client's own) — what to read when a
+/// client gap looks wrong. Files are numbered in the order of the run.
+fn save_trace(
+    frames: &[sniff::Frame],
+    donor: [u8; 6],
+    acceptor: [u8; 6],
+    mode: Mode,
+    drain_args: &[String],
+    paths: &Paths,
+) {
+    static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let Some(dir) = std::env::var_os("DSPERF_TRACES") else {
+        return;
+    };
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = format!(
+        "{n:04}-{}-{}-{}-cs{}-ss{}.txt",
+        mode_name(mode).replace(' ', "_"),
+        drain_args
+            .iter()
+            .map(|a| a.trim_start_matches('-'))
+            .collect::<Vec<_>>()
+            .join("-"),
+        paths
+            .upstream_mbit
+            .map_or("unshaped".to_string(), |m| format!("{m}mbit")),
+        paths.cs1_ms,
+        paths.ss_ms
+    );
+    let text = sniff::trace_labelled(frames, ip(CLIENT), |f| {
+        if f.src_mac == donor {
+            "D"
+        } else if f.src_mac == acceptor {
+            "A"
+        } else {
+            "-"
+        }
+    });
+    let path = std::path::Path::new(&dir).join(name);
+    if let Err(e) = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, text)) {
+        tracing::warn!("DSPERF_TRACES: {}: {e}", path.display());
+    }
 }
 
 /// The object every download fetches, `size` bytes, into the testbed's document root.
