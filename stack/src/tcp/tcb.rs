@@ -312,12 +312,11 @@ pub struct Tcb {
     pub(crate) t_keepalive: Option<Instant>,
     pub(crate) ka_probes: u32,
     pub(crate) ka_probe_due: bool,
-    /// [`Tcb::solicit_ack`] was asked and not everything is acknowledged yet: every transmit
-    /// pass that (re)sends data once all data has left is followed by an ACK probe.
-    pub(crate) draining: bool,
-    /// A segment with data left during the drain: probe once the pass is over.
+    /// [`Tcb::solicit_ack`] was asked, or a segment with data left since: probe once all data
+    /// has been sent and the transmit pass is over.
     pub(crate) drain_probe_owed: bool,
-    /// The drain's first probe has gone (the next ones carry an octet).
+    /// The drain's first probe has gone (the next ones carry an octet). Either flag set: the
+    /// solicitation is on ([`Tcb::draining`]) until everything is acknowledged.
     pub(crate) drain_probed: bool,
     pub(crate) t_close: Option<Instant>,
     /// Tail loss probe timer (RFC 8985 §7).
@@ -432,7 +431,6 @@ impl Tcb {
             t_keepalive: None,
             ka_probes: 0,
             ka_probe_due: false,
-            draining: false,
             drain_probe_owed: false,
             drain_probed: false,
             t_close: None,
@@ -576,12 +574,14 @@ impl Tcb {
         if all_sent && self.snd_una == self.snd_max {
             return false;
         }
-        if !self.draining {
-            self.drain_probed = false;
-        }
-        self.draining = true;
         self.drain_probe_owed = true;
         true
+    }
+
+    /// Whether a solicitation is on: every transmit pass that (re)sends data once all data
+    /// has left is followed by an ACK probe, until everything is acknowledged.
+    pub(crate) fn draining(&self) -> bool {
+        self.drain_probe_owed || self.drain_probed
     }
 
     /// Whether a drain's probe is owed now: owed, and everything has been sent once.
@@ -1253,7 +1253,6 @@ impl Tcb {
                 self.t_rto = None;
                 if !lt(self.snd_max, self.data_end()) {
                     // All acknowledged: the solicitation is answered.
-                    self.draining = false;
                     self.drain_probe_owed = false;
                     self.drain_probed = false;
                 }
@@ -1800,7 +1799,7 @@ impl Tcb {
         );
         if can_send_data {
             if let Some(s) = self.next_data_segment(now, gso_max, mss) {
-                if self.draining && (s.payload_len > 0 || s.fin) {
+                if self.draining() && (s.payload_len > 0 || s.fin) {
                     self.drain_probe_owed = true;
                 }
                 return Some(s);
@@ -1841,7 +1840,8 @@ impl Tcb {
         }
         let end = self.data_end();
         let first = !std::mem::replace(&mut self.drain_probed, true);
-        let mut s = if !first && lt(self.snd_una, end) && !lt(self.snd_max, end) {
+        // (Called once everything has been sent: SND.MAX is at or past the end of the data.)
+        let mut s = if !first && lt(self.snd_una, end) {
             let seq = end.wrapping_sub(1);
             let mut s = self.base_segment(now, seq);
             s.payload_off = dist(self.snd_buf_seq, seq) as usize;

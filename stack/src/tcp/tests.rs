@@ -805,7 +805,7 @@ fn a_drain_probes_again_after_each_retransmission() {
         exchange(&mut s, &mut c, rto);
     }
     assert_eq!(s.snd_una, s.snd_max);
-    assert!(!s.draining && !s.drain_probe_owed);
+    assert!(!s.draining() && !s.drain_probe_owed);
     s.send(&[2; 10]);
     let after = collect(&mut s, rto);
     assert_eq!(
