@@ -497,23 +497,44 @@ mod tests {
         assert_eq!(tcp_tsval(&[8, 10, 1, 2]), None);
     }
 
-    #[test]
-    fn the_sender_gap_counts_only_the_captured_connection() {
-        let t = Instant::now();
-        let server = Ipv6Addr::LOCALHOST;
-        let client: Ipv6Addr = "fd00::c".parse().unwrap();
-        let (donor, acceptor, other) = ([1; 6], [2; 6], [3; 6]);
-        let f = |ms: u64, mac, src, dst, tcp: (u16, u16, u32, u32), flags| Frame {
-            at: t + Duration::from_millis(ms),
-            src_mac: mac,
+    /// A TCP frame of a capture (no extension headers, no timestamp option).
+    fn tcp_frame(
+        at: Instant,
+        src_mac: [u8; 6],
+        (src, dst): (Ipv6Addr, Ipv6Addr),
+        tcp: (u16, u16, u32, u32),
+        flags: u8,
+        ack: u32,
+    ) -> Frame {
+        Frame {
+            at,
+            src_mac,
             src,
             dst,
             hao: false,
             rh2: false,
             tcp: Some(tcp),
             flags,
-            ack: 0,
+            ack,
             tsval: None,
+        }
+    }
+
+    #[test]
+    fn the_sender_gap_counts_only_the_captured_connection() {
+        let t = Instant::now();
+        let server = Ipv6Addr::LOCALHOST;
+        let client: Ipv6Addr = "fd00::c".parse().unwrap();
+        let (donor, acceptor, other) = ([1; 6], [2; 6], [3; 6]);
+        let f = |ms: u64, mac, src, dst, tcp, flags| {
+            tcp_frame(
+                t + Duration::from_millis(ms),
+                mac,
+                (src, dst),
+                tcp,
+                flags,
+                0,
+            )
         };
         let log = [
             // A segment of an earlier connection (client port 1111), still sent by the
@@ -541,18 +562,7 @@ mod tests {
     fn a_labelled_trace_starts_each_line_with_its_label() {
         let t = Instant::now();
         let me: Ipv6Addr = "fd00::c".parse().unwrap();
-        let f = |mac: [u8; 6], src, dst, tcp| Frame {
-            at: t,
-            src_mac: mac,
-            src,
-            dst,
-            hao: false,
-            rh2: false,
-            tcp: Some(tcp),
-            flags: 0x10,
-            ack: 9,
-            tsval: None,
-        };
+        let f = |mac, src, dst, tcp| tcp_frame(t, mac, (src, dst), tcp, 0x10, 9);
         let log = [
             f([1; 6], Ipv6Addr::LOCALHOST, me, (80, 5000, 1, 100)),
             f([2; 6], me, Ipv6Addr::LOCALHOST, (5000, 80, 9, 0)),
