@@ -308,3 +308,61 @@ fn two_connections_bound_to_two_nodes_with_flow_bindings() {
         assert_eq!(wrong, 0, "connection {i} never went elsewhere");
     }
 }
+
+/// A binding nobody refreshes expires at the correspondent by its own deadline (RFC 6275
+/// §9.5.2: the lifetime of the Binding Update), with nothing else happening on the link: the
+/// interface polls its correspondent when that deadline comes, not only when mobility input
+/// arrives.
+#[test]
+fn an_unrefreshed_binding_expires_at_the_correspondent() {
+    let (a_ip, b_ip, c_ip, h) = (ip("fd00::1"), ip("fd00::2"), ip("fd00::3"), ip("fd00::80"));
+    let a = node(1, &[a_ip]);
+    let mut b = node(2, &[b_ip, h]);
+    let mut c = node(3, &[c_ip]);
+    b.set_mobility_hook(Box::new(MobileRole::new(h, None)));
+    c.set_mobility_hook(Box::new(MobileRole::new(h, Some(c_ip))));
+    // Once `silent`, nothing from the acceptor reaches the link: no refreshing Binding Update.
+    let silent = std::rc::Rc::new(std::cell::Cell::new(false));
+    let mute = silent.clone();
+    let mut lan = Lan::new(vec![a, b, c], START).drop_if(move |f| {
+        mute.get() && ds_testbed::simlan::ipv6_header(f).is_some_and(|(_, src, _)| src == c_ip)
+    });
+    let now = lan.now;
+    mn(&mut lan, 1).start_home_test(now, a_ip, [1; 8]);
+    mn(&mut lan, 2).start_care_of_test(now, a_ip, [2; 8]);
+    steps(&mut lan, 20);
+    let now = lan.now;
+    let ticket = mn_ref(&lan, 1)
+        .home_ticket(now, 1)
+        .expect("home keygen token at the contact node");
+    lan.ifs[2].add_home_addr(h);
+    let lifetime = Duration::from_secs(8);
+    mn(&mut lan, 2).bind(now, &ticket, a_ip, lifetime).unwrap();
+    while !mn_ref(&lan, 2).is_bound(lan.now) {
+        lan.step();
+        assert!(lan.now < now + Duration::from_secs(5), "no binding");
+    }
+    let bound_at = lan.now;
+    let cached = |lan: &Lan| {
+        lan.ifs[0]
+            .correspondent()
+            .and_then(|c| c.entry(h))
+            .is_some()
+    };
+    assert!(
+        cached(&lan),
+        "the client's binding cache has the DS address"
+    );
+    silent.set(true);
+    while cached(&lan) {
+        lan.advance();
+        assert!(
+            lan.now < bound_at + lifetime + Duration::from_secs(1),
+            "the binding outlived its lifetime"
+        );
+    }
+    assert!(
+        lan.now >= bound_at + lifetime - Duration::from_secs(1),
+        "expired early"
+    );
+}

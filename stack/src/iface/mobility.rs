@@ -165,6 +165,7 @@ impl Interface {
         let mut handled = false;
         if let Some(cn) = self.cn.as_mut() {
             let out = cn.on_mobility_header(now, meta, mh);
+            self.cn_next = None;
             handled = !matches!(out.event, CnEvent::Ignored);
             tracing::debug!(event = ?out.event, "mobility header (correspondent)");
             if let CnEvent::BindingUpdated { home, .. } = &out.event {
@@ -269,6 +270,11 @@ impl Interface {
             .as_mut()
             .and_then(|cn| cn.route_out(t, dst, flow))
             .map(|r| r.care_of);
+        if care_of.is_some() {
+            // A binding in use is refreshed before it expires (RFC 6275 §9.5.5): an earlier
+            // deadline.
+            self.cn_next = None;
+        }
         let from = self
             .hook
             .as_mut()

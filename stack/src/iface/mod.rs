@@ -254,6 +254,10 @@ pub struct Interface {
     stats: Stats,
     hook: Option<Box<dyn MobilityHook>>,
     cn: Option<Correspondent>,
+    /// The correspondent's next deadline as of its last poll (`Some(None)`: none); `None`:
+    /// unknown, poll it. It changes only by mobility input or by routing through a binding
+    /// (both reset it), so the binding cache is walked when something is due, not per poll.
+    cn_next: Option<Option<Instant>>,
     home_addrs: Vec<Ipv6Addr>,
     proxied: Vec<Ipv6Addr>,
     intercepted: VecDeque<Vec<u8>>,
@@ -331,6 +335,7 @@ impl Interface {
             stats: Stats::default(),
             hook: None,
             cn,
+            cn_next: None,
             home_addrs: Vec::new(),
             proxied: Vec::new(),
             intercepted: VecDeque::new(),
@@ -413,7 +418,10 @@ impl Interface {
     /// The earliest instant at which [`Interface::poll`] has work (`None`: only input matters).
     pub fn poll_at(&self) -> Option<Instant> {
         let mut t = self.conns.next_timer();
-        let cn_at = self.cn.as_ref().and_then(|c| c.poll_at());
+        let cn_at = match self.cn_next {
+            Some(at) => at,
+            None => self.cn.as_ref().and_then(|c| c.poll_at()),
+        };
         let hook_at = self.hook.as_ref().and_then(|h| h.poll_at());
         for x in [self.nd.poll_at(), self.frag.poll_at(), cn_at, hook_at]
             .into_iter()
@@ -444,8 +452,16 @@ impl Interface {
         }
         self.stats.reassembly_failed += self.frag.expire(now) as u64;
         if let Some(cn) = self.cn.as_mut() {
-            for t in cn.poll(now) {
-                self.send_ipv6_packet(now, &t.packet);
+            let due = match self.cn_next {
+                None => true,
+                Some(at) => at.is_some_and(|t| now >= t),
+            };
+            if due {
+                let out = cn.poll(now);
+                self.cn_next = Some(cn.poll_at());
+                for t in out {
+                    self.send_ipv6_packet(now, &t.packet);
+                }
             }
         }
         if let Some(h) = self.hook.as_mut() {
