@@ -38,6 +38,8 @@ pub struct SegIn<'a> {
     pub fin: bool,
     /// RST bit.
     pub rst: bool,
+    /// PSH bit: the sender has no more data queued behind this segment (RFC 9293 §3.9.1).
+    pub psh: bool,
     /// SEG.WND as on the wire (unscaled).
     pub window: u16,
     /// MSS option.
@@ -329,6 +331,16 @@ pub struct Tcb {
     // Acknowledgment scheduling.
     pub(crate) ack_now: bool,
     pub(crate) delack_segs: u32,
+    /// A delayed ACK waits for in-order data that came with PSH: the application reading it
+    /// all sends the ACK at once unless the connection is interactive (as Linux's
+    /// `ICSK_ACK_PUSHED` in `tcp_cleanup_rbuf`).
+    pub(crate) ack_pushed: bool,
+    /// When in-order data last arrived.
+    pub(crate) last_data_in: Option<Instant>,
+    /// We answered received data with data of our own within the delayed-ACK time (Linux's
+    /// "pingpong" mode): the ACK of what we read rides on our answer, so reading does not
+    /// send one. Cleared when the delayed-ACK timer had to send an ACK alone.
+    pub(crate) interactive: bool,
     pub(crate) rst_due: bool,
     /// RST to send for an unacceptable ACK (RFC 9293 §3.10.7.3): `<SEQ=SEG.ACK><CTL=RST>`.
     pub(crate) rst_due_for_ack: Option<u32>,
@@ -440,6 +452,9 @@ impl Tcb {
             probe_due: false,
             ack_now: false,
             delack_segs: 0,
+            ack_pushed: false,
+            last_data_in: None,
+            interactive: false,
             rst_due: false,
             rst_due_for_ack: None,
             error: None,
@@ -680,6 +695,12 @@ impl Tcb {
             && after > before
             && after - dist(self.rcv_nxt, self.rcv_adv).min(after) >= thresh
         {
+            self.ack_now = true;
+        }
+        // A pushed tail read to the end: nothing more is coming soon, so its ACK has no reason
+        // to wait out the delayed-ACK timer (the sender may be waiting for it to go on, or a
+        // donor draining before a handoff), unless our answer will carry it.
+        if self.ack_pushed && self.rcv_buf.is_empty() && !self.interactive {
             self.ack_now = true;
         }
         n
@@ -1076,7 +1097,9 @@ impl Tcb {
                 self.ack_now = true;
             } else {
                 self.schedule_delayed_ack(now, data.len());
+                self.ack_pushed |= seg.psh && !self.ack_now;
             }
+            self.last_data_in = Some(now);
         } else {
             if self.sack_ok
                 && self
@@ -1505,6 +1528,9 @@ impl Tcb {
         if self.t_delack.is_some_and(|t| t <= now) {
             self.t_delack = None;
             self.ack_now = true;
+            // No answer carried the ACK in time: not interactive (Linux leaves pingpong mode
+            // in its delayed-ACK timer too).
+            self.interactive = false;
         }
         if self.t_rto.is_some_and(|t| t <= now) {
             self.t_rto = None;
@@ -1693,6 +1719,7 @@ impl Tcb {
         };
         self.last_ack_sent = self.rcv_nxt;
         self.ack_now = false;
+        self.ack_pushed = false;
         self.t_delack = None;
         self.delack_segs = 0;
         self.events.segments_out += 1;
@@ -2094,6 +2121,12 @@ impl Tcb {
         s.payload_len = len as usize;
         s.fin = fin;
         s.psh = len > 0 && len == unsent;
+        if len > 0 && !retransmitting {
+            // Data of ours answering data just received: an interactive connection.
+            if let (Some(t), Some(d)) = (self.last_data_in, self.cfg.delayed_ack) {
+                self.interactive |= now.saturating_since(t) < d;
+            }
+        }
         self.snd_nxt = seq.wrapping_add(len + fin as u32);
         // Minshall's "last small segment sent": also a super-frame with a short last segment.
         if len > 0 && len % mss != 0 && !retransmitting {

@@ -45,6 +45,7 @@ fn seg_in(w: &Wire) -> SegIn<'_> {
         syn: w.seg.syn,
         fin: w.seg.fin,
         rst: w.seg.rst,
+        psh: w.seg.psh,
         window: w.seg.window,
         mss: w.seg.mss,
         wscale: w.seg.wscale,
@@ -234,6 +235,7 @@ fn blank_in() -> SegIn<'static> {
         syn: false,
         fin: false,
         rst: false,
+        psh: false,
         window: 65535,
         mss: None,
         wscale: None,
@@ -812,4 +814,82 @@ fn a_drain_probes_again_after_each_retransmission() {
         after.iter().map(|w| w.payload.len()).collect::<Vec<_>>(),
         vec![10]
     );
+}
+
+/// Reading a pushed tail to the end sends its ACK at once instead of after the delayed-ACK
+/// timer (Linux's `ICSK_ACK_PUSHED` in `tcp_cleanup_rbuf`): a sender waiting for that ACK,
+/// or a donor draining before a handoff, is not held 40 ms by a client on our stack. Not when
+/// the data was not pushed (more is coming), nor while the connection is interactive (our
+/// answer carries the ACK), nor before the tail is read to the end.
+#[test]
+fn reading_a_pushed_tail_acknowledges_it_at_once() {
+    let (mut c, mut s) = handshake();
+    c.cfg.delayed_ack = Some(Duration::from_millis(40));
+    let now = t0();
+    let deliver = |c: &mut Tcb, s: &mut Tcb, now: Instant| {
+        for w in collect(s, now) {
+            c.on_segment(now, &seg_in(&w));
+        }
+    };
+    let mut buf = [0u8; 4096];
+
+    // A short response, pushed: held for the timer until the application reads all of it.
+    s.send(&[7; 300]);
+    deliver(&mut c, &mut s, now);
+    assert!(collect(&mut c, now).is_empty(), "delayed while unread");
+    assert_eq!(c.recv(&mut buf[..100]), 100);
+    assert!(
+        collect(&mut c, now).is_empty(),
+        "part of it read: still delayed"
+    );
+    assert_eq!(c.recv(&mut buf), 200);
+    let acks = collect(&mut c, now);
+    assert_eq!(acks.len(), 1, "read to the end: ACKed at once");
+    assert_eq!(acks[0].seg.ack, Some(s.snd_max));
+    for w in &acks {
+        s.on_segment(now, &seg_in(w));
+    }
+
+    // Not pushed (as a segment in the middle of a transfer): the read sends nothing.
+    s.send(&[9; 300]);
+    let mut mid = collect(&mut s, now);
+    mid[0].seg.psh = false;
+    for w in &mid {
+        c.on_segment(now, &seg_in(w));
+    }
+    assert_eq!(c.recv(&mut buf), 300);
+    assert!(
+        collect(&mut c, now).is_empty(),
+        "unpushed data waits for the timer"
+    );
+    let later = now + Duration::from_millis(40);
+    c.on_timer(later);
+    for w in collect(&mut c, later) {
+        s.on_segment(later, &seg_in(&w));
+    }
+
+    // Interactive: the client answers the server's data with data at once, so the next
+    // pushed response is read without an ACK of its own (the next request carries it).
+    let t = later + Duration::from_millis(1);
+    s.send(&[1; 50]);
+    deliver(&mut c, &mut s, t);
+    assert_eq!(c.recv(&mut buf), 50);
+    c.send(&[2; 20]);
+    for w in collect(&mut c, t) {
+        s.on_segment(t, &seg_in(&w));
+    }
+    assert!(c.interactive, "answered within the delayed-ACK time");
+    let t2 = t + Duration::from_millis(1);
+    s.send(&[3; 50]);
+    deliver(&mut c, &mut s, t2);
+    assert_eq!(c.recv(&mut buf), 50);
+    assert!(
+        collect(&mut c, t2).is_empty(),
+        "interactive: the answer will carry it"
+    );
+    // The timer had to send that ACK alone: no longer interactive, the next read ACKs.
+    let t3 = t2 + Duration::from_millis(40);
+    c.on_timer(t3);
+    assert_eq!(collect(&mut c, t3).len(), 1);
+    assert!(!c.interactive);
 }
