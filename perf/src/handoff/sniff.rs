@@ -48,16 +48,41 @@ pub struct Seen {
     pub len: u32,
 }
 
-/// The server's data segments (from `server` port `port`, payload > 0) in a frame log.
+/// The server's data segments (from `server` port `port`, payload > 0) in a frame log, of the
+/// connection the capture saw open only ([`captured_client_port`]).
 pub fn data_from(frames: &[Frame], server: Ipv6Addr, port: u16) -> Vec<Seen> {
-    frames
-        .iter()
-        .filter(|f| f.src == server)
-        .filter_map(|f| match f.tcp {
-            Some((sp, _, seq, len)) if sp == port && len > 0 => Some(Seen { at: f.at, seq, len }),
-            _ => None,
+    server_data(frames, server, port)
+        .map(|f| Seen {
+            at: f.at,
+            seq: f.tcp.map_or(0, |t| t.2),
+            len: f.tcp.map_or(0, |t| t.3),
         })
         .collect()
+}
+
+/// The client port of the first SYN to `server`:`port` in the capture: the connection it saw
+/// open. An earlier connection still served from the same address and port (an acceptor
+/// still holding one, segments still in a shaped queue) is not it.
+fn captured_client_port(frames: &[Frame], server: Ipv6Addr, port: u16) -> Option<u16> {
+    const SYN: u8 = 0x02;
+    const ACK: u8 = 0x10;
+    frames.iter().find_map(|f| match f.tcp {
+        Some((sp, dp, _, _)) if f.dst == server && dp == port && f.flags & (SYN | ACK) == SYN => {
+            Some(sp)
+        }
+        _ => None,
+    })
+}
+
+/// The data segments from `server`:`port` of the captured connection (all connections when
+/// the capture saw no SYN).
+fn server_data(frames: &[Frame], server: Ipv6Addr, port: u16) -> impl Iterator<Item = &Frame> {
+    let client_port = captured_client_port(frames, server, port);
+    frames.iter().filter(move |f| {
+        f.src == server
+            && matches!(f.tcp, Some((sp, dp, _, len))
+                if sp == port && len > 0 && client_port.is_none_or(|c| c == dp))
+    })
 }
 
 /// A capture running on a thread; [`Sniffer::stop`] returns the log.
@@ -290,10 +315,10 @@ pub fn gap(log: &[Seen], boundary: u32) -> Option<Duration> {
 /// sequence boundary lies, so data the donor had in flight when it froze counts as the
 /// donor's.
 ///
-/// Only the connection the capture saw open counts (the client port of the first SYN to
-/// `server`:`port`): an earlier download's connection that the acceptor still serves, or
-/// whose segments still sit in a shaped queue, sends from the same address and port, and
-/// its first segment would otherwise pass for the acceptor's first.
+/// Only the connection the capture saw open counts ([`captured_client_port`]): an earlier
+/// download's connection that the acceptor still serves, or whose segments still sit in a
+/// shaped queue, sends from the same address and port, and its first segment would otherwise
+/// pass for the acceptor's first.
 pub fn sender_gap(
     frames: &[Frame],
     server: Ipv6Addr,
@@ -301,22 +326,7 @@ pub fn sender_gap(
     donor: [u8; 6],
     acceptor: [u8; 6],
 ) -> Option<Duration> {
-    const SYN: u8 = 0x02;
-    const ACK: u8 = 0x10;
-    let client_port = frames.iter().find_map(|f| match f.tcp {
-        Some((sp, dp, _, _)) if f.dst == server && dp == port && f.flags & (SYN | ACK) == SYN => {
-            Some(sp)
-        }
-        _ => None,
-    });
-    let data: Vec<&Frame> = frames
-        .iter()
-        .filter(|f| {
-            f.src == server
-                && matches!(f.tcp, Some((sp, dp, _, len))
-                    if sp == port && len > 0 && client_port.is_none_or(|c| c == dp))
-        })
-        .collect();
+    let data: Vec<&Frame> = server_data(frames, server, port).collect();
     let first = data.iter().position(|f| f.src_mac == acceptor)?;
     let last = data[..first].iter().rev().find(|f| f.src_mac == donor)?;
     Some(data[first].at.duration_since(last.at))
@@ -555,6 +565,13 @@ mod tests {
         assert_eq!(
             sender_gap(&log[2..], server, 80, donor, acceptor),
             Some(Duration::from_millis(1))
+        );
+        // The sequence-boundary gap (`dsperf handoff`) reads the same connection only.
+        let seqs: Vec<u32> = data_from(&log, server, 80).iter().map(|s| s.seq).collect();
+        assert_eq!(seqs, vec![1, 101, 201]);
+        assert_eq!(
+            gap(&data_from(&log, server, 80), 107),
+            Some(Duration::from_millis(5))
         );
     }
 
