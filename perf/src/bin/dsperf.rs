@@ -158,6 +158,10 @@ struct ReproduceArgs {
         default_value = "immediate,acked"
     )]
     drains: Vec<ds_perf::handoff::DrainChoice>,
+    /// Experiment 2's path latencies Lat_CS (both client paths) and Lat_SS, ms: `CS,SS` (the
+    /// seed's Table 1 has none; with a bandwidth, a bottleneck queue behind a long path).
+    #[arg(long, value_delimiter = ',', num_args = 2, value_names = ["CS_MS", "SS_MS"], default_values_t = [0.0, 0.0], value_parser = parse_latency)]
+    path_latency: Vec<f64>,
     /// Round trips per access-latency point.
     #[arg(long, default_value_t = 100)]
     rounds: u32,
@@ -215,6 +219,10 @@ fn run_reproduce(a: ReproduceArgs) -> Result<()> {
         size.decomp_sessions,
     );
     table1.drains = a.drains.clone();
+    if let [cs, ss] = a.path_latency[..] {
+        table1.cs_ms = cs;
+        table1.ss_ms = ss;
+    }
     let shape = Shape {
         rounds: a.rounds,
         decomp_points: table1.points(),
@@ -723,6 +731,13 @@ fn parse_bandwidth(s: &str) -> Result<Option<f64>, String> {
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() && v > 0.0 => Ok(Some(v)),
         _ => Err(format!("{s:?}: Mbit/s above 0, or `unshaped`")),
+    }
+}
+
+fn parse_latency(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..=1000.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?}: a latency in ms from 0 to 1000")),
     }
 }
 

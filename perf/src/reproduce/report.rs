@@ -190,7 +190,7 @@ pub fn markdown(r: &Results) -> String {
             "## Experiment 2 — handoff time decomposition (§3.2.2, Table 1)\n\n\
              1 MB downloads (curl; route-optimised, our stack's client); node 1 serves {} bytes \
              and hands the connection to node 2; \
-             {} downloads per cell; no path latency (the seed's Table 1 is without NISTnet delays); \
+             {} downloads per cell; {}; \
              the inter-node bandwidth is each home agent's upstream. Medians in ms, the seed's \
              value and our ratio in brackets. Phase 4 (return routability) and 5 (BU) are zero \
              in transparent mode: the acceptor's steering is one flow-map update at the home \
@@ -201,7 +201,17 @@ pub fn markdown(r: &Results) -> String {
              not in the client's gap); the contact node's home test ran before the handoff \
              started, while it still served the connection. Kernel sockets cannot carry Mobile \
              IPv6's headers here: route optimisation runs on user->user only.\n",
-            d.options.handoff_at, d.options.sessions
+            d.options.handoff_at,
+            d.options.sessions,
+            if d.options.cs_ms == 0.0 && d.options.ss_ms == 0.0 {
+                "no path latency (the seed's Table 1 is without NISTnet delays)".to_string()
+            } else {
+                format!(
+                    "path latencies Lat_CS = {} ms, Lat_SS = {} ms (`--path-latency`; the \
+                     seed's Table 1 is without NISTnet delays, so its ratios do not apply)",
+                    d.options.cs_ms, d.options.ss_ms
+                )
+            }
         );
         for pts in d.tables() {
             let (path, mode, drain) = (&pts[0].path, pts[0].mode, pts[0].drain);
