@@ -10,7 +10,7 @@
 //! last TSval we sent, so a connection thawed on a host whose clock differs stays correct.
 
 use crate::tcp::cc::Cc;
-use crate::tcp::tcb::{OooQueue, Tcb};
+use crate::tcp::tcb::{OooQueue, Pace, Tcb};
 use crate::tcp::{Congestion, Keepalive, TcpConfig, TcpState};
 use crate::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
@@ -477,6 +477,11 @@ impl Tcb {
         }
         if state == TcpState::Established {
             t.t_keepalive = t.cfg.keepalive.map(|k| now + k.idle);
+        }
+        if t.cfg.pace_after_thaw {
+            if let Some(srtt) = t.srtt {
+                t.pace = Pace::first_window(now, t.cc.cwnd, snd_mss, srtt, t.snd_nxt);
+            }
         }
         // Tell the peer where we are at once: an ACK with our current window.
         t.ack_now = true;

@@ -137,6 +137,14 @@ pub struct TcpConfig {
     pub time_wait: Duration,
     /// How long an orphaned connection may sit in FIN-WAIT-2.
     pub fin_wait2_timeout: Duration,
+    /// Pace the first window a thawed connection sends (after a handoff) instead of sending
+    /// it back to back: see [`tcb::Tcb`]'s pacing.
+    #[serde(default = "yes")]
+    pub pace_after_thaw: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Default for TcpConfig {
@@ -161,6 +169,7 @@ impl Default for TcpConfig {
             max_retries: 15,
             time_wait: Duration::from_secs(60),
             fin_wait2_timeout: Duration::from_secs(60),
+            pace_after_thaw: true,
         }
     }
 }

@@ -25,6 +25,61 @@ pub enum TcpError {
     Aborted,
 }
 
+/// Pacing of a thawed connection's first window. The acceptor of a handoff starts with the
+/// donor's congestion window and an empty pipe: no ACKs are coming back yet to space its
+/// segments (the ACK clock of RFC 5681 §1, lost with the move), so it would send the whole
+/// window back to back into the path's bottleneck queue, where a window larger than the
+/// queue is partly dropped. Instead new data leaves at 1.2 × cwnd / SRTT (the ratio Linux
+/// paces with in congestion avoidance, `tcp_pacing_ca_ratio`) in bursts of at most 1 ms of
+/// that rate, until one window has left; the ACKs of those segments then clock the rest.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Pace {
+    /// Octets per second.
+    pub(crate) rate: u64,
+    /// The next burst leaves no earlier.
+    pub(crate) next: Instant,
+    /// Octets the current burst may still carry.
+    pub(crate) budget: u32,
+    /// Pacing ends once SND.NXT reaches this: one window after the thaw.
+    pub(crate) until: u32,
+}
+
+impl Pace {
+    /// Pacing for a window of `cwnd` octets over `srtt` from `snd_nxt` at `now`; `None` when
+    /// there is nothing to spread (a window of a few segments, no RTT known).
+    pub(crate) fn first_window(
+        now: Instant,
+        cwnd: u32,
+        mss: u32,
+        srtt: Duration,
+        snd_nxt: u32,
+    ) -> Option<Pace> {
+        let srtt_ns = u64::try_from(srtt.as_nanos()).ok()?.max(1);
+        if cwnd <= 4 * mss {
+            return None;
+        }
+        // 1.2 × cwnd / SRTT, in octets per second.
+        let rate = (u64::from(cwnd) * 1_200_000_000 / srtt_ns).max(1);
+        Some(Pace {
+            rate,
+            next: now,
+            budget: 0,
+            until: snd_nxt.wrapping_add(cwnd),
+        })
+    }
+
+    /// The most octets one burst may carry: 1 ms at the pacing rate, at least two segments.
+    fn quantum(&self, mss: u32) -> u32 {
+        let q = u32::try_from(self.rate / 1000).unwrap_or(u32::MAX);
+        (q / mss.max(1) * mss).max(2 * mss)
+    }
+
+    /// How long `len` octets take at the pacing rate.
+    fn spacing(&self, len: u32) -> Duration {
+        Duration::from_nanos(u64::from(len) * 1_000_000_000 / self.rate.max(1))
+    }
+}
+
 /// A parsed incoming segment (checksum already verified).
 #[derive(Debug, Clone, Copy)]
 pub struct SegIn<'a> {
@@ -217,6 +272,10 @@ impl OooQueue {
 #[derive(Debug, Clone)]
 pub struct Tcb {
     pub(crate) local: SocketAddrV6,
+    /// Pacing of the first window after a thaw ([`Pace`]).
+    pub(crate) pace: Option<Pace>,
+    /// The next paced segment may leave then.
+    pub(crate) t_pace: Option<Instant>,
     pub(crate) remote: SocketAddrV6,
     pub(crate) state: TcpState,
     pub(crate) cfg: TcpConfig,
@@ -384,6 +443,8 @@ impl Tcb {
         let rto = cfg.initial_rto;
         Tcb {
             local,
+            pace: None,
+            t_pace: None,
             remote,
             state: TcpState::Closed,
             iss,
@@ -1525,6 +1586,10 @@ impl Tcb {
             }
             return;
         }
+        if self.t_pace.is_some_and(|t| t <= now) {
+            // The next paced burst may go: the interface sends it as the connection has data.
+            self.t_pace = None;
+        }
         if self.t_delack.is_some_and(|t| t <= now) {
             self.t_delack = None;
             self.ack_now = true;
@@ -1573,6 +1638,9 @@ impl Tcb {
             return;
         }
         self.retries += 1;
+        // Slow start from one segment follows: nothing left to pace.
+        self.pace = None;
+        self.t_pace = None;
         let limit = if syn_phase {
             self.cfg.syn_retries
         } else {
@@ -1638,6 +1706,7 @@ impl Tcb {
             self.t_persist,
             self.t_keepalive,
             self.t_close,
+            self.t_pace,
         ]
         .into_iter()
         .flatten()
@@ -2056,11 +2125,24 @@ impl Tcb {
         let retransmitting = lt(self.snd_nxt, self.snd_max);
         // A super-frame only for new data: what is resent after a timeout goes a segment at a
         // time.
-        let burst = if gso_max >= 2 * mss && !retransmitting {
+        let mut burst = if gso_max >= 2 * mss && !retransmitting {
             gso_max / mss * mss
         } else {
             mss
         };
+        if let Some(p) = self.pace.as_mut().filter(|_| !retransmitting) {
+            if p.budget == 0 {
+                if now < p.next {
+                    self.t_pace = Some(p.next);
+                    return None;
+                }
+                // A new burst: 1 ms at the pacing rate, the next one 1 ms later.
+                let q = p.quantum(mss);
+                p.budget = q;
+                p.next = p.next.max(now) + p.spacing(q);
+            }
+            burst = burst.min(p.budget.max(mss));
+        }
         let mut len = unsent.min(burst).min(wnd_avail).min(cwnd_avail);
         if len > mss && len % mss != 0 {
             // Only the end of the data may make a super-frame's last segment short, and only
@@ -2128,6 +2210,14 @@ impl Tcb {
             }
         }
         self.snd_nxt = seq.wrapping_add(len + fin as u32);
+        if let Some(p) = self.pace.as_mut().filter(|_| len > 0 && !retransmitting) {
+            p.budget = p.budget.saturating_sub(len);
+            if !lt(self.snd_nxt, p.until) {
+                // One window has left: its ACKs clock the rest.
+                self.pace = None;
+                self.t_pace = None;
+            }
+        }
         // Minshall's "last small segment sent": also a super-frame with a short last segment.
         if len > 0 && len % mss != 0 && !retransmitting {
             self.snd_sml = self.snd_nxt;

@@ -893,3 +893,59 @@ fn reading_a_pushed_tail_acknowledges_it_at_once() {
     assert_eq!(collect(&mut c, t3).len(), 1);
     assert!(!c.interactive);
 }
+
+/// A thawed connection paces its first window ([`super::tcb::Pace`]): with a 100-segment
+/// window on a 10 ms path it sends 1 ms of 1.2 × cwnd / SRTT at a time (12 segments), one
+/// burst per millisecond, while an ACK it owes still leaves at once; once a window has left,
+/// pacing ends and ACKs clock the rest. Without it, all 100 segments leave back to back.
+#[test]
+fn a_thawed_connection_paces_its_first_window() {
+    let (mut c, s) = handshake();
+    let now = t0() + Duration::from_millis(1);
+    let mss = s.eff_mss();
+    let mut st = s.to_state(now).expect("state");
+    st.srtt_us = 10_000;
+    st.rttvar_us = 1_000;
+    st.cwnd = 100 * mss;
+    let data_segs = |v: &[Wire]| v.iter().filter(|w| !w.payload.is_empty()).count();
+
+    let unpaced = TcpConfig {
+        pace_after_thaw: false,
+        ..cfg()
+    };
+    let mut u = Tcb::from_state(&st, &unpaced, now);
+    u.send(&vec![1; 300 * mss as usize]);
+    assert_eq!(
+        data_segs(&collect(&mut u, now)),
+        100,
+        "the whole window at once"
+    );
+
+    let mut s = Tcb::from_state(&st, &cfg(), now);
+    s.send(&vec![1; 300 * mss as usize]);
+    let first = collect(&mut s, now);
+    assert_eq!(data_segs(&first), 12, "1 ms at 1.2 x cwnd / SRTT");
+    assert_eq!(s.poll_at(), Some(now + Duration::from_millis(1)));
+    // Half a millisecond on, the peer sends data: its ACK is not held by the pacing.
+    let mid = now + Duration::from_micros(500);
+    c.send(b"hi");
+    for w in collect(&mut c, mid) {
+        s.on_segment(mid, &seg_in(&w));
+    }
+    let ack = collect(&mut s, mid);
+    assert_eq!(ack.len(), 1);
+    assert!(ack[0].payload.is_empty(), "an ACK, no data before its time");
+    // A burst per millisecond until a window has left.
+    let mut t = now;
+    let mut sent = data_segs(&first);
+    while s.pace.is_some() {
+        t += Duration::from_millis(1);
+        s.on_timer(t);
+        let n = data_segs(&collect(&mut s, t));
+        assert!(n <= 12 || s.pace.is_none(), "{n} segments in one burst");
+        sent += n;
+        assert!(t < now + Duration::from_millis(20), "pacing never ended");
+    }
+    assert!(sent >= 100, "{sent}");
+    assert_eq!(s.t_pace, None);
+}
