@@ -160,7 +160,13 @@ struct ReproduceArgs {
     drains: Vec<ds_perf::handoff::DrainChoice>,
     /// Experiment 2's path latencies Lat_CS (both client paths) and Lat_SS, ms: `CS,SS` (the
     /// seed's Table 1 has none; with a bandwidth, a bottleneck queue behind a long path).
-    #[arg(long, value_delimiter = ',', num_args = 2, value_names = ["CS_MS", "SS_MS"], default_values_t = [0.0, 0.0], value_parser = parse_latency)]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "CS_MS,SS_MS",
+        default_values_t = [0.0, 0.0],
+        value_parser = parse_latency
+    )]
     path_latency: Vec<f64>,
     /// Round trips per access-latency point.
     #[arg(long, default_value_t = 100)]
@@ -219,9 +225,12 @@ fn run_reproduce(a: ReproduceArgs) -> Result<()> {
         size.decomp_sessions,
     );
     table1.drains = a.drains.clone();
-    if let [cs, ss] = a.path_latency[..] {
-        table1.cs_ms = cs;
-        table1.ss_ms = ss;
+    match a.path_latency[..] {
+        [cs, ss] => {
+            table1.cs_ms = cs;
+            table1.ss_ms = ss;
+        }
+        _ => bail!("--path-latency: two latencies, CS_MS,SS_MS"),
     }
     let shape = Shape {
         rounds: a.rounds,
