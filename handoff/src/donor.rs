@@ -52,7 +52,8 @@ pub struct DonorConfig {
     /// acceptor can run return routability meanwhile.
     pub prepare: bool,
     /// After the move, how long packets that still reach this host are forwarded to the
-    /// acceptor (until steering has surely taken effect).
+    /// acceptor (until steering has surely taken effect); while they keep coming, until none
+    /// came for this long ([`MAX_FORWARD`] at most).
     pub forward_grace: Duration,
     /// The node's membership fence, carried in the offer.
     pub fence: Option<crate::msg::Fence>,
@@ -147,6 +148,8 @@ enum Stage<C> {
         until: Instant,
         /// Next look at the held packets.
         next: Instant,
+        /// Forwarding began: it ends [`MAX_FORWARD`] later at the latest.
+        since: Instant,
     },
     Done,
 }
@@ -185,6 +188,11 @@ impl Progress {
 
 /// How often held packets are collected while forwarding (the host holds them meanwhile).
 const FORWARD_EVERY: Duration = Duration::from_millis(1);
+
+/// Forwarding lasts at most this long, however long packets keep coming: a mobile node
+/// retransmits an unacknowledged Binding Update for up to MAX_BINDACK_TIMEOUT, 32 s (RFC 6275
+/// §11.8, §13), so route optimisation has taken effect, or failed for good, by then.
+pub const MAX_FORWARD: Duration = Duration::from_secs(32);
 
 /// The donor side of one handoff.
 #[derive(Debug)]
@@ -307,7 +315,7 @@ impl<C: std::fmt::Debug> Donor<C> {
         match &self.stage {
             Stage::Draining { until, .. } => *until,
             Stage::Offered(f) => Some(f.accepted.unwrap_or(f.offered_at) + self.cfg.reply_timeout),
-            Stage::Forwarding { until, next } => Some((*until).min(*next)),
+            Stage::Forwarding { until, next, .. } => Some((*until).min(*next)),
             Stage::Done => None,
         }
     }
@@ -391,17 +399,30 @@ impl<C: std::fmt::Debug> Donor<C> {
                     self.in_doubt(f, "no Activated in time".into());
                 }
             }
-            Stage::Forwarding { until, .. } => {
+            Stage::Forwarding { until, since, .. } => {
                 let (local, remote) = (self.local, self.remote);
                 if now >= until {
                     let rest = host.release(local, remote);
                     self.forward(rest);
                 } else {
                     let held = host.take_held(local, remote);
+                    // Packets still coming here: steering has not taken effect yet (in route
+                    // optimisation, a Binding Update lost on a congested path is resent only
+                    // after a second, RFC 6275 §11.8). Forwarding goes on until none came for
+                    // the grace period, at most MAX_FORWARD: ending it while they still come
+                    // would answer the client's next packet with a reset.
+                    let until = if held.is_empty() {
+                        until
+                    } else {
+                        until
+                            .max(now + self.cfg.forward_grace)
+                            .min(since + MAX_FORWARD)
+                    };
                     self.forward(held);
                     self.stage = Stage::Forwarding {
                         until,
                         next: now + FORWARD_EVERY,
+                        since,
                     };
                 }
             }
@@ -621,6 +642,7 @@ impl<C: std::fmt::Debug> Donor<C> {
         self.stage = Stage::Forwarding {
             until: since + self.cfg.reply_timeout + self.cfg.forward_grace,
             next: since,
+            since,
         };
     }
 
@@ -680,6 +702,7 @@ impl<C: std::fmt::Debug> Donor<C> {
         self.stage = Stage::Forwarding {
             until: now + self.cfg.forward_grace,
             next: now,
+            since: now,
         };
     }
 

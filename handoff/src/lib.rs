@@ -67,7 +67,7 @@ pub mod user;
 
 pub use acceptor::{Acceptor, AcceptorConfig, AcceptorEvent, Dest, Steering, Violation};
 pub use channel::{Channel, ChannelError, ClusterSecret, Codec, Handshake, Role};
-pub use donor::{Donor, DonorConfig, DonorOutcome};
+pub use donor::{Donor, DonorConfig, DonorOutcome, MAX_FORWARD};
 pub use drain::Drain;
 pub use gate::{ChannelGate, GateLimits, GateStats};
 pub use host::{Host, HostError, Service, Takeover};

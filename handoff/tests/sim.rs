@@ -529,3 +529,72 @@ fn a_slow_home_agent_stalls_no_other_connection() {
     );
     assert!(s.svcs[2].adopted.pop().is_some());
 }
+
+/// Packets keep reaching the donor long after the move (route optimisation whose Binding
+/// Update was lost keeps the client sending to the home address until the mobile node resends
+/// it a second later): the donor forwards them as long as they come, not only for its 200 ms
+/// grace period, after which the client's next packet would have been answered with a reset.
+/// Once they stop for the grace period, forwarding ends.
+#[test]
+fn forwarding_lasts_while_packets_keep_coming() {
+    let mut s = Sim::new();
+    let cfg = DonorConfig::new(7, "http");
+    assert_eq!(cfg.forward_grace, Duration::from_millis(200));
+    let (cl, _, mut d) = s.begin(0, cfg);
+    let (mut ch_d, ch_a) = mem_pair();
+    let mut ch_a = boxed(ch_a);
+    let mut acc = Acceptor::new(AcceptorConfig {
+        takeover: Takeover::HomeAddress,
+        ..acfg()
+    });
+    let (out, _) = s.run(&mut d, &mut ch_d, &mut acc, &mut ch_a, None, |_, _| {});
+    assert_outcome!(out, DonorOutcome::Moved { .. });
+    let srv2 = s.svcs[2].adopted.pop().expect("adopted");
+    // The client sends a little every 20 ms for 1.5 s: all of it through the donor.
+    let up = data(75 * 400);
+    let mut got = Vec::new();
+    for ms in 0..1500 {
+        if ms % 20 == 0 {
+            let k = ms / 20 * 400;
+            assert_eq!(s.lan.ifs[0].tcp_send(cl, &up[k..k + 400]).unwrap(), 400);
+        }
+        round12(
+            &mut s.lan,
+            &mut s.svcs,
+            &mut d,
+            &mut ch_d,
+            &mut acc,
+            &mut ch_a,
+        );
+        read_into(&mut s.lan.ifs[2], srv2, &mut got);
+        s.tick();
+    }
+    for _ in 0..50 {
+        round12(
+            &mut s.lan,
+            &mut s.svcs,
+            &mut d,
+            &mut ch_d,
+            &mut acc,
+            &mut ch_a,
+        );
+        read_into(&mut s.lan.ifs[2], srv2, &mut got);
+        s.tick();
+    }
+    assert_bytes(&got, &up, "at the acceptor, through the donor, for 1.5 s");
+    assert_eq!(s.lan.ifs[0].tcp_state(cl), Some(TcpState::Established));
+    assert!(!d.is_done(), "still forwarding 50 ms after the last packet");
+    // Nothing more comes: forwarding ends one grace period later.
+    for _ in 0..300 {
+        round12(
+            &mut s.lan,
+            &mut s.svcs,
+            &mut d,
+            &mut ch_d,
+            &mut acc,
+            &mut ch_a,
+        );
+        s.tick();
+    }
+    assert!(d.is_done(), "forwarding ended");
+}

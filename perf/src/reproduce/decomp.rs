@@ -314,6 +314,11 @@ pub(crate) fn handoffs(
     let mut runs = Vec::new();
     for i in 0..sessions {
         let d = download(bed, &want, timeout, mode).and_then(|d| {
+            if !d.ok {
+                // The capture of a failed download is the one to read.
+                let (donor, acceptor) = (bed.router_mac(0)?, bed.router_mac(1)?);
+                save_trace(&d.frames, donor, acceptor, mode, drain_args, paths);
+            }
             ensure!(
                 d.ok,
                 "download {i}: the body differs from the object ({} bytes of {size})",
