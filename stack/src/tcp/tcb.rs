@@ -272,10 +272,6 @@ impl OooQueue {
 #[derive(Debug, Clone)]
 pub struct Tcb {
     pub(crate) local: SocketAddrV6,
-    /// Pacing of the first window after a thaw ([`Pace`]).
-    pub(crate) pace: Option<Pace>,
-    /// The next paced segment may leave then.
-    pub(crate) t_pace: Option<Instant>,
     pub(crate) remote: SocketAddrV6,
     pub(crate) state: TcpState,
     pub(crate) cfg: TcpConfig,
@@ -382,6 +378,10 @@ pub struct Tcb {
     pub(crate) t_close: Option<Instant>,
     /// Tail loss probe timer (RFC 8985 §7).
     pub(crate) t_tlp: Option<Instant>,
+    /// Pacing of the first window after a thaw ([`Pace`]).
+    pub(crate) pace: Option<Pace>,
+    /// The next paced burst may leave then.
+    pub(crate) t_pace: Option<Instant>,
     /// A tail loss probe is outstanding / due.
     pub(crate) tlp_out: bool,
     pub(crate) tlp_due: bool,
@@ -443,8 +443,6 @@ impl Tcb {
         let rto = cfg.initial_rto;
         Tcb {
             local,
-            pace: None,
-            t_pace: None,
             remote,
             state: TcpState::Closed,
             iss,
@@ -508,6 +506,8 @@ impl Tcb {
             drain_probed: false,
             t_close: None,
             t_tlp: None,
+            pace: None,
+            t_pace: None,
             tlp_out: false,
             tlp_due: false,
             probe_due: false,
