@@ -155,6 +155,52 @@ fn boxed(l: impl Link + 'static) -> Option<Box<dyn Link>> {
     Some(Box::new(l))
 }
 
+/// A connection already handed from node 1 to node 2 (the DS address served there as a home
+/// address: nothing steers the client away from the donor), with the engine still running.
+struct Moved {
+    cl: TcpHandle,
+    srv: TcpHandle,
+    d: Donor<UserConn>,
+    ch_d: Mem,
+    ch_a: Option<Box<dyn Link>>,
+    acc: Acceptor<u8, UserConn>,
+}
+
+impl Moved {
+    fn new(s: &mut Sim, cfg: DonorConfig) -> Moved {
+        let (cl, _, mut d) = s.begin(0, cfg);
+        let (mut ch_d, ch_a) = mem_pair();
+        let mut ch_a = boxed(ch_a);
+        let mut acc = Acceptor::new(AcceptorConfig {
+            takeover: Takeover::HomeAddress,
+            ..acfg()
+        });
+        let (out, _) = s.run(&mut d, &mut ch_d, &mut acc, &mut ch_a, None, |_, _| {});
+        assert_outcome!(out, DonorOutcome::Moved { .. });
+        let srv = s.svcs[2].adopted.pop().expect("adopted");
+        Moved {
+            cl,
+            srv,
+            d,
+            ch_d,
+            ch_a,
+            acc,
+        }
+    }
+
+    /// One round of both nodes' engines.
+    fn round(&mut self, s: &mut Sim) -> common::Seen {
+        round12(
+            &mut s.lan,
+            &mut s.svcs,
+            &mut self.d,
+            &mut self.ch_d,
+            &mut self.acc,
+            &mut self.ch_a,
+        )
+    }
+}
+
 /// An acceptor steering through a home agent (transparent mode) that waits `timeout` for its
 /// answer; the DS address is served as a home address (nothing else steers the client).
 fn ha_steered(timeout: Duration) -> Acceptor<u8, UserConn> {
@@ -422,38 +468,21 @@ fn late_packets_after_the_freeze_are_forwarded() {
     let mut s = Sim::new();
     let mut cfg = DonorConfig::new(6, "http");
     cfg.forward_grace = Duration::from_secs(5);
-    let (cl, _, mut d) = s.begin(0, cfg);
-    let (mut ch_d, ch_a) = mem_pair();
-    let mut ch_a = boxed(ch_a);
-    let mut acc = Acceptor::new(AcceptorConfig {
-        takeover: Takeover::HomeAddress,
-        ..acfg()
-    });
-    let (out, _) = s.run(&mut d, &mut ch_d, &mut acc, &mut ch_a, None, |_, _| {});
-    assert_outcome!(out, DonorOutcome::Moved { .. });
-    let srv2 = s.svcs[2].adopted.pop().expect("adopted");
+    let mut m = Moved::new(&mut s, cfg);
     // Now the client uploads.
     let up = data(300_000);
     let (mut sent, mut got) = (0, Vec::new());
     let mut forwarded = 0;
     for _ in 0..5000 {
         if sent < up.len() {
-            sent += s.lan.ifs[0].tcp_send(cl, &up[sent..]).unwrap();
+            sent += s.lan.ifs[0].tcp_send(m.cl, &up[sent..]).unwrap();
         }
-        let seen = round12(
-            &mut s.lan,
-            &mut s.svcs,
-            &mut d,
-            &mut ch_d,
-            &mut acc,
-            &mut ch_a,
-        );
-        for e in seen.events {
+        for e in m.round(&mut s).events {
             if let AcceptorEvent::Forwarded { packets, .. } = e {
                 forwarded += packets;
             }
         }
-        read_into(&mut s.lan.ifs[2], srv2, &mut got);
+        read_into(&mut s.lan.ifs[2], m.srv, &mut got);
         if got.len() == up.len() {
             break;
         }
@@ -540,61 +569,30 @@ fn forwarding_lasts_while_packets_keep_coming() {
     let mut s = Sim::new();
     let cfg = DonorConfig::new(7, "http");
     assert_eq!(cfg.forward_grace, Duration::from_millis(200));
-    let (cl, _, mut d) = s.begin(0, cfg);
-    let (mut ch_d, ch_a) = mem_pair();
-    let mut ch_a = boxed(ch_a);
-    let mut acc = Acceptor::new(AcceptorConfig {
-        takeover: Takeover::HomeAddress,
-        ..acfg()
-    });
-    let (out, _) = s.run(&mut d, &mut ch_d, &mut acc, &mut ch_a, None, |_, _| {});
-    assert_outcome!(out, DonorOutcome::Moved { .. });
-    let srv2 = s.svcs[2].adopted.pop().expect("adopted");
-    // The client sends a little every 20 ms for 1.5 s: all of it through the donor.
+    let mut m = Moved::new(&mut s, cfg);
+    // The client sends a little every 20 ms for 1.5 s, then nothing: all of it through the
+    // donor.
     let up = data(75 * 400);
     let mut got = Vec::new();
-    for ms in 0..1500 {
-        if ms % 20 == 0 {
+    for ms in 0..1550 {
+        if ms < 1500 && ms % 20 == 0 {
             let k = ms / 20 * 400;
-            assert_eq!(s.lan.ifs[0].tcp_send(cl, &up[k..k + 400]).unwrap(), 400);
+            assert_eq!(s.lan.ifs[0].tcp_send(m.cl, &up[k..k + 400]).unwrap(), 400);
         }
-        round12(
-            &mut s.lan,
-            &mut s.svcs,
-            &mut d,
-            &mut ch_d,
-            &mut acc,
-            &mut ch_a,
-        );
-        read_into(&mut s.lan.ifs[2], srv2, &mut got);
-        s.tick();
-    }
-    for _ in 0..50 {
-        round12(
-            &mut s.lan,
-            &mut s.svcs,
-            &mut d,
-            &mut ch_d,
-            &mut acc,
-            &mut ch_a,
-        );
-        read_into(&mut s.lan.ifs[2], srv2, &mut got);
+        m.round(&mut s);
+        read_into(&mut s.lan.ifs[2], m.srv, &mut got);
         s.tick();
     }
     assert_bytes(&got, &up, "at the acceptor, through the donor, for 1.5 s");
-    assert_eq!(s.lan.ifs[0].tcp_state(cl), Some(TcpState::Established));
-    assert!(!d.is_done(), "still forwarding 50 ms after the last packet");
+    assert_eq!(s.lan.ifs[0].tcp_state(m.cl), Some(TcpState::Established));
+    assert!(
+        !m.d.is_done(),
+        "still forwarding 50 ms after the last packet"
+    );
     // Nothing more comes: forwarding ends one grace period later.
     for _ in 0..300 {
-        round12(
-            &mut s.lan,
-            &mut s.svcs,
-            &mut d,
-            &mut ch_d,
-            &mut acc,
-            &mut ch_a,
-        );
+        m.round(&mut s);
         s.tick();
     }
-    assert!(d.is_done(), "forwarding ended");
+    assert!(m.d.is_done(), "forwarding ended");
 }

@@ -52,11 +52,7 @@ pub struct Seen {
 /// connection the capture saw open only ([`captured_client_port`]).
 pub fn data_from(frames: &[Frame], server: Ipv6Addr, port: u16) -> Vec<Seen> {
     server_data(frames, server, port)
-        .map(|f| Seen {
-            at: f.at,
-            seq: f.tcp.map_or(0, |t| t.2),
-            len: f.tcp.map_or(0, |t| t.3),
-        })
+        .filter_map(|f| f.tcp.map(|(_, _, seq, len)| Seen { at: f.at, seq, len }))
         .collect()
 }
 

@@ -826,16 +826,17 @@ fn reading_a_pushed_tail_acknowledges_it_at_once() {
     let (mut c, mut s) = handshake();
     c.cfg.delayed_ack = Some(Duration::from_millis(40));
     let now = t0();
-    let deliver = |c: &mut Tcb, s: &mut Tcb, now: Instant| {
-        for w in collect(s, now) {
-            c.on_segment(now, &seg_in(&w));
+    // What `from` sends at `now`, received by `to`.
+    let pass = |from: &mut Tcb, to: &mut Tcb, now: Instant| {
+        for w in collect(from, now) {
+            to.on_segment(now, &seg_in(&w));
         }
     };
     let mut buf = [0u8; 4096];
 
     // A short response, pushed: held for the timer until the application reads all of it.
     s.send(&[7; 300]);
-    deliver(&mut c, &mut s, now);
+    pass(&mut s, &mut c, now);
     assert!(collect(&mut c, now).is_empty(), "delayed while unread");
     assert_eq!(c.recv(&mut buf[..100]), 100);
     assert!(
@@ -864,24 +865,20 @@ fn reading_a_pushed_tail_acknowledges_it_at_once() {
     );
     let later = now + Duration::from_millis(40);
     c.on_timer(later);
-    for w in collect(&mut c, later) {
-        s.on_segment(later, &seg_in(&w));
-    }
+    pass(&mut c, &mut s, later);
 
     // Interactive: the client answers the server's data with data at once, so the next
     // pushed response is read without an ACK of its own (the next request carries it).
     let t = later + Duration::from_millis(1);
     s.send(&[1; 50]);
-    deliver(&mut c, &mut s, t);
+    pass(&mut s, &mut c, t);
     assert_eq!(c.recv(&mut buf), 50);
     c.send(&[2; 20]);
-    for w in collect(&mut c, t) {
-        s.on_segment(t, &seg_in(&w));
-    }
+    pass(&mut c, &mut s, t);
     assert!(c.interactive, "answered within the delayed-ACK time");
     let t2 = t + Duration::from_millis(1);
     s.send(&[3; 50]);
-    deliver(&mut c, &mut s, t2);
+    pass(&mut s, &mut c, t2);
     assert_eq!(c.recv(&mut buf), 50);
     assert!(
         collect(&mut c, t2).is_empty(),
