@@ -2130,18 +2130,18 @@ impl Tcb {
         } else {
             mss
         };
-        if let Some(p) = self.pace.as_mut().filter(|_| !retransmitting) {
-            if p.budget == 0 {
-                if now < p.next {
-                    self.t_pace = Some(p.next);
-                    return None;
-                }
-                // A new burst: 1 ms at the pacing rate, the next one 1 ms later.
-                let q = p.quantum(mss);
-                p.budget = q;
-                p.next = p.next.max(now) + p.spacing(q);
+        if let Some(p) = self.pace.filter(|_| !retransmitting) {
+            if p.budget == 0 && now < p.next {
+                self.t_pace = Some(p.next);
+                return None;
             }
-            burst = burst.min(p.budget.max(mss));
+            // What is left of the current burst, or a new one (started once it sends).
+            let budget = if p.budget == 0 {
+                p.quantum(mss)
+            } else {
+                p.budget
+            };
+            burst = burst.min(budget.max(mss));
         }
         let mut len = unsent.min(burst).min(wnd_avail).min(cwnd_avail);
         if len > mss && len % mss != 0 {
@@ -2211,6 +2211,12 @@ impl Tcb {
         }
         self.snd_nxt = seq.wrapping_add(len + fin as u32);
         if let Some(p) = self.pace.as_mut().filter(|_| len > 0 && !retransmitting) {
+            if p.budget == 0 {
+                // A new burst: 1 ms at the pacing rate, the next one 1 ms later.
+                let q = p.quantum(mss);
+                p.budget = q;
+                p.next = p.next.max(now) + p.spacing(q);
+            }
             p.budget = p.budget.saturating_sub(len);
             if !lt(self.snd_nxt, p.until) {
                 // One window has left: its ACKs clock the rest.
