@@ -360,6 +360,15 @@ pub struct Tcb {
     /// retransmitted hole is still missing mean the retransmission was lost too (the idea of
     /// RFC 8985 RACK, by send order instead of per-segment times).
     pub(crate) rxt_fence: u32,
+    /// When the current fast recovery began.
+    pub(crate) recovery_at: Option<Instant>,
+    /// Every unSACKed byte below the recovery point is lost, not only the holes below the
+    /// highest SACK: a retransmission sent in this recovery was delivered (a partial ACK)
+    /// while the original transmissions below the point, all sent before it, are still
+    /// missing a reordering window later (RFC 8985 §6.2, by send order). This is what finds
+    /// a lost tail that no SACK ever covered, all of it at once instead of a segment per
+    /// partial ACK.
+    pub(crate) tail_lost: bool,
 
     // Timers (absolute).
     pub(crate) t_rto: Option<Instant>,
@@ -495,6 +504,8 @@ impl Tcb {
             sacked: Vec::new(),
             loss_all: false,
             rxt_fence: iss,
+            recovery_at: None,
+            tail_lost: false,
             t_rto: None,
             t_delack: None,
             t_persist: None,
@@ -1311,6 +1322,16 @@ impl Tcb {
                             .saturating_sub(acked)
                             .saturating_add(mss)
                             .max(mss);
+                    } else if !self.tail_lost {
+                        // RFC 8985 §6.2: lost once something sent later was delivered and
+                        // RACK.rtt + reo_wnd has passed since it was sent; everything below
+                        // the point went out before the recovery began. reo_wnd is a
+                        // quarter of SRTT here (RFC 8985 §6.2 uses min_rtt / 4; we keep no
+                        // min_rtt).
+                        let srtt = self.srtt.unwrap_or_default();
+                        self.tail_lost = self
+                            .recovery_at
+                            .is_some_and(|at| now >= at + srtt + srtt / 4);
                     }
                     self.rexmit_now = true;
                     if lt(self.high_rxt, ack) {
@@ -1320,6 +1341,7 @@ impl Tcb {
                 Some(_) => {
                     // Full ACK: leave recovery (RFC 6582 §3.2 step 6, RFC 6675 §5).
                     self.recovery = None;
+                    self.tail_lost = false;
                     if !self.loss_all {
                         self.cc.cwnd = self.cc.ssthresh.min(self.flight().max(mss) + mss).max(mss);
                     }
@@ -1398,12 +1420,12 @@ impl Tcb {
             }
         }
 
-        self.maybe_enter_recovery();
+        self.maybe_enter_recovery(now);
     }
 
     /// Enter loss recovery: three duplicate ACKs, or (RFC 6675 IsLost) more than
     /// (DupThresh − 1)·SMSS bytes SACKed above SND.UNA.
-    fn maybe_enter_recovery(&mut self) {
+    fn maybe_enter_recovery(&mut self, now: Instant) {
         let mss = self.snd_mss;
         if self.recovery.is_none()
             && self.snd_una != self.snd_max
@@ -1417,6 +1439,8 @@ impl Tcb {
             let ss = self.cc.on_congestion(self.flight(), mss);
             self.recover = self.snd_max;
             self.recovery = Some(self.snd_max);
+            self.recovery_at = Some(now);
+            self.tail_lost = false;
             self.high_rxt = self.snd_una;
             self.rexmit_now = true;
             self.timed = None;
@@ -1555,9 +1579,12 @@ impl Tcb {
                 cur = r;
             }
         }
-        // After a timeout everything up to the recovery point counts as a hole.
+        // After a timeout, or once the tail is known lost, everything up to the recovery
+        // point counts as a hole.
         match self.recovery {
-            Some(point) if self.loss_all && lt(cur, point) => Some((cur, point)),
+            Some(point) if (self.loss_all || self.tail_lost) && lt(cur, point) => {
+                Some((cur, point))
+            }
             _ => None,
         }
     }
@@ -1608,7 +1635,7 @@ impl Tcb {
                 if self.sack_ok && self.sacked_bytes() > 0 {
                     // RFC 8985 §6.2: a probe timeout with SACKed data above SND.UNA means the
                     // hole outlived any plausible reordering: it is lost, recover now.
-                    self.maybe_enter_recovery();
+                    self.maybe_enter_recovery(now);
                 }
                 self.tlp_due = self.recovery.is_none();
             }
@@ -1724,6 +1751,19 @@ impl Tcb {
             || self.drain_probe_ready()
             || self.rexmit_now
             || self.has_data_to_send()
+            || self.recovery_can_send()
+    }
+
+    /// In SACK loss recovery, a hole the scoreboard knows of is still to be resent and the
+    /// pipe leaves room for it (RFC 6675 §5 (C): "while pipe permits, NextSeg()"). An ACK
+    /// that only brought SACK information must be answered by retransmissions even when no
+    /// new data waits: otherwise holes learnt after the first retransmission wait for a
+    /// partial ACK, one round trip each, or for the timeout.
+    fn recovery_can_send(&self) -> bool {
+        self.sack_ok
+            && self.recovery.is_some()
+            && self.next_hole(self.high_rxt).is_some()
+            && self.pipe().saturating_add(self.eff_mss()) <= self.cc.cwnd
     }
 
     fn has_data_to_send(&self) -> bool {

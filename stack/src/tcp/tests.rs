@@ -533,6 +533,89 @@ fn sack_recovery_resends_only_the_holes() {
     assert!(s.recovery.is_none());
 }
 
+/// Deliver `wires` to the receiver `c` and its ACKs to the sender `s`, which is asked for
+/// output only when it says it has some, as the interface does; the data segments it sends.
+fn relay<'a>(
+    c: &mut Tcb,
+    s: &mut Tcb,
+    now: Instant,
+    wires: impl IntoIterator<Item = &'a Wire>,
+) -> Vec<Wire> {
+    let mut out = Vec::new();
+    for w in wires {
+        c.on_segment(now, &seg_in(w));
+        for a in collect(c, now) {
+            s.on_segment(now, &seg_in(&a));
+            if s.wants_output() {
+                out.extend(
+                    collect(s, now)
+                        .into_iter()
+                        .filter(|w| !w.payload.is_empty()),
+                );
+            }
+        }
+    }
+    out
+}
+
+fn seqs(wires: &[Wire]) -> Vec<u32> {
+    wires.iter().map(|w| w.seg.seq).collect()
+}
+
+#[test]
+fn sack_recovery_resends_a_hole_learnt_later_without_new_data() {
+    // Everything is in flight, nothing new waits. Segments 1 and 6 are lost; the receiver
+    // reveals the second hole only when 7 arrives, after recovery began: it must go at once,
+    // not a round trip later with a partial ACK (or with the timeout).
+    let (mut c, mut s) = handshake();
+    let now = t0();
+    let segs = burst(&mut s, now, 10);
+    let arrive = segs.iter().enumerate().filter(|(i, _)| ![1, 6].contains(i));
+    let resent = seqs(&relay(&mut c, &mut s, now, arrive.map(|(_, w)| w)));
+    assert!(s.recovery.is_some(), "in recovery");
+    assert!(
+        resent.contains(&segs[1].seg.seq),
+        "first hole resent: {resent:?}"
+    );
+    assert!(
+        resent.contains(&segs[6].seg.seq),
+        "the hole learnt later is resent at once: {resent:?}"
+    );
+}
+
+/// Segments 1, 8 and 9 of 10 lost (8 and 9 are the tail: no SACK ever covers them); the
+/// retransmission of 1 arrives and is acknowledged `after` the recovery began. Returns the
+/// sequence numbers the sender resends in answer to that partial ACK, and the segments.
+fn lost_tail_answer(after: Duration) -> (Vec<u32>, Vec<Wire>) {
+    let (mut c, mut s) = handshake();
+    s.srtt = Some(Duration::from_millis(20));
+    let now = t0();
+    let segs = burst(&mut s, now, 10);
+    let arrive = segs
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| ![1, 8, 9].contains(i));
+    let re = relay(&mut c, &mut s, now, arrive.map(|(_, w)| w));
+    assert!(s.recovery.is_some(), "in recovery");
+    assert_eq!(seqs(&re), vec![segs[1].seg.seq]);
+    let resent = relay(&mut c, &mut s, now + after, &re);
+    assert!(s.recovery.is_some(), "that was a partial ACK");
+    (seqs(&resent), segs)
+}
+
+#[test]
+fn a_lost_tail_is_resent_whole_once_a_retransmission_arrived() {
+    // RFC 8985 §6.2 by send order: a round trip and a reordering window after the recovery
+    // began, the retransmission (sent in it) was delivered and the tail (sent before it) was
+    // not: both tail segments go at once, not one per partial ACK.
+    let (resent, segs) = lost_tail_answer(Duration::from_millis(30));
+    assert_eq!(resent, vec![segs[8].seg.seq, segs[9].seg.seq]);
+    // Sooner than SRTT + SRTT/4 (reordering is still possible): only the next segment, as a
+    // partial ACK asks (RFC 6582 §3.2 step 5).
+    let (resent, segs) = lost_tail_answer(Duration::from_millis(10));
+    assert_eq!(resent, vec![segs[8].seg.seq]);
+}
+
 #[test]
 fn zero_window_triggers_persist_probe() {
     let now = t0();
