@@ -226,7 +226,38 @@ impl Fig1 {
         )?;
         proc.ready("forwarding between")?;
         self.wan = Some(proc);
+        self.warm_neighbours();
         Ok(())
+    }
+
+    /// Resolves the neighbours across the core once, as a network in service has them:
+    /// home agent 2's router otherwise learns the client's link address only when node 2
+    /// first sends to the client, an emulated round trip (2·Lat_CS2) during which the
+    /// kernel drops what it cannot queue (231 segments of an acceptor's first window at
+    /// 100 Mbit/s and Lat_CS = 10 ms). A datagram from the client to each router's network
+    /// address makes the router answer (port unreachable), which resolves both directions.
+    /// Best effort: a router that does not answer only leaves its cache cold.
+    fn warm_neighbours(&self) {
+        for r in HA_NET {
+            let dst = SocketAddrV6::new(ip(r), 9, 0, 0);
+            let warmed = self.client.try_run(|| -> std::io::Result<()> {
+                let s = UdpSocket::bind("[::]:0")?;
+                s.connect(dst)?;
+                s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                s.send(b"warm")?;
+                let mut buf = [0u8; 16];
+                match s.recv(&mut buf) {
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Ok(()),
+                    Err(e) => Err(e),
+                    Ok(_) => Ok(()),
+                }
+            });
+            match warmed {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(router = r, "neighbour warm-up: {e}"),
+                Err(e) => tracing::warn!(router = r, "neighbour warm-up: {e:#}"),
+            }
+        }
     }
 
     /// (Re)starts home agent 1 (`dsha xdp` on its core interface) with the DS address bound
