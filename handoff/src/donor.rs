@@ -194,6 +194,20 @@ const FORWARD_EVERY: Duration = Duration::from_millis(1);
 /// §11.8, §13), so route optimisation has taken effect, or failed for good, by then.
 pub const MAX_FORWARD: Duration = Duration::from_secs(32);
 
+/// When the acceptor (the mobile node) resends a Binding Update sent at `sent` that is still
+/// unacknowledged at `now`: INITIAL_BINDACK_TIMEOUT after it, the wait doubling up to
+/// MAX_BINDACK_TIMEOUT (RFC 6275 §11.8, §12).
+fn next_bu_retransmission(sent: Instant, now: Instant) -> Instant {
+    use ds_mipv6::consts::{INITIAL_BINDACK_TIMEOUT, MAX_BINDACK_TIMEOUT};
+    let mut wait = INITIAL_BINDACK_TIMEOUT;
+    let mut at = sent + wait;
+    while at <= now && wait < MAX_BINDACK_TIMEOUT {
+        wait = (wait * 2).min(MAX_BINDACK_TIMEOUT);
+        at += wait;
+    }
+    at
+}
+
 /// The donor side of one handoff.
 #[derive(Debug)]
 pub struct Donor<C> {
@@ -414,9 +428,16 @@ impl<C: std::fmt::Debug> Donor<C> {
                     let until = if held.is_empty() {
                         until
                     } else {
-                        until
-                            .max(now + self.cfg.forward_grace)
-                            .min(since + MAX_FORWARD)
+                        let mut until = until.max(now + self.cfg.forward_grace);
+                        if self.cfg.mode == Mode::Ro {
+                            // A client still sending home has no binding yet and may fall
+                            // silent for longer than the grace (waiting for the acceptor's
+                            // retransmission timeout): forward until the mobile node's next
+                            // Binding Update has had its grace too.
+                            until = until
+                                .max(next_bu_retransmission(since, now) + self.cfg.forward_grace);
+                        }
+                        until.min(since + MAX_FORWARD)
                     };
                     self.forward(held);
                     self.stage = Stage::Forwarding {

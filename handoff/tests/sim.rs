@@ -16,7 +16,7 @@ use common::{
 };
 use ds_handoff::{
     Acceptor, AcceptorConfig, AcceptorEvent, Donor, DonorConfig, DonorOutcome, HandoffError,
-    Message, RefuseReason, Steering, Takeover, UserConn,
+    Message, Mode, RefuseReason, Steering, Takeover, UserConn,
 };
 use ds_stack::{TcpHandle, TcpState};
 use std::net::SocketAddrV6;
@@ -590,6 +590,44 @@ fn forwarding_lasts_while_packets_keep_coming() {
         "still forwarding 50 ms after the last packet"
     );
     // Nothing more comes: forwarding ends one grace period later.
+    for _ in 0..300 {
+        m.round(&mut s);
+        s.tick();
+    }
+    assert!(m.d.is_done(), "forwarding ended");
+}
+
+/// Route optimisation: a client that still sends home has not got the acceptor's Binding
+/// Update, and may then fall silent for longer than the grace period (here while the
+/// acceptor waits for its retransmission timeout). Its next packet must still be forwarded,
+/// not answered with a reset: the donor forwards until the mobile node's resent Binding
+/// Update (a second after the first, RFC 6275 §11.8) has had its grace too.
+#[test]
+fn route_optimised_forwarding_outlasts_a_silence_before_the_binding_update_is_resent() {
+    let mut s = Sim::new();
+    let mut cfg = DonorConfig::new(7, "http");
+    cfg.mode = Mode::Ro;
+    let mut m = Moved::new(&mut s, cfg);
+    let up = data(800);
+    let mut got = Vec::new();
+    // One packet home at once, then 500 ms of silence (over the 200 ms grace), then another.
+    for ms in 0..1000 {
+        if ms == 0 || ms == 500 {
+            let k = if ms == 0 { 0 } else { 400 };
+            assert_eq!(s.lan.ifs[0].tcp_send(m.cl, &up[k..k + 400]).unwrap(), 400);
+        }
+        m.round(&mut s);
+        read_into(&mut s.lan.ifs[2], m.srv, &mut got);
+        s.tick();
+    }
+    assert_bytes(
+        &got,
+        &up,
+        "at the acceptor, through the donor, across the silence",
+    );
+    assert_eq!(s.lan.ifs[0].tcp_state(m.cl), Some(TcpState::Established));
+    // Nothing more comes: forwarding ends after the resent Binding Update's grace (1.2 s
+    // after the move) at the latest.
     for _ in 0..300 {
         m.round(&mut s);
         s.tick();
