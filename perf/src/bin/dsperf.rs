@@ -178,9 +178,11 @@ struct ReproduceArgs {
     /// figures/reproduce-figure2.svg (`--out docs` updates the repository's copy).
     #[arg(long, default_value = "dsperf-reproduce")]
     out: PathBuf,
-    /// Run nothing: write the report again from a saved figures/reproduce-results.json.
-    #[arg(long, value_name = "FILE")]
-    render: Option<PathBuf>,
+    /// Run nothing: write the report again from a saved figures/reproduce-results.json;
+    /// from several, the parts of one run split with --only, --paths, --modes or
+    /// --bandwidths (a --full run in pieces), one report of them all.
+    #[arg(long, value_name = "FILE", num_args = 1..)]
+    render: Vec<PathBuf>,
     /// Print the results as one JSON object.
     #[arg(long)]
     json: bool,
@@ -189,11 +191,19 @@ struct ReproduceArgs {
 fn run_reproduce(a: ReproduceArgs) -> Result<()> {
     use ds_perf::reproduce::{access, decomp, figure2, report, testbed::Fig1};
     let started = std::time::Instant::now();
-    if let Some(f) = &a.render {
-        let text =
-            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
-        let results: report::Results =
-            serde_json::from_str(&text).with_context(|| format!("parsing {}", f.display()))?;
+    if !a.render.is_empty() {
+        let mut parts = Vec::new();
+        for f in &a.render {
+            let text =
+                std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+            let r: report::Results =
+                serde_json::from_str(&text).with_context(|| format!("parsing {}", f.display()))?;
+            parts.push(r);
+        }
+        let results = match parts.len() {
+            1 => parts.remove(0),
+            _ => report::Results::merge(parts)?,
+        };
         for p in report::write_all(&a.out, &results)? {
             tracing::info!("wrote {}", p.display());
         }

@@ -58,6 +58,115 @@ impl Results {
     }
 }
 
+/// Appends what `more` holds that `into` lacks, in order (a union that keeps the first
+/// part's order).
+fn union<T: PartialEq + Clone>(into: &mut Vec<T>, more: &[T]) {
+    for m in more {
+        if !into.contains(m) {
+            into.push(m.clone());
+        }
+    }
+}
+
+impl Results {
+    /// One report from the parts of a run split across invocations (`--only`, `--paths`,
+    /// `--modes`, `--bandwidths`: a `--full` run is longer than a working day on some
+    /// machines). Each experiment's points are put together in the parts' order; the run's
+    /// time is the sum of the parts'. Refused when two parts measured the same point, or
+    /// when their settings (sizes, downloads per point, object, path latencies) differ:
+    /// such parts do not make one run.
+    pub fn merge(parts: Vec<Results>) -> Result<Results> {
+        let mut it = parts.into_iter();
+        let Some(mut out) = it.next() else {
+            anyhow::bail!("nothing to merge");
+        };
+        for (i, p) in it.enumerate() {
+            let part = i + 2;
+            if out.params != p.params {
+                anyhow::bail!("part {part} was measured with other sizes than part 1");
+            }
+            if out.size != p.size {
+                anyhow::bail!("part {part} is a {} run, part 1 a {} run", p.size, out.size);
+            }
+            out.command = format!("{} + {}", out.command, p.command);
+            out.date = format!("{} + {}", out.date, p.date);
+            out.seconds += p.seconds;
+            for (k, v) in &p.experiment_seconds {
+                *out.experiment_seconds.entry(k.clone()).or_default() += v;
+            }
+            out.access = match (out.access.take(), p.access) {
+                (Some(_), Some(_)) => anyhow::bail!("parts 1 and {part} both measured access"),
+                (a, b) => a.or(b),
+            };
+            out.decomp = match (out.decomp.take(), p.decomp) {
+                (Some(mut a), Some(b)) => {
+                    let (x, y) = (&a.options, &b.options);
+                    if (x.sessions, x.size, x.handoff_at, x.cs_ms, x.ss_ms)
+                        != (y.sessions, y.size, y.handoff_at, y.cs_ms, y.ss_ms)
+                    {
+                        anyhow::bail!("part {part}'s handoff experiment has other settings");
+                    }
+                    for q in &b.points {
+                        let key = |r: &decomp::Point| (r.path.clone(), r.mode, r.drain, r.mbit);
+                        if a.points.iter().any(|r| key(r) == key(q)) {
+                            anyhow::bail!(
+                                "parts 1 and {part} both measured {} {:?} {:?} at {:?} Mbit/s",
+                                q.path,
+                                q.mode,
+                                q.drain,
+                                q.mbit
+                            );
+                        }
+                    }
+                    union(&mut a.options.paths, &y.paths);
+                    union(&mut a.options.modes, &y.modes);
+                    union(&mut a.options.bandwidths, &y.bandwidths);
+                    union(&mut a.options.drains, &y.drains);
+                    a.points.extend(b.points);
+                    Some(a)
+                }
+                (a, b) => a.or(b),
+            };
+            out.sweep = match (out.sweep.take(), p.sweep) {
+                (Some(mut a), Some(b)) => {
+                    let key =
+                        |r: &decomp::SweepPoint| (r.mode, r.cs_ms.to_bits(), r.ss_ms.to_bits());
+                    if b.iter().any(|q| a.iter().any(|r| key(r) == key(q))) {
+                        anyhow::bail!("parts 1 and {part} both measured a latency point");
+                    }
+                    a.extend(b);
+                    Some(a)
+                }
+                (a, b) => a.or(b),
+            };
+            out.state = match (out.state.take(), p.state) {
+                (Some(mut a), Some(b)) => {
+                    let (x, y) = (&a.options, &b.options);
+                    if (&x.waits_ms, x.sessions, x.size, x.handoff_at)
+                        != (&y.waits_ms, y.sessions, y.size, y.handoff_at)
+                    {
+                        anyhow::bail!("part {part}'s state experiment has other settings");
+                    }
+                    if b.curves
+                        .iter()
+                        .any(|c| a.curves.iter().any(|d| d.mbit == c.mbit))
+                    {
+                        anyhow::bail!("parts 1 and {part} both measured a Figure 2 curve");
+                    }
+                    union(&mut a.options.bandwidths, &y.bandwidths);
+                    a.curves.extend(b.curves);
+                    Some(a)
+                }
+                (a, b) => a.or(b),
+            };
+        }
+        // The estimate of a full run from a quick one does not apply to parts put together:
+        // their measured time is the run's.
+        out.shape = None;
+        Ok(out)
+    }
+}
+
 /// What the run ran on.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Machine {
@@ -467,16 +576,30 @@ pub fn markdown(r: &Results) -> String {
         s.push('\n');
     }
     let est = r.full_estimate();
-    let full = if est.is_empty() {
+    let full = if r.size == "full" {
+        format!("{}, measured below", hours(r.seconds))
+    } else if est.is_empty() {
         "hours".to_string()
     } else {
-        format!("about {}", hours(est.values().sum()))
+        format!("about {}, estimated below", hours(est.values().sum()))
     };
     let _ = writeln!(
         s,
-        "## Reproduce\n\n```sh\ncargo build --release -p ds-apps -p ds-perf\nsudo target/release/dsperf reproduce --quick   # minutes\nsudo target/release/dsperf reproduce --full    # {full}, estimated below\n```"
+        "## Reproduce\n\n```sh\ncargo build --release -p ds-apps -p ds-perf\nsudo target/release/dsperf reproduce --quick   # minutes\nsudo target/release/dsperf reproduce --full    # {full}\n```"
     );
-    if !est.is_empty() {
+    if r.size == "full" {
+        let _ = writeln!(
+            s,
+            "\nThis `--full` run took {} of measurement ({}; a run in parts, merged with \
+             `--render`, adds up its parts' times).",
+            hours(r.seconds),
+            r.experiment_seconds
+                .iter()
+                .map(|(k, v)| format!("{k} {}", hours(*v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    } else if !est.is_empty() {
         let _ = writeln!(
             s,
             "\nA `--full` run, estimated from this run's wall times (`perf/src/reproduce/size.rs`: each \
@@ -652,4 +775,63 @@ pub fn write_all(dir: &Path, r: &Results) -> Result<Vec<PathBuf>> {
     std::fs::write(&md, markdown(r))?;
     out.push(md);
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The committed report's results, split in two parts as a `--full` run in pieces would
+    /// be (access and the first half of the handoff points; the rest), merge back into the
+    /// same results; a part given twice is refused.
+    #[test]
+    fn parts_of_a_run_merge_into_one_report() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../docs/figures/reproduce-results.json"
+        );
+        let whole: Results =
+            serde_json::from_str(&std::fs::read_to_string(path).expect("committed results"))
+                .expect("parses");
+        let decomp = whole.decomp.clone().expect("handoff points");
+        let half = decomp.points.len() / 2;
+        assert!(half > 0);
+        let mut a = whole.clone();
+        let mut b = whole.clone();
+        let (mut da, mut db) = (decomp.clone(), decomp.clone());
+        da.points.truncate(half);
+        db.points.drain(..half);
+        a.decomp = Some(da);
+        (a.sweep, a.state) = (None, None);
+        b.decomp = Some(db);
+        b.access = None;
+        a.experiment_seconds = [("access".to_string(), 10.0), ("decomp".into(), 20.0)].into();
+        b.experiment_seconds = [("decomp".to_string(), 30.0), ("state".into(), 40.0)].into();
+        (a.seconds, b.seconds) = (30.0, 70.0);
+
+        let m = Results::merge(vec![a.clone(), b.clone()]).expect("merges");
+        fn json<T: Serialize>(r: &T) -> serde_json::Value {
+            serde_json::to_value(r).expect("serialises")
+        }
+        assert_eq!(json(&m.access), json(&whole.access));
+        assert_eq!(json(&m.sweep), json(&whole.sweep));
+        assert_eq!(json(&m.state), json(&whole.state));
+        let md = m.decomp.as_ref().expect("handoff points");
+        assert_eq!(json(&md.points), json(&decomp.points));
+        assert_eq!(md.options.bandwidths, decomp.options.bandwidths);
+        assert_eq!(m.seconds, 100.0);
+        assert_eq!(m.experiment_seconds["decomp"], 50.0);
+        assert_eq!(m.experiment_seconds["state"], 40.0);
+        assert!(
+            m.full_estimate().is_empty(),
+            "no estimate for a run in parts"
+        );
+        // The same part twice, or parts with other settings, are not one run.
+        assert!(Results::merge(vec![a.clone(), a.clone()]).is_err());
+        let mut other = b.clone();
+        if let Some(d) = other.decomp.as_mut() {
+            d.options.sessions += 1;
+        }
+        assert!(Results::merge(vec![a, other]).is_err());
+    }
 }
