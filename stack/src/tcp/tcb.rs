@@ -425,6 +425,11 @@ pub struct Tcb {
 
 /// RFC 5961 §7: at most this many challenge ACKs per connection per second.
 const CHALLENGE_ACK_LIMIT: u32 = 10;
+
+/// Most disjoint ranges the sender's SACK scoreboard keeps. Holes in flight are few in
+/// practice (a burst lost at a queue makes one); a receiver cannot make the board, and the
+/// work per ACK, grow past this.
+pub(crate) const MAX_SACK_BLOCKS: usize = 256;
 /// At most one ACK per this interval in reply to unacceptable segments that occupy no sequence
 /// space (Linux's `tcp_invalid_ratelimit` default).
 const OOW_ACK_INTERVAL: Duration = Duration::from_millis(500);
@@ -1561,7 +1566,12 @@ impl Tcb {
         if !placed {
             out.push((nl, nr));
         }
-        self.sacked = out;
+        // A receiver that SACKs every other byte would grow the board without bound, and
+        // every ACK walks it: past the bound the new block is ignored (SACK is advisory, RFC
+        // 2018 §8; what it leaves out is at worst resent).
+        if out.len() <= MAX_SACK_BLOCKS {
+            self.sacked = out;
+        }
     }
 
     fn sacked_bytes(&self) -> u32 {
@@ -1590,12 +1600,23 @@ impl Tcb {
     }
 
     /// RFC 6675 §4 pipe: bytes believed in flight (lost holes not yet retransmitted excluded).
+    /// The holes are those [`Self::next_hole`] yields from HighRxt on, summed in one pass
+    /// over the scoreboard.
     fn pipe(&self) -> u32 {
         let mut lost = 0u32;
-        let mut from = seq::max(self.high_rxt, self.snd_una);
-        while let Some((a, b)) = self.next_hole(from) {
-            lost += dist(a, b);
-            from = b;
+        let mut cur = seq::max(self.high_rxt, self.snd_una);
+        for &(l, r) in &self.sacked {
+            if lt(cur, l) {
+                lost = lost.saturating_add(dist(cur, l));
+                cur = r;
+            } else if lt(cur, r) {
+                cur = r;
+            }
+        }
+        if let Some(point) = self.recovery {
+            if (self.loss_all || self.tail_lost) && lt(cur, point) {
+                lost = lost.saturating_add(dist(cur, point));
+            }
         }
         self.flight()
             .saturating_sub(self.sacked_bytes())

@@ -1,7 +1,7 @@
 //! State-machine tests driving TCBs with simulated time (RFC 9293 §3.3.2 diagram, RFC 6298,
 //! RFC 5681/6582, RFC 6675, RFC 7323 PAWS, RFC 5961).
 
-use super::tcb::{SegIn, SegOut, Tcb, TcpError};
+use super::tcb::{SegIn, SegOut, Tcb, TcpError, MAX_SACK_BLOCKS};
 use super::{TcpConfig, TcpState};
 use crate::time::{Duration, Instant};
 use std::net::SocketAddrV6;
@@ -614,6 +614,43 @@ fn a_lost_tail_is_resent_whole_once_a_retransmission_arrived() {
     // partial ACK asks (RFC 6582 §3.2 step 5).
     let (resent, segs) = lost_tail_answer(Duration::from_millis(10));
     assert_eq!(resent, vec![segs[8].seg.seq]);
+}
+
+#[test]
+fn a_receiver_cannot_grow_the_sack_scoreboard_without_bound() {
+    // Hostile input: 1-byte SACK blocks at every other byte of the flight, three per ACK.
+    // The board (walked on every ACK) stays bounded, and the sender still recovers.
+    let (mut c, mut s) = handshake();
+    let now = t0();
+    let segs = burst(&mut s, now, 10);
+    c.on_segment(now, &seg_in(&segs[2]));
+    let dup = collect(&mut c, now).pop().expect("a duplicate ACK");
+    let base = segs[0].seg.seq;
+    let flight = s.snd_max.wrapping_sub(base);
+    for k in (0..flight / 2).step_by(3) {
+        let mut w = Wire {
+            seg: dup.seg,
+            payload: Vec::new(),
+        };
+        let block = |j: u32| {
+            let l = base.wrapping_add(2 * (k + j) + 1);
+            (2 * (k + j) + 2 < flight).then_some((l, l.wrapping_add(1)))
+        };
+        w.seg.sack = [block(0), block(1), block(2)];
+        s.on_segment(now, &seg_in(&w));
+    }
+    assert!(
+        s.sacked.len() <= MAX_SACK_BLOCKS,
+        "{} blocks",
+        s.sacked.len()
+    );
+    assert!(s.recovery.is_some(), "in recovery");
+    let re = collect(&mut s, now);
+    assert_eq!(
+        re.first().map(|w| w.seg.seq),
+        Some(base),
+        "the first hole resent"
+    );
 }
 
 #[test]
