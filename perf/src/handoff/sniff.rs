@@ -35,6 +35,8 @@ pub struct Frame {
     pub ack: u32,
     /// TCP timestamp option's TSval (RFC 7323 §3), when present.
     pub tsval: Option<u32>,
+    /// TCP SACK blocks (RFC 2018 §3), as the option lists them.
+    pub sack: [Option<(u32, u32)>; 3],
 }
 
 /// One TCP segment with payload from the server, as the client's link saw it.
@@ -195,13 +197,15 @@ fn parse(at: Instant, f: &[u8]) -> Option<Frame> {
         nh = h[0];
         off += len;
     }
-    let (mut flags, mut ack, mut tsval) = (0, 0, None);
+    let (mut flags, mut ack, mut tsval, mut sack) = (0, 0, None, [None; 3]);
     let tcp = if nh == 6 {
         let t = ip.get(off..off + 20)?;
         flags = t[13];
         ack = u32::from_be_bytes([t[8], t[9], t[10], t[11]]);
         let doff = ((t[12] >> 4) as usize) * 4;
-        tsval = ip.get(off + 20..off + doff).and_then(tcp_tsval);
+        (tsval, sack) = ip
+            .get(off + 20..off + doff)
+            .map_or((None, [None; 3]), tcp_options);
         let len = end.checked_sub(off + doff)? as u32;
         Some((
             u16::from_be_bytes([t[0], t[1]]),
@@ -225,22 +229,29 @@ fn parse(at: Instant, f: &[u8]) -> Option<Frame> {
         flags,
         ack,
         tsval,
+        sack,
     })
 }
 
-/// The TSval of a timestamp option (RFC 7323 §3) among TCP options (smoltcp's option
-/// parser, as the stack's).
-fn tcp_tsval(mut opts: &[u8]) -> Option<u32> {
+/// The TSval of a timestamp option (RFC 7323 §3) and the SACK blocks (RFC 2018 §3) among TCP
+/// options (smoltcp's option parser, as the stack's); what a malformed option list hides
+/// stays unknown.
+fn tcp_options(mut opts: &[u8]) -> (Option<u32>, [Option<(u32, u32)>; 3]) {
     use smoltcp::wire::TcpOption;
+    let (mut ts, mut sack) = (None, [None; 3]);
     while !opts.is_empty() {
-        let (rest, o) = TcpOption::parse(opts).ok()?;
+        let Ok((rest, o)) = TcpOption::parse(opts) else {
+            break;
+        };
         match o {
-            TcpOption::TimeStamp { tsval, .. } => return Some(tsval),
-            TcpOption::EndOfList => return None,
-            _ => opts = rest,
+            TcpOption::TimeStamp { tsval, .. } => ts = Some(tsval),
+            TcpOption::SackRange(r) => sack = r,
+            TcpOption::EndOfList => break,
+            _ => {}
         }
+        opts = rest;
     }
-    None
+    (ts, sack)
 }
 
 impl Sniffer {
@@ -374,8 +385,19 @@ pub fn trace_labelled(
         };
         let l = label(f);
         let sep = if l.is_empty() { "" } else { " " };
+        let sack: String = f
+            .sack
+            .iter()
+            .flatten()
+            .map(|(l, r)| format!(" {l}-{r}"))
+            .collect();
+        let sack = if sack.is_empty() {
+            sack
+        } else {
+            format!(" sack{sack}")
+        };
         out.push_str(&format!(
-            "{l}{sep}{:.3} ms {dir} [{peer}]:{port}{ext} seq {seq} len {len} ack {} ts {} [{flags}]\n",
+            "{l}{sep}{:.3} ms {dir} [{peer}]:{port}{ext} seq {seq} len {len} ack {} ts {}{sack} [{flags}]\n",
             f.at.duration_since(t0).as_secs_f64() * 1e3,
             f.ack,
             f.tsval.map_or("-".to_string(), |t| t.to_string()),
@@ -493,14 +515,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_timestamp_option_is_found_among_others() {
+    fn the_timestamp_and_sack_options_are_found_among_others() {
         // NOP, NOP, timestamps (TSval 0x01020304), as Linux lays them out; then SACK-permitted
         // first and no timestamps.
         let ts = [1, 1, 8, 10, 1, 2, 3, 4, 0, 0, 0, 9];
-        assert_eq!(tcp_tsval(&ts), Some(0x0102_0304));
-        assert_eq!(tcp_tsval(&[4, 2, 1, 1, 0, 0, 0, 0]), None);
+        assert_eq!(tcp_options(&ts), (Some(0x0102_0304), [None; 3]));
+        assert_eq!(tcp_options(&[4, 2, 1, 1, 0, 0, 0, 0]), (None, [None; 3]));
         // Cut short: no panic, nothing.
-        assert_eq!(tcp_tsval(&[8, 10, 1, 2]), None);
+        assert_eq!(tcp_options(&[8, 10, 1, 2]), (None, [None; 3]));
+        // A duplicate ACK as Linux sends it: NOP, NOP, timestamps, NOP, NOP, two SACK blocks.
+        let mut dup = vec![1, 1, 8, 10, 0, 0, 0, 7, 0, 0, 0, 0, 1, 1, 5, 18];
+        for v in [100u32, 200, 300, 400] {
+            dup.extend_from_slice(&v.to_be_bytes());
+        }
+        assert_eq!(
+            tcp_options(&dup),
+            (Some(7), [Some((100, 200)), Some((300, 400)), None])
+        );
     }
 
     /// A TCP frame of a capture (no extension headers, no timestamp option).
@@ -523,6 +554,7 @@ mod tests {
             flags,
             ack,
             tsval: None,
+            sack: [None; 3],
         }
     }
 
