@@ -740,6 +740,12 @@ struct HandoffArgs {
     /// (dsnode --no-super-frames).
     #[arg(long)]
     no_super_frames: bool,
+    /// Hold /dev/cpu_dma_latency at 0 during the run (as `dsperf stack --idle-poll`): idle
+    /// CPUs poll instead of halting, so the handoff's wake-ups (acceptor, home agent,
+    /// acceptor, donor, one after the other) are not slowed by the CPUs' sleep; a machine
+    /// setting, as a latency-tuned host has it, not something the nodes do.
+    #[arg(long)]
+    idle_poll: bool,
 }
 
 /// An upstream bandwidth for `--bandwidths`: Mbit/s, or `unshaped`.
@@ -799,9 +805,21 @@ fn run_handoff(a: HandoffArgs) -> Result<()> {
         ..Default::default()
     };
     eprintln!(
-        "dsperf handoff: {} handoff(s), {} bytes, mode {:?}, path {}",
-        a.count, a.size, a.mode, a.path
+        "dsperf handoff: {} handoff(s), {} bytes, mode {:?}, path {}{}",
+        a.count,
+        a.size,
+        a.mode,
+        a.path,
+        if a.idle_poll {
+            ", idle CPUs polling"
+        } else {
+            ""
+        }
     );
+    let _idle = a
+        .idle_poll
+        .then(ds_perf::stack::load::IdlePoll::hold)
+        .transpose()?;
     let out = ds_perf::handoff::run(&opts)?;
     let mut stdout = std::io::stdout().lock();
     for h in &out.handoffs {
