@@ -1540,84 +1540,74 @@ impl Tcb {
         });
     }
 
+    /// Add the SACKed range `l..r` to the scoreboard, merged with the ranges it overlaps or
+    /// touches, in place (the board stays sorted and disjoint; no allocation per ACK).
     fn insert_sack(&mut self, l: u32, r: u32) {
-        let mut nl = l;
-        let mut nr = r;
-        let mut out = Vec::with_capacity(self.sacked.len() + 1);
-        let mut placed = false;
-        for &(a, b) in &self.sacked {
-            if lt(b, nl) {
-                out.push((a, b));
-            } else if gt(a, nr) {
-                if !placed {
-                    out.push((nl, nr));
-                    placed = true;
-                }
-                out.push((a, b));
-            } else {
-                if lt(a, nl) {
-                    nl = a;
-                }
-                if gt(b, nr) {
-                    nr = b;
-                }
-            }
-        }
-        if !placed {
-            out.push((nl, nr));
-        }
+        let n = self.sacked.len();
+        // Ranges wholly before it, then those it merges with.
+        let i = self
+            .sacked
+            .iter()
+            .position(|&(_, b)| !lt(b, l))
+            .unwrap_or(n);
+        let j = self.sacked[i..]
+            .iter()
+            .position(|&(a, _)| gt(a, r))
+            .map_or(n, |k| i + k);
         // A receiver that SACKs every other byte would grow the board without bound, and
-        // every ACK walks it: past the bound the new block is ignored (SACK is advisory, RFC
+        // every ACK walks it: past the bound a new range is ignored (SACK is advisory, RFC
         // 2018 §8; what it leaves out is at worst resent).
-        if out.len() <= MAX_SACK_BLOCKS {
-            self.sacked = out;
+        if n + 1 - (j - i) > MAX_SACK_BLOCKS {
+            return;
         }
+        let (mut nl, mut nr) = (l, r);
+        if i < j {
+            if lt(self.sacked[i].0, nl) {
+                nl = self.sacked[i].0;
+            }
+            nr = seq::max(nr, self.sacked[j - 1].1);
+        }
+        self.sacked.splice(i..j, [(nl, nr)]);
     }
 
     fn sacked_bytes(&self) -> u32 {
         self.sacked.iter().map(|&(l, r)| dist(l, r)).sum()
     }
 
-    /// First unSACKed range at or after `from`, below the highest SACKed byte.
-    fn next_hole(&self, from: u32) -> Option<(u32, u32)> {
+    /// The unSACKed ranges at or after `from`, in order: those below the highest SACKed byte,
+    /// then, after a timeout or once the tail is known lost, the rest up to the recovery point.
+    fn holes(&self, from: u32) -> impl Iterator<Item = (u32, u32)> + '_ {
         let mut cur = seq::max(from, self.snd_una);
-        for &(l, r) in &self.sacked {
-            if lt(cur, l) {
-                return Some((cur, l));
-            }
-            if lt(cur, r) {
-                cur = r;
-            }
-        }
-        // After a timeout, or once the tail is known lost, everything up to the recovery
-        // point counts as a hole.
-        match self.recovery {
-            Some(point) if (self.loss_all || self.tail_lost) && lt(cur, point) => {
-                Some((cur, point))
-            }
+        let mut blocks = self.sacked.iter();
+        let mut tail = match self.recovery {
+            Some(point) if self.loss_all || self.tail_lost => Some(point),
             _ => None,
-        }
+        };
+        std::iter::from_fn(move || {
+            for &(l, r) in blocks.by_ref() {
+                if lt(cur, l) {
+                    let hole = (cur, l);
+                    cur = r;
+                    return Some(hole);
+                }
+                if lt(cur, r) {
+                    cur = r;
+                }
+            }
+            tail.take().filter(|&p| lt(cur, p)).map(|p| (cur, p))
+        })
+    }
+
+    /// First unSACKed range at or after `from` ([`Self::holes`]).
+    fn next_hole(&self, from: u32) -> Option<(u32, u32)> {
+        self.holes(from).next()
     }
 
     /// RFC 6675 §4 pipe: bytes believed in flight (lost holes not yet retransmitted excluded).
-    /// The holes are those [`Self::next_hole`] yields from HighRxt on, summed in one pass
-    /// over the scoreboard.
     fn pipe(&self) -> u32 {
-        let mut lost = 0u32;
-        let mut cur = seq::max(self.high_rxt, self.snd_una);
-        for &(l, r) in &self.sacked {
-            if lt(cur, l) {
-                lost = lost.saturating_add(dist(cur, l));
-                cur = r;
-            } else if lt(cur, r) {
-                cur = r;
-            }
-        }
-        if let Some(point) = self.recovery {
-            if (self.loss_all || self.tail_lost) && lt(cur, point) {
-                lost = lost.saturating_add(dist(cur, point));
-            }
-        }
+        let lost = self
+            .holes(seq::max(self.high_rxt, self.snd_una))
+            .fold(0u32, |sum, (a, b)| sum.saturating_add(dist(a, b)));
         self.flight()
             .saturating_sub(self.sacked_bytes())
             .saturating_sub(lost)
