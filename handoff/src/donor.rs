@@ -195,17 +195,16 @@ const FORWARD_EVERY: Duration = Duration::from_millis(1);
 pub const MAX_FORWARD: Duration = Duration::from_secs(32);
 
 /// When the acceptor (the mobile node) resends a Binding Update sent at `sent` that is still
-/// unacknowledged at `now`: INITIAL_BINDACK_TIMEOUT after it, the wait doubling up to
-/// MAX_BINDACK_TIMEOUT (RFC 6275 §11.8, §12).
+/// unacknowledged at `now`: the mobile node's own schedule ([`ds_mipv6::Backoff::bindack`],
+/// RFC 6275 §11.8, §12) replayed from `sent`.
 fn next_bu_retransmission(sent: Instant, now: Instant) -> Instant {
-    use ds_mipv6::consts::{INITIAL_BINDACK_TIMEOUT, MAX_BINDACK_TIMEOUT};
-    let mut wait = INITIAL_BINDACK_TIMEOUT;
-    let mut at = sent + wait;
-    while at <= now && wait < MAX_BINDACK_TIMEOUT {
-        wait = (wait * 2).min(MAX_BINDACK_TIMEOUT);
-        at += wait;
+    let zero = ds_mipv6::Instant::ZERO;
+    let elapsed = zero + now.saturating_duration_since(sent);
+    let mut b = ds_mipv6::Backoff::bindack(zero);
+    while b.deadline <= elapsed {
+        b.fire(b.deadline);
     }
-    at
+    sent + (b.deadline - zero)
 }
 
 /// The donor side of one handoff.
