@@ -1176,7 +1176,13 @@ impl<C: std::fmt::Debug> Coordinator<C> {
                 match ch.poll() {
                     Ok(Some(m)) => {
                         if let Some(d) = self.current.as_mut().filter(|_| self.current_to == i) {
-                            d.handle(now, m, host, svc);
+                            // The kernel's stamp is wall-clock time: its age, taken from the
+                            // host's clock, is when the reply arrived.
+                            let arrived = ch
+                                .arrival()
+                                .and_then(|t| std::time::SystemTime::now().duration_since(t).ok())
+                                .and_then(|age| host.now().checked_sub(age));
+                            d.handle_arrived(now, arrived, m, host, svc);
                         }
                     }
                     Ok(None) => break,

@@ -39,6 +39,8 @@ use ring::rand::{SecureRandom, SystemRandom};
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, SystemTime};
 
 use crate::msg::{Message, MsgError};
 
@@ -474,6 +476,10 @@ pub struct Channel {
     /// Bytes of `out` already written.
     out_pos: usize,
     bytes_sent: u64,
+    /// The kernel's receive stamp of the bytes of the last read (`SO_TIMESTAMPNS`), and the
+    /// control-message buffer it comes in (allocated once).
+    arrival: Option<SystemTime>,
+    cmsg: Vec<u8>,
 }
 
 impl fmt::Debug for Channel {
@@ -524,6 +530,15 @@ impl Channel {
                 .with_retries(KEEPALIVE_PROBES),
         )?;
         sock.set_tcp_user_timeout(Some(USER_TIMEOUT))?;
+        // Receive stamps, so a reply's arrival is known however late this side reads it
+        // (see [`Channel::arrival`]). Best effort: without them there is no stamp.
+        if let Err(e) = nix::sys::socket::setsockopt(
+            &stream,
+            nix::sys::socket::sockopt::ReceiveTimestampns,
+            &true,
+        ) {
+            tracing::debug!("no receive stamps on the control channel: {e}");
+        }
         let (hs, hello) = Handshake::new(role, secret)?;
         let mut c = Channel {
             stream,
@@ -534,6 +549,8 @@ impl Channel {
             out: hello.to_vec(),
             out_pos: 0,
             bytes_sent: 0,
+            arrival: None,
+            cmsg: nix::cmsg_space!(nix::sys::time::TimeSpec),
         };
         // A connect still in progress takes nothing yet: the hello waits in `out`.
         c.flush()?;
@@ -616,7 +633,7 @@ impl Channel {
             Some((_, got)) => HELLO_LEN - got.len(),
             None => buf.len(),
         };
-        match self.stream.read(&mut buf[..want]) {
+        match self.recv(&mut buf[..want]) {
             Ok(0) => Err(ChannelError::Closed),
             Ok(n) => {
                 if let Some((_, got)) = self.handshake.as_mut() {
@@ -635,6 +652,46 @@ impl Channel {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(true),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// One `recvmsg`, keeping the kernel's receive stamp of what it returned.
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrStorage};
+        let mut iov = [io::IoSliceMut::new(buf)];
+        let m = recvmsg::<SockaddrStorage>(
+            self.stream.as_raw_fd(),
+            &mut iov,
+            Some(&mut self.cmsg),
+            MsgFlags::empty(),
+        )
+        .map_err(io::Error::from)?;
+        let n = m.bytes;
+        if n > 0 {
+            let mut stamp = None;
+            if let Ok(cmsgs) = m.cmsgs() {
+                for c in cmsgs {
+                    if let ControlMessageOwned::ScmTimestampns(t) = c {
+                        let (s, ns) = (t.tv_sec(), t.tv_nsec());
+                        stamp = u64::try_from(s)
+                            .ok()
+                            .zip(u32::try_from(ns).ok())
+                            .map(|(s, ns)| SystemTime::UNIX_EPOCH + Duration::new(s, ns));
+                    }
+                }
+            }
+            self.arrival = stamp;
+        }
+        Ok(n)
+    }
+
+    /// When the bytes that completed the message [`Channel::poll`] last returned reached this
+    /// host: the kernel's receive stamp (`SO_TIMESTAMPNS`, wall clock) of the read that
+    /// brought them. A message is only decoded once no earlier one is left, and a read only
+    /// happens then, so the last read is the one that completed it. `None` where the kernel
+    /// gave no stamp. A caller that reads its messages late (its process was not running)
+    /// still learns when they arrived: the donor's phase 2 ends there.
+    pub fn arrival(&self) -> Option<SystemTime> {
+        self.arrival
     }
 
     /// Open the peer's key confirmation if it is there: the first frame must be it.
@@ -751,6 +808,37 @@ mod tests {
             assert_eq!(sock.keepalive_retries().unwrap(), KEEPALIVE_PROBES);
             assert_eq!(sock.tcp_user_timeout().unwrap(), Some(USER_TIMEOUT));
         }
+    }
+
+    /// A message read 30 ms after it arrived carries its arrival: the kernel's receive stamp.
+    #[test]
+    fn a_message_read_late_knows_when_it_arrived() {
+        use super::*;
+        let l = std::net::TcpListener::bind("[::1]:0").unwrap();
+        let secret = ClusterSecret::new(b"a cluster secret of 32 bytes ...").unwrap();
+        let mut a = Channel::connect(l.local_addr().unwrap(), &secret).unwrap();
+        let (s, _) = l.accept().unwrap();
+        let mut b = Channel::accept(s, &secret).unwrap();
+        for _ in 0..1000 {
+            a.poll().unwrap();
+            b.poll().unwrap();
+            if a.is_established() && b.is_established() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(a.is_established() && b.is_established());
+        let sent = SystemTime::now();
+        a.send(&Message::Accept { conn_id: 7 }).unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+        let read = SystemTime::now();
+        assert!(matches!(
+            b.poll().unwrap(),
+            Some(Message::Accept { conn_id: 7 })
+        ));
+        let arrived = b.arrival().expect("a receive stamp");
+        assert!(arrived >= sent && arrived <= sent + Duration::from_millis(10));
+        assert!(read.duration_since(arrived).unwrap() >= Duration::from_millis(20));
     }
 
     #[test]

@@ -456,6 +456,25 @@ impl<C: std::fmt::Debug> Donor<C> {
         H: Host<Conn = C>,
         S: Service<C>,
     {
+        self.handle_arrived(now, None, msg, host, svc)
+    }
+
+    /// [`Donor::handle`] for a message whose arrival at this host is known (host clock; from
+    /// the channel's receive stamp, [`crate::Channel::arrival`]). Phase 2 is the exchange's
+    /// network time, so it ends when Activated arrived, not when this side got round to
+    /// reading it: on a busy machine the donor's process may wait milliseconds for a CPU
+    /// that the acceptor's first window keeps. The wall time still ends at the reading.
+    pub fn handle_arrived<H, S>(
+        &mut self,
+        now: Instant,
+        arrived: Option<Instant>,
+        msg: Message,
+        host: &mut H,
+        svc: &mut S,
+    ) where
+        H: Host<Conn = C>,
+        S: Service<C>,
+    {
         if msg.conn_id() != self.cfg.conn_id {
             return;
         }
@@ -490,7 +509,11 @@ impl<C: std::fmt::Debug> Donor<C> {
             (Message::Activated { times, .. }, Some(_)) => {
                 let done = host.now();
                 let path = format!("{}->{}", host.kind().label(), times.host.label());
-                self.finish(now, done, &path, *f, times)
+                // A stamp outside the exchange (a clock step) is not believed.
+                let arrived = arrived
+                    .filter(|a| (f.offer_sent..=done).contains(a))
+                    .unwrap_or(done);
+                self.finish(now, arrived, done, &path, *f, times)
             }
             (_, None) => self.resume(
                 &f.state,
@@ -666,10 +689,12 @@ impl<C: std::fmt::Debug> Donor<C> {
         };
     }
 
-    /// Activated arrived at `now` (caller's clock), `done` (host clock).
+    /// Activated arrived at `arrived` and was read at `now` (caller's clock), `done` (host
+    /// clock).
     fn finish(
         &mut self,
         now: Instant,
+        arrived: Instant,
         done: Instant,
         path: &str,
         f: InFlight,
@@ -678,7 +703,7 @@ impl<C: std::fmt::Debug> Donor<C> {
         let mut phases = f.phases;
         // Phase 2: the exchange's network time as the donor sees it, minus the acceptor's own
         // processing (so the two hosts' clocks are never compared).
-        let rtt = done.saturating_duration_since(f.offer_sent);
+        let rtt = arrived.saturating_duration_since(f.offer_sent);
         phases.set(
             Phase::StateTransfer,
             rtt.saturating_sub(Duration::from_nanos(times.elapsed_ns)),

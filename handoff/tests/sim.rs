@@ -346,6 +346,71 @@ impl Link for Faulty {
     }
 }
 
+/// The donor's end of a channel that its process reads `late` after each message arrived (a
+/// donor waiting for a CPU the acceptor's first window keeps): messages are stamped when they
+/// arrive and handed over `late` later, with their stamp.
+struct Late {
+    inner: Mem,
+    late: Duration,
+    held: std::collections::VecDeque<(Mono, Message)>,
+    last: Option<Mono>,
+}
+
+impl Link for Late {
+    fn send(&mut self, m: &Message) -> Result<(), ds_handoff::ChannelError> {
+        self.inner.send(m)
+    }
+    fn recv(&mut self) -> Result<Option<Message>, ds_handoff::ChannelError> {
+        let now = common::sim_clock();
+        while let Some(m) = self.inner.recv()? {
+            self.held.push_back((now, m));
+        }
+        match self.held.front() {
+            Some((t, _)) if now >= *t + self.late => {
+                let (t, m) = self.held.pop_front().expect("front");
+                self.last = Some(t);
+                Ok(Some(m))
+            }
+            _ => Ok(None),
+        }
+    }
+    fn arrival(&self) -> Option<Mono> {
+        self.last
+    }
+}
+
+/// Phase 2 is the exchange's network time: a reply that the donor's process reads 3 ms after
+/// it arrived ends phase 2 at its arrival (the channel's receive stamp), and only the wall
+/// time, which ends at the reading, grows.
+#[test]
+fn a_reply_read_late_ends_phase_two_at_its_arrival() {
+    let report = |late: u64| {
+        let mut s = Sim::new();
+        let (_cl, _, mut d) = s.begin(0, DonorConfig::new(9, "http"));
+        let (ch_d, ch_a) = mem_pair();
+        let mut ch_d = Late {
+            inner: ch_d,
+            late: Duration::from_millis(late),
+            held: Default::default(),
+            last: None,
+        };
+        let mut ch_a = boxed(ch_a);
+        let mut acc = Acceptor::new(AcceptorConfig {
+            takeover: Takeover::HomeAddress,
+            ..acfg()
+        });
+        let (out, _) = s.run(&mut d, &mut ch_d, &mut acc, &mut ch_a, None, |_, _| {});
+        match out {
+            DonorOutcome::Moved { report, .. } => report,
+            o => panic!("not moved: {o:?}"),
+        }
+    };
+    let (on_time, late) = (report(0), report(3));
+    assert!(on_time.phases_us[1] > 0.0, "{on_time:?}");
+    assert_eq!(late.phases_us[1], on_time.phases_us[1], "{late:?}");
+    assert_eq!(late.wall_us - on_time.wall_us, 3000.0, "{late:?}");
+}
+
 #[test]
 fn accept_without_activated_is_in_doubt_and_not_thawed_back() {
     let mut s = Sim::new();

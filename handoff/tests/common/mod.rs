@@ -160,6 +160,10 @@ impl Service<UserConn> for Raw {
 pub trait Link {
     fn send(&mut self, m: &Message) -> Result<(), ChannelError>;
     fn recv(&mut self) -> Result<Option<Message>, ChannelError>;
+    /// When the message `recv` last returned arrived, if the link knows (host clock).
+    fn arrival(&self) -> Option<Mono> {
+        None
+    }
 }
 
 impl Link for Channel {
@@ -352,7 +356,10 @@ pub fn round<'h>(
     if let Some(d) = donor {
         loop {
             match ch_d.recv() {
-                Ok(Some(m)) => d.handle(now, m, &mut lan.host(from), &mut svcs[from]),
+                Ok(Some(m)) => {
+                    let arrived = ch_d.arrival();
+                    d.handle_arrived(now, arrived, m, &mut lan.host(from), &mut svcs[from])
+                }
                 Ok(None) => break,
                 Err(e) => {
                     d.channel_failed(now, e.to_string(), &mut lan.host(from), &mut svcs[from]);

@@ -435,7 +435,7 @@ pub fn markdown(r: &Results) -> String {
                  Update to the client and its acknowledgement). Ours: drained handoffs on our \
                  stack, unshaped, medians in ms. In transparent mode there is no return \
                  routability (phase 4); phase 2 as we time it runs from the donor's Offer to the \
-                 acceptor's answer, a round trip on SS, so it grows with 2·L_SS; phase 6 is the \
+                 arrival of the acceptor's answer, a round trip on SS, so it grows with 2·L_SS; phase 6 is the \
                  acceptor's flow move at home agent 1, also a round trip on SS (2·L_SS); the \
                  client-perceived time grows with 2·L_CS (the drain's last ACK crosses CS1, the \
                  acceptor's first data CS2) and with about 3·L_SS (the offer one way, the flow \
