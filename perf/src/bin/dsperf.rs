@@ -273,6 +273,7 @@ fn run_reproduce(a: ReproduceArgs) -> Result<()> {
         params: Some(size.clone()),
         shape: Some(shape.clone()),
         experiment_seconds: Default::default(),
+        build: report::source_commit(),
     };
     // The experiments completed are written even when a later one fails: a long run keeps
     // what it measured (the error names the experiment that stopped it).
