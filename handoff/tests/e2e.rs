@@ -881,3 +881,23 @@ fn offer_after(
     }
     panic!("no offer");
 }
+
+/// A message read 30 ms after it arrived carries its arrival: the kernel's receive stamp
+/// (`Channel::arrival`, which ends the donor's phase 2).
+#[test]
+fn a_message_read_late_knows_when_it_arrived() {
+    use std::time::SystemTime;
+    let (mut d, mut a) = channels(SECRET, SECRET);
+    assert!(d.is_established() && a.is_established());
+    let sent = SystemTime::now();
+    a.send(&Message::Accept { conn_id: 7 }).unwrap();
+    std::thread::sleep(Duration::from_millis(30));
+    let read = SystemTime::now();
+    assert!(matches!(
+        d.poll().unwrap(),
+        Some(Message::Accept { conn_id: 7 })
+    ));
+    let arrived = d.arrival().expect("a receive stamp");
+    assert!(arrived >= sent && arrived <= sent + Duration::from_millis(10));
+    assert!(read.duration_since(arrived).unwrap() >= Duration::from_millis(20));
+}

@@ -172,3 +172,15 @@ fn a_flood_from_one_address_cannot_lock_out_another() {
     assert_eq!(g.stats().evicted, 1);
     drop(flood);
 }
+
+/// Two lines per second pass; the third is counted, and the next period's first line says so.
+#[test]
+fn log_limit_allows_a_burst_per_period_and_counts_the_rest() {
+    use ds_handoff::gate::LogLimit;
+    let mut l = LogLimit::new(2, Duration::from_secs(1));
+    let t = Instant::now();
+    assert_eq!(l.allow(t), Some(0));
+    assert_eq!(l.allow(t), Some(0));
+    assert_eq!(l.allow(t), None);
+    assert_eq!(l.allow(t + Duration::from_secs(1)), Some(1));
+}
