@@ -1544,16 +1544,10 @@ impl Tcb {
     /// touches, in place (the board stays sorted and disjoint; no allocation per ACK).
     fn insert_sack(&mut self, l: u32, r: u32) {
         let n = self.sacked.len();
-        // Ranges wholly before it, then those it merges with.
-        let i = self
-            .sacked
-            .iter()
-            .position(|&(_, b)| !lt(b, l))
-            .unwrap_or(n);
-        let j = self.sacked[i..]
-            .iter()
-            .position(|&(a, _)| gt(a, r))
-            .map_or(n, |k| i + k);
+        // Ranges wholly before it, then those it merges with (the board is sorted: binary
+        // searches).
+        let i = self.sacked.partition_point(|&(_, b)| lt(b, l));
+        let j = i + self.sacked[i..].partition_point(|&(a, _)| !gt(a, r));
         // A receiver that SACKs every other byte would grow the board without bound, and
         // every ACK walks it: past the bound a new range is ignored (SACK is advisory, RFC
         // 2018 §8; what it leaves out is at worst resent).
