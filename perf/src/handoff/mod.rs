@@ -747,6 +747,7 @@ fn stack_client(ns: &Netns, opts: &Options, got: &Path) -> Result<ClientCounters
         path: "/obj".into(),
         timeout: opts.timeout,
         record: false,
+        local_port: 0,
     };
     Ok(c.get(ns, got)?.counters)
 }
@@ -784,6 +785,8 @@ pub(crate) struct StackClient {
     pub timeout: Duration,
     /// Log every frame the stack passes (see [`sniff::Recording`]).
     pub record: bool,
+    /// Its TCP port (0: an ephemeral one, RFC 6056 §3.3.2).
+    pub local_port: u16,
 }
 
 impl StackClient {
@@ -810,7 +813,11 @@ impl StackClient {
         }
         let h = rt
             .iface
-            .tcp_connect(now, SocketAddrV6::new(me, 0, 0, 0), self.server)
+            .tcp_connect(
+                now,
+                SocketAddrV6::new(me, self.local_port, 0, 0),
+                self.server,
+            )
             .map_err(|e| anyhow::anyhow!("connect: {e:?}"))?;
         let req = format!(
             "GET {} HTTP/1.1\r\nHost: [{}]\r\nConnection: close\r\n\r\n",

@@ -229,6 +229,8 @@ fn download(bed: &Fig1, want: &[u8; 32], timeout: Duration, mode: Mode) -> Resul
                 .command("curl")
                 .args(["-sS", "-g", "--http1.1", "--max-time"])
                 .arg(timeout.as_secs().to_string())
+                .arg("--local-port")
+                .arg(bed.client_port().to_string())
                 .arg("-o")
                 .arg(&got)
                 .arg(format!("http://[{DS}]:80/obj"))

@@ -80,6 +80,19 @@ pub struct Paths {
     pub upstream_mbit: Option<f64>,
 }
 
+/// The client's ports, first and last ([`Fig1::client_port`]).
+const CLIENT_PORTS: (u16, u16) = (10000, 32767);
+
+/// The client port after `p`, wrapping within [`CLIENT_PORTS`].
+fn next_client_port(p: u16) -> u16 {
+    let (first, last) = CLIENT_PORTS;
+    if (first..last).contains(&p) {
+        p + 1
+    } else {
+        first
+    }
+}
+
 /// The running testbed (see the module documentation); dropping it stops the daemons and
 /// removes the namespaces.
 pub struct Fig1 {
@@ -100,6 +113,8 @@ pub struct Fig1 {
     tag: String,
     secret: PathBuf,
     sides: [Side; 2],
+    /// The next client port ([`Fig1::client_port`]).
+    next_port: std::sync::atomic::AtomicU16,
     _napi: Program,
 }
 
@@ -189,7 +204,22 @@ impl Fig1 {
             tag,
             secret,
             sides: [Side::User; 2],
+            next_port: std::sync::atomic::AtomicU16::new(CLIENT_PORTS.0),
         })
+    }
+
+    /// A client port no earlier download of this testbed used (until 22,768 downloads wrap
+    /// it): home agent 1 remembers a moved flow long after its connection ends
+    /// (`MOVED_IDLE`), so a download that happened to reuse a port of an earlier, moved one
+    /// went straight to node 2 and node 1 never served it. Below Linux's ephemeral range
+    /// (32768–60999), so no other socket of the client's holds it.
+    pub(crate) fn client_port(&self) -> u16 {
+        use std::sync::atomic::Ordering;
+        self.next_port
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| {
+                Some(next_client_port(p))
+            })
+            .unwrap_or(CLIENT_PORTS.0)
     }
 
     /// (Re)starts the core emulator with `p`.
@@ -360,6 +390,7 @@ impl Fig1 {
             path: "/obj".into(),
             timeout,
             record: true,
+            local_port: self.client_port(),
         })
     }
 
@@ -538,4 +569,22 @@ pub(crate) fn with_logs<T>(bed: &Fig1, r: Result<T>) -> Result<T> {
             bed.log_tail("dsnode2")
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_ports_repeat_only_after_every_one_was_used_and_avoid_the_ephemeral_range() {
+        let mut seen = std::collections::HashSet::new();
+        let mut p = CLIENT_PORTS.0;
+        for _ in 0..=(CLIENT_PORTS.1 - CLIENT_PORTS.0) {
+            assert!(seen.insert(p), "port {p} again before the wrap");
+            assert!((1024..32768).contains(&p), "port {p}");
+            p = next_client_port(p);
+        }
+        assert_eq!(seen.len(), 22_768);
+        assert_eq!(p, CLIENT_PORTS.0, "wraps to the first");
+    }
 }
