@@ -314,7 +314,16 @@ pub(crate) fn handoffs(
         10.0 + 2.0 * size as f64 * 8.0 / (paths.upstream_mbit.unwrap_or(100.0) * 1e6),
     );
     let mut runs = Vec::new();
+    // A point of a --full run takes up to a quarter of an hour: a line per tenth of it.
+    let started = std::time::Instant::now();
+    let tenth = (sessions / 10).max(1);
     for i in 0..sessions {
+        if sessions >= 10 && i > 0 && i % tenth == 0 {
+            tracing::info!(
+                "{i} of {sessions} downloads, {:.0} s",
+                started.elapsed().as_secs_f64()
+            );
+        }
         let d = download(bed, &want, timeout, mode).and_then(|d| {
             if !d.ok {
                 // The capture of a failed download is the one to read.
