@@ -5,7 +5,7 @@
 //! after the Binding Acknowledgement the client's packets go straight to the acceptor's care-of
 //! address with a type 2 routing header, and the acceptor answers with a Home Address option.
 
-use ds_mipv6::mn::MnEvent;
+use ds_mipv6::mn::{HomeTicket, MnEvent};
 use ds_stack::mobile::MobileRole;
 use ds_stack::{Instant, Interface, ListenHandle, TcpHandle, TcpState};
 use ds_testbed::simlan::{node, Lan, START};
@@ -60,17 +60,38 @@ fn mn_ref(lan: &Lan, i: usize) -> &MobileRole {
     lan.ifs[i].mobility_hook().expect("mobile role")
 }
 
-#[test]
-fn route_optimised_handoff_between_nodes() {
-    let (a_ip, b_ip, c_ip, h) = (ip("fd00::1"), ip("fd00::2"), ip("fd00::3"), ip("fd00::80"));
-    let t0 = START;
+/// A download from the contact node thawed at the acceptor, before its Binding Update.
+struct Thawed {
+    lan: Lan,
+    /// The client's handle.
+    cl: TcpHandle,
+    /// The acceptor's handle.
+    srv2: TcpHandle,
+    /// The contact node's home ticket.
+    ticket: HomeTicket,
+    /// When the connection was frozen.
+    frozen: Instant,
+    data: Vec<u8>,
+    /// What the client read: the first half of `data`.
+    got: Vec<u8>,
+}
+
+const CLIENT: &str = "fd00::1";
+const ACCEPTOR: &str = "fd00::3";
+const DS: &str = "fd00::80";
+
+/// The client connects to the DS address; the contact node (interface 1) serves the first
+/// half of 400 kB; the contact node runs the home test and the acceptor (interface 2) the
+/// care-of test; the connection is frozen drained and thawed at the acceptor.
+fn thawed_at_acceptor(drop_bu: bool) -> Thawed {
+    let (a_ip, b_ip, c_ip, h) = (ip(CLIENT), ip("fd00::2"), ip(ACCEPTOR), ip(DS));
     let a = node(1, &[a_ip]);
     let mut b = node(2, &[b_ip, h]);
     let mut c = node(3, &[c_ip]);
     b.set_mobility_hook(Box::new(MobileRole::new(h, None)));
     c.set_mobility_hook(Box::new(MobileRole::new(h, Some(c_ip))));
     let l = b.tcp_listen(SocketAddrV6::new(h, 80, 0, 0), 4).unwrap();
-    let mut lan = lan(vec![a, b, c], true);
+    let mut lan = lan(vec![a, b, c], drop_bu);
 
     // The client connects to the DS address; the contact node serves the first half.
     let cl = lan.dial(0, a_ip, SocketAddrV6::new(h, 80, 0, 0));
@@ -81,12 +102,9 @@ fn route_optimised_handoff_between_nodes() {
     let half = data.len() / 2;
     assert_eq!(lan.ifs[1].tcp_send(srv, &data[..half]).unwrap(), half);
     let mut got = Vec::new();
-    let read = |lan: &mut Lan, got: &mut Vec<u8>| {
-        let _ = lan.read(0, cl, got);
-    };
     while got.len() < half || lan.ifs[1].tcp_send_queued(srv) > 0 {
         lan.step();
-        read(&mut lan, &mut got);
+        let _ = lan.read(0, cl, &mut got);
     }
 
     // Return routability: the contact node (which holds the home address) runs the home test,
@@ -101,7 +119,7 @@ fn route_optimised_handoff_between_nodes() {
     );
 
     // Hand off: freeze at the contact node (drained), ship state and home token, thaw at the
-    // acceptor, which sends the Binding Update.
+    // acceptor.
     let now = lan.now;
     let state = lan.ifs[1].tcp_freeze(now, srv).unwrap().encode();
     assert!(state.len() <= 96, "drained state {} bytes", state.len());
@@ -111,6 +129,34 @@ fn route_optimised_handoff_between_nodes() {
     let st = ds_stack::ConnState::decode(&state).unwrap();
     lan.ifs[2].add_home_addr(h);
     let srv2 = lan.ifs[2].tcp_thaw(now, &st).unwrap();
+    Thawed {
+        lan,
+        cl,
+        srv2,
+        ticket,
+        frozen: now,
+        data,
+        got,
+    }
+}
+
+#[test]
+fn route_optimised_handoff_between_nodes() {
+    let (a_ip, c_ip, h) = (ip(CLIENT), ip(ACCEPTOR), ip(DS));
+    let t0 = START;
+    let Thawed {
+        mut lan,
+        cl,
+        srv2,
+        ticket,
+        frozen: now,
+        data,
+        mut got,
+    } = thawed_at_acceptor(true);
+    let half = got.len();
+    let read = |lan: &mut Lan, got: &mut Vec<u8>| {
+        let _ = lan.read(0, cl, got);
+    };
     mn(&mut lan, 2)
         .bind(now, &ticket, a_ip, Duration::from_secs(120))
         .unwrap();
@@ -186,6 +232,48 @@ fn route_optimised_handoff_between_nodes() {
     assert_eq!(
         to_home, 0,
         "nothing from the client to the home address directly after the BA"
+    );
+}
+
+/// The Binding Update leaves ahead of the data the thawed connection has to send: behind a
+/// burst on a slow link it would wait a frame time or more (one 1,500-byte frame is 12 ms at
+/// 1 Mbit/s), and until it is acknowledged the data takes the home agent's longer path.
+/// The interface sends a mobility hook's queued signalling at its next transmit, not only at
+/// its next poll (a runner flushes before it polls).
+#[test]
+fn the_binding_update_leaves_ahead_of_the_acceptors_data() {
+    let Thawed {
+        mut lan,
+        srv2,
+        ticket,
+        frozen: now,
+        data,
+        ..
+    } = thawed_at_acceptor(false);
+    let half = data.len() / 2;
+    // The service writes the rest as the connection arrives, the binding is asked for, and
+    // the acceptor's loop transmits before it polls.
+    let queued = lan.ifs[2].tcp_send(srv2, &data[half..]).unwrap();
+    assert!(queued > 3 * 1440, "a burst to send ({queued} bytes)");
+    mn(&mut lan, 2)
+        .bind(now, &ticket, ip(CLIENT), Duration::from_secs(120))
+        .unwrap();
+    let mut frames = Vec::new();
+    lan.ifs[2].transmit(now, &mut |f: &[u8]| frames.push(f.to_vec()));
+    assert!(
+        frames.len() > 1,
+        "the BU and data ({} frames)",
+        frames.len()
+    );
+    assert!(
+        is_bu(&frames[0]),
+        "the first frame is the Binding Update (then {} more)",
+        frames.len() - 1
+    );
+    assert_eq!(
+        frames.iter().filter(|f| is_bu(f)).count(),
+        1,
+        "one Binding Update"
     );
 }
 

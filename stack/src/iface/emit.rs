@@ -32,6 +32,18 @@ impl Interface {
     /// request.
     pub fn transmit_gso(&mut self, now: Instant, emit: Emit<'_>) {
         self.now = self.now.max(now);
+        // Signalling the mobility hook queued since the last poll (a Binding Update asked for
+        // as a connection arrives) goes ahead of the connections' data: behind a burst on a
+        // slow link it would wait a frame time or more, and until it is acknowledged the data
+        // takes the home agent's longer path. Only when due: timers stay with `poll`.
+        if self
+            .hook
+            .as_ref()
+            .and_then(|h| h.poll_at())
+            .is_some_and(|t| t <= now)
+        {
+            self.poll_hook(now);
+        }
         while let Some(f) = self.ctrl.pop_front() {
             emit(&f, None);
             self.stats.tx_frames += 1;

@@ -464,6 +464,11 @@ impl Interface {
                 }
             }
         }
+        self.poll_hook(now);
+    }
+
+    /// Send what the mobility hook has to send now (its timers and queued signalling).
+    fn poll_hook(&mut self, now: Instant) {
         if let Some(h) = self.hook.as_mut() {
             for p in h.poll(now) {
                 self.send_ipv6_packet(now, &p);
