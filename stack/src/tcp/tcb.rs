@@ -360,6 +360,12 @@ pub struct Tcb {
     /// retransmitted hole is still missing mean the retransmission was lost too (the idea of
     /// RFC 8985 RACK, by send order instead of per-segment times).
     pub(crate) rxt_fence: u32,
+    /// The latest retransmission in SACK recovery, until it is SACKed. Its SACK while a hole
+    /// resent before it is still open means that earlier retransmission was lost: the same
+    /// send-order evidence as `rxt_fence`, for a sender with nothing new to send (a donor
+    /// draining before a handoff sends no data above the fence, and only the timeout,
+    /// 200 ms at least, would find the loss).
+    pub(crate) last_rxt: Option<(u32, u32)>,
     /// When the current fast recovery began.
     pub(crate) recovery_at: Option<Instant>,
     /// Every unSACKed byte below the recovery point is lost, not only the holes below the
@@ -509,6 +515,7 @@ impl Tcb {
             sacked: Vec::new(),
             loss_all: false,
             rxt_fence: iss,
+            last_rxt: None,
             recovery_at: None,
             tail_lost: false,
             t_rto: None,
@@ -1446,6 +1453,7 @@ impl Tcb {
             self.recovery = Some(self.snd_max);
             self.recovery_at = Some(now);
             self.tail_lost = false;
+            self.last_rxt = None;
             self.high_rxt = self.snd_una;
             self.rexmit_now = true;
             self.timed = None;
@@ -1462,14 +1470,21 @@ impl Tcb {
         let Some(&(_, top)) = self.sacked.last() else {
             return;
         };
-        if !gt(top, self.rxt_fence) {
+        let Some((h, _)) = self.next_hole(self.snd_una) else {
+            return;
+        };
+        if !lt(h, self.high_rxt) {
             return;
         }
-        if let Some((h, _)) = self.next_hole(self.snd_una) {
-            if lt(h, self.high_rxt) {
-                self.high_rxt = self.snd_una;
-                self.rxt_fence = self.snd_max;
-            }
+        // Data sent after the latest retransmission was delivered: new data above the fence,
+        // or a later retransmission (above the hole, so resent after it in this pass).
+        let later_rxt_sacked = self.last_rxt.is_some_and(|(l, r)| {
+            lt(h, l) && self.sacked.iter().any(|&(sl, sr)| le(sl, l) && le(r, sr))
+        });
+        if gt(top, self.rxt_fence) || later_rxt_sacked {
+            self.high_rxt = self.snd_una;
+            self.rxt_fence = self.snd_max;
+            self.last_rxt = None;
         }
     }
 
@@ -2051,6 +2066,7 @@ impl Tcb {
             self.rexmit_now = false;
             self.high_rxt = a.wrapping_add(len);
             self.rxt_fence = self.snd_max;
+            self.last_rxt = Some((a, a.wrapping_add(len)));
             return self.retransmit_range(now, a, len);
         }
         if force {

@@ -616,6 +616,55 @@ fn a_lost_tail_is_resent_whole_once_a_retransmission_arrived() {
     assert_eq!(resent, vec![segs[8].seg.seq]);
 }
 
+/// Ten segments in flight and nothing new to send; 1 and 6 lost, the rest delivered and
+/// SACKed: the receiver, the sender, the ten segments and the two retransmissions.
+fn holes_1_and_6_resent() -> (Tcb, Tcb, Vec<Wire>, Vec<Wire>) {
+    let (mut c, mut s) = handshake();
+    let now = t0();
+    let segs = burst(&mut s, now, 10);
+    let arrive = segs.iter().enumerate().filter(|(i, _)| ![1, 6].contains(i));
+    let re = relay(&mut c, &mut s, now, arrive.map(|(_, w)| w));
+    assert_eq!(seqs(&re), vec![segs[1].seg.seq, segs[6].seg.seq]);
+    (c, s, segs, re)
+}
+
+#[test]
+fn a_lost_retransmission_is_resent_before_the_timeout_with_nothing_new_to_send() {
+    // Everything has been sent (a donor draining before a handoff): segments 1 and 6 are
+    // lost, both are resent, and the retransmission of 1 is lost too while that of 6 (sent
+    // after it) arrives. No data can go above SND.MAX any more, so the later retransmission
+    // is the evidence (RFC 8985 §6.2, by send order), not the timeout (200 ms at least).
+    let (mut c, mut s, segs, re) = holes_1_and_6_resent();
+    let now = t0();
+    let t1 = now + Duration::from_millis(5);
+    let again = relay(&mut c, &mut s, t1, &re[1..]);
+    assert_eq!(
+        seqs(&again),
+        vec![segs[1].seg.seq],
+        "the lost retransmission is resent once, at once"
+    );
+    relay(&mut c, &mut s, t1, &again);
+    assert_eq!(s.snd_una, s.snd_max, "all acknowledged");
+    assert!(s.recovery.is_none());
+}
+
+/// SACKs for original segments that arrive after a retransmission are no evidence that it
+/// was lost (they were sent before it): with both retransmissions lost, nothing is resent
+/// before the timeout.
+#[test]
+fn sacks_of_earlier_sent_segments_do_not_mark_a_retransmission_lost() {
+    let (_c, mut s, _segs, _re) = holes_1_and_6_resent();
+    let now = t0();
+    // Both retransmissions lost: nothing arrives after them.
+    let late = now + Duration::from_millis(30);
+    s.on_timer(late);
+    let out: Vec<Wire> = collect(&mut s, late)
+        .into_iter()
+        .filter(|w| !w.payload.is_empty())
+        .collect();
+    assert!(out.is_empty(), "left to the timeout: {:?}", seqs(&out));
+}
+
 #[test]
 fn a_receiver_cannot_grow_the_sack_scoreboard_without_bound() {
     // Hostile input: 1-byte SACK blocks at every other byte of the flight, three per ACK.
