@@ -80,4 +80,11 @@ pub trait MobilityHook: Send + AsAny {
     fn poll_at(&self) -> Option<Instant> {
         None
     }
+
+    /// Signalling queued since the last poll (a Binding Update asked for as a connection
+    /// arrives): the interface sends it at its next transmit, ahead of the connections' data.
+    /// Asked at every transmit, so it must be cheap (no scan of per-peer state).
+    fn has_queued(&self) -> bool {
+        false
+    }
 }

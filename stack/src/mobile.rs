@@ -444,6 +444,10 @@ impl MobilityHook for MobileRole {
         out
     }
 
+    fn has_queued(&self) -> bool {
+        !self.st.outbox.is_empty()
+    }
+
     fn poll_at(&self) -> Option<Instant> {
         let s = &self.st;
         if !s.outbox.is_empty() {

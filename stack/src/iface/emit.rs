@@ -35,13 +35,8 @@ impl Interface {
         // Signalling the mobility hook queued since the last poll (a Binding Update asked for
         // as a connection arrives) goes ahead of the connections' data: behind a burst on a
         // slow link it would wait a frame time or more, and until it is acknowledged the data
-        // takes the home agent's longer path. Only when due: timers stay with `poll`.
-        if self
-            .hook
-            .as_ref()
-            .and_then(|h| h.poll_at())
-            .is_some_and(|t| t <= now)
-        {
+        // takes the home agent's longer path. (`has_queued` is O(1); `poll_at` scans peers.)
+        if self.hook.as_ref().is_some_and(|h| h.has_queued()) {
             self.poll_hook(now);
         }
         while let Some(f) = self.ctrl.pop_front() {
