@@ -149,6 +149,15 @@ struct ReproduceArgs {
         value_parser = parse_bandwidth
     )]
     bandwidths: Vec<Option<f64>>,
+    /// Figure 2's (experiment 3's) upstream bandwidths in Mbit/s, comma-separated (the seed's
+    /// three by default; one per run splits a --full run into parts of about an hour).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "2,1.5,1",
+        value_parser = parse_shaped
+    )]
+    state_bandwidths: Vec<f64>,
     /// Experiment 2's drain policies, comma-separated (immediate: the seed's freeze right
     /// after the last send; acked: once the client acknowledged everything).
     #[arg(
@@ -246,7 +255,7 @@ fn run_reproduce(a: ReproduceArgs) -> Result<()> {
         rounds: a.rounds,
         decomp_points: table1.points(),
         sweep_modes: modes.len(),
-        state_mbit: vec![2.0, 1.5, 1.0],
+        state_mbit: a.state_bandwidths.clone(),
         size: table1.size,
     };
     let progress = |line: &str| tracing::info!("{line}");
@@ -757,6 +766,14 @@ fn parse_bandwidth(s: &str) -> Result<Option<f64>, String> {
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() && v > 0.0 => Ok(Some(v)),
         _ => Err(format!("{s:?}: Mbit/s above 0, or `unshaped`")),
+    }
+}
+
+/// A shaped bandwidth for `--state-bandwidths`: Mbit/s.
+fn parse_shaped(s: &str) -> Result<f64, String> {
+    match parse_bandwidth(s)? {
+        Some(v) => Ok(v),
+        None => Err(format!("{s:?}: Figure 2 is measured on a shaped upstream")),
     }
 }
 
