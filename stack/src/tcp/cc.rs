@@ -1,6 +1,7 @@
 //! Congestion control: NewReno window growth (RFC 5681) and CUBIC (RFC 9438), selectable per
-//! connection. Loss *detection* and recovery live in the TCB; this module only answers "how big
-//! may the window be".
+//! connection, with HyStart++ (RFC 9406) leaving slow start when the round-trip time says a
+//! queue is building. Loss *detection* and recovery live in the TCB; this module only answers
+//! "how big may the window be".
 
 use crate::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
@@ -19,6 +20,37 @@ pub enum Congestion {
 const BETA_CUBIC: f64 = 0.7;
 /// RFC 9438 §4.2: C.
 const C_CUBIC: f64 = 0.4;
+
+/// RFC 9406 §4.3 constants: the RTT increase that ends slow start is a MIN_RTT_DIVISOR-th of
+/// the last round's minimum, clamped to [MIN_RTT_THRESH, MAX_RTT_THRESH]; a round's minimum
+/// counts from N_RTT_SAMPLE samples on; conservative slow start grows a CSS_GROWTH_DIVISOR-th
+/// as fast and lasts CSS_ROUNDS rounds.
+const HS_MIN_RTT_THRESH: Duration = Duration::from_millis(4);
+const HS_MAX_RTT_THRESH: Duration = Duration::from_millis(16);
+const HS_MIN_RTT_DIVISOR: u32 = 8;
+const HS_N_RTT_SAMPLE: u32 = 8;
+const HS_CSS_GROWTH_DIVISOR: u32 = 4;
+const HS_CSS_ROUNDS: u32 = 5;
+
+/// HyStart++ (RFC 9406) state: slow start's rounds and their minimum RTTs.
+///
+/// Plain slow start doubles the window each round until a loss: into a drop-tail queue that
+/// overshoots by up to a window, and the recovery that follows loses retransmissions in the
+/// still-full queue (the Fig1 testbed at 100 Mbit/s, a 100-frame queue: one drained handoff in
+/// ten waited a 200 ms retransmission timeout, where Linux, with its HyStart, waited none).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HyStart {
+    /// The current round ends when an ACK reaches this sequence number (SND.NXT when it began).
+    window_end: Option<u32>,
+    last_round_min: Option<Duration>,
+    current_round_min: Option<Duration>,
+    samples: u32,
+    /// In conservative slow start (CSS): the minimum RTT that started it.
+    css_baseline: Option<Duration>,
+    css_rounds: u32,
+    /// Slow start is over for HyStart++: a loss, a timeout or CSS's last round.
+    done: bool,
+}
 
 /// Congestion-control state, in bytes (CUBIC's internals in segments, as RFC 9438 writes them).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -41,6 +73,9 @@ pub struct Cc {
     pub w_est: f64,
     /// NewReno: bytes acked since the last congestion-avoidance increase.
     pub bytes_acked: u32,
+    /// HyStart++ (not carried by a moved connection: it starts again where it lands).
+    #[serde(skip)]
+    pub hystart: HyStart,
 }
 
 impl Cc {
@@ -55,6 +90,7 @@ impl Cc {
             k: 0.0,
             w_est: 0.0,
             bytes_acked: 0,
+            hystart: HyStart::default(),
         }
     }
 
@@ -69,8 +105,13 @@ impl Cc {
             return;
         }
         if self.in_slow_start() {
-            // RFC 5681 §3.1 with RFC 3465 appropriate byte counting, L = 2.
-            self.cwnd = self.cwnd.saturating_add(acked.min(2 * mss));
+            // RFC 5681 §3.1 with RFC 3465 appropriate byte counting, L = 2; RFC 9406 §4.2: a
+            // CSS_GROWTH_DIVISOR-th of that in conservative slow start.
+            let mut grow = acked.min(2 * mss);
+            if self.hystart.css_baseline.is_some() {
+                grow /= HS_CSS_GROWTH_DIVISOR;
+            }
+            self.cwnd = self.cwnd.saturating_add(grow);
             return;
         }
         match self.algo {
@@ -85,6 +126,52 @@ impl Cc {
         if self.bytes_acked >= self.cwnd {
             self.bytes_acked -= self.cwnd;
             self.cwnd = self.cwnd.saturating_add(mss);
+        }
+    }
+
+    /// RFC 9406 §4.2: an ACK of new data in slow start, with its RTT sample if it gave one
+    /// (`snd_nxt`: where a round that begins now ends). Call before [`Cc::on_ack`].
+    pub fn hystart_on_ack(&mut self, ack: u32, snd_nxt: u32, rtt: Option<Duration>) {
+        if !self.in_slow_start() || self.hystart.done {
+            return;
+        }
+        let h = &mut self.hystart;
+        if h.window_end.is_none_or(|w| !super::seq::lt(ack, w)) {
+            // A new round.
+            h.window_end = Some(snd_nxt);
+            h.last_round_min = h.current_round_min.take();
+            h.samples = 0;
+            if h.css_baseline.is_some() {
+                h.css_rounds += 1;
+                if h.css_rounds >= HS_CSS_ROUNDS {
+                    // §4.2: CSS over: congestion avoidance from here.
+                    self.ssthresh = self.cwnd;
+                    h.done = true;
+                    return;
+                }
+            }
+        }
+        let Some(r) = rtt else { return };
+        h.current_round_min = Some(h.current_round_min.map_or(r, |m| m.min(r)));
+        h.samples += 1;
+        if h.samples < HS_N_RTT_SAMPLE {
+            return;
+        }
+        let (Some(cur), Some(last)) = (h.current_round_min, h.last_round_min) else {
+            return;
+        };
+        match h.css_baseline {
+            None => {
+                let thresh =
+                    (last / HS_MIN_RTT_DIVISOR).clamp(HS_MIN_RTT_THRESH, HS_MAX_RTT_THRESH);
+                if cur >= last + thresh {
+                    h.css_baseline = Some(cur);
+                    h.css_rounds = 0;
+                }
+            }
+            // §4.2: the RTT fell back: the increase was spurious, slow start again.
+            Some(base) if cur < base => h.css_baseline = None,
+            Some(_) => {}
         }
     }
 
@@ -149,6 +236,8 @@ impl Cc {
             }
         };
         self.bytes_acked = 0;
+        // RFC 9406 §4.2: a loss ends HyStart++.
+        self.hystart.done = true;
         self.ssthresh
     }
 
@@ -191,6 +280,45 @@ mod tests {
             cc.on_ack(1000, 1000, t, Duration::from_millis(10));
         }
         assert!(cc.cwnd > 70_000, "cwnd {}", cc.cwnd);
+    }
+
+    /// RFC 9406: rounds at the base RTT keep slow start; a round whose minimum RTT rose by
+    /// the threshold (4 ms here) slows growth to a quarter (CSS); five CSS rounds end it.
+    #[test]
+    fn hystart_leaves_slow_start_when_the_rtt_rises() {
+        let mss = 1000;
+        let mut cc = Cc::new(Congestion::Cubic, mss, 10);
+        let mut seq = 0u32;
+        // One round: `acks` ACKs of one segment each, every one with RTT `rtt`; returns the
+        // window's growth.
+        let mut round = |cc: &mut Cc, rtt: u64| {
+            let before = cc.cwnd;
+            let acks = cc.cwnd / mss;
+            let end = seq + acks * mss;
+            for _ in 0..acks {
+                seq += mss;
+                cc.hystart_on_ack(seq, end + 1, Some(Duration::from_millis(rtt)));
+                cc.on_ack(mss, mss, Instant::ZERO, Duration::from_millis(rtt));
+            }
+            cc.cwnd - before
+        };
+        assert_eq!(round(&mut cc, 1), 10_000, "slow start: doubles");
+        assert_eq!(
+            round(&mut cc, 2),
+            20_000,
+            "1 ms more: below the 4 ms threshold"
+        );
+        let css = round(&mut cc, 7);
+        assert!(css < 40_000 / 2, "conservative slow start: {css}");
+        assert!(cc.in_slow_start());
+        for _ in 0..5 {
+            round(&mut cc, 7);
+        }
+        assert!(
+            !cc.in_slow_start(),
+            "CSS_ROUNDS later: congestion avoidance"
+        );
+        assert!(cc.ssthresh < u32::MAX && cc.ssthresh <= cc.cwnd);
     }
 
     #[test]

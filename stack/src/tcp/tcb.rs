@@ -366,6 +366,12 @@ pub struct Tcb {
     /// draining before a handoff sends no data above the fence, and only the timeout,
     /// 200 ms at least, would find the loss).
     pub(crate) last_rxt: Option<(u32, u32)>,
+    /// RFC 6937 proportional rate reduction in SACK recovery: octets delivered to the
+    /// receiver (`prr_delivered`) and sent (`prr_out`) since the recovery began, and the
+    /// flight when it began (`recover_fs`, RecoverFS).
+    pub(crate) prr_delivered: u32,
+    pub(crate) prr_out: u32,
+    pub(crate) recover_fs: u32,
     /// When the current fast recovery began.
     pub(crate) recovery_at: Option<Instant>,
     /// Every unSACKed byte below the recovery point is lost, not only the holes below the
@@ -390,6 +396,14 @@ pub struct Tcb {
     /// The drain's first probe has gone (the next ones carry an octet). Either flag set: the
     /// solicitation is on ([`Tcb::draining`]) until everything is acknowledged.
     pub(crate) drain_probed: bool,
+    /// Drain probes sent that carried an octet: picks the next one's octet
+    /// ([`Tcb::probe_octet`]).
+    pub(crate) drain_probes: u32,
+    /// The octet of the drain probe that followed this recovery's latest retransmission: a
+    /// report of exactly that octet (a D-SACK) says the probe arrived, so every hole resent
+    /// and still open was lost ([`Tcb::detect_lost_before_probe`]). Cleared by the next
+    /// retransmission.
+    pub(crate) rxt_probe: Option<u32>,
     pub(crate) t_close: Option<Instant>,
     /// Tail loss probe timer (RFC 8985 §7).
     pub(crate) t_tlp: Option<Instant>,
@@ -436,6 +450,11 @@ const CHALLENGE_ACK_LIMIT: u32 = 10;
 /// practice (a burst lost at a queue makes one); a receiver cannot make the board, and the
 /// work per ACK, grow past this.
 pub(crate) const MAX_SACK_BLOCKS: usize = 256;
+
+/// Drain probes take their octet in turn from the last this many octets of the data
+/// ([`Tcb::probe_octet`]): a report names one of the latest this many probes.
+const PROBE_OCTETS: u32 = 8;
+
 /// At most one ACK per this interval in reply to unacceptable segments that occupy no sequence
 /// space (Linux's `tcp_invalid_ratelimit` default).
 const OOW_ACK_INTERVAL: Duration = Duration::from_millis(500);
@@ -516,6 +535,9 @@ impl Tcb {
             loss_all: false,
             rxt_fence: iss,
             last_rxt: None,
+            prr_delivered: 0,
+            prr_out: 0,
+            recover_fs: 0,
             recovery_at: None,
             tail_lost: false,
             t_rto: None,
@@ -527,6 +549,8 @@ impl Tcb {
             ka_probe_due: false,
             drain_probe_owed: false,
             drain_probed: false,
+            drain_probes: 0,
+            rxt_probe: None,
             t_close: None,
             t_tlp: None,
             pace: None,
@@ -1248,6 +1272,16 @@ impl Tcb {
         }
     }
 
+    /// An RTT sample from the echoed timestamp of an ACK of new data (RFC 7323 §4.1, at the
+    /// timestamps' 1 ms granularity), for HyStart++, which needs a sample per ACK rather than
+    /// the one timed segment per round trip that feeds the RTO. `None` without timestamps or
+    /// for an echo from the future or from long ago.
+    fn ts_rtt(&self, now: Instant, seg: &SegIn<'_>) -> Option<Duration> {
+        let (_, ecr) = seg.ts.filter(|_| self.ts_ok)?;
+        let ms = self.tsval(now).wrapping_sub(ecr);
+        (ecr != 0 && ms < 60_000).then(|| Duration::from_millis(ms.into()))
+    }
+
     /// RFC 6298 §2.2–§2.3.
     fn rtt_sample(&mut self, r: Duration) {
         let r = r.max(Duration::from_micros(1));
@@ -1295,9 +1329,14 @@ impl Tcb {
         let window_update =
             lt(self.snd_wl1, seg.seq) || (self.snd_wl1 == seg.seq && le(self.snd_wl2, ack));
 
+        // RFC 6937 DeliveredData: the change in SND.UNA plus the (signed) change in SACKed
+        // octets.
+        let una_before = self.snd_una;
+        let sacked_before = self.sacked_bytes();
         if self.sack_ok {
             self.update_scoreboard(&seg.sack, ack);
             self.detect_lost_retransmissions();
+            self.detect_lost_before_probe(&seg.sack);
         }
 
         if gt(ack, self.snd_una) {
@@ -1363,6 +1402,8 @@ impl Tcb {
                 None => {
                     self.dupacks = 0;
                     let srtt = self.srtt.unwrap_or(Duration::from_millis(100));
+                    let rtt = self.ts_rtt(now, seg);
+                    self.cc.hystart_on_ack(ack, self.snd_nxt, rtt);
                     self.cc.on_ack(acked, mss, now, srtt);
                 }
             }
@@ -1433,6 +1474,48 @@ impl Tcb {
         }
 
         self.maybe_enter_recovery(now);
+        if self.sack_ok && self.recovery.is_some() && !self.loss_all {
+            let delivered = i64::from(dist(una_before, self.snd_una))
+                + i64::from(self.sacked_bytes())
+                - i64::from(sacked_before);
+            self.prr_on_ack(u32::try_from(delivered.max(0)).unwrap_or(u32::MAX));
+        }
+    }
+
+    /// RFC 6937 §3: the window in SACK recovery follows what the receiver gets. While pipe
+    /// is above ssthresh, send `ssthresh / RecoverFS` of what was delivered (the reduction
+    /// spread over a round trip instead of a burst up to ssthresh at the first ACK); below
+    /// it, grow back no faster than slow start (PRR-SSRB: what was delivered plus one
+    /// segment per ACK). Entering recovery after a large flight into a drop-tail queue, the
+    /// burst that cwnd = ssthresh allows at once (some 0.7 of the flight, with the queue
+    /// still full) lost retransmissions in turn.
+    fn prr_on_ack(&mut self, delivered: u32) {
+        let mss = self.eff_mss();
+        self.prr_delivered = self.prr_delivered.saturating_add(delivered);
+        let pipe = self.pipe();
+        let ssthresh = self.cc.ssthresh;
+        let sndcnt = if pipe > ssthresh {
+            let target = (u64::from(self.prr_delivered) * u64::from(ssthresh))
+                .div_ceil(u64::from(self.recover_fs.max(1)));
+            u32::try_from(target)
+                .unwrap_or(u32::MAX)
+                .saturating_sub(self.prr_out)
+        } else {
+            let limit = self
+                .prr_delivered
+                .saturating_sub(self.prr_out)
+                .max(delivered)
+                .saturating_add(mss);
+            (ssthresh - pipe).min(limit)
+        };
+        self.cc.cwnd = pipe.saturating_add(sndcnt);
+    }
+
+    /// Data sent in recovery counts against PRR's allowance.
+    fn count_prr_out(&mut self, len: u32) {
+        if self.recovery.is_some() {
+            self.prr_out = self.prr_out.saturating_add(len);
+        }
     }
 
     /// Enter loss recovery: three duplicate ACKs, or (RFC 6675 IsLost) more than
@@ -1454,6 +1537,10 @@ impl Tcb {
             self.recovery_at = Some(now);
             self.tail_lost = false;
             self.last_rxt = None;
+            self.rxt_probe = None;
+            self.prr_delivered = 0;
+            self.prr_out = 0;
+            self.recover_fs = self.flight();
             self.high_rxt = self.snd_una;
             self.rexmit_now = true;
             self.timed = None;
@@ -1482,9 +1569,43 @@ impl Tcb {
             lt(h, l) && self.sacked.iter().any(|&(sl, sr)| le(sl, l) && le(r, sr))
         });
         if gt(top, self.rxt_fence) || later_rxt_sacked {
-            self.high_rxt = self.snd_una;
-            self.rxt_fence = self.snd_max;
-            self.last_rxt = None;
+            self.restart_pass();
+        }
+    }
+
+    /// Every retransmission still open was lost (what was sent after the latest one arrived):
+    /// a new pass over the holes from SND.UNA. The evidence is always about the latest
+    /// transmission, so no retransmission still on its way is resent.
+    fn restart_pass(&mut self) {
+        self.high_rxt = self.snd_una;
+        self.rxt_fence = self.snd_max;
+        self.last_rxt = None;
+    }
+
+    /// The ACK reports the octet of the drain probe that followed this recovery's latest
+    /// retransmission (its first SACK block is exactly that octet: a D-SACK, RFC 2883 §4, as
+    /// the octet was SACKed already), so the probe arrived. Every retransmission whose hole is
+    /// still open was sent before it and lost (RFC 8985 §6.2 by send order: a segment sent
+    /// later was delivered): a new pass. This covers what
+    /// [`Tcb::detect_lost_retransmissions`] cannot: a draining donor whose *last*
+    /// retransmission is lost has no later data or retransmission to be SACKed, only the
+    /// probe, and would otherwise wait for the timeout (200 ms at least).
+    fn detect_lost_before_probe(&mut self, blocks: &[Option<(u32, u32)>; 3]) {
+        let Some(octet) = self.rxt_probe else {
+            return;
+        };
+        if blocks[0] != Some((octet, octet.wrapping_add(1))) {
+            return;
+        }
+        self.rxt_probe = None;
+        if self.recovery.is_none() {
+            return;
+        }
+        if self
+            .next_hole(self.snd_una)
+            .is_some_and(|(h, _)| lt(h, self.high_rxt))
+        {
+            self.restart_pass();
         }
     }
 
@@ -1738,6 +1859,8 @@ impl Tcb {
             self.snd_nxt = self.snd_una;
         }
         self.high_rxt = self.snd_una;
+        // Every hole is resent from SND.UNA now: an earlier probe proves nothing about these.
+        self.rxt_probe = None;
         self.timed = None;
         self.backoff += 1;
         self.update_rto();
@@ -1955,7 +2078,10 @@ impl Tcb {
         );
         if can_send_data {
             if let Some(s) = self.next_data_segment(now, gso_max, mss) {
-                if self.draining() && (s.payload_len > 0 || s.fin) {
+                if self.draining()
+                    && (s.payload_len > 0 || s.fin)
+                    && !self.resending_mid_pass(s.seq.wrapping_add(s.payload_len as u32))
+                {
                     self.drain_probe_owed = true;
                 }
                 return Some(s);
@@ -1980,16 +2106,33 @@ impl Tcb {
         None
     }
 
+    /// The segment ending at `end` was a SACK-recovery retransmission below SACKed data, and
+    /// more holes wait to be resent: no drain probe after it. The receiver ACKs a segment that
+    /// fills a gap at once (RFC 5681 §4.2), so the probe would only add a frame to a queue that
+    /// is dropping already (a probe per ACK doubled the donor's frame rate into the 100-frame
+    /// queue of the Fig1 testbed at 100 Mbit/s, and the last retransmission and its probe were
+    /// lost together). The pass's last retransmission still gets its probe: its report is the
+    /// evidence [`Tcb::detect_lost_before_probe`] needs; so does a retransmission with nothing
+    /// SACKed above it (a lost tail), which the receiver may hold a delayed ACK for.
+    fn resending_mid_pass(&self, end: u32) -> bool {
+        self.sack_ok
+            && self.recovery.is_some()
+            && self.sacked.last().is_some_and(|&(_, r)| gt(r, end))
+            && self.next_hole(self.high_rxt).is_some()
+    }
+
     /// A drain's ACK probe. The first is empty, with SEG.SEQ = SND.UNA − 1 (RFC 9293
     /// §3.8.4): not acceptable to the receiver, which answers it at once (§3.10.7.4). A
     /// receiver answers unacceptable segments that carry no data at most once per 500 ms
     /// (RFC 5961 §7, Linux's `tcp_oow_rate_limited`, ours), so a second empty probe soon
     /// after went unanswered and the receiver's delayed-ACK timer ran. The later probes
-    /// (which follow retransmissions: something was lost) carry the last octet of data once
-    /// more: a duplicate or out-of-order octet is data, which the receiver acknowledges at
-    /// once (RFC 5681 §4.2; Linux enters quick-ACK mode on it) with a D-SACK (RFC 2883) or a
-    /// SACK. The first stays empty so that a drain without loss puts no byte twice on the
-    /// wire. Only a FIN left unacknowledged: an empty probe.
+    /// (which follow retransmissions: something was lost) carry an octet of data once more,
+    /// the last or one near it ([`Tcb::probe_octet`]): a duplicate or out-of-order octet is
+    /// data, which the receiver acknowledges at once (RFC 5681 §4.2; Linux enters quick-ACK
+    /// mode on it) with a D-SACK (RFC 2883) or a SACK, and that report tells which
+    /// retransmissions before the probe were lost. The first stays empty so that a drain
+    /// without loss puts no byte twice on the wire. Only a FIN left unacknowledged: an empty
+    /// probe.
     fn drain_probe(&mut self, now: Instant) -> Option<SegOut> {
         if self.snd_una == self.snd_max {
             return None;
@@ -1998,7 +2141,11 @@ impl Tcb {
         let first = !std::mem::replace(&mut self.drain_probed, true);
         // (Called once everything has been sent: SND.MAX is at or past the end of the data.)
         let mut s = if !first && lt(self.snd_una, end) {
-            let seq = end.wrapping_sub(1);
+            let (seq, identifies) = self.probe_octet(end);
+            // Only a probe that follows this recovery's retransmissions can prove them lost.
+            self.rxt_probe =
+                (identifies && self.recovery.is_some() && self.high_rxt != self.snd_una)
+                    .then_some(seq);
             let mut s = self.base_segment(now, seq);
             s.payload_off = dist(self.snd_buf_seq, seq) as usize;
             s.payload_len = 1;
@@ -2012,6 +2159,26 @@ impl Tcb {
         };
         s.psh = s.payload_len > 0;
         Some(s)
+    }
+
+    /// The octet a drain probe carries, and whether a report of it identifies this probe. With
+    /// the end of the data SACKed (a block of more than [`PROBE_OCTETS`] octets), successive
+    /// probes take successive octets before the last, so the receiver's D-SACK of one names it
+    /// and not an earlier probe still on its way (which may have left before the latest
+    /// retransmissions). Otherwise the last octet, as a lost tail needs it: the receiver SACKs
+    /// it and the holes below it show. Probes of the last octet are never the identified
+    /// kind, so the two do not alias.
+    fn probe_octet(&mut self, end: u32) -> (u32, bool) {
+        let top_sacked = self
+            .sacked
+            .last()
+            .is_some_and(|&(l, r)| !lt(r, end) && lt(l, end.wrapping_sub(PROBE_OCTETS)));
+        if !top_sacked {
+            return (end.wrapping_sub(1), false);
+        }
+        let k = self.drain_probes % PROBE_OCTETS;
+        self.drain_probes = self.drain_probes.wrapping_add(1);
+        (end.wrapping_sub(2 + k), true)
     }
 
     /// Data (or a window probe) to send: a zero-window probe, a tail loss probe, a loss
@@ -2067,6 +2234,8 @@ impl Tcb {
             self.high_rxt = a.wrapping_add(len);
             self.rxt_fence = self.snd_max;
             self.last_rxt = Some((a, a.wrapping_add(len)));
+            // A probe sent before this retransmission proves nothing about it.
+            self.rxt_probe = None;
             return self.retransmit_range(now, a, len);
         }
         if force {
@@ -2099,6 +2268,7 @@ impl Tcb {
         s.payload_off = dist(self.snd_buf_seq, seq) as usize;
         s.payload_len = data_len as usize;
         s.fin = fin && gt(self.snd_max, self.data_end());
+        self.count_prr_out(data_len);
         self.events.retransmits += 1;
         if let Some((t, _)) = self.timed {
             if le(seq, t) && lt(t, seq.wrapping_add(len)) {
@@ -2271,6 +2441,7 @@ impl Tcb {
             }
         }
         self.snd_nxt = seq.wrapping_add(len + fin as u32);
+        self.count_prr_out(len);
         if let Some(p) = self.pace.as_mut().filter(|_| len > 0 && !retransmitting) {
             if p.budget == 0 {
                 // A new burst: 1 ms at the pacing rate, the next one 1 ms later.

@@ -665,6 +665,152 @@ fn sacks_of_earlier_sent_segments_do_not_mark_a_retransmission_lost() {
     assert!(out.is_empty(), "left to the timeout: {:?}", seqs(&out));
 }
 
+/// A draining sender (everything sent, an ACK solicited) whose segments `lost` never arrive:
+/// the rest arrive in order, and what the sender resends meanwhile (retransmissions and the
+/// drain's probes after them) is returned, in order.
+fn drain_with_holes(lost: &[usize]) -> (Tcb, Tcb, Vec<Wire>, Vec<Wire>) {
+    let (mut c, mut s) = handshake();
+    let now = t0();
+    let segs = burst(&mut s, now, 10);
+    assert!(s.solicit_ack());
+    let first = collect(&mut s, now);
+    assert_eq!(first.len(), 1, "the drain's first probe (lost here)");
+    let arrive = segs.iter().enumerate().filter(|(i, _)| !lost.contains(i));
+    let re = relay(&mut c, &mut s, now, arrive.map(|(_, w)| w));
+    (c, s, segs, re)
+}
+
+/// The retransmission of the last hole is lost, and nothing was sent after it but the drain's
+/// probe. The probe's D-SACK (RFC 2883) says it arrived: the retransmission sent before it is
+/// lost (RFC 8985 §6.2, by send order) and goes again at once, not after the timeout.
+#[test]
+fn a_lost_last_retransmission_is_found_by_the_drain_probe_after_it() {
+    let (mut c, mut s, segs, re) = drain_with_holes(&[6]);
+    let end = s.snd_max;
+    let lens: Vec<(u32, usize)> = re.iter().map(|w| (w.seg.seq, w.payload.len())).collect();
+    assert_eq!(
+        lens,
+        vec![
+            (segs[6].seg.seq, segs[6].payload.len()),
+            (end.wrapping_sub(2), 1)
+        ],
+        "the hole resent, then a probe of an octet the receiver holds"
+    );
+    let t1 = t0() + Duration::from_millis(5);
+    let again = relay(&mut c, &mut s, t1, &re[1..]);
+    assert_eq!(
+        again.first().map(|w| w.seg.seq),
+        Some(segs[6].seg.seq),
+        "resent at once: {:?}",
+        seqs(&again)
+    );
+    relay(&mut c, &mut s, t1, &again[..1]);
+    assert_eq!(s.snd_una, s.snd_max, "all acknowledged");
+}
+
+/// A probe that left before the latest retransmission proves nothing about it: its report
+/// (here the probe of the last octet, sent before the tail's SACKs showed the second hole)
+/// resends nothing; the report of the probe that followed both retransmissions resends both.
+#[test]
+fn a_probe_sent_before_a_retransmission_does_not_mark_it_lost() {
+    let (mut c, mut s, segs, re) = drain_with_holes(&[2, 8]);
+    let end = s.snd_max;
+    let lens: Vec<(u32, usize)> = re.iter().map(|w| (w.seg.seq, w.payload.len())).collect();
+    let full = segs[2].payload.len();
+    assert_eq!(
+        lens,
+        vec![
+            (segs[2].seg.seq, full),
+            (end.wrapping_sub(1), 1),
+            (segs[8].seg.seq, full),
+            (end.wrapping_sub(2), 1),
+        ],
+        "each hole resent as it shows, each followed by a probe"
+    );
+    // Both retransmissions are lost; the first probe arrives late.
+    let t1 = t0() + Duration::from_millis(5);
+    let early = relay(&mut c, &mut s, t1, &re[1..2]);
+    assert!(early.is_empty(), "nothing resent: {:?}", seqs(&early));
+    let again = relay(&mut c, &mut s, t1, &re[3..]);
+    let data: Vec<u32> = again
+        .iter()
+        .filter(|w| w.payload.len() > 1)
+        .map(|w| w.seg.seq)
+        .collect();
+    assert_eq!(data, vec![segs[2].seg.seq, segs[8].seg.seq], "both resent");
+}
+
+/// Holes below SACKed data are resent without a drain probe after each (the receiver ACKs a
+/// gap fill at once, and a probe per ACK doubles the frames sent into a queue that is
+/// dropping): one probe ends the pass.
+#[test]
+fn a_drain_probes_once_after_a_pass_over_several_holes() {
+    let (mut c, mut s) = handshake();
+    let now = t0();
+    let segs = burst(&mut s, now, 10);
+    assert!(s.solicit_ack());
+    assert_eq!(collect(&mut s, now).len(), 1, "the drain's first probe");
+    for i in [0, 2, 4, 5, 6] {
+        c.on_segment(now, &seg_in(&segs[i]));
+    }
+    for a in collect(&mut c, now) {
+        s.on_segment(now, &seg_in(&a));
+    }
+    assert!(s.recovery.is_some(), "holes 1 and 3 known");
+    // ACK-clocked, as behind a full queue: one retransmission per ACK.
+    s.cc.cwnd = s.eff_mss();
+    let first = collect(&mut s, now);
+    assert_eq!(
+        seqs(&first),
+        vec![segs[1].seg.seq],
+        "the first hole, no probe"
+    );
+    let rest = relay(&mut c, &mut s, now, &first);
+    let lens: Vec<(u32, usize)> = rest.iter().map(|w| (w.seg.seq, w.payload.len())).collect();
+    assert_eq!(
+        lens,
+        vec![
+            (segs[3].seg.seq, segs[3].payload.len()),
+            (s.snd_max.wrapping_sub(1), 1)
+        ],
+        "the last hole, then the probe"
+    );
+}
+
+/// RFC 6937: a sender that enters recovery after a large flight of which a run was dropped (a
+/// queue overflow) resends in step with what the receiver gets, at most two segments per ACK
+/// (PRR-SSRB: what was delivered plus one), not a burst up to ssthresh (here 20 segments at
+/// the first ACK) into the queue that just dropped.
+#[test]
+fn recovery_sends_in_step_with_deliveries() {
+    let (mut c, mut s) = handshake();
+    let now = t0();
+    let mss = s.eff_mss();
+    s.cc.cwnd = 40 * mss;
+    let segs = burst(&mut s, now, 40);
+    let arrive: Vec<&Wire> = segs
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !(10..30).contains(i))
+        .map(|(_, w)| w)
+        .collect();
+    // The segments before the run, then three after it: recovery begins.
+    let first = relay(&mut c, &mut s, now, arrive[..13].iter().copied());
+    assert!(s.recovery.is_some(), "in recovery");
+    assert!(
+        first.len() <= 2,
+        "{} segments at the first ACK",
+        first.len()
+    );
+    let mut sent = first.len();
+    for w in &arrive[13..] {
+        let out = relay(&mut c, &mut s, now, [*w]);
+        assert!(out.len() <= 2, "{} segments for one ACK", out.len());
+        sent += out.len();
+    }
+    assert!(sent >= 8, "the holes are resent as ACKs come: {sent}");
+}
+
 #[test]
 fn a_receiver_cannot_grow_the_sack_scoreboard_without_bound() {
     // Hostile input: 1-byte SACK blocks at every other byte of the flight, three per ACK.
