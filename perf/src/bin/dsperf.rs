@@ -105,8 +105,9 @@ enum Cmd {
     /// acked, upstream unshaped and at 100, 2, 1.5, 1 Mbit/s; the seven phases next to the
     /// seed's Table 1. Experiment 3 (§3.2.3): client-perceived handoff time against the
     /// donor's wait (0–1,000 ms) at 2, 1.5, 1 Mbit/s, the seed's Figure 2. Progress on
-    /// stderr; writes --out/EVALUATION.md and its figures. --quick takes about nine minutes
-    /// on a 2-core machine; --full hours (each run's report estimates it from its own times).
+    /// stderr; writes --out/EVALUATION.md and its figures. --quick takes about 14 minutes
+    /// on a 2-core machine; --full about 7 h 30 min (each run's report estimates it from its own
+    /// times; run it in parts with --only and --render them together).
     Reproduce(ReproduceArgs),
 }
 
