@@ -31,6 +31,9 @@ pub struct Options {
     pub rate_seconds: f64,
     /// Seconds of the forwarding-rate measurement.
     pub pps_seconds: f64,
+    /// `dswan --lead-max` (`None`: dswan's default).
+    #[serde(default)]
+    pub lead_max: Option<String>,
 }
 
 /// One latency point.
@@ -52,6 +55,12 @@ pub struct LatencyPoint {
     pub one_way_ms: f64,
     /// (measured − configured) / configured, percent.
     pub error_pct: f64,
+    /// The one-way delay the emulator adds: (median RTT − the direct veth's median RTT) / 2,
+    /// ms. The veth path's own latency (tens of µs on a virtual machine, part of every
+    /// measured figure above) taken out; one more veth hop per direction is still in it.
+    pub less_direct_ms: f64,
+    /// (less_direct − configured) / configured, percent.
+    pub less_direct_error_pct: f64,
 }
 
 /// One bandwidth point.
@@ -92,6 +101,9 @@ pub struct Report {
     pub options: Options,
     /// Kernel release.
     pub kernel: String,
+    /// Median ping RTT over the direct veth measured just before the latency points, ms.
+    #[serde(default)]
+    pub direct_rtt_ms: f64,
     /// Per configured delay.
     pub latency: Vec<LatencyPoint>,
     /// Per configured rate.
@@ -111,6 +123,8 @@ pub struct WanBed {
     /// The server's namespace.
     pub server: Netns,
     dswan: std::path::PathBuf,
+    /// Arguments given to every start of the emulator, after the others.
+    pub extra: Vec<String>,
 }
 
 impl WanBed {
@@ -135,6 +149,7 @@ impl WanBed {
             wan,
             server,
             dswan: dswan.to_path_buf(),
+            extra: Vec::new(),
         })
     }
 
@@ -185,6 +200,7 @@ impl WanBed {
         }
         argv.extend([dswan.as_str(), "wc", "ws", "--stats-every", "0", "--json"]);
         argv.extend_from_slice(args);
+        argv.extend(self.extra.iter().map(String::as_str));
         let child = Child::new(
             self.wan
                 .command(argv[0])
@@ -250,12 +266,15 @@ fn ping_rtts(bed: &WanBed, dst: Ipv6Addr, count: u32, expect: Duration) -> Resul
     ))
 }
 
-/// Runs the latency points.
+/// Runs the latency points; returns them and the direct veth's median RTT, ms, measured first.
 pub fn latency(
     bed: &mut WanBed,
     o: &Options,
     progress: &dyn Fn(&str),
-) -> Result<Vec<LatencyPoint>> {
+) -> Result<(Vec<LatencyPoint>, f64)> {
+    progress(&format!("latency: the direct veth, {} pings", o.pings));
+    let (direct, _) = ping_rtts(bed, SERVER_DIRECT, o.pings, Duration::ZERO)?;
+    let direct = Stat::of(direct).map_or(f64::NAN, |s| s.median);
     let mut out = Vec::new();
     for &ms in &o.delays_ms {
         progress(&format!("latency: {ms} ms one way, {} pings", o.pings));
@@ -264,6 +283,14 @@ pub fn latency(
         ensure!(!rtts.is_empty(), "no ping reply through dswan at {ms} ms");
         let median = Stat::of(rtts.clone()).map_or(f64::NAN, |s| s.median);
         let one_way = median / 2.0;
+        let less_direct = (median - direct) / 2.0;
+        let pct = |v: f64| {
+            if ms > 0.0 {
+                (v - ms) / ms * 100.0
+            } else {
+                f64::NAN
+            }
+        };
         out.push(LatencyPoint {
             configured_ms: ms,
             received,
@@ -272,15 +299,13 @@ pub fn latency(
             rtt_p1_ms: percentile(&rtts, 0.01),
             rtt_p99_ms: percentile(&rtts, 0.99),
             one_way_ms: one_way,
-            error_pct: if ms > 0.0 {
-                (one_way - ms) / ms * 100.0
-            } else {
-                f64::NAN
-            },
+            error_pct: pct(one_way),
+            less_direct_ms: less_direct,
+            less_direct_error_pct: pct(less_direct),
         });
     }
     bed.stop();
-    Ok(out)
+    Ok((out, direct))
 }
 
 /// iperf3 UDP from the client to `dst` for `secs` at `mbit` (0: unlimited) with `len`-byte
@@ -396,7 +421,12 @@ pub fn overhead(bed: &mut WanBed, o: &Options, progress: &dyn Fn(&str)) -> Resul
 /// Everything in [`Options`].
 pub fn run(dswan: &Path, o: &Options, progress: &dyn Fn(&str)) -> Result<Report> {
     let mut bed = WanBed::build(dswan)?;
-    let latency = latency(&mut bed, o, progress)?;
+    bed.extra = o
+        .lead_max
+        .iter()
+        .flat_map(|v| ["--lead-max".to_string(), v.clone()])
+        .collect();
+    let (latency, direct_rtt_ms) = latency(&mut bed, o, progress)?;
     let rate = rates(&mut bed, o, progress)?;
     let overhead = Some(overhead(&mut bed, o, progress)?);
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
@@ -406,6 +436,7 @@ pub fn run(dswan: &Path, o: &Options, progress: &dyn Fn(&str)) -> Result<Report>
     Ok(Report {
         options: o.clone(),
         kernel,
+        direct_rtt_ms,
         latency,
         rate,
         overhead,
@@ -414,19 +445,31 @@ pub fn run(dswan: &Path, o: &Options, progress: &dyn Fn(&str)) -> Result<Report>
 
 /// The report as text tables.
 pub fn table(r: &Report) -> String {
-    let mut s = String::from(
-        "latency (ping through dswan, both directions delayed; one way = median RTT / 2)\n",
+    let mut s = format!(
+        "latency (ping through dswan, both directions delayed; one way = median RTT / 2; \
+         less direct: the direct veth's median RTT ({:.1} µs) taken out first)\n",
+        r.direct_rtt_ms * 1e3
     );
     s.push_str(&format!(
-        "{:>12} {:>12} {:>10} {:>10} {:>12} {:>8} {:>9}\n",
-        "configured", "measured", "error", "RTT p50", "RTT p1–p99", "", "replies"
+        "{:>12} {:>12} {:>10} {:>12} {:>10} {:>10} {:>12} {:>8} {:>9}\n",
+        "configured",
+        "measured",
+        "error",
+        "less direct",
+        "error",
+        "RTT p50",
+        "RTT p1–p99",
+        "",
+        "replies"
     ));
     for p in &r.latency {
         s.push_str(&format!(
-            "{:>9.3} ms {:>9.3} ms {:>9.2}% {:>7.3} ms {:>7.3}–{:.3} ms {:>6}/{}\n",
+            "{:>9.3} ms {:>9.3} ms {:>9.2}% {:>9.3} ms {:>9.2}% {:>7.3} ms {:>7.3}–{:.3} ms {:>6}/{}\n",
             p.configured_ms,
             p.one_way_ms,
             p.error_pct,
+            p.less_direct_ms,
+            p.less_direct_error_pct,
             p.rtt_median_ms,
             p.rtt_p1_ms,
             p.rtt_p99_ms,

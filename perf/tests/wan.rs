@@ -59,6 +59,11 @@ fn dswan_delays_drops_and_shapes() {
     assert_eq!(ab["out_frames"], ab["in_frames"]);
     assert_eq!(c["paths"][0]["params"]["delay"]["nanos"], 30_000_000, "{c}");
     assert_eq!(c["stats"]["ports"][1]["send_errors"], 0);
+    // Every delayed frame waited for its time, so each taught the lead its sending time; the
+    // lead stays within dswan's default bound.
+    let samples = c["stats"]["lead_samples"].as_u64().unwrap_or(0);
+    let lead = c["stats"]["lead_us"].as_f64().unwrap_or(-1.0);
+    assert!(samples >= 20 && (0.0..=250.0).contains(&lead), "{c}");
 
     // Everything lost one way: no reply, and the drops are counted where they happened.
     bed.launch(&["--ba", "loss=100%"], None).expect("dswan");
@@ -77,6 +82,7 @@ fn dswan_delays_drops_and_shapes() {
         pings: 0,
         rate_seconds: 3.0,
         pps_seconds: 0.0,
+        lead_max: None,
     };
     let r = rates(&mut bed, &o, &|_| {}).expect("rate");
     assert!(r[0].error_pct.abs() < 10.0, "{:?}", r[0]);

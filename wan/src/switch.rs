@@ -155,6 +155,12 @@ impl<P: Clone> Switch<P> {
 
     /// Hands every frame due at `now` to `out` with its egress port.
     pub fn poll(&mut self, now: Duration, mut out: impl FnMut(usize, P)) {
+        self.poll_timed(now, |to, _, f| out(to, f));
+    }
+
+    /// Hands every frame due at `now` to `out` with its egress port and the time it was due
+    /// (so that the caller can tell how late it sent it).
+    pub fn poll_timed(&mut self, now: Duration, mut out: impl FnMut(usize, Duration, P)) {
         for from in 0..self.n {
             let mut moved = std::mem::take(&mut self.moved);
             if let Some(up) = &mut self.upstream[from] {
@@ -167,7 +173,7 @@ impl<P: Clone> Switch<P> {
         }
         for (k, s) in self.paths.iter_mut().enumerate() {
             let to = k % self.n;
-            s.poll(now, |f| out(to, f));
+            s.poll_timed(now, |at, _, f| out(to, at, f));
         }
     }
 

@@ -403,6 +403,10 @@ struct WanArgs {
     /// Seconds of the forwarding-rate measurement.
     #[arg(long, default_value_t = 4.0)]
     pps_seconds: f64,
+    /// `dswan --lead-max` for every point (e.g. `0` to measure the emulator without its
+    /// make-up for its own sending time); default: dswan's.
+    #[arg(long)]
+    lead_max: Option<String>,
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
@@ -431,6 +435,7 @@ fn run_wan(a: WanArgs) -> Result<()> {
         pings: a.pings,
         rate_seconds: a.rate_seconds,
         pps_seconds: a.pps_seconds,
+        lead_max: a.lead_max,
     };
     let r = ds_perf::wan::run(&dswan, &o, &|line| tracing::info!("{line}"))?;
     if a.json {
