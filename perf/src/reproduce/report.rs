@@ -99,8 +99,8 @@ impl Results {
     /// `--modes`, `--bandwidths`: a `--full` run is longer than a working day on some
     /// machines). Each experiment's points are put together in the parts' order; the run's
     /// time is the sum of the parts'. Refused when two parts measured the same point, or
-    /// when their settings (sizes, downloads per point, object, path latencies) differ:
-    /// such parts do not make one run.
+    /// when their settings (sizes, downloads per point, object, path latencies, the testbed's
+    /// TCP congestion control) differ: such parts do not make one run.
     pub fn merge(parts: Vec<Results>) -> Result<Results> {
         let mut it = parts.into_iter();
         let Some(mut out) = it.next() else {
@@ -113,6 +113,13 @@ impl Results {
             }
             if out.size != p.size {
                 anyhow::bail!("part {part} is a {} run, part 1 a {} run", p.size, out.size);
+            }
+            if out.machine.testbed_tcp_cc != p.machine.testbed_tcp_cc {
+                anyhow::bail!(
+                    "part {part}'s testbed ran kernel TCP with {:?}, part 1's with {:?}",
+                    p.machine.testbed_tcp_cc,
+                    out.machine.testbed_tcp_cc
+                );
             }
             out.command = format!("{} + {}", out.command, p.command);
             out.date = format!("{} + {}", out.date, p.date);
@@ -212,6 +219,10 @@ pub struct Machine {
     pub cpus: usize,
     /// Memory, GiB.
     pub memory_gib: f64,
+    /// The kernel TCP congestion control in the testbed's namespaces (`None`: not recorded,
+    /// i.e. runs before it was set: the host's default, BBR on this VM).
+    #[serde(default)]
+    pub testbed_tcp_cc: Option<String>,
 }
 
 impl Machine {
@@ -235,6 +246,7 @@ impl Machine {
             cpu,
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
             memory_gib: mem_kib / (1024.0 * 1024.0),
+            testbed_tcp_cc: Some(super::testbed::TCP_CC.to_string()),
         }
     }
 }
@@ -277,9 +289,18 @@ pub fn markdown(r: &Results) -> String {
          a Binding Update after each handoff; the client is then our own stack over AF_XDP (a \
          correspondent node: the kernel has no Mobile IPv6 here), one fresh client per download. \
          Every daemon is a process started as an operator would.\n\
-         - The emulator's own accuracy is in the README (`dsperf wan`): within 1.7 % of the \
-         configured latency from 1 to 200 ms and 0.02 % of the rate at 1, 2 and 100 Mbit/s.\n",
-        m.cpus, m.cpu, m.memory_gib, m.kernel
+         - Kernel TCP in the testbed (the control channels, the kernel nodes, the client): {}.\n\
+         - The emulator's own accuracy is in the README (`dsperf wan`): within 2.1 % of the \
+         configured latency from 1 to 200 ms (+2.1 % at 1 ms on a slow day of this VM, the veth \
+         path included) and 0.1 % of the rate at 1, 2 and 100 Mbit/s.\n",
+        m.cpus,
+        m.cpu,
+        m.memory_gib,
+        m.kernel,
+        m.testbed_tcp_cc.as_deref().map_or(
+            "the host's default congestion control (not recorded: BBR on this VM)".to_string(),
+            |cc| format!("congestion control {cc} in every namespace, whatever the host's")
+        )
     );
     if let Some(a) = &r.access {
         let _ = writeln!(
@@ -870,6 +891,9 @@ mod tests {
         if let Some(d) = other.decomp.as_mut() {
             d.options.sessions += 1;
         }
+        assert!(Results::merge(vec![a.clone(), other]).is_err());
+        let mut other = b.clone();
+        other.machine.testbed_tcp_cc = Some("some other".into());
         assert!(Results::merge(vec![a, other]).is_err());
 
         // Figure 2 measured one curve per part and the parts given slowest first (as a glob
