@@ -1,7 +1,7 @@
 //! The I/O half: moves frames between a [`Device`] and the sans-IO [`Interface`], reading the
 //! monotonic clock on the way. Everything protocol-shaped stays in the interface.
 
-use crate::device::Device;
+use crate::device::{Device, Gso, TxSink};
 use crate::iface::Interface;
 use crate::time::{Duration, Instant};
 use std::io;
@@ -206,21 +206,20 @@ impl<D: Device> Runner<D> {
     /// other error is the device's: the frames after it are lost and the error returned.
     pub fn flush(&mut self) -> io::Result<()> {
         let now = self.clock.now();
-        let dev = &mut self.dev;
-        let mut err = None;
-        let (mut refused, mut refused_gso) = (0u64, false);
-        self.iface.transmit_gso(now, &mut |frame: &[u8], gso| {
-            if err.is_none() {
-                match dev.send_gso(frame, gso) {
-                    Ok(()) => {}
-                    Err(e) if refused_frame(&e) => {
-                        refused += 1;
-                        refused_gso |= gso.is_some();
-                    }
-                    Err(e) => err = Some(e),
-                }
-            }
-        });
+        let mut sink = DeviceSink {
+            dev: &mut self.dev,
+            err: None,
+            refused: 0,
+            refused_gso: false,
+            in_place: true,
+        };
+        self.iface.transmit_to(now, &mut sink);
+        let DeviceSink {
+            err,
+            refused,
+            refused_gso,
+            ..
+        } = sink;
         if refused > 0 {
             self.iface.note_tx_rejects(refused);
             if refused_gso {
@@ -249,6 +248,58 @@ impl<D: Device> Runner<D> {
                 return Ok(false);
             }
             self.step((deadline - now).min(Duration::from_millis(10)))?;
+        }
+    }
+}
+
+/// The device as the interface's [`TxSink`] for one flush: frames it cannot take as frames
+/// are counted, the first other error ends the flush's sending (the frames after it are lost).
+struct DeviceSink<'a, D: Device> {
+    dev: &'a mut D,
+    err: Option<io::Error>,
+    refused: u64,
+    refused_gso: bool,
+    /// Cleared when the device cannot build in place: the interface then stops asking.
+    in_place: bool,
+}
+
+impl<D: Device> TxSink for DeviceSink<'_, D> {
+    fn frame(&mut self, frame: &[u8], gso: Option<Gso>) {
+        if self.err.is_some() {
+            return;
+        }
+        match self.dev.send_gso(frame, gso) {
+            Ok(()) => {}
+            Err(e) if refused_frame(&e) => {
+                self.refused += 1;
+                self.refused_gso |= gso.is_some();
+            }
+            Err(e) => self.err = Some(e),
+        }
+    }
+
+    fn build(&mut self, len: usize, build: &mut dyn FnMut(&mut [u8])) -> bool {
+        if !self.in_place {
+            return false;
+        }
+        if self.err.is_some() {
+            // Lost, as every frame after a device error.
+            return true;
+        }
+        match self.dev.send_in_place(len, build) {
+            Ok(Some(_)) => true,
+            Ok(None) => {
+                self.in_place = false;
+                false
+            }
+            Err(e) if refused_frame(&e) => {
+                self.refused += 1;
+                true
+            }
+            Err(e) => {
+                self.err = Some(e);
+                true
+            }
         }
     }
 }

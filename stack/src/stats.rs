@@ -11,6 +11,9 @@ pub struct Stats {
     pub tx_frames: u64,
     /// Of those, TCP super-frames the device segments ([`crate::device::Gso`]).
     pub tx_gso_frames: u64,
+    /// Of those, TCP segments built straight into the device's transmit buffer
+    /// ([`crate::device::TxSink::build`]), not copied there.
+    pub tx_in_place: u64,
     /// Frames not for us (other MAC, other address, other ethertype).
     pub rx_not_ours: u64,
     /// Ethernet/IPv6 headers that failed to parse or had bad lengths.

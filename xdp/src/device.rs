@@ -299,6 +299,15 @@ impl Device for AfXdpDevice {
         self.socks[0].send(frame).map(|_| ())
     }
 
+    /// Built in a UMEM frame of the same TX ring as [`Device::send`]'s (order kept).
+    fn send_in_place(
+        &mut self,
+        len: usize,
+        build: &mut dyn FnMut(&mut [u8]),
+    ) -> io::Result<Option<bool>> {
+        self.socks[0].send_with(len, build).map(Some)
+    }
+
     fn gso_max(&self) -> usize {
         if self.gso.is_some() {
             usize::from(u16::MAX)

@@ -482,7 +482,16 @@ impl XskSocket {
     /// Queue one frame on the TX ring (published by [`XskSocket::flush`]). Returns `false` when
     /// the frame had to be dropped (every TX frame in flight), like a full NIC queue.
     pub fn send(&mut self, frame: &[u8]) -> io::Result<bool> {
-        if frame.len() > self.frame_size as usize {
+        self.send_with(frame.len(), &mut |dst| dst.copy_from_slice(frame))
+    }
+
+    /// Queue one frame of `len` octets that `build` writes where it will be sent from, in a
+    /// UMEM frame (zero-copy transmit: the caller builds its headers and copies its payload
+    /// there once). The slice holds an earlier frame's octets: `build` writes all `len`.
+    /// Returns `false` when the frame had to be dropped (every TX frame in flight; `build` is
+    /// not called), like a full NIC queue.
+    pub fn send_with(&mut self, len: usize, build: &mut dyn FnMut(&mut [u8])) -> io::Result<bool> {
+        if len > self.frame_size as usize {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "frame larger than a UMEM frame",
@@ -502,11 +511,10 @@ impl XskSocket {
         let Some(addr) = self.free_tx.pop() else {
             return Ok(false);
         };
-        // SAFETY: `addr` is a frame we own (free list), within the UMEM, `frame_size` long.
-        let dst = unsafe {
-            std::slice::from_raw_parts_mut(self.umem.ptr.add(addr as usize), frame.len())
-        };
-        dst.copy_from_slice(frame);
+        // SAFETY: `addr` is a frame we own (free list), within the UMEM, `frame_size` long
+        // (`len` is at most that); the kernel reads it only once its descriptor is published.
+        let dst = unsafe { std::slice::from_raw_parts_mut(self.umem.ptr.add(addr as usize), len) };
+        build(dst);
         let idx = self.tx.local;
         // SAFETY: slot `idx` is free (checked) and ours until published.
         unsafe {
@@ -514,7 +522,7 @@ impl XskSocket {
                 self.tx.desc_at(idx),
                 libc::xdp_desc {
                     addr,
-                    len: frame.len() as u32,
+                    len: len as u32,
                     options: 0,
                 },
             )

@@ -482,6 +482,19 @@ impl<D: ds_stack::device::Device> ds_stack::device::Device for Recording<D> {
         self.note(frame);
         self.inner.send(frame)
     }
+    fn send_in_place(
+        &mut self,
+        len: usize,
+        build: &mut dyn FnMut(&mut [u8]),
+    ) -> std::io::Result<Option<bool>> {
+        let Self { inner, on, log } = self;
+        inner.send_in_place(len, &mut |frame| {
+            build(frame);
+            if *on {
+                log.extend(parse(Instant::now(), frame));
+            }
+        })
+    }
     fn gso_max(&self) -> usize {
         self.inner.gso_max()
     }

@@ -81,6 +81,31 @@ pub struct DeviceStats {
     pub tx_gso_dropped: u64,
 }
 
+/// Where [`crate::Interface::transmit_to`] puts the frames it sends: a frame it built in
+/// its own buffer, or (when the sink can) one it builds straight into the sink's memory — an
+/// AF_XDP device's UMEM — so that a segment's payload is copied once, from the send buffer
+/// to the wire's buffer.
+pub trait TxSink {
+    /// A frame built elsewhere, a TCP super-frame when `gso` says how to cut it.
+    fn frame(&mut self, frame: &[u8], gso: Option<Gso>);
+    /// Build one frame of exactly `len` octets in place: `build` writes it into the slice it
+    /// is given (`len` long). Returns `false` when this sink cannot (then the interface builds
+    /// the frame itself and hands it to [`TxSink::frame`]); `true` when the frame was built
+    /// and queued, or dropped for want of a buffer and counted by the device (a full transmit
+    /// ring is a frame lost on the wire: TCP resends it).
+    fn build(&mut self, len: usize, build: &mut dyn FnMut(&mut [u8])) -> bool {
+        let _ = (len, build);
+        false
+    }
+}
+
+/// A closure taking frames is a sink that builds nothing in place.
+impl<F: FnMut(&[u8], Option<Gso>)> TxSink for F {
+    fn frame(&mut self, frame: &[u8], gso: Option<Gso>) {
+        self(frame, gso)
+    }
+}
+
 /// A link-layer (Ethernet) device.
 ///
 /// Implementations are non-blocking: `recv` returns `Ok(None)` when no frame is pending, and
@@ -97,6 +122,19 @@ pub trait Device {
     }
     /// Queue one frame for transmission.
     fn send(&mut self, frame: &[u8]) -> io::Result<()>;
+    /// Queue one frame of `len` octets that `build` writes straight into the device's transmit
+    /// buffer (no copy): `Ok(Some(true))` when queued, `Ok(Some(false))` when dropped for want
+    /// of a buffer (counted in [`DeviceStats::tx_dropped`]), `Ok(None)` (the default) when this
+    /// device cannot and [`Device::send`] is the way. Frames leave in the order queued,
+    /// whichever call queued them.
+    fn send_in_place(
+        &mut self,
+        len: usize,
+        build: &mut dyn FnMut(&mut [u8]),
+    ) -> io::Result<Option<bool>> {
+        let _ = (len, build);
+        Ok(None)
+    }
     /// The most TCP payload octets one super-frame may carry ([`Device::send_gso`]); 0 (the
     /// default): the device cannot segment, every frame fits the MTU.
     fn gso_max(&self) -> usize {
@@ -146,6 +184,13 @@ impl<D: Device + ?Sized> Device for Box<D> {
     }
     fn send(&mut self, frame: &[u8]) -> io::Result<()> {
         (**self).send(frame)
+    }
+    fn send_in_place(
+        &mut self,
+        len: usize,
+        build: &mut dyn FnMut(&mut [u8]),
+    ) -> io::Result<Option<bool>> {
+        (**self).send_in_place(len, build)
     }
     fn gso_max(&self) -> usize {
         (**self).gso_max()

@@ -1,14 +1,15 @@
 //! Frame emission: building Ethernet + IPv6 + upper-layer frames, neighbour resolution on the
 //! way out, and the transmit path.
 
-use super::ethernet::{emit_ethernet_header, multicast_mac, set_dst_mac};
+use super::ethernet::{emit_ethernet_header, multicast_mac, set_dst_mac, write_ethernet_header};
 use super::ipv6::{FRAGMENT_HEADER_LEN, FRAGMENT_OFFSET_UNIT};
 use super::mobility::MobilityOut;
 use super::{caps, Interface};
-use crate::device::Gso;
+use crate::device::{Gso, TxSink};
 use crate::ndp::Lookup;
 use crate::tcp::tcb::SegOut;
 use crate::time::Instant;
+use ds_mipv6::cn::FlowKey;
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
     checksum, Icmpv6Packet, Icmpv6Repr, IpAddress, IpProtocol, Ipv6ExtHeader, Ipv6ExtHeaderRepr,
@@ -18,7 +19,7 @@ use smoltcp::wire::{
 use std::net::{Ipv6Addr, SocketAddrV6};
 
 /// Where frames go when the caller can take them at once.
-pub(super) type Emit<'a> = &'a mut dyn FnMut(&[u8], Option<Gso>);
+pub(super) type Emit<'a> = &'a mut dyn TxSink;
 
 impl Interface {
     /// Hand every frame that is ready to `emit` (for a device that cannot segment: super-frames
@@ -30,7 +31,16 @@ impl Interface {
 
     /// Hand every frame that is ready to `emit`, each TCP super-frame with its segmentation
     /// request.
-    pub fn transmit_gso(&mut self, now: Instant, emit: Emit<'_>) {
+    pub fn transmit_gso(&mut self, now: Instant, mut emit: &mut dyn FnMut(&[u8], Option<Gso>)) {
+        self.transmit_to(now, &mut emit);
+    }
+
+    /// Hand every frame that is ready to `sink`; a TCP segment of one frame towards a resolved
+    /// neighbour, without mobility headers to add, is built straight into the sink's buffer
+    /// when it can take it so ([`TxSink::build`]: an AF_XDP device's UMEM), the rest are built
+    /// here and handed over as frames.
+    pub fn transmit_to(&mut self, now: Instant, sink: &mut dyn TxSink) {
+        let emit = sink;
         self.now = self.now.max(now);
         // Signalling the mobility hook queued since the last poll (a Binding Update asked for
         // as a connection arrives) goes ahead of the connections' data: behind a burst on a
@@ -40,7 +50,7 @@ impl Interface {
             self.poll_hook(now);
         }
         while let Some(f) = self.ctrl.pop_front() {
-            emit(&f, None);
+            emit.frame(&f, None);
             self.stats.tx_frames += 1;
             self.recycle(f);
         }
@@ -54,7 +64,7 @@ impl Interface {
         }
         self.conns.recycle_dirty(dirty);
         while let Some(f) = self.ctrl.pop_front() {
-            emit(&f, None);
+            emit.frame(&f, None);
             self.stats.tx_frames += 1;
             self.recycle(f);
         }
@@ -139,8 +149,36 @@ impl Interface {
             };
             budget = budget.saturating_sub(seg.payload_len.div_ceil(mss.max(1)).max(1));
             let (local, remote) = (tcb.local, tcb.remote);
-            let mut buf = std::mem::take(&mut self.scratch);
             let super_frame = seg.payload_len > mss;
+            if !super_frame && self.hook.is_none() && !self.cn_binding(now, &local, &remote) {
+                if let Some(mac) = self.resolved(now, remote.ip()) {
+                    let Some(tcb) = self.conns.get(idx) else {
+                        return;
+                    };
+                    let payload = tcb.payload(&seg);
+                    let repr = tcp_repr(&local, &remote, &seg);
+                    let len = tcp_frame_len(&repr, payload);
+                    let (src_mac, hop_limit) = (self.cfg.mac, self.cfg.hop_limit);
+                    let built = emit.build(len, &mut |frame| {
+                        let at = len - payload.0.len() - payload.1.len();
+                        // The buffer holds an earlier frame: headers start from zero, as in
+                        // `build_tcp_frame` (reserved bits, option padding).
+                        frame[..at].fill(0);
+                        frame[at..at + payload.0.len()].copy_from_slice(payload.0);
+                        frame[at + payload.0.len()..].copy_from_slice(payload.1);
+                        finish_tcp_frame(
+                            frame, src_mac, hop_limit, &local, &remote, &seg, &repr, false,
+                        );
+                        set_dst_mac(frame, mac);
+                    });
+                    if built {
+                        self.stats.tx_frames += 1;
+                        self.stats.tx_in_place += 1;
+                        continue;
+                    }
+                }
+            }
+            let mut buf = std::mem::take(&mut self.scratch);
             {
                 let Some(tcb) = self.conns.get(idx) else {
                     return;
@@ -161,6 +199,33 @@ impl Interface {
             self.send_frame_gso(now, buf, *remote.ip(), Some(emit), gso);
         }
         self.conns.mark_dirty(idx);
+    }
+
+    /// Whether the correspondent has a binding for this TCP flow's peer, so that its segments
+    /// take a routing header (RFC 6275 §9.3.2, added by `mobility_out`).
+    fn cn_binding(&mut self, now: Instant, local: &SocketAddrV6, remote: &SocketAddrV6) -> bool {
+        let flow = FlowKey {
+            next_header: u8::from(IpProtocol::Tcp),
+            local_port: local.port(),
+            remote_port: remote.port(),
+        };
+        self.cn
+            .as_mut()
+            .is_some_and(|cn| cn.route_out(now, *remote.ip(), Some(flow)).is_some())
+    }
+
+    /// The MAC address of the next hop towards `dst` when Neighbour Discovery has one (its
+    /// reachability bookkeeping done as for any frame sent, RFC 4861 §7.3.3); `None` when the
+    /// frame would have to wait for it.
+    fn resolved(&mut self, now: Instant, dst: &Ipv6Addr) -> Option<[u8; 6]> {
+        let hop = self.next_hop(dst);
+        if hop.is_multicast() || !matches!(self.nd.state(&hop), Some((_, Some(_)))) {
+            return None;
+        }
+        match self.nd.lookup(now, hop) {
+            Lookup::Ready(m) => Some(m),
+            Lookup::Pending(_) => None,
+        }
     }
 
     /// Fill in the destination MAC and send (or queue pending resolution). `buf` is returned
@@ -231,7 +296,7 @@ impl Interface {
         match (mac, emit) {
             (Some(m), Some(emit)) => {
                 set_dst_mac(&mut buf, m);
-                emit(&buf, gso);
+                emit.frame(&buf, gso);
                 self.stats.tx_frames += 1;
                 self.stats.tx_gso_frames += u64::from(gso.is_some());
                 buf.clear();
@@ -301,6 +366,20 @@ pub(super) fn build_ip_frame(
 ) {
     emit_ethernet_header(buf, mac);
     buf.resize(ETHERNET_HEADER_LEN + IPV6_HEADER_LEN, 0);
+    write_ip_headers(buf, mac, hop_limit, src, dst, nh, payload_len);
+}
+
+/// [`build_ip_frame`] into the first octets of `frame` (at least both headers long).
+fn write_ip_headers(
+    frame: &mut [u8],
+    mac: [u8; 6],
+    hop_limit: u8,
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    nh: IpProtocol,
+    payload_len: usize,
+) {
+    write_ethernet_header(frame, mac);
     Ipv6Repr {
         src_addr: src,
         dst_addr: dst,
@@ -309,7 +388,7 @@ pub(super) fn build_ip_frame(
         hop_limit,
     }
     .emit(&mut Ipv6Packet::new_unchecked(
-        &mut buf[ETHERNET_HEADER_LEN..],
+        &mut frame[ETHERNET_HEADER_LEN..],
     ));
 }
 
@@ -341,6 +420,44 @@ pub(super) fn emit_fragment_header(
     ));
 }
 
+/// The TCP header of segment `s` from `local` to `remote` (no payload: it is copied apart).
+pub(super) fn tcp_repr<'a>(
+    local: &SocketAddrV6,
+    remote: &SocketAddrV6,
+    s: &'a SegOut,
+) -> TcpRepr<'a> {
+    let control = if s.syn {
+        TcpControl::Syn
+    } else if s.rst {
+        TcpControl::Rst
+    } else if s.fin {
+        TcpControl::Fin
+    } else if s.psh {
+        TcpControl::Psh
+    } else {
+        TcpControl::None
+    };
+    TcpRepr {
+        src_port: local.port(),
+        dst_port: remote.port(),
+        control,
+        seq_number: TcpSeqNumber(s.seq as i32),
+        ack_number: s.ack.map(|a| TcpSeqNumber(a as i32)),
+        window_len: s.window,
+        window_scale: s.wscale,
+        max_seg_size: s.mss,
+        sack_permitted: s.sack_permitted,
+        sack_ranges: s.sack,
+        timestamp: s.ts.map(|(v, e)| TcpTimestampRepr::new(v, e)),
+        payload: &[],
+    }
+}
+
+/// The length of the Ethernet + IPv6 + TCP frame of `repr` and `payload`.
+pub(super) fn tcp_frame_len(repr: &TcpRepr<'_>, payload: (&[u8], &[u8])) -> usize {
+    ETHERNET_HEADER_LEN + IPV6_HEADER_LEN + repr.header_len() + payload.0.len() + payload.1.len()
+}
+
 /// Build an Ethernet + IPv6 + TCP frame into `buf` (destination MAC left zero).
 // The frame's parts, each from a different owner (interface, connection, segment); a struct
 // built per frame would only rename them.
@@ -355,43 +472,44 @@ pub(super) fn build_tcp_frame(
     payload: (&[u8], &[u8]),
     partial_checksum: bool,
 ) {
-    let plen = payload.0.len() + payload.1.len();
-    let control = if s.syn {
-        TcpControl::Syn
-    } else if s.rst {
-        TcpControl::Rst
-    } else if s.fin {
-        TcpControl::Fin
-    } else if s.psh {
-        TcpControl::Psh
-    } else {
-        TcpControl::None
-    };
-    let repr = TcpRepr {
-        src_port: local.port(),
-        dst_port: remote.port(),
-        control,
-        seq_number: TcpSeqNumber(s.seq as i32),
-        ack_number: s.ack.map(|a| TcpSeqNumber(a as i32)),
-        window_len: s.window,
-        window_scale: s.wscale,
-        max_seg_size: s.mss,
-        sack_permitted: s.sack_permitted,
-        sack_ranges: s.sack,
-        timestamp: s.ts.map(|(v, e)| TcpTimestampRepr::new(v, e)),
-        payload: &[],
-    };
-    let hlen = repr.header_len();
-    let tcp_len = hlen + plen;
-    let (src, dst) = (*local.ip(), *remote.ip());
-    build_ip_frame(buf, mac, hop_limit, src, dst, IpProtocol::Tcp, tcp_len);
-    let start = ETHERNET_HEADER_LEN + IPV6_HEADER_LEN;
-    buf.resize(start + hlen, 0);
+    let repr = tcp_repr(local, remote, s);
+    buf.clear();
+    // Headers zeroed, the payload appended (not zeroed first: a super-frame is 64 KiB).
+    buf.resize(ETHERNET_HEADER_LEN + IPV6_HEADER_LEN + repr.header_len(), 0);
     buf.extend_from_slice(payload.0);
     buf.extend_from_slice(payload.1);
+    finish_tcp_frame(
+        buf,
+        mac,
+        hop_limit,
+        local,
+        remote,
+        s,
+        &repr,
+        partial_checksum,
+    );
+}
+
+/// Write the headers and the checksum of a TCP frame whose payload is already in place at its
+/// end (`frame` is the whole frame, [`tcp_frame_len`] long; destination MAC left zero).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn finish_tcp_frame(
+    frame: &mut [u8],
+    mac: [u8; 6],
+    hop_limit: u8,
+    local: &SocketAddrV6,
+    remote: &SocketAddrV6,
+    s: &SegOut,
+    repr: &TcpRepr<'_>,
+    partial_checksum: bool,
+) {
+    let start = ETHERNET_HEADER_LEN + IPV6_HEADER_LEN;
+    let tcp_len = frame.len() - start;
+    let (src, dst) = (*local.ip(), *remote.ip());
+    write_ip_headers(frame, mac, hop_limit, src, dst, IpProtocol::Tcp, tcp_len);
     let src = IpAddress::Ipv6(*local.ip());
     let dst = IpAddress::Ipv6(*remote.ip());
-    let mut p = TcpPacket::new_unchecked(&mut buf[start..]);
+    let mut p = TcpPacket::new_unchecked(&mut frame[start..]);
     repr.emit(&mut p, &src, &dst, &ChecksumCapabilities::ignored());
     // PSH alongside FIN (smoltcp's repr has one control value).
     if s.fin && s.psh {

@@ -31,12 +31,17 @@ pub(super) fn set_dst_mac(frame: &mut [u8], mac: [u8; 6]) {
 pub(super) fn emit_ethernet_header(buf: &mut Vec<u8>, mac: [u8; 6]) {
     buf.clear();
     buf.resize(ETHERNET_HEADER_LEN, 0);
+    write_ethernet_header(buf, mac);
+}
+
+/// [`emit_ethernet_header`] into the first octets of `frame` (at least a header long).
+pub(super) fn write_ethernet_header(frame: &mut [u8], mac: [u8; 6]) {
     EthernetRepr {
         src_addr: EthernetAddress(mac),
         dst_addr: EthernetAddress([0; 6]),
         ethertype: EthernetProtocol::Ipv6,
     }
-    .emit(&mut EthernetFrame::new_unchecked(&mut buf[..]));
+    .emit(&mut EthernetFrame::new_unchecked(frame));
 }
 
 impl Interface {

@@ -283,8 +283,10 @@ impl Interface {
             return None;
         }
         // Headers in RFC 8200 §4.1 order: the routing header, then the Destination Options
-        // header with the Home Address option (RFC 6275 §6.3: after the routing header).
-        let mut ext = Vec::with_capacity(2 * MOBILITY_EXT_LEN);
+        // header with the Home Address option (RFC 6275 §6.3: after the routing header). Built
+        // back to front in a fixed buffer (no allocation per packet): `ext[at..]` is in use.
+        let mut ext = [0u8; 2 * MOBILITY_EXT_LEN];
+        let mut at = ext.len();
         let mut first_nh = nh;
         let mut ip = Ipv6Packet::new_unchecked(&mut buf[ETHERNET_HEADER_LEN..]);
         if let Some(coa) = from {
@@ -293,7 +295,8 @@ impl Interface {
                 next_header: u8::from(first_nh),
                 home: src,
             };
-            ext.extend_from_slice(&d.emit());
+            at -= MOBILITY_EXT_LEN;
+            ext[at..at + MOBILITY_EXT_LEN].copy_from_slice(&d.emit());
             first_nh = IpProtocol::Ipv6Opts;
             ip.set_src_addr(coa);
         }
@@ -305,10 +308,12 @@ impl Interface {
                 segments_left: 1,
                 home: dst,
             };
-            ext.splice(0..0, r.emit());
+            at -= MOBILITY_EXT_LEN;
+            ext[at..at + MOBILITY_EXT_LEN].copy_from_slice(&r.emit());
             first_nh = IpProtocol::Ipv6Route;
             ip.set_dst_addr(coa);
         }
+        let ext = &ext[at..];
         if IPV6_HEADER_LEN + on_link + ext.len() > self.cfg.mtu {
             // The connection's peer is the IPv6 destination as built (home address or
             // correspondent): that is the path MTU entry TCP looks up.
@@ -321,7 +326,7 @@ impl Interface {
         ip.set_payload_len(u16::try_from(plen).unwrap_or(u16::MAX));
         ip.set_next_header(first_nh);
         let at = ETHERNET_HEADER_LEN + IPV6_HEADER_LEN;
-        buf.splice(at..at, ext);
+        buf.splice(at..at, ext.iter().copied());
         Some(MobilityOut::Rewritten(care_of.unwrap_or(dst)))
     }
 
