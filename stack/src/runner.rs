@@ -50,6 +50,9 @@ pub struct Runner<D: Device> {
     siblings: Option<SiblingLink>,
     /// Scratch for the packets passed to the next sibling.
     passing: Vec<(Vec<u8>, u8)>,
+    /// Whether the device may build frames in place ([`Device::send_in_place`]): cleared the
+    /// first time it says it cannot.
+    in_place: bool,
 }
 
 /// Frames read from the device per step before timers and output get their turn.
@@ -74,7 +77,14 @@ impl<D: Device> Runner<D> {
             poll: crate::device::PollSet::default(),
             siblings: None,
             passing: Vec::new(),
+            in_place: true,
         }
+    }
+
+    /// Whether frames are built straight into the device's buffers ([`Device::send_in_place`]),
+    /// as far as the runner has seen: true until the device first says it cannot.
+    pub fn builds_in_place(&self) -> bool {
+        self.in_place
     }
 
     /// Add every descriptor whose readiness means work for [`Runner::process`] (the
@@ -211,15 +221,17 @@ impl<D: Device> Runner<D> {
             err: None,
             refused: 0,
             refused_gso: false,
-            in_place: true,
+            in_place: self.in_place,
         };
         self.iface.transmit_to(now, &mut sink);
         let DeviceSink {
             err,
             refused,
             refused_gso,
+            in_place,
             ..
         } = sink;
+        self.in_place = in_place;
         if refused > 0 {
             self.iface.note_tx_rejects(refused);
             if refused_gso {
@@ -301,6 +313,10 @@ impl<D: Device> TxSink for DeviceSink<'_, D> {
                 true
             }
         }
+    }
+
+    fn builds_in_place(&self) -> bool {
+        self.in_place
     }
 }
 

@@ -32,6 +32,10 @@ impl TxSink for Ring {
         self.built += 1;
         true
     }
+
+    fn builds_in_place(&self) -> bool {
+        true
+    }
 }
 
 fn pattern(len: usize) -> Vec<u8> {

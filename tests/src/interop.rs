@@ -369,4 +369,11 @@ pub fn us_to_kernel_body<D: Device>(name: &str, case: &Case, peer_ns: &Netns, mu
             "the device segments: super-frames sent"
         );
     }
+    if rt.builds_in_place() {
+        // AF_XDP: the segments of one frame (the tail of the data, the handshake) were built
+        // in the UMEM.
+        assert!(stats.tx_in_place > 0, "frames built in place");
+    } else {
+        assert_eq!(stats.tx_in_place, 0);
+    }
 }

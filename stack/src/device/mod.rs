@@ -97,6 +97,11 @@ pub trait TxSink {
         let _ = (len, build);
         false
     }
+    /// Whether [`TxSink::build`] is worth trying: the interface looks up what a frame built
+    /// in place needs (the neighbour's address, the correspondent's bindings) only then.
+    fn builds_in_place(&self) -> bool {
+        false
+    }
 }
 
 /// A closure taking frames is a sink that builds nothing in place.

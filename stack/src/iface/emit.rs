@@ -150,7 +150,11 @@ impl Interface {
             budget = budget.saturating_sub(seg.payload_len.div_ceil(mss.max(1)).max(1));
             let (local, remote) = (tcb.local, tcb.remote);
             let super_frame = seg.payload_len > mss;
-            if !super_frame && self.hook.is_none() && !self.cn_binding(now, &local, &remote) {
+            if !super_frame
+                && emit.builds_in_place()
+                && self.hook.is_none()
+                && !self.cn_binding(now, &local, &remote)
+            {
                 if let Some(mac) = self.resolved(now, remote.ip()) {
                     let Some(tcb) = self.conns.get(idx) else {
                         return;
