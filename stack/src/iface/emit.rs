@@ -164,14 +164,8 @@ impl Interface {
                     let len = tcp_frame_len(&repr, payload);
                     let (src_mac, hop_limit) = (self.cfg.mac, self.cfg.hop_limit);
                     let built = emit.build(len, &mut |frame| {
-                        let at = len - payload.0.len() - payload.1.len();
-                        // The buffer holds an earlier frame: headers start from zero, as in
-                        // `build_tcp_frame` (reserved bits, option padding).
-                        frame[..at].fill(0);
-                        frame[at..at + payload.0.len()].copy_from_slice(payload.0);
-                        frame[at + payload.0.len()..].copy_from_slice(payload.1);
-                        finish_tcp_frame(
-                            frame, src_mac, hop_limit, &local, &remote, &seg, &repr, false,
+                        write_tcp_frame(
+                            frame, src_mac, hop_limit, &local, &remote, &seg, &repr, payload,
                         );
                         set_dst_mac(frame, mac);
                     });
@@ -368,7 +362,7 @@ pub(super) fn build_ip_frame(
     nh: IpProtocol,
     payload_len: usize,
 ) {
-    emit_ethernet_header(buf, mac);
+    buf.clear();
     buf.resize(ETHERNET_HEADER_LEN + IPV6_HEADER_LEN, 0);
     write_ip_headers(buf, mac, hop_limit, src, dst, nh, payload_len);
 }
@@ -492,6 +486,28 @@ pub(super) fn build_tcp_frame(
         &repr,
         partial_checksum,
     );
+}
+
+/// [`build_tcp_frame`] into `frame`, [`tcp_frame_len`] long, which may hold an earlier frame's
+/// octets (a device's transmit buffer): the headers start from zero as in the `Vec` path
+/// (reserved bits, option padding), the payload is copied once, full checksum.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn write_tcp_frame(
+    frame: &mut [u8],
+    mac: [u8; 6],
+    hop_limit: u8,
+    local: &SocketAddrV6,
+    remote: &SocketAddrV6,
+    s: &SegOut,
+    repr: &TcpRepr<'_>,
+    payload: (&[u8], &[u8]),
+) {
+    let at = frame.len() - payload.0.len() - payload.1.len();
+    frame[..at].fill(0);
+    let (p0, p1) = frame[at..].split_at_mut(payload.0.len());
+    p0.copy_from_slice(payload.0);
+    p1.copy_from_slice(payload.1);
+    finish_tcp_frame(frame, mac, hop_limit, local, remote, s, repr, false);
 }
 
 /// Write the headers and the checksum of a TCP frame whose payload is already in place at its
