@@ -21,6 +21,21 @@ use std::time::Duration;
 
 /// Most clients of a dead node solicited at once.
 const MAX_SOLICIT: usize = 4096;
+/// Solicitations sent together, one such burst per [`SOLICIT_EVERY`]: a burst of thousands
+/// overflows the receiving side's backlog (Linux's `netdev_max_backlog`, 1,000 by default,
+/// on a veth peer) and the clients whose solicitation is dropped, twice at the same place in
+/// the burst, never learn of their dead node if they only receive (found by the failover
+/// test once the table held 1,005 flows of the dead node).
+const SOLICIT_BURST: usize = 128;
+const SOLICIT_EVERY: Duration = Duration::from_millis(1);
+/// Each client is solicited again this much after its first solicitation, in case the first
+/// or its answer was lost (the new node may not be answering for the address yet when the
+/// first arrives). Past 500 ms each: a client answers one out-of-window segment per 500 ms
+/// (Linux's `tcp_invalid_ratelimit`, RFC 9293 §3.10.7.4's ACK rate-limited), so an earlier
+/// repeat whose answer was lost was answered by no one (the etcd failover test hung once so:
+/// the first answer reached the new contact before it held the address, the repeat came
+/// 300 ms later and went unanswered).
+const SOLICIT_AGAIN: [Duration; 2] = [Duration::from_millis(600), Duration::from_millis(1800)];
 
 /// Counters of the flow agent.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -59,7 +74,8 @@ pub struct FlowAgent {
     broken: u64,
     stats: FlowAgentStats,
     poll: ds_stack::device::PollSet,
-    /// Second solicitations of dead nodes' clients, and when they are due.
+    /// Solicitations of dead nodes' clients still to send (bursts after the first, and the
+    /// second solicitations), and when each is due.
     probes: Vec<(std::time::Instant, Vec<Vec<u8>>)>,
     /// Moved flows' packet counts and since when each stayed the same (for aging).
     moved_seen: std::collections::HashMap<FlowKey, (u64, std::time::Instant)>,
@@ -178,10 +194,13 @@ impl FlowAgent {
         let timeout = if self.gate.has_pending_output() {
             Duration::ZERO
         } else {
-            match self.gate.poll_timeout() {
-                Some(t) => timeout.min(t.saturating_duration_since(now)),
-                None => timeout,
-            }
+            let gate = self.gate.poll_timeout();
+            let probes = self.probes.iter().map(|(at, _)| *at).min();
+            [gate, probes]
+                .into_iter()
+                .flatten()
+                .map(|t| t.saturating_duration_since(now))
+                .fold(timeout, Duration::min)
         };
         // Errors (EINTR aside) would repeat at once; the caller polls the sockets either way.
         let _ = self.poll.wait(Some(timeout));
@@ -193,8 +212,9 @@ impl FlowAgent {
     /// (RFC 9293 §3.10.7.1: sequence number taken from the segment's acknowledgment, so the
     /// client accepts it); and each client is solicited with a segment outside its window,
     /// which it must acknowledge (RFC 9293 §3.10.7.4), so a client that only receives sends
-    /// that segment at once. A second solicitation follows 300 ms later (in case of loss).
-    /// Returns how many flows were reset.
+    /// that segment at once. The solicitations go in bursts of [`SOLICIT_BURST`], one per
+    /// [`SOLICIT_EVERY`] (the first now), and each again at [`SOLICIT_AGAIN`] (in case of
+    /// loss). Returns how many flows were reset.
     pub fn reset_flows_of(&mut self, dead: std::net::Ipv6Addr, to: std::net::Ipv6Addr) -> usize {
         let flows = match self.prog.flows() {
             Ok(f) => f,
@@ -219,28 +239,39 @@ impl FlowAgent {
             }
         }
         let n = probes.len();
-        if n > 0 {
-            self.stats.flows_reset += n as u64;
-            let probes = probes;
-            if let Err(e) = ds_kernel::inject(&probes) {
-                tracing::warn!("soliciting a dead node's clients: {e}");
+        self.stats.flows_reset += n as u64;
+        let now = std::time::Instant::now();
+        for (i, burst) in probes.chunks(SOLICIT_BURST).enumerate() {
+            let at = now + SOLICIT_EVERY * i as u32;
+            if i == 0 {
+                if let Err(e) = ds_kernel::inject(burst) {
+                    tracing::warn!("soliciting a dead node's clients: {e}");
+                }
+            } else {
+                self.probes.push((at, burst.to_vec()));
             }
-            self.probes.push((
-                std::time::Instant::now() + Duration::from_millis(300),
-                probes,
-            ));
+            for again in SOLICIT_AGAIN {
+                self.probes.push((at + again, burst.to_vec()));
+            }
         }
         tracing::info!(%dead, %to, flows = n, "dead node: its clients are reset");
         n
     }
 
-    /// Send the second solicitations that are due.
+    /// Send the solicitations that are due.
     fn resolicit(&mut self) {
         let now = std::time::Instant::now();
-        let (due, later): (Vec<_>, Vec<_>) = self.probes.drain(..).partition(|(at, _)| *at <= now);
+        let (mut due, later): (Vec<_>, Vec<_>) =
+            self.probes.drain(..).partition(|(at, _)| *at <= now);
         self.probes = later;
-        for (_, p) in due {
-            let _ = ds_kernel::inject(&p);
+        due.sort_by_key(|(at, _)| *at);
+        // One burst now; bursts that fell due together (a late wake-up) keep their spacing.
+        for (k, (_, p)) in due.into_iter().enumerate() {
+            if k == 0 {
+                let _ = ds_kernel::inject(&p);
+            } else {
+                self.probes.push((now + SOLICIT_EVERY * k as u32, p));
+            }
         }
     }
 

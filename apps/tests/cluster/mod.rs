@@ -370,6 +370,35 @@ impl Cluster {
         std::fs::read(&file).expect("downloaded file")
     }
 
+    /// The last 40 lines of every `*.log` in the test's directory (home agent, nodes, etcd,
+    /// restarted processes alike), oldest file first, for a failure message.
+    #[allow(dead_code)] // not every test binary that shares this module uses it
+    pub fn all_logs(&self) -> String {
+        let mut files: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(self.dir.path())
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "log"))
+                    .map(|p| {
+                        let t = std::fs::metadata(&p)
+                            .and_then(|m| m.created().or_else(|_| m.modified()))
+                            .unwrap_or(std::time::SystemTime::UNIX_EPOCH);
+                        (t, p)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        files.sort();
+        let mut all = String::new();
+        for (_, p) in files {
+            let text = std::fs::read_to_string(&p).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+            all.push_str(&format!("--- {}:\n{tail}\n", p.display()));
+        }
+        all
+    }
+
     /// The end of every node's log and output, for a failure message.
     pub fn node_logs(&self) -> String {
         let mut all = String::new();
