@@ -7,11 +7,11 @@
 //! Generic over the entry so that its bookkeeping is tested without TCP: the interface stores
 //! [`crate::tcp::tcb::Tcb`]s.
 
+use super::timer_wheel::TimerWheel;
 use super::TcpHandle;
 use crate::time::Instant;
 use hashbrown::HashTable;
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::net::{Ipv6Addr, SocketAddrV6};
 
@@ -96,7 +96,7 @@ pub(super) struct ConnTable<T> {
     /// heap entry reads this dense array, not a cold connection (at 100,000 connections a
     /// cache miss each).
     armed: Vec<Armed>,
-    timers: BinaryHeap<Reverse<(Instant, u32)>>,
+    timers: TimerWheel,
     dirty: Vec<u32>,
     ready: Vec<u32>,
 }
@@ -110,7 +110,7 @@ impl<T> Default for ConnTable<T> {
             hasher: RandomState::new(),
             frozen: HashMap::new(),
             armed: Vec::new(),
-            timers: BinaryHeap::new(),
+            timers: TimerWheel::default(),
             dirty: Vec::new(),
             ready: Vec::new(),
         }
@@ -292,26 +292,36 @@ impl<T> ConnTable<T> {
                     at: Some(t),
                     visit: true,
                 };
-                self.timers.push(Reverse((t, idx)));
+                self.timers.push(t, idx);
             }
             Some(_) => armed.visit = true,
             None => armed.visit = false,
         }
     }
 
-    /// The earliest instant in the heap (possibly of a timer since superseded).
+    /// No timer is due before this instant (a lower bound: possibly a timer since
+    /// superseded, or the start of the millisecond of the next one).
     pub(super) fn next_timer(&self) -> Option<Instant> {
-        self.timers.peek().map(|r| r.0 .0)
+        self.timers.earliest()
     }
 
     /// The next connection whose timer is due at `now`, disarmed; stale heap entries (freed
     /// slot, re-armed earlier, disarmed) are dropped on the way.
     pub(super) fn next_due(&mut self, now: Instant) -> Option<u32> {
-        while let Some(Reverse((t, idx))) = self.timers.peek().copied() {
-            if t > now {
-                return None;
+        // An entry that no longer counts, or whose connection no longer wants the visit, is
+        // dropped when its millisecond comes, without entering the exact order (the slot is
+        // disarmed, so that arming it again adds an entry).
+        fn keep(armed: &mut [Armed], t: Instant, idx: u32) -> bool {
+            match armed.get_mut(idx as usize) {
+                Some(a) if a.at == Some(t) && a.visit => true,
+                Some(a) if a.at == Some(t) => {
+                    *a = Armed::default();
+                    false
+                }
+                _ => false,
             }
-            self.timers.pop();
+        }
+        while let Some((t, idx)) = self.timers.pop_due(now, &mut self.armed[..], keep) {
             let Some(armed) = self.armed.get_mut(idx as usize) else {
                 continue;
             };

@@ -45,6 +45,7 @@ mod mobility;
 mod ndisc;
 mod siblings;
 mod tcp;
+mod timer_wheel;
 mod udp;
 
 use conn_table::ConnTable;
