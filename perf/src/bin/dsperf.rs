@@ -1053,6 +1053,7 @@ fn stop_cleanly_on_signal() {
         if ds_apps::signal::stop_requested() {
             eprintln!("dsperf: interrupted: stopping daemons, removing namespaces");
             let n = ds_testbed::remove_own_namespaces();
+            ds_perf::reproduce::testbed::restore_allowed_cc();
             eprintln!("dsperf: removed {n} namespace(s)");
             std::process::exit(130);
         }

@@ -122,6 +122,56 @@ pub struct Fig1 {
     /// The next client port ([`Fig1::client_port`]).
     next_port: std::sync::atomic::AtomicU16,
     _napi: Program,
+    /// Set when [`TCP_CC`] had to be allowed for the namespaces: the host's list comes back.
+    _cc: Option<CcAllowed>,
+}
+
+const ALLOWED_CC: &str = "/proc/sys/net/ipv4/tcp_allowed_congestion_control";
+
+/// The host's `tcp_allowed_congestion_control` as it was before [`TCP_CC`] was added to it,
+/// written back when the testbed goes. Linux lets a namespace other than the host's choose a
+/// congestion control only among the allowed ones (`tcp_set_default_congestion_control`:
+/// EPERM otherwise), and Debian's kernel with BBR as default allows only `reno bbr`.
+struct CcAllowed;
+
+/// The list to restore, also for [`restore_allowed_cc`] on an interrupt (which exits without
+/// dropping the testbed).
+static ALLOWED_BEFORE: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Write the host's `tcp_allowed_congestion_control` back if a testbed widened it (for
+/// `dsperf`'s interrupt handler; dropping the testbed does it otherwise).
+pub fn restore_allowed_cc() {
+    let was = ALLOWED_BEFORE.lock().ok().and_then(|mut w| w.take());
+    if let Some(was) = was {
+        if let Err(e) = std::fs::write(ALLOWED_CC, &was) {
+            tracing::warn!("restoring net.ipv4.tcp_allowed_congestion_control: {e}");
+        }
+    }
+}
+
+impl CcAllowed {
+    /// Make [`TCP_CC`] allowed if it is not; `None` when nothing had to change.
+    fn ensure() -> Result<Option<CcAllowed>> {
+        let was = std::fs::read_to_string(ALLOWED_CC)?;
+        let was = was.trim().to_string();
+        if was.split_whitespace().any(|c| c == TCP_CC) {
+            return Ok(None);
+        }
+        if let Ok(mut w) = ALLOWED_BEFORE.lock() {
+            w.get_or_insert_with(|| was.clone());
+        }
+        std::fs::write(ALLOWED_CC, format!("{was} {TCP_CC}"))?;
+        tracing::info!(
+            "{TCP_CC} added to net.ipv4.tcp_allowed_congestion_control (was \"{was}\") for the testbed's namespaces; restored at the end"
+        );
+        Ok(Some(CcAllowed))
+    }
+}
+
+impl Drop for CcAllowed {
+    fn drop(&mut self) {
+        restore_allowed_cc();
+    }
 }
 
 impl Drop for Fig1 {
@@ -151,6 +201,7 @@ impl Fig1 {
         let client = Netns::new("fig1_cli")?;
         let has = [Netns::new("fig1_ha1")?, Netns::new("fig1_ha2")?];
         let node_ns = [Netns::new("fig1_n1")?, Netns::new("fig1_n2")?];
+        let cc = CcAllowed::ensure()?;
         for ns in [&core, &client, &has[0], &has[1], &node_ns[0], &node_ns[1]] {
             ns.sysctl("net.ipv4.tcp_congestion_control", TCP_CC)?;
         }
@@ -202,6 +253,7 @@ impl Fig1 {
         }
         Ok(Fig1 {
             _napi: napi,
+            _cc: cc,
             wan: None,
             ha: None,
             nodes: [None, None],
