@@ -415,8 +415,8 @@ fn failover(etcd: bool) {
     // download cannot leave the contact first (its handoff after 300 kB would otherwise race
     // the kill: the contact's buffers reach 300 kB within milliseconds).
     // Many clients of the node, as a busy contact has: the home agent solicits them all when
-    // it dies, and a burst of more than the client side's backlog (Linux's
-    // netdev_max_backlog, 1,000) once lost the download's solicitation (both times).
+    // it dies, more than the client side's backlog (Linux's netdev_max_backlog, 1,000) holds
+    // at once, and the download's client must still get its reset.
     let crowd = c
         .topo
         .client

@@ -299,8 +299,7 @@ impl<T> ConnTable<T> {
         }
     }
 
-    /// No timer is due before this instant (a lower bound: possibly a timer since
-    /// superseded, or the start of the millisecond of the next one).
+    /// The earliest timer's instant (possibly of a timer since superseded).
     pub(super) fn next_timer(&self) -> Option<Instant> {
         self.timers.earliest()
     }

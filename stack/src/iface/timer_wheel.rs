@@ -31,8 +31,8 @@ fn slot(k: i64) -> usize {
     k.rem_euclid(SLOTS as i64) as usize
 }
 
-/// Timers `(instant, id)`: [`TimerWheel::push`], [`TimerWheel::earliest`] (a lower bound of
-/// the next one) and [`TimerWheel::pop_due`].
+/// Timers `(instant, id)`: [`TimerWheel::push`], [`TimerWheel::earliest`] (the next one's
+/// instant) and [`TimerWheel::pop_due`].
 #[derive(Debug)]
 pub(super) struct TimerWheel {
     /// Entries whose tick is at most `base`, in exact order.
