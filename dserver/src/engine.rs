@@ -121,6 +121,14 @@ pub struct HandoffConfig {
     /// and the reply are each taken without a wake-up (tens of microseconds each on a VM).
     /// Costs a core for the length of a handoff; idle nodes still sleep.
     pub busy_poll: bool,
+    /// Transparent mode: the acceptor commits as soon as its flow move is sent to the home
+    /// agent, without waiting for the answer ([`ds_handoff::AcceptorConfig::steer_ahead`]):
+    /// two process wake-ups (the home agent's, and the acceptor's for its answer) leave the
+    /// handoff's critical path. The donor forwards what still reaches it until the acceptor
+    /// relays the answer. A move the home agent never applies can then no longer send the
+    /// connection back to the donor; it lives on the donor's forwarding (32 s at most).
+    /// Only while the channel to the home agent is up. Off by default.
+    pub steer_ahead: bool,
 }
 
 impl HandoffConfig {
@@ -149,6 +157,7 @@ impl HandoffConfig {
             steer_timeout: Duration::from_secs(1),
             mobile_role: None,
             busy_poll: false,
+            steer_ahead: false,
             generation: None,
         }
     }
@@ -194,12 +203,14 @@ pub enum NodeEvent {
         /// The connection's client end.
         client: SocketAddrV6,
     },
-    /// Route-optimised acceptor: the client acknowledged our Binding Update (handoff phase 6
-    /// ends; it is asynchronous to the Activated message).
+    /// Handoff phase 6 ended after the activation (asynchronous to the Activated message):
+    /// a route-optimised acceptor's Binding Update was acknowledged by the client, or a
+    /// transparent acceptor that steered ahead ([`HandoffConfig::steer_ahead`]) got the home
+    /// agent's answer to its flow move.
     Bound {
         /// The correspondent.
         client: Ipv6Addr,
-        /// From the Binding Update (sent at steering) to the acknowledgement.
+        /// From the Binding Update or the flow move (sent at steering) to its answer.
         after: Duration,
     },
     /// An offer was refused or aborted here.
@@ -237,6 +248,9 @@ pub struct NodeStats {
     pub reclaims: u64,
     /// Reclaims the home agent did not apply (a newer handoff of the flow had moved it).
     pub reclaims_refused: u64,
+    /// Flow moves steered ahead ([`HandoffConfig::steer_ahead`]) that the home agent refused
+    /// or never answered (the connection lived on the donor's forwarding).
+    pub steer_ahead_failed: u64,
 }
 
 /// How long handoffs wait for a peer's control channel to come up (the engine freezes
@@ -299,6 +313,9 @@ pub struct Coordinator<C> {
     redial: std::collections::HashMap<SocketAddr, (Instant, Duration)>,
     /// Moved connections whose packets are still forwarded, with their peer's index.
     forwarding: Vec<(usize, Donor<C>)>,
+    /// The acceptor's messages to the home agent held back within a round until the donors'
+    /// answers are out ([`Coordinator::poll`]).
+    ha_later: Vec<Message>,
     events: Vec<NodeEvent>,
     stats: NodeStats,
     next_id: u64,
@@ -360,6 +377,7 @@ impl<C: std::fmt::Debug> Coordinator<C> {
             takeover: cfg.takeover,
             steering,
             steer_timeout: cfg.steer_timeout,
+            steer_ahead: cfg.steer_ahead,
             ..Default::default()
         };
         if cfg.fault == Some(AcceptorFault::Refuse) {
@@ -397,6 +415,7 @@ impl<C: std::fmt::Debug> Coordinator<C> {
             current: None,
             current_to: 0,
             forwarding: Vec::new(),
+            ha_later: Vec::new(),
             events: Vec::new(),
             stats: NodeStats::default(),
             next_id: 1,
@@ -938,17 +957,28 @@ impl<C: std::fmt::Debug> Coordinator<C> {
     {
         self.accept_channels(now);
         self.maintain_channels(now);
+        let ha_up = self.to_ha.as_ref().is_some_and(|c| c.is_established());
+        self.acceptor.set_home_agent_ready(ha_up);
         // What the acceptor writes to donors in this round leaves together when uncorked: an
         // Accept and its Activated in one segment, so the donor wakes once for both.
         self.cork_incoming(true);
         self.serve_incoming(now, host, svc);
         self.serve_home_agent(now, host);
+        // An Accept queued by an offer or the home agent's answer is written before the
+        // acceptor's poll activates its connection (a channel that fails on the write
+        // discards the connection instead; the donor resumes it).
+        self.transmit_acceptor(host, false);
         // Twice: an Accept written in the first pass is activated in the second.
         for _ in 0..2 {
             self.acceptor.poll(now, host, svc);
-            self.transmit_acceptor(host);
+            self.transmit_acceptor(host, false);
         }
         self.cork_incoming(false);
+        // The home agent's requests after the donors' answers: a flow move steered ahead
+        // wakes the home agent, which on a shared core would otherwise run before the
+        // Activated leaves (and the donor's wake-up is on the handoff's critical path, the
+        // home agent's answer not).
+        self.transmit_acceptor(host, true);
         self.acceptor_events(now);
         self.drive_donors(now, host, svc);
     }
@@ -1104,8 +1134,24 @@ impl<C: std::fmt::Debug> Coordinator<C> {
         }
     }
 
-    fn transmit_acceptor<H: Host<Conn = C>>(&mut self, host: &mut H) {
-        while let Some((dest, msg)) = self.acceptor.poll_transmit() {
+    /// Write what the acceptor queued: to donors at once, to the home agent only when
+    /// `to_ha` (until then it waits, in order, in `ha_later`).
+    fn transmit_acceptor<H: Host<Conn = C>>(&mut self, host: &mut H, to_ha: bool) {
+        let mut later = if to_ha {
+            std::mem::take(&mut self.ha_later)
+        } else {
+            Vec::new()
+        }
+        .into_iter();
+        while let Some((dest, msg)) = later
+            .next()
+            .map(|m| (Dest::HomeAgent, m))
+            .or_else(|| self.acceptor.poll_transmit())
+        {
+            if !to_ha && dest == Dest::HomeAgent {
+                self.ha_later.push(msg);
+                continue;
+            }
             match dest {
                 Dest::Donor(key) => {
                     let Some(k) = self.incoming.iter().position(|c| c.key == key) else {
@@ -1158,6 +1204,13 @@ impl<C: std::fmt::Debug> Coordinator<C> {
                     self.prepared_until = Some(now + PREPARED_SPIN);
                 }
                 AcceptorEvent::Forwarded { .. } => {}
+                AcceptorEvent::Steered { client, result, .. } => match result {
+                    Ok(after) => self.events.push(NodeEvent::Bound {
+                        client: *client.ip(),
+                        after,
+                    }),
+                    Err(_) => self.stats.steer_ahead_failed += 1,
+                },
             }
         }
     }
@@ -1174,6 +1227,14 @@ impl<C: std::fmt::Debug> Coordinator<C> {
             };
             loop {
                 match ch.poll() {
+                    Ok(Some(Message::Steered { conn_id, steer_ns })) => {
+                        // A moved connection's steering, confirmed after its Activated: the
+                        // donor still forwarding it stops waiting for that.
+                        let m = Message::Steered { conn_id, steer_ns };
+                        for (_, d) in self.forwarding.iter_mut().filter(|(p, _)| *p == i) {
+                            d.handle(now, m.clone(), host, svc);
+                        }
+                    }
                     Ok(Some(m)) => {
                         if let Some(d) = self.current.as_mut().filter(|_| self.current_to == i) {
                             // The kernel's stamp is wall-clock time: its age, taken from the

@@ -15,6 +15,14 @@
 //! any failure before Accept ─▶ discard the thaw, Refuse: the donor keeps the connection
 //! ```
 //!
+//! Steering ahead ([`AcceptorConfig::steer_ahead`], transparent mode): the MoveFlow leaves
+//! and the Accept follows at once, without waiting for FlowMoved; the home agent's answer
+//! becomes [`Message::Steered`] to the donor, which forwards what still reaches it until
+//! then. The home agent's round trip (two process wake-ups) leaves the handoff's critical
+//! path; the price is that a move the home agent never applies cannot be undone by a
+//! refusal any more: the acceptor asks again every `steer_timeout`, and the donor forwards
+//! meanwhile ([`crate::donor::MAX_FORWARD`] at most).
+//!
 //! The commit is the Accept leaving: the connection is activated only at the next
 //! [`Acceptor::poll`], after the caller wrote the Accept; a channel that fails in between
 //! ([`Acceptor::channel_failed`]) discards it instead, and the donor resumes it.
@@ -67,6 +75,10 @@ pub struct AcceptorConfig {
     /// The newest membership fence this node knows: offers with an older one (or none) are
     /// refused ([`RefuseReason::StaleFence`]). `None`: no membership, no check.
     pub fence: Option<crate::msg::Fence>,
+    /// Transparent mode: commit as soon as the flow move is sent, without waiting for the
+    /// home agent's answer, when the channel to the home agent is up
+    /// ([`Acceptor::set_home_agent_ready`]); see the module's documentation.
+    pub steer_ahead: bool,
 }
 
 impl Default for AcceptorConfig {
@@ -81,6 +93,7 @@ impl Default for AcceptorConfig {
             steer_timeout: Duration::from_secs(1),
             care_of_wait: Duration::from_secs(2),
             fence: None,
+            steer_ahead: false,
         }
     }
 }
@@ -139,6 +152,17 @@ pub enum AcceptorEvent {
         /// How many.
         packets: usize,
     },
+    /// Steering ahead: the home agent answered the flow move of a connection that already
+    /// runs here: `Ok(phase 6)`, or why it did not apply it (then the client's packets still
+    /// reach the donor, which forwards them while it can).
+    Steered {
+        /// The offer's id.
+        conn_id: u64,
+        /// The connection's client end.
+        client: SocketAddrV6,
+        /// The move's round trip, or the home agent's refusal (or silence).
+        result: Result<Duration, String>,
+    },
     /// Route-optimised: the Binding Update went to `client` at `at` (phase 6 ends with its
     /// acknowledgement, which the caller sees from the mobile role).
     BindingSent {
@@ -196,6 +220,29 @@ struct Pending<K, C> {
 /// Care-of tests this acceptor started, per correspondent (bounded).
 const MAX_CARE_OF: usize = 1024;
 
+/// Flow moves steered ahead and not yet answered (bounded: the oldest is given up first).
+const MAX_UNSTEERED: usize = 1024;
+
+/// How long a flow move steered ahead is asked for again before it is given up: the donor
+/// forwards no longer than this either.
+const STEER_AHEAD_FOR: Duration = crate::donor::MAX_FORWARD;
+
+/// A connection committed ahead of its flow move's answer.
+#[derive(Debug)]
+struct Unsteered<K> {
+    from: K,
+    conn_id: u64,
+    client: SocketAddrV6,
+    /// The MoveFlow, sent again every `steer_timeout` until answered.
+    request: Message,
+    move_id: u64,
+    /// Host clock: when it was first sent (phase 6 starts).
+    sent: Instant,
+    /// Caller's clock: the next resend, and the last.
+    again: Instant,
+    until: Instant,
+}
+
 /// The acceptor side of a node.
 #[derive(Debug)]
 pub struct Acceptor<K, C> {
@@ -207,6 +254,10 @@ pub struct Acceptor<K, C> {
     /// Route-optimised: when the care-of test towards a correspondent started, and how long
     /// it took once its token is at hand (phase 4, run ahead of the offer).
     care_of: HashMap<Ipv6Addr, (Instant, Option<Duration>)>,
+    /// Steering ahead: connections committed before the home agent answered their move.
+    unsteered: VecDeque<Unsteered<K>>,
+    /// Whether the channel to the home agent is up (steering ahead needs it).
+    ha_ready: bool,
 }
 
 impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
@@ -219,7 +270,22 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
             events: VecDeque::new(),
             next_move: 1,
             care_of: HashMap::new(),
+            unsteered: VecDeque::new(),
+            ha_ready: false,
         }
+    }
+
+    /// Whether the channel to the home agent is established: an offer is steered ahead
+    /// ([`AcceptorConfig::steer_ahead`]) only then, since a move that cannot even be sent
+    /// should refuse the offer (the donor keeps the connection) rather than leave it to the
+    /// donor's forwarding.
+    pub fn set_home_agent_ready(&mut self, up: bool) {
+        self.ha_ready = up;
+    }
+
+    /// Connections committed ahead of their flow move's answer.
+    pub fn unsteered(&self) -> usize {
+        self.unsteered.len()
     }
 
     /// Raise (or set) the newest membership fence known; offers fenced older are refused.
@@ -256,6 +322,7 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
                 Stage::Committing { .. } => p.arrived,
                 _ => p.until,
             })
+            .chain(self.unsteered.iter().map(|u| u.again))
             .min()
     }
 
@@ -313,6 +380,7 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
             Message::Accept { .. }
             | Message::Refuse { .. }
             | Message::Activated { .. }
+            | Message::Steered { .. }
             | Message::MoveFlow { .. }
             | Message::FlowMoved { .. }
             | Message::Rebind { .. }
@@ -337,6 +405,12 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
             tracing::warn!("home agent sent {msg:?}: ignored");
             return;
         };
+        if let Some(k) = self.unsteered.iter().position(|u| u.move_id == conn_id) {
+            if let Some(u) = self.unsteered.remove(k) {
+                self.steered(u, ok.then_some(()).ok_or(detail), host);
+            }
+            return;
+        }
         let Some(k) = self
             .pending
             .iter()
@@ -424,6 +498,23 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
         H: Host<Conn = C>,
         S: Service<C>,
     {
+        // Flow moves steered ahead and not answered: ask again, or give up (bounded).
+        let mut k = 0;
+        while k < self.unsteered.len() {
+            let u = &mut self.unsteered[k];
+            if now < u.again {
+                k += 1;
+            } else if now >= u.until {
+                if let Some(u) = self.unsteered.remove(k) {
+                    self.steered(u, Err("no answer from the home agent".into()), host);
+                }
+            } else {
+                u.again = now + self.cfg.steer_timeout;
+                let m = u.request.clone();
+                self.out.push_back((Dest::HomeAgent, m));
+                k += 1;
+            }
+        }
         // Care-of tests that completed (phase 4 ran ahead).
         for (cn, (started, took)) in self.care_of.iter_mut() {
             if took.is_none() && host.has_care_of_token(*cn) {
@@ -590,19 +681,37 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
                 let move_id = self.next_move;
                 self.next_move += 1;
                 tracing::debug!(conn_id = id, "flow move asked");
-                self.out.push_back((
-                    Dest::HomeAgent,
-                    Message::MoveFlow {
-                        conn_id: move_id,
-                        client: state.remote(),
-                        server: state.local(),
-                        to: coa,
-                        generation: o.generation,
-                        reclaim: false,
-                    },
-                ));
+                let request = Message::MoveFlow {
+                    conn_id: move_id,
+                    client: state.remote(),
+                    server: state.local(),
+                    to: coa,
+                    generation: o.generation,
+                    reclaim: false,
+                };
+                self.out.push_back((Dest::HomeAgent, request.clone()));
                 let sent = host.now();
                 times.steer_ns[1] = ns(sent.saturating_duration_since(t5));
+                if self.cfg.steer_ahead && self.ha_ready {
+                    // The move is on its way; the commit does not wait for its answer.
+                    times.steer_ahead = true;
+                    if self.unsteered.len() >= MAX_UNSTEERED {
+                        if let Some(old) = self.unsteered.pop_front() {
+                            self.steered(old, Err("too many moves unanswered".into()), host);
+                        }
+                    }
+                    self.unsteered.push_back(Unsteered {
+                        from,
+                        conn_id: id,
+                        client: state.remote(),
+                        request,
+                        move_id,
+                        sent,
+                        again: now + self.cfg.steer_timeout,
+                        until: now + STEER_AHEAD_FOR,
+                    });
+                    return self.commit(now, from, id, arrived, conn, &state, app, times);
+                }
                 self.pending.push(Pending {
                     from,
                     conn_id: id,
@@ -730,6 +839,34 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
                     .push_back(AcceptorEvent::AdoptFailed { conn_id, cause });
             }
         }
+    }
+
+    /// The home agent answered (or will not answer) a move steered ahead.
+    fn steered<H: Host<Conn = C>>(
+        &mut self,
+        u: Unsteered<K>,
+        result: Result<(), String>,
+        host: &mut H,
+    ) {
+        let result = result.map(|()| host.now().saturating_duration_since(u.sent));
+        match &result {
+            Ok(took) => self.out.push_back((
+                Dest::Donor(u.from),
+                Message::Steered {
+                    conn_id: u.conn_id,
+                    steer_ns: ns(*took),
+                },
+            )),
+            // The donor keeps forwarding what reaches it, as long as packets come.
+            Err(why) => {
+                tracing::warn!(conn_id = u.conn_id, client = %u.client, "flow move steered ahead not applied: {why}")
+            }
+        }
+        self.events.push_back(AcceptorEvent::Steered {
+            conn_id: u.conn_id,
+            client: u.client,
+            result,
+        });
     }
 
     fn refuse(&mut self, from: K, conn_id: u64, reason: RefuseReason) {

@@ -11,6 +11,7 @@
 //! start ─▶ Draining ─(acked | deadline | too slow to drain | Immediate)─▶ freeze, Offer ─▶ Offered
 //! Offered ─Refuse/Abort/timeout/channel error─▶ thaw back, service adopts ─▶ Resumed
 //! Offered ─Accept─▶ (commit) ─Activated─▶ Moved ─▶ Forwarding (held packets) ─▶ done
+//!   (an Activated that steered ahead: Forwarding lasts until Steered, and its grace after)
 //! Offered ─Accept, then nothing─▶ Failed (in doubt: the connection may run there)
 //! ```
 //!
@@ -150,6 +151,10 @@ enum Stage<C> {
         next: Instant,
         /// Forwarding began: it ends [`MAX_FORWARD`] later at the latest.
         since: Instant,
+        /// Steering has taken effect as far as the acceptor knows: false after an Activated
+        /// that steered ahead ([`AcceptorTimes::steer_ahead`]) until [`Message::Steered`];
+        /// forwarding does not end before (but for [`MAX_FORWARD`]).
+        steered: bool,
     },
     Done,
 }
@@ -412,8 +417,22 @@ impl<C: std::fmt::Debug> Donor<C> {
                     self.in_doubt(f, "no Activated in time".into());
                 }
             }
-            Stage::Forwarding { until, since, .. } => {
+            Stage::Forwarding {
+                until,
+                since,
+                steered,
+                ..
+            } => {
                 let (local, remote) = (self.local, self.remote);
+                // Unsteered, the flow may reach this host at any time, held packets or not:
+                // forwarding goes on until the acceptor says the home agent moved it.
+                let until = if steered {
+                    until
+                } else {
+                    until
+                        .max(now + self.cfg.forward_grace)
+                        .min(since + MAX_FORWARD)
+                };
                 if now >= until {
                     let rest = host.release(local, remote);
                     self.forward(rest);
@@ -443,6 +462,7 @@ impl<C: std::fmt::Debug> Donor<C> {
                         until,
                         next: now + FORWARD_EVERY,
                         since,
+                        steered,
                     };
                 }
             }
@@ -476,6 +496,15 @@ impl<C: std::fmt::Debug> Donor<C> {
         S: Service<C>,
     {
         if msg.conn_id() != self.cfg.conn_id {
+            return;
+        }
+        if let (Message::Steered { steer_ns, .. }, Stage::Forwarding { until, steered, .. }) =
+            (&msg, &mut self.stage)
+        {
+            // The flow goes there now; what was already on its way here still gets the grace.
+            tracing::debug!(conn_id = self.cfg.conn_id, steer_ns, "steered");
+            *steered = true;
+            *until = (*until).max(now + self.cfg.forward_grace);
             return;
         }
         if !matches!(self.stage, Stage::Offered(_)) {
@@ -686,6 +715,7 @@ impl<C: std::fmt::Debug> Donor<C> {
             until: since + self.cfg.reply_timeout + self.cfg.forward_grace,
             next: since,
             since,
+            steered: true,
         };
     }
 
@@ -748,6 +778,7 @@ impl<C: std::fmt::Debug> Donor<C> {
             until: now + self.cfg.forward_grace,
             next: now,
             since: now,
+            steered: !times.steer_ahead,
         };
     }
 

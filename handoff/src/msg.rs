@@ -7,6 +7,7 @@
 //!   ◀──────── Refuse{reason}       (donor thaws back: nothing lost)
 //!   ◀──────── Accept               (acceptor now owns the connection)
 //!   ◀──────── Activated{timings}   (thawed, address taken, announced)
+//!   ◀──────── Steered{phase 6}     (steering ahead: the home agent confirmed the move later)
 //!   Abort ──────────────────────▶  (donor gave up before an Accept)
 //!   Forward{packets} ───────────▶  (held in the gap, after Accept)
 //!
@@ -23,8 +24,9 @@ use serde::{Deserialize, Serialize};
 
 /// Message encoding version (first byte of every plaintext). 2: Activated names the
 /// acceptor's host kind. 3: offers carry the donor's membership fence. 4: offers and flow
-/// moves carry the handoff's flow generation (the home agent orders moves by it).
-pub const PROTOCOL_VERSION: u8 = 4;
+/// moves carry the handoff's flow generation (the home agent orders moves by it). 5: steering
+/// ahead of the commit ([`AcceptorTimes::steer_ahead`], [`Message::Steered`]).
+pub const PROTOCOL_VERSION: u8 = 5;
 
 /// Bit set in the id of a donor's [`Message::MoveFlow`] reclaim (the acceptor numbers its own
 /// moves from 1 upwards, so the home agent's answers to the two never match each other).
@@ -138,6 +140,11 @@ pub struct AcceptorTimes {
     pub elapsed_ns: u64,
     /// The acceptor's host.
     pub host: HostKind,
+    /// The acceptor committed without waiting for the home agent's answer to its flow move
+    /// (steering ahead): the flow may still reach the donor, which forwards what does until
+    /// [`Message::Steered`] comes (and its grace after), [`crate::donor::MAX_FORWARD`] at
+    /// most. Phase 6 then comes with `Steered`, not here.
+    pub steer_ahead: bool,
 }
 
 /// One protocol message.
@@ -163,6 +170,15 @@ pub enum Message {
         conn_id: u64,
         /// How long the acceptor's phases took.
         times: AcceptorTimes,
+    },
+    /// Acceptor → donor, after an Activated that said `steer_ahead`: the home agent applied
+    /// the flow move, so the client's packets no longer reach the donor (but for those in
+    /// flight: the donor still forwards for its grace period).
+    Steered {
+        /// The offer's id.
+        conn_id: u64,
+        /// Phase 6: the flow move's round trip to the home agent, nanoseconds.
+        steer_ns: u64,
     },
     /// Either way: give this offer up.
     Abort {
@@ -273,6 +289,7 @@ impl Message {
             Message::Accept { conn_id }
             | Message::Refuse { conn_id, .. }
             | Message::Activated { conn_id, .. }
+            | Message::Steered { conn_id, .. }
             | Message::Abort { conn_id, .. }
             | Message::Forward { conn_id, .. }
             | Message::Prepare { conn_id, .. }
@@ -338,6 +355,17 @@ mod tests {
                     recreate_ns: 5,
                     ..Default::default()
                 },
+            },
+            Message::Activated {
+                conn_id: 7,
+                times: AcceptorTimes {
+                    steer_ahead: true,
+                    ..Default::default()
+                },
+            },
+            Message::Steered {
+                conn_id: 7,
+                steer_ns: 91_000,
             },
             Message::Abort {
                 conn_id: 7,

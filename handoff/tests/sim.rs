@@ -204,12 +204,17 @@ impl Moved {
 /// An acceptor steering through a home agent (transparent mode) that waits `timeout` for its
 /// answer; the DS address is served as a home address (nothing else steers the client).
 fn ha_steered(timeout: Duration) -> Acceptor<u8, UserConn> {
-    Acceptor::new(AcceptorConfig {
+    Acceptor::new(acfg_steered(timeout))
+}
+
+/// [`ha_steered`]'s settings.
+fn acfg_steered(timeout: Duration) -> AcceptorConfig {
+    AcceptorConfig {
         steering: Steering::HomeAgentFlow { coa: ip("fd00::2") },
         steer_timeout: timeout,
         takeover: Takeover::HomeAddress,
         ..acfg()
-    })
+    }
 }
 
 fn acfg() -> AcceptorConfig {
@@ -698,4 +703,229 @@ fn route_optimised_forwarding_outlasts_a_silence_before_the_binding_update_is_re
         s.tick();
     }
     assert!(m.d.is_done(), "forwarding ended");
+}
+
+/// Steering ahead (`AcceptorConfig::steer_ahead`): the acceptor commits as soon as its flow
+/// move is sent, so the handoff completes while the home agent is still silent; the move is
+/// asked for again every steering timeout. Until the acceptor relays the home agent's answer
+/// (`Steered`), the donor forwards whatever still reaches it, across a silence of the client
+/// longer than the grace period (the flow may still come its way); after the answer,
+/// forwarding ends one grace period after the last packet.
+#[test]
+fn steering_ahead_commits_before_the_home_agent_answers_and_forwards_until_steered() {
+    let mut s = Sim::new();
+    let mut cfg = DonorConfig::new(5, "http");
+    cfg.generation = 1 << 40;
+    let (cl, bytes, mut d) = s.begin(7000, cfg);
+    let (mut ch_d, ch_a) = mem_pair();
+    let mut ch_a = boxed(ch_a);
+    let (mut hl, mut ha) = mem_pair();
+    let mut acc = Acceptor::new(AcceptorConfig {
+        steer_ahead: true,
+        ..acfg_steered(Duration::from_millis(25))
+    });
+    acc.set_home_agent_ready(true);
+    let mut asked: Vec<(Mono, Message)> = Vec::new();
+    let (out, took) = s.run(
+        &mut d,
+        &mut ch_d,
+        &mut acc,
+        &mut ch_a,
+        Some(&mut hl),
+        |s2, _| {
+            while let Ok(Some(m)) = ha.recv() {
+                asked.push((s2.now(), m));
+            }
+        },
+    );
+    assert_outcome!(out, DonorOutcome::Moved { .. });
+    assert!(
+        took < Duration::from_millis(25),
+        "committed without the home agent's answer: {took:?}"
+    );
+    assert_eq!(asked.len(), 1, "one flow move so far");
+    assert!(matches!(
+        asked[0].1,
+        Message::MoveFlow {
+            generation: 0x100_0000_0000,
+            reclaim: false,
+            ..
+        }
+    ));
+    assert_eq!(acc.unsteered(), 1);
+    let srv = s.svcs[2].adopted.pop().expect("adopted at once");
+    s.assert_alive(cl, 2, srv, &bytes);
+    // The client sends at 0 ms and again after 500 ms of silence (over the 200 ms grace);
+    // the home agent answers at 800 ms.
+    let up = data(800);
+    let mut got = Vec::new();
+    let mut steered = Vec::new();
+    let t0 = s.now();
+    let mut answered = false;
+    for ms in 0..1200u64 {
+        if ms == 0 || ms == 500 {
+            let k = if ms == 0 { 0 } else { 400 };
+            assert_eq!(s.lan.ifs[0].tcp_send(cl, &up[k..k + 400]).unwrap(), 400);
+        }
+        let seen = round(
+            &mut s.lan,
+            &mut s.svcs,
+            Some(&mut d),
+            1,
+            &mut ch_d,
+            &mut acc,
+            2,
+            &mut ch_a,
+            Some(&mut hl),
+        );
+        for e in seen.events {
+            if let AcceptorEvent::Steered { result, .. } = e {
+                steered.push(result);
+            }
+        }
+        while let Ok(Some(m)) = ha.recv() {
+            asked.push((s.now(), m));
+        }
+        if ms == 800 && !answered {
+            let Some((_, Message::MoveFlow { conn_id, .. })) = asked.last() else {
+                panic!("{asked:?}")
+            };
+            ha.send(&Message::FlowMoved {
+                conn_id: *conn_id,
+                ok: true,
+                detail: String::new(),
+            })
+            .unwrap();
+            answered = true;
+        }
+        read_into(&mut s.lan.ifs[2], srv, &mut got);
+        if ms == 990 {
+            assert!(
+                !d.is_done(),
+                "forwarding lasts a grace period after the answer"
+            );
+        }
+        s.tick();
+    }
+    assert_bytes(
+        &got,
+        &up,
+        "at the acceptor, through the donor, across the silence",
+    );
+    assert_eq!(s.lan.ifs[0].tcp_state(cl), Some(TcpState::Established));
+    // Asked again every 25 ms until answered (the first at the handoff, then ~32 more).
+    assert!(
+        (30..=36).contains(&asked.len()),
+        "{} flow moves asked for in {:?}",
+        asked.len(),
+        s.now() - t0
+    );
+    assert!(
+        asked.iter().all(|(_, m)| m == &asked[0].1),
+        "the same move each time"
+    );
+    assert_eq!(steered.len(), 1);
+    assert!(
+        matches!(steered[0], Ok(t) if t >= Duration::from_millis(800)),
+        "{steered:?}"
+    );
+    assert_eq!(acc.unsteered(), 0);
+    assert!(
+        d.is_done(),
+        "forwarding ended after the answer and its grace"
+    );
+}
+
+/// The home agent refuses a move steered ahead: the connection already runs at the acceptor
+/// and stays there (nothing is reset); the failure is reported, and not asked again.
+#[test]
+fn a_refused_move_steered_ahead_is_reported_and_the_connection_lives() {
+    let mut s = Sim::new();
+    let (cl, bytes, mut d) = s.begin(7000, DonorConfig::new(5, "http"));
+    let (mut ch_d, ch_a) = mem_pair();
+    let mut ch_a = boxed(ch_a);
+    let (mut hl, mut ha) = mem_pair();
+    let mut acc = Acceptor::new(AcceptorConfig {
+        steer_ahead: true,
+        ..acfg_steered(Duration::from_millis(25))
+    });
+    acc.set_home_agent_ready(true);
+    let mut results = Vec::new();
+    let (out, _) = s.run(
+        &mut d,
+        &mut ch_d,
+        &mut acc,
+        &mut ch_a,
+        Some(&mut hl),
+        |_, events| {
+            while let Ok(Some(Message::MoveFlow { conn_id, .. })) = ha.recv() {
+                ha.send(&Message::FlowMoved {
+                    conn_id,
+                    ok: false,
+                    detail: "stale generation".into(),
+                })
+                .unwrap();
+            }
+            for e in events {
+                if let AcceptorEvent::Steered { result, .. } = e {
+                    results.push(result.clone());
+                }
+            }
+        },
+    );
+    assert_outcome!(out, DonorOutcome::Moved { .. });
+    let srv = s.svcs[2].adopted.pop().expect("adopted");
+    for _ in 0..50 {
+        let seen = round(
+            &mut s.lan,
+            &mut s.svcs,
+            Some(&mut d),
+            1,
+            &mut ch_d,
+            &mut acc,
+            2,
+            &mut ch_a,
+            Some(&mut hl),
+        );
+        for e in seen.events {
+            if let AcceptorEvent::Steered { result, .. } = e {
+                results.push(result);
+            }
+        }
+        assert!(ha.recv().unwrap().is_none(), "not asked again");
+        s.tick();
+    }
+    assert_eq!(results, vec![Err("stale generation".to_string())]);
+    assert_eq!(acc.unsteered(), 0);
+    s.assert_alive(cl, 2, srv, &bytes);
+}
+
+/// Steering ahead needs the channel to the home agent up: without it the acceptor waits for
+/// the answer as before (and refuses the offer when none comes).
+#[test]
+fn steering_ahead_waits_while_the_home_agent_channel_is_down() {
+    let mut s = Sim::new();
+    let (cl, bytes, mut d) = s.begin(7000, DonorConfig::new(5, "http"));
+    let (mut ch_d, ch_a) = mem_pair();
+    let mut ch_a = boxed(ch_a);
+    let (mut hl, _ha) = mem_pair();
+    let mut acc = Acceptor::new(AcceptorConfig {
+        steer_ahead: true,
+        ..acfg_steered(Duration::from_millis(25))
+    });
+    acc.set_home_agent_ready(false);
+    let (out, _) = s.run(
+        &mut d,
+        &mut ch_d,
+        &mut acc,
+        &mut ch_a,
+        Some(&mut hl),
+        |_, _| {},
+    );
+    assert!(
+        matches!(&out, DonorOutcome::Resumed { cause: HandoffError::Refused(RefuseReason::Other(r)) } if r.starts_with("steering")),
+        "{out:?}"
+    );
+    let srv = s.svcs[1].adopted.pop().unwrap();
+    s.assert_alive(cl, 1, srv, &bytes);
 }
