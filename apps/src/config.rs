@@ -30,6 +30,7 @@
 //! steering = "transparent"           # none | transparent | ro
 //! ha_control = "[fd00:d5:1::a]:7001"
 //! # busy_poll = true                 # spin while a handoff is in flight (no wake-ups)
+//! # steer_ahead = true               # commit before the home agent's answer (transparent)
 //!
 //! [membership]                        # seed §2.3; needs handoff.secret_file
 //! role = "backup"                    # backup | snode
@@ -126,6 +127,7 @@ struct HandoffFile {
     ha_control: Option<SocketAddr>,
     home_addr: Option<Ipv6Addr>,
     busy_poll: Option<bool>,
+    steer_ahead: Option<bool>,
 }
 
 /// `peer = "[addr]:port"` or, in proxy mode, `peer = ["[addr]:port", …]`.
@@ -302,6 +304,9 @@ pub fn serve_args(path: &Path) -> Result<Vec<String>, ConfigError> {
         if h.busy_poll == Some(true) {
             args.push("--busy-poll".into());
         }
+        if h.steer_ahead == Some(true) {
+            args.push("--steer-ahead".into());
+        }
     }
     if file.per_request == Some(true) {
         args.push("--per-request".into());
@@ -335,14 +340,14 @@ mod tests {
     #[test]
     fn keys_become_options_in_order() {
         let a = args_of(
-            "device = \"tap\"\niface = \"t0\"\naddr = \"fd00::1\"\nalso_addr = [\"fd00::80\", \"fd00::81\"]\nport = 8080\nroot = \"/srv\"\njson = true\nno_super_frames = true\n[handoff]\npeer = \"[fd00::2]:7000\"\nsteering = \"transparent\"\nha_control = \"[fd00::a]:7001\"\nbusy_poll = true\n",
+            "device = \"tap\"\niface = \"t0\"\naddr = \"fd00::1\"\nalso_addr = [\"fd00::80\", \"fd00::81\"]\nport = 8080\nroot = \"/srv\"\njson = true\nno_super_frames = true\n[handoff]\npeer = \"[fd00::2]:7000\"\nsteering = \"transparent\"\nha_control = \"[fd00::a]:7001\"\nbusy_poll = true\nsteer_ahead = true\n",
         )
         .expect("valid");
         assert_eq!(
             a.join(" "),
             "--device tap --iface t0 --addr fd00::1 --also-addr fd00::80 --also-addr fd00::81 \
              --port 8080 --root /srv --peer [fd00::2]:7000 --steering transparent \
-             --ha-control [fd00::a]:7001 --busy-poll --json --no-super-frames"
+             --ha-control [fd00::a]:7001 --busy-poll --steer-ahead --json --no-super-frames"
         );
     }
 

@@ -297,10 +297,11 @@ fn twenty(opts: Options, path: &str) {
     })
     .expect("run");
     let label = format!(
-        "{:?} {path} processes={} busy_poll={}",
+        "{:?} {path} processes={} busy_poll={} steer_ahead={}",
         out.handoffs.first().map(|h| h.report.mode),
         opts.processes,
-        opts.busy_poll
+        opts.busy_poll,
+        opts.steer_ahead
     );
     assert!(out.bytes_ok, "{label}: SHA-256 of the download");
     assert_eq!(out.handoffs.len(), 20, "{label}: kept: {:?}", out.kept);
@@ -321,6 +322,15 @@ fn twenty(opts: Options, path: &str) {
             h.report
         );
         assert!(h.report.state_bytes <= 96, "{label}: drained");
+        if opts.steer_ahead {
+            // Phase 6 comes from the acceptor's report of the home agent's later answer.
+            assert!(
+                h.report.phases_us[5] > 0.0,
+                "{label}: handoff {}: the home agent's answer reported: {:?}",
+                k + 1,
+                h.report
+            );
+        }
     }
     let walls: Vec<f64> = out.handoffs.iter().map(|h| h.report.wall_us).collect();
     eprintln!("{label}: wall µs {walls:?}");
@@ -352,6 +362,17 @@ fn twenty_handoffs_as_processes_on_every_path() {
         },
         "user->user",
     );
+    // Steering ahead (dsnode --steer-ahead): the acceptors commit before the home agent's
+    // answer, on both kinds of node and between them.
+    for path in ["user->user", "kernel->user", "kernel->kernel"] {
+        twenty(
+            Options {
+                steer_ahead: true,
+                ..procs.clone()
+            },
+            path,
+        );
+    }
     // The busy-poll mode (dsnode --busy-poll) on both kinds of node.
     for path in ["user->user", "kernel->kernel"] {
         twenty(

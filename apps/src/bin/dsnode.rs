@@ -337,6 +337,13 @@ struct HandoffArgs {
     /// handoff; an idle node still sleeps.
     #[arg(long)]
     busy_poll: bool,
+    /// Transparent mode: as acceptor, commit a handoff as soon as the flow move is sent to the
+    /// home agent instead of after its answer (two process wake-ups fewer in the handoff); the
+    /// donor forwards what still reaches it until the answer is relayed. A move the home
+    /// agent then never applies leaves the connection on the donor's forwarding (32 s at
+    /// most) instead of sending it back to the donor.
+    #[arg(long)]
+    steer_ahead: bool,
     /// Injected fault at the acceptor, for failure tests: refuse, crash or hang on offers.
     #[arg(long, value_enum, hide = true)]
     fault: Option<FaultChoice>,
@@ -843,6 +850,7 @@ fn handoff_config(args: &ServeArgs) -> anyhow::Result<Option<HandoffConfig>> {
     };
     cfg.reply_timeout = std::time::Duration::from_millis(h.reply_timeout_ms);
     cfg.busy_poll = h.busy_poll;
+    cfg.steer_ahead = h.steer_ahead;
     cfg.fault = h.fault.map(|f| match f {
         FaultChoice::Refuse => AcceptorFault::Refuse,
         FaultChoice::Crash => AcceptorFault::Crash,

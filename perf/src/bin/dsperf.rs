@@ -752,6 +752,10 @@ struct HandoffArgs {
     /// (dsnode --busy-poll).
     #[arg(long)]
     busy_poll: bool,
+    /// Transparent mode: acceptors commit without waiting for the home agent's answer to the
+    /// flow move (dsnode --steer-ahead); the donors forward until it is relayed.
+    #[arg(long)]
+    steer_ahead: bool,
     /// Userspace nodes send one frame per TCP segment instead of 64 KiB super-frames
     /// (dsnode --no-super-frames).
     #[arg(long)]
@@ -825,6 +829,7 @@ fn run_handoff(a: HandoffArgs) -> Result<()> {
         path: a.path,
         processes: a.processes,
         busy_poll: a.busy_poll,
+        steer_ahead: a.steer_ahead,
         no_super_frames: a.no_super_frames,
         ..Default::default()
     };

@@ -112,6 +112,10 @@ pub struct Options {
     /// Busy-poll while a handoff is in flight (`dsnode --busy-poll`,
     /// `HandoffConfig::busy_poll`).
     pub busy_poll: bool,
+    /// Transparent mode: acceptors commit without waiting for the home agent's answer to the
+    /// flow move (`dsnode --steer-ahead`, `HandoffConfig::steer_ahead`); phase 6 then comes
+    /// from the acceptor's later report of that answer.
+    pub steer_ahead: bool,
     /// The userspace nodes send one frame per TCP segment, no super-frames
     /// (`dsnode --no-super-frames`, `Builder::super_frames(false)`).
     pub no_super_frames: bool,
@@ -133,6 +137,7 @@ impl Default for Options {
             path: HandoffPath::default(),
             processes: false,
             busy_poll: false,
+            steer_ahead: false,
             no_super_frames: false,
         }
     }
@@ -336,6 +341,7 @@ fn handoff_config(i: usize, plan: &Plan) -> Result<HandoffConfig> {
     };
     hc.reply_timeout = opts.reply_timeout;
     hc.busy_poll = opts.busy_poll;
+    hc.steer_ahead = opts.steer_ahead;
     hc.mode = opts.mode;
     if i == 1 {
         hc.fault = opts.fault;
@@ -566,10 +572,11 @@ pub fn run(opts: &Options) -> Result<Outcome> {
     // In sequence order (the boundaries increase along the download).
     let base = log.first().map(|s| s.seq).unwrap_or(0);
     handoffs.sort_by_key(|(b, _, _)| b.wrapping_sub(base));
-    if !transparent {
+    if !transparent || opts.steer_ahead {
         // The phase the donor cannot see: binding management (Binding Update to Binding
-        // Acknowledgement, measured at the acceptor after it activated): the k-th handoff to
-        // a node pairs with that node's k-th acknowledgement.
+        // Acknowledgement, or a flow move steered ahead to the home agent's answer, measured
+        // at the acceptor after it activated): the k-th handoff to a node pairs with that
+        // node's k-th answer.
         for (_, from, r) in &mut handoffs {
             // Node 1 hands to node 2 (index 1), node 2 to node 1 (index 0).
             let acceptor = usize::from(*from == 1);

@@ -115,6 +115,9 @@ pub(super) fn start(topo: &Topology, plan: &Plan, dir: &Path) -> Result<Procs> {
         if opts.busy_poll {
             args.push(s(&"--busy-poll"));
         }
+        if opts.steer_ahead {
+            args.push(s(&"--steer-ahead"));
+        }
         if opts.no_super_frames {
             args.push(s(&"--no-super-frames"));
         }
