@@ -705,6 +705,36 @@ fn route_optimised_forwarding_outlasts_a_silence_before_the_binding_update_is_re
     assert!(m.d.is_done(), "forwarding ended");
 }
 
+/// One round of node 1 handing to node 2, the acceptor's home agent on `hl`: the results of
+/// the moves steered ahead that the acceptor reported in it.
+fn steer_round(
+    s: &mut Sim,
+    d: &mut Donor<UserConn>,
+    ch_d: &mut Mem,
+    acc: &mut Acceptor<u8, UserConn>,
+    ch_a: &mut Option<Box<dyn Link>>,
+    hl: &mut Mem,
+) -> Vec<Result<Duration, String>> {
+    let seen = round(
+        &mut s.lan,
+        &mut s.svcs,
+        Some(d),
+        1,
+        ch_d,
+        acc,
+        2,
+        ch_a,
+        Some(hl),
+    );
+    seen.events
+        .into_iter()
+        .filter_map(|e| match e {
+            AcceptorEvent::Steered { result, .. } => Some(result),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Steering ahead (`AcceptorConfig::steer_ahead`): the acceptor commits as soon as its flow
 /// move is sent, so the handoff completes while the home agent is still silent; the move is
 /// asked for again every steering timeout. Until the acceptor relays the home agent's answer
@@ -767,22 +797,9 @@ fn steering_ahead_commits_before_the_home_agent_answers_and_forwards_until_steer
             let k = if ms == 0 { 0 } else { 400 };
             assert_eq!(s.lan.ifs[0].tcp_send(cl, &up[k..k + 400]).unwrap(), 400);
         }
-        let seen = round(
-            &mut s.lan,
-            &mut s.svcs,
-            Some(&mut d),
-            1,
-            &mut ch_d,
-            &mut acc,
-            2,
-            &mut ch_a,
-            Some(&mut hl),
-        );
-        for e in seen.events {
-            if let AcceptorEvent::Steered { result, .. } = e {
-                steered.push(result);
-            }
-        }
+        steered.extend(steer_round(
+            &mut s, &mut d, &mut ch_d, &mut acc, &mut ch_a, &mut hl,
+        ));
         while let Ok(Some(m)) = ha.recv() {
             asked.push((s.now(), m));
         }
@@ -876,22 +893,9 @@ fn a_refused_move_steered_ahead_is_reported_and_the_connection_lives() {
     assert_outcome!(out, DonorOutcome::Moved { .. });
     let srv = s.svcs[2].adopted.pop().expect("adopted");
     for _ in 0..50 {
-        let seen = round(
-            &mut s.lan,
-            &mut s.svcs,
-            Some(&mut d),
-            1,
-            &mut ch_d,
-            &mut acc,
-            2,
-            &mut ch_a,
-            Some(&mut hl),
-        );
-        for e in seen.events {
-            if let AcceptorEvent::Steered { result, .. } = e {
-                results.push(result);
-            }
-        }
+        results.extend(steer_round(
+            &mut s, &mut d, &mut ch_d, &mut acc, &mut ch_a, &mut hl,
+        ));
         assert!(ha.recv().unwrap().is_none(), "not asked again");
         s.tick();
     }
