@@ -19,6 +19,7 @@
 //! # stall_timeout_ms = 60000         # a response with no progress this long is aborted
 //! # max_connections = 10000          # more are answered 503
 //! # max_buffered_mib = 512           # send buffers in all; then no more data, new clients 503
+//! # sched_fifo = 10                  # real-time priority of the node's threads (CAP_SYS_NICE)
 //! # policy = "round-robin"           # proxy mode: local | round-robin | least-connections
 //! # per_request = true               # proxy mode: place every keep-alive request anew
 //!
@@ -92,6 +93,7 @@ struct NodeFile {
     stall_timeout_ms: Option<u64>,
     max_connections: Option<usize>,
     max_buffered_mib: Option<usize>,
+    sched_fifo: Option<u8>,
     backend: Option<SocketAddr>,
     policy: Option<Spanned<String>>,
     per_request: Option<bool>,
@@ -240,6 +242,7 @@ pub fn serve_args(path: &Path) -> Result<Vec<String>, ConfigError> {
         "control_socket",
         file.control_socket.map(|p| p.display().to_string()),
     );
+    opt("sched_fifo", file.sched_fifo.as_ref().map(|v| s(v)));
     opt("backend", file.backend.as_ref().map(|a| s(a)));
     opt(
         "policy",
@@ -378,6 +381,16 @@ mod tests {
             a.join(" "),
             "--gateway fd00::a --route fd00:2::/64=fd00::b --route fd00:3::/48=fd00::c"
         );
+    }
+
+    #[test]
+    fn a_real_time_priority_becomes_the_option_and_an_impossible_one_names_the_key() {
+        let a = args_of("iface = \"x\"\nsched_fifo = 10\n").expect("valid");
+        assert_eq!(a.join(" "), "--iface x --sched-fifo 10");
+        let e = args_of("iface = \"x\"\nsched_fifo = 300\n")
+            .expect_err("out of u8")
+            .to_string();
+        assert!(e.contains("line 2") && e.contains("sched_fifo"), "{e}");
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //!   peers (quota, `dsctl handoff`, drain) and serve the ones handed over;
 //!   [`kernel_node`]: the same over standard sockets (`TCP_REPAIR`); [`flow_agent`]: the home
 //!   agent's transparent-mode flow steering.
-//! - [`mac`], [`signal`]: small helpers of the `dsnode` daemon.
+//! - [`mac`], [`signal`], [`sched`]: small helpers of the daemons.
 //!
 //! The `dsnode` binary (`src/bin/dsnode.rs`) wires these to a device and a runner.
 
@@ -28,6 +28,7 @@ pub mod membership;
 pub mod membership_etcd;
 pub use dserver::mac;
 pub mod proxy;
+pub mod sched;
 pub mod server;
 pub mod signal;
 pub mod udp_echo;

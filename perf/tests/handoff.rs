@@ -297,11 +297,12 @@ fn twenty(opts: Options, path: &str) {
     })
     .expect("run");
     let label = format!(
-        "{:?} {path} processes={} busy_poll={} steer_ahead={}",
+        "{:?} {path} processes={} busy_poll={} steer_ahead={} sched_fifo={:?}",
         out.handoffs.first().map(|h| h.report.mode),
         opts.processes,
         opts.busy_poll,
-        opts.steer_ahead
+        opts.steer_ahead,
+        opts.sched_fifo
     );
     assert!(out.bytes_ok, "{label}: SHA-256 of the download");
     assert_eq!(out.handoffs.len(), 20, "{label}: kept: {:?}", out.kept);
@@ -368,6 +369,18 @@ fn twenty_handoffs_as_processes_on_every_path() {
         twenty(
             Options {
                 steer_ahead: true,
+                ..procs.clone()
+            },
+            path,
+        );
+    }
+    // Nodes and home agent under SCHED_FIFO (dsnode/dsha --sched-fifo), steering ahead, on
+    // both kinds of node.
+    for path in ["user->user", "kernel->kernel"] {
+        twenty(
+            Options {
+                steer_ahead: true,
+                sched_fifo: Some(10),
                 ..procs.clone()
             },
             path,

@@ -86,6 +86,8 @@ struct XdpArgs {
     /// On exit, print the counters as one JSON object.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    sched: ds_apps::sched::SchedArgs,
 }
 
 #[derive(Args, Debug)]
@@ -106,6 +108,8 @@ struct ServeArgs {
     /// On exit, print the counters as one JSON object.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    sched: ds_apps::sched::SchedArgs,
 }
 
 fn parse_sa(s: &str) -> Result<MnHaSa, String> {
@@ -156,6 +160,7 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     if args.addr.is_unspecified() || args.addr.is_multicast() || args.addr.is_loopback() {
         bail!("--addr {}: need a unicast address", args.addr);
     }
+    args.sched.apply()?;
     let stop = signal::install().context("installing signal handlers")?;
     let dev = TapDevice::open(&args.iface)
         .with_context(|| format!("cannot open TAP device {:?}", args.iface))?;
@@ -375,6 +380,7 @@ fn xdp(args: &XdpArgs) -> anyhow::Result<()> {
         }
     }
     let secret = read_secret(&args.secret_file)?;
+    args.sched.apply()?;
     let stop = signal::install().context("installing signal handlers")?;
     let ifindex = ds_xdp::loader::ifindex(&args.iface)
         .with_context(|| format!("--iface {:?}: no such interface", args.iface))?;

@@ -167,6 +167,8 @@ struct ServeArgs {
     #[arg(long, value_name = "MIB", default_value_t = 512)]
     max_buffered_mib: usize,
     #[command(flatten)]
+    sched: ds_apps::sched::SchedArgs,
+    #[command(flatten)]
     handoff: HandoffArgs,
     #[command(flatten)]
     membership: MembershipArgs,
@@ -477,6 +479,8 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("--control-socket {}: cannot listen", p.display()))
         })
         .transpose()?;
+    // Before any thread starts: they inherit the policy.
+    args.sched.apply()?;
     let stop = signal::install().context("installing signal handlers")?;
     start_membership(args)?;
     if let Some(backend) = args.backend {

@@ -766,6 +766,13 @@ struct HandoffArgs {
     /// setting, as a latency-tuned host has it, not something the nodes do.
     #[arg(long)]
     idle_poll: bool,
+    /// With --processes: the nodes and the home agent run under the real-time SCHED_FIFO
+    /// policy at this priority (dsnode/dsha --sched-fifo), so that each of the handoff's
+    /// wake-ups preempts the client and the serving node on the shared cores; curl and
+    /// dsperf stay normal tasks. A host setting for latency, like --idle-poll.
+    #[arg(long, value_name = "PRIO", requires = "processes",
+          value_parser = clap::value_parser!(u8).range(1..=99))]
+    sched_fifo: Option<u8>,
 }
 
 /// An upstream bandwidth for `--bandwidths`: Mbit/s, or `unshaped`.
@@ -831,10 +838,11 @@ fn run_handoff(a: HandoffArgs) -> Result<()> {
         busy_poll: a.busy_poll,
         steer_ahead: a.steer_ahead,
         no_super_frames: a.no_super_frames,
+        sched_fifo: a.sched_fifo,
         ..Default::default()
     };
     eprintln!(
-        "dsperf handoff: {} handoff(s), {} bytes, mode {:?}, path {}{}",
+        "dsperf handoff: {} handoff(s), {} bytes, mode {:?}, path {}{}{}",
         a.count,
         a.size,
         a.mode,
@@ -843,7 +851,10 @@ fn run_handoff(a: HandoffArgs) -> Result<()> {
             ", idle CPUs polling"
         } else {
             ""
-        }
+        },
+        a.sched_fifo
+            .map(|p| format!(", nodes and home agent under SCHED_FIFO {p}"))
+            .unwrap_or_default()
     );
     let _idle = a
         .idle_poll

@@ -119,6 +119,9 @@ pub struct Options {
     /// The userspace nodes send one frame per TCP segment, no super-frames
     /// (`dsnode --no-super-frames`, `Builder::super_frames(false)`).
     pub no_super_frames: bool,
+    /// With `processes`: the nodes and the home agent run under SCHED_FIFO at this priority
+    /// (`dsnode`/`dsha --sched-fifo`); the client and this program do not.
+    pub sched_fifo: Option<u8>,
 }
 
 impl Default for Options {
@@ -139,6 +142,7 @@ impl Default for Options {
             busy_poll: false,
             steer_ahead: false,
             no_super_frames: false,
+            sched_fifo: None,
         }
     }
 }

@@ -45,7 +45,7 @@ pub(super) fn start(topo: &Topology, plan: &Plan, dir: &Path) -> Result<Procs> {
     let s = |x: &dyn std::fmt::Display| x.to_string();
     let transparent = opts.mode == Mode::Transparent;
     let ha = if transparent {
-        let args = vec![
+        let mut args = vec![
             s(&"xdp"),
             s(&"--iface"),
             s(&"h0"),
@@ -63,6 +63,9 @@ pub(super) fn start(topo: &Topology, plan: &Plan, dir: &Path) -> Result<Procs> {
             format!("/sys/fs/bpf/ds/dsperf-ha-{tag}"),
             s(&"--json"),
         ];
+        if let Some(p) = opts.sched_fifo {
+            args.extend([s(&"--sched-fifo"), s(&p)]);
+        }
         let mut p = Proc::spawn(&topo.ha, "dsha", &dsha, &args, dir)?;
         p.ready("XDP home agent up")?;
         Some(p)
@@ -120,6 +123,9 @@ pub(super) fn start(topo: &Topology, plan: &Plan, dir: &Path) -> Result<Procs> {
         }
         if opts.no_super_frames {
             args.push(s(&"--no-super-frames"));
+        }
+        if let Some(p) = opts.sched_fifo {
+            args.extend([s(&"--sched-fifo"), s(&p)]);
         }
         if !ro_away {
             args.extend([s(&"--also-addr"), s(&DS)]);

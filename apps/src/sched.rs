@@ -1,0 +1,110 @@
+//! `--sched-fifo PRIO`: the daemon's threads under the real-time `SCHED_FIFO` policy
+//! (sched(7)), for hosts tuned for latency.
+//!
+//! Why: a handoff is a chain of process wake-ups (donor, acceptor, home agent, donor). On
+//! shared cores a woken normal (`SCHED_OTHER`) task waits behind whatever runs there — the
+//! client, the other node serving its first window — while a woken real-time task preempts
+//! any normal one and is pushed to a core running something of lower priority at once.
+//! Measured with `dsperf handoff --sched-fifo` (README "Live handoff").
+//!
+//! The cost is the operator's to weigh: a real-time loop that spins (`--busy-poll`) holds its
+//! core against every normal task (the kernel's real-time throttling, `sched_rt_runtime_us`,
+//! still leaves normal tasks 5% by default). Written with `libc` because it is one system call
+//! at process start; a crate would wrap just that.
+
+use std::io;
+
+/// `--sched-fifo PRIO`, flattened into a daemon's options.
+#[derive(clap::Args, Debug, Clone, Copy, Default)]
+pub struct SchedArgs {
+    /// Run the daemon's threads under the real-time SCHED_FIFO policy at this priority
+    /// (1-99): a woken event loop preempts normal tasks on a shared core instead of queueing
+    /// behind them (each handoff is a chain of such wake-ups). Needs CAP_SYS_NICE. With
+    /// --busy-poll, a spinning loop holds its core against every normal task.
+    #[arg(long, value_name = "PRIO", value_parser = clap::value_parser!(u8).range(1..=99))]
+    pub sched_fifo: Option<u8>,
+}
+
+impl SchedArgs {
+    /// Apply the option to the calling thread (call before the daemon starts threads).
+    pub fn apply(&self) -> io::Result<()> {
+        let Some(p) = self.sched_fifo else {
+            return Ok(());
+        };
+        set_fifo(p).map_err(|e| io::Error::new(e.kind(), format!("--sched-fifo {p}: {e}")))?;
+        tracing::info!(priority = p, "running under SCHED_FIFO");
+        Ok(())
+    }
+}
+
+/// The highest priority `sched_setscheduler(2)` takes for `SCHED_FIFO` on Linux.
+pub const MAX_PRIORITY: u8 = 99;
+
+/// Put the calling thread under `SCHED_FIFO` at `priority` (1–99). Threads it starts later
+/// inherit the policy (sched(7): the policy is inherited across `clone`/`fork`), so call it
+/// before starting them. Needs `CAP_SYS_NICE` (or an `RLIMIT_RTPRIO` that allows it).
+///
+/// ```no_run
+/// // As early as possible in a daemon's `main`, before any thread starts.
+/// ds_apps::sched::set_fifo(10).expect("SCHED_FIFO needs CAP_SYS_NICE");
+/// ```
+pub fn set_fifo(priority: u8) -> io::Result<()> {
+    if !(1..=MAX_PRIORITY).contains(&priority) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("SCHED_FIFO priority {priority}: 1 to {MAX_PRIORITY}"),
+        ));
+    }
+    let param = libc::sched_param {
+        sched_priority: libc::c_int::from(priority),
+    };
+    // SAFETY: `param` is a valid, initialised sched_param that outlives the call; pid 0 is
+    // the calling thread; the call reads the struct and touches no other memory.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The calling thread's scheduling policy (`libc::SCHED_*`).
+pub fn policy() -> io::Result<libc::c_int> {
+    // SAFETY: sched_getscheduler takes a pid (0: the calling thread) and no pointers.
+    let p = unsafe { libc::sched_getscheduler(0) };
+    if p < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn priorities_out_of_range_are_refused_before_the_call() {
+        for p in [0, 100, 255] {
+            let e = set_fifo(p).expect_err("out of range");
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{p}");
+        }
+    }
+
+    #[test]
+    fn a_thread_under_sched_fifo_reports_it_and_its_children_inherit_it() {
+        if !ds_testbed::require_root(
+            "a_thread_under_sched_fifo_reports_it_and_its_children_inherit_it",
+        ) {
+            return;
+        }
+        // On a thread of its own, so the test harness's threads keep their policy.
+        std::thread::spawn(|| {
+            set_fifo(1).expect("root may set SCHED_FIFO");
+            assert_eq!(policy().expect("policy"), libc::SCHED_FIFO);
+            let child = std::thread::spawn(|| policy().expect("policy"));
+            assert_eq!(child.join().expect("child"), libc::SCHED_FIFO);
+        })
+        .join()
+        .expect("thread");
+        assert_eq!(policy().expect("policy"), libc::SCHED_OTHER);
+    }
+}
