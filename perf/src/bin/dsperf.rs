@@ -869,7 +869,7 @@ fn run_handoff(a: HandoffArgs) -> Result<()> {
     eprintln!(
         "dsperf handoff: {} bytes in {:.3} s, content {}; {} handoffs completed, {} kept on \
          the donor; client: {} retransmissions, {} RTOs, {} resets; {} duplicate data \
-         segments seen; {} packets forwarded by donors",
+         segments seen ({} octets); {} packets forwarded by donors",
         out.bytes,
         out.seconds,
         if out.bytes_ok {
@@ -883,6 +883,7 @@ fn run_handoff(a: HandoffArgs) -> Result<()> {
         out.client_timeouts,
         out.client_resets,
         out.duplicate_segments,
+        out.duplicate_octets,
         out.forwarded_packets
     );
     for k in &out.kept {

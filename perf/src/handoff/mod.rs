@@ -179,6 +179,8 @@ pub struct Outcome {
     pub client_resets: u64,
     /// Data segments that reached the client a second time (server retransmissions).
     pub duplicate_segments: u64,
+    /// Their payload octets (a drain's ACK probe carries one: see `Tcb::drain_probe`).
+    pub duplicate_octets: u64,
     /// Packets the donors forwarded to acceptors.
     pub forwarded_packets: u64,
     /// Download wall time, seconds.
@@ -547,6 +549,7 @@ pub fn run(opts: &Options) -> Result<Outcome> {
         } => (retransmits, rtos, u64::from(reset)),
     };
     let log = sniff::data_from(&frames, ip(DS), 80);
+    let (dup_segments, dup_octets) = sniff::duplicated(&log);
     let mut handoffs = Vec::new();
     let mut kept = Vec::new();
     // Binding acknowledgements per acceptor node, in order.
@@ -611,7 +614,8 @@ pub fn run(opts: &Options) -> Result<Outcome> {
         client_retransmits,
         client_timeouts,
         client_resets,
-        duplicate_segments: sniff::duplicates(&log),
+        duplicate_segments: dup_segments,
+        duplicate_octets: dup_octets,
         forwarded_packets: forwarded,
         seconds,
         route,

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 /// One IPv6 frame that crossed the capture point.
 #[derive(Debug, Clone, Copy)]
 pub struct Frame {
-    /// Arrival time (monotonic, same clock as the nodes' reports).
+    /// When it crossed the interface (the kernel's stamp, on the monotonic clock of the
+    /// nodes' reports).
     pub at: Instant,
     /// Ethernet source: the last hop it came from (a node, or the router in front of it).
     pub src_mac: [u8; 6],
@@ -154,7 +155,54 @@ fn packet_socket(ifname: &str) -> std::io::Result<OwnedFd> {
     if r < 0 {
         return Err(std::io::Error::last_os_error());
     }
+    // The kernel's time of each frame (socket(7)): when it crossed the interface, not when
+    // this thread got a CPU to read it — which, with the nodes under SCHED_FIFO or the cores
+    // busy, came hundreds of microseconds later, in batches that squeezed or stretched gaps.
+    let on: libc::c_int = 1;
+    // SAFETY: `on` is a valid c_int and the length passed is its size.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            &on as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as u32,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
     Ok(fd)
+}
+
+/// One frame into `buf`: its length and when it crossed the interface, on the monotonic
+/// clock (the kernel's `SCM_TIMESTAMPNS` is on CLOCK_REALTIME: moved by the distance between
+/// the two clocks read now; the time of reading when the kernel attached no stamp).
+fn recv_stamped(fd: &OwnedFd, buf: &mut [u8]) -> std::io::Result<(usize, Instant)> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // u64 elements: aligned for cmsghdr.
+    let mut cbuf = [0u64; 8];
+    // SAFETY: all-zero is a valid msghdr; the pointers are set below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&cbuf);
+    // SAFETY: `msg` points at `iov` (over `buf`) and `cbuf`, live and writable for the
+    // lengths given; fd is open.
+    let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, 0) };
+    let now = Instant::now();
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let at = ds_wan::stamp::rx_stamp(&msg)
+        .and_then(|s| ds_wan::stamp::realtime().checked_sub(s))
+        .and_then(|ago| now.checked_sub(ago))
+        .unwrap_or(now);
+    Ok((n as usize, at))
 }
 
 /// Parse an Ethernet frame carrying IPv6 (extension headers walked; malformed → None).
@@ -267,26 +315,16 @@ impl Sniffer {
                 let mut log = Vec::new();
                 let mut buf = vec![0u8; 65536];
                 while !flag.load(Ordering::Relaxed) {
-                    // SAFETY: `buf` is valid for writes of `buf.len()` bytes; fd is open.
-                    let n = unsafe {
-                        libc::recv(
-                            fd.as_raw_fd(),
-                            buf.as_mut_ptr() as *mut libc::c_void,
-                            buf.len(),
-                            0,
-                        )
-                    };
-                    let at = Instant::now();
-                    if n < 0 {
-                        let e = std::io::Error::last_os_error();
-                        match e.kind() {
+                    let (n, at) = match recv_stamped(&fd, &mut buf) {
+                        Ok(r) => r,
+                        Err(e) => match e.kind() {
                             std::io::ErrorKind::WouldBlock
                             | std::io::ErrorKind::Interrupted
                             | std::io::ErrorKind::TimedOut => continue,
                             _ => return Err(e),
-                        }
-                    }
-                    if let Some(f) = parse(at, &buf[..n as usize]) {
+                        },
+                    };
+                    if let Some(f) = parse(at, &buf[..n.min(buf.len())]) {
                         log.push(f);
                     }
                 }
@@ -309,11 +347,23 @@ fn after_or_at(a: u32, b: u32) -> bool {
 }
 
 /// The client-perceived gap of the handoff whose first new byte is `boundary`: from the last
-/// data arrival before the first segment at or beyond the boundary, to that segment.
+/// arrival before the first segment at or beyond the boundary that brought the client new
+/// data, to that segment. A duplicate (a drain's probe octet, a retransmission of what had
+/// arrived) is not progress the client's application sees, so it does not end the gap.
 pub fn gap(log: &[Seen], boundary: u32) -> Option<Duration> {
     let i = log.iter().position(|s| after_or_at(s.seq, boundary))?;
-    let before = log[..i].last()?;
-    Some(log[i].at.duration_since(before.at))
+    let base = log.first()?.seq;
+    // Highest offset received so far (no wrap within the 4 GiB a run can move).
+    let mut high: u64 = 0;
+    let mut before = None;
+    for s in &log[..i] {
+        let end = u64::from(s.seq.wrapping_sub(base)) + u64::from(s.len);
+        if end > high {
+            before = Some(s.at);
+            high = end;
+        }
+    }
+    Some(log[i].at.duration_since(before?))
 }
 
 /// The seed's client-perceived handoff time (§3.2.3): from the last data segment of `server`
@@ -408,21 +458,30 @@ pub fn trace_labelled(
 
 /// Data segments whose bytes had all arrived before (retransmissions reaching the client).
 pub fn duplicates(log: &[Seen]) -> u64 {
-    let Some(first) = log.first() else { return 0 };
+    duplicated(log).0
+}
+
+/// Data segments that arrived a second time, and their payload octets (a drain's probe
+/// carries one octet).
+pub fn duplicated(log: &[Seen]) -> (u64, u64) {
+    let Some(first) = log.first() else {
+        return (0, 0);
+    };
     // Highest sequence received so far, as an offset from the first segment (no wrap within
     // the 4 GiB a run can move).
     let base = first.seq;
     let mut high: u64 = 0;
-    let mut dups = 0;
+    let (mut dups, mut octets) = (0, 0);
     for s in log {
         let start = s.seq.wrapping_sub(base) as u64;
         let end = start + s.len as u64;
         if end <= high {
             dups += 1;
+            octets += u64::from(s.len);
         }
         high = high.max(end);
     }
-    dups
+    (dups, octets)
 }
 
 /// A device that logs every frame it passes, both ways, as a capture on the client's link
@@ -654,9 +713,11 @@ mod tests {
             s(2, 0, 100),
             s(7, 100, 100),
         ];
-        assert_eq!(gap(&log, 100), Some(Duration::from_millis(5)));
+        // From the last arrival of new data (1 ms), not the duplicate after it (2 ms).
+        assert_eq!(gap(&log, 100), Some(Duration::from_millis(6)));
         assert_eq!(gap(&log, 0), Some(Duration::from_millis(1)));
         assert_eq!(gap(&log, 500), None);
         assert_eq!(duplicates(&log), 1);
+        assert_eq!(duplicated(&log), (1, 100));
     }
 }
