@@ -82,6 +82,11 @@ pub mod flags {
     /// TS.Recent is not known (a kernel socket exported with TCP_REPAIR does not reveal it):
     /// the next segment's TSval is taken, and PAWS waits for it.
     pub const TS_RECENT_UNKNOWN: u16 = 1 << 8;
+    /// An empty unacceptable segment (a drain's or keepalive's probe) left less than 500 ms
+    /// before the freeze: the receiver's rate limit (RFC 5961 §7) may still silence the next,
+    /// so the thawed side's first drain probe carries an octet. (Readers that predate it
+    /// ignore the bit.)
+    pub const EMPTY_PROBED: u16 = 1 << 9;
 }
 
 /// Loss/RTT state that only matters while data is in flight.
@@ -163,7 +168,8 @@ impl ConnState {
         TcpState::from_code((self.state_flags & 0xf) as u8)
     }
 
-    fn has(&self, f: u16) -> bool {
+    /// Whether a [`flags`] bit is set.
+    pub fn has(&self, f: u16) -> bool {
         (self.state_flags >> 4) & f != 0
     }
 
@@ -285,6 +291,7 @@ impl Tcb {
             flags::TS_RECENT_UNKNOWN,
             self.ts_ok && !self.ts_recent_valid,
         );
+        set(&mut f, flags::EMPTY_PROBED, self.empty_probe_recent(now));
         let in_flight = (self.snd_una != self.snd_max).then(|| InFlight {
             nxt_off: self.snd_nxt.wrapping_sub(self.snd_una),
             max_off: self.snd_max.wrapping_sub(self.snd_una),
@@ -430,6 +437,8 @@ impl Tcb {
                 .push((s.rcv_nxt.wrapping_add(*off), d.to_vec()));
         }
         t.fin_rcvd = s.has(flags::FIN_RCVD);
+        // When exactly is not carried: counted from the thaw, which errs towards an octet.
+        t.empty_probe_at = s.has(flags::EMPTY_PROBED).then_some(now);
         t.snd_mss = snd_mss;
         t.rcv_mss = s.snd_mss;
         t.ws_ok = s.has(flags::WS);

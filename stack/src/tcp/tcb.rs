@@ -396,6 +396,11 @@ pub struct Tcb {
     /// The drain's first probe has gone (the next ones carry an octet). Either flag set: the
     /// solicitation is on ([`Tcb::draining`]) until everything is acknowledged.
     pub(crate) drain_probed: bool,
+    /// When this connection last sent an empty unacceptable segment (a drain's or a
+    /// keepalive's probe), here or — as far as the state tells — on the host it was thawed
+    /// from: the receiver answers the next one within [`OOW_ACK_INTERVAL`] with nothing
+    /// (RFC 5961 §7), so a drain's first probe carries an octet then ([`Tcb::drain_probe`]).
+    pub(crate) empty_probe_at: Option<Instant>,
     /// Drain probes sent that carried an octet: picks the next one's octet
     /// ([`Tcb::probe_octet`]).
     pub(crate) drain_probes: u32,
@@ -549,6 +554,7 @@ impl Tcb {
             ka_probe_due: false,
             drain_probe_owed: false,
             drain_probed: false,
+            empty_probe_at: None,
             drain_probes: 0,
             rxt_probe: None,
             t_close: None,
@@ -2097,6 +2103,7 @@ impl Tcb {
             self.ka_probe_due = false;
             // RFC 9293 §3.8.4: a probe carrying SEG.SEQ = SND.NXT - 1 elicits an ACK.
             let seq = self.snd_una.wrapping_sub(1);
+            self.empty_probe_at = Some(now);
             return Some(self.base_segment(now, seq));
         }
         if self.ack_now {
@@ -2131,16 +2138,22 @@ impl Tcb {
     /// data, which the receiver acknowledges at once (RFC 5681 §4.2; Linux enters quick-ACK
     /// mode on it) with a D-SACK (RFC 2883) or a SACK, and that report tells which
     /// retransmissions before the probe were lost. The first stays empty so that a drain
-    /// without loss puts no byte twice on the wire. Only a FIN left unacknowledged: an empty
-    /// probe.
+    /// without loss puts no byte twice on the wire — unless an empty one went to the receiver
+    /// within its rate-limit interval ([`Tcb::empty_probe_recent`], carried across handoffs
+    /// by the state): then it carries the last octet too, and the receiver's D-SACK of it is
+    /// the price of an ACK now. Only a FIN left unacknowledged: an empty probe.
     fn drain_probe(&mut self, now: Instant) -> Option<SegOut> {
         if self.snd_una == self.snd_max {
             return None;
         }
         let end = self.data_end();
         let first = !std::mem::replace(&mut self.drain_probed, true);
+        // An empty probe would go unanswered while the receiver's rate limit of the last one
+        // runs (handoffs of one connection milliseconds apart: 19 of 20 drains then waited
+        // for the client's application to read, 100–400 µs, before its ACK).
+        let empty = first && !self.empty_probe_recent(now);
         // (Called once everything has been sent: SND.MAX is at or past the end of the data.)
-        let mut s = if !first && lt(self.snd_una, end) {
+        let mut s = if !empty && lt(self.snd_una, end) {
             let (seq, identifies) = self.probe_octet(end);
             // Only a probe that follows this recovery's retransmissions can prove them lost.
             self.rxt_probe =
@@ -2155,10 +2168,17 @@ impl Tcb {
             }
             s
         } else {
+            self.empty_probe_at = Some(now);
             self.base_segment(now, self.snd_una.wrapping_sub(1))
         };
         s.psh = s.payload_len > 0;
         Some(s)
+    }
+
+    /// An empty unacceptable segment left within the receiver's rate-limit interval.
+    pub(crate) fn empty_probe_recent(&self, now: Instant) -> bool {
+        self.empty_probe_at
+            .is_some_and(|t| now.saturating_since(t) < OOW_ACK_INTERVAL)
     }
 
     /// The octet a drain probe carries, and whether a report of it identifies this probe. With

@@ -1261,3 +1261,91 @@ fn a_thawed_connection_paces_its_first_window() {
     assert!(sent >= 100, "{sent}");
     assert_eq!(s.t_pace, None);
 }
+
+/// A receiver answers unacceptable segments that carry no data at most once per 500 ms
+/// (RFC 5961 §7; Linux's `tcp_invalid_ratelimit`). A drain that follows an empty probe within
+/// that interval — on this host, or on the host the connection was thawed from, which the
+/// state tells — probes with the last octet instead, which the receiver answers at once (a
+/// D-SACK); once the interval has passed the first probe is empty again.
+#[test]
+fn a_drain_soon_after_an_empty_probe_probes_with_an_octet_here_and_after_a_move() {
+    let (mut c, mut s) = handshake();
+    c.cfg.delayed_ack = Some(Duration::from_millis(40));
+    let now = t0();
+    let drain = |s: &mut Tcb, at: Instant, fill: u8| {
+        s.send(&[fill; 100]);
+        assert!(s.solicit_ack(), "deferred until sent");
+        let v = collect(s, at);
+        let data_end = v
+            .iter()
+            .filter(|w| !w.payload.is_empty())
+            .map(|w| w.seg.seq.wrapping_add(w.payload.len() as u32))
+            .max()
+            .expect("data sent");
+        (v, data_end)
+    };
+    // The first drain: its probe is empty, and the receiver answers it.
+    let (v, _) = drain(&mut s, now, 1);
+    let probe = v.last().expect("probe");
+    assert!(probe.payload.is_empty(), "the first probe is empty");
+    for w in &v {
+        c.on_segment(now, &seg_in(w));
+    }
+    let answer = collect(&mut c, now);
+    assert!(!answer.is_empty(), "answered");
+    for w in &answer {
+        s.on_segment(now, &seg_in(w));
+    }
+    exchange(&mut s, &mut c, now);
+    assert_eq!(s.snd_una, s.snd_max);
+    // Another drain 10 ms later: an empty probe would go unanswered; one with an octet is
+    // answered at once, not after the 40 ms delayed-ACK timer.
+    let soon = now + Duration::from_millis(10);
+    let (v, end) = drain(&mut s, soon, 2);
+    let probe = v.last().expect("probe");
+    assert_eq!(
+        (probe.payload.len(), probe.seg.seq),
+        (1, end.wrapping_sub(1)),
+        "the last octet again"
+    );
+    for w in &v {
+        c.on_segment(soon, &seg_in(w));
+    }
+    let answer = collect(&mut c, soon);
+    assert!(!answer.is_empty(), "an immediate ACK");
+    for w in &answer {
+        s.on_segment(soon, &seg_in(w));
+    }
+    exchange(&mut s, &mut c, soon);
+    assert_eq!(s.snd_una, s.snd_max);
+    // Moved: the state says an empty probe went recently, so the thawed side's first probe
+    // carries an octet too.
+    let moved = soon + Duration::from_millis(1);
+    let st = s.to_state(moved).expect("movable");
+    assert!(st.has(crate::state::flags::EMPTY_PROBED));
+    let mut t = Tcb::from_state(&st, &cfg(), moved);
+    let (v, end) = drain(&mut t, moved, 3);
+    let probe = v.last().expect("probe");
+    assert_eq!(
+        (probe.payload.len(), probe.seg.seq),
+        (1, end.wrapping_sub(1))
+    );
+    for w in &v {
+        c.on_segment(moved, &seg_in(w));
+    }
+    let answer = collect(&mut c, moved);
+    assert!(!answer.is_empty(), "an immediate ACK");
+    for w in &answer {
+        t.on_segment(moved, &seg_in(w));
+    }
+    exchange(&mut t, &mut c, moved);
+    assert_eq!(t.snd_una, t.snd_max);
+    // Past the interval: empty again, and the state no longer carries the flag.
+    let later = moved + Duration::from_millis(600);
+    assert!(!t
+        .to_state(later)
+        .expect("movable")
+        .has(crate::state::flags::EMPTY_PROBED));
+    let (v, _) = drain(&mut t, later, 4);
+    assert!(v.last().expect("probe").payload.is_empty(), "empty again");
+}
