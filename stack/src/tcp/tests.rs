@@ -1262,6 +1262,19 @@ fn a_thawed_connection_paces_its_first_window() {
     assert_eq!(s.t_pace, None);
 }
 
+/// The receiver `c` takes a drain's segments `v` and answers at once; then both go quiet.
+fn answered(s: &mut Tcb, c: &mut Tcb, v: &[Wire], at: Instant) {
+    for w in v {
+        c.on_segment(at, &seg_in(w));
+    }
+    let answer = collect(c, at);
+    assert!(!answer.is_empty(), "answered at once");
+    for w in &answer {
+        s.on_segment(at, &seg_in(w));
+    }
+    exchange(s, c, at);
+}
+
 /// A receiver answers unacceptable segments that carry no data at most once per 500 ms
 /// (RFC 5961 §7; Linux's `tcp_invalid_ratelimit`). A drain that follows an empty probe within
 /// that interval — on this host, or on the host the connection was thawed from, which the
@@ -1288,15 +1301,7 @@ fn a_drain_soon_after_an_empty_probe_probes_with_an_octet_here_and_after_a_move(
     let (v, _) = drain(&mut s, now, 1);
     let probe = v.last().expect("probe");
     assert!(probe.payload.is_empty(), "the first probe is empty");
-    for w in &v {
-        c.on_segment(now, &seg_in(w));
-    }
-    let answer = collect(&mut c, now);
-    assert!(!answer.is_empty(), "answered");
-    for w in &answer {
-        s.on_segment(now, &seg_in(w));
-    }
-    exchange(&mut s, &mut c, now);
+    answered(&mut s, &mut c, &v, now);
     assert_eq!(s.snd_una, s.snd_max);
     // Another drain 10 ms later: an empty probe would go unanswered; one with an octet is
     // answered at once, not after the 40 ms delayed-ACK timer.
@@ -1308,15 +1313,7 @@ fn a_drain_soon_after_an_empty_probe_probes_with_an_octet_here_and_after_a_move(
         (1, end.wrapping_sub(1)),
         "the last octet again"
     );
-    for w in &v {
-        c.on_segment(soon, &seg_in(w));
-    }
-    let answer = collect(&mut c, soon);
-    assert!(!answer.is_empty(), "an immediate ACK");
-    for w in &answer {
-        s.on_segment(soon, &seg_in(w));
-    }
-    exchange(&mut s, &mut c, soon);
+    answered(&mut s, &mut c, &v, soon);
     assert_eq!(s.snd_una, s.snd_max);
     // Moved: the state says an empty probe went recently, so the thawed side's first probe
     // carries an octet too.
@@ -1330,15 +1327,7 @@ fn a_drain_soon_after_an_empty_probe_probes_with_an_octet_here_and_after_a_move(
         (probe.payload.len(), probe.seg.seq),
         (1, end.wrapping_sub(1))
     );
-    for w in &v {
-        c.on_segment(moved, &seg_in(w));
-    }
-    let answer = collect(&mut c, moved);
-    assert!(!answer.is_empty(), "an immediate ACK");
-    for w in &answer {
-        t.on_segment(moved, &seg_in(w));
-    }
-    exchange(&mut t, &mut c, moved);
+    answered(&mut t, &mut c, &v, moved);
     assert_eq!(t.snd_una, t.snd_max);
     // Past the interval: empty again, and the state no longer carries the flag.
     let later = moved + Duration::from_millis(600);
