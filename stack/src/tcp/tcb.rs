@@ -2375,8 +2375,12 @@ impl Tcb {
         let cwnd_avail = cwnd.saturating_sub(in_flight);
         let retransmitting = lt(self.snd_nxt, self.snd_max);
         // A super-frame only for new data: what is resent after a timeout goes a segment at a
-        // time.
-        let mut burst = if gso_max >= 2 * mss && !retransmitting {
+        // time. So does a drain's data (an ACK solicited, [`Tcb::solicit_ack`]): the probe that
+        // follows its last segment then reaches the receiver right behind it. Measured on veth
+        // (20 drained handoffs x 5 runs, in turn): behind super-frames the probe arrived
+        // 40-300 µs after the last segment and the client's gap was 518 µs median, one frame
+        // per segment 4-12 µs and 347 µs.
+        let mut burst = if gso_max >= 2 * mss && !retransmitting && !self.draining() {
             gso_max / mss * mss
         } else {
             mss

@@ -1338,3 +1338,31 @@ fn a_drain_soon_after_an_empty_probe_probes_with_an_octet_here_and_after_a_move(
     let (v, _) = drain(&mut t, later, 4);
     assert!(v.last().expect("probe").payload.is_empty(), "empty again");
 }
+
+/// New data leaves in super-frames, except a drain's: once an ACK is solicited, one segment
+/// per frame, so that the probe after the last one is not queued behind a device's
+/// segmentation of a whole super-frame.
+#[test]
+fn a_drain_sends_one_segment_per_frame_and_then_its_probe() {
+    let (_c, mut s) = handshake();
+    let now = t0();
+    let mss = s.eff_mss() as usize;
+    s.cc.cwnd = 64 * mss as u32;
+    let frames = |s: &mut Tcb| {
+        let mut lens = Vec::new();
+        while let Some(seg) = s.next_segment_gso(now, 65_535) {
+            lens.push(seg.payload_len);
+            assert!(lens.len() < 1000);
+        }
+        lens
+    };
+    s.send(&vec![1; 6 * mss]);
+    assert_eq!(frames(&mut s), vec![6 * mss], "one super-frame");
+    // The same after a solicitation: segments, then the probe.
+    let (_c, mut s) = handshake();
+    s.cc.cwnd = 64 * mss as u32;
+    s.send(&vec![1; 6 * mss + 10]);
+    assert!(s.solicit_ack());
+    let lens = frames(&mut s);
+    assert_eq!(lens, vec![mss, mss, mss, mss, mss, mss, 10, 0]);
+}
