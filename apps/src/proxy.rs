@@ -381,7 +381,7 @@ impl Proxy {
                         d.rebound(ok, &detail);
                     }
                 }
-                Event::Declined { .. } | Event::Bound { .. } => {}
+                Event::Declined { .. } | Event::Bound { .. } | Event::SteerRefused { .. } => {}
             }
         }
         self.node.take_ready(&mut self.ready);

@@ -598,7 +598,7 @@ impl HttpServer {
                         d.rebound(*ok, detail);
                     }
                 }
-                Event::Declined { .. } | Event::Bound { .. } => {}
+                Event::Declined { .. } | Event::Bound { .. } | Event::SteerRefused { .. } => {}
             }
             self.events.push(ev);
         }

@@ -832,6 +832,10 @@ pub unsafe extern "C" fn ds_next_event(node: *mut ds_node, ev: *mut ds_event) ->
                 tracing::info!(%client, ?after, "binding acknowledged");
                 continue;
             }
+            Event::SteerRefused { client, detail } => {
+                tracing::info!(%client, "flow move steered ahead not applied: {detail}");
+                continue;
+            }
         };
         // SAFETY: NULL or writable per the contract.
         if let Some(ev) = unsafe { ev.as_mut() } {

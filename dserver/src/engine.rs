@@ -213,6 +213,16 @@ pub enum NodeEvent {
         /// From the Binding Update or the flow move (sent at steering) to its answer.
         after: Duration,
     },
+    /// A transparent acceptor that steered ahead learned that the home agent did not apply
+    /// its flow move: a newer handoff of the flow outranked it (the flow went there), or the
+    /// home agent refused it or never answered. The connection runs here; what still reaches
+    /// the donor is forwarded while it forwards.
+    SteerRefused {
+        /// The correspondent.
+        client: Ipv6Addr,
+        /// The home agent's reason, or why there was none.
+        detail: String,
+    },
     /// An offer was refused or aborted here.
     Declined {
         /// Why.
@@ -1209,7 +1219,13 @@ impl<C: std::fmt::Debug> Coordinator<C> {
                         client: *client.ip(),
                         after,
                     }),
-                    Err(_) => self.stats.steer_ahead_failed += 1,
+                    Err(detail) => {
+                        self.stats.steer_ahead_failed += 1;
+                        self.events.push(NodeEvent::SteerRefused {
+                            client: *client.ip(),
+                            detail,
+                        });
+                    }
                 },
             }
         }

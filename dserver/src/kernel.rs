@@ -241,9 +241,10 @@ impl KernelNode {
                     tracing::info!("an offer was declined here: {cause}");
                     continue;
                 }
-                NodeEvent::Adopted { .. } | NodeEvent::Bound { .. } | NodeEvent::Rebound { .. } => {
-                    continue
-                }
+                NodeEvent::Adopted { .. }
+                | NodeEvent::Bound { .. }
+                | NodeEvent::SteerRefused { .. }
+                | NodeEvent::Rebound { .. } => continue,
             };
             if client.is_some() && client == self.leaving {
                 self.outcome = Some(outcome);

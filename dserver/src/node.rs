@@ -199,6 +199,15 @@ pub enum Event {
         /// Since the Binding Update left.
         after: Duration,
     },
+    /// Steering ahead ([`crate::HandoffConfig::steer_ahead`]): the home agent did not apply
+    /// the flow move of a connection that arrived (a newer handoff of the flow outranked it,
+    /// or it was refused or unanswered); the connection runs here.
+    SteerRefused {
+        /// The client.
+        client: Ipv6Addr,
+        /// Why.
+        detail: String,
+    },
     /// The home agent answered [`Node::rebind`].
     Rebound {
         /// Whether new flows now go to the node asked for.
@@ -215,7 +224,10 @@ impl Event {
             Event::HandedOff { conn, .. }
             | Event::KeptHere { conn, .. }
             | Event::Lost { conn, .. } => Some(*conn),
-            Event::Declined { .. } | Event::Rebound { .. } | Event::Bound { .. } => None,
+            Event::Declined { .. }
+            | Event::Rebound { .. }
+            | Event::Bound { .. }
+            | Event::SteerRefused { .. } => None,
         }
     }
 }
@@ -1263,6 +1275,9 @@ impl Node {
             NodeEvent::Bound { client, after } => {
                 self.events.push_back(Event::Bound { client, after })
             }
+            NodeEvent::SteerRefused { client, detail } => self
+                .events
+                .push_back(Event::SteerRefused { client, detail }),
             NodeEvent::Adopted { .. } => {}
         }
     }
@@ -1525,7 +1540,10 @@ impl Node {
                     Event::KeptHere { cause, .. } | Event::Lost { cause, .. } => {
                         Err(Error::Handoff { conn, cause })
                     }
-                    Event::Declined { .. } | Event::Rebound { .. } | Event::Bound { .. } => {
+                    Event::Declined { .. }
+                    | Event::Rebound { .. }
+                    | Event::Bound { .. }
+                    | Event::SteerRefused { .. } => {
                         unreachable!("not matched above")
                     }
                 };

@@ -219,7 +219,10 @@ impl AsyncNode {
                 conn.gone = true;
                 Err((None, Error::Handoff { conn: id, cause }))
             }
-            Event::Declined { .. } | Event::Rebound { .. } | Event::Bound { .. } => {
+            Event::Declined { .. }
+            | Event::Rebound { .. }
+            | Event::Bound { .. }
+            | Event::SteerRefused { .. } => {
                 unreachable!("not matched above")
             }
         }

@@ -910,6 +910,7 @@ fn report_event(ev: NodeEvent) {
         // The drain logs it.
         NodeEvent::Rebound { .. } => {}
         NodeEvent::Bound { client, after } => bound(client, after),
+        NodeEvent::SteerRefused { client, detail } => steer_refused(client, &detail),
     }
 }
 
@@ -929,6 +930,7 @@ fn report_user_event(ev: dserver::Event) {
         Event::Declined { cause } => tracing::warn!("offer declined: {cause}"),
         Event::Rebound { .. } => {}
         Event::Bound { client, after } => bound(client, after),
+        Event::SteerRefused { client, detail } => steer_refused(client, &detail),
     }
 }
 
@@ -954,6 +956,17 @@ fn bound(client: Ipv6Addr, after: std::time::Duration) {
         serde_json::json!({ "bound": { "client": client.to_string(), "after_ns": after.as_nanos() as u64 } })
     );
     tracing::info!(%client, ?after, "binding acknowledged")
+}
+
+/// A flow move steered ahead that the home agent did not apply: one JSON line on stdout (in
+/// order with the `bound` lines, so that a reader pairs each handoff this node accepted with
+/// the home agent's answer).
+fn steer_refused(client: Ipv6Addr, detail: &str) {
+    ds_apps::outln!(
+        "{}",
+        serde_json::json!({ "steer_refused": { "client": client.to_string(), "detail": detail } })
+    );
+    tracing::info!(%client, "flow move steered ahead not applied: {detail}")
 }
 
 /// What `dsctl status` says about the node itself.

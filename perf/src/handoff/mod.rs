@@ -158,6 +158,10 @@ pub struct HandoffLine {
     /// bytes_ok, client_retransmits, ...).
     #[serde(flatten)]
     pub report: HandoffReport,
+    /// Steering ahead: the home agent did not apply this handoff's flow move (a newer
+    /// handoff of the flow outranked it, `stale: …`, or it refused it); phase 6 is then 0.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steer_refused: Option<String>,
 }
 
 /// What a run produced.
@@ -467,6 +471,7 @@ fn engine_event(e: dserver::Event) -> Option<NodeEvent> {
         Event::KeptHere { cause, .. } | Event::Lost { cause, .. } => NodeEvent::Failed { cause },
         Event::Declined { cause } => NodeEvent::Declined { cause },
         Event::Bound { client, after } => NodeEvent::Bound { client, after },
+        Event::SteerRefused { client, detail } => NodeEvent::SteerRefused { client, detail },
         Event::Rebound { .. } => return None,
     })
 }
@@ -509,6 +514,9 @@ pub fn run(opts: &Options) -> Result<Outcome> {
     let (m, outs) = if opts.processes {
         let procs = processes::start(&topo, &plan, &dir.0)?;
         let m = measure(&topo, opts, &got);
+        if opts.steer_ahead && transparent {
+            procs.wait_for_answers(Duration::from_secs(3));
+        }
         let outs = procs.stop()?;
         (m?, outs)
     } else {
@@ -553,7 +561,7 @@ pub fn run(opts: &Options) -> Result<Outcome> {
     let mut handoffs = Vec::new();
     let mut kept = Vec::new();
     // Binding acknowledgements per acceptor node, in order.
-    let mut bounds: [std::collections::VecDeque<Duration>; 2] = Default::default();
+    let mut bounds: [std::collections::VecDeque<Result<Duration, String>>; 2] = Default::default();
     for (from, e) in events {
         match e {
             NodeEvent::HandedOff {
@@ -564,31 +572,36 @@ pub fn run(opts: &Options) -> Result<Outcome> {
                 report.client_gap_us = sniff::gap(&log, boundary_seq)
                     .map(|g| (g.as_nanos() as f64 / 1000.0 * 1000.0).round() / 1000.0);
                 report.bytes_ok = Some(bytes_ok);
-                handoffs.push((boundary_seq, from, report));
+                handoffs.push((boundary_seq, from, report, None));
             }
             NodeEvent::KeptHere { cause, .. } | NodeEvent::Failed { cause } => {
                 kept.push(format!("node {from}: {cause}"))
             }
             NodeEvent::Declined { cause } => kept.push(format!("node {from} declined: {cause}")),
-            NodeEvent::Bound { after, .. } => bounds[usize::from(from == 2)].push_back(after),
+            NodeEvent::Bound { after, .. } => bounds[usize::from(from == 2)].push_back(Ok(after)),
+            NodeEvent::SteerRefused { detail, .. } => {
+                bounds[usize::from(from == 2)].push_back(Err(detail))
+            }
             _ => {}
         }
     }
-    let bound = bounds.iter().any(|b| !b.is_empty());
+    let bound = bounds.iter().flatten().any(Result::is_ok);
     let route = (!transparent).then(|| route_check(&frames, ip(CLIENT), ip(COA[1]), ip(DS), bound));
     // In sequence order (the boundaries increase along the download).
     let base = log.first().map(|s| s.seq).unwrap_or(0);
-    handoffs.sort_by_key(|(b, _, _)| b.wrapping_sub(base));
+    handoffs.sort_by_key(|(b, _, _, _)| b.wrapping_sub(base));
     if !transparent || opts.steer_ahead {
         // The phase the donor cannot see: binding management (Binding Update to Binding
         // Acknowledgement, or a flow move steered ahead to the home agent's answer, measured
         // at the acceptor after it activated): the k-th handoff to a node pairs with that
-        // node's k-th answer.
-        for (_, from, r) in &mut handoffs {
+        // node's k-th answer (applied, or not: then phase 6 stays 0 and the line says why).
+        for (_, from, r, refused) in &mut handoffs {
             // Node 1 hands to node 2 (index 1), node 2 to node 1 (index 0).
             let acceptor = usize::from(*from == 1);
-            if let Some(b) = bounds[acceptor].pop_front() {
-                r.set_phase(ds_handoff::Phase::BindingManagement, b);
+            match bounds[acceptor].pop_front() {
+                Some(Ok(b)) => r.set_phase(ds_handoff::Phase::BindingManagement, b),
+                Some(Err(why)) => *refused = Some(why),
+                None => {}
             }
         }
     }
@@ -597,12 +610,13 @@ pub fn run(opts: &Options) -> Result<Outcome> {
     let handoffs = handoffs
         .into_iter()
         .enumerate()
-        .map(|(k, (_, from, mut report))| {
+        .map(|(k, (_, from, mut report, steer_refused))| {
             report.client_retransmits = Some(if k == 0 { client_retransmits } else { 0 });
             HandoffLine {
                 n: k as u32 + 1,
                 from,
                 report,
+                steer_refused,
             }
         })
         .collect();

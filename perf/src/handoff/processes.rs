@@ -14,7 +14,7 @@ use dserver::engine::NodeEvent;
 use std::io::Write as _;
 use std::net::SocketAddrV6;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The running processes: the home agent (transparent mode) and the two nodes.
 pub(super) struct Procs {
@@ -158,6 +158,35 @@ pub(super) fn start(topo: &Topology, plan: &Plan, dir: &Path) -> Result<Procs> {
 }
 
 impl Procs {
+    /// Steering ahead: an acceptor prints the home agent's answer to its flow move (a `bound`
+    /// line) after the handoff, milliseconds later, and the download may end first. Wait until
+    /// every handoff a node accepted has its answer printed, `within` at most (a missing one
+    /// then shows as a handoff without phase 6).
+    pub(super) fn wait_for_answers(&self, within: Duration) {
+        let count = |out: &str, key: &str| {
+            out.lines()
+                .filter(|l| l.starts_with('{') && l.contains(key))
+                .count()
+        };
+        let t = Instant::now();
+        while t.elapsed() < within {
+            let outs: Vec<String> = self.nodes.iter().map(Proc::output).collect();
+            let answered = (0..outs.len()).all(|i| {
+                let accepted = outs
+                    .iter()
+                    .enumerate()
+                    .filter(|(k, _)| *k != i)
+                    .map(|(_, o)| count(o, "\"phases_us\""))
+                    .sum::<usize>();
+                count(&outs[i], "\"bound\"") + count(&outs[i], "\"steer_refused\"") >= accepted
+            });
+            if answered {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Stop everything; each node's handoff events and forwarded packets, from its output.
     pub(super) fn stop(self) -> Result<Vec<NodeOut>> {
         let mut outs = Vec::new();
@@ -201,6 +230,12 @@ pub(crate) fn parse(i: usize, out: &str) -> Result<NodeOut> {
             let after = Duration::from_nanos(b["after_ns"].as_u64().unwrap_or(0));
             if let Some(client) = client {
                 events.push((from, NodeEvent::Bound { client, after }));
+            }
+        } else if let Some(b) = v.get("steer_refused") {
+            let client = b["client"].as_str().and_then(|c| c.parse().ok());
+            let detail = b["detail"].as_str().unwrap_or_default().to_string();
+            if let Some(client) = client {
+                events.push((from, NodeEvent::SteerRefused { client, detail }));
             }
         } else if let Some(h) = v.get("handoff") {
             forwarded = h["forwarded_packets"].as_u64().unwrap_or(0);
