@@ -117,7 +117,8 @@ void ds_config_free(struct ds_config *cfg);
 // `home_agent`, `steering` (`ro-home`: route-optimised, this node the contact node at home
 // on the DS address; `ro-away`: route-optimised away from home; transparent steering is
 // `home_agent`'s), `service`, `reply_timeout_ms`, `policy` (`local`, `round-robin` or
-// `least-connections`). Values
+// `least-connections`), `steer_ahead` (`1`/`true` or `0`/`false`: with `home_agent`, commit
+// a handoff before the home agent's answer to the flow move). Values
 // are checked when the node is made.
 //
 // # Safety

@@ -136,7 +136,7 @@ pub struct ds_config {
 }
 
 /// The keys `ds_config_set` takes (the `dsnode` configuration's names).
-const KEYS: [&str; 14] = [
+const KEYS: [&str; 15] = [
     "ds_addr",
     "care_of",
     "device",
@@ -151,6 +151,7 @@ const KEYS: [&str; 14] = [
     "service",
     "reply_timeout_ms",
     "policy",
+    "steer_ahead",
 ];
 
 /// New empty settings (free with `ds_config_free`).
@@ -176,7 +177,8 @@ pub unsafe extern "C" fn ds_config_free(cfg: *mut ds_config) {
 /// `home_agent`, `steering` (`ro-home`: route-optimised, this node the contact node at home
 /// on the DS address; `ro-away`: route-optimised away from home; transparent steering is
 /// `home_agent`'s), `service`, `reply_timeout_ms`, `policy` (`local`, `round-robin` or
-/// `least-connections`). Values
+/// `least-connections`), `steer_ahead` (`1`/`true` or `0`/`false`: with `home_agent`, commit
+/// a handoff before the home agent's answer to the flow move). Values
 /// are checked when the node is made.
 ///
 /// # Safety
@@ -274,6 +276,11 @@ fn builder(cfg: &ds_config, default_device: &str) -> Result<dserver::Builder, St
     }
     if let Some(ms) = parse::<u64>(cfg, "reply_timeout_ms")? {
         b = b.reply_timeout(Duration::from_millis(ms));
+    }
+    match cfg.values.get("steer_ahead").map(String::as_str) {
+        None | Some("0") | Some("false") => {}
+        Some("1") | Some("true") => b = b.steer_ahead(),
+        Some(s) => return Err(format!("steer_ahead = {s:?}: 1, true, 0 or false")),
     }
     match cfg.values.get("policy").map(String::as_str) {
         None | Some("local") => {}
@@ -1033,5 +1040,43 @@ pub unsafe extern "C" fn ds_handoff_fd(
             node_error(e)
         }
         Err((None, e)) => fail(DS_EFAIL, format!("{e}; the connection is lost")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(pairs: &[(&str, &str)]) -> ds_config {
+        let mut cfg = ds_config::default();
+        for (k, v) in pairs {
+            assert!(KEYS.contains(k), "{k} is a key");
+            cfg.values.insert(k.to_string(), v.to_string());
+        }
+        cfg
+    }
+
+    #[test]
+    fn steer_ahead_takes_a_flag_and_names_itself_when_wrong() {
+        for v in ["1", "true", "0", "false"] {
+            assert!(
+                builder(
+                    &config(&[("ds_addr", "fd00::80"), ("iface", "t0"), ("steer_ahead", v)]),
+                    "tap"
+                )
+                .is_ok(),
+                "{v}"
+            );
+        }
+        let e = builder(
+            &config(&[
+                ("ds_addr", "fd00::80"),
+                ("iface", "t0"),
+                ("steer_ahead", "yes"),
+            ]),
+            "tap",
+        )
+        .expect_err("refused");
+        assert!(e.contains("steer_ahead"), "{e}");
     }
 }

@@ -261,6 +261,8 @@ pub struct Builder {
     /// Route-optimised steering ([`Builder::route_optimised`]): away from home or not.
     ro_away: Option<bool>,
     reply_timeout: Duration,
+    /// [`Builder::steer_ahead`].
+    steer_ahead: bool,
     backlog: usize,
     queue: Option<Queue>,
 }
@@ -373,11 +375,21 @@ impl Builder {
         self
     }
 
+    /// With a [`Builder::home_agent`]: as the acceptor, commit a handoff as soon as the flow
+    /// move is sent, without waiting for the home agent's answer
+    /// ([`HandoffConfig::steer_ahead`]; its answer comes later as [`Event::Bound`] or
+    /// [`Event::SteerRefused`]). Without a home agent it changes nothing.
+    pub fn steer_ahead(mut self) -> Self {
+        self.steer_ahead = true;
+        self
+    }
+
     /// Every handoff-engine setting at once, for a daemon that exposes them all (fault
     /// injection, busy-polling, route-optimised steering with its mobile role, a shared
     /// flow-generation clock): replaces [`Builder::secret`], [`Builder::secret_file`],
     /// [`Builder::peer`], [`Builder::control_listen`], [`Builder::home_agent`],
-    /// [`Builder::service`], [`Builder::drain_immediately`] and [`Builder::reply_timeout`].
+    /// [`Builder::service`], [`Builder::drain_immediately`], [`Builder::reply_timeout`] and
+    /// [`Builder::steer_ahead`].
     /// With [`HandoffConfig::mobile_role`] set, the role becomes the stack's mobility hook and
     /// handoffs carry the home keygen ticket (RFC 6275 §5.2.5).
     pub fn engine(mut self, cfg: HandoffConfig) -> Self {
@@ -568,6 +580,7 @@ impl Builder {
         cfg.more_peers = self.peers.iter().skip(1).copied().collect();
         cfg.drain = self.drain;
         cfg.reply_timeout = self.reply_timeout;
+        cfg.steer_ahead = self.steer_ahead;
         if let Some(ha) = self.home_agent {
             let coa = self.care_of.ok_or_else(|| {
                 Error::Config("a home agent needs this node's care_of address".into())
@@ -958,6 +971,7 @@ impl Node {
             super_frames: true,
             ro_away: None,
             reply_timeout: Duration::from_secs(1),
+            steer_ahead: false,
             backlog: 1024,
             queue: None,
         }
