@@ -154,19 +154,7 @@ fn ping_here(dst: Ipv6Addr, opts: &PingOpts) -> Result<PingStats> {
     // Round-trip times from the kernel's receive timestamp (SO_TIMESTAMPNS, as ping(8)):
     // when the reply reached the socket, not when this thread woke up to read it, which on
     // a virtual machine can be tens of microseconds later.
-    let stamped = {
-        let on: libc::c_int = 1;
-        // SAFETY: `fd` is an open socket; the option value is a live c_int.
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_TIMESTAMPNS,
-                (&on as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            ) == 0
-        }
-    };
+    let stamped = ds_wan::stamp::enable(fd.as_raw_fd());
     let mut sent_at: Vec<Option<(Instant, Duration)>> = Vec::with_capacity(count as usize);
     let mut seen = vec![false; count as usize];
     let mut packet = vec![0u8; 8 + opts.payload_len];
@@ -243,37 +231,19 @@ fn ping_here(dst: Ipv6Addr, opts: &PingOpts) -> Result<PingStats> {
             continue;
         }
         loop {
-            let mut iov = libc::iovec {
-                iov_base: rbuf.as_mut_ptr().cast(),
-                iov_len: rbuf.len(),
-            };
-            // u64 elements: the control buffer is aligned for cmsghdr.
-            let mut cbuf = [0u64; 16];
-            // SAFETY: all-zero is a valid msghdr; the pointers are set below.
-            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-            msg.msg_iov = &mut iov;
-            msg.msg_iovlen = 1;
-            msg.msg_control = cbuf.as_mut_ptr().cast();
-            msg.msg_controllen = std::mem::size_of_val(&cbuf);
-            // SAFETY: `msg` points at `iov` (over `rbuf`) and `cbuf`, all live and writable
-            // for the lengths given.
-            let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT) };
-            if n < 0 {
-                let e = std::io::Error::last_os_error();
-                match e.kind() {
-                    std::io::ErrorKind::WouldBlock => break,
-                    std::io::ErrorKind::Interrupted => continue,
-                    _ => return Err(e).context("recv"),
-                }
-            }
+            let (n, stamp) =
+                match ds_wan::stamp::recv_stamped(fd.as_raw_fd(), &mut rbuf, libc::MSG_DONTWAIT) {
+                    Ok(r) => r,
+                    Err(e) => match e.kind() {
+                        std::io::ErrorKind::WouldBlock => break,
+                        std::io::ErrorKind::Interrupted => continue,
+                        _ => return Err(e).context("recv"),
+                    },
+                };
             // Raw ICMPv6 sockets deliver the ICMPv6 message without the IPv6
             // header.
-            let arrived = if stamped {
-                ds_wan::stamp::rx_stamp(&msg)
-            } else {
-                None
-            };
-            let msg = &rbuf[..n as usize];
+            let arrived = if stamped { stamp } else { None };
+            let msg = &rbuf[..n];
             if msg.len() < 8 || msg[0] != ICMP6_ECHO_REPLY {
                 continue;
             }

@@ -109,7 +109,6 @@ fn setsockopt_int(fd: RawFd, level: libc::c_int, opt: libc::c_int, v: libc::c_in
 pub struct PacketPort {
     fd: OwnedFd,
     spec: PortSpec,
-    stamped: bool,
 }
 
 /// A received frame's length and, when the kernel stamped it, its arrival time
@@ -169,7 +168,8 @@ impl PacketPort {
         let _ = setsockopt_int(s, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, 1);
         // The kernel's receive time of each frame: the delay counts from when the frame
         // arrived, not from when this thread woke up to read it (10–40 µs later on a VM).
-        let stamped = setsockopt_int(s, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 1);
+        // Best effort: without it a frame carries no stamp.
+        let _ = crate::stamp::enable(s);
         // SAFETY: all-zero is a valid sockaddr_ll; the fields that matter are set below.
         let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         sll.sll_family = libc::AF_PACKET as u16;
@@ -206,7 +206,6 @@ impl PacketPort {
         Ok(PacketPort {
             fd,
             spec: spec.clone(),
-            stamped,
         })
     }
 
@@ -224,41 +223,17 @@ impl PacketPort {
     /// waiting; a length above `buf.len()` means the frame was longer than `buf` (it is
     /// truncated and should be dropped).
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<Option<Received>> {
-        let mut iov = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        };
-        // u64 elements: aligned for cmsghdr.
-        let mut cbuf = [0u64; 8];
-        // SAFETY: all-zero is a valid msghdr; the pointers are set below.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        if self.stamped {
-            msg.msg_control = cbuf.as_mut_ptr().cast();
-            msg.msg_controllen = std::mem::size_of_val(&cbuf);
-        }
-        // SAFETY: `msg` points at `iov` (over `buf`) and `cbuf`, live and writable for the
-        // lengths given.
-        let n = unsafe {
-            libc::recvmsg(
-                self.fd.as_raw_fd(),
-                &mut msg,
-                libc::MSG_TRUNC | libc::MSG_DONTWAIT,
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            return match e.kind() {
+        match crate::stamp::recv_stamped(
+            self.fd.as_raw_fd(),
+            buf,
+            libc::MSG_TRUNC | libc::MSG_DONTWAIT,
+        ) {
+            Ok((len, stamp)) => Ok(Some(Received { len, stamp })),
+            Err(e) => match e.kind() {
                 io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(None),
                 _ => Err(e),
-            };
+            },
         }
-        let stamp = crate::stamp::rx_stamp(&msg);
-        Ok(Some(Received {
-            len: n as usize,
-            stamp,
-        }))
     }
 
     /// Transmits one frame (virtio-net header first).

@@ -158,18 +158,7 @@ fn packet_socket(ifname: &str) -> std::io::Result<OwnedFd> {
     // The kernel's time of each frame (socket(7)): when it crossed the interface, not when
     // this thread got a CPU to read it — which, with the nodes under SCHED_FIFO or the cores
     // busy, came hundreds of microseconds later, in batches that squeezed or stretched gaps.
-    let on: libc::c_int = 1;
-    // SAFETY: `on` is a valid c_int and the length passed is its size.
-    let r = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_TIMESTAMPNS,
-            &on as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as u32,
-        )
-    };
-    if r < 0 {
+    if !ds_wan::stamp::enable(fd.as_raw_fd()) {
         return Err(std::io::Error::last_os_error());
     }
     Ok(fd)
@@ -179,30 +168,13 @@ fn packet_socket(ifname: &str) -> std::io::Result<OwnedFd> {
 /// clock (the kernel's `SCM_TIMESTAMPNS` is on CLOCK_REALTIME: moved by the distance between
 /// the two clocks read now; the time of reading when the kernel attached no stamp).
 fn recv_stamped(fd: &OwnedFd, buf: &mut [u8]) -> std::io::Result<(usize, Instant)> {
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    // u64 elements: aligned for cmsghdr.
-    let mut cbuf = [0u64; 8];
-    // SAFETY: all-zero is a valid msghdr; the pointers are set below.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&cbuf);
-    // SAFETY: `msg` points at `iov` (over `buf`) and `cbuf`, live and writable for the
-    // lengths given; fd is open.
-    let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, 0) };
+    let (n, stamp) = ds_wan::stamp::recv_stamped(fd.as_raw_fd(), buf, 0)?;
     let now = Instant::now();
-    if n < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let at = ds_wan::stamp::rx_stamp(&msg)
+    let at = stamp
         .and_then(|s| ds_wan::stamp::realtime().checked_sub(s))
         .and_then(|ago| now.checked_sub(ago))
         .unwrap_or(now);
-    Ok((n as usize, at))
+    Ok((n, at))
 }
 
 /// Parse an Ethernet frame carrying IPv6 (extension headers walked; malformed → None).
