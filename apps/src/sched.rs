@@ -67,19 +67,19 @@ pub fn set_fifo(priority: u8) -> io::Result<()> {
     Ok(())
 }
 
-/// The calling thread's scheduling policy (`libc::SCHED_*`).
-pub fn policy() -> io::Result<libc::c_int> {
-    // SAFETY: sched_getscheduler takes a pid (0: the calling thread) and no pointers.
-    let p = unsafe { libc::sched_getscheduler(0) };
-    if p < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(p)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The calling thread's scheduling policy (`libc::SCHED_*`).
+    fn policy() -> io::Result<libc::c_int> {
+        // SAFETY: sched_getscheduler takes a pid (0: the calling thread) and no pointers.
+        let p = unsafe { libc::sched_getscheduler(0) };
+        if p < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(p)
+    }
 
     #[test]
     fn priorities_out_of_range_are_refused_before_the_call() {
