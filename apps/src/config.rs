@@ -128,8 +128,16 @@ struct HandoffFile {
     steering: Option<Spanned<String>>,
     ha_control: Option<SocketAddr>,
     home_addr: Option<Ipv6Addr>,
-    busy_poll: Option<bool>,
+    busy_poll: Option<Spanned<BusyPollKey>>,
     steer_ahead: Option<bool>,
+}
+
+/// `busy_poll = true` (the whole handoff), `false`, or a scope: `"exchange"`, `"handoff"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum BusyPollKey {
+    Switch(bool),
+    Scope(String),
 }
 
 /// `peer = "[addr]:port"` or, in proxy mode, `peer = ["[addr]:port", …]`.
@@ -141,13 +149,14 @@ enum Peers {
 }
 
 /// The choices a key takes.
-const CHOICES: [(&str, &[&str]); 6] = [
+const CHOICES: [(&str, &[&str]); 7] = [
     ("role", &["backup", "snode"]),
     ("election", &["native", "etcd"]),
     ("device", &["afxdp", "tap", "kernel"]),
     ("policy", &["local", "round-robin", "least-connections"]),
     ("drain", &["immediate", "acked", "wait", "adaptive"]),
     ("steering", &["none", "transparent", "ro"]),
+    ("busy_poll", &["exchange", "handoff"]),
 ];
 
 /// Read `path` and turn it into `dsnode serve` options, in the order the file gives them.
@@ -304,8 +313,15 @@ pub fn serve_args(path: &Path) -> Result<Vec<String>, ConfigError> {
         );
         opt("ha_control", h.ha_control.as_ref().map(|a| s(a)));
         opt("home_addr", h.home_addr.as_ref().map(|a| s(a)));
-        if h.busy_poll == Some(true) {
-            args.push("--busy-poll".into());
+        if let Some(b) = &h.busy_poll {
+            match b.get_ref() {
+                BusyPollKey::Switch(true) => args.push("--busy-poll".into()),
+                BusyPollKey::Switch(false) => {}
+                BusyPollKey::Scope(v) => {
+                    let v = Spanned::new(b.span(), v.clone());
+                    args.push(format!("--busy-poll={}", choice("busy_poll", &v)?));
+                }
+            }
         }
         if h.steer_ahead == Some(true) {
             args.push("--steer-ahead".into());
@@ -391,6 +407,24 @@ mod tests {
             .expect_err("out of u8")
             .to_string();
         assert!(e.contains("line 2") && e.contains("sched_fifo"), "{e}");
+    }
+
+    #[test]
+    fn busy_poll_takes_a_switch_or_a_scope_and_a_wrong_scope_names_the_key() {
+        for (value, out) in [
+            ("true", "--busy-poll"),
+            ("false", ""),
+            ("\"exchange\"", "--busy-poll=exchange"),
+            ("\"handoff\"", "--busy-poll=handoff"),
+        ] {
+            let a = args_of(&format!("[handoff]\nbusy_poll = {value}\n")).expect(value);
+            assert_eq!(a.join(" "), out, "{value}");
+        }
+        let e = args_of("[handoff]\n\nbusy_poll = \"always\"\n")
+            .expect_err("unknown scope")
+            .to_string();
+        assert!(e.contains("line 3") && e.contains("busy_poll"), "{e}");
+        assert!(e.contains("exchange, handoff"), "{e}");
     }
 
     #[test]

@@ -115,12 +115,10 @@ pub struct HandoffConfig {
     /// a 4-tuple on another queue, must still get generations above the last one the home
     /// agent saw. `None`: this engine's own.
     pub generation: Option<Arc<AtomicU64>>,
-    /// Busy-poll while a handoff is in flight: from the donor's drain (or, on the acceptor,
-    /// the donor's `Prepare`) until the handoff ends, the owner's loop polls without sleeping
-    /// ([`Coordinator::spinning`]), so the client's ACK, the offer, the home agent's answer
-    /// and the reply are each taken without a wake-up (tens of microseconds each on a VM).
-    /// Costs a core for the length of a handoff; idle nodes still sleep.
-    pub busy_poll: bool,
+    /// Busy-polling while a handoff is in flight ([`BusyPoll`]; [`Coordinator::spinning`]):
+    /// the owner's loop polls without sleeping, so what it waits for is taken without a
+    /// wake-up (tens of microseconds each on a VM). Idle nodes still sleep.
+    pub busy_poll: BusyPoll,
     /// Transparent mode: the acceptor commits as soon as its flow move is sent to the home
     /// agent, without waiting for the answer ([`ds_handoff::AcceptorConfig::steer_ahead`]):
     /// two process wake-ups (the home agent's, and the acceptor's for its answer) leave the
@@ -156,7 +154,7 @@ impl HandoffConfig {
             forward_grace: Duration::from_millis(200),
             steer_timeout: Duration::from_secs(1),
             mobile_role: None,
-            busy_poll: false,
+            busy_poll: BusyPoll::Off,
             steer_ahead: false,
             generation: None,
         }
@@ -338,7 +336,7 @@ pub struct Coordinator<C> {
     /// Control channels opened so far (a new one may reuse a closed one's descriptor number).
     channel_epoch: u64,
     /// [`HandoffConfig::busy_poll`].
-    busy_poll: bool,
+    busy_poll: BusyPoll,
     /// With several peers, the index of the one [`Coordinator::pick_peer`] tries first (the
     /// one after the last handed to: round robin).
     rotation: usize,
@@ -350,6 +348,24 @@ pub struct Coordinator<C> {
     /// the realtime clock in microseconds, so a restarted node starts above what it issued
     /// before. Shared by the engines of one node's queues ([`HandoffConfig::generation`]).
     generation: Arc<AtomicU64>,
+}
+
+/// How far a node busy-polls during a handoff ([`HandoffConfig::busy_poll`]). Spinning costs
+/// a core while it lasts: where the nodes share cores with the clients or with each other
+/// (as on a small test machine), a spin across the drain takes the CPU that the client needs
+/// to acknowledge it; [`BusyPoll::Exchange`] spins only for the round trip of the offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BusyPoll {
+    /// Sleep between events (each is a wake-up).
+    #[default]
+    Off,
+    /// Only across the control exchange: the donor from its offer to the acceptor's answer
+    /// (the drain still sleeps between the client's acknowledgements), the acceptor from
+    /// accepting an offer to activating it.
+    Exchange,
+    /// The whole handoff: the donor from the start of its drain, the acceptor from the
+    /// donor's `Prepare` (the drain's start) to the activation.
+    Handoff,
 }
 
 /// How long an acceptor busy-polls after a donor's `Prepare` for the offer to follow (the
@@ -686,13 +702,23 @@ impl<C: std::fmt::Debug> Coordinator<C> {
     }
 
     /// Whether the owner's loop should poll again without sleeping: busy-polling is on
-    /// ([`HandoffConfig::busy_poll`]) and a handoff is in flight here, as donor (drain, offer)
-    /// or as acceptor (announced by `Prepare`, or accepted and not yet activated).
+    /// ([`HandoffConfig::busy_poll`]) and a handoff is in flight here within its scope — as
+    /// donor, waiting for the acceptor's answer to its offer ([`BusyPoll::Exchange`]) or from
+    /// the drain on ([`BusyPoll::Handoff`]); as acceptor, between accepting and activating,
+    /// or ([`BusyPoll::Handoff`]) from the donor's `Prepare` on.
     pub fn spinning(&self, now: Instant) -> bool {
-        self.busy_poll
-            && (self.current.is_some()
-                || self.acceptor.pending() > 0
-                || self.prepared_until.is_some_and(|t| now < t))
+        let whole = match self.busy_poll {
+            BusyPoll::Off => return false,
+            BusyPoll::Exchange => false,
+            BusyPoll::Handoff => true,
+        };
+        let donor = self
+            .current
+            .as_ref()
+            .is_some_and(|d| whole || !d.is_draining());
+        donor
+            || self.acceptor.pending() > 0
+            || (whole && self.prepared_until.is_some_and(|t| now < t))
     }
 
     /// Open the channels to the peers now rather than inside the first handoffs' timing;

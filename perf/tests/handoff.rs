@@ -2,7 +2,7 @@
 //! experiment with curl, many handoffs back and forth, and failing acceptors. Behaviour only;
 //! the timings are `dsperf handoff`'s business.
 
-use ds_perf::handoff::{run, DrainChoice, Options, Outcome};
+use ds_perf::handoff::{run, BusyPollChoice, DrainChoice, Options, Outcome};
 use ds_testbed::exclusive;
 use dserver::engine::AcceptorFault;
 
@@ -297,7 +297,7 @@ fn twenty(opts: Options, path: &str) {
     })
     .expect("run");
     let label = format!(
-        "{:?} {path} processes={} busy_poll={} steer_ahead={} sched_fifo={:?}",
+        "{:?} {path} processes={} busy_poll={:?} steer_ahead={} sched_fifo={:?}",
         out.handoffs.first().map(|h| h.report.mode),
         opts.processes,
         opts.busy_poll,
@@ -394,16 +394,26 @@ fn twenty_handoffs_as_processes_on_every_path() {
             path,
         );
     }
-    // The busy-poll mode (dsnode --busy-poll) on both kinds of node.
+    // The busy-poll mode (dsnode --busy-poll) on both kinds of node, and its exchange-only
+    // scope with steer-ahead under SCHED_FIFO (the fastest setting measured on this bed).
     for path in ["user->user", "kernel->kernel"] {
         twenty(
             Options {
-                busy_poll: true,
+                busy_poll: Some(BusyPollChoice::Handoff),
                 ..procs.clone()
             },
             path,
         );
     }
+    twenty(
+        Options {
+            busy_poll: Some(BusyPollChoice::Exchange),
+            steer_ahead: true,
+            sched_fifo: Some(10),
+            ..procs.clone()
+        },
+        "user->user",
+    );
 }
 
 /// Route optimisation back and forth: node 1 (at home) hands to node 2 (Binding Update), node

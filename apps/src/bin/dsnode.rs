@@ -16,7 +16,7 @@ use ds_apps::server::{ConnInfo, HttpServer, ServerConfig, ServerStats};
 use ds_apps::signal;
 use ds_stack::mobile::MobileRole;
 use ds_stack::{Duration, Stats};
-use dserver::engine::{AcceptorFault, HandoffConfig, NodeEvent, Steering};
+use dserver::engine::{AcceptorFault, BusyPoll, HandoffConfig, NodeEvent, Steering};
 use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -333,12 +333,15 @@ struct HandoffArgs {
     /// serves it away from home, --addr being its care-of address.
     #[arg(long, value_name = "ADDR")]
     home_addr: Option<Ipv6Addr>,
-    /// Busy-poll while a handoff is in flight (donor: from the drain to the reply; acceptor:
-    /// from the donor's Prepare to the activation) instead of sleeping between events: each
-    /// step of the exchange is taken without a wake-up. Costs a core for the length of a
-    /// handoff; an idle node still sleeps.
-    #[arg(long)]
-    busy_poll: bool,
+    /// Busy-poll while a handoff is in flight instead of sleeping between events, so each
+    /// step is taken without a wake-up. `handoff` (the bare flag): the donor from its drain
+    /// to the reply, the acceptor from the donor's Prepare to the activation; `exchange`:
+    /// only the offer's round trip (the donor from the offer to the reply, the acceptor from
+    /// accepting to activating), for nodes that share cores with clients or each other.
+    /// Costs a core while it spins; an idle node still sleeps.
+    #[arg(long, value_enum, value_name = "SCOPE", num_args = 0..=1, require_equals = true,
+          default_missing_value = "handoff")]
+    busy_poll: Option<BusyPollChoice>,
     /// Transparent mode: as acceptor, commit a handoff as soon as the flow move is sent to the
     /// home agent instead of after its answer (two process wake-ups fewer in the handoff); the
     /// donor forwards what still reaches it until the answer is relayed. A move the home
@@ -349,6 +352,14 @@ struct HandoffArgs {
     /// Injected fault at the acceptor, for failure tests: refuse, crash or hang on offers.
     #[arg(long, value_enum, hide = true)]
     fault: Option<FaultChoice>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum BusyPollChoice {
+    /// Only the offer's round trip.
+    Exchange,
+    /// The whole handoff, from the drain.
+    Handoff,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -853,7 +864,11 @@ fn handoff_config(args: &ServeArgs) -> anyhow::Result<Option<HandoffConfig>> {
         },
     };
     cfg.reply_timeout = std::time::Duration::from_millis(h.reply_timeout_ms);
-    cfg.busy_poll = h.busy_poll;
+    cfg.busy_poll = match h.busy_poll {
+        None => BusyPoll::Off,
+        Some(BusyPollChoice::Exchange) => BusyPoll::Exchange,
+        Some(BusyPollChoice::Handoff) => BusyPoll::Handoff,
+    };
     cfg.steer_ahead = h.steer_ahead;
     cfg.fault = h.fault.map(|f| match f {
         FaultChoice::Refuse => AcceptorFault::Refuse,

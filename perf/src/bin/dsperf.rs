@@ -749,9 +749,11 @@ struct HandoffArgs {
     #[arg(long)]
     processes: bool,
     /// Nodes busy-poll while a handoff is in flight instead of sleeping between its steps
-    /// (dsnode --busy-poll).
-    #[arg(long)]
-    busy_poll: bool,
+    /// (dsnode --busy-poll=SCOPE): `handoff` (the bare flag) from the drain, `exchange` only
+    /// across the offer's round trip.
+    #[arg(long, value_enum, value_name = "SCOPE", num_args = 0..=1, require_equals = true,
+          default_missing_value = "handoff")]
+    busy_poll: Option<ds_perf::handoff::BusyPollChoice>,
     /// Transparent mode: acceptors commit without waiting for the home agent's answer to the
     /// flow move (dsnode --steer-ahead); the donors forward until it is relayed.
     #[arg(long)]

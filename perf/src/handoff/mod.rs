@@ -69,6 +69,25 @@ pub enum Client {
     Curl,
 }
 
+/// How far the nodes busy-poll during a handoff (`dsnode --busy-poll=SCOPE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BusyPollChoice {
+    /// Only the offer's round trip (donor: offer to reply; acceptor: accept to activation).
+    Exchange,
+    /// The whole handoff (donor: from the drain; acceptor: from the donor's Prepare).
+    Handoff,
+}
+
+impl BusyPollChoice {
+    /// The scope's name on `dsnode`'s command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            BusyPollChoice::Exchange => "exchange",
+            BusyPollChoice::Handoff => "handoff",
+        }
+    }
+}
+
 /// Drain policy choice.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
@@ -109,9 +128,9 @@ pub struct Options {
     /// Run the nodes and the home agent as `dsnode` and `dsha` processes (found next to this
     /// program, or in `$DS_BIN_DIR`) instead of threads of this process.
     pub processes: bool,
-    /// Busy-poll while a handoff is in flight (`dsnode --busy-poll`,
-    /// `HandoffConfig::busy_poll`).
-    pub busy_poll: bool,
+    /// Busy-poll while a handoff is in flight, over this scope (`dsnode --busy-poll=SCOPE`,
+    /// `HandoffConfig::busy_poll`); `None`: sleep between events.
+    pub busy_poll: Option<BusyPollChoice>,
     /// Transparent mode: acceptors commit without waiting for the home agent's answer to the
     /// flow move (`dsnode --steer-ahead`, `HandoffConfig::steer_ahead`); phase 6 then comes
     /// from the acceptor's later report of that answer.
@@ -139,7 +158,7 @@ impl Default for Options {
             timeout: Duration::from_secs(300),
             path: HandoffPath::default(),
             processes: false,
-            busy_poll: false,
+            busy_poll: None,
             steer_ahead: false,
             no_super_frames: false,
             sched_fifo: None,
@@ -350,7 +369,11 @@ fn handoff_config(i: usize, plan: &Plan) -> Result<HandoffConfig> {
         },
     };
     hc.reply_timeout = opts.reply_timeout;
-    hc.busy_poll = opts.busy_poll;
+    hc.busy_poll = match opts.busy_poll {
+        None => dserver::engine::BusyPoll::Off,
+        Some(BusyPollChoice::Exchange) => dserver::engine::BusyPoll::Exchange,
+        Some(BusyPollChoice::Handoff) => dserver::engine::BusyPoll::Handoff,
+    };
     hc.steer_ahead = opts.steer_ahead;
     hc.mode = opts.mode;
     if i == 1 {

@@ -115,8 +115,8 @@ pub(super) fn start(topo: &Topology, plan: &Plan, dir: &Path) -> Result<Procs> {
         if max[i] > 0 {
             args.extend([s(&"--handoff-after"), s(&quota)]);
         }
-        if opts.busy_poll {
-            args.push(s(&"--busy-poll"));
+        if let Some(b) = opts.busy_poll {
+            args.push(format!("--busy-poll={}", b.name()));
         }
         if opts.steer_ahead {
             args.push(s(&"--steer-ahead"));
