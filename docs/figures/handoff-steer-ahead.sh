@@ -7,18 +7,21 @@
 #   steer-ahead   dsnode --steer-ahead
 #   rt            --steer-ahead, nodes and home agent under SCHED_FIFO 10 (--sched-fifo)
 #   rt-idle       as rt, and /dev/cpu_dma_latency held at 0 (--idle-poll)
+#   rt-idle-spin  as rt-idle, and the nodes busy-poll across the offer's round trip
+#                 (--busy-poll=exchange)
 # Needs root and a release build:
 #   cargo build --release -p ds-perf -p ds-apps
 set -euo pipefail
 cd "$(dirname "$0")"
 dsperf=${DSPERF:-../../target/release/dsperf}
 runs=${RUNS:-6}
-variants=(base steer-ahead rt rt-idle)
+variants=(base steer-ahead rt rt-idle rt-idle-spin)
 declare -A flags=(
     [base]=""
     [steer-ahead]="--steer-ahead"
     [rt]="--steer-ahead --sched-fifo 10"
     [rt-idle]="--steer-ahead --sched-fifo 10 --idle-poll"
+    [rt-idle-spin]="--steer-ahead --sched-fifo 10 --idle-poll --busy-poll=exchange"
 )
 for v in "${variants[@]}"; do
     : >"handoff-steer-ahead-$v.jsonl"
@@ -36,5 +39,6 @@ done
     "steers ahead=handoff-steer-ahead-steer-ahead.jsonl" \
     "steers ahead, SCHED_FIFO=handoff-steer-ahead-rt.jsonl" \
     "steers ahead, SCHED_FIFO, idle CPUs poll=handoff-steer-ahead-rt-idle.jsonl" \
+    "as above, busy-poll across the offer's round trip=handoff-steer-ahead-rt-idle-spin.jsonl" \
     --title "dsperf handoff: 20 drained user->user handoffs x $runs runs per variant, in turn (medians)" \
     -o dsperf-handoff-steer-ahead.svg
