@@ -324,6 +324,13 @@ pub struct Coordinator<C> {
     /// The acceptor's messages to the home agent held back within a round until the donors'
     /// answers are out ([`Coordinator::poll`]).
     ha_later: Vec<Message>,
+    /// Within [`Coordinator::poll`]'s acceptor work: what is written to a donor's channel is
+    /// corked, so an Accept and its Activated leave in one segment.
+    cork_round: bool,
+    /// The donors' channels (by key) corked in this round: only those written to, as a cork
+    /// and uncork of every channel would cost two system calls per channel in every round of
+    /// the owner's loop, data-path rounds included.
+    corked: Vec<u64>,
     events: Vec<NodeEvent>,
     stats: NodeStats,
     next_id: u64,
@@ -442,6 +449,8 @@ impl<C: std::fmt::Debug> Coordinator<C> {
             current_to: 0,
             forwarding: Vec::new(),
             ha_later: Vec::new(),
+            cork_round: false,
+            corked: Vec::new(),
             events: Vec::new(),
             stats: NodeStats::default(),
             next_id: 1,
@@ -1037,9 +1046,18 @@ impl<C: std::fmt::Debug> Coordinator<C> {
         }
     }
 
-    fn cork_incoming(&self, on: bool) {
-        for c in &self.incoming {
-            if let Err(e) = c.chan.set_cork(on) {
+    /// Start (`on`) or end the round's corking of the donors' channels; ending it uncorks
+    /// those written to, which sends what they hold at once.
+    fn cork_incoming(&mut self, on: bool) {
+        self.cork_round = on;
+        if on {
+            return;
+        }
+        for key in std::mem::take(&mut self.corked) {
+            let Some(c) = self.incoming.iter().find(|c| c.key == key) else {
+                continue;
+            };
+            if let Err(e) = c.chan.set_cork(false) {
                 tracing::debug!("TCP_CORK on a control channel: {e}");
             }
         }
@@ -1193,6 +1211,12 @@ impl<C: std::fmt::Debug> Coordinator<C> {
                     let Some(k) = self.incoming.iter().position(|c| c.key == key) else {
                         continue;
                     };
+                    if self.cork_round && !self.corked.contains(&key) {
+                        if let Err(e) = self.incoming[k].chan.set_cork(true) {
+                            tracing::debug!("TCP_CORK on a control channel: {e}");
+                        }
+                        self.corked.push(key);
+                    }
                     if let Err(e) = self.incoming[k].chan.send(&msg) {
                         tracing::warn!("control channel to a donor failed: {e}");
                         self.incoming.swap_remove(k);
