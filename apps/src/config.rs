@@ -30,7 +30,7 @@
 //! handoff_after = 500000
 //! steering = "transparent"           # none | transparent | ro
 //! ha_control = "[fd00:d5:1::a]:7001"
-//! # busy_poll = true                 # spin while a handoff is in flight (no wake-ups)
+//! # busy_poll = "exchange"           # spin over the offer's round trip; true: the whole handoff
 //! # steer_ahead = true               # commit before the home agent's answer (transparent)
 //!
 //! [membership]                        # seed §2.3; needs handoff.secret_file
