@@ -56,6 +56,8 @@ pub const HELLO_LEN: usize = 3 + 1 + 1 + SALT_LEN;
 pub const TAG_LEN: usize = 16;
 /// Length-prefix bytes.
 const LEN_LEN: usize = 4;
+/// The most one read of an established channel takes from the socket.
+const READ_CHUNK: usize = 64 * 1024;
 /// Default largest frame (ciphertext + tag): a full state with its buffers fits.
 pub const DEFAULT_MAX_FRAME: usize = 16 << 20;
 /// The key confirmation: the plaintext of the first frame in each direction.
@@ -480,6 +482,10 @@ pub struct Channel {
     /// control-message buffer it comes in (allocated once).
     arrival: Option<SystemTime>,
     cmsg: Vec<u8>,
+    /// What [`Channel::poll`] reads into before the codec takes it: allocated at the first
+    /// poll (after the handshake, so an unauthenticated peer never costs it) and kept, as a
+    /// fresh zeroed 64 KiB buffer per call cost a memset in every round of the owner's loop.
+    scratch: Vec<u8>,
 }
 
 impl fmt::Debug for Channel {
@@ -551,6 +557,7 @@ impl Channel {
             bytes_sent: 0,
             arrival: None,
             cmsg: nix::cmsg_space!(nix::sys::time::TimeSpec),
+            scratch: Vec::new(),
         };
         // A connect still in progress takes nothing yet: the hello waits in `out`.
         c.flush()?;
@@ -597,15 +604,22 @@ impl Channel {
     /// Move bytes both ways (the handshake first); the next received message, if any.
     pub fn poll(&mut self) -> Result<Option<Message>, ChannelError> {
         self.flush()?;
-        let mut buf = [0u8; 64 * 1024];
-        loop {
-            if let Some(m) = self.next_msg()? {
-                return Ok(Some(m));
+        let mut buf = std::mem::take(&mut self.scratch);
+        buf.resize(READ_CHUNK, 0);
+        let r = loop {
+            match self.next_msg() {
+                Ok(Some(m)) => break Ok(Some(m)),
+                Ok(None) => {}
+                Err(e) => break Err(e),
             }
-            if !self.read_some(&mut buf)? {
-                return Ok(None);
+            match self.read_some(&mut buf) {
+                Ok(true) => {}
+                Ok(false) => break Ok(None),
+                Err(e) => break Err(e),
             }
-        }
+        };
+        self.scratch = buf;
+        r
     }
 
     /// Advance the handshake only: true once the peer's key confirmation opened. Messages
