@@ -327,6 +327,11 @@ pub struct Coordinator<C> {
     /// Within [`Coordinator::poll`]'s acceptor work: what is written to a donor's channel is
     /// corked, so an Accept and its Activated leave in one segment.
     cork_round: bool,
+    /// The channel descriptors the owner's last wait found readable, for the next
+    /// [`Coordinator::poll`] only, when `hinted` ([`Coordinator::hint_readable`]); without a
+    /// hint every channel is read.
+    readable: Vec<RawFd>,
+    hinted: bool,
     /// The donors' channels (by key) corked in this round: only those written to, as a cork
     /// and uncork of every channel would cost two system calls per channel in every round of
     /// the owner's loop, data-path rounds included.
@@ -451,6 +456,8 @@ impl<C: std::fmt::Debug> Coordinator<C> {
             ha_later: Vec::new(),
             cork_round: false,
             corked: Vec::new(),
+            readable: Vec::new(),
+            hinted: false,
             events: Vec::new(),
             stats: NodeStats::default(),
             next_id: 1,
@@ -864,6 +871,25 @@ impl<C: std::fmt::Debug> Coordinator<C> {
         out.extend(self.to_ha.iter().map(|c| c.stream().as_raw_fd()));
     }
 
+    /// Tell the next [`Coordinator::poll`] which descriptors (of [`Coordinator::wait_fds`],
+    /// among others) the owner's wait just found readable: it then reads only those
+    /// channels, and the ones that may progress without input ([`Channel::wants_poll`]),
+    /// instead of a `recvmsg` on every channel in every round of the owner's loop. `None`
+    /// (the owner did not wait, or does not know): every channel is read.
+    pub fn hint_readable(&mut self, fds: Option<impl Iterator<Item = RawFd>>) {
+        self.readable.clear();
+        self.hinted = fds.is_some();
+        if let Some(it) = fds {
+            self.readable.extend(it);
+        }
+    }
+
+    /// Whether this round reads `ch`: no hint, its socket is readable, or it may progress
+    /// without input.
+    fn reads(&self, ch: &Channel) -> bool {
+        !self.hinted || self.readable.contains(&ch.stream().as_raw_fd()) || ch.wants_poll()
+    }
+
     /// How long the caller's loop may wait for input at `now`: `idle` at most, less until the
     /// engine's next deadline, zero while a channel still has output the socket did not take
     /// (the wait only wakes on readable sockets), zero while busy-polling a handoff
@@ -1026,6 +1052,8 @@ impl<C: std::fmt::Debug> Coordinator<C> {
         self.transmit_acceptor(host, true);
         self.acceptor_events(now);
         self.drive_donors(now, host, svc);
+        // The hint was this round's.
+        self.hinted = false;
     }
 
     fn accept_channels(&mut self, now: Instant) {
@@ -1070,6 +1098,10 @@ impl<C: std::fmt::Debug> Coordinator<C> {
     {
         let mut i = 0;
         while i < self.incoming.len() {
+            if !self.reads(&self.incoming[i].chan) {
+                i += 1;
+                continue;
+            }
             let key = self.incoming[i].key;
             // Everything that arrived first: an offer whose donor gave up on it (its Abort, or
             // the channel's end, came in the same batch: an acceptor that was stopped or slow
@@ -1145,6 +1177,9 @@ impl<C: std::fmt::Debug> Coordinator<C> {
     where
         H: Host<Conn = C>,
     {
+        if !self.to_ha.as_ref().is_some_and(|c| self.reads(c)) {
+            return;
+        }
         let Some(ch) = self.to_ha.as_mut() else {
             return;
         };
@@ -1288,6 +1323,9 @@ impl<C: std::fmt::Debug> Coordinator<C> {
     {
         // Replies from a peer go to the handoff in progress, if it is that peer's.
         for i in 0..self.to_peers.len() {
+            if !self.to_peers[i].as_ref().is_some_and(|c| self.reads(c)) {
+                continue;
+            }
             let Some(ch) = self.to_peers[i].as_mut() else {
                 continue;
             };

@@ -1028,6 +1028,11 @@ impl Node {
                 what: "device".into(),
                 source,
             })?;
+        // The engine reads only the control channels this wait found readable (a recvmsg per
+        // channel per round otherwise, data-path rounds included).
+        if let Some(core) = self.core.as_mut() {
+            core.hint_readable(self.rt.readiness());
+        }
         self.process();
         if self.readiness.is_some() {
             self.sync_readiness()?;

@@ -761,6 +761,16 @@ impl Channel {
         self.out.len() - self.out_pos + self.queued.len()
     }
 
+    /// Whether [`Channel::poll`] may make progress without the socket turning readable: the
+    /// handshake is not complete, output is pending, or received bytes wait in the codec (a
+    /// channel handed over by the gate may hold messages that came behind the key
+    /// confirmation). An owner that knows which sockets are readable may skip the others.
+    pub fn wants_poll(&self) -> bool {
+        !self.confirmed
+            || self.pending_output() > 0
+            || self.codec.as_ref().is_some_and(|c| !c.rx.is_empty())
+    }
+
     /// Total frame bytes queued for sending so far (framing and tags included; the hello and
     /// the key confirmation not).
     pub fn bytes_sent(&self) -> u64 {

@@ -53,6 +53,9 @@ pub struct Runner<D: Device> {
     /// Whether the device may build frames in place ([`Device::send_in_place`]): cleared the
     /// first time it says it cannot.
     in_place: bool,
+    /// Whether the last [`Runner::step_with`] waited on its descriptors (`poll` then tells
+    /// which turned readable).
+    waited: bool,
 }
 
 /// Frames read from the device per step before timers and output get their turn.
@@ -78,6 +81,7 @@ impl<D: Device> Runner<D> {
             siblings: None,
             passing: Vec::new(),
             in_place: true,
+            waited: false,
         }
     }
 
@@ -136,6 +140,7 @@ impl<D: Device> Runner<D> {
             None => max_wait,
         };
         let passed_in = self.siblings.as_ref().is_some_and(SiblingLink::pending);
+        self.waited = false;
         if !wait.is_zero() && !passed_in {
             let mut poll = std::mem::take(&mut self.poll);
             poll.clear();
@@ -148,9 +153,18 @@ impl<D: Device> Runner<D> {
                     self.poll.add(fd);
                 }
                 self.poll.wait(Some(wait))?;
+                self.waited = true;
             }
         }
         self.process()
+    }
+
+    /// Which of the descriptors the last [`Runner::step_with`] watched turned readable (or
+    /// reported an error or hang-up), when it waited on them; `None` when it did not wait
+    /// (a timer was due, the wait was zero, or the device has no descriptors), so that any
+    /// of them may have input.
+    pub fn readiness(&self) -> Option<impl Iterator<Item = std::os::fd::RawFd> + '_> {
+        self.waited.then(|| self.poll.ready_fds())
     }
 
     /// Process pending input and timers and flush output without waiting.

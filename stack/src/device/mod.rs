@@ -266,6 +266,12 @@ impl PollSet {
             .map(|(i, _)| i)
     }
 
+    /// After [`PollSet::wait`]: the descriptors that turned readable, or reported an error or
+    /// hang-up.
+    pub fn ready_fds(&self) -> impl Iterator<Item = RawFd> + '_ {
+        self.fds.iter().filter(|p| p.revents != 0).map(|p| p.fd)
+    }
+
     /// Whether no descriptor is watched.
     pub fn is_empty(&self) -> bool {
         self.fds.is_empty()
