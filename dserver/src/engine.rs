@@ -324,9 +324,6 @@ pub struct Coordinator<C> {
     /// The acceptor's messages to the home agent held back within a round until the donors'
     /// answers are out ([`Coordinator::poll`]).
     ha_later: Vec<Message>,
-    /// Within [`Coordinator::poll`]'s acceptor work: what is written to a donor's channel is
-    /// corked, so an Accept and its Activated leave in one segment.
-    cork_round: bool,
     /// The channel descriptors the owner's last wait found readable, for the next
     /// [`Coordinator::poll`] only, when `hinted` ([`Coordinator::hint_readable`]); without a
     /// hint every channel is read.
@@ -454,7 +451,6 @@ impl<C: std::fmt::Debug> Coordinator<C> {
             current_to: 0,
             forwarding: Vec::new(),
             ha_later: Vec::new(),
-            cork_round: false,
             corked: Vec::new(),
             readable: Vec::new(),
             hinted: false,
@@ -1032,7 +1028,6 @@ impl<C: std::fmt::Debug> Coordinator<C> {
         self.acceptor.set_home_agent_ready(ha_up);
         // What the acceptor writes to donors in this round leaves together when uncorked: an
         // Accept and its Activated in one segment, so the donor wakes once for both.
-        self.cork_incoming(true);
         self.serve_incoming(now, host, svc);
         self.serve_home_agent(now, host);
         // An Accept queued by an offer or the home agent's answer is written before the
@@ -1044,7 +1039,7 @@ impl<C: std::fmt::Debug> Coordinator<C> {
             self.acceptor.poll(now, host, svc);
             self.transmit_acceptor(host, false);
         }
-        self.cork_incoming(false);
+        self.uncork_incoming();
         // The home agent's requests after the donors' answers: a flow move steered ahead
         // wakes the home agent, which on a shared core would otherwise run before the
         // Activated leaves (and the donor's wake-up is on the handoff's critical path, the
@@ -1074,13 +1069,9 @@ impl<C: std::fmt::Debug> Coordinator<C> {
         }
     }
 
-    /// Start (`on`) or end the round's corking of the donors' channels; ending it uncorks
-    /// those written to, which sends what they hold at once.
-    fn cork_incoming(&mut self, on: bool) {
-        self.cork_round = on;
-        if on {
-            return;
-        }
+    /// End the round's corking: uncork the donors' channels written to (corked by
+    /// [`Coordinator::transmit_acceptor`]), which sends what they hold at once.
+    fn uncork_incoming(&mut self) {
         for key in std::mem::take(&mut self.corked) {
             let Some(c) = self.incoming.iter().find(|c| c.key == key) else {
                 continue;
@@ -1246,7 +1237,9 @@ impl<C: std::fmt::Debug> Coordinator<C> {
                     let Some(k) = self.incoming.iter().position(|c| c.key == key) else {
                         continue;
                     };
-                    if self.cork_round && !self.corked.contains(&key) {
+                    // Before the home agent's turn (`!to_ha`) the round's answers to donors
+                    // are corked until [`Coordinator::uncork_incoming`].
+                    if !to_ha && !self.corked.contains(&key) {
                         if let Err(e) = self.incoming[k].chan.set_cork(true) {
                             tracing::debug!("TCP_CORK on a control channel: {e}");
                         }
