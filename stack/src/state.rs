@@ -16,6 +16,7 @@ use crate::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::net::{Ipv6Addr, SocketAddrV6};
+use std::sync::Arc;
 
 /// Current encoding version.
 pub const STATE_VERSION: u8 = 1;
@@ -366,8 +367,8 @@ impl Tcb {
 
     /// Rebuild a TCB from a validated [`ConnState`] at `now` on this host's clock.
     /// `base` supplies the settings the state does not carry (timeouts, limits).
-    pub(crate) fn from_state(s: &ConnState, base: &TcpConfig, now: Instant) -> Tcb {
-        let mut cfg = base.clone();
+    pub(crate) fn from_state(s: &ConnState, base: &Arc<TcpConfig>, now: Instant) -> Tcb {
+        let mut cfg = TcpConfig::clone(base);
         cfg.send_buf = ((s.send_buf_kib as usize) << 10)
             .max(s.send_data.len())
             .max(1024);
@@ -392,6 +393,13 @@ impl Tcb {
         });
         let state = s.tcp_state().unwrap_or(TcpState::Established);
         let snd_mss = u32::from(s.snd_mss);
+        // A thawed connection whose settings are the defaults shares them (as one opened
+        // here would).
+        let cfg = if cfg == **base {
+            Arc::clone(base)
+        } else {
+            Arc::new(cfg)
+        };
         let mut t = Tcb::connect(
             s.local(),
             s.remote(),

@@ -16,6 +16,7 @@ use smoltcp::wire::{
 };
 use std::collections::VecDeque;
 use std::net::{Ipv6Addr, SocketAddrV6};
+use std::sync::Arc;
 
 /// The first port of the dynamic range, 49152–65535 (RFC 6335 §6).
 pub(super) const EPHEMERAL_FIRST: u16 = 49152;
@@ -29,7 +30,8 @@ pub(super) struct Listener {
     pub(super) backlog: usize,
     pub(super) accept: VecDeque<u32>,
     pub(super) embryonic: usize,
-    pub(super) cfg: TcpConfig,
+    /// Settings of the accepted connections, shared with them.
+    pub(super) cfg: Arc<TcpConfig>,
 }
 
 impl Interface {
@@ -288,7 +290,7 @@ impl Interface {
     fn send_cookie(
         &mut self,
         now: Instant,
-        cfg: TcpConfig,
+        cfg: Arc<TcpConfig>,
         local: &SocketAddrV6,
         remote: &SocketAddrV6,
         seg: &SegIn<'_>,
@@ -414,7 +416,7 @@ impl Interface {
         local: SocketAddrV6,
         backlog: usize,
     ) -> Result<ListenHandle, Error> {
-        let cfg = self.cfg.tcp.clone();
+        let cfg = Arc::clone(&self.tcp_default);
         self.tcp_listen_with(local, backlog, cfg)
     }
 
@@ -423,8 +425,9 @@ impl Interface {
         &mut self,
         local: SocketAddrV6,
         backlog: usize,
-        cfg: TcpConfig,
+        cfg: impl Into<Arc<TcpConfig>>,
     ) -> Result<ListenHandle, Error> {
+        let cfg = cfg.into();
         if !local.ip().is_unspecified() && !self.is_ours(local.ip()) {
             return Err(Error::AddrNotAvailable);
         }
@@ -478,7 +481,7 @@ impl Interface {
         local: SocketAddrV6,
         remote: SocketAddrV6,
     ) -> Result<TcpHandle, Error> {
-        let cfg = self.cfg.tcp.clone();
+        let cfg = Arc::clone(&self.tcp_default);
         self.tcp_connect_with(now, local, remote, cfg)
     }
 
@@ -488,8 +491,9 @@ impl Interface {
         now: Instant,
         local: SocketAddrV6,
         remote: SocketAddrV6,
-        cfg: TcpConfig,
+        cfg: impl Into<Arc<TcpConfig>>,
     ) -> Result<TcpHandle, Error> {
+        let cfg = cfg.into();
         self.now = self.now.max(now);
         let ip = if local.ip().is_unspecified() {
             self.source_for(remote.ip())
@@ -654,7 +658,11 @@ impl Interface {
 
     /// Configure Nagle on a connection.
     pub fn tcp_set_nodelay(&mut self, h: TcpHandle, nodelay: bool) -> Result<(), Error> {
-        self.tcb_mut(h)?.cfg.nagle = !nodelay;
+        let t = self.tcb_mut(h)?;
+        if t.cfg.nagle == nodelay {
+            // Copy-on-write: the settings are shared until a connection changes its own.
+            Arc::make_mut(&mut t.cfg).nagle = !nodelay;
+        }
         Ok(())
     }
 
@@ -719,7 +727,7 @@ impl Interface {
             return Err(Error::AddrInUse);
         }
         self.conns.forget(&key);
-        let mut tcb = Tcb::from_state(state, &self.cfg.tcp, now);
+        let mut tcb = Tcb::from_state(state, &self.tcp_default, now);
         let mss = self.mss_for(local.ip(), remote.ip());
         if mss < tcb.snd_mss {
             tcb.snd_mss = mss;
@@ -748,5 +756,43 @@ impl Interface {
 impl IsnGenerator {
     fn iss_for(&self, now: Instant, local: &SocketAddrV6, remote: &SocketAddrV6) -> u32 {
         self.isn(now, local, remote)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::iface::Config;
+
+    const ME: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x5e, 0, 0, 0, 0, 0, 0xc);
+
+    fn server(port: u16) -> SocketAddrV6 {
+        SocketAddrV6::new(Ipv6Addr::new(0xfd00, 0x5e, 0, 0, 0, 0, 0, 1), port, 0, 0)
+    }
+
+    #[test]
+    fn connections_share_their_settings_until_one_changes_its_own() {
+        let mut i = Interface::new(Config::new([2, 0, 0, 0, 0, 0xc], vec![ME]), Instant::ZERO);
+        let any = SocketAddrV6::new(ME, 0, 0, 0);
+        let a = i.tcp_connect(Instant::ZERO, any, server(1)).expect("a");
+        let b = i.tcp_connect(Instant::ZERO, any, server(2)).expect("b");
+        let cfg = |i: &Interface, h| Arc::clone(&i.tcb(h).expect("tcb").cfg);
+        assert!(Arc::ptr_eq(&cfg(&i, a), &cfg(&i, b)));
+        assert!(Arc::ptr_eq(&cfg(&i, a), &i.tcp_default));
+
+        // Setting what is already set keeps the shared copy; a change is the connection's own.
+        i.tcp_set_nodelay(a, false).expect("nodelay");
+        assert!(Arc::ptr_eq(&cfg(&i, a), &cfg(&i, b)));
+        i.tcp_set_nodelay(a, true).expect("nodelay");
+        assert!(!cfg(&i, a).nagle);
+        assert!(cfg(&i, b).nagle);
+        assert!(Arc::ptr_eq(&cfg(&i, b), &i.tcp_default));
+
+        // New defaults apply to connections opened afterwards only.
+        i.tcp_config_mut().max_retries = 3;
+        let c = i.tcp_connect(Instant::ZERO, any, server(3)).expect("c");
+        assert_eq!(cfg(&i, c).max_retries, 3);
+        assert_ne!(cfg(&i, b).max_retries, 3);
+        assert!(Arc::ptr_eq(&cfg(&i, c), &i.tcp_default));
     }
 }

@@ -11,6 +11,7 @@ use super::{TcpConfig, TcpState};
 use crate::time::{Duration, Instant};
 use std::collections::VecDeque;
 use std::net::SocketAddrV6;
+use std::sync::Arc;
 
 /// Why a connection ended abnormally.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -274,7 +275,9 @@ pub struct Tcb {
     pub(crate) local: SocketAddrV6,
     pub(crate) remote: SocketAddrV6,
     pub(crate) state: TcpState,
-    pub(crate) cfg: TcpConfig,
+    /// Shared with the other connections of its listener or interface until changed
+    /// (copy-on-write): one hot copy rather than 192 cold bytes per control block.
+    pub(crate) cfg: Arc<TcpConfig>,
 
     // Send sequence space (RFC 9293 §3.3.1). SND.MAX is the highest sequence sent: after a
     // timeout SND.NXT goes back to SND.UNA and [SND.NXT, SND.MAX) is resent.
@@ -470,11 +473,12 @@ impl Tcb {
     fn blank(
         local: SocketAddrV6,
         remote: SocketAddrV6,
-        cfg: TcpConfig,
+        cfg: impl Into<Arc<TcpConfig>>,
         iss: u32,
         mss: u32,
         now: Instant,
     ) -> Tcb {
+        let cfg: Arc<TcpConfig> = cfg.into();
         let rcv_wscale = if cfg.window_scale {
             let mut s = 0u8;
             while s < 14 && (cfg.recv_buf >> s) > 65535 {
@@ -585,7 +589,7 @@ impl Tcb {
     pub fn connect(
         local: SocketAddrV6,
         remote: SocketAddrV6,
-        cfg: TcpConfig,
+        cfg: impl Into<Arc<TcpConfig>>,
         iss: u32,
         mss: u32,
         now: Instant,
@@ -602,7 +606,7 @@ impl Tcb {
     pub fn accept_syn(
         local: SocketAddrV6,
         remote: SocketAddrV6,
-        cfg: TcpConfig,
+        cfg: impl Into<Arc<TcpConfig>>,
         iss: u32,
         mss: u32,
         now: Instant,

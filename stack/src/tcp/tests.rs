@@ -5,6 +5,7 @@ use super::tcb::{SegIn, SegOut, Tcb, TcpError, MAX_SACK_BLOCKS};
 use super::{TcpConfig, TcpState};
 use crate::time::{Duration, Instant};
 use std::net::SocketAddrV6;
+use std::sync::Arc;
 
 fn a() -> SocketAddrV6 {
     "[fd00::1]:40000".parse().unwrap()
@@ -381,7 +382,7 @@ fn an_inherited_rtt_arms_no_probe_and_yields_to_the_first_sample() {
     let mut st = s.to_state(now).expect("state");
     st.srtt_us = 180;
     st.rttvar_us = 90;
-    let mut s = Tcb::from_state(&st, &cfg(), now);
+    let mut s = Tcb::from_state(&st, &Arc::new(cfg()), now);
     assert!(s.rtt_inherited);
     // More than a segment in flight: a probe would come 2·SRTT (at least 10 ms) later.
     s.send(&[0x5a; 4000]);
@@ -446,7 +447,7 @@ fn rto_fires_retransmits_and_backs_off() {
 fn gives_up_after_max_retries() {
     let (_c, mut s) = handshake();
     let mut now = t0();
-    s.cfg.max_retries = 3;
+    Arc::make_mut(&mut s.cfg).max_retries = 3;
     s.send(b"x");
     collect(&mut s, now);
     for _ in 0..4 {
@@ -1070,7 +1071,7 @@ fn ack_solicited_before_the_last_send_follows_it() {
 #[test]
 fn a_drain_probes_again_after_each_retransmission() {
     let (mut c, mut s) = handshake();
-    c.cfg.delayed_ack = Some(Duration::from_millis(40));
+    Arc::make_mut(&mut c.cfg).delayed_ack = Some(Duration::from_millis(40));
     let now = t0();
     let mss = s.eff_mss() as usize;
     s.send(&vec![1; 3 * mss + 200]);
@@ -1139,7 +1140,7 @@ fn a_drain_probes_again_after_each_retransmission() {
 #[test]
 fn reading_a_pushed_tail_acknowledges_it_at_once() {
     let (mut c, mut s) = handshake();
-    c.cfg.delayed_ack = Some(Duration::from_millis(40));
+    Arc::make_mut(&mut c.cfg).delayed_ack = Some(Duration::from_millis(40));
     let now = t0();
     // What `from` sends at `now`, received by `to`.
     let pass = |from: &mut Tcb, to: &mut Tcb, now: Instant| {
@@ -1225,7 +1226,7 @@ fn a_thawed_connection_paces_its_first_window() {
         pace_after_thaw: false,
         ..cfg()
     };
-    let mut u = Tcb::from_state(&st, &unpaced, now);
+    let mut u = Tcb::from_state(&st, &Arc::new(unpaced), now);
     u.send(&vec![1; 300 * mss as usize]);
     assert_eq!(
         data_segs(&collect(&mut u, now)),
@@ -1233,7 +1234,7 @@ fn a_thawed_connection_paces_its_first_window() {
         "the whole window at once"
     );
 
-    let mut s = Tcb::from_state(&st, &cfg(), now);
+    let mut s = Tcb::from_state(&st, &Arc::new(cfg()), now);
     s.send(&vec![1; 300 * mss as usize]);
     let first = collect(&mut s, now);
     assert_eq!(data_segs(&first), 12, "1 ms at 1.2 x cwnd / SRTT");
@@ -1283,7 +1284,7 @@ fn answered(s: &mut Tcb, c: &mut Tcb, v: &[Wire], at: Instant) {
 #[test]
 fn a_drain_soon_after_an_empty_probe_probes_with_an_octet_here_and_after_a_move() {
     let (mut c, mut s) = handshake();
-    c.cfg.delayed_ack = Some(Duration::from_millis(40));
+    Arc::make_mut(&mut c.cfg).delayed_ack = Some(Duration::from_millis(40));
     let now = t0();
     let drain = |s: &mut Tcb, at: Instant, fill: u8| {
         s.send(&[fill; 100]);
@@ -1320,7 +1321,7 @@ fn a_drain_soon_after_an_empty_probe_probes_with_an_octet_here_and_after_a_move(
     let moved = soon + Duration::from_millis(1);
     let st = s.to_state(moved).expect("movable");
     assert!(st.has(crate::state::flags::EMPTY_PROBED));
-    let mut t = Tcb::from_state(&st, &cfg(), moved);
+    let mut t = Tcb::from_state(&st, &Arc::new(cfg()), moved);
     let (v, end) = drain(&mut t, moved, 3);
     let probe = v.last().expect("probe");
     assert_eq!(
