@@ -1056,7 +1056,8 @@ impl<C: std::fmt::Debug> Coordinator<C> {
             return;
         };
         let epoch = g.epoch();
-        for (chan, peer) in g.poll(now) {
+        let (hinted, readable) = (self.hinted, &self.readable);
+        for (chan, peer) in g.poll_hinted(now, |fd| !hinted || readable.contains(&fd)) {
             tracing::debug!(%peer, "control channel from a donor");
             self.incoming.push(Incoming {
                 key: self.next_key,

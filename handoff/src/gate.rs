@@ -241,7 +241,23 @@ impl ChannelGate {
     /// Messages that came behind the confirmation wait in the channel for its next
     /// [`Channel::poll`].
     pub fn poll(&mut self, now: Instant) -> Vec<(Channel, SocketAddr)> {
-        self.accept(now);
+        self.poll_hinted(now, |_| true)
+    }
+
+    /// As [`ChannelGate::poll`], told which descriptors the caller's wait found readable
+    /// (`readable`): the listener is tried only when it is, instead of an `accept` that
+    /// fails with `EAGAIN` in every round of a busy loop. The waiting channels are advanced
+    /// whatever the hint (their handshake may have output to finish, and their deadlines
+    /// pass without input).
+    pub fn poll_hinted(
+        &mut self,
+        now: Instant,
+        readable: impl Fn(RawFd) -> bool,
+    ) -> Vec<(Channel, SocketAddr)> {
+        // A resting listener is not waited on: its rest ends by the clock, not readability.
+        if self.resting_until.is_some() || readable(self.listener.as_raw_fd()) {
+            self.accept(now);
+        }
         let mut ready = Vec::new();
         let mut i = 0;
         while i < self.waiting.len() {

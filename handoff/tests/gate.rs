@@ -184,3 +184,20 @@ fn log_limit_allows_a_burst_per_period_and_counts_the_rest() {
     assert_eq!(l.allow(t), None);
     assert_eq!(l.allow(t + Duration::from_secs(1)), Some(1));
 }
+
+#[test]
+fn a_hinted_poll_accepts_only_when_the_listener_was_found_readable() {
+    let (mut g, port) = gate(GateLimits::default());
+    let mut fds = Vec::new();
+    g.wait_fds(&mut fds);
+    let listener = fds[0];
+    let _s = TcpStream::connect(v6(port)).expect("connect");
+    // Let the kernel finish the handshake so that an accept would succeed.
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(g.poll_hinted(Instant::now(), |_| false).is_empty());
+    assert_eq!(g.stats().accepted, 0, "accepted without readiness");
+    assert_eq!(g.waiting(), 0);
+    g.poll_hinted(Instant::now(), |fd| fd == listener);
+    assert_eq!(g.stats().accepted, 1);
+    assert_eq!(g.waiting(), 1);
+}
