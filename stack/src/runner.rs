@@ -169,13 +169,16 @@ impl<D: Device> Runner<D> {
 
     /// Process pending input and timers and flush output without waiting.
     pub fn process(&mut self) -> io::Result<()> {
+        // One clock read stamps the input batches: every frame in them had arrived by then (a
+        // read per frame cost ~25 ns each and stamped the later frames with the time spent on
+        // the earlier ones).
+        let now = self.clock.now();
         if let Some(l) = &self.siblings {
             l.wake_me.answer();
             for _ in 0..RX_BATCH {
                 let Ok((pkt, hops)) = l.inbox.try_recv() else {
                     break;
                 };
-                let now = self.clock.now();
                 self.iface.receive_from_sibling(now, &pkt, hops);
             }
             if l.pending() {
@@ -185,17 +188,14 @@ impl<D: Device> Runner<D> {
         }
         // Parsed where the device holds them when it can (AF_XDP: in the UMEM), else copied
         // out one at a time.
-        let (dev, iface, clock) = (&mut self.dev, &mut self.iface, self.clock);
+        let (dev, iface) = (&mut self.dev, &mut self.iface);
         let in_place = dev.recv_in_place(RX_BATCH, &mut |frame| {
-            iface.receive(clock.now(), frame);
+            iface.receive(now, frame);
         })?;
         if in_place.is_none() {
             for _ in 0..RX_BATCH {
                 match self.dev.recv(&mut self.buf)? {
-                    Some(n) => {
-                        let now = self.clock.now();
-                        self.iface.receive(now, &self.buf[..n]);
-                    }
+                    Some(n) => self.iface.receive(now, &self.buf[..n]),
                     None => break,
                 }
             }
