@@ -764,6 +764,12 @@ fn a_syn_flood_closes_no_port() {
     /// The target rate and duration (issue 12: ≥ 50,000 SYN/s for 10 s).
     const RATE: u64 = 50_000;
     const SECS: u64 = 10;
+    /// Packets injected back to back. Each batch meets the veths' 256-frame rings on its way
+    /// through the home agent's XDP program: with batches of 500, and the second flood below
+    /// unpaced, a curl's SYN was lost now and then with no drop counted at the node, and 6–8 %
+    /// of the second flood did not reach the home agent — the test bed's rings, not what is
+    /// tested. The rate is the same.
+    const BURST: u32 = 50;
     let mut c = Cluster::start("hy", Addrs::new(0xf1, 2));
     let body = PatternStream::bytes(0x12f1, 4096);
     let socks = c.start_file_servers("afxdp", &body);
@@ -796,8 +802,8 @@ fn a_syn_flood_closes_no_port() {
                 let mut sent = 0u64;
                 let mut n = 0u32;
                 while start.elapsed() < Duration::from_secs(SECS) {
-                    // Batches of 500, paced to the target rate.
-                    let batch: Vec<Vec<u8>> = (0..500)
+                    // Batches of BURST, paced to the target rate.
+                    let batch: Vec<Vec<u8>> = (0..BURST)
                         .map(|_| {
                             n = n.wrapping_add(1);
                             let src = std::net::Ipv6Addr::new(
@@ -868,12 +874,13 @@ fn a_syn_flood_closes_no_port() {
     // (they once pushed the handed-off connection's entry out of the learned table).
     let spoofed_segments = c.topo.client.run(|| {
         let mut sent = 0;
+        let start = Instant::now();
         for round in 0..4u32 {
             let set = round / 2;
-            for chunk in 0..100u32 {
-                let batch: Vec<Vec<u8>> = (0..500u32)
+            for chunk in 0..50_000 / BURST {
+                let batch: Vec<Vec<u8>> = (0..BURST)
                     .map(|k| {
-                        let n = chunk * 500 + k;
+                        let n = chunk * BURST + k;
                         let src = std::net::Ipv6Addr::new(
                             0xfd00,
                             0x67,
@@ -888,6 +895,11 @@ fn a_syn_flood_closes_no_port() {
                     })
                     .collect();
                 sent += ds_kernel::inject(&batch).unwrap_or(0);
+                // Paced as the SYN flood is.
+                let due = Duration::from_micros(sent as u64 * 1_000_000 / RATE);
+                if let Some(wait) = due.checked_sub(start.elapsed()) {
+                    std::thread::sleep(wait);
+                }
             }
         }
         sent
