@@ -469,6 +469,21 @@ const OOW_ACK_INTERVAL: Duration = Duration::from_millis(500);
 /// RFC 7323 §5.5: a timestamp older than 24 days is invalid for PAWS.
 const PAWS_IDLE: Duration = Duration::from_secs(24 * 24 * 3600);
 
+/// An emptied send buffer keeps at most this much storage.
+pub(crate) const KEEP_EMPTY_SEND_BUF: usize = 4 << 10;
+
+/// Give an acknowledged-empty send buffer's storage back when it is over a page: an idle
+/// keep-alive connection then holds no more than that (100,000 connections that once sent
+/// 64 KiB responses held 6.5 GB of empty buffers), as an idle Linux socket holds no
+/// acknowledged data. Smaller buffers stay, so that short exchanges do not pay an allocation
+/// each (measured: ~20 ns a packet); a bulk sender keeps its buffer non-empty and is not
+/// affected.
+fn release_emptied_send_buffer(buf: &mut VecDeque<u8>) {
+    if buf.is_empty() && buf.capacity() > KEEP_EMPTY_SEND_BUF {
+        *buf = VecDeque::new();
+    }
+}
+
 impl Tcb {
     fn blank(
         local: SocketAddrV6,
@@ -1358,6 +1373,7 @@ impl Tcb {
                 0
             };
             self.snd_buf.drain(..data_acked);
+            release_emptied_send_buffer(&mut self.snd_buf);
             self.snd_buf_seq = self.snd_buf_seq.wrapping_add(data_acked as u32);
             self.snd_una = ack;
             if lt(self.snd_nxt, ack) {

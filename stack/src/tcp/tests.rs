@@ -1367,3 +1367,34 @@ fn a_drain_sends_one_segment_per_frame_and_then_its_probe() {
     let lens = frames(&mut s);
     assert_eq!(lens, vec![mss, mss, mss, mss, mss, mss, 10, 0]);
 }
+
+#[test]
+fn an_emptied_send_buffer_keeps_at_most_a_page() {
+    use super::tcb::KEEP_EMPTY_SEND_BUF;
+    let (mut c, mut s) = handshake();
+    let now = t0();
+    let mut buf = vec![0u8; 64 << 10];
+    // A short exchange keeps its small buffer (no allocation per exchange).
+    assert_eq!(s.send(b"hello"), 5);
+    exchange(&mut c, &mut s, now);
+    assert_eq!(c.recv(&mut buf), 5);
+    exchange(&mut c, &mut s, now);
+    assert!(s.snd_buf.is_empty());
+    assert!(s.snd_buf.capacity() > 0 && s.snd_buf.capacity() <= KEEP_EMPTY_SEND_BUF);
+    // A large response's storage goes once it is all acknowledged.
+    let big = vec![7u8; 32 << 10];
+    assert_eq!(s.send(&big), big.len());
+    assert!(s.snd_buf.capacity() >= big.len());
+    let mut got = 0;
+    for _ in 0..100 {
+        exchange(&mut c, &mut s, now);
+        got += c.recv(&mut buf);
+        if got == big.len() && s.snd_buf.is_empty() {
+            break;
+        }
+    }
+    exchange(&mut c, &mut s, now);
+    assert_eq!(got, big.len());
+    assert!(s.snd_buf.is_empty());
+    assert_eq!(s.snd_buf.capacity(), 0);
+}
