@@ -290,6 +290,21 @@ struct Incoming {
     chan: Channel,
 }
 
+/// The descriptors an owner's wait found readable ([`Coordinator::hint_readable`]).
+#[derive(Debug, Default)]
+struct Readiness {
+    fds: Vec<RawFd>,
+    /// Whether `fds` is this round's hint; without one every descriptor may have input.
+    hinted: bool,
+}
+
+impl Readiness {
+    /// Whether `fd` may have input this round.
+    fn may_read(&self, fd: RawFd) -> bool {
+        !self.hinted || self.fds.contains(&fd)
+    }
+}
+
 /// The engine's I/O half: control channels, the donor of the handoff in progress, donors
 /// still forwarding, the acceptor; generic over the host's connection type `C`.
 pub struct Coordinator<C> {
@@ -324,11 +339,9 @@ pub struct Coordinator<C> {
     /// The acceptor's messages to the home agent held back within a round until the donors'
     /// answers are out ([`Coordinator::poll`]).
     ha_later: Vec<Message>,
-    /// The channel descriptors the owner's last wait found readable, for the next
-    /// [`Coordinator::poll`] only, when `hinted` ([`Coordinator::hint_readable`]); without a
-    /// hint every channel is read.
-    readable: Vec<RawFd>,
-    hinted: bool,
+    /// What the owner's last wait found readable, for the next [`Coordinator::poll`] only
+    /// ([`Coordinator::hint_readable`]).
+    readiness: Readiness,
     /// The donors' channels (by key) corked in this round: only those written to, as a cork
     /// and uncork of every channel would cost two system calls per channel in every round of
     /// the owner's loop, data-path rounds included.
@@ -452,8 +465,7 @@ impl<C: std::fmt::Debug> Coordinator<C> {
             forwarding: Vec::new(),
             ha_later: Vec::new(),
             corked: Vec::new(),
-            readable: Vec::new(),
-            hinted: false,
+            readiness: Readiness::default(),
             events: Vec::new(),
             stats: NodeStats::default(),
             next_id: 1,
@@ -873,17 +885,18 @@ impl<C: std::fmt::Debug> Coordinator<C> {
     /// instead of a `recvmsg` on every channel in every round of the owner's loop. `None`
     /// (the owner did not wait, or does not know): every channel is read.
     pub fn hint_readable(&mut self, fds: Option<impl Iterator<Item = RawFd>>) {
-        self.readable.clear();
-        self.hinted = fds.is_some();
+        let r = &mut self.readiness;
+        r.fds.clear();
+        r.hinted = fds.is_some();
         if let Some(it) = fds {
-            self.readable.extend(it);
+            r.fds.extend(it);
         }
     }
 
     /// Whether this round reads `ch`: no hint, its socket is readable, or it may progress
     /// without input.
     fn reads(&self, ch: &Channel) -> bool {
-        !self.hinted || self.readable.contains(&ch.stream().as_raw_fd()) || ch.wants_poll()
+        self.readiness.may_read(ch.stream().as_raw_fd()) || ch.wants_poll()
     }
 
     /// How long the caller's loop may wait for input at `now`: `idle` at most, less until the
@@ -1048,7 +1061,7 @@ impl<C: std::fmt::Debug> Coordinator<C> {
         self.acceptor_events(now);
         self.drive_donors(now, host, svc);
         // The hint was this round's.
-        self.hinted = false;
+        self.readiness.hinted = false;
     }
 
     fn accept_channels(&mut self, now: Instant) {
@@ -1056,8 +1069,8 @@ impl<C: std::fmt::Debug> Coordinator<C> {
             return;
         };
         let epoch = g.epoch();
-        let (hinted, readable) = (self.hinted, &self.readable);
-        for (chan, peer) in g.poll_hinted(now, |fd| !hinted || readable.contains(&fd)) {
+        let r = &self.readiness;
+        for (chan, peer) in g.poll_hinted(now, |fd| r.may_read(fd)) {
             tracing::debug!(%peer, "control channel from a donor");
             self.incoming.push(Incoming {
                 key: self.next_key,

@@ -606,20 +606,21 @@ impl Channel {
         self.flush()?;
         let mut buf = std::mem::take(&mut self.scratch);
         buf.resize(READ_CHUNK, 0);
-        let r = loop {
-            match self.next_msg() {
-                Ok(Some(m)) => break Ok(Some(m)),
-                Ok(None) => {}
-                Err(e) => break Err(e),
-            }
-            match self.read_some(&mut buf) {
-                Ok(true) => {}
-                Ok(false) => break Ok(None),
-                Err(e) => break Err(e),
-            }
-        };
+        let r = self.read_msg(&mut buf);
         self.scratch = buf;
         r
+    }
+
+    /// The next message, reading through `buf` until one is complete or the socket is dry.
+    fn read_msg(&mut self, buf: &mut [u8]) -> Result<Option<Message>, ChannelError> {
+        loop {
+            if let Some(m) = self.next_msg()? {
+                return Ok(Some(m));
+            }
+            if !self.read_some(buf)? {
+                return Ok(None);
+            }
+        }
     }
 
     /// Advance the handshake only: true once the peer's key confirmation opened. Messages
