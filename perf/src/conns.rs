@@ -184,16 +184,43 @@ impl Rng {
     }
 }
 
-/// Time `exchanges` request/response exchanges on connections of `cli` picked at random:
+/// The server's work for one exchange, the part timed: take the frames, serve the ready
+/// connections, transmit. Returns the frames taken and sent. Not inlined, so that a profiler
+/// (`docs/figures/conns-cachegrind.sh`: callgrind's `--toggle-collect`) can count it alone.
+#[inline(never)]
+fn serve(
+    p: &mut Pair,
+    now: ds_stack::Instant,
+    ready: &mut Vec<TcpHandle>,
+    buf: &mut [u8; 4096],
+) -> usize {
+    let mut frames = p.wire.frames.len();
+    p.wire.deliver(&mut p.srv, now);
+    p.srv.poll(now);
+    p.srv.tcp_take_ready(ready);
+    for &h in ready.iter() {
+        while let Ok(k) = p.srv.tcp_recv(h, buf) {
+            if k == 0 {
+                break;
+            }
+            let _ = p.srv.tcp_send(h, &buf[..k]);
+        }
+    }
+    ready.clear();
+    frames += p.wire.take(&mut p.srv, now);
+    frames
+}
+
+/// Time one request/response exchange on each connection of `cli` that `picks` names:
 /// (server ns per frame, frames per exchange).
-fn measure(p: &mut Pair, cli: &[TcpHandle], exchanges: usize, seed: u64) -> (f64, f64) {
-    let mut rng = Rng(seed | 1);
+fn measure(p: &mut Pair, cli: &[TcpHandle], picks: impl Iterator<Item = usize>) -> (f64, f64) {
     let req = [0x5a_u8; MSG];
     let mut buf = [0u8; 4096];
     let mut ready = Vec::new();
-    let (mut busy, mut frames) = (Duration::ZERO, 0usize);
-    for _ in 0..exchanges {
-        let c = cli[rng.below(cli.len())];
+    let (mut busy, mut frames, mut exchanges) = (Duration::ZERO, 0usize, 0usize);
+    for i in picks {
+        let c = cli[i];
+        exchanges += 1;
         let now = p.clock.now();
         let sent = p.cli.tcp_send(c, &req).expect("client send");
         assert_eq!(sent, MSG, "client send buffer full");
@@ -204,20 +231,7 @@ fn measure(p: &mut Pair, cli: &[TcpHandle], exchanges: usize, seed: u64) -> (f64
         // stack's, cost; a clock read is ~25 ns on this VM).
         let now = p.clock.now();
         let t = Instant::now();
-        frames += p.wire.frames.len();
-        p.wire.deliver(&mut p.srv, now);
-        p.srv.poll(now);
-        p.srv.tcp_take_ready(&mut ready);
-        for &h in &ready {
-            while let Ok(k) = p.srv.tcp_recv(h, &mut buf) {
-                if k == 0 {
-                    break;
-                }
-                let _ = p.srv.tcp_send(h, &buf[..k]);
-            }
-        }
-        ready.clear();
-        frames += p.wire.take(&mut p.srv, now);
+        frames += serve(p, now, &mut ready, &mut buf);
         busy += t.elapsed();
         p.wire.deliver(&mut p.cli, now);
         while let Ok(k) = p.cli.tcp_recv(c, &mut buf) {
@@ -242,12 +256,21 @@ pub fn run(o: &Options, mut progress: impl FnMut(&str)) -> Vec<Point> {
         let cli = open(&mut p, n, ports);
         let setup_s = t.elapsed().as_secs_f64();
         progress(&format!("{n} connections open in {setup_s:.1} s"));
-        // One unrecorded pass warms the caches and the client's ACK clocking.
-        measure(&mut p, &cli, o.exchanges.min(10_000), 7);
+        // Unrecorded: one exchange on every connection, in order (each allocates its buffers on
+        // its first exchange, a cost per connection, not per packet), then a random pass that
+        // warms the caches and the client's ACK clocking.
+        measure(&mut p, &cli, 0..cli.len());
+        let mut rng = Rng(7);
+        measure(
+            &mut p,
+            &cli,
+            (0..o.exchanges.min(10_000)).map(|_| rng.below(n)),
+        );
         let mut ns = Vec::new();
         let mut per = Vec::new();
         for r in 0..o.repeats {
-            let (x, f) = measure(&mut p, &cli, o.exchanges, 11 + r as u64);
+            let mut rng = Rng(11 + 2 * r as u64);
+            let (x, f) = measure(&mut p, &cli, (0..o.exchanges).map(|_| rng.below(n)));
             progress(&format!(
                 "{n} connections, repeat {}: {x:.0} ns per packet",
                 r + 1
