@@ -74,6 +74,9 @@ pub struct FlowAgent {
     broken: u64,
     stats: FlowAgentStats,
     poll: ds_stack::device::PollSet,
+    /// `poll`'s readiness is the last wait's and no [`FlowAgent::poll`] used it yet: that
+    /// poll tries the gate's listener only if the wait found it readable.
+    waited: bool,
     /// Solicitations of dead nodes' clients still to send (bursts after the first, and the
     /// second solicitations), and when each is due.
     probes: Vec<(std::time::Instant, Vec<Vec<u8>>)>,
@@ -109,6 +112,7 @@ impl FlowAgent {
             broken: 0,
             stats: FlowAgentStats::default(),
             poll: ds_stack::device::PollSet::default(),
+            waited: false,
             probes: Vec::new(),
             moved_seen: std::collections::HashMap::new(),
             last_sweep: std::time::Instant::now(),
@@ -202,8 +206,9 @@ impl FlowAgent {
                 .map(|t| t.saturating_duration_since(now))
                 .fold(timeout, Duration::min)
         };
-        // Errors (EINTR aside) would repeat at once; the caller polls the sockets either way.
-        let _ = self.poll.wait(Some(timeout));
+        // Errors (EINTR aside) would repeat at once; the caller polls the sockets either way
+        // (without a hint then).
+        self.waited = self.poll.wait(Some(timeout)).is_ok();
     }
 
     /// A node died (the membership's contact says so): its clients must learn it now, not
@@ -282,7 +287,11 @@ impl FlowAgent {
             self.resolicit();
         }
         self.age_moved_flows(std::time::Instant::now(), MOVED_IDLE, false);
-        for (c, peer) in self.gate.poll(std::time::Instant::now()) {
+        // The gate's listener is tried only when the wait before found it readable (an
+        // `accept` failing with EAGAIN in every round otherwise); no wait, no hint.
+        let (waited, set) = (std::mem::take(&mut self.waited), &self.poll);
+        let readable = |fd| !waited || set.ready_fds().any(|r| r == fd);
+        for (c, peer) in self.gate.poll_hinted(std::time::Instant::now(), readable) {
             tracing::debug!(%peer, "flow agent: control channel opened");
             self.chans.push(c);
         }

@@ -167,3 +167,46 @@ fn moves_of_a_flow_apply_in_generation_order_and_a_reclaim_outranks_its_move() {
     assert_eq!(agent.stats().stale_moves, 3);
     assert_eq!(agent.stats().moves, 4);
 }
+
+/// The home agent's loop (a wait, then a poll) tries its control listener only when the wait
+/// found it readable, not with an `accept` failing in every round; a connection that arrives
+/// between a wait and its poll is accepted the round after, and a poll without a wait before
+/// it tries the listener as before. A channel is still served.
+#[test]
+fn the_agent_accepts_only_after_a_wait_found_its_listener_readable() {
+    if !require_root("the_agent_accepts_only_after_a_wait_found_its_listener_readable") {
+        return;
+    }
+    let prog = Program::load(Kind::Tunnel, &LoadOptions::default()).expect("load");
+    let listener = TcpListener::bind("[::1]:0").expect("listen");
+    let addr = listener.local_addr().expect("address");
+    let secret = ClusterSecret::new(b"flow accept test secret 32 bytes").expect("secret");
+    let mut agent = FlowAgent::new(prog, listener, secret.clone()).expect("agent");
+    let accepted = |agent: &FlowAgent| agent.stats().gate.accepted;
+    // Nothing pending during the wait; a connection completes before the poll.
+    agent.wait(Duration::from_millis(5));
+    let _first = std::net::TcpStream::connect(addr).expect("connect");
+    std::thread::sleep(Duration::from_millis(50));
+    agent.poll();
+    assert_eq!(accepted(&agent), 0, "accepted without the wait's readiness");
+    // The next round's wait finds it.
+    agent.wait(Duration::from_secs(2));
+    agent.poll();
+    assert_eq!(accepted(&agent), 1);
+    // No wait before the poll: no hint, the listener is tried.
+    let _second = std::net::TcpStream::connect(addr).expect("connect");
+    std::thread::sleep(Duration::from_millis(50));
+    agent.poll();
+    assert_eq!(accepted(&agent), 2);
+    // An authenticated channel is served (its move applied).
+    let mut ch = ds_handoff::Channel::connect(addr, &secret).expect("channel");
+    assert!(ask(
+        &mut agent,
+        &mut ch,
+        7,
+        "fd00:1::2".parse().expect("address"),
+        1,
+        false
+    ));
+    assert_eq!(agent.stats().moves, 1);
+}
