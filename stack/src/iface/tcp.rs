@@ -66,15 +66,15 @@ impl Interface {
         let state = tcb.state();
         let wants = tcb.wants_output();
         let listener = tcb.listener;
-        self.stats.tcp_retransmits += ev.retransmits;
-        self.stats.tcp_rto += ev.rto;
-        self.stats.tcp_fast_recovery += ev.fast_recovery;
-        self.stats.tcp_challenge_acks += ev.challenge_acks;
-        self.stats.tcp_paws_rejected += ev.paws_rejected;
-        self.stats.tcp_oow_acks_limited += ev.oow_acks_limited;
-        self.stats.tcp_zero_window_probes += ev.zero_window_probes;
-        self.stats.tcp_tx_segments += ev.segments_out;
-        self.stats.tcp_ooo_segments += ev.ooo_segments;
+        self.stats.tcp_retransmits += u64::from(ev.retransmits);
+        self.stats.tcp_rto += u64::from(ev.rto);
+        self.stats.tcp_fast_recovery += u64::from(ev.fast_recovery);
+        self.stats.tcp_challenge_acks += u64::from(ev.challenge_acks);
+        self.stats.tcp_paws_rejected += u64::from(ev.paws_rejected);
+        self.stats.tcp_oow_acks_limited += u64::from(ev.oow_acks_limited);
+        self.stats.tcp_zero_window_probes += u64::from(ev.zero_window_probes);
+        self.stats.tcp_tx_segments += u64::from(ev.segments_out);
+        self.stats.tcp_ooo_segments += u64::from(ev.ooo_segments);
         // An embryonic passive connection that completed the handshake joins the accept queue.
         if let Some(l) = listener {
             if state != TcpState::SynReceived {

@@ -152,18 +152,19 @@ pub struct SegOut {
     pub payload_len: usize,
 }
 
-/// Counters a TCB bumps; the interface folds them into its [`crate::Stats`].
+/// Counters a TCB bumps; the interface folds them into its [`crate::Stats`] (64-bit) after
+/// every event, so between two folds they count a few segments: 32 bits each, half the bytes.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TcbEvents {
-    pub(crate) retransmits: u64,
-    pub(crate) rto: u64,
-    pub(crate) fast_recovery: u64,
-    pub(crate) challenge_acks: u64,
-    pub(crate) paws_rejected: u64,
-    pub(crate) oow_acks_limited: u64,
-    pub(crate) zero_window_probes: u64,
-    pub(crate) segments_out: u64,
-    pub(crate) ooo_segments: u64,
+    pub(crate) retransmits: u32,
+    pub(crate) rto: u32,
+    pub(crate) fast_recovery: u32,
+    pub(crate) challenge_acks: u32,
+    pub(crate) paws_rejected: u32,
+    pub(crate) oow_acks_limited: u32,
+    pub(crate) zero_window_probes: u32,
+    pub(crate) segments_out: u32,
+    pub(crate) ooo_segments: u32,
 }
 
 /// Out-of-order data held above RCV.NXT: disjoint, non-adjacent blocks sorted by sequence.
