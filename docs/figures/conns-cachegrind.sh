@@ -4,14 +4,14 @@
 # request/response exchange, on the server's side only (callgrind collects inside
 # `ds_perf::conns::serve`, the timed part). Counts, not seconds: the same binary gives the
 # same figures whatever else the machine does, so two builds compare where this VM's timings
-# spread by 10-30 % from run to run. No root needed.
+# spread by 10-50 % from run to run. No root needed.
 #
 #   docs/figures/conns-cachegrind.sh [DSPERF...]     (default: target/release/dsperf)
 #
 # Each binary is run at COUNTS connections (default "1 10000"; at 10,000 the server's state
 # is already ~5x the simulated cache, and 100,000 takes minutes under callgrind) with
 # EXCHANGES exchanges (default 20000; at least 10,000). Prints a table; JSON lines go to
-# docs/figures/dsperf-conns-cachegrind.jsonl when SAVE=1.
+# docs/figures/dsperf-conns-cachegrind.jsonl when SAVE=1 (labelled with BUILD, if set).
 set -euo pipefail
 bins=()
 for b in "$@"; do bins+=("$(realpath "$b")"); done
@@ -20,17 +20,36 @@ cd "$(dirname "$0")"
 counts=${COUNTS:-"1 10000"}
 exchanges=${EXCHANGES:-20000}
 command -v valgrind >/dev/null || { echo "valgrind is needed (apt-get install valgrind)" >&2; exit 1; }
+command -v python3 >/dev/null || { echo "python3 is needed" >&2; exit 1; }
+[ "$exchanges" -ge 10000 ] || { echo "EXCHANGES must be at least 10000 (the warm-up)" >&2; exit 1; }
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 echo "| binary | connections | instructions / exchange | L1d misses / exchange | lines from beyond 2 MiB / exchange |"
 echo "|---|---|---|---|---|"
-# Totals "Ir D1mr D1mw DLmr DLmw" of one run of $1 at $2 connections and $3 exchanges.
+# Totals "Ir D1mr D1mw DLmr DLmw" of one run of $1 at $2 connections and $3 exchanges, read
+# by event name from callgrind's own "events:" and "totals:" lines.
 totals() {
-    valgrind --tool=callgrind --callgrind-out-file="$out/cg" --cache-sim=yes \
+    rm -f "$out/cg"
+    if ! valgrind --tool=callgrind --callgrind-out-file="$out/cg" --cache-sim=yes \
         --LL=2097152,16,64 --toggle-collect='ds_perf::conns::serve' \
-        "$1" conns --counts "$2" --repeats 1 --exchanges "$3" >/dev/null 2>"$out/log"
-    callgrind_annotate --show=Ir,D1mr,D1mw,DLmr,DLmw "$out/cg" 2>/dev/null |
-        awk '/PROGRAM TOTALS/ { gsub(/\([^)]*\)/, ""); gsub(",", ""); gsub(/ \. /, " 0 "); print $1, $2, $3, $4, $5 }'
+        "$1" conns --counts "$2" --repeats 1 --exchanges "$3" >/dev/null 2>"$out/log"; then
+        cat "$out/log" >&2
+        echo "callgrind run of $1 failed" >&2
+        return 1
+    fi
+    python3 - "$out/cg" <<'EOF'
+import sys
+names = totals = None
+for line in open(sys.argv[1]):
+    if line.startswith("events:"):
+        names = line.split()[1:]
+    elif line.startswith("totals:"):
+        totals = [int(x) for x in line.split()[1:]]
+if not names or not totals:
+    sys.exit("no totals in callgrind's output")
+t = dict(zip(names, totals + [0] * (len(names) - len(totals))))
+print(*(t.get(k, 0) for k in ("Ir", "D1mr", "D1mw", "DLmr", "DLmw")))
+EOF
 }
 for b in "${bins[@]}"; do
     for n in $counts; do
@@ -38,16 +57,17 @@ for b in "${bins[@]}"; do
         # Two runs, EXCHANGES and twice as many: their difference is EXCHANGES measured
         # exchanges alone, without the warm-up passes (every connection once, whose first
         # exchange allocates its buffers, then 10,000 at random).
-        one=$(totals "$b" "$n" "$exchanges")
-        two=$(totals "$b" "$n" $((2 * exchanges)))
-        row=$(B="$b" N="$n" E="$exchanges" ONE="$one" TWO="$two" python3 -c '
+        one=$(totals "$b" "$n" "$exchanges") || exit 1
+        two=$(totals "$b" "$n" $((2 * exchanges))) || exit 1
+        row=$(DATE="$(date -u +%F)" B="$b" N="$n" E="$exchanges" ONE="$one" TWO="$two" python3 -c '
 import json, os
 e = int(os.environ["E"])
 d = [int(b) - int(a) for a, b in zip(os.environ["ONE"].split(), os.environ["TWO"].split())]
 print(json.dumps({"binary": os.environ["B"], "connections": int(os.environ["N"]),
     "exchanges": e, "instructions_per_exchange": round(d[0] / e, 1),
     "l1d_misses_per_exchange": round((d[1] + d[2]) / e, 2),
-    "ll_misses_per_exchange": round((d[3] + d[4]) / e, 2), "ll_bytes": 2097152}))')
+    "ll_misses_per_exchange": round((d[3] + d[4]) / e, 2), "ll_bytes": 2097152,
+    "build": os.environ.get("BUILD", ""), "date": os.environ["DATE"]}))')
         [ "${SAVE:-0}" = 1 ] && echo "$row" >>dsperf-conns-cachegrind.jsonl
         ROW="$row" python3 -c '
 import json, os

@@ -203,5 +203,32 @@ mod tests {
             "Instant { micros: -3 }"
         );
         assert_eq!(Instant::from_micros(-1_500_000).to_string(), "-1.500000s");
+        // The self-describing form names the field as before.
+        let t = Instant::from_micros(-3);
+        assert_eq!(serde_json::to_string(&t).unwrap(), r#"{"micros":-3}"#);
+        assert_eq!(
+            serde_json::from_str::<Instant>(r#"{"micros":-3}"#).unwrap(),
+            t
+        );
+    }
+
+    #[test]
+    fn arithmetic_saturates_at_both_ends() {
+        let d = Duration::from_secs(1);
+        let (max, min) = (
+            Instant::from_micros(i64::MAX),
+            Instant::from_micros(i64::MIN),
+        );
+        assert_eq!((max + d).total_micros(), i64::MAX);
+        assert_eq!((min - d).total_micros(), i64::MIN + 1);
+        assert_eq!((Instant::from_micros(i64::MIN + 1) - d), min);
+        assert_eq!(
+            max.saturating_since(min),
+            Duration::from_micros(u64::MAX - 1)
+        );
+        assert_eq!(min.saturating_since(max), Duration::ZERO);
+        assert!(min < Instant::ZERO && Instant::ZERO < max);
+        assert_eq!(Instant::from_millis(i64::MIN), min);
+        assert_eq!(Instant::from_secs(i64::MAX), max);
     }
 }

@@ -1398,3 +1398,15 @@ fn an_emptied_send_buffer_keeps_at_most_a_page() {
     assert!(s.snd_buf.is_empty());
     assert_eq!(s.snd_buf.capacity(), 0);
 }
+
+/// A packet for a connection not in the cache reads nearly all of its control block, so its
+/// size is a cost per packet at many connections (README, `dsperf conns`): 768 bytes after
+/// optional instants became 8 bytes and the event counters 32 bits. Growing it is a decision,
+/// not an accident.
+#[cfg(target_pointer_width = "64")]
+#[test]
+fn the_control_block_stays_within_twelve_cache_lines() {
+    let size = std::mem::size_of::<Tcb>();
+    assert!(size <= 12 * 64, "Tcb is {size} bytes");
+    assert_eq!(std::mem::size_of::<Option<Instant>>(), 8);
+}
