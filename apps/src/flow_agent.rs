@@ -75,7 +75,8 @@ pub struct FlowAgent {
     stats: FlowAgentStats,
     poll: ds_stack::device::PollSet,
     /// `poll`'s readiness is the last wait's and no [`FlowAgent::poll`] used it yet: that
-    /// poll tries the gate's listener only if the wait found it readable.
+    /// poll tries the gate's listener, and reads a channel, only if the wait found it
+    /// readable (or the channel can progress without input).
     waited: bool,
     /// Solicitations of dead nodes' clients still to send (bursts after the first, and the
     /// second solicitations), and when each is due.
@@ -289,6 +290,7 @@ impl FlowAgent {
         self.age_moved_flows(std::time::Instant::now(), MOVED_IDLE, false);
         // The gate's listener is tried only when the wait before found it readable (an
         // `accept` failing with EAGAIN in every round otherwise); no wait, no hint.
+        use std::os::fd::AsRawFd;
         let (waited, set) = (std::mem::take(&mut self.waited), &self.poll);
         let readable = |fd| !waited || set.ready_fds().any(|r| r == fd);
         for (c, peer) in self.gate.poll_hinted(std::time::Instant::now(), readable) {
@@ -298,6 +300,15 @@ impl FlowAgent {
         let mut moved = 0;
         let mut i = 0;
         while i < self.chans.len() {
+            // As the gate's listener: a channel is read when the wait found its socket
+            // readable, or when it can progress without input (`Channel::wants_poll`).
+            if waited && !self.chans[i].wants_poll() {
+                let fd = self.chans[i].stream().as_raw_fd();
+                if !self.poll.ready_fds().any(|r| r == fd) {
+                    i += 1;
+                    continue;
+                }
+            }
             match self.serve(i) {
                 Ok(n) => {
                     moved += n;

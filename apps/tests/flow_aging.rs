@@ -168,10 +168,10 @@ fn moves_of_a_flow_apply_in_generation_order_and_a_reclaim_outranks_its_move() {
     assert_eq!(agent.stats().moves, 4);
 }
 
-/// The home agent's loop (a wait, then a poll) tries its control listener only when the wait
-/// found it readable, not with an `accept` failing in every round; a connection that arrives
-/// between a wait and its poll is accepted the round after, and a poll without a wait before
-/// it tries the listener as before. A channel is still served.
+/// The home agent's loop (a wait, then a poll) tries its control listener, and reads a
+/// channel, only when the wait found it readable, not with an `accept` or a read failing in
+/// every round; a connection or request that arrives between a wait and its poll is taken the
+/// round after, and a poll without a wait before it tries everything as before.
 #[test]
 fn the_agent_accepts_only_after_a_wait_found_its_listener_readable() {
     if !require_root("the_agent_accepts_only_after_a_wait_found_its_listener_readable") {
@@ -209,4 +209,24 @@ fn the_agent_accepts_only_after_a_wait_found_its_listener_readable() {
         false
     ));
     assert_eq!(agent.stats().moves, 1);
+    // A request that arrives after a wait found nothing readable waits for the next round:
+    // the channel is read when a wait finds its socket readable.
+    agent.wait(Duration::from_millis(5));
+    let k = key(8);
+    ch.send(&ds_handoff::Message::MoveFlow {
+        conn_id: 2,
+        client: std::net::SocketAddrV6::new(k.src, k.sport, 0, 0),
+        server: std::net::SocketAddrV6::new(k.dst, k.dport, 0, 0),
+        to: "fd00:1::2".parse().expect("address"),
+        generation: 2,
+        reclaim: false,
+    })
+    .expect("send");
+    assert!(ch.poll().expect("channel").is_none());
+    std::thread::sleep(Duration::from_millis(50));
+    agent.poll();
+    assert_eq!(agent.stats().moves, 1, "read without the wait's readiness");
+    agent.wait(Duration::from_secs(2));
+    agent.poll();
+    assert_eq!(agent.stats().moves, 2);
 }
