@@ -288,26 +288,28 @@ impl FlowAgent {
             self.resolicit();
         }
         self.age_moved_flows(std::time::Instant::now(), MOVED_IDLE, false);
-        // The gate's listener is tried only when the wait before found it readable (an
-        // `accept` failing with EAGAIN in every round otherwise); no wait, no hint.
+        // The gate's listener is tried, and a channel read, only when the wait before found
+        // it readable (an `accept` or read failing with EAGAIN in every round otherwise) or
+        // the channel can progress without input (`Channel::wants_poll`); no wait, no hint.
         use std::os::fd::AsRawFd;
-        let (waited, set) = (std::mem::take(&mut self.waited), &self.poll);
-        let readable = |fd| !waited || set.ready_fds().any(|r| r == fd);
-        for (c, peer) in self.gate.poll_hinted(std::time::Instant::now(), readable) {
+        let waited = std::mem::take(&mut self.waited);
+        let may_read =
+            |poll: &ds_stack::device::PollSet, fd| !waited || poll.ready_fds().any(|r| r == fd);
+        let set = &self.poll;
+        for (c, peer) in self
+            .gate
+            .poll_hinted(std::time::Instant::now(), |fd| may_read(set, fd))
+        {
             tracing::debug!(%peer, "flow agent: control channel opened");
             self.chans.push(c);
         }
         let mut moved = 0;
         let mut i = 0;
         while i < self.chans.len() {
-            // As the gate's listener: a channel is read when the wait found its socket
-            // readable, or when it can progress without input (`Channel::wants_poll`).
-            if waited && !self.chans[i].wants_poll() {
-                let fd = self.chans[i].stream().as_raw_fd();
-                if !self.poll.ready_fds().any(|r| r == fd) {
-                    i += 1;
-                    continue;
-                }
+            let ch = &self.chans[i];
+            if !ch.wants_poll() && !may_read(&self.poll, ch.stream().as_raw_fd()) {
+                i += 1;
+                continue;
             }
             match self.serve(i) {
                 Ok(n) => {

@@ -37,15 +37,23 @@ fn segment(sport: u16) -> Vec<u8> {
     f
 }
 
+/// A flow agent on a tunnel program (loaded, not attached) behind a control listener on
+/// loopback: the agent, the listener's address and the cluster secret.
+fn agent(secret: &[u8; 32]) -> (FlowAgent, std::net::SocketAddr, ClusterSecret) {
+    let prog = Program::load(Kind::Tunnel, &LoadOptions::default()).expect("load");
+    let listener = TcpListener::bind("[::1]:0").expect("listen");
+    let addr = listener.local_addr().expect("address");
+    let secret = ClusterSecret::new(secret).expect("secret");
+    let agent = FlowAgent::new(prog, listener, secret.clone()).expect("agent");
+    (agent, addr, secret)
+}
+
 #[test]
 fn idle_moved_flows_are_forgotten() {
     if !require_root("idle_moved_flows_are_forgotten") {
         return;
     }
-    let prog = Program::load(Kind::Tunnel, &LoadOptions::default()).expect("load");
-    let listener = TcpListener::bind("[::1]:0").expect("listen");
-    let secret = ClusterSecret::new(b"flow aging test secret, 32 bytes").expect("secret");
-    let mut agent = FlowAgent::new(prog, listener, secret).expect("agent");
+    let (mut agent, _, _) = agent(b"flow aging test secret, 32 bytes");
     let node: Ipv6Addr = "fd00:1::2".parse().expect("address");
     agent
         .program()
@@ -88,6 +96,19 @@ fn idle_moved_flows_are_forgotten() {
     assert_eq!(agent.stats().moved_aged, gone as u64);
 }
 
+/// The request to move flow `sport` to `to` (its `conn_id` is the generation).
+fn move_flow(sport: u16, to: Ipv6Addr, generation: u64, reclaim: bool) -> ds_handoff::Message {
+    let k = key(sport);
+    ds_handoff::Message::MoveFlow {
+        conn_id: generation,
+        client: std::net::SocketAddrV6::new(k.src, k.sport, 0, 0),
+        server: std::net::SocketAddrV6::new(k.dst, k.dport, 0, 0),
+        to,
+        generation,
+        reclaim,
+    }
+}
+
 /// One move request through an authenticated channel to `agent`; its answer's `ok`.
 fn ask(
     agent: &mut FlowAgent,
@@ -97,16 +118,8 @@ fn ask(
     generation: u64,
     reclaim: bool,
 ) -> bool {
-    let k = key(sport);
-    ch.send(&ds_handoff::Message::MoveFlow {
-        conn_id: generation,
-        client: std::net::SocketAddrV6::new(k.src, k.sport, 0, 0),
-        server: std::net::SocketAddrV6::new(k.dst, k.dport, 0, 0),
-        to,
-        generation,
-        reclaim,
-    })
-    .expect("send");
+    ch.send(&move_flow(sport, to, generation, reclaim))
+        .expect("send");
     let t = Instant::now();
     loop {
         assert!(t.elapsed() < Duration::from_secs(5), "no answer");
@@ -131,11 +144,7 @@ fn moves_of_a_flow_apply_in_generation_order_and_a_reclaim_outranks_its_move() {
     if !require_root("moves_of_a_flow_apply_in_generation_order_and_a_reclaim_outranks_its_move") {
         return;
     }
-    let prog = Program::load(Kind::Tunnel, &LoadOptions::default()).expect("load");
-    let listener = TcpListener::bind("[::1]:0").expect("listen");
-    let addr = listener.local_addr().expect("address");
-    let secret = ClusterSecret::new(b"flow fencing test secret 32 byte").expect("secret");
-    let mut agent = FlowAgent::new(prog, listener, secret.clone()).expect("agent");
+    let (mut agent, addr, secret) = agent(b"flow fencing test secret 32 byte");
     let mut ch = ds_handoff::Channel::connect(addr, &secret).expect("channel");
     let (donor, acceptor): (Ipv6Addr, Ipv6Addr) = (
         "fd00:1::1".parse().expect("address"),
@@ -177,11 +186,7 @@ fn the_agent_accepts_only_after_a_wait_found_its_listener_readable() {
     if !require_root("the_agent_accepts_only_after_a_wait_found_its_listener_readable") {
         return;
     }
-    let prog = Program::load(Kind::Tunnel, &LoadOptions::default()).expect("load");
-    let listener = TcpListener::bind("[::1]:0").expect("listen");
-    let addr = listener.local_addr().expect("address");
-    let secret = ClusterSecret::new(b"flow accept test secret 32 bytes").expect("secret");
-    let mut agent = FlowAgent::new(prog, listener, secret.clone()).expect("agent");
+    let (mut agent, addr, secret) = agent(b"flow accept test secret 32 bytes");
     let accepted = |agent: &FlowAgent| agent.stats().gate.accepted;
     // Nothing pending during the wait; a connection completes before the poll.
     agent.wait(Duration::from_millis(5));
@@ -212,16 +217,8 @@ fn the_agent_accepts_only_after_a_wait_found_its_listener_readable() {
     // A request that arrives after a wait found nothing readable waits for the next round:
     // the channel is read when a wait finds its socket readable.
     agent.wait(Duration::from_millis(5));
-    let k = key(8);
-    ch.send(&ds_handoff::Message::MoveFlow {
-        conn_id: 2,
-        client: std::net::SocketAddrV6::new(k.src, k.sport, 0, 0),
-        server: std::net::SocketAddrV6::new(k.dst, k.dport, 0, 0),
-        to: "fd00:1::2".parse().expect("address"),
-        generation: 2,
-        reclaim: false,
-    })
-    .expect("send");
+    let to: Ipv6Addr = "fd00:1::2".parse().expect("address");
+    ch.send(&move_flow(8, to, 2, false)).expect("send");
     assert!(ch.poll().expect("channel").is_none());
     std::thread::sleep(Duration::from_millis(50));
     agent.poll();
