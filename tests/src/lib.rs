@@ -57,7 +57,7 @@ pub use counters::{
 };
 pub use impair::{Direction, Loss, LossCounts, Rate, Tbf};
 pub use link::{
-    add_addr, add_route, bridge, disable_ethtool_offloads, disable_offload, set_down,
+    add_addr, add_route, bridge, disable_ethtool_offloads, disable_offload, link_drops, set_down,
     set_ethtool_features, set_up, veth, veth_queues, wait_addr_usable, wait_tcp_listening,
 };
 pub use netns::{remove_own_namespaces, sweep_stale_namespaces, Child, Netns, NETNS_DIR};

@@ -297,6 +297,49 @@ fn poll_until(timeout: Duration, mut check: impl FnMut() -> Result<Option<String
     }
 }
 
+/// Every nonzero drop or error counter of every link in `ns`: `ip -s -j link`'s `rx`/`tx`
+/// `dropped` and `errors`, and `ethtool -S` counters whose names say drop or error (a veth's
+/// XDP ring overflows are only there), as `"dev: name=n"`. For a test's failure message:
+/// where a lost packet went on the test bed.
+pub fn link_drops(ns: &Netns) -> Result<Vec<String>> {
+    let out = ns.ip(&["-s", "-j", "link", "show"])?;
+    let links: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("parse `ip -s -j link` output")?;
+    let mut found = Vec::new();
+    for link in links.as_array().map(Vec::as_slice).unwrap_or_default() {
+        let Some(dev) = link.get("ifname").and_then(serde_json::Value::as_str) else {
+            continue;
+        };
+        for dir in ["rx", "tx"] {
+            for what in ["dropped", "errors"] {
+                let n = link
+                    .get("stats64")
+                    .and_then(|s| s.get(dir))
+                    .and_then(|s| s.get(what))
+                    .and_then(serde_json::Value::as_u64)
+                    .unwrap_or(0);
+                if n > 0 {
+                    found.push(format!("{dev}: {dir}_{what}={n}"));
+                }
+            }
+        }
+        // Devices without statistics (lo, bridges) make ethtool fail: nothing to add.
+        let Ok(stats) = ns.command("ethtool").args(["-S", dev]).output() else {
+            continue;
+        };
+        for line in String::from_utf8_lossy(&stats.stdout).lines() {
+            let Some((name, n)) = line.trim().split_once(':') else {
+                continue;
+            };
+            let n: u64 = n.trim().parse().unwrap_or(0);
+            if n > 0 && (name.contains("drop") || name.contains("err")) {
+                found.push(format!("{dev}: {}={n}", name.trim()));
+            }
+        }
+    }
+    Ok(found)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -73,7 +73,7 @@ impl HandoffTopology {
             .map(|i| Netns::new(&format!("{p}n{i}")))
             .collect::<Result<Vec<_>>>()?;
         crate::bridge(&hub, BRIDGE, &[])?;
-        let ports = (1..=spec.nodes).map(|i| format!("l{i}"));
+        let ports = (1..=spec.nodes).map(node_port);
         let members = [
             (&client, "lc".to_string(), CLIENT_IF),
             (&ha, HA_PORT.into(), HA_IF),
@@ -124,6 +124,44 @@ impl HandoffTopology {
             nodes,
         })
     }
+}
+
+impl HandoffTopology {
+    /// A FIFO of `frames` on the bridge's ports towards the home agent and the nodes, as a
+    /// switch port buffers a burst. Without one (a veth's default is no queue), a frame that
+    /// finds the 256-frame ring of an XDP program's veth full is dropped at once (the port's
+    /// `tx_dropped`); with one, the veth stops the queue until the ring drains (Linux 6.16's
+    /// qdisc backpressure on veth). For the flood tests: at 50,000 packets/s on two shared
+    /// cores, the home agent's or a node's NAPI falls behind now and then, and a legitimate
+    /// client's SYN lost there costs its 1 s retransmission — the test bed's ring, not what is
+    /// tested.
+    pub fn queue_ports(&self, frames: u32) -> Result<()> {
+        let limit = frames.to_string();
+        let ports = (1..=self.nodes.len()).map(node_port);
+        for port in std::iter::once(HA_PORT.to_string()).chain(ports) {
+            let args = [
+                "qdisc", "replace", "dev", &port, "root", "pfifo", "limit", &limit,
+            ];
+            let out = self
+                .hub
+                .command("tc")
+                .args(args)
+                .output()
+                .context("run tc")?;
+            anyhow::ensure!(
+                out.status.success(),
+                "tc {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Node `i`'s port on the bridge (from 1).
+fn node_port(i: usize) -> String {
+    format!("l{i}")
 }
 
 /// `aa:bb:cc:dd:ee:ff`.
