@@ -105,6 +105,64 @@ impl Instant {
     }
 }
 
+/// A span of time in whole microseconds, in 32 bits: 0 to about 71.6 minutes, longer spans
+/// saturate and sub-microsecond parts are dropped.
+///
+/// For figures a TCP connection keeps per round-trip time (SRTT, RTTVAR, RTO, HyStart++'s round
+/// minima), which our clock measures in microseconds anyway ([`Instant`]) and which never come
+/// near an hour (RTO is capped at minutes): `Duration` spends 16 bytes on each, and a
+/// connection's control block is what every packet reads. Compute in `Duration` ([`Micros::get`])
+/// and store back with `From<Duration>`.
+///
+/// ```
+/// use ds_mipv6::time::Micros;
+/// use std::time::Duration;
+/// assert_eq!(std::mem::size_of::<Option<Micros>>(), 8);
+/// let m = Micros::from(Duration::from_nanos(1_500_999));
+/// assert_eq!((m.as_micros(), m.get()), (1_500, Duration::from_micros(1_500)));
+/// assert_eq!(Micros::from(Duration::from_secs(1 << 40)).as_micros(), u32::MAX);
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Micros(u32);
+
+impl Micros {
+    /// No time.
+    pub const ZERO: Micros = Micros(0);
+
+    /// `us` microseconds.
+    pub const fn from_micros(us: u32) -> Micros {
+        Micros(us)
+    }
+
+    /// The whole microseconds.
+    pub const fn as_micros(self) -> u32 {
+        self.0
+    }
+
+    /// As a `Duration`, for arithmetic.
+    pub const fn get(self) -> Duration {
+        Duration::from_micros(self.0 as u64)
+    }
+}
+
+impl From<Duration> for Micros {
+    fn from(d: Duration) -> Micros {
+        Micros(u32::try_from(d.as_micros()).unwrap_or(u32::MAX))
+    }
+}
+
+impl From<Micros> for Duration {
+    fn from(m: Micros) -> Duration {
+        m.get()
+    }
+}
+
+impl std::fmt::Debug for Micros {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.get().fmt(f)
+    }
+}
+
 impl Default for Instant {
     fn default() -> Self {
         Instant::ZERO

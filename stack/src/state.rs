@@ -12,7 +12,7 @@
 use crate::tcp::cc::Cc;
 use crate::tcp::tcb::{OooQueue, Pace, Tcb};
 use crate::tcp::{Congestion, Keepalive, TcpConfig, TcpState};
-use crate::time::{Duration, Instant};
+use crate::time::{Duration, Instant, Micros};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::net::{Ipv6Addr, SocketAddrV6};
@@ -343,11 +343,8 @@ impl Tcb {
             wscales: (self.snd_wscale << 4) | (self.rcv_wscale & 0xf),
             ts_recent: self.ts_recent,
             ts_last: (now.total_millis() as u32).wrapping_add(self.ts_offset),
-            srtt_us: self
-                .srtt
-                .map(|d| d.as_micros().min(u32::MAX as u128) as u32)
-                .unwrap_or(0),
-            rttvar_us: self.rttvar.as_micros().min(u32::MAX as u128) as u32,
+            srtt_us: self.srtt.map_or(0, Micros::as_micros),
+            rttvar_us: self.rttvar.as_micros(),
             cwnd,
             after_loss,
             send_buf_kib: (self.cfg.send_buf >> 10) as u32,
@@ -464,8 +461,8 @@ impl Tcb {
             .wrapping_sub(now.total_millis() as u32);
         t.sack_ok = s.has(flags::SACK);
         if s.srtt_us > 0 {
-            t.srtt = Some(Duration::from_micros(s.srtt_us.into()));
-            t.rttvar = Duration::from_micros(s.rttvar_us.into());
+            t.srtt = Some(Micros::from_micros(s.srtt_us));
+            t.rttvar = Micros::from_micros(s.rttvar_us);
             t.rtt_inherited = true;
         }
         t.backoff = s
@@ -486,7 +483,7 @@ impl Tcb {
                 now + f
                     .rto_due_us
                     .map(|us| Duration::from_micros(us.into()))
-                    .unwrap_or(t.rto),
+                    .unwrap_or(t.rto.get()),
             );
         }
         if matches!(state, TcpState::FinWait2) {
@@ -497,7 +494,7 @@ impl Tcb {
         }
         if t.cfg.pace_after_thaw {
             if let Some(srtt) = t.srtt {
-                t.pace = Pace::first_window(now, t.cc.cwnd, snd_mss, srtt, t.snd_nxt);
+                t.pace = Pace::first_window(now, t.cc.cwnd, snd_mss, srtt.get(), t.snd_nxt);
             }
         }
         // Tell the peer where we are at once: an ACK with our current window.

@@ -81,7 +81,7 @@ impl Interface {
                 if let Some(t) = self.conns.get_mut(idx) {
                     t.listener = None;
                 }
-                if let Some(Some(lst)) = self.listeners.get_mut(l) {
+                if let Some(Some(lst)) = self.listeners.get_mut(l as usize) {
                     lst.embryonic = lst.embryonic.saturating_sub(1);
                     if state != TcpState::Closed {
                         lst.accept.push_back(idx);
@@ -277,7 +277,7 @@ impl Interface {
     /// A connection in SYN-RECEIVED for listener `l`: it counts against the backlog until it
     /// is accepted.
     fn insert_embryonic(&mut self, l: u32, mut tcb: Tcb) -> u32 {
-        tcb.listener = Some(l as usize);
+        tcb.listener = Some(l);
         if let Some(Some(lst)) = self.listeners.get_mut(l as usize) {
             lst.embryonic += 1;
         }

@@ -3,7 +3,7 @@
 //! queue is building. Loss *detection* and recovery live in the TCB; this module only answers
 //! "how big may the window be".
 
-use crate::time::{Duration, Instant};
+use crate::time::{Duration, Instant, Micros};
 use serde::{Deserialize, Serialize};
 
 /// Which congestion-avoidance algorithm a connection uses.
@@ -42,11 +42,12 @@ const HS_CSS_ROUNDS: u32 = 5;
 pub struct HyStart {
     /// The current round ends when an ACK reaches this sequence number (SND.NXT when it began).
     window_end: Option<u32>,
-    last_round_min: Option<Duration>,
-    current_round_min: Option<Duration>,
+    /// Round minima in 32-bit microseconds (`Micros`; the samples are whole milliseconds).
+    last_round_min: Option<Micros>,
+    current_round_min: Option<Micros>,
     samples: u32,
     /// In conservative slow start (CSS): the minimum RTT that started it.
-    css_baseline: Option<Duration>,
+    css_baseline: Option<Micros>,
     css_rounds: u32,
     /// Slow start is over for HyStart++: a loss, a timeout or CSS's last round.
     done: bool,
@@ -151,13 +152,18 @@ impl Cc {
                 }
             }
         }
-        let Some(r) = rtt else { return };
+        let Some(r) = rtt.map(Micros::from) else {
+            return;
+        };
         h.current_round_min = Some(h.current_round_min.map_or(r, |m| m.min(r)));
         h.samples += 1;
         if h.samples < HS_N_RTT_SAMPLE {
             return;
         }
-        let (Some(cur), Some(last)) = (h.current_round_min, h.last_round_min) else {
+        let (Some(cur), Some(last)) = (
+            h.current_round_min.map(Micros::get),
+            h.last_round_min.map(Micros::get),
+        ) else {
             return;
         };
         match h.css_baseline {
@@ -165,12 +171,12 @@ impl Cc {
                 let thresh =
                     (last / HS_MIN_RTT_DIVISOR).clamp(HS_MIN_RTT_THRESH, HS_MAX_RTT_THRESH);
                 if cur >= last + thresh {
-                    h.css_baseline = Some(cur);
+                    h.css_baseline = Some(cur.into());
                     h.css_rounds = 0;
                 }
             }
             // §4.2: the RTT fell back: the increase was spurious, slow start again.
-            Some(base) if cur < base => h.css_baseline = None,
+            Some(base) if cur < base.get() => h.css_baseline = None,
             Some(_) => {}
         }
     }

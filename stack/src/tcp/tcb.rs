@@ -8,7 +8,7 @@
 use super::cc::Cc;
 use super::seq::{self, dist, ge, gt, le, lt};
 use super::{TcpConfig, TcpState};
-use crate::time::{Duration, Instant};
+use crate::time::{Duration, Instant, Micros};
 use std::collections::VecDeque;
 use std::net::SocketAddrV6;
 use std::sync::Arc;
@@ -329,13 +329,14 @@ pub struct Tcb {
     pub(crate) ts_offset: u32,
     pub(crate) sack_ok: bool,
 
-    // RTT estimation, RFC 6298.
-    pub(crate) srtt: Option<Duration>,
+    // RTT estimation, RFC 6298 (in 32-bit microseconds, `Micros`: 16 bytes where `Duration`s
+    // took 48, and our clock's granularity is the microsecond anyway).
+    pub(crate) srtt: Option<Micros>,
     /// SRTT and RTTVAR came with a moved connection: measured on the donor's path, not ours.
     /// They set the RTO until our first sample, which then counts as the first measurement.
     pub(crate) rtt_inherited: bool,
-    pub(crate) rttvar: Duration,
-    pub(crate) rto: Duration,
+    pub(crate) rttvar: Micros,
+    pub(crate) rto: Micros,
     pub(crate) backoff: u32,
     /// The one segment being timed (Karn's algorithm: never a retransmitted one).
     pub(crate) timed: Option<(u32, Instant)>,
@@ -448,8 +449,9 @@ pub struct Tcb {
     /// When we last answered an unacceptable segment that occupies no sequence space.
     oow_ack_at: Option<Instant>,
     pub(crate) events: TcbEvents,
-    /// Listener this embryonic connection belongs to.
-    pub(crate) listener: Option<usize>,
+    /// Listener this embryonic connection belongs to (an index into the interface's listeners,
+    /// which are counted in `u32` as connections are).
+    pub(crate) listener: Option<u32>,
 }
 
 /// RFC 5961 §7: at most this many challenge ACKs per connection per second.
@@ -545,8 +547,8 @@ impl Tcb {
             sack_ok: false,
             srtt: None,
             rtt_inherited: false,
-            rttvar: Duration::ZERO,
-            rto,
+            rttvar: Micros::ZERO,
+            rto: rto.into(),
             backoff: 0,
             timed: None,
             cc: Cc::new(cfg.congestion, 536, cfg.initial_window),
@@ -1316,15 +1318,15 @@ impl Tcb {
         if std::mem::take(&mut self.rtt_inherited) {
             self.srtt = None;
         }
-        match self.srtt {
+        match self.srtt.map(Micros::get) {
             None => {
-                self.srtt = Some(r);
-                self.rttvar = r / 2;
+                self.srtt = Some(r.into());
+                self.rttvar = (r / 2).into();
             }
             Some(srtt) => {
                 let diff = srtt.abs_diff(r);
-                self.rttvar = (self.rttvar * 3 + diff) / 4;
-                self.srtt = Some((srtt * 7 + r) / 8);
+                self.rttvar = ((self.rttvar.get() * 3 + diff) / 4).into();
+                self.srtt = Some(((srtt * 7 + r) / 8).into());
             }
         }
         self.backoff = 0;
@@ -1332,9 +1334,9 @@ impl Tcb {
     }
 
     pub(crate) fn update_rto(&mut self) {
-        let srtt = self.srtt.unwrap_or(Duration::ZERO);
+        let srtt = self.srtt.unwrap_or_default().get();
         // G, the clock granularity: our clock is microseconds, use 1 ms as Linux does.
-        let k_rttvar = (self.rttvar * 4).max(Duration::from_millis(1));
+        let k_rttvar = (self.rttvar.get() * 4).max(Duration::from_millis(1));
         let base = if self.srtt.is_some() {
             srtt + k_rttvar
         } else {
@@ -1344,7 +1346,8 @@ impl Tcb {
         let base = base.clamp(self.cfg.min_rto, self.cfg.max_rto);
         self.rto = base
             .saturating_mul(1u32 << self.backoff.min(16))
-            .min(self.cfg.max_rto);
+            .min(self.cfg.max_rto)
+            .into();
     }
 
     /// The ACK processing of RFC 9293 §3.10.7.4 "fifth", with RFC 5681 / 6582 / 6675 loss
@@ -1390,7 +1393,7 @@ impl Tcb {
                     // Partial ACK.
                     if self.loss_all {
                         // Timeout recovery grows the window by slow start (RFC 5681 §3.1).
-                        let srtt = self.srtt.unwrap_or(Duration::from_millis(100));
+                        let srtt = self.srtt.map_or(Duration::from_millis(100), Micros::get);
                         self.cc.on_ack(acked, mss, now, srtt);
                     } else if !self.sack_ok {
                         // RFC 6582 §3.2 step 5: retransmit the next segment, deflate.
@@ -1406,7 +1409,7 @@ impl Tcb {
                         // the point went out before the recovery began. reo_wnd is a
                         // quarter of SRTT here (RFC 8985 §6.2 uses min_rtt / 4; we keep no
                         // min_rtt).
-                        let srtt = self.srtt.unwrap_or_default();
+                        let srtt = self.srtt.unwrap_or_default().get();
                         self.tail_lost = self
                             .recovery_at
                             .is_some_and(|at| now >= at + srtt + srtt / 4);
@@ -1428,7 +1431,7 @@ impl Tcb {
                 }
                 None => {
                     self.dupacks = 0;
-                    let srtt = self.srtt.unwrap_or(Duration::from_millis(100));
+                    let srtt = self.srtt.map_or(Duration::from_millis(100), Micros::get);
                     let rtt = self.ts_rtt(now, seg);
                     self.cc.hystart_on_ack(ack, self.snd_nxt, rtt);
                     self.cc.on_ack(acked, mss, now, srtt);
@@ -1443,7 +1446,7 @@ impl Tcb {
                     self.drain_probed = false;
                 }
             } else {
-                self.t_rto = Some(now + self.rto);
+                self.t_rto = Some(now + self.rto.get());
             }
             self.tlp_out = false;
             self.arm_tlp(now);
@@ -1495,7 +1498,7 @@ impl Tcb {
                 self.t_persist = None;
                 self.persist_backoff = 0;
                 if self.snd_una != self.snd_max && self.t_rto.is_none() {
-                    self.t_rto = Some(now + self.rto);
+                    self.t_rto = Some(now + self.rto.get());
                 }
             }
         }
@@ -1657,7 +1660,9 @@ impl Tcb {
     /// is in flight), never later than the RTO (RFC 8985 §7.2).
     fn arm_tlp(&mut self, now: Instant) {
         self.t_tlp = None;
-        let Some(srtt) = self.srtt else { return };
+        let Some(srtt) = self.srtt.map(Micros::get) else {
+            return;
+        };
         // RFC 8985 §7.2 sets the probe timeout from this path's SRTT; an inherited one may be
         // far shorter (the donor sat next to the client's home agent), and every probe would
         // be a spurious retransmission. The RTO covers a lost tail until we have a sample.
@@ -1891,7 +1896,7 @@ impl Tcb {
         self.timed = None;
         self.backoff += 1;
         self.update_rto();
-        self.t_rto = Some(now + self.rto);
+        self.t_rto = Some(now + self.rto.get());
     }
 
     /// The earliest instant at which [`Tcb::on_timer`] has work.
@@ -2087,7 +2092,7 @@ impl Tcb {
             self.timed = Some((self.iss, now));
         }
         if self.t_rto.is_none() {
-            self.t_rto = Some(now + self.rto);
+            self.t_rto = Some(now + self.rto.get());
         }
         self.events.segments_out += 1;
         Some(s)
@@ -2317,7 +2322,7 @@ impl Tcb {
             }
         }
         if self.t_rto.is_none() {
-            self.t_rto = Some(now + self.rto);
+            self.t_rto = Some(now + self.rto.get());
         }
         Some(s)
     }
@@ -2337,7 +2342,7 @@ impl Tcb {
             self.snd_nxt = seq.wrapping_add(len);
             self.snd_max = self.snd_nxt;
             if self.t_rto.is_none() {
-                self.t_rto = Some(now + self.rto);
+                self.t_rto = Some(now + self.rto.get());
             }
             return Some(s);
         }
@@ -2351,7 +2356,7 @@ impl Tcb {
     }
 
     fn arm_persist(&mut self, now: Instant) {
-        let base = self.rto.max(self.cfg.min_rto);
+        let base = self.rto.get().max(self.cfg.min_rto);
         let d = base
             .saturating_mul(1u32 << self.persist_backoff.min(10))
             .min(self.cfg.max_rto);
@@ -2519,7 +2524,7 @@ impl Tcb {
             self.snd_max = self.snd_nxt;
         }
         if self.t_rto.is_none() {
-            self.t_rto = Some(now + self.rto);
+            self.t_rto = Some(now + self.rto.get());
         }
         if self.t_tlp.is_none() && !retransmitting {
             self.arm_tlp(now);
