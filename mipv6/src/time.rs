@@ -121,6 +121,7 @@ impl Instant {
 /// let m = Micros::from(Duration::from_nanos(1_500_999));
 /// assert_eq!((m.as_micros(), m.get()), (1_500, Duration::from_micros(1_500)));
 /// assert_eq!(Micros::from(Duration::from_secs(1 << 40)).as_micros(), u32::MAX);
+/// assert_eq!(ds_mipv6::Instant::ZERO + m, ds_mipv6::Instant::from_micros(1_500));
 /// ```
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Micros(u32);
@@ -185,6 +186,13 @@ impl Add<Duration> for Instant {
     type Output = Instant;
     fn add(self, rhs: Duration) -> Instant {
         Instant::from_micros(self.total_micros().saturating_add(dur_micros(rhs)))
+    }
+}
+
+impl Add<Micros> for Instant {
+    type Output = Instant;
+    fn add(self, rhs: Micros) -> Instant {
+        Instant::from_micros(self.total_micros().saturating_add(i64::from(rhs.0)))
     }
 }
 

@@ -1318,15 +1318,19 @@ impl Tcb {
         if std::mem::take(&mut self.rtt_inherited) {
             self.srtt = None;
         }
-        match self.srtt.map(Micros::get) {
+        // In whole microseconds (our clock's unit), as Linux keeps srtt_us.
+        let r = u64::from(Micros::from(r).as_micros());
+        let us = |v: u64| Micros::from_micros(u32::try_from(v).unwrap_or(u32::MAX));
+        match self.srtt {
             None => {
-                self.srtt = Some(r.into());
-                self.rttvar = (r / 2).into();
+                self.srtt = Some(us(r));
+                self.rttvar = us(r / 2);
             }
             Some(srtt) => {
+                let srtt = u64::from(srtt.as_micros());
                 let diff = srtt.abs_diff(r);
-                self.rttvar = ((self.rttvar.get() * 3 + diff) / 4).into();
-                self.srtt = Some(((srtt * 7 + r) / 8).into());
+                self.rttvar = us((u64::from(self.rttvar.as_micros()) * 3 + diff) / 4);
+                self.srtt = Some(us((srtt * 7 + r) / 8));
             }
         }
         self.backoff = 0;
@@ -1446,7 +1450,7 @@ impl Tcb {
                     self.drain_probed = false;
                 }
             } else {
-                self.t_rto = Some(now + self.rto.get());
+                self.t_rto = Some(now + self.rto);
             }
             self.tlp_out = false;
             self.arm_tlp(now);
@@ -1498,7 +1502,7 @@ impl Tcb {
                 self.t_persist = None;
                 self.persist_backoff = 0;
                 if self.snd_una != self.snd_max && self.t_rto.is_none() {
-                    self.t_rto = Some(now + self.rto.get());
+                    self.t_rto = Some(now + self.rto);
                 }
             }
         }
@@ -1896,7 +1900,7 @@ impl Tcb {
         self.timed = None;
         self.backoff += 1;
         self.update_rto();
-        self.t_rto = Some(now + self.rto.get());
+        self.t_rto = Some(now + self.rto);
     }
 
     /// The earliest instant at which [`Tcb::on_timer`] has work.
@@ -2092,7 +2096,7 @@ impl Tcb {
             self.timed = Some((self.iss, now));
         }
         if self.t_rto.is_none() {
-            self.t_rto = Some(now + self.rto.get());
+            self.t_rto = Some(now + self.rto);
         }
         self.events.segments_out += 1;
         Some(s)
@@ -2322,7 +2326,7 @@ impl Tcb {
             }
         }
         if self.t_rto.is_none() {
-            self.t_rto = Some(now + self.rto.get());
+            self.t_rto = Some(now + self.rto);
         }
         Some(s)
     }
@@ -2342,7 +2346,7 @@ impl Tcb {
             self.snd_nxt = seq.wrapping_add(len);
             self.snd_max = self.snd_nxt;
             if self.t_rto.is_none() {
-                self.t_rto = Some(now + self.rto.get());
+                self.t_rto = Some(now + self.rto);
             }
             return Some(s);
         }
@@ -2524,7 +2528,7 @@ impl Tcb {
             self.snd_max = self.snd_nxt;
         }
         if self.t_rto.is_none() {
-            self.t_rto = Some(now + self.rto.get());
+            self.t_rto = Some(now + self.rto);
         }
         if self.t_tlp.is_none() && !retransmitting {
             self.arm_tlp(now);
