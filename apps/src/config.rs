@@ -344,16 +344,12 @@ mod tests {
     use super::*;
 
     fn args_of(text: &str) -> Result<Vec<String>, ConfigError> {
-        let dir = std::env::temp_dir().join(format!("ds-config-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let p = dir.join(format!(
-            "{:x}.toml",
-            text.len() * 31 + text.bytes().map(usize::from).sum::<usize>()
-        ));
+        // A directory per text (tests run in parallel threads of one process), removed after.
+        let key = text.len() * 31 + text.bytes().map(usize::from).sum::<usize>();
+        let dir = ds_testbed::TempDir::new(&format!("config-{key:x}")).expect("dir");
+        let p = dir.path().join("dsnode.toml");
         std::fs::write(&p, text).expect("write");
-        let r = serve_args(&p);
-        let _ = std::fs::remove_file(&p);
-        r
+        serve_args(&p)
     }
 
     #[test]

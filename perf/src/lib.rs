@@ -85,3 +85,49 @@ pub(crate) fn unique() -> u64 {
     static N: AtomicU64 = AtomicU64::new(0);
     N.fetch_add(1, Ordering::Relaxed)
 }
+
+/// Whether `name` is one of process `pid`'s scratch directories in the temp directory:
+/// `dsperf-<what>-<pid>` or `dsperf-<what>-<pid>-<n>`, as the benchmarks name them.
+pub fn is_scratch_of(name: &str, pid: u32) -> bool {
+    let Some(rest) = name.strip_prefix("dsperf-") else {
+        return false;
+    };
+    let pid = pid.to_string();
+    let mut parts = rest.split('-').skip(1);
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(p), None, None) => p == pid,
+        (Some(p), Some(n), None) => p == pid && n.bytes().all(|b| b.is_ascii_digit()),
+        _ => false,
+    }
+}
+
+/// Remove this process's scratch directories ([`is_scratch_of`]): what an interrupted run
+/// would leave, since its guards' `Drop` does not run. Returns how many were removed.
+pub fn remove_own_scratch() -> usize {
+    let pid = std::process::id();
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|e| is_scratch_of(&e.file_name().to_string_lossy(), pid))
+        .filter(|e| std::fs::remove_dir_all(e.path()).is_ok())
+        .count()
+}
+
+#[cfg(test)]
+mod scratch_tests {
+    use super::is_scratch_of;
+
+    #[test]
+    fn scratch_names_are_matched_by_their_pid() {
+        assert!(is_scratch_of("dsperf-fig1-4851-0", 4851));
+        assert!(is_scratch_of("dsperf-http-4851", 4851));
+        assert!(is_scratch_of("dsperf-handoff-4851-12", 4851));
+        assert!(!is_scratch_of("dsperf-fig1-48510-0", 4851));
+        assert!(!is_scratch_of("dsperf-fig1-485-0", 4851));
+        assert!(!is_scratch_of("dsperf-fig1-4851-x", 4851));
+        assert!(!is_scratch_of("ds-config-4851", 4851));
+        assert!(!is_scratch_of("dsperf-fig1", 4851));
+    }
+}

@@ -40,8 +40,8 @@ fn dead(pid: i32) -> bool {
 }
 
 /// SIGINT to `dsperf reproduce` while its Figure 1 testbed runs (WAN emulator, home agents,
-/// nodes, each a process in a namespace): it exits 130, and none of those processes nor
-/// namespaces is left.
+/// nodes, each a process in a namespace): it exits 130, and none of those processes,
+/// namespaces or its scratch directory is left.
 #[test]
 fn an_interrupted_dsperf_leaves_no_daemons_or_namespaces() {
     let Some(_one) = exclusive("an_interrupted_dsperf_leaves_no_daemons_or_namespaces") else {
@@ -90,6 +90,14 @@ fn an_interrupted_dsperf_leaves_no_daemons_or_namespaces() {
     let _ = std::fs::remove_dir_all(&out);
     assert_eq!(status.code(), Some(130), "{status}");
     assert!(namespaces_of(pid).is_empty(), "{:?}", namespaces_of(pid));
+    // Nor its scratch directory (the testbed's logs, served files and secret).
+    let scratch: Vec<String> = std::fs::read_dir(std::env::temp_dir())
+        .expect("temp dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| ds_perf::is_scratch_of(n, pid))
+        .collect();
+    assert!(scratch.is_empty(), "left behind: {scratch:?}");
     let t = Instant::now();
     while !daemons.iter().all(|&p| dead(p)) && t.elapsed() < Duration::from_secs(5) {
         std::thread::sleep(Duration::from_millis(50));

@@ -1059,7 +1059,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// On SIGINT or SIGTERM, kill the daemons we started and remove our namespaces, then exit 130:
+/// On SIGINT or SIGTERM, kill the daemons we started and remove our namespaces and scratch
+/// directories (daemons' logs, served files, secrets), then exit 130:
 /// the benchmarks' guards would not run their `Drop`, and their processes and namespaces
 /// (with XDP programs on their devices) would outlive us. A second signal exits at once.
 fn stop_cleanly_on_signal() {
@@ -1073,7 +1074,8 @@ fn stop_cleanly_on_signal() {
             eprintln!("dsperf: interrupted: stopping daemons, removing namespaces");
             let n = ds_testbed::remove_own_namespaces();
             ds_perf::reproduce::testbed::restore_allowed_cc();
-            eprintln!("dsperf: removed {n} namespace(s)");
+            let dirs = ds_perf::remove_own_scratch();
+            eprintln!("dsperf: removed {n} namespace(s), {dirs} scratch director(ies)");
             std::process::exit(130);
         }
     });
