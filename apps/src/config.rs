@@ -344,9 +344,10 @@ mod tests {
     use super::*;
 
     fn args_of(text: &str) -> Result<Vec<String>, ConfigError> {
-        // A directory per text (tests run in parallel threads of one process), removed after.
-        let key = text.len() * 31 + text.bytes().map(usize::from).sum::<usize>();
-        let dir = ds_testbed::TempDir::new(&format!("config-{key:x}")).expect("dir");
+        // A directory per call (tests run in parallel threads of one process), removed after.
+        static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = ds_testbed::TempDir::new(&format!("config-{n}")).expect("dir");
         let p = dir.path().join("dsnode.toml");
         std::fs::write(&p, text).expect("write");
         serve_args(&p)

@@ -109,10 +109,10 @@ impl Instant {
 /// saturate and sub-microsecond parts are dropped.
 ///
 /// For figures a TCP connection keeps per round-trip time (SRTT, RTTVAR, RTO, HyStart++'s round
-/// minima), which our clock measures in microseconds anyway ([`Instant`]) and which never come
-/// near an hour (RTO is capped at minutes): `Duration` spends 16 bytes on each, and a
-/// connection's control block is what every packet reads. Compute in `Duration` ([`Micros::get`])
-/// and store back with `From<Duration>`.
+/// minima), which our clock measures in microseconds anyway ([`Instant`]) and which stay far
+/// below an hour (an RTO cap configured above ~71.6 minutes is cut to it): `Duration` spends
+/// 16 bytes on each, and a connection's control block is what every packet reads. Compute in
+/// `Duration` ([`Micros::get`], stored back with `From<Duration>`) or in whole microseconds.
 ///
 /// ```
 /// use ds_mipv6::time::Micros;

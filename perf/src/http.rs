@@ -30,7 +30,7 @@ use anyhow::{bail, ensure, Context, Result};
 use ds_testbed::{add_addr, veth, wait_addr_usable, Child, Netns};
 use serde::Serialize;
 use std::net::{Ipv6Addr, SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 use tracing::info;
 
@@ -233,7 +233,7 @@ struct Bed {
     ours_ns: Netns,
     nginx_ns: Netns,
     queues_ns: Netns,
-    dir: PathBuf,
+    dir: ds_testbed::TempDir,
 }
 
 impl Drop for Bed {
@@ -251,7 +251,6 @@ impl Drop for Bed {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -372,15 +371,17 @@ impl Bed {
         .map(String::from)
         .to_vec();
         args.extend_from_slice(extra);
-        let (mut child, log, _) = ns.spawn_logged("taskset", &args, &self.dir, name)?;
+        let (mut child, log, _) = ns.spawn_logged("taskset", &args, self.dir.path(), name)?;
         wait_serving(&self.cli, t.addr(), &mut child, name)
             .with_context(|| std::fs::read_to_string(&log).unwrap_or_default())?;
         Ok(child)
     }
 
     fn build(opts: &Options, dsnode: &Path) -> Result<Bed> {
-        let dir = std::env::temp_dir().join(format!("dsperf-http-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let scratch = ds_testbed::TempDir::at(
+            std::env::temp_dir().join(format!("dsperf-http-{}", std::process::id())),
+        )?;
+        let dir = scratch.path().to_path_buf();
         let root = dir.join("www");
         std::fs::create_dir_all(&root)?;
         for c in &opts.cases {
@@ -445,7 +446,7 @@ impl Bed {
             ours_ns: o,
             nginx_ns: n,
             queues_ns: q,
-            dir: dir.clone(),
+            dir: scratch,
         };
         if opts.targets.contains(&Target::OursQueues) {
             // Every core: one thread per queue, wherever the scheduler puts them.
@@ -502,7 +503,7 @@ fn wrk(bed: &Bed, opts: &Options, t: Target, c: Case, d: Duration) -> Result<Mea
     let cpu_before = server.map(crate::stack::load::process_cpu);
     let t0 = Instant::now();
     let url = format!("http://[{}]:{PORT}/{}", t.addr(), c.file());
-    let script = bed.dir.join("report.lua");
+    let script = bed.dir.path().join("report.lua");
     if !script.exists() {
         std::fs::write(&script, WRK_LUA)?;
     }
@@ -620,7 +621,8 @@ pub fn run(
         .iter()
         .any(|s| s.target == Target::Nginx && s.errors > 0)
     {
-        let log = std::fs::read_to_string(bed.dir.join("nginx-error.log")).unwrap_or_default();
+        let log =
+            std::fs::read_to_string(bed.dir.path().join("nginx-error.log")).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(5).collect();
         tracing::warn!(
             "nginx answered with errors; the end of its error log: {:?}",

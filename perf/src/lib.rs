@@ -87,7 +87,8 @@ pub(crate) fn unique() -> u64 {
 }
 
 /// Whether `name` is one of process `pid`'s scratch directories in the temp directory:
-/// `dsperf-<what>-<pid>` or `dsperf-<what>-<pid>-<n>`, as the benchmarks name them.
+/// `dsperf-<what>-<pid>` or `dsperf-<what>-<pid>-<n>`, as the benchmarks name them (`<what>`
+/// without a hyphen: `fig1`, `http`, `handoff`).
 pub fn is_scratch_of(name: &str, pid: u32) -> bool {
     let Some(rest) = name.strip_prefix("dsperf-") else {
         return false;
@@ -96,7 +97,9 @@ pub fn is_scratch_of(name: &str, pid: u32) -> bool {
     let mut parts = rest.split('-').skip(1);
     match (parts.next(), parts.next(), parts.next()) {
         (Some(p), None, None) => p == pid,
-        (Some(p), Some(n), None) => p == pid && n.bytes().all(|b| b.is_ascii_digit()),
+        (Some(p), Some(n), None) => {
+            p == pid && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
+        }
         _ => false,
     }
 }
@@ -129,5 +132,6 @@ mod scratch_tests {
         assert!(!is_scratch_of("dsperf-fig1-4851-x", 4851));
         assert!(!is_scratch_of("ds-config-4851", 4851));
         assert!(!is_scratch_of("dsperf-fig1", 4851));
+        assert!(!is_scratch_of("dsperf-fig1-4851-", 4851));
     }
 }

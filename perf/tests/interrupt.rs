@@ -29,6 +29,16 @@ fn members(ns: &str) -> Vec<i32> {
         .collect()
 }
 
+/// The scratch directories of process `pid` in the temp directory.
+fn scratch_of(pid: u32) -> Vec<String> {
+    std::fs::read_dir(std::env::temp_dir())
+        .expect("temp dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| ds_perf::is_scratch_of(n, pid))
+        .collect()
+}
+
 /// Gone, or a zombie waiting for init.
 fn dead(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -74,6 +84,8 @@ fn an_interrupted_dsperf_leaves_no_daemons_or_namespaces() {
         std::thread::sleep(Duration::from_millis(100));
     };
     std::thread::sleep(Duration::from_millis(300));
+    // Its scratch directory exists now (so that its absence below means something).
+    assert!(!scratch_of(pid).is_empty(), "no scratch directory of {pid}");
     // SAFETY: kill(2) on our own child's pid with a constant signal; no pointers.
     unsafe { libc::kill(pid as i32, libc::SIGINT) };
     let t = Instant::now();
@@ -91,13 +103,11 @@ fn an_interrupted_dsperf_leaves_no_daemons_or_namespaces() {
     assert_eq!(status.code(), Some(130), "{status}");
     assert!(namespaces_of(pid).is_empty(), "{:?}", namespaces_of(pid));
     // Nor its scratch directory (the testbed's logs, served files and secret).
-    let scratch: Vec<String> = std::fs::read_dir(std::env::temp_dir())
-        .expect("temp dir")
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| ds_perf::is_scratch_of(n, pid))
-        .collect();
-    assert!(scratch.is_empty(), "left behind: {scratch:?}");
+    assert!(
+        scratch_of(pid).is_empty(),
+        "left behind: {:?}",
+        scratch_of(pid)
+    );
     let t = Instant::now();
     while !daemons.iter().all(|&p| dead(p)) && t.elapsed() < Duration::from_secs(5) {
         std::thread::sleep(Duration::from_millis(50));

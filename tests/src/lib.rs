@@ -57,8 +57,9 @@ pub use counters::{
 };
 pub use impair::{Direction, Loss, LossCounts, Rate, Tbf};
 pub use link::{
-    add_addr, add_route, bridge, disable_ethtool_offloads, disable_offload, link_drops, set_down,
-    set_ethtool_features, set_up, veth, veth_queues, wait_addr_usable, wait_tcp_listening,
+    add_addr, add_route, bridge, disable_ethtool_offloads, disable_offload, link_drops, link_stat,
+    set_down, set_ethtool_features, set_up, veth, veth_queues, wait_addr_usable,
+    wait_tcp_listening,
 };
 pub use netns::{remove_own_namespaces, sweep_stale_namespaces, Child, Netns, NETNS_DIR};
 pub use ping::{ping6, PingOpts, PingStats};
@@ -147,10 +148,15 @@ pub struct TempDir(PathBuf);
 impl TempDir {
     /// `ds-<tag>-<pid>` (emptied first if a crashed run left it).
     pub fn new(tag: &str) -> std::io::Result<TempDir> {
-        let dir = std::env::temp_dir().join(format!("ds-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)?;
-        Ok(TempDir(dir))
+        Self::at(std::env::temp_dir().join(format!("ds-{tag}-{}", std::process::id())))
+    }
+
+    /// The directory `path`, created (emptied first if it exists), removed on drop: for a
+    /// name of the caller's own (a benchmark's `dsperf-<what>-<pid>-<n>`).
+    pub fn at(path: PathBuf) -> std::io::Result<TempDir> {
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path)?;
+        Ok(TempDir(path))
     }
 
     /// The directory.

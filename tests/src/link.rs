@@ -297,6 +297,25 @@ fn poll_until(timeout: Duration, mut check: impl FnMut() -> Result<Option<String
     }
 }
 
+/// One counter of `dev` in `ns` from `ip -s -j link`: `dir` "rx" or "tx", `what` e.g.
+/// "dropped" (for a TAP, transmit drops are frames for its reader that found its queue full).
+pub fn link_stat(ns: &Netns, dev: &str, dir: &str, what: &str) -> Result<u64> {
+    let out = ns.ip(&["-s", "-j", "link", "show", "dev", dev])?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("parse `ip -s -j link` output")?;
+    v.get(0)
+        .and_then(|l| stats64_of(l, dir, what))
+        .with_context(|| format!("no {dir} {what} counter for {dev} in {}", ns.name()))
+}
+
+/// `stats64.<dir>.<what>` of one link of `ip -s -j link`'s output.
+fn stats64_of(link: &serde_json::Value, dir: &str, what: &str) -> Option<u64> {
+    link.get("stats64")?
+        .get(dir)?
+        .get(what)
+        .and_then(serde_json::Value::as_u64)
+}
+
 /// Every nonzero drop or error counter of every link in `ns`: `ip -s -j link`'s `rx`/`tx`
 /// `dropped` and `errors`, and `ethtool -S` counters whose names say drop or error (a veth's
 /// XDP ring overflows are only there), as `"dev: name=n"`. For a test's failure message:
@@ -312,12 +331,7 @@ pub fn link_drops(ns: &Netns) -> Result<Vec<String>> {
         };
         for dir in ["rx", "tx"] {
             for what in ["dropped", "errors"] {
-                let n = link
-                    .get("stats64")
-                    .and_then(|s| s.get(dir))
-                    .and_then(|s| s.get(what))
-                    .and_then(serde_json::Value::as_u64)
-                    .unwrap_or(0);
+                let n = stats64_of(link, dir, what).unwrap_or(0);
                 if n > 0 {
                     found.push(format!("{dev}: {dir}_{what}={n}"));
                 }

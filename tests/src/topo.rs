@@ -134,7 +134,9 @@ impl HandoffTopology {
     /// qdisc backpressure on veth). For the flood tests: at 50,000 packets/s on two shared
     /// cores, the home agent's or a node's NAPI falls behind now and then, and a legitimate
     /// client's SYN lost there costs its 1 s retransmission — the test bed's ring, not what is
-    /// tested.
+    /// tested. What it does not cover: frames the home agent's program sends back out of `h0`
+    /// (XDP_TX) go straight into `lh`'s ring, past any queue (an overflow there shows as an
+    /// XDP transmit error in `h0`'s `ethtool -S`); before Linux 6.16 the veth drops anyway.
     pub fn queue_ports(&self, frames: u32) -> Result<()> {
         let limit = frames.to_string();
         let ports = (1..=self.nodes.len()).map(node_port);

@@ -266,13 +266,6 @@ fn make_object(dir: &Path, size: u64) -> Result<[u8; 32]> {
     Ok(Sha256::digest(&data).into())
 }
 
-struct TempDir(PathBuf);
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Run the home agent until `stop`: tunnel program on h0, binding DS → node 1, flow agent.
 fn home_agent(
     ha: &Netns,
@@ -517,13 +510,12 @@ pub fn run(opts: &Options) -> Result<Outcome> {
         std::process::id(),
         RUNS.fetch_add(1, Ordering::Relaxed)
     );
-    let dir = TempDir(std::env::temp_dir().join(format!("dsperf-handoff-{tag}")));
-    std::fs::create_dir_all(&dir.0)?;
-    let root = dir.0.join("root");
+    let dir = ds_testbed::TempDir::at(std::env::temp_dir().join(format!("dsperf-handoff-{tag}")))?;
+    let root = dir.path().join("root");
     std::fs::create_dir_all(&root)?;
     let want = make_object(&root, opts.size)?;
     let topo = setup(opts.mode).context("building the namespaces")?;
-    let got = dir.0.join("got");
+    let got = dir.path().join("got");
     // Node 1 starts the odd handoffs, node 2 the even ones.
     let max = [opts.count.div_ceil(2) as u64, (opts.count / 2) as u64];
     let transparent = opts.mode == Mode::Transparent;
@@ -535,7 +527,7 @@ pub fn run(opts: &Options) -> Result<Outcome> {
         tag: &tag,
     };
     let (m, outs) = if opts.processes {
-        let procs = processes::start(&topo, &plan, &dir.0)?;
+        let procs = processes::start(&topo, &plan, dir.path())?;
         let m = measure(&topo, opts, &got);
         if opts.steer_ahead && transparent {
             procs.wait_for_answers(Duration::from_secs(3));

@@ -124,6 +124,9 @@ pub struct Fig1 {
     _napi: Program,
     /// Set when [`TCP_CC`] had to be allowed for the namespaces: the host's list comes back.
     _cc: Option<CcAllowed>,
+    /// Owns [`Fig1::dir`]: removed after the processes (field order), and also when `build`
+    /// fails half-way.
+    _scratch: ds_testbed::TempDir,
 }
 
 const ALLOWED_CC: &str = "/proc/sys/net/ipv4/tcp_allowed_congestion_control";
@@ -179,7 +182,6 @@ impl Drop for Fig1 {
         self.nodes = [None, None];
         self.ha = None;
         self.wan = None;
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -187,8 +189,9 @@ impl Fig1 {
     /// Builds the namespaces, links, addresses and routes (no daemon runs yet).
     pub fn build() -> Result<Fig1> {
         let tag = format!("{}-{}", std::process::id(), crate::unique());
-        let dir = std::env::temp_dir().join(format!("dsperf-fig1-{tag}"));
-        let _ = std::fs::remove_dir_all(&dir);
+        let scratch =
+            ds_testbed::TempDir::at(std::env::temp_dir().join(format!("dsperf-fig1-{tag}")))?;
+        let dir = scratch.path().to_path_buf();
         std::fs::create_dir_all(dir.join("www"))?;
         let secret = dir.join("secret");
         {
@@ -254,6 +257,7 @@ impl Fig1 {
         Ok(Fig1 {
             _napi: napi,
             _cc: cc,
+            _scratch: scratch,
             wan: None,
             ha: None,
             nodes: [None, None],

@@ -135,17 +135,9 @@ impl Topology {
 }
 
 /// Frames the kernel dropped on transmission through `dev` in `ns` (for a TAP: frames for its
-/// userspace reader that found the queue full), from `ip -s -j link`.
+/// userspace reader that found the queue full).
 pub fn tx_dropped(ns: &Netns, dev: &str) -> Result<u64> {
-    let out = ns.ip(&["-s", "-j", "link", "show", "dev", dev])?;
-    let v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).context("parse `ip -s -j link` output")?;
-    v.get(0)
-        .and_then(|l| l.get("stats64"))
-        .and_then(|s| s.get("tx"))
-        .and_then(|t| t.get("dropped"))
-        .and_then(serde_json::Value::as_u64)
-        .with_context(|| format!("no tx drop counter for {dev} in {}", ns.name()))
+    ds_testbed::link_stat(ns, dev, "tx", "dropped")
 }
 
 /// `gso_max_segs` back at the kernel's default (`GSO_MAX_SEGS`) on `dev`.
