@@ -237,12 +237,9 @@ impl WanBed {
 
     /// Ethernet bytes and frames received on `ifname` in the server's namespace so far.
     pub fn rx_counters(&self, ifname: &str) -> Result<(u64, u64)> {
-        let out = self.server.ip(&["-j", "-s", "link", "show", ifname])?;
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("ip -j -s link")?;
-        let rx = &v[0]["stats64"]["rx"];
-        match (rx["bytes"].as_u64(), rx["packets"].as_u64()) {
-            (Some(b), Some(p)) => Ok((b, p)),
-            _ => bail!("no rx counters for {ifname} in {v}"),
+        match ds_testbed::link_stats(&self.server, ifname, "rx", &["bytes", "packets"])?[..] {
+            [b, p] => Ok((b, p)),
+            _ => bail!("no rx counters for {ifname}"),
         }
     }
 }

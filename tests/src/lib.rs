@@ -57,7 +57,7 @@ pub use counters::{
 };
 pub use impair::{Direction, Loss, LossCounts, Rate, Tbf};
 pub use link::{
-    add_addr, add_route, bridge, disable_ethtool_offloads, disable_offload, link_drops, link_stat,
+    add_addr, add_route, bridge, disable_ethtool_offloads, disable_offload, link_drops, link_stats,
     set_down, set_ethtool_features, set_up, veth, veth_queues, wait_addr_usable,
     wait_tcp_listening,
 };

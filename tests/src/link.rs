@@ -297,15 +297,21 @@ fn poll_until(timeout: Duration, mut check: impl FnMut() -> Result<Option<String
     }
 }
 
-/// One counter of `dev` in `ns` from `ip -s -j link`: `dir` "rx" or "tx", `what` e.g.
-/// "dropped" (for a TAP, transmit drops are frames for its reader that found its queue full).
-pub fn link_stat(ns: &Netns, dev: &str, dir: &str, what: &str) -> Result<u64> {
+/// Counters of `dev` in `ns` from one `ip -s -j link` snapshot: `dir` "rx" or "tx", `names`
+/// e.g. `["bytes", "packets"]` or `["dropped"]` (for a TAP, transmit drops are frames for its
+/// reader that found its queue full), in the order asked.
+pub fn link_stats(ns: &Netns, dev: &str, dir: &str, names: &[&str]) -> Result<Vec<u64>> {
     let out = ns.ip(&["-s", "-j", "link", "show", "dev", dev])?;
     let v: serde_json::Value =
         serde_json::from_slice(&out.stdout).context("parse `ip -s -j link` output")?;
-    v.get(0)
-        .and_then(|l| stats64_of(l, dir, what))
-        .with_context(|| format!("no {dir} {what} counter for {dev} in {}", ns.name()))
+    names
+        .iter()
+        .map(|what| {
+            v.get(0)
+                .and_then(|l| stats64_of(l, dir, what))
+                .with_context(|| format!("no {dir} {what} counter for {dev} in {}", ns.name()))
+        })
+        .collect()
 }
 
 /// `stats64.<dir>.<what>` of one link of `ip -s -j link`'s output.

@@ -137,7 +137,7 @@ impl Topology {
 /// Frames the kernel dropped on transmission through `dev` in `ns` (for a TAP: frames for its
 /// userspace reader that found the queue full).
 pub fn tx_dropped(ns: &Netns, dev: &str) -> Result<u64> {
-    ds_testbed::link_stat(ns, dev, "tx", "dropped")
+    Ok(ds_testbed::link_stats(ns, dev, "tx", &["dropped"])?[0])
 }
 
 /// `gso_max_segs` back at the kernel's default (`GSO_MAX_SEGS`) on `dev`.
