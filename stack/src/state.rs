@@ -494,7 +494,8 @@ impl Tcb {
         }
         if t.cfg.pace_after_thaw {
             if let Some(srtt) = t.srtt {
-                t.pace = Pace::first_window(now, t.cc.cwnd, snd_mss, srtt.get(), t.snd_nxt);
+                t.pace = Pace::first_window(now, t.cc.cwnd, snd_mss, srtt.get(), t.snd_nxt)
+                    .map(Box::new);
             }
         }
         // Tell the peer where we are at once: an ACK with our current window.

@@ -12,6 +12,7 @@ use crate::time::{Duration, Instant, Micros};
 use std::collections::VecDeque;
 use std::net::SocketAddrV6;
 use std::sync::Arc;
+use thin_vec::ThinVec;
 
 /// Why a connection ended abnormally.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,7 +171,9 @@ pub struct TcbEvents {
 /// Out-of-order data held above RCV.NXT: disjoint, non-adjacent blocks sorted by sequence.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct OooQueue {
-    pub(crate) blocks: Vec<(u32, Vec<u8>)>,
+    /// A `ThinVec`: one pointer in the control block, where a `Vec`'s three words sat in the
+    /// lines every segment reads, for a queue that is nearly always empty.
+    pub(crate) blocks: ThinVec<(u32, Vec<u8>)>,
     /// Start of the block that took the most recent segment (first SACK block, RFC 2018 §4).
     last: Option<u32>,
 }
@@ -271,18 +274,103 @@ impl OooQueue {
 }
 
 /// One TCP connection.
+///
+/// Laid out by hand (`repr(C)`, cold fields first, then the congestion state, then the fields
+/// every segment reads): at many connections a control block is cold when its segment
+/// arrives, and a segment then costs a cache miss per line it reads, so the fields it reads
+/// share as few lines as possible (10 of the 12 its slot spans: `dsperf conns`, README).
 #[derive(Debug, Clone)]
+#[repr(C)]
 pub struct Tcb {
-    pub(crate) local: SocketAddrV6,
-    pub(crate) remote: SocketAddrV6,
-    pub(crate) state: TcpState,
+    // Cold: read only in loss recovery, at the handshake, or to limit answers to bad input
+    // (RFC 5961 §5, §7). First, so that the congestion state's own cold half (CUBIC's figures,
+    // which the compiler places at the start of `Cc`) adjoins it.
+    challenge_window: (Instant, u32),
+    /// When the current fast recovery began.
+    pub(crate) recovery_at: Option<Instant>,
+    /// When this connection last sent an empty unacceptable segment (a drain's or a
+    /// keepalive's probe), here or — as far as the state tells — on the host it was thawed
+    /// from: the receiver answers the next one within [`OOW_ACK_INTERVAL`] with nothing
+    /// (RFC 5961 §7), so a drain's first probe carries an octet then ([`Tcb::drain_probe`]).
+    pub(crate) empty_probe_at: Option<Instant>,
+    /// When we last answered an unacceptable segment that occupies no sequence space.
+    oow_ack_at: Option<Instant>,
+    pub(crate) iss: u32,
+    pub(crate) irs: u32,
+    /// RFC 6582 §3.2: the highest sequence sent when the last recovery or timeout started.
+    pub(crate) recover: u32,
+    /// RFC 6675 HighRxt.
+    pub(crate) high_rxt: u32,
+    /// SND.MAX when the latest retransmission went out. SACKs for data above it while a
+    /// retransmitted hole is still missing mean the retransmission was lost too (the idea of
+    /// RFC 8985 RACK, by send order instead of per-segment times).
+    pub(crate) rxt_fence: u32,
+    /// RFC 6937 proportional rate reduction in SACK recovery: octets delivered to the
+    /// receiver (`prr_delivered`) and sent (`prr_out`) since the recovery began, and the
+    /// flight when it began (`recover_fs`, RecoverFS).
+    pub(crate) prr_delivered: u32,
+    pub(crate) prr_out: u32,
+    pub(crate) recover_fs: u32,
+    /// Drain probes sent that carried an octet: picks the next one's octet
+    /// ([`Tcb::probe_octet`]).
+    pub(crate) drain_probes: u32,
+    /// The latest retransmission in SACK recovery, until it is SACKed. Its SACK while a hole
+    /// resent before it is still open means that earlier retransmission was lost: the same
+    /// send-order evidence as `rxt_fence`, for a sender with nothing new to send (a donor
+    /// draining before a handoff sends no data above the fence, and only the timeout,
+    /// 200 ms at least, would find the loss).
+    pub(crate) last_rxt: Option<(u32, u32)>,
+    pub(crate) rcv_mss: u16,
+    /// Recovery after a timeout with SACK: every unSACKed byte below the recovery point is
+    /// presumed lost (RFC 6675 §5.1), not just the holes below the highest SACK.
+    pub(crate) loss_all: bool,
+    /// Every unSACKed byte below the recovery point is lost, not only the holes below the
+    /// highest SACK: a retransmission sent in this recovery was delivered (a partial ACK)
+    /// while the original transmissions below the point, all sent before it, are still
+    /// missing a reordering window later (RFC 8985 §6.2, by send order). This is what finds
+    /// a lost tail that no SACK ever covered, all of it at once instead of a segment per
+    /// partial ACK.
+    pub(crate) tail_lost: bool,
+
+    // Congestion control (the compiler keeps `Cc`'s cold CUBIC figures first, its window and
+    // HyStart++ after them).
+    pub(crate) cc: Cc,
+
+    // Hot: read or written by every segment of a request/response exchange (counted with
+    // valgrind's lackey, `dsperf conns` at one connection). Sequence spaces: RFC 9293 §3.3.1;
+    // SND.MAX is the highest sequence sent: after a timeout SND.NXT goes back to SND.UNA and
+    // [SND.NXT, SND.MAX) is resent. RTT estimation: RFC 6298, in 32-bit microseconds (`Micros`:
+    // 16 bytes where `Duration`s took 48; our clock's granularity is the microsecond anyway).
+    // Timers are absolute. 8-byte aligned fields first, then 4, then 1: no padding.
+    /// Unacknowledged and unsent data; byte 0 has sequence number `snd_buf_seq`.
+    pub(crate) snd_buf: VecDeque<u8>,
+    pub(crate) rcv_buf: VecDeque<u8>,
+    pub(crate) ooo: OooQueue,
+    /// Sender's SACK scoreboard: disjoint sorted ranges above SND.UNA (a `ThinVec`, one word
+    /// in the lines every segment reads: it is empty but in loss recovery).
+    pub(crate) sacked: ThinVec<(u32, u32)>,
     /// Shared with the other connections of its listener or interface until changed
     /// (copy-on-write): one hot copy rather than 192 cold bytes per control block.
     pub(crate) cfg: Arc<TcpConfig>,
-
-    // Send sequence space (RFC 9293 §3.3.1). SND.MAX is the highest sequence sent: after a
-    // timeout SND.NXT goes back to SND.UNA and [SND.NXT, SND.MAX) is resent.
-    pub(crate) iss: u32,
+    /// The one segment being timed (Karn's algorithm: never a retransmitted one).
+    pub(crate) timed: Option<(u32, Instant)>,
+    pub(crate) t_rto: Option<Instant>,
+    pub(crate) t_delack: Option<Instant>,
+    pub(crate) t_persist: Option<Instant>,
+    pub(crate) t_keepalive: Option<Instant>,
+    pub(crate) t_close: Option<Instant>,
+    /// Tail loss probe timer (RFC 8985 §7).
+    pub(crate) t_tlp: Option<Instant>,
+    /// The next paced burst may leave then.
+    pub(crate) t_pace: Option<Instant>,
+    /// When in-order data last arrived.
+    pub(crate) last_data_in: Option<Instant>,
+    pub(crate) ts_recent_at: Instant,
+    /// Pacing of the first window after a thaw ([`Pace`]; boxed: rare, and 8 bytes instead of
+    /// 24 in the lines every segment reads).
+    pub(crate) pace: Option<Box<Pace>>,
+    pub(crate) local: SocketAddrV6,
+    pub(crate) remote: SocketAddrV6,
     pub(crate) snd_una: u32,
     pub(crate) snd_nxt: u32,
     pub(crate) snd_max: u32,
@@ -293,107 +381,62 @@ pub struct Tcb {
     pub(crate) snd_wl1: u32,
     pub(crate) snd_wl2: u32,
     pub(crate) max_snd_wnd: u32,
-    /// Unacknowledged and unsent data; byte 0 has sequence number `snd_buf_seq`.
-    pub(crate) snd_buf: VecDeque<u8>,
     pub(crate) snd_buf_seq: u32,
-    /// The application closed its sending side: a FIN follows the buffered data.
-    pub(crate) fin_queued: bool,
-
-    // Receive sequence space.
-    pub(crate) irs: u32,
     pub(crate) rcv_nxt: u32,
     /// Right edge of the window we last advertised (never moves left, RFC 9293 §3.8.6.2.2).
     pub(crate) rcv_adv: u32,
-    pub(crate) rcv_buf: VecDeque<u8>,
-    pub(crate) ooo: OooQueue,
-    /// A duplicate segment to report in the first SACK block of the next ACK (RFC 2883
-    /// D-SACK), so a sender that retransmitted needlessly (reordering) can undo its reduction.
-    pub(crate) dsack: Option<(u32, u32)>,
-    /// Sequence number of a FIN that arrived ahead of missing data.
-    pub(crate) ooo_fin: Option<u32>,
-    pub(crate) fin_rcvd: bool,
     pub(crate) last_ack_sent: u32,
-
-    // Negotiated options.
     pub(crate) snd_mss: u32,
-    pub(crate) rcv_mss: u16,
-    pub(crate) ws_ok: bool,
-    pub(crate) snd_wscale: u8,
-    pub(crate) rcv_wscale: u8,
-    pub(crate) ts_ok: bool,
     pub(crate) ts_recent: u32,
-    pub(crate) ts_recent_at: Instant,
-    /// False until a TSval has been seen (after a thaw from a state that did not carry one).
-    pub(crate) ts_recent_valid: bool,
     /// Our TSval = milliseconds on the interface clock + this offset (per connection).
     pub(crate) ts_offset: u32,
-    pub(crate) sack_ok: bool,
-
-    // RTT estimation, RFC 6298 (in 32-bit microseconds, `Micros`: 16 bytes where `Duration`s
-    // took 48, and our clock's granularity is the microsecond anyway).
     pub(crate) srtt: Option<Micros>,
-    /// SRTT and RTTVAR came with a moved connection: measured on the donor's path, not ours.
-    /// They set the RTO until our first sample, which then counts as the first measurement.
-    pub(crate) rtt_inherited: bool,
     pub(crate) rttvar: Micros,
     pub(crate) rto: Micros,
     pub(crate) backoff: u32,
-    /// The one segment being timed (Karn's algorithm: never a retransmitted one).
-    pub(crate) timed: Option<(u32, Instant)>,
-
-    // Congestion control and loss recovery.
-    pub(crate) cc: Cc,
     pub(crate) dupacks: u32,
     /// RFC 3042 limited transmit: segments we may send beyond cwnd on the first two
     /// duplicate ACKs, to keep the ACK clock going in small windows.
     pub(crate) limited_tx: u32,
+    pub(crate) persist_backoff: u32,
+    pub(crate) ka_probes: u32,
+    pub(crate) delack_segs: u32,
+    pub(crate) retries: u32,
     /// In fast recovery until SND.UNA passes this point (RFC 6582 "recover", RFC 6675
     /// RecoveryPoint).
     pub(crate) recovery: Option<u32>,
-    /// RFC 6582 §3.2: the highest sequence sent when the last recovery or timeout started.
-    pub(crate) recover: u32,
-    /// RFC 6675 HighRxt.
-    pub(crate) high_rxt: u32,
+    /// The octet of the drain probe that followed this recovery's latest retransmission: a
+    /// report of exactly that octet (a D-SACK) says the probe arrived, so every hole resent
+    /// and still open was lost ([`Tcb::detect_lost_before_probe`]). Cleared by the next
+    /// retransmission.
+    pub(crate) rxt_probe: Option<u32>,
+    /// RST to send for an unacceptable ACK (RFC 9293 §3.10.7.3): `<SEQ=SEG.ACK><CTL=RST>`.
+    pub(crate) rst_due_for_ack: Option<u32>,
+    /// Listener this embryonic connection belongs to (an index into the interface's listeners,
+    /// which are counted in `u32` as connections are).
+    pub(crate) listener: Option<u32>,
+    /// Sequence number of a FIN that arrived ahead of missing data.
+    pub(crate) ooo_fin: Option<u32>,
+    /// A duplicate segment to report in the first SACK block of the next ACK (RFC 2883
+    /// D-SACK), so a sender that retransmitted needlessly (reordering) can undo its reduction.
+    pub(crate) dsack: Option<(u32, u32)>,
+    pub(crate) events: TcbEvents,
+    pub(crate) state: TcpState,
+    /// The application closed its sending side: a FIN follows the buffered data.
+    pub(crate) fin_queued: bool,
+    pub(crate) fin_rcvd: bool,
+    pub(crate) ws_ok: bool,
+    pub(crate) snd_wscale: u8,
+    pub(crate) rcv_wscale: u8,
+    pub(crate) ts_ok: bool,
+    /// False until a TSval has been seen (after a thaw from a state that did not carry one).
+    pub(crate) ts_recent_valid: bool,
+    pub(crate) sack_ok: bool,
+    /// SRTT and RTTVAR came with a moved connection: measured on the donor's path, not ours.
+    /// They set the RTO until our first sample, which then counts as the first measurement.
+    pub(crate) rtt_inherited: bool,
     /// Retransmit one segment now regardless of the window (entering recovery, partial ACK).
     pub(crate) rexmit_now: bool,
-    /// Sender's SACK scoreboard: disjoint sorted ranges above SND.UNA.
-    pub(crate) sacked: Vec<(u32, u32)>,
-    /// Recovery after a timeout with SACK: every unSACKed byte below the recovery point is
-    /// presumed lost (RFC 6675 §5.1), not just the holes below the highest SACK.
-    pub(crate) loss_all: bool,
-    /// SND.MAX when the latest retransmission went out. SACKs for data above it while a
-    /// retransmitted hole is still missing mean the retransmission was lost too (the idea of
-    /// RFC 8985 RACK, by send order instead of per-segment times).
-    pub(crate) rxt_fence: u32,
-    /// The latest retransmission in SACK recovery, until it is SACKed. Its SACK while a hole
-    /// resent before it is still open means that earlier retransmission was lost: the same
-    /// send-order evidence as `rxt_fence`, for a sender with nothing new to send (a donor
-    /// draining before a handoff sends no data above the fence, and only the timeout,
-    /// 200 ms at least, would find the loss).
-    pub(crate) last_rxt: Option<(u32, u32)>,
-    /// RFC 6937 proportional rate reduction in SACK recovery: octets delivered to the
-    /// receiver (`prr_delivered`) and sent (`prr_out`) since the recovery began, and the
-    /// flight when it began (`recover_fs`, RecoverFS).
-    pub(crate) prr_delivered: u32,
-    pub(crate) prr_out: u32,
-    pub(crate) recover_fs: u32,
-    /// When the current fast recovery began.
-    pub(crate) recovery_at: Option<Instant>,
-    /// Every unSACKed byte below the recovery point is lost, not only the holes below the
-    /// highest SACK: a retransmission sent in this recovery was delivered (a partial ACK)
-    /// while the original transmissions below the point, all sent before it, are still
-    /// missing a reordering window later (RFC 8985 §6.2, by send order). This is what finds
-    /// a lost tail that no SACK ever covered, all of it at once instead of a segment per
-    /// partial ACK.
-    pub(crate) tail_lost: bool,
-
-    // Timers (absolute).
-    pub(crate) t_rto: Option<Instant>,
-    pub(crate) t_delack: Option<Instant>,
-    pub(crate) t_persist: Option<Instant>,
-    pub(crate) persist_backoff: u32,
-    pub(crate) t_keepalive: Option<Instant>,
-    pub(crate) ka_probes: u32,
     pub(crate) ka_probe_due: bool,
     /// [`Tcb::solicit_ack`] was asked, or a segment with data left since: probe once all data
     /// has been sent and the transmit pass is over.
@@ -401,57 +444,21 @@ pub struct Tcb {
     /// The drain's first probe has gone (the next ones carry an octet). Either flag set: the
     /// solicitation is on ([`Tcb::draining`]) until everything is acknowledged.
     pub(crate) drain_probed: bool,
-    /// When this connection last sent an empty unacceptable segment (a drain's or a
-    /// keepalive's probe), here or — as far as the state tells — on the host it was thawed
-    /// from: the receiver answers the next one within [`OOW_ACK_INTERVAL`] with nothing
-    /// (RFC 5961 §7), so a drain's first probe carries an octet then ([`Tcb::drain_probe`]).
-    pub(crate) empty_probe_at: Option<Instant>,
-    /// Drain probes sent that carried an octet: picks the next one's octet
-    /// ([`Tcb::probe_octet`]).
-    pub(crate) drain_probes: u32,
-    /// The octet of the drain probe that followed this recovery's latest retransmission: a
-    /// report of exactly that octet (a D-SACK) says the probe arrived, so every hole resent
-    /// and still open was lost ([`Tcb::detect_lost_before_probe`]). Cleared by the next
-    /// retransmission.
-    pub(crate) rxt_probe: Option<u32>,
-    pub(crate) t_close: Option<Instant>,
-    /// Tail loss probe timer (RFC 8985 §7).
-    pub(crate) t_tlp: Option<Instant>,
-    /// Pacing of the first window after a thaw ([`Pace`]).
-    pub(crate) pace: Option<Pace>,
-    /// The next paced burst may leave then.
-    pub(crate) t_pace: Option<Instant>,
     /// A tail loss probe is outstanding / due.
     pub(crate) tlp_out: bool,
     pub(crate) tlp_due: bool,
     pub(crate) probe_due: bool,
-
-    // Acknowledgment scheduling.
     pub(crate) ack_now: bool,
-    pub(crate) delack_segs: u32,
     /// A delayed ACK waits for in-order data that came with PSH: the application reading it
     /// all sends the ACK at once unless the connection is interactive (as Linux's
     /// `ICSK_ACK_PUSHED` in `tcp_cleanup_rbuf`).
     pub(crate) ack_pushed: bool,
-    /// When in-order data last arrived.
-    pub(crate) last_data_in: Option<Instant>,
     /// We answered received data with data of our own within the delayed-ACK time (Linux's
     /// "pingpong" mode): the ACK of what we read rides on our answer, so reading does not
     /// send one. Cleared when the delayed-ACK timer had to send an ACK alone.
     pub(crate) interactive: bool,
     pub(crate) rst_due: bool,
-    /// RST to send for an unacceptable ACK (RFC 9293 §3.10.7.3): `<SEQ=SEG.ACK><CTL=RST>`.
-    pub(crate) rst_due_for_ack: Option<u32>,
-
     pub(crate) error: Option<TcpError>,
-    pub(crate) retries: u32,
-    challenge_window: (Instant, u32),
-    /// When we last answered an unacceptable segment that occupies no sequence space.
-    oow_ack_at: Option<Instant>,
-    pub(crate) events: TcbEvents,
-    /// Listener this embryonic connection belongs to (an index into the interface's listeners,
-    /// which are counted in `u32` as connections are).
-    pub(crate) listener: Option<u32>,
 }
 
 /// RFC 5961 §7: at most this many challenge ACKs per connection per second.
@@ -558,7 +565,7 @@ impl Tcb {
             recover: iss,
             high_rxt: iss,
             rexmit_now: false,
-            sacked: Vec::new(),
+            sacked: ThinVec::new(),
             loss_all: false,
             rxt_fence: iss,
             last_rxt: None,
@@ -1272,7 +1279,8 @@ impl Tcb {
             }
         }
         if self.ooo.blocks.is_empty() {
-            self.ooo.last = None;
+            // The hole is filled: give its storage back (an idle connection holds none).
+            self.ooo = OooQueue::default();
         }
     }
 
@@ -2417,7 +2425,7 @@ impl Tcb {
         } else {
             mss
         };
-        if let Some(p) = self.pace.filter(|_| !retransmitting) {
+        if let Some(p) = self.pace.as_deref().copied().filter(|_| !retransmitting) {
             if p.budget == 0 && now < p.next {
                 self.t_pace = Some(p.next);
                 return None;
@@ -2498,7 +2506,11 @@ impl Tcb {
         }
         self.snd_nxt = seq.wrapping_add(len + fin as u32);
         self.count_prr_out(len);
-        if let Some(p) = self.pace.as_mut().filter(|_| len > 0 && !retransmitting) {
+        if let Some(p) = self
+            .pace
+            .as_deref_mut()
+            .filter(|_| len > 0 && !retransmitting)
+        {
             if p.budget == 0 {
                 // A new burst: 1 ms at the pacing rate, the next one 1 ms later.
                 let q = p.quantum(mss);
