@@ -278,13 +278,14 @@ impl OooQueue {
 /// Laid out by hand (`repr(C)`, cold fields first, then the congestion state, then the fields
 /// every segment reads): at many connections a control block is cold when its segment
 /// arrives, and a segment then costs a cache miss per line it reads, so the fields it reads
-/// share as few lines as possible (10 of the 12 its slot spans: `dsperf conns`, README).
+/// share as few lines as possible (9 of the 11 its slot spans: `dsperf conns`, README).
 #[derive(Debug, Clone)]
 #[repr(C)]
 pub struct Tcb {
     // Cold: read only in loss recovery, at the handshake, or to limit answers to bad input
-    // (RFC 5961 §5, §7). First, so that the congestion state's own cold half (CUBIC's figures,
-    // which the compiler places at the start of `Cc`) adjoins it.
+    // (RFC 5961 §5, §7). First, so that the congestion state's own cold half adjoins it: today's
+    // rustc puts `Cc`'s four 8-byte CUBIC figures first (`Cc` is serialized in its declaration
+    // order, which `repr(C)` would force to change); the slot's line test fails if that moves.
     challenge_window: (Instant, u32),
     /// When the current fast recovery began.
     pub(crate) recovery_at: Option<Instant>,
@@ -295,7 +296,9 @@ pub struct Tcb {
     pub(crate) empty_probe_at: Option<Instant>,
     /// When we last answered an unacceptable segment that occupies no sequence space.
     oow_ack_at: Option<Instant>,
+    /// Initial send sequence number (RFC 9293 §3.3.1).
     pub(crate) iss: u32,
+    /// Initial receive sequence number (RFC 9293 §3.3.1).
     pub(crate) irs: u32,
     /// RFC 6582 §3.2: the highest sequence sent when the last recovery or timeout started.
     pub(crate) recover: u32,
@@ -332,8 +335,8 @@ pub struct Tcb {
     /// partial ACK.
     pub(crate) tail_lost: bool,
 
-    // Congestion control (the compiler keeps `Cc`'s cold CUBIC figures first, its window and
-    // HyStart++ after them).
+    // Congestion control (its cold CUBIC figures first, its window and HyStart++ after them, as
+    // rustc lays `Cc` out today).
     pub(crate) cc: Cc,
 
     // Hot: read or written by every segment of a request/response exchange (counted with
@@ -347,7 +350,8 @@ pub struct Tcb {
     pub(crate) rcv_buf: VecDeque<u8>,
     pub(crate) ooo: OooQueue,
     /// Sender's SACK scoreboard: disjoint sorted ranges above SND.UNA (a `ThinVec`, one word
-    /// in the lines every segment reads: it is empty but in loss recovery).
+    /// in the lines every segment reads; empty but in loss recovery, and then without an
+    /// allocation of its own: [`Tcb::release_emptied_scoreboard`]).
     pub(crate) sacked: ThinVec<(u32, u32)>,
     /// Shared with the other connections of its listener or interface until changed
     /// (copy-on-write): one hot copy rather than 192 cold bytes per control block.
@@ -1720,6 +1724,15 @@ impl Tcb {
             }
             true
         });
+        self.release_emptied_scoreboard();
+    }
+
+    /// An empty scoreboard goes back to the shared empty header: a `ThinVec` keeps its length
+    /// in its allocation, so a kept one would cost every later ACK a read of a cold line.
+    fn release_emptied_scoreboard(&mut self) {
+        if self.sacked.is_empty() && self.sacked.capacity() > 0 {
+            self.sacked = ThinVec::new();
+        }
     }
 
     /// Add the SACKed range `l..r` to the scoreboard, merged with the ranges it overlaps or
@@ -1891,6 +1904,7 @@ impl Tcb {
                 // scoreboard: RFC 2018 §8.)
                 if self.backoff > 0 {
                     self.sacked.clear();
+                    self.release_emptied_scoreboard();
                 }
                 self.recovery = Some(self.snd_max);
                 self.loss_all = true;

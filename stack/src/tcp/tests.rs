@@ -532,6 +532,10 @@ fn sack_recovery_resends_only_the_holes() {
     }
     assert_eq!(s.snd_una, s.snd_max, "all acknowledged");
     assert!(s.recovery.is_none());
+    // Recovery over, neither side keeps storage for it: a `ThinVec` that kept its allocation
+    // would cost every later segment a read of its cold header for `is_empty`.
+    assert!(s.sacked.is_empty() && s.sacked.capacity() == 0);
+    assert!(c.ooo.blocks.is_empty() && c.ooo.blocks.capacity() == 0);
 }
 
 /// Deliver `wires` to the receiver `c` and its ACKs to the sender `s`, which is asked for
