@@ -10,6 +10,11 @@
 //! timers, the application's read and write, and building its frames. The figure is that time
 //! divided by the frames the server took and sent. Flat across N means no per-connection scan
 //! on the fast path; what grows is the cache misses of a larger working set.
+//!
+//! With `batch` > 1 the client sends requests on that many distinct connections before the
+//! server's pass, which takes them all, serves them and transmits once: a server under load
+//! finds several packets per poll, and its fixed costs per pass are shared (and, once the
+//! stack overlaps their cache misses, so would be the misses).
 
 use crate::stack::report::Stat;
 use ds_stack::runner::Clock;
@@ -37,6 +42,9 @@ pub struct Options {
     /// neighbour of the server (its neighbour cache holds at most
     /// [`ds_stack::ndp::MAX_ENTRIES`]).
     pub ports_per_client: usize,
+    /// Exchanges per server pass, on distinct connections (1: one at a time; a pick that
+    /// repeats a connection already in the batch is skipped).
+    pub batch: usize,
 }
 
 /// One connection count's result.
@@ -211,19 +219,34 @@ fn serve(
     frames
 }
 
-/// Time one request/response exchange on each connection of `cli` that `picks` names:
-/// (server ns per frame, frames per exchange).
-fn measure(p: &mut Pair, cli: &[TcpHandle], picks: impl Iterator<Item = usize>) -> (f64, f64) {
+/// Time one request/response exchange on each connection of `cli` that `picks` names, `batch`
+/// connections per server pass: (server ns per frame, frames per exchange).
+fn measure(
+    p: &mut Pair,
+    cli: &[TcpHandle],
+    batch: usize,
+    picks: impl Iterator<Item = usize>,
+) -> (f64, f64) {
     let req = [0x5a_u8; MSG];
     let mut buf = [0u8; 4096];
     let mut ready = Vec::new();
     let (mut busy, mut frames, mut exchanges) = (Duration::ZERO, 0usize, 0usize);
-    for i in picks {
-        let c = cli[i];
-        exchanges += 1;
+    let mut picks = picks.peekable();
+    let mut group: Vec<usize> = Vec::with_capacity(batch);
+    while picks.peek().is_some() {
+        group.clear();
+        for i in picks.by_ref().take(batch) {
+            // A connection has one exchange in flight at a time.
+            if !group.contains(&i) {
+                group.push(i);
+            }
+        }
         let now = p.clock.now();
-        let sent = p.cli.tcp_send(c, &req).expect("client send");
-        assert_eq!(sent, MSG, "client send buffer full");
+        for &i in &group {
+            exchanges += 1;
+            let sent = p.cli.tcp_send(cli[i], &req).expect("client send");
+            assert_eq!(sent, MSG, "client send buffer full");
+        }
         p.cli.poll(now);
         p.wire.take(&mut p.cli, now);
         // The server's work, timed: take the frames, serve the ready connections, transmit.
@@ -234,9 +257,11 @@ fn measure(p: &mut Pair, cli: &[TcpHandle], picks: impl Iterator<Item = usize>) 
         frames += serve(p, now, &mut ready, &mut buf);
         busy += t.elapsed();
         p.wire.deliver(&mut p.cli, now);
-        while let Ok(k) = p.cli.tcp_recv(c, &mut buf) {
-            if k == 0 {
-                break;
+        for &i in &group {
+            while let Ok(k) = p.cli.tcp_recv(cli[i], &mut buf) {
+                if k == 0 {
+                    break;
+                }
             }
         }
     }
@@ -259,18 +284,20 @@ pub fn run(o: &Options, mut progress: impl FnMut(&str)) -> Vec<Point> {
         // Unrecorded: one exchange on every connection, in order (each allocates its buffers on
         // its first exchange, a cost per connection, not per packet), then a random pass that
         // warms the caches and the client's ACK clocking.
-        measure(&mut p, &cli, 0..cli.len());
+        let batch = o.batch.max(1);
+        measure(&mut p, &cli, batch, 0..cli.len());
         let mut rng = Rng(7);
         measure(
             &mut p,
             &cli,
+            batch,
             (0..o.exchanges.min(10_000)).map(|_| rng.below(n)),
         );
         let mut ns = Vec::new();
         let mut per = Vec::new();
         for r in 0..o.repeats {
             let mut rng = Rng(11 + 2 * r as u64);
-            let (x, f) = measure(&mut p, &cli, (0..o.exchanges).map(|_| rng.below(n)));
+            let (x, f) = measure(&mut p, &cli, batch, (0..o.exchanges).map(|_| rng.below(n)));
             progress(&format!(
                 "{n} connections, repeat {}: {x:.0} ns per packet",
                 r + 1
@@ -306,10 +333,17 @@ pub fn run(o: &Options, mut progress: impl FnMut(&str)) -> Vec<Point> {
 pub fn table(o: &Options, points: &[Point]) -> String {
     let mut s = format!(
         "dsperf conns: server stack cost per packet, {} exchanges of {MSG} B per measurement, \
-         one connection at a time, {} connections per client address, median of {} repeats\n\n\
+         {}, {} connections per client address, median of {} repeats\n\n\
          | connections | ns/packet (min–max) | × the first | packets/exchange | setup s |\n\
          |---|---|---|---|---|\n",
-        o.exchanges, o.ports_per_client, o.repeats
+        o.exchanges,
+        if o.batch > 1 {
+            format!("up to {} connections per server pass", o.batch)
+        } else {
+            "one connection at a time".to_string()
+        },
+        o.ports_per_client,
+        o.repeats
     );
     for p in points {
         s.push_str(&format!(
@@ -337,6 +371,7 @@ mod tests {
             exchanges: 2_000,
             repeats: 2,
             ports_per_client: PORTS,
+            batch: 1,
         };
         let pts = run(&o, |_| {});
         assert_eq!(pts.len(), 2);
@@ -358,11 +393,36 @@ mod tests {
             exchanges: 2_000,
             repeats: 1,
             ports_per_client: 4,
+            batch: 1,
         };
         let pts = run(&o, |_| {});
         assert!(
             (2.9..=3.1).contains(&pts[0].packets_per_exchange),
             "{pts:?}"
         );
+    }
+
+    /// Sixteen exchanges per server pass: every request answered (the client's send buffer
+    /// would fill otherwise), a request, an answer and an ACK each, and at one connection the
+    /// batch is that one connection.
+    #[test]
+    fn batches_measure() {
+        let o = Options {
+            counts: vec![1, 200],
+            exchanges: 2_000,
+            repeats: 1,
+            ports_per_client: PORTS,
+            batch: 16,
+        };
+        let pts = run(&o, |_| {});
+        assert!(
+            (1.9..=2.1).contains(&pts[0].packets_per_exchange),
+            "{pts:?}"
+        );
+        assert!(
+            (2.5..=3.1).contains(&pts[1].packets_per_exchange),
+            "{pts:?}"
+        );
+        assert!(table(&o, &pts).contains("up to 16 connections per server pass"));
     }
 }

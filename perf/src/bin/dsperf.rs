@@ -462,14 +462,26 @@ struct ConnsArgs {
     /// clients on the link, each a neighbour of the server (up to 4,096 cached).
     #[arg(long, default_value_t = ds_perf::conns::PORTS)]
     ports_per_client: usize,
+    /// Exchanges per server pass, on as many distinct connections: the server takes all
+    /// their requests, answers and transmits once, as it does under load (1: one at a time).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
     /// Print the results as one JSON array.
     #[arg(long)]
     json: bool,
 }
 
 fn run_conns(a: ConnsArgs) -> Result<()> {
-    if a.counts.is_empty() || a.counts.contains(&0) || a.exchanges == 0 || a.repeats == 0 {
-        bail!("--counts (all positive), --exchanges and --repeats must be given and positive");
+    if a.counts.is_empty()
+        || a.counts.contains(&0)
+        || a.exchanges == 0
+        || a.repeats == 0
+        || a.batch == 0
+    {
+        bail!(
+            "--counts (all positive), --exchanges, --repeats and --batch must be given and \
+             positive"
+        );
     }
     if cfg!(debug_assertions) {
         tracing::warn!("dsperf was built without optimisations: build with --release");
@@ -479,6 +491,7 @@ fn run_conns(a: ConnsArgs) -> Result<()> {
         exchanges: a.exchanges,
         repeats: a.repeats,
         ports_per_client: a.ports_per_client,
+        batch: a.batch,
     };
     let points = ds_perf::conns::run(&o, |line| tracing::info!("{line}"));
     if a.json {
