@@ -364,15 +364,25 @@ pub fn table(o: &Options, points: &[Point]) -> String {
 mod tests {
     use super::*;
 
+    /// 2,000 exchanges per measurement.
+    fn options(
+        counts: Vec<usize>,
+        repeats: usize,
+        ports_per_client: usize,
+        batch: usize,
+    ) -> Options {
+        Options {
+            counts,
+            exchanges: 2_000,
+            repeats,
+            ports_per_client,
+            batch,
+        }
+    }
+
     #[test]
     fn small_counts_measure() {
-        let o = Options {
-            counts: vec![1, 100],
-            exchanges: 2_000,
-            repeats: 2,
-            ports_per_client: PORTS,
-            batch: 1,
-        };
+        let o = options(vec![1, 100], 2, PORTS, 1);
         let pts = run(&o, |_| {});
         assert_eq!(pts.len(), 2);
         for p in &pts {
@@ -388,13 +398,7 @@ mod tests {
     /// still one request, one answer and an ACK.
     #[test]
     fn many_clients_on_the_link_measure() {
-        let o = Options {
-            counts: vec![100],
-            exchanges: 2_000,
-            repeats: 1,
-            ports_per_client: 4,
-            batch: 1,
-        };
+        let o = options(vec![100], 1, 4, 1);
         let pts = run(&o, |_| {});
         assert!(
             (2.9..=3.1).contains(&pts[0].packets_per_exchange),
@@ -407,13 +411,7 @@ mod tests {
     /// batch is that one connection.
     #[test]
     fn batches_measure() {
-        let o = Options {
-            counts: vec![1, 200],
-            exchanges: 2_000,
-            repeats: 1,
-            ports_per_client: PORTS,
-            batch: 16,
-        };
+        let o = options(vec![1, 200], 1, PORTS, 16);
         let pts = run(&o, |_| {});
         assert!(
             (1.9..=2.1).contains(&pts[0].packets_per_exchange),
