@@ -463,8 +463,10 @@ struct ConnsArgs {
     #[arg(long, default_value_t = ds_perf::conns::PORTS)]
     ports_per_client: usize,
     /// Exchanges per server pass, on as many distinct connections: the server takes all
-    /// their requests, answers and transmits once, as it does under load (1: one at a time).
-    #[arg(long, default_value_t = 1)]
+    /// their requests, answers and transmits once, as it does under load (1: one at a time;
+    /// at most 4,096).
+    #[arg(long, default_value_t = 1,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=4096))]
     batch: usize,
     /// Print the results as one JSON array.
     #[arg(long)]
@@ -472,16 +474,8 @@ struct ConnsArgs {
 }
 
 fn run_conns(a: ConnsArgs) -> Result<()> {
-    if a.counts.is_empty()
-        || a.counts.contains(&0)
-        || a.exchanges == 0
-        || a.repeats == 0
-        || a.batch == 0
-    {
-        bail!(
-            "--counts (all positive), --exchanges, --repeats and --batch must be given and \
-             positive"
-        );
+    if a.counts.is_empty() || a.counts.contains(&0) || a.exchanges == 0 || a.repeats == 0 {
+        bail!("--counts (all positive), --exchanges and --repeats must be given and positive");
     }
     if cfg!(debug_assertions) {
         tracing::warn!("dsperf was built without optimisations: build with --release");

@@ -1903,8 +1903,7 @@ impl Tcb {
                 // (A receiver that reneges is caught by the next timeout, which clears the
                 // scoreboard: RFC 2018 §8.)
                 if self.backoff > 0 {
-                    self.sacked.clear();
-                    self.release_emptied_scoreboard();
+                    self.sacked = ThinVec::new();
                 }
                 self.recovery = Some(self.snd_max);
                 self.loss_all = true;
