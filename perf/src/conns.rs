@@ -98,12 +98,17 @@ impl Wire {
         frames.len()
     }
 
-    /// Hand every frame on the wire to `to`.
+    /// Hand every frame on the wire to `to`, in batches as a device's receive ring would.
     fn deliver(&mut self, to: &mut Interface, now: ds_stack::Instant) {
-        for f in self.frames.drain(..) {
-            to.receive(now, &f);
-            self.spare.push(f);
+        const RING: usize = 16;
+        for chunk in self.frames.chunks(RING) {
+            let mut batch: [&[u8]; RING] = [&[]; RING];
+            for (b, f) in batch.iter_mut().zip(chunk) {
+                *b = f;
+            }
+            to.receive_batch(now, &batch[..chunk.len()]);
         }
+        self.spare.append(&mut self.frames);
     }
 }
 

@@ -20,6 +20,7 @@ pub mod iface;
 pub mod isn;
 pub mod mobile;
 pub mod ndp;
+mod prefetch;
 pub mod runner;
 pub mod state;
 pub mod stats;

@@ -189,8 +189,8 @@ impl<D: Device> Runner<D> {
         // Parsed where the device holds them when it can (AF_XDP: in the UMEM), else copied
         // out one at a time.
         let (dev, iface) = (&mut self.dev, &mut self.iface);
-        let in_place = dev.recv_in_place(RX_BATCH, &mut |frame| {
-            iface.receive(now, frame);
+        let in_place = dev.recv_in_place(RX_BATCH, &mut |frames| {
+            iface.receive_batch(now, frames);
         })?;
         if in_place.is_none() {
             for _ in 0..RX_BATCH {

@@ -280,7 +280,11 @@ impl Device for AfXdpDevice {
 
     /// Frames parsed where they lie in the UMEM (no copy), a batch per queue with one update
     /// of each ring's index.
-    fn recv_in_place(&mut self, max: usize, f: &mut dyn FnMut(&[u8])) -> io::Result<Option<usize>> {
+    fn recv_in_place(
+        &mut self,
+        max: usize,
+        f: &mut dyn FnMut(&[&[u8]]),
+    ) -> io::Result<Option<usize>> {
         let n = self.socks.len();
         let mut seen = 0;
         for i in 0..n {

@@ -13,6 +13,10 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 use tracing::{debug, info};
 
+/// Received frames handed over at once by [`XskSocket::recv_batch`]: as many as the receiver
+/// warms ahead (`Interface::receive_batch`), and small arrays to fill per call.
+pub const RX_CHUNK: usize = 16;
+
 /// Sizes of a socket's UMEM and rings.
 #[derive(Debug, Clone)]
 pub struct XskConfig {
@@ -417,45 +421,61 @@ impl XskSocket {
     /// straight back to the fill ring.
     pub fn recv(&mut self, buf: &mut [u8]) -> Option<usize> {
         let mut got = None;
-        self.recv_batch(1, &mut |frame| {
-            let len = frame.len().min(buf.len());
-            buf[..len].copy_from_slice(&frame[..len]);
-            got = Some(len);
+        self.recv_batch(1, &mut |frames| {
+            if let Some(frame) = frames.first() {
+                let len = frame.len().min(buf.len());
+                buf[..len].copy_from_slice(&frame[..len]);
+                got = Some(len);
+            }
         });
         got
     }
 
     /// Hand up to `max` received frames to `f` where they lie in the UMEM, without copying
-    /// them; the RX consumer and fill producer indices are published once for the batch, after
-    /// `f` has seen every frame (the kernel writes a frame only once it is back in the fill
-    /// ring). Returns how many frames `f` saw.
-    pub fn recv_batch(&mut self, max: usize, f: &mut dyn FnMut(&[u8])) -> usize {
-        let n = (self.rx.available() as usize).min(max);
-        if n == 0 {
+    /// them, [`RX_CHUNK`] at a time (a receiver that looks at a batch before processing it,
+    /// as `Interface::receive_batch` does, sees that many at once); the RX consumer and fill
+    /// producer indices are published once for the batch, after `f` has seen every frame (the
+    /// kernel writes a frame only once it is back in the fill ring). Returns how many frames
+    /// `f` saw.
+    pub fn recv_batch(&mut self, max: usize, f: &mut dyn FnMut(&[&[u8]])) -> usize {
+        let mut left = (self.rx.available() as usize).min(max);
+        if left == 0 {
             return 0;
         }
         let mut seen = 0;
-        for _ in 0..n {
-            let idx = self.rx.local;
-            // SAFETY: `idx` is an entry the kernel produced and we have not consumed.
-            let d = unsafe { std::ptr::read(self.rx.desc_at(idx)) };
-            let (off, len) = (d.addr as usize, d.len as usize);
-            if off.checked_add(len).is_some_and(|end| end <= self.umem.len) {
-                // SAFETY: the range lies within the UMEM, and the kernel does not write this
-                // frame until we publish it in the fill ring, after `f` returned (the borrow
-                // ends with the call).
-                let frame = unsafe { std::slice::from_raw_parts(self.umem.ptr.add(off), len) };
-                f(frame);
-                seen += 1;
+        while left > 0 {
+            let n = left.min(RX_CHUNK);
+            left -= n;
+            let mut frames: [&[u8]; RX_CHUNK] = [&[]; RX_CHUNK];
+            let mut chunks = [0u64; RX_CHUNK];
+            let mut k = 0;
+            for (i, chunk) in chunks[..n].iter_mut().enumerate() {
+                let idx = self.rx.local.wrapping_add(i as u32);
+                // SAFETY: `idx` is an entry the kernel produced and we have not consumed.
+                let d = unsafe { std::ptr::read(self.rx.desc_at(idx)) };
+                let (off, len) = (d.addr as usize, d.len as usize);
+                *chunk = d.addr & !(u64::from(self.frame_size) - 1);
+                if off.checked_add(len).is_some_and(|end| end <= self.umem.len) {
+                    // SAFETY: the range lies within the UMEM, and the kernel does not write
+                    // this frame until we publish it in the fill ring, below, after `f`
+                    // returned (the borrows end with the call).
+                    frames[k] = unsafe { std::slice::from_raw_parts(self.umem.ptr.add(off), len) };
+                    k += 1;
+                }
             }
-            self.rx.local = idx.wrapping_add(1);
+            if k > 0 {
+                f(&frames[..k]);
+            }
+            seen += k;
+            self.rx.local = self.rx.local.wrapping_add(n as u32);
             // Recycle: the fill ring has room for every RX frame we own.
-            if self.fill.free() > 0 {
-                let chunk = d.addr & !(u64::from(self.frame_size) - 1);
-                let s = self.fill.local;
-                // SAFETY: slot `s` is free (checked) and ours until published.
-                unsafe { *self.fill.u64_at(s) = chunk };
-                self.fill.local = s.wrapping_add(1);
+            for &chunk in &chunks[..n] {
+                if self.fill.free() > 0 {
+                    let s = self.fill.local;
+                    // SAFETY: slot `s` is free (checked) and ours until published.
+                    unsafe { *self.fill.u64_at(s) = chunk };
+                    self.fill.local = s.wrapping_add(1);
+                }
             }
         }
         Ring::store(self.rx.consumer, self.rx.local);

@@ -499,14 +499,16 @@ impl<D: ds_stack::device::Device> ds_stack::device::Device for Recording<D> {
     fn recv_in_place(
         &mut self,
         max: usize,
-        f: &mut dyn FnMut(&[u8]),
+        f: &mut dyn FnMut(&[&[u8]]),
     ) -> std::io::Result<Option<usize>> {
         let Self { inner, on, log } = self;
-        inner.recv_in_place(max, &mut |frame| {
+        inner.recv_in_place(max, &mut |frames| {
             if *on {
-                log.extend(parse(Instant::now(), frame));
+                for frame in frames {
+                    log.extend(parse(Instant::now(), frame));
+                }
             }
-            f(frame)
+            f(frames)
         })
     }
     fn send(&mut self, frame: &[u8]) -> std::io::Result<()> {

@@ -119,9 +119,15 @@ pub trait Device {
     /// Copy the next received frame into `buf`; `Ok(None)` if none is pending.
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>>;
     /// Hand up to `max` received frames to `f` where the device holds them, without copying
-    /// them out first: `Ok(Some(n))` when it did (`n` frames, 0 when none was pending),
-    /// `Ok(None)` (the default) when this device cannot, and [`Device::recv`] is the way.
-    fn recv_in_place(&mut self, max: usize, f: &mut dyn FnMut(&[u8])) -> io::Result<Option<usize>> {
+    /// them out first, several at a call (as the device received them: a receiver looks at a
+    /// batch before processing it, [`crate::Interface::receive_batch`]): `Ok(Some(n))` when it
+    /// did (`n` frames in all, 0 when none was pending), `Ok(None)` (the default) when this
+    /// device cannot, and [`Device::recv`] is the way.
+    fn recv_in_place(
+        &mut self,
+        max: usize,
+        f: &mut dyn FnMut(&[&[u8]]),
+    ) -> io::Result<Option<usize>> {
         let _ = (max, f);
         Ok(None)
     }
@@ -184,7 +190,11 @@ impl<D: Device + ?Sized> Device for Box<D> {
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
         (**self).recv(buf)
     }
-    fn recv_in_place(&mut self, max: usize, f: &mut dyn FnMut(&[u8])) -> io::Result<Option<usize>> {
+    fn recv_in_place(
+        &mut self,
+        max: usize,
+        f: &mut dyn FnMut(&[&[u8]]),
+    ) -> io::Result<Option<usize>> {
         (**self).recv_in_place(max, f)
     }
     fn send(&mut self, frame: &[u8]) -> io::Result<()> {

@@ -103,6 +103,9 @@ pub(super) struct ConnTable<T> {
     timers: TimerWheel,
     dirty: Vec<u32>,
     ready: Vec<u32>,
+    /// A key and its hash, computed by [`ConnTable::prefetch`] for the packet being processed
+    /// ([`ConnTable::set_hint`]): its lookup then does not hash the key again.
+    hint: Option<(ConnKey, u64)>,
 }
 
 impl<T> Default for ConnTable<T> {
@@ -117,6 +120,7 @@ impl<T> Default for ConnTable<T> {
             timers: TimerWheel::default(),
             dirty: Vec::new(),
             ready: Vec::new(),
+            hint: None,
         }
     }
 }
@@ -197,11 +201,42 @@ impl<T> ConnTable<T> {
 
     /// The connection `key` demultiplexes to.
     pub(super) fn lookup(&self, key: &ConnKey) -> Option<u32> {
-        let hash = self.hasher.hash_one(key);
+        let hash = match self.hint {
+            Some((k, h)) if k == *key => h,
+            _ => self.hasher.hash_one(key),
+        };
         let slots = &self.slots;
         self.demux
             .find(hash, |&i| slots[i as usize].key == *key)
             .copied()
+    }
+
+    /// Ask for the cache lines of the connection `key` demultiplexes to (its slot's key, and
+    /// those `warm` asks for of its entry) without waiting for them, so that the misses of a
+    /// batch of packets overlap; returns the key's hash, for [`ConnTable::set_hint`].
+    ///
+    /// The index's candidates for the hash are warmed without comparing their keys (the
+    /// comparison would wait for the slot's line): a wrong one, rare (7 bits of hash match),
+    /// costs a needless prefetch only. The index's own lines are waited for.
+    pub(super) fn prefetch(&self, key: &ConnKey, warm: impl Fn(&T)) -> u64 {
+        let hash = self.hasher.hash_one(key);
+        let slots = &self.slots;
+        let _ = self.demux.find(hash, |&i| {
+            if let Some(s) = slots.get(i as usize) {
+                crate::prefetch::prefetch(&s.key);
+                if let Some(e) = &s.entry {
+                    warm(e);
+                }
+            }
+            false
+        });
+        hash
+    }
+
+    /// The key (and its hash, from [`ConnTable::prefetch`]) of the packet about to be
+    /// processed, or `None` after it: [`ConnTable::lookup`] of that key uses the hash.
+    pub(super) fn set_hint(&mut self, hint: Option<(ConnKey, u64)>) {
+        self.hint = hint;
     }
 
     /// Whether a live connection, or a frozen one, uses `key`.
@@ -563,6 +598,16 @@ mod tests {
             lines.extend(at / 64..=(at + len - 1) / 64);
         }
         assert!(lines.len() <= 9, "hot fields span lines {lines:?}");
+        // What `Tcb::prefetch_hot` asks for, with the slot's key, covers every one of them.
+        let mut warmed = std::collections::BTreeSet::from([offset_of!(Slot<Tcb>, key) / 64]);
+        macro_rules! lines_of {
+            ($($($f:ident).+),+) => { $(warmed.insert(offset_of!(Tcb, $($f).+) / 64);)+ };
+        }
+        crate::tcp::tcb::hot_line_fields!(lines_of);
+        assert!(
+            lines.is_subset(&warmed),
+            "hot lines {lines:?}, prefetched {warmed:?}"
+        );
     }
 
     fn key(port: u16) -> ConnKey {

@@ -49,7 +49,7 @@ mod tcp;
 mod timer_wheel;
 mod udp;
 
-use conn_table::ConnTable;
+use conn_table::{ConnKey, ConnTable};
 use tcp::{Listener, EPHEMERAL_FIRST};
 
 pub use ndisc::solicited_node;
@@ -278,6 +278,9 @@ pub struct Interface {
     gso_max: u32,
     now: Instant,
     siblings: siblings::Siblings,
+    /// The keys and hashes of the frames of the batch being received, found while their
+    /// connections were warmed ([`Interface::receive_batch`]); storage kept.
+    warmed: Vec<Option<(ConnKey, u64)>>,
 }
 
 /// The link-local address with the modified EUI-64 interface identifier of `mac` (RFC 4291
@@ -355,6 +358,7 @@ impl Interface {
             gso_max: 0,
             now,
             siblings: siblings::Siblings::default(),
+            warmed: Vec::new(),
         }
     }
 

@@ -12,7 +12,8 @@ use crate::tcp::{TcpConfig, TcpState};
 use crate::time::Instant;
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
-    IpAddress, IpProtocol, TcpControl, TcpPacket, TcpRepr, IPV6_HEADER_LEN, TCP_HEADER_LEN,
+    EthernetFrame, EthernetProtocol, IpAddress, IpProtocol, Ipv6Packet, TcpControl, TcpPacket,
+    TcpRepr, IPV6_HEADER_LEN, TCP_HEADER_LEN,
 };
 use std::collections::VecDeque;
 use std::net::{Ipv6Addr, SocketAddrV6};
@@ -35,6 +36,27 @@ pub(super) struct Listener {
 }
 
 impl Interface {
+    /// The key of the connection a frame's TCP segment is for, and its hash, the lines of that
+    /// connection requested ([`Interface::receive_batch`]); `None` for anything but a plain
+    /// Ethernet + IPv6 + TCP frame (those take the full path only). Nothing is checked here
+    /// but lengths: a forged frame costs a needless prefetch, and [`Interface::receive`]
+    /// judges every frame as if this had not run.
+    pub(super) fn prefetch_segment(&self, frame: &[u8]) -> Option<(ConnKey, u64)> {
+        let eth = EthernetFrame::new_checked(frame).ok()?;
+        if eth.ethertype() != EthernetProtocol::Ipv6 {
+            return None;
+        }
+        let ip = Ipv6Packet::new_checked(eth.payload()).ok()?;
+        if ip.next_header() != IpProtocol::Tcp {
+            return None;
+        }
+        let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
+        // As `receive_tcp` keys it: (local, local port, remote, remote port).
+        let key = ConnKey(ip.dst_addr(), tcp.dst_port(), ip.src_addr(), tcp.src_port());
+        let hash = self.conns.prefetch(&key, Tcb::prefetch_hot);
+        Some((key, hash))
+    }
+
     /// (Re-)arm the connection's timer at the TCB's next deadline.
     pub(super) fn arm(&mut self, idx: u32) {
         let at = self.conns.get(idx).and_then(|t| t.poll_at());

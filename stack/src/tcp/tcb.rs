@@ -498,6 +498,30 @@ fn release_emptied_send_buffer(buf: &mut VecDeque<u8>) {
     }
 }
 
+/// One field in each cache line of the control block's hot part (`cc.cwnd` opens it, the
+/// congestion window and HyStart++ after `Cc`'s CUBIC figures; `sack_ok` is in the line the
+/// slot's key shares): [`Tcb::prefetch_hot`] asks for these lines, and the connection table's
+/// line test checks that they cover every field a segment reads.
+macro_rules! hot_line_fields {
+    ($m:ident) => {
+        $m!(cc.cwnd, snd_buf, ooo, t_persist, local, snd_max, rto, ooo_fin, sack_ok)
+    };
+}
+#[cfg(test)]
+pub(crate) use hot_line_fields;
+
+impl Tcb {
+    /// Ask for the cache lines a segment of this connection will read, without waiting for
+    /// them ([`crate::iface::Interface::receive_batch`]).
+    #[inline]
+    pub(crate) fn prefetch_hot(&self) {
+        macro_rules! each {
+            ($($($f:ident).+),+) => { $(crate::prefetch::prefetch(&self.$($f).+);)+ };
+        }
+        hot_line_fields!(each);
+    }
+}
+
 impl Tcb {
     fn blank(
         local: SocketAddrV6,
