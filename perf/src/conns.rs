@@ -60,6 +60,19 @@ pub struct Point {
     pub packets_per_exchange: f64,
     /// Time to open the connections, seconds.
     pub setup_s: f64,
+    /// Anonymous memory of this process in transparent huge pages after the measurement, KiB
+    /// (`AnonHugePages` of `/proc/self/smaps_rollup`; `None` where it cannot be read): the
+    /// connections' state in 2 MiB pages costs fewer TLB misses. THP is `madvise` on most
+    /// systems; glibc's allocator asks for it with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`.
+    pub huge_pages_kib: Option<u64>,
+}
+
+/// `AnonHugePages` of this process, KiB.
+fn huge_pages_kib() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/smaps_rollup").ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("AnonHugePages:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 fn cfg() -> TcpConfig {
@@ -330,6 +343,7 @@ pub fn run(o: &Options, mut progress: impl FnMut(&str)) -> Vec<Point> {
             },
             packets_per_exchange: Stat::of(per).map_or(0.0, |s| s.median),
             setup_s,
+            huge_pages_kib: huge_pages_kib(),
         });
     }
     points
@@ -340,8 +354,8 @@ pub fn table(o: &Options, points: &[Point]) -> String {
     let mut s = format!(
         "dsperf conns: server stack cost per packet, {} exchanges of {MSG} B per measurement, \
          {}, {} connections per client address, median of {} repeats\n\n\
-         | connections | ns/packet (min–max) | × the first | packets/exchange | setup s |\n\
-         |---|---|---|---|---|\n",
+         | connections | ns/packet (min–max) | × the first | packets/exchange | setup s | in huge pages |\n\
+         |---|---|---|---|---|---|\n",
         o.exchanges,
         if o.batch > 1 {
             format!("up to {} connections per server pass", o.batch)
@@ -353,14 +367,16 @@ pub fn table(o: &Options, points: &[Point]) -> String {
     );
     for p in points {
         s.push_str(&format!(
-            "| {} | {:.0} ({:.0}–{:.0}) | {:.2} | {:.1} | {:.1} |\n",
+            "| {} | {:.0} ({:.0}–{:.0}) | {:.2} | {:.1} | {:.1} | {} |\n",
             p.connections,
             p.ns_per_packet.median,
             p.ns_per_packet.min,
             p.ns_per_packet.max,
             p.ratio_to_first,
             p.packets_per_exchange,
-            p.setup_s
+            p.setup_s,
+            p.huge_pages_kib
+                .map_or("?".to_string(), |k| format!("{} MiB", k / 1024))
         ));
     }
     s

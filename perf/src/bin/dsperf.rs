@@ -82,7 +82,9 @@ enum Cmd {
     Bulk(BulkArgs),
     /// Our stack's cost per packet as open connections grow (1, 1,000, 10,000, 100,000):
     /// two stacks in memory, one 64-byte request/response at a time on a random connection,
-    /// the server's work timed. No root needed.
+    /// the server's work timed. No root needed. Run it with
+    /// GLIBC_TUNABLES=glibc.malloc.hugetlb=1 to put the connections' state in transparent huge
+    /// pages (where THP is `madvise`); the table says how much was.
     Conns(ConnsArgs),
     /// How faithful the WAN emulator `dswan` is: ping through it at each --delays (both
     /// directions delayed), UDP through it at each --rates (the receiver's interface counts

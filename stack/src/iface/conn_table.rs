@@ -211,22 +211,26 @@ impl<T> ConnTable<T> {
             .copied()
     }
 
-    /// Ask for the cache lines of the connection `key` demultiplexes to (its slot's key, and
-    /// those `warm` asks for of its entry) without waiting for them, so that the misses of a
-    /// batch of packets overlap; returns the key's hash, for [`ConnTable::set_hint`].
+    /// Ask for the cache lines of the connection `key` demultiplexes to (its slot's key, those
+    /// `warm` asks for of its entry, and its timer's, which the segment re-arms) without
+    /// waiting for them, so that the misses of a batch of packets overlap; returns the key's
+    /// hash, for [`ConnTable::set_hint`].
     ///
     /// The index's candidates for the hash are warmed without comparing their keys (the
     /// comparison would wait for the slot's line): a wrong one, rare (7 bits of hash match),
     /// costs a needless prefetch only. The index's own lines are waited for.
     pub(super) fn prefetch(&self, key: &ConnKey, warm: impl Fn(&T)) -> u64 {
         let hash = self.hasher.hash_one(key);
-        let slots = &self.slots;
+        let (slots, armed) = (&self.slots, &self.armed);
         let _ = self.demux.find(hash, |&i| {
             if let Some(s) = slots.get(i as usize) {
                 crate::prefetch::prefetch(&s.key);
                 if let Some(e) = &s.entry {
                     warm(e);
                 }
+            }
+            if let Some(a) = armed.get(i as usize) {
+                crate::prefetch::prefetch(a);
             }
             false
         });
