@@ -455,7 +455,12 @@ impl XskSocket {
                 let d = unsafe { std::ptr::read(self.rx.desc_at(idx)) };
                 let (off, len) = (d.addr as usize, d.len as usize);
                 *chunk = d.addr & !(u64::from(self.frame_size) - 1);
-                if off.checked_add(len).is_some_and(|end| end <= self.umem.len) {
+                // Within the UMEM and within its own frame (never reaching into a neighbour
+                // the kernel may be filling).
+                let in_frame = (d.addr - *chunk)
+                    .checked_add(u64::from(d.len))
+                    .is_some_and(|end| end <= u64::from(self.frame_size));
+                if in_frame && off.checked_add(len).is_some_and(|end| end <= self.umem.len) {
                     // SAFETY: the range lies within the UMEM, and the kernel does not write
                     // this frame until we publish it in the fill ring, below, after `f`
                     // returned (the borrows end with the call).

@@ -1,6 +1,7 @@
 //! Ethernet II framing (the link layer of the interface).
 
 use super::Interface;
+use crate::tcp::tcb::Tcb;
 use crate::time::Instant;
 use smoltcp::wire::{
     EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, ETHERNET_HEADER_LEN,
@@ -70,20 +71,31 @@ impl Interface {
     /// assert_eq!(iface.stats().rx_frames, 2);
     /// ```
     pub fn receive_batch(&mut self, now: Instant, frames: &[&[u8]]) {
-        if self.conns.len() < WARM_FROM {
+        // Without a prefetch instruction (`crate::prefetch`) the look-ahead would only cost.
+        if self.conns.len() < WARM_FROM || !cfg!(target_arch = "x86_64") {
             for f in frames {
                 self.receive(now, f);
             }
             return;
         }
         for chunk in frames.chunks(WARM_AHEAD) {
+            // Three passes: what can be asked for without waiting (parse, hash, index probe,
+            // the slot's key and timer lines); then each control block's hot lines, which
+            // waits for the line saying the slot is occupied, a few instructions a frame so
+            // that the core has every frame's wait in flight at once; then the frames.
             self.warmed.clear();
             for f in chunk {
-                let h = self.prefetch_segment(f);
-                self.warmed.push(h);
+                let w = self.prefetch_segment(f);
+                self.warmed.push(w);
+            }
+            for &(_, _, idx) in self.warmed.iter().flatten() {
+                if let Some(i) = idx {
+                    self.conns.warm(i, Tcb::prefetch_hot);
+                }
             }
             for (i, f) in chunk.iter().enumerate() {
-                self.conns.set_hint(self.warmed.get(i).copied().flatten());
+                let hint = self.warmed.get(i).copied().flatten();
+                self.conns.set_hint(hint.map(|(key, hash, _)| (key, hash)));
                 self.receive(now, f);
             }
             self.conns.set_hint(None);

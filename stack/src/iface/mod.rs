@@ -278,9 +278,9 @@ pub struct Interface {
     gso_max: u32,
     now: Instant,
     siblings: siblings::Siblings,
-    /// The keys and hashes of the frames of the batch being received, found while their
-    /// connections were warmed ([`Interface::receive_batch`]); storage kept.
-    warmed: Vec<Option<(ConnKey, u64)>>,
+    /// The keys, hashes and candidate slots of the frames of the batch being received, found
+    /// while their connections were warmed ([`Interface::receive_batch`]); storage kept.
+    warmed: Vec<Option<(ConnKey, u64, Option<u32>)>>,
 }
 
 /// The link-local address with the modified EUI-64 interface identifier of `mac` (RFC 4291

@@ -36,14 +36,15 @@ pub(super) struct Listener {
 }
 
 impl Interface {
-    /// The key of the connection a frame's TCP segment is for, and its hash, the lines of that
-    /// connection requested ([`Interface::receive_batch`]); `None` for anything but a plain
-    /// Ethernet + IPv6 + TCP frame (those take the full path only). Nothing is checked here
-    /// but lengths: a forged frame costs a needless prefetch, and [`Interface::receive`]
-    /// judges every frame as if this had not run.
-    pub(super) fn prefetch_segment(&self, frame: &[u8]) -> Option<(ConnKey, u64)> {
+    /// The key of the connection a frame's TCP segment is for, its hash and the slot the
+    /// demultiplexer names for it, the lines that can be named without waiting requested
+    /// ([`Interface::receive_batch`]); `None` for anything but a plain Ethernet + IPv6 + TCP
+    /// frame to our MAC (the rest takes the full path only). Nothing is checked here but
+    /// lengths and the MAC: a forged frame costs needless prefetches, and
+    /// [`Interface::receive`] judges every frame as if this had not run.
+    pub(super) fn prefetch_segment(&self, frame: &[u8]) -> Option<(ConnKey, u64, Option<u32>)> {
         let eth = EthernetFrame::new_checked(frame).ok()?;
-        if eth.ethertype() != EthernetProtocol::Ipv6 {
+        if eth.ethertype() != EthernetProtocol::Ipv6 || eth.dst_addr().0 != self.cfg.mac {
             return None;
         }
         let ip = Ipv6Packet::new_checked(eth.payload()).ok()?;
@@ -53,8 +54,8 @@ impl Interface {
         let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
         // As `receive_tcp` keys it: (local, local port, remote, remote port).
         let key = ConnKey(ip.dst_addr(), tcp.dst_port(), ip.src_addr(), tcp.src_port());
-        let hash = self.conns.prefetch(&key, Tcb::prefetch_hot);
-        Some((key, hash))
+        let (hash, idx) = self.conns.prefetch(&key);
+        Some((key, hash, idx))
     }
 
     /// (Re-)arm the connection's timer at the TCB's next deadline.
