@@ -62,7 +62,7 @@ impl From<Endpoint> for SocketAddrV6 {
     }
 }
 
-/// Flag bits in [`ConnState::flags`].
+/// Flag bits in [`ConnState::state_flags`].
 pub mod flags {
     /// Window scaling negotiated.
     pub const WS: u16 = 1 << 0;

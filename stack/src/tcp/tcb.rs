@@ -2074,7 +2074,7 @@ impl Tcb {
     }
 
     /// Like [`Tcb::next_segment`], but new data may leave as one super-frame of up to
-    /// `gso_max` payload octets (whole segments of [`Tcb::eff_mss`], the last maybe shorter)
+    /// `gso_max` payload octets (whole segments of the effective MSS, the last maybe shorter)
     /// for a device that segments it; 0: one segment at a time.
     pub fn next_segment_gso(&mut self, now: Instant, gso_max: u32) -> Option<SegOut> {
         if let Some(ack) = self.rst_due_for_ack.take() {
