@@ -113,7 +113,8 @@ impl Wire {
 
     /// Hand every frame on the wire to `to`, in batches as a device's receive ring would.
     fn deliver(&mut self, to: &mut Interface, now: ds_stack::Instant) {
-        const RING: usize = 16;
+        // As many at a time as AF_XDP hands over (the look-ahead's chunk).
+        const RING: usize = ds_stack::iface::WARM_AHEAD;
         for chunk in self.frames.chunks(RING) {
             let mut batch: [&[u8]; RING] = [&[]; RING];
             for (b, f) in batch.iter_mut().zip(chunk) {

@@ -13,9 +13,9 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 use tracing::{debug, info};
 
-/// Received frames handed over at once by [`XskSocket::recv_batch`]: as many as the receiver
-/// warms ahead (`Interface::receive_batch`), and small arrays to fill per call.
-pub const RX_CHUNK: usize = 16;
+/// Received frames handed over at once by [`XskSocket::recv_batch`]: as many as the stack
+/// warms ahead ([`ds_stack::iface::WARM_AHEAD`]), and small arrays to fill per call.
+pub const RX_CHUNK: usize = ds_stack::iface::WARM_AHEAD;
 
 /// Sizes of a socket's UMEM and rings.
 #[derive(Debug, Clone)]

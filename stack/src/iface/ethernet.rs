@@ -48,8 +48,9 @@ pub(super) fn write_ethernet_header(frame: &mut [u8], mac: [u8; 6]) {
 /// Frames of a batch whose connections are warmed before the first is processed
 /// ([`Interface::receive_batch`]): more than the misses a core keeps in flight (10–16 line
 /// fill buffers, a connection needs about ten lines), few enough that the first frame's lines
-/// are still in the first-level cache when it is processed.
-const WARM_AHEAD: usize = 16;
+/// are still in the first-level cache when it is processed. A device that hands over this
+/// many frames per call (AF_XDP's `recv_batch`) gives the look-ahead whole chunks.
+pub const WARM_AHEAD: usize = 16;
 
 /// Connections from which [`Interface::receive_batch`] warms them: fewer fit the core's
 /// second-level cache (1,024 slots are 704 KiB), where the look ahead (a parse and an index
@@ -88,10 +89,8 @@ impl Interface {
                 let w = self.prefetch_segment(f);
                 self.warmed.push(w);
             }
-            for &(_, _, idx) in self.warmed.iter().flatten() {
-                if let Some(i) = idx {
-                    self.conns.warm(i, Tcb::prefetch_hot);
-                }
+            for idx in self.warmed.iter().flatten().filter_map(|w| w.2) {
+                self.conns.warm(idx, Tcb::prefetch_hot);
             }
             for (i, f) in chunk.iter().enumerate() {
                 let hint = self.warmed.get(i).copied().flatten();

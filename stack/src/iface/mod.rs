@@ -52,6 +52,7 @@ mod udp;
 use conn_table::{ConnKey, ConnTable};
 use tcp::{Listener, EPHEMERAL_FIRST};
 
+pub use ethernet::WARM_AHEAD;
 pub use ndisc::solicited_node;
 
 /// RFC 8201 §4: a learnt path MTU is forgotten after 10 minutes.
