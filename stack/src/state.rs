@@ -10,11 +10,11 @@
 //! last TSval we sent, so a connection thawed on a host whose clock differs stays correct.
 
 use crate::tcp::cc::Cc;
+use crate::tcp::ring::ByteRing;
 use crate::tcp::tcb::{OooQueue, Pace, Tcb};
 use crate::tcp::{Congestion, Keepalive, TcpConfig, TcpState};
 use crate::time::{Duration, Instant, Micros};
 use serde::{Deserialize, Serialize};
-use std::collections::VecDeque;
 use std::net::{Ipv6Addr, SocketAddrV6};
 use std::sync::Arc;
 
@@ -414,7 +414,7 @@ impl Tcb {
         } else {
             s.snd_una
         };
-        t.snd_buf = VecDeque::from(s.send_data.clone());
+        t.snd_buf = ByteRing::from(s.send_data.clone());
         t.fin_queued = fin_queued;
         let (nxt, max) = match &s.in_flight {
             Some(f) => (f.nxt_off, f.max_off),
@@ -434,7 +434,7 @@ impl Tcb {
         t.irs = s.rcv_nxt.wrapping_sub(1);
         t.rcv_adv = s.rcv_nxt.wrapping_add(s.rcv_adv_off);
         t.last_ack_sent = s.rcv_nxt;
-        t.rcv_buf = VecDeque::from(s.recv_data.clone());
+        t.rcv_buf = ByteRing::from(s.recv_data.clone());
         t.ooo = OooQueue::default();
         for (off, d) in &s.ooo {
             t.ooo

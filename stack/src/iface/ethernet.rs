@@ -80,10 +80,11 @@ impl Interface {
             return;
         }
         for chunk in frames.chunks(WARM_AHEAD) {
-            // Three passes: what can be asked for without waiting (parse, hash, index probe,
+            // Four passes: what can be asked for without waiting (parse, hash, index probe,
             // the slot's key and timer lines); then each control block's hot lines, which
             // waits for the line saying the slot is occupied, a few instructions a frame so
-            // that the core has every frame's wait in flight at once; then the frames.
+            // that the core has every frame's wait in flight at once; then the lines its
+            // buffers' next bytes land on, named by those lines; then the frames.
             self.warmed.clear();
             for f in chunk {
                 let w = self.prefetch_segment(f);
@@ -91,6 +92,9 @@ impl Interface {
             }
             for idx in self.warmed.iter().flatten().filter_map(|w| w.2) {
                 self.conns.warm(idx, Tcb::prefetch_hot);
+            }
+            for idx in self.warmed.iter().flatten().filter_map(|w| w.2) {
+                self.conns.warm(idx, Tcb::prefetch_data);
             }
             for (i, f) in chunk.iter().enumerate() {
                 let hint = self.warmed.get(i).copied().flatten();

@@ -4,6 +4,7 @@
 //! parsed segments and the time, and hands back segment descriptions to emit.
 
 pub mod cc;
+pub(crate) mod ring;
 pub mod seq;
 pub mod tcb;
 

@@ -6,10 +6,10 @@
 //! payload straight out of the send buffer ([`Tcb::payload`]).
 
 use super::cc::Cc;
+use super::ring::ByteRing;
 use super::seq::{self, dist, ge, gt, le, lt};
 use super::{TcpConfig, TcpState};
 use crate::time::{Duration, Instant, Micros};
-use std::collections::VecDeque;
 use std::net::SocketAddrV6;
 use std::sync::Arc;
 use thin_vec::ThinVec;
@@ -346,8 +346,8 @@ pub struct Tcb {
     // 16 bytes where `Duration`s took 48; our clock's granularity is the microsecond anyway).
     // Timers are absolute. 8-byte aligned fields first, then 4, then 1: no padding.
     /// Unacknowledged and unsent data; byte 0 has sequence number `snd_buf_seq`.
-    pub(crate) snd_buf: VecDeque<u8>,
-    pub(crate) rcv_buf: VecDeque<u8>,
+    pub(crate) snd_buf: ByteRing,
+    pub(crate) rcv_buf: ByteRing,
     pub(crate) ooo: OooQueue,
     /// Sender's SACK scoreboard: disjoint sorted ranges above SND.UNA (a `ThinVec`, one word
     /// in the lines every segment reads; empty but in loss recovery, and then without an
@@ -492,9 +492,9 @@ pub(crate) const KEEP_EMPTY_SEND_BUF: usize = 4 << 10;
 /// acknowledged data. Smaller buffers stay, so that short exchanges do not pay an allocation
 /// each (measured: ~20 ns a packet); a bulk sender keeps its buffer non-empty and is not
 /// affected.
-fn release_emptied_send_buffer(buf: &mut VecDeque<u8>) {
+fn release_emptied_send_buffer(buf: &mut ByteRing) {
     if buf.is_empty() && buf.capacity() > KEEP_EMPTY_SEND_BUF {
-        *buf = VecDeque::new();
+        *buf = ByteRing::default();
     }
 }
 
@@ -519,6 +519,17 @@ impl Tcb {
             ($($($f:ident).+),+) => { $(crate::prefetch::prefetch(&self.$($f).+);)+ };
         }
         hot_line_fields!(each);
+    }
+
+    /// Ask for the lines the buffers' next bytes land on (a request's, and its answer's),
+    /// without waiting for them. Reads the buffers' headers: call it once
+    /// [`Tcb::prefetch_hot`]'s lines have had time to arrive.
+    pub(crate) fn prefetch_data(&self) {
+        for b in [&self.rcv_buf, &self.snd_buf] {
+            if let Some(at) = b.next_free() {
+                crate::prefetch::prefetch(at);
+            }
+        }
     }
 }
 
@@ -555,13 +566,13 @@ impl Tcb {
             snd_wl1: 0,
             snd_wl2: 0,
             max_snd_wnd: 0,
-            snd_buf: VecDeque::new(),
+            snd_buf: ByteRing::default(),
             snd_buf_seq: iss.wrapping_add(1),
             fin_queued: false,
             irs: 0,
             rcv_nxt: 0,
             rcv_adv: 0,
-            rcv_buf: VecDeque::new(),
+            rcv_buf: ByteRing::default(),
             ooo: OooQueue::default(),
             dsack: None,
             ooo_fin: None,
@@ -857,7 +868,7 @@ impl Tcb {
         if n > na {
             buf[na..n].copy_from_slice(&b[..n - na]);
         }
-        self.rcv_buf.drain(..n);
+        self.rcv_buf.consume(n);
         // RFC 9293 §3.8.6.2.2: announce a window update once it grows by min(BUF/2, MSS)...
         // we wait for 2 MSS or half the buffer to avoid an update per read.
         let after = self.advertisable_window();
@@ -1418,7 +1429,7 @@ impl Tcb {
             } else {
                 0
             };
-            self.snd_buf.drain(..data_acked);
+            self.snd_buf.consume(data_acked);
             release_emptied_send_buffer(&mut self.snd_buf);
             self.snd_buf_seq = self.snd_buf_seq.wrapping_add(data_acked as u32);
             self.snd_una = ack;
