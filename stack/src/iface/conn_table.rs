@@ -103,7 +103,7 @@ pub(super) struct ConnTable<T> {
     timers: TimerWheel,
     dirty: Vec<u32>,
     ready: Vec<u32>,
-    /// A key and its hash, computed by [`ConnTable::prefetch`] for the packet being processed
+    /// A key and its hash, computed by [`ConnTable::hash`] for the packet being processed
     /// ([`ConnTable::set_hint`]): its lookup then does not hash the key again.
     hint: Option<(ConnKey, u64)>,
 }
@@ -214,17 +214,23 @@ impl<T> ConnTable<T> {
             .copied()
     }
 
-    /// Ask for the cache lines of the connection `key` demultiplexes to that can be named
-    /// without reading it (its slot's key, its timer's entry, which the segment re-arms),
-    /// without waiting for them; returns the key's hash, for [`ConnTable::set_hint`], and the
-    /// slot the index names for it, for [`ConnTable::warm`].
+    /// The demultiplexer's hash of `key`, for [`ConnTable::prefetch`] and
+    /// [`ConnTable::set_hint`].
+    pub(super) fn hash(&self, key: &ConnKey) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    /// Ask for the cache lines of the connection a key of hash `hash` demultiplexes to that
+    /// can be named without reading it (its slot's key, its timer's entry, which the segment
+    /// re-arms), without waiting for them; returns the slot the index names, for
+    /// [`ConnTable::warm`].
     ///
     /// The index's candidates for the hash are taken without comparing their keys (the
     /// comparison would wait for the slot's line): a wrong one, rare (7 bits of hash match),
     /// costs needless prefetches only. The index's own lines are waited for (0.5 MB at
-    /// 100,000 connections: mostly cached).
-    pub(super) fn prefetch(&self, key: &ConnKey) -> (u64, Option<u32>) {
-        let hash = self.hasher.hash_one(key);
+    /// 100,000 connections: mostly cached); a caller with several keys hashes them all first,
+    /// so that these probes, a few instructions each, have their waits in flight together.
+    pub(super) fn prefetch(&self, hash: u64) -> Option<u32> {
         let (slots, armed) = (&self.slots, &self.armed);
         let mut first = None;
         let _ = self.demux.find(hash, |&i| {
@@ -237,7 +243,7 @@ impl<T> ConnTable<T> {
             }
             false
         });
-        (hash, first)
+        first
     }
 
     /// Ask for the lines `warm` names of slot `idx`'s entry, without waiting for them. Finding

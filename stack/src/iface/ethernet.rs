@@ -80,15 +80,20 @@ impl Interface {
             return;
         }
         for chunk in frames.chunks(WARM_AHEAD) {
-            // Four passes: what can be asked for without waiting (parse, hash, index probe,
-            // the slot's key and timer lines); then each control block's hot lines, which
-            // waits for the line saying the slot is occupied, a few instructions a frame so
-            // that the core has every frame's wait in flight at once; then the lines its
-            // buffers' next bytes land on, named by those lines; then the frames.
+            // Five passes: each frame's key and hash (parsing and SipHash, most of the
+            // look-ahead's instructions, which kept the probes' waits apart); the
+            // demultiplexer probed, with what can be asked for without waiting (the slot's key
+            // and timer lines); each control block's hot lines, which waits for the line
+            // saying the slot is occupied; the lines its buffers' next bytes land on, named by
+            // those lines; then the frames. Where a pass waits it does a few instructions a
+            // frame, so that the core has every frame's wait in flight at once.
             self.warmed.clear();
             for f in chunk {
-                let w = self.prefetch_segment(f);
+                let w = self.segment_key(f).map(|(key, hash)| (key, hash, None));
                 self.warmed.push(w);
+            }
+            for w in self.warmed.iter_mut().flatten() {
+                w.2 = self.conns.prefetch(w.1);
             }
             for idx in self.warmed.iter().flatten().filter_map(|w| w.2) {
                 self.conns.warm(idx, Tcb::prefetch_hot);

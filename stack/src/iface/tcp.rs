@@ -36,13 +36,12 @@ pub(super) struct Listener {
 }
 
 impl Interface {
-    /// The key of the connection a frame's TCP segment is for, its hash and the slot the
-    /// demultiplexer names for it, the lines that can be named without waiting requested
+    /// The key of the connection a frame's TCP segment is for and its hash
     /// ([`Interface::receive_batch`]); `None` for anything but a plain Ethernet + IPv6 + TCP
     /// frame to our MAC (the rest takes the full path only). Nothing is checked here but
     /// lengths and the MAC: a forged frame costs needless prefetches, and
     /// [`Interface::receive`] judges every frame as if this had not run.
-    pub(super) fn prefetch_segment(&self, frame: &[u8]) -> Option<(ConnKey, u64, Option<u32>)> {
+    pub(super) fn segment_key(&self, frame: &[u8]) -> Option<(ConnKey, u64)> {
         let eth = EthernetFrame::new_checked(frame).ok()?;
         if eth.ethertype() != EthernetProtocol::Ipv6 || eth.dst_addr().0 != self.cfg.mac {
             return None;
@@ -54,8 +53,7 @@ impl Interface {
         let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
         // As `receive_tcp` keys it: (local, local port, remote, remote port).
         let key = ConnKey(ip.dst_addr(), tcp.dst_port(), ip.src_addr(), tcp.src_port());
-        let (hash, idx) = self.conns.prefetch(&key);
-        Some((key, hash, idx))
+        Some((key, self.conns.hash(&key)))
     }
 
     /// (Re-)arm the connection's timer at the TCB's next deadline.
