@@ -27,7 +27,8 @@ const SERVER: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xc0, 0, 0, 0, 0, 0, 0x80);
 const PORT: u16 = 80;
 /// Client ports per client address, by default: every connection from one or two hosts.
 pub const PORTS: usize = 50_000;
-const MSG: usize = 64;
+/// Bytes of a request and of its answer.
+pub const MSG: usize = 64;
 
 /// What to measure.
 #[derive(Debug, Clone, Serialize)]

@@ -272,6 +272,56 @@ pub fn write_bulk_svg(sum: &crate::bulk::Summary, dir: &Path) -> Result<PathBuf>
     two_panel_svg(dir, "dsperf-bulk.svg", &title, [down, up], &foot)
 }
 
+/// Write `DIR/dsperf-conns.svg`: the server's time per packet against open connections
+/// (median, fastest and slowest measurement; the connections on a log scale), with one
+/// connection's median drawn across as what "flat" would be. Returns the file's path.
+pub fn write_conns_svg(
+    o: &crate::conns::Options,
+    points: &[crate::conns::Point],
+    dir: &Path,
+) -> Result<PathBuf> {
+    let x = |p: &crate::conns::Point| (p.connections.max(1) as f64).log10();
+    let line = |label: &str, f: &dyn Fn(&crate::conns::Point) -> f64| Line {
+        label: label.to_string(),
+        points: points.iter().map(|p| (x(p), f(p))).collect(),
+    };
+    let mut lines = vec![
+        line("median", &|p| p.ns_per_packet.median),
+        line("fastest measurement", &|p| p.ns_per_packet.min),
+        line("slowest measurement", &|p| p.ns_per_packet.max),
+    ];
+    if let (Some(first), Some(last)) = (points.first(), points.last()) {
+        lines.push(Line {
+            label: format!("flat: {} connection(s)' median", first.connections),
+            points: vec![
+                (x(first), first.ns_per_packet.median),
+                (x(last), first.ns_per_packet.median),
+            ],
+        });
+    }
+    let mode = if o.batch > 1 {
+        format!("{} exchanges per server pass", o.batch)
+    } else {
+        "one exchange at a time".to_string()
+    };
+    let title = format!(
+        "dsperf conns: server ns per packet, {} B request/response, {mode}, {} x {} exchanges",
+        crate::conns::MSG,
+        o.repeats,
+        o.exchanges
+    );
+    write_lines_svg(
+        &dir.join("dsperf-conns.svg"),
+        &title,
+        (
+            "open connections, log10 (0: 1, 3: 1,000, 5: 100,000)",
+            "ns per packet",
+        ),
+        &lines,
+        &[],
+    )
+}
+
 /// One line of a [`write_lines_svg`] chart.
 pub struct Line {
     /// Legend text.

@@ -473,6 +473,9 @@ struct ConnsArgs {
     /// Print the results as one JSON array.
     #[arg(long)]
     json: bool,
+    /// Write dsperf-conns.svg into this directory.
+    #[arg(long, value_name = "DIR")]
+    plot: Option<PathBuf>,
 }
 
 fn run_conns(a: ConnsArgs) -> Result<()> {
@@ -495,6 +498,10 @@ fn run_conns(a: ConnsArgs) -> Result<()> {
         eprint!("{}", ds_perf::conns::table(&o, &points));
     } else {
         print!("{}", ds_perf::conns::table(&o, &points));
+    }
+    if let Some(dir) = a.plot {
+        let path = ds_perf::plot::write_conns_svg(&o, &points, &dir).context("plot")?;
+        eprintln!("wrote {}", path.display());
     }
     Ok(())
 }
