@@ -416,6 +416,14 @@ mod tests {
             assert!((1.9..=3.1).contains(&p.packets_per_exchange), "{p:?}");
         }
         assert!(table(&o, &pts).contains("| 100 |"));
+        // The plot: one file, its four lines named in its legend.
+        let dir = std::env::temp_dir().join(format!("ds-conns-plot-{}", std::process::id()));
+        let svg = crate::plot::write_conns_svg(&o, &pts, &dir).expect("plot");
+        let text = std::fs::read_to_string(&svg).expect("svg");
+        let _ = std::fs::remove_dir_all(&dir);
+        for label in ["median", "fastest", "slowest", "flat"] {
+            assert!(text.contains(label), "{label} missing from the plot");
+        }
     }
 
     /// One client address per 4 connections: 25 neighbours of the server, each exchange
