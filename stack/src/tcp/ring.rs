@@ -55,7 +55,8 @@ impl ByteRing {
         }
         let need = self.len + data.len();
         if need > self.buf.len() {
-            self.grow(need);
+            self.grow_with(data);
+            return;
         }
         let cap = self.buf.len();
         let tail = wrap(self.head + self.len, cap);
@@ -93,16 +94,22 @@ impl ByteRing {
         (self.len < cap).then(|| &self.buf[wrap(self.head + self.len, cap)])
     }
 
-    /// Move the bytes into storage of at least `need` bytes, at its start. The growth rule is
-    /// `VecDeque`'s (at least double, at least 8), so a connection holds what it held before.
-    fn grow(&mut self, need: usize) {
+    /// Move the bytes, then `data`, into new storage at its start. The growth rule is
+    /// `VecDeque`'s (at least double, at least 8), so a connection holds what it held before;
+    /// only the storage past the new bytes is zeroed (a 64 KiB answer written into an empty
+    /// buffer is copied once, not zeroed first).
+    fn grow_with(&mut self, data: &[u8]) {
+        let need = self.len + data.len();
         let cap = need.max(2 * self.buf.len()).max(8);
-        let mut buf = vec![0; cap].into_boxed_slice();
+        let mut buf = Vec::with_capacity(cap);
         let (a, b) = self.as_slices();
-        buf[..a.len()].copy_from_slice(a);
-        buf[a.len()..a.len() + b.len()].copy_from_slice(b);
-        self.buf = buf;
+        buf.extend_from_slice(a);
+        buf.extend_from_slice(b);
+        buf.extend_from_slice(data);
+        buf.resize(cap, 0);
+        self.buf = buf.into_boxed_slice();
         self.head = 0;
+        self.len = need;
     }
 }
 
