@@ -421,8 +421,17 @@ mod tests {
         let svg = crate::plot::write_conns_svg(&o, &pts, &dir).expect("plot");
         let text = std::fs::read_to_string(&svg).expect("svg");
         let _ = std::fs::remove_dir_all(&dir);
-        for label in ["median", "fastest", "slowest", "flat"] {
-            assert!(text.contains(label), "{label} missing from the plot");
+        // Each legend entry is a text element's whole content (plotters: on a line of its own).
+        for label in [
+            "median",
+            "fastest measurement",
+            "slowest measurement",
+            "flat: 1 connection(s)&apos; median",
+        ] {
+            assert!(
+                text.lines().any(|l| l.trim() == label),
+                "{label} missing from the plot"
+            );
         }
     }
 

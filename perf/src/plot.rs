@@ -273,13 +273,15 @@ pub fn write_bulk_svg(sum: &crate::bulk::Summary, dir: &Path) -> Result<PathBuf>
 }
 
 /// Write `DIR/dsperf-conns.svg`: the server's time per packet against open connections
-/// (median, fastest and slowest measurement; the connections on a log scale), with one
-/// connection's median drawn across as what "flat" would be. Returns the file's path.
+/// (median, fastest and slowest measurement; the connections on a log scale), with the
+/// fewest connections' median drawn across as what "flat" would be. Returns the file's path.
 pub fn write_conns_svg(
     o: &crate::conns::Options,
     points: &[crate::conns::Point],
     dir: &Path,
 ) -> Result<PathBuf> {
+    let mut points: Vec<&crate::conns::Point> = points.iter().collect();
+    points.sort_by_key(|p| p.connections);
     let x = |p: &crate::conns::Point| (p.connections.max(1) as f64).log10();
     let line = |label: &str, f: &dyn Fn(&crate::conns::Point) -> f64| Line {
         label: label.to_string(),
@@ -319,6 +321,8 @@ pub fn write_conns_svg(
         ),
         &lines,
         &[],
+        // The cost grows to the right: the lower right is free.
+        SeriesLabelPosition::LowerRight,
     )
 }
 
@@ -331,13 +335,15 @@ pub struct Line {
 }
 
 /// Write `path`: lines with dots, one colour each, and optional lone markers (crosses, in the
-/// colour of the line of the same index). Returns the path.
+/// colour of the line of the same index), the legend at `legend` (where the data is not).
+/// Returns the path.
 pub fn write_lines_svg(
     path: &Path,
     title: &str,
     (xlabel, ylabel): (&str, &str),
     lines: &[Line],
     markers: &[(usize, String, (f64, f64))],
+    legend: SeriesLabelPosition,
 ) -> Result<PathBuf> {
     const PALETTE: [RGBColor; 4] = [
         RGBColor(0x2b, 0x6c, 0xb0),
@@ -402,7 +408,7 @@ pub fn write_lines_svg(
         }
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
+            .position(legend)
             .label_font((FONT, 13))
             .background_style(WHITE.mix(0.9))
             .border_style(BLACK)

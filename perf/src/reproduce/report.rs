@@ -827,6 +827,7 @@ pub fn write_all(dir: &Path, r: &Results) -> Result<Vec<PathBuf>> {
             ("donor's wait before freezing (ms)", "client-perceived handoff time (ms)"),
             &lines,
             &markers,
+            plotters::prelude::SeriesLabelPosition::UpperRight,
         )?);
     }
     out.extend(write_csv(&figs, r)?);

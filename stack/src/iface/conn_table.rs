@@ -247,8 +247,8 @@ impl<T> ConnTable<T> {
     }
 
     /// Ask for the lines `warm` names of slot `idx`'s entry, without waiting for them. Finding
-    /// the entry waits for the line that says whether the slot is occupied (the control block's
-    /// third hot line): a caller warming several connections calls this for all of them after
+    /// the entry waits for the line that says whether the slot is occupied (the `Option`'s
+    /// niche, where rustc puts it: today the tag of `Tcb::dsack`, in a hot line): a caller warming several connections calls this for all of them after
     /// [`ConnTable::prefetch`] (little work each), so that those waits overlap too.
     pub(super) fn warm(&self, idx: u32, warm: impl Fn(&T)) {
         if let Some(e) = self.slots.get(idx as usize).and_then(|s| s.entry.as_ref()) {
@@ -256,7 +256,7 @@ impl<T> ConnTable<T> {
         }
     }
 
-    /// The key (and its hash, from [`ConnTable::prefetch`]) of the packet about to be
+    /// The key (and its hash, from [`ConnTable::hash`]) of the packet about to be
     /// processed, or `None` after it: [`ConnTable::lookup`] of that key uses the hash.
     pub(super) fn set_hint(&mut self, hint: Option<(ConnKey, u64)>) {
         self.hint = hint;

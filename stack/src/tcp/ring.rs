@@ -13,7 +13,7 @@
 use std::fmt;
 
 /// Bytes in first-in first-out order, growing as written (never shrinking by itself).
-#[derive(Clone, Default)]
+#[derive(Default)]
 pub(crate) struct ByteRing {
     /// Storage, all of it initialised; its length is the capacity.
     buf: Box<[u8]>,
@@ -87,17 +87,25 @@ impl ByteRing {
         self.head = 0;
     }
 
-    /// The byte the next [`ByteRing::extend`] writes first, if it fits without growing: for
-    /// a prefetch.
+    /// The byte the next [`ByteRing::extend`] writes first, while there is free space: for a
+    /// prefetch.
     pub(crate) fn next_free(&self) -> Option<&u8> {
         let cap = self.buf.len();
         (self.len < cap).then(|| &self.buf[wrap(self.head + self.len, cap)])
     }
 
+    /// The storage's first byte, where writes start again once the ring empties, while it
+    /// holds bytes: for a prefetch.
+    pub(crate) fn start(&self) -> Option<&u8> {
+        self.buf.first().filter(|_| self.len > 0)
+    }
+
     /// Move the bytes, then `data`, into new storage at its start. The growth rule is
     /// `VecDeque`'s (at least double, at least 8), so a connection holds what it held before;
     /// only the storage past the new bytes is zeroed (a 64 KiB answer written into an empty
-    /// buffer is copied once, not zeroed first).
+    /// buffer is copied once, not zeroed first). Unlike `VecDeque`'s `realloc`, the spare half
+    /// of a large buffer is written (zeroed) at once rather than left to be touched: a bulk
+    /// transfer fills its ring anyway, so that is a transient, not more memory held.
     fn grow_with(&mut self, data: &[u8]) {
         let need = self.len + data.len();
         let cap = need.max(2 * self.buf.len()).max(8);
@@ -134,6 +142,14 @@ impl From<Vec<u8>> for ByteRing {
     }
 }
 
+impl Clone for ByteRing {
+    /// A copy holds the bytes only, as `VecDeque`'s did: no spare capacity.
+    fn clone(&self) -> Self {
+        let (a, b) = self.as_slices();
+        ByteRing::from([a, b].concat())
+    }
+}
+
 impl fmt::Debug for ByteRing {
     // The bytes themselves would flood a control block's debug output.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -165,7 +181,13 @@ mod tests {
         r.extend(b"ghijk");
         // "ef" at the end, "ghijk" split round it.
         assert_eq!(r.as_slices(), (&b"efgh"[..], &b"ijk"[..]));
-        r.extend(b"lmnop");
+        // Exactly full while wrapped round: no free byte.
+        r.extend(b"l");
+        assert_eq!(r.as_slices(), (&b"efgh"[..], &b"ijkl"[..]));
+        assert!(r.next_free().is_none());
+        assert_eq!(r.start(), Some(&b'i'));
+        assert_eq!(r.clone().capacity(), 8);
+        r.extend(b"mnop");
         assert_eq!(r.capacity(), 16);
         assert_eq!(r.as_slices(), (&b"efghijklmnop"[..], &b""[..]));
         r.consume(100);
@@ -200,7 +222,10 @@ mod tests {
         fn behaves_as_a_deque(start in proptest::collection::vec(any::<u8>(), 0..20),
                               ops in proptest::collection::vec(op(), 0..60)) {
             let mut r = ByteRing::from(start.clone());
-            let mut d = VecDeque::from(start);
+            // (Built from a copy, whose capacity is its length, as `ByteRing::from` keeps.)
+            let mut d = VecDeque::from(start.clone());
+            // The same growth too: a connection holds what it held with a `VecDeque`.
+            prop_assert_eq!(r.capacity(), d.capacity());
             for o in ops {
                 let free = r.next_free().map(|b| b as *const u8);
                 let cap = r.capacity();
@@ -228,6 +253,10 @@ mod tests {
                 }
                 prop_assert_eq!(bytes(&r), d.iter().copied().collect::<Vec<_>>());
                 prop_assert_eq!(r.len(), d.len());
+                prop_assert_eq!(r.capacity(), d.capacity());
+                let copy = r.clone();
+                prop_assert_eq!(bytes(&copy), bytes(&r));
+                prop_assert_eq!(copy.capacity(), r.len());
                 prop_assert!(r.capacity() >= r.len());
                 prop_assert_eq!(r.next_free().is_some(), r.len() < r.capacity());
             }

@@ -523,12 +523,17 @@ impl Tcb {
 
     /// Ask for the lines the buffers' next bytes land on (a request's, and its answer's),
     /// without waiting for them. Reads the buffers' headers: call it once
-    /// [`Tcb::prefetch_hot`]'s lines have had time to arrive.
+    /// [`Tcb::prefetch_hot`]'s lines have had time to arrive. A send buffer still holding the
+    /// last answer also has its storage's start asked for: a request that acknowledges it all
+    /// empties the buffer, and the next answer is written from the start.
     pub(crate) fn prefetch_data(&self) {
         for b in [&self.rcv_buf, &self.snd_buf] {
             if let Some(at) = b.next_free() {
                 crate::prefetch::prefetch(at);
             }
+        }
+        if let Some(at) = self.snd_buf.start() {
+            crate::prefetch::prefetch(at);
         }
     }
 }
