@@ -859,7 +859,7 @@ impl Tcb {
     /// Queue application data (RFC 9293 §3.10.2). Returns the bytes accepted.
     pub fn send(&mut self, data: &[u8]) -> usize {
         let n = data.len().min(self.send_space());
-        self.snd_buf.extend(&data[..n]);
+        self.snd_buf.extend_within(&data[..n], self.cfg.send_buf);
         n
     }
 
@@ -1276,7 +1276,7 @@ impl Tcb {
         }
         if seq == self.rcv_nxt {
             let had_ooo = !self.ooo.blocks.is_empty();
-            self.rcv_buf.extend(data);
+            self.rcv_buf.extend_within(data, self.cfg.recv_buf);
             self.rcv_nxt = self.rcv_nxt.wrapping_add(data.len() as u32);
             if had_ooo {
                 self.drain_ooo();
@@ -1318,7 +1318,7 @@ impl Tcb {
             let (start, data) = self.ooo.blocks.remove(0);
             let skip = dist(start, self.rcv_nxt) as usize;
             if skip < data.len() {
-                self.rcv_buf.extend(&data[skip..]);
+                self.rcv_buf.extend_within(&data[skip..], self.cfg.recv_buf);
                 self.rcv_nxt = self.rcv_nxt.wrapping_add((data.len() - skip) as u32);
             }
         }
