@@ -248,8 +248,9 @@ impl<T> ConnTable<T> {
 
     /// Ask for the lines `warm` names of slot `idx`'s entry, without waiting for them. Finding
     /// the entry waits for the line that says whether the slot is occupied (the `Option`'s
-    /// niche, where rustc puts it: today the tag of `Tcb::dsack`, in a hot line): a caller warming several connections calls this for all of them after
-    /// [`ConnTable::prefetch`] (little work each), so that those waits overlap too.
+    /// niche, where rustc puts it: today the tag of `Tcb::dsack`, in a hot line): a caller
+    /// warming several connections calls this for all of them after [`ConnTable::prefetch`]
+    /// (little work each), so that those waits overlap too.
     pub(super) fn warm(&self, idx: u32, warm: impl Fn(&T)) {
         if let Some(e) = self.slots.get(idx as usize).and_then(|s| s.entry.as_ref()) {
             warm(e);

@@ -95,8 +95,8 @@ impl ByteRing {
         self.head = 0;
     }
 
-    /// The byte the next [`ByteRing::extend_within`] writes first, while there is free space: for a
-    /// prefetch.
+    /// The byte the next [`ByteRing::extend_within`] writes first, while there is free space:
+    /// for a prefetch.
     pub(crate) fn next_free(&self) -> Option<&u8> {
         let cap = self.buf.len();
         (self.len < cap).then(|| &self.buf[wrap(self.head + self.len, cap)])
