@@ -512,10 +512,16 @@ impl KernelNode {
                         continue;
                     }
                     // No peer, or it failed lately (the engine backs off): it stays.
-                    None | Some(Err(_)) => {
+                    None => {
                         let client = self.conns[k].client;
                         self.requested.retain(|r| *r != client);
                         self.requested_to.remove(&client);
+                    }
+                    Some(Err(cause)) => {
+                        let client = self.conns[k].client;
+                        self.requested.retain(|r| *r != client);
+                        self.requested_to.remove(&client);
+                        self.kept_here(client, cause);
                     }
                 }
             }
@@ -547,13 +553,27 @@ impl KernelNode {
                         // most (then the engine gives up on the peer and backs off).
                         k += 1;
                     }
-                    None | Some(Err(_)) => {
+                    None => {
                         self.conns[k].sent_here = 0;
+                        k += 1;
+                    }
+                    // The peer cannot take it now (unreachable, or backing off after failures):
+                    // served on here with a fresh quota, and said so, as the library node does.
+                    Some(Err(cause)) => {
+                        self.conns[k].sent_here = 0;
+                        let client = self.conns[k].client;
+                        self.kept_here(client, cause);
                         k += 1;
                     }
                 },
             }
         }
+    }
+
+    /// Report that `client`'s connection stays here without a handoff having started.
+    fn kept_here(&mut self, client: SocketAddrV6, cause: String) {
+        tracing::debug!(%client, "connection kept here: {cause}");
+        self.core.push_event(NodeEvent::KeptHere { client, cause });
     }
 
     /// Whether a handoff can start now ([`Coordinator::pick_peer`]), remembering the peer for

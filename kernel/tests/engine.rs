@@ -110,7 +110,7 @@ impl Bed {
         acceptor
             .env
             .ns
-            .ip(&["addr", "add", &format!("{DS}/128"), "dev", "lo"])
+            .ip(&["addr", "add", &format!("{DS}/128"), "dev", "lo", "nodad"])
             .expect("DS address on lo");
         Bed {
             client,

@@ -255,8 +255,7 @@ impl Cluster {
         ns.ip(&["-6", "addr", "add", &coa, "dev", "n0", "nodad"])
             .expect("care-of address");
         let ds = format!("{}/128", self.a.ds());
-        ns.ip(&["-6", "addr", "add", &ds, "dev", "lo"])
-            .expect("DS address");
+        ds_testbed::add_addr(ns, "lo", &ds).expect("DS address");
     }
 
     /// Two file-server nodes in transparent mode, node 1 on `device` (node 2 on AF_XDP),

@@ -136,6 +136,7 @@ pub(super) fn node(t: NodeTask) -> Result<NodeOut> {
         while !stop.load(Ordering::Relaxed) {
             node.step(Duration::from_millis(5));
             events.extend(node.take_events().into_iter().map(|e| (i as u8 + 1, e)));
+            t.busy.store(node.busy(), Ordering::Relaxed);
         }
         let (stats, server) = (node.stats(), node.server_stats());
         node.shutdown();
@@ -178,7 +179,9 @@ pub(super) fn configure_addrs(ns: &Netns, i: usize) -> Result<()> {
         "n0",
         "nodad",
     ])?;
-    ns.ip(&["-6", "addr", "add", &format!("{DS}/128"), "dev", "lo"])?;
+    // `nodad`: on `lo` DAD ends at once, but in a work item; until it runs the address is
+    // tentative and binding to it fails (EADDRNOTAVAIL), which a loaded machine shows.
+    ds_testbed::add_addr(ns, "lo", &format!("{DS}/128"))?;
     Ok(())
 }
 
@@ -190,7 +193,7 @@ pub(super) fn configure_addrs(ns: &Netns, i: usize) -> Result<()> {
 /// (`ndisc_solicit`), and the client's answer to the DS address would go to the home agent and
 /// on to whichever node the binding names, never to an acceptor resolving the client. On `lo`
 /// the solicitation comes from the node's own address on `n0` and the answer comes straight
-/// back; the DS address is local all the same (no DAD runs on `lo`).
+/// back; the DS address is local all the same (added `nodad`, never tentative).
 fn configure(ns: &Netns, i: usize) -> Result<(Program, u32)> {
     configure_addrs(ns, i)?;
     let prog = Program::load(Kind::Steer, &LoadOptions::default())?;

@@ -382,6 +382,9 @@ struct NodeTask<'a> {
     i: usize,
     plan: &'a Plan<'a>,
     stop: &'a AtomicBool,
+    /// Set after each round while a handoff is queued or in flight here, or held packets are
+    /// still forwarded: the runner stops the nodes only once both are clear.
+    busy: &'a AtomicBool,
     ready: mpsc::Sender<Result<()>>,
 }
 
@@ -392,6 +395,7 @@ fn node(t: NodeTask) -> Result<NodeOut> {
         i,
         plan,
         stop,
+        busy,
         ready,
     } = t;
     let (opts, root) = (plan.opts, plan.root);
@@ -457,6 +461,7 @@ fn node(t: NodeTask) -> Result<NodeOut> {
                     .filter_map(engine_event)
                     .map(|e| (i as u8 + 1, e)),
             );
+            busy.store(node.handing_off(), Ordering::Relaxed);
         }
         tracing::info!(node = i + 1, stats = ?node.stats(), server = ?server.stats(), iface = ?node.interface_stats(), "node done");
         Ok(NodeOut {
@@ -688,9 +693,13 @@ fn measure(topo: &Topology, opts: &Options, got: &Path) -> Result<Measured> {
 
 /// The nodes and the home agent as threads of this process (library calls, as a user's
 /// program makes them), around one measured download.
+/// How long the runner waits, after the download, for handoffs still in flight to end.
+const SETTLE_MAX: Duration = Duration::from_secs(5);
+
 fn in_threads(topo: &Topology, plan: &Plan, got: &Path) -> Result<(Measured, Vec<NodeOut>)> {
     let (opts, tag) = (plan.opts, plan.tag);
     let stop = AtomicBool::new(false);
+    let busy = [AtomicBool::new(false), AtomicBool::new(false)];
     std::thread::scope(|sc| -> Result<(Measured, Vec<NodeOut>)> {
         struct StopOnDrop<'a>(&'a AtomicBool);
         impl Drop for StopOnDrop<'_> {
@@ -715,6 +724,7 @@ fn in_threads(topo: &Topology, plan: &Plan, got: &Path) -> Result<(Measured, Vec
                 i,
                 plan,
                 stop,
+                busy: &busy[i],
                 ready: tx,
             };
             nodes.push(sc.spawn(move || match opts.path.side(i) {
@@ -729,6 +739,13 @@ fn in_threads(topo: &Topology, plan: &Plan, got: &Path) -> Result<(Measured, Vec
             }
         }
         let m = measure(topo, opts, got);
+        // The donor reports a handoff once the acceptor confirmed it, which on a loaded
+        // machine can come after the client finished: stop only when both nodes are clear
+        // (bounded: a node stuck in a handoff reports what it has at the deadline).
+        let until = Instant::now() + SETTLE_MAX;
+        while busy.iter().any(|b| b.load(Ordering::Relaxed)) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         stop.store(true, Ordering::Relaxed);
         let mut outs = Vec::new();
         for n in nodes {

@@ -406,7 +406,7 @@ impl Fig1 {
                     &ds_apps::mac::format_mac(&MAC[i]),
                 ])?;
                 ns.ip(&["-6", "addr", "replace", &coa, "dev", "n0", "nodad"])?;
-                ns.ip(&["-6", "addr", "replace", &ds, "dev", "lo"])?;
+                ns.ip(&["-6", "addr", "replace", &ds, "dev", "lo", "nodad"])?;
             }
             Side::User => {
                 // Absent already is fine.
