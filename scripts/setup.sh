@@ -3,7 +3,7 @@
 # Idempotent and quiet: when everything is present it prints nothing and touches no network.
 set -euo pipefail
 
-PACKAGES=(clang llvm libelf-dev zlib1g-dev pkg-config iproute2 nftables iptables ethtool tshark curl wrk iperf3 python3 gcc libc6-dev protobuf-compiler etcd-server nginx)
+PACKAGES=(clang llvm libelf-dev zlib1g-dev pkg-config iproute2 nftables iptables ethtool tshark curl wrk iperf3 python3 gcc libc6-dev protobuf-compiler etcd-server nginx rt-tests)
 OPTIONAL=(libbpf-dev) # installed when the distribution has it
 
 installed() {

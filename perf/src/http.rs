@@ -147,6 +147,9 @@ pub struct Options {
     pub targets: Vec<Target>,
     /// Receive queues of [`Target::OursQueues`] (a stack per queue).
     pub queues: u32,
+    /// Measure the machine's own stalls beside each measurement
+    /// ([`crate::stack::load::StallProbe`]).
+    pub stall_probe: bool,
 }
 
 /// One measurement: wrk's summary.
@@ -173,6 +176,10 @@ pub struct Sample {
     /// CPUs the server's processes used during the measurement (1.0: one core all the time;
     /// the kernel's softirq work on their behalf is not in it).
     pub server_cpus: f64,
+    /// The machine's largest stall during the measurement, µs: the worst wake-up lateness of
+    /// a real-time thread on any core ([`crate::stack::load::StallProbe`]); `None` without
+    /// the probe.
+    pub machine_stall_us: Option<f64>,
 }
 
 /// Latency percentiles reported, in the order of [`Sample::latency_us`].
@@ -195,6 +202,8 @@ pub struct TargetSummary {
     pub cpu_busy: Vec<f64>,
     /// Median CPUs used by the server's processes.
     pub server_cpus: Option<Stat>,
+    /// The machine's largest stall per measurement, µs ([`Sample::machine_stall_us`]).
+    pub machine_stall_us: Option<Stat>,
 }
 
 /// One workload: both servers and their ratio.
@@ -491,9 +500,18 @@ struct WrkOut {
 }
 
 /// What one wrk run measured: its summary, the cores' busy shares, the server's CPUs.
-type Measured = (WrkOut, Vec<f64>, f64);
+/// wrk's summary, the cores' busy shares, the server's CPUs and the machine's largest stall.
+type Measured = (WrkOut, Vec<f64>, f64, Option<f64>);
 
-fn wrk(bed: &Bed, opts: &Options, t: Target, c: Case, d: Duration) -> Result<Measured> {
+/// One wrk run of `d` against `t`; with `probe`, the machine's stalls are measured beside it.
+fn wrk(
+    bed: &Bed,
+    opts: &Options,
+    t: Target,
+    c: Case,
+    d: Duration,
+    probe: bool,
+) -> Result<Measured> {
     let server = match t {
         Target::Ours => bed.ours.as_ref(),
         Target::Nginx => bed.nginx.as_ref(),
@@ -511,6 +529,11 @@ fn wrk(bed: &Bed, opts: &Options, t: Target, c: Case, d: Duration) -> Result<Mea
     let conns = c.conns.to_string();
     let cpu = opts.client_cpu.to_string();
     let before = crate::stack::load::cores();
+    let stalls = if probe {
+        crate::stack::load::StallProbe::start(&bed.cli, bed.dir.path())
+    } else {
+        None
+    };
     let out = bed
         .cli
         .command("taskset")
@@ -521,6 +544,7 @@ fn wrk(bed: &Bed, opts: &Options, t: Target, c: Case, d: Duration) -> Result<Mea
         .stdin(std::process::Stdio::null())
         .output()
         .context("run wrk")?;
+    let machine_stall = stalls.and_then(crate::stack::load::StallProbe::finish);
     let busy = crate::stack::load::cores_busy(&before, &crate::stack::load::cores());
     let secs = t0.elapsed().as_secs_f64().max(1e-9);
     let server_cpus = match (server, cpu_before) {
@@ -539,7 +563,7 @@ fn wrk(bed: &Bed, opts: &Options, t: Target, c: Case, d: Duration) -> Result<Mea
         .find_map(|l| l.strip_prefix("DSPERF "))
         .with_context(|| format!("no summary from wrk: {text}"))?;
     let w: WrkOut = serde_json::from_str(line).with_context(|| format!("wrk summary {line}"))?;
-    Ok((w, busy, server_cpus))
+    Ok((w, busy, server_cpus, machine_stall))
 }
 
 /// Run every case `repeats` times on both servers (their order alternating per repeat);
@@ -578,9 +602,10 @@ pub fn run(
             for t in order {
                 crate::stack::check_interrupt()?;
                 if !opts.warmup.is_zero() {
-                    wrk(&bed, opts, t, *c, opts.warmup).context("warm-up")?;
+                    wrk(&bed, opts, t, *c, opts.warmup, false).context("warm-up")?;
                 }
-                let (w, busy, server_cpus) = wrk(&bed, opts, t, *c, opts.duration)?;
+                let (w, busy, server_cpus, machine_stall_us) =
+                    wrk(&bed, opts, t, *c, opts.duration, opts.stall_probe)?;
                 let secs = (w.duration_us as f64 / 1e6).max(1e-9);
                 let s = Sample {
                     target: t,
@@ -593,10 +618,11 @@ pub fn run(
                     latency_us: w.lat,
                     cpu_busy: busy,
                     server_cpus,
+                    machine_stall_us,
                 };
                 info!(
                     "[{}/{total}] {} {}: {:.0} req/s, p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs, \
-                     {} errors, server {:.2} CPUs, cores busy {:?}",
+                     {} errors, server {:.2} CPUs, cores busy {:?}, machine stall {}",
                     samples.len() + 1,
                     c.label(),
                     t.name(),
@@ -609,7 +635,9 @@ pub fn run(
                     s.cpu_busy
                         .iter()
                         .map(|b| format!("{:.0}%", b * 100.0))
-                        .collect::<Vec<_>>()
+                        .collect::<Vec<_>>(),
+                    s.machine_stall_us
+                        .map_or("not measured".to_string(), |m| format!("{m:.0} µs"))
                 );
                 each(&s);
                 samples.push(s);
@@ -670,6 +698,9 @@ pub fn summarize(opts: &Options, nginx: String, samples: &[Sample]) -> Summary {
                             })
                             .collect(),
                         server_cpus: Stat::of(of(t).map(|s| s.server_cpus).collect()),
+                        machine_stall_us: Stat::of(
+                            of(t).filter_map(|s| s.machine_stall_us).collect(),
+                        ),
                     }
                 })
                 .collect();
@@ -718,8 +749,9 @@ pub fn table(s: &Summary) -> String {
     );
     out.push_str(
         "| object, connections | server | req/s (min–max) | ours/nginx | Gbit/s | p50 µs | p90 µs \
-         | p99 µs | max µs | errors | cores busy | server CPUs | req/s per server CPU |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+         | p99 µs | max µs | machine stall µs | errors | cores busy | server CPUs \
+         | req/s per server CPU |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for c in &s.cases {
         for t in &c.targets {
@@ -755,7 +787,7 @@ pub fn table(s: &Summary) -> String {
                 _ => ("–".to_string(), "–".to_string()),
             };
             out.push_str(&format!(
-                "| {} | {} | {rps} | {ratio} | {} | {} | {} | {} | {} | {} | {busy} | {cpus} | {per_cpu} |\n",
+                "| {} | {} | {rps} | {ratio} | {} | {} | {} | {} | {} | {} | {} | {busy} | {cpus} | {per_cpu} |\n",
                 c.case.label(),
                 t.target.name(),
                 t.gbit_per_s
@@ -764,6 +796,7 @@ pub fn table(s: &Summary) -> String {
                 med(&t.latency_us[2]),
                 med(&t.latency_us[3]),
                 med(&t.latency_us[5]),
+                med(&t.machine_stall_us),
                 t.errors,
             ));
         }
@@ -805,6 +838,7 @@ mod tests {
             client_cpu: 0,
             targets: vec![Target::Ours, Target::Nginx],
             queues: 1,
+            stall_probe: false,
         };
         let s = |target, repeat, rps| Sample {
             target,
@@ -817,6 +851,7 @@ mod tests {
             latency_us: [0.0; 6],
             cpu_busy: vec![0.5, 0.25],
             server_cpus: 1.0,
+            machine_stall_us: Some(40.0),
         };
         let samples = [
             s(Target::Ours, 0, 200.0),

@@ -167,3 +167,75 @@ pub fn cpuidle() -> String {
         read("/sys/devices/system/cpu/cpuidle/current_governor")
     )
 }
+
+/// The machine's own stalls during a measurement. `cyclictest` (Debian's rt-tests) runs one
+/// SCHED_FIFO thread per core that wakes every millisecond and records how late it woke: on a
+/// core where a real-time thread waits, lateness is time no thread could run there (the
+/// hypervisor had the vCPU, or the kernel ran with preemption or interrupts off), whatever the
+/// benchmark did. A slowest request of the same size as the largest stall is the machine's,
+/// not the server's. `--laptop` keeps cyclictest from holding `/dev/cpu_dma_latency` at 0,
+/// which would change how idle cores wake for both servers.
+pub struct StallProbe(crate::proc::Proc);
+
+impl StallProbe {
+    /// Start the probe (in `ns`: the namespace does not matter to it; its files go in `dir`).
+    /// `None`, with a warning, when cyclictest is missing or does not start.
+    pub fn start(ns: &ds_testbed::Netns, dir: &std::path::Path) -> Option<StallProbe> {
+        let args: Vec<String> = ["-q", "-S", "-m", "-p", "99", "-i", "1000", "--laptop"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        match crate::proc::Proc::spawn(
+            ns,
+            "cyclictest",
+            std::path::Path::new("cyclictest"),
+            &args,
+            dir,
+        ) {
+            Ok(p) => Some(StallProbe(p)),
+            Err(e) => {
+                tracing::warn!("no machine-stall probe (install rt-tests): {e:#}");
+                None
+            }
+        }
+    }
+
+    /// Stop the probe: the largest wake-up lateness over every core, µs (`None` if it
+    /// printed none).
+    pub fn finish(self) -> Option<f64> {
+        match self.0.stop() {
+            Ok(out) => cyclictest_max(&out),
+            Err(e) => {
+                tracing::warn!("machine-stall probe: {e:#}");
+                None
+            }
+        }
+    }
+}
+
+/// The largest `Max:` of cyclictest's per-thread summary lines
+/// (`T: 0 ( 123) P:99 I:1000 C: 5000 Min: 2 Act: 4 Avg: 5 Max: 41`), µs.
+pub fn cyclictest_max(text: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.trim_start().starts_with("T:"))
+        .filter_map(|l| {
+            l.split_once("Max:")
+                .and_then(|(_, v)| v.split_whitespace().next())
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .reduce(f64::max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cyclictest_summary_gives_the_largest_max() {
+        let out = "# /dev/cpu_dma_latency set to 0us\n\
+                   T: 0 ( 4242) P:99 I:1000 C:   5000 Min:      2 Act:    4 Avg:    5 Max:      41\n\
+                   T: 1 ( 4243) P:99 I:1000 C:   4999 Min:      3 Act:    6 Avg:    7 Max:    5120\n";
+        assert_eq!(cyclictest_max(out), Some(5120.0));
+        assert_eq!(cyclictest_max("nothing"), None);
+    }
+}
