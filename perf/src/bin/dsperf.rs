@@ -537,10 +537,12 @@ struct HttpArgs {
     /// of N queues, its threads on every core) against ours on one core, same repeat.
     #[arg(long, default_value_t = 1, value_name = "N")]
     queues: u32,
-    /// Do not run cyclictest beside each measurement (it measures the machine's own stalls:
-    /// one real-time thread per core waking every millisecond, about 1% of a core).
+    /// Run cyclictest beside each measurement: the machine's own stalls (one real-time
+    /// thread per core waking every millisecond) in a column beside the slowest request.
+    /// Off by default: its wake-ups preempt the servers (ours at 64 KiB x 1 served ~10 %
+    /// fewer requests with it on 2026-12-04, nginx the same), so it is a diagnosis run.
     #[arg(long)]
-    no_stall_probe: bool,
+    stall_probe: bool,
     /// Print one JSON line per measurement and the summary as JSON (the table goes to stderr).
     #[arg(long)]
     json: bool,
@@ -606,7 +608,7 @@ fn run_http(a: HttpArgs) -> Result<()> {
         client_cpu: a.client_cpu,
         targets,
         queues: a.queues.max(1),
-        stall_probe: !a.no_stall_probe,
+        stall_probe: a.stall_probe,
     };
     let dsnode = ds_perf::find_program("dsnode")?;
     stack::install_sigint_handler();
