@@ -747,12 +747,18 @@ pub fn table(s: &Summary) -> String {
         s.nginx,
         s.kernel
     );
-    out.push_str(
+    // The stall column only when the probe ran (`--stall-probe`).
+    let probed = s
+        .cases
+        .iter()
+        .any(|c| c.targets.iter().any(|t| t.machine_stall_us.is_some()));
+    out.push_str(&format!(
         "| object, connections | server | req/s (min–max) | ours/nginx | Gbit/s | p50 µs | p90 µs \
-         | p99 µs | max µs | machine stall µs | errors | cores busy | server CPUs \
-         | req/s per server CPU |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
-    );
+         | p99 µs | max µs |{} errors | cores busy | server CPUs | req/s per server CPU |\n\
+         |---|---|---|---|---|---|---|---|---|{}---|---|---|---|\n",
+        if probed { " machine stall µs |" } else { "" },
+        if probed { "---|" } else { "" },
+    ));
     for c in &s.cases {
         for t in &c.targets {
             let med =
@@ -787,7 +793,7 @@ pub fn table(s: &Summary) -> String {
                 _ => ("–".to_string(), "–".to_string()),
             };
             out.push_str(&format!(
-                "| {} | {} | {rps} | {ratio} | {} | {} | {} | {} | {} | {} | {} | {busy} | {cpus} | {per_cpu} |\n",
+                "| {} | {} | {rps} | {ratio} | {} | {} | {} | {} | {} |{} {} | {busy} | {cpus} | {per_cpu} |\n",
                 c.case.label(),
                 t.target.name(),
                 t.gbit_per_s
@@ -796,7 +802,11 @@ pub fn table(s: &Summary) -> String {
                 med(&t.latency_us[2]),
                 med(&t.latency_us[3]),
                 med(&t.latency_us[5]),
-                med(&t.machine_stall_us),
+                if probed {
+                    format!(" {} |", med(&t.machine_stall_us))
+                } else {
+                    String::new()
+                },
                 t.errors,
             ));
         }
@@ -864,5 +874,24 @@ mod tests {
         assert_eq!((r.min, r.max, r.median), (1.0, 2.0, 1.5));
         assert_eq!(sum.cases[0].targets[0].cpu_busy, vec![0.5, 0.25]);
         assert!(table(&sum).contains("1KiB x1"));
+        // Every row has the header's number of cells, with the stall column and without.
+        let cells = |t: &str| -> Vec<usize> {
+            t.lines()
+                .filter(|l| l.starts_with('|'))
+                .map(|l| l.matches('|').count())
+                .collect()
+        };
+        let with = cells(&table(&sum));
+        assert!(table(&sum).contains("machine stall"));
+        assert!(with.windows(2).all(|w| w[0] == w[1]), "{with:?}");
+        let mut bare = samples.to_vec();
+        for s in &mut bare {
+            s.machine_stall_us = None;
+        }
+        let t = table(&summarize(&opts, String::new(), &bare));
+        assert!(!t.contains("machine stall"));
+        let without = cells(&t);
+        assert!(without.windows(2).all(|w| w[0] == w[1]), "{without:?}");
+        assert_eq!(with[0], without[0] + 1);
     }
 }
