@@ -511,17 +511,15 @@ impl KernelNode {
                         }
                         continue;
                     }
-                    // No peer, or it failed lately (the engine backs off): it stays.
-                    None => {
+                    // No peer, or it failed lately (the engine backs off): it stays, and a
+                    // refusal is reported.
+                    other => {
                         let client = self.conns[k].client;
                         self.requested.retain(|r| *r != client);
                         self.requested_to.remove(&client);
-                    }
-                    Some(Err(cause)) => {
-                        let client = self.conns[k].client;
-                        self.requested.retain(|r| *r != client);
-                        self.requested_to.remove(&client);
-                        self.kept_here(client, cause);
+                        if let Some(Err(cause)) = other {
+                            self.kept_here(client, cause);
+                        }
                     }
                 }
             }
@@ -553,16 +551,15 @@ impl KernelNode {
                         // most (then the engine gives up on the peer and backs off).
                         k += 1;
                     }
-                    None => {
+                    // No peer, or it cannot take the connection now (unreachable, or backing
+                    // off after failures): served on here with a fresh quota; a refusal is
+                    // reported, as the library node does.
+                    other => {
                         self.conns[k].sent_here = 0;
-                        k += 1;
-                    }
-                    // The peer cannot take it now (unreachable, or backing off after failures):
-                    // served on here with a fresh quota, and said so, as the library node does.
-                    Some(Err(cause)) => {
-                        self.conns[k].sent_here = 0;
-                        let client = self.conns[k].client;
-                        self.kept_here(client, cause);
+                        if let Some(Err(cause)) = other {
+                            let client = self.conns[k].client;
+                            self.kept_here(client, cause);
+                        }
                         k += 1;
                     }
                 },

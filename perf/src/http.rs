@@ -499,8 +499,7 @@ struct WrkOut {
     lat: [f64; 6],
 }
 
-/// What one wrk run measured: its summary, the cores' busy shares, the server's CPUs.
-/// wrk's summary, the cores' busy shares, the server's CPUs and the machine's largest stall.
+/// What one wrk run measured: its summary, the cores' busy shares, the server's CPUs, the machine's largest stall.
 type Measured = (WrkOut, Vec<f64>, f64, Option<f64>);
 
 /// One wrk run of `d` against `t`; with `probe`, the machine's stalls are measured beside it.

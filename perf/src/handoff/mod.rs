@@ -691,11 +691,11 @@ fn measure(topo: &Topology, opts: &Options, got: &Path) -> Result<Measured> {
     })
 }
 
-/// The nodes and the home agent as threads of this process (library calls, as a user's
-/// program makes them), around one measured download.
 /// How long the runner waits, after the download, for handoffs still in flight to end.
 const SETTLE_MAX: Duration = Duration::from_secs(5);
 
+/// The nodes and the home agent as threads of this process (library calls, as a user's
+/// program makes them), around one measured download.
 fn in_threads(topo: &Topology, plan: &Plan, got: &Path) -> Result<(Measured, Vec<NodeOut>)> {
     let (opts, tag) = (plan.opts, plan.tag);
     let stop = AtomicBool::new(false);
