@@ -26,6 +26,7 @@ use crate::isn::{random_secret, IsnGenerator, SynCookies};
 use crate::ndp::NeighborCache;
 use crate::state::StateError;
 use crate::stats::Stats;
+use crate::tcp::ring::BufPool;
 use crate::tcp::tcb::{Tcb, TcpError};
 use crate::tcp::TcpConfig;
 use crate::time::{Duration, Instant};
@@ -250,6 +251,9 @@ pub struct Interface {
     /// TCBs, their demultiplexing, timers and output/ready lists, and the frozen connections
     /// whose packets are held for the node that thaws them (so none is lost in the handoff gap).
     conns: ConnTable<Tcb>,
+    /// Storage of the connections' emptied small buffers, for the next that needs some (warm,
+    /// and no allocation per exchange: `crate::tcp::ring`).
+    bufs: BufPool,
     listeners: Vec<Option<Listener>>,
     listen_map: HashMap<(Ipv6Addr, u16), u32>,
     ctrl: VecDeque<Vec<u8>>,
@@ -335,6 +339,7 @@ impl Interface {
             isn,
             cookies,
             conns: ConnTable::default(),
+            bufs: BufPool::default(),
             listeners: Vec::new(),
             listen_map: HashMap::new(),
             ctrl: VecDeque::new(),

@@ -2,6 +2,7 @@
 //! socket API, including freeze, hold and thaw for the handoff.
 
 use super::conn_table::{ConnKey, HoldOutcome};
+use super::ethernet::WARM_FROM;
 use super::mobility::MOBILITY_EXT_LEN;
 use super::siblings::plain_packet;
 use super::{put_in_free_slot, Error, Interface, ListenHandle, TcpHandle};
@@ -175,9 +176,16 @@ impl Interface {
         };
         let key = ConnKey(dst, repr.dst_port, src, repr.src_port);
         if let Some(idx) = self.conns.lookup(&key) {
+            let pooled = self.conns.len() >= WARM_FROM;
             if let Some(t) = self.conns.get_mut(idx) {
                 let before = t.snd_una;
+                if pooled {
+                    t.supply_recv(&mut self.bufs, seg.payload.len());
+                }
                 t.on_segment(now, &seg);
+                if pooled {
+                    t.release_buffers(&mut self.bufs);
+                }
                 if t.snd_una != before {
                     self.nd.confirm(now, src);
                 }
@@ -584,7 +592,9 @@ impl Interface {
 
     /// Queue data; returns the bytes accepted (0: the send buffer is full for now).
     pub fn tcp_send(&mut self, h: TcpHandle, data: &[u8]) -> Result<usize, Error> {
-        let t = self.tcb_mut(h)?;
+        let pooled = self.conns.len() >= WARM_FROM;
+        // (The control block borrowed beside the buffer pool.)
+        let t = self.conns.by_handle_mut(h).ok_or(Error::InvalidHandle)?;
         Self::check_error(t)?;
         if !matches!(
             t.state(),
@@ -592,6 +602,9 @@ impl Interface {
         ) || t.fin_queued
         {
             return Err(Error::InvalidState);
+        }
+        if pooled {
+            t.supply_send(&mut self.bufs, data.len());
         }
         let n = t.send(data);
         if n > 0 {
@@ -617,7 +630,8 @@ impl Interface {
 
     /// Read data: `Ok(0)` when nothing is ready yet, `Err(Eof)` after the peer's FIN.
     pub fn tcp_recv(&mut self, h: TcpHandle, buf: &mut [u8]) -> Result<usize, Error> {
-        let t = self.tcb_mut(h)?;
+        let pooled = self.conns.len() >= WARM_FROM;
+        let t = self.conns.by_handle_mut(h).ok_or(Error::InvalidHandle)?;
         if t.recv_available() == 0 {
             Self::check_error(t)?;
             if t.at_eof() {
@@ -629,6 +643,9 @@ impl Interface {
             return Ok(0);
         }
         let n = t.recv(buf);
+        if pooled {
+            t.release_buffers(&mut self.bufs);
+        }
         if t.ack_now {
             self.conns.mark_dirty(h.idx);
         }
@@ -784,6 +801,7 @@ impl IsnGenerator {
 mod tests {
     use super::*;
     use crate::iface::Config;
+    use std::time::Duration;
 
     const ME: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x5e, 0, 0, 0, 0, 0, 0xc);
 
@@ -815,5 +833,92 @@ mod tests {
         assert_eq!(cfg(&i, c).max_retries, 3);
         assert_ne!(cfg(&i, b).max_retries, 3);
         assert!(Arc::ptr_eq(&cfg(&i, c), &i.tcp_default));
+    }
+
+    /// Two interfaces in memory, `n` connections from one to the other, a request and its
+    /// echo on each; the server, its connections, and whether every echo came back whole.
+    fn echo_on(n: usize) -> (Interface, Vec<TcpHandle>, bool) {
+        let srv_addr = Ipv6Addr::new(0xfd00, 0x5e, 0, 0, 0, 0, 0, 0x80);
+        let mut now = Instant::from_millis(1);
+        let mut cli = Interface::new(Config::new([2, 0, 0, 0, 0, 0xc], vec![ME]), now);
+        let mut srv = Interface::new(Config::new([2, 0, 0, 0, 0, 0x80], vec![srv_addr]), now);
+        let at = SocketAddrV6::new(srv_addr, 80, 0, 0);
+        let l = srv.tcp_listen(at, n).expect("listen");
+        let wire = |cli: &mut Interface, srv: &mut Interface, now: Instant| {
+            for _ in 0..4 {
+                let (mut up, mut down) = (Vec::new(), Vec::new());
+                cli.poll(now);
+                cli.transmit(now, &mut |f: &[u8]| up.push(f.to_vec()));
+                for f in &up {
+                    srv.receive(now, f);
+                }
+                srv.poll(now);
+                srv.transmit(now, &mut |f: &[u8]| down.push(f.to_vec()));
+                for f in &down {
+                    cli.receive(now, f);
+                }
+            }
+        };
+        let mut conns = Vec::new();
+        // A few hundred at a time: the client holds a bounded queue while it resolves the
+        // server's address.
+        for i in 0..n {
+            let local = SocketAddrV6::new(ME, 20_000 + i as u16, 0, 0);
+            conns.push(cli.tcp_connect(now, local, at).expect("connect"));
+            if i % 200 == 199 || i + 1 == n {
+                now += Duration::from_millis(1);
+                wire(&mut cli, &mut srv, now);
+            }
+        }
+        let mut accepted = Vec::new();
+        while let Some(h) = srv.tcp_accept(l) {
+            accepted.push(h);
+        }
+        for (i, &h) in conns.iter().enumerate() {
+            let msg = (i as u32).to_be_bytes();
+            assert_eq!(cli.tcp_send(h, &msg), Ok(4));
+        }
+        let mut buf = [0u8; 64];
+        // Requests in, echoes out, echoes in; their ACKs in, delayed (40 ms) but before a
+        // retransmission timer (200 ms at least) would fire.
+        for r in 0..5 {
+            now += Duration::from_millis(if r < 3 { 1 } else { 50 });
+            wire(&mut cli, &mut srv, now);
+            for &h in &accepted {
+                if let Ok(k) = srv.tcp_recv(h, &mut buf) {
+                    if k > 0 {
+                        assert_eq!(srv.tcp_send(h, &buf[..k]), Ok(k));
+                    }
+                }
+            }
+        }
+        let whole = conns.iter().enumerate().all(|(i, &h)| {
+            cli.tcp_recv(h, &mut buf) == Ok(4) && buf[..4] == (i as u32).to_be_bytes()
+        });
+        (srv, accepted, whole)
+    }
+
+    #[test]
+    fn many_connections_pool_their_emptied_buffers() {
+        // From WARM_FROM connections a connection whose request was read and whose answer was
+        // acknowledged holds no buffer storage; the interface's pool holds a few blocks (what
+        // was in flight at once), not one per connection.
+        let (srv, accepted, whole) = echo_on(WARM_FROM + 50);
+        assert!(whole, "every echo came back whole");
+        assert_eq!(accepted.len(), WARM_FROM + 50);
+        for &h in &accepted {
+            let t = srv.tcb(h).expect("tcb");
+            assert_eq!((t.rcv_buf.capacity(), t.snd_buf.capacity()), (0, 0));
+        }
+        let held = srv.bufs.bytes();
+        assert!(held > 0 && held <= crate::tcp::ring::POOL_BUDGET, "{held}");
+        // Fewer keep their own (the pool would only add instructions there).
+        let (srv, accepted, whole) = echo_on(100);
+        assert!(whole, "every echo came back whole");
+        for &h in &accepted {
+            let t = srv.tcb(h).expect("tcb");
+            assert!(t.rcv_buf.capacity() > 0 && t.snd_buf.capacity() > 0);
+        }
+        assert_eq!(srv.bufs.bytes(), 0);
     }
 }

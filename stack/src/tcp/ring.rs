@@ -9,6 +9,15 @@
 //! the ring crates (`ringbuf`, smoltcp's `RingBuffer`) have a fixed capacity, where a
 //! connection's buffer grows with what it holds (100,000 idle connections must not each hold
 //! a full window). Hence our own, small and safe.
+//!
+//! Small storage is recycled through a [`BufPool`] of the interface's: a buffer that empties
+//! gives its storage back, and the next buffer that needs some takes the block given back
+//! last, whose lines are still in cache. A server with many connections then writes each
+//! request and each answer into one of a few warm blocks instead of the connection's own cold
+//! line and page (and an idle connection holds no buffer), without an allocation per
+//! exchange; the kernel's socket buffers come from per-CPU caches the same way. The pool is the
+//! interface's (one per queue, shared-nothing), handed in by the caller: the control block
+//! stays sans-IO and, alone, keeps its buffers as before.
 
 use std::fmt;
 
@@ -108,6 +117,28 @@ impl ByteRing {
         self.buf.first().filter(|_| self.len > 0)
     }
 
+    /// Where the ring has no storage, give it a block from `pool` for `need` bytes, if that
+    /// many fit a pooled size within `limit` (the buffer's configured size).
+    pub(crate) fn supply(&mut self, pool: &mut BufPool, need: usize, limit: usize) {
+        if self.buf.is_empty() && need > 0 {
+            if let Some(block) = pool.take(need, limit) {
+                self.buf = block;
+                self.head = 0;
+            }
+        }
+    }
+
+    /// Give an empty ring's storage to `pool` when it is of a pooled size and the pool has
+    /// room (true then: the ring holds no storage after). Other storage stays.
+    pub(crate) fn release_to_pool(&mut self, pool: &mut BufPool) -> bool {
+        if self.len != 0 || !pool.wants(self.buf.len()) {
+            return false;
+        }
+        pool.give(std::mem::take(&mut self.buf));
+        self.head = 0;
+        true
+    }
+
     /// Move the bytes, then `data`, into new storage at its start. The growth rule is
     /// `VecDeque`'s (at least double, at least 8), so a connection holds what it held before.
     /// The storage comes zeroed from the allocator (`calloc`), not zeroed here: a large one is
@@ -125,6 +156,77 @@ impl ByteRing {
         self.buf = buf;
         self.head = 0;
         self.len = need;
+    }
+}
+
+/// The smallest pooled block: one cache line.
+const POOL_MIN: usize = 64;
+/// The largest: a page, what an emptied send buffer may keep (`KEEP_EMPTY_SEND_BUF`).
+const POOL_MAX: usize = 4 << 10;
+const POOL_CLASSES: usize = (POOL_MAX / POOL_MIN).trailing_zeros() as usize + 1;
+/// Bytes a pool holds at most, shared evenly by the sizes: a busy server's blocks in flight
+/// between polls (hundreds of connections) fit, and stay in a core's L2.
+pub(crate) const POOL_BUDGET: usize = 1 << 20;
+
+/// Free ring storage of the small sizes (powers of two from a cache line to a page), each size
+/// a LIFO stack, bounded in bytes so that a burst of connections does not leave the interface
+/// holding their buffers.
+pub(crate) struct BufPool {
+    /// Blocks of `POOL_MIN << i` bytes, the one given back last on top.
+    free: [Vec<Box<[u8]>>; POOL_CLASSES],
+}
+
+impl Default for BufPool {
+    fn default() -> Self {
+        BufPool {
+            free: [const { Vec::new() }; POOL_CLASSES],
+        }
+    }
+}
+
+impl BufPool {
+    /// Index of a pooled size.
+    fn class(size: usize) -> usize {
+        (size / POOL_MIN).trailing_zeros() as usize
+    }
+
+    /// Whether a block of `size` bytes would be kept.
+    fn wants(&self, size: usize) -> bool {
+        (POOL_MIN..=POOL_MAX).contains(&size)
+            && size.is_power_of_two()
+            && (self.free[Self::class(size)].len() + 1) * size <= POOL_BUDGET / POOL_CLASSES
+    }
+
+    /// A block for `need` bytes (the smallest pooled size that holds them), from the pool or
+    /// new (zeroed); `None` if that size is over `limit` or not pooled.
+    fn take(&mut self, need: usize, limit: usize) -> Option<Box<[u8]>> {
+        if need > POOL_MAX {
+            return None;
+        }
+        let size = need.max(POOL_MIN).next_power_of_two();
+        if size > limit.max(need) {
+            return None;
+        }
+        let reused = self.free[Self::class(size)].pop();
+        Some(reused.unwrap_or_else(|| vec![0; size].into_boxed_slice()))
+    }
+
+    /// Keep `block` (of a size [`BufPool::wants`]) for the next [`BufPool::take`] of its size.
+    fn give(&mut self, block: Box<[u8]>) {
+        self.free[Self::class(block.len())].push(block);
+    }
+
+    /// Bytes held.
+    pub(crate) fn bytes(&self) -> usize {
+        self.free.iter().flatten().map(|b| b.len()).sum()
+    }
+}
+
+impl fmt::Debug for BufPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BufPool")
+            .field("bytes", &self.bytes())
+            .finish()
     }
 }
 
@@ -212,6 +314,56 @@ mod tests {
         assert_eq!(r.capacity(), 1000);
         r.extend_within(&[3; 200], 1000);
         assert_eq!((r.len(), r.capacity()), (1100, 1100));
+    }
+
+    #[test]
+    fn small_storage_is_recycled_through_the_pool() {
+        let mut pool = BufPool::default();
+        let mut a = ByteRing::default();
+        a.supply(&mut pool, 7, 4096);
+        a.extend_within(b"request", 4096);
+        // The smallest pooled size that holds the bytes: a cache line.
+        assert_eq!(a.capacity(), 64);
+        let block = a.as_slices().0.as_ptr();
+        assert!(!a.release_to_pool(&mut pool), "not while it holds bytes");
+        a.consume(7);
+        assert!(a.release_to_pool(&mut pool));
+        assert_eq!((a.capacity(), pool.bytes()), (0, 64));
+        // Another ring takes the block given back last; a ring with storage takes none.
+        let mut b = ByteRing::default();
+        b.supply(&mut pool, 6, 4096);
+        b.supply(&mut pool, 6, 4096);
+        b.extend_within(b"answer", 4096);
+        assert_eq!(b.as_slices(), (&b"answer"[..], &b""[..]));
+        assert_eq!(b.as_slices().0.as_ptr(), block);
+        assert_eq!(pool.bytes(), 0);
+        // Not over the buffer's limit, nor larger than a page: those grow as before, and are
+        // not pooled.
+        let mut c = ByteRing::default();
+        c.supply(&mut pool, 100, 100);
+        c.extend_within(&[1; 100], 100);
+        assert_eq!(c.capacity(), 100);
+        c.consume(100);
+        assert!(!c.release_to_pool(&mut pool));
+        let mut d = ByteRing::default();
+        d.supply(&mut pool, 5000, 1 << 20);
+        assert_eq!(d.capacity(), 0);
+        // The pool holds at most its budget: its share for each size.
+        let share = POOL_BUDGET / POOL_CLASSES;
+        let mut rings: Vec<ByteRing> = (0..(share >> 12) + 8)
+            .map(|_| {
+                let mut r = ByteRing::default();
+                r.supply(&mut pool, 4096, 4096);
+                r
+            })
+            .collect();
+        let mut kept = 0;
+        for r in &mut rings {
+            kept += usize::from(r.release_to_pool(&mut pool));
+        }
+        assert_eq!(kept, share >> 12);
+        assert_eq!(pool.bytes(), kept << 12);
+        assert_eq!(rings.iter().filter(|r| r.capacity() == 4096).count(), 8);
     }
 
     #[derive(Debug, Clone)]

@@ -6,7 +6,7 @@
 //! payload straight out of the send buffer ([`Tcb::payload`]).
 
 use super::cc::Cc;
-use super::ring::ByteRing;
+use super::ring::{BufPool, ByteRing};
 use super::seq::{self, dist, ge, gt, le, lt};
 use super::{TcpConfig, TcpState};
 use crate::time::{Duration, Instant, Micros};
@@ -519,6 +519,27 @@ impl Tcb {
             ($($($f:ident).+),+) => { $(crate::prefetch::prefetch(&self.$($f).+);)+ };
         }
         hot_line_fields!(each);
+    }
+
+    /// Where the receive buffer has no storage, give it a block from the interface's `pool`
+    /// for a segment's `len` bytes (see [`ByteRing`]'s pooling); one that is not taken goes
+    /// back with [`Tcb::release_buffers`].
+    pub(crate) fn supply_recv(&mut self, pool: &mut BufPool, len: usize) {
+        self.rcv_buf.supply(pool, len, self.cfg.recv_buf);
+    }
+
+    /// The same for the send buffer, before `len` bytes are queued with [`Tcb::send`].
+    pub(crate) fn supply_send(&mut self, pool: &mut BufPool, len: usize) {
+        let len = len.min(self.send_space());
+        self.snd_buf.supply(pool, len, self.cfg.send_buf);
+    }
+
+    /// Give the storage of emptied small buffers (read, acknowledged) to the interface's
+    /// `pool`, for the next connection's request or answer: an idle connection then holds no
+    /// buffer storage.
+    pub(crate) fn release_buffers(&mut self, pool: &mut BufPool) {
+        self.rcv_buf.release_to_pool(pool);
+        self.snd_buf.release_to_pool(pool);
     }
 
     /// Ask for the lines the buffers' next bytes land on (a request's, and its answer's),
