@@ -12,6 +12,12 @@
 # is already ~5x the simulated cache, and 100,000 takes minutes under callgrind) with
 # EXCHANGES exchanges (default 20000; at least 10,000). Prints a table; JSON lines go to
 # docs/figures/dsperf-conns-cachegrind.jsonl when SAVE=1 (labelled with BUILD, if set).
+#
+# The stacks' clock is paced, PACE_NS nanoseconds an exchange (default 1000, about full speed;
+# `dsperf conns --pace-ns`): under callgrind's ~50x slowdown the wall clock would turn the
+# timer wheel's 1 ms buckets over for nearly every exchange, counting lines that at full speed
+# a thousand exchanges share. PACE_NS= (empty) follows the wall clock, as the counts before
+# 2026-12-04 did and as builds without --pace-ns need.
 set -euo pipefail
 bins=()
 for b in "$@"; do bins+=("$(realpath "$b")"); done
@@ -19,6 +25,8 @@ cd "$(dirname "$0")"
 [ ${#bins[@]} -eq 0 ] && bins=("$(realpath ../../target/release/dsperf)")
 counts=${COUNTS:-"1 10000"}
 exchanges=${EXCHANGES:-20000}
+pace=()
+[ -n "${PACE_NS-1000}" ] && pace=(--pace-ns "${PACE_NS-1000}")
 command -v valgrind >/dev/null || { echo "valgrind is needed (apt-get install valgrind)" >&2; exit 1; }
 command -v python3 >/dev/null || { echo "python3 is needed" >&2; exit 1; }
 [ "$exchanges" -ge 10000 ] || { echo "EXCHANGES must be at least 10000 (the warm-up)" >&2; exit 1; }
@@ -32,7 +40,7 @@ totals() {
     rm -f "$out/cg"
     if ! valgrind --tool=callgrind --callgrind-out-file="$out/cg" --cache-sim=yes \
         --LL=2097152,16,64 --toggle-collect='ds_perf::conns::serve' \
-        "$1" conns --counts "$2" --repeats 1 --exchanges "$3" >/dev/null 2>"$out/log"; then
+        "$1" conns --counts "$2" --repeats 1 --exchanges "$3" "${pace[@]}" >/dev/null 2>"$out/log"; then
         cat "$out/log" >&2
         echo "callgrind run of $1 failed" >&2
         return 1

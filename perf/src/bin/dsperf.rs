@@ -470,6 +470,11 @@ struct ConnsArgs {
     #[arg(long, default_value_t = 1,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=4096))]
     batch: usize,
+    /// Advance the stacks' clock by this many nanoseconds per exchange instead of following
+    /// the wall clock: for a profiler that runs the benchmark far slower (callgrind), so that
+    /// timers turn over per exchange as at full speed (~1,000 ns an exchange here).
+    #[arg(long, value_name = "NS")]
+    pace_ns: Option<u64>,
     /// Print the results as one JSON array.
     #[arg(long)]
     json: bool,
@@ -491,6 +496,7 @@ fn run_conns(a: ConnsArgs) -> Result<()> {
         repeats: a.repeats,
         ports_per_client: a.ports_per_client,
         batch: a.batch,
+        pace_ns: a.pace_ns,
     };
     let points = ds_perf::conns::run(&o, |line| tracing::info!("{line}"));
     if a.json {
