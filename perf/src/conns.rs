@@ -146,13 +146,15 @@ struct Pair {
 impl Pair {
     fn new(n: usize, ports: usize, pace_ns: Option<u64>) -> Pair {
         let clock = Clock::new();
+        // Both clocks start at zero.
+        let start = ds_stack::Instant::ZERO;
         let addrs = (0..n.div_ceil(ports).max(1)).map(client_addr).collect();
         let mut c = Config::new([0x02, 0xc0, 0, 0, 0, 2], addrs);
         c.tcp = cfg();
-        let cli = Interface::new(c, clock.now());
+        let cli = Interface::new(c, start);
         let mut s = Config::new([0x02, 0xc0, 0, 0, 0, 1], vec![SERVER]);
         s.tcp = cfg();
-        let mut srv = Interface::new(s, clock.now());
+        let mut srv = Interface::new(s, start);
         let listener = srv
             .tcp_listen(SocketAddrV6::new(SERVER, PORT, 0, 0), n + 1)
             .expect("listen");
@@ -461,8 +463,8 @@ mod tests {
         }
     }
 
-    /// Paced time (for a profiler): the same exchanges, frame for frame, whatever the wall
-    /// clock does, and the stacks' clock at the pace given after the run.
+    /// Paced time (for a profiler): the exchanges measure as under the wall clock, and the
+    /// stacks' clock advances by the pace per exchange, whatever the wall clock does.
     #[test]
     fn paced_time_measures() {
         let mut o = options(vec![100], 1, PORTS, 4);

@@ -53,9 +53,9 @@ pub(super) fn write_ethernet_header(frame: &mut [u8], mac: [u8; 6]) {
 pub const WARM_AHEAD: usize = 16;
 
 /// Connections from which [`Interface::receive_batch`] warms them, and from which their small
-/// buffers' storage is pooled (`Interface::tcp_send`): fewer fit the core's second-level
+/// buffers' storage is pooled (`Interface::pools_buffers`): fewer fit the core's second-level
 /// cache (1,024 slots are 704 KiB), where the look ahead (a parse and an index probe per
-/// frame, ~250 instructions) and the pool (taking and giving back, ~250 instructions an
+/// frame, ~250 instructions) and the pool (taking and giving back, ~280 instructions an
 /// exchange) would only add to the cost.
 pub(super) const WARM_FROM: usize = 1024;
 

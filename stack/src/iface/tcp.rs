@@ -57,6 +57,13 @@ impl Interface {
         Some((key, self.conns.hash(&key)))
     }
 
+    /// Whether the connections' small buffer storage goes through the interface's pool
+    /// (`BufPool`): from as many connections as the look-ahead warms, where a connection's own
+    /// buffer would be a cold line; fewer keep their own.
+    fn pools_buffers(&self) -> bool {
+        self.conns.len() >= WARM_FROM
+    }
+
     /// (Re-)arm the connection's timer at the TCB's next deadline.
     pub(super) fn arm(&mut self, idx: u32) {
         let at = self.conns.get(idx).and_then(|t| t.poll_at());
@@ -176,7 +183,7 @@ impl Interface {
         };
         let key = ConnKey(dst, repr.dst_port, src, repr.src_port);
         if let Some(idx) = self.conns.lookup(&key) {
-            let pooled = self.conns.len() >= WARM_FROM;
+            let pooled = self.pools_buffers();
             if let Some(t) = self.conns.get_mut(idx) {
                 let before = t.snd_una;
                 if pooled {
@@ -592,7 +599,7 @@ impl Interface {
 
     /// Queue data; returns the bytes accepted (0: the send buffer is full for now).
     pub fn tcp_send(&mut self, h: TcpHandle, data: &[u8]) -> Result<usize, Error> {
-        let pooled = self.conns.len() >= WARM_FROM;
+        let pooled = self.pools_buffers();
         // (The control block borrowed beside the buffer pool.)
         let t = self.conns.by_handle_mut(h).ok_or(Error::InvalidHandle)?;
         Self::check_error(t)?;
@@ -630,7 +637,7 @@ impl Interface {
 
     /// Read data: `Ok(0)` when nothing is ready yet, `Err(Eof)` after the peer's FIN.
     pub fn tcp_recv(&mut self, h: TcpHandle, buf: &mut [u8]) -> Result<usize, Error> {
-        let pooled = self.conns.len() >= WARM_FROM;
+        let pooled = self.pools_buffers();
         let t = self.conns.by_handle_mut(h).ok_or(Error::InvalidHandle)?;
         if t.recv_available() == 0 {
             Self::check_error(t)?;
