@@ -82,8 +82,8 @@ impl Interface {
             return;
         }
         for chunk in frames.chunks(WARM_AHEAD) {
-            // Five passes: each frame's key and hash (parsing and SipHash, most of the
-            // look-ahead's instructions, which kept the probes' waits apart); the
+            // Five passes: each frame's key and hash (read at fixed offsets; SipHash, most of
+            // the look-ahead's instructions, which kept the probes' waits apart); the
             // demultiplexer probed, with what can be asked for without waiting (the slot's key
             // and timer lines); each control block's hot lines, which waits for the line
             // saying the slot is occupied; the lines its buffers' next bytes land on, named by

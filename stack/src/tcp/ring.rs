@@ -119,19 +119,33 @@ impl ByteRing {
 
     /// Where the ring has no storage, give it a block from `pool` for `need` bytes, if that
     /// many fit a pooled size within `limit` (the buffer's configured size).
+    ///
+    /// The test inline, the taking not: most calls (a segment or a write on a connection that
+    /// holds storage) find nothing to do.
+    #[inline]
     pub(crate) fn supply(&mut self, pool: &mut BufPool, need: usize, limit: usize) {
         if self.buf.is_empty() && need > 0 {
-            if let Some(block) = pool.take(need, limit) {
-                self.buf = block;
-                self.head = 0;
-            }
+            self.take_from(pool, need, limit);
+        }
+    }
+
+    fn take_from(&mut self, pool: &mut BufPool, need: usize, limit: usize) {
+        if let Some(block) = pool.take(need, limit) {
+            self.buf = block;
+            self.head = 0;
         }
     }
 
     /// Give an empty ring's storage to `pool` when it is of a pooled size and the pool has
-    /// room (true then: the ring holds no storage after). Other storage stays.
+    /// room (true then: the ring holds no storage after). Other storage stays. As
+    /// [`ByteRing::supply`], the test inline.
+    #[inline]
     pub(crate) fn release_to_pool(&mut self, pool: &mut BufPool) -> bool {
-        if self.len != 0 || !pool.wants(self.buf.len()) {
+        self.len == 0 && !self.buf.is_empty() && self.give_to(pool)
+    }
+
+    fn give_to(&mut self, pool: &mut BufPool) -> bool {
+        if !pool.wants(self.buf.len()) {
             return false;
         }
         pool.give(std::mem::take(&mut self.buf));
