@@ -13,6 +13,9 @@
 # EXCHANGES exchanges (default 20000; at least 10,000). Prints a table; JSON lines go to
 # docs/figures/dsperf-conns-cachegrind.jsonl when SAVE=1 (labelled with BUILD, if set).
 #
+# BATCH (default 1) exchanges go to the server per pass (`dsperf conns --batch`); 16 is what
+# the README's table times, and what lets the look-ahead work (from 1,024 connections).
+#
 # The stacks' clock is paced, PACE_NS nanoseconds an exchange (default 1000, about full speed;
 # `dsperf conns --pace-ns`): under callgrind's ~50x slowdown the wall clock would turn the
 # timer wheel's 1 ms buckets over for nearly every exchange, counting lines that at full speed
@@ -25,6 +28,7 @@ cd "$(dirname "$0")"
 [ ${#bins[@]} -eq 0 ] && bins=("$(realpath ../../target/release/dsperf)")
 counts=${COUNTS:-"1 10000"}
 exchanges=${EXCHANGES:-20000}
+batch=${BATCH:-1}
 pace=()
 [ -n "${PACE_NS-1000}" ] && pace=(--pace-ns "${PACE_NS-1000}")
 command -v valgrind >/dev/null || { echo "valgrind is needed (apt-get install valgrind)" >&2; exit 1; }
@@ -40,7 +44,7 @@ totals() {
     rm -f "$out/cg"
     if ! valgrind --tool=callgrind --callgrind-out-file="$out/cg" --cache-sim=yes \
         --LL=2097152,16,64 --toggle-collect='ds_perf::conns::serve' \
-        "$1" conns --counts "$2" --repeats 1 --exchanges "$3" "${pace[@]}" >/dev/null 2>"$out/log"; then
+        "$1" conns --counts "$2" --repeats 1 --exchanges "$3" --batch "$batch" "${pace[@]}" >/dev/null 2>"$out/log"; then
         cat "$out/log" >&2
         echo "callgrind run of $1 failed" >&2
         return 1
@@ -67,12 +71,12 @@ for b in "${bins[@]}"; do
         # exchange allocates its buffers, then 10,000 at random).
         one=$(totals "$b" "$n" "$exchanges") || exit 1
         two=$(totals "$b" "$n" $((2 * exchanges))) || exit 1
-        row=$(DATE="$(date -u +%F)" B="$b" N="$n" E="$exchanges" ONE="$one" TWO="$two" python3 -c '
+        row=$(DATE="$(date -u +%F)" BATCH="$batch" B="$b" N="$n" E="$exchanges" ONE="$one" TWO="$two" python3 -c '
 import json, os
 e = int(os.environ["E"])
 d = [int(b) - int(a) for a, b in zip(os.environ["ONE"].split(), os.environ["TWO"].split())]
 print(json.dumps({"binary": os.environ["B"], "connections": int(os.environ["N"]),
-    "exchanges": e, "instructions_per_exchange": round(d[0] / e, 1),
+    "exchanges": e, "batch": int(os.environ["BATCH"]), "instructions_per_exchange": round(d[0] / e, 1),
     "l1d_misses_per_exchange": round((d[1] + d[2]) / e, 2),
     "ll_misses_per_exchange": round((d[3] + d[4]) / e, 2), "ll_bytes": 2097152,
     "build": os.environ.get("BUILD", ""), "date": os.environ["DATE"]}))')
