@@ -241,9 +241,10 @@ impl<T> ConnTable<T> {
     ///
     /// The index's first candidate for the hash is taken without comparing its key (the
     /// comparison would wait for the slot's line): a wrong one, rare (7 bits of hash match),
-    /// costs needless prefetches only, and the right one behind it is not looked for. The index's own lines are waited for (0.5 MB at
-    /// 100,000 connections: mostly cached); a caller with several keys hashes them all first,
-    /// so that these probes, a few instructions each, have their waits in flight together.
+    /// costs needless prefetches only, and the right one behind it is not looked for. The
+    /// index's own lines are waited for (0.5 MB at 100,000 connections: mostly cached); a
+    /// caller with several keys hashes them all first, so that these probes, a few
+    /// instructions each, have their waits in flight together.
     pub(super) fn prefetch(&self, hash: u64) -> Option<u32> {
         let (slots, armed) = (&self.slots, &self.armed);
         let first = *self.demux.find(hash, |_| true)?;

@@ -54,9 +54,10 @@ pub const WARM_AHEAD: usize = 16;
 
 /// Connections from which [`Interface::receive_batch`] warms them, and from which their small
 /// buffers' storage is pooled (`Interface::pools_buffers`): fewer fit the core's second-level
-/// cache (1,024 slots are 704 KiB), where the look ahead (a parse and an index probe per
-/// frame, ~250 instructions) and the pool (taking and giving back, ~280 instructions an
-/// exchange) would only add to the cost.
+/// cache (1,024 slots are 704 KiB), where the look ahead (a key read and hashed, an index
+/// probe and the prefetches, ~100 instructions a frame beyond the hash the lookup would make
+/// anyway) and the pool (taking and giving back, ~250 instructions an exchange) would only add
+/// to the cost.
 pub(super) const WARM_FROM: usize = 1024;
 
 impl Interface {
@@ -82,8 +83,8 @@ impl Interface {
             return;
         }
         for chunk in frames.chunks(WARM_AHEAD) {
-            // Five passes: each frame's key and hash (read at fixed offsets; SipHash, most of
-            // the look-ahead's instructions, which kept the probes' waits apart); the
+            // Five passes: each frame's key (read at fixed offsets) and hash (SipHash: the
+            // lookup reuses it; in the probes' pass it kept their waits apart); the
             // demultiplexer probed, with what can be asked for without waiting (the slot's key
             // and timer lines); each control block's hot lines, which waits for the line
             // saying the slot is occupied; the lines its buffers' next bytes land on, named by

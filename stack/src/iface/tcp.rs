@@ -13,7 +13,8 @@ use crate::tcp::{TcpConfig, TcpState};
 use crate::time::Instant;
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
-    IpAddress, IpProtocol, TcpControl, TcpPacket, TcpRepr, IPV6_HEADER_LEN, TCP_HEADER_LEN,
+    EthernetProtocol, IpAddress, IpProtocol, TcpControl, TcpPacket, TcpRepr, ETHERNET_HEADER_LEN,
+    IPV6_HEADER_LEN, TCP_HEADER_LEN,
 };
 use std::collections::VecDeque;
 use std::net::{Ipv6Addr, SocketAddrV6};
@@ -37,20 +38,26 @@ pub(super) struct Listener {
 
 impl Interface {
     /// The key of the connection a frame's TCP segment is for and its hash
-    /// ([`Interface::receive_batch`]); `None` for anything but a plain Ethernet + IPv6 + TCP
-    /// frame to our MAC (the rest takes the full path only). Nothing is checked here but
-    /// lengths and the MAC: a forged frame costs needless prefetches, and
-    /// [`Interface::receive`] judges every frame as if this had not run.
+    /// ([`Interface::receive_batch`]); `None` for a frame not to our MAC, not of type IPv6,
+    /// whose fixed IPv6 header is not followed by TCP, or shorter than the ports (the rest
+    /// takes the full path only). Nothing else is checked (not the IP version, lengths or TCP
+    /// header): a malformed or forged frame costs needless prefetches at most, since the hint
+    /// counts only for an equal key, and [`Interface::receive`] judges every frame as if this
+    /// had not run.
     ///
     /// Read at fixed offsets rather than parsed (the parse, with smoltcp's checks, was most of
-    /// the look-ahead's instructions, and `receive` parses the frame again anyway): Ethernet
-    /// (RFC 894: destination, source, type 0x86DD), the fixed IPv6 header (RFC 8200 §3: next
-    /// header at 6, source at 8, destination at 24), TCP's ports first (RFC 9293 §3.1).
+    /// the look-ahead's own instructions, and `receive` parses the frame again anyway):
+    /// Ethernet (RFC 2464 §3: destination, source, type 0x86DD), the fixed IPv6 header
+    /// (RFC 8200 §3: next header at 6, source at 8, destination at 24), TCP's ports first
+    /// (RFC 9293 §3.1).
     pub(super) fn segment_key(&self, frame: &[u8]) -> Option<(ConnKey, u64)> {
-        const IP: usize = 14;
+        const IP: usize = ETHERNET_HEADER_LEN;
         const TCP: usize = IP + IPV6_HEADER_LEN;
         let h: &[u8; TCP + 4] = frame.get(..TCP + 4)?.try_into().ok()?;
-        if h[12..14] != [0x86, 0xdd] || h[..6] != self.cfg.mac || h[IP + 6] != 6 {
+        if h[12..14] != u16::from(EthernetProtocol::Ipv6).to_be_bytes()
+            || h[..6] != self.cfg.mac
+            || h[IP + 6] != u8::from(IpProtocol::Tcp)
+        {
             return None;
         }
         let addr = |at: usize| {
@@ -850,9 +857,10 @@ mod tests {
     }
 
     /// The look-ahead's key, read at fixed offsets, is the one the full parse demultiplexes
-    /// by: every segment of an established connection finds it (a wrong key would only cost
-    /// the look-ahead its use, silently). Frames that are not plain IPv6 + TCP to our MAC,
-    /// or too short to hold the ports, have none.
+    /// by, for every TCP frame of a connection's life here (SYN, handshake ACK, data), and
+    /// those of an established connection find it (a wrong key would only cost the
+    /// look-ahead its use, silently). Frames that are not plain IPv6 + TCP to our MAC, or too
+    /// short to hold the ports, have none.
     #[test]
     fn the_look_ahead_keys_a_frame_as_its_connection() {
         let (srv_mac, srv_addr) = (
@@ -867,7 +875,26 @@ mod tests {
         let h = cli
             .tcp_connect(now, SocketAddrV6::new(ME, 40_000, 0, 0), at)
             .expect("connect");
-        let (mut keyed, mut f_known) = (0, Vec::new());
+        use smoltcp::wire::{EthernetFrame, Ipv6Packet};
+        // The key as `receive_tcp` makes it, from smoltcp's full parse.
+        let parsed = |f: &[u8]| {
+            let eth = EthernetFrame::new_checked(f).ok()?;
+            if eth.dst_addr().0 != srv_mac || eth.ethertype() != EthernetProtocol::Ipv6 {
+                return None;
+            }
+            let ip = Ipv6Packet::new_checked(eth.payload()).ok()?;
+            if ip.next_header() != IpProtocol::Tcp {
+                return None;
+            }
+            let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
+            Some(ConnKey(
+                ip.dst_addr(),
+                tcp.dst_port(),
+                ip.src_addr(),
+                tcp.src_port(),
+            ))
+        };
+        let (mut tcp_frames, mut keyed, mut f_known) = (0, 0, Vec::new());
         for round in 0..6 {
             if round == 3 {
                 assert_eq!(cli.tcp_send(h, b"look ahead"), Ok(10));
@@ -876,8 +903,11 @@ mod tests {
             cli.poll(now);
             cli.transmit(now, &mut |f: &[u8]| up.push(f.to_vec()));
             for f in &up {
+                let got = srv.segment_key(f);
+                assert_eq!(got.map(|(key, _)| key), parsed(f), "{f:?}");
                 // (The SYN's key is no connection's yet; ND's frames have none.)
-                if let Some((key, hash)) = srv.segment_key(f) {
+                if let Some((key, hash)) = got {
+                    tcp_frames += 1;
                     assert_eq!(hash, srv.conns.hash(&key));
                     if srv.conns.lookup(&key).is_some() {
                         keyed += 1;
@@ -895,6 +925,7 @@ mod tests {
                 cli.receive(now, f);
             }
         }
+        assert!(tcp_frames >= 3, "SYN, ACK and data: {tcp_frames}");
         assert!(
             keyed >= 2,
             "the handshake's ACK and the data, keyed: {keyed}"

@@ -129,6 +129,7 @@ impl ByteRing {
         }
     }
 
+    #[inline(never)]
     fn take_from(&mut self, pool: &mut BufPool, need: usize, limit: usize) {
         if let Some(block) = pool.take(need, limit) {
             self.buf = block;
@@ -144,6 +145,7 @@ impl ByteRing {
         self.len == 0 && !self.buf.is_empty() && self.give_to(pool)
     }
 
+    #[inline(never)]
     fn give_to(&mut self, pool: &mut BufPool) -> bool {
         if !pool.wants(self.buf.len()) {
             return false;
