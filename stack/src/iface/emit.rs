@@ -148,7 +148,9 @@ impl Interface {
                 return;
             };
             budget = budget.saturating_sub(seg.payload_len.div_ceil(mss.max(1)).max(1));
-            let (local, remote) = (tcb.local, tcb.remote);
+            let Some((local, remote)) = self.conns.endpoints(idx) else {
+                return;
+            };
             let super_frame = seg.payload_len > mss;
             if !super_frame
                 && emit.builds_in_place()

@@ -1264,7 +1264,14 @@ fn a_thawed_connection_paces_its_first_window() {
         assert!(t < now + Duration::from_millis(20), "pacing never ended");
     }
     assert!(sent >= 100, "{sent}");
-    assert_eq!(s.t_pace, None);
+    // The pacing timer lives in `Pace`: no deadline is left behind once pacing ends.
+    assert!(s.pace.is_none());
+    assert!(
+        s.poll_at()
+            .is_none_or(|t| t > now + Duration::from_millis(20)),
+        "{:?}",
+        s.poll_at()
+    );
 }
 
 /// The receiver `c` takes a drain's segments `v` and answers at once; then both go quiet.
