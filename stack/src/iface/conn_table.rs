@@ -32,6 +32,15 @@ impl ConnKey {
         ConnKey(*local.ip(), local.port(), *remote.ip(), remote.port())
     }
 
+    /// The endpoints (local, remote), as [`ConnKey::of`] took them (without flow information
+    /// or scope id, which nothing uses).
+    fn sockets(&self) -> (SocketAddrV6, SocketAddrV6) {
+        (
+            SocketAddrV6::new(self.0, self.1, 0, 0),
+            SocketAddrV6::new(self.2, self.3, 0, 0),
+        )
+    }
+
     /// The remote address.
     fn remote_ip(&self) -> Ipv6Addr {
         self.2
@@ -302,12 +311,7 @@ impl<T> ConnTable<T> {
     /// copy is cold, this one shares a line with the hot end of the entry.
     pub(super) fn endpoints(&self, idx: u32) -> Option<(SocketAddrV6, SocketAddrV6)> {
         let s = self.slots.get(idx as usize)?;
-        s.entry.as_ref()?;
-        let ConnKey(l, lp, r, rp) = s.key;
-        Some((
-            SocketAddrV6::new(l, lp, 0, 0),
-            SocketAddrV6::new(r, rp, 0, 0),
-        ))
+        s.entry.as_ref().map(|_| s.key.sockets())
     }
 
     /// The entry at `idx`, released or not.

@@ -534,9 +534,7 @@ impl Tcb {
     /// back with [`Tcb::release_buffers`].
     #[inline]
     pub(crate) fn supply_recv(&mut self, pool: &mut BufPool, len: usize) {
-        if self.rcv_buf.capacity() == 0 {
-            self.rcv_buf.supply(pool, len, self.cfg.recv_buf);
-        }
+        self.rcv_buf.supply(pool, len, self.cfg.recv_buf);
     }
 
     /// The same for the send buffer, before `len` bytes are queued with [`Tcb::send`].
