@@ -219,13 +219,10 @@ impl Interface {
     /// frame would have to wait for it.
     fn resolved(&mut self, now: Instant, dst: &Ipv6Addr) -> Option<[u8; 6]> {
         let hop = self.next_hop(dst);
-        if hop.is_multicast() || !matches!(self.nd.state(&hop), Some((_, Some(_)))) {
+        if hop.is_multicast() {
             return None;
         }
-        match self.nd.lookup(now, hop) {
-            Lookup::Ready(m) => Some(m),
-            Lookup::Pending(_) => None,
-        }
+        self.nd.resolved(now, hop)
     }
 
     /// Fill in the destination MAC and send (or queue pending resolution). `buf` is returned
