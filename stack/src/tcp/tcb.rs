@@ -87,7 +87,7 @@ impl Pace {
 }
 
 /// A parsed incoming segment (checksum already verified).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SegIn<'a> {
     /// SEG.SEQ
     pub seq: u32,
