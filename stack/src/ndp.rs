@@ -100,7 +100,8 @@ pub struct NeighborCache {
 /// neighbours: behind a router, one. Each took a SipHash of the address (~55 and ~80
 /// instructions of a ~7,000-instruction request/response exchange, `dsperf conns`); these two
 /// entries answer the repeats exactly, without one. Forgotten by every change they do not
-/// follow themselves (an entry made, removed, learnt or aged).
+/// follow themselves (an entry made, removed, learnt, aged, or sent to while STALE or past
+/// its time).
 #[derive(Debug, Default)]
 struct Recent {
     /// A frame was sent to this address, REACHABLE with this link-layer address until this
@@ -179,6 +180,7 @@ impl NeighborCache {
                 self.recent.sent = Some((ip, mac, n.timer));
             }
             NeighborState::Stale | NeighborState::Reachable => {
+                self.recent = Recent::default();
                 n.state = NeighborState::Delay;
                 n.timer = now + DELAY_FIRST_PROBE_TIME;
                 lower(&mut self.due, n.timer);
@@ -545,17 +547,25 @@ mod tests {
         let mut c = NeighborCache::default();
         let mut r = NeighborCache::default();
         let ips = addrs(3);
-        let mut t = Instant::ZERO;
         let mut x: u64 = 0x2545_f491_4f6c_dd1d;
         let (mut skipped, mut skipped_sends) = (0, 0);
+        // The latest times, the newest first: mostly the same time, now and then a step past
+        // the timers, and a quarter of the calls at one of the earlier times (the cache's
+        // callers need not agree on the clock).
+        let mut times = [Instant::ZERO; 4];
         for step in 0..20_000 {
             xorshift(&mut x);
             let ip = ips[(x % 3) as usize];
             let mac = [2, 0, 0, 0, 0, (x >> 8) as u8 % 2];
-            // Mostly the same time, now and then a step past the timers.
             if ((x >> 16) & 7) == 0 {
-                t += Duration::from_millis((x >> 20) % 40_000);
+                times.rotate_right(1);
+                times[0] = times[1] + Duration::from_millis((x >> 20) % 40_000);
             }
+            let t = if ((x >> 44) & 3) == 0 {
+                times[((x >> 46) & 3) as usize]
+            } else {
+                times[0]
+            };
             match (x >> 32) % 6 {
                 0 => {
                     skipped_sends += usize::from(c.recently_sent(t, ip).is_some());
