@@ -3,6 +3,7 @@
 //! Every parser returns an [`Error`] on malformed input and never panics; every `Repr` emits
 //! exactly what its parser accepts (parse/emit symmetry, property-tested).
 
+pub mod checksum;
 pub mod ext;
 pub mod mh;
 pub mod option;
@@ -51,36 +52,15 @@ pub enum Error {
 /// Result of the wire parsers.
 pub type Result<T> = core::result::Result<T, Error>;
 
-/// One's-complement sum of `data` (big-endian 16-bit words, odd byte padded with zero).
-fn ones_sum(mut acc: u32, data: &[u8]) -> u32 {
-    let mut chunks = data.chunks_exact(2);
-    for c in &mut chunks {
-        acc = acc.wrapping_add(u32::from(u16::from_be_bytes([c[0], c[1]])));
-    }
-    if let [last] = chunks.remainder() {
-        acc = acc.wrapping_add(u32::from(*last) << 8);
-    }
-    acc
-}
-
-fn fold(mut acc: u32) -> u16 {
-    while acc > 0xffff {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    acc as u16
-}
-
 /// Upper-layer checksum over the IPv6 pseudo-header (RFC 8200 §8.1) with next header `proto`.
 /// `data` must carry zero in its checksum field when computing, or the transmitted value when
 /// verifying (then the result is 0 for a correct packet).
 pub fn pseudo_checksum(src: Ipv6Addr, dst: Ipv6Addr, proto: u8, data: &[u8]) -> u16 {
-    let mut acc = ones_sum(0, &src.octets());
-    acc = ones_sum(acc, &dst.octets());
     let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
-    acc = ones_sum(acc, &len.to_be_bytes());
-    acc = ones_sum(acc, &[0, 0, 0, proto]);
-    acc = ones_sum(acc, data);
-    !fold(acc)
+    !checksum::add(
+        checksum::pseudo_header(&src, &dst, proto, len),
+        checksum::sum(data),
+    )
 }
 
 /// Mobility Header checksum (RFC 6275 §6.1.1): the pseudo-header uses next header 135 and the

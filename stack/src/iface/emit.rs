@@ -10,9 +10,10 @@ use crate::ndp::Lookup;
 use crate::tcp::tcb::SegOut;
 use crate::time::Instant;
 use ds_mipv6::cn::FlowKey;
+use ds_mipv6::wire::{checksum, IPPROTO_TCP};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
-    checksum, Icmpv6Packet, Icmpv6Repr, IpAddress, IpProtocol, Ipv6ExtHeader, Ipv6ExtHeaderRepr,
+    Icmpv6Packet, Icmpv6Repr, IpAddress, IpProtocol, Ipv6ExtHeader, Ipv6ExtHeaderRepr,
     Ipv6FragmentHeader, Ipv6FragmentRepr, Ipv6Packet, Ipv6Repr, TcpControl, TcpPacket, TcpRepr,
     TcpSeqNumber, TcpTimestampRepr, ETHERNET_HEADER_LEN, IPV6_HEADER_LEN,
 };
@@ -534,13 +535,16 @@ pub(super) fn finish_tcp_frame(
     if s.fin && s.psh {
         p.set_psh(true);
     }
+    // RFC 9293 §3.1 over the pseudo-header of RFC 8200 §8.1 (`ds_mipv6`'s sum, not smoltcp's
+    // slower `fill_checksum`).
+    let len = u32::try_from(tcp_len).unwrap_or(u32::MAX);
+    let pseudo = checksum::pseudo_header(local.ip(), remote.ip(), IPPROTO_TCP, len);
     if partial_checksum {
         // CHECKSUM_PARTIAL: the device sums the segment from the TCP header on and adds this.
-        let pseudo =
-            checksum::pseudo_header_v6(local.ip(), remote.ip(), IpProtocol::Tcp, tcp_len as u32);
         p.set_checksum(pseudo);
     } else {
-        p.fill_checksum(&src, &dst);
+        p.set_checksum(0);
+        p.set_checksum(!checksum::add(pseudo, checksum::sum(p.as_ref())));
     }
 }
 

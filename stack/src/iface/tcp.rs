@@ -11,6 +11,7 @@ use crate::state::ConnState;
 use crate::tcp::tcb::{SegIn, SegOut, Tcb};
 use crate::tcp::{TcpConfig, TcpState};
 use crate::time::Instant;
+use ds_mipv6::wire::{checksum, IPPROTO_TCP};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
     EthernetProtocol, IpAddress, IpProtocol, TcpControl, TcpPacket, TcpRepr, ETHERNET_HEADER_LEN,
@@ -44,7 +45,8 @@ struct Ports {
 }
 
 /// The segment in `pkt` (its length and checksum checked) as the control block takes it, and
-/// its ports; `None` for one malformed: a port zero, or more than one of SYN, FIN and RST.
+/// its ports; `None` for one malformed: a port zero, more than one of SYN, FIN and RST, or
+/// options smoltcp's parse rejects (a length that does not fit).
 ///
 /// An established connection's segments carry a timestamp and no other option (RFC 7323
 /// §3.2; SACK blocks only while data is missing): those are read at fixed offsets in the two
@@ -55,22 +57,8 @@ struct Ports {
 /// reads take a fraction of that (`dsperf conns`, callgrind). Either way the result is the
 /// same; a test compares them on segments of every kind.
 fn segment<'a>(pkt: &TcpPacket<&'a [u8]>) -> Option<(SegIn<'a>, Ports)> {
-    /// RFC 9293 §3.2 option kinds: no-operation (end of list is 0, below it); RFC 7323
-    /// §3.2: the timestamp, 10 octets.
-    const NOP: u8 = 1;
-    const TS: [u8; 2] = [8, 10];
-    let opts = pkt.options();
-    let ts = |o: &[u8]| {
-        let word = |at: usize| o.get(at..at + 4).and_then(|w| w.try_into().ok());
-        Some((u32::from_be_bytes(word(0)?), u32::from_be_bytes(word(4)?)))
-    };
-    let ts = match opts {
-        [] => None,
-        [NOP, NOP, k, l, rest @ ..] if [*k, *l] == TS && rest.len() == 8 => Some(ts(rest)?),
-        [k, l, rest @ .., p, q] if [*k, *l] == TS && rest.len() == 8 && *p <= NOP && *q <= NOP => {
-            Some(ts(rest)?)
-        }
-        _ => return segment_parsed(pkt),
+    let Some(ts) = fixed_options(pkt.options()) else {
+        return segment_parsed(pkt);
     };
     let ports = Ports {
         src: pkt.src_port(),
@@ -105,10 +93,33 @@ fn segment<'a>(pkt: &TcpPacket<&'a [u8]>) -> Option<(SegIn<'a>, Ports)> {
     Some((seg, ports))
 }
 
+/// The timestamp (TSval, TSecr) of options in a layout [`segment`] reads at fixed offsets:
+/// `Some(None)` for no options, `Some(Some(..))` for a timestamp alone in Linux's layout or
+/// ours, `None` for any other options.
+fn fixed_options(opts: &[u8]) -> Option<Option<(u32, u32)>> {
+    /// RFC 9293 §3.2 option kinds: no-operation (end of list is 0, below it); RFC 7323
+    /// §3.2: the timestamp, 10 octets.
+    const NOP: u8 = 1;
+    const TS: [u8; 2] = [8, 10];
+    let ts = |o: &[u8]| {
+        let word = |at: usize| o.get(at..at + 4).and_then(|w| w.try_into().ok());
+        Some((u32::from_be_bytes(word(0)?), u32::from_be_bytes(word(4)?)))
+    };
+    match opts {
+        [] => Some(None),
+        [NOP, NOP, k, l, rest @ ..] if [*k, *l] == TS && rest.len() == 8 => Some(ts(rest)),
+        [k, l, rest @ .., p, q] if [*k, *l] == TS && rest.len() == 8 && *p <= NOP && *q <= NOP => {
+            Some(ts(rest))
+        }
+        _ => None,
+    }
+}
+
 /// [`segment`] by smoltcp's parse, for segments with other options (RFC 9293 §3.1; MSS,
 /// window scale and SACK-permitted on a SYN, SACK blocks, RFC 2018 §3) or other layouts.
 fn segment_parsed<'a>(pkt: &TcpPacket<&'a [u8]>) -> Option<(SegIn<'a>, Ports)> {
-    // The addresses only serve a checksum, not asked for here (the caller verified it).
+    // The addresses serve only the checksum, not asked for here (the caller verified it),
+    // and smoltcp's debug log of an oversized window scale, which shows them unspecified.
     let none = IpAddress::Ipv6(Ipv6Addr::UNSPECIFIED);
     let repr = TcpRepr::parse(pkt, &none, &none, &ChecksumCapabilities::ignored()).ok()?;
     let seg = SegIn {
@@ -263,7 +274,10 @@ impl Interface {
             self.stats.rx_malformed += 1;
             return;
         };
-        if !pkt.verify_checksum(&IpAddress::Ipv6(src), &IpAddress::Ipv6(dst)) {
+        // RFC 9293 §3.1: the checksum covers the pseudo-header (RFC 8200 §8.1) and the segment.
+        let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+        let pseudo = checksum::pseudo_header(&src, &dst, IPPROTO_TCP, len);
+        if checksum::add(pseudo, checksum::sum(payload)) != 0xffff {
             self.stats.rx_bad_checksum += 1;
             return;
         }
@@ -914,13 +928,21 @@ mod tests {
     fn a_segment_read_at_fixed_offsets_is_the_segment_parsed() {
         let ts = [8, 10, 0x11, 0x22, 0x33, 0x44, 0xa5, 0xb6, 0xc7, 0xd8];
         let with = |pre: &[u8], post: &[u8]| [pre, &ts[..], post].concat();
-        let mut layouts: Vec<Vec<u8>> = vec![
+        let fixed = [
             vec![],
             with(&[1, 1], &[]),
             with(&[], &[0, 0]),
             with(&[], &[1, 1]),
             with(&[], &[1, 0]),
             with(&[], &[0, 1]),
+        ];
+        for opts in &fixed {
+            let read = fixed_options(opts);
+            let want = (!opts.is_empty()).then_some((0x1122_3344, 0xa5b6_c7d8));
+            assert_eq!(read, Some(want), "{opts:?} is read at fixed offsets");
+        }
+        let mut layouts: Vec<Vec<u8>> = fixed.to_vec();
+        layouts.extend([
             // Not read at fixed offsets: SACK blocks after the timestamp (RFC 2018 §3), a
             // SYN's options, padding that is not padding, a wrong length, another order.
             with(&[1, 1], &[1, 1, 5, 10, 0, 0, 0, 1, 0, 0, 0, 2]),
@@ -930,7 +952,10 @@ mod tests {
             vec![1, 1, 8, 9, 0, 0, 0, 1, 0, 0, 0, 2],
             vec![8, 10, 0, 0, 0, 1, 0, 0, 0, 2, 1, 1, 1, 1, 1, 1],
             vec![1, 1, 1, 1],
-        ];
+        ]);
+        for opts in &layouts[fixed.len()..] {
+            assert_eq!(fixed_options(opts), None, "{opts:?} is parsed");
+        }
         let mut x: u64 = 0x0123_4567_89ab_cdef;
         let mut next = || {
             x ^= x << 13;
