@@ -491,8 +491,9 @@ const OOW_ACK_INTERVAL: Duration = Duration::from_millis(500);
 /// RFC 7323 §5.5: a timestamp older than 24 days is invalid for PAWS.
 const PAWS_IDLE: Duration = Duration::from_secs(24 * 24 * 3600);
 
-/// An emptied send buffer keeps at most this much storage.
-pub(crate) const KEEP_EMPTY_SEND_BUF: usize = 4 << 10;
+/// An emptied send buffer keeps at most this much storage: the pool's largest block, so that
+/// what it keeps can go to the pool once the connection is idle.
+pub(crate) const KEEP_EMPTY_SEND_BUF: usize = super::ring::POOL_MAX;
 
 /// Give an acknowledged-empty send buffer's storage back when it is over a page: an idle
 /// keep-alive connection then holds no more than that (100,000 connections that once sent
