@@ -295,6 +295,7 @@ impl Interface {
                     t.supply_recv(&mut self.bufs, seg.payload.len());
                 }
                 t.on_segment(now, &seg);
+                t.release_idle_receive_buffer();
                 if pooled {
                     t.release_buffers(&mut self.bufs);
                 }
@@ -1120,6 +1121,80 @@ mod tests {
 
     /// Two interfaces in memory, `n` connections from one to the other, a request and its
     /// echo on each; the server, its connections, and whether every echo came back whole.
+    /// An upload that is over and read leaves its connection holding no more than a page of
+    /// receive buffer once a segment brings it nothing (here the ACK of the answer); while
+    /// the upload goes on, the buffer keeps its storage.
+    #[test]
+    fn a_read_upload_gives_up_its_receive_buffer() {
+        use crate::tcp::tcb::KEEP_EMPTY_BUF;
+        let srv_addr = Ipv6Addr::new(0xfd00, 0x5e, 0, 0, 0, 0, 0, 0x80);
+        let mut now = Instant::from_millis(1);
+        let mut cli = Interface::new(Config::new([2, 0, 0, 0, 0, 0xc], vec![ME]), now);
+        let mut srv = Interface::new(Config::new([2, 0, 0, 0, 0, 0x80], vec![srv_addr]), now);
+        let at = SocketAddrV6::new(srv_addr, 80, 0, 0);
+        let l = srv.tcp_listen(at, 1).expect("listen");
+        // One round trip each way; the server reads what came after each.
+        let mut read = 0;
+        let mut round = |cli: &mut Interface, srv: &mut Interface, now, s: Option<TcpHandle>| {
+            let (mut up, mut down) = (Vec::new(), Vec::new());
+            cli.poll(now);
+            cli.transmit(now, &mut |f: &[u8]| up.push(f.to_vec()));
+            for f in &up {
+                srv.receive(now, f);
+            }
+            let mut buf = vec![0u8; 64 << 10];
+            if let Some(h) = s {
+                read += srv.tcp_recv(h, &mut buf).unwrap_or(0);
+            }
+            srv.poll(now);
+            srv.transmit(now, &mut |f: &[u8]| down.push(f.to_vec()));
+            for f in &down {
+                cli.receive(now, f);
+            }
+            read
+        };
+        let c = cli
+            .tcp_connect(now, SocketAddrV6::new(ME, 20_000, 0, 0), at)
+            .expect("connect");
+        for _ in 0..3 {
+            now += Duration::from_millis(1);
+            round(&mut cli, &mut srv, now, None);
+        }
+        let s = srv.tcp_accept(l).expect("accepted");
+        let upload = vec![5u8; 48 << 10];
+        let mut sent = 0;
+        let mut grown = 0;
+        for _ in 0..200 {
+            if sent < upload.len() {
+                sent += cli.tcp_send(c, &upload[sent..]).unwrap_or(0);
+            }
+            now += Duration::from_millis(1);
+            let got = round(&mut cli, &mut srv, now, Some(s));
+            let cap = srv.tcb(s).map_or(0, |t| t.rcv_buf.capacity());
+            grown = grown.max(cap);
+            if got == upload.len() {
+                break;
+            }
+        }
+        assert!(
+            grown > KEEP_EMPTY_BUF,
+            "the upload grew the buffer to {grown}"
+        );
+        // The answer, and the ACK of it: a segment that brings the server nothing.
+        assert_eq!(srv.tcp_send(s, b"done"), Ok(4));
+        for _ in 0..3 {
+            now += Duration::from_millis(50);
+            round(&mut cli, &mut srv, now, Some(s));
+        }
+        let t = srv.tcb(s).expect("open");
+        assert!(t.rcv_buf.is_empty());
+        assert!(
+            t.rcv_buf.capacity() <= KEEP_EMPTY_BUF,
+            "{}",
+            t.rcv_buf.capacity()
+        );
+    }
+
     fn echo_on(n: usize) -> (Interface, Vec<TcpHandle>, bool) {
         let srv_addr = Ipv6Addr::new(0xfd00, 0x5e, 0, 0, 0, 0, 0, 0x80);
         let mut now = Instant::from_millis(1);

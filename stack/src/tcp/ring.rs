@@ -177,7 +177,7 @@ impl ByteRing {
 
 /// The smallest pooled block: one cache line.
 const POOL_MIN: usize = 64;
-/// The largest: a page, what an emptied send buffer may keep (`KEEP_EMPTY_SEND_BUF` is this).
+/// The largest: a page, what an emptied buffer may keep (`KEEP_EMPTY_BUF` is this).
 pub(crate) const POOL_MAX: usize = 4 << 10;
 const POOL_CLASSES: usize = (POOL_MAX / POOL_MIN).trailing_zeros() as usize + 1;
 /// Bytes a pool holds at most, shared evenly by the sizes: a busy server's blocks in flight

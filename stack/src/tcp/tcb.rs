@@ -491,18 +491,19 @@ const OOW_ACK_INTERVAL: Duration = Duration::from_millis(500);
 /// RFC 7323 §5.5: a timestamp older than 24 days is invalid for PAWS.
 const PAWS_IDLE: Duration = Duration::from_secs(24 * 24 * 3600);
 
-/// An emptied send buffer keeps at most this much storage: the pool's largest block, so that
-/// what it keeps can go to the pool once the connection is idle.
-pub(crate) const KEEP_EMPTY_SEND_BUF: usize = super::ring::POOL_MAX;
+/// An emptied buffer keeps at most this much storage: the pool's largest block, so that what
+/// it keeps can go to the pool once the connection is idle.
+pub(crate) const KEEP_EMPTY_BUF: usize = super::ring::POOL_MAX;
 
-/// Give an acknowledged-empty send buffer's storage back when it is over a page: an idle
-/// keep-alive connection then holds no more than that (100,000 connections that once sent
-/// 64 KiB responses held 6.5 GB of empty buffers), as an idle Linux socket holds no
-/// acknowledged data. Smaller buffers stay, so that short exchanges do not pay an allocation
-/// each (measured: ~20 ns a packet); a bulk sender keeps its buffer non-empty and is not
-/// affected.
-fn release_emptied_send_buffer(buf: &mut ByteRing) {
-    if buf.is_empty() && buf.capacity() > KEEP_EMPTY_SEND_BUF {
+/// Give an empty buffer's storage back when it is over a page: an idle keep-alive connection
+/// then holds no more than that (100,000 connections that once sent 64 KiB responses held
+/// 6.5 GB of empty send buffers), as an idle Linux socket holds no data. Smaller buffers stay,
+/// so that short exchanges do not pay an allocation each (measured: ~20 ns a packet). A send
+/// buffer is checked once its data is acknowledged (a bulk sender keeps it non-empty), a
+/// receive buffer after a segment that brought it nothing ([`Tcb::release_idle_receive_buffer`]).
+#[inline]
+fn release_emptied_buffer(buf: &mut ByteRing) {
+    if buf.is_empty() && buf.capacity() > KEEP_EMPTY_BUF {
         *buf = ByteRing::default();
     }
 }
@@ -554,6 +555,17 @@ impl Tcb {
     pub(crate) fn release_buffers(&mut self, pool: &mut BufPool) {
         self.rcv_buf.release_to_pool(pool);
         self.snd_buf.release_to_pool(pool);
+    }
+
+    /// After a segment: an empty receive buffer gives up storage over a page (an upload that
+    /// is over, read; [`release_emptied_buffer`]). Only when a segment leaves it empty, not
+    /// after the application's reads: a receiver that reads promptly empties its buffer on
+    /// every read, and would grow it again, copying, for every segment. (A peer that sends
+    /// data while it acknowledges ours with empty segments between can still make it grow
+    /// again after each of those.)
+    #[inline]
+    pub(crate) fn release_idle_receive_buffer(&mut self) {
+        release_emptied_buffer(&mut self.rcv_buf);
     }
 
     /// Ask for the lines the buffers' next bytes land on (a request's, and its answer's),
@@ -1473,7 +1485,7 @@ impl Tcb {
                 0
             };
             self.snd_buf.consume(data_acked);
-            release_emptied_send_buffer(&mut self.snd_buf);
+            release_emptied_buffer(&mut self.snd_buf);
             self.snd_buf_seq = self.snd_buf_seq.wrapping_add(data_acked as u32);
             self.snd_una = ack;
             if lt(self.snd_nxt, ack) {

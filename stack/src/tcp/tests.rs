@@ -1381,7 +1381,7 @@ fn a_drain_sends_one_segment_per_frame_and_then_its_probe() {
 
 #[test]
 fn an_emptied_send_buffer_keeps_at_most_a_page() {
-    use super::tcb::KEEP_EMPTY_SEND_BUF;
+    use super::tcb::KEEP_EMPTY_BUF;
     let (mut c, mut s) = handshake();
     let now = t0();
     let mut buf = vec![0u8; 64 << 10];
@@ -1391,7 +1391,7 @@ fn an_emptied_send_buffer_keeps_at_most_a_page() {
     assert_eq!(c.recv(&mut buf), 5);
     exchange(&mut c, &mut s, now);
     assert!(s.snd_buf.is_empty());
-    assert!(s.snd_buf.capacity() > 0 && s.snd_buf.capacity() <= KEEP_EMPTY_SEND_BUF);
+    assert!(s.snd_buf.capacity() > 0 && s.snd_buf.capacity() <= KEEP_EMPTY_BUF);
     // A large response's storage goes once it is all acknowledged.
     let big = vec![7u8; 32 << 10];
     assert_eq!(s.send(&big), big.len());
