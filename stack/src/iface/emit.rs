@@ -10,7 +10,7 @@ use crate::ndp::Lookup;
 use crate::tcp::tcb::SegOut;
 use crate::time::Instant;
 use ds_mipv6::cn::FlowKey;
-use ds_mipv6::wire::{checksum, IPPROTO_TCP};
+use ds_mipv6::wire::{checksum, pseudo_checksum, IPPROTO_TCP};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
     Icmpv6Packet, Icmpv6Repr, IpAddress, IpProtocol, Ipv6ExtHeader, Ipv6ExtHeaderRepr,
@@ -537,14 +537,23 @@ pub(super) fn finish_tcp_frame(
     }
     // RFC 9293 §3.1 over the pseudo-header of RFC 8200 §8.1 (`ds_mipv6`'s sum, not smoltcp's
     // slower `fill_checksum`).
-    let len = u32::try_from(tcp_len).unwrap_or(u32::MAX);
-    let pseudo = checksum::pseudo_header(local.ip(), remote.ip(), IPPROTO_TCP, len);
     if partial_checksum {
         // CHECKSUM_PARTIAL: the device sums the segment from the TCP header on and adds this.
-        p.set_checksum(pseudo);
+        let len = u32::try_from(tcp_len).unwrap_or(u32::MAX);
+        p.set_checksum(checksum::pseudo_header(
+            local.ip(),
+            remote.ip(),
+            IPPROTO_TCP,
+            len,
+        ));
     } else {
         p.set_checksum(0);
-        p.set_checksum(!checksum::add(pseudo, checksum::sum(p.as_ref())));
+        p.set_checksum(pseudo_checksum(
+            *local.ip(),
+            *remote.ip(),
+            IPPROTO_TCP,
+            p.as_ref(),
+        ));
     }
 }
 

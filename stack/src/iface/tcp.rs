@@ -11,7 +11,7 @@ use crate::state::ConnState;
 use crate::tcp::tcb::{SegIn, SegOut, Tcb};
 use crate::tcp::{TcpConfig, TcpState};
 use crate::time::Instant;
-use ds_mipv6::wire::{checksum, IPPROTO_TCP};
+use ds_mipv6::wire::{pseudo_checksum, IPPROTO_TCP};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
     EthernetProtocol, IpAddress, IpProtocol, TcpControl, TcpPacket, TcpRepr, ETHERNET_HEADER_LEN,
@@ -275,9 +275,7 @@ impl Interface {
             return;
         };
         // RFC 9293 §3.1: the checksum covers the pseudo-header (RFC 8200 §8.1) and the segment.
-        let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
-        let pseudo = checksum::pseudo_header(&src, &dst, IPPROTO_TCP, len);
-        if checksum::add(pseudo, checksum::sum(payload)) != 0xffff {
+        if pseudo_checksum(src, dst, IPPROTO_TCP, payload) != 0 {
             self.stats.rx_bad_checksum += 1;
             return;
         }
