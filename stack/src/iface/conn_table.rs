@@ -61,19 +61,52 @@ impl std::hash::Hash for ConnKey {
     }
 }
 
+/// What a free slot holds in place of an entry: something that owns next to nothing (for a
+/// control block, [`crate::tcp::tcb::Tcb::vacant`]).
+///
+/// Why not `Option<T>`: finding whether an `Option`'s slot is occupied reads its tag, which
+/// rustc puts in a niche of its choosing (it was a tag inside the control block's hot lines).
+/// [`ConnTable::prefetch`] would then wait for that line before it could name the entry's
+/// other lines, a wait of its own per connection of a batch; with the entry always there, the
+/// lines are named from the slot's address alone, and occupancy (`Slot::live`) shares the
+/// key's line, which the lookup reads anyway.
+pub(super) trait Vacant {
+    /// The placeholder.
+    fn vacant() -> Self;
+}
+
+impl Vacant for crate::tcp::tcb::Tcb {
+    fn vacant() -> Self {
+        crate::tcp::tcb::Tcb::vacant()
+    }
+}
+
 /// A slot, aligned to a cache line and with its entry first: the key, which every packet's
 /// demultiplexing reads, then shares its lines with the end of the entry, where
 /// [`crate::tcp::tcb::Tcb`] keeps the fields every segment reads (the same miss serves both).
 #[derive(Debug)]
 #[repr(C, align(64))]
 struct Slot<T> {
-    entry: Option<T>,
+    /// A connection's when `live`, else [`Vacant::vacant`].
+    entry: T,
     gen: u32,
     key: ConnKey,
+    /// Whether `entry` is a connection's.
+    live: bool,
     /// The application gave up the handle; free the slot when the connection is closed.
     released: bool,
     in_dirty: bool,
     in_ready: bool,
+}
+
+impl<T> Slot<T> {
+    fn entry(&self) -> Option<&T> {
+        self.live.then_some(&self.entry)
+    }
+
+    fn entry_mut(&mut self) -> Option<&mut T> {
+        self.live.then_some(&mut self.entry)
+    }
 }
 
 /// A slot's timer: the one heap entry `(at, idx)` that counts (others for the slot are stale:
@@ -148,7 +181,7 @@ impl<T> Default for ConnTable<T> {
     }
 }
 
-impl<T> ConnTable<T> {
+impl<T: Vacant> ConnTable<T> {
     // ------------------------------------------------------------ slab and demux
 
     /// Store a connection under `key` (reusing a freed slot first); returns its index.
@@ -157,7 +190,8 @@ impl<T> ConnTable<T> {
             Some(i) => {
                 let s = &mut self.slots[i as usize];
                 s.key = key;
-                s.entry = Some(entry);
+                s.entry = entry;
+                s.live = true;
                 s.released = false;
                 self.armed[i as usize] = Armed::default();
                 i
@@ -166,7 +200,8 @@ impl<T> ConnTable<T> {
                 self.slots.push(Slot {
                     gen: 0,
                     key,
-                    entry: Some(entry),
+                    entry,
+                    live: true,
                     released: false,
                     in_dirty: false,
                     in_ready: false,
@@ -195,7 +230,11 @@ impl<T> ConnTable<T> {
     /// demultiplexes to it.
     pub(super) fn remove(&mut self, idx: u32) -> Option<T> {
         let slot = self.slots.get_mut(idx as usize)?;
-        let entry = slot.entry.take()?;
+        if !slot.live {
+            return None;
+        }
+        slot.live = false;
+        let entry = std::mem::replace(&mut slot.entry, T::vacant());
         let key = slot.key;
         self.unlink(idx, &key);
         let slot = &mut self.slots[idx as usize];
@@ -243,10 +282,11 @@ impl<T> ConnTable<T> {
         self.hasher.hash_one(key)
     }
 
-    /// Ask for the cache lines of the connection a key of hash `hash` demultiplexes to that
-    /// can be named without reading it (its slot's key, its timer's entry, which the segment
-    /// re-arms), without waiting for them; returns the slot the index names, for
-    /// [`ConnTable::warm`].
+    /// Ask for the cache lines of the connection a key of hash `hash` demultiplexes to,
+    /// without waiting for them: its slot's key, its timer's entry (which the segment
+    /// re-arms), and the lines of the entry `warm` names; returns the slot the index names,
+    /// for [`ConnTable::warm`]. Nothing of the slot is read: its lines are named from its
+    /// address (a free slot's placeholder, [`Vacant`], is as good to name).
     ///
     /// The index's first candidate for the hash is taken without comparing its key (the
     /// comparison would wait for the slot's line): a wrong one, rare (7 bits of hash match),
@@ -254,11 +294,12 @@ impl<T> ConnTable<T> {
     /// index's own lines are waited for (0.5 MB at 100,000 connections: mostly cached); a
     /// caller with several keys hashes them all first, so that these probes, a few
     /// instructions each, have their waits in flight together.
-    pub(super) fn prefetch(&self, hash: u64) -> Option<u32> {
+    pub(super) fn prefetch(&self, hash: u64, warm: impl Fn(&T)) -> Option<u32> {
         let (slots, armed) = (&self.slots, &self.armed);
         let first = *self.demux.find(hash, |_| true)?;
         if let Some(s) = slots.get(first as usize) {
             crate::prefetch::prefetch(&s.key);
+            warm(&s.entry);
         }
         if let Some(a) = armed.get(first as usize) {
             crate::prefetch::prefetch(a);
@@ -266,14 +307,14 @@ impl<T> ConnTable<T> {
         Some(first)
     }
 
-    /// Ask for the lines `warm` names of slot `idx`'s entry, without waiting for them. Finding
-    /// the entry waits for the line that says whether the slot is occupied (the `Option`'s
-    /// niche, where rustc puts it: today the tag of `Tcb::dsack`, in a hot line): a caller
-    /// warming several connections calls this for all of them after [`ConnTable::prefetch`]
-    /// (little work each), so that those waits overlap too.
+    /// Ask for the lines `warm` names from what it reads of slot `idx`'s entry (or
+    /// placeholder), without waiting for them: `warm` waits for the lines it reads, so a
+    /// caller warming several connections calls this for all of them after
+    /// [`ConnTable::prefetch`] has asked for those lines (little work each), so that the
+    /// waits overlap.
     pub(super) fn warm(&self, idx: u32, warm: impl Fn(&T)) {
-        if let Some(e) = self.slots.get(idx as usize).and_then(|s| s.entry.as_ref()) {
-            warm(e);
+        if let Some(s) = self.slots.get(idx as usize) {
+            warm(&s.entry);
         }
     }
 
@@ -311,17 +352,17 @@ impl<T> ConnTable<T> {
     /// copy is cold, this one shares a line with the hot end of the entry.
     pub(super) fn endpoints(&self, idx: u32) -> Option<(SocketAddrV6, SocketAddrV6)> {
         let s = self.slots.get(idx as usize)?;
-        s.entry.as_ref().map(|_| s.key.sockets())
+        s.live.then(|| s.key.sockets())
     }
 
     /// The entry at `idx`, released or not.
     pub(super) fn get(&self, idx: u32) -> Option<&T> {
-        self.slots.get(idx as usize)?.entry.as_ref()
+        self.slots.get(idx as usize)?.entry()
     }
 
     /// The entry at `idx`, released or not.
     pub(super) fn get_mut(&mut self, idx: u32) -> Option<&mut T> {
-        self.slots.get_mut(idx as usize)?.entry.as_mut()
+        self.slots.get_mut(idx as usize)?.entry_mut()
     }
 
     /// The entry a handle names, if the handle is current and not released.
@@ -330,7 +371,7 @@ impl<T> ConnTable<T> {
         if s.gen != h.gen || s.released {
             return None;
         }
-        s.entry.as_ref()
+        s.entry()
     }
 
     /// As [`Self::by_handle`], mutably.
@@ -339,7 +380,7 @@ impl<T> ConnTable<T> {
         if s.gen != h.gen || s.released {
             return None;
         }
-        s.entry.as_mut()
+        s.entry_mut()
     }
 
     /// The current handle of the slot at `idx`.
@@ -368,11 +409,7 @@ impl<T> ConnTable<T> {
     /// A timer armed later stays in the heap and is skipped when it comes up
     /// ([`Self::next_due`]), and so is a disarmed one: the connection is not visited for it.
     pub(super) fn arm(&mut self, idx: u32, at: Option<Instant>) {
-        if self
-            .slots
-            .get(idx as usize)
-            .is_none_or(|s| s.entry.is_none())
-        {
+        if self.slots.get(idx as usize).is_none_or(|s| !s.live) {
             return;
         }
         let armed = &mut self.armed[idx as usize];
@@ -453,7 +490,7 @@ impl<T> ConnTable<T> {
     pub(super) fn start_drain(&mut self, idx: u32) -> bool {
         let slot = &mut self.slots[idx as usize];
         slot.in_dirty = false;
-        slot.entry.is_some()
+        slot.live
     }
 
     /// Reuse the allocation of a drained dirty list.
@@ -478,7 +515,7 @@ impl<T> ConnTable<T> {
         for idx in self.ready.drain(..) {
             let slot = &mut self.slots[idx as usize];
             slot.in_ready = false;
-            if slot.entry.is_some() && !slot.released {
+            if slot.live && !slot.released {
                 out.push(TcpHandle { idx, gen: slot.gen });
             }
         }
@@ -560,11 +597,6 @@ mod tests {
         assert_eq!(size_of::<Slot<Tcb>>(), 11 * 64);
         assert_eq!(align_of::<Slot<Tcb>>(), 64);
         assert_eq!(offset_of!(Slot<Tcb>, entry), 0);
-        assert_eq!(
-            size_of::<Option<Tcb>>(),
-            size_of::<Tcb>(),
-            "no niche for Option<Tcb>"
-        );
         let hot = [
             field!(snd_buf),
             field!(rcv_buf),
@@ -640,6 +672,7 @@ mod tests {
             field!(cc.hystart),
             ("slot key", offset_of!(Slot<Tcb>, key), size_of::<ConnKey>()),
             ("slot generation", offset_of!(Slot<Tcb>, gen), 4),
+            ("slot live", offset_of!(Slot<Tcb>, live), 1),
         ];
         let mut lines = std::collections::BTreeSet::new();
         for (name, at, len) in hot {
@@ -657,6 +690,22 @@ mod tests {
             lines.is_subset(&warmed),
             "hot lines {lines:?}, prefetched {warmed:?}"
         );
+    }
+
+    impl Vacant for &str {
+        fn vacant() -> Self {
+            ""
+        }
+    }
+
+    impl Vacant for () {
+        fn vacant() -> Self {}
+    }
+
+    impl Vacant for u32 {
+        fn vacant() -> Self {
+            0
+        }
     }
 
     fn key(port: u16) -> ConnKey {
@@ -706,6 +755,43 @@ mod tests {
         assert_eq!(c.by_handle(new), Some(&2));
         assert_eq!(c.lookup(&key(1)), None);
         assert_eq!(c.lookup(&key(9)), Some(a));
+    }
+
+    /// A freed slot holds the placeholder, which nothing hands out as a connection; the
+    /// look-ahead may still name its lines. A control block's placeholder is CLOSED and holds
+    /// no buffer storage.
+    #[test]
+    fn a_freed_slot_holds_a_placeholder_that_is_nobodys() {
+        let mut c = ConnTable::default();
+        let a = c.insert(key(1), 7u32);
+        let h = c.handle(a);
+        let hash = c.hash(&key(1));
+        assert_eq!(c.prefetch(hash, |_| {}), Some(a));
+        assert_eq!(
+            c.remove(a),
+            Some(7),
+            "the connection's entry is handed back"
+        );
+        assert_eq!(c.slots[a as usize].entry, 0, "the placeholder stands in");
+        assert_eq!(c.remove(a), None, "nor is the placeholder handed out");
+        assert_eq!(
+            (c.get(a), c.by_handle(h), c.endpoints(a)),
+            (None, None, None)
+        );
+        assert!(!c.start_drain(a));
+        c.arm(a, Some(t(5)));
+        assert_eq!(c.armed[a as usize].at, None, "a free slot is not armed");
+        assert_eq!(c.prefetch(hash, |_| {}), None, "nor demultiplexed");
+        c.warm(a, |e| assert_eq!(*e, 0));
+        c.mark_ready(a);
+        let mut out = Vec::new();
+        c.take_ready(&mut out);
+        assert!(out.is_empty());
+        assert_eq!(c.live().count(), 0);
+
+        let t = crate::tcp::tcb::Tcb::vacant();
+        assert_eq!(t.state(), crate::tcp::TcpState::Closed);
+        assert_eq!(t.rcv_buf.capacity() + t.snd_buf.capacity(), 0);
     }
 
     #[test]

@@ -83,23 +83,20 @@ impl Interface {
             return;
         }
         for chunk in frames.chunks(WARM_AHEAD) {
-            // Five passes: each frame's key (read at fixed offsets) and hash (SipHash: the
+            // Four passes: each frame's key (read at fixed offsets) and hash (SipHash: the
             // lookup reuses it; in the probes' pass it kept their waits apart); the
-            // demultiplexer probed, with what can be asked for without waiting (the slot's key
-            // and timer lines); each control block's hot lines, which waits for the line
-            // saying the slot is occupied; the lines its buffers' next bytes land on, named by
-            // those lines; then the frames. Where a pass waits it does a few instructions a
-            // frame, so that the core has every frame's wait in flight at once.
+            // demultiplexer probed, and every line of the connection asked for that can be
+            // named without reading it (the slot's key, its timer entry, the control block's
+            // hot lines: `conn_table::Vacant`); the lines its buffers' next bytes land on,
+            // named by those lines; then the frames. Where a pass waits it does a few
+            // instructions a frame, so that the core has every frame's wait in flight at once.
             self.warmed.clear();
             for f in chunk {
                 let w = self.segment_key(f).map(|(key, hash)| (key, hash, None));
                 self.warmed.push(w);
             }
             for w in self.warmed.iter_mut().flatten() {
-                w.2 = self.conns.prefetch(w.1);
-            }
-            for idx in self.warmed.iter().flatten().filter_map(|w| w.2) {
-                self.conns.warm(idx, Tcb::prefetch_hot);
+                w.2 = self.conns.prefetch(w.1, Tcb::prefetch_hot);
             }
             for idx in self.warmed.iter().flatten().filter_map(|w| w.2) {
                 self.conns.warm(idx, Tcb::prefetch_data);

@@ -704,6 +704,16 @@ impl Tcb {
         }
     }
 
+    /// What a free slot of the connection table holds in a control block's place
+    /// (`iface::conn_table::Vacant`): CLOSED, no buffer storage, the one shared default
+    /// configuration (no allocation, a reference count).
+    pub(crate) fn vacant() -> Tcb {
+        static CFG: std::sync::LazyLock<Arc<TcpConfig>> =
+            std::sync::LazyLock::new(|| Arc::new(TcpConfig::default()));
+        let none = SocketAddrV6::new(std::net::Ipv6Addr::UNSPECIFIED, 0, 0, 0);
+        Tcb::blank(none, none, Arc::clone(&CFG), 0, 0, Instant::ZERO)
+    }
+
     /// Active open (RFC 9293 §3.10.1): a TCB in SYN-SENT whose SYN is due.
     pub fn connect(
         local: SocketAddrV6,
