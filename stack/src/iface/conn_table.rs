@@ -579,8 +579,9 @@ mod tests {
     /// What a request/response segment reads of its connection (the fields valgrind's lackey
     /// saw read per exchange in `dsperf conns`, with the key the demultiplexer compares) lies
     /// in 8 cache lines of the slot's 11 (9 until the endpoints and the pacing timer left the
-    /// hot part, 2026-12-04). It depends on rustc placing `Cc`'s window and HyStart++
-    /// after its CUBIC figures (`Cc` has no fixed layout): it fails, every run, if that changes.
+    /// hot part, 2026-12-04). The layout is fixed by hand (`Tcb`, `Cc` and `HyStart` are
+    /// `repr(C)`), so this fails only when a change moves a field read per segment out of
+    /// these lines, or adds one.
     #[cfg(target_pointer_width = "64")]
     #[test]
     fn a_segment_reads_eight_lines_of_its_slot() {

@@ -38,7 +38,10 @@ const HS_CSS_ROUNDS: u32 = 5;
 /// overshoots by up to a window, and the recovery that follows loses retransmissions in the
 /// still-full queue (the Fig1 testbed at 100 Mbit/s, a 100-frame queue: one drained handoff in
 /// ten waited a 200 ms retransmission timeout, where Linux, with its HyStart, waited none).
+///
+/// `repr(C)`: its size is part of the control block's hand-made layout (see [`Cc`]).
 #[derive(Debug, Clone, Default, PartialEq)]
+#[repr(C)]
 pub struct HyStart {
     /// The current round ends when an ACK reaches this sequence number (SND.NXT when it began).
     window_end: Option<u32>,
@@ -54,14 +57,19 @@ pub struct HyStart {
 }
 
 /// Congestion-control state, in bytes (CUBIC's internals in segments, as RFC 9438 writes them).
+///
+/// Laid out by hand (`repr(C)`) for the control block's (`Tcb`), which it opens the hot part
+/// of: CUBIC's figures, read only in congestion avoidance and recovery, first; then HyStart++,
+/// the window and the threshold, which every ACK in slow start reads, next to the fields every
+/// segment reads. Left to rustc, the order was whatever it chose (the connection table's line
+/// test held it to this one, and would have failed with another compiler's choice).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[repr(C)]
 pub struct Cc {
     /// The algorithm.
     pub algo: Congestion,
-    /// Congestion window, bytes.
-    pub cwnd: u32,
-    /// Slow-start threshold, bytes (`u32::MAX` = none yet).
-    pub ssthresh: u32,
+    /// NewReno: bytes acked since the last congestion-avoidance increase.
+    pub bytes_acked: u32,
     /// CUBIC W_max, segments (RFC 9438 §4.1).
     pub w_max: f64,
     /// CUBIC: time of the current congestion-avoidance epoch start, microseconds after the
@@ -72,11 +80,13 @@ pub struct Cc {
     pub k: f64,
     /// CUBIC Reno-friendly estimate W_est (RFC 9438 §4.3), segments.
     pub w_est: f64,
-    /// NewReno: bytes acked since the last congestion-avoidance increase.
-    pub bytes_acked: u32,
     /// HyStart++ (not carried by a moved connection: it starts again where it lands).
     #[serde(skip)]
     pub hystart: HyStart,
+    /// Congestion window, bytes.
+    pub cwnd: u32,
+    /// Slow-start threshold, bytes (`u32::MAX` = none yet).
+    pub ssthresh: u32,
 }
 
 impl Cc {

@@ -282,7 +282,7 @@ impl OooQueue {
 /// Laid out by hand (`repr(C)`, cold fields first, then the congestion state, then the fields
 /// every segment reads): at many connections a control block is cold when its segment
 /// arrives, and a segment then costs a cache miss per line it reads, so the fields it reads
-/// share as few lines as possible (9 of the 11 its slot spans: `dsperf conns`, README).
+/// share as few lines as possible (8 of the 11 its slot spans: `dsperf conns`, README).
 #[derive(Debug, Clone)]
 #[repr(C)]
 pub struct Tcb {
