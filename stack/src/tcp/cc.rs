@@ -59,11 +59,13 @@ pub struct HyStart {
 /// Congestion-control state, in bytes (CUBIC's internals in segments, as RFC 9438 writes them).
 ///
 /// Laid out by hand (`repr(C)`) for the control block's (`Tcb`), which it opens the hot part
-/// of: CUBIC's figures, read only in congestion avoidance and recovery, first; then HyStart++,
-/// the window and the threshold, which every ACK in slow start reads, next to the fields every
-/// segment reads. Left to rustc, the order was whatever it chose (the connection table's line
-/// test held it to this one, and would have failed with another compiler's choice).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// of: the algorithm, NewReno's counter and CUBIC's figures, read only in congestion avoidance
+/// and recovery, first; then HyStart++, the window and the threshold, which every ACK in slow
+/// start reads, next to the fields every segment reads. Left to rustc, the order was whatever
+/// it chose (the connection table's line test held it to this one, and would have failed with
+/// another compiler's choice). Not serialized: a moved connection's congestion state is
+/// [`crate::state`]'s own fields.
+#[derive(Debug, Clone, PartialEq)]
 #[repr(C)]
 pub struct Cc {
     /// The algorithm.
@@ -74,14 +76,12 @@ pub struct Cc {
     pub w_max: f64,
     /// CUBIC: time of the current congestion-avoidance epoch start, microseconds after the
     /// connection's own clock origin; `None` until the first CA ACK after a reduction.
-    #[serde(skip)]
     pub epoch_start: Option<Instant>,
     /// CUBIC K (RFC 9438 §4.2), seconds.
     pub k: f64,
     /// CUBIC Reno-friendly estimate W_est (RFC 9438 §4.3), segments.
     pub w_est: f64,
     /// HyStart++ (not carried by a moved connection: it starts again where it lands).
-    #[serde(skip)]
     pub hystart: HyStart,
     /// Congestion window, bytes.
     pub cwnd: u32,

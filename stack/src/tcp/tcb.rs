@@ -287,9 +287,9 @@ impl OooQueue {
 #[repr(C)]
 pub struct Tcb {
     // Cold: read only in loss recovery, at the handshake, or to limit answers to bad input
-    // (RFC 5961 §5, §7). First, so that the congestion state's own cold half adjoins it: today's
-    // rustc puts `Cc`'s four 8-byte CUBIC figures first (`Cc` is serialized in its declaration
-    // order, which `repr(C)` would force to change); the slot's line test fails if that moves.
+    // (RFC 5961 §5, §7). First, so that the congestion state's own cold half adjoins it: `Cc`
+    // (`repr(C)`) starts with its cold fields (the algorithm, NewReno's counter, CUBIC's
+    // figures); the slot's line test fails if a field a segment reads moves out of the hot lines.
     challenge_window: (Instant, u32),
     /// When the current fast recovery began.
     pub(crate) recovery_at: Option<Instant>,
@@ -347,8 +347,8 @@ pub struct Tcb {
     /// table's line test fails if it no longer does.
     hot_align: [u8; 8],
 
-    // Congestion control (its cold CUBIC figures first, its window and HyStart++ after them, as
-    // rustc lays `Cc` out today).
+    // Congestion control (its cold fields first, HyStart++, its window and threshold after
+    // them: `Cc`'s `repr(C)` order).
     pub(crate) cc: Cc,
 
     // Hot: read or written by every segment of a request/response exchange (counted with
@@ -508,9 +508,9 @@ fn release_emptied_buffer(buf: &mut ByteRing) {
     }
 }
 
-/// One field in each cache line of the control block's hot part (`cc.cwnd` opens it, the
-/// congestion window and HyStart++ after `Cc`'s CUBIC figures; `sack_ok` is in the line the
-/// slot's key shares): [`Tcb::prefetch_hot`] asks for these lines, and the connection table's
+/// One field in each cache line of the control block's hot part (`cc.cwnd`'s line opens it,
+/// with the end of `Cc`'s CUBIC figures, HyStart++ and the threshold; `sack_ok` is in the line
+/// the slot's key shares): [`Tcb::prefetch_hot`] asks for these lines, and the connection table's
 /// line test checks that they cover every field a segment reads.
 macro_rules! hot_line_fields {
     ($m:ident) => {
@@ -705,13 +705,15 @@ impl Tcb {
     }
 
     /// What a free slot of the connection table holds in a control block's place
-    /// (`iface::conn_table::Vacant`): CLOSED, no buffer storage, the one shared default
-    /// configuration (no allocation, a reference count).
+    /// (`iface::conn_table::Vacant`): CLOSED, no buffer storage, the thread's one default
+    /// configuration (allocated once per thread, then a reference count: per thread, so that
+    /// the stacks of several queues, each on its own core, do not share the count's line).
     pub(crate) fn vacant() -> Tcb {
-        static CFG: std::sync::LazyLock<Arc<TcpConfig>> =
-            std::sync::LazyLock::new(|| Arc::new(TcpConfig::default()));
+        thread_local! {
+            static CFG: Arc<TcpConfig> = Arc::new(TcpConfig::default());
+        }
         let none = SocketAddrV6::new(std::net::Ipv6Addr::UNSPECIFIED, 0, 0, 0);
-        Tcb::blank(none, none, Arc::clone(&CFG), 0, 0, Instant::ZERO)
+        Tcb::blank(none, none, CFG.with(Arc::clone), 0, 0, Instant::ZERO)
     }
 
     /// Active open (RFC 9293 §3.10.1): a TCB in SYN-SENT whose SYN is due.
