@@ -7,7 +7,10 @@
 // "tables" and "client" are described where they act. A floor for `dsperf conns`: what a stack
 // that overlapped every miss of a batch would still pay.
 //
-//   gcc -O2 -o /tmp/memprobe docs/figures/memprobe.c && taskset -c 1 /tmp/memprobe [huge] [chained] [tables] [client]
+//   gcc -O2 -o /tmp/memprobe docs/figures/memprobe.c && taskset -c 1 /tmp/memprobe [huge] [chained] [tables] [client] [slot=BYTES] [lines=N]
+//
+// slot= and lines= (default 704 and 9) size a slot and the lines a visit touches: e.g. the hot
+// part of a control block split from its cold part into an array of its own.
 #define _GNU_SOURCE
 #include <stdint.h>
 #include <stdio.h>
@@ -28,7 +31,10 @@ int main(int argc, char **argv) {
         chained |= strcmp(argv[a], "chained") == 0;
         client |= strcmp(argv[a], "client") == 0;
         tables |= strcmp(argv[a], "tables") == 0;
+        sscanf(argv[a], "slot=%zu", &slot);
+        sscanf(argv[a], "lines=%zu", &lines);
     }
+    if (slot < 64 || lines < 1 || lines > slot / 64) return 2;
     size_t counts[] = {1000, 10000, 100000};
     for (int c = 0; c < 3; c++) {
         size_t n = counts[c], len = n * slot + (2 << 20);
@@ -64,7 +70,7 @@ int main(int argc, char **argv) {
                     for (size_t b = 0; b < batch; b++) {
                         size_t i = next() % n;
                         for (size_t l = 0; l < lines + 2; l++) {
-                            uint64_t *p = (uint64_t *)(cm + i * slot + (l % 11) * 64);
+                            uint64_t *p = (uint64_t *)(cm + i * slot + (l % (slot / 64)) * 64);
                             *p += 1;
                         }
                     }
@@ -102,9 +108,10 @@ int main(int argc, char **argv) {
             }
             sink += acc;
             if (pass == 1)
-                printf("{\"pages\":\"%s\",\"chained\":%s,\"client\":%s,\"tables\":%s,\"connections\":%zu,"
-                       "\"ns_per_visit\":%.1f}\n", huge ? "huge" : "4k",
-                       chained ? "true" : "false", client ? "true" : "false", tables ? "true" : "false", n, (now_ns() - t0 - untimed) / visits);
+                printf("{\"pages\":\"%s\",\"chained\":%s,\"client\":%s,\"tables\":%s,\"slot\":%zu,\"lines\":%zu,"
+                       "\"connections\":%zu,\"ns_per_visit\":%.1f}\n", huge ? "huge" : "4k",
+                       chained ? "true" : "false", client ? "true" : "false", tables ? "true" : "false", slot, lines, n,
+                       (now_ns() - t0 - untimed) / visits);
             untimed = 0;
         }
         munmap(m, len);
