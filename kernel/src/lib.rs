@@ -193,7 +193,8 @@ fn ioctl_int(fd: RawFd, req: libc::c_ulong, what: &'static str) -> Result<usize>
     Ok(v.max(0) as usize)
 }
 
-fn tcp_info(fd: RawFd) -> Result<libc::tcp_info> {
+/// The kernel's `TCP_INFO` of a socket (its state, windows, segment counters).
+pub fn tcp_info(fd: RawFd) -> Result<libc::tcp_info> {
     let mut v: libc::tcp_info = {
         // SAFETY: tcp_info is plain integers; all-zero is a valid value.
         unsafe { std::mem::zeroed() }

@@ -15,6 +15,13 @@
 //! server's pass, which takes them all, serves them and transmits once: a server under load
 //! finds several packets per poll, and its fixed costs per pass are shared (and, once the
 //! stack overlaps their cache misses, so would be the misses).
+//!
+//! With `kernel`, the same exchanges run on the Linux kernel's TCP over IPv6 loopback, both
+//! ends in this thread ([`kernel`]), as the baseline of the same run. The kernel's server cannot
+//! be timed alone (loopback delivers a segment inside its sender's system call), so both are
+//! also reported for the whole round, both ends: for us, both stacks' time per frame either
+//! took or sent. Their absolute figures differ in kind (the kernel's include system calls and
+//! loopback skips checksums); what compares is how each grows with the connections.
 
 use crate::stack::report::Stat;
 use ds_stack::runner::Clock;
@@ -22,6 +29,8 @@ use ds_stack::{Config, Interface, ListenHandle, TcpConfig, TcpHandle};
 use serde::Serialize;
 use std::net::{Ipv6Addr, SocketAddrV6};
 use std::time::{Duration, Instant};
+
+pub mod kernel;
 
 const SERVER: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xc0, 0, 0, 0, 0, 0, 0x80);
 const PORT: u16 = 80;
@@ -51,6 +60,9 @@ pub struct Options {
     /// then turn over per exchange as at full speed (the timer wheel's 1 ms buckets shared by
     /// a thousand exchanges, not a few). `None`: the wall clock.
     pub pace_ns: Option<u64>,
+    /// Measure the kernel's TCP too (over loopback; two descriptors per connection, so
+    /// 100,000 connections need root to raise the open-file limit).
+    pub kernel: bool,
 }
 
 /// One connection count's result.
@@ -62,6 +74,15 @@ pub struct Point {
     pub ns_per_packet: Stat,
     /// Median of this point / median of the first point.
     pub ratio_to_first: f64,
+    /// Both stacks' time for the whole round, per frame either took or sent, nanoseconds
+    /// (what the kernel baseline measures).
+    pub both_ns_per_packet: Stat,
+    /// Both stacks' time for the whole round per exchange, nanoseconds: unlike the time per
+    /// packet, it does not move with the packets an exchange takes (the kernel's delayed ACK
+    /// rides on the next request at a few connections, leaves alone at many).
+    pub both_ns_per_exchange: Stat,
+    /// Its median / the first point's.
+    pub both_ratio_to_first: f64,
     /// Server-side frames per exchange (median run).
     pub packets_per_exchange: f64,
     /// Time to open the connections, seconds.
@@ -71,6 +92,27 @@ pub struct Point {
     /// connections' state in 2 MiB pages costs fewer TLB misses. THP is `madvise` on most
     /// systems; glibc's allocator asks for it with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`.
     pub huge_pages_kib: Option<u64>,
+    /// The kernel's TCP at this count (with [`Options::kernel`]).
+    pub kernel: Option<KernelPoint>,
+    /// Why the kernel was not measured at this count, if it was asked for and was not.
+    pub kernel_skipped: Option<String>,
+}
+
+/// The kernel's TCP at one connection count: both ends, over loopback.
+#[derive(Debug, Clone, Serialize)]
+pub struct KernelPoint {
+    /// Time of the whole round (the client's writes, the server's epoll, reads and writes,
+    /// the client's reads) per segment either end took or sent, nanoseconds.
+    pub ns_per_packet: Stat,
+    /// The same time per exchange, nanoseconds.
+    pub ns_per_exchange: Stat,
+    /// Time per exchange: its median / the median at the first count the kernel was measured
+    /// at.
+    pub ratio_to_first: f64,
+    /// Segments on the wire per exchange (the kernel's `tcpi_segs_out`, both ends).
+    pub packets_per_exchange: f64,
+    /// Time to open the connections, seconds.
+    pub setup_s: f64,
 }
 
 /// `AnonHugePages` of this process, KiB.
@@ -265,32 +307,60 @@ fn serve(
     frames
 }
 
-/// Time one request/response exchange on each connection of `cli` that `picks` names, `batch`
-/// connections per server pass: (server ns per frame, frames per exchange).
-fn measure(
-    p: &mut Pair,
-    cli: &[TcpHandle],
-    batch: usize,
+/// `picks` in groups of up to `batch` distinct connections, one group per server pass: a
+/// connection has one exchange in flight at a time, so a pick already in the group is
+/// skipped (a scan: the CLI keeps a batch to 4,096, and this part is not timed).
+fn groups<E>(
     picks: impl Iterator<Item = usize>,
-) -> (f64, f64) {
-    let req = [0x5a_u8; MSG];
-    let mut buf = [0u8; 4096];
-    let mut ready = Vec::new();
-    let (mut busy, mut frames, mut exchanges) = (Duration::ZERO, 0usize, 0usize);
+    batch: usize,
+    mut each: impl FnMut(&[usize]) -> Result<(), E>,
+) -> Result<(), E> {
     let mut picks = picks.peekable();
     let mut group: Vec<usize> = Vec::with_capacity(batch);
     while picks.peek().is_some() {
         group.clear();
         for i in picks.by_ref().take(batch) {
-            // A connection has one exchange in flight at a time (a scan: the CLI keeps a
-            // batch to 4,096, and this part is not timed).
             if !group.contains(&i) {
                 group.push(i);
             }
         }
+        each(&group)?;
+    }
+    Ok(())
+}
+
+/// One measurement of our stacks.
+struct Measured {
+    /// The server's time per frame it took or sent, ns.
+    server_ns: f64,
+    /// Frames on the wire per exchange.
+    per_exchange: f64,
+    /// Both stacks' time (the whole round: the client's send, the server's pass, the
+    /// client's receive) per frame either stack took or sent, ns: what the kernel baseline
+    /// measures.
+    both_ns: f64,
+    /// The same time per exchange, ns.
+    both_exchange_ns: f64,
+}
+
+/// Time one request/response exchange on each connection of `cli` that `picks` names, `batch`
+/// connections per server pass.
+fn measure(
+    p: &mut Pair,
+    cli: &[TcpHandle],
+    batch: usize,
+    picks: impl Iterator<Item = usize>,
+) -> Measured {
+    let req = [0x5a_u8; MSG];
+    let mut buf = [0u8; 4096];
+    let mut ready = Vec::new();
+    let (mut busy, mut both, mut frames, mut exchanges) =
+        (Duration::ZERO, Duration::ZERO, 0usize, 0usize);
+    let _ = groups::<std::convert::Infallible>(picks, batch, |group| {
         p.pace(group.len());
+        let round = Instant::now();
         let now = p.now();
-        for &i in &group {
+        for &i in group {
             exchanges += 1;
             let sent = p.cli.tcp_send(cli[i], &req).expect("client send");
             assert_eq!(sent, MSG, "client send buffer full");
@@ -305,86 +375,213 @@ fn measure(
         frames += serve(p, now, &mut ready, &mut buf);
         busy += t.elapsed();
         p.wire.deliver(&mut p.cli, now);
-        for &i in &group {
+        for &i in group {
             while let Ok(k) = p.cli.tcp_recv(cli[i], &mut buf) {
                 if k == 0 {
                     break;
                 }
             }
         }
+        both += round.elapsed();
+        Ok(())
+    });
+    Measured {
+        server_ns: busy.as_nanos() as f64 / frames.max(1) as f64,
+        per_exchange: frames as f64 / exchanges.max(1) as f64,
+        // Every frame is sent by one stack and taken by the other.
+        both_ns: both.as_nanos() as f64 / (2 * frames).max(1) as f64,
+        both_exchange_ns: both.as_nanos() as f64 / exchanges.max(1) as f64,
     }
-    (
-        busy.as_nanos() as f64 / frames.max(1) as f64,
-        frames as f64 / exchanges.max(1) as f64,
-    )
+}
+
+/// The median of `v` (with min and max), zeros when empty.
+fn stat(v: Vec<f64>) -> Stat {
+    Stat::of(v).unwrap_or(Stat {
+        median: 0.0,
+        min: 0.0,
+        max: 0.0,
+        n: 0,
+    })
+}
+
+/// `x / first`, 0 when there is no first.
+fn ratio(x: f64, first: Option<f64>) -> f64 {
+    match first {
+        Some(f) if f > 0.0 => x / f,
+        _ => 0.0,
+    }
+}
+
+/// The passes every stack is measured by at `n` connections, `pass` running one: unrecorded,
+/// one exchange on every connection in order (each allocates its buffers on its first
+/// exchange, a cost per connection, not per packet), then a random pass that warms the caches
+/// and the client's ACK clocking; then [`Options::repeats`] recorded passes of
+/// [`Options::exchanges`] random picks, the same picks for every stack. `pass` is told the
+/// repeat's number (from 1; `None` while warming up). The recorded results.
+fn schedule<M, E>(
+    o: &Options,
+    n: usize,
+    mut pass: impl FnMut(Option<usize>, &mut dyn Iterator<Item = usize>) -> Result<M, E>,
+) -> Result<Vec<M>, E> {
+    pass(None, &mut (0..n))?;
+    let mut rng = Rng(7);
+    pass(
+        None,
+        &mut (0..o.exchanges.min(10_000)).map(|_| rng.below(n)),
+    )?;
+    (0..o.repeats)
+        .map(|r| {
+            let mut rng = Rng(11 + 2 * r as u64);
+            pass(Some(r + 1), &mut (0..o.exchanges).map(|_| rng.below(n)))
+        })
+        .collect()
+}
+
+/// Our stacks at `n` connections.
+struct Ours {
+    server: Stat,
+    both: Stat,
+    both_exchange: Stat,
+    per_exchange: f64,
+    setup_s: f64,
+}
+
+/// Our stacks at `n` connections, measured.
+fn ours(o: &Options, n: usize, progress: &mut impl FnMut(&str)) -> Ours {
+    let t = Instant::now();
+    let ports = o.ports_per_client.clamp(1, PORTS);
+    let mut p = Pair::new(n, ports, o.pace_ns);
+    let cli = open(&mut p, n, ports);
+    let setup_s = t.elapsed().as_secs_f64();
+    progress(&format!("{n} connections open in {setup_s:.1} s"));
+    let batch = o.batch.max(1);
+    let runs = schedule::<_, std::convert::Infallible>(o, n, |repeat, picks| {
+        let m = measure(&mut p, &cli, batch, picks);
+        if let Some(r) = repeat {
+            progress(&format!(
+                "{n} connections, repeat {r}: {:.0} ns per packet ({:.0} both stacks)",
+                m.server_ns, m.both_ns
+            ));
+        }
+        Ok(m)
+    });
+    let runs = runs.unwrap_or_else(|never| match never {});
+    let (mut ns, mut both, mut both_x, mut per) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for m in runs {
+        ns.push(m.server_ns);
+        both.push(m.both_ns);
+        both_x.push(m.both_exchange_ns);
+        per.push(m.per_exchange);
+    }
+    Ours {
+        server: stat(ns),
+        both: stat(both),
+        both_exchange: stat(both_x),
+        per_exchange: stat(per).median,
+        setup_s,
+    }
+}
+
+/// The kernel's TCP at `n` connections, the same exchanges as [`ours`].
+fn kernel(o: &Options, n: usize, progress: &mut impl FnMut(&str)) -> anyhow::Result<KernelPoint> {
+    let need = kernel::descriptors(n);
+    let limit = crate::raise_nofile(need)?;
+    anyhow::ensure!(
+        limit >= need,
+        "{need} descriptors needed, the limit is {limit} (root may raise it)"
+    );
+    let t = Instant::now();
+    let mut k = kernel::Kernel::open(n)?;
+    let setup_s = t.elapsed().as_secs_f64();
+    progress(&format!("kernel: {n} connections open in {setup_s:.1} s"));
+    let batch = o.batch.max(1);
+    let runs = schedule(o, n, |repeat, picks| {
+        let m = k.measure(batch, picks)?;
+        if let Some(r) = repeat {
+            progress(&format!(
+                "kernel: {n} connections, repeat {r}: {:.0} ns per packet, {:.0} per exchange \
+                 (both ends)",
+                m.ns_per_packet, m.ns_per_exchange
+            ));
+        }
+        Ok::<_, anyhow::Error>(m)
+    })?;
+    let (mut ns, mut per, mut x) = (Vec::new(), Vec::new(), Vec::new());
+    for m in runs {
+        ns.push(m.ns_per_packet);
+        per.push(m.per_exchange);
+        x.push(m.ns_per_exchange);
+    }
+    Ok(KernelPoint {
+        ns_per_packet: stat(ns),
+        ns_per_exchange: stat(x),
+        ratio_to_first: 0.0,
+        packets_per_exchange: stat(per).median,
+        setup_s,
+    })
 }
 
 /// Measure every count; `progress` gets a line per measurement.
 pub fn run(o: &Options, mut progress: impl FnMut(&str)) -> Vec<Point> {
     let mut points: Vec<Point> = Vec::new();
     for &n in &o.counts {
-        let t = Instant::now();
-        let ports = o.ports_per_client.clamp(1, PORTS);
-        let mut p = Pair::new(n, ports, o.pace_ns);
-        let cli = open(&mut p, n, ports);
-        let setup_s = t.elapsed().as_secs_f64();
-        progress(&format!("{n} connections open in {setup_s:.1} s"));
-        // Unrecorded: one exchange on every connection, in order (each allocates its buffers on
-        // its first exchange, a cost per connection, not per packet), then a random pass that
-        // warms the caches and the client's ACK clocking.
-        let batch = o.batch.max(1);
-        measure(&mut p, &cli, batch, 0..cli.len());
-        let mut rng = Rng(7);
-        measure(
-            &mut p,
-            &cli,
-            batch,
-            (0..o.exchanges.min(10_000)).map(|_| rng.below(n)),
-        );
-        let mut ns = Vec::new();
-        let mut per = Vec::new();
-        for r in 0..o.repeats {
-            let mut rng = Rng(11 + 2 * r as u64);
-            let (x, f) = measure(&mut p, &cli, batch, (0..o.exchanges).map(|_| rng.below(n)));
-            progress(&format!(
-                "{n} connections, repeat {}: {x:.0} ns per packet",
-                r + 1
-            ));
-            ns.push(x);
-            per.push(f);
-        }
-        let stat = Stat::of(ns).unwrap_or(Stat {
-            median: 0.0,
-            min: 0.0,
-            max: 0.0,
-            n: 0,
-        });
-        let first = points
-            .first()
-            .map_or(stat.median, |p| p.ns_per_packet.median);
+        let Ours {
+            server: stat,
+            both,
+            both_exchange,
+            per_exchange: per,
+            setup_s,
+        } = ours(o, n, &mut progress);
+        let huge = huge_pages_kib();
+        let (kernel, kernel_skipped) = if o.kernel {
+            match kernel(o, n, &mut progress) {
+                Ok(mut k) => {
+                    let first = points
+                        .iter()
+                        .find_map(|p| p.kernel.as_ref())
+                        .map_or(k.ns_per_exchange.median, |f| f.ns_per_exchange.median);
+                    k.ratio_to_first = ratio(k.ns_per_exchange.median, Some(first));
+                    (Some(k), None)
+                }
+                Err(e) => {
+                    progress(&format!("kernel: {n} connections skipped: {e:#}"));
+                    (None, Some(format!("{e:#}")))
+                }
+            }
+        } else {
+            (None, None)
+        };
+        let first = points.first();
         points.push(Point {
             connections: n,
             ns_per_packet: stat,
-            ratio_to_first: if first > 0.0 {
-                stat.median / first
-            } else {
-                0.0
-            },
-            packets_per_exchange: Stat::of(per).map_or(0.0, |s| s.median),
+            ratio_to_first: ratio(
+                stat.median,
+                Some(first.map_or(stat.median, |p| p.ns_per_packet.median)),
+            ),
+            both_ns_per_packet: both,
+            both_ns_per_exchange: both_exchange,
+            both_ratio_to_first: ratio(
+                both_exchange.median,
+                Some(first.map_or(both_exchange.median, |p| p.both_ns_per_exchange.median)),
+            ),
+            packets_per_exchange: per,
             setup_s,
-            huge_pages_kib: huge_pages_kib(),
+            huge_pages_kib: huge,
+            kernel,
+            kernel_skipped,
         });
     }
     points
 }
 
-/// The human table.
+/// The human table (and, with the kernel, a second one comparing both ends).
 pub fn table(o: &Options, points: &[Point]) -> String {
     let mut s = format!(
         "dsperf conns: server stack cost per packet, {} exchanges of {MSG} B per measurement, \
          {}, {} connections per client address, median of {} repeats\n\n\
-         | connections | ns/packet (min–max) | × the first | packets/exchange | setup s | in huge pages |\n\
-         |---|---|---|---|---|---|\n",
+         | connections | ns/packet (min–max) | × the first | packets/exchange | setup s | in huge pages | both stacks ns/exchange (× the first) |\n\
+         |---|---|---|---|---|---|---|\n",
         o.exchanges,
         if o.batch > 1 {
             format!("up to {} connections per server pass", o.batch)
@@ -396,7 +593,7 @@ pub fn table(o: &Options, points: &[Point]) -> String {
     );
     for p in points {
         s.push_str(&format!(
-            "| {} | {:.0} ({:.0}–{:.0}) | {:.2} | {:.1} | {:.1} | {} |\n",
+            "| {} | {:.0} ({:.0}–{:.0}) | {:.2} | {:.1} | {:.1} | {} | {:.0} ({:.2}) |\n",
             p.connections,
             p.ns_per_packet.median,
             p.ns_per_packet.min,
@@ -405,8 +602,43 @@ pub fn table(o: &Options, points: &[Point]) -> String {
             p.packets_per_exchange,
             p.setup_s,
             p.huge_pages_kib
-                .map_or("?".to_string(), |k| format!("{} MiB", k / 1024))
+                .map_or("?".to_string(), |k| format!("{} MiB", k / 1024)),
+            p.both_ns_per_exchange.median,
+            p.both_ratio_to_first,
         ));
+    }
+    if o.kernel {
+        s.push_str(
+            "\nthe kernel's TCP over loopback against ours, both ends: ns per packet either end \
+             took or sent, ns per exchange (× the first count's)\n\n\
+             | connections | kernel ns/packet | kernel packets/exchange | kernel ns/exchange (min–max) | × the first | ours ns/packet | ours ns/exchange (min–max) | × the first | kernel / ours, per exchange |\n\
+             |---|---|---|---|---|---|---|---|---|\n",
+        );
+        for p in points {
+            let b = &p.both_ns_per_exchange;
+            let ours = format!(
+                "{:.0} | {:.0} ({:.0}–{:.0}) | {:.2}",
+                p.both_ns_per_packet.median, b.median, b.min, b.max, p.both_ratio_to_first
+            );
+            match (&p.kernel, &p.kernel_skipped) {
+                (Some(k), _) => s.push_str(&format!(
+                    "| {} | {:.0} | {:.1} | {:.0} ({:.0}–{:.0}) | {:.2} | {ours} | {:.1} |\n",
+                    p.connections,
+                    k.ns_per_packet.median,
+                    k.packets_per_exchange,
+                    k.ns_per_exchange.median,
+                    k.ns_per_exchange.min,
+                    k.ns_per_exchange.max,
+                    k.ratio_to_first,
+                    ratio(k.ns_per_exchange.median, Some(b.median)),
+                )),
+                (None, why) => s.push_str(&format!(
+                    "| {} | skipped: {} | | | | {ours} | |\n",
+                    p.connections,
+                    why.as_deref().unwrap_or("not measured"),
+                )),
+            }
+        }
     }
     s
 }
@@ -429,6 +661,7 @@ mod tests {
             ports_per_client,
             batch,
             pace_ns: None,
+            kernel: false,
         }
     }
 
@@ -447,17 +680,26 @@ mod tests {
         // The plot: one file, its four lines named in its legend.
         let dir = std::env::temp_dir().join(format!("ds-conns-plot-{}", std::process::id()));
         let svg = crate::plot::write_conns_svg(&o, &pts, &dir).expect("plot");
-        let text = std::fs::read_to_string(&svg).expect("svg");
-        let _ = std::fs::remove_dir_all(&dir);
+        assert_legend(
+            &dir,
+            &svg,
+            &[
+                "median",
+                "fastest measurement",
+                "slowest measurement",
+                "flat: 1 connection(s)&apos; median",
+            ],
+        );
+    }
+
+    /// `svg`'s legend names every one of `labels`; `dir` is removed.
+    fn assert_legend(dir: &std::path::Path, svg: &std::path::Path, labels: &[&str]) {
+        let text = std::fs::read_to_string(svg).expect("svg");
+        let _ = std::fs::remove_dir_all(dir);
         // Each legend entry is a text element's whole content (plotters: on a line of its own).
-        for label in [
-            "median",
-            "fastest measurement",
-            "slowest measurement",
-            "flat: 1 connection(s)&apos; median",
-        ] {
+        for label in labels {
             assert!(
-                text.lines().any(|l| l.trim() == label),
+                text.lines().any(|l| l.trim() == *label),
                 "{label} missing from the plot"
             );
         }
@@ -514,5 +756,47 @@ mod tests {
             "{pts:?}"
         );
         assert!(table(&o, &pts).contains("up to 16 connections per server pass"));
+    }
+
+    /// The kernel's TCP as the baseline: the same exchanges over loopback, both ends counted,
+    /// a figure per count beside ours, in the second table and in its own plot.
+    #[test]
+    fn kernel_baseline_measures() {
+        let mut o = options(vec![1, 100], 1, PORTS, 16);
+        o.kernel = true;
+        let pts = run(&o, |_| {});
+        for p in &pts {
+            let Some(k) = &p.kernel else {
+                panic!("kernel not measured: {:?}", p.kernel_skipped)
+            };
+            assert!(k.ns_per_packet.median > 0.0, "{p:?}");
+            // A request and its answer; the ACK of the answer rides on the next request or
+            // leaves on its own (the delayed-ACK timer): between 2 and 3 segments.
+            assert!((1.9..=3.1).contains(&k.packets_per_exchange), "{p:?}");
+            let per_exchange = k.ns_per_packet.median * 2.0 * k.packets_per_exchange;
+            let e = k.ns_per_exchange.median;
+            assert!(
+                (0.5 * e..=2.0 * e).contains(&per_exchange),
+                "per packet and per exchange disagree: {p:?}"
+            );
+            assert!(p.both_ns_per_exchange.median > 0.0, "{p:?}");
+        }
+        assert_eq!(pts[0].kernel.as_ref().map(|k| k.ratio_to_first), Some(1.0));
+        let t = table(&o, &pts);
+        assert!(t.contains("the kernel's TCP over loopback"), "{t}");
+        assert!(!t.contains("skipped"), "{t}");
+        let dir = std::env::temp_dir().join(format!("ds-conns-kplot-{}", std::process::id()));
+        let svg = crate::plot::write_conns_kernel_svg(&o, &pts, &dir)
+            .expect("plot")
+            .expect("a kernel plot");
+        assert_legend(
+            &dir,
+            &svg,
+            &[
+                "ours, both stacks",
+                "the kernel&apos;s TCP, both ends (loopback)",
+                "flat",
+            ],
+        );
     }
 }

@@ -306,25 +306,6 @@ done = function(summary, latency, requests)
 end
 "#;
 
-/// Raise this process's open-file limit to its hard limit (wrk, a child, needs one descriptor
-/// per connection).
-fn raise_nofile() -> Result<()> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one rlimit into `lim`, which lives across the call.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("getrlimit");
-    }
-    lim.rlim_cur = lim.rlim_max;
-    // SAFETY: setrlimit reads one rlimit from `lim`.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("setrlimit");
-    }
-    Ok(())
-}
-
 fn wait_serving(cli: &Netns, addr: Ipv6Addr, child: &mut Child, what: &str) -> Result<()> {
     let t = Instant::now();
     let sa = SocketAddr::from((addr, PORT));
@@ -583,7 +564,7 @@ pub fn run(
             "{prog} not found: install it (scripts/setup.sh installs wrk and nginx)"
         );
     }
-    raise_nofile()?;
+    crate::raise_nofile(0)?;
     let nginx = std::process::Command::new("nginx")
         .arg("-v")
         .output()

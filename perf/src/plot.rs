@@ -326,6 +326,66 @@ pub fn write_conns_svg(
     )
 }
 
+/// Write `dsperf-conns-kernel.svg` into `dir` (when the kernel was measured): the time per
+/// exchange of both ends, the kernel's TCP and our stacks, each as a multiple of its own at the
+/// first count, so that their growth compares (their absolute costs differ ~10x). Returns the
+/// path, or `None` when no count has a kernel figure.
+pub fn write_conns_kernel_svg(
+    o: &crate::conns::Options,
+    points: &[crate::conns::Point],
+    dir: &Path,
+) -> Result<Option<PathBuf>> {
+    let mut points: Vec<&crate::conns::Point> = points.iter().collect();
+    points.sort_by_key(|p| p.connections);
+    let x = |p: &crate::conns::Point| (p.connections.max(1) as f64).log10();
+    let kernel: Vec<(f64, f64)> = points
+        .iter()
+        .filter_map(|p| p.kernel.as_ref().map(|k| (x(p), k.ratio_to_first)))
+        .collect();
+    if kernel.is_empty() {
+        return Ok(None);
+    }
+    let ours: Vec<(f64, f64)> = points
+        .iter()
+        .map(|p| (x(p), p.both_ratio_to_first))
+        .collect();
+    let span = |v: &[(f64, f64)]| (v.first().map(|p| p.0), v.last().map(|p| p.0));
+    let (Some(lo), Some(hi)) = span(&ours) else {
+        return Ok(None);
+    };
+    let lines = vec![
+        Line {
+            label: "ours, both stacks".to_string(),
+            points: ours,
+        },
+        Line {
+            label: "the kernel's TCP, both ends (loopback)".to_string(),
+            points: kernel,
+        },
+        Line {
+            label: "flat".to_string(),
+            points: vec![(lo, 1.0), (hi, 1.0)],
+        },
+    ];
+    let title = format!(
+        "dsperf conns --kernel: time per exchange x the first count's, {} B request/response, up to {} per pass",
+        crate::conns::MSG,
+        o.batch
+    );
+    write_lines_svg(
+        &dir.join("dsperf-conns-kernel.svg"),
+        &title,
+        (
+            "open connections, log10 (0: 1, 3: 1,000, 5: 100,000)",
+            "time per exchange / at the first count",
+        ),
+        &lines,
+        &[],
+        SeriesLabelPosition::UpperLeft,
+    )
+    .map(Some)
+}
+
 /// One line of a [`write_lines_svg`] chart.
 pub struct Line {
     /// Legend text.

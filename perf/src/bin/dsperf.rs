@@ -475,10 +475,16 @@ struct ConnsArgs {
     /// timers turn over per exchange as at full speed (~1,000 ns an exchange here).
     #[arg(long, value_name = "NS")]
     pace_ns: Option<u64>,
+    /// Measure the kernel's TCP too, the same exchanges over IPv6 loopback with both ends in
+    /// this thread, as the baseline of the same run (two descriptors per connection: as root
+    /// the open-file limit is raised; otherwise larger counts are skipped, and said so).
+    #[arg(long)]
+    kernel: bool,
     /// Print the results as one JSON array.
     #[arg(long)]
     json: bool,
-    /// Write dsperf-conns.svg into this directory.
+    /// Write dsperf-conns.svg (and, with --kernel, dsperf-conns-kernel.svg) into this
+    /// directory.
     #[arg(long, value_name = "DIR")]
     plot: Option<PathBuf>,
 }
@@ -497,6 +503,7 @@ fn run_conns(a: ConnsArgs) -> Result<()> {
         ports_per_client: a.ports_per_client,
         batch: a.batch,
         pace_ns: a.pace_ns,
+        kernel: a.kernel,
     };
     let points = ds_perf::conns::run(&o, |line| tracing::info!("{line}"));
     if a.json {
@@ -508,6 +515,11 @@ fn run_conns(a: ConnsArgs) -> Result<()> {
     if let Some(dir) = a.plot {
         let path = ds_perf::plot::write_conns_svg(&o, &points, &dir).context("plot")?;
         eprintln!("wrote {}", path.display());
+        if let Some(path) =
+            ds_perf::plot::write_conns_kernel_svg(&o, &points, &dir).context("plot")?
+        {
+            eprintln!("wrote {}", path.display());
+        }
     }
     Ok(())
 }
