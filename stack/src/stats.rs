@@ -44,6 +44,10 @@ pub struct Stats {
     pub tcp_rto: u64,
     /// Segments that arrived above RCV.NXT (queued out of order).
     pub tcp_ooo_segments: u64,
+    /// Out-of-order segments dropped: they would have started a block past the most a
+    /// connection holds (`MAX_OOO_BLOCKS`, 64), as a peer filling the window with one-byte
+    /// holes does.
+    pub tcp_ooo_dropped: u64,
     /// Fast retransmits / recovery episodes entered.
     pub tcp_fast_recovery: u64,
     /// Segments for a frozen connection, held for the node that thaws it.

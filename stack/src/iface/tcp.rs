@@ -226,6 +226,7 @@ impl Interface {
         self.stats.tcp_zero_window_probes += u64::from(ev.zero_window_probes);
         self.stats.tcp_tx_segments += u64::from(ev.segments_out);
         self.stats.tcp_ooo_segments += u64::from(ev.ooo_segments);
+        self.stats.tcp_ooo_dropped += u64::from(ev.ooo_dropped);
         // An embryonic passive connection that completed the handshake joins the accept queue.
         if let Some(l) = listener {
             if state != TcpState::SynReceived {

@@ -169,10 +169,23 @@ pub struct TcbEvents {
     pub(crate) oow_acks_limited: u32,
     pub(crate) zero_window_probes: u32,
     pub(crate) segments_out: u32,
-    pub(crate) ooo_segments: u32,
+    // 16 bits each, in the 32 one counter had: a fold comes after every segment, and a wider
+    // pair would grow the control block by a word.
+    pub(crate) ooo_segments: u16,
+    pub(crate) ooo_dropped: u16,
 }
 
-/// Out-of-order data held above RCV.NXT: disjoint, non-adjacent blocks sorted by sequence.
+/// Non-adjacent out-of-order blocks a connection holds at most. The data is bounded by the
+/// window, but not the count: a peer sending one byte at every other sequence number would
+/// otherwise make a block (an allocation, and a scan of every block per segment) per byte of
+/// the window, 4 MiB by default. A segment that would start a block past this is dropped and
+/// counted (`Stats::tcp_ooo_dropped`); the sender sends it again. Linux bounds its queue the
+/// same way in effect, by charging every segment's buffer to the receive buffer and pruning.
+/// Honest loss makes a handful: a block per hole in one window.
+pub(crate) const MAX_OOO_BLOCKS: usize = 64;
+
+/// Out-of-order data held above RCV.NXT: disjoint, non-adjacent blocks sorted by sequence, at
+/// most [`MAX_OOO_BLOCKS`].
 #[derive(Debug, Clone, Default)]
 pub(crate) struct OooQueue {
     /// A `ThinVec`: one pointer in the control block, where a `Vec`'s three words sat in the
@@ -195,11 +208,13 @@ impl OooQueue {
             .any(|b| rel(b.0) <= rel(start) && rel(end) <= rel(Self::end(b)))
     }
 
-    /// Insert `data` at `start` (`rcv_nxt` anchors the sequence comparisons).
-    fn insert(&mut self, rcv_nxt: u32, start: u32, data: &[u8]) {
+    /// Insert `data` at `start` (`rcv_nxt` anchors the sequence comparisons). False if it
+    /// was dropped: it would have started a block past [`MAX_OOO_BLOCKS`].
+    fn insert(&mut self, rcv_nxt: u32, start: u32, data: &[u8]) -> bool {
         if data.is_empty() {
-            return;
+            return true;
         }
+        let full = self.blocks.len() >= MAX_OOO_BLOCKS;
         let rel = |s: u32| dist(rcv_nxt, s);
         let end = start.wrapping_add(data.len() as u32);
         // Blocks that overlap or touch [start, end].
@@ -208,14 +223,20 @@ impl OooQueue {
             .iter()
             .position(|b| rel(Self::end(b)) >= rel(start));
         let Some(i) = first else {
+            if full {
+                return false;
+            }
             self.blocks.push((start, data.to_vec()));
             self.last = Some(start);
-            return;
+            return true;
         };
         if rel(self.blocks[i].0) > rel(end) {
+            if full {
+                return false;
+            }
             self.blocks.insert(i, (start, data.to_vec()));
             self.last = Some(start);
-            return;
+            return true;
         }
         let mut j = i;
         while j + 1 < self.blocks.len() && rel(self.blocks[j + 1].0) <= rel(end) {
@@ -230,7 +251,7 @@ impl OooQueue {
                 b.1.extend_from_slice(&data[skip..]);
             }
             self.last = Some(b.0);
-            return;
+            return true;
         }
         let m_start = if rel(self.blocks[i].0) < rel(start) {
             self.blocks[i].0
@@ -251,6 +272,7 @@ impl OooQueue {
         buf[o..o + data.len()].copy_from_slice(data);
         self.blocks.splice(i..=j, std::iter::once((m_start, buf)));
         self.last = Some(m_start);
+        true
     }
 
     /// SACK blocks to report, most recent first (RFC 2018 §4).
@@ -1358,8 +1380,11 @@ impl Tcb {
                 // RFC 2883 §4.2: a duplicate of out-of-order data.
                 self.dsack = Some((seq, seq.wrapping_add(data.len() as u32)));
             }
-            self.ooo.insert(self.rcv_nxt, seq, data);
-            self.events.ooo_segments += 1;
+            if self.ooo.insert(self.rcv_nxt, seq, data) {
+                self.events.ooo_segments = self.events.ooo_segments.saturating_add(1);
+            } else {
+                self.events.ooo_dropped = self.events.ooo_dropped.saturating_add(1);
+            }
             // RFC 5681 §4.2: out-of-order data gets an immediate (duplicate) ACK.
             self.ack_now = true;
             return false;

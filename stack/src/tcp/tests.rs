@@ -904,6 +904,54 @@ fn out_of_order_data_is_reassembled() {
     assert!(c.ooo.blocks.is_empty());
 }
 
+/// A hostile peer fills the window with one-byte holes: one byte at every other sequence
+/// number. The receiver holds at most `MAX_OOO_BLOCKS` blocks (each one an allocation and a
+/// step of every later segment's scan), drops and counts the rest, still answers each with a
+/// duplicate ACK, and the connection carries on: the honest data that follows arrives whole.
+#[test]
+fn one_byte_holes_are_bounded() {
+    let (mut c, mut s) = handshake();
+    let now = t0();
+    let mss = s.eff_mss() as usize;
+    let data: Vec<u8> = (0..4 * mss).map(|i| (i % 251) as u8).collect();
+    s.send(&data);
+    let segs = collect(&mut s, now);
+    assert_eq!(segs.len(), 4);
+    let base = segs[0].seg.seq;
+    let mut holes = 0;
+    for k in 0..5_000u32 {
+        let off = 1 + 2 * k as usize;
+        if off >= data.len() {
+            break;
+        }
+        let mut w = Wire {
+            seg: segs[0].seg,
+            payload: vec![data[off]],
+        };
+        w.seg.seq = base.wrapping_add(off as u32);
+        c.on_segment(now, &seg_in(&w));
+        holes += 1;
+        assert!(c.ooo.blocks.len() <= super::tcb::MAX_OOO_BLOCKS);
+        // A duplicate ACK for every one of them, held or dropped.
+        let acks = collect(&mut c, now);
+        assert_eq!(acks.len(), 1, "segment {k}");
+        assert_eq!(acks[0].seg.ack, Some(base));
+    }
+    assert!(holes > 2 * super::tcb::MAX_OOO_BLOCKS);
+    assert_eq!(c.ooo.blocks.len(), super::tcb::MAX_OOO_BLOCKS);
+    let ev = c.take_events();
+    assert_eq!(ev.ooo_segments as usize, super::tcb::MAX_OOO_BLOCKS);
+    assert_eq!(ev.ooo_dropped as usize, holes - super::tcb::MAX_OOO_BLOCKS);
+    // The honest segments: everything in order, the held bytes agreeing with them.
+    for w in &segs {
+        c.on_segment(now, &seg_in(w));
+    }
+    let mut buf = vec![0u8; data.len()];
+    assert_eq!(c.recv(&mut buf), data.len());
+    assert_eq!(buf, data);
+    assert!(c.ooo.blocks.is_empty());
+}
+
 #[test]
 fn window_scale_and_mss_negotiated() {
     let (c, s) = handshake();
