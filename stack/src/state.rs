@@ -11,7 +11,7 @@
 
 use crate::tcp::cc::Cc;
 use crate::tcp::ring::ByteRing;
-use crate::tcp::tcb::{OooQueue, Pace, Tcb};
+use crate::tcp::tcb::{OooQueue, Pace, Tcb, MAX_OOO_BLOCKS};
 use crate::tcp::{Congestion, Keepalive, TcpConfig, TcpState};
 use crate::time::{Duration, Instant, Micros};
 use serde::{Deserialize, Serialize};
@@ -252,6 +252,9 @@ impl ConnState {
                 return Err(I("RTO back-off out of range"));
             }
         }
+        if self.ooo.len() > MAX_OOO_BLOCKS {
+            return Err(I("more out-of-order segments than a connection holds"));
+        }
         let mut prev_end = 0u64;
         for (off, data) in &self.ooo {
             let start = *off as u64;
@@ -315,11 +318,13 @@ impl Tcb {
             .ooo
             .blocks
             .iter()
-            .map(|(s, d)| {
-                (
-                    s.wrapping_sub(self.rcv_nxt),
-                    serde_bytes::ByteBuf::from(d.clone()),
-                )
+            .map(|&(s, e)| {
+                let off = s.wrapping_sub(self.rcv_nxt);
+                // Past the held bytes, in the receive buffer's storage.
+                let mut d = vec![0; e.wrapping_sub(s) as usize];
+                self.rcv_buf
+                    .copy_at(self.rcv_buf.len() + off as usize, &mut d);
+                (off, serde_bytes::ByteBuf::from(d))
             })
             .collect();
         let (a, b) = self.snd_buf.as_slices();
@@ -437,9 +442,15 @@ impl Tcb {
         t.rcv_buf = ByteRing::from(s.recv_data.clone());
         t.ooo = OooQueue::default();
         for (off, d) in &s.ooo {
-            t.ooo
-                .blocks
-                .push((s.rcv_nxt.wrapping_add(*off), d.to_vec()));
+            let start = s.rcv_nxt.wrapping_add(*off);
+            // Validated: in order, disjoint, at most `MAX_OOO_BLOCKS`, so none is refused.
+            let ahead = t.ooo.extent(s.rcv_nxt);
+            if t.ooo
+                .insert(s.rcv_nxt, start, start.wrapping_add(d.len() as u32))
+            {
+                t.rcv_buf
+                    .write_ahead(*off as usize, d, ahead, t.cfg.recv_buf);
+            }
         }
         t.fin_rcvd = s.has(flags::FIN_RCVD);
         // When exactly is not carried: counted from the thaw, which errs towards an octet.

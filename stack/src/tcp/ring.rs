@@ -75,14 +75,58 @@ impl ByteRing {
             self.grow_with(data, limit);
             return;
         }
+        self.put(self.len, data);
+        self.len = need;
+    }
+
+    /// Write `data` at `at` bytes from the oldest held byte, wrapping round; the storage holds
+    /// `at + data.len()` bytes.
+    fn put(&mut self, at: usize, data: &[u8]) {
         let cap = self.buf.len();
-        let tail = wrap(self.head + self.len, cap);
-        let first = data.len().min(cap - tail);
-        self.buf[tail..tail + first].copy_from_slice(&data[..first]);
+        let at = wrap(self.head + at, cap);
+        let first = data.len().min(cap - at);
+        self.buf[at..at + first].copy_from_slice(&data[..first]);
         if first < data.len() {
             self.buf[..data.len() - first].copy_from_slice(&data[first..]);
         }
-        self.len = need;
+    }
+
+    /// Write `data` `off` bytes past the held bytes, where it will be read, without holding it
+    /// yet: out-of-order data (RFC 9293 §3.10.7.4), held by [`ByteRing::commit`] once the bytes
+    /// before it arrive, with no copy and no allocation of its own. Grows the storage as
+    /// [`ByteRing::extend_within`] does when it does not fit, keeping the `ahead` bytes past
+    /// the held ones that earlier calls wrote. The caller knows which bytes past the held ones
+    /// are written; the ring does not.
+    pub(crate) fn write_ahead(&mut self, off: usize, data: &[u8], ahead: usize, limit: usize) {
+        if data.is_empty() {
+            return;
+        }
+        let need = self.len + off + data.len();
+        if need > self.buf.len() {
+            let keep = (self.len + ahead).min(self.buf.len());
+            self.regrow(need, keep, limit);
+        }
+        self.put(self.len + off, data);
+    }
+
+    /// Hold the next `n` bytes past the held ones, written by [`ByteRing::write_ahead`].
+    pub(crate) fn commit(&mut self, n: usize) {
+        debug_assert!(self.len + n <= self.buf.len(), "commit past the storage");
+        self.len = (self.len + n).min(self.buf.len());
+    }
+
+    /// Copy into `out` the bytes `at..at + out.len()` from the oldest held byte, held or
+    /// written ahead (within the storage).
+    pub(crate) fn copy_at(&self, at: usize, out: &mut [u8]) {
+        let cap = self.buf.len();
+        if out.is_empty() || at + out.len() > cap {
+            return;
+        }
+        let at = wrap(self.head + at, cap);
+        let first = out.len().min(cap - at);
+        out[..first].copy_from_slice(&self.buf[at..at + first]);
+        let rest = out.len() - first;
+        out[first..].copy_from_slice(&self.buf[..rest]);
     }
 
     /// Drop the `n` oldest bytes (all of them if there are fewer).
@@ -96,6 +140,14 @@ impl ByteRing {
         } else {
             wrap(self.head + n, self.buf.len())
         };
+    }
+
+    /// As [`ByteRing::consume`], but the bytes written ahead stay where they are: an emptied
+    /// ring does not start again at the storage's start.
+    pub(crate) fn consume_keeping_ahead(&mut self, n: usize) {
+        let n = n.min(self.len);
+        self.len -= n;
+        self.head = wrap(self.head + n, self.buf.len().max(1));
     }
 
     /// Drop every byte; the storage stays.
@@ -163,15 +215,20 @@ impl ByteRing {
     /// node 316 MB instead of under 300: `apps/tests/hardening.rs`).
     fn grow_with(&mut self, data: &[u8], limit: usize) {
         let need = self.len + data.len();
+        self.regrow(need, self.len, limit);
+        self.buf[self.len..need].copy_from_slice(data);
+        self.len = need;
+    }
+
+    /// New storage for at least `need` bytes (by the growth rule of
+    /// [`ByteRing::grow_with`]), the first `keep` bytes from the oldest held one moved to its
+    /// start.
+    fn regrow(&mut self, need: usize, keep: usize, limit: usize) {
         let cap = need.max(2 * self.buf.len()).max(8).min(limit.max(need));
         let mut buf = vec![0; cap].into_boxed_slice();
-        let (a, b) = self.as_slices();
-        buf[..a.len()].copy_from_slice(a);
-        buf[a.len()..a.len() + b.len()].copy_from_slice(b);
-        buf[a.len() + b.len()..need].copy_from_slice(data);
+        self.copy_at(0, &mut buf[..keep]);
         self.buf = buf;
         self.head = 0;
-        self.len = need;
     }
 }
 
@@ -268,10 +325,14 @@ impl From<Vec<u8>> for ByteRing {
 }
 
 impl Clone for ByteRing {
-    /// A copy holds the bytes only, as `VecDeque`'s did: no spare capacity.
+    /// A copy of the storage, spare capacity included: it may hold bytes written ahead
+    /// ([`ByteRing::write_ahead`]), which only the owner knows of.
     fn clone(&self) -> Self {
-        let (a, b) = self.as_slices();
-        ByteRing::from([a, b].concat())
+        ByteRing {
+            buf: self.buf.clone(),
+            head: self.head,
+            len: self.len,
+        }
     }
 }
 
@@ -382,6 +443,44 @@ mod tests {
         assert_eq!(rings.iter().filter(|r| r.capacity() == 4096).count(), 8);
     }
 
+    /// Out-of-order data is written where it will be read and held once the bytes before
+    /// it arrive: wrapping round, across a growth that keeps it, and across reads that empty
+    /// the held part.
+    #[test]
+    fn bytes_written_ahead_are_held_in_place() {
+        let mut r = ByteRing::default();
+        r.extend(b"abcdef");
+        r.consume(5);
+        // "f" held at 5; "jk" written 3 past it, wrapping round the 8-byte storage.
+        r.write_ahead(3, b"jk", 0, 1000);
+        assert_eq!(r.capacity(), 8);
+        let mut out = [0u8; 2];
+        r.copy_at(4, &mut out);
+        assert_eq!(&out, b"jk");
+        // Reading "f" keeps the place of what was written ahead.
+        let mut one = [0u8; 1];
+        r.copy_at(0, &mut one);
+        r.consume_keeping_ahead(1);
+        assert_eq!(&one, b"f");
+        assert!(r.is_empty());
+        r.copy_at(3, &mut out);
+        assert_eq!(&out, b"jk");
+        // A write that does not fit grows the storage and keeps the 5 bytes ahead. The
+        // stream is "ghijklmnopqrs": "jk" at 3, "qrs" at 10.
+        r.write_ahead(10, b"qrs", 5, 1000);
+        assert_eq!(r.capacity(), 16);
+        r.copy_at(3, &mut out);
+        assert_eq!(&out, b"jk");
+        // The holes filled: everything held, in order, the bytes written ahead not copied.
+        r.write_ahead(0, b"ghi", 13, 1000);
+        r.commit(5);
+        assert_eq!(bytes(&r), b"ghijk");
+        r.write_ahead(0, b"lmnop", 8, 1000);
+        r.commit(8);
+        assert_eq!(bytes(&r), b"ghijklmnopqrs");
+        assert_eq!(r.capacity(), 16);
+    }
+
     #[derive(Debug, Clone)]
     enum Op {
         Extend(Vec<u8>),
@@ -438,7 +537,13 @@ mod tests {
                 prop_assert_eq!(r.capacity(), d.capacity());
                 let copy = r.clone();
                 prop_assert_eq!(bytes(&copy), bytes(&r));
-                prop_assert_eq!(copy.capacity(), r.len());
+                // The storage whole (it may hold bytes written ahead, which only the owner
+                // knows of), and the same next byte to write.
+                prop_assert_eq!(copy.capacity(), r.capacity());
+                let (mut all, mut all_copy) = (vec![0; r.capacity()], vec![0; r.capacity()]);
+                r.copy_at(0, &mut all);
+                copy.copy_at(0, &mut all_copy);
+                prop_assert_eq!(all, all_copy);
                 prop_assert!(r.capacity() >= r.len());
                 prop_assert_eq!(r.next_free().is_some(), r.len() < r.capacity());
             }

@@ -185,92 +185,76 @@ pub struct TcbEvents {
 pub(crate) const MAX_OOO_BLOCKS: usize = 64;
 
 /// Out-of-order data held above RCV.NXT: disjoint, non-adjacent blocks sorted by sequence, at
-/// most [`MAX_OOO_BLOCKS`].
+/// most [`MAX_OOO_BLOCKS`]. The bytes are in the receive buffer's storage, written where they
+/// will be read ([`ByteRing::write_ahead`]): these are their sequence ranges.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct OooQueue {
-    /// A `ThinVec`: one pointer in the control block, where a `Vec`'s three words sat in the
-    /// lines every segment reads, for a queue that is nearly always empty.
-    pub(crate) blocks: ThinVec<(u32, Vec<u8>)>,
+    /// (start, end) sequence numbers. A `ThinVec`: one pointer in the control block, where a
+    /// `Vec`'s three words sat in the lines every segment reads, for a queue that is nearly
+    /// always empty.
+    pub(crate) blocks: ThinVec<(u32, u32)>,
     /// Start of the block that took the most recent segment (first SACK block, RFC 2018 §4).
     last: Option<u32>,
 }
 
 impl OooQueue {
-    fn end(b: &(u32, Vec<u8>)) -> u32 {
-        b.0.wrapping_add(b.1.len() as u32)
-    }
-
     /// Whether [start, end) is already held entirely.
     fn covers(&self, rcv_nxt: u32, start: u32, end: u32) -> bool {
         let rel = |s: u32| dist(rcv_nxt, s);
         self.blocks
             .iter()
-            .any(|b| rel(b.0) <= rel(start) && rel(end) <= rel(Self::end(b)))
+            .any(|b| rel(b.0) <= rel(start) && rel(end) <= rel(b.1))
     }
 
-    /// Insert `data` at `start` (`rcv_nxt` anchors the sequence comparisons). False if it
-    /// was dropped: it would have started a block past [`MAX_OOO_BLOCKS`].
-    fn insert(&mut self, rcv_nxt: u32, start: u32, data: &[u8]) -> bool {
-        if data.is_empty() {
-            return true;
-        }
-        let full = self.blocks.len() >= MAX_OOO_BLOCKS;
+    /// Bytes from `rcv_nxt` to the end of the last block: how far past the held bytes the
+    /// receive buffer's storage holds written data.
+    pub(crate) fn extent(&self, rcv_nxt: u32) -> usize {
+        self.blocks
+            .last()
+            .map_or(0, |b| dist(rcv_nxt, b.1) as usize)
+    }
+
+    /// Add [start, end) (`rcv_nxt` anchors the sequence comparisons), merging the blocks it
+    /// overlaps or touches. False if it was refused: it would have started a block past
+    /// [`MAX_OOO_BLOCKS`].
+    pub(crate) fn insert(&mut self, rcv_nxt: u32, start: u32, end: u32) -> bool {
         let rel = |s: u32| dist(rcv_nxt, s);
-        let end = start.wrapping_add(data.len() as u32);
-        // Blocks that overlap or touch [start, end].
-        let first = self
-            .blocks
-            .iter()
-            .position(|b| rel(Self::end(b)) >= rel(start));
-        let Some(i) = first else {
-            if full {
-                return false;
-            }
-            self.blocks.push((start, data.to_vec()));
-            self.last = Some(start);
-            return true;
-        };
-        if rel(self.blocks[i].0) > rel(end) {
-            if full {
-                return false;
-            }
-            self.blocks.insert(i, (start, data.to_vec()));
-            self.last = Some(start);
+        if rel(end) <= rel(start) {
             return true;
         }
+        // The first block that overlaps or touches [start, end], if any.
+        let first = self.blocks.iter().position(|b| rel(b.1) >= rel(start));
+        let i = match first {
+            Some(i) if rel(self.blocks[i].0) <= rel(end) => i,
+            // Before block `i`, or after every block: a new block.
+            at => {
+                if self.blocks.len() >= MAX_OOO_BLOCKS {
+                    return false;
+                }
+                let at = at.unwrap_or(self.blocks.len());
+                self.blocks.insert(at, (start, end));
+                self.last = Some(start);
+                return true;
+            }
+        };
         let mut j = i;
         while j + 1 < self.blocks.len() && rel(self.blocks[j + 1].0) <= rel(end) {
             j += 1;
-        }
-        if i == j && rel(self.blocks[i].0) <= rel(start) {
-            // Common case: extends (or lies inside) one block.
-            let b = &mut self.blocks[i];
-            let b_end = Self::end(b);
-            if rel(end) > rel(b_end) {
-                let skip = dist(start, b_end) as usize;
-                b.1.extend_from_slice(&data[skip..]);
-            }
-            self.last = Some(b.0);
-            return true;
         }
         let m_start = if rel(self.blocks[i].0) < rel(start) {
             self.blocks[i].0
         } else {
             start
         };
-        let m_end = if rel(Self::end(&self.blocks[j])) > rel(end) {
-            Self::end(&self.blocks[j])
+        let m_end = if rel(self.blocks[j].1) > rel(end) {
+            self.blocks[j].1
         } else {
             end
         };
-        let mut buf = vec![0u8; dist(m_start, m_end) as usize];
-        for b in &self.blocks[i..=j] {
-            let o = dist(m_start, b.0) as usize;
-            buf[o..o + b.1.len()].copy_from_slice(&b.1);
+        self.blocks[i] = (m_start, m_end);
+        if j > i {
+            self.blocks.drain(i + 1..=j);
         }
-        let o = dist(m_start, start) as usize;
-        buf[o..o + data.len()].copy_from_slice(data);
-        self.blocks.splice(i..=j, std::iter::once((m_start, buf)));
         self.last = Some(m_start);
         true
     }
@@ -281,7 +265,7 @@ impl OooQueue {
         let mut n = 0;
         if let Some(l) = self.last {
             if let Some(b) = self.blocks.iter().find(|b| b.0 == l) {
-                out[0] = Some((b.0, Self::end(b)));
+                out[0] = Some(*b);
                 n = 1;
             }
         }
@@ -292,7 +276,7 @@ impl OooQueue {
             if Some(b.0) == self.last && n > 0 {
                 continue;
             }
-            out[n] = Some((b.0, Self::end(b)));
+            out[n] = Some(*b);
             n += 1;
         }
         out
@@ -575,7 +559,10 @@ impl Tcb {
     /// buffer storage.
     #[inline]
     pub(crate) fn release_buffers(&mut self, pool: &mut BufPool) {
-        self.rcv_buf.release_to_pool(pool);
+        // Out-of-order data lives past the held bytes, in the same storage.
+        if self.ooo.blocks.is_empty() {
+            self.rcv_buf.release_to_pool(pool);
+        }
         self.snd_buf.release_to_pool(pool);
     }
 
@@ -587,7 +574,9 @@ impl Tcb {
     /// again after each of those.)
     #[inline]
     pub(crate) fn release_idle_receive_buffer(&mut self) {
-        release_emptied_buffer(&mut self.rcv_buf);
+        if self.ooo.blocks.is_empty() {
+            release_emptied_buffer(&mut self.rcv_buf);
+        }
     }
 
     /// Ask for the lines the buffers' next bytes land on (a request's, and its answer's),
@@ -957,7 +946,11 @@ impl Tcb {
         if n > na {
             buf[na..n].copy_from_slice(&b[..n - na]);
         }
-        self.rcv_buf.consume(n);
+        if self.ooo.blocks.is_empty() {
+            self.rcv_buf.consume(n);
+        } else {
+            self.rcv_buf.consume_keeping_ahead(n);
+        }
         // RFC 9293 §3.8.6.2.2: announce a window update once it grows by min(BUF/2, MSS)...
         // we wait for 2 MSS or half the buffer to avoid an update per read.
         let after = self.advertisable_window();
@@ -1360,7 +1353,15 @@ impl Tcb {
         }
         if seq == self.rcv_nxt {
             let had_ooo = !self.ooo.blocks.is_empty();
-            self.rcv_buf.extend_within(data, self.cfg.recv_buf);
+            if had_ooo {
+                // Over the bytes written ahead, if it reaches them (the same bytes, from an
+                // honest peer), and keeping them if the storage grows.
+                let ahead = self.ooo.extent(self.rcv_nxt);
+                self.rcv_buf.write_ahead(0, data, ahead, self.cfg.recv_buf);
+                self.rcv_buf.commit(data.len());
+            } else {
+                self.rcv_buf.extend_within(data, self.cfg.recv_buf);
+            }
             self.rcv_nxt = self.rcv_nxt.wrapping_add(data.len() as u32);
             if had_ooo {
                 self.drain_ooo();
@@ -1380,7 +1381,15 @@ impl Tcb {
                 // RFC 2883 §4.2: a duplicate of out-of-order data.
                 self.dsack = Some((seq, seq.wrapping_add(data.len() as u32)));
             }
-            if self.ooo.insert(self.rcv_nxt, seq, data) {
+            let ahead = self.ooo.extent(self.rcv_nxt);
+            if self
+                .ooo
+                .insert(self.rcv_nxt, seq, seq.wrapping_add(data.len() as u32))
+            {
+                // Where it will be read: no copy when the hole fills (RFC 9293 §3.10.7.4).
+                let off = dist(self.rcv_nxt, seq) as usize;
+                self.rcv_buf
+                    .write_ahead(off, data, ahead, self.cfg.recv_buf);
                 self.events.ooo_segments = self.events.ooo_segments.saturating_add(1);
             } else {
                 self.events.ooo_dropped = self.events.ooo_dropped.saturating_add(1);
@@ -1397,16 +1406,16 @@ impl Tcb {
         whole
     }
 
+    /// Hold the blocks RCV.NXT has reached: their bytes are in place already.
     fn drain_ooo(&mut self) {
-        while let Some(first) = self.ooo.blocks.first() {
-            if gt(first.0, self.rcv_nxt) {
+        while let Some(&(start, end)) = self.ooo.blocks.first() {
+            if gt(start, self.rcv_nxt) {
                 break;
             }
-            let (start, data) = self.ooo.blocks.remove(0);
-            let skip = dist(start, self.rcv_nxt) as usize;
-            if skip < data.len() {
-                self.rcv_buf.extend_within(&data[skip..], self.cfg.recv_buf);
-                self.rcv_nxt = self.rcv_nxt.wrapping_add((data.len() - skip) as u32);
+            self.ooo.blocks.remove(0);
+            if gt(end, self.rcv_nxt) {
+                self.rcv_buf.commit(dist(self.rcv_nxt, end) as usize);
+                self.rcv_nxt = end;
             }
         }
         if self.ooo.blocks.is_empty() {

@@ -952,6 +952,111 @@ fn one_byte_holes_are_bounded() {
     assert!(c.ooo.blocks.is_empty());
 }
 
+/// A read that empties the held bytes while out-of-order bytes wait past them leaves those
+/// where they are (the buffer does not start again at its storage's start), and the hole's
+/// filling holds them as they were written.
+#[test]
+fn a_read_leaves_out_of_order_bytes_in_place() {
+    let (mut c, mut s) = handshake();
+    let now = t0();
+    let stream: Vec<u8> = (0..3_000usize).map(|i| (i * 7 + i / 251) as u8).collect();
+    s.send(&stream[..1]);
+    let template = collect(&mut s, now).remove(0);
+    let piece = |start: usize, end: usize| {
+        let mut w = Wire {
+            seg: template.seg,
+            payload: stream[start..end].to_vec(),
+        };
+        w.seg.seq = template.seg.seq.wrapping_add(start as u32);
+        w
+    };
+    c.on_segment(now, &seg_in(&piece(0, 1_000)));
+    c.on_segment(now, &seg_in(&piece(2_000, 3_000)));
+    assert_eq!(c.ooo.blocks.len(), 1);
+    let mut buf = vec![0u8; 3_000];
+    assert_eq!(c.recv(&mut buf), 1_000);
+    assert_eq!(buf[..1_000], stream[..1_000]);
+    c.on_segment(now, &seg_in(&piece(1_000, 2_000)));
+    assert!(c.ooo.blocks.is_empty());
+    assert_eq!(c.recv(&mut buf), 2_000);
+    assert_eq!(buf[..2_000], stream[1_000..]);
+}
+
+/// What a receiver may be handed, as `reassembly_is_exact` plays it.
+#[derive(Debug, Clone)]
+enum Arrival {
+    /// Bytes [start, start + len) of the stream, in one segment.
+    Piece(usize, usize),
+    /// The application reads up to this many bytes.
+    Read(usize),
+    /// The receiving end is frozen, its state encoded, decoded and thawed.
+    Move,
+}
+
+fn arrival(stream: usize) -> impl proptest::strategy::Strategy<Value = Arrival> {
+    use proptest::prelude::*;
+    prop_oneof![
+        8 => (0..stream, 1usize..1_500).prop_map(|(s, l)| Arrival::Piece(s, l)),
+        3 => (0usize..3_000).prop_map(Arrival::Read),
+        1 => Just(Arrival::Move),
+    ]
+}
+
+proptest::proptest! {
+    /// Pieces of a stream in any order, overlapping, repeated, with reads and moves between
+    /// them, then the whole stream in order: the application reads exactly the stream, the
+    /// receiver never holds more than `MAX_OOO_BLOCKS` blocks, and once every byte has arrived
+    /// it holds none (out-of-order bytes live in the receive buffer's storage, past the held
+    /// ones: `ByteRing::write_ahead`).
+    #[test]
+    fn reassembly_is_exact(arrivals in proptest::collection::vec(arrival(8_000), 0..120)) {
+        let (mut c, mut s) = handshake();
+        let now = t0();
+        let stream: Vec<u8> = (0..8_000usize).map(|i| (i * 7 + i / 251) as u8).collect();
+        s.send(&stream[..1]);
+        let template = collect(&mut s, now).remove(0);
+        let base = template.seg.seq;
+        let piece = |start: usize, len: usize| {
+            let end = (start + len).min(stream.len());
+            let mut w = Wire { seg: template.seg, payload: stream[start..end].to_vec() };
+            w.seg.seq = base.wrapping_add(start as u32);
+            w
+        };
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 5_000];
+        for a in arrivals {
+            match a {
+                Arrival::Piece(start, len) => c.on_segment(now, &seg_in(&piece(start, len))),
+                Arrival::Read(n) => {
+                    let k = c.recv(&mut buf[..n]);
+                    got.extend_from_slice(&buf[..k]);
+                }
+                Arrival::Move => {
+                    let state = c.to_state(now).expect("an established connection's state");
+                    let state = crate::ConnState::decode(&state.encode()).expect("decode");
+                    c = Tcb::from_state(&state, &Arc::new(cfg()), now);
+                }
+            }
+            proptest::prop_assert!(c.ooo.blocks.len() <= super::tcb::MAX_OOO_BLOCKS);
+            let _ = collect(&mut c, now);
+        }
+        for start in (0..stream.len()).step_by(1_440) {
+            c.on_segment(now, &seg_in(&piece(start, 1_440)));
+            let _ = collect(&mut c, now);
+        }
+        loop {
+            let k = c.recv(&mut buf);
+            if k == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..k]);
+        }
+        proptest::prop_assert!(c.ooo.blocks.is_empty());
+        proptest::prop_assert_eq!(got.len(), stream.len());
+        proptest::prop_assert!(got == stream, "the bytes read differ from the stream");
+    }
+}
+
 #[test]
 fn window_scale_and_mss_negotiated() {
     let (c, s) = handshake();
