@@ -11,7 +11,7 @@
 
 use crate::tcp::cc::Cc;
 use crate::tcp::ring::ByteRing;
-use crate::tcp::tcb::{OooQueue, Pace, Tcb, MAX_OOO_BLOCKS};
+use crate::tcp::tcb::{OooQueue, Pace, Tcb};
 use crate::tcp::{Congestion, Keepalive, TcpConfig, TcpState};
 use crate::time::{Duration, Instant, Micros};
 use serde::{Deserialize, Serialize};
@@ -252,15 +252,15 @@ impl ConnState {
                 return Err(I("RTO back-off out of range"));
             }
         }
-        if self.ooo.len() > MAX_OOO_BLOCKS {
-            return Err(I("more out-of-order segments than a connection holds"));
-        }
-        let mut prev_end = 0u64;
+        // Past the unread bytes, within the buffer the thaw gives the connection (its size in
+        // KiB rounds down: up to 1 KiB more). Not at RCV.NXT itself: that would have been read.
+        let ooo_cap = (recv_cap.max(self.recv_data.len()) + 1024) as u64;
+        let mut prev_end = 1u64;
         for (off, data) in &self.ooo {
             let start = *off as u64;
             if start < prev_end
                 || data.is_empty()
-                || start + data.len() as u64 > recv_cap as u64 + (1 << 20)
+                || self.recv_data.len() as u64 + start + data.len() as u64 > ooo_cap
             {
                 return Err(I("out-of-order segments overlap or exceed the window"));
             }
@@ -443,10 +443,14 @@ impl Tcb {
         t.ooo = OooQueue::default();
         for (off, d) in &s.ooo {
             let start = s.rcv_nxt.wrapping_add(*off);
-            // Validated: in order, disjoint, at most `MAX_OOO_BLOCKS`, so none is refused.
+            // Validated: in order, disjoint, within the buffer. Beyond `MAX_OOO_BLOCKS`, or
+            // past the growth out-of-order data may cause ([`Tcb::ooo_fits`]; a state from an
+            // older build, or a forged one), a block is left out: data SACKed and then dropped,
+            // which the sender resends (RFC 2018 §8).
             let ahead = t.ooo.extent(s.rcv_nxt);
-            if t.ooo
-                .insert(s.rcv_nxt, start, start.wrapping_add(d.len() as u32))
+            if t.ooo_fits(*off as usize, d.len())
+                && t.ooo
+                    .insert(s.rcv_nxt, start, start.wrapping_add(d.len() as u32))
             {
                 t.rcv_buf
                     .write_ahead(*off as usize, d, ahead, t.cfg.recv_buf);

@@ -26,7 +26,8 @@ use std::fmt;
 pub(crate) struct ByteRing {
     /// Storage, all of it initialised; its length is the capacity.
     buf: Box<[u8]>,
-    /// Index of the oldest byte (0 whenever the ring is empty).
+    /// Index of the oldest byte (0 when the ring empties by [`ByteRing::consume`]; where it
+    /// was when by [`ByteRing::consume_keeping_ahead`]).
     head: usize,
     len: usize,
 }

@@ -184,6 +184,10 @@ pub struct TcbEvents {
 /// Honest loss makes a handful: a block per hole in one window.
 pub(crate) const MAX_OOO_BLOCKS: usize = 64;
 
+/// Out-of-order data may grow the receive buffer's storage to twice the bytes the connection
+/// holds (unread, out of order, and the segment's own) plus this: see [`Tcb::ooo_fits`].
+pub(crate) const OOO_GROWTH_SLACK: usize = 64 << 10;
+
 /// Out-of-order data held above RCV.NXT: disjoint, non-adjacent blocks sorted by sequence, at
 /// most [`MAX_OOO_BLOCKS`]. The bytes are in the receive buffer's storage, written where they
 /// will be read ([`ByteRing::write_ahead`]): these are their sequence ranges.
@@ -204,6 +208,11 @@ impl OooQueue {
         self.blocks
             .iter()
             .any(|b| rel(b.0) <= rel(start) && rel(end) <= rel(b.1))
+    }
+
+    /// Bytes the blocks hold.
+    pub(crate) fn bytes(&self) -> usize {
+        self.blocks.iter().map(|b| dist(b.0, b.1) as usize).sum()
     }
 
     /// Bytes from `rcv_nxt` to the end of the last block: how far past the held bytes the
@@ -1295,6 +1304,11 @@ impl Tcb {
         }
         self.fin_rcvd = true;
         self.ooo_fin = None;
+        // Data past the FIN is never delivered (RFC 9293 §3.10.7.4: the FIN ends the stream);
+        // kept, its place would be off by the FIN's sequence number.
+        if !self.ooo.blocks.is_empty() {
+            self.ooo = OooQueue::default();
+        }
         self.rcv_nxt = self.rcv_nxt.wrapping_add(1);
         self.ack_now = true;
         match self.state {
@@ -1381,13 +1395,14 @@ impl Tcb {
                 // RFC 2883 §4.2: a duplicate of out-of-order data.
                 self.dsack = Some((seq, seq.wrapping_add(data.len() as u32)));
             }
+            let off = dist(self.rcv_nxt, seq) as usize;
             let ahead = self.ooo.extent(self.rcv_nxt);
-            if self
-                .ooo
-                .insert(self.rcv_nxt, seq, seq.wrapping_add(data.len() as u32))
+            if self.ooo_fits(off, data.len())
+                && self
+                    .ooo
+                    .insert(self.rcv_nxt, seq, seq.wrapping_add(data.len() as u32))
             {
                 // Where it will be read: no copy when the hole fills (RFC 9293 §3.10.7.4).
-                let off = dist(self.rcv_nxt, seq) as usize;
                 self.rcv_buf
                     .write_ahead(off, data, ahead, self.cfg.recv_buf);
                 self.events.ooo_segments = self.events.ooo_segments.saturating_add(1);
@@ -1404,6 +1419,20 @@ impl Tcb {
             }
         }
         whole
+    }
+
+    /// Whether out-of-order bytes `off..off + n` past RCV.NXT may be written into the receive
+    /// buffer's storage: where the storage holds them already, or where growing it to hold them
+    /// keeps it within twice the bytes the connection holds (unread, out of order, and these)
+    /// plus [`OOO_GROWTH_SLACK`]. Otherwise one byte at the window's edge would grow the
+    /// storage to the window (4 MiB by default): memory in proportion to a segment's offset,
+    /// not to what arrived. (Linux charges each queued segment's buffer to the receive buffer
+    /// and prunes.) A segment refused is dropped like one past [`MAX_OOO_BLOCKS`]; an honest
+    /// sender's loss leaves the segments after the hole, which hold about what they span.
+    pub(crate) fn ooo_fits(&self, off: usize, n: usize) -> bool {
+        let need = self.rcv_buf.len() + off + n;
+        need <= self.rcv_buf.capacity()
+            || need <= 2 * (self.rcv_buf.len() + self.ooo.bytes() + n) + OOO_GROWTH_SLACK
     }
 
     /// Hold the blocks RCV.NXT has reached: their bytes are in place already.

@@ -982,6 +982,79 @@ fn a_read_leaves_out_of_order_bytes_in_place() {
     assert_eq!(buf[..2_000], stream[1_000..]);
 }
 
+/// One byte far past RCV.NXT does not grow the receive buffer's storage to reach it (memory in
+/// proportion to a segment's offset, not to what arrived): it is dropped and counted. An
+/// honest loss (the first segment of a flight) still has the rest held and delivered.
+#[test]
+fn a_far_off_byte_does_not_grow_the_buffer() {
+    let (mut c, mut s) = handshake();
+    let now = t0();
+    let segs = burst(&mut s, now, 10);
+    let mut far = Wire {
+        seg: segs[0].seg,
+        payload: vec![7],
+    };
+    far.seg.seq = segs[0].seg.seq.wrapping_add(1 << 20);
+    c.on_segment(now, &seg_in(&far));
+    assert!(c.ooo.blocks.is_empty());
+    assert!(c.rcv_buf.capacity() < 64 << 10, "{}", c.rcv_buf.capacity());
+    let ev = c.take_events();
+    assert_eq!((ev.ooo_segments, ev.ooo_dropped), (0, 1));
+    for w in &segs[1..] {
+        c.on_segment(now, &seg_in(w));
+    }
+    assert_eq!(c.ooo.blocks.len(), 1);
+    let ev = c.take_events();
+    assert_eq!((ev.ooo_segments, ev.ooo_dropped), (9, 0));
+    c.on_segment(now, &seg_in(&segs[0]));
+    assert!(c.ooo.blocks.is_empty());
+    let want: Vec<u8> = segs.iter().flat_map(|w| w.payload.clone()).collect();
+    let mut buf = vec![0u8; want.len()];
+    assert_eq!(c.recv(&mut buf), want.len());
+    assert_eq!(buf, want);
+}
+
+/// A FIN reached while out-of-order data waits past it ends the stream: the data past it is
+/// dropped (never delivered), and the connection's state freezes and validates.
+#[test]
+fn a_fin_drops_the_data_past_it() {
+    let (mut c, mut s) = handshake();
+    let now = t0();
+    let segs = burst(&mut s, now, 3);
+    c.on_segment(now, &seg_in(&segs[2]));
+    assert_eq!(c.ooo.blocks.len(), 1);
+    let mut fin = Wire {
+        seg: segs[0].seg,
+        payload: vec![],
+    };
+    fin.seg.fin = true;
+    c.on_segment(now, &seg_in(&fin));
+    assert_eq!(c.state(), TcpState::CloseWait);
+    assert!(c.ooo.blocks.is_empty());
+    let state = c.to_state(now).expect("a close-wait connection's state");
+    crate::ConnState::decode(&state.encode()).expect("valid");
+}
+
+/// A forged state cannot make a thaw allocate more than its own size and the buffer it
+/// claims allow: out-of-order data past the buffer, or at RCV.NXT itself, is refused; a byte
+/// far off within the buffer is thawed without it (dropped, as a live connection would).
+#[test]
+fn a_forged_state_cannot_grow_a_thaw() {
+    let (mut c, _s) = handshake();
+    let now = t0();
+    let mut state = c.to_state(now).expect("state");
+    state.recv_buf_kib = 1 << 20;
+    state.ooo = vec![(0x4010_0000 - 1, serde_bytes::ByteBuf::from(vec![1]))];
+    assert!(crate::ConnState::decode(&state.encode()).is_err());
+    state.ooo = vec![(0, serde_bytes::ByteBuf::from(vec![1]))];
+    assert!(crate::ConnState::decode(&state.encode()).is_err());
+    state.ooo = vec![(0x3fff_0000, serde_bytes::ByteBuf::from(vec![1]))];
+    let state = crate::ConnState::decode(&state.encode()).expect("within the buffer");
+    c = Tcb::from_state(&state, &Arc::new(cfg()), now);
+    assert!(c.ooo.blocks.is_empty());
+    assert!(c.rcv_buf.capacity() < 64 << 10);
+}
+
 /// What a receiver may be handed, as `reassembly_is_exact` plays it.
 #[derive(Debug, Clone)]
 enum Arrival {
