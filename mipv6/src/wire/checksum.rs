@@ -1,6 +1,6 @@
 //! The Internet checksum (RFC 1071) and the sum of IPv6's upper-layer pseudo-header
-//! (RFC 8200 §8.1): the one implementation the Mobility Header, the stack's TCP segments (in
-//! and out) and the kernel path's held packets share.
+//! (RFC 8200 §8.1): the one implementation the Mobility Header, the stack's TCP segments, UDP
+//! datagrams and ICMPv6 messages (in and out) and the kernel path's held packets share.
 //!
 //! smoltcp's `checksum::data` adds 16-bit words one at a time; the TCP segments of a small
 //! request/response exchange spent ~450 of its ~6,100 instructions there (`dsperf conns`,

@@ -4,7 +4,7 @@
 use super::ethernet::{emit_ethernet_header, multicast_mac, set_dst_mac, write_ethernet_header};
 use super::ipv6::{FRAGMENT_HEADER_LEN, FRAGMENT_OFFSET_UNIT};
 use super::mobility::MobilityOut;
-use super::{caps, Interface};
+use super::{caps, fill_upper_checksum, Interface, IPPROTO_ICMPV6};
 use crate::device::{Gso, TxSink};
 use crate::ndp::Lookup;
 use crate::tcp::tcb::SegOut;
@@ -110,6 +110,7 @@ impl Interface {
         buf.resize(start + len, 0);
         let mut p = Icmpv6Packet::new_unchecked(&mut buf[start..]);
         repr.emit(&src, &dst, &mut p, &caps());
+        fill_upper_checksum(src, dst, IPPROTO_ICMPV6, &mut buf[start..], 2);
         buf
     }
 

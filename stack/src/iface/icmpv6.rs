@@ -3,7 +3,7 @@
 use super::conn_table::ConnKey;
 use super::ndisc::ND_HOP_LIMIT;
 use super::siblings::plain_packet;
-use super::{caps, Interface, ICMP_ERRORS_PER_SEC};
+use super::{caps, fill_upper_checksum, Interface, ICMP_ERRORS_PER_SEC, IPPROTO_ICMPV6};
 use crate::time::{Duration, Instant};
 use smoltcp::wire::{
     Icmpv6DstUnreachable, Icmpv6Message, Icmpv6Packet, Icmpv6ParamProblem, Icmpv6Repr, IpProtocol,
@@ -29,7 +29,7 @@ impl Interface {
             self.stats.rx_malformed += 1;
             return;
         };
-        if !pkt.verify_checksum(&src, &dst) {
+        if ds_mipv6::wire::pseudo_checksum(src, dst, IPPROTO_ICMPV6, payload) != 0 {
             self.stats.rx_bad_checksum += 1;
             return;
         }
@@ -219,7 +219,7 @@ impl Interface {
         // one 32-bit field after the checksum (RFC 4443 §3.1, §3.4).
         p.set_param_problem_ptr(param);
         p.payload_mut().copy_from_slice(quote);
-        p.fill_checksum(&from, &src);
+        fill_upper_checksum(from, src, IPPROTO_ICMPV6, &mut buf[start..], 2);
         self.send_frame(now, buf, src, None);
     }
 }

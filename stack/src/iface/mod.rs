@@ -303,8 +303,36 @@ pub(super) fn eui64_link_local(mac: [u8; 6]) -> Ipv6Addr {
     )
 }
 
+/// ICMPv6's next-header value (RFC 4443 §1).
+pub(super) const IPPROTO_ICMPV6: u8 = 58;
+
+/// What smoltcp's parsers and emitters do with checksums: nothing. Every upper-layer checksum
+/// is verified and filled by our one implementation ([`ds_mipv6::wire::pseudo_checksum`],
+/// RFC 1071 by 32-bit words; [`fill_upper_checksum`]), which TCP, UDP, ICMPv6 and the Mobility
+/// Header share.
 pub(super) fn caps() -> ChecksumCapabilities {
-    ChecksumCapabilities::default()
+    ChecksumCapabilities::ignored()
+}
+
+/// Fill the 16-bit checksum at `at` of the upper-layer packet `pkt` (next header `proto`,
+/// between `src` and `dst`; RFC 8200 §8.1). For UDP a computed zero is sent as all ones
+/// (RFC 768; a zero UDP checksum is invalid in IPv6, RFC 8200 §8.1).
+pub(super) fn fill_upper_checksum(
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    proto: u8,
+    pkt: &mut [u8],
+    at: usize,
+) {
+    let Some(field) = pkt.get_mut(at..at + 2) else {
+        return;
+    };
+    field.copy_from_slice(&[0, 0]);
+    let mut c = ds_mipv6::wire::pseudo_checksum(src, dst, proto, pkt);
+    if c == 0 && proto == ds_mipv6::wire::IPPROTO_UDP {
+        c = 0xffff;
+    }
+    pkt[at..at + 2].copy_from_slice(&c.to_be_bytes());
 }
 
 impl Interface {

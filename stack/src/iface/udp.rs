@@ -2,9 +2,10 @@
 
 use super::emit::emit_fragment_header;
 use super::ipv6::{FRAGMENT_HEADER_LEN, FRAGMENT_OFFSET_UNIT};
-use super::{caps, put_in_free_slot, Error, Interface, UdpHandle, PMTU_AGE};
+use super::{caps, fill_upper_checksum, put_in_free_slot, Error, Interface, UdpHandle, PMTU_AGE};
 use crate::time::Instant;
 use crate::udp::{UdpSocket, UDP_QUEUE};
+use ds_mipv6::wire::{pseudo_checksum, IPPROTO_UDP};
 use smoltcp::wire::{
     Icmpv6DstUnreachable, IpAddress, IpProtocol, UdpPacket, UdpRepr, IPV6_HEADER_LEN,
     UDP_HEADER_LEN,
@@ -26,9 +27,16 @@ impl Interface {
             self.stats.rx_malformed += 1;
             return;
         };
+        // RFC 8200 §8.1: a zero checksum is invalid over IPv6.
+        // Over the datagram's own length (checked against the payload by `new_checked`).
+        let dgram = payload.get(..usize::from(pkt.len())).unwrap_or(payload);
+        if pkt.checksum() == 0 || pseudo_checksum(src, dst, IPPROTO_UDP, dgram) != 0 {
+            self.stats.rx_bad_checksum += 1;
+            return;
+        }
         let Ok(repr) = UdpRepr::parse(&pkt, &IpAddress::Ipv6(src), &IpAddress::Ipv6(dst), &caps())
         else {
-            self.stats.rx_bad_checksum += 1;
+            self.stats.rx_malformed += 1;
             return;
         };
         let sock = self
@@ -140,6 +148,7 @@ impl Interface {
                 |b| b.copy_from_slice(data),
                 &caps(),
             );
+            fill_upper_checksum(src, *dst.ip(), IPPROTO_UDP, out, 6);
         };
         let mtu = self
             .pmtu
@@ -237,5 +246,23 @@ mod tests {
         // Every datagram after the first landed in the buffer the first one left.
         assert!(seen.iter().all(|p| *p == seen[0]), "{seen:?}");
         assert_eq!(seen[0].1, 300);
+        // A zero checksum is invalid over IPv6 (RFC 8200 §8.1), and so is a wrong one: both
+        // counted and dropped.
+        let bad = b.stats().rx_bad_checksum;
+        for zero in [true, false] {
+            a.udp_send_to(now, ua, b"checked", at_b).expect("send");
+            let mut up = Vec::new();
+            a.transmit(now, &mut |f: &[u8]| up.push(f.to_vec()));
+            let f = up.iter_mut().find(|f| f.get(20) == Some(&17)).expect("a UDP frame");
+            // Ethernet 14 + IPv6 40: the UDP checksum is bytes 6..8 of its header.
+            if zero {
+                f[60..62].copy_from_slice(&[0, 0]);
+            } else {
+                f[62] ^= 1;
+            }
+            b.receive(now, f);
+        }
+        assert_eq!(b.stats().rx_bad_checksum, bad + 2);
+        assert_eq!(b.udp_recv_from(ub, &mut buf).expect("recv"), None);
     }
 }
