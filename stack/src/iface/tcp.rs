@@ -186,6 +186,26 @@ impl Interface {
         self.conns.len() >= WARM_FROM
     }
 
+    /// Hand `seg` to connection `idx`, its receive buffer supplied from the pool before and
+    /// the buffers it emptied given back after (from [`WARM_FROM`] connections): SND.UNA
+    /// before and after, if the connection exists. Always inlined into the per-segment path:
+    /// callgrind counts the same instructions an exchange as the code it replaced there.
+    #[inline(always)]
+    fn feed(&mut self, idx: u32, now: Instant, seg: &SegIn<'_>) -> Option<(u32, u32)> {
+        let pooled = self.pools_buffers();
+        let t = self.conns.get_mut(idx)?;
+        let before = t.snd_una;
+        if pooled {
+            t.supply_recv(&mut self.bufs, seg.payload.len());
+        }
+        t.on_segment(now, seg);
+        t.release_idle_receive_buffer();
+        if pooled {
+            t.release_buffers(&mut self.bufs);
+        }
+        Some((before, t.snd_una))
+    }
+
     /// (Re-)arm the connection's timer at the TCB's next deadline.
     pub(super) fn arm(&mut self, idx: u32) {
         let at = self.conns.get(idx).and_then(|t| t.poll_at());
@@ -287,18 +307,8 @@ impl Interface {
         self.stats.tcp_rx_segments += 1;
         let key = ConnKey(dst, ports.dst, src, ports.src);
         if let Some(idx) = self.conns.lookup(&key) {
-            let pooled = self.pools_buffers();
-            if let Some(t) = self.conns.get_mut(idx) {
-                let before = t.snd_una;
-                if pooled {
-                    t.supply_recv(&mut self.bufs, seg.payload.len());
-                }
-                t.on_segment(now, &seg);
-                t.release_idle_receive_buffer();
-                if pooled {
-                    t.release_buffers(&mut self.bufs);
-                }
-                if t.snd_una != before {
+            if let Some((before, after)) = self.feed(idx, now, &seg) {
+                if after != before {
                     self.nd.confirm(now, src);
                 }
             }
@@ -508,9 +518,8 @@ impl Interface {
         // Our SYN-ACK went out (statelessly): the connection takes it as sent.
         let _ = tcb.next_segment(now);
         let idx = self.insert_embryonic(l, tcb);
-        if let Some(t) = self.conns.get_mut(idx) {
-            t.on_segment(now, seg);
-        }
+        // The ACK may carry the first request: into a pooled buffer, as on any segment.
+        self.feed(idx, now, seg);
         self.stats.tcp_syncookies_ok += 1;
         self.conns.mark_ready(idx);
         self.after_tcb_event(idx);

@@ -253,7 +253,10 @@ mod tests {
             a.udp_send_to(now, ua, b"checked", at_b).expect("send");
             let mut up = Vec::new();
             a.transmit(now, &mut |f: &[u8]| up.push(f.to_vec()));
-            let f = up.iter_mut().find(|f| f.get(20) == Some(&17)).expect("a UDP frame");
+            let f = up
+                .iter_mut()
+                .find(|f| f.get(20) == Some(&17))
+                .expect("a UDP frame");
             // Ethernet 14 + IPv6 40: the UDP checksum is bytes 6..8 of its header.
             if zero {
                 f[60..62].copy_from_slice(&[0, 0]);
