@@ -442,19 +442,11 @@ impl Tcb {
         t.rcv_buf = ByteRing::from(s.recv_data.clone());
         t.ooo = OooQueue::default();
         for (off, d) in &s.ooo {
-            let start = s.rcv_nxt.wrapping_add(*off);
-            // Validated: in order, disjoint, within the buffer. Beyond `MAX_OOO_BLOCKS`, or
-            // past the growth out-of-order data may cause ([`Tcb::ooo_fits`]; a state from an
-            // older build, or a forged one), a block is left out: data SACKed and then dropped,
-            // which the sender resends (RFC 2018 §8).
-            let ahead = t.ooo.extent(s.rcv_nxt);
-            if t.ooo_fits(*off as usize, d.len())
-                && t.ooo
-                    .insert(s.rcv_nxt, start, start.wrapping_add(d.len() as u32))
-            {
-                t.rcv_buf
-                    .write_ahead(*off as usize, d, ahead, t.cfg.recv_buf);
-            }
+            // Validated: in order, disjoint, within the buffer. One refused as a live
+            // connection would refuse it (past `MAX_OOO_BLOCKS` or the growth out-of-order
+            // data may cause, [`Tcb::ooo_fits`]: a state from an older build, or a forged one)
+            // is left out: data SACKed and then dropped, which the sender resends (RFC 2018 §8).
+            t.hold_out_of_order(*off as usize, d);
         }
         t.fin_rcvd = s.has(flags::FIN_RCVD);
         // When exactly is not carried: counted from the thaw, which errs towards an octet.

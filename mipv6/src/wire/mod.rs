@@ -34,6 +34,8 @@ pub const IPPROTO_IPV6: u8 = 41;
 pub const IPPROTO_TCP: u8 = 6;
 /// UDP.
 pub const IPPROTO_UDP: u8 = 17;
+/// ICMPv6 (RFC 4443).
+pub const IPPROTO_ICMPV6: u8 = 58;
 
 /// Errors of the wire parsers.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

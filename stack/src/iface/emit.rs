@@ -4,13 +4,13 @@
 use super::ethernet::{emit_ethernet_header, multicast_mac, set_dst_mac, write_ethernet_header};
 use super::ipv6::{FRAGMENT_HEADER_LEN, FRAGMENT_OFFSET_UNIT};
 use super::mobility::MobilityOut;
-use super::{caps, fill_upper_checksum, Interface, IPPROTO_ICMPV6};
+use super::{caps, fill_upper_checksum, Interface};
 use crate::device::{Gso, TxSink};
 use crate::ndp::Lookup;
 use crate::tcp::tcb::SegOut;
 use crate::time::Instant;
 use ds_mipv6::cn::FlowKey;
-use ds_mipv6::wire::{checksum, pseudo_checksum, IPPROTO_TCP};
+use ds_mipv6::wire::{checksum, pseudo_checksum, IPPROTO_ICMPV6, IPPROTO_TCP};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
     Icmpv6Packet, Icmpv6Repr, IpAddress, IpProtocol, Ipv6ExtHeader, Ipv6ExtHeaderRepr,

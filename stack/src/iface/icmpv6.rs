@@ -3,8 +3,9 @@
 use super::conn_table::ConnKey;
 use super::ndisc::ND_HOP_LIMIT;
 use super::siblings::plain_packet;
-use super::{caps, fill_upper_checksum, Interface, ICMP_ERRORS_PER_SEC, IPPROTO_ICMPV6};
+use super::{caps, fill_upper_checksum, Interface, ICMP_ERRORS_PER_SEC};
 use crate::time::{Duration, Instant};
+use ds_mipv6::wire::{pseudo_checksum, IPPROTO_ICMPV6};
 use smoltcp::wire::{
     Icmpv6DstUnreachable, Icmpv6Message, Icmpv6Packet, Icmpv6ParamProblem, Icmpv6Repr, IpProtocol,
     Ipv6Packet, TcpPacket, IPV6_HEADER_LEN, IPV6_MIN_MTU,
@@ -29,7 +30,7 @@ impl Interface {
             self.stats.rx_malformed += 1;
             return;
         };
-        if ds_mipv6::wire::pseudo_checksum(src, dst, IPPROTO_ICMPV6, payload) != 0 {
+        if pseudo_checksum(src, dst, IPPROTO_ICMPV6, payload) != 0 {
             self.stats.rx_bad_checksum += 1;
             return;
         }

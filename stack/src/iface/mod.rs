@@ -303,9 +303,6 @@ pub(super) fn eui64_link_local(mac: [u8; 6]) -> Ipv6Addr {
     )
 }
 
-/// ICMPv6's next-header value (RFC 4443 §1).
-pub(super) const IPPROTO_ICMPV6: u8 = 58;
-
 /// What smoltcp's parsers and emitters do with checksums: nothing. Every upper-layer checksum
 /// is verified and filled by our one implementation ([`ds_mipv6::wire::pseudo_checksum`],
 /// RFC 1071 by 32-bit words; [`fill_upper_checksum`]), which TCP, UDP, ICMPv6 and the Mobility

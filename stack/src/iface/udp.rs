@@ -27,8 +27,8 @@ impl Interface {
             self.stats.rx_malformed += 1;
             return;
         };
-        // RFC 8200 §8.1: a zero checksum is invalid over IPv6.
-        // Over the datagram's own length (checked against the payload by `new_checked`).
+        // Over the datagram's own length (`new_checked` held it within the payload); a zero
+        // checksum is invalid over IPv6 (RFC 8200 §8.1).
         let dgram = payload.get(..usize::from(pkt.len())).unwrap_or(payload);
         if pkt.checksum() == 0 || pseudo_checksum(src, dst, IPPROTO_UDP, dgram) != 0 {
             self.stats.rx_bad_checksum += 1;

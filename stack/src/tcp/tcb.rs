@@ -1395,16 +1395,7 @@ impl Tcb {
                 // RFC 2883 §4.2: a duplicate of out-of-order data.
                 self.dsack = Some((seq, seq.wrapping_add(data.len() as u32)));
             }
-            let off = dist(self.rcv_nxt, seq) as usize;
-            let ahead = self.ooo.extent(self.rcv_nxt);
-            if self.ooo_fits(off, data.len())
-                && self
-                    .ooo
-                    .insert(self.rcv_nxt, seq, seq.wrapping_add(data.len() as u32))
-            {
-                // Where it will be read: no copy when the hole fills (RFC 9293 §3.10.7.4).
-                self.rcv_buf
-                    .write_ahead(off, data, ahead, self.cfg.recv_buf);
+            if self.hold_out_of_order(dist(self.rcv_nxt, seq) as usize, data) {
                 self.events.ooo_segments = self.events.ooo_segments.saturating_add(1);
             } else {
                 self.events.ooo_dropped = self.events.ooo_dropped.saturating_add(1);
@@ -1433,6 +1424,25 @@ impl Tcb {
         let need = self.rcv_buf.len() + off + n;
         need <= self.rcv_buf.capacity()
             || need <= 2 * (self.rcv_buf.len() + self.ooo.bytes() + n) + OOO_GROWTH_SLACK
+    }
+
+    /// Hold `data`, `off` bytes past RCV.NXT, out of order: written where it will be read, so
+    /// that no copy is made when the hole fills (RFC 9293 §3.10.7.4). False if refused
+    /// ([`Tcb::ooo_fits`], [`MAX_OOO_BLOCKS`]).
+    pub(crate) fn hold_out_of_order(&mut self, off: usize, data: &[u8]) -> bool {
+        let start = self.rcv_nxt.wrapping_add(off as u32);
+        // What the storage holds ahead so far, for a growth to keep.
+        let ahead = self.ooo.extent(self.rcv_nxt);
+        if !self.ooo_fits(off, data.len())
+            || !self
+                .ooo
+                .insert(self.rcv_nxt, start, start.wrapping_add(data.len() as u32))
+        {
+            return false;
+        }
+        self.rcv_buf
+            .write_ahead(off, data, ahead, self.cfg.recv_buf);
+        true
     }
 
     /// Hold the blocks RCV.NXT has reached: their bytes are in place already.

@@ -57,6 +57,17 @@ fn seg_in(w: &Wire) -> SegIn<'_> {
     }
 }
 
+/// A segment like `like` (its ACK, window and options) carrying `payload` `off` octets past
+/// `like`'s sequence number: what a peer could send there.
+fn moved(like: &Wire, off: u32, payload: &[u8]) -> Wire {
+    let mut w = Wire {
+        seg: like.seg,
+        payload: payload.to_vec(),
+    };
+    w.seg.seq = like.seg.seq.wrapping_add(off);
+    w
+}
+
 /// Deliver everything each side wants to send until both are quiet.
 fn exchange(x: &mut Tcb, y: &mut Tcb, now: Instant) {
     for _ in 0..1000 {
@@ -924,12 +935,7 @@ fn one_byte_holes_are_bounded() {
         if off >= data.len() {
             break;
         }
-        let mut w = Wire {
-            seg: segs[0].seg,
-            payload: vec![data[off]],
-        };
-        w.seg.seq = base.wrapping_add(off as u32);
-        c.on_segment(now, &seg_in(&w));
+        c.on_segment(now, &seg_in(&moved(&segs[0], off as u32, &[data[off]])));
         holes += 1;
         assert!(c.ooo.blocks.len() <= super::tcb::MAX_OOO_BLOCKS);
         // A duplicate ACK for every one of them, held or dropped.
@@ -962,14 +968,7 @@ fn a_read_leaves_out_of_order_bytes_in_place() {
     let stream: Vec<u8> = (0..3_000usize).map(|i| (i * 7 + i / 251) as u8).collect();
     s.send(&stream[..1]);
     let template = collect(&mut s, now).remove(0);
-    let piece = |start: usize, end: usize| {
-        let mut w = Wire {
-            seg: template.seg,
-            payload: stream[start..end].to_vec(),
-        };
-        w.seg.seq = template.seg.seq.wrapping_add(start as u32);
-        w
-    };
+    let piece = |start: usize, end: usize| moved(&template, start as u32, &stream[start..end]);
     c.on_segment(now, &seg_in(&piece(0, 1_000)));
     c.on_segment(now, &seg_in(&piece(2_000, 3_000)));
     assert_eq!(c.ooo.blocks.len(), 1);
@@ -990,12 +989,7 @@ fn a_far_off_byte_does_not_grow_the_buffer() {
     let (mut c, mut s) = handshake();
     let now = t0();
     let segs = burst(&mut s, now, 10);
-    let mut far = Wire {
-        seg: segs[0].seg,
-        payload: vec![7],
-    };
-    far.seg.seq = segs[0].seg.seq.wrapping_add(1 << 20);
-    c.on_segment(now, &seg_in(&far));
+    c.on_segment(now, &seg_in(&moved(&segs[0], 1 << 20, &[7])));
     assert!(c.ooo.blocks.is_empty());
     assert!(c.rcv_buf.capacity() < 64 << 10, "{}", c.rcv_buf.capacity());
     let ev = c.take_events();
@@ -1088,12 +1082,8 @@ proptest::proptest! {
         let stream: Vec<u8> = (0..8_000usize).map(|i| (i * 7 + i / 251) as u8).collect();
         s.send(&stream[..1]);
         let template = collect(&mut s, now).remove(0);
-        let base = template.seg.seq;
         let piece = |start: usize, len: usize| {
-            let end = (start + len).min(stream.len());
-            let mut w = Wire { seg: template.seg, payload: stream[start..end].to_vec() };
-            w.seg.seq = base.wrapping_add(start as u32);
-            w
+            moved(&template, start as u32, &stream[start..(start + len).min(stream.len())])
         };
         let mut got = Vec::new();
         let mut buf = vec![0u8; 5_000];
