@@ -404,11 +404,12 @@ fn stat(v: Vec<f64>) -> Stat {
     })
 }
 
-/// `x / first`, 0 when there is no first.
-fn ratio(x: f64, first: Option<f64>) -> f64 {
-    match first {
-        Some(f) if f > 0.0 => x / f,
-        _ => 0.0,
+/// `x / of`, 0 when `of` is not positive.
+fn ratio(x: f64, of: f64) -> f64 {
+    if of > 0.0 {
+        x / of
+    } else {
+        0.0
     }
 }
 
@@ -540,7 +541,7 @@ pub fn run(o: &Options, mut progress: impl FnMut(&str)) -> Vec<Point> {
                         .iter()
                         .find_map(|p| p.kernel.as_ref())
                         .map_or(k.ns_per_exchange.median, |f| f.ns_per_exchange.median);
-                    k.ratio_to_first = ratio(k.ns_per_exchange.median, Some(first));
+                    k.ratio_to_first = ratio(k.ns_per_exchange.median, first);
                     (Some(k), None)
                 }
                 Err(e) => {
@@ -557,13 +558,13 @@ pub fn run(o: &Options, mut progress: impl FnMut(&str)) -> Vec<Point> {
             ns_per_packet: stat,
             ratio_to_first: ratio(
                 stat.median,
-                Some(first.map_or(stat.median, |p| p.ns_per_packet.median)),
+                first.map_or(stat.median, |p| p.ns_per_packet.median),
             ),
             both_ns_per_packet: both,
             both_ns_per_exchange: both_exchange,
             both_ratio_to_first: ratio(
                 both_exchange.median,
-                Some(first.map_or(both_exchange.median, |p| p.both_ns_per_exchange.median)),
+                first.map_or(both_exchange.median, |p| p.both_ns_per_exchange.median),
             ),
             packets_per_exchange: per,
             setup_s,
@@ -630,7 +631,7 @@ pub fn table(o: &Options, points: &[Point]) -> String {
                     k.ns_per_exchange.min,
                     k.ns_per_exchange.max,
                     k.ratio_to_first,
-                    ratio(k.ns_per_exchange.median, Some(b.median)),
+                    ratio(k.ns_per_exchange.median, b.median),
                 )),
                 (None, why) => s.push_str(&format!(
                     "| {} | skipped: {} | | | | {ours} | |\n",
