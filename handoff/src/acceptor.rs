@@ -371,7 +371,7 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
             }
             Message::Forward { conn_id, packets } => {
                 let n = packets.len();
-                host.inject(packets.into_iter().map(|b| b.into_vec()).collect());
+                host.inject(packets);
                 self.events.push_back(AcceptorEvent::Forwarded {
                     conn_id,
                     packets: n,

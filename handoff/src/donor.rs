@@ -25,7 +25,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddrV6;
 use std::time::{Duration, Instant};
 
-use ds_stack::ConnState;
+use ds_stack::{ConnState, Packets};
 
 use crate::channel::frame_len;
 use crate::drain::Drain;
@@ -782,17 +782,14 @@ impl<C: std::fmt::Debug> Donor<C> {
         };
     }
 
-    fn forward(&mut self, packets: Vec<Vec<u8>>) {
+    fn forward(&mut self, packets: Packets) {
         if packets.is_empty() {
             return;
         }
         self.forwarded += packets.len() as u64;
         self.out.push_back(Message::Forward {
             conn_id: self.cfg.conn_id,
-            packets: packets
-                .into_iter()
-                .map(serde_bytes::ByteBuf::from)
-                .collect(),
+            packets,
         });
     }
 }

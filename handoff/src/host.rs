@@ -5,7 +5,7 @@
 //! no host and no service, so one node can run many donors and an acceptor over the same
 //! interface, and tests can drive the engine over simulated ones.
 
-use ds_stack::ConnState;
+use ds_stack::{ConnState, Packets};
 use std::net::{Ipv6Addr, SocketAddrV6};
 use std::time::{Duration, Instant};
 
@@ -83,14 +83,14 @@ pub trait Host {
 
     /// Packets of the frozen connection `local` ↔ `remote` held here since the freeze or the
     /// last take (whole IPv6 packets, oldest first).
-    fn take_held(&mut self, local: SocketAddrV6, remote: SocketAddrV6) -> Vec<Vec<u8>>;
+    fn take_held(&mut self, local: SocketAddrV6, remote: SocketAddrV6) -> Packets;
 
     /// Stop holding the frozen connection's packets (it lives elsewhere now); returns the
     /// packets still held.
-    fn release(&mut self, local: SocketAddrV6, remote: SocketAddrV6) -> Vec<Vec<u8>>;
+    fn release(&mut self, local: SocketAddrV6, remote: SocketAddrV6) -> Packets;
 
     /// Deliver packets a donor forwarded, as if they had arrived here.
-    fn inject(&mut self, packets: Vec<Vec<u8>>);
+    fn inject(&mut self, packets: Packets);
 
     /// Connections on this host (the acceptor's load limit).
     fn connection_count(&self) -> usize;

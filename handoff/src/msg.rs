@@ -20,6 +20,7 @@
 //!   ◀──────── Rebound{ok}
 //! ```
 
+use ds_stack::Packets;
 use serde::{Deserialize, Serialize};
 
 /// Message encoding version (first byte of every plaintext). 2: Activated names the
@@ -193,8 +194,8 @@ pub enum Message {
     Forward {
         /// The offer's id.
         conn_id: u64,
-        /// Whole IPv6 packets.
-        packets: Vec<serde_bytes::ByteBuf>,
+        /// Whole IPv6 packets (encoded as a sequence of byte strings).
+        packets: Packets,
     },
     /// Donor → acceptor, when the drain starts: an offer for a connection with `client` will
     /// follow; the acceptor may start what can run ahead of it (the care-of test of return

@@ -8,7 +8,7 @@ use std::net::{Ipv6Addr, SocketAddrV6};
 use std::time::Duration;
 
 use ds_stack::mobile::MobileRole;
-use ds_stack::{ConnState, Interface, TcpHandle};
+use ds_stack::{ConnState, Interface, Packets, TcpHandle};
 
 use crate::host::{Host, HostError, Takeover};
 
@@ -191,15 +191,15 @@ impl Host for UserHost<'_> {
         }
     }
 
-    fn take_held(&mut self, local: SocketAddrV6, remote: SocketAddrV6) -> Vec<Vec<u8>> {
+    fn take_held(&mut self, local: SocketAddrV6, remote: SocketAddrV6) -> Packets {
         self.iface.tcp_take_held(local, remote)
     }
 
-    fn release(&mut self, local: SocketAddrV6, remote: SocketAddrV6) -> Vec<Vec<u8>> {
+    fn release(&mut self, local: SocketAddrV6, remote: SocketAddrV6) -> Packets {
         self.iface.tcp_forget_frozen(local, remote)
     }
 
-    fn inject(&mut self, packets: Vec<Vec<u8>>) {
+    fn inject(&mut self, packets: Packets) {
         for p in &packets {
             self.iface.receive_ipv6(self.now, p, None);
         }

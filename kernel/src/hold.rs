@@ -16,10 +16,11 @@
 
 use crate::{KernelError, Result};
 use ds_mipv6::wire::{checksum, IPPROTO_TCP};
+use ds_stack::Packets;
 use ds_xdp::hold::{HeldFlows, HoldRing};
 use ds_xdp::maps::{HoldKey, HoldVal};
 use ds_xdp::{Kind, LoadOptions, Program};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::mem::size_of;
 use std::net::{Ipv6Addr, SocketAddrV6};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -69,8 +70,7 @@ pub struct HoldStats {
 #[derive(Debug, Default)]
 struct Flow {
     held: bool,
-    packets: VecDeque<Vec<u8>>,
-    bytes: usize,
+    packets: Packets,
 }
 
 /// Most records read from the ring in one [`HoldTable::poll`].
@@ -233,17 +233,19 @@ impl HoldTable {
                     flows.entry(k).or_default()
                 }
             };
-            if flow.packets.len() >= limits.max_packets || flow.bytes + pkt.len() > limits.max_bytes
+            if flow.packets.len() >= limits.max_packets
+                || flow.packets.byte_len() + pkt.len() > limits.max_bytes
             {
                 stats.over_limit += 1;
                 return;
             }
-            let mut p = pkt.to_vec();
-            if complete_tcp_checksum(&mut p) == Checksum::Completed {
-                stats.checksums_completed += 1;
+            // Copied once, into the flow's shared storage: no allocation per packet.
+            flow.packets.push(pkt);
+            if let Some(p) = flow.packets.last_mut() {
+                if complete_tcp_checksum(p) == Checksum::Completed {
+                    stats.checksums_completed += 1;
+                }
             }
-            flow.bytes += p.len();
-            flow.packets.push_back(p);
             stats.queued += 1;
         })
     }
@@ -251,14 +253,13 @@ impl HoldTable {
     /// The packets held for the connection since the hold or the last `take`, oldest first:
     /// whole IPv6 packets (header, TCP header and payload) as the socket would have received
     /// them, checksums valid. Reads the ring first. The flow stays held.
-    pub fn take(&mut self, local: SocketAddrV6, remote: SocketAddrV6) -> Vec<Vec<u8>> {
+    pub fn take(&mut self, local: SocketAddrV6, remote: SocketAddrV6) -> Packets {
         self.poll();
         let k = key(local, remote);
         let Some(f) = self.flows.get_mut(&k) else {
-            return Vec::new();
+            return Packets::new();
         };
-        f.bytes = 0;
-        let out = Vec::from(std::mem::take(&mut f.packets));
+        let out = std::mem::take(&mut f.packets);
         if !f.held {
             self.flows.remove(&k);
         }
@@ -267,17 +268,13 @@ impl HoldTable {
 
     /// Stop holding the connection (its packets reach its socket again, if this host has
     /// one) and return the packets still held, oldest first. On an error the flow stays held.
-    pub fn release(&mut self, local: SocketAddrV6, remote: SocketAddrV6) -> Result<Vec<Vec<u8>>> {
+    pub fn release(&mut self, local: SocketAddrV6, remote: SocketAddrV6) -> Result<Packets> {
         let k = key(local, remote);
         self.map.release(&k).map_err(xdp("release"))?;
         // Whatever the program copied before the release took effect is in the ring now
         // (a packet being copied on another CPU at this very moment comes later, as a stray).
         self.poll();
-        Ok(self
-            .flows
-            .remove(&k)
-            .map(|f| f.packets.into())
-            .unwrap_or_default())
+        Ok(self.flows.remove(&k).map(|f| f.packets).unwrap_or_default())
     }
 
     /// The program's own count for a held flow (packets copied, bytes, packets lost because
@@ -375,8 +372,9 @@ pub fn complete_tcp_checksum(pkt: &mut [u8]) -> Checksum {
 /// own destination, which is local, so it loops back through `lo` into `ip6_rcv` and on to the
 /// socket restored for it. The packets are sent unchanged: their TCP checksums stay valid, as
 /// the pseudo-header (RFC 8200 §8.1) is the same. Returns how many were sent.
-pub fn inject(packets: &[Vec<u8>]) -> Result<usize> {
-    if packets.is_empty() {
+pub fn inject<P: AsRef<[u8]>>(packets: impl IntoIterator<Item = P>) -> Result<usize> {
+    let mut packets = packets.into_iter().peekable();
+    if packets.peek().is_none() {
         return Ok(0);
     }
     // SAFETY: plain socket(2); ownership passes to `OwnedFd` at once.
@@ -402,6 +400,7 @@ pub fn inject(packets: &[Vec<u8>]) -> Result<usize> {
     )?;
     let mut sent = 0;
     for p in packets {
+        let p = p.as_ref();
         if p.len() < 40 || p[0] >> 4 != 6 {
             return Err(KernelError::Unsupported("not an IPv6 packet"));
         }

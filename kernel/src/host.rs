@@ -3,7 +3,7 @@
 
 use crate::{freeze, inject, restore_repaired, retire, send_queue_len, HoldTable, Repaired};
 use ds_handoff::{Host, HostError, Takeover};
-use ds_stack::ConnState;
+use ds_stack::{ConnState, Packets};
 use std::net::{SocketAddrV6, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::Instant;
@@ -106,7 +106,7 @@ impl KernelHost {
         &mut self.holds
     }
 
-    fn release_flow(&mut self, local: SocketAddrV6, remote: SocketAddrV6) -> Vec<Vec<u8>> {
+    fn release_flow(&mut self, local: SocketAddrV6, remote: SocketAddrV6) -> Packets {
         if !self.holds.is_held(local, remote) {
             // Strays of an earlier hold, if any.
             return self.holds.take(local, remote);
@@ -115,7 +115,7 @@ impl KernelHost {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!("releasing a hold: {e}");
-                Vec::new()
+                Packets::new()
             }
         }
     }
@@ -254,15 +254,15 @@ impl Host for KernelHost {
         }
     }
 
-    fn take_held(&mut self, local: SocketAddrV6, remote: SocketAddrV6) -> Vec<Vec<u8>> {
+    fn take_held(&mut self, local: SocketAddrV6, remote: SocketAddrV6) -> Packets {
         self.holds.take(local, remote)
     }
 
-    fn release(&mut self, local: SocketAddrV6, remote: SocketAddrV6) -> Vec<Vec<u8>> {
+    fn release(&mut self, local: SocketAddrV6, remote: SocketAddrV6) -> Packets {
         self.release_flow(local, remote)
     }
 
-    fn inject(&mut self, packets: Vec<Vec<u8>>) {
+    fn inject(&mut self, packets: Packets) {
         if let Err(e) = inject(&packets) {
             tracing::warn!("injecting forwarded packets: {e}");
         }

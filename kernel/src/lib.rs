@@ -28,7 +28,7 @@ pub use hold::{complete_tcp_checksum, inject, Checksum, HoldLimits, HoldStats, H
 pub use host::{KernelConn, KernelHost};
 
 use ds_stack::state::{flags, AfterLoss, Endpoint, InFlight};
-use ds_stack::{ConnState, TcpState};
+use ds_stack::{ConnState, Packets, TcpState};
 use std::io;
 use std::mem::size_of;
 use std::net::{SocketAddr, SocketAddrV6, TcpStream};
@@ -400,7 +400,7 @@ pub fn freeze(sock: &TcpStream) -> Result<ConnState> {
 /// peer's packets were held during the move, use [`restore_with_held`] instead, so that they
 /// reach the socket before anything newer does.
 pub fn restore(st: &ConnState) -> Result<TcpStream> {
-    restore_with_held(st, &[]).map(|(s, _)| s)
+    restore_with_held(st, &Packets::new()).map(|(s, _)| s)
 }
 
 /// [`restore`], delivering `held` (the peer's packets held during the move, oldest first, as
@@ -414,7 +414,7 @@ pub fn restore(st: &ConnState) -> Result<TcpStream> {
 /// it (RFC 7323 §5.3); a payload in it is lost and the peer has to retransmit. So: no window
 /// probe when leaving repair mode (its answer would come first), the held packets next, and
 /// only then the never-sent data.
-pub fn restore_with_held(st: &ConnState, held: &[Vec<u8>]) -> Result<(TcpStream, usize)> {
+pub fn restore_with_held(st: &ConnState, held: &Packets) -> Result<(TcpStream, usize)> {
     restore_repaired(st)?.activate(held)
 }
 
@@ -591,7 +591,7 @@ impl Repaired {
     /// Leave repair mode, deliver `held` (the peer's packets held during the move, oldest
     /// first, as for [`inject`]) before anything else, then send the never-sent data.
     /// Returns the socket and how many packets were injected.
-    pub fn activate(self, held: &[Vec<u8>]) -> Result<(TcpStream, usize)> {
+    pub fn activate(self, held: &Packets) -> Result<(TcpStream, usize)> {
         let fd = self.fd.as_raw_fd();
         let tcp = libc::IPPROTO_TCP;
         if held.is_empty() {

@@ -56,7 +56,7 @@ fn wait_held(
         };
         // SAFETY: one valid pollfd, alive across the call.
         unsafe { libc::poll(&mut pfd, 1, 100) };
-        got.extend(t.take(local, remote));
+        got.extend(t.take(local, remote).iter().map(<[u8]>::to_vec));
     }
     got
 }
@@ -130,7 +130,10 @@ fn hold_then_inject_over_veth() {
             hold_took < Duration::from_millis(2) && release_took < Duration::from_millis(2),
             "a map update each: hold {hold_took:?}, release {release_took:?}"
         );
-        let all: Vec<Vec<u8>> = pkts.into_iter().chain(rest).collect();
+        let all: Vec<Vec<u8>> = pkts
+            .into_iter()
+            .chain(rest.iter().map(<[u8]>::to_vec))
+            .collect();
         assert_eq!(inject(&all).expect("inject"), all.len());
         sock.set_nonblocking(false).expect("blocking");
         sock.set_read_timeout(Some(Duration::from_secs(2)))

@@ -14,7 +14,7 @@
 
 use ds_stack::device::TapDevice;
 use ds_stack::runner::Runner;
-use ds_stack::{ConnState, Error, TcpState};
+use ds_stack::{ConnState, Error, Packets, TcpState};
 use ds_testbed::conn::ip;
 use ds_testbed::{
     all_counters, counter_delta, moved_tcp_counters, require_root, KernelPeer, PatternStream,
@@ -81,7 +81,7 @@ enum Donor {
 
 impl Donor {
     /// The packets held since the last call.
-    fn take(&mut self) -> Vec<Vec<u8>> {
+    fn take(&mut self) -> Packets {
         match self {
             Donor::Kernel {
                 table,
@@ -96,7 +96,7 @@ impl Donor {
     }
 
     /// Stop holding; the packets still held.
-    fn finish(self) -> Vec<Vec<u8>> {
+    fn finish(self) -> Packets {
         match self {
             Donor::Kernel {
                 mut table,
@@ -124,7 +124,7 @@ struct Forwarded {
 
 impl Forwarded {
     /// Hand packets the donor held to a userspace acceptor, counting them.
-    fn deliver(&mut self, rt: &mut Runner<TapDevice>, pkts: Vec<Vec<u8>>) {
+    fn deliver(&mut self, rt: &mut Runner<TapDevice>, pkts: Packets) {
         self.held += pkts.len();
         let now = rt.now();
         for p in &pkts {
@@ -351,7 +351,7 @@ fn handoff(name: &str, donor: Side, acceptor: Side) {
                             held: first.0.len(),
                             delivered: first.1,
                         };
-                        let mut deliver = |pkts: Vec<Vec<u8>>| {
+                        let mut deliver = |pkts: Packets| {
                             f.held += pkts.len();
                             f.delivered += ds_kernel::inject(&pkts).expect("inject");
                         };

@@ -20,6 +20,7 @@ pub mod iface;
 pub mod isn;
 pub mod mobile;
 pub mod ndp;
+pub mod packets;
 mod prefetch;
 pub mod runner;
 pub mod state;
@@ -29,6 +30,7 @@ pub mod time;
 pub mod udp;
 
 pub use iface::{Config, Error, Interface, ListenHandle, Route, TcpHandle, UdpHandle};
+pub use packets::Packets;
 pub use state::ConnState;
 pub use stats::Stats;
 pub use tcp::{Congestion, TcpConfig, TcpState, DEFAULT_NOTSENT_LOWAT};

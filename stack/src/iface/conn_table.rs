@@ -10,6 +10,7 @@
 use super::timer_wheel::TimerWheel;
 use super::TcpHandle;
 use crate::time::Instant;
+use crate::Packets;
 use hashbrown::HashTable;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -125,7 +126,7 @@ struct Armed {
 struct Frozen {
     #[allow(dead_code)]
     since: Instant,
-    held: Vec<Vec<u8>>,
+    held: Packets,
 }
 
 /// What became of a packet offered to [`ConnTable::hold_packet`].
@@ -529,7 +530,7 @@ impl<T: Vacant> ConnTable<T> {
             key,
             Frozen {
                 since: now,
-                held: Vec::new(),
+                held: Packets::new(),
             },
         );
     }
@@ -538,28 +539,30 @@ impl<T: Vacant> ConnTable<T> {
     pub(super) fn hold(&mut self, key: ConnKey, now: Instant) {
         self.frozen.entry(key).or_insert_with(|| Frozen {
             since: now,
-            held: Vec::new(),
+            held: Packets::new(),
         });
     }
 
-    /// Offer a packet for `key`; `packet` builds it only when it is kept.
+    /// Offer a packet of `len` bytes for `key`; `fill` writes it, in the held packets'
+    /// storage, only when it is kept.
     pub(super) fn hold_packet(
         &mut self,
         key: &ConnKey,
-        packet: impl FnOnce() -> Vec<u8>,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]),
     ) -> HoldOutcome {
         match self.frozen.get_mut(key) {
             None => HoldOutcome::NotFrozen,
             Some(f) if f.held.len() >= MAX_HELD => HoldOutcome::Full,
             Some(f) => {
-                f.held.push(packet());
+                f.held.push_with(len, fill);
                 HoldOutcome::Held
             }
         }
     }
 
     /// The packets held for `key` so far; the hold stays.
-    pub(super) fn take_held(&mut self, key: &ConnKey) -> Vec<Vec<u8>> {
+    pub(super) fn take_held(&mut self, key: &ConnKey) -> Packets {
         self.frozen
             .get_mut(key)
             .map(|f| std::mem::take(&mut f.held))
@@ -567,7 +570,7 @@ impl<T: Vacant> ConnTable<T> {
     }
 
     /// End the hold of `key`; returns the packets still held.
-    pub(super) fn forget(&mut self, key: &ConnKey) -> Vec<Vec<u8>> {
+    pub(super) fn forget(&mut self, key: &ConnKey) -> Packets {
         self.frozen.remove(key).map(|f| f.held).unwrap_or_default()
     }
 }
@@ -932,22 +935,23 @@ mod tests {
     #[test]
     fn held_packets_are_bounded_and_kept_until_forgotten() {
         let mut c: ConnTable<()> = ConnTable::default();
-        assert_eq!(c.hold_packet(&key(1), || vec![1]), HoldOutcome::NotFrozen);
+        let byte = |b: u8| move |p: &mut [u8]| p[0] = b;
+        assert_eq!(c.hold_packet(&key(1), 1, byte(1)), HoldOutcome::NotFrozen);
         c.hold(key(1), t(1));
         assert!(c.in_use(&key(1)));
         for i in 0..MAX_HELD {
-            assert_eq!(c.hold_packet(&key(1), || vec![i as u8]), HoldOutcome::Held);
+            assert_eq!(c.hold_packet(&key(1), 1, byte(i as u8)), HoldOutcome::Held);
         }
-        assert_eq!(c.hold_packet(&key(1), || vec![0]), HoldOutcome::Full);
+        assert_eq!(c.hold_packet(&key(1), 1, byte(0)), HoldOutcome::Full);
         // A second hold keeps what is held; a freeze starts afresh.
         c.hold(key(1), t(2));
         assert_eq!(c.take_held(&key(1)).len(), MAX_HELD);
         assert!(c.take_held(&key(1)).is_empty(), "taken once");
-        assert_eq!(c.hold_packet(&key(1), || vec![7]), HoldOutcome::Held);
+        assert_eq!(c.hold_packet(&key(1), 1, byte(7)), HoldOutcome::Held);
         c.freeze(key(1), t(3));
         assert!(c.take_held(&key(1)).is_empty());
-        c.hold_packet(&key(1), || vec![8]);
-        assert_eq!(c.forget(&key(1)), vec![vec![8]]);
+        c.hold_packet(&key(1), 1, byte(8));
+        assert_eq!(c.forget(&key(1)), [[8u8]].iter().collect());
         assert!(!c.in_use(&key(1)));
         assert!(c.forget(&key(1)).is_empty());
     }

@@ -45,8 +45,22 @@ pub(super) fn plain_packet(
     hop_limit: u8,
     payload: &[u8],
 ) -> Vec<u8> {
-    let mut pkt = Vec::with_capacity(IPV6_HEADER_LEN + payload.len());
-    pkt.resize(IPV6_HEADER_LEN, 0);
+    let mut pkt = vec![0; IPV6_HEADER_LEN + payload.len()];
+    write_plain_packet(&mut pkt, src, dst, proto, hop_limit, payload);
+    pkt
+}
+
+/// [`plain_packet`] written into `into`, which is exactly [`IPV6_HEADER_LEN`] +
+/// `payload.len()` bytes long.
+pub(super) fn write_plain_packet(
+    into: &mut [u8],
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    proto: IpProtocol,
+    hop_limit: u8,
+    payload: &[u8],
+) {
+    let (header, rest) = into.split_at_mut(IPV6_HEADER_LEN);
     Ipv6Repr {
         src_addr: src,
         dst_addr: dst,
@@ -54,9 +68,8 @@ pub(super) fn plain_packet(
         payload_len: payload.len(),
         hop_limit,
     }
-    .emit(&mut Ipv6Packet::new_unchecked(&mut pkt[..]));
-    pkt.extend_from_slice(payload);
-    pkt
+    .emit(&mut Ipv6Packet::new_unchecked(header));
+    rest.copy_from_slice(payload);
 }
 
 impl Interface {

@@ -4,13 +4,14 @@
 use super::conn_table::{ConnKey, HoldOutcome};
 use super::ethernet::WARM_FROM;
 use super::mobility::MOBILITY_EXT_LEN;
-use super::siblings::plain_packet;
+use super::siblings::{plain_packet, write_plain_packet};
 use super::{put_in_free_slot, Error, Interface, ListenHandle, TcpHandle};
 use crate::isn::{IsnGenerator, SynCookies};
 use crate::state::ConnState;
 use crate::tcp::tcb::{SegIn, SegOut, Tcb};
 use crate::tcp::{TcpConfig, TcpState};
 use crate::time::Instant;
+use crate::Packets;
 use ds_mipv6::wire::{pseudo_checksum, IPPROTO_TCP};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
@@ -320,9 +321,12 @@ impl Interface {
         // that thaws it (`tcp_take_held`), up to a bound.
         // Held as a plain IPv6 packet between the addresses TCP sees (home addresses, not
         // care-of ones), so the segment's checksum verifies wherever it is fed back.
-        let held = self.conns.hold_packet(&key, || {
-            plain_packet(src, dst, IpProtocol::Tcp, HELD_HOP_LIMIT, payload)
-        });
+        // Written straight into the hold's storage: no allocation per packet held.
+        let held = self
+            .conns
+            .hold_packet(&key, IPV6_HEADER_LEN + payload.len(), |into| {
+                write_plain_packet(into, src, dst, IpProtocol::Tcp, HELD_HOP_LIMIT, payload)
+            });
         match held {
             HoldOutcome::NotFrozen => {}
             HoldOutcome::Held => {
@@ -839,7 +843,7 @@ impl Interface {
 
     /// Stop holding off packets of a frozen connection (it now lives elsewhere). Returns the
     /// packets still held.
-    pub fn tcp_forget_frozen(&mut self, local: SocketAddrV6, remote: SocketAddrV6) -> Vec<Vec<u8>> {
+    pub fn tcp_forget_frozen(&mut self, local: SocketAddrV6, remote: SocketAddrV6) -> Packets {
         self.conns.forget(&ConnKey::of(&local, &remote))
     }
 
@@ -847,7 +851,7 @@ impl Interface {
     /// inside, checksums valid for their addresses). Forward them to the node that thawed it,
     /// which feeds them to [`Interface::receive_ipv6`]: the handoff gap then costs the client
     /// no retransmission.
-    pub fn tcp_take_held(&mut self, local: SocketAddrV6, remote: SocketAddrV6) -> Vec<Vec<u8>> {
+    pub fn tcp_take_held(&mut self, local: SocketAddrV6, remote: SocketAddrV6) -> Packets {
         self.conns.take_held(&ConnKey::of(&local, &remote))
     }
 
