@@ -39,6 +39,11 @@ pub(super) struct TimerWheel {
     near: BinaryHeap<Reverse<(Instant, u32)>>,
     /// Bucket `slot(k)` holds the entries of tick `k`, for `base < k <= base + SLOTS`.
     buckets: Vec<Vec<(Instant, u32)>>,
+    /// Emptied buckets' storage, for the next bucket to fill (most recently emptied first:
+    /// still in the cache). A few buckets are in use at a time, so a few vectors go round
+    /// the whole wheel, each grown once to the most a bucket held: arming allocates nothing
+    /// once they have, whichever of the 4,096 buckets comes next.
+    spare: Vec<Vec<(Instant, u32)>>,
     /// Each bucket's earliest instant (valid while the bucket is non-empty), so that the next
     /// timer is known exactly without looking through a bucket.
     mins: Vec<Instant>,
@@ -56,6 +61,7 @@ impl Default for TimerWheel {
         TimerWheel {
             near: BinaryHeap::new(),
             buckets: (0..SLOTS).map(|_| Vec::new()).collect(),
+            spare: Vec::new(),
             mins: vec![Instant::ZERO; SLOTS],
             occupied: [0; WORDS],
             far: BinaryHeap::new(),
@@ -79,10 +85,18 @@ impl TimerWheel {
             self.near.push(Reverse((at, id)));
         } else if k - self.base <= SLOTS as i64 {
             let s = slot(k);
-            if self.buckets[s].is_empty() || at < self.mins[s] {
+            let bucket = &mut self.buckets[s];
+            if bucket.is_empty() {
+                if bucket.capacity() == 0 {
+                    if let Some(v) = self.spare.pop() {
+                        *bucket = v;
+                    }
+                }
+                self.mins[s] = at;
+            } else if at < self.mins[s] {
                 self.mins[s] = at;
             }
-            self.buckets[s].push((at, id));
+            bucket.push((at, id));
             self.occupied[s / 64] |= 1 << (s % 64);
             self.in_buckets += 1;
         } else {
@@ -142,9 +156,9 @@ impl TimerWheel {
                     self.near.push(Reverse((at, id)));
                 }
             }
-            // The bucket keeps its capacity: arming allocates nothing once warm.
+            // Its storage goes round to the next bucket to fill (`spare`).
             bucket.clear();
-            self.buckets[s] = bucket;
+            self.spare.push(bucket);
             from = k;
         }
         self.base = to;
