@@ -188,6 +188,10 @@ pub(crate) const MAX_OOO_BLOCKS: usize = 64;
 /// holds (unread, out of order, and the segment's own) plus this: see [`Tcb::ooo_fits`].
 pub(crate) const OOO_GROWTH_SLACK: usize = 64 << 10;
 
+/// Blocks' storage an [`OooQueue`] keeps once its hole is filled (8 ranges: 80 bytes with the
+/// `ThinVec`'s header); more is given back.
+pub(crate) const OOO_KEPT_BLOCKS: usize = 8;
+
 /// Out-of-order data held above RCV.NXT: disjoint, non-adjacent blocks sorted by sequence, at
 /// most [`MAX_OOO_BLOCKS`]. The bytes are in the receive buffer's storage, written where they
 /// will be read ([`ByteRing::write_ahead`]): these are their sequence ranges.
@@ -198,10 +202,20 @@ pub(crate) struct OooQueue {
     /// always empty.
     pub(crate) blocks: ThinVec<(u32, u32)>,
     /// Start of the block that took the most recent segment (first SACK block, RFC 2018 §4).
+    /// `None` exactly when there are no blocks: [`OooQueue::is_empty`] reads it.
     last: Option<u32>,
 }
 
 impl OooQueue {
+    /// Whether no block is held. Read from `last`, beside the blocks' pointer in the control
+    /// block, not from the `ThinVec`'s header: once the queue has kept its storage
+    /// ([`OOO_KEPT_BLOCKS`]) that header is a line of its own, which every segment would read.
+    #[inline]
+    pub(crate) fn is_empty(&self) -> bool {
+        debug_assert_eq!(self.last.is_none(), self.blocks.is_empty());
+        self.last.is_none()
+    }
+
     /// Whether [start, end) is already held entirely.
     fn covers(&self, rcv_nxt: u32, start: u32, end: u32) -> bool {
         let rel = |s: u32| dist(rcv_nxt, s);
@@ -569,7 +583,7 @@ impl Tcb {
     #[inline]
     pub(crate) fn release_buffers(&mut self, pool: &mut BufPool) {
         // Out-of-order data lives past the held bytes, in the same storage.
-        if self.ooo.blocks.is_empty() {
+        if self.ooo.is_empty() {
             self.rcv_buf.release_to_pool(pool);
         }
         self.snd_buf.release_to_pool(pool);
@@ -583,7 +597,7 @@ impl Tcb {
     /// again after each of those.)
     #[inline]
     pub(crate) fn release_idle_receive_buffer(&mut self) {
-        if self.ooo.blocks.is_empty() {
+        if self.ooo.is_empty() {
             release_emptied_buffer(&mut self.rcv_buf);
         }
     }
@@ -813,7 +827,7 @@ impl Tcb {
         if self.ts_ok {
             opt += 12;
         }
-        if self.sack_ok && !self.ooo.blocks.is_empty() {
+        if self.sack_ok && !self.ooo.is_empty() {
             opt += 28;
         }
         self.snd_mss.saturating_sub(opt).max(64)
@@ -955,7 +969,7 @@ impl Tcb {
         if n > na {
             buf[na..n].copy_from_slice(&b[..n - na]);
         }
-        if self.ooo.blocks.is_empty() {
+        if self.ooo.is_empty() {
             self.rcv_buf.consume(n);
         } else {
             self.rcv_buf.consume_keeping_ahead(n);
@@ -1306,7 +1320,7 @@ impl Tcb {
         self.ooo_fin = None;
         // Data past the FIN is never delivered (RFC 9293 §3.10.7.4: the FIN ends the stream);
         // kept, its place would be off by the FIN's sequence number.
-        if !self.ooo.blocks.is_empty() {
+        if !self.ooo.is_empty() {
             self.ooo = OooQueue::default();
         }
         self.rcv_nxt = self.rcv_nxt.wrapping_add(1);
@@ -1366,7 +1380,7 @@ impl Tcb {
             return seg.fin && whole;
         }
         if seq == self.rcv_nxt {
-            let had_ooo = !self.ooo.blocks.is_empty();
+            let had_ooo = !self.ooo.is_empty();
             if had_ooo {
                 // Over the bytes written ahead, if it reaches them (the same bytes, from an
                 // honest peer), and keeping them if the storage grows.
@@ -1458,8 +1472,14 @@ impl Tcb {
             }
         }
         if self.ooo.blocks.is_empty() {
-            // The hole is filled: give its storage back (an idle connection holds none).
-            self.ooo = OooQueue::default();
+            self.ooo.last = None;
+            // The hole is filled. The blocks' storage stays for the next reordering (one
+            // allocation per hole cost an allocation every few segments on a path that
+            // reorders), unless it grew past a few blocks: an idle connection holds at most
+            // `OOO_KEPT_BLOCKS`' worth.
+            if self.ooo.blocks.capacity() > OOO_KEPT_BLOCKS {
+                self.ooo = OooQueue::default();
+            }
         }
     }
 
