@@ -180,6 +180,9 @@ impl<D: Device> Runner<D> {
                     break;
                 };
                 self.iface.receive_from_sibling(now, &pkt, hops);
+                // Its storage goes back to the sibling that built it, for its next one (a
+                // full return path drops it: that sibling allocates instead).
+                let _ = l.back.try_send(pkt);
             }
             if l.pending() {
                 // More than a batch: stay readable, for callers that wait on the descriptor.
@@ -213,6 +216,9 @@ impl<D: Device> Runner<D> {
         };
         if !self.iface.has_for_sibling() {
             return;
+        }
+        for buf in l.returned.try_iter().take(SIBLING_INBOX) {
+            self.iface.recycle_sibling_buffer(buf);
         }
         self.iface.take_for_sibling(&mut self.passing);
         for p in self.passing.drain(..) {
@@ -426,6 +432,10 @@ pub struct SiblingLink {
     others: u8,
     inbox: crossbeam::channel::Receiver<(Vec<u8>, u8)>,
     next: crossbeam::channel::Sender<(Vec<u8>, u8)>,
+    /// The storage of processed packets, back to the sibling that passed them.
+    back: crossbeam::channel::Sender<Vec<u8>>,
+    /// The storage of packets this runner passed, given back by the next sibling.
+    returned: crossbeam::channel::Receiver<Vec<u8>>,
     wake_me: Doorbell,
     wake_next: Doorbell,
 }
@@ -452,16 +462,21 @@ pub fn siblings(n: usize) -> io::Result<Vec<SiblingLink>> {
     let inboxes: Vec<_> = (0..n)
         .map(|_| crossbeam::channel::bounded(SIBLING_INBOX))
         .collect();
+    let returns: Vec<_> = (0..n)
+        .map(|_| crossbeam::channel::bounded(SIBLING_INBOX))
+        .collect();
     let bells = (0..n)
         .map(|_| Doorbell::new())
         .collect::<io::Result<Vec<_>>>()?;
     Ok((0..n)
         .map(|i| {
-            let j = (i + 1) % n;
+            let (j, before) = ((i + 1) % n, (i + n - 1) % n);
             SiblingLink {
                 others: (n - 1) as u8,
                 inbox: inboxes[i].1.clone(),
                 next: inboxes[j].0.clone(),
+                back: returns[before].0.clone(),
+                returned: returns[i].1.clone(),
                 wake_me: bells[i].clone(),
                 wake_next: bells[j].clone(),
             }

@@ -2,7 +2,6 @@
 
 use super::conn_table::ConnKey;
 use super::ndisc::ND_HOP_LIMIT;
-use super::siblings::plain_packet;
 use super::{caps, fill_upper_checksum, Interface, ICMP_ERRORS_PER_SEC};
 use crate::time::{Duration, Instant};
 use ds_mipv6::wire::{pseudo_checksum, IPPROTO_ICMPV6};
@@ -43,7 +42,7 @@ impl Interface {
             Icmpv6Repr::PktTooBig { .. } | Icmpv6Repr::DstUnreachable { .. }
         ) {
             // RFC 8201 §4 / RFC 5927: every sibling applies it to what it holds.
-            self.pass_to_sibling(|| plain_packet(src, dst, IpProtocol::Icmpv6, hop_limit, payload));
+            self.pass_to_sibling(src, dst, IpProtocol::Icmpv6, hop_limit, payload);
         }
         match repr {
             Icmpv6Repr::EchoRequest {
@@ -68,9 +67,7 @@ impl Interface {
                     return;
                 }
                 // Every sibling keeps its own neighbour cache: each learns from it too.
-                self.pass_to_sibling(|| {
-                    plain_packet(src, dst, IpProtocol::Icmpv6, ND_HOP_LIMIT, payload)
-                });
+                self.pass_to_sibling(src, dst, IpProtocol::Icmpv6, ND_HOP_LIMIT, payload);
                 self.receive_ndisc(now, nd, src, dst, src_mac);
             }
             Icmpv6Repr::DstUnreachable {

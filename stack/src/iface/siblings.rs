@@ -33,24 +33,19 @@ pub(super) struct Siblings {
     hops: u8,
     /// Packets for the next sibling, with their hop count.
     out: Vec<(Vec<u8>, u8)>,
+    /// Storage of packets passed earlier, given back by the sibling that processed them
+    /// ([`Interface::recycle_sibling_buffer`]): a passed packet is built in one of these, so a
+    /// flow that keeps arriving on the wrong queue (its connection adopted by a sibling in a
+    /// handoff) costs no allocation per packet.
+    spare: Vec<Vec<u8>>,
 }
+
+/// Buffers kept for passing at most (each holds one packet, up to the link's MTU).
+const SPARE_MAX: usize = 256;
 
 /// `payload` of protocol `proto` as a plain IPv6 packet from `src` to `dst` (addresses as
 /// the upper layer sees them: home addresses, decapsulated), so that it verifies and demuxes
-/// wherever it is fed back.
-pub(super) fn plain_packet(
-    src: Ipv6Addr,
-    dst: Ipv6Addr,
-    proto: IpProtocol,
-    hop_limit: u8,
-    payload: &[u8],
-) -> Vec<u8> {
-    let mut pkt = vec![0; IPV6_HEADER_LEN + payload.len()];
-    write_plain_packet(&mut pkt, src, dst, proto, hop_limit, payload);
-    pkt
-}
-
-/// [`plain_packet`] written into `into`, which is exactly [`IPV6_HEADER_LEN`] +
+/// wherever it is fed back; written into `into`, which is exactly [`IPV6_HEADER_LEN`] +
 /// `payload.len()` bytes long.
 pub(super) fn write_plain_packet(
     into: &mut [u8],
@@ -107,9 +102,26 @@ impl Interface {
         !self.siblings.out.is_empty()
     }
 
-    /// Pass the packet being processed on to the next sibling, unless every sibling had it
+    /// Give back the storage of a packet a sibling passed here, once processed, to the
+    /// interface that passed it (the caller carries it back: `ds_stack::runner::siblings`);
+    /// it builds its next passed packet in it. Beyond a bound the buffer is dropped.
+    pub fn recycle_sibling_buffer(&mut self, buf: Vec<u8>) {
+        if self.siblings.spare.len() < SPARE_MAX {
+            self.siblings.spare.push(buf);
+        }
+    }
+
+    /// Pass the packet being processed (`payload` of `proto` between the addresses the upper
+    /// layer sees) on to the next sibling as a plain IPv6 packet, unless every sibling had it
     /// already (then the caller handles it as its own: false).
-    pub(super) fn pass_to_sibling(&mut self, packet: impl FnOnce() -> Vec<u8>) -> bool {
+    pub(super) fn pass_to_sibling(
+        &mut self,
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        proto: IpProtocol,
+        hop_limit: u8,
+        payload: &[u8],
+    ) -> bool {
         let s = &mut self.siblings;
         if s.hops >= s.others {
             return false;
@@ -118,7 +130,11 @@ impl Interface {
             self.stats.sibling_dropped += 1;
             return true;
         }
-        s.out.push((packet(), s.hops + 1));
+        let mut p = s.spare.pop().unwrap_or_default();
+        p.clear();
+        p.resize(IPV6_HEADER_LEN + payload.len(), 0);
+        write_plain_packet(&mut p, src, dst, proto, hop_limit, payload);
+        s.out.push((p, s.hops + 1));
         self.stats.sibling_tx += 1;
         true
     }

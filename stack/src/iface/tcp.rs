@@ -4,7 +4,7 @@
 use super::conn_table::{ConnKey, HoldOutcome};
 use super::ethernet::WARM_FROM;
 use super::mobility::MOBILITY_EXT_LEN;
-use super::siblings::{plain_packet, write_plain_packet};
+use super::siblings::write_plain_packet;
 use super::{put_in_free_slot, Error, Interface, ListenHandle, TcpHandle};
 use crate::isn::{IsnGenerator, SynCookies};
 use crate::state::ConnState;
@@ -368,8 +368,7 @@ impl Interface {
         }
         // Not ours: perhaps a sibling's (one interface per receive queue), which it gets
         // instead of a reset.
-        if self.pass_to_sibling(|| plain_packet(src, dst, IpProtocol::Tcp, HELD_HOP_LIMIT, payload))
-        {
+        if self.pass_to_sibling(src, dst, IpProtocol::Tcp, HELD_HOP_LIMIT, payload) {
             return;
         }
         self.stats.tcp_no_socket += 1;
