@@ -30,6 +30,7 @@ use serde::Serialize;
 use std::net::{Ipv6Addr, SocketAddrV6};
 use std::time::{Duration, Instant};
 
+pub mod cores;
 pub mod kernel;
 
 const SERVER: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xc0, 0, 0, 0, 0, 0, 0x80);
@@ -63,6 +64,9 @@ pub struct Options {
     /// Measure the kernel's TCP too (over loopback; two descriptors per connection, so
     /// 100,000 connections need root to raise the open-file limit).
     pub kernel: bool,
+    /// Measure the scaling across this many cores too ([`cores`]): as many threads, each
+    /// with its own pair of stacks, against one thread, same run.
+    pub cores: Option<usize>,
 }
 
 /// One connection count's result.
@@ -96,6 +100,10 @@ pub struct Point {
     pub kernel: Option<KernelPoint>,
     /// Why the kernel was not measured at this count, if it was asked for and was not.
     pub kernel_skipped: Option<String>,
+    /// The scaling across cores at this count (with [`Options::cores`]).
+    pub cores: Option<cores::CoresPoint>,
+    /// Why the scaling was not measured at this count, if it was asked for and was not.
+    pub cores_skipped: Option<String>,
 }
 
 /// The kernel's TCP at one connection count: both ends, over loopback.
@@ -552,6 +560,16 @@ pub fn run(o: &Options, mut progress: impl FnMut(&str)) -> Vec<Point> {
         } else {
             (None, None)
         };
+        let (cores, cores_skipped) = match o.cores {
+            Some(c) => match cores::measure_cores(o, n, c, &mut progress) {
+                Ok(p) => (Some(p), None),
+                Err(e) => {
+                    progress(&format!("cores: {n} connections skipped: {e:#}"));
+                    (None, Some(format!("{e:#}")))
+                }
+            },
+            None => (None, None),
+        };
         let first = points.first();
         points.push(Point {
             connections: n,
@@ -571,6 +589,8 @@ pub fn run(o: &Options, mut progress: impl FnMut(&str)) -> Vec<Point> {
             huge_pages_kib: huge,
             kernel,
             kernel_skipped,
+            cores,
+            cores_skipped,
         });
     }
     points
@@ -641,6 +661,38 @@ pub fn table(o: &Options, points: &[Point]) -> String {
             }
         }
     }
+    if let Some(c) = o.cores {
+        s.push_str(&format!(
+            "\nscaling across cores, shared nothing: {c} threads, each on its own CPU with its \
+             own client and server stacks and its share of the connections, against one thread \
+             with all of them, same run; exchanges per second (min–max)\n\n\
+             | connections | one thread | {c} threads | × one | one thread, 1/{c} of the connections | efficiency: {c} threads / ({c} × that) | server's share of the threads' time (the rest: the client's) |\n\
+             |---|---|---|---|---|---|---|\n"
+        ));
+        for p in points {
+            match (&p.cores, &p.cores_skipped) {
+                (Some(k), _) => s.push_str(&format!(
+                    "| {} | {:.0} ({:.0}–{:.0}) | {:.0} ({:.0}–{:.0}) | {:.2} | {:.0} | {:.2} | {:.0} % |\n",
+                    p.connections,
+                    k.one_per_s.median,
+                    k.one_per_s.min,
+                    k.one_per_s.max,
+                    k.all_per_s.median,
+                    k.all_per_s.min,
+                    k.all_per_s.max,
+                    k.ratio,
+                    k.share_per_s.median,
+                    k.efficiency,
+                    100.0 * k.server_share,
+                )),
+                (None, why) => s.push_str(&format!(
+                    "| {} | skipped: {} | | | | | |\n",
+                    p.connections,
+                    why.as_deref().unwrap_or("not measured"),
+                )),
+            }
+        }
+    }
     s
 }
 
@@ -663,6 +715,7 @@ mod tests {
             batch,
             pace_ns: None,
             kernel: false,
+            cores: None,
         }
     }
 
@@ -691,6 +744,30 @@ mod tests {
                 "flat: 1 connection(s)&apos; median",
             ],
         );
+    }
+
+    #[test]
+    fn cores_scaling_measures() {
+        let mut o = options(vec![200], 2, PORTS, 16);
+        o.cores = Some(2);
+        let pts = run(&o, |_| {});
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        match (&pts[0].cores, &pts[0].cores_skipped) {
+            (Some(c), _) => {
+                assert!(
+                    c.one_per_s.median > 0.0 && c.all_per_s.median > 0.0,
+                    "{c:?}"
+                );
+                assert!(
+                    c.ratio > 0.0 && (0.0..=1.0).contains(&c.server_share),
+                    "{c:?}"
+                );
+                assert!(c.share_per_s.median > 0.0 && c.efficiency > 0.0, "{c:?}");
+            }
+            (None, why) if cpus < 2 => println!("SKIP: cores_scaling_measures: {why:?}"),
+            (None, why) => panic!("{cpus} CPUs, not measured: {why:?}"),
+        }
+        assert!(table(&o, &pts).contains("scaling across cores"));
     }
 
     /// `svg`'s legend names every one of `labels`; `dir` is removed.

@@ -480,6 +480,13 @@ struct ConnsArgs {
     /// the open-file limit is raised; otherwise larger counts are skipped, and said so).
     #[arg(long)]
     kernel: bool,
+    /// Measure the scaling across N cores too: N threads, each pinned to its own CPU with its
+    /// own client and server stacks and its share of the connections, against one thread
+    /// with all of them, in the same run (shared nothing: the ratio shows what the stacks
+    /// share between threads).
+    #[arg(long, value_name = "N",
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(2..=1024))]
+    cores: Option<usize>,
     /// Print the results as one JSON array.
     #[arg(long)]
     json: bool,
@@ -504,6 +511,7 @@ fn run_conns(a: ConnsArgs) -> Result<()> {
         batch: a.batch,
         pace_ns: a.pace_ns,
         kernel: a.kernel,
+        cores: a.cores,
     };
     let points = ds_perf::conns::run(&o, |line| tracing::info!("{line}"));
     if a.json {
