@@ -413,7 +413,7 @@ fn stat(v: Vec<f64>) -> Stat {
 }
 
 /// `x / of`, 0 when `of` is not positive.
-fn ratio(x: f64, of: f64) -> f64 {
+pub(crate) fn ratio(x: f64, of: f64) -> f64 {
     if of > 0.0 {
         x / of
     } else {
@@ -768,6 +768,21 @@ mod tests {
             (None, why) => panic!("{cpus} CPUs, not measured: {why:?}"),
         }
         assert!(table(&o, &pts).contains("scaling across cores"));
+        if pts[0].cores.is_some() {
+            let dir = std::env::temp_dir().join(format!("ds-cores-plot-{}", std::process::id()));
+            let svg = crate::plot::write_conns_cores_svg(&o, &pts, &dir)
+                .expect("plot")
+                .expect("measured");
+            assert_legend(
+                &dir,
+                &svg,
+                &[
+                    "2 threads, each its share of the connections",
+                    "2 x one thread alone with its share",
+                    "one thread, all the connections",
+                ],
+            );
+        }
     }
 
     /// `svg`'s legend names every one of `labels`; `dir` is removed.

@@ -386,6 +386,69 @@ pub fn write_conns_kernel_svg(
     .map(Some)
 }
 
+/// `dsperf-conns-cores.svg` in `dir` when the scaling across cores was measured: exchanges per
+/// second as a multiple of one thread's with all the connections, for the threads together
+/// and for one thread with its share, against the count of connections.
+pub fn write_conns_cores_svg(
+    o: &crate::conns::Options,
+    points: &[crate::conns::Point],
+    dir: &Path,
+) -> Result<Option<PathBuf>> {
+    let Some(cores) = o.cores else {
+        return Ok(None);
+    };
+    let mut points: Vec<&crate::conns::Point> = points.iter().collect();
+    points.sort_by_key(|p| p.connections);
+    let x = |p: &crate::conns::Point| (p.connections.max(1) as f64).log10();
+    let measured: Vec<(f64, &crate::conns::cores::CoresPoint)> = points
+        .iter()
+        .filter_map(|p| p.cores.as_ref().map(|c| (x(p), c)))
+        .collect();
+    let (Some(lo), Some(hi)) = (measured.first(), measured.last()) else {
+        return Ok(None);
+    };
+    let (lo, hi) = (lo.0, hi.0);
+    let of_one =
+        |v: f64, c: &crate::conns::cores::CoresPoint| crate::conns::ratio(v, c.one_per_s.median);
+    let lines = vec![
+        Line {
+            label: format!("{cores} threads, each its share of the connections"),
+            points: measured
+                .iter()
+                .map(|(x, c)| (*x, of_one(c.all_per_s.median, c)))
+                .collect(),
+        },
+        Line {
+            label: format!("{cores} x one thread alone with its share"),
+            points: measured
+                .iter()
+                .map(|(x, c)| (*x, of_one(cores as f64 * c.share_per_s.median, c)))
+                .collect(),
+        },
+        Line {
+            label: "one thread, all the connections".to_string(),
+            points: vec![(lo, 1.0), (hi, 1.0)],
+        },
+    ];
+    let title = format!(
+        "dsperf conns --cores {cores}: exchanges per second x one thread's, {} B request/response, up to {} per pass",
+        crate::conns::MSG,
+        o.batch
+    );
+    write_lines_svg(
+        &dir.join("dsperf-conns-cores.svg"),
+        &title,
+        (
+            "open connections, log10 (2.4: 256, 4: 10,000, 5: 100,000)",
+            "exchanges per second / one thread's with all the connections",
+        ),
+        &lines,
+        &[],
+        SeriesLabelPosition::LowerRight,
+    )
+    .map(Some)
+}
+
 /// One line of a [`write_lines_svg`] chart.
 pub struct Line {
     /// Legend text.

@@ -490,8 +490,8 @@ struct ConnsArgs {
     /// Print the results as one JSON array.
     #[arg(long)]
     json: bool,
-    /// Write dsperf-conns.svg (and, with --kernel, dsperf-conns-kernel.svg) into this
-    /// directory.
+    /// Write dsperf-conns.svg (and, with --kernel, dsperf-conns-kernel.svg; with --cores,
+    /// dsperf-conns-cores.svg) into this directory.
     #[arg(long, value_name = "DIR")]
     plot: Option<PathBuf>,
 }
@@ -525,6 +525,11 @@ fn run_conns(a: ConnsArgs) -> Result<()> {
         eprintln!("wrote {}", path.display());
         if let Some(path) =
             ds_perf::plot::write_conns_kernel_svg(&o, &points, &dir).context("plot")?
+        {
+            eprintln!("wrote {}", path.display());
+        }
+        if let Some(path) =
+            ds_perf::plot::write_conns_cores_svg(&o, &points, &dir).context("plot")?
         {
             eprintln!("wrote {}", path.display());
         }
