@@ -19,6 +19,10 @@ struct Shared {
     events: Vec<HaEvent>,
     /// Events acted on, for whoever asks.
     log: Vec<HaEvent>,
+    /// The intercepted packet being forwarded, and its tunnelled form: reused from packet to
+    /// packet, so that forwarding allocates nothing per packet.
+    pkt: Vec<u8>,
+    out: Vec<u8>,
 }
 
 impl Shared {
@@ -93,6 +97,8 @@ impl HomeAgentNode {
                 wall: (wall_ntp, now),
                 events: Vec::new(),
                 log: Vec::new(),
+                pkt: Vec::new(),
+                out: Vec::new(),
             })),
             proxied: Arc::new(Mutex::new(HashSet::new())),
             stats: Arc::new(Mutex::new(HaStats::default())),
@@ -136,13 +142,13 @@ impl HomeAgentNode {
             }
         }
         // Proxy exactly the registered home addresses (RFC 6275 §10.4.1).
-        let current: Vec<Ipv6Addr> = proxied.iter().copied().collect();
-        for home in current {
-            if !sh.ha.proxy_nd(t, home) {
+        proxied.retain(|&home| {
+            let keep = sh.ha.proxy_nd(t, home);
+            if !keep {
                 iface.set_proxy(now, home, false);
-                proxied.remove(&home);
             }
-        }
+            keep
+        });
         for ev in &events {
             if let HaEvent::Registered { home, .. } = ev {
                 if sh.ha.proxy_nd(t, *home) && proxied.insert(*home) {
@@ -150,9 +156,10 @@ impl HomeAgentNode {
                 }
             }
         }
-        while let Some(pkt) = iface.take_intercepted() {
+        let Shared { ha, pkt, out, .. } = &mut *sh;
+        while iface.take_intercepted_into(pkt) {
             if pkt.get(6) == Some(&41) {
-                match sh.ha.reverse_tunnel(t, &pkt) {
+                match ha.reverse_tunnel(t, pkt) {
                     Some(inner) => {
                         iface.send_ipv6_packet(now, inner);
                         stats.reverse_forwarded += 1;
@@ -160,9 +167,9 @@ impl HomeAgentNode {
                     None => stats.dropped += 1,
                 }
             } else {
-                match sh.ha.tunnel(t, &pkt) {
-                    Some(tx) => {
-                        iface.send_ipv6_packet(now, &tx.packet);
+                match ha.tunnel_into(t, pkt, out) {
+                    Some(_) => {
+                        iface.send_ipv6_packet(now, out);
                         stats.tunnelled += 1;
                     }
                     None => stats.dropped += 1,

@@ -14,7 +14,7 @@
 use crate::common::MhMeta;
 use crate::rr;
 use crate::wire::option::AUTH_SUBTYPE_MN_HA;
-use crate::wire::packet::{decapsulate, encapsulate, ParsedIpv6};
+use crate::wire::packet::{decapsulate, encapsulate_into, ParsedIpv6};
 use crate::wire::{
     BaStatus, BindingAck, MhMessage, MhPacket, MhRepr, MobilityOption, PacketBuilder, IPPROTO_NONE,
 };
@@ -336,13 +336,22 @@ impl HomeAgent {
     /// An intercepted packet (§10.4.1): if its destination is a registered home address, the
     /// IPv6-in-IPv6 packet to send to the care-of address (§10.4.2).
     pub fn tunnel(&self, now: Instant, packet: &[u8]) -> Option<Transmit> {
-        let p = ParsedIpv6::parse(packet).ok()?;
-        let coa = self.care_of(now, p.dst)?;
+        let mut out = Vec::new();
+        let coa = self.tunnel_into(now, packet, &mut out)?;
         Some(Transmit {
             src: self.config.address,
             dst: coa,
-            packet: encapsulate(self.config.address, coa, &packet[..p.end]),
+            packet: out,
         })
+    }
+
+    /// [`HomeAgent::tunnel`] into `out` (cleared first), reused from packet to packet: the
+    /// care-of address it goes to, or `None` (and `out` untouched) when there is no binding.
+    pub fn tunnel_into(&self, now: Instant, packet: &[u8], out: &mut Vec<u8>) -> Option<Ipv6Addr> {
+        let p = ParsedIpv6::parse(packet).ok()?;
+        let coa = self.care_of(now, p.dst)?;
+        encapsulate_into(self.config.address, coa, &packet[..p.end], out);
+        Some(coa)
     }
 
     /// A reverse-tunnelled packet (§10.4.5): accepted when the outer source is the registered

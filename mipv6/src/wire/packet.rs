@@ -320,7 +320,23 @@ fn packet_has(packet: &[u8], proto: u8) -> Result<bool> {
 /// IPv6-in-IPv6 encapsulation (RFC 2473 §3), as the home agent tunnels intercepted packets to
 /// the care-of address (RFC 6275 §10.4.2) and the mobile node reverse-tunnels (§11.3.1).
 pub fn encapsulate(outer_src: Ipv6Addr, outer_dst: Ipv6Addr, inner: &[u8]) -> Vec<u8> {
-    PacketBuilder::new(outer_src, outer_dst).payload(IPPROTO_IPV6, inner)
+    let mut out = Vec::with_capacity(IPV6_HEADER_LEN + inner.len());
+    encapsulate_into(outer_src, outer_dst, inner, &mut out);
+    out
+}
+
+/// [`encapsulate`] into `out` (cleared first), for a caller that reuses one buffer per packet
+/// instead of allocating one.
+pub fn encapsulate_into(outer_src: Ipv6Addr, outer_dst: Ipv6Addr, inner: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(&ipv6_header(
+        outer_src,
+        outer_dst,
+        IPPROTO_IPV6,
+        inner.len(),
+        DEFAULT_HOP_LIMIT,
+    ));
+    out.extend_from_slice(inner);
 }
 
 /// Split an IPv6-in-IPv6 packet into (outer source, outer destination, inner packet).

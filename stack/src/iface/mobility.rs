@@ -25,6 +25,9 @@ pub(super) struct Mobility {
 
 /// Intercepted packets held for the application at most.
 pub(super) const MAX_INTERCEPTED: usize = 4096;
+/// Buffers kept for intercepted packets at most (given back by
+/// [`Interface::take_intercepted_into`]).
+const INTERCEPT_SPARE: usize = 64;
 
 /// What output route optimisation did to a frame.
 pub(super) enum MobilityOut {
@@ -96,14 +99,33 @@ impl Interface {
         self.intercepted.pop_front()
     }
 
-    /// Queue a packet for the application (bounded by `MAX_INTERCEPTED`).
+    /// [`Interface::take_intercepted`] into `buf`, whose old storage the interface keeps for
+    /// a later intercepted packet: a caller that passes the same buffer each time (a home
+    /// agent tunnelling every packet for its mobile nodes) costs no allocation per packet.
+    /// False (and `buf` untouched) when none waits.
+    pub fn take_intercepted_into(&mut self, buf: &mut Vec<u8>) -> bool {
+        let Some(mut pkt) = self.intercepted.pop_front() else {
+            return false;
+        };
+        std::mem::swap(buf, &mut pkt);
+        if self.intercept_spare.len() < INTERCEPT_SPARE {
+            self.intercept_spare.push(pkt);
+        }
+        true
+    }
+
+    /// Queue a packet for the application (bounded by `MAX_INTERCEPTED`), in storage an
+    /// earlier one left ([`Interface::take_intercepted_into`]) when there is some.
     pub(super) fn intercept(&mut self, pkt: &[u8]) {
         if self.intercepted.len() >= MAX_INTERCEPTED {
             self.stats.intercept_drops += 1;
             return;
         }
         self.stats.intercepted += 1;
-        self.intercepted.push_back(pkt.to_vec());
+        let mut buf = self.intercept_spare.pop().unwrap_or_default();
+        buf.clear();
+        buf.extend_from_slice(pkt);
+        self.intercepted.push_back(buf);
     }
 
     /// Serve a home address away from home (the mobile-node role, RFC 6275 §11): connections

@@ -274,6 +274,8 @@ pub struct Interface {
     home_addrs: Vec<Ipv6Addr>,
     proxied: Vec<Ipv6Addr>,
     intercepted: VecDeque<Vec<u8>>,
+    /// Storage of intercepted packets the application took, for the next ones.
+    intercept_spare: Vec<Vec<u8>>,
     decap_depth: u8,
     icmp_budget: (Instant, u32),
     frag_ident: u32,
@@ -382,6 +384,7 @@ impl Interface {
             home_addrs: Vec::new(),
             proxied: Vec::new(),
             intercepted: VecDeque::new(),
+            intercept_spare: Vec::new(),
             decap_depth: 0,
             icmp_budget: (now, 0),
             frag_ident: now.total_micros() as u32,
