@@ -7,9 +7,10 @@
 mod cluster;
 
 use cluster::{Addrs, Cluster};
+use ds_testbed::conn::connect_retrying;
 use ds_testbed::{require_root, PatternStream};
 use std::io::{Read, Write};
-use std::net::{Ipv6Addr, TcpStream};
+use std::net::Ipv6Addr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -88,16 +89,7 @@ fn a_tokio_echo_server_on_the_library_serves_clients_at_once() {
                 .map(|k| {
                     std::thread::spawn(move || {
                         let to = std::net::SocketAddr::from((ds, 7));
-                        let mut s = (0..20)
-                            .find_map(|_| {
-                                TcpStream::connect_timeout(&to, Duration::from_secs(1))
-                                    .ok()
-                                    .or_else(|| {
-                                        std::thread::sleep(Duration::from_millis(50));
-                                        None
-                                    })
-                            })
-                            .expect("connect");
+                        let mut s = connect_retrying(to, 20).expect("connect");
                         s.set_read_timeout(Some(Duration::from_secs(20)))
                             .expect("timeout");
                         let msg = PatternStream::bytes(k as u64 + 1, BYTES);

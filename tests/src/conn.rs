@@ -17,6 +17,20 @@ pub fn ips<const N: usize>(net: &str, hosts: [&str; N]) -> [Ipv6Addr; N] {
     hosts.map(|h| ip(&format!("{net}::{h}")))
 }
 
+/// A kernel TCP connection to `to`, retried every 50 ms (each try waits up to a second) while
+/// the server is still coming up (attaching its XDP program, announcing its address), at most
+/// `tries` times; `None` if none succeeded.
+pub fn connect_retrying(to: std::net::SocketAddr, tries: u32) -> Option<std::net::TcpStream> {
+    (0..tries).find_map(|_| {
+        std::net::TcpStream::connect_timeout(&to, std::time::Duration::from_secs(1))
+            .ok()
+            .or_else(|| {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                None
+            })
+    })
+}
+
 /// Connect from `from` (an ephemeral port) to `to` on the runner's stack, now.
 pub fn dial<D: Device>(rt: &mut Runner<D>, from: Ipv6Addr, to: SocketAddrV6) -> TcpHandle {
     let now = rt.now();

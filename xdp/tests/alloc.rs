@@ -6,11 +6,12 @@
 
 use ds_stack::runner::Runner;
 use ds_stack::{Config, Interface};
+use ds_testbed::conn::connect_retrying;
 use ds_testbed::interop::{ip, MAC, OURS, PEER};
 use ds_testbed::{require_root, XdpHost};
 use ds_xdp::device::{AfXdpConfig, AfXdpDevice};
 use std::io::{Read, Write};
-use std::net::{SocketAddrV6, TcpStream};
+use std::net::SocketAddrV6;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -34,16 +35,7 @@ fn allocations() -> u64 {
 /// allocation count in `start` (the others wait for it there), the last to finish in `end`.
 fn client(i: usize, warm: &AtomicU64, counted: &AtomicU64, start: &AtomicU64, end: &AtomicU64) {
     let to = std::net::SocketAddr::from((ip(OURS), PORT));
-    let mut s = (0..50)
-        .find_map(|_| {
-            TcpStream::connect_timeout(&to, Duration::from_secs(1))
-                .ok()
-                .or_else(|| {
-                    std::thread::sleep(Duration::from_millis(50));
-                    None
-                })
-        })
-        .expect("connect");
+    let mut s = connect_retrying(to, 50).expect("connect");
     s.set_nodelay(true).expect("nodelay");
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
