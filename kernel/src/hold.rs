@@ -33,7 +33,8 @@ pub struct HoldLimits {
     pub max_flows: usize,
     /// Packets queued per flow.
     pub max_packets: usize,
-    /// Bytes queued per flow.
+    /// Bytes queued per flow. The flow's storage (one buffer, grown by doubling:
+    /// `ds_stack::Packets`) may reach twice this while it grows.
     pub max_bytes: usize,
 }
 

@@ -751,7 +751,7 @@ mod tests {
         let mut o = options(vec![200], 2, PORTS, 16);
         o.cores = Some(2);
         let pts = run(&o, |_| {});
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cpus = crate::stack::client::allowed_cpus().map_or(1, |c| c.len());
         match (&pts[0].cores, &pts[0].cores_skipped) {
             (Some(c), _) => {
                 assert!(

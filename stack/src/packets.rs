@@ -3,9 +3,11 @@
 //! A frozen connection's packets are held for the node that thaws it, forwarded to it in a
 //! handoff message and fed back there, up to a thousand of them in a handoff's gap. A `Vec` per
 //! packet made each one an allocation at every step (held, encoded, decoded, injected). Here
-//! they share one byte buffer and one table of ends, which grow by doubling: a few allocations
-//! per hold, none per packet once the hold has seen its largest burst, and a handoff message
-//! decodes into one buffer instead of one per packet.
+//! they share one byte buffer and one table of ends, which grow by doubling: a number of
+//! allocations that grows with the logarithm of the packets held since the last take (a take
+//! hands the storage over, and the hold starts again from none), and a handoff message
+//! decodes into one buffer instead of one per packet. The storage may reach twice the bytes
+//! held while it grows.
 //!
 //! Serialized as a sequence of byte strings, so the encoding is the one a `Vec` of
 //! `serde_bytes::ByteBuf` had (the handoff protocol's `Forward` message keeps its wire format).
@@ -60,12 +62,14 @@ impl Packets {
 
     /// Append a copy of `packet`.
     pub fn push(&mut self, packet: &[u8]) {
+        self.drop_unfinished();
         self.bytes.extend_from_slice(packet);
         self.ends.push(self.bytes.len());
     }
 
     /// Append a packet of `len` bytes that `fill` writes in place (it is given zeros).
     pub fn push_with(&mut self, len: usize, fill: impl FnOnce(&mut [u8])) {
+        self.drop_unfinished();
         let start = self.bytes.len();
         self.bytes.resize(start + len, 0);
         fill(&mut self.bytes[start..]);
@@ -97,6 +101,12 @@ impl Packets {
     pub fn clear(&mut self) {
         self.bytes.clear();
         self.ends.clear();
+    }
+
+    /// Bytes past the last packet's end: a `push_with` whose `fill` panicked. Dropped, so that
+    /// they do not join the next packet.
+    fn drop_unfinished(&mut self) {
+        self.bytes.truncate(self.ends.last().copied().unwrap_or(0));
     }
 
     fn start(&self, i: usize) -> usize {
@@ -257,6 +267,19 @@ mod tests {
         p.clear();
         assert!(p.is_empty());
         assert_eq!(p.bytes.capacity(), cap, "storage kept for the next packets");
+    }
+
+    #[test]
+    fn a_fill_that_panicked_leaves_nothing_behind() {
+        let mut p = Packets::new();
+        p.push(b"one");
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            p.push_with(4, |_| panic!("a fill that fails"));
+        }));
+        assert!(r.is_err());
+        p.push(b"two");
+        let all: Vec<&[u8]> = p.iter().collect();
+        assert_eq!(all, [&b"one"[..], b"two"]);
     }
 
     #[test]

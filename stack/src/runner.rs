@@ -214,16 +214,20 @@ impl<D: Device> Runner<D> {
         let Some(l) = &self.siblings else {
             return;
         };
-        if !self.iface.has_for_sibling() {
-            return;
-        }
+        // What the next sibling gave back, every round (not only when passing: the channel
+        // would hold a burst's storage until the next pass).
         for buf in l.returned.try_iter().take(SIBLING_INBOX) {
             self.iface.recycle_sibling_buffer(buf);
+        }
+        if !self.iface.has_for_sibling() {
+            return;
         }
         self.iface.take_for_sibling(&mut self.passing);
         for p in self.passing.drain(..) {
             // A full inbox drops the packet, as a full queue on a wire would: TCP resends.
-            let _ = l.next.try_send(p);
+            if let Err(crossbeam::channel::TrySendError::Full((buf, _))) = l.next.try_send(p) {
+                self.iface.recycle_sibling_buffer(buf);
+            }
         }
         l.wake_next.ring();
     }

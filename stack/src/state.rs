@@ -316,7 +316,7 @@ impl Tcb {
         });
         let ooo = self
             .ooo
-            .blocks
+            .blocks()
             .iter()
             .map(|&(s, e)| {
                 let off = s.wrapping_sub(self.rcv_nxt);

@@ -88,9 +88,10 @@ impl Net {
                     self.passed_in_new += 1;
                 }
                 self.siblings[1 - i].receive_from_sibling(now, &p, hops);
-                // Back to the sibling that built it, as `runner::siblings` carries it; marked
-                // by a capacity no packet here needs (a pointer would not tell: the allocator
-                // hands a freed block out again).
+                // Back to the sibling that built it, as `runner::siblings`' return channel
+                // does (the runner's channels are not exercised here); marked by a capacity no
+                // packet here needs (a pointer would not tell: the allocator hands a freed
+                // block out again).
                 let mut p = p;
                 p.reserve_exact(GIVEN_BACK);
                 self.siblings[i].recycle_sibling_buffer(p);

@@ -13,6 +13,7 @@ use ds_xdp::device::{AfXdpConfig, AfXdpDevice};
 use std::io::{Read, Write};
 use std::net::SocketAddrV6;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 #[global_allocator]
@@ -31,9 +32,10 @@ fn allocations() -> u64 {
     dhat::HeapStats::get().total_blocks
 }
 
-/// One kernel client: `WARM + COUNTED` exchanges. The last client to be warm records the
-/// allocation count in `start` (the others wait for it there), the last to finish in `end`.
-fn client(i: usize, warm: &AtomicU64, counted: &AtomicU64, start: &AtomicU64, end: &AtomicU64) {
+/// One kernel client: `WARM + COUNTED` exchanges. When every client is warm one of them
+/// records the allocation count in `start` (the others wait for it, blocked, not spinning:
+/// the server needs the cores); the last to finish records it in `end`.
+fn client(i: usize, warm: &Barrier, counted: &AtomicU64, start: &AtomicU64, end: &AtomicU64) {
     let to = std::net::SocketAddr::from((ip(OURS), PORT));
     let mut s = connect_retrying(to, 50).expect("connect");
     s.set_nodelay(true).expect("nodelay");
@@ -43,13 +45,10 @@ fn client(i: usize, warm: &AtomicU64, counted: &AtomicU64, start: &AtomicU64, en
     let mut resp = [0u8; RESPONSE];
     for k in 0..WARM + COUNTED {
         if k == WARM {
-            // The last client to arrive here takes the first count.
-            if warm.fetch_add(1, Ordering::AcqRel) + 1 == CONNS as u64 {
+            if warm.wait().is_leader() {
                 start.store(allocations(), Ordering::Release);
             }
-            while warm.load(Ordering::Acquire) < CONNS as u64 {
-                std::hint::spin_loop();
-            }
+            warm.wait();
         }
         s.write_all(&req).expect("request");
         s.read_exact(&mut resp).expect("response");
@@ -88,7 +87,7 @@ fn the_afxdp_data_path_allocates_nothing_per_exchange() {
         .tcp_listen(SocketAddrV6::new(ip(OURS), PORT, 0, 0), CONNS)
         .expect("listen");
     let (warm, counted, start, end) = (
-        AtomicU64::new(0),
+        Barrier::new(CONNS),
         AtomicU64::new(0),
         AtomicU64::new(0),
         AtomicU64::new(0),

@@ -15,9 +15,10 @@
 //! stated: it is the part of each thread's time that is not the server's.
 
 use super::{measure, open, schedule, stat, Options, Pair, PORTS};
-use crate::stack::client::pin_to_cpu;
+use crate::stack::client::{allowed_cpus, pin_to_cpu};
 use crate::stack::report::Stat;
 use serde::Serialize;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Barrier;
 use std::time::Instant;
 
@@ -56,14 +57,20 @@ struct Run {
 /// Exchanges per second and server time share for every repeat, `threads` threads on CPUs
 /// 0.. with `n` connections split between them.
 fn scaled(o: &Options, n: usize, threads: usize) -> anyhow::Result<Vec<(f64, f64)>> {
+    let cpus = allowed_cpus()?;
+    anyhow::ensure!(
+        cpus.len() >= threads,
+        "{threads} threads need as many CPUs; this process may use {}",
+        cpus.len()
+    );
     let barrier = Barrier::new(threads);
     let runs: Vec<anyhow::Result<Vec<Run>>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
-                let barrier = &barrier;
+                let (barrier, cpu) = (&barrier, cpus[t]);
                 // The first threads take one more when `n` does not split evenly.
                 let mine = n / threads + usize::from(t < n % threads);
-                s.spawn(move || one_thread(o, mine.max(1), t, barrier))
+                s.spawn(move || one_thread(o, mine.max(1), cpu, barrier))
             })
             .collect();
         handles
@@ -88,36 +95,57 @@ fn scaled(o: &Options, n: usize, threads: usize) -> anyhow::Result<Vec<(f64, f64
 }
 
 /// One thread's part: its own pair of stacks with `n` connections, pinned to CPU `cpu`, every
-/// recorded repeat started together with the other threads'.
+/// recorded repeat started together with the other threads'. A thread that fails (its pinning,
+/// or a panic while it opens its connections or measures) still meets the others at every
+/// repeat's start, so that none waits for it forever, and returns the failure at the end.
 fn one_thread(o: &Options, n: usize, cpu: usize, barrier: &Barrier) -> anyhow::Result<Vec<Run>> {
-    let pinned = pin_to_cpu(cpu);
+    let caught = |what: &str| anyhow::anyhow!("{what} panicked (CPU {cpu}, {n} connections)");
+    let mut failed = pin_to_cpu(cpu).err();
     let ports = o.ports_per_client.clamp(1, PORTS);
-    let mut p = Pair::new(n, ports, o.pace_ns);
-    let cli = open(&mut p, n, ports);
+    let setup = match failed {
+        Some(_) => None,
+        None => catch_unwind(AssertUnwindSafe(|| {
+            let mut p = Pair::new(n, ports, o.pace_ns);
+            let cli = open(&mut p, n, ports);
+            (p, cli)
+        }))
+        .map_err(|_| failed = Some(caught("opening the connections")))
+        .ok(),
+    };
+    let Some((mut p, cli)) = setup else {
+        for _ in 0..o.repeats {
+            barrier.wait();
+        }
+        return Err(failed.unwrap_or_else(|| caught("setting up")));
+    };
     let batch = o.batch.max(1);
     let mut runs = Vec::with_capacity(o.repeats);
     let r = schedule::<_, std::convert::Infallible>(o, n, |repeat, picks| {
         if repeat.is_some() {
-            // Every thread waits here, pinned or not, so that none is left waiting alone.
             barrier.wait();
+        }
+        if failed.is_some() {
+            return Ok(());
         }
         let t = Instant::now();
         let mut exchanges = 0;
         let picks = picks.inspect(|_| exchanges += 1);
-        let m = measure(&mut p, &cli, batch, picks);
-        if repeat.is_some() {
-            let seconds = t.elapsed().as_secs_f64();
-            runs.push(Run {
+        match catch_unwind(AssertUnwindSafe(|| measure(&mut p, &cli, batch, picks))) {
+            Ok(m) if repeat.is_some() => runs.push(Run {
                 exchanges,
-                seconds,
+                seconds: t.elapsed().as_secs_f64(),
                 server_seconds: m.server_ns * m.per_exchange * exchanges as f64 / 1e9,
-            });
+            }),
+            Ok(_) => {}
+            Err(_) => failed = Some(caught("measuring")),
         }
         Ok(())
     });
     r.unwrap_or_else(|never| match never {});
-    pinned?;
-    Ok(runs)
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(runs),
+    }
 }
 
 /// Scaling at `n` connections: one thread with all of them, one thread with one thread's

@@ -32,6 +32,25 @@ impl Bulk {
     }
 }
 
+/// The CPUs the calling thread may run on (its affinity mask: a cpuset or `taskset` may allow
+/// fewer than the machine has, and not from 0), in order.
+pub fn allowed_cpus() -> Result<Vec<usize>> {
+    // SAFETY: a zeroed cpu_set_t is the empty set; sched_getaffinity(0, ..) writes the calling
+    // thread's mask into it, at most its size; CPU_ISSET reads one bit inside it (i is below
+    // CPU_SETSIZE).
+    let set = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Err(std::io::Error::last_os_error()).context("sched_getaffinity");
+        }
+        set
+    };
+    Ok((0..libc::CPU_SETSIZE as usize)
+        // SAFETY: as above; `set` is a live, initialised mask.
+        .filter(|&i| unsafe { libc::CPU_ISSET(i, &set) })
+        .collect())
+}
+
 /// Pin the calling thread to one CPU.
 pub fn pin_to_cpu(cpu: usize) -> Result<()> {
     ensure!(

@@ -199,8 +199,8 @@ pub(crate) const OOO_KEPT_BLOCKS: usize = 8;
 pub(crate) struct OooQueue {
     /// (start, end) sequence numbers. A `ThinVec`: one pointer in the control block, where a
     /// `Vec`'s three words sat in the lines every segment reads, for a queue that is nearly
-    /// always empty.
-    pub(crate) blocks: ThinVec<(u32, u32)>,
+    /// always empty. Private: only this type's methods change it, which keep `last` in step.
+    blocks: ThinVec<(u32, u32)>,
     /// Start of the block that took the most recent segment (first SACK block, RFC 2018 §4).
     /// `None` exactly when there are no blocks: [`OooQueue::is_empty`] reads it.
     last: Option<u32>,
@@ -214,6 +214,36 @@ impl OooQueue {
     pub(crate) fn is_empty(&self) -> bool {
         debug_assert_eq!(self.last.is_none(), self.blocks.is_empty());
         self.last.is_none()
+    }
+
+    /// The blocks, in sequence order.
+    pub(crate) fn blocks(&self) -> &[(u32, u32)] {
+        &self.blocks
+    }
+
+    /// The blocks' storage, in blocks (for tests of what an idle connection keeps).
+    #[cfg(test)]
+    pub(crate) fn capacity(&self) -> usize {
+        self.blocks.capacity()
+    }
+
+    /// Take out the first block if RCV.NXT (`rcv_nxt`) has reached its start. When that
+    /// empties the queue, its storage stays for the next reordering (one allocation per hole
+    /// cost an allocation every few segments on a path that reorders) unless it grew past
+    /// [`OOO_KEPT_BLOCKS`]: an idle connection holds at most that much.
+    fn pop_reached(&mut self, rcv_nxt: u32) -> Option<(u32, u32)> {
+        let &(start, end) = self.blocks.first()?;
+        if gt(start, rcv_nxt) {
+            return None;
+        }
+        self.blocks.remove(0);
+        if self.blocks.is_empty() {
+            self.last = None;
+            if self.blocks.capacity() > OOO_KEPT_BLOCKS {
+                self.blocks = ThinVec::new();
+            }
+        }
+        Some((start, end))
     }
 
     /// Whether [start, end) is already held entirely.
@@ -1461,24 +1491,10 @@ impl Tcb {
 
     /// Hold the blocks RCV.NXT has reached: their bytes are in place already.
     fn drain_ooo(&mut self) {
-        while let Some(&(start, end)) = self.ooo.blocks.first() {
-            if gt(start, self.rcv_nxt) {
-                break;
-            }
-            self.ooo.blocks.remove(0);
+        while let Some((_, end)) = self.ooo.pop_reached(self.rcv_nxt) {
             if gt(end, self.rcv_nxt) {
                 self.rcv_buf.commit(dist(self.rcv_nxt, end) as usize);
                 self.rcv_nxt = end;
-            }
-        }
-        if self.ooo.blocks.is_empty() {
-            self.ooo.last = None;
-            // The hole is filled. The blocks' storage stays for the next reordering (one
-            // allocation per hole cost an allocation every few segments on a path that
-            // reorders), unless it grew past a few blocks: an idle connection holds at most
-            // `OOO_KEPT_BLOCKS`' worth.
-            if self.ooo.blocks.capacity() > OOO_KEPT_BLOCKS {
-                self.ooo = OooQueue::default();
             }
         }
     }

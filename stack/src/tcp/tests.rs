@@ -549,8 +549,8 @@ fn sack_recovery_resends_only_the_holes() {
     // every few segments on a reordering path) and says it is empty from the control block
     // itself (`OooQueue::is_empty` reads `last`), never from that header.
     assert!(s.sacked.is_empty() && s.sacked.capacity() == 0);
-    assert!(c.ooo.is_empty() && c.ooo.blocks.is_empty());
-    assert!(c.ooo.blocks.capacity() <= super::tcb::OOO_KEPT_BLOCKS);
+    assert!(c.ooo.is_empty() && c.ooo.blocks().is_empty());
+    assert!(c.ooo.capacity() <= super::tcb::OOO_KEPT_BLOCKS);
 }
 
 /// Deliver `wires` to the receiver `c` and its ACKs to the sender `s`, which is asked for
@@ -916,7 +916,7 @@ fn out_of_order_data_is_reassembled() {
         c.on_segment(now, &seg_in(&segs[i]));
     }
     assert_eq!(c.recv_available(), 4 * s.eff_mss() as usize);
-    assert!(c.ooo.blocks.is_empty());
+    assert!(c.ooo.blocks().is_empty());
 }
 
 /// A hostile peer fills the window with one-byte holes: one byte at every other sequence
@@ -941,14 +941,14 @@ fn one_byte_holes_are_bounded() {
         }
         c.on_segment(now, &seg_in(&moved(&segs[0], off as u32, &[data[off]])));
         holes += 1;
-        assert!(c.ooo.blocks.len() <= super::tcb::MAX_OOO_BLOCKS);
+        assert!(c.ooo.blocks().len() <= super::tcb::MAX_OOO_BLOCKS);
         // A duplicate ACK for every one of them, held or dropped.
         let acks = collect(&mut c, now);
         assert_eq!(acks.len(), 1, "segment {k}");
         assert_eq!(acks[0].seg.ack, Some(base));
     }
     assert!(holes > 2 * super::tcb::MAX_OOO_BLOCKS);
-    assert_eq!(c.ooo.blocks.len(), super::tcb::MAX_OOO_BLOCKS);
+    assert_eq!(c.ooo.blocks().len(), super::tcb::MAX_OOO_BLOCKS);
     let ev = c.take_events();
     assert_eq!(ev.ooo_segments as usize, super::tcb::MAX_OOO_BLOCKS);
     assert_eq!(ev.ooo_dropped as usize, holes - super::tcb::MAX_OOO_BLOCKS);
@@ -959,7 +959,7 @@ fn one_byte_holes_are_bounded() {
     let mut buf = vec![0u8; data.len()];
     assert_eq!(c.recv(&mut buf), data.len());
     assert_eq!(buf, data);
-    assert!(c.ooo.blocks.is_empty());
+    assert!(c.ooo.blocks().is_empty());
 }
 
 /// A read that empties the held bytes while out-of-order bytes wait past them leaves those
@@ -975,12 +975,12 @@ fn a_read_leaves_out_of_order_bytes_in_place() {
     let piece = |start: usize, end: usize| moved(&template, start as u32, &stream[start..end]);
     c.on_segment(now, &seg_in(&piece(0, 1_000)));
     c.on_segment(now, &seg_in(&piece(2_000, 3_000)));
-    assert_eq!(c.ooo.blocks.len(), 1);
+    assert_eq!(c.ooo.blocks().len(), 1);
     let mut buf = vec![0u8; 3_000];
     assert_eq!(c.recv(&mut buf), 1_000);
     assert_eq!(buf[..1_000], stream[..1_000]);
     c.on_segment(now, &seg_in(&piece(1_000, 2_000)));
-    assert!(c.ooo.blocks.is_empty());
+    assert!(c.ooo.blocks().is_empty());
     assert_eq!(c.recv(&mut buf), 2_000);
     assert_eq!(buf[..2_000], stream[1_000..]);
 }
@@ -994,18 +994,18 @@ fn a_far_off_byte_does_not_grow_the_buffer() {
     let now = t0();
     let segs = burst(&mut s, now, 10);
     c.on_segment(now, &seg_in(&moved(&segs[0], 1 << 20, &[7])));
-    assert!(c.ooo.blocks.is_empty());
+    assert!(c.ooo.blocks().is_empty());
     assert!(c.rcv_buf.capacity() < 64 << 10, "{}", c.rcv_buf.capacity());
     let ev = c.take_events();
     assert_eq!((ev.ooo_segments, ev.ooo_dropped), (0, 1));
     for w in &segs[1..] {
         c.on_segment(now, &seg_in(w));
     }
-    assert_eq!(c.ooo.blocks.len(), 1);
+    assert_eq!(c.ooo.blocks().len(), 1);
     let ev = c.take_events();
     assert_eq!((ev.ooo_segments, ev.ooo_dropped), (9, 0));
     c.on_segment(now, &seg_in(&segs[0]));
-    assert!(c.ooo.blocks.is_empty());
+    assert!(c.ooo.blocks().is_empty());
     let want: Vec<u8> = segs.iter().flat_map(|w| w.payload.clone()).collect();
     let mut buf = vec![0u8; want.len()];
     assert_eq!(c.recv(&mut buf), want.len());
@@ -1020,7 +1020,7 @@ fn a_fin_drops_the_data_past_it() {
     let now = t0();
     let segs = burst(&mut s, now, 3);
     c.on_segment(now, &seg_in(&segs[2]));
-    assert_eq!(c.ooo.blocks.len(), 1);
+    assert_eq!(c.ooo.blocks().len(), 1);
     let mut fin = Wire {
         seg: segs[0].seg,
         payload: vec![],
@@ -1028,7 +1028,7 @@ fn a_fin_drops_the_data_past_it() {
     fin.seg.fin = true;
     c.on_segment(now, &seg_in(&fin));
     assert_eq!(c.state(), TcpState::CloseWait);
-    assert!(c.ooo.blocks.is_empty());
+    assert!(c.ooo.blocks().is_empty());
     let state = c.to_state(now).expect("a close-wait connection's state");
     crate::ConnState::decode(&state.encode()).expect("valid");
 }
@@ -1049,7 +1049,7 @@ fn a_forged_state_cannot_grow_a_thaw() {
     state.ooo = vec![(0x3fff_0000, serde_bytes::ByteBuf::from(vec![1]))];
     let state = crate::ConnState::decode(&state.encode()).expect("within the buffer");
     c = Tcb::from_state(&state, &Arc::new(cfg()), now);
-    assert!(c.ooo.blocks.is_empty());
+    assert!(c.ooo.blocks().is_empty());
     assert!(c.rcv_buf.capacity() < 64 << 10);
 }
 
@@ -1104,7 +1104,7 @@ proptest::proptest! {
                     c = Tcb::from_state(&state, &Arc::new(cfg()), now);
                 }
             }
-            proptest::prop_assert!(c.ooo.blocks.len() <= super::tcb::MAX_OOO_BLOCKS);
+            proptest::prop_assert!(c.ooo.blocks().len() <= super::tcb::MAX_OOO_BLOCKS);
             let _ = collect(&mut c, now);
         }
         for start in (0..stream.len()).step_by(1_440) {
@@ -1118,7 +1118,7 @@ proptest::proptest! {
             }
             got.extend_from_slice(&buf[..k]);
         }
-        proptest::prop_assert!(c.ooo.blocks.is_empty());
+        proptest::prop_assert!(c.ooo.blocks().is_empty());
         proptest::prop_assert_eq!(got.len(), stream.len());
         proptest::prop_assert!(got == stream, "the bytes read differ from the stream");
     }
