@@ -61,6 +61,9 @@ pub struct Stats {
     pub sibling_rx: u64,
     /// Packets for the next sibling dropped because too many waited.
     pub sibling_dropped: u64,
+    /// Of `sibling_tx`, those built in storage the next sibling gave back
+    /// ([`crate::Interface::recycle_sibling_buffer`]) rather than in a new allocation.
+    pub sibling_tx_reused: u64,
     /// RFC 5961 challenge ACKs sent.
     pub tcp_challenge_acks: u64,
     /// Segments rejected by PAWS (RFC 7323 §5).

@@ -226,3 +226,50 @@ fn passed_packets_are_built_in_storage_given_back() {
         "{reused} passed in storage given back, {new} in new storage"
     );
 }
+
+#[test]
+fn runners_give_passed_storage_back_to_the_sibling_that_built_it() {
+    use ds_stack::device::mem_pair;
+    use ds_stack::runner::{siblings, Runner};
+    let cfg = Config::new([2, 0, 0, 0, 0, 0x80], vec![SERVER]);
+    // The first sibling's queue is the client's cable; the second's leads nowhere (kept
+    // alive: a cable without its other end reports an error).
+    let (d0, to_client) = mem_pair(1500);
+    let (d1, _nowhere) = mem_pair(1500);
+    let mut r0 = Runner::new(d0, Interface::new(cfg.clone(), Instant::ZERO));
+    let mut r1 = Runner::new(d1, Interface::new(cfg, Instant::ZERO));
+    let mut links = siblings(2).expect("links").into_iter();
+    r0.set_siblings(links.next().expect("link 0"));
+    r1.set_siblings(links.next().expect("link 1"));
+    let mut client = Runner::new(
+        to_client,
+        Interface::new(Config::new([2, 0, 0, 0, 0, 2], vec![CLIENT]), Instant::ZERO),
+    );
+    // SYNs to a port nobody listens on: the first sibling passes each to the second, whose
+    // runner gives the storage back through the return channel.
+    for k in 0..20u16 {
+        let now = client.now();
+        client
+            .iface
+            .tcp_connect(
+                now,
+                SocketAddrV6::new(CLIENT, 41000 + k, 0, 0),
+                SocketAddrV6::new(SERVER, 81, 0, 0),
+            )
+            .expect("connect");
+        for _ in 0..3 {
+            client.process().expect("client");
+            r0.process().expect("sibling 0");
+            r1.process().expect("sibling 1");
+        }
+    }
+    let (s0, s1) = (r0.iface.stats(), r1.iface.stats());
+    assert!(s0.sibling_tx >= 20 && s1.sibling_rx >= 20, "{s0:?} {s1:?}");
+    // All but the first few (before any storage came back) were built in storage given back.
+    assert!(
+        s0.sibling_tx_reused + 3 >= s0.sibling_tx,
+        "{} of {} passed in storage given back",
+        s0.sibling_tx_reused,
+        s0.sibling_tx
+    );
+}

@@ -130,7 +130,13 @@ impl Interface {
             self.stats.sibling_dropped += 1;
             return true;
         }
-        let mut p = s.spare.pop().unwrap_or_default();
+        let mut p = match s.spare.pop() {
+            Some(p) => {
+                self.stats.sibling_tx_reused += 1;
+                p
+            }
+            None => Vec::new(),
+        };
         p.clear();
         p.resize(IPV6_HEADER_LEN + payload.len(), 0);
         write_plain_packet(&mut p, src, dst, proto, hop_limit, payload);
