@@ -272,6 +272,17 @@ pub fn write_bulk_svg(sum: &crate::bulk::Summary, dir: &Path) -> Result<PathBuf>
     two_panel_svg(dir, "dsperf-bulk.svg", &title, [down, up], &foot)
 }
 
+/// `dsperf conns`' points in order of connections, each with its place on the charts' x axis
+/// (log10 of the connections).
+fn by_connections(points: &[crate::conns::Point]) -> Vec<(f64, &crate::conns::Point)> {
+    let mut v: Vec<(f64, &crate::conns::Point)> = points
+        .iter()
+        .map(|p| ((p.connections.max(1) as f64).log10(), p))
+        .collect();
+    v.sort_by_key(|(_, p)| p.connections);
+    v
+}
+
 /// Write `DIR/dsperf-conns.svg`: the server's time per packet against open connections
 /// (median, fastest and slowest measurement; the connections on a log scale), with the
 /// fewest connections' median drawn across as what "flat" would be. Returns the file's path.
@@ -280,24 +291,22 @@ pub fn write_conns_svg(
     points: &[crate::conns::Point],
     dir: &Path,
 ) -> Result<PathBuf> {
-    let mut points: Vec<&crate::conns::Point> = points.iter().collect();
-    points.sort_by_key(|p| p.connections);
-    let x = |p: &crate::conns::Point| (p.connections.max(1) as f64).log10();
+    let points = by_connections(points);
     let line = |label: &str, f: &dyn Fn(&crate::conns::Point) -> f64| Line {
         label: label.to_string(),
-        points: points.iter().map(|p| (x(p), f(p))).collect(),
+        points: points.iter().map(|&(x, p)| (x, f(p))).collect(),
     };
     let mut lines = vec![
         line("median", &|p| p.ns_per_packet.median),
         line("fastest measurement", &|p| p.ns_per_packet.min),
         line("slowest measurement", &|p| p.ns_per_packet.max),
     ];
-    if let (Some(first), Some(last)) = (points.first(), points.last()) {
+    if let (Some(&(lo, first)), Some(&(hi, _))) = (points.first(), points.last()) {
         lines.push(Line {
             label: format!("flat: {} connection(s)' median", first.connections),
             points: vec![
-                (x(first), first.ns_per_packet.median),
-                (x(last), first.ns_per_packet.median),
+                (lo, first.ns_per_packet.median),
+                (hi, first.ns_per_packet.median),
             ],
         });
     }
@@ -335,19 +344,17 @@ pub fn write_conns_kernel_svg(
     points: &[crate::conns::Point],
     dir: &Path,
 ) -> Result<Option<PathBuf>> {
-    let mut points: Vec<&crate::conns::Point> = points.iter().collect();
-    points.sort_by_key(|p| p.connections);
-    let x = |p: &crate::conns::Point| (p.connections.max(1) as f64).log10();
+    let points = by_connections(points);
     let kernel: Vec<(f64, f64)> = points
         .iter()
-        .filter_map(|p| p.kernel.as_ref().map(|k| (x(p), k.ratio_to_first)))
+        .filter_map(|&(x, p)| p.kernel.as_ref().map(|k| (x, k.ratio_to_first)))
         .collect();
     if kernel.is_empty() {
         return Ok(None);
     }
     let ours: Vec<(f64, f64)> = points
         .iter()
-        .map(|p| (x(p), p.both_ratio_to_first))
+        .map(|&(x, p)| (x, p.both_ratio_to_first))
         .collect();
     let span = |v: &[(f64, f64)]| (v.first().map(|p| p.0), v.last().map(|p| p.0));
     let (Some(lo), Some(hi)) = span(&ours) else {
@@ -397,12 +404,9 @@ pub fn write_conns_cores_svg(
     let Some(cores) = o.cores else {
         return Ok(None);
     };
-    let mut points: Vec<&crate::conns::Point> = points.iter().collect();
-    points.sort_by_key(|p| p.connections);
-    let x = |p: &crate::conns::Point| (p.connections.max(1) as f64).log10();
-    let measured: Vec<(f64, &crate::conns::cores::CoresPoint)> = points
-        .iter()
-        .filter_map(|p| p.cores.as_ref().map(|c| (x(p), c)))
+    let measured: Vec<(f64, &crate::conns::cores::CoresPoint)> = by_connections(points)
+        .into_iter()
+        .filter_map(|(x, p)| p.cores.as_ref().map(|c| (x, c)))
         .collect();
     let (Some(lo), Some(hi)) = (measured.first(), measured.last()) else {
         return Ok(None);
