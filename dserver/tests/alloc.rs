@@ -7,6 +7,7 @@
 use ds_stack::device::Device;
 use ds_stack::runner::Clock;
 use ds_stack::{Config, Interface, TcpHandle, TcpState};
+use ds_testbed::FrameQueue;
 use std::cell::RefCell;
 use std::io;
 use std::net::{Ipv6Addr, SocketAddrV6};
@@ -24,49 +25,8 @@ const RESPONSE: usize = 1000;
 const SLOTS: usize = 512;
 const FRAME: usize = 2048;
 
-/// Frames one way, in buffers allocated once.
-struct Ring {
-    bufs: Vec<Vec<u8>>,
-    head: usize,
-    n: usize,
-}
-
-impl Ring {
-    fn new() -> Ring {
-        Ring {
-            bufs: (0..SLOTS).map(|_| Vec::with_capacity(FRAME)).collect(),
-            head: 0,
-            n: 0,
-        }
-    }
-
-    fn push(&mut self, f: &[u8]) {
-        assert!(
-            self.n < SLOTS && f.len() <= FRAME,
-            "{} frames, {} bytes",
-            self.n,
-            f.len()
-        );
-        let slot = &mut self.bufs[(self.head + self.n) % SLOTS];
-        slot.clear();
-        slot.extend_from_slice(f);
-        self.n += 1;
-    }
-
-    fn pop(&mut self, out: &mut [u8]) -> Option<usize> {
-        if self.n == 0 {
-            return None;
-        }
-        let slot = &self.bufs[self.head];
-        out[..slot.len()].copy_from_slice(slot);
-        self.head = (self.head + 1) % SLOTS;
-        self.n -= 1;
-        Some(slot.len())
-    }
-}
-
 /// The cable: frames to the node, frames from it.
-type Cable = Rc<RefCell<(Ring, Ring)>>;
+type Cable = Rc<RefCell<(FrameQueue, FrameQueue)>>;
 
 /// The node's end of the cable.
 struct NodeEnd(Cable);
@@ -105,7 +65,10 @@ struct World {
 
 impl World {
     fn new() -> World {
-        let cable: Cable = Rc::new(RefCell::new((Ring::new(), Ring::new())));
+        let cable: Cable = Rc::new(RefCell::new((
+            FrameQueue::new(SLOTS, FRAME),
+            FrameQueue::new(SLOTS, FRAME),
+        )));
         let node = dserver::Node::builder()
             .ds_addr(SERVER)
             .mac([0x02, 0xa2, 0, 0, 0, 0x80])

@@ -7,6 +7,7 @@
 //! their count, not with the count. Sans-IO, no root.
 
 use ds_stack::{Config, Instant, Interface, TcpHandle, TcpState, UdpHandle};
+use ds_testbed::FrameQueue;
 use std::net::{Ipv6Addr, SocketAddrV6};
 use std::time::Duration;
 
@@ -22,55 +23,28 @@ const FRAME: usize = 2048;
 /// Time per trip of the wire.
 const STEP: Duration = Duration::from_micros(100);
 
-/// Frames between the two interfaces, in buffers allocated once (the harness must not count).
-struct Wire {
-    bufs: Vec<Vec<u8>>,
-    lens: Vec<usize>,
-    n: usize,
-}
-
-impl Wire {
-    fn new() -> Self {
-        Wire {
-            bufs: (0..SLOTS).map(|_| vec![0; FRAME]).collect(),
-            lens: vec![0; SLOTS],
-            n: 0,
-        }
+/// Hand every frame on `wire` to `to`, in order or each run of three backwards.
+fn deliver(wire: &mut FrameQueue, to: &mut Interface, now: Instant, backwards: bool) {
+    let n = wire.len();
+    for i in 0..n {
+        let j = if backwards {
+            let (run, at) = (i / 3 * 3, i % 3);
+            let len = (n - run).min(3);
+            run + len - 1 - at
+        } else {
+            i
+        };
+        to.receive(now, wire.get(j));
     }
-
-    fn push(&mut self, f: &[u8]) {
-        assert!(
-            self.n < SLOTS && f.len() <= FRAME,
-            "{} frames, {} bytes",
-            self.n,
-            f.len()
-        );
-        self.bufs[self.n][..f.len()].copy_from_slice(f);
-        self.lens[self.n] = f.len();
-        self.n += 1;
-    }
-
-    /// Hand every frame to `to`, in order or each run of three backwards.
-    fn deliver(&mut self, to: &mut Interface, now: Instant, backwards: bool) {
-        for i in 0..self.n {
-            let j = if backwards {
-                let (run, at) = (i / 3 * 3, i % 3);
-                let len = (self.n - run).min(3);
-                run + len - 1 - at
-            } else {
-                i
-            };
-            to.receive(now, &self.bufs[j][..self.lens[j]]);
-        }
-        self.n = 0;
-    }
+    wire.clear();
 }
 
 struct World {
     now: Instant,
     server: Interface,
     client: Interface,
-    wire: Wire,
+    /// Frames between the two interfaces (the harness must not allocate per frame).
+    wire: FrameQueue,
     clients: Vec<TcpHandle>,
     servers: Vec<TcpHandle>,
     buf: Vec<u8>,
@@ -100,7 +74,7 @@ impl World {
             now,
             server,
             client,
-            wire: Wire::new(),
+            wire: FrameQueue::new(SLOTS, FRAME),
             clients,
             servers: Vec::with_capacity(CONNS),
             buf: vec![0; 64 * 1024],
@@ -126,11 +100,11 @@ impl World {
         self.client.poll(now);
         let wire = &mut self.wire;
         self.client.transmit(now, &mut |f| wire.push(f));
-        self.wire.deliver(&mut self.server, now, false);
+        deliver(&mut self.wire, &mut self.server, now, false);
         self.server.poll(now);
         let wire = &mut self.wire;
         self.server.transmit(now, &mut |f| wire.push(f));
-        self.wire.deliver(&mut self.client, now, backwards);
+        deliver(&mut self.wire, &mut self.client, now, backwards);
     }
 
     /// Every connection sends a request; the server answers each with `response` bytes.
@@ -265,9 +239,9 @@ fn the_fast_path_allocates_nothing_per_packet() {
     w.client.poll(w.now);
     let wire = &mut w.wire;
     w.client.transmit(w.now, &mut |f| wire.push(f));
-    assert_eq!(w.wire.n, 1, "one data segment");
-    let segment = w.wire.bufs[0][..w.wire.lens[0]].to_vec();
-    w.wire.n = 0;
+    assert_eq!(w.wire.len(), 1, "one data segment");
+    let segment = w.wire.get(0).to_vec();
+    w.wire.clear();
     let state = w.server.tcp_freeze(w.now, s).expect("freeze");
     const HELD: usize = 1000;
     let a = allocations();

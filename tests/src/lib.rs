@@ -42,6 +42,7 @@
 
 pub mod conn;
 mod counters;
+mod frames;
 mod impair;
 pub mod interop;
 mod link;
@@ -55,6 +56,7 @@ mod xdphost;
 pub use counters::{
     all_counters, counter_delta, moved_tcp_counters, parse_pairs, parse_snmp6, tcp_counters,
 };
+pub use frames::FrameQueue;
 pub use impair::{Direction, Loss, LossCounts, Rate, Tbf};
 pub use link::{
     add_addr, add_route, bridge, disable_ethtool_offloads, disable_offload, link_drops, link_stats,
