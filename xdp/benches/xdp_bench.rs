@@ -16,12 +16,14 @@
 //! Needs root; prints `SKIP` otherwise. `DS_BENCH_BYTES` sets the transfer size (default
 //! 256 MiB).
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use ds_stack::device::Device;
 use ds_stack::runner::Runner;
-use ds_stack::{Config, Error, Interface, TcpState};
+use ds_stack::{Error, TcpState};
 use ds_testbed::conn::{count_to_end, dial, ip, write_filler};
 use ds_testbed::{KernelPeer, XdpHost};
-use ds_xdp::device::{AfXdpConfig, AfXdpDevice};
 use ds_xdp::maps::{Action, FlowKey, LocalAddr, TunnelConfig, TunnelMode, PROTO_ALL};
 use ds_xdp::{Kind, LoadOptions, Program};
 use std::net::{Ipv6Addr, SocketAddrV6, TcpListener, TcpStream};
@@ -211,22 +213,6 @@ fn us_to_kernel<D: Device>(peer: &ds_testbed::Netns, rt: &mut Runner<D>, len: us
     })
 }
 
-fn afxdp_runner(h: &XdpHost) -> Runner<AfXdpDevice> {
-    let ifname = h.host_if.clone();
-    let dev = h
-        .host
-        .try_run(move || AfXdpDevice::open(&ifname, &AfXdpConfig::new(vec![ip(OURS)])))
-        .expect("namespace")
-        .expect("AF_XDP device");
-    let mut rt = Runner::new(
-        dev,
-        Interface::new(Config::new(MAC, vec![ip(OURS)]), ds_stack::Instant::ZERO),
-    );
-    let now = rt.now();
-    rt.iface.announce(now);
-    rt
-}
-
 /// Kernel TCP to kernel TCP over the same topology, with and without the steering program
 /// (no addresses configured: it passes everything) on the receiving veth: the baseline the
 /// AF_XDP figures must be read against.
@@ -270,7 +256,7 @@ fn throughput(len: usize) {
     }
     {
         let h = XdpHost::new("bx", ip(PEER)).expect("topology");
-        let mut rt = afxdp_runner(&h);
+        let mut rt = common::afxdp_runner(&h, ds_xdp::Mode::Auto, |_| {});
         let d = kernel_to_us(&h.peer, &mut rt, len);
         println!(
             "AF_XDP  kernel -> stack  {mb} MiB  {:>6.2} Gbit/s",
@@ -281,7 +267,7 @@ fn throughput(len: usize) {
     }
     {
         let h = XdpHost::new("bx", ip(PEER)).expect("topology");
-        let mut rt = afxdp_runner(&h);
+        let mut rt = common::afxdp_runner(&h, ds_xdp::Mode::Auto, |_| {});
         let d = us_to_kernel(&h.peer, &mut rt, len);
         eprintln!("  sockets: {:?}", rt.dev.stats());
         println!(

@@ -5,6 +5,8 @@
 //! receive windows small enough to force zero-window probes; plus generic-mode XDP with a
 //! clean-teardown check, and one socket per receive queue.
 
+mod common;
+
 use ds_stack::runner::Runner;
 use ds_stack::{Config, Interface};
 use ds_testbed::interop::{ip, Case, Flow, Receiver, FAST, MAC, OURS, PEER};
@@ -41,26 +43,16 @@ fn afxdp_stack(t: &XdpHost, recv: Receiver) -> Runner<AfXdpDevice> {
 }
 
 fn afxdp_stack_mode(t: &XdpHost, recv: Receiver, mode: Mode) -> Runner<AfXdpDevice> {
-    let ifname = t.host_if.clone();
-    let mut cfg = AfXdpConfig::new(vec![ip(OURS)]);
-    cfg.mode = mode;
-    let dev = t
-        .host
-        .try_run(move || AfXdpDevice::open(&ifname, &cfg))
-        .expect("enter host namespace")
-        .expect("AF_XDP device");
+    let rt = common::afxdp_runner(t, mode, |cfg| {
+        if let Some(b) = recv.rcvbuf {
+            cfg.tcp.recv_buf = b;
+        }
+    });
     eprintln!(
         "AF_XDP: XDP {:?}, socket {:?}",
-        dev.attach_mode(),
-        dev.bind_mode()
+        rt.dev.attach_mode(),
+        rt.dev.bind_mode()
     );
-    let mut cfg = Config::new(MAC, vec![ip(OURS)]);
-    if let Some(b) = recv.rcvbuf {
-        cfg.tcp.recv_buf = b;
-    }
-    let mut rt = Runner::new(dev, Interface::new(cfg, ds_stack::Instant::ZERO));
-    let now = rt.now();
-    rt.iface.announce(now);
     rt
 }
 

@@ -4,12 +4,11 @@
 //! the process's allocator (dhat's heap statistics, counting every thread) sees no
 //! allocation per exchange. Needs root; prints SKIP otherwise.
 
-use ds_stack::runner::Runner;
-use ds_stack::{Config, Interface};
+mod common;
+
 use ds_testbed::conn::connect_retrying;
-use ds_testbed::interop::{ip, MAC, OURS, PEER};
+use ds_testbed::interop::{ip, OURS, PEER};
 use ds_testbed::{require_root, XdpHost};
-use ds_xdp::device::{AfXdpConfig, AfXdpDevice};
 use std::io::{Read, Write};
 use std::net::SocketAddrV6;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -70,18 +69,7 @@ fn the_afxdp_data_path_allocates_nothing_per_exchange() {
     }
     let _profiler = dhat::Profiler::builder().testing().build();
     let t = XdpHost::new("al", ip(PEER)).expect("topology");
-    let ifname = t.host_if.clone();
-    let dev = t
-        .host
-        .try_run(move || AfXdpDevice::open(&ifname, &AfXdpConfig::new(vec![ip(OURS)])))
-        .expect("enter host namespace")
-        .expect("AF_XDP device");
-    let mut rt = Runner::new(
-        dev,
-        Interface::new(Config::new(MAC, vec![ip(OURS)]), ds_stack::Instant::ZERO),
-    );
-    let now = rt.now();
-    rt.iface.announce(now);
+    let mut rt = common::afxdp_runner(&t, ds_xdp::Mode::Auto, |_| {});
     let l = rt
         .iface
         .tcp_listen(SocketAddrV6::new(ip(OURS), PORT, 0, 0), CONNS)
