@@ -14,6 +14,7 @@
 //! # gateway = "fd00:d5:1::a"         # the userspace stack's default router
 //! # route = ["fd00:d5:2::/64=fd00:d5:1::b"]  # PREFIX/LEN=ROUTER, longest prefix first
 //! # queues = 2                       # AF_XDP: a stack and handoff engine per receive queue
+//! # queue_cpus = [0, 1]              # queue i's thread pinned to the i-th CPU
 //! # no_super_frames = true           # AF_XDP: one frame per TCP segment, no 64 KiB super-frames
 //! # header_timeout_ms = 10000        # a request head must arrive within this (then 408)
 //! # stall_timeout_ms = 60000         # a response with no progress this long is aborted
@@ -87,6 +88,7 @@ struct NodeFile {
     json: Option<bool>,
     udp_echo: Option<u16>,
     queues: Option<u32>,
+    queue_cpus: Option<Vec<usize>>,
     no_super_frames: Option<bool>,
     control_socket: Option<PathBuf>,
     header_timeout_ms: Option<u64>,
@@ -231,6 +233,9 @@ pub fn serve_args(path: &Path) -> Result<Vec<String>, ConfigError> {
     }
     opt("udp_echo", file.udp_echo.as_ref().map(|p| s(p)));
     opt("queues", file.queues.as_ref().map(|q| s(q)));
+    for c in file.queue_cpus.iter().flatten() {
+        opt("queue_cpus", Some(c.to_string()));
+    }
     opt(
         "header_timeout_ms",
         file.header_timeout_ms.as_ref().map(|v| s(v)),
@@ -422,6 +427,16 @@ mod tests {
             .to_string();
         assert!(e.contains("line 3") && e.contains("busy_poll"), "{e}");
         assert!(e.contains("exchange, handoff"), "{e}");
+    }
+
+    #[test]
+    fn queue_cpus_become_one_option_each_and_a_negative_one_names_the_key() {
+        let a = args_of("queues = 2\nqueue_cpus = [0, 1]\n").expect("valid");
+        assert_eq!(a.join(" "), "--queues 2 --queue-cpus 0 --queue-cpus 1");
+        let e = args_of("queues = 2\nqueue_cpus = [0, -1]\n")
+            .expect_err("negative")
+            .to_string();
+        assert!(e.contains("line 2") && e.contains("queue_cpus"), "{e}");
     }
 
     #[test]

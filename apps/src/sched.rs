@@ -1,5 +1,6 @@
 //! `--sched-fifo PRIO`: the daemon's threads under the real-time `SCHED_FIFO` policy
-//! (sched(7)), for hosts tuned for latency.
+//! (sched(7)), for hosts tuned for latency; and which CPUs a thread runs on
+//! ([`pin_to_cpu`], [`allowed_cpus`]: `dsnode serve --queue-cpus`, the benchmarks).
 //!
 //! Why: a handoff is a chain of process wake-ups (donor, acceptor, home agent, donor). On
 //! shared cores a woken normal (`SCHED_OTHER`) task waits behind whatever runs there — the
@@ -67,6 +68,60 @@ pub fn set_fifo(priority: u8) -> io::Result<()> {
     Ok(())
 }
 
+/// The CPUs the calling thread may run on (its affinity mask: a cpuset or `taskset` may allow
+/// fewer than the machine has, and not from 0), in order.
+///
+/// ```
+/// let cpus = ds_apps::sched::allowed_cpus().expect("sched_getaffinity");
+/// assert!(!cpus.is_empty());
+/// ```
+pub fn allowed_cpus() -> io::Result<Vec<usize>> {
+    // SAFETY: a zeroed cpu_set_t is the empty set; sched_getaffinity(0, ..) writes the calling
+    // thread's mask into it, at most its size; CPU_ISSET reads one bit inside it (i is below
+    // CPU_SETSIZE).
+    let set = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(e.kind(), format!("sched_getaffinity: {e}")));
+        }
+        set
+    };
+    Ok((0..libc::CPU_SETSIZE as usize)
+        // SAFETY: as above; `set` is a live, initialised mask.
+        .filter(|&i| unsafe { libc::CPU_ISSET(i, &set) })
+        .collect())
+}
+
+/// Pin the calling thread to one CPU (`sched_setaffinity(2)`); threads it starts later
+/// inherit the mask. Fails for a CPU the machine does not have or the thread's cpuset
+/// excludes.
+///
+/// ```no_run
+/// // A queue's event loop on the core its NIC queue interrupts.
+/// ds_apps::sched::pin_to_cpu(1).expect("CPU 1");
+/// ```
+pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("CPU {cpu} is out of range"),
+        ));
+    }
+    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET writes one bit inside it (cpu is
+    // below CPU_SETSIZE); sched_setaffinity(0, ..) reads the set for the calling thread only.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(e.kind(), format!("pin to CPU {cpu}: {e}")));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,5 +161,22 @@ mod tests {
         .join()
         .expect("thread");
         assert_eq!(policy().expect("policy"), libc::SCHED_OTHER);
+    }
+
+    #[test]
+    fn a_pinned_thread_may_run_on_that_cpu_only() {
+        let cpus = allowed_cpus().expect("mask");
+        let last = *cpus.last().expect("some CPU");
+        std::thread::spawn(move || {
+            pin_to_cpu(last).expect("an allowed CPU");
+            assert_eq!(allowed_cpus().expect("mask"), vec![last]);
+            // Inherited by a thread it starts.
+            let child = std::thread::spawn(|| allowed_cpus().expect("mask"));
+            assert_eq!(child.join().expect("child"), vec![last]);
+        })
+        .join()
+        .expect("thread");
+        let e = pin_to_cpu(libc::CPU_SETSIZE as usize).expect_err("out of range");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
     }
 }

@@ -72,6 +72,34 @@ fn dsnode_refuses_a_malformed_route() {
 }
 
 #[test]
+fn dsnode_refuses_as_many_queue_cpus_as_not_queues() {
+    for (queues, cpus, why) in [
+        ("1", "0,1", "--queue-cpus names 2 CPUs for 1 queue(s)"),
+        ("2", "1", "--queue-cpus names 1 CPUs for 2 queue(s)"),
+    ] {
+        refused(
+            env!("CARGO_BIN_EXE_dsnode"),
+            &[
+                "serve",
+                "--device",
+                "afxdp",
+                "--iface",
+                "nonexistent0",
+                "--addr",
+                "fd00::1",
+                "--root",
+                "/",
+                "--queues",
+                queues,
+                "--queue-cpus",
+                cpus,
+            ],
+            why,
+        );
+    }
+}
+
+#[test]
 fn dsha_xdp_help_lists_its_options() {
     help_lists(
         env!("CARGO_BIN_EXE_dsha"),

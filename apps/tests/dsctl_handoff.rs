@@ -37,17 +37,47 @@ fn dsctl_hands_a_kernel_socket_to_the_other_node_during_a_download() {
 }
 
 /// Both nodes serving each of two receive queues with its own stack and handoff engine
-/// (`dsnode --queues 2`): the operator's view and commands are the same.
+/// (`dsnode --queues 2`), each queue's thread pinned to a CPU of its own where the machine
+/// has two (`--queue-cpus`): the operator's view and commands are the same.
 #[test]
 fn dsctl_hands_a_connection_between_nodes_of_two_queues_each() {
     if !require_root("dsctl_hands_a_connection_between_nodes_of_two_queues_each") {
         return;
     }
-    run_with(
-        Cluster::start_queues("dm", Addrs::new(0xf8, 2), 2),
-        "afxdp",
-        &["--queues", "2"],
-    );
+    let cpus = ds_apps::sched::allowed_cpus().expect("affinity mask");
+    let pins = [cpus[0], cpus[cpus.len() - 1]];
+    let list = format!("{},{}", pins[0], pins[1]);
+    let mut c = Cluster::start_queues("dm", Addrs::new(0xf8, 2), 2);
+    let extra = ["--queues", "2", "--queue-cpus", &list];
+    let body = PatternStream::bytes(0xd5c7, SIZE);
+    let socks = c.start_file_servers_with("afxdp", &body, &extra);
+    for (child, ..) in &c.nodes {
+        assert_eq!(queue_pins(child.id()), pins, "node {}", child.id());
+    }
+    scenario(c, body, socks);
+}
+
+/// The CPU each `queue-N` thread of process `pid` may run on, in queue order (a thread
+/// allowed more than one CPU shows as `usize::MAX`).
+fn queue_pins(pid: u32) -> [usize; 2] {
+    let mut pins = [usize::MAX - 1; 2];
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks");
+    for t in tasks.flatten() {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        let Some(q) = comm.trim().strip_prefix("queue-") else {
+            continue;
+        };
+        let q: usize = q.parse().expect("queue number");
+        let status = std::fs::read_to_string(t.path().join("status")).expect("status");
+        let list = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .expect("Cpus_allowed_list")
+            .trim()
+            .to_string();
+        pins[q] = list.parse().unwrap_or(usize::MAX);
+    }
+    pins
 }
 
 /// The scenario with node 1 on `device`.
@@ -59,6 +89,11 @@ fn run(c: Cluster, device: &str) {
 fn run_with(mut c: Cluster, device: &str, extra: &[&str]) {
     let body = PatternStream::bytes(0xd5c7, SIZE);
     let socks = c.start_file_servers_with(device, &body, extra);
+    scenario(c, body, socks);
+}
+
+/// The operator's moves and the checks, once the file servers (`socks`) serve `body`.
+fn scenario(c: Cluster, body: Vec<u8>, socks: [std::path::PathBuf; 2]) {
     let (client, ds, to) = (c.a.client(), c.a.ds(), c.a.ctl_listen(1));
     let topo = &c.topo;
 

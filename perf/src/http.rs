@@ -14,6 +14,13 @@
 //! wrk shares a core with one of them, and the report's busy shares say how much each took);
 //! its rate is compared with the one-queue server's, measured in the same repeat.
 //!
+//! `--whole-bed` measures how the whole bed scales instead, where the client cannot have cores
+//! of its own: every one-queue server shares `--server-cpu` with a one-thread wrk, and the
+//! N-queue server (queue i's thread pinned to the i-th allowed CPU, `dsnode --queue-cpus`)
+//! shares those N CPUs with a wrk of N threads. The ratio is then that of one core's work to
+//! N cores', the client's included, and the report states the CPUs the server's process took
+//! and what the rest took (wrk, the client's kernel TCP, the veth's and XDP's softirq work).
+//!
 //! Offloads stay at the kernel's defaults everywhere except the client's transmit checksum on
 //! `to_o`: a veth peer with checksum offload hands AF_XDP (copy mode) frames whose TCP checksum
 //! is only partial, which no receiver off the veth could accept. nginx's pair keeps TSO, GSO,
@@ -150,6 +157,9 @@ pub struct Options {
     /// Measure the machine's own stalls beside each measurement
     /// ([`crate::stack::load::StallProbe`]).
     pub stall_probe: bool,
+    /// The whole bed's scaling (module documentation): one-queue servers and wrk on one core,
+    /// the N-queue server and wrk's N threads on N.
+    pub whole_bed: bool,
 }
 
 /// One measurement: wrk's summary.
@@ -176,6 +186,9 @@ pub struct Sample {
     /// CPUs the server's processes used during the measurement (1.0: one core all the time;
     /// the kernel's softirq work on their behalf is not in it).
     pub server_cpus: f64,
+    /// CPUs the rest of the machine used meanwhile: the cores' busy shares summed, less
+    /// [`Sample::server_cpus`] (wrk, the kernel's TCP and softirq work, anything else).
+    pub other_cpus: f64,
     /// The machine's largest stall during the measurement, µs: the worst wake-up lateness of
     /// a real-time thread on any core ([`crate::stack::load::StallProbe`]); `None` without
     /// the probe.
@@ -202,6 +215,8 @@ pub struct TargetSummary {
     pub cpu_busy: Vec<f64>,
     /// Median CPUs used by the server's processes.
     pub server_cpus: Option<Stat>,
+    /// Median CPUs used by the rest ([`Sample::other_cpus`]).
+    pub other_cpus: Option<Stat>,
     /// The machine's largest stall per measurement, µs ([`Sample::machine_stall_us`]).
     pub machine_stall_us: Option<Stat>,
 }
@@ -243,6 +258,8 @@ struct Bed {
     nginx_ns: Netns,
     queues_ns: Netns,
     dir: ds_testbed::TempDir,
+    /// `--whole-bed`: the CPUs of the N-queue server and its wrk, queue i's first.
+    bed_cpus: Vec<usize>,
 }
 
 impl Drop for Bed {
@@ -428,6 +445,18 @@ impl Bed {
             wait_addr_usable(ns, dev, &a.to_string(), UP)?;
         }
         let max_conns = opts.cases.iter().map(|c| c.conns).max().unwrap_or(1);
+        let bed_cpus = if opts.whole_bed {
+            let allowed = crate::stack::client::allowed_cpus()?;
+            ensure!(
+                allowed.len() >= opts.queues as usize,
+                "--whole-bed with {} queues needs as many CPUs; this process may use {:?}",
+                opts.queues,
+                allowed
+            );
+            allowed[..opts.queues as usize].to_vec()
+        } else {
+            Vec::new()
+        };
         let mut bed = Bed {
             ours: None,
             nginx: None,
@@ -437,12 +466,20 @@ impl Bed {
             nginx_ns: n,
             queues_ns: q,
             dir: scratch,
+            bed_cpus,
         };
         if opts.targets.contains(&Target::OursQueues) {
-            // Every core: one thread per queue, wherever the scheduler puts them.
-            let cpus = format!("{},{}", opts.server_cpu, opts.client_cpu);
-            let queues = ["--queues".to_string(), opts.queues.to_string()];
-            bed.queues = Some(bed.start_ours(dsnode, &root, Target::OursQueues, &cpus, &queues)?);
+            let mut extra = vec!["--queues".to_string(), opts.queues.to_string()];
+            let cpus = if opts.whole_bed {
+                // Queue i's thread on the i-th of the bed's CPUs.
+                let list = cpu_list(&bed.bed_cpus);
+                extra.extend(["--queue-cpus".to_string(), list.clone()]);
+                list
+            } else {
+                // Every core: one thread per queue, wherever the scheduler puts them.
+                format!("{},{}", opts.server_cpu, opts.client_cpu)
+            };
+            bed.queues = Some(bed.start_ours(dsnode, &root, Target::OursQueues, &cpus, &extra)?);
         }
         if opts.targets.contains(&Target::Ours) {
             let cpu = opts.server_cpu.to_string();
@@ -507,7 +544,13 @@ fn wrk(
     }
     let secs = format!("{}s", d.as_secs().max(1));
     let conns = c.conns.to_string();
-    let cpu = opts.client_cpu.to_string();
+    // wrk's cores and threads: its own core, or (`--whole-bed`) the server's.
+    let (cpu, threads) = match (opts.whole_bed, t) {
+        (false, _) => (opts.client_cpu.to_string(), 1),
+        (true, Target::OursQueues) => (cpu_list(&bed.bed_cpus), bed.bed_cpus.len()),
+        (true, _) => (opts.server_cpu.to_string(), 1),
+    };
+    let threads = format!("-t{threads}");
     let before = crate::stack::load::cores();
     let stalls = if probe {
         crate::stack::load::StallProbe::start(&bed.cli, bed.dir.path())
@@ -517,7 +560,7 @@ fn wrk(
     let out = bed
         .cli
         .command("taskset")
-        .args(["-c", &cpu, "wrk", "-t1", "-c", &conns, "-d", &secs])
+        .args(["-c", &cpu, "wrk", &threads, "-c", &conns, "-d", &secs])
         .args(["--timeout", "10s", "-s"])
         .arg(&script)
         .arg(&url)
@@ -544,6 +587,14 @@ fn wrk(
         .with_context(|| format!("no summary from wrk: {text}"))?;
     let w: WrkOut = serde_json::from_str(line).with_context(|| format!("wrk summary {line}"))?;
     Ok((w, busy, server_cpus, machine_stall))
+}
+
+/// CPUs as `taskset` and `dsnode --queue-cpus` take them: `0,1`.
+fn cpu_list(cpus: &[usize]) -> String {
+    cpus.iter()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Run every case `repeats` times on both servers (their order alternating per repeat);
@@ -596,6 +647,7 @@ pub fn run(
                     gbit_per_s: w.bytes as f64 * 8.0 / secs / 1e9,
                     errors: w.errors,
                     latency_us: w.lat,
+                    other_cpus: (busy.iter().sum::<f64>() - server_cpus).max(0.0),
                     cpu_busy: busy,
                     server_cpus,
                     machine_stall_us,
@@ -678,6 +730,7 @@ pub fn summarize(opts: &Options, nginx: String, samples: &[Sample]) -> Summary {
                             })
                             .collect(),
                         server_cpus: Stat::of(of(t).map(|s| s.server_cpus).collect()),
+                        other_cpus: Stat::of(of(t).map(|s| s.other_cpus).collect()),
                         machine_stall_us: Stat::of(
                             of(t).filter_map(|s| s.machine_stall_us).collect(),
                         ),
@@ -717,13 +770,23 @@ pub fn summarize(opts: &Options, nginx: String, samples: &[Sample]) -> Summary {
 
 /// The human table (markdown).
 pub fn table(s: &Summary) -> String {
+    let layout = if s.options.whole_bed {
+        format!(
+            "the whole bed: each one-queue server and wrk -t1 on core {}, ours with {} queues \
+             and wrk -t{} on the first {} allowed cores",
+            s.options.server_cpu, s.options.queues, s.options.queues, s.options.queues
+        )
+    } else {
+        format!(
+            "wrk -t1; servers on core {}, wrk on core {}",
+            s.options.server_cpu, s.options.client_cpu
+        )
+    };
     let mut out = format!(
-        "dsperf http: wrk -t1 keep-alive, {} s per measurement, medians of {} repeats; \
-         servers on core {}, wrk on core {}; {}; Linux {}\n\n",
+        "dsperf http: keep-alive, {} s per measurement, medians of {} repeats; {layout}; {}; \
+         Linux {}\n\n",
         s.options.duration.as_secs(),
         s.options.repeats,
-        s.options.server_cpu,
-        s.options.client_cpu,
         s.nginx,
         s.kernel
     );
@@ -734,8 +797,9 @@ pub fn table(s: &Summary) -> String {
         .any(|c| c.targets.iter().any(|t| t.machine_stall_us.is_some()));
     out.push_str(&format!(
         "| object, connections | server | req/s (min–max) | ours/nginx | Gbit/s | p50 µs | p90 µs \
-         | p99 µs | max µs |{} errors | cores busy | server CPUs | req/s per server CPU |\n\
-         |---|---|---|---|---|---|---|---|---|{}---|---|---|---|\n",
+         | p99 µs | max µs |{} errors | cores busy | server CPUs | other CPUs \
+         | req/s per server CPU |\n\
+         |---|---|---|---|---|---|---|---|---|{}---|---|---|---|---|\n",
         if probed { " machine stall µs |" } else { "" },
         if probed { "---|" } else { "" },
     ));
@@ -772,8 +836,11 @@ pub fn table(s: &Summary) -> String {
                 ),
                 _ => ("–".to_string(), "–".to_string()),
             };
+            let others = t
+                .other_cpus
+                .map_or("–".to_string(), |c| format!("{:.2}", c.median));
             out.push_str(&format!(
-                "| {} | {} | {rps} | {ratio} | {} | {} | {} | {} | {} |{} {} | {busy} | {cpus} | {per_cpu} |\n",
+                "| {} | {} | {rps} | {ratio} | {} | {} | {} | {} | {} |{} {} | {busy} | {cpus} | {others} | {per_cpu} |\n",
                 c.case.label(),
                 t.target.name(),
                 t.gbit_per_s
@@ -829,6 +896,7 @@ mod tests {
             targets: vec![Target::Ours, Target::Nginx],
             queues: 1,
             stall_probe: false,
+            whole_bed: false,
         };
         let s = |target, repeat, rps| Sample {
             target,
@@ -841,6 +909,7 @@ mod tests {
             latency_us: [0.0; 6],
             cpu_busy: vec![0.5, 0.25],
             server_cpus: 1.0,
+            other_cpus: 0.5,
             machine_stall_us: Some(40.0),
         };
         let samples = [

@@ -143,6 +143,11 @@ struct ServeArgs {
     /// queue of the interface. `dsctl` sees the queues as one node. Not with `--steering ro`.
     #[arg(long, default_value_t = 1, value_name = "N")]
     queues: u32,
+    /// Pin each queue's thread to a CPU: queue i's to the i-th of this comma-separated list,
+    /// as many CPUs as queues (say, the cores that the NIC queues' interrupts go to). With one
+    /// queue, the serving thread. Without it the scheduler places the threads.
+    #[arg(long, value_name = "CPU,...", value_delimiter = ',')]
+    queue_cpus: Vec<usize>,
     /// AF_XDP: send one frame per TCP segment through the AF_XDP ring instead of super-frames
     /// of up to 64 KiB that the kernel segments (for a driver that mishandles the packet
     /// socket's segmentation requests, or to measure what super-frames bring).
@@ -498,6 +503,17 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         return run_proxy(args, backend, control, stop);
     }
     let root = args.root.as_deref().context("--root is required")?;
+    // (`--queues 0`, every queue: checked once the device says how many.)
+    if !args.queue_cpus.is_empty()
+        && args.queues != 0
+        && args.queue_cpus.len() != args.queues as usize
+    {
+        bail!(
+            "--queue-cpus names {} CPUs for {} queue(s)",
+            args.queue_cpus.len(),
+            args.queues
+        );
+    }
     if args.queues != 1 {
         if !matches!(args.device, DeviceKind::Afxdp) {
             bail!("--queues needs --device afxdp");
@@ -506,6 +522,9 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             bail!("--queues does not do route-optimised steering (each queue would need its own mobile role)");
         }
         return run_queues(args, root, handoff, control, stop);
+    }
+    if let Some(&cpu) = args.queue_cpus.first() {
+        ds_apps::sched::pin_to_cpu(cpu).context("--queue-cpus")?;
     }
     match args.device {
         DeviceKind::Kernel if args.udp_echo.is_some() => {
@@ -586,6 +605,13 @@ fn run_queues(
                 args.iface
             )
         })?;
+    if !args.queue_cpus.is_empty() && args.queue_cpus.len() != devs.len() {
+        bail!(
+            "--queue-cpus names {} CPUs for {} queue(s)",
+            args.queue_cpus.len(),
+            devs.len()
+        );
+    }
     // Each queue's engine its own settings (the control port is shared, SO_REUSEPORT); the
     // queues share the flow-generation clock (the home agent orders moves by it).
     let mut handoffs = vec![handoff];
@@ -619,7 +645,13 @@ fn run_queues(
                 std::thread::Builder::new()
                     .name(format!("queue-{q}"))
                     .spawn_scoped(s, move || {
-                        let r = node_builder(args, handoff)
+                        let pinned = match args.queue_cpus.get(q) {
+                            Some(&cpu) => ds_apps::sched::pin_to_cpu(cpu)
+                                .with_context(|| format!("--queue-cpus: queue {q}")),
+                            None => Ok(()),
+                        };
+                        let r = pinned
+                            .and_then(|()| node_builder(args, handoff))
                             .and_then(|b| {
                                 Ok(b.backlog(server_config(args).backlog).queue(dev).build()?)
                             })

@@ -574,6 +574,13 @@ struct HttpArgs {
     /// fewer requests with it on 2026-12-04, nginx the same), so it is a diagnosis run.
     #[arg(long)]
     stall_probe: bool,
+    /// With --queues N: measure how the whole bed scales, for a machine where the client
+    /// cannot have cores of its own. Each one-queue server shares --server-cpu with a
+    /// one-thread wrk; ours with N queues (queue i's thread pinned to the i-th allowed CPU)
+    /// shares N CPUs with a wrk of N threads. The table states the CPUs the servers and the
+    /// rest (the client) took.
+    #[arg(long)]
+    whole_bed: bool,
     /// Print one JSON line per measurement and the summary as JSON (the table goes to stderr).
     #[arg(long)]
     json: bool,
@@ -640,7 +647,11 @@ fn run_http(a: HttpArgs) -> Result<()> {
         targets,
         queues: a.queues.max(1),
         stall_probe: a.stall_probe,
+        whole_bed: a.whole_bed,
     };
+    if a.whole_bed && a.queues < 2 {
+        bail!("--whole-bed compares N queues with one: give --queues 2 or more");
+    }
     let dsnode = ds_perf::find_program("dsnode")?;
     stack::install_sigint_handler();
     let (samples, nginx) = http::run(&opts, &dsnode, json_lines(a.json))?;

@@ -100,7 +100,7 @@ fn scaled(o: &Options, n: usize, threads: usize) -> anyhow::Result<Vec<(f64, f64
 /// repeat's start, so that none waits for it forever, and returns the failure at the end.
 fn one_thread(o: &Options, n: usize, cpu: usize, barrier: &Barrier) -> anyhow::Result<Vec<Run>> {
     let caught = |what: &str| anyhow::anyhow!("{what} panicked (CPU {cpu}, {n} connections)");
-    let mut failed = pin_to_cpu(cpu).err();
+    let mut failed = pin_to_cpu(cpu).err().map(anyhow::Error::from);
     let ports = o.ports_per_client.clamp(1, PORTS);
     let setup = match failed {
         Some(_) => None,

@@ -32,43 +32,7 @@ impl Bulk {
     }
 }
 
-/// The CPUs the calling thread may run on (its affinity mask: a cpuset or `taskset` may allow
-/// fewer than the machine has, and not from 0), in order.
-pub fn allowed_cpus() -> Result<Vec<usize>> {
-    // SAFETY: a zeroed cpu_set_t is the empty set; sched_getaffinity(0, ..) writes the calling
-    // thread's mask into it, at most its size; CPU_ISSET reads one bit inside it (i is below
-    // CPU_SETSIZE).
-    let set = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            return Err(std::io::Error::last_os_error()).context("sched_getaffinity");
-        }
-        set
-    };
-    Ok((0..libc::CPU_SETSIZE as usize)
-        // SAFETY: as above; `set` is a live, initialised mask.
-        .filter(|&i| unsafe { libc::CPU_ISSET(i, &set) })
-        .collect())
-}
-
-/// Pin the calling thread to one CPU.
-pub fn pin_to_cpu(cpu: usize) -> Result<()> {
-    ensure!(
-        cpu < libc::CPU_SETSIZE as usize,
-        "CPU {cpu} is out of range"
-    );
-    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET writes one bit inside it (cpu is
-    // below CPU_SETSIZE); sched_setaffinity(0, ..) reads the set for the calling thread only.
-    let rc = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error()).with_context(|| format!("pin to CPU {cpu}"));
-    }
-    Ok(())
-}
+pub use ds_apps::sched::{allowed_cpus, pin_to_cpu};
 
 fn connect(addr: SocketAddrV6, cc: Option<&str>) -> Result<TcpStream> {
     let deadline = Instant::now() + CONNECT_PATIENCE;
