@@ -943,4 +943,55 @@ mod tests {
         assert!(without.windows(2).all(|w| w[0] == w[1]), "{without:?}");
         assert_eq!(with[0], without[0] + 1);
     }
+
+    /// `--whole-bed`: the N-queue server against the one-queue one per repeat, the layout
+    /// in the table's first line, and both charts written.
+    #[test]
+    fn the_whole_bed_is_summarised_charted_and_says_so() {
+        let opts = Options {
+            cases: vec![Case {
+                size: 1024,
+                conns: 256,
+            }],
+            repeats: 1,
+            duration: Duration::from_secs(5),
+            warmup: Duration::ZERO,
+            server_cpu: 1,
+            client_cpu: 0,
+            targets: vec![Target::Ours, Target::OursQueues],
+            queues: 2,
+            stall_probe: false,
+            whole_bed: true,
+        };
+        let s = |target, rps, server_cpus| Sample {
+            target,
+            case: opts.cases[0],
+            repeat: 0,
+            requests: 0,
+            rps,
+            gbit_per_s: 0.0,
+            errors: 0,
+            latency_us: [0.0; 6],
+            cpu_busy: vec![1.0, 1.0],
+            server_cpus,
+            other_cpus: 2.0 - server_cpus,
+            machine_stall_us: None,
+        };
+        let sum = summarize(
+            &opts,
+            String::new(),
+            &[s(Target::Ours, 50.0, 0.5), s(Target::OursQueues, 95.0, 1.0)],
+        );
+        assert_eq!(sum.cases[0].queues_ratio.map(|r| r.median), Some(1.9));
+        let t = table(&sum);
+        assert!(t.contains("wrk -t2 on the first 2 allowed cores"), "{t}");
+        assert!(t.contains("| 1.00 | 1.00 |"), "server and other CPUs: {t}");
+        let dir = ds_testbed::TempDir::new("http-plot").expect("dir");
+        crate::plot::write_http_svg(&sum, dir.path()).expect("http chart");
+        let q = crate::plot::write_http_queues_svg(&sum, dir.path()).expect("queues chart");
+        let svg = std::fs::read_to_string(q).expect("svg");
+        for text in ["ours, 2 queues", "the rest (wrk", "1KiB x256, 2 queues"] {
+            assert!(svg.contains(text), "{text} missing");
+        }
+    }
 }

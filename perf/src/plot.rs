@@ -220,11 +220,97 @@ pub fn write_http_svg(sum: &crate::http::Summary, dir: &Path) -> Result<PathBuf>
         groups: groups(&|s| s.latency_us.get(3).copied().flatten()),
         decimals: 0,
     };
-    let foot = format!(
-        "Each server alone behind its own veth pair, pinned to core {}; wrk on core {}. Kernel offloads at their defaults (client tx checksum off towards AF_XDP). Whiskers: min-max over repeats.",
-        o.server_cpu, o.client_cpu
-    );
+    let foot = if o.whole_bed {
+        format!(
+            "Each server alone behind its own veth pair, sharing core {} with wrk (the whole bed on one core). Kernel offloads at their defaults (client tx checksum off towards AF_XDP). Whiskers: min-max over repeats.",
+            o.server_cpu
+        )
+    } else {
+        format!(
+            "Each server alone behind its own veth pair, pinned to core {}; wrk on core {}. Kernel offloads at their defaults (client tx checksum off towards AF_XDP). Whiskers: min-max over repeats.",
+            o.server_cpu, o.client_cpu
+        )
+    };
     two_panel_svg(dir, "dsperf-http.svg", &title, [rps, p99], &foot)
+}
+
+/// Write `DIR/dsperf-http-queues.svg` (`dsperf http --queues N`): per workload, requests per
+/// second of ours on one queue beside ours on N, and the CPUs that the server's process and
+/// the rest of the machine (the client) took in each. Returns the file's path.
+pub fn write_http_queues_svg(sum: &crate::http::Summary, dir: &Path) -> Result<PathBuf> {
+    use crate::http::{CaseSummary, Target, TargetSummary};
+    let o = &sum.options;
+    let n = o.queues;
+    let title = if o.whole_bed {
+        format!(
+            "dsperf http --whole-bed: ours and wrk on one core, against ours on {n} queues and wrk -t{n} on {n} cores, {} s each, median of {} repeats",
+            o.duration.as_secs(),
+            o.repeats
+        )
+    } else {
+        format!(
+            "dsperf http --queues {n}: ours on one core against ours on {n} queues, wrk -t1 beside them, {} s each, median of {} repeats",
+            o.duration.as_secs(),
+            o.repeats
+        )
+    };
+    let of = |c: &CaseSummary, t: Target| c.targets.iter().find(|s| s.target == t).cloned();
+    let both = |f: &dyn Fn(&TargetSummary) -> Option<Stat>| -> Vec<(String, [Option<Stat>; 2])> {
+        sum.cases
+            .iter()
+            .map(|c| {
+                let get = |t| of(c, t).as_ref().and_then(f);
+                (c.case.label(), [get(Target::Ours), get(Target::OursQueues)])
+            })
+            .collect()
+    };
+    let one = "ours, one queue".to_string();
+    let many = format!("ours, {n} queues");
+    let rps = Panel {
+        title: "requests per second (higher is better)",
+        unit: "req/s",
+        series: [&one, &many],
+        groups: both(&|s| s.rps),
+        decimals: 0,
+    };
+    let cpus = Panel {
+        title: "CPUs taken: the server's process and the rest",
+        unit: "CPUs",
+        series: ["server (dsnode)", "the rest (wrk, kernel TCP, softirq)"],
+        groups: sum
+            .cases
+            .iter()
+            .flat_map(|c| {
+                [
+                    (Target::Ours, "1 queue".to_string()),
+                    (Target::OursQueues, format!("{n} queues")),
+                ]
+                .map(|(t, what)| {
+                    let s = of(c, t);
+                    (
+                        format!("{}, {what}", c.case.label()),
+                        [
+                            s.as_ref().and_then(|s| s.server_cpus),
+                            s.and_then(|s| s.other_cpus),
+                        ],
+                    )
+                })
+            })
+            .collect(),
+        decimals: 2,
+    };
+    let foot = if o.whole_bed {
+        format!(
+            "One queue: dsnode and wrk -t1 share core {}. {n} queues: queue i's thread pinned to the i-th allowed core, wrk -t{n} on the same cores. Whiskers: min-max over repeats.",
+            o.server_cpu
+        )
+    } else {
+        format!(
+            "One queue: dsnode on core {}, wrk on core {}. {n} queues: threads unpinned on both cores. Whiskers: min-max over repeats.",
+            o.server_cpu, o.client_cpu
+        )
+    };
+    two_panel_svg(dir, "dsperf-http-queues.svg", &title, [rps, cpus], &foot)
 }
 
 /// Write `DIR/dsperf-bulk.svg`: single-flow Gbit/s (medians, min–max whiskers) per offload

@@ -660,6 +660,10 @@ fn run_http(a: HttpArgs) -> Result<()> {
     if let Some(dir) = a.plot {
         let path = ds_perf::plot::write_http_svg(&sum, &dir).context("plot")?;
         eprintln!("wrote {}", path.display());
+        if opts.queues > 1 && opts.targets.contains(&Target::OursQueues) {
+            let path = ds_perf::plot::write_http_queues_svg(&sum, &dir).context("plot")?;
+            eprintln!("wrote {}", path.display());
+        }
     }
     Ok(())
 }
