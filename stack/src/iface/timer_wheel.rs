@@ -44,6 +44,16 @@ pub(super) struct TimerWheel {
     /// the whole wheel, each grown once to the most a bucket held: arming allocates nothing
     /// once they have, whichever of the 4,096 buckets comes next.
     spare: Vec<Vec<(Instant, u32)>>,
+    /// Bucket vectors made so far (in the buckets and in `spare`): `spare` keeps room for all
+    /// of them, reserved when one is made, so that draining many buckets after a stall
+    /// never grows it.
+    vectors: usize,
+    /// The largest capacity a bucket vector has reached: a new one starts there, one
+    /// allocation instead of a doubling chain when more buckets than ever hold timers; and
+    /// `near`, into which a bucket is drained only when it is empty, keeps room for that
+    /// many, so that a bucket whose timers all fire (not the common stale ones) never grows
+    /// it.
+    widest: usize,
     /// Each bucket's earliest instant (valid while the bucket is non-empty), so that the next
     /// timer is known exactly without looking through a bucket.
     mins: Vec<Instant>,
@@ -62,6 +72,8 @@ impl Default for TimerWheel {
             near: BinaryHeap::new(),
             buckets: (0..SLOTS).map(|_| Vec::new()).collect(),
             spare: Vec::new(),
+            vectors: 0,
+            widest: 0,
             mins: vec![Instant::ZERO; SLOTS],
             occupied: [0; WORDS],
             far: BinaryHeap::new(),
@@ -88,13 +100,30 @@ impl TimerWheel {
             let bucket = &mut self.buckets[s];
             if bucket.is_empty() {
                 if bucket.capacity() == 0 {
-                    if let Some(v) = self.spare.pop() {
-                        *bucket = v;
+                    match self.spare.pop() {
+                        Some(v) => *bucket = v,
+                        None => {
+                            if self.widest == 0 {
+                                self.widest = 4;
+                                self.near.reserve(self.widest);
+                            }
+                            *bucket = Vec::with_capacity(self.widest);
+                            self.vectors += 1;
+                            self.spare.reserve(self.vectors - self.spare.len());
+                        }
                     }
                 }
                 self.mins[s] = at;
             } else if at < self.mins[s] {
                 self.mins[s] = at;
+            }
+            if bucket.len() == bucket.capacity() {
+                // Cold: a bucket holds more than this vector ever did.
+                bucket.reserve(1);
+                if bucket.capacity() > self.widest {
+                    self.widest = bucket.capacity();
+                    self.near.reserve(self.widest);
+                }
             }
             bucket.push((at, id));
             self.occupied[s / 64] |= 1 << (s % 64);
@@ -120,48 +149,80 @@ impl TimerWheel {
     /// `keep(ctx, at, id)` says no are dropped when their bucket comes due instead of entering the
     /// exact order; the caller checks the ones returned again (they may have gone stale
     /// since).
+    ///
+    /// Due buckets enter the exact order one at a time, as the caller pops: after a stall
+    /// (the process descheduled for milliseconds, many buckets due at once) `near` holds one
+    /// bucket's entries, not every due one's, so it does not grow to a new most (an allocation
+    /// on a loaded machine) and the first timer is not kept waiting behind the sorting of all
+    /// the others.
     pub(super) fn pop_due<C: ?Sized>(
         &mut self,
         now: Instant,
         ctx: &mut C,
         keep: impl Fn(&mut C, Instant, u32) -> bool,
     ) -> Option<(Instant, u32)> {
-        self.advance(tick(now), ctx, &keep);
-        match self.near.peek() {
-            Some(Reverse((t, _))) if *t <= now => self.near.pop().map(|Reverse(e)| e),
-            _ => None,
+        let to = tick(now);
+        let mut more = true;
+        loop {
+            if let Some(Reverse((t, _))) = self.near.peek() {
+                // Every bucket's entries are later than any in `near` (a later tick).
+                return if *t <= now {
+                    self.near.pop().map(|Reverse(e)| e)
+                } else {
+                    None
+                };
+            }
+            // The last look: far entries may have come straight into `near` as the base
+            // reached `to`.
+            if !more {
+                return None;
+            }
+            more = self.drain_next(to, ctx, &keep);
         }
     }
 
-    /// Move every bucket up to tick `to` into the exact heap (what `keep` accepts of it), and
-    /// what comes within the horizon from the far heap into the wheel.
-    fn advance<C: ?Sized>(
+    /// Move the first non-empty bucket up to tick `to` into the exact heap (what `keep`
+    /// accepts of it); false when there is none, every tick up to `to` then looked at.
+    fn drain_next<C: ?Sized>(
         &mut self,
         to: i64,
         ctx: &mut C,
         keep: &impl Fn(&mut C, Instant, u32) -> bool,
-    ) {
+    ) -> bool {
         if to <= self.base {
-            return;
+            return false;
         }
         let limit = to.min(self.base + SLOTS as i64);
-        let mut from = self.base;
-        while let Some(k) = self.first_occupied(from, limit) {
-            let s = slot(k);
-            self.occupied[s / 64] &= !(1 << (s % 64));
-            let mut bucket = std::mem::take(&mut self.buckets[s]);
-            self.in_buckets -= bucket.len();
-            for &(at, id) in &bucket {
-                if keep(ctx, at, id) {
-                    self.near.push(Reverse((at, id)));
-                }
+        let Some(k) = self.first_occupied(self.base, limit) else {
+            self.set_base(to, ctx, keep);
+            return false;
+        };
+        let s = slot(k);
+        self.occupied[s / 64] &= !(1 << (s % 64));
+        let mut bucket = std::mem::take(&mut self.buckets[s]);
+        self.in_buckets -= bucket.len();
+        for &(at, id) in &bucket {
+            if keep(ctx, at, id) {
+                self.near.push(Reverse((at, id)));
             }
-            // Its storage goes round to the next bucket to fill (`spare`).
-            bucket.clear();
-            self.spare.push(bucket);
-            from = k;
         }
-        self.base = to;
+        // Its storage goes round to the next bucket to fill (`spare`).
+        bucket.clear();
+        self.spare.push(bucket);
+        self.set_base(k, ctx, keep);
+        true
+    }
+
+    /// Every tick up to `base` has moved into `near`; what comes within the horizon moves
+    /// from the far heap into the wheel (so that every far entry stays later than every
+    /// bucket's).
+    fn set_base<C: ?Sized>(
+        &mut self,
+        base: i64,
+        ctx: &mut C,
+        keep: &impl Fn(&mut C, Instant, u32) -> bool,
+    ) {
+        self.base = base;
         while let Some(Reverse((at, id))) = self.far.peek().copied() {
             if tick(at) - self.base > SLOTS as i64 {
                 break;
@@ -298,6 +359,51 @@ mod tests {
                 }
             }
             prop_assert_eq!(w.len(), model.len());
+        }
+
+        /// With entries the caller no longer wants (every third), dropped as their bucket
+        /// comes due: the wanted ones still come out once each, in order, never early, and
+        /// `earliest` is never later than the next wanted one.
+        #[test]
+        fn drops_unwanted_and_keeps_the_order(
+            ops in proptest::collection::vec((0u8..3, 0i64..12_000_000), 1..400)
+        ) {
+            let mut w = TimerWheel::default();
+            let mut model: Vec<(i64, u32)> = Vec::new();
+            let mut now = 0i64;
+            let mut id = 0u32;
+            let keep = |_: &mut (), _, id: u32| !id.is_multiple_of(3);
+            for (op, x) in ops {
+                match op {
+                    0 | 1 => {
+                        let at = now + x / if op == 0 { 1 } else { 1000 };
+                        w.push(us(at), id);
+                        if !id.is_multiple_of(3) {
+                            model.push((at, id));
+                        }
+                        id += 1;
+                    }
+                    _ => {
+                        now += x / 100;
+                        if let Some(min) = model.iter().min() {
+                            let e = w.earliest().map(|e| e.total_micros());
+                            prop_assert!(e.is_some_and(|e| e <= min.0), "{:?} {:?}", e, min);
+                        }
+                        while let Some((t, i)) = w.pop_due(us(now), &mut (), keep) {
+                            prop_assert!(t.total_micros() <= now);
+                            if i.is_multiple_of(3) {
+                                // Armed already due (straight into the exact order): the
+                                // caller's own check drops it.
+                                continue;
+                            }
+                            let min = *model.iter().min().expect("model has it");
+                            prop_assert_eq!((t.total_micros(), i), min);
+                            model.retain(|e| *e != min);
+                        }
+                        prop_assert!(model.iter().all(|e| e.0 > now));
+                    }
+                }
+            }
         }
     }
 }
