@@ -72,10 +72,15 @@ fn dsnode_refuses_a_malformed_route() {
 }
 
 #[test]
-fn dsnode_refuses_as_many_queue_cpus_as_not_queues() {
+fn dsnode_refuses_queue_cpus_it_cannot_use() {
     for (queues, cpus, why) in [
         ("1", "0,1", "--queue-cpus names 2 CPUs for 1 queue(s)"),
         ("2", "1", "--queue-cpus names 1 CPUs for 2 queue(s)"),
+        (
+            "1",
+            "1023",
+            "--queue-cpus: CPU 1023 is not among those this process may use",
+        ),
     ] {
         refused(
             env!("CARGO_BIN_EXE_dsnode"),
@@ -228,6 +233,32 @@ fn dsnode_takes_a_toml_config() {
         dsnode,
         &["serve", "--config", repeat, "--also-addr", "fd00::80"],
         "/nonexistent",
+    );
+    // --queue-cpus too: the file's three CPUs would be refused for two queues; the command
+    // line's replace them, and the node goes on to its device (which is not there).
+    let cpus = dir.path().join("cpus.toml");
+    std::fs::write(
+        &cpus,
+        "device = \"afxdp\"\niface = \"nonexistent0\"\naddr = \"fd00::1\"\nroot = \"/\"\nqueues = 2\nqueue_cpus = [0, 0, 0]\n",
+    )
+    .expect("write config");
+    let cpus = cpus.to_str().expect("utf-8 path");
+    refused(
+        dsnode,
+        &["serve", "--config", cpus],
+        "--queue-cpus names 3 CPUs for 2 queue(s)",
+    );
+    let first = ds_apps::sched::allowed_cpus().expect("mask")[0].to_string();
+    refused(
+        dsnode,
+        &[
+            "serve",
+            "--config",
+            cpus,
+            "--queue-cpus",
+            &format!("{first},{first}"),
+        ],
+        "cannot open AF_XDP",
     );
     let bad = dir.path().join("bad.toml");
     std::fs::write(

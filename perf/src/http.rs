@@ -19,7 +19,8 @@
 //! N-queue server (queue i's thread pinned to the i-th allowed CPU, `dsnode --queue-cpus`)
 //! shares those N CPUs with a wrk of N threads. The ratio is then that of one core's work to
 //! N cores', the client's included, and the report states the CPUs the server's process took
-//! and what the rest took (wrk, the client's kernel TCP, the veth's and XDP's softirq work).
+//! and what everything else took (wrk, the client's kernel TCP, the veth's and XDP's softirq
+//! work: an upper bound on the client's share).
 //!
 //! Offloads stay at the kernel's defaults everywhere except the client's transmit checksum on
 //! `to_o`: a veth peer with checksum offload hands AF_XDP (copy mode) frames whose TCP checksum
@@ -187,7 +188,9 @@ pub struct Sample {
     /// the kernel's softirq work on their behalf is not in it).
     pub server_cpus: f64,
     /// CPUs the rest of the machine used meanwhile: the cores' busy shares summed, less
-    /// [`Sample::server_cpus`] (wrk, the kernel's TCP and softirq work, anything else).
+    /// [`Sample::server_cpus`]. Wrk and the client's kernel TCP, but also the softirq work
+    /// done for the server (the veth, the XDP program, the copy into its UMEM), steal time and
+    /// anything else running: an upper bound on the client's share.
     pub other_cpus: f64,
     /// The machine's largest stall during the measurement, µs: the worst wake-up lateness of
     /// a real-time thread on any core ([`crate::stack::load::StallProbe`]); `None` without
@@ -453,7 +456,16 @@ impl Bed {
                 opts.queues,
                 allowed
             );
-            allowed[..opts.queues as usize].to_vec()
+            let cpus = allowed[..opts.queues as usize].to_vec();
+            // The one-core bed on one of the N-core bed's CPUs, not beside them.
+            ensure!(
+                cpus.contains(&opts.server_cpu),
+                "--whole-bed: --server-cpu {} is not one of the {} queues' CPUs {:?}",
+                opts.server_cpu,
+                opts.queues,
+                cpus
+            );
+            cpus
         } else {
             Vec::new()
         };

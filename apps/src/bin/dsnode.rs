@@ -145,7 +145,9 @@ struct ServeArgs {
     queues: u32,
     /// Pin each queue's thread to a CPU: queue i's to the i-th of this comma-separated list,
     /// as many CPUs as queues (say, the cores that the NIC queues' interrupts go to). With one
-    /// queue, the serving thread. Without it the scheduler places the threads.
+    /// queue, the serving thread. Without it the scheduler places the threads. With
+    /// --sched-fifo a pinned thread cannot be moved off a busy core, and a spinning one
+    /// (--busy-poll) holds off that core's softirq work.
     #[arg(long, value_name = "CPU,...", value_delimiter = ',')]
     queue_cpus: Vec<usize>,
     /// AF_XDP: send one frame per TCP segment through the AF_XDP ring instead of super-frames
@@ -447,7 +449,7 @@ fn with_config(argv: Vec<String>) -> Result<Vec<String>, ds_apps::config::Config
             .iter()
             .any(|a| a == flag || a.starts_with(&format!("{flag}=")))
     };
-    for flag in ["--also-addr", "--route", "--peer", "--etcd"] {
+    for flag in ["--also-addr", "--route", "--peer", "--etcd", "--queue-cpus"] {
         if !given(flag) {
             continue;
         }
@@ -468,6 +470,31 @@ fn with_config(argv: Vec<String>) -> Result<Vec<String>, ds_apps::config::Config
     Ok(out)
 }
 
+/// `--queue-cpus`, checked before anything is touched: one CPU per queue (`--queues 0`, every
+/// queue: checked once the device says how many), each one this process may run on (a CPU
+/// outside a `taskset` mask would be refused only in its queue's thread, after the device
+/// opened; a cgroup's cpuset the kernel enforces either way).
+fn check_queue_cpus(args: &ServeArgs) -> anyhow::Result<()> {
+    if args.queue_cpus.is_empty() {
+        return Ok(());
+    }
+    if args.backend.is_some() {
+        bail!("--queue-cpus pins the file server's queues: not with --backend");
+    }
+    if args.queues != 0 && args.queue_cpus.len() != args.queues as usize {
+        bail!(
+            "--queue-cpus names {} CPUs for {} queue(s)",
+            args.queue_cpus.len(),
+            args.queues
+        );
+    }
+    let allowed = ds_apps::sched::allowed_cpus().context("--queue-cpus")?;
+    if let Some(c) = args.queue_cpus.iter().find(|c| !allowed.contains(c)) {
+        bail!("--queue-cpus: CPU {c} is not among those this process may use, {allowed:?}");
+    }
+    Ok(())
+}
+
 fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let addr = args.addr;
     if addr.is_unspecified() || addr.is_loopback() || addr.is_multicast() {
@@ -481,6 +508,7 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     if let Some(root) = args.root.as_deref().filter(|r| !r.is_dir()) {
         bail!("--root {}: not a directory", root.display());
     }
+    check_queue_cpus(args)?;
     // Parse the handoff settings (secret, sockets) before touching any device, so a bad
     // option fails without side effects. (Proxy mode: the library checks them.)
     let handoff = match args.backend {
@@ -503,17 +531,6 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         return run_proxy(args, backend, control, stop);
     }
     let root = args.root.as_deref().context("--root is required")?;
-    // (`--queues 0`, every queue: checked once the device says how many.)
-    if !args.queue_cpus.is_empty()
-        && args.queues != 0
-        && args.queue_cpus.len() != args.queues as usize
-    {
-        bail!(
-            "--queue-cpus names {} CPUs for {} queue(s)",
-            args.queue_cpus.len(),
-            args.queues
-        );
-    }
     if args.queues != 1 {
         if !matches!(args.device, DeviceKind::Afxdp) {
             bail!("--queues needs --device afxdp");

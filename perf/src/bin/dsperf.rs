@@ -577,8 +577,9 @@ struct HttpArgs {
     /// With --queues N: measure how the whole bed scales, for a machine where the client
     /// cannot have cores of its own. Each one-queue server shares --server-cpu with a
     /// one-thread wrk; ours with N queues (queue i's thread pinned to the i-th allowed CPU)
-    /// shares N CPUs with a wrk of N threads. The table states the CPUs the servers and the
-    /// rest (the client) took.
+    /// shares N CPUs with a wrk of N threads (every case's connections a multiple of N). The
+    /// table states the CPUs the servers took and what everything else took (the client, and
+    /// the kernel's softirq work).
     #[arg(long)]
     whole_bed: bool,
     /// Print one JSON line per measurement and the summary as JSON (the table goes to stderr).
@@ -649,8 +650,21 @@ fn run_http(a: HttpArgs) -> Result<()> {
         stall_probe: a.stall_probe,
         whole_bed: a.whole_bed,
     };
-    if a.whole_bed && a.queues < 2 {
-        bail!("--whole-bed compares N queues with one: give --queues 2 or more");
+    if a.whole_bed {
+        if a.queues < 2 || a.only.as_deref() == Some("nginx") {
+            bail!("--whole-bed compares ours on N queues with one: give --queues 2 or more");
+        }
+        // wrk gives each of its N threads conns / N connections and refuses fewer than N.
+        if let Some(c) = opts.cases.iter().find(|c| c.conns % a.queues != 0) {
+            bail!(
+                "--whole-bed: case {} has {} connection(s), not a multiple of --queues {} \
+                 (wrk -t{} spreads them evenly); give --case",
+                c.label(),
+                c.conns,
+                a.queues,
+                a.queues
+            );
+        }
     }
     let dsnode = ds_perf::find_program("dsnode")?;
     stack::install_sigint_handler();
