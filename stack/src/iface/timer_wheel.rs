@@ -49,10 +49,7 @@ pub(super) struct TimerWheel {
     /// never grows it.
     vectors: usize,
     /// The largest capacity a bucket vector has reached: a new one starts there, one
-    /// allocation instead of a doubling chain when more buckets than ever hold timers; and
-    /// `near`, into which a bucket is drained only when it is empty, keeps room for that
-    /// many, so that a bucket whose timers all fire (not the common stale ones) never grows
-    /// it.
+    /// allocation instead of a doubling chain when more buckets than ever hold timers.
     widest: usize,
     /// Each bucket's earliest instant (valid while the bucket is non-empty), so that the next
     /// timer is known exactly without looking through a bucket.
@@ -103,11 +100,7 @@ impl TimerWheel {
                     match self.spare.pop() {
                         Some(v) => *bucket = v,
                         None => {
-                            if self.widest == 0 {
-                                self.widest = 4;
-                                self.near.reserve(self.widest);
-                            }
-                            *bucket = Vec::with_capacity(self.widest);
+                            *bucket = Vec::with_capacity(self.widest.max(4));
                             self.vectors += 1;
                             self.spare.reserve(self.vectors - self.spare.len());
                         }
@@ -120,10 +113,7 @@ impl TimerWheel {
             if bucket.len() == bucket.capacity() {
                 // Cold: a bucket holds more than this vector ever did.
                 bucket.reserve(1);
-                if bucket.capacity() > self.widest {
-                    self.widest = bucket.capacity();
-                    self.near.reserve(self.widest);
-                }
+                self.widest = self.widest.max(bucket.capacity());
             }
             bucket.push((at, id));
             self.occupied[s / 64] |= 1 << (s % 64);
@@ -201,6 +191,9 @@ impl TimerWheel {
         self.occupied[s / 64] &= !(1 << (s % 64));
         let mut bucket = std::mem::take(&mut self.buckets[s]);
         self.in_buckets -= bucket.len();
+        // Room for the whole bucket at once: a bucket whose timers fire (not the common stale
+        // ones) grows the heap by one allocation, not a doubling chain.
+        self.near.reserve(bucket.len());
         for &(at, id) in &bucket {
             if keep(ctx, at, id) {
                 self.near.push(Reverse((at, id)));
