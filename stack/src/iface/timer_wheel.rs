@@ -354,6 +354,62 @@ mod tests {
             prop_assert_eq!(w.len(), model.len());
         }
 
+        /// As the interface uses it: a poll pops only some of what is due and arms new timers
+        /// between pops (`on_timer` re-arms), so pushes land while the base lags behind the
+        /// clock, some beyond its horizon and some already due; clock jumps of up to 12 s
+        /// carry the base past the horizon. Every timer still comes out once, in order, never
+        /// early, and `earliest` is the next one.
+        #[test]
+        fn partial_drains_with_rearming_keep_the_order(
+            ops in proptest::collection::vec((0u8..4, 0i64..12_000_000), 1..300)
+        ) {
+            let mut w = TimerWheel::default();
+            let mut model: Vec<(i64, u32)> = Vec::new();
+            let mut now = 0i64;
+            let mut id = 0u32;
+            let keep = |_: &mut (), _, _| true;
+            for (op, x) in ops {
+                match op {
+                    0 | 1 => {
+                        let at = now + x / if op == 0 { 1 } else { 1000 };
+                        w.push(us(at), id);
+                        model.push((at, id));
+                        id += 1;
+                    }
+                    2 => {
+                        now += x / if x % 2 == 0 { 100 } else { 1 };
+                        for _ in 0..(x % 4) {
+                            let Some((t, i)) = w.pop_due(us(now), &mut (), keep) else {
+                                break;
+                            };
+                            let min = *model.iter().min().expect("model has it");
+                            prop_assert_eq!((t.total_micros(), i), min);
+                            prop_assert!(min.0 <= now);
+                            model.retain(|e| *e != min);
+                            // Re-armed from the timer, some already due, some far.
+                            let at = now - 1000 + (x % 5_000_000) / (1 + x % 7);
+                            w.push(us(at), id);
+                            model.push((at, id));
+                            id += 1;
+                        }
+                    }
+                    _ => {
+                        if let Some(min) = model.iter().min() {
+                            prop_assert_eq!(w.earliest().map(|e| e.total_micros()), Some(min.0));
+                        }
+                        while let Some((t, i)) = w.pop_due(us(now), &mut (), keep) {
+                            let min = *model.iter().min().expect("model has it");
+                            prop_assert_eq!((t.total_micros(), i), min);
+                            prop_assert!(min.0 <= now);
+                            model.retain(|e| *e != min);
+                        }
+                        prop_assert!(model.iter().all(|e| e.0 > now));
+                    }
+                }
+            }
+            prop_assert_eq!(w.len(), model.len());
+        }
+
         /// With entries the caller no longer wants (every third), dropped as their bucket
         /// comes due: the wanted ones still come out once each, in order, never early, and
         /// `earliest` is never later than the next wanted one.
