@@ -22,6 +22,9 @@ const TICK_SHIFT: u32 = 10;
 /// probe timers); later ones (keepalive, TIME-WAIT, backed-off timeouts) wait in a heap.
 const SLOTS: usize = 4096;
 const WORDS: usize = SLOTS / 64;
+/// Most entries a new bucket vector starts with: one burst bucket (thousands of connections
+/// arming in one millisecond) must not make every later vector that large.
+const NEW_VECTOR_MOST: usize = 256;
 
 fn tick(t: Instant) -> i64 {
     t.total_micros() >> TICK_SHIFT
@@ -48,8 +51,9 @@ pub(super) struct TimerWheel {
     /// of them, reserved when one is made, so that draining many buckets after a stall
     /// never grows it.
     vectors: usize,
-    /// The largest capacity a bucket vector has reached: a new one starts there, one
-    /// allocation instead of a doubling chain when more buckets than ever hold timers.
+    /// The largest capacity a bucket vector has reached: a new one starts there (up to
+    /// [`NEW_VECTOR_MOST`]), one allocation instead of a doubling chain when more buckets
+    /// than ever hold timers.
     widest: usize,
     /// Each bucket's earliest instant (valid while the bucket is non-empty), so that the next
     /// timer is known exactly without looking through a bucket.
@@ -100,7 +104,7 @@ impl TimerWheel {
                     match self.spare.pop() {
                         Some(v) => *bucket = v,
                         None => {
-                            *bucket = Vec::with_capacity(self.widest.max(4));
+                            *bucket = Vec::with_capacity(self.widest.clamp(4, NEW_VECTOR_MOST));
                             self.vectors += 1;
                             self.spare.reserve(self.vectors - self.spare.len());
                         }
