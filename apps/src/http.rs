@@ -426,24 +426,48 @@ fn open_error_status(e: &io::Error) -> u16 {
     }
 }
 
-/// A media type from the file name's extension.
+/// A media type from the file name's extension (compared without regard to case, with no
+/// copy of the name: this runs per request).
 pub fn content_type(path: &Path) -> &'static str {
-    let ext = path
-        .extension()
-        .map(|e| e.to_string_lossy().to_ascii_lowercase());
-    match ext.as_deref() {
-        Some("html" | "htm") => "text/html; charset=utf-8",
-        Some("txt" | "md") => "text/plain; charset=utf-8",
-        Some("css") => "text/css",
-        Some("js") => "text/javascript",
-        Some("json") => "application/json",
-        Some("png") => "image/png",
-        Some("jpg" | "jpeg") => "image/jpeg",
-        Some("gif") => "image/gif",
-        Some("svg") => "image/svg+xml",
-        Some("pdf") => "application/pdf",
-        _ => "application/octet-stream",
+    const TYPES: [(&[&str], &str); 10] = [
+        (&["html", "htm"], "text/html; charset=utf-8"),
+        (&["txt", "md"], "text/plain; charset=utf-8"),
+        (&["css"], "text/css"),
+        (&["js"], "text/javascript"),
+        (&["json"], "application/json"),
+        (&["png"], "image/png"),
+        (&["jpg", "jpeg"], "image/jpeg"),
+        (&["gif"], "image/gif"),
+        (&["svg"], "image/svg+xml"),
+        (&["pdf"], "application/pdf"),
+    ];
+    let Some(ext) = path.extension().map(|e| e.as_bytes()) else {
+        return "application/octet-stream";
+    };
+    TYPES
+        .iter()
+        .find(|(exts, _)| exts.iter().any(|x| x.as_bytes().eq_ignore_ascii_case(ext)))
+        .map_or("application/octet-stream", |(_, t)| t)
+}
+
+/// The current second's [`http_date`], formatted once per second per thread (every response
+/// carries one) and written into `out`.
+fn write_date_now(out: &mut Vec<u8>) {
+    thread_local! {
+        static NOW: std::cell::RefCell<(u64, String)> =
+            const { std::cell::RefCell::new((u64::MAX, String::new())) };
     }
+    let now = SystemTime::now();
+    let secs = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    NOW.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != secs {
+            *c = (secs, http_date(now));
+        }
+        out.extend_from_slice(c.1.as_bytes());
+    });
 }
 
 /// An IMF-fixdate (RFC 9110 §5.6.7), e.g. `Sun, 06 Nov 1994 08:49:37 GMT`.
@@ -542,14 +566,14 @@ impl DocRoot {
     /// Open `rel` (plain names only), or its `index.html` when it is a directory, if it is a
     /// regular file inside the root; returns the file, its length and the path served,
     /// relative to the root.
-    fn open_file(&self, rel: &Path) -> io::Result<(File, u64, PathBuf)> {
-        let (file, meta) = self.open_beneath(rel)?;
+    fn open_file(&self, rel: PathBuf) -> io::Result<(File, u64, PathBuf)> {
+        let (file, meta) = self.open_beneath(&rel)?;
         if meta.is_dir() {
             let index = rel.join("index.html");
             let (file, meta) = self.open_beneath(&index)?;
             return regular(file, &meta, index);
         }
-        regular(file, &meta, rel.to_path_buf())
+        regular(file, &meta, rel)
     }
 
     fn open_beneath(&self, rel: &Path) -> io::Result<(File, std::fs::Metadata)> {
@@ -830,7 +854,7 @@ impl HttpConn {
         {
             return Err(invalid("body path is not a plain relative path"));
         }
-        let (mut file, len, served) = root.open_file(&rel)?;
+        let (mut file, len, served) = root.open_file(rel.clone())?;
         if served != rel {
             return Err(invalid("body path names a directory"));
         }
@@ -1029,9 +1053,9 @@ impl HttpConn {
             .iter()
             .map(|seg| std::ffi::OsStr::from_bytes(seg))
             .collect();
-        match self.root.open_file(&rel) {
+        match self.root.open_file(rel) {
             Ok((file, len, rel)) => {
-                let headers = [("Content-Type", content_type(&rel).to_string())];
+                let headers = [("Content-Type", content_type(&rel))];
                 self.head(200, &headers, len, req.keep_alive);
                 if !head_only && len > 0 {
                     self.body = Some(FileBody {
@@ -1055,33 +1079,32 @@ impl HttpConn {
         }
     }
 
-    /// Queue a response head.
-    fn head(&mut self, status: u16, extra: &[(&str, String)], len: u64, keep_alive: bool) {
-        use std::fmt::Write as _;
-        let mut h = String::with_capacity(256);
-        let _ = write!(h, "HTTP/1.1 {} {}\r\n", status, reason(status));
-        let _ = write!(
-            h,
-            "Date: {}\r\nServer: dsnode\r\n",
-            http_date(SystemTime::now())
-        );
+    /// Queue a response head, written straight into the output buffer.
+    fn head(&mut self, status: u16, extra: &[(&str, &str)], len: u64, keep_alive: bool) {
+        use std::io::Write as _;
+        let h = &mut self.out;
+        // Writing into a Vec cannot fail.
+        let _ = write!(h, "HTTP/1.1 {} {}\r\nDate: ", status, reason(status));
+        write_date_now(h);
+        h.extend_from_slice(b"\r\nServer: dsnode\r\n");
         for (name, value) in extra {
             let _ = write!(h, "{name}: {value}\r\n");
         }
         let _ = write!(h, "Content-Length: {len}\r\n");
         let conn = if keep_alive { "keep-alive" } else { "close" };
         let _ = write!(h, "Connection: {conn}\r\n\r\n");
-        self.out.extend_from_slice(h.as_bytes());
     }
 
     /// Queue a complete error response with a short plain-text body.
     fn error_response(&mut self, status: u16, detail: &str, keep_alive: bool, head_only: bool) {
         let body = format!("{} {}: {}\n", status, reason(status), detail);
-        let mut extra = vec![("Content-Type", "text/plain; charset=utf-8".to_string())];
-        if status == 405 {
-            extra.push(("Allow", "GET, HEAD".to_string()));
-        }
-        self.head(status, &extra, body.len() as u64, keep_alive);
+        let text = ("Content-Type", "text/plain; charset=utf-8");
+        let extra: &[(&str, &str)] = if status == 405 {
+            &[text, ("Allow", "GET, HEAD")]
+        } else {
+            &[text]
+        };
+        self.head(status, extra, body.len() as u64, keep_alive);
         if !head_only {
             self.out.extend_from_slice(body.as_bytes());
         }
@@ -1299,6 +1322,21 @@ mod tests {
             "x/y",
         ] {
             assert!(sanitize_target(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn media_types_from_the_extension_in_any_case() {
+        for (name, want) in [
+            ("a/index.html", "text/html; charset=utf-8"),
+            ("INDEX.HTM", "text/html; charset=utf-8"),
+            ("x.JpEg", "image/jpeg"),
+            ("notes.md", "text/plain; charset=utf-8"),
+            ("data.bin", "application/octet-stream"),
+            ("Makefile", "application/octet-stream"),
+            (".html", "application/octet-stream"),
+        ] {
+            assert_eq!(content_type(Path::new(name)), want, "{name}");
         }
     }
 

@@ -1,0 +1,54 @@
+//! What the HTTP file server's connection (`ds_apps::http::HttpConn`, sans-IO) allocates per
+//! keep-alive request for a small file, counted by the allocator itself (dhat's heap
+//! statistics): the request parsed, the path resolved and the file opened below the root, the
+//! head and the body written into the connection's output. The response head is written
+//! straight into the output buffer, the date formatted once a second and the media type found
+//! without copying the name; what is left is the parsed request's owned fields and the path.
+//! No root needed.
+
+use ds_apps::http::{DocRoot, HttpConn};
+
+#[global_allocator]
+static ALLOC: dhat::Alloc = dhat::Alloc;
+
+/// One request in, the whole response out; the response's length.
+fn serve(c: &mut HttpConn, request: &[u8]) -> usize {
+    c.feed(request);
+    let mut got = 0;
+    loop {
+        let n = c.poll_transmit().expect("response").len();
+        if n == 0 {
+            return got;
+        }
+        c.advance(n);
+        got += n;
+    }
+}
+
+#[test]
+fn a_keep_alive_request_costs_a_bounded_number_of_allocations() {
+    let dir = ds_testbed::TempDir::new("http-alloc").expect("dir");
+    std::fs::write(dir.path().join("index.html"), vec![b'a'; 1024]).expect("file");
+    let root = DocRoot::open(dir.path()).expect("root");
+    let _profiler = dhat::Profiler::builder().testing().build();
+    let mut c = HttpConn::new(root, "test".into());
+    let request = b"GET /index.html HTTP/1.1\r\nHost: x\r\nUser-Agent: wrk\r\n\r\n";
+    // Warm: the connection's buffers grown, this second's date formatted.
+    for _ in 0..10 {
+        assert!(serve(&mut c, request) > 1024);
+    }
+    const REQUESTS: u64 = 1000;
+    let before = dhat::HeapStats::get().total_blocks;
+    for _ in 0..REQUESTS {
+        assert!(serve(&mut c, request) > 1024);
+    }
+    let per_request = (dhat::HeapStats::get().total_blocks - before) as f64 / REQUESTS as f64;
+    println!("{per_request:.2} allocations per keep-alive request");
+    // Measured 9.0: the parsed request's target, its header list and each field's name and
+    // value (`ds_apps::http::Request` owns them), the path's segment list and its segment,
+    // and the path. 16.0 before the head was written in place, the date formatted once a
+    // second, the media type found without a copy and the path moved rather than copied.
+    // (At most one more a second, for the date.)
+    assert!(per_request <= 9.1, "{per_request} allocations per request");
+    assert_eq!(c.stats().requests, REQUESTS + 10);
+}
