@@ -256,6 +256,30 @@ mod tests {
         Instant::from_micros(n)
     }
 
+    /// The proptests' check of one pop at `now`: the entry is due and is the model's
+    /// earliest, which it leaves; entries the caller does not want (`wanted` false: armed
+    /// already due, straight into the exact order) are skipped, as the caller's own check
+    /// drops them. `Ok(None)` when nothing is due.
+    fn pop_checked(
+        w: &mut TimerWheel,
+        model: &mut Vec<(i64, u32)>,
+        now: i64,
+        wanted: fn(u32) -> bool,
+    ) -> Result<Option<u32>, proptest::test_runner::TestCaseError> {
+        let keep = |_: &mut (), _, id: u32| wanted(id);
+        while let Some((t, i)) = w.pop_due(us(now), &mut (), keep) {
+            prop_assert!(t.total_micros() <= now);
+            if !wanted(i) {
+                continue;
+            }
+            let min = *model.iter().min().expect("model has it");
+            prop_assert_eq!((t.total_micros(), i), min);
+            model.retain(|e| *e != min);
+            return Ok(Some(i));
+        }
+        Ok(None)
+    }
+
     #[test]
     fn due_in_exact_order_across_buckets_and_the_horizon() {
         let mut w = TimerWheel::default();
@@ -344,13 +368,7 @@ mod tests {
                         if let Some(min) = model.iter().min() {
                             prop_assert_eq!(w.earliest().map(|e| e.total_micros()), Some(min.0));
                         }
-                        let keep = |_: &mut (), _, _| true;
-                        while let Some((t, i)) = w.pop_due(us(now), &mut (), keep) {
-                            let min = *model.iter().min().expect("model has it");
-                            prop_assert_eq!((t.total_micros(), i), min);
-                            prop_assert!(min.0 <= now);
-                            model.retain(|e| *e != min);
-                        }
+                        while pop_checked(&mut w, &mut model, now, |_| true)?.is_some() {}
                         prop_assert!(model.iter().all(|e| e.0 > now));
                     }
                 }
@@ -371,7 +389,6 @@ mod tests {
             let mut model: Vec<(i64, u32)> = Vec::new();
             let mut now = 0i64;
             let mut id = 0u32;
-            let keep = |_: &mut (), _, _| true;
             for (op, x) in ops {
                 match op {
                     0 | 1 => {
@@ -383,13 +400,9 @@ mod tests {
                     2 => {
                         now += x / if x % 2 == 0 { 100 } else { 1 };
                         for _ in 0..(x % 4) {
-                            let Some((t, i)) = w.pop_due(us(now), &mut (), keep) else {
+                            if pop_checked(&mut w, &mut model, now, |_| true)?.is_none() {
                                 break;
-                            };
-                            let min = *model.iter().min().expect("model has it");
-                            prop_assert_eq!((t.total_micros(), i), min);
-                            prop_assert!(min.0 <= now);
-                            model.retain(|e| *e != min);
+                            }
                             // Re-armed from the timer, some already due, some far.
                             let at = now - 1000 + (x % 5_000_000) / (1 + x % 7);
                             w.push(us(at), id);
@@ -401,12 +414,7 @@ mod tests {
                         if let Some(min) = model.iter().min() {
                             prop_assert_eq!(w.earliest().map(|e| e.total_micros()), Some(min.0));
                         }
-                        while let Some((t, i)) = w.pop_due(us(now), &mut (), keep) {
-                            let min = *model.iter().min().expect("model has it");
-                            prop_assert_eq!((t.total_micros(), i), min);
-                            prop_assert!(min.0 <= now);
-                            model.retain(|e| *e != min);
-                        }
+                        while pop_checked(&mut w, &mut model, now, |_| true)?.is_some() {}
                         prop_assert!(model.iter().all(|e| e.0 > now));
                     }
                 }
@@ -425,7 +433,6 @@ mod tests {
             let mut model: Vec<(i64, u32)> = Vec::new();
             let mut now = 0i64;
             let mut id = 0u32;
-            let keep = |_: &mut (), _, id: u32| !id.is_multiple_of(3);
             for (op, x) in ops {
                 match op {
                     0 | 1 => {
@@ -442,17 +449,9 @@ mod tests {
                             let e = w.earliest().map(|e| e.total_micros());
                             prop_assert!(e.is_some_and(|e| e <= min.0), "{:?} {:?}", e, min);
                         }
-                        while let Some((t, i)) = w.pop_due(us(now), &mut (), keep) {
-                            prop_assert!(t.total_micros() <= now);
-                            if i.is_multiple_of(3) {
-                                // Armed already due (straight into the exact order): the
-                                // caller's own check drops it.
-                                continue;
-                            }
-                            let min = *model.iter().min().expect("model has it");
-                            prop_assert_eq!((t.total_micros(), i), min);
-                            model.retain(|e| *e != min);
-                        }
+                        while pop_checked(&mut w, &mut model, now, |id| !id.is_multiple_of(3))?
+                            .is_some()
+                        {}
                         prop_assert!(model.iter().all(|e| e.0 > now));
                     }
                 }
