@@ -10,10 +10,18 @@
 //! connections and pipelining (RFC 9112 §9.3), `Content-Length` framing of responses
 //! (RFC 9112 §6.3). Everything else is refused with the proper status: 400, 403, 404, 405, 431,
 //! 501 and 505.
+//!
+//! The request parser is written by hand rather than on `httparse` (which frames the proxy's
+//! messages, `crate::exchange`) because a server owes answers that crate cannot give: it
+//! refuses `HTTP/1.2`, which RFC 9110 §6.2 says to answer as 1.1; it reports `HTTP/2.0` and
+//! `HTTP/11` alike, where the first is a 505 and the second a 400; and it lets bytes above
+//! 0x7f into the request target, which RFC 9112 §3.2 does not. The parsed [`Request`] borrows
+//! the received bytes, so answering a keep-alive request allocates nothing
+//! (`apps/tests/http_alloc.rs`).
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -28,33 +36,33 @@ pub const MAX_BUFFERED: usize = 16 * 1024;
 pub const CHUNK: usize = 64 * 1024;
 
 /// The request method (RFC 9110 §9).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Method {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method<'a> {
     /// `GET`.
     Get,
     /// `HEAD`.
     Head,
     /// A method defined by RFC 9110 or RFC 5789 that this server does not allow (405).
-    NotAllowed(String),
+    NotAllowed(&'a str),
     /// Any other method token (501).
-    Unknown(String),
+    Unknown(&'a str),
 }
 
-impl Method {
-    fn from_token(tok: &str) -> Method {
+impl<'a> Method<'a> {
+    fn from_token(tok: &'a str) -> Method<'a> {
         // Method names are case-sensitive (RFC 9110 §9.1).
         match tok {
             "GET" => Method::Get,
             "HEAD" => Method::Head,
             "POST" | "PUT" | "DELETE" | "CONNECT" | "OPTIONS" | "TRACE" | "PATCH" => {
-                Method::NotAllowed(tok.to_string())
+                Method::NotAllowed(tok)
             }
-            _ => Method::Unknown(tok.to_string()),
+            _ => Method::Unknown(tok),
         }
     }
 
     /// The method as it appeared on the request line.
-    pub fn as_str(&self) -> &str {
+    pub fn as_str(&self) -> &'a str {
         match self {
             Method::Get => "GET",
             Method::Head => "HEAD",
@@ -63,30 +71,36 @@ impl Method {
     }
 }
 
-/// A parsed request head.
+/// A parsed request head, borrowing the received bytes it was parsed from (nothing is
+/// copied: a keep-alive request costs the parser no allocation).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Request {
+pub struct Request<'a> {
     /// The method.
-    pub method: Method,
-    /// The request target exactly as sent.
-    pub target: String,
+    pub method: Method<'a>,
+    /// The request target exactly as sent (visible ASCII, checked).
+    pub target: &'a str,
     /// The minor HTTP version (0 or 1; later 1.x versions are treated as 1.1).
     pub minor: u8,
-    /// Header fields in order, names lower-cased, values trimmed.
-    pub headers: Vec<(String, String)>,
+    /// The field lines after the request line, each checked by the parser.
+    fields: &'a [u8],
     /// Length of the request body that follows the head (0 when absent).
     pub content_length: u64,
     /// Whether the connection stays open after the response (RFC 9112 §9.3).
     pub keep_alive: bool,
 }
 
-impl Request {
-    /// The first value of header `name` (lower-case).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+impl<'a> Request<'a> {
+    /// The header fields in order: each name as sent and its value without the surrounding
+    /// whitespace (raw bytes: a value may hold obs-text, RFC 9110 §5.5).
+    pub fn headers(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + use<'a> {
+        field_lines(self.fields).filter_map(|l| split_field(l).ok())
+    }
+
+    /// The first value of header `name` (names compare case-insensitively, RFC 9110 §5.1).
+    pub fn header(&self, name: &str) -> Option<&'a [u8]> {
+        self.headers()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v)
     }
 }
 
@@ -156,9 +170,22 @@ fn head_end(buf: &[u8]) -> Option<usize> {
 
 /// Parse one request head from the start of `buf`.
 ///
-/// Returns `Ok(None)` when more bytes are needed, or the request and the number of bytes its
-/// head took (any body of `content_length` bytes follows).
-pub fn parse_request(buf: &[u8]) -> Result<Option<(Request, usize)>, ParseError> {
+/// Returns `Ok(None)` when more bytes are needed, or the request (borrowing `buf`) and the
+/// number of bytes its head took (any body of `content_length` bytes follows).
+///
+/// # Examples
+///
+/// ```
+/// use ds_apps::http::{parse_request, Method};
+///
+/// let buf = b"GET /index.html HTTP/1.1\r\nHost: example\r\n\r\nGET /next";
+/// let (req, used) = parse_request(buf).unwrap().unwrap();
+/// assert_eq!((req.method, req.target, req.keep_alive), (Method::Get, "/index.html", true));
+/// assert_eq!(req.header("HOST"), Some(&b"example"[..]));
+/// // The next request is not complete yet.
+/// assert_eq!(parse_request(&buf[used..]), Ok(None));
+/// ```
+pub fn parse_request(buf: &[u8]) -> Result<Option<(Request<'_>, usize)>, ParseError> {
     // Empty lines before the request line are ignored (RFC 9112 §2.2).
     let mut start = 0;
     while start < buf.len() && (buf[start] == b'\r' || buf[start] == b'\n') {
@@ -177,63 +204,55 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(Request, usize)>, ParseError>
         return Err(ParseError::HeadTooLarge);
     }
     let head = &rest[..end];
-    let mut lines = head
-        .split(|&b| b == b'\n')
-        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let line_end = head.iter().position(|&b| b == b'\n').unwrap_or(head.len());
+    let line = &head[..line_end];
+    let (method, target, minor) = parse_request_line(line.strip_suffix(b"\r").unwrap_or(line))?;
+    let fields = head.get(line_end + 1..).unwrap_or_default();
 
-    let line = lines.next().unwrap_or_default();
-    let (method, target, minor) = parse_request_line(line)?;
-
-    let mut headers = Vec::new();
-    for line in lines {
-        if line.is_empty() {
-            break;
-        }
-        if headers.len() >= MAX_HEADERS {
+    // Every field line is checked, and counted, before any is interpreted.
+    for (i, line) in field_lines(fields).enumerate() {
+        if i >= MAX_HEADERS {
             return Err(ParseError::HeadTooLarge);
         }
-        headers.push(parse_field(line)?);
+        split_field(line)?;
     }
-
     let mut content_length: Option<u64> = None;
     let mut hosts = 0;
     let mut conn_close = false;
     let mut conn_keep_alive = false;
-    for (name, value) in &headers {
-        match name.as_str() {
-            "content-length" => {
-                // RFC 9112 §6.3: an invalid or conflicting Content-Length is unrecoverable.
-                if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
-                    return Err(ParseError::BadRequest("invalid Content-Length"));
-                }
-                let n: u64 = value
-                    .parse()
-                    .map_err(|_| ParseError::BadRequest("invalid Content-Length"))?;
-                if content_length.is_some_and(|c| c != n) {
-                    return Err(ParseError::BadRequest("conflicting Content-Length"));
-                }
-                content_length = Some(n);
+    for line in field_lines(fields) {
+        let (name, value) = split_field(line)?;
+        if name.eq_ignore_ascii_case(b"content-length") {
+            // RFC 9112 §6.3: an invalid or conflicting Content-Length is unrecoverable.
+            if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+                return Err(ParseError::BadRequest("invalid Content-Length"));
             }
-            "transfer-encoding" => {
-                if minor == 0 {
-                    // RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 means broken framing.
-                    return Err(ParseError::BadRequest("Transfer-Encoding in HTTP/1.0"));
-                }
-                return Err(ParseError::NotImplemented(
-                    "request bodies with Transfer-Encoding",
-                ));
+            let n: u64 = std::str::from_utf8(value)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .ok_or(ParseError::BadRequest("invalid Content-Length"))?;
+            if content_length.is_some_and(|c| c != n) {
+                return Err(ParseError::BadRequest("conflicting Content-Length"));
             }
-            "host" => hosts += 1,
-            "connection" => {
-                for opt in value.split(',').map(str::trim) {
-                    if opt.eq_ignore_ascii_case("close") {
-                        conn_close = true;
-                    } else if opt.eq_ignore_ascii_case("keep-alive") {
-                        conn_keep_alive = true;
-                    }
+            content_length = Some(n);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            if minor == 0 {
+                // RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 means broken framing.
+                return Err(ParseError::BadRequest("Transfer-Encoding in HTTP/1.0"));
+            }
+            return Err(ParseError::NotImplemented(
+                "request bodies with Transfer-Encoding",
+            ));
+        } else if name.eq_ignore_ascii_case(b"host") {
+            hosts += 1;
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for opt in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if opt.eq_ignore_ascii_case(b"close") {
+                    conn_close = true;
+                } else if opt.eq_ignore_ascii_case(b"keep-alive") {
+                    conn_keep_alive = true;
                 }
             }
-            _ => {}
         }
     }
     // RFC 9112 §3.2: an HTTP/1.1 request without exactly one Host field gets 400.
@@ -255,15 +274,24 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(Request, usize)>, ParseError>
         method,
         target,
         minor,
-        headers,
+        fields,
         content_length: content_length.unwrap_or(0),
         keep_alive,
     };
     Ok(Some((req, start + end)))
 }
 
+/// The field lines of a head's header section (after the request line, up to the empty
+/// line), line ends (CRLF or bare LF) removed.
+fn field_lines(fields: &[u8]) -> impl Iterator<Item = &[u8]> {
+    fields
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .take_while(|l| !l.is_empty())
+}
+
 /// `method SP request-target SP HTTP-version` (RFC 9112 §3).
-fn parse_request_line(line: &[u8]) -> Result<(Method, String, u8), ParseError> {
+fn parse_request_line(line: &[u8]) -> Result<(Method<'_>, &str, u8), ParseError> {
     let mut parts = line.split(|&b| b == b' ');
     let (Some(m), Some(t), Some(v), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -289,14 +317,15 @@ fn parse_request_line(line: &[u8]) -> Result<(Method, String, u8), ParseError> {
         }
         _ => return Err(ParseError::BadRequest("malformed HTTP version")),
     };
-    // Both are ASCII by the checks above.
-    let method = Method::from_token(&String::from_utf8_lossy(m));
-    Ok((method, String::from_utf8_lossy(t).into_owned(), minor))
+    // Both are ASCII by the checks above, so neither conversion can fail.
+    let ascii = |b| std::str::from_utf8(b).map_err(|_| ParseError::BadRequest("not ASCII"));
+    Ok((Method::from_token(ascii(m)?), ascii(t)?, minor))
 }
 
-/// `field-name ":" OWS field-value OWS` (RFC 9112 §5).
-fn parse_field(line: &[u8]) -> Result<(String, String), ParseError> {
-    if line[0] == b' ' || line[0] == b'\t' {
+/// `field-name ":" OWS field-value OWS` (RFC 9112 §5): the name as sent and the value
+/// without its surrounding whitespace.
+fn split_field(line: &[u8]) -> Result<(&[u8], &[u8]), ParseError> {
+    if line.first().is_some_and(|&b| b == b' ' || b == b'\t') {
         // RFC 9112 §5.2: obsolete line folding may be rejected with 400.
         return Err(ParseError::BadRequest("obsolete line folding"));
     }
@@ -316,18 +345,34 @@ fn parse_field(line: &[u8]) -> Result<(String, String), ParseError> {
     {
         return Err(ParseError::BadRequest("invalid character in field value"));
     }
-    Ok((
-        String::from_utf8_lossy(name).to_ascii_lowercase(),
-        String::from_utf8_lossy(value).into_owned(),
-    ))
+    Ok((name, value))
 }
 
-/// Turn a request target into safe path segments below the document root.
+/// Turn a request target into a safe relative path below the document root.
 ///
 /// Accepts origin-form (`/a/b?q`) and absolute-form (`http://host/a/b`, RFC 9112 §3.2.2);
-/// drops the query, percent-decodes, skips empty and `.` segments, and refuses `..`, encoded
-/// slashes and NUL bytes, so the result can never name anything outside the root.
-pub fn sanitize_target(target: &str) -> Result<Vec<Vec<u8>>, &'static str> {
+/// drops the query, percent-decodes (RFC 3986 §2.1), skips empty and `.` segments, and refuses
+/// `..`, encoded slashes and NUL bytes, so the result can never name anything outside the
+/// root. The segments are decoded straight into the path's one buffer.
+///
+/// # Examples
+///
+/// ```
+/// use ds_apps::http::sanitize_target;
+/// use std::path::Path;
+///
+/// assert_eq!(sanitize_target("/a//b/./c%20d?q=1").unwrap(), Path::new("a/b/c d"));
+/// assert!(sanitize_target("/a/%2e%2e/b").is_err());
+/// ```
+pub fn sanitize_target(target: &str) -> Result<PathBuf, &'static str> {
+    let mut out = Vec::new();
+    sanitize_target_into(target, &mut out)?;
+    Ok(PathBuf::from(std::ffi::OsString::from_vec(out)))
+}
+
+/// [`sanitize_target`] into `out` (cleared first), so a connection reuses one buffer.
+fn sanitize_target_into(target: &str, out: &mut Vec<u8>) -> Result<(), &'static str> {
+    out.clear();
     let path = if target.starts_with('/') {
         target
     } else if let Some(rest) = strip_prefix_ignore_case(target, "http://")
@@ -341,10 +386,18 @@ pub fn sanitize_target(target: &str) -> Result<Vec<Vec<u8>>, &'static str> {
         return Err("request target is not a path");
     };
     let path = path.split(['?', '#']).next().unwrap_or_default();
-    let mut segments = Vec::new();
+    out.reserve(path.len());
     for raw in path.split('/') {
-        let seg = percent_decode(raw.as_bytes()).ok_or("malformed percent-encoding")?;
+        // Where this segment starts in `out`: after a separator when one came before.
+        let mark = out.len();
+        if mark > 0 {
+            out.push(b'/');
+        }
+        let start = out.len();
+        percent_decode_into(raw.as_bytes(), out).ok_or("malformed percent-encoding")?;
+        let seg = &out[start..];
         if seg.is_empty() || seg == b"." {
+            out.truncate(mark);
             continue;
         }
         if seg == b".." {
@@ -353,9 +406,8 @@ pub fn sanitize_target(target: &str) -> Result<Vec<Vec<u8>>, &'static str> {
         if seg.contains(&b'/') || seg.contains(&0) {
             return Err("encoded '/' or NUL in path");
         }
-        segments.push(seg);
     }
-    Ok(segments)
+    Ok(())
 }
 
 fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
@@ -364,8 +416,10 @@ fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
         .then(|| &s[prefix.len()..])
 }
 
-fn percent_decode(s: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(s.len());
+/// Append `s` percent-decoded to `out`; `None` for a `%` not followed by two hex digits
+/// (written by hand: the `percent-encoding` crate passes malformed escapes through, and a
+/// server must refuse them rather than guess).
+fn percent_decode_into(s: &[u8], out: &mut Vec<u8>) -> Option<()> {
     let mut i = 0;
     while i < s.len() {
         if s[i] == b'%' {
@@ -378,7 +432,7 @@ fn percent_decode(s: &[u8]) -> Option<Vec<u8>> {
             i += 1;
         }
     }
-    Some(out)
+    Some(())
 }
 
 fn hex_val(b: u8) -> Option<u8> {
@@ -728,6 +782,9 @@ pub struct HttpConn {
     stats: HttpStats,
     /// A name for logs.
     label: String,
+    /// The buffer of the last body's path, kept for the next request's (a keep-alive
+    /// request then allocates nothing).
+    spare_path: PathBuf,
 }
 
 impl HttpConn {
@@ -744,6 +801,7 @@ impl HttpConn {
             eof: false,
             stats: HttpStats::default(),
             label,
+            spare_path: PathBuf::new(),
         }
     }
 
@@ -840,6 +898,7 @@ impl HttpConn {
             eof: st.eof,
             stats: HttpStats::default(),
             label,
+            spare_path: PathBuf::new(),
         })
     }
 
@@ -936,7 +995,9 @@ impl HttpConn {
             self.out_from_body = false;
             if let Some(body) = &mut self.body {
                 if body.remaining == 0 {
-                    self.body = None;
+                    if let Some(done) = self.body.take() {
+                        self.spare_path = done.rel;
+                    }
                     continue;
                 }
                 let want = usize::try_from(body.remaining)
@@ -984,21 +1045,25 @@ impl HttpConn {
         if self.done {
             return false;
         }
-        match parse_request(&self.inbuf) {
+        // The parsed request borrows the received bytes while it is answered, so they are
+        // moved out of the connection for that time (a move, not a copy) and put back after.
+        let mut inbuf = std::mem::take(&mut self.inbuf);
+        let answered = match parse_request(&inbuf) {
             Ok(None) => false,
             Ok(Some((mut req, used))) => {
-                self.inbuf.drain(..used);
-                // We serve no method that takes a body: discard it when it is all here. When it
-                // is not (it may never come, e.g. after `Expect: 100-continue`), the end of the
-                // body cannot be known without waiting, so answer and close (RFC 9110 §10.1.1,
-                // RFC 9112 §9.3).
+                // We serve no method that takes a body: discard it when it is all here. When
+                // it is not (it may never come, e.g. after `Expect: 100-continue`), the end of
+                // the body cannot be known without waiting, so answer and close (RFC 9110
+                // §10.1.1, RFC 9112 §9.3).
                 let len = usize::try_from(req.content_length).unwrap_or(usize::MAX);
-                if len <= self.inbuf.len() {
-                    self.inbuf.drain(..len);
+                let consumed = if len <= inbuf.len() - used {
+                    used + len
                 } else {
                     req.keep_alive = false;
-                }
+                    used
+                };
                 self.respond(&req);
+                inbuf.drain(..consumed);
                 true
             }
             Err(e) => {
@@ -1007,10 +1072,16 @@ impl HttpConn {
                 self.finish();
                 true
             }
+        };
+        // What `finish` would have cleared while the bytes were out.
+        if self.done {
+            inbuf.clear();
         }
+        self.inbuf = inbuf;
+        answered
     }
 
-    fn respond(&mut self, req: &Request) {
+    fn respond(&mut self, req: &Request<'_>) {
         let head_only = req.method == Method::Head;
         let status = match &req.method {
             Method::Get | Method::Head => self.serve_file(req, head_only),
@@ -1041,18 +1112,19 @@ impl HttpConn {
     }
 
     /// Answer GET/HEAD for `req.target`; returns the status sent.
-    fn serve_file(&mut self, req: &Request, head_only: bool) -> u16 {
-        let segments = match sanitize_target(&req.target) {
-            Ok(s) => s,
+    fn serve_file(&mut self, req: &Request<'_>, head_only: bool) -> u16 {
+        // The path of the body sent last is reused for this one's.
+        let mut buf = std::mem::take(&mut self.spare_path)
+            .into_os_string()
+            .into_vec();
+        let rel = match sanitize_target_into(req.target, &mut buf) {
+            Ok(()) => PathBuf::from(std::ffi::OsString::from_vec(buf)),
             Err(why) => {
+                self.spare_path = PathBuf::from(std::ffi::OsString::from_vec(buf));
                 self.error_response(400, why, req.keep_alive, head_only);
                 return 400;
             }
         };
-        let rel: PathBuf = segments
-            .iter()
-            .map(|seg| std::ffi::OsStr::from_bytes(seg))
-            .collect();
         match self.root.open_file(rel) {
             Ok((file, len, rel)) => {
                 let headers = [("Content-Type", content_type(&rel))];
@@ -1064,6 +1136,8 @@ impl HttpConn {
                         offset: 0,
                         remaining: len,
                     });
+                } else {
+                    self.spare_path = rel;
                 }
                 self.stats.count(200);
                 200
@@ -1119,7 +1193,7 @@ mod tests {
     use super::*;
     use std::io::Write as _;
 
-    fn parse_ok(s: &str) -> (Request, usize) {
+    fn parse_ok(s: &str) -> (Request<'_>, usize) {
         match parse_request(s.as_bytes()) {
             Ok(Some(r)) => r,
             other => panic!("expected a request from {s:?}, got {other:?}"),
@@ -1156,7 +1230,12 @@ mod tests {
         assert_eq!(r.target, "/file");
         assert_eq!(r.minor, 1);
         assert!(r.keep_alive);
-        assert_eq!(r.header("user-agent"), Some("t"));
+        assert_eq!(r.header("user-agent"), Some(&b"t"[..]));
+        assert_eq!(r.header("User-Agent"), r.header("user-agent"));
+        assert_eq!(
+            r.headers().collect::<Vec<_>>(),
+            [(&b"Host"[..], &b"x"[..]), (&b"User-Agent"[..], &b"t"[..])]
+        );
         assert_eq!(r.content_length, 0);
     }
 
@@ -1211,16 +1290,16 @@ mod tests {
     fn methods() {
         assert_eq!(
             parse_ok("POST / HTTP/1.1\r\nHost: x\r\n\r\n").0.method,
-            Method::NotAllowed("POST".into())
+            Method::NotAllowed("POST")
         );
         assert_eq!(
             parse_ok("BREW / HTTP/1.1\r\nHost: x\r\n\r\n").0.method,
-            Method::Unknown("BREW".into())
+            Method::Unknown("BREW")
         );
         // Methods are case-sensitive.
         assert_eq!(
             parse_ok("get / HTTP/1.1\r\nHost: x\r\n\r\n").0.method,
-            Method::Unknown("get".into())
+            Method::Unknown("get")
         );
     }
 
@@ -1291,10 +1370,13 @@ mod tests {
 
     #[test]
     fn target_sanitising() {
+        // The path's segments, split where the sanitiser put separators.
         let segs = |t: &str| {
-            sanitize_target(t).map(|v| {
-                v.into_iter()
-                    .map(|s| String::from_utf8(s).unwrap())
+            sanitize_target(t).map(|p| {
+                let raw = p.into_os_string().into_vec();
+                raw.split(|&b| b == b'/')
+                    .filter(|_| !raw.is_empty())
+                    .map(|s| String::from_utf8(s.to_vec()).unwrap())
                     .collect::<Vec<_>>()
             })
         };
@@ -1832,10 +1914,18 @@ mod tests {
             /// Sanitised targets never contain a segment that could climb out of the root.
             #[test]
             fn sanitised_segments_are_plain(target in "/[a-z./%0-9A-F]{0,40}") {
-                if let Ok(segs) = sanitize_target(&target) {
-                    for s in segs {
-                        prop_assert!(!s.is_empty() && s != b"." && s != b".." && !s.contains(&b'/'));
+                if let Ok(path) = sanitize_target(&target) {
+                    let raw = path.as_os_str().as_bytes();
+                    prop_assert!(!raw.starts_with(b"/") && !raw.contains(&0));
+                    if !raw.is_empty() {
+                        for s in raw.split(|&b| b == b'/') {
+                            prop_assert!(!s.is_empty() && s != b"." && s != b"..");
+                        }
                     }
+                    // Every component is a plain name: nothing that climbs or restarts.
+                    prop_assert!(path
+                        .components()
+                        .all(|c| matches!(c, std::path::Component::Normal(_))));
                 }
             }
         }
