@@ -20,6 +20,8 @@
 //! # stall_timeout_ms = 60000         # a response with no progress this long is aborted
 //! # max_connections = 10000          # more are answered 503
 //! # max_buffered_mib = 512           # send buffers in all; then no more data, new clients 503
+//! # open_file_cache = 1000           # files kept open between requests (0: off)
+//! # open_file_cache_valid_ms = 1000  # then opened by name again
 //! # sched_fifo = 10                  # real-time priority of the node's threads (CAP_SYS_NICE)
 //! # policy = "round-robin"           # proxy mode: local | round-robin | least-connections
 //! # per_request = true               # proxy mode: place every keep-alive request anew
@@ -95,6 +97,8 @@ struct NodeFile {
     stall_timeout_ms: Option<u64>,
     max_connections: Option<usize>,
     max_buffered_mib: Option<usize>,
+    open_file_cache: Option<usize>,
+    open_file_cache_valid_ms: Option<u64>,
     sched_fifo: Option<u8>,
     backend: Option<SocketAddr>,
     policy: Option<Spanned<String>>,
@@ -253,6 +257,14 @@ pub fn serve_args(path: &Path) -> Result<Vec<String>, ConfigError> {
         file.max_buffered_mib.as_ref().map(|v| s(v)),
     );
     opt(
+        "open_file_cache",
+        file.open_file_cache.as_ref().map(|v| s(v)),
+    );
+    opt(
+        "open_file_cache_valid_ms",
+        file.open_file_cache_valid_ms.as_ref().map(|v| s(v)),
+    );
+    opt(
         "control_socket",
         file.control_socket.map(|p| p.display().to_string()),
     );
@@ -370,6 +382,20 @@ mod tests {
              --port 8080 --root /srv --peer [fd00::2]:7000 --steering transparent \
              --ha-control [fd00::a]:7001 --busy-poll --steer-ahead --json --no-super-frames"
         );
+    }
+
+    #[test]
+    fn the_open_file_cache_keys_become_options() {
+        let a = args_of(
+            "open_file_cache = 1000\nopen_file_cache_valid_ms = 500\nmax_connections = 9\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            a.join(" "),
+            "--max-connections 9 --open-file-cache 1000 --open-file-cache-valid-ms 500"
+        );
+        let e = args_of("open_file_cache = -1\n").expect_err("negative");
+        assert!(e.to_string().contains("open_file_cache"), "{e}");
     }
 
     #[test]

@@ -20,11 +20,12 @@
 //! (`apps/tests/http_alloc.rs`).
 
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 /// Largest request head (request line plus header fields) we accept.
 pub const MAX_HEAD: usize = 8 * 1024;
@@ -586,22 +587,119 @@ impl HttpStats {
     }
 }
 
-/// A file body still to be sent.
 /// A document root: its canonical path and an open handle on the directory. Every request's
 /// file is opened below it with one `openat2(RESOLVE_BENEATH)` (Linux 5.6, `openat2(2)`): the
 /// kernel refuses `..` and symbolic links that lead out of the root, so no path is resolved in
 /// userspace per request (`canonicalize` costs a `readlink` per path component, and was half
 /// of the server's CPU time under load). An absolute symbolic link, which `RESOLVE_BENEATH`
 /// refuses even when it points inside the root, takes the slow path: resolve, then check.
+///
+/// With an open-file cache ([`DocRoot::open_with_cache`]) a file once opened is served from
+/// its open handle, without a system call but the read, until [`OpenFileCache::valid`] has
+/// passed.
 #[derive(Debug)]
 pub struct DocRoot {
     path: PathBuf,
     dir: std::os::fd::OwnedFd,
+    /// Files kept open; `None` without a cache. A mutex, not a cell, so that the root can be
+    /// shared; each server opens its own root, so no other thread waits on it.
+    cache: Option<std::sync::Mutex<FileCache>>,
+}
+
+/// The open-file cache of a document root: off by default, as nginx's `open_file_cache` is.
+///
+/// A cached file is served from the handle opened first. A file changed in place is read as
+/// it is now, but at the length it had; one replaced or removed is served as it was. Both
+/// are seen once `valid` has passed since the file was opened, when it is opened again by
+/// name: the same trade as nginx's `open_file_cache_valid`. Failed opens are not cached.
+///
+/// ```
+/// use ds_apps::http::{DocRoot, OpenFileCache};
+/// use std::time::Duration;
+///
+/// let cache = OpenFileCache { max: 1000, valid: Duration::from_secs(1) };
+/// let root = DocRoot::open_with_cache(&std::env::temp_dir(), cache).unwrap();
+/// assert!(root.path().is_absolute());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenFileCache {
+    /// Most files kept open; 0 turns the cache off. When it is full, the expired entries go
+    /// first, then the less recently used half.
+    pub max: usize,
+    /// How long a file is served from its open handle before it is looked up by name again.
+    pub valid: Duration,
+}
+
+impl Default for OpenFileCache {
+    /// Off (`max` 0); 1 s valid once turned on.
+    fn default() -> Self {
+        OpenFileCache {
+            max: 0,
+            valid: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct FileCache {
+    cfg: OpenFileCache,
+    /// By the path asked for (relative to the root).
+    files: std::collections::HashMap<PathBuf, CachedFile>,
+}
+
+#[derive(Debug)]
+struct CachedFile {
+    file: Arc<File>,
+    len: u64,
+    /// The path named a directory: its `index.html` was opened.
+    index: bool,
+    opened: Instant,
+    used: Instant,
+}
+
+impl FileCache {
+    /// Room for one more entry: the expired ones out, then the less recently used half.
+    fn make_room(&mut self, now: Instant) {
+        let valid = self.cfg.valid;
+        if self.files.len() < self.cfg.max {
+            return;
+        }
+        self.files
+            .retain(|_, f| now.saturating_duration_since(f.opened) < valid);
+        if self.files.len() < self.cfg.max {
+            return;
+        }
+        let mut used: Vec<Instant> = self.files.values().map(|f| f.used).collect();
+        let mid = used.len() / 2;
+        let (_, &mut median, _) = used.select_nth_unstable(mid);
+        self.files.retain(|_, f| f.used > median);
+    }
+}
+
+/// A file being served: its own handle, or the open-file cache's.
+#[derive(Debug)]
+enum Opened {
+    Own(File),
+    Shared(Arc<File>),
+}
+
+impl Opened {
+    fn file(&self) -> &File {
+        match self {
+            Opened::Own(f) => f,
+            Opened::Shared(f) => f,
+        }
+    }
 }
 
 impl DocRoot {
-    /// Open the directory `path` as a document root.
+    /// Open the directory `path` as a document root, without an open-file cache.
     pub fn open(path: &Path) -> io::Result<Arc<DocRoot>> {
+        Self::open_with_cache(path, OpenFileCache::default())
+    }
+
+    /// Open the directory `path` as a document root that keeps files open as `cache` says.
+    pub fn open_with_cache(path: &Path, cache: OpenFileCache) -> io::Result<Arc<DocRoot>> {
         use rustix::fs::{Mode, OFlags};
         let path = std::fs::canonicalize(path)?;
         let dir = rustix::fs::open(
@@ -609,7 +707,13 @@ impl DocRoot {
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
-        Ok(Arc::new(DocRoot { path, dir }))
+        let cache = (cache.max > 0).then(|| {
+            std::sync::Mutex::new(FileCache {
+                cfg: cache,
+                files: std::collections::HashMap::new(),
+            })
+        });
+        Ok(Arc::new(DocRoot { path, dir, cache }))
     }
 
     /// The canonical path.
@@ -619,8 +723,59 @@ impl DocRoot {
 
     /// Open `rel` (plain names only), or its `index.html` when it is a directory, if it is a
     /// regular file inside the root; returns the file, its length and the path served,
-    /// relative to the root.
-    fn open_file(&self, rel: PathBuf) -> io::Result<(File, u64, PathBuf)> {
+    /// relative to the root. From the open-file cache when there is one.
+    fn open_file(&self, rel: PathBuf) -> io::Result<(Opened, u64, PathBuf)> {
+        let Some(cache) = &self.cache else {
+            let (file, len, served) = self.open_fresh(rel)?;
+            return Ok((Opened::Own(file), len, served));
+        };
+        let now = Instant::now();
+        {
+            let mut guard = cache
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let c = &mut *guard;
+            if let Some(f) = c.files.get_mut(rel.as_path()) {
+                if now.saturating_duration_since(f.opened) < c.cfg.valid {
+                    f.used = now;
+                    let served = if f.index { rel.join("index.html") } else { rel };
+                    return Ok((Opened::Shared(f.file.clone()), f.len, served));
+                }
+            }
+        }
+        // Opened without the lock held (nothing else waits on it, but a slow disk should
+        // not hold it either). A failed open drops what was cached for the path.
+        let key = rel.clone();
+        let opened = self.open_fresh(rel);
+        let mut c = cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (file, len, served) = match opened {
+            Ok(o) => o,
+            Err(e) => {
+                c.files.remove(&key);
+                return Err(e);
+            }
+        };
+        let file = Arc::new(file);
+        c.files.remove(&key);
+        c.make_room(now);
+        let index = served != key;
+        c.files.insert(
+            key,
+            CachedFile {
+                file: file.clone(),
+                len,
+                index,
+                opened: now,
+                used: now,
+            },
+        );
+        Ok((Opened::Shared(file), len, served))
+    }
+
+    /// [`DocRoot::open_file`] by name, past any cache.
+    fn open_fresh(&self, rel: PathBuf) -> io::Result<(File, u64, PathBuf)> {
         let (file, meta) = self.open_beneath(&rel)?;
         if meta.is_dir() {
             let index = rel.join("index.html");
@@ -676,7 +831,8 @@ fn regular(file: File, meta: &std::fs::Metadata, rel: PathBuf) -> io::Result<(Fi
 }
 
 struct FileBody {
-    file: File,
+    /// Read at `offset` (`pread`): a cached handle is shared, so its position is not ours.
+    file: Opened,
     /// The file's path relative to the root, so another node can reopen it.
     rel: PathBuf,
     /// The file position: bytes of the file read so far.
@@ -913,7 +1069,7 @@ impl HttpConn {
         {
             return Err(invalid("body path is not a plain relative path"));
         }
-        let (mut file, len, served) = root.open_file(rel.clone())?;
+        let (file, len, served) = root.open_file(rel.clone())?;
         if served != rel {
             return Err(invalid("body path names a directory"));
         }
@@ -930,7 +1086,6 @@ impl HttpConn {
                 ),
             ));
         }
-        file.seek(SeekFrom::Start(b.offset))?;
         Ok(FileBody {
             file,
             rel,
@@ -1004,9 +1159,13 @@ impl HttpConn {
                     .unwrap_or(usize::MAX)
                     .min(CHUNK);
                 self.out.resize(want, 0);
-                let n = match body.file.read(&mut self.out[..want]) {
+                let n = match body.file.file().read_at(&mut self.out[..want], body.offset) {
                     Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
+                    // A signal came first: read again (0 here would read as a shrunk file).
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                        self.out.clear();
+                        continue;
+                    }
                     Err(e) => {
                         self.out.clear();
                         self.body = None;
@@ -1540,6 +1699,88 @@ mod tests {
         assert_eq!(c.stats().status_2xx, 3);
         assert_eq!(c.stats().status_4xx, 2);
         assert_eq!(c.stats().bytes_sent, out.len() as u64);
+    }
+
+    /// One GET on a fresh connection: status and body.
+    fn get(root: &Arc<DocRoot>, target: &str) -> (u16, String, Vec<u8>) {
+        let mut c = HttpConn::new(root.clone(), "t".into());
+        c.feed(format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
+        responses(&drain(&mut c, 1 << 20), &[]).remove(0)
+    }
+
+    fn cached(root: &Root, max: usize, valid: Duration) -> Arc<DocRoot> {
+        DocRoot::open_with_cache(&root.0, OpenFileCache { max, valid }).unwrap()
+    }
+
+    fn cache_len(root: &DocRoot) -> usize {
+        root.cache.as_ref().unwrap().lock().unwrap().files.len()
+    }
+
+    #[test]
+    fn cached_files_are_served_from_their_handle_until_they_expire() {
+        let root = Root::new("cache");
+        root.write("a.txt", b"first");
+        root.write("dir/index.html", b"<p>index</p>");
+        let plain = root.doc();
+        let kept = cached(&root, 16, Duration::from_secs(3600));
+        let fresh = cached(&root, 16, Duration::ZERO);
+        for r in [&plain, &kept, &fresh] {
+            assert_eq!(get(r, "/a.txt").2, b"first");
+            assert_eq!(get(r, "/dir/").2, b"<p>index</p>");
+        }
+        // Replaced (a new file renamed over it) and removed: the long-lived cache still serves
+        // what it opened, the others open by name and see the change.
+        std::fs::write(root.0.join("a.new"), b"second").unwrap();
+        std::fs::rename(root.0.join("a.new"), root.0.join("a.txt")).unwrap();
+        std::fs::remove_file(root.0.join("dir/index.html")).unwrap();
+        assert_eq!(get(&kept, "/a.txt").2, b"first");
+        let (status, head, body) = get(&kept, "/dir/");
+        assert_eq!((status, body.as_slice()), (200, &b"<p>index</p>"[..]));
+        assert!(head.contains("Content-Type: text/html"), "{head}");
+        for r in [&plain, &fresh] {
+            assert_eq!(get(r, "/a.txt").2, b"second");
+            assert_eq!(get(r, "/dir/").0, 404);
+        }
+        // A failed open is not cached, and drops what was.
+        assert_eq!(get(&fresh, "/dir/").0, 404);
+        assert_eq!(cache_len(&fresh), 1);
+        assert_eq!(cache_len(&kept), 2);
+    }
+
+    #[test]
+    fn the_cache_keeps_at_most_its_size_and_streams_at_any_offset() {
+        let root = Root::new("cache-bound");
+        for i in 0..10 {
+            root.write(&format!("f{i}"), format!("file {i}").as_bytes());
+        }
+        let doc = cached(&root, 4, Duration::from_secs(3600));
+        for round in 0..3 {
+            for i in 0..10 {
+                assert_eq!(
+                    get(&doc, &format!("/f{i}")).2,
+                    format!("file {i}").as_bytes()
+                );
+                assert!(cache_len(&doc) <= 4, "round {round}, file {i}");
+            }
+        }
+        // Two connections read one cached handle at their own offsets (pread).
+        let data: Vec<u8> = (0..(2 * CHUNK + 7)).map(|i| (i % 253) as u8).collect();
+        root.write("big", &data);
+        let mut a = HttpConn::new(doc.clone(), "a".into());
+        let mut b = HttpConn::new(doc.clone(), "b".into());
+        for c in [&mut a, &mut b] {
+            c.feed(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n");
+        }
+        let (mut out_a, mut out_b) = (take(&mut a, 1000, 1000), Vec::new());
+        for _ in 0..4 {
+            out_b.extend(take(&mut b, CHUNK / 2 + 3, 4096));
+            out_a.extend(take(&mut a, CHUNK / 3, 512));
+        }
+        out_a.extend(drain(&mut a, 1 << 20));
+        out_b.extend(drain(&mut b, 1 << 20));
+        for out in [out_a, out_b] {
+            assert_eq!(responses(&out, &[])[0].2, data);
+        }
     }
 
     #[test]

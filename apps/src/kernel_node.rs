@@ -237,8 +237,12 @@ impl KernelNode {
     }
 
     /// The HTTP limits (header, stall and idle timeouts, connection limit).
-    pub fn set_limits(&mut self, limits: ServerConfig) {
+    pub fn set_limits(&mut self, limits: ServerConfig) -> std::io::Result<()> {
+        if limits.open_file_cache != self.limits.open_file_cache {
+            self.root = DocRoot::open_with_cache(self.root.path(), limits.open_file_cache)?;
+        }
         self.limits = limits;
+        Ok(())
     }
 
     /// Handoff counters.

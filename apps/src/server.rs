@@ -47,11 +47,13 @@ pub struct ServerConfig {
     /// Bytes queued in TCP send buffers over all connections: at the limit no connection is
     /// given more (they go on as their clients acknowledge) and new clients are answered 503.
     pub max_buffered: usize,
+    /// Files kept open between requests (off by default, as nginx's `open_file_cache`).
+    pub open_file_cache: crate::http::OpenFileCache,
 }
 
 impl Default for ServerConfig {
     /// Backlog 128, idle 60 s, linger 30 s, header 10 s, stall 60 s, 10,000 connections,
-    /// 512 MiB buffered in all.
+    /// 512 MiB buffered in all, no open-file cache.
     ///
     /// Memory per connection is bounded by what is in flight (at most the client's window)
     /// plus the stack's `notsent_lowat` (256 KiB) and one file chunk (64 KiB); a client that
@@ -66,6 +68,7 @@ impl Default for ServerConfig {
             stall_timeout: Duration::from_secs(60),
             max_connections: 10_000,
             max_buffered: 512 << 20,
+            open_file_cache: crate::http::OpenFileCache::default(),
         }
     }
 }
@@ -281,7 +284,7 @@ impl HttpServer {
         if !root.is_dir() {
             anyhow::bail!("document root {} is not a directory", root.display());
         }
-        let root = DocRoot::open(root)
+        let root = DocRoot::open_with_cache(root, config.open_file_cache)
             .map_err(|e| anyhow::anyhow!("document root {}: {e}", root.display()))?;
         Ok(HttpServer {
             root,

@@ -161,7 +161,15 @@ pub struct Options {
     /// The whole bed's scaling (module documentation): one-queue servers and wrk on one core,
     /// the N-queue server and wrk's N threads on N.
     pub whole_bed: bool,
+    /// Files each server keeps open between requests, the same on both (0: off, both
+    /// servers' default): ours `--open-file-cache N`, nginx `open_file_cache max=N`, each
+    /// looking a file up by name again after [`OPEN_FILE_CACHE_VALID`].
+    pub open_file_cache: usize,
 }
+
+/// How long both servers serve a cached file before opening it by name again (ours'
+/// default; nginx's `open_file_cache_valid` is 60 s by default).
+pub const OPEN_FILE_CACHE_VALID: Duration = Duration::from_secs(1);
 
 /// One measurement: wrk's summary.
 #[derive(Debug, Clone, Serialize)]
@@ -263,6 +271,8 @@ struct Bed {
     dir: ds_testbed::TempDir,
     /// `--whole-bed`: the CPUs of the N-queue server and its wrk, queue i's first.
     bed_cpus: Vec<usize>,
+    /// [`Options::open_file_cache`].
+    open_file_cache: usize,
 }
 
 impl Drop for Bed {
@@ -283,8 +293,17 @@ impl Drop for Bed {
     }
 }
 
-fn nginx_conf(dir: &Path, root: &Path, max_conns: u32) -> String {
+fn nginx_conf(dir: &Path, root: &Path, max_conns: u32, open_file_cache: usize) -> String {
     let d = dir.display();
+    let cache = if open_file_cache > 0 {
+        format!(
+            "\x20 open_file_cache max={open_file_cache} inactive=60s;\n\
+             \x20 open_file_cache_valid {}s;\n",
+            OPEN_FILE_CACHE_VALID.as_secs()
+        )
+    } else {
+        String::new()
+    };
     format!(
         "worker_processes 1;\n\
          pid {d}/nginx.pid;\n\
@@ -299,6 +318,7 @@ fn nginx_conf(dir: &Path, root: &Path, max_conns: u32) -> String {
          \x20 tcp_nodelay on;\n\
          \x20 keepalive_timeout 300s;\n\
          \x20 keepalive_requests 1000000000;\n\
+         {cache}\
          \x20 client_body_temp_path {d}/tmp-body;\n\
          \x20 proxy_temp_path {d}/tmp-proxy;\n\
          \x20 fastcgi_temp_path {d}/tmp-fcgi;\n\
@@ -381,6 +401,14 @@ impl Bed {
         .map(String::from)
         .to_vec();
         args.extend_from_slice(extra);
+        if self.open_file_cache > 0 {
+            args.extend([
+                "--open-file-cache".to_string(),
+                self.open_file_cache.to_string(),
+                "--open-file-cache-valid-ms".to_string(),
+                OPEN_FILE_CACHE_VALID.as_millis().to_string(),
+            ]);
+        }
         let (mut child, log, _) = ns.spawn_logged("taskset", &args, self.dir.path(), name)?;
         wait_serving(&self.cli, t.addr(), &mut child, name)
             .with_context(|| std::fs::read_to_string(&log).unwrap_or_default())?;
@@ -479,6 +507,7 @@ impl Bed {
             queues_ns: q,
             dir: scratch,
             bed_cpus,
+            open_file_cache: opts.open_file_cache,
         };
         if opts.targets.contains(&Target::OursQueues) {
             let mut extra = vec!["--queues".to_string(), opts.queues.to_string()];
@@ -499,7 +528,10 @@ impl Bed {
         }
         if opts.targets.contains(&Target::Nginx) {
             let conf = dir.join("nginx.conf");
-            std::fs::write(&conf, nginx_conf(&dir, &root, max_conns))?;
+            std::fs::write(
+                &conf,
+                nginx_conf(&dir, &root, max_conns, opts.open_file_cache),
+            )?;
             let cpu = opts.server_cpu.to_string();
             let args = [
                 "-c",
@@ -780,6 +812,18 @@ pub fn summarize(opts: &Options, nginx: String, samples: &[Sample]) -> Summary {
     }
 }
 
+/// What the servers were told of an open-file cache, for tables and charts: empty without.
+pub fn cache_note(o: &Options) -> String {
+    if o.open_file_cache == 0 {
+        return String::new();
+    }
+    format!(
+        "; open-file cache on both ({} files, valid {} s)",
+        o.open_file_cache,
+        OPEN_FILE_CACHE_VALID.as_secs()
+    )
+}
+
 /// The human table (markdown).
 pub fn table(s: &Summary) -> String {
     let layout = if s.options.whole_bed {
@@ -794,6 +838,7 @@ pub fn table(s: &Summary) -> String {
             s.options.server_cpu, s.options.client_cpu
         )
     };
+    let layout = layout + &cache_note(&s.options);
     let mut out = format!(
         "dsperf http: keep-alive, {} s per measurement, medians of {} repeats; {layout}; {}; \
          Linux {}\n\n",
@@ -909,6 +954,7 @@ mod tests {
             queues: 1,
             stall_probe: false,
             whole_bed: false,
+            open_file_cache: 0,
         };
         let s = |target, repeat, rps| Sample {
             target,
@@ -956,6 +1002,21 @@ mod tests {
         assert_eq!(with[0], without[0] + 1);
     }
 
+    /// nginx is given the same open-file cache as ours, or none, as asked.
+    #[test]
+    fn nginx_gets_the_open_file_cache_it_is_asked_for() {
+        let (d, r) = (Path::new("/tmp/d"), Path::new("/tmp/r"));
+        let off = nginx_conf(d, r, 64, 0);
+        assert!(!off.contains("open_file_cache"), "{off}");
+        let on = nginx_conf(d, r, 64, 1000);
+        assert!(
+            on.contains("open_file_cache max=1000 inactive=60s;\n")
+                && on.contains("open_file_cache_valid 1s;\n"),
+            "{on}"
+        );
+        assert_eq!(on.lines().count(), off.lines().count() + 2);
+    }
+
     /// `--whole-bed`: the N-queue server against the one-queue one per repeat, the layout
     /// in the table's first line, and both charts written.
     #[test]
@@ -974,6 +1035,7 @@ mod tests {
             queues: 2,
             stall_probe: false,
             whole_bed: true,
+            open_file_cache: 100,
         };
         let s = |target, rps, server_cpus| Sample {
             target,
@@ -998,8 +1060,12 @@ mod tests {
         let t = table(&sum);
         assert!(t.contains("wrk -t2 on the first 2 allowed cores"), "{t}");
         assert!(t.contains("| 1.00 | 1.00 |"), "server and other CPUs: {t}");
+        let cache = "open-file cache on both (100 files, valid 1 s)";
+        assert!(t.contains(cache), "{t}");
         let dir = ds_testbed::TempDir::new("http-plot").expect("dir");
-        crate::plot::write_http_svg(&sum, dir.path()).expect("http chart");
+        let http = crate::plot::write_http_svg(&sum, dir.path()).expect("http chart");
+        let svg = std::fs::read_to_string(http).expect("svg");
+        assert!(svg.contains(cache), "the chart's footnote names the cache");
         let q = crate::plot::write_http_queues_svg(&sum, dir.path()).expect("queues chart");
         let svg = std::fs::read_to_string(q).expect("svg");
         for text in ["ours, 2 queues", "the rest (wrk", "1KiB x256, 2 queues"] {

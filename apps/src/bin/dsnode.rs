@@ -173,6 +173,14 @@ struct ServeArgs {
     /// out until clients acknowledge, and new clients are answered 503.
     #[arg(long, value_name = "MIB", default_value_t = 512)]
     max_buffered_mib: usize,
+    /// Keep up to N files open between requests (per queue), so that a request for one
+    /// costs a read and no open; 0: off, as nginx's `open_file_cache` is by default.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    open_file_cache: usize,
+    /// A cached file is served from its open handle this many milliseconds, then opened by
+    /// name again: a file replaced meanwhile is served as it was until then.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    open_file_cache_valid_ms: u64,
     #[command(flatten)]
     sched: ds_apps::sched::SchedArgs,
     #[command(flatten)]
@@ -237,6 +245,10 @@ fn server_config(args: &ServeArgs) -> ServerConfig {
         stall_timeout: Duration::from_millis(args.stall_timeout_ms),
         max_connections: args.max_connections.max(1),
         max_buffered: args.max_buffered_mib.max(1).saturating_mul(1 << 20),
+        open_file_cache: ds_apps::http::OpenFileCache {
+            max: args.open_file_cache,
+            valid: Duration::from_millis(args.open_file_cache_valid_ms),
+        },
         ..ServerConfig::default()
     }
 }
@@ -1406,7 +1418,8 @@ fn run_kernel(
         None => HandoffConfig::new(ds_handoff::ClusterSecret::new(&[0u8; 32])?),
     };
     let mut node = KernelNode::new(listener, root, cfg, holds)?;
-    node.set_limits(server_config(args));
+    node.set_limits(server_config(args))
+        .context("--open-file-cache: cannot reopen the document root")?;
     if let Err(e) = node.connect_peer() {
         tracing::info!("peer not reachable yet (will connect at the first handoff): {e:#}");
     }

@@ -582,6 +582,11 @@ struct HttpArgs {
     /// the kernel's softirq work).
     #[arg(long)]
     whole_bed: bool,
+    /// Both servers keep up to N files open between requests, looked up by name again after
+    /// 1 s: ours `--open-file-cache N`, nginx `open_file_cache max=N` and
+    /// `open_file_cache_valid 1s`. 0: off, as both are by default.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    open_file_cache: usize,
     /// Print one JSON line per measurement and the summary as JSON (the table goes to stderr).
     #[arg(long)]
     json: bool,
@@ -649,6 +654,7 @@ fn run_http(a: HttpArgs) -> Result<()> {
         queues: a.queues.max(1),
         stall_probe: a.stall_probe,
         whole_bed: a.whole_bed,
+        open_file_cache: a.open_file_cache,
     };
     if a.whole_bed {
         if a.queues < 2 || a.only.as_deref() == Some("nginx") {
