@@ -78,7 +78,8 @@ fn setup(root: &Path, json: bool, how: Start) -> Result<Bed> {
                 &file,
                 format!(
                     "device = \"tap\"\niface = \"dstap0\"\naddr = \"{NODE}\"\nport = {PORT}\n\
-                     root = \"{}\"\njson = {json}\ncontrol_socket = \"{}\"\n",
+                     root = \"{}\"\njson = {json}\ncontrol_socket = \"{}\"\n\
+                     open_file_cache = 16\nopen_file_cache_valid_ms = 3600000\n",
                     root.display(),
                     root.with_extension("sock").display()
                 ),
@@ -322,6 +323,11 @@ fn dsnode_serves_from_a_toml_config() -> Result<()> {
     wait_ready(&bed)?;
     let got = curl(&bed, &[&url("/index.html")])?;
     ensure!(got == b"<h1>from node.toml</h1>\n", "got {got:?}");
+    // The file's open-file cache (an hour valid): the file, once removed, is still served
+    // from the handle it keeps.
+    std::fs::remove_file(root.join("index.html"))?;
+    let got = curl(&bed, &[&url("/index.html")])?;
+    ensure!(got == b"<h1>from node.toml</h1>\n", "not from the cache: {got:?}");
     // The control socket from the file: owner-only, and `dsctl --json status` parses.
     let sock = root.with_extension("sock");
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&sock)?.permissions());
