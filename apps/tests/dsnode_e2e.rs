@@ -327,7 +327,10 @@ fn dsnode_serves_from_a_toml_config() -> Result<()> {
     // from the handle it keeps.
     std::fs::remove_file(root.join("index.html"))?;
     let got = curl(&bed, &[&url("/index.html")])?;
-    ensure!(got == b"<h1>from node.toml</h1>\n", "not from the cache: {got:?}");
+    ensure!(
+        got == b"<h1>from node.toml</h1>\n",
+        "not from the cache: {got:?}"
+    );
     // The control socket from the file: owner-only, and `dsctl --json status` parses.
     let sock = root.with_extension("sock");
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&sock)?.permissions());
