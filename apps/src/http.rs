@@ -16,8 +16,8 @@
 //! refuses `HTTP/1.2`, which RFC 9110 §6.2 says to answer as 1.1; it reports `HTTP/2.0` and
 //! `HTTP/11` alike, where the first is a 505 and the second a 400; and it lets bytes above
 //! 0x7f into the request target, which RFC 9112 §3.2 does not. The parsed [`Request`] borrows
-//! the received bytes, so answering a keep-alive request allocates nothing
-//! (`apps/tests/http_alloc.rs`).
+//! the received bytes, so answering a keep-alive request for a file allocates nothing
+//! (`apps/tests/http_alloc.rs`; an error response formats its text).
 
 use std::fs::File;
 use std::io;
@@ -608,10 +608,17 @@ pub struct DocRoot {
 
 /// The open-file cache of a document root: off by default, as nginx's `open_file_cache` is.
 ///
-/// A cached file is served from the handle opened first. A file changed in place is read as
-/// it is now, but at the length it had; one replaced or removed is served as it was. Both
-/// are seen once `valid` has passed since the file was opened, when it is opened again by
-/// name: the same trade as nginx's `open_file_cache_valid`. Failed opens are not cached.
+/// A cached file is served from the handle opened first, at the length it had then. One
+/// replaced or removed is served as it was; one changed in place is read as it is now (one
+/// that shrank cuts its response short, as it would without the cache, and leaves the
+/// cache). Changes are seen once `valid` has passed since the file was opened, when it is
+/// opened again by name: the same trade as nginx's `open_file_cache_valid`. Expired entries
+/// are closed within about `valid` of expiring (on the next open past it, or the server's
+/// sweep), so a removed file's space is not held longer. Failed opens are not cached, and
+/// drop what was. A zero `valid` would cache nothing: it turns the cache off, as `max` 0 does.
+///
+/// Each entry holds a file descriptor: a server keeps up to `max` open besides its own
+/// (`dsnode` checks its `RLIMIT_NOFILE` for them when it starts).
 ///
 /// ```
 /// use ds_apps::http::{DocRoot, OpenFileCache};
@@ -624,7 +631,7 @@ pub struct DocRoot {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OpenFileCache {
     /// Most files kept open; 0 turns the cache off. When it is full, the expired entries go
-    /// first, then the less recently used half.
+    /// first, then the less recently used half (amortised: one scan per `max / 2` opens).
     pub max: usize,
     /// How long a file is served from its open handle before it is looked up by name again.
     pub valid: Duration,
@@ -640,11 +647,20 @@ impl Default for OpenFileCache {
     }
 }
 
+impl OpenFileCache {
+    /// Whether files are cached at all.
+    pub fn is_on(&self) -> bool {
+        self.max > 0 && !self.valid.is_zero()
+    }
+}
+
 #[derive(Debug)]
 struct FileCache {
     cfg: OpenFileCache,
     /// By the path asked for (relative to the root).
     files: std::collections::HashMap<PathBuf, CachedFile>,
+    /// When the expired entries were last closed.
+    expired_at: Instant,
 }
 
 #[derive(Debug)]
@@ -658,6 +674,17 @@ struct CachedFile {
 }
 
 impl FileCache {
+    /// Close the expired entries, at most once per `valid`.
+    fn expire(&mut self, now: Instant) {
+        let valid = self.cfg.valid;
+        if now.saturating_duration_since(self.expired_at) < valid {
+            return;
+        }
+        self.expired_at = now;
+        self.files
+            .retain(|_, f| now.saturating_duration_since(f.opened) < valid);
+    }
+
     /// Room for one more entry: the expired ones out, then the less recently used half.
     fn make_room(&mut self, now: Instant) {
         let valid = self.cfg.valid;
@@ -707,10 +734,11 @@ impl DocRoot {
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
-        let cache = (cache.max > 0).then(|| {
+        let cache = cache.is_on().then(|| {
             std::sync::Mutex::new(FileCache {
                 cfg: cache,
                 files: std::collections::HashMap::new(),
+                expired_at: Instant::now(),
             })
         });
         Ok(Arc::new(DocRoot { path, dir, cache }))
@@ -725,20 +753,29 @@ impl DocRoot {
     /// regular file inside the root; returns the file, its length and the path served,
     /// relative to the root. From the open-file cache when there is one.
     fn open_file(&self, rel: PathBuf) -> io::Result<(Opened, u64, PathBuf)> {
+        self.open_file_at(rel, Instant::now())
+    }
+
+    /// [`DocRoot::open_file`] at `now` (the cache's clock; tests give their own).
+    fn open_file_at(&self, rel: PathBuf, now: Instant) -> io::Result<(Opened, u64, PathBuf)> {
         let Some(cache) = &self.cache else {
             let (file, len, served) = self.open_fresh(rel)?;
             return Ok((Opened::Own(file), len, served));
         };
-        let now = Instant::now();
         {
             let mut guard = cache
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             let c = &mut *guard;
+            c.expire(now);
             if let Some(f) = c.files.get_mut(rel.as_path()) {
                 if now.saturating_duration_since(f.opened) < c.cfg.valid {
                     f.used = now;
-                    let served = if f.index { rel.join("index.html") } else { rel };
+                    let mut served = rel;
+                    if f.index {
+                        // In the path's own buffer: its room is kept from request to request.
+                        served.push("index.html");
+                    }
                     return Ok((Opened::Shared(f.file.clone()), f.len, served));
                 }
             }
@@ -774,11 +811,33 @@ impl DocRoot {
         Ok((Opened::Shared(file), len, served))
     }
 
+    /// Close the cache's expired entries (at most once per its `valid`): a server that gets
+    /// no requests calls this now and then, so that a removed file is not held open.
+    pub fn expire_cached(&self) {
+        if let Some(cache) = &self.cache {
+            let mut c = cache
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            c.expire(Instant::now());
+        }
+    }
+
+    /// Drop `file` from the cache: it no longer reads as it did when it was opened.
+    fn forget(&self, file: &Arc<File>) {
+        if let Some(cache) = &self.cache {
+            let mut c = cache
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            c.files.retain(|_, f| !Arc::ptr_eq(&f.file, file));
+        }
+    }
+
     /// [`DocRoot::open_file`] by name, past any cache.
     fn open_fresh(&self, rel: PathBuf) -> io::Result<(File, u64, PathBuf)> {
         let (file, meta) = self.open_beneath(&rel)?;
         if meta.is_dir() {
-            let index = rel.join("index.html");
+            let mut index = rel;
+            index.push("index.html");
             let (file, meta) = self.open_beneath(&index)?;
             return regular(file, &meta, index);
         }
@@ -1069,7 +1128,8 @@ impl HttpConn {
         {
             return Err(invalid("body path is not a plain relative path"));
         }
-        let (file, len, served) = root.open_file(rel.clone())?;
+        // By name, past any open-file cache: the length must be the file's now.
+        let (file, len, served) = root.open_fresh(rel.clone())?;
         if served != rel {
             return Err(invalid("body path names a directory"));
         }
@@ -1077,21 +1137,37 @@ impl HttpConn {
             .offset
             .checked_add(b.remaining)
             .ok_or_else(|| invalid("body offset overflows"))?;
-        if len < end {
+        // A response is a whole file, so its end is the file's length when it began: a file
+        // of any other length now is another version (the head promised `end` bytes, and the
+        // client would get the start of one version and the rest of another).
+        if len != end {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 format!(
-                    "{} has {len} bytes, the response needs {end}",
+                    "{} has {len} bytes, the response is of {end}",
                     rel.display()
                 ),
             ));
         }
         Ok(FileBody {
-            file,
+            file: Opened::Own(file),
             rel,
             offset: b.offset,
             remaining: b.remaining,
         })
+    }
+
+    /// The body cannot be read as its head promised: the connection ends, and a cached
+    /// handle that reads so is dropped from the cache (the next request opens the file anew).
+    fn drop_failed_body(&mut self) {
+        if let Some(FileBody {
+            file: Opened::Shared(f),
+            ..
+        }) = self.body.take()
+        {
+            self.root.forget(&f);
+        }
+        self.done = true;
     }
 
     /// Whether part of a request head is buffered and nothing is being answered: the client
@@ -1168,15 +1244,13 @@ impl HttpConn {
                     }
                     Err(e) => {
                         self.out.clear();
-                        self.body = None;
-                        self.done = true;
+                        self.drop_failed_body();
                         return Err(e);
                     }
                 };
                 if n == 0 {
                     self.out.clear();
-                    self.body = None;
-                    self.done = true;
+                    self.drop_failed_body();
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         "file shrank while being sent",
@@ -1511,6 +1585,43 @@ mod tests {
         assert_eq!(r.content_length, 5);
     }
 
+    /// Every field is checked and counted before any is interpreted: a malformed field or one
+    /// too many wins over a `Transfer-Encoding` (501) before it.
+    #[test]
+    fn fields_are_checked_before_they_are_interpreted() {
+        let te = "GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n";
+        assert_eq!(parse_err(&format!("{te}Bad Field\r\n\r\n")).status(), 400);
+        let mut many = String::from(te);
+        for i in 0..MAX_HEADERS {
+            many.push_str(&format!("X-{i}: y\r\n"));
+        }
+        assert_eq!(parse_err(&format!("{many}\r\n")), ParseError::HeadTooLarge);
+        // Exactly MAX_HEADERS fields are taken.
+        let mut full = String::from("GET / HTTP/1.1\r\nHost: x\r\n");
+        for i in 1..MAX_HEADERS {
+            full.push_str(&format!("X-{i}: y\r\n"));
+        }
+        full.push_str("\r\n");
+        assert_eq!(parse_ok(&full).0.headers().count(), MAX_HEADERS);
+    }
+
+    /// `Connection` is a list of tokens separated by commas and optional whitespace, which is
+    /// space and tab only (RFC 9110 §5.6.1, §5.6.3): a token followed by a non-breaking space
+    /// is another token. (The parser before a662b06 trimmed any Unicode whitespace.)
+    #[test]
+    fn connection_tokens_are_trimmed_of_spaces_and_tabs_only() {
+        let with = |v: &[u8]| {
+            let mut req = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: ".to_vec();
+            req.extend_from_slice(v);
+            req.extend_from_slice(b"\r\n\r\n");
+            parse_request(&req).unwrap().unwrap().0.keep_alive
+        };
+        assert!(!with(b"\t close \t"));
+        assert!(!with(b"upgrade,close"));
+        assert!(with(b"close\xc2\xa0"));
+        assert!(with(b"closed"));
+    }
+
     #[test]
     fn oversized_heads() {
         let mut s = String::from("GET / HTTP/1.1\r\nHost: x\r\n");
@@ -1722,12 +1833,22 @@ mod tests {
         root.write("a.txt", b"first");
         root.write("dir/index.html", b"<p>index</p>");
         let plain = root.doc();
-        let kept = cached(&root, 16, Duration::from_secs(3600));
-        let fresh = cached(&root, 16, Duration::ZERO);
-        for r in [&plain, &kept, &fresh] {
+        let hour = Duration::from_secs(3600);
+        let kept = cached(&root, 16, hour);
+        // A cache whose entries are valid for no time would only churn: it is off.
+        assert!(cached(&root, 16, Duration::ZERO).cache.is_none());
+        assert!(cached(&root, 0, hour).cache.is_none());
+        let t = Instant::now();
+        let brief = cached(&root, 16, Duration::from_secs(10));
+        for r in [&plain, &kept] {
             assert_eq!(get(r, "/a.txt").2, b"first");
             assert_eq!(get(r, "/dir/").2, b"<p>index</p>");
         }
+        assert_eq!(open_at(&brief, "a.txt", t), b"first");
+        assert_eq!(
+            open_at(&brief, "dir", t + Duration::from_secs(1)),
+            b"<p>index</p>"
+        );
         // Replaced (a new file renamed over it) and removed: the long-lived cache still serves
         // what it opened, the others open by name and see the change.
         std::fs::write(root.0.join("a.new"), b"second").unwrap();
@@ -1737,14 +1858,135 @@ mod tests {
         let (status, head, body) = get(&kept, "/dir/");
         assert_eq!((status, body.as_slice()), (200, &b"<p>index</p>"[..]));
         assert!(head.contains("Content-Type: text/html"), "{head}");
-        for r in [&plain, &fresh] {
-            assert_eq!(get(r, "/a.txt").2, b"second");
-            assert_eq!(get(r, "/dir/").0, 404);
-        }
-        // A failed open is not cached, and drops what was.
-        assert_eq!(get(&fresh, "/dir/").0, 404);
-        assert_eq!(cache_len(&fresh), 1);
+        assert_eq!(get(&plain, "/a.txt").2, b"second");
+        assert_eq!(get(&plain, "/dir/").0, 404);
+        // Still valid at 5 s; at 10.2 s opened by name again. A failed open is not cached,
+        // and drops what was (at 11.5 s `dir` has expired, before the next sweep is due).
+        let ms = Duration::from_millis;
+        assert_eq!(open_at(&brief, "a.txt", t + ms(5000)), b"first");
+        assert_eq!(open_at(&brief, "a.txt", t + ms(10_200)), b"second");
+        assert_eq!(cache_len(&brief), 2);
+        let gone = brief.open_file_at(PathBuf::from("dir"), t + ms(11_500));
+        assert_eq!(gone.err().map(|e| e.kind()), Some(io::ErrorKind::NotFound));
+        assert_eq!(cache_len(&brief), 1);
         assert_eq!(cache_len(&kept), 2);
+    }
+
+    /// Open `name` through the root's cache at `t`; the first bytes of what it reads.
+    fn open_at(doc: &DocRoot, name: &str, t: Instant) -> Vec<u8> {
+        let (f, len, _) = doc.open_file_at(PathBuf::from(name), t).unwrap();
+        let mut buf = vec![0; len as usize];
+        let n = f.file().read_at(&mut buf, 0).unwrap();
+        buf.truncate(n);
+        buf
+    }
+
+    fn cached_names(doc: &DocRoot) -> Vec<String> {
+        let c = doc.cache.as_ref().unwrap().lock().unwrap();
+        let mut v: Vec<String> = c.files.keys().map(|p| p.display().to_string()).collect();
+        v.sort();
+        v
+    }
+
+    /// When full, the expired entries go first, then the less recently used half; an
+    /// entry expires `valid` after it was opened, however often it is used meanwhile.
+    #[test]
+    fn the_cache_drops_expired_then_least_recently_used_entries() {
+        let root = Root::new("cache-order");
+        for n in ["a", "b", "c", "d", "e"] {
+            root.write(n, n.as_bytes());
+        }
+        let t = Instant::now();
+        let s = Duration::from_secs;
+        // Least recently used: `a` opened first but used last survives; b, c, d go.
+        let doc = cached(&root, 4, s(3600));
+        for (i, n) in ["a", "b", "c", "d"].into_iter().enumerate() {
+            open_at(&doc, n, t + s(i as u64));
+        }
+        open_at(&doc, "a", t + s(4));
+        open_at(&doc, "e", t + s(5));
+        assert_eq!(cached_names(&doc), ["a", "e"]);
+        // Expired first: when `c` needs room, `a` (used most recently, but opened over `valid`
+        // ago) goes and `b` stays. The periodic expiry ran at 10.2 s, too early for `a`.
+        let ms = Duration::from_millis;
+        let doc = cached(&root, 2, s(10));
+        open_at(&doc, "a", t + ms(1500));
+        open_at(&doc, "b", t + ms(3000));
+        open_at(&doc, "b", t + ms(10_200));
+        open_at(&doc, "a", t + ms(11_000));
+        assert_eq!(cached_names(&doc), ["a", "b"]);
+        open_at(&doc, "c", t + ms(12_000));
+        assert_eq!(cached_names(&doc), ["b", "c"]);
+        // Expiry counts from the open, not the last use: hits every 3 s do not keep a
+        // replaced file's old handle past `valid`.
+        // (The periodic expiry runs at 10.2 s, before `a` expires at 11 s.)
+        let doc = cached(&root, 8, s(10));
+        assert_eq!(open_at(&doc, "a", t + s(1)), b"a");
+        std::fs::write(root.0.join("a.new"), b"new a").unwrap();
+        std::fs::rename(root.0.join("a.new"), root.0.join("a")).unwrap();
+        for at in [4000, 10_200, 10_800] {
+            assert_eq!(open_at(&doc, "a", t + ms(at)), b"a", "hit at {at} ms");
+        }
+        assert_eq!(open_at(&doc, "a", t + ms(11_500)), b"new a");
+        // The root's own sweep closes expired entries nobody asks for again.
+        let doc = cached(&root, 8, Duration::from_millis(1));
+        open_at(&doc, "b", Instant::now());
+        std::thread::sleep(Duration::from_millis(5));
+        doc.expire_cached();
+        assert!(cached_names(&doc).is_empty());
+    }
+
+    /// A cached file that shrank cuts the response it was promised to (as without a cache)
+    /// and leaves the cache: the next request gets the file as it is now.
+    #[test]
+    fn a_cached_file_that_shrank_leaves_the_cache() {
+        let root = Root::new("cache-shrink");
+        let data = noise(3 * CHUNK);
+        root.write("big", &data);
+        let doc = cached(&root, 8, Duration::from_secs(3600));
+        let mut c = HttpConn::new(doc.clone(), "t".into());
+        c.feed(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(take(&mut c, 1000, 1000).len(), 1000);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(root.0.join("big"))
+            .unwrap()
+            .set_len(10)
+            .unwrap();
+        let failed = loop {
+            match c.poll_transmit() {
+                Ok([]) => break false,
+                Ok(chunk) => {
+                    let n = chunk.len();
+                    c.advance(n);
+                }
+                Err(e) => break e.kind() == io::ErrorKind::UnexpectedEof,
+            }
+        };
+        assert!(failed, "the response must end with an error");
+        assert!(cached_names(&doc).is_empty());
+        assert_eq!(get(&doc, "/big").2, data[..10]);
+    }
+
+    /// A response from a cached root hands over to another cached root.
+    #[test]
+    fn a_cached_body_hands_over_to_a_cached_root() {
+        let data = noise(2 * CHUNK + 17);
+        let (a, b) = (Root::new("cache-ho-a"), Root::new("cache-ho-b"));
+        for r in [&a, &b] {
+            r.write("f", &data);
+        }
+        let hour = Duration::from_secs(3600);
+        let (da, db) = (cached(&a, 8, hour), cached(&b, 8, hour));
+        // The importing side has the file cached already.
+        assert_eq!(get(&db, "/f").2, data);
+        let mut c = HttpConn::new(da, "t".into());
+        c.feed(b"GET /f HTTP/1.1\r\nHost: x\r\n\r\n");
+        let first = take(&mut c, CHUNK + 5, 1460);
+        let st = HttpConnState::decode(&c.export().unwrap().encode()).unwrap();
+        let mut d = HttpConn::import(db, "imported".into(), st).unwrap();
+        let all = [first, drain(&mut d, 4096)].concat();
+        assert_eq!(responses(&all, &[])[0].2, data);
     }
 
     #[test]
@@ -1897,6 +2139,44 @@ mod tests {
         assert_eq!(rs[0].0, 400);
         assert!(rs[0].1.contains("Connection: close\r\n"));
         assert!(c.is_finished());
+    }
+
+    /// After the last response (asked for by `Connection: close`, or after a 400) nothing
+    /// that followed is kept, not even for a handoff.
+    #[test]
+    fn nothing_is_kept_after_the_last_response() {
+        let root = Root::new("after-close");
+        root.write("a", b"a");
+        for first in [
+            "GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            "GET /a HTTP/1.1\r\nHost : x\r\n\r\n",
+        ] {
+            let mut c = HttpConn::new(root.doc(), "t".into());
+            c.feed(format!("{first}GET /a HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
+            assert_eq!(responses(&drain(&mut c, usize::MAX), &[]).len(), 1);
+            assert!(c.export().unwrap().inbuf.is_empty(), "{first:?}");
+            assert!(c.is_finished());
+        }
+    }
+
+    /// A body that ends exactly where the received bytes end is discarded whole: the
+    /// connection stays open for the next request.
+    #[test]
+    fn a_body_ending_with_the_input_keeps_the_connection() {
+        let root = Root::new("body-edge");
+        root.write("a", b"A");
+        let mut c = HttpConn::new(root.doc(), "t".into());
+        c.feed(b"GET /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello");
+        let rs = responses(&drain(&mut c, usize::MAX), &[]);
+        assert!(
+            rs[0].1.contains("Connection: keep-alive\r\n"),
+            "{}",
+            rs[0].1
+        );
+        c.feed(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n");
+        let rs = responses(&drain(&mut c, usize::MAX), &[]);
+        assert_eq!((rs.len(), rs[0].0, rs[0].2.as_slice()), (1, 200, &b"A"[..]));
+        assert!(!c.is_finished());
     }
 
     #[test]
@@ -2098,6 +2378,12 @@ mod tests {
         let short = HttpConn::import(root.doc(), "t".into(), state(b"f", 50, 51));
         assert_eq!(
             short.err().map(|e| e.kind()),
+            Some(io::ErrorKind::UnexpectedEof)
+        );
+        // And no more: a response is a whole file, so a longer one is another version.
+        let other = HttpConn::import(root.doc(), "t".into(), state(b"f", 10, 50));
+        assert_eq!(
+            other.err().map(|e| e.kind()),
             Some(io::ErrorKind::UnexpectedEof)
         );
         assert!(HttpConn::import(root.doc(), "t".into(), state(b"f", 1, u64::MAX)).is_err());

@@ -323,6 +323,8 @@ impl KernelNode {
         self.accept_clients();
         // Held packets wait in the ring: into their flows' queues.
         self.host.holds().poll();
+        // A quiet server closes its expired cached files too (a time check between them).
+        self.root.expire_cached();
         let now = Instant::now();
         self.with_engine(|core, host, svc| core.poll(now, host, svc));
         if let Some(d) = self.drain.as_mut() {

@@ -1,6 +1,7 @@
 //! `--sched-fifo PRIO`: the daemon's threads under the real-time `SCHED_FIFO` policy
 //! (sched(7)), for hosts tuned for latency; and which CPUs a thread runs on
-//! ([`pin_to_cpu`], [`allowed_cpus`]: `dsnode serve --queue-cpus`, the benchmarks).
+//! ([`pin_to_cpu`], [`allowed_cpus`]: `dsnode serve --queue-cpus`, the benchmarks); and the
+//! open-file limit ([`raise_nofile`]: `dsnode serve --open-file-cache`, the benchmarks).
 //!
 //! Why: a handoff is a chain of process wake-ups (donor, acceptor, home agent, donor). On
 //! shared cores a woken normal (`SCHED_OTHER`) task waits behind whatever runs there — the
@@ -120,6 +121,37 @@ pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
         return Err(io::Error::new(e.kind(), format!("pin to CPU {cpu}: {e}")));
     }
     Ok(())
+}
+
+/// Raise this process's open-file limit to at least `at_least` descriptors if it may (root
+/// may raise the hard limit, up to `fs.nr_open`), else to its hard limit (children inherit
+/// it). Returns the limit now in force.
+pub fn raise_nofile(at_least: u64) -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into `lim`, which lives across the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if at_least > lim.rlim_max {
+        let up = libc::rlimit {
+            rlim_cur: at_least,
+            rlim_max: at_least,
+        };
+        // SAFETY: setrlimit reads one rlimit from `up`. Without the privilege it fails with
+        // EPERM and changes nothing; the hard limit is used below.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &up) } == 0 {
+            return Ok(at_least);
+        }
+    }
+    lim.rlim_cur = lim.rlim_max;
+    // SAFETY: setrlimit reads one rlimit from `lim`.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(lim.rlim_cur)
 }
 
 #[cfg(test)]

@@ -619,6 +619,8 @@ impl HttpServer {
         let mut todo = std::mem::take(&mut self.todo);
         if sweep {
             self.last_sweep = Some(now);
+            // A quiet server closes its expired cached files too.
+            self.root.expire_cached();
             node.take_ready(&mut todo);
             todo.clear();
             todo.extend(self.conns.keys().copied());

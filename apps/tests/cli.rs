@@ -72,6 +72,29 @@ fn dsnode_refuses_a_malformed_route() {
 }
 
 #[test]
+fn dsnode_refuses_an_open_file_cache_over_its_file_limit() {
+    // More descriptors than any limit allows (fs.nr_open is at most 2^30): refused at start,
+    // not by failing requests later.
+    refused(
+        env!("CARGO_BIN_EXE_dsnode"),
+        &[
+            "serve",
+            "--device",
+            "afxdp",
+            "--iface",
+            "nonexistent0",
+            "--addr",
+            "fd00::1",
+            "--root",
+            "/",
+            "--open-file-cache",
+            "4000000000",
+        ],
+        "--open-file-cache 4000000000: 1 queue(s) keep up to 4000000000 files open",
+    );
+}
+
+#[test]
 fn dsnode_refuses_queue_cpus_it_cannot_use() {
     for (queues, cpus, why) in [
         ("1", "0,1", "--queue-cpus names 2 CPUs for 1 queue(s)"),

@@ -1,6 +1,6 @@
 //! What the HTTP file server's connection (`ds_apps::http::HttpConn`, sans-IO) allocates per
-//! keep-alive request for a small file, counted by the allocator itself (dhat's heap
-//! statistics): the request parsed, the path resolved and the file opened below the root, the
+//! keep-alive request for a small file (by name, and as a directory's `index.html`), counted
+//! by the allocator itself (dhat's heap statistics): the request parsed, the path resolved and the file opened below the root, the
 //! head and the body written into the connection's output. The response head is written
 //! straight into the output buffer, the date formatted once a second, the media type found
 //! without copying the name, the request parsed in place (it borrows the received bytes) and
@@ -49,15 +49,19 @@ fn a_keep_alive_request_costs_a_bounded_number_of_allocations() {
     let _profiler = dhat::Profiler::builder().testing().build();
     for (what, root) in roots {
         let mut c = HttpConn::new(root, "test".into());
-        let request = b"GET /index.html HTTP/1.1\r\nHost: x\r\nUser-Agent: wrk\r\n\r\n";
+        // A file by name, and the directory's index.html.
+        let requests: [&[u8]; 2] = [
+            b"GET /index.html HTTP/1.1\r\nHost: x\r\nUser-Agent: wrk\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nUser-Agent: wrk\r\n\r\n",
+        ];
         // Warm: the connection's buffers grown, this second's date formatted, the file cached.
-        for _ in 0..10 {
-            assert!(serve(&mut c, request) > 1024);
+        for k in 0..10 {
+            assert!(serve(&mut c, requests[k % 2]) > 1024);
         }
         const REQUESTS: u64 = 1000;
         let before = dhat::HeapStats::get().total_blocks;
-        for _ in 0..REQUESTS {
-            assert!(serve(&mut c, request) > 1024);
+        for k in 0..REQUESTS as usize {
+            assert!(serve(&mut c, requests[k % 2]) > 1024);
         }
         let allocations = dhat::HeapStats::get().total_blocks - before;
         let per_request = allocations as f64 / REQUESTS as f64;

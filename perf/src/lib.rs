@@ -30,38 +30,9 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Raise this process's open-file limit to at least `at_least` descriptors if it may (root
-/// may raise the hard limit, up to `fs.nr_open`), else to its hard limit: wrk, a child, needs
-/// one descriptor per connection, and `dsperf conns --kernel` two per connection. Returns the
-/// limit now in force.
-pub fn raise_nofile(at_least: u64) -> anyhow::Result<u64> {
-    use anyhow::Context as _;
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one rlimit into `lim`, which lives across the call.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("getrlimit");
-    }
-    if at_least > lim.rlim_max {
-        let up = libc::rlimit {
-            rlim_cur: at_least,
-            rlim_max: at_least,
-        };
-        // SAFETY: setrlimit reads one rlimit from `up`. Without the privilege it fails with
-        // EPERM and changes nothing; the hard limit is used below.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &up) } == 0 {
-            return Ok(at_least);
-        }
-    }
-    lim.rlim_cur = lim.rlim_max;
-    // SAFETY: setrlimit reads one rlimit from `lim`.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("setrlimit");
-    }
-    Ok(lim.rlim_cur)
-}
+/// Raise this process's open-file limit ([`ds_apps::sched::raise_nofile`]): wrk, a child,
+/// needs one descriptor per connection, and `dsperf conns --kernel` two per connection.
+pub use ds_apps::sched::raise_nofile;
 
 /// `123`, `64K`, `256MiB`, `1G` (binary multiples).
 pub fn parse_size(s: &str) -> Result<u64, String> {

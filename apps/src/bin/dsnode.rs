@@ -178,7 +178,7 @@ struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 0)]
     open_file_cache: usize,
     /// A cached file is served from its open handle this many milliseconds, then opened by
-    /// name again: a file replaced meanwhile is served as it was until then.
+    /// name again: a file replaced meanwhile is served as it was until then (0: no cache).
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     open_file_cache_valid_ms: u64,
     #[command(flatten)]
@@ -251,6 +251,38 @@ fn server_config(args: &ServeArgs) -> ServerConfig {
         },
         ..ServerConfig::default()
     }
+}
+
+/// Descriptors a node needs beside its open-file cache's: sockets, the device, control
+/// channels, logs.
+const OWN_FILES: u64 = 1024;
+
+/// `--open-file-cache N` keeps up to N files open per queue: raise the open-file limit for
+/// them (root may), or refuse to start rather than fail requests once it is reached.
+fn check_open_files(args: &ServeArgs) -> anyhow::Result<()> {
+    let cache = server_config(args).open_file_cache;
+    if !cache.is_on() {
+        return Ok(());
+    }
+    // `--queues 0` (every queue of the device) is not resolved yet: at most one per CPU.
+    let queues = match args.queues {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get() as u64),
+        q => u64::from(q),
+    };
+    let need = (cache.max as u64)
+        .saturating_mul(queues)
+        .saturating_add(OWN_FILES);
+    let limit = ds_apps::sched::raise_nofile(need).context("raising the open-file limit")?;
+    if limit < need {
+        bail!(
+            "--open-file-cache {}: {queues} queue(s) keep up to {} files open, and the node \
+             needs ~{OWN_FILES} descriptors more; the open-file limit is {limit} (raise it: \
+             ulimit -n, LimitNOFILE=, or run as root)",
+            cache.max,
+            (cache.max as u64).saturating_mul(queues)
+        );
+    }
+    Ok(())
 }
 
 /// Start the membership thread for --role.
@@ -543,6 +575,7 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         return run_proxy(args, backend, control, stop);
     }
     let root = args.root.as_deref().context("--root is required")?;
+    check_open_files(args)?;
     if args.queues != 1 {
         if !matches!(args.device, DeviceKind::Afxdp) {
             bail!("--queues needs --device afxdp");
