@@ -75,23 +75,28 @@ fn dsnode_refuses_a_malformed_route() {
 fn dsnode_refuses_an_open_file_cache_over_its_file_limit() {
     // More descriptors than any limit allows (fs.nr_open is at most 2^30): refused at start,
     // not by failing requests later.
-    refused(
-        env!("CARGO_BIN_EXE_dsnode"),
-        &[
-            "serve",
-            "--device",
-            "afxdp",
-            "--iface",
-            "nonexistent0",
-            "--addr",
-            "fd00::1",
-            "--root",
-            "/",
-            "--open-file-cache",
-            "4000000000",
-        ],
+    serve_refused(
+        &["--open-file-cache", "4000000000"],
         "--open-file-cache 4000000000: 1 queue(s) keep up to 4000000000 files open",
     );
+}
+
+/// `dsnode serve` on an AF_XDP device that does not exist, with `extra`, is refused for `why`
+/// (the checks run before the device is opened).
+fn serve_refused(extra: &[&str], why: &str) {
+    let mut args = vec![
+        "serve",
+        "--device",
+        "afxdp",
+        "--iface",
+        "nonexistent0",
+        "--addr",
+        "fd00::1",
+        "--root",
+        "/",
+    ];
+    args.extend_from_slice(extra);
+    refused(env!("CARGO_BIN_EXE_dsnode"), &args, why);
 }
 
 #[test]
@@ -105,25 +110,7 @@ fn dsnode_refuses_queue_cpus_it_cannot_use() {
             "--queue-cpus: CPU 1023 is not among those this process may use",
         ),
     ] {
-        refused(
-            env!("CARGO_BIN_EXE_dsnode"),
-            &[
-                "serve",
-                "--device",
-                "afxdp",
-                "--iface",
-                "nonexistent0",
-                "--addr",
-                "fd00::1",
-                "--root",
-                "/",
-                "--queues",
-                queues,
-                "--queue-cpus",
-                cpus,
-            ],
-            why,
-        );
+        serve_refused(&["--queues", queues, "--queue-cpus", cpus], why);
     }
 }
 
