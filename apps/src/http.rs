@@ -647,6 +647,18 @@ impl Default for OpenFileCache {
     }
 }
 
+/// What a document root's open-file cache did ([`DocRoot::open_file_stats`]); zeros without
+/// a cache.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct OpenFileStats {
+    /// Files held open now.
+    pub files: u64,
+    /// Requests served from a held file.
+    pub hits: u64,
+    /// Files opened by name for the cache (first requests, and after `valid`).
+    pub opens: u64,
+}
+
 impl OpenFileCache {
     /// Whether files are cached at all.
     pub fn is_on(&self) -> bool {
@@ -661,6 +673,8 @@ struct FileCache {
     files: std::collections::HashMap<PathBuf, CachedFile>,
     /// When the expired entries were last closed.
     expired_at: Instant,
+    /// Counters: `files` is read from the map when asked.
+    stats: OpenFileStats,
 }
 
 #[derive(Debug)]
@@ -739,6 +753,7 @@ impl DocRoot {
                 cfg: cache,
                 files: std::collections::HashMap::new(),
                 expired_at: Instant::now(),
+                stats: OpenFileStats::default(),
             })
         });
         Ok(Arc::new(DocRoot { path, dir, cache }))
@@ -771,6 +786,7 @@ impl DocRoot {
             if let Some(f) = c.files.get_mut(rel.as_path()) {
                 if now.saturating_duration_since(f.opened) < c.cfg.valid {
                     f.used = now;
+                    c.stats.hits += 1;
                     let mut served = rel;
                     if f.index {
                         // In the path's own buffer: its room is kept from request to request.
@@ -795,6 +811,7 @@ impl DocRoot {
             }
         };
         let file = Arc::new(file);
+        c.stats.opens += 1;
         c.files.remove(&key);
         c.make_room(now);
         let index = served != key;
@@ -820,6 +837,21 @@ impl DocRoot {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             c.expire(Instant::now());
         }
+    }
+
+    /// What the open-file cache did so far (zeros without one).
+    pub fn open_file_stats(&self) -> OpenFileStats {
+        self.cache
+            .as_ref()
+            .map_or_else(OpenFileStats::default, |cache| {
+                let c = cache
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                OpenFileStats {
+                    files: c.files.len() as u64,
+                    ..c.stats
+                }
+            })
     }
 
     /// Drop `file` from the cache: it no longer reads as it did when it was opened.
@@ -1870,6 +1902,10 @@ mod tests {
         assert_eq!(gone.err().map(|e| e.kind()), Some(io::ErrorKind::NotFound));
         assert_eq!(cache_len(&brief), 1);
         assert_eq!(cache_len(&kept), 2);
+        // Counted: `kept` opened two files and served the next two requests from them.
+        let st = kept.open_file_stats();
+        assert_eq!((st.files, st.opens, st.hits), (2, 2, 2));
+        assert_eq!(plain.open_file_stats(), OpenFileStats::default());
     }
 
     /// Open `name` through the root's cache at `t`; the first bytes of what it reads.

@@ -89,6 +89,8 @@ pub struct KernelServerStats {
     pub idle_closed: u64,
     /// Connections refused over the connection limit (503, or a reset past twice the limit).
     pub refused: u64,
+    /// The open-file cache (`--open-file-cache`; zeros without it).
+    pub open_files: crate::http::OpenFileStats,
 }
 
 /// Abort: SO_LINGER with a zero timeout makes the close send a RST (RFC 9293 §3.10.7.1).
@@ -254,6 +256,7 @@ impl KernelNode {
     pub fn server_stats(&self) -> KernelServerStats {
         KernelServerStats {
             open: self.conns.len(),
+            open_files: self.root.open_file_stats(),
             ..self.stats
         }
     }

@@ -97,6 +97,8 @@ pub struct ServerStats {
     pub adopted: u64,
     /// Request and byte counters, summed over all connections.
     pub http: HttpStats,
+    /// The open-file cache (`--open-file-cache`; zeros without it).
+    pub open_files: crate::http::OpenFileStats,
 }
 
 struct Conn {
@@ -342,6 +344,7 @@ impl HttpServer {
         for c in self.conns.values() {
             s.http.add(c.http.stats());
         }
+        s.open_files = self.root.open_file_stats();
         s
     }
 

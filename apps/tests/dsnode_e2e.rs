@@ -339,6 +339,10 @@ fn dsnode_serves_from_a_toml_config() -> Result<()> {
     ensure!(v["node"]["device"] == "tap", "status: {v}");
     ensure!(v["node"]["addr"] == NODE, "status: {v}");
     ensure!(v["http"]["accepted"].as_u64() >= Some(1), "status: {v}");
+    // The second request came from the open-file cache.
+    let cache = &v["http"]["open_files"];
+    ensure!(cache["hits"].as_u64() >= Some(1), "status: {v}");
+    ensure!(cache["files"].as_u64() >= Some(1), "status: {v}");
     // A client that stays connected is listed by `dsctl conns`, with its address and state.
     let addr = SocketAddr::new(NODE.parse::<Ipv6Addr>()?.into(), PORT);
     let held: TcpStream = bed.cli.run(|| TcpStream::connect_timeout(&addr, WAIT))?;

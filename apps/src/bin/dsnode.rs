@@ -1673,6 +1673,15 @@ fn print_stats(uptime: Duration, server: &ServerStats, iface: &Stats) {
         "  http: {requests} requests ({status_2xx} 2xx, {status_4xx} 4xx, {status_5xx} 5xx), \
          {bytes_sent} bytes sent"
     );
+    let f = server.open_files;
+    if f.hits + f.opens > 0 {
+        ds_apps::outln!(
+            "  open-file cache: {} requests served from it, {} files opened, {} open now",
+            f.hits,
+            f.opens,
+            f.files
+        );
+    }
     ds_apps::outln!("  interface:");
     match serde_json::to_value(iface) {
         Ok(serde_json::Value::Object(fields)) => {
