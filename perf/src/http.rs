@@ -204,6 +204,10 @@ pub struct Sample {
     /// a real-time thread on any core ([`crate::stack::load::StallProbe`]); `None` without
     /// the probe.
     pub machine_stall_us: Option<f64>,
+    /// TCP segments the server retransmitted during the measurement: ours from its stack's
+    /// counters (`dsctl status` over its control socket), nginx's from the kernel's
+    /// `RetransSegs` in its namespace; `None` where they could not be read.
+    pub retransmits: Option<u64>,
 }
 
 /// Latency percentiles reported, in the order of [`Sample::latency_us`].
@@ -230,6 +234,8 @@ pub struct TargetSummary {
     pub other_cpus: Option<Stat>,
     /// The machine's largest stall per measurement, µs ([`Sample::machine_stall_us`]).
     pub machine_stall_us: Option<Stat>,
+    /// Segments the server retransmitted per measurement ([`Sample::retransmits`]).
+    pub retransmits: Option<Stat>,
 }
 
 /// One workload: both servers and their ratio.
@@ -366,6 +372,12 @@ fn wait_serving(cli: &Netns, addr: Ipv6Addr, child: &mut Child, what: &str) -> R
 }
 
 impl Bed {
+    /// Where ours (`t`) answers `dsctl`: its counters are read around each measurement.
+    fn control_socket(dir: &ds_testbed::TempDir, t: Target) -> std::path::PathBuf {
+        dir.path()
+            .join(format!("{}.sock", t.name().replace([' ', ','], "-")))
+    }
+
     /// `dsnode serve --device afxdp` for `t` (ours, or ours per queue) on `cpus`, with
     /// `extra` options; waits until it serves.
     fn start_ours(
@@ -401,6 +413,10 @@ impl Bed {
         .map(String::from)
         .to_vec();
         args.extend_from_slice(extra);
+        args.extend([
+            "--control-socket".to_string(),
+            Self::control_socket(&self.dir, t).display().to_string(),
+        ]);
         if self.open_file_cache > 0 {
             args.extend([
                 "--open-file-cache".to_string(),
@@ -633,6 +649,33 @@ fn wrk(
     Ok((w, busy, server_cpus, machine_stall))
 }
 
+/// Segments the server `t` has retransmitted so far: ours from its stack's counters over
+/// its control socket, nginx from the kernel's TCP counters in its namespace.
+fn retransmits(bed: &Bed, t: Target) -> Option<u64> {
+    if t == Target::Nginx {
+        let out = bed
+            .nginx_ns
+            .command("cat")
+            .arg("/proc/net/snmp")
+            .output()
+            .ok()?;
+        return snmp_counter(&String::from_utf8_lossy(&out.stdout), "Tcp:", "RetransSegs");
+    }
+    let req = ds_apps::control::Request::new("status");
+    let v = ds_apps::control::request(&Bed::control_socket(&bed.dir, t), &req, SECOND).ok()?;
+    v["interface"]["tcp_retransmits"].as_u64()
+}
+
+const SECOND: Duration = Duration::from_secs(1);
+
+/// A counter of `/proc/net/snmp`: the line of names after `prefix`, then its line of values.
+fn snmp_counter(text: &str, prefix: &str, name: &str) -> Option<u64> {
+    let mut lines = text.lines().filter(|l| l.starts_with(prefix));
+    let (names, values) = (lines.next()?, lines.next()?);
+    let at = names.split_whitespace().position(|n| n == name)?;
+    values.split_whitespace().nth(at)?.parse().ok()
+}
+
 /// CPUs as `taskset` and `dsnode --queue-cpus` take them: `0,1`.
 fn cpu_list(cpus: &[usize]) -> String {
     cpus.iter()
@@ -679,8 +722,12 @@ pub fn run(
                 if !opts.warmup.is_zero() {
                     wrk(&bed, opts, t, *c, opts.warmup, false).context("warm-up")?;
                 }
+                let retx_before = retransmits(&bed, t);
                 let (w, busy, server_cpus, machine_stall_us) =
                     wrk(&bed, opts, t, *c, opts.duration, opts.stall_probe)?;
+                let retransmits = retx_before
+                    .zip(retransmits(&bed, t))
+                    .map(|(a, b)| b.saturating_sub(a));
                 let secs = (w.duration_us as f64 / 1e6).max(1e-9);
                 let s = Sample {
                     target: t,
@@ -695,6 +742,7 @@ pub fn run(
                     cpu_busy: busy,
                     server_cpus,
                     machine_stall_us,
+                    retransmits,
                 };
                 info!(
                     "[{}/{total}] {} {}: {:.0} req/s, p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs, \
@@ -778,6 +826,11 @@ pub fn summarize(opts: &Options, nginx: String, samples: &[Sample]) -> Summary {
                         machine_stall_us: Stat::of(
                             of(t).filter_map(|s| s.machine_stall_us).collect(),
                         ),
+                        retransmits: Stat::of(
+                            of(t)
+                                .filter_map(|s| s.retransmits.map(|n| n as f64))
+                                .collect(),
+                        ),
                     }
                 })
                 .collect();
@@ -854,9 +907,9 @@ pub fn table(s: &Summary) -> String {
         .any(|c| c.targets.iter().any(|t| t.machine_stall_us.is_some()));
     out.push_str(&format!(
         "| object, connections | server | req/s (min–max) | ours/nginx | Gbit/s | p50 µs | p90 µs \
-         | p99 µs | max µs |{} errors | cores busy | server CPUs | other CPUs \
-         | req/s per server CPU |\n\
-         |---|---|---|---|---|---|---|---|---|{}---|---|---|---|---|\n",
+         | p99 µs | max µs |{} errors | server retransmits | cores busy | server CPUs \
+         | other CPUs | req/s per server CPU |\n\
+         |---|---|---|---|---|---|---|---|---|{}---|---|---|---|---|---|\n",
         if probed { " machine stall µs |" } else { "" },
         if probed { "---|" } else { "" },
     ));
@@ -897,7 +950,7 @@ pub fn table(s: &Summary) -> String {
                 .other_cpus
                 .map_or("–".to_string(), |c| format!("{:.2}", c.median));
             out.push_str(&format!(
-                "| {} | {} | {rps} | {ratio} | {} | {} | {} | {} | {} |{} {} | {busy} | {cpus} | {others} | {per_cpu} |\n",
+                "| {} | {} | {rps} | {ratio} | {} | {} | {} | {} | {} |{} {} | {} | {busy} | {cpus} | {others} | {per_cpu} |\n",
                 c.case.label(),
                 t.target.name(),
                 t.gbit_per_s
@@ -912,6 +965,7 @@ pub fn table(s: &Summary) -> String {
                     String::new()
                 },
                 t.errors,
+                med(&t.retransmits),
             ));
         }
     }
@@ -969,6 +1023,7 @@ mod tests {
             server_cpus: 1.0,
             other_cpus: 0.5,
             machine_stall_us: Some(40.0),
+            retransmits: Some(u64::from(repeat) * 4 + 3),
         };
         let samples = [
             s(Target::Ours, 0, 200.0),
@@ -980,6 +1035,12 @@ mod tests {
         let r = sum.cases[0].rps_ratio.expect("ratio");
         assert_eq!((r.min, r.max, r.median), (1.0, 2.0, 1.5));
         assert_eq!(sum.cases[0].targets[0].cpu_busy, vec![0.5, 0.25]);
+        // Retransmissions: the median of the repeats' (3 and 7), in its own column.
+        assert_eq!(
+            sum.cases[0].targets[0].retransmits.map(|r| r.median),
+            Some(5.0)
+        );
+        assert!(table(&sum).contains("| 0 | 5 |"), "{}", table(&sum));
         assert!(table(&sum).contains("1KiB x1"));
         // Every row has the header's number of cells, with the stall column and without.
         let cells = |t: &str| -> Vec<usize> {
@@ -1000,6 +1061,18 @@ mod tests {
         let without = cells(&t);
         assert!(without.windows(2).all(|w| w[0] == w[1]), "{without:?}");
         assert_eq!(with[0], without[0] + 1);
+    }
+
+    /// The kernel's retransmitted segments, from `/proc/net/snmp`'s two `Tcp:` lines.
+    #[test]
+    fn snmp_counters_are_read_by_name() {
+        let snmp = "Ip: Forwarding DefaultTTL\nIp: 1 64\n\
+                    Tcp: RtoAlgorithm RtoMin ActiveOpens OutSegs RetransSegs InErrs\n\
+                    Tcp: 1 200 12 3456 78 0\nUdp: InDatagrams\nUdp: 5\n";
+        assert_eq!(snmp_counter(snmp, "Tcp:", "RetransSegs"), Some(78));
+        assert_eq!(snmp_counter(snmp, "Tcp:", "OutSegs"), Some(3456));
+        assert_eq!(snmp_counter(snmp, "Tcp:", "Nothing"), None);
+        assert_eq!(snmp_counter("", "Tcp:", "RetransSegs"), None);
     }
 
     /// nginx is given the same open-file cache as ours, or none, as asked.
@@ -1050,6 +1123,7 @@ mod tests {
             server_cpus,
             other_cpus: 2.0 - server_cpus,
             machine_stall_us: None,
+            retransmits: None,
         };
         let sum = summarize(
             &opts,
