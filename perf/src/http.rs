@@ -208,6 +208,9 @@ pub struct Sample {
     /// counters (`dsctl status` over its control socket), nginx's from the kernel's
     /// `RetransSegs` in its namespace; `None` where they could not be read.
     pub retransmits: Option<u64>,
+    /// Packets the client's end of the server's veth received during the measurement (a GSO
+    /// packet or a super-frame counts once): what the client's kernel had to take in.
+    pub client_rx_packets: Option<u64>,
 }
 
 /// Latency percentiles reported, in the order of [`Sample::latency_us`].
@@ -236,6 +239,8 @@ pub struct TargetSummary {
     pub machine_stall_us: Option<Stat>,
     /// Segments the server retransmitted per measurement ([`Sample::retransmits`]).
     pub retransmits: Option<Stat>,
+    /// Packets the client received per request ([`Sample::client_rx_packets`]).
+    pub client_packets_per_request: Option<Stat>,
 }
 
 /// One workload: both servers and their ratio.
@@ -668,6 +673,22 @@ fn retransmits(bed: &Bed, t: Target) -> Option<u64> {
 
 const SECOND: Duration = Duration::from_secs(1);
 
+/// Packets received so far by the client's end of the veth towards `t`.
+fn client_rx_packets(bed: &Bed, t: Target) -> Option<u64> {
+    let iface = match t {
+        Target::Ours => "to_o",
+        Target::Nginx => "to_n",
+        Target::OursQueues => "to_q",
+    };
+    let out = bed
+        .cli
+        .command("cat")
+        .arg(format!("/sys/class/net/{iface}/statistics/rx_packets"))
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+}
+
 /// A counter of `/proc/net/snmp`: the line of names after `prefix`, then its line of values.
 fn snmp_counter(text: &str, prefix: &str, name: &str) -> Option<u64> {
     let mut lines = text.lines().filter(|l| l.starts_with(prefix));
@@ -723,10 +744,14 @@ pub fn run(
                     wrk(&bed, opts, t, *c, opts.warmup, false).context("warm-up")?;
                 }
                 let retx_before = retransmits(&bed, t);
+                let rx_before = client_rx_packets(&bed, t);
                 let (w, busy, server_cpus, machine_stall_us) =
                     wrk(&bed, opts, t, *c, opts.duration, opts.stall_probe)?;
                 let retransmits = retx_before
                     .zip(retransmits(&bed, t))
+                    .map(|(a, b)| b.saturating_sub(a));
+                let client_rx_packets = rx_before
+                    .zip(client_rx_packets(&bed, t))
                     .map(|(a, b)| b.saturating_sub(a));
                 let secs = (w.duration_us as f64 / 1e6).max(1e-9);
                 let s = Sample {
@@ -743,6 +768,7 @@ pub fn run(
                     server_cpus,
                     machine_stall_us,
                     retransmits,
+                    client_rx_packets,
                 };
                 info!(
                     "[{}/{total}] {} {}: {:.0} req/s, p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs, \
@@ -831,6 +857,14 @@ pub fn summarize(opts: &Options, nginx: String, samples: &[Sample]) -> Summary {
                                 .filter_map(|s| s.retransmits.map(|n| n as f64))
                                 .collect(),
                         ),
+                        client_packets_per_request: Stat::of(
+                            of(t)
+                                .filter(|s| s.requests > 0)
+                                .filter_map(|s| {
+                                    s.client_rx_packets.map(|p| p as f64 / s.requests as f64)
+                                })
+                                .collect(),
+                        ),
                     }
                 })
                 .collect();
@@ -907,9 +941,9 @@ pub fn table(s: &Summary) -> String {
         .any(|c| c.targets.iter().any(|t| t.machine_stall_us.is_some()));
     out.push_str(&format!(
         "| object, connections | server | req/s (min–max) | ours/nginx | Gbit/s | p50 µs | p90 µs \
-         | p99 µs | max µs |{} errors | server retransmits | cores busy | server CPUs \
-         | other CPUs | req/s per server CPU |\n\
-         |---|---|---|---|---|---|---|---|---|{}---|---|---|---|---|---|\n",
+         | p99 µs | max µs |{} errors | server retransmits | client rx packets/request \
+         | cores busy | server CPUs | other CPUs | req/s per server CPU |\n\
+         |---|---|---|---|---|---|---|---|---|{}---|---|---|---|---|---|---|\n",
         if probed { " machine stall µs |" } else { "" },
         if probed { "---|" } else { "" },
     ));
@@ -950,7 +984,7 @@ pub fn table(s: &Summary) -> String {
                 .other_cpus
                 .map_or("–".to_string(), |c| format!("{:.2}", c.median));
             out.push_str(&format!(
-                "| {} | {} | {rps} | {ratio} | {} | {} | {} | {} | {} |{} {} | {} | {busy} | {cpus} | {others} | {per_cpu} |\n",
+                "| {} | {} | {rps} | {ratio} | {} | {} | {} | {} | {} |{} {} | {} | {} | {busy} | {cpus} | {others} | {per_cpu} |\n",
                 c.case.label(),
                 t.target.name(),
                 t.gbit_per_s
@@ -966,6 +1000,8 @@ pub fn table(s: &Summary) -> String {
                 },
                 t.errors,
                 med(&t.retransmits),
+                t.client_packets_per_request
+                    .map_or("–".to_string(), |s| format!("{:.1}", s.median)),
             ));
         }
     }
@@ -1014,7 +1050,7 @@ mod tests {
             target,
             case: opts.cases[0],
             repeat,
-            requests: 0,
+            requests: 10,
             rps,
             gbit_per_s: 0.0,
             errors: 0,
@@ -1024,6 +1060,7 @@ mod tests {
             other_cpus: 0.5,
             machine_stall_us: Some(40.0),
             retransmits: Some(u64::from(repeat) * 4 + 3),
+            client_rx_packets: Some(u64::from(repeat) * 10 + 5),
         };
         let samples = [
             s(Target::Ours, 0, 200.0),
@@ -1040,7 +1077,8 @@ mod tests {
             sum.cases[0].targets[0].retransmits.map(|r| r.median),
             Some(5.0)
         );
-        assert!(table(&sum).contains("| 0 | 5 |"), "{}", table(&sum));
+        // Client packets per request: 5 and 15 over 10 requests, median 1.0.
+        assert!(table(&sum).contains("| 0 | 5 | 1.0 |"), "{}", table(&sum));
         assert!(table(&sum).contains("1KiB x1"));
         // Every row has the header's number of cells, with the stall column and without.
         let cells = |t: &str| -> Vec<usize> {
@@ -1124,6 +1162,7 @@ mod tests {
             other_cpus: 2.0 - server_cpus,
             machine_stall_us: None,
             retransmits: None,
+            client_rx_packets: None,
         };
         let sum = summarize(
             &opts,
