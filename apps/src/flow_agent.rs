@@ -274,7 +274,15 @@ impl FlowAgent {
         // One burst now; bursts that fell due together (a late wake-up) keep their spacing.
         for (k, (_, p)) in due.into_iter().enumerate() {
             if k == 0 {
-                let _ = ds_kernel::inject(&p);
+                // Said, not retried: a repeat is itself the retry, and a failure here (the
+                // rest of the burst is not sent) is what to look for when a client of a dead
+                // node was never reset (the etcd failover test, once).
+                if let Err(e) = ds_kernel::inject(&p) {
+                    tracing::warn!(
+                        packets = p.len(),
+                        "soliciting a dead node's clients again: {e}"
+                    );
+                }
             } else {
                 self.probes.push((now + SOLICIT_EVERY * k as u32, p));
             }
