@@ -280,6 +280,47 @@ mod tests {
         Ok(None)
     }
 
+    /// Arm `id` at `at` in the wheel, and in the model if the caller wants it.
+    fn push_checked(
+        w: &mut TimerWheel,
+        model: &mut Vec<(i64, u32)>,
+        id: &mut u32,
+        at: i64,
+        wanted: fn(u32) -> bool,
+    ) {
+        w.push(us(at), *id);
+        if wanted(*id) {
+            model.push((at, *id));
+        }
+        *id += 1;
+    }
+
+    /// At `now`: `earliest` is the model's next (`exact`) or no later than it, then every due
+    /// timer comes out ([`pop_checked`]) and none is left due.
+    fn drain_checked(
+        w: &mut TimerWheel,
+        model: &mut Vec<(i64, u32)>,
+        now: i64,
+        wanted: fn(u32) -> bool,
+        exact: bool,
+    ) -> Result<(), proptest::test_runner::TestCaseError> {
+        if let Some(min) = model.iter().min() {
+            let e = w.earliest().map(|e| e.total_micros());
+            if exact {
+                prop_assert_eq!(e, Some(min.0));
+            } else {
+                prop_assert!(e.is_some_and(|e| e <= min.0), "{:?} {:?}", e, min);
+            }
+        }
+        while pop_checked(w, model, now, wanted)?.is_some() {}
+        prop_assert!(model.iter().all(|e| e.0 > now));
+        Ok(())
+    }
+
+    /// Every timer wanted; and every one but each third (`drops_unwanted_and_keeps_the_order`).
+    const ALL: fn(u32) -> bool = |_| true;
+    const WANTED: fn(u32) -> bool = |id| !id.is_multiple_of(3);
+
     #[test]
     fn due_in_exact_order_across_buckets_and_the_horizon() {
         let mut w = TimerWheel::default();
@@ -359,17 +400,11 @@ mod tests {
                 match op {
                     0 | 1 => {
                         let at = now + x / if op == 0 { 1 } else { 1000 };
-                        w.push(us(at), id);
-                        model.push((at, id));
-                        id += 1;
+                        push_checked(&mut w, &mut model, &mut id, at, ALL);
                     }
                     _ => {
                         now += x / 100;
-                        if let Some(min) = model.iter().min() {
-                            prop_assert_eq!(w.earliest().map(|e| e.total_micros()), Some(min.0));
-                        }
-                        while pop_checked(&mut w, &mut model, now, |_| true)?.is_some() {}
-                        prop_assert!(model.iter().all(|e| e.0 > now));
+                        drain_checked(&mut w, &mut model, now, ALL, true)?;
                     }
                 }
             }
@@ -393,30 +428,20 @@ mod tests {
                 match op {
                     0 | 1 => {
                         let at = now + x / if op == 0 { 1 } else { 1000 };
-                        w.push(us(at), id);
-                        model.push((at, id));
-                        id += 1;
+                        push_checked(&mut w, &mut model, &mut id, at, ALL);
                     }
                     2 => {
                         now += x / if x % 2 == 0 { 100 } else { 1 };
                         for _ in 0..(x % 4) {
-                            if pop_checked(&mut w, &mut model, now, |_| true)?.is_none() {
+                            if pop_checked(&mut w, &mut model, now, ALL)?.is_none() {
                                 break;
                             }
                             // Re-armed from the timer, some already due, some far.
                             let at = now - 1000 + (x % 5_000_000) / (1 + x % 7);
-                            w.push(us(at), id);
-                            model.push((at, id));
-                            id += 1;
+                            push_checked(&mut w, &mut model, &mut id, at, ALL);
                         }
                     }
-                    _ => {
-                        if let Some(min) = model.iter().min() {
-                            prop_assert_eq!(w.earliest().map(|e| e.total_micros()), Some(min.0));
-                        }
-                        while pop_checked(&mut w, &mut model, now, |_| true)?.is_some() {}
-                        prop_assert!(model.iter().all(|e| e.0 > now));
-                    }
+                    _ => drain_checked(&mut w, &mut model, now, ALL, true)?,
                 }
             }
             prop_assert_eq!(w.len(), model.len());
@@ -437,22 +462,11 @@ mod tests {
                 match op {
                     0 | 1 => {
                         let at = now + x / if op == 0 { 1 } else { 1000 };
-                        w.push(us(at), id);
-                        if !id.is_multiple_of(3) {
-                            model.push((at, id));
-                        }
-                        id += 1;
+                        push_checked(&mut w, &mut model, &mut id, at, WANTED);
                     }
                     _ => {
                         now += x / 100;
-                        if let Some(min) = model.iter().min() {
-                            let e = w.earliest().map(|e| e.total_micros());
-                            prop_assert!(e.is_some_and(|e| e <= min.0), "{:?} {:?}", e, min);
-                        }
-                        while pop_checked(&mut w, &mut model, now, |id| !id.is_multiple_of(3))?
-                            .is_some()
-                        {}
-                        prop_assert!(model.iter().all(|e| e.0 > now));
+                        drain_checked(&mut w, &mut model, now, WANTED, false)?;
                     }
                 }
             }
