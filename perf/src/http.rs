@@ -658,13 +658,8 @@ fn wrk(
 /// its control socket, nginx from the kernel's TCP counters in its namespace.
 fn retransmits(bed: &Bed, t: Target) -> Option<u64> {
     if t == Target::Nginx {
-        let out = bed
-            .nginx_ns
-            .command("cat")
-            .arg("/proc/net/snmp")
-            .output()
-            .ok()?;
-        return snmp_counter(&String::from_utf8_lossy(&out.stdout), "Tcp:", "RetransSegs");
+        let tcp = ds_testbed::tcp_counters(&bed.nginx_ns).ok()?;
+        return tcp.get("RetransSegs").copied();
     }
     let req = ds_apps::control::Request::new("status");
     let v = ds_apps::control::request(&Bed::control_socket(&bed.dir, t), &req, SECOND).ok()?;
@@ -680,21 +675,10 @@ fn client_rx_packets(bed: &Bed, t: Target) -> Option<u64> {
         Target::Nginx => "to_n",
         Target::OursQueues => "to_q",
     };
-    let out = bed
-        .cli
-        .command("cat")
-        .arg(format!("/sys/class/net/{iface}/statistics/rx_packets"))
-        .output()
-        .ok()?;
-    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
-}
-
-/// A counter of `/proc/net/snmp`: the line of names after `prefix`, then its line of values.
-fn snmp_counter(text: &str, prefix: &str, name: &str) -> Option<u64> {
-    let mut lines = text.lines().filter(|l| l.starts_with(prefix));
-    let (names, values) = (lines.next()?, lines.next()?);
-    let at = names.split_whitespace().position(|n| n == name)?;
-    values.split_whitespace().nth(at)?.parse().ok()
+    ds_testbed::link_stats(&bed.cli, iface, "rx", &["packets"])
+        .ok()?
+        .first()
+        .copied()
 }
 
 /// CPUs as `taskset` and `dsnode --queue-cpus` take them: `0,1`.
@@ -1099,18 +1083,6 @@ mod tests {
         let without = cells(&t);
         assert!(without.windows(2).all(|w| w[0] == w[1]), "{without:?}");
         assert_eq!(with[0], without[0] + 1);
-    }
-
-    /// The kernel's retransmitted segments, from `/proc/net/snmp`'s two `Tcp:` lines.
-    #[test]
-    fn snmp_counters_are_read_by_name() {
-        let snmp = "Ip: Forwarding DefaultTTL\nIp: 1 64\n\
-                    Tcp: RtoAlgorithm RtoMin ActiveOpens OutSegs RetransSegs InErrs\n\
-                    Tcp: 1 200 12 3456 78 0\nUdp: InDatagrams\nUdp: 5\n";
-        assert_eq!(snmp_counter(snmp, "Tcp:", "RetransSegs"), Some(78));
-        assert_eq!(snmp_counter(snmp, "Tcp:", "OutSegs"), Some(3456));
-        assert_eq!(snmp_counter(snmp, "Tcp:", "Nothing"), None);
-        assert_eq!(snmp_counter("", "Tcp:", "RetransSegs"), None);
     }
 
     /// nginx is given the same open-file cache as ours, or none, as asked.
