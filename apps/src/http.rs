@@ -687,26 +687,33 @@ struct CachedFile {
     used: Instant,
 }
 
+impl CachedFile {
+    /// Still served from its handle: opened less than `valid` before `now`.
+    fn fresh(&self, now: Instant, valid: Duration) -> bool {
+        now.saturating_duration_since(self.opened) < valid
+    }
+}
+
 impl FileCache {
     /// Close the expired entries, at most once per `valid`.
     fn expire(&mut self, now: Instant) {
-        let valid = self.cfg.valid;
-        if now.saturating_duration_since(self.expired_at) < valid {
-            return;
+        if now.saturating_duration_since(self.expired_at) >= self.cfg.valid {
+            self.drop_expired(now);
         }
+    }
+
+    fn drop_expired(&mut self, now: Instant) {
+        let valid = self.cfg.valid;
         self.expired_at = now;
-        self.files
-            .retain(|_, f| now.saturating_duration_since(f.opened) < valid);
+        self.files.retain(|_, f| f.fresh(now, valid));
     }
 
     /// Room for one more entry: the expired ones out, then the less recently used half.
     fn make_room(&mut self, now: Instant) {
-        let valid = self.cfg.valid;
         if self.files.len() < self.cfg.max {
             return;
         }
-        self.files
-            .retain(|_, f| now.saturating_duration_since(f.opened) < valid);
+        self.drop_expired(now);
         if self.files.len() < self.cfg.max {
             return;
         }
@@ -768,15 +775,21 @@ impl DocRoot {
     /// regular file inside the root; returns the file, its length and the path served,
     /// relative to the root. From the open-file cache when there is one.
     fn open_file(&self, rel: PathBuf) -> io::Result<(Opened, u64, PathBuf)> {
-        self.open_file_at(rel, Instant::now())
+        self.open_file_at(rel, Instant::now)
     }
 
-    /// [`DocRoot::open_file`] at `now` (the cache's clock; tests give their own).
-    fn open_file_at(&self, rel: PathBuf, now: Instant) -> io::Result<(Opened, u64, PathBuf)> {
+    /// [`DocRoot::open_file`] at `now()` (the cache's clock, read only when there is a cache;
+    /// tests give their own).
+    fn open_file_at(
+        &self,
+        rel: PathBuf,
+        now: impl FnOnce() -> Instant,
+    ) -> io::Result<(Opened, u64, PathBuf)> {
         let Some(cache) = &self.cache else {
             let (file, len, served) = self.open_fresh(rel)?;
             return Ok((Opened::Own(file), len, served));
         };
+        let now = now();
         {
             let mut guard = cache
                 .lock()
@@ -784,7 +797,7 @@ impl DocRoot {
             let c = &mut *guard;
             c.expire(now);
             if let Some(f) = c.files.get_mut(rel.as_path()) {
-                if now.saturating_duration_since(f.opened) < c.cfg.valid {
+                if f.fresh(now, c.cfg.valid) {
                     f.used = now;
                     c.stats.hits += 1;
                     let mut served = rel;
@@ -1898,7 +1911,7 @@ mod tests {
         assert_eq!(open_at(&brief, "a.txt", t + ms(5000)), b"first");
         assert_eq!(open_at(&brief, "a.txt", t + ms(10_200)), b"second");
         assert_eq!(cache_len(&brief), 2);
-        let gone = brief.open_file_at(PathBuf::from("dir"), t + ms(11_500));
+        let gone = brief.open_file_at(PathBuf::from("dir"), || t + ms(11_500));
         assert_eq!(gone.err().map(|e| e.kind()), Some(io::ErrorKind::NotFound));
         assert_eq!(cache_len(&brief), 1);
         assert_eq!(cache_len(&kept), 2);
@@ -1910,7 +1923,7 @@ mod tests {
 
     /// Open `name` through the root's cache at `t`; the first bytes of what it reads.
     fn open_at(doc: &DocRoot, name: &str, t: Instant) -> Vec<u8> {
-        let (f, len, _) = doc.open_file_at(PathBuf::from(name), t).unwrap();
+        let (f, len, _) = doc.open_file_at(PathBuf::from(name), || t).unwrap();
         let mut buf = vec![0; len as usize];
         let n = f.file().read_at(&mut buf, 0).unwrap();
         buf.truncate(n);
