@@ -374,6 +374,23 @@ pub fn complete_tcp_checksum(pkt: &mut [u8]) -> Checksum {
 /// socket restored for it. The packets are sent unchanged: their TCP checksums stay valid, as
 /// the pseudo-header (RFC 8200 §8.1) is the same. Returns how many were sent.
 pub fn inject<P: AsRef<[u8]>>(packets: impl IntoIterator<Item = P>) -> Result<usize> {
+    send_raw(packets, false)
+}
+
+/// As [`inject`], for packets that leave the host (a home agent's solicitations of a dead
+/// node's clients), with back-pressure: a packet the outgoing device has no room for (a
+/// veth peer's ring or a queue full: `ENOBUFS`) stops the sending, where [`inject`] would go
+/// on, the packet silently dropped (a raw socket reports it only with `IPV6_RECVERR`, Linux
+/// `rawv6_send_hdrinc`). Returns how many packets, in order, left: fewer than given when the
+/// device was full, and the caller sends the rest later.
+pub fn inject_until_full<P: AsRef<[u8]>>(packets: &[P]) -> Result<usize> {
+    send_raw(packets, true)
+}
+
+fn send_raw<P: AsRef<[u8]>>(
+    packets: impl IntoIterator<Item = P>,
+    until_full: bool,
+) -> Result<usize> {
     let mut packets = packets.into_iter().peekable();
     if packets.peek().is_none() {
         return Ok(0);
@@ -399,6 +416,15 @@ pub fn inject<P: AsRef<[u8]>>(packets: impl IntoIterator<Item = P>) -> Result<us
         &1i32,
         "setsockopt(IPV6_HDRINCL)",
     )?;
+    if until_full {
+        crate::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_IPV6,
+            libc::IPV6_RECVERR,
+            &1i32,
+            "setsockopt(IPV6_RECVERR)",
+        )?;
+    }
     let mut sent = 0;
     for p in packets {
         let p = p.as_ref();
@@ -421,7 +447,11 @@ pub fn inject<P: AsRef<[u8]>>(packets: impl IntoIterator<Item = P>) -> Result<us
             )
         };
         if n < 0 {
-            return Err(crate::os("sendto (inject)"));
+            let e = crate::os("sendto (inject)");
+            if until_full && e.is_no_buffer_space() {
+                break;
+            }
+            return Err(e);
         }
         sent += 1;
     }

@@ -24,7 +24,9 @@
 mod hold;
 pub mod host;
 
-pub use hold::{complete_tcp_checksum, inject, Checksum, HoldLimits, HoldStats, HoldTable};
+pub use hold::{
+    complete_tcp_checksum, inject, inject_until_full, Checksum, HoldLimits, HoldStats, HoldTable,
+};
 pub use host::{KernelConn, KernelHost};
 
 use ds_stack::state::{flags, AfterLoss, Endpoint, InFlight};
@@ -55,6 +57,14 @@ pub enum KernelError {
     /// Holding packets failed (the XDP program, its maps or the table's limits).
     #[error("packet hold: {0}")]
     Hold(String),
+}
+
+impl KernelError {
+    /// A system call refused for want of buffer space (`ENOBUFS`): a device's queue or ring
+    /// full, worth trying again shortly.
+    pub fn is_no_buffer_space(&self) -> bool {
+        matches!(self, KernelError::Os { err, .. } if err.raw_os_error() == Some(libc::ENOBUFS))
+    }
 }
 
 type Result<T> = std::result::Result<T, KernelError>;

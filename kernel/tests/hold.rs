@@ -215,3 +215,54 @@ fn hold_bounds_and_drop() {
         assert_eq!(&got, b"1234");
     });
 }
+
+/// An IPv6 packet of `len` bytes from the client to the server with no next header (RFC 8200
+/// §4.7): nothing on the way looks inside it.
+fn no_next_header(len: usize) -> Vec<u8> {
+    let mut p = vec![0u8; len];
+    p[0] = 0x60;
+    p[4..6].copy_from_slice(&((len - 40) as u16).to_be_bytes());
+    p[6] = 59;
+    p[7] = 64;
+    p[8..24].copy_from_slice(&CLIENT.parse::<Ipv6Addr>().expect("a").octets());
+    p[24..40].copy_from_slice(&SERVER.parse::<Ipv6Addr>().expect("a").octets());
+    p
+}
+
+/// A packet the outgoing device refuses (here the veth peer's MTU is smaller than the packet,
+/// the same `NET_XMIT_DROP` as a full ring) stops `inject_until_full`, which says how many
+/// left before it; `inject` goes on, the refused packet dropped without a word.
+#[test]
+fn inject_until_full_stops_where_the_device_refuses() {
+    if !require_root("inject_until_full_stops_where_the_device_refuses") {
+        return;
+    }
+    let (c, s) = pair("hf");
+    s.ip(&["link", "set", "eth0", "mtu", "1280"])
+        .expect("peer mtu");
+    let out = s
+        .exec(&["cat", "/sys/class/net/eth0/address"])
+        .expect("peer mac");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut mac = [0u8; 6];
+    for (b, h) in mac.iter_mut().zip(text.trim().split(':')) {
+        *b = u8::from_str_radix(h, 16).expect("mac");
+    }
+    // Resolved beforehand: an unresolved neighbour queues packets and drops them later,
+    // where no sender hears of it.
+    ds_testbed::topo::neighbour(&c, "eth0", SERVER, mac).expect("neighbour");
+    let small = no_next_header(100);
+    let packets = [small.clone(), small.clone(), no_next_header(1400), small];
+    c.run(|| {
+        assert_eq!(
+            ds_kernel::inject_until_full(&packets).expect("inject_until_full"),
+            2,
+            "stops at the packet the device refused"
+        );
+        assert_eq!(
+            inject(&packets).expect("inject"),
+            packets.len(),
+            "inject goes on"
+        );
+    });
+}
