@@ -165,6 +165,10 @@ pub struct Options {
     /// servers' default): ours `--open-file-cache N`, nginx `open_file_cache max=N`, each
     /// looking a file up by name again after [`OPEN_FILE_CACHE_VALID`].
     pub open_file_cache: usize,
+    /// Every process of the bed (both servers and wrk) under `SCHED_FIFO` at this priority:
+    /// ours `--sched-fifo P`, nginx (master and worker) and wrk through `chrt -f P`. `None`:
+    /// the normal policy, as both servers run by default.
+    pub sched_fifo: Option<u8>,
 }
 
 /// How long both servers serve a cached file before opening it by name again (ours'
@@ -284,6 +288,8 @@ struct Bed {
     bed_cpus: Vec<usize>,
     /// [`Options::open_file_cache`].
     open_file_cache: usize,
+    /// [`Options::sched_fifo`].
+    sched_fifo: Option<u8>,
 }
 
 impl Drop for Bed {
@@ -422,6 +428,9 @@ impl Bed {
             "--control-socket".to_string(),
             Self::control_socket(&self.dir, t).display().to_string(),
         ]);
+        if let Some(p) = self.sched_fifo {
+            args.extend(["--sched-fifo".to_string(), p.to_string()]);
+        }
         if self.open_file_cache > 0 {
             args.extend([
                 "--open-file-cache".to_string(),
@@ -529,6 +538,7 @@ impl Bed {
             dir: scratch,
             bed_cpus,
             open_file_cache: opts.open_file_cache,
+            sched_fifo: opts.sched_fifo,
         };
         if opts.targets.contains(&Target::OursQueues) {
             let mut extra = vec!["--queues".to_string(), opts.queues.to_string()];
@@ -554,16 +564,18 @@ impl Bed {
                 nginx_conf(&dir, &root, max_conns, opts.open_file_cache),
             )?;
             let cpu = opts.server_cpu.to_string();
-            let args = [
-                "-c",
-                &cpu,
-                "nginx",
-                "-c",
-                &conf.display().to_string(),
-                "-g",
-                "daemon off;",
-            ]
-            .map(String::from);
+            let mut args = vec!["-c".to_string(), cpu];
+            args.extend(fifo_prefix(opts.sched_fifo));
+            args.extend(
+                [
+                    "nginx",
+                    "-c",
+                    &conf.display().to_string(),
+                    "-g",
+                    "daemon off;",
+                ]
+                .map(String::from),
+            );
             let (mut child, log, _) = bed.nginx_ns.spawn_logged("taskset", &args, &dir, "nginx")?;
             wait_serving(&bed.cli, NGINX, &mut child, "nginx")
                 .with_context(|| std::fs::read_to_string(&log).unwrap_or_default())?;
@@ -625,7 +637,9 @@ fn wrk(
     let out = bed
         .cli
         .command("taskset")
-        .args(["-c", &cpu, "wrk", &threads, "-c", &conns, "-d", &secs])
+        .args(["-c", &cpu])
+        .args(fifo_prefix(opts.sched_fifo))
+        .args(["wrk", &threads, "-c", &conns, "-d", &secs])
         .args(["--timeout", "10s", "-s"])
         .arg(&script)
         .arg(&url)
@@ -883,16 +897,27 @@ pub fn summarize(opts: &Options, nginx: String, samples: &[Sample]) -> Summary {
     }
 }
 
-/// What the servers were told of an open-file cache, for tables and charts: empty without.
-pub fn cache_note(o: &Options) -> String {
-    if o.open_file_cache == 0 {
-        return String::new();
+/// `chrt -f P` before a command run under `taskset`, for [`Options::sched_fifo`].
+fn fifo_prefix(p: Option<u8>) -> Vec<String> {
+    p.map(|p| vec!["chrt".to_string(), "-f".to_string(), p.to_string()])
+        .unwrap_or_default()
+}
+
+/// What the servers were told of an open-file cache and a scheduling policy, for tables and
+/// charts: empty with neither.
+pub fn settings_note(o: &Options) -> String {
+    let mut note = String::new();
+    if o.open_file_cache > 0 {
+        note += &format!(
+            "; open-file cache on both ({} files, valid {} s)",
+            o.open_file_cache,
+            OPEN_FILE_CACHE_VALID.as_secs()
+        );
     }
-    format!(
-        "; open-file cache on both ({} files, valid {} s)",
-        o.open_file_cache,
-        OPEN_FILE_CACHE_VALID.as_secs()
-    )
+    if let Some(p) = o.sched_fifo {
+        note += &format!("; both servers and wrk under SCHED_FIFO {p}");
+    }
+    note
 }
 
 /// The human table (markdown).
@@ -909,7 +934,7 @@ pub fn table(s: &Summary) -> String {
             s.options.server_cpu, s.options.client_cpu
         )
     };
-    let layout = layout + &cache_note(&s.options);
+    let layout = layout + &settings_note(&s.options);
     let mut out = format!(
         "dsperf http: keep-alive, {} s per measurement, medians of {} repeats; {layout}; {}; \
          Linux {}\n\n",
@@ -1029,6 +1054,7 @@ mod tests {
             stall_probe: false,
             whole_bed: false,
             open_file_cache: 0,
+            sched_fifo: None,
         };
         let s = |target, repeat, rps| Sample {
             target,
@@ -1100,6 +1126,37 @@ mod tests {
         assert_eq!(on.lines().count(), off.lines().count() + 2);
     }
 
+    /// `--sched-fifo P`: nginx and wrk run through `chrt -f P` (ours takes `--sched-fifo`),
+    /// and the tables and charts say so; without it nothing is prefixed or said.
+    #[test]
+    fn a_real_time_policy_is_given_to_every_process_and_said() {
+        assert!(fifo_prefix(None).is_empty());
+        assert_eq!(fifo_prefix(Some(10)), ["chrt", "-f", "10"]);
+        let mut o = Options {
+            cases: Vec::new(),
+            repeats: 1,
+            duration: Duration::from_secs(1),
+            warmup: Duration::ZERO,
+            server_cpu: 1,
+            client_cpu: 0,
+            targets: vec![Target::Ours, Target::Nginx],
+            queues: 1,
+            stall_probe: false,
+            whole_bed: false,
+            open_file_cache: 0,
+            sched_fifo: None,
+        };
+        assert_eq!(settings_note(&o), "");
+        o.sched_fifo = Some(10);
+        assert_eq!(
+            settings_note(&o),
+            "; both servers and wrk under SCHED_FIFO 10"
+        );
+        o.open_file_cache = 1000;
+        assert!(settings_note(&o).starts_with("; open-file cache on both (1000 files"));
+        assert!(settings_note(&o).ends_with("SCHED_FIFO 10"));
+    }
+
     /// `--whole-bed`: the N-queue server against the one-queue one per repeat, the layout
     /// in the table's first line, and both charts written.
     #[test]
@@ -1119,6 +1176,7 @@ mod tests {
             stall_probe: false,
             whole_bed: true,
             open_file_cache: 100,
+            sched_fifo: None,
         };
         let s = |target, rps, server_cpus| Sample {
             target,

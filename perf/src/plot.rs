@@ -224,14 +224,14 @@ pub fn write_http_svg(sum: &crate::http::Summary, dir: &Path) -> Result<PathBuf>
         format!(
             "Each server alone behind its own veth pair, sharing core {} with wrk (the whole bed on one core){}. Kernel offloads at their defaults (client tx checksum off towards AF_XDP). Whiskers: min-max over repeats.",
             o.server_cpu,
-            crate::http::cache_note(o)
+            crate::http::settings_note(o)
         )
     } else {
         format!(
             "Each server alone behind its own veth pair, pinned to core {}; wrk on core {}{}. Kernel offloads at their defaults (client tx checksum off towards AF_XDP). Whiskers: min-max over repeats.",
             o.server_cpu,
             o.client_cpu,
-            crate::http::cache_note(o)
+            crate::http::settings_note(o)
         )
     };
     two_panel_svg(dir, "dsperf-http.svg", &title, [rps, p99], &foot)

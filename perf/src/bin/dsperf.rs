@@ -587,6 +587,11 @@ struct HttpArgs {
     /// `open_file_cache_valid 1s`. 0: off, as both are by default.
     #[arg(long, value_name = "N", default_value_t = 0)]
     open_file_cache: usize,
+    /// Run both servers and wrk under the real-time SCHED_FIFO policy at this priority (1-99):
+    /// ours with `dsnode --sched-fifo`, nginx and wrk through `chrt -f`. A woken process then
+    /// preempts normal tasks on its core instead of waiting for their slice to end.
+    #[arg(long, value_name = "PRIO", value_parser = clap::value_parser!(u8).range(1..=99))]
+    sched_fifo: Option<u8>,
     /// Print one JSON line per measurement and the summary as JSON (the table goes to stderr).
     #[arg(long)]
     json: bool,
@@ -655,6 +660,7 @@ fn run_http(a: HttpArgs) -> Result<()> {
         stall_probe: a.stall_probe,
         whole_bed: a.whole_bed,
         open_file_cache: a.open_file_cache,
+        sched_fifo: a.sched_fifo,
     };
     if a.whole_bed {
         if a.queues < 2 || a.only.as_deref() == Some("nginx") {
