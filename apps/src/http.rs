@@ -772,9 +772,11 @@ impl DocRoot {
     }
 
     /// Open `rel` (plain names only), or its `index.html` when it is a directory, if it is a
-    /// regular file inside the root; returns the file, its length and the path served,
-    /// relative to the root. From the open-file cache when there is one.
-    fn open_file(&self, rel: PathBuf) -> io::Result<(Opened, u64, PathBuf)> {
+    /// regular file inside the root; returns the file and its length, `rel` then the path
+    /// served, relative to the root (`index.html` pushed onto a directory's). From the
+    /// open-file cache when there is one. On failure `rel` is as it was: the caller keeps the
+    /// buffer, so a request answered with an error allocates no path for the next.
+    fn open_file(&self, rel: &mut PathBuf) -> io::Result<(Opened, u64)> {
         self.open_file_at(rel, Instant::now)
     }
 
@@ -782,12 +784,12 @@ impl DocRoot {
     /// tests give their own).
     fn open_file_at(
         &self,
-        rel: PathBuf,
+        rel: &mut PathBuf,
         now: impl FnOnce() -> Instant,
-    ) -> io::Result<(Opened, u64, PathBuf)> {
+    ) -> io::Result<(Opened, u64)> {
         let Some(cache) = &self.cache else {
-            let (file, len, served) = self.open_fresh(rel)?;
-            return Ok((Opened::Own(file), len, served));
+            let (file, len, _) = self.open_fresh(rel)?;
+            return Ok((Opened::Own(file), len));
         };
         let now = now();
         {
@@ -800,34 +802,36 @@ impl DocRoot {
                 if f.fresh(now, c.cfg.valid) {
                     f.used = now;
                     c.stats.hits += 1;
-                    let mut served = rel;
+                    let (file, len) = (Opened::Shared(f.file.clone()), f.len);
                     if f.index {
                         // In the path's own buffer: its room is kept from request to request.
-                        served.push("index.html");
+                        rel.push("index.html");
                     }
-                    return Ok((Opened::Shared(f.file.clone()), f.len, served));
+                    return Ok((file, len));
                 }
             }
         }
         // Opened without the lock held (nothing else waits on it, but a slow disk should
         // not hold it either). A failed open drops what was cached for the path.
-        let key = rel.clone();
         let opened = self.open_fresh(rel);
         let mut c = cache
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (file, len, served) = match opened {
+        let (file, len, index) = match opened {
             Ok(o) => o,
             Err(e) => {
-                c.files.remove(&key);
+                c.files.remove(rel.as_path());
                 return Err(e);
             }
         };
+        let mut key = rel.clone();
+        if index {
+            key.pop();
+        }
         let file = Arc::new(file);
         c.stats.opens += 1;
         c.files.remove(&key);
         c.make_room(now);
-        let index = served != key;
         c.files.insert(
             key,
             CachedFile {
@@ -838,7 +842,7 @@ impl DocRoot {
                 used: now,
             },
         );
-        Ok((Opened::Shared(file), len, served))
+        Ok((Opened::Shared(file), len))
     }
 
     /// Close the cache's expired entries (at most once per its `valid`): a server that gets
@@ -878,15 +882,21 @@ impl DocRoot {
     }
 
     /// [`DocRoot::open_file`] by name, past any cache.
-    fn open_fresh(&self, rel: PathBuf) -> io::Result<(File, u64, PathBuf)> {
-        let (file, meta) = self.open_beneath(&rel)?;
+    /// [`DocRoot::open_file`] by name, past any cache; also says whether `index.html` was
+    /// pushed onto `rel` (a directory's).
+    fn open_fresh(&self, rel: &mut PathBuf) -> io::Result<(File, u64, bool)> {
+        let (file, meta) = self.open_beneath(rel)?;
         if meta.is_dir() {
-            let mut index = rel;
-            index.push("index.html");
-            let (file, meta) = self.open_beneath(&index)?;
-            return regular(file, &meta, index);
+            rel.push("index.html");
+            let opened = self
+                .open_beneath(rel)
+                .and_then(|(file, meta)| regular(file, &meta));
+            if opened.is_err() {
+                rel.pop();
+            }
+            return opened.map(|(file, len)| (file, len, true));
         }
-        regular(file, &meta, rel)
+        regular(file, &meta).map(|(file, len)| (file, len, false))
     }
 
     fn open_beneath(&self, rel: &Path) -> io::Result<(File, std::fs::Metadata)> {
@@ -927,11 +937,11 @@ impl DocRoot {
 }
 
 /// Only regular files are served: a FIFO or a device could block or never end.
-fn regular(file: File, meta: &std::fs::Metadata, rel: PathBuf) -> io::Result<(File, u64, PathBuf)> {
+fn regular(file: File, meta: &std::fs::Metadata) -> io::Result<(File, u64)> {
     if !meta.is_file() {
         return Err(io::ErrorKind::NotFound.into());
     }
-    Ok((file, meta.len(), rel))
+    Ok((file, meta.len()))
 }
 
 struct FileBody {
@@ -1174,8 +1184,9 @@ impl HttpConn {
             return Err(invalid("body path is not a plain relative path"));
         }
         // By name, past any open-file cache: the length must be the file's now.
-        let (file, len, served) = root.open_fresh(rel.clone())?;
-        if served != rel {
+        let mut served = rel.clone();
+        let (file, len, index) = root.open_fresh(&mut served)?;
+        if index {
             return Err(invalid("body path names a directory"));
         }
         let end = b
@@ -1395,7 +1406,7 @@ impl HttpConn {
         let mut buf = std::mem::take(&mut self.spare_path)
             .into_os_string()
             .into_vec();
-        let rel = match sanitize_target_into(req.target, &mut buf) {
+        let mut rel = match sanitize_target_into(req.target, &mut buf) {
             Ok(()) => PathBuf::from(std::ffi::OsString::from_vec(buf)),
             Err(why) => {
                 self.spare_path = PathBuf::from(std::ffi::OsString::from_vec(buf));
@@ -1403,8 +1414,8 @@ impl HttpConn {
                 return 400;
             }
         };
-        match self.root.open_file(rel) {
-            Ok((file, len, rel)) => {
+        match self.root.open_file(&mut rel) {
+            Ok((file, len)) => {
                 let headers = [("Content-Type", content_type(&rel))];
                 self.head(200, &headers, len, req.keep_alive);
                 if !head_only && len > 0 {
@@ -1421,6 +1432,7 @@ impl HttpConn {
                 200
             }
             Err(e) => {
+                self.spare_path = rel;
                 let status = open_error_status(&e);
                 if status >= 500 {
                     tracing::warn!(conn = %self.label, status, "cannot open a file: {e}");
@@ -1447,18 +1459,26 @@ impl HttpConn {
         let _ = write!(h, "Connection: {conn}\r\n\r\n");
     }
 
-    /// Queue a complete error response with a short plain-text body.
+    /// Queue a complete error response with a short plain-text body, "`status` `reason`:
+    /// `detail`", written straight into the output buffer (no allocation: a client that asks
+    /// only for what is not there costs no more than one that is served).
     fn error_response(&mut self, status: u16, detail: &str, keep_alive: bool, head_only: bool) {
-        let body = format!("{} {}: {}\n", status, reason(status), detail);
+        use std::io::Write as _;
         let text = ("Content-Type", "text/plain; charset=utf-8");
         let extra: &[(&str, &str)] = if status == 405 {
             &[text, ("Allow", "GET, HEAD")]
         } else {
             &[text]
         };
-        self.head(status, extra, body.len() as u64, keep_alive);
+        let why = reason(status);
+        // A three-digit status, a space, the reason, ": ", the detail and a newline.
+        let len = 3 + 1 + why.len() + 2 + detail.len() + 1;
+        self.head(status, extra, len as u64, keep_alive);
         if !head_only {
-            self.out.extend_from_slice(body.as_bytes());
+            let before = self.out.len();
+            // Writing into a Vec cannot fail.
+            let _ = writeln!(self.out, "{status:03} {why}: {detail}");
+            debug_assert_eq!(self.out.len() - before, len, "the body is as long as said");
         }
         if status >= 400 {
             self.stats.count(status);
@@ -1911,7 +1931,7 @@ mod tests {
         assert_eq!(open_at(&brief, "a.txt", t + ms(5000)), b"first");
         assert_eq!(open_at(&brief, "a.txt", t + ms(10_200)), b"second");
         assert_eq!(cache_len(&brief), 2);
-        let gone = brief.open_file_at(PathBuf::from("dir"), || t + ms(11_500));
+        let gone = brief.open_file_at(&mut PathBuf::from("dir"), || t + ms(11_500));
         assert_eq!(gone.err().map(|e| e.kind()), Some(io::ErrorKind::NotFound));
         assert_eq!(cache_len(&brief), 1);
         assert_eq!(cache_len(&kept), 2);
@@ -1923,7 +1943,7 @@ mod tests {
 
     /// Open `name` through the root's cache at `t`; the first bytes of what it reads.
     fn open_at(doc: &DocRoot, name: &str, t: Instant) -> Vec<u8> {
-        let (f, len, _) = doc.open_file_at(PathBuf::from(name), || t).unwrap();
+        let (f, len) = doc.open_file_at(&mut PathBuf::from(name), || t).unwrap();
         let mut buf = vec![0; len as usize];
         let n = f.file().read_at(&mut buf, 0).unwrap();
         buf.truncate(n);

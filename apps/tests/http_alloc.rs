@@ -49,19 +49,30 @@ fn a_keep_alive_request_costs_a_bounded_number_of_allocations() {
     let _profiler = dhat::Profiler::builder().testing().build();
     for (what, root) in roots {
         let mut c = HttpConn::new(root, "test".into());
-        // A file by name, and the directory's index.html.
-        let requests: [&[u8]; 2] = [
-            b"GET /index.html HTTP/1.1\r\nHost: x\r\nUser-Agent: wrk\r\n\r\n",
-            b"GET / HTTP/1.1\r\nHost: x\r\nUser-Agent: wrk\r\n\r\n",
+        // A file by name, the directory's index.html, a missing file (404) and `..` (400),
+        // each with the least its response can be: the file's body, or an error's head.
+        let requests: [(&[u8], usize); 4] = [
+            (
+                b"GET /index.html HTTP/1.1\r\nHost: x\r\nUser-Agent: wrk\r\n\r\n",
+                1024,
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: x\r\nUser-Agent: wrk\r\n\r\n",
+                1024,
+            ),
+            (b"GET /missing HTTP/1.1\r\nHost: x\r\n\r\n", 100),
+            (b"GET /a/../../b HTTP/1.1\r\nHost: x\r\n\r\n", 100),
         ];
         // Warm: the connection's buffers grown, this second's date formatted, the file cached.
-        for k in 0..10 {
-            assert!(serve(&mut c, requests[k % 2]) > 1024);
+        for k in 0..12 {
+            let (r, least) = requests[k % 4];
+            assert!(serve(&mut c, r) > least);
         }
         const REQUESTS: u64 = 1000;
         let before = dhat::HeapStats::get().total_blocks;
         for k in 0..REQUESTS as usize {
-            assert!(serve(&mut c, requests[k % 2]) > 1024);
+            let (r, least) = requests[k % 4];
+            assert!(serve(&mut c, r) > least);
         }
         let allocations = dhat::HeapStats::get().total_blocks - before;
         let per_request = allocations as f64 / REQUESTS as f64;
@@ -75,6 +86,11 @@ fn a_keep_alive_request_costs_a_bounded_number_of_allocations() {
             allocations <= 1,
             "{what}: {allocations} allocations in {REQUESTS} requests"
         );
-        assert_eq!(c.stats().requests, REQUESTS + 10);
+        assert_eq!(c.stats().requests, REQUESTS + 12);
+        assert_eq!(
+            c.stats().status_4xx,
+            (REQUESTS + 12) / 2,
+            "one of two an error"
+        );
     }
 }
