@@ -33,12 +33,10 @@ const MAX_SOLICIT: usize = 4096;
 const SOLICIT_BURST: usize = 32;
 const SOLICIT_EVERY: Duration = Duration::from_millis(1);
 /// Each client is solicited again this much after its first solicitation, in case the first
-/// or its answer was lost (the new node may not be answering for the address yet when the
-/// first arrives). Past 500 ms each: a client answers one out-of-window segment per 500 ms
-/// (Linux's `tcp_invalid_ratelimit`, RFC 9293 §3.10.7.4's ACK rate-limited), so an earlier
-/// repeat whose answer was lost was answered by no one (the etcd failover test hung once so:
-/// the first answer reached the new contact before it held the address, the repeat came
-/// 300 ms later and went unanswered).
+/// or its answer was lost. Past 500 ms each: a client answers one out-of-window segment per
+/// 500 ms (Linux's `tcp_invalid_ratelimit`, RFC 9293 §3.10.7.4's ACK rate-limited), so a
+/// sooner repeat would go unanswered. (The etcd failover test hung when all three rounds of
+/// one client were lost: the links dropped them, see [`SOLICIT_BURST`].)
 const SOLICIT_AGAIN: [Duration; 2] = [Duration::from_millis(600), Duration::from_millis(1800)];
 
 /// Times a burst the outgoing device refused is tried again, one [`SOLICIT_EVERY`] apart,
