@@ -881,7 +881,6 @@ impl DocRoot {
         }
     }
 
-    /// [`DocRoot::open_file`] by name, past any cache.
     /// [`DocRoot::open_file`] by name, past any cache; also says whether `index.html` was
     /// pushed onto `rel` (a directory's).
     fn open_fresh(&self, rel: &mut PathBuf) -> io::Result<(File, u64, bool)> {
