@@ -457,6 +457,16 @@ fn failover(etcd: bool) {
         reset_after < Duration::from_secs(if etcd { 6 } else { 2 }),
         "the client learned of the dead node in {reset_after:?}"
     );
+    // The home agent says so too, live (`dsha xdp --control-socket`).
+    let fa = &c.ha_status()["flow_agent"];
+    eprintln!(
+        "home agent: {} flows of dead nodes reset, {} solicitations deferred for want of room",
+        fa["flows_reset"], fa["solicitations_deferred"]
+    );
+    assert!(
+        fa["flows_reset"].as_u64().is_some_and(|n| n > 0),
+        "the home agent counts the dead node's flows it reset: {fa}"
+    );
     if let Some(mut p) = n.procs[victim].take() {
         let _ = p.wait();
     }

@@ -83,6 +83,11 @@ struct XdpArgs {
     /// 2 h 15 min is forgotten).
     #[arg(long, default_value_t = 65536, value_name = "N")]
     flow_capacity: u32,
+    /// Listen for `dsctl` on this Unix socket (made owner-only, mode 0600): `dsctl status`
+    /// answers with the flow agent's, the tunnel program's and the registry's counters as
+    /// they are now.
+    #[arg(long, value_name = "PATH")]
+    control_socket: Option<PathBuf>,
     /// On exit, print the counters as one JSON object.
     #[arg(long)]
     json: bool,
@@ -364,6 +369,25 @@ impl Drop for Cleanup {
     }
 }
 
+/// What `dsctl status` gets from `dsha xdp`: the counters, without the flow tables' sizes
+/// (counting them walks every entry with a system call each, ~0.1 s for a full table, which
+/// the loop would spend away from the nodes' move requests; the exit summary counts them).
+fn live_status(agent: &FlowAgent, members: Option<&Members>) -> serde_json::Value {
+    let tunnel: serde_json::Map<String, serde_json::Value> = agent
+        .program()
+        .counters()
+        .unwrap_or_default()
+        .iter()
+        .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
+        .collect();
+    serde_json::json!({
+        "flow_agent": agent.stats(),
+        "tunnel": tunnel,
+        "registry": members.map(|m| m.registry.stats()),
+        "holder": members.and_then(|m| m.registry.holder()).map(|h| h.info.coa.to_string()),
+    })
+}
+
 fn xdp(args: &XdpArgs) -> anyhow::Result<()> {
     use ds_xdp::maps::{TunnelConfig, TunnelMode};
     use ds_xdp::{Kind, LoadOptions, Program};
@@ -429,10 +453,18 @@ fn xdp(args: &XdpArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    // Bind the control port before attaching, so a port conflict fails without touching the
-    // data path.
+    // Bind the control port and socket before attaching, so a conflict fails without
+    // touching the data path.
     let listener = TcpListener::bind(args.control)
         .with_context(|| format!("--control {}: cannot listen", args.control))?;
+    let mut ctl = args
+        .control_socket
+        .as_deref()
+        .map(|p| {
+            ds_apps::control::ControlSocket::bind(p)
+                .with_context(|| format!("--control-socket {}: cannot listen", p.display()))
+        })
+        .transpose()?;
     let (link, mode) = prog
         .attach_link(ifindex, ds_xdp::Mode::Native)
         .with_context(|| {
@@ -454,33 +486,38 @@ fn xdp(args: &XdpArgs) -> anyhow::Result<()> {
         pins = %pin_dir.display(),
         "XDP home agent up"
     );
+    let mut fds = Vec::new();
     while !stop.load(Ordering::Relaxed) {
-        match &mut members {
-            Some(m) => {
-                use std::os::fd::AsRawFd;
-                let fd = m.sock.as_raw_fd();
-                agent.wait_with(std::time::Duration::from_millis(50), &[fd]);
-                m.poll(&mut agent, args.ds);
-            }
-            None => agent.wait(std::time::Duration::from_millis(50)),
+        fds.clear();
+        if let Some(c) = &ctl {
+            c.fds(&mut fds);
+        }
+        if let Some(m) = &members {
+            use std::os::fd::AsRawFd;
+            fds.push(m.sock.as_raw_fd());
+        }
+        agent.wait_with(std::time::Duration::from_millis(50), &fds);
+        if let Some(m) = &mut members {
+            m.poll(&mut agent, args.ds);
         }
         agent.poll();
+        if let Some(c) = &mut ctl {
+            c.poll(std::time::Instant::now(), |req| match req.cmd.as_str() {
+                "status" => Ok(live_status(&agent, members.as_ref())),
+                other => Err(format!("dsha answers status only, not {other:?}")),
+            });
+        }
     }
     let fa = agent.stats();
-    let registry = members.as_ref().map(|m| m.registry.stats());
     let counters = agent.program().counters().unwrap_or_default();
     let flows = agent.program().flows().map(|f| f.len()).unwrap_or(0);
     let moved = agent.program().moved_flows().map(|f| f.len()).unwrap_or(0);
+    let mut summary = live_status(&agent, members.as_ref());
     drop(cleanup);
     if args.json {
-        let tunnel: serde_json::Map<String, serde_json::Value> = counters
-            .iter()
-            .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
-            .collect();
-        ds_apps::outln!(
-            "{}",
-            serde_json::json!({ "flow_agent": fa, "tunnel": tunnel, "flows": flows, "moved_flows": moved, "registry": registry })
-        );
+        summary["flows"] = flows.into();
+        summary["moved_flows"] = moved.into();
+        ds_apps::outln!("{summary}");
     } else {
         ds_apps::outln!(
             "dsha: {} control channels ({} failed), {} flow moves ({} failed, {} stale), {} flows in the table ({} moved)",

@@ -176,6 +176,8 @@ impl Cluster {
             &secret.display().to_string(),
             "--pin-dir",
             &pins.display().to_string(),
+            "--control-socket",
+            &dir.path().join("dsha.sock").display().to_string(),
         ];
         let mut ha_args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         if members {
@@ -205,6 +207,12 @@ impl Cluster {
         self.ha.kill().expect("kill -9 dsha");
         let _ = self.ha.wait();
         self.ha = spawn_ha(&self.topo, &self.ha_args, self.dir.path(), "dsha-again");
+    }
+
+    /// The home agent's counters now (`dsctl status` on its control socket).
+    #[allow(dead_code)] // not every test that includes the harness needs it
+    pub fn ha_status(&self) -> serde_json::Value {
+        dsctl(&self.dir.path().join("dsha.sock"), &["status"]).expect("dsctl status of dsha")
     }
 
     /// The home agent's process id.
