@@ -954,7 +954,29 @@ struct FileBody {
 }
 
 /// Version byte in front of an encoded [`HttpConnState`]; bump on any layout change.
-const STATE_VERSION: u8 = 1;
+/// 2: [`BodyState::sample`].
+const STATE_VERSION: u8 = 2;
+
+/// Bytes of the file on each side of a handed-over body's splice point that both nodes
+/// digest ([`BodyState::sample`]).
+const SAMPLE_SIDE: u64 = 512;
+
+/// A digest of `file`'s bytes within [`SAMPLE_SIDE`] of `at`, the file being `len` bytes
+/// long: those before, which the client already has from the exporting node's copy, and
+/// those after, which the importing node's copy is to send. SHA-256 (truncated to 64 bits)
+/// rather than a hasher of the standard library, whose output may change between Rust
+/// releases, and nodes need not run one build.
+fn splice_sample(file: &File, at: u64, len: u64) -> io::Result<u64> {
+    let start = at.saturating_sub(SAMPLE_SIDE).min(len);
+    let end = at.saturating_add(SAMPLE_SIDE).min(len);
+    let mut buf = [0u8; 2 * SAMPLE_SIDE as usize];
+    let n = end.saturating_sub(start) as usize;
+    file.read_exact_at(&mut buf[..n], start)?;
+    let d = ring::digest::digest(&ring::digest::SHA256, &buf[..n]);
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&d.as_ref()[..8]);
+    Ok(u64::from_le_bytes(first))
+}
 
 /// The unsent part of a file body, as it travels in an [`HttpConnState`].
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -965,6 +987,11 @@ pub struct BodyState {
     pub offset: u64,
     /// Bytes of the file still to be read and sent from `offset` on.
     pub remaining: u64,
+    /// A digest of the exporting node's file around `offset` (up to 512 bytes each side):
+    /// the importing node's copy must give the same, so that a same-length file of other
+    /// content is refused rather than spliced onto what the client already has. A sample, not
+    /// a proof: two versions that differ only elsewhere still pass.
+    pub sample: u64,
 }
 
 /// Everything needed to continue an [`HttpConn`] on another node with the same document root.
@@ -1126,11 +1153,18 @@ impl HttpConn {
         } else {
             0
         };
-        let body = self.body.as_ref().map(|b| BodyState {
-            path: b.rel.as_os_str().as_bytes().to_vec(),
-            offset: b.offset - rewind,
-            remaining: b.remaining + rewind,
-        });
+        let body = match &self.body {
+            None => None,
+            Some(b) => {
+                let (offset, remaining) = (b.offset - rewind, b.remaining + rewind);
+                Some(BodyState {
+                    path: b.rel.as_os_str().as_bytes().to_vec(),
+                    offset,
+                    remaining,
+                    sample: splice_sample(b.file.file(), offset, offset + remaining)?,
+                })
+            }
+        };
         Ok(HttpConnState {
             inbuf: self.inbuf.clone(),
             out: if rewind > 0 {
@@ -1202,6 +1236,11 @@ impl HttpConn {
                     "{} has {len} bytes, the response is of {end}",
                     rel.display()
                 ),
+            ));
+        }
+        if splice_sample(&file, b.offset, len)? != b.sample {
+            return Err(invalid(
+                "the file's bytes around the handover point differ: another version",
             ));
         }
         Ok(FileBody {
@@ -2413,13 +2452,18 @@ mod tests {
         outside.write("secret", &[1u8; 100]);
         root.write("f", &[2u8; 100]);
         std::os::unix::fs::symlink(outside.0.join("secret"), root.0.join("link")).unwrap();
-        let state = |path: &[u8], offset, remaining| HttpConnState {
+        // The sample of the file as it is now, where it can be taken.
+        let state = |path: &[u8], offset: u64, remaining: u64| HttpConnState {
             inbuf: Vec::new(),
             out: Vec::new(),
             body: Some(BodyState {
                 path: path.to_vec(),
                 offset,
                 remaining,
+                sample: File::open(root.0.join(std::ffi::OsStr::from_bytes(path)))
+                    .ok()
+                    .and_then(|f| splice_sample(&f, offset, offset.saturating_add(remaining)).ok())
+                    .unwrap_or(0),
             }),
             done: false,
             eof: false,
@@ -2457,6 +2501,26 @@ mod tests {
         assert!(HttpConn::import(root.doc(), "t".into(), state(b"f", 1, u64::MAX)).is_err());
         let mut ok = HttpConn::import(root.doc(), "t".into(), state(b"f", 50, 50)).unwrap();
         assert_eq!(drain(&mut ok, usize::MAX), vec![2u8; 50]);
+        // Nor another version of the same length: the bytes around the handover point differ.
+        let exported = state(b"f", 50, 50);
+        root.write("f", &[3u8; 100]);
+        let other = HttpConn::import(root.doc(), "t".into(), exported);
+        assert_eq!(
+            other.err().map(|e| e.kind()),
+            Some(io::ErrorKind::InvalidData)
+        );
+        // The sample is 512 bytes each side: a version that differs only farther away still
+        // passes (what is left to a digest of the whole file).
+        let mut big = vec![5u8; 4096];
+        root.write("big", &big);
+        let exported = state(b"big", 2048, 2048);
+        big[0] = 6;
+        big[4095] = 6;
+        root.write("big", &big);
+        assert!(HttpConn::import(root.doc(), "t".into(), exported.clone()).is_ok());
+        big[1536] = 6;
+        root.write("big", &big);
+        assert!(HttpConn::import(root.doc(), "t".into(), exported).is_err());
     }
 
     mod props {
