@@ -200,7 +200,7 @@ impl Interface {
             t.supply_recv(&mut self.bufs, seg.payload.len());
         }
         t.on_segment(now, seg);
-        t.release_idle_receive_buffer();
+        t.release_idle_receive_buffer(now);
         if pooled {
             t.release_buffers(&mut self.bufs);
         }
@@ -1130,36 +1130,58 @@ mod tests {
         assert_eq!(srv.segment_key(&v4), None, "not IPv6");
     }
 
+    /// A client and a server interface in memory, the server listening on port 80 of its
+    /// address (a backlog of one): the client, the server, where it listens, the listener.
+    fn listening_pair(now: Instant) -> (Interface, Interface, SocketAddrV6, ListenHandle) {
+        let srv_addr = Ipv6Addr::new(0xfd00, 0x5e, 0, 0, 0, 0, 0, 0x80);
+        let cli = Interface::new(Config::new([2, 0, 0, 0, 0, 0xc], vec![ME]), now);
+        let mut srv = Interface::new(Config::new([2, 0, 0, 0, 0, 0x80], vec![srv_addr]), now);
+        let at = SocketAddrV6::new(srv_addr, 80, 0, 0);
+        let l = srv.tcp_listen(at, 1).expect("listen");
+        (cli, srv, at, l)
+    }
+
+    /// One pass of frames from `cli` to `srv` and back, the server reading everything on
+    /// connection `s` in between: the bytes it read and the frames that went.
+    fn pass(
+        cli: &mut Interface,
+        srv: &mut Interface,
+        now: Instant,
+        s: Option<TcpHandle>,
+    ) -> (usize, usize) {
+        let (mut up, mut down) = (Vec::new(), Vec::new());
+        cli.poll(now);
+        cli.transmit(now, &mut |f: &[u8]| up.push(f.to_vec()));
+        for f in &up {
+            srv.receive(now, f);
+        }
+        let mut read = 0;
+        if let Some(h) = s {
+            let mut buf = vec![0u8; 64 << 10];
+            while let Ok(n @ 1..) = srv.tcp_recv(h, &mut buf) {
+                read += n;
+            }
+        }
+        srv.poll(now);
+        srv.transmit(now, &mut |f: &[u8]| down.push(f.to_vec()));
+        for f in &down {
+            cli.receive(now, f);
+        }
+        (read, up.len() + down.len())
+    }
+
     /// An upload that is over and read leaves its connection holding no more than a page of
     /// receive buffer once a segment brings it nothing (here the ACK of the answer); while
     /// the upload goes on, the buffer keeps its storage.
     #[test]
     fn a_read_upload_gives_up_its_receive_buffer() {
         use crate::tcp::tcb::KEEP_EMPTY_BUF;
-        let srv_addr = Ipv6Addr::new(0xfd00, 0x5e, 0, 0, 0, 0, 0, 0x80);
         let mut now = Instant::from_millis(1);
-        let mut cli = Interface::new(Config::new([2, 0, 0, 0, 0, 0xc], vec![ME]), now);
-        let mut srv = Interface::new(Config::new([2, 0, 0, 0, 0, 0x80], vec![srv_addr]), now);
-        let at = SocketAddrV6::new(srv_addr, 80, 0, 0);
-        let l = srv.tcp_listen(at, 1).expect("listen");
+        let (mut cli, mut srv, at, l) = listening_pair(now);
         // One round trip each way; the server reads what came after each.
         let mut read = 0;
         let mut round = |cli: &mut Interface, srv: &mut Interface, now, s: Option<TcpHandle>| {
-            let (mut up, mut down) = (Vec::new(), Vec::new());
-            cli.poll(now);
-            cli.transmit(now, &mut |f: &[u8]| up.push(f.to_vec()));
-            for f in &up {
-                srv.receive(now, f);
-            }
-            let mut buf = vec![0u8; 64 << 10];
-            if let Some(h) = s {
-                read += srv.tcp_recv(h, &mut buf).unwrap_or(0);
-            }
-            srv.poll(now);
-            srv.transmit(now, &mut |f: &[u8]| down.push(f.to_vec()));
-            for f in &down {
-                cli.receive(now, f);
-            }
+            read += pass(cli, srv, now, s).0;
             read
         };
         let c = cli
@@ -1207,6 +1229,66 @@ mod tests {
             "{}",
             t.rcv_buf.capacity()
         );
+    }
+
+    /// A stream both ways in bursts a millisecond apart, the server's bursts acknowledged by
+    /// empty segments between the client's: the server's receive buffer, grown past a page by
+    /// the first burst, keeps its storage from burst to burst (given up after each empty
+    /// segment, it was allocated and filled again for every burst), and gives it up once the
+    /// stream has been quiet for `RX_IDLE_RELEASE`.
+    #[test]
+    fn a_busy_stream_keeps_its_receive_buffer_between_bursts() {
+        use crate::tcp::tcb::{KEEP_EMPTY_BUF, RX_IDLE_RELEASE};
+        let mut now = Instant::from_millis(1);
+        let (mut cli, mut srv, at, l) = listening_pair(now);
+        // Passes until both sides are quiet.
+        let exchange = |cli: &mut Interface, srv: &mut Interface, now, s: Option<TcpHandle>| {
+            for _ in 0..8 {
+                if pass(cli, srv, now, s).1 == 0 {
+                    break;
+                }
+            }
+        };
+        let c = cli
+            .tcp_connect(now, SocketAddrV6::new(ME, 20_001, 0, 0), at)
+            .expect("connect");
+        exchange(&mut cli, &mut srv, now, None);
+        let s = srv.tcp_accept(l).expect("accepted");
+        let burst = vec![7u8; 16 << 10];
+        let mut caps = Vec::new();
+        let mut sink = vec![0u8; 64 << 10];
+        for _ in 0..20 {
+            // The client's burst, read by the server, which answers with one of its own ...
+            now += Duration::from_millis(1);
+            assert_eq!(cli.tcp_send(c, &burst), Ok(burst.len()));
+            exchange(&mut cli, &mut srv, now, Some(s));
+            assert_eq!(srv.tcp_send(s, &burst), Ok(burst.len()));
+            // ... which the client reads and acknowledges with empty segments.
+            exchange(&mut cli, &mut srv, now, Some(s));
+            while cli.tcp_recv(c, &mut sink).unwrap_or(0) > 0 {}
+            now += Duration::from_millis(1);
+            cli.poll(now);
+            exchange(&mut cli, &mut srv, now, Some(s));
+            caps.push(srv.tcb(s).map_or(0, |t| t.rcv_buf.capacity()));
+        }
+        assert!(
+            caps[0] > KEEP_EMPTY_BUF,
+            "the first burst grew it: {caps:?}"
+        );
+        assert!(
+            caps.windows(2).all(|w| w[1] == w[0]),
+            "kept from burst to burst: {caps:?}"
+        );
+        // Quiet, then a segment that brings nothing (the client's ACK of more answer).
+        now += RX_IDLE_RELEASE + Duration::from_millis(1);
+        assert_eq!(srv.tcp_send(s, b"bye"), Ok(3));
+        exchange(&mut cli, &mut srv, now, Some(s));
+        now += Duration::from_millis(200);
+        cli.poll(now);
+        srv.poll(now);
+        exchange(&mut cli, &mut srv, now, Some(s));
+        let cap = srv.tcb(s).map_or(0, |t| t.rcv_buf.capacity());
+        assert!(cap <= KEEP_EMPTY_BUF, "given up once quiet: {cap}");
     }
 
     /// Two interfaces in memory, `n` connections from one to the other, a request and its

@@ -567,6 +567,11 @@ fn release_emptied_buffer(buf: &mut ByteRing) {
     }
 }
 
+/// How long no data must have come before an empty receive buffer over a page gives up its
+/// storage ([`Tcb::release_idle_receive_buffer`]): longer than the gaps within a burst and
+/// between a burst and the next of a busy stream, short next to a connection's idle times.
+pub(crate) const RX_IDLE_RELEASE: Duration = Duration::from_millis(10);
+
 /// One field in each cache line of the control block's hot part (`cc.cwnd`'s line opens it,
 /// with the end of `Cc`'s CUBIC figures, HyStart++ and the threshold; `sack_ok` is in the line
 /// the slot's key shares): [`Tcb::prefetch_hot`] asks for these lines, and the connection table's
@@ -622,12 +627,16 @@ impl Tcb {
     /// After a segment: an empty receive buffer gives up storage over a page (an upload that
     /// is over, read; [`release_emptied_buffer`]). Only when a segment leaves it empty, not
     /// after the application's reads: a receiver that reads promptly empties its buffer on
-    /// every read, and would grow it again, copying, for every segment. (A peer that sends
-    /// data while it acknowledges ours with empty segments between can still make it grow
-    /// again after each of those.)
+    /// every read, and would grow it again, copying, for every segment. And only once no data
+    /// came for [`RX_IDLE_RELEASE`]: a peer that sends bursts while it acknowledges ours with
+    /// empty segments between (a relay, a stream both ways) would otherwise make it grow
+    /// again, allocating and copying, after each of those.
     #[inline]
-    pub(crate) fn release_idle_receive_buffer(&mut self) {
-        if self.ooo.is_empty() {
+    pub(crate) fn release_idle_receive_buffer(&mut self, now: Instant) {
+        let quiet = self
+            .last_data_in
+            .is_none_or(|t| now.saturating_since(t) >= RX_IDLE_RELEASE);
+        if quiet && self.ooo.is_empty() {
             release_emptied_buffer(&mut self.rcv_buf);
         }
     }
