@@ -678,6 +678,9 @@ fn run_http(a: HttpArgs) -> Result<()> {
             );
         }
     }
+    if opts.sched_fifo.is_some() {
+        warn_rt_throttling();
+    }
     let dsnode = ds_perf::find_program("dsnode")?;
     stack::install_sigint_handler();
     let (samples, nginx) = http::run(&opts, &dsnode, json_lines(a.json))?;
@@ -692,6 +695,26 @@ fn run_http(a: HttpArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Say what Linux's real-time throttling will do to a saturated server under `--sched-fifo`
+/// (sched(7): real-time tasks get `sched_rt_runtime_us` of every `sched_rt_period_us`).
+fn warn_rt_throttling() {
+    let read = |k: &str| {
+        std::fs::read_to_string(format!("/proc/sys/kernel/{k}"))
+            .ok()
+            .and_then(|v| v.trim().parse::<i64>().ok())
+    };
+    if let (Some(run), Some(period)) = (read("sched_rt_runtime_us"), read("sched_rt_period_us")) {
+        if run >= 0 && run < period {
+            tracing::warn!(
+                "--sched-fifo: real-time tasks get {run} of every {period} µs here \
+                 (kernel.sched_rt_runtime_us): a server that fills its core stops for the \
+                 rest of each period, {} ms, and its slowest requests show it",
+                (period - run) / 1000
+            );
+        }
+    }
 }
 
 #[derive(Args)]
