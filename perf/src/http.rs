@@ -1021,6 +1021,24 @@ pub fn table(s: &Summary) -> String {
 mod tests {
     use super::*;
 
+    /// One repeat of `cases`, 1 s each, ours against nginx with the defaults of `dsperf http`.
+    fn options(cases: Vec<Case>) -> Options {
+        Options {
+            cases,
+            repeats: 1,
+            duration: Duration::from_secs(1),
+            warmup: Duration::ZERO,
+            server_cpu: 1,
+            client_cpu: 0,
+            targets: vec![Target::Ours, Target::Nginx],
+            queues: 1,
+            stall_probe: false,
+            whole_bed: false,
+            open_file_cache: 0,
+            sched_fifo: None,
+        }
+    }
+
     #[test]
     fn cases_parse_and_label() {
         let c: Case = "64KiB:16".parse().expect("parse");
@@ -1040,21 +1058,11 @@ mod tests {
     #[test]
     fn ratio_is_per_repeat() {
         let opts = Options {
-            cases: vec![Case {
+            repeats: 2,
+            ..options(vec![Case {
                 size: 1024,
                 conns: 1,
-            }],
-            repeats: 2,
-            duration: Duration::from_secs(1),
-            warmup: Duration::ZERO,
-            server_cpu: 1,
-            client_cpu: 0,
-            targets: vec![Target::Ours, Target::Nginx],
-            queues: 1,
-            stall_probe: false,
-            whole_bed: false,
-            open_file_cache: 0,
-            sched_fifo: None,
+            }])
         };
         let s = |target, repeat, rps| Sample {
             target,
@@ -1132,20 +1140,7 @@ mod tests {
     fn a_real_time_policy_is_given_to_every_process_and_said() {
         assert!(fifo_prefix(None).is_empty());
         assert_eq!(fifo_prefix(Some(10)), ["chrt", "-f", "10"]);
-        let mut o = Options {
-            cases: Vec::new(),
-            repeats: 1,
-            duration: Duration::from_secs(1),
-            warmup: Duration::ZERO,
-            server_cpu: 1,
-            client_cpu: 0,
-            targets: vec![Target::Ours, Target::Nginx],
-            queues: 1,
-            stall_probe: false,
-            whole_bed: false,
-            open_file_cache: 0,
-            sched_fifo: None,
-        };
+        let mut o = options(Vec::new());
         assert_eq!(settings_note(&o), "");
         o.sched_fifo = Some(10);
         assert_eq!(
@@ -1162,21 +1157,15 @@ mod tests {
     #[test]
     fn the_whole_bed_is_summarised_charted_and_says_so() {
         let opts = Options {
-            cases: vec![Case {
-                size: 1024,
-                conns: 256,
-            }],
-            repeats: 1,
             duration: Duration::from_secs(5),
-            warmup: Duration::ZERO,
-            server_cpu: 1,
-            client_cpu: 0,
             targets: vec![Target::Ours, Target::OursQueues],
             queues: 2,
-            stall_probe: false,
             whole_bed: true,
             open_file_cache: 100,
-            sched_fifo: None,
+            ..options(vec![Case {
+                size: 1024,
+                conns: 256,
+            }])
         };
         let s = |target, rps, server_cpus| Sample {
             target,
