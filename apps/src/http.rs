@@ -16,8 +16,8 @@
 //! refuses `HTTP/1.2`, which RFC 9110 §6.2 says to answer as 1.1; it reports `HTTP/2.0` and
 //! `HTTP/11` alike, where the first is a 505 and the second a 400; and it lets bytes above
 //! 0x7f into the request target, which RFC 9112 §3.2 does not. The parsed [`Request`] borrows
-//! the received bytes, so answering a keep-alive request for a file allocates nothing
-//! (`apps/tests/http_alloc.rs`; an error response formats its text).
+//! the received bytes, so answering a keep-alive request allocates nothing, an error
+//! answer included (`apps/tests/http_alloc.rs`).
 
 use std::fs::File;
 use std::io;
