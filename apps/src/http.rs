@@ -695,6 +695,12 @@ impl CachedFile {
 }
 
 impl FileCache {
+    /// Lock `m`. A poisoned lock is taken as it is: the cache holds only handles, lengths and
+    /// times, and a panic elsewhere leaves none of them half-written.
+    fn lock(m: &std::sync::Mutex<FileCache>) -> std::sync::MutexGuard<'_, FileCache> {
+        m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Close the expired entries, at most once per `valid`.
     fn expire(&mut self, now: Instant) {
         if now.saturating_duration_since(self.expired_at) >= self.cfg.valid {
@@ -793,9 +799,7 @@ impl DocRoot {
         };
         let now = now();
         {
-            let mut guard = cache
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut guard = FileCache::lock(cache);
             let c = &mut *guard;
             c.expire(now);
             if let Some(f) = c.files.get_mut(rel.as_path()) {
@@ -814,9 +818,7 @@ impl DocRoot {
         // Opened without the lock held (nothing else waits on it, but a slow disk should
         // not hold it either). A failed open drops what was cached for the path.
         let opened = self.open_fresh(rel);
-        let mut c = cache
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut c = FileCache::lock(cache);
         let (file, len, index) = match opened {
             Ok(o) => o,
             Err(e) => {
@@ -848,37 +850,30 @@ impl DocRoot {
     /// Close the cache's expired entries (at most once per its `valid`): a server that gets
     /// no requests calls this now and then, so that a removed file is not held open.
     pub fn expire_cached(&self) {
-        if let Some(cache) = &self.cache {
-            let mut c = cache
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(mut c) = self.locked_cache() {
             c.expire(Instant::now());
         }
     }
 
     /// What the open-file cache did so far (zeros without one).
     pub fn open_file_stats(&self) -> OpenFileStats {
-        self.cache
-            .as_ref()
-            .map_or_else(OpenFileStats::default, |cache| {
-                let c = cache
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                OpenFileStats {
-                    files: c.files.len() as u64,
-                    ..c.stats
-                }
+        self.locked_cache()
+            .map_or_else(OpenFileStats::default, |c| OpenFileStats {
+                files: c.files.len() as u64,
+                ..c.stats
             })
     }
 
     /// Drop `file` from the cache: it no longer reads as it did when it was opened.
     fn forget(&self, file: &Arc<File>) {
-        if let Some(cache) = &self.cache {
-            let mut c = cache
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(mut c) = self.locked_cache() {
             c.files.retain(|_, f| !Arc::ptr_eq(&f.file, file));
         }
+    }
+
+    /// The open-file cache, locked; `None` without one.
+    fn locked_cache(&self) -> Option<std::sync::MutexGuard<'_, FileCache>> {
+        self.cache.as_ref().map(FileCache::lock)
     }
 
     /// [`DocRoot::open_file`] by name, past any cache; also says whether `index.html` was
