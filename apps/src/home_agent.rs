@@ -64,13 +64,19 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl MobilityHook for Hook {
-    fn on_mobility_header(&mut self, now: Instant, meta: MhMeta, mh: &[u8]) -> Vec<Vec<u8>> {
+    fn on_mobility_header(
+        &mut self,
+        now: Instant,
+        meta: MhMeta,
+        mh: &[u8],
+    ) -> Option<Vec<Vec<u8>>> {
         let mut s = lock(&self.0);
         let wall = s.wall_at(now);
         let out = s.ha.on_mobility_header(now, wall, meta, mh);
         tracing::info!(event = ?out.event, "home registration");
         s.events.push(out.event);
-        out.transmit.into_iter().map(|t| t.packet).collect()
+        // The home agent runs on one interface: whatever it is, it stays here.
+        Some(out.transmit.into_iter().map(|t| t.packet).collect())
     }
 
     fn on_type2_routing(&mut self, _now: Instant, _dst: Ipv6Addr, _home: Ipv6Addr) -> bool {

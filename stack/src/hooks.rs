@@ -40,8 +40,12 @@ pub trait MobilityHook: Send + AsAny {
     /// A Mobility Header (IPv6 next header 135) addressed to us that the interface's own
     /// correspondent role did not take (HoT, CoT, BA, BE, BRR: the mobile-node side). `meta`
     /// has the addresses as on the wire and the packet's HAO / RH2; `mh` starts at the MH.
-    /// Return IPv6 packets (without link header) to send in answer.
-    fn on_mobility_header(&mut self, now: Instant, meta: MhMeta, mh: &[u8]) -> Vec<Vec<u8>>;
+    /// Return IPv6 packets (without link header) to send in answer, or `None` when nothing
+    /// here expected the message (no test, Binding Update or registration it answers): an
+    /// interface with siblings then passes it on, since a sibling serving another receive
+    /// queue may be the one that asked (`Interface::set_siblings`).
+    fn on_mobility_header(&mut self, now: Instant, meta: MhMeta, mh: &[u8])
+        -> Option<Vec<Vec<u8>>>;
 
     /// A packet from care-of address `src` carrying Home Address option `home`. By default
     /// refused: accepting HAOs is the correspondent's job (RFC 6275 §9.3.1), which the

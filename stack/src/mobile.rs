@@ -350,9 +350,18 @@ impl MobileRole {
 }
 
 impl MobilityHook for MobileRole {
-    fn on_mobility_header(&mut self, now: Instant, meta: MhMeta, mh: &[u8]) -> Vec<Vec<u8>> {
+    fn on_mobility_header(
+        &mut self,
+        now: Instant,
+        meta: MhMeta,
+        mh: &[u8],
+    ) -> Option<Vec<Vec<u8>>> {
         let s = &mut self.st;
         let t = now;
+        // Whether anything here expected the message (a test or Binding Update in flight, a
+        // binding, the home registration): if not, a sibling serving another receive queue
+        // may have (see `Interface::set_siblings`).
+        let mut mine = false;
         // A HoT/CoT or a BA comes from the correspondent it is about.
         if let Some(p) = s.peers.get_mut(&meta.src) {
             if let Some(k) = p
@@ -361,6 +370,7 @@ impl MobilityHook for MobileRole {
                 .and_then(|x| x.on_mobility_header(t, meta, mh))
             {
                 p.home_kg = Some(k);
+                mine = true;
             }
             if let Some(k) = p
                 .coa_test
@@ -368,6 +378,7 @@ impl MobilityHook for MobileRole {
                 .and_then(|x| x.on_mobility_header(t, meta, mh))
             {
                 p.coa_kg = Some(k);
+                mine = true;
             }
         }
         let mut out = Vec::new();
@@ -380,6 +391,7 @@ impl MobilityHook for MobileRole {
             if !matches!(ev, HomeRegEvent::Ignored(_)) {
                 tracing::debug!(event = ?ev, "home registration");
                 s.home_reg_events.push(ev);
+                mine = true;
             }
             out.extend(tx.map(|x| x.packet));
         }
@@ -391,9 +403,10 @@ impl MobilityHook for MobileRole {
         if let Some((ev, tx)) = ev {
             tracing::debug!(event = ?ev, "mobility header (mobile role)");
             out.extend(tx.map(|x| x.packet));
+            mine |= !matches!(ev, MnEvent::Ignored(_));
             s.events.push(ev);
         }
-        out
+        (mine || !out.is_empty()).then_some(out)
     }
 
     fn on_type2_routing(&mut self, _now: Instant, dst: Ipv6Addr, home: Ipv6Addr) -> bool {

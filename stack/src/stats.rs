@@ -87,6 +87,9 @@ pub struct Stats {
     pub udp_drops: u64,
     /// Packets handed to the mobility hook.
     pub mobility_rx: u64,
+    /// Mobility Headers for the mobile role that nothing expected (no test, Binding Update
+    /// or registration of this interface or, with siblings, of any sibling): dropped.
+    pub mobility_unexpected: u64,
     /// Packets handed to the application as intercepted (proxied addresses, reverse tunnels).
     pub intercepted: u64,
     /// Intercepted packets dropped because the application did not take them.

@@ -24,8 +24,8 @@ const IPV6_HEADER_LEN: usize = 40;
 struct AcceptAll(Arc<AtomicUsize>);
 
 impl MobilityHook for AcceptAll {
-    fn on_mobility_header(&mut self, _: Instant, _: MhMeta, _: &[u8]) -> Vec<Vec<u8>> {
-        Vec::new()
+    fn on_mobility_header(&mut self, _: Instant, _: MhMeta, _: &[u8]) -> Option<Vec<Vec<u8>>> {
+        Some(Vec::new())
     }
 
     fn on_home_address_option(&mut self, _: Instant, _: Ipv6Addr, _: Ipv6Addr) -> HaoVerdict {

@@ -3,7 +3,8 @@
 //! (as when a sender rehashes a flow to another queue, or a sibling adopted the connection).
 //! The second passes the segments round to the first, which holds the connection: the data
 //! goes through and nobody resets it. A segment no sibling knows is reset once, by the last
-//! sibling it reaches. Neighbour Discovery reaching one sibling is shared with the other.
+//! sibling it reaches. Neighbour Discovery reaching one sibling is shared with the other, and
+//! so is a Mobility Header the mobile role of the sibling that received it did not ask for.
 //! Sans-IO: frames and the passing between siblings are moved by the test.
 
 use ds_stack::{Config, Instant, Interface, TcpState};
@@ -36,15 +37,20 @@ fn is_tcp_rst(frame: &[u8]) -> bool {
 
 impl Net {
     fn new() -> Net {
+        Net::with(vec![SERVER])
+    }
+
+    /// Siblings serving `addrs` (listening on the first's port 80).
+    fn with(addrs: Vec<Ipv6Addr>) -> Net {
         let now = Instant::from_millis(1);
-        let cfg = Config::new([2, 0, 0, 0, 0, 0x80], vec![SERVER]);
+        let listen = SocketAddrV6::new(addrs[0], 80, 0, 0);
+        let cfg = Config::new([2, 0, 0, 0, 0, 0x80], addrs);
         let mut siblings = [Interface::new(cfg.clone(), now), Interface::new(cfg, now)];
         let listeners = siblings
             .iter_mut()
             .map(|s| {
                 s.set_siblings(1);
-                s.tcp_listen(SocketAddrV6::new(SERVER, 80, 0, 0), 16)
-                    .expect("listen")
+                s.tcp_listen(listen, 16).expect("listen")
             })
             .collect();
         Net {
@@ -271,5 +277,74 @@ fn runners_give_passed_storage_back_to_the_sibling_that_built_it() {
         "{} of {} passed in storage given back",
         s0.sibling_tx_reused,
         s0.sibling_tx
+    );
+}
+
+fn role(net: &mut Net, i: usize) -> &mut ds_stack::mobile::MobileRole {
+    net.siblings[i]
+        .mobility_hook_mut::<ds_stack::mobile::MobileRole>()
+        .expect("role")
+}
+
+/// Route optimisation with one mobile role per sibling: the correspondent's answers (HoT,
+/// CoT, BA) reach the sibling that did not ask, which passes them round to the one that did.
+#[test]
+fn mobility_answers_reach_the_sibling_whose_role_asked() {
+    use ds_stack::mobile::MobileRole;
+    use std::time::Duration;
+    const DS: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x5e, 0, 0, 0, 0, 0, 0x99);
+    let mut net = Net::with(vec![SERVER, DS]);
+    for s in &mut net.siblings {
+        s.set_mobility_hook(Box::new(MobileRole::new(DS, Some(SERVER))));
+    }
+    // Both tests from the second sibling; every answer reaches the first.
+    let now = net.now;
+    role(&mut net, 1).start_home_test(now, CLIENT, *b"home-tst");
+    role(&mut net, 1).start_care_of_test(now, CLIENT, *b"coa-test");
+    let until = now + Duration::from_millis(500);
+    loop {
+        let now = net.now;
+        let r = role(&mut net, 1);
+        if r.has_care_of_token_for(now, CLIENT) && r.ticket_for(now, CLIENT, None).is_some() {
+            break;
+        }
+        assert!(
+            now < until,
+            "the tests' answers did not reach the sibling that asked"
+        );
+        net.step();
+    }
+    assert!(
+        !role(&mut net, 0).has_care_of_token(),
+        "the first sibling asked nothing"
+    );
+    // The Binding Update from the second; the acknowledgement reaches the first.
+    let now = net.now;
+    let r = role(&mut net, 1);
+    let ticket = r.ticket_for(now, CLIENT, None).expect("home ticket");
+    r.bind(now, &ticket, CLIENT, Duration::from_secs(60))
+        .expect("bind");
+    let until = now + Duration::from_millis(500);
+    loop {
+        let now = net.now;
+        if role(&mut net, 1).acknowledged_for(now, CLIENT) {
+            break;
+        }
+        assert!(now < until, "no acknowledgement");
+        net.step();
+    }
+    let cn = net.client.correspondent().expect("correspondent");
+    assert!(cn.entry(DS).is_some(), "the client holds the binding");
+    let (s0, s1) = (net.siblings[0].stats(), net.siblings[1].stats());
+    assert!(
+        s0.sibling_tx >= 3 && s1.sibling_rx >= 3,
+        "HoT, CoT, BA passed: {s0:?} {s1:?}"
+    );
+    assert_eq!((s0.mobility_unexpected, s1.mobility_unexpected), (0, 0));
+    let now = net.now;
+    assert!(role(&mut net, 1).is_bound(now));
+    assert!(
+        !role(&mut net, 0).is_bound(now),
+        "the first asked for nothing"
     );
 }

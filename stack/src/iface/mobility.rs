@@ -202,11 +202,21 @@ impl Interface {
         }
         if !handled {
             match self.hook.as_mut() {
-                Some(h) => {
-                    for r in h.on_mobility_header(now, meta, mh) {
-                        self.send_ipv6_packet(now, &r);
+                Some(h) => match h.on_mobility_header(now, meta, mh) {
+                    Some(reply) => {
+                        for r in reply {
+                            self.send_ipv6_packet(now, &r);
+                        }
                     }
-                }
+                    // Nothing here asked for it: the sibling that started the test or sent
+                    // the Binding Update may serve another receive queue (the correspondent's
+                    // answer hashes to any). The last sibling drops it.
+                    None => {
+                        if !self.pass_whole_to_sibling(whole) {
+                            self.stats.mobility_unexpected += 1;
+                        }
+                    }
+                },
                 None if self.cn.is_none() => {
                     // RFC 6275 §6.1.1 / RFC 8200: Mobility Header not implemented here.
                     self.stats.rx_bad_exthdr += 1;

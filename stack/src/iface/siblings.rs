@@ -111,6 +111,47 @@ impl Interface {
         }
     }
 
+    /// Pass the IPv6 packet being processed on to the next sibling as it is, extension
+    /// headers and all (a Mobility Header, whose answer depends on its routing header and
+    /// Home Address option), unless every sibling had it already (false).
+    pub(super) fn pass_whole_to_sibling(&mut self, pkt: &[u8]) -> bool {
+        let Some(mut p) = self.sibling_buffer() else {
+            return self.siblings.hops < self.siblings.others;
+        };
+        p.extend_from_slice(pkt);
+        self.queue_for_sibling(p);
+        true
+    }
+
+    /// Storage for a packet to pass (empty), or `None` when it is not to be passed: every
+    /// sibling had it, or too many wait already (counted as dropped).
+    fn sibling_buffer(&mut self) -> Option<Vec<u8>> {
+        let s = &mut self.siblings;
+        if s.hops >= s.others {
+            return None;
+        }
+        if s.out.len() >= PENDING_MAX {
+            self.stats.sibling_dropped += 1;
+            return None;
+        }
+        let mut p = match s.spare.pop() {
+            Some(p) => {
+                self.stats.sibling_tx_reused += 1;
+                p
+            }
+            None => Vec::new(),
+        };
+        p.clear();
+        Some(p)
+    }
+
+    /// `p` goes to the next sibling, one hop further.
+    fn queue_for_sibling(&mut self, p: Vec<u8>) {
+        let hops = self.siblings.hops + 1;
+        self.siblings.out.push((p, hops));
+        self.stats.sibling_tx += 1;
+    }
+
     /// Pass the packet being processed (`payload` of `proto` between the addresses the upper
     /// layer sees) on to the next sibling as a plain IPv6 packet, unless every sibling had it
     /// already (then the caller handles it as its own: false).
@@ -122,26 +163,13 @@ impl Interface {
         hop_limit: u8,
         payload: &[u8],
     ) -> bool {
-        let s = &mut self.siblings;
-        if s.hops >= s.others {
-            return false;
-        }
-        if s.out.len() >= PENDING_MAX {
-            self.stats.sibling_dropped += 1;
-            return true;
-        }
-        let mut p = match s.spare.pop() {
-            Some(p) => {
-                self.stats.sibling_tx_reused += 1;
-                p
-            }
-            None => Vec::new(),
+        let Some(mut p) = self.sibling_buffer() else {
+            // Dropped for want of room counts as passed (the sender retransmits).
+            return self.siblings.hops < self.siblings.others;
         };
-        p.clear();
         p.resize(IPV6_HEADER_LEN + payload.len(), 0);
         write_plain_packet(&mut p, src, dst, proto, hop_limit, payload);
-        s.out.push((p, s.hops + 1));
-        self.stats.sibling_tx += 1;
+        self.queue_for_sibling(p);
         true
     }
 }
