@@ -35,6 +35,10 @@ struct Peer {
     /// The sequence number the next Binding Update towards it carries (§9.5.1: it must grow
     /// across every node that speaks for the home address, so it travels in the tickets).
     next_sequence: u16,
+    /// When the correspondent last acknowledged a Binding Update (a registration or a
+    /// deregistration): the entry stays a while after, so that its owner sees the outcome
+    /// ([`MobileRole::acknowledged_for`]) even when nothing else is left to remember.
+    acked: Option<Instant>,
 }
 
 impl Peer {
@@ -54,12 +58,25 @@ impl Peer {
             .into_iter()
             .flatten()
             .any(|k| k.is_fresh(now));
-        !(testing || binding || tokens)
+        let acked = self
+            .acked
+            .is_some_and(|t| now.saturating_since(t) < ACK_KEPT);
+        !(testing || binding || tokens || acked)
     }
 }
 
 /// Correspondents served at once, at most (a bound on state kept per remote host).
 const MAX_PEERS: usize = 4096;
+
+/// How long an acknowledged deregistration's entry is kept, with nothing else to remember:
+/// a node at home that got a connection back without having run the home test itself (the
+/// first receive queue adopts connections another accepted) would forget it at its next
+/// poll, before its owner asked whether the correspondent acknowledged.
+const ACK_KEPT: Duration = Duration::from_secs(10);
+
+/// Events kept for [`MobileRole::take_events`] at most; older ones are dropped (an owner that
+/// never takes them, and a correspondent that sends junk, cost no more than this).
+const MAX_EVENTS: usize = 64;
 
 #[derive(Debug, Default)]
 struct State {
@@ -390,6 +407,9 @@ impl MobilityHook for MobileRole {
         {
             if !matches!(ev, HomeRegEvent::Ignored(_)) {
                 tracing::debug!(event = ?ev, "home registration");
+                if s.home_reg_events.len() >= MAX_EVENTS {
+                    s.home_reg_events.remove(0);
+                }
                 s.home_reg_events.push(ev);
                 mine = true;
             }
@@ -404,6 +424,14 @@ impl MobilityHook for MobileRole {
             tracing::debug!(event = ?ev, "mobility header (mobile role)");
             out.extend(tx.map(|x| x.packet));
             mine |= !matches!(ev, MnEvent::Ignored(_));
+            if matches!(ev, MnEvent::Bound { .. } | MnEvent::Deleted) {
+                if let Some(p) = s.peers.get_mut(&meta.src) {
+                    p.acked = Some(now);
+                }
+            }
+            if s.events.len() >= MAX_EVENTS {
+                s.events.remove(0);
+            }
             s.events.push(ev);
         }
         (mine || !out.is_empty()).then_some(out)

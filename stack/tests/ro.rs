@@ -454,3 +454,52 @@ fn an_unrefreshed_binding_expires_at_the_correspondent() {
         "expired early"
     );
 }
+
+/// A node at home that gets a connection back deregisters the client's binding; when its role
+/// never ran the home test itself (with one stack per receive queue, the first queue's role
+/// adopts connections another queue accepted), nothing else keeps the correspondent's entry,
+/// yet the acknowledgement must still be there for its owner to see after further polls.
+#[test]
+fn a_deregistration_stays_acknowledged_where_no_home_test_ran() {
+    let (a_ip, b_ip, c_ip, h) = (ip("fd00::1"), ip("fd00::2"), ip("fd00::3"), ip("fd00::80"));
+    let a = node(1, &[a_ip]);
+    let mut b = node(2, &[b_ip, h]);
+    let mut c = node(3, &[c_ip]);
+    b.set_mobility_hook(Box::new(MobileRole::new(h, None)));
+    c.set_mobility_hook(Box::new(MobileRole::new(h, Some(c_ip))));
+    let mut lan = lan(vec![a, b, c], false);
+    let now = lan.now;
+    mn(&mut lan, 1).start_home_test(now, a_ip, [1; 8]);
+    mn(&mut lan, 2).start_care_of_test(now, a_ip, [2; 8]);
+    steps(&mut lan, 20);
+    let now = lan.now;
+    let ticket = mn_ref(&lan, 1).home_ticket(now, 1).expect("home token");
+    lan.ifs[2].add_home_addr(h);
+    mn(&mut lan, 2)
+        .bind(now, &ticket, a_ip, Duration::from_secs(60))
+        .unwrap();
+    while !mn_ref(&lan, 2).is_bound(lan.now) {
+        lan.step();
+        assert!(lan.now < now + Duration::from_secs(5), "no binding");
+    }
+    // Back home, to a role that ran no home test (a fresh one), with the acceptor's ticket.
+    let now = lan.now;
+    let back = mn_ref(&lan, 2)
+        .ticket_for(now, a_ip, None)
+        .expect("the acceptor's ticket");
+    lan.ifs[1].set_mobility_hook(Box::new(MobileRole::new(h, None)));
+    mn(&mut lan, 1)
+        .bind(now, &back, a_ip, Duration::from_secs(60))
+        .unwrap();
+    steps(&mut lan, 50);
+    let now = lan.now;
+    assert!(
+        mn_ref(&lan, 1).acknowledged_for(now, a_ip),
+        "deregistration acknowledged: {:?}",
+        mn(&mut lan, 1).take_events()
+    );
+    assert!(lan.ifs[0]
+        .correspondent()
+        .and_then(|c| c.entry(h))
+        .is_none());
+}
