@@ -27,6 +27,7 @@ impl Verbosity {
             .with_env_filter(filter)
             .with_writer(std::io::stderr)
             .with_ansi(std::io::stderr().is_terminal())
+            .with_thread_names(true)
             .try_init();
     }
 }

@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -265,8 +266,9 @@ pub struct HttpServer {
     quota: Option<u64>,
     /// Handoffs this node may start ([`HttpServer::set_max_handoffs`]).
     max_handoffs: Option<u64>,
-    /// Handoffs started here.
-    tries: u64,
+    /// Handoffs started here, or by every server of the node when they share the count
+    /// ([`HttpServer::share_handoff_count`]).
+    tries: Arc<AtomicU64>,
     /// The sum of the connections' `queued`: what the send buffers hold at most.
     buffered: usize,
     /// Set while the node drains ([`HttpServer::start_drain`]).
@@ -299,7 +301,7 @@ impl HttpServer {
             last_sweep: None,
             quota: None,
             max_handoffs: None,
-            tries: 0,
+            tries: Arc::default(),
             buffered: 0,
             drain: None,
             events: Vec::new(),
@@ -324,6 +326,13 @@ impl HttpServer {
     /// At most this many handoffs start here (no limit during a drain); `None`: no limit.
     pub fn set_max_handoffs(&mut self, n: Option<u64>) {
         self.max_handoffs = n;
+    }
+
+    /// Count the handoffs started in `started`, shared with the node's other servers (one per
+    /// receive queue, `dsnode --queues`), so that [`HttpServer::set_max_handoffs`] bounds
+    /// the node's handoffs, not this server's.
+    pub fn share_handoff_count(&mut self, started: Arc<AtomicU64>) {
+        self.tries = started;
     }
 
     /// Whether connections wait to be serviced (adopted, resumed or newly accepted ones) that
@@ -382,7 +391,34 @@ impl HttpServer {
     }
 
     fn handoffs_left(&self) -> bool {
-        self.drain.is_some() || self.max_handoffs.is_none_or(|m| self.tries < m)
+        self.drain.is_some()
+            || self
+                .max_handoffs
+                .is_none_or(|m| self.tries.load(Ordering::Relaxed) < m)
+    }
+
+    /// Count a handoff about to start, unless the node may start no more (checked and counted
+    /// at once: servers sharing the count run on other threads).
+    fn reserve_handoff(&self) -> bool {
+        match self.max_handoffs {
+            Some(m) if self.drain.is_none() => self
+                .tries
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                    (t < m).then_some(t + 1)
+                })
+                .is_ok(),
+            _ => {
+                self.tries.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+        }
+    }
+
+    /// A counted handoff that did not start after all.
+    fn release_handoff(&self) {
+        let _ = self
+            .tries
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| t.checked_sub(1));
     }
 
     /// Hand connection `c` to `to` (`None`: the peers in turn) with its HTTP state; it is
@@ -396,13 +432,20 @@ impl HttpServer {
             .http
             .export()
             .map_err(|e| format!("exporting connection state: {e}"))?;
+        if !self.reserve_handoff() {
+            return Err("this node's --max-handoffs is reached".into());
+        }
         let started = match to {
             Some(to) => node.start_handoff(c, to, st.encode()),
             None => node.start_handoff_any(c, st.encode()),
         };
-        started.map_err(|e| e.to_string())?;
-        conn.paused = true;
-        self.tries += 1;
+        if let Err(e) = started {
+            self.release_handoff();
+            return Err(e.to_string());
+        }
+        if let Some(conn) = self.conns.get_mut(&c) {
+            conn.paused = true;
+        }
         Ok(())
     }
 
@@ -589,7 +632,7 @@ impl HttpServer {
                         } else {
                             tracing::debug!(client = %c.client, "connection stays: {cause}");
                             // Only handoffs that started count against --max-handoffs.
-                            self.tries = self.tries.saturating_sub(1);
+                            self.release_handoff();
                         }
                     }
                     self.resume(*conn);

@@ -533,6 +533,10 @@ impl Builder {
     }
 
     /// Serve one receive queue ([`Builder::open_queues`]) instead of opening the device.
+    ///
+    /// With route-optimised steering only the first queue's node takes the control port's
+    /// offers (the control listener of the others is closed): it adopts every connection
+    /// that arrives, so one mobile role holds the bindings towards the clients.
     pub fn queue(mut self, q: Queue) -> Self {
         self.queue = Some(q);
         self
@@ -668,13 +672,14 @@ impl Builder {
             let mut handoff = self.handoff_config()?;
             if let Some(q) = self.queue.take() {
                 if let Some(h) = handoff.as_mut() {
-                    if h.mode == Mode::Ro {
-                        // A correspondent's mobility messages hash to any queue, and the
-                        // queues' roles share no binding state.
-                        return Err(Error::Config(
-                            "route-optimised steering is not available with one node per queue"
-                                .into(),
-                        ));
+                    if h.mode == Mode::Ro && q.index != 0 {
+                        // Route-optimised, the first queue's node adopts every connection
+                        // offered: its mobile role holds the bindings, and the client's
+                        // segments to the care-of address reach it round the siblings. The
+                        // others keep their roles for what they give away (the home test
+                        // that yields the ticket); the correspondent's answers reach them
+                        // round the siblings too.
+                        h.listen = None;
                     }
                     h.generation = Some(q.generation.clone());
                 }

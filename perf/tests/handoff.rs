@@ -416,6 +416,51 @@ fn twenty_handoffs_as_processes_on_every_path() {
     );
 }
 
+/// Route optimisation between nodes serving two receive queues each (`dsnode --queues 2`),
+/// with every frame for a node steered to its second queue: connections and tests started
+/// there, but the first queue adopts every connection handed over (its mobile role holds the
+/// bindings). So the correspondent's answers (care-of tests, Binding Acknowledgements) and the
+/// client's segments reach the queue that did not ask and are passed round to the one that
+/// did. Twenty handoffs back and forth, each with its binding acknowledged (phase 6).
+#[test]
+fn route_optimised_handoffs_between_nodes_of_two_queues_each() {
+    let Some(_g) = exclusive("route_optimised_handoffs_between_nodes_of_two_queues_each") else {
+        return;
+    };
+    let opts = Options {
+        mode: ds_handoff::Mode::Ro,
+        processes: true,
+        queues: 2,
+        client_queue: Some(1),
+        count: 20,
+        path: "user->user".parse().expect("path"),
+        ..Options::default()
+    };
+    let out = run(&opts).expect("run");
+    let label = "route-optimised, two queues each";
+    eprintln!(
+        "{label}: {} passed between queues, {} mobility messages nobody expected",
+        out.passed_between_queues, out.mobility_unexpected
+    );
+    assert!(out.bytes_ok, "{label}: SHA-256 of the download");
+    assert_eq!(out.handoffs.len(), 20, "{label}: kept: {:?}", out.kept);
+    assert_eq!(out.client_retransmits, 0, "{label}: client retransmissions");
+    assert_eq!(out.client_resets, 0, "{label}");
+    for (k, h) in out.handoffs.iter().enumerate() {
+        assert!(
+            h.report.phases_us[5] > 0.0,
+            "{label}: handoff {}: binding acknowledged: {:?}",
+            k + 1,
+            h.report
+        );
+    }
+    assert!(
+        out.passed_between_queues > 0,
+        "{label}: nothing went round the queues"
+    );
+    assert_eq!(out.mobility_unexpected, 0, "{label}");
+}
+
 /// Route optimisation back and forth: node 1 (at home) hands to node 2 (Binding Update), node
 /// 2 hands back (node 1 deregisters the binding, RFC 6275 §11.5.4), and so on, 20 times; the
 /// sequence numbers travel in the tickets.

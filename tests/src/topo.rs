@@ -127,6 +127,34 @@ impl HandoffTopology {
 }
 
 impl HandoffTopology {
+    /// Every frame the bridge sends a node leaves on transmit queue `queue` of the node's port,
+    /// so it reaches receive queue `queue` of the node's link, whatever its flow (XPS: every
+    /// CPU mapped to that queue, none to the others). Without it a veth spreads flows over
+    /// the queues by their hash; with it a node serving several queues gets everything on one,
+    /// the worst case for whatever the others hold. Needs `node_queues` above `queue`.
+    pub fn steer_nodes_to_queue(&self, queues: u32, queue: u32) -> Result<()> {
+        anyhow::ensure!(queue < queues, "queue {queue} of {queues}");
+        // SAFETY: sysconf reads a value; no memory is passed.
+        let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) }.clamp(1, 64) as u32;
+        let all = if cpus == 64 {
+            u64::MAX
+        } else {
+            (1u64 << cpus) - 1
+        };
+        for i in 1..=self.nodes.len() {
+            let port = node_port(i);
+            for q in 0..queues {
+                let mask = if q == queue { all } else { 0 };
+                // `ip netns exec` mounts the namespace's own sysfs.
+                let path = format!("/sys/class/net/{port}/queues/tx-{q}/xps_cpus");
+                self.hub
+                    .exec(&["sh", "-c", &format!("echo {mask:x} > {path}")])
+                    .with_context(|| format!("XPS on {port} tx-{q}"))?;
+            }
+        }
+        Ok(())
+    }
+
     /// A FIFO of `frames` on the bridge's ports towards the home agent and the nodes, as a
     /// switch port buffers a burst. Without one (a veth's default is no queue), a frame that
     /// finds the 256-frame ring of an XDP program's veth full is dropped at once (the port's

@@ -140,7 +140,8 @@ struct ServeArgs {
     /// Serve each of the AF_XDP device's first N receive queues with its own stack and
     /// handoff engine on its own thread (shared-nothing; a segment that reaches another queue
     /// than its connection's is passed round; the control port is shared). 0: every receive
-    /// queue of the interface. `dsctl` sees the queues as one node. Not with `--steering ro`.
+    /// queue of the interface. `dsctl` sees the queues as one node. With `--steering ro` the
+    /// first queue adopts every connection handed here (one mobile role holds the bindings).
     #[arg(long, default_value_t = 1, value_name = "N")]
     queues: u32,
     /// Pin each queue's thread to a CPU: queue i's to the i-th of this comma-separated list,
@@ -357,7 +358,7 @@ struct HandoffArgs {
     /// Hand a connection off once it sent this many response bytes (headers included) here.
     #[arg(long, value_name = "BYTES", requires = "peer")]
     handoff_after: Option<u64>,
-    /// Stop starting handoffs after this many.
+    /// Stop starting handoffs after this many (counted over all of `--queues`' queues).
     #[arg(long, value_name = "N")]
     max_handoffs: Option<u64>,
     /// What the donor does before it freezes the connection.
@@ -580,9 +581,6 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         if !matches!(args.device, DeviceKind::Afxdp) {
             bail!("--queues needs --device afxdp");
         }
-        if args.handoff.steering() == SteeringChoice::Ro {
-            bail!("--queues does not do route-optimised steering (each queue would need its own mobile role)");
-        }
         return run_queues(args, root, handoff, control, stop);
     }
     if let Some(&cpu) = args.queue_cpus.first() {
@@ -678,9 +676,18 @@ fn run_queues(
     // queues share the flow-generation clock (the home agent orders moves by it).
     let mut handoffs = vec![handoff];
     for _ in 1..devs.len() {
-        handoffs.push(handoff_config(args)?);
+        let mut h = handoff_config(args)?;
+        if args.handoff.steering() == SteeringChoice::Ro {
+            // Route-optimised, the first queue adopts every connection (one mobile role
+            // holds the bindings): the others take no offers (`dserver::Builder::queue`).
+            if let Some(h) = h.as_mut() {
+                h.listen = None;
+            }
+        }
+        handoffs.push(h);
     }
     let drained = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let queues = devs.len();
     let mut remotes = Vec::new();
     let mut askers = Vec::new();
@@ -693,6 +700,7 @@ fn run_queues(
             drained: drained.clone(),
             queues,
             counted: false,
+            handoffs: started.clone(),
         });
         askers.push((tx, bell));
     }
@@ -776,6 +784,8 @@ struct Remote {
     queues: usize,
     /// This queue is counted in `drained`.
     counted: bool,
+    /// Handoffs started by every queue's server: `--max-handoffs` bounds the node's.
+    handoffs: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Remote {
@@ -1532,6 +1542,9 @@ fn run(
             server.set_handoff_quota(args.handoff.handoff_after);
         }
         server.set_max_handoffs(args.handoff.max_handoffs);
+        if let Some(r) = &remote {
+            server.share_handoff_count(r.handoffs.clone());
+        }
     }
     let mut echo = match args.udp_echo {
         Some(port) => {

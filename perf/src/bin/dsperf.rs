@@ -893,6 +893,17 @@ struct HandoffArgs {
     #[arg(long, value_name = "PRIO", requires = "processes",
           value_parser = clap::value_parser!(u8).range(1..=99))]
     sched_fifo: Option<u8>,
+    /// With --processes and userspace nodes: each node serves this many receive queues of
+    /// its veth, one stack per queue on its own thread (dsnode --queues); what reaches
+    /// another queue than its connection's (or its test's) is passed round.
+    #[arg(long, default_value_t = 1, value_name = "N", requires = "processes",
+          value_parser = clap::value_parser!(u32).range(1..=16))]
+    queues: u32,
+    /// With --queues: every frame for a node reaches this receive queue of it (XPS on the
+    /// test bed's switch ports), whatever its flow, instead of the veth's flow hash: the worst
+    /// case for what the node's other queues hold or asked for.
+    #[arg(long, value_name = "Q", requires = "queues")]
+    queue_for_all: Option<u32>,
 }
 
 /// An upstream bandwidth for `--bandwidths`: Mbit/s, or `unshaped`.
@@ -959,10 +970,12 @@ fn run_handoff(a: HandoffArgs) -> Result<()> {
         steer_ahead: a.steer_ahead,
         no_super_frames: a.no_super_frames,
         sched_fifo: a.sched_fifo,
+        queues: a.queues,
+        client_queue: a.queue_for_all,
         ..Default::default()
     };
     eprintln!(
-        "dsperf handoff: {} handoff(s), {} bytes, mode {:?}, path {}{}{}",
+        "dsperf handoff: {} handoff(s), {} bytes, mode {:?}, path {}{}{}{}",
         a.count,
         a.size,
         a.mode,
@@ -974,7 +987,12 @@ fn run_handoff(a: HandoffArgs) -> Result<()> {
         },
         a.sched_fifo
             .map(|p| format!(", nodes and home agent under SCHED_FIFO {p}"))
-            .unwrap_or_default()
+            .unwrap_or_default(),
+        if a.queues > 1 {
+            format!(", {} receive queues per node", a.queues)
+        } else {
+            String::new()
+        }
     );
     let _idle = a
         .idle_poll
@@ -1006,6 +1024,13 @@ fn run_handoff(a: HandoffArgs) -> Result<()> {
         out.duplicate_octets,
         out.forwarded_packets
     );
+    if a.queues > 1 {
+        eprintln!(
+            "dsperf handoff: {} packets passed between a node's queues, {} mobility messages \
+             no queue expected",
+            out.passed_between_queues, out.mobility_unexpected
+        );
+    }
     for k in &out.kept {
         eprintln!("  kept: {k}");
     }

@@ -159,6 +159,8 @@ pub(super) fn node(t: NodeTask) -> Result<NodeOut> {
         Ok(NodeOut {
             events,
             forwarded: stats.forwarded_packets,
+            passed: 0,
+            mobility_unexpected: 0,
         })
     })?
 }

@@ -141,6 +141,12 @@ pub struct Options {
     /// With `processes`: the nodes and the home agent run under SCHED_FIFO at this priority
     /// (`dsnode`/`dsha --sched-fifo`); the client and this program do not.
     pub sched_fifo: Option<u8>,
+    /// With `processes`, userspace nodes only: each node serves this many receive queues of
+    /// its veth, one stack per queue (`dsnode --queues`).
+    pub queues: u32,
+    /// With `queues`: every frame for a node reaches this receive queue of it, whatever its
+    /// flow (`HandoffTopology::steer_nodes_to_queue`), instead of the veth's flow hash.
+    pub client_queue: Option<u32>,
 }
 
 impl Default for Options {
@@ -162,6 +168,8 @@ impl Default for Options {
             steer_ahead: false,
             no_super_frames: false,
             sched_fifo: None,
+            queues: 1,
+            client_queue: None,
         }
     }
 }
@@ -206,6 +214,12 @@ pub struct Outcome {
     pub duplicate_octets: u64,
     /// Packets the donors forwarded to acceptors.
     pub forwarded_packets: u64,
+    /// With several queues per node: packets the nodes' queues passed each other (segments
+    /// and mobility messages that reached another queue than the one that holds or asked
+    /// for them).
+    pub passed_between_queues: u64,
+    /// Mobility Headers that no queue of a node expected (dropped).
+    pub mobility_unexpected: u64,
     /// Download wall time, seconds.
     pub seconds: f64,
     /// Route-optimised mode: where the client's packets went (from the capture).
@@ -221,7 +235,8 @@ struct Topology {
     _napi: Program,
 }
 
-fn setup(mode: Mode) -> Result<Topology> {
+fn setup(opts: &Options) -> Result<Topology> {
+    let (mode, node_queues) = (opts.mode, opts.queues);
     // The kernel is the client in transparent mode; in route-optimised mode our stack is, on
     // AF_XDP (no kernel address on c0).
     let transparent = mode == Mode::Transparent;
@@ -233,7 +248,7 @@ fn setup(mode: Mode) -> Result<Topology> {
         ha_addr: HA,
         node_addrs: &CTL,
         ha_neighbours: &[(COA[0], MAC[0]), (COA[1], MAC[1])],
-        node_queues: 1,
+        node_queues,
     })?;
     // XDP_TX on the HA's veth needs NAPI on its peer (veth_xdp_xmit checks it): a pass-all
     // steering program there enables it.
@@ -243,6 +258,10 @@ fn setup(mode: Mode) -> Result<Topology> {
         napi.attach(idx, ds_xdp::Mode::Native, false)?;
         Ok(())
     })??;
+    if let Some(q) = opts.client_queue {
+        t.steer_nodes_to_queue(node_queues, q)
+            .context("steering every frame for a node to one queue")?;
+    }
     let HandoffTopology {
         hub,
         client,
@@ -323,6 +342,10 @@ fn home_agent(
 pub(crate) struct NodeOut {
     pub(crate) events: Vec<(u8, NodeEvent)>,
     pub(crate) forwarded: u64,
+    /// Summed over the node's queues: packets passed to a sibling queue, and Mobility
+    /// Headers nothing expected.
+    pub(crate) passed: u64,
+    pub(crate) mobility_unexpected: u64,
 }
 
 /// What every node of one run is told: the options, the document root, the per-node quota
@@ -464,9 +487,12 @@ fn node(t: NodeTask) -> Result<NodeOut> {
             busy.store(node.handing_off(), Ordering::Relaxed);
         }
         tracing::info!(node = i + 1, stats = ?node.stats(), server = ?server.stats(), iface = ?node.interface_stats(), "node done");
+        let iface = node.interface_stats();
         Ok(NodeOut {
             events,
             forwarded: node.stats().forwarded_packets,
+            passed: iface.sibling_tx,
+            mobility_unexpected: iface.mobility_unexpected,
         })
     });
     match res {
@@ -505,6 +531,12 @@ pub fn run(opts: &Options) -> Result<Outcome> {
     if opts.mode == Mode::Ro && opts.path.has_kernel() {
         bail!("kernel-path nodes run in transparent mode only");
     }
+    if opts.queues != 1 && (!opts.processes || opts.path.has_kernel()) {
+        bail!("several queues per node: with processes, userspace nodes only (dsnode --queues)");
+    }
+    if opts.client_queue.is_some_and(|q| q >= opts.queues) {
+        bail!("steering to a queue needs that many queues per node");
+    }
     let quota = opts
         .quota
         .unwrap_or(opts.size / (opts.count as u64 + 1))
@@ -519,7 +551,7 @@ pub fn run(opts: &Options) -> Result<Outcome> {
     let root = dir.path().join("root");
     std::fs::create_dir_all(&root)?;
     let want = make_object(&root, opts.size)?;
-    let topo = setup(opts.mode).context("building the namespaces")?;
+    let topo = setup(opts).context("building the namespaces")?;
     let got = dir.path().join("got");
     // Node 1 starts the odd handoffs, node 2 the even ones.
     let max = [opts.count.div_ceil(2) as u64, (opts.count / 2) as u64];
@@ -550,10 +582,12 @@ pub fn run(opts: &Options) -> Result<Outcome> {
         seconds,
     } = m;
     let mut events = Vec::new();
-    let mut forwarded = 0;
+    let (mut forwarded, mut passed, mut mobility_unexpected) = (0, 0, 0);
     for o in outs {
         events.extend(o.events);
         forwarded += o.forwarded;
+        passed += o.passed;
+        mobility_unexpected += o.mobility_unexpected;
     }
     let client = client?;
     let body = std::fs::read(&got).context("reading the download")?;
@@ -651,6 +685,8 @@ pub fn run(opts: &Options) -> Result<Outcome> {
         duplicate_segments: dup_segments,
         duplicate_octets: dup_octets,
         forwarded_packets: forwarded,
+        passed_between_queues: passed,
+        mobility_unexpected,
         seconds,
         route,
     })

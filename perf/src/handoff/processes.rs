@@ -127,6 +127,9 @@ pub(super) fn start(topo: &Topology, plan: &Plan, dir: &Path) -> Result<Procs> {
         if let Some(p) = opts.sched_fifo {
             args.extend([s(&"--sched-fifo"), s(&p)]);
         }
+        if opts.queues != 1 {
+            args.extend([s(&"--queues"), s(&opts.queues)]);
+        }
         if !ro_away {
             args.extend([s(&"--also-addr"), s(&DS)]);
         }
@@ -205,7 +208,8 @@ impl Procs {
 /// binding acknowledged, and its statistics as the last line.
 pub(crate) fn parse(i: usize, out: &str) -> Result<NodeOut> {
     let mut events = Vec::new();
-    let mut forwarded = 0;
+    let (mut forwarded, mut passed, mut mobility_unexpected) = (0, 0, 0);
+    // With several queues each queue's node prints its statistics line: summed.
     for line in out.lines().filter(|l| l.starts_with('{')) {
         let v: serde_json::Value =
             serde_json::from_str(line).with_context(|| format!("node {}: {line}", i + 1))?;
@@ -238,8 +242,16 @@ pub(crate) fn parse(i: usize, out: &str) -> Result<NodeOut> {
                 events.push((from, NodeEvent::SteerRefused { client, detail }));
             }
         } else if let Some(h) = v.get("handoff") {
-            forwarded = h["forwarded_packets"].as_u64().unwrap_or(0);
+            forwarded += h["forwarded_packets"].as_u64().unwrap_or(0);
+            let iface = &v["interface"];
+            passed += iface["sibling_tx"].as_u64().unwrap_or(0);
+            mobility_unexpected += iface["mobility_unexpected"].as_u64().unwrap_or(0);
         }
     }
-    Ok(NodeOut { events, forwarded })
+    Ok(NodeOut {
+        events,
+        forwarded,
+        passed,
+        mobility_unexpected,
+    })
 }
