@@ -80,16 +80,24 @@ const CLIENT: &str = "fd00::1";
 const ACCEPTOR: &str = "fd00::3";
 const DS: &str = "fd00::80";
 
-/// The client connects to the DS address; the contact node (interface 1) serves the first
-/// half of 400 kB; the contact node runs the home test and the acceptor (interface 2) the
-/// care-of test; the connection is frozen drained and thawed at the acceptor.
-fn thawed_at_acceptor(drop_bu: bool) -> Thawed {
+/// The client (`fd00::1`), the contact node at home on the DS address (`fd00::2`) and an
+/// acceptor away from home (`fd00::3`), each node with its mobile role.
+fn client_contact_acceptor() -> [Interface; 3] {
     let (a_ip, b_ip, c_ip, h) = (ip(CLIENT), ip("fd00::2"), ip(ACCEPTOR), ip(DS));
     let a = node(1, &[a_ip]);
     let mut b = node(2, &[b_ip, h]);
     let mut c = node(3, &[c_ip]);
     b.set_mobility_hook(Box::new(MobileRole::new(h, None)));
     c.set_mobility_hook(Box::new(MobileRole::new(h, Some(c_ip))));
+    [a, b, c]
+}
+
+/// The client connects to the DS address; the contact node (interface 1) serves the first
+/// half of 400 kB; the contact node runs the home test and the acceptor (interface 2) the
+/// care-of test; the connection is frozen drained and thawed at the acceptor.
+fn thawed_at_acceptor(drop_bu: bool) -> Thawed {
+    let (a_ip, h) = (ip(CLIENT), ip(DS));
+    let [a, mut b, c] = client_contact_acceptor();
     let l = b.tcp_listen(SocketAddrV6::new(h, 80, 0, 0), 4).unwrap();
     let mut lan = lan(vec![a, b, c], drop_bu);
 
@@ -403,12 +411,8 @@ fn two_connections_bound_to_two_nodes_with_flow_bindings() {
 /// arrives.
 #[test]
 fn an_unrefreshed_binding_expires_at_the_correspondent() {
-    let (a_ip, b_ip, c_ip, h) = (ip("fd00::1"), ip("fd00::2"), ip("fd00::3"), ip("fd00::80"));
-    let a = node(1, &[a_ip]);
-    let mut b = node(2, &[b_ip, h]);
-    let mut c = node(3, &[c_ip]);
-    b.set_mobility_hook(Box::new(MobileRole::new(h, None)));
-    c.set_mobility_hook(Box::new(MobileRole::new(h, Some(c_ip))));
+    let (a_ip, c_ip, h) = (ip(CLIENT), ip(ACCEPTOR), ip(DS));
+    let [a, b, c] = client_contact_acceptor();
     // Once `silent`, nothing from the acceptor reaches the link: no refreshing Binding Update.
     let silent = std::rc::Rc::new(std::cell::Cell::new(false));
     let mute = silent.clone();
@@ -461,13 +465,8 @@ fn an_unrefreshed_binding_expires_at_the_correspondent() {
 /// yet the acknowledgement must still be there for its owner to see after further polls.
 #[test]
 fn a_deregistration_stays_acknowledged_where_no_home_test_ran() {
-    let (a_ip, b_ip, c_ip, h) = (ip("fd00::1"), ip("fd00::2"), ip("fd00::3"), ip("fd00::80"));
-    let a = node(1, &[a_ip]);
-    let mut b = node(2, &[b_ip, h]);
-    let mut c = node(3, &[c_ip]);
-    b.set_mobility_hook(Box::new(MobileRole::new(h, None)));
-    c.set_mobility_hook(Box::new(MobileRole::new(h, Some(c_ip))));
-    let mut lan = lan(vec![a, b, c], false);
+    let (a_ip, h) = (ip(CLIENT), ip(DS));
+    let mut lan = lan(client_contact_acceptor().into(), false);
     let now = lan.now;
     mn(&mut lan, 1).start_home_test(now, a_ip, [1; 8]);
     mn(&mut lan, 2).start_care_of_test(now, a_ip, [2; 8]);
