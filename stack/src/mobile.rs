@@ -113,6 +113,11 @@ impl State {
 #[derive(Debug, Default)]
 pub struct MobileRole {
     st: State,
+    /// Random, per role: the cookies of its tests are the caller's (a counter, a connection
+    /// number) masked with it, so that they are unpredictable off the path as RFC 6275
+    /// §6.1.3/§6.1.4 want (a guessed cookie lets a forged HoT/CoT replace the token, and the
+    /// Binding Update built from it fails).
+    cookie_mask: [u8; 8],
 }
 
 impl MobileRole {
@@ -122,7 +127,15 @@ impl MobileRole {
         let mut r = MobileRole::default();
         r.st.home = Some(home);
         r.st.care_of = care_of;
+        let k = crate::isn::random_secret();
+        r.cookie_mask.copy_from_slice(&k[..8]);
         r
+    }
+
+    /// The cookie a test started with `cookie` carries (see `cookie_mask`): distinct for
+    /// distinct `cookie`s.
+    fn masked(&self, cookie: [u8; 8]) -> [u8; 8] {
+        std::array::from_fn(|i| cookie[i] ^ self.cookie_mask[i])
     }
 
     /// Whether this node serves the home address at home (the contact node).
@@ -133,6 +146,7 @@ impl MobileRole {
     /// Start the home test (HoTI from the home address) towards `cn`; sent at the next poll.
     /// RR may run before it is needed: tokens live for minutes (§5.2.7).
     pub fn start_home_test(&mut self, now: Instant, cn: Ipv6Addr, cookie: [u8; 8]) {
+        let cookie = self.masked(cookie);
         let s = &mut self.st;
         let Some(home) = s.home else { return };
         let (t, tx) = TestInit::start(now, TokenKind::Home, home, cn, cookie);
@@ -143,6 +157,7 @@ impl MobileRole {
 
     /// Start the care-of test (CoTI from our care-of address) towards `cn`.
     pub fn start_care_of_test(&mut self, now: Instant, cn: Ipv6Addr, cookie: [u8; 8]) {
+        let cookie = self.masked(cookie);
         let s = &mut self.st;
         let Some(coa) = s.care_of else { return };
         let (t, tx) = TestInit::start(now, TokenKind::CareOf, coa, cn, cookie);
@@ -535,5 +550,29 @@ mod tests {
         // ...and once nothing is left it goes, making room for another correspondent.
         let _ = MobilityHook::poll(&mut role, t0 + Duration::from_secs(211));
         assert!(role.st.peers.is_empty());
+    }
+
+    #[test]
+    fn test_cookies_are_masked_per_role() {
+        let (home, coa, cn) = (
+            "fd00::80".parse().unwrap(),
+            "fd00::3".parse().unwrap(),
+            "fd00::1".parse().unwrap(),
+        );
+        let t0 = Instant::from_millis(1);
+        let coti = |role: &mut MobileRole| {
+            role.start_care_of_test(t0, cn, [0; 8]);
+            MobilityHook::poll(role, t0).pop().expect("CoTI")
+        };
+        let (mut a, mut b) = (
+            MobileRole::new(home, Some(coa)),
+            MobileRole::new(home, Some(coa)),
+        );
+        // Same caller's cookie, same addresses: only the masked cookie tells them apart.
+        assert_ne!(
+            coti(&mut a),
+            coti(&mut b),
+            "cookies predictable from the caller's"
+        );
     }
 }
