@@ -364,6 +364,9 @@ pub struct Coordinator<C> {
     rotation: usize,
     /// Acceptor side: a donor announced an offer (`Prepare`); busy-poll until then at most.
     prepared_until: Option<Instant>,
+    /// Since when the loop has been busy-polling without a break (set at the end of each
+    /// [`Coordinator::poll`]); the spin stops after `SPIN_LIMIT`.
+    spin_since: Option<Instant>,
     /// The flow generation of the last handoff this node offered or was offered: a Lamport
     /// clock (raised by every offer received), so each handoff of a connection carries a
     /// greater generation than the one before, whichever nodes it went through. Starts at
@@ -376,6 +379,8 @@ pub struct Coordinator<C> {
 /// a core while it lasts: where the nodes share cores with the clients or with each other
 /// (as on a small test machine), a spin across the drain takes the CPU that the client needs
 /// to acknowledge it; [`BusyPoll::Exchange`] spins only for the round trip of the offer.
+/// Neither spins without a break for long (1 ms, 5 ms for [`BusyPoll::Handoff`]): see
+/// `SPIN_LIMIT`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BusyPoll {
     /// Sleep between events (each is a wake-up).
@@ -393,6 +398,18 @@ pub enum BusyPoll {
 /// How long an acceptor busy-polls after a donor's `Prepare` for the offer to follow (the
 /// donor's drain: about one round trip to the client, longer if it waits for the deadline).
 const PREPARED_SPIN: Duration = Duration::from_millis(5);
+
+/// Longest busy-poll without a break ([`BusyPoll::Exchange`]): then the loop sleeps between
+/// events until the handoff's wait ends. An exchange takes 60–100 µs here; what takes longer
+/// waits on something else (a route-optimised acceptor's care-of test, a round trip to the
+/// client; an acceptor that does not answer), and a spinning node under `SCHED_FIFO` starves
+/// every normal task of its core meanwhile, the kernel's softirq thread included, which moves
+/// the very packets waited for: two nodes spinning on a 2-core machine held a care-of test's
+/// packets until the donor's reply timeout, in 4 of 6 runs.
+const SPIN_LIMIT: Duration = Duration::from_millis(1);
+
+/// The same for [`BusyPoll::Handoff`], which spins across the drain too (0.7–1.4 ms here).
+const SPIN_LIMIT_HANDOFF: Duration = Duration::from_millis(5);
 
 impl<C: std::fmt::Debug> Coordinator<C> {
     /// A coordinator per `cfg` (the listener goes behind a [`ChannelGate`] with
@@ -475,6 +492,7 @@ impl<C: std::fmt::Debug> Coordinator<C> {
             channel_epoch: 0,
             busy_poll: cfg.busy_poll,
             prepared_until: None,
+            spin_since: None,
             generation: cfg.generation.clone().unwrap_or_else(new_generation_clock),
             rotation: 0,
             unreachable: Vec::new(),
@@ -729,8 +747,21 @@ impl<C: std::fmt::Debug> Coordinator<C> {
     /// ([`HandoffConfig::busy_poll`]) and a handoff is in flight here within its scope — as
     /// donor, waiting for the acceptor's answer to its offer ([`BusyPoll::Exchange`]) or from
     /// the drain on ([`BusyPoll::Handoff`]); as acceptor, between accepting and activating,
-    /// or ([`BusyPoll::Handoff`]) from the donor's `Prepare` on.
+    /// or ([`BusyPoll::Handoff`]) from the donor's `Prepare` on — for `SPIN_LIMIT`
+    /// (`SPIN_LIMIT_HANDOFF`) at most without a break.
     pub fn spinning(&self, now: Instant) -> bool {
+        self.wants_spin(now)
+            && self.spin_since.is_none_or(|t| {
+                let limit = match self.busy_poll {
+                    BusyPoll::Handoff => SPIN_LIMIT_HANDOFF,
+                    _ => SPIN_LIMIT,
+                };
+                now.saturating_duration_since(t) < limit
+            })
+    }
+
+    /// [`Coordinator::spinning`] without its time limit.
+    fn wants_spin(&self, now: Instant) -> bool {
         let whole = match self.busy_poll {
             BusyPoll::Off => return false,
             BusyPoll::Exchange => false,
@@ -1062,6 +1093,11 @@ impl<C: std::fmt::Debug> Coordinator<C> {
         self.drive_donors(now, host, svc);
         // The hint was this round's.
         self.readiness.hinted = false;
+        self.spin_since = if self.wants_spin(now) {
+            Some(self.spin_since.unwrap_or(now))
+        } else {
+            None
+        };
     }
 
     fn accept_channels(&mut self, now: Instant) {
