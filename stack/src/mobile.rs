@@ -110,32 +110,41 @@ impl State {
 /// The mobile role of a node for its DS address. The interface owns it
 /// ([`crate::Interface::set_mobility_hook`]) and the node drives it through the interface
 /// ([`crate::Interface::mobility_hook_mut`]): one owner, no lock on the data path.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MobileRole {
     st: State,
-    /// Random, per role: the cookies of its tests are the caller's (a counter, a connection
-    /// number) masked with it, so that they are unpredictable off the path as RFC 6275
-    /// §6.1.3/§6.1.4 want (a guessed cookie lets a forged HoT/CoT replace the token, and the
-    /// Binding Update built from it fails).
-    cookie_mask: [u8; 8],
+    /// Random, per role: the cookie of a test is a keyed hash of the caller's (a counter, a
+    /// connection number) and the correspondent, so that it is unpredictable as RFC 6275
+    /// §6.1.3/§6.1.4 want, even to a correspondent that saw other cookies of this role (a
+    /// guessed cookie lets a forged HoT/CoT replace the token, and the Binding Update built
+    /// from it fails).
+    cookie_key: ring::hmac::Key,
 }
 
 impl MobileRole {
     /// A role serving `home`; `care_of` is this node's own address when it serves the home
     /// address away from home (`None` on the contact node, which is "at home").
     pub fn new(home: Ipv6Addr, care_of: Option<Ipv6Addr>) -> Self {
-        let mut r = MobileRole::default();
-        r.st.home = Some(home);
-        r.st.care_of = care_of;
-        let k = crate::isn::random_secret();
-        r.cookie_mask.copy_from_slice(&k[..8]);
-        r
+        let st = State {
+            home: Some(home),
+            care_of,
+            ..State::default()
+        };
+        MobileRole {
+            st,
+            cookie_key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &crate::isn::random_secret()),
+        }
     }
 
-    /// The cookie a test started with `cookie` carries (see `cookie_mask`): distinct for
-    /// distinct `cookie`s.
-    fn masked(&self, cookie: [u8; 8]) -> [u8; 8] {
-        std::array::from_fn(|i| cookie[i] ^ self.cookie_mask[i])
+    /// The cookie a test towards `cn` started with `cookie` carries (see `cookie_key`).
+    fn keyed(&self, cn: Ipv6Addr, cookie: [u8; 8]) -> [u8; 8] {
+        let mut ctx = ring::hmac::Context::with_key(&self.cookie_key);
+        ctx.update(&cn.octets());
+        ctx.update(&cookie);
+        let tag = ctx.sign();
+        let mut out = [0u8; 8];
+        out.copy_from_slice(&tag.as_ref()[..8]);
+        out
     }
 
     /// Whether this node serves the home address at home (the contact node).
@@ -146,7 +155,7 @@ impl MobileRole {
     /// Start the home test (HoTI from the home address) towards `cn`; sent at the next poll.
     /// RR may run before it is needed: tokens live for minutes (§5.2.7).
     pub fn start_home_test(&mut self, now: Instant, cn: Ipv6Addr, cookie: [u8; 8]) {
-        let cookie = self.masked(cookie);
+        let cookie = self.keyed(cn, cookie);
         let s = &mut self.st;
         let Some(home) = s.home else { return };
         let (t, tx) = TestInit::start(now, TokenKind::Home, home, cn, cookie);
@@ -157,7 +166,7 @@ impl MobileRole {
 
     /// Start the care-of test (CoTI from our care-of address) towards `cn`.
     pub fn start_care_of_test(&mut self, now: Instant, cn: Ipv6Addr, cookie: [u8; 8]) {
-        let cookie = self.masked(cookie);
+        let cookie = self.keyed(cn, cookie);
         let s = &mut self.st;
         let Some(coa) = s.care_of else { return };
         let (t, tx) = TestInit::start(now, TokenKind::CareOf, coa, cn, cookie);
@@ -553,7 +562,7 @@ mod tests {
     }
 
     #[test]
-    fn test_cookies_are_masked_per_role() {
+    fn test_cookies_are_keyed_per_role() {
         let (home, coa, cn) = (
             "fd00::80".parse().unwrap(),
             "fd00::3".parse().unwrap(),
@@ -568,11 +577,23 @@ mod tests {
             MobileRole::new(home, Some(coa)),
             MobileRole::new(home, Some(coa)),
         );
-        // Same caller's cookie, same addresses: only the masked cookie tells them apart.
+        // Same caller's cookie, same addresses: only the keyed cookie tells them apart.
         assert_ne!(
             coti(&mut a),
             coti(&mut b),
             "cookies predictable from the caller's"
+        );
+        // One role, the caller's cookies 1 and 2: nothing in common (a mask would leave all
+        // but the low bytes equal). The cookie ends a HoTI (RFC 6275 §6.1.3, no options).
+        let hoti = |role: &mut MobileRole, n: u64| {
+            role.start_home_test(t0, cn, n.to_be_bytes());
+            let p = MobilityHook::poll(role, t0).pop().expect("HoTI");
+            p[p.len() - 8..].to_vec()
+        };
+        let (c1, c2) = (hoti(&mut a, 1), hoti(&mut a, 2));
+        assert!(
+            c1.iter().zip(&c2).filter(|(x, y)| x == y).count() < 6,
+            "{c1:?} {c2:?}"
         );
     }
 }
