@@ -55,7 +55,8 @@ pub struct Stats {
     /// Segments for no connection (answered with RST).
     pub tcp_no_socket: u64,
     /// Packets passed to the next sibling interface (another receive queue's: a segment of
-    /// a connection this one does not hold, a Neighbour Discovery message).
+    /// a connection this one does not hold, a Neighbour Discovery message, an ICMPv6 error,
+    /// a Mobility Header another sibling's mobile role asked for).
     pub sibling_tx: u64,
     /// Packets a sibling interface passed here.
     pub sibling_rx: u64,

@@ -28,6 +28,8 @@ struct Net {
     /// [`GIVEN_BACK`]), and how many in new storage.
     passed_in_given_back: usize,
     passed_in_new: usize,
+    /// Every frame the client sent.
+    sent: Vec<Vec<u8>>,
 }
 
 fn is_tcp_rst(frame: &[u8]) -> bool {
@@ -62,6 +64,7 @@ impl Net {
             listeners,
             passed_in_given_back: 0,
             passed_in_new: 0,
+            sent: Vec::new(),
         }
     }
 
@@ -74,6 +77,7 @@ impl Net {
         self.client.transmit(now, &mut |f| up.push(f.to_vec()));
         for f in up {
             self.siblings[self.to].receive(now, &f);
+            self.sent.push(f);
         }
         let mut down = Vec::new();
         for s in &mut self.siblings {
@@ -336,11 +340,30 @@ fn mobility_answers_reach_the_sibling_whose_role_asked() {
     let cn = net.client.correspondent().expect("correspondent");
     assert!(cn.entry(DS).is_some(), "the client holds the binding");
     let (s0, s1) = (net.siblings[0].stats(), net.siblings[1].stats());
-    assert!(
-        s0.sibling_tx >= 3 && s1.sibling_rx >= 3,
-        "HoT, CoT, BA passed: {s0:?} {s1:?}"
-    );
+    // Every frame of the client's reached the first sibling: what the second's role got,
+    // it got round the siblings.
+    assert!(s1.mobility_rx >= 3, "HoT, CoT, BA passed: {s1:?}");
     assert_eq!((s0.mobility_unexpected, s1.mobility_unexpected), (0, 0));
+    // The care-of test's answer once more: nobody expects it now. It goes round once and
+    // the last sibling drops it.
+    let cot = net
+        .sent
+        .iter()
+        .find(|f| f.len() > 14 + 40 + 2 && f[14 + 6] == 135 && f[14 + 40 + 2] == 4)
+        .expect("the client's CoT")
+        .clone();
+    let tx1 = net.siblings[1].stats().sibling_tx;
+    let now = net.now;
+    net.siblings[0].receive(now, &cot);
+    net.step();
+    net.step();
+    let (s0, s1) = (net.siblings[0].stats(), net.siblings[1].stats());
+    assert_eq!(
+        (s0.mobility_unexpected, s1.mobility_unexpected),
+        (0, 1),
+        "dropped by the last sibling"
+    );
+    assert_eq!(s1.sibling_tx, tx1, "not passed on again");
     let now = net.now;
     assert!(role(&mut net, 1).is_bound(now));
     assert!(

@@ -211,8 +211,11 @@ impl Interface {
                     // Nothing here asked for it: the sibling that started the test or sent
                     // the Binding Update may serve another receive queue (the correspondent's
                     // answer hashes to any). The last sibling drops it.
+                    // A reassembled message is not in `whole` (its last fragment): it stays
+                    // here (these messages are far smaller than any link's MTU).
                     None => {
-                        if !self.pass_whole_to_sibling(whole) {
+                        let in_whole = whole.as_ptr_range().contains(&mh.as_ptr());
+                        if !(in_whole && self.pass_whole_to_sibling(whole)) {
                             self.stats.mobility_unexpected += 1;
                         }
                     }

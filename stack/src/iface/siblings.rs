@@ -9,7 +9,10 @@
 //! every sibling (each keeps its own neighbour cache, and the answer to one sibling's
 //! solicitation can arrive on another's queue; only the sibling that received a solicitation
 //! answers it), and so are ICMPv6 errors (a router's error message hashes to another queue
-//! than the connection it quotes: each sibling applies it to the connections it holds).
+//! than the connection it quotes: each sibling applies it to the connections it holds). A
+//! Mobility Header that this interface's mobile role did not ask for goes round whole, to
+//! the sibling whose role started the test or sent the Binding Update it answers (RFC 6275
+//! §11.6.2, §11.7.3); the last sibling drops it.
 //!
 //! Sans-IO, like the rest of the interface: what is for the next sibling is taken with
 //! [`Interface::take_for_sibling`], what a sibling passed is given with
