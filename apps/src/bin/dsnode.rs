@@ -646,7 +646,8 @@ fn node_builder(
 /// `--queues`: one stack per receive queue, each on its own thread, passing each other what
 /// arrives on the wrong queue (`ds_stack::runner::siblings`); they share the ISN and SYN
 /// cookie key, so any of them checks another's cookie. Each queue's node has its own handoff
-/// engine (`handoff` is the first's; the others bind the same control port, `SO_REUSEPORT`).
+/// engine (`handoff` is the first's; the others bind the same control port, `SO_REUSEPORT`,
+/// except route-optimised, where only the first takes offers).
 /// This thread answers the control socket, asking every queue and merging their answers.
 fn run_queues(
     args: &ServeArgs,
@@ -675,16 +676,11 @@ fn run_queues(
     // Each queue's engine its own settings (the control port is shared, SO_REUSEPORT); the
     // queues share the flow-generation clock (the home agent orders moves by it).
     let mut handoffs = vec![handoff];
+    // Route-optimised, the first queue adopts every connection (one mobile role holds the
+    // bindings): the others take no offers (`dserver::Builder::queue`).
+    let listen = args.handoff.steering() != SteeringChoice::Ro;
     for _ in 1..devs.len() {
-        let mut h = handoff_config(args)?;
-        if args.handoff.steering() == SteeringChoice::Ro {
-            // Route-optimised, the first queue adopts every connection (one mobile role
-            // holds the bindings): the others take no offers (`dserver::Builder::queue`).
-            if let Some(h) = h.as_mut() {
-                h.listen = None;
-            }
-        }
-        handoffs.push(h);
+        handoffs.push(handoff_config_for(args, listen)?);
     }
     let drained = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let started = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -923,6 +919,13 @@ fn read_secret(path: &Path) -> anyhow::Result<ds_handoff::ClusterSecret> {
 
 /// The handoff settings from the command line, or `None` when handoff is off.
 fn handoff_config(args: &ServeArgs) -> anyhow::Result<Option<HandoffConfig>> {
+    handoff_config_for(args, true)
+}
+
+/// [`handoff_config`], with the control port's listener only when `listen` (route-optimised,
+/// the queues after the first take no offers: no listener that would take a peer's channel
+/// and then drop it).
+fn handoff_config_for(args: &ServeArgs, listen: bool) -> anyhow::Result<Option<HandoffConfig>> {
     let h = &args.handoff;
     if !h.enabled() {
         if let Some(flag) = [
@@ -944,7 +947,7 @@ fn handoff_config(args: &ServeArgs) -> anyhow::Result<Option<HandoffConfig>> {
         .as_deref()
         .context("handoff needs --secret-file")?;
     let mut cfg = HandoffConfig::new(read_secret(path)?);
-    if let Some(l) = h.control_listen {
+    if let Some(l) = h.control_listen.filter(|_| listen) {
         // With --queues every queue's node listens there too (SO_REUSEPORT).
         cfg.listen = Some(
             dserver::engine::control_listener(l, args.queues != 1)
