@@ -135,20 +135,20 @@ impl HandoffTopology {
     pub fn steer_nodes_to_queue(&self, queues: u32, queue: u32) -> Result<()> {
         anyhow::ensure!(queue < queues, "queue {queue} of {queues}");
         // SAFETY: sysconf reads a value; no memory is passed.
-        let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) }.clamp(1, 64) as u32;
-        let all = if cpus == 64 {
-            u64::MAX
-        } else {
-            (1u64 << cpus) - 1
-        };
+        let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) };
+        let cpus = u32::try_from(cpus)
+            .ok()
+            .filter(|n| *n > 0)
+            .context("the number of CPUs")?;
+        let all = cpu_mask(cpus);
         for i in 1..=self.nodes.len() {
             let port = node_port(i);
             for q in 0..queues {
-                let mask = if q == queue { all } else { 0 };
+                let mask = if q == queue { all.as_str() } else { "0" };
                 // `ip netns exec` mounts the namespace's own sysfs.
                 let path = format!("/sys/class/net/{port}/queues/tx-{q}/xps_cpus");
                 self.hub
-                    .exec(&["sh", "-c", &format!("echo {mask:x} > {path}")])
+                    .exec(&["sh", "-c", &format!("echo {mask} > {path}")])
                     .with_context(|| format!("XPS on {port} tx-{q}"))?;
             }
         }
@@ -190,6 +190,25 @@ impl HandoffTopology {
 }
 
 /// Node `i`'s port on the bridge (from 1).
+/// Every one of `cpus` CPUs as a sysfs CPU mask: 32-bit hex groups, most significant first,
+/// separated by commas (the kernel's `bitmap_parse`).
+fn cpu_mask(cpus: u32) -> String {
+    let groups = cpus.div_ceil(32);
+    (0..groups)
+        .rev()
+        .map(|g| {
+            let bits = (cpus - 32 * g).min(32);
+            let m = if bits == 32 {
+                u32::MAX
+            } else {
+                (1u32 << bits) - 1
+            };
+            format!("{m:08x}")
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 fn node_port(i: usize) -> String {
     format!("l{i}")
 }
@@ -215,4 +234,15 @@ pub fn neighbour(ns: &Netns, dev: &str, addr: &str, mac: [u8; 6]) -> Result<()> 
     ])
     .with_context(|| format!("neighbour {addr} at {mac} in {}", ns.name()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cpu_masks_are_32_bit_groups() {
+        assert_eq!(super::cpu_mask(2), "00000003");
+        assert_eq!(super::cpu_mask(32), "ffffffff");
+        assert_eq!(super::cpu_mask(33), "00000001,ffffffff");
+        assert_eq!(super::cpu_mask(70), "0000003f,ffffffff,ffffffff");
+    }
 }
