@@ -1093,6 +1093,11 @@ impl<C: std::fmt::Debug> Coordinator<C> {
         self.drive_donors(now, host, svc);
         // The hint was this round's.
         self.readiness.hinted = false;
+        self.note_spin(now);
+    }
+
+    /// After a round at `now`: when the current spin began (`None`: not spinning).
+    fn note_spin(&mut self, now: Instant) {
         self.spin_since = if self.wants_spin(now) {
             Some(self.spin_since.unwrap_or(now))
         } else {
@@ -1553,4 +1558,49 @@ pub fn control_listener(at: SocketAddr, shared: bool) -> std::io::Result<TcpList
     s.bind(&at.into())?;
     s.listen(128)?;
     Ok(s.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A node spinning for a wait that does not end stops after the limit, sleeps until the
+    /// wait ends, and spins again for the next one. (The wait here is an acceptor's after a
+    /// `Prepare`, in the `Handoff` scope; an `Exchange` spin is limited the same way.)
+    #[test]
+    fn a_spin_stops_after_its_limit_and_starts_again_with_the_next_wait() {
+        let mut cfg = HandoffConfig::new(
+            ClusterSecret::new(b"0123456789abcdef0123456789abcdef").expect("secret"),
+        );
+        cfg.busy_poll = BusyPoll::Handoff;
+        let mut c: Coordinator<()> = Coordinator::new(&mut cfg).expect("coordinator");
+        let idle = Duration::from_millis(10);
+        let t0 = Instant::now();
+        assert!(!c.spinning(t0), "nothing in flight");
+        // A wait that does not end: spinning, round after round, until the limit.
+        c.prepared_until = Some(t0 + Duration::from_secs(60));
+        c.note_spin(t0);
+        let half = t0 + SPIN_LIMIT_HANDOFF / 2;
+        assert!(c.spinning(half), "within the limit");
+        assert_eq!(c.max_wait(half, idle), Duration::ZERO);
+        c.note_spin(half);
+        let past = t0 + SPIN_LIMIT_HANDOFF + Duration::from_micros(1);
+        assert!(!c.spinning(past), "past the limit");
+        assert!(
+            c.max_wait(past, idle) > Duration::ZERO,
+            "sleeps between events"
+        );
+        c.note_spin(past);
+        assert!(
+            !c.spinning(past + Duration::from_millis(1)),
+            "for the rest of the wait"
+        );
+        // The wait ends; the next one spins again from its start.
+        c.prepared_until = None;
+        c.note_spin(past);
+        let t1 = past + Duration::from_millis(1);
+        c.prepared_until = Some(t1 + Duration::from_secs(60));
+        c.note_spin(t1);
+        assert!(c.spinning(t1 + SPIN_LIMIT_HANDOFF / 2), "a new wait spins");
+    }
 }
