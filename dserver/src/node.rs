@@ -571,7 +571,10 @@ impl Builder {
         })?;
         let mut cfg = HandoffConfig::new(secret);
         cfg.service = self.service.clone();
-        if let Some(l) = self.control_listen {
+        // Route-optimised, the queues after the first take no offers (see `build`): no
+        // listener that would take a peer's channel only to drop it.
+        let offers = self.ro_away.is_none() || self.queue.as_ref().is_none_or(|q| q.index == 0);
+        if let Some(l) = self.control_listen.filter(|_| offers) {
             let shared = self.queue.is_some();
             cfg.listen = Some(
                 crate::engine::control_listener(l, shared).map_err(|source| Error::Io {
