@@ -209,3 +209,56 @@ fn the_c_echo_server_answers_through_the_home_agent() {
     assert_eq!(echoed, [1, 128, 1400, 200_000]);
     assert!(c.stop(), "the home agent removed its pins");
 }
+
+/// Several cores from C: `echo.c` with `queues=2` serves each receive queue of its veth with
+/// its own node on its own thread (`ds_queues_open`, `ds_node_new_on_queue`); clients through
+/// the home agent all get their echo, whichever queue their flow hashed to.
+#[test]
+fn the_c_echo_server_serves_one_node_per_queue() {
+    if !require_root("the_c_echo_server_serves_one_node_per_queue") {
+        return;
+    }
+    const CLIENTS: usize = 24;
+    let mut c = Cluster::start_queues("cq", Addrs::new(0xdd, 1), 2);
+    let exe = compile("echo", c.dir.path());
+    let args = [
+        format!("ds_addr={}", c.a.ds()),
+        format!("care_of={}", c.a.coa(0)),
+        "iface=n0".into(),
+        "port=7".into(),
+        "queues=2".into(),
+    ];
+    c.start_program(0, &exe, &args, "echo", "echo: serving on 2 queues");
+    let ds: std::net::Ipv6Addr = c.a.ds().parse().expect("DS address");
+    let echoed = c.topo.client.run(move || {
+        (0..CLIENTS)
+            .filter(|k| {
+                let mut s = std::net::TcpStream::connect((ds, 7)).expect("connect");
+                s.set_read_timeout(Some(Duration::from_secs(10)))
+                    .expect("timeout");
+                let msg: Vec<u8> = (0..1000).map(|i| ((i + k) % 251) as u8).collect();
+                s.write_all(&msg).expect("write");
+                let mut back = vec![0u8; msg.len()];
+                s.read_exact(&mut back).expect("read");
+                back == msg
+            })
+            .count()
+    });
+    assert_eq!(echoed, CLIENTS, "every client got its echo");
+    let log = std::fs::read_to_string(&c.nodes[0].1).expect("echo log");
+    let per_queue: Vec<usize> = (0..2)
+        .map(|q| {
+            log.lines()
+                .filter(|l| l.contains(&format!("echo: queue {q} accepted")))
+                .count()
+        })
+        .collect();
+    eprintln!("accepted per queue: {per_queue:?}");
+    assert_eq!(per_queue.iter().sum::<usize>(), CLIENTS, "{log}");
+    // The home agent's tunnel spreads the clients' flows by their inner addresses and ports.
+    assert!(
+        per_queue.iter().all(|n| *n > 0),
+        "both queues served: {per_queue:?}"
+    );
+    assert!(c.stop(), "the home agent removed its pins");
+}

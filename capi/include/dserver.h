@@ -53,6 +53,10 @@ typedef struct ds_kernel ds_kernel;
 // A member of a distributed server on the userspace stack.
 typedef struct ds_node ds_node;
 
+// The receive queues of an AF_XDP device, for one node per queue (`ds_queues_open`), each
+// on its own thread. Taking a queue (`ds_node_new_on_queue`) may happen on any thread.
+typedef struct ds_queues ds_queues;
+
 // A connection from `ds_accept`.
 typedef struct ds_accepted {
   // The connection.
@@ -118,8 +122,9 @@ void ds_config_free(struct ds_config *cfg);
 // on the DS address; `ro-away`: route-optimised away from home; transparent steering is
 // `home_agent`'s), `service`, `reply_timeout_ms`, `policy` (`local`, `round-robin` or
 // `least-connections`), `steer_ahead` (`1`/`true` or `0`/`false`: with `home_agent`, commit
-// a handoff before the home agent's answer to the flow move). Values
-// are checked when the node is made.
+// a handoff before the home agent's answer to the flow move), `queues` (for
+// `ds_queues_open`: how many receive queues, 0 or absent for all). Values are checked when
+// the node is made.
 //
 // # Safety
 // `cfg` is from `ds_config_new`; `key` and `value` are NUL-terminated strings.
@@ -131,6 +136,44 @@ int ds_config_set(struct ds_config *cfg, const char *key, const char *value);
 // # Safety
 // `cfg` is from `ds_config_new`.
 struct ds_node *ds_node_new(const struct ds_config *cfg);
+
+// Open the AF_XDP device of `cfg` with one socket per receive queue (`queues` in `cfg`:
+// how many, default all): the queues' nodes share the ISN key and pass each other the
+// packets of connections another holds. NULL on failure (see `ds_last_error`). Free with
+// `ds_queues_free` once every node is made.
+//
+// ```c
+// ds_queues *q = ds_queues_open(cfg);
+// for (size_t i = 0; i < ds_queues_count(q); i++)
+//     /* on thread i: */ ds_node *n = ds_node_new_on_queue(cfg, q, i);
+// ```
+//
+// # Safety
+// `cfg` is from `ds_config_new`.
+struct ds_queues *ds_queues_open(const struct ds_config *cfg);
+
+// How many queues `q` opened (0 for NULL).
+//
+// # Safety
+// `q` is NULL or from `ds_queues_open`.
+size_t ds_queues_count(const struct ds_queues *q);
+
+// A node from `cfg` on queue `index` of `q` (each index once), made on the thread that runs
+// it (a node stays on its thread): `cfg` as for `ds_node_new`. Route-optimised (`steering`), the first queue's node takes
+// every connection handed over. NULL on failure (see `ds_last_error`).
+//
+// # Safety
+// `cfg` is from `ds_config_new`, `q` from `ds_queues_open` and not freed.
+struct ds_node *ds_node_new_on_queue(const struct ds_config *cfg,
+                                     struct ds_queues *q,
+                                     size_t index);
+
+// Free `q` (NULL: nothing) and the queues no node took.
+//
+// # Safety
+// `q` is NULL or from `ds_queues_open`, not freed before, and no thread is in
+// `ds_node_new_on_queue` with it.
+void ds_queues_free(struct ds_queues *q);
 
 // Stop serving gracefully: accept no more clients, close every open connection (a FIN
 // follows what was written) and run the node until closed connections have delivered what

@@ -136,7 +136,7 @@ pub struct ds_config {
 }
 
 /// The keys `ds_config_set` takes (the `dsnode` configuration's names).
-const KEYS: [&str; 15] = [
+const KEYS: [&str; 16] = [
     "ds_addr",
     "care_of",
     "device",
@@ -152,6 +152,7 @@ const KEYS: [&str; 15] = [
     "reply_timeout_ms",
     "policy",
     "steer_ahead",
+    "queues",
 ];
 
 /// New empty settings (free with `ds_config_free`).
@@ -178,8 +179,9 @@ pub unsafe extern "C" fn ds_config_free(cfg: *mut ds_config) {
 /// on the DS address; `ro-away`: route-optimised away from home; transparent steering is
 /// `home_agent`'s), `service`, `reply_timeout_ms`, `policy` (`local`, `round-robin` or
 /// `least-connections`), `steer_ahead` (`1`/`true` or `0`/`false`: with `home_agent`, commit
-/// a handoff before the home agent's answer to the flow move). Values
-/// are checked when the node is made.
+/// a handoff before the home agent's answer to the flow move), `queues` (for
+/// `ds_queues_open`: how many receive queues, 0 or absent for all). Values are checked when
+/// the node is made.
 ///
 /// # Safety
 /// `cfg` is from `ds_config_new`; `key` and `value` are NUL-terminated strings.
@@ -370,17 +372,129 @@ pub unsafe extern "C" fn ds_node_new(cfg: *const ds_config) -> *mut ds_node {
         return std::ptr::null_mut();
     };
     match builder(cfg, "afxdp").and_then(|b| b.build().map_err(|e| e.to_string())) {
-        Ok(node) => Box::into_raw(Box::new(ds_node {
-            node,
-            states: HashMap::new(),
-            ready: Vec::new(),
-            events: VecDeque::new(),
+        Ok(node) => new_node(node),
+        Err(e) => {
+            set_error(e);
+            std::ptr::null_mut()
+        }
+    }
+}
+
+/// The receive queues of an AF_XDP device, for one node per queue (`ds_queues_open`), each
+/// on its own thread. Taking a queue (`ds_node_new_on_queue`) may happen on any thread.
+pub struct ds_queues {
+    slots: std::sync::Mutex<Vec<Option<dserver::Queue>>>,
+}
+
+// The queues are taken from any thread (a node itself stays on the thread that made it).
+const _: () = {
+    const fn shared<T: Send + Sync>() {}
+    shared::<ds_queues>();
+};
+
+/// Open the AF_XDP device of `cfg` with one socket per receive queue (`queues` in `cfg`:
+/// how many, default all): the queues' nodes share the ISN key and pass each other the
+/// packets of connections another holds. NULL on failure (see `ds_last_error`). Free with
+/// `ds_queues_free` once every node is made.
+///
+/// ```c
+/// ds_queues *q = ds_queues_open(cfg);
+/// for (size_t i = 0; i < ds_queues_count(q); i++)
+///     /* on thread i: */ ds_node *n = ds_node_new_on_queue(cfg, q, i);
+/// ```
+///
+/// # Safety
+/// `cfg` is from `ds_config_new`.
+#[no_mangle]
+pub unsafe extern "C" fn ds_queues_open(cfg: *const ds_config) -> *mut ds_queues {
+    // SAFETY: NULL or a live ds_config per the contract.
+    let Some(cfg) = (unsafe { cfg.as_ref() }) else {
+        set_error("cfg is NULL");
+        return std::ptr::null_mut();
+    };
+    let opened = builder(cfg, "afxdp").and_then(|mut b| {
+        if let Some(n) = parse::<usize>(cfg, "queues")?.filter(|n| *n > 0) {
+            b = b.queue_count(n);
+        }
+        b.open_queues().map_err(|e| e.to_string())
+    });
+    match opened {
+        Ok(qs) => Box::into_raw(Box::new(ds_queues {
+            slots: std::sync::Mutex::new(qs.into_iter().map(Some).collect()),
         })),
         Err(e) => {
             set_error(e);
             std::ptr::null_mut()
         }
     }
+}
+
+/// How many queues `q` opened (0 for NULL).
+///
+/// # Safety
+/// `q` is NULL or from `ds_queues_open`.
+#[no_mangle]
+pub unsafe extern "C" fn ds_queues_count(q: *const ds_queues) -> usize {
+    // SAFETY: NULL or live per the contract.
+    unsafe { q.as_ref() }.map_or(0, |q| lock_slots(q).len())
+}
+
+fn lock_slots(q: &ds_queues) -> std::sync::MutexGuard<'_, Vec<Option<dserver::Queue>>> {
+    // A panic cannot happen while it is held (only moves out of the vector).
+    q.slots.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A node from `cfg` on queue `index` of `q` (each index once), made on the thread that runs
+/// it (a node stays on its thread): `cfg` as for `ds_node_new`. Route-optimised (`steering`), the first queue's node takes
+/// every connection handed over. NULL on failure (see `ds_last_error`).
+///
+/// # Safety
+/// `cfg` is from `ds_config_new`, `q` from `ds_queues_open` and not freed.
+#[no_mangle]
+pub unsafe extern "C" fn ds_node_new_on_queue(
+    cfg: *const ds_config,
+    q: *mut ds_queues,
+    index: usize,
+) -> *mut ds_node {
+    // SAFETY: NULL or live per the contract.
+    let (Some(cfg), Some(q)) = (unsafe { cfg.as_ref() }, unsafe { q.as_ref() }) else {
+        set_error("cfg or queues is NULL");
+        return std::ptr::null_mut();
+    };
+    let taken = lock_slots(q).get_mut(index).and_then(Option::take);
+    let Some(queue) = taken else {
+        set_error(format!("queue {index}: none such, or taken already"));
+        return std::ptr::null_mut();
+    };
+    match builder(cfg, "afxdp").and_then(|b| b.queue(queue).build().map_err(|e| e.to_string())) {
+        Ok(node) => new_node(node),
+        Err(e) => {
+            set_error(e);
+            std::ptr::null_mut()
+        }
+    }
+}
+
+/// Free `q` (NULL: nothing) and the queues no node took.
+///
+/// # Safety
+/// `q` is NULL or from `ds_queues_open`, not freed before, and no thread is in
+/// `ds_node_new_on_queue` with it.
+#[no_mangle]
+pub unsafe extern "C" fn ds_queues_free(q: *mut ds_queues) {
+    if !q.is_null() {
+        // SAFETY: from Box::into_raw in ds_queues_open, freed once per the contract.
+        drop(unsafe { Box::from_raw(q) });
+    }
+}
+
+fn new_node(node: Node) -> *mut ds_node {
+    Box::into_raw(Box::new(ds_node {
+        node,
+        states: HashMap::new(),
+        ready: Vec::new(),
+        events: VecDeque::new(),
+    }))
 }
 
 /// Stop serving gracefully: accept no more clients, close every open connection (a FIN
