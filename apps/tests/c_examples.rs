@@ -69,6 +69,16 @@ fn compile(name: &str, dir: &Path) -> String {
     out.display().to_string()
 }
 
+/// `echo.c`'s settings on node 1: port 7 of the DS address, through the home agent.
+fn echo_args(c: &Cluster) -> Vec<String> {
+    vec![
+        format!("ds_addr={}", c.a.ds()),
+        format!("care_of={}", c.a.coa(0)),
+        "iface=n0".into(),
+        "port=7".into(),
+    ]
+}
+
 /// `http.c`'s settings on node `i`: its peer is the other node; hand off after `AFTER`.
 fn http_args(c: &Cluster, i: usize) -> Vec<String> {
     vec![
@@ -171,13 +181,7 @@ fn the_c_echo_server_answers_through_the_home_agent() {
     }
     let mut c = Cluster::start("ce", Addrs::new(0xdc, 1));
     let exe = compile("echo", c.dir.path());
-    let args = [
-        format!("ds_addr={}", c.a.ds()),
-        format!("care_of={}", c.a.coa(0)),
-        "iface=n0".into(),
-        "port=7".into(),
-    ];
-    c.start_program(0, &exe, &args, "echo", "echo: serving");
+    c.start_program(0, &exe, &echo_args(&c), "echo", "echo: serving");
     let ds: std::net::Ipv6Addr = c.a.ds().parse().expect("DS address");
     let echoed = c.topo.client.run(move || {
         let mut s = std::net::TcpStream::connect((ds, 7)).expect("connect");
@@ -221,13 +225,8 @@ fn the_c_echo_server_serves_one_node_per_queue() {
     const CLIENTS: usize = 24;
     let mut c = Cluster::start_queues("cq", Addrs::new(0xdd, 1), 2);
     let exe = compile("echo", c.dir.path());
-    let args = [
-        format!("ds_addr={}", c.a.ds()),
-        format!("care_of={}", c.a.coa(0)),
-        "iface=n0".into(),
-        "port=7".into(),
-        "queues=2".into(),
-    ];
+    let mut args = echo_args(&c);
+    args.push("queues=2".into());
     c.start_program(0, &exe, &args, "echo", "echo: serving on 2 queues");
     let ds: std::net::Ipv6Addr = c.a.ds().parse().expect("DS address");
     let echoed = c.topo.client.run(move || {
