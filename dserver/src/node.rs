@@ -738,10 +738,11 @@ impl Builder {
             dev,
             link,
             isn_secret,
+            index,
             ..
         } = q;
         // (The generation clock went into `handoff` in `build`.)
-        self.finish_with(Box::new(dev), handoff, Some((link, isn_secret)))
+        self.finish_with(Box::new(dev), handoff, Some((link, isn_secret, index)))
     }
 
     fn finish(
@@ -756,7 +757,7 @@ impl Builder {
         self,
         dev: Box<dyn ds_stack::device::Device>,
         handoff: Option<HandoffConfig>,
-        queue: Option<(ds_stack::runner::SiblingLink, [u8; 16])>,
+        queue: Option<(ds_stack::runner::SiblingLink, [u8; 16], usize)>,
     ) -> Result<Node, Error> {
         let (ds, addrs) = self.addresses()?;
         let own = addrs[0];
@@ -765,12 +766,16 @@ impl Builder {
         let mut cfg = Config::new(mac, addrs);
         cfg.gateway = self.gateway;
         cfg.routes = self.routes.clone();
-        if let Some((_, secret)) = &queue {
+        if let Some((_, secret, index)) = &queue {
             cfg.isn_secret = *secret;
+            // One correspondent role (RFC 6275 §9) per node, on the first queue: its keys,
+            // nonces and bindings must be one set for a mobile client's messages, which hash
+            // to any queue; the others pass those round to it.
+            cfg.correspondent = *index == 0;
         }
         let iface = Interface::new(cfg, clock.now());
         let mut rt = Runner::with_clock(dev, iface, clock);
-        if let Some((link, _)) = queue {
+        if let Some((link, _, _)) = queue {
             rt.set_siblings(link);
         }
         // A shared DS address (a care-of address given) is reached on every address of ours.

@@ -44,10 +44,18 @@ impl Net {
 
     /// Siblings serving `addrs` (listening on the first's port 80).
     fn with(addrs: Vec<Ipv6Addr>) -> Net {
+        Net::build(addrs, true)
+    }
+
+    /// As [`Net::with`]; the second sibling a correspondent node too only if `cn_on_both`
+    /// (a node of several queues has the role on its first only).
+    fn build(addrs: Vec<Ipv6Addr>, cn_on_both: bool) -> Net {
         let now = Instant::from_millis(1);
         let listen = SocketAddrV6::new(addrs[0], 80, 0, 0);
         let cfg = Config::new([2, 0, 0, 0, 0, 0x80], addrs);
-        let mut siblings = [Interface::new(cfg.clone(), now), Interface::new(cfg, now)];
+        let mut second = cfg.clone();
+        second.correspondent = cn_on_both;
+        let mut siblings = [Interface::new(cfg, now), Interface::new(second, now)];
         let listeners = siblings
             .iter_mut()
             .map(|s| {
@@ -370,4 +378,82 @@ fn mobility_answers_reach_the_sibling_whose_role_asked() {
         !role(&mut net, 0).is_bound(now),
         "the first asked for nothing"
     );
+}
+
+fn mn(net: &mut Net) -> &mut ds_stack::mobile::MobileRole {
+    net.client
+        .mobility_hook_mut::<ds_stack::mobile::MobileRole>()
+        .expect("mobile role")
+}
+
+/// A client that is itself a mobile node (RFC 6275 §11), served by two siblings of which only
+/// the first is a correspondent node, as on a node of several queues: everything the client
+/// sends reaches the second, which passes its return-routability messages, its Binding Update
+/// and its packets with a Home Address option round to the first. The binding is made there,
+/// and a connection from the client's home address is served route-optimised.
+#[test]
+fn a_mobile_client_binds_at_the_sibling_that_is_the_correspondent() {
+    use ds_stack::mobile::MobileRole;
+    use std::time::Duration;
+    const HOME: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x5e, 0, 0, 0, 0, 0, 0x42);
+    let mut net = Net::build(vec![SERVER], false);
+    net.client = Interface::new(Config::new([2, 0, 0, 0, 0, 2], vec![CLIENT, HOME]), net.now);
+    net.client
+        .set_mobility_hook(Box::new(MobileRole::new(HOME, Some(CLIENT))));
+    net.to = 1;
+    let now = net.now;
+    mn(&mut net).start_home_test(now, SERVER, *b"home-tst");
+    mn(&mut net).start_care_of_test(now, SERVER, *b"coa-test");
+    let until = now + Duration::from_millis(500);
+    let ticket = loop {
+        let now = net.now;
+        let r = mn(&mut net);
+        if r.has_care_of_token_for(now, SERVER) {
+            if let Some(t) = r.home_ticket(now, 1) {
+                break t;
+            }
+        }
+        assert!(now < until, "the correspondent's tests were not answered");
+        net.step();
+    };
+    let now = net.now;
+    mn(&mut net)
+        .bind(now, &ticket, SERVER, Duration::from_secs(60))
+        .expect("bind");
+    while !{
+        let now = net.now;
+        mn(&mut net).is_bound(now)
+    } {
+        assert!(net.now < until + Duration::from_millis(500), "no binding");
+        net.step();
+    }
+    let cn = net.siblings[0]
+        .correspondent()
+        .expect("the first is the correspondent");
+    assert!(
+        cn.entry(HOME).is_some(),
+        "the binding is the first sibling's"
+    );
+    // A connection from the home address: its packets carry a Home Address option (the
+    // second passes them round), the answers a type 2 routing header.
+    let c = net
+        .client
+        .tcp_connect(
+            net.now,
+            SocketAddrV6::new(HOME, 40000, 0, 0),
+            SocketAddrV6::new(SERVER, 80, 0, 0),
+        )
+        .expect("connect");
+    while net.client.tcp_state(c) != Some(TcpState::Established) {
+        assert!(net.now < until + Duration::from_secs(2), "no handshake");
+        net.step();
+    }
+    let (s0, s1) = (net.siblings[0].stats(), net.siblings[1].stats());
+    assert!(s1.sibling_tx > 0 && s0.sibling_rx > 0, "{s0:?} {s1:?}");
+    assert_eq!(
+        (s1.rx_bad_exthdr, s1.mobility_unexpected),
+        (0, 0),
+        "nothing refused by the second: {s1:?}"
+    );
+    assert_eq!(net.resets, 0);
 }

@@ -258,9 +258,10 @@ impl Interface {
         dest_opts: bool,
         hao: &mut HomeAddressOptions,
     ) -> Result<(), ()> {
-        // The option is understood when we are a correspondent or run a mobility hook;
-        // otherwise its type's high-order bits say discard and send an ICMP error.
-        let mobility = self.cn.is_some() || self.hook.is_some();
+        // The option is understood when we are a correspondent or run a mobility hook, or a
+        // sibling may be the correspondent (`correspondent_elsewhere`); otherwise its type's
+        // high-order bits say discard and send an ICMP error.
+        let mobility = self.cn.is_some() || self.hook.is_some() || self.correspondent_elsewhere();
         let dst = Ipv6Packet::new_unchecked(pkt).dst_addr();
         let mut pos = 0;
         while pos < opts.len() {
@@ -337,6 +338,17 @@ impl Interface {
         // (home address, source); then upper layers see the home address as the source.
         let mut src = mob.src;
         if let Some(home) = mob.hao {
+            if self.cn.is_none()
+                && self.correspondent_elsewhere()
+                && !self.hook_accepts_hao(now, mob, home)
+            {
+                // The binding that covers it is a sibling's correspondent's (RFC 6275
+                // §9.3.1): the packet goes round whole, options and all.
+                if self.pass_whole_to_sibling(whole) {
+                    self.stats.mobility_rx += 1;
+                    return;
+                }
+            }
             if !self.accept_hao(now, mob, home) {
                 self.stats.rx_bad_exthdr += 1;
                 return;

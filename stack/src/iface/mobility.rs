@@ -46,6 +46,11 @@ pub(super) enum MobilityOut {
 pub(super) const MOBILITY_EXT_LEN: usize = Rh2Repr::LEN;
 const _: () = assert!(DestOptsRepr::LEN == MOBILITY_EXT_LEN);
 
+/// Whether `part` lies in `whole` (a reassembled message does not: it is in its own buffer).
+fn in_whole(part: &[u8], whole: &[u8]) -> bool {
+    whole.as_ptr_range().contains(&part.as_ptr())
+}
+
 /// Neighbour Discovery messages (RFC 4861 §4) never take mobility headers: they are link-local
 /// and concern the addresses on the wire.
 fn is_neighbor_discovery(m: Icmpv6Message) -> bool {
@@ -142,6 +147,34 @@ impl Interface {
         self.home_addrs.retain(|x| *x != a);
     }
 
+    /// Whether a sibling may act as the correspondent node for what reaches this interface
+    /// (RFC 6275 §9): this one has no correspondent role (`Config::correspondent` off on the
+    /// queues after the first of a node), and the packet has not been round every sibling.
+    pub(super) fn correspondent_elsewhere(&self) -> bool {
+        self.cn.is_none() && self.siblings() > 0 && !self.last_sibling()
+    }
+
+    /// A Mobility Header `mh` (in `whole`) that is for a sibling goes round, whole; the last
+    /// sibling drops it. A reassembled message is not in `whole` (its last fragment): it
+    /// stays here (these messages are far smaller than any link's MTU).
+    fn pass_mobility_header(&mut self, mh: &[u8], whole: &[u8]) {
+        if !(in_whole(mh, whole) && self.pass_whole_to_sibling(whole)) {
+            self.stats.mobility_unexpected += 1;
+        }
+    }
+
+    /// Whether this interface's own mobile role accepts a Home Address option.
+    pub(super) fn hook_accepts_hao(
+        &mut self,
+        now: Instant,
+        mob: &Mobility,
+        home: Ipv6Addr,
+    ) -> bool {
+        self.hook
+            .as_mut()
+            .is_some_and(|h| h.on_home_address_option(now, mob.src, home) == HaoVerdict::Accept)
+    }
+
     /// RFC 6275 §9.3.1: a Home Address option is honoured when the correspondent role has a
     /// binding for it (else a Binding Error may go back, §9.3.3) or the mobile role accepts it.
     pub(super) fn accept_hao(&mut self, now: Instant, mob: &Mobility, home: Ipv6Addr) -> bool {
@@ -201,25 +234,24 @@ impl Interface {
             }
         }
         if !handled {
-            match self.hook.as_mut() {
-                Some(h) => match h.on_mobility_header(now, meta, mh) {
-                    Some(reply) => {
-                        for r in reply {
-                            self.send_ipv6_packet(now, &r);
-                        }
+            let elsewhere = self.correspondent_elsewhere();
+            match self
+                .hook
+                .as_mut()
+                .map(|h| h.on_mobility_header(now, meta, mh))
+            {
+                Some(Some(reply)) => {
+                    for r in reply {
+                        self.send_ipv6_packet(now, &r);
                     }
-                    // Nothing here asked for it: the sibling that started the test or sent
-                    // the Binding Update may serve another receive queue (the correspondent's
-                    // answer hashes to any). The last sibling drops it.
-                    // A reassembled message is not in `whole` (its last fragment): it stays
-                    // here (these messages are far smaller than any link's MTU).
-                    None => {
-                        let in_whole = whole.as_ptr_range().contains(&mh.as_ptr());
-                        if !(in_whole && self.pass_whole_to_sibling(whole)) {
-                            self.stats.mobility_unexpected += 1;
-                        }
-                    }
-                },
+                }
+                // Nothing here asked for it: the sibling that started the test or sent the
+                // Binding Update may serve another receive queue (the correspondent's answer
+                // hashes to any).
+                Some(None) => self.pass_mobility_header(mh, whole),
+                // A correspondent's message (HoTI, CoTI, BU), for the sibling that has the
+                // role (RFC 6275 §9).
+                None if elsewhere => self.pass_mobility_header(mh, whole),
                 None if self.cn.is_none() => {
                     // RFC 6275 §6.1.1 / RFC 8200: Mobility Header not implemented here.
                     self.stats.rx_bad_exthdr += 1;

@@ -95,6 +95,11 @@ impl Interface {
         out.append(&mut self.siblings.out);
     }
 
+    /// Whether every other sibling had the packet being processed already.
+    pub(super) fn last_sibling(&self) -> bool {
+        self.siblings.hops >= self.siblings.others
+    }
+
     /// Whether the packet being processed was passed here by a sibling.
     pub(super) fn passed_by_sibling(&self) -> bool {
         self.siblings.hops > 0
