@@ -401,6 +401,22 @@ fn a_mobile_client_binds_at_the_sibling_that_is_the_correspondent() {
     net.client
         .set_mobility_hook(Box::new(MobileRole::new(HOME, Some(CLIENT))));
     net.to = 1;
+    // A connection opened at home (no mobility headers yet), held by the second sibling.
+    let early = net
+        .client
+        .tcp_connect(
+            net.now,
+            SocketAddrV6::new(HOME, 39999, 0, 0),
+            SocketAddrV6::new(SERVER, 80, 0, 0),
+        )
+        .expect("connect");
+    let held = loop {
+        assert!(net.now < Instant::from_millis(1000), "no handshake at home");
+        net.step();
+        if let Some(h) = net.siblings[1].tcp_accept(net.listeners[1]) {
+            break h;
+        }
+    };
     let now = net.now;
     mn(&mut net).start_home_test(now, SERVER, *b"home-tst");
     mn(&mut net).start_care_of_test(now, SERVER, *b"coa-test");
@@ -434,6 +450,21 @@ fn a_mobile_client_binds_at_the_sibling_that_is_the_correspondent() {
         cn.entry(HOME).is_some(),
         "the binding is the first sibling's"
     );
+    // The early connection's segments now carry a Home Address option: checked at the
+    // first sibling, they go round again to the second, which holds it.
+    net.client.tcp_send(early, b"moved").expect("send");
+    let mut buf = [0u8; 16];
+    let mut got = Vec::new();
+    while got.len() < 5 {
+        assert!(
+            net.now < until + Duration::from_secs(2),
+            "the early connection's data"
+        );
+        net.step();
+        let n = net.siblings[1].tcp_recv(held, &mut buf).unwrap_or(0);
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(got, b"moved");
     // A connection from the home address: its packets carry a Home Address option (the
     // second passes them round), the answers a type 2 routing header.
     let c = net

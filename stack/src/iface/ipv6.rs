@@ -355,6 +355,12 @@ impl Interface {
             }
             self.stats.mobility_rx += 1;
             src = home;
+            if self.passed_by_sibling() {
+                // A sibling without the correspondent role passed it here for the check,
+                // perhaps holding its connection itself: checked, it may go round again (as
+                // a plain packet, so at most once more).
+                self.restart_round();
+            }
         }
         let dst = mob.rh2.unwrap_or(mob.dst);
         match up.nh {

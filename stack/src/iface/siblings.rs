@@ -95,6 +95,12 @@ impl Interface {
         out.append(&mut self.siblings.out);
     }
 
+    /// Let the packet being processed go round every sibling again (it changed: a Home
+    /// Address option checked here, so it goes on as a plain packet).
+    pub(super) fn restart_round(&mut self) {
+        self.siblings.hops = 0;
+    }
+
     /// Whether every other sibling had the packet being processed already.
     pub(super) fn last_sibling(&self) -> bool {
         self.siblings.hops >= self.siblings.others
