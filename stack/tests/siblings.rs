@@ -465,6 +465,8 @@ fn a_mobile_client_binds_at_the_sibling_that_is_the_correspondent() {
         got.extend_from_slice(&buf[..n]);
     }
     assert_eq!(got, b"moved");
+    // Checked and sent round again, it is still a sibling's packet: no SYN cookie check.
+    assert_eq!(net.siblings[0].stats().tcp_syncookies_failed, 0);
     // A connection from the home address: its packets carry a Home Address option (the
     // second passes them round), the answers a type 2 routing header.
     let c = net

@@ -338,8 +338,10 @@ impl Interface {
         // (home address, source); then upper layers see the home address as the source.
         let mut src = mob.src;
         if let Some(home) = mob.hao {
+            // (A reassembled packet is not in `whole`, its last fragment: it stays.)
             if self.cn.is_none()
                 && self.correspondent_elsewhere()
+                && whole.as_ptr_range().contains(&payload.as_ptr())
                 && !self.hook_accepts_hao(now, mob, home)
             {
                 // The binding that covers it is a sibling's correspondent's (RFC 6275

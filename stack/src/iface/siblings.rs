@@ -34,6 +34,9 @@ pub(super) struct Siblings {
     others: u8,
     /// Hops the packet being processed has made round the siblings (0: from the device).
     hops: u8,
+    /// The packet being processed came from a sibling and was sent round again
+    /// ([`Interface::restart_round`]): its hops start over, but it is still not the device's.
+    again: bool,
     /// Packets for the next sibling, with their hop count.
     out: Vec<(Vec<u8>, u8)>,
     /// Storage of packets passed earlier, given back by the sibling that processed them
@@ -88,6 +91,7 @@ impl Interface {
         self.stats.sibling_rx += 1;
         self.receive_ipv6(now, pkt, None);
         self.siblings.hops = 0;
+        self.siblings.again = false;
     }
 
     /// Move the packets for the next sibling into `out` (with their hop counts).
@@ -99,6 +103,7 @@ impl Interface {
     /// Address option checked here, so it goes on as a plain packet).
     pub(super) fn restart_round(&mut self) {
         self.siblings.hops = 0;
+        self.siblings.again = true;
     }
 
     /// Whether every other sibling had the packet being processed already.
@@ -108,7 +113,7 @@ impl Interface {
 
     /// Whether the packet being processed was passed here by a sibling.
     pub(super) fn passed_by_sibling(&self) -> bool {
-        self.siblings.hops > 0
+        self.siblings.hops > 0 || self.siblings.again
     }
 
     /// Whether anything waits for the next sibling.
