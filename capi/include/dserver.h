@@ -123,8 +123,8 @@ void ds_config_free(struct ds_config *cfg);
 // `home_agent`'s), `service`, `reply_timeout_ms`, `policy` (`local`, `round-robin` or
 // `least-connections`), `steer_ahead` (`1`/`true` or `0`/`false`: with `home_agent`, commit
 // a handoff before the home agent's answer to the flow move), `queues` (for
-// `ds_queues_open`: how many receive queues, 0 or absent for all). Values are checked when
-// the node is made.
+// `ds_queues_open` only: how many receive queues, 0 or absent for all). Values are checked
+// when the node is made.
 //
 // # Safety
 // `cfg` is from `ds_config_new`; `key` and `value` are NUL-terminated strings.
@@ -144,9 +144,12 @@ struct ds_node *ds_node_new(const struct ds_config *cfg);
 //
 // ```c
 // ds_queues *q = ds_queues_open(cfg);
-// for (size_t i = 0; i < ds_queues_count(q); i++)
-//     /* on thread i: */ ds_node *n = ds_node_new_on_queue(cfg, q, i);
+// /* then on thread i, for each i below ds_queues_count(q): */
+// ds_node *n = ds_node_new_on_queue(cfg, q, i);
 // ```
+//
+// `cfg` may be read by several threads at once (`ds_node_new_on_queue`) while nobody sets
+// or frees it.
 //
 // # Safety
 // `cfg` is from `ds_config_new`.
@@ -159,7 +162,9 @@ struct ds_queues *ds_queues_open(const struct ds_config *cfg);
 size_t ds_queues_count(const struct ds_queues *q);
 
 // A node from `cfg` on queue `index` of `q` (each index once), made on the thread that runs
-// it (a node stays on its thread): `cfg` as for `ds_node_new`. Route-optimised (`steering`), the first queue's node takes
+// it (a node stays on its thread, and is freed there): `cfg` is the one given to
+// `ds_queues_open`. A failure after the settings were checked leaves the queue unusable
+// (its siblings' packets for it are lost): then stop the whole set. Route-optimised (`steering`), the first queue's node takes
 // every connection handed over. NULL on failure (see `ds_last_error`).
 //
 // # Safety

@@ -4,7 +4,9 @@
 //!
 //! Every function checks its pointers for NULL and its strings for UTF-8; nothing a caller
 //! passes can make the library panic. Handles are not thread-safe: use one node per thread
-//! (shared-nothing, as the library itself).
+//! (shared-nothing, as the library itself), made, run and freed there. The exceptions: a
+//! `ds_queues` is taken from by every queue's thread, and the `ds_config` they read may be
+//! read by several threads at once while nobody sets or frees it.
 //!
 //! ```c
 //! ds_config *cfg = ds_config_new();
@@ -180,8 +182,8 @@ pub unsafe extern "C" fn ds_config_free(cfg: *mut ds_config) {
 /// `home_agent`'s), `service`, `reply_timeout_ms`, `policy` (`local`, `round-robin` or
 /// `least-connections`), `steer_ahead` (`1`/`true` or `0`/`false`: with `home_agent`, commit
 /// a handoff before the home agent's answer to the flow move), `queues` (for
-/// `ds_queues_open`: how many receive queues, 0 or absent for all). Values are checked when
-/// the node is made.
+/// `ds_queues_open` only: how many receive queues, 0 or absent for all). Values are checked
+/// when the node is made.
 ///
 /// # Safety
 /// `cfg` is from `ds_config_new`; `key` and `value` are NUL-terminated strings.
@@ -399,9 +401,12 @@ const _: () = {
 ///
 /// ```c
 /// ds_queues *q = ds_queues_open(cfg);
-/// for (size_t i = 0; i < ds_queues_count(q); i++)
-///     /* on thread i: */ ds_node *n = ds_node_new_on_queue(cfg, q, i);
+/// /* then on thread i, for each i below ds_queues_count(q): */
+/// ds_node *n = ds_node_new_on_queue(cfg, q, i);
 /// ```
+///
+/// `cfg` may be read by several threads at once (`ds_node_new_on_queue`) while nobody sets
+/// or frees it.
 ///
 /// # Safety
 /// `cfg` is from `ds_config_new`.
@@ -445,7 +450,9 @@ fn lock_slots(q: &ds_queues) -> std::sync::MutexGuard<'_, Vec<Option<dserver::Qu
 }
 
 /// A node from `cfg` on queue `index` of `q` (each index once), made on the thread that runs
-/// it (a node stays on its thread): `cfg` as for `ds_node_new`. Route-optimised (`steering`), the first queue's node takes
+/// it (a node stays on its thread, and is freed there): `cfg` is the one given to
+/// `ds_queues_open`. A failure after the settings were checked leaves the queue unusable
+/// (its siblings' packets for it are lost): then stop the whole set. Route-optimised (`steering`), the first queue's node takes
 /// every connection handed over. NULL on failure (see `ds_last_error`).
 ///
 /// # Safety
@@ -461,12 +468,20 @@ pub unsafe extern "C" fn ds_node_new_on_queue(
         set_error("cfg or queues is NULL");
         return std::ptr::null_mut();
     };
+    // The settings first: a mistake there leaves the queue for another try.
+    let b = match builder(cfg, "afxdp") {
+        Ok(b) => b,
+        Err(e) => {
+            set_error(e);
+            return std::ptr::null_mut();
+        }
+    };
     let taken = lock_slots(q).get_mut(index).and_then(Option::take);
     let Some(queue) = taken else {
         set_error(format!("queue {index}: none such, or taken already"));
         return std::ptr::null_mut();
     };
-    match builder(cfg, "afxdp").and_then(|b| b.queue(queue).build().map_err(|e| e.to_string())) {
+    match b.queue(queue).build().map_err(|e| e.to_string()) {
         Ok(node) => new_node(node),
         Err(e) => {
             set_error(e);
