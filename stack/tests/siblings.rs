@@ -17,7 +17,7 @@ const GIVEN_BACK: usize = 16 * 1024;
 
 struct Net {
     client: Interface,
-    siblings: [Interface; 2],
+    siblings: Vec<Interface>,
     now: Instant,
     /// Which sibling the client's frames reach.
     to: usize,
@@ -42,24 +42,29 @@ impl Net {
         Net::with(vec![SERVER])
     }
 
-    /// Siblings serving `addrs` (listening on the first's port 80).
+    /// Two siblings serving `addrs` (listening on the first's port 80).
     fn with(addrs: Vec<Ipv6Addr>) -> Net {
-        Net::build(addrs, true)
+        Net::build(addrs, 2, true)
     }
 
-    /// As [`Net::with`]; the second sibling a correspondent node too only if `cn_on_both`
-    /// (a node of several queues has the role on its first only).
-    fn build(addrs: Vec<Ipv6Addr>, cn_on_both: bool) -> Net {
+    /// `n` siblings serving `addrs`, in a ring; all correspondent nodes, or only the first
+    /// (as on a node of several queues) unless `cn_on_all`.
+    fn build(addrs: Vec<Ipv6Addr>, n: usize, cn_on_all: bool) -> Net {
         let now = Instant::from_millis(1);
         let listen = SocketAddrV6::new(addrs[0], 80, 0, 0);
         let cfg = Config::new([2, 0, 0, 0, 0, 0x80], addrs);
-        let mut second = cfg.clone();
-        second.correspondent = cn_on_both;
-        let mut siblings = [Interface::new(cfg, now), Interface::new(second, now)];
+        let mut siblings: Vec<Interface> = (0..n)
+            .map(|i| {
+                let mut c = cfg.clone();
+                c.correspondent = cn_on_all || i == 0;
+                Interface::new(c, now)
+            })
+            .collect();
+        let others = u8::try_from(n - 1).expect("siblings");
         let listeners = siblings
             .iter_mut()
             .map(|s| {
-                s.set_siblings(1);
+                s.set_siblings(others);
                 s.tcp_listen(listen, 16).expect("listen")
             })
             .collect();
@@ -96,7 +101,8 @@ impl Net {
             self.resets += usize::from(is_tcp_rst(&f));
             self.client.receive(now, &f);
         }
-        for i in 0..2 {
+        let n = self.siblings.len();
+        for i in 0..n {
             let mut passed = Vec::new();
             self.siblings[i].take_for_sibling(&mut passed);
             for (p, hops) in passed {
@@ -105,7 +111,7 @@ impl Net {
                 } else {
                     self.passed_in_new += 1;
                 }
-                self.siblings[1 - i].receive_from_sibling(now, &p, hops);
+                self.siblings[(i + 1) % n].receive_from_sibling(now, &p, hops);
                 // Back to the sibling that built it, as `runner::siblings`' return channel
                 // does (the runner's channels are not exercised here); marked by a capacity no
                 // packet here needs (a pointer would not tell: the allocator hands a freed
@@ -386,22 +392,33 @@ fn mn(net: &mut Net) -> &mut ds_stack::mobile::MobileRole {
         .expect("mobile role")
 }
 
-/// A client that is itself a mobile node (RFC 6275 §11), served by two siblings of which only
-/// the first is a correspondent node, as on a node of several queues: everything the client
-/// sends reaches the second, which passes its return-routability messages, its Binding Update
-/// and its packets with a Home Address option round to the first. The binding is made there,
-/// and a connection from the client's home address is served route-optimised.
+/// A client that is itself a mobile node (RFC 6275 §11), served by siblings of which only the
+/// first is a correspondent node, as on a node of several queues: everything the client sends
+/// reaches another, which passes its return-routability messages, its Binding Update and its
+/// packets with a Home Address option round to the first. The binding is made there, a
+/// connection from the home address opened before goes on where it is held, and a new one is
+/// served route-optimised. Two siblings, and three with the connection held by the one that
+/// receives nothing or by the one that receives everything.
 #[test]
 fn a_mobile_client_binds_at_the_sibling_that_is_the_correspondent() {
+    for (n, held_by, to) in [(2, 1, 1), (3, 1, 2), (3, 2, 2)] {
+        mobile_client(n, held_by, to);
+    }
+}
+
+/// See [`a_mobile_client_binds_at_the_sibling_that_is_the_correspondent`]: `n` siblings, the
+/// early connection held by sibling `held_by`, everything after its handshake sent to `to`.
+fn mobile_client(n: usize, held_by: usize, to: usize) {
     use ds_stack::mobile::MobileRole;
     use std::time::Duration;
     const HOME: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x5e, 0, 0, 0, 0, 0, 0x42);
-    let mut net = Net::build(vec![SERVER], false);
+    let case = format!("{n} siblings, held by {held_by}, frames to {to}");
+    let mut net = Net::build(vec![SERVER], n, false);
     net.client = Interface::new(Config::new([2, 0, 0, 0, 0, 2], vec![CLIENT, HOME]), net.now);
     net.client
         .set_mobility_hook(Box::new(MobileRole::new(HOME, Some(CLIENT))));
-    net.to = 1;
-    // A connection opened at home (no mobility headers yet), held by the second sibling.
+    net.to = held_by;
+    // A connection opened at home (no mobility headers yet), held by sibling `held_by`.
     let early = net
         .client
         .tcp_connect(
@@ -413,10 +430,11 @@ fn a_mobile_client_binds_at_the_sibling_that_is_the_correspondent() {
     let held = loop {
         assert!(net.now < Instant::from_millis(1000), "no handshake at home");
         net.step();
-        if let Some(h) = net.siblings[1].tcp_accept(net.listeners[1]) {
+        if let Some(h) = net.siblings[held_by].tcp_accept(net.listeners[held_by]) {
             break h;
         }
     };
+    net.to = to;
     let now = net.now;
     mn(&mut net).start_home_test(now, SERVER, *b"home-tst");
     mn(&mut net).start_care_of_test(now, SERVER, *b"coa-test");
@@ -461,7 +479,7 @@ fn a_mobile_client_binds_at_the_sibling_that_is_the_correspondent() {
             "the early connection's data"
         );
         net.step();
-        let n = net.siblings[1].tcp_recv(held, &mut buf).unwrap_or(0);
+        let n = net.siblings[held_by].tcp_recv(held, &mut buf).unwrap_or(0);
         got.extend_from_slice(&buf[..n]);
     }
     assert_eq!(got, b"moved");
@@ -481,12 +499,14 @@ fn a_mobile_client_binds_at_the_sibling_that_is_the_correspondent() {
         assert!(net.now < until + Duration::from_secs(2), "no handshake");
         net.step();
     }
-    let (s0, s1) = (net.siblings[0].stats(), net.siblings[1].stats());
-    assert!(s1.sibling_tx > 0 && s0.sibling_rx > 0, "{s0:?} {s1:?}");
-    assert_eq!(
-        (s1.rx_bad_exthdr, s1.mobility_unexpected),
-        (0, 0),
-        "nothing refused by the second: {s1:?}"
-    );
-    assert_eq!(net.resets, 0);
+    for (i, st) in net.siblings.iter().enumerate() {
+        assert_eq!(
+            (st.stats().rx_bad_exthdr, st.stats().mobility_unexpected),
+            (0, 0),
+            "{case}: nothing refused by sibling {i}: {:?}",
+            st.stats()
+        );
+    }
+    assert!(net.siblings[0].stats().sibling_rx > 0, "{case}");
+    assert_eq!(net.resets, 0, "{case}");
 }
