@@ -339,9 +339,8 @@ impl Interface {
         let mut src = mob.src;
         if let Some(home) = mob.hao {
             // (A reassembled packet is not in `whole`, its last fragment: it stays.)
-            if self.cn.is_none()
-                && self.correspondent_elsewhere()
-                && whole.as_ptr_range().contains(&payload.as_ptr())
+            if self.correspondent_elsewhere()
+                && super::mobility::in_whole(payload, whole)
                 && !self.hook_accepts_hao(now, mob, home)
             {
                 // The binding that covers it is a sibling's correspondent's (RFC 6275

@@ -47,7 +47,7 @@ pub(super) const MOBILITY_EXT_LEN: usize = Rh2Repr::LEN;
 const _: () = assert!(DestOptsRepr::LEN == MOBILITY_EXT_LEN);
 
 /// Whether `part` lies in `whole` (a reassembled message does not: it is in its own buffer).
-fn in_whole(part: &[u8], whole: &[u8]) -> bool {
+pub(super) fn in_whole(part: &[u8], whole: &[u8]) -> bool {
     whole.as_ptr_range().contains(&part.as_ptr())
 }
 

@@ -135,7 +135,7 @@ impl Interface {
     /// Home Address option), unless every sibling had it already (false).
     pub(super) fn pass_whole_to_sibling(&mut self, pkt: &[u8]) -> bool {
         let Some(mut p) = self.sibling_buffer() else {
-            return self.siblings.hops < self.siblings.others;
+            return !self.last_sibling();
         };
         p.extend_from_slice(pkt);
         self.queue_for_sibling(p);
@@ -145,10 +145,10 @@ impl Interface {
     /// Storage for a packet to pass (empty), or `None` when it is not to be passed: every
     /// sibling had it, or too many wait already (counted as dropped).
     fn sibling_buffer(&mut self) -> Option<Vec<u8>> {
-        let s = &mut self.siblings;
-        if s.hops >= s.others {
+        if self.last_sibling() {
             return None;
         }
+        let s = &mut self.siblings;
         if s.out.len() >= PENDING_MAX {
             self.stats.sibling_dropped += 1;
             return None;
@@ -184,7 +184,7 @@ impl Interface {
     ) -> bool {
         let Some(mut p) = self.sibling_buffer() else {
             // Dropped for want of room counts as passed (the sender retransmits).
-            return self.siblings.hops < self.siblings.others;
+            return !self.last_sibling();
         };
         p.resize(IPV6_HEADER_LEN + payload.len(), 0);
         write_plain_packet(&mut p, src, dst, proto, hop_limit, payload);
