@@ -76,6 +76,10 @@ pub struct Lan {
     /// What [`Lan::step`] advances after the link is quiet.
     pub tick: Duration,
     delay: Duration,
+    /// Each frame is late by up to this much more, at random (frames overtake each other).
+    jitter: Duration,
+    /// Frames sent twice, per mille (each copy late by its own jitter).
+    dup_permille: u32,
     loss_permille: u32,
     rng: u64,
     queue: VecDeque<(Instant, usize, Vec<u8>)>,
@@ -93,6 +97,8 @@ impl Lan {
             lost: 0,
             tick: Duration::from_millis(1),
             delay: Duration::ZERO,
+            jitter: Duration::ZERO,
+            dup_permille: 0,
             loss_permille: 0,
             rng: 1,
             queue: VecDeque::new(),
@@ -111,6 +117,16 @@ impl Lan {
     pub fn with_loss(mut self, permille: u32, seed: u64) -> Lan {
         self.loss_permille = permille;
         self.rng = seed | 1;
+        self
+    }
+
+    /// Reorder and duplicate: every frame is late by up to `jitter` more than the delay, at
+    /// random (so frames overtake each other), and `dup_permille` of them arrive twice, each
+    /// copy with its own lateness. Drawn from the loss rate's generator ([`Lan::with_loss`]'s
+    /// seed).
+    pub fn with_disorder(mut self, dup_permille: u32, jitter: Duration) -> Lan {
+        self.dup_permille = dup_permille;
+        self.jitter = jitter;
         self
     }
 
@@ -165,11 +181,31 @@ impl Lan {
             }
             if lost {
                 self.lost += 1;
-            } else {
-                self.queue.push_back((now + self.delay, from, bytes));
+                continue;
             }
+            if self.dup_permille > 0 && self.rand() < self.dup_permille {
+                let due = self.due(now);
+                self.enqueue(due, from, bytes.clone());
+            }
+            let due = self.due(now);
+            self.enqueue(due, from, bytes);
         }
         sent
+    }
+
+    /// When a frame sent at `now` arrives: after the delay, and the jitter's share of it.
+    fn due(&mut self, now: Instant) -> Instant {
+        if self.jitter.is_zero() {
+            return now + self.delay;
+        }
+        let late = self.jitter.mul_f64(f64::from(self.rand()) / 999.0);
+        now + self.delay + late
+    }
+
+    /// Queue a frame by its arrival (in order of sending among frames due at once).
+    fn enqueue(&mut self, due: Instant, from: usize, bytes: Vec<u8>) {
+        let at = self.queue.partition_point(|(t, _, _)| *t <= due);
+        self.queue.insert(at, (due, from, bytes));
     }
 
     /// Hand every frame due by now to every interface but its sender.
