@@ -8,6 +8,7 @@
 //! Sans-IO: frames and the passing between siblings are moved by the test.
 
 use ds_stack::{Config, Instant, Interface, TcpState};
+use proptest::prelude::*;
 use std::net::{Ipv6Addr, SocketAddrV6};
 
 const SERVER: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x5e, 0, 0, 0, 0, 0, 0x80);
@@ -81,6 +82,30 @@ impl Net {
         }
     }
 
+    /// A connection from the client's `from` to the server's port 80, the client's frames
+    /// reaching sibling `at`, accepted there: (client's handle, server's).
+    fn open(
+        &mut self,
+        from: SocketAddrV6,
+        at: usize,
+    ) -> (ds_stack::TcpHandle, ds_stack::TcpHandle) {
+        self.to = at;
+        let c = self
+            .client
+            .tcp_connect(self.now, from, SocketAddrV6::new(SERVER, 80, 0, 0))
+            .expect("connect");
+        loop {
+            assert!(
+                self.now < Instant::from_millis(1000),
+                "no handshake at sibling {at}"
+            );
+            self.step();
+            if let Some(s) = self.siblings[at].tcp_accept(self.listeners[at]) {
+                return (c, s);
+            }
+        }
+    }
+
     /// One millisecond: frames both ways, then what the siblings passed each other.
     fn step(&mut self) {
         self.now += std::time::Duration::from_millis(1);
@@ -101,7 +126,14 @@ impl Net {
             self.resets += usize::from(is_tcp_rst(&f));
             self.client.receive(now, &f);
         }
+        self.pass();
+    }
+
+    /// What the siblings passed each other, one hop each; how many packets moved.
+    fn pass(&mut self) -> usize {
+        let now = self.now;
         let n = self.siblings.len();
+        let mut moved = 0;
         for i in 0..n {
             let mut passed = Vec::new();
             self.siblings[i].take_for_sibling(&mut passed);
@@ -119,8 +151,10 @@ impl Net {
                 let mut p = p;
                 p.reserve_exact(GIVEN_BACK);
                 self.siblings[i].recycle_sibling_buffer(p);
+                moved += 1;
             }
         }
+        moved
     }
 }
 
@@ -210,21 +244,7 @@ fn a_connection_whose_segments_reach_another_sibling_goes_on_and_unknown_ones_ar
 #[test]
 fn passed_packets_are_built_in_storage_given_back() {
     let mut net = Net::new();
-    let c = net
-        .client
-        .tcp_connect(
-            net.now,
-            SocketAddrV6::new(CLIENT, 40000, 0, 0),
-            SocketAddrV6::new(SERVER, 80, 0, 0),
-        )
-        .expect("connect");
-    let s = loop {
-        assert!(net.now < Instant::from_millis(1000), "no handshake");
-        net.step();
-        if let Some(s) = net.siblings[0].tcp_accept(net.listeners[0]) {
-            break s;
-        }
-    };
+    let (c, s) = net.open(SocketAddrV6::new(CLIENT, 40000, 0, 0), 0);
     // Adopted elsewhere, as it were: every segment of the client's from now on reaches the
     // second sibling and is passed to the first.
     net.to = 1;
@@ -406,34 +426,32 @@ fn a_mobile_client_binds_at_the_sibling_that_is_the_correspondent() {
     }
 }
 
-/// See [`a_mobile_client_binds_at_the_sibling_that_is_the_correspondent`]: `n` siblings, the
-/// early connection held by sibling `held_by`, everything after its handshake sent to `to`.
-fn mobile_client(n: usize, held_by: usize, to: usize) {
+/// The home address of the mobile client of [`bound_mobile_client`].
+const HOME: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x5e, 0, 0, 0, 0, 0, 0x42);
+
+/// A mobile client bound at the first of `n` siblings ([`bound_mobile_client`]).
+struct Bound {
+    net: Net,
+    /// The client's connection opened at home, before the binding.
+    early: ds_stack::TcpHandle,
+    /// Its server side, at sibling `held_by`.
+    held: ds_stack::TcpHandle,
+    /// When the return-routability tests had to be answered by.
+    until: Instant,
+}
+
+/// `n` siblings, the first the correspondent; a client that is a mobile node opens a
+/// connection at home, held by sibling `held_by`, then (everything it sends now reaching
+/// sibling `to`) runs the return-routability tests and binds.
+fn bound_mobile_client(n: usize, held_by: usize, to: usize) -> Bound {
     use ds_stack::mobile::MobileRole;
     use std::time::Duration;
-    const HOME: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x5e, 0, 0, 0, 0, 0, 0x42);
-    let case = format!("{n} siblings, held by {held_by}, frames to {to}");
     let mut net = Net::build(vec![SERVER], n, false);
     net.client = Interface::new(Config::new([2, 0, 0, 0, 0, 2], vec![CLIENT, HOME]), net.now);
     net.client
         .set_mobility_hook(Box::new(MobileRole::new(HOME, Some(CLIENT))));
-    net.to = held_by;
     // A connection opened at home (no mobility headers yet), held by sibling `held_by`.
-    let early = net
-        .client
-        .tcp_connect(
-            net.now,
-            SocketAddrV6::new(HOME, 39999, 0, 0),
-            SocketAddrV6::new(SERVER, 80, 0, 0),
-        )
-        .expect("connect");
-    let held = loop {
-        assert!(net.now < Instant::from_millis(1000), "no handshake at home");
-        net.step();
-        if let Some(h) = net.siblings[held_by].tcp_accept(net.listeners[held_by]) {
-            break h;
-        }
-    };
+    let (early, held) = net.open(SocketAddrV6::new(HOME, 39999, 0, 0), held_by);
     net.to = to;
     let now = net.now;
     mn(&mut net).start_home_test(now, SERVER, *b"home-tst");
@@ -468,6 +486,25 @@ fn mobile_client(n: usize, held_by: usize, to: usize) {
         cn.entry(HOME).is_some(),
         "the binding is the first sibling's"
     );
+    Bound {
+        net,
+        early,
+        held,
+        until,
+    }
+}
+
+/// See [`a_mobile_client_binds_at_the_sibling_that_is_the_correspondent`]: `n` siblings, the
+/// early connection held by sibling `held_by`, everything after its handshake sent to `to`.
+fn mobile_client(n: usize, held_by: usize, to: usize) {
+    use std::time::Duration;
+    let case = format!("{n} siblings, held by {held_by}, frames to {to}");
+    let Bound {
+        mut net,
+        early,
+        held,
+        until,
+    } = bound_mobile_client(n, held_by, to);
     // The early connection's segments now carry a Home Address option: checked at the
     // first sibling, they go round again to the second, which holds it.
     net.client.tcp_send(early, b"moved").expect("send");
@@ -509,4 +546,157 @@ fn mobile_client(n: usize, held_by: usize, to: usize) {
     }
     assert!(net.siblings[0].stats().sibling_rx > 0, "{case}");
     assert_eq!(net.resets, 0, "{case}");
+}
+
+/// A stray SYN of an established connection (a late duplicate, a replay, or a spoof by
+/// someone who knows the 4-tuple) that reaches a sibling which does not hold the connection
+/// opens one there, whose SYN-ACK the client answers with a challenge ACK (RFC 5961 §4):
+/// that ACK, and every later segment of the connection reaching that sibling, is not the new
+/// connection's and goes round to the sibling that holds the real one, where alone (RFC 9293
+/// §3.10.7.4) the sibling would have reset it with a sequence number in the real
+/// connection's window. The connection goes on both ways, reset by nobody.
+#[test]
+fn a_stray_syn_at_another_sibling_resets_nothing() {
+    let mut net = Net::new();
+    let (c, s) = net.open(SocketAddrV6::new(CLIENT, 40000, 0, 0), 0);
+    let syn = net
+        .sent
+        .iter()
+        .find(|f| f.len() > 14 + 40 + 13 && f[14 + 6] == 6 && f[14 + 40 + 13] == 0x02)
+        .expect("the client's SYN")
+        .clone();
+    // Later (the initial sequence numbers' clock has moved), the SYN again, at the second.
+    for _ in 0..50 {
+        net.step();
+    }
+    net.to = 1;
+    let now = net.now;
+    net.siblings[1].receive(now, &syn);
+    for round in 0..3u8 {
+        assert!(
+            exchange_once(&mut net, c, 0, s, b'a' + round),
+            "exchange {round}"
+        );
+    }
+    assert_eq!(net.client.tcp_state(c), Some(TcpState::Established));
+    assert_eq!(net.resets, 0);
+    // The second sibling did open a connection for the stray SYN, and passed what was not its.
+    let s1 = net.siblings[1].stats();
+    assert!(s1.sibling_tx > 0, "{s1:?}");
+}
+
+/// An established connection held by sibling `held` of three, everything after its
+/// handshake reaching sibling `to`, data exchanged both ways: the client's handle, the
+/// server's, and the net (whose `sent` holds every frame of the client).
+fn held_elsewhere(held: usize, to: usize) -> (Net, ds_stack::TcpHandle, ds_stack::TcpHandle) {
+    let mut net = Net::build(vec![SERVER], 3, false);
+    let (c, s) = net.open(SocketAddrV6::new(CLIENT, 40000, 0, 0), held);
+    net.to = to;
+    assert!(exchange_once(&mut net, c, held, s, b'x'), "first exchange");
+    (net, c, s)
+}
+
+/// A 5-byte request from the client to sibling `at`'s connection `s` and a 2-byte answer,
+/// within 2 s: whether both arrived whole.
+fn exchange_once(
+    net: &mut Net,
+    c: ds_stack::TcpHandle,
+    at: usize,
+    s: ds_stack::TcpHandle,
+    byte: u8,
+) -> bool {
+    let mut buf = [0u8; 64];
+    if net.client.tcp_send(c, &[byte; 5]).is_err() {
+        return false;
+    }
+    let until = net.now + std::time::Duration::from_secs(2);
+    let mut got = Vec::new();
+    while got.len() < 5 && net.now < until {
+        net.step();
+        let n = net.siblings[at].tcp_recv(s, &mut buf).unwrap_or(0);
+        got.extend_from_slice(&buf[..n]);
+    }
+    if got != [byte; 5] || net.siblings[at].tcp_send(s, b"ok").is_err() {
+        return false;
+    }
+    let mut back = Vec::new();
+    while back.len() < 2 && net.now < until {
+        net.step();
+        let n = net.client.tcp_recv(c, &mut buf).unwrap_or(0);
+        back.extend_from_slice(&buf[..n]);
+    }
+    back == b"ok"
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Hostile input on a node of several queues: a mutated copy of any frame a mobile
+    /// client sent (return-routability messages, its Binding Update, segments with a Home
+    /// Address option, plain segments), arriving at any of three siblings of which the first
+    /// holds the binding, panics none of them, and what they pass each other for it stops
+    /// within two rounds of the ring (a round to the correspondent, and one more for a packet
+    /// it checked and sent round again). The client's connection goes on afterwards.
+    #[test]
+    fn mutated_mobile_frames_go_round_at_most_twice(
+        pick in any::<prop::sample::Index>(),
+        at in 0..3usize,
+        flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..6),
+        cut in any::<Option<prop::sample::Index>>(),
+    ) {
+        let Bound { mut net, early, held, .. } = bound_mobile_client(3, 1, 2);
+        let mut f = net.sent[pick.index(net.sent.len())].clone();
+        for (i, v) in flips {
+            let n = f.len();
+            f[i.index(n)] ^= v;
+        }
+        if let Some(c) = cut {
+            f.truncate(c.index(f.len() + 1));
+        }
+        let now = net.now;
+        net.siblings[at].receive(now, &f);
+        let mut rounds = 0;
+        while net.pass() > 0 {
+            rounds += 1;
+            prop_assert!(rounds <= 2 * 3, "still passed round after {rounds} hops");
+        }
+        // The early connection still carries data to the sibling that holds it.
+        net.client.tcp_send(early, b"after").expect("send");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 16];
+        let until = net.now + std::time::Duration::from_secs(2);
+        while got.len() < 5 && net.now < until {
+            net.step();
+            let n = net.siblings[1].tcp_recv(held, &mut buf).unwrap_or(0);
+            got.extend_from_slice(&buf[..n]);
+        }
+        prop_assert_eq!(&got[..], b"after");
+    }
+
+    /// A late copy of any frame the client sent (its SYN, its handshake's ACK, a request,
+    /// an ACK), arriving at any of three siblings while another holds the connection, as a
+    /// duplicate delayed in the network or a replay would: the connection goes on both ways,
+    /// reset by nobody.
+    #[test]
+    fn a_late_copy_of_any_client_frame_at_any_sibling_harms_nothing(
+        held in 0..3usize,
+        to in 0..3usize,
+        pick in any::<prop::sample::Index>(),
+        at in 0..3usize,
+        later in 0..200u32,
+    ) {
+        let (mut net, c, s) = held_elsewhere(held, to);
+        let f = net.sent[pick.index(net.sent.len())].clone();
+        for _ in 0..later {
+            net.step();
+        }
+        let now = net.now;
+        net.siblings[at].receive(now, &f);
+        for round in 0..3u8 {
+            prop_assert!(exchange_once(&mut net, c, held, s, b'a' + round), "exchange {}", round);
+        }
+        prop_assert_eq!(net.client.tcp_state(c), Some(TcpState::Established));
+        prop_assert_eq!(net.resets, 0);
+    }
+
 }

@@ -308,6 +308,19 @@ impl Interface {
         self.stats.tcp_rx_segments += 1;
         let key = ConnKey(dst, ports.dst, src, ports.src);
         if let Some(idx) = self.conns.lookup(&key) {
+            // A sibling may hold an established connection of this 4-tuple that a stray SYN
+            // opened here as well: what this one cannot take goes round to it, and is reset
+            // (RFC 9293 §3.10.7.4, §3.10.7.1) only where no sibling had it, as one interface
+            // would have found the established connection and never opened this one.
+            if self.siblings() > 0
+                && self
+                    .conns
+                    .get(idx)
+                    .is_some_and(|t| t.unacceptable_in_syn_received(&seg))
+                && self.pass_to_sibling(src, dst, IpProtocol::Tcp, HELD_HOP_LIMIT, payload)
+            {
+                return;
+            }
             if let Some((before, after)) = self.feed(idx, now, &seg) {
                 if after != before {
                     self.nd.confirm(now, src);

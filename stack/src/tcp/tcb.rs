@@ -1122,6 +1122,23 @@ impl Tcb {
         self.ack_now = true;
     }
 
+    /// Whether `seg` cannot be this passively opened connection's in SYN-RECEIVED: it
+    /// carries an ACK of something this connection never sent (outside (SND.UNA, SND.MAX]),
+    /// without SYN or RST. RFC 9293 §3.10.7.4 answers it with a reset <SEQ=SEG.ACK>; on an
+    /// interface with siblings it is more likely a segment of an established connection a
+    /// sibling holds, whose 4-tuple a stray SYN (a duplicate, a replay, a spoof) just opened
+    /// here too, and that reset would be in the real connection's window
+    /// ([`crate::Interface::set_siblings`]).
+    pub(crate) fn unacceptable_in_syn_received(&self, seg: &SegIn<'_>) -> bool {
+        self.state == TcpState::SynReceived
+            && self.listener.is_some()
+            && !seg.syn
+            && !seg.rst
+            && seg
+                .ack
+                .is_some_and(|a| !(lt(self.snd_una, a) && le(a, self.snd_max)))
+    }
+
     /// Process one incoming segment for this connection (RFC 9293 §3.10.7).
     pub fn on_segment(&mut self, now: Instant, seg: &SegIn<'_>) {
         match self.state {
