@@ -235,7 +235,20 @@ pub struct Correspondent {
     config: CnConfig,
     nonces: NonceTable,
     cache: HashMap<Ipv6Addr, CacheEntry>,
+    /// The last sequence number of bindings removed (deleted or expired), by home address and
+    /// BID, kept until the nonces that could have authorised them are no longer accepted
+    /// (RFC 6275 §5.2.8): a Binding Update recorded earlier and sent again would otherwise
+    /// find no entry, have any sequence number accepted (§9.5.1), and bind the home address
+    /// to its care-of address again. At most `max_entries`.
+    retired: HashMap<(Ipv6Addr, Option<u16>), Retired>,
     last_be: HashMap<Ipv6Addr, Instant>,
+}
+
+/// A removed binding's last sequence number and how long it is remembered.
+#[derive(Debug, Clone, Copy)]
+struct Retired {
+    sequence: u16,
+    until: Instant,
 }
 
 impl Correspondent {
@@ -245,7 +258,29 @@ impl Correspondent {
             config,
             nonces: NonceTable::new(kcn, nonce_key),
             cache: HashMap::new(),
+            retired: HashMap::new(),
             last_be: HashMap::new(),
+        }
+    }
+
+    /// Remember a removed binding's last sequence number (RFC 6275 §5.2.8) for as long as a
+    /// nonce is accepted, MAX_NONCE_LIFETIME: the nonces that authorised it were issued
+    /// before now. Bounded: when full, the entry closest to being forgotten goes first.
+    fn retire(&mut self, now: Instant, home: Ipv6Addr, bid: Option<u16>, sequence: u16) {
+        let until = now + crate::consts::MAX_NONCE_LIFETIME;
+        let key = (home, bid);
+        if !self.retired.contains_key(&key) && self.retired.len() >= self.config.max_entries {
+            let oldest = self
+                .retired
+                .iter()
+                .min_by_key(|(_, r)| r.until)
+                .map(|(k, _)| *k);
+            if let Some(k) = oldest {
+                self.retired.remove(&k);
+            }
+        }
+        if self.config.max_entries > 0 {
+            self.retired.insert(key, Retired { sequence, until });
         }
     }
 
@@ -504,11 +539,19 @@ impl Correspondent {
             None => e.main.as_ref(),
             Some(b) => e.bids.get(&b),
         });
-        if let Some(b) = existing {
-            if !seq_less(b.sequence, bu.sequence) {
+        // With no binding, the last one removed while its nonces are still accepted
+        // (§5.2.8): a replayed Binding Update does not bind again.
+        let last = existing.map(|b| b.sequence).or_else(|| {
+            self.retired
+                .get(&(home, bid))
+                .filter(|r| now < r.until)
+                .map(|r| r.sequence)
+        });
+        if let Some(last) = last {
+            if !seq_less(last, bu.sequence) {
                 let s = BaStatus::SEQUENCE_OUT_OF_WINDOW;
                 return CnOutput {
-                    transmit: vec![reply_to(s, b.sequence, Some(&kbm), vec![])],
+                    transmit: vec![reply_to(s, last, Some(&kbm), vec![])],
                     event: CnEvent::Rejected(s),
                 };
             }
@@ -525,12 +568,15 @@ impl Correspondent {
                 .collect::<Vec<_>>()
         };
         if deletion {
-            // §9.5.3: delete the entry (or the BID and the flows bound to it).
+            // §9.5.3: delete the entry (or the BID and the flows bound to it). The deletion's
+            // sequence number is remembered (§5.2.8), and each removed BID's own.
+            let mut removed_bids = Vec::new();
             if let Some(e) = self.cache.get_mut(&home) {
                 match bid {
                     None => {
                         e.main = None;
                         e.flows.clear();
+                        removed_bids = e.bids.iter().map(|(b, x)| (*b, x.sequence)).collect();
                         e.bids.clear();
                     }
                     Some(b) => {
@@ -541,6 +587,10 @@ impl Correspondent {
                 if e.is_empty() {
                     self.cache.remove(&home);
                 }
+            }
+            self.retire(now, home, bid, bu.sequence);
+            for (b, seq) in removed_bids {
+                self.retire(now, home, Some(b), seq);
             }
             let transmit = if bu.ack {
                 vec![reply_to(
@@ -586,6 +636,7 @@ impl Correspondent {
         });
         entry.local = local;
         entry.brr_sent = false;
+        self.retired.remove(&(home, bid));
         match bid {
             None => entry.main = Some(binding),
             Some(b) => {
@@ -784,12 +835,20 @@ impl Correspondent {
         self.nonces.refresh(now);
         let mut out = Vec::new();
         let refresh_before = self.config.refresh_before;
+        self.retired.retain(|_, r| now < r.until);
+        let mut expired = Vec::new();
         self.cache.retain(|home, e| {
-            if e.main.as_ref().is_some_and(|b| now >= b.expires) {
-                e.main = None;
+            if let Some(b) = e.main.take_if(|b| now >= b.expires) {
+                expired.push((*home, None, b.sequence));
             }
             let before = e.bids.len();
-            e.bids.retain(|_, b| now < b.expires);
+            e.bids.retain(|bid, b| {
+                let keep = now < b.expires;
+                if !keep {
+                    expired.push((*home, Some(*bid), b.sequence));
+                }
+                keep
+            });
             if e.bids.len() != before {
                 let bids = e.bids.clone();
                 e.flows.retain(|_, f| bids.contains_key(&f.bid));
@@ -811,6 +870,9 @@ impl Correspondent {
             }
             true
         });
+        for (home, bid, sequence) in expired {
+            self.retire(now, home, bid, sequence);
+        }
         out
     }
 

@@ -308,6 +308,68 @@ fn old_sequence_number_gets_135_and_the_mn_resynchronises() {
     );
 }
 
+/// RFC 6275 §5.2.8: a Binding Update recorded and sent again after its binding was deleted,
+/// or after it expired, while the nonces that authorised it are still accepted, finds no
+/// binding — and would be accepted with any sequence number (§9.5.1) — unless the
+/// correspondent remembers the last number: it answers 135, and the home address stays
+/// unbound. A new registration with a greater number binds as usual, and once the nonces are
+/// no longer accepted the number is forgotten.
+#[test]
+fn a_replayed_binding_update_binds_nothing_after_a_deletion_or_an_expiry() {
+    let now = secs(5);
+    let (mut cn, mut b) = ready(cfg_lasting(COA_A, 8), 40, now);
+    let recorded = b.send_update(now).unwrap();
+    let out = cn.on_packet(now, &recorded.packet);
+    assert!(matches!(out.event, CnEvent::BindingUpdated { .. }));
+    assert!(matches!(
+        to_mn(&mut b, now, &out.transmit[0]).0,
+        MnEvent::Bound { .. }
+    ));
+    // Deleted, then the recorded registration again.
+    let later = now + Duration::from_secs(10);
+    tokens(&mut cn, &mut b, later);
+    delete(&mut cn, &mut b, later, None);
+    let out = cn.on_packet(later, &recorded.packet);
+    assert_eq!(
+        out.event,
+        CnEvent::Rejected(BaStatus::SEQUENCE_OUT_OF_WINDOW)
+    );
+    assert!(
+        cn.route_out(later, a(HOME), None).is_none(),
+        "bound again by a replay"
+    );
+    // The node registers again, with a greater number: bound.
+    tokens(&mut cn, &mut b, later);
+    let update = b.send_update(later).unwrap();
+    let out = cn.on_packet(later, &update.packet);
+    assert!(matches!(out.event, CnEvent::BindingUpdated { .. }));
+    assert!(matches!(
+        to_mn(&mut b, later, &out.transmit[0]).0,
+        MnEvent::Bound { .. }
+    ));
+    // That binding expires (8 s); its Binding Update sent again is refused too.
+    let expired = later + Duration::from_secs(60);
+    cn.poll(expired);
+    assert!(cn.route_out(expired, a(HOME), None).is_none());
+    for bu in [&recorded, &update] {
+        let out = cn.on_packet(expired, &bu.packet);
+        assert_eq!(
+            out.event,
+            CnEvent::Rejected(BaStatus::SEQUENCE_OUT_OF_WINDOW)
+        );
+    }
+    assert!(cn.route_out(expired, a(HOME), None).is_none());
+    // Past MAX_NONCE_LIFETIME the number is forgotten (and the old nonces refused anyway).
+    let gone = expired + MAX_NONCE_LIFETIME + Duration::from_secs(1);
+    cn.poll(gone);
+    let out = cn.on_packet(gone, &recorded.packet);
+    assert!(
+        matches!(out.event, CnEvent::Rejected(s) if s != BaStatus::SEQUENCE_OUT_OF_WINDOW),
+        "{:?}",
+        out.event
+    );
+}
+
 #[test]
 fn expired_nonce_indices_get_136_137_138() {
     for (expire_home, expire_coa, status) in [

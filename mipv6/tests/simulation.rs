@@ -1,7 +1,8 @@
 //! Randomised simulation: several nodes bind and unbind one home address at one
 //! correspondent in random order, with random time steps and random sequence-number starting
 //! points (forcing 135 resynchronisations). After every step the correspondent's routing
-//! decision must equal a simple model: the last acknowledged binding, until it expires.
+//! decision must equal a simple model: the last acknowledged binding, until it expires. An
+//! earlier Binding Update replayed changes nothing (RFC 6275 §5.2.8).
 
 use ds_mipv6::cn::{CnConfig, Correspondent, RouteVia};
 use ds_mipv6::mn::{MnBinding, MnBindingConfig, MnEvent, TestInit};
@@ -57,6 +58,9 @@ enum Step {
         node: usize,
     },
     Advance(u16),
+    /// An earlier Binding Update (a registration or a deletion) sent again by an attacker
+    /// who recorded it (RFC 6275 §5.2.8): which one, modulo how many there were.
+    Replay(usize),
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -64,6 +68,7 @@ fn step() -> impl Strategy<Value = Step> {
         4 => (0usize..3, 1u16..200, any::<u16>()).prop_map(|(node, lifetime, seq_start)| Step::Bind { node, lifetime, seq_start }),
         1 => (0usize..3).prop_map(|node| Step::Delete { node }),
         2 => (0u16..500).prop_map(Step::Advance),
+        2 => any::<usize>().prop_map(Step::Replay),
     ]
 }
 
@@ -76,8 +81,15 @@ proptest! {
         // Model: (care-of, expiry) of the last acknowledged registration.
         let mut model: Option<(Ipv6Addr, Instant)> = None;
         let mut next_seq: Option<u16> = None; // shipped between nodes like a HomeTicket
+        let mut sent: Vec<Vec<u8>> = Vec::new(); // every Binding Update, as an attacker records them
         for s in steps {
             match s {
+                Step::Replay(k) => {
+                    if !sent.is_empty() {
+                        let bu = sent[k % sent.len()].clone();
+                        let _ = cn.on_packet(now, &bu);
+                    }
+                }
                 Step::Advance(secs) => now += Duration::from_secs(secs.into()),
                 Step::Bind { node, lifetime, seq_start } => {
                     let cfg = MnBindingConfig {
@@ -90,6 +102,7 @@ proptest! {
                     b.set_keygen(test(&mut cn, now, TokenKind::Home, HOME)).unwrap();
                     b.set_keygen(test(&mut cn, now, TokenKind::CareOf, coa(node))).unwrap();
                     let bu = b.send_update(now).unwrap();
+                    sent.push(bu.packet.clone());
                     match exchange(&mut cn, &mut b, now, bu) {
                         MnEvent::Bound { lifetime: granted, .. } => {
                             prop_assert!(granted <= Duration::from_secs(420));
@@ -107,6 +120,7 @@ proptest! {
                     let mut b = MnBinding::new(cfg, next_seq.unwrap_or(0));
                     b.set_keygen(test(&mut cn, now, TokenKind::Home, HOME)).unwrap();
                     let bu = b.send_delete(now).unwrap();
+                    sent.push(bu.packet.clone());
                     let ev = exchange(&mut cn, &mut b, now, bu);
                     prop_assert_eq!(ev, MnEvent::Deleted);
                     model = None;
