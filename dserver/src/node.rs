@@ -682,7 +682,13 @@ impl Builder {
                         // others keep their roles for what they give away (the home test
                         // that yields the ticket); the correspondent's answers reach them
                         // round the siblings too.
-                        h.listen = None;
+                        if h.listen.take().is_some() {
+                            tracing::info!(
+                                queue = q.index,
+                                "route-optimised: only the first queue takes offers; this \
+                                 queue's control listener is closed"
+                            );
+                        }
                     }
                     h.generation = Some(q.generation.clone());
                 }

@@ -214,7 +214,16 @@ struct Pending<K, C> {
     /// Host clock: when the offer arrived (the acceptor's elapsed time starts here).
     arrived_host: Instant,
     until: Instant,
+    /// The Accept must have left by then, or the donor may have given up on it
+    /// ([`Offer::commit_within_us`]); `None`: no limit.
+    commit_by: Option<Instant>,
     stage: Stage<C>,
+}
+
+/// Whether an offer's commit window ([`Offer::commit_within_us`]) is over at `now` (`None`:
+/// no window).
+fn too_late(commit_by: Option<Instant>, now: Instant) -> bool {
+    commit_by.is_some_and(|c| now >= c)
 }
 
 /// Care-of tests this acceptor started, per correspondent (bounded).
@@ -346,16 +355,26 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
                 let mut k = 0;
                 while k < self.pending.len() {
                     let p = &self.pending[k];
-                    // Committing: the Accept is out, the donor's Abort crossed it; the donor
-                    // will see the Accept as a reply it no longer waits for and report it in
-                    // doubt. Keep it: activating is the side that keeps the connection alive.
-                    if p.from == from
-                        && p.conn_id == conn_id
-                        && !matches!(p.stage, Stage::Committing { .. })
-                    {
+                    // An Abort means the donor thawed the connection back (it sends none once
+                    // it has an Accept: after that it is in doubt, not resumed). An offer
+                    // whose Accept is out (Committing: the Abort crossed it) is dropped too,
+                    // before its activation, or the connection would run at both nodes: the
+                    // donor's reclaim takes the flow back at the home agent, and no address
+                    // was taken over yet. Route-optimised, the client was already sent the
+                    // Binding Update and sends here, so the acceptor keeps it (the donor's
+                    // copy hears nothing more and times out). The commit window
+                    // ([`Offer::commit_within_us`]) leaves a crossing to a channel or a
+                    // process slower than a quarter of the donor's reply timeout.
+                    let bound = matches!(p.stage, Stage::Committing { .. })
+                        && matches!(self.cfg.steering, Steering::RouteOptimised { .. });
+                    if p.from == from && p.conn_id == conn_id && !bound {
                         let p = self.pending.swap_remove(k);
                         Self::drop_pending(p, host);
                         self.events.push_back(AcceptorEvent::Aborted { conn_id });
+                        // A flow move steered ahead for it is asked no more: the donor's
+                        // reclaim outranks it at the home agent anyway.
+                        self.unsteered
+                            .retain(|u| !(u.from == from && u.conn_id == conn_id));
                     } else {
                         k += 1;
                     }
@@ -439,6 +458,13 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
                 p.conn_id,
                 RefuseReason::Other(format!("steering: {detail}")),
             );
+            return;
+        }
+        if too_late(p.commit_by, now) {
+            // Moved at the home agent, but too late to commit: the donor's reclaim, which
+            // outranks this move, takes the flow back ([`crate::msg::Offer::generation`]).
+            host.discard(conn);
+            self.refuse(p.from, p.conn_id, RefuseReason::TooLate);
             return;
         }
         times.steer_ns[2] = ns(host.now().saturating_duration_since(sent));
@@ -565,17 +591,18 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
                     let rr = now.saturating_duration_since(since);
                     self.care_of.remove(state.remote().ip());
                     let arrived = (p.arrived, p.arrived_host);
-                    self.take_offer(now, p.from, offer, *state, arrived, rr, host);
+                    self.take_offer(now, p.from, offer, *state, arrived, rr, p.commit_by, host);
                 }
                 Stage::Steering { conn, .. } => {
                     host.discard(conn);
-                    self.refuse(
-                        p.from,
-                        p.conn_id,
+                    let reason = if too_late(p.commit_by, now) {
+                        RefuseReason::TooLate
+                    } else {
                         RefuseReason::Other(
                             "steering: no answer from the home agent in time".into(),
-                        ),
-                    );
+                        )
+                    };
+                    self.refuse(p.from, p.conn_id, reason);
                 }
             }
         }
@@ -588,6 +615,11 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
     {
         let id = o.conn_id;
         tracing::debug!(conn_id = id, state_bytes = o.state.len(), "offer received");
+        // A window too long to add to the clock (any value can come) is no limit.
+        let commit_by = o.commit_within_us.and_then(|us| {
+            let within = Duration::from_micros(us);
+            now.checked_add(within - within / 4)
+        });
         if !svc.accepts(&o.service) {
             return self.refuse(from, id, RefuseReason::UnknownService);
         }
@@ -616,12 +648,14 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
                 tracing::debug!(client = %state.remote(), "offer held back for the care-of test");
                 self.start_care_of_test(now, cn, id, host);
                 let since = self.care_of.get(&cn).map_or(now, |c| c.0);
+                let until = now + self.cfg.care_of_wait;
                 self.pending.push(Pending {
                     from,
                     conn_id: id,
                     arrived: now,
                     arrived_host: host.now(),
-                    until: now + self.cfg.care_of_wait,
+                    until: until.min(commit_by.unwrap_or(until)),
+                    commit_by,
                     stage: Stage::CareOf {
                         offer: o,
                         state: Box::new(state),
@@ -638,10 +672,19 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
                 .map(|(started, took)| took.unwrap_or(now.saturating_duration_since(started)))
                 .unwrap_or_default();
             let arrived = (now, host.now());
-            return self.take_offer(now, from, o, state, arrived, rr, host);
+            return self.take_offer(now, from, o, state, arrived, rr, commit_by, host);
         }
         let arrived = (now, host.now());
-        self.take_offer(now, from, o, state, arrived, Duration::ZERO, host)
+        self.take_offer(
+            now,
+            from,
+            o,
+            state,
+            arrived,
+            Duration::ZERO,
+            commit_by,
+            host,
+        )
     }
 
     /// Phases 3–6 for an offer that passed the checks; `rr` is phase 4 when it ran ahead or
@@ -655,9 +698,14 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
         state: ConnState,
         arrived: (Instant, Instant),
         rr: Duration,
+        commit_by: Option<Instant>,
         host: &mut H,
     ) {
         let id = o.conn_id;
+        if too_late(commit_by, now) {
+            // Nothing done yet (no thaw, no flow move, no Binding Update): the donor keeps it.
+            return self.refuse(from, id, RefuseReason::TooLate);
+        }
         // Phase 3: socket re-creation (dormant until the commit).
         let t3 = host.now();
         let conn = match host.thaw(&state, self.cfg.takeover) {
@@ -712,12 +760,14 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
                     });
                     return self.commit(now, from, id, arrived, conn, &state, app, times);
                 }
+                let until = now + self.cfg.steer_timeout;
                 self.pending.push(Pending {
                     from,
                     conn_id: id,
                     arrived: arrived.0,
                     arrived_host: arrived.1,
-                    until: now + self.cfg.steer_timeout,
+                    until: until.min(commit_by.unwrap_or(until)),
+                    commit_by,
                     stage: Stage::Steering {
                         conn,
                         state: Box::new(state),
@@ -777,6 +827,7 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
             arrived: arrived.0,
             arrived_host: arrived.1,
             until: now,
+            commit_by: None,
             stage: Stage::Committing {
                 conn,
                 app,

@@ -608,6 +608,9 @@ impl<C: std::fmt::Debug> Donor<C> {
             app: Some(serde_bytes::ByteBuf::from(self.app.clone())),
             fence: self.cfg.fence,
             generation: self.cfg.generation,
+            commit_within_us: Some(
+                u64::try_from(self.cfg.reply_timeout.as_micros()).unwrap_or(u64::MAX),
+            ),
         });
         let offer_bytes = frame_len(offer.encoded_len());
         tracing::debug!(conn_id = self.cfg.conn_id, state_bytes, "offer queued");

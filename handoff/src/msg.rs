@@ -26,8 +26,10 @@ use serde::{Deserialize, Serialize};
 /// Message encoding version (first byte of every plaintext). 2: Activated names the
 /// acceptor's host kind. 3: offers carry the donor's membership fence. 4: offers and flow
 /// moves carry the handoff's flow generation (the home agent orders moves by it). 5: steering
-/// ahead of the commit ([`AcceptorTimes::steer_ahead`], [`Message::Steered`]).
-pub const PROTOCOL_VERSION: u8 = 5;
+/// ahead of the commit ([`AcceptorTimes::steer_ahead`], [`Message::Steered`]). 6: offers say
+/// how long the donor waits for the Accept ([`Offer::commit_within_us`]), refusals may say
+/// [`RefuseReason::TooLate`].
+pub const PROTOCOL_VERSION: u8 = 6;
 
 /// Bit set in the id of a donor's [`Message::MoveFlow`] reclaim (the acceptor numbers its own
 /// moves from 1 upwards, so the home agent's answers to the two never match each other).
@@ -98,6 +100,9 @@ pub enum RefuseReason {
         /// The acceptor's fence.
         known: Fence,
     },
+    /// The offer could no longer be accepted in time for its donor ([`Offer::commit_within_us`]):
+    /// the donor gives up on it, or soon will.
+    TooLate,
     /// Another reason.
     Other(String),
 }
@@ -124,6 +129,15 @@ pub struct Offer {
     /// offer it received). The acceptor's [`Message::MoveFlow`] carries it, so that the home
     /// agent applies the moves of one flow in the order of its handoffs.
     pub generation: u64,
+    /// How long after sending the offer the donor waits for its Accept, microseconds (its
+    /// reply timeout); `None`: no limit. An Accept that arrives later finds the connection
+    /// thawed back at the donor, and activating it too would leave it live at both nodes,
+    /// so the acceptor commits only within the first three quarters of this from the
+    /// offer's arrival and refuses ([`RefuseReason::TooLate`]) after: the last quarter
+    /// covers the offer's and the Accept's way and the processes' delays in reading them
+    /// (the acceptor has no other clock of the donor's; durations need no synchronised
+    /// clocks).
+    pub commit_within_us: Option<u64>,
 }
 
 /// Acceptor-side timings sent back with [`Message::Activated`], nanoseconds, measured on the acceptor's
@@ -317,6 +331,7 @@ mod tests {
                 app: Some(serde_bytes::ByteBuf::from(vec![3; 12])),
                 fence: Some(Fence { view: 4, by: 77 }),
                 generation: 1 << 50,
+                commit_within_us: Some(1_000_000),
             }),
             Message::Prepare {
                 conn_id: 7,

@@ -311,6 +311,7 @@ fn tampered_frame_is_rejected() {
         app: None,
         fence: None,
         generation: 1,
+        commit_within_us: None,
     });
     let mut f = d.codec_mut().unwrap().seal_msg(&offer).unwrap();
     let last = f.len() - 1;

@@ -33,7 +33,7 @@ proptest! {
     fn any_bit_flip_is_detected(state in proptest::collection::vec(any::<u8>(), 0..300),
                                 bit in any::<prop::sample::Index>()) {
         let (mut i, mut r) = pair();
-        let m = Message::Offer(Offer { conn_id: 1, state, ticket: None, service: "http".into(), app: None, fence: None, generation: 1 });
+        let m = Message::Offer(Offer { conn_id: 1, state, ticket: None, service: "http".into(), app: None, fence: None, generation: 1, commit_within_us: None });
         let mut f = i.seal_msg(&m).unwrap();
         let b = bit.index(f.len() * 8);
         f[b / 8] ^= 1 << (b % 8);
@@ -45,7 +45,7 @@ proptest! {
     fn honest_frames_round_trip(state in proptest::collection::vec(any::<u8>(), 0..3000),
                                 cut in any::<prop::sample::Index>()) {
         let (mut i, mut r) = pair();
-        let m = Message::Offer(Offer { conn_id: 9, state, ticket: None, service: "s".into(), app: None, fence: Some(ds_handoff::Fence { view: 3, by: 9 }), generation: 7 });
+        let m = Message::Offer(Offer { conn_id: 9, state, ticket: None, service: "s".into(), app: None, fence: Some(ds_handoff::Fence { view: 3, by: 9 }), generation: 7, commit_within_us: Some(5) });
         let f = i.seal_msg(&m).unwrap();
         let c = cut.index(f.len());
         r.feed(&f[..c]);

@@ -7,10 +7,10 @@
 
 mod common;
 
-use common::{channels, ip, read_into, round12, start_donor, Lan, Link, Raw};
+use common::{channels, ip, mem_pair, read_into, round, round12, start_donor, Lan, Link, Raw};
 use ds_handoff::{
-    Acceptor, AcceptorConfig, AcceptorEvent, DonorConfig, DonorOutcome, Drain, Mode, Steering,
-    Takeover, UserConn,
+    Acceptor, AcceptorConfig, AcceptorEvent, DonorConfig, DonorOutcome, Drain, Message, Mode,
+    Steering, Takeover, UserConn,
 };
 use ds_stack::mobile::MobileRole;
 use ds_stack::{Config, Instant, Interface, TcpState};
@@ -22,8 +22,21 @@ fn mn(lan: &mut Lan, i: usize) -> &mut MobileRole {
     lan.ifs[i].mobility_hook_mut().expect("mobile role")
 }
 
-#[test]
-fn route_optimised_handoff_carries_the_home_ticket() {
+/// The client (our stack), node 1 at home serving the DS address `h`, node 2 away (its
+/// mobile role with a care-of address); a connection from the client to `h` on node 1, with
+/// `first` queued at its server end; return routability run ahead (the contact node's home
+/// test, the acceptor's care-of test) while the client reads into `got`.
+struct Ro {
+    lan: Lan,
+    cl: ds_stack::TcpHandle,
+    srv: ds_stack::TcpHandle,
+    h: Ipv6Addr,
+    t0: Instant,
+    /// The home keygen ticket, encoded as an Offer carries it.
+    ticket: Vec<u8>,
+}
+
+fn ro(first: &[u8], got: &mut Vec<u8>) -> Ro {
     let (cl_ip, b_ip, c_ip, h) = (ip("fd00::1"), ip("fd00::2"), ip("fd00::3"), ip("fd00::80"));
     let t0 = Instant::from_millis(1000);
     let client = Interface::new(Config::new([2, 0, 0, 0, 0, 1], vec![cl_ip]), t0);
@@ -41,15 +54,7 @@ fn route_optimised_handoff_carries_the_home_ticket() {
     let mut lan = Lan::with(vec![client, b, c], t0);
     let (cl, srv) = lan.connect(0, cl_ip, 1, SocketAddrV6::new(h, 80, 0, 0));
     assert_eq!(lan.ifs[0].tcp_state(cl), Some(TcpState::Established));
-
-    let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
-    let half = data.len() / 2;
-    assert_eq!(lan.ifs[1].tcp_send(srv, &data[..half]).unwrap(), half);
-    let mut got = Vec::new();
-    let mut buf = vec![0u8; 65536];
-    let read = |lan: &mut Lan, got: &mut Vec<u8>, _: &mut [u8]| {
-        read_into(&mut lan.ifs[0], cl, got);
-    };
+    assert_eq!(lan.ifs[1].tcp_send(srv, first).unwrap(), first.len());
     // Return routability ahead of the handoff (tokens live for minutes, RFC 6275 §5.2.7):
     // the contact node runs the home test, the acceptor the care-of test.
     let now = lan.now;
@@ -57,12 +62,35 @@ fn route_optimised_handoff_carries_the_home_ticket() {
     mn(&mut lan, 2).start_care_of_test(now, cl_ip, [2; 8]);
     for _ in 0..20 {
         lan.step();
-        read(&mut lan, &mut got, &mut buf);
+        read_into(&mut lan.ifs[0], cl, got);
     }
     assert!(mn(&mut lan, 2).has_care_of_token());
     let now = lan.now;
     let ticket = mn(&mut lan, 1).home_ticket(now, 1).expect("home token");
-    let ticket_bytes = postcard::to_allocvec(&ticket).unwrap();
+    Ro {
+        lan,
+        cl,
+        srv,
+        h,
+        t0,
+        ticket: postcard::to_allocvec(&ticket).unwrap(),
+    }
+}
+
+#[test]
+fn route_optimised_handoff_carries_the_home_ticket() {
+    let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    let half = data.len() / 2;
+    let mut got = Vec::new();
+    let Ro {
+        mut lan,
+        cl,
+        srv,
+        h,
+        t0,
+        ticket: ticket_bytes,
+        ..
+    } = ro(&data[..half], &mut got);
 
     // The acceptor's steering: import the ticket and send the BU (phase 5); the care-of test
     // runs again for this connection (phase 4: a token from before it may predate a restart
@@ -108,7 +136,7 @@ fn route_optimised_handoff_carries_the_home_ticket() {
             // acceptor runs for each connection it is offered (the offer waits for it).
             None => {
                 lan.step();
-                read(&mut lan, &mut got, &mut buf);
+                read_into(&mut lan.ifs[0], cl, &mut got);
             }
         }
     };
@@ -123,7 +151,7 @@ fn route_optimised_handoff_carries_the_home_ticket() {
         mn(&mut lan, 2).is_bound(now)
     } {
         lan.step();
-        read(&mut lan, &mut got, &mut buf);
+        read_into(&mut lan.ifs[0], cl, &mut got);
         assert!(lan.now < bu_at + Duration::from_secs(5), "no binding");
     }
     assert!(lan.ifs[0]
@@ -136,7 +164,7 @@ fn route_optimised_handoff_carries_the_home_ticket() {
             sent += lan.ifs[2].tcp_send(srv2, &data[sent..]).unwrap();
         }
         lan.step();
-        read(&mut lan, &mut got, &mut buf);
+        read_into(&mut lan.ifs[0], cl, &mut got);
         assert!(lan.now < t0 + Duration::from_secs(60), "stalled");
     }
     assert!(got == data, "byte-exact across the route-optimised handoff");
@@ -148,4 +176,79 @@ fn route_optimised_handoff_carries_the_home_ticket() {
         "BU->BA took {} ms of simulated time",
         (lan.now.total_millis() - bu_at.total_millis())
     );
+}
+
+/// Route-optimised, an Abort that crossed the Accept (read in the same round as the offer)
+/// leaves the committed offer to activate: its Binding Update went to the client with the
+/// commit, so the client now sends to the acceptor's care-of address, and dropping the
+/// connection there would have it reset (in transparent mode it is dropped:
+/// `sim.rs`, `an_abort_that_crossed_the_accept_drops_the_offer_before_its_activation`).
+#[test]
+fn route_optimised_an_abort_that_crossed_the_accept_leaves_the_connection_to_the_acceptor() {
+    let mut got = Vec::new();
+    let Ro {
+        mut lan,
+        srv,
+        ticket,
+        ..
+    } = ro(&[], &mut got);
+    let mut acc: Acceptor<u8, UserConn> = Acceptor::new(AcceptorConfig {
+        takeover: Takeover::HomeAddress,
+        steering: Steering::RouteOptimised {
+            lifetime: Duration::from_secs(120),
+        },
+        ..Default::default()
+    });
+    let (mut ch_d, ch_a) = mem_pair();
+    let mut svcs: [Raw; 3] = Default::default();
+    let mut dcfg = DonorConfig::new(1, "http");
+    dcfg.mode = Mode::Ro;
+    dcfg.ticket = Some(ticket);
+    // No Prepare: the acceptor binds with the care-of token of the test run ahead, at once.
+    dcfg.prepare = false;
+    let mut donor = start_donor(&mut lan, &mut svcs, 1, srv, dcfg, Mono::now());
+    // The donor alone until its offer is out; the acceptor reads nothing yet.
+    for _ in 0..100 {
+        round(
+            &mut lan,
+            &mut svcs,
+            Some(&mut donor),
+            1,
+            &mut ch_d,
+            &mut acc,
+            2,
+            &mut None,
+            None,
+        );
+        if ch_d
+            .log
+            .borrow()
+            .iter()
+            .any(|m| matches!(m, Message::Offer(_)))
+        {
+            break;
+        }
+        lan.step();
+    }
+    ch_d.send(&Message::Abort {
+        conn_id: 1,
+        reason: "reply timeout".into(),
+    })
+    .unwrap();
+    let mut ch_a: Option<Box<dyn Link>> = Some(Box::new(ch_a));
+    let seen = round(
+        &mut lan, &mut svcs, None, 1, &mut ch_d, &mut acc, 2, &mut ch_a, None,
+    );
+    let sent = |f: fn(&AcceptorEvent) -> bool| seen.events.iter().any(f);
+    assert!(
+        sent(|e| matches!(e, AcceptorEvent::BindingSent { .. })),
+        "{:?}",
+        seen.events
+    );
+    assert!(
+        !sent(|e| matches!(e, AcceptorEvent::Aborted { .. })),
+        "{:?}",
+        seen.events
+    );
+    assert_eq!(svcs[2].adopted.len(), 1, "activated at the acceptor");
 }

@@ -16,7 +16,7 @@ use common::{
 };
 use ds_handoff::{
     Acceptor, AcceptorConfig, AcceptorEvent, Donor, DonorConfig, DonorOutcome, HandoffError,
-    Message, Mode, RefuseReason, Steering, Takeover, UserConn,
+    Message, Mode, Offer, RefuseReason, Steering, Takeover, UserConn,
 };
 use ds_stack::{TcpHandle, TcpState};
 use std::net::SocketAddrV6;
@@ -104,17 +104,7 @@ impl Sim {
     ) -> (DonorOutcome, Duration) {
         let t0 = self.now();
         for _ in 0..10_000 {
-            let seen = round(
-                &mut self.lan,
-                &mut self.svcs,
-                Some(d),
-                1,
-                ch_d,
-                acc,
-                2,
-                ch_a,
-                ha.as_deref_mut(),
-            );
+            let seen = self.round(Some(d), ch_d, acc, ch_a, ha.as_deref_mut());
             each(self, &seen.events);
             if let Some(o) = seen.outcome {
                 return (o, self.now() - t0);
@@ -122,6 +112,18 @@ impl Sim {
             self.tick();
         }
         panic!("no outcome in 10 s of simulated time");
+    }
+
+    /// One round of the engines: the acceptor on node 2, then the donor (if any) on node 1.
+    fn round<'h>(
+        &mut self,
+        d: Option<&mut Donor<UserConn>>,
+        ch_d: &mut dyn Link,
+        acc: &mut Acceptor<u8, UserConn>,
+        ch_a: &mut Option<Box<dyn Link>>,
+        ha: Option<&mut (dyn Link + 'h)>,
+    ) -> common::Seen {
+        round(&mut self.lan, &mut self.svcs, d, 1, ch_d, acc, 2, ch_a, ha)
     }
 
     /// The connection's client reads what arrives; the server end `srv` on node `n` is live
@@ -361,6 +363,17 @@ struct Late {
     last: Option<Mono>,
 }
 
+impl Late {
+    fn new(inner: Mem, late: Duration) -> Late {
+        Late {
+            inner,
+            late,
+            held: Default::default(),
+            last: None,
+        }
+    }
+}
+
 impl Link for Late {
     fn send(&mut self, m: &Message) -> Result<(), ds_handoff::ChannelError> {
         self.inner.send(m)
@@ -393,12 +406,7 @@ fn a_reply_read_late_ends_phase_two_at_its_arrival() {
         let mut s = Sim::new();
         let (_cl, _, mut d) = s.begin(0, DonorConfig::new(9, "http"));
         let (ch_d, ch_a) = mem_pair();
-        let mut ch_d = Late {
-            inner: ch_d,
-            late: Duration::from_millis(late),
-            held: Default::default(),
-            last: None,
-        };
+        let mut ch_d = Late::new(ch_d, Duration::from_millis(late));
         let mut ch_a = boxed(ch_a);
         let mut acc = Acceptor::new(AcceptorConfig {
             takeover: Takeover::HomeAddress,
@@ -932,4 +940,285 @@ fn steering_ahead_waits_while_the_home_agent_channel_is_down() {
     );
     let srv = s.svcs[1].adopted.pop().unwrap();
     s.assert_alive(cl, 1, srv, &bytes);
+}
+
+/// The home agent answers the acceptor's flow move `delay` after it was asked, around the
+/// donor's reply deadline (30 ms), the acceptor's messages reaching the donor `late` after they
+/// were sent (a LAN's round trip is far less, but a loaded node's process may read them that
+/// late): whatever the delays, the connection ends up at exactly one node, and everything
+/// reaches the client from there. Before offers carried their commit window, an Accept that
+/// left just before the donor's deadline and arrived after it found the connection thawed
+/// back at the donor, and the acceptor activated it too (28 ms, 2 ms: live at both).
+#[test]
+fn a_late_home_agent_never_leaves_the_connection_at_both_nodes() {
+    for late in [0u64, 2, 5] {
+        for delay in [5u64, 15, 20, 24, 28, 29, 30, 31, 35, 60] {
+            late_home_agent(late, delay);
+        }
+    }
+}
+
+fn late_home_agent(late: u64, delay: u64) {
+    let mut s = Sim::new();
+    let mut cfg = replying_within(8, 30);
+    cfg.reclaim_via = Some(ip("fd00::1"));
+    let (cl, bytes, mut d) = s.begin(6000, cfg);
+    let (ch_d, ch_a) = mem_pair();
+    let mut ch_d = Late::new(ch_d, Duration::from_millis(late));
+    let mut ch_a = boxed(ch_a);
+    let (mut hl, mut ha) = mem_pair();
+    let mut acc = ha_steered(Duration::from_secs(1));
+    let mut asked: Option<(Mono, u64)> = None;
+    let mut answer = |s2: &mut Sim| {
+        while let Ok(Some(m)) = ha.recv() {
+            if let Message::MoveFlow {
+                conn_id,
+                reclaim: false,
+                ..
+            } = m
+            {
+                asked = Some((s2.now(), conn_id));
+            }
+        }
+        if let Some((at, id)) = asked {
+            if s2.now() >= at + Duration::from_millis(delay) {
+                let _ = ha.send(&Message::FlowMoved {
+                    conn_id: id,
+                    ok: true,
+                    detail: String::new(),
+                });
+                asked = None;
+            }
+        }
+    };
+    let (out, _) = s.run(
+        &mut d,
+        &mut ch_d,
+        &mut acc,
+        &mut ch_a,
+        Some(&mut hl),
+        |s2, _| answer(s2),
+    );
+    // Both engines run on for a while: whatever the acceptor still does, it does now.
+    for _ in 0..200 {
+        s.round(Some(&mut d), &mut ch_d, &mut acc, &mut ch_a, Some(&mut hl));
+        answer(&mut s);
+        s.tick();
+    }
+    let case = format!("home agent {delay} ms, channel {late} ms: {out:?}");
+    let held = (s.svcs[1].adopted.len(), s.svcs[2].adopted.len());
+    assert!(
+        held == (1, 0) || held == (0, 1),
+        "{case}: adopted by the donor's service and the acceptor's: {held:?}, connections {:?}",
+        (
+            s.lan.ifs[1].tcp_connection_count(),
+            s.lan.ifs[2].tcp_connection_count()
+        )
+    );
+    // Within three quarters of the deadline (22.5 ms, counted from the offer's arrival, a
+    // round after it left) the handoff is made.
+    if delay + 3 <= 22 {
+        assert_outcome!(out, DonorOutcome::Moved { .. });
+    }
+    if held.0 == 1 {
+        let srv = s.svcs[1].adopted.pop().expect("adopted");
+        s.assert_alive(cl, 1, srv, &bytes);
+    }
+}
+
+/// A connection of node 1 with 3000 bytes queued, offered as `id` to an acceptor (taking
+/// the address over) that has not read the offer yet: the donor's end of the channel, the
+/// acceptor's, the acceptor and the offer.
+fn offer_unread(s: &mut Sim, id: u64) -> (Mem, Mem, Acceptor<u8, UserConn>, Offer) {
+    let (_cl, _, mut d) = s.begin(3000, DonorConfig::new(id, "http"));
+    let (mut ch_d, ch_a) = mem_pair();
+    let mut acc = Acceptor::new(AcceptorConfig {
+        takeover: Takeover::HomeAddress,
+        ..acfg()
+    });
+    s.round(Some(&mut d), &mut ch_d, &mut acc, &mut None, None);
+    let offer = match ch_d.log.borrow().last() {
+        Some(Message::Offer(o)) => o.clone(),
+        m => panic!("the offer is not the last message out: {m:?}"),
+    };
+    (ch_d, ch_a, acc, offer)
+}
+
+/// A donor sends Abort only once it has thawed the connection back (after an Accept it is in
+/// doubt, never resumed): an Abort that crossed the Accept, read before the acceptor's next
+/// poll, drops the committed offer before its activation.
+#[test]
+fn an_abort_that_crossed_the_accept_drops_the_offer_before_its_activation() {
+    let mut s = Sim::new();
+    let (mut ch_d, ch_a, mut acc, _) = offer_unread(&mut s, 12);
+    ch_d.send(&Message::Abort {
+        conn_id: 12,
+        reason: "timeout".into(),
+    })
+    .unwrap();
+    let mut ch_a = boxed(ch_a);
+    let seen = s.round(None, &mut ch_d, &mut acc, &mut ch_a, None);
+    assert!(
+        seen.events
+            .iter()
+            .any(|e| matches!(e, AcceptorEvent::Aborted { conn_id: 12 })),
+        "{:?}",
+        seen.events
+    );
+    assert!(s.svcs[2].adopted.is_empty(), "activated");
+    assert_eq!(s.lan.ifs[2].tcp_connection_count(), 0);
+}
+
+/// The donor's end or the acceptor's of a channel that fails at the `at`-th message sent
+/// either way (counted over both ends). `silent`: the network between the nodes fails, and
+/// that message and every later one is lost without an error (the donor's reply timeout
+/// finds it); otherwise the sender's write fails and the channel is closed both ways (a
+/// process that died, a reset).
+struct BreakAt {
+    inner: Mem,
+    sent: std::rc::Rc<std::cell::Cell<usize>>,
+    at: usize,
+    silent: bool,
+}
+
+impl Link for BreakAt {
+    fn send(&mut self, m: &Message) -> Result<(), ds_handoff::ChannelError> {
+        let n = self.sent.get();
+        self.sent.set(n + 1);
+        if n >= self.at {
+            if self.silent {
+                return Ok(());
+            }
+            self.inner.broken.set(true);
+        }
+        self.inner.send(m)
+    }
+    fn recv(&mut self) -> Result<Option<Message>, ds_handoff::ChannelError> {
+        if self.silent && self.sent.get() > self.at {
+            return Ok(None);
+        }
+        self.inner.recv()
+    }
+}
+
+/// The channel between donor and acceptor fails before the Accept is through: at Prepare or
+/// the Offer, silently (the network between the nodes) or with an error on the write (a
+/// process that died, a reset), or on the Accept's own write. The connection ends up at
+/// exactly one node: the donor resumes it, and everything its server end had queued reaches
+/// the client.
+///
+/// Not covered, because not safe: an Accept written and then lost with the channel (a
+/// partition with the Accept on its way, or a channel closed with it unread while the
+/// acceptor lives on; a dead acceptor's connection died with it). The acceptor has
+/// activated, the donor times out or sees the error and resumes: the connection runs at
+/// both until the home agent's reclaim leaves the acceptor's copy without packets. Only the
+/// donor confirming the Accept before the activation (a round trip more on every handoff),
+/// or the home agent, which sees both moves, telling the loser, would close it.
+#[test]
+fn a_channel_that_fails_before_the_accept_leaves_the_connection_at_the_donor() {
+    // Messages in order: Prepare (0), the Offer (1), the Accept (2).
+    for (at, silent) in [(0, true), (1, true), (0, false), (1, false), (2, false)] {
+        {
+            let mut s = Sim::new();
+            let (cl, bytes, mut d) = s.begin(5000, replying_within(10, 50));
+            let (ch_d, ch_a) = mem_pair();
+            let sent = std::rc::Rc::new(std::cell::Cell::new(0));
+            let mut ch_d = BreakAt {
+                inner: ch_d,
+                sent: sent.clone(),
+                at,
+                silent,
+            };
+            let mut ch_a = boxed(BreakAt {
+                inner: ch_a,
+                sent,
+                at,
+                silent,
+            });
+            let mut acc = Acceptor::new(AcceptorConfig {
+                takeover: Takeover::HomeAddress,
+                ..acfg()
+            });
+            let (out, _) = s.run(&mut d, &mut ch_d, &mut acc, &mut ch_a, None, |_, _| {});
+            for _ in 0..200 {
+                s.round(Some(&mut d), &mut ch_d, &mut acc, &mut ch_a, None);
+                s.tick();
+            }
+            let case = format!("failed at message {at} (silent: {silent}): {out:?}");
+            assert!(matches!(out, DonorOutcome::Resumed { .. }), "{case}");
+            let held = (s.svcs[1].adopted.len(), s.svcs[2].adopted.len());
+            assert_eq!(
+                held,
+                (1, 0),
+                "{case}: adopted by the donor's service and the acceptor's"
+            );
+            assert_eq!(s.lan.ifs[2].tcp_connection_count(), 0, "{case}");
+            let srv = s.svcs[1].adopted.pop().expect("adopted");
+            s.assert_alive(cl, 1, srv, &bytes);
+        }
+    }
+}
+
+/// Route-optimised, an offer waits for the care-of test (RFC 6275 §5.2.5), here never
+/// answered: the acceptor gives up within the offer's commit window, before the donor's reply
+/// timeout, sends no Binding Update (which would have moved the client to a node without the
+/// connection), and the donor resumes on the refusal.
+#[test]
+fn a_care_of_test_unanswered_within_the_commit_window_is_refused_too_late() {
+    let mut s = Sim::new();
+    let (cl, bytes, mut d) = s.begin(4000, replying_within(11, 40));
+    let (mut ch_d, ch_a) = mem_pair();
+    let mut ch_a = boxed(ch_a);
+    let mut acc = Acceptor::new(AcceptorConfig {
+        steering: Steering::RouteOptimised {
+            lifetime: Duration::from_secs(120),
+        },
+        takeover: Takeover::HomeAddress,
+        ..acfg()
+    });
+    let mut bound = false;
+    let (out, took) = s.run(&mut d, &mut ch_d, &mut acc, &mut ch_a, None, |_, ev| {
+        bound |= ev
+            .iter()
+            .any(|e| matches!(e, AcceptorEvent::BindingSent { .. }));
+    });
+    assert_outcome!(
+        out,
+        DonorOutcome::Resumed {
+            cause: HandoffError::Refused(RefuseReason::TooLate)
+        }
+    );
+    assert!(!bound, "a Binding Update was sent");
+    // Three quarters of the 40 ms from the offer's arrival, and the refusal's way back.
+    assert!(
+        took >= Duration::from_millis(30) && took < Duration::from_millis(40),
+        "{took:?}"
+    );
+    assert_eq!(s.lan.ifs[2].tcp_connection_count(), 0);
+    let srv = s.svcs[1].adopted.pop().expect("the service continues it");
+    s.assert_alive(cl, 1, srv, &bytes);
+}
+
+/// Any commit window can come in an offer: one too long to add to the clock is no limit
+/// (no overflow, no panic), and the offer is taken as any other.
+#[test]
+fn an_endless_commit_window_is_no_limit() {
+    let mut s = Sim::new();
+    let (_, _, mut acc, offer) = offer_unread(&mut s, 13);
+    let (mut to_acc, from_donor) = mem_pair();
+    to_acc
+        .send(&Message::Offer(Offer {
+            commit_within_us: Some(u64::MAX),
+            ..offer
+        }))
+        .unwrap();
+    let mut ch_a = boxed(from_donor);
+    let seen = s.round(None, &mut to_acc, &mut acc, &mut ch_a, None);
+    assert!(
+        seen.events
+            .iter()
+            .any(|e| matches!(e, AcceptorEvent::Adopted { conn_id: 13, .. })),
+        "{:?}",
+        seen.events
+    );
 }

@@ -327,9 +327,11 @@ pub fn round<'h>(
             acc.handle_home_agent(now, m, &mut lan.host(to));
         }
     }
-    // Twice: an Accept sent in the first pass is activated in the second.
-    for _ in 0..2 {
-        acc.poll(now, &mut lan.host(to), &mut svcs[to]);
+    // As `dserver`'s engine does: an Accept queued by an offer or the home agent's answer is
+    // written before the acceptor's poll activates its connection (a write that fails
+    // discards it instead); then twice: an Accept written in the first pass is activated in
+    // the second.
+    let mut transmit = |acc: &mut Acceptor<u8, UserConn>, lan: &mut Lan| {
         while let Some((dest, m)) = acc.poll_transmit() {
             let r = match (dest, ch_a.as_mut(), ha.as_mut()) {
                 (Dest::Donor(_), Some(ca), _) => ca.send(&m),
@@ -347,6 +349,11 @@ pub fn round<'h>(
                 }
             }
         }
+    };
+    transmit(acc, lan);
+    for _ in 0..2 {
+        acc.poll(now, &mut lan.host(to), &mut svcs[to]);
+        transmit(acc, lan);
     }
     while let Some(e) = acc.poll_event() {
         seen.events.push(e);
