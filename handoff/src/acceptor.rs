@@ -25,7 +25,8 @@
 //!
 //! The commit is the Accept leaving: the connection is activated only at the next
 //! [`Acceptor::poll`], after the caller wrote the Accept; a channel that fails in between
-//! ([`Acceptor::channel_failed`]) discards it instead, and the donor resumes it.
+//! ([`Acceptor::channel_failed`]) discards it instead, and the donor resumes it
+//! (route-optimised, the Binding Update already sent: activated all the same).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv6Addr, SocketAddrV6};
@@ -365,9 +366,7 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
                     // copy hears nothing more and times out). The commit window
                     // ([`Offer::commit_within_us`]) leaves a crossing to a channel or a
                     // process slower than a quarter of the donor's reply timeout.
-                    let bound = matches!(p.stage, Stage::Committing { .. })
-                        && matches!(self.cfg.steering, Steering::RouteOptimised { .. });
-                    if p.from == from && p.conn_id == conn_id && !bound {
+                    if p.from == from && p.conn_id == conn_id && !self.bound(p) {
                         let p = self.pending.swap_remove(k);
                         Self::drop_pending(p, host);
                         self.events.push_back(AcceptorEvent::Aborted { conn_id });
@@ -500,12 +499,17 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
     }
 
     /// The channel `from` failed: its offers in progress are dropped (its donor resumes them,
-    /// or already gave up), including one whose Accept may not have left.
+    /// or already gave up), including one whose Accept may not have left — except a
+    /// route-optimised one already committed: its Binding Update went to the client with the
+    /// commit, so the client sends here from now on, and a dropped connection would answer it
+    /// with a reset. It is activated at the next poll as if the Accept had gone (its
+    /// Activated has nowhere to go); the donor's copy, resumed on the same failure, hears
+    /// nothing more from the client and times out, as after an Abort that crossed the Accept.
     pub fn channel_failed<H: Host<Conn = C>>(&mut self, from: K, host: &mut H) {
         self.out.retain(|(d, _)| *d != Dest::Donor(from));
         let mut k = 0;
         while k < self.pending.len() {
-            if self.pending[k].from == from {
+            if self.pending[k].from == from && !self.bound(&self.pending[k]) {
                 let p = self.pending.swap_remove(k);
                 let id = p.conn_id;
                 Self::drop_pending(p, host);
@@ -918,6 +922,14 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
             client: u.client,
             result,
         });
+    }
+
+    /// Whether the client was already told to send to this node for `p`'s connection: a
+    /// route-optimised offer is committed together with its Binding Update (RFC 6275 §5.2.5,
+    /// sent by the steering before the Accept), after which only this node can serve it.
+    fn bound(&self, p: &Pending<K, C>) -> bool {
+        matches!(p.stage, Stage::Committing { .. })
+            && matches!(self.cfg.steering, Steering::RouteOptimised { .. })
     }
 
     fn refuse(&mut self, from: K, conn_id: u64, reason: RefuseReason) {

@@ -252,3 +252,112 @@ fn route_optimised_an_abort_that_crossed_the_accept_leaves_the_connection_to_the
     );
     assert_eq!(svcs[2].adopted.len(), 1, "activated at the acceptor");
 }
+
+/// The acceptor's end of a channel whose write of the Accept fails (the donor's process died
+/// or reset the channel just then): the channel is broken from then on, both ways.
+struct FailAccept(common::Mem);
+
+impl Link for FailAccept {
+    fn send(&mut self, m: &Message) -> Result<(), ds_handoff::ChannelError> {
+        if matches!(m, Message::Accept { .. }) {
+            self.0.broken.set(true);
+        }
+        self.0.send(m)
+    }
+    fn recv(&mut self) -> Result<Option<Message>, ds_handoff::ChannelError> {
+        self.0.recv()
+    }
+}
+
+/// Route-optimised, a channel that fails on the Accept's write leaves the connection to the
+/// acceptor: its Binding Update went to the client with the commit, so the client sends to
+/// the acceptor's care-of address from then on, and dropping the connection there (as
+/// transparent mode does, `sim.rs`,
+/// `a_channel_that_fails_before_the_accept_leaves_the_connection_at_the_donor`) had the
+/// client's next segment answered with a reset. The donor resumes on the same failure; its
+/// copy hears nothing more. What the acceptor's server end sends reaches the client.
+#[test]
+fn route_optimised_a_failed_accept_leaves_the_connection_to_the_acceptor() {
+    let mut got = Vec::new();
+    let Ro {
+        mut lan,
+        cl,
+        srv,
+        ticket,
+        t0,
+        ..
+    } = ro(&[], &mut got);
+    let mut acc: Acceptor<u8, UserConn> = Acceptor::new(AcceptorConfig {
+        takeover: Takeover::HomeAddress,
+        steering: Steering::RouteOptimised {
+            lifetime: Duration::from_secs(120),
+        },
+        ..Default::default()
+    });
+    let (mut ch_d, ch_a) = mem_pair();
+    let mut ch_a: Option<Box<dyn Link>> = Some(Box::new(FailAccept(ch_a)));
+    let mut svcs: [Raw; 3] = Default::default();
+    let mut dcfg = DonorConfig::new(1, "http");
+    dcfg.mode = Mode::Ro;
+    dcfg.ticket = Some(ticket);
+    dcfg.prepare = false;
+    let mut donor = start_donor(&mut lan, &mut svcs, 1, srv, dcfg, Mono::now());
+    let mut events = Vec::new();
+    let outcome = loop {
+        let seen = round12(
+            &mut lan, &mut svcs, &mut donor, &mut ch_d, &mut acc, &mut ch_a,
+        );
+        events.extend(seen.events);
+        if let Some(o) = seen.outcome {
+            break o;
+        }
+        lan.step();
+        read_into(&mut lan.ifs[0], cl, &mut got);
+        assert!(
+            lan.now < t0 + Duration::from_secs(10),
+            "no outcome: {events:?}"
+        );
+    };
+    assert!(
+        matches!(outcome, DonorOutcome::Resumed { .. }),
+        "the donor resumes on the broken channel: {outcome:?}"
+    );
+    assert!(ch_a.is_none(), "the acceptor saw its write fail");
+    // The round after the failure activates the committed offer.
+    for _ in 0..3 {
+        let seen = round12(
+            &mut lan, &mut svcs, &mut donor, &mut ch_d, &mut acc, &mut ch_a,
+        );
+        events.extend(seen.events);
+    }
+    let has = |f: fn(&AcceptorEvent) -> bool| events.iter().any(f);
+    assert!(
+        has(|e| matches!(e, AcceptorEvent::BindingSent { .. })),
+        "{events:?}"
+    );
+    assert!(
+        !has(|e| matches!(e, AcceptorEvent::Aborted { .. })),
+        "{events:?}"
+    );
+    assert_eq!(
+        svcs[2].adopted.len(),
+        1,
+        "activated at the acceptor: {events:?}"
+    );
+    let srv2 = svcs[2].adopted[0];
+    // The client, bound to the acceptor, gets what its server end sends, and no reset.
+    let msg = b"served by the acceptor after the failed Accept";
+    assert_eq!(lan.ifs[2].tcp_send(srv2, msg).unwrap(), msg.len());
+    while got.len() < msg.len() {
+        lan.step();
+        read_into(&mut lan.ifs[0], cl, &mut got);
+        assert!(lan.now < t0 + Duration::from_secs(30), "stalled: {got:?}");
+    }
+    assert_eq!(got, msg);
+    assert_eq!(lan.ifs[0].tcp_state(cl), Some(TcpState::Established));
+    assert_eq!(
+        lan.ifs[2].stats().tcp_no_socket,
+        0,
+        "the acceptor answered nothing of the client's with a reset"
+    );
+}
