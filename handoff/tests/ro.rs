@@ -178,6 +178,32 @@ fn route_optimised_handoff_carries_the_home_ticket() {
     );
 }
 
+/// The acceptor of the commit tests below: route-optimised, taking over the home address.
+fn ro_acceptor() -> Acceptor<u8, UserConn> {
+    Acceptor::new(AcceptorConfig {
+        takeover: Takeover::HomeAddress,
+        steering: Steering::RouteOptimised {
+            lifetime: Duration::from_secs(120),
+        },
+        ..Default::default()
+    })
+}
+
+/// Node 1 starts handing `srv` off, route-optimised with the home `ticket`, and without a
+/// Prepare: the acceptor binds with the care-of token of the test run ahead, at once.
+fn ro_donor(
+    lan: &mut Lan,
+    svcs: &mut [Raw],
+    srv: ds_stack::TcpHandle,
+    ticket: Vec<u8>,
+) -> ds_handoff::Donor<UserConn> {
+    let mut dcfg = DonorConfig::new(1, "http");
+    dcfg.mode = Mode::Ro;
+    dcfg.ticket = Some(ticket);
+    dcfg.prepare = false;
+    start_donor(lan, svcs, 1, srv, dcfg, Mono::now())
+}
+
 /// Route-optimised, an Abort that crossed the Accept (read in the same round as the offer)
 /// leaves the committed offer to activate: its Binding Update went to the client with the
 /// commit, so the client now sends to the acceptor's care-of address, and dropping the
@@ -192,21 +218,10 @@ fn route_optimised_an_abort_that_crossed_the_accept_leaves_the_connection_to_the
         ticket,
         ..
     } = ro(&[], &mut got);
-    let mut acc: Acceptor<u8, UserConn> = Acceptor::new(AcceptorConfig {
-        takeover: Takeover::HomeAddress,
-        steering: Steering::RouteOptimised {
-            lifetime: Duration::from_secs(120),
-        },
-        ..Default::default()
-    });
+    let mut acc = ro_acceptor();
     let (mut ch_d, ch_a) = mem_pair();
     let mut svcs: [Raw; 3] = Default::default();
-    let mut dcfg = DonorConfig::new(1, "http");
-    dcfg.mode = Mode::Ro;
-    dcfg.ticket = Some(ticket);
-    // No Prepare: the acceptor binds with the care-of token of the test run ahead, at once.
-    dcfg.prepare = false;
-    let mut donor = start_donor(&mut lan, &mut svcs, 1, srv, dcfg, Mono::now());
+    let mut donor = ro_donor(&mut lan, &mut svcs, srv, ticket);
     // The donor alone until its offer is out; the acceptor reads nothing yet.
     for _ in 0..100 {
         round(
@@ -287,21 +302,11 @@ fn route_optimised_a_failed_accept_leaves_the_connection_to_the_acceptor() {
         t0,
         ..
     } = ro(&[], &mut got);
-    let mut acc: Acceptor<u8, UserConn> = Acceptor::new(AcceptorConfig {
-        takeover: Takeover::HomeAddress,
-        steering: Steering::RouteOptimised {
-            lifetime: Duration::from_secs(120),
-        },
-        ..Default::default()
-    });
+    let mut acc = ro_acceptor();
     let (mut ch_d, ch_a) = mem_pair();
     let mut ch_a: Option<Box<dyn Link>> = Some(Box::new(FailAccept(ch_a)));
     let mut svcs: [Raw; 3] = Default::default();
-    let mut dcfg = DonorConfig::new(1, "http");
-    dcfg.mode = Mode::Ro;
-    dcfg.ticket = Some(ticket);
-    dcfg.prepare = false;
-    let mut donor = start_donor(&mut lan, &mut svcs, 1, srv, dcfg, Mono::now());
+    let mut donor = ro_donor(&mut lan, &mut svcs, srv, ticket);
     let mut events = Vec::new();
     let outcome = loop {
         let seen = round12(
