@@ -498,13 +498,24 @@ impl<C: std::fmt::Debug> Donor<C> {
         if msg.conn_id() != self.cfg.conn_id {
             return;
         }
-        if let (Message::Steered { steer_ns, .. }, Stage::Forwarding { until, steered, .. }) =
-            (&msg, &mut self.stage)
+        if let (
+            Message::Steered { steer_ns, .. },
+            Stage::Forwarding {
+                until,
+                steered,
+                since,
+                ..
+            },
+        ) = (&msg, &mut self.stage)
         {
-            // The flow goes there now; what was already on its way here still gets the grace.
+            // The flow goes there now; what was already on its way here still gets the grace,
+            // within MAX_FORWARD: an acceptor repeating Steered must not keep this host's hold
+            // (and this donor) alive for ever.
             tracing::debug!(conn_id = self.cfg.conn_id, steer_ns, "steered");
             *steered = true;
-            *until = (*until).max(now + self.cfg.forward_grace);
+            *until = (*until)
+                .max(now + self.cfg.forward_grace)
+                .min(*since + MAX_FORWARD);
             return;
         }
         if !matches!(self.stage, Stage::Offered(_)) {

@@ -675,6 +675,39 @@ fn forwarding_lasts_while_packets_keep_coming() {
     assert!(m.d.is_done(), "forwarding ended");
 }
 
+/// An acceptor that repeats `Steered` (a broken or hostile peer) extends the donor's
+/// forwarding by a grace period each time, but never past `MAX_FORWARD` after it began: the
+/// donor ends, and its host's hold on the flow with it.
+#[test]
+fn a_repeated_steered_keeps_no_donor_forwarding_past_its_limit() {
+    let mut s = Sim::new();
+    let mut m = Moved::new(&mut s, DonorConfig::new(7, "http"));
+    let began = s.now();
+    let limit = ds_handoff::MAX_FORWARD + Duration::from_millis(250);
+    while s.now() - began < limit + Duration::from_secs(8) {
+        if let Some(ch) = m.ch_a.as_mut() {
+            ch.send(&Message::Steered {
+                conn_id: 7,
+                steer_ns: 1,
+            })
+            .unwrap();
+        }
+        m.round(&mut s);
+        if m.d.is_done() {
+            break;
+        }
+        for _ in 0..100 {
+            s.tick();
+        }
+    }
+    assert!(
+        m.d.is_done(),
+        "still forwarding {:?} after the move",
+        s.now() - began
+    );
+    assert!(s.now() - began <= limit, "{:?}", s.now() - began);
+}
+
 /// Route optimisation: a client that still sends home has not got the acceptor's Binding
 /// Update, and may then fall silent for longer than the grace period (here while the
 /// acceptor waits for its retransmission timeout). Its next packet must still be forwarded,
