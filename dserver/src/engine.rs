@@ -164,11 +164,23 @@ impl HandoffConfig {
 /// A new flow-generation clock ([`HandoffConfig::generation`]), at the realtime clock in
 /// microseconds.
 pub fn new_generation_clock() -> Arc<AtomicU64> {
-    let us = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2));
-    Arc::new(AtomicU64::new(us))
+    Arc::new(AtomicU64::new(realtime_us()))
 }
+
+/// The realtime clock in microseconds since the Unix epoch (what flow generations start at).
+fn realtime_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2))
+}
+
+/// How far above this node's realtime clock, in microseconds, an offered flow generation may
+/// be and still raise the node's clock: honest generations start at their node's realtime
+/// clock and grow by one per handoff, so nodes whose clocks disagree by seconds, after
+/// millions of handoffs, stay far below this (2^40 us, ~12.7 days). Anything above comes
+/// from a broken or hostile peer: taken in, it would have wrapped the clock (every later
+/// handoff refused as stale at the home agent) or pinned its flow there.
+pub const GENERATION_AHEAD: u64 = 1 << 40;
 
 /// What happened, for the node's owner (logs, reports).
 #[derive(Debug)]
@@ -259,6 +271,10 @@ pub struct NodeStats {
     /// Flow moves steered ahead ([`HandoffConfig::steer_ahead`]) that the home agent refused
     /// or never answered (the connection lived on the donor's forwarding).
     pub steer_ahead_failed: u64,
+    /// Offers dropped unread because their flow generation was far above this node's clock
+    /// ([`GENERATION_AHEAD`]): a broken or hostile peer's, which raised into the shared
+    /// clock would have wrapped it or pinned its flows at the home agent.
+    pub implausible_generations: u64,
 }
 
 /// How long handoffs wait for a peer's control channel to come up (the engine freezes
@@ -1024,13 +1040,16 @@ impl<C: std::fmt::Debug> Coordinator<C> {
             // meanwhile, and a later handoff goes once it is up.
             return Err(conn);
         }
+        let Some(generation) = self.next_generation() else {
+            tracing::error!(
+                "the flow-generation clock is exhausted: no handoff can outrank the last"
+            );
+            return Err(conn);
+        };
         let mut cfg = self.donor_cfg.clone();
         cfg.conn_id = self.next_id;
         cfg.ticket = ticket;
-        cfg.generation = self
-            .generation
-            .fetch_add(1, Ordering::Relaxed)
-            .saturating_add(1);
+        cfg.generation = generation;
         match Donor::start(now, conn, cfg, host, svc) {
             Ok(d) => {
                 self.next_id += 1;
@@ -1094,6 +1113,27 @@ impl<C: std::fmt::Debug> Coordinator<C> {
         // The hint was this round's.
         self.readiness.hinted = false;
         self.note_spin(now);
+    }
+
+    /// The generation of a handoff starting here: one above the last this node offered or
+    /// was offered; `None` once the clock is exhausted (it never wraps: a wrapped clock's
+    /// handoffs would all be refused as stale at the home agent).
+    fn next_generation(&self) -> Option<u64> {
+        self.generation
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |g| g.checked_add(1))
+            .ok()
+            .map(|g| g + 1)
+    }
+
+    /// Raise the clock to an offered generation (Lamport), unless it is implausibly far
+    /// ahead of this node's realtime clock ([`GENERATION_AHEAD`]): then false, and the
+    /// clock is unchanged.
+    fn observe_generation(&self, g: u64) -> bool {
+        if g > realtime_us().saturating_add(GENERATION_AHEAD) {
+            return false;
+        }
+        self.generation.fetch_max(g, Ordering::Relaxed);
+        true
     }
 
     /// After a round at `now`: when the current spin began (`None`: not spinning).
@@ -1181,7 +1221,15 @@ impl<C: std::fmt::Debug> Coordinator<C> {
             for msg in batch {
                 if let Message::Offer(o) = &msg {
                     // Lamport: the connection's next handoff, from here, outranks this one.
-                    self.generation.fetch_max(o.generation, Ordering::Relaxed);
+                    if !self.observe_generation(o.generation) {
+                        self.stats.implausible_generations += 1;
+                        tracing::warn!(
+                            conn_id = o.conn_id,
+                            generation = o.generation,
+                            "an offer whose flow generation is far above this node's clock: dropped"
+                        );
+                        continue;
+                    }
                     if !open || aborted.contains(&o.conn_id) {
                         tracing::warn!(
                             conn_id = o.conn_id,
@@ -1563,6 +1611,40 @@ pub fn control_listener(at: SocketAddr, shared: bool) -> std::io::Result<TcpList
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An offer's flow generation raises the node's clock only within [`GENERATION_AHEAD`]
+    /// of the realtime clock: one of `u64::MAX` (a broken or hostile peer) leaves it alone,
+    /// and the next handoff here still outranks every earlier one. A clock at its end
+    /// refuses handoffs instead of wrapping.
+    #[test]
+    fn a_flow_generation_far_ahead_neither_wraps_nor_raises_the_clock() {
+        let mut cfg = HandoffConfig::new(
+            ClusterSecret::new(b"0123456789abcdef0123456789abcdef").expect("secret"),
+        );
+        let c: Coordinator<()> = Coordinator::new(&mut cfg).expect("coordinator");
+        let first = c.next_generation().expect("a generation");
+        assert!(
+            first >= realtime_us() - 60_000_000,
+            "starts at the realtime clock"
+        );
+        assert!(!c.observe_generation(u64::MAX));
+        assert!(!c.observe_generation(realtime_us() + 2 * GENERATION_AHEAD));
+        assert_eq!(
+            c.next_generation(),
+            Some(first + 1),
+            "the clock did not move"
+        );
+        let ahead = realtime_us() + GENERATION_AHEAD / 2;
+        assert!(c.observe_generation(ahead), "a peer's clock ahead of ours");
+        assert_eq!(
+            c.next_generation(),
+            Some(ahead + 1),
+            "Lamport: above the offer"
+        );
+        c.generation.store(u64::MAX, Ordering::Relaxed);
+        assert_eq!(c.next_generation(), None, "exhausted, not wrapped");
+        assert_eq!(c.generation.load(Ordering::Relaxed), u64::MAX);
+    }
 
     /// A node spinning for a wait that does not end stops after the limit, sleeps until the
     /// wait ends, and spins again for the next one. (The wait here is an acceptor's after a
