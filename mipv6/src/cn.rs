@@ -18,13 +18,14 @@
 use crate::common::MhMeta;
 use crate::consts::MAX_RR_BINDING_LIFETIME;
 use crate::rr::{self, Kbm, Kcn, NonceTable, TokenKind};
+use crate::time::Budget;
 use crate::wire::packet::insert_rh2;
 use crate::wire::{
     BaStatus, BeStatus, BindingAck, FlowIdOption, MhMessage, MhPacket, MhRepr, MobilityOption,
     PacketBuilder, ParsedIpv6, PortSelector, IPPROTO_MH, IPPROTO_NONE, IPPROTO_TCP, IPPROTO_UDP,
 };
 use crate::{lifetime_to_units, seq_less, units_to_lifetime, Instant, Transmit};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, Ipv6Addr};
 use std::time::Duration;
 
@@ -56,6 +57,14 @@ pub struct CnConfig {
     pub flow_bindings: bool,
     /// Minimum interval between two Binding Errors to one address (§9.3.3 rate limiting).
     pub be_interval: Duration,
+    /// Most Binding Errors sent a second, to all addresses together (§9.3.3): a flood of
+    /// Home Address options from spoofed sources gets this many answers, and costs no more
+    /// state than they do.
+    pub be_per_sec: u32,
+    /// Most binding identifiers (RFC 5648) one home address may hold here; a BU for another
+    /// gets status 130 (insufficient resources, §6.1.8), as a new home address beyond
+    /// `max_entries` does.
+    pub max_bids_per_home: usize,
     /// Most home addresses in the binding cache; a BU for a new one beyond that gets status
     /// 130 (insufficient resources, §6.1.8).
     pub max_entries: usize,
@@ -68,6 +77,8 @@ impl Default for CnConfig {
             refresh_before: Duration::from_secs(20),
             flow_bindings: true,
             be_interval: Duration::from_secs(1),
+            be_per_sec: 100,
+            max_bids_per_home: 16,
             max_entries: 65536,
         }
     }
@@ -241,7 +252,14 @@ pub struct Correspondent {
     /// find no entry, have any sequence number accepted (§9.5.1), and bind the home address
     /// to its care-of address again. At most `max_entries`.
     retired: HashMap<(Ipv6Addr, Option<u16>), Retired>,
+    /// `retired`'s keys in the order they were retired, with their `until` (which grows with
+    /// it: `now` plus a constant), so that the first to be forgotten is found in O(1); an
+    /// item whose `until` no longer matches the map's (the key was retired again, or bound)
+    /// is skipped.
+    retired_order: VecDeque<((Ipv6Addr, Option<u16>), Instant)>,
     last_be: HashMap<Ipv6Addr, Instant>,
+    /// Binding Errors sent this second, to all addresses ([`CnConfig::be_per_sec`]).
+    be_budget: Budget,
 }
 
 /// A removed binding's last sequence number and how long it is remembered.
@@ -259,28 +277,39 @@ impl Correspondent {
             nonces: NonceTable::new(kcn, nonce_key),
             cache: HashMap::new(),
             retired: HashMap::new(),
+            retired_order: VecDeque::new(),
             last_be: HashMap::new(),
+            be_budget: Budget::new(Instant::ZERO),
         }
     }
 
     /// Remember a removed binding's last sequence number (RFC 6275 §5.2.8) for as long as a
     /// nonce is accepted, MAX_NONCE_LIFETIME: the nonces that authorised it were issued
-    /// before now. Bounded: when full, the entry closest to being forgotten goes first.
+    /// before now. Bounded: when full, the entry closest to being forgotten goes first, found
+    /// in O(1) (`retired_order`: a scan of the map per removal made a burst of removals
+    /// quadratic, seconds of one packet's processing at 65,536 entries).
     fn retire(&mut self, now: Instant, home: Ipv6Addr, bid: Option<u16>, sequence: u16) {
+        if self.config.max_entries == 0 {
+            return;
+        }
         let until = now + crate::consts::MAX_NONCE_LIFETIME;
         let key = (home, bid);
         if !self.retired.contains_key(&key) && self.retired.len() >= self.config.max_entries {
-            let oldest = self
-                .retired
-                .iter()
-                .min_by_key(|(_, r)| r.until)
-                .map(|(k, _)| *k);
-            if let Some(k) = oldest {
-                self.retired.remove(&k);
+            while let Some((k, t)) = self.retired_order.pop_front() {
+                if self.retired.get(&k).is_some_and(|r| r.until == t) {
+                    self.retired.remove(&k);
+                    break;
+                }
             }
         }
-        if self.config.max_entries > 0 {
-            self.retired.insert(key, Retired { sequence, until });
+        self.retired.insert(key, Retired { sequence, until });
+        self.retired_order.push_back((key, until));
+        // Items left behind by keys retired again or bound since: never more than the
+        // live ones for long.
+        if self.retired_order.len() > 2 * self.config.max_entries.max(self.retired.len()) {
+            let retired = &self.retired;
+            self.retired_order
+                .retain(|(k, t)| retired.get(k).is_some_and(|r| r.until == *t));
         }
     }
 
@@ -616,7 +645,15 @@ impl Correspondent {
             sequence: bu.sequence,
             expires: now + granted,
         };
-        if !self.cache.contains_key(&home) && self.cache.len() >= self.config.max_entries {
+        let new_bid = |e: &CacheEntry, b: u16| {
+            !e.bids.contains_key(&b) && e.bids.len() >= self.config.max_bids_per_home
+        };
+        let full = match (self.cache.get(&home), bid) {
+            (None, _) => self.cache.len() >= self.config.max_entries,
+            (Some(e), Some(b)) => new_bid(e, b),
+            (Some(_), None) => false,
+        };
+        if full {
             let s = BaStatus::INSUFFICIENT_RESOURCES;
             return CnOutput {
                 transmit: vec![reply_to(s, bu.sequence, Some(&kbm), vec![])],
@@ -706,11 +743,22 @@ impl Correspondent {
         }
     }
 
+    /// Whether a Binding Error may go to `to` now (§9.3.3): at most one per `be_interval` to
+    /// one address, and `be_per_sec` to all together. The total is checked first, so a flood
+    /// from spoofed sources adds at most `be_per_sec` addresses a second to `last_be`, and
+    /// its sweep (when it holds over 4,096) runs at most that often: before, every packet of
+    /// such a flood swept a map of fresh entries, growing without bound.
     fn rate_limited_be(&mut self, now: Instant, to: Ipv6Addr) -> bool {
         if let Some(&t) = self.last_be.get(&to) {
             if now.saturating_since(t) < self.config.be_interval {
                 return false;
             }
+        }
+        if !self
+            .be_budget
+            .allow(now, self.config.be_per_sec, Duration::from_secs(1))
+        {
+            return false;
         }
         if self.last_be.len() > 4096 {
             let iv = self.config.be_interval;
@@ -896,6 +944,10 @@ impl Correspondent {
 /// replace the one with the same FID; returns the status for the BA. We support exactly one
 /// BID reference per flow (no replication to several care-of addresses) and the IPv6 binary
 /// port selector.
+/// Most flow bindings (RFC 6089) one home address may hold here; another is refused
+/// (`flow_status::REJECTED`).
+pub const MAX_FLOWS_PER_HOME: usize = 64;
+
 fn apply_flow(entry: &mut CacheEntry, f: &FlowIdOption) -> u8 {
     let refs = f.binding_refs();
     let has_ts = f
@@ -923,6 +975,11 @@ fn apply_flow(entry: &mut CacheEntry, f: &FlowIdOption) -> u8 {
             flow_status::MALFORMED
         };
     };
+    if !entry.flows.contains_key(&f.fid) && entry.flows.len() >= MAX_FLOWS_PER_HOME {
+        // Bounded like the BIDs ([`CnConfig::max_bids_per_home`]): every flow binding is
+        // matched against each packet to the home address.
+        return flow_status::REJECTED;
+    }
     entry.flows.insert(
         f.fid,
         FlowBinding {

@@ -105,6 +105,50 @@ impl Instant {
     }
 }
 
+/// A budget of `per_window` events per `window`, in fixed windows: what answers to
+/// unauthenticated input are limited by (RFC 4443 §2.4(f) for ICMPv6 errors, RFC 6275 §9.3.3
+/// for Binding Errors), so that a flood costs a constant amount of work and state per packet
+/// and its answers stay within the budget. A window starts with the first event after the
+/// last one ended.
+///
+/// ```
+/// use ds_mipv6::time::{Budget, Instant};
+/// use std::time::Duration;
+/// let (sec, t) = (Duration::from_secs(1), Instant::ZERO);
+/// let mut b = Budget::new(t);
+/// assert!(b.allow(t, 2, sec) && b.allow(t, 2, sec));
+/// assert!(!b.allow(t + Duration::from_millis(999), 2, sec));
+/// assert!(b.allow(t + sec, 2, sec));
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    start: Instant,
+    used: u32,
+}
+
+impl Budget {
+    /// A budget whose first window starts at `now`.
+    pub fn new(now: Instant) -> Self {
+        Budget {
+            start: now,
+            used: 0,
+        }
+    }
+
+    /// Take one event from the budget at `now`: false when `per_window` were taken in the
+    /// current window.
+    pub fn allow(&mut self, now: Instant, per_window: u32, window: Duration) -> bool {
+        if now.saturating_since(self.start) >= window {
+            *self = Budget::new(now);
+        }
+        if self.used >= per_window {
+            return false;
+        }
+        self.used += 1;
+        true
+    }
+}
+
 /// A span of time in whole microseconds, in 32 bits: 0 to about 71.6 minutes, longer spans
 /// saturate and sub-microsecond parts are dropped.
 ///

@@ -833,3 +833,123 @@ fn an_unanswered_test_gives_up_after_the_token_lifetime() {
     // 1, 2, 4, 8, 16, 32 s, then every 32 s until 210 s: 10 transmissions in all.
     assert!((8..=12).contains(&sent), "{sent} transmissions");
 }
+
+/// A correspondent with `f` applied to its default settings.
+fn cn_with(f: impl FnOnce(&mut CnConfig)) -> Correspondent {
+    let mut c = CnConfig::default();
+    f(&mut c);
+    Correspondent::new(c, [7; 20], [9; 32])
+}
+
+/// RFC 5648 binding identifiers are bounded per home address (`max_bids_per_home`), as home
+/// addresses are (`max_entries`): one more gets status 130, and those held still refresh.
+#[test]
+fn a_home_address_holds_at_most_its_share_of_binding_identifiers() {
+    let mut cn = cn_with(|c| c.max_bids_per_home = 2);
+    let now = secs(1);
+    let with_bid = |coa: &str, bid: u16| MnBindingConfig {
+        bid: Some(bid),
+        ..cfg(coa)
+    };
+    let mut b1 = with_tokens(&mut cn, with_bid(COA_A, 1), 1, now);
+    let mut b2 = with_tokens(&mut cn, with_bid(COA_B, 2), 1, now);
+    assert!(matches!(bind(&mut cn, &mut b1, now), MnEvent::Bound { .. }));
+    assert!(matches!(bind(&mut cn, &mut b2, now), MnEvent::Bound { .. }));
+    let mut b3 = with_tokens(&mut cn, with_bid("fd00:c::1", 3), 1, now);
+    assert_eq!(
+        bind(&mut cn, &mut b3, now),
+        MnEvent::Rejected(BaStatus::INSUFFICIENT_RESOURCES)
+    );
+    let later = now + Duration::from_secs(10);
+    tokens(&mut cn, &mut b1, later);
+    assert!(matches!(
+        bind(&mut cn, &mut b1, later),
+        MnEvent::Bound { .. }
+    ));
+}
+
+/// Home Address options from many spoofed sources (§9.3.1) get Binding Errors within the
+/// budget of `be_per_sec` a second for all of them together (§9.3.3), not one each: the
+/// flood's answers, and the state kept for them, stay bounded.
+#[test]
+fn binding_errors_to_spoofed_sources_stay_within_the_budget() {
+    let mut cn = cn_with(|c| c.be_per_sec = 100);
+    let errors = |cn: &mut Correspondent, now: Instant, from: u32| {
+        (from..from + 10_000)
+            .filter(|i| {
+                let src = Ipv6Addr::from(0xfd00_00ee_u128 << 96 | u128::from(*i));
+                matches!(
+                    cn.check_hao(now, a(CN), src, a(HOME), false),
+                    HaoCheck::Reject(Some(_))
+                )
+            })
+            .count()
+    };
+    let now = secs(3);
+    assert_eq!(errors(&mut cn, now, 0), 100);
+    assert_eq!(
+        errors(&mut cn, now + Duration::from_millis(500), 10_000),
+        0,
+        "the same second"
+    );
+    assert_eq!(
+        errors(&mut cn, now + Duration::from_secs(1), 20_000),
+        100,
+        "the next second"
+    );
+}
+
+/// With the retired sequence numbers full (`max_entries`), the number forgotten first is the
+/// oldest: the later deletions' Binding Updates replayed are still refused (§5.2.8).
+#[test]
+fn the_oldest_retired_number_is_forgotten_first() {
+    let mut cn = cn_with(|c| c.max_entries = 2);
+    let mut recorded = Vec::new();
+    for (k, home) in ["fd00:d5::81", "fd00:d5::82", "fd00:d5::83"]
+        .into_iter()
+        .enumerate()
+    {
+        let now = secs(10 + 10 * k as i64);
+        let mut b = with_tokens(
+            &mut cn,
+            MnBindingConfig {
+                home: a(home),
+                ..cfg(COA_A)
+            },
+            1,
+            now,
+        );
+        let bu = b.send_update(now).unwrap();
+        let out = cn.on_packet(now, &bu.packet);
+        assert!(
+            matches!(out.event, CnEvent::BindingUpdated { .. }),
+            "{home}"
+        );
+        to_mn(&mut b, now, &out.transmit[0]);
+        let later = now + Duration::from_secs(1);
+        tokens(&mut cn, &mut b, later);
+        let del = b.send_delete(later).unwrap();
+        let out = cn.on_packet(later, &del.packet);
+        assert!(
+            matches!(out.event, CnEvent::BindingDeleted { .. }),
+            "{home}"
+        );
+        recorded.push((home, bu));
+    }
+    let now = secs(45);
+    for (home, bu) in &recorded[1..] {
+        let out = cn.on_packet(now, &bu.packet);
+        assert_eq!(
+            out.event,
+            CnEvent::Rejected(BaStatus::SEQUENCE_OUT_OF_WINDOW),
+            "{home} remembered"
+        );
+    }
+    let (home, bu) = &recorded[0];
+    let out = cn.on_packet(now, &bu.packet);
+    assert_ne!(
+        out.event,
+        CnEvent::Rejected(BaStatus::SEQUENCE_OUT_OF_WINDOW),
+        "{home}: the oldest is forgotten"
+    );
+}
