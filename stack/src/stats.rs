@@ -34,6 +34,9 @@ pub struct Stats {
     pub rx_icmp: u64,
     /// Packet Too Big messages that lowered a path MTU.
     pub pmtu_updates: u64,
+    /// Packet Too Big messages ignored: quoting a packet not from us, a TCP segment not in
+    /// flight, or over the budget for the others (RFC 5927 §7.2).
+    pub pmtu_ignored: u64,
     /// TCP segments received (valid checksum).
     pub tcp_rx_segments: u64,
     /// TCP segments sent.

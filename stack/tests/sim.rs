@@ -180,29 +180,18 @@ fn graceful_close_both_sides_reaches_time_wait_and_closed() {
     assert_eq!(w.ifs[0].tcp_state(c), Some(TcpState::Closed));
 }
 
-/// RFC 8201: a Packet Too Big lowers the path MTU for that destination; TCP re-segments.
-#[test]
-fn packet_too_big_lowers_segment_size() {
+/// A router's (fd00::fe) ICMPv6 Packet Too Big with `mtu` to fd00::1 (interface 0), quoting
+/// the packet of header `quoted` whose payload starts with `data`.
+fn packet_too_big(quoted: ds_stack::wire::Ipv6Repr, data: &[u8], mtu: u32) -> Vec<u8> {
     use ds_stack::wire::{
         EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, Icmpv6Packet, Icmpv6Repr,
         IpProtocol, Ipv6Packet, Ipv6Repr,
     };
-    let mut w = wire(0, 4);
-    let (c, _s) = connect(&mut w);
     let a_ip: std::net::Ipv6Addr = "fd00::1".parse().unwrap();
-    let b_ip: std::net::Ipv6Addr = "fd00::2".parse().unwrap();
-    // A router's PTB to a about a's packets to b, quoting a 1500-byte packet header.
-    let quoted = Ipv6Repr {
-        src_addr: a_ip,
-        dst_addr: b_ip,
-        next_header: IpProtocol::Tcp,
-        payload_len: 1460,
-        hop_limit: 64,
-    };
     let ptb = Icmpv6Repr::PktTooBig {
-        mtu: 1280,
+        mtu,
         header: quoted,
-        data: &[0u8; 8],
+        data,
     };
     let router: std::net::Ipv6Addr = "fd00::fe".parse().unwrap();
     let mut frame = vec![0u8; 14 + 40 + ptb.buffer_len()];
@@ -226,13 +215,81 @@ fn packet_too_big_lowers_segment_size() {
         &mut Icmpv6Packet::new_unchecked(&mut frame[54..]),
         &Default::default(),
     );
+    frame
+}
+
+/// The header and the first 8 octets of the payload of the first frame interface 0 sends
+/// after `c` queued `len` bytes: what a router that dropped it quotes.
+fn a_segment_sent(w: &mut Lan, c: TcpHandle, len: usize) -> (ds_stack::wire::Ipv6Repr, Vec<u8>) {
+    use ds_stack::wire::{Ipv6Packet, Ipv6Repr};
+    w.ifs[0].tcp_send(c, &vec![5u8; len]).unwrap();
+    let mut first: Option<Vec<u8>> = None;
     let now = w.now;
-    w.ifs[0].receive(now, &frame);
-    assert_eq!(w.ifs[0].stats().pmtu_updates, 1);
-    w.ifs[0].tcp_send(c, &[5u8; 100_000]).unwrap();
+    w.ifs[0].transmit(now, &mut |f: &[u8]| {
+        first.get_or_insert_with(|| f.to_vec());
+    });
+    let f = first.expect("a segment");
+    let ip = Ipv6Packet::new_checked(&f[14..]).unwrap();
+    let header = Ipv6Repr::parse(&ip).unwrap();
+    (header, f[54..62].to_vec())
+}
+
+/// The largest frame interface 0 sends of `len` more bytes from `c`.
+fn largest_frame(w: &mut Lan, c: TcpHandle, len: usize) -> usize {
+    w.ifs[0].tcp_send(c, &vec![5u8; len]).unwrap();
     let mut max = 0;
+    let now = w.now;
     w.ifs[0].transmit(now, &mut |f: &[u8]| max = max.max(f.len()));
+    max
+}
+
+/// RFC 8201: a Packet Too Big lowers the path MTU for that destination; TCP re-segments.
+#[test]
+fn packet_too_big_lowers_segment_size() {
+    let mut w = wire(0, 4);
+    let (c, _s) = connect(&mut w);
+    // A router's PTB to a about a's 1500-byte segment to b, quoting it.
+    let (quoted, data) = a_segment_sent(&mut w, c, 2000);
+    assert_eq!(quoted.payload_len, 1460);
+    let now = w.now;
+    w.ifs[0].receive(now, &packet_too_big(quoted, &data, 1280));
+    assert_eq!(w.ifs[0].stats().pmtu_updates, 1);
+    let max = largest_frame(&mut w, c, 100_000);
     assert!(max > 0 && max <= 14 + 1280, "largest frame {max}");
+}
+
+/// Forged Packet Too Big messages (RFC 5927 §7.2): one quoting a packet not from us, one
+/// quoting a segment of the connection whose sequence number is not in flight, and ten
+/// thousand quoting UDP datagrams to as many destinations lower nothing but a budget of
+/// them (ten a second): the connection keeps its segment size, and the table of lowered
+/// paths holds no more than those.
+#[test]
+fn forged_packets_too_big_lower_nothing_beyond_a_budget() {
+    use ds_stack::wire::IpProtocol;
+    let mut w = wire(0, 4);
+    let (c, _s) = connect(&mut w);
+    let (quoted, data) = a_segment_sent(&mut w, c, 2000);
+    let now = w.now;
+    let mut foreign = quoted;
+    foreign.src_addr = "fd00::99".parse().unwrap();
+    w.ifs[0].receive(now, &packet_too_big(foreign, &data, 1280));
+    let mut stale = data.clone();
+    stale[4..8].copy_from_slice(
+        &(u32::from_be_bytes([data[4], data[5], data[6], data[7]]) ^ 1 << 31).to_be_bytes(),
+    );
+    w.ifs[0].receive(now, &packet_too_big(quoted, &stale, 1280));
+    assert_eq!(w.ifs[0].stats().pmtu_updates, 0);
+    assert_eq!(w.ifs[0].stats().pmtu_ignored, 2);
+    for i in 0..10_000u32 {
+        let mut udp = quoted;
+        udp.next_header = IpProtocol::Udp;
+        udp.dst_addr = std::net::Ipv6Addr::from(0xfd00_00ee_u128 << 96 | u128::from(i));
+        w.ifs[0].receive(now, &packet_too_big(udp, &data, 1280));
+    }
+    assert_eq!(w.ifs[0].stats().pmtu_updates, 10);
+    assert_eq!(w.ifs[0].stats().pmtu_ignored, 2 + 9_990);
+    let max = largest_frame(&mut w, c, 100_000);
+    assert_eq!(max, 14 + 1500, "full-sized segments still");
 }
 
 #[test]

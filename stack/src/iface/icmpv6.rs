@@ -3,6 +3,7 @@
 use super::conn_table::ConnKey;
 use super::ndisc::ND_HOP_LIMIT;
 use super::{caps, fill_upper_checksum, Interface, ICMP_ERRORS_PER_SEC};
+use crate::tcp::seq::{ge, le};
 use crate::time::{Duration, Instant};
 use ds_mipv6::wire::{pseudo_checksum, IPPROTO_ICMPV6};
 use smoltcp::wire::{
@@ -102,15 +103,33 @@ impl Interface {
                     self.after_tcb_event(idx);
                 }
             }
-            Icmpv6Repr::PktTooBig { mtu, header, .. } => {
+            Icmpv6Repr::PktTooBig { mtu, header, data } => {
                 // RFC 8201 §4: never below 1280.
                 let mtu = (mtu as usize).max(IPV6_MIN_MTU).min(self.cfg.mtu);
                 let target = header.dst_addr;
                 let cur = self.pmtu.get(&target).map(|p| p.0).unwrap_or(self.cfg.mtu);
-                if mtu < cur {
-                    self.stats.pmtu_updates += 1;
-                    self.set_path_mtu(now, target, mtu);
+                if mtu >= cur {
+                    return;
                 }
+                // RFC 4443 §3.2: the message quotes a packet we sent, but anyone can send one
+                // naming any destination, and each lowered path costs an entry and a look at
+                // every connection. A quoted TCP segment counts only if its connection has
+                // its sequence number in flight (RFC 5927 §7.2, as Linux's `tcp_v6_err`);
+                // other quotes (UDP, a segment behind extension headers) within a budget a
+                // second. The table itself is bounded (`set_path_mtu`).
+                let credible = self.is_ours(&header.src_addr)
+                    && if header.next_header == IpProtocol::Tcp {
+                        self.quotes_segment_in_flight(&header, data)
+                    } else {
+                        self.pmtu_budget
+                            .allow(now, PMTU_UNVERIFIED_PER_SEC, Duration::from_secs(1))
+                    };
+                if !credible {
+                    self.stats.pmtu_ignored += 1;
+                    return;
+                }
+                self.stats.pmtu_updates += 1;
+                self.set_path_mtu(now, target, mtu);
             }
             _ => {}
         }
@@ -130,16 +149,31 @@ impl Interface {
         self.send_frame(now, buf, dst, None);
     }
 
+    /// Whether `data`, the start of a TCP segment quoted after `header` in an ICMPv6 error,
+    /// is one of ours in flight: its connection exists and its sequence number is within
+    /// [SND.UNA, SND.MAX] (RFC 5927 §4.1, §7.2).
+    fn quotes_segment_in_flight(&self, header: &smoltcp::wire::Ipv6Repr, data: &[u8]) -> bool {
+        let Some(q) = data.get(..TCP_QUOTE_LEN) else {
+            return false;
+        };
+        let quoted = TcpPacket::new_unchecked(q);
+        let key = ConnKey(
+            header.src_addr,
+            quoted.src_port(),
+            header.dst_addr,
+            quoted.dst_port(),
+        );
+        let seq = quoted.seq_number().0 as u32;
+        self.conns
+            .lookup(&key)
+            .and_then(|idx| self.conns.get(idx))
+            .is_some_and(|t| ge(seq, t.snd_una) && le(seq, t.snd_max))
+    }
+
     /// RFC 4443 §2.4(f): a token per error, `ICMP_ERRORS_PER_SEC` a second.
     pub(super) fn icmp_error_allowed(&mut self, now: Instant) -> bool {
-        if now - self.icmp_budget.0 >= Duration::from_secs(1) {
-            self.icmp_budget = (now, 0);
-        }
-        if self.icmp_budget.1 >= ICMP_ERRORS_PER_SEC {
-            return false;
-        }
-        self.icmp_budget.1 += 1;
-        true
+        self.icmp_budget
+            .allow(now, ICMP_ERRORS_PER_SEC, Duration::from_secs(1))
     }
 
     /// RFC 4443 §3.4 Parameter Problem: `pointer` is the offset in `pkt` of the octet at fault.
@@ -229,3 +263,8 @@ const ICMP_ERROR_HEADER_LEN: usize = 8;
 /// The part of a TCP header an ICMPv6 error must quote for us to match it to a connection:
 /// ports and sequence number (RFC 5927 §4.1: the first 8 octets).
 const TCP_QUOTE_LEN: usize = 8;
+
+/// Packet Too Big messages a second that may lower a path MTU without quoting a TCP segment
+/// in flight (UDP datagrams, segments behind extension headers): what a sender of forged
+/// ones can make us apply.
+const PMTU_UNVERIFIED_PER_SEC: u32 = 10;

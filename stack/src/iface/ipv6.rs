@@ -3,7 +3,7 @@
 
 use super::mobility::Mobility;
 use super::ndisc::{solicited_node, ALL_NODES};
-use super::Interface;
+use super::{Interface, MAX_PMTU_PATHS, PMTU_AGE};
 use crate::time::Instant;
 use ds_mipv6::wire::{
     HomeAddressOptions, Type2RoutingHeader, HAO_OPTION_TYPE, IPPROTO_IPV6, IPPROTO_MH,
@@ -401,6 +401,18 @@ impl Interface {
     /// packets to it will carry one): later segments of connections to it shrink to fit.
     pub fn set_path_mtu(&mut self, now: Instant, dst: Ipv6Addr, mtu: usize) {
         let mtu = mtu.clamp(IPV6_MIN_MTU, self.cfg.mtu);
+        if !self.pmtu.contains_key(&dst) && self.pmtu.len() >= MAX_PMTU_PATHS {
+            // Full: paths not lowered for PMTU_AGE go first (RFC 8201 §4 has them tried at
+            // the link's MTU again), else the least recently lowered one. A scan, but only
+            // for a new path when full, which credible Packet Too Bigs make (`receive_icmp`).
+            self.pmtu.retain(|_, p| now - p.1 < PMTU_AGE);
+            if self.pmtu.len() >= MAX_PMTU_PATHS {
+                let oldest = self.pmtu.iter().min_by_key(|(_, p)| p.1).map(|(k, _)| *k);
+                if let Some(k) = oldest {
+                    self.pmtu.remove(&k);
+                }
+            }
+        }
         self.pmtu.insert(dst, (mtu, now));
         for idx in self.conns.to_remote(dst) {
             let local = self.conns.get(idx).map(|t| *t.local.ip());

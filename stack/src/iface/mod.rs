@@ -58,6 +58,8 @@ pub use ndisc::solicited_node;
 
 /// RFC 8201 §4: a learnt path MTU is forgotten after 10 minutes.
 pub(super) const PMTU_AGE: Duration = Duration::from_secs(600);
+/// Most destinations with a lowered path MTU kept ([`Interface::set_path_mtu`]).
+pub(super) const MAX_PMTU_PATHS: usize = 4096;
 /// RFC 4443 §2.4(f): ICMPv6 errors we send per second.
 pub(super) const ICMP_ERRORS_PER_SEC: u32 = 100;
 
@@ -277,7 +279,10 @@ pub struct Interface {
     /// Storage of intercepted packets the application took, for the next ones.
     intercept_spare: Vec<Vec<u8>>,
     decap_depth: u8,
-    icmp_budget: (Instant, u32),
+    icmp_budget: ds_mipv6::time::Budget,
+    /// Packet Too Big messages applied this second without a TCP segment in flight to vouch
+    /// for them (`receive_icmp`).
+    pmtu_budget: ds_mipv6::time::Budget,
     frag_ident: u32,
     scratch: Vec<u8>,
     /// TCP payload octets per super-frame the device segments; 0: none (see
@@ -386,7 +391,8 @@ impl Interface {
             intercepted: VecDeque::new(),
             intercept_spare: Vec::new(),
             decap_depth: 0,
-            icmp_budget: (now, 0),
+            icmp_budget: ds_mipv6::time::Budget::new(now),
+            pmtu_budget: ds_mipv6::time::Budget::new(now),
             frag_ident: now.total_micros() as u32,
             scratch: Vec::with_capacity(ETHERNET_HEADER_LEN + mtu),
             gso_max: 0,
