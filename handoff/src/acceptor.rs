@@ -32,7 +32,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv6Addr, SocketAddrV6};
 use std::time::{Duration, Instant};
 
-use ds_stack::ConnState;
+use ds_stack::{ConnState, Packets};
 
 use crate::host::{ns, Host, Service, Takeover};
 use crate::msg::{AcceptorTimes, Message, Offer, RefuseReason};
@@ -152,6 +152,9 @@ pub enum AcceptorEvent {
         conn_id: u64,
         /// How many.
         packets: usize,
+        /// How many were dropped: for no connection that donor handed here (or one handed
+        /// longer ago than a donor forwards), or not packets of that connection.
+        refused: usize,
     },
     /// Steering ahead: the home agent answered the flow move of a connection that already
     /// runs here: `Ok(phase 6)`, or why it did not apply it (then the client's packets still
@@ -253,6 +256,43 @@ struct Unsteered<K> {
     until: Instant,
 }
 
+/// A connection this acceptor activated, whose donor may still forward packets to it
+/// ([`Message::Forward`]).
+#[derive(Debug)]
+struct Forwarder<K> {
+    from: K,
+    conn_id: u64,
+    local: SocketAddrV6,
+    remote: SocketAddrV6,
+    /// Caller's clock: forget it then.
+    until: Instant,
+}
+
+/// How long after an activation its donor's Forwards are taken: twice the longest a donor
+/// forwards ([`crate::donor::MAX_FORWARD`]), for the channel's and the processes' delays
+/// (durations only: the nodes' clocks need not agree).
+const FORWARDS_FOR: Duration = Duration::from_secs(2 * crate::donor::MAX_FORWARD.as_secs());
+
+/// Activated connections whose Forwards are taken (bounded: the oldest is forgotten first).
+const MAX_FORWARDERS: usize = 4096;
+
+/// Whether `packet` is an IPv6 packet of the TCP connection `local` ↔ `remote` from its
+/// remote end (RFC 8200 §4: the extension headers walked to TCP; RFC 6275 §6.3, §6.4: the
+/// Home Address option's address as the source, a type 2 routing header's as the
+/// destination).
+fn of_connection(packet: &[u8], local: SocketAddrV6, remote: SocketAddrV6) -> bool {
+    let Ok(p) = ds_mipv6::wire::ParsedIpv6::parse(packet) else {
+        return false;
+    };
+    let tcp = p.upper(packet);
+    p.upper_proto == 6
+        && p.hao.unwrap_or(p.src) == *remote.ip()
+        && p.rh2.unwrap_or(p.dst) == *local.ip()
+        && tcp.len() >= 4
+        && u16::from_be_bytes([tcp[0], tcp[1]]) == remote.port()
+        && u16::from_be_bytes([tcp[2], tcp[3]]) == local.port()
+}
+
 /// The acceptor side of a node.
 #[derive(Debug)]
 pub struct Acceptor<K, C> {
@@ -268,6 +308,10 @@ pub struct Acceptor<K, C> {
     unsteered: VecDeque<Unsteered<K>>,
     /// Whether the channel to the home agent is up (steering ahead needs it).
     ha_ready: bool,
+    /// Activated connections, in the order they were: a donor's Forward is injected only
+    /// for one of its own, and only the packets of that connection (another donor's
+    /// connections are not its to feed, and a kernel host sends what it injects out).
+    forwarders: VecDeque<Forwarder<K>>,
 }
 
 impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
@@ -282,6 +326,7 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
             care_of: HashMap::new(),
             unsteered: VecDeque::new(),
             ha_ready: false,
+            forwarders: VecDeque::new(),
         }
     }
 
@@ -388,11 +433,38 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
                     .push_back(AcceptorEvent::Prepared { conn_id, client });
             }
             Message::Forward { conn_id, packets } => {
+                let ends = self
+                    .forwarders
+                    .iter()
+                    .find(|f| f.from == from && f.conn_id == conn_id && now < f.until)
+                    .map(|f| (f.local, f.remote));
                 let n = packets.len();
-                host.inject(packets);
+                let ok = match ends {
+                    None => Packets::new(),
+                    Some((l, r)) if packets.iter().all(|p| of_connection(p, l, r)) => packets,
+                    Some((l, r)) => {
+                        let mut ok = Packets::new();
+                        for p in packets.iter().filter(|p| of_connection(p, l, r)) {
+                            ok.push(p);
+                        }
+                        ok
+                    }
+                };
+                let delivered = ok.len();
+                if delivered < n {
+                    tracing::warn!(
+                        conn_id,
+                        refused = n - delivered,
+                        "forwarded packets not of a connection this donor handed here: dropped"
+                    );
+                }
+                if delivered > 0 {
+                    host.inject(ok);
+                }
                 self.events.push_back(AcceptorEvent::Forwarded {
                     conn_id,
-                    packets: n,
+                    packets: delivered,
+                    refused: n - delivered,
                 });
             }
             Message::Accept { .. }
@@ -528,6 +600,9 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
         H: Host<Conn = C>,
         S: Service<C>,
     {
+        while self.forwarders.front().is_some_and(|f| now >= f.until) {
+            self.forwarders.pop_front();
+        }
         // Flow moves steered ahead and not answered: ask again, or give up (bounded).
         let mut k = 0;
         while k < self.unsteered.len() {
@@ -573,6 +648,7 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
                     client,
                     times,
                 } => self.activate(
+                    now,
                     // The host's clock, as every phase: the caller's `now` of the round the
                     // offer came in may precede its arrival (and the donor's send), which made
                     // the acceptor's elapsed time exceed the donor's round trip and phase 2
@@ -845,6 +921,7 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
     #[allow(clippy::too_many_arguments)]
     fn activate<H, S>(
         &mut self,
+        now: Instant,
         from: K,
         conn_id: u64,
         arrived_host: Instant,
@@ -871,6 +948,18 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
             return;
         }
         let t7e = host.now();
+        if let Some((local, remote)) = host.endpoints(&conn) {
+            if self.forwarders.len() >= MAX_FORWARDERS {
+                self.forwarders.pop_front();
+            }
+            self.forwarders.push_back(Forwarder {
+                from,
+                conn_id,
+                local,
+                remote,
+                until: now + FORWARDS_FOR,
+            });
+        }
         times.activate_ns = ns(t7e.saturating_duration_since(t7));
         times.elapsed_ns = ns(t7e.saturating_duration_since(arrived_host));
         tracing::debug!(conn_id, "activated");

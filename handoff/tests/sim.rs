@@ -675,6 +675,67 @@ fn forwarding_lasts_while_packets_keep_coming() {
     assert!(m.d.is_done(), "forwarding ended");
 }
 
+/// A donor's Forward feeds only a connection that donor handed here, and only with that
+/// connection's packets (the host injects what it is given; a kernel host sends it out): a
+/// packet of another connection of the acceptor's node in it, or a Forward naming no handoff
+/// of the donor's, is dropped and counted, and the other connection never sees it.
+#[test]
+fn a_forward_feeds_only_the_connection_its_donor_handed_here() {
+    let mut s = Sim::new();
+    let mut m = Moved::new(&mut s, DonorConfig::new(7, "http"));
+    let (vc, vs) = s.connect_to(2, ip("fd00::2"), 81);
+    // The client's next segments on both connections, taken off the wire.
+    s.lan.ifs[0].tcp_send(m.cl, b"moved").unwrap();
+    s.lan.ifs[0].tcp_send(vc, b"victim").unwrap();
+    let (mut moved, mut victim) = (Vec::new(), Vec::new());
+    let now = s.lan.now;
+    s.lan.ifs[0].transmit(now, &mut |f: &[u8]| {
+        // IPv6 (14) + TCP destination port (40 + 2).
+        match u16::from_be_bytes([f[56], f[57]]) {
+            80 => moved.push(f[14..].to_vec()),
+            81 => victim.push(f[14..].to_vec()),
+            _ => {}
+        }
+    });
+    assert_eq!((moved.len(), victim.len()), (1, 1));
+    let forward = |conn_id, packets: &[&Vec<u8>]| {
+        let mut p = ds_stack::Packets::new();
+        for q in packets {
+            p.push(q);
+        }
+        Message::Forward {
+            conn_id,
+            packets: p,
+        }
+    };
+    let mut forwarded = Vec::new();
+    for msg in [
+        forward(7, &[&moved[0], &victim[0]]),
+        forward(99, &[&moved[0]]),
+    ] {
+        m.ch_d.send(&msg).unwrap();
+        let seen = m.round(&mut s);
+        forwarded.extend(seen.events.into_iter().filter_map(|e| match e {
+            AcceptorEvent::Forwarded {
+                conn_id,
+                packets,
+                refused,
+            } => Some((conn_id, packets, refused)),
+            _ => None,
+        }));
+    }
+    assert_eq!(forwarded, [(7, 1, 1), (99, 0, 1)]);
+    let mut got = Vec::new();
+    read_into(&mut s.lan.ifs[2], m.srv, &mut got);
+    assert_eq!(got, b"moved");
+    assert_eq!(
+        s.lan.ifs[2].tcp_recv_available(vs),
+        0,
+        "nothing reached the other connection"
+    );
+    assert_eq!(s.lan.ifs[2].tcp_state(vs), Some(TcpState::Established));
+}
+
 /// An acceptor that repeats `Steered` (a broken or hostile peer) extends the donor's
 /// forwarding by a grace period each time, but never past `MAX_FORWARD` after it began: the
 /// donor ends, and its host's hold on the flow with it.
