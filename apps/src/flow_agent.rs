@@ -114,6 +114,9 @@ pub struct FlowAgent {
     /// are applied in that order only (see [`Message::MoveFlow`]). Its keys are the moved
     /// flows' (bounded by the program's table), forgotten with them.
     generations: std::collections::HashMap<FlowKey, (u64, bool)>,
+    /// A channel had more than [`ds_handoff::MESSAGES_PER_TURN`] requests in the last turn:
+    /// the next wait is none.
+    more_input: bool,
 }
 
 /// How often the moved-flow table is swept.
@@ -144,6 +147,7 @@ impl FlowAgent {
             moved_seen: std::collections::HashMap::new(),
             last_sweep: std::time::Instant::now(),
             generations: std::collections::HashMap::new(),
+            more_input: false,
         })
     }
 
@@ -222,7 +226,7 @@ impl FlowAgent {
             self.poll.add(c.stream().as_raw_fd());
         }
         let now = std::time::Instant::now();
-        let timeout = if self.gate.has_pending_output() {
+        let timeout = if self.gate.has_pending_output() || self.more_input {
             Duration::ZERO
         } else {
             let gate = self.gate.poll_timeout();
@@ -335,6 +339,7 @@ impl FlowAgent {
     /// Accept new control channels and answer every pending request; returns how many flows
     /// moved. Never blocks; unauthenticated channels are bounded by the gate.
     pub fn poll(&mut self) -> usize {
+        self.more_input = false;
         if !self.probes.is_empty() {
             self.resolicit();
         }
@@ -421,7 +426,16 @@ impl FlowAgent {
 
     fn serve(&mut self, i: usize) -> Result<usize, ds_handoff::ChannelError> {
         let mut moved = 0;
-        while let Some(m) = self.chans[i].poll()? {
+        for taken in 0.. {
+            if taken >= ds_handoff::MESSAGES_PER_TURN {
+                // One node's stream of requests must not keep the others' waiting: the rest
+                // in the next turn, which comes at once.
+                self.more_input = true;
+                break;
+            }
+            let Some(m) = self.chans[i].poll()? else {
+                break;
+            };
             let (conn_id, client, server, to, rank) = match m {
                 Message::MoveFlow {
                     conn_id,

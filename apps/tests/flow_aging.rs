@@ -227,3 +227,65 @@ fn the_agent_accepts_only_after_a_wait_found_its_listener_readable() {
     agent.poll();
     assert_eq!(agent.stats().moves, 2);
 }
+
+/// What `ch` has received by now, in messages.
+fn received(ch: &mut ds_handoff::Channel) -> usize {
+    let mut n = 0;
+    while ch.poll().expect("channel").is_some() {
+        n += 1;
+    }
+    n
+}
+
+/// Send everything `ch` queued.
+fn flush(ch: &mut ds_handoff::Channel) {
+    let t = Instant::now();
+    while ch.pending_output() > 0 {
+        assert!(t.elapsed() < Duration::from_secs(5), "not flushed");
+        ch.poll().expect("channel");
+    }
+}
+
+/// A node that sends requests without pause (a broken or hostile cluster member) has
+/// `MESSAGES_PER_TURN` of them answered per turn of the agent's loop, and another node's
+/// request is answered in the same first turn; the turns after come without a wait until the
+/// stream is served.
+#[test]
+fn one_nodes_stream_of_requests_waits_its_turn() {
+    if !require_root("one_nodes_stream_of_requests_waits_its_turn") {
+        return;
+    }
+    let (mut agent, addr, secret) = agent(b"flow turn-taking secret 32 bytes");
+    let acceptor: Ipv6Addr = "fd00:1::2".parse().expect("address");
+    let mut flood = ds_handoff::Channel::connect(addr, &secret).expect("channel");
+    let mut other = ds_handoff::Channel::connect(addr, &secret).expect("channel");
+    assert!(ask(&mut agent, &mut flood, 1, acceptor, 1, false));
+    assert!(ask(&mut agent, &mut other, 2, acceptor, 1, false));
+    const STREAM: usize = 1000;
+    for g in 0..STREAM as u64 {
+        flood
+            .send(&move_flow(3, acceptor, 10 + g, false))
+            .expect("send");
+    }
+    flush(&mut flood);
+    other.send(&move_flow(4, acceptor, 5, false)).expect("send");
+    flush(&mut other);
+    // Loopback delivers within the sender's call: both requests are in, the stream first.
+    agent.poll();
+    assert_eq!(received(&mut flood), ds_handoff::MESSAGES_PER_TURN);
+    assert_eq!(received(&mut other), 1, "answered in the first turn");
+    let mut answered = ds_handoff::MESSAGES_PER_TURN;
+    let t = Instant::now();
+    while answered < STREAM {
+        assert!(t.elapsed() < Duration::from_secs(10), "{answered} answered");
+        let w = Instant::now();
+        agent.wait(Duration::from_secs(5));
+        assert!(
+            w.elapsed() < Duration::from_secs(1),
+            "waited with requests pending"
+        );
+        agent.poll();
+        answered += received(&mut flood);
+    }
+    assert_eq!(answered, STREAM);
+}

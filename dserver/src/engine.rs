@@ -389,6 +389,9 @@ pub struct Coordinator<C> {
     /// the realtime clock in microseconds, so a restarted node starts above what it issued
     /// before. Shared by the engines of one node's queues ([`HandoffConfig::generation`]).
     generation: Arc<AtomicU64>,
+    /// A channel had more than [`ds_handoff::MESSAGES_PER_TURN`] messages in this round's
+    /// turn: the rest wait, and the owner's next wait is none ([`Coordinator::max_wait`]).
+    more_input: bool,
 }
 
 /// How far a node busy-polls during a handoff ([`HandoffConfig::busy_poll`]). Spinning costs
@@ -510,6 +513,7 @@ impl<C: std::fmt::Debug> Coordinator<C> {
             prepared_until: None,
             spin_since: None,
             generation: cfg.generation.clone().unwrap_or_else(new_generation_clock),
+            more_input: false,
             rotation: 0,
             unreachable: Vec::new(),
             backoff: std::collections::HashMap::new(),
@@ -961,7 +965,8 @@ impl<C: std::fmt::Debug> Coordinator<C> {
             .chain(self.to_ha.iter())
             .chain(self.incoming.iter().map(|c| &c.chan))
             .any(|c| c.pending_output() > 0);
-        if pending || self.gate.as_ref().is_some_and(|g| g.has_pending_output()) {
+        if pending || self.more_input || self.gate.as_ref().is_some_and(|g| g.has_pending_output())
+        {
             return Duration::ZERO;
         }
         let deadline = self
@@ -1085,6 +1090,7 @@ impl<C: std::fmt::Debug> Coordinator<C> {
         H: Host<Conn = C>,
         S: Service<C>,
     {
+        self.more_input = false;
         self.accept_channels(now);
         self.maintain_channels(now);
         let ha_up = self.to_ha.as_ref().is_some_and(|c| c.is_established());
@@ -1196,6 +1202,10 @@ impl<C: std::fmt::Debug> Coordinator<C> {
             let mut batch = Vec::new();
             let mut open = true;
             loop {
+                if batch.len() >= ds_handoff::MESSAGES_PER_TURN {
+                    self.more_input = true;
+                    break;
+                }
                 match self.incoming[i].chan.poll() {
                     Ok(Some(msg)) => batch.push(msg),
                     Ok(None) => break,
@@ -1277,7 +1287,10 @@ impl<C: std::fmt::Debug> Coordinator<C> {
         let Some(ch) = self.to_ha.as_mut() else {
             return;
         };
-        loop {
+        for taken in 0.. {
+            if taken >= ds_handoff::MESSAGES_PER_TURN {
+                break;
+            }
             match ch.poll() {
                 Ok(Some(Message::Rebound {
                     conn_id,
@@ -1315,6 +1328,8 @@ impl<C: std::fmt::Debug> Coordinator<C> {
                 }
             }
         }
+        // Only the cap ends the loop: more may be waiting.
+        self.more_input = true;
     }
 
     /// Write what the acceptor queued: to donors at once, to the home agent only when
@@ -1425,7 +1440,12 @@ impl<C: std::fmt::Debug> Coordinator<C> {
             let Some(ch) = self.to_peers[i].as_mut() else {
                 continue;
             };
-            loop {
+            let mut capped = false;
+            for taken in 0.. {
+                if taken >= ds_handoff::MESSAGES_PER_TURN {
+                    capped = true;
+                    break;
+                }
                 match ch.poll() {
                     Ok(Some(Message::Steered { conn_id, steer_ns })) => {
                         // A moved connection's steering, confirmed after its Activated: the
@@ -1463,6 +1483,7 @@ impl<C: std::fmt::Debug> Coordinator<C> {
                     }
                 }
             }
+            self.more_input |= capped;
         }
         if let Some(d) = self.current.as_mut() {
             d.poll(now, host, svc);

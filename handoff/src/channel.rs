@@ -74,6 +74,14 @@ pub const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_se
 /// peer): an authenticated but dead peer holds a descriptor and buffers for half a minute at
 /// most, not forever.
 pub const KEEPALIVE_PROBES: u32 = 3;
+
+/// Messages an event loop takes from one channel in one turn. The rest wait in the socket or
+/// the codec for the next turn (the owner then does not block: see the engine's
+/// `max_wait`), so that one peer sending without pause (a broken or hostile cluster member)
+/// costs the loop a bounded turn and cannot keep it from its other channels, the home agent
+/// and the data path. Far above what an honest peer sends at once (Prepare and Offer; Accept,
+/// Activated and a few Forwards).
+pub const MESSAGES_PER_TURN: usize = 64;
 /// See [`KEEPALIVE_PROBES`].
 pub const USER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 

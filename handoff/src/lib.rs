@@ -66,7 +66,9 @@ pub mod report;
 pub mod user;
 
 pub use acceptor::{Acceptor, AcceptorConfig, AcceptorEvent, Dest, Steering, Violation};
-pub use channel::{Channel, ChannelError, ClusterSecret, Codec, Handshake, Role};
+pub use channel::{
+    Channel, ChannelError, ClusterSecret, Codec, Handshake, Role, MESSAGES_PER_TURN,
+};
 pub use donor::{Donor, DonorConfig, DonorOutcome, MAX_FORWARD};
 pub use drain::Drain;
 pub use gate::{ChannelGate, GateLimits, GateStats};
