@@ -75,6 +75,11 @@ pub const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_se
 /// most, not forever.
 pub const KEEPALIVE_PROBES: u32 = 3;
 
+/// Bytes a channel keeps waiting for its peer to read before it refuses to queue more
+/// ([`ChannelError::Backlog`]): room for two of the largest frames, so an honest peer busy
+/// reading an offer never meets it, while one that never reads costs a bounded amount.
+pub const MAX_BACKLOG: usize = 2 * DEFAULT_MAX_FRAME;
+
 /// Messages an event loop takes from one channel in one turn. The rest wait in the socket or
 /// the codec for the next turn (the owner then does not block: see the engine's
 /// `max_wait`), so that one peer sending without pause (a broken or hostile cluster member)
@@ -113,6 +118,11 @@ pub enum ChannelError {
     /// The peer closed the connection.
     #[error("peer closed the control channel")]
     Closed,
+    /// More than [`MAX_BACKLOG`] bytes wait for the peer to read them: it reads too slowly,
+    /// or not at all (a broken or hostile peer that sends requests and never takes the
+    /// answers).
+    #[error("the peer does not read: {0} bytes wait for it")]
+    Backlog(usize),
     /// The cluster secret is too short.
     #[error("cluster secret shorter than {MIN_SECRET_LEN} bytes")]
     WeakSecret,
@@ -580,6 +590,12 @@ impl Channel {
 
     /// Queue a message (it leaves now if the socket takes it, or once the handshake is done).
     pub fn send(&mut self, m: &Message) -> Result<(), ChannelError> {
+        // Checked before sealing, which takes a nonce: a frame refused leaves the stream
+        // intact (the owner drops the channel anyway).
+        let waiting = self.out.len() - self.out_pos;
+        if waiting > MAX_BACKLOG {
+            return Err(ChannelError::Backlog(waiting));
+        }
         let Some(codec) = self.codec.as_mut() else {
             self.queued.push(m.clone());
             return Ok(());

@@ -67,7 +67,7 @@ pub mod user;
 
 pub use acceptor::{Acceptor, AcceptorConfig, AcceptorEvent, Dest, Steering, Violation};
 pub use channel::{
-    Channel, ChannelError, ClusterSecret, Codec, Handshake, Role, MESSAGES_PER_TURN,
+    Channel, ChannelError, ClusterSecret, Codec, Handshake, Role, MAX_BACKLOG, MESSAGES_PER_TURN,
 };
 pub use donor::{Donor, DonorConfig, DonorOutcome, MAX_FORWARD};
 pub use drain::Drain;

@@ -908,3 +908,41 @@ fn a_message_read_late_knows_when_it_arrived() {
     }
     panic!("no receive stamp in 20 messages");
 }
+
+/// A peer that never reads (a broken or hostile cluster member sending requests and never
+/// taking the answers) costs a bounded backlog: once `MAX_BACKLOG` bytes wait for it, the
+/// channel refuses to queue more and its owner drops it.
+#[test]
+fn a_peer_that_never_reads_costs_a_bounded_backlog() {
+    let (mut d, _a) = channels(
+        b"backlog test secret, 32 bytes!!!",
+        b"backlog test secret, 32 bytes!!!",
+    );
+    let mut packets = ds_stack::Packets::new();
+    packets.push(&[7u8; 60_000]);
+    let forward = Message::Forward {
+        conn_id: 1,
+        packets,
+    };
+    let mut sent = 0usize;
+    let err = loop {
+        match d.send(&forward) {
+            Ok(()) => sent += 1,
+            Err(e) => break e,
+        }
+        assert!(
+            sent < 10_000,
+            "never refused: {} bytes waiting",
+            d.pending_output()
+        );
+    };
+    assert!(
+        matches!(err, ChannelError::Backlog(n) if n > ds_handoff::MAX_BACKLOG),
+        "{err}"
+    );
+    assert!(
+        d.pending_output() <= ds_handoff::MAX_BACKLOG + 61_000,
+        "{} bytes waiting",
+        d.pending_output()
+    );
+}
