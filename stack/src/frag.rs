@@ -9,6 +9,10 @@ use std::net::Ipv6Addr;
 pub const REASSEMBLY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Datagrams being reassembled at once.
 pub const MAX_DATAGRAMS: usize = 64;
+/// Datagrams being reassembled at once from one source network (a /64: one host picks its
+/// interface identifiers freely), so that one sender's first fragments cannot hold every
+/// slot for the 60 s timeout and refuse everyone else's datagrams.
+pub const MAX_DATAGRAMS_PER_SOURCE: usize = 8;
 /// Largest reassembled payload (the IPv6 payload length field's limit).
 pub const MAX_PAYLOAD: usize = 65535;
 
@@ -73,7 +77,7 @@ impl Reassembler {
         if more && !data.len().is_multiple_of(8) {
             return Err(FragError::BadLength);
         }
-        if !self.parts.contains_key(&key) && self.parts.len() >= MAX_DATAGRAMS {
+        if !self.parts.contains_key(&key) && !self.make_room(src) {
             return Err(FragError::Full);
         }
         let p = self.parts.entry(key).or_insert_with(|| Partial {
@@ -134,6 +138,40 @@ impl Reassembler {
         Ok(None)
     }
 
+    /// Whether a new datagram from `src` may start: its source network holds fewer than
+    /// [`MAX_DATAGRAMS_PER_SOURCE`], and a slot is free or is freed by dropping the oldest
+    /// datagram of the source network holding the most (a scan of at most
+    /// [`MAX_DATAGRAMS`], only when full).
+    fn make_room(&mut self, src: Ipv6Addr) -> bool {
+        let net = |a: &Ipv6Addr| u128::from(*a) >> 64;
+        let mut per_net: HashMap<u128, usize> = HashMap::new();
+        for (s, _, _) in self.parts.keys() {
+            *per_net.entry(net(s)).or_default() += 1;
+        }
+        if per_net
+            .get(&net(&src))
+            .is_some_and(|&n| n >= MAX_DATAGRAMS_PER_SOURCE)
+        {
+            return false;
+        }
+        if self.parts.len() < MAX_DATAGRAMS {
+            return true;
+        }
+        let Some((&heaviest, _)) = per_net.iter().max_by_key(|(_, n)| **n) else {
+            return false;
+        };
+        let oldest = self
+            .parts
+            .iter()
+            .filter(|((s, _, _), _)| net(s) == heaviest)
+            .min_by_key(|(_, p)| p.deadline)
+            .map(|(k, _)| *k);
+        if let Some(k) = oldest {
+            self.parts.remove(&k);
+        }
+        self.parts.len() < MAX_DATAGRAMS
+    }
+
     /// Drop expired datagrams; returns how many.
     pub fn expire(&mut self, now: Instant) -> usize {
         // Called on every poll: nothing to walk in the usual case.
@@ -192,6 +230,34 @@ mod tests {
             r.add(t, a("::1"), a("::2"), 1, 8, false, 17, &[0; 16]),
             Err(FragError::Overlap)
         );
+    }
+
+    /// One sender's first fragments (RFC 8200 §4.5 has a receiver hold them 60 s) take at
+    /// most `MAX_DATAGRAMS_PER_SOURCE` slots per /64, and senders from many /64s filling
+    /// every slot lose their oldest to a newcomer: another host's datagram is reassembled.
+    #[test]
+    fn no_sender_holds_every_slot() {
+        let mut r = Reassembler::default();
+        let (t, dst) = (Instant::ZERO, a("fd00::1"));
+        let first = |r: &mut Reassembler, net: u128, host: u128, id| {
+            let src = Ipv6Addr::from(net << 64 | host);
+            r.add(t, src, dst, id, 0, true, 17, &[0; 8])
+        };
+        let ok = (0..MAX_DATAGRAMS as u32)
+            .filter(|i| first(&mut r, 0xfd00_0bad, u128::from(*i), *i).is_ok())
+            .count();
+        assert_eq!(ok, MAX_DATAGRAMS_PER_SOURCE, "one /64");
+        // Now every slot, from eight /64s at eight datagrams each.
+        for net in 1..(MAX_DATAGRAMS / MAX_DATAGRAMS_PER_SOURCE) as u128 {
+            for i in 0..MAX_DATAGRAMS_PER_SOURCE as u32 {
+                first(&mut r, 0xfd00_0bad + net, u128::from(i), i).unwrap();
+            }
+        }
+        // Another host's two fragments still make a datagram.
+        let (src, data) = (a("fd00:cafe::1"), [5u8; 16]);
+        assert_eq!(r.add(t, src, dst, 9, 0, true, 17, &data[..8]), Ok(None));
+        let done = r.add(t, src, dst, 9, 8, false, 17, &data[8..]).unwrap();
+        assert_eq!(done.map(|d| d.payload), Some(data.to_vec()));
     }
 
     #[test]
