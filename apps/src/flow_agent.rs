@@ -88,6 +88,10 @@ pub struct FlowAgentStats {
     /// Moves not applied because the flow had a newer one (fencing: a late move of a failed
     /// handoff, or a reclaim overtaken by the connection's next handoff).
     pub stale_moves: u64,
+    /// Authenticated channels closed at once: their address, or all, already held as many
+    /// as the agent keeps ([`ds_handoff::gate::AUTHENTICATED_PER_ADDRESS`],
+    /// [`ds_handoff::gate::AUTHENTICATED_MAX`]).
+    pub channels_refused: u64,
 }
 
 /// The flow-steering service of an XDP home agent.
@@ -356,6 +360,15 @@ impl FlowAgent {
             .gate
             .poll_hinted(std::time::Instant::now(), |fd| may_read(set, fd))
         {
+            let held = self
+                .chans
+                .iter()
+                .filter_map(|c| c.stream().peer_addr().ok().map(|a| a.ip()));
+            if !ds_handoff::gate::admits_authenticated(held, peer.ip()) {
+                self.stats.channels_refused += 1;
+                tracing::warn!(%peer, "flow agent: control channel refused: too many held");
+                continue;
+            }
             tracing::debug!(%peer, "flow agent: control channel opened");
             self.chans.push(c);
         }

@@ -289,3 +289,39 @@ fn one_nodes_stream_of_requests_waits_its_turn() {
     }
     assert_eq!(answered, STREAM);
 }
+
+/// A cluster member that opens authenticated channels without end (it holds the key) keeps
+/// at most `AUTHENTICATED_PER_ADDRESS` of them at the agent: each one more is closed once its
+/// handshake completes, and counted; those held still work.
+#[test]
+fn one_address_holds_a_bounded_number_of_authenticated_channels() {
+    if !require_root("one_address_holds_a_bounded_number_of_authenticated_channels") {
+        return;
+    }
+    use ds_handoff::gate::AUTHENTICATED_PER_ADDRESS;
+    let (mut agent, addr, secret) = agent(b"flow channels cap secret 32 byte");
+    let to: Ipv6Addr = "fd00:1::2".parse().expect("address");
+    let mut held = Vec::new();
+    for sport in 0..AUTHENTICATED_PER_ADDRESS as u16 {
+        let mut ch = ds_handoff::Channel::connect(addr, &secret).expect("channel");
+        assert!(ask(&mut agent, &mut ch, 10 + sport, to, 1, false));
+        held.push(ch);
+    }
+    for _ in 0..4 {
+        let mut ch = ds_handoff::Channel::connect(addr, &secret).expect("channel");
+        let t = Instant::now();
+        loop {
+            assert!(t.elapsed() < Duration::from_secs(5), "never closed");
+            agent.poll();
+            if ch.poll().is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    assert_eq!(agent.stats().channels_refused, 4);
+    assert!(
+        ask(&mut agent, &mut held[0], 1, to, 2, false),
+        "a held channel still works"
+    );
+}

@@ -275,6 +275,10 @@ pub struct NodeStats {
     /// ([`GENERATION_AHEAD`]): a broken or hostile peer's, which raised into the shared
     /// clock would have wrapped it or pinned its flows at the home agent.
     pub implausible_generations: u64,
+    /// Authenticated control channels closed at once: their address, or all, already held
+    /// as many as a node keeps ([`ds_handoff::gate::AUTHENTICATED_PER_ADDRESS`],
+    /// [`ds_handoff::gate::AUTHENTICATED_MAX`]).
+    pub channels_refused: u64,
 }
 
 /// How long handoffs wait for a peer's control channel to come up (the engine freezes
@@ -304,6 +308,8 @@ struct Backoff {
 struct Incoming {
     key: u64,
     chan: Channel,
+    /// The peer's address ([`ds_handoff::gate::admits_authenticated`]).
+    peer: std::net::IpAddr,
 }
 
 /// The descriptors an owner's wait found readable ([`Coordinator::hint_readable`]).
@@ -1158,10 +1164,17 @@ impl<C: std::fmt::Debug> Coordinator<C> {
         let epoch = g.epoch();
         let r = &self.readiness;
         for (chan, peer) in g.poll_hinted(now, |fd| r.may_read(fd)) {
+            let held = self.incoming.iter().map(|c| c.peer);
+            if !ds_handoff::gate::admits_authenticated(held, peer.ip()) {
+                self.stats.channels_refused += 1;
+                tracing::warn!(%peer, "control channel from a donor refused: too many held");
+                continue;
+            }
             tracing::debug!(%peer, "control channel from a donor");
             self.incoming.push(Incoming {
                 key: self.next_key,
                 chan,
+                peer: peer.ip(),
             });
             self.next_key += 1;
         }

@@ -28,6 +28,29 @@ use std::time::{Duration, Instant};
 
 use crate::channel::{Channel, ChannelError, ClusterSecret};
 
+/// Authenticated channels an owner (a node's engine, the flow agent) keeps from one source
+/// address: a real peer holds one per queue of its node, plus reconnects not yet noticed
+/// dead, and nodes sharing an address (several on one host, as in tests) one each. A
+/// cluster member holding the key could otherwise open as many as the descriptors allow
+/// ([`admits_authenticated`]).
+pub const AUTHENTICATED_PER_ADDRESS: usize = 64;
+
+/// Authenticated channels an owner keeps in all ([`admits_authenticated`]).
+pub const AUTHENTICATED_MAX: usize = 1024;
+
+/// Whether an owner holding authenticated channels from the addresses `held` may take one
+/// more from `ip`: fewer than [`AUTHENTICATED_PER_ADDRESS`] from it and fewer than
+/// [`AUTHENTICATED_MAX`] in all. A channel refused is closed; its peer redials later, by
+/// which time the keep-alive may have ended its stale channels.
+pub fn admits_authenticated(held: impl IntoIterator<Item = IpAddr>, ip: IpAddr) -> bool {
+    let (mut from, mut all) = (0, 0);
+    for a in held {
+        all += 1;
+        from += usize::from(a == ip);
+    }
+    from < AUTHENTICATED_PER_ADDRESS && all < AUTHENTICATED_MAX
+}
+
 /// Bounds on the channels that have not proved the key yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GateLimits {
