@@ -258,6 +258,21 @@ fn packet_too_big_lowers_segment_size() {
     assert!(max > 0 && max <= 14 + 1280, "largest frame {max}");
 }
 
+/// RFC 8201 §4: a lowered path MTU is tried at the link's again after ten minutes: a
+/// connection opened then sends full-sized segments (one opened before keeps its MSS).
+#[test]
+fn a_lowered_path_mtu_is_forgotten_after_ten_minutes() {
+    let mut w = wire(0, 4);
+    let (c, _s) = connect(&mut w);
+    let (quoted, data) = a_segment_sent(&mut w, c, 2000);
+    let now = w.now;
+    w.ifs[0].receive(now, &packet_too_big(quoted, &data, 1280));
+    assert_eq!(w.ifs[0].stats().pmtu_updates, 1);
+    w.now += Duration::from_secs(601);
+    let (c2, _s2) = w.connect(0, "[fd00::1]:0", 1, "[fd00::2]:81");
+    assert_eq!(largest_frame(&mut w, c2, 100_000), 14 + 1500);
+}
+
 /// Forged Packet Too Big messages (RFC 5927 §7.2): one quoting a packet not from us, one
 /// quoting a segment of the connection whose sequence number is not in flight, and ten
 /// thousand quoting UDP datagrams to as many destinations lower nothing but a budget of

@@ -107,7 +107,7 @@ impl Interface {
                 // RFC 8201 §4: never below 1280.
                 let mtu = (mtu as usize).max(IPV6_MIN_MTU).min(self.cfg.mtu);
                 let target = header.dst_addr;
-                let cur = self.pmtu.get(&target).map(|p| p.0).unwrap_or(self.cfg.mtu);
+                let cur = self.path_mtu(now, &target);
                 if mtu >= cur {
                     return;
                 }

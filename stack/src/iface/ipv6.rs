@@ -397,6 +397,16 @@ impl Interface {
         }
     }
 
+    /// The path MTU towards `dst` at `now`: the lowered one, until it is PMTU_AGE old (RFC
+    /// 8201 §4: then the link's is tried again), else the link's.
+    pub(super) fn path_mtu(&self, now: Instant, dst: &Ipv6Addr) -> usize {
+        self.pmtu
+            .get(dst)
+            .filter(|p| now - p.1 < PMTU_AGE)
+            .map(|p| p.0)
+            .unwrap_or(self.cfg.mtu)
+    }
+
     /// Set the path MTU towards `dst` (e.g. lower it by the 24 octets of a routing header when
     /// packets to it will carry one): later segments of connections to it shrink to fit.
     pub fn set_path_mtu(&mut self, now: Instant, dst: Ipv6Addr, mtu: usize) {

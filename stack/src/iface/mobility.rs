@@ -225,7 +225,7 @@ impl Interface {
             tracing::debug!(event = ?out.event, "mobility header (correspondent)");
             if let CnEvent::BindingUpdated { home, .. } = &out.event {
                 // Packets to it now carry a routing header: make room for it.
-                let cur = self.pmtu.get(home).map(|p| p.0).unwrap_or(self.cfg.mtu);
+                let cur = self.path_mtu(now, home);
                 let home = *home;
                 self.set_path_mtu(now, home, cur.min(self.cfg.mtu - MOBILITY_EXT_LEN));
             }

@@ -435,7 +435,7 @@ impl Interface {
             return;
         }
         let iss = self.isn.iss_for(now, &local, &remote);
-        let mss = self.mss_for(&dst, &src);
+        let mss = self.mss_for(now, &dst, &src);
         let tcb = Tcb::accept_syn(local, remote, cfg, iss, mss, now, seg);
         let idx = self.insert_embryonic(l, tcb);
         self.after_tcb_event(idx);
@@ -463,7 +463,7 @@ impl Interface {
         seg: &SegIn<'_>,
     ) {
         let cookie = self.cookies.make(now, local, remote, seg.seq, seg.mss);
-        let mss = self.mss_for(local.ip(), remote.ip());
+        let mss = self.mss_for(now, local.ip(), remote.ip());
         let mut tcb = Tcb::accept_syn(*local, *remote, cfg, cookie, mss, now, seg);
         let Some(mut synack) = tcb.next_segment(now) else {
             return;
@@ -529,7 +529,7 @@ impl Interface {
             ts: seg.ts.map(|(tsval, _)| (tsval, 0)),
             payload: &[],
         };
-        let mss = self.mss_for(local.ip(), remote.ip());
+        let mss = self.mss_for(now, local.ip(), remote.ip());
         let mut tcb = Tcb::accept_syn(local, remote, cfg, cookie, mss, now, &first);
         // Our SYN-ACK went out (statelessly): the connection takes it as sent.
         let _ = tcb.next_segment(now);
@@ -543,9 +543,8 @@ impl Interface {
     }
 
     /// The MSS of a connection from `local` to `dst`, from the path MTU towards `dst`.
-    pub(super) fn mss_for(&self, local: &Ipv6Addr, dst: &Ipv6Addr) -> u32 {
-        let mtu = self.pmtu.get(dst).map(|p| p.0).unwrap_or(self.cfg.mtu);
-        self.mss_at(local, mtu)
+    pub(super) fn mss_for(&self, now: Instant, local: &Ipv6Addr, dst: &Ipv6Addr) -> u32 {
+        self.mss_at(local, self.path_mtu(now, dst))
     }
 
     /// The MSS for a path MTU: IPv6 and TCP headers off (options are subtracted when sending,
@@ -679,7 +678,7 @@ impl Interface {
             return Err(Error::AddrInUse);
         }
         let iss = self.isn.iss_for(now, &local, &remote);
-        let mss = self.mss_for(&ip, remote.ip());
+        let mss = self.mss_for(now, &ip, remote.ip());
         let tcb = Tcb::connect(local, remote, cfg, iss, mss, now);
         let idx = self.insert_tcb(tcb);
         self.after_tcb_event(idx);
@@ -903,7 +902,7 @@ impl Interface {
         }
         self.conns.forget(&key);
         let mut tcb = Tcb::from_state(state, &self.tcp_default, now);
-        let mss = self.mss_for(local.ip(), remote.ip());
+        let mss = self.mss_for(now, local.ip(), remote.ip());
         if mss < tcb.snd_mss {
             tcb.snd_mss = mss;
         }

@@ -2,7 +2,7 @@
 
 use super::emit::emit_fragment_header;
 use super::ipv6::{FRAGMENT_HEADER_LEN, FRAGMENT_OFFSET_UNIT};
-use super::{caps, fill_upper_checksum, put_in_free_slot, Error, Interface, UdpHandle, PMTU_AGE};
+use super::{caps, fill_upper_checksum, put_in_free_slot, Error, Interface, UdpHandle};
 use crate::time::Instant;
 use crate::udp::{UdpSocket, UDP_QUEUE};
 use ds_mipv6::wire::{pseudo_checksum, IPPROTO_UDP};
@@ -150,12 +150,7 @@ impl Interface {
             );
             fill_upper_checksum(src, *dst.ip(), IPPROTO_UDP, out, 6);
         };
-        let mtu = self
-            .pmtu
-            .get(dst.ip())
-            .filter(|p| now - p.1 < PMTU_AGE)
-            .map(|p| p.0)
-            .unwrap_or(self.cfg.mtu);
+        let mtu = self.path_mtu(now, dst.ip());
         if IPV6_HEADER_LEN + udp_len <= mtu {
             // Built in the frame (from the pool): nothing allocated per datagram.
             let mut buf = self.ip_frame(src, *dst.ip(), IpProtocol::Udp, udp_len);
