@@ -502,3 +502,52 @@ fn a_deregistration_stays_acknowledged_where_no_home_test_ran() {
         .and_then(|c| c.entry(h))
         .is_none());
 }
+
+/// An ICMPv6 echo request from fd00::9 to `dst`, through a type 2 routing header naming
+/// fd00::1 (the interface's own address), `twice` with a second one behind the first.
+fn echo_via_rh2(dst: Ipv6Addr, twice: bool) -> Vec<u8> {
+    use ds_stack::wire::{Icmpv6Packet, Icmpv6Repr};
+    let (src, home) = (ip("fd00::9"), ip("fd00::1"));
+    let echo = Icmpv6Repr::EchoRequest {
+        ident: 1,
+        seq_no: 1,
+        data: b"x",
+    };
+    let mut icmp = vec![0u8; echo.buffer_len()];
+    echo.emit(
+        &src,
+        &home,
+        &mut Icmpv6Packet::new_unchecked(&mut icmp[..]),
+        &Default::default(),
+    );
+    let mut p = ds_mipv6::wire::PacketBuilder::new(src, dst)
+        .with_rh2(home)
+        .payload(58, &icmp);
+    if twice {
+        // IPv6 (40), then the routing header (24): a copy of it in front, its next header
+        // the routing header.
+        let mut rh = p[40..64].to_vec();
+        rh[0] = 43;
+        p.splice(40..40, rh);
+        let len = u16::from_be_bytes([p[4], p[5]]) + 24;
+        p[4..6].copy_from_slice(&len.to_be_bytes());
+    }
+    p
+}
+
+/// RFC 6275 §6.4: a type 2 routing header is taken once per packet and only on a packet to a
+/// unicast address; one to a multicast group, or a second one, is dropped and counted (it
+/// would make a packet to a group, or any packet, count as addressed to the home address).
+#[test]
+fn a_type_2_routing_header_to_a_group_or_twice_is_dropped() {
+    let mut i = Interface::new(
+        ds_stack::Config::new([2, 0, 0, 0, 0, 1], vec![ip("fd00::1")]),
+        START,
+    );
+    i.receive_ipv6(START, &echo_via_rh2(ip("fd00::1"), false), None);
+    assert_eq!(i.stats().rx_bad_exthdr, 0, "to the unicast address: taken");
+    i.receive_ipv6(START, &echo_via_rh2(ip("ff02::1"), false), None);
+    assert_eq!(i.stats().rx_bad_exthdr, 1, "to all nodes");
+    i.receive_ipv6(START, &echo_via_rh2(ip("fd00::1"), true), None);
+    assert_eq!(i.stats().rx_bad_exthdr, 2, "two routing headers");
+}
