@@ -65,6 +65,10 @@ pub struct CnConfig {
     /// gets status 130 (insufficient resources, §6.1.8), as a new home address beyond
     /// `max_entries` does.
     pub max_bids_per_home: usize,
+    /// Most Home Test and Care-of Test answers a second, to all addresses together: every
+    /// test init is answered (§9.4.1, §9.4.2) to whatever source it names, unauthenticated,
+    /// with a keyed hash computed for it; a flood from spoofed sources gets this many.
+    pub tests_per_sec: u32,
     /// Most home addresses in the binding cache; a BU for a new one beyond that gets status
     /// 130 (insufficient resources, §6.1.8).
     pub max_entries: usize,
@@ -79,6 +83,7 @@ impl Default for CnConfig {
             be_interval: Duration::from_secs(1),
             be_per_sec: 100,
             max_bids_per_home: 16,
+            tests_per_sec: 1000,
             max_entries: 65536,
         }
     }
@@ -260,6 +265,8 @@ pub struct Correspondent {
     last_be: HashMap<Ipv6Addr, Instant>,
     /// Binding Errors sent this second, to all addresses ([`CnConfig::be_per_sec`]).
     be_budget: Budget,
+    /// Home and care-of tests answered this second ([`CnConfig::tests_per_sec`]).
+    test_budget: Budget,
 }
 
 /// A removed binding's last sequence number and how long it is remembered.
@@ -280,6 +287,7 @@ impl Correspondent {
             retired_order: VecDeque::new(),
             last_be: HashMap::new(),
             be_budget: Budget::new(Instant::ZERO),
+            test_budget: Budget::new(Instant::ZERO),
         }
     }
 
@@ -369,6 +377,17 @@ impl Correspondent {
             return CnOutput::discard("malformed mobility message");
         };
         self.nonces.refresh(now);
+        let test_init = matches!(
+            repr.message,
+            MhMessage::HomeTestInit { .. } | MhMessage::CareOfTestInit { .. }
+        );
+        if test_init
+            && !self
+                .test_budget
+                .allow(now, self.config.tests_per_sec, Duration::from_secs(1))
+        {
+            return CnOutput::discard("test init over the budget of answers");
+        }
         match &repr.message {
             // §9.4.1: HoTI must not carry an HAO; reply to its source with the home token.
             MhMessage::HomeTestInit { cookie } => {

@@ -953,3 +953,22 @@ fn the_oldest_retired_number_is_forgotten_first() {
         "{home}: the oldest is forgotten"
     );
 }
+
+/// Home Test Inits from many spoofed sources are answered within `tests_per_sec` a second for
+/// all of them together (each answer costs a keyed hash and goes wherever the source says).
+#[test]
+fn test_inits_from_spoofed_sources_are_answered_within_the_budget() {
+    let mut cn = cn_with(|c| c.tests_per_sec = 50);
+    let answered = |cn: &mut Correspondent, now: Instant, from: u32| {
+        (from..from + 1000)
+            .filter(|i| {
+                let src = Ipv6Addr::from(0xfd00_00ee_u128 << 96 | u128::from(*i));
+                let (_, init) = TestInit::start(now, TokenKind::Home, src, a(CN), [1; 8]);
+                cn.on_packet(now, &init.packet).event == CnEvent::TestAnswered
+            })
+            .count()
+    };
+    let now = secs(3);
+    assert_eq!(answered(&mut cn, now, 0), 50);
+    assert_eq!(answered(&mut cn, now + Duration::from_secs(1), 1000), 50);
+}
