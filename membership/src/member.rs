@@ -726,7 +726,8 @@ impl Member {
             let base = b.view.epoch.view.max(b.promised.view).max(seen.view);
             let proposed = View {
                 epoch: Epoch {
-                    view: base + 1,
+                    // Below MAX_VIEW (`wire::open` refuses higher): no overflow.
+                    view: base.saturating_add(1),
                     by: me,
                 },
                 backups,
@@ -987,7 +988,7 @@ impl Member {
                     // No live contact: found a view of one and register.
                     let view = View {
                         epoch: Epoch {
-                            view: self.seen.view + 1,
+                            view: self.seen.view.saturating_add(1),
                             by: self.cfg.id,
                         },
                         backups: vec![self.cfg.me()],

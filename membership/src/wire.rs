@@ -24,6 +24,12 @@ pub const MAX_BACKUPS: usize = 16;
 pub const MAX_SNODES: usize = 1024;
 /// Most dead care-of addresses in one registration.
 pub const MAX_DEAD: usize = 64;
+/// Views numbered this high or higher are refused as malformed: views count up by one per
+/// committed change, so no honest node ever gets near, while a number near `u64::MAX` taken
+/// in from one message (every authentic message raises the highest view a node has seen,
+/// and its fence) would overflow the next proposal's `view + 1` or leave the node fenced
+/// off for good.
+pub const MAX_VIEW: u64 = 1 << 62;
 /// HMAC-SHA256 tag length.
 const TAG: usize = 32;
 
@@ -259,8 +265,17 @@ impl Body {
     }
 
     fn within_bounds(&self) -> bool {
-        let view_ok = |v: &View| !v.backups.is_empty() && v.backups.len() <= MAX_BACKUPS;
+        let view_ok = |v: &View| {
+            !v.backups.is_empty() && v.backups.len() <= MAX_BACKUPS && v.epoch.view < MAX_VIEW
+        };
+        let epoch_ok = |e: &Epoch| e.view < MAX_VIEW;
         match self {
+            Body::NoContact { last } => epoch_ok(last),
+            Body::PrepareOk { epoch } | Body::CommitOk { epoch } => epoch_ok(epoch),
+            Body::PrepareNack { epoch, seen } => epoch_ok(epoch) && epoch_ok(seen),
+            Body::RegisterReply { holder, .. } => {
+                holder.is_none_or(|(_, e, f)| epoch_ok(&e) && epoch_ok(&f))
+            }
             Body::Refused { reason } => reason.len() <= 256,
             Body::Prepare { view } => view_ok(view),
             Body::Commit { view, snodes } | Body::Welcome { view, snodes } => {
@@ -307,7 +322,11 @@ pub fn open(key: &Key, datagram: &[u8]) -> Result<Envelope, WireError> {
     let (msg, tag) = datagram.split_at(datagram.len() - TAG);
     ring::hmac::verify(&key.0, msg, tag).map_err(|_| WireError::Auth)?;
     let env: Envelope = postcard::from_bytes(msg).map_err(|_| WireError::Malformed)?;
-    if !env.body.within_bounds() || env.seq == 0 {
+    if !env.body.within_bounds()
+        || env.seq == 0
+        || env.epoch.view >= MAX_VIEW
+        || env.fence.view >= MAX_VIEW
+    {
         return Err(WireError::Malformed);
     }
     Ok(env)
@@ -465,6 +484,62 @@ mod tests {
         assert_eq!(open(&k, &bad), Err(WireError::Auth));
         assert_eq!(open(&k, &d[..10]), Err(WireError::Size));
         assert_eq!(open(&k, &vec![0; MAX_DATAGRAM + 1]), Err(WireError::Size));
+    }
+
+    /// An authentic message naming a view at or past `MAX_VIEW` (anywhere: the sender's
+    /// epoch, its fence, or an epoch in the body) is malformed: taken in, it overflowed the
+    /// next proposal's view number (a panic with overflow checks) or fenced the node off.
+    #[test]
+    fn a_view_number_near_the_end_of_its_range_is_malformed() {
+        let k = Key::new(b"0123456789abcdef");
+        let huge = Epoch {
+            view: u64::MAX,
+            by: 9,
+        };
+        let env = |epoch, fence, body| Envelope {
+            from: 9,
+            seq: 1,
+            epoch,
+            fence,
+            body,
+        };
+        let e = Epoch::default();
+        for bad in [
+            env(huge, e, Body::HeartbeatOk),
+            env(e, huge, Body::HeartbeatOk),
+            env(
+                e,
+                e,
+                Body::PrepareNack {
+                    epoch: e,
+                    seen: huge,
+                },
+            ),
+            env(e, e, Body::CommitOk { epoch: huge }),
+            env(e, e, Body::NoContact { last: huge }),
+            env(
+                e,
+                e,
+                Body::Prepare {
+                    view: View {
+                        epoch: huge,
+                        backups: vec![info(9)],
+                    },
+                },
+            ),
+        ] {
+            assert_eq!(
+                open(&k, &seal(&k, &bad)),
+                Err(WireError::Malformed),
+                "{bad:?}"
+            );
+        }
+        let near = Epoch {
+            view: MAX_VIEW - 1,
+            by: 9,
+        };
+        let ok = env(near, near, Body::HeartbeatOk);
+        assert_eq!(open(&k, &seal(&k, &ok)), Ok(ok));
     }
 
     #[test]
