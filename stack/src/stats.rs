@@ -37,6 +37,9 @@ pub struct Stats {
     /// Packet Too Big messages ignored: quoting a packet not from us, a TCP segment not in
     /// flight, or over the budget for the others (RFC 5927 §7.2).
     pub pmtu_ignored: u64,
+    /// Connections whose timer, once run, left a deadline already due (a bug): looked at
+    /// again a millisecond later instead of at once, for ever.
+    pub tcp_timers_stuck: u64,
     /// TCP segments received (valid checksum).
     pub tcp_rx_segments: u64,
     /// TCP segments sent.

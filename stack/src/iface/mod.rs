@@ -497,6 +497,18 @@ impl Interface {
             }
             self.conns.mark_ready(idx);
             self.after_tcb_event(idx);
+            // A deadline its timer left due would be popped again at once, for ever: a bug
+            // in a timer, but one that must not stall every connection of the interface.
+            // Counted, and looked at again a millisecond later.
+            if self
+                .conns
+                .get(idx)
+                .and_then(|t| t.poll_at())
+                .is_some_and(|t| t <= now)
+            {
+                self.stats.tcp_timers_stuck += 1;
+                self.conns.arm(idx, Some(now + Duration::from_millis(1)));
+            }
         }
         let (actions, dropped) = self.nd.poll(now);
         self.stats.nd_drops += dropped as u64;

@@ -1180,7 +1180,8 @@ impl Tcb {
         if let (true, Some(ack)) = (ack_ok, seg.ack) {
             self.snd_una = ack;
             self.snd_buf_seq = ack;
-            self.set_snd_wnd((seg.window as u32) << self.snd_wscale, seg.seq, ack);
+            // RFC 7323 §2.2: the window field of a SYN (the SYN-ACK too) is never scaled.
+            self.set_snd_wnd(seg.window as u32, seg.seq, ack);
             self.rtt_sample_from_timed(now, ack);
             self.state = TcpState::Established;
             self.retries = 0;
@@ -1314,7 +1315,10 @@ impl Tcb {
             return;
         }
         if gt(ack, self.snd_max) {
-            self.ack_now = true;
+            // RFC 9293 §3.10.7.4: an ACK of something not yet sent is answered with an ACK
+            // and dropped; within the limit for unacceptable segments (RFC 5961 §7), so a
+            // stream of them is not reflected one for one.
+            self.send_challenge_ack(now);
             return;
         }
         if self.cfg.keepalive.is_some() {
@@ -2085,15 +2089,22 @@ impl Tcb {
             self.probe_due = true;
             self.persist_backoff = (self.persist_backoff + 1).min(16);
         }
-        if self.t_keepalive.is_some_and(|t| t <= now) && self.state == TcpState::Established {
-            if let Some(k) = self.cfg.keepalive {
-                if self.ka_probes >= k.count {
-                    self.enter_closed(Some(TcpError::TimedOut));
-                    return;
+        if self.t_keepalive.is_some_and(|t| t <= now) {
+            // RFC 1122 §4.2.3.6: probes on an idle established connection. In any other
+            // state the due timer is taken and not re-armed: left in the past it made every
+            // later look at the connection's deadline find it due, and the interface's timer
+            // loop ran for ever (a peer that sent a FIN before the idle time, say).
+            match self.cfg.keepalive {
+                Some(k) if self.state == TcpState::Established => {
+                    if self.ka_probes >= k.count {
+                        self.enter_closed(Some(TcpError::TimedOut));
+                        return;
+                    }
+                    self.ka_probes += 1;
+                    self.ka_probe_due = true;
+                    self.t_keepalive = Some(now + k.interval);
                 }
-                self.ka_probes += 1;
-                self.ka_probe_due = true;
-                self.t_keepalive = Some(now + k.interval);
+                _ => self.t_keepalive = None,
             }
         }
     }

@@ -1168,6 +1168,86 @@ fn keepalive_probes_then_gives_up() {
     assert!(t >= now + Duration::from_secs(13));
 }
 
+/// A connection with keep-alives configured that leaves ESTABLISHED before its idle time (the
+/// peer's FIN: CLOSE-WAIT) takes its due keep-alive timer without re-arming it: the deadline
+/// it reports after its timer ran is never one already due (a due one made the interface's
+/// timer loop run for ever, every connection of it stalled).
+#[test]
+fn a_keepalive_due_outside_established_leaves_no_deadline_behind() {
+    let now = t0();
+    let mut cc = cfg();
+    cc.keepalive = Some(super::Keepalive {
+        idle: Duration::from_secs(10),
+        interval: Duration::from_secs(1),
+        count: 3,
+    });
+    let mut c = Tcb::connect(a(), b(), cfg(), 1000, 1440, now);
+    let syn = collect(&mut c, now);
+    let mut s = Tcb::accept_syn(b(), a(), cc, 5000, 1440, now, &seg_in(&syn[0]));
+    exchange(&mut c, &mut s, now);
+    c.close();
+    exchange(&mut c, &mut s, now);
+    assert_eq!(s.state(), TcpState::CloseWait);
+    let mut t = now;
+    for _ in 0..100 {
+        let Some(due) = s.poll_at() else { break };
+        assert!(
+            due > t || due == now,
+            "a deadline {due:?} already due at {t:?}"
+        );
+        t = due;
+        s.on_timer(t);
+        collect(&mut s, t);
+        assert!(
+            s.poll_at().is_none_or(|d| d > t),
+            "due again at once: {:?}",
+            s.poll_at()
+        );
+    }
+    assert_eq!(
+        s.state(),
+        TcpState::CloseWait,
+        "nothing probed or closed it"
+    );
+}
+
+/// RFC 7323 §2.2: the window in a SYN-ACK is not scaled, whatever scale it announces: a
+/// SYN-ACK with window 1,000 and scale 14 lets the client send 1,000 octets, not 16 MB.
+#[test]
+fn the_window_of_a_syn_ack_is_not_scaled() {
+    let now = t0();
+    let mut c = Tcb::connect(a(), b(), cfg(), 1000, 1440, now);
+    let syn = collect(&mut c, now);
+    let mut s = Tcb::accept_syn(b(), a(), cfg(), 5000, 1440, now, &seg_in(&syn[0]));
+    let mut synack = collect(&mut s, now);
+    synack[0].seg.window = 1000;
+    synack[0].seg.wscale = Some(14);
+    c.on_segment(now, &seg_in(&synack[0]));
+    assert_eq!(c.state(), TcpState::Established);
+    assert_eq!(c.snd_wnd, 1000);
+    c.send(&vec![3u8; 20_000]);
+    let sent: usize = collect(&mut c, now).iter().map(|w| w.payload.len()).sum();
+    assert_eq!(sent, 1000, "within the peer's window");
+}
+
+/// An ACK of octets never sent (RFC 9293 §3.10.7.4) is answered within the challenge ACK
+/// limit (RFC 5961 §7, 10 a second), not one for one.
+#[test]
+fn acks_of_unsent_data_are_answered_within_the_limit() {
+    let (mut c, mut s) = handshake();
+    let now = t0() + Duration::from_millis(1);
+    c.send(b"hello");
+    let data = collect(&mut c, now);
+    let mut answers = 0;
+    for i in 0..1000u32 {
+        let mut w = moved(&data[0], 0, b"hello");
+        w.seg.ack = Some(s.snd_max.wrapping_add(1000 + i));
+        s.on_segment(now, &seg_in(&w));
+        answers += collect(&mut s, now).len();
+    }
+    assert!(answers <= 10, "{answers} answers");
+}
+
 #[test]
 fn rst_in_syn_received_drops_the_embryonic_connection() {
     let now = t0();
