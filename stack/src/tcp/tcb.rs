@@ -1730,8 +1730,12 @@ impl Tcb {
             && !seg.fin
             && self.snd_una != self.snd_max
             && wnd == self.snd_wnd
+            && wnd != 0
         {
-            // RFC 5681 §2 duplicate ACK.
+            // RFC 5681 §2 duplicate ACK. Not with a zero window: that is the receiver's answer
+            // to a window probe (whose octet makes SND.MAX pass SND.UNA), and counting it sent
+            // the probe into fast recovery and the retransmission timeout, which closed a
+            // connection whose receiver kept answering (RFC 9293 §3.8.6.1: it stays open).
             self.dupacks += 1;
             if self.recovery.is_none() && self.dupacks <= 2 {
                 self.limited_tx = self.dupacks;
@@ -1742,6 +1746,11 @@ impl Tcb {
             }
         }
 
+        if wnd == 0 {
+            // The receiver is there, its window closed (an answer to a probe, say): it keeps
+            // the connection open however long that lasts (RFC 9293 §3.8.6.1).
+            self.retries = 0;
+        }
         if window_update {
             self.set_snd_wnd(wnd, seg.seq, ack);
             if wnd > 0 {
@@ -2085,6 +2094,14 @@ impl Tcb {
             }
         }
         if self.t_persist.is_some_and(|t| t <= now) {
+            // Probes that no ACK answered, like retransmissions (`retries`, reset by any ACK
+            // of a zero window): a receiver that went silent behind a zero window is given up
+            // after as many as a lost segment would be, not probed for ever.
+            self.retries += 1;
+            if self.retries > self.cfg.max_retries {
+                self.enter_closed(Some(TcpError::TimedOut));
+                return;
+            }
             self.t_persist = None;
             self.probe_due = true;
             self.persist_backoff = (self.persist_backoff + 1).min(16);

@@ -907,6 +907,67 @@ fn zero_window_triggers_persist_probe() {
     assert_eq!(got, 4 * 1440);
 }
 
+/// A server whose client's buffer is full (window zero) with 4 segments' worth queued, and
+/// its first window probe due: (client, server).
+fn behind_a_zero_window() -> (Tcb, Tcb) {
+    let now = t0();
+    let small = TcpConfig {
+        recv_buf: 2 * 1440,
+        ..cfg()
+    };
+    let mut c = Tcb::connect(a(), b(), small, 1000, 1440, now);
+    let syn = collect(&mut c, now);
+    let mut s = Tcb::accept_syn(b(), a(), cfg(), 5000, 1440, now, &seg_in(&syn[0]));
+    exchange(&mut c, &mut s, now);
+    s.send(&vec![1u8; 4 * 1440]);
+    exchange(&mut c, &mut s, now);
+    assert_eq!(s.snd_wnd, 0);
+    (c, s)
+}
+
+/// A receiver that answers every window probe with its window still zero keeps the connection
+/// open however long (RFC 9293 §3.8.6.1): an hour here, with no fast recovery and no
+/// retransmission timeout (its answers counted as duplicate ACKs closed it in 9 minutes).
+#[test]
+fn a_receiver_answering_window_probes_keeps_the_connection_for_an_hour() {
+    let (mut c, mut s) = behind_a_zero_window();
+    let end = t0() + Duration::from_secs(3600);
+    let mut t = t0();
+    while t < end {
+        t = s.poll_at().expect("persist timer");
+        s.on_timer(t);
+        for w in collect(&mut s, t) {
+            c.on_segment(t, &seg_in(&w));
+        }
+        for w in collect(&mut c, t) {
+            s.on_segment(t, &seg_in(&w));
+        }
+    }
+    assert_eq!(s.state(), TcpState::Established);
+    assert_eq!((s.events.fast_recovery, s.events.rto), (0, 0));
+    assert!(s.events.zero_window_probes > 20);
+}
+
+/// A receiver that goes silent behind a zero window is given up after `max_retries`
+/// unanswered probes, as a silent peer is after unanswered retransmissions, not probed for
+/// ever.
+#[test]
+fn a_silent_receiver_behind_a_zero_window_times_out() {
+    let (_c, mut s) = behind_a_zero_window();
+    let mut probes = 0;
+    for _ in 0..1000 {
+        let Some(t) = s.poll_at() else { break };
+        s.on_timer(t);
+        probes += collect(&mut s, t).len();
+        if s.state() == TcpState::Closed {
+            break;
+        }
+    }
+    assert_eq!(s.state(), TcpState::Closed);
+    assert_eq!(s.error, Some(TcpError::TimedOut));
+    assert_eq!(probes, cfg().max_retries as usize);
+}
+
 #[test]
 fn out_of_order_data_is_reassembled() {
     let (mut c, mut s) = handshake();
