@@ -11,6 +11,10 @@ use std::time::Duration;
 /// What a node may be: a backup (may become the contact node) or an snode.
 pub type Role = JoinAs;
 
+/// Load reports a contact keeps ([`Member::loads`]): the members' and snodes' (at most
+/// `MAX_BACKUPS` + `MAX_SNODES`) with room to spare; when full, the stale go first.
+pub const MAX_LOADS: usize = 4096;
+
 /// Settings. The defaults aim at a failover well under 300 ms on a LAN: a backup suspects its
 /// predecessor after 150 ms without an answer to 50 ms heartbeats, and the contact's lease at
 /// the home agent (refreshed every 50 ms) lapses 200 ms after its last refresh.
@@ -307,7 +311,8 @@ pub struct Member {
     stats: MemberStats,
     /// This node's load, as the application sets it.
     load: u32,
-    /// The loads members reported to this node (the contact), with when.
+    /// The loads members reported to this node (the contact), with when (at most
+    /// [`MAX_LOADS`]).
     loads: std::collections::BTreeMap<NodeId, (u32, Time)>,
 }
 
@@ -1085,11 +1090,17 @@ impl Member {
             Body::Pong { me, load } => {
                 let contact = self.status() == Status::Contact;
                 let max = self.cfg.max_snodes;
-                if contact
-                    && me.id == env.from
-                    && (self.loads.len() < 4096 || self.loads.contains_key(&me.id))
-                {
-                    self.loads.insert(me.id, (load, now));
+                if contact && me.id == env.from {
+                    if self.loads.len() >= MAX_LOADS && !self.loads.contains_key(&me.id) {
+                        // Full: the reports no longer fresh go (a departed member's, a
+                        // restarted node's under its old id), so that churn cannot keep a new
+                        // member's load out for good.
+                        let fresh = self.cfg.snode_dead;
+                        self.loads.retain(|_, (_, at)| now.since(*at) < fresh);
+                    }
+                    if self.loads.len() < MAX_LOADS || self.loads.contains_key(&me.id) {
+                        self.loads.insert(me.id, (load, now));
+                    }
                 }
                 let Some(b) = self.backup() else { return };
                 if !contact || me.id != env.from {

@@ -263,3 +263,50 @@ fn a_replayed_join_is_refused() {
     assert_eq!(after.joins_refused, before.joins_refused);
     assert_eq!(net.members[a].view().unwrap().backups.len(), 2);
 }
+
+/// Load reports from more ids than a contact keeps (`MAX_LOADS`: churn of restarted nodes, or
+/// a key holder) cannot keep a later member's load out for good: once they are stale, they
+/// make room for it.
+#[test]
+fn stale_load_reports_make_room_for_a_new_members() {
+    use ds_membership::member::MAX_LOADS;
+    use ds_membership::wire::{seal, Envelope};
+    let mut net = Net::new();
+    let key = b"the cluster secret";
+    let a = net.add(10, Role::Backup, key);
+    net.run(Duration::from_millis(400));
+    assert_eq!(net.members[a].status(), Status::Contact);
+    let (epoch, fence, to) = (
+        net.members[a].epoch(),
+        net.members[a].fence(),
+        net.members[a].config().addr,
+    );
+    let k = Key::new(key);
+    for id in 1000..1000 + MAX_LOADS as u64 {
+        let me = ds_membership::MemberInfo {
+            id,
+            addr: addr(0x99),
+            coa: "fd00::99".parse().unwrap(),
+        };
+        let env = Envelope {
+            from: id,
+            seq: 1,
+            epoch,
+            fence,
+            body: ds_membership::Body::Pong { me, load: 1 },
+        };
+        net.deliver(addr(0x99), to, seal(&k, &env));
+    }
+    // Stale a second later (`snode_dead`); then a new snode reports.
+    net.run(Duration::from_millis(1500));
+    let s = net.add(40, Role::Snode, key);
+    net.members[s].set_load(3);
+    net.run(Duration::from_millis(700));
+    let now = net.now;
+    let loads: Vec<(u64, u32)> = net.members[a]
+        .loads(now)
+        .iter()
+        .map(|(m, l, _)| (m.id, *l))
+        .collect();
+    assert_eq!(loads, vec![(40, 3)]);
+}
