@@ -127,7 +127,10 @@ impl Registrant {
         epoch: Epoch,
         origin: Instant,
     ) -> Result<(), ()> {
-        loop {
+        // Bounded per call, as `dsha` bounds its rounds: a stream of datagrams on this port
+        // (junk, or forged as the home agent's, an HMAC each) must not keep the session from
+        // its lease keep-alives and its reads of etcd. The rest wait for the next call.
+        for _ in 0..REPLIES_PER_CALL {
             let (n, src) = match sock.recv_from(&mut self.buf) {
                 Ok(x) => x,
                 Err(_) => return Ok(()),
@@ -157,8 +160,12 @@ impl Registrant {
                 }
             }
         }
+        Ok(())
     }
 }
+
+/// Datagrams [`Registrant::replies`] reads at most per call.
+const REPLIES_PER_CALL: usize = 64;
 
 /// The backend's thread: a single-threaded tokio runtime for etcd's client.
 pub(crate) fn run(
