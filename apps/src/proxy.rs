@@ -32,6 +32,44 @@ pub const MAX_HEAD: usize = 16 * 1024;
 /// Bytes buffered per direction of a relay.
 pub const BUF: usize = 64 * 1024;
 
+/// Bounds on what a client may hold of the proxy (the HTTP server's [`crate::ServerConfig`]
+/// defaults): a relay still reading its first request head gets 408 and is closed at the
+/// header timeout; a placed one where nothing moved either way for the idle timeout is closed
+/// (idle between requests) or reset (bytes stuck: its client or backend is gone or stalled);
+/// clients beyond `max_relays` are refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProxyLimits {
+    /// From accept to the first request head read whole.
+    pub header_timeout: Duration,
+    /// Without a byte moved on a placed relay.
+    pub idle_timeout: Duration,
+    /// Relays at once; a client beyond is reset at once.
+    pub max_relays: usize,
+}
+
+impl Default for ProxyLimits {
+    fn default() -> Self {
+        let d = crate::server::ServerConfig::default();
+        ProxyLimits {
+            header_timeout: d.header_timeout,
+            idle_timeout: d.idle_timeout,
+            max_relays: d.max_connections,
+        }
+    }
+}
+
+/// What a relay's clock says ([`Relay::expiry`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RelayExpiry {
+    /// The first request head did not arrive whole in time: 408, close.
+    Head,
+    /// Nothing moved for the idle timeout: close, or reset with bytes stuck.
+    Idle,
+}
+
+/// How often the relays' clocks are looked at.
+const SWEEP_EVERY: Duration = Duration::from_millis(100);
+
 /// Counters of the proxy.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ProxyStats {
@@ -53,6 +91,13 @@ pub struct ProxyStats {
     pub bad_requests: u64,
     /// Connections handed to a peer by a drain.
     pub drained: u64,
+    /// Clients whose first request head did not arrive within the header timeout (408).
+    pub head_timeouts: u64,
+    /// Relays closed (or, with bytes stuck, reset) after the idle timeout without a byte
+    /// moved.
+    pub idle_timeouts: u64,
+    /// Clients reset at once: `max_relays` were open.
+    pub refused: u64,
 }
 
 /// One client connection.
@@ -71,8 +116,28 @@ struct Relay {
     sent: u64,
     /// When it was accepted or arrived here.
     since: std::time::Instant,
+    /// When a byte last moved either way (or it was accepted).
+    moved: std::time::Instant,
     /// Its HTTP exchanges with the backend (where one ends and the next may begin).
     ex: Exchange,
+}
+
+impl Relay {
+    /// Whether `limits` end this relay at `now`: one still reading its first request head
+    /// (not placed, not leaving) after the header timeout; a placed one where nothing moved
+    /// for the idle timeout. One being handed off is the handoff's to end.
+    fn expiry(&self, now: std::time::Instant, limits: &ProxyLimits) -> Option<RelayExpiry> {
+        if self.leaving {
+            return None;
+        }
+        let placed = self.backend.is_some() || self.backend_eof;
+        if !placed {
+            return (now.saturating_duration_since(self.since) >= limits.header_timeout)
+                .then_some(RelayExpiry::Head);
+        }
+        (now.saturating_duration_since(self.moved) >= limits.idle_timeout)
+            .then_some(RelayExpiry::Idle)
+    }
 }
 
 /// The proxy: a node, a backend address, and the relays.
@@ -97,6 +162,8 @@ pub struct Proxy {
     drain_next: usize,
     /// Place every later request of a keep-alive connection anew (between two exchanges).
     per_request: bool,
+    limits: ProxyLimits,
+    last_sweep: std::time::Instant,
 }
 
 impl Proxy {
@@ -115,6 +182,56 @@ impl Proxy {
             accepting: true,
             drain_next: 0,
             per_request: false,
+            limits: ProxyLimits::default(),
+            last_sweep: std::time::Instant::now(),
+        }
+    }
+
+    /// Set the bounds on what clients may hold ([`ProxyLimits`]; the default is the HTTP
+    /// server's).
+    pub fn set_limits(&mut self, limits: ProxyLimits) {
+        self.limits = limits;
+    }
+
+    /// End the relays whose clocks ran out ([`Relay::expiry`]), at most every
+    /// [`SWEEP_EVERY`].
+    fn sweep(&mut self, now: std::time::Instant) {
+        if now.saturating_duration_since(self.last_sweep) < SWEEP_EVERY {
+            return;
+        }
+        self.last_sweep = now;
+        let limits = self.limits;
+        let expired: Vec<(ConnId, RelayExpiry)> = self
+            .relays
+            .iter()
+            .filter_map(|(c, r)| r.expiry(now, &limits).map(|e| (*c, e)))
+            .collect();
+        for (c, e) in expired {
+            // Its backend connection closes with it.
+            let Some(r) = self.relays.remove(&c) else {
+                continue;
+            };
+            match e {
+                RelayExpiry::Head => {
+                    self.stats.head_timeouts += 1;
+                    let _ = self.node.write(
+                        c,
+                        b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+                    );
+                    let _ = self.node.close(c);
+                }
+                RelayExpiry::Idle => {
+                    self.stats.idle_timeouts += 1;
+                    if r.up.is_empty() && r.down.is_empty() {
+                        // An idle keep-alive connection: closed as the HTTP server closes one
+                        // (RFC 9112 §9.5).
+                        let _ = self.node.close(c);
+                    } else {
+                        // Bytes stuck one way or the other: a client or backend gone quiet.
+                        let _ = self.node.abort(c);
+                    }
+                }
+            }
         }
     }
 
@@ -332,6 +449,13 @@ impl Proxy {
         self.node.poll(Duration::ZERO)?;
         while let Some(a) = self.node.try_accept() {
             let arrived = a.state.is_some();
+            if self.relays.len() >= self.limits.max_relays {
+                self.stats.refused += 1;
+                tracing::warn!(conn = %a.conn, "proxy: client refused, {} relays open", self.relays.len());
+                let _ = self.node.abort(a.conn);
+                continue;
+            }
+            let now = std::time::Instant::now();
             let mut r = Relay {
                 up: a.state.unwrap_or_default(),
                 down: Vec::new(),
@@ -340,7 +464,8 @@ impl Proxy {
                 client_eof: false,
                 backend_eof: false,
                 sent: 0,
-                since: std::time::Instant::now(),
+                since: now,
+                moved: now,
                 ex: Exchange::new(),
             };
             if arrived {
@@ -393,6 +518,7 @@ impl Proxy {
             self.pump(c);
         }
         self.ready = ids;
+        self.sweep(std::time::Instant::now());
         if let Some(d) = self.drain.as_mut() {
             if self.accepting && d.may_stop_accepting() {
                 self.node.stop_accepting();
@@ -437,7 +563,10 @@ impl Proxy {
             let room = (BUF - r.up.len()).min(buf.len());
             match self.node.read(c, &mut buf[..room]) {
                 Ok(0) => r.client_eof = true,
-                Ok(n) => r.up.extend_from_slice(&buf[..n]),
+                Ok(n) => {
+                    r.up.extend_from_slice(&buf[..n]);
+                    r.moved = std::time::Instant::now();
+                }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(_) => {
                     let _ = self.node.close(c);
@@ -518,6 +647,7 @@ impl Proxy {
                     Ok(n) => {
                         r.ex.requests(&r.up[..n]);
                         r.up.drain(..n);
+                        r.moved = std::time::Instant::now();
                     }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == ErrorKind::NotConnected => break, // connecting
@@ -540,6 +670,7 @@ impl Proxy {
                     Ok(n) => {
                         r.ex.responses(&buf[..n]);
                         r.down.extend_from_slice(&buf[..n]);
+                        r.moved = std::time::Instant::now();
                     }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == ErrorKind::NotConnected => break,
@@ -556,6 +687,9 @@ impl Proxy {
                 Ok(n) => {
                     r.down.drain(..n);
                     r.sent += n as u64;
+                    if n > 0 {
+                        r.moved = std::time::Instant::now();
+                    }
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(_) => {
@@ -602,6 +736,47 @@ fn connect_nonblocking(addr: SocketAddr) -> std::io::Result<TcpStream> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn relay(at: std::time::Instant) -> Relay {
+        Relay {
+            up: Vec::new(),
+            down: Vec::new(),
+            backend: None,
+            leaving: false,
+            client_eof: false,
+            backend_eof: false,
+            sent: 0,
+            since: at,
+            moved: at,
+            ex: Exchange::new(),
+        }
+    }
+
+    /// A client that never completes its first request head is ended at the header timeout
+    /// (408), a placed relay where nothing moved at the idle timeout (reset), one being handed
+    /// off by neither.
+    #[test]
+    fn a_relay_ends_when_its_clock_runs_out() {
+        let limits = ProxyLimits::default();
+        let t = std::time::Instant::now();
+        let mut r = relay(t);
+        assert_eq!(r.expiry(t + limits.header_timeout / 2, &limits), None);
+        assert_eq!(
+            r.expiry(t + limits.header_timeout, &limits),
+            Some(RelayExpiry::Head)
+        );
+        r.leaving = true;
+        assert_eq!(r.expiry(t + limits.idle_timeout * 10, &limits), None);
+        // Placed (its backend answered 502, say), then quiet.
+        r.leaving = false;
+        r.backend_eof = true;
+        assert_eq!(r.expiry(t + limits.header_timeout, &limits), None);
+        r.moved = t + limits.header_timeout;
+        assert_eq!(
+            r.expiry(t + limits.header_timeout + limits.idle_timeout, &limits),
+            Some(RelayExpiry::Idle)
+        );
+    }
 
     #[test]
     fn the_head_ends_after_the_blank_line() {
