@@ -123,6 +123,22 @@ struct Relay {
 }
 
 impl Relay {
+    /// A relay accepted (or arrived) at `now`, with the client's bytes `up` read so far.
+    fn new(up: Vec<u8>, now: std::time::Instant) -> Self {
+        Relay {
+            up,
+            down: Vec::new(),
+            backend: None,
+            leaving: false,
+            client_eof: false,
+            backend_eof: false,
+            sent: 0,
+            since: now,
+            moved: now,
+            ex: Exchange::new(),
+        }
+    }
+
     /// Whether `limits` end this relay at `now`: one still reading its first request head
     /// (not placed, not leaving) after the header timeout; a placed one where nothing moved
     /// for the idle timeout. One being handed off is the handoff's to end.
@@ -455,19 +471,7 @@ impl Proxy {
                 let _ = self.node.abort(a.conn);
                 continue;
             }
-            let now = std::time::Instant::now();
-            let mut r = Relay {
-                up: a.state.unwrap_or_default(),
-                down: Vec::new(),
-                backend: None,
-                leaving: false,
-                client_eof: false,
-                backend_eof: false,
-                sent: 0,
-                since: now,
-                moved: now,
-                ex: Exchange::new(),
-            };
+            let mut r = Relay::new(a.state.unwrap_or_default(), std::time::Instant::now());
             if arrived {
                 self.stats.arrived += 1;
                 // Placed here by the node it came from: relay what it read.
@@ -737,21 +741,6 @@ fn connect_nonblocking(addr: SocketAddr) -> std::io::Result<TcpStream> {
 mod tests {
     use super::*;
 
-    fn relay(at: std::time::Instant) -> Relay {
-        Relay {
-            up: Vec::new(),
-            down: Vec::new(),
-            backend: None,
-            leaving: false,
-            client_eof: false,
-            backend_eof: false,
-            sent: 0,
-            since: at,
-            moved: at,
-            ex: Exchange::new(),
-        }
-    }
-
     /// A client that never completes its first request head is ended at the header timeout
     /// (408), a placed relay where nothing moved at the idle timeout (reset), one being handed
     /// off by neither.
@@ -759,7 +748,7 @@ mod tests {
     fn a_relay_ends_when_its_clock_runs_out() {
         let limits = ProxyLimits::default();
         let t = std::time::Instant::now();
-        let mut r = relay(t);
+        let mut r = Relay::new(Vec::new(), t);
         assert_eq!(r.expiry(t + limits.header_timeout / 2, &limits), None);
         assert_eq!(
             r.expiry(t + limits.header_timeout, &limits),

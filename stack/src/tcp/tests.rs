@@ -870,19 +870,8 @@ fn a_receiver_cannot_grow_the_sack_scoreboard_without_bound() {
 
 #[test]
 fn zero_window_triggers_persist_probe() {
-    let now = t0();
-    let small = TcpConfig {
-        recv_buf: 2 * 1440,
-        ..cfg()
-    };
-    let mut c = Tcb::connect(a(), b(), small, 1000, 1440, now);
-    let syn = collect(&mut c, now);
-    let mut s = Tcb::accept_syn(b(), a(), cfg(), 5000, 1440, now, &seg_in(&syn[0]));
-    exchange(&mut c, &mut s, now);
-    assert_eq!(s.state(), TcpState::Established);
-    // Fill the client's buffer without reading; the rest waits behind a zero window.
-    s.send(&vec![1u8; 4 * 1440]);
-    exchange(&mut c, &mut s, now);
+    // The client's buffer filled without reading; the rest waits behind a zero window.
+    let (mut c, mut s) = behind_a_zero_window();
     assert_eq!(c.recv_available(), 2 * 1440);
     assert_eq!(s.snd_wnd, 0, "peer advertised a zero window");
     assert_eq!(s.snd_una, s.snd_max, "nothing in flight");
@@ -919,6 +908,7 @@ fn behind_a_zero_window() -> (Tcb, Tcb) {
     let syn = collect(&mut c, now);
     let mut s = Tcb::accept_syn(b(), a(), cfg(), 5000, 1440, now, &seg_in(&syn[0]));
     exchange(&mut c, &mut s, now);
+    assert_eq!(s.state(), TcpState::Established);
     s.send(&vec![1u8; 4 * 1440]);
     exchange(&mut c, &mut s, now);
     assert_eq!(s.snd_wnd, 0);
