@@ -1093,15 +1093,23 @@ impl Tcb {
     }
 
     fn send_challenge_ack(&mut self, now: Instant) {
-        // RFC 5961 §7: rate-limit challenge ACKs.
-        if now - self.challenge_window.0 >= Duration::from_secs(1) {
-            self.challenge_window = (now, 0);
-        }
-        if self.challenge_window.1 < CHALLENGE_ACK_LIMIT {
-            self.challenge_window.1 += 1;
+        if self.challenge_allowed(now) {
             self.events.challenge_acks += 1;
             self.ack_now = true;
         }
+    }
+
+    /// RFC 5961 §7: answers to unacceptable segments (challenge ACKs, a SYN-ACK again for a
+    /// duplicate SYN) within [`CHALLENGE_ACK_LIMIT`] a second; takes one.
+    fn challenge_allowed(&mut self, now: Instant) -> bool {
+        if now - self.challenge_window.0 >= Duration::from_secs(1) {
+            self.challenge_window = (now, 0);
+        }
+        if self.challenge_window.1 >= CHALLENGE_ACK_LIMIT {
+            return false;
+        }
+        self.challenge_window.1 += 1;
+        true
     }
 
     /// Reply with an ACK to an unacceptable segment (RFC 9293 §3.10.7.4 first check, RFC 7323
@@ -1245,8 +1253,11 @@ impl Tcb {
                 && seg.ack.is_none()
                 && seg.seq == self.irs
             {
-                // The peer's SYN again: our SYN-ACK was lost, send it again.
-                self.snd_nxt = self.iss;
+                // The peer's SYN again: our SYN-ACK was lost, send it again (within the
+                // limit of answers: a stream of copies is not reflected one for one).
+                if self.challenge_allowed(now) {
+                    self.snd_nxt = self.iss;
+                }
                 return;
             }
             if !seg.payload.is_empty() && self.sack_ok {
@@ -1280,8 +1291,11 @@ impl Tcb {
         // Fourth: SYN in a synchronized state (RFC 5961 §4.2): challenge ACK.
         if seg.syn {
             if self.state == TcpState::SynReceived {
-                // Duplicate SYN: answer with our SYN-ACK again.
-                self.snd_nxt = self.iss;
+                // Duplicate SYN: answer with our SYN-ACK again, within the limit of answers
+                // (a stream of them is not reflected one for one).
+                if self.challenge_allowed(now) {
+                    self.snd_nxt = self.iss;
+                }
             } else {
                 self.send_challenge_ack(now);
             }

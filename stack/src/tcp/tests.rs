@@ -1299,6 +1299,25 @@ fn acks_of_unsent_data_are_answered_within_the_limit() {
     assert!(answers <= 10, "{answers} answers");
 }
 
+/// Duplicate SYNs at a connection in SYN-RECEIVED get its SYN-ACK again, within the limit of
+/// answers to unacceptable segments (10 a second), not one for one.
+#[test]
+fn duplicate_syns_get_syn_acks_within_the_limit() {
+    let now = t0();
+    let mut c = Tcb::connect(a(), b(), cfg(), 1000, 1440, now);
+    let syn = collect(&mut c, now);
+    let mut s = Tcb::accept_syn(b(), a(), cfg(), 5000, 1440, now, &seg_in(&syn[0]));
+    assert_eq!(collect(&mut s, now).len(), 1, "the SYN-ACK");
+    let later = now + Duration::from_millis(1);
+    let mut again = 0;
+    for _ in 0..1000 {
+        s.on_segment(later, &seg_in(&syn[0]));
+        again += collect(&mut s, later).iter().filter(|w| w.seg.syn).count();
+    }
+    assert!((1..=10).contains(&again), "{again} SYN-ACKs");
+    assert_eq!(s.state(), TcpState::SynReceived);
+}
+
 #[test]
 fn rst_in_syn_received_drops_the_embryonic_connection() {
     let now = t0();
