@@ -4,6 +4,6 @@
 //! monotonic OS clock into [`Instant`] values; tests drive time by hand. The type is
 //! `ds_mipv6`'s, so the stack and the Mobile IPv6 state machines share one clock type.
 
-pub use ds_mipv6::time::Micros;
+pub use ds_mipv6::time::{Budget, Micros};
 pub use ds_mipv6::Instant;
 pub use std::time::Duration;

@@ -279,10 +279,10 @@ pub struct Interface {
     /// Storage of intercepted packets the application took, for the next ones.
     intercept_spare: Vec<Vec<u8>>,
     decap_depth: u8,
-    icmp_budget: ds_mipv6::time::Budget,
+    icmp_budget: crate::time::Budget,
     /// Packet Too Big messages applied this second without a TCP segment in flight to vouch
     /// for them (`receive_icmp`).
-    pmtu_budget: ds_mipv6::time::Budget,
+    pmtu_budget: crate::time::Budget,
     frag_ident: u32,
     scratch: Vec<u8>,
     /// TCP payload octets per super-frame the device segments; 0: none (see
@@ -391,8 +391,8 @@ impl Interface {
             intercepted: VecDeque::new(),
             intercept_spare: Vec::new(),
             decap_depth: 0,
-            icmp_budget: ds_mipv6::time::Budget::new(now),
-            pmtu_budget: ds_mipv6::time::Budget::new(now),
+            icmp_budget: crate::time::Budget::new(now),
+            pmtu_budget: crate::time::Budget::new(now),
             frag_ident: now.total_micros() as u32,
             scratch: Vec::with_capacity(ETHERNET_HEADER_LEN + mtu),
             gso_max: 0,

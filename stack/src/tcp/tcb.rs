@@ -9,7 +9,7 @@ use super::cc::Cc;
 use super::ring::{BufPool, ByteRing};
 use super::seq::{self, dist, ge, gt, le, lt};
 use super::{TcpConfig, TcpState};
-use crate::time::{Duration, Instant, Micros};
+use crate::time::{Budget, Duration, Instant, Micros};
 use std::net::SocketAddrV6;
 use std::sync::Arc;
 use thin_vec::ThinVec;
@@ -349,7 +349,7 @@ pub struct Tcb {
     // (RFC 5961 §5, §7). First, so that the congestion state's own cold half adjoins it: `Cc`
     // (`repr(C)`) starts with its cold fields (the algorithm, NewReno's counter, CUBIC's
     // figures); the slot's line test fails if a field a segment reads moves out of the hot lines.
-    challenge_window: (Instant, u32),
+    challenge_window: Budget,
     /// When the current fast recovery began.
     pub(crate) recovery_at: Option<Instant>,
     /// When this connection last sent an empty unacceptable segment (a drain's or a
@@ -769,7 +769,7 @@ impl Tcb {
             rst_due_for_ack: None,
             error: None,
             retries: 0,
-            challenge_window: (now, 0),
+            challenge_window: Budget::new(now),
             oow_ack_at: None,
             events: TcbEvents::default(),
             listener: None,
@@ -1102,14 +1102,8 @@ impl Tcb {
     /// RFC 5961 §7: answers to unacceptable segments (challenge ACKs, a SYN-ACK again for a
     /// duplicate SYN) within [`CHALLENGE_ACK_LIMIT`] a second; takes one.
     fn challenge_allowed(&mut self, now: Instant) -> bool {
-        if now - self.challenge_window.0 >= Duration::from_secs(1) {
-            self.challenge_window = (now, 0);
-        }
-        if self.challenge_window.1 >= CHALLENGE_ACK_LIMIT {
-            return false;
-        }
-        self.challenge_window.1 += 1;
-        true
+        self.challenge_window
+            .allow(now, CHALLENGE_ACK_LIMIT, Duration::from_secs(1))
     }
 
     /// Reply with an ACK to an unacceptable segment (RFC 9293 §3.10.7.4 first check, RFC 7323
