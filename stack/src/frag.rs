@@ -140,24 +140,25 @@ impl Reassembler {
 
     /// Whether a new datagram from `src` may start: its source network holds fewer than
     /// [`MAX_DATAGRAMS_PER_SOURCE`], and a slot is free or is freed by dropping the oldest
-    /// datagram of the source network holding the most (a scan of at most
-    /// [`MAX_DATAGRAMS`], only when full).
+    /// datagram of the source network holding the most (scans of at most
+    /// [`MAX_DATAGRAMS`], for a datagram's first fragment only; nothing allocated).
     fn make_room(&mut self, src: Ipv6Addr) -> bool {
         let net = |a: &Ipv6Addr| u128::from(*a) >> 64;
-        let mut per_net: HashMap<u128, usize> = HashMap::new();
-        for (s, _, _) in self.parts.keys() {
-            *per_net.entry(net(s)).or_default() += 1;
-        }
-        if per_net
-            .get(&net(&src))
-            .is_some_and(|&n| n >= MAX_DATAGRAMS_PER_SOURCE)
-        {
+        let from = |n: u128| self.parts.keys().filter(|(s, _, _)| net(s) == n).count();
+        if from(net(&src)) >= MAX_DATAGRAMS_PER_SOURCE {
             return false;
         }
         if self.parts.len() < MAX_DATAGRAMS {
             return true;
         }
-        let Some((&heaviest, _)) = per_net.iter().max_by_key(|(_, n)| **n) else {
+        // Full: the heaviest source network (MAX_DATAGRAMS² key comparisons at most, nothing
+        // allocated).
+        let Some(heaviest) = self
+            .parts
+            .keys()
+            .map(|(s, _, _)| net(s))
+            .max_by_key(|n| from(*n))
+        else {
             return false;
         };
         let oldest = self
