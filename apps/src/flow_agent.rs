@@ -99,7 +99,9 @@ pub struct FlowAgent {
     prog: Program,
     /// The control port: channels reach `chans` once the node proved the cluster key.
     gate: ChannelGate,
-    chans: Vec<Channel>,
+    /// Authenticated channels, with their peers' addresses (the gate's, for
+    /// [`ds_handoff::gate::admits_authenticated`]).
+    chans: Vec<(Channel, std::net::IpAddr)>,
     /// Channel failures after authentication.
     broken: u64,
     stats: FlowAgentStats,
@@ -226,7 +228,7 @@ impl FlowAgent {
         for fd in fds.iter().chain(extra) {
             self.poll.add(*fd);
         }
-        for c in &self.chans {
+        for (c, _) in &self.chans {
             self.poll.add(c.stream().as_raw_fd());
         }
         let now = std::time::Instant::now();
@@ -360,22 +362,19 @@ impl FlowAgent {
             .gate
             .poll_hinted(std::time::Instant::now(), |fd| may_read(set, fd))
         {
-            let held = self
-                .chans
-                .iter()
-                .filter_map(|c| c.stream().peer_addr().ok().map(|a| a.ip()));
+            let held = self.chans.iter().map(|(_, ip)| *ip);
             if !ds_handoff::gate::admits_authenticated(held, peer.ip()) {
                 self.stats.channels_refused += 1;
                 tracing::warn!(%peer, "flow agent: control channel refused: too many held");
                 continue;
             }
             tracing::debug!(%peer, "flow agent: control channel opened");
-            self.chans.push(c);
+            self.chans.push((c, peer.ip()));
         }
         let mut moved = 0;
         let mut i = 0;
         while i < self.chans.len() {
-            let ch = &self.chans[i];
+            let ch = &self.chans[i].0;
             if !ch.wants_poll() && !may_read(&self.poll, ch.stream().as_raw_fd()) {
                 i += 1;
                 continue;
@@ -446,7 +445,7 @@ impl FlowAgent {
                 self.more_input = true;
                 break;
             }
-            let Some(m) = self.chans[i].poll()? else {
+            let Some(m) = self.chans[i].0.poll()? else {
                 break;
             };
             let (conn_id, client, server, to, rank) = match m {
@@ -460,7 +459,7 @@ impl FlowAgent {
                 } => (conn_id, client, server, to, (generation, reclaim)),
                 Message::Rebind { conn_id, home, to } => {
                     let reply = self.rebind(conn_id, home, to);
-                    self.chans[i].send(&reply)?;
+                    self.chans[i].0.send(&reply)?;
                     continue;
                 }
                 _ => {
@@ -481,7 +480,7 @@ impl FlowAgent {
                 // node that dropped the connection.
                 self.stats.stale_moves += 1;
                 tracing::info!(%client, %to, generation = rank.0, reclaim = rank.1, last = last.0, "stale flow move refused");
-                self.chans[i].send(&Message::FlowMoved {
+                self.chans[i].0.send(&Message::FlowMoved {
                     conn_id,
                     ok: false,
                     detail: format!(
@@ -512,7 +511,7 @@ impl FlowAgent {
                     }
                 }
             };
-            self.chans[i].send(&reply)?;
+            self.chans[i].0.send(&reply)?;
         }
         Ok(moved)
     }
