@@ -504,10 +504,10 @@ fn a_deregistration_stays_acknowledged_where_no_home_test_ran() {
 }
 
 /// An ICMPv6 echo request from fd00::9 to `dst`, through a type 2 routing header naming
-/// fd00::1 (the interface's own address), `twice` with a second one behind the first.
-fn echo_via_rh2(dst: Ipv6Addr, twice: bool) -> Vec<u8> {
+/// `home`, `twice` with a second one behind the first.
+fn echo_via_rh2(dst: Ipv6Addr, home: Ipv6Addr, twice: bool) -> Vec<u8> {
     use ds_stack::wire::{Icmpv6Packet, Icmpv6Repr};
-    let (src, home) = (ip("fd00::9"), ip("fd00::1"));
+    let src = ip("fd00::9");
     let echo = Icmpv6Repr::EchoRequest {
         ident: 1,
         seq_no: 1,
@@ -538,16 +538,30 @@ fn echo_via_rh2(dst: Ipv6Addr, twice: bool) -> Vec<u8> {
 /// RFC 6275 §6.4: a type 2 routing header is taken once per packet and only on a packet to a
 /// unicast address; one to a multicast group, or a second one, is dropped and counted (it
 /// would make a packet to a group, or any packet, count as addressed to the home address).
+/// §6.4, §11.3.3: its address must be a home address served here; naming another address of
+/// the interface (here its care-of address fd00::1) it is dropped too.
 #[test]
 fn a_type_2_routing_header_to_a_group_or_twice_is_dropped() {
     let mut i = Interface::new(
         ds_stack::Config::new([2, 0, 0, 0, 0, 1], vec![ip("fd00::1")]),
         START,
     );
-    i.receive_ipv6(START, &echo_via_rh2(ip("fd00::1"), false), None);
+    let home = ip("fd00::100");
+    i.add_home_addr(home);
+    i.receive_ipv6(START, &echo_via_rh2(ip("fd00::1"), home, false), None);
     assert_eq!(i.stats().rx_bad_exthdr, 0, "to the unicast address: taken");
-    i.receive_ipv6(START, &echo_via_rh2(ip("ff02::1"), false), None);
+    i.receive_ipv6(START, &echo_via_rh2(ip("ff02::1"), home, false), None);
     assert_eq!(i.stats().rx_bad_exthdr, 1, "to all nodes");
-    i.receive_ipv6(START, &echo_via_rh2(ip("fd00::1"), true), None);
+    i.receive_ipv6(START, &echo_via_rh2(ip("fd00::1"), home, true), None);
     assert_eq!(i.stats().rx_bad_exthdr, 2, "two routing headers");
+    i.receive_ipv6(
+        START,
+        &echo_via_rh2(ip("fd00::1"), ip("fd00::1"), false),
+        None,
+    );
+    assert_eq!(
+        i.stats().rx_bad_exthdr,
+        3,
+        "naming an address of the interface that is no home address"
+    );
 }

@@ -147,13 +147,15 @@ impl Interface {
                         .flatten();
                     if let Some(rh2) = rh2 {
                         // RFC 6275 §6.4: a type 2 routing header carrying our home address;
-                        // §9.3.2 / §11.3.3: only for a home address served here. Only one per
-                        // packet (§6.4: exactly one address), and only to a unicast (care-of)
-                        // address: one to a multicast group would be taken as addressed to us.
+                        // §9.3.2 / §11.3.3: only for a home address served here, not any
+                        // address of ours (an ordinary one would make a packet to the care-of
+                        // address count as addressed to it). Only one per packet (§6.4:
+                        // exactly one address), and only to a unicast (care-of) address: one
+                        // to a multicast group would be taken as addressed to us.
                         let home = rh2.home_address();
                         let ok = !dst.is_multicast()
                             && mob.rh2.is_none()
-                            && (self.is_ours(&home)
+                            && (self.home_addrs.contains(&home)
                                 || self
                                     .hook
                                     .as_mut()
