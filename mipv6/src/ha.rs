@@ -49,6 +49,12 @@ pub struct HaConfig {
     /// also allows relying on sequence numbers alone; with `false` a BU without the option is
     /// accepted and only the sequence-number check guards against replays.
     pub require_timestamp: bool,
+    /// Binding Acknowledgements with status 146 (MIPV6-AUTH-FAIL) sent a second, to all
+    /// addresses together; further unauthenticated Binding Updates are discarded unanswered.
+    /// Such a reply goes to whatever source the Binding Update claimed, before anything in it
+    /// was proved: unbounded, a flood of forged ones with spoofed sources would make the home
+    /// agent reflect as many (RFC 4285 §9 makes no demand on how many are answered).
+    pub auth_fail_per_sec: u32,
 }
 
 impl HaConfig {
@@ -59,6 +65,7 @@ impl HaConfig {
             max_lifetime: Duration::from_secs(3600),
             replay_window: Duration::from_secs(7),
             require_timestamp: true,
+            auth_fail_per_sec: 100,
         }
     }
 }
@@ -119,6 +126,8 @@ pub struct HomeAgent {
     cache: HashMap<Ipv6Addr, HomeBinding>,
     last_timestamp: HashMap<u32, u64>,
     last_sequence: HashMap<Ipv6Addr, u16>,
+    /// MIPV6-AUTH-FAIL replies of the current second ([`HaConfig::auth_fail_per_sec`]).
+    auth_fails: crate::time::Budget,
 }
 
 fn ntp_diff(a: u64, b: u64) -> Duration {
@@ -135,6 +144,7 @@ impl HomeAgent {
             cache: HashMap::new(),
             last_timestamp: HashMap::new(),
             last_sequence: HashMap::new(),
+            auth_fails: crate::time::Budget::new(Instant::ZERO),
         }
     }
 
@@ -247,14 +257,22 @@ impl HomeAgent {
             transmit: vec![reply(status, seq, 0, sa, ts)],
             event: HaEvent::Rejected(status),
         };
-        // RFC 4285 §5.1 / §9: authentication first.
+        // RFC 4285 §5.1 / §9: authentication first. A failure is answered (the MN learns
+        // why, RFC 4285 §9 MIPV6-AUTH-FAIL; unsigned: there is no key to sign with) within
+        // the reply budget only.
+        let auth_fails = &mut self.auth_fails;
+        let mut auth_fail = |seq: u16| {
+            if auth_fails.allow(now, self.config.auth_fail_per_sec, Duration::from_secs(1)) {
+                reject(BaStatus::AUTH_FAIL, seq, None, None)
+            } else {
+                discard("authentication failed, over the reply budget")
+            }
+        };
         let Some(sa) = spi_key else {
-            return reject(BaStatus::AUTH_FAIL, bu.sequence, None, None);
+            return auth_fail(bu.sequence);
         };
         if !rr::verify_mn_ha(p.bytes(), &sa.key, care_of, home) {
-            // Forged: no answer signed with a key we would reveal nothing with, but the MN
-            // learns why (RFC 4285 §9 MIPV6-AUTH-FAIL).
-            return reject(BaStatus::AUTH_FAIL, bu.sequence, None, None);
+            return auth_fail(bu.sequence);
         }
         if sa.home != home {
             return reject(BaStatus::NOT_HOME_AGENT, bu.sequence, Some(&sa), timestamp);

@@ -292,3 +292,45 @@ fn home_registration_retransmits_from_1_5_s() {
     // 1.5 s, then doubling: 3, 6, 12, 24 → at 1.5, 4.5, 10.5, 22.5 s.
     assert_eq!(times, vec![15, 45, 105, 225]);
 }
+
+/// Forged Binding Updates with spoofed sources are answered MIPV6-AUTH-FAIL (RFC 4285 §9)
+/// within the home agent's reply budget only (`HaConfig::auth_fail_per_sec`, 100 a second):
+/// the rest are discarded unanswered, so a flood makes the home agent reflect no more than
+/// that; the next second it answers again, and a genuine registration is never held back.
+#[test]
+fn forged_registrations_are_answered_within_a_budget() {
+    let (mut ha, mut reg) = setup();
+    let now = Instant::from_secs(1);
+    let mut answered = 0;
+    for i in 0..1000u32 {
+        let src = format!("fd00:666::{:x}", i + 1);
+        let mut forger = HomeRegistration::new(reg_config(&src, 0x1001, b"guessed key"), 100);
+        let out = ha.on_packet(now, wall(1), &forger.send(now, wall(1), false).packet);
+        answered += out.transmit.len();
+        assert!(
+            matches!(
+                out.event,
+                HaEvent::Rejected(BaStatus::AUTH_FAIL) | HaEvent::Discarded(_)
+            ),
+            "{:?}",
+            out.event
+        );
+    }
+    assert_eq!(
+        answered, 100,
+        "replies to 1,000 forged updates in one second"
+    );
+    // The genuine mobile node registers meanwhile.
+    let out = ha.on_packet(now, wall(1), &reg.send(now, wall(1), false).packet);
+    assert!(
+        matches!(out.event, HaEvent::Registered { .. }),
+        "{:?}",
+        out.event
+    );
+    // A second later a forged one is answered again.
+    let later = now + Duration::from_secs(1);
+    let mut forger = HomeRegistration::new(reg_config("fd00:667::1", 0x1001, b"guessed"), 100);
+    let out = ha.on_packet(later, wall(2), &forger.send(later, wall(2), false).packet);
+    assert_eq!(out.event, HaEvent::Rejected(BaStatus::AUTH_FAIL));
+    assert_eq!(out.transmit.len(), 1);
+}
