@@ -164,3 +164,69 @@ fn a_misaligned_home_address_option_is_refused() {
     assert_eq!(deliver(&mut n, &pkt), None, "the stack refuses it too");
     assert_eq!(n.asked.load(Ordering::SeqCst), 0);
 }
+
+const IPPROTO_FRAGMENT: u8 = 44;
+
+/// `fragmentable` (its first header `first`) from fd00::9 to us in two fragments, the first
+/// carrying 16 of its bytes (RFC 8200 §4.5).
+fn in_two_fragments(first: u8, fragmentable: &[u8]) -> [Vec<u8>; 2] {
+    let split = 16;
+    let frag = |offset: usize, more: bool, part: &[u8]| {
+        let mut p = PacketBuilder::new(ip("fd00::9"), ip(OURS)).payload(IPPROTO_FRAGMENT, &[]);
+        let off_m = u16::try_from(offset).unwrap() | u16::from(more);
+        p.extend_from_slice(&[first, 0]);
+        p.extend_from_slice(&off_m.to_be_bytes());
+        p.extend_from_slice(&0x5eed_u32.to_be_bytes());
+        p.extend_from_slice(part);
+        let plen = u16::try_from(p.len() - IPV6_HEADER_LEN).unwrap();
+        p[4..6].copy_from_slice(&plen.to_be_bytes());
+        p
+    };
+    [
+        frag(0, true, &fragmentable[..split]),
+        frag(split, false, &fragmentable[split..]),
+    ]
+}
+
+/// A UDP datagram from fd00::9:5000 to us:7000 (24 bytes of data).
+fn plain_datagram() -> Vec<u8> {
+    let mut udp = vec![0x13, 0x88, 0x1b, 0x58, 0, 32, 0, 0];
+    udp.extend_from_slice(b"behind a destination opts");
+    udp.truncate(32);
+    let c = pseudo_checksum(ip("fd00::9"), ip(OURS), IPPROTO_UDP, &udp);
+    udp[6..8].copy_from_slice(&c.to_be_bytes());
+    udp
+}
+
+/// RFC 8200 §4.5: the reassembled packet's extension headers are walked like any packet's. A
+/// fragmented datagram whose fragmentable part starts with a Destination Options header
+/// reaches its socket (it got a Parameter Problem before: the reassembled payload went to the
+/// upper layer as if it began with UDP's header). A Fragment header inside a reassembled
+/// packet is dropped and counted.
+#[test]
+fn extension_headers_after_a_fragment_header_are_walked() {
+    let mut n = node();
+    // Destination Options: UDP next, 8 octets, one PadN option of 4.
+    let mut fragmentable = vec![IPPROTO_UDP, 0, 1, 4, 0, 0, 0, 0];
+    fragmentable.extend_from_slice(&plain_datagram());
+    let [f1, f2] = in_two_fragments(IPPROTO_DSTOPTS, &fragmentable);
+    assert_eq!(deliver(&mut n, &f1), None, "the first fragment alone");
+    let from = deliver(&mut n, &f2);
+    assert_eq!(from, Some(SocketAddrV6::new(ip("fd00::9"), 5000, 0, 0)));
+    assert_eq!(n.iface.stats().reassembled, 1);
+    assert_eq!(n.iface.stats().rx_bad_exthdr, 0);
+
+    // A Fragment header inside the reassembled part (an atomic fragment of UDP).
+    let malformed = n.iface.stats().rx_malformed;
+    let mut inner = vec![IPPROTO_UDP, 0, 0, 0, 0, 0, 0, 1];
+    inner.extend_from_slice(&plain_datagram());
+    let [g1, g2] = in_two_fragments(IPPROTO_FRAGMENT, &inner);
+    // Another identification than the first datagram's.
+    let (mut g1, mut g2) = (g1, g2);
+    g1[44] = 0x77;
+    g2[44] = 0x77;
+    assert_eq!(deliver(&mut n, &g1), None);
+    assert_eq!(deliver(&mut n, &g2), None);
+    assert_eq!(n.iface.stats().reassembled, 2);
+    assert_eq!(n.iface.stats().rx_malformed, malformed + 1);
+}

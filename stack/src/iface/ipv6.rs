@@ -87,19 +87,51 @@ impl Interface {
         hop_limit: u8,
         src_mac: Option<[u8; 6]>,
     ) {
-        let mut nh = Ipv6Packet::new_unchecked(pkt).next_header();
-        let mut off = IPV6_HEADER_LEN;
-        // Where the Next Header value being processed sits: Parameter Problem pointers name
-        // it (RFC 8200 §4).
-        let mut nh_field = IPV6_NEXT_HEADER_AT;
-        let mut mob = Mobility {
+        let mob = Mobility {
             src,
             dst,
             hao: None,
             rh2: None,
         };
-        let mut hao = HomeAddressOptions::default();
-        let mut first = true;
+        let at = Walk {
+            nh: Ipv6Packet::new_unchecked(pkt).next_header(),
+            off: IPV6_HEADER_LEN,
+            nh_field: IPV6_NEXT_HEADER_AT,
+            first: true,
+            reassembled: false,
+        };
+        self.walk_from(
+            now,
+            pkt,
+            at,
+            mob,
+            HomeAddressOptions::default(),
+            hop_limit,
+            src_mac,
+        );
+    }
+
+    /// [`Interface::walk_headers`] from the header `at` names in `pkt`, with what the headers
+    /// before it said (`mob`, `hao`).
+    #[allow(clippy::too_many_arguments)]
+    fn walk_from(
+        &mut self,
+        now: Instant,
+        pkt: &[u8],
+        at: Walk,
+        mut mob: Mobility,
+        mut hao: HomeAddressOptions,
+        hop_limit: u8,
+        src_mac: Option<[u8; 6]>,
+    ) {
+        let (src, dst) = (mob.src, mob.dst);
+        let Walk {
+            mut nh,
+            mut off,
+            mut nh_field,
+            mut first,
+            reassembled,
+        } = at;
         loop {
             match nh {
                 IpProtocol::HopByHop | IpProtocol::Ipv6Opts => {
@@ -184,6 +216,12 @@ impl Interface {
                     off += len;
                 }
                 IpProtocol::Ipv6Frag => {
+                    if reassembled {
+                        // A Fragment header inside a reassembled packet (RFC 8200 §4.5: the
+                        // fragments of one packet are not fragmented again).
+                        self.stats.rx_malformed += 1;
+                        return;
+                    }
                     let Some((next, frag)) = fragment_header(&pkt[off..]) else {
                         self.stats.rx_malformed += 1;
                         return;
@@ -212,12 +250,24 @@ impl Interface {
                     ) {
                         Ok(Some(done)) => {
                             self.stats.reassembled += 1;
-                            let up = Upper {
-                                nh: IpProtocol::from(done.next_header),
-                                nh_field: off,
-                                payload: &done.payload,
+                            // RFC 8200 §4.5: the reassembled packet is the unfragmentable part
+                            // (this fragment's headers before its Fragment header; they were
+                            // processed above) with the fragmentable part behind it, whose
+                            // first header the Fragment header named. Its extension headers
+                            // are walked like any packet's (a Destination Options header
+                            // there is common), on from where the Fragment header was.
+                            let Some(whole) = reassembled_packet(pkt, off, nh_field, &done) else {
+                                self.stats.reassembly_failed += 1;
+                                return;
                             };
-                            self.upper(now, up, &mob, hop_limit, src_mac, pkt);
+                            let at = Walk {
+                                nh: IpProtocol::from(done.next_header),
+                                off,
+                                nh_field,
+                                first: false,
+                                reassembled: true,
+                            };
+                            self.walk_from(now, &whole, at, mob, hao, hop_limit, src_mac);
                         }
                         Ok(None) => {}
                         Err(_) => self.stats.reassembly_failed += 1,
@@ -344,7 +394,7 @@ impl Interface {
         // (home address, source); then upper layers see the home address as the source.
         let mut src = mob.src;
         if let Some(home) = mob.hao {
-            // (A reassembled packet is not in `whole`, its last fragment: it stays.)
+            // (A reassembled packet is `whole` too: it goes round whole, unfragmented.)
             if self.correspondent_elsewhere()
                 && super::mobility::in_whole(payload, whole)
                 && !self.hook_accepts_hao(now, mob, home)
@@ -481,6 +531,8 @@ pub(super) struct Upper<'a> {
 
 /// Offset of the Next Header field in the IPv6 header (RFC 8200 §3).
 const IPV6_NEXT_HEADER_AT: usize = 6;
+/// Where the Payload Length sits in the IPv6 header (RFC 8200 §3).
+const IPV6_PAYLOAD_LEN_AT: usize = 4;
 /// Next Header and Hdr Ext Len, the octets every extension header but the Fragment header
 /// starts with (RFC 8200 §4.3, §4.4, §4.6); the Routing Type, or the options, follow.
 const EXT_FIXED_LEN: usize = 2;
@@ -510,4 +562,41 @@ fn fragment_header(b: &[u8]) -> Option<(IpProtocol, Ipv6FragmentRepr)> {
     let frag = Ipv6FragmentHeader::new_checked(ext.payload()).ok()?;
     let repr = Ipv6FragmentRepr::parse(&frag).ok()?;
     Some((ext.next_header(), repr))
+}
+
+/// Where a walk of the extension-header chain stands ([`Interface::walk_headers`]).
+#[derive(Debug, Clone, Copy)]
+struct Walk {
+    /// The header to process next.
+    nh: IpProtocol,
+    /// Its offset in the packet.
+    off: usize,
+    /// Where the Next Header value naming it sits (Parameter Problem pointers name it, RFC
+    /// 8200 §4).
+    nh_field: usize,
+    /// Right after the IPv6 header (a Hop-by-Hop Options header is allowed only there).
+    first: bool,
+    /// The packet was reassembled from fragments.
+    reassembled: bool,
+}
+
+/// The packet `done` was reassembled into (RFC 8200 §4.5): `pkt`'s IPv6 header and headers
+/// before its Fragment header at `frag_at`, then the reassembled fragmentable part, the Next
+/// Header value at `nh_field` naming that part's first header and the Payload Length
+/// recomputed. `None` when the payload would exceed 65,535 bytes (the reassembler does not
+/// build one, but a Payload Length cannot say it).
+fn reassembled_packet(
+    pkt: &[u8],
+    frag_at: usize,
+    nh_field: usize,
+    done: &crate::frag::Reassembled,
+) -> Option<Vec<u8>> {
+    let unfragmentable = pkt.get(..frag_at)?;
+    let payload_len = u16::try_from(frag_at - IPV6_HEADER_LEN + done.payload.len()).ok()?;
+    let mut whole = Vec::with_capacity(frag_at + done.payload.len());
+    whole.extend_from_slice(unfragmentable);
+    whole.extend_from_slice(&done.payload);
+    *whole.get_mut(nh_field)? = done.next_header;
+    whole[IPV6_PAYLOAD_LEN_AT..IPV6_PAYLOAD_LEN_AT + 2].copy_from_slice(&payload_len.to_be_bytes());
+    Some(whole)
 }

@@ -46,7 +46,8 @@ pub(super) enum MobilityOut {
 pub(super) const MOBILITY_EXT_LEN: usize = Rh2Repr::LEN;
 const _: () = assert!(DestOptsRepr::LEN == MOBILITY_EXT_LEN);
 
-/// Whether `part` lies in `whole` (a reassembled message does not: it is in its own buffer).
+/// Whether `part` lies in `whole` (a packet reassembled from fragments is a `whole` of its
+/// own, [`super::ipv6`]'s `reassembled_packet`).
 pub(super) fn in_whole(part: &[u8], whole: &[u8]) -> bool {
     whole.as_ptr_range().contains(&part.as_ptr())
 }
@@ -155,8 +156,7 @@ impl Interface {
     }
 
     /// A Mobility Header `mh` (in `whole`) that is for a sibling goes round, whole; the last
-    /// sibling drops it. A reassembled message is not in `whole` (its last fragment): it
-    /// stays here (these messages are far smaller than any link's MTU).
+    /// sibling drops it. One reassembled from fragments goes round as the reassembled packet.
     fn pass_mobility_header(&mut self, mh: &[u8], whole: &[u8]) {
         if !(in_whole(mh, whole) && self.pass_whole_to_sibling(whole)) {
             self.stats.mobility_unexpected += 1;
