@@ -8,11 +8,14 @@
 //! would hijack the flow) and the agent answers [`Message::FlowMoved`] once the map entry
 //! points at the new care-of address: one map update, no packet path change for other flows.
 //!
-//! Moves of one flow are applied in the order of its handoffs (issue 12's late-Abort race):
-//! each carries the handoff's flow generation, and a donor that kept the connection after a
-//! failed handoff reclaims the flow with the same generation, outranking the acceptor's move
-//! whichever arrives first; a move not above the last applied is refused ("stale").
+//! The agent is the commit point of a transparent handoff ([`ds_handoff::flows`]): of the
+//! acceptor's move and the reclaim of a donor whose handoff failed before it saw the Accept
+//! (both carry the handoff's flow generation), the first the agent reads wins and the other
+//! is answered `taken`; a forced reclaim outranks both; a request of an older handoff than the
+//! last applied is refused ("stale"), and a move read later than its validity after it
+//! arrived (the channel's receive stamp) is refused ("expired": its acceptor gave up on it).
 
+use ds_handoff::flows::{self, Applied, Request, Verdict};
 use ds_handoff::{Channel, ChannelGate, ClusterSecret, GateLimits, GateStats, Message};
 use ds_xdp::maps::FlowKey;
 use ds_xdp::Program;
@@ -85,8 +88,9 @@ pub struct FlowAgentStats {
     pub gate: GateStats,
     /// Moved flows forgotten after [`MOVED_IDLE`] without a packet.
     pub moved_aged: u64,
-    /// Moves not applied because the flow had a newer one (fencing: a late move of a failed
-    /// handoff, or a reclaim overtaken by the connection's next handoff).
+    /// Moves and reclaims not applied (fencing, [`ds_handoff::flows::judge`]): the other side
+    /// of the same handoff came first, a newer handoff moved the flow, or a move was read
+    /// after its validity.
     pub stale_moves: u64,
     /// Authenticated channels closed at once: their address, or all, already held as many
     /// as the agent keeps ([`ds_handoff::gate::AUTHENTICATED_PER_ADDRESS`],
@@ -116,10 +120,10 @@ pub struct FlowAgent {
     /// Moved flows' packet counts and since when each stayed the same (for aging).
     moved_seen: std::collections::HashMap<FlowKey, (u64, std::time::Instant)>,
     last_sweep: std::time::Instant,
-    /// The last move applied to each moved flow, as `(generation, reclaim)`: moves of a flow
-    /// are applied in that order only (see [`Message::MoveFlow`]). Its keys are the moved
-    /// flows' (bounded by the program's table), forgotten with them.
-    generations: std::collections::HashMap<FlowKey, (u64, bool)>,
+    /// The last request applied to each moved flow ([`ds_handoff::flows::judge`] decides on
+    /// the next). Its keys are the moved flows' (bounded by the program's table), forgotten
+    /// with them.
+    generations: std::collections::HashMap<FlowKey, Applied>,
     /// A channel had more than [`ds_handoff::MESSAGES_PER_TURN`] requests in the last turn:
     /// the next wait is none.
     more_input: bool,
@@ -448,15 +452,16 @@ impl FlowAgent {
             let Some(m) = self.chans[i].0.poll()? else {
                 break;
             };
-            let (conn_id, client, server, to, rank) = match m {
+            let (conn_id, client, server, req) = match m {
                 Message::MoveFlow {
                     conn_id,
                     client,
                     server,
-                    to,
-                    generation,
-                    reclaim,
-                } => (conn_id, client, server, to, (generation, reclaim)),
+                    ..
+                } => match Request::of(&m) {
+                    Some(req) => (conn_id, client, server, req),
+                    None => continue,
+                },
                 Message::Rebind { conn_id, home, to } => {
                     let reply = self.rebind(conn_id, home, to);
                     self.chans[i].0.send(&reply)?;
@@ -474,39 +479,39 @@ impl FlowAgent {
                 dport: server.port(),
                 proto: 6,
             };
-            if let Some(last) = self.generations.get(&key).filter(|last| rank <= **last) {
-                // Fencing: a move of an older handoff (its donor gave up and reclaimed the
-                // flow, or the connection moved on since) must not steer the client to a
-                // node that dropped the connection.
+            // How long the request waited in the socket (a stopped or busy agent reads it
+            // late): the kernel's receive stamp of the read that brought it.
+            let waited = self.chans[i]
+                .0
+                .arrival()
+                .and_then(|t| std::time::SystemTime::now().duration_since(t).ok());
+            let last = self.generations.get(&key).copied();
+            let verdict = flows::judge(last, &req, waited);
+            if verdict != Verdict::Apply {
+                // Fencing: the other side of this handoff won, a newer handoff moved the flow,
+                // or the acceptor gave up on this move: applied, it would steer the client to
+                // a node that does not hold the connection.
                 self.stats.stale_moves += 1;
-                tracing::info!(%client, %to, generation = rank.0, reclaim = rank.1, last = last.0, "stale flow move refused");
-                self.chans[i].0.send(&Message::FlowMoved {
-                    conn_id,
-                    ok: false,
-                    detail: format!(
-                        "stale: generation {} of the flow is not above {}",
-                        rank.0, last.0
-                    ),
-                })?;
+                tracing::info!(%client, to = %req.to, generation = req.generation, kind = ?req.kind(), ?last, ?waited, ?verdict, "flow move refused");
+                self.chans[i]
+                    .0
+                    .send(&flows::answer(conn_id, verdict, last))?;
                 continue;
             }
-            let reply = match self.prog.set_flow(&key, to) {
+            let reply = match self.prog.set_flow(&key, req.to) {
                 Ok(()) => {
-                    self.generations.insert(key, rank);
+                    self.generations.insert(key, Applied::of(&req));
                     self.stats.moves += 1;
                     moved += 1;
-                    tracing::debug!(%client, %server, %to, "flow moved");
-                    Message::FlowMoved {
-                        conn_id,
-                        ok: true,
-                        detail: String::new(),
-                    }
+                    tracing::debug!(%client, %server, to = %req.to, "flow moved");
+                    flows::answer(conn_id, Verdict::Apply, last)
                 }
                 Err(e) => {
                     self.stats.move_errors += 1;
                     Message::FlowMoved {
                         conn_id,
                         ok: false,
+                        taken: false,
                         detail: e.to_string(),
                     }
                 }

@@ -3,6 +3,7 @@
 //! Needs root (a BPF program is loaded, not attached); prints SKIP otherwise.
 
 use ds_apps::flow_agent::FlowAgent;
+use ds_handoff::flows::Kind as MoveKind;
 use ds_handoff::ClusterSecret;
 use ds_testbed::require_root;
 use ds_xdp::maps::{FlowKey, TunnelConfig, TunnelMode};
@@ -96,8 +97,15 @@ fn idle_moved_flows_are_forgotten() {
     assert_eq!(agent.stats().moved_aged, gone as u64);
 }
 
-/// The request to move flow `sport` to `to` (its `conn_id` is the generation).
-fn move_flow(sport: u16, to: Ipv6Addr, generation: u64, reclaim: bool) -> ds_handoff::Message {
+/// The request to move flow `sport` to `to` (its `conn_id` is the generation); an acceptor's
+/// move is valid for `valid` at the agent.
+fn move_flow(
+    sport: u16,
+    to: Ipv6Addr,
+    generation: u64,
+    kind: MoveKind,
+    valid: Option<Duration>,
+) -> ds_handoff::Message {
     let k = key(sport);
     ds_handoff::Message::MoveFlow {
         conn_id: generation,
@@ -105,29 +113,33 @@ fn move_flow(sport: u16, to: Ipv6Addr, generation: u64, reclaim: bool) -> ds_han
         server: std::net::SocketAddrV6::new(k.dst, k.dport, 0, 0),
         to,
         generation,
-        reclaim,
+        reclaim: kind != MoveKind::Move,
+        force: kind == MoveKind::ForcedReclaim,
+        valid_us: valid.map(|v| v.as_micros() as u64),
     }
 }
 
-/// One move request through an authenticated channel to `agent`; its answer's `ok`.
-fn ask(
+/// The answer to one move request through an authenticated channel to `agent`, read by the
+/// agent `late` after it arrived: `(ok, taken)`.
+fn ask_late(
     agent: &mut FlowAgent,
     ch: &mut ds_handoff::Channel,
-    sport: u16,
-    to: Ipv6Addr,
-    generation: u64,
-    reclaim: bool,
-) -> bool {
-    ch.send(&move_flow(sport, to, generation, reclaim))
-        .expect("send");
+    req: ds_handoff::Message,
+    late: Duration,
+) -> (bool, bool) {
+    let generation = req.conn_id();
+    ch.send(&req).expect("send");
+    std::thread::sleep(late);
     let t = Instant::now();
     loop {
         assert!(t.elapsed() < Duration::from_secs(5), "no answer");
         agent.poll();
         match ch.poll().expect("channel") {
-            Some(ds_handoff::Message::FlowMoved { conn_id, ok, .. }) => {
+            Some(ds_handoff::Message::FlowMoved {
+                conn_id, ok, taken, ..
+            }) => {
                 assert_eq!(conn_id, generation);
-                return ok;
+                return (ok, taken);
             }
             Some(m) => panic!("{m:?}"),
             None => std::thread::sleep(Duration::from_millis(1)),
@@ -135,10 +147,26 @@ fn ask(
     }
 }
 
+/// [`ask_late`] read at once, whether applied.
+fn ask(
+    agent: &mut FlowAgent,
+    ch: &mut ds_handoff::Channel,
+    sport: u16,
+    to: Ipv6Addr,
+    generation: u64,
+    kind: MoveKind,
+) -> bool {
+    let req = move_flow(sport, to, generation, kind, None);
+    ask_late(agent, ch, req, Duration::ZERO).0
+}
+
 /// Issue 12's late-Abort race, at the home agent: a handoff that failed after its acceptor
-/// asked for the flow leaves two moves in flight (the acceptor's, and the donor's reclaim of
-/// the same generation); whichever arrives first, the flow ends at the donor, and the
-/// connection's next handoff (a newer generation) still moves it.
+/// asked for the flow leaves two requests in flight (the acceptor's move, and the donor's
+/// reclaim of the same generation). A forced reclaim (the donor got no answer, or its
+/// acceptor steers ahead) outranks the move whichever arrives first, and the connection's
+/// next handoff (a newer generation) still moves the flow. Protocol 7, the agent as the
+/// commit point: of a move and a plain reclaim the first read wins and the other is answered
+/// `taken`; a move read after its validity is refused, and not `taken` (nothing else won).
 #[test]
 fn moves_of_a_flow_apply_in_generation_order_and_a_reclaim_outranks_its_move() {
     if !require_root("moves_of_a_flow_apply_in_generation_order_and_a_reclaim_outranks_its_move") {
@@ -157,24 +185,53 @@ fn moves_of_a_flow_apply_in_generation_order_and_a_reclaim_outranks_its_move() {
             .expect("lookup")
             .map(|v| v.owner)
     };
-    // The acceptor's move first, then the donor's reclaim: back at the donor.
-    assert!(ask(&mut agent, &mut ch, 1, acceptor, 100, false));
+    let forced = MoveKind::ForcedReclaim;
+    // The acceptor's move first, then the donor's forced reclaim: back at the donor.
+    assert!(ask(&mut agent, &mut ch, 1, acceptor, 100, MoveKind::Move));
     assert_eq!(owner(&agent, 1), Some(acceptor));
-    assert!(ask(&mut agent, &mut ch, 1, donor, 100, true));
+    assert!(ask(&mut agent, &mut ch, 1, donor, 100, forced));
     assert_eq!(owner(&agent, 1), Some(donor));
     // The reclaim first, then the acceptor's late move: refused.
-    assert!(ask(&mut agent, &mut ch, 2, donor, 100, true));
-    assert!(!ask(&mut agent, &mut ch, 2, acceptor, 100, false));
+    assert!(ask(&mut agent, &mut ch, 2, donor, 100, forced));
+    assert!(!ask(&mut agent, &mut ch, 2, acceptor, 100, MoveKind::Move));
     assert_eq!(owner(&agent, 2), Some(donor));
     // An older generation is refused too; the next handoff's moves the flow.
-    assert!(!ask(&mut agent, &mut ch, 2, acceptor, 99, false));
-    assert!(ask(&mut agent, &mut ch, 2, acceptor, 101, false));
+    assert!(!ask(&mut agent, &mut ch, 2, acceptor, 99, MoveKind::Move));
+    assert!(ask(&mut agent, &mut ch, 2, acceptor, 101, MoveKind::Move));
     assert_eq!(owner(&agent, 2), Some(acceptor));
     // A reclaim of the older attempt, arriving after the newer move, changes nothing.
-    assert!(!ask(&mut agent, &mut ch, 2, donor, 100, true));
+    assert!(!ask(&mut agent, &mut ch, 2, donor, 100, forced));
     assert_eq!(owner(&agent, 2), Some(acceptor));
     assert_eq!(agent.stats().stale_moves, 3);
     assert_eq!(agent.stats().moves, 4);
+
+    // A plain reclaim after the move: taken, the flow stays with the acceptor.
+    assert!(ask(&mut agent, &mut ch, 3, acceptor, 100, MoveKind::Move));
+    let back = move_flow(3, donor, 100, MoveKind::Reclaim, None);
+    assert_eq!(
+        ask_late(&mut agent, &mut ch, back, Duration::ZERO),
+        (false, true)
+    );
+    assert_eq!(owner(&agent, 3), Some(acceptor));
+    // Before it: the reclaim wins, the move is taken.
+    assert!(ask(&mut agent, &mut ch, 4, donor, 100, MoveKind::Reclaim));
+    let mv = move_flow(4, acceptor, 100, MoveKind::Move, None);
+    assert_eq!(
+        ask_late(&mut agent, &mut ch, mv, Duration::ZERO),
+        (false, true)
+    );
+    assert_eq!(owner(&agent, 4), Some(donor));
+    // A move valid for 5 ms that the agent reads 100 ms after it arrived: expired.
+    let ms = Duration::from_millis;
+    let mv = move_flow(5, acceptor, 100, MoveKind::Move, Some(ms(5)));
+    assert_eq!(ask_late(&mut agent, &mut ch, mv, ms(100)), (false, false));
+    assert_eq!(owner(&agent, 5), None);
+    // Read in time, it applies.
+    let mv = move_flow(5, acceptor, 100, MoveKind::Move, Some(ms(2000)));
+    assert_eq!(ask_late(&mut agent, &mut ch, mv, ms(20)), (true, false));
+    assert_eq!(owner(&agent, 5), Some(acceptor));
+    assert_eq!(agent.stats().stale_moves, 6);
+    assert_eq!(agent.stats().moves, 7);
 }
 
 /// The home agent's loop (a wait, then a poll) tries its control listener, and reads a
@@ -211,14 +268,15 @@ fn the_agent_accepts_only_after_a_wait_found_its_listener_readable() {
         7,
         "fd00:1::2".parse().expect("address"),
         1,
-        false
+        MoveKind::Move
     ));
     assert_eq!(agent.stats().moves, 1);
     // A request that arrives after a wait found nothing readable waits for the next round:
     // the channel is read when a wait finds its socket readable.
     agent.wait(Duration::from_millis(5));
     let to: Ipv6Addr = "fd00:1::2".parse().expect("address");
-    ch.send(&move_flow(8, to, 2, false)).expect("send");
+    ch.send(&move_flow(8, to, 2, MoveKind::Move, None))
+        .expect("send");
     assert!(ch.poll().expect("channel").is_none());
     std::thread::sleep(Duration::from_millis(50));
     agent.poll();
@@ -259,16 +317,18 @@ fn one_nodes_stream_of_requests_waits_its_turn() {
     let acceptor: Ipv6Addr = "fd00:1::2".parse().expect("address");
     let mut flood = ds_handoff::Channel::connect(addr, &secret).expect("channel");
     let mut other = ds_handoff::Channel::connect(addr, &secret).expect("channel");
-    assert!(ask(&mut agent, &mut flood, 1, acceptor, 1, false));
-    assert!(ask(&mut agent, &mut other, 2, acceptor, 1, false));
+    assert!(ask(&mut agent, &mut flood, 1, acceptor, 1, MoveKind::Move));
+    assert!(ask(&mut agent, &mut other, 2, acceptor, 1, MoveKind::Move));
     const STREAM: usize = 1000;
     for g in 0..STREAM as u64 {
         flood
-            .send(&move_flow(3, acceptor, 10 + g, false))
+            .send(&move_flow(3, acceptor, 10 + g, MoveKind::Move, None))
             .expect("send");
     }
     flush(&mut flood);
-    other.send(&move_flow(4, acceptor, 5, false)).expect("send");
+    other
+        .send(&move_flow(4, acceptor, 5, MoveKind::Move, None))
+        .expect("send");
     flush(&mut other);
     // Loopback delivers within the sender's call: both requests are in, the stream first.
     agent.poll();
@@ -304,7 +364,7 @@ fn one_address_holds_a_bounded_number_of_authenticated_channels() {
     let mut held = Vec::new();
     for sport in 0..AUTHENTICATED_PER_ADDRESS as u16 {
         let mut ch = ds_handoff::Channel::connect(addr, &secret).expect("channel");
-        assert!(ask(&mut agent, &mut ch, 10 + sport, to, 1, false));
+        assert!(ask(&mut agent, &mut ch, 10 + sport, to, 1, MoveKind::Move));
         held.push(ch);
     }
     for _ in 0..4 {
@@ -321,7 +381,7 @@ fn one_address_holds_a_bounded_number_of_authenticated_channels() {
     }
     assert_eq!(agent.stats().channels_refused, 4);
     assert!(
-        ask(&mut agent, &mut held[0], 1, to, 2, false),
+        ask(&mut agent, &mut held[0], 1, to, 2, MoveKind::Move),
         "a held channel still works"
     );
 }

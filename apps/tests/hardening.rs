@@ -15,8 +15,9 @@
 //!   at once (back-off), another download from node 1 never waits more than 50 ms, and once
 //!   node 2 runs again the stale offer it reads moves nothing: both downloads complete.
 //! * A home agent stopped during a flow move (the late-Abort race): the handoff fails, node 1
-//!   keeps the connection, and the move the home agent reads late is outranked by node 1's
-//!   reclaim (flow generations): the download completes from node 1.
+//!   gets no answer to its reclaim, reclaims with force and keeps the connection; the move the
+//!   home agent reads late is refused (read past its validity, and outranked by the forced
+//!   reclaim of its generation): the download completes from node 1.
 //! * Clients that never read, and clients that trickle a request head (findings 5, 6): 500
 //!   of the first keep node 1 under 300 MB and are aborted at the stall timeout, 2,000 of the
 //!   second are answered 408 and closed at the header deadline, and a small GET meanwhile
@@ -402,12 +403,13 @@ fn a_stopped_peer_costs_one_reply_timeout_then_handoffs_back_off_and_its_late_re
 }
 
 /// The late-Abort race (issue 12): the home agent stops while node 2 asks it to move a flow,
-/// so the handoff fails (node 2 refuses at its steering timeout, or node 1 gives up first) and
-/// node 1 keeps the connection — with node 2's move request still waiting in the home agent's
-/// socket. When the home agent runs again it must not apply that move on its own: node 1's
-/// reclaim (same flow generation, outranking it) is waiting there too, in whichever order the
-/// two are read, and the download completes from node 1. Without the fencing the late move
-/// pointed the client at node 2, which had dropped the connection: the download was reset.
+/// so the handoff fails (node 2 refuses at its steering timeout, or node 1 gives up first);
+/// node 1's reclaim goes unanswered, so it reclaims with force and keeps the connection —
+/// with node 2's move request still waiting in the home agent's socket. When the home agent
+/// runs again it must not apply that move on its own: it was read past its validity, and
+/// node 1's forced reclaim of the same generation outranks it in whichever order the two are
+/// read; the download completes from node 1. Without the fencing the late move pointed the
+/// client at node 2, which had dropped the connection: the download was reset.
 #[test]
 fn a_move_that_reaches_a_stopped_home_agent_late_leaves_the_flow_with_the_donor() {
     if !require_root("a_move_that_reaches_a_stopped_home_agent_late_leaves_the_flow_with_the_donor")

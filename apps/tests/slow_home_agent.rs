@@ -54,6 +54,7 @@ fn slow_home_agent(l: TcpListener, done: Arc<AtomicBool>) -> std::thread::JoinHa
                 let ok = chans[k].send(&Message::FlowMoved {
                     conn_id,
                     ok: true,
+                    taken: false,
                     detail: String::new(),
                 });
                 ok.is_err()

@@ -264,10 +264,14 @@ pub struct NodeStats {
     pub handshake_timeouts: u64,
     /// What the control port's gate saw (issue 12: unauthenticated channels are bounded).
     pub gate: ds_handoff::GateStats,
-    /// Flows pointed back here at the home agent after a failed handoff (transparent mode).
+    /// Flows asked back from the home agent after a failed handoff (transparent mode).
     pub reclaims: u64,
-    /// Reclaims the home agent did not apply (a newer handoff of the flow had moved it).
+    /// Reclaims the home agent did not apply: the acceptor's move of the same handoff came
+    /// first (the connection is the acceptor's, not resumed here), or a newer one's.
     pub reclaims_refused: u64,
+    /// Reclaims sent with force: no answer to the reclaim in time, the home agent
+    /// unreachable, or steering ahead ([`HandoffConfig::steer_ahead`]).
+    pub reclaims_forced: u64,
     /// Flow moves steered ahead ([`HandoffConfig::steer_ahead`]) that the home agent refused
     /// or never answered (the connection lived on the donor's forwarding).
     pub steer_ahead_failed: u64,
@@ -398,6 +402,9 @@ pub struct Coordinator<C> {
     /// A channel had more than [`ds_handoff::MESSAGES_PER_TURN`] messages in this round's
     /// turn: the rest wait, and the owner's next wait is none ([`Coordinator::max_wait`]).
     more_input: bool,
+    /// The channel to the home agent failed in this round: a donor waiting for its
+    /// reclaim's answer will get none.
+    ha_lost: bool,
 }
 
 /// How far a node busy-polls during a handoff ([`HandoffConfig::busy_poll`]). Spinning costs
@@ -476,6 +483,10 @@ impl<C: std::fmt::Debug> Coordinator<C> {
         let mut donor_cfg = DonorConfig::new(0, &cfg.service);
         if let Steering::HomeAgentFlow { coa, .. } = &cfg.steering {
             donor_cfg.reclaim_via = Some(*coa);
+            // Acceptors steering ahead commit before their move is answered: a reclaim must
+            // outrank their move, as it cannot wait for the home agent to choose.
+            donor_cfg.force_reclaim = cfg.steer_ahead;
+            donor_cfg.reclaim_timeout = cfg.reply_timeout;
         }
         donor_cfg.drain = cfg.drain;
         donor_cfg.reply_timeout = cfg.reply_timeout;
@@ -520,6 +531,7 @@ impl<C: std::fmt::Debug> Coordinator<C> {
             spin_since: None,
             generation: cfg.generation.clone().unwrap_or_else(new_generation_clock),
             more_input: false,
+            ha_lost: false,
             rotation: 0,
             unreachable: Vec::new(),
             backoff: std::collections::HashMap::new(),
@@ -1104,7 +1116,7 @@ impl<C: std::fmt::Debug> Coordinator<C> {
         // What the acceptor writes to donors in this round leaves together when uncorked: an
         // Accept and its Activated in one segment, so the donor wakes once for both.
         self.serve_incoming(now, host, svc);
-        self.serve_home_agent(now, host);
+        self.serve_home_agent(now, host, svc);
         // An Accept queued by an offer or the home agent's answer is written before the
         // acceptor's poll activates its connection (a channel that fails on the write
         // discards the connection instead; the donor resumes it).
@@ -1290,9 +1302,10 @@ impl<C: std::fmt::Debug> Coordinator<C> {
         }
     }
 
-    fn serve_home_agent<H>(&mut self, now: Instant, host: &mut H)
+    fn serve_home_agent<H, S>(&mut self, now: Instant, host: &mut H, svc: &mut S)
     where
         H: Host<Conn = C>,
+        S: Service<C>,
     {
         if !self.to_ha.as_ref().is_some_and(|c| self.reads(c)) {
             return;
@@ -1315,20 +1328,24 @@ impl<C: std::fmt::Debug> Coordinator<C> {
                         self.events.push(NodeEvent::Rebound { ok, detail });
                     }
                 }
-                Ok(Some(Message::FlowMoved {
-                    conn_id,
-                    ok,
-                    detail,
-                    ..
-                })) if conn_id & ds_handoff::RECLAIM_ID != 0 => {
-                    // The answer to a donor's reclaim: refused only when a newer handoff of
-                    // the flow had moved it meanwhile (the connection lives there).
+                Ok(Some(
+                    m @ Message::FlowMoved {
+                        conn_id, ok, taken, ..
+                    },
+                )) if conn_id & ds_handoff::RECLAIM_ID != 0 => {
+                    // The answer to a donor's reclaim: refused when the acceptor's move of the
+                    // same handoff (or a newer handoff's) came first: the connection lives
+                    // there, and the donor waiting for this answer does not resume it.
                     if !ok {
                         self.stats.reclaims_refused += 1;
                         tracing::info!(
                             conn_id = conn_id & !ds_handoff::RECLAIM_ID,
-                            "reclaim of a flow not applied: {detail}"
+                            taken,
+                            "reclaim of a flow not applied: {m:?}"
                         );
+                    }
+                    if let Some(d) = self.current.as_mut() {
+                        d.handle_home_agent(now, m, host, svc);
                     }
                 }
                 Ok(Some(m)) => self.acceptor.handle_home_agent(now, m, host),
@@ -1336,6 +1353,7 @@ impl<C: std::fmt::Debug> Coordinator<C> {
                 Err(e) => {
                     tracing::warn!("channel to the home agent failed: {e}");
                     self.to_ha = None;
+                    self.ha_lost = true;
                     self.acceptor.home_agent_failed(host);
                     return;
                 }
@@ -1386,6 +1404,7 @@ impl<C: std::fmt::Debug> Coordinator<C> {
                     if let Err(e) = self.send_ha(&msg) {
                         tracing::warn!("home agent unreachable: {e}");
                         self.to_ha = None;
+                        self.ha_lost = true;
                         self.acceptor.home_agent_failed(host);
                     }
                 }
@@ -1527,6 +1546,20 @@ impl<C: std::fmt::Debug> Coordinator<C> {
         for m in reclaims {
             self.reclaim(&m, host);
         }
+        // A donor waiting for its reclaim's answer gets none on a channel that failed: it
+        // reclaims with force (on a channel opened anew, if the home agent answers) and
+        // resumes the connection.
+        if std::mem::take(&mut self.ha_lost) {
+            if let Some(d) = self.current.as_mut().filter(|d| d.is_reclaiming()) {
+                d.home_agent_failed(host, svc);
+                let forced: Vec<Message> =
+                    std::iter::from_fn(|| d.poll_transmit_home_agent()).collect();
+                for m in forced {
+                    self.reclaim(&m, host);
+                }
+                self.ha_lost = false;
+            }
+        }
         // Outcomes.
         if let Some(mut d) = self.current.take() {
             let (_, client) = d.flow();
@@ -1602,10 +1635,21 @@ impl<C: std::fmt::Debug> Coordinator<C> {
     /// unreachable, the acceptor's move could not have reached it either.
     fn reclaim<H: Host<Conn = C>>(&mut self, m: &Message, host: &mut H) {
         match self.send_ha(m) {
-            Ok(()) => self.stats.reclaims += 1,
+            Ok(()) => {
+                // One reclaim per failed handoff: the first (forced only when acceptors
+                // steer ahead), then perhaps a forced one when its answer does not come.
+                let forced = matches!(m, Message::MoveFlow { force: true, .. });
+                if forced {
+                    self.stats.reclaims_forced += 1;
+                }
+                if !forced || self.donor_cfg.force_reclaim {
+                    self.stats.reclaims += 1;
+                }
+            }
             Err(e) => {
                 tracing::warn!("reclaim of a flow not sent, home agent unreachable: {e}");
                 self.to_ha = None;
+                self.ha_lost = true;
                 self.acceptor.home_agent_failed(host);
             }
         }

@@ -25,8 +25,10 @@
 //!
 //! The commit is the Accept leaving: the connection is activated only at the next
 //! [`Acceptor::poll`], after the caller wrote the Accept; a channel that fails in between
-//! ([`Acceptor::channel_failed`]) discards it instead, and the donor resumes it
-//! (route-optimised, the Binding Update already sent: activated all the same).
+//! ([`Acceptor::channel_failed`]) discards it instead, and the donor resumes it — unless the
+//! client was steered here already: route-optimised, the Binding Update sent; transparent,
+//! the home agent applied the move, which makes it refuse the donor's reclaim
+//! ([`crate::flows`]): activated all the same.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv6Addr, SocketAddrV6};
@@ -205,6 +207,8 @@ enum Stage<C> {
         app: Option<Vec<u8>>,
         client: SocketAddrV6,
         times: AcceptorTimes,
+        /// The client is steered here already ([`Acceptor::bound`]).
+        bound: bool,
     },
 }
 
@@ -411,7 +415,11 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
                     // copy hears nothing more and times out). The commit window
                     // ([`Offer::commit_within_us`]) leaves a crossing to a channel or a
                     // process slower than a quarter of the donor's reply timeout.
-                    if p.from == from && p.conn_id == conn_id && !self.bound(p) {
+                    // Transparent and bound, an Abort comes only after the donor reclaimed with
+                    // force (no answer from the home agent): the flow goes back there.
+                    let kept = self.bound(p)
+                        && matches!(self.cfg.steering, Steering::RouteOptimised { .. });
+                    if p.from == from && p.conn_id == conn_id && !kept {
                         let p = self.pending.swap_remove(k);
                         Self::drop_pending(p, host);
                         self.events.push_back(AcceptorEvent::Aborted { conn_id });
@@ -490,6 +498,7 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
             conn_id,
             ok,
             detail,
+            ..
         } = msg
         else {
             tracing::warn!("home agent sent {msg:?}: ignored");
@@ -531,13 +540,10 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
             );
             return;
         }
-        if too_late(p.commit_by, now) {
-            // Moved at the home agent, but too late to commit: the donor's reclaim, which
-            // outranks this move, takes the flow back ([`crate::msg::Offer::generation`]).
-            host.discard(conn);
-            self.refuse(p.from, p.conn_id, RefuseReason::TooLate);
-            return;
-        }
+        // The move won at the home agent, the commit point ([`crate::flows`]): the connection
+        // is this node's now, however late (a donor that gave up meanwhile finds its reclaim
+        // refused and drops its copy), and it is activated even if the channel to the donor
+        // fails before the Accept leaves.
         times.steer_ns[2] = ns(host.now().saturating_duration_since(sent));
         self.commit(
             now,
@@ -548,6 +554,7 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
             &state,
             app,
             times,
+            true,
         );
     }
 
@@ -571,12 +578,15 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
     }
 
     /// The channel `from` failed: its offers in progress are dropped (its donor resumes them,
-    /// or already gave up), including one whose Accept may not have left — except a
-    /// route-optimised one already committed: its Binding Update went to the client with the
-    /// commit, so the client sends here from now on, and a dropped connection would answer it
-    /// with a reset. It is activated at the next poll as if the Accept had gone (its
-    /// Activated has nowhere to go); the donor's copy, resumed on the same failure, hears
-    /// nothing more from the client and times out, as after an Abort that crossed the Accept.
+    /// or already gave up), including one whose Accept may not have left — except one
+    /// committed with the client steered here already: route-optimised,
+    /// its Binding Update went to the client with the commit, so the client sends here from
+    /// now on, and a dropped connection would answer it with a reset; transparent, the home
+    /// agent applied the move and refuses the donor's reclaim, so the donor does not resume
+    /// it. It is activated at the next poll as if the Accept had gone (its Activated has
+    /// nowhere to go). (Route-optimised, the donor's copy, resumed on the same failure, hears
+    /// nothing more from the client and times out, as after an Abort that crossed the
+    /// Accept.)
     pub fn channel_failed<H: Host<Conn = C>>(&mut self, from: K, host: &mut H) {
         self.out.retain(|(d, _)| *d != Dest::Donor(from));
         let mut k = 0;
@@ -647,6 +657,7 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
                     app,
                     client,
                     times,
+                    ..
                 } => self.activate(
                     now,
                     // The host's clock, as every phase: the caller's `now` of the round the
@@ -801,7 +812,7 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
         // Phases 4–6, before the commit: a flow that cannot be steered here is refused and
         // stays with the donor (a failed steering step changed nothing).
         match self.cfg.steering {
-            Steering::None => self.commit(now, from, id, arrived, conn, &state, app, times),
+            Steering::None => self.commit(now, from, id, arrived, conn, &state, app, times, false),
             Steering::HomeAgentFlow { coa } => {
                 // Phase 5 builds the request; phase 6 is the home agent's map update and
                 // answer (phase 4, return routability, does not exist in transparent mode).
@@ -809,6 +820,19 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
                 let move_id = self.next_move;
                 self.next_move += 1;
                 tracing::debug!(conn_id = id, "flow move asked");
+                let ahead = self.cfg.steer_ahead && self.ha_ready;
+                let until = now + self.cfg.steer_timeout;
+                let until = until.min(commit_by.unwrap_or(until));
+                // The home agent may apply the move within three quarters of this acceptor's
+                // wait for the answer (counted from its arrival there; durations only, the
+                // clocks need not agree): the last quarter is for the request's and the
+                // answer's ways and this loop's reading. Applied later, it would steer the
+                // client here after the offer was given up. Moves steered ahead are asked for
+                // until answered.
+                let valid_us = (!ahead).then(|| {
+                    let wait = until.saturating_duration_since(now) * 3 / 4;
+                    u64::try_from(wait.as_micros()).unwrap_or(u64::MAX)
+                });
                 let request = Message::MoveFlow {
                     conn_id: move_id,
                     client: state.remote(),
@@ -816,11 +840,13 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
                     to: coa,
                     generation: o.generation,
                     reclaim: false,
+                    force: false,
+                    valid_us,
                 };
                 self.out.push_back((Dest::HomeAgent, request.clone()));
                 let sent = host.now();
                 times.steer_ns[1] = ns(sent.saturating_duration_since(t5));
-                if self.cfg.steer_ahead && self.ha_ready {
+                if ahead {
                     // The move is on its way; the commit does not wait for its answer.
                     times.steer_ahead = true;
                     if self.unsteered.len() >= MAX_UNSTEERED {
@@ -838,15 +864,14 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
                         again: now + self.cfg.steer_timeout,
                         until: now + STEER_AHEAD_FOR,
                     });
-                    return self.commit(now, from, id, arrived, conn, &state, app, times);
+                    return self.commit(now, from, id, arrived, conn, &state, app, times, false);
                 }
-                let until = now + self.cfg.steer_timeout;
                 self.pending.push(Pending {
                     from,
                     conn_id: id,
                     arrived: arrived.0,
                     arrived_host: arrived.1,
-                    until: until.min(commit_by.unwrap_or(until)),
+                    until,
                     commit_by,
                     stage: Stage::Steering {
                         conn,
@@ -881,12 +906,14 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
                 times.steer_ns = [ns(rr), ns(at.saturating_duration_since(t5)), 0];
                 self.events
                     .push_back(AcceptorEvent::BindingSent { client: cn, at });
-                self.commit(now, from, id, arrived, conn, &state, app, times);
+                self.commit(now, from, id, arrived, conn, &state, app, times, true);
             }
         }
     }
 
     /// Queue the Accept; the activation follows at the next poll, after the caller sent it.
+    /// `bound`: the client is steered here already (the home agent applied the move, or the
+    /// Binding Update left), so the connection is activated even if the Accept cannot leave.
     #[allow(clippy::too_many_arguments)]
     fn commit(
         &mut self,
@@ -898,6 +925,7 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
         state: &ConnState,
         app: Option<Vec<u8>>,
         times: AcceptorTimes,
+        bound: bool,
     ) {
         self.out
             .push_back((Dest::Donor(from), Message::Accept { conn_id }));
@@ -913,6 +941,7 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
                 app,
                 client: state.remote(),
                 times,
+                bound,
             },
         });
     }
@@ -1013,12 +1042,13 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
         });
     }
 
-    /// Whether the client was already told to send to this node for `p`'s connection: a
-    /// route-optimised offer is committed together with its Binding Update (RFC 6275 §5.2.5,
-    /// sent by the steering before the Accept), after which only this node can serve it.
+    /// Whether the client was already steered to this node for `p`'s connection, after which
+    /// only this node can serve it: a route-optimised offer is committed together with its
+    /// Binding Update (RFC 6275 §5.2.5, sent by the steering before the Accept), a
+    /// transparent one once the home agent applied its move (which then refuses the donor's
+    /// reclaim, [`crate::flows`]).
     fn bound(&self, p: &Pending<K, C>) -> bool {
-        matches!(p.stage, Stage::Committing { .. })
-            && matches!(self.cfg.steering, Steering::RouteOptimised { .. })
+        matches!(p.stage, Stage::Committing { bound: true, .. })
     }
 
     fn refuse(&mut self, from: K, conn_id: u64, reason: RefuseReason) {

@@ -61,11 +61,20 @@ pub struct DonorConfig {
     /// The flow generation of this handoff ([`Offer::generation`]).
     pub generation: u64,
     /// Transparent mode: this node's care-of address. When the handoff fails after the offer
-    /// left, the donor asks the home agent to point the flow back here
-    /// ([`Donor::poll_transmit_home_agent`]): the acceptor's own move may still reach the
-    /// home agent after the donor resumed (a slow acceptor or home agent), and would steer
-    /// the client to a node that dropped the connection.
+    /// left (before an Accept came), the donor asks the home agent to point the flow back
+    /// here ([`Donor::poll_transmit_home_agent`], answered through
+    /// [`Donor::handle_home_agent`]) and resumes the connection only if that reclaim won:
+    /// the acceptor's move may have reached the home agent first (an Accept lost with the
+    /// channel, a slow acceptor), and then the connection is the acceptor's
+    /// ([`crate::flows`]).
     pub reclaim_via: Option<std::net::Ipv6Addr>,
+    /// Reclaim with force, and resume at once: for acceptors that commit before their move
+    /// is answered ([`crate::AcceptorConfig::steer_ahead`]), whose move cannot lose.
+    pub force_reclaim: bool,
+    /// Longest wait for the home agent's answer to a reclaim; then the donor reclaims with
+    /// force and resumes the connection (the home agent is unreachable: the acceptor's move
+    /// could hardly have reached it either).
+    pub reclaim_timeout: Duration,
 }
 
 impl DonorConfig {
@@ -84,6 +93,8 @@ impl DonorConfig {
             fence: None,
             generation: 0,
             reclaim_via: None,
+            force_reclaim: false,
+            reclaim_timeout: Duration::from_secs(1),
         }
     }
 }
@@ -145,6 +156,13 @@ enum Stage<C> {
         progress: Progress,
     },
     Offered(Box<InFlight>),
+    /// The handoff failed before an Accept; the reclaim of the flow is asked for, and the
+    /// connection stays frozen until the home agent says whose it is (`until` at the latest).
+    Reclaiming {
+        f: Box<InFlight>,
+        cause: HandoffError,
+        until: Instant,
+    },
     Forwarding {
         until: Instant,
         /// Next look at the held packets.
@@ -222,8 +240,8 @@ pub struct Donor<C> {
     local: SocketAddrV6,
     remote: SocketAddrV6,
     out: VecDeque<Message>,
-    /// For the home agent: the reclaim of a flow after a failed handoff.
-    ha_out: Option<Message>,
+    /// For the home agent: the reclaims of a flow after a failed handoff.
+    ha_out: VecDeque<Message>,
     outcome: Option<DonorOutcome>,
     forwarded: u64,
 }
@@ -275,7 +293,7 @@ impl<C: std::fmt::Debug> Donor<C> {
             local,
             remote,
             out,
-            ha_out: None,
+            ha_out: VecDeque::new(),
             outcome: None,
             forwarded: 0,
         })
@@ -301,7 +319,7 @@ impl<C: std::fmt::Debug> Donor<C> {
     pub fn is_done(&self) -> bool {
         matches!(self.stage, Stage::Done)
             && self.out.is_empty()
-            && self.ha_out.is_none()
+            && self.ha_out.is_empty()
             && self.outcome.is_none()
     }
 
@@ -317,9 +335,78 @@ impl<C: std::fmt::Debug> Donor<C> {
 
     /// The next message for the home agent (transparent mode): after a failed handoff, the
     /// flow's reclaim ([`DonorConfig::reclaim_via`]). Its answer carries an id with
-    /// [`crate::msg::RECLAIM_ID`] set.
+    /// [`crate::msg::RECLAIM_ID`] set: give it to [`Donor::handle_home_agent`].
     pub fn poll_transmit_home_agent(&mut self) -> Option<Message> {
-        self.ha_out.take()
+        self.ha_out.pop_front()
+    }
+
+    /// True while the donor waits for the home agent's answer to its reclaim (the
+    /// connection frozen meanwhile).
+    pub fn is_reclaiming(&self) -> bool {
+        matches!(self.stage, Stage::Reclaiming { .. })
+    }
+
+    /// The home agent's answer to this donor's reclaim ([`Message::FlowMoved`] with
+    /// [`crate::msg::RECLAIM_ID`] set; others are ignored). Won: the connection is thawed
+    /// back here. Taken: the acceptor's move came first, the connection is the acceptor's and
+    /// is not resumed here (reported in doubt: this side saw no Activated); what still
+    /// reaches this host is forwarded there for the grace period.
+    pub fn handle_home_agent<H, S>(&mut self, now: Instant, msg: Message, host: &mut H, svc: &mut S)
+    where
+        H: Host<Conn = C>,
+        S: Service<C>,
+    {
+        let Message::FlowMoved {
+            conn_id,
+            ok,
+            taken,
+            detail,
+        } = msg
+        else {
+            return;
+        };
+        if conn_id != self.cfg.conn_id | RECLAIM_ID || !self.is_reclaiming() {
+            // Another's answer, a forced reclaim's, or one after the wait: decided already.
+            return;
+        }
+        let Stage::Reclaiming { f, cause, .. } = std::mem::replace(&mut self.stage, Stage::Done)
+        else {
+            return;
+        };
+        if ok || !taken {
+            // The flow is not the acceptor's: the connection runs here again (a refusal
+            // other than `taken`, a map update that failed, left the flow where it was).
+            if !ok {
+                tracing::warn!(
+                    conn_id = self.cfg.conn_id,
+                    "reclaim not applied ({detail}); the flow was not the acceptor's"
+                );
+            }
+            self.resume(&f.state, cause, host, svc);
+            return;
+        }
+        tracing::warn!(conn_id = self.cfg.conn_id, client = %self.remote, "handoff failed here ({cause}) but the acceptor's move came first ({detail}): the connection is the acceptor's");
+        self.outcome = Some(DonorOutcome::Failed {
+            cause: HandoffError::InDoubt(format!(
+                "{cause}; the home agent gave the flow to the acceptor (its move came first)"
+            )),
+        });
+        self.stage = Stage::Forwarding {
+            until: now + self.cfg.forward_grace,
+            next: now,
+            since: now,
+            steered: true,
+        };
+    }
+
+    /// The channel to the home agent failed (or a reclaim could not be sent): a donor waiting
+    /// for its reclaim's answer reclaims with force and resumes the connection.
+    pub fn home_agent_failed<H, S>(&mut self, host: &mut H, svc: &mut S)
+    where
+        H: Host<Conn = C>,
+        S: Service<C>,
+    {
+        self.give_up_reclaiming("the home agent is unreachable", host, svc);
     }
 
     /// How the handoff ended, once (then `None`).
@@ -333,6 +420,7 @@ impl<C: std::fmt::Debug> Donor<C> {
         match &self.stage {
             Stage::Draining { until, .. } => *until,
             Stage::Offered(f) => Some(f.accepted.unwrap_or(f.offered_at) + self.cfg.reply_timeout),
+            Stage::Reclaiming { until, .. } => Some(*until),
             Stage::Forwarding { until, next, .. } => Some((*until).min(*next)),
             Stage::Done => None,
         }
@@ -412,9 +500,15 @@ impl<C: std::fmt::Debug> Donor<C> {
                 if waited < self.cfg.reply_timeout {
                     self.stage = Stage::Offered(f);
                 } else if f.accepted.is_none() {
-                    self.resume(&f.state, HandoffError::Timeout, host, svc);
+                    self.fail(now, f, HandoffError::Timeout, host, svc);
                 } else {
                     self.in_doubt(f, "no Activated in time".into());
+                }
+            }
+            Stage::Reclaiming { f, cause, until } => {
+                self.stage = Stage::Reclaiming { f, cause, until };
+                if now >= until {
+                    self.give_up_reclaiming("no answer to the reclaim in time", host, svc);
                 }
             }
             Stage::Forwarding {
@@ -534,10 +628,11 @@ impl<C: std::fmt::Debug> Donor<C> {
         tracing::debug!(conn_id = self.cfg.conn_id, ?msg, "reply");
         match (msg, f.accepted) {
             (Message::Refuse { reason, .. }, None) => {
-                self.resume(&f.state, HandoffError::Refused(reason), host, svc)
+                self.fail(now, f, HandoffError::Refused(reason), host, svc)
             }
-            (Message::Abort { .. }, None) => self.resume(
-                &f.state,
+            (Message::Abort { .. }, None) => self.fail(
+                now,
+                f,
                 HandoffError::Protocol("acceptor aborted"),
                 host,
                 svc,
@@ -555,8 +650,9 @@ impl<C: std::fmt::Debug> Donor<C> {
                     .unwrap_or(done);
                 self.finish(now, arrived, done, &path, *f, times)
             }
-            (_, None) => self.resume(
-                &f.state,
+            (_, None) => self.fail(
+                now,
+                f,
                 HandoffError::Protocol("unexpected reply to an offer"),
                 host,
                 svc,
@@ -566,7 +662,7 @@ impl<C: std::fmt::Debug> Donor<C> {
     }
 
     /// The control channel to the acceptor failed.
-    pub fn channel_failed<H, S>(&mut self, _now: Instant, cause: String, host: &mut H, svc: &mut S)
+    pub fn channel_failed<H, S>(&mut self, now: Instant, cause: String, host: &mut H, svc: &mut S)
     where
         H: Host<Conn = C>,
         S: Service<C>,
@@ -580,9 +676,11 @@ impl<C: std::fmt::Debug> Donor<C> {
                     Some(self.give_back(conn, HandoffError::ChannelLost(cause), host, svc));
             }
             Stage::Offered(f) if f.accepted.is_none() => {
-                self.resume(&f.state, HandoffError::ChannelLost(cause), host, svc)
+                self.fail(now, f, HandoffError::ChannelLost(cause), host, svc)
             }
             Stage::Offered(f) => self.in_doubt(f, cause),
+            // The home agent decides now, not the acceptor.
+            s @ Stage::Reclaiming { .. } => self.stage = s,
             Stage::Forwarding { .. } => {
                 // Nothing can be forwarded any more.
                 let _ = host.release(self.local, self.remote);
@@ -639,6 +737,92 @@ impl<C: std::fmt::Debug> Donor<C> {
         }));
     }
 
+    /// The handoff failed before an Accept came. An acceptor past the checks of its offer
+    /// may have asked the home agent for the flow already (or still will): in transparent
+    /// mode the home agent decides whose the connection is ([`crate::flows`]), and it stays
+    /// frozen here until it answered the reclaim. Refusals from the offer's checks come
+    /// before any move: the connection is resumed at once.
+    fn fail<H, S>(
+        &mut self,
+        now: Instant,
+        f: Box<InFlight>,
+        cause: HandoffError,
+        host: &mut H,
+        svc: &mut S,
+    ) where
+        H: Host<Conn = C>,
+        S: Service<C>,
+    {
+        let moved_maybe = !matches!(
+            cause,
+            HandoffError::Refused(
+                RefuseReason::Load
+                    | RefuseReason::UnknownService
+                    | RefuseReason::BadState(_)
+                    | RefuseReason::ThawFailed(_)
+                    | RefuseReason::StaleFence { .. }
+            )
+        );
+        match self.cfg.reclaim_via.filter(|_| moved_maybe) {
+            Some(_) if !self.cfg.force_reclaim => {
+                tracing::info!(
+                    conn_id = self.cfg.conn_id,
+                    "handoff failed ({cause}): reclaiming the flow"
+                );
+                self.queue_reclaim(false);
+                self.stage = Stage::Reclaiming {
+                    f,
+                    cause,
+                    until: now + self.cfg.reclaim_timeout,
+                };
+            }
+            Some(_) => {
+                self.queue_reclaim(true);
+                self.resume(&f.state, cause, host, svc);
+            }
+            None => self.resume(&f.state, cause, host, svc),
+        }
+    }
+
+    /// Queue the flow's reclaim for the home agent (with `force`: it outranks the acceptor's
+    /// move of this generation whatever the order they arrive in).
+    fn queue_reclaim(&mut self, force: bool) {
+        let Some(coa) = self.cfg.reclaim_via else {
+            return;
+        };
+        self.ha_out.push_back(Message::MoveFlow {
+            conn_id: self.cfg.conn_id | RECLAIM_ID,
+            client: self.remote,
+            server: self.local,
+            to: coa,
+            generation: self.cfg.generation,
+            reclaim: true,
+            force,
+            valid_us: None,
+        });
+    }
+
+    /// Waiting for the reclaim's answer is over without one: reclaim with force, resume.
+    fn give_up_reclaiming<H, S>(&mut self, why: &str, host: &mut H, svc: &mut S)
+    where
+        H: Host<Conn = C>,
+        S: Service<C>,
+    {
+        if !self.is_reclaiming() {
+            return;
+        }
+        let Stage::Reclaiming { f, cause, .. } = std::mem::replace(&mut self.stage, Stage::Done)
+        else {
+            return;
+        };
+        tracing::warn!(
+            conn_id = self.cfg.conn_id,
+            "{why}: reclaiming with force, connection resumed here"
+        );
+        self.queue_reclaim(true);
+        self.resume(&f.state, cause, host, svc);
+    }
+
     /// Thaw the connection back here (before the commit) and give it back to the service.
     fn resume<H, S>(&mut self, state: &ConnState, cause: HandoffError, host: &mut H, svc: &mut S)
     where
@@ -654,29 +838,6 @@ impl<C: std::fmt::Debug> Donor<C> {
             self.out.push_back(Message::Abort {
                 conn_id: self.cfg.conn_id,
                 reason: cause.to_string(),
-            });
-        }
-        // Fencing at the home agent: an acceptor past the checks of its offer may have asked
-        // for the flow already (or still will); the reclaim outranks that move whatever the
-        // order they arrive in. Refusals from the offer's checks come before any move.
-        let moved_maybe = !matches!(
-            cause,
-            HandoffError::Refused(
-                RefuseReason::Load
-                    | RefuseReason::UnknownService
-                    | RefuseReason::BadState(_)
-                    | RefuseReason::ThawFailed(_)
-                    | RefuseReason::StaleFence { .. }
-            )
-        );
-        if let Some(coa) = self.cfg.reclaim_via.filter(|_| moved_maybe) {
-            self.ha_out = Some(Message::MoveFlow {
-                conn_id: self.cfg.conn_id | RECLAIM_ID,
-                client: self.remote,
-                server: self.local,
-                to: coa,
-                generation: self.cfg.generation,
-                reclaim: true,
             });
         }
         tracing::warn!(conn_id = self.cfg.conn_id, client = %self.remote, "handoff failed, connection kept here: {cause}");

@@ -59,6 +59,7 @@ pub mod acceptor;
 pub mod channel;
 pub mod donor;
 pub mod drain;
+pub mod flows;
 pub mod gate;
 pub mod host;
 pub mod msg;

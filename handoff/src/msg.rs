@@ -15,6 +15,10 @@
 //!   MoveFlow{client, server, to} ─▶ one flow-map update
 //!   ◀──────── FlowMoved{ok}
 //!
+//! donor (its handoff failed)    home agent (transparent mode)
+//!   MoveFlow{reclaim} ──────────▶  the flow back here, unless the acceptor's move came first
+//!   ◀──────── FlowMoved{ok, taken}  (taken: the connection is the acceptor's; not resumed)
+//!
 //! draining node                 home agent (transparent mode)
 //!   Rebind{home, to} ───────────▶  new flows of `home` go to `to` (the binding)
 //!   ◀──────── Rebound{ok}
@@ -28,8 +32,12 @@ use serde::{Deserialize, Serialize};
 /// moves carry the handoff's flow generation (the home agent orders moves by it). 5: steering
 /// ahead of the commit ([`AcceptorTimes::steer_ahead`], [`Message::Steered`]). 6: offers say
 /// how long the donor waits for the Accept ([`Offer::commit_within_us`]), refusals may say
-/// [`RefuseReason::TooLate`].
-pub const PROTOCOL_VERSION: u8 = 6;
+/// [`RefuseReason::TooLate`]. 7: the home agent is the commit point of a transparent
+/// handoff: of the acceptor's move and the donor's reclaim of one generation the first it
+/// reads wins ([`crate::flows`]); moves say how long they may wait there
+/// ([`Message::MoveFlow`]'s `valid_us`), reclaims whether they insist (`force`), and answers
+/// whether the other side won (`taken`).
+pub const PROTOCOL_VERSION: u8 = 7;
 
 /// Bit set in the id of a donor's [`Message::MoveFlow`] reclaim (the acceptor numbers its own
 /// moves from 1 upwards, so the home agent's answers to the two never match each other).
@@ -233,11 +241,22 @@ pub enum Message {
         to: std::net::Ipv6Addr,
         /// The handoff's flow generation ([`Offer::generation`]).
         generation: u64,
-        /// Sent by the donor that kept the connection after this handoff failed (it points
-        /// the flow back at itself): it wins over the acceptor's move of the same
-        /// generation, whichever reaches the home agent first. The home agent applies a move
-        /// only if `(generation, reclaim)` is above the last it applied to the flow.
+        /// Sent by the donor of a handoff that failed before it saw the Accept, pointing the
+        /// flow back at itself. Of the acceptor's move and this reclaim, the first the home
+        /// agent reads wins; the other is refused with `taken` ([`crate::flows::judge`]). The
+        /// donor resumes the connection only if its reclaim won, and the acceptor activates
+        /// it only if its move did: the connection lives at exactly one node.
         reclaim: bool,
+        /// A reclaim that wins over the acceptor's move of the same generation even after
+        /// it: sent by a donor that got no answer to its reclaim (the home agent
+        /// unreachable) and resumes the connection all the same, or one whose acceptor may
+        /// commit before its move is answered (steering ahead).
+        force: bool,
+        /// The acceptor's move: how long after it reached the home agent it may still be
+        /// applied, in microseconds (the acceptor gives up on its answer later than that,
+        /// and a move applied after it gave up would steer the client to a node that dropped
+        /// the connection). `None`: no limit.
+        valid_us: Option<u64>,
     },
     /// Home agent → acceptor: the flow map was updated (`ok`), or why not.
     FlowMoved {
@@ -245,6 +264,9 @@ pub enum Message {
         conn_id: u64,
         /// Whether the flow now goes to the requested node.
         ok: bool,
+        /// Not moved because the other side of the same handoff (or a newer handoff) had the
+        /// flow moved first: for a donor's reclaim, the connection is the acceptor's.
+        taken: bool,
         /// Free text when not.
         detail: String,
     },
@@ -344,10 +366,13 @@ mod tests {
                 to: "fd00::2".parse().unwrap(),
                 generation: 12,
                 reclaim: true,
+                force: false,
+                valid_us: Some(250_000),
             },
             Message::FlowMoved {
                 conn_id: 7,
                 ok: false,
+                taken: true,
                 detail: "no such flow".into(),
             },
             Message::Rebind {

@@ -456,7 +456,7 @@ fn accept_without_activated_is_in_doubt_and_not_thawed_back() {
 
 /// The home agent refuses the flow move, or does not answer: the acceptor refuses the offer
 /// (its dormant thaw discarded, nothing sent to the client) and the donor keeps the
-/// connection.
+/// connection, once the home agent gave the flow back to it (its reclaim came first).
 #[test]
 fn steering_failure_refuses_and_the_donor_keeps_the_connection() {
     for answer in [Some(false), None] {
@@ -470,6 +470,7 @@ fn steering_failure_refuses_and_the_donor_keeps_the_connection() {
         let (mut hl, mut ha) = mem_pair();
         let mut acc = ha_steered(Duration::from_millis(25));
         let mut moves = 0;
+        let mut reclaims = Vec::new();
         let each = |s2: &mut Sim, _: &[AcceptorEvent]| {
             // The home agent.
             while let Ok(Some(m)) = ha.recv() {
@@ -482,6 +483,15 @@ fn steering_failure_refuses_and_the_donor_keeps_the_connection() {
                 else {
                     panic!("{m:?}")
                 };
+                if reclaim {
+                    // Nothing was moved: the donor's reclaim wins.
+                    let req = ds_handoff::flows::Request::of(&m).unwrap();
+                    let v = ds_handoff::flows::judge(None, &req, None);
+                    ha.send(&ds_handoff::flows::answer(conn_id, v, None))
+                        .unwrap();
+                    reclaims.push(m);
+                    continue;
+                }
                 // The acceptor's move carries the offer's generation.
                 assert_eq!((generation, reclaim), (1 << 52, false));
                 moves += 1;
@@ -489,6 +499,7 @@ fn steering_failure_refuses_and_the_donor_keeps_the_connection() {
                     ha.send(&Message::FlowMoved {
                         conn_id,
                         ok,
+                        taken: false,
                         detail: "no such binding".into(),
                     })
                     .unwrap();
@@ -503,21 +514,24 @@ fn steering_failure_refuses_and_the_donor_keeps_the_connection() {
             matches!(&out, DonorOutcome::Resumed { cause: HandoffError::Refused(RefuseReason::Other(r)) } if r.starts_with("steering")),
             "{out:?}"
         );
-        // The donor points the flow back at itself, outranking the acceptor's move (which
-        // a slow home agent may still apply).
+        // The donor asked the home agent for the flow back (the acceptor's move would have
+        // won had it come first) and resumed the connection once it had it.
         let client = s.lan.ifs[0].tcp_endpoints(cl).map(|e| e.0).unwrap();
         assert_eq!(
-            d.poll_transmit_home_agent(),
-            Some(Message::MoveFlow {
+            reclaims,
+            [Message::MoveFlow {
                 conn_id: 5 | ds_handoff::RECLAIM_ID,
                 client,
                 server: SocketAddrV6::new(ip(DS), 80, 0, 0),
                 to: ip("fd00::1"),
                 generation: 1 << 52,
                 reclaim: true,
-            })
+                force: false,
+                valid_us: None,
+            }],
+            "once"
         );
-        assert!(d.poll_transmit_home_agent().is_none(), "once");
+        assert!(d.poll_transmit_home_agent().is_none());
         if answer.is_none() {
             assert!(
                 took >= Duration::from_millis(25),
@@ -610,6 +624,7 @@ fn a_slow_home_agent_stalls_no_other_connection() {
                 ha.send(&Message::FlowMoved {
                     conn_id: id,
                     ok: true,
+                    taken: false,
                     detail: String::new(),
                 })
                 .unwrap();
@@ -912,6 +927,7 @@ fn steering_ahead_commits_before_the_home_agent_answers_and_forwards_until_steer
             ha.send(&Message::FlowMoved {
                 conn_id: *conn_id,
                 ok: true,
+                taken: false,
                 detail: String::new(),
             })
             .unwrap();
@@ -981,6 +997,7 @@ fn a_refused_move_steered_ahead_is_reported_and_the_connection_lives() {
                 ha.send(&Message::FlowMoved {
                     conn_id,
                     ok: false,
+                    taken: false,
                     detail: "stale generation".into(),
                 })
                 .unwrap();
@@ -1037,10 +1054,11 @@ fn steering_ahead_waits_while_the_home_agent_channel_is_down() {
 }
 
 /// The home agent answers the acceptor's flow move `delay` after it was asked, around the
-/// donor's reply deadline (30 ms), the acceptor's messages reaching the donor `late` after they
-/// were sent (a LAN's round trip is far less, but a loaded node's process may read them that
-/// late): whatever the delays, the connection ends up at exactly one node, and everything
-/// reaches the client from there. Before offers carried their commit window, an Accept that
+/// donor's reply deadline (30 ms), the donor's reclaim as soon as it comes (overtaking the
+/// move), the acceptor's messages reaching the donor `late` after they were sent (a LAN's
+/// round trip is far less, but a loaded node's process may read them that late): whatever the
+/// delays, the connection ends up at exactly one node, and everything reaches the client from
+/// there. Before offers carried their commit window, an Accept that
 /// left just before the donor's deadline and arrived after it found the connection thawed
 /// back at the donor, and the acceptor activated it too (28 ms, 2 ms: live at both).
 #[test]
@@ -1062,29 +1080,8 @@ fn late_home_agent(late: u64, delay: u64) {
     let mut ch_a = boxed(ch_a);
     let (mut hl, mut ha) = mem_pair();
     let mut acc = ha_steered(Duration::from_secs(1));
-    let mut asked: Option<(Mono, u64)> = None;
-    let mut answer = |s2: &mut Sim| {
-        while let Ok(Some(m)) = ha.recv() {
-            if let Message::MoveFlow {
-                conn_id,
-                reclaim: false,
-                ..
-            } = m
-            {
-                asked = Some((s2.now(), conn_id));
-            }
-        }
-        if let Some((at, id)) = asked {
-            if s2.now() >= at + Duration::from_millis(delay) {
-                let _ = ha.send(&Message::FlowMoved {
-                    conn_id: id,
-                    ok: true,
-                    detail: String::new(),
-                });
-                asked = None;
-            }
-        }
-    };
+    let mut arbiter = Arbiter::new(Duration::from_millis(delay));
+    let mut answer = |s2: &mut Sim| arbiter.serve(s2.now(), &mut ha);
     let (out, _) = s.run(
         &mut d,
         &mut ch_d,
@@ -1117,6 +1114,124 @@ fn late_home_agent(late: u64, delay: u64) {
     if held.0 == 1 {
         let srv = s.svcs[1].adopted.pop().expect("adopted");
         s.assert_alive(cl, 1, srv, &bytes);
+    }
+}
+
+/// A home agent's flow table for the handoff's flow, judging requests as the real one does
+/// (`ds_handoff::flows`, protocol 7: the first of the acceptor's move and the donor's reclaim
+/// wins): it reads the acceptor's moves `delay` after they came, reclaims at once.
+struct Arbiter {
+    last: Option<ds_handoff::flows::Applied>,
+    moves: std::collections::VecDeque<(Mono, Message)>,
+    delay: Duration,
+    /// Every request and the verdict on it.
+    decided: Vec<(Message, ds_handoff::flows::Verdict)>,
+}
+
+impl Arbiter {
+    fn new(delay: Duration) -> Arbiter {
+        Arbiter {
+            last: None,
+            moves: Default::default(),
+            delay,
+            decided: Vec::new(),
+        }
+    }
+
+    /// Read the requests on `ha` at `now` and answer those due.
+    fn serve(&mut self, now: Mono, ha: &mut Mem) {
+        while let Ok(Some(m)) = ha.recv() {
+            match Message::conn_id(&m) & ds_handoff::RECLAIM_ID {
+                0 => self.moves.push_back((now, m)),
+                _ => self.decide(m, None, ha),
+            }
+        }
+        while self
+            .moves
+            .front()
+            .is_some_and(|(at, _)| now >= *at + self.delay)
+        {
+            let (at, m) = self.moves.pop_front().expect("front");
+            self.decide(m, Some(now - at), ha);
+        }
+    }
+
+    fn decide(&mut self, m: Message, waited: Option<Duration>, ha: &mut Mem) {
+        use ds_handoff::flows::{answer, judge, Applied, Request, Verdict};
+        let req = Request::of(&m).expect("a flow move");
+        let v = judge(self.last, &req, waited);
+        let before = self.last;
+        if v == Verdict::Apply {
+            self.last = Some(Applied::of(&req));
+        }
+        let _ = ha.send(&answer(m.conn_id(), v, before));
+        self.decided.push((m, v));
+    }
+}
+
+/// Transparent mode, the channel between donor and acceptor fails once the home agent has
+/// moved the flow: on the Accept, silently (written, then lost: a partition) or with an error
+/// on its write (a reset), or on the Activated. Before the home agent decided, the acceptor
+/// activated on a written Accept and the donor, which never saw it, resumed the connection
+/// too: live at both. Now the acceptor activates whatever happens to the channel (the flow
+/// is its since the move), and the donor's reclaim finds the flow taken: it does not resume,
+/// and everything its server end had queued reaches the client from the acceptor.
+#[test]
+fn an_accept_lost_with_the_channel_after_the_move_leaves_the_connection_at_the_acceptor() {
+    // Messages in order: Prepare (0), the Offer (1), the Accept (2), Activated (3).
+    for (at, silent) in [(2, true), (2, false), (3, true), (3, false)] {
+        let mut s = Sim::new();
+        let mut cfg = replying_within(14, 50);
+        cfg.reclaim_via = Some(ip("fd00::1"));
+        let (cl, bytes, mut d) = s.begin(5000, cfg);
+        let (mut ch_d, mut ch_a) = break_at(at, silent);
+        let (mut hl, mut ha) = mem_pair();
+        let mut acc = ha_steered(Duration::from_secs(1));
+        let mut arbiter = Arbiter::new(Duration::ZERO);
+        let (out, _) = s.run(
+            &mut d,
+            &mut ch_d,
+            &mut acc,
+            &mut ch_a,
+            Some(&mut hl),
+            |s2, _| arbiter.serve(s2.now(), &mut ha),
+        );
+        for _ in 0..200 {
+            s.round(Some(&mut d), &mut ch_d, &mut acc, &mut ch_a, Some(&mut hl));
+            arbiter.serve(s.now(), &mut ha);
+            s.tick();
+        }
+        let case = format!("failed at message {at} (silent: {silent}): {out:?}");
+        assert!(
+            matches!(
+                &out,
+                DonorOutcome::Failed {
+                    cause: HandoffError::InDoubt(_)
+                }
+            ),
+            "{case}"
+        );
+        let held = (s.svcs[1].adopted.len(), s.svcs[2].adopted.len());
+        assert_eq!(
+            held,
+            (0, 1),
+            "{case}: adopted by the donor's service and the acceptor's"
+        );
+        assert_eq!(s.lan.ifs[1].tcp_connection_count(), 0, "{case}");
+        if at == 2 {
+            // The donor asked, and the acceptor's move had come first.
+            let verdicts: Vec<_> = arbiter.decided.iter().map(|(_, v)| *v).collect();
+            assert_eq!(
+                verdicts,
+                [
+                    ds_handoff::flows::Verdict::Apply,
+                    ds_handoff::flows::Verdict::Taken
+                ],
+                "{case}"
+            );
+        }
+        let srv = s.svcs[2].adopted.pop().expect("adopted");
+        s.assert_alive(cl, 2, srv, &bytes);
     }
 }
 
@@ -1195,19 +1310,37 @@ impl Link for BreakAt {
     }
 }
 
+/// A channel between donor and acceptor that fails at the `at`-th message ([`BreakAt`]): the
+/// donor's end and the acceptor's.
+fn break_at(at: usize, silent: bool) -> (BreakAt, Option<Box<dyn Link>>) {
+    let (ch_d, ch_a) = mem_pair();
+    let sent = std::rc::Rc::new(std::cell::Cell::new(0));
+    let d = BreakAt {
+        inner: ch_d,
+        sent: sent.clone(),
+        at,
+        silent,
+    };
+    let a = boxed(BreakAt {
+        inner: ch_a,
+        sent,
+        at,
+        silent,
+    });
+    (d, a)
+}
+
 /// The channel between donor and acceptor fails before the Accept is through: at Prepare or
 /// the Offer, silently (the network between the nodes) or with an error on the write (a
 /// process that died, a reset), or on the Accept's own write. The connection ends up at
 /// exactly one node: the donor resumes it, and everything its server end had queued reaches
 /// the client.
 ///
-/// Not covered, because not safe: an Accept written and then lost with the channel (a
-/// partition with the Accept on its way, or a channel closed with it unread while the
-/// acceptor lives on; a dead acceptor's connection died with it). The acceptor has
-/// activated, the donor times out or sees the error and resumes: the connection runs at
-/// both until the home agent's reclaim leaves the acceptor's copy without packets. Only the
-/// donor confirming the Accept before the activation (a round trip more on every handoff),
-/// or the home agent, which sees both moves, telling the loser, would close it.
+/// Not covered here: an Accept written and then lost with the channel (a partition with the
+/// Accept on its way, or a channel closed with it unread while the acceptor lives on). With
+/// nothing steering the client (the address served as a home address), nothing can decide
+/// between the two nodes; in transparent mode the home agent does
+/// (`an_accept_lost_with_the_channel_after_the_move_leaves_the_connection_at_the_acceptor`).
 #[test]
 fn a_channel_that_fails_before_the_accept_leaves_the_connection_at_the_donor() {
     // Messages in order: Prepare (0), the Offer (1), the Accept (2).
@@ -1215,20 +1348,7 @@ fn a_channel_that_fails_before_the_accept_leaves_the_connection_at_the_donor() {
         {
             let mut s = Sim::new();
             let (cl, bytes, mut d) = s.begin(5000, replying_within(10, 50));
-            let (ch_d, ch_a) = mem_pair();
-            let sent = std::rc::Rc::new(std::cell::Cell::new(0));
-            let mut ch_d = BreakAt {
-                inner: ch_d,
-                sent: sent.clone(),
-                at,
-                silent,
-            };
-            let mut ch_a = boxed(BreakAt {
-                inner: ch_a,
-                sent,
-                at,
-                silent,
-            });
+            let (mut ch_d, mut ch_a) = break_at(at, silent);
             let mut acc = Acceptor::new(AcceptorConfig {
                 takeover: Takeover::HomeAddress,
                 ..acfg()

@@ -274,6 +274,7 @@ fn hand_off(
                 (Message::MoveFlow { conn_id, .. }, Ha::Refuse) => Some(Message::FlowMoved {
                     conn_id,
                     ok: false,
+                    taken: false,
                     detail: "no binding for that flow".into(),
                 }),
                 _ => None,

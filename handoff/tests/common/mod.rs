@@ -285,7 +285,8 @@ pub struct Seen {
 
 /// One round of the handoff protocol: the acceptor (node `to`) reads its link and
 /// answers, the donor (node `from`) reads its link and advances; both transmit. `ha` is the
-/// home agent's end for the acceptor's flow moves, if any.
+/// home agent's end for the acceptor's flow moves and the donor's reclaims, if any (one link
+/// for both: the answers to reclaims carry [`ds_handoff::RECLAIM_ID`]).
 #[allow(clippy::too_many_arguments)]
 pub fn round<'h>(
     lan: &mut Lan,
@@ -322,9 +323,14 @@ pub fn round<'h>(
             }
         }
     }
+    let mut to_donor = Vec::new();
     if let Some(ha) = ha.as_mut() {
         while let Ok(Some(m)) = ha.recv() {
-            acc.handle_home_agent(now, m, &mut lan.host(to));
+            if m.conn_id() & ds_handoff::RECLAIM_ID != 0 {
+                to_donor.push(m);
+            } else {
+                acc.handle_home_agent(now, m, &mut lan.host(to));
+            }
         }
     }
     // As `dserver`'s engine does: an Accept queued by an offer or the home agent's answer is
@@ -374,10 +380,20 @@ pub fn round<'h>(
                 }
             }
         }
+        for m in to_donor {
+            d.handle_home_agent(now, m, &mut lan.host(from), &mut svcs[from]);
+        }
         d.poll(now, &mut lan.host(from), &mut svcs[from]);
         while let Some(m) = d.poll_transmit() {
             if let Err(e) = ch_d.send(&m) {
                 d.channel_failed(now, e.to_string(), &mut lan.host(from), &mut svcs[from]);
+            }
+        }
+        if let Some(ha) = ha.as_mut() {
+            while let Some(m) = d.poll_transmit_home_agent() {
+                if ha.send(&m).is_err() {
+                    d.home_agent_failed(&mut lan.host(from), &mut svcs[from]);
+                }
             }
         }
         seen.outcome = d.poll_outcome();
