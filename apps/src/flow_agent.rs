@@ -508,6 +508,12 @@ impl FlowAgent {
                 }
                 Err(e) => {
                     self.stats.move_errors += 1;
+                    if req.reclaim {
+                        // The flow stays where it was, and it was not the acceptor's (its move
+                        // would have won): its donor resumes, so a move of this handoff must
+                        // not be applied after.
+                        self.generations.insert(key, Applied::of(&req));
+                    }
                     Message::FlowMoved {
                         conn_id,
                         ok: false,

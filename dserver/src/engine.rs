@@ -264,13 +264,14 @@ pub struct NodeStats {
     pub handshake_timeouts: u64,
     /// What the control port's gate saw (issue 12: unauthenticated channels are bounded).
     pub gate: ds_handoff::GateStats,
-    /// Flows asked back from the home agent after a failed handoff (transparent mode).
+    /// Reclaims sent to the home agent after failed handoffs (transparent mode), forced ones
+    /// included.
     pub reclaims: u64,
     /// Reclaims the home agent did not apply: the acceptor's move of the same handoff came
     /// first (the connection is the acceptor's, not resumed here), or a newer one's.
     pub reclaims_refused: u64,
-    /// Reclaims sent with force: no answer to the reclaim in time, the home agent
-    /// unreachable, or steering ahead ([`HandoffConfig::steer_ahead`]).
+    /// Reclaims sent with force: after a refusal (the acceptor dropped its copy), or when the
+    /// home agent did not answer a reclaim in time or its channel failed.
     pub reclaims_forced: u64,
     /// Flow moves steered ahead ([`HandoffConfig::steer_ahead`]) that the home agent refused
     /// or never answered (the connection lived on the donor's forwarding).
@@ -483,9 +484,6 @@ impl<C: std::fmt::Debug> Coordinator<C> {
         let mut donor_cfg = DonorConfig::new(0, &cfg.service);
         if let Steering::HomeAgentFlow { coa, .. } = &cfg.steering {
             donor_cfg.reclaim_via = Some(*coa);
-            // Acceptors steering ahead commit before their move is answered: a reclaim must
-            // outrank their move, as it cannot wait for the home agent to choose.
-            donor_cfg.force_reclaim = cfg.steer_ahead;
             donor_cfg.reclaim_timeout = cfg.reply_timeout;
         }
         donor_cfg.drain = cfg.drain;
@@ -1464,6 +1462,12 @@ impl<C: std::fmt::Debug> Coordinator<C> {
         H: Host<Conn = C>,
         S: Service<C>,
     {
+        // A donor that was waiting for its reclaim's answer gets none on a channel to the home
+        // agent that failed since (a donor reclaiming from this round on sends on a channel
+        // opened anew): it reclaims with force and resumes.
+        if std::mem::take(&mut self.ha_lost) {
+            self.home_agent_lost_for_donor(host, svc);
+        }
         // Replies from a peer go to the handoff in progress, if it is that peer's.
         for i in 0..self.to_peers.len() {
             if !self.to_peers[i].as_ref().is_some_and(|c| self.reads(c)) {
@@ -1543,22 +1547,13 @@ impl<C: std::fmt::Debug> Coordinator<C> {
             }
             reclaims.extend(d.poll_transmit_home_agent());
         }
+        let mut unsent = false;
         for m in reclaims {
-            self.reclaim(&m, host);
+            unsent |= !self.reclaim(&m, host);
         }
-        // A donor waiting for its reclaim's answer gets none on a channel that failed: it
-        // reclaims with force (on a channel opened anew, if the home agent answers) and
-        // resumes the connection.
-        if std::mem::take(&mut self.ha_lost) {
-            if let Some(d) = self.current.as_mut().filter(|d| d.is_reclaiming()) {
-                d.home_agent_failed(host, svc);
-                let forced: Vec<Message> =
-                    std::iter::from_fn(|| d.poll_transmit_home_agent()).collect();
-                for m in forced {
-                    self.reclaim(&m, host);
-                }
-                self.ha_lost = false;
-            }
+        if unsent {
+            // Its reclaim never left: no answer will come.
+            self.home_agent_lost_for_donor(host, svc);
         }
         // Outcomes.
         if let Some(mut d) = self.current.take() {
@@ -1631,26 +1626,44 @@ impl<C: std::fmt::Debug> Coordinator<C> {
         self.stats.forwarded_packets = self.forwarded_total();
     }
 
-    /// Send a donor's reclaim of a flow to the home agent. Best effort: with the home agent
-    /// unreachable, the acceptor's move could not have reached it either.
-    fn reclaim<H: Host<Conn = C>>(&mut self, m: &Message, host: &mut H) {
+    /// The current donor, if it waits for its reclaim's answer, gets none: it reclaims with
+    /// force (once more, through a channel opened anew; best effort) and resumes.
+    fn home_agent_lost_for_donor<H, S>(&mut self, host: &mut H, svc: &mut S)
+    where
+        H: Host<Conn = C>,
+        S: Service<C>,
+    {
+        let Some(d) = self.current.as_mut().filter(|d| d.is_reclaiming()) else {
+            self.ha_lost = false;
+            return;
+        };
+        d.home_agent_failed(host, svc);
+        let forced: Vec<Message> = std::iter::from_fn(|| d.poll_transmit_home_agent()).collect();
+        for m in forced {
+            self.reclaim(&m, host);
+        }
+        // A failure of that send concerns no donor waiting any more.
+        self.ha_lost = false;
+    }
+
+    /// Send a donor's reclaim of a flow to the home agent; false when it could not be sent.
+    /// Best effort: with the home agent unreachable, the acceptor's move could not have
+    /// reached it either.
+    fn reclaim<H: Host<Conn = C>>(&mut self, m: &Message, host: &mut H) -> bool {
         match self.send_ha(m) {
             Ok(()) => {
-                // One reclaim per failed handoff: the first (forced only when acceptors
-                // steer ahead), then perhaps a forced one when its answer does not come.
-                let forced = matches!(m, Message::MoveFlow { force: true, .. });
-                if forced {
+                self.stats.reclaims += 1;
+                if matches!(m, Message::MoveFlow { force: true, .. }) {
                     self.stats.reclaims_forced += 1;
                 }
-                if !forced || self.donor_cfg.force_reclaim {
-                    self.stats.reclaims += 1;
-                }
+                true
             }
             Err(e) => {
                 tracing::warn!("reclaim of a flow not sent, home agent unreachable: {e}");
                 self.to_ha = None;
                 self.ha_lost = true;
                 self.acceptor.home_agent_failed(host);
+                false
             }
         }
     }

@@ -578,8 +578,10 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
     }
 
     /// The channel `from` failed: its offers in progress are dropped (its donor resumes them,
-    /// or already gave up), including one whose Accept may not have left — except one
-    /// committed with the client steered here already: route-optimised,
+    /// or already gave up), including one whose Accept may not have left — except those
+    /// whose flow move is out (transparent mode: the home agent's answer decides, as the
+    /// donor's reclaim is answered by the same judgement) and one committed with the client
+    /// steered here already: route-optimised,
     /// its Binding Update went to the client with the commit, so the client sends here from
     /// now on, and a dropped connection would answer it with a reset; transparent, the home
     /// agent applied the move and refuses the donor's reclaim, so the donor does not resume
@@ -591,7 +593,11 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
         self.out.retain(|(d, _)| *d != Dest::Donor(from));
         let mut k = 0;
         while k < self.pending.len() {
-            if self.pending[k].from == from && !self.bound(&self.pending[k]) {
+            // An offer whose flow move is out stays until the home agent answers: if the move
+            // wins, the donor's reclaim is refused and only this node can serve the
+            // connection (it is activated then, as a bound one); if not, it is discarded.
+            let steering = matches!(self.pending[k].stage, Stage::Steering { .. });
+            if self.pending[k].from == from && !self.bound(&self.pending[k]) && !steering {
                 let p = self.pending.swap_remove(k);
                 let id = p.conn_id;
                 Self::drop_pending(p, host);

@@ -68,9 +68,6 @@ pub struct DonorConfig {
     /// channel, a slow acceptor), and then the connection is the acceptor's
     /// ([`crate::flows`]).
     pub reclaim_via: Option<std::net::Ipv6Addr>,
-    /// Reclaim with force, and resume at once: for acceptors that commit before their move
-    /// is answered ([`crate::AcceptorConfig::steer_ahead`]), whose move cannot lose.
-    pub force_reclaim: bool,
     /// Longest wait for the home agent's answer to a reclaim; then the donor reclaims with
     /// force and resumes the connection (the home agent is unreachable: the acceptor's move
     /// could hardly have reached it either).
@@ -93,7 +90,6 @@ impl DonorConfig {
             fence: None,
             generation: 0,
             reclaim_via: None,
-            force_reclaim: false,
             reclaim_timeout: Duration::from_secs(1),
         }
     }
@@ -738,10 +734,16 @@ impl<C: std::fmt::Debug> Donor<C> {
     }
 
     /// The handoff failed before an Accept came. An acceptor past the checks of its offer
-    /// may have asked the home agent for the flow already (or still will): in transparent
-    /// mode the home agent decides whose the connection is ([`crate::flows`]), and it stays
-    /// frozen here until it answered the reclaim. Refusals from the offer's checks come
-    /// before any move: the connection is resumed at once.
+    /// may have asked the home agent for the flow already (or still will). Refusals from the
+    /// offer's checks come before any move: the connection is resumed at once. Any other
+    /// refusal comes from an acceptor that dropped its copy and will never activate it: the
+    /// flow is reclaimed with force (a move applied after the acceptor gave up, its answer
+    /// lost or late, must not take it) and the connection resumed. Otherwise (the channel
+    /// lost, no reply in time) the acceptor may have committed: in transparent mode the home
+    /// agent decides whose the connection is ([`crate::flows`]), and it stays frozen here
+    /// until it answered the reclaim. (An acceptor steering ahead commits before its move is
+    /// answered; a reclaim that wins over its move then leaves its copy without packets, as
+    /// a forced reclaim would always do.)
     fn fail<H, S>(
         &mut self,
         now: Instant,
@@ -763,8 +765,9 @@ impl<C: std::fmt::Debug> Donor<C> {
                     | RefuseReason::StaleFence { .. }
             )
         );
+        let refused = matches!(cause, HandoffError::Refused(_));
         match self.cfg.reclaim_via.filter(|_| moved_maybe) {
-            Some(_) if !self.cfg.force_reclaim => {
+            Some(_) if !refused => {
                 tracing::info!(
                     conn_id = self.cfg.conn_id,
                     "handoff failed ({cause}): reclaiming the flow"

@@ -456,7 +456,7 @@ fn accept_without_activated_is_in_doubt_and_not_thawed_back() {
 
 /// The home agent refuses the flow move, or does not answer: the acceptor refuses the offer
 /// (its dormant thaw discarded, nothing sent to the client) and the donor keeps the
-/// connection, once the home agent gave the flow back to it (its reclaim came first).
+/// connection, reclaiming the flow with force.
 #[test]
 fn steering_failure_refuses_and_the_donor_keeps_the_connection() {
     for answer in [Some(false), None] {
@@ -514,8 +514,8 @@ fn steering_failure_refuses_and_the_donor_keeps_the_connection() {
             matches!(&out, DonorOutcome::Resumed { cause: HandoffError::Refused(RefuseReason::Other(r)) } if r.starts_with("steering")),
             "{out:?}"
         );
-        // The donor asked the home agent for the flow back (the acceptor's move would have
-        // won had it come first) and resumed the connection once it had it.
+        // The acceptor refused, having dropped its copy: the donor took the flow back with
+        // force (a move applied after the acceptor gave up must not keep it) and resumed.
         let client = s.lan.ifs[0].tcp_endpoints(cl).map(|e| e.0).unwrap();
         assert_eq!(
             reclaims,
@@ -526,7 +526,7 @@ fn steering_failure_refuses_and_the_donor_keeps_the_connection() {
                 to: ip("fd00::1"),
                 generation: 1 << 52,
                 reclaim: true,
-                force: false,
+                force: true,
                 valid_us: None,
             }],
             "once"
@@ -1126,6 +1126,8 @@ struct Arbiter {
     delay: Duration,
     /// Every request and the verdict on it.
     decided: Vec<(Message, ds_handoff::flows::Verdict)>,
+    /// Its answers to moves are lost on their way.
+    lose_move_answers: bool,
 }
 
 impl Arbiter {
@@ -1135,6 +1137,7 @@ impl Arbiter {
             moves: Default::default(),
             delay,
             decided: Vec::new(),
+            lose_move_answers: false,
         }
     }
 
@@ -1164,7 +1167,9 @@ impl Arbiter {
         if v == Verdict::Apply {
             self.last = Some(Applied::of(&req));
         }
-        let _ = ha.send(&answer(m.conn_id(), v, before));
+        if req.reclaim || !self.lose_move_answers {
+            let _ = ha.send(&answer(m.conn_id(), v, before));
+        }
         self.decided.push((m, v));
     }
 }
@@ -1233,6 +1238,125 @@ fn an_accept_lost_with_the_channel_after_the_move_leaves_the_connection_at_the_a
         let srv = s.svcs[2].adopted.pop().expect("adopted");
         s.assert_alive(cl, 2, srv, &bytes);
     }
+}
+
+/// Transparent mode, the channel between donor and acceptor resets while the acceptor's flow
+/// move is on its way to the home agent, which applies it: the acceptor keeps its offer
+/// until the answer, then activates the connection (the flow is its); the donor's reclaim
+/// finds the flow taken and it drops its frozen copy. Before, the acceptor dropped the offer
+/// with the channel and ignored the answer: the connection was lost at both nodes.
+#[test]
+fn a_channel_reset_while_the_move_is_on_its_way_leaves_the_connection_at_the_acceptor() {
+    let mut s = Sim::new();
+    let mut cfg = replying_within(15, 50);
+    cfg.reclaim_via = Some(ip("fd00::1"));
+    let (cl, bytes, mut d) = s.begin(5000, cfg);
+    let (mut ch_d, ch_a) = mem_pair();
+    let broken = ch_d.broken.clone();
+    let mut ch_a = boxed(ch_a);
+    let (mut hl, mut ha) = mem_pair();
+    let mut acc = ha_steered(Duration::from_secs(1));
+    let mut arbiter = Arbiter::new(Duration::ZERO);
+    let (out, _) = s.run(
+        &mut d,
+        &mut ch_d,
+        &mut acc,
+        &mut ch_a,
+        Some(&mut hl),
+        |s2, _| {
+            arbiter.serve(s2.now(), &mut ha);
+            // The move applied, its answer on the way: the channel resets.
+            if !arbiter.decided.is_empty() {
+                broken.set(true);
+            }
+        },
+    );
+    for _ in 0..200 {
+        s.round(Some(&mut d), &mut ch_d, &mut acc, &mut ch_a, Some(&mut hl));
+        arbiter.serve(s.now(), &mut ha);
+        s.tick();
+    }
+    assert!(broken.get());
+    assert!(
+        matches!(
+            &out,
+            DonorOutcome::Failed {
+                cause: HandoffError::InDoubt(_)
+            }
+        ),
+        "{out:?}"
+    );
+    let held = (s.svcs[1].adopted.len(), s.svcs[2].adopted.len());
+    assert_eq!(
+        held,
+        (0, 1),
+        "adopted by the donor's service and the acceptor's"
+    );
+    assert_eq!(s.lan.ifs[1].tcp_connection_count(), 0);
+    let srv = s.svcs[2].adopted.pop().expect("adopted");
+    s.assert_alive(cl, 2, srv, &bytes);
+}
+
+/// The home agent applies the acceptor's move but its answer is lost: the acceptor gives up
+/// at its steering timeout and refuses the offer, having dropped its copy. A refusal means the
+/// acceptor will never activate, so the donor reclaims the flow with force (outranking the
+/// move that was applied) and resumes the connection; a plain reclaim would have found the
+/// flow taken and the donor would have dropped the connection too.
+#[test]
+fn a_refusal_after_an_applied_move_takes_the_flow_back_with_force() {
+    let mut s = Sim::new();
+    let mut cfg = replying_within(16, 100);
+    cfg.reclaim_via = Some(ip("fd00::1"));
+    let (cl, bytes, mut d) = s.begin(5000, cfg);
+    let (mut ch_d, ch_a) = mem_pair();
+    let mut ch_a = boxed(ch_a);
+    let (mut hl, mut ha) = mem_pair();
+    let mut acc = ha_steered(Duration::from_millis(20));
+    let mut arbiter = Arbiter::new(Duration::ZERO);
+    arbiter.lose_move_answers = true;
+    let (out, _) = s.run(
+        &mut d,
+        &mut ch_d,
+        &mut acc,
+        &mut ch_a,
+        Some(&mut hl),
+        |s2, _| arbiter.serve(s2.now(), &mut ha),
+    );
+    assert!(
+        matches!(
+            &out,
+            DonorOutcome::Resumed {
+                cause: HandoffError::Refused(_)
+            }
+        ),
+        "{out:?}"
+    );
+    for _ in 0..10 {
+        s.round(Some(&mut d), &mut ch_d, &mut acc, &mut ch_a, Some(&mut hl));
+        arbiter.serve(s.now(), &mut ha);
+        s.tick();
+    }
+    use ds_handoff::flows::{Kind, Request, Verdict};
+    let decided: Vec<_> = arbiter
+        .decided
+        .iter()
+        .map(|(m, v)| (Request::of(m).expect("a move").kind(), *v))
+        .collect();
+    assert_eq!(
+        decided,
+        [
+            (Kind::Move, Verdict::Apply),
+            (Kind::ForcedReclaim, Verdict::Apply)
+        ]
+    );
+    let held = (s.svcs[1].adopted.len(), s.svcs[2].adopted.len());
+    assert_eq!(
+        held,
+        (1, 0),
+        "adopted by the donor's service and the acceptor's"
+    );
+    let srv = s.svcs[1].adopted.pop().expect("adopted");
+    s.assert_alive(cl, 1, srv, &bytes);
 }
 
 /// A connection of node 1 with 3000 bytes queued, offered as `id` to an acceptor (taking
