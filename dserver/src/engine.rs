@@ -366,6 +366,15 @@ pub struct Coordinator<C> {
     /// The acceptor's messages to the home agent held back within a round until the donors'
     /// answers are out ([`Coordinator::poll`]).
     ha_later: Vec<Message>,
+    /// Forced reclaims not answered yet, and until when each is owed: sent again on every
+    /// channel to the home agent opened anew (a home agent that restarted with the flow
+    /// pointed at an acceptor that gave up must still get it, or the connection is at
+    /// neither node). A repeat is answered as the first ([`ds_handoff::flows::judge`]).
+    owed_reclaims: Vec<(Message, Instant)>,
+    /// When owed reclaims are tried again without a channel to the home agent.
+    owed_next: Option<Instant>,
+    /// A channel to the home agent was opened since the owed reclaims were last sent.
+    ha_fresh: bool,
     /// What the owner's last wait found readable, for the next [`Coordinator::poll`] only
     /// ([`Coordinator::hint_readable`]).
     readiness: Readiness,
@@ -407,6 +416,11 @@ pub struct Coordinator<C> {
     /// reclaim's answer will get none.
     ha_lost: bool,
 }
+
+/// Forced reclaims kept until answered ([`Coordinator::owe`]): the oldest is given up first.
+const MAX_OWED: usize = 64;
+/// How often owed reclaims are tried again while the home agent is unreachable.
+const OWED_RETRY: Duration = Duration::from_secs(1);
 
 /// How far a node busy-polls during a handoff ([`HandoffConfig::busy_poll`]). Spinning costs
 /// a core while it lasts: where the nodes share cores with the clients or with each other
@@ -515,6 +529,9 @@ impl<C: std::fmt::Debug> Coordinator<C> {
             current_to: 0,
             forwarding: Vec::new(),
             ha_later: Vec::new(),
+            owed_reclaims: Vec::new(),
+            owed_next: None,
+            ha_fresh: false,
             corked: Vec::new(),
             readiness: Readiness::default(),
             events: Vec::new(),
@@ -919,6 +936,7 @@ impl<C: std::fmt::Debug> Coordinator<C> {
         if let (None, Some(ha)) = (&self.to_ha, self.ha) {
             self.to_ha = Some(Channel::connect(ha, &self.secret)?);
             self.channel_epoch += 1;
+            self.ha_fresh = true;
         }
         Ok(())
     }
@@ -994,6 +1012,7 @@ impl<C: std::fmt::Debug> Coordinator<C> {
             .chain(self.gate.as_ref().and_then(|g| g.poll_timeout()))
             // A handoff waiting for a channel asks again at its deadline (one past is nobody's).
             .chain(self.opening.values().copied().filter(|t| *t > now))
+            .chain(self.owed_next.filter(|_| self.to_ha.is_none()))
             .chain(
                 self.peers
                     .iter()
@@ -1132,6 +1151,8 @@ impl<C: std::fmt::Debug> Coordinator<C> {
         self.transmit_acceptor(host, true);
         self.acceptor_events(now);
         self.drive_donors(now, host, svc);
+        let fresh = std::mem::take(&mut self.ha_fresh);
+        self.resend_owed(now, fresh, host);
         // The hint was this round's.
         self.readiness.hinted = false;
         self.note_spin(now);
@@ -1342,6 +1363,7 @@ impl<C: std::fmt::Debug> Coordinator<C> {
                             "reclaim of a flow not applied: {m:?}"
                         );
                     }
+                    self.owed_reclaims.retain(|(r, _)| r.conn_id() != conn_id);
                     if let Some(d) = self.current.as_mut() {
                         d.handle_home_agent(now, m, host, svc);
                     }
@@ -1466,7 +1488,7 @@ impl<C: std::fmt::Debug> Coordinator<C> {
         // agent that failed since (a donor reclaiming from this round on sends on a channel
         // opened anew): it reclaims with force and resumes.
         if std::mem::take(&mut self.ha_lost) {
-            self.home_agent_lost_for_donor(host, svc);
+            self.home_agent_lost_for_donor(now, host, svc);
         }
         // Replies from a peer go to the handoff in progress, if it is that peer's.
         for i in 0..self.to_peers.len() {
@@ -1549,11 +1571,11 @@ impl<C: std::fmt::Debug> Coordinator<C> {
         }
         let mut unsent = false;
         for m in reclaims {
-            unsent |= !self.reclaim(&m, host);
+            unsent |= !self.reclaim(now, &m, host);
         }
         if unsent {
             // Its reclaim never left: no answer will come.
-            self.home_agent_lost_for_donor(host, svc);
+            self.home_agent_lost_for_donor(now, host, svc);
         }
         // Outcomes.
         if let Some(mut d) = self.current.take() {
@@ -1628,7 +1650,7 @@ impl<C: std::fmt::Debug> Coordinator<C> {
 
     /// The current donor, if it waits for its reclaim's answer, gets none: it reclaims with
     /// force (once more, through a channel opened anew; best effort) and resumes.
-    fn home_agent_lost_for_donor<H, S>(&mut self, host: &mut H, svc: &mut S)
+    fn home_agent_lost_for_donor<H, S>(&mut self, now: Instant, host: &mut H, svc: &mut S)
     where
         H: Host<Conn = C>,
         S: Service<C>,
@@ -1640,7 +1662,7 @@ impl<C: std::fmt::Debug> Coordinator<C> {
         d.home_agent_failed(host, svc);
         let forced: Vec<Message> = std::iter::from_fn(|| d.poll_transmit_home_agent()).collect();
         for m in forced {
-            self.reclaim(&m, host);
+            self.reclaim(now, &m, host);
         }
         // A failure of that send concerns no donor waiting any more.
         self.ha_lost = false;
@@ -1649,12 +1671,13 @@ impl<C: std::fmt::Debug> Coordinator<C> {
     /// Send a donor's reclaim of a flow to the home agent; false when it could not be sent.
     /// Best effort: with the home agent unreachable, the acceptor's move could not have
     /// reached it either.
-    fn reclaim<H: Host<Conn = C>>(&mut self, m: &Message, host: &mut H) -> bool {
+    fn reclaim<H: Host<Conn = C>>(&mut self, now: Instant, m: &Message, host: &mut H) -> bool {
         match self.send_ha(m) {
             Ok(()) => {
                 self.stats.reclaims += 1;
                 if matches!(m, Message::MoveFlow { force: true, .. }) {
                     self.stats.reclaims_forced += 1;
+                    self.owe(now, m);
                 }
                 true
             }
@@ -1663,7 +1686,51 @@ impl<C: std::fmt::Debug> Coordinator<C> {
                 self.to_ha = None;
                 self.ha_lost = true;
                 self.acceptor.home_agent_failed(host);
+                if matches!(m, Message::MoveFlow { force: true, .. }) {
+                    self.owe(now, m);
+                }
                 false
+            }
+        }
+    }
+
+    /// Keep a forced reclaim until the home agent answers it ([`MAX_OWED`] at most, each for
+    /// [`ds_handoff::MAX_FORWARD`]).
+    fn owe(&mut self, now: Instant, m: &Message) {
+        if self
+            .owed_reclaims
+            .iter()
+            .any(|(r, _)| r.conn_id() == m.conn_id())
+        {
+            return;
+        }
+        if self.owed_reclaims.len() >= MAX_OWED {
+            self.owed_reclaims.remove(0);
+        }
+        self.owed_reclaims
+            .push((m.clone(), now + ds_handoff::MAX_FORWARD));
+    }
+
+    /// Send the owed reclaims again: on a channel opened anew (`fresh`), or, without a
+    /// channel, once a second (each attempt opens one).
+    fn resend_owed<H: Host<Conn = C>>(&mut self, now: Instant, fresh: bool, host: &mut H) {
+        self.owed_reclaims.retain(|(_, until)| now < *until);
+        if self.owed_reclaims.is_empty() {
+            self.owed_next = None;
+            return;
+        }
+        let due = self.to_ha.is_none() && self.owed_next.is_none_or(|t| now >= t);
+        if !(fresh || due) {
+            return;
+        }
+        self.owed_next = Some(now + OWED_RETRY);
+        let owed: Vec<Message> = self.owed_reclaims.iter().map(|(m, _)| m.clone()).collect();
+        for m in owed {
+            if let Err(e) = self.send_ha(&m) {
+                tracing::debug!("owed reclaim not sent: {e}");
+                self.to_ha = None;
+                self.acceptor.home_agent_failed(host);
+                break;
             }
         }
     }

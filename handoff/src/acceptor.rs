@@ -195,7 +195,7 @@ enum Stage<C> {
     /// Thawed (dormant); the home agent's answer to MoveFlow `move_id` is awaited.
     Steering {
         conn: C,
-        state: Box<ConnState>,
+        client: SocketAddrV6,
         app: Option<Vec<u8>>,
         times: AcceptorTimes,
         move_id: u64,
@@ -209,6 +209,8 @@ enum Stage<C> {
         times: AcceptorTimes,
         /// The client is steered here already ([`Acceptor::bound`]).
         bound: bool,
+        /// Steered ahead: the flow move on its way (its id), and when it was sent.
+        ahead: Option<(u64, Instant)>,
     },
 }
 
@@ -522,7 +524,7 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
         let p = self.pending.swap_remove(k);
         let Stage::Steering {
             conn,
-            state,
+            client,
             app,
             mut times,
             sent,
@@ -551,10 +553,11 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
             p.conn_id,
             (p.arrived, p.arrived_host),
             conn,
-            &state,
+            client,
             app,
             times,
             true,
+            None,
         );
     }
 
@@ -591,6 +594,47 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
     /// Accept.)
     pub fn channel_failed<H: Host<Conn = C>>(&mut self, from: K, host: &mut H) {
         self.out.retain(|(d, _)| *d != Dest::Donor(from));
+        // Committed ahead of the move's answer, the Accept not out: the move may still win at
+        // the home agent (then the donor does not resume) or lose (then it does). The offer
+        // waits for the answer as one not steered ahead would.
+        let mut k = 0;
+        while k < self.pending.len() {
+            let p = &self.pending[k];
+            let ahead = match p.stage {
+                Stage::Committing { ahead: Some(a), .. } if p.from == from => a,
+                _ => {
+                    k += 1;
+                    continue;
+                }
+            };
+            let (move_id, sent) = ahead;
+            self.unsteered.retain(|u| u.move_id != move_id);
+            let p = self.pending.swap_remove(k);
+            let Stage::Committing {
+                conn,
+                app,
+                client,
+                times,
+                ..
+            } = p.stage
+            else {
+                continue;
+            };
+            self.pending.push(Pending {
+                // The move steered ahead has no validity limit: its answer is waited for as
+                // long as such a move is asked for.
+                until: p.arrived + STEER_AHEAD_FOR,
+                stage: Stage::Steering {
+                    conn,
+                    client,
+                    app,
+                    times,
+                    move_id,
+                    sent,
+                },
+                ..p
+            });
+        }
         let mut k = 0;
         while k < self.pending.len() {
             // An offer whose flow move is out stays until the home agent answers: if the move
@@ -818,7 +862,12 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
         // Phases 4–6, before the commit: a flow that cannot be steered here is refused and
         // stays with the donor (a failed steering step changed nothing).
         match self.cfg.steering {
-            Steering::None => self.commit(now, from, id, arrived, conn, &state, app, times, false),
+            Steering::None => {
+                let client = state.remote();
+                self.commit(
+                    now, from, id, arrived, conn, client, app, times, false, None,
+                )
+            }
             Steering::HomeAgentFlow { coa } => {
                 // Phase 5 builds the request; phase 6 is the home agent's map update and
                 // answer (phase 4, return routability, does not exist in transparent mode).
@@ -870,7 +919,13 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
                         again: now + self.cfg.steer_timeout,
                         until: now + STEER_AHEAD_FOR,
                     });
-                    return self.commit(now, from, id, arrived, conn, &state, app, times, false);
+                    // Not bound yet: if the channel fails before the Accept leaves, the offer
+                    // waits for the move's answer like any other ([`Acceptor::channel_failed`]).
+                    let ahead = Some((move_id, sent));
+                    let client = state.remote();
+                    return self.commit(
+                        now, from, id, arrived, conn, client, app, times, false, ahead,
+                    );
                 }
                 self.pending.push(Pending {
                     from,
@@ -881,7 +936,7 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
                     commit_by,
                     stage: Stage::Steering {
                         conn,
-                        state: Box::new(state),
+                        client: state.remote(),
                         app,
                         times,
                         move_id,
@@ -912,7 +967,8 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
                 times.steer_ns = [ns(rr), ns(at.saturating_duration_since(t5)), 0];
                 self.events
                     .push_back(AcceptorEvent::BindingSent { client: cn, at });
-                self.commit(now, from, id, arrived, conn, &state, app, times, true);
+                let client = state.remote();
+                self.commit(now, from, id, arrived, conn, client, app, times, true, None);
             }
         }
     }
@@ -920,6 +976,7 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
     /// Queue the Accept; the activation follows at the next poll, after the caller sent it.
     /// `bound`: the client is steered here already (the home agent applied the move, or the
     /// Binding Update left), so the connection is activated even if the Accept cannot leave.
+    /// `ahead`: steered ahead, the move's id and when it was sent.
     #[allow(clippy::too_many_arguments)]
     fn commit(
         &mut self,
@@ -928,10 +985,11 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
         conn_id: u64,
         arrived: (Instant, Instant),
         conn: C,
-        state: &ConnState,
+        client: SocketAddrV6,
         app: Option<Vec<u8>>,
         times: AcceptorTimes,
         bound: bool,
+        ahead: Option<(u64, Instant)>,
     ) {
         self.out
             .push_back((Dest::Donor(from), Message::Accept { conn_id }));
@@ -945,9 +1003,10 @@ impl<K: Copy + Eq + std::fmt::Debug, C: std::fmt::Debug> Acceptor<K, C> {
             stage: Stage::Committing {
                 conn,
                 app,
-                client: state.remote(),
+                client,
                 times,
                 bound,
+                ahead,
             },
         });
     }

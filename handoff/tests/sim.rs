@@ -1128,6 +1128,8 @@ struct Arbiter {
     decided: Vec<(Message, ds_handoff::flows::Verdict)>,
     /// Its answers to moves are lost on their way.
     lose_move_answers: bool,
+    /// Of the requests that came together, the reclaims are read first (else in order).
+    reclaims_first: bool,
 }
 
 impl Arbiter {
@@ -1138,15 +1140,18 @@ impl Arbiter {
             delay,
             decided: Vec::new(),
             lose_move_answers: false,
+            reclaims_first: false,
         }
     }
 
     /// Read the requests on `ha` at `now` and answer those due.
     fn serve(&mut self, now: Mono, ha: &mut Mem) {
         while let Ok(Some(m)) = ha.recv() {
-            match Message::conn_id(&m) & ds_handoff::RECLAIM_ID {
-                0 => self.moves.push_back((now, m)),
-                _ => self.decide(m, None, ha),
+            let reclaim = Message::conn_id(&m) & ds_handoff::RECLAIM_ID != 0;
+            if reclaim || (self.delay.is_zero() && !self.reclaims_first && self.moves.is_empty()) {
+                self.decide(m, None, ha);
+            } else {
+                self.moves.push_back((now, m));
             }
         }
         while self
@@ -1180,19 +1185,36 @@ impl Arbiter {
 /// activated on a written Accept and the donor, which never saw it, resumed the connection
 /// too: live at both. Now the acceptor activates whatever happens to the channel (the flow
 /// is its since the move), and the donor's reclaim finds the flow taken: it does not resume,
-/// and everything its server end had queued reaches the client from the acceptor.
+/// and everything its server end had queued reaches the client from the acceptor. The same
+/// with an acceptor steering ahead (its move leaves with the commit); there the donor's
+/// reclaim can reach the home agent before the move when the channel resets on the Accept's
+/// write (read first here), and then the acceptor, whose Accept never left, waits for its
+/// move's answer, finds it taken and drops its copy: the donor keeps the connection. (Once
+/// an acceptor steering ahead has activated, a reclaim that overtakes its move leaves its
+/// copy without packets: the price of steering ahead, not covered.)
 #[test]
 fn an_accept_lost_with_the_channel_after_the_move_leaves_the_connection_at_the_acceptor() {
     // Messages in order: Prepare (0), the Offer (1), the Accept (2), Activated (3).
-    for (at, silent) in [(2, true), (2, false), (3, true), (3, false)] {
+    let cases = [(2, true), (2, false), (3, true), (3, false)];
+    let ahead = [(false, false), (true, false)];
+    for ((ahead, reclaims_first), (at, silent)) in ahead
+        .into_iter()
+        .flat_map(|a| cases.map(|c| (a, c)))
+        .chain([((true, true), (2, false))])
+    {
         let mut s = Sim::new();
         let mut cfg = replying_within(14, 50);
         cfg.reclaim_via = Some(ip("fd00::1"));
         let (cl, bytes, mut d) = s.begin(5000, cfg);
         let (mut ch_d, mut ch_a) = break_at(at, silent);
         let (mut hl, mut ha) = mem_pair();
-        let mut acc = ha_steered(Duration::from_secs(1));
+        let mut acc = Acceptor::new(AcceptorConfig {
+            steer_ahead: ahead,
+            ..acfg_steered(Duration::from_secs(1))
+        });
+        acc.set_home_agent_ready(true);
         let mut arbiter = Arbiter::new(Duration::ZERO);
+        arbiter.reclaims_first = reclaims_first;
         let (out, _) = s.run(
             &mut d,
             &mut ch_d,
@@ -1206,7 +1228,27 @@ fn an_accept_lost_with_the_channel_after_the_move_leaves_the_connection_at_the_a
             arbiter.serve(s.now(), &mut ha);
             s.tick();
         }
-        let case = format!("failed at message {at} (silent: {silent}): {out:?}");
+        let case = format!(
+            "failed at message {at} (silent: {silent}, ahead: {ahead}, reclaims first: \
+             {reclaims_first}): {out:?}"
+        );
+        use ds_handoff::flows::Verdict::{Apply, Taken};
+        let verdicts: Vec<_> = arbiter.decided.iter().map(|(_, v)| *v).collect();
+        let held = (s.svcs[1].adopted.len(), s.svcs[2].adopted.len());
+        if ahead && reclaims_first && (at, silent) == (2, false) {
+            // The reclaim won: the donor resumed, the acceptor dropped its copy.
+            assert!(matches!(&out, DonorOutcome::Resumed { .. }), "{case}");
+            assert_eq!(verdicts, [Apply, Taken], "{case}");
+            assert_eq!(
+                held,
+                (1, 0),
+                "{case}: adopted by the donor's and the acceptor's"
+            );
+            assert_eq!(s.lan.ifs[2].tcp_connection_count(), 0, "{case}");
+            let srv = s.svcs[1].adopted.pop().expect("adopted");
+            s.assert_alive(cl, 1, srv, &bytes);
+            continue;
+        }
         assert!(
             matches!(
                 &out,
@@ -1216,24 +1258,15 @@ fn an_accept_lost_with_the_channel_after_the_move_leaves_the_connection_at_the_a
             ),
             "{case}"
         );
-        let held = (s.svcs[1].adopted.len(), s.svcs[2].adopted.len());
         assert_eq!(
             held,
             (0, 1),
-            "{case}: adopted by the donor's service and the acceptor's"
+            "{case}: adopted by the donor's and the acceptor's"
         );
         assert_eq!(s.lan.ifs[1].tcp_connection_count(), 0, "{case}");
         if at == 2 {
             // The donor asked, and the acceptor's move had come first.
-            let verdicts: Vec<_> = arbiter.decided.iter().map(|(_, v)| *v).collect();
-            assert_eq!(
-                verdicts,
-                [
-                    ds_handoff::flows::Verdict::Apply,
-                    ds_handoff::flows::Verdict::Taken
-                ],
-                "{case}"
-            );
+            assert_eq!(verdicts, [Apply, Taken], "{case}");
         }
         let srv = s.svcs[2].adopted.pop().expect("adopted");
         s.assert_alive(cl, 2, srv, &bytes);
