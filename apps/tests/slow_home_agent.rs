@@ -3,6 +3,8 @@
 //! accepting node's loop keeps running — another client's download from it goes on all that
 //! second — and the handoff completes when the answer comes. (The earlier flow mover switched
 //! its socket to blocking inside the acceptor: the node stood still for up to a second.)
+//! And a donor's forced reclaim that the home agent never answered is sent again on a channel
+//! opened anew until it is answered (handoff protocol 7).
 
 mod common;
 
@@ -168,4 +170,115 @@ fn a_home_agent_silent_for_a_second_stalls_no_other_connection() {
          download moved {waited_bytes} bytes"
     );
     assert!(body(&got_moving) == &obj[..], "moved download byte-exact");
+}
+
+/// A home agent that refuses every flow move (so the acceptor refuses the offer, after its
+/// move was sent) and closes the channel of the first forced reclaim it reads without
+/// answering it (a home agent that died with it): it answers the ones after. Returns how
+/// many forced reclaims it read.
+fn forgetful_home_agent(l: TcpListener, done: Arc<AtomicBool>) -> std::thread::JoinHandle<u32> {
+    std::thread::spawn(move || {
+        l.set_nonblocking(true).expect("nonblocking");
+        let secret = ClusterSecret::new(HUB_SECRET).expect("secret");
+        let mut chans: Vec<Channel> = Vec::new();
+        let mut forced = 0;
+        while !done.load(Ordering::Relaxed) {
+            if let Ok((s, _)) = l.accept() {
+                chans.push(Channel::accept(s, &secret).expect("channel"));
+            }
+            let mut k = 0;
+            while k < chans.len() {
+                let mut close = false;
+                while let Ok(Some(m)) = chans[k].poll() {
+                    let Message::MoveFlow { conn_id, force, .. } = m else {
+                        continue;
+                    };
+                    if force {
+                        forced += 1;
+                        if forced == 1 {
+                            close = true;
+                            break;
+                        }
+                    }
+                    let _ = chans[k].send(&Message::FlowMoved {
+                        conn_id,
+                        ok: force,
+                        taken: false,
+                        detail: if force {
+                            String::new()
+                        } else {
+                            "no binding".into()
+                        },
+                    });
+                }
+                if close {
+                    chans.swap_remove(k);
+                } else {
+                    k += 1;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        forced
+    })
+}
+
+/// The acceptor refuses an offer after its flow move left (the home agent refused the move):
+/// the donor reclaims the flow with force and resumes the connection. The home agent dies
+/// with that reclaim unanswered (one that restarted would still point the flow wherever the
+/// move left it): the donor sends the reclaim again on a channel opened anew, until it is
+/// answered, and the download completes from the donor.
+#[test]
+fn a_forced_reclaim_is_sent_again_until_the_home_agent_answers_it() {
+    let root = TempDir::new("apps-owed-reclaim").expect("temp dir");
+    let obj = PatternStream::bytes(9, 1 << 20);
+    std::fs::write(root.path().join("obj"), &obj).expect("write");
+    let lha = listener();
+    let aha = lha.local_addr().expect("addr");
+    let done = Arc::new(AtomicBool::new(false));
+    let ha = forgetful_home_agent(lha, done.clone());
+    let mut net = HubNet::new(root.path(), |k, mut cfg| {
+        cfg.max_handoffs = Some(1);
+        cfg.steering = Steering::HomeAgentFlow {
+            ha: aha,
+            coa: if k == 0 { ip("fd00::1") } else { ip("fd00::2") },
+        };
+        cfg
+    });
+    net.servers[0].set_handoff_quota(Some(200_000));
+    net.servers[0].set_max_handoffs(Some(1));
+    let h = dial(
+        &mut net.cli,
+        HUB_CLIENT,
+        SocketAddrV6::new(HUB_DS, 80, 0, 0),
+    );
+    let mut got = Vec::new();
+    let (mut sent, mut kept) = (false, false);
+    let t0 = Instant::now();
+    while !(kept && body(&got).len() >= obj.len() && net.nodes[0].stats().reclaims_forced >= 1) {
+        assert!(t0.elapsed() < Duration::from_secs(30), "stuck");
+        for (_, e) in net.round() {
+            match e {
+                Event::KeptHere { .. } => kept = true,
+                Event::HandedOff { .. } => panic!("moved though the home agent refused"),
+                _ => {}
+            }
+        }
+        let cli = &mut net.cli.iface;
+        if !sent && cli.tcp_state(h) == Some(ds_stack::TcpState::Established) {
+            let req = "GET /obj HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+            cli.tcp_send(h, req.as_bytes()).expect("request");
+            sent = true;
+        }
+        let _ = read_available(cli, h, &mut got);
+    }
+    // The reclaim is answered on the channel opened anew (the node retries once a second).
+    let t1 = Instant::now();
+    while t1.elapsed() < Duration::from_secs(3) {
+        net.round();
+    }
+    done.store(true, Ordering::Relaxed);
+    let forced = ha.join().expect("home agent");
+    assert!(forced >= 2, "the forced reclaim was read {forced} times");
+    assert!(body(&got) == &obj[..], "download byte-exact from the donor");
 }
