@@ -115,7 +115,10 @@ impl Registrant {
                 .take(wire::MAX_DEAD)
                 .collect(),
         };
-        let _ = sock.send_to(&self.wire.seal(epoch, epoch, body), ha);
+        let _ = sock.send_to(
+            &self.wire.seal(ds_membership::wire::ANY, epoch, epoch, body),
+            ha,
+        );
     }
 
     /// Read the home agent's answers; `Err` when a live contact with a newer epoch holds the

@@ -164,6 +164,8 @@ pub struct MemberStats {
     pub dropped_malformed: u64,
     /// Dropped: replayed.
     pub dropped_replay: u64,
+    /// Dropped: authentic, but addressed to another node (a replay meant for it).
+    pub dropped_misaddressed: u64,
     /// Dropped: from an older epoch than known.
     pub dropped_stale: u64,
     /// Dropped: not expected in this state.
@@ -448,6 +450,7 @@ impl Member {
             dropped_auth: d.auth,
             dropped_malformed: d.malformed,
             dropped_replay: d.replay,
+            dropped_misaddressed: d.misaddressed,
             ..self.stats
         }
     }
@@ -507,14 +510,16 @@ impl Member {
         }
     }
 
-    fn send(&mut self, to: SocketAddr, body: Body) {
+    /// Queue `body` for the node `to` (its identity, [`wire::ANY`] for the registry, and its
+    /// address).
+    fn send(&mut self, to: (NodeId, SocketAddr), body: Body) {
         if self.out.len() >= self.cfg.max_queue {
             self.stats.dropped_queue += 1;
             return;
         }
         self.stats.sent += 1;
-        let d = self.wire.seal(self.epoch, self.fence, body);
-        self.out.push_back((to, d));
+        let d = self.wire.seal(to.0, self.epoch, self.fence, body);
+        self.out.push_back((to.1, d));
     }
 
     fn jitter(&mut self, d: Duration) -> Duration {
@@ -545,7 +550,7 @@ impl Member {
                         role: self.cfg.role,
                         me: self.cfg.me(),
                     };
-                    self.send(self.cfg.home_agent, body);
+                    self.send((wire::ANY, self.cfg.home_agent), body);
                 }
             }
             State::Snode { last_heard, .. } => {
@@ -569,7 +574,7 @@ impl Member {
     fn poll_backup(&mut self, now: Time) {
         let me = self.cfg.id;
         let cfg = self.cfg.clone();
-        let mut sends: Vec<(SocketAddr, Body)> = Vec::new();
+        let mut sends: Vec<((NodeId, SocketAddr), Body)> = Vec::new();
         let mut start_txn = false;
         let mut broadcast = false;
         {
@@ -586,7 +591,7 @@ impl Member {
             if let Some(p) = pred {
                 if now >= b.hb_next {
                     b.hb_next = now.after(cfg.heartbeat);
-                    sends.push((p.addr, Body::Heartbeat { target: p.id }));
+                    sends.push(((p.id, p.addr), Body::Heartbeat { target: p.id }));
                 }
                 if !b.hb_suspected && now.since(b.hb_last_ok) >= cfg.suspect {
                     b.hb_suspected = true;
@@ -598,13 +603,13 @@ impl Member {
             if !b.commit_unacked.is_empty() && now >= b.commit_next {
                 b.commit_next = now.after(cfg.prepare_timeout);
                 let snodes = b.snode_list();
-                b.commit_unacked.retain(|_, (addr, left)| {
+                b.commit_unacked.retain(|id, (addr, left)| {
                     if *left == 0 {
                         return false;
                     }
                     *left -= 1;
                     sends.push((
-                        *addr,
+                        (*id, *addr),
                         Body::Commit {
                             view: b.view.clone(),
                             snodes: snodes.clone(),
@@ -635,7 +640,7 @@ impl Member {
                         .take(wire::MAX_DEAD)
                         .collect();
                     sends.push((
-                        cfg.home_agent,
+                        (wire::ANY, cfg.home_agent),
                         Body::Register {
                             me: cfg.me(),
                             lease_us: cfg.lease.as_micros() as u64,
@@ -660,12 +665,12 @@ impl Member {
                     }
                     broadcast = b.snodes.len() != before;
                     for (m, _) in b.snodes.values() {
-                        sends.push((m.addr, Body::Ping { contact: cfg.me() }));
+                        sends.push(((m.id, m.addr), Body::Ping { contact: cfg.me() }));
                     }
                     // The backups are pinged too, for their loads only (their liveness is
                     // their successors' business).
                     for m in b.view.backups.iter().filter(|m| m.id != me) {
-                        sends.push((m.addr, Body::Ping { contact: cfg.me() }));
+                        sends.push(((m.id, m.addr), Body::Ping { contact: cfg.me() }));
                     }
                 }
             }
@@ -748,7 +753,7 @@ impl Member {
             for m in &proposed.backups {
                 if waiting.contains(&m.id) {
                     prepares.push((
-                        m.addr,
+                        (m.id, m.addr),
                         Body::Prepare {
                             view: proposed.clone(),
                         },
@@ -772,7 +777,7 @@ impl Member {
         for j in refused {
             self.stats.joins_refused += 1;
             self.send(
-                j.addr,
+                (j.id, j.addr),
                 Body::Refused {
                     reason: "backups full".into(),
                 },
@@ -801,7 +806,7 @@ impl Member {
             }
             if t.joiners.iter().any(|j| j.id == m.id) {
                 sends.push((
-                    m.addr,
+                    (m.id, m.addr),
                     Body::Welcome {
                         view: view.clone(),
                         snodes: snodes.clone(),
@@ -810,7 +815,7 @@ impl Member {
             } else {
                 unacked.insert(m.id, (m.addr, 4u8));
                 sends.push((
-                    m.addr,
+                    (m.id, m.addr),
                     Body::Commit {
                         view: view.clone(),
                         snodes: snodes.clone(),
@@ -890,12 +895,12 @@ impl Member {
         let me = self.cfg.id;
         let Some(b) = self.backup() else { return };
         let snodes = b.snode_list();
-        let to: Vec<SocketAddr> = b
+        let to: Vec<(NodeId, SocketAddr)> = b
             .view
             .backups
             .iter()
             .filter(|m| m.id != me)
-            .map(|m| m.addr)
+            .map(|m| (m.id, m.addr))
             .collect();
         for a in to {
             self.send(
@@ -947,7 +952,7 @@ impl Member {
                             let view = b.view.clone();
                             let snodes = b.snode_list();
                             if view.has(me) {
-                                self.send(src, Body::Commit { view, snodes });
+                                self.send((env.from, src), Body::Commit { view, snodes });
                             }
                         }
                     }
@@ -969,7 +974,7 @@ impl Member {
                 b.challenges
                     .insert(nonce, now.after(Duration::from_secs(2)));
                 let contact = self.cfg.me();
-                self.send(me.addr, Body::Challenge { nonce, contact });
+                self.send((me.id, me.addr), Body::Challenge { nonce, contact });
             }
             Body::Challenge { nonce, contact } => {
                 if matches!(self.state, State::Joining { .. }) && contact.id == env.from {
@@ -978,7 +983,7 @@ impl Member {
                         role: self.cfg.role,
                         me: self.cfg.me(),
                     };
-                    self.send(contact.addr, body);
+                    self.send((contact.id, contact.addr), body);
                 } else {
                     self.stats.dropped_unexpected += 1;
                 }
@@ -1023,15 +1028,15 @@ impl Member {
                 let floor = b.view.epoch.max(b.promised);
                 if view.epoch > floor && view.has(me) && view.epoch.by == env.from {
                     b.promised = view.epoch;
-                    self.send(src, Body::PrepareOk { epoch: view.epoch });
+                    self.send((env.from, src), Body::PrepareOk { epoch: view.epoch });
                 } else if !b.view.has(env.from) && env.epoch < b.view.epoch {
                     // The coordinator is not in this newer view: it was considered failed.
                     self.stats.dropped_stale += 1;
-                    self.send(src, Body::Rejoin);
+                    self.send((env.from, src), Body::Rejoin);
                 } else {
                     self.stats.dropped_stale += 1;
                     self.send(
-                        src,
+                        (env.from, src),
                         Body::PrepareNack {
                             epoch: view.epoch,
                             seen: floor,
@@ -1160,10 +1165,10 @@ impl Member {
             _ => Some(Body::Rejoin),
         };
         if let Some(Body::Commit { view, snodes }) = reply {
-            self.send(src, Body::HeartbeatOk);
-            self.send(src, Body::Commit { view, snodes });
+            self.send((from, src), Body::HeartbeatOk);
+            self.send((from, src), Body::Commit { view, snodes });
         } else if let Some(r) = reply {
-            self.send(src, r);
+            self.send((from, src), r);
         }
     }
 
@@ -1187,7 +1192,7 @@ impl Member {
                 if b.pending_joins.len() >= max_pending {
                     self.stats.joins_refused += 1;
                     self.send(
-                        me.addr,
+                        (me.id, me.addr),
                         Body::Refused {
                             reason: "backups full".into(),
                         },
@@ -1203,7 +1208,7 @@ impl Member {
                 if !b.snodes.contains_key(&me.id) && b.snodes.len() >= max_snodes {
                     self.stats.joins_refused += 1;
                     self.send(
-                        me.addr,
+                        (me.id, me.addr),
                         Body::Refused {
                             reason: "snodes full".into(),
                         },
@@ -1213,7 +1218,7 @@ impl Member {
                 b.snodes.insert(me.id, (me, now));
                 let view = b.view.clone();
                 self.send(
-                    me.addr,
+                    (me.id, me.addr),
                     Body::Welcome {
                         view,
                         snodes: Vec::new(),
@@ -1283,7 +1288,7 @@ impl Member {
             return;
         }
         if view.epoch == current {
-            self.send(src, Body::CommitOk { epoch: view.epoch });
+            self.send((from, src), Body::CommitOk { epoch: view.epoch });
             return;
         }
         if !view.has(me) {
@@ -1299,7 +1304,7 @@ impl Member {
             }
         }
         self.apply_view(now, view);
-        self.send(src, Body::CommitOk { epoch });
+        self.send((from, src), Body::CommitOk { epoch });
     }
 
     fn on_ping(
@@ -1349,7 +1354,7 @@ impl Member {
         }
         let me = self.cfg.me();
         let load = self.load;
-        self.send(contact.addr, Body::Pong { me, load });
+        self.send((contact.id, contact.addr), Body::Pong { me, load });
     }
 
     fn on_register_reply(

@@ -97,6 +97,8 @@ pub struct RegistryStats {
     pub dropped_malformed: u64,
     /// Datagrams dropped: replayed.
     pub dropped_replay: u64,
+    /// Datagrams dropped: authentic, but addressed to a member.
+    pub dropped_misaddressed: u64,
     /// Datagrams dropped: not for the registry.
     pub dropped_other: u64,
     /// Dead members reported.
@@ -133,7 +135,7 @@ impl Registry {
     /// A registry with no holder.
     pub fn new(key: Key, cfg: RegistryConfig) -> Self {
         Registry {
-            wire: Endpoint::new(key, cfg.id, cfg.replay_peers),
+            wire: Endpoint::new(key, cfg.id, cfg.replay_peers).for_registry(),
             holder: None,
             last: cfg.resume.map(|r| r.last).unwrap_or_default(),
             out: VecDeque::new(),
@@ -170,6 +172,7 @@ impl Registry {
             dropped_auth: d.auth,
             dropped_malformed: d.malformed,
             dropped_replay: d.replay,
+            dropped_misaddressed: d.misaddressed,
             ..self.stats
         }
     }
@@ -184,13 +187,14 @@ impl Registry {
         self.events.pop_front()
     }
 
-    fn send(&mut self, to: SocketAddr, body: Body) {
+    /// Queue `body` for the member `to` (its identity and address).
+    fn send(&mut self, to: (NodeId, SocketAddr), body: Body) {
         if self.out.len() >= self.cfg.max_queue {
             return;
         }
         let fence = self.holder.map(|h| h.since).unwrap_or_default();
-        let d = self.wire.seal(self.last, fence, body);
-        self.out.push_back((to, d));
+        let d = self.wire.seal(to.0, self.last, fence, body);
+        self.out.push_back((to.1, d));
     }
 
     /// One datagram from the network.
@@ -214,7 +218,7 @@ impl Registry {
                 _ => {
                     self.stats.no_contact += 1;
                     let last = self.last;
-                    self.send(me.addr, Body::NoContact { last });
+                    self.send((me.id, me.addr), Body::NoContact { last });
                 }
             },
             _ => self.stats.dropped_other += 1,
@@ -281,7 +285,7 @@ impl Registry {
             None => (None, 0),
         };
         self.send(
-            me.addr,
+            (me.id, me.addr),
             Body::RegisterReply {
                 ok,
                 holder,
@@ -295,7 +299,7 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{Body, Endpoint, MemberInfo};
+    use crate::wire::{self, Body, Endpoint, MemberInfo};
 
     const SECRET: &[u8] = b"the registry test's cluster secret";
 
@@ -310,6 +314,7 @@ mod tests {
 
     fn register(r: &mut Registry, now: Time, m: &mut (Endpoint, MemberInfo), epoch: Epoch) {
         let d = m.0.seal(
+            wire::ANY,
             epoch,
             epoch,
             Body::Register {

@@ -288,11 +288,21 @@ impl Body {
     }
 }
 
+/// The recipient of a message sent to whoever answers at an address: the registry (its
+/// identity is random per process), or the holder of the registration that the registry
+/// relays a [`Body::Hello`] to. No node has this identity.
+pub const ANY: NodeId = 0;
+
 /// An authenticated message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {
     /// The sender.
     pub from: NodeId,
+    /// The recipient ([`ANY`]: the registry, or whoever holds the registration). A receiver
+    /// takes only what is addressed to it: a message captured on its way to one node and
+    /// replayed to another (within the other's replay window, which knows nothing of it) is
+    /// dropped.
+    pub to: NodeId,
     /// The sender's sequence number (from 1, one per message).
     pub seq: u64,
     /// The sender's epoch (its view's, for a backup; its contact's, for an snode).
@@ -341,6 +351,8 @@ pub struct Drops {
     pub malformed: u64,
     /// Replayed or too old for the window.
     pub replay: u64,
+    /// Authentic, but addressed to another node.
+    pub misaddressed: u64,
 }
 
 /// One party's side of the wire: its identity, key and sequence numbers for what it sends,
@@ -349,6 +361,8 @@ pub struct Drops {
 pub struct Endpoint {
     key: Key,
     id: NodeId,
+    /// A registry's: messages to [`ANY`] are its.
+    registry: bool,
     seq: u64,
     replay: ReplayGuard,
     drops: Drops,
@@ -360,19 +374,28 @@ impl Endpoint {
         Endpoint {
             key,
             id,
+            registry: false,
             seq: 0,
             replay: ReplayGuard::new(replay_peers),
             drops: Drops::default(),
         }
     }
 
-    /// Seal `body` as this party's next message.
-    pub fn seal(&mut self, epoch: Epoch, fence: Epoch, body: Body) -> Vec<u8> {
+    /// A registry's endpoint: it also takes messages addressed to [`ANY`].
+    pub fn for_registry(mut self) -> Self {
+        self.registry = true;
+        self
+    }
+
+    /// Seal `body` as this party's next message, for `to` ([`ANY`]: the registry, or the
+    /// holder of the registration).
+    pub fn seal(&mut self, to: NodeId, epoch: Epoch, fence: Epoch, body: Body) -> Vec<u8> {
         self.seq += 1;
         seal(
             &self.key,
             &Envelope {
                 from: self.id,
+                to,
                 seq: self.seq,
                 epoch,
                 fence,
@@ -395,6 +418,14 @@ impl Endpoint {
                 return None;
             }
         };
+        // A member takes a message to ANY only as the holder of the registration, for a Hello
+        // the registry relays (its sender cannot know who holds it; a replayed one only gets
+        // a challenge back).
+        let to_any = self.registry || matches!(env.body, Body::Hello { .. });
+        if env.to != self.id && !(env.to == ANY && to_any) {
+            self.drops.misaddressed += 1;
+            return None;
+        }
         if self.replay.check(now, env.from, env.seq).is_err() {
             self.drops.replay += 1;
             return None;
@@ -467,6 +498,7 @@ mod tests {
         let k = Key::new(b"0123456789abcdef");
         let env = Envelope {
             from: 7,
+            to: 8,
             seq: 1,
             epoch: Epoch { view: 3, by: 7 },
             fence: Epoch { view: 2, by: 7 },
@@ -498,6 +530,7 @@ mod tests {
         };
         let env = |epoch, fence, body| Envelope {
             from: 9,
+            to: 1,
             seq: 1,
             epoch,
             fence,
@@ -547,6 +580,7 @@ mod tests {
         let k = Key::new(b"0123456789abcdef");
         let env = Envelope {
             from: 1,
+            to: 2,
             seq: 1,
             epoch: Epoch::default(),
             fence: Epoch::default(),
@@ -558,6 +592,50 @@ mod tests {
             },
         };
         assert_eq!(open(&k, &seal(&k, &env)), Err(WireError::Malformed));
+    }
+
+    /// A message is taken only by the node it is addressed to: one captured on its way to
+    /// node 2 and replayed to node 3 (whose replay window knows nothing of it) is dropped and
+    /// counted. Messages to `ANY` are the registry's, and a member's only for a Hello.
+    #[test]
+    fn a_message_is_taken_only_by_its_recipient() {
+        let k = Key::new(b"0123456789abcdef");
+        let t = Time(0);
+        let mut a = Endpoint::new(k.clone(), 1, 8);
+        let (mut b, mut c) = (
+            Endpoint::new(k.clone(), 2, 8),
+            Endpoint::new(k.clone(), 3, 8),
+        );
+        let e = Epoch::default();
+        let d = a.seal(2, e, e, Body::Rejoin);
+        assert!(c.open(t, &d).is_none(), "replayed to another node");
+        assert_eq!(c.drops().misaddressed, 1);
+        assert_eq!(b.open(t, &d).map(|m| m.body), Some(Body::Rejoin));
+        // To ANY: a registry takes anything, a member only a Hello.
+        let mut reg = Endpoint::new(k.clone(), 77, 8).for_registry();
+        let register = a.seal(
+            ANY,
+            e,
+            e,
+            Body::Register {
+                me: info(1),
+                lease_us: 1,
+                dead: Vec::new(),
+            },
+        );
+        assert!(reg.open(t, &register).is_some());
+        assert!(b.open(t, &register).is_none());
+        let hello = a.seal(
+            ANY,
+            e,
+            e,
+            Body::Hello {
+                role: JoinAs::Snode,
+                me: info(1),
+            },
+        );
+        assert!(b.open(t, &hello).is_some());
+        assert_eq!(b.drops().misaddressed, 1);
     }
 
     #[test]

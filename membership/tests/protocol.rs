@@ -290,6 +290,7 @@ fn stale_load_reports_make_room_for_a_new_members() {
         };
         let env = Envelope {
             from: id,
+            to: 10,
             seq: 1,
             epoch,
             fence,
