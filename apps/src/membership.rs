@@ -171,7 +171,13 @@ pub struct MembershipAgent {
     thread: Option<JoinHandle<()>>,
 }
 
+/// A member's identity: random, never [`ds_membership::wire::ANY`] (which addresses the
+/// registry).
 fn random_u64() -> u64 {
+    random_any_u64().max(1)
+}
+
+fn random_any_u64() -> u64 {
     let mut b = [0u8; 8];
     // The OS's random source; the process id and time only if it fails, which on Linux it
     // does not once booted.

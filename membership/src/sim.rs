@@ -225,7 +225,8 @@ impl Sim {
     }
 
     fn start_node(&mut self, i: usize) {
-        let id: NodeId = self.rng.gen();
+        // Never `wire::ANY`, which addresses the registry.
+        let id: NodeId = self.rng.gen::<u64>().max(1);
         let seed: u64 = self.rng.gen();
         let (addr, role) = (self.nodes[i].addr, self.nodes[i].role);
         let coa = match addr {

@@ -59,7 +59,9 @@ impl Key {
     /// Derive from the cluster secret's bytes.
     pub fn new(secret: &[u8]) -> Key {
         let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
-        let derived = ring::hmac::sign(&k, b"ds-membership v1");
+        // v2: envelopes name their recipient; an older node's datagrams fail to authenticate
+        // (counted as such) rather than decode into a different layout.
+        let derived = ring::hmac::sign(&k, b"ds-membership v2");
         Key(ring::hmac::Key::new(
             ring::hmac::HMAC_SHA256,
             derived.as_ref(),
