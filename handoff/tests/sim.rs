@@ -126,6 +126,70 @@ impl Sim {
         round(&mut self.lan, &mut self.svcs, d, 1, ch_d, acc, 2, ch_a, ha)
     }
 
+    /// [`Sim::run`] with `arbiter` as the home agent on `hl`'s other end (`each` sees it after
+    /// every round), then `settle` more rounds: whatever either side still does after the
+    /// outcome, it does then. The donor's outcome.
+    #[allow(clippy::too_many_arguments)]
+    fn run_arbitrated(
+        &mut self,
+        d: &mut Donor<UserConn>,
+        ch_d: &mut dyn Link,
+        acc: &mut Acceptor<u8, UserConn>,
+        ch_a: &mut Option<Box<dyn Link>>,
+        hl: &mut Mem,
+        arbiter: &mut Arbiter,
+        settle: usize,
+        mut each: impl FnMut(&Arbiter),
+    ) -> DonorOutcome {
+        let (out, _) = self.run(d, ch_d, acc, ch_a, Some(hl), |s2, _| {
+            arbiter.serve(s2.now());
+            each(arbiter);
+        });
+        self.settle(settle, d, ch_d, acc, ch_a, hl, arbiter);
+        out
+    }
+
+    /// `rounds` more rounds of both engines with `arbiter` as the home agent on `hl`'s other
+    /// end.
+    #[allow(clippy::too_many_arguments)]
+    fn settle(
+        &mut self,
+        rounds: usize,
+        d: &mut Donor<UserConn>,
+        ch_d: &mut dyn Link,
+        acc: &mut Acceptor<u8, UserConn>,
+        ch_a: &mut Option<Box<dyn Link>>,
+        hl: &mut Mem,
+        arbiter: &mut Arbiter,
+    ) {
+        for _ in 0..rounds {
+            self.round(Some(d), ch_d, acc, ch_a, Some(hl));
+            arbiter.serve(self.now());
+            self.tick();
+        }
+    }
+
+    /// What the donor's service (node 1) and the acceptor's (node 2) adopted.
+    fn held(&self) -> (usize, usize) {
+        (self.svcs[1].adopted.len(), self.svcs[2].adopted.len())
+    }
+
+    /// The connection lives at node `n` (1 or 2) only: its service adopted it, the other
+    /// node's neither adopted it nor holds a connection, and everything queued reaches the
+    /// client from `n`.
+    fn lives_only_at(&mut self, n: usize, cl: TcpHandle, expect: &[u8], case: &str) {
+        let other = 3 - n;
+        let want = if n == 1 { (1, 0) } else { (0, 1) };
+        assert_eq!(
+            self.held(),
+            want,
+            "{case}: adopted by the donor's service and the acceptor's"
+        );
+        assert_eq!(self.lan.ifs[other].tcp_connection_count(), 0, "{case}");
+        let srv = self.svcs[n].adopted.pop().expect("adopted");
+        self.assert_alive(cl, n, srv, expect);
+    }
+
     /// The connection's client reads what arrives; the server end `srv` on node `n` is live
     /// and everything it had queued reaches the client.
     fn assert_alive(&mut self, cl: TcpHandle, n: usize, srv: TcpHandle, expect: &[u8]) {
@@ -1078,26 +1142,22 @@ fn late_home_agent(late: u64, delay: u64) {
     let (ch_d, ch_a) = mem_pair();
     let mut ch_d = Late::new(ch_d, Duration::from_millis(late));
     let mut ch_a = boxed(ch_a);
-    let (mut hl, mut ha) = mem_pair();
+    let (mut hl, ha) = mem_pair();
     let mut acc = ha_steered(Duration::from_secs(1));
-    let mut arbiter = Arbiter::new(Duration::from_millis(delay));
-    let mut answer = |s2: &mut Sim| arbiter.serve(s2.now(), &mut ha);
-    let (out, _) = s.run(
+    let mut arbiter = Arbiter::new(ha, Duration::from_millis(delay));
+    // Then both engines run on for a while: whatever the acceptor still does, it does then.
+    let out = s.run_arbitrated(
         &mut d,
         &mut ch_d,
         &mut acc,
         &mut ch_a,
-        Some(&mut hl),
-        |s2, _| answer(s2),
+        &mut hl,
+        &mut arbiter,
+        200,
+        |_| {},
     );
-    // Both engines run on for a while: whatever the acceptor still does, it does now.
-    for _ in 0..200 {
-        s.round(Some(&mut d), &mut ch_d, &mut acc, &mut ch_a, Some(&mut hl));
-        answer(&mut s);
-        s.tick();
-    }
     let case = format!("home agent {delay} ms, channel {late} ms: {out:?}");
-    let held = (s.svcs[1].adopted.len(), s.svcs[2].adopted.len());
+    let held = s.held();
     assert!(
         held == (1, 0) || held == (0, 1),
         "{case}: adopted by the donor's service and the acceptor's: {held:?}, connections {:?}",
@@ -1121,6 +1181,8 @@ fn late_home_agent(late: u64, delay: u64) {
 /// (`ds_handoff::flows`, protocol 7: the first of the acceptor's move and the donor's reclaim
 /// wins): it reads the acceptor's moves `delay` after they came, reclaims at once.
 struct Arbiter {
+    /// The home agent's end of its link.
+    ha: Mem,
     last: Option<ds_handoff::flows::Applied>,
     moves: std::collections::VecDeque<(Mono, Message)>,
     delay: Duration,
@@ -1133,8 +1195,9 @@ struct Arbiter {
 }
 
 impl Arbiter {
-    fn new(delay: Duration) -> Arbiter {
+    fn new(ha: Mem, delay: Duration) -> Arbiter {
         Arbiter {
+            ha,
             last: None,
             moves: Default::default(),
             delay,
@@ -1144,12 +1207,12 @@ impl Arbiter {
         }
     }
 
-    /// Read the requests on `ha` at `now` and answer those due.
-    fn serve(&mut self, now: Mono, ha: &mut Mem) {
-        while let Ok(Some(m)) = ha.recv() {
+    /// Read the requests at `now` and answer those due.
+    fn serve(&mut self, now: Mono) {
+        while let Ok(Some(m)) = self.ha.recv() {
             let reclaim = Message::conn_id(&m) & ds_handoff::RECLAIM_ID != 0;
             if reclaim || (self.delay.is_zero() && !self.reclaims_first && self.moves.is_empty()) {
-                self.decide(m, None, ha);
+                self.decide(m, None);
             } else {
                 self.moves.push_back((now, m));
             }
@@ -1160,11 +1223,11 @@ impl Arbiter {
             .is_some_and(|(at, _)| now >= *at + self.delay)
         {
             let (at, m) = self.moves.pop_front().expect("front");
-            self.decide(m, Some(now - at), ha);
+            self.decide(m, Some(now - at));
         }
     }
 
-    fn decide(&mut self, m: Message, waited: Option<Duration>, ha: &mut Mem) {
+    fn decide(&mut self, m: Message, waited: Option<Duration>) {
         use ds_handoff::flows::{answer, judge, Applied, Request, Verdict};
         let req = Request::of(&m).expect("a flow move");
         let v = judge(self.last, &req, waited);
@@ -1173,7 +1236,7 @@ impl Arbiter {
             self.last = Some(Applied::of(&req));
         }
         if req.reclaim || !self.lose_move_answers {
-            let _ = ha.send(&answer(m.conn_id(), v, before));
+            let _ = self.ha.send(&answer(m.conn_id(), v, before));
         }
         self.decided.push((m, v));
     }
@@ -1207,46 +1270,35 @@ fn an_accept_lost_with_the_channel_after_the_move_leaves_the_connection_at_the_a
         cfg.reclaim_via = Some(ip("fd00::1"));
         let (cl, bytes, mut d) = s.begin(5000, cfg);
         let (mut ch_d, mut ch_a) = break_at(at, silent);
-        let (mut hl, mut ha) = mem_pair();
+        let (mut hl, ha) = mem_pair();
         let mut acc = Acceptor::new(AcceptorConfig {
             steer_ahead: ahead,
             ..acfg_steered(Duration::from_secs(1))
         });
         acc.set_home_agent_ready(true);
-        let mut arbiter = Arbiter::new(Duration::ZERO);
+        let mut arbiter = Arbiter::new(ha, Duration::ZERO);
         arbiter.reclaims_first = reclaims_first;
-        let (out, _) = s.run(
+        let out = s.run_arbitrated(
             &mut d,
             &mut ch_d,
             &mut acc,
             &mut ch_a,
-            Some(&mut hl),
-            |s2, _| arbiter.serve(s2.now(), &mut ha),
+            &mut hl,
+            &mut arbiter,
+            200,
+            |_| {},
         );
-        for _ in 0..200 {
-            s.round(Some(&mut d), &mut ch_d, &mut acc, &mut ch_a, Some(&mut hl));
-            arbiter.serve(s.now(), &mut ha);
-            s.tick();
-        }
         let case = format!(
             "failed at message {at} (silent: {silent}, ahead: {ahead}, reclaims first: \
              {reclaims_first}): {out:?}"
         );
         use ds_handoff::flows::Verdict::{Apply, Taken};
         let verdicts: Vec<_> = arbiter.decided.iter().map(|(_, v)| *v).collect();
-        let held = (s.svcs[1].adopted.len(), s.svcs[2].adopted.len());
         if ahead && reclaims_first && (at, silent) == (2, false) {
             // The reclaim won: the donor resumed, the acceptor dropped its copy.
             assert!(matches!(&out, DonorOutcome::Resumed { .. }), "{case}");
             assert_eq!(verdicts, [Apply, Taken], "{case}");
-            assert_eq!(
-                held,
-                (1, 0),
-                "{case}: adopted by the donor's and the acceptor's"
-            );
-            assert_eq!(s.lan.ifs[2].tcp_connection_count(), 0, "{case}");
-            let srv = s.svcs[1].adopted.pop().expect("adopted");
-            s.assert_alive(cl, 1, srv, &bytes);
+            s.lives_only_at(1, cl, &bytes, &case);
             continue;
         }
         assert!(
@@ -1258,18 +1310,11 @@ fn an_accept_lost_with_the_channel_after_the_move_leaves_the_connection_at_the_a
             ),
             "{case}"
         );
-        assert_eq!(
-            held,
-            (0, 1),
-            "{case}: adopted by the donor's and the acceptor's"
-        );
-        assert_eq!(s.lan.ifs[1].tcp_connection_count(), 0, "{case}");
         if at == 2 {
             // The donor asked, and the acceptor's move had come first.
             assert_eq!(verdicts, [Apply, Taken], "{case}");
         }
-        let srv = s.svcs[2].adopted.pop().expect("adopted");
-        s.assert_alive(cl, 2, srv, &bytes);
+        s.lives_only_at(2, cl, &bytes, &case);
     }
 }
 
@@ -1287,28 +1332,24 @@ fn a_channel_reset_while_the_move_is_on_its_way_leaves_the_connection_at_the_acc
     let (mut ch_d, ch_a) = mem_pair();
     let broken = ch_d.broken.clone();
     let mut ch_a = boxed(ch_a);
-    let (mut hl, mut ha) = mem_pair();
+    let (mut hl, ha) = mem_pair();
     let mut acc = ha_steered(Duration::from_secs(1));
-    let mut arbiter = Arbiter::new(Duration::ZERO);
-    let (out, _) = s.run(
+    let mut arbiter = Arbiter::new(ha, Duration::ZERO);
+    let out = s.run_arbitrated(
         &mut d,
         &mut ch_d,
         &mut acc,
         &mut ch_a,
-        Some(&mut hl),
-        |s2, _| {
-            arbiter.serve(s2.now(), &mut ha);
+        &mut hl,
+        &mut arbiter,
+        200,
+        |arbiter| {
             // The move applied, its answer on the way: the channel resets.
             if !arbiter.decided.is_empty() {
                 broken.set(true);
             }
         },
     );
-    for _ in 0..200 {
-        s.round(Some(&mut d), &mut ch_d, &mut acc, &mut ch_a, Some(&mut hl));
-        arbiter.serve(s.now(), &mut ha);
-        s.tick();
-    }
     assert!(broken.get());
     assert!(
         matches!(
@@ -1319,15 +1360,7 @@ fn a_channel_reset_while_the_move_is_on_its_way_leaves_the_connection_at_the_acc
         ),
         "{out:?}"
     );
-    let held = (s.svcs[1].adopted.len(), s.svcs[2].adopted.len());
-    assert_eq!(
-        held,
-        (0, 1),
-        "adopted by the donor's service and the acceptor's"
-    );
-    assert_eq!(s.lan.ifs[1].tcp_connection_count(), 0);
-    let srv = s.svcs[2].adopted.pop().expect("adopted");
-    s.assert_alive(cl, 2, srv, &bytes);
+    s.lives_only_at(2, cl, &bytes, "reset with the move on its way");
 }
 
 /// The home agent applies the acceptor's move but its answer is lost: the acceptor gives up
@@ -1343,17 +1376,19 @@ fn a_refusal_after_an_applied_move_takes_the_flow_back_with_force() {
     let (cl, bytes, mut d) = s.begin(5000, cfg);
     let (mut ch_d, ch_a) = mem_pair();
     let mut ch_a = boxed(ch_a);
-    let (mut hl, mut ha) = mem_pair();
+    let (mut hl, ha) = mem_pair();
     let mut acc = ha_steered(Duration::from_millis(20));
-    let mut arbiter = Arbiter::new(Duration::ZERO);
+    let mut arbiter = Arbiter::new(ha, Duration::ZERO);
     arbiter.lose_move_answers = true;
-    let (out, _) = s.run(
+    let out = s.run_arbitrated(
         &mut d,
         &mut ch_d,
         &mut acc,
         &mut ch_a,
-        Some(&mut hl),
-        |s2, _| arbiter.serve(s2.now(), &mut ha),
+        &mut hl,
+        &mut arbiter,
+        10,
+        |_| {},
     );
     assert!(
         matches!(
@@ -1364,11 +1399,6 @@ fn a_refusal_after_an_applied_move_takes_the_flow_back_with_force() {
         ),
         "{out:?}"
     );
-    for _ in 0..10 {
-        s.round(Some(&mut d), &mut ch_d, &mut acc, &mut ch_a, Some(&mut hl));
-        arbiter.serve(s.now(), &mut ha);
-        s.tick();
-    }
     use ds_handoff::flows::{Kind, Request, Verdict};
     let decided: Vec<_> = arbiter
         .decided
@@ -1382,14 +1412,7 @@ fn a_refusal_after_an_applied_move_takes_the_flow_back_with_force() {
             (Kind::ForcedReclaim, Verdict::Apply)
         ]
     );
-    let held = (s.svcs[1].adopted.len(), s.svcs[2].adopted.len());
-    assert_eq!(
-        held,
-        (1, 0),
-        "adopted by the donor's service and the acceptor's"
-    );
-    let srv = s.svcs[1].adopted.pop().expect("adopted");
-    s.assert_alive(cl, 1, srv, &bytes);
+    s.lives_only_at(1, cl, &bytes, "refused after the move");
 }
 
 /// A connection of node 1 with 3000 bytes queued, offered as `id` to an acceptor (taking
@@ -1517,15 +1540,7 @@ fn a_channel_that_fails_before_the_accept_leaves_the_connection_at_the_donor() {
             }
             let case = format!("failed at message {at} (silent: {silent}): {out:?}");
             assert!(matches!(out, DonorOutcome::Resumed { .. }), "{case}");
-            let held = (s.svcs[1].adopted.len(), s.svcs[2].adopted.len());
-            assert_eq!(
-                held,
-                (1, 0),
-                "{case}: adopted by the donor's service and the acceptor's"
-            );
-            assert_eq!(s.lan.ifs[2].tcp_connection_count(), 0, "{case}");
-            let srv = s.svcs[1].adopted.pop().expect("adopted");
-            s.assert_alive(cl, 1, srv, &bytes);
+            s.lives_only_at(1, cl, &bytes, &case);
         }
     }
 }
