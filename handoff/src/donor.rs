@@ -361,12 +361,11 @@ impl<C: std::fmt::Debug> Donor<C> {
         else {
             return;
         };
-        if conn_id != self.cfg.conn_id | RECLAIM_ID || !self.is_reclaiming() {
-            // Another's answer, a forced reclaim's, or one after the wait: decided already.
+        if conn_id != self.cfg.conn_id | RECLAIM_ID {
             return;
         }
-        let Stage::Reclaiming { f, cause, .. } = std::mem::replace(&mut self.stage, Stage::Done)
-        else {
+        // A forced reclaim's answer, or one after the wait: decided already.
+        let Some((f, cause)) = self.take_reclaiming() else {
             return;
         };
         if ok || !taken {
@@ -805,17 +804,24 @@ impl<C: std::fmt::Debug> Donor<C> {
         });
     }
 
+    /// The handoff waiting for its reclaim's answer, if it does (the stage is then done).
+    fn take_reclaiming(&mut self) -> Option<(Box<InFlight>, HandoffError)> {
+        if !self.is_reclaiming() {
+            return None;
+        }
+        match std::mem::replace(&mut self.stage, Stage::Done) {
+            Stage::Reclaiming { f, cause, .. } => Some((f, cause)),
+            _ => None,
+        }
+    }
+
     /// Waiting for the reclaim's answer is over without one: reclaim with force, resume.
     fn give_up_reclaiming<H, S>(&mut self, why: &str, host: &mut H, svc: &mut S)
     where
         H: Host<Conn = C>,
         S: Service<C>,
     {
-        if !self.is_reclaiming() {
-            return;
-        }
-        let Stage::Reclaiming { f, cause, .. } = std::mem::replace(&mut self.stage, Stage::Done)
-        else {
+        let Some((f, cause)) = self.take_reclaiming() else {
             return;
         };
         tracing::warn!(
